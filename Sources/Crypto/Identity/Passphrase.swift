@@ -1,0 +1,92 @@
+import CSodium
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a passphrase comes from, read straight into secure memory (never a `String`).
+public enum Passphrase {
+    /// Longest passphrase accepted, in bytes.
+    static let maximumLength = 4096
+
+    /// The value of `COFFER_PASSPHRASE`, or `nil` when it is not set.
+    ///
+    /// The environment block itself cannot be wiped; the copy made here can.
+    public static func fromEnvironment(_ name: String = "COFFER_PASSPHRASE") throws(CofferCryptoError) -> SecureBytes? {
+        guard let value = getenv(name) else { return nil }
+        let length = strlen(value)
+        guard length > 0 else { throw .emptyPassphrase }
+        return SecureBytes(copying: UnsafeRawBufferPointer(start: value, count: min(length, maximumLength)))
+    }
+
+    /// The contents of `path`, without one trailing newline.
+    public static func fromFile(_ path: String) throws(CofferCryptoError) -> SecureBytes {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        let buffer = SecureBytes(count: maximumLength + 1)
+        let length = buffer.withUnsafeMutableBytes { out -> Int in
+            var total = 0
+            while total < out.count {
+                let n = read(fd, out.baseAddress! + total, out.count - total)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                total += n
+            }
+            return total
+        }
+        guard length <= maximumLength else { throw .io(path: path, reason: "passphrase file longer than \(maximumLength) bytes") }
+        return try trimmed(buffer, length: length)
+    }
+
+    /// Prompts on the controlling terminal with echo off; `nil` when there is no terminal.
+    ///
+    /// - Parameter confirm: ask twice and require both entries to match (for new keys).
+    public static func prompt(_ message: String, confirm: Bool = false) throws(CofferCryptoError) -> SecureBytes? {
+        guard isatty(STDIN_FILENO) == 1 else { return nil }
+        let fd = open("/dev/tty", O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        let first = try readHidden(fd: fd, prompt: message)
+        if confirm {
+            let second = try readHidden(fd: fd, prompt: "Repeat passphrase: ")
+            guard first.constantTimeEquals(second) else { throw .io(path: "/dev/tty", reason: "the two passphrases differ") }
+        }
+        return first
+    }
+
+    private static func readHidden(fd: Int32, prompt: String) throws(CofferCryptoError) -> SecureBytes {
+        _ = prompt.withCString { write(fd, $0, strlen($0)) }
+        var saved = termios()
+        tcgetattr(fd, &saved)
+        var silent = saved
+        silent.c_lflag &= ~tcflag_t(ECHO)
+        tcsetattr(fd, TCSAFLUSH, &silent)
+        defer {
+            tcsetattr(fd, TCSAFLUSH, &saved)
+            _ = write(fd, "\n", 1)
+        }
+        let buffer = SecureBytes(count: maximumLength)
+        let length = buffer.withUnsafeMutableBytes { out -> Int in
+            var total = 0
+            var byte: UInt8 = 0
+            while total < out.count, read(fd, &byte, 1) == 1, byte != 0x0a {
+                out[total] = byte
+                total += 1
+            }
+            byte = 0
+            return total
+        }
+        return try trimmed(buffer, length: length)
+    }
+
+    /// The first `length` bytes of `buffer` without a trailing "\n" or "\r\n"; refuses an empty result.
+    private static func trimmed(_ buffer: borrowing SecureBytes, length: Int) throws(CofferCryptoError) -> SecureBytes {
+        var end = length
+        buffer.withUnsafeBytes { bytes in
+            if end > 0, bytes[end - 1] == 0x0a { end -= 1 }
+            if end > 0, bytes[end - 1] == 0x0d { end -= 1 }
+        }
+        guard end > 0 else { throw .emptyPassphrase }
+        return buffer.slice(0..<end)
+    }
+}

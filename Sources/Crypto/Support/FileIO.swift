@@ -1,0 +1,230 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Sequential input for the sealing pipeline.
+public protocol ByteSource: AnyObject {
+    /// Reads up to `buffer.count` bytes; returns fewer only at end of input, 0 at end of input.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int
+}
+
+/// Sequential output for the sealing pipeline.
+public protocol ByteSink: AnyObject {
+    func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError)
+}
+
+/// A file descriptor read or written with POSIX calls, so streaming never copies through `Data`.
+public final class FileDescriptorStream: ByteSource, ByteSink {
+    public let fd: Int32
+    /// The path used in error messages.
+    public let path: String
+    private let ownsDescriptor: Bool
+
+    /// Opens `path` for reading.
+    public init(readingFrom path: String) throws(CofferCryptoError) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io(path: path, reason: Self.lastError()) }
+        var info = stat()
+        if fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR {
+            close(fd)
+            throw .io(path: path, reason: "is a directory")
+        }
+        self.fd = fd
+        self.path = path
+        self.ownsDescriptor = true
+    }
+
+    /// Wraps an already open descriptor (stdin, stdout) without taking ownership.
+    public init(descriptor: Int32, path: String) {
+        self.fd = descriptor
+        self.path = path
+        self.ownsDescriptor = false
+    }
+
+    init(ownedDescriptor: Int32, path: String) {
+        self.fd = ownedDescriptor
+        self.path = path
+        self.ownsDescriptor = true
+    }
+
+    deinit {
+        if ownsDescriptor { close(fd) }
+    }
+
+    /// The size of a regular file, or `nil` for pipes and terminals.
+    public var regularFileSize: Int? {
+        var info = stat()
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return Int(info.st_size)
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int {
+        var total = 0
+        while total < buffer.count {
+            let n = Glibc.read(fd, buffer.baseAddress! + total, buffer.count - total)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .io(path: path, reason: Self.lastError())
+            }
+            if n == 0 { break }
+            total += n
+        }
+        return total
+    }
+
+    /// Reads exactly `buffer.count` bytes at `offset`, or fewer only at end of file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int) throws(CofferCryptoError) -> Int {
+        var total = 0
+        while total < buffer.count {
+            let n = pread(fd, buffer.baseAddress! + total, buffer.count - total, off_t(offset + total))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .io(path: path, reason: Self.lastError())
+            }
+            if n == 0 { break }
+            total += n
+        }
+        return total
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
+        var done = 0
+        while done < bytes.count {
+            let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .io(path: path, reason: Self.lastError())
+            }
+            done += n
+        }
+    }
+
+    /// Flushes the file's data to stable storage.
+    public func sync() throws(CofferCryptoError) {
+        guard fsync(fd) == 0 else { throw .io(path: path, reason: Self.lastError()) }
+    }
+
+    static func lastError() -> String { String(cString: strerror(errno)) }
+}
+
+/// A file written under a temporary name beside its destination and renamed into place only on ``commit()``.
+///
+/// If the value is dropped without `commit()` (an error, a failed authentication), the temporary
+/// file is removed: a failed write leaves nothing at the destination.
+public final class AtomicOutputFile: ByteSink {
+    public let destination: String
+    let temporaryPath: String
+    private let stream: FileDescriptorStream
+    private var committed = false
+
+    /// Creates the temporary file with `mode` (0600 by default: plaintext and keys are private).
+    public init(destination: String, mode: UInt32 = 0o600) throws(CofferCryptoError) {
+        self.destination = destination
+        let slash = destination.lastIndex(of: "/")
+        let directory = slash.map { String(destination[...$0]) } ?? ""
+        let base = slash.map { String(destination[destination.index(after: $0)...]) } ?? destination
+        var template = Array("\(directory).\(base).coffer-tmp-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { throw .io(path: destination, reason: FileDescriptorStream.lastError()) }
+        fchmod(fd, mode_t(mode))
+        self.temporaryPath = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        self.stream = FileDescriptorStream(ownedDescriptor: fd, path: destination)
+        TemporaryFiles.register(temporaryPath)
+    }
+
+    deinit {
+        if !committed { unlink(temporaryPath) }
+        TemporaryFiles.unregister(temporaryPath)
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
+        try stream.write(bytes)
+    }
+
+    /// fsyncs the data, renames over the destination, and fsyncs the directory.
+    public func commit() throws(CofferCryptoError) {
+        try stream.sync()
+        guard rename(temporaryPath, destination) == 0 else {
+            throw .io(path: destination, reason: FileDescriptorStream.lastError())
+        }
+        committed = true
+        let slash = destination.lastIndex(of: "/")
+        let directory = slash.map { String(destination[...$0]) } ?? "."
+        let dirFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dirFD >= 0 {
+            fsync(dirFD)
+            close(dirFD)
+        }
+    }
+}
+
+/// Small whole-file reads and atomic writes (key files, identities, envelopes).
+public enum FileBytes {
+    /// Largest file read whole, to keep a wrong argument from loading gigabytes.
+    static let maximumSize = 64 << 20
+
+    public static func read(_ path: String) throws(CofferCryptoError) -> [UInt8] {
+        let stream = try FileDescriptorStream(readingFrom: path)
+        var bytes = [UInt8](repeating: 0, count: maximumSize + 1)
+        let n = try bytes.withMutableBytes { buffer throws(CofferCryptoError) in try stream.read(into: buffer) }
+        guard n <= maximumSize else { throw .io(path: path, reason: "file larger than \(maximumSize >> 20) MiB") }
+        bytes.removeLast(bytes.count - n)
+        return bytes
+    }
+
+    /// Writes `bytes` atomically with `mode`; refuses to replace an existing file unless `overwrite`.
+    public static func write(_ bytes: [UInt8], to path: String, mode: UInt32 = 0o600, overwrite: Bool = false) throws(CofferCryptoError) {
+        if !overwrite, access(path, F_OK) == 0 { throw .io(path: path, reason: "already exists") }
+        let file = try AtomicOutputFile(destination: path, mode: mode)
+        try bytes.withBytes { buffer throws(CofferCryptoError) in try file.write(buffer) }
+        try file.commit()
+    }
+}
+
+/// Temporary files to remove if the process is interrupted (SIGINT, SIGTERM, SIGHUP) before commit.
+///
+/// The signal handler only calls `unlink` and `_exit`, both async-signal-safe, on paths kept as C strings.
+public enum TemporaryFiles {
+    nonisolated(unsafe) private static var paths: [UnsafeMutablePointer<CChar>?] = Array(repeating: nil, count: 64)
+    private static let lock = Lock()
+
+    static func register(_ path: String) {
+        lock.withLock {
+            if let slot = paths.firstIndex(where: { $0 == nil }) { paths[slot] = strdup(path) }
+        }
+    }
+
+    static func unregister(_ path: String) {
+        lock.withLock {
+            for i in paths.indices where paths[i].map({ String(cString: $0) == path }) == true {
+                free(paths[i])
+                paths[i] = nil
+            }
+        }
+    }
+
+    /// Installs the handler that removes registered temporary files when the process is told to stop.
+    public static func removeOnInterrupt() {
+        for signal in [SIGINT, SIGTERM, SIGHUP] {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { signal in
+                for path in TemporaryFiles.paths { if let path { unlink(path) } }
+                _exit(128 + signal)
+            }
+            sigemptyset(&action.sa_mask)
+            sigaction(signal, &action, nil)
+        }
+    }
+}
+
+/// A pthread mutex, for the few places that need one outside Swift concurrency.
+final class Lock: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+    func withLock<R>(_ body: () throws -> R) rethrows -> R {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
+}

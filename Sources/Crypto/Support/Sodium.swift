@@ -1,0 +1,29 @@
+import CSodium
+
+/// The one place libsodium is initialised.
+///
+/// `sodium_init()` must run once before any other libsodium call; every entry point of this
+/// module that reaches libsodium goes through ``Sodium/ready`` first.
+enum Sodium {
+    /// Initialises libsodium exactly once (a `static let` initialiser is thread-safe and lazy).
+    static let ready: Void = {
+        guard sodium_init() >= 0 else {
+            // Only fails when the process cannot read the system's random source: nothing can be sealed safely.
+            fatalError("libsodium failed to initialise: no usable random source")
+        }
+    }()
+
+    /// Fills `buffer` with bytes from libsodium's CSPRNG.
+    static func randomBytes(_ buffer: UnsafeMutableRawBufferPointer) {
+        _ = ready
+        guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        randombytes_buf(base, buffer.count)
+    }
+
+    /// Returns `count` random bytes for values that are not secret (nonces, salts, prefixes).
+    static func randomPublicBytes(_ count: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        bytes.withUnsafeMutableBytes { randomBytes($0) }
+        return bytes
+    }
+}
