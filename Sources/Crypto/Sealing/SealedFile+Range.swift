@@ -25,12 +25,15 @@ extension SealedFile {
         func offset(ofChunk index: Int) -> Int { headerLength + index * stride }
     }
 
-    /// Decrypts plaintext bytes `range` of a sealed regular file, touching only the chunks that cover it.
+    /// Decrypts plaintext bytes `start ..< end` of a sealed regular file, touching only the chunks that cover them.
     ///
     /// The final chunk is authenticated too, so the plaintext length the bounds are checked against is
     /// authentic: a file cut short or extended fails even when the range lies elsewhere.
+    ///
+    /// - Parameters:
+    ///   - end: exclusive end; `nil` for the end of the plaintext.
     public static func openRange(
-        _ range: Range<Int>, of file: FileDescriptorStream, to sink: any ByteSink, identity: borrowing Identity
+        from start: Int, to end: Int?, of file: FileDescriptorStream, to sink: any ByteSink, identity: borrowing Identity
     ) throws(CofferCryptoError) -> Summary {
         guard let fileLength = file.regularFileSize else { throw .rangeNeedsSeekableInput }
         let unlocked = try unlock(file, identity: identity)
@@ -40,22 +43,24 @@ extension SealedFile {
         return try payloadKey.withUnsafeBytes { (key: UnsafeRawBufferPointer) throws(CofferCryptoError) -> Summary in
             let cipher = ChunkCipher(key: key.baseAddress!, noncePrefix: header.noncePrefix, associatedData: header.mac)
             try verifyFinalChunk(of: file, geometry: geometry, cipher: cipher)
-            guard range.lowerBound >= 0, range.upperBound <= geometry.plaintextLength else {
-                throw .rangeOutOfBounds(start: range.lowerBound, end: range.upperBound, length: geometry.plaintextLength)
+            let stop = end ?? geometry.plaintextLength
+            guard start >= 0, start <= stop, stop <= geometry.plaintextLength else {
+                throw .rangeOutOfBounds(start: start, end: stop, length: geometry.plaintextLength)
             }
+            let range = start..<stop
             var summary = Summary(
                 headerLength: geometry.headerLength, plaintextLength: 0, sealedLength: fileLength, chunks: 0,
                 plaintextSHA256: nil, sealedSHA256: nil)
             guard !range.isEmpty else { return summary }
             let first = range.lowerBound / geometry.chunkSize
             let last = (range.upperBound - 1) / geometry.chunkSize
-            let start = geometry.offset(ofChunk: first)
-            let end = last == geometry.chunkCount - 1 ? fileLength : geometry.offset(ofChunk: last + 1)
+            let regionStart = geometry.offset(ofChunk: first)
+            let regionEnd = last == geometry.chunkCount - 1 ? fileLength : geometry.offset(ofChunk: last + 1)
             var pipeline = ChunkPipeline(direction: .open, cipher: cipher, chunkSize: geometry.chunkSize)
             pipeline.firstIndex = UInt64(first)
             pipeline.sourceEndIsStreamEnd = last == geometry.chunkCount - 1
             let trimmed = TrimmingSink(sink, skip: range.lowerBound - first * geometry.chunkSize, limit: range.count)
-            let result = try pipeline.run(source: FileRegionSource(file, offset: start, length: end - start), sink: trimmed)
+            let result = try pipeline.run(source: FileRegionSource(file, offset: regionStart, length: regionEnd - regionStart), sink: trimmed)
             summary.plaintextLength = range.count
             summary.chunks = result.chunks
             return summary

@@ -14,7 +14,7 @@ public protocol ByteSink: AnyObject {
 }
 
 /// A file descriptor read or written with POSIX calls, so streaming never copies through `Data`.
-public final class FileDescriptorStream: ByteSource, ByteSink {
+public final class FileDescriptorStream: ByteSource, ByteSink, Sendable {
     public let fd: Int32
     /// The path used in error messages.
     public let path: String
@@ -50,6 +50,10 @@ public final class FileDescriptorStream: ByteSource, ByteSink {
     deinit {
         if ownsDescriptor { close(fd) }
     }
+
+    public static let standardInput = FileDescriptorStream(descriptor: 0, path: "stdin")
+    public static let standardOutput = FileDescriptorStream(descriptor: 1, path: "stdout")
+    public static let standardError = FileDescriptorStream(descriptor: 2, path: "stderr")
 
     /// The size of a regular file, or `nil` for pipes and terminals.
     public var regularFileSize: Int? {

@@ -1,0 +1,50 @@
+import ArgumentParser
+import CofferCrypto
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `coffer` command: a thin face over the Coffer libraries.
+@main
+struct Coffer: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "coffer",
+        abstract: "An encrypted model registry and artifact store.",
+        version: "0.1.0",
+        subcommands: [Keygen.self, Seal.self, Unseal.self]
+    )
+
+    /// Runs the command; a library error becomes one line on stderr and exit status 1, never a trace.
+    static func main() {
+        TemporaryFiles.removeOnInterrupt()
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let error as CofferCryptoError {
+            fail(error.description)
+        } catch let error as CLIError {
+            fail(error.description)
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    static func fail(_ message: String) -> Never {
+        FileDescriptorStream.standardError.writeLine("coffer: \(message)")
+        Glibc.exit(1)
+    }
+}
+
+/// Errors of the command line itself (arguments that parse but make no sense together).
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension FileDescriptorStream {
+    func writeLine(_ line: String) {
+        let bytes = Array((line + "\n").utf8)
+        try? bytes.withUnsafeBytes { try write($0) }
+    }
+}

@@ -1,0 +1,48 @@
+import ArgumentParser
+import CofferCrypto
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension Coffer {
+    struct Keygen: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create an identity: NAME.key (encrypted private keys), NAME.pub and NAME.pem (public).")
+
+        @Option(name: .long, help: "Path prefix DIR/NAME of the files to write; NAME is the identity's name.")
+        var out: String
+
+        @OptionGroup var passphraseOptions: PassphraseOptions
+
+        @Flag(name: .long, help: "Replace existing files.")
+        var force = false
+
+        func run() throws {
+            let slash = out.lastIndex(of: "/")
+            let name = slash.map { String(out[out.index(after: $0)...]) } ?? out
+            let directory = slash.map { String(out[..<$0]) } ?? "."
+            try PublicIdentity.validate(name: name)
+            if !directory.isEmpty, access(directory, F_OK) != 0, mkdir(directory, 0o700) != 0 {
+                throw CofferCryptoError.io(path: directory, reason: String(cString: strerror(errno)))
+            }
+            let paths = (key: out + ".key", pub: out + ".pub", pem: out + ".pem")
+            if !force {
+                for path in [paths.key, paths.pub, paths.pem] where access(path, F_OK) == 0 {
+                    throw CLIError("\(path) already exists (use --force to replace it)")
+                }
+            }
+            let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase for the new identity: ", confirm: true)
+            let identity = try Identity.generate(name: name)
+            let keyFile = try identity.encrypt(passphrase: passphrase)
+            let pem = try SignatureVerifier.p256PEM(publicKey: identity.publicIdentity.p256)
+            try FileBytes.write(keyFile, to: paths.key, mode: 0o600, overwrite: force)
+            try FileBytes.write(identity.publicIdentity.jsonBytes, to: paths.pub, mode: 0o644, overwrite: force)
+            try FileBytes.write(Array(pem.utf8), to: paths.pem, mode: 0o644, overwrite: force)
+            print("identity \(name) \(identity.publicIdentity.keyID)")
+            print("  private: \(paths.key)")
+            print("  public:  \(paths.pub)")
+            print("  P-256:   \(paths.pem)")
+        }
+    }
+}

@@ -1,0 +1,64 @@
+import CofferCrypto
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A one-line progress bar on stderr (bytes, rate, ETA), shown only when stderr is a terminal.
+final class ProgressBar {
+    private let label: String
+    private let total: Int?
+    private let started = Date()
+    private var lastDraw = Date.distantPast
+    private var done = 0
+
+    /// `nil` when stderr is not a terminal: scripts and pipes stay quiet.
+    init?(label: String, total: Int?) {
+        guard isatty(STDERR_FILENO) == 1 else { return nil }
+        self.label = label
+        self.total = total
+    }
+
+    func update(_ bytes: Int) {
+        done = bytes
+        let now = Date()
+        guard now.timeIntervalSince(lastDraw) >= 0.1 else { return }
+        lastDraw = now
+        draw(now: now)
+    }
+
+    func finish() {
+        draw(now: Date())
+        FileDescriptorStream.standardError.writeLine("")
+    }
+
+    private func draw(now: Date) {
+        let elapsed = max(now.timeIntervalSince(started), 1e-3)
+        let rate = Double(done) / elapsed
+        var line = "\r\(label) \(Self.format(done))"
+        if let total, total > 0 {
+            let fraction = min(1, Double(done) / Double(total))
+            let width = 30
+            let filled = Int(fraction * Double(width))
+            let eta = rate > 0 ? Double(total - done) / rate : 0
+            line += " / \(Self.format(total)) [\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))]"
+            line += String(format: " %3.0f%%  %@/s  ETA %.0fs", fraction * 100, Self.format(Int(rate)), eta)
+        } else {
+            line += "  \(Self.format(Int(rate)))/s"
+        }
+        let bytes = Array((line + "\u{1B}[K").utf8)
+        try? bytes.withUnsafeBytes { try FileDescriptorStream.standardError.write($0) }
+    }
+
+    static func format(_ bytes: Int) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var value = Double(bytes)
+        var unit = 0
+        while value >= 1024 && unit < units.count - 1 {
+            value /= 1024
+            unit += 1
+        }
+        return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+    }
+}
