@@ -50,9 +50,9 @@ extension Identity {
         var ciphertext = [UInt8](repeating: 0, count: secrets.count + 16)
         secrets.withUnsafeBytes { plain in
             key.withUnsafeBytes { k in
-                _ = crypto_aead_xchacha20poly1305_ietf_encrypt(
-                    &ciphertext, nil, plain.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(plain.count),
-                    header, UInt64(header.count), nil, nonce, k.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                ciphertext.withUnsafeMutableBytes {
+                    XChaCha20Poly1305.encrypt(plain, into: $0.baseAddress!, associatedData: header, nonce: nonce, key: k.baseAddress!)
+                }
             }
         }
         return header + ciphertext
@@ -85,14 +85,14 @@ extension Identity {
         let header = Array(bytes[0..<headerLength])
         let key = try passphraseKey(passphrase, salt: salt, parameters: parameters)
         let secrets = SecureBytes(count: 96)
-        let status = secrets.withUnsafeMutableBytes { out in
+        let opened = secrets.withUnsafeMutableBytes { out in
             key.withUnsafeBytes { k in
-                crypto_aead_xchacha20poly1305_ietf_decrypt(
-                    out.baseAddress!.assumingMemoryBound(to: UInt8.self), nil, nil, ciphertext, UInt64(ciphertext.count),
-                    header, UInt64(header.count), nonce, k.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                ciphertext.withUnsafeBytes {
+                    XChaCha20Poly1305.decrypt($0, into: out.baseAddress!, associatedData: header, nonce: nonce, key: k.baseAddress!)
+                }
             }
         }
-        guard status == 0 else { throw .wrongPassphrase }
+        guard opened else { throw .wrongPassphrase }
         let identity = try Identity(name: name, secrets: secrets)
         let recorded = try PublicIdentity(
             name: name, ed25519: Array(publicKeys[0..<32]), x25519: Array(publicKeys[32..<64]), p256: Array(publicKeys[64...]))

@@ -6,7 +6,7 @@ import CSodium
 /// associated data = the header MAC. The payload key is passed as a raw pointer into secure memory
 /// so that worker threads can share it for the duration of one pipeline run.
 struct ChunkCipher: @unchecked Sendable {
-    static let tagLength = 16
+    static let tagLength = XChaCha20Poly1305.tagLength
     /// Chunk indices are 56-bit.
     static let maximumChunkIndex: UInt64 = (1 << 56) - 1
 
@@ -23,24 +23,12 @@ struct ChunkCipher: @unchecked Sendable {
 
     /// Encrypts `plaintext` into `output` (plaintext.count + 16 bytes: ciphertext then tag).
     func seal(_ plaintext: UnsafeRawBufferPointer, into output: UnsafeMutableRawPointer, index: UInt64, last: Bool) {
-        let nonce = nonce(index: index, last: last)
-        let out = output.assumingMemoryBound(to: UInt8.self)
-        _ = crypto_aead_xchacha20poly1305_ietf_encrypt_detached(
-            out, out + plaintext.count, nil,
-            plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self) ?? UnsafePointer(out), UInt64(plaintext.count),
-            associatedData, UInt64(associatedData.count), nil, nonce, key.assumingMemoryBound(to: UInt8.self))
+        XChaCha20Poly1305.encrypt(plaintext, into: output, associatedData: associatedData, nonce: nonce(index: index, last: last), key: key)
     }
 
     /// Authenticates and decrypts `ciphertext` (data then 16-byte tag) into `output`; false if it does not verify.
-    ///
-    /// libsodium checks the tag before it writes any plaintext, and zeroes `output` on failure.
     func open(_ ciphertext: UnsafeRawBufferPointer, into output: UnsafeMutableRawPointer, index: UInt64, last: Bool) -> Bool {
-        let length = ciphertext.count - Self.tagLength
-        let nonce = nonce(index: index, last: last)
-        let input = ciphertext.baseAddress!.assumingMemoryBound(to: UInt8.self)
-        return crypto_aead_xchacha20poly1305_ietf_decrypt_detached(
-            output.assumingMemoryBound(to: UInt8.self), nil, input, UInt64(length), input + length,
-            associatedData, UInt64(associatedData.count), nonce, key.assumingMemoryBound(to: UInt8.self)) == 0
+        XChaCha20Poly1305.decrypt(ciphertext, into: output, associatedData: associatedData, nonce: nonce(index: index, last: last), key: key)
     }
 
     /// Opens chunk `index` and, when it fails, names why: cut short, data after the end, or modified.

@@ -34,11 +34,16 @@ struct ChunkPipeline {
     var inputStride: Int { direction == .seal ? chunkSize : chunkSize + ChunkCipher.tagLength }
     var outputStride: Int { direction == .seal ? chunkSize + ChunkCipher.tagLength : chunkSize }
 
-    /// Chunks per batch: at least two per core, and about 2 MiB of plaintext.
-    var batchChunks: Int { max(2 * ProcessInfoCores.count, (2 << 20) / chunkSize) }
+    /// Chunks per batch: at least two per core, and about 2 MiB of plaintext; fewer when the input is known to be small.
+    func batchChunks(remaining: Int?) -> Int {
+        let full = max(2 * ProcessInfoCores.count, (2 << 20) / chunkSize)
+        guard let remaining else { return full }
+        return max(1, min(full, remaining / inputStride + 1))
+    }
 
     func run(source: any ByteSource, sink: any ByteSink) throws(CofferCryptoError) -> Result {
-        let buffers = [Batch(pipeline: self), Batch(pipeline: self)]
+        let capacity = batchChunks(remaining: source.remainingHint)
+        let buffers = [Batch(pipeline: self, capacity: capacity), Batch(pipeline: self, capacity: capacity)]
         var result = Result()
         var inputHasher = self.inputHasher
         var outputHasher = self.outputHasher
@@ -115,9 +120,9 @@ private final class Batch: @unchecked Sendable {
     private let errors: UnsafeMutablePointer<CofferCryptoError?>
     private(set) var inputDigest: StreamingSHA256? = nil
 
-    init(pipeline: ChunkPipeline) {
+    init(pipeline: ChunkPipeline, capacity: Int) {
         self.pipeline = pipeline
-        self.capacity = pipeline.batchChunks
+        self.capacity = capacity
         self.inputCapacity = capacity * pipeline.inputStride
         self.outputCapacity = capacity * pipeline.outputStride
         // Plaintext sides live in sodium_malloc memory: locked against swap and wiped when freed.

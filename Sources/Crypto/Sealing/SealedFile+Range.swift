@@ -36,7 +36,7 @@ extension SealedFile {
         from start: Int, to end: Int?, of file: FileDescriptorStream, to sink: any ByteSink, identity: borrowing Identity
     ) throws(CofferCryptoError) -> Summary {
         guard let fileLength = file.regularFileSize else { throw .rangeNeedsSeekableInput }
-        let unlocked = try unlock(file, identity: identity)
+        let unlocked = try unlock(FileRegionSource(file, offset: 0, length: fileLength), identity: identity)
         let header = unlocked.header
         let geometry = try Geometry(fileLength: fileLength, headerLength: unlocked.headerLength, chunkSize: header.chunkSize)
         let payloadKey = SealedFileHeader.payloadKey(dataKey: unlocked.dataKey, noncePrefix: header.noncePrefix)
@@ -95,6 +95,8 @@ final class FileRegionSource: ByteSource {
         self.offset = offset
         self.end = offset + length
     }
+
+    var remainingHint: Int? { end - offset }
 
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int {
         let want = min(buffer.count, end - offset)

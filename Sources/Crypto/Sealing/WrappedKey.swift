@@ -91,15 +91,14 @@ public enum WrappedKey: Sendable, Hashable {
         guard id == kek.identifier else { throw .unwrapFailed("wrapped under another key-encryption key") }
         let ad = Self.symmetricAssociatedData(kekID: id)
         let key = SecureBytes(count: SecretKey.byteCount)
-        let status = kek.withUnsafeBytes { kekBytes in
+        let opened = kek.withUnsafeBytes { kekBytes in
             key.withUnsafeMutableBytes { out in
-                crypto_aead_xchacha20poly1305_ietf_decrypt(
-                    out.baseAddress!.assumingMemoryBound(to: UInt8.self), nil, nil,
-                    ciphertext, UInt64(ciphertext.count), ad, UInt64(ad.count), nonce,
-                    kekBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                ciphertext.withUnsafeBytes {
+                    XChaCha20Poly1305.decrypt($0, into: out.baseAddress!, associatedData: ad, nonce: nonce, key: kekBytes.baseAddress!)
+                }
             }
         }
-        guard status == 0 else { throw .unwrapFailed("authentication failed under the key-encryption key") }
+        guard opened else { throw .unwrapFailed("authentication failed under the key-encryption key") }
         return SecretKey(bytes: key)
     }
 }
@@ -127,9 +126,9 @@ extension SecretKey {
         var ciphertext = [UInt8](repeating: 0, count: WrappedKey.symmetricCiphertextBytes)
         withUnsafeBytes { key in
             kek.withUnsafeBytes { kekBytes in
-                _ = crypto_aead_xchacha20poly1305_ietf_encrypt(
-                    &ciphertext, nil, key.baseAddress!.assumingMemoryBound(to: UInt8.self), UInt64(Self.byteCount),
-                    ad, UInt64(ad.count), nil, nonce, kekBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                ciphertext.withUnsafeMutableBytes {
+                    XChaCha20Poly1305.encrypt(key, into: $0.baseAddress!, associatedData: ad, nonce: nonce, key: kekBytes.baseAddress!)
+                }
             }
         }
         return .symmetric(kekID: id, nonce: nonce, ciphertext: ciphertext)

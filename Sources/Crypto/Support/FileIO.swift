@@ -6,6 +6,12 @@ import Glibc
 public protocol ByteSource: AnyObject {
     /// Reads up to `buffer.count` bytes; returns fewer only at end of input, 0 at end of input.
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int
+    /// The number of bytes left, when known; lets small inputs use small buffers.
+    var remainingHint: Int? { get }
+}
+
+extension ByteSource {
+    public var remainingHint: Int? { nil }
 }
 
 /// Sequential output for the sealing pipeline.
@@ -54,6 +60,12 @@ public final class FileDescriptorStream: ByteSource, ByteSink, Sendable {
     public static let standardInput = FileDescriptorStream(descriptor: 0, path: "stdin")
     public static let standardOutput = FileDescriptorStream(descriptor: 1, path: "stdout")
     public static let standardError = FileDescriptorStream(descriptor: 2, path: "stderr")
+
+    public var remainingHint: Int? {
+        guard let size = regularFileSize else { return nil }
+        let position = lseek(fd, 0, SEEK_CUR)
+        return position < 0 ? nil : max(0, size - Int(position))
+    }
 
     /// The size of a regular file, or `nil` for pipes and terminals.
     public var regularFileSize: Int? {
