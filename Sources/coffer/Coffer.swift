@@ -12,7 +12,7 @@ struct Coffer: ParsableCommand {
         commandName: "coffer",
         abstract: "An encrypted model registry and artifact store.",
         version: "0.1.0",
-        subcommands: [Keygen.self, Seal.self, Unseal.self]
+        subcommands: [Keygen.self, Seal.self, Unseal.self, Attestation.self]
     )
 
     /// Runs the command; a library error becomes one line on stderr and exit status 1, never a trace.

@@ -18,6 +18,18 @@ extension Coffer {
         @Flag(name: .long, help: "Replace existing files.")
         var force = false
 
+        @Option(name: .long, help: "Argon2id memory in KiB (8 to 4194304).")
+        var kdfMemory: UInt64 = KDFParameters.default.memLimit >> 10
+
+        @Option(name: .long, help: "Argon2id passes (1 to 64).")
+        var kdfOps: UInt64 = KDFParameters.default.opsLimit
+
+        func validate() throws {
+            guard KDFParameters.acceptable(KDFParameters(opsLimit: kdfOps, memLimit: kdfMemory << 10)) else {
+                throw ValidationError("--kdf-memory must be 8 to 4194304 KiB and --kdf-ops 1 to 64")
+            }
+        }
+
         func run() throws {
             let slash = out.lastIndex(of: "/")
             let name = slash.map { String(out[out.index(after: $0)...]) } ?? out
@@ -34,7 +46,7 @@ extension Coffer {
             }
             let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase for the new identity: ", confirm: true)
             let identity = try Identity.generate(name: name)
-            let keyFile = try identity.encrypt(passphrase: passphrase)
+            let keyFile = try identity.encrypt(passphrase: passphrase, parameters: KDFParameters(opsLimit: kdfOps, memLimit: kdfMemory << 10))
             let pem = try SignatureVerifier.p256PEM(publicKey: identity.publicIdentity.p256)
             try FileBytes.write(keyFile, to: paths.key, mode: 0o600, overwrite: force)
             try FileBytes.write(identity.publicIdentity.jsonBytes, to: paths.pub, mode: 0o644, overwrite: force)

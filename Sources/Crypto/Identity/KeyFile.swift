@@ -17,6 +17,11 @@ public struct KDFParameters: Sendable, Equatable {
     /// The limits a key file may ask for, so a crafted file cannot demand unbounded work or memory.
     static let opsRange: ClosedRange<UInt64> = 1...64
     static let memRange: ClosedRange<UInt64> = 8192...(4 << 30)
+
+    /// Whether a key file may use `parameters`.
+    public static func acceptable(_ parameters: KDFParameters) -> Bool {
+        opsRange.contains(parameters.opsLimit) && memRange.contains(parameters.memLimit)
+    }
 }
 
 /// The encrypted private identity file, `NAME.key` (docs/FORMAT.md, "Identity files").
@@ -27,6 +32,7 @@ extension Identity {
 
     /// Encrypts the identity under `passphrase` and returns the key-file bytes.
     public func encrypt(passphrase: borrowing SecureBytes, parameters: KDFParameters = .default) throws(CofferCryptoError) -> [UInt8] {
+        guard KDFParameters.acceptable(parameters) else { throw .invalidKey("Argon2id parameters outside the accepted limits") }
         let salt = Sodium.randomPublicBytes(16)
         let nonce = Sodium.randomPublicBytes(24)
         var writer = ByteWriter()
@@ -70,7 +76,7 @@ extension Identity {
         guard try reader.readUInt8() == kdfArgon2id13 else { throw .malformedIdentity("\(path) uses an unknown key-derivation function") }
         guard try reader.readUInt16() == 0 else { throw .malformedIdentity("\(path) has non-zero reserved bytes") }
         let parameters = KDFParameters(opsLimit: try reader.readUInt64(), memLimit: try reader.readUInt64())
-        guard KDFParameters.opsRange.contains(parameters.opsLimit), KDFParameters.memRange.contains(parameters.memLimit) else {
+        guard KDFParameters.acceptable(parameters) else {
             throw .malformedIdentity("\(path) asks for Argon2id parameters outside the accepted limits")
         }
         let salt = try reader.read(16)

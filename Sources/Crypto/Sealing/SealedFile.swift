@@ -32,6 +32,14 @@ public enum SealedFile {
         chunkSize: Int = defaultChunkSize, digests: Bool = false, progress: ((Int) -> Void)? = nil
     ) throws(CofferCryptoError) -> Summary {
         let header = try SealedFileHeader(dataKey: dataKey, chunkSize: chunkSize, stanzas: stanzas)
+        return try seal(from: source, to: sink, header: header, dataKey: dataKey, digests: digests, progress: progress)
+    }
+
+    /// Seals under a header already built for `dataKey` (tests use it to fix the nonce prefix).
+    static func seal(
+        from source: any ByteSource, to sink: any ByteSink, header: SealedFileHeader, dataKey: borrowing SecretKey, digests: Bool,
+        progress: ((Int) -> Void)?
+    ) throws(CofferCryptoError) -> Summary {
         let headerBytes = header.encoded
         try headerBytes.withBytes { buffer throws(CofferCryptoError) in try sink.write(buffer) }
         let payloadKey = SealedFileHeader.payloadKey(dataKey: dataKey, noncePrefix: header.noncePrefix)

@@ -27,6 +27,7 @@ public enum CofferCryptoError: Error, Equatable, CustomStringConvertible {
     case unwrapFailed(String)
     case invalidKey(String)
     case invalidChunkSize(Int)
+    case subjectMismatch(String)
 
     public var description: String {
         switch self {
@@ -55,6 +56,7 @@ public enum CofferCryptoError: Error, Equatable, CustomStringConvertible {
         case .unwrapFailed(let why): "cannot unwrap the data key: \(why)"
         case .invalidKey(let why): "invalid key: \(why)"
         case .invalidChunkSize(let size): "invalid chunk size \(size): use a power of two from 4 KiB to 16 MiB"
+        case .subjectMismatch(let why): "attestation subject mismatch: \(why)"
         }
     }
 }

@@ -7,6 +7,18 @@ public enum Digest {
         Array(SHA256.hash(data: Array(bytes)))
     }
 
+    /// SHA-256 of a file's contents, streamed in 1 MiB blocks.
+    public static func sha256(file path: String) throws(CofferCryptoError) -> [UInt8] {
+        let stream = try FileDescriptorStream(readingFrom: path)
+        var hasher = StreamingSHA256()
+        var block = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let n = try block.withMutableBytes { buffer throws(CofferCryptoError) in try stream.read(into: buffer) }
+            block.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            if n < block.count { return hasher.finalize() }
+        }
+    }
+
     /// Lower-case hex of `bytes`.
     public static func hex(_ bytes: some Sequence<UInt8>) -> String {
         let digits = Array("0123456789abcdef".utf8)

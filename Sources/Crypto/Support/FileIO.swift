@@ -40,6 +40,15 @@ public final class FileDescriptorStream: ByteSource, ByteSink, Sendable {
         self.ownsDescriptor = true
     }
 
+    /// Opens an existing device, FIFO or socket at `path` for writing; `nil` when `path` is a regular file or absent.
+    public convenience init?(writingToSpecialFile path: String) throws(CofferCryptoError) {
+        var info = stat()
+        guard stat(path, &info) == 0, (info.st_mode & S_IFMT) != S_IFREG, (info.st_mode & S_IFMT) != S_IFDIR else { return nil }
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io(path: path, reason: Self.lastError()) }
+        self.init(ownedDescriptor: fd, path: path)
+    }
+
     /// Wraps an already open descriptor (stdin, stdout) without taking ownership.
     public init(descriptor: Int32, path: String) {
         self.fd = descriptor
@@ -131,11 +140,17 @@ public final class AtomicOutputFile: ByteSink {
     public let destination: String
     let temporaryPath: String
     private let stream: FileDescriptorStream
+    private let durable: Bool
     private var committed = false
 
     /// Creates the temporary file with `mode` (0600 by default: plaintext and keys are private).
-    public init(destination: String, mode: UInt32 = 0o600) throws(CofferCryptoError) {
+    ///
+    /// - Parameter durable: fsync the data before the rename and the directory after it, so the file
+    ///   survives a power loss once `commit()` returns (keys, registry blobs). Without it the rename is
+    ///   still all-or-nothing for errors and interrupts, as with `cp` or `age`.
+    public init(destination: String, mode: UInt32 = 0o600, durable: Bool = true) throws(CofferCryptoError) {
         self.destination = destination
+        self.durable = durable
         let slash = destination.lastIndex(of: "/")
         let directory = slash.map { String(destination[...$0]) } ?? ""
         let base = slash.map { String(destination[destination.index(after: $0)...]) } ?? destination
@@ -157,13 +172,14 @@ public final class AtomicOutputFile: ByteSink {
         try stream.write(bytes)
     }
 
-    /// fsyncs the data, renames over the destination, and fsyncs the directory.
+    /// Renames the file over the destination; when durable, fsyncs the data first and the directory after.
     public func commit() throws(CofferCryptoError) {
-        try stream.sync()
+        if durable { try stream.sync() }
         guard rename(temporaryPath, destination) == 0 else {
             throw .io(path: destination, reason: FileDescriptorStream.lastError())
         }
         committed = true
+        guard durable else { return }
         let slash = destination.lastIndex(of: "/")
         let directory = slash.map { String(destination[...$0]) } ?? "."
         let dirFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -181,11 +197,14 @@ public enum FileBytes {
 
     public static func read(_ path: String) throws(CofferCryptoError) -> [UInt8] {
         let stream = try FileDescriptorStream(readingFrom: path)
-        var bytes = [UInt8](repeating: 0, count: maximumSize + 1)
-        let n = try bytes.withMutableBytes { buffer throws(CofferCryptoError) in try stream.read(into: buffer) }
-        guard n <= maximumSize else { throw .io(path: path, reason: "file larger than \(maximumSize >> 20) MiB") }
-        bytes.removeLast(bytes.count - n)
-        return bytes
+        var bytes: [UInt8] = []
+        var block = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let n = try block.withMutableBytes { buffer throws(CofferCryptoError) in try stream.read(into: buffer) }
+            bytes += block[0..<n]
+            guard bytes.count <= maximumSize else { throw .io(path: path, reason: "file larger than \(maximumSize >> 20) MiB") }
+            if n < block.count { return bytes }
+        }
     }
 
     /// Writes `bytes` atomically with `mode`; refuses to replace an existing file unless `overwrite`.

@@ -1,0 +1,43 @@
+# Shared set-up for tools/demo, tools/test and the benchmarks: install what is missing, build.
+# Sourced, not run. Everything installs into the system (apt, as root) or into the repo (.venv).
+
+COFFER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+# Debian packages the project needs: libsodium (crypto), SQLite (registry), pkg-config, age (benchmark anchor).
+coffer_apt_packages=(libsodium-dev libsqlite3-dev pkg-config age python3-venv)
+
+coffer_install_system_packages() {
+    local missing=()
+    for package in "${coffer_apt_packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "installing: ${missing[*]}" >&2
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+    else
+        echo "missing Debian packages: ${missing[*]}" >&2
+        echo "install them with: sudo apt-get install ${missing[*]}" >&2
+        return 1
+    fi
+}
+
+# A project-local virtualenv with the interop libraries from PyPI (tools/interop/requirements.txt).
+coffer_python_venv() {
+    local venv="$COFFER_ROOT/.venv"
+    local requirements="$COFFER_ROOT/tools/interop/requirements.txt"
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv" >&2
+    fi
+    if ! cmp -s "$requirements" "$venv/.requirements" 2>/dev/null; then
+        "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements" >&2
+        cp "$requirements" "$venv/.requirements"
+    fi
+    echo "$venv/bin/python"
+}
+
+coffer_build() {
+    local configuration="${1:-debug}"
+    (cd "$COFFER_ROOT" && swift build -c "$configuration" --product coffer >&2)
+    echo "$COFFER_ROOT/.build/$configuration/coffer"
+}
