@@ -50,7 +50,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CofferCLITests",
-            dependencies: ["CofferCrypto"],
+            dependencies: ["CofferCrypto", "coffer"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -240,6 +240,11 @@ public enum TemporaryFiles {
 
     /// Installs the handler that removes registered temporary files when the process is told to stop.
     public static func removeOnInterrupt() {
+        // A parent may have spawned us with these signals blocked (some test runners do): unblock them.
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        for signal in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&unblock, signal) }
+        sigprocmask(SIG_UNBLOCK, &unblock, nil)
         for signal in [SIGINT, SIGTERM, SIGHUP] {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { signal in

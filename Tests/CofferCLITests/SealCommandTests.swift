@@ -1,0 +1,147 @@
+import Foundation
+import Testing
+
+/// `coffer keygen`, `seal` and `unseal` driven as a user would, through the built binary.
+struct SealCommandTests {
+    @Test func keygenWritesThreeFilesWithPrivateKeyMode0600() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        let manager = FileManager.default
+        let keyMode = try manager.attributesOfItem(atPath: dir.path("keys/alice.key"))[.posixPermissions] as? Int
+        #expect(keyMode == 0o600)
+        #expect(dir.exists("keys/alice.pub") && dir.exists("keys/alice.pem"))
+        #expect(String(decoding: try dir.read("keys/alice.pem"), as: UTF8.self).hasPrefix("-----BEGIN PUBLIC KEY-----"))
+        let again = try CofferProcess.run(["keygen", "--out", "keys/alice"], in: dir.url)
+        expectFailure(again, "keys/alice.key already exists")
+    }
+
+    @Test func sealUnsealRoundTripThroughFilesAndPipes() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        let plain = randomData(300_000)
+        try dir.write("plain.bin", plain)
+        let seal = try CofferProcess.run(["seal", "--to", "keys/alice.pub", "--chunk-size", "16K", "-o", "plain.cfs", "plain.bin"], in: dir.url)
+        #expect(seal.status == 0, "\(seal.stderr)")
+        #expect(seal.stderr.isEmpty, "no progress bar when stderr is not a terminal")
+        let unseal = try CofferProcess.run(["unseal", "--identity", "keys/alice.key", "-o", "out.bin", "plain.cfs"], in: dir.url)
+        #expect(unseal.status == 0, "\(unseal.stderr)")
+        #expect(try dir.read("out.bin") == plain)
+
+        let piped = try CofferProcess.run(["seal", "--to", "keys/alice.pub", "-o", "-", "-"], in: dir.url, stdin: plain)
+        #expect(piped.status == 0)
+        let back = try CofferProcess.run(["unseal", "--identity", "keys/alice.key", "-o", "-", "-"], in: dir.url, stdin: piped.stdout)
+        #expect(back.status == 0, "\(back.stderr)")
+        #expect(back.stdout == plain)
+    }
+
+    @Test func rangeReadEqualsTheSlice() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        let plain = randomData(200_000)
+        try dir.write("plain.bin", plain)
+        _ = try CofferProcess.run(["seal", "--to", "keys/alice.pub", "--chunk-size", "4K", "-o", "plain.cfs", "plain.bin"], in: dir.url)
+        for (range, slice) in [("1000:50000", 1000..<50000), (":10", 0..<10), ("199990:", 199_990..<200_000), ("5:5", 5..<5)] {
+            let result = try CofferProcess.run(["unseal", "--identity", "keys/alice.key", "--range", range, "-o", "-", "plain.cfs"], in: dir.url)
+            #expect(result.status == 0, "\(result.stderr)")
+            #expect(result.stdout == plain.subdata(in: slice), "range \(range)")
+        }
+        let outside = try CofferProcess.run(["unseal", "--identity", "keys/alice.key", "--range", "0:200001", "-o", "-", "plain.cfs"], in: dir.url)
+        expectFailure(outside, "range 0:200001 out of bounds for 200000 plaintext bytes")
+        let piped = try CofferProcess.run(
+            ["unseal", "--identity", "keys/alice.key", "--range", "0:1", "-o", "-", "-"], in: dir.url, stdin: try dir.read("plain.cfs"))
+        expectFailure(piped, "--range needs a regular file")
+    }
+
+    @Test func errorsAreOneLineAndLeaveNoOutput() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        try dir.keygen("bob")
+        let plain = randomData(20_000)
+        try dir.write("plain.bin", plain)
+        _ = try CofferProcess.run(["seal", "--to", "keys/alice.pub", "--chunk-size", "4K", "-o", "good.cfs", "plain.bin"], in: dir.url)
+        let good = try dir.read("good.cfs")
+        let headerLength = 30 + 92 + 32
+        func unseal(_ file: String, identity: String = "keys/alice.key", passphrase: String? = "test passphrase") throws -> CofferProcess.Output {
+            try CofferProcess.run(["unseal", "--identity", identity, "-o", "out.bin", file], in: dir.url, passphrase: passphrase)
+        }
+
+        expectFailure(try unseal("good.cfs", passphrase: "wrong"), "wrong passphrase")
+        expectFailure(try unseal("good.cfs", passphrase: nil), "no passphrase: set COFFER_PASSPHRASE")
+        expectFailure(try unseal("missing.cfs"), "missing.cfs: No such file or directory")
+        expectFailure(try unseal("plain.bin"), "not a Coffer sealed file")
+        expectFailure(try unseal("good.cfs", identity: "keys/bob.key"), "not a recipient")
+        expectFailure(try unseal("good.cfs", identity: "keys/alice.pub"), "is not a Coffer identity file")
+
+        var version = good
+        version[8] = 9
+        try dir.write("version.cfs", version)
+        expectFailure(try unseal("version.cfs"), "unsupported sealed-file version 9")
+
+        var flipped = good
+        flipped[headerLength + (4096 + 16) * 2 + 10] ^= 0x20
+        try dir.write("flipped.cfs", flipped)
+        expectFailure(try unseal("flipped.cfs"), "authentication failed at chunk 2")
+
+        try dir.write("truncated.cfs", good.prefix(headerLength + (4096 + 16) * 3))
+        expectFailure(try unseal("truncated.cfs"), "truncated file: chunk 2 is not the final chunk")
+
+        #expect(!dir.exists("out.bin"))
+        #expect(!dir.entries.contains { $0.contains("coffer-tmp") }, "temporary files left: \(dir.entries)")
+    }
+
+    @Test func emptyPassphraseFileIsRefused() throws {
+        let dir = try Scratch()
+        try dir.write("empty", Data("\n".utf8))
+        let result = try CofferProcess.run(["keygen", "--out", "k/a", "--passphrase-file", "empty"], in: dir.url, passphrase: nil)
+        expectFailure(result, "the passphrase is empty")
+        #expect(!dir.exists("k/a.key"))
+    }
+
+    @Test func interruptedUnsealLeavesNoTemporaryFile() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        try dir.write("plain.bin", randomData(100_000))
+        _ = try CofferProcess.run(["seal", "--to", "keys/alice.pub", "--chunk-size", "4K", "-o", "plain.cfs", "plain.bin"], in: dir.url)
+        let sealed = try dir.read("plain.cfs")
+        // Feed half the file through a FIFO and hold it open: unseal blocks mid-stream with its temporary file open.
+        #expect(mkfifo(dir.path("fifo"), 0o600) == 0)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
+        process.arguments = ["unseal", "--identity", "keys/alice.key", "-o", "out.bin", "fifo"]
+        process.currentDirectoryURL = dir.url
+        process.environment = ["COFFER_PASSPHRASE": "test passphrase"]
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let writer = try FileHandle(forWritingTo: dir.url.appendingPathComponent("fifo"))
+        writer.write(sealed.prefix(sealed.count / 2))
+        var waited = 0
+        while !dir.entries.contains(where: { $0.contains("coffer-tmp") }) && waited < 500 {
+            usleep(10_000)
+            waited += 1
+        }
+        #expect(dir.entries.contains { $0.contains("coffer-tmp") }, "unseal should be writing its temporary file")
+        process.terminate()
+        process.waitUntilExit()
+        try writer.close()
+        #expect(process.terminationStatus == 128 + SIGTERM)
+        #expect(!dir.entries.contains { $0.contains("coffer-tmp") }, "left: \(dir.entries)")
+        #expect(!dir.exists("out.bin"))
+    }
+
+    @Test func attestationSignAndVerify() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        try dir.keygen("bob")
+        try dir.write("model.bin", randomData(5000))
+        let sign = try CofferProcess.run(["attestation", "sign", "--identity", "keys/alice.key", "-o", "model.dsse.json", "model.bin"], in: dir.url)
+        #expect(sign.status == 0, "\(sign.stderr)")
+        let verify = try CofferProcess.run(["attestation", "verify", "--trust", "keys/alice.pub", "model.dsse.json", "model.bin"], in: dir.url)
+        #expect(verify.status == 0, "\(verify.stderr)")
+        #expect(verify.stdoutText.contains("signed by alice"))
+        let untrusted = try CofferProcess.run(["attestation", "verify", "--trust", "keys/bob.pub", "model.dsse.json"], in: dir.url)
+        expectFailure(untrusted, "is not trusted")
+        try dir.write("model.bin", randomData(5000))
+        let changed = try CofferProcess.run(["attestation", "verify", "--trust", "keys/alice.pub", "model.dsse.json", "model.bin"], in: dir.url)
+        expectFailure(changed, "model.bin does not match its signed SHA-256")
+    }
+}

@@ -1,0 +1,86 @@
+import Foundation
+import Testing
+
+/// Runs the real `coffer` binary built beside the test bundle.
+struct CofferProcess {
+    static let binary: String = {
+        // A child that exits before reading all its stdin must not kill the test process.
+        signal(SIGPIPE, SIG_IGN)
+        let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("coffer").path
+    }()
+
+    struct Output {
+        var status: Int32
+        var stdout: Data
+        var stderr: String
+        var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
+    }
+
+    /// Runs `coffer args...` in `directory` with `COFFER_PASSPHRASE` set unless `passphrase` is nil.
+    static func run(_ args: [String], in directory: URL, passphrase: String? = "test passphrase", stdin: Data? = nil) throws -> Output {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = args
+        process.currentDirectoryURL = directory
+        var environment = ProcessInfo.processInfo.environment
+        environment["COFFER_PASSPHRASE"] = passphrase
+        process.environment = environment
+        let out = Pipe()
+        let err = Pipe()
+        let input = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input
+        try process.run()
+        // Write stdin and drain both outputs concurrently so no pipe fills up.
+        let writer = Thread {
+            if let stdin { try? input.fileHandleForWriting.write(contentsOf: stdin) }
+            try? input.fileHandleForWriting.close()
+        }
+        writer.start()
+        nonisolated(unsafe) var errData = Data()
+        let errReader = Thread { errData = err.fileHandleForReading.readDataToEndOfFile() }
+        errReader.start()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        while errReader.isExecuting || !errReader.isFinished { usleep(1000) }
+        return Output(status: process.terminationStatus, stdout: outData, stderr: String(decoding: errData, as: UTF8.self))
+    }
+}
+
+/// A fresh temporary directory, removed when the test ends.
+final class Scratch {
+    let url: URL
+    init() throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(at: url) }
+
+    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
+    func write(_ name: String, _ data: Data) throws { try data.write(to: url.appendingPathComponent(name)) }
+    func read(_ name: String) throws -> Data { try Data(contentsOf: url.appendingPathComponent(name)) }
+    func exists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: path(name)) }
+    var entries: [String] { ((try? FileManager.default.contentsOfDirectory(atPath: url.path)) ?? []).sorted() }
+
+    /// `coffer keygen` with a cheap Argon2id cost; the format tests cover the default cost.
+    func keygen(_ name: String) throws {
+        let result = try CofferProcess.run(["keygen", "--out", "keys/\(name)", "--kdf-ops", "1", "--kdf-memory", "64"], in: url)
+        #expect(result.status == 0, "keygen: \(result.stderr)")
+    }
+}
+
+func randomData(_ count: Int) -> Data {
+    var generator = SystemRandomNumberGenerator()
+    return Data((0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) })
+}
+
+/// Expects a failed run with exit status 1 and exactly one line on stderr containing `fragment`.
+func expectFailure(_ result: CofferProcess.Output, _ fragment: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(result.status == 1, "status \(result.status): \(result.stderr)", sourceLocation: sourceLocation)
+    let lines = result.stderr.split(separator: "\n")
+    #expect(lines.count == 1, "stderr: \(result.stderr)", sourceLocation: sourceLocation)
+    #expect(result.stderr.hasPrefix("coffer: "), sourceLocation: sourceLocation)
+    #expect(result.stderr.contains(fragment), "stderr: \(result.stderr)", sourceLocation: sourceLocation)
+}
