@@ -5,7 +5,8 @@ extension Coffer {
     struct Attestation: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Sign and verify in-toto statements about files (DSSE envelopes).",
-            subcommands: [Sign.self, Verify.self])
+            subcommands: [Sign.self, Verify.self]
+        )
 
         struct Sign: ParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Sign a statement whose subjects are FILEs with their SHA-256.")
@@ -38,7 +39,8 @@ extension Coffer {
 
         struct Verify: ParsableCommand {
             static let configuration = CommandConfiguration(
-                abstract: "Verify an envelope against trusted public identities, and FILEs against its subjects.")
+                abstract: "Verify an envelope against trusted public identities, and FILEs against its subjects."
+            )
 
             @Option(name: .long, help: "A trusted signer's public identity (NAME.pub); repeat for several.")
             var trust: [String] = []

@@ -8,7 +8,8 @@ import Glibc
 extension Coffer {
     struct Keygen: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Create an identity: NAME.key (encrypted private keys), NAME.pub and NAME.pem (public).")
+            abstract: "Create an identity: NAME.key (encrypted private keys), NAME.pub and NAME.pem (public)."
+        )
 
         @Option(name: .long, help: "Path prefix DIR/NAME of the files to write; NAME is the identity's name.")
         var out: String

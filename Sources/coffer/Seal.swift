@@ -4,7 +4,8 @@ import CofferCrypto
 extension Coffer {
     struct Seal: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Encrypt a file to one or more recipients in the Coffer sealed-file format.")
+            abstract: "Encrypt a file to one or more recipients in the Coffer sealed-file format."
+        )
 
         @Option(name: .long, help: "A recipient's public identity (NAME.pub); repeat for several.")
         var to: [String] = []
@@ -28,7 +29,12 @@ extension Coffer {
             let progress = ProgressBar(label: "sealing", total: source.regularFileSize)
             try OutputTarget.write(to: output, mode: 0o644) { sink throws(CofferCryptoError) in
                 _ = try SealedFile.seal(
-                    from: source, to: sink, recipients: recipients, chunkSize: chunkSize.bytes, progress: progress?.update)
+                    from: source,
+                    to: sink,
+                    recipients: recipients,
+                    chunkSize: chunkSize.bytes,
+                    progress: progress?.update
+                )
             }
             progress?.finish()
         }

@@ -4,7 +4,8 @@ import CofferCrypto
 extension Coffer {
     struct Unseal: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Decrypt a Coffer sealed file; nothing is written unless every chunk authenticates.")
+            abstract: "Decrypt a Coffer sealed file; nothing is written unless every chunk authenticates."
+        )
 
         @Option(name: .long, help: "Your private identity (NAME.key).")
         var identity: String

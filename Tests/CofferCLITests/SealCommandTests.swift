@@ -48,7 +48,10 @@ struct SealCommandTests {
         let outside = try CofferProcess.run(["unseal", "--identity", "keys/alice.key", "--range", "0:200001", "-o", "-", "plain.cfs"], in: dir.url)
         expectFailure(outside, "range 0:200001 out of bounds for 200000 plaintext bytes")
         let piped = try CofferProcess.run(
-            ["unseal", "--identity", "keys/alice.key", "--range", "0:1", "-o", "-", "-"], in: dir.url, stdin: try dir.read("plain.cfs"))
+            ["unseal", "--identity", "keys/alice.key", "--range", "0:1", "-o", "-", "-"],
+            in: dir.url,
+            stdin: try dir.read("plain.cfs")
+        )
         expectFailure(piped, "--range needs a regular file")
     }
 

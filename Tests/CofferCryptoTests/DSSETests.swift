@@ -8,7 +8,8 @@ struct DSSETests {
         InTotoStatement(
             subject: [.init(name: "model.safetensors", digest: ["sha256": String(repeating: "ab", count: 32)])],
             predicateType: "https://coffer.dev/attestation/model/v1",
-            predicate: .object(["epsilon": .number(2.5), "steps": .number(14062), "name": .string("demo")]))
+            predicate: .object(["epsilon": .number(2.5), "steps": .number(14062), "name": .string("demo")])
+        )
     }
 
     @Test func signAndVerify() throws {
@@ -63,11 +64,13 @@ struct DSSETests {
         #expect(throws: CofferCryptoError.self) { _ = try DSSEEnvelope(jsonBytes: Array("[]".utf8)) }
         #expect(throws: CofferCryptoError.malformedStatement("no subjects")) {
             _ = try InTotoStatement(
-                jsonBytes: Array(#"{"_type":"https://in-toto.io/Statement/v1","subject":[],"predicateType":"x","predicate":{}}"#.utf8))
+                jsonBytes: Array(#"{"_type":"https://in-toto.io/Statement/v1","subject":[],"predicateType":"x","predicate":{}}"#.utf8)
+            )
         }
         #expect(throws: CofferCryptoError.malformedStatement("_type is 'x', expected https://in-toto.io/Statement/v1")) {
             _ = try InTotoStatement(
-                jsonBytes: Array(#"{"_type":"x","subject":[{"name":"a","digest":{"sha256":"00"}}],"predicateType":"x","predicate":{}}"#.utf8))
+                jsonBytes: Array(#"{"_type":"x","subject":[{"name":"a","digest":{"sha256":"00"}}],"predicateType":"x","predicate":{}}"#.utf8)
+            )
         }
     }
 }

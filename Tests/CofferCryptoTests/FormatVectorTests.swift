@@ -27,14 +27,24 @@ struct FormatVectorTests {
         secret.withUnsafeMutableBytes { $0.copyBytes(from: keyBytes) }
         let dataKey = SecretKey(bytes: secret)
         let header = try SealedFileHeader(
-            dataKey: dataKey, chunkSize: 1 << vector.chunk_shift, stanzas: [], noncePrefix: hex(vector.nonce_prefix))
+            dataKey: dataKey,
+            chunkSize: 1 << vector.chunk_shift,
+            stanzas: [],
+            noncePrefix: hex(vector.nonce_prefix)
+        )
         #expect(Digest.hex(header.mac) == vector.header_mac)
         let payloadKey = SealedFileHeader.payloadKey(dataKey: dataKey, noncePrefix: header.noncePrefix)
         let payloadHex = payloadKey.withUnsafeBytes { Digest.hex($0) }
         #expect(payloadHex == vector.payload_key)
         let sink = MemorySink()
         _ = try SealedFile.seal(
-            from: MemorySource(hex(vector.plaintext)), to: sink, header: header, dataKey: dataKey, digests: false, progress: nil)
+            from: MemorySource(hex(vector.plaintext)),
+            to: sink,
+            header: header,
+            dataKey: dataKey,
+            digests: false,
+            progress: nil
+        )
         #expect(Digest.hex(sink.bytes) == vector.sealed)
     }
 }

@@ -30,7 +30,10 @@ struct KeyWrapTests {
         let equal = same(unwrapped, key)
         #expect(equal)
         #expect(throws: CofferCryptoError.unwrapFailed("wrapped under another key-encryption key")) { _ = try wrapped.unwrap(with: other) }
-        guard case .symmetric(let id, let nonce, var ciphertext) = wrapped else { Issue.record("not symmetric"); return }
+        guard case .symmetric(let id, let nonce, var ciphertext) = wrapped else {
+            Issue.record("not symmetric")
+            return
+        }
         ciphertext[0] ^= 1
         #expect(throws: CofferCryptoError.unwrapFailed("authentication failed under the key-encryption key")) {
             _ = try WrappedKey.symmetric(kekID: id, nonce: nonce, ciphertext: ciphertext).unwrap(with: kek)

@@ -21,7 +21,12 @@ struct RangeReadTests {
         let full = try Fixtures.open(try FileBytes.read(path), with: alice)
         let c = Self.chunk
         let ranges = [0..<0, 0..<1, 0..<c, c - 1..<c + 1, c..<2 * c, 3 * c + 5..<6 * c + 7, 7 * c..<plaintext.count, 0..<plaintext.count]
-        for range in ranges + (0..<20).map({ i in let a = (i * 7919) % plaintext.count; return a..<min(plaintext.count, a + i * 997) }) {
+        for range in ranges
+            + (0..<20).map({ i in
+                let a = (i * 7919) % plaintext.count
+                return a..<min(plaintext.count, a + i * 997)
+            })
+        {
             let sink = MemorySink()
             _ = try SealedFile.openRange(from: range.lowerBound, to: range.upperBound, of: file, to: sink, identity: alice)
             #expect(sink.bytes == Array(full[range]), "range \(range)")
@@ -38,7 +43,10 @@ struct RangeReadTests {
         #expect(throws: CofferCryptoError.rangeOutOfBounds(start: 10, end: 2000, length: 1000)) {
             _ = try SealedFile.openRange(from: 10, to: 2000, of: file, to: MemorySink(), identity: alice)
         }
-        #expect(CofferCryptoError.rangeOutOfBounds(start: 10, end: 2000, length: 1000).description == "range 10:2000 out of bounds for 1000 plaintext bytes")
+        #expect(
+            CofferCryptoError.rangeOutOfBounds(start: 10, end: 2000, length: 1000).description
+                == "range 10:2000 out of bounds for 1000 plaintext bytes"
+        )
     }
 
     @Test func rangeOfATruncatedFileFailsEvenAwayFromTheCut() throws {

@@ -22,7 +22,12 @@ struct SealedFileTests {
         let plaintext = testBytes(5 << 20 + 3)
         let sink = MemorySink()
         let sealed = try SealedFile.seal(
-            from: MemorySource(plaintext), to: sink, recipients: [alice.publicIdentity], chunkSize: Self.chunk, digests: true)
+            from: MemorySource(plaintext),
+            to: sink,
+            recipients: [alice.publicIdentity],
+            chunkSize: Self.chunk,
+            digests: true
+        )
         #expect(sealed.plaintextSHA256 == Digest.sha256(plaintext))
         #expect(sealed.sealedSHA256 == Digest.sha256(sink.bytes))
         #expect(sealed.sealedLength == sink.bytes.count)

@@ -43,7 +43,10 @@ public struct Identity: ~Copyable {
         seed.withUnsafeBytes { seedBytes in
             edSecret.withUnsafeMutableBytes { sk in
                 _ = crypto_sign_seed_keypair(
-                    &edPublic, sk.baseAddress!.assumingMemoryBound(to: UInt8.self), seedBytes.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                    &edPublic,
+                    sk.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                    seedBytes.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                )
             }
         }
         x25519Secret.withUnsafeBytes { _ = crypto_scalarmult_base(&xPublic, $0.baseAddress!.assumingMemoryBound(to: UInt8.self)) }

@@ -68,7 +68,11 @@ extension Identity {
     ///
     /// - Throws: ``CofferCryptoError/notAnIdentityFile(_:)`` for other files, ``CofferCryptoError/wrongPassphrase``
     ///   when authentication fails.
-    public static func decrypt(keyFile bytes: [UInt8], passphrase: borrowing SecureBytes, path: String = "identity") throws(CofferCryptoError) -> Identity {
+    public static func decrypt(
+        keyFile bytes: [UInt8],
+        passphrase: borrowing SecureBytes,
+        path: String = "identity"
+    ) throws(CofferCryptoError) -> Identity {
         var reader = ByteReader(bytes, shortInput: .malformedIdentity("\(path) is truncated"))
         guard bytes.count >= 8, try reader.read(8) == keyFileMagic else { throw .notAnIdentityFile(path) }
         let version = try reader.readUInt8()
@@ -101,7 +105,11 @@ extension Identity {
         guard opened else { throw .wrongPassphrase }
         let identity = try Identity(name: name, secrets: secrets)
         let recorded = try PublicIdentity(
-            name: name, ed25519: Array(publicKeys[0..<32]), x25519: Array(publicKeys[32..<64]), p256: Array(publicKeys[64...]))
+            name: name,
+            ed25519: Array(publicKeys[0..<32]),
+            x25519: Array(publicKeys[32..<64]),
+            p256: Array(publicKeys[64...])
+        )
         guard recorded == identity.publicIdentity else { throw .malformedIdentity("\(path): public keys do not match the secret keys") }
         return identity
     }
@@ -117,15 +125,25 @@ extension Identity {
     }
 
     /// Argon2id13(passphrase, salt) -> 32-byte key in secure memory.
-    private static func passphraseKey(_ passphrase: borrowing SecureBytes, salt: [UInt8], parameters: KDFParameters) throws(CofferCryptoError) -> SecureBytes {
+    private static func passphraseKey(
+        _ passphrase: borrowing SecureBytes,
+        salt: [UInt8],
+        parameters: KDFParameters
+    ) throws(CofferCryptoError) -> SecureBytes {
         _ = Sodium.ready
         let key = SecureBytes(count: 32)
         let status = key.withUnsafeMutableBytes { out in
             passphrase.withUnsafeBytes { pass in
                 crypto_pwhash(
-                    out.baseAddress!.assumingMemoryBound(to: UInt8.self), 32,
-                    pass.baseAddress!.assumingMemoryBound(to: CChar.self), UInt64(pass.count),
-                    salt, parameters.opsLimit, Int(parameters.memLimit), crypto_pwhash_ALG_ARGON2ID13)
+                    out.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                    32,
+                    pass.baseAddress!.assumingMemoryBound(to: CChar.self),
+                    UInt64(pass.count),
+                    salt,
+                    parameters.opsLimit,
+                    Int(parameters.memLimit),
+                    crypto_pwhash_ALG_ARGON2ID13
+                )
             }
         }
         guard status == 0 else { throw .malformedIdentity("Argon2id failed: not enough memory for \(parameters.memLimit >> 20) MiB") }

@@ -1,4 +1,5 @@
 import CSodium
+
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -61,9 +61,13 @@ extension PublicIdentity {
     /// The `NAME.pub` bytes: one JSON object, keys sorted, newline-terminated.
     public var jsonBytes: [UInt8] {
         let file = File(
-            type: Self.fileType, name: name, id: keyID,
-            ed25519: Data(ed25519).base64EncodedString(), x25519: Data(x25519).base64EncodedString(),
-            p256: Data(p256).base64EncodedString())
+            type: Self.fileType,
+            name: name,
+            id: keyID,
+            ed25519: Data(ed25519).base64EncodedString(),
+            x25519: Data(x25519).base64EncodedString(),
+            p256: Data(p256).base64EncodedString()
+        )
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         // Encoding a struct of strings cannot fail.
@@ -84,8 +88,11 @@ extension PublicIdentity {
             return Array(data)
         }
         try self.init(
-            name: file.name, ed25519: try decode("ed25519", file.ed25519), x25519: try decode("x25519", file.x25519),
-            p256: try decode("p256", file.p256))
+            name: file.name,
+            ed25519: try decode("ed25519", file.ed25519),
+            x25519: try decode("x25519", file.x25519),
+            p256: try decode("p256", file.p256)
+        )
         guard file.id == keyID else { throw .malformedIdentity("id \(file.id) does not match the keys (expected \(keyID))") }
     }
 

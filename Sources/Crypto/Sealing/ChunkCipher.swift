@@ -32,7 +32,12 @@ struct ChunkCipher: @unchecked Sendable {
     }
 
     /// Opens chunk `index` and, when it fails, names why: cut short, data after the end, or modified.
-    func openOrDiagnose(_ ciphertext: UnsafeRawBufferPointer, into output: UnsafeMutableRawPointer, index: UInt64, last: Bool)
+    func openOrDiagnose(
+        _ ciphertext: UnsafeRawBufferPointer,
+        into output: UnsafeMutableRawPointer,
+        index: UInt64,
+        last: Bool
+    )
         -> CofferCryptoError?
     {
         if open(ciphertext, into: output, index: index, last: last) { return nil }

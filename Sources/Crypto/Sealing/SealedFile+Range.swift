@@ -33,7 +33,11 @@ extension SealedFile {
     /// - Parameters:
     ///   - end: exclusive end; `nil` for the end of the plaintext.
     public static func openRange(
-        from start: Int, to end: Int?, of file: FileDescriptorStream, to sink: any ByteSink, identity: borrowing Identity
+        from start: Int,
+        to end: Int?,
+        of file: FileDescriptorStream,
+        to sink: any ByteSink,
+        identity: borrowing Identity
     ) throws(CofferCryptoError) -> Summary {
         guard let fileLength = file.regularFileSize else { throw .rangeNeedsSeekableInput }
         let unlocked = try unlock(FileRegionSource(file, offset: 0, length: fileLength), identity: identity)
@@ -49,8 +53,13 @@ extension SealedFile {
             }
             let range = start..<stop
             var summary = Summary(
-                headerLength: geometry.headerLength, plaintextLength: 0, sealedLength: fileLength, chunks: 0,
-                plaintextSHA256: nil, sealedSHA256: nil)
+                headerLength: geometry.headerLength,
+                plaintextLength: 0,
+                sealedLength: fileLength,
+                chunks: 0,
+                plaintextSHA256: nil,
+                sealedSHA256: nil
+            )
             guard !range.isEmpty else { return summary }
             let first = range.lowerBound / geometry.chunkSize
             let last = (range.upperBound - 1) / geometry.chunkSize

@@ -28,8 +28,13 @@ public enum SealedFile {
     ///   - digests: compute the plaintext and sealed-file SHA-256 in the same pass.
     ///   - progress: called after each batch with the plaintext bytes read so far.
     public static func seal(
-        from source: any ByteSource, to sink: any ByteSink, dataKey: borrowing SecretKey, stanzas: [WrappedKey],
-        chunkSize: Int = defaultChunkSize, digests: Bool = false, progress: ((Int) -> Void)? = nil
+        from source: any ByteSource,
+        to sink: any ByteSink,
+        dataKey: borrowing SecretKey,
+        stanzas: [WrappedKey],
+        chunkSize: Int = defaultChunkSize,
+        digests: Bool = false,
+        progress: ((Int) -> Void)? = nil
     ) throws(CofferCryptoError) -> Summary {
         let header = try SealedFileHeader(dataKey: dataKey, chunkSize: chunkSize, stanzas: stanzas)
         return try seal(from: source, to: sink, header: header, dataKey: dataKey, digests: digests, progress: progress)
@@ -37,7 +42,11 @@ public enum SealedFile {
 
     /// Seals under a header already built for `dataKey` (tests use it to fix the nonce prefix).
     static func seal(
-        from source: any ByteSource, to sink: any ByteSink, header: SealedFileHeader, dataKey: borrowing SecretKey, digests: Bool,
+        from source: any ByteSource,
+        to sink: any ByteSink,
+        header: SealedFileHeader,
+        dataKey: borrowing SecretKey,
+        digests: Bool,
         progress: ((Int) -> Void)?
     ) throws(CofferCryptoError) -> Summary {
         let headerBytes = header.encoded
@@ -54,19 +63,34 @@ public enum SealedFile {
             return try pipeline.run(source: source, sink: sink)
         }
         return Summary(
-            headerLength: headerBytes.count, plaintextLength: result.inputBytes, sealedLength: headerBytes.count + result.outputBytes,
-            chunks: result.chunks, plaintextSHA256: result.inputSHA256, sealedSHA256: result.outputSHA256)
+            headerLength: headerBytes.count,
+            plaintextLength: result.inputBytes,
+            sealedLength: headerBytes.count + result.outputBytes,
+            chunks: result.chunks,
+            plaintextSHA256: result.inputSHA256,
+            sealedSHA256: result.outputSHA256
+        )
     }
 
     /// Seals to recipients' public identities with a fresh random data key (what `coffer seal` does).
     public static func seal(
-        from source: any ByteSource, to sink: any ByteSink, recipients: [PublicIdentity], chunkSize: Int = defaultChunkSize,
-        digests: Bool = false, progress: ((Int) -> Void)? = nil
+        from source: any ByteSource,
+        to sink: any ByteSink,
+        recipients: [PublicIdentity],
+        chunkSize: Int = defaultChunkSize,
+        digests: Bool = false,
+        progress: ((Int) -> Void)? = nil
     ) throws(CofferCryptoError) -> Summary {
         let dataKey = SecretKey.random()
         return try seal(
-            from: source, to: sink, dataKey: dataKey, stanzas: recipients.map { dataKey.wrap(for: $0) }, chunkSize: chunkSize,
-            digests: digests, progress: progress)
+            from: source,
+            to: sink,
+            dataKey: dataKey,
+            stanzas: recipients.map { dataKey.wrap(for: $0) },
+            chunkSize: chunkSize,
+            digests: digests,
+            progress: progress
+        )
     }
 
     /// A header read from a stream and authenticated, with the data key recovered from it.
@@ -95,19 +119,33 @@ public enum SealedFile {
     /// A stream cut short is reported only at its end: write to an ``AtomicOutputFile`` so that
     /// nothing is kept unless this returns.
     public static func open(
-        from source: any ByteSource, to sink: any ByteSink, identity: borrowing Identity, digests: Bool = false,
+        from source: any ByteSource,
+        to sink: any ByteSink,
+        identity: borrowing Identity,
+        digests: Bool = false,
         progress: ((Int) -> Void)? = nil
     ) throws(CofferCryptoError) -> Summary {
         let unlocked = try unlock(source, identity: identity)
         return try openPayload(
-            from: source, to: sink, header: unlocked.header, headerLength: unlocked.headerLength, dataKey: unlocked.dataKey,
-            digests: digests, progress: progress)
+            from: source,
+            to: sink,
+            header: unlocked.header,
+            headerLength: unlocked.headerLength,
+            dataKey: unlocked.dataKey,
+            digests: digests,
+            progress: progress
+        )
     }
 
     /// Opens the chunks that follow a header already read from `source`, with the data key known by other means.
     public static func openPayload(
-        from source: any ByteSource, to sink: any ByteSink, header: SealedFileHeader, headerLength: Int, dataKey: borrowing SecretKey,
-        digests: Bool = false, progress: ((Int) -> Void)? = nil
+        from source: any ByteSource,
+        to sink: any ByteSink,
+        header: SealedFileHeader,
+        headerLength: Int,
+        dataKey: borrowing SecretKey,
+        digests: Bool = false,
+        progress: ((Int) -> Void)? = nil
     ) throws(CofferCryptoError) -> Summary {
         try header.authenticate(dataKey: dataKey)
         let payloadKey = SealedFileHeader.payloadKey(dataKey: dataKey, noncePrefix: header.noncePrefix)
@@ -122,7 +160,12 @@ public enum SealedFile {
             return try pipeline.run(source: source, sink: sink)
         }
         return Summary(
-            headerLength: headerLength, plaintextLength: result.outputBytes, sealedLength: headerLength + result.inputBytes,
-            chunks: result.chunks, plaintextSHA256: result.outputSHA256, sealedSHA256: result.inputSHA256)
+            headerLength: headerLength,
+            plaintextLength: result.outputBytes,
+            sealedLength: headerLength + result.inputBytes,
+            chunks: result.chunks,
+            plaintextSHA256: result.outputSHA256,
+            sealedSHA256: result.inputSHA256
+        )
     }
 }

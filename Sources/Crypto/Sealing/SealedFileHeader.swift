@@ -25,7 +25,12 @@ public struct SealedFileHeader: Sendable, Equatable {
     public var encoded: [UInt8] { Self.encodeUnauthenticated(chunkShift: chunkShift, noncePrefix: noncePrefix, stanzas: stanzas) + mac }
 
     /// Builds a header for a new file and computes its MAC under `dataKey`.
-    init(dataKey: borrowing SecretKey, chunkSize: Int, stanzas: [WrappedKey], noncePrefix: [UInt8] = Sodium.randomPublicBytes(16))
+    init(
+        dataKey: borrowing SecretKey,
+        chunkSize: Int,
+        stanzas: [WrappedKey],
+        noncePrefix: [UInt8] = Sodium.randomPublicBytes(16)
+    )
         throws(CofferCryptoError)
     {
         guard chunkSize > 0, chunkSize & (chunkSize - 1) == 0,

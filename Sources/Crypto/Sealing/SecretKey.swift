@@ -36,9 +36,13 @@ public struct SecretKey: ~Copyable {
         withUnsafeBytes { key in
             out.withUnsafeMutableBytes { out in
                 _ = crypto_generichash(
-                    out.baseAddress!.assumingMemoryBound(to: UInt8.self), Self.byteCount,
-                    message, UInt64(message.count),
-                    key.baseAddress!.assumingMemoryBound(to: UInt8.self), Self.byteCount)
+                    out.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                    Self.byteCount,
+                    message,
+                    UInt64(message.count),
+                    key.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                    Self.byteCount
+                )
             }
         }
         return SecretKey(bytes: out)
@@ -49,8 +53,13 @@ public struct SecretKey: ~Copyable {
         var out = [UInt8](repeating: 0, count: 32)
         withUnsafeBytes { key in
             _ = crypto_generichash(
-                &out, 32, message, UInt64(message.count),
-                key.baseAddress!.assumingMemoryBound(to: UInt8.self), Self.byteCount)
+                &out,
+                32,
+                message,
+                UInt64(message.count),
+                key.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                Self.byteCount
+            )
         }
         return out
     }

@@ -77,8 +77,12 @@ public enum WrappedKey: Sendable, Hashable {
         let status = identity.x25519Secret.withUnsafeBytes { secret in
             key.withUnsafeMutableBytes { out in
                 crypto_box_seal_open(
-                    out.baseAddress!.assumingMemoryBound(to: UInt8.self), box, UInt64(box.count),
-                    identity.publicIdentity.x25519, secret.baseAddress!.assumingMemoryBound(to: UInt8.self))
+                    out.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                    box,
+                    UInt64(box.count),
+                    identity.publicIdentity.x25519,
+                    secret.baseAddress!.assumingMemoryBound(to: UInt8.self)
+                )
             }
         }
         guard status == 0 else { throw .unwrapFailed("the sealed box does not open with this identity") }

@@ -44,8 +44,10 @@ public struct DSSEEnvelope: Sendable, Equatable, Codable {
     public static func sign(payload: [UInt8], payloadType: String = inTotoPayloadType, identity: borrowing Identity) -> DSSEEnvelope {
         let signature = identity.signEd25519(pae(payloadType: payloadType, payload: payload))
         return DSSEEnvelope(
-            payloadType: payloadType, payload: Data(payload).base64EncodedString(),
-            signatures: [Signature(keyid: identity.publicIdentity.keyID, sig: Data(signature).base64EncodedString())])
+            payloadType: payloadType,
+            payload: Data(payload).base64EncodedString(),
+            signatures: [Signature(keyid: identity.publicIdentity.keyID, sig: Data(signature).base64EncodedString())]
+        )
     }
 
     /// The decoded payload bytes.

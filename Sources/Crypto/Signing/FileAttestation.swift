@@ -26,7 +26,11 @@ public enum FileAttestation {
     }
 
     /// Verifies the signature against `trusted`, then that each of `files` is a subject with a matching SHA-256.
-    public static func verify(_ envelope: DSSEEnvelope, trusting trusted: [PublicIdentity], files: [String]) throws(CofferCryptoError)
+    public static func verify(
+        _ envelope: DSSEEnvelope,
+        trusting trusted: [PublicIdentity],
+        files: [String]
+    ) throws(CofferCryptoError)
         -> (signer: PublicIdentity, statement: InTotoStatement)
     {
         let (signer, payload) = try envelope.verify(trusting: trusted)
@@ -35,7 +39,9 @@ public enum FileAttestation {
         }
         let statement = try InTotoStatement(jsonBytes: payload)
         for path in files {
-            guard let subject = statement.subject.first(where: { $0.name == path }) else { throw .subjectMismatch("\(path) is not a subject of the statement") }
+            guard let subject = statement.subject.first(where: { $0.name == path }) else {
+                throw .subjectMismatch("\(path) is not a subject of the statement")
+            }
             guard subject.digest["sha256"] == Digest.hex(try Digest.sha256(file: path)) else {
                 throw .subjectMismatch("\(path) does not match its signed SHA-256")
             }
