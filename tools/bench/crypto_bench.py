@@ -43,6 +43,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--no-4g", action="store_true", help="skip the 4 GiB peak-RSS run")
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--chunk-size", default=None, help="coffer seal --chunk-size (default: Coffer's default)")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="coffer-bench-", dir=args.dir)
@@ -72,7 +73,8 @@ def main():
                 if who == "age":
                     record("age seal", run(["age", "-r", recipient, "-o", aged, plain]))
                 else:
-                    record("coffer seal", run([args.coffer, "seal", "--to", pub, "-o", sealed, plain], env=env))
+                    chunk = ["--chunk-size", args.chunk_size] if args.chunk_size else []
+                    record("coffer seal", run([args.coffer, "seal", *chunk, "--to", pub, "-o", sealed, plain], env=env))
             for who in order:
                 if who == "age":
                     record("age unseal", run(["age", "-d", "-i", os.path.join(work, "age.key"), "-o", "-", aged], stdout=null))
@@ -84,7 +86,8 @@ def main():
                                            stdout=null, env=env))
 
         med = {k: statistics.median(v) for k, v in results.items()}
-        print(f"# tools/bench/crypto: {args.size_mib} MiB random file, {args.rounds} alternating rounds, {os.cpu_count()} cores")
+        print(f"# tools/bench/crypto: {args.size_mib} MiB random file, {args.rounds} alternating rounds, {os.cpu_count()} cores, "
+              f"chunk size {args.chunk_size or 'default'}")
         print(f"{'measure':<22}{'median s':>10}{'min s':>9}{'peak RSS MiB':>14}")
         for k in results:
             print(f"{k:<22}{med[k]:>10.3f}{min(results[k]):>9.3f}{rss[k]:>14.1f}")
