@@ -38,6 +38,20 @@ struct SealedFileTests {
         #expect(opened.sealedSHA256 == sealed.sealedSHA256)
     }
 
+    /// A server seals from Swift concurrency tasks: many multi-batch pipelines at once must neither starve nor deadlock the pool.
+    @Test func concurrentPipelinesFromSwiftConcurrencyTasks() async throws {
+        let alice = try Identity.generate(name: "alice")
+        let recipient = alice.publicIdentity
+        let sealed = try await withThrowingTaskGroup(of: [UInt8].self) { group in
+            for seed in 1...8 {
+                group.addTask { try Fixtures.seal(testBytes(3 << 20, seed: UInt64(seed)), to: [recipient]) }
+            }
+            return try await group.reduce(into: [[UInt8]]()) { $0.append($1) }
+        }
+        #expect(sealed.count == 8)
+        for file in sealed { #expect(try Fixtures.open(file, with: alice).count == 3 << 20) }
+    }
+
     @Test func defaultChunkSizeRoundTrip() throws {
         let alice = try Identity.generate(name: "alice")
         let plaintext = testBytes(3 * SealedFile.defaultChunkSize + 1)

@@ -3,10 +3,13 @@ import Dispatch
 
 /// Streams chunks through seal or open on all cores with bounded memory.
 ///
-/// Two batch buffers alternate: while workers transform batch k (one task per chunk, plus one task
-/// hashing the batch's input), the calling thread writes batch k-1 (hashing its output) and reads
-/// batch k+1. Memory is 2 x batch x (input + output stride), whatever the stream's length. One byte
-/// of look-ahead tells which chunk is the last, so pipes work as well as files.
+/// Four kinds of lane run at once over three rotating batch buffers: the calling thread reads batch
+/// k+1, one worker lane per core transforms its share of batch k's chunks, a hasher lane hashes each
+/// batch's input in order, and a writer lane writes batch k-1 (hashing its output). Lanes are
+/// threads of the pipeline's own (see ``Lane``); an input known to fit one batch runs inline. Reading and writing
+/// are the costliest steps on a virtual machine's page cache, so they must not share a thread.
+/// Memory is 3 x batch x (input + output stride), whatever the stream's length. One byte of
+/// look-ahead tells which chunk is the last, so pipes work as well as files.
 struct ChunkPipeline {
     enum Direction { case seal, open }
 
@@ -34,57 +37,103 @@ struct ChunkPipeline {
     var inputStride: Int { direction == .seal ? chunkSize : chunkSize + ChunkCipher.tagLength }
     var outputStride: Int { direction == .seal ? chunkSize + ChunkCipher.tagLength : chunkSize }
 
-    /// Chunks per batch: at least two per core, and about 2 MiB of plaintext; fewer when the input is known to be small.
+    /// Chunks per batch: at least two per core, and about 1 MiB of plaintext; fewer when the input is known to be small.
     func batchChunks(remaining: Int?) -> Int {
-        let full = max(2 * ProcessInfoCores.count, (2 << 20) / chunkSize)
+        let full = max(2 * ProcessInfoCores.count, (1 << 20) / chunkSize)
         guard let remaining else { return full }
         return max(1, min(full, remaining / inputStride + 1))
     }
 
     func run(source: any ByteSource, sink: any ByteSink) throws(CofferCryptoError) -> Result {
-        let capacity = batchChunks(remaining: source.remainingHint)
-        let buffers = [Batch(pipeline: self, capacity: capacity), Batch(pipeline: self, capacity: capacity)]
-        var result = Result()
-        var inputHasher = self.inputHasher
-        var outputHasher = self.outputHasher
+        let remaining = source.remainingHint
+        let capacity = batchChunks(remaining: remaining)
+        let oneBatch = remaining.map { $0 < capacity * inputStride } ?? false
+        let buffers = (0..<(oneBatch ? 1 : 3)).map { _ in Batch(pipeline: self, capacity: capacity) }
+        let state = PipelineState(inputHasher: inputHasher, outputHasher: outputHasher)
+        let workers = (0..<(oneBatch ? 1 : ProcessInfoCores.count)).map { Lane(name: "coffer.pipeline.worker\($0)", inline: oneBatch) }
+        let hasherLane = Lane(name: "coffer.pipeline.hash", inline: oneBatch || inputHasher == nil)
+        let writerLane = Lane(name: "coffer.pipeline.write", inline: oneBatch)
+
+        // The sink and the progress callback are only ever used on the writer lane, one batch after another,
+        // and run() waits for that lane to drain before it returns.
+        let writerOnly = UncheckedSendable(value: (sink: sink, progress: progress))
         var carry: UInt8? = nil
         var nextIndex = firstIndex
-        var pending: Batch? = nil
         var turn = 0
         var finished = false
 
-        func drain(_ batch: Batch) throws(CofferCryptoError) {
-            batch.group.wait()
-            if let error = batch.firstError() { throw error }
-            if let digest = batch.inputDigest { inputHasher = digest }
-            try batch.withOutput { output throws(CofferCryptoError) in
-                outputHasher?.update(output)
-                try sink.write(output)
+        do {
+            while !finished && !state.failed {
+                let batch = buffers[turn % buffers.count]
+                turn += 1
+                batch.free.wait()
+                let (length, eof) = try batch.fill(from: source, carry: &carry)
+                finished = eof
+                try batch.layout(length: length, firstIndex: nextIndex, endsStream: eof && sourceEndIsStreamEnd)
+                nextIndex += UInt64(batch.chunkCount)
+                batch.start(workers: workers, hasherLane: hasherLane, state: state)
+                writerLane.async {
+                    batch.group.wait()
+                    defer { batch.free.signal() }
+                    guard !state.failed else { return }
+                    if let error = batch.firstError() { return state.fail(error) }
+                    do throws(CofferCryptoError) {
+                        try batch.withOutput { output throws(CofferCryptoError) in
+                            state.outputHasher?.update(output)
+                            try writerOnly.value.sink.write(output)
+                        }
+                    } catch {
+                        return state.fail(error)
+                    }
+                    state.inputBytes += batch.inputLength
+                    state.outputBytes += batch.outputLength
+                    writerOnly.value.progress?(state.inputBytes)
+                }
             }
-            result.inputBytes += batch.inputLength
-            result.outputBytes += batch.outputLength
-            progress?(result.inputBytes)
+        } catch {
+            state.fail(error)
         }
+        // Every error is caught above, so the lanes always end here.
+        writerLane.finish()
+        hasherLane.finish()
+        for lane in workers { lane.finish() }
+        if let error = state.error { throw error }
+        return Result(
+            inputBytes: state.inputBytes,
+            outputBytes: state.outputBytes,
+            chunks: nextIndex - firstIndex,
+            inputSHA256: state.inputHasher?.finalize(),
+            outputSHA256: state.outputHasher?.finalize()
+        )
+    }
+}
 
-        while !finished {
-            let batch = buffers[turn % 2]
-            turn += 1
-            let (length, eof) = try batch.fill(from: source, carry: &carry)
-            finished = eof
-            if length == 0 && nextIndex != firstIndex { break }  // the previous batch ended exactly at the end
-            try batch.layout(length: length, firstIndex: nextIndex, endsStream: eof && sourceEndIsStreamEnd)
-            nextIndex += UInt64(batch.chunkCount)
-            // Input hashing chains batch to batch: start this batch's from the previous state.
-            if let pending { pending.group.wait() }
-            batch.start(inputDigest: pending?.inputDigest ?? inputHasher)
-            if let pending { try drain(pending) }
-            pending = batch
-        }
-        if let pending { try drain(pending) }
-        result.chunks = nextIndex - firstIndex
-        result.inputSHA256 = inputHasher?.finalize()
-        result.outputSHA256 = outputHasher?.finalize()
-        return result
+/// A value handed to another lane that the compiler cannot prove safe; each use says why it is.
+private struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+}
+
+/// What the lanes of one pipeline run share. Each field has one writer lane; `error` is guarded by a lock.
+private final class PipelineState: @unchecked Sendable {
+    /// Written only on the hasher lane.
+    var inputHasher: StreamingSHA256?
+    /// Written only on the writer lane, like the byte counts.
+    var outputHasher: StreamingSHA256?
+    var inputBytes = 0
+    var outputBytes = 0
+    private let lock = Lock()
+    private var firstError: CofferCryptoError?
+
+    init(inputHasher: StreamingSHA256?, outputHasher: StreamingSHA256?) {
+        self.inputHasher = inputHasher
+        self.outputHasher = outputHasher
+    }
+
+    var error: CofferCryptoError? { lock.withLock { firstError } }
+    var failed: Bool { error != nil }
+
+    func fail(_ error: CofferCryptoError) {
+        lock.withLock { if firstError == nil { firstError = error } }
     }
 }
 
@@ -112,13 +161,20 @@ private final class Batch: @unchecked Sendable {
     let inputCapacity: Int
     let outputCapacity: Int
     let group = DispatchGroup()
+    /// Signalled when the writer lane is done with this batch and it may be filled again.
+    let free: DispatchSemaphore = {
+        // Created at 0 and signalled once, not created at 1: libdispatch traps when a semaphore is freed below its
+        // initial value, which a batch abandoned on an error (waited for, never written) would be.
+        let semaphore = DispatchSemaphore(value: 0)
+        semaphore.signal()
+        return semaphore
+    }()
     private(set) var inputLength = 0
     private(set) var chunkCount = 0
     private var firstIndex: UInt64 = 0
     private var endsStream = false
     /// One slot per chunk, written by that chunk's worker only.
     private let errors: UnsafeMutablePointer<CofferCryptoError?>
-    private(set) var inputDigest: StreamingSHA256? = nil
 
     init(pipeline: ChunkPipeline, capacity: Int) {
         self.pipeline = pipeline
@@ -188,18 +244,21 @@ private final class Batch: @unchecked Sendable {
         for j in 0..<chunkCount { errors[j] = nil }
     }
 
-    /// Starts the chunk tasks and, if wanted, the hash of this batch's input chained from `digest`.
-    func start(inputDigest digest: StreamingSHA256?) {
-        inputDigest = nil
-        if let digest {
-            DispatchQueue.global().async(group: group) {
-                var hasher = digest
-                hasher.update(UnsafeRawBufferPointer(start: self.input, count: self.inputLength))
-                self.inputDigest = hasher
+    /// Gives each worker lane its share of the chunks and, if the input is hashed, queues this batch on the hasher lane.
+    func start(workers: [Lane], hasherLane: Lane, state: PipelineState) {
+        if state.inputHasher != nil {
+            group.enter()
+            hasherLane.async {
+                state.inputHasher?.update(UnsafeRawBufferPointer(start: self.input, count: self.inputLength))
+                self.group.leave()
             }
         }
-        DispatchQueue.global().async(group: group) {
-            DispatchQueue.concurrentPerform(iterations: self.chunkCount) { self.transform(chunk: $0) }
+        for (w, worker) in workers.enumerated() {
+            group.enter()
+            worker.async {
+                for j in stride(from: w, to: self.chunkCount, by: workers.count) { self.transform(chunk: j) }
+                self.group.leave()
+            }
         }
     }
 

@@ -1,0 +1,56 @@
+import Foundation
+
+/// A serial lane of work on a thread of its own, or inline on the caller's thread.
+///
+/// The sealing pipeline blocks while it waits for its lanes; running them on dedicated threads
+/// rather than on Dispatch's global pools keeps that from starving (or deadlocking) a Swift
+/// concurrency pool that called it, as a server's request handler would.
+final class Lane: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var jobs: [() -> Void] = []
+    private var stopping = false
+    private let finished = DispatchSemaphore(value: 0)
+    private let inline: Bool
+
+    /// - Parameter inline: run every job immediately on the thread that submits it (for inputs of one batch).
+    init(name: String, inline: Bool = false) {
+        self.inline = inline
+        guard !inline else { return }
+        let thread = Thread { [self] in run() }
+        thread.name = name
+        thread.start()
+    }
+
+    func async(_ job: @escaping () -> Void) {
+        if inline { return job() }
+        condition.lock()
+        jobs.append(job)
+        condition.signal()
+        condition.unlock()
+    }
+
+    /// Runs the jobs already submitted, then ends the thread.
+    func finish() {
+        guard !inline else { return }
+        condition.lock()
+        stopping = true
+        condition.signal()
+        condition.unlock()
+        finished.wait()
+    }
+
+    private func run() {
+        while true {
+            condition.lock()
+            while jobs.isEmpty && !stopping { condition.wait() }
+            if jobs.isEmpty {
+                condition.unlock()
+                finished.signal()
+                return
+            }
+            let job = jobs.removeFirst()
+            condition.unlock()
+            job()
+        }
+    }
+}
