@@ -100,6 +100,13 @@ struct SealCommandTests {
         #expect(!dir.exists("k/a.key"))
     }
 
+    @Test func overlongPassphraseIsRefusedNotTruncated() throws {
+        let dir = try Scratch()
+        let result = try CofferProcess.run(["keygen", "--out", "k/a"], in: dir.url, passphrase: String(repeating: "x", count: 5000))
+        expectFailure(result, "the passphrase is longer than 4096 bytes")
+        #expect(!dir.exists("k/a.key"))
+    }
+
     @Test func interruptedUnsealLeavesNoTemporaryFile() throws {
         let dir = try Scratch()
         try dir.keygen("alice")

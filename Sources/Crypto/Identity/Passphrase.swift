@@ -16,7 +16,8 @@ public enum Passphrase {
         guard let value = getenv(name) else { return nil }
         let length = strlen(value)
         guard length > 0 else { throw .emptyPassphrase }
-        return SecureBytes(copying: UnsafeRawBufferPointer(start: value, count: min(length, maximumLength)))
+        guard length <= maximumLength else { throw .passphraseTooLong(maximumLength) }
+        return SecureBytes(copying: UnsafeRawBufferPointer(start: value, count: length))
     }
 
     /// The contents of `path`, without one trailing newline.
@@ -35,7 +36,7 @@ public enum Passphrase {
             }
             return total
         }
-        guard length <= maximumLength else { throw .io(path: path, reason: "passphrase file longer than \(maximumLength) bytes") }
+        guard length <= maximumLength else { throw .passphraseTooLong(maximumLength) }
         return try trimmed(buffer, length: length)
     }
 

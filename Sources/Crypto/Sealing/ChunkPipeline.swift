@@ -232,14 +232,14 @@ private final class Batch: @unchecked Sendable {
             if length == 0 { throw .truncated("no chunks after the header") }
             if last < tag { throw .truncated("chunk \(firstIndex + UInt64(chunkCount - 1)) is shorter than its tag") }
             if last == tag && firstIndex + UInt64(chunkCount) > 1 && endsStream {
-                throw .malformedHeader("empty final chunk after chunk 0")
+                throw .malformedChunk("empty final chunk after chunk 0")
             }
         }
         if !endsStream && last != stride {
             throw .truncated("chunk \(firstIndex + UInt64(chunkCount - 1)) is short")
         }
         guard firstIndex + UInt64(chunkCount) - 1 <= ChunkCipher.maximumChunkIndex else {
-            throw .malformedHeader("more than 2^56 chunks")
+            throw .malformedChunk("more than 2^56 chunks")
         }
         for j in 0..<chunkCount { errors[j] = nil }
     }

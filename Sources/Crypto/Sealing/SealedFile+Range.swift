@@ -80,7 +80,7 @@ extension SealedFile {
         let index = geometry.chunkCount - 1
         let offset = geometry.offset(ofChunk: index)
         let length = geometry.headerLength + geometry.plaintextLength + geometry.chunkCount * ChunkCipher.tagLength - offset
-        if index > 0 && length == ChunkCipher.tagLength { throw .malformedHeader("empty final chunk after chunk 0") }
+        if index > 0 && length == ChunkCipher.tagLength { throw .malformedChunk("empty final chunk after chunk 0") }
         let ciphertext = SecureBytes(count: length)
         let plaintext = SecureBytes(count: length)
         let error = try ciphertext.withUnsafeMutableBytes { (buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> CofferCryptoError? in

@@ -99,7 +99,7 @@ public struct SealedFileHeader: Sendable, Equatable {
         }
         let magicBytes = try readExactly(8, "magic")
         guard magicBytes == magic else { throw .notACofferFile }
-        var fixed = try readExactly(fixedLength - 8, "fixed fields")
+        let fixed = try readExactly(fixedLength - 8, "fixed fields")
         let version = fixed[0]
         guard version == Self.version else { throw .unsupportedVersion(Int(version)) }
         guard fixed[1] == suiteXChaCha20Poly1305Blake2b else { throw .unsupportedSuite(Int(fixed[1])) }
@@ -119,7 +119,6 @@ public struct SealedFileHeader: Sendable, Equatable {
         var stanzas: [WrappedKey] = []
         for _ in 0..<count { stanzas.append(try WrappedKey.read(from: &reader)) }
         let mac = try readExactly(macLength, "MAC")
-        fixed.removeAll()
         let header = SealedFileHeader(chunkShift: shift, noncePrefix: prefix, stanzas: stanzas, mac: mac)
         return (header, fixedLength + stanzaBytes.count + macLength)
     }

@@ -6,6 +6,7 @@ public enum CofferCryptoError: Error, Equatable, CustomStringConvertible {
     case unsupportedVersion(Int)
     case unsupportedSuite(Int)
     case malformedHeader(String)
+    case malformedChunk(String)
     case notARecipient
     case headerAuthenticationFailed
     case authenticationFailed(chunk: Int)
@@ -18,6 +19,7 @@ public enum CofferCryptoError: Error, Equatable, CustomStringConvertible {
     case wrongPassphrase
     case noPassphrase
     case emptyPassphrase
+    case passphraseTooLong(Int)
     case invalidName(String)
     case io(path: String, reason: String)
     case malformedEnvelope(String)
@@ -35,6 +37,7 @@ public enum CofferCryptoError: Error, Equatable, CustomStringConvertible {
         case .unsupportedVersion(let v): "unsupported sealed-file version \(v) (this build reads version 1)"
         case .unsupportedSuite(let s): "unsupported cipher suite \(s) (this build reads suite 1)"
         case .malformedHeader(let why): "malformed sealed-file header: \(why)"
+        case .malformedChunk(let why): "malformed sealed file: \(why)"
         case .notARecipient: "this identity is not a recipient of the file"
         case .headerAuthenticationFailed: "header authentication failed: the header was modified or the key is wrong"
         case .authenticationFailed(let chunk): "authentication failed at chunk \(chunk): the file was modified"
@@ -47,6 +50,7 @@ public enum CofferCryptoError: Error, Equatable, CustomStringConvertible {
         case .wrongPassphrase: "wrong passphrase (or the identity file was modified)"
         case .noPassphrase: "no passphrase: set COFFER_PASSPHRASE, pass --passphrase-file FILE, or run on a terminal"
         case .emptyPassphrase: "the passphrase is empty"
+        case .passphraseTooLong(let limit): "the passphrase is longer than \(limit) bytes"
         case .invalidName(let name): "invalid name '\(name)': use 1 to 64 characters from A-Z a-z 0-9 . _ -"
         case .io(let path, let reason): "\(path): \(reason)"
         case .malformedEnvelope(let why): "malformed DSSE envelope: \(why)"

@@ -219,6 +219,7 @@ public enum FileBytes {
 /// Temporary files to remove if the process is interrupted (SIGINT, SIGTERM, SIGHUP) before commit.
 ///
 /// The signal handler only calls `unlink` and `_exit`, both async-signal-safe, on paths kept as C strings.
+/// It tracks up to 64 files open at once; a process with more would leave the rest behind on an interrupt.
 public enum TemporaryFiles {
     nonisolated(unsafe) private static var paths: [UnsafeMutablePointer<CChar>?] = Array(repeating: nil, count: 64)
     private static let lock = Lock()

@@ -1,0 +1,59 @@
+"""`coffer` on a real terminal (a pseudo-terminal): the no-echo passphrase prompt and the progress bar.
+
+Drives the real binary (COFFER_BIN) with Python's pty module; no COFFER_PASSPHRASE in the environment.
+"""
+import os
+import pty
+import select
+import time
+
+from test_interop import COFFER
+
+PASSPHRASE = b"typed at the prompt"
+
+
+def run_on_terminal(args, cwd, answers=(), timeout=30):
+    """Runs coffer with stdin, stdout and stderr on one pty; answers each prompt in turn. Returns (status, screen)."""
+    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"}
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(cwd)
+        os.execve(COFFER, [COFFER, *args], env)
+    screen, pending, deadline = b"", list(answers), time.time() + timeout
+    while time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            screen += data
+            if pending and screen.rstrip().endswith(b":"):
+                os.write(fd, pending.pop(0) + b"\n")
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")
+
+
+def test_prompt_asks_twice_without_echo_and_the_key_opens(tmp_path):
+    status, screen = run_on_terminal(["keygen", "--out", "keys/carol", "--kdf-ops", "1", "--kdf-memory", "64"], tmp_path,
+                                     answers=[PASSPHRASE, PASSPHRASE])
+    assert status == 0, screen
+    assert "Passphrase for the new identity:" in screen and "Repeat passphrase:" in screen
+    assert PASSPHRASE.decode() not in screen  # echo was off
+    (tmp_path / "plain").write_bytes(os.urandom(5 << 20))
+    status, screen = run_on_terminal(["seal", "--to", "keys/carol.pub", "-o", "plain.cfs", "plain"], tmp_path)
+    assert status == 0, screen
+    assert "sealing" in screen and "5.0 MiB" in screen  # progress bar on a terminal
+    status, screen = run_on_terminal(["unseal", "--identity", "keys/carol.key", "-o", "out", "plain.cfs"], tmp_path,
+                                     answers=[PASSPHRASE])
+    assert status == 0, screen
+    assert (tmp_path / "out").read_bytes() == (tmp_path / "plain").read_bytes()
+
+
+def test_mismatched_repeat_is_refused(tmp_path):
+    status, screen = run_on_terminal(["keygen", "--out", "keys/dave"], tmp_path, answers=[b"one", b"two"])
+    assert status == 1
+    assert "the two passphrases differ" in screen
+    assert not (tmp_path / "keys" / "dave.key").exists()
