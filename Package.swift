@@ -14,10 +14,12 @@ let package = Package(
     products: [
         .executable(name: "coffer", targets: ["coffer"]),
         .library(name: "CofferCrypto", targets: ["CofferCrypto"]),
+        .library(name: "CofferRegistry", targets: ["CofferRegistry"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
     ],
     targets: [
         .systemLibrary(
@@ -34,10 +36,20 @@ let package = Package(
             path: "Sources/Crypto",
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "CofferRegistry",
+            dependencies: [
+                "CofferCrypto",
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Sources/Registry",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "coffer",
             dependencies: [
                 "CofferCrypto",
+                "CofferRegistry",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/coffer",
@@ -46,6 +58,11 @@ let package = Package(
         .testTarget(
             name: "CofferCryptoTests",
             dependencies: ["CofferCrypto"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CofferRegistryTests",
+            dependencies: ["CofferRegistry", "CofferCrypto", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

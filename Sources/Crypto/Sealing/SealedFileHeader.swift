@@ -87,7 +87,7 @@ public struct SealedFileHeader: Sendable, Equatable {
     /// Reads a header from the start of `source`, consuming exactly its bytes.
     ///
     /// - Returns: the header and its length in bytes.
-    static func read(from source: any ByteSource) throws(CofferCryptoError) -> (SealedFileHeader, Int) {
+    public static func read(from source: any ByteSource) throws(CofferCryptoError) -> (SealedFileHeader, Int) {
         func readExactly(_ count: Int, _ what: String) throws(CofferCryptoError) -> [UInt8] {
             var bytes = [UInt8](repeating: 0, count: count)
             let n = try bytes.withMutableBytes { buffer throws(CofferCryptoError) in try source.read(into: buffer) }

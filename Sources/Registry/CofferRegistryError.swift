@@ -1,0 +1,52 @@
+public import CofferCrypto
+
+/// Everything the registry refuses, each with a one-line message naming what is wrong.
+public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
+    case notARegistry(String)
+    case registryExists(String)
+    case invalidName(String)
+    case invalidVersion(String)
+    case invalidReference(String)
+    case unknownModel(String)
+    case unknownVersion(String)
+    case unknownAlias(String)
+    case versionExists(String)
+    case invalidPath(String, reason: String)
+    case duplicatePath(String)
+    case noFiles
+    case invalidPrivacy(String)
+    case untrustedSigner(keyID: String)
+    case notARecipient(String)
+    case tampered(String)
+    case destinationExists(String)
+    case databaseBusy
+    case database(String)
+    case io(path: String, reason: String)
+    case crypto(CofferCryptoError)
+
+    public var description: String {
+        switch self {
+        case .notARegistry(let path): "\(path) is not a Coffer registry (run coffer init)"
+        case .registryExists(let path): "\(path) already holds a Coffer registry"
+        case .invalidName(let name): "invalid model name '\(name)': use A-Z a-z 0-9 . _ - and / between namespace parts"
+        case .invalidVersion(let version): "invalid version '\(version)': use 1 to 64 characters from A-Z a-z 0-9 . _ -"
+        case .invalidReference(let text): "invalid reference '\(text)': use NAME, NAME:VERSION or NAME@ALIAS"
+        case .unknownModel(let name): "unknown model \(name)"
+        case .unknownVersion(let ref): "unknown version \(ref)"
+        case .unknownAlias(let ref): "unknown alias \(ref)"
+        case .versionExists(let ref): "version \(ref) already exists (versions are immutable)"
+        case .invalidPath(let path, let reason): "\(path): \(reason)"
+        case .duplicatePath(let path): "two inputs map to the same path \(path)"
+        case .noFiles: "nothing to push: the paths hold no files"
+        case .invalidPrivacy(let why): "invalid privacy metadata: \(why)"
+        case .untrustedSigner(let keyID): "version signed by \(keyID), which is not a trusted signer (coffer trust add)"
+        case .notARecipient(let ref): "this identity holds no key for \(ref)"
+        case .tampered(let what): "integrity check failed: \(what)"
+        case .destinationExists(let path): "\(path) already exists; pull into an empty directory"
+        case .databaseBusy: "the registry database is locked by another process (busy timeout expired); try again"
+        case .database(let why): "registry database error: \(why)"
+        case .io(let path, let reason): "\(path): \(reason)"
+        case .crypto(let error): error.description
+        }
+    }
+}

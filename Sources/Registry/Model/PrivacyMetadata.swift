@@ -1,0 +1,141 @@
+import CofferCrypto
+import Foundation
+
+/// A version's privacy and pruning facts: signed in its statement, copied into typed columns for queries.
+///
+/// JSON names (also the `--json` output and the statement's predicate): `mechanism`, `epsilon`, `delta`,
+/// `accountant`, `noise_multiplier`, `clipping_norm`, `sampling_rate`, `steps`, `epochs`, `dataset_size`,
+/// `privacy_unit`, `pruning_method`, `pruning_ratio`, `achieved_sparsity`.
+public struct PrivacyMetadata: Sendable, Equatable, Codable {
+    public var mechanism: String?
+    public var epsilon: Double?
+    public var delta: Double?
+    public var accountant: String?
+    public var noiseMultiplier: Double?
+    public var clippingNorm: Double?
+    public var samplingRate: Double?
+    public var steps: Int?
+    public var epochs: Double?
+    public var datasetSize: Int?
+    public var privacyUnit: String?
+    public var pruningMethod: String?
+    public var pruningRatio: Double?
+    public var achievedSparsity: Double?
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case mechanism, epsilon, delta, accountant
+        case noiseMultiplier = "noise_multiplier"
+        case clippingNorm = "clipping_norm"
+        case samplingRate = "sampling_rate"
+        case steps, epochs
+        case datasetSize = "dataset_size"
+        case privacyUnit = "privacy_unit"
+        case pruningMethod = "pruning_method"
+        case pruningRatio = "pruning_ratio"
+        case achievedSparsity = "achieved_sparsity"
+    }
+
+    public init() {}
+
+    /// Column names of the numeric fields `list --where` may filter on.
+    public static let numericColumns: Set<String> = [
+        "epsilon", "delta", "noise_multiplier", "clipping_norm", "sampling_rate", "steps", "epochs", "dataset_size",
+        "pruning_ratio", "achieved_sparsity",
+    ]
+
+    /// Refuses values no honest training run produces.
+    public func validate() throws(CofferRegistryError) {
+        if let epsilon, !(epsilon >= 0 && epsilon.isFinite) { throw .invalidPrivacy("epsilon must be a finite number >= 0, got \(epsilon)") }
+        if let delta, !(delta >= 0 && delta < 1) { throw .invalidPrivacy("delta must be in [0, 1), got \(delta)") }
+        if let noiseMultiplier, !(noiseMultiplier >= 0 && noiseMultiplier.isFinite) {
+            throw .invalidPrivacy("noise_multiplier must be >= 0, got \(noiseMultiplier)")
+        }
+        if let clippingNorm, !(clippingNorm > 0 && clippingNorm.isFinite) { throw .invalidPrivacy("clipping_norm must be > 0, got \(clippingNorm)") }
+        if let samplingRate, !(samplingRate > 0 && samplingRate <= 1) { throw .invalidPrivacy("sampling_rate must be in (0, 1], got \(samplingRate)") }
+        if let steps, steps < 0 { throw .invalidPrivacy("steps must be >= 0, got \(steps)") }
+        if let epochs, !(epochs >= 0 && epochs.isFinite) { throw .invalidPrivacy("epochs must be >= 0, got \(epochs)") }
+        if let datasetSize, datasetSize < 0 { throw .invalidPrivacy("dataset_size must be >= 0, got \(datasetSize)") }
+        if let pruningRatio, !(pruningRatio >= 0 && pruningRatio < 1) { throw .invalidPrivacy("pruning_ratio must be in [0, 1), got \(pruningRatio)") }
+        if let achievedSparsity, !(achievedSparsity >= 0 && achievedSparsity <= 1) {
+            throw .invalidPrivacy("achieved_sparsity must be in [0, 1], got \(achievedSparsity)")
+        }
+    }
+
+    /// Reads a privacy file: the flat shape above, or a training checkpoint's `privacy.json`
+    /// (`max_grad_norm`, `segments` of `{sample_rate, noise_multiplier, steps}`, `pruning` object).
+    public init(contentsOf path: String) throws(CofferRegistryError) {
+        let bytes: [UInt8]
+        do throws(CofferCryptoError) { bytes = try FileBytes.read(path) } catch { throw .io(path: path, reason: error.description) }
+        guard let object = try? JSONDecoder().decode(JSONValue.self, from: Data(bytes)), case .object(let fields) = object else {
+            throw .invalidPrivacy("\(path) is not a JSON object")
+        }
+        try self.init(json: fields, source: path)
+    }
+
+    init(json fields: [String: JSONValue], source: String) throws(CofferRegistryError) {
+        func number(_ key: String) throws(CofferRegistryError) -> Double? {
+            guard let value = fields[key], value != .null else { return nil }
+            guard let number = value.numberValue else { throw .invalidPrivacy("\(source): \(key) must be a number") }
+            return number
+        }
+        func text(_ key: String) throws(CofferRegistryError) -> String? {
+            guard let value = fields[key], value != .null else { return nil }
+            guard let string = value.stringValue else { throw .invalidPrivacy("\(source): \(key) must be a string") }
+            return string
+        }
+        func integer(_ value: Double?, _ key: String) throws(CofferRegistryError) -> Int? {
+            guard let value else { return nil }
+            guard value.rounded() == value, abs(value) < 1e15 else { throw .invalidPrivacy("\(source): \(key) must be an integer") }
+            return Int(value)
+        }
+        mechanism = try text("mechanism")
+        epsilon = try number("epsilon")
+        delta = try number("delta")
+        accountant = try text("accountant")
+        noiseMultiplier = try number("noise_multiplier")
+        clippingNorm = try number("clipping_norm")
+        if clippingNorm == nil { clippingNorm = try number("max_grad_norm") }
+        samplingRate = try number("sampling_rate")
+        steps = try integer(try number("steps"), "steps")
+        epochs = try number("epochs")
+        datasetSize = try integer(try number("dataset_size"), "dataset_size")
+        privacyUnit = try text("privacy_unit")
+        pruningMethod = try text("pruning_method")
+        pruningRatio = try number("pruning_ratio")
+        achievedSparsity = try number("achieved_sparsity")
+        if case .array(let segments)? = fields["segments"], !segments.isEmpty {
+            // One segment gives its rate and noise directly; steps add up over all segments.
+            var total = 0
+            for segment in segments {
+                guard case .object(let s) = segment, let n = s["steps"]?.numberValue else {
+                    throw .invalidPrivacy("\(source): each segment needs sample_rate, noise_multiplier and steps")
+                }
+                total += try integer(n, "segments.steps") ?? 0
+            }
+            steps = steps ?? total
+            if segments.count == 1, case .object(let s) = segments[0] {
+                samplingRate = samplingRate ?? s["sample_rate"]?.numberValue
+                noiseMultiplier = noiseMultiplier ?? s["noise_multiplier"]?.numberValue
+            }
+        }
+        if case .object(let pruning)? = fields["pruning"] {
+            pruningMethod = pruningMethod ?? pruning["method"]?.stringValue
+            pruningRatio = pruningRatio ?? pruning["target_ratio"]?.numberValue
+            achievedSparsity = achievedSparsity ?? pruning["achieved_sparsity"]?.numberValue
+        }
+        try validate()
+    }
+
+    /// The predicate form: every field, `null` where unknown.
+    var json: JSONValue {
+        func n(_ v: Double?) -> JSONValue { v.map { .number($0) } ?? .null }
+        func i(_ v: Int?) -> JSONValue { v.map { .number(Double($0)) } ?? .null }
+        func s(_ v: String?) -> JSONValue { v.map { .string($0) } ?? .null }
+        return .object([
+            "mechanism": s(mechanism), "epsilon": n(epsilon), "delta": n(delta), "accountant": s(accountant),
+            "noise_multiplier": n(noiseMultiplier), "clipping_norm": n(clippingNorm), "sampling_rate": n(samplingRate),
+            "steps": i(steps), "epochs": n(epochs), "dataset_size": i(datasetSize), "privacy_unit": s(privacyUnit),
+            "pruning_method": s(pruningMethod), "pruning_ratio": n(pruningRatio), "achieved_sparsity": n(achievedSparsity),
+        ])
+    }
+}

@@ -1,0 +1,66 @@
+import Foundation
+
+/// A file to push: where it is now, and the relative path it is stored under.
+struct InputFile: Sendable, Equatable {
+    var source: String
+    var path: String
+
+    /// Expands `paths` into files. Directories are walked (sub-folders kept as relative paths);
+    /// symbolic links and special files are refused, as are two inputs with the same stored path.
+    static func collect(_ paths: [String]) throws(CofferRegistryError) -> [InputFile] {
+        var files: [InputFile] = []
+        for path in paths {
+            switch try kind(of: path) {
+            case .typeRegular:
+                files.append(InputFile(source: path, path: (path as NSString).lastPathComponent))
+            case .typeDirectory:
+                try walk(directory: path, prefix: "", into: &files)
+            case .typeSymbolicLink:
+                throw .invalidPath(path, reason: "is a symbolic link; push the file it points to")
+            default:
+                throw .invalidPath(path, reason: "is not a regular file or directory")
+            }
+        }
+        guard !files.isEmpty else { throw .noFiles }
+        var seen = Set<String>()
+        for file in files {
+            try validate(relativePath: file.path)
+            guard seen.insert(file.path).inserted else { throw .duplicatePath(file.path) }
+        }
+        return files.sorted { $0.path < $1.path }
+    }
+
+    private static func walk(directory: String, prefix: String, into files: inout [InputFile]) throws(CofferRegistryError) {
+        let entries: [String]
+        do { entries = try FileManager.default.contentsOfDirectory(atPath: directory).sorted() } catch {
+            throw .io(path: directory, reason: "cannot read directory")
+        }
+        for entry in entries {
+            let full = "\(directory)/\(entry)"
+            let relative = prefix.isEmpty ? entry : "\(prefix)/\(entry)"
+            switch try kind(of: full) {
+            case .typeRegular: files.append(InputFile(source: full, path: relative))
+            case .typeDirectory: try walk(directory: full, prefix: relative, into: &files)
+            case .typeSymbolicLink: throw .invalidPath(full, reason: "is a symbolic link inside the model directory (refused)")
+            default: throw .invalidPath(full, reason: "is not a regular file or directory")
+            }
+        }
+    }
+
+    private static func kind(of path: String) throws(CofferRegistryError) -> FileAttributeType {
+        // attributesOfItem uses lstat: a symbolic link is reported as one, not followed.
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path), let type = attributes[.type] as? FileAttributeType else {
+            throw .io(path: path, reason: "No such file or directory")
+        }
+        return type
+    }
+
+    /// A stored path: relative, `/`-separated, no empty, `.` or `..` segment, no NUL or backslash.
+    static func validate(relativePath path: String) throws(CofferRegistryError) {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard !path.isEmpty, !path.hasPrefix("/"), path.utf8.count <= 4096,
+            segments.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }),
+            !path.utf8.contains(0), !path.contains("\\")
+        else { throw .invalidPath(path, reason: "escapes the model directory or is not a plain relative path") }
+    }
+}

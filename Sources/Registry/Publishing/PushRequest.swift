@@ -1,0 +1,37 @@
+public import CofferCrypto
+
+/// What `push` stores: files or a model directory, with their privacy metadata and lineage.
+public struct PushRequest: Sendable {
+    public var model: String
+    /// `nil` for the next integer version.
+    public var version: String?
+    /// Files (stored under their base names) or directories (stored with paths relative to the directory).
+    public var paths: [String]
+    public var privacy = PrivacyMetadata()
+    public var alias: String?
+    public var tags: [String: String] = [:]
+    public var parent: ModelReference?
+    public var datasetID: String?
+    public var datasetDigest: String?
+    public var trainingConfigDigest: String?
+    /// Identities that receive the version's data key besides the registry and the publisher.
+    public var recipients: [PublicIdentity] = []
+    public var message: String?
+    public var chunkSize = SealedFile.defaultChunkSize
+
+    public init(model: String, version: String? = nil, paths: [String]) {
+        self.model = model
+        self.version = version
+        self.paths = paths
+    }
+}
+
+/// What a push committed.
+public struct PushResult: Sendable, Equatable {
+    public var model: String
+    public var version: String
+    /// SHA-256 of the signed statement.
+    public var digest: String
+    public var files: Int
+    public var bytes: Int
+}

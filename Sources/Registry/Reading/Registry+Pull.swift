@@ -1,0 +1,69 @@
+public import CofferCrypto
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a pull wrote.
+public struct PullResult: Sendable, Equatable {
+    public var model: String
+    public var version: String
+    public var digest: String
+    public var signer: String
+    public var files: [String]
+    public var bytes: Int
+}
+
+extension Registry {
+    /// Verifies and decrypts a version into `directory`.
+    ///
+    /// The signature is checked against the trusted signers and every database row against the signed
+    /// statement before any key is unwrapped; each file is decrypted into a staging folder inside
+    /// `directory`, its blob and plaintext digests checked in the same pass, and only when every file
+    /// passed are they renamed into place. Any failure leaves no file of the version in `directory`.
+    public func pull(_ reference: ModelReference, identity: borrowing Identity, into directory: String, progress: ((Int) -> Void)? = nil)
+        throws(CofferRegistryError) -> PullResult
+    {
+        let stored = try loadVersion(try resolve(reference).id)
+        let (statement, signer) = try authenticate(stored)
+        let dataKey = try unwrapDataKey(stored, identity: identity)
+
+        try BlobStore.makeDirectory(directory)
+        for file in statement.files where access("\(directory)/\(file.path)", F_OK) == 0 {
+            throw .destinationExists("\(directory)/\(file.path)")
+        }
+        let staging = "\(directory)/.coffer-pull-\(UUID().uuidString)"
+        try BlobStore.makeDirectory(staging)
+        defer { try? FileManager.default.removeItem(atPath: staging) }
+
+        var done = 0
+        for file in statement.files {
+            let target = "\(staging)/\(file.path)"
+            try BlobStore.makeDirectory((target as NSString).deletingLastPathComponent)
+            let output: AtomicOutputFile
+            do { output = try AtomicOutputFile(destination: target, mode: 0o600, durable: false) } catch { throw .crypto(error) }
+            let before = done
+            try open(file, of: stored, dataKey: dataKey, into: output, progress: progress.map { report in { report(before + $0) } })
+            do { try output.commit() } catch { throw .crypto(error) }
+            done += file.size
+        }
+        // Everything verified: move the files into place.
+        var placed: [String] = []
+        for file in statement.files {
+            let destination = "\(directory)/\(file.path)"
+            do {
+                try BlobStore.makeDirectory((destination as NSString).deletingLastPathComponent)
+                guard rename("\(staging)/\(file.path)", destination) == 0 else {
+                    throw CofferRegistryError.io(path: destination, reason: String(cString: strerror(errno)))
+                }
+                placed.append(destination)
+            } catch {
+                for path in placed { unlink(path) }
+                throw error as? CofferRegistryError ?? .io(path: destination, reason: "cannot place file")
+            }
+        }
+        return PullResult(
+            model: stored.model, version: stored.version, digest: stored.digest, signer: signer.name, files: statement.files.map(\.path), bytes: done)
+    }
+}

@@ -1,0 +1,214 @@
+public import CofferCrypto
+import Foundation
+import GRDB
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A version as the database holds it.
+struct StoredVersion {
+    var id: Int64
+    var model: String
+    var version: String
+    var digest: String
+    var publisherKeyID: String
+    var privacy: PrivacyMetadata
+    var datasetID: String?
+    var datasetDigest: String?
+    var trainingConfigDigest: String?
+    var files: [ModelStatement.File]
+    var envelope: Data?
+}
+
+/// What `verify` checked.
+public struct VerifyReport: Sendable, Equatable {
+    public var model: String
+    public var version: String
+    public var digest: String
+    public var signer: String
+    public var signerKeyID: String
+    public var files: Int
+    /// Whether the files were also decrypted in memory and their plaintext digests checked.
+    public var readData: Bool
+}
+
+extension Registry {
+    /// Resolves `NAME`, `NAME:VERSION` or `NAME@ALIAS` to a committed version.
+    func resolve(_ reference: ModelReference) throws(CofferRegistryError) -> (id: Int64, version: String) {
+        let found: (Int64, String)?? = try database.read { db in
+            guard try Int64.fetchOne(db, sql: "SELECT id FROM models WHERE name = ?", arguments: [reference.name]) != nil else { return nil }
+            let row: Row?
+            switch reference.selector {
+            case .latest:
+                row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?
+                        ORDER BY v.number IS NULL, v.number DESC, v.created_at DESC LIMIT 1
+                        """, arguments: [reference.name])
+            case .version(let version):
+                row = try Row.fetchOne(
+                    db, sql: "SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?",
+                    arguments: [reference.name, version])
+            case .alias(let alias):
+                row = try Row.fetchOne(
+                    db,
+                    sql: """
+                        SELECT v.id, v.version FROM aliases a JOIN models m ON m.id = a.model_id JOIN versions v ON v.id = a.version_id
+                        WHERE m.name = ? AND a.alias = ?
+                        """, arguments: [reference.name, alias])
+            }
+            return .some(row.map { ($0[0], $0[1]) })
+        }
+        guard let modelFound = found else { throw .unknownModel(reference.name) }
+        guard let (id, version) = modelFound else {
+            if case .alias = reference.selector { throw .unknownAlias(reference.description) }
+            throw .unknownVersion(reference.description)
+        }
+        return (id, version)
+    }
+
+    func loadVersion(_ id: Int64) throws(CofferRegistryError) -> StoredVersion {
+        try database.read { db in
+            let row = try Row.fetchOne(
+                db, sql: "SELECT v.*, m.name AS model_name FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?", arguments: [id])!
+            var privacy = PrivacyMetadata()
+            privacy.mechanism = row["mechanism"]
+            privacy.epsilon = row["epsilon"]
+            privacy.delta = row["delta"]
+            privacy.accountant = row["accountant"]
+            privacy.noiseMultiplier = row["noise_multiplier"]
+            privacy.clippingNorm = row["clipping_norm"]
+            privacy.samplingRate = row["sampling_rate"]
+            privacy.steps = row["steps"]
+            privacy.epochs = row["epochs"]
+            privacy.datasetSize = row["dataset_size"]
+            privacy.privacyUnit = row["privacy_unit"]
+            privacy.pruningMethod = row["pruning_method"]
+            privacy.pruningRatio = row["pruning_ratio"]
+            privacy.achievedSparsity = row["achieved_sparsity"]
+            let files = try Row.fetchAll(db, sql: "SELECT * FROM files WHERE version_id = ? ORDER BY path", arguments: [id]).map {
+                ModelStatement.File(
+                    path: $0["path"], size: $0["size"], plaintextSHA256: $0["plaintext_sha256"], sealedSHA256: $0["sealed_sha256"],
+                    sealedSize: $0["sealed_size"])
+            }
+            let envelope = try Data.fetchOne(db, sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'dsse'", arguments: [id])
+            return StoredVersion(
+                id: id, model: row["model_name"], version: row["version"], digest: row["digest"], publisherKeyID: row["publisher_key_id"],
+                privacy: privacy, datasetID: row["dataset_id"], datasetDigest: row["dataset_digest"],
+                trainingConfigDigest: row["training_config_digest"], files: files, envelope: envelope)
+        }
+    }
+
+    /// Checks the signature against the trusted signers and that every database row agrees with the signed statement.
+    func authenticate(_ stored: StoredVersion) throws(CofferRegistryError) -> (ModelStatement, PublicIdentity) {
+        let label = "\(stored.model):\(stored.version)"
+        guard let document = stored.envelope else { throw .tampered("\(label) has no signed statement") }
+        let envelope: DSSEEnvelope
+        do { envelope = try DSSEEnvelope(jsonBytes: Array(document)) } catch { throw .tampered("\(label): \(error)") }
+        let signer: PublicIdentity
+        let payload: [UInt8]
+        let trusted = try trustedSigners()
+        do throws(CofferCryptoError) {
+            (signer, payload) = try envelope.verify(trusting: trusted)
+        } catch .untrustedSigner(let keyID) {
+            throw .untrustedSigner(keyID: keyID)
+        } catch {
+            throw .tampered("\(label): \(error)")
+        }
+        let statement: ModelStatement
+        do { statement = try ModelStatement(try InTotoStatement(jsonBytes: payload)) } catch let error as CofferRegistryError {
+            throw error
+        } catch {
+            throw .tampered("\(label): \(error)")
+        }
+        guard Digest.hex(Digest.sha256(payload)) == stored.digest else { throw .tampered("\(label): the version digest does not match its statement") }
+        guard statement.model == stored.model, statement.version == stored.version else {
+            throw .tampered("\(label): the statement is for \(statement.model):\(statement.version)")
+        }
+        guard statement.publisherKeyID == signer.keyID, stored.publisherKeyID == signer.keyID else {
+            throw .tampered("\(label): the publisher recorded is not the signer")
+        }
+        guard statement.files.sorted(by: { $0.path < $1.path }) == stored.files else {
+            throw .tampered("\(label): the files table disagrees with the signed statement")
+        }
+        guard statement.privacy == stored.privacy else { throw .tampered("\(label): the privacy columns disagree with the signed statement") }
+        guard statement.lineage.datasetID == stored.datasetID, statement.lineage.datasetDigest == stored.datasetDigest,
+            statement.lineage.trainingConfigDigest == stored.trainingConfigDigest
+        else { throw .tampered("\(label): the lineage columns disagree with the signed statement") }
+        for file in statement.files { try InputFile.validate(relativePath: file.path) }
+        return (statement, signer)
+    }
+
+    /// Verifies a version without any key: signature, trust, database-vs-statement agreement, and the
+    /// SHA-256 and size of every blob.
+    public func verify(_ reference: ModelReference) throws(CofferRegistryError) -> VerifyReport {
+        let stored = try loadVersion(try resolve(reference).id)
+        let (statement, signer) = try authenticate(stored)
+        for file in statement.files {
+            let digest: [UInt8]
+            do { digest = try Digest.sha256(file: blobs.path(of: file.sealedSHA256)) } catch { throw .tampered("blob of \(file.path) is missing or unreadable") }
+            guard Digest.hex(digest) == file.sealedSHA256 else { throw .tampered("blob of \(file.path) does not match its signed SHA-256") }
+        }
+        return report(stored, signer: signer, files: statement.files.count, readData: false)
+    }
+
+    /// Verifies as ``verify(_:)`` does, and also decrypts every file in memory and checks its plaintext digest.
+    public func verify(_ reference: ModelReference, readingDataWith identity: borrowing Identity) throws(CofferRegistryError) -> VerifyReport {
+        let stored = try loadVersion(try resolve(reference).id)
+        let (statement, signer) = try authenticate(stored)
+        let dataKey = try unwrapDataKey(stored, identity: identity)
+        for file in statement.files { try open(file, of: stored, dataKey: dataKey, into: DiscardingSink()) }
+        return report(stored, signer: signer, files: statement.files.count, readData: true)
+    }
+
+    private func report(_ stored: StoredVersion, signer: PublicIdentity, files: Int, readData: Bool) -> VerifyReport {
+        VerifyReport(
+            model: stored.model, version: stored.version, digest: stored.digest, signer: signer.name, signerKeyID: signer.keyID, files: files,
+            readData: readData)
+    }
+
+    func unwrapDataKey(_ stored: StoredVersion, identity: borrowing Identity) throws(CofferRegistryError) -> SecretKey {
+        let keyID = identity.publicIdentity.keyID
+        let stanza = try database.read { db in
+            try Data.fetchOne(
+                db, sql: "SELECT stanza FROM wrapped_keys WHERE version_id = ? AND recipient_key_id = ?", arguments: [stored.id, keyID])
+        }
+        guard let stanza else { throw .notARecipient("\(stored.model):\(stored.version)") }
+        do {
+            return try WrappedKey(encoded: Array(stanza)).unwrap(with: identity)
+        } catch {
+            throw .tampered("the wrapped data key for \(identity.publicIdentity.name) does not open: \(error)")
+        }
+    }
+
+    /// Decrypts one file's blob into `sink`, checking the blob's and the plaintext's signed digests in the same pass.
+    func open(_ file: ModelStatement.File, of stored: StoredVersion, dataKey: borrowing SecretKey, into sink: any ByteSink, progress: ((Int) -> Void)? = nil)
+        throws(CofferRegistryError)
+    {
+        let source: FileDescriptorStream
+        do { source = try FileDescriptorStream(readingFrom: blobs.path(of: file.sealedSHA256)) } catch {
+            throw .tampered("blob of \(file.path) is missing")
+        }
+        let summary: SealedFile.Summary
+        do {
+            let (header, length) = try SealedFileHeader.read(from: source)
+            summary = try SealedFile.openPayload(
+                from: source, to: sink, header: header, headerLength: length, dataKey: dataKey, digests: true, progress: progress)
+        } catch {
+            throw .tampered("\(file.path): \(error)")
+        }
+        guard Digest.hex(summary.sealedSHA256!) == file.sealedSHA256, summary.sealedLength == file.sealedSize else {
+            throw .tampered("blob of \(file.path) does not match its signed SHA-256")
+        }
+        guard Digest.hex(summary.plaintextSHA256!) == file.plaintextSHA256, summary.plaintextLength == file.size else {
+            throw .tampered("\(file.path) does not match its signed SHA-256")
+        }
+    }
+}
+
+/// A sink that keeps nothing: for verifying plaintext digests in memory.
+final class DiscardingSink: ByteSink {
+    func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {}
+}

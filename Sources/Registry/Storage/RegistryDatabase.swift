@@ -1,0 +1,53 @@
+import Foundation
+import GRDB
+
+/// The registry's SQLite database: WAL mode, a busy timeout, writes in `BEGIN IMMEDIATE` transactions,
+/// and the embedded migrations of `schema/` applied on open.
+struct RegistryDatabase: Sendable {
+    let writer: any DatabaseWriter
+
+    /// Opens (creating if needed) the database at `path`; `nil` for an in-memory database (tests).
+    init(path: String?, busyTimeout: Double = 5) throws(CofferRegistryError) {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(busyTimeout)
+        // GRDB 7 opens write transactions with BEGIN IMMEDIATE by itself.
+        configuration.foreignKeysEnabled = true
+        do {
+            if let path {
+                writer = try DatabasePool(path: path, configuration: configuration)
+            } else {
+                writer = try DatabaseQueue(configuration: configuration)
+            }
+            try Self.migrator.migrate(writer)
+        } catch {
+            throw Self.translate(error)
+        }
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        for migration in EmbeddedSchema.migrations {
+            migrator.registerMigration(migration.name) { db in try db.execute(sql: migration.sql) }
+        }
+        return migrator
+    }
+
+    func read<T>(_ body: (Database) throws -> T) throws(CofferRegistryError) -> T {
+        do { return try writer.read(body) } catch { throw Self.translate(error) }
+    }
+
+    func write<T>(_ body: (Database) throws -> T) throws(CofferRegistryError) -> T {
+        do { return try writer.write(body) } catch { throw Self.translate(error) }
+    }
+
+    /// Maps SQLite's errors to the registry's: a busy database, a registry error thrown inside a transaction, the rest.
+    static func translate(_ error: any Error) -> CofferRegistryError {
+        if let registryError = error as? CofferRegistryError { return registryError }
+        if let sqlite = error as? DatabaseError {
+            if sqlite.resultCode == .SQLITE_BUSY || sqlite.resultCode == .SQLITE_LOCKED { return .databaseBusy }
+            if sqlite.resultCode == .SQLITE_FULL { return .io(path: "registry database", reason: "disk full") }
+            return .database(sqlite.message ?? "\(sqlite.resultCode)")
+        }
+        return .database("\(error)")
+    }
+}

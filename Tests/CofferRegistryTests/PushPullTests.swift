@@ -1,0 +1,152 @@
+import CofferCrypto
+import Foundation
+import GRDB
+import Testing
+
+@testable import CofferRegistry
+
+struct PushPullTests {
+    private func privacy() -> PrivacyMetadata {
+        var p = PrivacyMetadata()
+        p.mechanism = "dp-sgd"
+        p.epsilon = 2.5966
+        p.delta = 1e-5
+        p.noiseMultiplier = 1.1
+        p.samplingRate = 256.0 / 60000
+        p.steps = 14062
+        p.pruningRatio = 0.5
+        return p
+    }
+
+    @Test func pushPullRoundTripOfAModelDirectory() throws {
+        let f = try RegistryFixture()
+        let alice = try Identity.generate(name: "alice")
+        try f.registry.trust(alice.publicIdentity)
+        let dir = try f.makeModel("model", ["model.safetensors": bytes(200_000), "config/arch.json": Array(#"{"layers":3}"#.utf8), "empty": []])
+        var request = PushRequest(model: "team/fraud", paths: [dir])
+        request.privacy = privacy()
+        request.alias = "prod"
+        request.tags = ["owner": "risk"]
+        let pushed = try f.registry.push(request, publisher: alice)
+        #expect(pushed.version == "1")
+        #expect(pushed.files == 3)
+
+        let second = try f.registry.push(PushRequest(model: "team/fraud", paths: [dir]), publisher: alice)
+        #expect(second.version == "2")
+
+        let pulled = try f.registry.pull(try ModelReference(parsing: "team/fraud@prod"), identity: alice, into: f.path("out"))
+        #expect(pulled.version == "1")
+        #expect(pulled.files == ["config/arch.json", "empty", "model.safetensors"])
+        #expect(try f.read("out/model.safetensors") == bytes(200_000))
+        #expect(try f.read("out/config/arch.json") == Array(#"{"layers":3}"#.utf8))
+        #expect(try f.read("out/empty") == [])
+
+        let report = try f.registry.verify(try ModelReference(parsing: "team/fraud:1"))
+        #expect(report.signer == "alice")
+        let deep = try f.registry.verify(try ModelReference(parsing: "team/fraud"), readingDataWith: alice)
+        #expect(deep.version == "2" && deep.readData)
+    }
+
+    @Test func existingVersionAndBadInputsAreRefusedAndNothingIsStored() throws {
+        let f = try RegistryFixture()
+        let alice = try Identity.generate(name: "alice")
+        let dir = try f.makeModel("model", ["w.bin": bytes(1000)])
+        _ = try f.registry.push(PushRequest(model: "m", version: "v1", paths: [dir]), publisher: alice)
+        let blobsBefore = f.registry.blobs.allDigests().count
+        #expect(throws: CofferRegistryError.versionExists("m:v1")) {
+            _ = try f.registry.push(PushRequest(model: "m", version: "v1", paths: [dir]), publisher: alice)
+        }
+        #expect(throws: CofferRegistryError.invalidName("../m")) { _ = try f.registry.push(PushRequest(model: "../m", paths: [dir]), publisher: alice) }
+        #expect(throws: CofferRegistryError.invalidVersion("a b")) {
+            _ = try f.registry.push(PushRequest(model: "m", version: "a b", paths: [dir]), publisher: alice)
+        }
+        var negative = PushRequest(model: "m", paths: [dir])
+        negative.privacy.epsilon = -1
+        #expect(throws: CofferRegistryError.invalidPrivacy("epsilon must be a finite number >= 0, got -1.0")) {
+            _ = try f.registry.push(negative, publisher: alice)
+        }
+        var badDelta = PushRequest(model: "m", paths: [dir])
+        badDelta.privacy.delta = 1
+        #expect(throws: CofferRegistryError.invalidPrivacy("delta must be in [0, 1), got 1.0")) { _ = try f.registry.push(badDelta, publisher: alice) }
+        try FileManager.default.createSymbolicLink(atPath: f.path("model/link"), withDestinationPath: "/etc/passwd")
+        #expect(throws: CofferRegistryError.self) { _ = try f.registry.push(PushRequest(model: "m2", paths: [dir]), publisher: alice) }
+        #expect(f.registry.blobs.allDigests().count == blobsBefore)
+        #expect(throws: CofferRegistryError.unknownModel("m2")) { _ = try f.registry.verify(try ModelReference(parsing: "m2")) }
+    }
+
+    @Test func pullRefusesUntrustedSignersAndNonRecipients() throws {
+        let f = try RegistryFixture()
+        let alice = try Identity.generate(name: "alice")
+        let bob = try Identity.generate(name: "bob")
+        let dir = try f.makeModel("model", ["w.bin": bytes(5000)])
+        _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        #expect(throws: CofferRegistryError.untrustedSigner(keyID: alice.publicIdentity.keyID)) {
+            _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: alice, into: f.path("out"))
+        }
+        try f.registry.trust(alice.publicIdentity)
+        #expect(throws: CofferRegistryError.notARecipient("m:1")) {
+            _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("out"))
+        }
+        #expect(!f.exists("out/w.bin"))
+        var shared = PushRequest(model: "m", paths: [dir])
+        shared.recipients = [bob.publicIdentity]
+        _ = try f.registry.push(shared, publisher: alice)
+        _ = try f.registry.pull(try ModelReference(parsing: "m:2"), identity: bob, into: f.path("out"))
+        #expect(try f.read("out/w.bin") == bytes(5000))
+    }
+
+    @Test func tamperedBlobIsDetectedAndNothingIsWritten() throws {
+        let f = try RegistryFixture()
+        let alice = try Identity.generate(name: "alice")
+        try f.registry.trust(alice.publicIdentity)
+        let dir = try f.makeModel("model", ["a.bin": bytes(70_000), "b.bin": bytes(70_000, seed: 9)])
+        _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        let stored = try f.registry.loadVersion(try f.registry.resolve(try ModelReference(parsing: "m")).id)
+        let blob = f.registry.blobs.path(of: stored.files[1].sealedSHA256)
+        chmod(blob, 0o600)
+        var data = Array(try Data(contentsOf: URL(fileURLWithPath: blob)))
+        data[data.count / 2] ^= 1
+        try Data(data).write(to: URL(fileURLWithPath: blob))
+        #expect(throws: CofferRegistryError.tampered("blob of b.bin does not match its signed SHA-256")) {
+            _ = try f.registry.verify(try ModelReference(parsing: "m"))
+        }
+        #expect(throws: CofferRegistryError.self) { _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: alice, into: f.path("out")) }
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: f.path("out"))) ?? []
+        #expect(left.isEmpty, "left behind: \(left)")
+    }
+
+    @Test func tamperedDatabaseRowsAreDetected() throws {
+        let f = try RegistryFixture()
+        let alice = try Identity.generate(name: "alice")
+        try f.registry.trust(alice.publicIdentity)
+        let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
+        var request = PushRequest(model: "m", paths: [dir])
+        request.privacy = privacy()
+        _ = try f.registry.push(request, publisher: alice)
+        // Edit the privacy column behind the registry's back (dropping the immutability trigger, as an attacker with the file could).
+        try f.registry.database.write { db in
+            try db.execute(sql: "DROP TRIGGER versions_are_immutable")
+            try db.execute(sql: "UPDATE versions SET epsilon = 0.1")
+        }
+        #expect(throws: CofferRegistryError.tampered("m:1: the privacy columns disagree with the signed statement")) {
+            _ = try f.registry.verify(try ModelReference(parsing: "m"))
+        }
+    }
+
+    @Test func privacyFileFromATrainingCheckpointIsRead() throws {
+        let f = try RegistryFixture()
+        let json = """
+            {"mechanism":"dp-sgd","epsilon":2.59,"epsilon_rdp":2.59,"epsilon_pld":2.39,"delta":1e-5,"max_grad_norm":1.0,"dataset_size":60000,
+             "segments":[{"sample_rate":0.004266,"noise_multiplier":1.1,"steps":14062}],
+             "pruning":{"method":"global_magnitude","target_ratio":0.5,"achieved_sparsity":0.5001}}
+            """
+        try Data(json.utf8).write(to: URL(fileURLWithPath: f.path("privacy.json")))
+        let p = try PrivacyMetadata(contentsOf: f.path("privacy.json"))
+        #expect(p.epsilon == 2.59 && p.clippingNorm == 1.0 && p.steps == 14062 && p.noiseMultiplier == 1.1)
+        #expect(p.pruningMethod == "global_magnitude" && p.pruningRatio == 0.5 && p.achievedSparsity == 0.5001)
+        try Data("{not json".utf8).write(to: URL(fileURLWithPath: f.path("bad.json")))
+        #expect(throws: CofferRegistryError.invalidPrivacy("\(f.path("bad.json")) is not a JSON object")) {
+            _ = try PrivacyMetadata(contentsOf: f.path("bad.json"))
+        }
+    }
+}
