@@ -15,6 +15,7 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case duplicatePath(String)
     case noFiles
     case invalidPrivacy(String)
+    case invalidFilter(String)
     case untrustedSigner(keyID: String)
     case notARecipient(String)
     case tampered(String)
@@ -39,6 +40,7 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
         case .duplicatePath(let path): "two inputs map to the same path \(path)"
         case .noFiles: "nothing to push: the paths hold no files"
         case .invalidPrivacy(let why): "invalid privacy metadata: \(why)"
+        case .invalidFilter(let why): "invalid --where expression: \(why)"
         case .untrustedSigner(let keyID): "version signed by \(keyID), which is not a trusted signer (coffer trust add)"
         case .notARecipient(let ref): "this identity holds no key for \(ref)"
         case .tampered(let what): "integrity check failed: \(what)"

@@ -73,21 +73,7 @@ extension Registry {
         try database.read { db in
             let row = try Row.fetchOne(
                 db, sql: "SELECT v.*, m.name AS model_name FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?", arguments: [id])!
-            var privacy = PrivacyMetadata()
-            privacy.mechanism = row["mechanism"]
-            privacy.epsilon = row["epsilon"]
-            privacy.delta = row["delta"]
-            privacy.accountant = row["accountant"]
-            privacy.noiseMultiplier = row["noise_multiplier"]
-            privacy.clippingNorm = row["clipping_norm"]
-            privacy.samplingRate = row["sampling_rate"]
-            privacy.steps = row["steps"]
-            privacy.epochs = row["epochs"]
-            privacy.datasetSize = row["dataset_size"]
-            privacy.privacyUnit = row["privacy_unit"]
-            privacy.pruningMethod = row["pruning_method"]
-            privacy.pruningRatio = row["pruning_ratio"]
-            privacy.achievedSparsity = row["achieved_sparsity"]
+            let privacy = PrivacyMetadata(row: row)
             let files = try Row.fetchAll(db, sql: "SELECT * FROM files WHERE version_id = ? ORDER BY path", arguments: [id]).map {
                 ModelStatement.File(
                     path: $0["path"], size: $0["size"], plaintextSHA256: $0["plaintext_sha256"], sealedSHA256: $0["sealed_sha256"],

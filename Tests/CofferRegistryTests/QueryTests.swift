@@ -1,0 +1,69 @@
+import CofferCrypto
+import Testing
+
+@testable import CofferRegistry
+
+struct QueryTests {
+    private func populated() throws -> RegistryFixture {
+        let f = try RegistryFixture()
+        let alice = try Identity.generate(name: "alice")
+        try f.registry.trust(alice.publicIdentity)
+        let dir = try f.makeModel("model", ["w.bin": bytes(100)])
+        for (model, epsilon, pruning) in [("a", 1.0, 0.5), ("a", 3.0, 0.2), ("b", 8.0, 0.9), ("b", nil, nil) as (String, Double?, Double?)] {
+            var request = PushRequest(model: model, paths: [dir])
+            request.privacy.epsilon = epsilon
+            request.privacy.pruningRatio = pruning
+            request.privacy.mechanism = epsilon == nil ? nil : "dp-sgd"
+            _ = try f.registry.push(request, publisher: alice)
+        }
+        return f
+    }
+
+    @Test func listFiltersOnPrivacyColumns() throws {
+        let f = try populated()
+        #expect(try f.registry.list().count == 4)
+        #expect(try f.registry.list(model: "a").map(\.version) == ["2", "1"])
+        let private3 = try f.registry.list(where: "epsilon<=3")
+        #expect(private3.map { "\($0.model):\($0.version)" }.sorted() == ["a:1", "a:2"])
+        #expect(try f.registry.list(where: "epsilon <= 3 and pruning_ratio>=0.5").map(\.version) == ["1"])
+        #expect(try f.registry.list(where: "mechanism='dp-sgd' and epsilon>2").count == 2)
+        #expect(try f.registry.list(where: "epsilon!=1").count == 2, "NULL epsilon never matches")
+    }
+
+    @Test(arguments: [
+        ("epsilon", "'epsilon' has no comparison (use < <= > >= = !=)"),
+        ("colour=3", "unknown field 'colour' (fields: accountant, achieved_sparsity, clipping_norm, dataset_id, dataset_size, delta, epochs, epsilon, mechanism, noise_multiplier, privacy_unit, pruning_method, pruning_ratio, sampling_rate, steps)"),
+        ("epsilon<=abc", "epsilon needs a number, got 'abc'"),
+        ("mechanism<'x'", "mechanism takes = or != and a 'quoted' value"),
+        ("epsilon=<3", "epsilon needs a number, got '<3'"),
+        ("", "empty expression"),
+    ])
+    func badFiltersNameTheProblem(filter: String, message: String) throws {
+        let f = try populated()
+        #expect(throws: CofferRegistryError.invalidFilter(message)) { _ = try f.registry.list(where: filter) }
+    }
+
+    @Test func showAndJSONCarryThePrivacyFieldsByName() throws {
+        let f = try populated()
+        let shown = try f.registry.show(try ModelReference(parsing: "a:1"))
+        #expect(shown.files.map(\.path) == ["w.bin"])
+        guard case .object(let json) = shown.json else { Issue.record("not an object"); return }
+        #expect(json["epsilon"] == .number(1.0))
+        #expect(json["delta"] == .null)
+        #expect(json["pruning_ratio"] == .number(0.5))
+        #expect(json["model"] == .string("a"))
+    }
+
+    @Test func aliasesMoveAndResolve() throws {
+        let f = try populated()
+        try f.registry.setAlias("prod", model: "a", version: "1")
+        #expect(try f.registry.show(try ModelReference(parsing: "a@prod")).version == "1")
+        try f.registry.setAlias("prod", model: "a", version: "2")
+        #expect(try f.registry.show(try ModelReference(parsing: "a@prod")).version == "2")
+        #expect(try f.registry.list(model: "a").first { $0.version == "2" }?.aliases == ["prod"])
+        try f.registry.removeAlias("prod", model: "a")
+        #expect(throws: CofferRegistryError.unknownAlias("a@prod")) { _ = try f.registry.show(try ModelReference(parsing: "a@prod")) }
+        #expect(throws: CofferRegistryError.unknownVersion("a:9")) { try f.registry.setAlias("prod", model: "a", version: "9") }
+        #expect(throws: CofferRegistryError.unknownModel("zzz")) { _ = try f.registry.list(model: "zzz") }
+    }
+}
