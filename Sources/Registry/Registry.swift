@@ -37,7 +37,11 @@ public final class Registry: Sendable {
     }
 
     /// Creates a registry at `home` with a new identity of its own, encrypted under `passphrase`.
-    public static func create(at home: String, passphrase: borrowing SecureBytes, kdf: KDFParameters = .default) throws(CofferRegistryError)
+    public static func create(
+        at home: String,
+        passphrase: borrowing SecureBytes,
+        kdf: KDFParameters = .default
+    ) throws(CofferRegistryError)
         -> Registry
     {
         guard access("\(home)/\(databaseName)", F_OK) != 0 else { throw .registryExists(home) }
@@ -75,7 +79,8 @@ extension Registry {
         try database.write { db in
             try db.execute(
                 sql: "INSERT OR REPLACE INTO trusted_signers (key_id, name, public_identity, added_at) VALUES (?, ?, ?, ?)",
-                arguments: [signer.keyID, signer.name, Data(signer.jsonBytes), Self.now()])
+                arguments: [signer.keyID, signer.name, Data(signer.jsonBytes), Self.now()]
+            )
         }
     }
 

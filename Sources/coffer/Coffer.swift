@@ -1,5 +1,6 @@
 import ArgumentParser
 import CofferCrypto
+import CofferRegistry
 
 #if canImport(Glibc)
 import Glibc
@@ -12,7 +13,10 @@ struct Coffer: ParsableCommand {
         commandName: "coffer",
         abstract: "An encrypted model registry and artifact store.",
         version: "0.1.0",
-        subcommands: [Keygen.self, Seal.self, Unseal.self, Attestation.self]
+        subcommands: [
+            Keygen.self, Seal.self, Unseal.self, Attestation.self, Init.self, Trust.self, Push.self, Pull.self, Verify.self, List.self,
+            Show.self, Alias.self,
+        ]
     )
 
     /// Runs the command; a library error becomes one line on stderr and exit status 1, never a trace.
@@ -22,6 +26,8 @@ struct Coffer: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
         } catch let error as CofferCryptoError {
+            fail(error.description)
+        } catch let error as CofferRegistryError {
             fail(error.description)
         } catch let error as CLIError {
             fail(error.description)

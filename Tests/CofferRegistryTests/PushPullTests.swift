@@ -56,7 +56,9 @@ struct PushPullTests {
         #expect(throws: CofferRegistryError.versionExists("m:v1")) {
             _ = try f.registry.push(PushRequest(model: "m", version: "v1", paths: [dir]), publisher: alice)
         }
-        #expect(throws: CofferRegistryError.invalidName("../m")) { _ = try f.registry.push(PushRequest(model: "../m", paths: [dir]), publisher: alice) }
+        #expect(throws: CofferRegistryError.invalidName("../m")) {
+            _ = try f.registry.push(PushRequest(model: "../m", paths: [dir]), publisher: alice)
+        }
         #expect(throws: CofferRegistryError.invalidVersion("a b")) {
             _ = try f.registry.push(PushRequest(model: "m", version: "a b", paths: [dir]), publisher: alice)
         }
@@ -67,7 +69,9 @@ struct PushPullTests {
         }
         var badDelta = PushRequest(model: "m", paths: [dir])
         badDelta.privacy.delta = 1
-        #expect(throws: CofferRegistryError.invalidPrivacy("delta must be in [0, 1), got 1.0")) { _ = try f.registry.push(badDelta, publisher: alice) }
+        #expect(throws: CofferRegistryError.invalidPrivacy("delta must be in [0, 1), got 1.0")) {
+            _ = try f.registry.push(badDelta, publisher: alice)
+        }
         try FileManager.default.createSymbolicLink(atPath: f.path("model/link"), withDestinationPath: "/etc/passwd")
         #expect(throws: CofferRegistryError.self) { _ = try f.registry.push(PushRequest(model: "m2", paths: [dir]), publisher: alice) }
         #expect(f.registry.blobs.allDigests().count == blobsBefore)

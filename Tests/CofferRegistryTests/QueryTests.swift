@@ -32,7 +32,10 @@ struct QueryTests {
 
     @Test(arguments: [
         ("epsilon", "'epsilon' has no comparison (use < <= > >= = !=)"),
-        ("colour=3", "unknown field 'colour' (fields: accountant, achieved_sparsity, clipping_norm, dataset_id, dataset_size, delta, epochs, epsilon, mechanism, noise_multiplier, privacy_unit, pruning_method, pruning_ratio, sampling_rate, steps)"),
+        (
+            "colour=3",
+            "unknown field 'colour' (fields: accountant, achieved_sparsity, clipping_norm, dataset_id, dataset_size, delta, epochs, epsilon, mechanism, noise_multiplier, privacy_unit, pruning_method, pruning_ratio, sampling_rate, steps)"
+        ),
         ("epsilon<=abc", "epsilon needs a number, got 'abc'"),
         ("mechanism<'x'", "mechanism takes = or != and a 'quoted' value"),
         ("epsilon=<3", "epsilon needs a number, got '<3'"),
@@ -47,7 +50,10 @@ struct QueryTests {
         let f = try populated()
         let shown = try f.registry.show(try ModelReference(parsing: "a:1"))
         #expect(shown.files.map(\.path) == ["w.bin"])
-        guard case .object(let json) = shown.json else { Issue.record("not an object"); return }
+        guard case .object(let json) = shown.json else {
+            Issue.record("not an object")
+            return
+        }
         #expect(json["epsilon"] == .number(1.0))
         #expect(json["delta"] == .null)
         #expect(json["pruning_ratio"] == .number(0.5))

@@ -31,7 +31,9 @@ struct SchemaTests {
         }
         #expect(throws: CofferRegistryError.self) {
             try database.write { db in
-                try db.execute(sql: "INSERT INTO versions (model_id, version, digest, publisher_key_id, created_at, delta) VALUES (1, '2', 'd', 'k', 'now', 1.5)")
+                try db.execute(
+                    sql: "INSERT INTO versions (model_id, version, digest, publisher_key_id, created_at, delta) VALUES (1, '2', 'd', 'k', 'now', 1.5)"
+                )
             }
         }
     }

@@ -13,7 +13,11 @@ final class RegistryFixture {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-registry-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         let secret = passphrase("registry passphrase")
-        registry = try Registry.create(at: root.appendingPathComponent("home").path, passphrase: secret, kdf: KDFParameters(opsLimit: 1, memLimit: 8192))
+        registry = try Registry.create(
+            at: root.appendingPathComponent("home").path,
+            passphrase: secret,
+            kdf: KDFParameters(opsLimit: 1, memLimit: 8192)
+        )
     }
 
     deinit { try? FileManager.default.removeItem(at: root) }

@@ -51,11 +51,15 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
             throw .invalidPrivacy("noise_multiplier must be >= 0, got \(noiseMultiplier)")
         }
         if let clippingNorm, !(clippingNorm > 0 && clippingNorm.isFinite) { throw .invalidPrivacy("clipping_norm must be > 0, got \(clippingNorm)") }
-        if let samplingRate, !(samplingRate > 0 && samplingRate <= 1) { throw .invalidPrivacy("sampling_rate must be in (0, 1], got \(samplingRate)") }
+        if let samplingRate, !(samplingRate > 0 && samplingRate <= 1) {
+            throw .invalidPrivacy("sampling_rate must be in (0, 1], got \(samplingRate)")
+        }
         if let steps, steps < 0 { throw .invalidPrivacy("steps must be >= 0, got \(steps)") }
         if let epochs, !(epochs >= 0 && epochs.isFinite) { throw .invalidPrivacy("epochs must be >= 0, got \(epochs)") }
         if let datasetSize, datasetSize < 0 { throw .invalidPrivacy("dataset_size must be >= 0, got \(datasetSize)") }
-        if let pruningRatio, !(pruningRatio >= 0 && pruningRatio < 1) { throw .invalidPrivacy("pruning_ratio must be in [0, 1), got \(pruningRatio)") }
+        if let pruningRatio, !(pruningRatio >= 0 && pruningRatio < 1) {
+            throw .invalidPrivacy("pruning_ratio must be in [0, 1), got \(pruningRatio)")
+        }
         if let achievedSparsity, !(achievedSparsity >= 0 && achievedSparsity <= 1) {
             throw .invalidPrivacy("achieved_sparsity must be in [0, 1], got \(achievedSparsity)")
         }

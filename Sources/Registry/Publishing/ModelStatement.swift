@@ -51,15 +51,18 @@ public struct ModelStatement: Sendable, Equatable {
                             "path": .string($0.path), "sealed_sha256": .string($0.sealedSHA256), "sealed_size": .number(Double($0.sealedSize)),
                             "size": .number(Double($0.size)),
                         ])
-                    }),
+                    }
+                ),
             ]),
             "created": .string(created),
             "publisher": .object(["name": .string(publisherName), "key_id": .string(publisherKeyID)]),
             "message": s(message),
         ])
         return InTotoStatement(
-            subject: files.map { .init(name: $0.path, digest: ["sha256": $0.plaintextSHA256]) }, predicateType: Self.predicateType,
-            predicate: predicate)
+            subject: files.map { .init(name: $0.path, digest: ["sha256": $0.plaintextSHA256]) },
+            predicateType: Self.predicateType,
+            predicate: predicate
+        )
     }
 
     /// Reads a verified statement back.
@@ -79,15 +82,20 @@ public struct ModelStatement: Sendable, Equatable {
             else { throw .tampered("the signed statement's file list is inconsistent") }
             files.append(File(path: subject.name, size: Int(size), plaintextSHA256: digest, sealedSHA256: sealedDigest, sealedSize: Int(sealedSize)))
         }
-        guard files.count == statement.subject.count, files.count == sealed.count else { throw .tampered("the signed statement's file list is inconsistent") }
+        guard files.count == statement.subject.count, files.count == sealed.count else {
+            throw .tampered("the signed statement's file list is inconsistent")
+        }
         self.model = model
         self.version = version
         self.files = files
         self.privacy = try PrivacyMetadata(json: privacy, source: "signed statement")
         let lineage = p["lineage"]
         self.lineage = Lineage(
-            parent: lineage?["parent"]?.stringValue, datasetID: lineage?["dataset_id"]?.stringValue,
-            datasetDigest: lineage?["dataset_digest"]?.stringValue, trainingConfigDigest: lineage?["training_config_digest"]?.stringValue)
+            parent: lineage?["parent"]?.stringValue,
+            datasetID: lineage?["dataset_id"]?.stringValue,
+            datasetDigest: lineage?["dataset_digest"]?.stringValue,
+            trainingConfigDigest: lineage?["training_config_digest"]?.stringValue
+        )
         self.chunkSize = Int(chunk)
         self.created = created
         self.publisherName = publisherName
@@ -96,8 +104,15 @@ public struct ModelStatement: Sendable, Equatable {
     }
 
     init(
-        model: String, version: String, files: [File], privacy: PrivacyMetadata, lineage: Lineage, chunkSize: Int, created: String,
-        publisher: PublicIdentity, message: String?
+        model: String,
+        version: String,
+        files: [File],
+        privacy: PrivacyMetadata,
+        lineage: Lineage,
+        chunkSize: Int,
+        created: String,
+        publisher: PublicIdentity,
+        message: String?
     ) {
         self.model = model
         self.version = version

@@ -8,7 +8,11 @@ extension Registry {
     /// Blobs are made durable first; the version's rows are then committed in one `BEGIN IMMEDIATE`
     /// transaction, so a crash at any point leaves the whole version or none (orphan blobs go to `gc`).
     /// The data key is wrapped for the registry, the publisher and each of `request.recipients`.
-    public func push(_ request: PushRequest, publisher: borrowing Identity, progress: ((Int) -> Void)? = nil) throws(CofferRegistryError)
+    public func push(
+        _ request: PushRequest,
+        publisher: borrowing Identity,
+        progress: ((Int) -> Void)? = nil
+    ) throws(CofferRegistryError)
         -> PushResult
     {
         try ModelReference.validate(name: request.model)
@@ -35,8 +39,14 @@ extension Registry {
             do {
                 let before = done
                 summary = try SealedFile.seal(
-                    from: source, to: temporary, dataKey: dataKey, stanzas: [], chunkSize: request.chunkSize, digests: true,
-                    progress: progress.map { report in { report(before + $0) } })
+                    from: source,
+                    to: temporary,
+                    dataKey: dataKey,
+                    stanzas: [],
+                    chunkSize: request.chunkSize,
+                    digests: true,
+                    progress: progress.map { report in { report(before + $0) } }
+                )
             } catch {
                 throw .crypto(error)
             }
@@ -45,8 +55,13 @@ extension Registry {
             done += summary.plaintextLength
             files.append(
                 .init(
-                    path: input.path, size: summary.plaintextLength, plaintextSHA256: Digest.hex(summary.plaintextSHA256!),
-                    sealedSHA256: sealedDigest, sealedSize: summary.sealedLength))
+                    path: input.path,
+                    size: summary.plaintextLength,
+                    plaintextSHA256: Digest.hex(summary.plaintextSHA256!),
+                    sealedSHA256: sealedDigest,
+                    sealedSize: summary.sealedLength
+                )
+            )
         }
         var wrapped: [(String, [UInt8])] = []
         for recipient in [identity, publisher.publicIdentity] + request.recipients where !wrapped.contains(where: { $0.0 == recipient.keyID }) {
@@ -54,22 +69,40 @@ extension Registry {
         }
 
         let lineage = ModelStatement.Lineage(
-            parent: request.parent?.description, datasetID: request.datasetID, datasetDigest: request.datasetDigest,
-            trainingConfigDigest: request.trainingConfigDigest)
+            parent: request.parent?.description,
+            datasetID: request.datasetID,
+            datasetDigest: request.datasetDigest,
+            trainingConfigDigest: request.trainingConfigDigest
+        )
         let created = Self.now()
         // An automatic version is chosen again if another process commits the same number first.
         for _ in 0..<20 {
             var version = request.version ?? ""
             if request.version == nil { version = try nextVersion(model: request.model) }
             let statement = ModelStatement(
-                model: request.model, version: version, files: files, privacy: request.privacy, lineage: lineage, chunkSize: request.chunkSize,
-                created: created, publisher: publisher.publicIdentity, message: request.message)
+                model: request.model,
+                version: version,
+                files: files,
+                privacy: request.privacy,
+                lineage: lineage,
+                chunkSize: request.chunkSize,
+                created: created,
+                publisher: publisher.publicIdentity,
+                message: request.message
+            )
             let payload = statement.statement.jsonBytes
             let envelope = DSSEEnvelope.sign(payload: payload, identity: publisher)
             let digest = Digest.hex(Digest.sha256(payload))
             let committed = try commit(
-                statement, digest: digest, envelope: envelope, wrapped: wrapped, parentID: parentID, alias: request.alias, tags: request.tags,
-                automatic: request.version == nil)
+                statement,
+                digest: digest,
+                envelope: envelope,
+                wrapped: wrapped,
+                parentID: parentID,
+                alias: request.alias,
+                tags: request.tags,
+                automatic: request.version == nil
+            )
             if committed {
                 return PushResult(model: request.model, version: version, digest: digest, files: files.count, bytes: done)
             }
@@ -79,14 +112,21 @@ extension Registry {
 
     /// Inserts the version's rows; returns false when an automatic version number was taken meanwhile.
     private func commit(
-        _ statement: ModelStatement, digest: String, envelope: DSSEEnvelope, wrapped: [(String, [UInt8])], parentID: Int64?, alias: String?,
-        tags: [String: String], automatic: Bool
+        _ statement: ModelStatement,
+        digest: String,
+        envelope: DSSEEnvelope,
+        wrapped: [(String, [UInt8])],
+        parentID: Int64?,
+        alias: String?,
+        tags: [String: String],
+        automatic: Bool
     ) throws(CofferRegistryError) -> Bool {
         try database.write { db in
             let now = Self.now()
             try db.execute(sql: "INSERT OR IGNORE INTO models (name, created_at) VALUES (?, ?)", arguments: [statement.model, now])
             let modelID = try Int64.fetchOne(db, sql: "SELECT id FROM models WHERE name = ?", arguments: [statement.model])!
-            if try Bool.fetchOne(db, sql: "SELECT 1 FROM versions WHERE model_id = ? AND version = ?", arguments: [modelID, statement.version]) != nil {
+            if try Bool.fetchOne(db, sql: "SELECT 1 FROM versions WHERE model_id = ? AND version = ?", arguments: [modelID, statement.version]) != nil
+            {
                 if automatic { return false }
                 throw CofferRegistryError.versionExists("\(statement.model):\(statement.version)")
             }
@@ -105,26 +145,33 @@ extension Registry {
                     parentID, l.datasetID, l.datasetDigest, l.trainingConfigDigest,
                     p.mechanism, p.epsilon, p.delta, p.accountant, p.noiseMultiplier, p.clippingNorm, p.samplingRate, p.steps, p.epochs,
                     p.datasetSize, p.privacyUnit, p.pruningMethod, p.pruningRatio, p.achievedSparsity,
-                ])
+                ]
+            )
             let versionID = db.lastInsertedRowID
             for file in statement.files {
                 try db.execute(
                     sql: "INSERT INTO files (version_id, path, size, plaintext_sha256, sealed_sha256, sealed_size) VALUES (?, ?, ?, ?, ?, ?)",
-                    arguments: [versionID, file.path, file.size, file.plaintextSHA256, file.sealedSHA256, file.sealedSize])
+                    arguments: [versionID, file.path, file.size, file.plaintextSHA256, file.sealedSHA256, file.sealedSize]
+                )
             }
             for (keyID, stanza) in wrapped {
                 try db.execute(
-                    sql: "INSERT INTO wrapped_keys (version_id, recipient_key_id, stanza) VALUES (?, ?, ?)", arguments: [versionID, keyID, Data(stanza)])
+                    sql: "INSERT INTO wrapped_keys (version_id, recipient_key_id, stanza) VALUES (?, ?, ?)",
+                    arguments: [versionID, keyID, Data(stanza)]
+                )
             }
             try db.execute(
-                sql: "INSERT INTO attestations (version_id, kind, document) VALUES (?, 'dsse', ?)", arguments: [versionID, Data(envelope.jsonBytes)])
+                sql: "INSERT INTO attestations (version_id, kind, document) VALUES (?, 'dsse', ?)",
+                arguments: [versionID, Data(envelope.jsonBytes)]
+            )
             for (key, value) in tags {
                 try db.execute(sql: "INSERT INTO tags (version_id, key, value) VALUES (?, ?, ?)", arguments: [versionID, key, value])
             }
             if let alias {
                 try db.execute(
                     sql: "INSERT OR REPLACE INTO aliases (model_id, alias, version_id, updated_at) VALUES (?, ?, ?, ?)",
-                    arguments: [modelID, alias, versionID, now])
+                    arguments: [modelID, alias, versionID, now]
+                )
             }
             return true
         }
@@ -134,7 +181,10 @@ extension Registry {
     func nextVersion(model: String) throws(CofferRegistryError) -> String {
         let highest = try database.read { db in
             try Int64.fetchOne(
-                db, sql: "SELECT MAX(v.number) FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?", arguments: [model])
+                db,
+                sql: "SELECT MAX(v.number) FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?",
+                arguments: [model]
+            )
         }
         return String((highest ?? 0) + 1)
     }
@@ -142,8 +192,10 @@ extension Registry {
     func versionID(model: String, version: String) throws(CofferRegistryError) -> Int64? {
         try database.read { db in
             try Int64.fetchOne(
-                db, sql: "SELECT v.id FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?",
-                arguments: [model, version])
+                db,
+                sql: "SELECT v.id FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?",
+                arguments: [model, version]
+            )
         }
     }
 }

@@ -22,7 +22,12 @@ extension Registry {
     /// statement before any key is unwrapped; each file is decrypted into a staging folder inside
     /// `directory`, its blob and plaintext digests checked in the same pass, and only when every file
     /// passed are they renamed into place. Any failure leaves no file of the version in `directory`.
-    public func pull(_ reference: ModelReference, identity: borrowing Identity, into directory: String, progress: ((Int) -> Void)? = nil)
+    public func pull(
+        _ reference: ModelReference,
+        identity: borrowing Identity,
+        into directory: String,
+        progress: ((Int) -> Void)? = nil
+    )
         throws(CofferRegistryError) -> PullResult
     {
         let stored = try loadVersion(try resolve(reference).id)
@@ -64,6 +69,12 @@ extension Registry {
             }
         }
         return PullResult(
-            model: stored.model, version: stored.version, digest: stored.digest, signer: signer.name, files: statement.files.map(\.path), bytes: done)
+            model: stored.model,
+            version: stored.version,
+            digest: stored.digest,
+            signer: signer.name,
+            files: statement.files.map(\.path),
+            bytes: done
+        )
     }
 }

@@ -37,7 +37,8 @@ public struct VersionSummary: Sendable, Equatable {
                         "path": .string($0.path), "size": .number(Double($0.size)), "sha256": .string($0.plaintextSHA256),
                         "sealed_sha256": .string($0.sealedSHA256), "sealed_size": .number(Double($0.sealedSize)),
                     ])
-                })
+                }
+            )
         }
         return .object(object)
     }
@@ -94,7 +95,8 @@ extension Registry {
                     LEFT JOIN versions p ON p.id = v.parent_version_id LEFT JOIN models pm ON pm.id = p.model_id
                     \(whereSQL)
                     ORDER BY v.created_at DESC, v.id DESC\(limitSQL)
-                    """, arguments: StatementArguments(arguments)
+                    """,
+                arguments: StatementArguments(arguments)
             ).map(Self.summary)
         }
         if let model, summaries.isEmpty, try !modelExists(model) { throw .unknownModel(model) }
@@ -115,7 +117,10 @@ extension Registry {
                         FROM versions v JOIN models m ON m.id = v.model_id
                         LEFT JOIN versions p ON p.id = v.parent_version_id LEFT JOIN models pm ON pm.id = p.model_id
                         WHERE v.id = ?
-                        """, arguments: [id])!)
+                        """,
+                    arguments: [id]
+                )!
+            )
         }
         summary.files = try loadVersion(id).files
         return summary
@@ -128,7 +133,8 @@ extension Registry {
         try database.write { db in
             try db.execute(
                 sql: "INSERT OR REPLACE INTO aliases (model_id, alias, version_id, updated_at) SELECT model_id, ?, id, ? FROM versions WHERE id = ?",
-                arguments: [alias, Self.now(), id])
+                arguments: [alias, Self.now(), id]
+            )
         }
     }
 
@@ -137,7 +143,9 @@ extension Registry {
         _ = try resolve(try ModelReference(name: model, selector: .alias(alias)))
         try database.write { db in
             try db.execute(
-                sql: "DELETE FROM aliases WHERE alias = ? AND model_id = (SELECT id FROM models WHERE name = ?)", arguments: [alias, model])
+                sql: "DELETE FROM aliases WHERE alias = ? AND model_id = (SELECT id FROM models WHERE name = ?)",
+                arguments: [alias, model]
+            )
         }
     }
 
@@ -156,9 +164,19 @@ extension Registry {
         let parentModel: String? = row["parent_model"]
         let parentVersion: String? = row["parent_version"]
         return VersionSummary(
-            model: row["model_name"], version: row["version"], digest: row["digest"], created: row["created_at"],
-            publisherKeyID: row["publisher_key_id"], message: row["message"], aliases: aliases, tags: tags, privacy: privacy,
-            datasetID: row["dataset_id"], datasetDigest: row["dataset_digest"], trainingConfigDigest: row["training_config_digest"],
-            parent: parentModel.flatMap { m in parentVersion.map { "\(m):\($0)" } })
+            model: row["model_name"],
+            version: row["version"],
+            digest: row["digest"],
+            created: row["created_at"],
+            publisherKeyID: row["publisher_key_id"],
+            message: row["message"],
+            aliases: aliases,
+            tags: tags,
+            privacy: privacy,
+            datasetID: row["dataset_id"],
+            datasetDigest: row["dataset_digest"],
+            trainingConfigDigest: row["training_config_digest"],
+            parent: parentModel.flatMap { m in parentVersion.map { "\(m):\($0)" } }
+        )
     }
 }

@@ -46,18 +46,24 @@ extension Registry {
                     sql: """
                         SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?
                         ORDER BY v.number IS NULL, v.number DESC, v.created_at DESC LIMIT 1
-                        """, arguments: [reference.name])
+                        """,
+                    arguments: [reference.name]
+                )
             case .version(let version):
                 row = try Row.fetchOne(
-                    db, sql: "SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?",
-                    arguments: [reference.name, version])
+                    db,
+                    sql: "SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?",
+                    arguments: [reference.name, version]
+                )
             case .alias(let alias):
                 row = try Row.fetchOne(
                     db,
                     sql: """
                         SELECT v.id, v.version FROM aliases a JOIN models m ON m.id = a.model_id JOIN versions v ON v.id = a.version_id
                         WHERE m.name = ? AND a.alias = ?
-                        """, arguments: [reference.name, alias])
+                        """,
+                    arguments: [reference.name, alias]
+                )
             }
             return .some(row.map { ($0[0], $0[1]) })
         }
@@ -72,18 +78,34 @@ extension Registry {
     func loadVersion(_ id: Int64) throws(CofferRegistryError) -> StoredVersion {
         try database.read { db in
             let row = try Row.fetchOne(
-                db, sql: "SELECT v.*, m.name AS model_name FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?", arguments: [id])!
+                db,
+                sql: "SELECT v.*, m.name AS model_name FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?",
+                arguments: [id]
+            )!
             let privacy = PrivacyMetadata(row: row)
             let files = try Row.fetchAll(db, sql: "SELECT * FROM files WHERE version_id = ? ORDER BY path", arguments: [id]).map {
                 ModelStatement.File(
-                    path: $0["path"], size: $0["size"], plaintextSHA256: $0["plaintext_sha256"], sealedSHA256: $0["sealed_sha256"],
-                    sealedSize: $0["sealed_size"])
+                    path: $0["path"],
+                    size: $0["size"],
+                    plaintextSHA256: $0["plaintext_sha256"],
+                    sealedSHA256: $0["sealed_sha256"],
+                    sealedSize: $0["sealed_size"]
+                )
             }
             let envelope = try Data.fetchOne(db, sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'dsse'", arguments: [id])
             return StoredVersion(
-                id: id, model: row["model_name"], version: row["version"], digest: row["digest"], publisherKeyID: row["publisher_key_id"],
-                privacy: privacy, datasetID: row["dataset_id"], datasetDigest: row["dataset_digest"],
-                trainingConfigDigest: row["training_config_digest"], files: files, envelope: envelope)
+                id: id,
+                model: row["model_name"],
+                version: row["version"],
+                digest: row["digest"],
+                publisherKeyID: row["publisher_key_id"],
+                privacy: privacy,
+                datasetID: row["dataset_id"],
+                datasetDigest: row["dataset_digest"],
+                trainingConfigDigest: row["training_config_digest"],
+                files: files,
+                envelope: envelope
+            )
         }
     }
 
@@ -109,7 +131,9 @@ extension Registry {
         } catch {
             throw .tampered("\(label): \(error)")
         }
-        guard Digest.hex(Digest.sha256(payload)) == stored.digest else { throw .tampered("\(label): the version digest does not match its statement") }
+        guard Digest.hex(Digest.sha256(payload)) == stored.digest else {
+            throw .tampered("\(label): the version digest does not match its statement")
+        }
         guard statement.model == stored.model, statement.version == stored.version else {
             throw .tampered("\(label): the statement is for \(statement.model):\(statement.version)")
         }
@@ -134,7 +158,9 @@ extension Registry {
         let (statement, signer) = try authenticate(stored)
         for file in statement.files {
             let digest: [UInt8]
-            do { digest = try Digest.sha256(file: blobs.path(of: file.sealedSHA256)) } catch { throw .tampered("blob of \(file.path) is missing or unreadable") }
+            do { digest = try Digest.sha256(file: blobs.path(of: file.sealedSHA256)) } catch {
+                throw .tampered("blob of \(file.path) is missing or unreadable")
+            }
             guard Digest.hex(digest) == file.sealedSHA256 else { throw .tampered("blob of \(file.path) does not match its signed SHA-256") }
         }
         return report(stored, signer: signer, files: statement.files.count, readData: false)
@@ -151,15 +177,24 @@ extension Registry {
 
     private func report(_ stored: StoredVersion, signer: PublicIdentity, files: Int, readData: Bool) -> VerifyReport {
         VerifyReport(
-            model: stored.model, version: stored.version, digest: stored.digest, signer: signer.name, signerKeyID: signer.keyID, files: files,
-            readData: readData)
+            model: stored.model,
+            version: stored.version,
+            digest: stored.digest,
+            signer: signer.name,
+            signerKeyID: signer.keyID,
+            files: files,
+            readData: readData
+        )
     }
 
     func unwrapDataKey(_ stored: StoredVersion, identity: borrowing Identity) throws(CofferRegistryError) -> SecretKey {
         let keyID = identity.publicIdentity.keyID
         let stanza = try database.read { db in
             try Data.fetchOne(
-                db, sql: "SELECT stanza FROM wrapped_keys WHERE version_id = ? AND recipient_key_id = ?", arguments: [stored.id, keyID])
+                db,
+                sql: "SELECT stanza FROM wrapped_keys WHERE version_id = ? AND recipient_key_id = ?",
+                arguments: [stored.id, keyID]
+            )
         }
         guard let stanza else { throw .notARecipient("\(stored.model):\(stored.version)") }
         do {
@@ -170,7 +205,13 @@ extension Registry {
     }
 
     /// Decrypts one file's blob into `sink`, checking the blob's and the plaintext's signed digests in the same pass.
-    func open(_ file: ModelStatement.File, of stored: StoredVersion, dataKey: borrowing SecretKey, into sink: any ByteSink, progress: ((Int) -> Void)? = nil)
+    func open(
+        _ file: ModelStatement.File,
+        of stored: StoredVersion,
+        dataKey: borrowing SecretKey,
+        into sink: any ByteSink,
+        progress: ((Int) -> Void)? = nil
+    )
         throws(CofferRegistryError)
     {
         let source: FileDescriptorStream
@@ -181,7 +222,14 @@ extension Registry {
         do {
             let (header, length) = try SealedFileHeader.read(from: source)
             summary = try SealedFile.openPayload(
-                from: source, to: sink, header: header, headerLength: length, dataKey: dataKey, digests: true, progress: progress)
+                from: source,
+                to: sink,
+                header: header,
+                headerLength: length,
+                dataKey: dataKey,
+                digests: true,
+                progress: progress
+            )
         } catch {
             throw .tampered("\(file.path): \(error)")
         }

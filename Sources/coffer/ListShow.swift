@@ -1,0 +1,94 @@
+import ArgumentParser
+import CofferCrypto
+import CofferRegistry
+import Foundation
+
+extension Coffer {
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List versions, newest first, optionally filtered on privacy metadata.")
+
+        @OptionGroup var registry: RegistryOptions
+        @Argument(help: "Only this model.") var model: String?
+        @Option(name: .long, help: "Filter, e.g. 'epsilon<=3 and pruning_ratio>=0.5' or \"mechanism='dp-sgd'\".") var `where`: String?
+        @Option(name: .long, help: "At most N versions.") var limit: Int?
+        @Flag(name: .long, help: "Print JSON: an array of version objects (docs/FORMAT.md).") var json = false
+
+        func run() throws {
+            let versions = try registry.open().list(model: model, where: `where`, limit: limit)
+            if json { return JSONOutput.print(.array(versions.map(\.json))) }
+            func number(_ value: Double?) -> String { value.map { String(format: "%g", $0) } ?? "-" }
+            print(
+                "MODEL:VERSION".padding(40) + "EPSILON".padding(10) + "DELTA".padding(10) + "PRUNING".padding(9) + "CREATED".padding(26) + "ALIASES"
+            )
+            for v in versions {
+                print(
+                    "\(v.model):\(v.version)".padding(40) + number(v.privacy.epsilon).padding(10) + number(v.privacy.delta).padding(10)
+                        + number(v.privacy.pruningRatio).padding(9) + v.created.padding(26) + v.aliases.joined(separator: ",")
+                )
+            }
+        }
+    }
+
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one version: metadata, privacy, lineage and files.")
+
+        @OptionGroup var registry: RegistryOptions
+        @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
+        @Flag(name: .long, help: "Print JSON: the version object with its files.") var json = false
+
+        func run() throws {
+            let version = try registry.open().show(try ModelReference(parsing: reference))
+            if json { return JSONOutput.print(version.json) }
+            guard case .object(let fields) = version.json else { return }
+            for key in fields.keys.sorted() where key != "files" {
+                let value: String =
+                    switch fields[key]! {
+                    case .null: "-"
+                    case .string(let s): s
+                    case .number(let n): String(format: "%g", n)
+                    case .array(let items): items.compactMap(\.stringValue).joined(separator: ", ")
+                    case .object(let members): members.keys.sorted().map { "\($0)=\(members[$0]!.stringValue ?? "")" }.joined(separator: ", ")
+                    case .bool(let b): String(b)
+                    }
+                print("\(key):".padding(24) + value)
+            }
+            print("files:")
+            for file in version.files { print("  \(file.path)  \(file.size) bytes  sha256:\(file.plaintextSHA256)") }
+        }
+    }
+
+    struct Alias: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Point an alias at a version, or remove it.", subcommands: [Set.self, Remove.self])
+
+        struct Set: ParsableCommand {
+            static let configuration = CommandConfiguration(commandName: "set", abstract: "NAME@ALIAS VERSION")
+            @OptionGroup var registry: RegistryOptions
+            @Argument(help: "NAME@ALIAS") var alias: String
+            @Argument(help: "The version to point at.") var version: String
+
+            func run() throws {
+                let target = try ModelReference(parsing: alias)
+                guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
+                try registry.open().setAlias(name, model: target.name, version: version)
+                print("\(target.name)@\(name) -> \(version)")
+            }
+        }
+
+        struct Remove: ParsableCommand {
+            static let configuration = CommandConfiguration(commandName: "rm", abstract: "NAME@ALIAS")
+            @OptionGroup var registry: RegistryOptions
+            @Argument(help: "NAME@ALIAS") var alias: String
+
+            func run() throws {
+                let target = try ModelReference(parsing: alias)
+                guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
+                try registry.open().removeAlias(name, model: target.name)
+                print("removed \(target.name)@\(name)")
+            }
+        }
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self + " " : self + String(repeating: " ", count: width - count) }
+}

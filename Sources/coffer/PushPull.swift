@@ -1,0 +1,134 @@
+import ArgumentParser
+import CofferCrypto
+import CofferRegistry
+
+extension Coffer {
+    struct Push: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Seal, sign and store a new version of a model (files or a model directory)."
+        )
+
+        @OptionGroup var registry: RegistryOptions
+        @Argument(help: "NAME or NAME:VERSION (VERSION defaults to the next integer).") var reference: String
+        @Argument(help: "Files, or a model directory whose sub-folders are kept.") var paths: [String]
+        @Option(name: .long, help: "Your private identity (NAME.key): signs the version.") var identity: String
+        @OptionGroup var passphraseOptions: PassphraseOptions
+        @Option(name: .long, help: "Privacy metadata JSON (a checkpoint's privacy.json or the flat shape of docs/FORMAT.md).")
+        var privacy: String?
+        @Option(name: .long, help: "Privacy budget epsilon.") var epsilon: Double?
+        @Option(name: .long, help: "Privacy delta, in [0, 1).") var delta: Double?
+        @Option(name: .long, help: "Privacy mechanism, e.g. dp-sgd.") var mechanism: String?
+        @Option(name: .long, help: "DP-SGD noise multiplier.") var noiseMultiplier: Double?
+        @Option(name: .long, help: "DP-SGD sampling rate.") var samplingRate: Double?
+        @Option(name: .long, help: "DP-SGD steps.") var steps: Int?
+        @Option(name: .long, help: "Target pruning ratio.") var pruningRatio: Double?
+        @Option(name: .long, help: "Point this alias at the new version.") var alias: String?
+        @Option(name: .long, help: "A tag KEY=VALUE; repeat for several.") var tag: [String] = []
+        @Option(name: .long, help: "Parent version NAME:VERSION (lineage).") var parent: String?
+        @Option(name: .long, help: "Dataset identifier (lineage).") var dataset: String?
+        @Option(name: .long, help: "Dataset digest (lineage).") var datasetDigest: String?
+        @Option(name: .long, help: "Another identity (NAME.pub) that may decrypt; repeat for several.") var recipient: [String] = []
+        @Option(name: .long, help: "A message recorded with the version.") var message: String?
+
+        func run() throws {
+            let target = try ModelReference(parsing: reference)
+            var request = PushRequest(model: target.name, paths: paths)
+            switch target.selector {
+            case .latest: break
+            case .version(let version): request.version = version
+            case .alias: throw CLIError("push takes NAME or NAME:VERSION, not an alias (use --alias)")
+            }
+            if let privacy { request.privacy = try PrivacyMetadata(contentsOf: privacy) }
+            if let epsilon { request.privacy.epsilon = epsilon }
+            if let delta { request.privacy.delta = delta }
+            if let mechanism { request.privacy.mechanism = mechanism }
+            if let noiseMultiplier { request.privacy.noiseMultiplier = noiseMultiplier }
+            if let samplingRate { request.privacy.samplingRate = samplingRate }
+            if let steps { request.privacy.steps = steps }
+            if let pruningRatio { request.privacy.pruningRatio = pruningRatio }
+            request.alias = alias
+            for pair in tag {
+                guard let equals = pair.firstIndex(of: "=") else { throw CLIError("--tag takes KEY=VALUE, got '\(pair)'") }
+                request.tags[String(pair[..<equals])] = String(pair[pair.index(after: equals)...])
+            }
+            request.parent = try parent.map { text throws(CofferRegistryError) in try ModelReference(parsing: text) }
+            request.datasetID = dataset
+            request.datasetDigest = datasetDigest
+            request.recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
+            request.message = message
+            let store = try registry.open()
+            let publisher = try passphraseOptions.unlockIdentity(at: identity)
+            let progress = ProgressBar(label: "pushing", total: nil)
+            let result = try store.push(request, publisher: publisher, progress: progress?.update)
+            progress?.finish()
+            print("pushed \(result.model):\(result.version) sha256:\(result.digest) (\(result.files) files, \(ProgressBar.format(result.bytes)))")
+        }
+    }
+
+    struct Pull: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Verify and decrypt a version into a directory; nothing is left there if any check fails."
+        )
+
+        @OptionGroup var registry: RegistryOptions
+        @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
+        @Option(name: .long, help: "Your private identity (NAME.key): must be a recipient of the version.") var identity: String
+        @OptionGroup var passphraseOptions: PassphraseOptions
+        @Option(name: .long, help: "Directory to write the files into.") var out: String
+
+        func run() throws {
+            let target = try ModelReference(parsing: reference)
+            let store = try registry.open()
+            let reader = try passphraseOptions.unlockIdentity(at: identity)
+            let progress = ProgressBar(label: "pulling", total: nil)
+            let result = try store.pull(target, identity: reader, into: out, progress: progress?.update)
+            progress?.finish()
+            print(
+                "pulled \(result.model):\(result.version) sha256:\(result.digest), signed by \(result.signer), \(result.files.count) files into \(out)"
+            )
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check a version's signature, trust, blob digests and database rows (no key needed)."
+        )
+
+        @OptionGroup var registry: RegistryOptions
+        @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
+        @Flag(name: .long, help: "Also decrypt in memory and check plaintext digests (needs --identity).") var readData = false
+        @Option(name: .long, help: "Your private identity (NAME.key), for --read-data.") var identity: String?
+        @OptionGroup var passphraseOptions: PassphraseOptions
+        @Flag(name: .long, help: "Print JSON.") var json = false
+
+        func validate() throws {
+            if readData && identity == nil { throw ValidationError("--read-data needs --identity") }
+        }
+
+        func run() throws {
+            let target = try ModelReference(parsing: reference)
+            let store = try registry.open()
+            let report: VerifyReport
+            if readData, let identity {
+                let reader = try passphraseOptions.unlockIdentity(at: identity)
+                report = try store.verify(target, readingDataWith: reader)
+            } else {
+                report = try store.verify(target)
+            }
+            if json {
+                JSONOutput.print(
+                    .object([
+                        "model": .string(report.model), "version": .string(report.version), "digest": .string(report.digest),
+                        "signer": .string(report.signer), "signer_key_id": .string(report.signerKeyID), "files": .number(Double(report.files)),
+                        "read_data": .bool(report.readData), "ok": .bool(true),
+                    ])
+                )
+            } else {
+                let depth = report.readData ? "signature, trust, rows, blobs and plaintext" : "signature, trust, rows and blobs"
+                print(
+                    "ok \(report.model):\(report.version) sha256:\(report.digest) signed by \(report.signer): \(depth) verified (\(report.files) files)"
+                )
+            }
+        }
+    }
+}

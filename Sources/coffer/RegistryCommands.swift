@@ -1,0 +1,65 @@
+import ArgumentParser
+import CofferCrypto
+import CofferRegistry
+
+extension Coffer {
+    struct Init: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Create a registry: a directory with its database, blob store and own identity (passphrase-protected)."
+        )
+
+        @OptionGroup var registry: RegistryOptions
+        @OptionGroup var passphraseOptions: PassphraseOptions
+
+        func run() throws {
+            let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase for the registry identity: ", confirm: true)
+            let created = try Registry.create(at: registry.resolvedHome, passphrase: passphrase)
+            print("registry created at \(created.home) (identity \(created.identity.keyID))")
+        }
+    }
+
+    struct Trust: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Manage the signers whose versions pull and verify accept.",
+            subcommands: [Add.self, List.self, Remove.self]
+        )
+
+        struct Add: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Trust a publisher's public identity (NAME.pub).")
+            @OptionGroup var registry: RegistryOptions
+            @Argument(help: "Public identity file.") var publicIdentity: String
+
+            func run() throws {
+                let signer = try PublicIdentity(contentsOf: publicIdentity)
+                try registry.open().trust(signer)
+                print("trusted \(signer.name) (\(signer.keyID))")
+            }
+        }
+
+        struct List: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List trusted signers.")
+            @OptionGroup var registry: RegistryOptions
+            @Flag(name: .long, help: "Print JSON: [{name, key_id}].") var json = false
+
+            func run() throws {
+                let signers = try registry.open().trustedSigners()
+                if json {
+                    JSONOutput.print(.array(signers.map { .object(["name": .string($0.name), "key_id": .string($0.keyID)]) }))
+                } else {
+                    for signer in signers { print("\(signer.keyID)  \(signer.name)") }
+                }
+            }
+        }
+
+        struct Remove: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Stop trusting a signer, by key ID or name.")
+            @OptionGroup var registry: RegistryOptions
+            @Argument(help: "Key ID or name.") var signer: String
+
+            func run() throws {
+                guard try registry.open().untrust(signer) else { throw CLIError("no trusted signer \(signer)") }
+                print("removed \(signer)")
+            }
+        }
+    }
+}

@@ -1,0 +1,31 @@
+import ArgumentParser
+import CofferCrypto
+import CofferRegistry
+import Foundation
+
+/// `--home DIR` (or `COFFER_HOME`, default `~/.coffer`): the registry directory.
+struct RegistryOptions: ParsableArguments {
+    @Option(name: .long, help: "Registry directory (default: $COFFER_HOME, else ~/.coffer).")
+    var home: String?
+
+    var resolvedHome: String {
+        if let home { return home }
+        if let environment = ProcessInfo.processInfo.environment["COFFER_HOME"], !environment.isEmpty { return environment }
+        return FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".coffer").path
+    }
+
+    func open() throws(CofferRegistryError) -> Registry { try Registry(at: resolvedHome) }
+}
+
+/// `--json` output: sorted keys, one document, newline-terminated.
+enum JSONOutput {
+    static func print(_ value: JSONValue) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
+        Swift.print(String(decoding: (try? encoder.encode(value)) ?? Data("null".utf8), as: UTF8.self))
+    }
+}
+
+extension JSONValue {
+    init(_ text: String?) { self = text.map { .string($0) } ?? .null }
+}
