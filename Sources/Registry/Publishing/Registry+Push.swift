@@ -92,11 +92,20 @@ extension Registry {
             )
             let payload = statement.statement.jsonBytes
             let envelope = DSSEEnvelope.sign(payload: payload, identity: publisher)
+            let bundle: [UInt8]
+            do throws(CofferCryptoError) {
+                bundle = try ModelSigningBundle.sign(
+                    modelName: Self.modelDirectoryName(request), resources: files.map { .init(name: $0.path, sha256: Digest.bytes(fromHex: $0.plaintextSHA256)!) },
+                    identity: publisher)
+            } catch {
+                throw .crypto(error)
+            }
             let digest = Digest.hex(Digest.sha256(payload))
             let committed = try commit(
                 statement,
                 digest: digest,
                 envelope: envelope,
+                bundle: bundle,
                 wrapped: wrapped,
                 parentID: parentID,
                 alias: request.alias,
@@ -115,6 +124,7 @@ extension Registry {
         _ statement: ModelStatement,
         digest: String,
         envelope: DSSEEnvelope,
+        bundle: [UInt8],
         wrapped: [(String, [UInt8])],
         parentID: Int64?,
         alias: String?,
@@ -161,8 +171,8 @@ extension Registry {
                 )
             }
             try db.execute(
-                sql: "INSERT INTO attestations (version_id, kind, document) VALUES (?, 'dsse', ?)",
-                arguments: [versionID, Data(envelope.jsonBytes)]
+                sql: "INSERT INTO attestations (version_id, kind, document) VALUES (?, 'dsse', ?), (?, 'model-signing', ?)",
+                arguments: [versionID, Data(envelope.jsonBytes), versionID, Data(bundle)]
             )
             for (key, value) in tags {
                 try db.execute(sql: "INSERT INTO tags (version_id, key, value) VALUES (?, ?, ?)", arguments: [versionID, key, value])
@@ -175,6 +185,18 @@ extension Registry {
             }
             return true
         }
+    }
+
+    /// The subject name of the model-signing bundle: the pushed directory's name, else the model name's last segment.
+    static func modelDirectoryName(_ request: PushRequest) -> String {
+        if request.paths.count == 1 {
+            let url = URL(fileURLWithPath: request.paths[0]).standardizedFileURL
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue, url.lastPathComponent != "/" {
+                return url.lastPathComponent
+            }
+        }
+        return String(request.model.split(separator: "/").last ?? Substring(request.model))
     }
 
     /// One more than the largest integer version of `model`, or 1.

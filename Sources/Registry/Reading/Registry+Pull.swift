@@ -16,6 +16,9 @@ public struct PullResult: Sendable, Equatable {
 }
 
 extension Registry {
+    /// The file name `model_signing verify` expects by convention.
+    public static let modelSignatureName = "model.sig"
+
     /// Verifies and decrypts a version into `directory`.
     ///
     /// The signature is checked against the trusted signers and every database row against the signed
@@ -66,6 +69,14 @@ extension Registry {
             } catch {
                 for path in placed { unlink(path) }
                 throw error as? CofferRegistryError ?? .io(path: destination, reason: "cannot place file")
+            }
+        }
+        // The OpenSSF model-signing bundle beside the files, unless the model has a file of that name itself.
+        if let bundle = stored.modelSignature, !statement.files.contains(where: { $0.path == Self.modelSignatureName }) {
+            do throws(CofferCryptoError) {
+                try FileBytes.write(Array(bundle), to: "\(directory)/\(Self.modelSignatureName)", mode: 0o644, overwrite: true)
+            } catch {
+                throw .crypto(error)
             }
         }
         return PullResult(

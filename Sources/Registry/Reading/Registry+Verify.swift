@@ -19,6 +19,7 @@ struct StoredVersion {
     var trainingConfigDigest: String?
     var files: [ModelStatement.File]
     var envelope: Data?
+    var modelSignature: Data?
 }
 
 /// What `verify` checked.
@@ -93,6 +94,8 @@ extension Registry {
                 )
             }
             let envelope = try Data.fetchOne(db, sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'dsse'", arguments: [id])
+            let bundle = try Data.fetchOne(
+                db, sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'model-signing'", arguments: [id])
             return StoredVersion(
                 id: id,
                 model: row["model_name"],
@@ -104,7 +107,8 @@ extension Registry {
                 datasetDigest: row["dataset_digest"],
                 trainingConfigDigest: row["training_config_digest"],
                 files: files,
-                envelope: envelope
+                envelope: envelope,
+                modelSignature: bundle
             )
         }
     }
@@ -148,6 +152,17 @@ extension Registry {
             statement.lineage.trainingConfigDigest == stored.trainingConfigDigest
         else { throw .tampered("\(label): the lineage columns disagree with the signed statement") }
         for file in statement.files { try InputFile.validate(relativePath: file.path) }
+        guard let bundle = stored.modelSignature else { throw .tampered("\(label) has no model-signing bundle") }
+        let resources: [ModelSigningBundle.Resource]
+        do throws(CofferCryptoError) {
+            resources = try ModelSigningBundle.verify(Array(bundle), publicKey: signer.p256)
+        } catch {
+            throw .tampered("\(label) model-signing bundle: \(error)")
+        }
+        let expected = statement.files.map { ModelSigningBundle.Resource(name: $0.path, sha256: Digest.bytes(fromHex: $0.plaintextSHA256) ?? []) }
+        guard resources.sorted(by: { $0.name < $1.name }) == expected.sorted(by: { $0.name < $1.name }) else {
+            throw .tampered("\(label): the model-signing bundle names other files than the statement")
+        }
         return (statement, signer)
     }
 
