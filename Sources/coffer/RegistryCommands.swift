@@ -63,3 +63,52 @@ extension Coffer {
         }
     }
 }
+
+extension Coffer {
+    struct Fsck: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check the whole registry: database integrity, every signature, row and blob. Exit 1 if anything is wrong."
+        )
+
+        @OptionGroup var registry: RegistryOptions
+        @Flag(name: .long, help: "Print JSON.") var json = false
+
+        func run() throws {
+            let report = try registry.open().fsck()
+            if json {
+                JSONOutput.print(
+                    .object([
+                        "clean": .bool(report.isClean), "versions": .number(Double(report.versions)), "blobs": .number(Double(report.blobs)),
+                        "problems": .array(report.problems.map { .string($0) }), "orphan_blobs": .number(Double(report.orphanBlobs.count)),
+                        "temporary_files": .number(Double(report.temporaryFiles.count)),
+                    ])
+                )
+            } else {
+                for problem in report.problems { print("problem: \(problem)") }
+                print(
+                    "\(report.isClean ? "clean" : "NOT CLEAN"): \(report.versions) versions, \(report.blobs) blobs, "
+                        + "\(report.orphanBlobs.count) orphan blobs and \(report.temporaryFiles.count) temporary files for coffer gc"
+                )
+            }
+            if !report.isClean { throw CLIError("fsck found \(report.problems.count) problem(s)") }
+        }
+    }
+
+    struct GC: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "gc",
+            abstract: "Remove blobs no version references and leftovers of interrupted pushes."
+        )
+
+        @OptionGroup var registry: RegistryOptions
+        @Option(name: .long, help: "Keep files younger than this many seconds (a push in progress writes blobs first).")
+        var grace: Double = 900
+
+        func run() throws {
+            let report = try registry.open().gc(grace: grace)
+            print(
+                "removed \(report.removedBlobs) blobs and \(report.removedTemporaryFiles) temporary files (\(ProgressBar.format(report.reclaimedBytes)))"
+            )
+        }
+    }
+}

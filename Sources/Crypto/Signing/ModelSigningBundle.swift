@@ -30,9 +30,14 @@ public enum ModelSigningBundle {
                 "ignore_paths": .array([".github", ".git", ".gitattributes", ".gitignore"].map { .string($0) }),
             ]),
             "resources": .array(
-                sorted.map { .object(["name": .string($0.name), "digest": .string(Digest.hex($0.sha256)), "algorithm": .string("sha256")]) }),
+                sorted.map { .object(["name": .string($0.name), "digest": .string(Digest.hex($0.sha256)), "algorithm": .string("sha256")]) }
+            ),
         ])
-        return InTotoStatement(subject: [.init(name: modelName, digest: ["sha256": Digest.hex(digest)])], predicateType: predicateType, predicate: predicate)
+        return InTotoStatement(
+            subject: [.init(name: modelName, digest: ["sha256": Digest.hex(digest)])],
+            predicateType: predicateType,
+            predicate: predicate
+        )
     }
 
     /// Signs the bundle for `resources` with `identity`'s P-256 key and returns its JSON bytes.
@@ -42,7 +47,9 @@ public enum ModelSigningBundle {
         let pem = try SignatureVerifier.p256PEM(publicKey: identity.publicIdentity.p256)
         let bundle = JSONValue.object([
             "mediaType": .string(mediaType),
-            "verificationMaterial": .object(["publicKey": .object(["hint": .string(Digest.hex(Digest.sha256(Array(pem.utf8))))]), "tlogEntries": .array([])]),
+            "verificationMaterial": .object([
+                "publicKey": .object(["hint": .string(Digest.hex(Digest.sha256(Array(pem.utf8))))]), "tlogEntries": .array([]),
+            ]),
             "dsseEnvelope": .object([
                 "payload": .string(Data(payload).base64EncodedString()), "payloadType": .string(DSSEEnvelope.inTotoPayloadType),
                 "signatures": .array([.object(["sig": .string(Data(signature).base64EncodedString()), "keyid": .string("")])]),

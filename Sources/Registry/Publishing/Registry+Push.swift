@@ -95,8 +95,10 @@ extension Registry {
             let bundle: [UInt8]
             do throws(CofferCryptoError) {
                 bundle = try ModelSigningBundle.sign(
-                    modelName: Self.modelDirectoryName(request), resources: files.map { .init(name: $0.path, sha256: Digest.bytes(fromHex: $0.plaintextSHA256)!) },
-                    identity: publisher)
+                    modelName: Self.modelDirectoryName(request),
+                    resources: files.map { .init(name: $0.path, sha256: Digest.bytes(fromHex: $0.plaintextSHA256)!) },
+                    identity: publisher
+                )
             } catch {
                 throw .crypto(error)
             }

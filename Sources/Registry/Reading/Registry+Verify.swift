@@ -95,7 +95,10 @@ extension Registry {
             }
             let envelope = try Data.fetchOne(db, sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'dsse'", arguments: [id])
             let bundle = try Data.fetchOne(
-                db, sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'model-signing'", arguments: [id])
+                db,
+                sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'model-signing'",
+                arguments: [id]
+            )
             return StoredVersion(
                 id: id,
                 model: row["model_name"],

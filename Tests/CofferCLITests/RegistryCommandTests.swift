@@ -1,0 +1,176 @@
+import Foundation
+import Testing
+
+/// The registry commands driven through the built binary, each test with its own registry directory.
+struct RegistryCommandTests {
+    /// A registry in `dir/home`, an identity `keys/alice`, and a model directory `model/`.
+    private func setUp() throws -> Scratch {
+        let dir = try Scratch()
+        #expect(try coffer(["init"], dir).status == 0)
+        try dir.keygen("alice")
+        try FileManager.default.createDirectory(atPath: dir.path("model/tokenizer"), withIntermediateDirectories: true)
+        try dir.write("model/model.safetensors", randomData(150_000))
+        try dir.write("model/tokenizer/vocab.json", Data(#"{"a":1}"#.utf8))
+        return dir
+    }
+
+    private func coffer(_ args: [String], _ dir: Scratch, passphrase: String? = "test passphrase") throws -> CofferProcess.Output {
+        try CofferProcess.run(args + ["--home", dir.path("home")], in: dir.url, passphrase: passphrase)
+    }
+
+    @Test func pushListVerifyPullShow() throws {
+        let dir = try setUp()
+        try dir.write(
+            "privacy.json",
+            Data(#"{"mechanism":"dp-sgd","epsilon":2.9,"delta":1e-5,"segments":[{"sample_rate":0.01,"noise_multiplier":1.1,"steps":1000}]}"#.utf8)
+        )
+        let push = try coffer(["push", "team/fraud", "model", "--identity", "keys/alice.key", "--privacy", "privacy.json", "--alias", "prod"], dir)
+        #expect(push.status == 0, "\(push.stderr)")
+        #expect(push.stdoutText.hasPrefix("pushed team/fraud:1 sha256:"))
+        expectFailure(try coffer(["verify", "team/fraud"], dir), "which is not a trusted signer")
+        #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
+
+        let list = try coffer(["list", "--where", "epsilon<=3", "--json"], dir)
+        #expect(list.status == 0, "\(list.stderr)")
+        let versions = try JSONSerialization.jsonObject(with: list.stdout) as? [[String: Any]]
+        #expect(versions?.count == 1)
+        #expect(versions?.first?["epsilon"] as? Double == 2.9)
+        #expect(versions?.first?["steps"] as? Int == 1000)
+        #expect(versions?.first?["noise_multiplier"] as? Double == 1.1)
+        #expect(try coffer(["list", "--where", "epsilon<2"], dir).stdoutText.split(separator: "\n").count == 1, "header only")
+
+        #expect(try coffer(["verify", "team/fraud@prod"], dir).stdoutText.contains("verified"))
+        let deep = try coffer(["verify", "team/fraud:1", "--read-data", "--identity", "keys/alice.key"], dir)
+        #expect(deep.status == 0 && deep.stdoutText.contains("plaintext"), "\(deep.stderr)")
+
+        let pull = try coffer(["pull", "team/fraud@prod", "--identity", "keys/alice.key", "--out", "pulled"], dir)
+        #expect(pull.status == 0, "\(pull.stderr)")
+        #expect(try dir.read("pulled/model.safetensors") == dir.read("model/model.safetensors"))
+        #expect(try dir.read("pulled/tokenizer/vocab.json") == dir.read("model/tokenizer/vocab.json"))
+        #expect(dir.exists("pulled/model.sig"))
+
+        let show = try coffer(["show", "team/fraud:1", "--json"], dir)
+        let shown = try JSONSerialization.jsonObject(with: show.stdout) as? [String: Any]
+        #expect((shown?["files"] as? [[String: Any]])?.count == 2)
+        #expect(shown?["delta"] as? Double == 1e-5)
+        #expect(try coffer(["fsck"], dir).status == 0)
+    }
+
+    @Test func badInputIsOneLineAndChangesNothing() throws {
+        let dir = try setUp()
+        #expect(try coffer(["push", "m:1", "model", "--identity", "keys/alice.key"], dir).status == 0)
+        #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
+        let push = ["--identity", "keys/alice.key"]
+        expectFailure(try coffer(["push", "m:1", "model"] + push, dir), "version m:1 already exists")
+        expectFailure(try coffer(["push", "bad name", "model"] + push, dir), "invalid model name 'bad name'")
+        expectFailure(try coffer(["push", "m", "model", "--epsilon=-1"] + push, dir), "epsilon must be a finite number >= 0")
+        expectFailure(try coffer(["push", "m", "model", "--delta", "1"] + push, dir), "delta must be in [0, 1)")
+        try dir.write("broken.json", Data("{epsilon:".utf8))
+        expectFailure(try coffer(["push", "m", "model", "--privacy", "broken.json"] + push, dir), "broken.json is not a JSON object")
+        expectFailure(try coffer(["push", "m", "nowhere"] + push, dir), "nowhere: No such file or directory")
+        try FileManager.default.createSymbolicLink(atPath: dir.path("model/link"), withDestinationPath: "/etc/hostname")
+        expectFailure(try coffer(["push", "m", "model"] + push, dir), "is a symbolic link inside the model directory")
+        try FileManager.default.removeItem(atPath: dir.path("model/link"))
+        expectFailure(try coffer(["pull", "nope", "--out", "o"] + push, dir), "unknown model nope")
+        expectFailure(try coffer(["pull", "m:7", "--out", "o"] + push, dir), "unknown version m:7")
+        expectFailure(try coffer(["pull", "m@prod", "--out", "o"] + push, dir), "unknown alias m@prod")
+        expectFailure(try CofferProcess.run(["list", "--home", dir.path("empty")], in: dir.url), "is not a Coffer registry")
+        let list = try coffer(["list", "--json"], dir)
+        #expect((try JSONSerialization.jsonObject(with: list.stdout) as? [Any])?.count == 1, "only the first push is stored")
+        #expect(try coffer(["fsck"], dir).status == 0)
+        #expect(!dir.exists("o"))
+    }
+
+    @Test func tamperedBlobIsCaughtByVerifyPullAndFsck() throws {
+        let dir = try setUp()
+        #expect(try coffer(["push", "m", "model", "--identity", "keys/alice.key"], dir).status == 0)
+        #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
+        let blobs = try FileManager.default.subpathsOfDirectory(atPath: dir.path("home/blobs/sha256")).filter { $0.count > 10 }
+        let target = dir.path("home/blobs/sha256/\(blobs.sorted()[0])")
+        var data = try Data(contentsOf: URL(fileURLWithPath: target))
+        data[data.count - 20] ^= 0x01
+        try data.write(to: URL(fileURLWithPath: target))
+        expectFailure(try coffer(["verify", "m"], dir), "does not match its signed SHA-256")
+        expectFailure(try coffer(["pull", "m", "--identity", "keys/alice.key", "--out", "o"], dir), "integrity check failed")
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: dir.path("o")))?.isEmpty ?? true)
+        let fsck = try coffer(["fsck"], dir)
+        #expect(fsck.status == 1)
+        #expect(fsck.stdoutText.contains("is corrupt"))
+    }
+
+    @Test func concurrentPushesFromTwoProcessesGetDistinctVersions() throws {
+        let dir = try setUp()
+        let processes = (0..<2).map { _ in
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
+            process.arguments = ["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home")]
+            process.currentDirectoryURL = dir.url
+            process.environment = ["COFFER_PASSPHRASE": "test passphrase"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            return process
+        }
+        for process in processes { try process.run() }
+        for process in processes { process.waitUntilExit() }
+        #expect(processes.allSatisfy { $0.terminationStatus == 0 })
+        let list = try coffer(["list", "m", "--json"], dir)
+        let versions = (try JSONSerialization.jsonObject(with: list.stdout) as? [[String: Any]])?.compactMap { $0["version"] as? String }
+        #expect(versions?.sorted() == ["1", "2"])
+        #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
+        #expect(try coffer(["fsck"], dir).status == 0)
+    }
+
+    /// SIGKILL `coffer push` at random moments: every time, fsck is clean, no partial version is listed, and gc reclaims what was left.
+    @Test func pushKilledAtRandomMomentsLeavesWholeVersionsOnly() throws {
+        let dir = try setUp()
+        try dir.write("model/big.bin", randomData(3 << 20))
+        #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<12 {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
+            process.arguments = ["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home")]
+            process.currentDirectoryURL = dir.url
+            process.environment = ["COFFER_PASSPHRASE": "test passphrase"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            usleep(UInt32.random(in: 0...250_000, using: &generator))
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            let fsck = try coffer(["fsck", "--json"], dir)
+            let report = try JSONSerialization.jsonObject(with: fsck.stdout) as? [String: Any]
+            #expect(report?["clean"] as? Bool == true, "\(fsck.stdoutText)")
+        }
+        let list = try coffer(["list", "m", "--json"], dir)
+        let committed = (try JSONSerialization.jsonObject(with: list.stdout) as? [[String: Any]]) ?? []
+        for version in committed {
+            let name = "m:\(version["version"] as? String ?? "?")"
+            #expect(try coffer(["verify", name], dir).status == 0, "\(name) is listed but does not verify")
+        }
+        #expect(try coffer(["gc", "--grace", "0"], dir).status == 0)
+        let after = try JSONSerialization.jsonObject(with: try coffer(["fsck", "--json"], dir).stdout) as? [String: Any]
+        #expect(after?["orphan_blobs"] as? Int == 0)
+        #expect(after?["temporary_files"] as? Int == 0)
+        #expect(after?["clean"] as? Bool == true)
+    }
+
+    /// A full disk fails the push with a clear message and leaves the registry as it was.
+    @Test func diskFullIsReportedAndLeavesNoVersion() throws {
+        let dir = try setUp()
+        let mountPoint = dir.path("small")
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let mount = try CofferProcess.runTool("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint])
+        #expect(mount == 0, "mounting a 1 MiB tmpfs needs root, which tools/test and CI have")
+        guard mount == 0 else { return }
+        defer { _ = try? CofferProcess.runTool("/bin/umount", [mountPoint]) }
+        let home = "\(mountPoint)/home"
+        #expect(try CofferProcess.run(["init", "--home", home], in: dir.url).status == 0)
+        try dir.write("model/big.bin", randomData(2 << 20))
+        let push = try CofferProcess.run(["push", "m", "model", "--identity", "keys/alice.key", "--home", home], in: dir.url)
+        expectFailure(push, "No space left on device")
+        let list = try CofferProcess.run(["list", "--json", "--home", home], in: dir.url)
+        #expect((try JSONSerialization.jsonObject(with: list.stdout) as? [Any])?.count == 0)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: "\(home)/tmp")) ?? []).isEmpty)
+    }
+}
