@@ -92,3 +92,44 @@ extension Coffer {
 extension String {
     func padding(_ width: Int) -> String { count >= width ? self + " " : self + String(repeating: " ", count: width - count) }
 }
+
+extension Coffer {
+    struct Tag: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Set or remove tags of a version (mutable labels, not signed).")
+
+        @OptionGroup var registry: RegistryOptions
+        @Argument(help: "NAME:VERSION or NAME@ALIAS.") var reference: String
+        @Argument(help: "KEY=VALUE to set, KEY= to remove.") var tags: [String]
+
+        func run() throws {
+            var changes: [String: String?] = [:]
+            for pair in tags {
+                guard let equals = pair.firstIndex(of: "=") else { throw CLIError("tags are KEY=VALUE (or KEY= to remove), got '\(pair)'") }
+                let value = String(pair[pair.index(after: equals)...])
+                changes[String(pair[..<equals])] = value.isEmpty ? nil : value
+            }
+            try registry.open().tag(try ModelReference(parsing: reference), set: changes)
+            print("tagged \(reference)")
+        }
+    }
+
+    struct Log: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show a version's lineage: parents, datasets, training configuration.")
+
+        @OptionGroup var registry: RegistryOptions
+        @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
+        @Flag(name: .long, help: "Print JSON: the chain of version objects, newest first.") var json = false
+
+        func run() throws {
+            let chain = try registry.open().lineage(try ModelReference(parsing: reference))
+            if json { return JSONOutput.print(.array(chain.map(\.json))) }
+            for version in chain {
+                let epsilon = version.privacy.epsilon.map { String(format: "%g", $0) } ?? "-"
+                print("\(version.model):\(version.version)  sha256:\(version.digest.prefix(16))  \(version.created)  epsilon \(epsilon)")
+                if let dataset = version.datasetID { print("    dataset \(dataset) \(version.datasetDigest ?? "")") }
+                if let config = version.trainingConfigDigest { print("    training config \(config)") }
+                if let message = version.message { print("    \(message)") }
+            }
+        }
+    }
+}

@@ -27,6 +27,7 @@ extension Coffer {
         @Option(name: .long, help: "Parent version NAME:VERSION (lineage).") var parent: String?
         @Option(name: .long, help: "Dataset identifier (lineage).") var dataset: String?
         @Option(name: .long, help: "Dataset digest (lineage).") var datasetDigest: String?
+        @Option(name: .long, help: "Training configuration digest (lineage).") var trainingConfigDigest: String?
         @Option(name: .long, help: "Another identity (NAME.pub) that may decrypt; repeat for several.") var recipient: [String] = []
         @Option(name: .long, help: "A message recorded with the version.") var message: String?
 
@@ -54,6 +55,7 @@ extension Coffer {
             request.parent = try parent.map { text throws(CofferRegistryError) in try ModelReference(parsing: text) }
             request.datasetID = dataset
             request.datasetDigest = datasetDigest
+            request.trainingConfigDigest = trainingConfigDigest
             request.recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             request.message = message
             let store = try registry.open()

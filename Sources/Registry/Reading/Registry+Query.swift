@@ -180,3 +180,42 @@ extension Registry {
         )
     }
 }
+
+// MARK: - Tags and lineage
+
+extension Registry {
+    /// Sets (or, with a `nil` value, removes) tags of a version. Tags are mutable labels, not part of the signed statement.
+    public func tag(_ reference: ModelReference, set tags: [String: String?]) throws(CofferRegistryError) {
+        for key in tags.keys { try ModelReference.validate(version: key) }
+        let id = try resolve(reference).id
+        try database.write { db in
+            for (key, value) in tags {
+                if let value {
+                    try db.execute(sql: "INSERT OR REPLACE INTO tags (version_id, key, value) VALUES (?, ?, ?)", arguments: [id, key, value])
+                } else {
+                    try db.execute(sql: "DELETE FROM tags WHERE version_id = ? AND key = ?", arguments: [id, key])
+                }
+            }
+        }
+    }
+
+    /// The lineage of a version: itself, then its parent, its parent's parent, and so on.
+    public func lineage(_ reference: ModelReference) throws(CofferRegistryError) -> [VersionSummary] {
+        var chain: [VersionSummary] = []
+        var next: Int64? = try resolve(reference).id
+        var seen = Set<Int64>()
+        while let id = next, seen.insert(id).inserted {
+            let (model, version, parent) = try database.read { db -> (String, String, Int64?) in
+                let row = try Row.fetchOne(
+                    db,
+                    sql: "SELECT m.name, v.version, v.parent_version_id FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?",
+                    arguments: [id]
+                )!
+                return (row[0], row[1], row[2])
+            }
+            chain.append(try show(try ModelReference(name: model, selector: .version(version))))
+            next = parent
+        }
+        return chain
+    }
+}

@@ -1,0 +1,127 @@
+import CofferCrypto
+import Foundation
+import GRDB
+import Testing
+
+@testable import CofferRegistry
+
+/// Every kind of stored artifact, edited behind the registry's back, is caught by verify and pull, and nothing is written.
+struct TamperTests {
+    enum Edit: String, CaseIterable {
+        case blobByte, blobSwap, statementPayload, modelSigningBundle, fileRowDigest, fileRowPath, versionDigest, wrappedKey, lineageColumn
+    }
+
+    /// Runs SQL as an attacker with the database file would: immutability triggers dropped first.
+    private func sql(_ f: RegistryFixture, _ statement: String, _ arguments: StatementArguments = []) throws {
+        try f.registry.database.write { db in
+            for trigger in ["versions_are_immutable", "files_are_immutable", "attestations_are_immutable"] {
+                try db.execute(sql: "DROP TRIGGER IF EXISTS \(trigger)")
+            }
+            try db.execute(sql: statement, arguments: arguments)
+        }
+    }
+
+    @Test(arguments: Edit.allCases)
+    func editIsDetected(edit: Edit) throws {
+        let f = try RegistryFixture()
+        let alice = try Identity.generate(name: "alice")
+        try f.registry.trust(alice.publicIdentity)
+        let dir = try f.makeModel("model", ["a.bin": bytes(90_000), "b.bin": bytes(90_000, seed: 7)])
+        var first = PushRequest(model: "m", paths: [dir])
+        first.datasetID = "randhie"
+        _ = try f.registry.push(first, publisher: alice)
+        try f.makeModel("model", ["a.bin": bytes(90_000, seed: 3)])
+        _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        let v1 = try f.registry.loadVersion(try f.registry.resolve(try ModelReference(parsing: "m:1")).id)
+        let v2 = try f.registry.loadVersion(try f.registry.resolve(try ModelReference(parsing: "m:2")).id)
+
+        switch edit {
+        case .blobByte:
+            let path = f.registry.blobs.path(of: v1.files[0].sealedSHA256)
+            var data = try Data(contentsOf: URL(fileURLWithPath: path))
+            data[200] ^= 0x80
+            try data.write(to: URL(fileURLWithPath: path))
+        case .blobSwap:
+            let target = f.registry.blobs.path(of: v1.files[0].sealedSHA256)
+            try FileManager.default.removeItem(atPath: target)
+            try FileManager.default.copyItem(atPath: f.registry.blobs.path(of: v2.files[0].sealedSHA256), toPath: target)
+        case .statementPayload:
+            var envelope = try DSSEEnvelope(jsonBytes: Array(v1.envelope!))
+            let text = String(decoding: Data(base64Encoded: envelope.payload)!, as: UTF8.self).replacingOccurrences(of: "randhie", with: "other")
+            envelope.payload = Data(text.utf8).base64EncodedString()
+            try sql(f, "UPDATE attestations SET document = ? WHERE version_id = ? AND kind = 'dsse'", [Data(envelope.jsonBytes), v1.id])
+        case .modelSigningBundle:
+            let text = String(decoding: v1.modelSignature!, as: UTF8.self).replacingOccurrences(of: "\"sig\":\"M", with: "\"sig\":\"N")
+            try sql(f, "UPDATE attestations SET document = ? WHERE version_id = ? AND kind = 'model-signing'", [Data(text.utf8), v1.id])
+        case .fileRowDigest:
+            try sql(f, "UPDATE files SET plaintext_sha256 = ? WHERE version_id = ? AND path = 'a.bin'", [String(repeating: "0", count: 64), v1.id])
+        case .fileRowPath:
+            try sql(f, "UPDATE files SET path = '../../escape' WHERE version_id = ? AND path = 'a.bin'", [v1.id])
+        case .versionDigest:
+            try sql(f, "UPDATE versions SET digest = ? WHERE id = ?", [v2.digest, v1.id])
+        case .wrappedKey:
+            let stanza = try f.registry.database.read { db in
+                try Data.fetchOne(
+                    db,
+                    sql: "SELECT stanza FROM wrapped_keys WHERE version_id = ? AND recipient_key_id = ?",
+                    arguments: [v1.id, alice.publicIdentity.keyID]
+                )!
+            }
+            var edited = stanza
+            edited[edited.count - 5] ^= 1
+            try sql(
+                f,
+                "UPDATE wrapped_keys SET stanza = ? WHERE version_id = ? AND recipient_key_id = ?",
+                [edited, v1.id, alice.publicIdentity.keyID]
+            )
+        case .lineageColumn:
+            try sql(f, "UPDATE versions SET dataset_id = 'other' WHERE id = ?", [v1.id])
+        }
+
+        let reference = try ModelReference(parsing: "m:1")
+        #expect(throws: CofferRegistryError.self, "pull after \(edit)") { _ = try f.registry.pull(reference, identity: alice, into: f.path("out")) }
+        let written = (try? FileManager.default.contentsOfDirectory(atPath: f.path("out"))) ?? []
+        #expect(written.isEmpty, "\(edit) left \(written)")
+        if edit != .wrappedKey {
+            // Key-free verification catches everything but a damaged wrapped key, which only a key holder can notice.
+            #expect(throws: CofferRegistryError.self, "verify after \(edit)") { _ = try f.registry.verify(reference) }
+            #expect(try !f.registry.fsck().isClean)
+        } else {
+            #expect(throws: CofferRegistryError.self) { _ = try f.registry.verify(reference, readingDataWith: alice) }
+        }
+        _ = try f.registry.verify(try ModelReference(parsing: "m:2"))  // the other version is untouched
+    }
+
+    @Test func lockedDatabaseFailsAfterTheBusyTimeout() throws {
+        let f = try RegistryFixture()
+        let alice = try Identity.generate(name: "alice")
+        let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
+        let impatient = try Registry(at: f.home, busyTimeout: 0.2)
+        let holder = try DatabaseQueue(path: f.home + "/registry.sqlite")
+        try holder.inTransaction(.immediate) { _ in
+            #expect(throws: CofferRegistryError.databaseBusy) { _ = try impatient.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
+            return .commit
+        }
+        #expect(CofferRegistryError.databaseBusy.description.contains("locked by another process"))
+        #expect(try f.registry.list().isEmpty)
+    }
+
+    @Test func tagsAndLineage() throws {
+        let f = try RegistryFixture()
+        let alice = try Identity.generate(name: "alice")
+        let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
+        var base = PushRequest(model: "base", paths: [dir])
+        base.datasetID = "randhie"
+        _ = try f.registry.push(base, publisher: alice)
+        var tuned = PushRequest(model: "tuned", paths: [dir])
+        tuned.parent = try ModelReference(parsing: "base:1")
+        _ = try f.registry.push(tuned, publisher: alice)
+        let chain = try f.registry.lineage(try ModelReference(parsing: "tuned"))
+        #expect(chain.map { "\($0.model):\($0.version)" } == ["tuned:1", "base:1"])
+        #expect(chain[0].parent == "base:1" && chain[1].datasetID == "randhie")
+        try f.registry.tag(try ModelReference(parsing: "tuned:1"), set: ["stage": "canary"])
+        #expect(try f.registry.show(try ModelReference(parsing: "tuned")).tags == ["stage": "canary"])
+        try f.registry.tag(try ModelReference(parsing: "tuned:1"), set: ["stage": nil])
+        #expect(try f.registry.show(try ModelReference(parsing: "tuned")).tags.isEmpty)
+    }
+}
