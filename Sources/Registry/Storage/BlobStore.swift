@@ -20,7 +20,8 @@ struct BlobStore: Sendable {
     /// Creates a temporary file for a blob being written; the caller seals into it, then calls `commit`.
     func makeTemporary() throws(CofferRegistryError) -> AtomicOutputFile {
         do {
-            return try AtomicOutputFile(destination: "\(temporaryDirectory)/blob-\(UUID().uuidString)", mode: 0o600, durable: true)
+            // Read-only from the start: a blob is never modified once written.
+            return try AtomicOutputFile(destination: "\(temporaryDirectory)/blob-\(UUID().uuidString)", mode: 0o400, durable: true)
         } catch {
             throw .crypto(error)
         }
