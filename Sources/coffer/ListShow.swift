@@ -10,11 +10,14 @@ extension Coffer {
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "Only this model.") var model: String?
         @Option(name: .long, help: "Filter, e.g. 'epsilon<=3 and pruning_ratio>=0.5' or \"mechanism='dp-sgd'\".") var `where`: String?
-        @Option(name: .long, help: "At most N versions.") var limit: Int?
+        @Option(name: .long, help: "At most N versions (0 for all).") var limit: Int = 100
         @Flag(name: .long, help: "Print JSON: an array of version objects (docs/FORMAT.md).") var json = false
 
         func run() throws {
-            let versions = try registry.open().list(model: model, where: `where`, limit: limit)
+            let versions = try registry.open().list(model: model, where: `where`, limit: limit > 0 ? limit : nil)
+            if limit > 0 && versions.count == limit {
+                FileDescriptorStream.standardError.writeLine("(the newest \(limit) versions; --limit N shows more, --limit 0 all)")
+            }
             if json { return JSONOutput.print(.array(versions.map(\.json))) }
             func number(_ value: Double?) -> String { value.map { String(format: "%g", $0) } ?? "-" }
             print(

@@ -63,9 +63,11 @@ enum EmbeddedSchema {
                 CHECK (epsilon IS NULL OR epsilon >= 0),
                 CHECK (delta IS NULL OR (delta >= 0 AND delta < 1))
             );
+            -- list orders by created_at (newest first), per model or across models; the rowid breaks ties.
             CREATE INDEX versions_by_model_number ON versions(model_id, number);
-            CREATE INDEX versions_by_epsilon ON versions(epsilon);
+            CREATE INDEX versions_by_model_created ON versions(model_id, created_at);
             CREATE INDEX versions_by_created ON versions(created_at);
+            CREATE INDEX versions_by_epsilon ON versions(epsilon);
 
             -- The files of a version: plaintext identity (signed) and the sealed blob that holds it.
             CREATE TABLE files (
@@ -118,6 +120,6 @@ enum EmbeddedSchema {
             CREATE TRIGGER attestations_are_immutable BEFORE UPDATE ON attestations
             BEGIN SELECT RAISE(ABORT, 'attestations are immutable'); END;
             """#
-        )
+        ),
     ]
 }

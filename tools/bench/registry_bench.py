@@ -1,0 +1,124 @@
+"""Registry push/pull against age (ratio of medians, same run), peak RSS, and query latency on 100,000 versions.
+
+push = SHA-256 of plaintext and ciphertext + encryption + signatures + durable blob + SQLite commit, against
+`age -r` of the same file; pull = signature and row checks + decryption + digest checks + writing the file,
+against `age -d`. Both sides write their output to the same disk.
+"""
+import argparse
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import tempfile
+
+from crypto_bench import MIB, make_file, run
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--coffer", required=True)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-4g", action="store_true")
+    parser.add_argument("--versions", type=int, default=100_000)
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="coffer-bench-registry-", dir=args.dir)
+    home = os.path.join(work, "home")
+    env = dict(os.environ, COFFER_PASSPHRASE="benchmark passphrase", COFFER_HOME=home)
+    null = open(os.devnull, "wb")
+    try:
+        subprocess.run([args.coffer, "init"], check=True, env=env, stdout=null)
+        # Minimal Argon2id cost for the publisher: the figures measure the registry, not the passphrase KDF.
+        subprocess.run([args.coffer, "keygen", "--out", os.path.join(work, "pub"), "--kdf-ops", "1", "--kdf-memory", "8"], check=True, env=env, stdout=null)
+        subprocess.run([args.coffer, "trust", "add", os.path.join(work, "pub.pub")], check=True, env=env, stdout=null)
+        subprocess.run(["age-keygen", "-o", os.path.join(work, "age.key")], check=True, stderr=subprocess.DEVNULL)
+        recipient = next(l.split()[-1] for l in open(os.path.join(work, "age.key")) if l.startswith("# public key"))
+        key = os.path.join(work, "pub.key")
+        plain = os.path.join(work, "weights.bin")
+        make_file(plain, args.size_mib * MIB)
+
+        times = {k: [] for k in ("coffer push", "age -r", "coffer pull", "age -d")}
+        rss = {k: 0.0 for k in times}
+        def record(name, m):
+            times[name].append(m[0])
+            rss[name] = max(rss[name], m[1])
+
+        for r in range(args.rounds):
+            for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
+                if who == "age":
+                    record("age -r", run(["age", "-r", recipient, "-o", os.path.join(work, "w.age"), plain]))
+                else:
+                    record("coffer push", run([args.coffer, "push", f"bench:{r + 1}", plain, "--identity", key], env=env))
+            for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
+                out = os.path.join(work, "out")
+                shutil.rmtree(out, ignore_errors=True)
+                os.makedirs(out)
+                if who == "age":
+                    record("age -d", run(["age", "-d", "-i", os.path.join(work, "age.key"), "-o", os.path.join(out, "weights.bin"), os.path.join(work, "w.age")]))
+                else:
+                    record("coffer pull", run([args.coffer, "pull", f"bench:{r + 1}", "--identity", key, "--out", out], env=env))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"# tools/bench/registry: {args.size_mib} MiB file, {args.rounds} alternating rounds, {os.cpu_count()} cores")
+        print(f"{'measure':<14}{'median s':>10}{'min s':>9}{'peak RSS MiB':>14}")
+        for k in times:
+            print(f"{k:<14}{med[k]:>10.3f}{min(times[k]):>9.3f}{rss[k]:>14.1f}")
+        print(f"push / age -r  ratio of medians: {med['coffer push'] / med['age -r']:.3f}  (target <= 1.2)")
+        print(f"pull / age -d  ratio of medians: {med['coffer pull'] / med['age -d']:.3f}  (target <= 1.2)")
+        shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
+        os.remove(os.path.join(work, "w.age"))
+        subprocess.run([args.coffer, "gc", "--grace", "0"], check=True, env=env, stdout=null)
+
+        if not args.no_4g:
+            big = os.path.join(work, "weights4g.bin")
+            with open(big, "wb") as out:
+                for _ in range(4):
+                    with open(plain, "rb") as src:
+                        shutil.copyfileobj(src, out, 16 * MIB)
+            t_push, r_push = run([args.coffer, "push", "bench4g", big, "--identity", key], env=env)
+            os.remove(big)
+            out = os.path.join(work, "out4g")
+            os.makedirs(out)
+            t_pull, r_pull = run([args.coffer, "pull", "bench4g", "--identity", key, "--out", out], env=env)
+            shutil.rmtree(out)
+            print(f"4 GiB: push {t_push:.2f} s peak RSS {r_push:.1f} MiB; pull {t_pull:.2f} s peak RSS {r_pull:.1f} MiB "
+                  f"(1 GiB: push {rss['coffer push']:.1f}, pull {rss['coffer pull']:.1f}; target <= 64 MiB, flat)")
+
+        queries(args, work, env, null)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def queries(args, work, env, null):
+    """Copies one real version's rows into `versions` rows, then times list, show and list --where on the CLI."""
+    small = os.path.join(work, "small")
+    os.makedirs(small)
+    open(os.path.join(small, "w.bin"), "wb").write(os.urandom(1000))
+    subprocess.run([args.coffer, "push", "many:0", small, "--identity", os.path.join(work, "pub.key"), "--epsilon", "1", "--delta", "1e-5"],
+                   check=True, env=env, stdout=null)
+    db = sqlite3.connect(os.path.join(work, "home", "registry.sqlite"))
+    (model_id, version_id) = db.execute("SELECT model_id, id FROM versions WHERE version = '0' AND model_id = (SELECT id FROM models WHERE name = 'many')").fetchone()
+    columns = [c[1] for c in db.execute("PRAGMA table_info(versions)") if c[1] not in ("id", "version", "number", "epsilon", "created_at")]
+    rng = random.Random(1)
+    with db:
+        for start in range(1, args.versions, 10_000):
+            rows = [(str(n), n, rng.uniform(0.1, 10), f"2026-01-01T00:00:{n:09d}Z") for n in range(start, min(args.versions, start + 10_000))]
+            db.executemany(f"INSERT INTO versions (version, number, epsilon, created_at, {', '.join(columns)}) "
+                           f"SELECT ?, ?, ?, ?, {', '.join(columns)} FROM versions WHERE id = {version_id}", rows)
+        db.execute("INSERT INTO files (version_id, path, size, plaintext_sha256, sealed_sha256, sealed_size) "
+                   "SELECT v.id, f.path, f.size, f.plaintext_sha256, f.sealed_sha256, f.sealed_size FROM versions v, files f "
+                   f"WHERE v.model_id = {model_id} AND v.id != {version_id} AND f.version_id = {version_id}")
+    total = db.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
+    db.close()
+    print(f"# queries on {total} versions (CLI wall time, process start included; median of 15)")
+    for label, argv in (("list", ["list"]), ("list --json", ["list", "--json"]), ("show", ["show", f"many:{args.versions // 2}"]),
+                        ("list --where 'epsilon<=3'", ["list", "--where", "epsilon<=3"]), ("list many --where ...", ["list", "many", "--where", "epsilon<=3 and delta<=1e-5"])):
+        samples = [run([args.coffer, *argv], env=env)[0] * 1000 for _ in range(15)]
+        print(f"{label:<28}{statistics.median(samples):>8.1f} ms  (target < 50 ms)")
+
+
+if __name__ == "__main__":
+    main()
