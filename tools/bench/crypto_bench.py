@@ -22,6 +22,9 @@ def run(argv, stdout=None, env=None):
     mark into a forked child across exec, so wait4 would report Python's own size for a small child.
     """
     out = open(os.devnull, "wb") if stdout is None else stdout
+    # Flush the page cache's dirty data first, untimed: otherwise a side that does not fsync (age) leaves its
+    # writeback to slow down whatever runs next, and a side that does (a registry push) pays for it.
+    os.sync()
     with tempfile.NamedTemporaryFile("r") as report:
         start = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report.name, *argv], stdout=out, stderr=subprocess.PIPE, env=env)

@@ -53,6 +53,8 @@ struct ChunkPipeline {
         let workers = (0..<(oneBatch ? 1 : ProcessInfoCores.count)).map { Lane(name: "coffer.pipeline.worker\($0)", inline: oneBatch) }
         let hasherLane = Lane(name: "coffer.pipeline.hash", inline: oneBatch || inputHasher == nil)
         let writerLane = Lane(name: "coffer.pipeline.write", inline: oneBatch)
+        // The output is hashed on a lane of its own, in parallel with writing it: both cost as much as encryption.
+        let outputHasherLane = Lane(name: "coffer.pipeline.hash-out", inline: oneBatch || outputHasher == nil)
 
         // The sink and the progress callback are only ever used on the writer lane, one batch after another,
         // and run() waits for that lane to drain before it returns.
@@ -77,11 +79,17 @@ struct ChunkPipeline {
                     defer { batch.free.signal() }
                     guard !state.failed else { return }
                     if let error = batch.firstError() { return state.fail(error) }
-                    do throws(CofferCryptoError) {
-                        try batch.withOutput { output throws(CofferCryptoError) in
-                            state.outputHasher?.update(output)
-                            try writerOnly.value.sink.write(output)
+                    let outputHashed = DispatchGroup()
+                    defer { outputHashed.wait() }
+                    if state.outputHasher != nil {
+                        outputHashed.enter()
+                        outputHasherLane.async {
+                            state.outputHasher?.update(batch.output(count: batch.outputLength))
+                            outputHashed.leave()
                         }
+                    }
+                    do throws(CofferCryptoError) {
+                        try writerOnly.value.sink.write(batch.output(count: batch.outputLength))
                     } catch {
                         return state.fail(error)
                     }
@@ -95,6 +103,7 @@ struct ChunkPipeline {
         }
         // Every error is caught above, so the lanes always end here.
         writerLane.finish()
+        outputHasherLane.finish()
         hasherLane.finish()
         for lane in workers { lane.finish() }
         if let error = state.error { throw error }
@@ -117,8 +126,9 @@ private struct UncheckedSendable<Value>: @unchecked Sendable {
 private final class PipelineState: @unchecked Sendable {
     /// Written only on the hasher lane.
     var inputHasher: StreamingSHA256?
-    /// Written only on the writer lane, like the byte counts.
+    /// Written only on the output hasher lane, one batch after another in the writer lane's order.
     var outputHasher: StreamingSHA256?
+    /// Written only on the writer lane.
     var inputBytes = 0
     var outputBytes = 0
     private let lock = Lock()
@@ -281,7 +291,5 @@ private final class Batch: @unchecked Sendable {
 
     func firstError() -> CofferCryptoError? { (0..<chunkCount).lazy.compactMap { self.errors[$0] }.first }
 
-    func withOutput<R>(_ body: (UnsafeRawBufferPointer) throws(CofferCryptoError) -> R) throws(CofferCryptoError) -> R {
-        try body(UnsafeRawBufferPointer(start: output, count: outputLength))
-    }
+    func output(count: Int) -> UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: output, count: count) }
 }
