@@ -31,10 +31,8 @@ def main():
     env = dict(os.environ, COFFER_PASSPHRASE="benchmark passphrase", COFFER_HOME=home)
     null = open(os.devnull, "wb")
     try:
-        subprocess.run([args.coffer, "init"], check=True, env=env, stdout=null)
         # Minimal Argon2id cost for the publisher: the figures measure the registry, not the passphrase KDF.
         subprocess.run([args.coffer, "keygen", "--out", os.path.join(work, "pub"), "--kdf-ops", "1", "--kdf-memory", "8"], check=True, env=env, stdout=null)
-        subprocess.run([args.coffer, "trust", "add", os.path.join(work, "pub.pub")], check=True, env=env, stdout=null)
         subprocess.run(["age-keygen", "-o", os.path.join(work, "age.key")], check=True, stderr=subprocess.DEVNULL)
         recipient = next(l.split()[-1] for l in open(os.path.join(work, "age.key")) if l.startswith("# public key"))
         key = os.path.join(work, "pub.key")
@@ -48,6 +46,11 @@ def main():
             rss[name] = max(rss[name], m[1])
 
         for r in range(args.rounds):
+            # A fresh registry each round, as age overwrites its one output: neither side accumulates gigabytes
+            # of dirty pages that would slow the other down.
+            shutil.rmtree(home, ignore_errors=True)
+            subprocess.run([args.coffer, "init"], check=True, env=env, stdout=null)
+            subprocess.run([args.coffer, "trust", "add", os.path.join(work, "pub.pub")], check=True, env=env, stdout=null)
             for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
                 if who == "age":
                     record("age -r", run(["age", "-r", recipient, "-o", os.path.join(work, "w.age"), plain]))
