@@ -120,6 +120,6 @@ enum EmbeddedSchema {
             CREATE TRIGGER attestations_are_immutable BEFORE UPDATE ON attestations
             BEGIN SELECT RAISE(ABORT, 'attestations are immutable'); END;
             """#
-        ),
+        )
     ]
 }
