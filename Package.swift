@@ -15,6 +15,7 @@ let package = Package(
         .executable(name: "coffer", targets: ["coffer"]),
         .library(name: "CofferCrypto", targets: ["CofferCrypto"]),
         .library(name: "CofferRegistry", targets: ["CofferRegistry"]),
+        .library(name: "CofferTraining", targets: ["CofferTraining"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
@@ -37,6 +38,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "CofferTraining",
+            path: "Sources/Training",
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "CofferRegistry",
             dependencies: [
                 "CofferCrypto",
@@ -50,6 +56,7 @@ let package = Package(
             dependencies: [
                 "CofferCrypto",
                 "CofferRegistry",
+                "CofferTraining",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/coffer",
@@ -63,6 +70,11 @@ let package = Package(
         .testTarget(
             name: "CofferRegistryTests",
             dependencies: ["CofferRegistry", "CofferCrypto", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CofferTrainingTests",
+            dependencies: ["CofferTraining"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

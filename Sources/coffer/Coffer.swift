@@ -1,6 +1,7 @@
 import ArgumentParser
 import CofferCrypto
 import CofferRegistry
+import CofferTraining
 
 #if canImport(Glibc)
 import Glibc
@@ -15,7 +16,7 @@ struct Coffer: ParsableCommand {
         version: "0.1.0",
         subcommands: [
             Keygen.self, Seal.self, Unseal.self, Attestation.self, Init.self, Trust.self, Push.self, Pull.self, Verify.self, List.self,
-            Show.self, Alias.self, Tag.self, Log.self, Fsck.self, GC.self,
+            Show.self, Alias.self, Tag.self, Log.self, Fsck.self, GC.self, Privacy.self,
         ]
     )
 
@@ -28,6 +29,8 @@ struct Coffer: ParsableCommand {
         } catch let error as CofferCryptoError {
             fail(error.description)
         } catch let error as CofferRegistryError {
+            fail(error.description)
+        } catch let error as CofferTrainingError {
             fail(error.description)
         } catch let error as CLIError {
             fail(error.description)

@@ -1,0 +1,45 @@
+"""Coffer's RDP accountant (`coffer privacy epsilon`) against Google's dp_accounting 0.6.0, over a grid."""
+import itertools
+import json
+import math
+import subprocess
+
+import pytest
+from dp_accounting import dp_event
+from dp_accounting.rdp import rdp_privacy_accountant
+
+from test_interop import COFFER
+
+RATES = [1e-4, 1e-3, 0.01, 0.1]
+SIGMAS = [0.5, 1.0, 2.0, 5.0]
+STEPS = [1, 100, 10_000, 100_000]
+DELTAS = [1e-5, 1e-8]
+
+
+def reference(q, sigma, steps, delta):
+    accountant = rdp_privacy_accountant.RdpAccountant()
+    accountant.compose(dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps))
+    return accountant.get_epsilon_and_optimal_order(delta)
+
+
+@pytest.mark.parametrize("q,sigma", list(itertools.product(RATES, SIGMAS)))
+def test_epsilon_agrees_with_dp_accounting(q, sigma):
+    for steps, delta in itertools.product(STEPS, DELTAS):
+        out = subprocess.run([COFFER, "privacy", "epsilon", "--sample-rate", str(q), "--noise-multiplier", str(sigma),
+                              "--steps", str(steps), "--delta", str(delta), "--json"], capture_output=True, text=True, check=True)
+        ours = json.loads(out.stdout)
+        expected, order = reference(q, sigma, steps, delta)
+        label = f"q={q} sigma={sigma} steps={steps} delta={delta}"
+        if math.isinf(expected):
+            assert ours["epsilon"] is None or math.isinf(ours["epsilon"]), label
+            continue
+        assert abs(ours["epsilon"] - expected) <= 1e-6 * max(expected, 1e-12), f"{label}: {ours['epsilon']} vs {expected}"
+        assert ours["order"] == order, label
+
+
+def test_sigma_calibration_is_tight():
+    out = subprocess.run([COFFER, "privacy", "sigma", "--target-epsilon", "3", "--sample-rate", str(256 / 60000), "--steps", "14062",
+                          "--delta", "1e-5", "--json"], capture_output=True, text=True, check=True)
+    sigma = json.loads(out.stdout)["noise_multiplier"]
+    assert reference(256 / 60000, sigma, 14062, 1e-5)[0] <= 3
+    assert reference(256 / 60000, sigma * (1 - 1e-5), 14062, 1e-5)[0] > 3
