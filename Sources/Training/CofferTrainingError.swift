@@ -2,11 +2,13 @@
 public enum CofferTrainingError: Error, Equatable, CustomStringConvertible {
     case invalidParameter(String)
     case unreachableEpsilon(String)
+    case invalidCheckpoint(String)
 
     public var description: String {
         switch self {
         case .invalidParameter(let why): "invalid parameter: \(why)"
         case .unreachableEpsilon(let why): "target unreachable: \(why)"
+        case .invalidCheckpoint(let why): "invalid safetensors checkpoint: \(why)"
         }
     }
 }

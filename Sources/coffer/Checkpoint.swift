@@ -1,0 +1,43 @@
+import ArgumentParser
+import CofferCrypto
+import CofferTraining
+
+extension Coffer {
+    struct Checkpoint: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Inspect safetensors checkpoints.", subcommands: [Inspect.self])
+
+        struct Inspect: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "List a safetensors file's metadata and tensors (dtype, shape, SHA-256 of the bytes)."
+            )
+            @Argument(help: "A .safetensors file.") var file: String
+            @Flag(name: .long, help: "Print JSON: {metadata, tensors: [{name, dtype, shape, sha256}]}.") var json = false
+
+            func run() throws {
+                let (checkpoint, bytes) = try Safetensors.read(contentsOf: file)
+                let tensors = checkpoint.tensors.map { tensor in
+                    let start = checkpoint.dataStart + tensor.offsets.lowerBound
+                    return (tensor, Digest.hex(Digest.sha256(bytes[start..<(checkpoint.dataStart + tensor.offsets.upperBound)])))
+                }
+                if json {
+                    JSONOutput.print(
+                        .object([
+                            "metadata": .object(checkpoint.metadata.mapValues { .string($0) }),
+                            "tensors": .array(
+                                tensors.map { tensor, digest in
+                                    .object([
+                                        "name": .string(tensor.name), "dtype": .string(tensor.dtype),
+                                        "shape": .array(tensor.shape.map { .number(Double($0)) }), "sha256": .string(digest),
+                                    ])
+                                }
+                            ),
+                        ])
+                    )
+                    return
+                }
+                for key in checkpoint.metadata.keys.sorted() { print("metadata \(key): \(checkpoint.metadata[key]!.prefix(120))") }
+                for (tensor, digest) in tensors { print("\(tensor.name)  \(tensor.dtype)  \(tensor.shape)  sha256:\(digest.prefix(16))") }
+            }
+        }
+    }
+}
