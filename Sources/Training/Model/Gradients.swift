@@ -1,0 +1,108 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The result of one backward pass over a batch.
+public struct BatchGradients: Sendable {
+    /// `sum_i r_i * grad_i` per layer (trunk then heads), with `r_i` the clipping factor (1 when not clipping).
+    public var layers: [(weight: [Float], bias: [Float])]
+    /// Each example's gradient norm over all parameters jointly, before clipping.
+    public var norms: [Float]
+    /// Sum over the batch of each task's (unweighted) loss.
+    public var taskLosses: [Double]
+}
+
+extension MultiTaskModel {
+    /// Gradients of the batch's summed loss, with optional per-example clipping to `clipNorm`.
+    ///
+    /// Per-example gradients are never materialised: for a dense layer the per-example gradient is
+    /// `g_i a_i^T` (plus `g_i` for the bias), whose squared norm is `|g_i|^2 (|a_i|^2 + 1)` (the
+    /// "ghost norm"); the norms over all layers give the clipping factors `r_i = min(1, C / |grad_i|)`,
+    /// and the clipped sum is `sum_i r_i g_i a_i^T = G^T diag(r) A`, from the same backward pass.
+    ///
+    /// - Parameters:
+    ///   - targets: one array of `n` values per task: class index, 0/1, or the regression target.
+    ///   - taskWeights: loss weight per task (defaults to the architecture's).
+    public func gradients(_ x: [Float], count n: Int, targets: [[Float]], clipNorm: Float?, taskWeights: [Float]? = nil) -> BatchGradients {
+        let tasks = architecture.tasks
+        let weights = taskWeights ?? tasks.map(\.weight)
+        let trace = trace(x, count: n)
+        let last = trace.activations[trace.activations.count - 1]
+        var taskLosses = [Double](repeating: 0, count: tasks.count)
+
+        // dLoss/dOutput per example, per task, scaled by the task's weight.
+        var headGradients: [[Float]] = []
+        for (t, task) in tasks.enumerated() {
+            let z = trace.outputs[t]
+            var g = [Float](repeating: 0, count: z.count)
+            for i in 0..<n {
+                let y = targets[t][i]
+                switch task.kind {
+                case .classification:
+                    let row = Array(z[(i * task.classes)..<((i + 1) * task.classes)])
+                    let p = softmax(row)
+                    let label = Int(y)
+                    taskLosses[t] += -Double(logf(max(p[label], 1e-30)))
+                    for c in 0..<task.classes { g[i * task.classes + c] = weights[t] * (p[c] - (c == label ? 1 : 0)) }
+                case .binary:
+                    let p = sigmoid(z[i])
+                    // log(1 + e^z) - y z, stably.
+                    taskLosses[t] += Double(max(z[i], 0) - z[i] * y + log1pf(expf(-abs(z[i]))))
+                    g[i] = weights[t] * (p - y)
+                case .regression:
+                    let d = z[i] - y
+                    taskLosses[t] += Double(d * d)
+                    g[i] = weights[t] * 2 * d
+                }
+            }
+            headGradients.append(g)
+        }
+
+        // Back through the trunk, keeping each layer's output gradient for the weighted sums.
+        var delta = [Float](repeating: 0, count: n * (architecture.trunk.last ?? architecture.inputs))
+        for (t, head) in heads.enumerated() {
+            let contribution = head.backward(headGradients[t], count: n)
+            for k in delta.indices { delta[k] += contribution[k] }
+        }
+        var trunkGradients = [[Float]](repeating: [], count: trunk.count)
+        for l in stride(from: trunk.count - 1, through: 0, by: -1) {
+            let pre = trace.preActivations[l]
+            var g = delta
+            for k in g.indices { g[k] *= architecture.activation.derivative(pre[k]) }
+            trunkGradients[l] = g
+            if l > 0 { delta = trunk[l].backward(g, count: n) }
+        }
+
+        // Ghost norms: |grad_i|^2 = sum over layers of |g_i|^2 (|a_i|^2 + 1).
+        var squaredNorms = [Float](repeating: 0, count: n)
+        func accumulate(_ g: [Float], outputs: Int, _ a: [Float], inputs: Int) {
+            for i in 0..<n {
+                var gg: Float = 0
+                for o in 0..<outputs { gg += g[i * outputs + o] * g[i * outputs + o] }
+                var aa: Float = 1
+                for k in 0..<inputs { aa += a[i * inputs + k] * a[i * inputs + k] }
+                squaredNorms[i] += gg * aa
+            }
+        }
+        for (l, layer) in trunk.enumerated() { accumulate(trunkGradients[l], outputs: layer.outputs, trace.activations[l], inputs: layer.inputs) }
+        for (t, head) in heads.enumerated() { accumulate(headGradients[t], outputs: head.outputs, last, inputs: head.inputs) }
+        let norms = squaredNorms.map { $0.squareRoot() }
+        // Opacus's factor: C / (norm + 1e-6), capped at 1.
+        let factors = clipNorm.map { c in norms.map { min(1, c / ($0 + 1e-6)) } } ?? [Float](repeating: 1, count: n)
+
+        var layers: [(weight: [Float], bias: [Float])] = []
+        for (l, layer) in trunk.enumerated() {
+            layers.append(layer.weightedGradients(trunkGradients[l], activations: trace.activations[l], weights: factors, count: n))
+        }
+        for (t, head) in heads.enumerated() {
+            layers.append(head.weightedGradients(headGradients[t], activations: last, weights: factors, count: n))
+        }
+        return BatchGradients(layers: layers, norms: norms, taskLosses: taskLosses)
+    }
+
+    /// The batch's summed, weighted loss (for tests and reporting).
+    public func loss(_ x: [Float], count n: Int, targets: [[Float]]) -> Double {
+        let result = gradients(x, count: n, targets: targets, clipNorm: nil)
+        return zip(result.taskLosses, architecture.tasks).reduce(0) { $0 + $1.0 * Double($1.1.weight) }
+    }
+}
