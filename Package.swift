@@ -39,6 +39,7 @@ let package = Package(
         ),
         .target(
             name: "CofferTraining",
+            dependencies: ["CSodium"],
             path: "Sources/Training",
             swiftSettings: swiftSettings
         ),

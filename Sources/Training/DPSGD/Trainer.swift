@@ -1,0 +1,172 @@
+/// Rows of features and one target array per task.
+public struct Dataset: Sendable {
+    public var features: [Float]
+    public var targets: [[Float]]
+    public var count: Int
+    public var inputs: Int
+
+    public init(features: [Float], targets: [[Float]], count: Int, inputs: Int) {
+        self.features = features
+        self.targets = targets
+        self.count = count
+        self.inputs = inputs
+    }
+
+    func rows(_ indices: [Int]) -> ([Float], [[Float]]) {
+        var x: [Float] = []
+        x.reserveCapacity(indices.count * inputs)
+        for i in indices { x += features[(i * inputs)..<((i + 1) * inputs)] }
+        return (x, targets.map { t in indices.map { t[$0] } })
+    }
+}
+
+/// How to train: the optimiser and, for DP-SGD, sampling rate, clipping norm and noise.
+public struct TrainingConfiguration: Sendable, Equatable, Codable {
+    public enum Optimizer: Sendable, Equatable, Codable {
+        case sgd(momentum: Float)
+        case adam(beta1: Float, beta2: Float, epsilon: Float)
+    }
+
+    public var learningRate: Float
+    public var optimizer: Optimizer
+    /// Poisson sampling rate q: each example joins each step's batch independently with this probability.
+    public var sampleRate: Double
+    /// σ; `nil` trains without privacy (no clipping, no noise).
+    public var noiseMultiplier: Double?
+    /// C, the per-example clipping norm.
+    public var clipNorm: Float
+    public var noiseMode: GaussianNoise.Mode
+
+    public init(
+        learningRate: Float,
+        optimizer: Optimizer = .sgd(momentum: 0.9),
+        sampleRate: Double,
+        noiseMultiplier: Double?,
+        clipNorm: Float = 1,
+        noiseMode: GaussianNoise.Mode = .standard
+    ) {
+        self.learningRate = learningRate
+        self.optimizer = optimizer
+        self.sampleRate = sampleRate
+        self.noiseMultiplier = noiseMultiplier
+        self.clipNorm = clipNorm
+        self.noiseMode = noiseMode
+    }
+
+    public func validate() throws(CofferTrainingError) {
+        guard learningRate > 0, learningRate.isFinite else { throw .invalidParameter("learning rate must be > 0, got \(learningRate)") }
+        guard sampleRate > 0, sampleRate <= 1 else { throw .invalidParameter("sample rate must be in (0, 1], got \(sampleRate)") }
+        guard clipNorm > 0, clipNorm.isFinite else { throw .invalidParameter("clipping norm must be > 0, got \(clipNorm)") }
+        if let noiseMultiplier, !(noiseMultiplier > 0 && noiseMultiplier.isFinite) {
+            throw .invalidParameter("noise multiplier must be > 0 with DP on, got \(noiseMultiplier)")
+        }
+    }
+}
+
+/// DP-SGD (Abadi et al. 2016) over a ``MultiTaskModel``: Poisson-sampled batches, per-example clipping by
+/// ghost norms, Gaussian noise of std σC added to the clipped sum, divided by the expected batch size qN,
+/// then the optimiser step. Every step is recorded by the RDP accountant.
+public struct Trainer: Sendable {
+    public private(set) var model: MultiTaskModel
+    public let configuration: TrainingConfiguration
+    public private(set) var accountant = RDPAccountant()
+    public private(set) var steps = 0
+    private var sampler: SeededGenerator
+    private var firstMoment: [[Float]]
+    private var secondMoment: [[Float]]
+
+    /// - Parameter seed: drives batch sampling (reproducible); DP noise never comes from it.
+    public init(model: MultiTaskModel, configuration: TrainingConfiguration, seed: UInt64) throws(CofferTrainingError) {
+        try configuration.validate()
+        self.model = model
+        self.configuration = configuration
+        self.sampler = SeededGenerator(seed: seed ^ 0x5DEE_CE66_D)
+        let shapes = model.layers.flatMap { [$0.weight.count, $0.bias.count] }
+        firstMoment = shapes.map { [Float](repeating: 0, count: $0) }
+        secondMoment = shapes.map { [Float](repeating: 0, count: $0) }
+    }
+
+    /// What one step did.
+    public struct StepReport: Sendable {
+        public var batchSize: Int
+        /// Mean per-example loss of each task over the batch (0 for an empty batch).
+        public var taskLosses: [Double]
+    }
+
+    /// One step on `data`. An empty Poisson batch is a valid step: under DP it still adds noise and is accounted.
+    @discardableResult
+    public mutating func step(on data: Dataset) -> StepReport {
+        let q = configuration.sampleRate
+        let indices = (0..<data.count).filter { _ in Double(sampler.next() >> 11) * 0x1.0p-53 < q }
+        let (x, targets) = data.rows(indices)
+        let batch = model.gradients(
+            x,
+            count: indices.count,
+            targets: targets,
+            clipNorm: configuration.noiseMultiplier == nil ? nil : configuration.clipNorm
+        )
+
+        // Flatten to weight, bias, weight, bias... in layer order, add noise, and scale.
+        var gradients = batch.layers.flatMap { [$0.weight, $0.bias] }
+        if let sigma = configuration.noiseMultiplier {
+            let std = Float(sigma) * configuration.clipNorm
+            let expectedBatch = Float(q * Double(data.count))
+            for p in gradients.indices {
+                let noise = GaussianNoise.sample(count: gradients[p].count, standardDeviation: std, mode: configuration.noiseMode)
+                for k in gradients[p].indices { gradients[p][k] = (gradients[p][k] + noise[k]) / expectedBatch }
+            }
+            accountant.compose(PrivacySegment(sampleRate: q, noiseMultiplier: sigma, steps: 1))
+        } else if !indices.isEmpty {
+            let scale = 1 / Float(indices.count)
+            for p in gradients.indices { for k in gradients[p].indices { gradients[p][k] *= scale } }
+        }
+        apply(gradients)
+        steps += 1
+        let n = Double(max(indices.count, 1))
+        return StepReport(batchSize: indices.count, taskLosses: batch.taskLosses.map { indices.isEmpty ? 0 : $0 / n })
+    }
+
+    private mutating func apply(_ gradients: [[Float]]) {
+        let lr = configuration.learningRate
+        let t = Float(steps + 1)
+        for p in gradients.indices {
+            var parameter = self.parameter(p)
+            switch configuration.optimizer {
+            case .sgd(let momentum):
+                for k in parameter.indices {
+                    firstMoment[p][k] = momentum * firstMoment[p][k] + gradients[p][k]
+                    parameter[k] -= lr * firstMoment[p][k]
+                }
+            case .adam(let beta1, let beta2, let epsilon):
+                let c1 = 1 - powf(beta1, t)
+                let c2 = 1 - powf(beta2, t)
+                for k in parameter.indices {
+                    let g = gradients[p][k]
+                    firstMoment[p][k] = beta1 * firstMoment[p][k] + (1 - beta1) * g
+                    secondMoment[p][k] = beta2 * secondMoment[p][k] + (1 - beta2) * g * g
+                    parameter[k] -= lr * (firstMoment[p][k] / c1) / ((secondMoment[p][k] / c2).squareRoot() + epsilon)
+                }
+            }
+            setParameter(p, parameter)
+        }
+    }
+
+    /// Parameter tensor `p` in weight, bias, weight, bias... layer order.
+    private func parameter(_ p: Int) -> [Float] {
+        let layer = p / 2 < model.trunk.count ? model.trunk[p / 2] : model.heads[p / 2 - model.trunk.count]
+        return p % 2 == 0 ? layer.weight : layer.bias
+    }
+
+    private mutating func setParameter(_ p: Int, _ values: [Float]) {
+        let l = p / 2
+        if l < model.trunk.count {
+            if p % 2 == 0 { model.trunk[l].weight = values } else { model.trunk[l].bias = values }
+        } else {
+            if p % 2 == 0 { model.heads[l - model.trunk.count].weight = values } else { model.heads[l - model.trunk.count].bias = values }
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif

@@ -1,0 +1,102 @@
+import Testing
+
+@testable import CofferTraining
+
+struct TrainerTests {
+    /// Synthetic multi-task data: the class, the bit and the value are simple functions of the features.
+    static func synthetic(count: Int, seed: UInt64) -> Dataset {
+        var g = SeededGenerator(seed: seed)
+        var features: [Float] = []
+        var targets: [[Float]] = [[], [], []]
+        for _ in 0..<count {
+            let x = (0..<4).map { _ in g.uniform(-1, 1) }
+            features += x
+            targets[0].append(x[0] > 0.3 ? 2 : (x[0] > -0.3 ? 1 : 0))
+            targets[1].append(x[1] + x[2] > 0 ? 1 : 0)
+            targets[2].append(2 * x[3] - x[0])
+        }
+        return Dataset(features: features, targets: targets, count: count, inputs: 4)
+    }
+
+    static let architecture = Architecture(
+        inputs: 4,
+        trunk: [32],
+        tasks: [TaskSpec(name: "c", kind: .classification, classes: 3), TaskSpec(name: "b", kind: .binary), TaskSpec(name: "r", kind: .regression)]
+    )
+
+    @Test(arguments: [TrainingConfiguration.Optimizer.sgd(momentum: 0.9), .adam(beta1: 0.9, beta2: 0.999, epsilon: 1e-8)])
+    func dpTrainingReducesEveryTaskLossAndIsAccounted(optimizer: TrainingConfiguration.Optimizer) throws {
+        let data = Self.synthetic(count: 2000, seed: 1)
+        let model = try MultiTaskModel(architecture: Self.architecture, seed: 3)
+        let rate: Float = if case .adam = optimizer { 0.01 } else { 0.05 }
+        let configuration = TrainingConfiguration(learningRate: rate, optimizer: optimizer, sampleRate: 0.05, noiseMultiplier: 1.0, clipNorm: 1.0)
+        var trainer = try Trainer(model: model, configuration: configuration, seed: 11)
+        let initial = model.gradients(data.features, count: data.count, targets: data.targets, clipNorm: nil).taskLosses
+        for _ in 0..<400 { trainer.step(on: data) }
+        let final = trainer.model.gradients(data.features, count: data.count, targets: data.targets, clipNorm: nil).taskLosses
+        for t in initial.indices { #expect(final[t] < 0.8 * initial[t], "task \(t): \(initial[t]) -> \(final[t])") }
+        #expect(trainer.steps == 400)
+        #expect(trainer.accountant.segments.count == 400)
+        var reference = RDPAccountant()
+        reference.compose(PrivacySegment(sampleRate: 0.05, noiseMultiplier: 1.0, steps: 400))
+        #expect(abs(trainer.accountant.epsilon(delta: 1e-5).epsilon - reference.epsilon(delta: 1e-5).epsilon) < 1e-9)
+    }
+
+    @Test func poissonBatchesVaryAroundTheExpectedSize() throws {
+        let data = Self.synthetic(count: 1000, seed: 2)
+        var trainer = try Trainer(
+            model: try MultiTaskModel(architecture: Self.architecture, seed: 1),
+            configuration: TrainingConfiguration(learningRate: 0.01, sampleRate: 0.02, noiseMultiplier: 1.0),
+            seed: 5
+        )
+        let sizes = (0..<300).map { _ in trainer.step(on: data).batchSize }
+        let mean = Double(sizes.reduce(0, +)) / 300
+        #expect(abs(mean - 20) < 2)
+        #expect(Set(sizes).count > 10, "batch sizes vary")
+    }
+
+    @Test func emptyBatchStillAddsNoiseOfTheRightScale() throws {
+        // With q tiny and one example, batches are (almost always) empty: the update is noise * lr / (qN).
+        let data = Dataset(features: [0, 0, 0, 0], targets: [[0], [0], [0]], count: 1, inputs: 4)
+        let model = try MultiTaskModel(architecture: Self.architecture, seed: 1)
+        let q = 1e-9
+        var trainer = try Trainer(
+            model: model,
+            configuration: TrainingConfiguration(learningRate: 1, optimizer: .sgd(momentum: 0), sampleRate: q, noiseMultiplier: 2, clipNorm: 0.5),
+            seed: 1
+        )
+        let report = trainer.step(on: data)
+        #expect(report.batchSize == 0)
+        let delta = zip(model.trunk[0].weight, trainer.model.trunk[0].weight).map { Double($0 - $1) * q }  // = noise / N, N = 1
+        let mean = delta.reduce(0, +) / Double(delta.count)
+        let std = (delta.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(delta.count)).squareRoot()
+        #expect(abs(std - 1.0) < 0.2, "noise std should be sigma * C = 1, got \(std)")
+    }
+
+    @Test(arguments: [GaussianNoise.Mode.standard, .secure])
+    func noiseHasTheRequestedMoments(mode: GaussianNoise.Mode) {
+        let samples = GaussianNoise.sample(count: 100_000, standardDeviation: 3, mode: mode).map(Double.init)
+        let mean = samples.reduce(0, +) / Double(samples.count)
+        let variance = samples.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(samples.count)
+        #expect(abs(mean) < 0.05)
+        #expect(abs(variance.squareRoot() - 3) < 0.05)
+        #expect(GaussianNoise.sample(count: 5, standardDeviation: 1) != GaussianNoise.sample(count: 5, standardDeviation: 1), "not seeded")
+    }
+
+    @Test func invalidConfigurationsNameTheField() throws {
+        let model = try MultiTaskModel(architecture: Self.architecture, seed: 1)
+        #expect(throws: CofferTrainingError.invalidParameter("clipping norm must be > 0, got 0.0")) {
+            _ = try Trainer(
+                model: model,
+                configuration: TrainingConfiguration(learningRate: 0.1, sampleRate: 0.1, noiseMultiplier: 1, clipNorm: 0),
+                seed: 1
+            )
+        }
+        #expect(throws: CofferTrainingError.invalidParameter("sample rate must be in (0, 1], got 0.0")) {
+            _ = try Trainer(model: model, configuration: TrainingConfiguration(learningRate: 0.1, sampleRate: 0, noiseMultiplier: 1), seed: 1)
+        }
+        #expect(throws: CofferTrainingError.invalidParameter("noise multiplier must be > 0 with DP on, got -1.0")) {
+            _ = try Trainer(model: model, configuration: TrainingConfiguration(learningRate: 0.1, sampleRate: 0.1, noiseMultiplier: -1), seed: 1)
+        }
+    }
+}
