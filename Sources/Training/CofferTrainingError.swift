@@ -3,12 +3,16 @@ public enum CofferTrainingError: Error, Equatable, CustomStringConvertible {
     case invalidParameter(String)
     case unreachableEpsilon(String)
     case invalidCheckpoint(String)
+    case invalidData(String)
+    case invalidConfiguration(String)
 
     public var description: String {
         switch self {
         case .invalidParameter(let why): "invalid parameter: \(why)"
         case .unreachableEpsilon(let why): "target unreachable: \(why)"
         case .invalidCheckpoint(let why): "invalid safetensors checkpoint: \(why)"
+        case .invalidData(let why): "invalid data: \(why)"
+        case .invalidConfiguration(let why): "invalid training configuration: \(why)"
         }
     }
 }

@@ -3,8 +3,12 @@ import CofferCrypto
 import CofferTraining
 
 extension Coffer {
-    struct Checkpoint: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Inspect safetensors checkpoints.", subcommands: [Inspect.self])
+    struct CheckpointCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "checkpoint",
+            abstract: "Inspect safetensors checkpoints.",
+            subcommands: [Inspect.self]
+        )
 
         struct Inspect: ParsableCommand {
             static let configuration = CommandConfiguration(

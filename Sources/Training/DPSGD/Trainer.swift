@@ -74,6 +74,8 @@ public struct Trainer: Sendable {
     private var sampler: SeededGenerator
     private var firstMoment: [[Float]]
     private var secondMoment: [[Float]]
+    /// After ``prune(ratio:)``: which weights stay (per parameter tensor; biases are never pruned).
+    private var masks: [[Bool]]? = nil
 
     /// - Parameter seed: drives batch sampling (reproducible); DP noise never comes from it.
     public init(model: MultiTaskModel, configuration: TrainingConfiguration, seed: UInt64) throws(CofferTrainingError) {
@@ -126,6 +128,26 @@ public struct Trainer: Sendable {
         return StepReport(batchSize: indices.count, taskLosses: batch.taskLosses.map { indices.isEmpty ? 0 : $0 / n })
     }
 
+    /// Global magnitude pruning: zeroes the `ratio` fraction of all weight-matrix entries (trunk and heads together)
+    /// with the smallest magnitudes, and keeps them at zero through later steps.
+    public mutating func prune(ratio: Double) {
+        // Every weight entry as (tensor, index, magnitude); the `cut` smallest are removed, ties broken by position.
+        var entries: [(tensor: Int, index: Int, magnitude: Float)] = []
+        for p in stride(from: 0, to: model.layers.count * 2, by: 2) {
+            for (k, value) in parameter(p).enumerated() { entries.append((p, k, abs(value))) }
+        }
+        let cut = Int(Double(entries.count) * ratio)
+        guard cut > 0 else { return }
+        entries.sort { ($0.magnitude, $0.tensor, $0.index) < ($1.magnitude, $1.tensor, $1.index) }
+        var masks = (0..<(model.layers.count * 2)).map { [Bool](repeating: true, count: parameter($0).count) }
+        for entry in entries.prefix(cut) { masks[entry.tensor][entry.index] = false }
+        self.masks = masks
+        for p in stride(from: 0, to: masks.count, by: 2) {
+            setParameter(p, zip(parameter(p), masks[p]).map { $1 ? $0 : 0 })
+            firstMoment[p] = zip(firstMoment[p], masks[p]).map { $1 ? $0 : 0 }
+        }
+    }
+
     private mutating func apply(_ gradients: [[Float]]) {
         let lr = configuration.learningRate
         let t = Float(steps + 1)
@@ -147,6 +169,7 @@ public struct Trainer: Sendable {
                     parameter[k] -= lr * (firstMoment[p][k] / c1) / ((secondMoment[p][k] / c2).squareRoot() + epsilon)
                 }
             }
+            if let mask = masks?[p] { for k in parameter.indices where !mask[k] { parameter[k] = 0 } }
             setParameter(p, parameter)
         }
     }

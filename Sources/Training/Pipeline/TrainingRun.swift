@@ -1,0 +1,318 @@
+import Foundation
+
+/// How features were standardised and targets derived: saved with the checkpoint, applied again at predict time.
+public struct Preprocessing: Sendable, Equatable, Codable {
+    public var features: [String]
+    public var means: [Double]
+    public var standardDeviations: [Double]
+    public var tasks: [TrainingRecipe.TaskSource]
+
+    enum CodingKeys: String, CodingKey {
+        case features, means, tasks
+        case standardDeviations = "standard_deviations"
+    }
+
+    /// Standardised feature rows of `table`; refuses a table that lacks a feature column.
+    public func features(of table: CSVTable) throws(CofferTrainingError) -> [Float] {
+        var columns: [Int] = []
+        for name in features { columns.append(try table.column(name)) }
+        var out: [Float] = []
+        out.reserveCapacity(table.rowCount * features.count)
+        for row in 0..<table.rowCount {
+            for (f, column) in columns.enumerated() { out.append(Float((table.value(row: row, column: column) - means[f]) / standardDeviations[f])) }
+        }
+        return out
+    }
+}
+
+/// The privacy claim of a checkpoint, computed by the accountant (the `privacy.json` document).
+public struct PrivacyReport: Sendable, Equatable, Codable {
+    public struct Pruning: Sendable, Equatable, Codable {
+        public var method: String
+        public var targetRatio: Double
+        public var achievedSparsity: Double
+        enum CodingKeys: String, CodingKey {
+            case method
+            case targetRatio = "target_ratio"
+            case achievedSparsity = "achieved_sparsity"
+        }
+    }
+
+    public var mechanism: String
+    public var epsilon: Double?
+    public var epsilonRDP: Double?
+    public var epsilonPLD: Double?
+    public var delta: Double?
+    public var accountant: String?
+    public var order: Double?
+    public var maxGradNorm: Double?
+    public var noiseMode: String?
+    public var datasetSize: Int
+    public var segments: [PrivacySegment]
+    public var pruning: Pruning
+
+    enum CodingKeys: String, CodingKey {
+        case mechanism, epsilon, delta, accountant, order, segments, pruning
+        case epsilonRDP = "epsilon_rdp"
+        case epsilonPLD = "epsilon_pld"
+        case maxGradNorm = "max_grad_norm"
+        case noiseMode = "noise_mode"
+        case datasetSize = "dataset_size"
+    }
+
+    /// Every key is written, `null` where there is no value (`epsilon_pld` until the PLD accountant exists).
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(mechanism, forKey: .mechanism)
+        try c.encode(epsilon, forKey: .epsilon)
+        try c.encode(epsilonRDP, forKey: .epsilonRDP)
+        try c.encode(epsilonPLD, forKey: .epsilonPLD)
+        try c.encode(delta, forKey: .delta)
+        try c.encode(accountant, forKey: .accountant)
+        try c.encode(order, forKey: .order)
+        try c.encode(maxGradNorm, forKey: .maxGradNorm)
+        try c.encode(noiseMode, forKey: .noiseMode)
+        try c.encode(datasetSize, forKey: .datasetSize)
+        try c.encode(segments, forKey: .segments)
+        try c.encode(pruning, forKey: .pruning)
+    }
+}
+
+/// A validation metric of one task.
+public struct TaskMetric: Sendable, Equatable, Codable {
+    public var task: String
+    public var metric: String
+    public var value: Double
+}
+
+/// What `coffer train` produces.
+public struct TrainedModel: Sendable {
+    public var model: MultiTaskModel
+    public var preprocessing: Preprocessing
+    public var privacy: PrivacyReport
+    public var metrics: [TaskMetric]
+}
+
+/// Progress after each epoch: per-task mean training loss and epsilon spent so far.
+public struct EpochReport: Sendable {
+    public var epoch: Int
+    public var epochs: Int
+    public var phase: String
+    public var taskLosses: [Double]
+    public var epsilon: Double?
+}
+
+/// Loads the data, trains with DP-SGD, prunes and fine-tunes, evaluates: `coffer train`'s whole job.
+public enum TrainingRun {
+    public static func run(_ recipe: TrainingRecipe, progress: ((EpochReport) -> Void)? = nil) throws(CofferTrainingError) -> TrainedModel {
+        let table = try CSVTable(contentsOf: recipe.data)
+        var generator = SeededGenerator(seed: recipe.seed ?? 1)
+        var order = Array(0..<table.rowCount)
+        order.shuffle(using: &generator)
+        let validationCount = Int(Double(table.rowCount) * (recipe.validationSplit ?? 0.2))
+        let trainRows = Array(order.dropFirst(validationCount))
+        let validationRows = Array(order.prefix(validationCount))
+        guard !trainRows.isEmpty else { throw .invalidData("\(recipe.data): no rows left for training after the validation split") }
+
+        // Standardisation statistics from the training rows only.
+        var means: [Double] = []
+        var deviations: [Double] = []
+        for name in recipe.features {
+            let column = try table.column(name)
+            let values = trainRows.map { table.value(row: $0, column: column) }
+            let mean = values.reduce(0, +) / Double(values.count)
+            let variance = values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count)
+            means.append(mean)
+            deviations.append(variance > 0 ? variance.squareRoot() : 1)
+        }
+        let preprocessing = Preprocessing(features: recipe.features, means: means, standardDeviations: deviations, tasks: recipe.tasks)
+        let allFeatures = try preprocessing.features(of: table)
+        let (tasks, allTargets) = try targets(recipe.tasks, table: table)
+        func subset(_ rows: [Int]) -> Dataset {
+            var x: [Float] = []
+            for r in rows { x += allFeatures[(r * recipe.features.count)..<((r + 1) * recipe.features.count)] }
+            return Dataset(features: x, targets: allTargets.map { t in rows.map { t[$0] } }, count: rows.count, inputs: recipe.features.count)
+        }
+        let training = subset(trainRows)
+        let validation = subset(validationRows)
+
+        let architecture = Architecture(inputs: recipe.features.count, trunk: recipe.trunk, activation: recipe.activation ?? .relu, tasks: tasks)
+        let model = try MultiTaskModel(architecture: architecture, seed: recipe.seed ?? 1)
+        let sampleRate = min(1, Double(recipe.expectedBatchSize) / Double(training.count))
+        let stepsPerEpoch = max(1, Int((1 / sampleRate).rounded()))
+        let fineTuneEpochs = (recipe.pruningRatio ?? 0) > 0 ? (recipe.fineTuneEpochs ?? 1) : 0
+        let totalSteps = (recipe.epochs + fineTuneEpochs) * stepsPerEpoch
+        var sigma: Double? = nil
+        if recipe.isPrivate {
+            if let target = recipe.targetEpsilon {
+                sigma = try RDPAccountant.calibrateNoise(targetEpsilon: target, sampleRate: sampleRate, steps: totalSteps, delta: recipe.delta!)
+            } else {
+                sigma = recipe.noiseMultiplier
+            }
+        }
+        let optimizer: TrainingConfiguration.Optimizer =
+            recipe.optimizer == "adam" ? .adam(beta1: 0.9, beta2: 0.999, epsilon: 1e-8) : .sgd(momentum: recipe.momentum ?? 0.9)
+        let configuration = TrainingConfiguration(
+            learningRate: recipe.learningRate,
+            optimizer: optimizer,
+            sampleRate: sampleRate,
+            noiseMultiplier: sigma,
+            clipNorm: recipe.clippingNorm ?? 1,
+            noiseMode: recipe.noiseMode ?? .standard
+        )
+        var trainer = try Trainer(model: model, configuration: configuration, seed: recipe.seed ?? 1)
+
+        func runEpochs(_ count: Int, phase: String) {
+            for epoch in 1...max(count, 1) where count > 0 {
+                var sums = [Double](repeating: 0, count: tasks.count)
+                var examples = 0
+                for _ in 0..<stepsPerEpoch {
+                    let report = trainer.step(on: training)
+                    for t in sums.indices { sums[t] += report.taskLosses[t] * Double(report.batchSize) }
+                    examples += report.batchSize
+                }
+                let epsilon = recipe.isPrivate ? trainer.accountant.epsilon(delta: recipe.delta!).epsilon : nil
+                progress?(
+                    EpochReport(epoch: epoch, epochs: count, phase: phase, taskLosses: sums.map { $0 / Double(max(examples, 1)) }, epsilon: epsilon)
+                )
+            }
+        }
+        runEpochs(recipe.epochs, phase: "train")
+        if let ratio = recipe.pruningRatio, ratio > 0 {
+            trainer.prune(ratio: ratio)
+            runEpochs(fineTuneEpochs, phase: "fine-tune")
+        }
+
+        let final = trainer.model
+        let (epsilon, bestOrder) = recipe.isPrivate ? trainer.accountant.epsilon(delta: recipe.delta!) : (Double.nan, Double.nan)
+        let privacy = PrivacyReport(
+            mechanism: recipe.isPrivate ? "dp-sgd" : "none",
+            epsilon: recipe.isPrivate ? epsilon : nil,
+            epsilonRDP: recipe.isPrivate ? epsilon : nil,
+            epsilonPLD: nil,
+            delta: recipe.isPrivate ? recipe.delta : nil,
+            accountant: recipe.isPrivate ? "rdp" : nil,
+            order: recipe.isPrivate ? bestOrder : nil,
+            maxGradNorm: recipe.isPrivate ? Double(configuration.clipNorm) : nil,
+            noiseMode: recipe.isPrivate ? configuration.noiseMode.rawValue : nil,
+            datasetSize: training.count,
+            segments: recipe.isPrivate ? [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma!, steps: trainer.steps)] : [],
+            pruning: .init(method: "global_magnitude", targetRatio: recipe.pruningRatio ?? 0, achievedSparsity: final.weightSparsity)
+        )
+        return TrainedModel(model: final, preprocessing: preprocessing, privacy: privacy, metrics: evaluate(final, on: validation))
+    }
+
+    /// Targets per task from the table: class indices, 0/1, or (transformed) values; refuses values that do not fit the task.
+    static func targets(_ sources: [TrainingRecipe.TaskSource], table: CSVTable) throws(CofferTrainingError) -> ([TaskSpec], [[Float]]) {
+        var specs: [TaskSpec] = []
+        var all: [[Float]] = []
+        for source in sources {
+            var values: [Float] = []
+            var classes = 0
+            switch source.kind {
+            case .classification:
+                if let oneHot = source.oneHot {
+                    var columns: [Int] = []
+                    for name in oneHot { columns.append(try table.column(name)) }
+                    classes = oneHot.count + 1
+                    for row in 0..<table.rowCount {
+                        let hot = columns.enumerated().filter { table.value(row: row, column: $0.element) == 1 }
+                        guard hot.count <= 1 else { throw .invalidData("row \(row + 2): task '\(source.name)' has \(hot.count) one-hot columns set") }
+                        values.append(Float(hot.first.map { $0.offset + 1 } ?? 0))
+                    }
+                } else {
+                    let column = try table.column(source.column!)
+                    for row in 0..<table.rowCount {
+                        let v = table.value(row: row, column: column)
+                        guard v >= 0, v.rounded() == v else {
+                            throw .invalidData("row \(row + 2), column '\(source.column!)': class \(v) is not a class index")
+                        }
+                        values.append(Float(v))
+                        classes = max(classes, Int(v) + 1)
+                    }
+                }
+                if let labels = source.labels {
+                    guard labels.count >= classes else {
+                        throw .invalidData("task '\(source.name)': \(classes) classes in the data, \(labels.count) labels")
+                    }
+                    classes = labels.count
+                }
+            case .binary:
+                let column = try table.column(source.column!)
+                for row in 0..<table.rowCount {
+                    let v = table.value(row: row, column: column)
+                    if let threshold = source.threshold {
+                        values.append(v >= threshold ? 1 : 0)
+                        continue
+                    }
+                    guard v == 0 || v == 1 else {
+                        throw .invalidData("row \(row + 2), column '\(source.column!)': binary target \(v) is not 0 or 1 (set a threshold)")
+                    }
+                    values.append(Float(v))
+                }
+            case .regression:
+                let column = try table.column(source.column!)
+                for row in 0..<table.rowCount {
+                    var v = table.value(row: row, column: column)
+                    if source.transform == "log1p" {
+                        guard v > -1 else { throw .invalidData("row \(row + 2), column '\(source.column!)': log1p of \(v)") }
+                        v = log1p(v)
+                    }
+                    values.append(Float(v))
+                }
+            }
+            specs.append(TaskSpec(name: source.name, kind: source.kind, classes: classes, weight: source.weight ?? 1))
+            all.append(values)
+        }
+        return (specs, all)
+    }
+
+    /// Accuracy for classification, ROC AUC for binary tasks, RMSE for regression.
+    public static func evaluate(_ model: MultiTaskModel, on data: Dataset) -> [TaskMetric] {
+        guard data.count > 0 else { return [] }
+        let predictions = model.predict(data.features, count: data.count)
+        return model.architecture.tasks.enumerated().map { t, task in
+            let y = data.targets[t]
+            let p = predictions[t]
+            switch task.kind {
+            case .classification:
+                let correct = (0..<data.count).filter { i in
+                    let row = p[(i * task.classes)..<((i + 1) * task.classes)]
+                    return row.indices.max { row[$0] < row[$1] }! - i * task.classes == Int(y[i])
+                }.count
+                return TaskMetric(task: task.name, metric: "accuracy", value: Double(correct) / Double(data.count))
+            case .binary:
+                return TaskMetric(task: task.name, metric: "auc", value: auc(scores: p, labels: y))
+            case .regression:
+                let mse = zip(p, y).map { Double(($0 - $1) * ($0 - $1)) }.reduce(0, +) / Double(data.count)
+                return TaskMetric(task: task.name, metric: "rmse", value: mse.squareRoot())
+            }
+        }
+    }
+
+    /// ROC AUC by the rank-sum (Mann–Whitney) formula, ties sharing their average rank.
+    static func auc(scores: [Float], labels: [Float]) -> Double {
+        let order = scores.indices.sorted { scores[$0] < scores[$1] }
+        var ranks = [Double](repeating: 0, count: scores.count)
+        var i = 0
+        while i < order.count {
+            var j = i
+            while j + 1 < order.count && scores[order[j + 1]] == scores[order[i]] { j += 1 }
+            for k in i...j { ranks[order[k]] = Double(i + j) / 2 + 1 }
+            i = j + 1
+        }
+        let positives = labels.filter { $0 == 1 }.count
+        let negatives = labels.count - positives
+        guard positives > 0, negatives > 0 else { return .nan }
+        let rankSum = zip(ranks, labels).filter { $0.1 == 1 }.map(\.0).reduce(0, +)
+        return (rankSum - Double(positives * (positives + 1)) / 2) / Double(positives * negatives)
+    }
+}
+
+extension MultiTaskModel {
+    /// Fraction of weight-matrix entries (trunk and heads; biases excluded) that are exactly zero, measured.
+    public var weightSparsity: Double {
+        let weights = layers.flatMap(\.weight)
+        return Double(weights.filter { $0 == 0 }.count) / Double(max(weights.count, 1))
+    }
+}

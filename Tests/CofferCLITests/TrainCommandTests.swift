@@ -1,0 +1,92 @@
+import Foundation
+import Testing
+
+/// `coffer train`, `predict` and `privacy` through the built binary, on small data written by the test.
+struct TrainCommandTests {
+    private func recipe(_ dir: Scratch, _ overrides: [String: Any] = [:]) throws {
+        var rows = ["a,b,label,value,flag"]
+        for i in 0..<400 { rows.append("\(Double(i % 17) / 17),\(Double(i % 5)),\(i % 3),\(Double(i % 7) * 0.5),\(i % 2)") }
+        try dir.write("data.csv", Data((rows.joined(separator: "\n") + "\n").utf8))
+        var recipe: [String: Any] = [
+            "data": "data.csv", "features": ["a", "b"],
+            "tasks": [
+                ["name": "c", "kind": "classification", "column": "label"], ["name": "r", "kind": "regression", "column": "value"],
+                ["name": "f", "kind": "binary", "column": "flag"],
+            ],
+            "trunk": [8], "epochs": 2, "learning_rate": 0.05, "expected_batch_size": 40, "noise_multiplier": 1.0, "delta": 1e-5,
+            "pruning_ratio": 0.3, "seed": 3,
+        ]
+        for (k, v) in overrides { recipe[k] = v }
+        try dir.write("recipe.json", try JSONSerialization.data(withJSONObject: recipe))
+    }
+
+    @Test func trainWritesACheckpointThatPredicts() throws {
+        let dir = try Scratch()
+        try recipe(dir)
+        let train = try CofferProcess.run(["train", "--config", "recipe.json", "--out", "ckpt", "--json"], in: dir.url)
+        #expect(train.status == 0, "\(train.stderr)")
+        let report = try JSONSerialization.jsonObject(with: train.stdout) as? [String: Any]
+        #expect((report?["epsilon"] as? Double ?? 0) > 0)
+        #expect(abs((report?["achieved_sparsity"] as? Double ?? 0) - 0.3) < 0.02, "16 of 56 weights")
+        let privacy = try JSONSerialization.jsonObject(with: try dir.read("ckpt/privacy.json")) as? [String: Any]
+        #expect(privacy?["mechanism"] as? String == "dp-sgd")
+        #expect(
+            (privacy?["segments"] as? [[String: Any]])?.first?["steps"] as? Int == 24,
+            "320 training rows, q = 40/320: 8 steps an epoch, 2 epochs and 1 fine-tuning"
+        )
+        try dir.write("x.csv", Data("a,b\n0.1,2\n0.9,4\n".utf8))
+        let predict = try CofferProcess.run(["predict", "--checkpoint", "ckpt", "--input", "x.csv", "--json"], in: dir.url)
+        #expect(predict.status == 0, "\(predict.stderr)")
+        #expect((try JSONSerialization.jsonObject(with: predict.stdout) as? [Any])?.count == 2)
+        try dir.write("y.csv", Data("a\n0.1\n".utf8))
+        expectFailure(try CofferProcess.run(["predict", "--checkpoint", "ckpt", "--input", "y.csv"], in: dir.url), "column 'b' is missing")
+    }
+
+    @Test func badTrainingInputNamesTheFieldRowOrColumn() throws {
+        let dir = try Scratch()
+        try recipe(dir, ["noise_multiplier": 0])
+        expectFailure(
+            try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url),
+            "noise_multiplier must be > 0 with privacy on"
+        )
+        try recipe(dir, ["pruning_ratio": 1.0])
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "pruning_ratio must be in [0, 1)")
+        try recipe(dir, ["clipping_norm": 0])
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "clipping_norm must be > 0")
+        try recipe(dir, ["features": ["a", "nope"]])
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "column 'nope' is missing")
+        try recipe(dir)
+        var csv = String(decoding: try dir.read("data.csv"), as: UTF8.self)
+        csv = csv.replacingOccurrences(of: "\n0.0,0.0,0,0.0,0\n", with: "\n0.0,abc,0,0.0,0\n")
+        try dir.write("data.csv", Data(csv.utf8))
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "column 'b': 'abc' is not a number")
+        try dir.write("data.csv", Data("a,b,label,value,flag\n".utf8))
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "no data rows")
+        try recipe(dir, ["target_epsilon": 1e-6, "noise_multiplier": NSNull()])
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "target unreachable")
+        try dir.write("recipe.json", Data("{\"data\": \"data.csv\"".utf8))
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "invalid training configuration")
+        #expect(!dir.exists("o"))
+    }
+
+    @Test func privacyCommandMatchesTheReference() throws {
+        let dir = try Scratch()
+        let out = try CofferProcess.run(
+            [
+                "privacy", "epsilon", "--sample-rate", "0.004266666666666667", "--noise-multiplier", "1.1", "--steps", "14062", "--delta", "1e-5",
+                "--json",
+            ],
+            in: dir.url
+        )
+        let json = try JSONSerialization.jsonObject(with: out.stdout) as? [String: Any]
+        #expect(abs((json?["epsilon"] as? Double ?? 0) - 2.5966) < 1e-4)
+        #expect(json?["order"] as? Double == 8.1)
+        expectFailure(
+            try CofferProcess.run(
+                ["privacy", "epsilon", "--sample-rate", "1.5", "--noise-multiplier", "1", "--steps", "1", "--delta", "1e-5"],
+                in: dir.url
+            ),
+            "sample rate must be in (0, 1]"
+        )
+    }
+}
