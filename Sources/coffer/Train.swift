@@ -14,6 +14,8 @@ extension Coffer {
         @Option(name: .long, help: "Output directory for the checkpoint.") var out: String
         @Option(name: .long, help: "Also push the checkpoint to the registry as NAME (needs --identity).") var push: String?
         @Option(name: .long, help: "Your private identity (NAME.key), for --push.") var identity: String?
+        @Option(name: .long, help: "With --push: another identity (NAME.pub) that may decrypt; repeat for several.") var recipient: [String] = []
+        @Option(name: .long, help: "With --push: point this alias at the new version.") var alias: String?
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Flag(name: .long, help: "Print the final report as JSON.") var json = false
@@ -68,6 +70,8 @@ extension Coffer {
                 request.datasetID = (recipe.data as NSString).lastPathComponent
                 request.datasetDigest = "sha256:" + Digest.hex(try Digest.sha256(file: recipe.data))
                 request.trainingConfigDigest = "sha256:" + Digest.hex(try Digest.sha256(file: config))
+                request.recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
+                request.alias = alias
                 let result = try store.push(request, publisher: publisher)
                 print("pushed \(result.model):\(result.version) sha256:\(result.digest)")
             }
