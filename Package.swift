@@ -37,9 +37,14 @@ let package = Package(
             path: "Sources/Crypto",
             swiftSettings: swiftSettings
         ),
+        .systemLibrary(
+            name: "CBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
         .target(
             name: "CofferTraining",
-            dependencies: ["CSodium"],
+            dependencies: ["CSodium", "CBLAS"],
             path: "Sources/Training",
             swiftSettings: swiftSettings
         ),

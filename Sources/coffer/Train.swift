@@ -46,6 +46,7 @@ extension Coffer {
                         "epsilon": p.epsilon.map { .number($0) } ?? .null, "delta": p.delta.map { .number($0) } ?? .null,
                         "noise_multiplier": p.segments.first.map { .number($0.noiseMultiplier) } ?? .null,
                         "achieved_sparsity": .number(p.pruning.achievedSparsity),
+                        "training_seconds": .number(trained.trainingSeconds), "examples": .number(Double(trained.examplesProcessed)),
                         "metrics": .object(
                             Dictionary(uniqueKeysWithValues: trained.metrics.map { ("\($0.task).\($0.metric)", JSONValue.number($0.value)) })
                         ),

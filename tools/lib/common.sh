@@ -3,8 +3,8 @@
 
 COFFER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
-# Debian packages the project needs: libsodium (crypto), SQLite (registry), pkg-config, age and GNU time (benchmarks).
-coffer_apt_packages=(libsodium-dev libsqlite3-dev pkg-config age time python3-venv)
+# Debian packages the project needs: libsodium (crypto), SQLite (registry), OpenBLAS (training), pkg-config, age and GNU time (benchmarks).
+coffer_apt_packages=(libsodium-dev libsqlite3-dev libopenblas-dev pkg-config age time python3-venv)
 
 coffer_install_system_packages() {
     local missing=()

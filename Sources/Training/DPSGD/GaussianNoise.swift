@@ -4,7 +4,7 @@ import CSodium
 import Glibc
 #endif
 
-/// Gaussian noise for DP-SGD, from libsodium's CSPRNG (never from a seeded generator).
+/// Gaussian noise for DP-SGD, from a CSPRNG seeded by the operating system through libsodium (never from a seeded generator).
 ///
 /// Floating-point caveat (Mironov 2012, "On significance of the least significant bits for differential
 /// privacy"): a textbook Gaussian sampler in floating point leaves gaps and biases in its low-order bits
@@ -32,19 +32,35 @@ public enum GaussianNoise {
         }
     }
 
-    /// Standard normals by Box–Muller on 53-bit uniforms from `randombytes_buf`.
+    /// Standard normals by Marsaglia's polar method on 53-bit uniforms from a CSPRNG stream.
+    ///
+    /// The stream is libsodium's `randombytes_buf_deterministic` (ChaCha20) keyed with 32 fresh bytes from
+    /// `randombytes_buf` (the operating system's generator) for every call: cryptographic randomness, without
+    /// a system call per sample. The polar method needs no trigonometry, which makes it several times faster
+    /// than Box–Muller here.
     static func normals(_ count: Int) -> [Double] {
         _ = ready
-        var bits = [UInt64](repeating: 0, count: count + count % 2)
-        bits.withUnsafeMutableBytes { randombytes_buf($0.baseAddress!, $0.count) }
         var out: [Double] = []
-        out.reserveCapacity(bits.count)
-        for pair in stride(from: 0, to: bits.count, by: 2) {
-            let u1 = (Double(bits[pair] >> 11) + 1) * 0x1.0p-53  // (0, 1]: log is finite
-            let u2 = Double(bits[pair + 1] >> 11) * 0x1.0p-53
-            let radius = (-2 * log(u1)).squareRoot()
-            out.append(radius * cos(2 * Double.pi * u2))
-            out.append(radius * sin(2 * Double.pi * u2))
+        out.reserveCapacity(count + 1)
+        var seed = [UInt8](repeating: 0, count: Int(randombytes_SEEDBYTES))
+        defer { sodium_memzero(&seed, seed.count) }
+        // About 1.28 uniform pairs per accepted pair; draw in blocks and top up if a block falls short.
+        while out.count < count {
+            randombytes_buf(&seed, seed.count)
+            let pairs = (count - out.count) / 2 * 135 / 100 + 16
+            var bits = [UInt64](repeating: 0, count: 2 * pairs)
+            bits.withUnsafeMutableBytes { randombytes_buf_deterministic($0.baseAddress!, $0.count, seed) }
+            var k = 0
+            while k < bits.count && out.count < count {
+                let u = Double(bits[k] >> 11) * 0x1.0p-52 - 1  // uniform in [-1, 1)
+                let v = Double(bits[k + 1] >> 11) * 0x1.0p-52 - 1
+                k += 2
+                let s = u * u + v * v
+                guard s > 0, s < 1 else { continue }
+                let factor = (-2 * log(s) / s).squareRoot()
+                out.append(u * factor)
+                out.append(v * factor)
+            }
         }
         return Array(out.prefix(count))
     }

@@ -1,3 +1,5 @@
+import CBLAS
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,52 +20,81 @@ public struct DenseLayer: Sendable, Equatable {
         bias = (0..<outputs).map { _ in generator.uniform(-bound, bound) }
     }
 
-    /// `out[n x outputs] = x[n x inputs] W^T + b`.
+    /// `out[n x outputs] = x[n x inputs] W^T + b` (OpenBLAS SGEMM).
     func forward(_ x: [Float], count n: Int) -> [Float] {
         var out = [Float](repeating: 0, count: n * outputs)
-        x.withUnsafeBufferPointer { x in
-            weight.withUnsafeBufferPointer { w in
-                out.withUnsafeMutableBufferPointer { out in
-                    for i in 0..<n {
-                        let row = x.baseAddress! + i * inputs
-                        for o in 0..<outputs {
-                            let wRow = w.baseAddress! + o * inputs
-                            var sum: Float = bias[o]
-                            for k in 0..<inputs { sum += row[k] * wRow[k] }
-                            out[i * outputs + o] = sum
-                        }
-                    }
-                }
-            }
-        }
+        guard n > 0 else { return out }
+        for i in 0..<n { for o in 0..<outputs { out[i * outputs + o] = bias[o] } }
+        cblas_sgemm(
+            CblasRowMajor,
+            CblasNoTrans,
+            CblasTrans,
+            Int32(n),
+            Int32(outputs),
+            Int32(inputs),
+            1,
+            x,
+            Int32(inputs),
+            weight,
+            Int32(inputs),
+            1,
+            &out,
+            Int32(outputs)
+        )
         return out
     }
 
     /// `dx[n x inputs] = g[n x outputs] W`.
     func backward(_ g: [Float], count n: Int) -> [Float] {
         var dx = [Float](repeating: 0, count: n * inputs)
-        for i in 0..<n {
-            for o in 0..<outputs {
-                let gi = g[i * outputs + o]
-                if gi == 0 { continue }
-                for k in 0..<inputs { dx[i * inputs + k] += gi * weight[o * inputs + k] }
-            }
-        }
+        guard n > 0 else { return dx }
+        cblas_sgemm(
+            CblasRowMajor,
+            CblasNoTrans,
+            CblasNoTrans,
+            Int32(n),
+            Int32(inputs),
+            Int32(outputs),
+            1,
+            g,
+            Int32(outputs),
+            weight,
+            Int32(inputs),
+            0,
+            &dx,
+            Int32(inputs)
+        )
         return dx
     }
 
-    /// Gradients `sum_i r_i g_i a_i^T` and `sum_i r_i g_i` (per-example weights `r`: clipping factors, or 1).
+    /// Gradients `sum_i r_i g_i a_i^T = (diag(r) G)^T A` and `sum_i r_i g_i` (per-example weights `r`: clipping factors, or 1).
     func weightedGradients(_ g: [Float], activations a: [Float], weights r: [Float], count n: Int) -> (weight: [Float], bias: [Float]) {
         var dw = [Float](repeating: 0, count: outputs * inputs)
         var db = [Float](repeating: 0, count: outputs)
+        guard n > 0 else { return (dw, db) }
+        var scaled = g
         for i in 0..<n {
             for o in 0..<outputs {
-                let gi = g[i * outputs + o] * r[i]
-                if gi == 0 { continue }
-                db[o] += gi
-                for k in 0..<inputs { dw[o * inputs + k] += gi * a[i * inputs + k] }
+                scaled[i * outputs + o] *= r[i]
+                db[o] += scaled[i * outputs + o]
             }
         }
+        cblas_sgemm(
+            CblasRowMajor,
+            CblasTrans,
+            CblasNoTrans,
+            Int32(outputs),
+            Int32(inputs),
+            Int32(n),
+            1,
+            scaled,
+            Int32(outputs),
+            a,
+            Int32(inputs),
+            0,
+            &dw,
+            Int32(inputs)
+        )
         return (dw, db)
     }
 }

@@ -91,6 +91,9 @@ public struct TrainedModel: Sendable {
     public var preprocessing: Preprocessing
     public var privacy: PrivacyReport
     public var metrics: [TaskMetric]
+    /// Wall time of the training steps alone (no data loading or evaluation), and the examples they processed.
+    public var trainingSeconds: Double
+    public var examplesProcessed: Int
 }
 
 /// Progress after each epoch: per-task mean training loss and epsilon spent so far.
@@ -162,12 +165,18 @@ public enum TrainingRun {
         )
         var trainer = try Trainer(model: model, configuration: configuration, seed: recipe.seed ?? 1)
 
+        var examplesProcessed = 0
+        let clock = ContinuousClock()
+        var trainingTime = Duration.zero
         func runEpochs(_ count: Int, phase: String) {
             for epoch in 1...max(count, 1) where count > 0 {
                 var sums = [Double](repeating: 0, count: tasks.count)
                 var examples = 0
                 for _ in 0..<stepsPerEpoch {
+                    let start = clock.now
                     let report = trainer.step(on: training)
+                    trainingTime += clock.now - start
+                    examplesProcessed += report.batchSize
                     for t in sums.indices { sums[t] += report.taskLosses[t] * Double(report.batchSize) }
                     examples += report.batchSize
                 }
@@ -199,7 +208,15 @@ public enum TrainingRun {
             segments: recipe.isPrivate ? [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma!, steps: trainer.steps)] : [],
             pruning: .init(method: "global_magnitude", targetRatio: recipe.pruningRatio ?? 0, achievedSparsity: final.weightSparsity)
         )
-        return TrainedModel(model: final, preprocessing: preprocessing, privacy: privacy, metrics: evaluate(final, on: validation))
+        let seconds = Double(trainingTime.components.seconds) + Double(trainingTime.components.attoseconds) * 1e-18
+        return TrainedModel(
+            model: final,
+            preprocessing: preprocessing,
+            privacy: privacy,
+            metrics: evaluate(final, on: validation),
+            trainingSeconds: seconds,
+            examplesProcessed: examplesProcessed
+        )
     }
 
     /// Targets per task from the table: class indices, 0/1, or (transformed) values; refuses values that do not fit the task.

@@ -1,0 +1,102 @@
+"""Workload (issue 4): N=60,000 synthetic rows, 64 features, trunk 64-256-256 ReLU, heads 10-class, binary and
+regression; expected batch 256, C=1.0, sigma=1.1, one epoch, plain SGD. Examples/s of the training steps only."""
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+
+def synthetic(rows, features, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, features)).astype(np.float32)
+    w = rng.standard_normal((features, 3)).astype(np.float32)
+    logits = x @ rng.standard_normal((features, 10)).astype(np.float32)
+    return x, logits.argmax(1), (x @ w[:, 0] > 0).astype(np.float32), (x @ w[:, 1]).astype(np.float32)
+
+
+def numpy_epoch(x, cls, binary, reg, q, sigma, clip, lr, seed=1):
+    """The same DP-SGD step in numpy: Poisson batches, ghost-norm clipping, Gaussian noise, SGD."""
+    rng = np.random.default_rng(seed)
+    n, d = x.shape
+    sizes = [d, 256, 256]
+    def layer(i, o):
+        bound = 1 / np.sqrt(i)
+        return [rng.uniform(-bound, bound, (o, i)).astype(np.float32), rng.uniform(-bound, bound, o).astype(np.float32)]
+    trunk = [layer(sizes[k], sizes[k + 1]) for k in range(2)]
+    heads = [layer(256, 10), layer(256, 1), layer(256, 1)]
+    steps = int(round(1 / q))
+    examples = 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        idx = np.nonzero(rng.random(n) < q)[0]
+        xb = x[idx]
+        examples += len(idx)
+        acts, pres, h = [xb], [], xb
+        for w, b in trunk:
+            z = h @ w.T + b
+            pres.append(z)
+            h = np.maximum(z, 0)
+            acts.append(h)
+        z0 = h @ heads[0][0].T + heads[0][1]
+        p0 = np.exp(z0 - z0.max(1, keepdims=True)); p0 /= p0.sum(1, keepdims=True)
+        g0 = p0.copy(); g0[np.arange(len(idx)), cls[idx]] -= 1
+        g1 = (1 / (1 + np.exp(-(h @ heads[1][0].T + heads[1][1])))) - binary[idx, None]
+        g2 = 2 * ((h @ heads[2][0].T + heads[2][1]) - reg[idx, None])
+        head_grads = [g0, g1, g2]
+        delta = sum(g @ hw for g, (hw, _) in zip(head_grads, heads))
+        trunk_grads = [None, None]
+        for l in (1, 0):
+            g = delta * (pres[l] > 0)
+            trunk_grads[l] = g
+            if l > 0:
+                delta = g @ trunk[l][0]
+        sq = np.zeros(len(idx), dtype=np.float32)
+        for g, a in list(zip(trunk_grads, acts[:2])) + [(g, acts[2]) for g in head_grads]:
+            sq += (g * g).sum(1) * ((a * a).sum(1) + 1)
+        r = np.minimum(1, clip / (np.sqrt(sq) + 1e-6))
+        for params, g, a in list(zip(trunk, trunk_grads, acts[:2])) + [(hp, g, acts[2]) for hp, g in zip(heads, head_grads)]:
+            gr = g * r[:, None]
+            dw = gr.T @ a + rng.normal(0, sigma * clip, params[0].shape)
+            db = gr.sum(0) + rng.normal(0, sigma * clip, params[1].shape)
+            params[0] -= lr * dw / (q * n)
+            params[1] -= lr * db / (q * n)
+    return examples / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--coffer", required=True)
+    parser.add_argument("--rows", type=int, default=60000)
+    args = parser.parse_args()
+    x, cls, binary, reg = synthetic(args.rows, 64)
+    q = 256 / args.rows
+    with tempfile.TemporaryDirectory() as work:
+        columns = [f"x{i}" for i in range(64)]
+        table = np.column_stack([x, cls, binary, reg])
+        np.savetxt(os.path.join(work, "data.csv"), table, delimiter=",", header=",".join(columns + ["cls", "bin", "reg"]), comments="", fmt="%.6g")
+        recipe = {"data": "data.csv", "features": columns, "trunk": [256, 256], "activation": "relu", "epochs": 1, "learning_rate": 0.05,
+                  "optimizer": "sgd", "momentum": 0.0, "expected_batch_size": 256, "clipping_norm": 1.0, "noise_multiplier": 1.1,
+                  "delta": 1e-5, "validation_split": 0.0, "seed": 1,
+                  "tasks": [{"name": "c", "kind": "classification", "column": "cls", "labels": [str(i) for i in range(10)]},
+                            {"name": "b", "kind": "binary", "column": "bin"}, {"name": "r", "kind": "regression", "column": "reg"}]}
+        results = {}
+        for label, overrides in (("coffer dp-sgd", {}), ("coffer non-private", {"privacy": False, "noise_multiplier": None})):
+            path = os.path.join(work, "recipe.json")
+            json.dump({**recipe, **overrides}, open(path, "w"))
+            out = subprocess.run([args.coffer, "train", "--config", path, "--out", os.path.join(work, "ckpt"), "--json"], check=True, capture_output=True, text=True)
+            report = json.loads(out.stdout)
+            results[label] = report["examples"] / report["training_seconds"]
+        results["numpy dp-sgd"] = numpy_epoch(x, cls, binary, reg, q, 1.1, 1.0, 0.05)
+    print(f"# tools/bench/training: {args.rows} rows x 64 features, trunk 64-256-256 ReLU, heads 10/1/1, q=256/N, C=1, sigma=1.1, one epoch")
+    for label, value in results.items():
+        print(f"{label:<22}{value:>12.0f} examples/s")
+    print(f"coffer / numpy (DP-SGD examples/s): {results['coffer dp-sgd'] / results['numpy dp-sgd']:.2f}  (target >= 1)")
+    print(f"DP-SGD time / non-private time: {results['coffer non-private'] / results['coffer dp-sgd']:.2f}  (target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()
