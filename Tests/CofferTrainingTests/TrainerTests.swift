@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 
 @testable import CofferTraining
@@ -98,5 +99,48 @@ struct TrainerTests {
         #expect(throws: CofferTrainingError.invalidParameter("noise multiplier must be > 0 with DP on, got -1.0")) {
             _ = try Trainer(model: model, configuration: TrainingConfiguration(learningRate: 0.1, sampleRate: 0.1, noiseMultiplier: -1), seed: 1)
         }
+    }
+}
+
+struct UncertaintyWeightingTests {
+    /// The log-variances' per-example gradients are part of each example's clipped norm.
+    @Test func normsIncludeTheLogVarianceGradients() throws {
+        let model = try MultiTaskModel(architecture: TrainerTests.architecture, seed: 2)
+        let data = TrainerTests.synthetic(count: 5, seed: 4)
+        let s: [Float] = [0.3, -0.2, 0.5]
+        let with = model.gradients(data.features, count: 5, targets: data.targets, clipNorm: nil, logVariances: s)
+        for i in 0..<5 {
+            let x = Array(data.features[(i * 4)..<(i * 4 + 4)])
+            let single = model.gradients(x, count: 1, targets: data.targets.map { [$0[i]] }, clipNorm: nil, logVariances: s)
+            var squared = single.layers.reduce(Float(0)) { $0 + $1.weight.reduce(0) { $0 + $1 * $1 } + $1.bias.reduce(0) { $0 + $1 * $1 } }
+            squared += single.logVarianceGradients.reduce(0) { $0 + $1 * $1 }
+            #expect(abs(squared.squareRoot() - with.norms[i]) <= 1e-4 * max(1, with.norms[i]))
+            // d/ds (exp(-s) w loss + s) = 1 - exp(-s) w loss
+            for t in 0..<3 {
+                let loss = Float(single.taskLosses[t])
+                #expect(abs(single.logVarianceGradients[t] - (1 - expf(-s[t]) * loss)) < 1e-4)
+            }
+        }
+    }
+
+    @Test func learnedWeightsFavourTheEasierTaskAndLossesFall() throws {
+        let data = TrainerTests.synthetic(count: 2000, seed: 8)
+        var noisy = data
+        // Task r becomes pure noise of large variance: uncertainty weighting should turn its weight down.
+        var g = SeededGenerator(seed: 9)
+        noisy.targets[2] = noisy.targets[2].map { _ in g.uniform(-20, 20) }
+        var configuration = TrainingConfiguration(
+            learningRate: 0.02,
+            optimizer: .adam(beta1: 0.9, beta2: 0.999, epsilon: 1e-8),
+            sampleRate: 0.05,
+            noiseMultiplier: 0.8
+        )
+        configuration.uncertaintyWeighting = true
+        var trainer = try Trainer(model: try MultiTaskModel(architecture: TrainerTests.architecture, seed: 3), configuration: configuration, seed: 2)
+        let initial = trainer.model.gradients(noisy.features, count: noisy.count, targets: noisy.targets, clipNorm: nil).taskLosses
+        for _ in 0..<300 { trainer.step(on: noisy) }
+        let final = trainer.model.gradients(noisy.features, count: noisy.count, targets: noisy.targets, clipNorm: nil).taskLosses
+        #expect(final[0] < initial[0] && final[1] < initial[1])
+        #expect(trainer.logVariances[2] > trainer.logVariances[0], "the noisy task's weight exp(-s) is the smallest: \(trainer.logVariances)")
     }
 }

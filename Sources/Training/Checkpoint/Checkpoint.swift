@@ -37,6 +37,7 @@ public enum Checkpoint {
             "coffer.preprocessing": try json(trained.preprocessing),
             "coffer.privacy": try json(trained.privacy),
             "coffer.metrics": try json(trained.metrics),
+            "coffer.task_balancing": try json(trained.balancing),
         ]
         return try Safetensors.encode(tensors: tensors, metadata: metadata)
     }

@@ -39,6 +39,8 @@ public struct TrainingConfiguration: Sendable, Equatable, Codable {
     /// C, the per-example clipping norm.
     public var clipNorm: Float
     public var noiseMode: GaussianNoise.Mode
+    /// Learn each task's weight by uncertainty weighting (Kendall et al. 2018) instead of keeping the fixed weights.
+    public var uncertaintyWeighting = false
 
     public init(
         learningRate: Float,
@@ -77,6 +79,8 @@ public struct Trainer: Sendable {
     private var sampler: SeededGenerator
     private var firstMoment: [[Float]]
     private var secondMoment: [[Float]]
+    /// Uncertainty weighting's log-variances `s_t`, one per task (0 at the start: weight exp(0) = 1).
+    public private(set) var logVariances: [Float]
     /// After ``prune(ratio:)``: which weights stay (per parameter tensor; biases are never pruned).
     private var masks: [[Bool]]? = nil
 
@@ -89,7 +93,9 @@ public struct Trainer: Sendable {
         self.model = model
         self.configuration = configuration
         self.sampler = SeededGenerator(seed: seed ^ 0x5DEE_CE66_D)
-        let shapes = model.layers.flatMap { [$0.weight.count, $0.bias.count] }
+        logVariances = configuration.uncertaintyWeighting ? model.architecture.tasks.map { _ in 0 } : []
+        // Parameter tensors: weight, bias for each layer, then the log-variances (empty without uncertainty weighting).
+        let shapes = model.layers.flatMap { [$0.weight.count, $0.bias.count] } + [logVariances.count]
         firstMoment = shapes.map { [Float](repeating: 0, count: $0) }
         secondMoment = shapes.map { [Float](repeating: 0, count: $0) }
     }
@@ -118,11 +124,12 @@ public struct Trainer: Sendable {
             x,
             count: indices.count,
             targets: targets,
-            clipNorm: configuration.noiseMultiplier == nil ? nil : configuration.clipNorm
+            clipNorm: configuration.noiseMultiplier == nil ? nil : configuration.clipNorm,
+            logVariances: configuration.uncertaintyWeighting ? logVariances : nil
         )
 
         // Flatten to weight, bias, weight, bias... in layer order, add noise, and scale.
-        var gradients = batch.layers.flatMap { [$0.weight, $0.bias] }
+        var gradients = batch.layers.flatMap { [$0.weight, $0.bias] } + [batch.logVarianceGradients]
         if let sigma = configuration.noiseMultiplier, let noise = noise?.value() {
             let expectedBatch = Float(q * Double(data.count))
             var offset = 0
@@ -182,18 +189,23 @@ public struct Trainer: Sendable {
                     parameter[k] -= lr * (firstMoment[p][k] / c1) / ((secondMoment[p][k] / c2).squareRoot() + epsilon)
                 }
             }
-            if let mask = masks?[p] { for k in parameter.indices where !mask[k] { parameter[k] = 0 } }
+            if let masks, p < masks.count { for k in parameter.indices where !masks[p][k] { parameter[k] = 0 } }
             setParameter(p, parameter)
         }
     }
 
     /// Parameter tensor `p` in weight, bias, weight, bias... layer order.
     private func parameter(_ p: Int) -> [Float] {
+        if p == model.layers.count * 2 { return logVariances }
         let layer = p / 2 < model.trunk.count ? model.trunk[p / 2] : model.heads[p / 2 - model.trunk.count]
         return p % 2 == 0 ? layer.weight : layer.bias
     }
 
     private mutating func setParameter(_ p: Int, _ values: [Float]) {
+        if p == model.layers.count * 2 {
+            logVariances = values
+            return
+        }
         let l = p / 2
         if l < model.trunk.count {
             if p % 2 == 0 { model.trunk[l].weight = values } else { model.trunk[l].bias = values }

@@ -10,6 +10,8 @@ public struct BatchGradients: Sendable {
     public var norms: [Float]
     /// Sum over the batch of each task's (unweighted) loss.
     public var taskLosses: [Double]
+    /// With uncertainty weighting: `sum_i r_i * d(loss_i)/d(s_t)` for each task's log-variance `s_t`.
+    public var logVarianceGradients: [Float] = []
 }
 
 extension MultiTaskModel {
@@ -22,10 +24,13 @@ extension MultiTaskModel {
     ///
     /// - Parameters:
     ///   - targets: one array of `n` values per task: class index, 0/1, or the regression target.
-    ///   - taskWeights: loss weight per task (defaults to the architecture's).
-    public func gradients(_ x: [Float], count n: Int, targets: [[Float]], clipNorm: Float?, taskWeights: [Float]? = nil) -> BatchGradients {
+    ///   - logVariances: uncertainty weighting (Kendall, Gal, Cipolla 2018): each example's loss is
+    ///     `sum_t exp(-s_t) w_t loss_t + s_t`, and the `s_t` are parameters too, their per-example gradients
+    ///     `1 - exp(-s_t) w_t loss_t` counted in the clipping norm. `nil` for fixed weights.
+    public func gradients(_ x: [Float], count n: Int, targets: [[Float]], clipNorm: Float?, logVariances: [Float]? = nil) -> BatchGradients {
         let tasks = architecture.tasks
-        let weights = taskWeights ?? tasks.map(\.weight)
+        let weights = zip(tasks, logVariances ?? tasks.map { _ in 0 }).map { $0.weight * expf(-$1) }
+        var exampleLosses = [[Float]](repeating: [Float](repeating: 0, count: n), count: tasks.count)
         let trace = trace(x, count: n)
         let last = trace.activations[trace.activations.count - 1]
         var taskLosses = [Double](repeating: 0, count: tasks.count)
@@ -42,15 +47,18 @@ extension MultiTaskModel {
                     let row = Array(z[(i * task.classes)..<((i + 1) * task.classes)])
                     let p = softmax(row)
                     let label = Int(y)
-                    taskLosses[t] += -Double(logf(max(p[label], 1e-30)))
+                    exampleLosses[t][i] = -logf(max(p[label], 1e-30))
+                    taskLosses[t] += Double(exampleLosses[t][i])
                     for c in 0..<task.classes { g[i * task.classes + c] = weights[t] * (p[c] - (c == label ? 1 : 0)) }
                 case .binary:
                     let p = sigmoid(z[i])
                     // log(1 + e^z) - y z, stably.
-                    taskLosses[t] += Double(max(z[i], 0) - z[i] * y + log1pf(expf(-abs(z[i]))))
+                    exampleLosses[t][i] = max(z[i], 0) - z[i] * y + log1pf(expf(-abs(z[i])))
+                    taskLosses[t] += Double(exampleLosses[t][i])
                     g[i] = weights[t] * (p - y)
                 case .regression:
                     let d = z[i] - y
+                    exampleLosses[t][i] = d * d
                     taskLosses[t] += Double(d * d)
                     g[i] = weights[t] * 2 * d
                 }
@@ -86,6 +94,15 @@ extension MultiTaskModel {
         }
         for (l, layer) in trunk.enumerated() { accumulate(trunkGradients[l], outputs: layer.outputs, trace.activations[l], inputs: layer.inputs) }
         for (t, head) in heads.enumerated() { accumulate(headGradients[t], outputs: head.outputs, last, inputs: head.inputs) }
+        // Uncertainty weighting: each s_t is a scalar parameter with per-example gradient 1 - exp(-s_t) w_t loss_t.
+        var logVarianceExampleGradients: [[Float]] = []
+        if logVariances != nil {
+            for t in tasks.indices {
+                let g = (0..<n).map { 1 - weights[t] * exampleLosses[t][$0] }
+                for i in 0..<n { squaredNorms[i] += g[i] * g[i] }
+                logVarianceExampleGradients.append(g)
+            }
+        }
         let norms = squaredNorms.map { $0.squareRoot() }
         // Opacus's factor: C / (norm + 1e-6), capped at 1.
         let factors = clipNorm.map { c in norms.map { min(1, c / ($0 + 1e-6)) } } ?? [Float](repeating: 1, count: n)
@@ -97,7 +114,8 @@ extension MultiTaskModel {
         for (t, head) in heads.enumerated() {
             layers.append(head.weightedGradients(headGradients[t], activations: last, weights: factors, count: n))
         }
-        return BatchGradients(layers: layers, norms: norms, taskLosses: taskLosses)
+        let logVarianceGradients = logVarianceExampleGradients.map { g in zip(g, factors).reduce(Float(0)) { $0 + $1.0 * $1.1 } }
+        return BatchGradients(layers: layers, norms: norms, taskLosses: taskLosses, logVarianceGradients: logVarianceGradients)
     }
 
     /// The batch's summed, weighted loss (for tests and reporting).

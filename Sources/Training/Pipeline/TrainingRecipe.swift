@@ -45,6 +45,8 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
     public var noiseMode: GaussianNoise.Mode?
     /// `false` trains without differential privacy (no clipping, no noise, no privacy claim).
     public var privacy: Bool?
+    /// `fixed` (default: the tasks' weights) or `uncertainty` (learned, Kendall et al. 2018).
+    public var taskBalancing: String?
 
     enum CodingKeys: String, CodingKey {
         case data, features, tasks, trunk, activation, epochs, optimizer, momentum, delta, seed, privacy
@@ -57,6 +59,7 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
         case fineTuneEpochs = "fine_tune_epochs"
         case validationSplit = "validation_split"
         case noiseMode = "noise_mode"
+        case taskBalancing = "task_balancing"
     }
 
     /// Reads a recipe; a relative `data` path is resolved against the recipe's directory.
@@ -94,6 +97,9 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
         }
         if let validationSplit, !(validationSplit >= 0 && validationSplit < 1) {
             throw .invalidConfiguration("validation_split must be in [0, 1), got \(validationSplit)")
+        }
+        if let taskBalancing, taskBalancing != "fixed", taskBalancing != "uncertainty" {
+            throw .invalidConfiguration("task_balancing must be fixed or uncertainty, got \(taskBalancing)")
         }
         if let optimizer, optimizer != "sgd", optimizer != "adam" { throw .invalidConfiguration("optimizer must be sgd or adam, got \(optimizer)") }
         if isPrivate {

@@ -86,8 +86,15 @@ public struct TaskMetric: Sendable, Equatable, Codable {
 }
 
 /// What `coffer train` produces.
+/// How the tasks' losses were weighted, and the effective weights at the end of training.
+public struct TaskBalancing: Sendable, Equatable, Codable {
+    public var method: String
+    public var weights: [String: Double]
+}
+
 public struct TrainedModel: Sendable {
     public var model: MultiTaskModel
+    public var balancing: TaskBalancing
     public var preprocessing: Preprocessing
     public var privacy: PrivacyReport
     public var metrics: [TaskMetric]
@@ -163,7 +170,9 @@ public enum TrainingRun {
             clipNorm: recipe.clippingNorm ?? 1,
             noiseMode: recipe.noiseMode ?? .standard
         )
-        var trainer = try Trainer(model: model, configuration: configuration, seed: recipe.seed ?? 1)
+        var balanced = configuration
+        balanced.uncertaintyWeighting = recipe.taskBalancing == "uncertainty"
+        var trainer = try Trainer(model: model, configuration: balanced, seed: recipe.seed ?? 1)
 
         var examplesProcessed = 0
         let clock = ContinuousClock()
@@ -209,8 +218,17 @@ public enum TrainingRun {
             pruning: .init(method: "global_magnitude", targetRatio: recipe.pruningRatio ?? 0, achievedSparsity: final.weightSparsity)
         )
         let seconds = Double(trainingTime.components.seconds) + Double(trainingTime.components.attoseconds) * 1e-18
+        let balancing = TaskBalancing(
+            method: balanced.uncertaintyWeighting ? "uncertainty" : "fixed",
+            weights: Dictionary(
+                uniqueKeysWithValues: tasks.enumerated().map { t, task in
+                    (task.name, Double(task.weight) * (balanced.uncertaintyWeighting ? exp(-Double(trainer.logVariances[t])) : 1))
+                }
+            )
+        )
         return TrainedModel(
             model: final,
+            balancing: balancing,
             preprocessing: preprocessing,
             privacy: privacy,
             metrics: evaluate(final, on: validation),
