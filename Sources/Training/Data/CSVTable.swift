@@ -1,5 +1,9 @@
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A numeric CSV table: a header row of column names, then rows of numbers.
 ///
 /// Refuses, naming the row and column: ragged rows, cells that are not numbers, NaN and infinities, and an empty table.
@@ -10,24 +14,45 @@ public struct CSVTable: Sendable {
     public var rowCount: Int { columns.isEmpty ? 0 : values.count / columns.count }
 
     public init(text: String, source: String = "input") throws(CofferTrainingError) {
-        var lines = text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
-        while lines.last?.isEmpty == true { lines.removeLast() }
-        guard let header = lines.first, !header.isEmpty else { throw .invalidData("\(source): empty file, expected a header row") }
-        let columns = header.split(separator: ",", omittingEmptySubsequences: false).map {
-            $0.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+        try self.init(bytes: Array(text.utf8), source: source)
+    }
+
+    /// Parses UTF-8 bytes directly (no `String` per cell): cells are split on commas, lines on LF or CRLF,
+    /// spaces and double quotes around a cell are ignored, and numbers are read with `strtod`.
+    init(bytes: [UInt8], source: String) throws(CofferTrainingError) {
+        var lines: [ArraySlice<UInt8>] = bytes.split(separator: 0x0A, omittingEmptySubsequences: false).map { line in
+            line.last == 0x0D ? line.dropLast() : line
         }
+        while let last = lines.last, Self.trim(last).isEmpty { lines.removeLast() }
+        guard let header = lines.first, !Self.trim(header).isEmpty else { throw .invalidData("\(source): empty file, expected a header row") }
+        let columns = header.split(separator: 0x2C, omittingEmptySubsequences: false).map { String(decoding: Self.trim($0), as: UTF8.self) }
         var values: [Double] = []
         values.reserveCapacity((lines.count - 1) * columns.count)
+        var scratch = [CChar](repeating: 0, count: 64)
         for (index, line) in lines.dropFirst().enumerated() {
             let row = index + 2  // 1-based, counting the header
-            let cells = line.split(separator: ",", omittingEmptySubsequences: false)
+            let cells = line.split(separator: 0x2C, omittingEmptySubsequences: false)
             guard cells.count == columns.count else {
                 throw .invalidData("\(source) row \(row): \(cells.count) cells, the header has \(columns.count) columns")
             }
             for (c, cell) in cells.enumerated() {
-                let text = cell.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "\""))
-                guard let value = Double(text) else { throw .invalidData("\(source) row \(row), column '\(columns[c])': '\(text)' is not a number") }
-                guard value.isFinite else { throw .invalidData("\(source) row \(row), column '\(columns[c])': \(text) is not finite") }
+                let text = Self.trim(cell)
+                if scratch.count <= text.count { scratch = [CChar](repeating: 0, count: text.count + 1) }
+                var value = Double.nan
+                var parsed = false
+                scratch.withUnsafeMutableBufferPointer { buffer in
+                    for (k, byte) in text.enumerated() { buffer[k] = CChar(bitPattern: byte) }
+                    buffer[text.count] = 0
+                    var end: UnsafeMutablePointer<CChar>? = nil
+                    value = strtod(buffer.baseAddress!, &end)
+                    parsed = !text.isEmpty && end == buffer.baseAddress! + text.count
+                }
+                guard parsed else {
+                    throw .invalidData("\(source) row \(row), column '\(columns[c])': '\(String(decoding: text, as: UTF8.self))' is not a number")
+                }
+                guard value.isFinite else {
+                    throw .invalidData("\(source) row \(row), column '\(columns[c])': \(String(decoding: text, as: UTF8.self)) is not finite")
+                }
                 values.append(value)
             }
         }
@@ -36,11 +61,18 @@ public struct CSVTable: Sendable {
         self.values = values
     }
 
+    /// A cell without surrounding spaces, tabs and double quotes.
+    private static func trim(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+        let junk: Set<UInt8> = [0x20, 0x09, 0x22, 0x0D]
+        var slice = bytes
+        while let first = slice.first, junk.contains(first) { slice = slice.dropFirst() }
+        while let last = slice.last, junk.contains(last) { slice = slice.dropLast() }
+        return slice
+    }
+
     public init(contentsOf path: String) throws(CofferTrainingError) {
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-            throw .invalidData("\(path): cannot read")
-        }
-        try self.init(text: text, source: path)
+        guard let data = FileManager.default.contents(atPath: path) else { throw .invalidData("\(path): cannot read") }
+        try self.init(bytes: Array(data), source: path)
     }
 
     /// The index of `name`, or an error naming the missing column.
