@@ -131,11 +131,15 @@ public struct Trainer: Sendable {
         // Flatten to weight, bias, weight, bias... in layer order, add noise, and scale.
         var gradients = batch.layers.flatMap { [$0.weight, $0.bias] } + [batch.logVarianceGradients]
         if let sigma = configuration.noiseMultiplier, let noise = noise?.value() {
-            let expectedBatch = Float(q * Double(data.count))
+            let scale = 1 / Float(q * Double(data.count))
             var offset = 0
-            for p in gradients.indices {
-                for k in gradients[p].indices { gradients[p][k] = (gradients[p][k] + noise[offset + k]) / expectedBatch }
-                offset += gradients[p].count
+            noise.withUnsafeBufferPointer { noise in
+                for p in gradients.indices {
+                    gradients[p].withUnsafeMutableBufferPointer { g in
+                        for k in 0..<g.count { g[k] = (g[k] + noise[offset + k]) * scale }
+                    }
+                    offset += gradients[p].count
+                }
             }
             accountant.compose(PrivacySegment(sampleRate: q, noiseMultiplier: sigma, steps: 1))
         } else if !indices.isEmpty {
@@ -173,23 +177,32 @@ public struct Trainer: Sendable {
         let t = Float(steps + 1)
         for p in gradients.indices {
             var parameter = self.parameter(p)
-            switch configuration.optimizer {
-            case .sgd(let momentum):
-                for k in parameter.indices {
-                    firstMoment[p][k] = momentum * firstMoment[p][k] + gradients[p][k]
-                    parameter[k] -= lr * firstMoment[p][k]
+            setParameter(p, [])  // drop the model's reference so the update below happens in place, without a copy
+            let mask = masks.flatMap { p < $0.count ? $0[p] : nil }
+            parameter.withUnsafeMutableBufferPointer { w in
+                gradients[p].withUnsafeBufferPointer { g in
+                    firstMoment[p].withUnsafeMutableBufferPointer { m in
+                        switch configuration.optimizer {
+                        case .sgd(let momentum):
+                            for k in 0..<w.count {
+                                m[k] = momentum * m[k] + g[k]
+                                w[k] -= lr * m[k]
+                            }
+                        case .adam(let beta1, let beta2, let epsilon):
+                            let c1 = 1 - powf(beta1, t)
+                            let c2 = 1 - powf(beta2, t)
+                            secondMoment[p].withUnsafeMutableBufferPointer { v in
+                                for k in 0..<w.count {
+                                    m[k] = beta1 * m[k] + (1 - beta1) * g[k]
+                                    v[k] = beta2 * v[k] + (1 - beta2) * g[k] * g[k]
+                                    w[k] -= lr * (m[k] / c1) / ((v[k] / c2).squareRoot() + epsilon)
+                                }
+                            }
+                        }
+                    }
                 }
-            case .adam(let beta1, let beta2, let epsilon):
-                let c1 = 1 - powf(beta1, t)
-                let c2 = 1 - powf(beta2, t)
-                for k in parameter.indices {
-                    let g = gradients[p][k]
-                    firstMoment[p][k] = beta1 * firstMoment[p][k] + (1 - beta1) * g
-                    secondMoment[p][k] = beta2 * secondMoment[p][k] + (1 - beta2) * g * g
-                    parameter[k] -= lr * (firstMoment[p][k] / c1) / ((secondMoment[p][k] / c2).squareRoot() + epsilon)
-                }
+                if let mask { for k in 0..<w.count where !mask[k] { w[k] = 0 } }
             }
-            if let masks, p < masks.count { for k in parameter.indices where !masks[p][k] { parameter[k] = 0 } }
             setParameter(p, parameter)
         }
     }

@@ -63,10 +63,10 @@ public struct CSVTable: Sendable {
 
     /// A cell without surrounding spaces, tabs and double quotes.
     private static func trim(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
-        let junk: Set<UInt8> = [0x20, 0x09, 0x22, 0x0D]
+        func junk(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x22 || byte == 0x0D }
         var slice = bytes
-        while let first = slice.first, junk.contains(first) { slice = slice.dropFirst() }
-        while let last = slice.last, junk.contains(last) { slice = slice.dropLast() }
+        while let first = slice.first, junk(first) { slice = slice.dropFirst() }
+        while let last = slice.last, junk(last) { slice = slice.dropLast() }
         return slice
     }
 
