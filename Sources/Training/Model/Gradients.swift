@@ -40,29 +40,38 @@ extension MultiTaskModel {
         for (t, task) in tasks.enumerated() {
             let z = trace.outputs[t]
             var g = [Float](repeating: 0, count: z.count)
+            var losses = [Float](repeating: 0, count: n)
+            let w = weights[t]
             for i in 0..<n {
                 let y = targets[t][i]
                 switch task.kind {
                 case .classification:
-                    let row = Array(z[(i * task.classes)..<((i + 1) * task.classes)])
-                    let p = softmax(row)
+                    // Softmax in place in g (no array per example), then its gradient p - onehot.
+                    let k = task.classes
+                    let base = i * k
+                    var top = z[base]
+                    for c in 1..<k { top = max(top, z[base + c]) }
+                    var sum: Float = 0
+                    for c in 0..<k {
+                        let e = expf(z[base + c] - top)
+                        g[base + c] = e
+                        sum += e
+                    }
                     let label = Int(y)
-                    exampleLosses[t][i] = -logf(max(p[label], 1e-30))
-                    taskLosses[t] += Double(exampleLosses[t][i])
-                    for c in 0..<task.classes { g[i * task.classes + c] = weights[t] * (p[c] - (c == label ? 1 : 0)) }
+                    losses[i] = -logf(max(g[base + label] / sum, 1e-30))
+                    for c in 0..<k { g[base + c] = w * (g[base + c] / sum - (c == label ? 1 : 0)) }
                 case .binary:
-                    let p = sigmoid(z[i])
                     // log(1 + e^z) - y z, stably.
-                    exampleLosses[t][i] = max(z[i], 0) - z[i] * y + log1pf(expf(-abs(z[i])))
-                    taskLosses[t] += Double(exampleLosses[t][i])
-                    g[i] = weights[t] * (p - y)
+                    losses[i] = max(z[i], 0) - z[i] * y + log1pf(expf(-abs(z[i])))
+                    g[i] = w * (sigmoid(z[i]) - y)
                 case .regression:
                     let d = z[i] - y
-                    exampleLosses[t][i] = d * d
-                    taskLosses[t] += Double(d * d)
-                    g[i] = weights[t] * 2 * d
+                    losses[i] = d * d
+                    g[i] = w * 2 * d
                 }
             }
+            taskLosses[t] = losses.reduce(0) { $0 + Double($1) }
+            exampleLosses[t] = losses
             headGradients.append(g)
         }
 
@@ -84,12 +93,16 @@ extension MultiTaskModel {
         // Ghost norms: |grad_i|^2 = sum over layers of |g_i|^2 (|a_i|^2 + 1).
         var squaredNorms = [Float](repeating: 0, count: n)
         func accumulate(_ g: [Float], outputs: Int, _ a: [Float], inputs: Int) {
-            for i in 0..<n {
-                var gg: Float = 0
-                for o in 0..<outputs { gg += g[i * outputs + o] * g[i * outputs + o] }
-                var aa: Float = 1
-                for k in 0..<inputs { aa += a[i * inputs + k] * a[i * inputs + k] }
-                squaredNorms[i] += gg * aa
+            g.withUnsafeBufferPointer { g in
+                a.withUnsafeBufferPointer { a in
+                    for i in 0..<n {
+                        var gg: Float = 0
+                        for o in 0..<outputs { gg += g[i * outputs + o] * g[i * outputs + o] }
+                        var aa: Float = 1
+                        for k in 0..<inputs { aa += a[i * inputs + k] * a[i * inputs + k] }
+                        squaredNorms[i] += gg * aa
+                    }
+                }
             }
         }
         for (l, layer) in trunk.enumerated() { accumulate(trunkGradients[l], outputs: layer.outputs, trace.activations[l], inputs: layer.inputs) }
