@@ -1,5 +1,3 @@
-import CBLAS
-
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,27 +18,12 @@ public struct DenseLayer: Sendable, Equatable {
         bias = (0..<outputs).map { _ in generator.uniform(-bound, bound) }
     }
 
-    /// `out[n x outputs] = x[n x inputs] W^T + b` (OpenBLAS SGEMM).
+    /// `out[n x outputs] = x[n x inputs] W^T + b`.
     func forward(_ x: [Float], count n: Int) -> [Float] {
         var out = [Float](repeating: 0, count: n * outputs)
         guard n > 0 else { return out }
         for i in 0..<n { for o in 0..<outputs { out[i * outputs + o] = bias[o] } }
-        cblas_sgemm(
-            CblasRowMajor,
-            CblasNoTrans,
-            CblasTrans,
-            Int32(n),
-            Int32(outputs),
-            Int32(inputs),
-            1,
-            x,
-            Int32(inputs),
-            weight,
-            Int32(inputs),
-            1,
-            &out,
-            Int32(outputs)
-        )
+        MatrixKernels.multiplyTransposed(x, weight, into: &out, m: n, n: outputs, k: inputs)
         return out
     }
 
@@ -48,22 +31,7 @@ public struct DenseLayer: Sendable, Equatable {
     func backward(_ g: [Float], count n: Int) -> [Float] {
         var dx = [Float](repeating: 0, count: n * inputs)
         guard n > 0 else { return dx }
-        cblas_sgemm(
-            CblasRowMajor,
-            CblasNoTrans,
-            CblasNoTrans,
-            Int32(n),
-            Int32(inputs),
-            Int32(outputs),
-            1,
-            g,
-            Int32(outputs),
-            weight,
-            Int32(inputs),
-            0,
-            &dx,
-            Int32(inputs)
-        )
+        MatrixKernels.multiply(g, weight, into: &dx, m: n, n: inputs, k: outputs)
         return dx
     }
 
@@ -79,22 +47,7 @@ public struct DenseLayer: Sendable, Equatable {
                 db[o] += scaled[i * outputs + o]
             }
         }
-        cblas_sgemm(
-            CblasRowMajor,
-            CblasTrans,
-            CblasNoTrans,
-            Int32(outputs),
-            Int32(inputs),
-            Int32(n),
-            1,
-            scaled,
-            Int32(outputs),
-            a,
-            Int32(inputs),
-            0,
-            &dw,
-            Int32(inputs)
-        )
+        MatrixKernels.multiplyFirstTransposed(scaled, a, into: &dw, m: outputs, n: inputs, k: n)
         return (dw, db)
     }
 }

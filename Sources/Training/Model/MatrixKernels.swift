@@ -1,0 +1,105 @@
+import CBLAS
+import Foundation
+
+/// The three matrix products of a dense layer, on OpenBLAS (the default) or on hand-written Swift SIMD.
+///
+/// Both exist so that the choice is measured, not assumed: `COFFER_MATMUL=simd` selects the Swift kernels,
+/// and `tools/bench/training --compare-kernels` runs the same training with each (README, "Performance").
+enum MatrixKernels {
+    enum Backend: String { case blas, simd }
+
+    static let backend = Backend(rawValue: ProcessInfo.processInfo.environment["COFFER_MATMUL"] ?? "") ?? .blas
+
+    /// `c[m x n] += a[m x k] * b[n x k]^T` (row-major): a dense layer's forward pass.
+    static func multiplyTransposed(_ a: [Float], _ b: [Float], into c: inout [Float], m: Int, n: Int, k: Int, backend: Backend = backend) {
+        guard m > 0, n > 0 else { return }
+        switch backend {
+        case .blas:
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(k), 1, &c, Int32(n))
+        case .simd:
+            a.withUnsafeBufferPointer { a in
+                b.withUnsafeBufferPointer { b in
+                    c.withUnsafeMutableBufferPointer { c in
+                        for i in 0..<m { for j in 0..<n { c[i * n + j] += dot(a.baseAddress! + i * k, b.baseAddress! + j * k, k) } }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `c[m x n] = a[m x k] * b[k x n]` (row-major): a dense layer's input gradient.
+    static func multiply(_ a: [Float], _ b: [Float], into c: inout [Float], m: Int, n: Int, k: Int, backend: Backend = backend) {
+        guard m > 0, n > 0 else { return }
+        switch backend {
+        case .blas:
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(n), 0, &c, Int32(n))
+        case .simd:
+            a.withUnsafeBufferPointer { a in
+                b.withUnsafeBufferPointer { b in
+                    c.withUnsafeMutableBufferPointer { c in
+                        for i in 0..<(m * n) { c[i] = 0 }
+                        for i in 0..<m {
+                            for p in 0..<k where a[i * k + p] != 0 { axpy(a[i * k + p], b.baseAddress! + p * n, c.baseAddress! + i * n, n) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `c[m x n] = a[k x m]^T * b[k x n]` (row-major): a dense layer's weight gradient summed over examples.
+    static func multiplyFirstTransposed(_ a: [Float], _ b: [Float], into c: inout [Float], m: Int, n: Int, k: Int, backend: Backend = backend) {
+        guard m > 0, n > 0, k > 0 else { return }
+        switch backend {
+        case .blas:
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(m), b, Int32(n), 0, &c, Int32(n))
+        case .simd:
+            a.withUnsafeBufferPointer { a in
+                b.withUnsafeBufferPointer { b in
+                    c.withUnsafeMutableBufferPointer { c in
+                        for i in 0..<(m * n) { c[i] = 0 }
+                        for p in 0..<k {
+                            for i in 0..<m where a[p * m + i] != 0 { axpy(a[p * m + i], b.baseAddress! + p * n, c.baseAddress! + i * n, n) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dot product of two length-`count` vectors, eight lanes at a time.
+    @inline(__always)
+    static func dot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ count: Int) -> Float {
+        var sum = SIMD8<Float>(repeating: 0)
+        var i = 0
+        while i + 8 <= count {
+            let u = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+            let v = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
+            sum.addProduct(u, v)
+            i += 8
+        }
+        var total = sum.sum()
+        while i < count {
+            total += x[i] * y[i]
+            i += 1
+        }
+        return total
+    }
+
+    /// `y += alpha * x` over `count` floats, eight lanes at a time.
+    @inline(__always)
+    static func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int) {
+        let a = SIMD8<Float>(repeating: alpha)
+        var i = 0
+        while i + 8 <= count {
+            var v = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
+            v.addProduct(a, UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+            UnsafeMutableRawPointer(y + i).storeBytes(of: v, as: SIMD8<Float>.self)
+            i += 8
+        }
+        while i < count {
+            y[i] += alpha * x[i]
+            i += 1
+        }
+    }
+}

@@ -1,0 +1,27 @@
+import Testing
+
+@testable import CofferTraining
+
+/// The Swift SIMD kernels compute what OpenBLAS computes, on sizes with and without an 8-lane tail.
+struct MatrixKernelTests {
+    @Test(arguments: [(3, 5, 7), (16, 8, 24), (9, 17, 33), (1, 1, 1)])
+    func simdAgreesWithBLAS(m: Int, n: Int, k: Int) {
+        var g = SeededGenerator(seed: UInt64(m * 1000 + n * 10 + k))
+        func matrix(_ count: Int) -> [Float] { (0..<count).map { _ in g.uniform(-1, 1) } }
+        let a = matrix(m * k)
+        let bT = matrix(n * k)
+        let b = matrix(k * n)
+        let aT = matrix(k * m)
+        var blas = [Float](repeating: 0.5, count: m * n)
+        var simd = blas
+        MatrixKernels.multiplyTransposed(a, bT, into: &blas, m: m, n: n, k: k, backend: .blas)
+        MatrixKernels.multiplyTransposed(a, bT, into: &simd, m: m, n: n, k: k, backend: .simd)
+        #expect(zip(blas, simd).allSatisfy { abs($0 - $1) < 1e-4 })
+        MatrixKernels.multiply(a, b, into: &blas, m: m, n: n, k: k, backend: .blas)
+        MatrixKernels.multiply(a, b, into: &simd, m: m, n: n, k: k, backend: .simd)
+        #expect(zip(blas, simd).allSatisfy { abs($0 - $1) < 1e-4 })
+        MatrixKernels.multiplyFirstTransposed(aT, b, into: &blas, m: m, n: n, k: k, backend: .blas)
+        MatrixKernels.multiplyFirstTransposed(aT, b, into: &simd, m: m, n: n, k: k, backend: .simd)
+        #expect(zip(blas, simd).allSatisfy { abs($0 - $1) < 1e-4 })
+    }
+}
