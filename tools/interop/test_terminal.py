@@ -20,6 +20,7 @@ def run_on_terminal(args, cwd, answers=(), timeout=30):
         os.chdir(cwd)
         os.execve(COFFER, [COFFER, *args], env)
     screen, pending, deadline = b"", list(answers), time.time() + timeout
+    answered = 0  # screen length when the last answer was sent: only a prompt printed after it is answered
     while time.time() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.1)
         if ready:
@@ -30,9 +31,17 @@ def run_on_terminal(args, cwd, answers=(), timeout=30):
             if not data:
                 break
             screen += data
-            if pending and screen.rstrip().endswith(b":"):
+            if pending and screen[answered:].rstrip().endswith(b":"):
                 os.write(fd, pending.pop(0) + b"\n")
-    _, status = os.waitpid(pid, 0)
+                answered = len(screen)
+    finished, status = os.waitpid(pid, os.WNOHANG)
+    while finished == 0 and time.time() < deadline + 5:  # the terminal closed a moment before the process exits
+        time.sleep(0.01)
+        finished, status = os.waitpid(pid, os.WNOHANG)
+    if finished == 0:  # still waiting for input after the deadline: fail, never hang
+        os.kill(pid, 9)
+        _, status = os.waitpid(pid, 0)
+        return -9, screen.decode(errors="replace")
     return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")
 
 

@@ -57,16 +57,18 @@ public enum Passphrase {
     }
 
     private static func readHidden(fd: Int32, prompt: String) throws(CofferCryptoError) -> SecureBytes {
-        _ = prompt.withCString { write(fd, $0, strlen($0)) }
+        // Echo off (and type-ahead discarded) before the prompt is shown: an answer typed after the prompt
+        // appears is never flushed away.
         var saved = termios()
         tcgetattr(fd, &saved)
         var silent = saved
         silent.c_lflag &= ~tcflag_t(ECHO)
         tcsetattr(fd, TCSAFLUSH, &silent)
         defer {
-            tcsetattr(fd, TCSAFLUSH, &saved)
+            tcsetattr(fd, TCSANOW, &saved)
             _ = write(fd, "\n", 1)
         }
+        _ = prompt.withCString { write(fd, $0, strlen($0)) }
         let buffer = SecureBytes(count: maximumLength)
         let length = buffer.withUnsafeMutableBytes { out -> Int in
             var total = 0
