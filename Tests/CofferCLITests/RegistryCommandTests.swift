@@ -14,6 +14,18 @@ struct RegistryCommandTests {
         return dir
     }
 
+    /// `coffer push m model` as a process not yet started, for tests that run several at once or kill it.
+    private func pushProcess(_ dir: Scratch) -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
+        process.arguments = ["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home")]
+        process.currentDirectoryURL = dir.url
+        process.environment = ["COFFER_PASSPHRASE": "test passphrase"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        return process
+    }
+
     private func coffer(_ args: [String], _ dir: Scratch, passphrase: String? = "test passphrase") throws -> CofferProcess.Output {
         try CofferProcess.run(args + ["--home", dir.path("home")], in: dir.url, passphrase: passphrase)
     }
@@ -100,16 +112,7 @@ struct RegistryCommandTests {
 
     @Test func concurrentPushesFromTwoProcessesGetDistinctVersions() throws {
         let dir = try setUp()
-        let processes = (0..<2).map { _ in
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
-            process.arguments = ["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home")]
-            process.currentDirectoryURL = dir.url
-            process.environment = ["COFFER_PASSPHRASE": "test passphrase"]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            return process
-        }
+        let processes = (0..<2).map { _ in pushProcess(dir) }
         for process in processes { try process.run() }
         for process in processes { process.waitUntilExit() }
         #expect(processes.allSatisfy { $0.terminationStatus == 0 })
@@ -127,13 +130,7 @@ struct RegistryCommandTests {
         #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<12 {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
-            process.arguments = ["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home")]
-            process.currentDirectoryURL = dir.url
-            process.environment = ["COFFER_PASSPHRASE": "test passphrase"]
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
+            let process = pushProcess(dir)
             try process.run()
             usleep(UInt32.random(in: 0...250_000, using: &generator))
             kill(process.processIdentifier, SIGKILL)

@@ -87,15 +87,7 @@ extension Registry {
         let summaries = try database.read { db in
             try Row.fetchAll(
                 db,
-                sql: """
-                    SELECT v.*, m.name AS model_name, p.version AS parent_version, pm.name AS parent_model,
-                        (SELECT group_concat(alias, char(31)) FROM aliases a WHERE a.version_id = v.id) AS alias_list,
-                        (SELECT group_concat(key || char(30) || value, char(31)) FROM tags t WHERE t.version_id = v.id) AS tag_list
-                    FROM versions v JOIN models m ON m.id = v.model_id
-                    LEFT JOIN versions p ON p.id = v.parent_version_id LEFT JOIN models pm ON pm.id = p.model_id
-                    \(whereSQL)
-                    ORDER BY v.created_at DESC, v.id DESC\(limitSQL)
-                    """,
+                sql: "\(Self.summarySelect) \(whereSQL) ORDER BY v.created_at DESC, v.id DESC\(limitSQL)",
                 arguments: StatementArguments(arguments)
             ).map(Self.summary)
         }
@@ -110,14 +102,7 @@ extension Registry {
             Self.summary(
                 try Row.fetchOne(
                     db,
-                    sql: """
-                        SELECT v.*, m.name AS model_name, p.version AS parent_version, pm.name AS parent_model,
-                            (SELECT group_concat(alias, char(31)) FROM aliases a WHERE a.version_id = v.id) AS alias_list,
-                            (SELECT group_concat(key || char(30) || value, char(31)) FROM tags t WHERE t.version_id = v.id) AS tag_list
-                        FROM versions v JOIN models m ON m.id = v.model_id
-                        LEFT JOIN versions p ON p.id = v.parent_version_id LEFT JOIN models pm ON pm.id = p.model_id
-                        WHERE v.id = ?
-                        """,
+                    sql: "\(Self.summarySelect) WHERE v.id = ?",
                     arguments: [id]
                 )!
             )
@@ -152,6 +137,15 @@ extension Registry {
     func modelExists(_ name: String) throws(CofferRegistryError) -> Bool {
         try database.read { db in try Int64.fetchOne(db, sql: "SELECT id FROM models WHERE name = ?", arguments: [name]) != nil }
     }
+
+    /// A version row with its model name, parent, aliases and tags (unit and record separators join the lists).
+    private static let summarySelect = """
+        SELECT v.*, m.name AS model_name, p.version AS parent_version, pm.name AS parent_model,
+            (SELECT group_concat(alias, char(31)) FROM aliases a WHERE a.version_id = v.id) AS alias_list,
+            (SELECT group_concat(key || char(30) || value, char(31)) FROM tags t WHERE t.version_id = v.id) AS tag_list
+        FROM versions v JOIN models m ON m.id = v.model_id
+        LEFT JOIN versions p ON p.id = v.parent_version_id LEFT JOIN models pm ON pm.id = p.model_id
+        """
 
     private static func summary(_ row: Row) -> VersionSummary {
         let privacy = PrivacyMetadata(row: row)
