@@ -16,7 +16,7 @@ struct Coffer: ParsableCommand {
         version: "0.1.0",
         subcommands: [
             Keygen.self, Seal.self, Unseal.self, Attestation.self, Init.self, Trust.self, Push.self, Pull.self, Verify.self, List.self,
-            Show.self, Alias.self, Tag.self, Log.self, Fsck.self, GC.self, Privacy.self, CheckpointCommand.self, Train.self, Predict.self,
+            Show.self, Alias.self, Tag.self, Log.self, Fsck.self, GC.self, Privacy.self, CheckpointCommand.self, Train.self, Predict.self, Synth.self,
         ]
     )
 

@@ -15,23 +15,33 @@ extension Coffer {
             @Option(name: .long, help: "Noise multiplier sigma (> 0).") var noiseMultiplier: Double
             @Option(name: .long, help: "Number of steps.") var steps: Int
             @Option(name: .long, help: "Target delta, in (0, 1).") var delta: Double
-            @Option(name: .long, help: "Accountant: rdp.") var accountant: String = "rdp"
-            @Flag(name: .long, help: "Print JSON: {epsilon, order, delta, accountant}.") var json = false
+            @Option(name: .long, help: "Accountant: rdp or pld.") var accountant: String = "rdp"
+            @Flag(name: .long, help: "Print JSON: {epsilon, delta, accountant} and, for RDP, order.") var json = false
 
             func run() throws {
-                guard accountant == "rdp" else {
-                    throw CLIError("accountant '\(accountant)' is not available yet: use rdp (the PLD accountant is still to come)")
-                }
                 try PrivacyParameters.validate(sampleRate: sampleRate, noiseMultiplier: noiseMultiplier, steps: steps, delta: delta)
-                var rdp = RDPAccountant()
-                rdp.compose(PrivacySegment(sampleRate: sampleRate, noiseMultiplier: noiseMultiplier, steps: steps))
-                let (epsilon, order) = rdp.epsilon(delta: delta)
-                if json {
-                    JSONOutput.print(
-                        .object(["epsilon": .number(epsilon), "order": .number(order), "delta": .number(delta), "accountant": .string("rdp")])
-                    )
-                } else {
-                    print("epsilon \(epsilon) at delta \(delta) (RDP, optimal order \(order))")
+                let segment = PrivacySegment(sampleRate: sampleRate, noiseMultiplier: noiseMultiplier, steps: steps)
+                switch accountant {
+                case "rdp":
+                    var rdp = RDPAccountant()
+                    rdp.compose(segment)
+                    let (epsilon, order) = rdp.epsilon(delta: delta)
+                    if json {
+                        JSONOutput.print(
+                            .object(["epsilon": .number(epsilon), "order": .number(order), "delta": .number(delta), "accountant": .string("rdp")])
+                        )
+                    } else {
+                        print("epsilon \(epsilon) at delta \(delta) (RDP, optimal order \(order))")
+                    }
+                case "pld":
+                    let epsilon = try PLDAccountant().epsilon(segments: [segment], delta: delta)
+                    if json {
+                        JSONOutput.print(.object(["epsilon": .number(epsilon), "delta": .number(delta), "accountant": .string("pld")]))
+                    } else {
+                        print("epsilon \(epsilon) at delta \(delta) (PLD, discretization 1e-4)")
+                    }
+                default:
+                    throw CLIError("unknown accountant '\(accountant)': use rdp or pld")
                 }
             }
         }

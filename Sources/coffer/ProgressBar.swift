@@ -1,4 +1,5 @@
 import CofferCrypto
+import CofferTraining
 import Foundation
 
 #if canImport(Glibc)
@@ -60,5 +61,41 @@ final class ProgressBar {
             unit += 1
         }
         return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+    }
+}
+
+/// Training progress on stderr: on a terminal, a bar through each epoch's steps with the running per-task loss
+/// and epsilon spent so far; then (terminal or not, unless `quiet`) one line per finished epoch.
+final class EpochProgress {
+    private let tasks: [String]
+    private let tty = isatty(STDERR_FILENO) == 1
+    private let quiet: Bool
+    private var lastDraw = Date.distantPast
+
+    init(tasks: [String], quiet: Bool) {
+        self.tasks = tasks
+        self.quiet = quiet
+    }
+
+    func update(_ progress: TrainingProgress) {
+        let summary = zip(tasks, progress.taskLosses).map { "\($0) \(String(format: "%.4f", $1))" }.joined(separator: ", ")
+        let epsilon = progress.epsilon.map { String(format: ", epsilon %.3f", $0) } ?? ""
+        let head = "\(progress.phase) epoch \(progress.epoch)/\(progress.epochs)"
+        if progress.isEndOfEpoch {
+            if tty {
+                FileDescriptorStream.standardError.writeLine("\r\(head): loss \(summary)\(epsilon)\u{1B}[K")
+            } else if !quiet {
+                FileDescriptorStream.standardError.writeLine("\(head): loss \(summary)\(epsilon)")
+            }
+            return
+        }
+        let now = Date()
+        guard tty, now.timeIntervalSince(lastDraw) >= 0.1 else { return }
+        lastDraw = now
+        let width = 20
+        let filled = progress.step * width / max(progress.steps, 1)
+        let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+        let line = "\r\(head) [\(bar)] step \(progress.step)/\(progress.steps): loss \(summary)\(epsilon)\u{1B}[K"
+        try? Array(line.utf8).withUnsafeBytes { try FileDescriptorStream.standardError.write($0) }
     }
 }

@@ -29,13 +29,8 @@ extension Coffer {
             // Fail early on registry and identity problems, before spending the privacy budget on training.
             let store = push == nil ? nil : try registry.open()
             let publisher = try identity.map { path throws(CofferCryptoError) in try passphraseOptions.unlockIdentity(at: path) }
-            let tty = isatty(STDERR_FILENO) == 1
-            let trained = try TrainingRun.run(recipe) { report in
-                guard tty || !json else { return }
-                let losses = zip(recipe.tasks, report.taskLosses).map { "\($0.name) \(String(format: "%.4f", $1))" }.joined(separator: ", ")
-                let epsilon = report.epsilon.map { String(format: ", epsilon %.3f", $0) } ?? ""
-                FileDescriptorStream.standardError.writeLine("\(report.phase) epoch \(report.epoch)/\(report.epochs): loss \(losses)\(epsilon)")
-            }
+            let bar = EpochProgress(tasks: recipe.tasks.map(\.name), quiet: json)
+            let trained = try TrainingRun.run(recipe, progress: bar.update)
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             try FileBytes.write(try Checkpoint.encode(trained), to: "\(out)/\(Checkpoint.modelFile)", mode: 0o600, overwrite: true)
             try FileBytes.write(try Checkpoint.privacyJSON(trained.privacy), to: "\(out)/\(Checkpoint.privacyFile)", mode: 0o644, overwrite: true)
@@ -55,8 +50,11 @@ extension Coffer {
             } else {
                 for metric in trained.metrics { print("validation \(metric.task) \(metric.metric) \(String(format: "%.4f", metric.value))") }
                 if let epsilon = p.epsilon, let delta = p.delta, let segment = p.segments.first {
+                    let method =
+                        p.accountant == "pld"
+                        ? "PLD accounting (RDP: \(String(format: "%.4f", p.epsilonRDP ?? 0)))" : "RDP accounting, order \(p.order ?? 0)"
                     print(
-                        "privacy: (\(String(format: "%.4f", epsilon)), \(delta))-DP by RDP accounting, order \(p.order ?? 0); "
+                        "privacy: (\(String(format: "%.4f", epsilon)), \(delta))-DP by \(method); "
                             + "sigma \(String(format: "%.4f", segment.noiseMultiplier)), q \(String(format: "%.6f", segment.sampleRate)), \(segment.steps) steps, C \(p.maxGradNorm ?? 0)"
                     )
                 } else {
@@ -85,10 +83,21 @@ extension Coffer {
         @Option(name: .long, help: "Checkpoint directory (model.safetensors).") var checkpoint: String
         @Option(name: .long, help: "CSV with the model's feature columns.") var input: String
         @Flag(name: .long, help: "Print JSON: one object per row, keyed by task.") var json = false
+        @Flag(name: .long, help: "The CSV also holds the task columns: print per-task metrics instead of predictions.") var evaluate = false
 
         func run() throws {
             let (model, preprocessing) = try Checkpoint.load(directory: checkpoint)
             let table = try CSVTable(contentsOf: input)
+            if evaluate {
+                let metrics = try TrainingRun.evaluate(model, preprocessing: preprocessing, labelled: table)
+                if json {
+                    return JSONOutput.print(
+                        .object(Dictionary(uniqueKeysWithValues: metrics.map { ("\($0.task).\($0.metric)", JSONValue.number($0.value)) }))
+                    )
+                }
+                for metric in metrics { print("\(metric.task) \(metric.metric) \(String(format: "%.4f", metric.value))") }
+                return
+            }
             let predictions = model.predict(try preprocessing.features(of: table), count: table.rowCount)
             var rows: [JSONValue] = []
             for i in 0..<table.rowCount {
@@ -121,6 +130,35 @@ extension Coffer {
                 }
                 print("row \(i + 1): \(text.joined(separator: "  "))")
             }
+        }
+    }
+}
+
+extension Coffer {
+    struct Synth: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write a synthetic multi-task dataset (DIR/data.csv) and a DP training configuration for it (DIR/recipe.json)."
+        )
+
+        @Option(name: .long, help: "Rows.") var rows: Int = 10_000
+        @Option(name: .long, help: "Feature columns x0, x1, ...") var features: Int = 16
+        @Option(name: .long, help: "Classes of the classification task.") var classes: Int = 4
+        @Option(name: .long, help: "Seed: the same seed writes the same bytes.") var seed: UInt64 = 0
+        @Option(name: .long, help: "Output directory.") var out: String
+
+        func run() throws {
+            let data = try SyntheticData(rows: rows, features: features, classes: classes, seed: seed)
+            let tasks = try JSONSerialization.jsonObject(with: JSONEncoder().encode(data.tasks))
+            let recipe: [String: Any] = [
+                "data": "data.csv", "features": data.featureColumns, "tasks": tasks, "trunk": [64, 64], "activation": "relu",
+                "epochs": 2, "learning_rate": 0.05, "optimizer": "sgd", "momentum": 0.9, "expected_batch_size": min(256, max(1, rows / 10)),
+                "clipping_norm": 1.0, "noise_multiplier": 1.1, "delta": 1e-5, "validation_split": 0.2, "seed": 1,
+            ]
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            try FileBytes.write(Array(data.csv().utf8), to: "\(out)/data.csv", mode: 0o644, overwrite: true)
+            let json = try JSONSerialization.data(withJSONObject: recipe, options: [.prettyPrinted, .sortedKeys])
+            try FileBytes.write(Array(json) + [0x0A], to: "\(out)/recipe.json", mode: 0o644, overwrite: true)
+            print("wrote \(out)/data.csv (\(rows) rows, \(features) features, tasks cls/bin/reg) and \(out)/recipe.json")
         }
     }
 }

@@ -69,6 +69,42 @@ struct TrainCommandTests {
         #expect(!dir.exists("o"))
     }
 
+    @Test func evaluateScoresALabelledCSVAndRefusesUnseenClasses() throws {
+        let dir = try Scratch()
+        try recipe(dir, ["pruning_ratio": 0])
+        #expect(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "ckpt"], in: dir.url).status == 0)
+        let scored = try CofferProcess.run(["predict", "--checkpoint", "ckpt", "--input", "data.csv", "--evaluate", "--json"], in: dir.url)
+        let metrics = try JSONSerialization.jsonObject(with: scored.stdout) as? [String: Double]
+        #expect(Set(metrics?.keys.map { $0 } ?? []) == ["c.accuracy", "r.rmse", "f.auc"])
+        try dir.write("unseen.csv", Data("a,b,label,value,flag\n0.5,1,0,1,0\n0.5,1,3,1,0\n".utf8))
+        expectFailure(
+            try CofferProcess.run(["predict", "--checkpoint", "ckpt", "--input", "unseen.csv", "--evaluate"], in: dir.url),
+            "row 3, column 'label': class 3 of task 'c' was not seen in training (3 classes)"
+        )
+        try dir.write("unlabelled.csv", Data("a,b\n0.5,1\n".utf8))
+        expectFailure(
+            try CofferProcess.run(["predict", "--checkpoint", "ckpt", "--input", "unlabelled.csv", "--evaluate"], in: dir.url),
+            "label"
+        )
+    }
+
+    @Test func synthWritesAReproducibleDatasetAndARecipeThatTrains() throws {
+        let dir = try Scratch()
+        for out in ["s1", "s2"] {
+            let synth = try CofferProcess.run(
+                ["synth", "--rows", "600", "--features", "4", "--classes", "3", "--seed", "5", "--out", out],
+                in: dir.url
+            )
+            #expect(synth.status == 0, "\(synth.stderr)")
+        }
+        let first = try Data(contentsOf: dir.url.appendingPathComponent("s1/data.csv"))
+        #expect(first == (try Data(contentsOf: dir.url.appendingPathComponent("s2/data.csv"))), "same seed, same bytes")
+        #expect(String(decoding: first, as: UTF8.self).hasPrefix("x0,x1,x2,x3,cls,bin,reg\n"))
+        let train = try CofferProcess.run(["train", "--config", "s1/recipe.json", "--out", "ckpt", "--json"], in: dir.url)
+        #expect(train.status == 0, "\(train.stderr)")
+        expectFailure(try CofferProcess.run(["synth", "--rows", "0", "--out", "s3"], in: dir.url), "rows must be > 0")
+    }
+
     @Test func privacyCommandMatchesTheReference() throws {
         let dir = try Scratch()
         let out = try CofferProcess.run(
@@ -88,5 +124,13 @@ struct TrainCommandTests {
             ),
             "sample rate must be in (0, 1]"
         )
+        let reference = [
+            "privacy", "epsilon", "--sample-rate", "0.004266666666666667", "--noise-multiplier", "1.1", "--steps", "14062", "--delta", "1e-5",
+        ]
+        let pld = try CofferProcess.run(reference + ["--accountant", "pld", "--json"], in: dir.url)
+        let pldJSON = try JSONSerialization.jsonObject(with: pld.stdout) as? [String: Any]
+        #expect(abs((pldJSON?["epsilon"] as? Double ?? 0) - 2.3817) < 1e-3)
+        #expect(pldJSON?["accountant"] as? String == "pld")
+        expectFailure(try CofferProcess.run(reference + ["--accountant", "moments"], in: dir.url), "unknown accountant 'moments': use rdp or pld")
     }
 }

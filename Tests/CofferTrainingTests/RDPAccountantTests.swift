@@ -21,10 +21,12 @@ struct RDPAccountantTests {
     @Test func segmentsComposeBySummingRDP() {
         var split = RDPAccountant()
         split.compose(PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 300))
-        split.compose(PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 700))
+        split.compose(PrivacySegment(sampleRate: 0.02, noiseMultiplier: 1.0, steps: 700))
         var whole = RDPAccountant()
-        whole.compose(PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 1000))
+        whole.compose(PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 300))
+        for _ in 0..<700 { whole.compose(PrivacySegment(sampleRate: 0.02, noiseMultiplier: 1.0, steps: 1)) }
         #expect(abs(split.epsilon(delta: 1e-5).epsilon - whole.epsilon(delta: 1e-5).epsilon) < 1e-9)
+        #expect(split.segments == whole.segments, "consecutive steps with the same parameters extend one segment")
         #expect(split.segments.count == 2)
     }
 

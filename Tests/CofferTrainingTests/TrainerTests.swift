@@ -37,7 +37,7 @@ struct TrainerTests {
         let final = trainer.model.gradients(data.features, count: data.count, targets: data.targets, clipNorm: nil).taskLosses
         for t in initial.indices { #expect(final[t] < 0.8 * initial[t], "task \(t): \(initial[t]) -> \(final[t])") }
         #expect(trainer.steps == 400)
-        #expect(trainer.accountant.segments.count == 400)
+        #expect(trainer.accountant.segments == [PrivacySegment(sampleRate: 0.05, noiseMultiplier: 1.0, steps: 400)])
         var reference = RDPAccountant()
         reference.compose(PrivacySegment(sampleRate: 0.05, noiseMultiplier: 1.0, steps: 400))
         #expect(abs(trainer.accountant.epsilon(delta: 1e-5).epsilon - reference.epsilon(delta: 1e-5).epsilon) < 1e-9)

@@ -10,12 +10,11 @@ import time
 import numpy as np
 
 
-def synthetic(rows, features, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((rows, features)).astype(np.float32)
-    w = rng.standard_normal((features, 3)).astype(np.float32)
-    logits = x @ rng.standard_normal((features, 10)).astype(np.float32)
-    return x, logits.argmax(1), (x @ w[:, 0] > 0).astype(np.float32), (x @ w[:, 1]).astype(np.float32)
+def synthetic(coffer, rows, work):
+    """The dataset both sides train on, from Coffer's own generator (`coffer synth`): x0..x63, cls (10), bin, reg."""
+    subprocess.run([coffer, "synth", "--rows", str(rows), "--features", "64", "--classes", "10", "--out", work], check=True, capture_output=True)
+    table = np.loadtxt(os.path.join(work, "data.csv"), delimiter=",", skiprows=1, dtype=np.float32)
+    return table[:, :64], table[:, 64].astype(np.int64), table[:, 65], table[:, 66]
 
 
 def numpy_epoch(x, cls, binary, reg, q, sigma, clip, lr, seed=1):
@@ -72,17 +71,14 @@ def main():
     parser.add_argument("--coffer", required=True)
     parser.add_argument("--rows", type=int, default=60000)
     args = parser.parse_args()
-    x, cls, binary, reg = synthetic(args.rows, 64)
     q = 256 / args.rows
     with tempfile.TemporaryDirectory() as work:
+        x, cls, binary, reg = synthetic(args.coffer, args.rows, work)
         columns = [f"x{i}" for i in range(64)]
-        table = np.column_stack([x, cls, binary, reg])
-        np.savetxt(os.path.join(work, "data.csv"), table, delimiter=",", header=",".join(columns + ["cls", "bin", "reg"]), comments="", fmt="%.6g")
         recipe = {"data": "data.csv", "features": columns, "trunk": [256, 256], "activation": "relu", "epochs": 1, "learning_rate": 0.05,
                   "optimizer": "sgd", "momentum": 0.0, "expected_batch_size": 256, "clipping_norm": 1.0, "noise_multiplier": 1.1,
                   "delta": 1e-5, "validation_split": 0.0, "seed": 1,
-                  "tasks": [{"name": "c", "kind": "classification", "column": "cls", "labels": [str(i) for i in range(10)]},
-                            {"name": "b", "kind": "binary", "column": "bin"}, {"name": "r", "kind": "regression", "column": "reg"}]}
+                  "tasks": json.load(open(os.path.join(work, "recipe.json")))["tasks"]}
         results = {}
         runs = [("coffer dp-sgd", {}, "blas"), ("coffer non-private", {"privacy": False, "noise_multiplier": None}, "blas"),
                 ("coffer dp-sgd, SIMD", {}, "simd")]

@@ -1,4 +1,4 @@
-"""Coffer's RDP accountant (`coffer privacy epsilon`) against Google's dp_accounting 0.6.0, over a grid."""
+"""Coffer's RDP and PLD accountants (`coffer privacy epsilon`) against Google's dp_accounting 0.6.0, over grids."""
 import itertools
 import json
 import math
@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 from dp_accounting import dp_event
+from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from test_interop import COFFER
@@ -43,3 +44,24 @@ def test_sigma_calibration_is_tight():
     sigma = json.loads(out.stdout)["noise_multiplier"]
     assert reference(256 / 60000, sigma, 14062, 1e-5)[0] <= 3
     assert reference(256 / 60000, sigma * (1 - 1e-5), 14062, 1e-5)[0] > 3
+
+
+# PLD: the grids dp_accounting needs grow with epsilon, so the PLD grid stops where both sides stay under a second.
+PLD_CASES = [(q, sigma, steps) for q, sigma, steps in itertools.product([1e-3, 0.01, 0.1], [0.8, 2.0, 5.0], [1, 100, 3000])
+             if not (q == 0.1 and sigma == 0.8 and steps == 3000)] + [(256 / 60000, 1.1, 14062)]
+
+
+@pytest.mark.parametrize("q,sigma,steps", PLD_CASES)
+def test_pld_epsilon_is_within_1_percent_of_dp_accounting_and_never_below(q, sigma, steps):
+    for delta in DELTAS:
+        out = subprocess.run([COFFER, "privacy", "epsilon", "--sample-rate", str(q), "--noise-multiplier", str(sigma),
+                              "--steps", str(steps), "--delta", str(delta), "--accountant", "pld", "--json"],
+                             capture_output=True, text=True, check=True)
+        ours = json.loads(out.stdout)["epsilon"]
+        accountant = pld_privacy_accountant.PLDAccountant()
+        accountant.compose(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
+        expected = accountant.get_epsilon(delta)
+        label = f"q={q} sigma={sigma} steps={steps} delta={delta}: coffer {ours}, dp_accounting {expected}"
+        assert ours >= expected, label
+        assert ours <= expected * 1.01, label
+        assert ours <= expected * (1 + 2e-4) + 1e-12, label  # in practice: the 1e-4 safety margin, and FFT round-off

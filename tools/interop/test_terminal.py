@@ -2,7 +2,9 @@
 
 Drives the real binary (COFFER_BIN) with Python's pty module; no COFFER_PASSPHRASE in the environment.
 """
+import json
 import os
+import re
 import pty
 import select
 import time
@@ -66,3 +68,15 @@ def test_mismatched_repeat_is_refused(tmp_path):
     assert status == 1
     assert "the two passphrases differ" in screen
     assert not (tmp_path / "keys" / "dave.key").exists()
+
+
+def test_training_shows_a_bar_per_epoch_with_loss_and_epsilon(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    recipe = json.loads(open(os.path.join(root, "examples", "randhie.json")).read())
+    recipe.update(data=os.path.join(root, "data", "randhie.csv"), epochs=2, fine_tune_epochs=1, trunk=[16])
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    status, screen = run_on_terminal(["train", "--config", "recipe.json", "--out", "ckpt"], tmp_path, timeout=120)
+    assert status == 0, screen
+    assert re.search(r"train epoch 1/2 \[[#.]{20}\] step \d+/\d+: loss visits [\d.]+, health [\d.]+, limited [\d.]+, epsilon [\d.]+", screen), screen
+    for line in ("train epoch 1/2: loss", "train epoch 2/2: loss", "fine-tune epoch 1/1: loss"):
+        assert line in screen, screen

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from dp_accounting import dp_event
+from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 from safetensors import safe_open
 
@@ -67,11 +68,18 @@ def test_numpy_reproduces_coffer_predictions(tmp_path):
 def test_dp_accounting_recomputes_the_claimed_epsilon(tmp_path):
     train(tmp_path, target_epsilon=2.0)
     privacy = json.loads((tmp_path / "ckpt" / "privacy.json").read_text())
-    accountant = rdp_privacy_accountant.RdpAccountant()
-    for s in privacy["segments"]:
-        accountant.compose(dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(s["sample_rate"], dp_event.GaussianDpEvent(s["noise_multiplier"])), s["steps"]))
-    epsilon = accountant.get_epsilon(privacy["delta"])
-    assert abs(epsilon - privacy["epsilon"]) <= 1e-6 * epsilon
-    assert epsilon <= 2.0 + 1e-9
-    assert privacy["epsilon_pld"] is None
+    events = [dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(s["sample_rate"], dp_event.GaussianDpEvent(s["noise_multiplier"])),
+                                           s["steps"]) for s in privacy["segments"]]
+    rdp = rdp_privacy_accountant.RdpAccountant()
+    pld = pld_privacy_accountant.PLDAccountant()
+    for event in events:
+        rdp.compose(event)
+        pld.compose(event)
+    epsilon_rdp = rdp.get_epsilon(privacy["delta"])
+    epsilon_pld = pld.get_epsilon(privacy["delta"])
+    assert abs(epsilon_rdp - privacy["epsilon_rdp"]) <= 1e-6 * epsilon_rdp
+    assert epsilon_rdp <= 2.0 + 1e-9, "calibrated to the target by RDP"
+    assert epsilon_pld <= privacy["epsilon_pld"] <= epsilon_pld * 1.01
+    assert privacy["epsilon"] == min(privacy["epsilon_rdp"], privacy["epsilon_pld"]) < 2.0
+    assert privacy["accountant"] == "pld"
     assert abs(privacy["pruning"]["achieved_sparsity"] - 0.5) < 1e-3

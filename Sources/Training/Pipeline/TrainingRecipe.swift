@@ -22,6 +22,26 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
             case name, kind, column, transform, labels, weight, threshold
             case oneHot = "one_hot"
         }
+
+        public init(
+            name: String,
+            kind: TaskSpec.Kind,
+            column: String? = nil,
+            transform: String? = nil,
+            oneHot: [String]? = nil,
+            labels: [String]? = nil,
+            weight: Float? = nil,
+            threshold: Double? = nil
+        ) {
+            self.name = name
+            self.kind = kind
+            self.column = column
+            self.transform = transform
+            self.oneHot = oneHot
+            self.labels = labels
+            self.weight = weight
+            self.threshold = threshold
+        }
     }
 
     public var data: String

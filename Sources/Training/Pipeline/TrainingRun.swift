@@ -60,7 +60,7 @@ public struct PrivacyReport: Sendable, Equatable, Codable {
         case datasetSize = "dataset_size"
     }
 
-    /// Every key is written, `null` where there is no value (`epsilon_pld` until the PLD accountant exists).
+    /// Every key is written, `null` where there is no value.
     public func encode(to encoder: any Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(mechanism, forKey: .mechanism)
@@ -103,18 +103,23 @@ public struct TrainedModel: Sendable {
     public var examplesProcessed: Int
 }
 
-/// Progress after each epoch: per-task mean training loss and epsilon spent so far.
-public struct EpochReport: Sendable {
+/// Progress after each step: where training is, per-task mean training loss over the epoch so far, and
+/// epsilon spent so far (RDP, cheap enough to recompute at every step).
+public struct TrainingProgress: Sendable {
+    public var phase: String
     public var epoch: Int
     public var epochs: Int
-    public var phase: String
+    public var step: Int
+    public var steps: Int
     public var taskLosses: [Double]
     public var epsilon: Double?
+
+    public var isEndOfEpoch: Bool { step == steps }
 }
 
 /// Loads the data, trains with DP-SGD, prunes and fine-tunes, evaluates: `coffer train`'s whole job.
 public enum TrainingRun {
-    public static func run(_ recipe: TrainingRecipe, progress: ((EpochReport) -> Void)? = nil) throws(CofferTrainingError) -> TrainedModel {
+    public static func run(_ recipe: TrainingRecipe, progress: ((TrainingProgress) -> Void)? = nil) throws(CofferTrainingError) -> TrainedModel {
         let table = try CSVTable(contentsOf: recipe.data)
         var generator = SeededGenerator(seed: recipe.seed ?? 1)
         var order = Array(0..<table.rowCount)
@@ -181,18 +186,26 @@ public enum TrainingRun {
             for epoch in 1...max(count, 1) where count > 0 {
                 var sums = [Double](repeating: 0, count: tasks.count)
                 var examples = 0
-                for _ in 0..<stepsPerEpoch {
+                for step in 1...stepsPerEpoch {
                     let start = clock.now
                     let report = trainer.step(on: training)
                     trainingTime += clock.now - start
                     examplesProcessed += report.batchSize
                     for t in sums.indices { sums[t] += report.taskLosses[t] * Double(report.batchSize) }
                     examples += report.batchSize
+                    guard let progress else { continue }
+                    progress(
+                        TrainingProgress(
+                            phase: phase,
+                            epoch: epoch,
+                            epochs: count,
+                            step: step,
+                            steps: stepsPerEpoch,
+                            taskLosses: sums.map { $0 / Double(max(examples, 1)) },
+                            epsilon: recipe.isPrivate ? trainer.accountant.epsilon(delta: recipe.delta!).epsilon : nil
+                        )
+                    )
                 }
-                let epsilon = recipe.isPrivate ? trainer.accountant.epsilon(delta: recipe.delta!).epsilon : nil
-                progress?(
-                    EpochReport(epoch: epoch, epochs: count, phase: phase, taskLosses: sums.map { $0 / Double(max(examples, 1)) }, epsilon: epsilon)
-                )
             }
         }
         runEpochs(recipe.epochs, phase: "train")
@@ -202,19 +215,23 @@ public enum TrainingRun {
         }
 
         let final = trainer.model
-        let (epsilon, bestOrder) = recipe.isPrivate ? trainer.accountant.epsilon(delta: recipe.delta!) : (Double.nan, Double.nan)
+        let segments = recipe.isPrivate ? [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma!, steps: trainer.steps)] : []
+        let (epsilonRDP, bestOrder) = recipe.isPrivate ? trainer.accountant.epsilon(delta: recipe.delta!) : (Double.nan, Double.nan)
+        // PLD is tighter; when its grid would be too large the RDP bound stands alone.
+        let epsilonPLD = recipe.isPrivate ? try? PLDAccountant().epsilon(segments: segments, delta: recipe.delta!) : nil
+        let pldIsTighter = epsilonPLD.map { $0 < epsilonRDP } ?? false
         let privacy = PrivacyReport(
             mechanism: recipe.isPrivate ? "dp-sgd" : "none",
-            epsilon: recipe.isPrivate ? epsilon : nil,
-            epsilonRDP: recipe.isPrivate ? epsilon : nil,
-            epsilonPLD: nil,
+            epsilon: recipe.isPrivate ? (pldIsTighter ? epsilonPLD : epsilonRDP) : nil,
+            epsilonRDP: recipe.isPrivate ? epsilonRDP : nil,
+            epsilonPLD: epsilonPLD,
             delta: recipe.isPrivate ? recipe.delta : nil,
-            accountant: recipe.isPrivate ? "rdp" : nil,
+            accountant: recipe.isPrivate ? (pldIsTighter ? "pld" : "rdp") : nil,
             order: recipe.isPrivate ? bestOrder : nil,
             maxGradNorm: recipe.isPrivate ? Double(configuration.clipNorm) : nil,
             noiseMode: recipe.isPrivate ? configuration.noiseMode.rawValue : nil,
             datasetSize: training.count,
-            segments: recipe.isPrivate ? [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma!, steps: trainer.steps)] : [],
+            segments: segments,
             pruning: .init(method: "global_magnitude", targetRatio: recipe.pruningRatio ?? 0, achievedSparsity: final.weightSparsity)
         )
         let seconds = Double(trainingTime.components.seconds) + Double(trainingTime.components.attoseconds) * 1e-18
@@ -262,6 +279,11 @@ public enum TrainingRun {
                         guard v >= 0, v.rounded() == v else {
                             throw .invalidData("row \(row + 2), column '\(source.column!)': class \(v) is not a class index")
                         }
+                        if let labels = source.labels, Int(v) >= labels.count {
+                            throw .invalidData(
+                                "row \(row + 2), column '\(source.column!)': class \(Int(v)) is not one of the \(labels.count) labelled classes"
+                            )
+                        }
                         values.append(Float(v))
                         classes = max(classes, Int(v) + 1)
                     }
@@ -300,6 +322,30 @@ public enum TrainingRun {
             all.append(values)
         }
         return (specs, all)
+    }
+
+    /// The model's validation metrics on a labelled table (its feature and task columns, as in training).
+    /// A class the model was never trained on is refused, naming the row, column and class.
+    public static func evaluate(
+        _ model: MultiTaskModel,
+        preprocessing: Preprocessing,
+        labelled table: CSVTable
+    ) throws(CofferTrainingError) -> [TaskMetric] {
+        let (specs, targets) = try targets(preprocessing.tasks, table: table)
+        for (t, task) in model.architecture.tasks.enumerated() where task.kind == .classification && specs[t].classes > task.classes {
+            let row = targets[t].firstIndex { Int($0) >= task.classes }!
+            let column = preprocessing.tasks[t].column ?? task.name
+            throw .invalidData(
+                "row \(row + 2), column '\(column)': class \(Int(targets[t][row])) of task '\(task.name)' was not seen in training (\(task.classes) classes)"
+            )
+        }
+        let data = Dataset(
+            features: try preprocessing.features(of: table),
+            targets: targets,
+            count: table.rowCount,
+            inputs: preprocessing.features.count
+        )
+        return evaluate(model, on: data)
     }
 
     /// Accuracy for classification, ROC AUC for binary tasks, RMSE for regression.

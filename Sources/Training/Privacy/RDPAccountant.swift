@@ -40,17 +40,23 @@ public struct RDPAccountant: Sendable {
     /// Accumulated RDP at each order.
     public private(set) var rdp: [Double]
     public private(set) var segments: [PrivacySegment] = []
+    private var lastPerStep: [Double] = []
 
     public init(orders: [Double] = RDPAccountant.defaultOrders) {
         self.orders = orders
         self.rdp = Array(repeating: 0, count: orders.count)
     }
 
-    /// Adds a segment: RDP composes by summing, order by order.
+    /// Adds a segment: RDP composes by summing, order by order. A segment with the parameters of the last one
+    /// extends it (DP-SGD composes one step at a time), and reuses its per-step RDP.
     public mutating func compose(_ segment: PrivacySegment) {
-        let perStep = Self.rdp(sampleRate: segment.sampleRate, noiseMultiplier: segment.noiseMultiplier, orders: orders)
-        for i in rdp.indices { rdp[i] += perStep[i] * Double(segment.steps) }
-        segments.append(segment)
+        if let last = segments.last, last.sampleRate == segment.sampleRate, last.noiseMultiplier == segment.noiseMultiplier {
+            segments[segments.count - 1].steps += segment.steps
+        } else {
+            lastPerStep = Self.rdp(sampleRate: segment.sampleRate, noiseMultiplier: segment.noiseMultiplier, orders: orders)
+            segments.append(segment)
+        }
+        for i in rdp.indices { rdp[i] += lastPerStep[i] * Double(segment.steps) }
     }
 
     /// The smallest ε over the orders for `delta`, and the order that achieves it.
