@@ -52,6 +52,7 @@ let package = Package(
             name: "CofferRegistry",
             dependencies: [
                 "CofferCrypto",
+                "CofferTraining",
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             path: "Sources/Registry",

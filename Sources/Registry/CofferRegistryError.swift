@@ -20,6 +20,10 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case notARecipient(String)
     case tampered(String)
     case destinationExists(String)
+    case refused(String)
+    case principalExists(String)
+    case unknownPrincipal(String)
+    case sessionRefused(String)
     case databaseBusy
     case database(String)
     case io(path: String, reason: String)
@@ -45,6 +49,10 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
         case .notARecipient(let ref): "this identity holds no key for \(ref)"
         case .tampered(let what): "integrity check failed: \(what)"
         case .destinationExists(let path): "\(path) already exists; pull into an empty directory"
+        case .refused(let why): "refused: \(why)"
+        case .principalExists(let name): "principal \(name) already exists (or its key is already registered)"
+        case .unknownPrincipal(let name): "unknown principal \(name)"
+        case .sessionRefused(let why): "session refused: \(why)"
         case .databaseBusy: "the registry database is locked by another process (busy timeout expired); try again"
         case .database(let why): "registry database error: \(why)"
         case .io(let path, let reason): "\(path): \(reason)"

@@ -10,11 +10,17 @@ extension Coffer {
 
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
+        @Option(name: .long, help: "The owner's public identity (NAME.pub): its first principal, an admin. From then on every operation is checked.")
+        var owner: String?
 
         func run() throws {
+            let ownerIdentity = try owner.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase for the registry identity: ", confirm: true)
             let created = try Registry.create(at: registry.resolvedHome, passphrase: passphrase)
-            print("registry created at \(created.home) (identity \(created.identity.keyID))")
+            if let ownerIdentity {
+                try created.addPrincipal(name: ownerIdentity.name, identity: ownerIdentity, roles: [], by: nil)
+            }
+            print("registry created at \(created.home) (identity \(created.identity.keyID))\(ownerIdentity.map { ", owned by \($0.name)" } ?? "")")
         }
     }
 

@@ -99,38 +99,43 @@ extension Coffer {
                 return
             }
             let predictions = model.predict(try preprocessing.features(of: table), count: table.rowCount)
-            var rows: [JSONValue] = []
-            for i in 0..<table.rowCount {
-                var row: [String: JSONValue] = [:]
-                for (t, task) in model.architecture.tasks.enumerated() {
-                    switch task.kind {
-                    case .classification:
-                        let probabilities = Array(predictions[t][(i * task.classes)..<((i + 1) * task.classes)])
-                        let best = probabilities.indices.max { probabilities[$0] < probabilities[$1] }!
-                        let labels = preprocessing.tasks[t].labels
-                        row[task.name] = .object([
-                            "class": labels.map { .string($0[best]) } ?? .number(Double(best)),
-                            "probabilities": .array(probabilities.map { .number(Double($0)) }),
-                        ])
-                    case .binary, .regression:
-                        row[task.name] = .number(Double(predictions[t][i]))
-                    }
-                }
-                rows.append(.object(row))
-            }
-            if json { return JSONOutput.print(.array(rows)) }
-            for (i, row) in rows.enumerated() {
-                guard case .object(let fields) = row else { continue }
-                let text = fields.keys.sorted().map { key -> String in
-                    switch fields[key]! {
-                    case .number(let v): "\(key)=\(String(format: "%.4f", v))"
-                    case .object(let o): "\(key)=\(o["class"].map { "\($0.stringValue ?? String(format: "%g", $0.numberValue ?? 0))" } ?? "?")"
-                    default: key
-                    }
-                }
-                print("row \(i + 1): \(text.joined(separator: "  "))")
+            printPredictions(predictions, tasks: model.architecture.tasks, preprocessing: preprocessing, rows: table.rowCount, json: json)
+        }
+    }
+}
+
+/// Prints per-task predictions, one row per input row: `coffer predict` and `coffer infer` alike.
+func printPredictions(_ predictions: [[Float]], tasks: [TaskSpec], preprocessing: Preprocessing, rows count: Int, json: Bool) {
+    var rows: [JSONValue] = []
+    for i in 0..<count {
+        var row: [String: JSONValue] = [:]
+        for (t, task) in tasks.enumerated() {
+            switch task.kind {
+            case .classification:
+                let probabilities = Array(predictions[t][(i * task.classes)..<((i + 1) * task.classes)])
+                let best = probabilities.indices.max { probabilities[$0] < probabilities[$1] }!
+                let labels = preprocessing.tasks[t].labels
+                row[task.name] = .object([
+                    "class": labels.map { .string($0[best]) } ?? .number(Double(best)),
+                    "probabilities": .array(probabilities.map { .number(Double($0)) }),
+                ])
+            case .binary, .regression:
+                row[task.name] = .number(Double(predictions[t][i]))
             }
         }
+        rows.append(.object(row))
+    }
+    if json { return JSONOutput.print(.array(rows)) }
+    for (i, row) in rows.enumerated() {
+        guard case .object(let fields) = row else { continue }
+        let text = fields.keys.sorted().map { key -> String in
+            switch fields[key]! {
+            case .number(let v): "\(key)=\(String(format: "%.4f", v))"
+            case .object(let o): "\(key)=\(o["class"].map { "\($0.stringValue ?? String(format: "%g", $0.numberValue ?? 0))" } ?? "?")"
+            default: key
+            }
+        }
+        print("row \(i + 1): \(text.joined(separator: "  "))")
     }
 }
 

@@ -13,7 +13,8 @@ public struct SecretKey: ~Copyable {
         SecretKey(bytes: SecureBytes.random(count: byteCount))
     }
 
-    init(bytes: consuming SecureBytes) {
+    /// Takes ownership of 32 secret bytes.
+    public init(bytes: consuming SecureBytes) {
         precondition(bytes.count == Self.byteCount, "a SecretKey holds exactly 32 bytes")
         self.bytes = bytes
     }
@@ -30,7 +31,7 @@ public struct SecretKey: ~Copyable {
     }
 
     /// Derives a subkey: keyed BLAKE2b-256 of `label || context` under this key (docs/FORMAT.md, "Key derivation").
-    func derive(label: String, context: [UInt8]) -> SecretKey {
+    public func derive(label: String, context: [UInt8]) -> SecretKey {
         let message = Array(label.utf8) + context
         let out = SecureBytes(count: Self.byteCount)
         withUnsafeBytes { key in
@@ -49,7 +50,7 @@ public struct SecretKey: ~Copyable {
     }
 
     /// Keyed BLAKE2b-256 of `message` under this key; the result is public (a MAC or an identifier).
-    func mac(_ message: [UInt8]) -> [UInt8] {
+    public func mac(_ message: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)
         withUnsafeBytes { key in
             _ = crypto_generichash(

@@ -15,6 +15,31 @@ extension Registry {
     ) throws(CofferRegistryError)
         -> PushResult
     {
+        let actor = try principal(for: publisher)
+        try require(.publisher, on: request.model, by: actor, action: "push", target: request.model)
+        do {
+            let result = try pushVersion(request, publisher: publisher, progress: progress)
+            try audit(
+                principal: actor.name,
+                action: "push",
+                target: "\(result.model):\(result.version)",
+                outcome: .ok,
+                reason: "sha256:\(result.digest)"
+            )
+            return result
+        } catch {
+            try? audit(principal: actor.name, action: "push", target: request.model, outcome: .failed, reason: error.description)
+            throw error
+        }
+    }
+
+    private func pushVersion(
+        _ request: PushRequest,
+        publisher: borrowing Identity,
+        progress: ((Int) -> Void)?
+    ) throws(CofferRegistryError)
+        -> PushResult
+    {
         try ModelReference.validate(name: request.model)
         if let version = request.version { try ModelReference.validate(version: version) }
         if let alias = request.alias { try ModelReference.validate(version: alias) }

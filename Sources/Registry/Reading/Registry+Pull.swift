@@ -33,6 +33,33 @@ extension Registry {
     )
         throws(CofferRegistryError) -> PullResult
     {
+        let actor = try principal(for: identity)
+        try require(.reader, on: reference.name, by: actor, action: "pull", target: reference.description)
+        try require(.decrypt, on: reference.name, by: actor, action: "pull", target: reference.description)
+        do {
+            let result = try pullVersion(reference, identity: identity, into: directory, progress: progress)
+            try audit(
+                principal: actor.name,
+                action: "pull",
+                target: "\(result.model):\(result.version)",
+                outcome: .ok,
+                reason: "\(result.files.count) files"
+            )
+            return result
+        } catch {
+            try? audit(principal: actor.name, action: "pull", target: reference.description, outcome: .failed, reason: error.description)
+            throw error
+        }
+    }
+
+    private func pullVersion(
+        _ reference: ModelReference,
+        identity: borrowing Identity,
+        into directory: String,
+        progress: ((Int) -> Void)?
+    )
+        throws(CofferRegistryError) -> PullResult
+    {
         let stored = try loadVersion(try resolve(reference).id)
         let (statement, signer) = try authenticate(stored)
         let dataKey = try unwrapDataKey(stored, identity: identity)

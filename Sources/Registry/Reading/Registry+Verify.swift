@@ -186,11 +186,20 @@ extension Registry {
 
     /// Verifies as ``verify(_:)`` does, and also decrypts every file in memory and checks its plaintext digest.
     public func verify(_ reference: ModelReference, readingDataWith identity: borrowing Identity) throws(CofferRegistryError) -> VerifyReport {
-        let stored = try loadVersion(try resolve(reference).id)
-        let (statement, signer) = try authenticate(stored)
-        let dataKey = try unwrapDataKey(stored, identity: identity)
-        for file in statement.files { try open(file, of: stored, dataKey: dataKey, into: DiscardingSink()) }
-        return report(stored, signer: signer, files: statement.files.count, readData: true)
+        let actor = try principal(for: identity)
+        try require(.reader, on: reference.name, by: actor, action: "verify", target: reference.description)
+        try require(.decrypt, on: reference.name, by: actor, action: "verify", target: reference.description)
+        do {
+            let stored = try loadVersion(try resolve(reference).id)
+            let (statement, signer) = try authenticate(stored)
+            let dataKey = try unwrapDataKey(stored, identity: identity)
+            for file in statement.files { try open(file, of: stored, dataKey: dataKey, into: DiscardingSink()) }
+            try audit(principal: actor.name, action: "verify", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "read data")
+            return report(stored, signer: signer, files: statement.files.count, readData: true)
+        } catch {
+            try? audit(principal: actor.name, action: "verify", target: reference.description, outcome: .failed, reason: error.description)
+            throw error
+        }
     }
 
     private func report(_ stored: StoredVersion, signer: PublicIdentity, files: Int, readData: Bool) -> VerifyReport {

@@ -1,0 +1,180 @@
+public import CofferCrypto
+import Foundation
+import GRDB
+
+/// One entry of the audit log.
+public struct AuditEntry: Sendable, Equatable, Codable {
+    public enum Outcome: String, Sendable, Codable { case ok, refused, failed }
+
+    public var seq: Int64
+    public var at: String
+    public var principal: String
+    public var action: String
+    public var target: String
+    public var outcome: Outcome
+    public var reason: String
+
+    /// SHA-256("coffer/v1/audit" || u64be(seq) || each field as u32be(length) || UTF-8 || prev_hash): docs/FORMAT.md.
+    func hash(previous: [UInt8]) -> [UInt8] {
+        var message = Array("coffer/v1/audit".utf8)
+        appendBigEndian(UInt64(seq), width: 8, to: &message)
+        for field in [at, principal, action, target, outcome.rawValue, reason] {
+            let bytes = Array(field.utf8)
+            appendBigEndian(UInt64(bytes.count), width: 4, to: &message)
+            message += bytes
+        }
+        message += previous
+        return Digest.sha256(message)
+    }
+}
+
+/// What `audit verify` found.
+public struct AuditReport: Sendable, Equatable {
+    public var entries: Int
+    /// The highest sequence number covered by a valid registry signature (0: none).
+    public var signedThrough: Int64
+    /// Entries after the last signed head: chained, but not yet signed.
+    public var unsigned: Int
+}
+
+extension Registry {
+    static let genesisHash = [UInt8](repeating: 0, count: 32)
+
+    /// Appends an entry, chained to the last one, in its own write transaction.
+    func audit(principal: String, action: String, target: String, outcome: AuditEntry.Outcome, reason: String) throws(CofferRegistryError) {
+        try database.write { db in
+            let last = try Row.fetchOne(db, sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            let previous: [UInt8] = last.map { Array(($0["entry_hash"] as Data)) } ?? Self.genesisHash
+            let entry = AuditEntry(
+                seq: (last?["seq"] ?? 0) + 1,
+                at: Self.now(),
+                principal: principal,
+                action: action,
+                target: target,
+                outcome: outcome,
+                reason: reason
+            )
+            try db.execute(
+                sql: """
+                    INSERT INTO audit_log (seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [
+                    entry.seq, entry.at, entry.principal, entry.action, entry.target, entry.outcome.rawValue, entry.reason, Data(previous),
+                    Data(entry.hash(previous: previous)),
+                ]
+            )
+        }
+    }
+
+    /// Entries at or after `since` (RFC 3339), oldest first.
+    public func auditEntries(since: String? = nil) throws(CofferRegistryError) -> [AuditEntry] {
+        try database.read { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT seq, at, principal, action, target, outcome, reason FROM audit_log WHERE ? IS NULL OR at >= ? ORDER BY seq",
+                arguments: [since, since]
+            ).map { row in
+                AuditEntry(
+                    seq: row["seq"],
+                    at: row["at"],
+                    principal: row["principal"],
+                    action: row["action"],
+                    target: row["target"],
+                    outcome: AuditEntry.Outcome(rawValue: row["outcome"]) ?? .failed,
+                    reason: row["reason"]
+                )
+            }
+        }
+    }
+
+    /// The message the registry signs for a chain head.
+    static func headMessage(seq: Int64, hash: [UInt8]) -> [UInt8] {
+        var message = Array("coffer/v1/audit-head".utf8)
+        appendBigEndian(UInt64(seq), width: 8, to: &message)
+        return message + hash
+    }
+
+    /// Signs the current chain head with the registry's identity (whose key the caller unlocked).
+    @discardableResult
+    public func signAuditHead(with registryIdentity: borrowing Identity) throws(CofferRegistryError) -> Int64 {
+        guard registryIdentity.publicIdentity.keyID == identity.keyID else {
+            throw .refused("audit heads are signed with the registry's own identity (\(Self.identityName).key)")
+        }
+        let head = try database.read { db in try Row.fetchOne(db, sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1") }
+        guard let head else { return 0 }
+        let seq: Int64 = head["seq"]
+        let hash = Array(head["entry_hash"] as Data)
+        let signature = registryIdentity.signEd25519(Self.headMessage(seq: seq, hash: hash))
+        try database.write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO audit_heads (seq, entry_hash, signed_at, signature) VALUES (?, ?, ?, ?)",
+                arguments: [seq, Data(hash), Self.now(), Data(signature)]
+            )
+        }
+        return seq
+    }
+
+    /// Recomputes the chain from the first entry and checks every signed head against the registry's key.
+    ///
+    /// - Throws: ``CofferRegistryError/tampered(_:)`` naming the first bad entry: an edited entry (its hash no longer
+    ///   matches), a deleted, inserted or reordered one (a gap in the sequence or a broken link), or a chain rewritten
+    ///   under a signed head.
+    public func verifyAudit() throws(CofferRegistryError) -> AuditReport {
+        let heads = try database.read { db in
+            try Row.fetchAll(db, sql: "SELECT seq, entry_hash, signature FROM audit_heads ORDER BY seq").map {
+                (seq: $0["seq"] as Int64, hash: Array($0["entry_hash"] as Data), signature: Array($0["signature"] as Data))
+            }
+        }
+        for head in heads
+        where !SignatureVerifier.verifyEd25519(
+            signature: head.signature,
+            message: Self.headMessage(seq: head.seq, hash: head.hash),
+            publicKey: identity.ed25519
+        ) {
+            throw .tampered("audit head at entry \(head.seq) does not carry a valid registry signature")
+        }
+        var headsBySeq = Dictionary(uniqueKeysWithValues: heads.map { ($0.seq, $0.hash) })
+        var count = 0
+        var lastSeq: Int64 = 0
+        let problem: String? = try database.read { db in
+            var previous = Self.genesisHash
+            let cursor = try Row.fetchCursor(
+                db,
+                sql: "SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log ORDER BY seq"
+            )
+            while let row = try cursor.next() {
+                let seq: Int64 = row["seq"]
+                guard seq == lastSeq + 1 else { return "entry \(lastSeq + 1) is missing (deleted, or entries reordered)" }
+                let storedPrevious = Array(row["prev_hash"] as Data)
+                guard storedPrevious == previous else { return "entry \(seq) does not link to entry \(seq - 1) (inserted, deleted or reordered)" }
+                let entry = AuditEntry(
+                    seq: seq,
+                    at: row["at"],
+                    principal: row["principal"],
+                    action: row["action"],
+                    target: row["target"],
+                    outcome: AuditEntry.Outcome(rawValue: row["outcome"]) ?? .failed,
+                    reason: row["reason"]
+                )
+                let hash = entry.hash(previous: previous)
+                guard hash == Array(row["entry_hash"] as Data) else { return "entry \(seq) was edited (its hash does not match)" }
+                if let signed = headsBySeq.removeValue(forKey: seq), signed != hash {
+                    return "entries up to \(seq) were rewritten under a signed head"
+                }
+                previous = hash
+                lastSeq = seq
+                count += 1
+            }
+            return nil
+        }
+        if let problem { throw .tampered("audit log: \(problem)") }
+        if let missing = headsBySeq.keys.min() { throw .tampered("audit log: entry \(missing), covered by a signed head, is gone (truncated)") }
+        let signedThrough = heads.last?.seq ?? 0
+        return AuditReport(entries: count, signedThrough: signedThrough, unsigned: Int(lastSeq - signedThrough))
+    }
+}
+
+private func appendBigEndian(_ value: UInt64, width: Int, to bytes: inout [UInt8]) {
+    for i in stride(from: width - 1, through: 0, by: -1) { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * UInt64(i)))) }
+}

@@ -1,0 +1,392 @@
+public import CofferCrypto
+public import CofferTraining
+public import Foundation
+import GRDB
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An inference session's token: `cfs_` and 64 lower-case hex digits (32 random bytes), held in sodium memory.
+/// It is shown once at open; the registry keeps only a keyed hash of it, and the version's data key wrapped
+/// under a key derived from it, so the token alone is what opens the model.
+public struct SessionToken: ~Copyable {
+    static let prefix = Array("cfs_".utf8)
+    static let textLength = 4 + 64
+    let secret: SecretKey
+
+    init(secret: consuming SecretKey) { self.secret = secret }
+
+    /// Parses a token's text (e.g. from the command line), refusing anything but `cfs_` and 64 hex digits.
+    public init(text: borrowing SecureBytes) throws(CofferRegistryError) {
+        let secret = SecureBytes(count: SecretKey.byteCount)
+        let valid = text.withUnsafeBytes { t in
+            secret.withUnsafeMutableBytes { out in
+                guard t.count == Self.textLength, Array(t[0..<4]) == Self.prefix else { return false }
+                for i in 0..<SecretKey.byteCount {
+                    guard let high = Self.nibble(t[4 + 2 * i]), let low = Self.nibble(t[5 + 2 * i]) else { return false }
+                    out[i] = high << 4 | low
+                }
+                return true
+            }
+        }
+        guard valid else { throw .sessionRefused("malformed session token (expected cfs_ and 64 lower-case hex digits)") }
+        self.secret = SecretKey(bytes: secret)
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 0x30...0x39: c - 0x30
+        case 0x61...0x66: c - 0x61 + 10
+        default: nil
+        }
+    }
+
+    /// The token's text, in sodium memory, for printing once.
+    public func text() -> SecureBytes {
+        let out = SecureBytes(count: Self.textLength)
+        let digits = Array("0123456789abcdef".utf8)
+        secret.withUnsafeBytes { s in
+            out.withUnsafeMutableBytes { o in
+                for i in 0..<4 { o[i] = Self.prefix[i] }
+                for i in 0..<s.count {
+                    o[4 + 2 * i] = digits[Int(s[i] >> 4)]
+                    o[5 + 2 * i] = digits[Int(s[i] & 0x0F)]
+                }
+            }
+        }
+        return out
+    }
+
+    /// A public value that identifies the token without revealing it; the registry stores it keyed-hashed.
+    var lookup: [UInt8] { secret.mac(Array("coffer/v1/session-lookup".utf8)) }
+    /// The key-encryption key the session's copy of the data key is wrapped under.
+    var keyEncryptionKey: SecretKey { secret.derive(label: "coffer/v1/session-kek", context: []) }
+}
+
+/// A session just opened, with its token: shown once, then dropped (and wiped).
+public struct OpenedSession: ~Copyable {
+    public let info: SessionInfo
+    public let token: SessionToken
+}
+
+struct ClaimedSession: ~Copyable {
+    let info: SessionInfo
+    let stored: StoredVersion
+    let dataKey: SecretKey
+}
+
+/// A session as `session list` shows it (never its token).
+public struct SessionInfo: Sendable, Equatable, Codable {
+    public var id: String
+    public var principal: String
+    public var model: String
+    public var version: String
+    public var reference: String
+    public var createdAt: String
+    public var expiresAt: String
+    public var maxUses: Int?
+    public var uses: Int
+    public var revokedAt: String?
+}
+
+extension Registry {
+    static let sessionHashKeyName = "session-hash.key"
+
+    /// The key token hashes are computed under: 32 random bytes in their own file (0600) beside the database, so
+    /// a copy of the database alone does not let anyone test guessed tokens. Created on first use.
+    func sessionHashKey() throws(CofferRegistryError) -> SecretKey {
+        let path = "\(home)/\(Self.sessionHashKeyName)"
+        if access(path, F_OK) != 0 {
+            let fresh = SecureBytes.random(count: SecretKey.byteCount)
+            let created: Bool = fresh.withUnsafeBytes { bytes in
+                let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+                guard fd >= 0 else { return false }
+                defer { close(fd) }
+                return write(fd, bytes.baseAddress, bytes.count) == bytes.count && fsync(fd) == 0
+            }
+            if !created && access(path, F_OK) != 0 { throw .io(path: path, reason: "cannot create the session hash key") }
+        }
+        let key = SecureBytes(count: SecretKey.byteCount)
+        let ok: Bool = key.withUnsafeMutableBytes { out in
+            let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            return read(fd, out.baseAddress, out.count) == out.count
+        }
+        guard ok else { throw .io(path: path, reason: "cannot read the session hash key") }
+        return SecretKey(bytes: key)
+    }
+
+    func tokenHash(_ token: borrowing SessionToken) throws(CofferRegistryError) -> [UInt8] {
+        try sessionHashKey().mac(token.lookup)
+    }
+
+    /// Opens an inference session on `reference` for the principal `identity` acts as (it needs the inference role
+    /// on the model, or on the alias named): verifies the version's signature, unwraps its data key with `identity`,
+    /// and re-wraps it under the new token. The token is returned once and never stored.
+    public func openSession(
+        _ reference: ModelReference,
+        identity: borrowing Identity,
+        ttl: TimeInterval,
+        maxUses: Int? = nil,
+        now: Date = Date()
+    ) throws(CofferRegistryError) -> OpenedSession {
+        guard ttl > 0, ttl.isFinite else { throw .sessionRefused("--ttl must be a positive duration") }
+        if let maxUses, maxUses < 1 { throw .sessionRefused("--max-uses must be at least 1") }
+        let actor = try principal(for: identity)
+        var alias: String? = nil
+        if case .alias(let name) = reference.selector { alias = name }
+        try require(.inference, on: reference.name, alias: alias, by: actor, action: "session.open", target: reference.description)
+        do {
+            let stored = try loadVersion(try resolve(reference).id)
+            _ = try authenticate(stored)
+            let dataKey = try unwrapDataKey(stored, identity: identity)
+            let token = SessionToken(secret: SecretKey.random())
+            let wrapped = dataKey.wrap(under: token.keyEncryptionKey).encoded
+            let info = SessionInfo(
+                id: Digest.hex((0..<8).map { _ in UInt8.random(in: 0...255) }),
+                principal: actor.name,
+                model: stored.model,
+                version: stored.version,
+                reference: reference.description,
+                createdAt: Self.timestamp(now),
+                expiresAt: Self.timestamp(now.addingTimeInterval(ttl)),
+                maxUses: maxUses,
+                uses: 0,
+                revokedAt: nil
+            )
+            let hash = try tokenHash(token)
+            try database.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO sessions (id, token_hash, principal, version_id, reference, alias, created_at, expires_at, max_uses, wrapped_key)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        info.id, Data(hash), info.principal, stored.id, info.reference, alias, info.createdAt, info.expiresAt, maxUses, Data(wrapped),
+                    ]
+                )
+            }
+            try audit(principal: actor.name, action: "session.open", target: reference.description, outcome: .ok, reason: "session \(info.id)")
+            return OpenedSession(info: info, token: token)
+        } catch {
+            try? audit(principal: actor.name, action: "session.open", target: reference.description, outcome: .failed, reason: error.description)
+            throw error
+        }
+    }
+
+    public func sessions() throws(CofferRegistryError) -> [SessionInfo] {
+        try database.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT s.*, m.name AS model, v.version AS version FROM sessions s
+                    JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id ORDER BY s.created_at
+                    """
+            ).map { row in
+                SessionInfo(
+                    id: row["id"],
+                    principal: row["principal"],
+                    model: row["model"],
+                    version: row["version"],
+                    reference: row["reference"],
+                    createdAt: row["created_at"],
+                    expiresAt: row["expires_at"],
+                    maxUses: row["max_uses"],
+                    uses: row["uses"],
+                    revokedAt: row["revoked_at"]
+                )
+            }
+        }
+    }
+
+    /// Revokes a session (its principal or an admin): its copy of the data key is destroyed at once.
+    public func revokeSession(id: String, identity: borrowing Identity) throws(CofferRegistryError) {
+        let actor = try principal(for: identity)
+        let owner = try database.read { db in try String.fetchOne(db, sql: "SELECT principal FROM sessions WHERE id = ?", arguments: [id]) }
+        guard let owner else { throw .sessionRefused("unknown session \(id)") }
+        if owner != actor.name { try require(.admin, on: nil, by: actor, action: "session.revoke", target: id) }
+        try database.write { db in
+            try db.execute(
+                sql: "UPDATE sessions SET revoked_at = coalesce(revoked_at, ?), wrapped_key = NULL WHERE id = ?",
+                arguments: [Self.now(), id]
+            )
+        }
+        try audit(principal: actor.name, action: "session.revoke", target: id, outcome: .ok, reason: "")
+    }
+
+    /// Checks a token and takes one use of its session: refuses (and audits) unknown, revoked, expired and exhausted
+    /// sessions, and those whose principal has lost the grant. Returns the version and its data key.
+    func claimSession(_ token: borrowing SessionToken, now: Date) throws(CofferRegistryError) -> ClaimedSession {
+        let hash = try tokenHash(token)
+        let row = try database.read { db in
+            try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT s.*, m.name AS model, v.version AS version FROM sessions s
+                    JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id WHERE s.token_hash = ?
+                    """,
+                arguments: [Data(hash)]
+            )
+        }
+        // The log names a session by its id, an unknown token by a prefix of its keyed hash: never the token.
+        guard let row else { try refuseSession("-", "token \(Digest.hex(hash.prefix(8)))", "unknown session token") }
+        let id: String = row["id"]
+        let principal: String = row["principal"]
+        let model: String = row["model"]
+        if let revoked: String = row["revoked_at"] { try refuseSession(principal, id, "session \(id) was revoked at \(revoked)") }
+        let expires: String = row["expires_at"]
+        if Self.timestamp(now) >= expires {
+            try database.write { db in try db.execute(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ?", arguments: [id]) }
+            try refuseSession(principal, id, "session \(id) expired at \(expires)")
+        }
+        let alias: String? = row["alias"]
+        let stillGranted = try grants(of: principal).contains { $0.allows(.inference, on: model, alias: alias) }
+        if try checksPrincipals(), !stillGranted {
+            try refuseSession(principal, id, "\(principal) no longer holds the inference role on \(model)")
+        }
+        let claimed = try database.write { db in
+            try db.execute(
+                sql: "UPDATE sessions SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
+                arguments: [id]
+            )
+            return db.changesCount == 1
+        }
+        if !claimed { try refuseSession(principal, id, "session \(id) has used all \(row["max_uses"] as Int? ?? 0) of its uses") }
+        guard let wrapped: Data = row["wrapped_key"] else { try refuseSession(principal, id, "session \(id) holds no key any more") }
+        let stored = try loadVersion(row["version_id"])
+        _ = try authenticate(stored)
+        let dataKey: SecretKey
+        do { dataKey = try WrappedKey(encoded: Array(wrapped)).unwrap(with: token.keyEncryptionKey) } catch {
+            try refuseSession(principal, id, "the session's key does not open with this token")
+        }
+        let info = SessionInfo(
+            id: id,
+            principal: principal,
+            model: model,
+            version: row["version"],
+            reference: row["reference"],
+            createdAt: row["created_at"],
+            expiresAt: expires,
+            maxUses: row["max_uses"],
+            uses: (row["uses"] as Int) + 1,
+            revokedAt: nil
+        )
+        return ClaimedSession(info: info, stored: stored, dataKey: dataKey)
+    }
+
+    private func refuseSession(_ principal: String, _ target: String, _ reason: String) throws(CofferRegistryError) -> Never {
+        try audit(principal: principal, action: "infer", target: target, outcome: .refused, reason: reason)
+        throw .sessionRefused(reason)
+    }
+
+    static func timestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: date)
+    }
+}
+
+/// A model opened for inference through a session: every file verified and decrypted into sodium memory
+/// (guarded pages, `mlock`ed as far as RLIMIT_MEMLOCK allows, wiped when the session value goes away).
+/// Plaintext never reaches a file.
+///
+/// ```swift
+/// let session = try InferenceSession(registry: registry, token: token)
+/// let predictions = try session.predict(table)        // multi-task checkpoints
+/// try session.withFile("weights.pt") { bytes in ... }   // any other artifact
+/// ```
+public struct InferenceSession: ~Copyable {
+    public let info: SessionInfo
+    /// Each file's path and its byte range in `plaintext`.
+    public let files: [(path: String, range: Range<Int>)]
+    let plaintext: SecureBytes
+    let checkpoint: CheckpointView?
+
+    /// Parses the token's text first: a malformed token is refused and audited like any other.
+    public init(registry: Registry, tokenText: borrowing SecureBytes, now: Date = Date()) throws(CofferRegistryError) {
+        let token: SessionToken
+        do { token = try SessionToken(text: tokenText) } catch {
+            try registry.audit(principal: "-", action: "infer", target: "-", outcome: .refused, reason: "malformed session token")
+            throw error
+        }
+        try self.init(registry: registry, token: token, now: now)
+    }
+
+    public init(registry: Registry, token: borrowing SessionToken, now: Date = Date()) throws(CofferRegistryError) {
+        let claimed = try registry.claimSession(token, now: now)
+        let info = claimed.info
+        let stored = claimed.stored
+        var files: [(String, Range<Int>)] = []
+        var offset = 0
+        // Each file starts on a 64-byte boundary, so tensors keep the alignment safetensors gives them.
+        for file in stored.files {
+            files.append((file.path, offset..<(offset + file.size)))
+            offset += (file.size + 63) / 64 * 64
+        }
+        let plaintext = SecureBytes(count: max(offset, 1))
+        for (file, entry) in zip(stored.files, files) {
+            let sink = SecureSink(buffer: plaintext, range: entry.1)
+            do {
+                try registry.open(file, of: stored, dataKey: claimed.dataKey, into: sink)
+            } catch {
+                try? registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .failed, reason: error.description)
+                throw error
+            }
+        }
+        var checkpoint: CheckpointView? = nil
+        if let model = files.first(where: { $0.0 == Checkpoint.modelFile }) {
+            checkpoint = try? plaintext.withUnsafeBytes { bytes throws(CofferTrainingError) in
+                try CheckpointView(header: UnsafeRawBufferPointer(rebasing: bytes[model.1]))
+            }
+        }
+        try registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .ok, reason: "\(info.model):\(info.version)")
+        self.info = info
+        self.files = files
+        self.plaintext = plaintext
+        self.checkpoint = checkpoint
+    }
+
+    /// Whether the model is a Coffer multi-task checkpoint that ``predict(_:)`` can run.
+    public var isMultiTaskModel: Bool { checkpoint != nil }
+
+    /// Per-task predictions for the rows of `table`, with the weights read in place from sodium memory.
+    public func predict(_ table: CSVTable) throws(CofferRegistryError) -> (CheckpointView, [[Float]]) {
+        guard let checkpoint, let model = files.first(where: { $0.path == Checkpoint.modelFile }) else {
+            throw .sessionRefused("\(info.model):\(info.version) is not a Coffer multi-task checkpoint: use the raw bytes")
+        }
+        do {
+            let predictions = try plaintext.withUnsafeBytes { bytes throws(CofferTrainingError) in
+                try checkpoint.predict(table, weights: UnsafeRawBufferPointer(rebasing: bytes[model.range]))
+            }
+            return (checkpoint, predictions)
+        } catch {
+            throw .sessionRefused("\(error)")
+        }
+    }
+
+    /// Read access to one decrypted file for the duration of `body`.
+    public func withFile<R, E: Error>(_ path: String, _ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R? {
+        guard let file = files.first(where: { $0.path == path }) else { return nil }
+        return try plaintext.withUnsafeBytes { bytes throws(E) in try body(UnsafeRawBufferPointer(rebasing: bytes[file.range])) }
+    }
+}
+
+/// Writes decrypted bytes into a range of a sodium buffer.
+final class SecureSink: ByteSink {
+    let base: UnsafeMutableRawPointer
+    let range: Range<Int>
+    var written = 0
+
+    init(buffer: borrowing SecureBytes, range: Range<Int>) {
+        base = buffer.withUnsafeMutableBytes { $0.baseAddress! }
+        self.range = range
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
+        guard written + bytes.count <= range.count else { throw .truncated("more plaintext than the signed size") }
+        if let source = bytes.baseAddress { (base + range.lowerBound + written).copyMemory(from: source, byteCount: bytes.count) }
+        written += bytes.count
+    }
+}

@@ -1,0 +1,125 @@
+import CBLAS
+import Foundation
+
+/// A Coffer multi-task checkpoint read in place from the bytes of its `model.safetensors`, for inference
+/// over memory the caller owns (a locked, guarded buffer): only the header is copied; every forward pass
+/// reads the weights where they lie.
+///
+/// ```swift
+/// let view = try CheckpointView(header: bytes)           // bytes: the decrypted model.safetensors
+/// let predictions = try view.predict(table, weights: bytes)
+/// ```
+public struct CheckpointView: Sendable {
+    public let architecture: Architecture
+    public let preprocessing: Preprocessing
+    /// Byte offsets (from the start of the file) of each layer's weight and bias: trunk first, then heads in task order.
+    let layers: [(weight: Int, bias: Int, inputs: Int, outputs: Int)]
+    let fileLength: Int
+
+    /// Parses the header at the start of `bytes` (the whole file) and checks every tensor the architecture needs.
+    public init(header bytes: UnsafeRawBufferPointer) throws(CofferTrainingError) {
+        guard bytes.count >= 8 else { throw .invalidCheckpoint("file shorter than the 8-byte header length") }
+        let length = (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[$1]) << (8 * UInt64($1)) }
+        guard length <= UInt64(Safetensors.maximumHeaderLength), 8 + Int(length) <= bytes.count else {
+            throw .invalidCheckpoint("header length \(length) runs past the end of the file")
+        }
+        let file = try Safetensors(header: Array(bytes[0..<(8 + Int(length))]), fileLength: bytes.count)
+        guard file.metadata["format"] == Checkpoint.format else {
+            throw .invalidCheckpoint("not a Coffer multi-task checkpoint (metadata format is \(file.metadata["format"] ?? "missing"))")
+        }
+        func decode<T: Decodable>(_ type: T.Type, _ key: String) throws(CofferTrainingError) -> T {
+            guard let text = file.metadata[key], let value = try? JSONDecoder().decode(T.self, from: Data(text.utf8)) else {
+                throw .invalidCheckpoint("metadata \(key) is missing or malformed")
+            }
+            return value
+        }
+        architecture = try decode(Architecture.self, "coffer.architecture")
+        try architecture.validate()
+        preprocessing = try decode(Preprocessing.self, "coffer.preprocessing")
+        func offset(_ name: String, count: Int) throws(CofferTrainingError) -> Int {
+            guard let tensor = file.tensor(named: name) else { throw .invalidCheckpoint("tensor \(name) is missing") }
+            guard tensor.dtype == "F32", tensor.elementCount == count else {
+                throw .invalidCheckpoint(
+                    "tensor \(name) is \(tensor.dtype) with \(tensor.elementCount) values, the architecture needs F32 x \(count)"
+                )
+            }
+            return file.dataStart + tensor.offsets.lowerBound
+        }
+        var layers: [(Int, Int, Int, Int)] = []
+        var width = architecture.inputs
+        for (i, hidden) in architecture.trunk.enumerated() {
+            layers.append((try offset("trunk.\(i).weight", count: width * hidden), try offset("trunk.\(i).bias", count: hidden), width, hidden))
+            width = hidden
+        }
+        for task in architecture.tasks {
+            layers.append(
+                (
+                    try offset("heads.\(task.name).weight", count: width * task.outputs), try offset("heads.\(task.name).bias", count: task.outputs),
+                    width, task.outputs
+                )
+            )
+        }
+        self.layers = layers
+        self.fileLength = bytes.count
+    }
+
+    /// Per-task predictions for the rows of `table` (as ``MultiTaskModel/predict(_:count:)``), reading the weights
+    /// from `weights`, the same file bytes the view was made from.
+    public func predict(_ table: CSVTable, weights: UnsafeRawBufferPointer) throws(CofferTrainingError) -> [[Float]] {
+        guard weights.count == fileLength else { throw .invalidCheckpoint("weights are not the bytes this view was read from") }
+        let n = table.rowCount
+        var current = try preprocessing.features(of: table)
+        let trunkCount = architecture.trunk.count
+        func dense(_ layer: (weight: Int, bias: Int, inputs: Int, outputs: Int), _ x: [Float]) -> [Float] {
+            var out = [Float](repeating: 0, count: n * layer.outputs)
+            guard n > 0 else { return out }
+            // Unaligned loads: the buffer is whatever the caller allocated, so read through memcpy-safe accessors.
+            for o in 0..<layer.outputs {
+                let b = weights.loadUnaligned(fromByteOffset: layer.bias + 4 * o, as: Float.self)
+                for i in 0..<n { out[i * layer.outputs + o] = b }
+            }
+            let w = weights.baseAddress!.advanced(by: layer.weight)
+            if Int(bitPattern: w) % MemoryLayout<Float>.alignment == 0 {
+                let wf = w.assumingMemoryBound(to: Float.self)
+                cblas_sgemm(
+                    CblasRowMajor,
+                    CblasNoTrans,
+                    CblasTrans,
+                    Int32(n),
+                    Int32(layer.outputs),
+                    Int32(layer.inputs),
+                    1,
+                    x,
+                    Int32(layer.inputs),
+                    wf,
+                    Int32(layer.inputs),
+                    1,
+                    &out,
+                    Int32(layer.outputs)
+                )
+            } else {
+                for i in 0..<n {
+                    for o in 0..<layer.outputs {
+                        var sum: Float = 0
+                        for k in 0..<layer.inputs {
+                            sum +=
+                                x[i * layer.inputs + k]
+                                * weights.loadUnaligned(fromByteOffset: layer.weight + 4 * (o * layer.inputs + k), as: Float.self)
+                        }
+                        out[i * layer.outputs + o] += sum
+                    }
+                }
+            }
+            return out
+        }
+        for l in 0..<trunkCount { current = dense(layers[l], current).map { architecture.activation.apply($0) } }
+        return architecture.tasks.enumerated().map { t, task in
+            let z = dense(layers[trunkCount + t], current)
+            switch task.kind {
+            case .classification: return (0..<n).flatMap { i in softmax(Array(z[(i * task.classes)..<((i + 1) * task.classes)])) }
+            case .binary: return z.map(sigmoid)
+            case .regression: return z
+            }
+        }
+    }
+}

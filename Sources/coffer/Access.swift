@@ -1,0 +1,294 @@
+import ArgumentParser
+import CofferCrypto
+import CofferRegistry
+import CofferTraining
+import Foundation
+
+/// `--identity KEY`: who acts, proven by unlocking the key.
+struct ActingIdentity: ParsableArguments {
+    @Option(name: .long, help: "Your private identity (NAME.key): who is acting.") var identity: String
+
+    func unlock(_ passphraseOptions: PassphraseOptions) throws(CofferCryptoError) -> Identity {
+        try passphraseOptions.unlockIdentity(at: identity)
+    }
+}
+
+/// Parses durations such as 90s, 15m, 2h, 7d.
+func parseDuration(_ text: String) throws -> TimeInterval {
+    let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+    guard let unit = text.last.flatMap({ units[$0] }), let value = Double(text.dropLast()), value > 0, value.isFinite else {
+        throw CLIError("invalid duration '\(text)': use a positive number with s, m, h or d (e.g. 15m)")
+    }
+    return value * unit
+}
+
+func parseRole(_ text: String) throws -> Role {
+    guard let role = Role(rawValue: text) else {
+        throw CLIError("unknown role '\(text)': use \(Role.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+    return role
+}
+
+extension Coffer {
+    struct PrincipalCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "principal",
+            abstract: "Manage the identities the registry knows, and their roles on every model.",
+            subcommands: [Add.self, List.self]
+        )
+
+        struct Add: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Add a principal (admin only; the registry's first principal is its owner).")
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var passphraseOptions: PassphraseOptions
+            @Argument(help: "Principal name.") var name: String
+            @Argument(help: "Its public identity (NAME.pub).") var publicIdentity: String
+            @Option(name: .long, help: "A role on every model: admin, publisher, reader, decrypt, inference. Repeat for several.") var role:
+                [String] = []
+            @Option(name: .long, help: "Your private identity (NAME.key); not needed for the first principal.") var identity: String?
+
+            func run() throws {
+                let store = try registry.open()
+                let roles = try role.map(parseRole)
+                let actor = try identity.map { path in try store.principal(for: try passphraseOptions.unlockIdentity(at: path)) }
+                try store.addPrincipal(name: name, identity: try PublicIdentity(contentsOf: publicIdentity), roles: roles, by: actor)
+                print("added principal \(name)")
+            }
+        }
+
+        struct List: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List principals and their grants.")
+            @OptionGroup var registry: RegistryOptions
+            @Flag(name: .long, help: "Print JSON: [{name, key_id, grants: [{role, scope, alias}]}].") var json = false
+
+            func run() throws {
+                let principals = try registry.open().principals()
+                if json {
+                    JSONOutput.print(
+                        .array(
+                            principals.map { p in
+                                .object([
+                                    "name": .string(p.name), "key_id": .string(p.keyID),
+                                    "grants": .array(
+                                        p.grants.map {
+                                            .object([
+                                                "role": .string($0.role.rawValue), "scope": .string($0.scope),
+                                                "alias": $0.alias.map(JSONValue.string) ?? .null,
+                                            ])
+                                        }
+                                    ),
+                                ])
+                            }
+                        )
+                    )
+                    return
+                }
+                for p in principals {
+                    let grants = p.grants.map { "\($0.role.rawValue) on \($0.scope)" + ($0.alias.map { "@\($0)" } ?? "") }.joined(separator: ", ")
+                    print("\(p.name)  \(p.keyID)  \(grants)")
+                }
+            }
+        }
+    }
+
+    struct GrantCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "grant", abstract: "Grant a principal a role on models (admin only).")
+        @OptionGroup var registry: RegistryOptions
+        @OptionGroup var passphraseOptions: PassphraseOptions
+        @OptionGroup var acting: ActingIdentity
+        @Argument(help: "Principal name.") var principal: String
+        @Argument(help: "Role: admin, publisher, reader, decrypt, inference.") var role: String
+        @Option(name: .long, help: "Scope: * (every model), NS/ (a namespace) or a model name.") var on: String = "*"
+        @Option(name: .long, help: "Only through this alias (inference).") var alias: String?
+
+        func run() throws {
+            let store = try registry.open()
+            let actor = try store.principal(for: try acting.unlock(passphraseOptions))
+            try store.grant(Grant(principal: principal, role: try parseRole(role), scope: on, alias: alias), by: actor)
+            print("granted \(role) on \(on)\(alias.map { " alias \($0)" } ?? "") to \(principal)")
+        }
+    }
+
+    struct RevokeCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a principal's role (admin only).")
+        @OptionGroup var registry: RegistryOptions
+        @OptionGroup var passphraseOptions: PassphraseOptions
+        @OptionGroup var acting: ActingIdentity
+        @Argument(help: "Principal name.") var principal: String
+        @Argument(help: "Role.") var role: String
+        @Option(name: .long, help: "Scope, as granted.") var on: String = "*"
+        @Option(name: .long, help: "Alias, as granted.") var alias: String?
+
+        func run() throws {
+            let store = try registry.open()
+            let actor = try store.principal(for: try acting.unlock(passphraseOptions))
+            guard try store.revoke(Grant(principal: principal, role: try parseRole(role), scope: on, alias: alias), by: actor) else {
+                throw CLIError("\(principal) holds no \(role) grant on \(on)\(alias.map { " alias \($0)" } ?? "")")
+            }
+            print("revoked \(role) on \(on) from \(principal)")
+        }
+    }
+
+    struct SessionCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "session",
+            abstract: "Inference sessions: time-limited tokens that open one model version in memory.",
+            subcommands: [Open.self, List.self, Revoke.self]
+        )
+
+        struct Open: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Open a session; prints its token once (cfs_...).")
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var passphraseOptions: PassphraseOptions
+            @OptionGroup var acting: ActingIdentity
+            @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
+            @Option(name: .long, help: "Lifetime: e.g. 90s, 15m, 2h, 7d.") var ttl: String
+            @Option(name: .long, help: "Number of uses (infer calls) allowed.") var maxUses: Int?
+
+            func run() throws {
+                let store = try registry.open()
+                let opened = try store.openSession(
+                    try ModelReference(parsing: reference),
+                    identity: try acting.unlock(passphraseOptions),
+                    ttl: try parseDuration(ttl),
+                    maxUses: maxUses
+                )
+                FileDescriptorStream.standardError.writeLine(
+                    "session \(opened.info.id) on \(opened.info.model):\(opened.info.version) until \(opened.info.expiresAt); the token is shown once:"
+                )
+                let text = opened.token.text()
+                try text.withUnsafeBytes { try FileDescriptorStream.standardOutput.write($0) }
+                try [UInt8(ascii: "\n")].withUnsafeBytes { try FileDescriptorStream.standardOutput.write($0) }
+            }
+        }
+
+        struct List: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List sessions (never their tokens).")
+            @OptionGroup var registry: RegistryOptions
+            @Flag(name: .long, help: "Print JSON.") var json = false
+
+            func run() throws {
+                let sessions = try registry.open().sessions()
+                if json {
+                    let data = try JSONEncoder().encode(sessions)
+                    print(String(decoding: data, as: UTF8.self))
+                    return
+                }
+                for s in sessions {
+                    let state = s.revokedAt.map { "revoked \($0)" } ?? "until \(s.expiresAt)"
+                    print("\(s.id)  \(s.principal)  \(s.model):\(s.version)  \(state)  uses \(s.uses)\(s.maxUses.map { "/\($0)" } ?? "")")
+                }
+            }
+        }
+
+        struct Revoke: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Revoke a session (its principal or an admin); its key copy is destroyed.")
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var passphraseOptions: PassphraseOptions
+            @OptionGroup var acting: ActingIdentity
+            @Argument(help: "Session id (from session list).") var id: String
+
+            func run() throws {
+                try registry.open().revokeSession(id: id, identity: try acting.unlock(passphraseOptions))
+                print("revoked session \(id)")
+            }
+        }
+    }
+
+    struct Infer: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Predict with a session's model, decrypted into locked memory only; or stream its plaintext (--raw) to a pipe."
+        )
+        @OptionGroup var registry: RegistryOptions
+        @Option(name: .long, help: "Session token (cfs_...); else $COFFER_SESSION.") var session: String?
+        @Option(name: .long, help: "CSV with the model's feature columns.") var input: String?
+        @Flag(name: .long, help: "Print JSON: one object per row, keyed by task.") var json = false
+        @Flag(name: .long, help: "Write the decrypted file to stdout (for a pipe) instead of predicting.") var raw = false
+        @Option(name: .long, help: "With --raw: which file of the version (default: the only one).") var file: String?
+
+        func validate() throws {
+            if raw == (input != nil) { throw ValidationError("give either --input X.csv or --raw") }
+            if raw && isatty(STDOUT_FILENO) == 1 { throw ValidationError("--raw writes plaintext to stdout: pipe it, do not print it to a terminal") }
+        }
+
+        func run() throws {
+            guard let text = session ?? ProcessInfo.processInfo.environment["COFFER_SESSION"] else {
+                throw CLIError("no session token: pass --session or set COFFER_SESSION")
+            }
+            let tokenText = SecureBytes(count: text.utf8.count)
+            tokenText.withUnsafeMutableBytes { out in _ = out.copyBytes(from: text.utf8) }
+            let store = try registry.open()
+            let table = try input.map { path throws(CofferTrainingError) in try CSVTable(contentsOf: path) }
+            let opened = try InferenceSession(registry: store, tokenText: tokenText)
+            if raw {
+                let paths = opened.files.map(\.path)
+                guard let path = file ?? (paths.count == 1 ? paths[0] : nil) else {
+                    throw CLIError("the version has \(paths.count) files: choose one with --file (\(paths.joined(separator: ", ")))")
+                }
+                let written = try opened.withFile(path) { bytes throws(CofferCryptoError) in try FileDescriptorStream.standardOutput.write(bytes) }
+                guard written != nil else { throw CLIError("no file \(path) in \(opened.info.model):\(opened.info.version)") }
+                return
+            }
+            let (checkpoint, predictions) = try opened.predict(table!)
+            printPredictions(
+                predictions,
+                tasks: checkpoint.architecture.tasks,
+                preprocessing: checkpoint.preprocessing,
+                rows: table!.rowCount,
+                json: json
+            )
+        }
+    }
+
+    struct Audit: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The registry's append-only, hash-chained audit log.",
+            subcommands: [Show.self, Verify.self, Sign.self],
+            defaultSubcommand: Show.self
+        )
+
+        struct Show: ParsableCommand {
+            static let configuration = CommandConfiguration(commandName: "show", abstract: "Print entries, oldest first.")
+            @OptionGroup var registry: RegistryOptions
+            @Option(name: .long, help: "Only entries at or after this RFC 3339 time.") var since: String?
+            @Flag(name: .long, help: "Print JSON: [{seq, at, principal, action, target, outcome, reason}].") var json = false
+
+            func run() throws {
+                let entries = try registry.open().auditEntries(since: since)
+                if json {
+                    print(String(decoding: try JSONEncoder().encode(entries), as: UTF8.self))
+                    return
+                }
+                for e in entries {
+                    print(
+                        "\(e.seq)  \(e.at)  \(e.principal)  \(e.action)  \(e.target)  \(e.outcome.rawValue)\(e.reason.isEmpty ? "" : "  \(e.reason)")"
+                    )
+                }
+            }
+        }
+
+        struct Verify: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Recompute the chain and check the registry's signed heads; names the first bad entry."
+            )
+            @OptionGroup var registry: RegistryOptions
+
+            func run() throws {
+                let report = try registry.open().verifyAudit()
+                print("audit log ok: \(report.entries) entries, signed through \(report.signedThrough), \(report.unsigned) not yet signed")
+            }
+        }
+
+        struct Sign: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Sign the chain head with the registry's identity (its passphrase).")
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var passphraseOptions: PassphraseOptions
+
+            func run() throws {
+                let store = try registry.open()
+                let key = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
+                print("signed the audit log through entry \(try store.signAuditHead(with: key))")
+            }
+        }
+    }
+}
