@@ -74,23 +74,28 @@ public final class Registry: Sendable {
 // MARK: - Trusted signers
 
 extension Registry {
-    /// Trusts `signer`'s signatures on pull and verify.
-    public func trust(_ signer: PublicIdentity) throws(CofferRegistryError) {
+    /// Trusts `signer`'s signatures on pull and verify (an admin's act in a registry with principals).
+    public func trust(_ signer: PublicIdentity, by actor: Principal? = nil) throws(CofferRegistryError) {
+        try require(.admin, on: nil, by: actor, action: "trust.add", target: signer.keyID)
         try database.write { db in
             try db.execute(
                 sql: "INSERT OR REPLACE INTO trusted_signers (key_id, name, public_identity, added_at) VALUES (?, ?, ?, ?)",
                 arguments: [signer.keyID, signer.name, Data(signer.jsonBytes), Self.now()]
             )
         }
+        try audit(principal: actor?.name ?? "-", action: "trust.add", target: signer.keyID, outcome: .ok, reason: signer.name)
     }
 
     /// Stops trusting the signer with `keyID` (or name); returns whether one was removed.
     @discardableResult
-    public func untrust(_ keyIDOrName: String) throws(CofferRegistryError) -> Bool {
-        try database.write { db in
+    public func untrust(_ keyIDOrName: String, by actor: Principal? = nil) throws(CofferRegistryError) -> Bool {
+        try require(.admin, on: nil, by: actor, action: "trust.remove", target: keyIDOrName)
+        let removed = try database.write { db in
             try db.execute(sql: "DELETE FROM trusted_signers WHERE key_id = ? OR name = ?", arguments: [keyIDOrName, keyIDOrName])
             return db.changesCount > 0
         }
+        try audit(principal: actor?.name ?? "-", action: "trust.remove", target: keyIDOrName, outcome: removed ? .ok : .failed, reason: "")
+        return removed
     }
 
     public func trustedSigners() throws(CofferRegistryError) -> [PublicIdentity] {

@@ -33,11 +33,15 @@ extension Coffer {
         struct Add: ParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Trust a publisher's public identity (NAME.pub).")
             @OptionGroup var registry: RegistryOptions
+            @OptionGroup var passphraseOptions: PassphraseOptions
             @Argument(help: "Public identity file.") var publicIdentity: String
+            @Option(name: .long, help: "Your private identity (NAME.key): an admin, in a registry with principals.") var identity: String?
 
             func run() throws {
                 let signer = try PublicIdentity(contentsOf: publicIdentity)
-                try registry.open().trust(signer)
+                let store = try registry.open()
+                let actor = try identity.map { path in try store.principal(for: try passphraseOptions.unlockIdentity(at: path)) }
+                try store.trust(signer, by: actor)
                 print("trusted \(signer.name) (\(signer.keyID))")
             }
         }
@@ -60,10 +64,14 @@ extension Coffer {
         struct Remove: ParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Stop trusting a signer, by key ID or name.")
             @OptionGroup var registry: RegistryOptions
+            @OptionGroup var passphraseOptions: PassphraseOptions
             @Argument(help: "Key ID or name.") var signer: String
+            @Option(name: .long, help: "Your private identity (NAME.key): an admin, in a registry with principals.") var identity: String?
 
             func run() throws {
-                guard try registry.open().untrust(signer) else { throw CLIError("no trusted signer \(signer)") }
+                let store = try registry.open()
+                let actor = try identity.map { path in try store.principal(for: try passphraseOptions.unlockIdentity(at: path)) }
+                guard try store.untrust(signer, by: actor) else { throw CLIError("no trusted signer \(signer)") }
                 print("removed \(signer)")
             }
         }

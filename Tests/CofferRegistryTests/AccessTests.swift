@@ -17,7 +17,7 @@ struct AccessTests {
         let admin = try f.registry.principal(for: alice)
         try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [], by: admin)
         try f.registry.grant(Grant(principal: "bob", role: .inference, scope: "m/", alias: "prod"), by: admin)
-        try f.registry.trust(alice.publicIdentity)
+        try f.registry.trust(alice.publicIdentity, by: admin)
         let dir = try f.makeModel("model", ["weights.bin": bytes(5000) + Self.canary + bytes(3000)])
         var request = PushRequest(model: "m/risk", paths: [dir])
         request.recipients = [bob.publicIdentity]

@@ -1,0 +1,72 @@
+import Foundation
+import Testing
+
+/// Principals, grants, sessions, `infer` and the audit log through the built binary.
+struct AccessCommandTests {
+    private func coffer(_ args: [String], _ dir: Scratch) throws -> CofferProcess.Output {
+        try CofferProcess.run(args + ["--home", dir.path("home")], in: dir.url)
+    }
+
+    /// A registry owned by alice; bob may open sessions on `m/` through `prod`; a small trained checkpoint pushed
+    /// by alice as m/risk with bob as a recipient.
+    private func setUp() throws -> Scratch {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        try dir.keygen("bob")
+        #expect(try coffer(["init", "--owner", "keys/alice.pub"], dir).status == 0)
+        expectFailure(try coffer(["trust", "add", "keys/alice.pub"], dir), "this registry checks principals: act with --identity")
+        #expect(try coffer(["trust", "add", "keys/alice.pub", "--identity", "keys/alice.key"], dir).status == 0)
+        #expect(try coffer(["principal", "add", "bob", "keys/bob.pub", "--identity", "keys/alice.key"], dir).status == 0)
+        #expect(try coffer(["grant", "bob", "inference", "--on", "m/", "--alias", "prod", "--identity", "keys/alice.key"], dir).status == 0)
+        #expect(try CofferProcess.run(["synth", "--rows", "400", "--features", "4", "--classes", "3", "--out", "data"], in: dir.url).status == 0)
+        let train = try CofferProcess.run(["train", "--config", "data/recipe.json", "--out", "ckpt"], in: dir.url)
+        #expect(train.status == 0, "\(train.stderr)")
+        let push = try coffer(["push", "m/risk", "ckpt", "--identity", "keys/alice.key", "--recipient", "keys/bob.pub", "--alias", "prod"], dir)
+        #expect(push.status == 0, "\(push.stderr)")
+        return dir
+    }
+
+    @Test func aSessionPredictsAsThePlaintextCheckpointDoes() throws {
+        let dir = try setUp()
+        let open = try coffer(["session", "open", "m/risk@prod", "--identity", "keys/bob.key", "--ttl", "10m", "--max-uses", "2"], dir)
+        #expect(open.status == 0, "\(open.stderr)")
+        let token = open.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(token.hasPrefix("cfs_") && token.count == 68)
+        let inferred = try coffer(["infer", "--session", token, "--input", "data/data.csv", "--json"], dir)
+        #expect(inferred.status == 0, "\(inferred.stderr)")
+        let plaintext = try CofferProcess.run(["predict", "--checkpoint", "ckpt", "--input", "data/data.csv", "--json"], in: dir.url)
+        #expect(inferred.stdout == plaintext.stdout, "weights read in place from sodium memory predict exactly as the plaintext checkpoint")
+        let raw = try coffer(["infer", "--session", token, "--raw", "--file", "model.safetensors"], dir)
+        #expect(raw.stdout == (try Data(contentsOf: dir.url.appendingPathComponent("ckpt/model.safetensors"))))
+        expectFailure(try coffer(["infer", "--session", token, "--input", "data/data.csv"], dir), "has used all 2 of its uses")
+
+        let list = try coffer(["session", "list", "--json"], dir)
+        #expect(!list.stdoutText.contains(token) && list.stdoutText.contains("\"uses\":2"))
+        let audit = try coffer(["audit", "--json"], dir)
+        #expect(!audit.stdoutText.contains(token))
+        let entries = try JSONSerialization.jsonObject(with: audit.stdout) as? [[String: Any]] ?? []
+        #expect(entries.filter { $0["action"] as? String == "infer" }.map { $0["outcome"] as? String } == ["ok", "ok", "refused"])
+        #expect(try coffer(["audit", "sign"], dir).status == 0)
+        let verified = try coffer(["audit", "verify"], dir)
+        #expect(verified.stdoutText.contains("audit log ok") && verified.stdoutText.contains("0 not yet signed"), "\(verified.stdoutText)")
+    }
+
+    @Test func refusalsAreOneLineAndNothingIsDecrypted() throws {
+        let dir = try setUp()
+        let short = try coffer(["session", "open", "m/risk@prod", "--identity", "keys/bob.key", "--ttl", "1s"], dir)
+        let token = short.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        Thread.sleep(forTimeInterval: 1.2)
+        expectFailure(try coffer(["infer", "--session", token, "--input", "data/data.csv"], dir), "expired at")
+        expectFailure(try coffer(["infer", "--session", "cfs_0123", "--input", "data/data.csv"], dir), "malformed session token")
+        expectFailure(
+            try coffer(["infer", "--session", "cfs_" + String(repeating: "ab", count: 32), "--input", "data/data.csv"], dir),
+            "unknown session token"
+        )
+        expectFailure(try coffer(["session", "open", "m/risk:1", "--identity", "keys/bob.key", "--ttl", "1m"], dir), "bob lacks the inference role")
+        expectFailure(try coffer(["session", "open", "m/risk@prod", "--identity", "keys/bob.key", "--ttl", "soon"], dir), "invalid duration 'soon'")
+        expectFailure(try coffer(["grant", "bob", "owner", "--identity", "keys/alice.key"], dir), "unknown role 'owner'")
+        expectFailure(try coffer(["grant", "bob", "admin", "--identity", "keys/bob.key"], dir), "bob lacks the admin role")
+        expectFailure(try coffer(["pull", "m/risk", "--identity", "keys/bob.key", "--out", "out"], dir), "bob lacks the reader role")
+        #expect(!dir.exists("out/model.safetensors"))
+    }
+}
