@@ -25,7 +25,8 @@ public enum SealedFile {
     ///
     /// - Parameters:
     ///   - stanzas: wrapped copies of `dataKey` for the header; empty for files whose keys are kept elsewhere (a registry).
-    ///   - digests: compute the plaintext and sealed-file SHA-256 in the same pass.
+    ///   - digests: compute the plaintext and sealed-file SHA-256 in the same pass (`sealedDigest: false` on open:
+    ///     the plaintext one only).
     ///   - progress: called after each batch with the plaintext bytes read so far.
     public static func seal(
         from source: any ByteSource,
@@ -145,6 +146,7 @@ public enum SealedFile {
         headerLength: Int,
         dataKey: borrowing SecretKey,
         digests: Bool = false,
+        sealedDigest: Bool = true,
         progress: ((Int) -> Void)? = nil
     ) throws(CofferCryptoError) -> Summary {
         try header.authenticate(dataKey: dataKey)
@@ -153,7 +155,7 @@ public enum SealedFile {
             let cipher = ChunkCipher(key: key.baseAddress!, noncePrefix: header.noncePrefix, associatedData: header.mac)
             var pipeline = ChunkPipeline(direction: .open, cipher: cipher, chunkSize: header.chunkSize)
             if digests {
-                pipeline.inputHasher = StreamingSHA256(seed: header.encoded)
+                if sealedDigest { pipeline.inputHasher = StreamingSHA256(seed: header.encoded) }
                 pipeline.outputHasher = StreamingSHA256()
             }
             pipeline.progress = progress

@@ -1,0 +1,125 @@
+"""Inference sessions (issue 5): session open + first prediction on an encrypted ~100 MB multi-task checkpoint,
+against `coffer unseal` of the same model bytes to stdout (discarded), rounds alternating; and `coffer audit
+verify` over a log of 1,000,000 entries written by this script from docs/FORMAT.md's chain definition."""
+import argparse
+import hashlib
+import json
+import os
+import sqlite3
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from safetensors.numpy import save_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+from crypto_bench import run  # noqa: E402  (GNU time peak RSS, os.sync before each run)
+
+
+def big_checkpoint(coffer, work, width):
+    """Trains a tiny model for its metadata, then writes a checkpoint with the same tasks and a trunk of
+    two `width`-wide layers (random weights): about 4 * width^2 bytes."""
+    subprocess.run([coffer, "synth", "--rows", "500", "--features", "16", "--out", f"{work}/data"], check=True, capture_output=True)
+    subprocess.run([coffer, "train", "--config", f"{work}/data/recipe.json", "--out", f"{work}/small"], check=True, capture_output=True)
+    with open(f"{work}/small/model.safetensors", "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    metadata = header["__metadata__"]
+    architecture = json.loads(metadata["coffer.architecture"])
+    architecture["trunk"] = [width, width]
+    metadata["coffer.architecture"] = json.dumps(architecture)
+    rng = np.random.default_rng(0)
+    tensors, inputs = {}, architecture["inputs"]
+    for i, out in enumerate(architecture["trunk"]):
+        tensors[f"trunk.{i}.weight"] = (rng.standard_normal((out, inputs), dtype=np.float32) / np.sqrt(inputs)).astype(np.float32)
+        tensors[f"trunk.{i}.bias"] = np.zeros(out, dtype=np.float32)
+        inputs = out
+    for task in architecture["tasks"]:
+        outputs = task["classes"] if task["kind"] == "classification" else 1
+        tensors[f"heads.{task['name']}.weight"] = (rng.standard_normal((outputs, inputs), dtype=np.float32) / np.sqrt(inputs)).astype(np.float32)
+        tensors[f"heads.{task['name']}.bias"] = np.zeros(outputs, dtype=np.float32)
+    os.makedirs(f"{work}/big", exist_ok=True)
+    save_file(tensors, f"{work}/big/model.safetensors", metadata=metadata)
+    with open(f"{work}/rows.csv", "w") as f:
+        lines = open(f"{work}/data/data.csv").read().splitlines()
+        f.write("\n".join(lines[:2]) + "\n")
+    return os.path.getsize(f"{work}/big/model.safetensors")
+
+
+def fill_audit_log(database, entries):
+    """Appends `entries` entries to the audit log, chained exactly as docs/FORMAT.md defines."""
+    db = sqlite3.connect(database)
+    seq, previous = db.execute("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone() or (0, bytes(32))
+    batch = []
+    for n in range(seq + 1, seq + entries + 1):
+        fields = ["2026-11-27T12:00:00.000Z", f"user{n % 97}", "infer", f"{n:016x}", "ok", "m/risk:1"]
+        message = b"coffer/v1/audit" + struct.pack(">Q", n)
+        for field in fields:
+            data = field.encode()
+            message += struct.pack(">I", len(data)) + data
+        entry_hash = hashlib.sha256(message + previous).digest()
+        batch.append((n, *fields, previous, entry_hash))
+        previous = entry_hash
+        if len(batch) == 50_000:
+            db.executemany("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+            batch = []
+    db.executemany("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+    db.commit()
+    db.close()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--coffer", required=True)
+    parser.add_argument("--width", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--dir", default=None)
+    args = parser.parse_args()
+    coffer = args.coffer
+    env = dict(os.environ, COFFER_PASSPHRASE="bench passphrase")
+    with tempfile.TemporaryDirectory(dir=args.dir) as work:
+        size = big_checkpoint(coffer, work, args.width)
+        home = f"{work}/registry"
+        def c(*argv, **kw):
+            return subprocess.run([coffer, *argv], check=True, capture_output=True, env=env, **kw)
+        c("keygen", "--out", f"{work}/alice")
+        c("init", "--home", home, "--owner", f"{work}/alice.pub")
+        c("trust", "add", f"{work}/alice.pub", "--identity", f"{work}/alice.key", "--home", home)
+        c("push", "big/model", f"{work}/big", "--identity", f"{work}/alice.key", "--alias", "prod", "--home", home)
+        c("seal", "--to", f"{work}/alice.pub", "-o", f"{work}/model.cfs", f"{work}/big/model.safetensors")
+
+        unseal_times, session_times, open_times, unseal_rss, infer_rss = [], [], [], [], []
+        for _ in range(args.rounds):
+            t, rss = run([coffer, "unseal", "--identity", f"{work}/alice.key", "-o", "-", f"{work}/model.cfs"], env=env)
+            unseal_times.append(t)
+            unseal_rss.append(rss)
+            start = time.perf_counter()
+            token = c("session", "open", "big/model@prod", "--identity", f"{work}/alice.key", "--ttl", "5m", "--home", home).stdout.decode().strip()
+            opened = time.perf_counter() - start
+            open_times.append(opened)
+            t, rss = run([coffer, "infer", "--session", token, "--input", f"{work}/rows.csv", "--home", home], env=env)
+            session_times.append(opened + t)
+            infer_rss.append(rss)
+        mu, ms = statistics.median(unseal_times), statistics.median(session_times)
+        print(f"# tools/bench/session: {size / 1e6:.1f} MB checkpoint (trunk {args.width}x{args.width}), median of {args.rounds} alternating rounds")
+        print(f"coffer unseal -o - (anchor)                 {mu * 1000:8.0f} ms   peak RSS {max(unseal_rss):6.1f} MiB")
+        print(f"session open + infer (first prediction)     {ms * 1000:8.0f} ms   peak RSS {max(infer_rss):6.1f} MiB (infer)")
+        print(f"  of which session open (Argon2id unlock, signature check, key rewrap): {statistics.median(open_times) * 1000:.0f} ms")
+        print(f"ratio session / unseal: {ms / mu:.2f}  (target <= 1.2)")
+
+        fill_audit_log(f"{home}/registry.sqlite", args.entries)
+        c("audit", "sign", "--home", home)
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            out = c("audit", "verify", "--home", home).stdout.decode().strip()
+            times.append(time.perf_counter() - start)
+        print(f"coffer audit verify, {args.entries:,} + entries: {statistics.median(times):.2f} s median of 3 (target < 5 s): {out}")
+
+
+if __name__ == "__main__":
+    main()
