@@ -28,10 +28,12 @@ let package = Package(
             pkgConfig: "libsodium",
             providers: [.apt(["libsodium-dev"])]
         ),
+        .systemLibrary(name: "CLinux"),
         .target(
             name: "CofferCrypto",
             dependencies: [
                 "CSodium",
+                "CLinux",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Sources/Crypto",

@@ -1,3 +1,4 @@
+import CLinux
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -170,7 +171,22 @@ public final class AtomicOutputFile: ByteSink {
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
         try stream.write(bytes)
+        guard durable else { return }
+        // Durable files are fsynced at commit. Starting writeback every 8 MiB, and waiting for the window before
+        // the last one, overlaps the disk with encryption and leaves little for that fsync (and bounds dirty pages).
+        written += bytes.count
+        if written - flushed >= Self.writebackWindow {
+            _ = coffer_start_writeback(stream.fd, Int64(flushed), Int64(written - flushed))
+            if flushed > 0 { _ = coffer_wait_writeback(stream.fd, Int64(waited), Int64(flushed - waited)) }
+            waited = flushed
+            flushed = written
+        }
     }
+
+    static let writebackWindow = 8 << 20
+    private var written = 0
+    private var flushed = 0
+    private var waited = 0
 
     /// Renames the file over the destination; when durable, fsyncs the data first and the directory after.
     public func commit() throws(CofferCryptoError) {
