@@ -24,6 +24,10 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case principalExists(String)
     case unknownPrincipal(String)
     case sessionRefused(String)
+    case noBudget(String)
+    case budgetExceeded(String)
+    case policyViolation(String)
+    case erased(String)
     case databaseBusy
     case database(String)
     case io(path: String, reason: String)
@@ -53,6 +57,10 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
         case .principalExists(let name): "principal \(name) already exists (or its key is already registered)"
         case .unknownPrincipal(let name): "unknown principal \(name)"
         case .sessionRefused(let why): "session refused: \(why)"
+        case .noBudget(let dataset): "dataset \(dataset) has no budget (coffer budget set)"
+        case .budgetExceeded(let why): "privacy budget exceeded: \(why)"
+        case .policyViolation(let why): "policy refused: \(why)"
+        case .erased(let what): "\(what)"
         case .databaseBusy: "the registry database is locked by another process (busy timeout expired); try again"
         case .database(let why): "registry database error: \(why)"
         case .io(let path, let reason): "\(path): \(reason)"

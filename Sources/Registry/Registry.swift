@@ -27,12 +27,16 @@ public final class Registry: Sendable {
     public init(at home: String, busyTimeout: Double = 5) throws(CofferRegistryError) {
         guard access("\(home)/\(Self.databaseName)", F_OK) == 0 else { throw .notARegistry(home) }
         self.home = home
+        database = try RegistryDatabase(path: "\(home)/\(Self.databaseName)", busyTimeout: busyTimeout)
+        let committed = try database.read { db in
+            try String.fetchOne(db, sql: "SELECT value FROM registry_meta WHERE key = 'identity_key_id'")
+        }
+        try Self.finishRotation(home: home, committedKeyID: committed)
         do {
             identity = try PublicIdentity(contentsOf: "\(home)/\(Self.identityName).pub")
         } catch {
             throw .notARegistry(home)
         }
-        database = try RegistryDatabase(path: "\(home)/\(Self.databaseName)", busyTimeout: busyTimeout)
         blobs = BlobStore(root: home)
     }
 

@@ -13,6 +13,17 @@ struct ActingIdentity: ParsableArguments {
     }
 }
 
+/// `--identity KEY` where acting is optional: needed once the registry has principals.
+struct OptionalIdentity: ParsableArguments {
+    @Option(name: .long, help: "Your private identity (NAME.key): who is acting (needed once the registry has principals).")
+    var identity: String?
+    @OptionGroup var passphraseOptions: PassphraseOptions
+
+    func principal(in store: Registry) throws -> Principal? {
+        try identity.map { path in try store.principal(for: try passphraseOptions.unlockIdentity(at: path)) }
+    }
+}
+
 /// Parses durations such as 90s, 15m, 2h, 7d.
 func parseDuration(_ text: String) throws -> TimeInterval {
     let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]

@@ -68,11 +68,13 @@ extension Coffer {
             @OptionGroup var registry: RegistryOptions
             @Argument(help: "NAME@ALIAS") var alias: String
             @Argument(help: "The version to point at.") var version: String
+            @OptionGroup var acting: OptionalIdentity
 
             func run() throws {
                 let target = try ModelReference(parsing: alias)
                 guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
-                try registry.open().setAlias(name, model: target.name, version: version)
+                let store = try registry.open()
+                try store.setAlias(name, model: target.name, version: version, by: try acting.principal(in: store))
                 print("\(target.name)@\(name) -> \(version)")
             }
         }
@@ -81,11 +83,13 @@ extension Coffer {
             static let configuration = CommandConfiguration(commandName: "rm", abstract: "NAME@ALIAS")
             @OptionGroup var registry: RegistryOptions
             @Argument(help: "NAME@ALIAS") var alias: String
+            @OptionGroup var acting: OptionalIdentity
 
             func run() throws {
                 let target = try ModelReference(parsing: alias)
                 guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
-                try registry.open().removeAlias(name, model: target.name)
+                let store = try registry.open()
+                try store.removeAlias(name, model: target.name, by: try acting.principal(in: store))
                 print("removed \(target.name)@\(name)")
             }
         }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CofferCrypto
 import CofferRegistry
+import Foundation
 
 extension Coffer {
     struct Push: ParsableCommand {
@@ -30,6 +31,9 @@ extension Coffer {
         @Option(name: .long, help: "Training configuration digest (lineage).") var trainingConfigDigest: String?
         @Option(name: .long, help: "Another identity (NAME.pub) that may decrypt; repeat for several.") var recipient: [String] = []
         @Option(name: .long, help: "A message recorded with the version.") var message: String?
+        @Option(name: .long, help: "Accountant history of a model trained elsewhere (JSON; docs/FORMAT.md): epsilon is recomputed from it.")
+        var privacyFrom: String?
+        @Flag(name: .long, help: "Push past the dataset's privacy budget (admins only; audited).") var overrideBudget = false
 
         func run() throws {
             let target = try ModelReference(parsing: reference)
@@ -39,7 +43,11 @@ extension Coffer {
             case .version(let version): request.version = version
             case .alias: throw CLIError("push takes NAME or NAME:VERSION, not an alias (use --alias)")
             }
-            if let privacy { request.privacy = try PrivacyMetadata(contentsOf: privacy) }
+            if let privacy {
+                request.privacy = try PrivacyMetadata(contentsOf: privacy)
+            } else if privacyFrom == nil, let checkpoint = Self.checkpointPrivacyFile(paths) {
+                request.privacy = try PrivacyMetadata(contentsOf: checkpoint)  // a Coffer checkpoint carries its own claims
+            }
             if let epsilon { request.privacy.epsilon = epsilon }
             if let delta { request.privacy.delta = delta }
             if let mechanism { request.privacy.mechanism = mechanism }
@@ -47,6 +55,8 @@ extension Coffer {
             if let samplingRate { request.privacy.samplingRate = samplingRate }
             if let steps { request.privacy.steps = steps }
             if let pruningRatio { request.privacy.pruningRatio = pruningRatio }
+            if let privacyFrom { request.privacy = try PrivacyHistory(contentsOf: privacyFrom).applied(to: request.privacy) }
+            request.overrideBudget = overrideBudget
             request.alias = alias
             for pair in tag {
                 guard let equals = pair.firstIndex(of: "=") else { throw CLIError("--tag takes KEY=VALUE, got '\(pair)'") }
@@ -64,6 +74,17 @@ extension Coffer {
             let result = try store.push(request, publisher: publisher, progress: progress?.update)
             progress?.finish()
             print("pushed \(result.model):\(result.version) sha256:\(result.digest) (\(result.files) files, \(ProgressBar.format(result.bytes)))")
+        }
+
+        /// The `privacy.json` of a single pushed directory, when it has one (a `coffer train` checkpoint).
+        static func checkpointPrivacyFile(_ paths: [String]) -> String? {
+            guard paths.count == 1 else { return nil }
+            var isDirectory: ObjCBool = false
+            let candidate = "\(paths[0])/privacy.json"
+            guard FileManager.default.fileExists(atPath: paths[0], isDirectory: &isDirectory), isDirectory.boolValue,
+                FileManager.default.fileExists(atPath: candidate)
+            else { return nil }
+            return candidate
         }
     }
 

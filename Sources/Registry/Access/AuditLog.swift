@@ -108,8 +108,8 @@ extension Registry {
         let signature = registryIdentity.signEd25519(Self.headMessage(seq: seq, hash: hash))
         try database.write { db in
             try db.execute(
-                sql: "INSERT OR REPLACE INTO audit_heads (seq, entry_hash, signed_at, signature) VALUES (?, ?, ?, ?)",
-                arguments: [seq, Data(hash), Self.now(), Data(signature)]
+                sql: "INSERT OR REPLACE INTO audit_heads (seq, entry_hash, signed_at, signature, key_id) VALUES (?, ?, ?, ?, ?)",
+                arguments: [seq, Data(hash), Self.now(), Data(signature), identity.keyID]
             )
         }
         return seq
@@ -122,17 +122,20 @@ extension Registry {
     ///   under a signed head.
     public func verifyAudit() throws(CofferRegistryError) -> AuditReport {
         let heads = try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT seq, entry_hash, signature FROM audit_heads ORDER BY seq").map {
-                (seq: $0["seq"] as Int64, hash: Array($0["entry_hash"] as Data), signature: Array($0["signature"] as Data))
+            try Row.fetchAll(db, sql: "SELECT seq, entry_hash, signature, key_id FROM audit_heads ORDER BY seq").map {
+                (
+                    seq: $0["seq"] as Int64, hash: Array($0["entry_hash"] as Data), signature: Array($0["signature"] as Data),
+                    keyID: $0["key_id"] as String?
+                )
             }
         }
-        for head in heads
-        where !SignatureVerifier.verifyEd25519(
-            signature: head.signature,
-            message: Self.headMessage(seq: head.seq, hash: head.hash),
-            publicKey: identity.ed25519
-        ) {
-            throw .tampered("audit head at entry \(head.seq) does not carry a valid registry signature")
+        for head in heads {
+            // Heads signed before a rotation name the retired key that signed them.
+            let signer = try registryKey(head.keyID ?? identity.keyID)
+            let message = Self.headMessage(seq: head.seq, hash: head.hash)
+            guard let signer, SignatureVerifier.verifyEd25519(signature: head.signature, message: message, publicKey: signer.ed25519) else {
+                throw .tampered("audit head at entry \(head.seq) does not carry a valid registry signature")
+            }
         }
         var headsBySeq = Dictionary(uniqueKeysWithValues: heads.map { ($0.seq, $0.hash) })
         var count = 0

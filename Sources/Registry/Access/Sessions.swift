@@ -140,6 +140,7 @@ extension Registry {
         try require(.inference, on: reference.name, alias: alias, by: actor, action: "session.open", target: reference.description)
         do {
             let stored = try loadVersion(try resolve(reference).id)
+            try stored.ensureNotErased()
             _ = try authenticate(stored)
             let dataKey = try unwrapDataKey(stored, identity: identity)
             let token = SessionToken(secret: SecretKey.random())
@@ -256,6 +257,7 @@ extension Registry {
         if !claimed { try refuseSession(principal, id, "session \(id) has used all \(row["max_uses"] as Int? ?? 0) of its uses") }
         guard let wrapped: Data = row["wrapped_key"] else { try refuseSession(principal, id, "session \(id) holds no key any more") }
         let stored = try loadVersion(row["version_id"])
+        if stored.erased != nil { try refuseSession(principal, id, "\(model):\(row["version"] as String) was erased") }
         _ = try authenticate(stored)
         let dataKey: SecretKey
         do { dataKey = try WrappedKey(encoded: Array(wrapped)).unwrap(with: token.keyEncryptionKey) } catch {

@@ -1,11 +1,14 @@
 import CofferCrypto
+public import CofferTraining
 import Foundation
 
 /// A version's privacy and pruning facts: signed in its statement, copied into typed columns for queries.
 ///
 /// JSON names (also the `--json` output and the statement's predicate): `mechanism`, `epsilon`, `delta`,
 /// `accountant`, `noise_multiplier`, `clipping_norm`, `sampling_rate`, `steps`, `epochs`, `dataset_size`,
-/// `privacy_unit`, `pruning_method`, `pruning_ratio`, `achieved_sparsity`.
+/// `privacy_unit`, `pruning_method`, `pruning_ratio`, `achieved_sparsity`; and, when known, `segments` (the
+/// accountant history, `[{sample_rate, noise_multiplier, steps}]`) and `claimed_epsilon` (the epsilon a history
+/// imported with `--privacy-from` claimed; `epsilon` is then Coffer's recomputation).
 public struct PrivacyMetadata: Sendable, Equatable, Codable {
     public var mechanism: String?
     public var epsilon: Double?
@@ -21,6 +24,8 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
     public var pruningMethod: String?
     public var pruningRatio: Double?
     public var achievedSparsity: Double?
+    public var segments: [PrivacySegment] = []
+    public var claimedEpsilon: Double?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case mechanism, epsilon, delta, accountant
@@ -33,6 +38,8 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         case pruningMethod = "pruning_method"
         case pruningRatio = "pruning_ratio"
         case achievedSparsity = "achieved_sparsity"
+        case segments
+        case claimedEpsilon = "claimed_epsilon"
     }
 
     public init() {}
@@ -62,6 +69,17 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         }
         if let achievedSparsity, !(achievedSparsity >= 0 && achievedSparsity <= 1) {
             throw .invalidPrivacy("achieved_sparsity must be in [0, 1], got \(achievedSparsity)")
+        }
+        for (i, segment) in segments.enumerated() {
+            guard segment.sampleRate > 0, segment.sampleRate <= 1, segment.noiseMultiplier >= 0, segment.noiseMultiplier.isFinite, segment.steps >= 0
+            else {
+                throw .invalidPrivacy(
+                    "segment \(i + 1) needs sample_rate in (0, 1], noise_multiplier >= 0 and steps >= 0, got \(segment.sampleRate), \(segment.noiseMultiplier), \(segment.steps)"
+                )
+            }
+        }
+        if let claimedEpsilon, !(claimedEpsilon >= 0 && claimedEpsilon.isFinite) {
+            throw .invalidPrivacy("claimed_epsilon must be a finite number >= 0, got \(claimedEpsilon)")
         }
     }
 
@@ -107,20 +125,17 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         pruningMethod = try text("pruning_method")
         pruningRatio = try number("pruning_ratio")
         achievedSparsity = try number("achieved_sparsity")
-        if case .array(let segments)? = fields["segments"], !segments.isEmpty {
-            // One segment gives its rate and noise directly; steps add up over all segments.
-            var total = 0
-            for segment in segments {
-                guard case .object(let s) = segment, let n = s["steps"]?.numberValue else {
+        claimedEpsilon = try number("claimed_epsilon")
+        if case .array(let list)? = fields["segments"], !list.isEmpty {
+            for item in list {
+                guard case .object(let s) = item, let q = s["sample_rate"]?.numberValue, let sigma = s["noise_multiplier"]?.numberValue,
+                    let n = try integer(s["steps"]?.numberValue, "segments.steps")
+                else {
                     throw .invalidPrivacy("\(source): each segment needs sample_rate, noise_multiplier and steps")
                 }
-                total += try integer(n, "segments.steps") ?? 0
+                segments.append(PrivacySegment(sampleRate: q, noiseMultiplier: sigma, steps: n))
             }
-            steps = steps ?? total
-            if segments.count == 1, case .object(let s) = segments[0] {
-                samplingRate = samplingRate ?? s["sample_rate"]?.numberValue
-                noiseMultiplier = noiseMultiplier ?? s["noise_multiplier"]?.numberValue
-            }
+            fillFromSegments()
         }
         if case .object(let pruning)? = fields["pruning"] {
             pruningMethod = pruningMethod ?? pruning["method"]?.stringValue
@@ -135,11 +150,39 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         func n(_ v: Double?) -> JSONValue { v.map { .number($0) } ?? .null }
         func i(_ v: Int?) -> JSONValue { v.map { .number(Double($0)) } ?? .null }
         func s(_ v: String?) -> JSONValue { v.map { .string($0) } ?? .null }
-        return .object([
+        var fields: [String: JSONValue] = [
             "mechanism": s(mechanism), "epsilon": n(epsilon), "delta": n(delta), "accountant": s(accountant),
             "noise_multiplier": n(noiseMultiplier), "clipping_norm": n(clippingNorm), "sampling_rate": n(samplingRate),
             "steps": i(steps), "epochs": n(epochs), "dataset_size": i(datasetSize), "privacy_unit": s(privacyUnit),
             "pruning_method": s(pruningMethod), "pruning_ratio": n(pruningRatio), "achieved_sparsity": n(achievedSparsity),
-        ])
+        ]
+        // Added in format v1's second revision: present only when known, so earlier statements read the same.
+        if !segments.isEmpty { fields["segments"] = Self.segmentsJSON(segments) }
+        if let claimedEpsilon { fields["claimed_epsilon"] = .number(claimedEpsilon) }
+        return .object(fields)
+    }
+
+    static func segmentsJSON(_ segments: [PrivacySegment]) -> JSONValue {
+        .array(
+            segments.map {
+                .object(["sample_rate": .number($0.sampleRate), "noise_multiplier": .number($0.noiseMultiplier), "steps": .number(Double($0.steps))])
+            }
+        )
+    }
+
+    /// Segments from their stored JSON; an unreadable list reads as none (and then disagrees with the statement).
+    static func segments(fromJSON text: String) -> [PrivacySegment] {
+        (try? JSONDecoder().decode([PrivacySegment].self, from: Data(text.utf8))) ?? []
+    }
+
+    /// Fills the summary columns the segments determine, where unset: steps add up over all segments, and a single
+    /// segment gives its rate and noise.
+    mutating func fillFromSegments() {
+        guard !segments.isEmpty else { return }
+        steps = steps ?? segments.reduce(0) { $0 + $1.steps }
+        if segments.count == 1 {
+            samplingRate = samplingRate ?? segments[0].sampleRate
+            noiseMultiplier = noiseMultiplier ?? segments[0].noiseMultiplier
+        }
     }
 }

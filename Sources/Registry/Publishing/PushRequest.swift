@@ -17,6 +17,8 @@ public struct PushRequest: Sendable {
     /// Identities that receive the version's data key besides the registry and the publisher.
     public var recipients: [PublicIdentity] = []
     public var message: String?
+    /// Push past the dataset's privacy budget (an admin's act, audited).
+    public var overrideBudget = false
     public var chunkSize = SealedFile.defaultChunkSize
 
     public init(model: String, version: String? = nil, paths: [String]) {

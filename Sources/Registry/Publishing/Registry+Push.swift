@@ -17,8 +17,9 @@ extension Registry {
     {
         let actor = try principal(for: publisher)
         try require(.publisher, on: request.model, by: actor, action: "push", target: request.model)
+        if request.overrideBudget { try require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model) }
         do {
-            let result = try pushVersion(request, publisher: publisher, progress: progress)
+            let result = try pushVersion(request, publisher: publisher, overrideBy: request.overrideBudget ? actor.name : nil, progress: progress)
             try audit(
                 principal: actor.name,
                 action: "push",
@@ -36,6 +37,7 @@ extension Registry {
     private func pushVersion(
         _ request: PushRequest,
         publisher: borrowing Identity,
+        overrideBy: String?,
         progress: ((Int) -> Void)?
     ) throws(CofferRegistryError)
         -> PushResult
@@ -44,6 +46,8 @@ extension Registry {
         if let version = request.version { try ModelReference.validate(version: version) }
         if let alias = request.alias { try ModelReference.validate(version: alias) }
         for key in request.tags.keys { try ModelReference.validate(version: key) }
+        var request = request
+        request.privacy.fillFromSegments()  // as the statement's reader will
         try request.privacy.validate()
         let inputs = try InputFile.collect(request.paths)
         if let version = request.version, try versionID(model: request.model, version: version) != nil {
@@ -51,6 +55,19 @@ extension Registry {
         }
         var parentID: Int64? = nil
         if let parent = request.parent { parentID = try resolve(parent).id }
+        // Refuse an over-budget or policy-violating push before sealing anything; both are checked again at commit.
+        _ = try database.read { db in
+            try Self.checkBudget(db, dataset: request.datasetID, privacy: request.privacy, override: overrideBy != nil)
+        }
+        if let alias = request.alias {
+            try checkPolicy(
+                model: request.model,
+                alias: alias,
+                privacy: request.privacy,
+                signer: publisher.publicIdentity,
+                datasetID: request.datasetID
+            )
+        }
 
         // Seal every file under one data key, each with its own nonce prefix, straight into the blob store.
         let dataKey = SecretKey.random()
@@ -100,6 +117,36 @@ extension Registry {
             trainingConfigDigest: request.trainingConfigDigest
         )
         let created = Self.now()
+        do {
+            return try commitVersion(
+                request,
+                files: files,
+                wrapped: wrapped,
+                lineage: lineage,
+                parentID: parentID,
+                created: created,
+                publisher: publisher,
+                overrideBy: overrideBy,
+                bytes: done
+            )
+        } catch {
+            // Nothing of a refused or failed commit stays: its blobs belong to no version.
+            for file in files { blobs.remove(file.sealedSHA256) }
+            throw error
+        }
+    }
+
+    private func commitVersion(
+        _ request: PushRequest,
+        files: [ModelStatement.File],
+        wrapped: [(String, [UInt8])],
+        lineage: ModelStatement.Lineage,
+        parentID: Int64?,
+        created: String,
+        publisher: borrowing Identity,
+        overrideBy: String?,
+        bytes done: Int
+    ) throws(CofferRegistryError) -> PushResult {
         // An automatic version is chosen again if another process commits the same number first.
         for _ in 0..<20 {
             var version = request.version ?? ""
@@ -137,7 +184,9 @@ extension Registry {
                 parentID: parentID,
                 alias: request.alias,
                 tags: request.tags,
-                automatic: request.version == nil
+                automatic: request.version == nil,
+                datasetID: request.datasetID,
+                overrideBy: overrideBy
             )
             if committed {
                 return PushResult(model: request.model, version: version, digest: digest, files: files.count, bytes: done)
@@ -156,10 +205,14 @@ extension Registry {
         parentID: Int64?,
         alias: String?,
         tags: [String: String],
-        automatic: Bool
+        automatic: Bool,
+        datasetID: String?,
+        overrideBy: String?
     ) throws(CofferRegistryError) -> Bool {
         try database.write { db in
             let now = Self.now()
+            // In the same transaction as the insert: two pushes cannot both fit in the last of a budget.
+            let charged = try Self.checkBudget(db, dataset: datasetID, privacy: statement.privacy, override: overrideBy != nil)
             try db.execute(sql: "INSERT OR IGNORE INTO models (name, created_at) VALUES (?, ?)", arguments: [statement.model, now])
             let modelID = try Int64.fetchOne(db, sql: "SELECT id FROM models WHERE name = ?", arguments: [statement.model])!
             if try Bool.fetchOne(db, sql: "SELECT 1 FROM versions WHERE model_id = ? AND version = ?", arguments: [modelID, statement.version]) != nil
@@ -185,6 +238,18 @@ extension Registry {
                 ]
             )
             let versionID = db.lastInsertedRowID
+            if charged, let datasetID {
+                try db.execute(
+                    sql: "INSERT INTO budget_charges (version_id, dataset_id, charged_at, override_by) VALUES (?, ?, ?, ?)",
+                    arguments: [versionID, datasetID, now, overrideBy]
+                )
+            }
+            if !p.segments.isEmpty || p.claimedEpsilon != nil {
+                try db.execute(
+                    sql: "INSERT INTO version_privacy (version_id, segments, claimed_epsilon) VALUES (?, ?, ?)",
+                    arguments: [versionID, String(decoding: try JSONEncoder().encode(p.segments), as: UTF8.self), p.claimedEpsilon]
+                )
+            }
             for file in statement.files {
                 try db.execute(
                     sql: "INSERT INTO files (version_id, path, size, plaintext_sha256, sealed_sha256, sealed_size) VALUES (?, ?, ?, ?, ?, ?)",

@@ -33,8 +33,9 @@ extension Registry {
             report.versions += 1
             do {
                 let stored = try loadVersion(id)
-                for file in stored.files { referenced.insert(file.sealedSHA256) }
                 let (statement, _) = try authenticate(stored)
+                if stored.erased != nil { continue }  // a tombstone: its keys and blobs are gone on purpose
+                for file in stored.files { referenced.insert(file.sealedSHA256) }
                 let hasRegistryKey = try database.read { db in
                     try Bool.fetchOne(
                         db,

@@ -61,6 +61,7 @@ extension Registry {
         throws(CofferRegistryError) -> PullResult
     {
         let stored = try loadVersion(try resolve(reference).id)
+        try stored.ensureNotErased()
         let (statement, signer) = try authenticate(stored)
         let dataKey = try unwrapDataKey(stored, identity: identity)
 

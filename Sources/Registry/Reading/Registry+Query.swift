@@ -18,6 +18,9 @@ public struct VersionSummary: Sendable, Equatable {
     public var parent: String?
     /// Filled by `show` only.
     public var files: [ModelStatement.File] = []
+    /// When and by whom the version was crypto-shredded, if it was.
+    public var erasedAt: String?
+    public var erasedBy: String?
 
     /// `{model, version, digest, created, publisher_key_id, message, aliases, tags, parent, dataset_id, dataset_digest,
     /// training_config_digest, <every privacy field>, files?}`.
@@ -30,6 +33,7 @@ public struct VersionSummary: Sendable, Equatable {
             "training_config_digest": s(trainingConfigDigest),
         ]
         if case .object(let fields) = privacy.json { object.merge(fields) { a, _ in a } }
+        object["erased"] = erasedAt.map { .object(["at": .string($0), "by": s(erasedBy)]) } ?? .null
         if !files.isEmpty {
             object["files"] = .array(
                 files.map {
@@ -112,19 +116,42 @@ extension Registry {
     }
 
     /// Points `alias` of `model` at `version`.
-    public func setAlias(_ alias: String, model: String, version: String) throws(CofferRegistryError) {
+    /// Points `alias` at a version, once the version meets the alias's policy (checked on its signed facts).
+    public func setAlias(_ alias: String, model: String, version: String, by actor: Principal? = nil) throws(CofferRegistryError) {
         try ModelReference.validate(version: alias)
+        try require(.publisher, on: model, by: actor, action: "alias.set", target: "\(model)@\(alias)")
         let id = try resolve(try ModelReference(name: model, selector: .version(version))).id
+        if !(try policies(model: model).isEmpty) {
+            let stored = try loadVersion(id)
+            let (statement, signer) = try authenticate(stored)
+            let charged = try database.read { db in
+                try Bool.fetchOne(db, sql: "SELECT 1 FROM budget_charges WHERE version_id = ?", arguments: [id]) ?? false
+            }
+            do {
+                try checkPolicy(model: model, alias: alias, privacy: statement.privacy, signer: signer, datasetID: nil, charged: charged)
+            } catch {
+                try? audit(
+                    principal: actor?.name ?? "-",
+                    action: "alias.set",
+                    target: "\(model)@\(alias)",
+                    outcome: .refused,
+                    reason: error.description
+                )
+                throw error
+            }
+        }
         try database.write { db in
             try db.execute(
                 sql: "INSERT OR REPLACE INTO aliases (model_id, alias, version_id, updated_at) SELECT model_id, ?, id, ? FROM versions WHERE id = ?",
                 arguments: [alias, Self.now(), id]
             )
         }
+        try audit(principal: actor?.name ?? "-", action: "alias.set", target: "\(model)@\(alias)", outcome: .ok, reason: "version \(version)")
     }
 
     /// Removes `alias` of `model`.
-    public func removeAlias(_ alias: String, model: String) throws(CofferRegistryError) {
+    public func removeAlias(_ alias: String, model: String, by actor: Principal? = nil) throws(CofferRegistryError) {
+        try require(.publisher, on: model, by: actor, action: "alias.rm", target: "\(model)@\(alias)")
         _ = try resolve(try ModelReference(name: model, selector: .alias(alias)))
         try database.write { db in
             try db.execute(
@@ -142,7 +169,9 @@ extension Registry {
     private static let summarySelect = """
         SELECT v.*, m.name AS model_name, p.version AS parent_version, pm.name AS parent_model,
             (SELECT group_concat(alias, char(31)) FROM aliases a WHERE a.version_id = v.id) AS alias_list,
-            (SELECT group_concat(key || char(30) || value, char(31)) FROM tags t WHERE t.version_id = v.id) AS tag_list
+            (SELECT group_concat(key || char(30) || value, char(31)) FROM tags t WHERE t.version_id = v.id) AS tag_list,
+            (SELECT erased_at FROM erasures e WHERE e.version_id = v.id) AS erased_at,
+            (SELECT erased_by FROM erasures e WHERE e.version_id = v.id) AS erased_by
         FROM versions v JOIN models m ON m.id = v.model_id
         LEFT JOIN versions p ON p.id = v.parent_version_id LEFT JOIN models pm ON pm.id = p.model_id
         """
@@ -170,7 +199,9 @@ extension Registry {
             datasetID: row["dataset_id"],
             datasetDigest: row["dataset_digest"],
             trainingConfigDigest: row["training_config_digest"],
-            parent: parentModel.flatMap { m in parentVersion.map { "\(m):\($0)" } }
+            parent: parentModel.flatMap { m in parentVersion.map { "\(m):\($0)" } },
+            erasedAt: row["erased_at"],
+            erasedBy: row["erased_by"]
         )
     }
 }

@@ -20,6 +20,13 @@ struct StoredVersion {
     var files: [ModelStatement.File]
     var envelope: Data?
     var modelSignature: Data?
+    /// `(at, by)` when the version was erased: its keys and blobs are gone.
+    var erased: (at: String, by: String)?
+
+    /// Refuses to go on with an erased version, saying when and by whom it was erased.
+    func ensureNotErased() throws(CofferRegistryError) {
+        if let erased { throw .erased("\(model):\(version) was erased at \(erased.at) by \(erased.by)") }
+    }
 }
 
 /// What `verify` checked.
@@ -83,7 +90,12 @@ extension Registry {
                 sql: "SELECT v.*, m.name AS model_name FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?",
                 arguments: [id]
             )!
-            let privacy = PrivacyMetadata(row: row)
+            var privacy = PrivacyMetadata(row: row)
+            if let history = try Row.fetchOne(db, sql: "SELECT segments, claimed_epsilon FROM version_privacy WHERE version_id = ?", arguments: [id])
+            {
+                privacy.claimedEpsilon = history["claimed_epsilon"]
+                privacy.segments = PrivacyMetadata.segments(fromJSON: history["segments"])
+            }
             let files = try Row.fetchAll(db, sql: "SELECT * FROM files WHERE version_id = ? ORDER BY path", arguments: [id]).map {
                 ModelStatement.File(
                     path: $0["path"],
@@ -99,6 +111,7 @@ extension Registry {
                 sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'model-signing'",
                 arguments: [id]
             )
+            let erasure = try Row.fetchOne(db, sql: "SELECT erased_at, erased_by FROM erasures WHERE version_id = ?", arguments: [id])
             return StoredVersion(
                 id: id,
                 model: row["model_name"],
@@ -111,7 +124,8 @@ extension Registry {
                 trainingConfigDigest: row["training_config_digest"],
                 files: files,
                 envelope: envelope,
-                modelSignature: bundle
+                modelSignature: bundle,
+                erased: erasure.map { ($0["erased_at"], $0["erased_by"]) }
             )
         }
     }
@@ -174,6 +188,7 @@ extension Registry {
     public func verify(_ reference: ModelReference) throws(CofferRegistryError) -> VerifyReport {
         do throws(CofferRegistryError) {
             let stored = try loadVersion(try resolve(reference).id)
+            try stored.ensureNotErased()
             let (statement, signer) = try authenticate(stored)
             for file in statement.files {
                 let digest: [UInt8]
@@ -199,6 +214,7 @@ extension Registry {
         try require(.decrypt, on: reference.name, by: actor, action: "verify", target: reference.description)
         do {
             let stored = try loadVersion(try resolve(reference).id)
+            try stored.ensureNotErased()
             let (statement, signer) = try authenticate(stored)
             let dataKey = try unwrapDataKey(stored, identity: identity)
             for file in statement.files { try open(file, of: stored, dataKey: dataKey, into: DiscardingSink()) }

@@ -45,6 +45,13 @@ struct BlobStore: Sendable {
 
     func exists(_ digest: String) -> Bool { access(path(of: digest), F_OK) == 0 }
 
+    /// Deletes a blob (erasure, or one written by a push that was then refused) and syncs its directory.
+    func remove(_ digest: String) {
+        let file = path(of: digest)
+        unlink(file)
+        Self.syncDirectory(String(file[..<file.lastIndex(of: "/")!]))
+    }
+
     /// Every blob digest on disk (for gc and fsck).
     func allDigests() -> [String] {
         let base = root + "/blobs/sha256"

@@ -12,6 +12,8 @@ struct RegistryDatabase: Sendable {
         configuration.busyMode = .timeout(busyTimeout)
         // GRDB 7 opens write transactions with BEGIN IMMEDIATE by itself.
         configuration.foreignKeysEnabled = true
+        // Deleted rows (wrapped keys after an erasure or a rotation) are overwritten, not left in free pages.
+        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA secure_delete = ON") }
         do {
             if let path {
                 writer = try DatabasePool(path: path, configuration: configuration)
@@ -38,6 +40,17 @@ struct RegistryDatabase: Sendable {
 
     func write<T>(_ body: (Database) throws -> T) throws(CofferRegistryError) -> T {
         do { return try writer.write(body) } catch { throw Self.translate(error) }
+    }
+
+    /// Copies the write-ahead log into the database and truncates it, so deleted content does not linger in the log.
+    func checkpointAndTruncateLog() throws(CofferRegistryError) {
+        do {
+            if let pool = writer as? DatabasePool {
+                try pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) }
+            }
+        } catch {
+            throw Self.translate(error)
+        }
     }
 
     /// Maps SQLite's errors to the registry's: a busy database, a registry error thrown inside a transaction, the rest.

@@ -1,0 +1,216 @@
+import ArgumentParser
+import CofferCrypto
+import CofferRegistry
+import Foundation
+
+extension Coffer {
+    struct Budget: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Privacy budgets per dataset: every version trained on it is charged with its accountant history.",
+            subcommands: [Set.self, Show.self]
+        )
+
+        struct Set: ParsableCommand {
+            static let configuration = CommandConfiguration(commandName: "set", abstract: "Set a dataset's total (epsilon, delta) budget.")
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var acting: OptionalIdentity
+            @Argument(help: "Dataset id (as pushed with --dataset, or the training data's file name).") var dataset: String
+            @Option(name: .long, help: "Total epsilon.") var epsilon: Double
+            @Option(name: .long, help: "Delta the budget is counted at.") var delta: Double
+
+            func run() throws {
+                let store = try registry.open()
+                try store.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, by: try acting.principal(in: store))
+                print("budget of \(dataset): epsilon \(epsilon) at delta \(delta)")
+            }
+        }
+
+        struct Show: ParsableCommand {
+            static let configuration = CommandConfiguration(commandName: "show", abstract: "Versions charged, spent and remaining epsilon.")
+            @OptionGroup var registry: RegistryOptions
+            @Argument(help: "Dataset id.") var dataset: String
+            @Flag(name: .long, help: "Print JSON: {dataset, epsilon, delta, spent, remaining, versions}.") var json = false
+
+            func run() throws {
+                let status = try registry.open().budget(dataset: dataset)
+                if json {
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.sortedKeys]
+                    return print(String(decoding: try encoder.encode(status), as: UTF8.self))
+                }
+                print(
+                    String(
+                        format: "%@: budget epsilon %g at delta %g; spent %.4f (RDP composition); remaining %.4f",
+                        status.dataset,
+                        status.epsilon,
+                        status.delta,
+                        status.spent,
+                        status.remaining
+                    )
+                )
+                for charge in status.versions {
+                    let notes = [charge.overrideBy.map { "over budget, by \($0)" }, charge.erased ? "erased" : nil].compactMap { $0 }
+                    print(
+                        String(format: "  %@:%@  epsilon %.4f alone", charge.model, charge.version, charge.epsilon)
+                            + (notes.isEmpty ? "" : "  (\(notes.joined(separator: ", ")))")
+                    )
+                }
+            }
+        }
+    }
+
+    struct Policy: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Rules a version must meet to carry an alias (checked by alias set and push --alias).",
+            subcommands: [Set.self, Show.self]
+        )
+
+        struct Set: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                commandName: "set",
+                abstract: "NAME@ALIAS (that alias) or NAME (every alias); no rule removes the policy."
+            )
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var acting: OptionalIdentity
+            @Argument(help: "NAME@ALIAS or NAME.") var target: String
+            @Option(name: .long, help: "Largest epsilon allowed.") var maxEpsilon: Double?
+            @Option(name: .long, help: "Largest delta allowed.") var maxDelta: Double?
+            @Option(name: .long, help: "Required signer (name or key ID).") var signer: String?
+            @Option(name: .long, help: "Smallest target pruning ratio allowed.") var minPruningRatio: Double?
+            @Flag(name: .long, help: "The version must be charged to a dataset with a budget.") var requireBudget = false
+
+            func run() throws {
+                let reference = try ModelReference(parsing: target)
+                var alias: String? = nil
+                switch reference.selector {
+                case .latest: break
+                case .alias(let name): alias = name
+                case .version: throw CLIError("a policy applies to NAME@ALIAS or NAME, not to a version")
+                }
+                let rules = PolicyRules(
+                    maxEpsilon: maxEpsilon,
+                    maxDelta: maxDelta,
+                    signer: signer,
+                    minPruningRatio: minPruningRatio,
+                    requireBudget: requireBudget ? true : nil
+                )
+                let store = try registry.open()
+                try store.setPolicy(model: reference.name, alias: alias, rules: rules, by: try acting.principal(in: store))
+                print(rules.isEmpty ? "removed the policy of \(target)" : "policy of \(target) set")
+            }
+        }
+
+        struct Show: ParsableCommand {
+            static let configuration = CommandConfiguration(commandName: "show", abstract: "The policies of a model.")
+            @OptionGroup var registry: RegistryOptions
+            @Argument(help: "NAME.") var model: String
+            @Flag(name: .long, help: "Print JSON: [{alias, rules}].") var json = false
+
+            func run() throws {
+                let policies = try registry.open().policies(model: model)
+                let encoder = JSONEncoder()
+                encoder.outputFormatting = [.sortedKeys]
+                if json {
+                    let items = try policies.map { p in
+                        "{\"alias\":\(p.alias.map { "\"\($0)\"" } ?? "null"),\"rules\":\(String(decoding: try encoder.encode(p.rules), as: UTF8.self))}"
+                    }
+                    return print("[\(items.joined(separator: ","))]")
+                }
+                for p in policies { print("\(model)@\(p.alias ?? "*")  \(String(decoding: try encoder.encode(p.rules), as: UTF8.self))") }
+            }
+        }
+    }
+
+    struct Erase: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Crypto-shred a model or one version: every wrapped data key, then the blobs; the attestation stays as a tombstone."
+        )
+        @OptionGroup var registry: RegistryOptions
+        @OptionGroup var acting: OptionalIdentity
+        @Argument(help: "NAME (every version) or NAME:VERSION.") var reference: String
+
+        func run() throws {
+            let target = try ModelReference(parsing: reference)
+            var version: String? = nil
+            switch target.selector {
+            case .latest: break
+            case .version(let v): version = v
+            case .alias: throw CLIError("erase takes NAME or NAME:VERSION, not an alias")
+            }
+            let store = try registry.open()
+            let erased = try store.erase(model: target.name, version: version, by: try acting.principal(in: store))
+            print("erased \(erased.joined(separator: ", ")): no key to them remains")
+        }
+    }
+
+    struct Key: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The registry's own key.", subcommands: [Rotate.self])
+
+        struct Rotate: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "New registry key; every data key re-wrapped to it (no blob re-encrypted); the old key retired and useless."
+            )
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var acting: OptionalIdentity
+            @Option(name: .long, help: "File holding the new key's passphrase (else the same source as the current one's).")
+            var newPassphraseFile: String?
+
+            func run() throws {
+                let store = try registry.open()
+                let actor = try acting.principal(in: store)
+                let current = try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
+                let passphrase =
+                    if let newPassphraseFile {
+                        try Passphrase.fromFile(newPassphraseFile)
+                    } else {
+                        try acting.passphraseOptions.passphrase(prompt: "Passphrase for the new registry key: ", confirm: true)
+                    }
+                let fresh = try store.rotateKey(current: current, passphrase: passphrase, by: actor)
+                print("registry key rotated: \(store.identity.keyID) retired, \(fresh.keyID) current")
+            }
+        }
+    }
+
+    struct Recipient: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Who holds a version's data key: add or remove a recipient's wrapped key.",
+            subcommands: [Add.self, Remove.self]
+        )
+
+        struct Add: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Wrap the data key of NAME:VERSION (or every version of NAME) for PUB.")
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var passphraseOptions: PassphraseOptions
+            @OptionGroup var acting: ActingIdentity
+            @Argument(help: "NAME or NAME:VERSION.") var reference: String
+            @Argument(help: "The recipient's public identity (NAME.pub).") var publicIdentity: String
+
+            func run() throws {
+                let store = try registry.open()
+                let recipient = try PublicIdentity(contentsOf: publicIdentity)
+                let shared = try store.addRecipient(
+                    try ModelReference(parsing: reference),
+                    recipient: recipient,
+                    identity: try acting.unlock(passphraseOptions)
+                )
+                print("\(recipient.name) can now decrypt \(shared.joined(separator: ", "))")
+            }
+        }
+
+        struct Remove: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Delete a recipient's wrapped keys of NAME:VERSION (or every version of NAME).")
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var acting: OptionalIdentity
+            @Argument(help: "NAME or NAME:VERSION.") var reference: String
+            @Argument(help: "The recipient's key ID, or its public identity file.") var recipient: String
+
+            func run() throws {
+                let keyID = FileManager.default.fileExists(atPath: recipient) ? try PublicIdentity(contentsOf: recipient).keyID : recipient
+                let store = try registry.open()
+                let removed = try store.removeRecipient(try ModelReference(parsing: reference), keyID: keyID, by: try acting.principal(in: store))
+                guard removed > 0 else { throw CLIError("\(keyID) holds no key of \(reference)") }
+                print("removed \(removed) wrapped keys of \(keyID)")
+            }
+        }
+    }
+}

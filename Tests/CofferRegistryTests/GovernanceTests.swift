@@ -1,0 +1,271 @@
+import CofferCrypto
+import CofferTraining
+import Foundation
+import GRDB
+import Testing
+
+@testable import CofferRegistry
+
+/// Budgets, policies, imported histories, key rotation, recipients and erasure on a real registry directory.
+struct GovernanceTests {
+    static let passphraseText = "registry passphrase"
+
+    /// A registry owned by alice (admin, and trusted signer) with a one-file model directory.
+    private func owned(_ alice: borrowing Identity) throws -> (RegistryFixture, Principal, String) {
+        let f = try RegistryFixture()
+        try f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: nil)
+        let admin = try f.registry.principal(for: alice)
+        try f.registry.trust(alice.publicIdentity, by: admin)
+        let dir = try f.makeModel("model", ["weights.bin": bytes(20_000)])
+        return (f, admin, dir)
+    }
+
+    private func request(_ dir: String, dataset: String?, segments: [PrivacySegment], model: String = "m") -> PushRequest {
+        var request = PushRequest(model: model, paths: [dir])
+        request.datasetID = dataset
+        request.privacy.mechanism = "dp-sgd"
+        request.privacy.delta = 1e-5
+        request.privacy.segments = segments
+        request.privacy.epsilon = Registry.composedEpsilon(segments, delta: 1e-5)
+        return request
+    }
+
+    private func message(_ body: () throws -> Void) -> String {
+        do {
+            try body()
+            return "no error"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func budgetsComposeHistoriesAndRefuseWithoutChangingAnything() throws {
+        let alice = try Identity.generate(name: "alice")
+        let (f, admin, dir) = try owned(alice)
+        try f.registry.setBudget(dataset: "census", epsilon: 5, delta: 1e-5, by: admin)
+        let first = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 400)]
+        let second = [
+            PrivacySegment(sampleRate: 0.02, noiseMultiplier: 0.9, steps: 300), PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.2, steps: 100),
+        ]
+        _ = try f.registry.push(request(dir, dataset: "census", segments: first), publisher: alice)
+        _ = try f.registry.push(request(dir, dataset: "census", segments: second), publisher: alice)
+        let status = try f.registry.budget(dataset: "census")
+        // Composition, not a sum of epsilons: RDP summed order by order, exactly as one accountant fed every segment.
+        var reference = RDPAccountant()
+        for segment in first + second { reference.compose(segment) }
+        #expect(abs(status.spent - reference.epsilon(delta: 1e-5).epsilon) < 1e-9)
+        let alone = status.versions.map(\.epsilon)
+        #expect(status.spent < alone.reduce(0, +), "composition is tighter than adding epsilons")
+
+        let before = try f.registry.list(model: nil, where: nil, limit: 100).count
+        let blobsBefore = try FileManager.default.subpathsOfDirectory(atPath: "\(f.home)/blobs").count
+        let heavy = [PrivacySegment(sampleRate: 0.05, noiseMultiplier: 0.7, steps: 2000)]
+        let refused = message { _ = try f.registry.push(request(dir, dataset: "census", segments: heavy), publisher: alice) }
+        #expect(
+            refused.contains("privacy budget exceeded: dataset census") && refused.contains("spent") && refused.contains("remaining"),
+            "\(refused)"
+        )
+        #expect(try f.registry.list(model: nil, where: nil, limit: 100).count == before)
+        #expect(try FileManager.default.subpathsOfDirectory(atPath: "\(f.home)/blobs").count == blobsBefore)
+        #expect(try f.registry.fsck().problems.isEmpty)
+
+        // No history, no charge: even an override does not skip the accounting.
+        var bare = request(dir, dataset: "census", segments: [])
+        bare.overrideBudget = true
+        #expect(message { _ = try f.registry.push(bare, publisher: alice) }.contains("needs the version's accountant history"))
+        // An admin may exceed the budget; the charge records who did.
+        var over = request(dir, dataset: "census", segments: heavy)
+        over.overrideBudget = true
+        _ = try f.registry.push(over, publisher: alice)
+        let after = try f.registry.budget(dataset: "census")
+        #expect(after.versions.last?.overrideBy == "alice" && after.spent > 5 && after.remaining == 0)
+        #expect(try f.registry.auditEntries().contains { $0.action == "push" && $0.outcome == .failed && $0.reason.contains("budget exceeded") })
+    }
+
+    @Test func aPublisherWhoIsNotAdminCannotOverride() throws {
+        let alice = try Identity.generate(name: "alice")
+        let carol = try Identity.generate(name: "carol")
+        let (f, admin, dir) = try owned(alice)
+        try f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [.publisher], by: admin)
+        try f.registry.trust(carol.publicIdentity, by: admin)
+        try f.registry.setBudget(dataset: "d", epsilon: 0.1, delta: 1e-5, by: admin)
+        var over = request(dir, dataset: "d", segments: [PrivacySegment(sampleRate: 0.05, noiseMultiplier: 0.7, steps: 2000)])
+        over.overrideBudget = true
+        #expect(message { _ = try f.registry.push(over, publisher: carol) }.contains("carol lacks the admin role"))
+        #expect(
+            message { try f.registry.setBudget(dataset: "d", epsilon: 9, delta: 1e-5, by: try f.registry.principal(for: carol)) }.contains(
+                "lacks the admin role"
+            )
+        )
+    }
+
+    @Test func eachPolicyRuleRefusesByName() throws {
+        let alice = try Identity.generate(name: "alice")
+        let (f, admin, dir) = try owned(alice)
+        try f.registry.setBudget(dataset: "d", epsilon: 50, delta: 1e-5, by: admin)
+        var pushed = request(dir, dataset: "d", segments: [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 400)])
+        pushed.privacy.pruningRatio = 0.3
+        _ = try f.registry.push(pushed, publisher: alice)  // version 1: budgeted, pruned 30%
+        _ = try f.registry.push(
+            request(dir, dataset: nil, segments: [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 400)]),
+            publisher: alice
+        )
+        let epsilon = try f.registry.show(try ModelReference(parsing: "m:1")).privacy.epsilon!
+        let cases: [(PolicyRules, String, String)] = [
+            (PolicyRules(maxEpsilon: epsilon / 2), "1", "requires epsilon <= \(epsilon / 2); the version has \(epsilon)"),
+            (PolicyRules(maxDelta: 1e-6), "1", "requires delta <= 1e-06; the version has 1e-05"),
+            (PolicyRules(signer: "bob"), "1", "requires a signature by bob; the version is signed by alice (\(alice.publicIdentity.keyID))"),
+            (PolicyRules(minPruningRatio: 0.5), "1", "requires pruning ratio >= 0.5; the version has 0.3"),
+            (PolicyRules(requireBudget: true), "2", "requires a version charged to a dataset with a privacy budget"),
+        ]
+        for (rules, version, expected) in cases {
+            try f.registry.setPolicy(model: "m", alias: "prod", rules: rules, by: admin)
+            let refused = message { try f.registry.setAlias("prod", model: "m", version: version, by: admin) }
+            #expect(refused == "policy refused: alias prod of m \(expected)", "\(refused)")
+        }
+        try f.registry.setPolicy(model: "m", alias: "prod", rules: PolicyRules(maxEpsilon: epsilon, signer: "alice", requireBudget: true), by: admin)
+        try f.registry.setAlias("prod", model: "m", version: "1", by: admin)
+        // Model-wide rules hold for every alias, on push --alias too, before anything is sealed.
+        try f.registry.setPolicy(model: "m", alias: nil, rules: PolicyRules(maxDelta: 1e-7), by: admin)
+        var aliased = request(dir, dataset: nil, segments: [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 1)])
+        aliased.alias = "staging"
+        #expect(message { _ = try f.registry.push(aliased, publisher: alice) }.contains("alias staging of m requires delta <= 1e-07"))
+        #expect(try f.registry.list(model: "m", where: nil, limit: 10).count == 2)
+    }
+
+    @Test func importedHistoriesAreRecomputedAndUnderstatedClaimsRefused() throws {
+        func history(_ json: String) throws -> PrivacyHistory {
+            try PrivacyHistory(json: try JSONDecoder().decode(JSONValue.self, from: Data(json.utf8)), source: "h.json")
+        }
+        let reference = PrivacySegment(sampleRate: 256.0 / 60_000, noiseMultiplier: 1.1, steps: 14_062)
+        let shapes = [
+            #"[{"sample_rate": 0.004266666666666667, "noise_multiplier": 1.1, "steps": 14062}]"#,
+            #"[[1.1, 0.004266666666666667, 14062]]"#,
+            #"{"history": [[1.1, 0.004266666666666667, 14062]], "epsilon": 2.6, "delta": 1e-5}"#,
+        ]
+        for shape in shapes {
+            var base = PrivacyMetadata()
+            base.delta = 1e-5
+            let privacy = try history(shape).applied(to: base)
+            #expect(privacy.segments == [reference])
+            #expect(abs(privacy.epsilon! - 2.3819) < 1e-3 && privacy.accountant == "pld", "the tighter PLD bound")
+        }
+        #expect(try history(shapes[2]).applied(to: PrivacyMetadata()).claimedEpsilon == 2.6)
+        let understated = message {
+            _ = try history(#"{"segments": [[1.1, 0.004266666666666667, 14062]], "epsilon": 2.0, "delta": 1e-5}"#).applied(to: PrivacyMetadata())
+        }
+        #expect(understated.contains("claims epsilon 2.0000, but its segments give 2.38"), "\(understated)")
+        #expect(message { _ = try history(#"[[1.1, 1.5, 10]]"#).applied(to: PrivacyMetadata()) }.contains("gives no delta"))
+        var withDelta = PrivacyMetadata()
+        withDelta.delta = 1e-5
+        #expect(message { _ = try history(#"[[1.1, 1.5, 10]]"#).applied(to: withDelta) }.contains("sample_rate in (0, 1]"))
+        #expect(message { _ = try history(#"[[0, 0.01, 10]]"#).applied(to: withDelta) }.contains("has no noise"))
+        #expect(message { _ = try history(#"[{"sample_rate": 0.01, "steps": -3, "noise_multiplier": 1}]"#) }.contains("entry 1 is neither"))
+        #expect(message { _ = try history(#"[]"#) }.contains("the history is empty"))
+    }
+
+    @Test func rotationRewrapsEveryKeyAndTheOldKeyOpensNothing() throws {
+        let alice = try Identity.generate(name: "alice")
+        let bob = try Identity.generate(name: "bob")
+        let (f, admin, dir) = try owned(alice)
+        try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .decrypt], by: admin)
+        for _ in 0..<3 { _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
+        try f.registry.addRecipient(try ModelReference(parsing: "m"), recipient: bob.publicIdentity, identity: alice)
+        let registryKey = { () throws -> Identity in
+            try Identity.decrypt(keyFile: try f.read("home/registry.key"), passphrase: passphrase(Self.passphraseText))
+        }
+        let old = try registryKey()
+        #expect(try f.registry.signAuditHead(with: old) > 0)
+        let fresh = try f.registry.rotateKey(
+            current: old,
+            passphrase: passphrase(Self.passphraseText),
+            kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+            by: admin
+        )
+
+        let reopened = try Registry(at: f.home)
+        #expect(reopened.identity == fresh)
+        let current = try registryKey()
+        #expect(current.publicIdentity == fresh, "registry.key now holds the new key")
+        for version in ["1", "2", "3"] {
+            let stored = try reopened.loadVersion(try reopened.resolve(try ModelReference(parsing: "m:\(version)")).id)
+            #expect(throws: CofferRegistryError.self) { _ = try reopened.unwrapDataKey(stored, identity: old) }
+            _ = try reopened.unwrapDataKey(stored, identity: current)
+            _ = try reopened.pull(try ModelReference(parsing: "m:\(version)"), identity: bob, into: f.path("out\(version)"))
+        }
+        #expect(try f.read("out2/weights.bin") == bytes(20_000))
+        let report = try reopened.verifyAudit()
+        #expect(report.signedThrough > 0, "heads signed by the retired key still verify")
+        _ = try reopened.signAuditHead(with: current)
+        #expect(try reopened.verifyAudit().unsigned == 0)
+        #expect(try reopened.fsck().problems.isEmpty)
+    }
+
+    @Test func recipientsCanBeRemoved() throws {
+        let alice = try Identity.generate(name: "alice")
+        let bob = try Identity.generate(name: "bob")
+        let (f, admin, dir) = try owned(alice)
+        try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .decrypt], by: admin)
+        _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        #expect(message { _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("a")) }.contains("holds no key"))
+        try f.registry.addRecipient(try ModelReference(parsing: "m:1"), recipient: bob.publicIdentity, identity: alice)
+        _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("b"))
+        #expect(try f.registry.removeRecipient(try ModelReference(parsing: "m"), keyID: bob.publicIdentity.keyID, by: admin) == 1)
+        #expect(message { _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("c")) }.contains("holds no key"))
+        #expect(
+            message { try f.registry.removeRecipient(try ModelReference(parsing: "m"), keyID: f.registry.identity.keyID, by: admin) }.contains(
+                "never removed"
+            )
+        )
+    }
+
+    @Test func erasureLeavesNothingDecryptableEvenFromABackup() throws {
+        let alice = try Identity.generate(name: "alice")
+        let (f, admin, dir) = try owned(alice)
+        try f.registry.setBudget(dataset: "d", epsilon: 10, delta: 1e-5, by: admin)
+        _ = try f.registry.push(
+            request(dir, dataset: "d", segments: [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 400)]),
+            publisher: alice
+        )
+        _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        try f.registry.setAlias("prod", model: "m", version: "1", by: admin)
+        let spent = try f.registry.budget(dataset: "d").spent
+        let stanzas = try DatabaseQueue(path: "\(f.home)/registry.sqlite").read { db in
+            try Data.fetchAll(db, sql: "SELECT stanza FROM wrapped_keys WHERE version_id = 1")
+        }
+        #expect(stanzas.count == 2, "the registry's and the publisher's")
+        try FileManager.default.copyItem(atPath: "\(f.home)/blobs", toPath: f.path("backup"))
+
+        #expect(try f.registry.erase(model: "m", version: "1", by: admin) == ["m:1"])
+        let erasedPull = message { _ = try f.registry.pull(try ModelReference(parsing: "m:1"), identity: alice, into: f.path("out")) }
+        #expect(erasedPull.contains("m:1 was erased at") && erasedPull.contains("by alice"))
+        let shown = try f.registry.show(try ModelReference(parsing: "m:1"))
+        #expect(shown.erasedBy == "alice" && shown.erasedAt != nil && shown.aliases.isEmpty)
+        #expect(message { _ = try f.registry.verify(try ModelReference(parsing: "m:1")) }.contains("was erased"))
+        #expect(try f.registry.budget(dataset: "d").spent == spent, "erasure refunds nothing")
+        let fsck = try f.registry.fsck()
+        #expect(fsck.problems.isEmpty, "\(fsck.problems)")
+        _ = try f.registry.pull(try ModelReference(parsing: "m:2"), identity: alice, into: f.path("still"))
+
+        // The backup's blobs hold no stanza; their keys are gone from the database, its free pages and its log.
+        let registryKey = try Identity.decrypt(keyFile: try f.read("home/registry.key"), passphrase: passphrase(Self.passphraseText))
+        let erasedBlob = try f.registry.show(try ModelReference(parsing: "m:1")).files[0].sealedSHA256
+        let backup = f.path("backup/sha256/\(erasedBlob.prefix(2))/\(erasedBlob)")
+        #expect(FileManager.default.fileExists(atPath: backup) && !FileManager.default.fileExists(atPath: f.registry.blobs.path(of: erasedBlob)))
+        for identity in [0, 1] {
+            let source = try FileDescriptorStream(readingFrom: backup)
+            #expect(throws: CofferCryptoError.self) {
+                if identity == 0 {
+                    _ = try SealedFile.open(from: source, to: DiscardingSink(), identity: alice)
+                } else {
+                    _ = try SealedFile.open(from: source, to: DiscardingSink(), identity: registryKey)
+                }
+            }
+        }
+        for name in ["registry.sqlite", "registry.sqlite-wal"] {
+            guard let file = FileManager.default.contents(atPath: "\(f.home)/\(name)") else { continue }
+            for stanza in stanzas { #expect(file.range(of: stanza) == nil, "an erased key stanza survives in \(name)") }
+        }
+        #expect(try f.registry.auditEntries().contains { $0.action == "erase" && $0.target == "m:1" })
+    }
+}
