@@ -111,11 +111,13 @@ extension Registry {
                 )!
             )
         }
-        summary.files = try loadVersion(id).files
+        let stored = try loadVersion(id)
+        summary.files = stored.files
+        summary.privacy.segments = stored.privacy.segments
+        summary.privacy.claimedEpsilon = stored.privacy.claimedEpsilon
         return summary
     }
 
-    /// Points `alias` of `model` at `version`.
     /// Points `alias` at a version, once the version meets the alias's policy (checked on its signed facts).
     public func setAlias(_ alias: String, model: String, version: String, by actor: Principal? = nil) throws(CofferRegistryError) {
         try ModelReference.validate(version: alias)
