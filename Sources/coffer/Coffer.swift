@@ -18,7 +18,7 @@ struct Coffer: ParsableCommand {
             Keygen.self, Seal.self, Unseal.self, Attestation.self, Init.self, Trust.self, Push.self, Pull.self, Verify.self, List.self,
             Show.self, Alias.self, Tag.self, Log.self, Fsck.self, GC.self, Privacy.self, CheckpointCommand.self, Train.self, Predict.self, Synth.self,
             PrincipalCommand.self, GrantCommand.self, RevokeCommand.self,
-            SessionCommand.self, Infer.self, Audit.self, Budget.self, Policy.self, Erase.self, Key.self, Recipient.self,
+            SessionCommand.self, Infer.self, Audit.self, Budget.self, Policy.self, Erase.self, Key.self, Recipient.self, Rekey.self,
         ]
     )
 

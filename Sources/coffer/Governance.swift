@@ -171,6 +171,24 @@ extension Coffer {
         }
     }
 
+    struct Rekey: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Re-encrypt a version under a fresh data key (after removing a recipient who may have kept the old one)."
+        )
+        @OptionGroup var registry: RegistryOptions
+        @OptionGroup var acting: OptionalIdentity
+        @Argument(help: "NAME:VERSION or NAME@ALIAS.") var reference: String
+
+        func run() throws {
+            let store = try registry.open()
+            let actor = try acting.principal(in: store)
+            let registryKey = try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
+            let result = try store.rekey(try ModelReference(parsing: reference), registryIdentity: registryKey, by: actor)
+            print("re-encrypted \(result.model):\(result.version) under a new data key, wrapped for \(result.recipients.count) key(s)")
+            if !result.dropped.isEmpty { print("not re-wrapped (public identity unknown): \(result.dropped.joined(separator: ", "))") }
+        }
+    }
+
     struct Recipient: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Who holds a version's data key: add or remove a recipient's wrapped key.",

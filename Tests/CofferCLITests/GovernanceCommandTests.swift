@@ -35,6 +35,9 @@ struct GovernanceCommandTests {
         let rotate = try coffer(["key", "rotate"] + admin, dir)
         #expect(rotate.status == 0 && rotate.stdoutText.contains("registry key rotated"), "\(rotate.stderr)")
         #expect(try coffer(["pull", "m@prod", "--identity", "keys/bob.key", "--out", "pulled"], dir).status == 0)
+        let rekey = try coffer(["rekey", "m:1"] + admin, dir)
+        #expect(rekey.status == 0 && rekey.stdoutText.contains("re-encrypted m:1 under a new data key"), "\(rekey.stderr)")
+        #expect(try coffer(["pull", "m@prod", "--identity", "keys/bob.key", "--out", "pulled-again"], dir).status == 0)
         #expect(try coffer(["fsck"], dir).status == 0)
 
         #expect(try coffer(["erase", "m:1"] + admin, dir).status == 0)

@@ -269,3 +269,55 @@ struct GovernanceTests {
         #expect(try f.registry.auditEntries().contains { $0.action == "erase" && $0.target == "m:1" })
     }
 }
+
+extension GovernanceTests {
+    @Test func rekeyLocksOutAKeptDataKeyAndEveryoneElseStillPulls() throws {
+        let alice = try Identity.generate(name: "alice")
+        let bob = try Identity.generate(name: "bob")
+        let carol = try Identity.generate(name: "carol")
+        let (f, admin, dir) = try owned(alice)
+        for (name, who) in [("bob", bob.publicIdentity), ("carol", carol.publicIdentity)] {
+            try f.registry.addPrincipal(name: name, identity: who, roles: [.reader, .decrypt], by: admin)
+        }
+        var request = PushRequest(model: "m", paths: [dir])
+        request.recipients = [bob.publicIdentity, carol.publicIdentity]
+        _ = try f.registry.push(request, publisher: alice)
+        let reference = try ModelReference(parsing: "m:1")
+        // Carol keeps the data key, then loses her access.
+        let stored = try f.registry.loadVersion(try f.registry.resolve(reference).id)
+        let kept = try f.registry.unwrapDataKey(stored, identity: carol)
+        let oldBlob = stored.files[0].sealedSHA256
+        #expect(try f.registry.removeRecipient(reference, keyID: carol.publicIdentity.keyID, by: admin) == 1)
+
+        let registryKey = try Identity.decrypt(keyFile: try f.read("home/registry.key"), passphrase: passphrase(Self.passphraseText))
+        let result = try f.registry.rekey(reference, registryIdentity: registryKey, by: admin)
+        #expect(
+            Set(result.recipients) == [f.registry.identity.keyID, alice.publicIdentity.keyID, bob.publicIdentity.keyID] && result.dropped.isEmpty
+        )
+        #expect(!f.registry.blobs.exists(oldBlob), "the blobs under the old key are gone")
+        let (current, _) = try f.registry.authenticate(try f.registry.loadVersion(stored.id))
+        #expect(current.files[0].sealedSHA256 != oldBlob && current.files[0].plaintextSHA256 == stored.files[0].plaintextSHA256)
+        let source = try FileDescriptorStream(readingFrom: f.registry.blobs.path(of: current.files[0].sealedSHA256))
+        let (header, length) = try SealedFileHeader.read(from: source)
+        #expect(throws: CofferCryptoError.self) {
+            _ = try SealedFile.openPayload(from: source, to: DiscardingSink(), header: header, headerLength: length, dataKey: kept)
+        }
+        for (who, out) in [(0, "a"), (1, "b")] {
+            if who == 0 {
+                _ = try f.registry.pull(reference, identity: alice, into: f.path(out))
+            } else {
+                _ = try f.registry.pull(reference, identity: bob, into: f.path(out))
+            }
+            #expect(try f.read("\(out)/weights.bin") == bytes(20_000))
+        }
+        #expect(try f.registry.verify(reference).files == 1)
+        let fsck = try f.registry.fsck()
+        #expect(fsck.problems.isEmpty && fsck.orphanBlobs.isEmpty, "\(fsck.problems) \(fsck.orphanBlobs)")
+
+        // The re-encrypted files are bound to the registry's signed record.
+        try DatabaseQueue(path: "\(f.home)/registry.sqlite").write { db in
+            try db.execute(sql: "UPDATE rekeyed_files SET sealed_size = sealed_size + 1")
+        }
+        #expect(message { _ = try f.registry.verify(reference) }.contains("the re-encrypted files table disagrees with the rekey attestation"))
+    }
+}

@@ -58,7 +58,8 @@ public final class FileDescriptorStream: ByteSource, ByteSink, Sendable {
         self.ownsDescriptor = false
     }
 
-    init(ownedDescriptor: Int32, path: String) {
+    /// Takes ownership of `ownedDescriptor`: it is closed when the stream is released.
+    public init(ownedDescriptor: Int32, path: String) {
         self.fd = ownedDescriptor
         self.path = path
         self.ownsDescriptor = true

@@ -73,6 +73,8 @@ public struct OpenedSession: ~Copyable {
 struct ClaimedSession: ~Copyable {
     let info: SessionInfo
     let stored: StoredVersion
+    /// The version's files as they are stored now (after any rekey), checked against the signed records.
+    let files: [ModelStatement.File]
     let dataKey: SecretKey
 }
 
@@ -258,7 +260,7 @@ extension Registry {
         guard let wrapped: Data = row["wrapped_key"] else { try refuseSession(principal, id, "session \(id) holds no key any more") }
         let stored = try loadVersion(row["version_id"])
         if stored.erased != nil { try refuseSession(principal, id, "\(model):\(row["version"] as String) was erased") }
-        _ = try authenticate(stored)
+        let (statement, _) = try authenticate(stored)
         let dataKey: SecretKey
         do { dataKey = try WrappedKey(encoded: Array(wrapped)).unwrap(with: token.keyEncryptionKey) } catch {
             try refuseSession(principal, id, "the session's key does not open with this token")
@@ -275,7 +277,7 @@ extension Registry {
             uses: (row["uses"] as Int) + 1,
             revokedAt: nil
         )
-        return ClaimedSession(info: info, stored: stored, dataKey: dataKey)
+        return ClaimedSession(info: info, stored: stored, files: statement.files, dataKey: dataKey)
     }
 
     private func refuseSession(_ principal: String, _ target: String, _ reason: String) throws(CofferRegistryError) -> Never {
@@ -323,12 +325,12 @@ public struct InferenceSession: ~Copyable {
         var files: [(String, Range<Int>)] = []
         var offset = 0
         // Each file starts on a 64-byte boundary, so tensors keep the alignment safetensors gives them.
-        for file in stored.files {
+        for file in claimed.files {
             files.append((file.path, offset..<(offset + file.size)))
             offset += (file.size + 63) / 64 * 64
         }
         let plaintext = SecureBytes(count: max(offset, 1))
-        for (file, entry) in zip(stored.files, files) {
+        for (file, entry) in zip(claimed.files, files) {
             let sink = SecureSink(buffer: plaintext, range: entry.1)
             do {
                 try registry.open(file, of: stored, dataKey: claimed.dataKey, into: sink, checkingBlobDigest: false)

@@ -35,6 +35,7 @@ extension Registry {
         if !(try holds(.admin, on: reference.name, actor)) {
             try require(.publisher, on: reference.name, by: actor, action: "recipient.add", target: reference.description)
         }
+        try rememberRecipients([recipient])
         var shared: [String] = []
         for target in try recipientTargets(reference) {
             let stored = try loadVersion(target.id)

@@ -20,6 +20,7 @@ extension Registry {
         if request.overrideBudget { try require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model) }
         do {
             let result = try pushVersion(request, publisher: publisher, overrideBy: request.overrideBudget ? actor.name : nil, progress: progress)
+            try rememberRecipients([publisher.publicIdentity] + request.recipients)
             try audit(
                 principal: actor.name,
                 action: "push",

@@ -35,7 +35,7 @@ extension Registry {
                 let stored = try loadVersion(id)
                 let (statement, _) = try authenticate(stored)
                 if stored.erased != nil { continue }  // a tombstone: its keys and blobs are gone on purpose
-                for file in stored.files { referenced.insert(file.sealedSHA256) }
+                for file in statement.files { referenced.insert(file.sealedSHA256) }
                 let hasRegistryKey = try database.read { db in
                     try Bool.fetchOne(
                         db,
@@ -68,7 +68,11 @@ extension Registry {
     /// Removes blobs no version references and leftover temporary files, older than `grace` seconds
     /// (a push in progress writes its blobs before it commits its rows).
     public func gc(grace: Double = 900) throws(CofferRegistryError) -> GCReport {
-        let referenced = Set(try database.read { db in try String.fetchAll(db, sql: "SELECT DISTINCT sealed_sha256 FROM files") })
+        let referenced = Set(
+            try database.read { db in
+                try String.fetchAll(db, sql: "SELECT sealed_sha256 FROM files UNION SELECT sealed_sha256 FROM rekeyed_files")
+            }
+        )
         let cutoff = Date().addingTimeInterval(-grace)
         var report = GCReport()
         func removeIfOld(_ path: String) -> Int? {

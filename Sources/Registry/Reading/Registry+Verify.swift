@@ -22,6 +22,9 @@ struct StoredVersion {
     var modelSignature: Data?
     /// `(at, by)` when the version was erased: its keys and blobs are gone.
     var erased: (at: String, by: String)?
+    /// The registry-signed rekey record and the re-encrypted files ("path sealed_sha256 sealed_size", by path), if any.
+    var rekeyEnvelope: Data? = nil
+    var rekeyedFiles: [String] = []
 
     /// Refuses to go on with an erased version, saying when and by whom it was erased.
     func ensureNotErased() throws(CofferRegistryError) {
@@ -112,6 +115,12 @@ extension Registry {
                 arguments: [id]
             )
             let erasure = try Row.fetchOne(db, sql: "SELECT erased_at, erased_by FROM erasures WHERE version_id = ?", arguments: [id])
+            let rekey = try Data.fetchOne(db, sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'rekey'", arguments: [id])
+            let rekeyed = try Row.fetchAll(
+                db,
+                sql: "SELECT path, sealed_sha256, sealed_size FROM rekeyed_files WHERE version_id = ? ORDER BY path",
+                arguments: [id]
+            ).map { "\($0["path"] as String) \($0["sealed_sha256"] as String) \($0["sealed_size"] as Int)" }
             return StoredVersion(
                 id: id,
                 model: row["model_name"],
@@ -125,7 +134,9 @@ extension Registry {
                 files: files,
                 envelope: envelope,
                 modelSignature: bundle,
-                erased: erasure.map { ($0["erased_at"], $0["erased_by"]) }
+                erased: erasure.map { ($0["erased_at"], $0["erased_by"]) },
+                rekeyEnvelope: rekey,
+                rekeyedFiles: rekeyed
             )
         }
     }
@@ -180,7 +191,10 @@ extension Registry {
         guard resources.sorted(by: { $0.name < $1.name }) == expected.sorted(by: { $0.name < $1.name }) else {
             throw .tampered("\(label): the model-signing bundle names other files than the statement")
         }
-        return (statement, signer)
+        // After a rekey the blobs are the ones the registry's signed record names; the plaintext digests stay the publisher's.
+        var current = statement
+        current.files = try currentFiles(stored, signed: statement.files.sorted { $0.path < $1.path })
+        return (current, signer)
     }
 
     /// Verifies a version without any key: signature, trust, database-vs-statement agreement, and the
