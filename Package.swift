@@ -16,11 +16,15 @@ let package = Package(
         .library(name: "CofferCrypto", targets: ["CofferCrypto"]),
         .library(name: "CofferRegistry", targets: ["CofferRegistry"]),
         .library(name: "CofferTraining", targets: ["CofferTraining"]),
+        .library(name: "CofferServer", targets: ["CofferServer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         .systemLibrary(
@@ -60,13 +64,28 @@ let package = Package(
             path: "Sources/Registry",
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "CofferServer",
+            dependencies: [
+                "CofferCrypto",
+                "CofferRegistry",
+                "CofferTraining",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/Server",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "coffer",
             dependencies: [
                 "CofferCrypto",
                 "CofferRegistry",
                 "CofferTraining",
+                "CofferServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             path: "Sources/coffer",
             swiftSettings: swiftSettings
@@ -84,6 +103,14 @@ let package = Package(
         .testTarget(
             name: "CofferTrainingTests",
             dependencies: ["CofferTraining"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CofferServerTests",
+            dependencies: [
+                "CofferServer", "CofferRegistry", "CofferCrypto",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -24,6 +24,8 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case principalExists(String)
     case unknownPrincipal(String)
     case sessionRefused(String)
+    case unauthenticated(String)
+    case invalidInput(String)
     case noBudget(String)
     case budgetExceeded(String)
     case policyViolation(String)
@@ -57,6 +59,8 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
         case .principalExists(let name): "principal \(name) already exists (or its key is already registered)"
         case .unknownPrincipal(let name): "unknown principal \(name)"
         case .sessionRefused(let why): "session refused: \(why)"
+        case .unauthenticated(let why): "unauthenticated: \(why)"
+        case .invalidInput(let why): "\(why)"
         case .noBudget(let dataset): "dataset \(dataset) has no budget (coffer budget set)"
         case .budgetExceeded(let why): "privacy budget exceeded: \(why)"
         case .policyViolation(let why): "policy refused: \(why)"

@@ -9,7 +9,7 @@ import Glibc
 
 /// The `coffer` command: a thin face over the Coffer libraries.
 @main
-struct Coffer: ParsableCommand {
+struct Coffer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "coffer",
         abstract: "An encrypted model registry and artifact store.",
@@ -19,15 +19,20 @@ struct Coffer: ParsableCommand {
             Show.self, Alias.self, Tag.self, Log.self, Fsck.self, GC.self, Privacy.self, CheckpointCommand.self, Train.self, Predict.self, Synth.self,
             PrincipalCommand.self, GrantCommand.self, RevokeCommand.self,
             SessionCommand.self, Infer.self, Audit.self, Budget.self, Policy.self, Erase.self, Key.self, Recipient.self, Rekey.self,
+            Serve.self, Token.self,
         ]
     )
 
     /// Runs the command; a library error becomes one line on stderr and exit status 1, never a trace.
-    static func main() {
+    static func main() async {
         TemporaryFiles.removeOnInterrupt()
         do {
             var command = try parseAsRoot()
-            try command.run()
+            if var asynchronous = command as? any AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
         } catch let error as CofferCryptoError {
             fail(error.description)
         } catch let error as CofferRegistryError {

@@ -106,25 +106,7 @@ extension Coffer {
 
 /// Prints per-task predictions, one row per input row: `coffer predict` and `coffer infer` alike.
 func printPredictions(_ predictions: [[Float]], tasks: [TaskSpec], preprocessing: Preprocessing, rows count: Int, json: Bool) {
-    var rows: [JSONValue] = []
-    for i in 0..<count {
-        var row: [String: JSONValue] = [:]
-        for (t, task) in tasks.enumerated() {
-            switch task.kind {
-            case .classification:
-                let probabilities = Array(predictions[t][(i * task.classes)..<((i + 1) * task.classes)])
-                let best = probabilities.indices.max { probabilities[$0] < probabilities[$1] }!
-                let labels = preprocessing.tasks[t].labels
-                row[task.name] = .object([
-                    "class": labels.map { .string($0[best]) } ?? .number(Double(best)),
-                    "probabilities": .array(probabilities.map { .number(Double($0)) }),
-                ])
-            case .binary, .regression:
-                row[task.name] = .number(Double(predictions[t][i]))
-            }
-        }
-        rows.append(.object(row))
-    }
+    let rows = predictionRows(predictions, tasks: tasks, preprocessing: preprocessing, rows: count)
     if json { return JSONOutput.print(.array(rows)) }
     for (i, row) in rows.enumerated() {
         guard case .object(let fields) = row else { continue }

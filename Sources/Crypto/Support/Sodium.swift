@@ -27,3 +27,12 @@ enum Sodium {
         return bytes
     }
 }
+
+/// Comparison of public or secret byte strings in time that does not depend on where they differ.
+public enum SecureCompare {
+    public static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        _ = Sodium.ready
+        guard a.count == b.count else { return false }
+        return sodium_memcmp(a, b, a.count) == 0
+    }
+}

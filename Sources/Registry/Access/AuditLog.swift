@@ -181,3 +181,10 @@ extension Registry {
 private func appendBigEndian(_ value: UInt64, width: Int, to bytes: inout [UInt8]) {
     for i in stride(from: width - 1, through: 0, by: -1) { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * UInt64(i)))) }
 }
+
+extension Registry {
+    /// Audits a refusal decided outside the registry's own checks (the HTTP server's authentication).
+    public func recordRefusal(action: String, target: String, reason: String, principal: String = "-") throws(CofferRegistryError) {
+        try audit(principal: principal, action: action, target: target, outcome: .refused, reason: reason)
+    }
+}

@@ -11,18 +11,24 @@ import Glibc
 /// It is shown once at open; the registry keeps only a keyed hash of it, and the version's data key wrapped
 /// under a key derived from it, so the token alone is what opens the model.
 public struct SessionToken: ~Copyable {
-    static let prefix = Array("cfs_".utf8)
+    /// Session tokens (`cfs_`) and, with the same construction, HTTP bearer tokens (`cft_`).
+    public static let sessionPrefix = Array("cfs_".utf8)
+    public static let apiPrefix = Array("cft_".utf8)
     static let textLength = 4 + 64
     let secret: SecretKey
+    let prefix: [UInt8]
 
-    init(secret: consuming SecretKey) { self.secret = secret }
+    init(secret: consuming SecretKey, prefix: [UInt8] = sessionPrefix) {
+        self.secret = secret
+        self.prefix = prefix
+    }
 
-    /// Parses a token's text (e.g. from the command line), refusing anything but `cfs_` and 64 hex digits.
-    public init(text: borrowing SecureBytes) throws(CofferRegistryError) {
+    /// Parses a token's text (e.g. from the command line), refusing anything but the prefix and 64 hex digits.
+    public init(text: borrowing SecureBytes, prefix: [UInt8] = sessionPrefix) throws(CofferRegistryError) {
         let secret = SecureBytes(count: SecretKey.byteCount)
         let valid = text.withUnsafeBytes { t in
             secret.withUnsafeMutableBytes { out in
-                guard t.count == Self.textLength, Array(t[0..<4]) == Self.prefix else { return false }
+                guard t.count == Self.textLength, Array(t[0..<4]) == prefix else { return false }
                 for i in 0..<SecretKey.byteCount {
                     guard let high = Self.nibble(t[4 + 2 * i]), let low = Self.nibble(t[5 + 2 * i]) else { return false }
                     out[i] = high << 4 | low
@@ -30,8 +36,10 @@ public struct SessionToken: ~Copyable {
                 return true
             }
         }
-        guard valid else { throw .sessionRefused("malformed session token (expected cfs_ and 64 lower-case hex digits)") }
+        let name = String(decoding: prefix, as: UTF8.self)
+        guard valid else { throw .sessionRefused("malformed session token (expected \(name) and 64 lower-case hex digits)") }
         self.secret = SecretKey(bytes: secret)
+        self.prefix = prefix
     }
 
     private static func nibble(_ c: UInt8) -> UInt8? {
@@ -48,7 +56,7 @@ public struct SessionToken: ~Copyable {
         let digits = Array("0123456789abcdef".utf8)
         secret.withUnsafeBytes { s in
             out.withUnsafeMutableBytes { o in
-                for i in 0..<4 { o[i] = Self.prefix[i] }
+                for i in 0..<4 { o[i] = prefix[i] }
                 for i in 0..<s.count {
                     o[4 + 2 * i] = digits[Int(s[i] >> 4)]
                     o[5 + 2 * i] = digits[Int(s[i] & 0x0F)]
@@ -134,9 +142,21 @@ extension Registry {
         maxUses: Int? = nil,
         now: Date = Date()
     ) throws(CofferRegistryError) -> OpenedSession {
+        try openSession(reference, principal: try principal(for: identity), unwrappingWith: identity, ttl: ttl, maxUses: maxUses, now: now)
+    }
+
+    /// Opens a session for `actor` (authenticated by other means: the server's bearer token), unwrapping the data key
+    /// with `unwrappingWith` (the server's unlocked registry identity).
+    public func openSession(
+        _ reference: ModelReference,
+        principal actor: Principal,
+        unwrappingWith identity: borrowing Identity,
+        ttl: TimeInterval,
+        maxUses: Int? = nil,
+        now: Date = Date()
+    ) throws(CofferRegistryError) -> OpenedSession {
         guard ttl > 0, ttl.isFinite else { throw .sessionRefused("--ttl must be a positive duration") }
         if let maxUses, maxUses < 1 { throw .sessionRefused("--max-uses must be at least 1") }
-        let actor = try principal(for: identity)
         var alias: String? = nil
         if case .alias(let name) = reference.selector { alias = name }
         try require(.inference, on: reference.name, alias: alias, by: actor, action: "session.open", target: reference.description)
@@ -206,7 +226,10 @@ extension Registry {
 
     /// Revokes a session (its principal or an admin): its copy of the data key is destroyed at once.
     public func revokeSession(id: String, identity: borrowing Identity) throws(CofferRegistryError) {
-        let actor = try principal(for: identity)
+        try revokeSession(id: id, principal: try principal(for: identity))
+    }
+
+    public func revokeSession(id: String, principal actor: Principal) throws(CofferRegistryError) {
         let owner = try database.read { db in try String.fetchOne(db, sql: "SELECT principal FROM sessions WHERE id = ?", arguments: [id]) }
         guard let owner else { throw .sessionRefused("unknown session \(id)") }
         if owner != actor.name { try require(.admin, on: nil, by: actor, action: "session.revoke", target: id) }
@@ -221,42 +244,16 @@ extension Registry {
 
     /// Checks a token and takes one use of its session: refuses (and audits) unknown, revoked, expired and exhausted
     /// sessions, and those whose principal has lost the grant. Returns the version and its data key.
-    func claimSession(_ token: borrowing SessionToken, now: Date) throws(CofferRegistryError) -> ClaimedSession {
+    func claimSession(_ token: borrowing SessionToken, now: Date, countingUse: Bool = true) throws(CofferRegistryError) -> ClaimedSession {
         let hash = try tokenHash(token)
-        let row = try database.read { db in
-            try Row.fetchOne(
-                db,
-                sql: """
-                    SELECT s.*, m.name AS model, v.version AS version FROM sessions s
-                    JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id WHERE s.token_hash = ?
-                    """,
-                arguments: [Data(hash)]
-            )
-        }
+        let row = try sessionRow(sql: "s.token_hash = ?", argument: Data(hash))
         // The log names a session by its id, an unknown token by a prefix of its keyed hash: never the token.
         guard let row else { try refuseSession("-", "token \(Digest.hex(hash.prefix(8)))", "unknown session token") }
+        try check(session: row, now: now, countingUse: countingUse)
         let id: String = row["id"]
         let principal: String = row["principal"]
         let model: String = row["model"]
-        if let revoked: String = row["revoked_at"] { try refuseSession(principal, id, "session \(id) was revoked at \(revoked)") }
         let expires: String = row["expires_at"]
-        if Self.timestamp(now) >= expires {
-            try database.write { db in try db.execute(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ?", arguments: [id]) }
-            try refuseSession(principal, id, "session \(id) expired at \(expires)")
-        }
-        let alias: String? = row["alias"]
-        let stillGranted = try grants(of: principal).contains { $0.allows(.inference, on: model, alias: alias) }
-        if try checksPrincipals(), !stillGranted {
-            try refuseSession(principal, id, "\(principal) no longer holds the inference role on \(model)")
-        }
-        let claimed = try database.write { db in
-            try db.execute(
-                sql: "UPDATE sessions SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
-                arguments: [id]
-            )
-            return db.changesCount == 1
-        }
-        if !claimed { try refuseSession(principal, id, "session \(id) has used all \(row["max_uses"] as Int? ?? 0) of its uses") }
         guard let wrapped: Data = row["wrapped_key"] else { try refuseSession(principal, id, "session \(id) holds no key any more") }
         let stored = try loadVersion(row["version_id"])
         if stored.erased != nil { try refuseSession(principal, id, "\(model):\(row["version"] as String) was erased") }
@@ -274,10 +271,60 @@ extension Registry {
             createdAt: row["created_at"],
             expiresAt: expires,
             maxUses: row["max_uses"],
-            uses: (row["uses"] as Int) + 1,
+            uses: (row["uses"] as Int) + (countingUse ? 1 : 0),
             revokedAt: nil
         )
         return ClaimedSession(info: info, stored: stored, files: statement.files, dataKey: dataKey)
+    }
+
+    /// Takes one use of a session held by `principal` whose model is already open (the server's cache), after the
+    /// same checks as a token: not revoked, not expired, not exhausted, the grant still held.
+    public func useSession(id: String, principal: String, now: Date = Date()) throws(CofferRegistryError) {
+        guard let row = try sessionRow(sql: "s.id = ?", argument: id), row["principal"] as String == principal else {
+            try refuseSession(principal, id, "unknown session \(id)")
+        }
+        try check(session: row, now: now, countingUse: true)
+        try audit(principal: principal, action: "infer", target: id, outcome: .ok, reason: "\(row["model"] as String):\(row["version"] as String)")
+    }
+
+    private func sessionRow(sql condition: String, argument: some DatabaseValueConvertible & Sendable) throws(CofferRegistryError) -> Row? {
+        try database.read { db in
+            try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT s.*, m.name AS model, v.version AS version FROM sessions s
+                    JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id WHERE \(condition)
+                    """,
+                arguments: [argument]
+            )
+        }
+    }
+
+    /// Refuses (and audits) a revoked, expired or exhausted session, or one whose principal lost the grant; takes a use.
+    private func check(session row: Row, now: Date, countingUse: Bool) throws(CofferRegistryError) {
+        let id: String = row["id"]
+        let principal: String = row["principal"]
+        let model: String = row["model"]
+        if let revoked: String = row["revoked_at"] { try refuseSession(principal, id, "session \(id) was revoked at \(revoked)") }
+        let expires: String = row["expires_at"]
+        if Self.timestamp(now) >= expires {
+            try database.write { db in try db.execute(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ?", arguments: [id]) }
+            try refuseSession(principal, id, "session \(id) expired at \(expires)")
+        }
+        let alias: String? = row["alias"]
+        let stillGranted = try grants(of: principal).contains { $0.allows(.inference, on: model, alias: alias) }
+        if try checksPrincipals(), !stillGranted {
+            try refuseSession(principal, id, "\(principal) no longer holds the inference role on \(model)")
+        }
+        guard countingUse else { return }
+        let claimed = try database.write { db in
+            try db.execute(
+                sql: "UPDATE sessions SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
+                arguments: [id]
+            )
+            return db.changesCount == 1
+        }
+        if !claimed { try refuseSession(principal, id, "session \(id) has used all \(row["max_uses"] as Int? ?? 0) of its uses") }
     }
 
     private func refuseSession(_ principal: String, _ target: String, _ reason: String) throws(CofferRegistryError) -> Never {
@@ -318,8 +365,9 @@ public struct InferenceSession: ~Copyable {
         try self.init(registry: registry, token: token, now: now)
     }
 
-    public init(registry: Registry, token: borrowing SessionToken, now: Date = Date()) throws(CofferRegistryError) {
-        let claimed = try registry.claimSession(token, now: now)
+    /// `countingUse: false` opens the model without taking a use (the server counts each prediction instead).
+    public init(registry: Registry, token: borrowing SessionToken, countingUse: Bool = true, now: Date = Date()) throws(CofferRegistryError) {
+        let claimed = try registry.claimSession(token, now: now, countingUse: countingUse)
         let info = claimed.info
         let stored = claimed.stored
         var files: [(String, Range<Int>)] = []
@@ -366,7 +414,7 @@ public struct InferenceSession: ~Copyable {
             }
             return (checkpoint, predictions)
         } catch {
-            throw .sessionRefused("\(error)")
+            throw .invalidInput(error.description)
         }
     }
 
@@ -392,5 +440,28 @@ final class SecureSink: ByteSink {
         guard written + bytes.count <= range.count else { throw .truncated("more plaintext than the signed size") }
         if let source = bytes.baseAddress { (base + range.lowerBound + written).copyMemory(from: source, byteCount: bytes.count) }
         written += bytes.count
+    }
+}
+
+/// Per-task predictions as JSON rows: `{task: {class, probabilities}}` for a classification (the class label when
+/// the checkpoint names them), `{task: value}` otherwise. `coffer predict`, `coffer infer` and the server's predict.
+public func predictionRows(_ predictions: [[Float]], tasks: [TaskSpec], preprocessing: Preprocessing, rows count: Int) -> [JSONValue] {
+    (0..<count).map { i in
+        var row: [String: JSONValue] = [:]
+        for (t, task) in tasks.enumerated() {
+            switch task.kind {
+            case .classification:
+                let probabilities = Array(predictions[t][(i * task.classes)..<((i + 1) * task.classes)])
+                let best = probabilities.indices.max { probabilities[$0] < probabilities[$1] }!
+                let labels = preprocessing.tasks[t].labels
+                row[task.name] = .object([
+                    "class": labels.map { .string($0[best]) } ?? .number(Double(best)),
+                    "probabilities": .array(probabilities.map { .number(Double($0)) }),
+                ])
+            case .binary, .regression:
+                row[task.name] = .number(Double(predictions[t][i]))
+            }
+        }
+        return .object(row)
     }
 }

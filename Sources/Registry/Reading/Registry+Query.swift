@@ -246,3 +246,23 @@ extension Registry {
         return chain
     }
 }
+
+extension Registry {
+    /// The model a blob belongs to (original or re-encrypted), or `nil` when no version names it.
+    public func model(ofBlob digest: String) throws(CofferRegistryError) -> String? {
+        try database.read { db in
+            try String.fetchOne(
+                db,
+                sql: """
+                    SELECT m.name FROM models m JOIN versions v ON v.model_id = m.id
+                    WHERE v.id IN (SELECT version_id FROM files WHERE sealed_sha256 = ?1 UNION SELECT version_id FROM rekeyed_files WHERE sealed_sha256 = ?1)
+                    LIMIT 1
+                    """,
+                arguments: [digest]
+            )
+        }
+    }
+
+    /// Where a blob lives in the store.
+    public func blobPath(_ digest: String) -> String { blobs.path(of: digest) }
+}

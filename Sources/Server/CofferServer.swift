@@ -1,0 +1,98 @@
+public import CofferCrypto
+public import CofferRegistry
+import CofferTraining
+import Foundation
+public import Hummingbird
+public import Logging
+
+/// Where and how `coffer serve` listens.
+public struct ServerConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    /// Largest request body accepted (predict rows, session requests); larger ones get 413.
+    public var maxBodySize: Int
+
+    public init(host: String = "127.0.0.1", port: Int = 8443, maxBodySize: Int = 8 << 20) {
+        self.host = host
+        self.port = port
+        self.maxBodySize = maxBodySize
+    }
+}
+
+/// The registry's own identity, unlocked once at start and held in sodium memory for the server's life.
+public final class UnlockedIdentity: @unchecked Sendable {
+    let identity: Identity
+    public init(_ identity: consuming Identity) { self.identity = identity }
+}
+
+/// The request context: who the bearer token speaks for, once the authentication middleware has run.
+public struct CofferRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public var holder: TokenHolder?
+    public var requestID: String
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        holder = nil
+        requestID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+    }
+
+    public var maxUploadSize: Int { 8 << 20 }
+}
+
+/// Builds the application: the same `CofferRegistry` library the CLI uses, behind HTTP.
+///
+/// ```swift
+/// let app = try buildApplication(registry: registry, registryIdentity: unlocked, configuration: .init(port: 8443))
+/// try await app.runService()
+/// ```
+public func buildApplication(
+    registry: Registry,
+    registryIdentity: UnlockedIdentity,
+    configuration: ServerConfiguration,
+    logger: Logger = Logger(label: "coffer.server")
+) -> some ApplicationProtocol {
+    let state = ServerState(registry: registry, registryIdentity: registryIdentity, logger: logger)
+    return Application(
+        router: buildRouter(state: state),
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "coffer"),
+        services: [state.sessions],
+        logger: logger
+    )
+}
+
+/// Everything the handlers share.
+final class ServerState: Sendable {
+    let registry: Registry
+    let registryIdentity: UnlockedIdentity
+    let metrics = ServerMetrics()
+    let sessions: LoadedSessions
+    let logger: Logger
+
+    init(registry: Registry, registryIdentity: UnlockedIdentity, logger: Logger) {
+        self.registry = registry
+        self.registryIdentity = registryIdentity
+        self.sessions = LoadedSessions(logger: logger)
+        self.logger = logger
+    }
+}
+
+func buildRouter(state: ServerState) -> Router<CofferRequestContext> {
+    let router = Router(context: CofferRequestContext.self)
+    router.add(middleware: RequestLogMiddleware(state: state))
+    router.get("healthz") { _, _ in "ok\n" }
+    router.get("metrics") { _, _ in state.metrics.prometheusText() }
+    router.addRoutes(RegistryController(state: state).routes, atPath: "v1")
+    return router
+}
+
+/// Builds the application and serves until SIGTERM or SIGINT, then shuts down gracefully (open requests finish,
+/// decrypted models are wiped).
+public func runServer(
+    registry: Registry,
+    registryIdentity: UnlockedIdentity,
+    configuration: ServerConfiguration,
+    logger: Logger = Logger(label: "coffer.server")
+) async throws {
+    try await buildApplication(registry: registry, registryIdentity: registryIdentity, configuration: configuration, logger: logger).runService()
+}

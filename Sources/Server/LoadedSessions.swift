@@ -1,0 +1,56 @@
+import CofferRegistry
+import Foundation
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// Models opened for HTTP inference sessions, held decrypted in sodium memory for each session's life: dropped
+/// (and so wiped) when the session expires, is revoked, or the server shuts down.
+final class LoadedSessions: Service, Sendable {
+    /// Read-only once built: predictions only read the decrypted buffer, from any number of requests at once.
+    final class Loaded: @unchecked Sendable {
+        let session: InferenceSession
+        let principal: String
+        let expires: Date
+        init(_ session: consuming InferenceSession, principal: String, expires: Date) {
+            self.session = session
+            self.principal = principal
+            self.expires = expires
+        }
+    }
+
+    private let loaded = Mutex<[String: Loaded]>([:])
+    private let logger: Logger
+
+    init(logger: Logger) { self.logger = logger }
+
+    func insert(_ model: Loaded, id: String) { loaded.withLock { $0[id] = model } }
+
+    func get(_ id: String, now: Date = Date()) -> Loaded? {
+        loaded.withLock { models in
+            guard let model = models[id] else { return nil }
+            if model.expires <= now {
+                models[id] = nil
+                return nil
+            }
+            return model
+        }
+    }
+
+    func remove(_ id: String) { _ = loaded.withLock { $0.removeValue(forKey: id) } }
+
+    var count: Int { loaded.withLock { $0.count } }
+
+    /// Drops expired models every second until graceful shutdown, then drops them all.
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                let now = Date()
+                self.loaded.withLock { models in models = models.filter { $0.value.expires > now } }
+            }
+        }
+        loaded.withLock { $0.removeAll() }
+        logger.info("inference models wiped")
+    }
+}

@@ -1,0 +1,87 @@
+import CofferCrypto
+import CofferRegistry
+import Foundation
+import Hummingbird
+import Logging
+
+/// Logs every request once with its id, method, path, status and latency (never a header or body: no token can
+/// reach a log line), and counts it in the metrics.
+struct RequestLogMiddleware: RouterMiddleware {
+    typealias Context = CofferRequestContext
+    let state: ServerState
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let start = ContinuousClock.now
+        let path = request.uri.path
+        do {
+            let response = try await next(request, context)
+            record(request, path: path, status: response.status.code, start: start, context: context)
+            return response
+        } catch let error as any HTTPResponseError {
+            record(request, path: path, status: error.status.code, start: start, context: context)
+            throw error
+        } catch {
+            record(request, path: path, status: 500, start: start, context: context)
+            throw error
+        }
+    }
+
+    private func record(_ request: Request, path: String, status: Int, start: ContinuousClock.Instant, context: Context) {
+        let elapsed = ContinuousClock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        state.metrics.record(route: ServerMetrics.routeLabel(path), status: status, seconds: seconds)
+        state.logger.info(
+            "request",
+            metadata: [
+                "request_id": .string(context.requestID), "method": .string(request.method.rawValue), "path": .string(path),
+                "status": .stringConvertible(status), "ms": .string(String(format: "%.1f", seconds * 1000)),
+            ]
+        )
+    }
+}
+
+/// Authenticates the bearer token (`Authorization: Bearer cft_...`) and checks that its scope allows `role`.
+/// Missing, malformed, unknown, expired and revoked tokens get 401; a scope that does not allow the role, 403.
+/// Both are audited by the registry.
+func authenticate(_ request: Request, _ context: inout CofferRequestContext, state: ServerState, role: Role) throws -> TokenHolder {
+    guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+        try? state.registry.recordRefusal(action: "authenticate", target: request.uri.path, reason: "no bearer token")
+        state.metrics.refusal()
+        throw HTTPError(.unauthorized, headers: [.wwwAuthenticate: "Bearer"], message: "a bearer token is required (Authorization: Bearer cft_...)")
+    }
+    let text = header.utf8.dropFirst("Bearer ".utf8.count)
+    let secret = SecureBytes(count: text.count)
+    secret.withUnsafeMutableBytes { _ = $0.copyBytes(from: text) }
+    do {
+        let holder = try state.registry.authenticateToken(secret)
+        guard holder.scope.allows(role) else {
+            let reason = "token \(holder.tokenID) has scope \(holder.scope.rawValue), which does not allow the \(role.rawValue) role"
+            try? state.registry.recordRefusal(action: "authorize", target: request.uri.path, reason: reason, principal: holder.principal.name)
+            state.metrics.refusal()
+            throw HTTPError(.forbidden, message: reason)
+        }
+        context.holder = holder
+        return holder
+    } catch let error as CofferRegistryError {
+        state.metrics.refusal()
+        throw httpError(error)
+    }
+}
+
+/// The HTTP form of a registry error: the same one-line message, with the status that fits.
+func httpError(_ error: CofferRegistryError) -> HTTPError {
+    let status: HTTPResponse.Status =
+        switch error {
+        case .unauthenticated: .unauthorized
+        case .refused, .sessionRefused: .forbidden
+        case .unknownModel, .unknownVersion, .unknownAlias, .unknownPrincipal, .noBudget: .notFound
+        case .erased: .gone
+        case .versionExists, .principalExists: .conflict
+        case .budgetExceeded, .policyViolation: .forbidden
+        case .tampered: .unprocessableContent
+        case .databaseBusy: .serviceUnavailable
+        case .database, .io: .internalServerError
+        default: .badRequest
+        }
+    return HTTPError(status, message: error.description)
+}

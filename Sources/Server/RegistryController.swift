@@ -1,0 +1,256 @@
+import CofferCrypto
+import CofferRegistry
+import CofferTraining
+import Foundation
+import Hummingbird
+
+/// `/v1`: versions, verification, ciphertext downloads with Range, budgets, audit, inference sessions.
+struct RegistryController {
+    let state: ServerState
+    var registry: Registry { state.registry }
+
+    var routes: RouteCollection<CofferRequestContext> {
+        RouteCollection(context: CofferRequestContext.self)
+            .get("versions", use: list)
+            .get("version", use: show)
+            .get("verify", use: verify)
+            .get("blobs/:digest", use: blob)
+            .get("budgets/:dataset", use: budget)
+            .get("audit", use: audit)
+            .post("sessions", use: openSession)
+            .post("sessions/:id/predict", use: predict)
+            .delete("sessions/:id", use: closeSession)
+    }
+
+    /// `GET /v1/versions?model=NAME&where=EXPR&limit=N`: as `coffer list --json`.
+    func list(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let model = request.uri.queryParameters.get("model")
+        try run { () throws(CofferRegistryError) in
+            try registry.require(.reader, on: model, by: holder.principal, action: "list", target: model ?? "*")
+        }
+        let filter = request.uri.queryParameters.get("where")
+        let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 100
+        let versions = try run { () throws(CofferRegistryError) in try registry.list(model: model, where: filter, limit: limit) }
+        return try json(JSONValue.array(versions.map(\.json)))
+    }
+
+    /// `GET /v1/version?ref=NAME:VERSION`: as `coffer show --json`.
+    func show(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let reference = try self.reference(request)
+        try run { () throws(CofferRegistryError) in
+            try registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description)
+        }
+        return try json(try run { () throws(CofferRegistryError) in try registry.show(reference) }.json)
+    }
+
+    /// `GET /v1/verify?ref=...`: signature, trust, rows and blob digests, server-side (a client re-verifies what it pulls).
+    func verify(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let reference = try self.reference(request)
+        try run { () throws(CofferRegistryError) in
+            try registry.require(.reader, on: reference.name, by: holder.principal, action: "verify", target: reference.description)
+        }
+        let report = try run { () throws(CofferRegistryError) in try registry.verify(reference) }
+        return try json(
+            JSONValue.object([
+                "model": .string(report.model), "version": .string(report.version), "digest": .string(report.digest),
+                "signer": .string(report.signer), "signer_key_id": .string(report.signerKeyID), "files": .number(Double(report.files)),
+                "ok": .bool(true),
+            ])
+        )
+    }
+
+    /// `GET /v1/blobs/{sha256}`: a sealed blob, streamed in 64 KiB pieces, with `Range: bytes=a-b` answered by 206.
+    func blob(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let digest = try context.parameters.require("digest")
+        guard digest.count == 64, digest.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
+            throw HTTPError(.badRequest, message: "a blob is named by 64 lower-case hex digits")
+        }
+        guard let model = try registry.model(ofBlob: digest) else { throw HTTPError(.notFound, message: "no blob \(digest)") }
+        try run { () throws(CofferRegistryError) in try registry.require(.reader, on: model, by: holder.principal, action: "blob", target: digest) }
+        let path = registry.blobPath(digest)
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path), let size = (attributes[.size] as? NSNumber)?.intValue else {
+            throw HTTPError(.notFound, message: "blob \(digest) is missing from the store")
+        }
+        var range = 0..<size
+        var status = HTTPResponse.Status.ok
+        var headers: HTTPFields = [.contentType: "application/octet-stream", .acceptRanges: "bytes"]
+        if let text = request.headers[.range] {
+            guard let parsed = Self.parseRange(text, size: size) else {
+                throw HTTPError(.rangeNotSatisfiable, headers: [.contentRange: "bytes */\(size)"], message: "range \(text) is outside 0..\(size)")
+            }
+            range = parsed
+            status = .partialContent
+            headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound - 1)/\(size)"
+        }
+        let metrics = state.metrics
+        let served = range
+        let body = ResponseBody(contentLength: served.count) { writer in
+            let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: path))
+            defer { try? handle.close() }
+            try handle.seek(toOffset: UInt64(served.lowerBound))
+            var remaining = served.count
+            while remaining > 0 {
+                let piece = try handle.read(upToCount: min(remaining, 64 << 10)) ?? Data()
+                guard !piece.isEmpty else { break }
+                try await writer.write(ByteBuffer(bytes: piece))
+                remaining -= piece.count
+                metrics.sent(bytes: piece.count)
+            }
+            try await writer.finish(nil)
+        }
+        return Response(status: status, headers: headers, body: body)
+    }
+
+    /// `bytes=a-b`, `bytes=a-` or `bytes=-n`, within a file of `size` bytes.
+    static func parseRange(_ text: String, size: Int) -> Range<Int>? {
+        guard text.hasPrefix("bytes="), !text.contains(",") else { return nil }
+        let spec = text.dropFirst(6).split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
+        guard spec.count == 2 else { return nil }
+        let (first, last) = (Int(spec[0]), Int(spec[1]))
+        switch (first, last) {
+        case (let a?, let b?) where a <= b && a < size: return a..<min(b + 1, size)
+        case (let a?, nil) where spec[1].isEmpty && a < size: return a..<size
+        case (nil, let n?) where spec[0].isEmpty && n > 0: return max(0, size - n)..<size
+        default: return nil
+        }
+    }
+
+    /// `GET /v1/budgets/{dataset}`: as `coffer budget show --json`.
+    func budget(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        _ = try authenticate(request, &context, state: state, role: .reader)
+        let dataset = try context.parameters.require("dataset")
+        return try json(try run { () throws(CofferRegistryError) in try registry.budget(dataset: dataset) })
+    }
+
+    /// `GET /v1/audit?since=T`: admins only.
+    func audit(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .admin)
+        try run { () throws(CofferRegistryError) in try registry.require(.admin, on: nil, by: holder.principal, action: "audit", target: "*") }
+        return try json(try run { () throws(CofferRegistryError) in try registry.auditEntries(since: request.uri.queryParameters.get("since")) })
+    }
+
+    struct OpenSessionRequest: Decodable {
+        var ref: String
+        var ttlSeconds: Double
+        var maxUses: Int?
+        enum CodingKeys: String, CodingKey {
+            case ref
+            case ttlSeconds = "ttl_seconds"
+            case maxUses = "max_uses"
+        }
+    }
+
+    /// `POST /v1/sessions {ref, ttl_seconds, max_uses?}`: opens a session for the token's principal and loads the
+    /// model into the server's locked memory; returns `{id, model, version, expires_at, max_uses}`.
+    func openSession(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .inference)
+        let body = try await request.decode(as: OpenSessionRequest.self, context: context)
+        let reference = try run { () throws(CofferRegistryError) in try ModelReference(parsing: body.ref) }
+        let info = try run { () throws(CofferRegistryError) in
+            let opened = try registry.openSession(
+                reference,
+                principal: holder.principal,
+                unwrappingWith: state.registryIdentity.identity,
+                ttl: body.ttlSeconds,
+                maxUses: body.maxUses
+            )
+            let session = try InferenceSession(registry: registry, token: opened.token, countingUse: false)
+            let expires = ISO8601DateFormatter.fractional.date(from: opened.info.expiresAt) ?? Date()
+            state.sessions.insert(.init(session, principal: holder.principal.name, expires: expires), id: opened.info.id)
+            return opened.info
+        }
+        return try json(
+            JSONValue.object([
+                "id": .string(info.id), "model": .string(info.model), "version": .string(info.version), "expires_at": .string(info.expiresAt),
+                "max_uses": info.maxUses.map { .number(Double($0)) } ?? .null,
+            ]),
+            status: .created
+        )
+    }
+
+    struct PredictRequest: Decodable {
+        var rows: [[String: Double]]
+    }
+
+    /// `POST /v1/sessions/{id}/predict {rows: [{feature: value}]}`: per-task predictions, one use of the session.
+    func predict(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .inference)
+        let id = try context.parameters.require("id")
+        let body = try await request.decode(as: PredictRequest.self, context: context)
+        guard let first = body.rows.first else { throw HTTPError(.badRequest, message: "rows is empty") }
+        try run { () throws(CofferRegistryError) in try registry.useSession(id: id, principal: holder.principal.name) }
+        guard let loaded = state.sessions.get(id), loaded.principal == holder.principal.name else {
+            throw HTTPError(.notFound, message: "session \(id) is not open on this server")
+        }
+        let columns = first.keys.sorted()
+        var csv = columns.joined(separator: ",") + "\n"
+        for (i, row) in body.rows.enumerated() {
+            guard Set(row.keys) == Set(columns) else { throw HTTPError(.badRequest, message: "row \(i + 1) has other columns than row 1") }
+            csv += columns.map { "\(row[$0]!)" }.joined(separator: ",") + "\n"
+        }
+        let table = try parse { () throws(CofferTrainingError) in try CSVTable(text: csv, source: "rows") }
+        let (view, predictions) = try run { () throws(CofferRegistryError) in try loaded.session.predict(table) }
+        let rows = predictionRows(predictions, tasks: view.architecture.tasks, preprocessing: view.preprocessing, rows: table.rowCount)
+        return try json(JSONValue.object(["predictions": .array(rows)]))
+    }
+
+    /// `DELETE /v1/sessions/{id}`: revokes the session and wipes its model from the server's memory.
+    func closeSession(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .inference)
+        let id = try context.parameters.require("id")
+        try run { () throws(CofferRegistryError) in try registry.revokeSession(id: id, principal: holder.principal) }
+        state.sessions.remove(id)
+        return Response(status: .noContent)
+    }
+
+    private func reference(_ request: Request) throws -> ModelReference {
+        guard let text = request.uri.queryParameters.get("ref") else { throw HTTPError(.badRequest, message: "the ref query parameter is required") }
+        return try run { () throws(CofferRegistryError) in try ModelReference(parsing: text) }
+    }
+
+    /// Runs library code, turning its errors into HTTP errors with the same one-line message.
+    private func run<T>(_ body: () throws(CofferRegistryError) -> T) throws -> T {
+        do {
+            return try body()
+        } catch {
+            switch error {
+            case .refused, .sessionRefused, .unauthenticated: state.metrics.refusal()
+            default: break
+            }
+            throw httpError(error)
+        }
+    }
+
+    /// Runs the training module's parsing of request input: its errors are the client's (400).
+    private func parse<T>(_ body: () throws(CofferTrainingError) -> T) throws -> T {
+        do { return try body() } catch { throw HTTPError(.badRequest, message: error.description) }
+    }
+
+    private func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let data = try encoder.encode(value)
+        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+extension ISO8601DateFormatter {
+    static var fractional: ISO8601DateFormatter {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter
+    }
+}

@@ -1,0 +1,102 @@
+import ArgumentParser
+import CofferCrypto
+import CofferRegistry
+import CofferServer
+import Foundation
+import Logging
+
+extension Coffer {
+    struct Serve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Serve the registry over HTTP (bearer tokens, ciphertext downloads with Range, inference sessions)."
+        )
+        @OptionGroup var registry: RegistryOptions
+        @OptionGroup var passphraseOptions: PassphraseOptions
+        @Option(name: .long, help: "HOST:PORT to listen on.") var listen: String = "127.0.0.1:8443"
+        @Flag(name: .long, help: "Allow plain HTTP on an address other than loopback.") var insecure = false
+        @Option(name: .long, help: "TLS certificate (PEM); not available yet.") var tlsCert: String?
+        @Option(name: .long, help: "TLS private key (PEM); not available yet.") var tlsKey: String?
+
+        func run() async throws {
+            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (1...65535).contains(port) else {
+                throw CLIError("--listen takes HOST:PORT, got '\(listen)'")
+            }
+            let host = String(listen[..<colon])
+            if tlsCert != nil || tlsKey != nil {
+                throw CLIError("TLS is not available in this build yet: serve plain HTTP on loopback behind a TLS proxy")
+            }
+            let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost"
+            guard loopback || insecure else {
+                throw CLIError("plain HTTP on \(host) would expose tokens on the network: listen on 127.0.0.1, or pass --insecure")
+            }
+            let store = try registry.open()
+            let unlocked = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
+            var logger = Logger(label: "coffer.server")
+            logger.logLevel = .info
+            FileDescriptorStream.standardError.writeLine("coffer: serving \(store.home) on http://\(host):\(port)")
+            try await runServer(registry: store, registryIdentity: unlocked, configuration: .init(host: host, port: port), logger: logger)
+        }
+    }
+
+    struct Token: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Bearer tokens for the HTTP server, minted for a principal with a scope.",
+            subcommands: [Create.self, List.self, Revoke.self]
+        )
+
+        struct Create: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Mint a token (admins); it is printed once (cft_...).")
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var acting: OptionalIdentity
+            @Option(name: .long, help: "The principal the token speaks for.") var principal: String
+            @Option(name: .long, help: "read, publish, infer or admin.") var scope: String
+            @Option(name: .long, help: "Lifetime: e.g. 15m, 12h, 30d.") var ttl: String
+
+            func run() throws {
+                guard let scope = TokenScope(rawValue: scope) else {
+                    throw CLIError("unknown scope '\(self.scope)': use read, publish, infer or admin")
+                }
+                let store = try registry.open()
+                let created = try store.createToken(
+                    principal: principal,
+                    scope: scope,
+                    ttl: try parseDuration(ttl),
+                    by: try acting.principal(in: store)
+                )
+                FileDescriptorStream.standardError.writeLine(
+                    "token \(created.info.id) for \(principal) (\(scope.rawValue)) until \(created.info.expiresAt):"
+                )
+                let text = created.token.text()
+                try text.withUnsafeBytes { try FileDescriptorStream.standardOutput.write($0) }
+                try [UInt8(ascii: "\n")].withUnsafeBytes { try FileDescriptorStream.standardOutput.write($0) }
+            }
+        }
+
+        struct List: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "List tokens (never the tokens themselves).")
+            @OptionGroup var registry: RegistryOptions
+            @Flag(name: .long, help: "Print JSON.") var json = false
+
+            func run() throws {
+                let tokens = try registry.open().tokens()
+                if json { return print(String(decoding: try JSONEncoder().encode(tokens), as: UTF8.self)) }
+                for t in tokens {
+                    print("\(t.id)  \(t.principal)  \(t.scope.rawValue)  \(t.revokedAt.map { "revoked \($0)" } ?? "until \(t.expiresAt)")")
+                }
+            }
+        }
+
+        struct Revoke: ParsableCommand {
+            static let configuration = CommandConfiguration(abstract: "Revoke a token by id.")
+            @OptionGroup var registry: RegistryOptions
+            @OptionGroup var acting: OptionalIdentity
+            @Argument(help: "Token id (from token list).") var id: String
+
+            func run() throws {
+                let store = try registry.open()
+                try store.revokeToken(id: id, by: try acting.principal(in: store))
+                print("revoked token \(id)")
+            }
+        }
+    }
+}

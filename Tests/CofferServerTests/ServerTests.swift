@@ -1,0 +1,231 @@
+import CofferCrypto
+import CofferRegistry
+import CofferTraining
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Testing
+
+@testable import CofferServer
+
+/// The HTTP API through Hummingbird's router test client, on a real registry directory with a trained model.
+struct ServerTests {
+    /// A registry owned by alice (admin), with bob (reader + inference on m/), and m/risk:1 a small trained checkpoint.
+    final class Fixture: @unchecked Sendable {
+        let root: URL
+        let registry: Registry
+        let registryIdentity: UnlockedIdentity
+        var home: String { root.appendingPathComponent("home").path }
+
+        init() throws {
+            root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-server-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+            let secret = SecureBytes(count: 8)
+            secret.withUnsafeMutableBytes { _ = $0.copyBytes(from: Array("pass1234".utf8)) }
+            registry = try Registry.create(
+                at: root.appendingPathComponent("home").path,
+                passphrase: secret,
+                kdf: KDFParameters(opsLimit: 1, memLimit: 8192)
+            )
+            let keyFile = Array(try Data(contentsOf: root.appendingPathComponent("home/registry.key")))
+            registryIdentity = UnlockedIdentity(try Identity.decrypt(keyFile: keyFile, passphrase: secret))
+        }
+
+        deinit { try? FileManager.default.removeItem(at: root) }
+
+        func path(_ name: String) -> String { root.appendingPathComponent(name).path }
+
+        /// Trains a small model on synthetic data and returns its checkpoint directory.
+        func checkpoint() throws -> String {
+            let data = try SyntheticData(rows: 300, features: 3, classes: 3, seed: 4)
+            try data.csv().write(toFile: path("data.csv"), atomically: true, encoding: .utf8)
+            let tasks = String(decoding: try JSONEncoder().encode(data.tasks), as: UTF8.self)
+            let recipe = """
+                {"data": "data.csv", "features": ["x0", "x1", "x2"], "tasks": \(tasks), "trunk": [8], "epochs": 1, "learning_rate": 0.05,
+                 "expected_batch_size": 30, "noise_multiplier": 1.0, "delta": 1e-5, "seed": 1}
+                """
+            try recipe.write(toFile: path("recipe.json"), atomically: true, encoding: .utf8)
+            let trained = try TrainingRun.run(try TrainingRecipe(contentsOf: path("recipe.json")))
+            try FileManager.default.createDirectory(atPath: path("ckpt"), withIntermediateDirectories: true)
+            try Data(try Checkpoint.encode(trained)).write(to: URL(fileURLWithPath: path("ckpt/model.safetensors")))
+            return path("ckpt")
+        }
+    }
+
+    struct World: Sendable {
+        let fixture: Fixture
+        let tokens: [String: String]  // name -> bearer token text
+    }
+
+    private func world() throws -> World {
+        let f = try Fixture()
+        let alice = try Identity.generate(name: "alice")
+        let bob = try Identity.generate(name: "bob")
+        let carol = try Identity.generate(name: "carol")
+        try f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: nil)
+        let admin = try f.registry.principal(for: alice)
+        try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [], by: admin)
+        try f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [], by: admin)
+        try f.registry.grant(Grant(principal: "bob", role: .reader, scope: "m/"), by: admin)
+        try f.registry.grant(Grant(principal: "bob", role: .inference, scope: "m/"), by: admin)
+        try f.registry.trust(alice.publicIdentity, by: admin)
+        var request = PushRequest(model: "m/risk", paths: [try f.checkpoint()])
+        request.alias = "prod"
+        _ = try f.registry.push(request, publisher: alice)
+        func token(_ principal: String, _ scope: TokenScope, ttl: TimeInterval = 600, now: Date = Date()) throws -> String {
+            let created = try f.registry.createToken(principal: principal, scope: scope, ttl: ttl, by: admin, now: now)
+            return created.token.text().withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
+        }
+        let revoked = try f.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: admin)
+        try f.registry.revokeToken(id: revoked.info.id, by: admin)
+        return World(
+            fixture: f,
+            tokens: [
+                "admin": try token("alice", .admin), "bob-read": try token("bob", .read), "bob-infer": try token("bob", .infer),
+                "carol-read": try token("carol", .read), "expired": try token("bob", .read, ttl: 60, now: Date().addingTimeInterval(-3600)),
+                "revoked": revoked.token.text().withUnsafeBytes { String(decoding: $0, as: UTF8.self) },
+            ]
+        )
+    }
+
+    private func app(_ w: World) -> some ApplicationProtocol {
+        buildApplication(registry: w.fixture.registry, registryIdentity: w.fixture.registryIdentity, configuration: .init(port: 0))
+    }
+
+    private func bearer(_ token: String) -> HTTPFields { [.authorization: "Bearer \(token)"] }
+
+    private func text(_ response: TestResponse) -> String { String(buffer: response.body) }
+
+    private func data(_ response: TestResponse) -> Data { Data(response.body.readableBytesView) }
+
+    @Test func everyAuthenticationFailureHasItsCode() async throws {
+        let w = try world()
+        try await app(w).test(.router) { client in
+            try await client.execute(uri: "/healthz", method: .get) { #expect($0.status == .ok) }
+            try await client.execute(uri: "/v1/versions", method: .get) { response in
+                #expect(response.status == .unauthorized && response.headers[.wwwAuthenticate] == "Bearer")
+            }
+            let cases: [(String, HTTPResponse.Status, String)] = [
+                ("cft_nothex", .unauthorized, "malformed bearer token"),
+                ("cft_" + String(repeating: "0", count: 64), .unauthorized, "unknown bearer token"),
+                (w.tokens["expired"]!, .unauthorized, "expired at"),
+                (w.tokens["revoked"]!, .unauthorized, "was revoked at"),
+                (w.tokens["carol-read"]!, .forbidden, "carol lacks the reader role on m"),
+            ]
+            for (token, status, message) in cases {
+                try await client.execute(uri: "/v1/version?ref=m/risk:1", method: .get, headers: bearer(token)) { response in
+                    #expect(response.status == status, "\(message)")
+                    #expect(text(response).contains(message), "\(text(response))")
+                }
+            }
+            // A read-scoped token cannot open a session, whatever its principal's grants.
+            try await client.execute(
+                uri: "/v1/sessions",
+                method: .post,
+                headers: bearer(w.tokens["bob-read"]!),
+                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 60}"#)
+            ) { response in
+                #expect(response.status == .forbidden && text(response).contains("scope read, which does not allow the inference role"))
+            }
+            try await client.execute(uri: "/v1/audit", method: .get, headers: bearer(w.tokens["bob-read"]!)) { #expect($0.status == .forbidden) }
+            try await client.execute(uri: "/metrics", method: .get) { response in
+                let refusals = text(response).split(separator: "\n").first { $0.hasPrefix("coffer_refusals_total ") }
+                #expect(Int(refusals?.split(separator: " ").last ?? "") == 8, "\(text(response))")
+                #expect(text(response).contains(#"coffer_http_requests_total{route="/v1/version",status="401"} 4"#))
+            }
+        }
+        let refusals = try w.fixture.registry.auditEntries().filter { $0.outcome == .refused }
+        #expect(refusals.count >= 8, "every refusal is audited")
+        #expect(try !w.fixture.registry.auditEntries().contains { $0.reason.contains(w.tokens["bob-read"]!) }, "no token in the log")
+    }
+
+    @Test func metadataAndCiphertextWithRanges() async throws {
+        let w = try world()
+        let show = try w.fixture.registry.show(try ModelReference(parsing: "m/risk:1"))
+        let blob = show.files.first { $0.path == "model.safetensors" }!
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: w.fixture.registry.blobPath(blob.sealedSHA256)))
+        try await app(w).test(.router) { client in
+            try await client.execute(uri: "/v1/versions?model=m/risk", method: .get, headers: bearer(w.tokens["bob-read"]!)) { response in
+                let list = try JSONSerialization.jsonObject(with: data(response)) as? [[String: Any]]
+                #expect(list?.first?["version"] as? String == "1" && list?.first?["model"] as? String == "m/risk")
+            }
+            try await client.execute(uri: "/v1/verify?ref=m/risk@prod", method: .get, headers: bearer(w.tokens["bob-read"]!)) { response in
+                #expect(response.status == .ok && text(response).contains("\"ok\":true"))
+            }
+            try await client.execute(uri: "/v1/blobs/\(blob.sealedSHA256)", method: .get, headers: bearer(w.tokens["bob-read"]!)) { response in
+                #expect(response.status == .ok && data(response) == bytes)
+            }
+            var ranged = bearer(w.tokens["bob-read"]!)
+            ranged[.range] = "bytes=100-1099"
+            try await client.execute(uri: "/v1/blobs/\(blob.sealedSHA256)", method: .get, headers: ranged) { response in
+                #expect(response.status == .partialContent && data(response) == bytes[100..<1100])
+                #expect(response.headers[.contentRange] == "bytes 100-1099/\(bytes.count)")
+            }
+            ranged[.range] = "bytes=-16"
+            try await client.execute(uri: "/v1/blobs/\(blob.sealedSHA256)", method: .get, headers: ranged) { response in
+                #expect(data(response) == bytes.suffix(16))
+            }
+            ranged[.range] = "bytes=\(bytes.count)-"
+            try await client.execute(uri: "/v1/blobs/\(blob.sealedSHA256)", method: .get, headers: ranged) {
+                #expect($0.status == .rangeNotSatisfiable)
+            }
+            try await client.execute(uri: "/v1/blobs/\(String(repeating: "a", count: 64))", method: .get, headers: bearer(w.tokens["bob-read"]!)) {
+                #expect($0.status == .notFound)
+            }
+            try await client.execute(uri: "/v1/version?ref=m/nothing:1", method: .get, headers: bearer(w.tokens["bob-read"]!)) { response in
+                #expect(response.status == .forbidden || response.status == .notFound)
+            }
+        }
+    }
+
+    @Test func sessionsPredictFromLockedMemoryAndStopWhenRevoked() async throws {
+        let w = try world()
+        let infer = bearer(w.tokens["bob-infer"]!)
+        try await app(w).test(.router) { client in
+            let id = try await client.execute(
+                uri: "/v1/sessions",
+                method: .post,
+                headers: infer,
+                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600, "max_uses": 2}"#)
+            ) { response in
+                #expect(response.status == .created, "\(text(response))")
+                let object = try JSONSerialization.jsonObject(with: data(response)) as? [String: Any]
+                return object?["id"] as? String ?? ""
+            }
+            let rows = ByteBuffer(string: #"{"rows": [{"x0": 0.1, "x1": -1.0, "x2": 2.0}, {"x0": 1.5, "x1": 0.0, "x2": -0.3}]}"#)
+            try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: rows) { response in
+                #expect(response.status == .ok, "\(text(response))")
+                let object = try JSONSerialization.jsonObject(with: data(response)) as? [String: Any]
+                let predictions = object?["predictions"] as? [[String: Any]]
+                #expect(predictions?.count == 2 && predictions?[0]["reg"] is Double && predictions?[0]["cls"] is [String: Any])
+            }
+            let missing = ByteBuffer(string: #"{"rows": [{"x0": 0.1}]}"#)
+            try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: missing) { response in
+                #expect(response.status == .badRequest && text(response).contains("x1"), "\(text(response))")
+            }
+            try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: rows) { response in
+                #expect(response.status == .forbidden && text(response).contains("has used all 2 of its uses"), "\(text(response))")
+            }
+            let second = try await client.execute(
+                uri: "/v1/sessions",
+                method: .post,
+                headers: infer,
+                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600}"#)
+            ) { response in
+                (try JSONSerialization.jsonObject(with: data(response)) as? [String: Any])?["id"] as? String ?? ""
+            }
+            try await client.execute(uri: "/v1/sessions/\(second)", method: .delete, headers: infer) { #expect($0.status == .noContent) }
+            try await client.execute(uri: "/v1/sessions/\(second)/predict", method: .post, headers: infer, body: rows) { response in
+                #expect(response.status == .forbidden && text(response).contains("was revoked"))
+            }
+            try await client.execute(
+                uri: "/v1/sessions",
+                method: .post,
+                headers: infer,
+                body: ByteBuffer(string: #"{"ref": "m/risk:1", "ttl_seconds": -5}"#)
+            ) { response in
+                #expect(response.status == .forbidden && text(response).contains("--ttl must be a positive duration"))
+            }
+        }
+    }
+}

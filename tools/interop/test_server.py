@@ -1,0 +1,105 @@
+"""`coffer serve` as a real process on a loopback port, driven over HTTP with Python's urllib: bearer tokens,
+metadata, ciphertext downloads with Range (checked against the blob on disk), an inference session, and a
+graceful shutdown on SIGTERM with no token in any log line."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from test_interop import COFFER, ENV, coffer
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(url, token=None, method="GET", body=None, headers=None):
+    request = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    for key, value in (headers or {}).items():
+        request.add_header(key, value)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_serve_end_to_end(tmp_path):
+    home = tmp_path / "home"
+    for name in ("alice", "bob"):
+        coffer("keygen", "--out", tmp_path / name)
+    coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
+    admin = ["--identity", tmp_path / "alice.key", "--home", home]
+    coffer("trust", "add", tmp_path / "alice.pub", *admin)
+    coffer("principal", "add", "bob", tmp_path / "bob.pub", "--role", "reader", "--role", "inference", *admin)
+    coffer("synth", "--rows", "300", "--features", "3", "--out", tmp_path / "data")
+    coffer("train", "--config", tmp_path / "data" / "recipe.json", "--out", tmp_path / "ckpt")
+    coffer("push", "m/risk", tmp_path / "ckpt", "--alias", "prod", *admin)
+    read = coffer("token", "create", "--principal", "bob", "--scope", "read", "--ttl", "1h", *admin).stdout.decode().strip()
+    infer = coffer("token", "create", "--principal", "bob", "--scope", "infer", "--ttl", "1h", *admin).stdout.decode().strip()
+    assert read.startswith("cft_") and len(read) == 68
+
+    port = free_port()
+    server = subprocess.Popen([COFFER, "serve", "--home", home, "--listen", f"127.0.0.1:{port}"], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if call(f"{base}/healthz")[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        assert call(f"{base}/v1/versions")[0] == 401
+        assert call(f"{base}/v1/versions", token="cft_" + "1" * 64)[0] == 401
+        status, _, body = call(f"{base}/v1/versions?model=m/risk", token=read)
+        assert status == 200 and json.loads(body)[0]["version"] == "1"
+        shown = json.loads(call(f"{base}/v1/version?ref=m/risk@prod", token=read)[2])
+        blob = next(f for f in shown["files"] if f["path"] == "model.safetensors")["sealed_sha256"]
+        on_disk = (home / "blobs" / "sha256" / blob[:2] / blob).read_bytes()
+        status, headers, body = call(f"{base}/v1/blobs/{blob}", token=read)
+        assert status == 200 and body == on_disk
+        status, headers, body = call(f"{base}/v1/blobs/{blob}", token=read, headers={"Range": "bytes=64-4159"})
+        assert status == 206 and body == on_disk[64:4160] and headers["Content-Range"] == f"bytes 64-4159/{len(on_disk)}"
+
+        status, _, body = call(f"{base}/v1/sessions", token=read, method="POST", body={"ref": "m/risk@prod", "ttl_seconds": 60})
+        assert status == 403
+        status, _, body = call(f"{base}/v1/sessions", token=infer, method="POST", body={"ref": "m/risk@prod", "ttl_seconds": 60, "max_uses": 5})
+        assert status == 201, body
+        session = json.loads(body)["id"]
+        rows = {"rows": [{"x0": 0.5, "x1": -0.2, "x2": 1.0}]}
+        status, _, body = call(f"{base}/v1/sessions/{session}/predict", token=infer, method="POST", body=rows)
+        assert status == 200, body
+        prediction = json.loads(body)["predictions"][0]
+        local = json.loads(coffer("predict", "--checkpoint", tmp_path / "ckpt", "--input", write_rows(tmp_path, rows), "--json").stdout)[0]
+        assert prediction == local, "the server's in-memory model predicts as the plaintext checkpoint"
+        metrics = call(f"{base}/metrics")[2].decode()
+        assert "coffer_http_requests_total" in metrics and "coffer_blob_bytes_sent_total" in metrics
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err.decode()
+    log = out.decode() + err.decode()
+    assert "request" in log and read not in log and infer not in log, "no token in any log line"
+    audit = json.loads(coffer("audit", "--json", "--home", home).stdout)
+    assert any(e["action"] == "authenticate" and e["outcome"] == "refused" for e in audit)
+
+
+def write_rows(tmp_path, rows):
+    path = tmp_path / "rows.csv"
+    columns = sorted(rows["rows"][0])
+    path.write_text(",".join(columns) + "\n" + "\n".join(",".join(str(r[c]) for c in columns) for r in rows["rows"]) + "\n")
+    return path
