@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from test_interop import COFFER, ENV, coffer
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -22,7 +24,31 @@ def free_port():
         return s.getsockname()[1]
 
 
+OPENAPI = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
+SEEN = []  # (method, path template, status) of every call, checked against docs/openapi.yaml
+
+
+def template(path):
+    path = path.split("?")[0]
+    parts = path.split("/")
+    if path.startswith("/v1/blobs/"):
+        return "/v1/blobs/{digest}"
+    if path.startswith("/v1/budgets/"):
+        return "/v1/budgets/{dataset}"
+    if path.startswith("/v1/sessions/") and path.endswith("/predict"):
+        return "/v1/sessions/{id}/predict"
+    if path.startswith("/v1/sessions/"):
+        return "/v1/sessions/{id}"
+    return "/".join(parts)
+
+
 def call(url, token=None, method="GET", body=None, headers=None):
+    status, response_headers, data = _call(url, token, method, body, headers)
+    SEEN.append((method.lower(), template("/" + url.split("/", 3)[3]), status))
+    return status, response_headers, data
+
+
+def _call(url, token=None, method="GET", body=None, headers=None):
     request = urllib.request.Request(url, method=method, data=None if body is None else json.dumps(body).encode())
     if token:
         request.add_header("Authorization", f"Bearer {token}")
@@ -96,6 +122,13 @@ def test_serve_end_to_end(tmp_path):
     assert "request" in log and read not in log and infer not in log, "no token in any log line"
     audit = json.loads(coffer("audit", "--json", "--home", home).stdout)
     assert any(e["action"] == "authenticate" and e["outcome"] == "refused" for e in audit)
+    # Conformance with docs/openapi.yaml: every route called and every status it answered is documented there.
+    assert OPENAPI["openapi"] == "3.1.0"
+    for method, path, status in SEEN:
+        operation = OPENAPI["paths"].get(path, {}).get(method)
+        assert operation is not None, f"{method.upper()} {path} is not in docs/openapi.yaml"
+        assert str(status) in operation["responses"], f"{method.upper()} {path} answered {status}, which docs/openapi.yaml does not list"
+    assert len({(m, p) for m, p, _ in SEEN}) >= 7
 
 
 def write_rows(tmp_path, rows):
