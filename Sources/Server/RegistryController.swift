@@ -14,6 +14,7 @@ struct RegistryController {
             .get("versions", use: list)
             .get("version", use: show)
             .get("verify", use: verify)
+            .get("package", use: package)
             .get("blobs/:digest", use: blob)
             .get("budgets/:dataset", use: budget)
             .get("audit", use: audit)
@@ -63,6 +64,21 @@ struct RegistryController {
                 "ok": .bool(true),
             ])
         )
+    }
+
+    /// `GET /v1/package?ref=...&key_id=...`: the signed documents of a version, and the caller's wrapped key when
+    /// its principal holds the decrypt role (`stanza` is null otherwise). The client verifies everything itself.
+    func package(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let reference = try self.reference(request)
+        try run { () throws(CofferRegistryError) in
+            try registry.require(.reader, on: reference.name, by: holder.principal, action: "package", target: reference.description)
+        }
+        let mayDecrypt = try run { () throws(CofferRegistryError) in try registry.holds(.decrypt, on: reference.name, holder.principal) }
+        let keyID = request.uri.queryParameters.get("key_id")
+        let package = try run { () throws(CofferRegistryError) in try registry.package(reference, keyID: keyID, includeKey: mayDecrypt) }
+        return try json(package)
     }
 
     /// `GET /v1/blobs/{sha256}`: a sealed blob, streamed in 64 KiB pieces, with `Range: bytes=a-b` answered by 206.

@@ -98,9 +98,14 @@ extension Coffer {
         @Option(name: .long, help: "Your private identity (NAME.key): must be a recipient of the version.") var identity: String
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Option(name: .long, help: "Directory to write the files into.") var out: String
+        @OptionGroup var remote: RemoteOptions
+        @Option(name: .long, help: "With --registry: a publisher you trust (NAME.pub); repeat for several.") var trust: [String] = []
+        @Option(name: .long, help: "With --registry: the registry's public key (registry.pub), to check re-encrypted versions.")
+        var registryKey: String?
 
         func run() throws {
             let target = try ModelReference(parsing: reference)
+            if let url = remote.url { return try pullRemote(target, from: url) }
             let store = try registry.open()
             let reader = try passphraseOptions.unlockIdentity(at: identity)
             let progress = ProgressBar(label: "pulling", total: nil)
@@ -108,6 +113,27 @@ extension Coffer {
             progress?.finish()
             print(
                 "pulled \(result.model):\(result.version) sha256:\(result.digest), signed by \(result.signer), \(result.files.count) files into \(out)"
+            )
+        }
+
+        /// Pulls from a server, trusting it for nothing: signatures are checked against `--trust`, digests locally.
+        private func pullRemote(_ target: ModelReference, from url: URL) throws {
+            guard let token = remote.bearer else { throw CLIError("--registry needs a bearer token: --token or COFFER_TOKEN") }
+            guard !trust.isEmpty else {
+                throw CLIError("a remote pull checks signatures against your own trusted publishers: pass --trust NAME.pub")
+            }
+            let trusted = try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
+            let registryKeys = try registryKey.map { path throws(CofferCryptoError) in [try PublicIdentity(contentsOf: path)] } ?? []
+            let reader = try passphraseOptions.unlockIdentity(at: identity)
+            let client = RemoteClient(base: url, token: token)
+            let data = try client.get(
+                "v1/package",
+                query: [URLQueryItem(name: "ref", value: target.description), URLQueryItem(name: "key_id", value: reader.publicIdentity.keyID)]
+            )
+            let package = try JSONDecoder().decode(VersionPackage.self, from: data)
+            let result = try RemotePull.pull(package, fetcher: client, identity: reader, trusting: trusted, registryKeys: registryKeys, into: out)
+            print(
+                "pulled \(result.model):\(result.version) sha256:\(result.digest) from \(url), signed by \(result.signer), \(result.files.count) files into \(out)"
             )
         }
     }

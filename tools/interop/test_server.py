@@ -70,10 +70,10 @@ def test_serve_end_to_end(tmp_path):
     coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
     admin = ["--identity", tmp_path / "alice.key", "--home", home]
     coffer("trust", "add", tmp_path / "alice.pub", *admin)
-    coffer("principal", "add", "bob", tmp_path / "bob.pub", "--role", "reader", "--role", "inference", *admin)
+    coffer("principal", "add", "bob", tmp_path / "bob.pub", "--role", "reader", "--role", "decrypt", "--role", "inference", *admin)
     coffer("synth", "--rows", "300", "--features", "3", "--out", tmp_path / "data")
     coffer("train", "--config", tmp_path / "data" / "recipe.json", "--out", tmp_path / "ckpt")
-    coffer("push", "m/risk", tmp_path / "ckpt", "--alias", "prod", *admin)
+    coffer("push", "m/risk", tmp_path / "ckpt", "--alias", "prod", "--recipient", tmp_path / "bob.pub", *admin)
     read = coffer("token", "create", "--principal", "bob", "--scope", "read", "--ttl", "1h", *admin).stdout.decode().strip()
     infer = coffer("token", "create", "--principal", "bob", "--scope", "infer", "--ttl", "1h", *admin).stdout.decode().strip()
     assert read.startswith("cft_") and len(read) == 68
@@ -112,6 +112,25 @@ def test_serve_end_to_end(tmp_path):
         prediction = json.loads(body)["predictions"][0]
         local = json.loads(coffer("predict", "--checkpoint", tmp_path / "ckpt", "--input", write_rows(tmp_path, rows), "--json").stdout)[0]
         assert prediction == local, "the server's in-memory model predicts as the plaintext checkpoint"
+        # The remote CLI: the server is trusted for nothing; signatures are checked against the client's --trust.
+        remote = ["--registry", base, "--token", read, "--identity", tmp_path / "bob.key"]
+        pulled = coffer("pull", "m/risk@prod", *remote, "--trust", tmp_path / "alice.pub", "--out", tmp_path / "pulled")
+        assert b"pulled m/risk:1" in pulled.stdout
+        for name in ("model.safetensors", "privacy.json"):
+            assert (tmp_path / "pulled" / name).read_bytes() == (tmp_path / "ckpt" / name).read_bytes()
+        assert (tmp_path / "pulled" / "model.sig").exists()
+        untrusted = coffer("pull", "m/risk@prod", *remote, "--trust", tmp_path / "bob.pub", "--out", tmp_path / "nope", check=False)
+        assert untrusted.returncode == 1 and b"not a trusted signer" in untrusted.stderr
+        SEEN.append(("get", "/v1/package", 200))
+        # A blob altered on the server is caught by the client, and nothing is written.
+        blob_path = home / "blobs" / "sha256" / blob[:2] / blob
+        os.chmod(blob_path, 0o600)
+        data = bytearray(blob_path.read_bytes())
+        data[5000] ^= 1
+        blob_path.write_bytes(bytes(data))
+        tampered = coffer("pull", "m/risk@prod", *remote, "--trust", tmp_path / "alice.pub", "--out", tmp_path / "tampered", check=False)
+        assert tampered.returncode == 1 and b"integrity check failed" in tampered.stderr, tampered.stderr
+        assert not (tmp_path / "tampered" / "model.safetensors").exists()
         metrics = call(f"{base}/metrics")[2].decode()
         assert "coffer_http_requests_total" in metrics and "coffer_blob_bytes_sent_total" in metrics
     finally:

@@ -76,8 +76,8 @@ struct RekeyStatement {
     }
 }
 
-/// A `~Copyable` key shared with the thread that decrypts while the caller re-encrypts.
-private final class KeyBox: @unchecked Sendable {
+/// A `~Copyable` key shared with a closure or a thread (read-only once made).
+final class KeyBox: @unchecked Sendable {
     let key: SecretKey
     init(_ key: consuming SecretKey) { self.key = key }
 }
@@ -269,9 +269,33 @@ extension Registry {
         let keys =
             try database.read { db in try Data.fetchAll(db, sql: "SELECT public_identity FROM registry_keys") }
             .compactMap { try? PublicIdentity(jsonBytes: Array($0)) } + [identity]
+        let recorded = try Self.verifyRekey(
+            document,
+            registryKeys: keys,
+            model: stored.model,
+            version: stored.version,
+            digest: stored.digest,
+            signed: files
+        )
+        guard recorded.map({ "\($0.path) \($0.sealedSHA256) \($0.sealedSize)" }) == stored.rekeyedFiles else {
+            throw .tampered("\(label): the re-encrypted files table disagrees with the rekey attestation")
+        }
+        return recorded
+    }
+
+    /// Verifies a rekey record against the registry's keys and the publisher-signed files; returns the files it names.
+    static func verifyRekey(
+        _ document: Data,
+        registryKeys: [PublicIdentity],
+        model: String,
+        version: String,
+        digest: String,
+        signed files: [ModelStatement.File]
+    ) throws(CofferRegistryError) -> [ModelStatement.File] {
+        let label = "\(model):\(version)"
         let record: RekeyStatement
         do {
-            let (_, payload) = try DSSEEnvelope(jsonBytes: Array(document)).verify(trusting: keys)
+            let (_, payload) = try DSSEEnvelope(jsonBytes: Array(document)).verify(trusting: registryKeys)
             guard let parsed = RekeyStatement(try InTotoStatement(jsonBytes: payload)) else {
                 throw CofferCryptoError.malformedEnvelope("not a rekey record")
             }
@@ -279,15 +303,14 @@ extension Registry {
         } catch {
             throw .tampered("\(label) rekey attestation: \(error)")
         }
-        guard record.model == stored.model, record.version == stored.version, record.versionDigest == stored.digest else {
+        guard record.model == model, record.version == version, record.versionDigest == digest else {
             throw .tampered("\(label): the rekey attestation is for another version")
         }
         let recorded = record.files.sorted { $0.path < $1.path }
-        guard recorded.map({ [$0.path, $0.plaintextSHA256, String($0.size)] }) == files.map({ [$0.path, $0.plaintextSHA256, String($0.size)] }) else {
+        let signed = files.sorted { $0.path < $1.path }
+        guard recorded.map({ [$0.path, $0.plaintextSHA256, String($0.size)] }) == signed.map({ [$0.path, $0.plaintextSHA256, String($0.size)] })
+        else {
             throw .tampered("\(label): the rekey attestation names other files than the signed statement")
-        }
-        guard recorded.map({ "\($0.path) \($0.sealedSHA256) \($0.sealedSize)" }) == stored.rekeyedFiles else {
-            throw .tampered("\(label): the re-encrypted files table disagrees with the rekey attestation")
         }
         return recorded
     }

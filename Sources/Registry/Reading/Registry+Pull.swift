@@ -65,8 +65,33 @@ extension Registry {
         let (statement, signer) = try authenticate(stored)
         let dataKey = try unwrapDataKey(stored, identity: identity)
 
+        let done = try Self.place(statement.files, into: directory, modelSignature: stored.modelSignature) {
+            (file: ModelStatement.File, output: AtomicOutputFile, before: Int) throws(CofferRegistryError) in
+            try open(file, of: stored, dataKey: dataKey, into: output, progress: progress.map { report in { report(before + $0) } })
+        }
+        return PullResult(
+            model: stored.model,
+            version: stored.version,
+            digest: stored.digest,
+            signer: signer.name,
+            files: statement.files.map(\.path),
+            bytes: done
+        )
+    }
+}
+
+extension Registry {
+    /// Writes `files` into `directory` all or nothing: each is produced by `write` (which decrypts and verifies it)
+    /// into a staging folder inside `directory`, and only when every one passed are they renamed into place, with
+    /// the model-signing bundle beside them as `model.sig`. Returns the plaintext bytes written.
+    static func place(
+        _ files: [ModelStatement.File],
+        into directory: String,
+        modelSignature: Data?,
+        write: (ModelStatement.File, AtomicOutputFile, Int) throws(CofferRegistryError) -> Void
+    ) throws(CofferRegistryError) -> Int {
         try BlobStore.makeDirectory(directory)
-        for file in statement.files where access("\(directory)/\(file.path)", F_OK) == 0 {
+        for file in files where access("\(directory)/\(file.path)", F_OK) == 0 {
             throw .destinationExists("\(directory)/\(file.path)")
         }
         let staging = "\(directory)/.coffer-pull-\(UUID().uuidString)"
@@ -74,19 +99,18 @@ extension Registry {
         defer { try? FileManager.default.removeItem(atPath: staging) }
 
         var done = 0
-        for file in statement.files {
+        for file in files {
             let target = "\(staging)/\(file.path)"
             try BlobStore.makeDirectory((target as NSString).deletingLastPathComponent)
             let output: AtomicOutputFile
             do { output = try AtomicOutputFile(destination: target, mode: 0o600, durable: false) } catch { throw .crypto(error) }
-            let before = done
-            try open(file, of: stored, dataKey: dataKey, into: output, progress: progress.map { report in { report(before + $0) } })
+            try write(file, output, done)
             do { try output.commit() } catch { throw .crypto(error) }
             done += file.size
         }
         // Everything verified: move the files into place.
         var placed: [String] = []
-        for file in statement.files {
+        for file in files {
             let destination = "\(directory)/\(file.path)"
             do {
                 try BlobStore.makeDirectory((destination as NSString).deletingLastPathComponent)
@@ -100,20 +124,13 @@ extension Registry {
             }
         }
         // The OpenSSF model-signing bundle beside the files, unless the model has a file of that name itself.
-        if let bundle = stored.modelSignature, !statement.files.contains(where: { $0.path == Self.modelSignatureName }) {
+        if let bundle = modelSignature, !files.contains(where: { $0.path == modelSignatureName }) {
             do throws(CofferCryptoError) {
-                try FileBytes.write(Array(bundle), to: "\(directory)/\(Self.modelSignatureName)", mode: 0o644, overwrite: true)
+                try FileBytes.write(Array(bundle), to: "\(directory)/\(modelSignatureName)", mode: 0o644, overwrite: true)
             } catch {
                 throw .crypto(error)
             }
         }
-        return PullResult(
-            model: stored.model,
-            version: stored.version,
-            digest: stored.digest,
-            signer: signer.name,
-            files: statement.files.map(\.path),
-            bytes: done
-        )
+        return done
     }
 }

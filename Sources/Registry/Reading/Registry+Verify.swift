@@ -145,11 +145,45 @@ extension Registry {
     func authenticate(_ stored: StoredVersion) throws(CofferRegistryError) -> (ModelStatement, PublicIdentity) {
         let label = "\(stored.model):\(stored.version)"
         guard let document = stored.envelope else { throw .tampered("\(label) has no signed statement") }
+        guard let bundle = stored.modelSignature else { throw .tampered("\(label) has no model-signing bundle") }
+        let (statement, signer) = try Self.verifySigned(
+            envelope: document,
+            bundle: bundle,
+            trusting: try trustedSigners(),
+            model: stored.model,
+            version: stored.version,
+            digest: stored.digest
+        )
+        guard stored.publisherKeyID == signer.keyID else { throw .tampered("\(label): the publisher recorded is not the signer") }
+        guard statement.files.sorted(by: { $0.path < $1.path }) == stored.files else {
+            throw .tampered("\(label): the files table disagrees with the signed statement")
+        }
+        guard statement.privacy == stored.privacy else { throw .tampered("\(label): the privacy columns disagree with the signed statement") }
+        guard statement.lineage.datasetID == stored.datasetID, statement.lineage.datasetDigest == stored.datasetDigest,
+            statement.lineage.trainingConfigDigest == stored.trainingConfigDigest
+        else { throw .tampered("\(label): the lineage columns disagree with the signed statement") }
+        // After a rekey the blobs are the ones the registry's signed record names; the plaintext digests stay the publisher's.
+        var current = statement
+        current.files = try currentFiles(stored, signed: statement.files.sorted { $0.path < $1.path })
+        return (current, signer)
+    }
+
+    /// The checks that need no database: the DSSE signature by one of `trusted`, the statement naming this model,
+    /// version and digest, safe paths, and the OpenSSF bundle signed by the same publisher over the same files.
+    /// A remote client runs exactly these against its own trusted signers.
+    static func verifySigned(
+        envelope document: Data,
+        bundle: Data,
+        trusting trusted: [PublicIdentity],
+        model: String,
+        version: String,
+        digest: String
+    ) throws(CofferRegistryError) -> (ModelStatement, PublicIdentity) {
+        let label = "\(model):\(version)"
         let envelope: DSSEEnvelope
         do { envelope = try DSSEEnvelope(jsonBytes: Array(document)) } catch { throw .tampered("\(label): \(error)") }
         let signer: PublicIdentity
         let payload: [UInt8]
-        let trusted = try trustedSigners()
         do throws(CofferCryptoError) {
             (signer, payload) = try envelope.verify(trusting: trusted)
         } catch .untrustedSigner(let keyID) {
@@ -163,24 +197,14 @@ extension Registry {
         } catch {
             throw .tampered("\(label): \(error)")
         }
-        guard Digest.hex(Digest.sha256(payload)) == stored.digest else {
+        guard Digest.hex(Digest.sha256(payload)) == digest else {
             throw .tampered("\(label): the version digest does not match its statement")
         }
-        guard statement.model == stored.model, statement.version == stored.version else {
+        guard statement.model == model, statement.version == version else {
             throw .tampered("\(label): the statement is for \(statement.model):\(statement.version)")
         }
-        guard statement.publisherKeyID == signer.keyID, stored.publisherKeyID == signer.keyID else {
-            throw .tampered("\(label): the publisher recorded is not the signer")
-        }
-        guard statement.files.sorted(by: { $0.path < $1.path }) == stored.files else {
-            throw .tampered("\(label): the files table disagrees with the signed statement")
-        }
-        guard statement.privacy == stored.privacy else { throw .tampered("\(label): the privacy columns disagree with the signed statement") }
-        guard statement.lineage.datasetID == stored.datasetID, statement.lineage.datasetDigest == stored.datasetDigest,
-            statement.lineage.trainingConfigDigest == stored.trainingConfigDigest
-        else { throw .tampered("\(label): the lineage columns disagree with the signed statement") }
+        guard statement.publisherKeyID == signer.keyID else { throw .tampered("\(label): the publisher recorded is not the signer") }
         for file in statement.files { try InputFile.validate(relativePath: file.path) }
-        guard let bundle = stored.modelSignature else { throw .tampered("\(label) has no model-signing bundle") }
         let resources: [ModelSigningBundle.Resource]
         do throws(CofferCryptoError) {
             resources = try ModelSigningBundle.verify(Array(bundle), publicKey: signer.p256)
@@ -191,10 +215,7 @@ extension Registry {
         guard resources.sorted(by: { $0.name < $1.name }) == expected.sorted(by: { $0.name < $1.name }) else {
             throw .tampered("\(label): the model-signing bundle names other files than the statement")
         }
-        // After a rekey the blobs are the ones the registry's signed record names; the plaintext digests stay the publisher's.
-        var current = statement
-        current.files = try currentFiles(stored, signed: statement.files.sorted { $0.path < $1.path })
-        return (current, signer)
+        return (statement, signer)
     }
 
     /// Verifies a version without any key: signature, trust, database-vs-statement agreement, and the
@@ -282,8 +303,29 @@ extension Registry {
     )
         throws(CofferRegistryError)
     {
+        try Self.openBlob(
+            at: blobs.path(of: file.sealedSHA256),
+            file,
+            dataKey: dataKey,
+            into: sink,
+            checkingBlobDigest: checkingBlobDigest,
+            progress: progress
+        )
+    }
+
+    /// Decrypts the sealed file at `path` as `file` of a version, checking its signed digests in the same pass.
+    static func openBlob(
+        at path: String,
+        _ file: ModelStatement.File,
+        dataKey: borrowing SecretKey,
+        into sink: any ByteSink,
+        checkingBlobDigest: Bool = true,
+        progress: ((Int) -> Void)? = nil
+    )
+        throws(CofferRegistryError)
+    {
         let source: FileDescriptorStream
-        do { source = try FileDescriptorStream(readingFrom: blobs.path(of: file.sealedSHA256)) } catch {
+        do { source = try FileDescriptorStream(readingFrom: path) } catch {
             throw .tampered("blob of \(file.path) is missing")
         }
         let summary: SealedFile.Summary

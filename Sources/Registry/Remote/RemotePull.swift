@@ -1,0 +1,128 @@
+public import CofferCrypto
+public import Foundation
+import GRDB
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a server hands a client for one version: the publisher's signed documents, the registry's rekey record if
+/// any, and the caller's own wrapped data key. A client trusts none of it until it has verified it itself.
+/// (`GET /v1/package?ref=...&key_id=...`; documents base64.)
+public struct VersionPackage: Sendable, Equatable, Codable {
+    public var model: String
+    public var version: String
+    public var digest: String
+    public var dsse: String
+    public var modelSigning: String
+    public var rekey: String?
+    /// The stanza wrapped for `key_id`, when the caller may decrypt and a key was wrapped for it.
+    public var stanza: String?
+
+    enum CodingKeys: String, CodingKey {
+        case model, version, digest, dsse, rekey, stanza
+        case modelSigning = "model_signing"
+    }
+}
+
+/// Fetches a blob (ciphertext) by its SHA-256 into a local file: the HTTP client's side of `GET /v1/blobs/{digest}`.
+public protocol BlobFetcher {
+    func fetchBlob(_ digest: String, to path: String) throws(CofferRegistryError)
+}
+
+extension Registry {
+    /// The package of a version for a remote client (`keyID`'s stanza only when `includeKey`).
+    public func package(_ reference: ModelReference, keyID: String?, includeKey: Bool) throws(CofferRegistryError) -> VersionPackage {
+        let stored = try loadVersion(try resolve(reference).id)
+        try stored.ensureNotErased()
+        guard let envelope = stored.envelope, let bundle = stored.modelSignature else {
+            throw .tampered("\(stored.model):\(stored.version) has no signed statement")
+        }
+        var stanza: Data? = nil
+        if includeKey, let keyID {
+            stanza = try database.read { db in
+                try Data.fetchOne(
+                    db,
+                    sql: "SELECT stanza FROM wrapped_keys WHERE version_id = ? AND recipient_key_id = ?",
+                    arguments: [stored.id, keyID]
+                )
+            }
+        }
+        return VersionPackage(
+            model: stored.model,
+            version: stored.version,
+            digest: stored.digest,
+            dsse: envelope.base64EncodedString(),
+            modelSigning: bundle.base64EncodedString(),
+            rekey: stored.rekeyEnvelope?.base64EncodedString(),
+            stanza: stanza?.base64EncodedString()
+        )
+    }
+}
+
+/// Pulling from a registry served over HTTP: the server is not trusted for integrity. The client verifies the
+/// publisher's signature against its own trusted signers (and a rekey record against the registry key it was
+/// given), unwraps its own key, downloads each blob's ciphertext, and decrypts it with every digest checked
+/// before anything is placed in `directory` (all or nothing, as a local pull).
+public enum RemotePull {
+    public static func pull(
+        _ package: VersionPackage,
+        fetcher: any BlobFetcher,
+        identity: borrowing Identity,
+        trusting trusted: [PublicIdentity],
+        registryKeys: [PublicIdentity],
+        into directory: String
+    ) throws(CofferRegistryError) -> PullResult {
+        let label = "\(package.model):\(package.version)"
+        guard let document = Data(base64Encoded: package.dsse), let bundle = Data(base64Encoded: package.modelSigning) else {
+            throw .tampered("\(label): the server sent unreadable documents")
+        }
+        let (statement, signer) = try Registry.verifySigned(
+            envelope: document,
+            bundle: bundle,
+            trusting: trusted,
+            model: package.model,
+            version: package.version,
+            digest: package.digest
+        )
+        var files = statement.files.sorted { $0.path < $1.path }
+        if let rekey = package.rekey {
+            guard let record = Data(base64Encoded: rekey) else { throw .tampered("\(label): unreadable rekey record") }
+            guard !registryKeys.isEmpty else {
+                throw .refused("\(label) was re-encrypted by the registry: pass the registry's public key (--registry-key registry.pub) to check it")
+            }
+            files = try Registry.verifyRekey(
+                record,
+                registryKeys: registryKeys,
+                model: package.model,
+                version: package.version,
+                digest: package.digest,
+                signed: files
+            )
+        }
+        guard let text = package.stanza, let stanza = Data(base64Encoded: text) else { throw .notARecipient(label) }
+        let dataKey: KeyBox
+        do { dataKey = KeyBox(try WrappedKey(encoded: Array(stanza)).unwrap(with: identity)) } catch {
+            throw .notARecipient(label)
+        }
+        // Ciphertext lands in a scratch folder beside the output; plaintext only in the output's staging folder.
+        let scratch = "\(directory)/.coffer-download-\(UUID().uuidString)"
+        try BlobStore.makeDirectory(scratch)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let done = try Registry.place(files, into: directory, modelSignature: bundle) {
+            (file: ModelStatement.File, output: AtomicOutputFile, _: Int) throws(CofferRegistryError) in
+            let path = "\(scratch)/\(file.sealedSHA256)"
+            try fetcher.fetchBlob(file.sealedSHA256, to: path)
+            try Registry.openBlob(at: path, file, dataKey: dataKey.key, into: output)
+            unlink(path)
+        }
+        return PullResult(
+            model: package.model,
+            version: package.version,
+            digest: package.digest,
+            signer: signer.name,
+            files: files.map(\.path),
+            bytes: done
+        )
+    }
+}

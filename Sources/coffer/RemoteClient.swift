@@ -1,0 +1,85 @@
+import ArgumentParser
+import CofferCrypto
+import CofferRegistry
+import Foundation
+
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// `--registry URL --token cft_...` (or `COFFER_REGISTRY`, `COFFER_TOKEN`): a registry served by `coffer serve`.
+struct RemoteOptions: ParsableArguments {
+    @Option(name: .long, help: "A registry served by coffer serve (default: $COFFER_REGISTRY); otherwise --home is used.")
+    var registry: String?
+    @Option(name: .long, help: "Bearer token for --registry (default: $COFFER_TOKEN).") var token: String?
+
+    var url: URL? {
+        (registry ?? ProcessInfo.processInfo.environment["COFFER_REGISTRY"]).flatMap { $0.isEmpty ? nil : URL(string: $0) }
+    }
+    var bearer: String? { token ?? ProcessInfo.processInfo.environment["COFFER_TOKEN"] }
+}
+
+/// A small synchronous HTTP client over URLSession for the remote commands. The server's error message (one line)
+/// becomes the command's.
+final class RemoteClient: BlobFetcher, Sendable {
+    let base: URL
+    let token: String
+
+    init(base: URL, token: String) {
+        self.base = base
+        self.token = token
+    }
+
+    private func request(_ path: String, query: [URLQueryItem] = []) -> URLRequest {
+        var components = URLComponents(url: base.appendingPathComponent(path), resolvingAgainstBaseURL: false)!
+        if !query.isEmpty { components.queryItems = query }
+        var request = URLRequest(url: components.url!)
+        request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        request.timeoutInterval = 300
+        return request
+    }
+
+    /// GET `path` and return the body; a non-2xx answer throws the server's message.
+    func get(_ path: String, query: [URLQueryItem] = []) throws -> Data {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: (Data?, URLResponse?, (any Error)?) = (nil, nil, nil)
+        URLSession.shared.dataTask(with: request(path, query: query)) { data, response, error in
+            result = (data, response, error)
+            done.signal()
+        }.resume()
+        done.wait()
+        return try Self.check(result.0 ?? Data(), result.1, result.2, base: base)
+    }
+
+    func fetchBlob(_ digest: String, to path: String) throws(CofferRegistryError) {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var failure: CofferRegistryError? = nil
+        URLSession.shared.downloadTask(with: request("v1/blobs/\(digest)")) { location, response, error in
+            defer { done.signal() }
+            do {
+                let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+                guard error == nil, let location, (200..<300).contains(status) else {
+                    let body = location.flatMap { try? Data(contentsOf: $0) } ?? Data()
+                    _ = try Self.check(body, response, error, base: self.base)
+                    return
+                }
+                try FileManager.default.moveItem(at: location, to: URL(fileURLWithPath: path))
+            } catch {
+                failure = .io(path: "\(self.base)v1/blobs/\(digest)", reason: "\(error)")
+            }
+        }.resume()
+        done.wait()
+        if let failure { throw failure }
+    }
+
+    private static func check(_ data: Data, _ response: URLResponse?, _ error: (any Error)?, base: URL) throws -> Data {
+        if let error { throw CLIError("cannot reach \(base): \(error.localizedDescription)") }
+        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+        guard (200..<300).contains(status) else {
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+            let message = (object?["error"] as? [String: Any])?["message"] as? String ?? String(decoding: data.prefix(200), as: UTF8.self)
+            throw CLIError("\(base) answered \(status): \(message)")
+        }
+        return data
+    }
+}
