@@ -9,13 +9,13 @@ public import Logging
 public struct ServerConfiguration: Sendable {
     public var host: String
     public var port: Int
-    /// Largest request body accepted (predict rows, session requests); larger ones get 413.
-    public var maxBodySize: Int
+    /// Largest blob an upload may grow to; larger ones get 413.
+    public var maxUploadSize: Int
 
-    public init(host: String = "127.0.0.1", port: Int = 8443, maxBodySize: Int = 8 << 20) {
+    public init(host: String = "127.0.0.1", port: Int = 8443, maxUploadSize: Int = 16 << 30) {
         self.host = host
         self.port = port
-        self.maxBodySize = maxBodySize
+        self.maxUploadSize = maxUploadSize
     }
 }
 
@@ -52,7 +52,7 @@ public func buildApplication(
     configuration: ServerConfiguration,
     logger: Logger = Logger(label: "coffer.server")
 ) -> some ApplicationProtocol {
-    let state = ServerState(registry: registry, registryIdentity: registryIdentity, logger: logger)
+    let state = ServerState(registry: registry, registryIdentity: registryIdentity, maxUploadSize: configuration.maxUploadSize, logger: logger)
     return Application(
         router: buildRouter(state: state),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "coffer"),
@@ -67,11 +67,13 @@ final class ServerState: Sendable {
     let registryIdentity: UnlockedIdentity
     let metrics = ServerMetrics()
     let sessions: LoadedSessions
+    let maxUploadSize: Int
     let logger: Logger
 
-    init(registry: Registry, registryIdentity: UnlockedIdentity, logger: Logger) {
+    init(registry: Registry, registryIdentity: UnlockedIdentity, maxUploadSize: Int, logger: Logger) {
         self.registry = registry
         self.registryIdentity = registryIdentity
+        self.maxUploadSize = maxUploadSize
         self.sessions = LoadedSessions(logger: logger)
         self.logger = logger
     }
@@ -83,6 +85,7 @@ func buildRouter(state: ServerState) -> Router<CofferRequestContext> {
     router.get("healthz") { _, _ in "ok\n" }
     router.get("metrics") { _, _ in state.metrics.prometheusText() }
     router.addRoutes(RegistryController(state: state).routes, atPath: "v1")
+    router.addRoutes(UploadController(state: state).routes, atPath: "v1")
     return router
 }
 

@@ -34,6 +34,9 @@ extension Coffer {
         @Option(name: .long, help: "Accountant history of a model trained elsewhere (JSON; docs/FORMAT.md): epsilon is recomputed from it.")
         var privacyFrom: String?
         @Flag(name: .long, help: "Push past the dataset's privacy budget (admins only; audited).") var overrideBudget = false
+        @OptionGroup var remote: RemoteOptions
+        @Option(name: .long, help: "With --registry: the registry's public key (registry.pub) to wrap the data key for, pinned.")
+        var registryKey: String?
 
         func run() throws {
             let target = try ModelReference(parsing: reference)
@@ -68,6 +71,17 @@ extension Coffer {
             request.trainingConfigDigest = trainingConfigDigest
             request.recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             request.message = message
+            if let url = remote.url {
+                guard let token = remote.bearer else { throw CLIError("--registry needs a bearer token: --token or COFFER_TOKEN") }
+                guard let registryKey else {
+                    throw CLIError("a push over HTTP wraps the data key for the registry's key: pin it with --registry-key registry.pub")
+                }
+                let pinned = try PublicIdentity(contentsOf: registryKey)
+                let publisher = try passphraseOptions.unlockIdentity(at: identity)
+                let (model, version, digest) = try RemotePusher(client: RemoteClient(base: url, token: token), url: url)
+                    .push(request, publisher: publisher, registryKey: pinned)
+                return print("pushed \(model):\(version) sha256:\(digest) to \(url)")
+            }
             let store = try registry.open()
             let publisher = try passphraseOptions.unlockIdentity(at: identity)
             let progress = ProgressBar(label: "pushing", total: nil)

@@ -41,14 +41,32 @@ final class RemoteClient: BlobFetcher, Sendable {
 
     /// GET `path` and return the body; a non-2xx answer throws the server's message.
     func get(_ path: String, query: [URLQueryItem] = []) throws -> Data {
+        let (status, data) = try send("GET", path, query: query)
+        return try Self.check(data, status: status, base: base)
+    }
+
+    /// Sends a request and returns the status and body, whatever the status.
+    func send(_ method: String, _ path: String, query: [URLQueryItem] = [], headers: [String: String] = [:], body: Data? = nil) throws -> (Int, Data)
+    {
+        var request = request(path, query: query)
+        request.httpMethod = method
+        for (key, value) in headers { request.setValue(value, forHTTPHeaderField: key) }
+        request.httpBody = body
         let done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var result: (Data?, URLResponse?, (any Error)?) = (nil, nil, nil)
-        URLSession.shared.dataTask(with: request(path, query: query)) { data, response, error in
+        URLSession.shared.dataTask(with: request) { data, response, error in
             result = (data, response, error)
             done.signal()
         }.resume()
         done.wait()
-        return try Self.check(result.0 ?? Data(), result.1, result.2, base: base)
+        if let error = result.2 { throw CLIError("cannot reach \(base): \(error.localizedDescription)") }
+        return ((result.1 as? HTTPURLResponse)?.statusCode ?? 0, result.0 ?? Data())
+    }
+
+    /// Sends and requires a 2xx answer.
+    func expect(_ method: String, _ path: String, query: [URLQueryItem] = [], headers: [String: String] = [:], body: Data? = nil) throws -> Data {
+        let (status, data) = try send(method, path, query: query, headers: headers, body: body)
+        return try Self.check(data, status: status, base: base)
     }
 
     func fetchBlob(_ digest: String, to path: String) throws(CofferRegistryError) {
@@ -58,9 +76,10 @@ final class RemoteClient: BlobFetcher, Sendable {
             defer { done.signal() }
             do {
                 let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-                guard error == nil, let location, (200..<300).contains(status) else {
+                if let error { throw CLIError("cannot reach \(self.base): \(error.localizedDescription)") }
+                guard let location, (200..<300).contains(status) else {
                     let body = location.flatMap { try? Data(contentsOf: $0) } ?? Data()
-                    _ = try Self.check(body, response, error, base: self.base)
+                    _ = try Self.check(body, status: status, base: self.base)
                     return
                 }
                 try FileManager.default.moveItem(at: location, to: URL(fileURLWithPath: path))
@@ -72,9 +91,7 @@ final class RemoteClient: BlobFetcher, Sendable {
         if let failure { throw failure }
     }
 
-    private static func check(_ data: Data, _ response: URLResponse?, _ error: (any Error)?, base: URL) throws -> Data {
-        if let error { throw CLIError("cannot reach \(base): \(error.localizedDescription)") }
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
+    static func check(_ data: Data, status: Int, base: URL) throws -> Data {
         guard (200..<300).contains(status) else {
             let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
             let message = (object?["error"] as? [String: Any])?["message"] as? String ?? String(decoding: data.prefix(200), as: UTF8.self)

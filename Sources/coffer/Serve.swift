@@ -14,6 +14,7 @@ extension Coffer {
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Option(name: .long, help: "HOST:PORT to listen on.") var listen: String = "127.0.0.1:8443"
         @Flag(name: .long, help: "Allow plain HTTP on an address other than loopback.") var insecure = false
+        @Option(name: .long, help: "Largest blob an upload may grow to, in bytes (larger: 413).") var maxUploadSize: Int = 16 << 30
         @Option(name: .long, help: "TLS certificate (PEM); not available yet.") var tlsCert: String?
         @Option(name: .long, help: "TLS private key (PEM); not available yet.") var tlsKey: String?
 
@@ -34,7 +35,12 @@ extension Coffer {
             var logger = Logger(label: "coffer.server")
             logger.logLevel = .info
             FileDescriptorStream.standardError.writeLine("coffer: serving \(store.home) on http://\(host):\(port)")
-            try await runServer(registry: store, registryIdentity: unlocked, configuration: .init(host: host, port: port), logger: logger)
+            try await runServer(
+                registry: store,
+                registryIdentity: unlocked,
+                configuration: .init(host: host, port: port, maxUploadSize: maxUploadSize),
+                logger: logger
+            )
         }
     }
 

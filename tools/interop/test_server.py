@@ -155,3 +155,70 @@ def write_rows(tmp_path, rows):
     columns = sorted(rows["rows"][0])
     path.write_text(",".join(columns) + "\n" + "\n".join(",".join(str(r[c]) for c in columns) for r in rows["rows"]) + "\n")
     return path
+
+
+def serve(home, port, *extra):
+    process = subprocess.Popen([COFFER, "serve", "--home", home, "--listen", f"127.0.0.1:{port}", *extra], env=ENV,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for _ in range(100):
+        try:
+            if call(f"http://127.0.0.1:{port}/healthz")[0] == 200:
+                return process
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    raise RuntimeError("the server did not start")
+
+
+def test_push_over_http_resumes_after_the_client_is_killed(tmp_path):
+    home = tmp_path / "home"
+    coffer("keygen", "--out", tmp_path / "alice")
+    coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
+    admin = ["--identity", tmp_path / "alice.key", "--home", home]
+    coffer("trust", "add", tmp_path / "alice.pub", *admin)
+    token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
+    (tmp_path / "model").mkdir()
+    payload = os.urandom(192 << 20)
+    (tmp_path / "model" / "weights.bin").write_bytes(payload)
+    (tmp_path / "model" / "config.json").write_text('{"layers": 4}')
+    port = free_port()
+    server = serve(home, port)
+    env = dict(ENV, COFFER_OUTBOX=str(tmp_path / "outbox"))
+    push = [COFFER, "push", "big/model", tmp_path / "model", "--registry", f"http://127.0.0.1:{port}", "--token", token,
+            "--registry-key", home / "registry.pub", "--identity", tmp_path / "alice.key", "--alias", "prod"]
+    try:
+        # Kill the client once part of the weights have reached the server.
+        client = subprocess.Popen(push, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and client.poll() is None:
+            sizes = [p.stat().st_size for p in (home / "tmp").glob("upload-*")]
+            if any(8 << 20 <= size < len(payload) for size in sizes):
+                client.kill()
+                break
+            time.sleep(0.005)
+        client.wait()
+        assert client.returncode == -9, "the client was killed mid-upload"
+        assert json.loads(coffer("list", "--json", "--home", home).stdout) == [], "nothing is committed yet"
+
+        resumed = subprocess.run(push, env=env, capture_output=True)
+        assert resumed.returncode == 0, resumed.stderr
+        assert b"resuming the upload of blob" in resumed.stderr and b"pushed big/model:1" in resumed.stdout
+        assert not (tmp_path / "outbox").exists() or not any((tmp_path / "outbox").iterdir())
+
+        # The server never saw plaintext; a remote pull checks everything and gets the same bytes back.
+        assert not any(payload[:4096] in p.read_bytes() for p in (home / "blobs").rglob("*") if p.is_file())
+        coffer("pull", "big/model@prod", "--registry", f"http://127.0.0.1:{port}", "--token", token, "--trust", tmp_path / "alice.pub",
+               "--identity", tmp_path / "alice.key", "--out", tmp_path / "pulled")
+        assert (tmp_path / "pulled" / "weights.bin").read_bytes() == payload
+        assert json.loads(coffer("fsck", "--json", "--home", home).stdout)["clean"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+
+    # An upload past the server's limit is refused with 413, and a clear message.
+    small = serve(home, port, "--max-upload-size", "100000")
+    try:
+        refused = subprocess.run([*push[:3], tmp_path / "model", *push[4:-2]], env=dict(env, COFFER_OUTBOX=str(tmp_path / "outbox2")), capture_output=True)
+        assert refused.returncode == 1 and b"413" in refused.stderr and b"may not exceed 100000 bytes" in refused.stderr, refused.stderr
+    finally:
+        small.send_signal(signal.SIGTERM)
+        small.communicate(timeout=30)

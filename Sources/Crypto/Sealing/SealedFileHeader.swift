@@ -53,7 +53,7 @@ public struct SealedFileHeader: Sendable, Equatable {
     }
 
     /// Checks the header MAC under `dataKey`, in constant time.
-    func authenticate(dataKey: borrowing SecretKey) throws(CofferCryptoError) {
+    public func authenticate(dataKey: borrowing SecretKey) throws(CofferCryptoError) {
         let body = Self.encodeUnauthenticated(chunkShift: chunkShift, noncePrefix: noncePrefix, stanzas: stanzas)
         let expected = Self.macKey(dataKey: dataKey, noncePrefix: noncePrefix).mac(body)
         var difference: UInt8 = 0

@@ -4,7 +4,7 @@ public import CofferCrypto
 public struct ModelStatement: Sendable, Equatable {
     public static let predicateType = "https://coffer.dev/attestation/model/v1"
 
-    public struct File: Sendable, Equatable {
+    public struct File: Sendable, Equatable, Codable {
         public var path: String
         public var size: Int
         public var plaintextSHA256: String

@@ -75,36 +75,12 @@ extension Registry {
         var files: [ModelStatement.File] = []
         var done = 0
         for input in inputs {
-            let source: FileDescriptorStream
-            do { source = try FileDescriptorStream(readingFrom: input.source) } catch { throw .crypto(error) }
             let temporary = try blobs.makeTemporary()
-            let summary: SealedFile.Summary
-            do {
-                let before = done
-                summary = try SealedFile.seal(
-                    from: source,
-                    to: temporary,
-                    dataKey: dataKey,
-                    stanzas: [],
-                    chunkSize: request.chunkSize,
-                    digests: true,
-                    progress: progress.map { report in { report(before + $0) } }
-                )
-            } catch {
-                throw .crypto(error)
-            }
-            let sealedDigest = Digest.hex(summary.sealedSHA256!)
-            try blobs.commit(temporary, digest: sealedDigest)
-            done += summary.plaintextLength
-            files.append(
-                .init(
-                    path: input.path,
-                    size: summary.plaintextLength,
-                    plaintextSHA256: Digest.hex(summary.plaintextSHA256!),
-                    sealedSHA256: sealedDigest,
-                    sealedSize: summary.sealedLength
-                )
-            )
+            let before = done
+            let file = try Self.seal(input, dataKey: dataKey, chunkSize: request.chunkSize, into: temporary) { progress?(before + $0) }
+            try blobs.commit(temporary, digest: file.sealedSHA256)
+            done += file.size
+            files.append(file)
         }
         var wrapped: [(String, [UInt8])] = []
         for recipient in [identity, publisher.publicIdentity] + request.recipients where !wrapped.contains(where: { $0.0 == recipient.keyID }) {
@@ -152,30 +128,8 @@ extension Registry {
         for _ in 0..<20 {
             var version = request.version ?? ""
             if request.version == nil { version = try nextVersion(model: request.model) }
-            let statement = ModelStatement(
-                model: request.model,
-                version: version,
-                files: files,
-                privacy: request.privacy,
-                lineage: lineage,
-                chunkSize: request.chunkSize,
-                created: created,
-                publisher: publisher.publicIdentity,
-                message: request.message
-            )
-            let payload = statement.statement.jsonBytes
-            let envelope = DSSEEnvelope.sign(payload: payload, identity: publisher)
-            let bundle: [UInt8]
-            do throws(CofferCryptoError) {
-                bundle = try ModelSigningBundle.sign(
-                    modelName: Self.modelDirectoryName(request),
-                    resources: files.map { .init(name: $0.path, sha256: Digest.bytes(fromHex: $0.plaintextSHA256)!) },
-                    identity: publisher
-                )
-            } catch {
-                throw .crypto(error)
-            }
-            let digest = Digest.hex(Digest.sha256(payload))
+            let signed = try Self.sign(request, version: version, files: files, lineage: lineage, created: created, publisher: publisher)
+            let (statement, envelope, bundle, digest) = (signed.statement, signed.envelope, signed.bundle, signed.digest)
             let committed = try commit(
                 statement,
                 digest: digest,
@@ -196,8 +150,87 @@ extension Registry {
         throw .database("could not allocate a version number: too many concurrent pushes")
     }
 
+    /// Seals one input file under `dataKey` into `output` (its own nonce prefix), with both digests.
+    static func seal(
+        _ input: InputFile,
+        dataKey: borrowing SecretKey,
+        chunkSize: Int,
+        into output: AtomicOutputFile,
+        progress: @escaping (Int) -> Void
+    ) throws(CofferRegistryError) -> ModelStatement.File {
+        let source: FileDescriptorStream
+        do { source = try FileDescriptorStream(readingFrom: input.source) } catch { throw .crypto(error) }
+        let summary: SealedFile.Summary
+        do {
+            summary = try SealedFile.seal(
+                from: source,
+                to: output,
+                dataKey: dataKey,
+                stanzas: [],
+                chunkSize: chunkSize,
+                digests: true,
+                progress: progress
+            )
+        } catch {
+            throw .crypto(error)
+        }
+        return .init(
+            path: input.path,
+            size: summary.plaintextLength,
+            plaintextSHA256: Digest.hex(summary.plaintextSHA256!),
+            sealedSHA256: Digest.hex(summary.sealedSHA256!),
+            sealedSize: summary.sealedLength
+        )
+    }
+
+    /// A version's statement signed by its publisher: the DSSE envelope, the OpenSSF bundle and the digest.
+    struct SignedStatement {
+        var statement: ModelStatement
+        var envelope: DSSEEnvelope
+        var bundle: [UInt8]
+        var digest: String
+    }
+
+    static func sign(
+        _ request: PushRequest,
+        version: String,
+        files: [ModelStatement.File],
+        lineage: ModelStatement.Lineage,
+        created: String,
+        publisher: borrowing Identity
+    ) throws(CofferRegistryError) -> SignedStatement {
+        let statement = ModelStatement(
+            model: request.model,
+            version: version,
+            files: files,
+            privacy: request.privacy,
+            lineage: lineage,
+            chunkSize: request.chunkSize,
+            created: created,
+            publisher: publisher.publicIdentity,
+            message: request.message
+        )
+        let payload = statement.statement.jsonBytes
+        let bundle: [UInt8]
+        do throws(CofferCryptoError) {
+            bundle = try ModelSigningBundle.sign(
+                modelName: modelDirectoryName(request),
+                resources: files.map { .init(name: $0.path, sha256: Digest.bytes(fromHex: $0.plaintextSHA256)!) },
+                identity: publisher
+            )
+        } catch {
+            throw .crypto(error)
+        }
+        return SignedStatement(
+            statement: statement,
+            envelope: DSSEEnvelope.sign(payload: payload, identity: publisher),
+            bundle: bundle,
+            digest: Digest.hex(Digest.sha256(payload))
+        )
+    }
+
     /// Inserts the version's rows; returns false when an automatic version number was taken meanwhile.
-    private func commit(
+    func commit(
         _ statement: ModelStatement,
         digest: String,
         envelope: DSSEEnvelope,

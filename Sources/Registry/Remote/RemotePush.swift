@@ -1,0 +1,226 @@
+public import CofferCrypto
+public import Foundation
+import GRDB
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A push over HTTP, prepared by the client: its files sealed locally (the server never sees plaintext), its
+/// statement signed by the publisher, its data key wrapped for the registry's key (pinned by the client), the
+/// publisher and each recipient. Kept in an outbox folder so an interrupted upload resumes; posted to
+/// `POST /v1/versions` once every blob is uploaded.
+public struct PreparedPush: Sendable, Equatable, Codable {
+    public var model: String
+    public var version: String
+    public var dsse: String
+    public var modelSigning: String
+    /// Key ID to stanza (base64).
+    public var wrappedKeys: [String: String]
+    /// Recipients' NAME.pub documents (base64), so the registry can wrap for them again on a rekey.
+    public var recipients: [String]
+    public var alias: String?
+    public var tags: [String: String]
+    public var parent: String?
+    public var overrideBudget: Bool
+    public var files: [ModelStatement.File]
+    public var created: String
+
+    enum CodingKeys: String, CodingKey {
+        case model, version, dsse, recipients, alias, tags, parent, files, created
+        case modelSigning = "model_signing"
+        case wrappedKeys = "wrapped_keys"
+        case overrideBudget = "override_budget"
+    }
+
+    /// The outbox file holding the sealed blob with `digest`.
+    public static func blobPath(_ outbox: String, _ digest: String) -> String { "\(outbox)/\(digest).blob" }
+
+    /// Seals `request`'s files into `outbox` and signs the statement for `version`.
+    public static func prepare(
+        _ request: PushRequest,
+        publisher: borrowing Identity,
+        registryKey: PublicIdentity,
+        version: String,
+        outbox: String,
+        progress: ((Int) -> Void)? = nil
+    ) throws(CofferRegistryError) -> PreparedPush {
+        try ModelReference.validate(name: request.model)
+        try ModelReference.validate(version: version)
+        var request = request
+        request.privacy.fillFromSegments()
+        try request.privacy.validate()
+        let inputs = try InputFile.collect(request.paths)
+        try BlobStore.makeDirectory(outbox)
+        let dataKey = SecretKey.random()
+        var files: [ModelStatement.File] = []
+        var done = 0
+        for input in inputs {
+            let output: AtomicOutputFile
+            do { output = try AtomicOutputFile(destination: "\(outbox)/sealing", mode: 0o600, durable: false) } catch { throw .crypto(error) }
+            let before = done
+            let file = try Registry.seal(input, dataKey: dataKey, chunkSize: request.chunkSize, into: output) { progress?(before + $0) }
+            do { try output.commit() } catch { throw .crypto(error) }
+            guard rename("\(outbox)/sealing", blobPath(outbox, file.sealedSHA256)) == 0 else {
+                throw .io(path: outbox, reason: String(cString: strerror(errno)))
+            }
+            files.append(file)
+            done += file.size
+        }
+        var wrapped: [String: String] = [:]
+        for recipient in [registryKey, publisher.publicIdentity] + request.recipients {
+            wrapped[recipient.keyID] = Data(dataKey.wrap(for: recipient).encoded).base64EncodedString()
+        }
+        var prepared = PreparedPush(
+            model: request.model,
+            version: version,
+            dsse: "",
+            modelSigning: "",
+            wrappedKeys: wrapped,
+            recipients: request.recipients.map { Data($0.jsonBytes).base64EncodedString() },
+            alias: request.alias,
+            tags: request.tags,
+            parent: request.parent?.description,
+            overrideBudget: request.overrideBudget,
+            files: files,
+            created: Registry.now()
+        )
+        try prepared.sign(request, version: version, publisher: publisher)
+        return prepared
+    }
+
+    /// Signs the statement for `version` (again, when the number was taken meanwhile): the blobs do not change.
+    public mutating func sign(_ request: PushRequest, version: String, publisher: borrowing Identity) throws(CofferRegistryError) {
+        var request = request
+        request.privacy.fillFromSegments()
+        let lineage = ModelStatement.Lineage(
+            parent: request.parent?.description,
+            datasetID: request.datasetID,
+            datasetDigest: request.datasetDigest,
+            trainingConfigDigest: request.trainingConfigDigest
+        )
+        let signed = try Registry.sign(request, version: version, files: files, lineage: lineage, created: created, publisher: publisher)
+        self.version = version
+        dsse = Data(signed.envelope.jsonBytes).base64EncodedString()
+        modelSigning = Data(signed.bundle).base64EncodedString()
+    }
+}
+
+extension Registry {
+    /// Moves an uploaded file into the blob store under `digest`, after checking that its SHA-256 is `digest`.
+    public func adoptBlob(at path: String, digest: String) throws(CofferRegistryError) {
+        let actual: String
+        do { actual = Digest.hex(try Digest.sha256(file: path)) } catch { throw .crypto(error) }
+        guard actual == digest else { throw .invalidInput("the upload's SHA-256 is \(actual), not \(digest)") }
+        let destination = blobs.path(of: digest)
+        try BlobStore.makeDirectory(String(destination[..<destination.lastIndex(of: "/")!]))
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        if fd >= 0 {
+            fsync(fd)
+            close(fd)
+        }
+        chmod(path, 0o400)
+        guard rename(path, destination) == 0 else { throw .io(path: destination, reason: String(cString: strerror(errno))) }
+        BlobStore.syncDirectory(String(destination[..<destination.lastIndex(of: "/")!]))
+    }
+
+    /// Commits a version a client prepared and uploaded: the publisher's signature (a trusted signer, and the
+    /// pushing principal's own key), every blob present with its signed size, the registry's wrapped key opening
+    /// each blob's header (so the registry can serve sessions and rekey), budget and policy as for a local push.
+    public func commitPushed(
+        _ prepared: PreparedPush,
+        principal actor: Principal,
+        registryIdentity: borrowing Identity
+    ) throws(CofferRegistryError) -> PushResult {
+        try require(.publisher, on: prepared.model, by: actor, action: "push", target: prepared.model)
+        if prepared.overrideBudget { try require(.admin, on: prepared.model, by: actor, action: "push --override-budget", target: prepared.model) }
+        let label = "\(prepared.model):\(prepared.version)"
+        do {
+            guard let document = Data(base64Encoded: prepared.dsse), let bundle = Data(base64Encoded: prepared.modelSigning) else {
+                throw CofferRegistryError.invalidInput("\(label): unreadable signed documents")
+            }
+            let payload: [UInt8]
+            do { payload = try DSSEEnvelope(jsonBytes: Array(document)).payloadBytes() } catch {
+                throw CofferRegistryError.invalidInput("\(label): \(error)")
+            }
+            let (statement, signer) = try Self.verifySigned(
+                envelope: document,
+                bundle: bundle,
+                trusting: try trustedSigners(),
+                model: prepared.model,
+                version: prepared.version,
+                digest: Digest.hex(Digest.sha256(payload))
+            )
+            let checked = try checksPrincipals()
+            guard signer.keyID == actor.keyID || !checked else {
+                throw CofferRegistryError.refused("\(label) is signed by \(signer.name), not by the pushing principal \(actor.name)")
+            }
+            guard let registryStanza = prepared.wrappedKeys[identity.keyID].flatMap({ Data(base64Encoded: $0) }) else {
+                throw CofferRegistryError.invalidInput("\(label): no data key wrapped for this registry's key \(identity.keyID)")
+            }
+            let dataKey: SecretKey
+            do { dataKey = try WrappedKey(encoded: Array(registryStanza)).unwrap(with: registryIdentity) } catch {
+                throw CofferRegistryError.invalidInput("\(label): the key wrapped for this registry does not open")
+            }
+            for file in statement.files {
+                let path = blobs.path(of: file.sealedSHA256)
+                let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue
+                guard size == file.sealedSize else { throw CofferRegistryError.invalidInput("\(label): blob of \(file.path) was not uploaded") }
+                do {
+                    let (header, _) = try SealedFileHeader.read(from: try FileDescriptorStream(readingFrom: path))
+                    try header.authenticate(dataKey: dataKey)
+                } catch {
+                    throw CofferRegistryError.invalidInput("\(label): blob of \(file.path) is not sealed under the wrapped data key")
+                }
+            }
+            var wrapped: [(String, [UInt8])] = []
+            for (keyID, text) in prepared.wrappedKeys.sorted(by: { $0.key < $1.key }) {
+                guard let stanza = Data(base64Encoded: text) else {
+                    throw CofferRegistryError.invalidInput("\(label): unreadable stanza for \(keyID)")
+                }
+                wrapped.append((keyID, Array(stanza)))
+            }
+            var parentID: Int64? = nil
+            if let parent = prepared.parent { parentID = try resolve(try ModelReference(parsing: parent)).id }
+            if let alias = prepared.alias {
+                try checkPolicy(
+                    model: prepared.model,
+                    alias: alias,
+                    privacy: statement.privacy,
+                    signer: signer,
+                    datasetID: statement.lineage.datasetID
+                )
+            }
+            _ = try commit(
+                statement,
+                digest: Digest.hex(Digest.sha256(payload)),
+                envelope: try DSSEEnvelope(jsonBytes: Array(document)),
+                bundle: Array(bundle),
+                wrapped: wrapped,
+                parentID: parentID,
+                alias: prepared.alias,
+                tags: prepared.tags,
+                automatic: false,
+                datasetID: statement.lineage.datasetID,
+                overrideBy: prepared.overrideBudget ? actor.name : nil
+            )
+            try rememberRecipients(
+                [signer] + prepared.recipients.compactMap { Data(base64Encoded: $0).flatMap { try? PublicIdentity(jsonBytes: Array($0)) } }
+            )
+            let digest = Digest.hex(Digest.sha256(payload))
+            try audit(principal: actor.name, action: "push", target: label, outcome: .ok, reason: "sha256:\(digest) (over HTTP)")
+            return PushResult(
+                model: prepared.model,
+                version: prepared.version,
+                digest: digest,
+                files: statement.files.count,
+                bytes: statement.files.reduce(0) { $0 + $1.size }
+            )
+        } catch let error as CofferRegistryError {
+            try? audit(principal: actor.name, action: "push", target: label, outcome: .failed, reason: error.description)
+            throw error
+        } catch {
+            throw .crypto(error as? CofferCryptoError ?? .io(path: label, reason: "\(error)"))
+        }
+    }
+}

@@ -1,0 +1,133 @@
+import CofferCrypto
+import CofferRegistry
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `coffer push --registry URL`: seal locally, upload ciphertext in resumable pieces, commit. An interrupted push
+/// run again with the same inputs resumes: the sealed blobs, the signed statement and the upload ids wait in an
+/// outbox folder (ciphertext and public material only) until the version is committed.
+struct RemotePusher {
+    let client: RemoteClient
+    let url: URL
+    static let piece = 4 << 20
+
+    /// The outbox of this push: one folder per registry, model and set of inputs (paths, sizes, modification times).
+    static func outbox(url: URL, request: PushRequest) -> String {
+        var key = "\(url.absoluteString)|\(request.model)|\(request.version ?? "")"
+        for path in request.paths.sorted() {
+            let walker = FileManager.default.enumerator(atPath: path)
+            var entries = [path]
+            while let next = walker?.nextObject() as? String { entries.append("\(path)/\(next)") }
+            for entry in entries.sorted() {
+                let attributes = try? FileManager.default.attributesOfItem(atPath: entry)
+                key += "|\(entry)|\(attributes?[.size] ?? 0)|\((attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
+            }
+        }
+        let base = ProcessInfo.processInfo.environment["COFFER_OUTBOX"] ?? "\(NSTemporaryDirectory())/coffer-outbox-\(getuid())"
+        return "\(base)/\(Digest.hex(Digest.sha256(Array(key.utf8)).prefix(12)))"
+    }
+
+    func push(_ request: PushRequest, publisher: borrowing Identity, registryKey: PublicIdentity) throws -> (String, String, String) {
+        let served = try PublicIdentity(jsonBytes: Array(try client.get("v1/registry")))
+        guard served.keyID == registryKey.keyID else {
+            throw CLIError(
+                "\(url) presents registry key \(served.keyID), not the pinned \(registryKey.keyID) (--registry-key): refusing to wrap keys for it"
+            )
+        }
+        let outbox = Self.outbox(url: url, request: request)
+        let state = "\(outbox)/prepared.json"
+        var prepared: PreparedPush
+        if let data = FileManager.default.contents(atPath: state), let saved = try? JSONDecoder().decode(PreparedPush.self, from: data) {
+            prepared = saved
+            FileDescriptorStream.standardError.writeLine("coffer: resuming the push of \(prepared.model):\(prepared.version) from \(outbox)")
+        } else {
+            prepared = try PreparedPush.prepare(
+                request,
+                publisher: publisher,
+                registryKey: registryKey,
+                version: try nextVersion(request),
+                outbox: outbox
+            )
+            try JSONEncoder().encode(prepared).write(to: URL(fileURLWithPath: state), options: .atomic)
+        }
+        for file in prepared.files { try upload(file.sealedSHA256, size: file.sealedSize, outbox: outbox) }
+        for _ in 0..<5 {
+            let (status, body) = try client.send(
+                "POST",
+                "v1/versions",
+                headers: ["Content-Type": "application/json"],
+                body: try JSONEncoder().encode(prepared)
+            )
+            if status == 409, request.version == nil {
+                // The number was taken meanwhile: sign again for the next one; the blobs stay as they are.
+                try prepared.sign(request, version: try nextVersion(request), publisher: publisher)
+                try JSONEncoder().encode(prepared).write(to: URL(fileURLWithPath: state), options: .atomic)
+                continue
+            }
+            let data = try RemoteClient.check(body, status: status, base: url)
+            let object = try JSONSerialization.jsonObject(with: data) as? [String: String] ?? [:]
+            try? FileManager.default.removeItem(atPath: outbox)
+            return (object["model"] ?? prepared.model, object["version"] ?? prepared.version, object["digest"] ?? "")
+        }
+        throw CLIError("could not allocate a version number on \(url): too many concurrent pushes")
+    }
+
+    private func nextVersion(_ request: PushRequest) throws -> String {
+        if let version = request.version { return version }
+        let (status, body) = try client.send(
+            "GET",
+            "v1/versions",
+            query: [URLQueryItem(name: "model", value: request.model), URLQueryItem(name: "limit", value: "1000")]
+        )
+        if status == 404 { return "1" }  // a new model
+        let data = try RemoteClient.check(body, status: status, base: url)
+        let versions = (try JSONSerialization.jsonObject(with: data) as? [[String: Any]] ?? []).compactMap {
+            ($0["version"] as? String).flatMap(Int.init)
+        }
+        return String((versions.max() ?? 0) + 1)
+    }
+
+    /// Uploads one sealed blob, resuming where the server says an earlier attempt stopped.
+    private func upload(_ digest: String, size: Int, outbox: String) throws {
+        let done = "\(outbox)/\(digest).done"
+        guard !FileManager.default.fileExists(atPath: done) else { return }
+        let idFile = "\(outbox)/\(digest).upload"
+        var id = (try? String(contentsOfFile: idFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        var offset = 0
+        if let known = id {
+            let (status, body) = try client.send("GET", "v1/uploads/\(known)")
+            if status == 200, let object = try JSONSerialization.jsonObject(with: body) as? [String: Any], let at = object["offset"] as? Int {
+                offset = at
+                FileDescriptorStream.standardError.writeLine("coffer: resuming the upload of blob \(digest.prefix(12)) at byte \(offset) of \(size)")
+            } else {
+                id = nil
+            }
+        }
+        if id == nil {
+            let body = try client.expect("POST", "v1/uploads")
+            id = (try JSONSerialization.jsonObject(with: body) as? [String: Any])?["id"] as? String
+            guard let id else { throw CLIError("\(url) did not start an upload") }
+            try id.write(toFile: idFile, atomically: true, encoding: .utf8)
+        }
+        let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: PreparedPush.blobPath(outbox, digest)))
+        defer { try? handle.close() }
+        try handle.seek(toOffset: UInt64(offset))
+        while offset < size {
+            let piece = try handle.read(upToCount: Self.piece) ?? Data()
+            guard !piece.isEmpty else { break }
+            let (status, body) = try client.send("PATCH", "v1/uploads/\(id!)", headers: ["Upload-Offset": String(offset)], body: piece)
+            if status == 409, let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any], object["offset"] != nil {
+                offset = object["offset"] as? Int ?? offset
+                try handle.seek(toOffset: UInt64(offset))
+                continue
+            }
+            _ = try RemoteClient.check(body, status: status, base: url)
+            offset += piece.count
+        }
+        _ = try client.expect("PUT", "v1/uploads/\(id!)", query: [URLQueryItem(name: "digest", value: digest)])
+        FileManager.default.createFile(atPath: done, contents: nil)
+    }
+}
