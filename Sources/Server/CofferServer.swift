@@ -3,7 +3,10 @@ public import CofferRegistry
 import CofferTraining
 import Foundation
 public import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 public import Logging
+import NIOSSL
 
 /// Where and how `coffer serve` listens.
 public struct ServerConfiguration: Sendable {
@@ -11,11 +14,14 @@ public struct ServerConfiguration: Sendable {
     public var port: Int
     /// Largest blob an upload may grow to; larger ones get 413.
     public var maxUploadSize: Int
+    /// PEM certificate chain and private key files: serve HTTPS (swift-nio-ssl) instead of plain HTTP.
+    public var tls: (certificate: String, privateKey: String)?
 
-    public init(host: String = "127.0.0.1", port: Int = 8443, maxUploadSize: Int = 16 << 30) {
+    public init(host: String = "127.0.0.1", port: Int = 8443, maxUploadSize: Int = 16 << 30, tls: (certificate: String, privateKey: String)? = nil) {
         self.host = host
         self.port = port
         self.maxUploadSize = maxUploadSize
+        self.tls = tls
     }
 }
 
@@ -51,14 +57,28 @@ public func buildApplication(
     registryIdentity: UnlockedIdentity,
     configuration: ServerConfiguration,
     logger: Logger = Logger(label: "coffer.server")
-) -> some ApplicationProtocol {
+) throws -> some ApplicationProtocol {
+    let server = try httpServer(configuration)
     let state = ServerState(registry: registry, registryIdentity: registryIdentity, maxUploadSize: configuration.maxUploadSize, logger: logger)
     return Application(
         router: buildRouter(state: state),
+        server: server,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "coffer"),
         services: [state.sessions],
         logger: logger
     )
+}
+
+/// HTTP/1.1, over TLS when the configuration names a certificate and key (refused with one line when they do not load).
+func httpServer(_ configuration: ServerConfiguration) throws -> HTTPServerBuilder {
+    guard let tls = configuration.tls else { return .http1() }
+    do {
+        let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
+        let key = try NIOSSLPrivateKey(file: tls.privateKey, format: .pem)
+        return try .tls(.http1(), tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+    } catch {
+        throw CofferRegistryError.io(path: tls.certificate, reason: "cannot load the TLS certificate or key: \(error)")
+    }
 }
 
 /// Everything the handlers share.

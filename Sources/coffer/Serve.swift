@@ -15,30 +15,29 @@ extension Coffer {
         @Option(name: .long, help: "HOST:PORT to listen on.") var listen: String = "127.0.0.1:8443"
         @Flag(name: .long, help: "Allow plain HTTP on an address other than loopback.") var insecure = false
         @Option(name: .long, help: "Largest blob an upload may grow to, in bytes (larger: 413).") var maxUploadSize: Int = 16 << 30
-        @Option(name: .long, help: "TLS certificate (PEM); not available yet.") var tlsCert: String?
-        @Option(name: .long, help: "TLS private key (PEM); not available yet.") var tlsKey: String?
+        @Option(name: .long, help: "TLS certificate chain (PEM): serve HTTPS.") var tlsCert: String?
+        @Option(name: .long, help: "TLS private key (PEM), with --tls-cert.") var tlsKey: String?
 
         func run() async throws {
             guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (1...65535).contains(port) else {
                 throw CLIError("--listen takes HOST:PORT, got '\(listen)'")
             }
             let host = String(listen[..<colon])
-            if tlsCert != nil || tlsKey != nil {
-                throw CLIError("TLS is not available in this build yet: serve plain HTTP on loopback behind a TLS proxy")
-            }
+            if (tlsCert == nil) != (tlsKey == nil) { throw CLIError("--tls-cert and --tls-key go together") }
+            let tls = tlsCert.flatMap { cert in tlsKey.map { (certificate: cert, privateKey: $0) } }
             let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost"
-            guard loopback || insecure else {
+            guard loopback || insecure || tls != nil else {
                 throw CLIError("plain HTTP on \(host) would expose tokens on the network: listen on 127.0.0.1, or pass --insecure")
             }
             let store = try registry.open()
             let unlocked = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
             var logger = Logger(label: "coffer.server")
             logger.logLevel = .info
-            FileDescriptorStream.standardError.writeLine("coffer: serving \(store.home) on http://\(host):\(port)")
+            FileDescriptorStream.standardError.writeLine("coffer: serving \(store.home) on \(tls == nil ? "http" : "https")://\(host):\(port)")
             try await runServer(
                 registry: store,
                 registryIdentity: unlocked,
-                configuration: .init(host: host, port: port, maxUploadSize: maxUploadSize),
+                configuration: .init(host: host, port: port, maxUploadSize: maxUploadSize, tls: tls),
                 logger: logger
             )
         }

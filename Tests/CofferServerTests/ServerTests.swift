@@ -88,8 +88,8 @@ struct ServerTests {
         )
     }
 
-    private func app(_ w: World) -> some ApplicationProtocol {
-        buildApplication(registry: w.fixture.registry, registryIdentity: w.fixture.registryIdentity, configuration: .init(port: 0))
+    private func app(_ w: World) throws -> some ApplicationProtocol {
+        try buildApplication(registry: w.fixture.registry, registryIdentity: w.fixture.registryIdentity, configuration: .init(port: 0))
     }
 
     private func bearer(_ token: String) -> HTTPFields { [.authorization: "Bearer \(token)"] }

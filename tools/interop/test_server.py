@@ -222,3 +222,44 @@ def test_push_over_http_resumes_after_the_client_is_killed(tmp_path):
     finally:
         small.send_signal(signal.SIGTERM)
         small.communicate(timeout=30)
+
+
+def test_serve_over_tls_with_a_given_certificate(tmp_path):
+    import ssl
+    home = tmp_path / "home"
+    coffer("init", "--home", home)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem"], check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen([COFFER, "serve", "--home", home, "--listen", f"127.0.0.1:{port}", "--tls-cert", tmp_path / "cert.pem",
+                               "--tls-key", tmp_path / "key.pem"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    try:
+        status = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=5) as response:
+                    status = response.status
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        assert status == 200
+        # Plain HTTP to a TLS port gets nowhere.
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+            assert False, "plain HTTP was answered"
+        except (urllib.error.URLError, ConnectionError, http_client_errors()):
+            pass
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+    bad = coffer("serve", "--home", home, "--listen", "127.0.0.1:1", "--tls-cert", tmp_path / "cert.pem", check=False)
+    assert bad.returncode == 1 and b"--tls-cert and --tls-key go together" in bad.stderr
+    bad = coffer("serve", "--home", home, "--listen", "0.0.0.0:8443", check=False)
+    assert bad.returncode == 1 and b"--insecure" in bad.stderr
+
+
+def http_client_errors():
+    import http.client
+    return http.client.HTTPException

@@ -4,7 +4,7 @@
 COFFER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
 # Debian packages the project needs: libsodium (crypto), SQLite (registry), OpenBLAS (training), pkg-config, age and GNU time (benchmarks).
-coffer_apt_packages=(libsodium-dev libsqlite3-dev libopenblas-dev pkg-config age time python3-venv)
+coffer_apt_packages=(libsodium-dev libsqlite3-dev libopenblas-dev pkg-config age time python3-venv openssl libcurl4)
 
 coffer_install_system_packages() {
     local missing=()
