@@ -1,6 +1,7 @@
 public import CofferCrypto
 import Foundation
 import GRDB
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -19,6 +20,8 @@ public final class Registry: Sendable {
     public let identity: PublicIdentity
     let database: RegistryDatabase
     let blobs: BlobStore
+    /// The session-hash key, read once (a server hashes a token on every request).
+    let hashKey = Mutex<KeyBox?>(nil)
 
     static let databaseName = "registry.sqlite"
     static let identityName = "registry"

@@ -6,7 +6,8 @@ would: `verify --read-data` of both versions, `pull` of the mutated version, `au
 when at least one check fails; plaintext released counts the bytes a failed pull left in its output directory.
 Mutation kinds: blob byte flip, blob truncation, chunk swap, chunk duplication, blob swap between versions,
 statement (DSSE) edit, model-signing bundle edit, signed-column edit (privacy, digest, files), wrapped-key edit
-(the key of the identity used for the checks: only its holder can tell a sealed box was altered), audit edit.
+(the key of the identity used for the checks: only its holder can tell a sealed box was altered), audit edit or
+deletion of an entry covered by the signed head (entries after it are chained but not yet signed: docs/THREAT_MODEL.md).
 """
 import argparse
 import json
@@ -132,7 +133,8 @@ def mutate(home, rng, key_id):
                    (bytes(stanza), key_id))
         detail = f"flip a bit of byte {offset} of alice's wrapped key"
     else:
-        (count,) = db.execute("SELECT count(*) FROM audit_log").fetchone()
+        # Entries covered by the signed head (later ones are chained but unsigned until the next `audit sign`).
+        (count,) = db.execute("SELECT max(seq) FROM audit_heads").fetchone()
         seq = rng.randrange(1, count + 1)
         edit = rng.choice([f"UPDATE audit_log SET reason = reason || ' ' WHERE seq = {seq}",
                            f"UPDATE audit_log SET principal = 'mallory' WHERE seq = {seq}",
@@ -157,9 +159,12 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         pristine = populate(args.coffer, work, env)
         key_id = json.loads(open(f"{work}/alice.pub").read())["id"]
-        # Control: the untouched registry passes every check, so a failure below is the mutation's doing.
+        # Control: an untouched copy passes every check, so a failure below is the mutation's doing. (A copy: the
+        # checks append audit entries, which would then sit past the signed head, where no chain can catch an edit.)
+        control = f"{work}/control"
+        shutil.copytree(pristine, control)
         for check in (["verify", "m:1", "--read-data", "--identity", f"{work}/alice.key"], ["audit", "verify"]):
-            result = run(args.coffer, *check, "--home", pristine, env=env)
+            result = run(args.coffer, *check, "--home", control, env=env)
             if result.returncode:
                 sys.exit(f"control check failed: {' '.join(check)}: {result.stderr.decode().strip()}")
         detected, released, missed = 0, 0, []

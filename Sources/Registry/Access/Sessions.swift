@@ -2,6 +2,7 @@ public import CofferCrypto
 public import CofferTraining
 public import Foundation
 import GRDB
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -129,7 +130,13 @@ extension Registry {
     }
 
     func tokenHash(_ token: borrowing SessionToken) throws(CofferRegistryError) -> [UInt8] {
-        try sessionHashKey().mac(token.lookup)
+        var key = hashKey.withLock { $0 }
+        if key == nil {
+            let loaded = KeyBox(try sessionHashKey())
+            hashKey.withLock { $0 = loaded }
+            key = loaded
+        }
+        return key!.key.mac(token.lookup)
     }
 
     /// Opens an inference session on `reference` for the principal `identity` acts as (it needs the inference role
