@@ -8,7 +8,8 @@ import Testing
 /// Every kind of stored artifact, edited behind the registry's back, is caught by verify and pull, and nothing is written.
 struct TamperTests {
     enum Edit: String, CaseIterable {
-        case blobByte, blobSwap, statementPayload, modelSigningBundle, fileRowDigest, fileRowPath, versionDigest, wrappedKey, lineageColumn
+        case blobByte, blobSwap, statementPayload, modelSigningBundle, modelSigningHint, fileRowDigest, fileRowPath, versionDigest, wrappedKey
+        case lineageColumn
     }
 
     /// Runs SQL as an attacker with the database file would: immutability triggers dropped first.
@@ -52,6 +53,12 @@ struct TamperTests {
             try sql(f, "UPDATE attestations SET document = ? WHERE version_id = ? AND kind = 'dsse'", [Data(envelope.jsonBytes), v1.id])
         case .modelSigningBundle:
             let text = String(decoding: v1.modelSignature!, as: UTF8.self).replacingOccurrences(of: "\"sig\":\"M", with: "\"sig\":\"N")
+            try sql(f, "UPDATE attestations SET document = ? WHERE version_id = ? AND kind = 'model-signing'", [Data(text.utf8), v1.id])
+        case .modelSigningHint:
+            // An unsigned field of the bundle (found by tools/campaign/tamper): caught because the bytes must be exact.
+            var text = String(decoding: v1.modelSignature!, as: UTF8.self)
+            let hint = text.range(of: "\"hint\":\"")!.upperBound
+            text.replaceSubrange(hint..<text.index(after: hint), with: text[hint] == "0" ? "1" : "0")
             try sql(f, "UPDATE attestations SET document = ? WHERE version_id = ? AND kind = 'model-signing'", [Data(text.utf8), v1.id])
         case .fileRowDigest:
             try sql(f, "UPDATE files SET plaintext_sha256 = ? WHERE version_id = ? AND path = 'a.bin'", [String(repeating: "0", count: 64), v1.id])

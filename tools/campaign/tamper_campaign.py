@@ -107,7 +107,8 @@ def mutate(home, rng, key_id):
                                  (column,)).fetchone()
         document = bytearray(document)
         offset = rng.randrange(len(document))
-        document[offset] = ord(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")) if document[offset] != ord("A") else ord("B")
+        # A different character, never the same one (that would be no mutation at all).
+        document[offset] = ord(rng.choice([ch for ch in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" if ord(ch) != document[offset]]))
         db.execute("UPDATE attestations SET document = ? WHERE kind = ? AND version_id = (SELECT id FROM versions WHERE version = '1')",
                    (bytes(document), column))
         detail = f"edit byte {offset} of the {column} document"

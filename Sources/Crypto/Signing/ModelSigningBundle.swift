@@ -44,7 +44,12 @@ public enum ModelSigningBundle {
     public static func sign(modelName: String, resources: [Resource], identity: borrowing Identity) throws(CofferCryptoError) -> [UInt8] {
         let payload = statement(modelName: modelName, resources: resources).jsonBytes
         let signature = identity.signP256(DSSEEnvelope.pae(payloadType: DSSEEnvelope.inTotoPayloadType, payload: payload))
-        let pem = try SignatureVerifier.p256PEM(publicKey: identity.publicIdentity.p256)
+        return try encode(payload: payload, signature: signature, publicKey: identity.publicIdentity.p256)
+    }
+
+    /// The bundle's bytes, exactly as Coffer writes them (sorted keys, no escaped slashes).
+    static func encode(payload: [UInt8], signature: [UInt8], publicKey: [UInt8]) throws(CofferCryptoError) -> [UInt8] {
+        let pem = try SignatureVerifier.p256PEM(publicKey: publicKey)
         let bundle = JSONValue.object([
             "mediaType": .string(mediaType),
             "verificationMaterial": .object([
@@ -61,7 +66,10 @@ public enum ModelSigningBundle {
     }
 
     /// Verifies a bundle's signature with a SEC1 P-256 public key and returns the resources it names.
-    public static func verify(_ bundle: [UInt8], publicKey: [UInt8]) throws(CofferCryptoError) -> [Resource] {
+    ///
+    /// - Parameter exact: also require the bytes to be exactly those Coffer writes for this payload and signature,
+    ///   so that no unsigned field (the key hint, the empty transparency-log list, a key name) can be edited unseen.
+    public static func verify(_ bundle: [UInt8], publicKey: [UInt8], exact: Bool = false) throws(CofferCryptoError) -> [Resource] {
         guard let json = try? JSONDecoder().decode(JSONValue.self, from: Data(bundle)), json["mediaType"]?.stringValue == mediaType,
             let envelope = json["dsseEnvelope"], let payloadText = envelope["payload"]?.stringValue,
             let payload = Data(base64Encoded: payloadText), envelope["payloadType"]?.stringValue == DSSEEnvelope.inTotoPayloadType,
@@ -71,6 +79,9 @@ public enum ModelSigningBundle {
         let message = DSSEEnvelope.pae(payloadType: DSSEEnvelope.inTotoPayloadType, payload: Array(payload))
         guard SignatureVerifier.verifyP256(derSignature: Array(signature), message: message, publicKey: publicKey) else {
             throw .signatureInvalid(keyID: "model-signing P-256 key")
+        }
+        if exact, try encode(payload: Array(payload), signature: Array(signature), publicKey: publicKey) != bundle {
+            throw .malformedEnvelope("the bundle's unsigned fields were changed")
         }
         let statement = try InTotoStatement(jsonBytes: Array(payload))
         guard statement.predicateType == predicateType, case .array(let items)? = statement.predicate["resources"] else {

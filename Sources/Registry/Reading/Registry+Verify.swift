@@ -207,7 +207,7 @@ extension Registry {
         for file in statement.files { try InputFile.validate(relativePath: file.path) }
         let resources: [ModelSigningBundle.Resource]
         do throws(CofferCryptoError) {
-            resources = try ModelSigningBundle.verify(Array(bundle), publicKey: signer.p256)
+            resources = try ModelSigningBundle.verify(Array(bundle), publicKey: signer.p256, exact: true)
         } catch {
             throw .tampered("\(label) model-signing bundle: \(error)")
         }
