@@ -12,21 +12,37 @@ extension Coffer {
         @Option(name: .long, help: "Filter, e.g. 'epsilon<=3 and pruning_ratio>=0.5' or \"mechanism='dp-sgd'\".") var `where`: String?
         @Option(name: .long, help: "At most N versions (0 for all).") var limit: Int = 100
         @Flag(name: .long, help: "Print JSON: an array of version objects (docs/FORMAT.md).") var json = false
+        @OptionGroup var remote: RemoteOptions
 
         func run() throws {
-            let versions = try registry.open().list(model: model, where: `where`, limit: limit > 0 ? limit : nil)
+            let versions: [JSONValue]
+            if let client = try remote.client() {
+                var query = [URLQueryItem(name: "limit", value: String(limit > 0 ? limit : 1_000_000))]
+                if let model { query.append(URLQueryItem(name: "model", value: model)) }
+                if let filter = `where` { query.append(URLQueryItem(name: "where", value: filter)) }
+                versions = try JSONDecoder().decode([JSONValue].self, from: try client.get("v1/versions", query: query))
+            } else {
+                versions = try registry.open().list(model: model, where: `where`, limit: limit > 0 ? limit : nil).map(\.json)
+            }
             if limit > 0 && versions.count == limit {
                 FileDescriptorStream.standardError.writeLine("(the newest \(limit) versions; --limit N shows more, --limit 0 all)")
             }
-            if json { return JSONOutput.print(.array(versions.map(\.json))) }
-            func number(_ value: Double?) -> String { value.map { String(format: "%g", $0) } ?? "-" }
+            if json { return JSONOutput.print(.array(versions)) }
+            func field(_ v: JSONValue, _ key: String) -> String {
+                switch v[key] {
+                case .number(let n)?: String(format: "%g", n)
+                case .string(let s)?: s
+                case .array(let items)?: items.compactMap(\.stringValue).joined(separator: ",")
+                default: "-"
+                }
+            }
             print(
                 "MODEL:VERSION".padding(40) + "EPSILON".padding(10) + "DELTA".padding(10) + "PRUNING".padding(9) + "CREATED".padding(26) + "ALIASES"
             )
             for v in versions {
                 print(
-                    "\(v.model):\(v.version)".padding(40) + number(v.privacy.epsilon).padding(10) + number(v.privacy.delta).padding(10)
-                        + number(v.privacy.pruningRatio).padding(9) + v.created.padding(26) + v.aliases.joined(separator: ",")
+                    "\(field(v, "model")):\(field(v, "version"))".padding(40) + field(v, "epsilon").padding(10) + field(v, "delta").padding(10)
+                        + field(v, "pruning_ratio").padding(9) + field(v, "created").padding(26) + field(v, "aliases")
                 )
             }
         }
@@ -38,11 +54,21 @@ extension Coffer {
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
         @Flag(name: .long, help: "Print JSON: the version object with its files.") var json = false
+        @OptionGroup var remote: RemoteOptions
 
         func run() throws {
-            let version = try registry.open().show(try ModelReference(parsing: reference))
-            if json { return JSONOutput.print(version.json) }
-            guard case .object(let fields) = version.json else { return }
+            let target = try ModelReference(parsing: reference)
+            let version: JSONValue =
+                if let client = try remote.client() {
+                    try JSONDecoder().decode(
+                        JSONValue.self,
+                        from: try client.get("v1/version", query: [URLQueryItem(name: "ref", value: target.description)])
+                    )
+                } else {
+                    try registry.open().show(target).json
+                }
+            if json { return JSONOutput.print(version) }
+            guard case .object(let fields) = version else { return }
             for key in fields.keys.sorted() where key != "files" {
                 let value: String =
                     switch fields[key]! {
@@ -56,7 +82,13 @@ extension Coffer {
                 print("\(key):".padding(24) + value)
             }
             print("files:")
-            for file in version.files { print("  \(file.path)  \(file.size) bytes  sha256:\(file.plaintextSHA256)") }
+            if case .array(let files)? = fields["files"] {
+                for file in files {
+                    print(
+                        "  \(file["path"]?.stringValue ?? "?")  \(Int(file["size"]?.numberValue ?? 0)) bytes  sha256:\(file["sha256"]?.stringValue ?? "?")"
+                    )
+                }
+            }
         }
     }
 

@@ -17,6 +17,13 @@ struct RemoteOptions: ParsableArguments {
         (registry ?? ProcessInfo.processInfo.environment["COFFER_REGISTRY"]).flatMap { $0.isEmpty ? nil : URL(string: $0) }
     }
     var bearer: String? { token ?? ProcessInfo.processInfo.environment["COFFER_TOKEN"] }
+
+    /// A client when `--registry` (or `COFFER_REGISTRY`) names a server; `nil` for the local registry.
+    func client() throws -> RemoteClient? {
+        guard let url else { return nil }
+        guard let bearer else { throw CLIError("--registry needs a bearer token: --token or COFFER_TOKEN") }
+        return RemoteClient(base: url, token: bearer)
+    }
 }
 
 /// A small synchronous HTTP client over URLSession for the remote commands. The server's error message (one line)

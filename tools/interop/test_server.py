@@ -122,6 +122,12 @@ def test_serve_end_to_end(tmp_path):
         untrusted = coffer("pull", "m/risk@prod", *remote, "--trust", tmp_path / "bob.pub", "--out", tmp_path / "nope", check=False)
         assert untrusted.returncode == 1 and b"not a trusted signer" in untrusted.stderr
         SEEN.append(("get", "/v1/package", 200))
+        listed = json.loads(coffer("list", "m/risk", "--registry", base, "--token", read, "--json").stdout)
+        assert [v["version"] for v in listed] == ["1"] and listed[0]["model"] == "m/risk"
+        shown = coffer("show", "m/risk@prod", "--registry", base, "--token", read).stdout.decode()
+        assert "files:" in shown and "model.safetensors" in shown and "digest:" in shown
+        denied = coffer("list", "--registry", base, "--token", "cft_" + "2" * 64, check=False)
+        assert denied.returncode == 1 and b"answered 401" in denied.stderr and denied.stderr.count(b"\n") == 1
         # A blob altered on the server is caught by the client, and nothing is written.
         blob_path = home / "blobs" / "sha256" / blob[:2] / blob
         os.chmod(blob_path, 0o600)
