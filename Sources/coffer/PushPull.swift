@@ -163,6 +163,10 @@ extension Coffer {
         @Option(name: .long, help: "Your private identity (NAME.key), for --read-data.") var identity: String?
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Flag(name: .long, help: "Print JSON.") var json = false
+        @OptionGroup var remote: RemoteOptions
+        @Option(name: .long, help: "With --registry: a publisher you trust (NAME.pub); repeat for several.") var trust: [String] = []
+        @Option(name: .long, help: "With --registry: the registry's public key (registry.pub), to check re-encrypted versions.")
+        var registryKey: String?
 
         func validate() throws {
             if readData && identity == nil { throw ValidationError("--read-data needs --identity") }
@@ -170,13 +174,28 @@ extension Coffer {
 
         func run() throws {
             let target = try ModelReference(parsing: reference)
-            let store = try registry.open()
             let report: VerifyReport
-            if readData, let identity {
-                let reader = try passphraseOptions.unlockIdentity(at: identity)
-                report = try store.verify(target, readingDataWith: reader)
+            if let client = try remote.client() {
+                guard !readData else { throw CLIError("--read-data with --registry: pull the version, which checks every plaintext digest") }
+                guard !trust.isEmpty else {
+                    throw CLIError("a remote verify checks signatures against your own trusted publishers: pass --trust NAME.pub")
+                }
+                let trusted = try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
+                let registryKeys = try registryKey.map { path throws(CofferCryptoError) in [try PublicIdentity(contentsOf: path)] } ?? []
+                let package = try JSONDecoder().decode(
+                    VersionPackage.self,
+                    from: try client.get("v1/package", query: [URLQueryItem(name: "ref", value: target.description)])
+                )
+                let scratch = "\(NSTemporaryDirectory())/coffer-verify-\(UUID().uuidString)"
+                report = try RemotePull.verify(package, fetcher: client, trusting: trusted, registryKeys: registryKeys, scratch: scratch)
             } else {
-                report = try store.verify(target)
+                let store = try registry.open()
+                if readData, let identity {
+                    let reader = try passphraseOptions.unlockIdentity(at: identity)
+                    report = try store.verify(target, readingDataWith: reader)
+                } else {
+                    report = try store.verify(target)
+                }
             }
             if json {
                 JSONOutput.print(
@@ -187,7 +206,10 @@ extension Coffer {
                     ])
                 )
             } else {
-                let depth = report.readData ? "signature, trust, rows, blobs and plaintext" : "signature, trust, rows and blobs"
+                let depth =
+                    remote.url != nil
+                    ? "checked here against your trusted publishers: signature and blobs"
+                    : report.readData ? "signature, trust, rows, blobs and plaintext" : "signature, trust, rows and blobs"
                 print(
                     "ok \(report.model):\(report.version) sha256:\(report.digest) signed by \(report.signer): \(depth) verified (\(report.files) files)"
                 )

@@ -126,6 +126,8 @@ def test_serve_end_to_end(tmp_path):
         assert [v["version"] for v in listed] == ["1"] and listed[0]["model"] == "m/risk"
         shown = coffer("show", "m/risk@prod", "--registry", base, "--token", read).stdout.decode()
         assert "files:" in shown and "model.safetensors" in shown and "digest:" in shown
+        verified = coffer("verify", "m/risk@prod", "--registry", base, "--token", read, "--trust", tmp_path / "alice.pub").stdout.decode()
+        assert verified.startswith("ok m/risk:1") and "checked here against your trusted publishers: signature and blobs verified" in verified
         denied = coffer("list", "--registry", base, "--token", "cft_" + "2" * 64, check=False)
         assert denied.returncode == 1 and b"answered 401" in denied.stderr and denied.stderr.count(b"\n") == 1
         # A blob altered on the server is caught by the client, and nothing is written.
@@ -137,6 +139,8 @@ def test_serve_end_to_end(tmp_path):
         tampered = coffer("pull", "m/risk@prod", *remote, "--trust", tmp_path / "alice.pub", "--out", tmp_path / "tampered", check=False)
         assert tampered.returncode == 1 and b"integrity check failed" in tampered.stderr, tampered.stderr
         assert not (tmp_path / "tampered" / "model.safetensors").exists()
+        caught = coffer("verify", "m/risk@prod", "--registry", base, "--token", read, "--trust", tmp_path / "alice.pub", check=False)
+        assert caught.returncode == 1 and b"does not match its signed SHA-256" in caught.stderr
         metrics = call(f"{base}/metrics")[2].decode()
         assert "coffer_http_requests_total" in metrics and "coffer_blob_bytes_sent_total" in metrics
     finally:

@@ -65,14 +65,13 @@ extension Registry {
 /// given), unwraps its own key, downloads each blob's ciphertext, and decrypts it with every digest checked
 /// before anything is placed in `directory` (all or nothing, as a local pull).
 public enum RemotePull {
-    public static func pull(
+    /// The publisher's signature checked against `trusted`, a rekey record against `registryKeys`: the files as
+    /// they are stored now, with the signer and the model-signing bundle.
+    static func verifiedFiles(
         _ package: VersionPackage,
-        fetcher: any BlobFetcher,
-        identity: borrowing Identity,
         trusting trusted: [PublicIdentity],
-        registryKeys: [PublicIdentity],
-        into directory: String
-    ) throws(CofferRegistryError) -> PullResult {
+        registryKeys: [PublicIdentity]
+    ) throws(CofferRegistryError) -> (files: [ModelStatement.File], signer: PublicIdentity, bundle: Data) {
         let label = "\(package.model):\(package.version)"
         guard let document = Data(base64Encoded: package.dsse), let bundle = Data(base64Encoded: package.modelSigning) else {
             throw .tampered("\(label): the server sent unreadable documents")
@@ -87,8 +86,7 @@ public enum RemotePull {
         )
         var files = statement.files.sorted { $0.path < $1.path }
         if let rekey = package.rekey {
-            guard let record = Data(base64Encoded: rekey) else { throw .tampered("\(label): unreadable rekey record") }
-            guard !registryKeys.isEmpty else {
+            guard let record = Data(base64Encoded: rekey), !registryKeys.isEmpty else {
                 throw .refused("\(label) was re-encrypted by the registry: pass the registry's public key (--registry-key registry.pub) to check it")
             }
             files = try Registry.verifyRekey(
@@ -100,6 +98,19 @@ public enum RemotePull {
                 signed: files
             )
         }
+        return (files, signer, bundle)
+    }
+
+    public static func pull(
+        _ package: VersionPackage,
+        fetcher: any BlobFetcher,
+        identity: borrowing Identity,
+        trusting trusted: [PublicIdentity],
+        registryKeys: [PublicIdentity],
+        into directory: String
+    ) throws(CofferRegistryError) -> PullResult {
+        let label = "\(package.model):\(package.version)"
+        let (files, signer, bundle) = try verifiedFiles(package, trusting: trusted, registryKeys: registryKeys)
         guard let text = package.stanza, let stanza = Data(base64Encoded: text) else { throw .notARecipient(label) }
         let dataKey: KeyBox
         do { dataKey = KeyBox(try WrappedKey(encoded: Array(stanza)).unwrap(with: identity)) } catch {
@@ -123,6 +134,41 @@ public enum RemotePull {
             signer: signer.name,
             files: files.map(\.path),
             bytes: done
+        )
+    }
+
+    /// Verifies a version served remotely without trusting the server: the publisher's signature against
+    /// `trusted`, a rekey record against `registryKeys`, and each blob downloaded and checked against its signed
+    /// SHA-256 and size.
+    public static func verify(
+        _ package: VersionPackage,
+        fetcher: any BlobFetcher,
+        trusting trusted: [PublicIdentity],
+        registryKeys: [PublicIdentity],
+        scratch: String
+    ) throws(CofferRegistryError) -> VerifyReport {
+        let (files, signer, _) = try verifiedFiles(package, trusting: trusted, registryKeys: registryKeys)
+        try BlobStore.makeDirectory(scratch)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        for file in files {
+            let path = "\(scratch)/\(file.sealedSHA256)"
+            try fetcher.fetchBlob(file.sealedSHA256, to: path)
+            let digest: [UInt8]
+            do { digest = try Digest.sha256(file: path) } catch { throw .crypto(error) }
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue
+            unlink(path)
+            guard Digest.hex(digest) == file.sealedSHA256, size == file.sealedSize else {
+                throw .tampered("blob of \(file.path) does not match its signed SHA-256")
+            }
+        }
+        return VerifyReport(
+            model: package.model,
+            version: package.version,
+            digest: package.digest,
+            signer: signer.name,
+            signerKeyID: signer.keyID,
+            files: files.count,
+            readData: false
         )
     }
 }
