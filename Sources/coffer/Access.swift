@@ -263,9 +263,18 @@ extension Coffer {
             @OptionGroup var registry: RegistryOptions
             @Option(name: .long, help: "Only entries at or after this RFC 3339 time.") var since: String?
             @Flag(name: .long, help: "Print JSON: [{seq, at, principal, action, target, outcome, reason}].") var json = false
+            @OptionGroup var remote: RemoteOptions
 
             func run() throws {
-                let entries = try registry.open().auditEntries(since: since)
+                let entries: [AuditEntry] =
+                    if let client = try remote.client() {
+                        try JSONDecoder().decode(
+                            [AuditEntry].self,
+                            from: try client.get("v1/audit", query: since.map { [URLQueryItem(name: "since", value: $0)] } ?? [])
+                        )
+                    } else {
+                        try registry.open().auditEntries(since: since)
+                    }
                 if json {
                     print(String(decoding: try JSONEncoder().encode(entries), as: UTF8.self))
                     return

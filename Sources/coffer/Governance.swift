@@ -30,9 +30,15 @@ extension Coffer {
             @OptionGroup var registry: RegistryOptions
             @Argument(help: "Dataset id.") var dataset: String
             @Flag(name: .long, help: "Print JSON: {dataset, epsilon, delta, spent, remaining, versions}.") var json = false
+            @OptionGroup var remote: RemoteOptions
 
             func run() throws {
-                let status = try registry.open().budget(dataset: dataset)
+                let status: BudgetStatus =
+                    if let client = try remote.client() {
+                        try JSONDecoder().decode(BudgetStatus.self, from: try client.get("v1/budgets/\(dataset)"))
+                    } else {
+                        try registry.open().budget(dataset: dataset)
+                    }
                 if json {
                     let encoder = JSONEncoder()
                     encoder.outputFormatting = [.sortedKeys]

@@ -128,6 +128,16 @@ def test_serve_end_to_end(tmp_path):
         assert "files:" in shown and "model.safetensors" in shown and "digest:" in shown
         verified = coffer("verify", "m/risk@prod", "--registry", base, "--token", read, "--trust", tmp_path / "alice.pub").stdout.decode()
         assert verified.startswith("ok m/risk:1") and "checked here against your trusted publishers: signature and blobs verified" in verified
+        admin_token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
+        remote_audit = json.loads(coffer("audit", "--registry", base, "--token", admin_token, "--json").stdout)
+        assert any(e["action"] == "push" for e in remote_audit)
+        coffer("budget", "set", "census", "--epsilon", "4", "--delta", "1e-5", *admin)
+        budget = json.loads(coffer("budget", "show", "census", "--registry", base, "--token", read, "--json").stdout)
+        assert budget["epsilon"] == 4 and budget["spent"] == 0
+        missing = coffer("budget", "show", "nothing", "--registry", base, "--token", read, check=False)
+        assert missing.returncode == 1 and b"answered 404" in missing.stderr and b"has no budget" in missing.stderr
+        refused = coffer("audit", "--registry", base, "--token", read, check=False)
+        assert refused.returncode == 1 and b"answered 403" in refused.stderr
         denied = coffer("list", "--registry", base, "--token", "cft_" + "2" * 64, check=False)
         assert denied.returncode == 1 and b"answered 401" in denied.stderr and denied.stderr.count(b"\n") == 1
         # A blob altered on the server is caught by the client, and nothing is written.
