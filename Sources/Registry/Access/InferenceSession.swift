@@ -1,0 +1,130 @@
+public import CofferCrypto
+public import CofferTraining
+public import Foundation
+
+/// A model opened for inference through a session: every file verified and decrypted into sodium memory
+/// (guarded pages, `mlock`ed as far as RLIMIT_MEMLOCK allows, wiped when the session value goes away).
+/// Plaintext never reaches a file.
+///
+/// ```swift
+/// let session = try InferenceSession(registry: registry, token: token)
+/// let predictions = try session.predict(table)        // multi-task checkpoints
+/// try session.withFile("weights.pt") { bytes in ... }   // any other artifact
+/// ```
+public struct InferenceSession: ~Copyable {
+    public let info: SessionInfo
+    /// Each file's path and its byte range in `plaintext`.
+    public let files: [(path: String, range: Range<Int>)]
+    let plaintext: SecureBytes
+    let checkpoint: CheckpointView?
+
+    /// Parses the token's text first: a malformed token is refused and audited like any other.
+    public init(registry: Registry, tokenText: borrowing SecureBytes, now: Date = Date()) throws(CofferRegistryError) {
+        let token: SessionToken
+        do { token = try SessionToken(text: tokenText) } catch {
+            try registry.audit(principal: "-", action: "infer", target: "-", outcome: .refused, reason: "malformed session token")
+            throw error
+        }
+        try self.init(registry: registry, token: token, now: now)
+    }
+
+    /// `countingUse: false` opens the model without taking a use (the server counts each prediction instead).
+    public init(registry: Registry, token: borrowing SessionToken, countingUse: Bool = true, now: Date = Date()) throws(CofferRegistryError) {
+        let claimed = try registry.claimSession(token, now: now, countingUse: countingUse)
+        let info = claimed.info
+        let stored = claimed.stored
+        var files: [(String, Range<Int>)] = []
+        var offset = 0
+        // Each file starts on a 64-byte boundary, so tensors keep the alignment safetensors gives them.
+        for file in claimed.files {
+            files.append((file.path, offset..<(offset + file.size)))
+            offset += (file.size + 63) / 64 * 64
+        }
+        let plaintext = SecureBytes(count: max(offset, 1))
+        for (file, entry) in zip(claimed.files, files) {
+            let sink = SecureSink(buffer: plaintext, range: entry.1)
+            do {
+                try registry.open(file, of: stored, dataKey: claimed.dataKey, into: sink, checkingBlobDigest: false)
+            } catch {
+                try? registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .failed, reason: error.description)
+                throw error
+            }
+        }
+        var checkpoint: CheckpointView? = nil
+        if let model = files.first(where: { $0.0 == Checkpoint.modelFile }) {
+            checkpoint = try? plaintext.withUnsafeBytes { bytes throws(CofferTrainingError) in
+                try CheckpointView(header: UnsafeRawBufferPointer(rebasing: bytes[model.1]))
+            }
+        }
+        try registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .ok, reason: "\(info.model):\(info.version)")
+        self.info = info
+        self.files = files
+        self.plaintext = plaintext
+        self.checkpoint = checkpoint
+    }
+
+    /// Whether the model is a Coffer multi-task checkpoint that ``predict(_:)`` can run.
+    public var isMultiTaskModel: Bool { checkpoint != nil }
+
+    /// Per-task predictions for the rows of `table`, with the weights read in place from sodium memory.
+    public func predict(_ table: CSVTable) throws(CofferRegistryError) -> (CheckpointView, [[Float]]) {
+        guard let checkpoint, let model = files.first(where: { $0.path == Checkpoint.modelFile }) else {
+            throw .sessionRefused("\(info.model):\(info.version) is not a Coffer multi-task checkpoint: use the raw bytes")
+        }
+        do {
+            let predictions = try plaintext.withUnsafeBytes { bytes throws(CofferTrainingError) in
+                try checkpoint.predict(table, weights: UnsafeRawBufferPointer(rebasing: bytes[model.range]))
+            }
+            return (checkpoint, predictions)
+        } catch {
+            throw .invalidInput(error.description)
+        }
+    }
+
+    /// Read access to one decrypted file for the duration of `body`.
+    public func withFile<R, E: Error>(_ path: String, _ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R? {
+        guard let file = files.first(where: { $0.path == path }) else { return nil }
+        return try plaintext.withUnsafeBytes { bytes throws(E) in try body(UnsafeRawBufferPointer(rebasing: bytes[file.range])) }
+    }
+}
+
+/// Writes decrypted bytes into a range of a sodium buffer.
+final class SecureSink: ByteSink {
+    let base: UnsafeMutableRawPointer
+    let range: Range<Int>
+    var written = 0
+
+    init(buffer: borrowing SecureBytes, range: Range<Int>) {
+        base = buffer.withUnsafeMutableBytes { $0.baseAddress! }
+        self.range = range
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
+        guard written + bytes.count <= range.count else { throw .truncated("more plaintext than the signed size") }
+        if let source = bytes.baseAddress { (base + range.lowerBound + written).copyMemory(from: source, byteCount: bytes.count) }
+        written += bytes.count
+    }
+}
+
+/// Per-task predictions as JSON rows: `{task: {class, probabilities}}` for a classification (the class label when
+/// the checkpoint names them), `{task: value}` otherwise. `coffer predict`, `coffer infer` and the server's predict.
+public func predictionRows(_ predictions: [[Float]], tasks: [TaskSpec], preprocessing: Preprocessing, rows count: Int) -> [JSONValue] {
+    (0..<count).map { i in
+        var row: [String: JSONValue] = [:]
+        for (t, task) in tasks.enumerated() {
+            switch task.kind {
+            case .classification:
+                let probabilities = Array(predictions[t][(i * task.classes)..<((i + 1) * task.classes)])
+                let best = probabilities.indices.max { probabilities[$0] < probabilities[$1] }!
+                let labels = preprocessing.tasks[t].labels
+                row[task.name] = .object([
+                    "class": labels.map { .string($0[best]) } ?? .number(Double(best)),
+                    "probabilities": .array(probabilities.map { .number(Double($0)) }),
+                ])
+            case .binary, .regression:
+                row[task.name] = .number(Double(predictions[t][i]))
+            }
+        }
+        return .object(row)
+    }
+}
