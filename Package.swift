@@ -46,7 +46,6 @@ let package = Package(
         ),
         .systemLibrary(
             name: "CBLAS",
-            pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
         .target(

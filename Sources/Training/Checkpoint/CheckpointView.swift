@@ -81,7 +81,7 @@ public struct CheckpointView: Sendable {
             let w = weights.baseAddress!.advanced(by: layer.weight)
             if Int(bitPattern: w) % MemoryLayout<Float>.alignment == 0 {
                 let wf = w.assumingMemoryBound(to: Float.self)
-                cblas_sgemm(
+                coffer_sgemm(
                     CblasRowMajor,
                     CblasNoTrans,
                     CblasTrans,

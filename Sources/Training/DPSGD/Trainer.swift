@@ -89,7 +89,7 @@ public struct Trainer: Sendable {
         try configuration.validate()
         // Under DP the noise is drawn on a second core during each step: keep OpenBLAS to one thread so the two do
         // not fight over a two-core machine (measured: 60k examples/s against 36k with OpenBLAS on both cores).
-        if configuration.noiseMultiplier != nil, ProcessInfo.processInfo.activeProcessorCount <= 2 { openblas_set_num_threads(1) }
+        if configuration.noiseMultiplier != nil, ProcessInfo.processInfo.activeProcessorCount <= 2 { coffer_blas_set_threads(1) }
         self.model = model
         self.configuration = configuration
         self.sampler = SeededGenerator(seed: seed ^ 0x5DEE_CE66_D)

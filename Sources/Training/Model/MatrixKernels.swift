@@ -15,7 +15,7 @@ enum MatrixKernels {
         guard m > 0, n > 0 else { return }
         switch backend {
         case .blas:
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(k), 1, &c, Int32(n))
+            coffer_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(k), 1, &c, Int32(n))
         case .simd:
             a.withUnsafeBufferPointer { a in
                 b.withUnsafeBufferPointer { b in
@@ -32,7 +32,7 @@ enum MatrixKernels {
         guard m > 0, n > 0 else { return }
         switch backend {
         case .blas:
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(n), 0, &c, Int32(n))
+            coffer_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(n), 0, &c, Int32(n))
         case .simd:
             a.withUnsafeBufferPointer { a in
                 b.withUnsafeBufferPointer { b in
@@ -52,7 +52,7 @@ enum MatrixKernels {
         guard m > 0, n > 0, k > 0 else { return }
         switch backend {
         case .blas:
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(m), b, Int32(n), 0, &c, Int32(n))
+            coffer_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(m), b, Int32(n), 0, &c, Int32(n))
         case .simd:
             a.withUnsafeBufferPointer { a in
                 b.withUnsafeBufferPointer { b in
