@@ -16,12 +16,38 @@ public struct ServerConfiguration: Sendable {
     public var maxUploadSize: Int
     /// PEM certificate chain and private key files: serve HTTPS (swift-nio-ssl) instead of plain HTTP.
     public var tls: (certificate: String, privateKey: String)?
+    /// Limits on `predict`, against model extraction: see ``PredictLimits``.
+    public var predictLimits: PredictLimits
 
-    public init(host: String = "127.0.0.1", port: Int = 8443, maxUploadSize: Int = 16 << 30, tls: (certificate: String, privateKey: String)? = nil) {
+    public init(
+        host: String = "127.0.0.1",
+        port: Int = 8443,
+        maxUploadSize: Int = 16 << 30,
+        tls: (certificate: String, privateKey: String)? = nil,
+        predictLimits: PredictLimits = .init()
+    ) {
         self.host = host
         self.port = port
         self.maxUploadSize = maxUploadSize
         self.tls = tls
+        self.predictLimits = predictLimits
+    }
+}
+
+/// What one inference session may ask of the server: a query budget against model extraction, on top of the
+/// session's own TTL and `max_uses` (each predict request is one use).
+public struct PredictLimits: Sendable {
+    /// Predict requests per second, per session (a token bucket); more get 429 with `Retry-After`.
+    public var rate: Double
+    /// Requests a session may make at once after a pause.
+    public var burst: Int
+    /// Rows in one predict request; more get 413.
+    public var maxRows: Int
+
+    public init(rate: Double = 10, burst: Int = 20, maxRows: Int = 1000) {
+        self.rate = rate
+        self.burst = burst
+        self.maxRows = maxRows
     }
 }
 
@@ -59,7 +85,7 @@ public func buildApplication(
     logger: Logger = Logger(label: "coffer.server")
 ) throws -> some ApplicationProtocol {
     let server = try httpServer(configuration)
-    let state = ServerState(registry: registry, registryIdentity: registryIdentity, maxUploadSize: configuration.maxUploadSize, logger: logger)
+    let state = ServerState(registry: registry, registryIdentity: registryIdentity, configuration: configuration, logger: logger)
     return Application(
         router: buildRouter(state: state),
         server: server,
@@ -88,12 +114,14 @@ final class ServerState: Sendable {
     let metrics = ServerMetrics()
     let sessions: LoadedSessions
     let maxUploadSize: Int
+    let predictLimits: PredictLimits
     let logger: Logger
 
-    init(registry: Registry, registryIdentity: UnlockedIdentity, maxUploadSize: Int, logger: Logger) {
+    init(registry: Registry, registryIdentity: UnlockedIdentity, configuration: ServerConfiguration, logger: Logger) {
         self.registry = registry
         self.registryIdentity = registryIdentity
-        self.maxUploadSize = maxUploadSize
+        self.maxUploadSize = configuration.maxUploadSize
+        self.predictLimits = configuration.predictLimits
         self.sessions = LoadedSessions(logger: logger)
         self.logger = logger
     }

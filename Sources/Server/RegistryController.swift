@@ -18,6 +18,9 @@ struct RegistryController {
             .get("blobs/:digest", use: blob)
             .get("budgets/:dataset", use: budget)
             .get("audit", use: audit)
+            .put("alias", use: setAlias)
+            .delete("alias", use: removeAlias)
+            .get("sessions", use: listSessions)
             .post("sessions", use: openSession)
             .post("sessions/:id/predict", use: predict)
             .delete("sessions/:id", use: closeSession)
@@ -155,6 +158,38 @@ struct RegistryController {
         return try json(try run { () throws(CofferRegistryError) in try registry.auditEntries(since: request.uri.queryParameters.get("since")) })
     }
 
+    struct SetAliasRequest: Decodable {
+        var version: String
+    }
+
+    /// `PUT /v1/alias?ref=NAME@ALIAS {version}`: as `coffer alias set` (publisher on the model; policies apply).
+    func setAlias(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .publisher)
+        let (model, alias) = try aliasReference(request)
+        let body = try await request.decode(as: SetAliasRequest.self, context: context)
+        try run { () throws(CofferRegistryError) in try registry.setAlias(alias, model: model, version: body.version, by: holder.principal) }
+        return try json(JSONValue.object(["model": .string(model), "alias": .string(alias), "version": .string(body.version)]))
+    }
+
+    /// `DELETE /v1/alias?ref=NAME@ALIAS`: as `coffer alias rm`.
+    func removeAlias(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .publisher)
+        let (model, alias) = try aliasReference(request)
+        try run { () throws(CofferRegistryError) in try registry.removeAlias(alias, model: model, by: holder.principal) }
+        return Response(status: .noContent)
+    }
+
+    /// `GET /v1/sessions`: the caller's sessions (every session for an admin token), never their tokens.
+    func listSessions(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let all = try run { () throws(CofferRegistryError) in try registry.sessions() }
+        let isAdmin = holder.scope == .admin && (try? registry.holds(.admin, on: nil, holder.principal)) == true
+        return try json(isAdmin ? all : all.filter { $0.principal == holder.principal.name })
+    }
+
     struct OpenSessionRequest: Decodable {
         var ref: String
         var ttlSeconds: Double
@@ -183,7 +218,11 @@ struct RegistryController {
             )
             let session = try InferenceSession(registry: registry, token: opened.token, countingUse: false)
             let expires = ISO8601DateFormatter.fractional.date(from: opened.info.expiresAt) ?? Date()
-            state.sessions.insert(.init(session, principal: holder.principal.name, expires: expires), id: opened.info.id)
+            let limits = state.predictLimits
+            state.sessions.insert(
+                .init(session, principal: holder.principal.name, expires: expires, rate: limits.rate, burst: limits.burst),
+                id: opened.info.id
+            )
             return opened.info
         }
         return try json(
@@ -206,10 +245,29 @@ struct RegistryController {
         let id = try context.parameters.require("id")
         let body = try await request.decode(as: PredictRequest.self, context: context)
         guard let first = body.rows.first else { throw HTTPError(.badRequest, message: "rows is empty") }
-        try run { () throws(CofferRegistryError) in try registry.useSession(id: id, principal: holder.principal.name) }
-        guard let loaded = state.sessions.get(id), loaded.principal == holder.principal.name else {
-            throw HTTPError(.notFound, message: "session \(id) is not open on this server")
+        let limits = state.predictLimits
+        if body.rows.count > limits.maxRows {
+            let reason = "\(body.rows.count) rows, over the \(limits.maxRows) a request may hold"
+            try? registry.recordRefusal(action: "predict", target: id, reason: reason, principal: holder.principal.name)
+            state.metrics.refusal()
+            throw HTTPError(.contentTooLarge, message: "\(body.rows.count) rows: a predict request holds at most \(limits.maxRows)")
         }
+        let loaded = state.sessions.get(id).flatMap { $0.principal == holder.principal.name ? $0 : nil }
+        // The rate limit comes before the use is counted, so a refused request does not spend one.
+        if let wait = loaded?.takePrediction() {
+            let reason = "rate limit of \(limits.rate) per second"
+            try? registry.recordRefusal(action: "predict", target: id, reason: reason, principal: holder.principal.name)
+            state.metrics.refusal()
+            let seconds = max(1, Int(wait.rounded(.up)))
+            throw HTTPError(
+                .tooManyRequests,
+                headers: [.retryAfter: "\(seconds)"],
+                message: "session \(id) is limited to \(limits.rate) predictions per second: retry in \(seconds) s"
+            )
+        }
+        // The registry says why a session is refused (unknown, revoked, expired, used up, grant lost) and counts the use.
+        try run { () throws(CofferRegistryError) in try registry.useSession(id: id, principal: holder.principal.name) }
+        guard let loaded else { throw HTTPError(.notFound, message: "session \(id) is not open on this server") }
         let columns = first.keys.sorted()
         var csv = columns.joined(separator: ",") + "\n"
         for (i, row) in body.rows.enumerated() {
@@ -230,6 +288,12 @@ struct RegistryController {
         try run { () throws(CofferRegistryError) in try registry.revokeSession(id: id, principal: holder.principal) }
         state.sessions.remove(id)
         return Response(status: .noContent)
+    }
+
+    private func aliasReference(_ request: Request) throws -> (model: String, alias: String) {
+        let reference = try self.reference(request)
+        guard case .alias(let alias) = reference.selector else { throw HTTPError(.badRequest, message: "ref must be NAME@ALIAS") }
+        return (reference.name, alias)
     }
 
     private func reference(_ request: Request) throws -> ModelReference {

@@ -27,9 +27,12 @@ struct UploadController {
 
     static let uploadOffset = HTTPField.Name("Upload-Offset")!
 
-    private func path(_ id: String) throws -> String {
+    /// An upload's file, named by its id and its owner: another principal's request finds no such upload, so an
+    /// upload id alone does not let a second publisher append to (or finish) someone else's blob.
+    private func path(_ id: String, of holder: TokenHolder) throws -> String {
         guard id.count == 32, id.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { throw HTTPError(.badRequest, message: "not an upload id") }
-        return "\(registry.home)/tmp/upload-\(id)"
+        let owner = Digest.hex(Digest.sha256(Array("coffer/v1/upload-owner\u{0}\(holder.principal.name)".utf8)).prefix(8))
+        return "\(registry.home)/tmp/upload-\(id)-\(owner)"
     }
 
     private func offset(_ path: String) throws -> Int {
@@ -52,9 +55,9 @@ struct UploadController {
 
     func start(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        _ = try authenticate(request, &context, state: state, role: .publisher)
+        let holder = try authenticate(request, &context, state: state, role: .publisher)
         let id = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-        guard FileManager.default.createFile(atPath: try path(id), contents: nil, attributes: [.posixPermissions: 0o600]) else {
+        guard FileManager.default.createFile(atPath: try path(id, of: holder), contents: nil, attributes: [.posixPermissions: 0o600]) else {
             throw HTTPError(.internalServerError, message: "cannot create the upload")
         }
         return try json(["id": .string(id), "offset": .number(0)], status: .created)
@@ -62,16 +65,16 @@ struct UploadController {
 
     func status(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        _ = try authenticate(request, &context, state: state, role: .publisher)
+        let holder = try authenticate(request, &context, state: state, role: .publisher)
         let id = try context.parameters.require("id")
-        return try json(["id": .string(id), "offset": .number(Double(try offset(try path(id))))])
+        return try json(["id": .string(id), "offset": .number(Double(try offset(try path(id, of: holder))))])
     }
 
     func append(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        _ = try authenticate(request, &context, state: state, role: .publisher)
+        let holder = try authenticate(request, &context, state: state, role: .publisher)
         let id = try context.parameters.require("id")
-        let file = try path(id)
+        let file = try path(id, of: holder)
         let current = try offset(file)
         guard let text = request.headers[Self.uploadOffset], let start = Int(text) else {
             throw HTTPError(.badRequest, message: "PATCH needs an Upload-Offset header")
@@ -95,9 +98,9 @@ struct UploadController {
 
     func finish(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        _ = try authenticate(request, &context, state: state, role: .publisher)
+        let holder = try authenticate(request, &context, state: state, role: .publisher)
         let id = try context.parameters.require("id")
-        let file = try path(id)
+        let file = try path(id, of: holder)
         _ = try offset(file)
         guard let digest = request.uri.queryParameters.get("digest"), digest.count == 64 else {
             throw HTTPError(.badRequest, message: "PUT needs ?digest= the blob's SHA-256 (64 hex digits)")

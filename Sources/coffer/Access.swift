@@ -148,20 +148,48 @@ extension Coffer {
         )
 
         struct Open: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Open a session; prints its token once (cfs_...).")
+            static let configuration = CommandConfiguration(
+                abstract: "Open a session; prints its token once (cfs_...). Remotely, the server loads the model and prints the session id."
+            )
             @OptionGroup var registry: RegistryOptions
-            @OptionGroup var passphraseOptions: PassphraseOptions
-            @OptionGroup var acting: ActingIdentity
+            @OptionGroup var acting: OptionalIdentity
+            @OptionGroup var remote: RemoteOptions
             @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
             @Option(name: .long, help: "Lifetime: e.g. 90s, 15m, 2h, 7d.") var ttl: String
             @Option(name: .long, help: "Number of uses (infer calls) allowed.") var maxUses: Int?
 
             func run() throws {
+                let model = try ModelReference(parsing: reference)
+                let lifetime = try parseDuration(ttl)
+                if let maxUses, maxUses < 1 { throw CLIError("--max-uses must be at least 1") }
+                if let client = try remote.client() {
+                    // The session lives in the server's memory; the bearer token and this id are what infer needs.
+                    var body: [String: JSONValue] = ["ref": .string(model.description), "ttl_seconds": .number(lifetime)]
+                    if let maxUses { body["max_uses"] = .number(Double(maxUses)) }
+                    let answer = try JSONDecoder().decode(
+                        JSONValue.self,
+                        from: try client.expect(
+                            "POST",
+                            "v1/sessions",
+                            headers: ["Content-Type": "application/json"],
+                            body: try JSONEncoder().encode(JSONValue.object(body))
+                        )
+                    )
+                    guard case .object(let fields) = answer, let id = fields["id"]?.stringValue else {
+                        throw CLIError("\(client.base) answered without a session id")
+                    }
+                    FileDescriptorStream.standardError.writeLine(
+                        "session \(id) on \(fields["model"]?.stringValue ?? "?"):\(fields["version"]?.stringValue ?? "?") until \(fields["expires_at"]?.stringValue ?? "?"), held by the server; infer with --session \(id):"
+                    )
+                    print(id)
+                    return
+                }
+                guard let identity = acting.identity else { throw CLIError("--identity is required to open a session") }
                 let store = try registry.open()
                 let opened = try store.openSession(
-                    try ModelReference(parsing: reference),
-                    identity: try acting.unlock(passphraseOptions),
-                    ttl: try parseDuration(ttl),
+                    model,
+                    identity: try acting.passphraseOptions.unlockIdentity(at: identity),
+                    ttl: lifetime,
                     maxUses: maxUses
                 )
                 FileDescriptorStream.standardError.writeLine(
@@ -177,9 +205,15 @@ extension Coffer {
             static let configuration = CommandConfiguration(abstract: "List sessions (never their tokens).")
             @OptionGroup var registry: RegistryOptions
             @Flag(name: .long, help: "Print JSON.") var json = false
+            @OptionGroup var remote: RemoteOptions
 
             func run() throws {
-                let sessions = try registry.open().sessions()
+                let sessions =
+                    if let client = try remote.client() {
+                        try JSONDecoder().decode([SessionInfo].self, from: try client.get("v1/sessions"))
+                    } else {
+                        try registry.open().sessions()
+                    }
                 if json {
                     let data = try JSONEncoder().encode(sessions)
                     print(String(decoding: data, as: UTF8.self))
@@ -195,12 +229,17 @@ extension Coffer {
         struct Revoke: ParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Revoke a session (its principal or an admin); its key copy is destroyed.")
             @OptionGroup var registry: RegistryOptions
-            @OptionGroup var passphraseOptions: PassphraseOptions
-            @OptionGroup var acting: ActingIdentity
+            @OptionGroup var acting: OptionalIdentity
+            @OptionGroup var remote: RemoteOptions
             @Argument(help: "Session id (from session list).") var id: String
 
             func run() throws {
-                try registry.open().revokeSession(id: id, identity: try acting.unlock(passphraseOptions))
+                if let client = try remote.client() {
+                    _ = try client.expect("DELETE", "v1/sessions/\(id)")
+                } else {
+                    guard let identity = acting.identity else { throw CLIError("--identity is required to revoke a session") }
+                    try registry.open().revokeSession(id: id, identity: try acting.passphraseOptions.unlockIdentity(at: identity))
+                }
                 print("revoked session \(id)")
             }
         }
@@ -211,11 +250,12 @@ extension Coffer {
             abstract: "Predict with a session's model, decrypted into locked memory only; or stream its plaintext (--raw) to a pipe."
         )
         @OptionGroup var registry: RegistryOptions
-        @Option(name: .long, help: "Session token (cfs_...); else $COFFER_SESSION.") var session: String?
+        @Option(name: .long, help: "Session token (cfs_...), or with --registry the session id; else $COFFER_SESSION.") var session: String?
         @Option(name: .long, help: "CSV with the model's feature columns.") var input: String?
         @Flag(name: .long, help: "Print JSON: one object per row, keyed by task.") var json = false
         @Flag(name: .long, help: "Write the decrypted file to stdout (for a pipe) instead of predicting.") var raw = false
         @Option(name: .long, help: "With --raw: which file of the version (default: the only one).") var file: String?
+        @OptionGroup var remote: RemoteOptions
 
         func validate() throws {
             if raw == (input != nil) { throw ValidationError("give either --input X.csv or --raw") }
@@ -225,6 +265,28 @@ extension Coffer {
         func run() throws {
             guard let text = session ?? ProcessInfo.processInfo.environment["COFFER_SESSION"] else {
                 throw CLIError("no session token: pass --session or set COFFER_SESSION")
+            }
+            if let client = try remote.client() {
+                // The server never sends a model's plaintext: remotely there is only prediction.
+                guard let input, !raw else { throw CLIError("--raw works on a local registry only: a server never releases plaintext") }
+                let table = try CSVTable(contentsOf: input)
+                let width = table.columns.count
+                let rows: [JSONValue] = (0..<table.rowCount).map { i in
+                    .object(Dictionary(uniqueKeysWithValues: table.columns.enumerated().map { ($1, .number(table.values[i * width + $0])) }))
+                }
+                let answer = try JSONDecoder().decode(
+                    JSONValue.self,
+                    from: try client.expect(
+                        "POST",
+                        "v1/sessions/\(text)/predict",
+                        headers: ["Content-Type": "application/json"],
+                        body: try JSONEncoder().encode(JSONValue.object(["rows": .array(rows)]))
+                    )
+                )
+                guard case .object(let fields) = answer, case .array(let predictions)? = fields["predictions"] else {
+                    throw CLIError("\(client.base) answered without predictions")
+                }
+                return printPredictionRows(predictions, json: json)
             }
             let tokenText = SecureBytes(count: text.utf8.count)
             tokenText.withUnsafeMutableBytes { out in _ = out.copyBytes(from: text.utf8) }

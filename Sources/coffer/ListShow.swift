@@ -101,12 +101,23 @@ extension Coffer {
             @Argument(help: "NAME@ALIAS") var alias: String
             @Argument(help: "The version to point at.") var version: String
             @OptionGroup var acting: OptionalIdentity
+            @OptionGroup var remote: RemoteOptions
 
             func run() throws {
                 let target = try ModelReference(parsing: alias)
                 guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
-                let store = try registry.open()
-                try store.setAlias(name, model: target.name, version: version, by: try acting.principal(in: store))
+                if let client = try remote.client() {
+                    _ = try client.expect(
+                        "PUT",
+                        "v1/alias",
+                        query: [URLQueryItem(name: "ref", value: alias)],
+                        headers: ["Content-Type": "application/json"],
+                        body: try JSONEncoder().encode(["version": version])
+                    )
+                } else {
+                    let store = try registry.open()
+                    try store.setAlias(name, model: target.name, version: version, by: try acting.principal(in: store))
+                }
                 print("\(target.name)@\(name) -> \(version)")
             }
         }
@@ -116,12 +127,17 @@ extension Coffer {
             @OptionGroup var registry: RegistryOptions
             @Argument(help: "NAME@ALIAS") var alias: String
             @OptionGroup var acting: OptionalIdentity
+            @OptionGroup var remote: RemoteOptions
 
             func run() throws {
                 let target = try ModelReference(parsing: alias)
                 guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
-                let store = try registry.open()
-                try store.removeAlias(name, model: target.name, by: try acting.principal(in: store))
+                if let client = try remote.client() {
+                    _ = try client.expect("DELETE", "v1/alias", query: [URLQueryItem(name: "ref", value: alias)])
+                } else {
+                    let store = try registry.open()
+                    try store.removeAlias(name, model: target.name, by: try acting.principal(in: store))
+                }
                 print("removed \(target.name)@\(name)")
             }
         }

@@ -17,6 +17,9 @@ extension Coffer {
         @Option(name: .long, help: "Largest blob an upload may grow to, in bytes (larger: 413).") var maxUploadSize: Int = 16 << 30
         @Option(name: .long, help: "TLS certificate chain (PEM): serve HTTPS.") var tlsCert: String?
         @Option(name: .long, help: "TLS private key (PEM), with --tls-cert.") var tlsKey: String?
+        @Option(name: .long, help: "Predict requests per second allowed per inference session (more: 429).") var predictRate: Double = 10
+        @Option(name: .long, help: "Predict requests a session may send at once after a pause.") var predictBurst: Int = 20
+        @Option(name: .long, help: "Rows in one predict request (more: 413).") var maxPredictRows: Int = 1000
 
         func run() async throws {
             guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (1...65535).contains(port) else {
@@ -29,6 +32,9 @@ extension Coffer {
             guard loopback || insecure || tls != nil else {
                 throw CLIError("plain HTTP on \(host) would expose tokens on the network: listen on 127.0.0.1, or pass --insecure")
             }
+            guard predictRate > 0, predictRate.isFinite, predictBurst >= 1, maxPredictRows >= 1 else {
+                throw CLIError("--predict-rate must be positive, --predict-burst and --max-predict-rows at least 1")
+            }
             let store = try registry.open()
             let unlocked = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
             var logger = Logger(label: "coffer.server")
@@ -37,7 +43,13 @@ extension Coffer {
             try await runServer(
                 registry: store,
                 registryIdentity: unlocked,
-                configuration: .init(host: host, port: port, maxUploadSize: maxUploadSize, tls: tls),
+                configuration: .init(
+                    host: host,
+                    port: port,
+                    maxUploadSize: maxUploadSize,
+                    tls: tls,
+                    predictLimits: .init(rate: predictRate, burst: predictBurst, maxRows: maxPredictRows)
+                ),
                 logger: logger
             )
         }

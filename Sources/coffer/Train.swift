@@ -106,7 +106,11 @@ extension Coffer {
 
 /// Prints per-task predictions, one row per input row: `coffer predict` and `coffer infer` alike.
 func printPredictions(_ predictions: [[Float]], tasks: [TaskSpec], preprocessing: Preprocessing, rows count: Int, json: Bool) {
-    let rows = predictionRows(predictions, tasks: tasks, preprocessing: preprocessing, rows: count)
+    printPredictionRows(predictionRows(predictions, tasks: tasks, preprocessing: preprocessing, rows: count), json: json)
+}
+
+/// Prediction rows (``predictionRows``, or a server's answer) as JSON or as one `row N: task=value` line per row.
+func printPredictionRows(_ rows: [JSONValue], json: Bool) {
     if json { return JSONOutput.print(.array(rows)) }
     for (i, row) in rows.enumerated() {
         guard case .object(let fields) = row else { continue }

@@ -82,6 +82,7 @@ struct ServerTests {
             fixture: f,
             tokens: [
                 "admin": try token("alice", .admin), "bob-read": try token("bob", .read), "bob-infer": try token("bob", .infer),
+                "bob-publish": try token("bob", .publish),
                 "carol-read": try token("carol", .read), "expired": try token("bob", .read, ttl: 60, now: Date().addingTimeInterval(-3600)),
                 "revoked": revoked.token.text().withUnsafeBytes { String(decoding: $0, as: UTF8.self) },
             ]
@@ -174,6 +175,36 @@ struct ServerTests {
             }
             try await client.execute(uri: "/v1/version?ref=m/nothing:1", method: .get, headers: bearer(w.tokens["bob-read"]!)) { response in
                 #expect(response.status == .forbidden || response.status == .notFound)
+            }
+        }
+    }
+
+    @Test func anUploadBelongsToThePrincipalWhoStartedIt() async throws {
+        let w = try world()
+        let owner = bearer(w.tokens["admin"]!)
+        let other = bearer(w.tokens["bob-publish"]!)
+        try await app(w).test(.router) { client in
+            let id = try await client.execute(uri: "/v1/uploads", method: .post, headers: owner) { response in
+                #expect(response.status == .created)
+                return (try JSONSerialization.jsonObject(with: data(response)) as? [String: Any])?["id"] as? String ?? ""
+            }
+            var append = other
+            append[UploadController.uploadOffset] = "0"
+            try await client.execute(uri: "/v1/uploads/\(id)", method: .patch, headers: append, body: ByteBuffer(string: "intruder")) {
+                #expect($0.status == .notFound, "another publisher cannot append to the upload")
+            }
+            try await client.execute(uri: "/v1/uploads/\(id)", method: .get, headers: other) { #expect($0.status == .notFound) }
+            try await client.execute(uri: "/v1/uploads/\(id)?digest=\(String(repeating: "0", count: 64))", method: .put, headers: other) {
+                #expect($0.status == .notFound)
+            }
+            append = owner
+            append[UploadController.uploadOffset] = "0"
+            try await client.execute(uri: "/v1/uploads/\(id)", method: .patch, headers: append, body: ByteBuffer(string: "sealed")) {
+                #expect($0.status == .ok)
+            }
+            try await client.execute(uri: "/v1/uploads/\(id)", method: .get, headers: owner) { response in
+                let object = try JSONSerialization.jsonObject(with: data(response)) as? [String: Any]
+                #expect(object?["offset"] as? Int == 6)
             }
         }
     }

@@ -161,13 +161,92 @@ def test_serve_end_to_end(tmp_path):
     assert "request" in log and read not in log and infer not in log, "no token in any log line"
     audit = json.loads(coffer("audit", "--json", "--home", home).stdout)
     assert any(e["action"] == "authenticate" and e["outcome"] == "refused" for e in audit)
-    # Conformance with docs/openapi.yaml: every route called and every status it answered is documented there.
+    assert_documented()
+    assert len({(m, p) for m, p, _ in SEEN}) >= 7
+
+
+def assert_documented():
+    """Conformance with docs/openapi.yaml: every route called and every status it answered is documented there."""
     assert OPENAPI["openapi"] == "3.1.0"
     for method, path, status in SEEN:
         operation = OPENAPI["paths"].get(path, {}).get(method)
         assert operation is not None, f"{method.upper()} {path} is not in docs/openapi.yaml"
         assert str(status) in operation["responses"], f"{method.upper()} {path} answered {status}, which docs/openapi.yaml does not list"
-    assert len({(m, p) for m, p, _ in SEEN}) >= 7
+
+
+def test_remote_alias_sessions_infer_and_predict_limits(tmp_path):
+    """alias, session and infer through --registry, and the per-session limits that slow model extraction."""
+    home = tmp_path / "home"
+    for name in ("alice", "bob"):
+        coffer("keygen", "--out", tmp_path / name)
+    coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
+    admin = ["--identity", tmp_path / "alice.key", "--home", home]
+    coffer("trust", "add", tmp_path / "alice.pub", *admin)
+    coffer("principal", "add", "bob", tmp_path / "bob.pub", "--role", "reader", "--role", "inference", *admin)
+    coffer("synth", "--rows", "300", "--features", "3", "--out", tmp_path / "data")
+    coffer("train", "--config", tmp_path / "data" / "recipe.json", "--out", tmp_path / "ckpt")
+    coffer("push", "m/risk", tmp_path / "ckpt", "--alias", "prod", *admin)
+    coffer("push", "m/risk", tmp_path / "ckpt", *admin)
+    token = {scope: coffer("token", "create", "--principal", principal, "--scope", scope, "--ttl", "1h", *admin).stdout.decode().strip()
+             for principal, scope in (("alice", "admin"), ("bob", "infer"), ("bob", "read"))}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = serve(home, port, "--predict-rate", "0.2", "--predict-burst", "3", "--max-predict-rows", "3")
+
+    def remote(*argv, scope, check=True):
+        return coffer(*argv, "--registry", base, "--token", token[scope], check=check)
+
+    try:
+        assert remote("alias", "set", "m/risk@prod", "2", scope="admin").stdout == b"m/risk@prod -> 2\n"
+        assert json.loads(coffer("show", "m/risk@prod", "--json", "--home", home).stdout)["version"] == "2"
+        refused = remote("alias", "set", "m/risk@prod", "1", scope="infer", check=False)
+        assert refused.returncode == 1 and b"answered 403" in refused.stderr and b"does not allow the publisher role" in refused.stderr
+        missing = remote("alias", "set", "m/risk@prod", "9", scope="admin", check=False)
+        assert missing.returncode == 1 and b"answered 404" in missing.stderr
+        remote("alias", "set", "m/risk@staging", "1", scope="admin")
+        remote("alias", "rm", "m/risk@staging", scope="admin")
+        gone = remote("alias", "rm", "m/risk@staging", scope="admin", check=False)
+        assert gone.returncode == 1 and b"answered 404" in gone.stderr
+        for method, status in (("put", 200), ("put", 403), ("put", 404), ("delete", 204), ("delete", 404)):
+            SEEN.append((method, "/v1/alias", status))
+
+        opened = remote("session", "open", "m/risk@prod", "--ttl", "5m", "--max-uses", "10", scope="infer")
+        session = opened.stdout.decode().strip()
+        assert b"held by the server" in opened.stderr and not session.startswith("cfs_")
+        rows = {"rows": [{"x0": 0.5, "x1": -0.2, "x2": 1.0}, {"x0": -1.0, "x1": 0.3, "x2": 0.0}]}
+        csv = write_rows(tmp_path, rows)
+        predicted = json.loads(remote("infer", "--session", session, "--input", csv, "--json", scope="infer").stdout)
+        local = json.loads(coffer("predict", "--checkpoint", tmp_path / "ckpt", "--input", csv, "--json").stdout)
+        assert predicted == local, "the remote session predicts as the plaintext checkpoint"
+        text = remote("infer", "--session", session, "--input", csv, scope="infer").stdout.decode()
+        assert text.startswith("row 1: ") and "row 2: " in text
+        raw = remote("infer", "--session", session, "--raw", scope="infer", check=False)
+        assert raw.returncode == 1 and b"a server never releases plaintext" in raw.stderr
+
+        # Limits: at most 3 rows per request (413), and a burst of 3 requests refilled at 0.2/s (429).
+        status, _, body = call(f"{base}/v1/sessions/{session}/predict", token=token["infer"], method="POST",
+                               body={"rows": rows["rows"] * 2})
+        assert status == 413 and b"at most 3" in body
+        statuses = [call(f"{base}/v1/sessions/{session}/predict", token=token["infer"], method="POST", body=rows)[:2] for _ in range(3)]
+        assert statuses[0][0] == 200 and statuses[-1][0] == 429, statuses
+        assert int(statuses[-1][1]["Retry-After"]) >= 1
+        limited = remote("infer", "--session", session, "--input", csv, scope="infer", check=False)
+        assert limited.returncode == 1 and b"answered 429" in limited.stderr and b"predictions per second" in limited.stderr
+
+        listed = json.loads(remote("session", "list", "--json", scope="read").stdout)
+        assert [s["id"] for s in listed] == [session] and listed[0]["uses"] == 3
+        status, _, body = call(f"{base}/v1/sessions", token=token["admin"])
+        assert status == 200 and [s["id"] for s in json.loads(body)] == [session]
+        remote("session", "revoke", session, scope="infer")
+        revoked = remote("infer", "--session", session, "--input", csv, scope="infer", check=False)
+        assert revoked.returncode == 1 and (b"was revoked" in revoked.stderr or b"not open on this server" in revoked.stderr), revoked.stderr
+        audit = json.loads(coffer("audit", "--json", "--home", home).stdout)
+        reasons = [e["reason"] for e in audit if e["action"] == "predict" and e["outcome"] == "refused"]
+        assert any("rate limit" in r for r in reasons) and any("rows" in r for r in reasons)
+        assert_documented()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
 
 
 def write_rows(tmp_path, rows):

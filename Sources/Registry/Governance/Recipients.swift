@@ -89,7 +89,7 @@ extension Registry {
     }
 
     /// Whether `principal` holds `role` on `model` (true everywhere in a registry without principals).
-    public func holds(_ role: Role, on model: String, _ principal: Principal?) throws(CofferRegistryError) -> Bool {
+    public func holds(_ role: Role, on model: String?, _ principal: Principal?) throws(CofferRegistryError) -> Bool {
         guard try checksPrincipals() else { return true }
         guard let principal else { return false }
         return try grants(of: principal.name).contains { $0.allows(role, on: model, alias: nil) }
