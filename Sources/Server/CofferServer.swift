@@ -18,19 +18,23 @@ public struct ServerConfiguration: Sendable {
     public var tls: (certificate: String, privateKey: String)?
     /// Limits on `predict`, against model extraction: see ``PredictLimits``.
     public var predictLimits: PredictLimits
+    /// How often the audit log's head is signed while the server appends to it (and once more at shutdown).
+    public var auditSigningInterval: Duration
 
     public init(
         host: String = "127.0.0.1",
         port: Int = 8443,
         maxUploadSize: Int = 16 << 30,
         tls: (certificate: String, privateKey: String)? = nil,
-        predictLimits: PredictLimits = .init()
+        predictLimits: PredictLimits = .init(),
+        auditSigningInterval: Duration = .seconds(5)
     ) {
         self.host = host
         self.port = port
         self.maxUploadSize = maxUploadSize
         self.tls = tls
         self.predictLimits = predictLimits
+        self.auditSigningInterval = auditSigningInterval
     }
 }
 
@@ -90,7 +94,10 @@ public func buildApplication(
         router: buildRouter(state: state),
         server: server,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "coffer"),
-        services: [state.sessions],
+        services: [
+            state.sessions,
+            AuditHeadSigner(registry: registry, registryIdentity: registryIdentity, interval: configuration.auditSigningInterval, logger: logger),
+        ],
         logger: logger
     )
 }

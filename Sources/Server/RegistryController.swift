@@ -80,7 +80,9 @@ struct RegistryController {
         }
         let mayDecrypt = try run { () throws(CofferRegistryError) in try registry.holds(.decrypt, on: reference.name, holder.principal) }
         let keyID = request.uri.queryParameters.get("key_id")
-        let package = try run { () throws(CofferRegistryError) in try registry.package(reference, keyID: keyID, includeKey: mayDecrypt) }
+        let package = try run { () throws(CofferRegistryError) in
+            try registry.package(reference, keyID: keyID, includeKey: mayDecrypt, for: holder.principal.name)
+        }
         return try json(package)
     }
 

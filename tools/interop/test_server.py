@@ -161,6 +161,9 @@ def test_serve_end_to_end(tmp_path):
     assert "request" in log and read not in log and infer not in log, "no token in any log line"
     audit = json.loads(coffer("audit", "--json", "--home", home).stdout)
     assert any(e["action"] == "authenticate" and e["outcome"] == "refused" for e in audit)
+    assert any(e["action"] == "pull" and e["principal"] == "bob" and "wrapped key" in e["reason"] for e in audit), "a remote pull is audited"
+    signed = coffer("audit", "verify", "--home", home).stdout.decode()
+    assert signed.endswith(" 0 not yet signed\n"), f"the server signs the audit head at shutdown: {signed}"
     assert_documented()
     assert len({(m, p) for m, p, _ in SEEN}) >= 7
 

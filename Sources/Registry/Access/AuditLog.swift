@@ -115,6 +115,19 @@ extension Registry {
         return seq
     }
 
+    /// Signs the chain head when entries were appended since the last signed head; `nil` when there were none.
+    @discardableResult
+    public func signAuditHeadIfUnsigned(with registryIdentity: borrowing Identity) throws(CofferRegistryError) -> Int64? {
+        let (latest, signed) = try database.read { db in
+            (
+                try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_log") ?? 0,
+                try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_heads") ?? 0
+            )
+        }
+        guard latest > signed else { return nil }
+        return try signAuditHead(with: registryIdentity)
+    }
+
     /// Recomputes the chain from the first entry and checks every signed head against the registry's key.
     ///
     /// - Throws: ``CofferRegistryError/tampered(_:)`` naming the first bad entry: an edited entry (its hash no longer

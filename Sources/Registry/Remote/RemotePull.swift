@@ -31,8 +31,14 @@ public protocol BlobFetcher {
 }
 
 extension Registry {
-    /// The package of a version for a remote client (`keyID`'s stanza only when `includeKey`).
-    public func package(_ reference: ModelReference, keyID: String?, includeKey: Bool) throws(CofferRegistryError) -> VersionPackage {
+    /// The package of a version for a remote client (`keyID`'s stanza only when `includeKey`), audited as a pull by
+    /// `principal`: the release of a wrapped key is what lets a client decrypt.
+    public func package(
+        _ reference: ModelReference,
+        keyID: String?,
+        includeKey: Bool,
+        for principal: String
+    ) throws(CofferRegistryError) -> VersionPackage {
         let stored = try loadVersion(try resolve(reference).id)
         try stored.ensureNotErased()
         guard let envelope = stored.envelope, let bundle = stored.modelSignature else {
@@ -48,6 +54,8 @@ extension Registry {
                 )
             }
         }
+        let released = stanza != nil ? "wrapped key \(keyID ?? "") released" : "signed documents only"
+        try audit(principal: principal, action: "pull", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "remote: \(released)")
         return VersionPackage(
             model: stored.model,
             version: stored.version,
