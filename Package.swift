@@ -13,6 +13,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "coffer", targets: ["coffer"]),
+        .executable(name: "coffer-fuzz", targets: ["CofferFuzz"]),
         .library(name: "CofferCrypto", targets: ["CofferCrypto"]),
         .library(name: "CofferRegistry", targets: ["CofferRegistry"]),
         .library(name: "CofferTraining", targets: ["CofferTraining"]),
@@ -78,6 +79,12 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Sources/Server",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "CofferFuzz",
+            dependencies: ["CofferCrypto", "CofferRegistry", "CofferTraining"],
+            path: "Sources/Fuzz",
             swiftSettings: swiftSettings
         ),
         .executableTarget(

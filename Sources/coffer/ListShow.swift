@@ -85,7 +85,7 @@ extension Coffer {
             if case .array(let files)? = fields["files"] {
                 for file in files {
                     print(
-                        "  \(file["path"]?.stringValue ?? "?")  \(Int(file["size"]?.numberValue ?? 0)) bytes  sha256:\(file["sha256"]?.stringValue ?? "?")"
+                        "  \(file["path"]?.stringValue ?? "?")  \(file["size"]?.integerValue.map(String.init) ?? "?") bytes  sha256:\(file["sha256"]?.stringValue ?? "?")"
                     )
                 }
             }

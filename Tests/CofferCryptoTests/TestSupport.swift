@@ -1,24 +1,5 @@
 @testable import CofferCrypto
 
-/// An in-memory byte source.
-final class MemorySource: ByteSource {
-    private let bytes: [UInt8]
-    private var offset = 0
-
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-
-    var remainingHint: Int? { bytes.count - offset }
-
-    func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int {
-        let n = min(buffer.count, bytes.count - offset)
-        if n > 0 {
-            bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
-        }
-        offset += n
-        return n
-    }
-}
-
 /// An in-memory byte sink.
 final class MemorySink: ByteSink {
     private(set) var bytes: [UInt8] = []

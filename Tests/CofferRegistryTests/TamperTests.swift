@@ -99,6 +99,18 @@ struct TamperTests {
         _ = try f.registry.verify(try ModelReference(parsing: "m:2"))  // the other version is untouched
     }
 
+    /// Found by the dsse fuzz target: a file size of 1e300 in a statement trapped converting it to Int.
+    @Test func statementNumbersOutOfRangeAreRefusedNotTrapped() throws {
+        let input = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("tools/fuzz/regressions/dsse/statement-file-size-beyond-int.json")
+        let statement = try InTotoStatement(jsonBytes: Array(try Data(contentsOf: input)))
+        #expect(throws: CofferRegistryError.self) { try ModelStatement(statement) }
+        for number in [1e300, -1e300, 2.5, Double.infinity, Double.nan] {
+            #expect(JSONValue.number(number).integerValue == nil)
+        }
+        #expect(JSONValue.number(21512).integerValue == 21512)
+    }
+
     @Test func lockedDatabaseFailsAfterTheBusyTimeout() throws {
         let f = try RegistryFixture()
         let alice = try Identity.generate(name: "alice")

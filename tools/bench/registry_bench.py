@@ -5,6 +5,7 @@ push = SHA-256 of plaintext and ciphertext + encryption + signatures + durable b
 against `age -d`. Both sides write their output to the same disk.
 """
 import argparse
+import json
 import os
 import random
 import shutil
@@ -20,11 +21,14 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--coffer", required=True)
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--sizes", default=None, help="comma-separated MiB sizes to sweep (e.g. 16,64,256,1024,4096) instead of --size-mib")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-4g", action="store_true")
     parser.add_argument("--versions", type=int, default=100_000)
+    parser.add_argument("--json-out", default=None, help="also write the figures per size as JSON")
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size_mib]
 
     work = tempfile.mkdtemp(prefix="coffer-bench-registry-", dir=args.dir)
     home = os.path.join(work, "home")
@@ -36,51 +40,15 @@ def main():
         subprocess.run(["age-keygen", "-o", os.path.join(work, "age.key")], check=True, stderr=subprocess.DEVNULL)
         recipient = next(l.split()[-1] for l in open(os.path.join(work, "age.key")) if l.startswith("# public key"))
         key = os.path.join(work, "pub.key")
-        plain = os.path.join(work, "weights.bin")
-        make_file(plain, args.size_mib * MIB)
+        figures = {}
+        for size in sizes:
+            figures[size] = push_pull(args, work, env, null, key, recipient, size)
+        if args.json_out:
+            json.dump({"cores": os.cpu_count(), "rounds": args.rounds, "sizes": figures}, open(args.json_out, "w"), indent=1)
 
-        times = {k: [] for k in ("coffer push", "age -r", "coffer pull", "age -d")}
-        rss = {k: 0.0 for k in times}
-        def record(name, m):
-            times[name].append(m[0])
-            rss[name] = max(rss[name], m[1])
-
-        for r in range(args.rounds):
-            # A fresh registry each round, as age overwrites its one output: neither side accumulates gigabytes
-            # of dirty pages that would slow the other down.
-            shutil.rmtree(home, ignore_errors=True)
-            subprocess.run([args.coffer, "init"], check=True, env=env, stdout=null)
-            subprocess.run([args.coffer, "trust", "add", os.path.join(work, "pub.pub")], check=True, env=env, stdout=null)
-            for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
-                if who == "age":
-                    record("age -r", run(["age", "-r", recipient, "-o", os.path.join(work, "w.age"), plain]))
-                else:
-                    record("coffer push", run([args.coffer, "push", f"bench:{r + 1}", plain, "--identity", key], env=env))
-            for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
-                out = os.path.join(work, "out")
-                shutil.rmtree(out, ignore_errors=True)
-                os.makedirs(out)
-                if who == "age":
-                    record("age -d", run(["age", "-d", "-i", os.path.join(work, "age.key"), "-o", os.path.join(out, "weights.bin"), os.path.join(work, "w.age")]))
-                else:
-                    record("coffer pull", run([args.coffer, "pull", f"bench:{r + 1}", "--identity", key, "--out", out], env=env))
-        med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"# tools/bench/registry: {args.size_mib} MiB file, {args.rounds} alternating rounds, {os.cpu_count()} cores")
-        print(f"{'measure':<14}{'median s':>10}{'min s':>9}{'peak RSS MiB':>14}")
-        for k in times:
-            print(f"{k:<14}{med[k]:>10.3f}{min(times[k]):>9.3f}{rss[k]:>14.1f}")
-        print(f"push / age -r  ratio of medians: {med['coffer push'] / med['age -r']:.3f}  (target <= 1.2)")
-        print(f"pull / age -d  ratio of medians: {med['coffer pull'] / med['age -d']:.3f}  (target <= 1.2)")
-        shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
-        os.remove(os.path.join(work, "w.age"))
-        subprocess.run([args.coffer, "gc", "--grace", "0"], check=True, env=env, stdout=null)
-
-        if not args.no_4g:
+        if not args.no_4g and 4096 not in sizes:
             big = os.path.join(work, "weights4g.bin")
-            with open(big, "wb") as out:
-                for _ in range(4):
-                    with open(plain, "rb") as src:
-                        shutil.copyfileobj(src, out, 16 * MIB)
+            make_file(big, 4096 * MIB)
             t_push, r_push = run([args.coffer, "push", "bench4g", big, "--identity", key], env=env)
             os.remove(big)
             out = os.path.join(work, "out4g")
@@ -88,11 +56,55 @@ def main():
             t_pull, r_pull = run([args.coffer, "pull", "bench4g", "--identity", key, "--out", out], env=env)
             shutil.rmtree(out)
             print(f"4 GiB: push {t_push:.2f} s peak RSS {r_push:.1f} MiB; pull {t_pull:.2f} s peak RSS {r_pull:.1f} MiB "
-                  f"(1 GiB: push {rss['coffer push']:.1f}, pull {rss['coffer pull']:.1f}; target <= 64 MiB, flat)")
+                  f"(target <= 64 MiB, flat)")
 
         queries(args, work, env, null)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def push_pull(args, work, env, null, key, recipient, size_mib):
+    """`coffer push` against `age -r` and `coffer pull` against `age -d` on one file of `size_mib`, rounds alternating
+    which side goes first; prints and returns the median and minimum seconds and the peak RSS of each."""
+    plain = os.path.join(work, "weights.bin")
+    make_file(plain, size_mib * MIB)
+    home = env["COFFER_HOME"]
+    times = {k: [] for k in ("coffer push", "age -r", "coffer pull", "age -d")}
+    rss = {k: 0.0 for k in times}
+    def record(name, m):
+        times[name].append(m[0])
+        rss[name] = max(rss[name], m[1])
+
+    for r in range(args.rounds):
+        # A fresh registry each round, as age overwrites its one output: neither side accumulates gigabytes
+        # of dirty pages that would slow the other down.
+        shutil.rmtree(home, ignore_errors=True)
+        subprocess.run([args.coffer, "init"], check=True, env=env, stdout=null)
+        subprocess.run([args.coffer, "trust", "add", os.path.join(work, "pub.pub")], check=True, env=env, stdout=null)
+        for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
+            if who == "age":
+                record("age -r", run(["age", "-r", recipient, "-o", os.path.join(work, "w.age"), plain]))
+            else:
+                record("coffer push", run([args.coffer, "push", f"bench:{r + 1}", plain, "--identity", key], env=env))
+        for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
+            out = os.path.join(work, "out")
+            shutil.rmtree(out, ignore_errors=True)
+            os.makedirs(out)
+            if who == "age":
+                record("age -d", run(["age", "-d", "-i", os.path.join(work, "age.key"), "-o", os.path.join(out, "weights.bin"), os.path.join(work, "w.age")]))
+            else:
+                record("coffer pull", run([args.coffer, "pull", f"bench:{r + 1}", "--identity", key, "--out", out], env=env))
+    shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
+    os.remove(os.path.join(work, "w.age"))
+    os.remove(plain)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"# tools/bench/registry: {size_mib} MiB file, {args.rounds} alternating rounds, {os.cpu_count()} cores")
+    print(f"{'measure':<14}{'median s':>10}{'min s':>9}{'MiB/s':>9}{'peak RSS MiB':>14}")
+    for k in times:
+        print(f"{k:<14}{med[k]:>10.3f}{min(times[k]):>9.3f}{size_mib / med[k]:>9.0f}{rss[k]:>14.1f}")
+    print(f"push / age -r  ratio of medians: {med['coffer push'] / med['age -r']:.3f}  (target <= 1.2)")
+    print(f"pull / age -d  ratio of medians: {med['coffer pull'] / med['age -d']:.3f}  (target <= 1.2)")
+    return {k: {"median_s": med[k], "min_s": min(times[k]), "peak_rss_mib": rss[k]} for k in times}
 
 
 def queries(args, work, env, null):

@@ -70,33 +70,48 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--coffer", required=True)
     parser.add_argument("--rows", type=int, default=60000)
+    parser.add_argument("--batch-sizes", default="256", help="comma-separated expected batch sizes; DP-SGD against numpy at each")
+    parser.add_argument("--json-out", default=None, help="also write examples/s per batch size as JSON")
     args = parser.parse_args()
-    q = 256 / args.rows
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     with tempfile.TemporaryDirectory() as work:
         x, cls, binary, reg = synthetic(args.coffer, args.rows, work)
         columns = [f"x{i}" for i in range(64)]
-        recipe = {"data": "data.csv", "features": columns, "trunk": [256, 256], "activation": "relu", "epochs": 1, "learning_rate": 0.05,
-                  "optimizer": "sgd", "momentum": 0.0, "expected_batch_size": 256, "clipping_norm": 1.0, "noise_multiplier": 1.1,
-                  "delta": 1e-5, "validation_split": 0.0, "seed": 1,
-                  "tasks": json.load(open(os.path.join(work, "recipe.json")))["tasks"]}
-        results = {}
-        runs = [("coffer dp-sgd", {}, "blas"), ("coffer non-private", {"privacy": False, "noise_multiplier": None}, "blas"),
-                ("coffer dp-sgd, SIMD", {}, "simd")]
-        for label, overrides, kernels in runs:
+        tasks = json.load(open(os.path.join(work, "recipe.json")))["tasks"]
+
+        def coffer_examples_per_second(batch, overrides=None, kernels="blas"):
+            recipe = {"data": "data.csv", "features": columns, "trunk": [256, 256], "activation": "relu", "epochs": 1, "learning_rate": 0.05,
+                      "optimizer": "sgd", "momentum": 0.0, "expected_batch_size": batch, "clipping_norm": 1.0, "noise_multiplier": 1.1,
+                      "delta": 1e-5, "validation_split": 0.0, "seed": 1, "tasks": tasks, **(overrides or {})}
             path = os.path.join(work, "recipe.json")
-            json.dump({**recipe, **overrides}, open(path, "w"))
-            env = dict(os.environ, COFFER_MATMUL=kernels)
-            out = subprocess.run([args.coffer, "train", "--config", path, "--out", os.path.join(work, "ckpt"), "--json"], check=True, capture_output=True,
-                                 text=True, env=env)
+            json.dump(recipe, open(path, "w"))
+            out = subprocess.run([args.coffer, "train", "--config", path, "--out", os.path.join(work, "ckpt"), "--json"], check=True,
+                                 capture_output=True, text=True, env=dict(os.environ, COFFER_MATMUL=kernels))
             report = json.loads(out.stdout)
-            results[label] = report["examples"] / report["training_seconds"]
-        results["numpy dp-sgd"] = numpy_epoch(x, cls, binary, reg, q, 1.1, 1.0, 0.05)
-    print(f"# tools/bench/training: {args.rows} rows x 64 features, trunk 64-256-256 ReLU, heads 10/1/1, q=256/N, C=1, sigma=1.1, one epoch")
+            return report["examples"] / report["training_seconds"]
+
+        sweep = {}
+        for batch in batch_sizes:
+            sweep[batch] = {"coffer": coffer_examples_per_second(batch),
+                            "numpy": numpy_epoch(x, cls, binary, reg, batch / args.rows, 1.1, 1.0, 0.05)}
+        anchor = 256 if 256 in sweep else batch_sizes[0]
+        results = {"coffer dp-sgd": sweep[anchor]["coffer"],
+                   "coffer non-private": coffer_examples_per_second(anchor, {"privacy": False, "noise_multiplier": None}),
+                   "coffer dp-sgd, SIMD": coffer_examples_per_second(anchor, kernels="simd"),
+                   "numpy dp-sgd": sweep[anchor]["numpy"]}
+    print(f"# tools/bench/training: {args.rows} rows x 64 features, trunk 64-256-256 ReLU, heads 10/1/1, C=1, sigma=1.1, one epoch; "
+          f"expected batch {anchor} unless the sweep says otherwise")
     for label, value in results.items():
         print(f"{label:<22}{value:>12.0f} examples/s")
     print(f"coffer / numpy (DP-SGD examples/s): {results['coffer dp-sgd'] / results['numpy dp-sgd']:.2f}  (target >= 1)")
     print(f"DP-SGD time / non-private time: {results['coffer non-private'] / results['coffer dp-sgd']:.2f}  (target <= 1.3)")
     print(f"matrix products, OpenBLAS / Swift SIMD8 (DP-SGD examples/s): {results['coffer dp-sgd'] / results['coffer dp-sgd, SIMD']:.2f}")
+    if len(batch_sizes) > 1:
+        print(f"{'expected batch':>14}{'coffer ex/s':>13}{'numpy ex/s':>12}{'ratio':>8}")
+        for batch, r in sweep.items():
+            print(f"{batch:>14}{r['coffer']:>13.0f}{r['numpy']:>12.0f}{r['coffer'] / r['numpy']:>8.2f}")
+    if args.json_out:
+        json.dump({"rows": args.rows, "sweep": sweep, "anchor": results}, open(args.json_out, "w"), indent=1)
 
 
 if __name__ == "__main__":

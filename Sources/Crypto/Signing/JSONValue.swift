@@ -57,4 +57,11 @@ public enum JSONValue: Sendable, Hashable, Codable {
         guard case .number(let value) = self else { return nil }
         return value
     }
+
+    /// The number when it is a whole number a `Double` holds exactly (|n| <= 2^53); `nil` for fractions, for numbers
+    /// out of that range, and for non-numbers. Converting untrusted JSON numbers with `Int(_:)` would trap instead.
+    public var integerValue: Int? {
+        guard case .number(let value) = self, value.rounded() == value, abs(value) <= 9_007_199_254_740_992 else { return nil }
+        return Int(value)
+    }
 }

@@ -21,6 +21,25 @@ public protocol ByteSink: AnyObject {
     func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError)
 }
 
+/// Bytes already in memory, read as a stream (parsers fed from a buffer, tests, fuzzing).
+public final class MemorySource: ByteSource {
+    private let bytes: [UInt8]
+    private var offset = 0
+
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    public var remainingHint: Int? { bytes.count - offset }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int {
+        let n = min(buffer.count, bytes.count - offset)
+        if n > 0 {
+            bytes.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + offset, byteCount: n) }
+        }
+        offset += n
+        return n
+    }
+}
+
 /// A file descriptor read or written with POSIX calls, so streaming never copies through `Data`.
 public final class FileDescriptorStream: ByteSource, ByteSink, Sendable {
     public let fd: Int32

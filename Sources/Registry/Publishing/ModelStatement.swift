@@ -70,17 +70,17 @@ public struct ModelStatement: Sendable, Equatable {
         let p = statement.predicate
         guard statement.predicateType == Self.predicateType, let model = p["model"]?.stringValue, let version = p["version"]?.stringValue,
             case .object(let privacy)? = p["privacy"], case .object(let encryption)? = p["encryption"],
-            case .array(let sealed)? = encryption["files"], let chunk = encryption["chunk_size"]?.numberValue,
+            case .array(let sealed)? = encryption["files"], let chunk = encryption["chunk_size"]?.integerValue, chunk > 0,
             let created = p["created"]?.stringValue, let publisher = p["publisher"], let publisherName = publisher["name"]?.stringValue,
             let publisherKeyID = publisher["key_id"]?.stringValue
         else { throw .tampered("the signed statement is not a Coffer model statement") }
         var files: [File] = []
         for (subject, entry) in zip(statement.subject, sealed) {
             guard let digest = subject.digest["sha256"], entry["path"]?.stringValue == subject.name,
-                let sealedDigest = entry["sealed_sha256"]?.stringValue, let sealedSize = entry["sealed_size"]?.numberValue,
-                let size = entry["size"]?.numberValue
+                let sealedDigest = entry["sealed_sha256"]?.stringValue, let sealedSize = entry["sealed_size"]?.integerValue, sealedSize >= 0,
+                let size = entry["size"]?.integerValue, size >= 0
             else { throw .tampered("the signed statement's file list is inconsistent") }
-            files.append(File(path: subject.name, size: Int(size), plaintextSHA256: digest, sealedSHA256: sealedDigest, sealedSize: Int(sealedSize)))
+            files.append(File(path: subject.name, size: size, plaintextSHA256: digest, sealedSHA256: sealedDigest, sealedSize: sealedSize))
         }
         guard files.count == statement.subject.count, files.count == sealed.count else {
             throw .tampered("the signed statement's file list is inconsistent")
@@ -96,7 +96,7 @@ public struct ModelStatement: Sendable, Equatable {
             datasetDigest: lineage?["dataset_digest"]?.stringValue,
             trainingConfigDigest: lineage?["training_config_digest"]?.stringValue
         )
-        self.chunkSize = Int(chunk)
+        self.chunkSize = chunk
         self.created = created
         self.publisherName = publisherName
         self.publisherKeyID = publisherKeyID

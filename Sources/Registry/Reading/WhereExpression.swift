@@ -3,9 +3,9 @@
 /// `epsilon<=3 and pruning_ratio>=0.5`, `mechanism='dp-sgd'`. Numeric fields take `< <= > >= = !=`
 /// and a number; text fields take `=` or `!=` and a single-quoted string. Compiled to SQL with bound
 /// arguments, never by pasting the user's text into the query.
-struct WhereExpression: Sendable, Equatable {
-    struct Comparison: Sendable, Equatable {
-        enum Value: Sendable, Equatable {
+public struct WhereExpression: Sendable, Equatable {
+    public struct Comparison: Sendable, Equatable {
+        public enum Value: Sendable, Equatable {
             case number(Double)
             case text(String)
         }
@@ -18,9 +18,9 @@ struct WhereExpression: Sendable, Equatable {
     static let textColumns: Set<String> = ["mechanism", "accountant", "privacy_unit", "pruning_method", "dataset_id"]
     static let operators = ["<=", ">=", "!=", "<", ">", "="]
 
-    var comparisons: [Comparison]
+    public var comparisons: [Comparison]
 
-    init(parsing text: String) throws(CofferRegistryError) {
+    public init(parsing text: String) throws(CofferRegistryError) {
         var comparisons: [Comparison] = []
         let clauses = text.split(separator: " and ", omittingEmptySubsequences: false).map { $0.trimmingWhitespace() }
         guard !text.trimmingWhitespace().isEmpty else { throw Self.error("empty expression") }

@@ -85,8 +85,13 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
     /// Reads a recipe; a relative `data` path is resolved against the recipe's directory.
     public init(contentsOf path: String) throws(CofferTrainingError) {
         guard let bytes = FileManager.default.contents(atPath: path) else { throw .invalidConfiguration("\(path): cannot read") }
+        try self.init(json: Array(bytes), path: path)
+    }
+
+    /// Parses a recipe's JSON; `path` names it in errors and anchors a relative `data` path.
+    public init(json bytes: [UInt8], path: String) throws(CofferTrainingError) {
         do {
-            self = try JSONDecoder().decode(TrainingRecipe.self, from: bytes)
+            self = try JSONDecoder().decode(TrainingRecipe.self, from: Data(bytes))
         } catch let DecodingError.keyNotFound(key, _) {
             throw .invalidConfiguration("\(path): field '\(key.stringValue)' is required")
         } catch let DecodingError.typeMismatch(_, context) {

@@ -1,0 +1,110 @@
+import CofferCrypto
+import CofferRegistry
+import CofferTraining
+import Foundation
+
+/// The parsers Coffer runs on bytes it did not write itself, one fuzz target each. A target must never crash,
+/// hang or trip a sanitizer, whatever the input: it either parses or throws.
+enum FuzzTarget: String, CaseIterable {
+    /// A sealed file's header with the wrapped-key stanzas it carries.
+    case sealedHeader = "sealed-header"
+    /// A DSSE envelope, the in-toto statement in its payload, and Coffer's model predicate in that.
+    case dsse
+    /// A safetensors header, as the checkpoint reader and the in-memory inference view parse it.
+    case safetensors
+    /// A training recipe (`coffer train --config`).
+    case trainingConfig = "training-config"
+    /// A `coffer list --where` expression.
+    case whereExpression = "where"
+
+    func run(_ bytes: [UInt8]) {
+        switch self {
+        case .sealedHeader:
+            // A header that parses must be the one canonical encoding of what was parsed: no second spelling.
+            if let (header, length) = try? SealedFileHeader.read(from: MemorySource(bytes)), header.encoded != Array(bytes[0..<length]) {
+                fatalError("sealed header of \(length) bytes parses but re-encodes differently")
+            }
+        case .dsse:
+            if let envelope = try? DSSEEnvelope(jsonBytes: bytes), let payload = Data(base64Encoded: envelope.payload) {
+                if let statement = try? InTotoStatement(jsonBytes: Array(payload)) { _ = try? ModelStatement(statement) }
+            }
+            if let statement = try? InTotoStatement(jsonBytes: bytes) { _ = try? ModelStatement(statement) }
+        case .safetensors:
+            _ = try? Safetensors(header: bytes, fileLength: bytes.count)
+            bytes.withUnsafeBytes { _ = try? CheckpointView(header: $0) }
+        case .trainingConfig:
+            _ = try? TrainingRecipe(json: bytes, path: "/fuzz/recipe.json")
+        case .whereExpression:
+            _ = try? WhereExpression(parsing: String(decoding: bytes, as: UTF8.self))
+        }
+    }
+
+    /// The target named by `COFFER_FUZZ_TARGET`.
+    static var selected: FuzzTarget {
+        let name = ProcessInfo.processInfo.environment["COFFER_FUZZ_TARGET"] ?? ""
+        guard let target = FuzzTarget(rawValue: name) else {
+            let names = allCases.map(\.rawValue).joined(separator: ", ")
+            FileHandle.standardError.write(Data("coffer-fuzz: set COFFER_FUZZ_TARGET to one of \(names)\n".utf8))
+            exit(2)
+        }
+        return target
+    }
+}
+
+#if COFFER_LIBFUZZER
+/// libFuzzer's entry point (built with `-sanitize=fuzzer`: see tools/fuzz/run).
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    target.run(Array(UnsafeBufferPointer(start: data, count: size)))
+    return 0
+}
+
+nonisolated(unsafe) private var target = FuzzTarget.sealedHeader
+
+@_silgen_name("LLVMFuzzerRunDriver")
+private func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+) -> CInt
+
+/// SwiftPM links an executable's entry point under the name MODULE_main: hand the process to libFuzzer's driver.
+@_cdecl("CofferFuzz_main")
+public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    target = FuzzTarget.selected
+    var argc = argc
+    var argv = argv
+    return LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOneInput(data, size) }
+}
+#else
+/// Without libFuzzer: replays inputs (a corpus, or the crashes kept as regression tests) through one target.
+///
+/// `coffer-fuzz TARGET FILE|DIR...` runs every file and prints how many; a crash is a failure of the caller's test.
+@main
+struct Replay {
+    static func main() {
+        let arguments = CommandLine.arguments.dropFirst()
+        guard let name = arguments.first, let target = FuzzTarget(rawValue: name), arguments.count > 1 else {
+            print("usage: coffer-fuzz \(FuzzTarget.allCases.map(\.rawValue).joined(separator: "|")) FILE|DIR...")
+            exit(2)
+        }
+        var count = 0
+        for path in arguments.dropFirst() {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+                print("coffer-fuzz: no such file or directory: \(path)")
+                exit(2)
+            }
+            let files =
+                isDirectory.boolValue
+                ? ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().map { "\(path)/\($0)" } : [path]
+            for file in files {
+                guard let data = FileManager.default.contents(atPath: file) else { continue }
+                target.run(Array(data))
+                count += 1
+            }
+        }
+        print("coffer-fuzz \(name): \(count) inputs replayed, none crashed")
+    }
+}
+#endif
