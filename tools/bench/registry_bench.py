@@ -102,8 +102,8 @@ def push_pull(args, work, env, null, key, recipient, size_mib):
     print(f"{'measure':<14}{'median s':>10}{'min s':>9}{'MiB/s':>9}{'peak RSS MiB':>14}")
     for k in times:
         print(f"{k:<14}{med[k]:>10.3f}{min(times[k]):>9.3f}{size_mib / med[k]:>9.0f}{rss[k]:>14.1f}")
-    print(f"push / age -r  ratio of medians: {med['coffer push'] / med['age -r']:.3f}  (target <= 1.2)")
-    print(f"pull / age -d  ratio of medians: {med['coffer pull'] / med['age -d']:.3f}  (target <= 1.2)")
+    print(f"push / age -r, {size_mib} MiB, ratio of medians: {med['coffer push'] / med['age -r']:.3f}  (target <= 1.2)")
+    print(f"pull / age -d, {size_mib} MiB, ratio of medians: {med['coffer pull'] / med['age -d']:.3f}  (target <= 1.2)")
     return {k: {"median_s": med[k], "min_s": min(times[k]), "peak_rss_mib": rss[k]} for k in times}
 
 

@@ -60,7 +60,7 @@ def run_bench(name, argv, log):
 
 def summary_lines(output):
     """The lines of a benchmark's output that state a ratio, a percentile or a target."""
-    return [line.strip() for line in output.splitlines() if re.search(r"ratio|target|p99|/ ", line) and not line.startswith("#")]
+    return [line.strip() for line in output.splitlines() if re.search(r"ratio|target|p99| / ", line) and not line.startswith("#")]
 
 
 def plot_transfers(data, path_throughput, path_rss):
@@ -134,6 +134,7 @@ def main():
                                                     "--rounds", "1" if quick else "3", "--no-4g"]),
             ("registry", "push/pull against age, 16 MiB to 4 GiB; queries", [py, f"{HERE}/registry_bench.py", "--coffer", c, "--sizes", sizes,
                                                                              "--rounds", "1" if quick else "3", "--versions", "10000" if quick else "100000",
+                                                                             *(["--no-4g"] if quick else []),
                                                                              "--json-out", transfers_json]),
             ("training", "DP-SGD against numpy", [py, f"{HERE}/training_bench.py", "--coffer", c, "--rows", "10000" if quick else "60000",
                                                   "--batch-sizes", "128,256" if quick else "64,128,256,512,1024", "--json-out", training_json]),

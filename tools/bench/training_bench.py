@@ -107,9 +107,9 @@ def main():
     print(f"DP-SGD time / non-private time: {results['coffer non-private'] / results['coffer dp-sgd']:.2f}  (target <= 1.3)")
     print(f"matrix products, OpenBLAS / Swift SIMD8 (DP-SGD examples/s): {results['coffer dp-sgd'] / results['coffer dp-sgd, SIMD']:.2f}")
     if len(batch_sizes) > 1:
-        print(f"{'expected batch':>14}{'coffer ex/s':>13}{'numpy ex/s':>12}{'ratio':>8}")
+        print(f"{'expected batch':>14}{'coffer ex/s':>13}{'numpy ex/s':>12}{'coffer/numpy':>14}")
         for batch, r in sweep.items():
-            print(f"{batch:>14}{r['coffer']:>13.0f}{r['numpy']:>12.0f}{r['coffer'] / r['numpy']:>8.2f}")
+            print(f"{batch:>14}{r['coffer']:>13.0f}{r['numpy']:>12.0f}{r['coffer'] / r['numpy']:>14.2f}")
     if args.json_out:
         json.dump({"rows": args.rows, "sweep": sweep, "anchor": results}, open(args.json_out, "w"), indent=1)
 

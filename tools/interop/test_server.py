@@ -79,8 +79,9 @@ def test_serve_end_to_end(tmp_path):
     assert read.startswith("cft_") and len(read) == 68
 
     port = free_port()
-    server = subprocess.Popen([COFFER, "serve", "--home", home, "--listen", f"127.0.0.1:{port}"], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # The server's log goes to a file: a pipe read only at the end fills up (64 KiB) and blocks its logger.
+    log_file = open(tmp_path / "serve.log", "w+b")
+    server = subprocess.Popen([COFFER, "serve", "--home", home, "--listen", f"127.0.0.1:{port}"], env=ENV, stdout=log_file, stderr=log_file)
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -155,9 +156,9 @@ def test_serve_end_to_end(tmp_path):
         assert "coffer_http_requests_total" in metrics and "coffer_blob_bytes_sent_total" in metrics
     finally:
         server.send_signal(signal.SIGTERM)
-        out, err = server.communicate(timeout=30)
-    assert server.returncode == 0, err.decode()
-    log = out.decode() + err.decode()
+        server.wait(timeout=30)
+    log = (tmp_path / "serve.log").read_text()
+    assert server.returncode == 0, log[-2000:]
     assert "request" in log and read not in log and infer not in log, "no token in any log line"
     audit = json.loads(coffer("audit", "--json", "--home", home).stdout)
     assert any(e["action"] == "authenticate" and e["outcome"] == "refused" for e in audit)
@@ -260,8 +261,9 @@ def write_rows(tmp_path, rows):
 
 
 def serve(home, port, *extra):
+    log_file = open(Path(home).parent / f"serve-{port}.log", "ab")
     process = subprocess.Popen([COFFER, "serve", "--home", home, "--listen", f"127.0.0.1:{port}", *extra], env=ENV,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=log_file, stderr=log_file)
     for _ in range(100):
         try:
             if call(f"http://127.0.0.1:{port}/healthz")[0] == 200:
