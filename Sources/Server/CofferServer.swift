@@ -135,12 +135,20 @@ final class ServerState: Sendable {
 }
 
 func buildRouter(state: ServerState) -> Router<CofferRequestContext> {
+    @Sendable func text(_ body: String, _ type: String) -> Response {
+        Response(status: .ok, headers: [.contentType: type], body: .init(byteBuffer: .init(string: body)))
+    }
+    let endpoints =
+        [
+            Endpoint(.get, "/healthz") { _, _ in text("ok\n", "text/plain; charset=utf-8") },
+            Endpoint(.get, "/metrics") { _, _ in text(state.metrics.prometheusText(), "text/plain; version=0.0.4") },
+        ] + RegistryController(state: state).endpoints + UploadController(state: state).endpoints
     let router = Router(context: CofferRequestContext.self)
     router.add(middleware: RequestLogMiddleware(state: state))
-    router.get("healthz") { _, _ in "ok\n" }
-    router.get("metrics") { _, _ in state.metrics.prometheusText() }
-    router.addRoutes(RegistryController(state: state).routes, atPath: "v1")
-    router.addRoutes(UploadController(state: state).routes, atPath: "v1")
+    router.add(middleware: MethodNotAllowedMiddleware(endpoints: endpoints))
+    for endpoint in endpoints {
+        router.on(RouterPath(endpoint.path), method: endpoint.method, use: endpoint.handler)
+    }
     return router
 }
 

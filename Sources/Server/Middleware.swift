@@ -40,6 +40,43 @@ struct RequestLogMiddleware: RouterMiddleware {
     }
 }
 
+/// One route of the API: what the router registers, and what ``MethodNotAllowedMiddleware`` knows.
+struct Endpoint: Sendable {
+    let method: HTTPRequest.Method
+    /// The path, with `:name` for a parameter segment (e.g. `/v1/sessions/:id/predict`).
+    let path: String
+    let handler: @Sendable (Request, CofferRequestContext) async throws -> Response
+
+    init(_ method: HTTPRequest.Method, _ path: String, _ handler: @escaping @Sendable (Request, CofferRequestContext) async throws -> Response) {
+        self.method = method
+        self.path = path
+        self.handler = handler
+    }
+
+    func matches(_ segments: [Substring]) -> Bool {
+        let pattern = path.split(separator: "/")
+        guard pattern.count == segments.count else { return false }
+        return zip(pattern, segments).allSatisfy { $0.hasPrefix(":") || $0 == $1 }
+    }
+}
+
+/// Answers a method a known path does not take with 405 and an `Allow` header (the router alone would say 404,
+/// as if the path did not exist).
+struct MethodNotAllowedMiddleware: RouterMiddleware {
+    typealias Context = CofferRequestContext
+    let endpoints: [Endpoint]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let segments = request.uri.path.split(separator: "/")
+        let methods = endpoints.filter { $0.matches(segments) }.map(\.method)
+        guard methods.isEmpty || methods.contains(request.method) else {
+            let allowed = methods.map(\.rawValue).joined(separator: ", ")
+            throw HTTPError(.methodNotAllowed, headers: [.allow: allowed], message: "\(request.method.rawValue) is not allowed here: use \(allowed)")
+        }
+        return try await next(request, context)
+    }
+}
+
 /// Authenticates the bearer token (`Authorization: Bearer cft_...`) and checks that its scope allows `role`.
 /// Missing, malformed, unknown, expired and revoked tokens get 401; a scope that does not allow the role, 403.
 /// Both are audited by the registry.

@@ -9,21 +9,14 @@ struct RegistryController {
     let state: ServerState
     var registry: Registry { state.registry }
 
-    var routes: RouteCollection<CofferRequestContext> {
-        RouteCollection(context: CofferRequestContext.self)
-            .get("versions", use: list)
-            .get("version", use: show)
-            .get("verify", use: verify)
-            .get("package", use: package)
-            .get("blobs/:digest", use: blob)
-            .get("budgets/:dataset", use: budget)
-            .get("audit", use: audit)
-            .put("alias", use: setAlias)
-            .delete("alias", use: removeAlias)
-            .get("sessions", use: listSessions)
-            .post("sessions", use: openSession)
-            .post("sessions/:id/predict", use: predict)
-            .delete("sessions/:id", use: closeSession)
+    var endpoints: [Endpoint] {
+        [
+            Endpoint(.get, "/v1/versions", list), Endpoint(.get, "/v1/version", show), Endpoint(.get, "/v1/verify", verify),
+            Endpoint(.get, "/v1/package", package), Endpoint(.get, "/v1/blobs/:digest", blob), Endpoint(.get, "/v1/budgets/:dataset", budget),
+            Endpoint(.get, "/v1/audit", audit), Endpoint(.put, "/v1/alias", setAlias), Endpoint(.delete, "/v1/alias", removeAlias),
+            Endpoint(.get, "/v1/sessions", listSessions), Endpoint(.post, "/v1/sessions", openSession),
+            Endpoint(.post, "/v1/sessions/:id/predict", predict), Endpoint(.delete, "/v1/sessions/:id", closeSession),
+        ]
     }
 
     /// `GET /v1/versions?model=NAME&where=EXPR&limit=N`: as `coffer list --json`.
@@ -35,7 +28,13 @@ struct RegistryController {
             try registry.require(.reader, on: model, by: holder.principal, action: "list", target: model ?? "*")
         }
         let filter = request.uri.queryParameters.get("where")
-        let limit = request.uri.queryParameters.get("limit", as: Int.self) ?? 100
+        var limit = 100
+        if let text = request.uri.queryParameters.get("limit") {
+            guard let value = Int(text), (1...100_000).contains(value) else {
+                throw HTTPError(.badRequest, message: "limit must be a whole number from 1 to 100000, got '\(text)'")
+            }
+            limit = value
+        }
         let versions = try run { () throws(CofferRegistryError) in try registry.list(model: model, where: filter, limit: limit) }
         return try json(JSONValue.array(versions.map(\.json)))
     }

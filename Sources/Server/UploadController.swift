@@ -15,14 +15,11 @@ struct UploadController {
     let state: ServerState
     var registry: Registry { state.registry }
 
-    var routes: RouteCollection<CofferRequestContext> {
-        RouteCollection(context: CofferRequestContext.self)
-            .get("registry", use: registryIdentity)
-            .post("uploads", use: start)
-            .get("uploads/:id", use: status)
-            .patch("uploads/:id", use: append)
-            .put("uploads/:id", use: finish)
-            .post("versions", use: commit)
+    var endpoints: [Endpoint] {
+        [
+            Endpoint(.get, "/v1/registry", registryIdentity), Endpoint(.post, "/v1/uploads", start), Endpoint(.get, "/v1/uploads/:id", status),
+            Endpoint(.patch, "/v1/uploads/:id", append), Endpoint(.put, "/v1/uploads/:id", finish), Endpoint(.post, "/v1/versions", commit),
+        ]
     }
 
     static let uploadOffset = HTTPField.Name("Upload-Offset")!

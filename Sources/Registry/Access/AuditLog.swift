@@ -68,8 +68,20 @@ extension Registry {
     }
 
     /// Entries at or after `since` (RFC 3339), oldest first.
-    public func auditEntries(since: String? = nil) throws(CofferRegistryError) -> [AuditEntry] {
-        try database.read { db in
+    ///
+    /// - Parameter since: an RFC 3339 time (any offset, fractional seconds optional); anything else is refused.
+    public func auditEntries(since text: String? = nil) throws(CofferRegistryError) -> [AuditEntry] {
+        let since = try text.map { text throws(CofferRegistryError) in
+            let formatter = ISO8601DateFormatter()
+            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            let plain = ISO8601DateFormatter()
+            guard let date = formatter.date(from: text) ?? plain.date(from: text) else {
+                throw .invalidInput("since: '\(text)' is not an RFC 3339 time such as 2026-11-27T12:00:00Z")
+            }
+            // Entries store UTC with milliseconds, so the comparison is between strings of the same shape.
+            return Self.timestamp(date)
+        }
+        return try database.read { db in
             try Row.fetchAll(
                 db,
                 sql: "SELECT seq, at, principal, action, target, outcome, reason FROM audit_log WHERE ? IS NULL OR at >= ? ORDER BY seq",
