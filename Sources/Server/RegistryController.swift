@@ -13,6 +13,7 @@ struct RegistryController {
         [
             Endpoint(.get, "/v1/versions", list), Endpoint(.get, "/v1/version", show), Endpoint(.get, "/v1/verify", verify),
             Endpoint(.get, "/v1/package", package), Endpoint(.get, "/v1/blobs/:digest", blob), Endpoint(.get, "/v1/budgets/:dataset", budget),
+            Endpoint(.put, "/v1/budgets/:dataset", setBudget),
             Endpoint(.get, "/v1/audit", audit), Endpoint(.put, "/v1/alias", setAlias), Endpoint(.delete, "/v1/alias", removeAlias),
             Endpoint(.get, "/v1/sessions", listSessions), Endpoint(.post, "/v1/sessions", openSession),
             Endpoint(.post, "/v1/sessions/:id/predict", predict), Endpoint(.delete, "/v1/sessions/:id", closeSession),
@@ -149,6 +150,25 @@ struct RegistryController {
         _ = try authenticate(request, &context, state: state, role: .reader)
         let dataset = try context.parameters.require("dataset")
         return try json(try run { () throws(CofferRegistryError) in try registry.budget(dataset: dataset) })
+    }
+
+    struct SetBudgetRequest: Decodable {
+        var epsilon: Double
+        var delta: Double
+    }
+
+    /// `PUT /v1/budgets/{dataset} {epsilon, delta}`: as `coffer budget set` (admins only).
+    func setBudget(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        let holder = try authenticate(request, &context, state: state, role: .admin)
+        let dataset = try context.parameters.require("dataset")
+        let body = try await request.decode(as: SetBudgetRequest.self, context: context)
+        return try json(
+            try run { () throws(CofferRegistryError) in
+                try registry.setBudget(dataset: dataset, epsilon: body.epsilon, delta: body.delta, by: holder.principal)
+                return try registry.budget(dataset: dataset)
+            }
+        )
     }
 
     /// `GET /v1/audit?since=T`: admins only.

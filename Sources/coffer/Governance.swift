@@ -17,10 +17,20 @@ extension Coffer {
             @Argument(help: "Dataset id (as pushed with --dataset, or the training data's file name).") var dataset: String
             @Option(name: .long, help: "Total epsilon.") var epsilon: Double
             @Option(name: .long, help: "Delta the budget is counted at.") var delta: Double
+            @OptionGroup var remote: RemoteOptions
 
             func run() throws {
-                let store = try registry.open()
-                try store.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, by: try acting.principal(in: store))
+                if let client = try remote.client() {
+                    _ = try client.expect(
+                        "PUT",
+                        "v1/budgets/\(dataset)",
+                        headers: ["Content-Type": "application/json"],
+                        body: try JSONEncoder().encode(["epsilon": epsilon, "delta": delta])
+                    )
+                } else {
+                    let store = try registry.open()
+                    try store.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, by: try acting.principal(in: store))
+                }
                 print("budget of \(dataset): epsilon \(epsilon) at delta \(delta)")
             }
         }

@@ -2,12 +2,13 @@
 schema (valid and invalid), every response checked for a documented status, content type, headers and body
 schema, no 5xx, invalid input refused, undeclared methods answered 405, and auth required where declared."""
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
 
 from test_interop import COFFER, ENV, coffer
-from test_server import free_port, serve
+from test_server import OPENAPI, free_port, serve
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCHEMATHESIS = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "st"
@@ -36,5 +37,7 @@ def test_the_server_conforms_to_its_openapi_document(tmp_path):
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
-    assert "Selected: 21/21" in result.stdout, "every operation of docs/openapi.yaml was exercised"
+    operations = sum(1 for item in OPENAPI["paths"].values() for method in item if method in ("get", "put", "post", "delete", "patch"))
+    selected = re.search(r"Selected: (\d+)/(\d+)", result.stdout)
+    assert selected and selected.groups() == (str(operations), str(operations)), "every operation of docs/openapi.yaml was exercised"
     assert server.returncode == 0

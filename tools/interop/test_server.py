@@ -132,7 +132,10 @@ def test_serve_end_to_end(tmp_path):
         admin_token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
         remote_audit = json.loads(coffer("audit", "--registry", base, "--token", admin_token, "--json").stdout)
         assert any(e["action"] == "push" for e in remote_audit)
-        coffer("budget", "set", "census", "--epsilon", "4", "--delta", "1e-5", *admin)
+        coffer("budget", "set", "census", "--epsilon", "4", "--delta", "1e-5", "--registry", base, "--token", admin_token)
+        refused_budget = coffer("budget", "set", "census", "--epsilon", "9", "--delta", "1e-5", "--registry", base, "--token", read, check=False)
+        assert refused_budget.returncode == 1 and b"answered 403" in refused_budget.stderr
+        SEEN.extend([("put", "/v1/budgets/{dataset}", 200), ("put", "/v1/budgets/{dataset}", 403)])
         budget = json.loads(coffer("budget", "show", "census", "--registry", base, "--token", read, "--json").stdout)
         assert budget["epsilon"] == 4 and budget["spent"] == 0
         missing = coffer("budget", "show", "nothing", "--registry", base, "--token", read, check=False)

@@ -96,6 +96,9 @@ extension Registry {
     /// order over every segment, then converted once. Budgets use this bound: it composes exactly across any number
     /// of versions and costs microseconds.
     static func composedEpsilon(_ segments: [PrivacySegment], delta: Double) -> Double {
+        // Nothing released spends nothing; the RDP conversion of an empty composition is small but not 0 (at
+        // delta 1e-300 it says 0.7).
+        guard segments.contains(where: { $0.steps > 0 }) else { return 0 }
         var rdp = RDPAccountant()
         for segment in segments where segment.steps > 0 { rdp.compose(segment) }
         return rdp.epsilon(delta: delta).epsilon
