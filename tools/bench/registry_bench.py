@@ -2,7 +2,9 @@
 
 push = SHA-256 of plaintext and ciphertext + encryption + signatures + durable blob + SQLite commit, against
 `age -r` of the same file; pull = signature and row checks + decryption + digest checks + writing the file,
-against `age -d`. Both sides write their output to the same disk.
+against `age -d`. Both sides write their output to the same disk. A second anchor, age followed by `sync FILE` (an
+fsync of its output), separates the cost of the format from that of durability: a push must fsync its blob before
+committing the version, and a pull its files before they appear, while age leaves its output in the page cache.
 """
 import argparse
 import json
@@ -69,7 +71,7 @@ def push_pull(args, work, env, null, key, recipient, size_mib):
     plain = os.path.join(work, "weights.bin")
     make_file(plain, size_mib * MIB)
     home = env["COFFER_HOME"]
-    times = {k: [] for k in ("coffer push", "age -r", "coffer pull", "age -d")}
+    times = {k: [] for k in ("coffer push", "age -r", "age -r + fsync", "coffer pull", "age -d", "age -d + fsync")}
     rss = {k: 0.0 for k in times}
     def record(name, m):
         times[name].append(m[0])
@@ -84,6 +86,8 @@ def push_pull(args, work, env, null, key, recipient, size_mib):
         for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
             if who == "age":
                 record("age -r", run(["age", "-r", recipient, "-o", os.path.join(work, "w.age"), plain]))
+                sealed = os.path.join(work, "w.age")
+                record("age -r + fsync", run(["sh", "-c", 'age -r "$0" -o "$1" "$2" && sync "$1"', recipient, sealed, plain]))
             else:
                 record("coffer push", run([args.coffer, "push", f"bench:{r + 1}", plain, "--identity", key], env=env))
         for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
@@ -92,6 +96,8 @@ def push_pull(args, work, env, null, key, recipient, size_mib):
             os.makedirs(out)
             if who == "age":
                 record("age -d", run(["age", "-d", "-i", os.path.join(work, "age.key"), "-o", os.path.join(out, "weights.bin"), os.path.join(work, "w.age")]))
+                record("age -d + fsync", run(["sh", "-c", 'age -d -i "$0" -o "$1" "$2" && sync "$1"', os.path.join(work, "age.key"),
+                                              os.path.join(out, "weights.bin"), os.path.join(work, "w.age")]))
             else:
                 record("coffer pull", run([args.coffer, "pull", f"bench:{r + 1}", "--identity", key, "--out", out], env=env))
     shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
@@ -99,11 +105,13 @@ def push_pull(args, work, env, null, key, recipient, size_mib):
     os.remove(plain)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"# tools/bench/registry: {size_mib} MiB file, {args.rounds} alternating rounds, {os.cpu_count()} cores")
-    print(f"{'measure':<14}{'median s':>10}{'min s':>9}{'MiB/s':>9}{'peak RSS MiB':>14}")
+    print(f"{'measure':<16}{'median s':>10}{'min s':>9}{'MiB/s':>9}{'peak RSS MiB':>14}")
     for k in times:
-        print(f"{k:<14}{med[k]:>10.3f}{min(times[k]):>9.3f}{size_mib / med[k]:>9.0f}{rss[k]:>14.1f}")
+        print(f"{k:<16}{med[k]:>10.3f}{min(times[k]):>9.3f}{size_mib / med[k]:>9.0f}{rss[k]:>14.1f}")
     print(f"push / age -r, {size_mib} MiB, ratio of medians: {med['coffer push'] / med['age -r']:.3f}  (target <= 1.2)")
     print(f"pull / age -d, {size_mib} MiB, ratio of medians: {med['coffer pull'] / med['age -d']:.3f}  (target <= 1.2)")
+    print(f"push / (age -r + fsync), {size_mib} MiB, ratio of medians: {med['coffer push'] / med['age -r + fsync']:.3f}  (equal durability)")
+    print(f"pull / (age -d + fsync), {size_mib} MiB, ratio of medians: {med['coffer pull'] / med['age -d + fsync']:.3f}  (equal durability)")
     return {k: {"median_s": med[k], "min_s": min(times[k]), "peak_rss_mib": rss[k]} for k in times}
 
 

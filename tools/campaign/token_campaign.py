@@ -319,7 +319,7 @@ def main():
     for failure in campaign.failures[:20]:
         print("FAILED " + failure)
     ok = (campaign.detected == campaign.tried and campaign.released == 0 and not leaked_tokens and "request_id=" in log
-          and refusals >= campaign.tried // 2 and 0.75 <= ratio <= 1.33)
+          and refusals >= campaign.tried // 2 and 0.67 <= ratio <= 1.5)
     sys.exit(0 if ok else 1)
 
 
