@@ -13,7 +13,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+
+from serving import start_server
 
 
 class Load:
@@ -71,20 +72,8 @@ class Load:
         return out
 
     def serve(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = open(f"{self.work}/serve.log", "w+b")
-        self.server = subprocess.Popen([self.coffer, "serve", "--home", self.home, "--listen", f"127.0.0.1:{port}", "--predict-rate", "10000",
-                                        "--predict-burst", "10000"], env=self.env, stdout=self.log, stderr=self.log)
-        for _ in range(200):
-            try:
-                with urllib.request.urlopen(f"{self.base}/healthz", timeout=5):
-                    return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.05)
-        raise RuntimeError("coffer serve did not start")
+        self.server, self.base, self.log = start_server(self.coffer, self.home, self.env, f"{self.work}/serve.log", "--predict-rate", "10000",
+                                                        "--predict-burst", "10000")
 
     def peak_rss_mib(self):
         for line in open(f"/proc/{self.server.pid}/status"):

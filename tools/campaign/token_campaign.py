@@ -18,7 +18,6 @@ import os
 import random
 import re
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -27,6 +26,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+
+from serving import start_server
 
 
 class Campaign:
@@ -74,21 +75,8 @@ class Campaign:
     # --- HTTP -----------------------------------------------------------------------------------------------------
 
     def serve(self):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
-        # The log goes to a file: a pipe nobody reads until the end would fill and block the server's logger.
-        self.log = open(f"{self.work}/serve.log", "w+b")
-        self.server = subprocess.Popen([self.coffer, "serve", "--home", self.home, "--listen", f"127.0.0.1:{port}", "--predict-rate", "1000",
-                                        "--predict-burst", "1000"], env=self.env, stdout=self.log, stderr=self.log)
-        for _ in range(200):
-            try:
-                if self.http("GET", "/healthz", authorization=None)[0] == 200:
-                    return
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.05)
-        raise RuntimeError("coffer serve did not start")
+        self.server, self.base, self.log = start_server(self.coffer, self.home, self.env, f"{self.work}/serve.log", "--predict-rate", "1000",
+                                                        "--predict-burst", "1000")
 
     def http(self, method, path, token=None, body=None, authorization="bearer"):
         request = urllib.request.Request(self.base + path, method=method, data=None if body is None else json.dumps(body).encode())
