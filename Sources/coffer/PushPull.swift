@@ -186,8 +186,7 @@ extension Coffer {
                     VersionPackage.self,
                     from: try client.get("v1/package", query: [URLQueryItem(name: "ref", value: target.description)])
                 )
-                let scratch = "\(NSTemporaryDirectory())/coffer-verify-\(UUID().uuidString)"
-                report = try RemotePull.verify(package, fetcher: client, trusting: trusted, registryKeys: registryKeys, scratch: scratch)
+                report = try RemotePull.verify(package, fetcher: client, trusting: trusted, registryKeys: registryKeys)
             } else {
                 let store = try registry.open()
                 if readData, let identity {

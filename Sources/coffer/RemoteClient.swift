@@ -76,34 +76,114 @@ final class RemoteClient: BlobFetcher, Sendable {
         return try Self.check(data, status: status, base: base)
     }
 
-    func fetchBlob(_ digest: String, to path: String) throws(CofferRegistryError) {
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var failure: CofferRegistryError? = nil
-        URLSession.shared.downloadTask(with: request("v1/blobs/\(digest)")) { location, response, error in
-            defer { done.signal() }
-            do {
-                let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-                if let error { throw CLIError("cannot reach \(self.base): \(error.localizedDescription)") }
-                guard let location, (200..<300).contains(status) else {
-                    let body = location.flatMap { try? Data(contentsOf: $0) } ?? Data()
-                    _ = try Self.check(body, status: status, base: self.base)
-                    return
-                }
-                try FileManager.default.moveItem(at: location, to: URL(fileURLWithPath: path))
-            } catch {
-                failure = .io(path: "\(self.base)v1/blobs/\(digest)", reason: "\(error)")
-            }
+    func blob(_ digest: String, size: Int) throws(CofferRegistryError) -> any ByteSource {
+        RangedDownload(client: self, path: "v1/blobs/\(digest)", size: size)
+    }
+
+    /// Starts `GET path` for bytes `range`; `wait()` returns exactly those bytes or throws.
+    fileprivate func fetch(_ path: String, range: Range<Int>) -> PendingRange {
+        var request = request(path)
+        request.setValue("bytes=\(range.lowerBound)-\(range.upperBound - 1)", forHTTPHeaderField: "Range")
+        let pending = PendingRange(label: base.appendingPathComponent(path).absoluteString, range: range)
+        URLSession.shared.dataTask(with: request) { data, response, error in
+            pending.complete(data: data, status: (response as? HTTPURLResponse)?.statusCode ?? 0, error: error)
         }.resume()
-        done.wait()
-        if let failure { throw failure }
+        return pending
     }
 
     static func check(_ data: Data, status: Int, base: URL) throws -> Data {
-        guard (200..<300).contains(status) else {
-            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-            let message = (object?["error"] as? [String: Any])?["message"] as? String ?? String(decoding: data.prefix(200), as: UTF8.self)
-            throw CLIError("\(base) answered \(status): \(message)")
-        }
+        guard (200..<300).contains(status) else { throw CLIError("\(base) answered \(status): \(serverMessage(data))") }
         return data
+    }
+
+    /// The one-line message of a server's JSON error body, or the start of whatever else it sent.
+    static func serverMessage(_ body: Data) -> String {
+        let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any]
+        return (object?["error"] as? [String: Any])?["message"] as? String ?? String(decoding: body.prefix(200), as: UTF8.self)
+    }
+}
+
+/// One ranged GET in flight.
+private final class PendingRange: @unchecked Sendable {
+    let label: String
+    let range: Range<Int>
+    private let done = DispatchSemaphore(value: 0)
+    private var result: Result<Data, CofferCryptoError> = .success(Data())
+
+    init(label: String, range: Range<Int>) {
+        self.label = label
+        self.range = range
+    }
+
+    func complete(data: Data?, status: Int, error: (any Error)?) {
+        defer { done.signal() }
+        let body = data ?? Data()
+        if let error {
+            result = .failure(.io(path: label, reason: error.localizedDescription))
+        } else if (200..<300).contains(status), status != 206 {
+            result = .failure(.io(path: label, reason: "answered \(status) instead of 206 to a Range request"))
+        } else if status != 206 {
+            result = .failure(.io(path: label, reason: "answered \(status): \(RemoteClient.serverMessage(body))"))
+        } else if body.count != range.count {
+            result = .failure(.io(path: label, reason: "the server sent \(body.count) bytes for bytes \(range.lowerBound)-\(range.upperBound - 1)"))
+        } else {
+            result = .success(body)
+        }
+    }
+
+    func wait() throws(CofferCryptoError) -> Data {
+        done.wait()
+        return try result.get()
+    }
+}
+
+/// A blob read through consecutive `Range` requests of `window` bytes, the next one in flight while the current one
+/// is consumed: the ciphertext streams into the decryptor with no scratch file and at most two windows in memory.
+/// The size is the one the publisher signed, so the client never asks for, or accepts, a byte more.
+final class RangedDownload: ByteSource {
+    static let window = 8 << 20
+    private let client: RemoteClient
+    private let path: String
+    private let size: Int
+    private var requested = 0
+    private var consumed = 0
+    private var current = Data()
+    private var position = 0
+    private var pending: PendingRange?
+
+    init(client: RemoteClient, path: String, size: Int) {
+        self.client = client
+        self.path = path
+        self.size = size
+        pending = nextRange()
+    }
+
+    private func nextRange() -> PendingRange? {
+        guard requested < size else { return nil }
+        let range = requested..<min(size, requested + Self.window)
+        requested = range.upperBound
+        return client.fetch(path, range: range)
+    }
+
+    var remainingHint: Int? { size - consumed }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int {
+        var filled = 0
+        while filled < buffer.count {
+            if position == current.count {
+                guard let waiting = pending else { break }
+                current = try waiting.wait()
+                position = 0
+                pending = nextRange()
+            }
+            let n = min(buffer.count - filled, current.count - position)
+            current.withUnsafeBytes { bytes in
+                (buffer.baseAddress! + filled).copyMemory(from: bytes.baseAddress! + position, byteCount: n)
+            }
+            position += n
+            filled += n
+        }
+        consumed += filled
+        return filled
     }
 }

@@ -9,13 +9,19 @@ public enum Digest {
 
     /// SHA-256 of a file's contents, streamed in 1 MiB blocks.
     public static func sha256(file path: String) throws(CofferCryptoError) -> [UInt8] {
-        let stream = try FileDescriptorStream(readingFrom: path)
+        try sha256(of: try FileDescriptorStream(readingFrom: path)).digest
+    }
+
+    /// SHA-256 and length of everything `source` yields, read in 1 MiB blocks.
+    public static func sha256(of source: any ByteSource) throws(CofferCryptoError) -> (digest: [UInt8], length: Int) {
         var hasher = StreamingSHA256()
         var block = [UInt8](repeating: 0, count: 1 << 20)
+        var length = 0
         while true {
-            let n = try block.withMutableBytes { buffer throws(CofferCryptoError) in try stream.read(into: buffer) }
+            let n = try block.withMutableBytes { buffer throws(CofferCryptoError) in try source.read(into: buffer) }
             block.withUnsafeBytes { hasher.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
-            if n < block.count { return hasher.finalize() }
+            length += n
+            if n < block.count { return (hasher.finalize(), length) }
         }
     }
 

@@ -196,7 +196,7 @@ extension Registry {
         let thread = Thread { [self] in
             do throws(CofferRegistryError) {
                 let writer = FileDescriptorStream(ownedDescriptor: writerFD, path: "rekey pipe")  // closed (EOF) when released
-                try self.open(file, of: stored, dataKey: old.key, into: writer)
+                try self.open(file, of: stored, dataKey: old.key, into: writer, checkingBlobDigest: true)
             } catch {
                 outcome.error = error
             }

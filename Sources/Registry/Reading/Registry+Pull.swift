@@ -23,7 +23,7 @@ extension Registry {
     ///
     /// The signature is checked against the trusted signers and every database row against the signed
     /// statement before any key is unwrapped; each file is decrypted into a staging folder inside
-    /// `directory`, its blob and plaintext digests checked in the same pass, and only when every file
+    /// `directory`, each chunk authenticated and its plaintext digest checked in the same pass, and only when every file
     /// passed are they renamed into place. Any failure leaves no file of the version in `directory`.
     public func pull(
         _ reference: ModelReference,
@@ -67,7 +67,7 @@ extension Registry {
 
         let done = try Self.place(statement.files, into: directory, modelSignature: stored.modelSignature) {
             (file: ModelStatement.File, output: AtomicOutputFile, before: Int) throws(CofferRegistryError) in
-            try open(file, of: stored, dataKey: dataKey, into: output, progress: progress.map { report in { report(before + $0) } })
+            try open(file, of: stored, dataKey: dataKey, into: output, checkingBlobDigest: false, progress: progress.map { report in { report(before + $0) } })
         }
         return PullResult(
             model: stored.model,

@@ -25,9 +25,10 @@ public struct VersionPackage: Sendable, Equatable, Codable {
     }
 }
 
-/// Fetches a blob (ciphertext) by its SHA-256 into a local file: the HTTP client's side of `GET /v1/blobs/{digest}`.
+/// The HTTP client's side of `GET /v1/blobs/{digest}`: a blob's ciphertext as a stream of `size` bytes (the size
+/// the publisher signed; a server that sends more or fewer is an error of the stream).
 public protocol BlobFetcher {
-    func fetchBlob(_ digest: String, to path: String) throws(CofferRegistryError)
+    func blob(_ digest: String, size: Int) throws(CofferRegistryError) -> any ByteSource
 }
 
 extension Registry {
@@ -70,8 +71,9 @@ extension Registry {
 
 /// Pulling from a registry served over HTTP: the server is not trusted for integrity. The client verifies the
 /// publisher's signature against its own trusted signers (and a rekey record against the registry key it was
-/// given), unwraps its own key, downloads each blob's ciphertext, and decrypts it with every digest checked
-/// before anything is placed in `directory` (all or nothing, as a local pull).
+/// given), unwraps its own key, and decrypts each blob's ciphertext as it arrives (every chunk authenticated, the
+/// plaintext digest checked) into the staging folder of a local pull: nothing is placed in `directory` unless
+/// every file passed, and no ciphertext is written anywhere.
 public enum RemotePull {
     /// The publisher's signature checked against `trusted`, a rekey record against `registryKeys`: the files as
     /// they are stored now, with the signer and the model-signing bundle.
@@ -124,16 +126,10 @@ public enum RemotePull {
         do { dataKey = KeyBox(try WrappedKey(encoded: Array(stanza)).unwrap(with: identity)) } catch {
             throw .notARecipient(label)
         }
-        // Ciphertext lands in a scratch folder beside the output; plaintext only in the output's staging folder.
-        let scratch = "\(directory)/.coffer-download-\(UUID().uuidString)"
-        try BlobStore.makeDirectory(scratch)
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
         let done = try Registry.place(files, into: directory, modelSignature: bundle) {
             (file: ModelStatement.File, output: AtomicOutputFile, _: Int) throws(CofferRegistryError) in
-            let path = "\(scratch)/\(file.sealedSHA256)"
-            try fetcher.fetchBlob(file.sealedSHA256, to: path)
-            try Registry.openBlob(at: path, file, dataKey: dataKey.key, into: output)
-            unlink(path)
+            let source = try fetcher.blob(file.sealedSHA256, size: file.sealedSize)
+            try Registry.openBlob(from: source, file, dataKey: dataKey.key, into: output, checkingBlobDigest: false)
         }
         return PullResult(
             model: package.model,
@@ -146,25 +142,22 @@ public enum RemotePull {
     }
 
     /// Verifies a version served remotely without trusting the server: the publisher's signature against
-    /// `trusted`, a rekey record against `registryKeys`, and each blob downloaded and checked against its signed
+    /// `trusted`, a rekey record against `registryKeys`, and each blob streamed and checked against its signed
     /// SHA-256 and size.
     public static func verify(
         _ package: VersionPackage,
         fetcher: any BlobFetcher,
         trusting trusted: [PublicIdentity],
-        registryKeys: [PublicIdentity],
-        scratch: String
+        registryKeys: [PublicIdentity]
     ) throws(CofferRegistryError) -> VerifyReport {
         let (files, signer, _) = try verifiedFiles(package, trusting: trusted, registryKeys: registryKeys)
-        try BlobStore.makeDirectory(scratch)
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
         for file in files {
-            let path = "\(scratch)/\(file.sealedSHA256)"
-            try fetcher.fetchBlob(file.sealedSHA256, to: path)
-            let digest: [UInt8]
-            do { digest = try Digest.sha256(file: path) } catch { throw .crypto(error) }
-            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue
-            unlink(path)
+            let source = try fetcher.blob(file.sealedSHA256, size: file.sealedSize)
+            let (digest, size): ([UInt8], Int)
+            do { (digest, size) = try Digest.sha256(of: source) } catch {
+                if case .io(let path, let reason) = error { throw .io(path: path, reason: reason) }
+                throw .crypto(error)
+            }
             guard Digest.hex(digest) == file.sealedSHA256, size == file.sealedSize else {
                 throw .tampered("blob of \(file.path) does not match its signed SHA-256")
             }
