@@ -37,4 +37,12 @@ struct SchemaTests {
             }
         }
     }
+
+    /// A commit is on disk when the call returns: the writer syncs the log on every commit, not at checkpoints.
+    @Test func commitsAreSyncedToDisk() throws {
+        let f = try RegistryFixture()
+        let database = try RegistryDatabase(path: "\(f.home)/registry.sqlite")
+        #expect(try database.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") } == 2)
+        #expect(try database.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
+    }
 }

@@ -16,7 +16,12 @@ struct RegistryDatabase: Sendable {
         configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA secure_delete = ON") }
         do {
             if let path {
-                writer = try DatabasePool(path: path, configuration: configuration)
+                let pool = try DatabasePool(path: path, configuration: configuration)
+                // GRDB sets synchronous = NORMAL in WAL mode, where a commit reaches the disk only at the next
+                // checkpoint: a push that printed "pushed" could vanish in a power cut. FULL syncs the log on
+                // every commit (on the one writer connection; readers never write).
+                try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
+                writer = pool
             } else {
                 writer = try DatabaseQueue(configuration: configuration)
             }
