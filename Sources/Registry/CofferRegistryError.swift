@@ -24,6 +24,7 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case principalExists(String)
     case unknownPrincipal(String)
     case sessionRefused(String)
+    case unknownSession(String)
     case unauthenticated(String)
     case invalidInput(String)
     case noBudget(String)
@@ -59,6 +60,7 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
         case .principalExists(let name): "principal \(name) already exists (or its key is already registered)"
         case .unknownPrincipal(let name): "unknown principal \(name)"
         case .sessionRefused(let why): "session refused: \(why)"
+        case .unknownSession(let id): "unknown session \(id)"
         case .unauthenticated(let why): "unauthenticated: \(why)"
         case .invalidInput(let why): "\(why)"
         case .noBudget(let dataset): "dataset \(dataset) has no budget (coffer budget set)"

@@ -111,7 +111,7 @@ func httpError(_ error: CofferRegistryError) -> HTTPError {
         switch error {
         case .unauthenticated: .unauthorized
         case .refused, .sessionRefused: .forbidden
-        case .unknownModel, .unknownVersion, .unknownAlias, .unknownPrincipal, .noBudget: .notFound
+        case .unknownModel, .unknownVersion, .unknownAlias, .unknownPrincipal, .unknownSession, .noBudget: .notFound
         case .erased: .gone
         case .versionExists, .principalExists: .conflict
         case .budgetExceeded, .policyViolation: .forbidden

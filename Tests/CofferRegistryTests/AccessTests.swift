@@ -87,6 +87,15 @@ struct AccessTests {
         let revoked = try f.registry.openSession(prod, identity: bob, ttl: 600, now: t0)
         try f.registry.revokeSession(id: revoked.info.id, identity: bob)
         #expect(refusal { _ = try InferenceSession(registry: f.registry, token: revoked.token, now: t0) }.contains("was revoked"))
+        // Revoking: someone else's session is unknown to a non-admin, as is one that does not exist; an admin may revoke any.
+        let carol = try Identity.generate(name: "carol")
+        try f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [], by: try f.registry.principal(for: alice))
+        let bobs = try f.registry.openSession(prod, identity: bob, ttl: 600, now: t0)
+        #expect(throws: CofferRegistryError.unknownSession(bobs.info.id)) { try f.registry.revokeSession(id: bobs.info.id, identity: carol) }
+        #expect(throws: CofferRegistryError.unknownSession("0123456789abcdef")) { try f.registry.revokeSession(id: "0123456789abcdef", identity: bob) }
+        _ = try InferenceSession(registry: f.registry, token: bobs.token, now: t0)
+        try f.registry.revokeSession(id: bobs.info.id, identity: alice)
+        #expect(refusal { _ = try InferenceSession(registry: f.registry, token: bobs.token, now: t0) }.contains("was revoked"))
         let stranger = SessionToken(secret: SecretKey.random())
         #expect(refusal { _ = try InferenceSession(registry: f.registry, token: stranger, now: t0) }.contains("unknown session token"))
         #expect(
@@ -103,7 +112,8 @@ struct AccessTests {
         )
 
         let refusals = try f.registry.auditEntries().filter { $0.action == "infer" && $0.outcome == .refused }
-        #expect(refusals.count == 6)
+        #expect(refusals.count == 7)
+        #expect(try f.registry.auditEntries().filter { $0.action == "session.revoke" && $0.outcome == .refused }.count == 2)
         // Expired and revoked sessions lost their key copy: the token alone can no longer open anything.
         let keys = try DatabaseQueue(path: "\(f.home)/registry.sqlite").read { db in
             try Int.fetchOne(db, sql: "SELECT count(*) FROM sessions WHERE wrapped_key IS NOT NULL")

@@ -246,6 +246,7 @@ struct ServerTests {
                 (try JSONSerialization.jsonObject(with: data(response)) as? [String: Any])?["id"] as? String ?? ""
             }
             try await client.execute(uri: "/v1/sessions/\(second)", method: .delete, headers: infer) { #expect($0.status == .noContent) }
+            try await client.execute(uri: "/v1/sessions/0123456789abcdef", method: .delete, headers: infer) { #expect($0.status == .notFound) }
             try await client.execute(uri: "/v1/sessions/\(second)/predict", method: .post, headers: infer, body: rows) { response in
                 #expect(response.status == .forbidden && text(response).contains("was revoked"))
             }

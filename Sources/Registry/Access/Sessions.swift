@@ -238,8 +238,14 @@ extension Registry {
 
     public func revokeSession(id: String, principal actor: Principal) throws(CofferRegistryError) {
         let owner = try database.read { db in try String.fetchOne(db, sql: "SELECT principal FROM sessions WHERE id = ?", arguments: [id]) }
-        guard let owner else { throw .sessionRefused("unknown session \(id)") }
-        if owner != actor.name { try require(.admin, on: nil, by: actor, action: "session.revoke", target: id) }
+        // Someone else's session is unknown to anyone but an admin: the answer does not tell which ids exist.
+        guard let owner else {
+            try audit(principal: actor.name, action: "session.revoke", target: id, outcome: .refused, reason: "unknown session")
+            throw .unknownSession(id)
+        }
+        if owner != actor.name {
+            do { try require(.admin, on: nil, by: actor, action: "session.revoke", target: id) } catch { throw .unknownSession(id) }
+        }
         try database.write { db in
             try db.execute(
                 sql: "UPDATE sessions SET revoked_at = coalesce(revoked_at, ?), wrapped_key = NULL WHERE id = ?",
