@@ -5,6 +5,7 @@
 #define _GNU_SOURCE 1
 #endif
 #include <fcntl.h>
+#include <malloc.h>
 
 /// Starts writeback of [offset, offset + count) without waiting (sync_file_range, SYNC_FILE_RANGE_WRITE).
 static inline int coffer_start_writeback(int fd, long long offset, long long count) {
@@ -14,5 +15,10 @@ static inline int coffer_start_writeback(int fd, long long offset, long long cou
 /// Waits until [offset, offset + count) is written back (started earlier), so dirty pages stay bounded.
 static inline int coffer_wait_writeback(int fd, long long offset, long long count) {
     return sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+}
+
+/// Fixes glibc's mmap threshold: allocations of `bytes` or more are mapped and unmapped, never kept in an arena.
+static inline int coffer_set_mmap_threshold(int bytes) {
+    return mallopt(M_MMAP_THRESHOLD, bytes);
 }
 #endif

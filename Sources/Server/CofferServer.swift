@@ -1,5 +1,6 @@
 public import CofferCrypto
 public import CofferRegistry
+import CLinux
 import CofferTraining
 import Foundation
 public import Hummingbird
@@ -7,6 +8,7 @@ import HummingbirdCore
 import HummingbirdTLS
 public import Logging
 import NIOSSL
+
 
 /// Where and how `coffer serve` listens.
 public struct ServerConfiguration: Sendable {
@@ -160,5 +162,9 @@ public func runServer(
     configuration: ServerConfiguration,
     logger: Logger = Logger(label: "coffer.server")
 ) async throws {
+    // Blob downloads allocate their 256 KiB pieces on one thread and free them on another. Under glibc's dynamic
+    // mmap threshold those pieces come from the arenas, which 16 concurrent downloads fragmented to 200-450 MiB
+    // that malloc_trim could not give back; with a fixed threshold each piece is mapped, and unmapped once sent.
+    _ = coffer_set_mmap_threshold(Int32(RegistryController.blobPiece))
     try await buildApplication(registry: registry, registryIdentity: registryIdentity, configuration: configuration, logger: logger).runService()
 }

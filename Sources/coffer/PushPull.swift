@@ -78,7 +78,7 @@ extension Coffer {
                 }
                 let pinned = try PublicIdentity(contentsOf: registryKey)
                 let publisher = try passphraseOptions.unlockIdentity(at: identity)
-                let (model, version, digest) = try RemotePusher(client: RemoteClient(base: url, token: token), url: url)
+                let (model, version, digest) = try RemotePusher(client: RemoteClient(base: url, token: token, caCertificate: remote.caCertificate), url: url)
                     .push(request, publisher: publisher, registryKey: pinned)
                 return print("pushed \(model):\(version) sha256:\(digest) to \(url)")
             }
@@ -139,7 +139,7 @@ extension Coffer {
             let trusted = try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let registryKeys = try registryKey.map { path throws(CofferCryptoError) in [try PublicIdentity(contentsOf: path)] } ?? []
             let reader = try passphraseOptions.unlockIdentity(at: identity)
-            let client = RemoteClient(base: url, token: token)
+            let client = try RemoteClient(base: url, token: token, caCertificate: remote.caCertificate)
             let data = try client.get(
                 "v1/package",
                 query: [URLQueryItem(name: "ref", value: target.description), URLQueryItem(name: "key_id", value: reader.publicIdentity.keyID)]

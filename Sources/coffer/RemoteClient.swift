@@ -2,48 +2,63 @@ import ArgumentParser
 import CofferCrypto
 import CofferRegistry
 import Foundation
-
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
+import NIOCore
+import NIOHTTP1
 
 /// `--registry URL --token cft_...` (or `COFFER_REGISTRY`, `COFFER_TOKEN`): a registry served by `coffer serve`.
 struct RemoteOptions: ParsableArguments {
     @Option(name: .long, help: "A registry served by coffer serve (default: $COFFER_REGISTRY); otherwise --home is used.")
     var registry: String?
     @Option(name: .long, help: "Bearer token for --registry (default: $COFFER_TOKEN).") var token: String?
+    @Option(name: .long, help: "PEM certificates to trust for an https --registry instead of the system's (default: $COFFER_CA_CERT).")
+    var caCert: String?
 
     var url: URL? {
         (registry ?? ProcessInfo.processInfo.environment["COFFER_REGISTRY"]).flatMap { $0.isEmpty ? nil : URL(string: $0) }
     }
     var bearer: String? { token ?? ProcessInfo.processInfo.environment["COFFER_TOKEN"] }
+    var caCertificate: String? { caCert ?? ProcessInfo.processInfo.environment["COFFER_CA_CERT"] }
 
     /// A client when `--registry` (or `COFFER_REGISTRY`) names a server; `nil` for the local registry.
     func client() throws -> RemoteClient? {
         guard let url else { return nil }
         guard let bearer else { throw CLIError("--registry needs a bearer token: --token or COFFER_TOKEN") }
-        return RemoteClient(base: url, token: bearer)
+        return try RemoteClient(base: url, token: bearer, caCertificate: caCertificate)
     }
 }
 
-/// A small synchronous HTTP client over URLSession for the remote commands. The server's error message (one line)
-/// becomes the command's.
-final class RemoteClient: BlobFetcher, Sendable {
+/// A small synchronous HTTP client for the remote commands, over one kept-alive connection. The server's error
+/// message (one line) becomes the command's.
+final class RemoteClient: BlobFetcher {
     let base: URL
     let token: String
+    private let connection: HTTPConnection
 
-    init(base: URL, token: String) {
+    init(base: URL, token: String, caCertificate: String?) throws {
         self.base = base
         self.token = token
+        connection = try HTTPConnection(base: base, caCertificate: caCertificate)
     }
 
-    private func request(_ path: String, query: [URLQueryItem] = []) -> URLRequest {
+    /// The request target (path and query, percent-encoded) of `path` under the base URL.
+    private func target(_ path: String, query: [URLQueryItem] = []) -> String {
         var components = URLComponents(url: base.appendingPathComponent(path), resolvingAgainstBaseURL: false)!
         if !query.isEmpty { components.queryItems = query }
-        var request = URLRequest(url: components.url!)
-        request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
-        request.timeoutInterval = 300
-        return request
+        return components.percentEncodedPath + (components.percentEncodedQuery.map { "?\($0)" } ?? "")
+    }
+
+    private func open(_ method: String, _ path: String, query: [URLQueryItem] = [], headers: [String: String] = [:], body: Data? = nil)
+        throws -> HTTPConnection.Response
+    {
+        var fields = [("Authorization", "Bearer \(token)")]
+        fields += headers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+        do {
+            return try connection.send(HTTPMethod(rawValue: method), target(path, query: query), headers: fields, body: body)
+        } catch let error as CLIError {
+            throw error
+        } catch {
+            throw CLIError("cannot reach \(base): \(Self.reason(error))")
+        }
     }
 
     /// GET `path` and return the body; a non-2xx answer throws the server's message.
@@ -55,19 +70,8 @@ final class RemoteClient: BlobFetcher, Sendable {
     /// Sends a request and returns the status and body, whatever the status.
     func send(_ method: String, _ path: String, query: [URLQueryItem] = [], headers: [String: String] = [:], body: Data? = nil) throws -> (Int, Data)
     {
-        var request = request(path, query: query)
-        request.httpMethod = method
-        for (key, value) in headers { request.setValue(value, forHTTPHeaderField: key) }
-        request.httpBody = body
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var result: (Data?, URLResponse?, (any Error)?) = (nil, nil, nil)
-        URLSession.shared.dataTask(with: request) { data, response, error in
-            result = (data, response, error)
-            done.signal()
-        }.resume()
-        done.wait()
-        if let error = result.2 { throw CLIError("cannot reach \(base): \(error.localizedDescription)") }
-        return ((result.1 as? HTTPURLResponse)?.statusCode ?? 0, result.0 ?? Data())
+        let response = try open(method, path, query: query, headers: headers, body: body)
+        do { return (response.status, try response.readAll()) } catch { throw CLIError("\(base) broke off its answer: \(Self.reason(error))") }
     }
 
     /// Sends and requires a 2xx answer.
@@ -76,19 +80,25 @@ final class RemoteClient: BlobFetcher, Sendable {
         return try Self.check(data, status: status, base: base)
     }
 
+    /// The blob's ciphertext as it arrives, read from the socket only as fast as the decryptor takes it.
     func blob(_ digest: String, size: Int) throws(CofferRegistryError) -> any ByteSource {
-        RangedDownload(client: self, path: "v1/blobs/\(digest)", size: size)
+        let label = base.appendingPathComponent("v1/blobs/\(digest)").absoluteString
+        do {
+            let response = try open("GET", "v1/blobs/\(digest)")
+            guard response.status == 200 else {
+                throw CLIError("answered \(response.status): \(Self.serverMessage((try? response.readAll()) ?? Data()))")
+            }
+            let offered = response.headers.first(name: "Content-Length").flatMap(Int.init)
+            guard offered == size else { throw CLIError("the server offers \(offered.map(String.init) ?? "an unknown number of") bytes; the publisher signed \(size)") }
+            return StreamedBody(response: response, size: size, label: label)
+        } catch {
+            throw .io(path: label, reason: Self.reason(error))
+        }
     }
 
-    /// Starts `GET path` for bytes `range`; `wait()` returns exactly those bytes or throws.
-    fileprivate func fetch(_ path: String, range: Range<Int>) -> PendingRange {
-        var request = request(path)
-        request.setValue("bytes=\(range.lowerBound)-\(range.upperBound - 1)", forHTTPHeaderField: "Range")
-        let pending = PendingRange(label: base.appendingPathComponent(path).absoluteString, range: range)
-        URLSession.shared.dataTask(with: request) { data, response, error in
-            pending.complete(data: data, status: (response as? HTTPURLResponse)?.statusCode ?? 0, error: error)
-        }.resume()
-        return pending
+    static func reason(_ error: any Error) -> String {
+        if let error = error as? CofferCryptoError, case .io(_, let reason) = error { return reason }
+        return "\(error)"
     }
 
     static func check(_ data: Data, status: Int, base: URL) throws -> Data {
@@ -103,66 +113,18 @@ final class RemoteClient: BlobFetcher, Sendable {
     }
 }
 
-/// One ranged GET in flight.
-private final class PendingRange: @unchecked Sendable {
-    let label: String
-    let range: Range<Int>
-    private let done = DispatchSemaphore(value: 0)
-    private var result: Result<Data, CofferCryptoError> = .success(Data())
-
-    init(label: String, range: Range<Int>) {
-        self.label = label
-        self.range = range
-    }
-
-    func complete(data: Data?, status: Int, error: (any Error)?) {
-        defer { done.signal() }
-        let body = data ?? Data()
-        if let error {
-            result = .failure(.io(path: label, reason: error.localizedDescription))
-        } else if (200..<300).contains(status), status != 206 {
-            result = .failure(.io(path: label, reason: "answered \(status) instead of 206 to a Range request"))
-        } else if status != 206 {
-            result = .failure(.io(path: label, reason: "answered \(status): \(RemoteClient.serverMessage(body))"))
-        } else if body.count != range.count {
-            result = .failure(.io(path: label, reason: "the server sent \(body.count) bytes for bytes \(range.lowerBound)-\(range.upperBound - 1)"))
-        } else {
-            result = .success(body)
-        }
-    }
-
-    func wait() throws(CofferCryptoError) -> Data {
-        done.wait()
-        return try result.get()
-    }
-}
-
-/// A blob read through consecutive `Range` requests of `window` bytes, the next one in flight while the current one
-/// is consumed: the ciphertext streams into the decryptor with no scratch file and at most two windows in memory.
-/// The size is the one the publisher signed, so the client never asks for, or accepts, a byte more.
-final class RangedDownload: ByteSource {
-    static let window = 8 << 20
-    private let client: RemoteClient
-    private let path: String
+/// A response body as a ``ByteSource`` of exactly `size` bytes.
+private final class StreamedBody: ByteSource {
+    private let response: HTTPConnection.Response
     private let size: Int
-    private var requested = 0
+    private let label: String
+    private var piece = ByteBuffer()
     private var consumed = 0
-    private var current = Data()
-    private var position = 0
-    private var pending: PendingRange?
 
-    init(client: RemoteClient, path: String, size: Int) {
-        self.client = client
-        self.path = path
+    init(response: HTTPConnection.Response, size: Int, label: String) {
+        self.response = response
         self.size = size
-        pending = nextRange()
-    }
-
-    private func nextRange() -> PendingRange? {
-        guard requested < size else { return nil }
-        let range = requested..<min(size, requested + Self.window)
-        requested = range.upperBound
-        return client.fetch(path, range: range)
+        self.label = label
     }
 
     var remainingHint: Int? { size - consumed }
@@ -170,20 +132,19 @@ final class RangedDownload: ByteSource {
     func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int {
         var filled = 0
         while filled < buffer.count {
-            if position == current.count {
-                guard let waiting = pending else { break }
-                current = try waiting.wait()
-                position = 0
-                pending = nextRange()
+            if piece.readableBytes == 0 {
+                let next: ByteBuffer?
+                do { next = try response.nextPiece() } catch { throw .io(path: label, reason: RemoteClient.reason(error)) }
+                guard let next else { break }
+                piece = next
             }
-            let n = min(buffer.count - filled, current.count - position)
-            current.withUnsafeBytes { bytes in
-                (buffer.baseAddress! + filled).copyMemory(from: bytes.baseAddress! + position, byteCount: n)
-            }
-            position += n
+            let n = min(buffer.count - filled, piece.readableBytes)
+            piece.withUnsafeReadableBytes { bytes in (buffer.baseAddress! + filled).copyMemory(from: bytes.baseAddress!, byteCount: n) }
+            piece.moveReaderIndex(forwardBy: n)
             filled += n
         }
         consumed += filled
+        guard consumed <= size else { throw .io(path: label, reason: "the server sent more than the \(size) bytes signed") }
         return filled
     }
 }

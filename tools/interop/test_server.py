@@ -350,7 +350,14 @@ def test_push_over_http_resumes_after_the_client_is_killed(tmp_path):
 def test_serve_over_tls_with_a_given_certificate(tmp_path):
     import ssl
     home = tmp_path / "home"
-    coffer("init", "--home", home)
+    coffer("keygen", "--out", tmp_path / "alice")
+    coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
+    admin = ["--identity", tmp_path / "alice.key", "--home", home]
+    coffer("trust", "add", tmp_path / "alice.pub", *admin)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.bin").write_bytes(os.urandom(3 << 20))
+    coffer("push", "m", tmp_path / "model", *admin)
+    token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem"], check=True, capture_output=True)
@@ -368,6 +375,14 @@ def test_serve_over_tls_with_a_given_certificate(tmp_path):
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.1)
         assert status == 200
+        # The CLI trusts the server's certificate only when told to (--ca-cert), and then pulls over TLS.
+        remote = ["--registry", f"https://127.0.0.1:{port}", "--token", token]
+        untrusted = coffer("list", *remote, check=False)
+        assert untrusted.returncode == 1 and untrusted.stderr.count(b"\n") == 1 and b"cannot reach" in untrusted.stderr, untrusted.stderr
+        assert b"m" in coffer("list", *remote, "--ca-cert", tmp_path / "cert.pem").stdout
+        coffer("pull", "m", *remote, "--ca-cert", tmp_path / "cert.pem", "--trust", tmp_path / "alice.pub", "--identity", tmp_path / "alice.key",
+               "--out", tmp_path / "pulled")
+        assert (tmp_path / "pulled" / "weights.bin").read_bytes() == (tmp_path / "model" / "weights.bin").read_bytes()
         # Plain HTTP to a TLS port gets nowhere.
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
