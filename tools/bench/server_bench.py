@@ -7,6 +7,7 @@
    (VmHWM from /proc; target < 256 MiB).
 """
 import argparse
+import glob
 import hashlib
 import http.client
 import json
@@ -147,6 +148,21 @@ def main():
             aggregate = args.clients * args.size_mib / remote
             print(f"one local pull: {local:.2f} s median of {', '.join(f'{t:.2f}' for t in samples)} ({single:.0f} MiB/s); {args.clients} concurrent remote pulls: {remote:.2f} s "
                   f"({aggregate:.0f} MiB/s aggregate), {len(failures)} failed; ratio {aggregate / single:.2f} (target >= 0.8)")
+
+            # The server's share of that: the same downloads with clients that only read the ciphertext (no
+            # verification, no decryption, no file), so the 2 cores go to serving.
+            blob = os.path.basename(glob.glob(f"{home}/blobs/sha256/*/*")[0])
+            reader = ("import http.client, sys\n"
+                      "c = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1])); c.request('GET', '/v1/blobs/' + sys.argv[2], headers={'Authorization': 'Bearer ' + sys.argv[3]})\n"
+                      "r = c.getresponse(); b = bytearray(1 << 20); n = 0\n"
+                      "while (k := r.readinto(b)): n += k\n"
+                      "sys.exit(0 if r.status == 200 and n > 0 else 1)")
+            t0 = time.perf_counter()
+            readers = [subprocess.Popen([sys.executable, "-c", reader, str(port), blob, token]) for _ in range(args.clients)]
+            failed = sum(1 for p in readers if p.wait())
+            served = args.clients * args.size_mib / (time.perf_counter() - t0)
+            print(f"{args.clients} concurrent ciphertext-only downloads: {served:.0f} MiB/s aggregate, {failed} failed; "
+                  f"ratio to the local pull {served / single:.2f} (the server's capacity, with the clients' work left out)")
 
             # 3. Server RSS during concurrent uploads.
             baseline = rss_mib(server.pid)
