@@ -163,6 +163,9 @@ public final class AtomicOutputFile: ByteSink {
     let temporaryPath: String
     private let stream: FileDescriptorStream
     private let durable: Bool
+    /// Durable files go to the disk without the page cache: they are fsynced before use anyway, and on a virtual
+    /// machine copying gigabytes into fresh page-cache pages cost a third of a push's CPU.
+    private let direct: DirectWriter?
     private var committed = false
 
     /// Creates the temporary file with `mode` (0600 by default: plaintext and keys are private).
@@ -182,6 +185,7 @@ public final class AtomicOutputFile: ByteSink {
         fchmod(fd, mode_t(mode))
         self.temporaryPath = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         self.stream = FileDescriptorStream(ownedDescriptor: fd, path: destination)
+        self.direct = durable ? DirectWriter(stream: stream) : nil
         TemporaryFiles.register(temporaryPath)
     }
 
@@ -191,26 +195,16 @@ public final class AtomicOutputFile: ByteSink {
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
-        try stream.write(bytes)
-        guard durable else { return }
-        // Durable files are fsynced at commit. Starting writeback every 8 MiB, and waiting for the window before
-        // the last one, overlaps the disk with encryption and leaves little for that fsync (and bounds dirty pages).
-        written += bytes.count
-        if written - flushed >= Self.writebackWindow {
-            _ = coffer_start_writeback(stream.fd, Int64(flushed), Int64(written - flushed))
-            if flushed > 0 { _ = coffer_wait_writeback(stream.fd, Int64(waited), Int64(flushed - waited)) }
-            waited = flushed
-            flushed = written
+        if let direct {
+            try direct.write(bytes)
+        } else {
+            try stream.write(bytes)
         }
     }
 
-    static let writebackWindow = 8 << 20
-    private var written = 0
-    private var flushed = 0
-    private var waited = 0
-
     /// Renames the file over the destination; when durable, fsyncs the data first and the directory after.
     public func commit() throws(CofferCryptoError) {
+        try direct?.finish()
         if durable { try stream.sync() }
         guard rename(temporaryPath, destination) == 0 else {
             throw .io(path: destination, reason: FileDescriptorStream.lastError())
@@ -224,6 +218,78 @@ public final class AtomicOutputFile: ByteSink {
             fsync(dirFD)
             close(dirFD)
         }
+    }
+}
+
+/// Writes a file in aligned blocks with `O_DIRECT`, bypassing the page cache; the tail that does not fill a block
+/// is written through the cache at ``finish()``. A file smaller than one block never uses `O_DIRECT`, and a file
+/// system that refuses it (tmpfs) gets ordinary writes.
+private final class DirectWriter {
+    static let block = 4 << 20
+    private let stream: FileDescriptorStream
+    private let buffer: UnsafeMutableRawBufferPointer
+    private var filled = 0
+    private var enabled = false
+    private var refused = false
+
+    init(stream: FileDescriptorStream) {
+        self.stream = stream
+        var memory: UnsafeMutableRawPointer? = nil
+        _ = posix_memalign(&memory, 4096, Self.block)
+        buffer = UnsafeMutableRawBufferPointer(start: memory, count: memory == nil ? 0 : Self.block)
+    }
+
+    deinit { free(buffer.baseAddress) }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
+        guard buffer.count > 0, !refused else { return try stream.write(bytes) }
+        var offset = 0
+        while offset < bytes.count {
+            let n = min(bytes.count - offset, buffer.count - filled)
+            (buffer.baseAddress! + filled).copyMemory(from: bytes.baseAddress! + offset, byteCount: n)
+            filled += n
+            offset += n
+            if filled == buffer.count { try flushBlock() }
+        }
+    }
+
+    private func flushBlock() throws(CofferCryptoError) {
+        if !enabled && !refused {
+            let flags = fcntl(stream.fd, F_GETFL)
+            enabled = flags >= 0 && fcntl(stream.fd, F_SETFL, flags | O_DIRECT) == 0
+            refused = !enabled
+        }
+        if enabled {
+            let n = Glibc.write(stream.fd, buffer.baseAddress!, filled)
+            if n == filled {
+                filled = 0
+                return
+            }
+            // EINVAL: the file system took the flag but not the write. A short write: rare, not worth aligning again.
+            guard n >= 0 || errno == EINVAL else { throw .io(path: stream.path, reason: FileDescriptorStream.lastError()) }
+            try stopDirect()
+            try stream.write(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[max(n, 0)..<filled]))
+        } else {
+            try stream.write(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<filled]))
+        }
+        filled = 0
+    }
+
+    private func stopDirect() throws(CofferCryptoError) {
+        refused = true
+        guard enabled else { return }
+        enabled = false
+        let flags = fcntl(stream.fd, F_GETFL)
+        guard flags >= 0, fcntl(stream.fd, F_SETFL, flags & ~O_DIRECT) == 0 else {
+            throw .io(path: stream.path, reason: FileDescriptorStream.lastError())
+        }
+    }
+
+    /// Writes what is left through the page cache.
+    func finish() throws(CofferCryptoError) {
+        try stopDirect()
+        try stream.write(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<filled]))
+        filled = 0
     }
 }
 
