@@ -48,7 +48,8 @@ final class HTTPConnection {
     func send(_ method: HTTPMethod, _ target: String, headers: [(String, String)], body: Data?) throws -> Response {
         let (channel, inbox) = try connection()
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: target)
-        head.headers.add(name: "Host", value: base.port.map { "\(base.host ?? host):\($0)" } ?? (base.host ?? host))
+        let name = host.contains(":") ? "[\(host)]" : host
+        head.headers.add(name: "Host", value: base.port.map { "\(name):\($0)" } ?? name)
         for (name, value) in headers { head.headers.add(name: name, value: value) }
         head.headers.add(name: "Content-Length", value: "\(body?.count ?? 0)")
         inbox.expectResponse()

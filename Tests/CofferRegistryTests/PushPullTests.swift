@@ -99,6 +99,26 @@ struct PushPullTests {
         #expect(try f.read("out/w.bin") == bytes(5000))
     }
 
+    /// The version's rows and its audit entry are one transaction: if the entry cannot be written, nothing is pushed.
+    @Test func aPushCommitsTogetherWithItsAuditEntry() throws {
+        let f = try RegistryFixture()
+        let alice = try Identity.generate(name: "alice")
+        try f.registry.trust(alice.publicIdentity)
+        let dir = try f.makeModel("model", ["w.bin": bytes(1000)])
+        _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        #expect(try f.registry.auditEntries().contains { $0.action == "push" && $0.target == "m:1" && $0.outcome == .ok })
+        try DatabaseQueue(path: "\(f.home)/registry.sqlite").write { db in
+            try db.execute(
+                sql: """
+                    CREATE TRIGGER refuse_push_entries BEFORE INSERT ON audit_log WHEN NEW.action = 'push' AND NEW.outcome = 'ok'
+                    BEGIN SELECT RAISE(ABORT, 'audit log refused'); END
+                    """
+            )
+        }
+        #expect(throws: CofferRegistryError.self) { _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
+        #expect(try f.registry.list(model: "m", where: nil, limit: 10).count == 1, "no version without its audit entry")
+    }
+
     @Test func tamperedBlobIsDetectedAndNothingIsWritten() throws {
         let f = try RegistryFixture()
         let alice = try Identity.generate(name: "alice")

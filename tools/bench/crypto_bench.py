@@ -15,16 +15,24 @@ import time
 MIB = 1 << 20
 
 
-def run(argv, stdout=None, env=None):
+def can_drop_caches():
+    return os.geteuid() == 0 and os.access("/proc/sys/vm/drop_caches", os.W_OK)
+
+
+def run(argv, stdout=None, env=None, cold=False):
     """Runs argv, returns (seconds, peak RSS in MiB); exits on a non-zero status.
 
     Peak RSS comes from GNU time, not from this process's wait4: Linux carries a parent's RSS high-water
     mark into a forked child across exec, so wait4 would report Python's own size for a small child.
+    `cold`: empty the page cache first (as root), so that every side reads its input from the disk.
     """
     out = open(os.devnull, "wb") if stdout is None else stdout
     # Flush the page cache's dirty data first, untimed: otherwise a side that does not fsync (age) leaves its
     # writeback to slow down whatever runs next, and a side that does (a registry push) pays for it.
     os.sync()
+    if cold and can_drop_caches():
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
     with tempfile.NamedTemporaryFile("r") as report:
         start = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report.name, *argv], stdout=out, stderr=subprocess.PIPE, env=env)

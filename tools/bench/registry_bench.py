@@ -5,6 +5,8 @@ push = SHA-256 of plaintext and ciphertext + encryption + signatures + durable b
 against `age -d`. Both sides write their output to the same disk. A second anchor, age followed by `sync FILE` (an
 fsync of its output), separates the cost of the format from that of durability: a push must fsync its blob before
 committing the version, and a pull its files before they appear, while age leaves its output in the page cache.
+As root the page cache is emptied before every timed run: a push writes its blob past the cache (O_DIRECT), so a
+pull that followed it would read from the disk while age -d read its file from memory.
 """
 import argparse
 import json
@@ -16,7 +18,7 @@ import statistics
 import subprocess
 import tempfile
 
-from crypto_bench import MIB, make_file, run
+from crypto_bench import MIB, can_drop_caches, make_file, run
 
 
 def main():
@@ -85,26 +87,27 @@ def push_pull(args, work, env, null, key, recipient, size_mib):
         subprocess.run([args.coffer, "trust", "add", os.path.join(work, "pub.pub")], check=True, env=env, stdout=null)
         for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
             if who == "age":
-                record("age -r", run(["age", "-r", recipient, "-o", os.path.join(work, "w.age"), plain]))
+                record("age -r", run(["age", "-r", recipient, "-o", os.path.join(work, "w.age"), plain], cold=True))
                 sealed = os.path.join(work, "w.age")
-                record("age -r + fsync", run(["sh", "-c", 'age -r "$0" -o "$1" "$2" && sync "$1"', recipient, sealed, plain]))
+                record("age -r + fsync", run(["sh", "-c", 'age -r "$0" -o "$1" "$2" && sync "$1"', recipient, sealed, plain], cold=True))
             else:
-                record("coffer push", run([args.coffer, "push", f"bench:{r + 1}", plain, "--identity", key], env=env))
+                record("coffer push", run([args.coffer, "push", f"bench:{r + 1}", plain, "--identity", key], env=env, cold=True))
         for who in (["age", "coffer"] if r % 2 == 0 else ["coffer", "age"]):
             out = os.path.join(work, "out")
             shutil.rmtree(out, ignore_errors=True)
             os.makedirs(out)
             if who == "age":
-                record("age -d", run(["age", "-d", "-i", os.path.join(work, "age.key"), "-o", os.path.join(out, "weights.bin"), os.path.join(work, "w.age")]))
+                record("age -d", run(["age", "-d", "-i", os.path.join(work, "age.key"), "-o", os.path.join(out, "weights.bin"), os.path.join(work, "w.age")], cold=True))
                 record("age -d + fsync", run(["sh", "-c", 'age -d -i "$0" -o "$1" "$2" && sync "$1"', os.path.join(work, "age.key"),
-                                              os.path.join(out, "weights.bin"), os.path.join(work, "w.age")]))
+                                              os.path.join(out, "weights.bin"), os.path.join(work, "w.age")], cold=True))
             else:
-                record("coffer pull", run([args.coffer, "pull", f"bench:{r + 1}", "--identity", key, "--out", out], env=env))
+                record("coffer pull", run([args.coffer, "pull", f"bench:{r + 1}", "--identity", key, "--out", out], env=env, cold=True))
     shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
     os.remove(os.path.join(work, "w.age"))
     os.remove(plain)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"# tools/bench/registry: {size_mib} MiB file, {args.rounds} alternating rounds, {os.cpu_count()} cores")
+    print(f"# tools/bench/registry: {size_mib} MiB file, {args.rounds} alternating rounds, {os.cpu_count()} cores, "
+          + ("page cache emptied before each timed run" if can_drop_caches() else "page cache as it is (not root)"))
     print(f"{'measure':<16}{'median s':>10}{'min s':>9}{'MiB/s':>9}{'peak RSS MiB':>14}")
     for k in times:
         print(f"{k:<16}{med[k]:>10.3f}{min(times[k]):>9.3f}{size_mib / med[k]:>9.0f}{rss[k]:>14.1f}")

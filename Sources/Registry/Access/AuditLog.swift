@@ -43,28 +43,40 @@ extension Registry {
     /// Appends an entry, chained to the last one, in its own write transaction.
     func audit(principal: String, action: String, target: String, outcome: AuditEntry.Outcome, reason: String) throws(CofferRegistryError) {
         try database.write { db in
-            let last = try Row.fetchOne(db, sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            let previous: [UInt8] = last.map { Array(($0["entry_hash"] as Data)) } ?? Self.genesisHash
-            let entry = AuditEntry(
-                seq: (last?["seq"] ?? 0) + 1,
-                at: Self.now(),
-                principal: principal,
-                action: action,
-                target: target,
-                outcome: outcome,
-                reason: reason
-            )
-            try db.execute(
-                sql: """
-                    INSERT INTO audit_log (seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [
-                    entry.seq, entry.at, entry.principal, entry.action, entry.target, entry.outcome.rawValue, entry.reason, Data(previous),
-                    Data(entry.hash(previous: previous)),
-                ]
-            )
+            try Self.appendAudit(db, principal: principal, action: action, target: target, outcome: outcome, reason: reason)
         }
+    }
+
+    /// Appends an entry inside the caller's write transaction, so that it commits (or not) with what it records.
+    static func appendAudit(
+        _ db: Database,
+        principal: String,
+        action: String,
+        target: String,
+        outcome: AuditEntry.Outcome,
+        reason: String
+    ) throws {
+        let last = try Row.fetchOne(db, sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        let previous: [UInt8] = last.map { Array(($0["entry_hash"] as Data)) } ?? genesisHash
+        let entry = AuditEntry(
+            seq: (last?["seq"] ?? 0) + 1,
+            at: now(),
+            principal: principal,
+            action: action,
+            target: target,
+            outcome: outcome,
+            reason: reason
+        )
+        try db.execute(
+            sql: """
+                INSERT INTO audit_log (seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                entry.seq, entry.at, entry.principal, entry.action, entry.target, entry.outcome.rawValue, entry.reason, Data(previous),
+                Data(entry.hash(previous: previous)),
+            ]
+        )
     }
 
     /// Entries at or after `since` (RFC 3339), oldest first.

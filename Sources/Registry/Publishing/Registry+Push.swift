@@ -19,15 +19,14 @@ extension Registry {
         try require(.publisher, on: request.model, by: actor, action: "push", target: request.model)
         if request.overrideBudget { try require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model) }
         do {
-            let result = try pushVersion(request, publisher: publisher, overrideBy: request.overrideBudget ? actor.name : nil, progress: progress)
-            try rememberRecipients([publisher.publicIdentity] + request.recipients)
-            try audit(
+            let result = try pushVersion(
+                request,
+                publisher: publisher,
                 principal: actor.name,
-                action: "push",
-                target: "\(result.model):\(result.version)",
-                outcome: .ok,
-                reason: "sha256:\(result.digest)"
+                overrideBy: request.overrideBudget ? actor.name : nil,
+                progress: progress
             )
+            try rememberRecipients([publisher.publicIdentity] + request.recipients)
             return result
         } catch {
             try? audit(principal: actor.name, action: "push", target: request.model, outcome: .failed, reason: error.description)
@@ -38,6 +37,7 @@ extension Registry {
     private func pushVersion(
         _ request: PushRequest,
         publisher: borrowing Identity,
+        principal: String,
         overrideBy: String?,
         progress: ((Int) -> Void)?
     ) throws(CofferRegistryError)
@@ -103,6 +103,7 @@ extension Registry {
                 parentID: parentID,
                 created: created,
                 publisher: publisher,
+                principal: principal,
                 overrideBy: overrideBy,
                 bytes: done
             )
@@ -121,6 +122,7 @@ extension Registry {
         parentID: Int64?,
         created: String,
         publisher: borrowing Identity,
+        principal: String,
         overrideBy: String?,
         bytes done: Int
     ) throws(CofferRegistryError) -> PushResult {
@@ -141,7 +143,8 @@ extension Registry {
                 tags: request.tags,
                 automatic: request.version == nil,
                 datasetID: request.datasetID,
-                overrideBy: overrideBy
+                overrideBy: overrideBy,
+                audited: (principal, "sha256:\(digest)")
             )
             if committed {
                 return PushResult(model: request.model, version: version, digest: digest, files: files.count, bytes: done)
@@ -229,7 +232,8 @@ extension Registry {
         )
     }
 
-    /// Inserts the version's rows; returns false when an automatic version number was taken meanwhile.
+    /// Inserts the version's rows and the push's audit entry (`audited`: principal and reason) in one transaction;
+    /// returns false when an automatic version number was taken meanwhile.
     func commit(
         _ statement: ModelStatement,
         digest: String,
@@ -241,7 +245,8 @@ extension Registry {
         tags: [String: String],
         automatic: Bool,
         datasetID: String?,
-        overrideBy: String?
+        overrideBy: String?,
+        audited: (principal: String, reason: String)
     ) throws(CofferRegistryError) -> Bool {
         try database.write { db in
             let now = Self.now()
@@ -309,6 +314,8 @@ extension Registry {
                     arguments: [modelID, alias, versionID, now]
                 )
             }
+            let target = "\(statement.model):\(statement.version)"
+            try Self.appendAudit(db, principal: audited.principal, action: "push", target: target, outcome: .ok, reason: audited.reason)
             return true
         }
     }

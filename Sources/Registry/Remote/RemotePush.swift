@@ -191,9 +191,10 @@ extension Registry {
                     datasetID: statement.lineage.datasetID
                 )
             }
+            let digest = Digest.hex(Digest.sha256(payload))
             _ = try commit(
                 statement,
-                digest: Digest.hex(Digest.sha256(payload)),
+                digest: digest,
                 envelope: try DSSEEnvelope(jsonBytes: Array(document)),
                 bundle: Array(bundle),
                 wrapped: wrapped,
@@ -202,13 +203,12 @@ extension Registry {
                 tags: prepared.tags,
                 automatic: false,
                 datasetID: statement.lineage.datasetID,
-                overrideBy: prepared.overrideBudget ? actor.name : nil
+                overrideBy: prepared.overrideBudget ? actor.name : nil,
+                audited: (actor.name, "sha256:\(digest) (over HTTP)")
             )
             try rememberRecipients(
                 [signer] + prepared.recipients.compactMap { Data(base64Encoded: $0).flatMap { try? PublicIdentity(jsonBytes: Array($0)) } }
             )
-            let digest = Digest.hex(Digest.sha256(payload))
-            try audit(principal: actor.name, action: "push", target: label, outcome: .ok, reason: "sha256:\(digest) (over HTTP)")
             return PushResult(
                 model: prepared.model,
                 version: prepared.version,
