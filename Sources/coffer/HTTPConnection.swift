@@ -93,6 +93,7 @@ final class HTTPConnection {
     static func describe(_ error: any Error) -> String {
         if let error = error as? NIOConnectionError, let first = error.connectionErrors.first { return describe(first.error) }
         if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
+        if error is HTTPParserError { return "its answer is not HTTP (\(error))" }
         if let error = error as? NIOSSLError, case .handshakeFailed(let reason) = error {
             guard "\(reason)".contains("CERTIFICATE_VERIFY_FAILED") else { return "the TLS handshake failed" }
             return "its TLS certificate is not trusted (pass its CA with --ca-cert or COFFER_CA_CERT)"

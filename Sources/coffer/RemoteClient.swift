@@ -109,7 +109,9 @@ final class RemoteClient: BlobFetcher {
     /// The one-line message of a server's JSON error body, or the start of whatever else it sent.
     static func serverMessage(_ body: Data) -> String {
         let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any]
-        return (object?["error"] as? [String: Any])?["message"] as? String ?? String(decoding: body.prefix(200), as: UTF8.self)
+        let text = (object?["error"] as? [String: Any])?["message"] as? String ?? String(decoding: body.prefix(200), as: UTF8.self)
+        // Whatever a server (or something that is not a Coffer server) sends, the error stays one line.
+        return text.split(whereSeparator: \.isNewline).joined(separator: " ")
     }
 }
 

@@ -401,3 +401,30 @@ def test_serve_over_tls_with_a_given_certificate(tmp_path):
 def http_client_errors():
     import http.client
     return http.client.HTTPException
+
+
+def test_a_registry_url_that_is_not_a_coffer_server_fails_in_one_line(tmp_path):
+    import http.server
+    import threading
+    # Something that answers HTML, and something that does not speak HTTP at all.
+    html = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=html.serve_forever, daemon=True).start()
+    garbage = socket.socket()
+    garbage.bind(("127.0.0.1", 0))
+    garbage.listen()
+
+    def answer_garbage():
+        connection, _ = garbage.accept()
+        connection.recv(4096)
+        connection.sendall(b"garbage garbage\r\n\r\n")
+        connection.close()
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    try:
+        for url, expected in ((f"http://127.0.0.1:{html.server_address[1]}", b"answered 404"),
+                              (f"http://127.0.0.1:{garbage.getsockname()[1]}", b"is not HTTP"),
+                              (f"http://127.0.0.1:{free_port()}", b"connection refused")):
+            result = coffer("list", "--registry", url, "--token", "cft_" + "0" * 64, check=False)
+            assert result.returncode == 1 and result.stderr.count(b"\n") == 1 and expected in result.stderr, result.stderr
+    finally:
+        html.shutdown()
+        garbage.close()
