@@ -7,6 +7,7 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case invalidName(String)
     case invalidVersion(String)
     case invalidReference(String)
+    case invalidDataset(String)
     case unknownModel(String)
     case unknownVersion(String)
     case unknownAlias(String)
@@ -43,6 +44,8 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
         case .invalidName(let name): "invalid model name '\(name)': use A-Z a-z 0-9 . _ - and / between namespace parts"
         case .invalidVersion(let version): "invalid version '\(version)': use 1 to 64 characters from A-Z a-z 0-9 . _ -"
         case .invalidReference(let text): "invalid reference '\(text)': use NAME, NAME:VERSION or NAME@ALIAS"
+        case .invalidDataset(let id):
+            "invalid dataset id '\(id)': use up to 200 characters from A-Z a-z 0-9 . _ : / @ + -, starting with a letter or digit"
         case .unknownModel(let name): "unknown model \(name)"
         case .unknownVersion(let ref): "unknown version \(ref)"
         case .unknownAlias(let ref): "unknown alias \(ref)"

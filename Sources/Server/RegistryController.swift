@@ -156,7 +156,7 @@ struct RegistryController {
     func budget(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
         _ = try authenticate(request, &context, state: state, role: .reader)
-        let dataset = try context.parameters.require("dataset")
+        let dataset = try datasetParameter(context)
         return try json(try run { () throws(CofferRegistryError) in try registry.budget(dataset: dataset) })
     }
 
@@ -169,7 +169,7 @@ struct RegistryController {
     func setBudget(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
         let holder = try authenticate(request, &context, state: state, role: .admin)
-        let dataset = try context.parameters.require("dataset")
+        let dataset = try datasetParameter(context)
         let body = try await request.decode(as: SetBudgetRequest.self, context: context)
         return try json(
             try run { () throws(CofferRegistryError) in
@@ -317,6 +317,13 @@ struct RegistryController {
         try run { () throws(CofferRegistryError) in try registry.revokeSession(id: id, principal: holder.principal) }
         state.sessions.remove(id)
         return Response(status: .noContent)
+    }
+
+    /// The `{dataset}` path segment, percent-decoded: an id such as `hf:org/name` travels as `hf:org%2Fname`.
+    private func datasetParameter(_ context: CofferRequestContext) throws -> String {
+        let raw = try context.parameters.require("dataset")
+        guard let dataset = raw.removingPercentEncoding else { throw HTTPError(.badRequest, message: "dataset id '\(raw)' is not percent-encoded UTF-8") }
+        return dataset
     }
 
     private func aliasReference(_ request: Request) throws -> (model: String, alias: String) {

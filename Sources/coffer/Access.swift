@@ -235,7 +235,7 @@ extension Coffer {
 
             func run() throws {
                 if let client = try remote.client() {
-                    _ = try client.expect("DELETE", "v1/sessions/\(id)")
+                    _ = try client.expect("DELETE", "v1/sessions/\(RemoteClient.pathSegment(id))")
                 } else {
                     guard let identity = acting.identity else { throw CLIError("--identity is required to revoke a session") }
                     try registry.open().revokeSession(id: id, identity: try acting.passphraseOptions.unlockIdentity(at: identity))
@@ -278,7 +278,7 @@ extension Coffer {
                     JSONValue.self,
                     from: try client.expect(
                         "POST",
-                        "v1/sessions/\(text)/predict",
+                        "v1/sessions/\(RemoteClient.pathSegment(text))/predict",
                         headers: ["Content-Type": "application/json"],
                         body: try JSONEncoder().encode(JSONValue.object(["rows": .array(rows)]))
                     )

@@ -23,7 +23,7 @@ extension Coffer {
                 if let client = try remote.client() {
                     _ = try client.expect(
                         "PUT",
-                        "v1/budgets/\(dataset)",
+                        "v1/budgets/\(RemoteClient.pathSegment(dataset))",
                         headers: ["Content-Type": "application/json"],
                         body: try JSONEncoder().encode(["epsilon": epsilon, "delta": delta])
                     )
@@ -45,7 +45,7 @@ extension Coffer {
             func run() throws {
                 let status: BudgetStatus =
                     if let client = try remote.client() {
-                        try JSONDecoder().decode(BudgetStatus.self, from: try client.get("v1/budgets/\(dataset)"))
+                        try JSONDecoder().decode(BudgetStatus.self, from: try client.get("v1/budgets/\(RemoteClient.pathSegment(dataset))"))
                     } else {
                         try registry.open().budget(dataset: dataset)
                     }

@@ -40,11 +40,21 @@ final class RemoteClient: BlobFetcher {
         connection = try HTTPConnection(base: base, caCertificate: caCertificate)
     }
 
-    /// The request target (path and query, percent-encoded) of `path` under the base URL.
+    /// `text` as one path segment: percent-encoded, `/` included.
+    static func pathSegment(_ text: String) -> String {
+        var allowed = CharacterSet.urlPathAllowed
+        allowed.remove("/")
+        return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? text
+    }
+
+    /// The request target of `path` (already percent-encoded: see ``pathSegment(_:)``) under the base URL's path,
+    /// with `query` encoded.
     private func target(_ path: String, query: [URLQueryItem] = []) -> String {
-        var components = URLComponents(url: base.appendingPathComponent(path), resolvingAgainstBaseURL: false)!
-        if !query.isEmpty { components.queryItems = query }
-        return components.percentEncodedPath + (components.percentEncodedQuery.map { "?\($0)" } ?? "")
+        let basePath = URLComponents(url: base, resolvingAgainstBaseURL: false)?.percentEncodedPath ?? ""
+        var components = URLComponents()
+        components.queryItems = query.isEmpty ? nil : query
+        return (basePath.hasSuffix("/") ? String(basePath.dropLast()) : basePath) + "/" + path
+            + (components.percentEncodedQuery.map { "?\($0)" } ?? "")
     }
 
     private func open(_ method: String, _ path: String, query: [URLQueryItem] = [], headers: [String: String] = [:], body: Data? = nil)

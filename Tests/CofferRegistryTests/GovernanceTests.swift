@@ -43,10 +43,17 @@ struct GovernanceTests {
         let alice = try Identity.generate(name: "alice")
         let (f, admin, dir) = try owned(alice)
         try f.registry.setBudget(dataset: "census", epsilon: 5, delta: 1e-5, by: admin)
+        for bad in ["", "my data", "-x", "a\nb", String(repeating: "d", count: 201)] {
+            #expect(throws: CofferRegistryError.invalidDataset(bad)) { try f.registry.setBudget(dataset: bad, epsilon: 1, delta: 1e-5, by: admin) }
+        }
+        try f.registry.setBudget(dataset: "hf:org/name@rev+1", epsilon: 1, delta: 1e-5, by: admin)
         // Found by schemathesis: an empty ledger counted at a tiny delta reported a spend (the RDP conversion's floor).
         try f.registry.setBudget(dataset: "unused", epsilon: 1, delta: 1e-300, by: admin)
         #expect(try f.registry.budget(dataset: "unused").spent == 0)
         let first = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 400)]
+        #expect(throws: CofferRegistryError.invalidDataset("my data")) {
+            _ = try f.registry.push(request(dir, dataset: "my data", segments: first), publisher: alice)
+        }
         let second = [
             PrivacySegment(sampleRate: 0.02, noiseMultiplier: 0.9, steps: 300), PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.2, steps: 100),
         ]

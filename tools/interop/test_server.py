@@ -138,6 +138,12 @@ def test_serve_end_to_end(tmp_path):
         SEEN.extend([("put", "/v1/budgets/{dataset}", 200), ("put", "/v1/budgets/{dataset}", 403)])
         budget = json.loads(coffer("budget", "show", "census", "--registry", base, "--token", read, "--json").stdout)
         assert budget["epsilon"] == 4 and budget["spent"] == 0
+        # A dataset id with a slash travels as one path segment; one with a space is refused in one line.
+        coffer("budget", "set", "hf:org/name@v2", "--epsilon", "2", "--delta", "1e-6", "--registry", base, "--token", admin_token)
+        namespaced = json.loads(coffer("budget", "show", "hf:org/name@v2", "--registry", base, "--token", read, "--json").stdout)
+        assert namespaced["dataset"] == "hf:org/name@v2" and namespaced["epsilon"] == 2
+        spaced = coffer("budget", "show", "my data", "--registry", base, "--token", read, check=False)
+        assert spaced.returncode == 1 and b"answered 400" in spaced.stderr and b"invalid dataset id 'my data'" in spaced.stderr
         missing = coffer("budget", "show", "nothing", "--registry", base, "--token", read, check=False)
         assert missing.returncode == 1 and b"answered 404" in missing.stderr and b"has no budget" in missing.stderr
         refused = coffer("audit", "--registry", base, "--token", read, check=False)

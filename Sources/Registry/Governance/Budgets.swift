@@ -34,8 +34,8 @@ public struct BudgetStatus: Sendable, Equatable, Codable {
 extension Registry {
     /// Sets (or changes) a dataset's total budget; an admin's act in a registry with principals.
     public func setBudget(dataset: String, epsilon: Double, delta: Double, by actor: Principal?) throws(CofferRegistryError) {
+        try ModelReference.validate(datasetID: dataset)
         try require(.admin, on: nil, by: actor, action: "budget.set", target: dataset)
-        guard !dataset.isEmpty else { throw .invalidPrivacy("the dataset id is empty") }
         guard epsilon > 0, epsilon.isFinite else { throw .invalidPrivacy("budget epsilon must be > 0, got \(epsilon)") }
         guard delta > 0, delta < 1 else { throw .invalidPrivacy("budget delta must be in (0, 1), got \(delta)") }
         try database.write { db in
@@ -49,7 +49,8 @@ extension Registry {
 
     /// The budget of `dataset` and its charges.
     public func budget(dataset: String) throws(CofferRegistryError) -> BudgetStatus {
-        try database.read { db in
+        try ModelReference.validate(datasetID: dataset)
+        return try database.read { db in
             guard let status = try Self.budgetStatus(db, dataset: dataset, adding: []) else { throw CofferRegistryError.noBudget(dataset) }
             return status
         }

@@ -53,6 +53,15 @@ public struct ModelReference: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// Dataset ids (budgets, lineage): a letter or digit, then up to 199 of `[A-Za-z0-9._:/@+-]`, so that an id
+    /// such as `hf:org/name@rev` fits while nothing that could break a log line or a terminal does.
+    public static func validate(datasetID: String) throws(CofferRegistryError) {
+        let bytes = Array(datasetID.utf8)
+        guard let first = bytes.first, bytes.count <= 200, isNameByte(first), first != 46, first != 95, first != 45,
+            bytes.allSatisfy({ isNameByte($0) || $0 == 58 || $0 == 47 || $0 == 64 || $0 == 43 })
+        else { throw .invalidDataset(datasetID) }
+    }
+
     static func isNameByte(_ c: UInt8) -> Bool {
         (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 46 || c == 95 || c == 45
     }

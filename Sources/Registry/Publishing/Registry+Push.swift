@@ -47,6 +47,7 @@ extension Registry {
         if let version = request.version { try ModelReference.validate(version: version) }
         if let alias = request.alias { try ModelReference.validate(version: alias) }
         for key in request.tags.keys { try ModelReference.validate(version: key) }
+        if let dataset = request.datasetID { try ModelReference.validate(datasetID: dataset) }
         var request = request
         request.privacy.fillFromSegments()  // as the statement's reader will
         try request.privacy.validate()

@@ -151,6 +151,7 @@ extension Registry {
                 version: prepared.version,
                 digest: Digest.hex(Digest.sha256(payload))
             )
+            if let dataset = statement.lineage.datasetID { try ModelReference.validate(datasetID: dataset) }
             let checked = try checksPrincipals()
             guard signer.keyID == actor.keyID || !checked else {
                 throw CofferRegistryError.refused("\(label) is signed by \(signer.name), not by the pushing principal \(actor.name)")
