@@ -102,41 +102,46 @@ extension Coffer {
         }
     }
 
-    struct GrantCommand: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "grant", abstract: "Grant a principal a role on models (admin only).")
-        @OptionGroup var registry: RegistryOptions
-        @OptionGroup var passphraseOptions: PassphraseOptions
-        @OptionGroup var acting: ActingIdentity
+    /// What names a grant, for `grant` and `revoke` alike.
+    struct GrantArguments: ParsableArguments {
         @Argument(help: "Principal name.") var principal: String
         @Argument(help: "Role: admin, publisher, reader, decrypt, inference.") var role: String
         @Option(name: .long, help: "Scope: * (every model), NS/ (a namespace) or a model name.") var on: String = "*"
         @Option(name: .long, help: "Only through this alias (inference).") var alias: String?
 
+        func grant() throws -> Grant { Grant(principal: principal, role: try parseRole(role), scope: on, alias: alias) }
+        var summary: String { "\(role) on \(on)\(alias.map { " alias \($0)" } ?? "")" }
+    }
+
+    struct GrantCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "grant", abstract: "Grant a principal a role on models (admin only).")
+        @OptionGroup var registry: RegistryOptions
+        @OptionGroup var passphraseOptions: PassphraseOptions
+        @OptionGroup var acting: ActingIdentity
+        @OptionGroup var granted: GrantArguments
+
         func run() throws {
             let store = try registry.open()
             let actor = try store.principal(for: try acting.unlock(passphraseOptions))
-            try store.grant(Grant(principal: principal, role: try parseRole(role), scope: on, alias: alias), by: actor)
-            print("granted \(role) on \(on)\(alias.map { " alias \($0)" } ?? "") to \(principal)")
+            try store.grant(try granted.grant(), by: actor)
+            print("granted \(granted.summary) to \(granted.principal)")
         }
     }
 
     struct RevokeCommand: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a principal's role (admin only).")
+        static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a principal's role, as granted (admin only).")
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
         @OptionGroup var acting: ActingIdentity
-        @Argument(help: "Principal name.") var principal: String
-        @Argument(help: "Role.") var role: String
-        @Option(name: .long, help: "Scope, as granted.") var on: String = "*"
-        @Option(name: .long, help: "Alias, as granted.") var alias: String?
+        @OptionGroup var granted: GrantArguments
 
         func run() throws {
             let store = try registry.open()
             let actor = try store.principal(for: try acting.unlock(passphraseOptions))
-            guard try store.revoke(Grant(principal: principal, role: try parseRole(role), scope: on, alias: alias), by: actor) else {
-                throw CLIError("\(principal) holds no \(role) grant on \(on)\(alias.map { " alias \($0)" } ?? "")")
+            guard try store.revoke(try granted.grant(), by: actor) else {
+                throw CLIError("\(granted.principal) holds no \(granted.summary) grant")
             }
-            print("revoked \(role) on \(on) from \(principal)")
+            print("revoked \(granted.summary) from \(granted.principal)")
         }
     }
 
