@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,13 +21,10 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "campaign"))
+from serving import start_server  # noqa: E402
+
 MIB = 1 << 20
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid, field="VmRSS"):
@@ -68,19 +64,10 @@ def main():
                 f.write(os.urandom(MIB))
         c("push", "m", f"{work}/model", *admin)
         shutil.rmtree(f"{work}/model")
-        port = free_port()
-        server = subprocess.Popen([coffer, "serve", "--home", home, "--listen", f"127.0.0.1:{port}"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server, base, _ = start_server(coffer, home, env, f"{work}/serve.log")
+        port = int(base.rsplit(":", 1)[1])
         headers = {"Authorization": f"Bearer {token}"}
         try:
-            for _ in range(200):
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                    conn.request("GET", "/healthz")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    time.sleep(0.05)
             print(f"# tools/bench/server: {args.size_mib} MiB version, {args.clients} clients, loopback, 2 cores")
 
             # 1. Metadata at a fixed rate.

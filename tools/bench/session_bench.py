@@ -17,7 +17,9 @@ import numpy as np
 from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "campaign"))
 from crypto_bench import run  # noqa: E402  (GNU time peak RSS, os.sync before each run)
+from serving import start_server  # noqa: E402
 
 
 def big_checkpoint(coffer, work, width):
@@ -75,28 +77,17 @@ def http_session(c, coffer, work, home, env, rounds, unseal_median):
     """The same session through `coffer serve`: POST /v1/sessions (the server unwraps with the registry key it
     unlocked at start, verifies, decrypts into locked memory) then the first POST .../predict, timed from the
     client; each round's session is closed before the next. Reported beside the CLI path, against the same anchor."""
-    import socket
     import urllib.request
     token = c("token", "create", "--principal", "alice", "--scope", "infer", "--ttl", "1h", "--identity", f"{work}/alice.key",
               "--home", home).stdout.decode().strip()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(f"{work}/serve.log", "wb")
-    server = subprocess.Popen([coffer, "serve", "--home", home, "--listen", f"127.0.0.1:{port}"], env=env, stdout=log, stderr=log)
+    server, base, _ = start_server(coffer, home, env, f"{work}/serve.log")
     def call(method, path, body=None):
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=None if body is None else json.dumps(body).encode())
+        request = urllib.request.Request(f"{base}{path}", method=method, data=None if body is None else json.dumps(body).encode())
         request.add_header("Authorization", f"Bearer {token}")
         request.add_header("Content-Type", "application/json")
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.read()
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
-                break
-            except OSError:
-                time.sleep(0.1)
         columns, values = open(f"{work}/rows.csv").read().splitlines()[:2]
         row = {k: float(v) for k, v in zip(columns.split(","), values.split(",")) if k.startswith("x")}
         times = []
