@@ -223,10 +223,12 @@ public final class AtomicOutputFile: ByteSink {
 
 /// Writes a file in aligned blocks with `O_DIRECT`, bypassing the page cache; the tail that does not fill a block
 /// is written through the cache at ``finish()``. A file smaller than one block never uses `O_DIRECT`, and a file
-/// system that refuses it (tmpfs) gets ordinary writes.
+/// system that refuses it (tmpfs) gets ordinary writes. The block is sodium memory (a pulled file's plaintext
+/// passes through it): locked, wiped when the writer goes, and page-aligned since its size is a page multiple.
 private final class DirectWriter {
     static let block = 4 << 20
     private let stream: FileDescriptorStream
+    private let memory = SecureBytes(count: block)
     private let buffer: UnsafeMutableRawBufferPointer
     private var filled = 0
     private var enabled = false
@@ -234,15 +236,12 @@ private final class DirectWriter {
 
     init(stream: FileDescriptorStream) {
         self.stream = stream
-        var memory: UnsafeMutableRawPointer? = nil
-        _ = posix_memalign(&memory, 4096, Self.block)
-        buffer = UnsafeMutableRawBufferPointer(start: memory, count: memory == nil ? 0 : Self.block)
+        buffer = memory.withUnsafeMutableBytes { $0 }
+        refused = Int(bitPattern: buffer.baseAddress) % 4096 != 0
     }
 
-    deinit { free(buffer.baseAddress) }
-
     func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
-        guard buffer.count > 0, !refused else { return try stream.write(bytes) }
+        guard !refused else { return try stream.write(bytes) }
         var offset = 0
         while offset < bytes.count {
             let n = min(bytes.count - offset, buffer.count - filled)

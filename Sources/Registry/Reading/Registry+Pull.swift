@@ -103,7 +103,8 @@ extension Registry {
             let target = "\(staging)/\(file.path)"
             try BlobStore.makeDirectory((target as NSString).deletingLastPathComponent)
             let output: AtomicOutputFile
-            do { output = try AtomicOutputFile(destination: target, mode: 0o600, durable: false) } catch { throw .crypto(error) }
+            // Durable: a file that appears in `directory` is on the disk whole, whatever happens to the machine after.
+            do { output = try AtomicOutputFile(destination: target, mode: 0o600, durable: true) } catch { throw .crypto(error) }
             try write(file, output, done)
             do { try output.commit() } catch { throw .crypto(error) }
             done += file.size
@@ -121,6 +122,14 @@ extension Registry {
             } catch {
                 for path in placed { unlink(path) }
                 throw error as? CofferRegistryError ?? .io(path: destination, reason: "cannot place file")
+            }
+        }
+        // The renames themselves reach the disk with their directories.
+        for folder in Set(placed.map { ($0 as NSString).deletingLastPathComponent }) {
+            let descriptor = Glibc.open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if descriptor >= 0 {
+                fsync(descriptor)
+                close(descriptor)
             }
         }
         // The OpenSSF model-signing bundle beside the files, unless the model has a file of that name itself.
