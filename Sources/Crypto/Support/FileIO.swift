@@ -226,7 +226,8 @@ public final class AtomicOutputFile: ByteSink {
 /// system that refuses it (tmpfs) gets ordinary writes. The block is sodium memory (a pulled file's plaintext
 /// passes through it): locked, wiped when the writer goes, and page-aligned since its size is a page multiple.
 private final class DirectWriter {
-    static let block = 4 << 20
+    // 1 MiB: with the pipeline's three locked batches (6 MiB) a pull stays within the 8 MiB RLIMIT_MEMLOCK of a normal user.
+    static let block = 1 << 20
     private let stream: FileDescriptorStream
     private let memory = SecureBytes(count: block)
     private let buffer: UnsafeMutableRawBufferPointer
