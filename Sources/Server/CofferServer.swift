@@ -1,6 +1,6 @@
+import CLinux
 public import CofferCrypto
 public import CofferRegistry
-import CLinux
 import CofferTraining
 import Foundation
 public import Hummingbird
@@ -8,7 +8,6 @@ import HummingbirdCore
 import HummingbirdTLS
 public import Logging
 import NIOSSL
-
 
 /// Where and how `coffer serve` listens.
 public struct ServerConfiguration: Sendable {

@@ -322,7 +322,9 @@ struct RegistryController {
     /// The `{dataset}` path segment, percent-decoded: an id such as `hf:org/name` travels as `hf:org%2Fname`.
     private func datasetParameter(_ context: CofferRequestContext) throws -> String {
         let raw = try context.parameters.require("dataset")
-        guard let dataset = raw.removingPercentEncoding else { throw HTTPError(.badRequest, message: "dataset id '\(raw)' is not percent-encoded UTF-8") }
+        guard let dataset = raw.removingPercentEncoding else {
+            throw HTTPError(.badRequest, message: "dataset id '\(raw)' is not percent-encoded UTF-8")
+        }
         return dataset
     }
 

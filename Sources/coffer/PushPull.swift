@@ -78,8 +78,11 @@ extension Coffer {
                 }
                 let pinned = try PublicIdentity(contentsOf: registryKey)
                 let publisher = try passphraseOptions.unlockIdentity(at: identity)
-                let (model, version, digest) = try RemotePusher(client: RemoteClient(base: url, token: token, caCertificate: remote.caCertificate), url: url)
-                    .push(request, publisher: publisher, registryKey: pinned)
+                let (model, version, digest) = try RemotePusher(
+                    client: RemoteClient(base: url, token: token, caCertificate: remote.caCertificate),
+                    url: url
+                )
+                .push(request, publisher: publisher, registryKey: pinned)
                 return print("pushed \(model):\(version) sha256:\(digest) to \(url)")
             }
             let store = try registry.open()

@@ -57,7 +57,13 @@ final class RemoteClient: BlobFetcher {
             + (components.percentEncodedQuery.map { "?\($0)" } ?? "")
     }
 
-    private func open(_ method: String, _ path: String, query: [URLQueryItem] = [], headers: [String: String] = [:], body: Data? = nil)
+    private func open(
+        _ method: String,
+        _ path: String,
+        query: [URLQueryItem] = [],
+        headers: [String: String] = [:],
+        body: Data? = nil
+    )
         throws -> HTTPConnection.Response
     {
         var fields = [("Authorization", "Bearer \(token)")]
@@ -99,7 +105,9 @@ final class RemoteClient: BlobFetcher {
                 throw CLIError("answered \(response.status): \(Self.serverMessage((try? response.readAll()) ?? Data()))")
             }
             let offered = response.headers.first(name: "Content-Length").flatMap(Int.init)
-            guard offered == size else { throw CLIError("the server offers \(offered.map(String.init) ?? "an unknown number of") bytes; the publisher signed \(size)") }
+            guard offered == size else {
+                throw CLIError("the server offers \(offered.map(String.init) ?? "an unknown number of") bytes; the publisher signed \(size)")
+            }
             return StreamedBody(response: response, size: size, label: label)
         } catch {
             throw .io(path: label, reason: Self.reason(error))

@@ -92,7 +92,9 @@ struct AccessTests {
         try f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [], by: try f.registry.principal(for: alice))
         let bobs = try f.registry.openSession(prod, identity: bob, ttl: 600, now: t0)
         #expect(throws: CofferRegistryError.unknownSession(bobs.info.id)) { try f.registry.revokeSession(id: bobs.info.id, identity: carol) }
-        #expect(throws: CofferRegistryError.unknownSession("0123456789abcdef")) { try f.registry.revokeSession(id: "0123456789abcdef", identity: bob) }
+        #expect(throws: CofferRegistryError.unknownSession("0123456789abcdef")) {
+            try f.registry.revokeSession(id: "0123456789abcdef", identity: bob)
+        }
         _ = try InferenceSession(registry: f.registry, token: bobs.token, now: t0)
         try f.registry.revokeSession(id: bobs.info.id, identity: alice)
         #expect(refusal { _ = try InferenceSession(registry: f.registry, token: bobs.token, now: t0) }.contains("was revoked"))

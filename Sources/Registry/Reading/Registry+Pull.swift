@@ -67,7 +67,14 @@ extension Registry {
 
         let done = try Self.place(statement.files, into: directory, modelSignature: stored.modelSignature) {
             (file: ModelStatement.File, output: AtomicOutputFile, before: Int) throws(CofferRegistryError) in
-            try open(file, of: stored, dataKey: dataKey, into: output, checkingBlobDigest: false, progress: progress.map { report in { report(before + $0) } })
+            try open(
+                file,
+                of: stored,
+                dataKey: dataKey,
+                into: output,
+                checkingBlobDigest: false,
+                progress: progress.map { report in { report(before + $0) } }
+            )
         }
         return PullResult(
             model: stored.model,
