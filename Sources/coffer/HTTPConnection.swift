@@ -182,8 +182,8 @@ private final class ResponseInbox: ChannelInboundHandler, @unchecked Sendable {
 
     private func fail(_ reason: String) {
         condition.withLock {
-            if !ended, failure == nil { failure = reason }
-            if ended, failure == nil { failure = "closed" }
+            // After a whole response a close only retires the connection; during one it is the request's failure.
+            if failure == nil { failure = ended ? "closed" : reason }
             condition.broadcast()
         }
     }

@@ -65,35 +65,29 @@ def summary_lines(output):
 
 def plot_transfers(data, path_throughput, path_rss):
     sizes = sorted(int(s) for s in data["sizes"])
-    measures = ["coffer push", "age -r", "coffer pull", "age -d"]
+    figures = data["sizes"]
+    plot_by_size(sizes, lambda s, m: s / figures[str(s)][m]["median_s"], "MiB/s (median of rounds)",
+                 "Push and pull throughput against age, same run", path_throughput)
+    plot_by_size(sizes, lambda s, m: figures[str(s)][m]["peak_rss_mib"], "peak RSS, MiB", "Peak memory against file size", path_rss,
+                 from_zero=True)
+
+
+def plot_by_size(sizes, value, ylabel, title, path, from_zero=False):
+    """One line per transfer measure (Coffer solid, age dashed) of `value(size, measure)` on a log2 size axis."""
     styles = {"coffer push": ("C0", "-"), "age -r": ("C0", "--"), "coffer pull": ("C1", "-"), "age -d": ("C1", "--")}
     figure, axis = plt.subplots(figsize=(7, 4.2))
-    for measure in measures:
-        color, line = styles[measure]
-        axis.plot(sizes, [s / data["sizes"][str(s)][measure]["median_s"] for s in sizes], marker="o", color=color, linestyle=line, label=measure)
+    for measure, (color, line) in styles.items():
+        axis.plot(sizes, [value(s, measure) for s in sizes], marker="o", color=color, linestyle=line, label=measure)
     axis.set_xscale("log", base=2)
     axis.set_xticks(sizes, [f"{s} MiB" if s < 1024 else f"{s // 1024} GiB" for s in sizes])
-    axis.set_ylabel("MiB/s (median of rounds)")
-    axis.set_title("Push and pull throughput against age, same run")
+    axis.set_ylabel(ylabel)
+    if from_zero:
+        axis.set_ylim(bottom=0)
+    axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path_throughput, dpi=110)
-    plt.close(figure)
-
-    figure, axis = plt.subplots(figsize=(7, 4.2))
-    for measure in measures:
-        color, line = styles[measure]
-        axis.plot(sizes, [data["sizes"][str(s)][measure]["peak_rss_mib"] for s in sizes], marker="o", color=color, linestyle=line, label=measure)
-    axis.set_xscale("log", base=2)
-    axis.set_xticks(sizes, [f"{s} MiB" if s < 1024 else f"{s // 1024} GiB" for s in sizes])
-    axis.set_ylabel("peak RSS, MiB")
-    axis.set_ylim(bottom=0)
-    axis.set_title("Peak memory against file size")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path_rss, dpi=110)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 

@@ -307,32 +307,11 @@ extension Registry {
     )
         throws(CofferRegistryError)
     {
-        try Self.openBlob(
-            at: blobs.path(of: file.sealedSHA256),
-            file,
-            dataKey: dataKey,
-            into: sink,
-            checkingBlobDigest: checkingBlobDigest,
-            progress: progress
-        )
-    }
-
-    /// Decrypts the sealed file at `path` as `file` of a version, checking its signed digests in the same pass.
-    static func openBlob(
-        at path: String,
-        _ file: ModelStatement.File,
-        dataKey: borrowing SecretKey,
-        into sink: any ByteSink,
-        checkingBlobDigest: Bool,
-        progress: ((Int) -> Void)? = nil
-    )
-        throws(CofferRegistryError)
-    {
         let source: FileDescriptorStream
-        do { source = try FileDescriptorStream(readingFrom: path) } catch {
+        do { source = try FileDescriptorStream(readingFrom: blobs.path(of: file.sealedSHA256)) } catch {
             throw .tampered("blob of \(file.path) is missing")
         }
-        try openBlob(from: source, file, dataKey: dataKey, into: sink, checkingBlobDigest: checkingBlobDigest, progress: progress)
+        try Self.openBlob(from: source, file, dataKey: dataKey, into: sink, checkingBlobDigest: checkingBlobDigest, progress: progress)
     }
 
     /// Decrypts a sealed file read from `source` (a blob on disk, or one streamed from a server) as `file` of a
