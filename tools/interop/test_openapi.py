@@ -8,18 +8,14 @@ import subprocess
 from pathlib import Path
 
 from test_interop import COFFER, ENV, coffer
-from test_server import OPENAPI, free_port, serve
+from test_server import OPENAPI, free_port, owned_registry, serve
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCHEMATHESIS = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "st"
 
 
 def test_the_server_conforms_to_its_openapi_document(tmp_path):
-    home = tmp_path / "home"
-    coffer("keygen", "--out", tmp_path / "alice")
-    coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
-    admin = ["--identity", tmp_path / "alice.key", "--home", home]
-    coffer("trust", "add", tmp_path / "alice.pub", *admin)
+    home, admin = owned_registry(tmp_path)
     coffer("synth", "--rows", "200", "--features", "3", "--out", tmp_path / "data")
     coffer("train", "--config", tmp_path / "data" / "recipe.json", "--out", tmp_path / "ckpt")
     coffer("push", "m/risk", tmp_path / "ckpt", "--alias", "prod", *admin)

@@ -63,13 +63,19 @@ def _call(url, token=None, method="GET", body=None, headers=None):
         return error.code, dict(error.headers), error.read()
 
 
-def test_serve_end_to_end(tmp_path):
+def owned_registry(tmp_path, *others):
+    """A registry owned (and trusted as a publisher) by alice, with keys for `others` too: (home, alice's admin args)."""
     home = tmp_path / "home"
-    for name in ("alice", "bob"):
+    for name in ("alice", *others):
         coffer("keygen", "--out", tmp_path / name)
     coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
     admin = ["--identity", tmp_path / "alice.key", "--home", home]
     coffer("trust", "add", tmp_path / "alice.pub", *admin)
+    return home, admin
+
+
+def test_serve_end_to_end(tmp_path):
+    home, admin = owned_registry(tmp_path, "bob")
     coffer("principal", "add", "bob", tmp_path / "bob.pub", "--role", "reader", "--role", "decrypt", "--role", "inference", *admin)
     coffer("synth", "--rows", "300", "--features", "3", "--out", tmp_path / "data")
     coffer("train", "--config", tmp_path / "data" / "recipe.json", "--out", tmp_path / "ckpt")
@@ -189,12 +195,7 @@ def assert_documented():
 
 def test_remote_alias_sessions_infer_and_predict_limits(tmp_path):
     """alias, session and infer through --registry, and the per-session limits that slow model extraction."""
-    home = tmp_path / "home"
-    for name in ("alice", "bob"):
-        coffer("keygen", "--out", tmp_path / name)
-    coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
-    admin = ["--identity", tmp_path / "alice.key", "--home", home]
-    coffer("trust", "add", tmp_path / "alice.pub", *admin)
+    home, admin = owned_registry(tmp_path, "bob")
     coffer("principal", "add", "bob", tmp_path / "bob.pub", "--role", "reader", "--role", "inference", *admin)
     coffer("synth", "--rows", "300", "--features", "3", "--out", tmp_path / "data")
     coffer("train", "--config", tmp_path / "data" / "recipe.json", "--out", tmp_path / "ckpt")
@@ -283,11 +284,7 @@ def serve(home, port, *extra):
 
 
 def test_push_over_http_resumes_after_the_client_is_killed(tmp_path):
-    home = tmp_path / "home"
-    coffer("keygen", "--out", tmp_path / "alice")
-    coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
-    admin = ["--identity", tmp_path / "alice.key", "--home", home]
-    coffer("trust", "add", tmp_path / "alice.pub", *admin)
+    home, admin = owned_registry(tmp_path)
     token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
     (tmp_path / "model").mkdir()
     payload = os.urandom(192 << 20)
@@ -355,11 +352,7 @@ def test_push_over_http_resumes_after_the_client_is_killed(tmp_path):
 
 def test_serve_over_tls_with_a_given_certificate(tmp_path):
     import ssl
-    home = tmp_path / "home"
-    coffer("keygen", "--out", tmp_path / "alice")
-    coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
-    admin = ["--identity", tmp_path / "alice.key", "--home", home]
-    coffer("trust", "add", tmp_path / "alice.pub", *admin)
+    home, admin = owned_registry(tmp_path)
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "weights.bin").write_bytes(os.urandom(3 << 20))
     coffer("push", "m", tmp_path / "model", *admin)
@@ -430,6 +423,11 @@ def test_a_registry_url_that_is_not_a_coffer_server_fails_in_one_line(tmp_path):
                               (f"http://127.0.0.1:{garbage.getsockname()[1]}", b"is not HTTP"),
                               (f"http://127.0.0.1:{free_port()}", b"connection refused")):
             result = coffer("list", "--registry", url, "--token", "cft_" + "0" * 64, check=False)
+            assert result.returncode == 1 and result.stderr.count(b"\n") == 1 and expected in result.stderr, result.stderr
+        # A URL the client cannot use, and a CA file that is not one, are refused before any connection.
+        for extra, expected in ((["--registry", "ftp://127.0.0.1/"], b"must be an http:// or https:// URL"),
+                                (["--registry", "https://127.0.0.1:1", "--ca-cert", tmp_path / "none.pem"], b"is not a readable PEM certificate file")):
+            result = coffer("list", *extra, "--token", "cft_" + "0" * 64, check=False)
             assert result.returncode == 1 and result.stderr.count(b"\n") == 1 and expected in result.stderr, result.stderr
     finally:
         html.shutdown()
