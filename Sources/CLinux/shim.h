@@ -1,14 +1,33 @@
 #ifndef COFFER_CLINUX_SHIM_H
 #define COFFER_CLINUX_SHIM_H
-// Linux calls and flags that Swift's Glibc module does not import (O_DIRECT needs _GNU_SOURCE; mallopt is in malloc.h).
+// Linux calls and flags that Swift's Glibc module does not import (O_DIRECT needs _GNU_SOURCE; mallopt is in malloc.h;
+// MAP_FAILED is a cast Swift cannot import).
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
 #endif
 #include <fcntl.h>
 #include <malloc.h>
+#include <sys/mman.h>
 
 /// Fixes glibc's mmap threshold: allocations of `bytes` or more are mapped and unmapped, never kept in an arena.
 static inline int coffer_set_mmap_threshold(int bytes) {
     return mallopt(M_MMAP_THRESHOLD, bytes);
+}
+
+/// A private anonymous mapping of `length` zeroed bytes, or NULL.
+static inline void *coffer_map_anonymous(size_t length) {
+    void *mapping = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return mapping == MAP_FAILED ? NULL : mapping;
+}
+
+/// Asks for transparent huge pages over a range (a hint: the kernel may have none to give).
+static inline void coffer_advise_huge_pages(void *start, size_t length) {
+    (void)madvise(start, length, MADV_HUGEPAGE);
+}
+
+/// Locks a range as its pages are first touched (not all at once), and keeps it out of core dumps.
+static inline int coffer_lock_on_fault(void *start, size_t length) {
+    (void)madvise(start, length, MADV_DONTDUMP);
+    return mlock2(start, length, MLOCK_ONFAULT);
 }
 #endif

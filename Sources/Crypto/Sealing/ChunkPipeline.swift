@@ -8,8 +8,9 @@ import Dispatch
 /// batch's input in order, and a writer lane writes batch k-1 (hashing its output). Lanes are
 /// threads of the pipeline's own (see ``Lane``); an input known to fit one batch runs inline. Reading and writing
 /// are the costliest steps on a virtual machine's page cache, so they must not share a thread.
-/// Memory is 3 x batch x (input + output stride), whatever the stream's length. One byte of
-/// look-ahead tells which chunk is the last, so pipes work as well as files.
+/// Memory is 3 x batch x (input + output stride), whatever the stream's length; a ``MemoryRegionSink`` is
+/// written in place, without output buffers or a copy. One byte of look-ahead tells which chunk is the last,
+/// so pipes work as well as files.
 struct ChunkPipeline {
     enum Direction { case seal, open }
 
@@ -48,7 +49,8 @@ struct ChunkPipeline {
         let remaining = source.remainingHint
         let capacity = batchChunks(remaining: remaining)
         let oneBatch = remaining.map { $0 < capacity * inputStride } ?? false
-        let buffers = (0..<(oneBatch ? 1 : 3)).map { _ in Batch(pipeline: self, capacity: capacity) }
+        let region = sink as? MemoryRegionSink
+        let buffers = (0..<(oneBatch ? 1 : 3)).map { _ in Batch(pipeline: self, capacity: capacity, ownsOutput: region == nil) }
         let state = PipelineState(inputHasher: inputHasher, outputHasher: outputHasher)
         let workers = (0..<(oneBatch ? 1 : ProcessInfoCores.count)).map { Lane(name: "coffer.pipeline.worker\($0)", inline: oneBatch) }
         let hasherLane = Lane(name: "coffer.pipeline.hash", inline: oneBatch || inputHasher == nil)
@@ -72,6 +74,7 @@ struct ChunkPipeline {
                 let (length, eof) = try batch.fill(from: source, carry: &carry)
                 finished = eof
                 try batch.layout(length: length, firstIndex: nextIndex, endsStream: eof && sourceEndIsStreamEnd)
+                if let region { batch.output = try region.reserve(batch.outputLength).baseAddress }
                 nextIndex += UInt64(batch.chunkCount)
                 batch.start(workers: workers, hasherLane: hasherLane, state: state)
                 writerLane.async {
@@ -88,10 +91,13 @@ struct ChunkPipeline {
                             outputHashed.leave()
                         }
                     }
-                    do throws(CofferCryptoError) {
-                        try writerOnly.value.sink.write(batch.output(count: batch.outputLength))
-                    } catch {
-                        return state.fail(error)
+                    // A region sink already holds the output: the workers wrote it there.
+                    if region == nil {
+                        do throws(CofferCryptoError) {
+                            try writerOnly.value.sink.write(batch.output(count: batch.outputLength))
+                        } catch {
+                            return state.fail(error)
+                        }
                     }
                     state.inputBytes += batch.inputLength
                     state.outputBytes += batch.outputLength
@@ -167,7 +173,10 @@ private final class Batch: @unchecked Sendable {
     let pipeline: ChunkPipeline
     let capacity: Int
     let input: UnsafeMutableRawPointer
-    let output: UnsafeMutableRawPointer
+    /// The batch's own output buffer, or `nil` when each batch is given its place in a region sink.
+    private let ownOutput: UnsafeMutableRawPointer?
+    /// Where the workers write this batch's output.
+    var output: UnsafeMutableRawPointer?
     let inputCapacity: Int
     let outputCapacity: Int
     let group = DispatchGroup()
@@ -186,21 +195,22 @@ private final class Batch: @unchecked Sendable {
     /// One slot per chunk, written by that chunk's worker only.
     private let errors: UnsafeMutablePointer<CofferCryptoError?>
 
-    init(pipeline: ChunkPipeline, capacity: Int) {
+    init(pipeline: ChunkPipeline, capacity: Int, ownsOutput: Bool) {
         self.pipeline = pipeline
         self.capacity = capacity
         self.inputCapacity = capacity * pipeline.inputStride
         self.outputCapacity = capacity * pipeline.outputStride
         // Plaintext sides live in sodium_malloc memory: locked against swap and wiped when freed.
         self.input = sodium_malloc(inputCapacity)!
-        self.output = sodium_malloc(outputCapacity)!
+        self.ownOutput = ownsOutput ? sodium_malloc(outputCapacity)! : nil
+        self.output = ownOutput
         self.errors = .allocate(capacity: capacity)
         self.errors.initialize(repeating: nil, count: capacity)
     }
 
     deinit {
         sodium_free(input)
-        sodium_free(output)
+        if let ownOutput { sodium_free(ownOutput) }
         errors.deinitialize(count: capacity)
         errors.deallocate()
     }
@@ -280,7 +290,7 @@ private final class Batch: @unchecked Sendable {
         let index = firstIndex + UInt64(j)
         let last = isLastInBatch && endsStream
         let source = UnsafeRawBufferPointer(start: input + j * inStride, count: length)
-        let destination = output + j * outStride
+        let destination = output! + j * outStride
         switch pipeline.direction {
         case .seal:
             pipeline.cipher.seal(source, into: destination, index: index, last: last)

@@ -21,6 +21,31 @@ public protocol ByteSink: AnyObject {
     func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError)
 }
 
+/// Output into a span of memory the caller owns (sodium memory, for plaintext). The sealing pipeline
+/// transforms chunks straight into it instead of into a batch buffer it then copies; bytes past its end
+/// are refused.
+public final class MemoryRegionSink: ByteSink {
+    private let region: UnsafeMutableRawBufferPointer
+    /// Bytes written (or, inside the pipeline, handed out to be written) so far.
+    public private(set) var written = 0
+
+    public init(_ region: UnsafeMutableRawBufferPointer) { self.region = region }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
+        guard bytes.count > 0 else { return }
+        try reserve(bytes.count).copyMemory(from: bytes)
+    }
+
+    /// The next `count` bytes of the region, counted as written.
+    func reserve(_ count: Int) throws(CofferCryptoError) -> UnsafeMutableRawBufferPointer {
+        guard count <= region.count - written else {
+            throw .malformedChunk("the output runs past the \(region.count) bytes expected")
+        }
+        defer { written += count }
+        return UnsafeMutableRawBufferPointer(rebasing: region[written..<(written + count)])
+    }
+}
+
 /// Bytes already in memory, read as a stream (parsers fed from a buffer, tests, fuzzing).
 public final class MemorySource: ByteSource {
     private let bytes: [UInt8]

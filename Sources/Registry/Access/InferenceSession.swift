@@ -42,7 +42,7 @@ public struct InferenceSession: ~Copyable {
         }
         let plaintext = SecureBytes(count: max(offset, 1))
         for (file, entry) in zip(claimed.files, files) {
-            let sink = SecureSink(buffer: plaintext, range: entry.1)
+            let sink = plaintext.withUnsafeMutableBytes { MemoryRegionSink(UnsafeMutableRawBufferPointer(rebasing: $0[entry.1])) }
             do {
                 try registry.open(file, of: stored, dataKey: claimed.dataKey, into: sink, checkingBlobDigest: false)
             } catch {
@@ -85,24 +85,6 @@ public struct InferenceSession: ~Copyable {
     public func withFile<R, E: Error>(_ path: String, _ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R? {
         guard let file = files.first(where: { $0.path == path }) else { return nil }
         return try plaintext.withUnsafeBytes { bytes throws(E) in try body(UnsafeRawBufferPointer(rebasing: bytes[file.range])) }
-    }
-}
-
-/// Writes decrypted bytes into a range of a sodium buffer.
-final class SecureSink: ByteSink {
-    let base: UnsafeMutableRawPointer
-    let range: Range<Int>
-    var written = 0
-
-    init(buffer: borrowing SecureBytes, range: Range<Int>) {
-        base = buffer.withUnsafeMutableBytes { $0.baseAddress! }
-        self.range = range
-    }
-
-    func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
-        guard written + bytes.count <= range.count else { throw .truncated("more plaintext than the signed size") }
-        if let source = bytes.baseAddress { (base + range.lowerBound + written).copyMemory(from: source, byteCount: bytes.count) }
-        written += bytes.count
     }
 }
 

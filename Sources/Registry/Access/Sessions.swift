@@ -197,8 +197,16 @@ extension Registry {
                         info.id, Data(hash), info.principal, stored.id, info.reference, alias, info.createdAt, info.expiresAt, maxUses, Data(wrapped),
                     ]
                 )
+                // The session and its audit entry commit together: no session exists unrecorded.
+                try Self.appendAudit(
+                    db,
+                    principal: actor.name,
+                    action: "session.open",
+                    target: reference.description,
+                    outcome: .ok,
+                    reason: "session \(info.id)"
+                )
             }
-            try audit(principal: actor.name, action: "session.open", target: reference.description, outcome: .ok, reason: "session \(info.id)")
             return OpenedSession(info: info, token: token)
         } catch {
             try? audit(principal: actor.name, action: "session.open", target: reference.description, outcome: .failed, reason: error.description)
