@@ -62,6 +62,7 @@ let package = Package(
                 "CofferCrypto",
                 "CofferTraining",
                 .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ],
             path: "Sources/Registry",
             swiftSettings: swiftSettings

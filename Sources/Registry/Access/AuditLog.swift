@@ -1,6 +1,7 @@
 public import CofferCrypto
 import Foundation
 import GRDB
+import GRDBSQLite
 
 /// One entry of the audit log.
 public struct AuditEntry: Sendable, Equatable, Codable {
@@ -14,17 +15,38 @@ public struct AuditEntry: Sendable, Equatable, Codable {
     public var outcome: Outcome
     public var reason: String
 
-    /// SHA-256("coffer/v1/audit" || u64be(seq) || each field as u32be(length) || UTF-8 || prev_hash): docs/FORMAT.md.
     func hash(previous: [UInt8]) -> [UInt8] {
-        var message = Array("coffer/v1/audit".utf8)
-        appendBigEndian(UInt64(seq), width: 8, to: &message)
-        for field in [at, principal, action, target, outcome.rawValue, reason] {
-            let bytes = Array(field.utf8)
-            appendBigEndian(UInt64(bytes.count), width: 4, to: &message)
-            message += bytes
-        }
-        message += previous
-        return Digest.sha256(message)
+        var message = AuditMessage()
+        message.start(seq: seq)
+        for field in [at, principal, action, target, outcome.rawValue, reason] { message.field(field.utf8) }
+        return message.hash(previous: previous)
+    }
+}
+
+/// The bytes an entry's hash covers: "coffer/v1/audit" || u64be(seq) || each field as u32be(length) || UTF-8 ||
+/// prev_hash (docs/FORMAT.md), fields in the order at, principal, action, target, outcome, reason. One buffer,
+/// reused from entry to entry.
+struct AuditMessage {
+    private var bytes: [UInt8] = []
+
+    mutating func start(seq: Int64) {
+        bytes.removeAll(keepingCapacity: true)
+        bytes.append(contentsOf: "coffer/v1/audit".utf8)
+        Self.appendBigEndian(UInt64(seq), to: &bytes)
+    }
+
+    mutating func field(_ content: some Collection<UInt8>) {
+        Self.appendBigEndian(UInt32(content.count), to: &bytes)
+        bytes.append(contentsOf: content)
+    }
+
+    mutating func hash(previous: some Collection<UInt8>) -> [UInt8] {
+        bytes.append(contentsOf: previous)
+        return Digest.sha256(bytes)
+    }
+
+    static func appendBigEndian(_ value: some FixedWidthInteger, to bytes: inout [UInt8]) {
+        withUnsafeBytes(of: value.bigEndian) { bytes.append(contentsOf: $0) }
     }
 }
 
@@ -114,9 +136,7 @@ extension Registry {
 
     /// The message the registry signs for a chain head.
     static func headMessage(seq: Int64, hash: [UInt8]) -> [UInt8] {
-        var message = Array("coffer/v1/audit-head".utf8)
-        appendBigEndian(UInt64(seq), width: 8, to: &message)
-        return message + hash
+        Array("coffer/v1/audit-head".utf8) + withUnsafeBytes(of: UInt64(seq).bigEndian) { Array($0) } + hash
     }
 
     /// Signs the current chain head with the registry's identity (whose key the caller unlocked).
@@ -179,26 +199,30 @@ extension Registry {
         var lastSeq: Int64 = 0
         let problem: String? = try database.read { db in
             var previous = Self.genesisHash
-            let cursor = try Row.fetchCursor(
-                db,
+            // SQLite's own row loop, with each entry's fields hashed from where SQLite holds them: GRDB's rows
+            // (a Data or String per column) made verifying a million entries take 4-5 s instead of about one.
+            let statement = try db.makeStatement(
                 sql: "SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log ORDER BY seq"
             )
-            while let row = try cursor.next() {
-                let seq: Int64 = row["seq"]
+            let handle = statement.sqliteStatement
+            func column(_ index: Int32) -> UnsafeRawBufferPointer {
+                let start = sqlite3_column_blob(handle, index)
+                return UnsafeRawBufferPointer(start: start, count: start == nil ? 0 : Int(sqlite3_column_bytes(handle, index)))
+            }
+            var message = AuditMessage()
+            while true {
+                let step = sqlite3_step(handle)
+                if step == SQLITE_DONE { break }
+                guard step == SQLITE_ROW else { throw DatabaseError(resultCode: ResultCode(rawValue: step), message: db.lastErrorMessage) }
+                let seq = sqlite3_column_int64(handle, 0)
                 guard seq == lastSeq + 1 else { return "entry \(lastSeq + 1) is missing (deleted, or entries reordered)" }
-                let storedPrevious = Array(row["prev_hash"] as Data)
-                guard storedPrevious == previous else { return "entry \(seq) does not link to entry \(seq - 1) (inserted, deleted or reordered)" }
-                let entry = AuditEntry(
-                    seq: seq,
-                    at: row["at"],
-                    principal: row["principal"],
-                    action: row["action"],
-                    target: row["target"],
-                    outcome: AuditEntry.Outcome(rawValue: row["outcome"]) ?? .failed,
-                    reason: row["reason"]
-                )
-                let hash = entry.hash(previous: previous)
-                guard hash == Array(row["entry_hash"] as Data) else { return "entry \(seq) was edited (its hash does not match)" }
+                guard column(7).elementsEqual(previous) else {
+                    return "entry \(seq) does not link to entry \(seq - 1) (inserted, deleted or reordered)"
+                }
+                message.start(seq: seq)
+                for index in Int32(1)...6 { message.field(column(index)) }
+                let hash = message.hash(previous: previous)
+                guard column(8).elementsEqual(hash) else { return "entry \(seq) was edited (its hash does not match)" }
                 if let signed = headsBySeq.removeValue(forKey: seq), signed != hash {
                     return "entries up to \(seq) were rewritten under a signed head"
                 }
@@ -213,10 +237,6 @@ extension Registry {
         let signedThrough = heads.last?.seq ?? 0
         return AuditReport(entries: count, signedThrough: signedThrough, unsigned: Int(lastSeq - signedThrough))
     }
-}
-
-private func appendBigEndian(_ value: UInt64, width: Int, to bytes: inout [UInt8]) {
-    for i in stride(from: width - 1, through: 0, by: -1) { bytes.append(UInt8(truncatingIfNeeded: value >> (8 * UInt64(i)))) }
 }
 
 extension Registry {
