@@ -60,7 +60,9 @@ extension Registry {
     {
         try require(.admin, on: nil, by: actor, action: "token.create", target: name)
         guard ttl > 0, ttl.isFinite else { throw .refused("--ttl must be a positive duration") }
-        let keyID = try database.read { db in try String.fetchOne(db, sql: "SELECT key_id FROM principals WHERE name = ?", arguments: [name]) }
+        let keyID = try database.read { db in
+            try String.fetchOne(db.cachedStatement(sql: "SELECT key_id FROM principals WHERE name = ?"), arguments: [name])
+        }
         guard keyID != nil else { throw .unknownPrincipal(name) }
         let token = SessionToken(secret: SecretKey.random(), prefix: SessionToken.apiPrefix)
         let info = APITokenInfo(
@@ -90,7 +92,7 @@ extension Registry {
 
     public func tokens() throws(CofferRegistryError) -> [APITokenInfo] {
         try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM api_tokens ORDER BY created_at").map {
+            try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM api_tokens ORDER BY created_at")).map {
                 APITokenInfo(
                     id: $0["id"],
                     principal: $0["principal"],
@@ -105,7 +107,9 @@ extension Registry {
 
     /// Revokes a token (admins, or its own principal).
     public func revokeToken(id: String, by actor: Principal?) throws(CofferRegistryError) {
-        let owner = try database.read { db in try String.fetchOne(db, sql: "SELECT principal FROM api_tokens WHERE id = ?", arguments: [id]) }
+        let owner = try database.read { db in
+            try String.fetchOne(db.cachedStatement(sql: "SELECT principal FROM api_tokens WHERE id = ?"), arguments: [id])
+        }
         guard let owner else { throw .refused("unknown token \(id)") }
         if owner != actor?.name { try require(.admin, on: nil, by: actor, action: "token.revoke", target: id) }
         try database.write { db in
@@ -125,8 +129,7 @@ extension Registry {
         let hash = try tokenHash(token)
         let row = try database.read { db in
             try Row.fetchOne(
-                db,
-                sql: "SELECT t.*, p.key_id FROM api_tokens t JOIN principals p ON p.name = t.principal WHERE t.token_hash = ?",
+                db.cachedStatement(sql: "SELECT t.*, p.key_id FROM api_tokens t JOIN principals p ON p.name = t.principal WHERE t.token_hash = ?"),
                 arguments: [Data(hash)]
             )
         }

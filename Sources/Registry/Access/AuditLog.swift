@@ -78,7 +78,7 @@ extension Registry {
         outcome: AuditEntry.Outcome,
         reason: String
     ) throws {
-        let last = try Row.fetchOne(db, sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        let last = try Row.fetchOne(db.cachedStatement(sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1"))
         let previous: [UInt8] = last.map { Array(($0["entry_hash"] as Data)) } ?? genesisHash
         let entry = AuditEntry(
             seq: (last?["seq"] ?? 0) + 1,
@@ -89,11 +89,12 @@ extension Registry {
             outcome: outcome,
             reason: reason
         )
-        try db.execute(
+        try db.cachedStatement(
             sql: """
                 INSERT INTO audit_log (seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
+                """
+        ).execute(
             arguments: [
                 entry.seq, entry.at, entry.principal, entry.action, entry.target, entry.outcome.rawValue, entry.reason, Data(previous),
                 Data(entry.hash(previous: previous)),

@@ -48,7 +48,7 @@ public struct Principal: Sendable, Equatable {
 extension Registry {
     /// Whether the registry checks principals: true once it has one (the owner named at init, or one added later).
     public func checksPrincipals() throws(CofferRegistryError) -> Bool {
-        try database.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM principals") ?? 0 } > 0
+        try database.read { db in try Int.fetchOne(db.cachedStatement(sql: "SELECT count(*) FROM principals")) ?? 0 } > 0
     }
 
     /// The principal `identity` acts as: in a registry that checks principals, the principal with its key
@@ -57,7 +57,9 @@ extension Registry {
         let keyID = identity.publicIdentity.keyID
         let declared = identity.publicIdentity.name
         guard try checksPrincipals() else { return Principal(name: declared, keyID: keyID) }
-        let name = try database.read { db in try String.fetchOne(db, sql: "SELECT name FROM principals WHERE key_id = ?", arguments: [keyID]) }
+        let name = try database.read { db in
+            try String.fetchOne(db.cachedStatement(sql: "SELECT name FROM principals WHERE key_id = ?"), arguments: [keyID])
+        }
         guard let name else {
             let reason = "identity \(declared) (\(keyID)) is not a principal of this registry"
             try audit(principal: "\(declared)?", action: "authenticate", target: keyID, outcome: .refused, reason: reason)
@@ -103,7 +105,10 @@ extension Registry {
         let first = !(try checksPrincipals())
         if !first { try require(.admin, on: nil, by: actor, action: "principal.add", target: name) }
         try database.write { db in
-            if try String.fetchOne(db, sql: "SELECT name FROM principals WHERE name = ? OR key_id = ?", arguments: [name, identity.keyID]) != nil {
+            if try String.fetchOne(
+                db.cachedStatement(sql: "SELECT name FROM principals WHERE name = ? OR key_id = ?"),
+                arguments: [name, identity.keyID]
+            ) != nil {
                 throw CofferRegistryError.principalExists(name)
             }
             try db.execute(
@@ -123,7 +128,7 @@ extension Registry {
 
     /// Every principal with its grants, by name.
     public func principals() throws(CofferRegistryError) -> [(name: String, keyID: String, grants: [Grant])] {
-        let rows = try database.read { db in try Row.fetchAll(db, sql: "SELECT name, key_id FROM principals ORDER BY name") }
+        let rows = try database.read { db in try Row.fetchAll(db.cachedStatement(sql: "SELECT name, key_id FROM principals ORDER BY name")) }
         var result: [(String, String, [Grant])] = []
         for row in rows {
             let name: String = row["name"]
@@ -134,7 +139,10 @@ extension Registry {
 
     public func grants(of principal: String) throws(CofferRegistryError) -> [Grant] {
         let rows = try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT role, scope, alias FROM grants WHERE principal = ? ORDER BY role, scope", arguments: [principal])
+            try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT role, scope, alias FROM grants WHERE principal = ? ORDER BY role, scope"),
+                arguments: [principal]
+            )
         }
         return rows.compactMap { row in
             Role(rawValue: row["role"]).map { Grant(principal: principal, role: $0, scope: row["scope"], alias: row["alias"]) }
@@ -146,7 +154,8 @@ extension Registry {
         try require(.admin, on: nil, by: actor, action: "grant", target: grant.principal)
         if grant.scope != "*" { try ModelReference.validate(name: grant.scope.hasSuffix("/") ? String(grant.scope.dropLast()) : grant.scope) }
         try database.write { db in
-            guard try String.fetchOne(db, sql: "SELECT name FROM principals WHERE name = ?", arguments: [grant.principal]) != nil else {
+            guard try String.fetchOne(db.cachedStatement(sql: "SELECT name FROM principals WHERE name = ?"), arguments: [grant.principal]) != nil
+            else {
                 throw CofferRegistryError.unknownPrincipal(grant.principal)
             }
             try db.execute(

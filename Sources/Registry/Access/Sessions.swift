@@ -217,11 +217,12 @@ extension Registry {
     public func sessions() throws(CofferRegistryError) -> [SessionInfo] {
         try database.read { db in
             try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT s.*, m.name AS model, v.version AS version FROM sessions s
-                    JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id ORDER BY s.created_at
-                    """
+                db.cachedStatement(
+                    sql: """
+                        SELECT s.*, m.name AS model, v.version AS version FROM sessions s
+                        JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id ORDER BY s.created_at
+                        """
+                )
             ).map { row in
                 SessionInfo(
                     id: row["id"],
@@ -245,7 +246,9 @@ extension Registry {
     }
 
     public func revokeSession(id: String, principal actor: Principal) throws(CofferRegistryError) {
-        let owner = try database.read { db in try String.fetchOne(db, sql: "SELECT principal FROM sessions WHERE id = ?", arguments: [id]) }
+        let owner = try database.read { db in
+            try String.fetchOne(db.cachedStatement(sql: "SELECT principal FROM sessions WHERE id = ?"), arguments: [id])
+        }
         // Someone else's session is unknown to anyone but an admin: the answer does not tell which ids exist.
         guard let owner else {
             try audit(principal: actor.name, action: "session.revoke", target: id, outcome: .refused, reason: "unknown session")
@@ -311,11 +314,12 @@ extension Registry {
     private func sessionRow(sql condition: String, argument: some DatabaseValueConvertible & Sendable) throws(CofferRegistryError) -> Row? {
         try database.read { db in
             try Row.fetchOne(
-                db,
-                sql: """
-                    SELECT s.*, m.name AS model, v.version AS version FROM sessions s
-                    JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id WHERE \(condition)
-                    """,
+                db.cachedStatement(
+                    sql: """
+                        SELECT s.*, m.name AS model, v.version AS version FROM sessions s
+                        JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id WHERE \(condition)
+                        """
+                ),
                 arguments: [argument]
             )
         }

@@ -48,31 +48,36 @@ extension Registry {
     /// Resolves `NAME`, `NAME:VERSION` or `NAME@ALIAS` to a committed version.
     func resolve(_ reference: ModelReference) throws(CofferRegistryError) -> (id: Int64, version: String) {
         let found: (Int64, String)?? = try database.read { db in
-            guard try Int64.fetchOne(db, sql: "SELECT id FROM models WHERE name = ?", arguments: [reference.name]) != nil else { return nil }
+            guard try Int64.fetchOne(db.cachedStatement(sql: "SELECT id FROM models WHERE name = ?"), arguments: [reference.name]) != nil else {
+                return nil
+            }
             let row: Row?
             switch reference.selector {
             case .latest:
                 row = try Row.fetchOne(
-                    db,
-                    sql: """
-                        SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?
-                        ORDER BY v.number IS NULL, v.number DESC, v.created_at DESC LIMIT 1
-                        """,
+                    db.cachedStatement(
+                        sql: """
+                            SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?
+                            ORDER BY v.number IS NULL, v.number DESC, v.created_at DESC LIMIT 1
+                            """
+                    ),
                     arguments: [reference.name]
                 )
             case .version(let version):
                 row = try Row.fetchOne(
-                    db,
-                    sql: "SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?",
+                    db.cachedStatement(
+                        sql: "SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?"
+                    ),
                     arguments: [reference.name, version]
                 )
             case .alias(let alias):
                 row = try Row.fetchOne(
-                    db,
-                    sql: """
-                        SELECT v.id, v.version FROM aliases a JOIN models m ON m.id = a.model_id JOIN versions v ON v.id = a.version_id
-                        WHERE m.name = ? AND a.alias = ?
-                        """,
+                    db.cachedStatement(
+                        sql: """
+                            SELECT v.id, v.version FROM aliases a JOIN models m ON m.id = a.model_id JOIN versions v ON v.id = a.version_id
+                            WHERE m.name = ? AND a.alias = ?
+                            """
+                    ),
                     arguments: [reference.name, alias]
                 )
             }
@@ -89,17 +94,18 @@ extension Registry {
     func loadVersion(_ id: Int64) throws(CofferRegistryError) -> StoredVersion {
         try database.read { db in
             let row = try Row.fetchOne(
-                db,
-                sql: "SELECT v.*, m.name AS model_name FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?",
+                db.cachedStatement(sql: "SELECT v.*, m.name AS model_name FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?"),
                 arguments: [id]
             )!
             var privacy = PrivacyMetadata(row: row)
-            if let history = try Row.fetchOne(db, sql: "SELECT segments, claimed_epsilon FROM version_privacy WHERE version_id = ?", arguments: [id])
-            {
+            if let history = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT segments, claimed_epsilon FROM version_privacy WHERE version_id = ?"),
+                arguments: [id]
+            ) {
                 privacy.claimedEpsilon = history["claimed_epsilon"]
                 privacy.segments = PrivacyMetadata.segments(fromJSON: history["segments"])
             }
-            let files = try Row.fetchAll(db, sql: "SELECT * FROM files WHERE version_id = ? ORDER BY path", arguments: [id]).map {
+            let files = try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM files WHERE version_id = ? ORDER BY path"), arguments: [id]).map {
                 ModelStatement.File(
                     path: $0["path"],
                     size: $0["size"],
@@ -108,17 +114,21 @@ extension Registry {
                     sealedSize: $0["sealed_size"]
                 )
             }
-            let envelope = try Data.fetchOne(db, sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'dsse'", arguments: [id])
-            let bundle = try Data.fetchOne(
-                db,
-                sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'model-signing'",
+            let envelope = try Data.fetchOne(
+                db.cachedStatement(sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'dsse'"),
                 arguments: [id]
             )
-            let erasure = try Row.fetchOne(db, sql: "SELECT erased_at, erased_by FROM erasures WHERE version_id = ?", arguments: [id])
-            let rekey = try Data.fetchOne(db, sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'rekey'", arguments: [id])
+            let bundle = try Data.fetchOne(
+                db.cachedStatement(sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'model-signing'"),
+                arguments: [id]
+            )
+            let erasure = try Row.fetchOne(db.cachedStatement(sql: "SELECT erased_at, erased_by FROM erasures WHERE version_id = ?"), arguments: [id])
+            let rekey = try Data.fetchOne(
+                db.cachedStatement(sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'rekey'"),
+                arguments: [id]
+            )
             let rekeyed = try Row.fetchAll(
-                db,
-                sql: "SELECT path, sealed_sha256, sealed_size FROM rekeyed_files WHERE version_id = ? ORDER BY path",
+                db.cachedStatement(sql: "SELECT path, sealed_sha256, sealed_size FROM rekeyed_files WHERE version_id = ? ORDER BY path"),
                 arguments: [id]
             ).map { "\($0["path"] as String) \($0["sealed_sha256"] as String) \($0["sealed_size"] as Int)" }
             return StoredVersion(
@@ -277,8 +287,7 @@ extension Registry {
         let keyID = identity.publicIdentity.keyID
         let stanza = try database.read { db in
             try Data.fetchOne(
-                db,
-                sql: "SELECT stanza FROM wrapped_keys WHERE version_id = ? AND recipient_key_id = ?",
+                db.cachedStatement(sql: "SELECT stanza FROM wrapped_keys WHERE version_id = ? AND recipient_key_id = ?"),
                 arguments: [stored.id, keyID]
             )
         }
