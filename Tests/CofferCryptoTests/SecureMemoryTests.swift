@@ -42,11 +42,12 @@ struct SecureMemoryTests {
         #expect(buffer.withUnsafeBytes { Array($0) } == plaintext)
 
         let short = SecureBytes(count: plaintext.count - 1)
-        #expect(throws: CofferCryptoError.self) {
+        let error = #expect(throws: CofferCryptoError.self) {
             try short.withUnsafeMutableBytes { region in
                 _ = try SealedFile.open(from: MemorySource(sealed), to: MemoryRegionSink(region), identity: alice)
             }
         }
+        #expect(error?.description == "malformed sealed file: the output runs past the \(plaintext.count - 1) bytes expected")
     }
 
     /// The lines of /proc/self/smaps for each mapping: its range, permissions and fields.
