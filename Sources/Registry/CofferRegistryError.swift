@@ -32,6 +32,7 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case budgetExceeded(String)
     case policyViolation(String)
     case erased(String)
+    case registryKeyRetired(held: String, current: String)
     case databaseBusy
     case database(String)
     case io(path: String, reason: String)
@@ -70,6 +71,8 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
         case .budgetExceeded(let why): "privacy budget exceeded: \(why)"
         case .policyViolation(let why): "policy refused: \(why)"
         case .erased(let what): "\(what)"
+        case .registryKeyRetired(let held, let current):
+            "this server holds the registry key \(held), which was retired: the registry's key is now \(current) (restart coffer serve with it)"
         case .databaseBusy: "the registry database is locked by another process (busy timeout expired); try again"
         case .database(let why): "registry database error: \(why)"
         case .io(let path, let reason): "\(path): \(reason)"

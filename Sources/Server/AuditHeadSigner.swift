@@ -2,13 +2,13 @@ import CofferRegistry
 import Logging
 import ServiceLifecycle
 
-/// Signs the audit log's head with the registry identity the server holds, every few seconds while entries are
-/// appended and once more at graceful shutdown, so that `coffer audit verify` covers what the server logged.
+/// Every few seconds while the server runs (and once more at graceful shutdown): writes the refused authentications
+/// counted meanwhile to the audit log, signs the log's head and a fresh state head with the registry key the server
+/// holds, so that `coffer audit verify` covers what the server logged and clients can tell its answers are current.
+/// A key retired by `key rotate` meanwhile signs nothing more (its heads would not verify): the server says so.
 struct AuditHeadSigner: Service {
-    let registry: Registry
-    let registryIdentity: UnlockedIdentity
+    let state: ServerState
     let interval: Duration
-    let logger: Logger
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
@@ -21,12 +21,14 @@ struct AuditHeadSigner: Service {
     }
 
     private func sign() {
+        state.refusals.flush(to: state.registry)
         do {
-            if let seq = try registry.signAuditHeadIfUnsigned(with: registryIdentity.identity) {
-                logger.debug("signed the audit log", metadata: ["through": "\(seq)"])
+            let key = try state.currentRegistryIdentity()
+            if let seq = try state.registry.signAuditHeadIfUnsigned(with: key, headLifetime: state.headLifetime) {
+                state.logger.debug("signed the audit log", metadata: ["through": "\(seq)"])
             }
         } catch {
-            logger.error("cannot sign the audit log head", metadata: ["error": "\(error.description)"])
+            state.logger.error("cannot sign the audit log head", metadata: ["error": "\(error.description)"])
         }
     }
 }

@@ -2,11 +2,12 @@ import CLinux
 public import CofferCrypto
 public import CofferRegistry
 import CofferTraining
-import Foundation
+public import Foundation
 public import Hummingbird
 import HummingbirdCore
 import HummingbirdTLS
 public import Logging
+public import NIOCore
 import NIOSSL
 
 /// Where and how `coffer serve` listens.
@@ -21,6 +22,11 @@ public struct ServerConfiguration: Sendable {
     public var predictLimits: PredictLimits
     /// How often the audit log's head is signed while the server appends to it (and once more at shutdown).
     public var auditSigningInterval: Duration
+    /// How long a signed state head is news: clients refuse one older than this (a freeze); re-signed at half of it.
+    public var headLifetime: TimeInterval
+    /// How long a client may take to send a request's headers before the connection is closed (slow clients that
+    /// hold connections open with partial headers).
+    public var headerTimeout: TimeAmount
 
     public init(
         host: String = "127.0.0.1",
@@ -28,7 +34,9 @@ public struct ServerConfiguration: Sendable {
         maxUploadSize: Int = 16 << 30,
         tls: (certificate: String, privateKey: String)? = nil,
         predictLimits: PredictLimits = .init(),
-        auditSigningInterval: Duration = .seconds(5)
+        auditSigningInterval: Duration = .seconds(5),
+        headLifetime: TimeInterval = 3600,
+        headerTimeout: TimeAmount = .seconds(10)
     ) {
         self.host = host
         self.port = port
@@ -36,6 +44,8 @@ public struct ServerConfiguration: Sendable {
         self.tls = tls
         self.predictLimits = predictLimits
         self.auditSigningInterval = auditSigningInterval
+        self.headLifetime = headLifetime
+        self.headerTimeout = headerTimeout
     }
 }
 
@@ -54,12 +64,6 @@ public struct PredictLimits: Sendable {
         self.burst = burst
         self.maxRows = maxRows
     }
-}
-
-/// The registry's own identity, unlocked once at start and held in sodium memory for the server's life.
-public final class UnlockedIdentity: @unchecked Sendable {
-    let identity: Identity
-    public init(_ identity: consuming Identity) { self.identity = identity }
 }
 
 /// The request context: who the bearer token speaks for, once the authentication middleware has run.
@@ -91,25 +95,38 @@ public func buildApplication(
 ) throws -> some ApplicationProtocol {
     let server = try httpServer(configuration)
     let state = ServerState(registry: registry, registryIdentity: registryIdentity, configuration: configuration, logger: logger)
+    // A fresh state head before the first request: clients check every answer against one. A key retired by a
+    // rotation is refused here, not after the server has started.
+    try registry.signAuditHead(with: try state.currentRegistryIdentity(), checkpoint: false, headLifetime: configuration.headLifetime)
     return Application(
         router: buildRouter(state: state),
         server: server,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "coffer"),
         services: [
             state.sessions,
-            AuditHeadSigner(registry: registry, registryIdentity: registryIdentity, interval: configuration.auditSigningInterval, logger: logger),
+            AuditHeadSigner(state: state, interval: configuration.auditSigningInterval),
         ],
         logger: logger
     )
 }
 
 /// HTTP/1.1, over TLS when the configuration names a certificate and key (refused with one line when they do not load).
+/// A connection that has not sent a whole request head within `headerTimeout` (of opening, or of its last request)
+/// is closed, and one idle for a minute between requests too.
 func httpServer(_ configuration: ServerConfiguration) throws -> HTTPServerBuilder {
-    guard let tls = configuration.tls else { return .http1() }
+    let timeout = configuration.headerTimeout
+    let http1 = HTTP1Channel.Configuration(
+        additionalChannelHandlers: [HeaderDeadlineHandler(timeout: timeout)],
+        idleTimeout: .seconds(60)
+    )
+    guard let tls = configuration.tls else { return .http1(configuration: http1) }
     do {
         let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
         let key = try NIOSSLPrivateKey(file: tls.privateKey, format: .pem)
-        return try .tls(.http1(), tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+        return try .tls(
+            .http1(configuration: http1),
+            tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        )
     } catch {
         throw CofferRegistryError.io(path: tls.certificate, reason: "cannot load the TLS certificate or key: \(error)")
     }
@@ -121,8 +138,10 @@ final class ServerState: Sendable {
     let registryIdentity: UnlockedIdentity
     let metrics = ServerMetrics()
     let sessions: LoadedSessions
+    let refusals = RefusalTally()
     let maxUploadSize: Int
     let predictLimits: PredictLimits
+    let headLifetime: TimeInterval
     let logger: Logger
 
     init(registry: Registry, registryIdentity: UnlockedIdentity, configuration: ServerConfiguration, logger: Logger) {
@@ -130,9 +149,23 @@ final class ServerState: Sendable {
         self.registryIdentity = registryIdentity
         self.maxUploadSize = configuration.maxUploadSize
         self.predictLimits = configuration.predictLimits
+        self.headLifetime = configuration.headLifetime
         self.sessions = LoadedSessions(logger: logger)
         self.logger = logger
     }
+
+    /// The registry's key as this server holds it, if it is still the registry's current key (a `key rotate` while
+    /// the server runs retires it: the server then refuses what needs the key, saying so, until it is restarted).
+    func currentRegistryIdentity() throws(CofferRegistryError) -> UnlockedIdentity {
+        let current = try registry.identity
+        guard current.keyID == registryIdentity.publicIdentity.keyID else {
+            throw .registryKeyRetired(held: registryIdentity.publicIdentity.keyID, current: current.keyID)
+        }
+        return registryIdentity
+    }
+
+    /// The signer of a change a token holder asks for: the registry's key, acting for them.
+    func signer(for holder: TokenHolder) throws(CofferRegistryError) -> Signer { .registry(try currentRegistryIdentity(), for: holder.principal) }
 }
 
 func buildRouter(state: ServerState) -> Router<CofferRequestContext> {
@@ -145,7 +178,7 @@ func buildRouter(state: ServerState) -> Router<CofferRequestContext> {
             Endpoint(.get, "/metrics") { _, _ in text(state.metrics.prometheusText(), "text/plain; version=0.0.4") },
         ] + RegistryController(state: state).endpoints + UploadController(state: state).endpoints
     let router = Router(context: CofferRequestContext.self)
-    router.add(middleware: RequestLogMiddleware(state: state))
+    router.add(middleware: RequestLogMiddleware(state: state, endpoints: endpoints))
     router.add(middleware: MethodNotAllowedMiddleware(endpoints: endpoints))
     for endpoint in endpoints {
         router.on(RouterPath(endpoint.path), method: endpoint.method, use: endpoint.handler)

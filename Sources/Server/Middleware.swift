@@ -9,6 +9,7 @@ import Logging
 struct RequestLogMiddleware: RouterMiddleware {
     typealias Context = CofferRequestContext
     let state: ServerState
+    let endpoints: [Endpoint]
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let start = ContinuousClock.now
@@ -29,7 +30,10 @@ struct RequestLogMiddleware: RouterMiddleware {
     private func record(_ request: Request, path: String, status: Int, start: ContinuousClock.Instant, context: Context) {
         let elapsed = ContinuousClock.now - start
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
-        state.metrics.record(route: ServerMetrics.routeLabel(path), status: status, seconds: seconds)
+        // The label is the route's pattern, never the path a client sent: no label injection, no series per upload id.
+        let segments = path.split(separator: "/")
+        let route = endpoints.first { $0.matches(segments) }?.path ?? "unmatched"
+        state.metrics.record(route: route, status: status, seconds: seconds)
         state.logger.info(
             "request",
             metadata: [
@@ -82,7 +86,7 @@ struct MethodNotAllowedMiddleware: RouterMiddleware {
 /// Both are audited by the registry.
 func authenticate(_ request: Request, _ context: inout CofferRequestContext, state: ServerState, role: Role) throws -> TokenHolder {
     guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
-        try? state.registry.recordRefusal(action: "authenticate", target: request.uri.path, reason: "no bearer token")
+        state.refusals.add(principal: "-", action: "authenticate", reason: "no bearer token")
         state.metrics.refusal()
         throw HTTPError(.unauthorized, headers: [.wwwAuthenticate: "Bearer"], message: "a bearer token is required (Authorization: Bearer cft_...)")
     }
@@ -90,7 +94,11 @@ func authenticate(_ request: Request, _ context: inout CofferRequestContext, sta
     let secret = SecureBytes(count: text.count)
     secret.withUnsafeMutableBytes { _ = $0.copyBytes(from: text) }
     do {
-        let holder = try state.registry.authenticateToken(secret)
+        let holder: TokenHolder
+        do { holder = try state.registry.authenticateToken(secret, auditing: false) } catch {
+            if case .unauthenticated(let reason) = error { state.refusals.add(principal: "-", action: "authenticate", reason: reason) }
+            throw error
+        }
         guard holder.scope.allows(role) else {
             let reason = "token \(holder.tokenID) has scope \(holder.scope.rawValue), which does not allow the \(role.rawValue) role"
             try? state.registry.recordRefusal(action: "authorize", target: request.uri.path, reason: reason, principal: holder.principal.name)
@@ -116,7 +124,7 @@ func httpError(_ error: CofferRegistryError) -> HTTPError {
         case .versionExists, .principalExists: .conflict
         case .budgetExceeded, .policyViolation: .forbidden
         case .tampered: .unprocessableContent
-        case .databaseBusy: .serviceUnavailable
+        case .databaseBusy, .registryKeyRetired: .serviceUnavailable
         case .database, .io: .internalServerError
         default: .badRequest
         }

@@ -17,6 +17,7 @@ struct RegistryController {
             Endpoint(.get, "/v1/audit", audit), Endpoint(.put, "/v1/alias", setAlias), Endpoint(.delete, "/v1/alias", removeAlias),
             Endpoint(.get, "/v1/sessions", listSessions), Endpoint(.post, "/v1/sessions", openSession),
             Endpoint(.post, "/v1/sessions/:id/predict", predict), Endpoint(.delete, "/v1/sessions/:id", closeSession),
+            Endpoint(.get, "/v1/ledger", ledger), Endpoint(.get, "/v1/ledger/head", ledgerHead),
         ]
     }
 
@@ -29,13 +30,7 @@ struct RegistryController {
             try registry.require(.reader, on: model, by: holder.principal, action: "list", target: model ?? "*")
         }
         let filter = request.uri.queryParameters.get("where")
-        var limit = 100
-        if let text = request.uri.queryParameters.get("limit") {
-            guard let value = Int(text), (1...100_000).contains(value) else {
-                throw HTTPError(.badRequest, message: "limit must be a whole number from 1 to 100000, got '\(text)'")
-            }
-            limit = value
-        }
+        let limit = try integer(request, "limit", default: 100, range: 1...100_000)
         let versions = try run { () throws(CofferRegistryError) in try registry.list(model: model, where: filter, limit: limit) }
         return try json(JSONValue.array(versions.map(\.json)))
     }
@@ -138,16 +133,18 @@ struct RegistryController {
         return Response(status: status, headers: headers, body: body)
     }
 
-    /// `bytes=a-b`, `bytes=a-` or `bytes=-n`, within a file of `size` bytes.
+    /// `bytes=a-b`, `bytes=a-` or `bytes=-n`, within a file of `size` bytes (RFC 9110 14.1.2: a last position past
+    /// the end means the end). Positions are decimal digits only; none of the arithmetic can overflow, whatever the
+    /// numbers (`bytes=0-9223372036854775807` once trapped the server).
     static func parseRange(_ text: String, size: Int) -> Range<Int>? {
-        guard text.hasPrefix("bytes="), !text.contains(",") else { return nil }
+        guard text.hasPrefix("bytes="), !text.contains(","), size > 0 else { return nil }
         let spec = text.dropFirst(6).split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
-        guard spec.count == 2 else { return nil }
+        guard spec.count == 2, spec.allSatisfy({ $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }) else { return nil }
         let (first, last) = (Int(spec[0]), Int(spec[1]))
         switch (first, last) {
-        case (let a?, let b?) where a <= b && a < size: return a..<min(b + 1, size)
+        case (let a?, let b?) where a <= b && a < size: return a..<(b >= size - 1 ? size : b + 1)
         case (let a?, nil) where spec[1].isEmpty && a < size: return a..<size
-        case (nil, let n?) where spec[0].isEmpty && n > 0: return max(0, size - n)..<size
+        case (nil, let n?) where spec[0].isEmpty && n > 0: return (n >= size ? 0 : size - n)..<size
         default: return nil
         }
     }
@@ -173,7 +170,7 @@ struct RegistryController {
         let body = try await request.decode(as: SetBudgetRequest.self, context: context)
         return try json(
             try run { () throws(CofferRegistryError) in
-                try registry.setBudget(dataset: dataset, epsilon: body.epsilon, delta: body.delta, by: holder.principal)
+                try registry.setBudget(dataset: dataset, epsilon: body.epsilon, delta: body.delta, by: state.signer(for: holder))
                 return try registry.budget(dataset: dataset)
             }
         )
@@ -197,7 +194,7 @@ struct RegistryController {
         let holder = try authenticate(request, &context, state: state, role: .publisher)
         let (model, alias) = try aliasReference(request)
         let body = try await request.decode(as: SetAliasRequest.self, context: context)
-        try run { () throws(CofferRegistryError) in try registry.setAlias(alias, model: model, version: body.version, by: holder.principal) }
+        try run { () throws(CofferRegistryError) in try registry.setAlias(alias, model: model, version: body.version, by: state.signer(for: holder)) }
         return try json(JSONValue.object(["model": .string(model), "alias": .string(alias), "version": .string(body.version)]))
     }
 
@@ -206,7 +203,7 @@ struct RegistryController {
         var context = context
         let holder = try authenticate(request, &context, state: state, role: .publisher)
         let (model, alias) = try aliasReference(request)
-        try run { () throws(CofferRegistryError) in try registry.removeAlias(alias, model: model, by: holder.principal) }
+        try run { () throws(CofferRegistryError) in try registry.removeAlias(alias, model: model, by: state.signer(for: holder)) }
         return Response(status: .noContent)
     }
 
@@ -236,12 +233,18 @@ struct RegistryController {
         var context = context
         let holder = try authenticate(request, &context, state: state, role: .inference)
         let body = try await request.decode(as: OpenSessionRequest.self, context: context)
+        guard body.ttlSeconds >= 1, body.ttlSeconds <= Registry.maximumLifetime else {
+            throw HTTPError(.badRequest, message: "ttl_seconds must be from 1 to \(Int(Registry.maximumLifetime)) (a year)")
+        }
+        if let uses = body.maxUses, !(1...1_000_000_000).contains(uses) {
+            throw HTTPError(.badRequest, message: "max_uses must be from 1 to 1000000000")
+        }
         let reference = try run { () throws(CofferRegistryError) in try ModelReference(parsing: body.ref) }
         let info = try run { () throws(CofferRegistryError) in
             let opened = try registry.openSession(
                 reference,
                 principal: holder.principal,
-                unwrappingWith: state.registryIdentity.identity,
+                unwrappingWith: try state.currentRegistryIdentity().identity,
                 ttl: body.ttlSeconds,
                 maxUses: body.maxUses
             )
@@ -294,19 +297,59 @@ struct RegistryController {
                 message: "session \(id) is limited to \(limits.rate) predictions per second: retry in \(seconds) s"
             )
         }
-        // The registry says why a session is refused (unknown, revoked, expired, used up, grant lost) and counts the use.
-        try run { () throws(CofferRegistryError) in try registry.useSession(id: id, principal: holder.principal.name) }
-        guard let loaded else { throw HTTPError(.notFound, message: "session \(id) is not open on this server") }
+        guard let loaded else {
+            // The registry still says why (revoked, expired, unknown, someone else's) before "not open here".
+            try run { () throws(CofferRegistryError) in try registry.checkSession(id: id, principal: holder.principal.name) }
+            throw HTTPError(.notFound, message: "session \(id) is not open on this server")
+        }
         let columns = first.keys.sorted()
         var csv = columns.joined(separator: ",") + "\n"
         for (i, row) in body.rows.enumerated() {
             guard Set(row.keys) == Set(columns) else { throw HTTPError(.badRequest, message: "row \(i + 1) has other columns than row 1") }
             csv += columns.map { "\(row[$0]!)" }.joined(separator: ",") + "\n"
         }
+        // A request that cannot be answered (bad rows, features the model lacks) spends no use: the prediction runs
+        // first, and only a successful one takes its use (and is released only if the use was granted).
         let table = try parse { () throws(CofferTrainingError) in try CSVTable(text: csv, source: "rows") }
+        try run { () throws(CofferRegistryError) in try registry.checkSession(id: id, principal: holder.principal.name) }
         let (view, predictions) = try run { () throws(CofferRegistryError) in try loaded.session.predict(table) }
+        // The registry says why a session is refused (unknown, revoked, expired, used up, grant lost) and counts the use.
+        try run { () throws(CofferRegistryError) in try registry.useSession(id: id, principal: holder.principal.name) }
         let rows = predictionRows(predictions, tasks: view.architecture.tasks, preprocessing: view.preprocessing, rows: table.rowCount)
         return try json(JSONValue.object(["predictions": .array(rows)]))
+    }
+
+    /// `GET /v1/ledger?after=N&limit=M`: the signed records after `N` (at most `M`, 10000): a client replays them
+    /// itself against the root it pinned, so nothing here needs trusting (docs/FORMAT.md, "Remote clients").
+    func ledger(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        _ = try authenticate(request, &context, state: state, role: .reader)
+        let after = try integer(request, "after", default: 0, range: 0...Int(Int64.max))
+        let limit = try integer(request, "limit", default: 1000, range: 1...10_000)
+        let records = try run { () throws(CofferRegistryError) in try registry.ledgerRecords(after: Int64(after), limit: limit) }
+        return try json(LedgerPage(records: records.map { .init(seq: $0.seq, envelope: Data($0.envelope).base64EncodedString()) }))
+    }
+
+    /// `GET /v1/ledger/head`: the newest state head the registry's key signed (the server re-signs it every few seconds).
+    func ledgerHead(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        var context = context
+        _ = try authenticate(request, &context, state: state, role: .reader)
+        guard let head = try run({ () throws(CofferRegistryError) in try registry.stateHead() }) else {
+            throw HTTPError(.serviceUnavailable, message: "the registry has no signed state head yet")
+        }
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: head.jsonBytes)))
+    }
+
+    /// A whole-number query parameter within `range`, or `default` when absent; anything else is a 400 naming it.
+    private func integer(_ request: Request, _ name: String, default value: Int, range: ClosedRange<Int>) throws -> Int {
+        guard let text = request.uri.queryParameters.get(name) else { return value }
+        guard let number = Int(text), range.contains(number) else {
+            throw HTTPError(
+                .badRequest,
+                message: "\(name) must be a whole number from \(range.lowerBound) to \(range.upperBound), got '\(text.prefix(40))'"
+            )
+        }
+        return number
     }
 
     /// `DELETE /v1/sessions/{id}`: revokes the session and wipes its model from the server's memory.

@@ -25,16 +25,6 @@ final class ServerMetrics: Sendable {
     func refusal() { counters.withLock { $0.refusals += 1 } }
     func sent(bytes: Int) { counters.withLock { $0.bytes += bytes } }
 
-    /// Paths with ids folded, so the label set stays small: `/v1/blobs/{digest}`, `/v1/sessions/{id}/predict`.
-    static func routeLabel(_ path: String) -> String {
-        let parts = path.split(separator: "/").map(String.init)
-        guard parts.count >= 3, parts[0] == "v1" else { return path }
-        var folded = parts
-        if parts[1] == "blobs" || parts[1] == "budgets" { folded[2] = "{id}" }
-        if parts[1] == "sessions" { folded[2] = "{id}" }
-        return "/" + folded.joined(separator: "/")
-    }
-
     func prometheusText() -> String {
         counters.withLock { c in
             var lines = [

@@ -43,16 +43,18 @@ struct UploadController {
     func registryIdentity(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
         _ = try authenticate(request, &context, state: state, role: .reader)
+        let current = try { () throws(CofferRegistryError) in try registry.identity }()
         return Response(
             status: .ok,
             headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(bytes: registry.identity.jsonBytes))
+            body: .init(byteBuffer: ByteBuffer(bytes: current.jsonBytes))
         )
     }
 
     func start(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
         let holder = try authenticate(request, &context, state: state, role: .publisher)
+        do { try registry.requirePublisherSomewhere(holder.principal, action: "upload", target: "-") } catch { throw httpError(error) }
         let id = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
         guard FileManager.default.createFile(atPath: try path(id, of: holder), contents: nil, attributes: [.posixPermissions: 0o600]) else {
             throw HTTPError(.internalServerError, message: "cannot create the upload")
@@ -103,7 +105,7 @@ struct UploadController {
             throw HTTPError(.badRequest, message: "PUT needs ?digest= the blob's SHA-256 (64 hex digits)")
         }
         do {
-            try registry.adoptBlob(at: file, digest: digest)
+            try registry.adoptBlob(at: file, digest: digest, by: holder.principal)
         } catch {
             unlink(file)
             throw httpError(error)
@@ -118,7 +120,7 @@ struct UploadController {
         let prepared = try await request.decode(as: PreparedPush.self, context: context)
         let result: PushResult
         do throws(CofferRegistryError) {
-            result = try registry.commitPushed(prepared, principal: holder.principal, registryIdentity: state.registryIdentity.identity)
+            result = try registry.commitPushed(prepared, principal: holder.principal, registryIdentity: try state.currentRegistryIdentity())
         } catch {
             if case .refused = error { state.metrics.refusal() }
             throw httpError(error)

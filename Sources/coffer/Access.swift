@@ -13,14 +13,25 @@ struct ActingIdentity: ParsableArguments {
     }
 }
 
-/// `--identity KEY` where acting is optional: needed once the registry has principals.
+/// `--identity KEY` where acting is optional: who makes (and signs) a change. Without it, the registry's own key
+/// (`registry.key` in the registry directory, under its passphrase) signs it: the way to act in a registry without
+/// principals.
 struct OptionalIdentity: ParsableArguments {
-    @Option(name: .long, help: "Your private identity (NAME.key): who is acting (needed once the registry has principals).")
+    @Option(
+        name: .long,
+        help: "Your private identity (NAME.key): who makes and signs the change (default: the registry's own key, registry.key)."
+    )
     var identity: String?
     @OptionGroup var passphraseOptions: PassphraseOptions
 
+    /// The principal acting, for what is checked but not recorded in the ledger (tokens, sessions, recipients).
     func principal(in store: Registry) throws -> Principal? {
         try identity.map { path in try store.principal(for: try passphraseOptions.unlockIdentity(at: path)) }
+    }
+
+    /// The signer of a change recorded in the ledger.
+    func signer(in store: Registry) throws -> Signer {
+        Signer(UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key")))
     }
 }
 
@@ -45,7 +56,7 @@ extension Coffer {
         static let configuration = CommandConfiguration(
             commandName: "principal",
             abstract: "Manage the identities the registry knows, and their roles on every model.",
-            subcommands: [Add.self, List.self]
+            subcommands: [Add.self, Remove.self, List.self]
         )
 
         struct Add: ParsableCommand {
@@ -56,14 +67,30 @@ extension Coffer {
             @Argument(help: "Its public identity (NAME.pub).") var publicIdentity: String
             @Option(name: .long, help: "A role on every model: admin, publisher, reader, decrypt, inference. Repeat for several.") var role:
                 [String] = []
-            @Option(name: .long, help: "Your private identity (NAME.key); not needed for the first principal.") var identity: String?
+            @Option(name: .long, help: "Your private identity (NAME.key): an admin's (default: the registry's own key, registry.key).")
+            var identity: String?
 
             func run() throws {
                 let store = try registry.open()
                 let roles = try role.map(parseRole)
-                let actor = try identity.map { path in try store.principal(for: try passphraseOptions.unlockIdentity(at: path)) }
-                try store.addPrincipal(name: name, identity: try PublicIdentity(contentsOf: publicIdentity), roles: roles, by: actor)
+                let signer = Signer(UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key")))
+                try store.addPrincipal(name: name, identity: try PublicIdentity(contentsOf: publicIdentity), roles: roles, by: signer)
                 print("added principal \(name)")
+            }
+        }
+
+        struct Remove: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                abstract: "Remove a principal: its grants, bearer tokens and sessions end at once (admin only)."
+            )
+            @OptionGroup var registry: RegistryOptions
+            @Argument(help: "Principal name.") var name: String
+            @OptionGroup var acting: OptionalIdentity
+
+            func run() throws {
+                let store = try registry.open()
+                try store.removePrincipal(name, by: try acting.signer(in: store))
+                print("removed principal \(name): its grants, tokens and sessions have ended")
             }
         }
 
@@ -122,8 +149,7 @@ extension Coffer {
 
         func run() throws {
             let store = try registry.open()
-            let actor = try store.principal(for: try acting.unlock(passphraseOptions))
-            try store.grant(try granted.grant(), by: actor)
+            try store.grant(try granted.grant(), by: Signer(UnlockedIdentity(try acting.unlock(passphraseOptions))))
             print("granted \(granted.summary) to \(granted.principal)")
         }
     }
@@ -137,8 +163,7 @@ extension Coffer {
 
         func run() throws {
             let store = try registry.open()
-            let actor = try store.principal(for: try acting.unlock(passphraseOptions))
-            guard try store.revoke(try granted.grant(), by: actor) else {
+            guard try store.revoke(try granted.grant(), by: Signer(UnlockedIdentity(try acting.unlock(passphraseOptions)))) else {
                 throw CLIError("\(granted.principal) holds no \(granted.summary) grant")
             }
             print("revoked \(granted.summary) from \(granted.principal)")
@@ -296,14 +321,18 @@ extension Coffer {
             let tokenText = SecureBytes(count: text.utf8.count)
             tokenText.withUnsafeMutableBytes { out in _ = out.copyBytes(from: text.utf8) }
             let store = try registry.open()
+            // Bad input and an export the session may not make are refused before a use is taken.
             let table = try input.map { path throws(CofferTrainingError) in try CSVTable(contentsOf: path) }
+            if raw { try InferenceSession.authorizeExport(registry: store, tokenText: tokenText) }
             let opened = try InferenceSession(registry: store, tokenText: tokenText)
             if raw {
                 let paths = opened.files.map(\.path)
                 guard let path = file ?? (paths.count == 1 ? paths[0] : nil) else {
                     throw CLIError("the version has \(paths.count) files: choose one with --file (\(paths.joined(separator: ", ")))")
                 }
-                let written = try opened.withFile(path) { bytes throws(CofferCryptoError) in try FileDescriptorStream.standardOutput.write(bytes) }
+                let written = try opened.export(path, registry: store) { bytes throws(CofferCryptoError) in
+                    try FileDescriptorStream.standardOutput.write(bytes)
+                }
                 guard written != nil else { throw CLIError("no file \(path) in \(opened.info.model):\(opened.info.version)") }
                 return
             }
@@ -373,7 +402,7 @@ extension Coffer {
 
             func run() throws {
                 let store = try registry.open()
-                let key = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
+                let key = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
                 print("signed the audit log through entry \(try store.signAuditHead(with: key))")
             }
         }

@@ -29,7 +29,7 @@ extension Coffer {
                     )
                 } else {
                     let store = try registry.open()
-                    try store.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, by: try acting.principal(in: store))
+                    try store.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, by: try acting.signer(in: store))
                 }
                 print("budget of \(dataset): epsilon \(epsilon) at delta \(delta)")
             }
@@ -111,7 +111,12 @@ extension Coffer {
                     requireBudget: requireBudget ? true : nil
                 )
                 let store = try registry.open()
-                try store.setPolicy(model: reference.name, alias: alias, rules: rules, by: try acting.principal(in: store))
+                let violating = try store.setPolicy(model: reference.name, alias: alias, rules: rules, by: try acting.signer(in: store))
+                for alias in violating {
+                    FileDescriptorStream.standardError.writeLine(
+                        "coffer: \(alias) breaks the new rules: pull and session open refuse it until it is moved"
+                    )
+                }
                 print(rules.isEmpty ? "removed the policy of \(target)" : "policy of \(target) set")
             }
         }
@@ -154,7 +159,7 @@ extension Coffer {
             case .alias: throw CLIError("erase takes NAME or NAME:VERSION, not an alias")
             }
             let store = try registry.open()
-            let erased = try store.erase(model: target.name, version: version, by: try acting.principal(in: store))
+            let erased = try store.erase(model: target.name, version: version, by: try acting.signer(in: store))
             print("erased \(erased.joined(separator: ", ")): no key to them remains")
         }
     }
@@ -173,16 +178,16 @@ extension Coffer {
 
             func run() throws {
                 let store = try registry.open()
-                let actor = try acting.principal(in: store)
-                let current = try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
+                let current = UnlockedIdentity(try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
+                let signer = try acting.identity == nil ? Signer(current) : acting.signer(in: store)
                 let passphrase =
                     if let newPassphraseFile {
                         try Passphrase.fromFile(newPassphraseFile)
                     } else {
                         try acting.passphraseOptions.passphrase(prompt: "Passphrase for the new registry key: ", confirm: true)
                     }
-                let fresh = try store.rotateKey(current: current, passphrase: passphrase, by: actor)
-                print("registry key rotated: \(store.identity.keyID) retired, \(fresh.keyID) current")
+                let fresh = try store.rotateKey(current: current, passphrase: passphrase, by: signer)
+                print("registry key rotated: \(current.publicIdentity.keyID) retired, \(fresh.keyID) current")
             }
         }
     }
@@ -197,9 +202,9 @@ extension Coffer {
 
         func run() throws {
             let store = try registry.open()
-            let actor = try acting.principal(in: store)
-            let registryKey = try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
-            let result = try store.rekey(try ModelReference(parsing: reference), registryIdentity: registryKey, by: actor)
+            let registryKey = UnlockedIdentity(try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
+            let signer = try acting.identity == nil ? Signer(registryKey) : acting.signer(in: store)
+            let result = try store.rekey(try ModelReference(parsing: reference), registryIdentity: registryKey, by: signer)
             print("re-encrypted \(result.model):\(result.version) under a new data key, wrapped for \(result.recipients.count) key(s)")
             if !result.dropped.isEmpty { print("not re-wrapped (public identity unknown): \(result.dropped.joined(separator: ", "))") }
         }

@@ -116,7 +116,7 @@ extension Coffer {
                     )
                 } else {
                     let store = try registry.open()
-                    try store.setAlias(name, model: target.name, version: version, by: try acting.principal(in: store))
+                    try store.setAlias(name, model: target.name, version: version, by: try acting.signer(in: store))
                 }
                 print("\(target.name)@\(name) -> \(version)")
             }
@@ -136,7 +136,7 @@ extension Coffer {
                     _ = try client.expect("DELETE", "v1/alias", query: [URLQueryItem(name: "ref", value: alias)])
                 } else {
                     let store = try registry.open()
-                    try store.removeAlias(name, model: target.name, by: try acting.principal(in: store))
+                    try store.removeAlias(name, model: target.name, by: try acting.signer(in: store))
                 }
                 print("removed \(target.name)@\(name)")
             }

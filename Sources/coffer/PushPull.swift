@@ -35,7 +35,7 @@ extension Coffer {
         var privacyFrom: String?
         @Flag(name: .long, help: "Push past the dataset's privacy budget (admins only; audited).") var overrideBudget = false
         @OptionGroup var remote: RemoteOptions
-        @Option(name: .long, help: "With --registry: the registry's public key (registry.pub) to wrap the data key for, pinned.")
+        @Option(name: .long, help: "With --registry: a key of the registry you were given (registry.pub); its key chain must hold it.")
         var registryKey: String?
 
         func run() throws {
@@ -73,20 +73,17 @@ extension Coffer {
             request.message = message
             if let url = remote.url {
                 guard let token = remote.bearer else { throw CLIError("--registry needs a bearer token: --token or COFFER_TOKEN") }
-                guard let registryKey else {
-                    throw CLIError("a push over HTTP wraps the data key for the registry's key: pin it with --registry-key registry.pub")
-                }
-                let pinned = try PublicIdentity(contentsOf: registryKey)
+                let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 let publisher = try passphraseOptions.unlockIdentity(at: identity)
-                let (model, version, digest) = try RemotePusher(
-                    client: RemoteClient(base: url, token: token, caCertificate: remote.caCertificate),
-                    url: url
-                )
-                .push(request, publisher: publisher, registryKey: pinned)
+                let client = try RemoteClient(base: url, token: token, caCertificate: remote.caCertificate)
+                // The data key is wrapped for the registry's current key as the replayed chain names it, never for
+                // whatever key the server says is its own.
+                guard let current = try client.ledger(key: given).state.currentKey else { throw CLIError("\(url) has no registry key") }
+                let (model, version, digest) = try RemotePusher(client: client, url: url).push(request, publisher: publisher, registryKey: current)
                 return print("pushed \(model):\(version) sha256:\(digest) to \(url)")
             }
             let store = try registry.open()
-            let publisher = try passphraseOptions.unlockIdentity(at: identity)
+            let publisher = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity))
             let progress = ProgressBar(label: "pushing", total: nil)
             let result = try store.push(request, publisher: publisher, progress: progress?.update)
             progress?.finish()
@@ -116,8 +113,12 @@ extension Coffer {
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Option(name: .long, help: "Directory to write the files into.") var out: String
         @OptionGroup var remote: RemoteOptions
-        @Option(name: .long, help: "With --registry: a publisher you trust (NAME.pub); repeat for several.") var trust: [String] = []
-        @Option(name: .long, help: "With --registry: the registry's public key (registry.pub), to check re-encrypted versions.")
+        @Option(
+            name: .long,
+            help: "With --registry: only these publishers (NAME.pub; default: the registry's trusted signers, from its verified ledger)."
+        )
+        var trust: [String] = []
+        @Option(name: .long, help: "With --registry: a key of the registry you were given (registry.pub); its key chain must hold it.")
         var registryKey: String?
 
         func run() throws {
@@ -133,22 +134,22 @@ extension Coffer {
             )
         }
 
-        /// Pulls from a server, trusting it for nothing: signatures are checked against `--trust`, digests locally.
+        /// Pulls from a server, trusting it for nothing: the reference is resolved on the client's own replay of the
+        /// registry's signed ledger, signatures are checked against `--trust` (or the ledger's trusted signers),
+        /// digests locally.
         private func pullRemote(_ target: ModelReference, from url: URL) throws {
             guard let token = remote.bearer else { throw CLIError("--registry needs a bearer token: --token or COFFER_TOKEN") }
-            guard !trust.isEmpty else {
-                throw CLIError("a remote pull checks signatures against your own trusted publishers: pass --trust NAME.pub")
-            }
-            let trusted = try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
-            let registryKeys = try registryKey.map { path throws(CofferCryptoError) in [try PublicIdentity(contentsOf: path)] } ?? []
+            let trusted = trust.isEmpty ? nil : try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
+            let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let reader = try passphraseOptions.unlockIdentity(at: identity)
             let client = try RemoteClient(base: url, token: token, caCertificate: remote.caCertificate)
+            let expected = try RemoteExpectation(target, ledger: try client.ledger(key: given))
             let data = try client.get(
                 "v1/package",
-                query: [URLQueryItem(name: "ref", value: target.description), URLQueryItem(name: "key_id", value: reader.publicIdentity.keyID)]
+                query: [URLQueryItem(name: "ref", value: expected.reference), URLQueryItem(name: "key_id", value: reader.publicIdentity.keyID)]
             )
             let package = try JSONDecoder().decode(VersionPackage.self, from: data)
-            let result = try RemotePull.pull(package, fetcher: client, identity: reader, trusting: trusted, registryKeys: registryKeys, into: out)
+            let result = try RemotePull.pull(package, expected: expected, fetcher: client, identity: reader, trusting: trusted, into: out)
             print(
                 "pulled \(result.model):\(result.version) sha256:\(result.digest) from \(url), signed by \(result.signer), \(result.files.count) files into \(out)"
             )
@@ -167,8 +168,12 @@ extension Coffer {
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Flag(name: .long, help: "Print JSON.") var json = false
         @OptionGroup var remote: RemoteOptions
-        @Option(name: .long, help: "With --registry: a publisher you trust (NAME.pub); repeat for several.") var trust: [String] = []
-        @Option(name: .long, help: "With --registry: the registry's public key (registry.pub), to check re-encrypted versions.")
+        @Option(
+            name: .long,
+            help: "With --registry: only these publishers (NAME.pub; default: the registry's trusted signers, from its verified ledger)."
+        )
+        var trust: [String] = []
+        @Option(name: .long, help: "With --registry: a key of the registry you were given (registry.pub); its key chain must hold it.")
         var registryKey: String?
 
         func validate() throws {
@@ -180,16 +185,14 @@ extension Coffer {
             let report: VerifyReport
             if let client = try remote.client() {
                 guard !readData else { throw CLIError("--read-data with --registry: pull the version, which checks every plaintext digest") }
-                guard !trust.isEmpty else {
-                    throw CLIError("a remote verify checks signatures against your own trusted publishers: pass --trust NAME.pub")
-                }
-                let trusted = try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
-                let registryKeys = try registryKey.map { path throws(CofferCryptoError) in [try PublicIdentity(contentsOf: path)] } ?? []
+                let trusted = trust.isEmpty ? nil : try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
+                let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
+                let expected = try RemoteExpectation(target, ledger: try client.ledger(key: given))
                 let package = try JSONDecoder().decode(
                     VersionPackage.self,
-                    from: try client.get("v1/package", query: [URLQueryItem(name: "ref", value: target.description)])
+                    from: try client.get("v1/package", query: [URLQueryItem(name: "ref", value: expected.reference)])
                 )
-                report = try RemotePull.verify(package, fetcher: client, trusting: trusted, registryKeys: registryKeys)
+                report = try RemotePull.verify(package, expected: expected, fetcher: client, trusting: trusted)
             } else {
                 let store = try registry.open()
                 if readData, let identity {
@@ -210,7 +213,7 @@ extension Coffer {
             } else {
                 let depth =
                     remote.url != nil
-                    ? "checked here against your trusted publishers: signature and blobs"
+                    ? "checked here against the ledger you replayed: reference, signature and blobs"
                     : report.readData ? "signature, trust, rows, blobs and plaintext" : "signature, trust, rows and blobs"
                 print(
                     "ok \(report.model):\(report.version) sha256:\(report.digest) signed by \(report.signer): \(depth) verified (\(report.files) files)"

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CofferCrypto
 import CofferRegistry
+import Foundation
 
 extension Coffer {
     struct Init: ParsableCommand {
@@ -16,18 +17,18 @@ extension Coffer {
         func run() throws {
             let ownerIdentity = try owner.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase for the registry identity: ", confirm: true)
-            let created = try Registry.create(at: registry.resolvedHome, passphrase: passphrase)
-            if let ownerIdentity {
-                try created.addPrincipal(name: ownerIdentity.name, identity: ownerIdentity, roles: [], by: nil)
-            }
-            print("registry created at \(created.home) (identity \(created.identity.keyID))\(ownerIdentity.map { ", owned by \($0.name)" } ?? "")")
+            let created = try Registry.create(at: registry.resolvedHome, passphrase: passphrase, owner: ownerIdentity)
+            let key = try created.identity.keyID
+            print(
+                "registry created at \(created.home) (root key \(key), pinned)\(ownerIdentity.map { ", owned by \($0.name), a trusted signer" } ?? "")"
+            )
         }
     }
 
     struct Trust: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Manage the signers whose versions pull and verify accept.",
-            subcommands: [Add.self, List.self, Remove.self]
+            subcommands: [Add.self, List.self, Remove.self, RegistryKey.self]
         )
 
         struct Add: ParsableCommand {
@@ -35,14 +36,16 @@ extension Coffer {
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
             @Argument(help: "Public identity file.") var publicIdentity: String
-            @Option(name: .long, help: "Your private identity (NAME.key): an admin, in a registry with principals.") var identity: String?
+            @Option(name: .long, help: "The name to trust it under (default: the name it declares); one key per name.") var name: String?
+            @Option(name: .long, help: "Your private identity (NAME.key): an admin's (default: the registry's own key, registry.key).")
+            var identity: String?
 
             func run() throws {
                 let signer = try PublicIdentity(contentsOf: publicIdentity)
                 let store = try registry.open()
-                let actor = try identity.map { path in try store.principal(for: try passphraseOptions.unlockIdentity(at: path)) }
-                try store.trust(signer, by: actor)
-                print("trusted \(signer.name) (\(signer.keyID))")
+                let acting = Signer(UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key")))
+                let added = try store.trust(signer, name: name, by: acting)
+                print("\(added ? "trusted" : "already trusted:") \(name ?? signer.name) (\(signer.keyID))")
             }
         }
 
@@ -66,13 +69,41 @@ extension Coffer {
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
             @Argument(help: "Key ID or name.") var signer: String
-            @Option(name: .long, help: "Your private identity (NAME.key): an admin, in a registry with principals.") var identity: String?
+            @Option(name: .long, help: "Your private identity (NAME.key): an admin's (default: the registry's own key, registry.key).")
+            var identity: String?
 
             func run() throws {
                 let store = try registry.open()
-                let actor = try identity.map { path in try store.principal(for: try passphraseOptions.unlockIdentity(at: path)) }
-                guard try store.untrust(signer, by: actor) else { throw CLIError("no trusted signer \(signer)") }
+                let acting = Signer(UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key")))
+                guard try store.untrust(signer, by: acting) else { throw CLIError("no trusted signer \(signer)") }
                 print("removed \(signer)")
+            }
+        }
+
+        struct RegistryKey: ParsableCommand {
+            static let configuration = CommandConfiguration(
+                commandName: "registry",
+                abstract: "Pin a served registry's root key (like SSH's known_hosts): its ledger is replayed and checked against it."
+            )
+            @Argument(help: "The registry's URL (as given to --registry).") var url: String
+            @Option(name: .long, help: "A key of the registry you were given out of band (registry.pub): its chain must hold it.")
+            var key: String?
+            @Option(name: .long, help: "Bearer token (default: $COFFER_TOKEN).") var token: String?
+            @Option(name: .long, help: "PEM certificates to trust for https (default: $COFFER_CA_CERT).") var caCert: String?
+
+            func run() throws {
+                guard let base = URL(string: url), base.scheme != nil else { throw CLIError("\(url) is not a URL") }
+                var options = RemoteOptions()
+                options.registry = url
+                options.token = token
+                options.caCert = caCert
+                guard let client = try options.client() else { throw CLIError("\(url) is not a URL") }
+                let given = try key.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
+                let ledger = try client.ledger(key: given)
+                let current = ledger.state.currentKey?.keyID ?? "-"
+                print(
+                    "pinned \(ClientMemory.location(url: base)): root key \(ledger.state.registry), current key \(current), ledger at record \(ledger.state.seq)"
+                )
             }
         }
     }

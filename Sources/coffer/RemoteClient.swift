@@ -133,6 +133,54 @@ final class RemoteClient: BlobFetcher {
     }
 }
 
+extension RemoteClient: LedgerSource {
+    func records(after seq: Int64, limit: Int) throws(CofferRegistryError) -> [[UInt8]] {
+        let label = base.appendingPathComponent("v1/ledger").absoluteString
+        do {
+            let data = try get(
+                "v1/ledger",
+                query: [URLQueryItem(name: "after", value: String(seq)), URLQueryItem(name: "limit", value: String(limit))]
+            )
+            let page = try JSONDecoder().decode(LedgerPage.self, from: data)
+            var expected = seq
+            return try page.records.map { entry in
+                expected += 1
+                guard entry.seq == expected, let bytes = Data(base64Encoded: entry.envelope) else {
+                    throw CofferRegistryError.tampered("\(base) sent ledger records out of order or unreadable")
+                }
+                return Array(bytes)
+            }
+        } catch let error as CofferRegistryError {
+            throw error
+        } catch {
+            throw .io(path: label, reason: Self.reason(error))
+        }
+    }
+
+    func stateHead() throws(CofferRegistryError) -> DSSEEnvelope {
+        let label = base.appendingPathComponent("v1/ledger/head").absoluteString
+        do {
+            return try DSSEEnvelope(jsonBytes: Array(try get("v1/ledger/head")))
+        } catch let error as CofferCryptoError {
+            throw .tampered("\(label): \(error)")
+        } catch {
+            throw .io(path: label, reason: Self.reason(error))
+        }
+    }
+
+    /// The registry's ledger, synced and replayed here against the root this user pinned (pinning it on first use,
+    /// and saying so), with its state head checked for freshness.
+    func ledger(key: PublicIdentity? = nil) throws -> RemoteLedger {
+        let ledger = try RemoteLedger.sync(from: self, location: ClientMemory.location(url: base), key: key, memory: .standard())
+        if ledger.pinnedNow {
+            FileDescriptorStream.standardError.writeLine(
+                "coffer: first use of \(base): pinned its root key \(ledger.state.registry) (check it with the registry's owner)"
+            )
+        }
+        return ledger
+    }
+}
+
 /// A response body as a ``ByteSource`` of exactly `size` bytes.
 private final class StreamedBody: ByteSource {
     private let response: HTTPConnection.Response

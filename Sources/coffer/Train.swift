@@ -28,7 +28,7 @@ extension Coffer {
             let recipe = try TrainingRecipe(contentsOf: config)
             // Fail early on registry and identity problems, before spending the privacy budget on training.
             let store = push == nil ? nil : try registry.open()
-            let publisher = try identity.map { path throws(CofferCryptoError) in try passphraseOptions.unlockIdentity(at: path) }
+            let publisher = try identity.map { path throws(CofferCryptoError) in UnlockedIdentity(try passphraseOptions.unlockIdentity(at: path)) }
             let bar = EpochProgress(tasks: recipe.tasks.map(\.name), quiet: json)
             let trained = try TrainingRun.run(recipe, progress: bar.update)
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)

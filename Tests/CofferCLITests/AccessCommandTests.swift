@@ -14,8 +14,10 @@ struct AccessCommandTests {
         try dir.keygen("alice")
         try dir.keygen("bob")
         #expect(try coffer(["init", "--owner", "keys/alice.pub"], dir).status == 0)
-        expectFailure(try coffer(["trust", "add", "keys/alice.pub"], dir), "this registry checks principals: act with --identity")
-        #expect(try coffer(["trust", "add", "keys/alice.pub", "--identity", "keys/alice.key"], dir).status == 0)
+        // The owner named at init is a trusted signer from the start.
+        let trusted = try coffer(["trust", "add", "keys/alice.pub", "--identity", "keys/alice.key"], dir)
+        #expect(trusted.status == 0 && trusted.stdoutText.contains("already trusted"), "\(trusted.stdoutText) \(trusted.stderr)")
+        expectFailure(try coffer(["trust", "add", "keys/bob.pub", "--identity", "keys/bob.key"], dir), "is not a principal of this registry")
         #expect(try coffer(["principal", "add", "bob", "keys/bob.pub", "--identity", "keys/alice.key"], dir).status == 0)
         #expect(try coffer(["grant", "bob", "inference", "--on", "m/", "--alias", "prod", "--identity", "keys/alice.key"], dir).status == 0)
         #expect(try CofferProcess.run(["synth", "--rows", "400", "--features", "4", "--classes", "3", "--out", "data"], in: dir.url).status == 0)
@@ -36,6 +38,10 @@ struct AccessCommandTests {
         #expect(inferred.status == 0, "\(inferred.stderr)")
         let plaintext = try CofferProcess.run(["predict", "--checkpoint", "ckpt", "--input", "data/data.csv", "--json"], in: dir.url)
         #expect(inferred.stdout == plaintext.stdout, "weights read in place from sodium memory predict exactly as the plaintext checkpoint")
+        // Plaintext out of a session is a pull: the inference role alone does not release it (and spends no more uses).
+        expectFailure(try coffer(["infer", "--session", token, "--raw", "--file", "model.safetensors"], dir), "bob lacks the reader role on m/risk")
+        #expect(try coffer(["grant", "bob", "reader", "--on", "m/risk", "--identity", "keys/alice.key"], dir).status == 0)
+        #expect(try coffer(["grant", "bob", "decrypt", "--on", "m/risk", "--identity", "keys/alice.key"], dir).status == 0)
         let raw = try coffer(["infer", "--session", token, "--raw", "--file", "model.safetensors"], dir)
         #expect(raw.stdout == (try Data(contentsOf: dir.url.appendingPathComponent("ckpt/model.safetensors"))))
         expectFailure(try coffer(["infer", "--session", token, "--input", "data/data.csv"], dir), "has used all 2 of its uses")

@@ -36,11 +36,17 @@ struct RegistryCommandTests {
             "privacy.json",
             Data(#"{"mechanism":"dp-sgd","epsilon":2.9,"delta":1e-5,"segments":[{"sample_rate":0.01,"noise_multiplier":1.1,"steps":1000}]}"#.utf8)
         )
-        let push = try coffer(["push", "team/fraud", "model", "--identity", "keys/alice.key", "--privacy", "privacy.json", "--alias", "prod"], dir)
+        // An alias is a signed record: in a registry without principals only a trusted signer (or the registry's key) moves one.
+        expectFailure(
+            try coffer(["push", "team/fraud", "model", "--identity", "keys/alice.key", "--alias", "prod"], dir),
+            "alice is not a trusted signer of this registry"
+        )
+        let push = try coffer(["push", "team/fraud", "model", "--identity", "keys/alice.key", "--privacy", "privacy.json"], dir)
         #expect(push.status == 0, "\(push.stderr)")
         #expect(push.stdoutText.hasPrefix("pushed team/fraud:1 sha256:"))
         expectFailure(try coffer(["verify", "team/fraud"], dir), "which is not a trusted signer")
         #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
+        #expect(try coffer(["alias", "set", "team/fraud@prod", "1", "--identity", "keys/alice.key"], dir).status == 0)
 
         let list = try coffer(["list", "--where", "epsilon<=3", "--json"], dir)
         #expect(list.status == 0, "\(list.stderr)")

@@ -25,6 +25,8 @@ struct CofferProcess {
         process.currentDirectoryURL = directory
         var environment = ProcessInfo.processInfo.environment
         environment["COFFER_PASSPHRASE"] = passphrase
+        // Each scratch directory is one user's machine: its client remembers the registries it verified there.
+        environment["COFFER_STATE_DIR"] = environment["COFFER_STATE_DIR"] ?? directory.appendingPathComponent(".client-state").path
         process.environment = environment
         let out = Pipe()
         let err = Pipe()

@@ -11,10 +11,10 @@ struct GovernanceTests {
     static let passphraseText = "registry passphrase"
 
     /// A registry owned by alice (admin, and trusted signer) with a one-file model directory.
-    private func owned(_ alice: borrowing Identity) throws -> (RegistryFixture, Principal, String) {
+    private func owned(_ alice: UnlockedIdentity) throws -> (RegistryFixture, Signer, String) {
         let f = try RegistryFixture()
-        try f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: nil)
-        let admin = try f.registry.principal(for: alice)
+        try f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: f.registrySigner)
+        let admin = Signer(alice)
         try f.registry.trust(alice.publicIdentity, by: admin)
         let dir = try f.makeModel("model", ["weights.bin": bytes(20_000)])
         return (f, admin, dir)
@@ -40,7 +40,7 @@ struct GovernanceTests {
     }
 
     @Test func budgetsComposeHistoriesAndRefuseWithoutChangingAnything() throws {
-        let alice = try Identity.generate(name: "alice")
+        let alice = try person("alice")
         let (f, admin, dir) = try owned(alice)
         try f.registry.setBudget(dataset: "census", epsilon: 5, delta: 1e-5, by: admin)
         for bad in ["", "my data", "-x", "a\nb", String(repeating: "d", count: 201)] {
@@ -93,8 +93,8 @@ struct GovernanceTests {
     }
 
     @Test func aPublisherWhoIsNotAdminCannotOverride() throws {
-        let alice = try Identity.generate(name: "alice")
-        let carol = try Identity.generate(name: "carol")
+        let alice = try person("alice")
+        let carol = try person("carol")
         let (f, admin, dir) = try owned(alice)
         try f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [.publisher], by: admin)
         try f.registry.trust(carol.publicIdentity, by: admin)
@@ -103,14 +103,14 @@ struct GovernanceTests {
         over.overrideBudget = true
         #expect(message { _ = try f.registry.push(over, publisher: carol) }.contains("carol lacks the admin role"))
         #expect(
-            message { try f.registry.setBudget(dataset: "d", epsilon: 9, delta: 1e-5, by: try f.registry.principal(for: carol)) }.contains(
+            message { try f.registry.setBudget(dataset: "d", epsilon: 9, delta: 1e-5, by: Signer(carol)) }.contains(
                 "lacks the admin role"
             )
         )
     }
 
     @Test func eachPolicyRuleRefusesByName() throws {
-        let alice = try Identity.generate(name: "alice")
+        let alice = try person("alice")
         let (f, admin, dir) = try owned(alice)
         try f.registry.setBudget(dataset: "d", epsilon: 50, delta: 1e-5, by: admin)
         var pushed = request(dir, dataset: "d", segments: [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 400)])
@@ -175,14 +175,14 @@ struct GovernanceTests {
     }
 
     @Test func rotationRewrapsEveryKeyAndTheOldKeyOpensNothing() throws {
-        let alice = try Identity.generate(name: "alice")
-        let bob = try Identity.generate(name: "bob")
+        let alice = try person("alice")
+        let bob = try person("bob")
         let (f, admin, dir) = try owned(alice)
         try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .decrypt], by: admin)
         for _ in 0..<3 { _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
-        try f.registry.addRecipient(try ModelReference(parsing: "m"), recipient: bob.publicIdentity, identity: alice)
-        let registryKey = { () throws -> Identity in
-            try Identity.decrypt(keyFile: try f.read("home/registry.key"), passphrase: passphrase(Self.passphraseText))
+        try f.registry.addRecipient(try ModelReference(parsing: "m"), recipient: bob.publicIdentity, identity: alice.identity)
+        let registryKey = { () throws -> UnlockedIdentity in
+            UnlockedIdentity(try Identity.decrypt(keyFile: try f.read("home/registry.key"), passphrase: passphrase(Self.passphraseText)))
         }
         let old = try registryKey()
         #expect(try f.registry.signAuditHead(with: old) > 0)
@@ -193,15 +193,15 @@ struct GovernanceTests {
             by: admin
         )
 
-        let reopened = try Registry(at: f.home)
-        #expect(reopened.identity == fresh)
+        let reopened = try f.reopen()
+        #expect(try reopened.identity == fresh)
         let current = try registryKey()
         #expect(current.publicIdentity == fresh, "registry.key now holds the new key")
         for version in ["1", "2", "3"] {
             let stored = try reopened.loadVersion(try reopened.resolve(try ModelReference(parsing: "m:\(version)")).id)
-            #expect(throws: CofferRegistryError.self) { _ = try reopened.unwrapDataKey(stored, identity: old) }
-            _ = try reopened.unwrapDataKey(stored, identity: current)
-            _ = try reopened.pull(try ModelReference(parsing: "m:\(version)"), identity: bob, into: f.path("out\(version)"))
+            #expect(throws: CofferRegistryError.self) { _ = try reopened.unwrapDataKey(stored, identity: old.identity) }
+            _ = try reopened.unwrapDataKey(stored, identity: current.identity)
+            _ = try reopened.pull(try ModelReference(parsing: "m:\(version)"), identity: bob.identity, into: f.path("out\(version)"))
         }
         #expect(try f.read("out2/weights.bin") == bytes(20_000))
         let report = try reopened.verifyAudit()
@@ -212,25 +212,41 @@ struct GovernanceTests {
     }
 
     @Test func recipientsCanBeRemoved() throws {
-        let alice = try Identity.generate(name: "alice")
-        let bob = try Identity.generate(name: "bob")
+        let alice = try person("alice")
+        let bob = try person("bob")
         let (f, admin, dir) = try owned(alice)
         try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .decrypt], by: admin)
         _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
-        #expect(message { _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("a")) }.contains("holds no key"))
-        try f.registry.addRecipient(try ModelReference(parsing: "m:1"), recipient: bob.publicIdentity, identity: alice)
-        _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("b"))
-        #expect(try f.registry.removeRecipient(try ModelReference(parsing: "m"), keyID: bob.publicIdentity.keyID, by: admin) == 1)
-        #expect(message { _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("c")) }.contains("holds no key"))
         #expect(
-            message { try f.registry.removeRecipient(try ModelReference(parsing: "m"), keyID: f.registry.identity.keyID, by: admin) }.contains(
+            message { _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob.identity, into: f.path("a")) }.contains("holds no key")
+        )
+        try f.registry.addRecipient(try ModelReference(parsing: "m:1"), recipient: bob.publicIdentity, identity: alice.identity)
+        _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob.identity, into: f.path("b"))
+        #expect(
+            try f.registry.removeRecipient(
+                try ModelReference(parsing: "m"),
+                keyID: bob.publicIdentity.keyID,
+                by: try f.registry.principal(for: alice.identity)
+            ) == 1
+        )
+        #expect(
+            message { _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob.identity, into: f.path("c")) }.contains("holds no key")
+        )
+        #expect(
+            message {
+                try f.registry.removeRecipient(
+                    try ModelReference(parsing: "m"),
+                    keyID: try f.registry.identity.keyID,
+                    by: try f.registry.principal(for: alice.identity)
+                )
+            }.contains(
                 "never removed"
             )
         )
     }
 
     @Test func erasureLeavesNothingDecryptableEvenFromABackup() throws {
-        let alice = try Identity.generate(name: "alice")
+        let alice = try person("alice")
         let (f, admin, dir) = try owned(alice)
         try f.registry.setBudget(dataset: "d", epsilon: 10, delta: 1e-5, by: admin)
         _ = try f.registry.push(
@@ -247,7 +263,7 @@ struct GovernanceTests {
         try FileManager.default.copyItem(atPath: "\(f.home)/blobs", toPath: f.path("backup"))
 
         #expect(try f.registry.erase(model: "m", version: "1", by: admin) == ["m:1"])
-        let erasedPull = message { _ = try f.registry.pull(try ModelReference(parsing: "m:1"), identity: alice, into: f.path("out")) }
+        let erasedPull = message { _ = try f.registry.pull(try ModelReference(parsing: "m:1"), identity: alice.identity, into: f.path("out")) }
         #expect(erasedPull.contains("m:1 was erased at") && erasedPull.contains("by alice"))
         let shown = try f.registry.show(try ModelReference(parsing: "m:1"))
         #expect(shown.erasedBy == "alice" && shown.erasedAt != nil && shown.aliases.isEmpty)
@@ -255,7 +271,7 @@ struct GovernanceTests {
         #expect(try f.registry.budget(dataset: "d").spent == spent, "erasure refunds nothing")
         let fsck = try f.registry.fsck()
         #expect(fsck.problems.isEmpty, "\(fsck.problems)")
-        _ = try f.registry.pull(try ModelReference(parsing: "m:2"), identity: alice, into: f.path("still"))
+        _ = try f.registry.pull(try ModelReference(parsing: "m:2"), identity: alice.identity, into: f.path("still"))
 
         // The backup's blobs hold no stanza; their keys are gone from the database, its free pages and its log.
         let registryKey = try Identity.decrypt(keyFile: try f.read("home/registry.key"), passphrase: passphrase(Self.passphraseText))
@@ -266,7 +282,7 @@ struct GovernanceTests {
             let source = try FileDescriptorStream(readingFrom: backup)
             #expect(throws: CofferCryptoError.self) {
                 if identity == 0 {
-                    _ = try SealedFile.open(from: source, to: DiscardingSink(), identity: alice)
+                    _ = try SealedFile.open(from: source, to: DiscardingSink(), identity: alice.identity)
                 } else {
                     _ = try SealedFile.open(from: source, to: DiscardingSink(), identity: registryKey)
                 }
@@ -282,9 +298,9 @@ struct GovernanceTests {
 
 extension GovernanceTests {
     @Test func rekeyLocksOutAKeptDataKeyAndEveryoneElseStillPulls() throws {
-        let alice = try Identity.generate(name: "alice")
-        let bob = try Identity.generate(name: "bob")
-        let carol = try Identity.generate(name: "carol")
+        let alice = try person("alice")
+        let bob = try person("bob")
+        let carol = try person("carol")
         let (f, admin, dir) = try owned(alice)
         for (name, who) in [("bob", bob.publicIdentity), ("carol", carol.publicIdentity)] {
             try f.registry.addPrincipal(name: name, identity: who, roles: [.reader, .decrypt], by: admin)
@@ -295,14 +311,13 @@ extension GovernanceTests {
         let reference = try ModelReference(parsing: "m:1")
         // Carol keeps the data key, then loses her access.
         let stored = try f.registry.loadVersion(try f.registry.resolve(reference).id)
-        let kept = try f.registry.unwrapDataKey(stored, identity: carol)
+        let kept = try f.registry.unwrapDataKey(stored, identity: carol.identity)
         let oldBlob = stored.files[0].sealedSHA256
-        #expect(try f.registry.removeRecipient(reference, keyID: carol.publicIdentity.keyID, by: admin) == 1)
+        #expect(try f.registry.removeRecipient(reference, keyID: carol.publicIdentity.keyID, by: try f.registry.principal(for: alice.identity)) == 1)
 
-        let registryKey = try Identity.decrypt(keyFile: try f.read("home/registry.key"), passphrase: passphrase(Self.passphraseText))
-        let result = try f.registry.rekey(reference, registryIdentity: registryKey, by: admin)
+        let result = try f.registry.rekey(reference, registryIdentity: try f.registryKey, by: admin)
         #expect(
-            Set(result.recipients) == [f.registry.identity.keyID, alice.publicIdentity.keyID, bob.publicIdentity.keyID] && result.dropped.isEmpty
+            Set(result.recipients) == [try f.registry.identity.keyID, alice.publicIdentity.keyID, bob.publicIdentity.keyID] && result.dropped.isEmpty
         )
         #expect(!f.registry.blobs.exists(oldBlob), "the blobs under the old key are gone")
         let (current, _) = try f.registry.authenticate(try f.registry.loadVersion(stored.id))
@@ -314,9 +329,9 @@ extension GovernanceTests {
         }
         for (who, out) in [(0, "a"), (1, "b")] {
             if who == 0 {
-                _ = try f.registry.pull(reference, identity: alice, into: f.path(out))
+                _ = try f.registry.pull(reference, identity: alice.identity, into: f.path(out))
             } else {
-                _ = try f.registry.pull(reference, identity: bob, into: f.path(out))
+                _ = try f.registry.pull(reference, identity: bob.identity, into: f.path(out))
             }
             #expect(try f.read("\(out)/weights.bin") == bytes(20_000))
         }

@@ -20,8 +20,8 @@ struct PushPullTests {
 
     @Test func pushPullRoundTripOfAModelDirectory() throws {
         let f = try RegistryFixture()
-        let alice = try Identity.generate(name: "alice")
-        try f.registry.trust(alice.publicIdentity)
+        let alice = try person("alice")
+        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["model.safetensors": bytes(200_000), "config/arch.json": Array(#"{"layers":3}"#.utf8), "empty": []])
         var request = PushRequest(model: "team/fraud", paths: [dir])
         request.privacy = privacy()
@@ -34,7 +34,7 @@ struct PushPullTests {
         let second = try f.registry.push(PushRequest(model: "team/fraud", paths: [dir]), publisher: alice)
         #expect(second.version == "2")
 
-        let pulled = try f.registry.pull(try ModelReference(parsing: "team/fraud@prod"), identity: alice, into: f.path("out"))
+        let pulled = try f.registry.pull(try ModelReference(parsing: "team/fraud@prod"), identity: alice.identity, into: f.path("out"))
         #expect(pulled.version == "1")
         #expect(pulled.files == ["config/arch.json", "empty", "model.safetensors"])
         #expect(try f.read("out/model.safetensors") == bytes(200_000))
@@ -43,13 +43,13 @@ struct PushPullTests {
 
         let report = try f.registry.verify(try ModelReference(parsing: "team/fraud:1"))
         #expect(report.signer == "alice")
-        let deep = try f.registry.verify(try ModelReference(parsing: "team/fraud"), readingDataWith: alice)
+        let deep = try f.registry.verify(try ModelReference(parsing: "team/fraud"), readingDataWith: alice.identity)
         #expect(deep.version == "2" && deep.readData)
     }
 
     @Test func existingVersionAndBadInputsAreRefusedAndNothingIsStored() throws {
         let f = try RegistryFixture()
-        let alice = try Identity.generate(name: "alice")
+        let alice = try person("alice")
         let dir = try f.makeModel("model", ["w.bin": bytes(1000)])
         _ = try f.registry.push(PushRequest(model: "m", version: "v1", paths: [dir]), publisher: alice)
         let blobsBefore = f.registry.blobs.allDigests().count
@@ -80,30 +80,30 @@ struct PushPullTests {
 
     @Test func pullRefusesUntrustedSignersAndNonRecipients() throws {
         let f = try RegistryFixture()
-        let alice = try Identity.generate(name: "alice")
-        let bob = try Identity.generate(name: "bob")
+        let alice = try person("alice")
+        let bob = try person("bob")
         let dir = try f.makeModel("model", ["w.bin": bytes(5000)])
         _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
         #expect(throws: CofferRegistryError.untrustedSigner(keyID: alice.publicIdentity.keyID)) {
-            _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: alice, into: f.path("out"))
+            _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: alice.identity, into: f.path("out"))
         }
-        try f.registry.trust(alice.publicIdentity)
+        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         #expect(throws: CofferRegistryError.notARecipient("m:1")) {
-            _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("out"))
+            _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob.identity, into: f.path("out"))
         }
         #expect(!f.exists("out/w.bin"))
         var shared = PushRequest(model: "m", paths: [dir])
         shared.recipients = [bob.publicIdentity]
         _ = try f.registry.push(shared, publisher: alice)
-        _ = try f.registry.pull(try ModelReference(parsing: "m:2"), identity: bob, into: f.path("out"))
+        _ = try f.registry.pull(try ModelReference(parsing: "m:2"), identity: bob.identity, into: f.path("out"))
         #expect(try f.read("out/w.bin") == bytes(5000))
     }
 
     /// The version's rows and its audit entry are one transaction: if the entry cannot be written, nothing is pushed.
     @Test func aPushCommitsTogetherWithItsAuditEntry() throws {
         let f = try RegistryFixture()
-        let alice = try Identity.generate(name: "alice")
-        try f.registry.trust(alice.publicIdentity)
+        let alice = try person("alice")
+        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["w.bin": bytes(1000)])
         _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
         #expect(try f.registry.auditEntries().contains { $0.action == "push" && $0.target == "m:1" && $0.outcome == .ok })
@@ -121,8 +121,8 @@ struct PushPullTests {
 
     @Test func tamperedBlobIsDetectedAndNothingIsWritten() throws {
         let f = try RegistryFixture()
-        let alice = try Identity.generate(name: "alice")
-        try f.registry.trust(alice.publicIdentity)
+        let alice = try person("alice")
+        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["a.bin": bytes(70_000), "b.bin": bytes(70_000, seed: 9)])
         _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
         let stored = try f.registry.loadVersion(try f.registry.resolve(try ModelReference(parsing: "m")).id)
@@ -134,15 +134,17 @@ struct PushPullTests {
         #expect(throws: CofferRegistryError.tampered("blob of b.bin does not match its signed SHA-256")) {
             _ = try f.registry.verify(try ModelReference(parsing: "m"))
         }
-        #expect(throws: CofferRegistryError.self) { _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: alice, into: f.path("out")) }
+        #expect(throws: CofferRegistryError.self) {
+            _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: alice.identity, into: f.path("out"))
+        }
         let left = (try? FileManager.default.contentsOfDirectory(atPath: f.path("out"))) ?? []
         #expect(left.isEmpty, "left behind: \(left)")
     }
 
     @Test func tamperedDatabaseRowsAreDetected() throws {
         let f = try RegistryFixture()
-        let alice = try Identity.generate(name: "alice")
-        try f.registry.trust(alice.publicIdentity)
+        let alice = try person("alice")
+        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
         var request = PushRequest(model: "m", paths: [dir])
         request.privacy = privacy()

@@ -6,8 +6,8 @@ import Testing
 struct QueryTests {
     private func populated() throws -> RegistryFixture {
         let f = try RegistryFixture()
-        let alice = try Identity.generate(name: "alice")
-        try f.registry.trust(alice.publicIdentity)
+        let alice = try person("alice")
+        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["w.bin": bytes(100)])
         for (model, epsilon, pruning) in [("a", 1.0, 0.5), ("a", 3.0, 0.2), ("b", 8.0, 0.9), ("b", nil, nil) as (String, Double?, Double?)] {
             var request = PushRequest(model: model, paths: [dir])
@@ -62,14 +62,16 @@ struct QueryTests {
 
     @Test func aliasesMoveAndResolve() throws {
         let f = try populated()
-        try f.registry.setAlias("prod", model: "a", version: "1")
+        try f.registry.setAlias("prod", model: "a", version: "1", by: try f.registrySigner)
         #expect(try f.registry.show(try ModelReference(parsing: "a@prod")).version == "1")
-        try f.registry.setAlias("prod", model: "a", version: "2")
+        try f.registry.setAlias("prod", model: "a", version: "2", by: try f.registrySigner)
         #expect(try f.registry.show(try ModelReference(parsing: "a@prod")).version == "2")
         #expect(try f.registry.list(model: "a").first { $0.version == "2" }?.aliases == ["prod"])
-        try f.registry.removeAlias("prod", model: "a")
+        try f.registry.removeAlias("prod", model: "a", by: try f.registrySigner)
         #expect(throws: CofferRegistryError.unknownAlias("a@prod")) { _ = try f.registry.show(try ModelReference(parsing: "a@prod")) }
-        #expect(throws: CofferRegistryError.unknownVersion("a:9")) { try f.registry.setAlias("prod", model: "a", version: "9") }
+        #expect(throws: CofferRegistryError.unknownVersion("a:9")) {
+            try f.registry.setAlias("prod", model: "a", version: "9", by: try f.registrySigner)
+        }
         #expect(throws: CofferRegistryError.unknownModel("zzz")) { _ = try f.registry.list(model: "zzz") }
     }
 }

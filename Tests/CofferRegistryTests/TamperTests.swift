@@ -25,8 +25,8 @@ struct TamperTests {
     @Test(arguments: Edit.allCases)
     func editIsDetected(edit: Edit) throws {
         let f = try RegistryFixture()
-        let alice = try Identity.generate(name: "alice")
-        try f.registry.trust(alice.publicIdentity)
+        let alice = try person("alice")
+        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["a.bin": bytes(90_000), "b.bin": bytes(90_000, seed: 7)])
         var first = PushRequest(model: "m", paths: [dir])
         first.datasetID = "randhie"
@@ -86,7 +86,9 @@ struct TamperTests {
         }
 
         let reference = try ModelReference(parsing: "m:1")
-        #expect(throws: CofferRegistryError.self, "pull after \(edit)") { _ = try f.registry.pull(reference, identity: alice, into: f.path("out")) }
+        #expect(throws: CofferRegistryError.self, "pull after \(edit)") {
+            _ = try f.registry.pull(reference, identity: alice.identity, into: f.path("out"))
+        }
         let written = (try? FileManager.default.contentsOfDirectory(atPath: f.path("out"))) ?? []
         #expect(written.isEmpty, "\(edit) left \(written)")
         if edit != .wrappedKey {
@@ -94,7 +96,7 @@ struct TamperTests {
             #expect(throws: CofferRegistryError.self, "verify after \(edit)") { _ = try f.registry.verify(reference) }
             #expect(try !f.registry.fsck().isClean)
         } else {
-            #expect(throws: CofferRegistryError.self) { _ = try f.registry.verify(reference, readingDataWith: alice) }
+            #expect(throws: CofferRegistryError.self) { _ = try f.registry.verify(reference, readingDataWith: alice.identity) }
         }
         _ = try f.registry.verify(try ModelReference(parsing: "m:2"))  // the other version is untouched
     }
@@ -113,7 +115,7 @@ struct TamperTests {
 
     @Test func lockedDatabaseFailsAfterTheBusyTimeout() throws {
         let f = try RegistryFixture()
-        let alice = try Identity.generate(name: "alice")
+        let alice = try person("alice")
         let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
         let impatient = try Registry(at: f.home, busyTimeout: 0.2)
         let holder = try DatabaseQueue(path: f.home + "/registry.sqlite")
@@ -127,7 +129,7 @@ struct TamperTests {
 
     @Test func tagsAndLineage() throws {
         let f = try RegistryFixture()
-        let alice = try Identity.generate(name: "alice")
+        let alice = try person("alice")
         let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
         var base = PushRequest(model: "base", paths: [dir])
         base.datasetID = "randhie"

@@ -16,13 +16,20 @@ final class RegistryFixture {
         registry = try Registry.create(
             at: root.appendingPathComponent("home").path,
             passphrase: secret,
-            kdf: KDFParameters(opsLimit: 1, memLimit: 8192)
+            kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+            memory: ClientMemory(directory: root.appendingPathComponent("client-state").path)
         )
     }
 
     deinit { try? FileManager.default.removeItem(at: root) }
 
     func path(_ relative: String) -> String { root.appendingPathComponent(relative).path }
+
+    /// What this fixture's client remembers (its pins and verified states), beside the registry, never shared.
+    var memory: ClientMemory { ClientMemory(directory: root.appendingPathComponent("client-state").path) }
+
+    /// The registry opened again, as another command of the same user would.
+    func reopen(busyTimeout: Double = 5) throws -> Registry { try Registry(at: home, busyTimeout: busyTimeout, memory: memory) }
 
     /// Writes `files` (relative path to bytes) under `directory` and returns the directory's path.
     @discardableResult
@@ -47,3 +54,19 @@ func passphrase(_ text: String) -> SecureBytes {
 }
 
 func bytes(_ count: Int, seed: UInt8 = 1) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) } }
+
+/// A new identity, unlocked: what a person acting on the registry holds.
+func person(_ name: String) throws -> UnlockedIdentity { UnlockedIdentity(try Identity.generate(name: name)) }
+
+extension RegistryFixture {
+    /// The registry's own key, unlocked (its passphrase is the fixture's).
+    var registryKey: UnlockedIdentity {
+        get throws {
+            let file = Array(try Data(contentsOf: URL(fileURLWithPath: "\(home)/registry.key")))
+            return UnlockedIdentity(try Identity.decrypt(keyFile: file, passphrase: passphrase("registry passphrase")))
+        }
+    }
+
+    /// The registry's key signing in its own name: how a registry without principals records changes.
+    var registrySigner: Signer { get throws { Signer(try registryKey) } }
+}

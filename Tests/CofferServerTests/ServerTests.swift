@@ -25,7 +25,8 @@ struct ServerTests {
             registry = try Registry.create(
                 at: root.appendingPathComponent("home").path,
                 passphrase: secret,
-                kdf: KDFParameters(opsLimit: 1, memLimit: 8192)
+                kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+                memory: ClientMemory(directory: root.appendingPathComponent("client-state").path)
             )
             let keyFile = Array(try Data(contentsOf: root.appendingPathComponent("home/registry.key")))
             registryIdentity = UnlockedIdentity(try Identity.decrypt(keyFile: keyFile, passphrase: secret))
@@ -59,16 +60,20 @@ struct ServerTests {
 
     private func world() throws -> World {
         let f = try Fixture()
-        let alice = try Identity.generate(name: "alice")
+        let alice = UnlockedIdentity(try Identity.generate(name: "alice"))
         let bob = try Identity.generate(name: "bob")
         let carol = try Identity.generate(name: "carol")
-        try f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: nil)
-        let admin = try f.registry.principal(for: alice)
-        try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [], by: admin)
-        try f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [], by: admin)
-        try f.registry.grant(Grant(principal: "bob", role: .reader, scope: "m/"), by: admin)
-        try f.registry.grant(Grant(principal: "bob", role: .inference, scope: "m/"), by: admin)
-        try f.registry.trust(alice.publicIdentity, by: admin)
+        try f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: Signer(f.registryIdentity))
+        let admin = try f.registry.principal(for: alice.identity)
+        let signer = Signer(alice)
+        try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [], by: signer)
+        try f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [], by: signer)
+        try f.registry.grant(Grant(principal: "bob", role: .reader, scope: "m/"), by: signer)
+        try f.registry.grant(Grant(principal: "bob", role: .inference, scope: "m/"), by: signer)
+        try f.registry.grant(Grant(principal: "bob", role: .publisher, scope: "m/"), by: signer)
+        // carol may read another namespace only: her read token works, but not on m/.
+        try f.registry.grant(Grant(principal: "carol", role: .reader, scope: "other/"), by: signer)
+        try f.registry.trust(alice.publicIdentity, by: signer)
         var request = PushRequest(model: "m/risk", paths: [try f.checkpoint()])
         request.alias = "prod"
         _ = try f.registry.push(request, publisher: alice)
@@ -230,9 +235,13 @@ struct ServerTests {
                 let predictions = object?["predictions"] as? [[String: Any]]
                 #expect(predictions?.count == 2 && predictions?[0]["reg"] is Double && predictions?[0]["cls"] is [String: Any])
             }
+            // A request that cannot be answered spends no use: the second use is still there after it.
             let missing = ByteBuffer(string: #"{"rows": [{"x0": 0.1}]}"#)
             try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: missing) { response in
                 #expect(response.status == .badRequest && text(response).contains("x1"), "\(text(response))")
+            }
+            try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: rows) { response in
+                #expect(response.status == .ok, "\(text(response))")
             }
             try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: rows) { response in
                 #expect(response.status == .forbidden && text(response).contains("has used all 2 of its uses"), "\(text(response))")
@@ -256,7 +265,7 @@ struct ServerTests {
                 headers: infer,
                 body: ByteBuffer(string: #"{"ref": "m/risk:1", "ttl_seconds": -5}"#)
             ) { response in
-                #expect(response.status == .forbidden && text(response).contains("--ttl must be a positive duration"))
+                #expect(response.status == .badRequest && text(response).contains("ttl_seconds must be from 1 to 31536000"))
             }
         }
     }

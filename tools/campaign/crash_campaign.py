@@ -81,8 +81,11 @@ def main():
                 process.send_signal(signal.SIGKILL)
                 process.wait()
                 killed += 1
+            # An image is checked as the machine restored from it would check it: by a client that has not seen the
+            # registry go further (the live registry's client would rightly call the older image a rollback).
             target = image or home
-            report = fsck(args.coffer, target, env)
+            checker = dict(env, COFFER_STATE_DIR=f"{work}/client-{trial}") if image else env
+            report = fsck(args.coffer, target, checker)
             if report["problems"]:
                 problems.append(f"trial {trial} ({'image' if image else 'kill'}): {report['problems']}")
             else:

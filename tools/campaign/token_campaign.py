@@ -57,11 +57,13 @@ class Campaign:
         self.run("init", "--home", self.home, "--owner", f"{w}/alice.pub")
         self.admin = ["--identity", f"{w}/alice.key", "--home", self.home]
         self.run("trust", "add", f"{w}/alice.pub", *self.admin)
-        # bob may read, decrypt and infer on m/ only; carol may read and infer on other/ only.
+        # bob may read, decrypt and infer on m/ only (and publish p/); carol may read and infer on other/ only.
         for name, namespace, roles in (("bob", "m/", ("reader", "inference", "decrypt")), ("carol", "other/", ("reader", "inference"))):
             self.run("principal", "add", name, f"{w}/{name}.pub", *self.admin)
             for role in roles:
                 self.run("grant", name, role, "--on", namespace, *self.admin)
+        # A publish token is only minted for a publisher: bob publishes p/ (and so still holds nothing to publish on m/).
+        self.run("grant", "bob", "publisher", "--on", "p/", *self.admin)
         self.run("synth", "--rows", "300", "--features", "3", "--out", f"{w}/data")
         self.run("train", "--config", f"{w}/data/recipe.json", "--out", f"{w}/ckpt")
         weights = open(f"{w}/ckpt/model.safetensors", "rb").read()

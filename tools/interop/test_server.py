@@ -134,7 +134,7 @@ def test_serve_end_to_end(tmp_path):
         shown = coffer("show", "m/risk@prod", "--registry", base, "--token", read).stdout.decode()
         assert "files:" in shown and "model.safetensors" in shown and "digest:" in shown
         verified = coffer("verify", "m/risk@prod", "--registry", base, "--token", read, "--trust", tmp_path / "alice.pub").stdout.decode()
-        assert verified.startswith("ok m/risk:1") and "checked here against your trusted publishers: signature and blobs verified" in verified
+        assert verified.startswith("ok m/risk:1") and "checked here against the ledger you replayed: reference, signature and blobs verified" in verified
         admin_token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
         remote_audit = json.loads(coffer("audit", "--registry", base, "--token", admin_token, "--json").stdout)
         assert any(e["action"] == "push" for e in remote_audit)

@@ -49,7 +49,7 @@ public struct PublicIdentity: Sendable, Hashable {
 // MARK: - File encoding
 
 extension PublicIdentity {
-    private struct File: Codable {
+    fileprivate struct File: Codable {
         var type: String
         var name: String
         var id: String
@@ -99,5 +99,27 @@ extension PublicIdentity {
     /// Reads and parses a public identity file.
     public init(contentsOf path: String) throws(CofferCryptoError) {
         try self.init(jsonBytes: try FileBytes.read(path))
+    }
+}
+
+// MARK: - Codable
+
+/// Encoded as the `NAME.pub` object, so a public identity embedded in a larger document reads like the file.
+extension PublicIdentity: Codable {
+    public init(from decoder: any Decoder) throws {
+        let file = try File(from: decoder)
+        let encoder = JSONEncoder()
+        self = try PublicIdentity(jsonBytes: Array(try encoder.encode(file)))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try File(
+            type: Self.fileType,
+            name: name,
+            id: keyID,
+            ed25519: Data(ed25519).base64EncodedString(),
+            x25519: Data(x25519).base64EncodedString(),
+            p256: Data(p256).base64EncodedString()
+        ).encode(to: encoder)
     }
 }

@@ -59,11 +59,21 @@ extension Registry {
         throws(CofferRegistryError) -> CreatedAPIToken
     {
         try require(.admin, on: nil, by: actor, action: "token.create", target: name)
-        guard ttl > 0, ttl.isFinite else { throw .refused("--ttl must be a positive duration") }
-        let keyID = try database.read { db in
-            try String.fetchOne(db.cachedStatement(sql: "SELECT key_id FROM principals WHERE name = ?"), arguments: [name])
+        guard ttl > 0, ttl <= Self.maximumLifetime else { throw .refused("a token's lifetime must be more than 0 and at most 365 days") }
+        let state = try ledgerState()
+        guard state.principals[name] != nil else { throw .unknownPrincipal(name) }
+        // A scope is only as wide as the principal's grants: a token is never minted for roles nobody gave.
+        let needed: Role =
+            switch scope {
+            case .read: .reader
+            case .publish: .publisher
+            case .infer: .inference
+            case .admin: .admin
+            }
+        let useful = state.grants.contains { $0.principal == name && ($0.role == needed || $0.role == .admin) }
+        guard useful else {
+            throw .refused("\(name) holds no role the \(scope.rawValue) scope allows (grant one first)")
         }
-        guard keyID != nil else { throw .unknownPrincipal(name) }
         let token = SessionToken(secret: SecretKey.random(), prefix: SessionToken.apiPrefix)
         let info = APITokenInfo(
             id: Digest.hex((0..<8).map { _ in UInt8.random(in: 0...255) }),
@@ -120,10 +130,19 @@ extension Registry {
 
     /// The holder of a bearer token's text; refuses (and audits) malformed, unknown, expired and revoked tokens.
     /// The stored hash is found by an indexed lookup of the keyed hash, then compared in constant time.
-    public func authenticateToken(_ text: borrowing SecureBytes, now: Date = Date()) throws(CofferRegistryError) -> TokenHolder {
+    ///
+    /// - Parameter auditing: `false` leaves the audit entry of a refusal to the caller (a server counts refusals and
+    ///   writes them in batches, so that requests without a valid token cannot each cost a synchronous write).
+    public func authenticateToken(
+        _ text: borrowing SecureBytes,
+        now: Date = Date(),
+        auditing: Bool = true
+    ) throws(CofferRegistryError)
+        -> TokenHolder
+    {
         let token: SessionToken
         do { token = try SessionToken(text: text, prefix: SessionToken.apiPrefix) } catch {
-            try? audit(principal: "-", action: "authenticate", target: "-", outcome: .refused, reason: "malformed bearer token")
+            if auditing { try? audit(principal: "-", action: "authenticate", target: "-", outcome: .refused, reason: "malformed bearer token") }
             throw .unauthenticated("malformed bearer token (expected cft_ and 64 lower-case hex digits)")
         }
         let hash = try tokenHash(token)
@@ -134,7 +153,7 @@ extension Registry {
             )
         }
         func refuse(_ principal: String, _ reason: String) throws(CofferRegistryError) -> Never {
-            try? audit(principal: principal, action: "authenticate", target: "-", outcome: .refused, reason: reason)
+            if auditing { try? audit(principal: principal, action: "authenticate", target: "-", outcome: .refused, reason: reason) }
             throw .unauthenticated(reason)
         }
         guard let row, SecureCompare.equal(Array(row["token_hash"] as Data), hash) else {

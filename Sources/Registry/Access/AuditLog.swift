@@ -1,7 +1,8 @@
 public import CofferCrypto
-import Foundation
+public import Foundation
 import GRDB
 import GRDBSQLite
+import Synchronization
 
 /// One entry of the audit log.
 public struct AuditEntry: Sendable, Equatable, Codable {
@@ -142,37 +143,84 @@ extension Registry {
         return message + hash
     }
 
-    /// Signs the current chain head with the registry's identity (whose key the caller unlocked).
+    /// Signs the current chain head with the registry's current key (which the caller unlocked), and a fresh state
+    /// head; with `checkpoint`, also marks the audit head in the ledger (an `audit.head` record), so that truncating
+    /// the log below it breaks the ledger's chain too. Returns the entry signed through (0 for an empty log).
     @discardableResult
-    public func signAuditHead(with registryIdentity: borrowing Identity) throws(CofferRegistryError) -> Int64 {
-        guard registryIdentity.publicIdentity.keyID == identity.keyID else {
-            throw .refused("audit heads are signed with the registry's own identity (\(Self.identityName).key)")
+    public func signAuditHead(
+        with key: UnlockedIdentity,
+        checkpoint: Bool = true,
+        headLifetime: TimeInterval = 3600
+    ) throws(CofferRegistryError)
+        -> Int64
+    {
+        let current = try identity
+        guard key.publicIdentity.keyID == current.keyID else {
+            throw .refused("audit heads are signed with the registry's current key (\(Self.identityName).key, \(current.keyID))")
         }
-        let head = try database.read { db in try Row.fetchOne(db, sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1") }
-        guard let head else { return 0 }
-        let seq: Int64 = head["seq"]
-        let hash = Array(head["entry_hash"] as Data)
-        let signature = registryIdentity.signEd25519(Self.headMessage(seq: seq, hash: hash))
-        try database.write { db in
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO audit_heads (seq, entry_hash, signed_at, signature, key_id) VALUES (?, ?, ?, ?, ?)",
-                arguments: [seq, Data(hash), Self.now(), Data(signature), identity.keyID]
-            )
+        let state = try database.write { db -> LedgerState in
+            var state = try refreshed(ledger.withLock { $0 }, db: db)
+            if let (seq, hash) = try Self.lastAuditEntry(db) {
+                if try Int64.fetchOne(db, sql: "SELECT 1 FROM audit_heads WHERE seq = ?", arguments: [seq]) == nil {
+                    let signature = key.identity.signEd25519(Self.headMessage(seq: seq, hash: hash))
+                    try db.execute(
+                        sql: "INSERT OR REPLACE INTO audit_heads (seq, entry_hash, signed_at, signature, key_id) VALUES (?, ?, ?, ?, ?)",
+                        arguments: [seq, Data(hash), Self.now(), Data(signature), current.keyID]
+                    )
+                }
+                if checkpoint, state.auditHead?.seq != seq {
+                    (state, _, _) = try append(.auditHead(seq: seq, hash: Digest.hex(hash)), signer: Signer(key), db: db)
+                }
+            }
+            try Self.storeStateHead(StateHead.sign(state: state, audit: try Self.lastAuditEntry(db), lifetime: headLifetime, key: key), db: db)
+            return state
         }
-        return seq
+        try adopt(state)
+        return try database.read { db in try Self.lastAuditEntry(db)?.seq } ?? 0
     }
 
-    /// Signs the chain head when entries were appended since the last signed head; `nil` when there were none.
+    /// What a server calls every few seconds: signs the audit head when entries were appended since the last signed
+    /// head, re-signs the state head when the ledger or log grew or half its lifetime passed, and marks the audit head
+    /// in the ledger when the last mark is older than `checkpointInterval`. Returns the entry signed through, if any.
     @discardableResult
-    public func signAuditHeadIfUnsigned(with registryIdentity: borrowing Identity) throws(CofferRegistryError) -> Int64? {
-        let (latest, signed) = try database.read { db in
+    public func signAuditHeadIfUnsigned(
+        with key: UnlockedIdentity,
+        headLifetime: TimeInterval = 3600,
+        checkpointInterval: TimeInterval = 3600,
+        now: Date = Date()
+    ) throws(CofferRegistryError) -> Int64? {
+        let (latest, signed, head) = try database.read { db in
             (
                 try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_log") ?? 0,
-                try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_heads") ?? 0
+                try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_heads") ?? 0,
+                try Self.storedStateHead(db)
             )
         }
-        guard latest > signed else { return nil }
-        return try signAuditHead(with: registryIdentity)
+        let state = try ledgerState()
+        let stale =
+            head.map { head in
+                head.ledgerSeq != state.seq || head.auditSeq != latest
+                    || (Self.date(head.at).map { now.timeIntervalSince($0) > headLifetime / 2 } ?? true)
+            } ?? true
+        guard latest > signed || stale else { return nil }
+        let lastMark = try database.read { db in
+            try Data.fetchOne(db, sql: "SELECT envelope FROM ledger WHERE kind = 'audit.head' ORDER BY seq DESC LIMIT 1")
+        }
+        let markAge = lastMark.flatMap { try? Self.parse(Array($0)) }.flatMap { Self.date($0.at) }.map { now.timeIntervalSince($0) }
+        let checkpoint = latest > (state.auditHead?.seq ?? 0) && (markAge ?? .infinity) >= checkpointInterval
+        return try signAuditHead(with: key, checkpoint: checkpoint, headLifetime: headLifetime)
+    }
+
+    static func lastAuditEntry(_ db: Database) throws -> (seq: Int64, hash: [UInt8])? {
+        try Row.fetchOne(db, sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1").map {
+            ($0["seq"], Array($0["entry_hash"] as Data))
+        }
+    }
+
+    static func date(_ text: String) -> Date? {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.date(from: text) ?? ISO8601DateFormatter().date(from: text)
     }
 
     /// Recomputes the chain from the first entry and checks every signed head against the registry's key.
@@ -182,24 +230,37 @@ extension Registry {
     ///   under a signed head.
     public func verifyAudit() throws(CofferRegistryError) -> AuditReport {
         let heads = try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT seq, entry_hash, signature, key_id FROM audit_heads ORDER BY seq").map {
+            try Row.fetchAll(db, sql: "SELECT seq, entry_hash, signature, key_id, signed_at FROM audit_heads ORDER BY seq").map {
                 (
                     seq: $0["seq"] as Int64, hash: Array($0["entry_hash"] as Data), signature: Array($0["signature"] as Data),
-                    keyID: $0["key_id"] as String?
+                    keyID: $0["key_id"] as String?, signedAt: $0["signed_at"] as String
                 )
             }
         }
+        // Only keys of the verified chain count; a retired key's heads count only up to its retirement.
+        let state = try ledgerState()
         for head in heads {
-            // Heads signed before a rotation name the retired key that signed them.
-            let signer = try registryKey(head.keyID ?? identity.keyID)
             let message = Self.headMessage(seq: head.seq, hash: head.hash)
-            guard let signer, SignatureVerifier.verifyEd25519(signature: head.signature, message: message, publicKey: signer.ed25519) else {
-                throw .tampered("audit head at entry \(head.seq) does not carry a valid registry signature")
+            guard let key = state.key(head.keyID ?? state.keys[0].identity.keyID),
+                SignatureVerifier.verifyEd25519(signature: head.signature, message: message, publicKey: key.identity.ed25519)
+            else {
+                throw .tampered("audit head at entry \(head.seq) is not signed by a key of the registry's chain")
+            }
+            if let retired = key.retiredAt, head.signedAt > retired {
+                throw .tampered("audit head at entry \(head.seq) is signed by key \(key.identity.keyID) after it was retired at \(retired)")
             }
         }
         var headsBySeq = Dictionary(uniqueKeysWithValues: heads.map { ($0.seq, $0.hash) })
+        // Entries the ledger marked, and the last one this client saw, must still be there unchanged.
+        var marks: [Int64: (hash: [UInt8], what: String)] = [:]
+        if let mark = state.auditHead, let hash = Digest.bytes(fromHex: mark.hash) { marks[mark.seq] = (hash, "marked in the ledger") }
+        if let seen = memory?.remembered(state.registry)?.audit, let hash = Digest.bytes(fromHex: seen.hash), marks[seen.seq] == nil {
+            marks[seen.seq] = (hash, "verified before by this client")
+        }
+        var pendingMarks = marks
         var count = 0
         var lastSeq: Int64 = 0
+        var lastHash = Self.genesisHash
         let problem: String? = try database.read { db in
             var previous = Self.genesisHash
             // SQLite's own row loop, with each entry's fields hashed from where SQLite holds them: GRDB's rows
@@ -229,7 +290,11 @@ extension Registry {
                 if let signed = headsBySeq.removeValue(forKey: seq), signed != hash {
                     return "entries up to \(seq) were rewritten under a signed head"
                 }
+                if let mark = pendingMarks.removeValue(forKey: seq), mark.hash != hash {
+                    return "entries up to \(seq) were rewritten (entry \(seq) was \(mark.what))"
+                }
                 previous = hash
+                lastHash = hash
                 lastSeq = seq
                 count += 1
             }
@@ -237,6 +302,15 @@ extension Registry {
         }
         if let problem { throw .tampered("audit log: \(problem)") }
         if let missing = headsBySeq.keys.min() { throw .tampered("audit log: entry \(missing), covered by a signed head, is gone (truncated)") }
+        if let (seq, mark) = pendingMarks.min(by: { $0.key < $1.key }) {
+            throw .tampered("audit log: entry \(seq), \(mark.what), is gone (truncated or rolled back)")
+        }
+        if lastSeq > 0 {
+            try memory?.remember(state.registry) { remembered in
+                guard remembered != nil, (remembered!.audit?.seq ?? 0) < lastSeq else { return }
+                remembered!.audit = .init(seq: lastSeq, hash: Digest.hex(lastHash))
+            }
+        }
         let signedThrough = heads.last?.seq ?? 0
         return AuditReport(entries: count, signedThrough: signedThrough, unsigned: Int(lastSeq - signedThrough))
     }

@@ -81,6 +81,45 @@ public struct InferenceSession: ~Copyable {
         }
     }
 
+    /// Refuses, before any use is taken or anything decrypted, a token whose session's principal may not export
+    /// plaintext (reader and decrypt on the model): `coffer infer --raw` asks this first.
+    public static func authorizeExport(registry: Registry, tokenText: borrowing SecureBytes) throws(CofferRegistryError) {
+        let token = try SessionToken(text: tokenText)
+        let info = try registry.claimSession(token, now: Date(), countingUse: false).info
+        let principal = Principal(name: info.principal, keyID: "")
+        let target = "\(info.model):\(info.version)"
+        try registry.require(.reader, on: info.model, by: principal, action: "export", target: target)
+        try registry.require(.decrypt, on: info.model, by: principal, action: "export", target: target)
+    }
+
+    /// Releases one decrypted file's plaintext to `body` (`coffer infer --raw`): that is a pull, not an inference, so
+    /// the session's principal needs the reader and decrypt roles on the model, not only inference; the release is
+    /// audited as its own action, `export`. Returns nil when the version has no such file.
+    public func export<R>(
+        _ path: String,
+        registry: Registry,
+        _ body: (UnsafeRawBufferPointer) throws(CofferCryptoError) -> R
+    ) throws(CofferRegistryError) -> R? {
+        let principal = Principal(name: info.principal, keyID: "")
+        let target = "\(info.model):\(info.version)"
+        try registry.require(.reader, on: info.model, by: principal, action: "export", target: target)
+        try registry.require(.decrypt, on: info.model, by: principal, action: "export", target: target)
+        guard files.contains(where: { $0.path == path }) else { return nil }
+        let result: R?
+        do { result = try withFile(path, body) } catch {
+            try? registry.audit(principal: info.principal, action: "export", target: target, outcome: .failed, reason: error.description)
+            throw .crypto(error)
+        }
+        try registry.audit(
+            principal: info.principal,
+            action: "export",
+            target: target,
+            outcome: .ok,
+            reason: "\(path) (session \(info.id), plaintext to stdout)"
+        )
+        return result
+    }
+
     /// Read access to one decrypted file for the duration of `body`.
     public func withFile<R, E: Error>(_ path: String, _ body: (UnsafeRawBufferPointer) throws(E) -> R) throws(E) -> R? {
         guard let file = files.first(where: { $0.path == path }) else { return nil }

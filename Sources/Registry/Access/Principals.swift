@@ -17,7 +17,7 @@ public enum Role: String, Sendable, CaseIterable, Codable {
 }
 
 /// A role on a scope: `*` (every model), `NS/` (a namespace prefix) or one model, optionally only through one alias.
-public struct Grant: Sendable, Equatable, Codable {
+public struct Grant: Sendable, Hashable, Codable {
     public var principal: String
     public var role: Role
     public var scope: String
@@ -46,21 +46,20 @@ public struct Principal: Sendable, Equatable {
 }
 
 extension Registry {
-    /// Whether the registry checks principals: true once it has one (the owner named at init, or one added later).
-    public func checksPrincipals() throws(CofferRegistryError) -> Bool {
-        try database.read { db in try Int.fetchOne(db.cachedStatement(sql: "SELECT count(*) FROM principals")) ?? 0 } > 0
-    }
+    /// Whether the registry checks principals: true once its ledger names one (the owner named at init, or one
+    /// added later).
+    public func checksPrincipals() throws(CofferRegistryError) -> Bool { try ledgerState().checksPrincipals }
 
     /// The principal `identity` acts as: in a registry that checks principals, the principal with its key
     /// (refused and audited otherwise); in one that does not, the identity's own name.
     public func principal(for identity: borrowing Identity) throws(CofferRegistryError) -> Principal {
-        let keyID = identity.publicIdentity.keyID
-        let declared = identity.publicIdentity.name
-        guard try checksPrincipals() else { return Principal(name: declared, keyID: keyID) }
-        let name = try database.read { db in
-            try String.fetchOne(db.cachedStatement(sql: "SELECT name FROM principals WHERE key_id = ?"), arguments: [keyID])
-        }
-        guard let name else {
+        try principal(keyID: identity.publicIdentity.keyID, declared: identity.publicIdentity.name)
+    }
+
+    func principal(keyID: String, declared: String) throws(CofferRegistryError) -> Principal {
+        let state = try ledgerState()
+        guard state.checksPrincipals else { return Principal(name: declared, keyID: keyID) }
+        guard let name = state.principal(keyID: keyID) else {
             let reason = "identity \(declared) (\(keyID)) is not a principal of this registry"
             try audit(principal: "\(declared)?", action: "authenticate", target: keyID, outcome: .refused, reason: reason)
             throw .refused(reason)
@@ -69,7 +68,8 @@ extension Registry {
     }
 
     /// Checks that `principal` holds `role` on `model` (through `alias`); refuses, naming what is missing,
-    /// and audits the refusal. A registry without principals allows everything.
+    /// and audits the refusal. A registry without principals allows everything; the registry's own key, acting in
+    /// its own name, holds every role.
     public func require(
         _ role: Role,
         on model: String?,
@@ -78,14 +78,15 @@ extension Registry {
         action: String,
         target: String
     ) throws(CofferRegistryError) {
-        guard try checksPrincipals() else { return }
+        let state = try ledgerState()
+        guard state.checksPrincipals else { return }
         guard let principal else {
             let reason = "this registry checks principals: act with --identity"
             try audit(principal: "-", action: action, target: target, outcome: .refused, reason: reason)
             throw .refused(reason)
         }
-        let grants = try self.grants(of: principal.name)
-        guard !grants.contains(where: { $0.allows(role, on: model, alias: alias) }) else { return }
+        if principal.name == "registry", principal.keyID == state.currentKey?.keyID { return }
+        guard !state.holds(principal.name, role, on: model, alias: alias) else { return }
         let on = model.map { " on \($0)" } ?? ""
         let through = alias.map { " (alias \($0))" } ?? ""
         let reason = "\(principal.name) lacks the \(role.rawValue) role\(on)\(through)"
@@ -93,92 +94,101 @@ extension Registry {
         throw .refused(reason)
     }
 
-    /// Adds a principal with roles on every model. The first principal of a registry (its owner) needs no actor;
-    /// later ones need an admin.
+    /// ``require(_:on:alias:by:action:target:)`` for the principal a signer acts as. In a registry without
+    /// principals, a change that only the registry's key may sign is refused here, before anything is sealed.
+    func require(_ signer: Signer, _ role: Role, on model: String?, action: String, target: String) throws(CofferRegistryError) {
+        let state = try ledgerState()
+        let principal: Principal
+        do { principal = try acting(signer, in: state).principal } catch {
+            try? audit(principal: "\(signer.key.publicIdentity.name)?", action: action, target: target, outcome: .refused, reason: error.description)
+            throw error
+        }
+        try require(role, on: model, by: principal, action: action, target: target)
+    }
+
+    /// Adds a principal with roles on every model (its first principal, in a registry that had none, is also an
+    /// admin). An admin's act; in a registry without principals, the registry key's.
     public func addPrincipal(
         name: String,
         identity: PublicIdentity,
         roles: [Role],
-        by actor: Principal?
+        by signer: Signer
     ) throws(CofferRegistryError) {
         try ModelReference.validate(name: name)
-        let first = !(try checksPrincipals())
-        if !first { try require(.admin, on: nil, by: actor, action: "principal.add", target: name) }
-        try database.write { db in
-            if try String.fetchOne(
-                db.cachedStatement(sql: "SELECT name FROM principals WHERE name = ? OR key_id = ?"),
-                arguments: [name, identity.keyID]
-            ) != nil {
-                throw CofferRegistryError.principalExists(name)
-            }
-            try db.execute(
-                sql: "INSERT INTO principals (name, key_id, public_identity, added_at, added_by) VALUES (?, ?, ?, ?, ?)",
-                arguments: [name, identity.keyID, Data(identity.jsonBytes), Self.now(), actor?.name]
-            )
-            for role in first ? [Role.admin] + roles : roles {
-                try db.execute(
-                    sql: "INSERT OR IGNORE INTO grants (principal, role, scope, alias, granted_at, granted_by) VALUES (?, ?, '*', NULL, ?, ?)",
-                    arguments: [name, role.rawValue, Self.now(), actor?.name]
-                )
-            }
-        }
-        let roleList = (first ? [Role.admin] + roles : roles).map(\.rawValue).joined(separator: ",")
-        try audit(principal: actor?.name ?? name, action: "principal.add", target: name, outcome: .ok, reason: "roles \(roleList)")
+        try require(signer, .admin, on: nil, action: "principal.add", target: name)
+        let state = try ledgerState()
+        if state.principals[name] != nil || state.principal(keyID: identity.keyID) != nil { throw .principalExists(name) }
+        let granted = (state.checksPrincipals ? roles : [Role.admin] + roles).map(\.rawValue).joined(separator: ",")
+        try record(
+            .principalAdd(name: name, identity: identity, roles: roles),
+            signer: signer,
+            action: "principal.add",
+            target: name,
+            reason: "roles \(granted)"
+        )
+    }
+
+    /// Removes a principal: its grants go, its bearer tokens are revoked, its sessions revoked and their key copies
+    /// destroyed, in the same transaction. The last admin of the registry cannot be removed.
+    public func removePrincipal(_ name: String, by signer: Signer) throws(CofferRegistryError) {
+        try require(signer, .admin, on: nil, action: "principal.remove", target: name)
+        guard try ledgerState().principals[name] != nil else { throw .unknownPrincipal(name) }
+        try record(
+            .principalRemove(name: name),
+            signer: signer,
+            action: "principal.remove",
+            target: name,
+            reason: "grants, tokens and sessions ended"
+        )
+        try database.checkpointAndTruncateLog()
     }
 
     /// Every principal with its grants, by name.
     public func principals() throws(CofferRegistryError) -> [(name: String, keyID: String, grants: [Grant])] {
-        let rows = try database.read { db in try Row.fetchAll(db.cachedStatement(sql: "SELECT name, key_id FROM principals ORDER BY name")) }
-        var result: [(String, String, [Grant])] = []
-        for row in rows {
-            let name: String = row["name"]
-            result.append((name, row["key_id"], try grants(of: name)))
+        let state = try ledgerState()
+        return state.principals.keys.sorted().map { name in
+            (
+                name, state.principals[name]!.keyID,
+                state.grants.filter { $0.principal == name }.sorted { ($0.role.rawValue, $0.scope) < ($1.role.rawValue, $1.scope) }
+            )
         }
-        return result
     }
 
     public func grants(of principal: String) throws(CofferRegistryError) -> [Grant] {
-        let rows = try database.read { db in
-            try Row.fetchAll(
-                db.cachedStatement(sql: "SELECT role, scope, alias FROM grants WHERE principal = ? ORDER BY role, scope"),
-                arguments: [principal]
-            )
-        }
-        return rows.compactMap { row in
-            Role(rawValue: row["role"]).map { Grant(principal: principal, role: $0, scope: row["scope"], alias: row["alias"]) }
-        }
+        try ledgerState().grants.filter { $0.principal == principal }.sorted { ($0.role.rawValue, $0.scope) < ($1.role.rawValue, $1.scope) }
     }
 
     /// Grants a role (admin only). The scope is `*`, a namespace prefix ending in `/`, or a model name.
-    public func grant(_ grant: Grant, by actor: Principal?) throws(CofferRegistryError) {
-        try require(.admin, on: nil, by: actor, action: "grant", target: grant.principal)
+    public func grant(_ grant: Grant, by signer: Signer) throws(CofferRegistryError) {
+        try require(signer, .admin, on: nil, action: "grant", target: grant.principal)
         if grant.scope != "*" { try ModelReference.validate(name: grant.scope.hasSuffix("/") ? String(grant.scope.dropLast()) : grant.scope) }
-        try database.write { db in
-            guard try String.fetchOne(db.cachedStatement(sql: "SELECT name FROM principals WHERE name = ?"), arguments: [grant.principal]) != nil
-            else {
-                throw CofferRegistryError.unknownPrincipal(grant.principal)
-            }
-            try db.execute(
-                sql: "INSERT OR IGNORE INTO grants (principal, role, scope, alias, granted_at, granted_by) VALUES (?, ?, ?, ?, ?, ?)",
-                arguments: [grant.principal, grant.role.rawValue, grant.scope, grant.alias, Self.now(), actor?.name]
-            )
-        }
-        try audit(principal: actor?.name ?? "-", action: "grant", target: grant.principal, outcome: .ok, reason: grant.summary)
+        if let alias = grant.alias { try ModelReference.validate(version: alias) }
+        let state = try ledgerState()
+        guard state.principals[grant.principal] != nil else { throw .unknownPrincipal(grant.principal) }
+        guard !state.grants.contains(grant) else { return }
+        try record(.grant(grant), signer: signer, action: "grant", target: grant.principal, reason: grant.summary)
     }
 
-    /// Revokes a role (admin only); returns whether a grant was removed. The sessions it allowed stop working.
+    /// Revokes a role (admin only); returns whether a grant was removed. Sessions the principal can no longer open
+    /// are revoked at once and their key copies destroyed (a later re-grant does not bring them back).
     @discardableResult
-    public func revoke(_ grant: Grant, by actor: Principal?) throws(CofferRegistryError) -> Bool {
-        try require(.admin, on: nil, by: actor, action: "revoke", target: grant.principal)
-        let removed = try database.write { db in
-            try db.execute(
-                sql: "DELETE FROM grants WHERE principal = ? AND role = ? AND scope = ? AND alias IS ?",
-                arguments: [grant.principal, grant.role.rawValue, grant.scope, grant.alias]
+    public func revoke(_ grant: Grant, by signer: Signer) throws(CofferRegistryError) -> Bool {
+        try require(signer, .admin, on: nil, action: "revoke", target: grant.principal)
+        guard try ledgerState().grants.contains(grant) else {
+            try audit(
+                principal: try acting(signer, in: try ledgerState()).principal.name,
+                action: "revoke",
+                target: grant.principal,
+                outcome: .failed,
+                reason: "\(grant.summary) is not held"
             )
-            return db.changesCount > 0
+            return false
         }
-        try audit(principal: actor?.name ?? "-", action: "revoke", target: grant.principal, outcome: removed ? .ok : .failed, reason: grant.summary)
-        return removed
+        try record(.revoke(grant), signer: signer, action: "revoke", target: grant.principal, reason: grant.summary) { db, state in
+            try Self.endSessionsNoLongerGranted(to: grant.principal, state: state, db: db)
+        }
+        try database.checkpointAndTruncateLog()
+        return true
     }
 }
 

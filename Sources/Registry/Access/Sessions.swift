@@ -69,8 +69,11 @@ public struct SessionToken: ~Copyable {
 
     /// A public value that identifies the token without revealing it; the registry stores it keyed-hashed.
     var lookup: [UInt8] { secret.mac(Array("coffer/v1/session-lookup".utf8)) }
-    /// The key-encryption key the session's copy of the data key is wrapped under.
-    var keyEncryptionKey: SecretKey { secret.derive(label: "coffer/v1/session-kek", context: []) }
+    /// The key-encryption key the session's copy of the data key is wrapped under, bound to the session's id and
+    /// limits: editing a session's expiry or use limit in the database makes its key copy unopenable.
+    func keyEncryptionKey(id: String, expiresAt: String, maxUses: Int?) -> SecretKey {
+        secret.derive(label: "coffer/v1/session-kek", context: Array("\n\(id)\n\(expiresAt)\n\(maxUses.map(String.init) ?? "-")".utf8))
+    }
 }
 
 /// A session just opened, with its token: shown once, then dropped (and wiped).
@@ -162,18 +165,19 @@ extension Registry {
         maxUses: Int? = nil,
         now: Date = Date()
     ) throws(CofferRegistryError) -> OpenedSession {
-        guard ttl > 0, ttl.isFinite else { throw .sessionRefused("--ttl must be a positive duration") }
-        if let maxUses, maxUses < 1 { throw .sessionRefused("--max-uses must be at least 1") }
+        guard ttl > 0, ttl <= Self.maximumLifetime else {
+            throw .sessionRefused("the session lifetime must be more than 0 and at most 365 days (31536000 s)")
+        }
+        if let maxUses, !(1...1_000_000_000).contains(maxUses) { throw .sessionRefused("--max-uses must be from 1 to 1000000000") }
         var alias: String? = nil
         if case .alias(let name) = reference.selector { alias = name }
         try require(.inference, on: reference.name, alias: alias, by: actor, action: "session.open", target: reference.description)
         do {
-            let stored = try loadVersion(try resolve(reference).id)
+            let stored = try loadVersion(try resolveForUse(reference).id)
             try stored.ensureNotErased()
             _ = try authenticate(stored)
             let dataKey = try unwrapDataKey(stored, identity: identity)
             let token = SessionToken(secret: SecretKey.random())
-            let wrapped = dataKey.wrap(under: token.keyEncryptionKey).encoded
             let info = SessionInfo(
                 id: Digest.hex((0..<8).map { _ in UInt8.random(in: 0...255) }),
                 principal: actor.name,
@@ -186,6 +190,7 @@ extension Registry {
                 uses: 0,
                 revokedAt: nil
             )
+            let wrapped = dataKey.wrap(under: token.keyEncryptionKey(id: info.id, expiresAt: info.expiresAt, maxUses: maxUses)).encoded
             let hash = try tokenHash(token)
             try database.write { db in
                 try db.execute(
@@ -197,6 +202,7 @@ extension Registry {
                         info.id, Data(hash), info.principal, stored.id, info.reference, alias, info.createdAt, info.expiresAt, maxUses, Data(wrapped),
                     ]
                 )
+                try Self.destroyExpiredSessionKeys(db, now: now)
                 // The session and its audit entry commit together: no session exists unrecorded.
                 try Self.appendAudit(
                     db,
@@ -283,7 +289,8 @@ extension Registry {
         if stored.erased != nil { try refuseSession(principal, id, "\(model):\(row["version"] as String) was erased") }
         let (statement, _) = try authenticate(stored)
         let dataKey: SecretKey
-        do { dataKey = try WrappedKey(encoded: Array(wrapped)).unwrap(with: token.keyEncryptionKey) } catch {
+        let kek = token.keyEncryptionKey(id: id, expiresAt: expires, maxUses: row["max_uses"])
+        do { dataKey = try WrappedKey(encoded: Array(wrapped)).unwrap(with: kek) } catch {
             try refuseSession(principal, id, "the session's key does not open with this token")
         }
         let info = SessionInfo(
@@ -299,6 +306,15 @@ extension Registry {
             revokedAt: nil
         )
         return ClaimedSession(info: info, stored: stored, files: statement.files, dataKey: dataKey)
+    }
+
+    /// Checks, without taking a use, that a session held by `principal` may still be used: not revoked, not expired,
+    /// not exhausted, its key copy not destroyed, the grant still held. Refusals are audited.
+    public func checkSession(id: String, principal: String, now: Date = Date()) throws(CofferRegistryError) {
+        guard let row = try sessionRow(sql: "s.id = ?", argument: id), row["principal"] as String == principal else {
+            try refuseSession(principal, id, "unknown session \(id)")
+        }
+        try check(session: row, now: now, countingUse: false)
     }
 
     /// Takes one use of a session held by `principal` whose model is already open (the server's cache), after the
@@ -337,17 +353,24 @@ extension Registry {
             try refuseSession(principal, id, "session \(id) expired at \(expires)")
         }
         let alias: String? = row["alias"]
-        let stillGranted = try grants(of: principal).contains { $0.allows(.inference, on: model, alias: alias) }
-        if try checksPrincipals(), !stillGranted {
+        let state = try ledgerState()
+        if state.checksPrincipals, !state.holds(principal, .inference, on: model, alias: alias) {
             try refuseSession(principal, id, "\(principal) no longer holds the inference role on \(model)")
         }
+        if let max: Int = row["max_uses"], (row["uses"] as Int) >= max {
+            try refuseSession(principal, id, "session \(id) has used all \(max) of its uses")
+        }
+        if row["wrapped_key"] == nil { try refuseSession(principal, id, "session \(id) holds no key any more (revoked, expired or used up)") }
         guard countingUse else { return }
         let claimed = try database.write { db in
             try db.execute(
                 sql: "UPDATE sessions SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
                 arguments: [id]
             )
-            return db.changesCount == 1
+            guard db.changesCount == 1 else { return false }
+            // The last use destroys the key copy: an exhausted session opens nothing, even from a copy of the database.
+            try db.execute(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ? AND max_uses IS NOT NULL AND uses >= max_uses", arguments: [id])
+            return true
         }
         if !claimed { try refuseSession(principal, id, "session \(id) has used all \(row["max_uses"] as Int? ?? 0) of its uses") }
     }
@@ -355,6 +378,31 @@ extension Registry {
     private func refuseSession(_ principal: String, _ target: String, _ reason: String) throws(CofferRegistryError) -> Never {
         try audit(principal: principal, action: "infer", target: target, outcome: .refused, reason: reason)
         throw .sessionRefused(reason)
+    }
+
+    /// The longest a session (or a bearer token) may live: a year, as docs/openapi.yaml states.
+    public static let maximumLifetime: TimeInterval = 31_536_000
+
+    /// Ends the open sessions of `principal` that its grants in `state` no longer allow, destroying their key copies.
+    static func endSessionsNoLongerGranted(to principal: String, state: LedgerState, db: Database) throws {
+        let open = try Row.fetchAll(
+            db,
+            sql: """
+                SELECT s.id, s.alias, m.name AS model FROM sessions s JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id
+                WHERE s.principal = ? AND s.wrapped_key IS NOT NULL
+                """,
+            arguments: [principal]
+        )
+        // Not marked revoked: a later use is refused for the reason that ended it (the grant is gone).
+        for row in open where state.checksPrincipals && !state.holds(principal, .inference, on: row["model"], alias: row["alias"]) {
+            try db.execute(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ?", arguments: [row["id"] as String])
+        }
+    }
+
+    /// Destroys the key copies of sessions that expired, whoever finds them: a session's copy does not outlive it.
+    static func destroyExpiredSessionKeys(_ db: Database, now: Date) throws {
+        try db.cachedStatement(sql: "UPDATE sessions SET wrapped_key = NULL WHERE wrapped_key IS NOT NULL AND expires_at <= ?")
+            .execute(arguments: [timestamp(now)])
     }
 
     static func timestamp(_ date: Date) -> String {

@@ -1,6 +1,5 @@
 public import CofferTraining
 import Foundation
-import GRDB
 
 /// A dataset's privacy budget and what the versions trained on it have spent.
 public struct BudgetStatus: Sendable, Equatable, Codable {
@@ -33,64 +32,50 @@ public struct BudgetStatus: Sendable, Equatable, Codable {
 
 extension Registry {
     /// Sets (or changes) a dataset's total budget; an admin's act in a registry with principals.
-    public func setBudget(dataset: String, epsilon: Double, delta: Double, by actor: Principal?) throws(CofferRegistryError) {
+    public func setBudget(dataset: String, epsilon: Double, delta: Double, by signer: Signer) throws(CofferRegistryError) {
         try ModelReference.validate(datasetID: dataset)
-        try require(.admin, on: nil, by: actor, action: "budget.set", target: dataset)
+        try require(signer, .admin, on: nil, action: "budget.set", target: dataset)
         guard epsilon > 0, epsilon.isFinite else { throw .invalidPrivacy("budget epsilon must be > 0, got \(epsilon)") }
         guard delta > 0, delta < 1 else { throw .invalidPrivacy("budget delta must be in (0, 1), got \(delta)") }
-        try database.write { db in
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO budgets (dataset_id, epsilon, delta, set_at, set_by) VALUES (?, ?, ?, ?, ?)",
-                arguments: [dataset, epsilon, delta, Self.now(), actor?.name]
-            )
-        }
-        try audit(principal: actor?.name ?? "-", action: "budget.set", target: dataset, outcome: .ok, reason: "epsilon \(epsilon) delta \(delta)")
+        try record(
+            .budgetSet(dataset: dataset, epsilon: epsilon, delta: delta),
+            signer: signer,
+            action: "budget.set",
+            target: dataset,
+            reason: "epsilon \(epsilon) delta \(delta)"
+        )
     }
 
-    /// The budget of `dataset` and its charges.
+    /// The budget of `dataset` and its charges, recomputed from the ledger's `version` records (a charge deleted from
+    /// the `budget_charges` table still counts).
     public func budget(dataset: String) throws(CofferRegistryError) -> BudgetStatus {
         try ModelReference.validate(datasetID: dataset)
-        return try database.read { db in
-            guard let status = try Self.budgetStatus(db, dataset: dataset, adding: []) else { throw CofferRegistryError.noBudget(dataset) }
-            return status
-        }
+        let state = try ledgerState()
+        guard let status = Self.budgetStatus(state, dataset: dataset) else { throw .noBudget(dataset) }
+        return status
     }
 
-    /// The budget's state with the charged versions' segments composed, plus `adding` (a version about to be pushed).
-    /// `nil` when the dataset has no budget.
-    static func budgetStatus(_ db: Database, dataset: String, adding: [PrivacySegment]) throws -> BudgetStatus? {
-        guard let budget = try Row.fetchOne(db, sql: "SELECT epsilon, delta FROM budgets WHERE dataset_id = ?", arguments: [dataset]) else {
-            return nil
-        }
-        let delta: Double = budget["delta"]
-        let rows = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT m.name, v.version, c.override_by, vp.segments, e.version_id IS NOT NULL AS erased
-                FROM budget_charges c JOIN versions v ON v.id = c.version_id JOIN models m ON m.id = v.model_id
-                LEFT JOIN version_privacy vp ON vp.version_id = v.id LEFT JOIN erasures e ON e.version_id = v.id
-                WHERE c.dataset_id = ? ORDER BY c.charged_at, v.id
-                """,
-            arguments: [dataset]
-        )
-        var all: [PrivacySegment] = []
-        var charges: [BudgetStatus.Charge] = []
-        for row in rows {
-            let segments = PrivacyMetadata.segments(fromJSON: row["segments"] ?? "[]")
-            all += segments
-            charges.append(
-                .init(
-                    model: row["name"],
-                    version: row["version"],
-                    epsilon: composedEpsilon(segments, delta: delta),
-                    overrideBy: row["override_by"],
-                    erased: row["erased"]
-                )
+    /// A dataset's budget and what its charged versions spent; `nil` when it has no budget.
+    static func budgetStatus(_ state: LedgerState, dataset: String) -> BudgetStatus? {
+        guard let budget = state.budgets[dataset] else { return nil }
+        let charges = budget.charges.map { charge in
+            BudgetStatus.Charge(
+                model: charge.model,
+                version: charge.version,
+                epsilon: composedEpsilon(charge.segments, delta: budget.delta),
+                overrideBy: charge.overrideBy,
+                erased: state.erased[charge.digest] != nil
             )
         }
-        let spent = composedEpsilon(all + adding, delta: delta)
-        let total: Double = budget["epsilon"]
-        return BudgetStatus(dataset: dataset, epsilon: total, delta: delta, spent: spent, remaining: max(0, total - spent), versions: charges)
+        let spent = composedEpsilon(budget.charges.flatMap(\.segments), delta: budget.delta)
+        return BudgetStatus(
+            dataset: dataset,
+            epsilon: budget.epsilon,
+            delta: budget.delta,
+            spent: spent,
+            remaining: max(0, budget.epsilon - spent),
+            versions: charges
+        )
     }
 
     /// The composition of `segments` at `delta` by the training module's RDP accountant: RDP summed order by
@@ -117,23 +102,21 @@ extension Registry {
 
     /// Refuses a version whose charge would take `dataset` past its budget, naming spent, requested and remaining
     /// epsilon. Returns whether the dataset has a budget (and the version is to be charged).
-    static func checkBudget(_ db: Database, dataset: String?, privacy: PrivacyMetadata, override: Bool) throws -> Bool {
-        guard let dataset, let before = try budgetStatus(db, dataset: dataset, adding: []) else { return false }
+    static func checkBudget(_ state: LedgerState, dataset: String?, privacy: PrivacyMetadata, override: Bool) throws(CofferRegistryError) -> Bool {
+        guard let dataset, let before = budgetStatus(state, dataset: dataset) else { return false }
         // An override lets a release exceed the budget; nothing lets one escape the accounting.
         guard privacy.mechanism != "none" else {
-            throw CofferRegistryError.budgetExceeded(
-                "dataset \(dataset) has a privacy budget: a model trained without differential privacy spends all of it"
-            )
+            throw .budgetExceeded("dataset \(dataset) has a privacy budget: a model trained without differential privacy spends all of it")
         }
         guard !privacy.segments.isEmpty else {
-            throw CofferRegistryError.budgetExceeded(
+            throw .budgetExceeded(
                 "dataset \(dataset) has a privacy budget: the push needs the version's accountant history (a checkpoint's privacy.json, or --privacy-from)"
             )
         }
-        let after = try budgetStatus(db, dataset: dataset, adding: privacy.segments)!
-        guard after.spent <= before.epsilon || override else {
+        let after = state.spent(dataset, adding: privacy.segments) ?? 0
+        guard after <= before.epsilon || override else {
             let alone = composedEpsilon(privacy.segments, delta: before.delta)
-            throw CofferRegistryError.budgetExceeded(
+            throw .budgetExceeded(
                 String(
                     format: "dataset %@ (epsilon %g at delta %g): spent %.4f, this version %.4f, together %.4f: more than the remaining %.4f",
                     dataset,
@@ -141,7 +124,7 @@ extension Registry {
                     before.delta,
                     before.spent,
                     alone,
-                    after.spent,
+                    after,
                     before.remaining
                 )
             )

@@ -1,6 +1,7 @@
 public import CofferCrypto
 import Foundation
 import GRDB
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -18,15 +19,18 @@ extension Registry {
     /// commit (re-wrapped keys and `identity_key_id`) decides which key is current, and opening the registry
     /// finishes or discards a rotation that was interrupted.
     public func rotateKey(
-        current: borrowing Identity,
+        current: UnlockedIdentity,
         passphrase: borrowing SecureBytes,
         kdf: KDFParameters = .default,
-        by actor: Principal?
+        by signer: Signer
     ) throws(CofferRegistryError) -> PublicIdentity {
-        try require(.admin, on: nil, by: actor, action: "key.rotate", target: identity.keyID)
-        guard current.publicIdentity.keyID == identity.keyID else {
-            throw .refused("key rotation needs the registry's current identity (\(Self.identityName).key, \(identity.keyID))")
+        let old = try identity
+        try require(signer, .admin, on: nil, action: "key.rotate", target: old.keyID)
+        guard current.publicIdentity.keyID == old.keyID else {
+            throw .refused("key rotation needs the registry's current identity (\(Self.identityName).key, \(old.keyID))")
         }
+        let principal = try acting(signer, in: try ledgerState()).principal
+        let recordSigner = principal.name == "registry" ? Signer(current) : Signer.registry(current, for: principal)
         let next = try Self.generateRegistryIdentity()
         do {
             try FileBytes.write(try next.encrypt(passphrase: passphrase, parameters: kdf), to: keyPath + Self.nextSuffix, overwrite: true)
@@ -34,13 +38,12 @@ extension Registry {
         } catch {
             throw .crypto(error)
         }
-        let old = identity
         let fresh = next.publicIdentity
-        let rewrapped = try database.write { db -> Int in
+        let state = try database.write { db -> LedgerState in
             let rows = try Row.fetchAll(db, sql: "SELECT version_id, stanza FROM wrapped_keys WHERE recipient_key_id = ?", arguments: [old.keyID])
             for row in rows {
                 let dataKey: SecretKey
-                do { dataKey = try WrappedKey(encoded: Array(row["stanza"] as Data)).unwrap(with: current) } catch {
+                do { dataKey = try WrappedKey(encoded: Array(row["stanza"] as Data)).unwrap(with: current.identity) } catch {
                     throw CofferRegistryError.tampered("version \(row["version_id"] as Int64): the registry's wrapped key does not open: \(error)")
                 }
                 try db.execute(
@@ -49,28 +52,23 @@ extension Registry {
                 )
             }
             try db.execute(sql: "DELETE FROM wrapped_keys WHERE recipient_key_id = ?", arguments: [old.keyID])
-            let now = Self.now()
-            try db.execute(
-                sql: "INSERT OR IGNORE INTO registry_keys (key_id, public_identity, created_at) VALUES (?, ?, ?)",
-                arguments: [old.keyID, Data(old.jsonBytes), now]
+            // The new key signs its own rotation: a chain of keys can only be extended by whoever holds both ends.
+            let head = try refreshed(ledger.withLock { $0 }, db: db)
+            let proof = next.signEd25519(LedgerState.rotationMessage(registry: head.registry, seq: head.seq + 1, old: old.keyID, new: fresh.keyID))
+            let (state, _, actor) = try append(.keyRotate(key: fresh, proof: proof), signer: recordSigner, db: db)
+            try Self.appendAudit(
+                db,
+                principal: actor,
+                action: "key.rotate",
+                target: fresh.keyID,
+                outcome: .ok,
+                reason: "retired \(old.keyID); \(rows.count) data keys re-wrapped"
             )
-            try db.execute(sql: "UPDATE registry_keys SET retired_at = ? WHERE key_id = ?", arguments: [now, old.keyID])
-            try db.execute(
-                sql: "INSERT INTO registry_keys (key_id, public_identity, created_at) VALUES (?, ?, ?)",
-                arguments: [fresh.keyID, Data(fresh.jsonBytes), now]
-            )
-            try db.execute(sql: "INSERT OR REPLACE INTO registry_meta (key, value) VALUES ('identity_key_id', ?)", arguments: [fresh.keyID])
-            return rows.count
+            return state
         }
+        try adopt(state)
         try Self.finishRotation(home: home, committedKeyID: fresh.keyID)
         try database.checkpointAndTruncateLog()
-        try audit(
-            principal: actor?.name ?? "-",
-            action: "key.rotate",
-            target: fresh.keyID,
-            outcome: .ok,
-            reason: "retired \(old.keyID); \(rewrapped) data keys re-wrapped"
-        )
         return fresh
     }
 
@@ -99,12 +97,6 @@ extension Registry {
         }
     }
 
-    /// The public identity of a registry key, current or retired, by key ID.
-    func registryKey(_ keyID: String) throws(CofferRegistryError) -> PublicIdentity? {
-        if keyID == identity.keyID { return identity }
-        let data = try database.read { db in
-            try Data.fetchOne(db, sql: "SELECT public_identity FROM registry_keys WHERE key_id = ?", arguments: [keyID])
-        }
-        return data.flatMap { try? PublicIdentity(jsonBytes: Array($0)) }
-    }
+    /// The public identity of a registry key, current or retired, by key ID: only keys of the verified chain count.
+    func registryKey(_ keyID: String) throws(CofferRegistryError) -> PublicIdentity? { try ledgerState().key(keyID)?.identity }
 }

@@ -31,87 +31,87 @@ public struct PolicyRules: Sendable, Equatable, Codable {
 
     public var isEmpty: Bool { self == PolicyRules() }
 
-    /// The first rule `privacy`, `signer` and the budget state break, as a sentence; `nil` when all hold.
-    func violation(privacy: PrivacyMetadata, signer: PublicIdentity, budgeted: Bool) -> String? {
+    /// The first rule a version's signed facts break, as a sentence; `nil` when all hold. `signerName` is the name
+    /// the ledger trusts the signer's key under (nil when it is not trusted): a `signer` rule matches it or the key ID.
+    func violation(facts: LedgerChange.AliasFacts, signerName: String?) -> String? {
         if let maxEpsilon {
-            guard let epsilon = privacy.epsilon else { return "requires epsilon <= \(maxEpsilon); the version states no epsilon" }
+            guard let epsilon = facts.epsilon else { return "requires epsilon <= \(maxEpsilon); the version states no epsilon" }
             if epsilon > maxEpsilon { return "requires epsilon <= \(maxEpsilon); the version has \(epsilon)" }
         }
         if let maxDelta {
-            guard let delta = privacy.delta else { return "requires delta <= \(maxDelta); the version states no delta" }
+            guard let delta = facts.delta else { return "requires delta <= \(maxDelta); the version states no delta" }
             if delta > maxDelta { return "requires delta <= \(maxDelta); the version has \(delta)" }
         }
-        if let required = self.signer, required != signer.name, required != signer.keyID {
-            return "requires a signature by \(required); the version is signed by \(signer.name) (\(signer.keyID))"
+        if let required = self.signer, required != facts.signer, required != signerName {
+            return "requires a signature by \(required); the version is signed by \(signerName ?? "an untrusted key") (\(facts.signer))"
         }
         if let minPruningRatio {
-            guard let ratio = privacy.pruningRatio else { return "requires pruning ratio >= \(minPruningRatio); the version states none" }
+            guard let ratio = facts.pruningRatio else { return "requires pruning ratio >= \(minPruningRatio); the version states none" }
             if ratio < minPruningRatio { return "requires pruning ratio >= \(minPruningRatio); the version has \(ratio)" }
         }
-        if requireBudget == true, !budgeted { return "requires a version charged to a dataset with a privacy budget" }
+        if requireBudget == true, !facts.charged { return "requires a version charged to a dataset with a privacy budget" }
         return nil
+    }
+}
+
+extension LedgerChange.AliasFacts {
+    /// The facts of a version a policy judges, from its signed privacy metadata.
+    init(privacy: PrivacyMetadata, signer: String, charged: Bool) {
+        self.init(epsilon: privacy.epsilon, delta: privacy.delta, pruningRatio: privacy.pruningRatio, signer: signer, charged: charged)
     }
 }
 
 extension Registry {
     /// Sets the rules of `model`'s `alias` (every alias when `nil`); empty rules remove the policy. Admin only.
-    public func setPolicy(model: String, alias: String?, rules: PolicyRules, by actor: Principal?) throws(CofferRegistryError) {
+    /// Aliases that break the new rules are not moved: they are refused at pull and session open (and returned).
+    @discardableResult
+    public func setPolicy(model: String, alias: String?, rules: PolicyRules, by signer: Signer) throws(CofferRegistryError) -> [String] {
         try ModelReference.validate(name: model)
         if let alias { try ModelReference.validate(version: alias) }
-        try require(.admin, on: model, by: actor, action: "policy.set", target: model)
-        if let maxEpsilon = rules.maxEpsilon, !(maxEpsilon >= 0) { throw .invalidPrivacy("max_epsilon must be >= 0") }
+        try require(signer, .admin, on: model, action: "policy.set", target: model)
+        if let maxEpsilon = rules.maxEpsilon, !(maxEpsilon >= 0 && maxEpsilon.isFinite) { throw .invalidPrivacy("max_epsilon must be >= 0") }
         if let maxDelta = rules.maxDelta, !(maxDelta >= 0 && maxDelta < 1) { throw .invalidPrivacy("max_delta must be in [0, 1)") }
         if let ratio = rules.minPruningRatio, !(ratio >= 0 && ratio < 1) { throw .invalidPrivacy("min_pruning_ratio must be in [0, 1)") }
-        let text: String
-        do { text = String(decoding: try JSONEncoder().encode(rules), as: UTF8.self) } catch { throw .database("\(error)") }
-        try database.write { db in
-            if rules.isEmpty {
-                try db.execute(sql: "DELETE FROM policies WHERE model = ? AND alias = ?", arguments: [model, alias ?? ""])
-            } else {
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO policies (model, alias, rules, set_at, set_by) VALUES (?, ?, ?, ?, ?)",
-                    arguments: [model, alias ?? "", text, Self.now(), actor?.name]
-                )
-            }
+        let text = String(decoding: rules.json.canonicalBytes, as: UTF8.self)
+        let state = try record(
+            .policySet(model: model, alias: alias, rules: rules),
+            signer: signer,
+            action: "policy.set",
+            target: "\(model)@\(alias ?? "*")",
+            reason: text
+        )
+        return state.aliases.keys.sorted().compactMap { key -> String? in
+            guard key.hasPrefix("\(model)@"), let target = state.aliases[key] else { return nil }
+            let name = String(key.dropFirst(model.count + 1))
+            return (try? checkPolicy(model: model, alias: name, digest: target.digest, state: state)) == nil ? "\(model)@\(name)" : nil
         }
-        try audit(principal: actor?.name ?? "-", action: "policy.set", target: "\(model)@\(alias ?? "*")", outcome: .ok, reason: text)
     }
 
-    /// The rules that apply to `model`'s `alias`: the alias's own and the model-wide ones (`alias: nil` reads
-    /// only the model-wide ones).
+    /// The rules of `model`: the every-alias ones (alias nil) first.
     public func policies(model: String) throws(CofferRegistryError) -> [(alias: String?, rules: PolicyRules)] {
-        let rows = try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT alias, rules FROM policies WHERE model = ? ORDER BY alias", arguments: [model])
-        }
-        return rows.compactMap { row in
-            let alias: String = row["alias"]
-            guard let rules = try? JSONDecoder().decode(PolicyRules.self, from: Data((row["rules"] as String).utf8)) else { return nil }
-            return (alias.isEmpty ? nil : alias, rules)
-        }
+        try ledgerState().policies(model: model)
     }
 
-    /// Refuses, naming the broken rule, a version that may not carry `alias`.
-    /// `charged` says whether the version is charged to a budget; when `nil`, whether `datasetID` has one (a push).
-    func checkPolicy(
-        model: String,
-        alias: String,
-        privacy: PrivacyMetadata,
-        signer: PublicIdentity,
-        datasetID: String?,
-        charged: Bool? = nil
-    ) throws(CofferRegistryError) {
-        let applicable = try policies(model: model).filter { $0.alias == nil || $0.alias == alias }
-        guard !applicable.isEmpty else { return }
-        var budgeted = charged ?? false
-        if charged == nil, let datasetID {
-            budgeted = try database.read { db in
-                try Bool.fetchOne(db, sql: "SELECT 1 FROM budgets WHERE dataset_id = ?", arguments: [datasetID]) ?? false
-            }
-        }
-        for (_, rules) in applicable {
-            if let why = rules.violation(privacy: privacy, signer: signer, budgeted: budgeted) {
+    /// Refuses, naming the broken rule, a version that may not carry `alias` of `model` by its signed `facts`.
+    func checkPolicy(model: String, alias: String, facts: LedgerChange.AliasFacts, state: LedgerState) throws(CofferRegistryError) {
+        for (_, rules) in state.policies(model: model, alias: alias) {
+            if let why = rules.violation(facts: facts, signerName: state.trusted[facts.signer]?.name) {
                 throw .policyViolation("alias \(alias) of \(model) \(why)")
             }
         }
+    }
+
+    /// Refuses a version that `alias` names but whose signed statement breaks the alias's policies now: policies
+    /// are enforced wherever an alias is followed (pull, verify, session open), not only when it is set.
+    func checkPolicy(model: String, alias: String, digest: String, state: LedgerState) throws(CofferRegistryError) {
+        guard !state.policies(model: model, alias: alias).isEmpty else { return }
+        let stored = try loadVersion(try versionRow(model: model, digest: digest))
+        let (statement, signer) = try authenticate(stored)
+        try checkPolicy(
+            model: model,
+            alias: alias,
+            facts: .init(privacy: statement.privacy, signer: signer.keyID, charged: state.isCharged(digest)),
+            state: state
+        )
     }
 }

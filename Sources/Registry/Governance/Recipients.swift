@@ -68,14 +68,22 @@ extension Registry {
         if !(try holds(.admin, on: reference.name, actor)) {
             try require(.publisher, on: reference.name, by: actor, action: "recipient.remove", target: reference.description)
         }
-        guard keyID != identity.keyID else { throw .refused("the registry's own key is never removed (coffer key rotate replaces it)") }
+        guard keyID != (try identity).keyID else { throw .refused("the registry's own key is never removed (coffer key rotate replaces it)") }
         let ids = try recipientTargets(reference).map(\.id)
+        let holder = try ledgerState().principal(keyID: keyID)
         let removed = try database.write { db -> Int in
-            try db.execute(
-                sql: "DELETE FROM wrapped_keys WHERE recipient_key_id = ? AND version_id IN (\(ids.map(String.init).joined(separator: ",")))",
-                arguments: [keyID]
-            )
-            return db.changesCount
+            let list = ids.map(String.init).joined(separator: ",")
+            try db.execute(sql: "DELETE FROM wrapped_keys WHERE recipient_key_id = ? AND version_id IN (\(list))", arguments: [keyID])
+            let count = db.changesCount
+            // The sessions the removed recipient opened on these versions hold copies of the same keys: they end too.
+            if let holder {
+                try db.execute(
+                    sql:
+                        "UPDATE sessions SET wrapped_key = NULL, revoked_at = coalesce(revoked_at, ?) WHERE principal = ? AND version_id IN (\(list))",
+                    arguments: [Self.now(), holder]
+                )
+            }
+            return count
         }
         try database.checkpointAndTruncateLog()
         try audit(

@@ -90,17 +90,20 @@ extension Registry {
     /// blobs deleted and the version's sessions revoked. An admin's act; `registryIdentity` is the registry's own key.
     public func rekey(
         _ reference: ModelReference,
-        registryIdentity: borrowing Identity,
-        by actor: Principal?
+        registryIdentity unlocked: UnlockedIdentity,
+        by signer: Signer
     ) throws(CofferRegistryError) -> RekeyResult {
-        try require(.admin, on: reference.name, by: actor, action: "rekey", target: reference.description)
-        guard registryIdentity.publicIdentity.keyID == identity.keyID else {
-            throw .refused("rekey needs the registry's own identity (\(Self.identityName).key, \(identity.keyID))")
+        try require(signer, .admin, on: reference.name, action: "rekey", target: reference.description)
+        let registryKey = try identity
+        guard unlocked.publicIdentity.keyID == registryKey.keyID else {
+            throw .refused("rekey needs the registry's own identity (\(Self.identityName).key, \(registryKey.keyID))")
         }
+        let principal = try acting(signer, in: try ledgerState()).principal
+        let recordSigner = principal.name == "registry" ? Signer(unlocked) : Signer.registry(unlocked, for: principal)
         let stored = try loadVersion(try resolve(reference).id)
         try stored.ensureNotErased()
         let (statement, _) = try authenticate(stored)
-        let old = KeyBox(try unwrapDataKey(stored, identity: registryIdentity))
+        let old = KeyBox(try unwrapDataKey(stored, identity: unlocked.identity))
         let fresh = SecretKey.random()
         var files: [ModelStatement.File] = []
         do {
@@ -128,13 +131,22 @@ extension Registry {
             version: stored.version,
             versionDigest: stored.digest,
             rekeyedAt: Self.now(),
-            by: actor?.name ?? "-",
+            by: principal.name,
             chunkSize: statement.chunkSize,
             files: files
         )
-        let envelope = DSSEEnvelope.sign(payload: record.statement.jsonBytes, identity: registryIdentity)
+        let envelope = DSSEEnvelope.sign(payload: record.statement.jsonBytes, identity: unlocked.identity)
+        let attestation = envelope.jsonBytes
+        let state: LedgerState
         do {
-            try database.write { db in
+            state = try database.write { db -> LedgerState in
+                let change = LedgerChange.rekey(
+                    model: stored.model,
+                    version: stored.version,
+                    digest: stored.digest,
+                    attestation: Digest.hex(Digest.sha256(attestation))
+                )
+                let (state, _, _) = try append(change, signer: recordSigner, db: db)
                 try db.execute(sql: "DELETE FROM wrapped_keys WHERE version_id = ?", arguments: [stored.id])
                 for (keyID, stanza) in wrapped {
                     try db.execute(
@@ -152,22 +164,24 @@ extension Registry {
                 try db.execute(sql: "DELETE FROM attestations WHERE version_id = ? AND kind = 'rekey'", arguments: [stored.id])
                 try db.execute(
                     sql: "INSERT INTO attestations (version_id, kind, document) VALUES (?, 'rekey', ?)",
-                    arguments: [stored.id, Data(envelope.jsonBytes)]
+                    arguments: [stored.id, Data(attestation)]
                 )
                 try db.execute(
                     sql: "UPDATE sessions SET wrapped_key = NULL, revoked_at = coalesce(revoked_at, ?) WHERE version_id = ?",
                     arguments: [Self.now(), stored.id]
                 )
+                return state
             }
         } catch {
             for file in files { blobs.remove(file.sealedSHA256) }
             throw error
         }
+        try adopt(state)
         for file in statement.files { blobs.remove(file.sealedSHA256) }
         try database.checkpointAndTruncateLog()
         let label = "\(stored.model):\(stored.version)"
         try audit(
-            principal: actor?.name ?? "-",
+            principal: principal.name,
             action: "rekey",
             target: label,
             outcome: .ok,
@@ -262,16 +276,19 @@ extension Registry {
     /// Checks a version's registry-signed rekey record, if it has one, and returns the files as they are now stored.
     func currentFiles(_ stored: StoredVersion, signed files: [ModelStatement.File]) throws(CofferRegistryError) -> [ModelStatement.File] {
         let label = "\(stored.model):\(stored.version)"
+        let state = try ledgerState()
+        let recordedAttestation = state.rekeys[stored.digest]
         guard let document = stored.rekeyEnvelope else {
             guard stored.rekeyedFiles.isEmpty else { throw .tampered("\(label): re-encrypted files without a rekey attestation") }
+            if recordedAttestation != nil { throw .tampered("\(label): the rekey attestation the ledger records is gone") }
             return files
         }
-        let keys =
-            try database.read { db in try Data.fetchAll(db, sql: "SELECT public_identity FROM registry_keys") }
-            .compactMap { try? PublicIdentity(jsonBytes: Array($0)) } + [identity]
+        guard recordedAttestation == Digest.hex(Digest.sha256(Array(document))) else {
+            throw .tampered("\(label): its rekey attestation is not the one the ledger records")
+        }
         let recorded = try Self.verifyRekey(
             document,
-            registryKeys: keys,
+            registryKeys: state.keys.map(\.identity),
             model: stored.model,
             version: stored.version,
             digest: stored.digest,

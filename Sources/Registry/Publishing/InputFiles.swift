@@ -22,10 +22,15 @@ struct InputFile: Sendable, Equatable {
             }
         }
         guard !files.isEmpty else { throw .noFiles }
-        var seen = Set<String>()
+        // Compared byte for byte after Unicode normalization (NFC): `é` spelled two ways is one name on most file
+        // systems a model is pulled to, so two such files would overwrite each other there.
+        var seen = Set<[UInt8]>()
         for file in files {
             try validate(relativePath: file.path)
-            guard seen.insert(file.path).inserted else { throw .duplicatePath(file.path) }
+            guard seen.insert(Array(file.path.precomposedStringWithCanonicalMapping.utf8)).inserted else { throw .duplicatePath(file.path) }
+            if file.path == Registry.modelSignatureName {
+                throw .invalidPath(file.path, reason: "is the name pull gives the model-signing bundle: rename the file")
+            }
         }
         return files.sorted { $0.path < $1.path }
     }
@@ -55,12 +60,20 @@ struct InputFile: Sendable, Equatable {
         return type
     }
 
-    /// A stored path: relative, `/`-separated, no empty, `.` or `..` segment, no NUL or backslash.
+    /// A stored path: relative, `/`-separated, no empty, `.` or `..` segment, no backslash, no control character
+    /// (a newline in a name would forge lines of `show`), each segment at most 200 bytes (room for the temporary
+    /// name a pull writes it under, within the 255 bytes a Linux file name may have).
     static func validate(relativePath path: String) throws(CofferRegistryError) {
         let segments = path.split(separator: "/", omittingEmptySubsequences: false)
         guard !path.isEmpty, !path.hasPrefix("/"), path.utf8.count <= 4096,
             segments.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }),
-            !path.utf8.contains(0), !path.contains("\\")
+            !path.contains("\\")
         else { throw .invalidPath(path, reason: "escapes the model directory or is not a plain relative path") }
+        guard !path.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F || (0x80...0x9F).contains($0.value) }) else {
+            throw .invalidPath(path.debugDescription, reason: "has a control character in its name")
+        }
+        guard segments.allSatisfy({ $0.utf8.count <= 200 }) else {
+            throw .invalidPath(path, reason: "has a name longer than 200 bytes (it could not be pulled back)")
+        }
     }
 }

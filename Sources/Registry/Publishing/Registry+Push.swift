@@ -1,6 +1,7 @@
 public import CofferCrypto
 import Foundation
 import GRDB
+import Synchronization
 
 extension Registry {
     /// Seals, signs and commits a new version.
@@ -10,22 +11,16 @@ extension Registry {
     /// The data key is wrapped for the registry, the publisher and each of `request.recipients`.
     public func push(
         _ request: PushRequest,
-        publisher: borrowing Identity,
+        publisher: UnlockedIdentity,
         progress: ((Int) -> Void)? = nil
     ) throws(CofferRegistryError)
         -> PushResult
     {
-        let actor = try principal(for: publisher)
+        let actor = try principal(for: publisher.identity)
         try require(.publisher, on: request.model, by: actor, action: "push", target: request.model)
         if request.overrideBudget { try require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model) }
         do {
-            let result = try pushVersion(
-                request,
-                publisher: publisher,
-                principal: actor.name,
-                overrideBy: request.overrideBudget ? actor.name : nil,
-                progress: progress
-            )
+            let result = try pushVersion(request, publisher: publisher, overrideBy: request.overrideBudget ? actor.name : nil, progress: progress)
             try rememberRecipients([publisher.publicIdentity] + request.recipients)
             return result
         } catch {
@@ -36,8 +31,7 @@ extension Registry {
 
     private func pushVersion(
         _ request: PushRequest,
-        publisher: borrowing Identity,
-        principal: String,
+        publisher: UnlockedIdentity,
         overrideBy: String?,
         progress: ((Int) -> Void)?
     ) throws(CofferRegistryError)
@@ -58,18 +52,18 @@ extension Registry {
         var parentID: Int64? = nil
         if let parent = request.parent { parentID = try resolve(parent).id }
         // Refuse an over-budget or policy-violating push before sealing anything; both are checked again at commit.
-        _ = try database.read { db in
-            try Self.checkBudget(db, dataset: request.datasetID, privacy: request.privacy, override: overrideBy != nil)
-        }
-        if let alias = request.alias {
-            try checkPolicy(
-                model: request.model,
-                alias: alias,
-                privacy: request.privacy,
-                signer: publisher.publicIdentity,
-                datasetID: request.datasetID
+        let state = try ledgerState()
+        let charged = try Self.checkBudget(state, dataset: request.datasetID, privacy: request.privacy, override: overrideBy != nil)
+        if request.alias != nil, !state.checksPrincipals, state.trusted[publisher.publicIdentity.keyID] == nil {
+            throw .refused(
+                "\(publisher.publicIdentity.name) is not a trusted signer of this registry, so it cannot move an alias: coffer trust add its .pub, or push without --alias"
             )
         }
+        if let alias = request.alias {
+            let facts = LedgerChange.AliasFacts(privacy: request.privacy, signer: publisher.publicIdentity.keyID, charged: charged)
+            try checkPolicy(model: request.model, alias: alias, facts: facts, state: state)
+        }
+        let registryKey = try identity
 
         // Seal every file under one data key, each with its own nonce prefix, straight into the blob store.
         let dataKey = SecretKey.random()
@@ -84,7 +78,7 @@ extension Registry {
             files.append(file)
         }
         var wrapped: [(String, [UInt8])] = []
-        for recipient in [identity, publisher.publicIdentity] + request.recipients where !wrapped.contains(where: { $0.0 == recipient.keyID }) {
+        for recipient in [registryKey, publisher.publicIdentity] + request.recipients where !wrapped.contains(where: { $0.0 == recipient.keyID }) {
             wrapped.append((recipient.keyID, dataKey.wrap(for: recipient).encoded))
         }
 
@@ -95,63 +89,36 @@ extension Registry {
             trainingConfigDigest: request.trainingConfigDigest
         )
         let created = Self.now()
-        do {
-            return try commitVersion(
-                request,
-                files: files,
-                wrapped: wrapped,
-                lineage: lineage,
-                parentID: parentID,
-                created: created,
-                publisher: publisher,
-                principal: principal,
-                overrideBy: overrideBy,
-                bytes: done
-            )
+        do throws(CofferRegistryError) {
+            // An automatic version is chosen again if another process commits the same number first.
+            for _ in 0..<20 {
+                var version = request.version ?? ""
+                if request.version == nil { version = try nextVersion(model: request.model) }
+                let signed = try Self.sign(request, version: version, files: files, lineage: lineage, created: created, publisher: publisher.identity)
+                let commit = VersionCommit(
+                    statement: signed.statement,
+                    digest: signed.digest,
+                    envelope: signed.envelope,
+                    bundle: signed.bundle,
+                    publisher: publisher.publicIdentity,
+                    wrapped: wrapped,
+                    parentID: parentID,
+                    alias: request.alias,
+                    tags: request.tags,
+                    automatic: request.version == nil,
+                    overrideBy: overrideBy,
+                    reason: "sha256:\(signed.digest)"
+                )
+                if try self.commit(commit, signer: Signer(publisher)) {
+                    return PushResult(model: request.model, version: version, digest: signed.digest, files: files.count, bytes: done)
+                }
+            }
+            throw CofferRegistryError.database("could not allocate a version number: too many concurrent pushes")
         } catch {
             // Nothing of a refused or failed commit stays: its blobs belong to no version.
             for file in files { blobs.remove(file.sealedSHA256) }
             throw error
         }
-    }
-
-    private func commitVersion(
-        _ request: PushRequest,
-        files: [ModelStatement.File],
-        wrapped: [(String, [UInt8])],
-        lineage: ModelStatement.Lineage,
-        parentID: Int64?,
-        created: String,
-        publisher: borrowing Identity,
-        principal: String,
-        overrideBy: String?,
-        bytes done: Int
-    ) throws(CofferRegistryError) -> PushResult {
-        // An automatic version is chosen again if another process commits the same number first.
-        for _ in 0..<20 {
-            var version = request.version ?? ""
-            if request.version == nil { version = try nextVersion(model: request.model) }
-            let signed = try Self.sign(request, version: version, files: files, lineage: lineage, created: created, publisher: publisher)
-            let (statement, envelope, bundle, digest) = (signed.statement, signed.envelope, signed.bundle, signed.digest)
-            let committed = try commit(
-                statement,
-                digest: digest,
-                envelope: envelope,
-                bundle: bundle,
-                wrapped: wrapped,
-                parentID: parentID,
-                alias: request.alias,
-                tags: request.tags,
-                automatic: request.version == nil,
-                datasetID: request.datasetID,
-                overrideBy: overrideBy,
-                audited: (principal, "sha256:\(digest)")
-            )
-            if committed {
-                return PushResult(model: request.model, version: version, digest: digest, files: files.count, bytes: done)
-            }
-        }
-        throw .database("could not allocate a version number: too many concurrent pushes")
     }
 
     /// Seals one input file under `dataKey` into `output` (its own nonce prefix), with both digests.
@@ -233,31 +200,41 @@ extension Registry {
         )
     }
 
-    /// Inserts the version's rows and the push's audit entry (`audited`: principal and reason) in one transaction;
-    /// returns false when an automatic version number was taken meanwhile.
-    func commit(
-        _ statement: ModelStatement,
-        digest: String,
-        envelope: DSSEEnvelope,
-        bundle: [UInt8],
-        wrapped: [(String, [UInt8])],
-        parentID: Int64?,
-        alias: String?,
-        tags: [String: String],
-        automatic: Bool,
-        datasetID: String?,
-        overrideBy: String?,
-        audited: (principal: String, reason: String)
-    ) throws(CofferRegistryError) -> Bool {
-        try database.write { db in
+    /// Everything a version's commit writes: the signed statement and bundle, the wrapped keys, lineage, the alias
+    /// and tags it is pushed with, and who overrode a budget.
+    struct VersionCommit {
+        var statement: ModelStatement
+        var digest: String
+        var envelope: DSSEEnvelope
+        var bundle: [UInt8]
+        /// The key that signed the statement (its trusted name need not be the name it declares).
+        var publisher: PublicIdentity
+        var wrapped: [(String, [UInt8])]
+        var parentID: Int64?
+        var alias: String?
+        var tags: [String: String]
+        /// Whether the version number was chosen automatically (a taken number is then retried, not refused).
+        var automatic: Bool
+        var overrideBy: String?
+        /// The push's audit reason.
+        var reason: String
+    }
+
+    /// Inserts the version's rows, its `version` record (and `alias.set` record), signed by `signer`, and the push's
+    /// audit entry in one transaction; returns false when an automatic version number was taken meanwhile.
+    func commit(_ commit: VersionCommit, signer: Signer) throws(CofferRegistryError) -> Bool {
+        let statement = commit.statement
+        let state = try database.write { db -> LedgerState? in
             let now = Self.now()
             // In the same transaction as the insert: two pushes cannot both fit in the last of a budget.
-            let charged = try Self.checkBudget(db, dataset: datasetID, privacy: statement.privacy, override: overrideBy != nil)
+            let current = try refreshed(ledger.withLock { $0 }, db: db)
+            let datasetID = statement.lineage.datasetID
+            let charged = try Self.checkBudget(current, dataset: datasetID, privacy: statement.privacy, override: commit.overrideBy != nil)
             try db.execute(sql: "INSERT OR IGNORE INTO models (name, created_at) VALUES (?, ?)", arguments: [statement.model, now])
             let modelID = try Int64.fetchOne(db, sql: "SELECT id FROM models WHERE name = ?", arguments: [statement.model])!
             if try Bool.fetchOne(db, sql: "SELECT 1 FROM versions WHERE model_id = ? AND version = ?", arguments: [modelID, statement.version]) != nil
             {
-                if automatic { return false }
+                if commit.automatic { return nil }
                 throw CofferRegistryError.versionExists("\(statement.model):\(statement.version)")
             }
             let p = statement.privacy
@@ -271,8 +248,8 @@ extension Registry {
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                     """,
                 arguments: [
-                    modelID, statement.version, Int64(statement.version), digest, statement.publisherKeyID, statement.message, statement.created,
-                    parentID, l.datasetID, l.datasetDigest, l.trainingConfigDigest,
+                    modelID, statement.version, Int64(statement.version), commit.digest, statement.publisherKeyID, statement.message,
+                    statement.created, commit.parentID, l.datasetID, l.datasetDigest, l.trainingConfigDigest,
                     p.mechanism, p.epsilon, p.delta, p.accountant, p.noiseMultiplier, p.clippingNorm, p.samplingRate, p.steps, p.epochs,
                     p.datasetSize, p.privacyUnit, p.pruningMethod, p.pruningRatio, p.achievedSparsity,
                 ]
@@ -281,7 +258,7 @@ extension Registry {
             if charged, let datasetID {
                 try db.execute(
                     sql: "INSERT INTO budget_charges (version_id, dataset_id, charged_at, override_by) VALUES (?, ?, ?, ?)",
-                    arguments: [versionID, datasetID, now, overrideBy]
+                    arguments: [versionID, datasetID, now, commit.overrideBy]
                 )
             }
             if !p.segments.isEmpty || p.claimedEpsilon != nil {
@@ -296,7 +273,7 @@ extension Registry {
                     arguments: [versionID, file.path, file.size, file.plaintextSHA256, file.sealedSHA256, file.sealedSize]
                 )
             }
-            for (keyID, stanza) in wrapped {
+            for (keyID, stanza) in commit.wrapped {
                 try db.execute(
                     sql: "INSERT INTO wrapped_keys (version_id, recipient_key_id, stanza) VALUES (?, ?, ?)",
                     arguments: [versionID, keyID, Data(stanza)]
@@ -304,21 +281,39 @@ extension Registry {
             }
             try db.execute(
                 sql: "INSERT INTO attestations (version_id, kind, document) VALUES (?, 'dsse', ?), (?, 'model-signing', ?)",
-                arguments: [versionID, Data(envelope.jsonBytes), versionID, Data(bundle)]
+                arguments: [versionID, Data(commit.envelope.jsonBytes), versionID, Data(commit.bundle)]
             )
-            for (key, value) in tags {
+            for (key, value) in commit.tags {
                 try db.execute(sql: "INSERT INTO tags (version_id, key, value) VALUES (?, ?, ?)", arguments: [versionID, key, value])
             }
-            if let alias {
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO aliases (model_id, alias, version_id, updated_at) VALUES (?, ?, ?, ?)",
-                    arguments: [modelID, alias, versionID, now]
+            let facts = LedgerChange.VersionFacts(
+                model: statement.model,
+                version: statement.version,
+                digest: commit.digest,
+                publisher: commit.publisher,
+                dataset: datasetID,
+                mechanism: p.mechanism,
+                segments: p.segments,
+                charged: charged,
+                overrideBy: commit.overrideBy
+            )
+            var (state, _, actor) = try append(.version(facts), signer: signer, db: db)
+            if let alias = commit.alias {
+                let aliasFacts = LedgerChange.AliasFacts(privacy: p, signer: commit.publisher.keyID, charged: charged)
+                try checkPolicy(model: statement.model, alias: alias, facts: aliasFacts, state: state)
+                (state, _, _) = try append(
+                    .aliasSet(model: statement.model, alias: alias, version: statement.version, digest: commit.digest, facts: aliasFacts),
+                    signer: signer,
+                    db: db
                 )
             }
             let target = "\(statement.model):\(statement.version)"
-            try Self.appendAudit(db, principal: audited.principal, action: "push", target: target, outcome: .ok, reason: audited.reason)
-            return true
+            try Self.appendAudit(db, principal: actor, action: "push", target: target, outcome: .ok, reason: commit.reason)
+            return state
         }
+        guard let state else { return false }
+        try adopt(state)
+        return true
     }
 
     /// The subject name of the model-signing bundle: the pushed directory's name, else the model name's last segment.

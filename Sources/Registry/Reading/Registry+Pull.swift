@@ -60,7 +60,7 @@ extension Registry {
     )
         throws(CofferRegistryError) -> PullResult
     {
-        let stored = try loadVersion(try resolve(reference).id)
+        let stored = try loadVersion(try resolveForUse(reference).id)
         try stored.ensureNotErased()
         let (statement, signer) = try authenticate(stored)
         let dataKey = try unwrapDataKey(stored, identity: identity)

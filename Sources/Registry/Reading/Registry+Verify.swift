@@ -45,54 +45,84 @@ public struct VerifyReport: Sendable, Equatable {
 }
 
 extension Registry {
-    /// Resolves `NAME`, `NAME:VERSION` or `NAME@ALIAS` to a committed version.
+    /// Resolves `NAME`, `NAME:VERSION` or `NAME@ALIAS` to a committed version. `NAME` and `NAME@ALIAS` are resolved
+    /// on the verified ledger state (never on the `aliases` table); the row found must carry the digest the ledger names.
     func resolve(_ reference: ModelReference) throws(CofferRegistryError) -> (id: Int64, version: String) {
-        let found: (Int64, String)?? = try database.read { db in
-            guard try Int64.fetchOne(db.cachedStatement(sql: "SELECT id FROM models WHERE name = ?"), arguments: [reference.name]) != nil else {
-                return nil
-            }
-            let row: Row?
-            switch reference.selector {
-            case .latest:
-                row = try Row.fetchOne(
-                    db.cachedStatement(
-                        sql: """
-                            SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?
-                            ORDER BY v.number IS NULL, v.number DESC, v.created_at DESC LIMIT 1
-                            """
-                    ),
-                    arguments: [reference.name]
-                )
-            case .version(let version):
-                row = try Row.fetchOne(
-                    db.cachedStatement(
-                        sql: "SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?"
-                    ),
-                    arguments: [reference.name, version]
-                )
-            case .alias(let alias):
-                row = try Row.fetchOne(
-                    db.cachedStatement(
-                        sql: """
-                            SELECT v.id, v.version FROM aliases a JOIN models m ON m.id = a.model_id JOIN versions v ON v.id = a.version_id
-                            WHERE m.name = ? AND a.alias = ?
-                            """
-                    ),
-                    arguments: [reference.name, alias]
-                )
-            }
-            return .some(row.map { ($0[0], $0[1]) })
+        let state = try ledgerState()
+        guard let latest = state.latest[reference.name] else { throw .unknownModel(reference.name) }
+        let (version, digest): (String, String?)
+        switch reference.selector {
+        case .latest: (version, digest) = (latest.version, latest.digest)
+        case .version(let name): (version, digest) = (name, nil)
+        case .alias(let alias):
+            guard let target = state.alias(alias, of: reference.name) else { throw .unknownAlias(reference.description) }
+            (version, digest) = (target.version, target.digest)
         }
-        guard let modelFound = found else { throw .unknownModel(reference.name) }
-        guard let (id, version) = modelFound else {
-            if case .alias = reference.selector { throw .unknownAlias(reference.description) }
+        let row = try database.read { db in
+            try Row.fetchOne(
+                db.cachedStatement(
+                    sql: "SELECT v.id, v.digest FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?"
+                ),
+                arguments: [reference.name, version]
+            )
+        }
+        guard let row else {
+            if digest != nil { throw .tampered("the ledger names \(reference.name):\(version), which the registry no longer holds") }
             throw .unknownVersion(reference.description)
         }
-        return (id, version)
+        if let digest, row["digest"] as String != digest {
+            throw .tampered("\(reference.name):\(version) is not the version the ledger recorded (digest \(digest.prefix(12))...)")
+        }
+        return (row["id"], version)
+    }
+
+    /// Resolves a reference for a use that releases or serves the version (pull, verify, session open): through an
+    /// alias, the version must meet the alias's policies as they stand now.
+    func resolveForUse(_ reference: ModelReference) throws(CofferRegistryError) -> (id: Int64, version: String) {
+        let resolved = try resolve(reference)
+        if case .alias(let alias) = reference.selector, let target = try ledgerState().alias(alias, of: reference.name) {
+            try checkPolicy(model: reference.name, alias: alias, digest: target.digest, state: try ledgerState())
+        }
+        return resolved
+    }
+
+    /// The row of `model`'s version with statement digest `digest`.
+    func versionRow(model: String, digest: String) throws(CofferRegistryError) -> Int64 {
+        let id = try database.read { db in
+            try Int64.fetchOne(
+                db.cachedStatement(sql: "SELECT v.id FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.digest = ?"),
+                arguments: [model, digest]
+            )
+        }
+        guard let id else {
+            throw .tampered("the ledger names a version of \(model) (digest \(digest.prefix(12))...) that the registry no longer holds")
+        }
+        return id
+    }
+
+    /// The `version` record of `model:version`, checked: it belongs to this registry, lies within the verified chain
+    /// and is signed by its publisher or by a registry key. A version without one was never committed here.
+    func versionRecord(model: String, version: String, state: LedgerState) throws(CofferRegistryError) -> LedgerChange.VersionFacts {
+        let label = "\(model):\(version)"
+        let envelope = try database.read { db in
+            try Data.fetchOne(
+                db.cachedStatement(sql: "SELECT envelope FROM ledger WHERE object = ? AND kind = 'version' ORDER BY seq LIMIT 1"),
+                arguments: ["version:\(label)"]
+            )
+        }
+        guard let envelope else { throw .tampered("\(label) has no version record in the ledger: it was not committed to this registry") }
+        let record = try Self.parse(Array(envelope))
+        guard record.registry == state.registry, record.seq <= state.seq, case .version(let facts) = record.change, facts.model == model,
+            facts.version == version
+        else { throw .tampered("\(label): its ledger record is not this version's") }
+        let signer = record.signerKeyID == facts.publisher.keyID ? facts.publisher : state.key(record.signerKeyID)?.identity
+        guard let signer, record.isSigned(by: signer) else { throw .tampered("\(label): its ledger record's signature does not verify") }
+        return facts
     }
 
     func loadVersion(_ id: Int64) throws(CofferRegistryError) -> StoredVersion {
-        try database.read { db in
+        let state = try ledgerState()
+        var stored = try database.read { db in
             let row = try Row.fetchOne(
                 db.cachedStatement(sql: "SELECT v.*, m.name AS model_name FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?"),
                 arguments: [id]
@@ -149,6 +179,9 @@ extension Registry {
                 rekeyedFiles: rekeyed
             )
         }
+        // An erasure is what the ledger says, whatever the erasures table holds.
+        if let erasure = state.erased[stored.digest] { stored.erased = (erasure.at, erasure.by) }
+        return stored
     }
 
     /// Checks the signature against the trusted signers and that every database row agrees with the signed statement.
@@ -165,6 +198,9 @@ extension Registry {
             digest: stored.digest
         )
         guard stored.publisherKeyID == signer.keyID else { throw .tampered("\(label): the publisher recorded is not the signer") }
+        let state = try ledgerState()
+        let facts = try versionRecord(model: stored.model, version: stored.version, state: state)
+        guard facts.digest == stored.digest else { throw .tampered("\(label): its statement is not the one its ledger record names") }
         guard statement.files.sorted(by: { $0.path < $1.path }) == stored.files else {
             throw .tampered("\(label): the files table disagrees with the signed statement")
         }
@@ -232,7 +268,7 @@ extension Registry {
     /// SHA-256 and size of every blob.
     public func verify(_ reference: ModelReference) throws(CofferRegistryError) -> VerifyReport {
         do throws(CofferRegistryError) {
-            let stored = try loadVersion(try resolve(reference).id)
+            let stored = try loadVersion(try resolveForUse(reference).id)
             try stored.ensureNotErased()
             let (statement, signer) = try authenticate(stored)
             for file in statement.files {
@@ -258,7 +294,7 @@ extension Registry {
         try require(.reader, on: reference.name, by: actor, action: "verify", target: reference.description)
         try require(.decrypt, on: reference.name, by: actor, action: "verify", target: reference.description)
         do {
-            let stored = try loadVersion(try resolve(reference).id)
+            let stored = try loadVersion(try resolveForUse(reference).id)
             try stored.ensureNotErased()
             let (statement, signer) = try authenticate(stored)
             let dataKey = try unwrapDataKey(stored, identity: identity)

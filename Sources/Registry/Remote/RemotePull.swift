@@ -18,11 +18,36 @@ public struct VersionPackage: Sendable, Equatable, Codable {
     public var rekey: String?
     /// The stanza wrapped for `key_id`, when the caller may decrypt and a key was wrapped for it.
     public var stanza: String?
+    /// The version's `version` record from the ledger (envelope, base64): where a client checks it was committed here.
+    public var record: String?
 
     enum CodingKeys: String, CodingKey {
-        case model, version, digest, dsse, rekey, stanza
+        case model, version, digest, dsse, rekey, stanza, record
         case modelSigning = "model_signing"
     }
+}
+
+/// What a remote client asked for and what its own replay of the ledger says of it: the server's package must match.
+public struct RemoteExpectation: Sendable {
+    public var model: String
+    public var version: String
+    /// The digest the ledger recorded (for `NAME` and `NAME@ALIAS`), when known before the package arrives.
+    public var digest: String?
+    /// The alias the version was reached through: its policies are checked here too.
+    public var alias: String?
+    public var ledger: LedgerState
+
+    public init(_ reference: ModelReference, ledger: RemoteLedger) throws(CofferRegistryError) {
+        let (version, digest) = try ledger.resolve(reference)
+        model = reference.name
+        self.version = version
+        self.digest = digest
+        if case .alias(let name) = reference.selector { alias = name }
+        self.ledger = ledger.state
+    }
+
+    /// The explicit reference to ask the server for.
+    public var reference: String { "\(model):\(version)" }
 }
 
 /// The HTTP client's side of `GET /v1/blobs/{digest}`: a blob's ciphertext as a stream of `size` bytes (the size
@@ -40,7 +65,7 @@ extension Registry {
         includeKey: Bool,
         for principal: String
     ) throws(CofferRegistryError) -> VersionPackage {
-        let stored = try loadVersion(try resolve(reference).id)
+        let stored = try loadVersion(try resolveForUse(reference).id)
         try stored.ensureNotErased()
         guard let envelope = stored.envelope, let bundle = stored.modelSignature else {
             throw .tampered("\(stored.model):\(stored.version) has no signed statement")
@@ -55,6 +80,12 @@ extension Registry {
                 )
             }
         }
+        let record = try database.read { db in
+            try Data.fetchOne(
+                db.cachedStatement(sql: "SELECT envelope FROM ledger WHERE object = ? AND kind = 'version' ORDER BY seq LIMIT 1"),
+                arguments: ["version:\(stored.model):\(stored.version)"]
+            )
+        }
         let released = stanza != nil ? "wrapped key \(keyID ?? "") released" : "signed documents only"
         try audit(principal: principal, action: "pull", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "remote: \(released)")
         return VersionPackage(
@@ -64,7 +95,8 @@ extension Registry {
             dsse: envelope.base64EncodedString(),
             modelSigning: bundle.base64EncodedString(),
             rekey: stored.rekeyEnvelope?.base64EncodedString(),
-            stanza: stanza?.base64EncodedString()
+            stanza: stanza?.base64EncodedString(),
+            record: record?.base64EncodedString()
         )
     }
 }
@@ -75,52 +107,85 @@ extension Registry {
 /// plaintext digest checked) into the staging folder of a local pull: nothing is placed in `directory` unless
 /// every file passed, and no ciphertext is written anywhere.
 public enum RemotePull {
-    /// The publisher's signature checked against `trusted`, a rekey record against `registryKeys`: the files as
-    /// they are stored now, with the signer and the model-signing bundle.
+    /// Everything checked before a byte of ciphertext is fetched: the package is the version asked for (model,
+    /// version, and the digest the client's own ledger replay names), committed to this registry (its `version`
+    /// record), not erased, signed by a publisher in `trusted` (by default the ledger's trusted signers), within the
+    /// policies of the alias it was reached through, and a rekey only under the registry's key chain. Returns the
+    /// files as stored now, the signer and the model-signing bundle.
     static func verifiedFiles(
         _ package: VersionPackage,
-        trusting trusted: [PublicIdentity],
-        registryKeys: [PublicIdentity]
+        expected: RemoteExpectation,
+        trusting trusted: [PublicIdentity]?
     ) throws(CofferRegistryError) -> (files: [ModelStatement.File], signer: PublicIdentity, bundle: Data) {
-        let label = "\(package.model):\(package.version)"
+        let label = "\(expected.model):\(expected.version)"
+        let ledger = expected.ledger
+        guard package.model == expected.model, package.version == expected.version else {
+            throw .tampered("asked for \(label), the server sent \(package.model):\(package.version)")
+        }
+        if let digest = expected.digest, package.digest != digest {
+            throw .tampered(
+                "\(label): the server sent a version with digest \(package.digest.prefix(12))..., the ledger names \(digest.prefix(12))..."
+            )
+        }
         guard let document = Data(base64Encoded: package.dsse), let bundle = Data(base64Encoded: package.modelSigning) else {
             throw .tampered("\(label): the server sent unreadable documents")
         }
         let (statement, signer) = try Registry.verifySigned(
             envelope: document,
             bundle: bundle,
-            trusting: trusted,
-            model: package.model,
-            version: package.version,
+            trusting: trusted ?? ledger.trustedIdentities,
+            model: expected.model,
+            version: expected.version,
             digest: package.digest
         )
+        guard let text = package.record, let envelope = Data(base64Encoded: text) else {
+            throw .tampered("\(label): the server sent no ledger record for it")
+        }
+        let record = try Registry.parse(Array(envelope))
+        guard record.registry == ledger.registry, record.seq <= ledger.seq, case .version(let facts) = record.change,
+            facts.model == expected.model, facts.version == expected.version, facts.digest == package.digest
+        else { throw .tampered("\(label): the ledger record the server sent is not this version's") }
+        let recordSigner = record.signerKeyID == facts.publisher.keyID ? facts.publisher : ledger.key(record.signerKeyID)?.identity
+        guard let recordSigner, record.isSigned(by: recordSigner) else { throw .tampered("\(label): its ledger record's signature does not verify") }
+        if let erasure = ledger.erased[package.digest] { throw .erased("\(label) was erased at \(erasure.at) by \(erasure.by)") }
+        if let alias = expected.alias {
+            let facts = LedgerChange.AliasFacts(privacy: statement.privacy, signer: signer.keyID, charged: ledger.isCharged(package.digest))
+            for (_, rules) in ledger.policies(model: expected.model, alias: alias) {
+                if let why = rules.violation(facts: facts, signerName: ledger.trusted[signer.keyID]?.name) {
+                    throw .policyViolation("alias \(alias) of \(expected.model) \(why)")
+                }
+            }
+        }
         var files = statement.files.sorted { $0.path < $1.path }
+        let recordedRekey = ledger.rekeys[package.digest]
         if let rekey = package.rekey {
-            guard let record = Data(base64Encoded: rekey), !registryKeys.isEmpty else {
-                throw .refused("\(label) was re-encrypted by the registry: pass the registry's public key (--registry-key registry.pub) to check it")
+            guard let attestation = Data(base64Encoded: rekey), recordedRekey == Digest.hex(Digest.sha256(Array(attestation))) else {
+                throw .tampered("\(label): the rekey attestation the server sent is not the one the ledger records")
             }
             files = try Registry.verifyRekey(
-                record,
-                registryKeys: registryKeys,
+                attestation,
+                registryKeys: ledger.keys.map(\.identity),
                 model: package.model,
                 version: package.version,
                 digest: package.digest,
                 signed: files
             )
+        } else if recordedRekey != nil {
+            throw .tampered("\(label) was re-encrypted, but the server withheld the record of its new blobs")
         }
         return (files, signer, bundle)
     }
 
     public static func pull(
         _ package: VersionPackage,
+        expected: RemoteExpectation,
         fetcher: any BlobFetcher,
         identity: borrowing Identity,
-        trusting trusted: [PublicIdentity],
-        registryKeys: [PublicIdentity],
+        trusting trusted: [PublicIdentity]?,
         into directory: String
     ) throws(CofferRegistryError) -> PullResult {
         let label = "\(package.model):\(package.version)"
-        let (files, signer, bundle) = try verifiedFiles(package, trusting: trusted, registryKeys: registryKeys)
+        let (files, signer, bundle) = try verifiedFiles(package, expected: expected, trusting: trusted)
         guard let text = package.stanza, let stanza = Data(base64Encoded: text) else { throw .notARecipient(label) }
         let dataKey: KeyBox
         do { dataKey = KeyBox(try WrappedKey(encoded: Array(stanza)).unwrap(with: identity)) } catch {
@@ -146,11 +211,11 @@ public enum RemotePull {
     /// SHA-256 and size.
     public static func verify(
         _ package: VersionPackage,
+        expected: RemoteExpectation,
         fetcher: any BlobFetcher,
-        trusting trusted: [PublicIdentity],
-        registryKeys: [PublicIdentity]
+        trusting trusted: [PublicIdentity]?
     ) throws(CofferRegistryError) -> VerifyReport {
-        let (files, signer, _) = try verifiedFiles(package, trusting: trusted, registryKeys: registryKeys)
+        let (files, signer, _) = try verifiedFiles(package, expected: expected, trusting: trusted)
         for file in files {
             let source = try fetcher.blob(file.sealedSHA256, size: file.sealedSize)
             let (digest, size): ([UInt8], Int)

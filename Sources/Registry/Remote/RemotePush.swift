@@ -107,11 +107,16 @@ public struct PreparedPush: Sendable, Equatable, Codable {
 }
 
 extension Registry {
-    /// Moves an uploaded file into the blob store under `digest`, after checking that its SHA-256 is `digest`.
-    public func adoptBlob(at path: String, digest: String) throws(CofferRegistryError) {
+    /// Moves an uploaded file into the blob store under `digest`, after checking that its SHA-256 is `digest`; audited
+    /// as an upload by `principal` (who must hold the publisher role somewhere: a blob belongs to no model yet).
+    public func adoptBlob(at path: String, digest: String, by principal: Principal) throws(CofferRegistryError) {
+        try requirePublisherSomewhere(principal, action: "upload", target: digest)
         let actual: String
         do { actual = Digest.hex(try Digest.sha256(file: path)) } catch { throw .crypto(error) }
-        guard actual == digest else { throw .invalidInput("the upload's SHA-256 is \(actual), not \(digest)") }
+        guard actual == digest else {
+            try? audit(principal: principal.name, action: "upload", target: digest, outcome: .failed, reason: "the upload's SHA-256 is \(actual)")
+            throw .invalidInput("the upload's SHA-256 is \(actual), not \(digest)")
+        }
         let destination = blobs.path(of: digest)
         try BlobStore.makeDirectory(String(destination[..<destination.lastIndex(of: "/")!]))
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
@@ -122,6 +127,19 @@ extension Registry {
         chmod(path, 0o400)
         guard rename(path, destination) == 0 else { throw .io(path: destination, reason: String(cString: strerror(errno))) }
         BlobStore.syncDirectory(String(destination[..<destination.lastIndex(of: "/")!]))
+        try audit(principal: principal.name, action: "upload", target: digest, outcome: .ok, reason: "blob stored, no version yet")
+    }
+
+    /// Refuses (and audits) a principal who holds the publisher role on no model: uploads and publish-scoped tokens
+    /// are for publishers only.
+    public func requirePublisherSomewhere(_ principal: Principal, action: String, target: String) throws(CofferRegistryError) {
+        let state = try ledgerState()
+        guard state.checksPrincipals,
+            !state.grants.contains(where: { $0.principal == principal.name && ($0.role == .publisher || $0.role == .admin) })
+        else { return }
+        let reason = "\(principal.name) holds the publisher role on no model"
+        try audit(principal: principal.name, action: action, target: target, outcome: .refused, reason: reason)
+        throw .refused(reason)
     }
 
     /// Commits a version a client prepared and uploaded: the publisher's signature (a trusted signer, and the
@@ -130,7 +148,7 @@ extension Registry {
     public func commitPushed(
         _ prepared: PreparedPush,
         principal actor: Principal,
-        registryIdentity: borrowing Identity
+        registryIdentity: UnlockedIdentity
     ) throws(CofferRegistryError) -> PushResult {
         try require(.publisher, on: prepared.model, by: actor, action: "push", target: prepared.model)
         if prepared.overrideBudget { try require(.admin, on: prepared.model, by: actor, action: "push --override-budget", target: prepared.model) }
@@ -156,11 +174,15 @@ extension Registry {
             guard signer.keyID == actor.keyID || !checked else {
                 throw CofferRegistryError.refused("\(label) is signed by \(signer.name), not by the pushing principal \(actor.name)")
             }
-            guard let registryStanza = prepared.wrappedKeys[identity.keyID].flatMap({ Data(base64Encoded: $0) }) else {
-                throw CofferRegistryError.invalidInput("\(label): no data key wrapped for this registry's key \(identity.keyID)")
+            let current = try identity
+            guard registryIdentity.publicIdentity.keyID == current.keyID else {
+                throw CofferRegistryError.registryKeyRetired(held: registryIdentity.publicIdentity.keyID, current: current.keyID)
+            }
+            guard let registryStanza = prepared.wrappedKeys[current.keyID].flatMap({ Data(base64Encoded: $0) }) else {
+                throw CofferRegistryError.invalidInput("\(label): no data key wrapped for this registry's current key \(current.keyID)")
             }
             let dataKey: SecretKey
-            do { dataKey = try WrappedKey(encoded: Array(registryStanza)).unwrap(with: registryIdentity) } catch {
+            do { dataKey = try WrappedKey(encoded: Array(registryStanza)).unwrap(with: registryIdentity.identity) } catch {
                 throw CofferRegistryError.invalidInput("\(label): the key wrapped for this registry does not open")
             }
             for file in statement.files {
@@ -183,30 +205,33 @@ extension Registry {
             }
             var parentID: Int64? = nil
             if let parent = prepared.parent { parentID = try resolve(try ModelReference(parsing: parent)).id }
+            let state = try ledgerState()
+            let charged = try Self.checkBudget(
+                state,
+                dataset: statement.lineage.datasetID,
+                privacy: statement.privacy,
+                override: prepared.overrideBudget
+            )
             if let alias = prepared.alias {
-                try checkPolicy(
-                    model: prepared.model,
-                    alias: alias,
-                    privacy: statement.privacy,
-                    signer: signer,
-                    datasetID: statement.lineage.datasetID
-                )
+                let facts = LedgerChange.AliasFacts(privacy: statement.privacy, signer: signer.keyID, charged: charged)
+                try checkPolicy(model: prepared.model, alias: alias, facts: facts, state: state)
             }
             let digest = Digest.hex(Digest.sha256(payload))
-            _ = try commit(
-                statement,
+            let commit = VersionCommit(
+                statement: statement,
                 digest: digest,
                 envelope: try DSSEEnvelope(jsonBytes: Array(document)),
                 bundle: Array(bundle),
+                publisher: signer,
                 wrapped: wrapped,
                 parentID: parentID,
                 alias: prepared.alias,
                 tags: prepared.tags,
                 automatic: false,
-                datasetID: statement.lineage.datasetID,
                 overrideBy: prepared.overrideBudget ? actor.name : nil,
-                audited: (actor.name, "sha256:\(digest) (over HTTP)")
+                reason: "sha256:\(digest) (over HTTP)"
             )
+            _ = try self.commit(commit, signer: .registry(registryIdentity, for: actor))
             try rememberRecipients(
                 [signer] + prepared.recipients.compactMap { Data(base64Encoded: $0).flatMap { try? PublicIdentity(jsonBytes: Array($0)) } }
             )

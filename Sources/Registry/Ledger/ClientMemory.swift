@@ -1,0 +1,125 @@
+import CofferCrypto
+public import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What this user's client remembers of the registries it has used, outside any registry directory (docs/FORMAT.md,
+/// "Client memory"): the root key pinned for each location, and the last ledger state and audit head it verified,
+/// so that a registry that goes back (a restored older copy, a server replaying old answers) is refused.
+///
+/// Nothing here is secret; it is the client's own trust anchor, as `~/.ssh/known_hosts` is, so it lives under the
+/// user's state directory (mode 0700), never beside the registry a directory writer controls.
+public struct ClientMemory: Sendable {
+    public let directory: String
+
+    public init(directory: String) { self.directory = directory }
+
+    /// `$COFFER_STATE_DIR`, else `$XDG_STATE_HOME/coffer`, else `~/.local/state/coffer`.
+    public static func standard(environment: [String: String] = ProcessInfo.processInfo.environment) -> ClientMemory {
+        if let explicit = environment["COFFER_STATE_DIR"], !explicit.isEmpty { return ClientMemory(directory: explicit) }
+        if let state = environment["XDG_STATE_HOME"], state.hasPrefix("/") { return ClientMemory(directory: "\(state)/coffer") }
+        let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()
+        return ClientMemory(directory: "\(home)/.local/state/coffer")
+    }
+
+    /// What is remembered of one registry, by its root key ID.
+    public struct Remembered: Sendable, Codable, Equatable {
+        public var state: LedgerState
+        /// The newest audit entry this client saw verified.
+        public var audit: LedgerState.AuditMark?
+        /// The newest state head this client accepted (remote registries).
+        public var head: HeadMark?
+
+        public struct HeadMark: Sendable, Codable, Equatable {
+            public var at: String
+            public var ledgerSeq: Int64
+
+            enum CodingKeys: String, CodingKey {
+                case at
+                case ledgerSeq = "ledger_seq"
+            }
+        }
+    }
+
+    /// `file:/abs/path` for a registry directory.
+    public static func location(home: String) -> String {
+        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let path = realpath(home, &resolved) != nil ? String(cString: resolved) : home
+        return "file:\(path)"
+    }
+
+    /// The scheme, host, port and path of a served registry, as its pin is named.
+    public static func location(url: URL) -> String {
+        var text = url.absoluteString
+        while text.hasSuffix("/") { text.removeLast() }
+        return text
+    }
+
+    public func pin(for location: String) -> String? { pins()[location] }
+
+    public func setPin(_ root: String, for location: String) throws(CofferRegistryError) {
+        try locked { () throws(CofferRegistryError) in
+            var all = pins()
+            all[location] = root
+            try write(all, to: "\(directory)/pins.json")
+        }
+    }
+
+    /// Every pinned location and its root key ID.
+    public func pins() -> [String: String] {
+        guard let data = FileManager.default.contents(atPath: "\(directory)/pins.json") else { return [:] }
+        return (try? JSONDecoder().decode([String: String].self, from: data)) ?? [:]
+    }
+
+    public func remembered(_ root: String) -> Remembered? {
+        guard let data = FileManager.default.contents(atPath: path(root)) else { return nil }
+        return try? JSONDecoder().decode(Remembered.self, from: data)
+    }
+
+    /// Records what was just verified, never going back from what another process remembered meanwhile.
+    public func remember(_ root: String, update: (inout Remembered?) -> Void) throws(CofferRegistryError) {
+        try locked { () throws(CofferRegistryError) in
+            var current = remembered(root)
+            let before = current
+            update(&current)
+            guard let current, current != before else { return }
+            try write(current, to: path(root))
+        }
+    }
+
+    private func path(_ root: String) -> String { "\(directory)/registries/\(root).json" }
+
+    private func write(_ value: some Encodable, to path: String) throws(CofferRegistryError) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        do {
+            try FileManager.default.createDirectory(
+                atPath: (path as NSString).deletingLastPathComponent,
+                withIntermediateDirectories: true,
+                attributes: [.posixPermissions: 0o700]
+            )
+            try FileBytes.write(Array(try encoder.encode(value)), to: path, mode: 0o600, overwrite: true)
+        } catch let error as CofferCryptoError {
+            throw .io(path: path, reason: "cannot remember the registry's state: \(error)")
+        } catch {
+            throw .io(path: path, reason: "cannot remember the registry's state: \(error)")
+        }
+    }
+
+    /// Runs `body` holding an exclusive lock on the memory directory, so concurrent commands do not lose updates.
+    private func locked(_ body: () throws(CofferRegistryError) -> Void) throws(CofferRegistryError) {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw .io(path: directory, reason: "cannot create the client state directory")
+        }
+        let fd = open("\(directory)/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .io(path: directory, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        flock(fd, LOCK_EX)
+        defer { flock(fd, LOCK_UN) }
+        try body()
+    }
+}

@@ -1,0 +1,415 @@
+public import CofferCrypto
+public import CofferTraining
+import Foundation
+
+/// One change to a registry's governance state, as a ledger record states it (docs/FORMAT.md, "Signed registry
+/// records"). Every decision the registry takes is made on the state these changes build, never on the tables
+/// that copy it.
+public enum LedgerChange: Sendable, Equatable {
+    case genesis(key: PublicIdentity, owner: Owner?)
+    case keyRotate(key: PublicIdentity, proof: [UInt8])
+    case principalAdd(name: String, identity: PublicIdentity, roles: [Role])
+    case principalRemove(name: String)
+    case grant(Grant)
+    case revoke(Grant)
+    case trustAdd(name: String, identity: PublicIdentity)
+    case trustRemove(keyID: String)
+    case policySet(model: String, alias: String?, rules: PolicyRules)
+    case budgetSet(dataset: String, epsilon: Double, delta: Double)
+    case version(VersionFacts)
+    case aliasSet(model: String, alias: String, version: String, digest: String, facts: AliasFacts)
+    case aliasRemove(model: String, alias: String)
+    case erase(model: String, version: String, digest: String)
+    case rekey(model: String, version: String, digest: String, attestation: String)
+    case auditHead(seq: Int64, hash: String)
+
+    /// The principal a registry is created with.
+    public struct Owner: Sendable, Equatable {
+        public var name: String
+        public var identity: PublicIdentity
+    }
+
+    /// What a `version` record says of a version: enough to resolve "latest" and to recompute budgets.
+    public struct VersionFacts: Sendable, Equatable {
+        public var model: String
+        public var version: String
+        public var digest: String
+        /// The publisher's public identity: in a registry without principals, any key may record a version, so the
+        /// record carries the key its signature is checked with.
+        public var publisher: PublicIdentity
+        public var dataset: String?
+        public var mechanism: String?
+        public var segments: [PrivacySegment]
+        public var charged: Bool
+        public var overrideBy: String?
+    }
+
+    /// The signed facts of the version an alias is set to, as the policies in force judge them.
+    public struct AliasFacts: Sendable, Equatable, Codable {
+        public var epsilon: Double?
+        public var delta: Double?
+        public var pruningRatio: Double?
+        /// The signer's key ID.
+        public var signer: String
+        public var charged: Bool
+
+        enum CodingKeys: String, CodingKey {
+            case epsilon, delta, signer, charged
+            case pruningRatio = "pruning_ratio"
+        }
+    }
+
+    var kind: String {
+        switch self {
+        case .genesis: "genesis"
+        case .keyRotate: "key.rotate"
+        case .principalAdd: "principal.add"
+        case .principalRemove: "principal.remove"
+        case .grant: "grant"
+        case .revoke: "revoke"
+        case .trustAdd: "trust.add"
+        case .trustRemove: "trust.remove"
+        case .policySet: "policy.set"
+        case .budgetSet: "budget.set"
+        case .version: "version"
+        case .aliasSet: "alias.set"
+        case .aliasRemove: "alias.remove"
+        case .erase: "erase"
+        case .rekey: "rekey"
+        case .auditHead: "audit.head"
+        }
+    }
+
+    /// What the record is about, for indexed look-ups (not trusted: the payload is).
+    var object: String {
+        switch self {
+        case .genesis, .keyRotate: "registry-key"
+        case .principalAdd(let name, _, _), .principalRemove(let name): "principal:\(name)"
+        case .grant(let grant), .revoke(let grant): "principal:\(grant.principal)"
+        case .trustAdd(_, let identity): "trust:\(identity.keyID)"
+        case .trustRemove(let keyID): "trust:\(keyID)"
+        case .policySet(let model, let alias, _): "policy:\(model)@\(alias ?? "")"
+        case .budgetSet(let dataset, _, _): "dataset:\(dataset)"
+        case .version(let facts): "version:\(facts.model):\(facts.version)"
+        case .aliasSet(let model, let alias, _, _, _), .aliasRemove(let model, let alias): "alias:\(model)@\(alias)"
+        case .erase(let model, let version, _), .rekey(let model, let version, _, _): "version:\(model):\(version)"
+        case .auditHead: "audit"
+        }
+    }
+
+    /// The kind's members of the payload.
+    var fields: [String: JSONValue] {
+        func s(_ v: String?) -> JSONValue { v.map { .string($0) } ?? .null }
+        func n(_ v: Double?) -> JSONValue { v.map { .number($0) } ?? .null }
+        switch self {
+        case .genesis(let key, let owner):
+            return ["key": key.json, "owner": owner.map { .object(["name": .string($0.name), "identity": $0.identity.json]) } ?? .null]
+        case .keyRotate(let key, let proof):
+            return ["key": key.json, "proof": .string(Data(proof).base64EncodedString())]
+        case .principalAdd(let name, let identity, let roles):
+            return ["name": .string(name), "identity": identity.json, "roles": .array(roles.map { .string($0.rawValue) })]
+        case .principalRemove(let name):
+            return ["name": .string(name)]
+        case .grant(let grant), .revoke(let grant):
+            return [
+                "principal": .string(grant.principal), "role": .string(grant.role.rawValue), "scope": .string(grant.scope), "alias": s(grant.alias),
+            ]
+        case .trustAdd(let name, let identity):
+            return ["name": .string(name), "identity": identity.json]
+        case .trustRemove(let keyID):
+            return ["key_id": .string(keyID)]
+        case .policySet(let model, let alias, let rules):
+            return ["model": .string(model), "alias": s(alias), "rules": rules.json]
+        case .budgetSet(let dataset, let epsilon, let delta):
+            return ["dataset": .string(dataset), "epsilon": .number(epsilon), "delta": .number(delta)]
+        case .version(let facts):
+            return [
+                "model": .string(facts.model), "version": .string(facts.version), "digest": .string(facts.digest),
+                "publisher": facts.publisher.json, "dataset": s(facts.dataset), "mechanism": s(facts.mechanism),
+                "segments": PrivacyMetadata.segmentsJSON(facts.segments), "charged": .bool(facts.charged), "override_by": s(facts.overrideBy),
+            ]
+        case .aliasSet(let model, let alias, let version, let digest, let facts):
+            return [
+                "model": .string(model), "alias": .string(alias), "version": .string(version), "digest": .string(digest),
+                "facts": .object([
+                    "epsilon": n(facts.epsilon), "delta": n(facts.delta), "pruning_ratio": n(facts.pruningRatio),
+                    "signer": .string(facts.signer), "charged": .bool(facts.charged),
+                ]),
+            ]
+        case .aliasRemove(let model, let alias):
+            return ["model": .string(model), "alias": .string(alias)]
+        case .erase(let model, let version, let digest):
+            return ["model": .string(model), "version": .string(version), "digest": .string(digest)]
+        case .rekey(let model, let version, let digest, let attestation):
+            return ["model": .string(model), "version": .string(version), "digest": .string(digest), "attestation": .string(attestation)]
+        case .auditHead(let seq, let hash):
+            return ["audit_seq": .number(Double(seq)), "audit_hash": .string(hash)]
+        }
+    }
+
+    /// Reads a kind and its members back; anything missing or of the wrong type is a malformed record.
+    init(kind: String, fields f: [String: JSONValue]) throws(LedgerError) {
+        func string(_ key: String) throws(LedgerError) -> String {
+            guard let value = f[key]?.stringValue else { throw .malformed("\(kind) needs a string \(key)") }
+            return value
+        }
+        func optionalString(_ key: String) throws(LedgerError) -> String? {
+            guard let value = f[key], value != .null else { return nil }
+            guard let text = value.stringValue else { throw .malformed("\(kind): \(key) must be a string or null") }
+            return text
+        }
+        func number(_ key: String) throws(LedgerError) -> Double {
+            guard let value = f[key]?.numberValue, value.isFinite else { throw .malformed("\(kind) needs a number \(key)") }
+            return value
+        }
+        func identity(_ value: JSONValue?) throws(LedgerError) -> PublicIdentity {
+            guard let value, case .object = value, let parsed = try? PublicIdentity(json: value) else {
+                throw .malformed("\(kind) needs a public identity")
+            }
+            return parsed
+        }
+        func decode<T: Decodable>(_ type: T.Type, _ key: String) throws(LedgerError) -> T {
+            guard let value = f[key], let data = try? JSONEncoder().encode(value), let decoded = try? JSONDecoder().decode(T.self, from: data) else {
+                throw .malformed("\(kind): \(key) is malformed")
+            }
+            return decoded
+        }
+        func role(_ text: String) throws(LedgerError) -> Role {
+            guard let role = Role(rawValue: text) else { throw .malformed("\(kind): unknown role \(text)") }
+            return role
+        }
+        switch kind {
+        case "genesis":
+            var owner: Owner? = nil
+            if let value = f["owner"], value != .null {
+                guard let name = value["name"]?.stringValue else { throw .malformed("genesis owner needs a name") }
+                owner = Owner(name: name, identity: try identity(value["identity"]))
+            }
+            self = .genesis(key: try identity(f["key"]), owner: owner)
+        case "key.rotate":
+            guard let proof = Data(base64Encoded: try string("proof")) else { throw .malformed("key.rotate proof is not base64") }
+            self = .keyRotate(key: try identity(f["key"]), proof: Array(proof))
+        case "principal.add":
+            guard case .array(let roles)? = f["roles"] else { throw .malformed("principal.add needs roles") }
+            var parsed: [Role] = []
+            for item in roles {
+                guard let text = item.stringValue else { throw .malformed("principal.add roles must be strings") }
+                parsed.append(try role(text))
+            }
+            self = .principalAdd(name: try string("name"), identity: try identity(f["identity"]), roles: parsed)
+        case "principal.remove":
+            self = .principalRemove(name: try string("name"))
+        case "grant", "revoke":
+            let grant = Grant(
+                principal: try string("principal"),
+                role: try role(try string("role")),
+                scope: try string("scope"),
+                alias: try optionalString("alias")
+            )
+            self = kind == "grant" ? .grant(grant) : .revoke(grant)
+        case "trust.add":
+            self = .trustAdd(name: try string("name"), identity: try identity(f["identity"]))
+        case "trust.remove":
+            self = .trustRemove(keyID: try string("key_id"))
+        case "policy.set":
+            self = .policySet(model: try string("model"), alias: try optionalString("alias"), rules: try decode(PolicyRules.self, "rules"))
+        case "budget.set":
+            self = .budgetSet(dataset: try string("dataset"), epsilon: try number("epsilon"), delta: try number("delta"))
+        case "version":
+            guard case .bool(let charged)? = f["charged"] else { throw .malformed("version needs charged") }
+            self = .version(
+                VersionFacts(
+                    model: try string("model"),
+                    version: try string("version"),
+                    digest: try string("digest"),
+                    publisher: try identity(f["publisher"]),
+                    dataset: try optionalString("dataset"),
+                    mechanism: try optionalString("mechanism"),
+                    segments: try decode([PrivacySegment].self, "segments"),
+                    charged: charged,
+                    overrideBy: try optionalString("override_by")
+                )
+            )
+        case "alias.set":
+            self = .aliasSet(
+                model: try string("model"),
+                alias: try string("alias"),
+                version: try string("version"),
+                digest: try string("digest"),
+                facts: try decode(AliasFacts.self, "facts")
+            )
+        case "alias.remove":
+            self = .aliasRemove(model: try string("model"), alias: try string("alias"))
+        case "erase":
+            self = .erase(model: try string("model"), version: try string("version"), digest: try string("digest"))
+        case "rekey":
+            self = .rekey(
+                model: try string("model"),
+                version: try string("version"),
+                digest: try string("digest"),
+                attestation: try string("attestation")
+            )
+        case "audit.head":
+            let seq = try number("audit_seq")
+            guard seq >= 0, seq.rounded() == seq, seq < 9e15 else { throw .malformed("audit.head audit_seq must be a whole number") }
+            self = .auditHead(seq: Int64(seq), hash: try string("audit_hash"))
+        default:
+            throw .malformed("unknown record kind '\(kind)'")
+        }
+    }
+}
+
+/// A record as stored and served: its envelope, and what its verified payload says.
+public struct LedgerRecord: Sendable, Equatable {
+    public static let payloadType = "application/vnd.coffer.record.v1+json"
+    public static let type = "coffer/record/v1"
+
+    public var registry: String
+    public var seq: Int64
+    /// Hex SHA-256 of the previous record's payload (64 zeros before the first).
+    public var prev: String
+    public var at: String
+    public var by: String
+    public var change: LedgerChange
+    /// The DSSE envelope's bytes, as stored.
+    public var envelope: [UInt8]
+    /// The payload's bytes and their SHA-256 (hex): the record hash.
+    public var payload: [UInt8]
+    public var hash: String
+    /// The key ID of the one signature (checked by ``LedgerState/apply(_:)``, not here).
+    public var signerKeyID: String
+
+    static let zeroHash = String(repeating: "0", count: 64)
+
+    init(
+        registry: String,
+        seq: Int64,
+        prev: String,
+        at: String,
+        by: String,
+        change: LedgerChange,
+        envelope: [UInt8],
+        payload: [UInt8],
+        hash: String,
+        signerKeyID: String
+    ) {
+        self.registry = registry
+        self.seq = seq
+        self.prev = prev
+        self.at = at
+        self.by = by
+        self.change = change
+        self.envelope = envelope
+        self.payload = payload
+        self.hash = hash
+        self.signerKeyID = signerKeyID
+    }
+
+    /// Builds and signs a record with `signer`.
+    static func sign(
+        registry: String,
+        seq: Int64,
+        prev: String,
+        at: String,
+        by: String,
+        change: LedgerChange,
+        signer: borrowing Identity
+    ) -> LedgerRecord {
+        var object = change.fields
+        for (key, value) in [
+            "type": JSONValue.string(type), "registry": .string(registry), "seq": .number(Double(seq)), "prev": .string(prev), "at": .string(at),
+            "kind": .string(change.kind), "by": .string(by),
+        ] {
+            object[key] = value
+        }
+        let payload = JSONValue.object(object).canonicalBytes
+        let envelope = DSSEEnvelope.sign(payload: payload, payloadType: payloadType, identity: signer)
+        return LedgerRecord(
+            registry: registry,
+            seq: seq,
+            prev: prev,
+            at: at,
+            by: by,
+            change: change,
+            envelope: envelope.jsonBytes,
+            payload: payload,
+            hash: Digest.hex(Digest.sha256(payload)),
+            signerKeyID: signer.publicIdentity.keyID
+        )
+    }
+
+    /// Parses a stored envelope. The signature is not checked here: only a ``LedgerState`` knows whose keys count.
+    public init(envelope bytes: [UInt8]) throws(LedgerError) {
+        let envelope: DSSEEnvelope
+        let payload: [UInt8]
+        do {
+            envelope = try DSSEEnvelope(jsonBytes: bytes)
+            payload = try envelope.payloadBytes()
+        } catch {
+            throw .malformed("not a record envelope: \(error)")
+        }
+        guard envelope.payloadType == Self.payloadType else { throw .malformed("payload type \(envelope.payloadType) is not a record's") }
+        guard envelope.signatures.count == 1 else { throw .malformed("a record carries exactly one signature") }
+        guard case .object(var object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(payload)) else {
+            throw .malformed("the payload is not a JSON object")
+        }
+        guard object["type"]?.stringValue == Self.type else { throw .malformed("the payload is not a \(Self.type) record") }
+        guard let registry = object["registry"]?.stringValue, let seq = object["seq"]?.integerValue, seq >= 1,
+            let prev = object["prev"]?.stringValue, let at = object["at"]?.stringValue, let kind = object["kind"]?.stringValue,
+            let by = object["by"]?.stringValue
+        else { throw .malformed("the payload lacks registry, seq, prev, at, kind or by") }
+        for key in ["type", "registry", "seq", "prev", "at", "kind", "by"] { object[key] = nil }
+        self.registry = registry
+        self.seq = Int64(seq)
+        self.prev = prev
+        self.at = at
+        self.by = by
+        self.change = try LedgerChange(kind: kind, fields: object)
+        self.envelope = bytes
+        self.payload = payload
+        self.hash = Digest.hex(Digest.sha256(payload))
+        self.signerKeyID = envelope.signatures[0].keyid
+    }
+
+    /// Whether `signer` made the record's one signature.
+    func isSigned(by signer: PublicIdentity) -> Bool {
+        guard signer.keyID == signerKeyID, let envelope = try? DSSEEnvelope(jsonBytes: envelope) else { return false }
+        return (try? envelope.verify(trusting: [signer])) != nil
+    }
+}
+
+/// What can be wrong with a ledger: each a one-line sentence naming the record.
+public enum LedgerError: Error, Equatable, CustomStringConvertible {
+    case malformed(String)
+    case broken(seq: Int64, String)
+
+    public var description: String {
+        switch self {
+        case .malformed(let why): "malformed ledger record: \(why)"
+        case .broken(let seq, let why): "ledger record \(seq): \(why)"
+        }
+    }
+}
+
+extension PublicIdentity {
+    /// The `.pub` document as a JSON object, as records carry it.
+    var json: JSONValue { (try? JSONDecoder().decode(JSONValue.self, from: Data(jsonBytes))) ?? .null }
+
+    init(json: JSONValue) throws(CofferCryptoError) {
+        guard let data = try? JSONEncoder().encode(json) else { throw .malformedIdentity("not a JSON object") }
+        try self.init(jsonBytes: Array(data))
+    }
+}
+
+extension PolicyRules {
+    var json: JSONValue { (try? JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(self))) ?? .object([:]) }
+}
+
+extension JSONValue {
+    /// Sorted keys, no whitespace, slashes unescaped: how Coffer writes the JSON it signs.
+    var canonicalBytes: [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return Array((try? encoder.encode(self)) ?? Data("null".utf8))
+    }
+}

@@ -1,0 +1,374 @@
+public import CofferCrypto
+public import CofferTraining
+import Foundation
+
+/// A registry's governance state as its ledger builds it, record by record: the registry's keys, principals and
+/// grants, trusted signers, aliases, policies, budgets and their charges, each model's latest version, erasures.
+///
+/// ``apply(_:)`` is the one place where a record is judged (signature, link, authority, meaning): the registry
+/// calls it before appending a record, and every reader calls it replaying the chain, so writers and readers
+/// cannot disagree about what is allowed. The state is small (it keeps no per-version list but budget charges),
+/// so a client remembers it between commands and replays only what is new.
+public struct LedgerState: Sendable, Equatable, Codable {
+    public struct RegistryKey: Sendable, Equatable, Codable {
+        public var identity: PublicIdentity
+        /// The record that made it current, and the one that retired it (with its time), if any.
+        public var since: Int64
+        public var retiredBy: Int64?
+        public var retiredAt: String?
+
+        enum CodingKeys: String, CodingKey {
+            case identity, since
+            case retiredBy = "retired_by"
+            case retiredAt = "retired_at"
+        }
+    }
+
+    public struct TrustedSigner: Sendable, Equatable, Codable {
+        public var name: String
+        public var identity: PublicIdentity
+    }
+
+    public struct AliasTarget: Sendable, Equatable, Codable {
+        public var version: String
+        public var digest: String
+        public var seq: Int64
+    }
+
+    public struct Budget: Sendable, Equatable, Codable {
+        public struct Charge: Sendable, Equatable, Codable {
+            public var model: String
+            public var version: String
+            public var digest: String
+            public var segments: [PrivacySegment]
+            public var overrideBy: String?
+
+            enum CodingKeys: String, CodingKey {
+                case model, version, digest, segments
+                case overrideBy = "override_by"
+            }
+        }
+
+        public var epsilon: Double
+        public var delta: Double
+        public var charges: [Charge]
+    }
+
+    /// The version `NAME` alone resolves to: the highest integer version, else the last one recorded.
+    public struct Latest: Sendable, Equatable, Codable {
+        public var version: String
+        public var number: Int64?
+        public var digest: String
+        public var seq: Int64
+    }
+
+    public struct Erasure: Sendable, Equatable, Codable {
+        public var model: String
+        public var version: String
+        public var at: String
+        public var by: String
+    }
+
+    public struct AuditMark: Sendable, Equatable, Codable {
+        public var seq: Int64
+        public var hash: String
+    }
+
+    /// The root key's ID: names the registry.
+    public private(set) var registry: String
+    public private(set) var seq: Int64 = 0
+    /// The last record's hash (hex).
+    public private(set) var hash: String = LedgerRecord.zeroHash
+    public private(set) var keys: [RegistryKey] = []
+    public private(set) var principals: [String: PublicIdentity] = [:]
+    public private(set) var grants: [Grant] = []
+    /// By key ID.
+    public private(set) var trusted: [String: TrustedSigner] = [:]
+    /// By `model@alias`.
+    public private(set) var aliases: [String: AliasTarget] = [:]
+    /// By `model@alias`, `model@` for the rules on every alias of the model.
+    public private(set) var policies: [String: PolicyRules] = [:]
+    public private(set) var budgets: [String: Budget] = [:]
+    public private(set) var latest: [String: Latest] = [:]
+    /// By version digest.
+    public private(set) var erased: [String: Erasure] = [:]
+    /// By version digest: SHA-256 of the registry-signed rekey attestation now in force.
+    public private(set) var rekeys: [String: String] = [:]
+    public private(set) var auditHead: AuditMark?
+
+    /// An empty state for the registry whose root key has `registry` as key ID; record 1 must be its genesis.
+    public init(registry: String) { self.registry = registry }
+
+    /// The current registry key.
+    public var currentKey: PublicIdentity? { keys.last?.identity }
+    public var checksPrincipals: Bool { !principals.isEmpty }
+
+    public func key(_ keyID: String) -> RegistryKey? { keys.first { $0.identity.keyID == keyID } }
+
+    /// The principal whose key is `keyID`.
+    public func principal(keyID: String) -> String? { principals.first { $0.value.keyID == keyID }?.key }
+
+    /// Whether `principal` holds `role` on `model` (through `alias`). `model` nil: on every model (`*`).
+    public func holds(_ principal: String, _ role: Role, on model: String?, alias: String? = nil) -> Bool {
+        grants.contains { $0.principal == principal && $0.allows(role, on: model, alias: alias) }
+    }
+
+    /// The policies that apply to `alias` of `model`: the alias's own, then the model-wide ones.
+    public func policies(model: String, alias: String) -> [(alias: String?, rules: PolicyRules)] {
+        [(alias, policies["\(model)@\(alias)"]), (nil, policies["\(model)@"])].compactMap { entry in entry.1.map { (entry.0, $0) } }
+    }
+
+    /// Every policy of `model`, the every-alias ones (alias nil) first.
+    public func policies(model: String) -> [(alias: String?, rules: PolicyRules)] {
+        policies.filter { $0.key.hasPrefix("\(model)@") && $0.key.count > model.count }
+            .map { (key, rules) in
+                let alias = String(key.dropFirst(model.count + 1))
+                return (alias.isEmpty ? nil : alias, rules)
+            }
+            .sorted { ($0.alias ?? "") < ($1.alias ?? "") }
+    }
+
+    /// The trusted signers' public identities, each carrying the name the ledger trusts it under (a key's own
+    /// declared name is not what `signed by` shows or what a policy's `signer` matches).
+    public var trustedIdentities: [PublicIdentity] {
+        trusted.values.sorted { $0.name < $1.name }.compactMap { signer in
+            try? PublicIdentity(name: signer.name, ed25519: signer.identity.ed25519, x25519: signer.identity.x25519, p256: signer.identity.p256)
+        }
+    }
+
+    public func alias(_ alias: String, of model: String) -> AliasTarget? { aliases["\(model)@\(alias)"] }
+
+    /// Whether the version with this digest is charged to a budget.
+    public func isCharged(_ digest: String) -> Bool { budgets.values.contains { $0.charges.contains { $0.digest == digest } } }
+
+    /// Spent epsilon of `dataset` with `adding` composed in (RDP, as the budget check at push does).
+    func spent(_ dataset: String, adding: [PrivacySegment] = []) -> Double? {
+        guard let budget = budgets[dataset] else { return nil }
+        return Registry.composedEpsilon(budget.charges.flatMap(\.segments) + adding, delta: budget.delta)
+    }
+
+    // MARK: - Applying a record
+
+    /// Checks `record` against everything before it (link, signature, authority, meaning) and applies it.
+    /// - Throws: ``LedgerError/broken(seq:_:)`` naming what is wrong; the state is then unchanged.
+    public mutating func apply(_ record: LedgerRecord) throws(LedgerError) {
+        func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
+        guard record.registry == registry else { throw fail("belongs to registry \(record.registry), not \(registry)") }
+        guard record.seq == seq + 1 else { throw fail("follows record \(seq): a record is missing, inserted or reordered") }
+        guard record.prev == hash else { throw fail("does not link to record \(seq) (rewritten, inserted or reordered)") }
+        try checkSignature(record)
+        var next = self
+        try next.change(record)
+        next.seq = record.seq
+        next.hash = record.hash
+        self = next
+    }
+
+    /// The signature, and the signer's authority for the change at this point of the chain.
+    private func checkSignature(_ record: LedgerRecord) throws(LedgerError) {
+        func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
+        func verify(_ identity: PublicIdentity) throws(LedgerError) {
+            guard record.isSigned(by: identity) else { throw fail("its signature by \(record.signerKeyID) does not verify") }
+        }
+        if case .genesis(let key, _) = record.change {
+            guard record.seq == 1, key.keyID == registry else { throw fail("a genesis record is only record 1, by the root key \(registry)") }
+            return try verify(key)
+        }
+        guard let current = currentKey else { throw fail("precedes the genesis record") }
+        if record.signerKeyID == current.keyID {
+            // The registry's own key may make any change (a server acts for the holder of a bearer token).
+            try verify(current)
+            if record.by != "registry", checksPrincipals, principals[record.by] == nil {
+                throw fail("is made for \(record.by), who is not a principal")
+            }
+            if case .version(let facts) = record.change, let override = facts.overrideBy {
+                guard !checksPrincipals || holds(override, .admin, on: facts.model) else {
+                    throw fail("overrides a budget for \(override), who is not an admin of \(facts.model)")
+                }
+            }
+            return
+        }
+        switch record.change {
+        case .keyRotate, .rekey, .auditHead, .genesis:
+            throw fail("a \(record.change.kind) record is signed only by the current registry key \(current.keyID)")
+        default: break
+        }
+        guard checksPrincipals else {
+            // A registry without principals: any key records a version (trust decides at pull), trusted signers move aliases.
+            switch record.change {
+            case .version(let facts):
+                guard facts.publisher.keyID == record.signerKeyID else { throw fail("a version record is signed by its publisher") }
+                return try verify(facts.publisher)
+            case .aliasSet, .aliasRemove:
+                guard let signer = trusted[record.signerKeyID] else {
+                    throw fail("its signer \(record.signerKeyID) is neither the registry key nor a trusted signer")
+                }
+                return try verify(signer.identity)
+            default:
+                throw fail("in a registry without principals a \(record.change.kind) record is signed by the registry key")
+            }
+        }
+        guard let identity = principals[record.by], identity.keyID == record.signerKeyID else {
+            throw fail("is signed by \(record.signerKeyID), which is not the key of principal \(record.by)")
+        }
+        try verify(identity)
+        let (role, model) = Self.authority(for: record.change)
+        guard holds(record.by, role, on: model) else {
+            throw fail("\(record.by) did not hold the \(role.rawValue) role\(model.map { " on \($0)" } ?? "") for a \(record.change.kind) record")
+        }
+        if case .version(let facts) = record.change, let override = facts.overrideBy {
+            guard override == record.by, holds(record.by, .admin, on: facts.model) else {
+                throw fail("a budget override is made by an admin of \(facts.model) in their own name")
+            }
+        }
+    }
+
+    /// The role a principal needs to sign a change, and on which model (nil: every model).
+    static func authority(for change: LedgerChange) -> (Role, String?) {
+        switch change {
+        case .policySet(let model, _, _), .erase(let model, _, _): (.admin, model)
+        case .version(let facts): (.publisher, facts.model)
+        case .aliasSet(let model, _, _, _, _), .aliasRemove(let model, _): (.publisher, model)
+        default: (.admin, nil)
+        }
+    }
+
+    /// What each kind of record means.
+    private mutating func change(_ record: LedgerRecord) throws(LedgerError) {
+        func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
+        switch record.change {
+        case .genesis(let key, let owner):
+            keys = [RegistryKey(identity: key, since: record.seq)]
+            if let owner {
+                principals[owner.name] = owner.identity
+                grants = [Grant(principal: owner.name, role: .admin)]
+                trusted[owner.identity.keyID] = TrustedSigner(name: owner.name, identity: owner.identity)
+            }
+        case .keyRotate(let key, let proof):
+            guard let old = currentKey else { throw fail("rotates before there is a key") }
+            guard !keys.contains(where: { $0.identity.keyID == key.keyID }) else { throw fail("rotates to a key the registry already had") }
+            let message = Self.rotationMessage(registry: registry, seq: record.seq, old: old.keyID, new: key.keyID)
+            guard SignatureVerifier.verifyEd25519(signature: proof, message: message, publicKey: key.ed25519) else {
+                throw fail("the new key \(key.keyID) did not sign its rotation (proof of possession)")
+            }
+            keys[keys.count - 1].retiredBy = record.seq
+            keys[keys.count - 1].retiredAt = record.at
+            keys.append(RegistryKey(identity: key, since: record.seq))
+        case .principalAdd(let name, let identity, let roles):
+            guard (try? ModelReference.validate(name: name)) != nil else { throw fail("invalid principal name \(name)") }
+            guard principals[name] == nil else { throw fail("principal \(name) already exists") }
+            guard !principals.values.contains(where: { $0.keyID == identity.keyID }) else {
+                throw fail("key \(identity.keyID) is already another principal's")
+            }
+            let first = principals.isEmpty
+            principals[name] = identity
+            for role in (first ? [Role.admin] : []) + roles { insert(Grant(principal: name, role: role)) }
+        case .principalRemove(let name):
+            guard principals[name] != nil else { throw fail("removes \(name), who is not a principal") }
+            let admins = Set(grants.filter { $0.role == .admin && $0.scope == "*" && $0.alias == nil }.map(\.principal))
+            guard admins != [name] else { throw fail("removes \(name), the last admin of the registry") }
+            principals[name] = nil
+            grants.removeAll { $0.principal == name }
+        case .grant(let grant):
+            guard principals[grant.principal] != nil else { throw fail("grants to \(grant.principal), who is not a principal") }
+            guard Self.validScope(grant.scope) else { throw fail("grants on an invalid scope \(grant.scope)") }
+            insert(grant)
+        case .revoke(let grant):
+            guard let index = grants.firstIndex(of: grant) else {
+                throw fail("revokes \(grant.summary) from \(grant.principal), who does not hold it")
+            }
+            grants.remove(at: index)
+        case .trustAdd(let name, let identity):
+            guard (try? PublicIdentity.validate(name: name)) != nil else { throw fail("invalid signer name \(name)") }
+            if let holder = trusted.values.first(where: { $0.name == name }) {
+                throw fail("the name \(name) is already bound to the trusted key \(holder.identity.keyID)")
+            }
+            if let existing = trusted[identity.keyID] { throw fail("key \(identity.keyID) is already trusted as \(existing.name)") }
+            trusted[identity.keyID] = TrustedSigner(name: name, identity: identity)
+        case .trustRemove(let keyID):
+            guard trusted[keyID] != nil else { throw fail("stops trusting \(keyID), which was not trusted") }
+            trusted[keyID] = nil
+        case .policySet(let model, let alias, let rules):
+            let key = "\(model)@\(alias ?? "")"
+            policies[key] = rules.isEmpty ? nil : rules
+        case .budgetSet(let dataset, let epsilon, let delta):
+            guard epsilon > 0, epsilon.isFinite, delta > 0, delta < 1 else { throw fail("a budget needs epsilon > 0 and delta in (0, 1)") }
+            budgets[dataset, default: Budget(epsilon: epsilon, delta: delta, charges: [])].epsilon = epsilon
+            budgets[dataset]!.delta = delta
+        case .version(let facts):
+            try recordVersion(facts, record: record)
+        case .aliasSet(let model, let alias, let version, let digest, let facts):
+            guard latest[model] != nil else { throw fail("sets an alias of \(model), which has no version") }
+            guard erased[digest] == nil else { throw fail("points \(model)@\(alias) at an erased version") }
+            guard facts.charged == isCharged(digest) else { throw fail("states a budget charge the ledger does not hold") }
+            for (_, rules) in policies(model: model, alias: alias) {
+                if let why = rules.violation(facts: facts, signerName: trusted[facts.signer]?.name) {
+                    throw fail("alias \(alias) of \(model) \(why)")
+                }
+            }
+            aliases["\(model)@\(alias)"] = AliasTarget(version: version, digest: digest, seq: record.seq)
+        case .aliasRemove(let model, let alias):
+            guard aliases.removeValue(forKey: "\(model)@\(alias)") != nil else { throw fail("removes \(model)@\(alias), which is not set") }
+        case .erase(let model, let version, let digest):
+            guard erased[digest] == nil else { throw fail("erases \(model):\(version) a second time") }
+            erased[digest] = Erasure(model: model, version: version, at: record.at, by: record.by)
+            aliases = aliases.filter { $0.value.digest != digest }
+        case .rekey(_, _, let digest, let attestation):
+            guard erased[digest] == nil else { throw fail("re-encrypts an erased version") }
+            rekeys[digest] = attestation
+        case .auditHead(let auditSeq, let auditHash):
+            if let auditHead, auditSeq < auditHead.seq { throw fail("marks audit entry \(auditSeq), before the marked \(auditHead.seq)") }
+            auditHead = AuditMark(seq: auditSeq, hash: auditHash)
+        }
+    }
+
+    private mutating func recordVersion(_ facts: LedgerChange.VersionFacts, record: LedgerRecord) throws(LedgerError) {
+        func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
+        guard (try? ModelReference.validate(name: facts.model)) != nil, (try? ModelReference.validate(version: facts.version)) != nil else {
+            throw fail("names an invalid version \(facts.model):\(facts.version)")
+        }
+        let budget = facts.dataset.flatMap { budgets[$0] }
+        guard facts.charged == (budget != nil) else {
+            throw fail("charged must say whether dataset \(facts.dataset ?? "-") has a budget (it \(budget == nil ? "has none" : "has one"))")
+        }
+        if let dataset = facts.dataset, let budget {
+            guard facts.mechanism != "none", !facts.segments.isEmpty else {
+                throw fail("a version charged to \(dataset) needs its accountant history, and differential privacy")
+            }
+            if facts.overrideBy == nil, let spent = spent(dataset, adding: facts.segments), spent > budget.epsilon {
+                throw fail(String(format: "takes dataset %@ to epsilon %.4f, past its budget of %g", dataset, spent, budget.epsilon))
+            }
+            budgets[dataset]!.charges.append(
+                .init(model: facts.model, version: facts.version, digest: facts.digest, segments: facts.segments, overrideBy: facts.overrideBy)
+            )
+        }
+        let number = Int64(facts.version)
+        let candidate = Latest(version: facts.version, number: number, digest: facts.digest, seq: record.seq)
+        if let current = latest[facts.model] {
+            // An integer version outranks every name; among integers the highest, among names the last recorded.
+            let replaces: Bool =
+                switch (current.number, number) {
+                case (let a?, let b?): b > a
+                case (nil, _?): true
+                case (_?, nil): false
+                case (nil, nil): true
+                }
+            if replaces { latest[facts.model] = candidate }
+        } else {
+            latest[facts.model] = candidate
+        }
+    }
+
+    private mutating func insert(_ grant: Grant) {
+        if !grants.contains(grant) { grants.append(grant) }
+    }
+
+    static func validScope(_ scope: String) -> Bool {
+        scope == "*" || (try? ModelReference.validate(name: scope.hasSuffix("/") ? String(scope.dropLast()) : scope)) != nil
+    }
+
+    /// The message a new registry key signs to show it holds its private half.
+    static func rotationMessage(registry: String, seq: Int64, old: String, new: String) -> [UInt8] {
+        Array("coffer/v1/key-rotate\n\(registry)\n\(seq)\n\(old)\n\(new)".utf8)
+    }
+}

@@ -1,0 +1,141 @@
+public import CofferCrypto
+public import Foundation
+import GRDB
+
+/// Where a client reads a served registry's ledger and state head (`GET /v1/ledger`, `GET /v1/ledger/head`).
+public protocol LedgerSource {
+    /// Up to `limit` record envelopes after record `seq`, in order.
+    func records(after seq: Int64, limit: Int) throws(CofferRegistryError) -> [[UInt8]]
+    /// The registry's newest signed state head.
+    func stateHead() throws(CofferRegistryError) -> DSSEEnvelope
+}
+
+/// A served registry's ledger as this client replayed it against the root it pinned, with the state head that
+/// shows it is current. Nothing the server says about aliases, latest versions, keys or trust is taken on its word:
+/// it is all replayed here from signed records (docs/FORMAT.md, "Remote clients").
+public struct RemoteLedger: Sendable {
+    public let state: LedgerState
+    public let head: StateHead
+    /// Whether this call pinned the registry's root for the first time (trust on first use: say so).
+    public let pinnedNow: Bool
+
+    static let page = 10_000
+
+    /// Replays what is new since this client last looked, checks the head, remembers both.
+    ///
+    /// - Parameters:
+    ///   - location: the registry's URL, as its pin is named.
+    ///   - key: a key the client was given for the registry (`--registry-key`): the chain must hold it.
+    public static func sync(
+        from source: any LedgerSource,
+        location: String,
+        key: PublicIdentity?,
+        memory: ClientMemory?,
+        now: Date = Date()
+    ) throws(CofferRegistryError) -> RemoteLedger {
+        let pin = memory?.pin(for: location)
+        let remembered = pin.flatMap { memory?.remembered($0) }
+        var state = remembered?.state
+        var after = state?.seq ?? 0
+        while true {
+            let batch = try source.records(after: after, limit: page)
+            for envelope in batch {
+                let record = try Registry.parse(envelope)
+                if state == nil {
+                    guard case .genesis = record.change else {
+                        throw .tampered("\(location) sent a ledger that does not start with its genesis record")
+                    }
+                    if let pin, pin != record.registry {
+                        throw .tampered("\(location) presents root key \(record.registry), but this client pinned \(pin): it was replaced")
+                    }
+                    state = LedgerState(registry: record.registry)
+                }
+                do { try state!.apply(record) } catch {
+                    throw .tampered("\(location): \(error.description) (a server rewriting or reordering the ledger)")
+                }
+            }
+            after += Int64(batch.count)
+            if batch.count < page { break }
+        }
+        guard let state else { throw .tampered("\(location) sent an empty ledger") }
+        if let key, state.key(key.keyID) == nil {
+            throw .tampered("\(location)'s key chain does not hold the registry key \(key.keyID) you gave (--registry-key)")
+        }
+        let envelope = try source.stateHead()
+        let head = try StateHead.verify(
+            envelope,
+            state: state,
+            hashAt: { seq in try? hash(at: seq, in: state, from: source) },
+            currentKeyAt: { seq in state.keys.last { $0.since <= seq }?.identity },
+            remembered: remembered?.head,
+            now: now
+        )
+        if pin == nil { try memory?.setPin(state.registry, for: location) }
+        try memory?.remember(state.registry) { remembered in
+            let mark = ClientMemory.Remembered.HeadMark(at: head.at, ledgerSeq: head.ledgerSeq)
+            if remembered == nil {
+                remembered = .init(state: state, audit: nil, head: mark)
+                return
+            }
+            if remembered!.state.seq < state.seq { remembered!.state = state }
+            if remembered!.head.map({ $0.at < mark.at }) ?? true { remembered!.head = mark }
+        }
+        return RemoteLedger(state: state, head: head, pinnedNow: pin == nil)
+    }
+
+    /// The hash of record `seq`, which may lie before the records just replayed: the records after it are fetched
+    /// and their links walked back from the verified last one.
+    static func hash(at seq: Int64, in state: LedgerState, from source: any LedgerSource) throws(CofferRegistryError) -> String? {
+        if seq == state.seq { return state.hash }
+        guard seq >= 0, seq < state.seq, state.seq - seq <= Int64(page) else { return nil }
+        let records = try source.records(after: seq, limit: Int(state.seq - seq)).map { envelope throws(CofferRegistryError) in
+            try Registry.parse(envelope)
+        }
+        guard records.count == Int(state.seq - seq), records.last?.hash == state.hash else { return nil }
+        for (earlier, later) in zip(records, records.dropFirst()) where later.prev != earlier.hash { return nil }
+        return records.first?.prev
+    }
+
+    /// The version `reference` names: its name, and the digest the ledger recorded for it when the ledger says
+    /// (`NAME` and `NAME@ALIAS`; an explicit version's digest comes with its record in the package).
+    public func resolve(_ reference: ModelReference) throws(CofferRegistryError) -> (version: String, digest: String?) {
+        switch reference.selector {
+        case .version(let version): return (version, nil)
+        case .latest:
+            guard let latest = state.latest[reference.name] else { throw .unknownModel(reference.name) }
+            return (latest.version, latest.digest)
+        case .alias(let alias):
+            guard let target = state.alias(alias, of: reference.name) else { throw .unknownAlias(reference.description) }
+            return (target.version, target.digest)
+        }
+    }
+}
+
+/// `GET /v1/ledger`'s answer: records after the asked-for one, envelopes base64.
+public struct LedgerPage: Sendable, Codable, Equatable {
+    public struct Entry: Sendable, Codable, Equatable {
+        public var seq: Int64
+        public var envelope: String
+
+        public init(seq: Int64, envelope: String) {
+            self.seq = seq
+            self.envelope = envelope
+        }
+    }
+
+    public var records: [Entry]
+
+    public init(records: [Entry]) { self.records = records }
+}
+
+extension Registry {
+    /// Up to `limit` stored records after `seq`, as a server hands them to clients (who verify them themselves).
+    public func ledgerRecords(after seq: Int64, limit: Int) throws(CofferRegistryError) -> [(seq: Int64, envelope: [UInt8])] {
+        try database.read { db in
+            try Row.fetchAll(
+                db.cachedStatement(sql: "SELECT seq, envelope FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?"),
+                arguments: [seq, limit]
+            ).map { ($0["seq"], Array($0["envelope"] as Data)) }
+        }
+    }
+}
