@@ -14,8 +14,10 @@ struct RemotePusher {
     let url: URL
     static let piece = 4 << 20
 
-    /// The outbox of this push: one folder per registry, model and set of inputs (paths, sizes, modification times).
-    static func outbox(url: URL, request: PushRequest) -> String {
+    /// The outbox of this push: one folder per registry, model and set of inputs (paths, sizes, modification times),
+    /// under this user's private cache (`$COFFER_OUTBOX`, else `$XDG_CACHE_HOME/coffer/outbox`, else
+    /// `~/.cache/coffer/outbox`), never a shared temporary directory another user could have prepared.
+    static func outbox(url: URL, request: PushRequest) throws -> String {
         var key = "\(url.absoluteString)|\(request.model)|\(request.version ?? "")"
         for path in request.paths.sorted() {
             let walker = FileManager.default.enumerator(atPath: path)
@@ -26,8 +28,28 @@ struct RemotePusher {
                 key += "|\(entry)|\(attributes?[.size] ?? 0)|\((attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
             }
         }
-        let base = ProcessInfo.processInfo.environment["COFFER_OUTBOX"] ?? "\(NSTemporaryDirectory())/coffer-outbox-\(getuid())"
-        return "\(base)/\(Digest.hex(Digest.sha256(Array(key.utf8)).prefix(12)))"
+        let environment = ProcessInfo.processInfo.environment
+        let base =
+            environment["COFFER_OUTBOX"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? environment["XDG_CACHE_HOME"].flatMap { $0.hasPrefix("/") ? "\($0)/coffer/outbox" : nil }
+            ?? "\(environment["HOME"] ?? NSHomeDirectory())/.cache/coffer/outbox"
+        try privateDirectory(base)
+        let outbox = "\(base)/\(Digest.hex(Digest.sha256(Array(key.utf8)).prefix(12)))"
+        try privateDirectory(outbox)
+        return outbox
+    }
+
+    /// Creates `path` (mode 0700) if needed and refuses one that is a symbolic link, is owned by another user, or
+    /// that others may write or read: what waits there is resumed as this user's push.
+    static func privateDirectory(_ path: String) throws {
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        var status = stat()
+        guard lstat(path, &status) == 0 else { throw CLIError("\(path): \(String(cString: strerror(errno)))") }
+        guard status.st_mode & S_IFMT == S_IFDIR else { throw CLIError("the push outbox \(path) is not a directory (a link?): refusing it") }
+        guard status.st_uid == getuid() else { throw CLIError("the push outbox \(path) belongs to another user: refusing it (set COFFER_OUTBOX)") }
+        guard status.st_mode & 0o077 == 0 else {
+            throw CLIError("the push outbox \(path) is open to other users (mode \(String(status.st_mode & 0o777, radix: 8))): chmod 700 it")
+        }
     }
 
     func push(_ request: PushRequest, publisher: borrowing Identity, registryKey: PublicIdentity) throws -> (String, String, String) {
@@ -37,13 +59,20 @@ struct RemotePusher {
                 "\(url) presents registry key \(served.keyID), not the pinned \(registryKey.keyID) (--registry-key): refusing to wrap keys for it"
             )
         }
-        let outbox = Self.outbox(url: url, request: request)
+        let outbox = try Self.outbox(url: url, request: request)
         let state = "\(outbox)/prepared.json"
         var prepared: PreparedPush
-        if let data = FileManager.default.contents(atPath: state), let saved = try? JSONDecoder().decode(PreparedPush.self, from: data) {
+        let saved = FileManager.default.contents(atPath: state).flatMap { try? JSONDecoder().decode(PreparedPush.self, from: $0) }
+        // A prepared push is resumed only if it is this push: the same inputs (by content), request and keys.
+        let mismatch = saved.flatMap { $0.mismatch(with: request, publisher: publisher.publicIdentity, registryKey: registryKey, outbox: outbox) }
+        if let saved, mismatch == nil {
             prepared = saved
             FileDescriptorStream.standardError.writeLine("coffer: resuming the push of \(prepared.model):\(prepared.version) from \(outbox)")
         } else {
+            if let mismatch {
+                FileDescriptorStream.standardError.writeLine("coffer: the outbox \(outbox) holds another push (\(mismatch)): preparing anew")
+                for name in (try? FileManager.default.contentsOfDirectory(atPath: outbox)) ?? [] { unlink("\(outbox)/\(name)") }
+            }
             prepared = try PreparedPush.prepare(
                 request,
                 publisher: publisher,

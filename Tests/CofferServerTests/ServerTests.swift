@@ -58,7 +58,7 @@ struct ServerTests {
         let tokens: [String: String]  // name -> bearer token text
     }
 
-    private func world() throws -> World {
+    func world() throws -> World {
         let f = try Fixture()
         let alice = UnlockedIdentity(try Identity.generate(name: "alice"))
         let bob = try Identity.generate(name: "bob")
@@ -94,15 +94,15 @@ struct ServerTests {
         )
     }
 
-    private func app(_ w: World) throws -> some ApplicationProtocol {
-        try buildApplication(registry: w.fixture.registry, registryIdentity: w.fixture.registryIdentity, configuration: .init(port: 0))
+    func app(_ w: World, configuration: ServerConfiguration = .init(port: 0)) throws -> some ApplicationProtocol {
+        try buildApplication(registry: w.fixture.registry, registryIdentity: w.fixture.registryIdentity, configuration: configuration)
     }
 
-    private func bearer(_ token: String) -> HTTPFields { [.authorization: "Bearer \(token)"] }
+    func bearer(_ token: String) -> HTTPFields { [.authorization: "Bearer \(token)"] }
 
-    private func text(_ response: TestResponse) -> String { String(buffer: response.body) }
+    func text(_ response: TestResponse) -> String { String(buffer: response.body) }
 
-    private func data(_ response: TestResponse) -> Data { Data(response.body.readableBytesView) }
+    func data(_ response: TestResponse) -> Data { Data(response.body.readableBytesView) }
 
     @Test func everyAuthenticationFailureHasItsCode() async throws {
         let w = try world()

@@ -43,6 +43,11 @@ public struct Grant: Sendable, Hashable, Codable {
 public struct Principal: Sendable, Equatable {
     public var name: String
     public var keyID: String
+
+    public init(name: String, keyID: String) {
+        self.name = name
+        self.keyID = keyID
+    }
 }
 
 extension Registry {

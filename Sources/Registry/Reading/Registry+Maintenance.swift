@@ -1,6 +1,7 @@
 import CofferCrypto
 import Foundation
 import GRDB
+import Synchronization
 
 /// What `fsck` found. The registry is consistent when `problems` is empty; orphan blobs and
 /// temporary files are the expected residue of interrupted pushes, reclaimed by `gc`.
@@ -31,9 +32,16 @@ extension Registry {
         let integrity = try database.read { db in try String.fetchAll(db, sql: "PRAGMA integrity_check") }
         if integrity != ["ok"] { report.problems.append("SQLite integrity_check: \(integrity.joined(separator: "; "))") }
         // What this client remembers must still be there (this also verifies what was appended since).
-        do { _ = try ledgerState() } catch { report.problems.append(error.description) }
+        var wentBack = false
+        do { _ = try ledgerState() } catch {
+            report.problems.append(error.description)
+            wentBack = true
+        }
         let (state, versionRecords) = try replayWholeLedger(into: &report)
-        if let state { try compareTables(with: state, versionRecords: versionRecords, into: &report) }
+        guard let state else { return report }
+        // A registry that went back is still checked, against its own ledger, so every other problem is named too.
+        if wentBack { ledger.withLock { $0 = state } }
+        try compareTables(with: state, versionRecords: versionRecords, into: &report)
 
         let versions = try database.read { db in
             try Row.fetchAll(db, sql: "SELECT v.id, m.name, v.version FROM versions v JOIN models m ON m.id = v.model_id ORDER BY v.id")

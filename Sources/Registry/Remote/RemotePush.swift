@@ -106,6 +106,38 @@ public struct PreparedPush: Sendable, Equatable, Codable {
     }
 }
 
+extension PreparedPush {
+    /// Why this prepared push is not the push of `request` by `publisher` for `registryKey` (nil when it is): another
+    /// model, version, request field, recipient set or registry key, a statement not signed by the publisher, input
+    /// files whose content differs from what was sealed, or sealed blobs missing from `outbox`.
+    public func mismatch(with request: PushRequest, publisher: PublicIdentity, registryKey: PublicIdentity, outbox: String) -> String? {
+        var request = request
+        request.privacy.fillFromSegments()
+        guard model == request.model, request.version == nil || request.version == version else { return "another model or version" }
+        guard alias == request.alias, tags == request.tags, parent == request.parent?.description, overrideBudget == request.overrideBudget else {
+            return "other push options"
+        }
+        guard Set(recipients) == Set(request.recipients.map { Data($0.jsonBytes).base64EncodedString() }) else { return "other recipients" }
+        guard wrappedKeys[registryKey.keyID] != nil else { return "a data key wrapped for another registry key" }
+        guard let document = Data(base64Encoded: dsse), let envelope = try? DSSEEnvelope(jsonBytes: Array(document)),
+            let (_, payload) = try? envelope.verify(trusting: [publisher]),
+            let statement = try? ModelStatement(try InTotoStatement(jsonBytes: payload))
+        else { return "a statement not signed by this publisher" }
+        guard statement.privacy == request.privacy, statement.lineage.datasetID == request.datasetID,
+            statement.lineage.datasetDigest == request.datasetDigest, statement.lineage.trainingConfigDigest == request.trainingConfigDigest,
+            statement.message == request.message, statement.chunkSize == request.chunkSize
+        else { return "other privacy metadata, lineage or message" }
+        guard let inputs = try? InputFile.collect(request.paths), inputs.map(\.path) == files.map(\.path) else { return "other files" }
+        for (input, file) in zip(inputs, files) {
+            guard let (digest, size) = try? Digest.sha256(of: try FileDescriptorStream(readingFrom: input.source)),
+                Digest.hex(digest) == file.plaintextSHA256, size == file.size
+            else { return "\(input.path) changed since it was sealed" }
+            guard access(Self.blobPath(outbox, file.sealedSHA256), R_OK) == 0 else { return "the sealed blob of \(file.path) is missing" }
+        }
+        return nil
+    }
+}
+
 extension Registry {
     /// Moves an uploaded file into the blob store under `digest`, after checking that its SHA-256 is `digest`; audited
     /// as an upload by `principal` (who must hold the publisher role somewhere: a blob belongs to no model yet).

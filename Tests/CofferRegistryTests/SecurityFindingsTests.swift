@@ -1,0 +1,381 @@
+import CofferCrypto
+import CofferTraining
+import Foundation
+import GRDB
+import Testing
+
+@testable import CofferRegistry
+
+/// One regression test per finding of the outside security review (issue 15), named after it. Each tampers as the
+/// finding's attacker would (a writer of the registry directory drops the triggers that stop honest mistakes) and
+/// fails on the code before the fix.
+struct SecurityFindingsTests {
+    /// A registry owned by alice (admin, trusted signer), with m:1 and m:2 pushed and m@prod on version 1.
+    private func owned() throws -> (RegistryFixture, UnlockedIdentity, Signer) {
+        let f = try RegistryFixture()
+        let alice = try person("alice")
+        try f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: try f.registrySigner)
+        let admin = Signer(alice)
+        try f.registry.trust(alice.publicIdentity, by: admin)
+        let dir = try f.makeModel("model", ["w.bin": bytes(30_000)])
+        var first = PushRequest(model: "m", paths: [dir])
+        first.alias = "prod"
+        _ = try f.registry.push(first, publisher: alice)
+        try f.makeModel("model", ["w.bin": bytes(30_000, seed: 9)])
+        _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        return (f, alice, admin)
+    }
+
+    /// Runs SQL as a writer of the registry directory: every protective trigger dropped first.
+    private func attack(_ f: RegistryFixture, _ statements: String, _ arguments: StatementArguments = []) throws {
+        let db = try DatabaseQueue(path: "\(f.home)/registry.sqlite")
+        try db.write { db in
+            let triggers = try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            for trigger in triggers { try db.execute(sql: "DROP TRIGGER \(trigger)") }
+            try db.execute(sql: statements, arguments: arguments)
+        }
+    }
+
+    private func message(_ body: () throws -> Void) -> String {
+        do {
+            try body()
+            return "no error"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    /// The ledger served by the registry itself, as a server would hand it to a client.
+    struct Served: LedgerSource {
+        let registry: Registry
+        func records(after seq: Int64, limit: Int) throws(CofferRegistryError) -> [[UInt8]] {
+            try registry.ledgerRecords(after: seq, limit: limit).map(\.envelope)
+        }
+        func stateHead() throws(CofferRegistryError) -> DSSEEnvelope {
+            guard let head = try registry.stateHead() else { throw .tampered("no head") }
+            return head
+        }
+    }
+
+    // MARK: - 1. A malicious server substitutes another signed version
+
+    @Test func finding01_aServerCannotSubstituteAnotherSignedVersion() throws {
+        let (f, alice, _) = try owned()
+        _ = try f.registry.signAuditHead(with: try f.registryKey)
+        let client = ClientMemory(directory: f.path("remote-client"))
+        let ledger = try RemoteLedger.sync(from: Served(registry: f.registry), location: "https://registry.test", key: nil, memory: client)
+        let bob = alice.identity.publicIdentity.keyID
+        // What an honest server would send for m:1, m:2.
+        let v1 = try f.registry.package(try ModelReference(parsing: "m:1"), keyID: bob, includeKey: true, for: "alice")
+        let v2 = try f.registry.package(try ModelReference(parsing: "m:2"), keyID: bob, includeKey: true, for: "alice")
+        // A server rewriting `ref` answers m:2 for m:1, for m@prod and the other way round: each is refused.
+        for (asked, sent) in [("m:1", v2), ("m@prod", v2), ("m:2", v1)] {
+            let expected = try RemoteExpectation(try ModelReference(parsing: asked), ledger: ledger)
+            let refused = message { _ = try RemotePull.verifiedFiles(sent, expected: expected, trusting: nil) }
+            #expect(refused.contains("the server sent m:") || refused.contains("the ledger names"), "\(asked): \(refused)")
+        }
+        // Relabelling the package does not help: the signed statement names its own model and version.
+        var relabelled = v2
+        relabelled.version = "1"
+        let expected = try RemoteExpectation(try ModelReference(parsing: "m:1"), ledger: ledger)
+        #expect(message { _ = try RemotePull.verifiedFiles(relabelled, expected: expected, trusting: nil) }.contains("integrity check failed"))
+        // The honest answers pass, the alias resolved on the client's own replay of the ledger.
+        let prod = try RemoteExpectation(try ModelReference(parsing: "m@prod"), ledger: ledger)
+        #expect(prod.version == "1" && prod.digest == v1.digest)
+        _ = try RemotePull.verifiedFiles(v1, expected: prod, trusting: nil)
+    }
+
+    // MARK: - 2. audit verify trusts any key in registry_keys; truncation and rollback pass
+
+    @Test func finding02_auditVerifyAcceptsOnlyTheKeyChainAndRefusesTruncationAndRollback() throws {
+        let (f, _, admin) = try owned()
+        _ = try f.registry.signAuditHead(with: try f.registryKey)
+        try f.registry.grant(Grant(principal: "alice", role: .reader), by: admin)
+        // An attacker's key inserted as a retired registry key, signing a head over a rewritten chain.
+        let mallory = try Identity.generate(name: "registry")
+        let last = try f.registry.database.read { db in try Registry.lastAuditEntry(db)! }
+        let forged = mallory.signEd25519(Registry.headMessage(seq: last.seq, hash: last.hash))
+        try attack(
+            f,
+            """
+            INSERT INTO registry_keys (key_id, public_identity, created_at, retired_at) VALUES (?, ?, 'x', 'y');
+            INSERT OR REPLACE INTO audit_heads (seq, entry_hash, signed_at, signature, key_id) VALUES (?, ?, 'z', ?, ?)
+            """,
+            [
+                mallory.publicIdentity.keyID, Data(mallory.publicIdentity.jsonBytes), last.seq, Data(last.hash), Data(forged),
+                mallory.publicIdentity.keyID,
+            ]
+        )
+        #expect(message { _ = try f.reopen().verifyAudit() }.contains("is not signed by a key of the registry's chain"))
+        #expect(try f.reopen().fsck().problems.contains { $0.contains("registry key") && $0.contains("not in the ledger") })
+
+        // Heads deleted and the tail truncated: the ledger's mark of the audit head (and this client's memory) catch it.
+        let (g, _, gadmin) = try owned()
+        _ = try g.registry.signAuditHead(with: try g.registryKey)
+        try g.registry.grant(Grant(principal: "alice", role: .reader), by: gadmin)
+        _ = try g.registry.verifyAudit()
+        try attack(g, "DELETE FROM audit_heads; DELETE FROM audit_log WHERE seq > 3")
+        let truncated = message { _ = try g.reopen().verifyAudit() }
+        #expect(truncated.contains("is gone (truncated or rolled back)"), "\(truncated)")
+
+        // An older copy of the whole database restored: the client that saw the newer one refuses it.
+        let (h, _, hadmin) = try owned()
+        try h.registry.database.checkpointAndTruncateLog()
+        try FileManager.default.copyItem(atPath: "\(h.home)/registry.sqlite", toPath: h.path("old.sqlite"))
+        try h.registry.grant(Grant(principal: "alice", role: .reader), by: hadmin)
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: "\(h.home)/registry.sqlite\(suffix)") }
+        try FileManager.default.copyItem(atPath: h.path("old.sqlite"), toPath: "\(h.home)/registry.sqlite")
+        let rolledBack = message { _ = try h.reopen().verifyAudit() }
+        #expect(rolledBack.contains("the registry was rolled back"), "\(rolledBack)")
+        #expect(try h.reopen().fsck().problems.contains { $0.contains("rolled back") })
+    }
+
+    // MARK: - 4. The inference role alone releases plaintext
+
+    @Test func finding04_theInferenceRoleAloneReleasesNoPlaintext() throws {
+        let (f, alice, admin) = try owned()
+        let carol = try person("carol")
+        try f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [.publisher, .inference], by: admin)
+        try f.registry.addRecipient(try ModelReference(parsing: "m:1"), recipient: carol.publicIdentity, identity: alice.identity)
+        let opened = try f.registry.openSession(try ModelReference(parsing: "m:1"), identity: carol.identity, ttl: 60)
+        let text = opened.token.text()
+        #expect(message { try InferenceSession.authorizeExport(registry: f.registry, tokenText: text) }.contains("carol lacks the reader role on m"))
+        let session = try InferenceSession(registry: f.registry, token: opened.token)
+        #expect(message { _ = try session.export("w.bin", registry: f.registry) { _ in 0 } }.contains("carol lacks the reader role"))
+        try f.registry.grant(Grant(principal: "carol", role: .reader, scope: "m"), by: admin)
+        try f.registry.grant(Grant(principal: "carol", role: .decrypt, scope: "m"), by: admin)
+        #expect(try session.export("w.bin", registry: f.registry) { $0.count } == 30_000)
+        #expect(try f.registry.auditEntries().contains { $0.action == "export" && $0.outcome == .ok && $0.reason.contains("w.bin") })
+    }
+
+    // MARK: - 5. Session key copies outlive expiry, exhaustion, grant revocation and recipient removal
+
+    @Test func finding05_sessionKeyCopiesDieWithTheirSessions() throws {
+        let (f, alice, admin) = try owned()
+        let bob = try person("bob")
+        try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.inference], by: admin)
+        try f.registry.addRecipient(try ModelReference(parsing: "m"), recipient: bob.publicIdentity, identity: alice.identity)
+        let t0 = Date()
+        // Expiry and use limit are bound into the key the copy is wrapped under: editing them opens nothing.
+        let short = try f.registry.openSession(try ModelReference(parsing: "m:1"), identity: bob.identity, ttl: 60, maxUses: 1, now: t0)
+        try attack(f, "UPDATE sessions SET expires_at = '2999-01-01T00:00:00.000Z', max_uses = 100 WHERE id = ?", [short.info.id])
+        #expect(message { _ = try InferenceSession(registry: try f.reopen(), token: short.token) }.contains("does not open with this token"))
+        // The last use destroys the copy.
+        let once = try f.registry.openSession(try ModelReference(parsing: "m:1"), identity: bob.identity, ttl: 60, maxUses: 1, now: t0)
+        _ = try InferenceSession(registry: f.registry, token: once.token)
+        // A grant revoked and given again does not revive the sessions it allowed.
+        let granted = try f.registry.openSession(try ModelReference(parsing: "m:1"), identity: bob.identity, ttl: 600, now: t0)
+        try f.registry.revoke(Grant(principal: "bob", role: .inference), by: admin)
+        try f.registry.grant(Grant(principal: "bob", role: .inference), by: admin)
+        #expect(message { _ = try InferenceSession(registry: f.registry, token: granted.token) }.contains("holds no key any more"))
+        // Removing a recipient ends the sessions it opened on those versions.
+        let removed = try f.registry.openSession(try ModelReference(parsing: "m:1"), identity: bob.identity, ttl: 600, now: t0)
+        try f.registry.removeRecipient(
+            try ModelReference(parsing: "m"),
+            keyID: bob.publicIdentity.keyID,
+            by: try f.registry.principal(for: alice.identity)
+        )
+        #expect(message { _ = try InferenceSession(registry: f.registry, token: removed.token) }.contains("was revoked"))
+        let live = try f.registry.database.read { db in
+            try Int.fetchOne(
+                db,
+                sql: "SELECT count(*) FROM sessions WHERE wrapped_key IS NOT NULL AND id IN (?, ?, ?)",
+                arguments: [once.info.id, granted.info.id, removed.info.id]
+            )
+        }
+        #expect(live == 0)
+    }
+
+    // MARK: - 7. Alias policies checked only at alias set; an edited alias row is followed
+
+    @Test func finding07_policiesHoldAtEveryUseAndAliasRowsAreNotTrusted() throws {
+        let (f, alice, admin) = try owned()
+        var strict = PushRequest(model: "m", paths: [try f.makeModel("big", ["w.bin": bytes(100)])])
+        strict.privacy.epsilon = 3
+        strict.privacy.delta = 1e-5
+        _ = try f.registry.push(strict, publisher: alice)  // m:3, epsilon 3
+        try f.registry.setAlias("staging", model: "m", version: "3", by: admin)
+        let violating = try f.registry.setPolicy(model: "m", alias: "staging", rules: PolicyRules(maxEpsilon: 2), by: admin)
+        #expect(violating == ["m@staging"])
+        let refused = message { _ = try f.registry.pull(try ModelReference(parsing: "m@staging"), identity: alice.identity, into: f.path("out")) }
+        #expect(refused.contains("policy refused: alias staging of m requires epsilon <= 2.0; the version has 3.0"), "\(refused)")
+        #expect(
+            message { _ = try f.registry.openSession(try ModelReference(parsing: "m@staging"), identity: alice.identity, ttl: 60) }.contains(
+                "policy refused"
+            )
+        )
+        #expect(message { _ = try f.registry.verify(try ModelReference(parsing: "m@staging")) }.contains("policy refused"))
+        // The aliases table edited to point prod at version 2: the ledger still says 1, and fsck names the row.
+        try attack(f, "UPDATE aliases SET version_id = (SELECT id FROM versions WHERE version = '2') WHERE alias = 'prod'")
+        let reopened = try f.reopen()
+        #expect(try reopened.pull(try ModelReference(parsing: "m@prod"), identity: alice.identity, into: f.path("prod")).version == "1")
+        #expect(try reopened.fsck().problems.contains("alias m@prod 2 is in its table but not in the ledger"))
+    }
+
+    // MARK: - 8. The budget ledger can be erased
+
+    @Test func finding08_budgetsAreRecomputedFromTheSignedRecords() throws {
+        let (f, alice, admin) = try owned()
+        let segments = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.5, steps: 400)]
+        let one = Registry.composedEpsilon(segments, delta: 1e-5)
+        // Room for one such version, not two.
+        try f.registry.setBudget(dataset: "d", epsilon: one * 1.1, delta: 1e-5, by: admin)
+        var charged = PushRequest(model: "m", paths: [try f.makeModel("c", ["w.bin": bytes(100)])])
+        charged.datasetID = "d"
+        charged.privacy.mechanism = "dp-sgd"
+        charged.privacy.delta = 1e-5
+        charged.privacy.segments = segments
+        _ = try f.registry.push(charged, publisher: alice)
+        let spent = try f.registry.budget(dataset: "d").spent
+        #expect(abs(spent - one) < 1e-9)
+        try attack(f, "DELETE FROM budget_charges")
+        let reopened = try f.reopen()
+        #expect(try reopened.budget(dataset: "d").spent == spent, "the deleted charge still counts")
+        #expect(message { _ = try reopened.push(charged, publisher: alice) }.contains("privacy budget exceeded"))
+        #expect(try reopened.fsck().problems.contains { $0.contains("budget charge d m:3 is in the ledger but not in its table") })
+    }
+
+    // MARK: - 9. Unbounded lifetimes
+
+    @Test func finding09_sessionAndTokenLifetimesAreBounded() throws {
+        let (f, alice, _) = try owned()
+        for ttl in [1e308, .infinity, 31_536_001, 0, -5] {
+            #expect(
+                message { _ = try f.registry.openSession(try ModelReference(parsing: "m:1"), identity: alice.identity, ttl: ttl) }.contains(
+                    "at most 365 days"
+                )
+            )
+            #expect(
+                message {
+                    _ = try f.registry.createToken(principal: "alice", scope: .read, ttl: ttl, by: try f.registry.principal(for: alice.identity))
+                }
+                .contains("at most 365 days")
+            )
+        }
+        #expect(
+            message { _ = try f.registry.openSession(try ModelReference(parsing: "m:1"), identity: alice.identity, ttl: 60, maxUses: 0) }.contains(
+                "--max-uses"
+            )
+        )
+    }
+
+    // MARK: - 10. list, show and list --where print a tampered epsilon as fact
+
+    @Test func finding10_listAndShowMarkWhatDoesNotMatchItsSignature() throws {
+        let (f, _, _) = try owned()
+        #expect(try f.registry.list().allSatisfy(\.verified))
+        try attack(f, "UPDATE versions SET epsilon = 0.1 WHERE version = '1'")
+        let reopened = try f.reopen()
+        let listed = try reopened.list(where: "epsilon<=1")
+        #expect(listed.count == 1 && !listed[0].verified && listed[0].verification!.contains("differs from the signed statement"))
+        let shown = try reopened.show(try ModelReference(parsing: "m:1"))
+        #expect(!shown.verified && shown.json["verified"] == .bool(false))
+        #expect(try reopened.show(try ModelReference(parsing: "m:2")).verified)
+    }
+
+    // MARK: - 12. token create accepts a scope the principal has no role for
+
+    @Test func finding12_tokensAreOnlyMintedForRolesHeld() throws {
+        let (f, alice, admin) = try owned()
+        let bob = try person("bob")
+        try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader], by: admin)
+        let actor = try f.registry.principal(for: alice.identity)
+        #expect(
+            message { _ = try f.registry.createToken(principal: "bob", scope: .publish, ttl: 60, by: actor) }.contains(
+                "bob holds no role the publish scope allows"
+            )
+        )
+        _ = try f.registry.createToken(principal: "bob", scope: .read, ttl: 60, by: actor)
+        #expect(
+            message { try f.registry.requirePublisherSomewhere(try f.registry.principal(for: bob.identity), action: "upload", target: "-") }.contains(
+                "holds the publisher role on no model"
+            )
+        )
+    }
+
+    // MARK: - 14. Signer names are self-declared and not unique
+
+    @Test func finding14_aTrustedNameBelongsToOneKey() throws {
+        let (f, alice, admin) = try owned()
+        let impostor = try person("alice")
+        #expect(message { try f.registry.trust(impostor.publicIdentity, by: admin) }.contains("the name alice is already bound to the trusted key"))
+        try f.registry.trust(impostor.publicIdentity, name: "not-alice", by: admin)
+        // Its versions say who signed them by the trusted name, and a policy naming alice is not met by it.
+        try f.registry.addPrincipal(name: "impostor", identity: impostor.publicIdentity, roles: [.publisher], by: admin)
+        _ = try f.registry.push(PushRequest(model: "m", paths: [try f.makeModel("i", ["w.bin": bytes(10)])]), publisher: impostor)
+        #expect(try f.registry.verify(try ModelReference(parsing: "m:3")).signer == "not-alice")
+        try f.registry.setPolicy(model: "m", alias: "prod", rules: PolicyRules(signer: "alice"), by: admin)
+        #expect(
+            message { try f.registry.setAlias("prod", model: "m", version: "3", by: admin) }.contains(
+                "requires a signature by alice; the version is signed by not-alice"
+            )
+        )
+        _ = alice
+    }
+
+    // MARK: - 16. File names
+
+    @Test(arguments: [
+        ("line\nforged: yes", "has a control character"), ("tab\there", "has a control character"),
+        (String(repeating: "n", count: 201), "longer than 200 bytes"), ("model.sig", "the name pull gives the model-signing bundle"),
+    ])
+    func finding16_fileNamesThatCannotRoundTripAreRefused(name: String, expected: String) throws {
+        let f = try RegistryFixture()
+        let alice = try person("alice")
+        let dir = f.path("named")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: "\(dir)/\(name)"))
+        let refused = message { _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
+        #expect(refused.contains(expected), "\(refused)")
+        #expect(f.registry.blobs.allDigests().isEmpty)
+    }
+
+    @Test func finding16_unicodeTwinsAreOneName() throws {
+        let f = try RegistryFixture()
+        let alice = try person("alice")
+        let dir = f.path("twins")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        for name in ["caf\u{E9}.bin", "cafe\u{301}.bin"] { try Data(name.utf8).write(to: URL(fileURLWithPath: "\(dir)/\(name)")) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir).count == 2)
+        #expect(
+            message { _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }.contains("two inputs map to the same path")
+        )
+    }
+
+    // MARK: - 17. Smaller findings
+
+    @Test func finding17_principalsCanBeRemovedAndEverythingTheyHeldEnds() throws {
+        let (f, alice, admin) = try owned()
+        let bob = try person("bob")
+        try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .inference], by: admin)
+        let token = try f.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: try f.registry.principal(for: alice.identity))
+        try f.registry.addRecipient(try ModelReference(parsing: "m:1"), recipient: bob.publicIdentity, identity: alice.identity)
+        let session = try f.registry.openSession(try ModelReference(parsing: "m:1"), identity: bob.identity, ttl: 600)
+        try f.registry.removePrincipal("bob", by: admin)
+        #expect(message { _ = try f.registry.authenticateToken(token.token.text()) }.contains("unauthenticated"))
+        #expect(message { _ = try InferenceSession(registry: f.registry, token: session.token) }.contains("was revoked"))
+        #expect(message { _ = try f.registry.principal(for: bob.identity) }.contains("is not a principal"))
+        #expect(message { try f.registry.removePrincipal("alice", by: admin) }.contains("the last admin"))
+        #expect(try f.registry.fsck().problems.isEmpty)
+    }
+
+    @Test func finding17_grantsWithoutAnAliasAreNotDuplicated() throws {
+        let (f, _, admin) = try owned()
+        for _ in 0..<3 { try f.registry.grant(Grant(principal: "alice", role: .reader, scope: "m"), by: admin) }
+        let rows = try f.registry.database.read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM grants WHERE principal = 'alice' AND role = 'reader'")
+        }
+        #expect(rows == 1)
+        #expect(try f.registry.grants(of: "alice").filter { $0.role == .reader }.count == 1)
+    }
+
+    @Test func finding17_anUntrustedVersionsBlobsAreNotOrphans() throws {
+        let f = try RegistryFixture()
+        let mallory = try person("mallory")
+        _ = try f.registry.push(PushRequest(model: "m", paths: [try f.makeModel("x", ["w.bin": bytes(100)])]), publisher: mallory)
+        let report = try f.registry.fsck()
+        #expect(report.problems.contains { $0.contains("not a trusted signer") })
+        #expect(report.orphanBlobs.isEmpty && report.blobs == 1)
+        #expect(try f.registry.gc(grace: 0).removedBlobs == 0)
+    }
+}

@@ -1,0 +1,180 @@
+import CofferCrypto
+import CofferRegistry
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Testing
+
+@testable import CofferServer
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The server's share of the security review's findings (issue 15), one test per finding, named after it.
+extension ServerTests {
+    // MARK: - 3. One request kills coffer serve
+
+    @Test(arguments: [
+        ("bytes=0-9223372036854775807", HTTPResponse.Status.partialContent), ("bytes=-9223372036854775807", .partialContent),
+        ("bytes=9223372036854775807-", .rangeNotSatisfiable), ("bytes=0-99999999999999999999999", .rangeNotSatisfiable),
+        ("bytes=+1-2", .rangeNotSatisfiable), ("bytes=5-1", .rangeNotSatisfiable), ("bytes=0-\u{0661}", .rangeNotSatisfiable),
+    ])
+    func finding03_rangesWithHugeNumbersAreAnsweredNotTrapped(range: String, status: HTTPResponse.Status) async throws {
+        let w = try world()
+        let blob = try w.fixture.registry.show(try ModelReference(parsing: "m/risk:1")).files[0]
+        var ranged = bearer(w.tokens["bob-read"]!)
+        ranged[.range] = range
+        let headers = ranged
+        try await app(w).test(.router) { client in
+            try await client.execute(uri: "/v1/blobs/\(blob.sealedSHA256)", method: .get, headers: headers) { response in
+                #expect(response.status == status, "\(range): \(text(response))")
+                if status == .partialContent { #expect(response.body.readableBytes == blob.sealedSize) }
+            }
+        }
+    }
+
+    // MARK: - 6. key rotate while coffer serve runs
+
+    @Test func finding06_aServerWhoseKeyWasRotatedSaysSoAndAdvertisesTheNewKey() async throws {
+        let w = try world()
+        let f = w.fixture
+        let application = try app(w)
+        let fresh = try f.registry.rotateKey(
+            current: f.registryIdentity,
+            passphrase: {
+                let p = SecureBytes(count: 8)
+                p.withUnsafeMutableBytes { _ = $0.copyBytes(from: Array("pass1234".utf8)) }
+                return p
+            }(),
+            kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+            by: Signer(f.registryIdentity)
+        )
+        try await application.test(.router) { client in
+            try await client.execute(uri: "/v1/registry", method: .get, headers: bearer(w.tokens["bob-read"]!)) { response in
+                let served = try PublicIdentity(jsonBytes: Array(data(response)))
+                #expect(served == fresh)
+            }
+            try await client.execute(
+                uri: "/v1/sessions",
+                method: .post,
+                headers: bearer(w.tokens["bob-infer"]!),
+                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 60}"#)
+            ) { response in
+                #expect(response.status == .serviceUnavailable && text(response).contains("which was retired"), "\(text(response))")
+            }
+            try await client.execute(
+                uri: "/v1/alias?ref=m/risk@staging",
+                method: .put,
+                headers: bearer(w.tokens["admin"]!),
+                body: ByteBuffer(string: #"{"version": "1"}"#)
+            ) { response in
+                #expect(response.status == .serviceUnavailable && text(response).contains("restart coffer serve"))
+            }
+        }
+    }
+
+    // MARK: - 11. /metrics label injection and one series per path
+
+    @Test func finding11_metricLabelsAreRoutePatternsNeverPaths() async throws {
+        let w = try world()
+        try await app(w).test(.router) { client in
+            for path in [#"/v1/uploads/q"}injected{a="1"#, "/v1/uploads/aaaa", "/v1/uploads/bbbb", "/v1/sessions/x/predict", "/nowhere"] {
+                try await client.execute(uri: path.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed)!, method: .get) { _ in }
+            }
+            try await client.execute(uri: "/metrics", method: .get) { response in
+                let body = text(response)
+                #expect(!body.contains("injected") && !body.contains("aaaa") && !body.contains("bbbb"), "\(body)")
+                #expect(body.contains(#"route="/v1/uploads/:id",status="401"} 3"#), "\(body)")
+                #expect(body.contains(#"route="unmatched""#))
+            }
+        }
+    }
+
+    // MARK: - 12. Uploads check the token's scope but not the principal's grants
+
+    @Test func finding12_uploadsNeedThePublisherRoleNotOnlyAPublishToken() async throws {
+        let w = try world()
+        // bob's publish token outlives the publisher role it was minted for.
+        try w.fixture.registry.revoke(
+            Grant(principal: "bob", role: .publisher, scope: "m/"),
+            by: .registry(w.fixture.registryIdentity, for: Principal(name: "alice", keyID: ""))
+        )
+        try await app(w).test(.router) { client in
+            try await client.execute(uri: "/v1/uploads", method: .post, headers: bearer(w.tokens["bob-publish"]!)) { response in
+                #expect(response.status == .forbidden && text(response).contains("bob holds the publisher role on no model"), "\(text(response))")
+            }
+        }
+        #expect(try w.fixture.registry.auditEntries().contains { $0.action == "upload" && $0.outcome == .refused })
+    }
+
+    // MARK: - 13. Every unauthenticated request writes a synchronous audit row
+
+    @Test func finding13_unauthenticatedRequestsAreCountedAndAuditedInBatches() async throws {
+        let w = try world()
+        let registry = w.fixture.registry
+        let before = try registry.auditEntries().count
+        try await app(w).test(.router) { client in
+            for _ in 0..<50 {
+                try await client.execute(uri: "/v1/versions", method: .get) { #expect($0.status == .unauthorized) }
+                try await client.execute(uri: "/v1/versions", method: .get, headers: bearer("cft_" + String(repeating: "1", count: 64))) { _ in }
+            }
+        }
+        // The server wrote what it counted when it shut down: one row per reason, not one per request.
+        let during = try registry.auditEntries().dropFirst(before).filter { $0.action == "authenticate" }
+        #expect(during.count == 2, "\(during.map(\.reason))")
+        #expect(during.allSatisfy { $0.reason.contains("(50 requests, ") })
+        let tally = RefusalTally()
+        for _ in 0..<3 { tally.add(principal: "-", action: "authenticate", reason: "malformed bearer token") }
+        tally.flush(to: registry)
+        tally.flush(to: registry)
+        #expect(
+            try registry.auditEntries().dropFirst(before).filter { $0.action == "authenticate" }.count == 3,
+            "a flush writes what was counted once"
+        )
+    }
+
+    // MARK: - 17. A connection with partial headers held open
+
+    @Test func finding17_partialHeadersAreCutOff() async throws {
+        let w = try world()
+        let application = try app(w, configuration: .init(port: 0, headerTimeout: .milliseconds(500)))
+        try await application.test(.live) { client in
+            let port = try #require(client.port)
+            /// Sends `request` on a new connection and returns what comes back before the server closes it (or 5 s).
+            @Sendable func exchange(_ request: String) -> (answer: String, seconds: Double) {
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                defer { close(fd) }
+                var address = sockaddr_in()
+                address.sin_family = sa_family_t(AF_INET)
+                address.sin_port = in_port_t(UInt16(port).bigEndian)
+                address.sin_addr.s_addr = inet_addr("127.0.0.1")
+                let connected = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+                guard connected == 0 else { return ("not connected", 0) }
+                let bytes = Array(request.utf8)
+                _ = send(fd, bytes, bytes.count, 0)
+                var timeout = timeval(tv_sec: 20, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                let started = ContinuousClock.now
+                var buffer = [UInt8](repeating: 0, count: 512)
+                let read = recv(fd, &buffer, buffer.count, 0)
+                let elapsed = ContinuousClock.now - started
+                return (read > 0 ? String(decoding: buffer[..<read], as: UTF8.self) : "", Double(elapsed.components.seconds))
+            }
+            /// The blocking socket calls run on a thread of their own, never on the pool the server's handlers share.
+            func exchanged(_ request: String) async -> (answer: String, seconds: Double) {
+                await withCheckedContinuation { continuation in
+                    Thread { continuation.resume(returning: exchange(request)) }.start()
+                }
+            }
+            let (cut, seconds) = await exchanged("GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            #expect(cut.isEmpty && seconds < 4, "the server closed the connection: \(cut)")
+            // A whole request in time is answered as usual.
+            let (answer, _) = await exchanged("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+            _ = client
+        }
+    }
+}
