@@ -16,6 +16,15 @@ enum FuzzTarget: String, CaseIterable {
     case trainingConfig = "training-config"
     /// A `coffer list --where` expression.
     case whereExpression = "where"
+    /// An HTTP `Range` header, against a blob size taken from the input's first 8 bytes.
+    case httpRange = "http-range"
+    /// Query values the server parses itself: references, dataset ids, times, whole numbers.
+    case query
+    /// JSON bodies parsed by Coffer's own code: a client's prepared push (to a server), a server's ledger page,
+    /// version package and state head (to a client).
+    case jsonBody = "json-body"
+    /// A ledger record's envelope and payload, applied to a fresh ledger state.
+    case ledgerRecord = "ledger-record"
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -36,6 +45,35 @@ enum FuzzTarget: String, CaseIterable {
             _ = try? TrainingRecipe(json: bytes, path: "/fuzz/recipe.json")
         case .whereExpression:
             _ = try? WhereExpression(parsing: String(decoding: bytes, as: UTF8.self))
+        case .httpRange:
+            guard bytes.count >= 8 else { return }
+            let size = Int(truncatingIfNeeded: bytes[0..<8].reduce(UInt64(0)) { $0 << 8 | UInt64($1) } >> 1)
+            if let range = ByteRange.parse(String(decoding: bytes[8...], as: UTF8.self), size: size) {
+                // What is sent lies within the blob and is never empty.
+                if range.lowerBound < 0 || range.upperBound > size || range.isEmpty { fatalError("range \(range) outside 0..<\(size)") }
+            }
+        case .query:
+            let text = String(decoding: bytes, as: UTF8.self)
+            _ = try? ModelReference(parsing: text)
+            _ = try? ModelReference.validate(datasetID: text)
+            _ = try? Registry.parseTime(text, field: "since")
+            _ = Int(text)
+        case .jsonBody:
+            let decoder = JSONDecoder()
+            if let prepared = try? decoder.decode(PreparedPush.self, from: Data(bytes)) {
+                if let dsse = Data(base64Encoded: prepared.dsse), let envelope = try? DSSEEnvelope(jsonBytes: Array(dsse)),
+                    let payload = try? envelope.payloadBytes(), let statement = try? InTotoStatement(jsonBytes: payload)
+                {
+                    _ = try? ModelStatement(statement)
+                }
+            }
+            _ = try? decoder.decode(LedgerPage.self, from: Data(bytes))
+            _ = try? decoder.decode(VersionPackage.self, from: Data(bytes))
+            _ = try? decoder.decode(StateHead.self, from: Data(bytes))
+        case .ledgerRecord:
+            guard let record = try? LedgerRecord(envelope: bytes) else { return }
+            var state = LedgerState(registry: record.registry)
+            try? state.apply(record)
         }
     }
 

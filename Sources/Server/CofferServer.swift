@@ -104,7 +104,8 @@ public func buildApplication(
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "coffer"),
         services: [
             state.sessions,
-            AuditHeadSigner(state: state, interval: configuration.auditSigningInterval),
+            // Often enough that a head is re-signed well before it expires, whatever lifetime was chosen.
+            AuditHeadSigner(state: state, interval: min(configuration.auditSigningInterval, .milliseconds(Int(configuration.headLifetime * 250)))),
         ],
         logger: logger
     )

@@ -102,7 +102,7 @@ struct RegistryController {
         var status = HTTPResponse.Status.ok
         var headers: HTTPFields = [.contentType: "application/octet-stream", .acceptRanges: "bytes"]
         if let text = request.headers[.range] {
-            guard let parsed = Self.parseRange(text, size: size) else {
+            guard let parsed = ByteRange.parse(text, size: size) else {
                 throw HTTPError(.rangeNotSatisfiable, headers: [.contentRange: "bytes */\(size)"], message: "range \(text) is outside 0..\(size)")
             }
             range = parsed
@@ -131,22 +131,6 @@ struct RegistryController {
             try await writer.finish(nil)
         }
         return Response(status: status, headers: headers, body: body)
-    }
-
-    /// `bytes=a-b`, `bytes=a-` or `bytes=-n`, within a file of `size` bytes (RFC 9110 14.1.2: a last position past
-    /// the end means the end). Positions are decimal digits only; none of the arithmetic can overflow, whatever the
-    /// numbers (`bytes=0-9223372036854775807` once trapped the server).
-    static func parseRange(_ text: String, size: Int) -> Range<Int>? {
-        guard text.hasPrefix("bytes="), !text.contains(","), size > 0 else { return nil }
-        let spec = text.dropFirst(6).split(separator: "-", maxSplits: 1, omittingEmptySubsequences: false)
-        guard spec.count == 2, spec.allSatisfy({ $0.allSatisfy(\.isASCII) && $0.allSatisfy(\.isNumber) }) else { return nil }
-        let (first, last) = (Int(spec[0]), Int(spec[1]))
-        switch (first, last) {
-        case (let a?, let b?) where a <= b && a < size: return a..<(b >= size - 1 ? size : b + 1)
-        case (let a?, nil) where spec[1].isEmpty && a < size: return a..<size
-        case (nil, let n?) where spec[0].isEmpty && n > 0: return (n >= size ? 0 : size - n)..<size
-        default: return nil
-        }
     }
 
     /// `GET /v1/budgets/{dataset}`: as `coffer budget show --json`.

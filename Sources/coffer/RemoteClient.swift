@@ -172,7 +172,7 @@ extension RemoteClient: LedgerSource {
     /// and saying so), with its state head checked for freshness.
     func ledger(key: PublicIdentity? = nil) throws -> RemoteLedger {
         let ledger = try RemoteLedger.sync(from: self, location: ClientMemory.location(url: base), key: key, memory: .standard())
-        if ledger.pinnedNow {
+        if ledger.pinnedNow, key == nil {
             FileDescriptorStream.standardError.writeLine(
                 "coffer: first use of \(base): pinned its root key \(ledger.state.registry) (check it with the registry's owner)"
             )

@@ -21,8 +21,8 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "campaign"))
-from serving import start_server  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
+from cofferlib import start_server  # noqa: E402
 
 MIB = 1 << 20
 

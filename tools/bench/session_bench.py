@@ -17,9 +17,9 @@ import numpy as np
 from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "campaign"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from crypto_bench import run  # noqa: E402  (GNU time peak RSS, os.sync before each run)
-from serving import start_server  # noqa: E402
+from cofferlib import start_server  # noqa: E402
 
 
 def big_checkpoint(coffer, work, width):

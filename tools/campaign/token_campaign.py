@@ -27,7 +27,8 @@ import time
 import urllib.error
 import urllib.request
 
-from serving import start_server
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from cofferlib import start_server  # noqa: E402
 
 
 class Campaign:

@@ -107,16 +107,8 @@ extension Registry {
     ///
     /// - Parameter since: an RFC 3339 time (any offset, fractional seconds optional); anything else is refused.
     public func auditEntries(since text: String? = nil) throws(CofferRegistryError) -> [AuditEntry] {
-        let since = try text.map { text throws(CofferRegistryError) in
-            let formatter = ISO8601DateFormatter()
-            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-            let plain = ISO8601DateFormatter()
-            guard let date = formatter.date(from: text) ?? plain.date(from: text) else {
-                throw .invalidInput("since: '\(text)' is not an RFC 3339 time such as 2026-11-27T12:00:00Z")
-            }
-            // Entries store UTC with milliseconds, so the comparison is between strings of the same shape.
-            return Self.timestamp(date)
-        }
+        // Entries store UTC with milliseconds, so the comparison is between strings of the same shape.
+        let since = try text.map { text throws(CofferRegistryError) in Self.timestamp(try Self.parseTime(text, field: "since")) }
         return try database.read { db in
             try Row.fetchAll(
                 db,
@@ -215,6 +207,15 @@ extension Registry {
         try Row.fetchOne(db, sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1").map {
             ($0["seq"], Array($0["entry_hash"] as Data))
         }
+    }
+
+    /// An RFC 3339 time as a query gives it (any offset, fractional seconds optional); anything else is refused,
+    /// naming the `field`.
+    public static func parseTime(_ text: String, field: String) throws(CofferRegistryError) -> Date {
+        guard text.utf8.count <= 64, let date = Self.date(text) else {
+            throw .invalidInput("\(field): '\(text.prefix(64))' is not an RFC 3339 time such as 2026-11-27T12:00:00Z")
+        }
+        return date
     }
 
     static func date(_ text: String) -> Date? {
