@@ -23,6 +23,8 @@ struct UploadController {
     }
 
     static let uploadOffset = HTTPField.Name("Upload-Offset")!
+    /// Unfinished uploads one principal may hold at once.
+    static let maximumOpenUploads = 64
 
     /// An upload's file, named by its id and its owner: another principal's request finds no such upload, so an
     /// upload id alone does not let a second publisher append to (or finish) someone else's blob.
@@ -55,6 +57,17 @@ struct UploadController {
         var context = context
         let holder = try authenticate(request, &context, state: state, role: .publisher)
         do { try registry.requirePublisherSomewhere(holder.principal, action: "upload", target: "-") } catch { throw httpError(error) }
+        // Unfinished uploads take disk until gc: a principal holds a bounded number at once.
+        let suffix = String(try path(String(repeating: "0", count: 32), of: holder).split(separator: "-").last!)
+        let open = ((try? FileManager.default.contentsOfDirectory(atPath: "\(registry.home)/tmp")) ?? []).filter {
+            $0.hasPrefix("upload-") && $0.hasSuffix("-\(suffix)")
+        }
+        guard open.count < Self.maximumOpenUploads else {
+            throw HTTPError(
+                .tooManyRequests,
+                message: "\(holder.principal.name) has \(open.count) unfinished uploads, the most one may hold: finish them, or wait for gc"
+            )
+        }
         let id = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
         guard FileManager.default.createFile(atPath: try path(id, of: holder), contents: nil, attributes: [.posixPermissions: 0o600]) else {
             throw HTTPError(.internalServerError, message: "cannot create the upload")

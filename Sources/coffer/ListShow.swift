@@ -15,12 +15,18 @@ extension Coffer {
         @OptionGroup var remote: RemoteOptions
 
         func run() throws {
-            let versions: [JSONValue]
+            var versions: [JSONValue]
             if let client = try remote.client() {
                 var query = [URLQueryItem(name: "limit", value: String(limit > 0 ? limit : 1_000_000))]
                 if let model { query.append(URLQueryItem(name: "model", value: model)) }
                 if let filter = `where` { query.append(URLQueryItem(name: "where", value: filter)) }
-                versions = try JSONDecoder().decode([JSONValue].self, from: try client.get("v1/versions", query: query))
+                // A list is what the server reports: nothing in it was checked here (show and verify check one version).
+                versions = try JSONDecoder().decode([JSONValue].self, from: try client.get("v1/versions", query: query)).map { row in
+                    guard case .object(var fields) = row else { return row }
+                    fields["verified"] = .bool(false)
+                    fields["verification"] = .string("reported by the server, not checked here (coffer show or verify checks one version)")
+                    return .object(fields)
+                }
             } else {
                 versions = try registry.open().list(model: model, where: `where`, limit: limit > 0 ? limit : nil).map(\.json)
             }
@@ -37,13 +43,20 @@ extension Coffer {
                 }
             }
             print(
-                "MODEL:VERSION".padding(40) + "EPSILON".padding(10) + "DELTA".padding(10) + "PRUNING".padding(9) + "CREATED".padding(26) + "ALIASES"
+                "  MODEL:VERSION".padding(42) + "EPSILON".padding(10) + "DELTA".padding(10) + "PRUNING".padding(9) + "CREATED".padding(26) + "ALIASES"
             )
+            var unverified = 0
             for v in versions {
+                let mark = v["verified"] == .bool(true) ? "  " : "! "
+                if mark != "  " { unverified += 1 }
                 print(
-                    "\(field(v, "model")):\(field(v, "version"))".padding(40) + field(v, "epsilon").padding(10) + field(v, "delta").padding(10)
+                    mark + "\(field(v, "model")):\(field(v, "version"))".padding(40) + field(v, "epsilon").padding(10) + field(v, "delta").padding(10)
                         + field(v, "pruning_ratio").padding(9) + field(v, "created").padding(26) + field(v, "aliases")
                 )
+            }
+            if unverified > 0 {
+                let why = remote.url != nil ? "as the server reports them, not checked here" : "they do not match their signed statements"
+                FileDescriptorStream.standardError.writeLine("! \(unverified) row(s) \(why): coffer show NAME:VERSION says why")
             }
         }
     }
@@ -60,15 +73,15 @@ extension Coffer {
             let target = try ModelReference(parsing: reference)
             let version: JSONValue =
                 if let client = try remote.client() {
-                    try JSONDecoder().decode(
-                        JSONValue.self,
-                        from: try client.get("v1/version", query: [URLQueryItem(name: "ref", value: target.description)])
-                    )
+                    try Coffer.remoteShow(target, client: client)
                 } else {
                     try registry.open().show(target).json
                 }
             if json { return JSONOutput.print(version) }
             guard case .object(let fields) = version else { return }
+            if version["verified"] != .bool(true) {
+                print("UNVERIFIED: \(version["verification"]?.stringValue ?? "not checked"): what follows is as stored, not as signed")
+            }
             for key in fields.keys.sorted() where key != "files" {
                 let value: String =
                     switch fields[key]! {
@@ -89,6 +102,26 @@ extension Coffer {
                     )
                 }
             }
+        }
+    }
+
+    /// A version of a served registry as the client checks it: resolved on the ledger it replays, every signed field
+    /// from the statement it verifies itself; what cannot be verified is shown as the server reports it, marked so.
+    static func remoteShow(_ target: ModelReference, client: RemoteClient) throws -> JSONValue {
+        let expected = try RemoteExpectation(target, ledger: try client.ledger())
+        let query = [URLQueryItem(name: "ref", value: expected.reference)]
+        let reported = try JSONDecoder().decode(JSONValue.self, from: try client.get("v1/version", query: query))
+        do {
+            let package = try JSONDecoder().decode(VersionPackage.self, from: try client.get("v1/package", query: query))
+            let (statement, signer, _) = try RemotePull.verifiedStatement(package, expected: expected, trusting: nil)
+            var tags: [String: String] = [:]
+            if case .object(let reportedTags)? = reported["tags"] { tags = reportedTags.compactMapValues(\.stringValue) }
+            return VersionSummary(verified: statement, digest: package.digest, signer: signer, ledger: expected.ledger, reportedTags: tags).json
+        } catch let error as CofferRegistryError {
+            guard case .object(var fields) = reported else { throw error }
+            fields["verified"] = .bool(false)
+            fields["verification"] = .string(error.description)
+            return .object(fields)
         }
     }
 
@@ -180,7 +213,8 @@ extension Coffer {
             if json { return JSONOutput.print(.array(chain.map(\.json))) }
             for version in chain {
                 let epsilon = version.privacy.epsilon.map { String(format: "%g", $0) } ?? "-"
-                print("\(version.model):\(version.version)  sha256:\(version.digest.prefix(16))  \(version.created)  epsilon \(epsilon)")
+                let mark = version.verified ? "" : "  UNVERIFIED: \(version.verification ?? "")"
+                print("\(version.model):\(version.version)  sha256:\(version.digest.prefix(16))  \(version.created)  epsilon \(epsilon)\(mark)")
                 if let dataset = version.datasetID { print("    dataset \(dataset) \(version.datasetDigest ?? "")") }
                 if let config = version.trainingConfigDigest { print("    training config \(config)") }
                 if let message = version.message { print("    \(message)") }

@@ -76,10 +76,7 @@ extension Coffer {
                 let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 let publisher = try passphraseOptions.unlockIdentity(at: identity)
                 let client = try RemoteClient(base: url, token: token, caCertificate: remote.caCertificate)
-                // The data key is wrapped for the registry's current key as the replayed chain names it, never for
-                // whatever key the server says is its own.
-                guard let current = try client.ledger(key: given).state.currentKey else { throw CLIError("\(url) has no registry key") }
-                let (model, version, digest) = try RemotePusher(client: client, url: url).push(request, publisher: publisher, registryKey: current)
+                let (model, version, digest) = try RemotePusher(client: client, url: url).push(request, publisher: publisher, given: given)
                 return print("pushed \(model):\(version) sha256:\(digest) to \(url)")
             }
             let store = try registry.open()

@@ -52,9 +52,12 @@ struct RemotePusher {
         }
     }
 
-    /// Pushes `request`, its data key wrapped for `registryKey`: the current key of the chain the client replayed,
-    /// whatever key the server says it has.
-    func push(_ request: PushRequest, publisher: borrowing Identity, registryKey: PublicIdentity) throws -> (String, String, String) {
+    /// Pushes `request`, its data key wrapped for the current key of the registry's key chain as this client replays it
+    /// (whatever key the server says it has). The version number comes from that replay too, and "pushed" is said only
+    /// once the client has seen the version's record in the ledger: a server's word alone commits nothing.
+    func push(_ request: PushRequest, publisher: borrowing Identity, given: PublicIdentity?) throws -> (String, String, String) {
+        var ledger = try client.ledger(key: given)
+        guard let registryKey = ledger.state.currentKey else { throw CLIError("\(url) has no registry key") }
         let outbox = try Self.outbox(url: url, request: request)
         let state = "\(outbox)/prepared.json"
         var prepared: PreparedPush
@@ -73,7 +76,7 @@ struct RemotePusher {
                 request,
                 publisher: publisher,
                 registryKey: registryKey,
-                version: try nextVersion(request),
+                version: Self.nextVersion(request, ledger.state),
                 outbox: outbox
             )
             try JSONEncoder().encode(prepared).write(to: URL(fileURLWithPath: state), options: .atomic)
@@ -88,31 +91,30 @@ struct RemotePusher {
             )
             if status == 409, request.version == nil {
                 // The number was taken meanwhile: sign again for the next one; the blobs stay as they are.
-                try prepared.sign(request, version: try nextVersion(request), publisher: publisher)
+                ledger = try client.ledger(key: given)
+                try prepared.sign(request, version: Self.nextVersion(request, ledger.state), publisher: publisher)
                 try JSONEncoder().encode(prepared).write(to: URL(fileURLWithPath: state), options: .atomic)
                 continue
             }
-            let data = try RemoteClient.check(body, status: status, base: url)
-            let object = try JSONSerialization.jsonObject(with: data) as? [String: String] ?? [:]
+            _ = try RemoteClient.check(body, status: status, base: url)
+            // The version is committed when the ledger says so, with the statement this client signed.
+            let digest = try prepared.statementDigest()
+            let after = try client.ledger(key: given)
+            guard let committed = try RemoteLedger.versionRecord(prepared.model, prepared.version, from: client, in: after.state),
+                committed.digest == digest
+            else {
+                throw CLIError("\(url) answered that it committed \(prepared.model):\(prepared.version), but its ledger holds no such version")
+            }
             try? FileManager.default.removeItem(atPath: outbox)
-            return (object["model"] ?? prepared.model, object["version"] ?? prepared.version, object["digest"] ?? "")
+            return (prepared.model, prepared.version, digest)
         }
         throw CLIError("could not allocate a version number on \(url): too many concurrent pushes")
     }
 
-    private func nextVersion(_ request: PushRequest) throws -> String {
+    /// The version to sign for: the one asked for, else one more than the highest integer version the ledger holds.
+    static func nextVersion(_ request: PushRequest, _ state: LedgerState) -> String {
         if let version = request.version { return version }
-        let (status, body) = try client.send(
-            "GET",
-            "v1/versions",
-            query: [URLQueryItem(name: "model", value: request.model), URLQueryItem(name: "limit", value: "1000")]
-        )
-        if status == 404 { return "1" }  // a new model
-        let data = try RemoteClient.check(body, status: status, base: url)
-        let versions = (try JSONSerialization.jsonObject(with: data) as? [[String: Any]] ?? []).compactMap {
-            ($0["version"] as? String).flatMap(Int.init)
-        }
-        return String((versions.max() ?? 0) + 1)
+        return String((state.latest[request.model]?.number ?? 0) + 1)
     }
 
     /// Uploads one sealed blob, resuming where the server says an earlier attempt stopped.

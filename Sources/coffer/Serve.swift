@@ -105,7 +105,7 @@ extension Coffer {
                     principal: principal,
                     scope: scope,
                     ttl: try parseDuration(ttl),
-                    by: try acting.principal(in: store)
+                    by: try acting.signer(in: store)
                 )
                 FileDescriptorStream.standardError.writeLine(
                     "token \(created.info.id) for \(principal) (\(scope.rawValue)) until \(created.info.expiresAt):"
@@ -138,7 +138,7 @@ extension Coffer {
 
             func run() throws {
                 let store = try registry.open()
-                try store.revokeToken(id: id, by: try acting.principal(in: store))
+                try store.revokeToken(id: id, by: try acting.signer(in: store))
                 print("revoked token \(id)")
             }
         }

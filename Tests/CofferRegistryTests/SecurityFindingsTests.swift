@@ -247,7 +247,7 @@ struct SecurityFindingsTests {
             )
             #expect(
                 message {
-                    _ = try f.registry.createToken(principal: "alice", scope: .read, ttl: ttl, by: try f.registry.principal(for: alice.identity))
+                    _ = try f.registry.createToken(principal: "alice", scope: .read, ttl: ttl, by: Signer(alice))
                 }
                 .contains("at most 365 days")
             )
@@ -279,7 +279,8 @@ struct SecurityFindingsTests {
         let (f, alice, admin) = try owned()
         let bob = try person("bob")
         try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader], by: admin)
-        let actor = try f.registry.principal(for: alice.identity)
+        let actor = admin
+        _ = alice
         #expect(
             message { _ = try f.registry.createToken(principal: "bob", scope: .publish, ttl: 60, by: actor) }.contains(
                 "bob holds no role the publish scope allows"
@@ -348,7 +349,7 @@ struct SecurityFindingsTests {
         let (f, alice, admin) = try owned()
         let bob = try person("bob")
         try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .inference], by: admin)
-        let token = try f.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: try f.registry.principal(for: alice.identity))
+        let token = try f.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: admin)
         try f.registry.addRecipient(try ModelReference(parsing: "m:1"), recipient: bob.publicIdentity, identity: alice.identity)
         let session = try f.registry.openSession(try ModelReference(parsing: "m:1"), identity: bob.identity, ttl: 600)
         try f.registry.removePrincipal("bob", by: admin)
@@ -377,5 +378,163 @@ struct SecurityFindingsTests {
         #expect(report.problems.contains { $0.contains("not a trusted signer") })
         #expect(report.orphanBlobs.isEmpty && report.blobs == 1)
         #expect(try f.registry.gc(grace: 0).removedBlobs == 0)
+    }
+}
+
+/// The second review (of the ledger itself), one test per finding it reproduced, named after its letter.
+extension SecurityFindingsTests {
+    @Test func reviewA_aRegistryReplacedWholesaleIsRefusedByEveryClientThatUsedIt() throws {
+        let (f, _, _) = try owned()
+        let bob = ClientMemory(directory: f.path("bob-client"))
+        _ = try Registry(at: f.home, memory: bob).ledgerState()  // bob uses the registry: his client pins its root
+        let other = try RegistryFixture()
+        for name in ["registry.sqlite", "registry.key", "registry.pub"] {
+            try FileManager.default.removeItem(atPath: "\(f.home)/\(name)")
+            try FileManager.default.copyItem(atPath: "\(other.home)/\(name)", toPath: "\(f.home)/\(name)")
+        }
+        for suffix in ["-wal", "-shm"] { try? FileManager.default.removeItem(atPath: "\(f.home)/registry.sqlite\(suffix)") }
+        #expect(message { _ = try Registry(at: f.home, memory: bob).ledgerState() }.contains("it was replaced"))
+    }
+
+    @Test func reviewB_aVersionRecordMustBeSignedByTheStatementsPublisher() throws {
+        let (f, _, _) = try owned()
+        let stored = try f.registry.loadVersion(try f.registry.resolve(try ModelReference(parsing: "m:1")).id)
+        let state = try f.registry.ledgerState()
+        // A record for m:1 in this registry, signed by a fresh key naming itself as publisher: a valid signature, but not
+        // the publisher of the statement it would vouch for.
+        let forger = try Identity.generate(name: "alice")
+        var facts = try f.registry.versionRecord(model: "m", version: "1", state: state)
+        facts.publisher = forger.publicIdentity
+        let forged = LedgerRecord.sign(
+            registry: state.registry,
+            seq: 1,
+            prev: LedgerRecord.zeroHash,
+            at: "x",
+            by: "x",
+            change: .version(facts),
+            signer: forger
+        )
+        let checked = try Registry.checkVersionRecord(forged, model: "m", version: "1", state: state)
+        #expect(checked.publisher.keyID != stored.publisherKeyID, "the forged record checks out on its own...")
+        // ...so it is bound to the statement: a local copy at row 0, where the lookup once found it, is ignored.
+        try attack(f, "INSERT INTO ledger (seq, kind, object, envelope, hash) VALUES (0, 'version', 'version:m:1', ?, 'x')", [Data(forged.envelope)])
+        #expect(try f.reopen().verify(try ModelReference(parsing: "m:1")).version == "1")
+        // Remotely, a package carrying it for another registry's genuine m:1 is refused.
+        _ = try f.registry.signAuditHead(with: try f.registryKey)
+        let ledger = try RemoteLedger.sync(from: Served(registry: f.registry), location: "https://b.test", key: nil, memory: nil)
+        var package = try f.registry.package(try ModelReference(parsing: "m:1"), keyID: nil, includeKey: false, for: "alice")
+        package.record = Data(forged.envelope).base64EncodedString()
+        let expected = try RemoteExpectation(try ModelReference(parsing: "m:1"), ledger: ledger)
+        #expect(
+            message { _ = try RemotePull.verifiedFiles(package, expected: expected, trusting: nil) }.contains("names another version or publisher")
+        )
+    }
+
+    @Test func reviewC_aTokenRowNobodySignedForOpensNothing() throws {
+        let (f, alice, admin) = try owned()
+        let bob = try person("bob")
+        try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader], by: admin)
+        // A token written straight into the table for alice, admin scope, by someone who read session-hash.key.
+        let forged = SessionToken(secret: SecretKey.random(), prefix: SessionToken.apiPrefix)
+        let hash = try f.registry.tokenHash(forged)
+        try attack(
+            f,
+            "INSERT INTO api_tokens (id, token_hash, principal, scope, created_at, expires_at) VALUES ('00000000deadbeef', ?, 'alice', 'admin', 'x', '2999-01-01T00:00:00.000Z')",
+            [Data(hash)]
+        )
+        #expect(message { _ = try f.reopen().authenticateToken(forged.text()) }.contains("unknown bearer token"))
+        // bob's own read token, edited into alice's admin token, is not the token that was minted either.
+        let minted = try f.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: admin)
+        try attack(f, "UPDATE api_tokens SET principal = 'alice', scope = 'admin' WHERE id = ?", [minted.info.id])
+        #expect(message { _ = try f.reopen().authenticateToken(minted.token.text()) }.contains("unknown bearer token"))
+        #expect(try f.reopen().fsck().problems.contains { $0.contains("bearer token") })
+        _ = alice
+    }
+
+    @Test func reviewG_M_historiesAreBoundedBeforeAnyoneComposesThem() throws {
+        let f = try RegistryFixture()
+        let alice = try person("alice")
+        let dir = try f.makeModel("model", ["w.bin": bytes(100)])
+        for segments in [
+            Array(repeating: PrivacySegment(sampleRate: 1e-6, noiseMultiplier: 1e6, steps: 1), count: 1001),
+            [PrivacySegment(sampleRate: 0.5, noiseMultiplier: 1, steps: 1 << 62)],
+        ] {
+            var request = PushRequest(model: "m", paths: [dir])
+            request.privacy.segments = segments
+            #expect(message { _ = try f.registry.push(request, publisher: alice) }.contains("invalid privacy metadata"))
+        }
+        // A record with such a history, appended by whoever can sign one (any key, in a registry without principals),
+        // is refused by every reader instead of trapping it.
+        try f.registry.setBudget(dataset: "d", epsilon: 1, delta: 1e-5, by: try f.registrySigner)
+        let state = try f.registry.ledgerState()
+        let huge = LedgerChange.VersionFacts(
+            model: "m",
+            version: "9",
+            digest: String(repeating: "0", count: 64),
+            publisher: alice.publicIdentity,
+            dataset: "d",
+            mechanism: "dp-sgd",
+            segments: [
+                PrivacySegment(sampleRate: 0.5, noiseMultiplier: 1, steps: 1 << 62),
+                PrivacySegment(sampleRate: 0.5, noiseMultiplier: 1, steps: 1 << 62),
+            ],
+            charged: true,
+            overrideBy: nil
+        )
+        let record = LedgerRecord.sign(
+            registry: state.registry,
+            seq: state.seq + 1,
+            prev: state.hash,
+            at: "x",
+            by: alice.publicIdentity.keyID,
+            change: .version(huge),
+            signer: alice.identity
+        )
+        try attack(
+            f,
+            "INSERT INTO ledger (seq, kind, object, envelope, hash) VALUES (?, 'version', 'version:m:9', ?, ?)",
+            [record.seq, Data(record.envelope), record.hash]
+        )
+        let fresh = try Registry(at: f.home, memory: nil)
+        #expect(message { _ = try fresh.ledgerState() }.contains("its history is out of bounds"))
+        #expect(try fresh.fsck().problems.contains { $0.contains("out of bounds") })
+    }
+
+    @Test func reviewI_anAuditLogCutAfterTheLedgersMarkIsCaughtByTheSignedStateHead() throws {
+        let (f, _, admin) = try owned()
+        _ = try f.registry.signAuditHead(with: try f.registryKey)  // marks the audit head in the ledger
+        let marked = try f.registry.database.read { db in try Registry.lastAuditEntry(db)!.seq }
+        for role in [Role.reader, .decrypt, .inference] { try f.registry.grant(Grant(principal: "alice", role: role, scope: "m"), by: admin) }
+        _ = try f.registry.signAuditHead(with: try f.registryKey, checkpoint: false)  // a server's frequent head: no mark
+        try attack(f, "DELETE FROM audit_log WHERE seq > ?; DELETE FROM audit_heads WHERE seq > ?", [marked, marked])
+        let auditor = try Registry(at: f.home, memory: ClientMemory(directory: f.path("auditor")))
+        #expect(message { _ = try auditor.verifyAudit() }.contains("named by the registry's signed state head"))
+    }
+
+    @Test func reviewL_theRegistrysOnlineKeyCannotChangeWhoIsTrusted() throws {
+        let (f, _, _) = try owned()
+        let mallory = try person("mallory")
+        let online = try f.registrySigner
+        #expect(
+            message { try f.registry.addPrincipal(name: "mallory", identity: mallory.publicIdentity, roles: [.publisher], by: online) }.contains(
+                "an admin signs it"
+            )
+        )
+        let asAlice = Signer.registry(try f.registryKey, for: Principal(name: "alice", keyID: ""))
+        #expect(message { try f.registry.trust(mallory.publicIdentity, name: "alice-release", by: asAlice) }.contains("only alice's own key can"))
+        #expect(message { try f.registry.grant(Grant(principal: "alice", role: .publisher), by: asAlice) }.contains("only alice's own key can"))
+        // What a server does for a token holder still works: moving an alias as alice.
+        try f.registry.setAlias("prod", model: "m", version: "2", by: asAlice)
+        // A rotation by the online key alone is refused; with alice's approval it goes through.
+        #expect(
+            message {
+                _ = try f.registry.rotateKey(
+                    current: try f.registryKey,
+                    passphrase: passphrase("registry passphrase"),
+                    kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+                    by: online
+                )
+            }.contains("an admin signs it")
+        )
     }
 }

@@ -48,7 +48,7 @@ extension ServerTests {
                 return p
             }(),
             kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
-            by: Signer(f.registryIdentity)
+            by: Signer(f.publisher)
         )
         try await application.test(.router) { client in
             try await client.execute(uri: "/v1/registry", method: .get, headers: bearer(w.tokens["bob-read"]!)) { response in
@@ -96,10 +96,7 @@ extension ServerTests {
     @Test func finding12_uploadsNeedThePublisherRoleNotOnlyAPublishToken() async throws {
         let w = try world()
         // bob's publish token outlives the publisher role it was minted for.
-        try w.fixture.registry.revoke(
-            Grant(principal: "bob", role: .publisher, scope: "m/"),
-            by: .registry(w.fixture.registryIdentity, for: Principal(name: "alice", keyID: ""))
-        )
+        try w.fixture.registry.revoke(Grant(principal: "bob", role: .publisher, scope: "m/"), by: Signer(w.fixture.publisher))
         try await app(w).test(.router) { client in
             try await client.execute(uri: "/v1/uploads", method: .post, headers: bearer(w.tokens["bob-publish"]!)) { response in
                 #expect(response.status == .forbidden && text(response).contains("bob holds the publisher role on no model"), "\(text(response))")
@@ -138,6 +135,11 @@ extension ServerTests {
 
     @Test func finding17_partialHeadersAreCutOff() async throws {
         let w = try world()
+        let large = w.fixture.path("large")
+        try FileManager.default.createDirectory(atPath: large, withIntermediateDirectories: true)
+        try Data((0..<(16 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: "\(large)/w.bin"))
+        let pushed = try w.fixture.registry.push(PushRequest(model: "m/large", paths: [large]), publisher: w.fixture.publisher)
+        let big = try w.fixture.registry.show(try ModelReference(parsing: "m/large:\(pushed.version)")).files[0]
         let application = try app(w, configuration: .init(port: 0, headerTimeout: .milliseconds(500)))
         try await application.test(.live) { client in
             let port = try #require(client.port)
@@ -174,6 +176,36 @@ extension ServerTests {
             // A whole request in time is answered as usual.
             let (answer, _) = await exchanged("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
+            // An answer that takes longer to send than the header timeout is sent whole: the clock stops while it goes.
+            let token = w.tokens["bob-read"]!
+            @Sendable func slowDownload() -> Int {
+                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+                defer { close(fd) }
+                var address = sockaddr_in()
+                address.sin_family = sa_family_t(AF_INET)
+                address.sin_port = in_port_t(UInt16(port).bigEndian)
+                address.sin_addr.s_addr = inet_addr("127.0.0.1")
+                _ = withUnsafePointer(to: &address) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                }
+                var small: Int32 = 16 << 10
+                setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+                let request = Array("GET /v1/blobs/\(big.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\n\r\n".utf8)
+                _ = send(fd, request, request.count, 0)
+                var total = 0
+                var buffer = [UInt8](repeating: 0, count: 256 << 10)
+                let started = ContinuousClock.now
+                while ContinuousClock.now - started < .seconds(30) {
+                    let n = recv(fd, &buffer, buffer.count, 0)
+                    if n <= 0 { break }
+                    total += n
+                    if total >= big.sealedSize { break }
+                    usleep(20_000)  // about 12 MiB/s at most: the answer takes over a second, twice the timeout
+                }
+                return total
+            }
+            let received = await withCheckedContinuation { continuation in Thread { continuation.resume(returning: slowDownload()) }.start() }
+            #expect(received >= big.sealedSize, "received \(received) of \(big.sealedSize) bytes")
             _ = client
         }
     }

@@ -15,6 +15,8 @@ struct ServerTests {
         let root: URL
         let registry: Registry
         let registryIdentity: UnlockedIdentity
+        /// alice, the owner, once `world()` made her.
+        var publisher: UnlockedIdentity!
         var home: String { root.appendingPathComponent("home").path }
 
         init() throws {
@@ -61,6 +63,7 @@ struct ServerTests {
     func world() throws -> World {
         let f = try Fixture()
         let alice = UnlockedIdentity(try Identity.generate(name: "alice"))
+        f.publisher = alice
         let bob = try Identity.generate(name: "bob")
         let carol = try Identity.generate(name: "carol")
         try f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: Signer(f.registryIdentity))
@@ -78,11 +81,11 @@ struct ServerTests {
         request.alias = "prod"
         _ = try f.registry.push(request, publisher: alice)
         func token(_ principal: String, _ scope: TokenScope, ttl: TimeInterval = 600, now: Date = Date()) throws -> String {
-            let created = try f.registry.createToken(principal: principal, scope: scope, ttl: ttl, by: admin, now: now)
+            let created = try f.registry.createToken(principal: principal, scope: scope, ttl: ttl, by: signer, now: now)
             return created.token.text().withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
         }
-        let revoked = try f.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: admin)
-        try f.registry.revokeToken(id: revoked.info.id, by: admin)
+        let revoked = try f.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: signer)
+        try f.registry.revokeToken(id: revoked.info.id, by: signer)
         return World(
             fixture: f,
             tokens: [

@@ -98,6 +98,12 @@ def test_serve_end_to_end(tmp_path):
                 time.sleep(0.1)
         assert call(f"{base}/v1/versions")[0] == 401
         assert call(f"{base}/v1/versions", token="cft_" + "1" * 64)[0] == 401
+        # The signed ledger and its head, which remote clients replay and check themselves.
+        status, _, body = call(f"{base}/v1/ledger?after=0", token=read)
+        assert status == 200 and [r["seq"] for r in json.loads(body)["records"]][:2] == [1, 2]
+        assert call(f"{base}/v1/ledger?limit=0", token=read)[0] == 400
+        status, _, body = call(f"{base}/v1/ledger/head", token=read)
+        assert status == 200 and json.loads(body)["payloadType"] == "application/vnd.coffer.head.v1+json"
         status, _, body = call(f"{base}/v1/versions?model=m/risk", token=read)
         assert status == 200 and json.loads(body)[0]["version"] == "1"
         shown = json.loads(call(f"{base}/v1/version?ref=m/risk@prod", token=read)[2])
@@ -432,3 +438,48 @@ def test_a_registry_url_that_is_not_a_coffer_server_fails_in_one_line(tmp_path):
     finally:
         html.shutdown()
         garbage.close()
+
+
+def test_the_outbox_is_private_and_resumes_only_this_push(tmp_path):
+    """A push's outbox lives in the user's own cache and is refused when others may write it; a prepared push left
+    there is resumed only if the inputs still hold what was sealed (issue 15, finding 15)."""
+    home, admin = owned_registry(tmp_path)
+    token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
+    (tmp_path / "model").mkdir()
+    weights = tmp_path / "model" / "weights.bin"
+    weights.write_bytes(os.urandom(96 << 20))
+    port = free_port()
+    server = serve(home, port)
+    shared = tmp_path / "shared-outbox"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    push = [COFFER, "push", "m", tmp_path / "model", "--registry", f"http://127.0.0.1:{port}", "--token", token,
+            "--registry-key", home / "registry.pub", "--identity", tmp_path / "alice.key"]
+    try:
+        refused = subprocess.run(push, env=dict(ENV, COFFER_OUTBOX=str(shared)), capture_output=True)
+        assert refused.returncode == 1 and refused.stderr.count(b"\n") == 1 and b"is open to other users" in refused.stderr, refused.stderr
+        env = dict(ENV, COFFER_OUTBOX=str(tmp_path / "outbox"))
+        client = subprocess.Popen(push, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and client.poll() is None:
+            if any((4 << 20) <= p.stat().st_size for p in (home / "tmp").glob("upload-*")):
+                client.kill()
+                break
+            time.sleep(0.005)
+        client.wait()
+        assert client.returncode == -9
+        # Other content, same size and time: the outbox's name is the same, its prepared push is not this one's.
+        stat = weights.stat()
+        replacement = os.urandom(stat.st_size)
+        weights.write_bytes(replacement)
+        os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        resumed = subprocess.run(push, env=env, capture_output=True)
+        assert resumed.returncode == 0, resumed.stderr
+        assert b"holds another push (weights.bin changed since it was sealed): preparing anew" in resumed.stderr, resumed.stderr
+        coffer("pull", "m:1", "--registry", f"http://127.0.0.1:{port}", "--token", token, "--identity", tmp_path / "alice.key",
+               "--out", tmp_path / "pulled")
+        assert (tmp_path / "pulled" / "weights.bin").read_bytes() == replacement
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+

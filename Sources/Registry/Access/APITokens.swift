@@ -48,17 +48,19 @@ public struct TokenHolder: Sendable, Equatable {
 }
 
 extension Registry {
-    /// Mints a bearer token for `principal` (admins only). The token is returned once; a keyed hash is stored.
+    /// Mints a bearer token for `principal` (admins only), with a `token.create` record signed by the admin: a token
+    /// authenticates only if the ledger holds its record (a row written into the table by anyone else opens nothing).
+    /// The token is returned once; only its keyed hash is recorded.
     public func createToken(
         principal name: String,
         scope: TokenScope,
         ttl: TimeInterval,
-        by actor: Principal?,
+        by signer: Signer,
         now: Date = Date()
     )
         throws(CofferRegistryError) -> CreatedAPIToken
     {
-        try require(.admin, on: nil, by: actor, action: "token.create", target: name)
+        try require(signer, .admin, on: nil, action: "token.create", target: name)
         guard ttl > 0, ttl <= Self.maximumLifetime else { throw .refused("a token's lifetime must be more than 0 and at most 365 days") }
         let state = try ledgerState()
         guard state.principals[name] != nil else { throw .unknownPrincipal(name) }
@@ -83,49 +85,54 @@ extension Registry {
             expiresAt: Self.timestamp(now.addingTimeInterval(ttl)),
             revokedAt: nil
         )
-        let hash = try tokenHash(token)
-        try database.write { db in
-            try db.execute(
-                sql: "INSERT INTO api_tokens (id, token_hash, principal, scope, created_at, expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                arguments: [info.id, Data(hash), name, scope.rawValue, info.createdAt, info.expiresAt, actor?.name]
-            )
-        }
-        try audit(
-            principal: actor?.name ?? "-",
+        let facts = LedgerChange.TokenFacts(
+            id: info.id,
+            principal: name,
+            scope: scope,
+            expires: info.expiresAt,
+            hash: Digest.hex(try tokenHash(token))
+        )
+        try record(
+            .tokenCreate(facts),
+            signer: signer,
             action: "token.create",
             target: info.id,
-            outcome: .ok,
             reason: "\(name) \(scope.rawValue) until \(info.expiresAt)"
         )
         return CreatedAPIToken(info: info, token: token)
     }
 
+    /// The tokens the ledger minted, with when they were created and revoked (never the tokens themselves).
     public func tokens() throws(CofferRegistryError) -> [APITokenInfo] {
-        try database.read { db in
-            try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM api_tokens ORDER BY created_at")).map {
-                APITokenInfo(
-                    id: $0["id"],
-                    principal: $0["principal"],
-                    scope: TokenScope(rawValue: $0["scope"]) ?? .read,
-                    createdAt: $0["created_at"],
-                    expiresAt: $0["expires_at"],
-                    revokedAt: $0["revoked_at"]
-                )
-            }
+        let minted = try ledgerState().tokens
+        let rows = try database.read { db in
+            Dictionary(
+                try Row.fetchAll(db.cachedStatement(sql: "SELECT id, created_at, revoked_at FROM api_tokens")).map {
+                    ($0["id"] as String, (created: $0["created_at"] as String, revoked: $0["revoked_at"] as String?))
+                },
+                uniquingKeysWith: { a, _ in a }
+            )
         }
+        return minted.values.map { token in
+            APITokenInfo(
+                id: token.facts.id,
+                principal: token.facts.principal,
+                scope: token.facts.scope,
+                createdAt: rows[token.facts.id]?.created ?? "-",
+                expiresAt: token.facts.expires,
+                revokedAt: token.revoked ? (rows[token.facts.id]?.revoked ?? "yes") : nil
+            )
+        }.sorted { ($0.createdAt, $0.id) < ($1.createdAt, $1.id) }
     }
 
-    /// Revokes a token (admins, or its own principal).
-    public func revokeToken(id: String, by actor: Principal?) throws(CofferRegistryError) {
-        let owner = try database.read { db in
-            try String.fetchOne(db.cachedStatement(sql: "SELECT principal FROM api_tokens WHERE id = ?"), arguments: [id])
-        }
-        guard let owner else { throw .refused("unknown token \(id)") }
-        if owner != actor?.name { try require(.admin, on: nil, by: actor, action: "token.revoke", target: id) }
-        try database.write { db in
-            try db.execute(sql: "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?", arguments: [Self.now(), id])
-        }
-        try audit(principal: actor?.name ?? "-", action: "token.revoke", target: id, outcome: .ok, reason: "")
+    /// Revokes a token (admins, or its own principal), with a `token.revoke` record.
+    public func revokeToken(id: String, by signer: Signer) throws(CofferRegistryError) {
+        let state = try ledgerState()
+        guard let token = state.tokens[id] else { throw .refused("unknown token \(id)") }
+        let actor = try acting(signer, in: state).principal
+        if token.facts.principal != actor.name { try require(signer, .admin, on: nil, action: "token.revoke", target: id) }
+        guard !token.revoked else { return }
+        try record(.tokenRevoke(id: id), signer: signer, action: "token.revoke", target: id, reason: token.facts.principal)
     }
 
     /// The holder of a bearer token's text; refuses (and audits) malformed, unknown, expired and revoked tokens.
@@ -148,7 +155,7 @@ extension Registry {
         let hash = try tokenHash(token)
         let row = try database.read { db in
             try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT t.*, p.key_id FROM api_tokens t JOIN principals p ON p.name = t.principal WHERE t.token_hash = ?"),
+                db.cachedStatement(sql: "SELECT id, token_hash, principal, scope, revoked_at FROM api_tokens WHERE token_hash = ?"),
                 arguments: [Data(hash)]
             )
         }
@@ -159,15 +166,17 @@ extension Registry {
         guard let row, SecureCompare.equal(Array(row["token_hash"] as Data), hash) else {
             try refuse("-", "unknown bearer token \(Digest.hex(hash.prefix(8)))")
         }
+        // The table found the token quickly; the ledger says what it is. A row nobody signed for opens nothing, and a
+        // row edited to another principal or scope is not the token that was minted.
         let id: String = row["id"]
-        let principal: String = row["principal"]
-        if let revoked: String = row["revoked_at"] { try refuse(principal, "token \(id) was revoked at \(revoked)") }
-        let expires: String = row["expires_at"]
+        let state = try ledgerState()
+        guard let minted = state.tokens[id], minted.facts.hash == Digest.hex(hash), minted.facts.principal == row["principal"],
+            minted.facts.scope.rawValue == row["scope"], let key = state.principals[minted.facts.principal]
+        else { try refuse("-", "unknown bearer token \(Digest.hex(hash.prefix(8)))") }
+        let principal = minted.facts.principal
+        if minted.revoked { try refuse(principal, "token \(id) was revoked at \((row["revoked_at"] as String?) ?? "an earlier time")") }
+        let expires = minted.facts.expires
         if Self.timestamp(now) >= expires { try refuse(principal, "token \(id) expired at \(expires)") }
-        return TokenHolder(
-            principal: Principal(name: principal, keyID: row["key_id"]),
-            scope: TokenScope(rawValue: row["scope"]) ?? .read,
-            tokenID: id
-        )
+        return TokenHolder(principal: Principal(name: principal, keyID: key.keyID), scope: minted.facts.scope, tokenID: id)
     }
 }

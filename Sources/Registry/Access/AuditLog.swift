@@ -178,7 +178,7 @@ extension Registry {
     public func signAuditHeadIfUnsigned(
         with key: UnlockedIdentity,
         headLifetime: TimeInterval = 3600,
-        checkpointInterval: TimeInterval = 3600,
+        checkpointInterval: TimeInterval = 300,
         now: Date = Date()
     ) throws(CofferRegistryError) -> Int64? {
         let (latest, signed, head) = try database.read { db in
@@ -201,6 +201,29 @@ extension Registry {
         let markAge = lastMark.flatMap { try? Self.parse(Array($0)) }.flatMap { Self.date($0.at) }.map { now.timeIntervalSince($0) }
         let checkpoint = latest > (state.auditHead?.seq ?? 0) && (markAge ?? .infinity) >= checkpointInterval
         return try signAuditHead(with: key, checkpoint: checkpoint, headLifetime: headLifetime)
+    }
+
+    /// The audit entry the stored state head names, when the head verifies under the key chain at its ledger record
+    /// and names that record's hash (a head that does not is reported: it was forged or edited).
+    func signedHeadAuditMark(state: LedgerState) throws(CofferRegistryError) -> (Int64, [UInt8])? {
+        guard let envelope = try database.read({ db in try Self.storedStateHeadEnvelope(db) }) else { return nil }
+        let head = try StateHead.verify(
+            envelope,
+            state: state,
+            hashAt: { seq in self.storedRecordHash(seq) },
+            currentKeyAt: { seq in state.keys.last { $0.since <= seq }?.identity },
+            remembered: nil,
+            now: .distantPast
+        )
+        guard head.auditSeq > 0, let hash = Digest.bytes(fromHex: head.auditHash) else { return nil }
+        return (head.auditSeq, hash)
+    }
+
+    /// The hash of the record stored at `seq`, or nil.
+    func storedRecordHash(_ seq: Int64) -> String? {
+        let stored: Data?? = try? database.read { db in try Data.fetchOne(db, sql: "SELECT envelope FROM ledger WHERE seq = ?", arguments: [seq]) }
+        guard let envelope = stored ?? nil else { return nil }
+        return try? Self.parse(Array(envelope)).hash
     }
 
     static func lastAuditEntry(_ db: Database) throws -> (seq: Int64, hash: [UInt8])? {
@@ -257,6 +280,11 @@ extension Registry {
         if let mark = state.auditHead, let hash = Digest.bytes(fromHex: mark.hash) { marks[mark.seq] = (hash, "marked in the ledger") }
         if let seen = memory?.remembered(state.registry)?.audit, let hash = Digest.bytes(fromHex: seen.hash), marks[seen.seq] == nil {
             marks[seen.seq] = (hash, "verified before by this client")
+        }
+        // The newest state head the registry's key signed names an audit entry too (a server signs one every few
+        // seconds): a log cut or rewritten after the ledger's last mark is caught by it.
+        if let (seq, hash) = try signedHeadAuditMark(state: state), marks[seq] == nil {
+            marks[seq] = (hash, "named by the registry's signed state head")
         }
         var pendingMarks = marks
         var count = 0

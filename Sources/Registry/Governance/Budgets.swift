@@ -67,7 +67,7 @@ extension Registry {
                 erased: state.erased[charge.digest] != nil
             )
         }
-        let spent = composedEpsilon(budget.charges.flatMap(\.segments), delta: budget.delta)
+        let spent = state.spent(dataset) ?? 0
         return BudgetStatus(
             dataset: dataset,
             epsilon: budget.epsilon,

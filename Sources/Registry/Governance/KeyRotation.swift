@@ -31,6 +31,8 @@ extension Registry {
         }
         let principal = try acting(signer, in: try ledgerState()).principal
         let recordSigner = principal.name == "registry" ? Signer(current) : Signer.registry(current, for: principal)
+        // In a registry with principals the admin approves the rotation with their own key.
+        let approver = principal.name == "registry" ? nil : signer.key
         let next = try Self.generateRegistryIdentity()
         do {
             try FileBytes.write(try next.encrypt(passphrase: passphrase, parameters: kdf), to: keyPath + Self.nextSuffix, overwrite: true)
@@ -55,7 +57,11 @@ extension Registry {
             // The new key signs its own rotation: a chain of keys can only be extended by whoever holds both ends.
             let head = try refreshed(ledger.withLock { $0 }, db: db)
             let proof = next.signEd25519(LedgerState.rotationMessage(registry: head.registry, seq: head.seq + 1, old: old.keyID, new: fresh.keyID))
-            let (state, _, actor) = try append(.keyRotate(key: fresh, proof: proof), signer: recordSigner, db: db)
+            let approval = approver?.identity.signEd25519(
+                LedgerState.approvalMessage(registry: head.registry, seq: head.seq + 1, old: old.keyID, new: fresh.keyID)
+            )
+            let change = LedgerChange.keyRotate(key: fresh, proof: proof, approval: approval)
+            let (state, _, actor) = try append(change, signer: recordSigner, db: db)
             try Self.appendAudit(
                 db,
                 principal: actor,

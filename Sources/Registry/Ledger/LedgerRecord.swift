@@ -7,7 +7,7 @@ import Foundation
 /// that copy it.
 public enum LedgerChange: Sendable, Equatable {
     case genesis(key: PublicIdentity, owner: Owner?)
-    case keyRotate(key: PublicIdentity, proof: [UInt8])
+    case keyRotate(key: PublicIdentity, proof: [UInt8], approval: [UInt8]?)
     case principalAdd(name: String, identity: PublicIdentity, roles: [Role])
     case principalRemove(name: String)
     case grant(Grant)
@@ -22,6 +22,8 @@ public enum LedgerChange: Sendable, Equatable {
     case erase(model: String, version: String, digest: String)
     case rekey(model: String, version: String, digest: String, attestation: String)
     case auditHead(seq: Int64, hash: String)
+    case tokenCreate(TokenFacts)
+    case tokenRevoke(id: String)
 
     /// The principal a registry is created with.
     public struct Owner: Sendable, Equatable {
@@ -42,6 +44,16 @@ public enum LedgerChange: Sendable, Equatable {
         public var segments: [PrivacySegment]
         public var charged: Bool
         public var overrideBy: String?
+    }
+
+    /// A bearer token as its `token.create` record states it: the token itself is never recorded, only its keyed hash.
+    public struct TokenFacts: Sendable, Equatable, Codable {
+        public var id: String
+        public var principal: String
+        public var scope: TokenScope
+        public var expires: String
+        /// Hex of the token's keyed hash (docs/FORMAT.md, "HTTP server").
+        public var hash: String
     }
 
     /// The signed facts of the version an alias is set to, as the policies in force judge them.
@@ -77,6 +89,8 @@ public enum LedgerChange: Sendable, Equatable {
         case .erase: "erase"
         case .rekey: "rekey"
         case .auditHead: "audit.head"
+        case .tokenCreate: "token.create"
+        case .tokenRevoke: "token.revoke"
         }
     }
 
@@ -94,6 +108,8 @@ public enum LedgerChange: Sendable, Equatable {
         case .aliasSet(let model, let alias, _, _, _), .aliasRemove(let model, let alias): "alias:\(model)@\(alias)"
         case .erase(let model, let version, _), .rekey(let model, let version, _, _): "version:\(model):\(version)"
         case .auditHead: "audit"
+        case .tokenCreate(let facts): "token:\(facts.id)"
+        case .tokenRevoke(let id): "token:\(id)"
         }
     }
 
@@ -104,8 +120,11 @@ public enum LedgerChange: Sendable, Equatable {
         switch self {
         case .genesis(let key, let owner):
             return ["key": key.json, "owner": owner.map { .object(["name": .string($0.name), "identity": $0.identity.json]) } ?? .null]
-        case .keyRotate(let key, let proof):
-            return ["key": key.json, "proof": .string(Data(proof).base64EncodedString())]
+        case .keyRotate(let key, let proof, let approval):
+            return [
+                "key": key.json, "proof": .string(Data(proof).base64EncodedString()),
+                "approval": approval.map { .string(Data($0).base64EncodedString()) } ?? .null,
+            ]
         case .principalAdd(let name, let identity, let roles):
             return ["name": .string(name), "identity": identity.json, "roles": .array(roles.map { .string($0.rawValue) })]
         case .principalRemove(let name):
@@ -144,6 +163,13 @@ public enum LedgerChange: Sendable, Equatable {
             return ["model": .string(model), "version": .string(version), "digest": .string(digest), "attestation": .string(attestation)]
         case .auditHead(let seq, let hash):
             return ["audit_seq": .number(Double(seq)), "audit_hash": .string(hash)]
+        case .tokenCreate(let facts):
+            return [
+                "id": .string(facts.id), "principal": .string(facts.principal), "scope": .string(facts.scope.rawValue),
+                "expires": .string(facts.expires), "hash": .string(facts.hash),
+            ]
+        case .tokenRevoke(let id):
+            return ["id": .string(id)]
         }
     }
 
@@ -188,7 +214,12 @@ public enum LedgerChange: Sendable, Equatable {
             self = .genesis(key: try identity(f["key"]), owner: owner)
         case "key.rotate":
             guard let proof = Data(base64Encoded: try string("proof")) else { throw .malformed("key.rotate proof is not base64") }
-            self = .keyRotate(key: try identity(f["key"]), proof: Array(proof))
+            var approval: [UInt8]? = nil
+            if let text = try optionalString("approval") {
+                guard let bytes = Data(base64Encoded: text) else { throw .malformed("key.rotate approval is not base64") }
+                approval = Array(bytes)
+            }
+            self = .keyRotate(key: try identity(f["key"]), proof: Array(proof), approval: approval)
         case "principal.add":
             guard case .array(let roles)? = f["roles"] else { throw .malformed("principal.add needs roles") }
             var parsed: [Role] = []
@@ -253,6 +284,19 @@ public enum LedgerChange: Sendable, Equatable {
             let seq = try number("audit_seq")
             guard seq >= 0, seq.rounded() == seq, seq < 9e15 else { throw .malformed("audit.head audit_seq must be a whole number") }
             self = .auditHead(seq: Int64(seq), hash: try string("audit_hash"))
+        case "token.create":
+            guard let scope = TokenScope(rawValue: try string("scope")) else { throw .malformed("token.create: unknown scope") }
+            self = .tokenCreate(
+                TokenFacts(
+                    id: try string("id"),
+                    principal: try string("principal"),
+                    scope: scope,
+                    expires: try string("expires"),
+                    hash: try string("hash")
+                )
+            )
+        case "token.revoke":
+            self = .tokenRevoke(id: try string("id"))
         default:
             throw .malformed("unknown record kind '\(kind)'")
         }

@@ -52,6 +52,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
         public var epsilon: Double
         public var delta: Double
         public var charges: [Charge]
+        /// The RDP of every charge, summed order by order (RDPAccountant's default orders): what the budget has spent,
+        /// kept as it grows so a check costs the same however many versions were charged.
+        public var rdp: [Double]
     }
 
     /// The version `NAME` alone resolves to: the highest integer version, else the last one recorded.
@@ -95,6 +98,16 @@ public struct LedgerState: Sendable, Equatable, Codable {
     /// By version digest: SHA-256 of the registry-signed rekey attestation now in force.
     public private(set) var rekeys: [String: String] = [:]
     public private(set) var auditHead: AuditMark?
+    /// Bearer tokens by id: a token authenticates only if an admin's record minted it and none revoked it.
+    public private(set) var tokens: [String: Token] = [:]
+
+    public struct Token: Sendable, Equatable, Codable {
+        public var facts: LedgerChange.TokenFacts
+        public var revoked: Bool
+    }
+
+    /// Names a principal may not take: the registry's own name in records, and the audit log's "nobody".
+    static let reservedNames: Set<String> = ["registry", "-"]
 
     /// An empty state for the registry whose root key has `registry` as key ID; record 1 must be its genesis.
     public init(registry: String) { self.registry = registry }
@@ -144,8 +157,21 @@ public struct LedgerState: Sendable, Equatable, Codable {
     /// Spent epsilon of `dataset` with `adding` composed in (RDP, as the budget check at push does).
     func spent(_ dataset: String, adding: [PrivacySegment] = []) -> Double? {
         guard let budget = budgets[dataset] else { return nil }
-        return Registry.composedEpsilon(budget.charges.flatMap(\.segments) + adding, delta: budget.delta)
+        let total = Self.sum(budget.rdp, Self.rdp(adding))
+        // Nothing released spends nothing (the conversion of an empty composition is small but not 0).
+        guard total.contains(where: { $0 > 0 }) else { return 0 }
+        return RDPAccountant.epsilon(orders: RDPAccountant.defaultOrders, rdp: total, delta: budget.delta).epsilon
     }
+
+    /// The RDP of a history at RDPAccountant's default orders. An order where it is infinite (no bound there) is kept
+    /// as the largest finite number: it stays out of the minimum over orders, and it can be written as JSON.
+    static func rdp(_ segments: [PrivacySegment]) -> [Double] {
+        var accountant = RDPAccountant()
+        for segment in segments where segment.steps > 0 { accountant.compose(segment) }
+        return accountant.rdp.map { $0.isNaN ? .greatestFiniteMagnitude : min($0, .greatestFiniteMagnitude) }
+    }
+
+    static func sum(_ a: [Double], _ b: [Double]) -> [Double] { zip(a, b).map { min($0 + $1, .greatestFiniteMagnitude) } }
 
     // MARK: - Applying a record
 
@@ -176,15 +202,39 @@ public struct LedgerState: Sendable, Equatable, Codable {
         }
         guard let current = currentKey else { throw fail("precedes the genesis record") }
         if record.signerKeyID == current.keyID {
-            // The registry's own key may make any change (a server acts for the holder of a bearer token).
             try verify(current)
-            if record.by != "registry", checksPrincipals, principals[record.by] == nil {
-                throw fail("is made for \(record.by), who is not a principal")
+            // Without principals, the registry's key makes every change. With them, it is an online key (a server holds
+            // it unlocked): in its own name it only marks the audit log, and for a principal (the holder of a bearer
+            // token) it makes only what the server's routes make, with that principal's roles. Principals, grants,
+            // trust, policies, tokens and erasures need an admin's own signature; a rotation, an admin's approval.
+            guard checksPrincipals else { return }
+            if record.by == "registry" {
+                guard case .auditHead = record.change else {
+                    throw fail(
+                        "the registry's key signs a \(record.change.kind) record in its own name, but this registry has principals: an admin signs it"
+                    )
+                }
+                return
+            }
+            guard principals[record.by] != nil else { throw fail("is made for \(record.by), who is not a principal") }
+            switch record.change {
+            case .version, .aliasSet, .aliasRemove, .budgetSet, .rekey, .keyRotate: break
+            default: throw fail("the registry's key signs a \(record.change.kind) record for \(record.by): only \(record.by)'s own key can")
+            }
+            let (role, model) = Self.authority(for: record.change)
+            guard holds(record.by, role, on: model) else {
+                throw fail("\(record.by) did not hold the \(role.rawValue) role\(model.map { " on \($0)" } ?? "") for a \(record.change.kind) record")
             }
             if case .version(let facts) = record.change, let override = facts.overrideBy {
-                guard !checksPrincipals || holds(override, .admin, on: facts.model) else {
+                guard override == record.by, holds(override, .admin, on: facts.model) else {
                     throw fail("overrides a budget for \(override), who is not an admin of \(facts.model)")
                 }
+            }
+            if case .keyRotate(let key, _, let approval) = record.change {
+                let message = Self.approvalMessage(registry: registry, seq: record.seq, old: current.keyID, new: key.keyID)
+                guard let approval, let admin = principals[record.by],
+                    SignatureVerifier.verifyEd25519(signature: approval, message: message, publicKey: admin.ed25519)
+                else { throw fail("a rotation of the registry's key needs the approval of an admin's own key (\(record.by)'s does not verify)") }
             }
             return
         }
@@ -212,6 +262,8 @@ public struct LedgerState: Sendable, Equatable, Codable {
             throw fail("is signed by \(record.signerKeyID), which is not the key of principal \(record.by)")
         }
         try verify(identity)
+        // A principal may revoke its own tokens.
+        if case .tokenRevoke(let id) = record.change, tokens[id]?.facts.principal == record.by { return }
         let (role, model) = Self.authority(for: record.change)
         guard holds(record.by, role, on: model) else {
             throw fail("\(record.by) did not hold the \(role.rawValue) role\(model.map { " on \($0)" } ?? "") for a \(record.change.kind) record")
@@ -244,7 +296,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
                 grants = [Grant(principal: owner.name, role: .admin)]
                 trusted[owner.identity.keyID] = TrustedSigner(name: owner.name, identity: owner.identity)
             }
-        case .keyRotate(let key, let proof):
+        case .keyRotate(let key, let proof, _):
             guard let old = currentKey else { throw fail("rotates before there is a key") }
             guard !keys.contains(where: { $0.identity.keyID == key.keyID }) else { throw fail("rotates to a key the registry already had") }
             let message = Self.rotationMessage(registry: registry, seq: record.seq, old: old.keyID, new: key.keyID)
@@ -255,7 +307,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
             keys[keys.count - 1].retiredAt = record.at
             keys.append(RegistryKey(identity: key, since: record.seq))
         case .principalAdd(let name, let identity, let roles):
-            guard (try? ModelReference.validate(name: name)) != nil else { throw fail("invalid principal name \(name)") }
+            guard (try? ModelReference.validate(name: name)) != nil, !Self.reservedNames.contains(name) else {
+                throw fail("invalid principal name \(name)")
+            }
             guard principals[name] == nil else { throw fail("principal \(name) already exists") }
             guard !principals.values.contains(where: { $0.keyID == identity.keyID }) else {
                 throw fail("key \(identity.keyID) is already another principal's")
@@ -269,6 +323,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
             guard admins != [name] else { throw fail("removes \(name), the last admin of the registry") }
             principals[name] = nil
             grants.removeAll { $0.principal == name }
+            for (id, token) in tokens where token.facts.principal == name { tokens[id]!.revoked = true }
         case .grant(let grant):
             guard principals[grant.principal] != nil else { throw fail("grants to \(grant.principal), who is not a principal") }
             guard Self.validScope(grant.scope) else { throw fail("grants on an invalid scope \(grant.scope)") }
@@ -293,7 +348,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
             policies[key] = rules.isEmpty ? nil : rules
         case .budgetSet(let dataset, let epsilon, let delta):
             guard epsilon > 0, epsilon.isFinite, delta > 0, delta < 1 else { throw fail("a budget needs epsilon > 0 and delta in (0, 1)") }
-            budgets[dataset, default: Budget(epsilon: epsilon, delta: delta, charges: [])].epsilon = epsilon
+            budgets[dataset, default: Budget(epsilon: epsilon, delta: delta, charges: [], rdp: Self.rdp([]))].epsilon = epsilon
             budgets[dataset]!.delta = delta
         case .version(let facts):
             try recordVersion(facts, record: record)
@@ -316,6 +371,13 @@ public struct LedgerState: Sendable, Equatable, Codable {
         case .rekey(_, _, let digest, let attestation):
             guard erased[digest] == nil else { throw fail("re-encrypts an erased version") }
             rekeys[digest] = attestation
+        case .tokenCreate(let facts):
+            guard principals[facts.principal] != nil else { throw fail("mints a token for \(facts.principal), who is not a principal") }
+            guard tokens[facts.id] == nil else { throw fail("mints token \(facts.id) a second time") }
+            tokens[facts.id] = Token(facts: facts, revoked: false)
+        case .tokenRevoke(let id):
+            guard tokens[id] != nil else { throw fail("revokes token \(id), which was never minted") }
+            tokens[id]!.revoked = true
         case .auditHead(let auditSeq, let auditHash):
             if let auditHead, auditSeq < auditHead.seq { throw fail("marks audit entry \(auditSeq), before the marked \(auditHead.seq)") }
             auditHead = AuditMark(seq: auditSeq, hash: auditHash)
@@ -327,6 +389,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
         guard (try? ModelReference.validate(name: facts.model)) != nil, (try? ModelReference.validate(version: facts.version)) != nil else {
             throw fail("names an invalid version \(facts.model):\(facts.version)")
         }
+        if let problem = PrivacyMetadata.problem(facts.segments) { throw fail("its history is out of bounds: \(problem)") }
         let budget = facts.dataset.flatMap { budgets[$0] }
         guard facts.charged == (budget != nil) else {
             throw fail("charged must say whether dataset \(facts.dataset ?? "-") has a budget (it \(budget == nil ? "has none" : "has one"))")
@@ -341,6 +404,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
             budgets[dataset]!.charges.append(
                 .init(model: facts.model, version: facts.version, digest: facts.digest, segments: facts.segments, overrideBy: facts.overrideBy)
             )
+            budgets[dataset]!.rdp = Self.sum(budgets[dataset]!.rdp, Self.rdp(facts.segments))
         }
         let number = Int64(facts.version)
         let candidate = Latest(version: facts.version, number: number, digest: facts.digest, seq: record.seq)
@@ -365,6 +429,11 @@ public struct LedgerState: Sendable, Equatable, Codable {
 
     static func validScope(_ scope: String) -> Bool {
         scope == "*" || (try? ModelReference.validate(name: scope.hasSuffix("/") ? String(scope.dropLast()) : scope)) != nil
+    }
+
+    /// The message an admin signs to approve a rotation of the registry's key, in a registry with principals.
+    static func approvalMessage(registry: String, seq: Int64, old: String, new: String) -> [UInt8] {
+        Array("coffer/v1/key-rotate-approval\n\(registry)\n\(seq)\n\(old)\n\(new)".utf8)
     }
 
     /// The message a new registry key signs to show it holds its private half.

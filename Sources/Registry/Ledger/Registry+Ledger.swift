@@ -80,10 +80,17 @@ extension Registry {
         do { return try LedgerRecord(envelope: envelope) } catch { throw .tampered(error.description) }
     }
 
-    /// Keeps `state` as this process's verified state and, when it moved forward, as this user's.
+    /// Keeps `state` as this process's verified state and, when it moved forward, as this user's. The first time this
+    /// user's client verifies the registry at this path, it pins its root there (trust on first use, as SSH does): a
+    /// registry later replaced wholesale at the same path, with another root, is refused.
     func adopt(_ state: LedgerState) throws(CofferRegistryError) {
-        ledger.withLock { current in
-            if current == nil || current!.seq <= state.seq { current = state }
+        let first = ledger.withLock { current in
+            defer { if current == nil || current!.seq <= state.seq { current = state } }
+            return current == nil
+        }
+        if first, let memory {
+            let location = ClientMemory.location(home: home)
+            if memory.pin(for: location) == nil { try memory.setPin(state.registry, for: location) }
         }
         try memory?.remember(state.registry) { remembered in
             if remembered == nil {
@@ -182,7 +189,7 @@ extension Registry {
                     arguments: [owner.identity.keyID, owner.name, Data(owner.identity.jsonBytes), now]
                 )
             }
-        case .keyRotate(let key, _):
+        case .keyRotate(let key, _, _):
             try db.execute(sql: "UPDATE registry_keys SET retired_at = ? WHERE retired_at IS NULL", arguments: [now])
             try db.execute(
                 sql: "INSERT INTO registry_keys (key_id, public_identity, created_at) VALUES (?, ?, ?)",
@@ -233,6 +240,15 @@ extension Registry {
             )
         case .version, .erase, .rekey, .auditHead:
             break  // their rows are written by the push, erase and rekey that record them
+        case .tokenCreate(let facts):
+            try db.execute(
+                sql: "INSERT INTO api_tokens (id, token_hash, principal, scope, created_at, expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                arguments: [
+                    facts.id, Data(Digest.bytes(fromHex: facts.hash) ?? []), facts.principal, facts.scope.rawValue, now, facts.expires, record.by,
+                ]
+            )
+        case .tokenRevoke(let id):
+            try db.execute(sql: "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?", arguments: [now, id])
         case .aliasSet(let model, let alias, let version, _, _):
             try db.execute(
                 sql: """

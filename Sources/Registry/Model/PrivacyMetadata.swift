@@ -70,17 +70,30 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         if let achievedSparsity, !(achievedSparsity >= 0 && achievedSparsity <= 1) {
             throw .invalidPrivacy("achieved_sparsity must be in [0, 1], got \(achievedSparsity)")
         }
-        for (i, segment) in segments.enumerated() {
-            guard segment.sampleRate > 0, segment.sampleRate <= 1, segment.noiseMultiplier >= 0, segment.noiseMultiplier.isFinite, segment.steps >= 0
-            else {
-                throw .invalidPrivacy(
-                    "segment \(i + 1) needs sample_rate in (0, 1], noise_multiplier >= 0 and steps >= 0, got \(segment.sampleRate), \(segment.noiseMultiplier), \(segment.steps)"
-                )
-            }
-        }
+        if let problem = Self.problem(segments) { throw .invalidPrivacy(problem) }
         if let claimedEpsilon, !(claimedEpsilon >= 0 && claimedEpsilon.isFinite) {
             throw .invalidPrivacy("claimed_epsilon must be a finite number >= 0, got \(claimedEpsilon)")
         }
+    }
+
+    /// Most segments a history may have, and most steps in one: far beyond any real training run, small enough that
+    /// whoever replays a history (a server checking a budget, a client replaying the ledger) cannot be made to spend
+    /// minutes or to overflow on it.
+    public static let maximumSegments = 1000
+    public static let maximumSteps = 1_000_000_000_000
+
+    /// What is wrong with an accountant history, or nil.
+    static func problem(_ segments: [PrivacySegment]) -> String? {
+        guard segments.count <= maximumSegments else { return "a history has at most \(maximumSegments) segments, got \(segments.count)" }
+        for (i, segment) in segments.enumerated() {
+            guard segment.sampleRate > 0, segment.sampleRate <= 1, segment.noiseMultiplier >= 0, segment.noiseMultiplier.isFinite,
+                segment.steps >= 0, segment.steps <= maximumSteps
+            else {
+                return
+                    "segment \(i + 1) needs sample_rate in (0, 1], noise_multiplier >= 0 and steps from 0 to 10^12, got \(segment.sampleRate), \(segment.noiseMultiplier), \(segment.steps)"
+            }
+        }
+        return nil
     }
 
     /// Reads a privacy file: the flat shape above, or a training checkpoint's `privacy.json`

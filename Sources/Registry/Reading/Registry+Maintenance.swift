@@ -42,6 +42,8 @@ extension Registry {
         // A registry that went back is still checked, against its own ledger, so every other problem is named too.
         if wentBack { ledger.withLock { $0 = state } }
         try compareTables(with: state, versionRecords: versionRecords, into: &report)
+        // The audit log: its chain, its signed heads, and the entries the ledger, the state head and this client name.
+        do { _ = try verifyAudit() } catch { report.problems.append(error.description) }
 
         let versions = try database.read { db in
             try Row.fetchAll(db, sql: "SELECT v.id, m.name, v.version FROM versions v JOIN models m ON m.id = v.model_id ORDER BY v.id")
@@ -167,6 +169,9 @@ extension Registry {
                     sql: "SELECT m.name, v.version FROM erasures e JOIN versions v ON v.id = e.version_id JOIN models m ON m.id = v.model_id"
                 ).map { "\($0[0] as String):\($0[1] as String)" },
                 keys: try String.fetchAll(db, sql: "SELECT key_id FROM registry_keys"),
+                tokens: try Row.fetchAll(db, sql: "SELECT id, principal, scope, hex(token_hash) FROM api_tokens WHERE revoked_at IS NULL").map {
+                    "\($0[0] as String) \($0[1] as String) \($0[2] as String) \(($0[3] as String).lowercased())"
+                },
                 versions: try Row.fetchAll(db, sql: "SELECT m.name, v.version, v.digest FROM versions v JOIN models m ON m.id = v.model_id").map {
                     "\($0[0] as String):\($0[1] as String) \($0[2] as String)"
                 }
@@ -201,6 +206,14 @@ extension Registry {
         )
         compare("erasure of", table: Set(tables.erasures), ledger: Set(state.erased.values.map { "\($0.model):\($0.version)" }), describe: { $0 })
         compare("registry key", table: Set(tables.keys), ledger: Set(state.keys.map(\.identity.keyID)), describe: { $0 })
+        compare(
+            "bearer token",
+            table: Set(tables.tokens),
+            ledger: Set(
+                state.tokens.values.filter { !$0.revoked }.map { "\($0.facts.id) \($0.facts.principal) \($0.facts.scope.rawValue) \($0.facts.hash)" }
+            ),
+            describe: { String($0.prefix(16)) }
+        )
         compare("version", table: Set(tables.versions), ledger: Set(versionRecords.map { "\($0.key) \($0.value.digest)" }), describe: { $0 })
     }
 

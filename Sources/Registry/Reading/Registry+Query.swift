@@ -58,6 +58,37 @@ public struct VersionSummary: Sendable, Equatable {
     }
 }
 
+extension VersionSummary {
+    /// A version as a remote client shows it: every signed field from the statement it verified itself, aliases and
+    /// erasure from the ledger it replayed; only the unsigned tags as the server reports them.
+    public init(verified statement: ModelStatement, digest: String, signer: PublicIdentity, ledger: LedgerState, reportedTags: [String: String]) {
+        self.init(
+            model: statement.model,
+            version: statement.version,
+            digest: digest,
+            created: statement.created,
+            publisherKeyID: statement.publisherKeyID,
+            message: statement.message,
+            aliases: [],
+            tags: reportedTags,
+            privacy: statement.privacy,
+            datasetID: statement.lineage.datasetID,
+            datasetDigest: statement.lineage.datasetDigest,
+            trainingConfigDigest: statement.lineage.trainingConfigDigest,
+            parent: statement.lineage.parent,
+            files: statement.files
+        )
+        aliases = ledger.aliases.filter { $0.key.hasPrefix("\(statement.model)@") && $0.value.digest == digest }
+            .map { String($0.key.dropFirst(statement.model.count + 1)) }.sorted()
+        if let erasure = ledger.erased[digest] {
+            erasedAt = erasure.at
+            erasedBy = erasure.by
+        }
+        verified = true
+        self.signer = signer.name
+    }
+}
+
 extension PrivacyMetadata {
     /// Reads the typed privacy columns of a `versions` row.
     init(row: Row) {

@@ -104,17 +104,34 @@ extension Registry {
     /// and is signed by its publisher or by a registry key. A version without one was never committed here.
     func versionRecord(model: String, version: String, state: LedgerState) throws(CofferRegistryError) -> LedgerChange.VersionFacts {
         let label = "\(model):\(version)"
-        let envelope = try database.read { db in
-            try Data.fetchOne(
-                db.cachedStatement(sql: "SELECT envelope FROM ledger WHERE object = ? AND kind = 'version' ORDER BY seq LIMIT 1"),
+        let row = try database.read { db in
+            try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT seq, envelope FROM ledger WHERE object = ? AND kind = 'version' AND seq >= 1 ORDER BY seq LIMIT 1"),
                 arguments: ["version:\(label)"]
             )
         }
-        guard let envelope else { throw .tampered("\(label) has no version record in the ledger: it was not committed to this registry") }
-        let record = try Self.parse(Array(envelope))
-        guard record.registry == state.registry, record.seq <= state.seq, case .version(let facts) = record.change, facts.model == model,
-            facts.version == version
-        else { throw .tampered("\(label): its ledger record is not this version's") }
+        guard let row else { throw .tampered("\(label) has no version record in the ledger: it was not committed to this registry") }
+        let record = try Self.parse(Array(row["envelope"] as Data))
+        guard record.seq == row["seq"] as Int64 else { throw .tampered("\(label): its ledger record is not where the ledger holds it") }
+        return try Self.checkVersionRecord(record, model: model, version: version, state: state)
+    }
+
+    /// Checks a `version` record found outside the replay (by look-up, or sent by a server with a package): it belongs to
+    /// this registry and lies within the verified chain, it names `model:version`, and it is signed by the publisher it
+    /// names or by a key of the registry's chain. The caller must then check that its digest and publisher are those of
+    /// the statement it verified: only that publisher (or the registry) can have recorded that statement here.
+    static func checkVersionRecord(
+        _ record: LedgerRecord,
+        model: String,
+        version: String,
+        state: LedgerState
+    ) throws(CofferRegistryError)
+        -> LedgerChange.VersionFacts
+    {
+        let label = "\(model):\(version)"
+        guard record.registry == state.registry, record.seq >= 1, record.seq <= state.seq, case .version(let facts) = record.change,
+            facts.model == model, facts.version == version
+        else { throw .tampered("\(label): its ledger record is not this version's in this registry") }
         let signer = record.signerKeyID == facts.publisher.keyID ? facts.publisher : state.key(record.signerKeyID)?.identity
         guard let signer, record.isSigned(by: signer) else { throw .tampered("\(label): its ledger record's signature does not verify") }
         return facts
@@ -201,6 +218,7 @@ extension Registry {
         let state = try ledgerState()
         let facts = try versionRecord(model: stored.model, version: stored.version, state: state)
         guard facts.digest == stored.digest else { throw .tampered("\(label): its statement is not the one its ledger record names") }
+        guard facts.publisher.keyID == signer.keyID else { throw .tampered("\(label): its ledger record names another publisher than its signer") }
         guard statement.files.sorted(by: { $0.path < $1.path }) == stored.files else {
             throw .tampered("\(label): the files table disagrees with the signed statement")
         }

@@ -96,6 +96,34 @@ public struct RemoteLedger: Sendable {
         return records.first?.prev
     }
 
+    /// The `version` record of `model:version` in the ledger `state` replayed (nil when there is none), found by reading
+    /// the records from the newest back, each checked to be the one the replay saw (its hash links to the next one's).
+    public static func versionRecord(
+        _ model: String,
+        _ version: String,
+        from source: any LedgerSource,
+        in state: LedgerState
+    )
+        throws(CofferRegistryError) -> LedgerChange.VersionFacts?
+    {
+        var expected = state.hash
+        var before = state.seq
+        while before > 0 {
+            let start = max(0, before - 100)
+            let records = try source.records(after: start, limit: Int(before - start)).map { envelope throws(CofferRegistryError) in
+                try Registry.parse(envelope)
+            }
+            guard records.count == Int(before - start) else { throw .tampered("the server sent a ledger shorter than it was") }
+            for record in records.reversed() {
+                guard record.hash == expected else { throw .tampered("the server sent ledger records other than the ones replayed") }
+                expected = record.prev
+                if case .version(let facts) = record.change, facts.model == model, facts.version == version { return facts }
+            }
+            before = start
+        }
+        return nil
+    }
+
     /// The version `reference` names: its name, and the digest the ledger recorded for it when the ledger says
     /// (`NAME` and `NAME@ALIAS`; an explicit version's digest comes with its record in the package).
     public func resolve(_ reference: ModelReference) throws(CofferRegistryError) -> (version: String, digest: String?) {

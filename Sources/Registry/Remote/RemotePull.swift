@@ -117,6 +117,17 @@ public enum RemotePull {
         expected: RemoteExpectation,
         trusting trusted: [PublicIdentity]?
     ) throws(CofferRegistryError) -> (files: [ModelStatement.File], signer: PublicIdentity, bundle: Data) {
+        let (statement, signer, bundle) = try verifiedStatement(package, expected: expected, trusting: trusted)
+        return (statement.files, signer, bundle)
+    }
+
+    /// ``verifiedFiles(_:expected:trusting:)`` with the whole verified statement (its files as stored now): what a
+    /// remote `show` prints instead of the server's description.
+    public static func verifiedStatement(
+        _ package: VersionPackage,
+        expected: RemoteExpectation,
+        trusting trusted: [PublicIdentity]?
+    ) throws(CofferRegistryError) -> (statement: ModelStatement, signer: PublicIdentity, bundle: Data) {
         let label = "\(expected.model):\(expected.version)"
         let ledger = expected.ledger
         guard package.model == expected.model, package.version == expected.version else {
@@ -141,12 +152,17 @@ public enum RemotePull {
         guard let text = package.record, let envelope = Data(base64Encoded: text) else {
             throw .tampered("\(label): the server sent no ledger record for it")
         }
-        let record = try Registry.parse(Array(envelope))
-        guard record.registry == ledger.registry, record.seq <= ledger.seq, case .version(let facts) = record.change,
-            facts.model == expected.model, facts.version == expected.version, facts.digest == package.digest
-        else { throw .tampered("\(label): the ledger record the server sent is not this version's") }
-        let recordSigner = record.signerKeyID == facts.publisher.keyID ? facts.publisher : ledger.key(record.signerKeyID)?.identity
-        guard let recordSigner, record.isSigned(by: recordSigner) else { throw .tampered("\(label): its ledger record's signature does not verify") }
+        // The record binds the statement to this registry: its digest, and the publisher who signed the statement (a
+        // record any other key signed for another registry's genuine statement is refused).
+        let facts = try Registry.checkVersionRecord(
+            try Registry.parse(Array(envelope)),
+            model: expected.model,
+            version: expected.version,
+            state: ledger
+        )
+        guard facts.digest == package.digest, facts.publisher.keyID == signer.keyID else {
+            throw .tampered("\(label): the ledger record the server sent names another version or publisher")
+        }
         if let erasure = ledger.erased[package.digest] { throw .erased("\(label) was erased at \(erasure.at) by \(erasure.by)") }
         if let alias = expected.alias {
             let facts = LedgerChange.AliasFacts(privacy: statement.privacy, signer: signer.keyID, charged: ledger.isCharged(package.digest))
@@ -173,7 +189,9 @@ public enum RemotePull {
         } else if recordedRekey != nil {
             throw .tampered("\(label) was re-encrypted, but the server withheld the record of its new blobs")
         }
-        return (files, signer, bundle)
+        var current = statement
+        current.files = files
+        return (current, signer, bundle)
     }
 
     public static func pull(

@@ -33,6 +33,14 @@ public struct PreparedPush: Sendable, Equatable, Codable {
         case overrideBudget = "override_budget"
     }
 
+    /// The SHA-256 of the signed statement: the version's digest once committed.
+    public func statementDigest() throws(CofferRegistryError) -> String {
+        guard let document = Data(base64Encoded: dsse), let payload = try? DSSEEnvelope(jsonBytes: Array(document)).payloadBytes() else {
+            throw .invalidInput("\(model):\(version): unreadable signed statement")
+        }
+        return Digest.hex(Digest.sha256(payload))
+    }
+
     /// The outbox file holding the sealed blob with `digest`.
     public static func blobPath(_ outbox: String, _ digest: String) -> String { "\(outbox)/\(digest).blob" }
 

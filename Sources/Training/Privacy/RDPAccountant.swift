@@ -51,7 +51,10 @@ public struct RDPAccountant: Sendable {
     /// extends it (DP-SGD composes one step at a time), and reuses its per-step RDP.
     public mutating func compose(_ segment: PrivacySegment) {
         if let last = segments.last, last.sampleRate == segment.sampleRate, last.noiseMultiplier == segment.noiseMultiplier {
-            segments[segments.count - 1].steps += segment.steps
+            // Saturating: a crafted history must not trap whoever replays it (its steps are bounded upstream).
+            segments[segments.count - 1].steps =
+                segments[segments.count - 1].steps.addingReportingOverflow(segment.steps).overflow
+                ? Int.max : segments[segments.count - 1].steps + segment.steps
         } else {
             lastPerStep = Self.rdp(sampleRate: segment.sampleRate, noiseMultiplier: segment.noiseMultiplier, orders: orders)
             segments.append(segment)
@@ -156,7 +159,7 @@ public struct RDPAccountant: Sendable {
     }
 
     /// ε from RDP, minimised over orders; 0 where the KL bound already gives δ.
-    static func epsilon(orders: [Double], rdp: [Double], delta: Double) -> (epsilon: Double, order: Double) {
+    public static func epsilon(orders: [Double], rdp: [Double], delta: Double) -> (epsilon: Double, order: Double) {
         if delta == 0 { return rdp.allSatisfy { $0 == 0 } ? (0, 0) : (.infinity, 0) }
         var best = (epsilon: Double.infinity, order: orders.first ?? 0)
         for (a, r) in zip(orders, rdp) {
