@@ -110,6 +110,21 @@ extension Coffer {
 }
 
 extension Coffer {
+    struct Migrate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Bring a registry made by an earlier Coffer up to date: give it a signed ledger restating its tables (its key's passphrase)."
+        )
+        @OptionGroup var registry: RegistryOptions
+        @OptionGroup var passphraseOptions: PassphraseOptions
+
+        func run() throws {
+            let store = try registry.open()
+            let key = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
+            let written = try store.adoptLedger(registryKey: key)
+            print("signed a ledger of \(written) records restating \(store.home); this client pinned its root \(key.publicIdentity.keyID)")
+        }
+    }
+
     struct Fsck: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check the whole registry: database integrity, every signature, row and blob. Exit 1 if anything is wrong."

@@ -6,7 +6,7 @@ import Foundation
 /// records"). Every decision the registry takes is made on the state these changes build, never on the tables
 /// that copy it.
 public enum LedgerChange: Sendable, Equatable {
-    case genesis(key: PublicIdentity, owner: Owner?)
+    case genesis(key: PublicIdentity, owner: Owner?, adoption: Adoption? = nil)
     case keyRotate(key: PublicIdentity, proof: [UInt8], approval: [UInt8]?)
     case principalAdd(name: String, identity: PublicIdentity, roles: [Role])
     case principalRemove(name: String)
@@ -24,6 +24,14 @@ public enum LedgerChange: Sendable, Equatable {
     case auditHead(seq: Int64, hash: String)
     case tokenCreate(TokenFacts)
     case tokenRevoke(id: String)
+
+    /// What the genesis record of a registry that predates the ledger says of its past: how many records after it
+    /// restate that past (the registry key signs them alone, as vouched by whoever adopted it), and the registry keys
+    /// it had retired by then (the audit heads they signed before the adoption still verify).
+    public struct Adoption: Sendable, Equatable {
+        public var records: Int64
+        public var legacyKeys: [PublicIdentity]
+    }
 
     /// The principal a registry is created with.
     public struct Owner: Sendable, Equatable {
@@ -118,8 +126,15 @@ public enum LedgerChange: Sendable, Equatable {
         func s(_ v: String?) -> JSONValue { v.map { .string($0) } ?? .null }
         func n(_ v: Double?) -> JSONValue { v.map { .number($0) } ?? .null }
         switch self {
-        case .genesis(let key, let owner):
-            return ["key": key.json, "owner": owner.map { .object(["name": .string($0.name), "identity": $0.identity.json]) } ?? .null]
+        case .genesis(let key, let owner, let adoption):
+            var fields: [String: JSONValue] = [
+                "key": key.json, "owner": owner.map { .object(["name": .string($0.name), "identity": $0.identity.json]) } ?? .null,
+            ]
+            if let adoption {
+                fields["adopts"] = .number(Double(adoption.records))
+                fields["legacy_keys"] = .array(adoption.legacyKeys.map(\.json))
+            }
+            return fields
         case .keyRotate(let key, let proof, let approval):
             return [
                 "key": key.json, "proof": .string(Data(proof).base64EncodedString()),
@@ -211,7 +226,16 @@ public enum LedgerChange: Sendable, Equatable {
                 guard let name = value["name"]?.stringValue else { throw .malformed("genesis owner needs a name") }
                 owner = Owner(name: name, identity: try identity(value["identity"]))
             }
-            self = .genesis(key: try identity(f["key"]), owner: owner)
+            var adoption: Adoption? = nil
+            if let count = f["adopts"] {
+                guard let records = count.integerValue, records >= 0, case .array(let keys)? = f["legacy_keys"] else {
+                    throw .malformed("genesis adopts needs a whole number and legacy_keys")
+                }
+                var legacy: [PublicIdentity] = []
+                for key in keys { legacy.append(try identity(key)) }
+                adoption = Adoption(records: Int64(records), legacyKeys: legacy)
+            }
+            self = .genesis(key: try identity(f["key"]), owner: owner, adoption: adoption)
         case "key.rotate":
             guard let proof = Data(base64Encoded: try string("proof")) else { throw .malformed("key.rotate proof is not base64") }
             var approval: [UInt8]? = nil

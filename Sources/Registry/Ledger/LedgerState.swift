@@ -98,6 +98,8 @@ public struct LedgerState: Sendable, Equatable, Codable {
     /// By version digest: SHA-256 of the registry-signed rekey attestation now in force.
     public private(set) var rekeys: [String: String] = [:]
     public private(set) var auditHead: AuditMark?
+    /// The last record of an adoption's restatement of the past (1: none).
+    public private(set) var adoptedThrough: Int64 = 1
     /// Bearer tokens by id: a token authenticates only if an admin's record minted it and none revoked it.
     public private(set) var tokens: [String: Token] = [:]
 
@@ -196,18 +198,19 @@ public struct LedgerState: Sendable, Equatable, Codable {
         func verify(_ identity: PublicIdentity) throws(LedgerError) {
             guard record.isSigned(by: identity) else { throw fail("its signature by \(record.signerKeyID) does not verify") }
         }
-        if case .genesis(let key, _) = record.change {
+        if case .genesis(let key, _, _) = record.change {
             guard record.seq == 1, key.keyID == registry else { throw fail("a genesis record is only record 1, by the root key \(registry)") }
             return try verify(key)
         }
         guard let current = currentKey else { throw fail("precedes the genesis record") }
         if record.signerKeyID == current.keyID {
             try verify(current)
-            // Without principals, the registry's key makes every change. With them, it is an online key (a server holds
-            // it unlocked): in its own name it only marks the audit log, and for a principal (the holder of a bearer
-            // token) it makes only what the server's routes make, with that principal's roles. Principals, grants,
-            // trust, policies, tokens and erasures need an admin's own signature; a rotation, an admin's approval.
-            guard checksPrincipals else { return }
+            // Without principals, and while an adoption restates a registry's past, the registry's key makes every
+            // change. With them, it is an online key (a server holds it unlocked): in its own name it only marks the
+            // audit log, and for a principal (the holder of a bearer token) it makes only what the server's routes
+            // make, with that principal's roles. Principals, grants, trust, policies, tokens and erasures need an
+            // admin's own signature; a rotation, an admin's approval.
+            guard checksPrincipals, record.seq > adoptedThrough else { return }
             if record.by == "registry" {
                 guard case .auditHead = record.change else {
                     throw fail(
@@ -289,8 +292,10 @@ public struct LedgerState: Sendable, Equatable, Codable {
     private mutating func change(_ record: LedgerRecord) throws(LedgerError) {
         func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
         switch record.change {
-        case .genesis(let key, let owner):
-            keys = [RegistryKey(identity: key, since: record.seq)]
+        case .genesis(let key, let owner, let adoption):
+            keys = (adoption?.legacyKeys ?? []).map { RegistryKey(identity: $0, since: 0, retiredBy: 1, retiredAt: record.at) }
+            keys.append(RegistryKey(identity: key, since: record.seq))
+            adoptedThrough = 1 + (adoption?.records ?? 0)
             if let owner {
                 principals[owner.name] = owner.identity
                 grants = [Grant(principal: owner.name, role: .admin)]

@@ -173,7 +173,7 @@ extension Registry {
     static func materialize(_ record: LedgerRecord, state: LedgerState, db: Database) throws {
         let now = record.at
         switch record.change {
-        case .genesis(let key, let owner):
+        case .genesis(let key, let owner, _):
             try db.execute(
                 sql: "INSERT OR REPLACE INTO registry_keys (key_id, public_identity, created_at) VALUES (?, ?, ?)",
                 arguments: [key.keyID, Data(key.jsonBytes), now]

@@ -104,6 +104,9 @@ public struct StateHead: Sendable, Equatable, Codable {
         guard let key = currentKeyAt(head.ledgerSeq), (try? envelope.verify(trusting: [key])) != nil else {
             throw .tampered("the state head is not signed by the registry's key at ledger record \(head.ledgerSeq)")
         }
+        guard head.ledgerSeq <= state.seq else {
+            throw .tampered("the state head names ledger record \(head.ledgerSeq), beyond the \(state.seq) records sent (records withheld)")
+        }
         guard hashAt(head.ledgerSeq) == head.ledgerHash else {
             throw .tampered("the state head names ledger record \(head.ledgerSeq) with another hash than the ledger's")
         }

@@ -35,6 +35,8 @@ public struct RemoteLedger: Sendable {
     ) throws(CofferRegistryError) -> RemoteLedger {
         let pin = memory?.pin(for: location)
         let remembered = pin.flatMap { memory?.remembered($0) }
+        // The head first: every record it names was appended before it was signed, so the records read next reach it.
+        let envelope = try source.stateHead()
         var state = remembered?.state
         var after = state?.seq ?? 0
         while true {
@@ -61,7 +63,6 @@ public struct RemoteLedger: Sendable {
         if let key, state.key(key.keyID) == nil {
             throw .tampered("\(location)'s key chain does not hold the registry key \(key.keyID) you gave (--registry-key)")
         }
-        let envelope = try source.stateHead()
         let head = try StateHead.verify(
             envelope,
             state: state,
