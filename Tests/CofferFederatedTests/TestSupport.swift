@@ -27,6 +27,8 @@ struct Faults {
     var dropouts: [Int: Stage] = [:]
     /// Alters the tasks the coordinator forwards (a malicious coordinator).
     var tamper: ((inout SiteTask) -> Void)? = nil
+    /// Alters what a site (by index) submits (a faulty or malicious site).
+    var submission: ((Int, inout Submission) -> Void)? = nil
 }
 
 /// One round of secure aggregation between `SecAggSite`s and a `SecAggAggregator`, with no training and no transport:
@@ -41,6 +43,8 @@ final class SecAggHarness {
     var siteErrors: [Int: FederatedError] = [:]
     /// The masked vectors the coordinator received, by index.
     var maskedVectors: [Int: [UInt64]] = [:]
+    /// What the coordinator refused, by index.
+    var coordinatorErrors: [Int: FederatedError] = [:]
 
     init(count: Int, threshold: Int, neighbours: Int = 0, dimension: Int, round: Int = 1) throws {
         identities = makeSites(count)
@@ -94,7 +98,12 @@ final class SecAggHarness {
                     siteErrors[index] = error
                     continue
                 }
-                try aggregator.accept(submission, from: index)
+                faults.submission?(index, &submission)
+                do throws(FederatedError) {
+                    try aggregator.accept(submission, from: index)
+                } catch {
+                    coordinatorErrors[index] = error
+                }
             }
             try aggregator.close()
         }
