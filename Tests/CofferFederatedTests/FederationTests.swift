@@ -6,7 +6,7 @@ import Testing
 @testable import CofferFederated
 
 /// A small federation over the RAND health data split across sites, for tests.
-final class FederationFixture {
+final class FederationFixture: @unchecked Sendable {
     let directory: URL
     let recipe: FederatedRecipe
     let coordinator = SigningIdentity(try! Identity.generate(name: "coordinator"))

@@ -15,6 +15,7 @@ public enum FederatedError: Error, Equatable, CustomStringConvertible {
     case roundAborted(round: Int, reason: String)
     case timeout(String)
     case transport(String)
+    case coordinatorRefused(String)
     case localData(String)
     case io(String)
 
@@ -34,6 +35,7 @@ public enum FederatedError: Error, Equatable, CustomStringConvertible {
         case .roundAborted(let round, let reason): "round \(round) aborted: \(reason)"
         case .timeout(let why): "timed out: \(why)"
         case .transport(let why): "cannot reach the coordinator: \(why)"
+        case .coordinatorRefused(let why): "the coordinator refused: \(why)"
         case .localData(let why): why
         case .io(let why): why
         }

@@ -1,0 +1,153 @@
+import Foundation
+
+/// Drives a ``CoordinatorCore`` in real time: waits for sites to join, runs each round stage by stage, closing a stage
+/// as soon as every site asked has answered or when its timeout expires (a site that never answers is a dropout), and
+/// answers long polls as tasks appear. The HTTP routes (``FederationServer``) call into it.
+///
+/// ```swift
+/// let coordinator = Coordinator(core: core)
+/// async let records = coordinator.run()
+/// ```
+public actor Coordinator {
+    public let core: CoordinatorCore
+    /// Called after each round (not the statistics round), before the next begins: the CLI pushes the model here.
+    let onRound: (@Sendable (RoundRecord) async -> Void)?
+    private var waiters: [UUID: (continuation: CheckedContinuation<Void, Never>, sleeper: Task<Void, Never>)] = [:]
+    /// Sites that have fetched the final task.
+    private var released = Set<String>()
+    /// When each site last polled: a site silent for longer than two poll waits is not waited for at the end.
+    private var lastSeen: [String: ContinuousClock.Instant] = [:]
+    /// How long a poll waits for a task before answering 204.
+    public static let pollWait: Duration = .seconds(20)
+
+    public init(core: CoordinatorCore, onRound: (@Sendable (RoundRecord) async -> Void)? = nil) {
+        self.core = core
+        self.onRound = onRound
+    }
+
+    // MARK: - Requests
+
+    public func join(_ signed: SignedMessage) throws(FederatedError) -> SignedMessage {
+        let answer = try core.join(signed)
+        notify()
+        return answer
+    }
+
+    /// The site's next task, waiting up to `wait` for one; `nil` when none came.
+    public func poll(_ signed: SignedMessage, wait: Duration = Coordinator.pollWait) async throws(FederatedError) -> SignedMessage? {
+        let (site, after) = try core.authenticatePoll(signed)
+        lastSeen[site] = .now
+        let deadline = ContinuousClock.now + wait
+        while true {
+            if let task = core.task(for: site, after: after) {
+                if core.isFinished {
+                    released.insert(site)
+                    notify()
+                }
+                return task
+            }
+            if ContinuousClock.now >= deadline { return nil }
+            await waitForChange(until: deadline)
+        }
+    }
+
+    public func submit(_ signed: SignedMessage) throws(FederatedError) -> SignedMessage {
+        let answer = try core.submit(signed)
+        notify()
+        return answer
+    }
+
+    /// What `GET /v1/fl/status` shows: public facts only.
+    public func status() -> [String: String] {
+        [
+            "session": core.sessionHex, "round": "\(core.round)", "stage": core.stage?.rawValue ?? (core.isFinished ? "finished" : "between rounds"),
+            "joined": "\(core.joined.count)", "enrolled": "\(core.enrolledCount)", "rounds": "\(core.configuration.rounds)",
+            "mechanism": core.configuration.mechanism,
+        ]
+    }
+
+    // MARK: - Rounds
+
+    /// Runs the whole federation and returns every round's record.
+    ///
+    /// - Throws: when too few sites join, or the statistics round cannot complete.
+    public func run() async throws(FederatedError) -> [RoundRecord] {
+        let configuration = core.configuration
+        let joinDeadline = ContinuousClock.now + .seconds(configuration.joinTimeout)
+        while core.joined.count < core.enrolledCount && ContinuousClock.now < joinDeadline { await waitForChange(until: joinDeadline) }
+        try core.begin()
+        if core.needsStatistics {
+            let record = await runRound(0)
+            guard !core.needsStatistics else {
+                finish(summary: "the statistics round failed: \(record.reason ?? record.outcome)")
+                throw .roundAborted(round: 0, reason: record.reason ?? "the statistics round failed")
+            }
+        }
+        for round in 1...configuration.rounds {
+            let record = await runRound(round)
+            await onRound?(record)
+        }
+        let ok = core.records.filter { $0.kind == .update && $0.outcome == "ok" }.count
+        finish(summary: "\(configuration.rounds) rounds, \(ok) aggregated")
+        // Give every site still polling the chance to fetch the final model before the server stops.
+        let grace = ContinuousClock.now + .seconds(min(configuration.stageTimeout, 30))
+        while ContinuousClock.now < grace && core.joined.contains(where: { site in !released.contains(site) && isAlive(site) }) {
+            await waitForChange(until: min(grace, .now + .seconds(1)))
+        }
+        return core.records
+    }
+
+    private func isAlive(_ site: String) -> Bool {
+        guard let seen = lastSeen[site] else { return false }
+        return ContinuousClock.now - seen < Self.pollWait * 2
+    }
+
+    private func finish(summary: String) {
+        core.finish(summary: summary)
+        notify()
+    }
+
+    /// Runs one round: each stage closes when every site asked has answered, or at its timeout.
+    func runRound(_ number: Int) async -> RoundRecord {
+        if let skipped = core.startRound(number) { return skipped }
+        notify()
+        while true {
+            let seconds = core.stage == .advertise ? core.configuration.trainTimeout : core.configuration.stageTimeout
+            let deadline = ContinuousClock.now + .seconds(seconds)
+            while !core.isStageComplete && ContinuousClock.now < deadline { await waitForChange(until: deadline) }
+            if !core.isStageComplete, let stage = core.stage {
+                core.log("round \(number): no \(stage.rawValue) answer within \(Int(seconds)) s from \(core.waitingFor.joined(separator: ", "))")
+            }
+            let record = core.closeStage()
+            notify()
+            if let record { return record }
+        }
+    }
+
+    // MARK: - Waiting
+
+    /// Suspends until something changes (a join, a submission, a new task) or `deadline` passes.
+    private func waitForChange(until deadline: ContinuousClock.Instant) async {
+        let id = UUID()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let sleeper = Task { [weak self] in
+                try? await Task.sleep(until: deadline)
+                await self?.wake(id)
+            }
+            waiters[id] = (continuation, sleeper)
+        }
+    }
+
+    private func wake(_ id: UUID) {
+        waiters.removeValue(forKey: id)?.continuation.resume()
+    }
+
+    private func notify() {
+        let all = waiters
+        waiters = [:]
+        for waiter in all.values {
+            waiter.sleeper.cancel()
+            waiter.continuation.resume()
+        }
+    }
+}
