@@ -74,7 +74,10 @@ public actor Coordinator {
     public func run() async throws(FederatedError) -> [RoundRecord] {
         let configuration = core.configuration
         let joinDeadline = ContinuousClock.now + .seconds(configuration.joinTimeout)
-        while core.joined.count < core.enrolledCount && ContinuousClock.now < joinDeadline { await waitForChange(until: joinDeadline) }
+        while core.joined.count < core.enrolledCount && ContinuousClock.now < joinDeadline {
+            await waitForChange(until: joinDeadline)
+            try checkCancellation()
+        }
         try core.begin()
         if core.needsStatistics {
             let record = await runRound(0)
@@ -84,6 +87,7 @@ public actor Coordinator {
             }
         }
         for round in 1...configuration.rounds {
+            try checkCancellation()
             let record = await runRound(round)
             await onRound?(record)
         }
@@ -95,6 +99,10 @@ public actor Coordinator {
             await waitForChange(until: min(grace, .now + .seconds(1)))
         }
         return core.records
+    }
+
+    private func checkCancellation() throws(FederatedError) {
+        if Task.isCancelled { throw .io("interrupted: the coordinator stopped before the federation ended") }
     }
 
     private func isAlive(_ site: String) -> Bool {
@@ -114,7 +122,7 @@ public actor Coordinator {
         while true {
             let seconds = core.stage == .advertise ? core.configuration.trainTimeout : core.configuration.stageTimeout
             let deadline = ContinuousClock.now + .seconds(seconds)
-            while !core.isStageComplete && ContinuousClock.now < deadline { await waitForChange(until: deadline) }
+            while !core.isStageComplete && ContinuousClock.now < deadline && !Task.isCancelled { await waitForChange(until: deadline) }
             if !core.isStageComplete, let stage = core.stage {
                 core.log("round \(number): no \(stage.rawValue) answer within \(Int(seconds)) s from \(core.waitingFor.joined(separator: ", "))")
             }
@@ -129,12 +137,17 @@ public actor Coordinator {
     /// Suspends until something changes (a join, a submission, a new task) or `deadline` passes.
     private func waitForChange(until deadline: ContinuousClock.Instant) async {
         let id = UUID()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let sleeper = Task { [weak self] in
-                try? await Task.sleep(until: deadline)
-                await self?.wake(id)
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                guard !Task.isCancelled else { return continuation.resume() }
+                let sleeper = Task { [weak self] in
+                    try? await Task.sleep(until: deadline)
+                    await self?.wake(id)
+                }
+                waiters[id] = (continuation, sleeper)
             }
-            waiters[id] = (continuation, sleeper)
+        } onCancel: {
+            Task { await self.wake(id) }
         }
     }
 

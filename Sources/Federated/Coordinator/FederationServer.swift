@@ -2,6 +2,8 @@ import HTTPTypes
 public import Hummingbird
 public import Logging
 import NIOCore
+import ServiceLifecycle
+import UnixSignals
 
 /// The coordinator's HTTP face (Hummingbird 2): four routes over a ``Coordinator``.
 ///
@@ -98,5 +100,33 @@ extension FederatedError: HTTPResponseError {
             headers: [.contentType: "text/plain; charset=utf-8"],
             body: .init(byteBuffer: ByteBuffer(string: description + "\n"))
         )
+    }
+}
+
+/// Runs the federation behind its HTTP routes: serves until every round is done and the sites have had the final
+/// model, then shuts the server down gracefully. SIGTERM or SIGINT stop both at once.
+///
+/// - Returns: every round's record.
+public func runFederation(coordinator: Coordinator, host: String, port: Int, logger: Logger) async throws -> [RoundRecord] {
+    let app = buildFederationApplication(coordinator: coordinator, host: host, port: port, logger: logger)
+    let services = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    return try await withThrowingTaskGroup(of: [RoundRecord]?.self) { group in
+        group.addTask {
+            try await services.run()
+            return nil
+        }
+        group.addTask {
+            let records = try await coordinator.run()
+            await services.triggerGracefulShutdown()
+            return records
+        }
+        // Whichever ends first decides: the rounds (then the server stops), or the server (a signal: the rounds stop).
+        let first = try await group.next()!
+        guard let records = first else {
+            group.cancelAll()
+            throw FederatedError.io("interrupted: the coordinator stopped before the federation ended")
+        }
+        try await group.waitForAll()
+        return records
     }
 }

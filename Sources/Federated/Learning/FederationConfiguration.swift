@@ -22,9 +22,12 @@ public struct FederationConfiguration: Sendable, Equatable {
         case count(Int)
         case fraction(Double)
 
-        /// Parses `3` or `0.67`.
+        /// Parses `3`, `0.7` or `2/3`.
         public init?(argument: String) {
-            if let count = Int(argument) {
+            let parts = argument.split(separator: "/")
+            if parts.count == 2, let a = Double(parts[0]), let b = Double(parts[1]), b > 0, a / b > 0.5, a / b <= 1 {
+                self = .fraction(a / b)
+            } else if let count = Int(argument) {
                 self = .count(count)
             } else if let fraction = Double(argument), fraction > 0.5, fraction <= 1 {
                 self = .fraction(fraction)

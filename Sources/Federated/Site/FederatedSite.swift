@@ -17,6 +17,7 @@ import Foundation
 /// ```
 public final class FederatedSite: @unchecked Sendable {
     public let keyID: String
+    public let publicIdentity: PublicIdentity
     let identity: Identity
     let coordinator: PublicIdentity
     public let recipe: FederatedRecipe
@@ -31,7 +32,8 @@ public final class FederatedSite: @unchecked Sendable {
     private var state: SecAggSite?
     private var input: EncodedInput?
     private let expander = MaskExpander()
-    private var standardisation: SharedStandardisation?
+    /// The federation's standardisation, once an update round has brought it.
+    public private(set) var standardisation: SharedStandardisation?
     private var datasets: (training: Dataset, validation: Dataset)?
     /// Rounds this site trained in: its record-level DP history.
     public private(set) var roundsTrained = 0
@@ -52,6 +54,7 @@ public final class FederatedSite: @unchecked Sendable {
         peers: [PublicIdentity]? = nil
     ) throws(FederatedError) {
         keyID = identity.publicIdentity.keyID
+        publicIdentity = identity.publicIdentity
         self.identity = identity
         self.coordinator = coordinator
         self.recipe = recipe
@@ -238,7 +241,7 @@ public final class FederatedSite: @unchecked Sendable {
         if let datasets, datasets.validation.count > 0 {
             latestMetrics = TrainingRun.evaluate(model, on: datasets.validation)
             let text = latestMetrics.map { "\($0.task) \($0.metric) \(String(format: "%.4f", $0.value))" }.joined(separator: ", ")
-            log("global model before round \(task.round): validation \(text)")
+            log(task.stage == .finished ? "final global model: validation \(text)" : "global model before round \(task.round): validation \(text)")
         }
         return model
     }
