@@ -15,8 +15,9 @@ public actor Coordinator {
     private var waiters: [UUID: (continuation: CheckedContinuation<Void, Never>, sleeper: Task<Void, Never>)] = [:]
     /// Sites that have fetched the final task.
     private var released = Set<String>()
-    /// When each site last polled: a site silent for longer than two poll waits is not waited for at the end.
+    /// When each site last polled, and how many of its polls are open: at the end, only sites still polling are waited for.
     private var lastSeen: [String: ContinuousClock.Instant] = [:]
+    private var openPolls: [String: Int] = [:]
     /// How long a poll waits for a task before answering 204.
     public static let pollWait: Duration = .seconds(20)
 
@@ -37,6 +38,11 @@ public actor Coordinator {
     public func poll(_ signed: SignedMessage, wait: Duration = Coordinator.pollWait) async throws(FederatedError) -> SignedMessage? {
         let (site, after) = try core.authenticatePoll(signed)
         lastSeen[site] = .now
+        openPolls[site, default: 0] += 1
+        defer {
+            openPolls[site, default: 1] -= 1
+            lastSeen[site] = .now
+        }
         let deadline = ContinuousClock.now + wait
         while true {
             if let task = core.task(for: site, after: after) {
@@ -78,11 +84,16 @@ public actor Coordinator {
             await waitForChange(until: joinDeadline)
             try checkCancellation()
         }
-        try core.begin()
+        do throws(FederatedError) {
+            try core.begin()
+        } catch {
+            await finish(summary: "the federation did not start: \(error.description)")
+            throw error
+        }
         if core.needsStatistics {
             let record = await runRound(0)
             guard !core.needsStatistics else {
-                finish(summary: "the statistics round failed: \(record.reason ?? record.outcome)")
+                await finish(summary: "the statistics round failed: \(record.reason ?? record.outcome)")
                 throw .roundAborted(round: 0, reason: record.reason ?? "the statistics round failed")
             }
         }
@@ -92,12 +103,7 @@ public actor Coordinator {
             await onRound?(record)
         }
         let ok = core.records.filter { $0.kind == .update && $0.outcome == "ok" }.count
-        finish(summary: "\(configuration.rounds) rounds, \(ok) aggregated")
-        // Give every site still polling the chance to fetch the final model before the server stops.
-        let grace = ContinuousClock.now + .seconds(min(configuration.stageTimeout, 30))
-        while ContinuousClock.now < grace && core.joined.contains(where: { site in !released.contains(site) && isAlive(site) }) {
-            await waitForChange(until: min(grace, .now + .seconds(1)))
-        }
+        await finish(summary: "\(configuration.rounds) rounds, \(ok) aggregated")
         return core.records
     }
 
@@ -105,14 +111,22 @@ public actor Coordinator {
         if Task.isCancelled { throw .io("interrupted: the coordinator stopped before the federation ended") }
     }
 
-    private func isAlive(_ site: String) -> Bool {
+    /// A site with a poll open, or one that polled in the last few seconds (between two requests).
+    private func isPolling(_ site: String) -> Bool {
+        if openPolls[site, default: 0] > 0 { return true }
         guard let seen = lastSeen[site] else { return false }
-        return ContinuousClock.now - seen < Self.pollWait * 2
+        return ContinuousClock.now - seen < .seconds(3)
     }
 
-    private func finish(summary: String) {
+    /// Ends the federation, and gives every site still polling the chance to fetch the final task before the server
+    /// stops (a site that stopped answering is not waited for).
+    private func finish(summary: String) async {
         core.finish(summary: summary)
         notify()
+        let grace = ContinuousClock.now + .seconds(min(core.configuration.stageTimeout, 30))
+        while ContinuousClock.now < grace && core.joined.contains(where: { !released.contains($0) && isPolling($0) }) {
+            await waitForChange(until: min(grace, .now + .milliseconds(500)))
+        }
     }
 
     /// Runs one round: each stage closes when every site asked has answered, or at its timeout.

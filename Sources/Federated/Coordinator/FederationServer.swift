@@ -116,13 +116,25 @@ public func runFederation(coordinator: Coordinator, host: String, port: Int, log
             return nil
         }
         group.addTask {
-            let records = try await coordinator.run()
-            await services.triggerGracefulShutdown()
-            return records
+            do {
+                let records = try await coordinator.run()
+                await services.triggerGracefulShutdown()
+                return records
+            } catch {
+                await services.triggerGracefulShutdown()
+                throw error
+            }
         }
-        // Whichever ends first decides: the rounds (then the server stops), or the server (a signal: the rounds stop).
-        let first = try await group.next()!
-        guard let records = first else {
+        // Whichever ends first decides: the rounds (then the server stops gracefully), or the server (a signal: the
+        // rounds stop). A failed federation also stops the server gracefully before its error is thrown.
+        let first: [RoundRecord]??
+        do {
+            first = try await group.next()
+        } catch {
+            _ = try? await group.next()
+            throw error
+        }
+        guard let records = first ?? nil else {
             group.cancelAll()
             throw FederatedError.io("interrupted: the coordinator stopped before the federation ended")
         }
