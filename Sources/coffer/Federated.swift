@@ -465,11 +465,24 @@ extension Coffer.Federated {
         @Option(name: .long, help: "sigma: noise std over the clip norm.") var noiseMultiplier: Double
         @Option(name: .long, help: "Rounds.") var rounds: Int
         @Option(name: .long, help: "delta.") var delta: Double
+        @Option(name: .long, help: "rdp, pld, or both (the smaller epsilon).") var accountant: String = "both"
         @Flag(name: .long, help: "Print JSON: {epsilon, epsilon_rdp, epsilon_pld, order, accountant, delta}.") var json = false
 
         func run() throws {
-            let report = try Federation.check { () throws(FederatedError) in
-                try SiteLevelPrivacy.epsilon(sampleRate: sampleRate, noiseMultiplier: noiseMultiplier, rounds: rounds, delta: delta)
+            guard ["rdp", "pld", "both"].contains(accountant) else { throw CLIError("unknown accountant '\(accountant)': use rdp, pld or both") }
+            var report = try Federation.check { () throws(FederatedError) in
+                try SiteLevelPrivacy.epsilon(
+                    sampleRate: sampleRate,
+                    noiseMultiplier: noiseMultiplier,
+                    rounds: rounds,
+                    delta: delta,
+                    withPLD: accountant != "rdp"
+                )
+            }
+            if accountant == "pld" {
+                guard let pld = report.epsilonPLD else { throw CLIError("the PLD grid for this epsilon is too large: use --accountant rdp") }
+                report.epsilon = pld
+                report.accountant = "pld"
             }
             if json {
                 JSONOutput.print(
@@ -519,6 +532,7 @@ extension Coffer.Federated {
             var rounds: [JSONValue] = []
             let model: MultiTaskModel
             let standardisation: SharedStandardisation
+            var privacy = JSONValue.null
             let start = ContinuousClock.now
             if plain {
                 let federation = try Federation.check { () throws(FederatedError) in
@@ -566,6 +580,14 @@ extension Coffer.Federated {
                 }
                 model = core.globalModel
                 standardisation = core.standardisation!
+                if let report = try Federation.check({ () throws(FederatedError) in try core.privacyReport() }), let dp = configuration.dp {
+                    privacy = .object([
+                        "epsilon": .number(report.epsilon), "epsilon_rdp": .number(report.epsilonRDP),
+                        "epsilon_pld": report.epsilonPLD.map { .number($0) } ?? .null, "order": .number(report.order),
+                        "rounds_accounted": .number(Double(core.roundsAccounted)), "sample_rate": .number(configuration.sampleRate),
+                        "noise_multiplier": .number(dp.noiseMultiplier), "delta": .number(dp.delta),
+                    ])
+                }
             }
             let elapsed = ContinuousClock.now - start
             var metrics: [TaskMetric] = []
@@ -586,6 +608,7 @@ extension Coffer.Federated {
                         "rounds": .array(rounds),
                         "seconds": .number(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18),
                         "metrics": .object(Dictionary(uniqueKeysWithValues: metrics.map { ("\($0.task).\($0.metric)", JSONValue.number($0.value)) })),
+                        "privacy": privacy,
                     ])
                 )
             } else {
