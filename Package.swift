@@ -89,6 +89,7 @@ let package = Package(
             name: "CofferFederated",
             dependencies: [
                 "CSodium",
+                "CBLAS",
                 "CofferCrypto",
                 "CofferTraining",
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -591,6 +591,7 @@ extension Coffer.Federated {
             }
             let elapsed = ContinuousClock.now - start
             var metrics: [TaskMetric] = []
+            var losses: [String: Double] = [:]
             if let evaluate {
                 let preprocessing = Preprocessing(
                     features: recipe.recipe.features,
@@ -598,7 +599,11 @@ extension Coffer.Federated {
                     standardDeviations: standardisation.standardDeviations,
                     tasks: recipe.recipe.tasks
                 )
-                metrics = try TrainingRun.evaluate(model, preprocessing: preprocessing, labelled: try CSVTable(contentsOf: evaluate))
+                let table = try CSVTable(contentsOf: evaluate)
+                metrics = try TrainingRun.evaluate(model, preprocessing: preprocessing, labelled: table)
+                losses = try Federation.check { () throws(FederatedError) in
+                    try Evaluation.losses(model, preprocessing: preprocessing, labelled: table)
+                }
             }
             if json {
                 JSONOutput.print(
@@ -608,7 +613,7 @@ extension Coffer.Federated {
                         "rounds": .array(rounds),
                         "seconds": .number(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18),
                         "metrics": .object(Dictionary(uniqueKeysWithValues: metrics.map { ("\($0.task).\($0.metric)", JSONValue.number($0.value)) })),
-                        "privacy": privacy,
+                        "privacy": privacy, "losses": .object(losses.mapValues { .number($0) }),
                     ])
                 )
             } else {
@@ -619,6 +624,7 @@ extension Coffer.Federated {
                     )
                 }
                 for metric in metrics { print("\(metric.task) \(metric.metric) \(String(format: "%.4f", metric.value))") }
+                for (task, loss) in losses.sorted(by: { $0.key < $1.key }) { print("\(task) loss \(String(format: "%.4f", loss))") }
             }
         }
 

@@ -129,6 +129,30 @@ struct FederationTests {
         #expect(records[1].participants.count == 4)
     }
 
+    @Test func thePlainBaselineComputesTheSameRoundWithoutSecureAggregation() throws {
+        let fixture = try FederationFixture(sites: 3, rowsPerSite: 500)
+        let secure = try fixture.federation(Self.configuration())
+        _ = try secure.run()
+        let data = try fixture.paths.map { try LocalData(path: $0, recipe: fixture.recipe) }
+        let plain = try PlainFederation(recipe: fixture.recipe, sites: data, configuration: Self.configuration())
+        try plain.run()
+        #expect(plain.standardisation == secure.core.standardisation)
+        let worst = zip(plain.global, secure.core.global).map { abs(Double($0) - Double($1)) }.max()!
+        #expect(worst <= (try Self.configuration().quantizer().errorBound) + 1e-6, "worst \(worst)")
+        // The benchmark's losses: cross-entropy and log loss of the final model on a labelled table.
+        let table = try CSVTable(contentsOf: fixture.paths[0])
+        let preprocessing = Preprocessing(
+            features: fixture.recipe.recipe.features,
+            means: plain.standardisation!.means,
+            standardDeviations: plain.standardisation!.standardDeviations,
+            tasks: fixture.recipe.recipe.tasks
+        )
+        let losses = try Evaluation.losses(plain.globalModel, preprocessing: preprocessing, labelled: table)
+        #expect(Set(losses.keys) == ["health", "limited"])
+        #expect(losses["health"]! > 0.3 && losses["health"]! < log(4.0) + 0.5, "\(losses)")
+        #expect(losses["limited"]! > 0 && losses["limited"]! < log(2.0) + 0.5, "\(losses)")
+    }
+
     @Test func trainingOverRoundsImprovesTheGlobalModelAndDropoutsDoNotStopIt() throws {
         let fixture = try FederationFixture(sites: 5)
         let federation = try fixture.federation(Self.configuration(rounds: 4))

@@ -41,19 +41,19 @@ public struct EphemeralKeyPair: ~Copyable {
     /// - Throws: ``FederatedError/malformedMessage(_:)`` for a peer key of the wrong size or of low order (the shared
     ///   point would be all zeros, known to anyone).
     public func agree(with peer: [UInt8]) throws(FederatedError) -> SecureBytes {
-        guard peer.count == 32 else { throw .malformedMessage("an X25519 public key is 32 bytes, got \(peer.count)") }
         let shared = SecureBytes(count: 32)
+        try shared.withUnsafeMutableBytes { (out) throws(FederatedError) in try agree(with: peer, into: out.baseAddress!) }
+        return shared
+    }
+
+    /// X25519(secret, peer) written to 32 bytes at `out` (sodium memory the caller reuses: a round agrees a key with
+    /// every neighbour, and one guarded allocation per key cost more than the X25519 itself).
+    func agree(with peer: [UInt8], into out: UnsafeMutableRawPointer) throws(FederatedError) {
+        guard peer.count == 32 else { throw .malformedMessage("an X25519 public key is 32 bytes, got \(peer.count)") }
         let status = secret.withUnsafeBytes { sk in
-            shared.withUnsafeMutableBytes { out in
-                crypto_scalarmult(
-                    out.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                    sk.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                    peer
-                )
-            }
+            crypto_scalarmult(out.assumingMemoryBound(to: UInt8.self), sk.baseAddress!.assumingMemoryBound(to: UInt8.self), peer)
         }
         guard status == 0 else { throw .malformedMessage("an X25519 public key of low order was offered") }
-        return shared
     }
 }
 
@@ -68,24 +68,35 @@ enum KeyDerivation {
         _ a: [UInt8],
         _ b: [UInt8]
     ) -> SecureBytes {
+        let out = SecureBytes(count: 32)
+        shared.withUnsafeBytes { key in
+            out.withUnsafeMutableBytes { derive(key: key.baseAddress!, label: label, session: session, round: round, a, b, into: $0.baseAddress!) }
+        }
+        return out
+    }
+
+    /// The same derivation from a 32-byte shared point at `key` into 32 bytes at `out`.
+    static func derive(
+        key: UnsafeRawPointer,
+        label: String,
+        session: [UInt8],
+        round: Int,
+        _ a: [UInt8],
+        _ b: [UInt8],
+        into out: UnsafeMutableRawPointer
+    ) {
         let (low, high) = a.lexicographicallyPrecedes(b) ? (a, b) : (b, a)
         var message = Array(label.utf8) + session
         message += withUnsafeBytes(of: UInt32(round).littleEndian, Array.init)
         message += low + high
-        let out = SecureBytes(count: 32)
-        shared.withUnsafeBytes { key in
-            out.withUnsafeMutableBytes { out in
-                _ = crypto_generichash(
-                    out.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                    32,
-                    message,
-                    UInt64(message.count),
-                    key.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                    32
-                )
-            }
-        }
-        return out
+        _ = crypto_generichash(
+            out.assumingMemoryBound(to: UInt8.self),
+            32,
+            message,
+            UInt64(message.count),
+            key.assumingMemoryBound(to: UInt8.self),
+            32
+        )
     }
 
     /// Keyed BLAKE2b-256 of `message` under a secret key; the result is public (a commitment).

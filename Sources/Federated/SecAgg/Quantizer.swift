@@ -5,8 +5,8 @@ public import CofferCrypto
 ///
 /// A coordinate x is clipped to [-c, c] and mapped to y = (x + c) * s with s = (2^b - 1) / (2c); its integer is
 /// floor(y) + 1 with probability frac(y), else floor(y), so it is unbiased: E[q] = y. The uniforms come from a CSPRNG
-/// (ChaCha20 under a fresh key from the operating system's generator), never from a seeded generator, since the rounding
-/// noise is part of what the aggregate reveals. A site with weight w sends w * q for each coordinate and w itself as
+/// (the ChaCha20 keystream under a fresh key from libsodium's `randombytes_buf`), never from a seeded generator, since
+/// the rounding noise is part of what the aggregate reveals. A site with weight w sends w * q for each coordinate and w itself as
 /// one more element; the sum of n such vectors decodes to the weighted mean of the clipped updates with an error below
 /// 1/s = 2c / (2^b - 1) per coordinate (each q is within 1 of its y, and a weighted mean of errors below 1 is below 1),
 /// and zero in expectation. Nothing wraps as long as (sum of weights) * (2^b - 1) < 2^64, which
@@ -48,27 +48,37 @@ public struct Quantizer: Sendable, Equatable {
 
     /// Writes `weight * q(x_j)` for each coordinate, then `weight`, into `vector` (count: `values.count + 1`), adding to
     /// what is there (mod 2^64). Returns how many coordinates were clipped.
+    ///
+    /// - Parameter expander: supplies the uniforms, as a ChaCha20 keystream under a fresh random key.
     @discardableResult
-    public func encode(_ values: [Float], weight: UInt64, into vector: UnsafeMutableBufferPointer<UInt64>) -> Int {
+    public func encode(
+        _ values: [Float],
+        weight: UInt64,
+        into vector: UnsafeMutableBufferPointer<UInt64>,
+        expander: MaskExpander = MaskExpander()
+    ) -> Int {
         precondition(vector.count == values.count + 1, "the vector holds the values and the weight")
-        let uniforms = StochasticUniforms()
         let c = clipRange
         let s = scale
         let top = Double(levels)
         var clipped = 0
+        let key = SecureBytes.random(count: 32)
         values.withUnsafeBufferPointer { x in
-            uniforms.fill(count: x.count) { u in
-                for j in 0..<x.count {
-                    var v = Double(x[j])
-                    if !(v >= -c && v <= c) {
-                        clipped += 1
-                        v = v.isNaN ? 0 : min(max(v, -c), c)
+            key.withUnsafeBytes { key in
+                expander.keystream(seed: key.baseAddress!, count: x.count) { start, u in
+                    for k in 0..<u.count {
+                        let j = start + k
+                        var v = Double(x[j])
+                        if !(v >= -c && v <= c) {
+                            clipped += 1
+                            v = v.isNaN ? 0 : min(max(v, -c), c)
+                        }
+                        let y = min(max((v + c) * s, 0), top)
+                        let low = y.rounded(.down)
+                        // u is uniform on [0, 1) in steps of 2^-53: P(u < frac) = frac, exactly for any double frac.
+                        let q = UInt64(low) + (Double(UInt64(littleEndian: u[k]) >> 11) * 0x1.0p-53 < y - low ? 1 : 0)
+                        vector[j] &+= weight &* q
                     }
-                    let y = min(max((v + c) * s, 0), top)
-                    let low = y.rounded(.down)
-                    // u is uniform on [0, 1) in steps of 2^-53: P(u < frac) = frac, exactly for any double frac.
-                    let q = UInt64(low) + (Double(u[j] >> 11) * 0x1.0p-53 < y - low ? 1 : 0)
-                    vector[j] &+= weight &* q
                 }
             }
         }
@@ -91,22 +101,6 @@ public struct Quantizer: Sendable, Equatable {
         let s = scale
         let offset = clipRange * Double(weight)
         return (sum.dropLast().map { Double($0) / s - offset }, weight)
-    }
-}
-
-/// Uniform 64-bit words for stochastic rounding from a ChaCha20 stream (libsodium's `randombytes_buf_deterministic`)
-/// under 32 fresh bytes from `randombytes_buf`: cryptographic randomness, without a system call per coordinate.
-final class StochasticUniforms {
-    func fill(count: Int, _ body: (UnsafeBufferPointer<UInt64>) -> Void) {
-        _ = FederatedSodium.ready
-        let seed = SecureBytes.random(count: Int(randombytes_SEEDBYTES))
-        let words = SecureBytes(count: max(count, 1) * 8)
-        seed.withUnsafeBytes { key in
-            words.withUnsafeMutableBytes { out in
-                randombytes_buf_deterministic(out.baseAddress!, out.count, key.baseAddress!.assumingMemoryBound(to: UInt8.self))
-            }
-        }
-        words.withUnsafeBytes { body($0.bindMemory(to: UInt64.self)) }
     }
 }
 

@@ -26,28 +26,49 @@ enum ShareCipher {
 
     /// `nonce (24) || ciphertext || tag (16)` of `plaintext` (read from sodium memory).
     static func seal(_ plaintext: borrowing SecureBytes, key: borrowing SecureBytes, associatedData ad: [UInt8]) -> [UInt8] {
+        plaintext.withUnsafeBytes { message in key.withUnsafeBytes { seal(message, key: $0.baseAddress!, associatedData: ad) } }
+    }
+
+    /// The same, with the plaintext and the 32-byte key given in place (sodium memory the caller reuses).
+    static func seal(_ message: UnsafeRawBufferPointer, key: UnsafeRawPointer, associatedData ad: [UInt8]) -> [UInt8] {
         _ = FederatedSodium.ready
-        var out = [UInt8](repeating: 0, count: nonceSize + plaintext.count + tagSize)
+        var out = [UInt8](repeating: 0, count: nonceSize + message.count + tagSize)
         out.withUnsafeMutableBytes { box in
             randombytes_buf(box.baseAddress!, nonceSize)
             let nonce = box.baseAddress!.assumingMemoryBound(to: UInt8.self)
-            plaintext.withUnsafeBytes { message in
-                key.withUnsafeBytes { k in
-                    _ = crypto_aead_xchacha20poly1305_ietf_encrypt(
-                        nonce + nonceSize,
-                        nil,
-                        message.baseAddress!.assumingMemoryBound(to: UInt8.self),
-                        UInt64(message.count),
-                        ad,
-                        UInt64(ad.count),
-                        nil,
-                        nonce,
-                        k.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                    )
-                }
-            }
+            _ = crypto_aead_xchacha20poly1305_ietf_encrypt(
+                nonce + nonceSize,
+                nil,
+                message.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                UInt64(message.count),
+                ad,
+                UInt64(ad.count),
+                nil,
+                nonce,
+                key.assumingMemoryBound(to: UInt8.self)
+            )
         }
         return out
+    }
+
+    /// Opens a box into `plaintext` (exactly the box's plaintext size) with a 32-byte key given in place; false when it
+    /// does not authenticate.
+    static func open(_ box: [UInt8], key: UnsafeRawPointer, associatedData ad: [UInt8], into plaintext: UnsafeMutableRawBufferPointer) -> Bool {
+        guard box.count == nonceSize + plaintext.count + tagSize else { return false }
+        return box.withUnsafeBytes { raw in
+            let nonce = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            return crypto_aead_xchacha20poly1305_ietf_decrypt(
+                plaintext.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                nil,
+                nil,
+                nonce + nonceSize,
+                UInt64(raw.count - nonceSize),
+                ad,
+                UInt64(ad.count),
+                nonce,
+                key.assumingMemoryBound(to: UInt8.self)
+            ) == 0
+        }
     }
 
     /// Opens a box into sodium memory; `nil` when it does not authenticate (altered, misrouted, replayed, wrong key).

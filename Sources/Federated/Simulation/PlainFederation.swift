@@ -1,3 +1,4 @@
+import CBLAS
 public import CofferCrypto
 public import CofferTraining
 import Foundation
@@ -15,6 +16,8 @@ public final class PlainFederation: @unchecked Sendable {
     public private(set) var standardisation: SharedStandardisation?
     /// Seconds of each round.
     public private(set) var roundSeconds: [Double] = []
+    /// Each site's standardised training set, made once (as the secure sites cache theirs).
+    private var trainingSets: [Dataset] = []
     let template: MultiTaskModel
 
     public init(recipe: FederatedRecipe, sites: [LocalData], configuration: FederationConfiguration) throws(FederatedError) {
@@ -28,6 +31,8 @@ public final class PlainFederation: @unchecked Sendable {
         template = recipe.initialModel()
         global = ModelVector.flatten(template)
         standardisation = configuration.standardisation
+        // As LocalFederation: one OpenBLAS thread per site, the sites in parallel.
+        coffer_blas_set_threads(1)
     }
 
     public var globalModel: MultiTaskModel { ModelVector.model(template, with: global) }
@@ -47,16 +52,28 @@ public final class PlainFederation: @unchecked Sendable {
     public func runRound(_ round: Int) throws(FederatedError) {
         let start = ContinuousClock.now
         let standardisation = standardisation!
-        let model = globalModel
+        if trainingSets.isEmpty {
+            for data in sites { trainingSets.append(try data.datasets(standardisation).training) }
+        }
+        let trainingSets = self.trainingSets
         let seed = (recipe.recipe.seed ?? 1) &+ UInt64(round) &* 0x9E37_79B9
+        // The global model goes to each site as a signed task, as in the secure protocol.
+        let coordinatorKey = identities[0]
+        var task = SiteTask(session: "plain", site: "", seq: round, round: round, stage: .advertise)
+        task.model = Base64Bytes(global.littleEndianBytes)
+        let broadcast = SignedMessage.sign(MessageCoding.encode(task), by: coordinatorKey.identity)
         var messages = [SignedMessage?](repeating: nil, count: sites.count)
         let failure = LockedError()
+        let template = self.template
         messages.withUnsafeMutableBufferPointer { out in
             nonisolated(unsafe) let buffer = out
             DispatchQueue.concurrentPerform(iterations: sites.count) { i in
                 do throws(FederatedError) {
-                    let data = try sites[i].datasets(standardisation).training
-                    let result = try training[i].run(from: model, on: data, seed: seed)
+                    try broadcast.verify(by: coordinatorKey.publicIdentity)
+                    let received = try MessageCoding.decode(SiteTask.self, from: broadcast.payload, what: "task")
+                    guard let values = [Float](littleEndianBytes: received.model?.bytes ?? []) else { throw .malformedMessage("no model") }
+                    let model = ModelVector.model(template, with: values)
+                    let result = try training[i].run(from: model, on: trainingSets[i], seed: seed)
                     let update = zip(ModelVector.flatten(result.model), ModelVector.flatten(model)).map { $0 - $1 }
                     var submission = Submission(session: "plain", site: identities[i].publicIdentity.keyID, round: round, stage: .masked)
                     submission.vector = Base64Bytes(update.littleEndianBytes)

@@ -216,7 +216,9 @@ public final class FederatedSite: @unchecked Sendable {
             weight = 1
         }
         let encoded = SecureBytes(count: (update.count + 1) * 8)
-        let clipped = encoded.withUnsafeMutableBytes { quantizer.encode(update, weight: weight, into: $0.bindMemory(to: UInt64.self)) }
+        let clipped = encoded.withUnsafeMutableBytes {
+            quantizer.encode(update, weight: weight, into: $0.bindMemory(to: UInt64.self), expander: expander)
+        }
         let losses = zip(recipe.architecture.tasks, result.taskLosses).map { "\($0.name) \(String(format: "%.4f", $1))" }.joined(separator: ", ")
         log(
             "round \(task.round): trained \(result.steps) steps on \(data.trainingCount) rows (loss \(losses))"
