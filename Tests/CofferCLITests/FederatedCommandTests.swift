@@ -120,7 +120,7 @@ struct FederatedCommandTests {
         let serve = try Background(
             [
                 "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:\(port)",
-                "--rounds", "3", "--clip-norm", "1", "--noise-multiplier", "2", "--nonprivate-statistics", "--train-timeout", "3",
+                "--rounds", "3", "--clip-norm", "1", "--noise-multiplier", "2", "--nonprivate-statistics", "--train-timeout", "2",
                 "--push", "fl/health", "--push-every-round", "--home", home, "--json",
             ] + (0..<4).flatMap { ["--site", "keys/site\($0).pub"] },
             in: dir.url
@@ -139,7 +139,7 @@ struct FederatedCommandTests {
         #expect(report["aggregated"] as? Int == 3)
         #expect(report["mechanism"] as? String == "dp-fedavg")
         #expect((report["rounds"] as? [[String: Any]])?.map { $0["sites"] as? Int } == [3, 3, 3])
-        #expect(served.stderr.contains("no advertise answer within 3 s from"))
+        #expect(served.stderr.contains("no advertise answer within 2 s from"))
         #expect(!served.stderr.contains("error"), "\(served.stderr)")
         for site in sites {
             let output = site.finish(within: 30)

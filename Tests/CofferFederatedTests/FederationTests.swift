@@ -213,6 +213,27 @@ struct FederationTests {
         #expect(rms > 0.3 * 1.2 * 0.5 / (0.9 * 6), "rms \(rms)")
     }
 
+    @Test func localDPSGDAtASiteIsAccountedRecordLevelAndSeparately() throws {
+        let fixture = try FederationFixture(
+            sites: 3,
+            rowsPerSite: 400,
+            recipe: ["privacy": true, "noise_multiplier": 1.1, "delta": 1e-5, "clipping_norm": 1.0]
+        )
+        let federation = try fixture.federation(Self.configuration(rounds: 2))
+        let records = try federation.run()
+        #expect(records.map(\.outcome) == ["ok", "ok", "ok"])
+        #expect(records.last?.privacy == nil)  // no site-level claim without DP-FedAvg
+        for site in federation.sites {
+            #expect(site.roundsTrained == 2)
+            let training = try LocalTraining(recipe: fixture.recipe, trainingRows: 320, rounds: 2)
+            var accountant = RDPAccountant()
+            accountant.compose(PrivacySegment(sampleRate: training.sampleRate, noiseMultiplier: 1.1, steps: training.stepsPerRound * 2))
+            let expected = accountant.epsilon(delta: 1e-5).epsilon
+            let epsilon = try #require(site.recordLevelEpsilon)
+            #expect(abs(epsilon - expected) < 1e-12, "\(epsilon) vs \(expected)")
+        }
+    }
+
     @Test func aDPSitesQuantizedUpdateStaysWithinTheClipNorm() throws {
         let parameters = 5000
         let norm = try FederationConfiguration.preQuantizationNorm(clipNorm: 1, bits: 16, parameters: parameters)

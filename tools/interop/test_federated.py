@@ -18,8 +18,8 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from test_interop import COFFER
 
 HERE = Path(__file__).parent
-RATES = [0.01, 0.1, 0.5, 1.0]
-SIGMAS = [0.7, 1.0, 2.0, 5.0]
+RATES = [0.01, 0.1, 1.0]
+SIGMAS = [0.7, 1.0, 5.0]
 ROUNDS = [1, 50, 1000]
 DELTAS = [1e-5, 1e-8]
 
