@@ -182,6 +182,12 @@ struct HTTPFederationTests {
                 #expect(response.status == .conflict)
                 #expect(String(buffer: response.body) == "site \(site.keyID) sent a message for round 7, the current round is 0\n")
             }
+            // Bodies are read before their signature is checked: one over the limit is refused unread.
+            try await client.execute(uri: "/v1/fl/submit", method: .post, body: ByteBuffer(repeating: 0x41, count: (1 << 20) + 1)) { response in
+                #expect(response.status == .contentTooLarge)
+                #expect(String(buffer: response.body).contains("the request body is over 1048576 bytes"))
+            }
+            #expect(maximumBody(parameters: 100_998) == 1_339_466)
             try await client.execute(uri: "/v1/fl/status", method: .get) { response in
                 #expect(String(buffer: response.body).contains("\"joined\":\"1\""))
             }

@@ -103,12 +103,25 @@ extension FederatedError: HTTPResponseError {
     }
 }
 
+/// The largest body a site needs to send: a masked vector of `parameters + 1` elements in base64 JSON, with room for
+/// the other fields. Bodies are read before their signature can be checked, so anyone who can connect could otherwise
+/// make the coordinator buffer 256 MiB per request.
+public func maximumBody(parameters: Int) -> Int {
+    max(1 << 20, (parameters + 1) * 8 * 4 / 3 + (256 << 10))
+}
+
 /// Runs the federation behind its HTTP routes: serves until every round is done and the sites have had the final
 /// model, then shuts the server down gracefully. SIGTERM or SIGINT stop both at once.
 ///
 /// - Returns: every round's record.
 public func runFederation(coordinator: Coordinator, host: String, port: Int, logger: Logger) async throws -> [RoundRecord] {
-    let app = buildFederationApplication(coordinator: coordinator, host: host, port: port, logger: logger)
+    let app = buildFederationApplication(
+        coordinator: coordinator,
+        host: host,
+        port: port,
+        maximumBody: maximumBody(parameters: coordinator.core.global.count),
+        logger: logger
+    )
     let services = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
     return try await withThrowingTaskGroup(of: [RoundRecord]?.self) { group in
         group.addTask {
