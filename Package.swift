@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "CofferRegistry", targets: ["CofferRegistry"]),
         .library(name: "CofferTraining", targets: ["CofferTraining"]),
         .library(name: "CofferServer", targets: ["CofferServer"]),
+        .library(name: "CofferFederated", targets: ["CofferFederated"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
@@ -87,6 +88,23 @@ let package = Package(
             path: "Sources/Server",
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "CofferFederated",
+            dependencies: [
+                "CSodium",
+                "CBLAS",
+                "CofferCrypto",
+                "CofferTraining",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Sources/Federated",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "CofferFuzz",
             dependencies: ["CofferCrypto", "CofferRegistry", "CofferTraining"],
@@ -100,6 +118,7 @@ let package = Package(
                 "CofferRegistry",
                 "CofferTraining",
                 "CofferServer",
+                "CofferFederated",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -129,6 +148,14 @@ let package = Package(
             name: "CofferServerTests",
             dependencies: [
                 "CofferServer", "CofferRegistry", "CofferCrypto",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CofferFederatedTests",
+            dependencies: [
+                "CofferFederated", "CofferCrypto", "CofferTraining",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: swiftSettings

@@ -19,7 +19,7 @@ struct Coffer: AsyncParsableCommand {
             Show.self, Alias.self, Tag.self, Log.self, Fsck.self, GC.self, Privacy.self, CheckpointCommand.self, Train.self, Predict.self, Synth.self,
             PrincipalCommand.self, GrantCommand.self, RevokeCommand.self,
             SessionCommand.self, Infer.self, Audit.self, Budget.self, Policy.self, Erase.self, Key.self, Recipient.self, Rekey.self,
-            Serve.self, Token.self, Migrate.self,
+            Serve.self, Token.self, Migrate.self, Federated.self,
         ]
     )
 

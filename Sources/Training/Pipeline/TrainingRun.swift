@@ -7,6 +7,13 @@ public struct Preprocessing: Sendable, Equatable, Codable {
     public var standardDeviations: [Double]
     public var tasks: [TrainingRecipe.TaskSource]
 
+    public init(features: [String], means: [Double], standardDeviations: [Double], tasks: [TrainingRecipe.TaskSource]) {
+        self.features = features
+        self.means = means
+        self.standardDeviations = standardDeviations
+        self.tasks = tasks
+    }
+
     enum CodingKeys: String, CodingKey {
         case features, means, tasks
         case standardDeviations = "standard_deviations"
@@ -36,6 +43,12 @@ public struct PrivacyReport: Sendable, Equatable, Codable {
             case targetRatio = "target_ratio"
             case achievedSparsity = "achieved_sparsity"
         }
+
+        public init(method: String, targetRatio: Double, achievedSparsity: Double) {
+            self.method = method
+            self.targetRatio = targetRatio
+            self.achievedSparsity = achievedSparsity
+        }
     }
 
     public var mechanism: String
@@ -50,6 +63,35 @@ public struct PrivacyReport: Sendable, Equatable, Codable {
     public var datasetSize: Int
     public var segments: [PrivacySegment]
     public var pruning: Pruning
+
+    /// A report built elsewhere than `TrainingRun` (federated training writes one for its global model).
+    public init(
+        mechanism: String,
+        epsilon: Double?,
+        epsilonRDP: Double?,
+        epsilonPLD: Double?,
+        delta: Double?,
+        accountant: String?,
+        order: Double?,
+        maxGradNorm: Double?,
+        noiseMode: String?,
+        datasetSize: Int,
+        segments: [PrivacySegment],
+        pruning: Pruning
+    ) {
+        self.mechanism = mechanism
+        self.epsilon = epsilon
+        self.epsilonRDP = epsilonRDP
+        self.epsilonPLD = epsilonPLD
+        self.delta = delta
+        self.accountant = accountant
+        self.order = order
+        self.maxGradNorm = maxGradNorm
+        self.noiseMode = noiseMode
+        self.datasetSize = datasetSize
+        self.segments = segments
+        self.pruning = pruning
+    }
 
     enum CodingKeys: String, CodingKey {
         case mechanism, epsilon, delta, accountant, order, segments, pruning
@@ -83,6 +125,12 @@ public struct TaskMetric: Sendable, Equatable, Codable {
     public var task: String
     public var metric: String
     public var value: Double
+
+    public init(task: String, metric: String, value: Double) {
+        self.task = task
+        self.metric = metric
+        self.value = value
+    }
 }
 
 /// What `coffer train` produces.
@@ -90,6 +138,11 @@ public struct TaskMetric: Sendable, Equatable, Codable {
 public struct TaskBalancing: Sendable, Equatable, Codable {
     public var method: String
     public var weights: [String: Double]
+
+    public init(method: String, weights: [String: Double]) {
+        self.method = method
+        self.weights = weights
+    }
 }
 
 public struct TrainedModel: Sendable {
@@ -101,6 +154,25 @@ public struct TrainedModel: Sendable {
     /// Wall time of the training steps alone (no data loading or evaluation), and the examples they processed.
     public var trainingSeconds: Double
     public var examplesProcessed: Int
+
+    /// A trained model assembled elsewhere than `TrainingRun` (a federation's global model), for ``Checkpoint/encode(_:)``.
+    public init(
+        model: MultiTaskModel,
+        balancing: TaskBalancing,
+        preprocessing: Preprocessing,
+        privacy: PrivacyReport,
+        metrics: [TaskMetric],
+        trainingSeconds: Double,
+        examplesProcessed: Int
+    ) {
+        self.model = model
+        self.balancing = balancing
+        self.preprocessing = preprocessing
+        self.privacy = privacy
+        self.metrics = metrics
+        self.trainingSeconds = trainingSeconds
+        self.examplesProcessed = examplesProcessed
+    }
 }
 
 /// Progress after each step: where training is, per-task mean training loss over the epoch so far, and
@@ -255,7 +327,8 @@ public enum TrainingRun {
     }
 
     /// Targets per task from the table: class indices, 0/1, or (transformed) values; refuses values that do not fit the task.
-    static func targets(_ sources: [TrainingRecipe.TaskSource], table: CSVTable) throws(CofferTrainingError) -> ([TaskSpec], [[Float]]) {
+    /// Public so that federated sites derive their targets exactly as `coffer train` does.
+    public static func targets(_ sources: [TrainingRecipe.TaskSource], table: CSVTable) throws(CofferTrainingError) -> ([TaskSpec], [[Float]]) {
         var specs: [TaskSpec] = []
         var all: [[Float]] = []
         for source in sources {

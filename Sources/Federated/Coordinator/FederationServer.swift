@@ -1,0 +1,157 @@
+import HTTPTypes
+public import Hummingbird
+public import Logging
+import NIOCore
+import ServiceLifecycle
+import UnixSignals
+
+/// The coordinator's HTTP face (Hummingbird 2): four routes over a ``Coordinator``.
+///
+/// | route | body | answer |
+/// | --- | --- | --- |
+/// | `POST /v1/fl/join` | signed ``JoinRequest`` | 200 signed ``Welcome`` |
+/// | `POST /v1/fl/poll` | signed ``PollRequest`` | 200 signed ``SiteTask``, or 204 after 20 s without one |
+/// | `POST /v1/fl/submit` | signed ``Submission`` | 200 signed ``Acknowledgement`` |
+/// | `GET /v1/fl/status` | | 200 JSON of public facts |
+///
+/// Signatures travel in `Coffer-Signature`; every refusal is a one-line `text/plain` body with the status of
+/// ``FederatedError/status``.
+///
+/// ```swift
+/// let app = buildFederationApplication(coordinator: coordinator, host: "127.0.0.1", port: 8450)
+/// try await app.runService()
+/// ```
+public func buildFederationApplication(
+    coordinator: Coordinator,
+    host: String,
+    port: Int,
+    maximumBody: Int = 256 << 20,
+    logger: Logger = Logger(label: "coffer.fl")
+) -> some ApplicationProtocol {
+    Application(
+        router: buildFederationRouter(coordinator: coordinator, maximumBody: maximumBody, logger: logger),
+        configuration: .init(address: .hostname(host, port: port), serverName: "coffer-fl"),
+        logger: logger
+    )
+}
+
+/// The routes alone, for tests (`app.test(.router)`).
+public func buildFederationRouter(coordinator: Coordinator, maximumBody: Int, logger: Logger) -> Router<BasicRequestContext> {
+    let router = Router(context: BasicRequestContext.self)
+    @Sendable func signedBody(_ request: Request) async throws -> SignedMessage {
+        var request = request
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.collectBody(upTo: maximumBody)
+        } catch {
+            throw HTTPError(.contentTooLarge, message: "the request body is over \(maximumBody) bytes")
+        }
+        return try SignedMessage(payload: Array(buffer.readableBytesView), headerValue: request.headers[HTTPField.Name(SignedMessage.header)!])
+    }
+    @Sendable func answer(_ signed: SignedMessage) -> Response {
+        Response(
+            status: .ok,
+            headers: [.contentType: "application/json", HTTPField.Name(SignedMessage.header)!: signed.headerValue],
+            body: .init(byteBuffer: ByteBuffer(bytes: signed.payload))
+        )
+    }
+    router.post("/v1/fl/join") { request, _ in
+        answer(try await coordinator.join(try await signedBody(request)))
+    }
+    router.post("/v1/fl/poll") { request, _ in
+        guard let task = try await coordinator.poll(try await signedBody(request)) else { return Response(status: .noContent) }
+        return answer(task)
+    }
+    router.post("/v1/fl/submit") { request, _ in
+        do {
+            return answer(try await coordinator.submit(try await signedBody(request)))
+        } catch let error as FederatedError {
+            // Every refused submission is logged with its one-line reason (the body already tells the site).
+            logger.warning("refused submission: \(error.description)")
+            throw error
+        }
+    }
+    router.get("/v1/fl/status") { _, _ in
+        let status = await coordinator.status()
+        let body = "{" + status.keys.sorted().map { "\"\($0)\":\"\(status[$0]!)\"" }.joined(separator: ",") + "}\n"
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+    router.get("/healthz") { _, _ in "ok\n" }
+    return router
+}
+
+extension FederatedError: HTTPResponseError {
+    /// 401 for who-are-you failures, 403 for sites outside the round, 409 for stale, duplicate and out-of-stage
+    /// messages and recipe mismatches, 400 for malformed content.
+    public var status: HTTPResponse.Status {
+        switch self {
+        case .signatureInvalid, .unknownSite: .unauthorized
+        case .notInRound: .forbidden
+        case .staleRound, .wrongStage, .duplicate, .recipeMismatch, .roundAborted: .conflict
+        case .timeout: .gatewayTimeout
+        case .io, .transport: .internalServerError
+        default: .badRequest
+        }
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        Response(
+            status: status,
+            headers: [.contentType: "text/plain; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(string: description + "\n"))
+        )
+    }
+}
+
+/// The largest body a site needs to send: a masked vector of `parameters + 1` elements in base64 JSON, with room for
+/// the other fields. Bodies are read before their signature can be checked, so anyone who can connect could otherwise
+/// make the coordinator buffer 256 MiB per request.
+public func maximumBody(parameters: Int) -> Int {
+    max(1 << 20, (parameters + 1) * 8 * 4 / 3 + (256 << 10))
+}
+
+/// Runs the federation behind its HTTP routes: serves until every round is done and the sites have had the final
+/// model, then shuts the server down gracefully. SIGTERM or SIGINT stop both at once.
+///
+/// - Returns: every round's record.
+public func runFederation(coordinator: Coordinator, host: String, port: Int, logger: Logger) async throws -> [RoundRecord] {
+    let app = buildFederationApplication(
+        coordinator: coordinator,
+        host: host,
+        port: port,
+        maximumBody: maximumBody(parameters: coordinator.core.global.count),
+        logger: logger
+    )
+    let services = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    return try await withThrowingTaskGroup(of: [RoundRecord]?.self) { group in
+        group.addTask {
+            try await services.run()
+            return nil
+        }
+        group.addTask {
+            do {
+                let records = try await coordinator.run()
+                await services.triggerGracefulShutdown()
+                return records
+            } catch {
+                await services.triggerGracefulShutdown()
+                throw error
+            }
+        }
+        // Whichever ends first decides: the rounds (then the server stops gracefully), or the server (a signal: the
+        // rounds stop). A failed federation also stops the server gracefully before its error is thrown.
+        let first: [RoundRecord]??
+        do {
+            first = try await group.next()
+        } catch {
+            _ = try? await group.next()
+            throw error
+        }
+        guard let records = first ?? nil else {
+            group.cancelAll()
+            throw FederatedError.io("interrupted: the coordinator stopped before the federation ended")
+        }
+        try await group.waitForAll()
+        return records
+    }
+}

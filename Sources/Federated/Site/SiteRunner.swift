@@ -1,0 +1,70 @@
+import Foundation
+
+/// A site's life over HTTP: join, then poll, handle, submit until the federation is over.
+///
+/// A refusal by the coordinator (a one-line body) is logged and the site goes on; so is a task the site refuses (its
+/// part in that round ends). Connection failures are retried for ``patience``; after that the site gives up.
+///
+/// ```swift
+/// let summary = try await SiteRunner(site: site, coordinator: "http://127.0.0.1:8450").run()
+/// ```
+public struct SiteRunner: Sendable {
+    public let site: FederatedSite
+    let client: FederationClient
+    /// How long the coordinator may be unreachable before the site gives up.
+    public var patience: Duration = .seconds(120)
+
+    public init(site: FederatedSite, coordinator url: String) throws(FederatedError) {
+        self.site = site
+        client = try FederationClient(url: url)
+    }
+
+    /// Runs until the federation is over; returns the final summary.
+    public func run() async throws(FederatedError) -> String {
+        let welcome = try await exchange("/v1/fl/join", site.joinRequest(), wait: .seconds(30))
+        guard let welcome else { throw .malformedMessage("the coordinator sent no welcome") }
+        try site.welcomed(welcome)
+        site.log("joined federation \(site.sessionHex.prefix(8)) (\(site.mechanism))")
+        while true {
+            guard let task = try await exchange("/v1/fl/poll", site.pollRequest(), wait: Coordinator.pollWait + .seconds(30)) else { continue }
+            let submission: SignedMessage?
+            do throws(FederatedError) {
+                submission = try site.handle(task)
+            } catch {
+                site.log("refused a task: \(error.description)")
+                continue
+            }
+            guard let submission else { return site.summary ?? "finished" }
+            do throws(FederatedError) {
+                _ = try await exchange("/v1/fl/submit", submission, wait: .seconds(60))
+            } catch .coordinatorRefused(let reason) {
+                site.log("the coordinator refused a submission: \(reason)")
+            }
+        }
+    }
+
+    /// Sends one request, retrying connection failures until ``patience`` runs out. Returns the signed answer, or `nil`
+    /// for 204. A 4xx or 5xx answer throws ``FederatedError/coordinatorRefused(_:)`` with the server's line.
+    func exchange(_ path: String, _ signed: SignedMessage, wait: Duration) async throws(FederatedError) -> SignedMessage? {
+        let giveUp = ContinuousClock.now + patience
+        var delay = Duration.milliseconds(100)
+        while true {
+            let answer: HTTPAnswer
+            do throws(FederatedError) {
+                answer = try await client.post(path, signed, timeout: wait)
+            } catch {
+                guard ContinuousClock.now < giveUp else { throw error }
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+                continue
+            }
+            switch answer.status {
+            case 200: return try SignedMessage(payload: answer.body, headerValue: answer.signature)
+            case 204: return nil
+            default:
+                let line = String(decoding: answer.body, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "HTTP \(answer.status)"
+                throw .coordinatorRefused(line)
+            }
+        }
+    }
+}

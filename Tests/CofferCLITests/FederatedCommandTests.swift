@@ -1,0 +1,239 @@
+import Foundation
+import Testing
+
+/// `coffer fl serve` and several `coffer fl join` as real processes on loopback.
+struct FederatedCommandTests {
+    /// A `coffer` process left running; its output is collected as it comes.
+    final class Background: @unchecked Sendable {
+        let process = Process()
+        private let lock = NSLock()
+        private var out = Data()
+        private var err = Data()
+        private var readers: [Thread] = []
+
+        init(_ args: [String], in directory: URL) throws {
+            _ = CofferProcess.binary
+            process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
+            process.arguments = args
+            process.currentDirectoryURL = directory
+            var environment = ProcessInfo.processInfo.environment
+            environment["COFFER_PASSPHRASE"] = "test passphrase"
+            process.environment = environment
+            let outPipe = Pipe()
+            let errPipe = Pipe()
+            process.standardOutput = outPipe
+            process.standardError = errPipe
+            process.standardInput = FileHandle.nullDevice
+            try process.run()
+            for (pipe, isError) in [(outPipe, false), (errPipe, true)] {
+                let reader = Thread { [self] in
+                    while case let chunk = pipe.fileHandleForReading.availableData, !chunk.isEmpty {
+                        lock.lock()
+                        if isError { err.append(chunk) } else { out.append(chunk) }
+                        lock.unlock()
+                    }
+                }
+                reader.start()
+                readers.append(reader)
+            }
+        }
+
+        /// Waits for the process to exit (at most `seconds`, then kills it) and returns its output.
+        func finish(within seconds: Double) -> CofferProcess.Output {
+            let deadline = Date() + seconds
+            while process.isRunning && Date() < deadline { usleep(20_000) }
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+            process.waitUntilExit()
+            while readers.contains(where: { !$0.isFinished }) { usleep(1000) }
+            lock.lock()
+            defer { lock.unlock() }
+            return CofferProcess.Output(status: process.terminationStatus, stdout: out, stderr: String(decoding: err, as: UTF8.self))
+        }
+
+        var stderrSoFar: String {
+            lock.lock()
+            defer { lock.unlock() }
+            return String(decoding: err, as: UTF8.self)
+        }
+    }
+
+    /// A port nothing listens on now.
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = bind(fd, $0, length) }
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &length) }
+        }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Keys for a coordinator and `sites` sites, their CSV shards of the RAND data, and a recipe.
+    static func prepare(_ dir: Scratch, sites: Int, rows: Int = 600) throws {
+        for name in ["coordinator"] + (0..<sites).map({ "site\($0)" }) { try dir.keygen(name) }
+        let lines = try String(contentsOf: repository.appendingPathComponent("data/randhie.csv"), encoding: .utf8).split(separator: "\n")
+        for s in 0..<sites {
+            let shard = [lines[0]] + stride(from: 1 + s, to: lines.count, by: sites).prefix(rows).map { lines[$0] }
+            try dir.write("site\(s).csv", Data((shard.joined(separator: "\n") + "\n").utf8))
+        }
+        try dir.write("recipe.json", Data(recipe(epochs: 1).utf8))
+    }
+
+    static func recipe(epochs: Int) -> String {
+        """
+        {"data": "unused.csv", "features": ["lncoins", "idp", "lpi", "fmde", "disea"],
+         "tasks": [{"name": "health", "kind": "classification", "one_hot": ["hlthg", "hlthf", "hlthp"]},
+                   {"name": "limited", "kind": "binary", "column": "physlm", "threshold": 0.5}],
+         "trunk": [16], "epochs": \(epochs), "learning_rate": 0.05, "optimizer": "sgd", "momentum": 0.9, "expected_batch_size": 64,
+         "privacy": false, "seed": 3}
+        """
+    }
+
+    static func join(_ dir: Scratch, site: Int, port: Int, recipe: String = "recipe.json", extra: [String] = []) throws -> Background {
+        try Background(
+            [
+                "fl", "join", "--coordinator", "http://127.0.0.1:\(port)", "--coordinator-key", "keys/coordinator.pub", "--recipe", recipe,
+                "--data", "site\(site).csv", "--identity", "keys/site\(site).key",
+            ] + extra,
+            in: dir.url
+        )
+    }
+
+    @Test func aCoordinatorAndFourSiteProcessesFederateAndPushEveryRound() throws {
+        let dir = try Scratch()
+        try Self.prepare(dir, sites: 4)
+        let home = dir.path("registry")
+        let initialised = try CofferProcess.run(["init", "--home", home, "--owner", "keys/coordinator.pub"], in: dir.url)
+        #expect(initialised.status == 0, "\(initialised.stderr)")
+        _ = try CofferProcess.run(["trust", "add", "keys/coordinator.pub", "--identity", "keys/coordinator.key", "--home", home], in: dir.url)
+        let port = Self.freePort()
+        let serve = try Background(
+            [
+                "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:\(port)",
+                "--rounds", "3", "--clip-norm", "1", "--noise-multiplier", "2", "--nonprivate-statistics", "--train-timeout", "2",
+                "--push", "fl/health", "--push-every-round", "--home", home, "--json",
+            ] + (0..<4).flatMap { ["--site", "keys/site\($0).pub"] },
+            in: dir.url
+        )
+        // Three sites take part; the fourth joins and is then stopped: it never answers, and times out every round.
+        let sites = try (0..<3).map { try Self.join(dir, site: $0, port: port, extra: ["--rounds", "3"]) }
+        let silent = try Self.join(dir, site: 3, port: port)
+        let start = Date()
+        while !serve.stderrSoFar.contains("joined: 4 of 4") && Date() < start + 30 { usleep(20_000) }
+        kill(silent.process.processIdentifier, SIGSTOP)
+        let served = serve.finish(within: 120)
+        kill(silent.process.processIdentifier, SIGKILL)
+        _ = silent.finish(within: 5)
+        #expect(served.status == 0, "\(served.stderr)")
+        let report = try #require(try JSONSerialization.jsonObject(with: served.stdout) as? [String: Any], "\(served.stdoutText)")
+        #expect(report["aggregated"] as? Int == 3)
+        #expect(report["mechanism"] as? String == "dp-fedavg")
+        #expect((report["rounds"] as? [[String: Any]])?.map { $0["sites"] as? Int } == [3, 3, 3])
+        #expect(served.stderr.contains("no advertise answer within 2 s from"))
+        #expect(!served.stderr.contains("error"), "\(served.stderr)")
+        for site in sites {
+            let output = site.finish(within: 30)
+            #expect(output.status == 0, "\(output.stderr)")
+            #expect(output.stdoutText.contains("federation over: 3 rounds, 3 aggregated; this site trained in 3 rounds"), "\(output.stdoutText)")
+        }
+        // Three versions, each the child of the one before, with the site-level claim and the participants.
+        let log = try CofferProcess.run(["log", "fl/health", "--home", home, "--json"], in: dir.url)
+        let versions = try #require(try JSONSerialization.jsonObject(with: log.stdout) as? [[String: Any]], "\(log.stderr)")
+        #expect(versions.map { $0["version"] as? String } == ["3", "2", "1"])
+        #expect(versions.map { $0["parent"] as? String } == ["fl/health:2", "fl/health:1", nil])
+        let last = versions[0]
+        #expect(last["mechanism"] as? String == "dp-fedavg")
+        #expect(last["privacy_unit"] as? String == "site")
+        #expect(last["steps"] as? Int == 3)
+        #expect(last["noise_multiplier"] as? Double == 2)
+        #expect(last["clipping_norm"] as? Double == 1)
+        #expect(abs((last["epsilon"] as? Double ?? 0) - (report["epsilon"] as? Double ?? -1)) < 1e-9)
+        #expect((last["tags"] as? [String: String])?["fl_sites_per_round"] == "3")
+        #expect((last["message"] as? String)?.contains("3 sites (key IDs ") == true)
+        let verified = try CofferProcess.run(["verify", "fl/health:3", "--home", home], in: dir.url)
+        #expect(verified.status == 0, "\(verified.stderr)")
+    }
+
+    @Test func badSitesAreRefusedWithOneLineAndNothingIsPushed() throws {
+        let dir = try Scratch()
+        try Self.prepare(dir, sites: 3, rows: 200)
+        try dir.keygen("stranger")
+        try dir.write("other.json", Data(Self.recipe(epochs: 2).utf8))
+        let home = dir.path("registry")
+        _ = try CofferProcess.run(["init", "--home", home, "--owner", "keys/coordinator.pub"], in: dir.url)
+        let port = Self.freePort()
+        let serve = try Background(
+            [
+                "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:\(port)",
+                "--rounds", "1", "--join-timeout", "8", "--push", "fl/never", "--home", home,
+            ] + (0..<3).flatMap { ["--site", "keys/site\($0).pub"] },
+            in: dir.url
+        )
+        // Another recipe: refused at join. A key the coordinator never enrolled: refused. Two good sites are too few.
+        let mismatched = try Self.join(dir, site: 2, port: port, recipe: "other.json").finish(within: 30)
+        expectFailure(mismatched, "coffer: the coordinator refused: recipe mismatch: site ")
+        try FileManager.default.copyItem(atPath: dir.path("site0.csv"), toPath: dir.path("stranger.csv"))
+        let stranger = try Background(
+            [
+                "fl", "join", "--coordinator", "http://127.0.0.1:\(port)", "--coordinator-key", "keys/coordinator.pub", "--recipe", "recipe.json",
+                "--data", "stranger.csv", "--identity", "keys/stranger.key",
+            ],
+            in: dir.url
+        ).finish(within: 30)
+        expectFailure(stranger, "the coordinator refused: unknown site ")
+        let good = try (0..<2).map { try Self.join(dir, site: $0, port: port) }
+        let served = serve.finish(within: 60)
+        #expect(served.status == 1)
+        #expect(
+            served.stderr.hasSuffix("coffer: invalid federation parameter: only 2 of 3 sites joined, at least 3 are needed\n"),
+            "\(served.stderr)"
+        )
+        #expect(!served.stderr.contains("error"), "\(served.stderr)")
+        for site in good {
+            let output = site.finish(within: 30)
+            #expect(
+                output.stdoutText.contains("federation over: the federation did not start: invalid federation parameter: only 2 of 3 sites joined")
+            )
+        }
+        let listed = try CofferProcess.run(["list", "--home", home, "--json"], in: dir.url)
+        #expect(
+            listed.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "[\n\n]" || listed.stdoutText.contains("[]"),
+            "\(listed.stdoutText)"
+        )
+        // Bad command lines: one line each.
+        expectFailure(
+            try CofferProcess.run(
+                [
+                    "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--site", "keys/site0.pub", "--listen",
+                    "0.0.0.0:9",
+                ],
+                in: dir.url
+            ),
+            "plain HTTP on 0.0.0.0 would expose the global model"
+        )
+        expectFailure(
+            try CofferProcess.run(
+                ["fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--site", "keys/site0.pub", "--threshold", "0.4"],
+                in: dir.url
+            ),
+            "--threshold takes a count"
+        )
+        expectFailure(
+            try CofferProcess.run(
+                ["fl", "epsilon", "--sample-rate", "1.5", "--noise-multiplier", "1", "--rounds", "3", "--delta", "1e-5"],
+                in: dir.url
+            ),
+            "sample rate must be in (0, 1]"
+        )
+    }
+}

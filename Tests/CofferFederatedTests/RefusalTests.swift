@@ -1,0 +1,179 @@
+import CofferTraining
+import Foundation
+import Testing
+
+@testable import CofferCrypto
+@testable import CofferFederated
+
+/// Bad input, each refused with one line: sites with other recipes or features, strangers, forgeries, stale, replayed,
+/// out-of-stage and malformed messages.
+struct RefusalTests {
+    static func configuration() -> FederationConfiguration {
+        var c = FederationConfiguration()
+        c.rounds = 2
+        c.clipRange = 2
+        return c
+    }
+
+    @Test func aSiteWithOtherFeaturesOrAnotherRecipeIsRefusedAtJoin() throws {
+        let fixture = try FederationFixture(sites: 3, rowsPerSite: 200)
+        let core = try fixture.core(Self.configuration())
+        let keyID = fixture.sites[0].publicIdentity.keyID
+        for (edit, expected) in [
+            (
+                { (r: inout TrainingRecipe) in r.features = ["lncoins", "idp", "lpi", "fmde"] },
+                "recipe mismatch: site \(keyID) trains on features [lncoins, idp, lpi, fmde], the federation on [lncoins, idp, lpi, fmde, disea]"
+            ),
+            ({ (r: inout TrainingRecipe) in r.learningRate = 0.1 }, "recipe mismatch: site \(keyID) has recipe"),
+        ] {
+            var other = fixture.recipe.recipe
+            edit(&other)
+            let recipe = try FederatedRecipe(other)
+            let site = try FederatedSite(
+                identity: try Identity.generate(name: "x").withSameKeys(as: fixture.sites[0]),
+                coordinator: fixture.coordinator.publicIdentity,
+                recipe: recipe,
+                data: try LocalData(path: fixture.paths[0], recipe: recipe),
+                rounds: 2
+            )
+            let error = #expect(throws: FederatedError.self) { _ = try core.join(site.joinRequest()) }
+            #expect(error?.description.hasPrefix(expected) == true, "\(error?.description ?? "")")
+        }
+        #expect(core.joined.isEmpty)
+    }
+
+    @Test func strangersAndForgeriesAreRefused() throws {
+        let fixture = try FederationFixture(sites: 3, rowsPerSite: 200)
+        let core = try fixture.core(Self.configuration())
+        let stranger = UnlockedIdentity(try Identity.generate(name: "stranger"))
+        let join = JoinRequest(site: stranger.publicIdentity.keyID, recipeDigest: fixture.recipe.digest, features: [], tasks: [])
+        #expect(throws: FederatedError.unknownSite(stranger.publicIdentity.keyID)) {
+            _ = try core.join(SignedMessage.sign(MessageCoding.encode(join), by: stranger.identity))
+        }
+        #expect(FederatedError.unknownSite("abc").description == "unknown site abc: not enrolled with this coordinator")
+        // A join claiming site 0 but signed by the stranger's key.
+        let site0 = fixture.sites[0].publicIdentity.keyID
+        var forged = SignedMessage.sign(
+            MessageCoding.encode(JoinRequest(site: site0, recipeDigest: "", features: [], tasks: [])),
+            by: stranger.identity
+        )
+        forged.signer = site0
+        let error = #expect(throws: FederatedError.self) { _ = try core.join(forged) }
+        #expect(error?.description == "signature does not verify: the message claiming to be from \(site0) was not signed by it (or was altered)")
+        // Site 1 signing a join in site 0's name.
+        let sideways = SignedMessage.sign(
+            MessageCoding.encode(JoinRequest(site: site0, recipeDigest: "", features: [], tasks: [])),
+            by: fixture.sites[1].identity
+        )
+        #expect(throws: FederatedError.signatureInvalid("a join for site \(site0) signed by \(fixture.sites[1].publicIdentity.keyID)")) {
+            _ = try core.join(sideways)
+        }
+    }
+
+    /// Joins the first `count` sites (all by default) and runs round 0; returns them.
+    static func started(_ fixture: FederationFixture, _ core: CoordinatorCore, count: Int? = nil) throws -> [FederatedSite] {
+        let sites = try (0..<(count ?? fixture.sites.count)).map { try fixture.site($0, rounds: 2) }
+        for site in sites { try site.welcomed(try core.join(site.joinRequest())) }
+        try core.begin()
+        _ = try LocalFederation(core: core, sites: sites).runRound(0)
+        return sites
+    }
+
+    @Test func staleReplayedAndOutOfStageMessagesAreRefusedAndTheRoundGoesOn() throws {
+        let fixture = try FederationFixture(sites: 3, rowsPerSite: 300)
+        let core = try fixture.core(Self.configuration())
+        let sites = try Self.started(fixture, core)
+        #expect(core.startRound(1) == nil)
+        let keyID = sites[0].keyID
+        let task = try #require(core.task(for: keyID, after: sites[0].lastSeq))
+        let advertise = try #require(try sites[0].handle(task))
+        _ = try core.submit(advertise)
+        // The same signed message again: a replay.
+        let replay = #expect(throws: FederatedError.self) { _ = try core.submit(advertise) }
+        #expect(replay?.description == "replayed or duplicate message: site \(keyID) already answered the advertise stage of round 1")
+        // The same task again at the site: refused there too.
+        let again = #expect(throws: FederatedError.self) { _ = try sites[0].handle(task) }
+        #expect(again?.description.hasPrefix("replayed or duplicate message: task") == true)
+        // A message for a later stage, signed and well formed, during this one.
+        var early = Submission(session: core.sessionHex, site: keyID, round: 1, stage: .masked)
+        early.vector = Base64Bytes([0, 0, 0, 0, 0, 0, 0, 0])
+        let wrong = #expect(throws: FederatedError.self) {
+            _ = try core.submit(SignedMessage.sign(MessageCoding.encode(early), by: fixture.sites[0].identity))
+        }
+        #expect(wrong?.description == "site \(keyID) sent a masked message during the advertise stage")
+
+        // Finish round 1 with everyone, then replay round 1's message in round 2.
+        let federation = LocalFederation(core: core, sites: sites)
+        for site in sites.dropFirst() { _ = try core.submit(try #require(try site.handle(core.task(for: site.keyID, after: site.lastSeq)!))) }
+        var record: RoundRecord?
+        while record == nil {
+            record = core.closeStage()
+            if record == nil { try federation.deliverForTests() }
+        }
+        #expect(record?.outcome == "ok")
+        #expect(core.startRound(2) == nil)
+        let stale = #expect(throws: FederatedError.self) { _ = try core.submit(advertise) }
+        #expect(stale?.description == "site \(keyID) sent a message for round 1, the current round is 2")
+    }
+
+    @Test func aSiteThatJoinsAfterTheStartIsRefused() throws {
+        let fixture = try FederationFixture(sites: 4, rowsPerSite: 200)
+        let core = try fixture.core(Self.configuration())
+        _ = try Self.started(fixture, core, count: 3)
+        let late = try fixture.site(3)
+        let error = #expect(throws: FederatedError.self) { _ = try core.join(late.joinRequest()) }
+        #expect(error?.description == "not part of this round: site \(late.keyID) joined after the federation started")
+    }
+
+    @Test func malformedAndWrongSharesAreRefusedNamingTheSite() throws {
+        let quantizer = try Quantizer(clipRange: 1, bits: 20)
+        let (values, weights) = SecureAggregationTests.updates(sites: 5, dimension: 8, seed: 3)
+        let inputs = encode(values, weights: weights, quantizer: quantizer)
+        // Site 2 seals an unmasking share with an element outside the field: refused; four others still unmask.
+        var harness = try SecAggHarness(count: 5, threshold: 3, dimension: 9)
+        let corrupt: (SecAggHarness, Int, inout Submission, (inout [UInt8]) -> Void) -> Void = { harness, index, submission, edit in
+            guard submission.stage == .unmask, index == 2, let box = submission.sealedShares?.bytes else { return }
+            let site = harness.sites[2]!
+            let shared = try! harness.aggregator.coordinatorKey.agree(with: site.encryption.publicKey)
+            let key = KeyDerivation.derive(
+                shared,
+                label: "coffer/fl/v1/unmask",
+                session: harness.session,
+                round: 1,
+                site.encryption.publicKey,
+                harness.aggregator.coordinatorKey.publicKey
+            )
+            let ad = ShareCipher.associatedData(.unmask, session: harness.session, round: 1, sender: 2, recipient: 0)
+            let plain = ShareCipher.open(box, key: key, associatedData: ad)!
+            var bytes = plain.withUnsafeBytes { Array($0) }
+            edit(&bytes)
+            let edited = SecureBytes(copying: UnsafeRawBufferPointer(start: bytes, count: bytes.count))
+            submission.sealedShares = Base64Bytes(ShareCipher.seal(edited, key: key, associatedData: ad))
+        }
+        let h1 = harness
+        let sum = try harness.run(inputs, faults: Faults(submission: { i, s in corrupt(h1, i, &s) { $0[8 + 8 * 2 + 7] = 0xFF } }))
+        let site2 = harness.identities[1].publicIdentity.keyID
+        let message = try #require(harness.coordinatorErrors[2]?.description)
+        #expect(message.hasPrefix("malformed share: site \(site2) sent a malformed share of site "), "\(message)")
+        let expected = SecureAggregationTests.plaintextMean(values, weights, clip: 1, included: Set(1...5))
+        #expect(zip(quantizer.decodeMean(sum).mean, expected).map { abs($0 - $1) }.max()! <= quantizer.errorBound)
+
+        // A wrong share that is a valid field element: reconstruction finds a subset that matches the commitments.
+        harness = try SecAggHarness(count: 5, threshold: 3, dimension: 9)
+        let h2 = harness
+        let repaired = try harness.run(inputs, faults: Faults(submission: { i, s in corrupt(h2, i, &s) { $0[8 + 4] ^= 0x01 } }))
+        #expect(harness.coordinatorErrors.isEmpty)
+        #expect(zip(quantizer.decodeMean(repaired).mean, expected).map { abs($0 - $1) }.max()! <= quantizer.errorBound)
+
+        // With only t holders left there is no other subset: the round aborts naming the owner whose secret failed.
+        harness = try SecAggHarness(count: 5, threshold: 3, dimension: 9)
+        let h3 = harness
+        let error = #expect(throws: FederatedError.self) {
+            _ = try harness.run(
+                inputs,
+                faults: Faults(dropouts: [4: .unmask, 5: .unmask], submission: { i, s in corrupt(h3, i, &s) { $0[8 + 4] ^= 0x01 } })
+            )
+        }
+        #expect(error?.description.contains("do not reconstruct it: a site sent a wrong share") == true, "\(error?.description ?? "")")
+    }
+}
