@@ -115,3 +115,75 @@ public enum MembershipInference {
         return .init(auc: auc, tprAt1PctFPR: below(sortedMembers, threshold), fpr: below(sortedNonMembers, threshold))
     }
 }
+
+// MARK: - A checkpoint against a members file
+
+extension MembershipInference {
+    /// Both attacks on a checkpoint's model, from a CSV of its feature and task columns plus `member` (1: the row was
+    /// trained on, 0: it was not).
+    ///
+    /// The population attack's population is `population` when given; otherwise every other non-member row of the file
+    /// (the 1st, 3rd, 5th... in file order), the rest being the evaluated non-members.
+    ///
+    /// - Throws: ``CofferTrainingError/invalidData(_:)`` naming the file when it lacks one of the checkpoint's feature
+    ///   or task columns, when `member` is missing or not 0/1, or when it has no members or fewer than two non-members.
+    public static func attack(
+        model: MultiTaskModel,
+        preprocessing: Preprocessing,
+        members table: CSVTable,
+        source: String,
+        population: (table: CSVTable, source: String)? = nil
+    ) throws(CofferTrainingError) -> Evidence.Membership {
+        let data = try matching(table, source: source, model: model, preprocessing: preprocessing)
+        guard let column = table.columns.firstIndex(of: "member") else {
+            throw .invalidData("\(source): no 'member' column (1 for rows trained on, 0 for the others)")
+        }
+        var memberRows: [Int] = []
+        var nonMemberRows: [Int] = []
+        for row in 0..<table.rowCount {
+            switch table.value(row: row, column: column) {
+            case 1: memberRows.append(row)
+            case 0: nonMemberRows.append(row)
+            case let value: throw .invalidData("\(source) row \(row + 2), column 'member': \(value) is not 0 or 1")
+            }
+        }
+        guard !memberRows.isEmpty else { throw .invalidData("\(source): no member rows (member = 1)") }
+        let populationData: Dataset
+        let evaluated: [Int]
+        if let population {
+            populationData = try matching(population.table, source: population.source, model: model, preprocessing: preprocessing)
+            evaluated = nonMemberRows
+        } else {
+            populationData = data.subset(nonMemberRows.enumerated().filter { $0.offset % 2 == 0 }.map(\.element))
+            evaluated = nonMemberRows.enumerated().filter { $0.offset % 2 == 1 }.map(\.element)
+        }
+        guard !evaluated.isEmpty, populationData.count > 0 else {
+            throw .invalidData(
+                "\(source): \(nonMemberRows.count) non-member rows (member = 0); the attacks need at least 2, or 1 and a population file"
+            )
+        }
+        return try attack(model: model, members: data.subset(memberRows), nonMembers: data.subset(evaluated), population: populationData)
+    }
+
+    /// The labelled rows of `table`, refusing one that does not carry the checkpoint's feature and task columns.
+    static func matching(
+        _ table: CSVTable,
+        source: String,
+        model: MultiTaskModel,
+        preprocessing: Preprocessing
+    ) throws(CofferTrainingError)
+        -> Dataset
+    {
+        for name in preprocessing.features where !table.columns.contains(name) {
+            throw .invalidData(
+                "\(source) does not match the checkpoint's features: column '\(name)' is missing (the checkpoint's features: \(preprocessing.features.joined(separator: ", ")))"
+            )
+        }
+        for task in preprocessing.tasks {
+            for name in (task.oneHot ?? []) + [task.column].compactMap({ $0 }) where !table.columns.contains(name) {
+                throw .invalidData("\(source) lacks column '\(name)' of task '\(task.name)': the attacks need every task's target")
+            }
+        }
+        return try TrainingRun.labelled(table, model: model, preprocessing: preprocessing)
+    }
+}

@@ -466,6 +466,12 @@ public enum TrainingRun {
         preprocessing: Preprocessing,
         labelled table: CSVTable
     ) throws(CofferTrainingError) -> [TaskMetric] {
+        evaluate(model, on: try labelled(table, model: model, preprocessing: preprocessing))
+    }
+
+    /// A labelled table's rows as the model sees them: standardised features and per-task targets. Refuses a class the
+    /// model was never trained on, naming the row, column and class.
+    public static func labelled(_ table: CSVTable, model: MultiTaskModel, preprocessing: Preprocessing) throws(CofferTrainingError) -> Dataset {
         let (specs, targets) = try targets(preprocessing.tasks, table: table)
         for (t, task) in model.architecture.tasks.enumerated() where task.kind == .classification && specs[t].classes > task.classes {
             let row = targets[t].firstIndex { Int($0) >= task.classes }!
@@ -474,13 +480,12 @@ public enum TrainingRun {
                 "row \(row + 2), column '\(column)': class \(Int(targets[t][row])) of task '\(task.name)' was not seen in training (\(task.classes) classes)"
             )
         }
-        let data = Dataset(
+        return Dataset(
             features: try preprocessing.features(of: table),
             targets: targets,
             count: table.rowCount,
             inputs: preprocessing.features.count
         )
-        return evaluate(model, on: data)
     }
 
     /// Accuracy for classification, ROC AUC for binary tasks, RMSE for regression.
