@@ -4,7 +4,7 @@ C = 1, sigma = 1.1, one epoch, SGD) trained with M = 1000 audit canaries and wit
 the ratio of the medians is the overhead (target <= 1.2x). Also the audit's own time: scoring the canaries after each
 epoch and the bound over the guess grid, as `coffer train --json` reports it, and the bound alone from counts.
 
-Usage: audit_bench.py --coffer BIN [--rows 60000] [--pairs 5] [--canaries 1000] [--json-out FILE]
+Usage: audit_bench.py --coffer BIN [--rows 60000] [--pairs 7] [--canaries 1000] [--json-out FILE]
 """
 import argparse
 import json
@@ -75,7 +75,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--coffer", required=True)
     parser.add_argument("--rows", type=int, default=60000)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--canaries", type=int, default=1000)
     parser.add_argument("--json-out")
     args = parser.parse_args()

@@ -84,8 +84,8 @@ public struct Trainer: Sendable {
     /// The dataset size the noisy sum is divided by (as `q` times it), when it must not be the size of the data
     /// stepped on: an audit's canaries join the data at random, and how many joined must not show in the scale.
     public var normalizingCount: Int? = nil
-    /// A one-run audit's head (``attachAudit(_:)``): one class per canary on the trunk's output, zero at the start.
-    public private(set) var auditHead: DenseLayer? = nil
+    /// A one-run audit's head (``attachAudit(_:)``): one class per canary on a projection of the trunk's output.
+    public private(set) var auditHead: AuditHead? = nil
     /// The included canaries as rows of the audit head's classes.
     private var auditRows: Dataset? = nil
     /// After ``prune(ratio:)``: which weights stay (per parameter tensor; biases are never pruned).
@@ -108,30 +108,20 @@ public struct Trainer: Sendable {
     }
 
     /// Adds a one-run audit to this run, before its first step: the included canaries become training rows, sampled,
-    /// clipped and noised with the data's rows, each labelled with its own class of a new head on the trunk (see
-    /// ``AuditCanaries``). The head's parameters take part in every step like the model's, noise included.
+    /// clipped and noised with the data's rows, each labelled with its own class of an ``AuditHead`` on the trunk (see
+    /// ``AuditCanaries``). The head's trained layer takes part in every step like the model's parameters, noise included.
     public mutating func attachAudit(_ canaries: AuditCanaries) {
         precondition(steps == 0 && auditHead == nil, "an audit is attached before training")
-        let width = model.architecture.trunk.last ?? model.architecture.inputs
-        let head = DenseLayer(inputs: width, outputs: canaries.count)
+        let head = AuditHead(
+            trunkOutput: model.architecture.trunk.last ?? model.architecture.inputs,
+            canaries: canaries.count,
+            seed: canaries.projectionSeed
+        )
         auditHead = head
         auditRows = canaries.includedRows
-        for count in [head.weight.count, head.bias.count] {
+        for count in [head.layer.weight.count, head.layer.bias.count] {
             firstMoment.append([Float](repeating: 0, count: count))
             secondMoment.append([Float](repeating: 0, count: count))
-        }
-    }
-
-    /// The trunk with the audit head in place of the task heads: the model canary rows are trained through.
-    public var auditModel: MultiTaskModel? {
-        auditHead.map { head in
-            let a = model.architecture
-            let task = TaskSpec(name: "audit", kind: .classification, classes: head.outputs)
-            return MultiTaskModel(
-                architecture: Architecture(inputs: a.inputs, trunk: a.trunk, activation: a.activation, tasks: [task]),
-                trunk: model.trunk,
-                heads: [head]
-            )
         }
     }
 
@@ -173,18 +163,24 @@ public struct Trainer: Sendable {
         // Flatten to weight, bias, weight, bias... in layer order, add noise, and scale.
         var gradients = batch.layers.flatMap { [$0.weight, $0.bias] } + [batch.logVarianceGradients]
         var canaryCount = 0
-        if let auditRows, let auditModel {
+        if let auditRows, let auditHead {
             // Canary rows: clipped one by one like the data's rows (their gradient has no part in the task heads, the
             // data's none in the audit head), summed into the same trunk gradients before the noise.
             let canaries = drawn.dropFirst(indices.count).map { $0 - data.count }
             canaryCount = canaries.count
-            let (cx, ct) = auditRows.rows(canaries)
-            let canaryBatch = auditModel.gradients(cx, count: canaries.count, targets: ct, clipNorm: clipNorm)
-            for l in model.trunk.indices {
-                for k in gradients[2 * l].indices { gradients[2 * l][k] += canaryBatch.layers[l].weight[k] }
-                for k in gradients[2 * l + 1].indices { gradients[2 * l + 1][k] += canaryBatch.layers[l].bias[k] }
+            if canaries.isEmpty {
+                // Most steps sample no canary (q M / 2 of them on average): nothing to add but the head's zeros.
+                gradients += [[Float](repeating: 0, count: auditHead.layer.weight.count), [Float](repeating: 0, count: auditHead.layer.bias.count)]
+            } else {
+                let (cx, ct) = auditRows.rows(canaries)
+                let canaryBatch = model.auditGradients(cx, count: canaries.count, classes: ct[0], head: auditHead, clipNorm: clipNorm)
+                for l in model.trunk.indices {
+                    for (p, part) in [(2 * l, canaryBatch[l].weight), (2 * l + 1, canaryBatch[l].bias)] {
+                        gradients[p].withUnsafeMutableBufferPointer { g in for k in g.indices { g[k] += part[k] } }
+                    }
+                }
+                gradients += [canaryBatch[model.trunk.count].weight, canaryBatch[model.trunk.count].bias]
             }
-            gradients += [canaryBatch.layers[model.trunk.count].weight, canaryBatch.layers[model.trunk.count].bias]
         }
         if let sigma = configuration.noiseMultiplier, let noise = noise?.value() {
             let scale = 1 / Float(q * Double(normalizingCount ?? data.count))
@@ -267,8 +263,8 @@ public struct Trainer: Sendable {
     /// weight and bias.
     private func parameter(_ p: Int) -> [Float] {
         if p == model.layers.count * 2 { return logVariances }
-        if p == model.layers.count * 2 + 1 { return auditHead!.weight }
-        if p == model.layers.count * 2 + 2 { return auditHead!.bias }
+        if p == model.layers.count * 2 + 1 { return auditHead!.layer.weight }
+        if p == model.layers.count * 2 + 2 { return auditHead!.layer.bias }
         let layer = p / 2 < model.trunk.count ? model.trunk[p / 2] : model.heads[p / 2 - model.trunk.count]
         return p % 2 == 0 ? layer.weight : layer.bias
     }
@@ -279,11 +275,11 @@ public struct Trainer: Sendable {
             return
         }
         if p == model.layers.count * 2 + 1 {
-            auditHead!.weight = values
+            auditHead!.layer.weight = values
             return
         }
         if p == model.layers.count * 2 + 2 {
-            auditHead!.bias = values
+            auditHead!.layer.bias = values
             return
         }
         let l = p / 2

@@ -15,8 +15,8 @@ import Glibc
 /// the DP noise alone: the white-box setting of Steinke, Nasr and Jagielski, reached through real examples.
 ///
 /// Canary rows go through the trainer's Poisson sampler, per-example clipping (their gradient over the trunk and the
-/// audit head, one ghost norm) and Gaussian noise exactly as real rows do. The audit head is dropped after training;
-/// the released trunk has been trained on the included canaries, as any one-run audit's model is.
+/// audit head, one ghost norm) and Gaussian noise exactly as real rows do. The audit head (``AuditHead``) is dropped
+/// after training; the released trunk has been trained on the included canaries, as any one-run audit's model is.
 ///
 /// Features are drawn in the standardised space the model sees, every coordinate `±(2 + 2u)` with a random sign and
 /// `u` uniform in [0, 1): away from the data, so their trunk activations are large and distinct. Everything comes
@@ -29,6 +29,8 @@ public struct AuditCanaries: Sendable {
     public let features: [Float]
     /// Whether each canary joined the training data.
     public let included: [Bool]
+    /// Seeds the audit head's fixed projection (``AuditHead``); drawn before the inclusion bits.
+    public let projectionSeed: UInt64
 
     public init<Generator: RandomNumberGenerator>(count: Int, inputs: Int, generator: inout Generator) {
         self.count = count
@@ -40,6 +42,7 @@ public struct AuditCanaries: Sendable {
             features.append(generator.next() & 1 == 0 ? magnitude : -magnitude)
         }
         self.features = features
+        projectionSeed = generator.next()
         included = (0..<count).map { _ in generator.next() & 1 == 1 }
     }
 

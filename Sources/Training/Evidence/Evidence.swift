@@ -146,6 +146,23 @@ public struct Evidence: Sendable, Equatable, Codable {
                 case privateValue = "private"
                 case nonPrivate = "non_private"
             }
+
+            /// An undefined metric (the AUC of a binary task whose validation rows are all one class) is `null`.
+            public func encode(to encoder: any Encoder) throws {
+                var c = encoder.container(keyedBy: CodingKeys.self)
+                try c.encode(metric, forKey: .metric)
+                for (value, key) in [(privateValue, CodingKeys.privateValue), (nonPrivate, .nonPrivate), (cost, .cost)] {
+                    if value.isFinite { try c.encode(value, forKey: key) } else { try c.encodeNil(forKey: key) }
+                }
+            }
+
+            public init(from decoder: any Decoder) throws {
+                let c = try decoder.container(keyedBy: CodingKeys.self)
+                metric = try c.decode(String.self, forKey: .metric)
+                privateValue = try c.decodeIfPresent(Double.self, forKey: .privateValue) ?? .nan
+                nonPrivate = try c.decodeIfPresent(Double.self, forKey: .nonPrivate) ?? .nan
+                cost = try c.decodeIfPresent(Double.self, forKey: .cost) ?? .nan
+            }
         }
 
         /// `non-private`: the recipe with `privacy: false` (no clipping, no noise, no canaries), same seed.

@@ -238,35 +238,36 @@ public struct AuditResult: Sendable, Equatable {
 
 extension OneRunAudit {
     /// One epoch's contribution to each canary's score: how far the canary's own row of the audit head moved along
-    /// the direction the canary's gradient pushes it, `<[h_c; 1], Δrow_c> / |[h_c; 1]|`, with `h_c` the trunk's output
-    /// for canary `c` at the epoch's start and `Δrow_c` the change of row `c` (weights and bias) over the epoch.
+    /// the direction the canary's gradient pushes it, `<[u_c; 1], Δrow_c> / |[u_c; 1]|`, with `u_c = P h_c` the
+    /// projected trunk output for canary `c` at the epoch's start and `Δrow_c` the change of row `c` (weights and
+    /// bias) over the epoch.
     ///
-    /// A sampled canary's cross-entropy gradient on its row is `(p_c - 1) [h_c; 1]`, so descent moves the row along
-    /// `+[h_c; 1]`; no real row moves it, other canaries only by their softmax share `p_c`, and the noise by the same
-    /// law whether or not `c` joined. Dividing by `|[h_c; 1]|` projects on a unit vector, on which the noise's spread
+    /// A sampled canary's cross-entropy gradient on its row is `(p_c - 1) [u_c; 1]`, so descent moves the row along
+    /// `+[u_c; 1]`; no real row moves it, other canaries only by their softmax share `p_c`, and the noise by the same
+    /// law whether or not `c` joined. Dividing by `|[u_c; 1]|` projects on a unit vector, on which the noise's spread
     /// does not depend on the canary. The score reads only DP-SGD's iterates (the accountant covers every one of them)
     /// and the canaries' features, so it is fixed before any inclusion bit is read.
     ///
     /// - Parameters:
     ///   - trunk: the model at the epoch's start (only its trunk is used).
     ///   - start: the audit head at the epoch's start; `end`: at its end.
-    public static func epochScores(_ canaries: AuditCanaries, trunk: MultiTaskModel, start: DenseLayer, end: DenseLayer) -> [Double] {
+    public static func epochScores(_ canaries: AuditCanaries, trunk: MultiTaskModel, start: AuditHead, end: AuditHead) -> [Double] {
         var scores: [Double] = []
         scores.reserveCapacity(canaries.count)
-        let width = start.inputs
+        let width = AuditHead.width
         // Blocks of rows bound the trace's memory for large canary counts.
         var first = 0
         while first < canaries.count {
             let last = min(first + 4096, canaries.count)
             let x = Array(canaries.features[(first * canaries.inputs)..<(last * canaries.inputs)])
-            let h = trunk.trace(x, count: last - first).activations.last!
+            let u = start.features(trunk, x, count: last - first)
             for c in first..<last {
                 let row = c * width
-                var dot = Double(end.bias[c] - start.bias[c])
+                var dot = Double(end.layer.bias[c] - start.layer.bias[c])
                 var norm = 1.0
                 for k in 0..<width {
-                    let a = Double(h[(c - first) * width + k])
-                    dot += a * Double(end.weight[row + k] - start.weight[row + k])
+                    let a = Double(u[(c - first) * width + k])
+                    dot += a * Double(end.layer.weight[row + k] - start.layer.weight[row + k])
                     norm += a * a
                 }
                 scores.append(dot / norm.squareRoot())
