@@ -62,7 +62,8 @@ def measure(coffer, rows=60000, pairs=5, canaries=1000):
         "training_seconds": {"plain": median(plain, "training_seconds"), "audited": median(audited, "training_seconds")},
         "wall_seconds": {"plain": median(plain, "wall_seconds"), "audited": median(audited, "wall_seconds")},
         "audit_seconds": median(audited, "audit_seconds"),
-        "bound_seconds": max(0.0, statistics.median(bound_times) - process_start),
+        "bound_process_seconds": statistics.median(bound_times),
+        "process_start_seconds": process_start,
         "epsilon_lower_bound": [r["evidence"]["audit"]["epsilon_lower_bound"] for r in audited],
         "epsilon": audited[0]["epsilon"],
     }
@@ -87,7 +88,8 @@ def main():
     print(f"whole coffer train: {r['wall_seconds']['plain']:.3f} s plain, {r['wall_seconds']['audited']:.3f} s audited, "
           f"ratio {r['wall_ratio']:.3f}")
     print(f"audit (canary scores after each epoch and the bound over 8 guess sets): {r['audit_seconds'] * 1000:.1f} ms")
-    print(f"one bound from counts (m = r = {r['canaries']}), process start subtracted: {r['bound_seconds'] * 1000:.1f} ms")
+    print(f"coffer privacy audit-bound (m = r = {r['canaries']}), whole process: {r['bound_process_seconds'] * 1000:.1f} ms "
+          f"(a trivial coffer command: {r['process_start_seconds'] * 1000:.1f} ms)")
     print(f"epsilon {r['epsilon']:.4f}; audit lower bounds {', '.join(f'{e:.3f}' for e in r['epsilon_lower_bound'])}")
     if args.json_out:
         json.dump(r, open(args.json_out, "w"), indent=1)
