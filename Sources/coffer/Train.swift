@@ -19,18 +19,20 @@ extension Coffer {
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Flag(name: .long, help: "Print the final report as JSON.") var json = false
+        @OptionGroup var evidence: EvidenceOptions
 
         func validate() throws {
             if push != nil && identity == nil { throw ValidationError("--push needs --identity") }
         }
 
         func run() throws {
-            let recipe = try TrainingRecipe(contentsOf: config)
+            let recipe = try evidence.apply(to: TrainingRecipe(contentsOf: config))
             // Fail early on registry and identity problems, before spending the privacy budget on training.
             let store = push == nil ? nil : try registry.open()
             let publisher = try identity.map { path throws(CofferCryptoError) in UnlockedIdentity(try passphraseOptions.unlockIdentity(at: path)) }
             let bar = EpochProgress(tasks: recipe.tasks.map(\.name), quiet: json)
             let trained = try TrainingRun.run(recipe, progress: bar.update)
+            try evidence.writeReport(trained)
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             try FileBytes.write(try Checkpoint.encode(trained), to: "\(out)/\(Checkpoint.modelFile)", mode: 0o600, overwrite: true)
             try FileBytes.write(try Checkpoint.privacyJSON(trained.privacy), to: "\(out)/\(Checkpoint.privacyFile)", mode: 0o644, overwrite: true)
@@ -42,6 +44,8 @@ extension Coffer {
                         "noise_multiplier": p.segments.first.map { .number($0.noiseMultiplier) } ?? .null,
                         "achieved_sparsity": .number(p.pruning.achievedSparsity),
                         "training_seconds": .number(trained.trainingSeconds), "examples": .number(Double(trained.examplesProcessed)),
+                        "audit_seconds": trained.auditSeconds.map { .number($0) } ?? .null,
+                        "evidence": try JSONValue(encoding: p.evidence),
                         "metrics": .object(
                             Dictionary(uniqueKeysWithValues: trained.metrics.map { ("\($0.task).\($0.metric)", JSONValue.number($0.value)) })
                         ),
@@ -61,6 +65,7 @@ extension Coffer {
                     print("privacy: none (trained without differential privacy)")
                 }
                 print("pruning: target \(p.pruning.targetRatio), achieved sparsity \(String(format: "%.4f", p.pruning.achievedSparsity))")
+                for line in EvidenceOptions.summary(p.evidence, proven: p.epsilon, auditSeconds: trained.auditSeconds) { print(line) }
                 print("wrote \(out)/\(Checkpoint.modelFile) and \(out)/\(Checkpoint.privacyFile)")
             }
             if let store, let push, let publisher {
@@ -150,6 +155,37 @@ extension Coffer {
             let json = try JSONSerialization.data(withJSONObject: recipe, options: [.prettyPrinted, .sortedKeys])
             try FileBytes.write(Array(json) + [0x0A], to: "\(out)/recipe.json", mode: 0o644, overwrite: true)
             print("wrote \(out)/data.csv (\(rows) rows, \(features) features, tasks cls/bin/reg) and \(out)/recipe.json")
+        }
+    }
+}
+
+extension Coffer {
+    struct Split: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract:
+                "Write the training and validation rows of a recipe's split (DIR/train.csv, DIR/validation.csv), for baselines trained elsewhere."
+        )
+
+        @Option(name: .long, help: "Training configuration (JSON; docs/FORMAT.md).") var config: String
+        @Option(name: .long, help: "Output directory.") var out: String
+
+        func run() throws {
+            let recipe = try TrainingRecipe(contentsOf: config)
+            guard let bytes = FileManager.default.contents(atPath: recipe.data) else { throw CLIError("\(recipe.data): cannot read") }
+            // The table parses the same bytes, so its row r is line r + 1 here (blank lines only at the end).
+            let table = try CSVTable(contentsOf: recipe.data)
+            var lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).map {
+                $0.hasSuffix("\r") ? $0.dropLast() : $0
+            }
+            while let last = lines.last, last.trimmingCharacters(in: .whitespaces).isEmpty { lines.removeLast() }
+            guard lines.count == table.rowCount + 1 else { throw CLIError("\(recipe.data): \(lines.count - 1) lines but \(table.rowCount) rows") }
+            let (training, validation) = TrainingRun.split(recipe, rowCount: table.rowCount)
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            for (name, rows) in [("train.csv", training), ("validation.csv", validation)] {
+                let text = ([lines[0]] + rows.map { lines[$0 + 1] }).joined(separator: "\n") + "\n"
+                try FileBytes.write(Array(text.utf8), to: "\(out)/\(name)", mode: 0o644, overwrite: true)
+            }
+            print("wrote \(out)/train.csv (\(training.count) rows) and \(out)/validation.csv (\(validation.count) rows)")
         }
     }
 }

@@ -133,4 +133,71 @@ struct TrainCommandTests {
         #expect(pldJSON?["accountant"] as? String == "pld")
         expectFailure(try CofferProcess.run(reference + ["--accountant", "moments"], in: dir.url), "unknown accountant 'moments': use rdp or pld")
     }
+
+    @Test func evidenceOptionsRecordTheAuditAndRefuseWhatCannotBeMet() throws {
+        let dir = try Scratch()
+        try recipe(dir, ["pruning_ratio": 0])
+        let train = try CofferProcess.run(
+            [
+                "train", "--config", "recipe.json", "--out", "ckpt", "--audit-canaries", "200", "--membership", "--audit-report", "audit.json",
+                "--json",
+            ],
+            in: dir.url
+        )
+        #expect(train.status == 0, "\(train.stderr)")
+        let report = try JSONSerialization.jsonObject(with: train.stdout) as? [String: Any]
+        let audit = (report?["evidence"] as? [String: Any])?["audit"] as? [String: Any]
+        #expect(audit?["canaries"] as? Int == 200)
+        #expect((audit?["epsilon_lower_bound"] as? Double ?? -1) <= (report?["epsilon"] as? Double ?? 0))
+        #expect(
+            try FileManager.default.attributesOfItem(atPath: dir.url.appendingPathComponent("audit.json").path)[.posixPermissions] as? Int == 0o600
+        )
+        let privacy = String(decoding: try dir.read("ckpt/privacy.json"), as: UTF8.self)
+        #expect(privacy.contains("\"epsilon_lower_bound\"") && privacy.contains("\"max_auc\"") && !privacy.contains("included"))
+
+        expectFailure(
+            try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o", "--audit-report", "a.json"], in: dir.url),
+            "--audit-report needs an audit: give --audit-canaries M"
+        )
+        expectFailure(
+            try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o", "--audit-canaries", "5"], in: dir.url),
+            "5 audit canaries are too few for a meaningful bound"
+        )
+        expectFailure(
+            try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o", "--robustness-epsilons", "0.1,x"], in: dir.url),
+            "--robustness-epsilons must be comma-separated numbers, got '0.1,x'"
+        )
+        try recipe(dir, ["privacy": false, "noise_multiplier": NSNull()])
+        expectFailure(
+            try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o", "--audit-canaries", "200"], in: dir.url),
+            "audit_canaries needs differential privacy"
+        )
+        expectFailure(
+            try CofferProcess.run(["privacy", "audit", "--config", "recipe.json", "--canaries", "200"], in: dir.url),
+            "audit_canaries needs differential privacy"
+        )
+        #expect(!dir.exists("o"))
+    }
+
+    @Test func privacyAttackScoresAMembersFileAndRefusesOneThatDoesNotMatch() throws {
+        let dir = try Scratch()
+        try recipe(dir, ["pruning_ratio": 0])
+        #expect(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "ckpt"], in: dir.url).status == 0)
+        var rows = ["a,b,label,value,flag,member"]
+        for i in 0..<60 { rows.append("\(Double(i % 17) / 17),\(Double(i % 5)),\(i % 3),\(Double(i % 7) * 0.5),\(i % 2),\(i % 3 == 0 ? 1 : 0)") }
+        try dir.write("members.csv", Data((rows.joined(separator: "\n") + "\n").utf8))
+        let attack = try CofferProcess.run(["privacy", "attack", "--checkpoint", "ckpt", "--members", "members.csv", "--json"], in: dir.url)
+        #expect(attack.status == 0, "\(attack.stderr)")
+        let json = try JSONSerialization.jsonObject(with: attack.stdout) as? [String: Any]
+        #expect(json?["members"] as? Int == 20 && json?["non_members"] as? Int == 20 && json?["population"] as? Int == 20)
+        #expect(Set((json?["tasks"] as? [String: Any])?.keys.map { $0 } ?? []) == ["c", "r", "f"])
+        try dir.write("bad.csv", Data("a,label,value,flag,member\n0.1,1,1,0,1\n".utf8))
+        expectFailure(
+            try CofferProcess.run(["privacy", "attack", "--checkpoint", "ckpt", "--members", "bad.csv"], in: dir.url),
+            "bad.csv does not match the checkpoint's features: column 'b' is missing (the checkpoint's features: a, b)"
+        )
+        let split = try CofferProcess.run(["split", "--config", "recipe.json", "--out", "split"], in: dir.url)
+        #expect(split.status == 0, "\(split.stderr)")
+        #expect(String(decoding: try dir.read("split/validation.csv"), as: UTF8.self).split(separator: "\n").count == 81, "80 rows and the header")
+    }
 }

@@ -82,3 +82,25 @@ import Testing
         }
     }
 }
+
+/// `target_epsilon` is calibrated against PLD, the accountant whose ε a version reports.
+struct PLDCalibrationTests {
+    @Test func theReportedEpsilonIsWithinOnePercentBelowTheTarget() throws {
+        let (q, steps, delta) = (0.1, 50, 1e-5)
+        // A coarser grid than the default 1e-4: the same search, a tenth of the time of a debug build (~15 s).
+        let accountant = PLDAccountant(discretization: 1e-3)
+        let calibrated = try #require(try accountant.calibrateNoise(targetEpsilon: 2, sampleRate: q, steps: steps, delta: delta))
+        #expect(calibrated.epsilon <= 2 && calibrated.epsilon >= 0.99 * 2, "\(calibrated)")
+        let recomputed = try accountant.epsilon(
+            segments: [PrivacySegment(sampleRate: q, noiseMultiplier: calibrated.noiseMultiplier, steps: steps)],
+            delta: delta
+        )
+        #expect(recomputed == calibrated.epsilon)
+        // Less noise than RDP's calibration needs: the budget it left unspent is now spent on utility.
+        let rdpSigma = try RDPAccountant.calibrateNoise(targetEpsilon: 2, sampleRate: q, steps: steps, delta: delta)
+        #expect(calibrated.noiseMultiplier < rdpSigma)
+        var rdp = RDPAccountant()
+        rdp.compose(PrivacySegment(sampleRate: q, noiseMultiplier: calibrated.noiseMultiplier, steps: steps))
+        #expect(rdp.epsilon(delta: delta).epsilon > 2, "RDP, the cross-check, is looser at the PLD-calibrated sigma")
+    }
+}

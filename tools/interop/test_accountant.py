@@ -46,6 +46,16 @@ def test_sigma_calibration_is_tight():
     assert reference(256 / 60000, sigma * (1 - 1e-5), 14062, 1e-5)[0] > 3
 
 
+def test_pld_sigma_calibration_spends_the_target_within_one_percent():
+    out = subprocess.run([COFFER, "privacy", "sigma", "--target-epsilon", "3", "--sample-rate", str(256 / 16152), "--steps", "567",
+                          "--delta", "1e-5", "--accountant", "pld", "--json"], capture_output=True, text=True, check=True)
+    sigma = json.loads(out.stdout)["noise_multiplier"]
+    accountant = pld_privacy_accountant.PLDAccountant()
+    accountant.compose(dp_event.PoissonSampledDpEvent(256 / 16152, dp_event.GaussianDpEvent(sigma)), 567)
+    assert 0.99 * 3 <= accountant.get_epsilon(1e-5) <= 3
+    assert reference(256 / 16152, sigma, 567, 1e-5)[0] > 3, "RDP, the cross-check, is looser at this sigma"
+
+
 # PLD: the grids dp_accounting needs grow with epsilon, so the PLD grid stops where both sides stay under a second.
 PLD_CASES = [(q, sigma, steps) for q, sigma, steps in itertools.product([1e-3, 0.01, 0.1], [0.8, 2.0, 5.0], [1, 100, 3000])
              if not (q == 0.1 and sigma == 0.8 and steps == 3000)] + [(256 / 60000, 1.1, 14062)]

@@ -78,8 +78,10 @@ def test_dp_accounting_recomputes_the_claimed_epsilon(tmp_path):
     epsilon_rdp = rdp.get_epsilon(privacy["delta"])
     epsilon_pld = pld.get_epsilon(privacy["delta"])
     assert abs(epsilon_rdp - privacy["epsilon_rdp"]) <= 1e-6 * epsilon_rdp
-    assert epsilon_rdp <= 2.0 + 1e-9, "calibrated to the target by RDP"
     assert epsilon_pld <= privacy["epsilon_pld"] <= epsilon_pld * 1.01
-    assert privacy["epsilon"] == min(privacy["epsilon_rdp"], privacy["epsilon_pld"]) < 2.0
+    # Calibrated against PLD, the accountant whose epsilon is reported: within 1% below the target; RDP, looser, above it.
+    assert 0.99 * 2.0 <= privacy["epsilon"] == privacy["epsilon_pld"] <= 2.0
+    assert epsilon_pld <= 2.0
+    assert epsilon_rdp > 2.0
     assert privacy["accountant"] == "pld"
     assert abs(privacy["pruning"]["achieved_sparsity"] - 0.5) < 1e-3

@@ -81,6 +81,13 @@ public struct Trainer: Sendable {
     private var secondMoment: [[Float]]
     /// Uncertainty weighting's log-variances `s_t`, one per task (0 at the start: weight exp(0) = 1).
     public private(set) var logVariances: [Float]
+    /// The dataset size the noisy sum is divided by (as `q` times it), when it must not be the size of the data
+    /// stepped on: an audit's canaries join the data at random, and how many joined must not show in the scale.
+    public var normalizingCount: Int? = nil
+    /// A one-run audit's head (``attachAudit(_:)``): one class per canary on a projection of the trunk's output.
+    public private(set) var auditHead: AuditHead? = nil
+    /// The included canaries as rows of the audit head's classes.
+    private var auditRows: Dataset? = nil
     /// After ``prune(ratio:)``: which weights stay (per parameter tensor; biases are never pruned).
     private var masks: [[Bool]]? = nil
 
@@ -100,9 +107,30 @@ public struct Trainer: Sendable {
         secondMoment = shapes.map { [Float](repeating: 0, count: $0) }
     }
 
+    /// Adds a one-run audit to this run, before its first step: the included canaries become training rows, sampled,
+    /// clipped and noised with the data's rows, each labelled with its own class of an ``AuditHead`` on the trunk (see
+    /// ``AuditCanaries``). The head's trained layer takes part in every step like the model's parameters, noise included.
+    public mutating func attachAudit(_ canaries: AuditCanaries) {
+        precondition(steps == 0 && auditHead == nil, "an audit is attached before training")
+        let head = AuditHead(
+            trunkOutput: model.architecture.trunk.last ?? model.architecture.inputs,
+            canaries: canaries.count,
+            seed: canaries.projectionSeed
+        )
+        auditHead = head
+        auditRows = canaries.includedRows
+        for count in [head.layer.weight.count, head.layer.bias.count] {
+            firstMoment.append([Float](repeating: 0, count: count))
+            secondMoment.append([Float](repeating: 0, count: count))
+        }
+    }
+
     /// What one step did.
     public struct StepReport: Sendable {
+        /// Rows of the data in the batch (canaries not counted).
         public var batchSize: Int
+        /// Audit canaries in the batch.
+        public var canaries = 0
         /// Mean per-example loss of each task over the batch (0 for an empty batch).
         public var taskLosses: [Double]
     }
@@ -118,20 +146,44 @@ public struct Trainer: Sendable {
                 GaussianNoise.sample(count: count, standardDeviation: Float(sigma) * configuration.clipNorm, mode: configuration.noiseMode)
             }
         }
-        let indices = (0..<data.count).filter { _ in Double(sampler.next() >> 11) * 0x1.0p-53 < q }
+        // One Poisson draw per row: the data's rows, then the audit's canary rows.
+        let canaryRows = auditRows?.count ?? 0
+        let drawn = (0..<(data.count + canaryRows)).filter { _ in Double(sampler.next() >> 11) * 0x1.0p-53 < q }
+        let indices = drawn.filter { $0 < data.count }
+        let clipNorm = configuration.noiseMultiplier == nil ? nil : configuration.clipNorm
         let (x, targets) = data.rows(indices)
         let batch = model.gradients(
             x,
             count: indices.count,
             targets: targets,
-            clipNorm: configuration.noiseMultiplier == nil ? nil : configuration.clipNorm,
+            clipNorm: clipNorm,
             logVariances: configuration.uncertaintyWeighting ? logVariances : nil
         )
 
         // Flatten to weight, bias, weight, bias... in layer order, add noise, and scale.
         var gradients = batch.layers.flatMap { [$0.weight, $0.bias] } + [batch.logVarianceGradients]
+        var canaryCount = 0
+        if let auditRows, let auditHead {
+            // Canary rows: clipped one by one like the data's rows (their gradient has no part in the task heads, the
+            // data's none in the audit head), summed into the same trunk gradients before the noise.
+            let canaries = drawn.dropFirst(indices.count).map { $0 - data.count }
+            canaryCount = canaries.count
+            if canaries.isEmpty {
+                // Most steps sample no canary (q M / 2 of them on average): nothing to add but the head's zeros.
+                gradients += [[Float](repeating: 0, count: auditHead.layer.weight.count), [Float](repeating: 0, count: auditHead.layer.bias.count)]
+            } else {
+                let (cx, ct) = auditRows.rows(canaries)
+                let canaryBatch = model.auditGradients(cx, count: canaries.count, classes: ct[0], head: auditHead, clipNorm: clipNorm)
+                for l in model.trunk.indices {
+                    for (p, part) in [(2 * l, canaryBatch[l].weight), (2 * l + 1, canaryBatch[l].bias)] {
+                        gradients[p].withUnsafeMutableBufferPointer { g in for k in g.indices { g[k] += part[k] } }
+                    }
+                }
+                gradients += [canaryBatch[model.trunk.count].weight, canaryBatch[model.trunk.count].bias]
+            }
+        }
         if let sigma = configuration.noiseMultiplier, let noise = noise?.value() {
-            let scale = 1 / Float(q * Double(data.count))
+            let scale = 1 / Float(q * Double(normalizingCount ?? data.count))
             var offset = 0
             noise.withUnsafeBufferPointer { noise in
                 for p in gradients.indices {
@@ -142,14 +194,14 @@ public struct Trainer: Sendable {
                 }
             }
             accountant.compose(PrivacySegment(sampleRate: q, noiseMultiplier: sigma, steps: 1))
-        } else if !indices.isEmpty {
-            let scale = 1 / Float(indices.count)
+        } else if !drawn.isEmpty {
+            let scale = 1 / Float(drawn.count)
             for p in gradients.indices { for k in gradients[p].indices { gradients[p][k] *= scale } }
         }
         apply(gradients)
         steps += 1
         let n = Double(max(indices.count, 1))
-        return StepReport(batchSize: indices.count, taskLosses: batch.taskLosses.map { indices.isEmpty ? 0 : $0 / n })
+        return StepReport(batchSize: indices.count, canaries: canaryCount, taskLosses: batch.taskLosses.map { indices.isEmpty ? 0 : $0 / n })
     }
 
     /// Global magnitude pruning: zeroes the `ratio` fraction of all weight-matrix entries (trunk and heads together)
@@ -207,9 +259,12 @@ public struct Trainer: Sendable {
         }
     }
 
-    /// Parameter tensor `p` in weight, bias, weight, bias... layer order.
+    /// Parameter tensor `p` in weight, bias, weight, bias... layer order, then the log-variances, then the audit head's
+    /// weight and bias.
     private func parameter(_ p: Int) -> [Float] {
         if p == model.layers.count * 2 { return logVariances }
+        if p == model.layers.count * 2 + 1 { return auditHead!.layer.weight }
+        if p == model.layers.count * 2 + 2 { return auditHead!.layer.bias }
         let layer = p / 2 < model.trunk.count ? model.trunk[p / 2] : model.heads[p / 2 - model.trunk.count]
         return p % 2 == 0 ? layer.weight : layer.bias
     }
@@ -217,6 +272,14 @@ public struct Trainer: Sendable {
     private mutating func setParameter(_ p: Int, _ values: [Float]) {
         if p == model.layers.count * 2 {
             logVariances = values
+            return
+        }
+        if p == model.layers.count * 2 + 1 {
+            auditHead!.layer.weight = values
+            return
+        }
+        if p == model.layers.count * 2 + 2 {
+            auditHead!.layer.bias = values
             return
         }
         let l = p / 2

@@ -29,51 +29,76 @@ extension MultiTaskModel {
     ///     `1 - exp(-s_t) w_t loss_t` counted in the clipping norm. `nil` for fixed weights.
     public func gradients(_ x: [Float], count n: Int, targets: [[Float]], clipNorm: Float?, logVariances: [Float]? = nil) -> BatchGradients {
         let tasks = architecture.tasks
-        let weights = zip(tasks, logVariances ?? tasks.map { _ in 0 }).map { $0.weight * expf(-$1) }
-        var exampleLosses = [[Float]](repeating: [Float](repeating: 0, count: n), count: tasks.count)
-        let trace = trace(x, count: n)
+        let pass = backward(x, count: n, targets: targets, logVariances: logVariances)
+        let trace = pass.trace
         let last = trace.activations[trace.activations.count - 1]
-        var taskLosses = [Double](repeating: 0, count: tasks.count)
-
-        // dLoss/dOutput per example, per task, scaled by the task's weight.
-        var headGradients: [[Float]] = []
-        for (t, task) in tasks.enumerated() {
-            let z = trace.outputs[t]
-            var g = [Float](repeating: 0, count: z.count)
-            var losses = [Float](repeating: 0, count: n)
-            let w = weights[t]
-            for i in 0..<n {
-                let y = targets[t][i]
-                switch task.kind {
-                case .classification:
-                    // Softmax in place in g (no array per example), then its gradient p - onehot.
-                    let k = task.classes
-                    let base = i * k
-                    var top = z[base]
-                    for c in 1..<k { top = max(top, z[base + c]) }
-                    var sum: Float = 0
-                    for c in 0..<k {
-                        let e = expf(z[base + c] - top)
-                        g[base + c] = e
-                        sum += e
-                    }
-                    let label = Int(y)
-                    losses[i] = -logf(max(g[base + label] / sum, 1e-30))
-                    for c in 0..<k { g[base + c] = w * (g[base + c] / sum - (c == label ? 1 : 0)) }
-                case .binary:
-                    // log(1 + e^z) - y z, stably.
-                    losses[i] = max(z[i], 0) - z[i] * y + log1pf(expf(-abs(z[i])))
-                    g[i] = w * (sigmoid(z[i]) - y)
-                case .regression:
-                    let d = z[i] - y
-                    losses[i] = d * d
-                    g[i] = w * 2 * d
-                }
+        var squaredNorms = ghostSquaredNorms(pass, count: n)
+        // Uncertainty weighting: each s_t is a scalar parameter with per-example gradient 1 - exp(-s_t) w_t loss_t.
+        var logVarianceExampleGradients: [[Float]] = []
+        if logVariances != nil {
+            for t in tasks.indices {
+                let g = (0..<n).map { 1 - pass.weights[t] * pass.exampleLosses[t][$0] }
+                for i in 0..<n { squaredNorms[i] += g[i] * g[i] }
+                logVarianceExampleGradients.append(g)
             }
-            taskLosses[t] = losses.reduce(0) { $0 + Double($1) }
-            exampleLosses[t] = losses
-            headGradients.append(g)
         }
+        let norms = squaredNorms.map { $0.squareRoot() }
+        // Opacus's factor: C / (norm + 1e-6), capped at 1.
+        let factors = clipNorm.map { c in norms.map { min(1, c / ($0 + 1e-6)) } } ?? [Float](repeating: 1, count: n)
+
+        var layers: [(weight: [Float], bias: [Float])] = []
+        for (l, layer) in trunk.enumerated() {
+            layers.append(layer.weightedGradients(pass.trunkGradients[l], activations: trace.activations[l], weights: factors, count: n))
+        }
+        for (t, head) in heads.enumerated() {
+            layers.append(head.weightedGradients(pass.headGradients[t], activations: last, weights: factors, count: n))
+        }
+        let logVarianceGradients = logVarianceExampleGradients.map { g in zip(g, factors).reduce(Float(0)) { $0 + $1.0 * $1.1 } }
+        return BatchGradients(layers: layers, norms: norms, taskLosses: pass.taskLosses, logVarianceGradients: logVarianceGradients)
+    }
+
+    /// The gradient of task `task`'s summed (unweighted) loss with respect to the inputs, `n x inputs`: what FGSM and
+    /// PGD step along.
+    func inputGradients(_ x: [Float], count n: Int, targets: [[Float]], task: Int) -> [Float] {
+        let trace = trace(x, count: n)
+        var delta = heads[task].backward(
+            headGradient(task: task, outputs: trace.outputs[task], targets: targets[task], weight: 1, count: n).g,
+            count: n
+        )
+        for l in stride(from: trunk.count - 1, through: 0, by: -1) {
+            let pre = trace.preActivations[l]
+            for k in delta.indices { delta[k] *= architecture.activation.derivative(pre[k]) }
+            delta = trunk[l].backward(delta, count: n)
+        }
+        return delta
+    }
+
+    /// What one backward pass keeps: the forward trace, each layer's output gradients and each task's losses.
+    struct BackwardPass {
+        var trace: Trace
+        /// dLoss/dOutput of each head, scaled by the task's weight (`n x outputs` each).
+        var headGradients: [[Float]]
+        /// dLoss/dPreActivation of each trunk layer.
+        var trunkGradients: [[Float]]
+        /// Each task's per-example (unweighted) loss, and its sum over the batch.
+        var exampleLosses: [[Float]]
+        var taskLosses: [Double]
+        /// The effective task weights `w_t exp(-s_t)`.
+        var weights: [Float]
+    }
+
+    func backward(_ x: [Float], count n: Int, targets: [[Float]], logVariances: [Float]?) -> BackwardPass {
+        let tasks = architecture.tasks
+        let weights = zip(tasks, logVariances ?? tasks.map { _ in 0 }).map { $0.weight * expf(-$1) }
+        let trace = trace(x, count: n)
+        var headGradients: [[Float]] = []
+        var exampleLosses: [[Float]] = []
+        for t in tasks.indices {
+            let (g, losses) = headGradient(task: t, outputs: trace.outputs[t], targets: targets[t], weight: weights[t], count: n)
+            headGradients.append(g)
+            exampleLosses.append(losses)
+        }
+        let taskLosses = exampleLosses.map { $0.reduce(0) { $0 + Double($1) } }
 
         // Back through the trunk, keeping each layer's output gradient for the weighted sums.
         var delta = [Float](repeating: 0, count: n * (architecture.trunk.last ?? architecture.inputs))
@@ -89,8 +114,54 @@ extension MultiTaskModel {
             trunkGradients[l] = g
             if l > 0 { delta = trunk[l].backward(g, count: n) }
         }
+        return BackwardPass(
+            trace: trace,
+            headGradients: headGradients,
+            trunkGradients: trunkGradients,
+            exampleLosses: exampleLosses,
+            taskLosses: taskLosses,
+            weights: weights
+        )
+    }
 
-        // Ghost norms: |grad_i|^2 = sum over layers of |g_i|^2 (|a_i|^2 + 1).
+    /// dLoss/dOutput of one head for each example, scaled by `weight`, and each example's (unweighted) loss.
+    func headGradient(task t: Int, outputs z: [Float], targets: [Float], weight w: Float, count n: Int) -> (g: [Float], losses: [Float]) {
+        let task = architecture.tasks[t]
+        var g = [Float](repeating: 0, count: z.count)
+        var losses = [Float](repeating: 0, count: n)
+        for i in 0..<n {
+            let y = targets[i]
+            switch task.kind {
+            case .classification:
+                // Softmax in place in g (no array per example), then its gradient p - onehot.
+                let k = task.classes
+                let base = i * k
+                var top = z[base]
+                for c in 1..<k { top = max(top, z[base + c]) }
+                var sum: Float = 0
+                for c in 0..<k {
+                    let e = expf(z[base + c] - top)
+                    g[base + c] = e
+                    sum += e
+                }
+                let label = Int(y)
+                losses[i] = -logf(max(g[base + label] / sum, 1e-30))
+                for c in 0..<k { g[base + c] = w * (g[base + c] / sum - (c == label ? 1 : 0)) }
+            case .binary:
+                // log(1 + e^z) - y z, stably.
+                losses[i] = max(z[i], 0) - z[i] * y + log1pf(expf(-abs(z[i])))
+                g[i] = w * (sigmoid(z[i]) - y)
+            case .regression:
+                let d = z[i] - y
+                losses[i] = d * d
+                g[i] = w * 2 * d
+            }
+        }
+        return (g, losses)
+    }
+
+    /// Ghost norms: |grad_i|^2 = sum over layers of |g_i|^2 (|a_i|^2 + 1).
+    func ghostSquaredNorms(_ pass: BackwardPass, count n: Int) -> [Float] {
         var squaredNorms = [Float](repeating: 0, count: n)
         func accumulate(_ g: [Float], outputs: Int, _ a: [Float], inputs: Int) {
             g.withUnsafeBufferPointer { g in
@@ -105,30 +176,13 @@ extension MultiTaskModel {
                 }
             }
         }
-        for (l, layer) in trunk.enumerated() { accumulate(trunkGradients[l], outputs: layer.outputs, trace.activations[l], inputs: layer.inputs) }
-        for (t, head) in heads.enumerated() { accumulate(headGradients[t], outputs: head.outputs, last, inputs: head.inputs) }
-        // Uncertainty weighting: each s_t is a scalar parameter with per-example gradient 1 - exp(-s_t) w_t loss_t.
-        var logVarianceExampleGradients: [[Float]] = []
-        if logVariances != nil {
-            for t in tasks.indices {
-                let g = (0..<n).map { 1 - weights[t] * exampleLosses[t][$0] }
-                for i in 0..<n { squaredNorms[i] += g[i] * g[i] }
-                logVarianceExampleGradients.append(g)
-            }
-        }
-        let norms = squaredNorms.map { $0.squareRoot() }
-        // Opacus's factor: C / (norm + 1e-6), capped at 1.
-        let factors = clipNorm.map { c in norms.map { min(1, c / ($0 + 1e-6)) } } ?? [Float](repeating: 1, count: n)
-
-        var layers: [(weight: [Float], bias: [Float])] = []
+        let trace = pass.trace
+        let last = trace.activations[trace.activations.count - 1]
         for (l, layer) in trunk.enumerated() {
-            layers.append(layer.weightedGradients(trunkGradients[l], activations: trace.activations[l], weights: factors, count: n))
+            accumulate(pass.trunkGradients[l], outputs: layer.outputs, trace.activations[l], inputs: layer.inputs)
         }
-        for (t, head) in heads.enumerated() {
-            layers.append(head.weightedGradients(headGradients[t], activations: last, weights: factors, count: n))
-        }
-        let logVarianceGradients = logVarianceExampleGradients.map { g in zip(g, factors).reduce(Float(0)) { $0 + $1.0 * $1.1 } }
-        return BatchGradients(layers: layers, norms: norms, taskLosses: taskLosses, logVarianceGradients: logVarianceGradients)
+        for (t, head) in heads.enumerated() { accumulate(pass.headGradients[t], outputs: head.outputs, last, inputs: head.inputs) }
+        return squaredNorms
     }
 
     /// The batch's summed, weighted loss (for tests and reporting).

@@ -9,6 +9,14 @@ public struct DenseLayer: Sendable, Equatable {
     public var weight: [Float]
     public var bias: [Float]
 
+    /// A layer of zeros.
+    init(inputs: Int, outputs: Int) {
+        self.inputs = inputs
+        self.outputs = outputs
+        weight = [Float](repeating: 0, count: inputs * outputs)
+        bias = [Float](repeating: 0, count: outputs)
+    }
+
     init(inputs: Int, outputs: Int, generator: inout SeededGenerator) {
         self.inputs = inputs
         self.outputs = outputs
@@ -71,6 +79,13 @@ public struct MultiTaskModel: Sendable, Equatable {
         }
         self.trunk = trunk
         self.heads = architecture.tasks.map { DenseLayer(inputs: width, outputs: $0.outputs, generator: &generator) }
+    }
+
+    /// A model over given layers: the audit's view of a trainer's trunk with its own head (no copy of the weights).
+    init(architecture: Architecture, trunk: [DenseLayer], heads: [DenseLayer]) {
+        self.architecture = architecture
+        self.trunk = trunk
+        self.heads = heads
     }
 
     /// Every layer, trunk first, then heads in task order: the order parameters and gradients are listed in.

@@ -67,6 +67,14 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
     public var privacy: Bool?
     /// `fixed` (default: the tasks' weights) or `uncertainty` (learned, Kendall et al. 2018).
     public var taskBalancing: String?
+    /// Canaries of a one-run privacy audit (``OneRunAudit``) trained in the same run; needs DP.
+    public var auditCanaries: Int?
+    /// Run the membership-inference attacks (``MembershipInference``) on training against validation rows.
+    public var membershipAttack: Bool?
+    /// Also train the recipe without privacy on the same split, and record both models' metrics.
+    public var utilityBaseline: Bool?
+    /// FGSM and PGD accuracy (``AdversarialRobustness``) at these L∞ radii on the standardised features.
+    public var robustnessEpsilons: [Double]?
 
     enum CodingKeys: String, CodingKey {
         case data, features, tasks, trunk, activation, epochs, optimizer, momentum, delta, seed, privacy
@@ -80,6 +88,10 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
         case validationSplit = "validation_split"
         case noiseMode = "noise_mode"
         case taskBalancing = "task_balancing"
+        case auditCanaries = "audit_canaries"
+        case membershipAttack = "membership_attack"
+        case utilityBaseline = "utility_baseline"
+        case robustnessEpsilons = "robustness_epsilons"
     }
 
     /// Reads a recipe; a relative `data` path is resolved against the recipe's directory.
@@ -125,6 +137,14 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
         }
         if let taskBalancing, taskBalancing != "fixed", taskBalancing != "uncertainty" {
             throw .invalidConfiguration("task_balancing must be fixed or uncertainty, got \(taskBalancing)")
+        }
+        if let auditCanaries, auditCanaries < 1 || auditCanaries > 1_000_000 {
+            throw .invalidConfiguration("audit_canaries must be in 1...1000000, got \(auditCanaries)")
+        }
+        if let robustnessEpsilons {
+            guard !robustnessEpsilons.isEmpty, robustnessEpsilons.allSatisfy({ $0 > 0 && $0.isFinite }) else {
+                throw .invalidConfiguration("robustness_epsilons must be finite numbers > 0, got \(robustnessEpsilons)")
+            }
         }
         if let optimizer, optimizer != "sgd", optimizer != "adam" { throw .invalidConfiguration("optimizer must be sgd or adam, got \(optimizer)") }
         if isPrivate {

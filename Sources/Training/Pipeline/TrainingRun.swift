@@ -63,6 +63,8 @@ public struct PrivacyReport: Sendable, Equatable, Codable {
     public var datasetSize: Int
     public var segments: [PrivacySegment]
     public var pruning: Pruning
+    /// Empirical evidence beside the proven ε (docs/FORMAT.md, "Evidence"); `nil` when none was collected.
+    public var evidence: Evidence? = nil
 
     /// A report built elsewhere than `TrainingRun` (federated training writes one for its global model).
     public init(
@@ -94,7 +96,7 @@ public struct PrivacyReport: Sendable, Equatable, Codable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case mechanism, epsilon, delta, accountant, order, segments, pruning
+        case mechanism, epsilon, delta, accountant, order, segments, pruning, evidence
         case epsilonRDP = "epsilon_rdp"
         case epsilonPLD = "epsilon_pld"
         case maxGradNorm = "max_grad_norm"
@@ -117,6 +119,7 @@ public struct PrivacyReport: Sendable, Equatable, Codable {
         try c.encode(datasetSize, forKey: .datasetSize)
         try c.encode(segments, forKey: .segments)
         try c.encode(pruning, forKey: .pruning)
+        try c.encode(evidence, forKey: .evidence)
     }
 }
 
@@ -154,8 +157,12 @@ public struct TrainedModel: Sendable {
     /// Wall time of the training steps alone (no data loading or evaluation), and the examples they processed.
     public var trainingSeconds: Double
     public var examplesProcessed: Int
+    /// The audit's canaries, inclusion bits and scores (`coffer train --audit-report`); never written into the checkpoint.
+    public var audit: AuditRecord?
+    /// Wall time of the audit: scoring the canaries after each epoch, and the bound.
+    public var auditSeconds: Double?
 
-    /// A trained model assembled elsewhere than `TrainingRun` (a federation's global model), for ``Checkpoint/encode(_:)``.
+    /// Assembled by `TrainingRun`, or elsewhere (a federation's global model) for ``Checkpoint/encode(_:)``.
     public init(
         model: MultiTaskModel,
         balancing: TaskBalancing,
@@ -163,7 +170,9 @@ public struct TrainedModel: Sendable {
         privacy: PrivacyReport,
         metrics: [TaskMetric],
         trainingSeconds: Double,
-        examplesProcessed: Int
+        examplesProcessed: Int,
+        audit: AuditRecord? = nil,
+        auditSeconds: Double? = nil
     ) {
         self.model = model
         self.balancing = balancing
@@ -172,6 +181,8 @@ public struct TrainedModel: Sendable {
         self.metrics = metrics
         self.trainingSeconds = trainingSeconds
         self.examplesProcessed = examplesProcessed
+        self.audit = audit
+        self.auditSeconds = auditSeconds
     }
 }
 
@@ -191,14 +202,33 @@ public struct TrainingProgress: Sendable {
 
 /// Loads the data, trains with DP-SGD, prunes and fine-tunes, evaluates: `coffer train`'s whole job.
 public enum TrainingRun {
+    /// Loads the data, trains with DP-SGD, prunes and fine-tunes, evaluates, and collects the evidence the recipe asks for.
     public static func run(_ recipe: TrainingRecipe, progress: ((TrainingProgress) -> Void)? = nil) throws(CofferTrainingError) -> TrainedModel {
-        let table = try CSVTable(contentsOf: recipe.data)
+        try run(recipe, progress: progress, auditWithoutPrivacy: false)
+    }
+
+    /// The rows that train and the rows that validate: a shuffle seeded by the recipe's seed, the first
+    /// `validation_split` of it validating. `coffer split` writes the same rows for baselines trained elsewhere.
+    public static func split(_ recipe: TrainingRecipe, rowCount: Int) -> (training: [Int], validation: [Int]) {
         var generator = SeededGenerator(seed: recipe.seed ?? 1)
-        var order = Array(0..<table.rowCount)
+        var order = Array(0..<rowCount)
         order.shuffle(using: &generator)
-        let validationCount = Int(Double(table.rowCount) * (recipe.validationSplit ?? 0.2))
-        let trainRows = Array(order.dropFirst(validationCount))
-        let validationRows = Array(order.prefix(validationCount))
+        let validationCount = Int(Double(rowCount) * (recipe.validationSplit ?? 0.2))
+        return (Array(order.dropFirst(validationCount)), Array(order.prefix(validationCount)))
+    }
+
+    /// - Parameters:
+    ///   - auditWithoutPrivacy: audit a recipe trained without DP. Only tests set it (the soundness test needs a run with
+    ///     the noise off); `coffer` refuses such an audit, having no ε to compare it with.
+    ///   - canarySeed: draw the canaries and their inclusion bits from a seeded generator instead of the CSPRNG (tests).
+    static func run(
+        _ recipe: TrainingRecipe,
+        progress: ((TrainingProgress) -> Void)?,
+        auditWithoutPrivacy: Bool,
+        canarySeed: UInt64? = nil
+    ) throws(CofferTrainingError) -> TrainedModel {
+        let table = try CSVTable(contentsOf: recipe.data)
+        let (trainRows, validationRows) = split(recipe, rowCount: table.rowCount)
         guard !trainRows.isEmpty else { throw .invalidData("\(recipe.data): no rows left for training after the validation split") }
 
         // Standardisation statistics from the training rows only.
@@ -223,6 +253,25 @@ public enum TrainingRun {
         let training = subset(trainRows)
         let validation = subset(validationRows)
 
+        // The evidence asked for is checked before any training spends the budget.
+        let auditDelta = recipe.delta ?? 1e-5
+        if let canaries = recipe.auditCanaries {
+            guard recipe.isPrivate || auditWithoutPrivacy else {
+                throw .invalidConfiguration(
+                    "audit_canaries needs differential privacy: this recipe trains without it (privacy: false), so there is no epsilon to audit"
+                )
+            }
+            try OneRunAudit.requireEnoughCanaries(canaries, delta: auditDelta)
+        }
+        if recipe.membershipAttack == true, validation.count < 2 {
+            throw .invalidConfiguration(
+                "membership_attack needs at least 2 validation rows (the non-members and the population): raise validation_split"
+            )
+        }
+        if recipe.robustnessEpsilons != nil, validation.count == 0 {
+            throw .invalidConfiguration("robustness_epsilons needs validation rows to attack: raise validation_split")
+        }
+
         let architecture = Architecture(inputs: recipe.features.count, trunk: recipe.trunk, activation: recipe.activation ?? .relu, tasks: tasks)
         let model = try MultiTaskModel(architecture: architecture, seed: recipe.seed ?? 1)
         let sampleRate = min(1, Double(recipe.expectedBatchSize) / Double(training.count))
@@ -230,9 +279,21 @@ public enum TrainingRun {
         let fineTuneEpochs = (recipe.pruningRatio ?? 0) > 0 ? (recipe.fineTuneEpochs ?? 1) : 0
         let totalSteps = (recipe.epochs + fineTuneEpochs) * stepsPerEpoch
         var sigma: Double? = nil
+        var calibratedPLD: Double? = nil
         if recipe.isPrivate {
             if let target = recipe.targetEpsilon {
-                sigma = try RDPAccountant.calibrateNoise(targetEpsilon: target, sampleRate: sampleRate, steps: totalSteps, delta: recipe.delta!)
+                // Calibrated against PLD, the accountant whose ε is reported; RDP where PLD cannot be computed.
+                if let (noise, epsilon) = try PLDAccountant().calibrateNoise(
+                    targetEpsilon: target,
+                    sampleRate: sampleRate,
+                    steps: totalSteps,
+                    delta: recipe.delta!
+                ) {
+                    sigma = noise
+                    calibratedPLD = epsilon
+                } else {
+                    sigma = try RDPAccountant.calibrateNoise(targetEpsilon: target, sampleRate: sampleRate, steps: totalSteps, delta: recipe.delta!)
+                }
             } else {
                 sigma = recipe.noiseMultiplier
             }
@@ -251,18 +312,35 @@ public enum TrainingRun {
         balanced.uncertaintyWeighting = recipe.taskBalancing == "uncertainty"
         var trainer = try Trainer(model: model, configuration: balanced, seed: recipe.seed ?? 1)
 
+        // The audit's canaries join the run before the first step; the same sampler, clipping and noise see them. The
+        // noise is divided by a size that does not depend on how many of them joined.
+        let canaries = recipe.auditCanaries.map { count in
+            if let canarySeed {
+                var generator = SeededGenerator(seed: canarySeed)
+                return AuditCanaries(count: count, inputs: recipe.features.count, generator: &generator)
+            }
+            return AuditCanaries(count: count, inputs: recipe.features.count)
+        }
+        if let canaries {
+            trainer.attachAudit(canaries)
+            trainer.normalizingCount = training.count + canaries.count / 2
+        }
+        var canaryScores = [Double](repeating: 0, count: canaries?.count ?? 0)
+        var auditTime = Duration.zero
+
         var examplesProcessed = 0
         let clock = ContinuousClock()
         var trainingTime = Duration.zero
         func runEpochs(_ count: Int, phase: String) {
             for epoch in 1...max(count, 1) where count > 0 {
+                let start = canaries == nil ? nil : (trunk: trainer.model, head: trainer.auditHead!)
                 var sums = [Double](repeating: 0, count: tasks.count)
                 var examples = 0
                 for step in 1...stepsPerEpoch {
                     let start = clock.now
                     let report = trainer.step(on: training)
                     trainingTime += clock.now - start
-                    examplesProcessed += report.batchSize
+                    examplesProcessed += report.batchSize + report.canaries
                     for t in sums.indices { sums[t] += report.taskLosses[t] * Double(report.batchSize) }
                     examples += report.batchSize
                     guard let progress else { continue }
@@ -278,6 +356,12 @@ public enum TrainingRun {
                         )
                     )
                 }
+                if let canaries, let start {
+                    let began = clock.now
+                    let scores = OneRunAudit.epochScores(canaries, trunk: start.trunk, start: start.head, end: trainer.auditHead!)
+                    for i in canaryScores.indices { canaryScores[i] += scores[i] }
+                    auditTime += clock.now - began
+                }
             }
         }
         runEpochs(recipe.epochs, phase: "train")
@@ -289,10 +373,12 @@ public enum TrainingRun {
         let final = trainer.model
         let segments = recipe.isPrivate ? [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma!, steps: trainer.steps)] : []
         let (epsilonRDP, bestOrder) = recipe.isPrivate ? trainer.accountant.epsilon(delta: recipe.delta!) : (Double.nan, Double.nan)
-        // PLD is tighter; when its grid would be too large the RDP bound stands alone.
-        let epsilonPLD = recipe.isPrivate ? try? PLDAccountant().epsilon(segments: segments, delta: recipe.delta!) : nil
+        // PLD is tighter; when its grid would be too large the RDP bound stands alone. The calibration computed it already.
+        let epsilonPLD =
+            recipe.isPrivate
+            ? (trainer.steps == totalSteps ? calibratedPLD : nil) ?? (try? PLDAccountant().epsilon(segments: segments, delta: recipe.delta!)) : nil
         let pldIsTighter = epsilonPLD.map { $0 < epsilonRDP } ?? false
-        let privacy = PrivacyReport(
+        var privacy = PrivacyReport(
             mechanism: recipe.isPrivate ? "dp-sgd" : "none",
             epsilon: recipe.isPrivate ? (pldIsTighter ? epsilonPLD : epsilonRDP) : nil,
             epsilonRDP: recipe.isPrivate ? epsilonRDP : nil,
@@ -315,14 +401,67 @@ public enum TrainingRun {
                 }
             )
         )
+        let metrics = evaluate(final, on: validation)
+
+        // The evidence: the audit first (its bits are read only now, after every score is fixed), then the attacks.
+        var evidence = Evidence()
+        var auditRecord: AuditRecord? = nil
+        if let canaries {
+            let began = clock.now
+            let result = try OneRunAudit.audit(scores: canaryScores, included: canaries.included, delta: auditDelta)
+            auditTime += clock.now - began
+            evidence.audit = Evidence.Audit(result)
+            auditRecord = AuditRecord(canaries: canaries, scores: canaryScores, result: result)
+        }
+        if recipe.membershipAttack == true {
+            // Non-members: the validation rows, half of them (the shuffle's first half) as the population attack's
+            // population. Members: as many training rows, drawn with the recipe's seed.
+            let population = validation.subset(Array(0..<(validation.count / 2)))
+            let nonMembers = validation.subset(Array((validation.count / 2)..<validation.count))
+            var generator = SeededGenerator(seed: (recipe.seed ?? 1) ^ 0x4D45_4D42)
+            let members = training.subset(Array(Array(0..<training.count).shuffled(using: &generator).prefix(nonMembers.count)))
+            evidence.membership = try MembershipInference.attack(model: final, members: members, nonMembers: nonMembers, population: population)
+        }
+        if let epsilons = recipe.robustnessEpsilons {
+            evidence.robustness = try AdversarialRobustness.evaluate(model: final, data: validation, epsilons: epsilons)
+        }
+        if recipe.utilityBaseline == true {
+            var baseline = recipe
+            baseline.privacy = false
+            baseline.noiseMultiplier = nil
+            baseline.targetEpsilon = nil
+            baseline.auditCanaries = nil
+            baseline.membershipAttack = nil
+            baseline.utilityBaseline = nil
+            baseline.robustnessEpsilons = nil
+            let relabelled = progress.map { report in
+                { (p: TrainingProgress) in
+                    var p = p
+                    p.phase = "non-private \(p.phase)"
+                    report(p)
+                }
+            }
+            let nonPrivate = try run(baseline, progress: relabelled, auditWithoutPrivacy: false)
+            evidence.utility = Evidence.Utility(
+                baseline: "non-private",
+                tasks: Dictionary(
+                    uniqueKeysWithValues: zip(metrics, nonPrivate.metrics).map { mine, theirs in
+                        (mine.task, .init(metric: mine.metric, privateValue: mine.value, nonPrivate: theirs.value))
+                    }
+                )
+            )
+        }
+        privacy.evidence = evidence.isEmpty ? nil : evidence
         return TrainedModel(
             model: final,
             balancing: balancing,
             preprocessing: preprocessing,
             privacy: privacy,
-            metrics: evaluate(final, on: validation),
+            metrics: metrics,
             trainingSeconds: seconds,
-            examplesProcessed: examplesProcessed
+            examplesProcessed: examplesProcessed,
+            audit: auditRecord,
+            auditSeconds: canaries == nil ? nil : Double(auditTime.components.seconds) + Double(auditTime.components.attoseconds) * 1e-18
         )
     }
 
@@ -404,6 +543,12 @@ public enum TrainingRun {
         preprocessing: Preprocessing,
         labelled table: CSVTable
     ) throws(CofferTrainingError) -> [TaskMetric] {
+        evaluate(model, on: try labelled(table, model: model, preprocessing: preprocessing))
+    }
+
+    /// A labelled table's rows as the model sees them: standardised features and per-task targets. Refuses a class the
+    /// model was never trained on, naming the row, column and class.
+    public static func labelled(_ table: CSVTable, model: MultiTaskModel, preprocessing: Preprocessing) throws(CofferTrainingError) -> Dataset {
         let (specs, targets) = try targets(preprocessing.tasks, table: table)
         for (t, task) in model.architecture.tasks.enumerated() where task.kind == .classification && specs[t].classes > task.classes {
             let row = targets[t].firstIndex { Int($0) >= task.classes }!
@@ -412,13 +557,12 @@ public enum TrainingRun {
                 "row \(row + 2), column '\(column)': class \(Int(targets[t][row])) of task '\(task.name)' was not seen in training (\(task.classes) classes)"
             )
         }
-        let data = Dataset(
+        return Dataset(
             features: try preprocessing.features(of: table),
             targets: targets,
             count: table.rowCount,
             inputs: preprocessing.features.count
         )
-        return evaluate(model, on: data)
     }
 
     /// Accuracy for classification, ROC AUC for binary tasks, RMSE for regression.

@@ -71,6 +71,61 @@ public struct PLDAccountant: Sendable {
     }
 
     enum Direction { case remove, add }
+
+    /// The noise multiplier whose PLD ε after `steps` steps at `sampleRate` is at most `targetEpsilon` and at least
+    /// `targetEpsilon · (1 - tolerance)`, with that ε: a version then reports (almost) the ε it was asked for, instead
+    /// of the RDP-calibrated σ's smaller PLD ε (the randhie demo asked for 3 and reported 2.61 before).
+    ///
+    /// Each PLD evaluation takes a second or more here, so the search starts from the RDP-calibrated σ (whose PLD ε is
+    /// below the target, PLD being the tighter bound) and interpolates in (σ, log ε) inside a shrinking bracket: about
+    /// four evaluations. A σ too small for the PLD grid counts as exceeding the target.
+    ///
+    /// - Returns: `nil` when PLD cannot be computed even at the RDP-calibrated σ, or gives a larger ε there than RDP
+    ///   (the cross-check failed): the caller then keeps the RDP calibration.
+    /// - Throws: ``CofferTrainingError/unreachableEpsilon(_:)`` or ``CofferTrainingError/invalidParameter(_:)`` as
+    ///   ``RDPAccountant/calibrateNoise(targetEpsilon:sampleRate:steps:delta:orders:)`` does.
+    public func calibrateNoise(
+        targetEpsilon: Double,
+        sampleRate: Double,
+        steps: Int,
+        delta: Double,
+        tolerance: Double = 0.005
+    )
+        throws(CofferTrainingError) -> (noiseMultiplier: Double, epsilon: Double)?
+    {
+        let rdpSigma = try RDPAccountant.calibrateNoise(targetEpsilon: targetEpsilon, sampleRate: sampleRate, steps: steps, delta: delta)
+        func epsilon(_ sigma: Double) -> Double {
+            (try? self.epsilon(segments: [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma, steps: steps)], delta: delta)) ?? .infinity
+        }
+        var rdp = RDPAccountant()
+        rdp.compose(PrivacySegment(sampleRate: sampleRate, noiseMultiplier: rdpSigma, steps: steps))
+        var high = (sigma: rdpSigma, epsilon: epsilon(rdpSigma))
+        guard high.epsilon <= min(targetEpsilon, rdp.epsilon(delta: delta).epsilon) else { return nil }
+        let floor = targetEpsilon * (1 - tolerance)
+        // Aim inside the window, not at its edge, so that an interpolation landing close is accepted.
+        let aim = targetEpsilon * (1 - tolerance / 2)
+        var low: (sigma: Double, epsilon: Double)? = nil
+        for _ in 0..<40 {
+            if high.epsilon >= floor { return (high.sigma, high.epsilon) }
+            var next: Double
+            if let low, low.epsilon.isFinite, high.epsilon > 0 {
+                // Linear in log ε between the bracket's ends, kept off either end by a tenth of the bracket.
+                let t = (log(aim) - log(high.epsilon)) / (log(low.epsilon) - log(high.epsilon))
+                next = high.sigma + t * (low.sigma - high.sigma)
+                let margin = 0.1 * (high.sigma - low.sigma)
+                next = min(max(next, low.sigma + margin), high.sigma - margin)
+            } else if let low {
+                next = (low.sigma + high.sigma) / 2
+            } else {
+                // No lower end yet: ε scales roughly as 1/σ, so this guess is near the target and usually just above it.
+                next = high.epsilon > 0 ? high.sigma * high.epsilon / aim : high.sigma / 2
+            }
+            if let low, high.sigma - low.sigma <= 1e-6 * high.sigma { break }
+            let value = epsilon(next)
+            if value <= targetEpsilon { high = (next, value) } else { low = (next, value) }
+        }
+        return (high.sigma, high.epsilon)
+    }
 }
 
 // MARK: - The mechanism
