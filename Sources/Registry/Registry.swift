@@ -17,7 +17,7 @@ import Glibc
 public final class Registry: Sendable {
     public let home: String
     let database: RegistryDatabase
-    let blobs: BlobStore
+    let blobs: BlobDirectory
     /// The session-hash key, read once (a server hashes a token on every request).
     let hashKey = Mutex<KeyBox?>(nil)
     /// The ledger state this process verified (``ledgerState()`` brings it up to date).
@@ -48,7 +48,7 @@ public final class Registry: Sendable {
             try String.fetchOne(db, sql: "SELECT value FROM registry_meta WHERE key = 'identity_key_id'")
         }
         try Self.finishRotation(home: home, committedKeyID: committed)
-        blobs = BlobStore(root: home)
+        blobs = BlobDirectory(root: home)
     }
 
     /// Creates a registry at `home` with a new identity of its own, encrypted under `passphrase`, and signs its
@@ -65,9 +65,9 @@ public final class Registry: Sendable {
     {
         guard access("\(home)/\(databaseName)", F_OK) != 0 else { throw .registryExists(home) }
         if let owner { try ModelReference.validate(name: owner.name) }
-        try BlobStore.makeDirectory(home)
-        try BlobStore.makeDirectory("\(home)/tmp")
-        try BlobStore.makeDirectory("\(home)/blobs/sha256")
+        try BlobDirectory.makeDirectory(home)
+        try BlobDirectory.makeDirectory("\(home)/tmp")
+        try BlobDirectory.makeDirectory("\(home)/blobs/sha256")
         let registryIdentity = try generateRegistryIdentity()
         do {
             try FileBytes.write(try registryIdentity.encrypt(passphrase: passphrase, parameters: kdf), to: "\(home)/\(identityName).key")
@@ -110,7 +110,7 @@ public final class Registry: Sendable {
             throw .io(path: "\(home)/\(databaseName)", reason: String(cString: strerror(errno)))
         }
         for suffix in ["-wal", "-shm"] { unlink(staging + suffix) }
-        BlobStore.syncDirectory(home)
+        BlobDirectory.syncDirectory(home)
         // Creating a registry here is this user's consent to its root, whatever was pinned at this path before.
         try memory?.setPin(root.keyID, for: ClientMemory.location(home: home))
         let registry = try Registry(at: home, memory: memory)

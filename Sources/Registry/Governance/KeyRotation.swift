@@ -96,7 +96,7 @@ extension Registry {
             guard rename(key + nextSuffix, key) == 0, rename(pub + nextSuffix, pub) == 0 else {
                 throw .io(path: key, reason: "cannot install the rotated registry key: \(String(cString: strerror(errno)))")
             }
-            BlobStore.syncDirectory(home)
+            BlobDirectory.syncDirectory(home)
         } else if next?.keyID != committedKeyID {
             unlink(key + nextSuffix)
             unlink(pub + nextSuffix)

@@ -97,18 +97,18 @@ extension Registry {
         modelSignature: Data?,
         write: (ModelStatement.File, AtomicOutputFile, Int) throws(CofferRegistryError) -> Void
     ) throws(CofferRegistryError) -> Int {
-        try BlobStore.makeDirectory(directory)
+        try BlobDirectory.makeDirectory(directory)
         for file in files where access("\(directory)/\(file.path)", F_OK) == 0 {
             throw .destinationExists("\(directory)/\(file.path)")
         }
         let staging = "\(directory)/.coffer-pull-\(UUID().uuidString)"
-        try BlobStore.makeDirectory(staging)
+        try BlobDirectory.makeDirectory(staging)
         defer { try? FileManager.default.removeItem(atPath: staging) }
 
         var done = 0
         for file in files {
             let target = "\(staging)/\(file.path)"
-            try BlobStore.makeDirectory((target as NSString).deletingLastPathComponent)
+            try BlobDirectory.makeDirectory((target as NSString).deletingLastPathComponent)
             let output: AtomicOutputFile
             // Durable: a file that appears in `directory` is on the disk whole, whatever happens to the machine after.
             do { output = try AtomicOutputFile(destination: target, mode: 0o600, durable: true) } catch { throw .crypto(error) }
@@ -121,7 +121,7 @@ extension Registry {
         for file in files {
             let destination = "\(directory)/\(file.path)"
             do {
-                try BlobStore.makeDirectory((destination as NSString).deletingLastPathComponent)
+                try BlobDirectory.makeDirectory((destination as NSString).deletingLastPathComponent)
                 guard rename("\(staging)/\(file.path)", destination) == 0 else {
                     throw CofferRegistryError.io(path: destination, reason: String(cString: strerror(errno)))
                 }

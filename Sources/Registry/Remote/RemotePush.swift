@@ -59,7 +59,7 @@ public struct PreparedPush: Sendable, Equatable, Codable {
         request.privacy.fillFromSegments()
         try request.privacy.validate()
         let inputs = try InputFile.collect(request.paths)
-        try BlobStore.makeDirectory(outbox)
+        try BlobDirectory.makeDirectory(outbox)
         let dataKey = SecretKey.random()
         var files: [ModelStatement.File] = []
         var done = 0
@@ -158,7 +158,7 @@ extension Registry {
             throw .invalidInput("the upload's SHA-256 is \(actual), not \(digest)")
         }
         let destination = blobs.path(of: digest)
-        try BlobStore.makeDirectory(String(destination[..<destination.lastIndex(of: "/")!]))
+        try BlobDirectory.makeDirectory(String(destination[..<destination.lastIndex(of: "/")!]))
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         if fd >= 0 {
             fsync(fd)
@@ -166,7 +166,7 @@ extension Registry {
         }
         chmod(path, 0o400)
         guard rename(path, destination) == 0 else { throw .io(path: destination, reason: String(cString: strerror(errno))) }
-        BlobStore.syncDirectory(String(destination[..<destination.lastIndex(of: "/")!]))
+        BlobDirectory.syncDirectory(String(destination[..<destination.lastIndex(of: "/")!]))
         try audit(principal: principal.name, action: "upload", target: digest, outcome: .ok, reason: "blob stored, no version yet")
     }
 

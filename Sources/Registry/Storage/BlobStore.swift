@@ -1,79 +1,123 @@
-import CofferCrypto
-import Foundation
+public import CofferCrypto
+public import NIOCore
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
-/// Sealed files stored by the SHA-256 of their bytes: `blobs/sha256/ab/abcdef...`.
+/// Where a registry keeps its sealed files, by the SHA-256 of their bytes (docs/FORMAT.md, "Blob stores"): a
+/// directory (``DirectoryBlobStore``, the embedded default) or an OCI registry. Only ciphertext ever reaches one.
 ///
-/// A blob is written under a temporary name in `tmp/`, fsynced, renamed into place and its directory
-/// fsynced: once `store` returns it is durable, and it is never modified afterwards.
-struct BlobStore: Sendable {
-    let root: String
-    var temporaryDirectory: String { root + "/tmp" }
+/// Sealing always writes to a local temporary file first (``makeTemporary()``), then ``store(_:digest:size:)``
+/// makes it the blob. Reads are streams of buffers, or, for a store on local disk, a path the chunk pipeline reads
+/// itself (``localPath(of:)``). Nothing here blocks Swift's cooperative pool.
+public protocol BlobStore: Sendable {
+    /// How errors name the store: `blob directory /srv/registry`, `OCI registry 127.0.0.1:5000/coffer`.
+    var name: String { get }
 
-    func path(of digest: String) -> String {
-        "\(root)/blobs/sha256/\(digest.prefix(2))/\(digest)"
+    /// A new local temporary file for a blob being sealed; the caller writes the sealed file into it, then stores it.
+    func makeTemporary() throws(CofferRegistryError) -> AtomicOutputFile
+
+    /// Makes the finished temporary file the blob `digest` (its SHA-256, lower-case hex) of `size` bytes, durably;
+    /// a blob already there is not sent again. The temporary file is gone afterwards, whatever happened.
+    func store(_ file: AtomicOutputFile, digest: String, size: Int) async throws(CofferRegistryError)
+
+    /// The blob's size in bytes, or nil when the store does not hold it.
+    func size(of digest: String) async throws(CofferRegistryError) -> Int?
+
+    /// The path of the blob on local disk, for a store that keeps blobs there (nil otherwise): the fastest way to read it.
+    func localPath(of digest: String) -> String?
+
+    /// Reads the blob, or bytes `range` of it, as a stream of buffers in order. A whole blob is checked against its
+    /// digest as it streams when the store is remote: the stream fails at its end if the bytes were not the blob's.
+    func read(_ digest: String, range: Range<Int>?) async throws(CofferRegistryError) -> BlobStream
+
+    /// Deletes a blob (an erasure, a refused push's, an orphan found by `gc`); a blob already gone is not an error.
+    func remove(_ digest: String) async throws(CofferRegistryError)
+
+    /// Every blob the store holds, or nil when it cannot list them (an OCI registry): `gc` then works from the metadata
+    /// store's journal of pending blobs.
+    func digests() async throws(CofferRegistryError) -> [String]?
+
+    /// Starts a resumable upload (a remote push's blob): its record is kept in the metadata store, so any replica goes on.
+    func startUpload() async throws(CofferRegistryError) -> BlobUpload
+
+    /// Appends `bytes` at the upload's offset; returns the upload as it now stands.
+    func append(to upload: BlobUpload, _ bytes: BlobStream) async throws(CofferRegistryError) -> BlobUpload
+
+    /// Makes the upload the blob `digest`, refused when its bytes do not hash to it; returns the blob's size.
+    func finish(_ upload: BlobUpload, digest: String) async throws(CofferRegistryError) -> Int
+
+    /// Drops an unfinished upload and whatever it holds.
+    func abandon(_ upload: BlobUpload) async
+
+    /// Publishes a committed version in the store's own terms (an OCI manifest and its signatures as referrers);
+    /// nothing for a directory. Derived data: the metadata store stays the authority.
+    func publish(_ version: PublishedVersion) async throws(CofferRegistryError)
+}
+
+/// A resumable upload, as the metadata store keeps it between requests (possibly to different replicas).
+public struct BlobUpload: Codable, Sendable, Equatable {
+    /// Coffer's id for the upload (what clients name in `/v1/uploads/{id}`).
+    public var id: String
+    /// Where the bytes go on: a temporary file's name, or the OCI registry's upload `Location`.
+    public var location: String
+    /// Bytes received so far.
+    public var offset: Int
+
+    public init(id: String, location: String, offset: Int) {
+        self.id = id
+        self.location = location
+        self.offset = offset
+    }
+}
+
+/// Bytes of a blob, in order, with their total length when known.
+public struct BlobStream: AsyncSequence, Sendable {
+    public typealias Element = ByteBuffer
+    public let length: Int?
+    private let buffers: AsyncThrowingStream<ByteBuffer, any Error>
+
+    public init(length: Int?, buffers: AsyncThrowingStream<ByteBuffer, any Error>) {
+        self.length = length
+        self.buffers = buffers
     }
 
-    /// Creates a temporary file for a blob being written; the caller seals into it, then calls `commit`.
-    func makeTemporary() throws(CofferRegistryError) -> AtomicOutputFile {
-        do {
-            // Read-only from the start: a blob is never modified once written.
-            return try AtomicOutputFile(destination: "\(temporaryDirectory)/blob-\(UUID().uuidString)", mode: 0o400, durable: true)
-        } catch {
-            throw .crypto(error)
+    /// A stream over any sequence of buffers (a request body, an HTTP client's response).
+    public init<S: AsyncSequence & Sendable>(length: Int?, _ sequence: S) where S.Element == ByteBuffer {
+        self.length = length
+        self.buffers = AsyncThrowingStream { continuation in
+            let task = Task {
+                do {
+                    for try await buffer in sequence { continuation.yield(buffer) }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            continuation.onTermination = { _ in task.cancel() }
         }
     }
 
-    /// Moves a finished temporary blob to its content address, durably.
-    func commit(_ file: AtomicOutputFile, digest: String) throws(CofferRegistryError) {
-        let destination = path(of: digest)
-        let directory = String(destination[..<destination.lastIndex(of: "/")!])
-        try Self.makeDirectory(directory)
-        do {
-            try file.commit()  // fsync + rename within tmp/
-        } catch {
-            throw .crypto(error)
-        }
-        guard rename(file.destination, destination) == 0 else {
-            throw .io(path: destination, reason: String(cString: strerror(errno)))
-        }
-        Self.syncDirectory(directory)
+    public func makeAsyncIterator() -> AsyncThrowingStream<ByteBuffer, any Error>.AsyncIterator { buffers.makeAsyncIterator() }
+}
+
+/// What a blob store is told of a committed version (``BlobStore/publish(_:)``): enough to describe it in another
+/// format without reading anything back.
+public struct PublishedVersion: Sendable, Equatable {
+    public struct File: Sendable, Equatable {
+        public var path: String
+        public var size: Int
+        public var plaintextSHA256: String
+        public var sealedSHA256: String
+        public var sealedSize: Int
     }
 
-    func exists(_ digest: String) -> Bool { access(path(of: digest), F_OK) == 0 }
-
-    /// Deletes a blob (erasure, or one written by a push that was then refused) and syncs its directory.
-    func remove(_ digest: String) {
-        let file = path(of: digest)
-        unlink(file)
-        Self.syncDirectory(String(file[..<file.lastIndex(of: "/")!]))
-    }
-
-    /// Every blob digest on disk (for gc and fsck).
-    func allDigests() -> [String] {
-        let base = root + "/blobs/sha256"
-        let fm = FileManager.default
-        return ((try? fm.contentsOfDirectory(atPath: base)) ?? []).flatMap { prefix in
-            (try? fm.contentsOfDirectory(atPath: "\(base)/\(prefix)")) ?? []
-        }
-    }
-
-    static func makeDirectory(_ path: String) throws(CofferRegistryError) {
-        do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        } catch {
-            throw .io(path: path, reason: "cannot create directory")
-        }
-    }
-
-    static func syncDirectory(_ path: String) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 {
-            fsync(fd)
-            close(fd)
-        }
-    }
+    public var model: String
+    public var version: String
+    /// SHA-256 of the signed statement: the version's identity.
+    public var digest: String
+    public var created: String
+    public var publisherKeyID: String
+    public var files: [File]
+    /// The DSSE envelope of the statement, as stored (JSON).
+    public var envelope: [UInt8]
+    /// The OpenSSF model-signing bundle, as stored (JSON).
+    public var modelSigningBundle: [UInt8]
 }

@@ -1,0 +1,217 @@
+public import CofferCrypto
+import Foundation
+import NIOCore
+import NIOPosix
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Sealed files in the registry's home directory: `blobs/sha256/ab/abcdef...` (docs/FORMAT.md, "Registry").
+///
+/// A blob is written under a temporary name in `tmp/`, fsynced, renamed into place and its directory
+/// fsynced: once `store` returns it is durable, and it is never modified afterwards.
+public struct DirectoryBlobStore: BlobStore {
+    public let root: String
+    public var name: String { "blob directory \(root)/blobs" }
+    var temporaryDirectory: String { root + "/tmp" }
+
+    public init(root: String) { self.root = root }
+
+    /// Creates the folders a new store needs.
+    static func create(at root: String) throws(CofferRegistryError) {
+        try Directories.make("\(root)/tmp")
+        try Directories.make("\(root)/blobs/sha256")
+    }
+
+    func path(of digest: String) -> String { "\(root)/blobs/sha256/\(digest.prefix(2))/\(digest)" }
+
+    public func localPath(of digest: String) -> String? { path(of: digest) }
+
+    public func makeTemporary() throws(CofferRegistryError) -> AtomicOutputFile {
+        do {
+            // Read-only from the start: a blob is never modified once written.
+            return try AtomicOutputFile(destination: "\(temporaryDirectory)/blob-\(UUID().uuidString)", mode: 0o400, durable: true)
+        } catch {
+            throw .crypto(error)
+        }
+    }
+
+    public func store(_ file: AtomicOutputFile, digest: String, size: Int) async throws(CofferRegistryError) {
+        do {
+            try file.commit()  // fsync + rename within tmp/
+        } catch {
+            throw .crypto(error)
+        }
+        try place(file.destination, digest: digest)
+    }
+
+    /// Renames a finished file in `tmp/` to the blob's content address and syncs the directory.
+    private func place(_ temporary: String, digest: String) throws(CofferRegistryError) {
+        let destination = path(of: digest)
+        let directory = String(destination[..<destination.lastIndex(of: "/")!])
+        try Directories.make(directory)
+        guard rename(temporary, destination) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)
+            throw .io(path: destination, reason: reason)
+        }
+        Directories.sync(directory)
+    }
+
+    public func size(of digest: String) async throws(CofferRegistryError) -> Int? {
+        var info = stat()
+        guard stat(path(of: digest), &info) == 0 else { return nil }
+        return Int(info.st_size)
+    }
+
+    public func read(_ digest: String, range: Range<Int>?) async throws(CofferRegistryError) -> BlobStream {
+        let file = path(of: digest)
+        guard let total = try await size(of: digest) else { throw .tampered("blob sha256:\(digest) is missing from the \(name)") }
+        let bounds = range ?? 0..<total
+        guard bounds.lowerBound >= 0, bounds.upperBound <= total else {
+            throw .invalidInput("bytes \(bounds.lowerBound)-\(bounds.upperBound) lie outside blob sha256:\(digest) (\(total) bytes)")
+        }
+        let stream = AsyncThrowingStream<ByteBuffer, any Error> { continuation in
+            // Reads on a thread of its own: the cooperative pool never waits on the disk.
+            let thread = Thread {
+                do {
+                    let input = try FileDescriptorStream(readingFrom: file)
+                    var offset = bounds.lowerBound
+                    while offset < bounds.upperBound {
+                        let count = min(1 << 20, bounds.upperBound - offset)
+                        var buffer = ByteBufferAllocator().buffer(capacity: count)
+                        let read = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
+                            try input.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[..<count]), at: offset)
+                        }
+                        guard read > 0 else { throw CofferRegistryError.tampered("blob sha256:\(digest) is shorter than it was") }
+                        offset += read
+                        if case .terminated = continuation.yield(buffer) { return }
+                    }
+                    continuation.finish()
+                } catch {
+                    continuation.finish(throwing: error)
+                }
+            }
+            thread.start()
+        }
+        return BlobStream(length: bounds.count, buffers: stream)
+    }
+
+    public func remove(_ digest: String) async throws(CofferRegistryError) {
+        let file = path(of: digest)
+        unlink(file)
+        Directories.sync(String(file[..<file.lastIndex(of: "/")!]))
+    }
+
+    public func digests() async throws(CofferRegistryError) -> [String]? {
+        let base = root + "/blobs/sha256"
+        let fm = FileManager.default
+        return ((try? fm.contentsOfDirectory(atPath: base)) ?? []).flatMap { prefix in
+            (try? fm.contentsOfDirectory(atPath: "\(base)/\(prefix)")) ?? []
+        }
+    }
+
+    /// Files in `tmp/` (interrupted pushes and uploads), for `fsck` and `gc`.
+    func temporaryFiles() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: temporaryDirectory)) ?? []).sorted()
+    }
+
+    // MARK: Uploads: a file `tmp/upload-ID`, appended to, then hashed and renamed.
+
+    public func startUpload() async throws(CofferRegistryError) -> BlobUpload {
+        let id = UUID().uuidString.lowercased()
+        let location = "upload-\(id)"
+        let fd = open("\(temporaryDirectory)/\(location)", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .io(path: "\(temporaryDirectory)/\(location)", reason: String(cString: strerror(errno))) }
+        close(fd)
+        return BlobUpload(id: id, location: location, offset: 0)
+    }
+
+    public func append(to upload: BlobUpload, _ bytes: BlobStream) async throws(CofferRegistryError) -> BlobUpload {
+        let file = try uploadPath(upload)
+        let fd = open(file, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io(path: file, reason: String(cString: strerror(errno))) }
+        defer { close(fd) }
+        // Whatever a failed request left after the recorded offset is cut off: the next append starts there.
+        guard ftruncate(fd, off_t(upload.offset)) == 0 else { throw .io(path: file, reason: String(cString: strerror(errno))) }
+        var offset = upload.offset
+        do {
+            for try await buffer in bytes {
+                let written = buffer.withUnsafeReadableBytes { raw in Directories.writeAll(fd, raw, at: offset) }
+                guard written else { throw CofferRegistryError.io(path: file, reason: String(cString: strerror(errno))) }
+                offset += buffer.readableBytes
+            }
+        } catch {
+            throw error as? CofferRegistryError ?? .io(path: file, reason: "\(error)")
+        }
+        var next = upload
+        next.offset = offset
+        return next
+    }
+
+    public func finish(_ upload: BlobUpload, digest: String) async throws(CofferRegistryError) -> Int {
+        let file = try uploadPath(upload)
+        let actual: String
+        do {
+            actual = Digest.hex(try await Offload.run { () throws(CofferCryptoError) -> [UInt8] in try Digest.sha256(file: file) })
+        } catch {
+            throw .crypto(error)
+        }
+        guard actual == digest else { throw .invalidInput("the uploaded bytes hash to sha256:\(actual), not sha256:\(digest)") }
+        let fd = open(file, O_RDONLY | O_CLOEXEC)
+        if fd >= 0 {
+            fsync(fd)
+            close(fd)
+        }
+        chmod(file, 0o400)
+        try place(file, digest: digest)
+        return upload.offset
+    }
+
+    public func abandon(_ upload: BlobUpload) async {
+        if let file = try? uploadPath(upload) { unlink(file) }
+    }
+
+    private func uploadPath(_ upload: BlobUpload) throws(CofferRegistryError) -> String {
+        guard upload.location.hasPrefix("upload-"), !upload.location.contains("/") else {
+            throw .invalidInput("upload \(upload.id) has no file in \(temporaryDirectory)")
+        }
+        return "\(temporaryDirectory)/\(upload.location)"
+    }
+
+    public func publish(_ version: PublishedVersion) async throws(CofferRegistryError) {}
+}
+
+/// Folders on local disk: made private, and synced so that renames in them survive a crash.
+enum Directories {
+    static func make(_ path: String) throws(CofferRegistryError) {
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw .io(path: path, reason: "cannot create directory")
+        }
+    }
+
+    static func sync(_ path: String) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            fsync(fd)
+            close(fd)
+        }
+    }
+
+    /// `pwrite`s all of `bytes` at `offset`, retrying short writes.
+    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int) -> Bool {
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            done += n
+        }
+        return true
+    }
+}
