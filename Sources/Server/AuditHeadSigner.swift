@@ -14,17 +14,17 @@ struct AuditHeadSigner: Service {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
-                sign()
+                await sign()
             }
         }
-        sign()
+        await sign()
     }
 
-    private func sign() {
-        state.refusals.flush(to: state.registry)
+    private func sign() async {
+        await state.refusals.flush(to: state.registry)
         do {
-            let key = try state.currentRegistryIdentity()
-            if let seq = try state.registry.signAuditHeadIfUnsigned(with: key, headLifetime: state.headLifetime) {
+            let key = try await state.currentRegistryIdentity()
+            if let seq = try await state.registry.signAuditHeadIfUnsigned(with: key, headLifetime: state.headLifetime) {
                 state.logger.debug("signed the audit log", metadata: ["through": "\(seq)"])
             }
         } catch {
