@@ -36,6 +36,8 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case databaseBusy
     case database(String)
     case io(path: String, reason: String)
+    /// A storage engine (an OCI registry, a database server) that could not do what was asked, named as in its store's `name`.
+    case unavailable(engine: String, reason: String)
     case crypto(CofferCryptoError)
 
     public var description: String {
@@ -76,6 +78,7 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
         case .databaseBusy: "the registry database is locked by another process (busy timeout expired); try again"
         case .database(let why): "registry database error: \(why)"
         case .io(let path, let reason): "\(path): \(reason)"
+        case .unavailable(let engine, let reason): "\(engine): \(reason)"
         case .crypto(let error): error.description
         }
     }
