@@ -253,6 +253,37 @@ struct OCIBlobStoreTests {
         #expect(try await redirected.read(digest, range: 100..<200_000).collect() == Array(bytes[100..<200_000]))
     }
 
+    @Test("docker-registry keeping its blobs on S3 (SeaweedFS): stores, then reads through the 307 to a presigned URL")
+    func s3BackedRegistry() async throws {
+        let fixture = try OCIFixture(OCITestS3.registry)
+        defer { fixture.remove() }
+        let bytes = pattern((6 << 20) + 99, seed: 61)
+        let digest = try await fixture.put(bytes)
+        #expect(try await fixture.store.size(of: digest) == bytes.count)
+        #expect(try await fixture.store.read(digest, range: nil).collect() == bytes)
+        #expect(try await fixture.store.read(digest, range: (5 << 20)..<(6 << 20)).collect() == Array(bytes[(5 << 20)..<(6 << 20)]))
+        // The registry really answers with a redirect to S3, not with the bytes.
+        let endpoint = fixture.store.client.endpoint
+        let python = try OCITestRegistry.binary("python3", install: "apt-get install python3")
+        let answer = try OCITestRegistry.run(
+            python,
+            [
+                "-c",
+                """
+                import http.client
+                c = http.client.HTTPConnection("\(endpoint.host)", \(endpoint.port!))
+                c.request("GET", "/v2/\(endpoint.repository)/blobs/sha256:\(digest)")
+                r = c.getresponse()
+                print(r.status, r.getheader("Location", "").split("?")[0])
+                """,
+            ]
+        )
+        #expect(answer.hasPrefix("307 http://127.0.0.1:"))
+        #expect(answer.contains("/coffer/registry/docker/registry/v2/blobs/sha256/\(digest.prefix(2))/\(digest)/data"))
+        try await fixture.store.remove(digest)
+        #expect(try await fixture.store.size(of: digest) == nil)
+    }
+
     // MARK: - Versions as OCI manifests
 
     @Test("publish writes a ModelPack manifest skopeo reads, and its referrers; describeVersion reads back what was published")

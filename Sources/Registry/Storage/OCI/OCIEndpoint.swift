@@ -71,6 +71,34 @@ public struct OCIEndpoint: Sendable, Equatable, CustomStringConvertible {
         self.repository = repository
     }
 
+    /// Splits what `coffer import` is given, `oci://HOST[:PORT]/REPOSITORY:TAG` or `...REPOSITORY@sha256:HEX`, into the
+    /// repository's endpoint and the manifest reference (the tag, or `sha256:HEX`).
+    public static func parse(reference text: String) throws(CofferRegistryError) -> (endpoint: OCIEndpoint, reference: String) {
+        if let at = text.range(of: "@", options: .backwards), text[at.upperBound...].hasPrefix("sha256:") {
+            let digest = String(text[at.upperBound...])
+            guard OCIDistributionClient.hex(of: digest) != nil else {
+                throw .invalidInput("invalid OCI reference '\(text)': '\(digest)' is not sha256: and 64 lower-case hex digits")
+            }
+            return (try OCIEndpoint(parsing: String(text[..<at.lowerBound])), digest)
+        }
+        guard let slash = text.range(of: "/", options: .backwards), let colon = text[slash.upperBound...].lastIndex(of: ":") else {
+            throw .invalidInput("invalid OCI reference '\(text)': use oci://HOST[:PORT]/REPOSITORY:TAG or ...REPOSITORY@sha256:HEX")
+        }
+        let tag = String(text[text.index(after: colon)...])
+        guard isValidTag(tag) else {
+            throw .invalidInput("invalid OCI tag '\(tag)' in '\(text)': use up to 128 of A-Z a-z 0-9 _ . -, not starting with . or -")
+        }
+        return (try OCIEndpoint(parsing: String(text[..<colon])), tag)
+    }
+
+    /// distribution-spec's tag grammar: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
+    public static func isValidTag(_ tag: String) -> Bool {
+        let bytes = Array(tag.utf8)
+        func word(_ c: UInt8) -> Bool { (48...57).contains(c) || (65...90).contains(c) || (97...122).contains(c) || c == 95 }
+        guard let first = bytes.first, bytes.count <= 128, word(first) else { return false }
+        return bytes.allSatisfy { word($0) || $0 == 46 || $0 == 45 }
+    }
+
     private static func split(authority: Substring, in text: String) throws(CofferRegistryError) -> (String, Int?) {
         var host = authority
         var portText: Substring?
