@@ -163,6 +163,42 @@ struct OCIEndpointTests {
 
     // MARK: - Tags
 
+    @Test("the layout of a version is byte for byte the one tools/interop writes from docs/FORMAT.md (vectors/oci-layout-v1.json)")
+    func layoutMatchesInteropVector() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("tools/interop/vectors/oci-layout-v1.json")
+        let vector = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        let input = try #require(vector["input"] as? [String: Any])
+        let output = try #require(vector["output"] as? [String: String])
+        let files = try #require(input["files"] as? [[String: Any]]).map { file in
+            PublishedVersion.File(
+                path: file["path"] as! String,
+                size: file["size"] as! Int,
+                plaintextSHA256: file["sha256"] as! String,
+                sealedSHA256: file["sealed_sha256"] as! String,
+                sealedSize: file["sealed_size"] as! Int
+            )
+        }
+        let version = PublishedVersion(
+            model: input["model"] as! String,
+            version: input["version"] as! String,
+            digest: input["digest"] as! String,
+            created: input["created"] as! String,
+            publisherKeyID: input["publisher_key_id"] as! String,
+            files: files,
+            envelope: Array(Data(base64Encoded: input["envelope"] as! String)!),
+            modelSigningBundle: Array(Data(base64Encoded: input["bundle"] as! String)!)
+        )
+        let layout = try OCIVersionLayout(version)
+        #expect(layout.tag == output["tag"])
+        #expect(layout.manifestDigest == output["manifest_digest"])
+        #expect(String(decoding: layout.config, as: UTF8.self) == output["config"])
+        #expect(String(decoding: layout.manifest, as: UTF8.self) == output["manifest"])
+        #expect(String(decoding: layout.statementManifest, as: UTF8.self) == output["statement_manifest"])
+        #expect(String(decoding: layout.bundleManifest, as: UTF8.self) == output["bundle_manifest"])
+        #expect(String(decoding: layout.referrersIndex(merging: nil), as: UTF8.self) == output["index"])
+    }
+
     @Test("a version's tag: readable, within OCI's grammar, and different for names that differ only in / or case")
     func versionTags() {
         #expect(OCIVersionLayout.tag(model: "team/fraud", version: "3") == "team_fraud_3-66ffc51dc25c0229f73f079ec18b6da4")
