@@ -209,6 +209,38 @@ struct OCIBlobStoreTests {
         }
     }
 
+    @Test("Bearer tokens (distribution's token flow): fetched with the auth file's credentials, one per scope, kept; a refused login is one line")
+    func bearerTokens() async throws {
+        let service = try OCITestTokenService.registry.get()
+        let fixture = try OCIFixture(.success(service.registry))
+        defer { fixture.remove() }
+        let before = service.issued.count
+        let bytes = pattern(100_000, seed: 81)
+        let digest = try await fixture.put(bytes)
+        #expect(try await fixture.store.read(digest, range: nil).collect() == bytes)
+        #expect(try await fixture.store.size(of: digest) == bytes.count)
+        try await fixture.store.remove(digest)
+        #expect(try await fixture.store.size(of: digest) == nil)
+        // Three scopes (pull, pull+push, delete), each fetched once and reused by every later request.
+        let scopes = service.issued.dropFirst(before).map { $0.split(separator: ":").last.map(String.init) ?? "" }
+        #expect(scopes.sorted() == ["delete", "pull", "pull,push"])
+
+        let wrongFile = NSTemporaryDirectory() + "/coffer-oci-wrong-\(UUID().uuidString).json"
+        defer { unlink(wrongFile) }
+        let wrong = Data("coffer:wrong".utf8).base64EncodedString()
+        try #"{"auths": {"\#(service.registry.address)": {"auth": "\#(wrong)"}}}"#.write(toFile: wrongFile, atomically: true, encoding: .utf8)
+        let refused = try OCIBlobStore(
+            url: fixture.store.client.endpoint.description,
+            temporaryDirectory: fixture.temporary,
+            environment: ["REGISTRY_AUTH_FILE": wrongFile]
+        )
+        await #expect {
+            _ = try await refused.size(of: digest)
+        } throws: { error in
+            (error as? CofferRegistryError)?.description == "\(refused.name): authentication failed (401 from the token service)"
+        }
+    }
+
     @Test("a registry that returns another blob than asked fails the read with FORMAT.md's line")
     func registryReturningAnotherBlob() async throws {
         let fixture = try OCIFixture()

@@ -52,6 +52,7 @@ enum OCITestRegistry {
     /// Starts a registry. `extraStorage` replaces the filesystem driver (the S3 test); `environment` is added to its own.
     static func start(
         credentials: (String, String)? = nil,
+        authConfiguration: String? = nil,
         storageConfiguration: ((String) -> String)? = nil,
         environment: [String: String] = [:],
         removeFromEnvironment: [String] = []
@@ -59,7 +60,7 @@ enum OCITestRegistry {
         let registry = try binary("docker-registry", install: "apt-get install docker-registry (Debian's distribution 2.8)")
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-oci-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        var authBlock = ""
+        var authBlock = authConfiguration ?? ""
         if let (user, password) = credentials {
             let htpasswd = try binary("htpasswd", install: "apt-get install apache2-utils")
             let line = try run(htpasswd, ["-Bbn", user, password])
@@ -417,5 +418,113 @@ enum OCITestS3 {
             // distribution's S3 driver fails to start when AWS_CA_BUNDLE names a bundle it cannot use.
             removeFromEnvironment: ["AWS_CA_BUNDLE"]
         )
+    }
+}
+
+/// distribution's token authentication (docs/spec/auth/token.md) for a test registry: a token service in Python (the
+/// standard library, with `openssl` signing ES256 JWTs whose `x5c` is a self-signed certificate the registry trusts)
+/// that grants every action on every repository to `coffer` / `t0ken-Pa55`, answers 401 to anything else, and counts
+/// the tokens it issues in `issued.log`.
+enum OCITestTokenService {
+    static let script = #"""
+        import base64, hashlib, http.server, json, os, subprocess, sys, time, urllib.parse
+        port, directory = int(sys.argv[1]), sys.argv[2]
+        der = subprocess.run(["openssl", "x509", "-in", directory + "/cert.pem", "-outform", "DER"], capture_output=True, check=True).stdout
+
+        def b64(data):
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        def integer(der_sig, at):
+            assert der_sig[at] == 2
+            length = der_sig[at + 1]
+            return der_sig[at + 2:at + 2 + length].lstrip(b"\0").rjust(32, b"\0"), at + 2 + length
+
+        def sign(message):
+            signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", directory + "/key.pem"], input=message, capture_output=True, check=True).stdout
+            r, at = integer(signature, 2)
+            s, _ = integer(signature, at)
+            return r + s
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                expected = "Basic " + base64.b64encode(b"coffer:t0ken-Pa55").decode()
+                if self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                access = []
+                for scope in query.get("scope", []):
+                    kind, name, actions = scope.split(":")
+                    access.append({"type": kind, "name": name, "actions": actions.split(",")})
+                now = int(time.time())
+                header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(der).decode()]}
+                claims = {"iss": "coffer-test-issuer", "sub": "coffer", "aud": query["service"][0], "exp": now + 300,
+                          "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(), "access": access}
+                signing_input = (b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())).encode()
+                token = signing_input.decode() + "." + b64(sign(signing_input))
+                with open(directory + "/issued.log", "a") as log:
+                    log.write(" ".join(query.get("scope", [])) + "\n")
+                body = json.dumps({"token": token, "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+        """#
+
+    struct Instance: Sendable {
+        let registry: OCITestRegistry.Instance
+        let directory: String
+        /// The scopes of every token issued so far, one line each.
+        var issued: [String] {
+            ((try? String(contentsOfFile: "\(directory)/issued.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+    }
+
+    static let registry = Result { try start() }
+
+    static func start() throws -> Instance {
+        let python = try OCITestRegistry.binary("python3", install: "apt-get install python3")
+        let openssl = try OCITestRegistry.binary("openssl", install: "apt-get install openssl")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-oci-token-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try OCITestRegistry.run(openssl, ["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "\(directory)/key.pem"])
+        try OCITestRegistry.run(
+            openssl,
+            ["req", "-new", "-x509", "-key", "\(directory)/key.pem", "-out", "\(directory)/cert.pem", "-days", "2", "-subj", "/CN=coffer-test-token"]
+        )
+        try script.write(toFile: "\(directory)/token.py", atomically: true, encoding: .utf8)
+        let port = try OCITestRegistry.freePort()
+        try OCITestRegistry.spawn(
+            "exec \(python) \(directory)/token.py \(port) \(directory) > \(directory)/token.log 2>&1",
+            directory: directory,
+            environment: ProcessInfo.processInfo.environment
+        )
+        guard OCITestRegistry.waitForPort(port, seconds: 10) else {
+            throw OCITestRegistry.Unavailable(description: "the test token service did not start")
+        }
+        let authFile = "\(directory)/auth.json"
+        let registry = try OCITestRegistry.start(
+            authConfiguration: """
+                auth:
+                  token:
+                    realm: http://127.0.0.1:\(port)/token
+                    service: coffer-test-registry
+                    issuer: coffer-test-issuer
+                    rootcertbundle: \(directory)/cert.pem
+
+                """
+        )
+        let encoded = Data("coffer:t0ken-Pa55".utf8).base64EncodedString()
+        try #"{"auths": {"\#(registry.address)": {"auth": "\#(encoded)"}}}"#.write(toFile: authFile, atomically: true, encoding: .utf8)
+        let withAuth = OCITestRegistry.Instance(address: registry.address, storage: registry.storage, log: registry.log, authFile: authFile)
+        return Instance(registry: withAuth, directory: directory)
     }
 }
