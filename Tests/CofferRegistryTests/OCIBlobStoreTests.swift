@@ -241,6 +241,32 @@ struct OCIBlobStoreTests {
         }
     }
 
+    @Test("oci:// is HTTPS: a registry whose certificate chains to COFFER_OCI_CA_FILE works; without it, one line")
+    func https() async throws {
+        let tls = try OCITestTLS.registry.get()
+        let url = tls.registry.url("secure/coffer")
+        let temporary = NSTemporaryDirectory() + "coffer-oci-tls-tmp-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: temporary) }
+        let store = try OCIBlobStore(url: url, temporaryDirectory: temporary, environment: ["COFFER_OCI_CA_FILE": tls.caFile])
+        let fixture = OCIFixture(existing: store)
+        let bytes = pattern(200_000, seed: 91)
+        let digest = try await fixture.put(bytes)
+        #expect(try await store.read(digest, range: nil).collect() == bytes)
+
+        let untrusting = try OCIBlobStore(url: url, temporaryDirectory: temporary, environment: [:])
+        await #expect {
+            _ = try await untrusting.size(of: digest)
+        } throws: { error in
+            (error as? CofferRegistryError)?.description
+                == "\(store.name): TLS: the registry's certificate is not trusted (COFFER_OCI_CA_FILE names the CA to trust instead of the system's)"
+        }
+        #expect {
+            _ = try OCIBlobStore(url: url, temporaryDirectory: temporary, environment: ["COFFER_OCI_CA_FILE": temporary + "/absent.pem"])
+        } throws: { error in
+            (error as? CofferRegistryError)?.description == "COFFER_OCI_CA_FILE \(temporary)/absent.pem: not a readable PEM certificate file"
+        }
+    }
+
     @Test("a registry that returns another blob than asked fails the read with FORMAT.md's line")
     func registryReturningAnotherBlob() async throws {
         let fixture = try OCIFixture()

@@ -24,7 +24,10 @@ enum OCITestRegistry {
         /// The containers auth file holding its credentials, when it asks for them.
         let authFile: String?
 
-        func url(_ repository: String = "coffer") -> String { "oci+http://\(address)/\(repository)" }
+        /// Whether it speaks HTTPS (`oci://`).
+        var https = false
+
+        func url(_ repository: String = "coffer") -> String { "\(https ? "oci" : "oci+http")://\(address)/\(repository)" }
         /// What a store reading its credentials from the environment is given.
         var environment: [String: String] { authFile.map { ["REGISTRY_AUTH_FILE": $0] } ?? [:] }
     }
@@ -53,6 +56,7 @@ enum OCITestRegistry {
     static func start(
         credentials: (String, String)? = nil,
         authConfiguration: String? = nil,
+        tls: (certificate: String, key: String)? = nil,
         storageConfiguration: ((String) -> String)? = nil,
         environment: [String: String] = [:],
         removeFromEnvironment: [String] = []
@@ -81,7 +85,7 @@ enum OCITestRegistry {
                 \(storage)http:
                   addr: 127.0.0.1:\(port)
                   secret: \(UUID().uuidString)
-                \(authBlock)
+                \(tls.map { "  tls:\n    certificate: \($0.certificate)\n    key: \($0.key)\n" } ?? "")\(authBlock)
                 """
             try config.write(toFile: "\(directory)/config.yml", atomically: true, encoding: .utf8)
             var childEnvironment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
@@ -526,5 +530,36 @@ enum OCITestTokenService {
         try #"{"auths": {"\#(registry.address)": {"auth": "\#(encoded)"}}}"#.write(toFile: authFile, atomically: true, encoding: .utf8)
         let withAuth = OCITestRegistry.Instance(address: registry.address, storage: registry.storage, log: registry.log, authFile: authFile)
         return Instance(registry: withAuth, directory: directory)
+    }
+}
+
+/// docker-registry over HTTPS with a certificate for 127.0.0.1 from a CA of the test's own (`ca.pem`, made with openssl),
+/// for `oci://` URLs and `COFFER_OCI_CA_FILE`.
+enum OCITestTLS {
+    struct Instance: Sendable {
+        let registry: OCITestRegistry.Instance
+        /// The CA to trust (what COFFER_OCI_CA_FILE names).
+        let caFile: String
+    }
+
+    static let registry = Result { try start() }
+
+    static func start() throws -> Instance {
+        let openssl = try OCITestRegistry.binary("openssl", install: "apt-get install openssl")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-oci-tls-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        func ssl(_ arguments: [String]) throws { try OCITestRegistry.run(openssl, arguments) }
+        try ssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "\(directory)/ca.key"])
+        try ssl(["req", "-new", "-x509", "-key", "\(directory)/ca.key", "-out", "\(directory)/ca.pem", "-days", "2", "-subj", "/CN=coffer-test-ca"])
+        try ssl(["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "\(directory)/server.key"])
+        try ssl(["req", "-new", "-key", "\(directory)/server.key", "-out", "\(directory)/server.csr", "-subj", "/CN=127.0.0.1"])
+        try "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n".write(toFile: "\(directory)/ext.cnf", atomically: true, encoding: .utf8)
+        try ssl([
+            "x509", "-req", "-in", "\(directory)/server.csr", "-CA", "\(directory)/ca.pem", "-CAkey", "\(directory)/ca.key", "-CAcreateserial",
+            "-out", "\(directory)/server.pem", "-days", "2", "-extfile", "\(directory)/ext.cnf",
+        ])
+        var registry = try OCITestRegistry.start(tls: ("\(directory)/server.pem", "\(directory)/server.key"))
+        registry.https = true
+        return Instance(registry: registry, caFile: "\(directory)/ca.pem")
     }
 }

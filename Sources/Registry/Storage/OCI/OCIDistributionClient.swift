@@ -438,6 +438,19 @@ public final class OCIDistributionClient: Sendable {
         }
     }
 
+    /// BoringSSL's reason (`CERTIFICATE_VERIFY_FAILED`) in words, without the error's source path and codes.
+    static func tlsReason(_ text: String, endpoint: OCIEndpoint) -> String {
+        if text.contains("CERTIFICATE_VERIFY_FAILED") {
+            return "the registry's certificate is not trusted (COFFER_OCI_CA_FILE names the CA to trust instead of the system's)"
+        }
+        if text.contains("failedToValidateHostname") { return "the registry's certificate does not name \(endpoint.host)" }
+        if let marker = text.range(of: "OPENSSL_internal:") {
+            let reason = text[marker.upperBound...].prefix { $0 != " " && $0 != "]" && $0 != ")" }
+            return "handshake failed: " + reason.lowercased().replacingOccurrences(of: "_", with: " ")
+        }
+        return oneLine(text)
+    }
+
     /// One short phrase for a transport error: what a person can act on, not a type dump.
     static func describe(_ error: any Error, endpoint: OCIEndpoint) -> String {
         if let error = error as? HTTPClientError {
@@ -462,8 +475,7 @@ public final class OCIDistributionClient: Sendable {
         }
         if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
         if let error = error as? ChannelError, case .connectTimeout = error { return "connection timed out" }
-        if let error = error as? NIOSSLError { return "TLS: \(error)" }
-        if let error = error as? BoringSSLError { return "TLS: \(error)" }
+        if error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError { return "TLS: " + tlsReason("\(error)", endpoint: endpoint) }
         if error is CancellationError { return "the request was cancelled" }
         let text = "\(error)"
         if text.localizedCaseInsensitiveContains("connection refused") { return "connection refused" }
