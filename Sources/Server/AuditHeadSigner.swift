@@ -12,12 +12,12 @@ struct AuditHeadSigner: Service {
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
-                await sign()
-            }
+            // A cancelled sleep ends the loop: signing in the cancelled task would take the tally and fail to write it.
+            while (try? await Task.sleep(for: interval)) != nil { await sign() }
         }
-        await sign()
+        // The last flush must happen even though this task is being cancelled: GRDB's async writes refuse to start in a
+        // cancelled task, and an unstructured task does not inherit the cancellation.
+        await Task { await sign() }.value
     }
 
     private func sign() async {

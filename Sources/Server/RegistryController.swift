@@ -273,7 +273,9 @@ struct RegistryController {
             let secret = SecureBytes(count: text.utf8.count)
             secret.withUnsafeMutableBytes { $0.copyBytes(from: text.utf8) }
             let token: SessionToken
-            do { token = try SessionToken(text: secret) } catch { throw HTTPError(.badRequest, message: "Coffer-Session-Token is not a session token") }
+            do { token = try SessionToken(text: secret) } catch {
+                throw HTTPError(.badRequest, message: "Coffer-Session-Token is not a session token")
+            }
             try await load(token, id: id, principal: holder.principal.name)
         }
         guard let loaded = state.sessions.get(id).flatMap({ $0.principal == holder.principal.name ? $0 : nil }) else {

@@ -79,7 +79,11 @@ struct UploadController {
         var context = context
         let holder = try await authenticate(request, &context, state: state, role: .publisher)
         let prepared = try await request.decode(as: PreparedPush.self, context: context)
-        let result = try await registry.commitPushed(prepared, principal: holder.principal, registryIdentity: try await state.currentRegistryIdentity())
+        let result = try await registry.commitPushed(
+            prepared,
+            principal: holder.principal,
+            registryIdentity: try await state.currentRegistryIdentity()
+        )
         return try json(["model": .string(result.model), "version": .string(result.version), "digest": .string(result.digest)], status: .created)
     }
 

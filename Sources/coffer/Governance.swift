@@ -246,7 +246,11 @@ extension Coffer {
             func run() async throws {
                 let keyID = FileManager.default.fileExists(atPath: recipient) ? try PublicIdentity(contentsOf: recipient).keyID : recipient
                 let store = try await registry.open()
-                let removed = try await store.removeRecipient(try ModelReference(parsing: reference), keyID: keyID, by: try acting.principal(in: store))
+                let removed = try await store.removeRecipient(
+                    try ModelReference(parsing: reference),
+                    keyID: keyID,
+                    by: try acting.principal(in: store)
+                )
                 guard removed > 0 else { throw CLIError("\(keyID) holds no key of \(reference)") }
                 print("removed \(removed) wrapped keys of \(keyID)")
             }

@@ -76,7 +76,11 @@ extension Coffer {
                 let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 let publisher = try passphraseOptions.unlockIdentity(at: identity)
                 let client = try RemoteClient(base: url, token: token, caCertificate: remote.caCertificate)
-                let (model, version, digest) = try await RemotePusher(client: client, url: url).push(request, publisher: publisher.identity, given: given)
+                let (model, version, digest) = try await RemotePusher(client: client, url: url).push(
+                    request,
+                    publisher: publisher.identity,
+                    given: given
+                )
                 return print("pushed \(model):\(version) sha256:\(digest) to \(url)")
             }
             let store = try await registry.open()

@@ -13,11 +13,20 @@ extension Coffer {
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Option(name: .long, help: "The owner's public identity (NAME.pub): its first principal, an admin. From then on every operation is checked.")
         var owner: String?
+        @Option(name: .long, help: "Where metadata goes: sqlite (default) or postgres://USER@HOST:PORT/DB (password from PGPASSWORD or PGPASSFILE).")
+        var metadata = "sqlite"
+        @Option(
+            name: .long,
+            help: "Where sealed blobs go: directory (default) or oci://HOST:PORT/REPOSITORY (credentials from the containers auth file)."
+        )
+        var blobs = "directory"
 
         func run() async throws {
+            let backends = Backends(metadata: metadata, blobs: blobs)
+            try backends.validate()
             let ownerIdentity = try owner.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase for the registry identity: ", confirm: true)
-            let created = try await Registry.create(at: registry.resolvedHome, passphrase: passphrase, owner: ownerIdentity)
+            let created = try await Registry.create(at: registry.resolvedHome, passphrase: passphrase, owner: ownerIdentity, backends: backends)
             let key = try await created.identity.keyID
             print(
                 "registry created at \(created.home) (root key \(key), pinned)\(ownerIdentity.map { ", owned by \($0.name), a trusted signer" } ?? "")"

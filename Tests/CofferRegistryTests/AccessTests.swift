@@ -27,16 +27,21 @@ struct AccessTests {
         return f
     }
 
-
     @Test func rolesAreCheckedAndRefusalsNameWhatIsMissing() async throws {
         let alice = try person("alice")
         let bob = try person("bob")
         let f = try await populated(alice, bob)
         let eve = try person("eve")
-        await expectRefusal("bob lacks the publisher role on m/risk") { _ = try await f.registry.push(PushRequest(model: "m/risk", paths: [f.path("x")]), publisher: bob) }
+        await expectRefusal("bob lacks the publisher role on m/risk") {
+            _ = try await f.registry.push(PushRequest(model: "m/risk", paths: [f.path("x")]), publisher: bob)
+        }
         await expectRefusal("is not a principal of this registry") { _ = try await f.registry.principal(for: eve.identity) }
-        await expectRefusal("bob lacks the inference role on m/risk") { _ = try await f.registry.openSession(try ModelReference(parsing: "m/risk:1"), identity: bob, ttl: 60) }
-        await expectRefusal("bob lacks the reader role") { _ = try await f.registry.pull(try ModelReference(parsing: "m/risk"), identity: bob, into: f.path("out")) }
+        await expectRefusal("bob lacks the inference role on m/risk") {
+            _ = try await f.registry.openSession(try ModelReference(parsing: "m/risk:1"), identity: bob, ttl: 60)
+        }
+        await expectRefusal("bob lacks the reader role") {
+            _ = try await f.registry.pull(try ModelReference(parsing: "m/risk"), identity: bob, into: f.path("out"))
+        }
         await expectRefusal("bob lacks the admin role") { try await f.registry.grant(Grant(principal: "bob", role: .admin), by: Signer(bob)) }
         #expect(!f.exists("out/weights.bin"))
         let refused = try await f.registry.auditEntries().filter { $0.outcome == .refused }
@@ -57,7 +62,9 @@ struct AccessTests {
         #expect(!isMultiTask)
 
         // Expired (injected clock), then exhausted, revoked, unknown and malformed tokens.
-        await expectRefusal("expired at") { _ = try await InferenceSession(registry: f.registry, token: opened.token, now: t0.addingTimeInterval(61)) }
+        await expectRefusal("expired at") {
+            _ = try await InferenceSession(registry: f.registry, token: opened.token, now: t0.addingTimeInterval(61))
+        }
         let limited = try await f.registry.openSession(prod, identity: bob, ttl: 600, maxUses: 1, now: t0)
         _ = try await InferenceSession(registry: f.registry, token: limited.token, now: t0)
         await expectRefusal("has used all 1 of its uses") { _ = try await InferenceSession(registry: f.registry, token: limited.token, now: t0) }
@@ -68,7 +75,9 @@ struct AccessTests {
         let carol = try person("carol")
         try await f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [], by: Signer(alice))
         let bobs = try await f.registry.openSession(prod, identity: bob, ttl: 600, now: t0)
-        await #expect(throws: CofferRegistryError.unknownSession(bobs.info.id)) { try await f.registry.revokeSession(id: bobs.info.id, identity: carol) }
+        await #expect(throws: CofferRegistryError.unknownSession(bobs.info.id)) {
+            try await f.registry.revokeSession(id: bobs.info.id, identity: carol)
+        }
         await #expect(throws: CofferRegistryError.unknownSession("0123456789abcdef")) {
             try await f.registry.revokeSession(id: "0123456789abcdef", identity: bob)
         }
@@ -77,12 +86,16 @@ struct AccessTests {
         await expectRefusal("was revoked") { _ = try await InferenceSession(registry: f.registry, token: bobs.token, now: t0) }
         let stranger = SessionToken(secret: SecretKey.random())
         await expectRefusal("unknown session token") { _ = try await InferenceSession(registry: f.registry, token: stranger, now: t0) }
-        await expectRefusal("malformed session token") { _ = try await InferenceSession(registry: f.registry, tokenText: passphrase("cfs_not-a-token"), now: t0) }
+        await expectRefusal("malformed session token") {
+            _ = try await InferenceSession(registry: f.registry, tokenText: passphrase("cfs_not-a-token"), now: t0)
+        }
 
         // The principal loses the grant: its open session stops working.
         let later = try await f.registry.openSession(prod, identity: bob, ttl: 600, now: t0)
         try await f.registry.revoke(Grant(principal: "bob", role: .inference, scope: "m/", alias: "prod"), by: Signer(alice))
-        await expectRefusal("no longer holds the inference role") { _ = try await InferenceSession(registry: f.registry, token: later.token, now: t0) }
+        await expectRefusal("no longer holds the inference role") {
+            _ = try await InferenceSession(registry: f.registry, token: later.token, now: t0)
+        }
 
         let refusals = try await f.registry.auditEntries().filter { $0.action == "infer" && $0.outcome == .refused }
         #expect(refusals.count == 7)

@@ -30,13 +30,14 @@ struct GovernanceTests {
         return request
     }
 
-
     @Test func budgetsComposeHistoriesAndRefuseWithoutChangingAnything() async throws {
         let alice = try person("alice")
         let (f, admin, dir) = try await owned(alice)
         try await f.registry.setBudget(dataset: "census", epsilon: 5, delta: 1e-5, by: admin)
         for bad in ["", "my data", "-x", "a\nb", String(repeating: "d", count: 201)] {
-            await #expect(throws: CofferRegistryError.invalidDataset(bad)) { try await f.registry.setBudget(dataset: bad, epsilon: 1, delta: 1e-5, by: admin) }
+            await #expect(throws: CofferRegistryError.invalidDataset(bad)) {
+                try await f.registry.setBudget(dataset: bad, epsilon: 1, delta: 1e-5, by: admin)
+            }
         }
         try await f.registry.setBudget(dataset: "hf:org/name@rev+1", epsilon: 1, delta: 1e-5, by: admin)
         // Found by schemathesis: an empty ledger counted at a tiny delta reported a spend (the RDP conversion's floor).
@@ -81,7 +82,9 @@ struct GovernanceTests {
         _ = try await f.registry.push(over, publisher: alice)
         let after = try await f.registry.budget(dataset: "census")
         #expect(after.versions.last?.overrideBy == "alice" && after.spent > 5 && after.remaining == 0)
-        await #expect(try f.registry.auditEntries().contains { $0.action == "push" && $0.outcome == .failed && $0.reason.contains("budget exceeded") })
+        await #expect(
+            try f.registry.auditEntries().contains { $0.action == "push" && $0.outcome == .failed && $0.reason.contains("budget exceeded") }
+        )
     }
 
     @Test func aPublisherWhoIsNotAdminCannotOverride() async throws {
@@ -121,7 +124,12 @@ struct GovernanceTests {
             let refused = await refusal { try await f.registry.setAlias("prod", model: "m", version: version, by: admin) }
             #expect(refused == "policy refused: alias prod of m \(expected)", "\(refused)")
         }
-        try await f.registry.setPolicy(model: "m", alias: "prod", rules: PolicyRules(maxEpsilon: epsilon, signer: "alice", requireBudget: true), by: admin)
+        try await f.registry.setPolicy(
+            model: "m",
+            alias: "prod",
+            rules: PolicyRules(maxEpsilon: epsilon, signer: "alice", requireBudget: true),
+            by: admin
+        )
         try await f.registry.setAlias("prod", model: "m", version: "1", by: admin)
         // Model-wide rules hold for every alias, on push --alias too, before anything is sealed.
         try await f.registry.setPolicy(model: "m", alias: nil, rules: PolicyRules(maxDelta: 1e-7), by: admin)
@@ -217,12 +225,12 @@ struct GovernanceTests {
         )
         await expectRefusal("holds no key") { _ = try await f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("c")) }
         await expectRefusal("never removed") {
-                try await f.registry.removeRecipient(
-                    try ModelReference(parsing: "m"),
-                    keyID: try f.registry.identity.keyID,
-                    by: try f.registry.principal(for: alice.identity)
-                )
-            }
+            try await f.registry.removeRecipient(
+                try ModelReference(parsing: "m"),
+                keyID: try f.registry.identity.keyID,
+                by: try f.registry.principal(for: alice.identity)
+            )
+        }
     }
 
     @Test func erasureLeavesNothingDecryptableEvenFromABackup() async throws {
@@ -293,7 +301,9 @@ extension GovernanceTests {
         let stored = try await f.registry.loadVersion(try await f.registry.resolve(reference).id)
         let kept = try await f.registry.unwrapDataKey(stored, identity: carol)
         let oldBlob = stored.files[0].sealedSHA256
-        await #expect(try f.registry.removeRecipient(reference, keyID: carol.publicIdentity.keyID, by: try f.registry.principal(for: alice.identity)) == 1)
+        await #expect(
+            try f.registry.removeRecipient(reference, keyID: carol.publicIdentity.keyID, by: try f.registry.principal(for: alice.identity)) == 1
+        )
 
         let result = try await f.registry.rekey(reference, registryIdentity: try f.registryKey, by: admin)
         await #expect(

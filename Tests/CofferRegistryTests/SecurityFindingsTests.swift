@@ -36,7 +36,6 @@ struct SecurityFindingsTests {
         }
     }
 
-
     /// The ledger served by the registry itself, as a server would hand it to a client.
     struct Served: LedgerSource {
         let registry: Registry
@@ -192,7 +191,9 @@ struct SecurityFindingsTests {
         #expect(violating == ["m@staging"])
         let refused = await refusal { _ = try await f.registry.pull(try ModelReference(parsing: "m@staging"), identity: alice, into: f.path("out")) }
         #expect(refused.contains("policy refused: alias staging of m requires epsilon <= 2.0; the version has 3.0"), "\(refused)")
-        await expectRefusal("policy refused") { _ = try await f.registry.openSession(try ModelReference(parsing: "m@staging"), identity: alice, ttl: 60) }
+        await expectRefusal("policy refused") {
+            _ = try await f.registry.openSession(try ModelReference(parsing: "m@staging"), identity: alice, ttl: 60)
+        }
         await expectRefusal("policy refused") { _ = try await f.registry.verify(try ModelReference(parsing: "m@staging")) }
         // The aliases table edited to point prod at version 2: the ledger still says 1, and fsck names the row.
         try attack(f, "UPDATE aliases SET version_id = (SELECT id FROM versions WHERE version = '2') WHERE alias = 'prod'")
@@ -229,12 +230,16 @@ struct SecurityFindingsTests {
     @Test func finding09_sessionAndTokenLifetimesAreBounded() async throws {
         let (f, alice, _) = try await owned()
         for ttl in [1e308, .infinity, 31_536_001, 0, -5] {
-            await expectRefusal("at most 365 days") { _ = try await f.registry.openSession(try ModelReference(parsing: "m:1"), identity: alice, ttl: ttl) }
             await expectRefusal("at most 365 days") {
-                    _ = try await f.registry.createToken(principal: "alice", scope: .read, ttl: ttl, by: Signer(alice))
-                }
+                _ = try await f.registry.openSession(try ModelReference(parsing: "m:1"), identity: alice, ttl: ttl)
+            }
+            await expectRefusal("at most 365 days") {
+                _ = try await f.registry.createToken(principal: "alice", scope: .read, ttl: ttl, by: Signer(alice))
+            }
         }
-        await expectRefusal("--max-uses") { _ = try await f.registry.openSession(try ModelReference(parsing: "m:1"), identity: alice, ttl: 60, maxUses: 0) }
+        await expectRefusal("--max-uses") {
+            _ = try await f.registry.openSession(try ModelReference(parsing: "m:1"), identity: alice, ttl: 60, maxUses: 0)
+        }
     }
 
     // MARK: - 10. list, show and list --where print a tampered epsilon as fact
@@ -259,9 +264,13 @@ struct SecurityFindingsTests {
         try await f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader], by: admin)
         let actor = admin
         _ = alice
-        await expectRefusal("bob holds no role the publish scope allows") { _ = try await f.registry.createToken(principal: "bob", scope: .publish, ttl: 60, by: actor) }
+        await expectRefusal("bob holds no role the publish scope allows") {
+            _ = try await f.registry.createToken(principal: "bob", scope: .publish, ttl: 60, by: actor)
+        }
         _ = try await f.registry.createToken(principal: "bob", scope: .read, ttl: 60, by: actor)
-        await expectRefusal("holds the publisher role on no model") { try await f.registry.requirePublisherSomewhere(try f.registry.principal(for: bob.identity), action: "upload", target: "-") }
+        await expectRefusal("holds the publisher role on no model") {
+            try await f.registry.requirePublisherSomewhere(try f.registry.principal(for: bob.identity), action: "upload", target: "-")
+        }
     }
 
     // MARK: - 14. Signer names are self-declared and not unique
@@ -276,7 +285,9 @@ struct SecurityFindingsTests {
         _ = try await f.registry.push(PushRequest(model: "m", paths: [try f.makeModel("i", ["w.bin": bytes(10)])]), publisher: impostor)
         await #expect(try f.registry.verify(try ModelReference(parsing: "m:3")).signer == "not-alice")
         try await f.registry.setPolicy(model: "m", alias: "prod", rules: PolicyRules(signer: "alice"), by: admin)
-        await expectRefusal("requires a signature by alice; the version is signed by not-alice") { try await f.registry.setAlias("prod", model: "m", version: "3", by: admin) }
+        await expectRefusal("requires a signature by alice; the version is signed by not-alice") {
+            try await f.registry.setAlias("prod", model: "m", version: "3", by: admin)
+        }
         _ = alice
     }
 
@@ -304,7 +315,9 @@ struct SecurityFindingsTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         for name in ["caf\u{E9}.bin", "cafe\u{301}.bin"] { try Data(name.utf8).write(to: URL(fileURLWithPath: "\(dir)/\(name)")) }
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir).count == 2)
-        await expectRefusal("two inputs map to the same path") { _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
+        await expectRefusal("two inputs map to the same path") {
+            _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        }
     }
 
     // MARK: - 17. Smaller findings
@@ -477,7 +490,9 @@ extension SecurityFindingsTests {
         let (f, _, _) = try await owned()
         let mallory = try person("mallory")
         let online = try f.registrySigner
-        await expectRefusal("an admin signs it") { try await f.registry.addPrincipal(name: "mallory", identity: mallory.publicIdentity, roles: [.publisher], by: online) }
+        await expectRefusal("an admin signs it") {
+            try await f.registry.addPrincipal(name: "mallory", identity: mallory.publicIdentity, roles: [.publisher], by: online)
+        }
         let asAlice = Signer.registry(try f.registryKey, for: Principal(name: "alice", keyID: ""))
         await expectRefusal("only alice's own key can") { try await f.registry.trust(mallory.publicIdentity, name: "alice-release", by: asAlice) }
         await expectRefusal("only alice's own key can") { try await f.registry.grant(Grant(principal: "alice", role: .publisher), by: asAlice) }
@@ -485,12 +500,12 @@ extension SecurityFindingsTests {
         try await f.registry.setAlias("prod", model: "m", version: "2", by: asAlice)
         // A rotation by the online key alone is refused; with alice's approval it goes through.
         await expectRefusal("an admin signs it") {
-                _ = try await f.registry.rotateKey(
-                    current: try f.registryKey,
-                    passphrase: passphrase("registry passphrase"),
-                    kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
-                    by: online
-                )
-            }
+            _ = try await f.registry.rotateKey(
+                current: try f.registryKey,
+                passphrase: passphrase("registry passphrase"),
+                kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+                by: online
+            )
+        }
     }
 }

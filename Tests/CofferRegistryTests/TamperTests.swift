@@ -61,7 +61,11 @@ struct TamperTests {
             text.replaceSubrange(hint..<text.index(after: hint), with: text[hint] == "0" ? "1" : "0")
             try await sql(f, "UPDATE attestations SET document = ? WHERE version_id = ? AND kind = 'model-signing'", [Data(text.utf8), v1.id])
         case .fileRowDigest:
-            try await sql(f, "UPDATE files SET plaintext_sha256 = ? WHERE version_id = ? AND path = 'a.bin'", [String(repeating: "0", count: 64), v1.id])
+            try await sql(
+                f,
+                "UPDATE files SET plaintext_sha256 = ? WHERE version_id = ? AND path = 'a.bin'",
+                [String(repeating: "0", count: 64), v1.id]
+            )
         case .fileRowPath:
             try await sql(f, "UPDATE files SET path = '../../escape' WHERE version_id = ? AND path = 'a.bin'", [v1.id])
         case .versionDigest:
@@ -119,9 +123,13 @@ struct TamperTests {
         let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
         let impatient = try await Registry(at: f.home, busyTimeout: 0.2)
         // Another process holds the write lock: a transaction left open on a connection of its own.
-        let holder = try DatabaseQueue(path: f.home + "/registry.sqlite")
+        var holding = Configuration()
+        holding.allowsUnsafeTransactions = true
+        let holder = try DatabaseQueue(path: f.home + "/registry.sqlite", configuration: holding)
         try holder.inDatabase { db in try db.execute(sql: "BEGIN IMMEDIATE") }
-        await #expect(throws: CofferRegistryError.databaseBusy) { _ = try await impatient.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
+        await #expect(throws: CofferRegistryError.databaseBusy) {
+            _ = try await impatient.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        }
         try holder.inDatabase { db in try db.execute(sql: "ROLLBACK") }
         #expect(CofferRegistryError.databaseBusy.description.contains("locked by another process"))
         await #expect(try f.registry.list().isEmpty)

@@ -10,7 +10,8 @@ final class RegistryFixture {
     let registry: Registry
     var home: String { root.appendingPathComponent("home").path }
 
-    init() async throws {
+    /// A registry on `backends`: embedded by default (one directory), else the stores the URLs name.
+    init(backends: Backends = .embedded) async throws {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-registry-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         let secret = passphrase("registry passphrase")
@@ -18,6 +19,7 @@ final class RegistryFixture {
             at: root.appendingPathComponent("home").path,
             passphrase: secret,
             kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+            backends: backends,
             memory: ClientMemory(directory: root.appendingPathComponent("client-state").path)
         )
     }

@@ -67,7 +67,15 @@ extension AuditDraft {
     /// The entry as it is stored after `last` (the chain's last entry, nil for the first): its sequence number and hashes.
     func chained(after last: (seq: Int64, hash: Data)?) -> AuditEntryRecord {
         let previous = last.map { Array($0.hash) } ?? Registry.genesisHash
-        let entry = AuditEntry(seq: (last?.seq ?? 0) + 1, at: at, principal: principal, action: action, target: target, outcome: outcome, reason: reason)
+        let entry = AuditEntry(
+            seq: (last?.seq ?? 0) + 1,
+            at: at,
+            principal: principal,
+            action: action,
+            target: target,
+            outcome: outcome,
+            reason: reason
+        )
         return AuditEntryRecord(
             seq: entry.seq,
             at: at,
@@ -87,7 +95,9 @@ extension Registry {
 
     /// Appends an entry, chained to the last one, in its own transaction.
     func audit(principal: String, action: String, target: String, outcome: AuditEntry.Outcome, reason: String) async throws(CofferRegistryError) {
-        try await metadata.commit(UnitOfWork(audit: [AuditDraft(principal: principal, action: action, target: target, outcome: outcome, reason: reason)]))
+        try await metadata.commit(
+            UnitOfWork(audit: [AuditDraft(principal: principal, action: action, target: target, outcome: outcome, reason: reason)])
+        )
     }
 
     /// Entries at or after `since` (RFC 3339), oldest first.

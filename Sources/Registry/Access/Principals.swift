@@ -104,7 +104,13 @@ extension Registry {
         let state = try await ledgerState()
         let principal: Principal
         do { principal = try acting(signer, in: state).principal } catch {
-            try? await audit(principal: "\(signer.key.publicIdentity.name)?", action: action, target: target, outcome: .refused, reason: error.description)
+            try? await audit(
+                principal: "\(signer.key.publicIdentity.name)?",
+                action: action,
+                target: target,
+                outcome: .refused,
+                reason: error.description
+            )
             throw error
         }
         try await require(role, on: model, by: principal, action: action, target: target)

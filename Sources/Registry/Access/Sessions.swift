@@ -151,7 +151,14 @@ extension Registry {
         maxUses: Int? = nil,
         now: Date = Date()
     ) async throws(CofferRegistryError) -> OpenedSession {
-        try await openSession(reference, principal: try await principal(for: identity.identity), unwrappingWith: identity, ttl: ttl, maxUses: maxUses, now: now)
+        try await openSession(
+            reference,
+            principal: try await principal(for: identity.identity),
+            unwrappingWith: identity,
+            ttl: ttl,
+            maxUses: maxUses,
+            now: now
+        )
     }
 
     /// Opens a session for `actor` (authenticated by other means: the server's bearer token), unwrapping the data key
@@ -208,12 +215,26 @@ extension Registry {
             try await metadata.commit(
                 UnitOfWork(
                     changes: [.addSession(session), .dropExpiredSessionKeys(now: Self.timestamp(now))],
-                    audit: [AuditDraft(principal: actor.name, action: "session.open", target: reference.description, outcome: .ok, reason: "session \(info.id)")]
+                    audit: [
+                        AuditDraft(
+                            principal: actor.name,
+                            action: "session.open",
+                            target: reference.description,
+                            outcome: .ok,
+                            reason: "session \(info.id)"
+                        )
+                    ]
                 )
             )
             return OpenedSession(info: info, token: token)
         } catch {
-            try? await audit(principal: actor.name, action: "session.open", target: reference.description, outcome: .failed, reason: error.description)
+            try? await audit(
+                principal: actor.name,
+                action: "session.open",
+                target: reference.description,
+                outcome: .failed,
+                reason: error.description
+            )
             throw error
         }
     }

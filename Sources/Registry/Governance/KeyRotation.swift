@@ -49,7 +49,9 @@ extension Registry {
                 do { dataKey = try WrappedKey(encoded: Array(row.stanza)).unwrap(with: current.identity) } catch {
                     throw CofferRegistryError.tampered("version \(row.versionID): the registry's wrapped key does not open: \(error)")
                 }
-                rewrapped.append(WrappedKeyRecord(versionID: row.versionID, recipientKeyID: fresh.keyID, stanza: Data(dataKey.wrap(for: fresh).encoded)))
+                rewrapped.append(
+                    WrappedKeyRecord(versionID: row.versionID, recipientKeyID: fresh.keyID, stanza: Data(dataKey.wrap(for: fresh).encoded))
+                )
             }
             work.changes += [.putWrappedKeys(rewrapped), .removeWrappedKeys(version: nil, recipient: old.keyID)]
             // The new key signs its own rotation: a chain of keys can only be extended by whoever holds both ends.

@@ -84,7 +84,9 @@ extension Registry {
         for key in state.aliases.keys.sorted() {
             guard key.hasPrefix("\(model)@"), let target = state.aliases[key] else { continue }
             let name = String(key.dropFirst(model.count + 1))
-            if (try? await checkPolicy(model: model, alias: name, digest: target.digest, state: state)) == nil { violating.append("\(model)@\(name)") }
+            if (try? await checkPolicy(model: model, alias: name, digest: target.digest, state: state)) == nil {
+                violating.append("\(model)@\(name)")
+            }
         }
         return violating
     }

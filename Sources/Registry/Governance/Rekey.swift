@@ -117,7 +117,13 @@ extension Registry {
         var dropped: [String] = []
         for holder in try await metadata.wrappedKeys(version: stored.id) {
             if let recipient = try await knownIdentity(holder.recipientKeyID) {
-                wrapped.append(WrappedKeyRecord(versionID: stored.id, recipientKeyID: holder.recipientKeyID, stanza: Data(fresh.key.wrap(for: recipient).encoded)))
+                wrapped.append(
+                    WrappedKeyRecord(
+                        versionID: stored.id,
+                        recipientKeyID: holder.recipientKeyID,
+                        stanza: Data(fresh.key.wrap(for: recipient).encoded)
+                    )
+                )
             } else {
                 dropped.append(holder.recipientKeyID)
             }

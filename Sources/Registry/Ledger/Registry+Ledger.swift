@@ -127,7 +127,12 @@ extension Registry {
 
     /// Signs `change` as the next record after `state`, judges it by ``LedgerState/apply(_:)`` exactly as every reader
     /// will, and adds it with the rows it implies to `work`. Returns the state with it and the acting principal's name.
-    func append(_ change: LedgerChange, signer: Signer, to state: LedgerState, work: inout UnitOfWork) throws(CofferRegistryError) -> (
+    func append(
+        _ change: LedgerChange,
+        signer: Signer,
+        to state: LedgerState,
+        work: inout UnitOfWork
+    ) throws(CofferRegistryError) -> (
         state: LedgerState, actor: String
     ) {
         var state = state
@@ -205,7 +210,9 @@ extension Registry {
                 let identity = Data(owner.identity.jsonBytes)
                 changes.append(.addPrincipal(PrincipalRecord(name: owner.name, keyID: owner.identity.keyID, publicIdentity: identity, addedAt: now)))
                 changes.append(.addGrant(GrantRecord(Grant(principal: owner.name, role: .admin), by: nil, at: now)))
-                changes.append(.trustSigner(TrustedSignerRecord(keyID: owner.identity.keyID, name: owner.name, publicIdentity: identity, addedAt: now)))
+                changes.append(
+                    .trustSigner(TrustedSignerRecord(keyID: owner.identity.keyID, name: owner.name, publicIdentity: identity, addedAt: now))
+                )
             }
             return changes
         case .keyRotate(let key, _, _):
@@ -214,8 +221,15 @@ extension Registry {
                 .setMeta(key: "identity_key_id", value: key.keyID),
             ]
         case .principalAdd(let name, let identity, _):
-            let principal = PrincipalRecord(name: name, keyID: identity.keyID, publicIdentity: Data(identity.jsonBytes), addedAt: now, addedBy: record.by)
-            return [.addPrincipal(principal)] + state.grants.filter { $0.principal == name }.map { .addGrant(GrantRecord($0, by: record.by, at: now)) }
+            let principal = PrincipalRecord(
+                name: name,
+                keyID: identity.keyID,
+                publicIdentity: Data(identity.jsonBytes),
+                addedAt: now,
+                addedBy: record.by
+            )
+            return [.addPrincipal(principal)]
+                + state.grants.filter { $0.principal == name }.map { .addGrant(GrantRecord($0, by: record.by, at: now)) }
         case .principalRemove(let name):
             return [.removePrincipal(name: name, at: now)]
         case .grant(let grant):

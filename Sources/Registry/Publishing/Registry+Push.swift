@@ -21,7 +21,12 @@ extension Registry {
             try await require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model)
         }
         do {
-            let result = try await pushVersion(request, publisher: publisher, overrideBy: request.overrideBudget ? actor.name : nil, progress: progress)
+            let result = try await pushVersion(
+                request,
+                publisher: publisher,
+                overrideBy: request.overrideBudget ? actor.name : nil,
+                progress: progress
+            )
             try await rememberRecipients([publisher.publicIdentity] + request.recipients)
             return result
         } catch {
@@ -227,7 +232,8 @@ extension Registry {
         statement: @Sendable (LedgerState) async throws(CofferRegistryError) -> (SignedStatement, PublicIdentity),
         result: @Sendable (SignedStatement) -> PushResult
     ) async throws(CofferRegistryError) -> PushResult {
-        try await commitOnLedger { (current, work) async throws(CofferRegistryError) -> PushResult in
+        let (pushed, published) = try await commitOnLedger {
+            (current, work) async throws(CofferRegistryError) -> (PushResult, PublishedVersion) in
             let (signed, publisher) = try await statement(current)
             let statement = signed.statement
             let datasetID = statement.lineage.datasetID
@@ -317,8 +323,29 @@ extension Registry {
             }
             let target = "\(statement.model):\(statement.version)"
             work.audit.append(AuditDraft(principal: actor, action: "push", target: target, outcome: .ok, reason: reason(signed.digest)))
-            return result(signed)
+            let published = PublishedVersion(
+                model: statement.model,
+                version: statement.version,
+                digest: signed.digest,
+                created: statement.created,
+                publisherKeyID: statement.publisherKeyID,
+                files: statement.files.map {
+                    .init(path: $0.path, size: $0.size, plaintextSHA256: $0.plaintextSHA256, sealedSHA256: $0.sealedSHA256, sealedSize: $0.sealedSize)
+                },
+                envelope: signed.envelope.jsonBytes,
+                modelSigningBundle: signed.bundle
+            )
+            return (result(signed), published)
         }
+        // After the commit: a manifest must never name a version the registry refused. A version whose manifest could not
+        // be written is still whole in Coffer; fsck reports the missing manifest.
+        do { try await blobs.publish(published) } catch {
+            throw .unavailable(
+                engine: blobs.name,
+                reason: "\(pushed.model):\(pushed.version) is committed, but its OCI manifest was not written: \(error)"
+            )
+        }
+        return pushed
     }
 
     /// The subject name of the model-signing bundle: the pushed directory's name, else the model name's last segment.

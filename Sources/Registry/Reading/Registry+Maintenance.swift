@@ -89,7 +89,9 @@ extension Registry {
 
     /// Replays the ledger from record 1, ignoring what was remembered, so that a rewrite of records verified long
     /// ago is found too. Returns the state (nil when the chain breaks) and every version record by `model:version`.
-    private func replayWholeLedger(into report: inout FsckReport) async throws(CofferRegistryError) -> (LedgerState?, [String: LedgerChange.VersionFacts]) {
+    private func replayWholeLedger(
+        into report: inout FsckReport
+    ) async throws(CofferRegistryError) -> (LedgerState?, [String: LedgerChange.VersionFacts]) {
         let rows = try await metadata.ledgerRecords(after: 0, limit: nil)
         guard let first = rows.first else {
             report.problems.append("the registry has no ledger (run coffer migrate)")

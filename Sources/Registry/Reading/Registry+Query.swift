@@ -92,7 +92,11 @@ extension Registry {
     /// Versions, newest first, of one model or all, optionally filtered by a `--where` expression.
     public func list(model: String? = nil, where filter: String? = nil, limit: Int? = nil) async throws(CofferRegistryError) -> [VersionSummary] {
         if let model { try ModelReference.validate(name: model) }
-        let query = VersionQuery(model: model, filter: try filter.map { text throws(CofferRegistryError) in try WhereExpression(parsing: text) }, limit: limit)
+        let query = VersionQuery(
+            model: model,
+            filter: try filter.map { text throws(CofferRegistryError) in try WhereExpression(parsing: text) },
+            limit: limit
+        )
         var summaries = try await metadata.summaries(query).map(Self.summary)
         if let model, summaries.isEmpty, try await !metadata.modelExists(model) { throw .unknownModel(model) }
         // Each printed row is checked against its signed statement (Ed25519, about 0.1 ms a row), so a number edited
@@ -240,7 +244,9 @@ extension Registry {
     public func tag(_ reference: ModelReference, set tags: [String: String?]) async throws(CofferRegistryError) {
         for key in tags.keys { try ModelReference.validate(version: key) }
         let version = try await resolve(reference).version
-        let changes = tags.sorted { $0.key < $1.key }.map { MetadataChange.setTag(model: reference.name, version: version, key: $0.key, value: $0.value) }
+        let changes = tags.sorted { $0.key < $1.key }.map {
+            MetadataChange.setTag(model: reference.name, version: version, key: $0.key, value: $0.value)
+        }
         try await metadata.commit(UnitOfWork(changes: changes))
     }
 

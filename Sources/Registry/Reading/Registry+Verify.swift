@@ -138,7 +138,13 @@ extension Registry {
             datasetDigest: rows.row.datasetDigest,
             trainingConfigDigest: rows.row.trainingConfigDigest,
             files: rows.files.map {
-                ModelStatement.File(path: $0.path, size: $0.size, plaintextSHA256: $0.plaintextSHA256, sealedSHA256: $0.sealedSHA256, sealedSize: $0.sealedSize)
+                ModelStatement.File(
+                    path: $0.path,
+                    size: $0.size,
+                    plaintextSHA256: $0.plaintextSHA256,
+                    sealedSHA256: $0.sealedSHA256,
+                    sealedSize: $0.sealedSize
+                )
             },
             envelope: rows.envelope,
             modelSignature: rows.bundle,
@@ -310,9 +316,7 @@ extension Registry {
         }
         guard let size = try await blobs.size(of: digest) else { throw .tampered("blob of \(what) is missing from the \(blobs.name)") }
         let store = blobs
-        return Unchecked(BlobStreamSource(length: size, what: "blob of \(what)") { () async throws(CofferRegistryError) -> BlobStream in
-            try await store.read(digest, range: nil)
-        })
+        return Unchecked(BlockingByteSource(length: size, name: "blob of \(what)") { try await store.read(digest, range: nil) })
     }
 
     /// Decrypts one file's blob into `sink`, checking the plaintext's signed digest (and, with `checkingBlobDigest`,

@@ -73,7 +73,13 @@ extension Registry {
         if includeKey, let keyID { stanza = try await metadata.wrappedKey(version: stored.id, recipient: keyID) }
         let record = try await metadata.firstLedgerRecord(kind: "version", object: "version:\(stored.model):\(stored.version)")?.envelope
         let released = stanza != nil ? "wrapped key \(keyID ?? "") released" : "signed documents only"
-        try await audit(principal: principal, action: "pull", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "remote: \(released)")
+        try await audit(
+            principal: principal,
+            action: "pull",
+            target: "\(stored.model):\(stored.version)",
+            outcome: .ok,
+            reason: "remote: \(released)"
+        )
         return VersionPackage(
             model: stored.model,
             version: stored.version,

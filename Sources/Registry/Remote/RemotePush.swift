@@ -231,7 +231,12 @@ extension Registry {
             var parentID: Int64? = nil
             if let parent = prepared.parent { parentID = try await resolve(try ModelReference(parsing: parent)).id }
             let state = try await ledgerState()
-            let charged = try Self.checkBudget(state, dataset: statement.lineage.datasetID, privacy: statement.privacy, override: prepared.overrideBudget)
+            let charged = try Self.checkBudget(
+                state,
+                dataset: statement.lineage.datasetID,
+                privacy: statement.privacy,
+                override: prepared.overrideBudget
+            )
             if let alias = prepared.alias {
                 let facts = LedgerChange.AliasFacts(privacy: statement.privacy, signer: signer.keyID, charged: charged)
                 try checkPolicy(model: prepared.model, alias: alias, facts: facts, state: state)

@@ -47,7 +47,9 @@ public struct Backends: Codable, Sendable, Equatable {
         for url in [metadata, blobs] where URLComponents(string: url)?.password != nil {
             // user:password@ in a URL: passwords come from PGPASSWORD/PGPASSFILE or the containers auth file.
             let scheme = url.split(separator: ":")[0]
-            throw .invalidInput("a password in the \(scheme) URL is refused: it would be stored in \(Self.fileName) (see docs/FORMAT.md for where passwords go)")
+            throw .invalidInput(
+                "a password in the \(scheme) URL is refused: it would be stored in \(Self.fileName) (see docs/FORMAT.md for where passwords go)"
+            )
         }
         guard metadata == "sqlite" || metadata.hasPrefix("postgres://") || metadata.hasPrefix("postgresql://") else {
             throw .invalidInput("--metadata must be sqlite or a postgres:// URL, not \(metadata)")
@@ -98,6 +100,8 @@ public struct Backends: Codable, Sendable, Equatable {
 
     func openBlobs(home: String) async throws(CofferRegistryError) -> any BlobStore {
         if blobs == "directory" { return DirectoryBlobStore(root: home) }
-        throw .unavailable(engine: "OCI registry", reason: "this build has no OCI store yet")
+        // Sealed files are written in the home's tmp/ before they are uploaded, as the directory store writes them.
+        try Directories.make("\(home)/tmp")
+        return try OCIBlobStore(url: blobs, temporaryDirectory: "\(home)/tmp", environment: ProcessInfo.processInfo.environment)
     }
 }

@@ -146,7 +146,10 @@ final class SQLiteMetadataStore: MetadataStore {
             try db.execute(sql: "INSERT OR REPLACE INTO registry_meta (key, value) VALUES (?, ?)", arguments: [key, value])
         case .registryKey(let key, let retireOthers):
             if retireOthers {
-                try db.execute(sql: "UPDATE registry_keys SET retired_at = ? WHERE retired_at IS NULL AND key_id != ?", arguments: [key.createdAt, key.keyID])
+                try db.execute(
+                    sql: "UPDATE registry_keys SET retired_at = ? WHERE retired_at IS NULL AND key_id != ?",
+                    arguments: [key.createdAt, key.keyID]
+                )
             }
             try key.save(db)
         case .addPrincipal(let principal):
@@ -204,7 +207,9 @@ final class SQLiteMetadataStore: MetadataStore {
         case .addVersion(let new):
             try addVersion(new, db: db)
         case .setTag(let model, let version, let key, let value):
-            guard let id = try versionID(model: model, version: version, db: db) else { throw CofferRegistryError.unknownVersion("\(model):\(version)") }
+            guard let id = try versionID(model: model, version: version, db: db) else {
+                throw CofferRegistryError.unknownVersion("\(model):\(version)")
+            }
             if let value {
                 try db.execute(sql: "INSERT OR REPLACE INTO tags (version_id, key, value) VALUES (?, ?, ?)", arguments: [id, key, value])
             } else {
@@ -388,7 +393,11 @@ final class SQLiteMetadataStore: MetadataStore {
     func versionHeads(ids: [Int64]) async throws(CofferRegistryError) -> [VersionHead] {
         try await read { db in
             Self.heads(
-                try Row.fetchAll(db, sql: "\(Self.headSelect) WHERE v.id IN (SELECT value FROM json_each(?)) ORDER BY v.id", arguments: [Self.json(ids)])
+                try Row.fetchAll(
+                    db,
+                    sql: "\(Self.headSelect) WHERE v.id IN (SELECT value FROM json_each(?)) ORDER BY v.id",
+                    arguments: [Self.json(ids)]
+                )
             )
         }
     }
@@ -669,7 +678,8 @@ final class SQLiteMetadataStore: MetadataStore {
     ) async throws(CofferRegistryError) {
         // SQLite's own row loop, with each entry's fields read from where SQLite holds them: GRDB's rows (a Data or
         // String per column) made verifying a million entries take 4-7 s instead of about 2.
-        let walk = { (body: @escaping (Int64, (Int) -> UnsafeRawBufferPointer) throws(CofferRegistryError) -> Bool) async throws(CofferRegistryError) in
+        let walk = {
+            (body: @escaping (Int64, (Int) -> UnsafeRawBufferPointer) throws(CofferRegistryError) -> Bool) async throws(CofferRegistryError) in
             let unchecked = UncheckedBody(body: body)
             try await self.read { db in
                 let statement = try db.makeStatement(
