@@ -120,16 +120,25 @@ extension Registry {
                 wrapped: wrapped,
                 overrideBy: overrideBy,
                 signer: Signer(publisher),
-                reason: { "sha256:\($0)" }
-            ) { (state: LedgerState) async throws(CofferRegistryError) -> (SignedStatement, PublicIdentity) in
-                // An automatic version is chosen again when the ledger moved (another push may have taken the number).
-                var version = frozen.version ?? ""
-                if frozen.version == nil { version = String((try await self.metadata.highestVersionNumber(model: frozen.model) ?? 0) + 1) }
-                let signed = try Self.sign(frozen, version: version, files: sealed, lineage: lineage, created: created, publisher: publisher.identity)
-                return (signed, publisher.publicIdentity)
-            } result: { signed in
-                PushResult(model: frozen.model, version: signed.statement.version, digest: signed.digest, files: sealed.count, bytes: bytes)
-            }
+                reason: { "sha256:\($0)" },
+                statement: { (state: LedgerState) async throws(CofferRegistryError) -> (SignedStatement, PublicIdentity) in
+                    // An automatic version is chosen again when the ledger moved (another push may have taken the number).
+                    var version = frozen.version ?? ""
+                    if frozen.version == nil { version = String((try await self.metadata.highestVersionNumber(model: frozen.model) ?? 0) + 1) }
+                    let signed = try Self.sign(
+                        frozen,
+                        version: version,
+                        files: sealed,
+                        lineage: lineage,
+                        created: created,
+                        publisher: publisher.identity
+                    )
+                    return (signed, publisher.publicIdentity)
+                },
+                result: { signed in
+                    PushResult(model: frozen.model, version: signed.statement.version, digest: signed.digest, files: sealed.count, bytes: bytes)
+                }
+            )
         } catch {
             // Nothing of a refused or failed commit stays: its blobs belong to no version.
             for file in files { try? await blobs.remove(file.sealedSHA256) }
