@@ -3,8 +3,7 @@ skopeo, and PyPI's oras.
 
 The version is written by cofferlib's implementation of the layout, written from the document; the Swift tests check
 Coffer's own writer (OCIVersionLayout) against the same vector, byte for byte, and push, copy and read back versions
-with the store itself. Until `coffer` has OCI backends on its command line (`coffer init --blobs oci+http://...`,
-`coffer import oci://...`), these tests cannot drive the binary: see the end of this file for what they will do then."""
+with the store itself; the last test drives the `coffer` binary over OCI backends, export and import."""
 import base64
 import hashlib
 import json
@@ -119,9 +118,60 @@ def test_registry_refuses_a_wrong_digest():
         assert response.status == 400 and json.loads(body)["errors"][0]["code"] == "DIGEST_INVALID"
 
 
-# Once the CLI is wired (issue 16), the same checks run on versions coffer itself pushed and imports:
-#   coffer init --home H --blobs oci+http://A/coffer ; coffer push team/fraud ... (the store publishes the manifest)
-#   skopeo inspect --raw docker://A/coffer:$(tag) == the manifest cofferlib.oci_version_documents derives from `coffer show --json`
-#   skopeo copy (as above) to B, then coffer import oci+http://B/mirror/coffer:TAG --trust alice.pub into another home,
-#   and coffer pull / verify there; and coffer import of the version cofferlib.oci_publish wrote (signed by the vector's
-#   key), which must be refused as untrusted unless that key is trusted.
+def test_coffer_on_oci_export_copy_import(tmp_path):
+    """The binary end to end: a registry whose blobs are in docker-registry publishes each version as the layout above
+    (skopeo reads it); `coffer export` copies a version with a stanza for a second registry, skopeo mirrors it, `coffer
+    import` adopts it there and `coffer pull` opens it; oras pulls the same sealed bytes; an import of the vector's
+    version, signed by a key nobody trusts, is refused in one line."""
+    coffer = cofferlib.coffer_binary()
+    env = cofferlib.environment(tmp_path)
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    with cofferlib.oci_registry() as source, cofferlib.oci_registry() as mirror:
+        cofferlib.check(coffer, "init", "--home", a, "--blobs", f"oci+http://{source}/coffer-a", env=env)
+        cofferlib.check(coffer, "init", "--home", b, env=env)
+        cofferlib.keygen(coffer, tmp_path / "alice", env=env)
+        for home in (a, b):
+            cofferlib.check(coffer, "trust", "add", tmp_path / "alice.pub", "--home", home, env=env)
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "weights.bin").write_bytes(bytes(range(256)) * 4096)
+        (model / "config.json").write_text('{"layers": 2}')
+        pushed = cofferlib.check(coffer, "push", "team/fraud", model, "--home", a, "--identity", tmp_path / "alice.key", env=env)
+        digest = pushed.split("sha256:")[1].split()[0]
+        assert not (a / "blobs").exists()
+
+        tag = cofferlib.oci_version_tag("team/fraud", "1")
+        manifest = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{source}/coffer-a:{tag}"))
+        assert manifest["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
+        assert manifest["annotations"]["dev.coffer.statement.digest"] == f"sha256:{digest}"
+        shown = json.loads(cofferlib.check(coffer, "show", "team/fraud:1", "--json", "--home", a, env=env))
+        assert sorted(layer["digest"] for layer in manifest["layers"]) == sorted(f"sha256:{f['sealed_sha256']}" for f in shown["files"])
+
+        exported = cofferlib.check(coffer, "export", "team/fraud:1", "--to", f"oci+http://{source}/xfer", "--recipient", b / "registry.pub",
+                                   "--identity", tmp_path / "alice.key", "--home", a, env=env)
+        assert f":{tag}" in exported and "1 blobs sent" not in exported
+        manifest_digest = exported.split("manifest sha256:")[1].split(",")[0]
+        skopeo("copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false",
+               f"docker://{source}/xfer:{tag}", f"docker://{mirror}/xfer:{tag}")
+        skopeo("copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
+               f"docker://{source}/xfer:sha256-{manifest_digest}", f"docker://{mirror}/xfer:sha256-{manifest_digest}")
+        imported = cofferlib.check(coffer, "import", f"oci+http://{mirror}/xfer:{tag}", "--home", b, env=env)
+        assert f"imported team/fraud:1 sha256:{digest}" in imported
+        cofferlib.check(coffer, "pull", "team/fraud:1", "--identity", b / "registry.key", "--out", out, "--home", b, env=env)
+        assert (out / "weights.bin").read_bytes() == (model / "weights.bin").read_bytes()
+        assert "clean" in cofferlib.check(coffer, "fsck", "--home", b, env=env)
+
+        # oras pulls the sealed files by path: the very blobs registry b now holds.
+        sealed = tmp_path / "sealed"
+        oras.client.OrasClient(hostname=mirror, insecure=True).pull(target=f"{mirror}/xfer:{tag}", outdir=str(sealed))
+        for f in shown["files"]:
+            data = (sealed / f["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == f["sealed_sha256"]
+            assert (b / "blobs" / "sha256" / f["sealed_sha256"][:2] / f["sealed_sha256"]).read_bytes() == data
+
+        # The vector's version is well formed but signed by a key registry b does not trust.
+        version, sealed_vector = vector_version()
+        documents = cofferlib.oci_publish(mirror, "vector", version, sealed_vector)
+        refused = cofferlib.run(coffer, "import", f"oci+http://{mirror}/vector:{documents['tag']}", "--home", b, env=env)
+        message = refused.stderr.decode().strip()
+        assert refused.returncode == 1 and "not a trusted signer" in message and "\n" not in message, message

@@ -11,6 +11,12 @@ import urllib.error
 import urllib.request
 
 
+def coffer_binary():
+    """The coffer binary the tools drive: COFFER_BIN, else the debug build of this checkout."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.environ.get("COFFER_BIN", os.path.join(root, ".build", "debug", "coffer"))
+
+
 def environment(work, passphrase="campaign passphrase", **extra):
     """The process environment for one tool run: a passphrase, and a client state (pins, remembered ledgers) and
     push outbox of its own under `work`, so a run neither reads nor leaves anything in the user's home."""

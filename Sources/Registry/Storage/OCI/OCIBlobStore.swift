@@ -267,6 +267,22 @@ public struct OCIBlobStore: BlobStore {
         }
     }
 
+    /// Attaches wrapped-key stanzas for named recipients to a version published here (`coffer export`): one more
+    /// referrer of its manifest, listed in its referrers index.
+    public func attachKeys(to version: PublishedVersion, stanzas: [String: [UInt8]]) async throws(CofferRegistryError) {
+        let layout = try OCIVersionLayout(version)
+        let (artifact, descriptor) = layout.keysArtifact(statementDigest: version.digest, stanzas: stanzas)
+        _ = try await client.putSmallBlob(OCIVersionLayout.emptyJSON)
+        try await client.putManifest(artifact, mediaType: OCIVersionLayout.manifestMediaType, reference: descriptor.digest)
+        let referrersTag = OCIVersionLayout.referrersTag(manifestDigest: layout.manifestDigest)
+        guard let current = try await client.getManifest(referrersTag, accept: [OCIVersionLayout.indexMediaType]),
+            var index = try? JSONDecoder().decode(OCIVersionLayout.Index.self, from: Data(current.bytes))
+        else { throw .unavailable(engine: name, reason: "tag \(referrersTag) holds no referrers index: publish the version first") }
+        guard !index.manifests.contains(where: { $0.digest == descriptor.digest }) else { return }
+        index.manifests.append(descriptor)
+        try await client.putManifest(OCIVersionLayout.encode(index), mediaType: OCIVersionLayout.indexMediaType, reference: referrersTag)
+    }
+
     /// Reads back the version published under `reference` (a tag or `sha256:HEX`) in this store's repository, checked for
     /// shape but not trusted: see ``OCIDistributionClient/describeVersion(_:documentLimit:)``.
     public func describeVersion(_ reference: String) async throws(CofferRegistryError) -> OCIVersionDescription {

@@ -11,6 +11,8 @@ public struct OCIVersionDescription: Sendable, Equatable {
     /// The version as the manifest describes it, with the envelope and bundle bytes as found: the same value
     /// ``BlobStore/publish(_:)`` was given, when nothing was changed on the way.
     public var version: PublishedVersion
+    /// Wrapped-key stanzas found in key artifacts, by recipient key ID (unauthenticated: see docs/FORMAT.md).
+    public var stanzas: [String: [UInt8]] = [:]
 }
 
 extension OCIDistributionClient {
@@ -128,7 +130,34 @@ extension OCIDistributionClient {
             envelope: envelope,
             modelSigningBundle: bundle
         )
-        return OCIVersionDescription(manifestDigest: found.digest, version: described)
+        return OCIVersionDescription(
+            manifestDigest: found.digest,
+            version: described,
+            stanzas: try await keyStanzas(in: index, subject: found.digest)
+        )
+    }
+
+    /// The stanzas of every key artifact of `subject` listed in `index` (at most 64 candidates fetched), merged, the
+    /// first per key ID winning. Malformed annotations are skipped: stanzas are checked by what they open.
+    private func keyStanzas(in index: OCIVersionLayout.Index, subject: String) async throws(CofferRegistryError) -> [String: [UInt8]] {
+        typealias Layout = OCIVersionLayout
+        var stanzas: [String: [UInt8]] = [:]
+        let candidates = index.manifests.filter {
+            ($0.artifactType == nil || $0.artifactType == Layout.keysArtifactType) && $0.mediaType == Layout.manifestMediaType
+        }.prefix(64)
+        for candidate in candidates {
+            guard let digest = Self.hex(of: candidate.digest), candidate.size <= Self.manifestLimit,
+                let found = try await getManifest("sha256:\(digest)", accept: [Layout.manifestMediaType]),
+                let manifest = try? JSONDecoder().decode(Layout.Manifest.self, from: Data(found.bytes)),
+                manifest.artifactType == Layout.keysArtifactType, manifest.subject?.digest == "sha256:\(subject)"
+            else { continue }
+            for (key, value) in (manifest.annotations ?? [:]).sorted(by: { $0.key < $1.key }) where key.hasPrefix(Layout.Annotation.stanzaPrefix) {
+                let keyID = String(key.dropFirst(Layout.Annotation.stanzaPrefix.count))
+                guard stanzas[keyID] == nil, let stanza = Data(base64Encoded: value) else { continue }
+                stanzas[keyID] = Array(stanza)
+            }
+        }
+        return stanzas
     }
 
     /// The content of the first referrer of `type` whose manifest has `subject` and whose content `accept`s; nil when none.

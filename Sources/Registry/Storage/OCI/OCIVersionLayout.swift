@@ -25,6 +25,8 @@ public struct OCIVersionLayout: Sendable {
     public static let emptyMediaType = "application/vnd.oci.empty.v1+json"
     public static let dsseMediaType = "application/vnd.dsse.envelope.v1+json"
     public static let bundleMediaType = ModelSigningBundle.mediaType
+    /// The artifact carrying wrapped-key stanzas for named recipients (`coffer export`).
+    public static let keysArtifactType = "application/vnd.coffer.keys.v1"
     /// `{}`: the config of an artifact that needs none (image-spec, "Guidance for an Empty Descriptor").
     public static let emptyJSON: [UInt8] = Array("{}".utf8)
 
@@ -38,6 +40,8 @@ public struct OCIVersionLayout: Sendable {
         public static let version = "dev.coffer.version"
         public static let statementDigest = "dev.coffer.statement.digest"
         public static let publisherKeyID = "dev.coffer.publisher.keyid"
+        /// Followed by a recipient's key ID: the base64 of its wrapped-key stanza.
+        public static let stanzaPrefix = "dev.coffer.stanza."
         public static let plaintextDigest = "dev.coffer.plaintext.digest"
         public static let plaintextSize = "dev.coffer.plaintext.size"
         public static let predicateType = "in-toto.io/predicate-type"
@@ -244,5 +248,35 @@ public struct OCIVersionLayout: Sendable {
             index.manifests.append(descriptor)
         }
         return Self.encode(index)
+    }
+
+    /// The keys artifact for `stanzas` (recipient key ID to stanza): annotations on an artifact of the empty blob, the
+    /// version manifest as its subject. Returns its bytes and its referrers-index descriptor.
+    public func keysArtifact(statementDigest: String, stanzas: [String: [UInt8]]) -> (manifest: [UInt8], descriptor: Descriptor) {
+        let empty = Descriptor(
+            mediaType: Self.emptyMediaType,
+            digest: "sha256:\(Digest.hex(Digest.sha256(Self.emptyJSON)))",
+            size: Self.emptyJSON.count
+        )
+        var annotations = [Annotation.statementDigest: "sha256:\(statementDigest)"]
+        for (keyID, stanza) in stanzas { annotations[Annotation.stanzaPrefix + keyID] = Data(stanza).base64EncodedString() }
+        let artifact = Manifest(
+            schemaVersion: 2,
+            mediaType: Self.manifestMediaType,
+            artifactType: Self.keysArtifactType,
+            config: empty,
+            layers: [empty],
+            subject: Descriptor(mediaType: Self.manifestMediaType, digest: "sha256:\(manifestDigest)", size: manifest.count),
+            annotations: annotations
+        )
+        let bytes = Self.encode(artifact)
+        let descriptor = Descriptor(
+            mediaType: Self.manifestMediaType,
+            digest: "sha256:\(Digest.hex(Digest.sha256(bytes)))",
+            size: bytes.count,
+            artifactType: Self.keysArtifactType,
+            annotations: [Annotation.statementDigest: "sha256:\(statementDigest)"]
+        )
+        return (bytes, descriptor)
     }
 }
