@@ -79,8 +79,41 @@ public final class Registry: Sendable {
         }
         if let owner { try ModelReference.validate(name: owner.name) }
         try backends.validate()
+        let existed = access(home, F_OK) == 0
+        let present = Set((try? FileManager.default.contentsOfDirectory(atPath: home)) ?? [])
+        do {
+            try await createFiles(at: home, passphrase: passphrase, kdf: kdf, owner: owner, backends: backends, memory: memory)
+        } catch {
+            // Nothing half made stays: a refused init leaves the directory as it found it.
+            if existed {
+                for name in ["\(identityName).key", "\(identityName).pub", Backends.fileName, "tmp", "blobs"] where !present.contains(name) {
+                    try? FileManager.default.removeItem(atPath: "\(home)/\(name)")
+                }
+            } else {
+                try? FileManager.default.removeItem(atPath: home)
+            }
+            throw error
+        }
+        let registry = try await Registry(at: home, memory: memory)
+        _ = try await registry.ledgerState()
+        return registry
+    }
+
+    private static func createFiles(
+        at home: String,
+        passphrase: borrowing SecureBytes,
+        kdf: KDFParameters,
+        owner: PublicIdentity?,
+        backends: Backends,
+        memory: ClientMemory?
+    ) async throws(CofferRegistryError) {
         try Directories.make(home)
         try Directories.make("\(home)/tmp")
+        // The remote stores answer before anything is written: an unreachable or refusing engine is one line, at init.
+        if backends.blobs != "directory" {
+            let blobs = try await backends.openBlobs(home: home)
+            _ = try await blobs.size(of: Digest.hex(Digest.sha256([UInt8]())))
+        }
         let registryIdentity = try generateRegistryIdentity()
         let root = registryIdentity.publicIdentity
         let genesis = LedgerRecord.sign(
@@ -139,9 +172,6 @@ public final class Registry: Sendable {
         }
         // Creating a registry here is this user's consent to its root, whatever was pinned at this path before.
         try memory?.setPin(root.keyID, for: ClientMemory.location(home: home))
-        let registry = try await Registry(at: home, memory: memory)
-        _ = try await registry.ledgerState()
-        return registry
     }
 
     static func now() -> String {
