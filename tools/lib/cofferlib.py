@@ -268,3 +268,88 @@ def oci_publish(address, repository, version, sealed):
         oci_put_manifest(address, repository, "sha256:" + hashlib.sha256(documents[name]).hexdigest(), documents[name], OCI_MANIFEST)
     oci_put_manifest(address, repository, "sha256-" + documents["manifest_digest"], documents["index"], OCI_INDEX)
     return documents
+
+
+# --- nginx in front of replicas ---
+
+@contextlib.contextmanager
+def nginx(upstreams):
+    """Debian's nginx on a free loopback port, round-robin over `upstreams` (`127.0.0.1:PORT` of each `coffer serve`),
+    streaming request and response bodies (uploads and blobs are not buffered to disk), a dead upstream taken out for
+    2 s after one failure and a request that failed to connect tried on the next. Yields the base URL; stopped and
+    removed on exit."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(binary):
+        raise RuntimeError("nginx not found: apt-get install nginx-light")
+    work = tempfile.mkdtemp(prefix="coffer-nginx-")
+    port = free_port()
+    servers = "".join(f"    server {u} max_fails=1 fail_timeout=2s;\n" for u in upstreams)
+    # As root, nginx's workers would drop to nobody, who cannot use this private directory.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    temp = " ".join(f"{kind}_temp_path {work}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    with open(f"{work}/nginx.conf", "w") as f:
+        f.write(f"""{user}worker_processes 1;
+error_log {work}/error.log warn;
+pid {work}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  {temp}
+  upstream coffer {{
+{servers}    keepalive 32;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    client_max_body_size 0;
+    proxy_request_buffering off;
+    proxy_buffering off;
+    location / {{
+      proxy_pass http://coffer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_next_upstream error timeout;
+      proxy_read_timeout 300s;
+    }}
+  }}
+}}
+""")
+    process = subprocess.Popen([binary, "-p", work, "-c", f"{work}/nginx.conf", "-g", "daemon off;"],
+                               stdout=subprocess.DEVNULL, stderr=open(f"{work}/stderr.log", "wb"))
+    try:
+        for _ in range(200):
+            if _listening(port):
+                break
+            if process.poll() is not None:
+                raise RuntimeError(f"nginx did not start: {open(f'{work}/stderr.log', 'rb').read()[-500:]!r}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def http_json(base, method, path, token=None, body=None, headers=None, timeout=120):
+    """One request with the standard library; returns (status, parsed JSON or raw bytes, response headers)."""
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, method=method, data=data)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if body is not None and not isinstance(body, bytes):
+        request.add_header("Content-Type", "application/json")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw, got = response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        status, raw, got = error.code, error.read(), dict(error.headers)
+    try:
+        return status, json.loads(raw), got
+    except ValueError:
+        return status, raw, got

@@ -383,6 +383,27 @@ struct AuditHeadRecord: Codable, Sendable, Equatable {
 }
 
 /// A row of `uploads`: a resumable upload any replica continues.
+/// A session's predict rate bucket (`session_rates`): tokens left at `updatedAt` (seconds since 1970).
+struct SessionRateRecord: Codable, Sendable, Equatable {
+    var sessionID: String
+    var tokens: Double
+    var updatedAt: Double
+
+    enum CodingKeys: String, CodingKey {
+        case tokens
+        case sessionID = "session_id"
+        case updatedAt = "updated_at"
+    }
+
+    /// The bucket after taking one token at `now` (refilled at `rate` per second up to `burst`), and nil when one was
+    /// taken or the seconds until one is available.
+    func taking(rate: Double, burst: Int, now: Double) -> (SessionRateRecord, Double?) {
+        let refilled = min(Double(burst), tokens + max(0, now - updatedAt) * rate)
+        guard refilled >= 1 else { return (SessionRateRecord(sessionID: sessionID, tokens: refilled, updatedAt: now), (1 - refilled) / rate) }
+        return (SessionRateRecord(sessionID: sessionID, tokens: refilled - 1, updatedAt: now), nil)
+    }
+}
+
 struct UploadRecord: Codable, Sendable, Equatable {
     var id: String
     var principal: String

@@ -13,8 +13,6 @@ import Synchronization
 final class SQLiteMetadataStore: MetadataStore {
     let writer: any DatabaseWriter
     let name: String
-    /// Session rate buckets: a SQLite registry has one server, so they stay in its memory (no write per prediction).
-    private let buckets = Mutex<[String: (tokens: Double, at: Double)]>([:])
 
     /// Opens (creating if needed) the database at `path`; `nil` for an in-memory database (tests).
     init(path: String?, busyTimeout: Double = 5) throws(CofferRegistryError) {
@@ -631,15 +629,13 @@ final class SQLiteMetadataStore: MetadataStore {
     }
 
     func takeRateToken(session: String, rate: Double, burst: Int, now: Double) async throws(CofferRegistryError) -> Double? {
-        buckets.withLock { buckets in
-            let bucket = buckets[session] ?? (Double(burst), now)
-            let refilled = min(Double(burst), bucket.tokens + max(0, now - bucket.at) * rate)
-            guard refilled >= 1 else {
-                buckets[session] = (refilled, now)
-                return (1 - refilled) / rate
-            }
-            buckets[session] = (refilled - 1, now)
-            return nil
+        // A row, not this process's memory: servers sharing the registry's directory share the bucket.
+        try await write { db in
+            let bucket =
+                try SessionRateRecord.fetchOne(db, key: session) ?? SessionRateRecord(sessionID: session, tokens: Double(burst), updatedAt: now)
+            let (after, wait) = bucket.taking(rate: rate, burst: burst, now: now)
+            try after.save(db)
+            return wait
         }
     }
 

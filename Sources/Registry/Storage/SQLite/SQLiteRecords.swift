@@ -4,6 +4,10 @@ import GRDB
 // GRDB's side of the records: table names and typed columns (as GRDB's demo apps declare them). Codable supplies the
 // row coding; [Data] columns are BLOBs.
 
+extension SessionRateRecord: FetchableRecord, PersistableRecord {
+    static let databaseTableName = "session_rates"
+}
+
 extension LedgerRow: FetchableRecord, PersistableRecord {
     static let databaseTableName = "ledger"
     enum Columns {
