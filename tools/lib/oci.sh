@@ -11,22 +11,8 @@
 # REG_URL is `oci+http://127.0.0.1:PORT/coffer`; REG_AUTH_FILE is a containers auth file (export it as
 # REGISTRY_AUTH_FILE for coffer and skopeo). Nothing listens beyond loopback.
 
-coffer_oci_apt_packages=(docker-registry skopeo apache2-utils)
-
 coffer_oci_install() {
-    local missing=()
-    for package in "${coffer_oci_apt_packages[@]}"; do
-        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    if [ "$(id -u)" -eq 0 ]; then
-        echo "installing: ${missing[*]}" >&2
-        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
-    else
-        echo "missing Debian packages: ${missing[*]}" >&2
-        echo "install them with: sudo apt-get install ${missing[*]}" >&2
-        return 1
-    fi
+    coffer_install_system_packages docker-registry skopeo apache2-utils
 }
 
 # A free TCP port on 127.0.0.1 (the kernel's choice; another process could take it before the registry binds, which
