@@ -48,13 +48,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_server(coffer, home, env, log_path, *extra):
-    """Starts `coffer serve` and waits for /healthz; returns (process, base URL, log file opened for reading back).
+def start_server(coffer, home, env, log_path, *extra, port=None):
+    """Starts `coffer serve` (on `port`, else a free one) and waits for /healthz; returns (process, base URL, log file
+    opened for reading back).
 
     The log goes to a file: a pipe nobody reads until the end fills up and blocks the server's logger."""
-    port = free_port()
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
-    log = open(log_path, "w+b")
+    log = open(log_path, "a+b")
     process = subprocess.Popen([coffer, "serve", "--home", home, "--listen", f"127.0.0.1:{port}", *extra], env=env, stdout=log, stderr=log)
     for _ in range(400):
         try:
