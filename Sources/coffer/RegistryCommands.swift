@@ -176,7 +176,8 @@ extension Coffer {
         func run() async throws {
             let report = try await registry.open().gc(grace: grace)
             print(
-                "removed \(report.removedBlobs) blobs and \(report.removedTemporaryFiles) temporary files (\(ProgressBar.format(report.reclaimedBytes)))"
+                "removed \(report.removedBlobs) blobs and \(report.removedTemporaryFiles) temporary files, abandoned \(report.abandonedUploads) uploads "
+                    + "(\(ProgressBar.format(report.reclaimedBytes)))"
             )
         }
     }

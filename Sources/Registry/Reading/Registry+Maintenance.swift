@@ -18,6 +18,8 @@ public struct FsckReport: Sendable, Equatable {
 public struct GCReport: Sendable, Equatable {
     public var removedBlobs = 0
     public var removedTemporaryFiles = 0
+    /// Resumable uploads dropped: expired, or begun before the grace period (a client killed mid-push leaves one).
+    public var abandonedUploads = 0
     public var reclaimedBytes = 0
 }
 
@@ -213,6 +215,13 @@ extension Registry {
         let referenced = try await referencedBlobs()
         let cutoff = Date().addingTimeInterval(-grace)
         var report = GCReport()
+        // Uploads first: a finished one became a blob (journalled as pending), an abandoned one frees its store's session.
+        let now = Self.timestamp(Date())
+        for upload in try await metadata.uploads(principal: nil) where upload.createdAt <= Self.timestamp(cutoff) || upload.expiresAt <= now {
+            await blobs.abandon(BlobUpload(id: upload.id, location: upload.location, offset: upload.received))
+            try await metadata.commit(UnitOfWork(changes: [.removeUpload(id: upload.id)]))
+            report.abandonedUploads += 1
+        }
         func removeIfOld(_ path: String) -> Int? {
             guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
                 let modified = attributes[.modificationDate] as? Date, modified <= cutoff
