@@ -61,7 +61,7 @@ struct GovernanceTests {
         #expect(status.spent < alone.reduce(0, +), "composition is tighter than adding epsilons")
 
         let before = try await f.registry.list(model: nil, where: nil, limit: 100).count
-        let blobsBefore = try FileManager.default.subpathsOfDirectory(atPath: "\(f.home)/blobs").count
+        let blobsBefore = f.blobDigests().count
         let heavy = [PrivacySegment(sampleRate: 0.05, noiseMultiplier: 0.7, steps: 2000)]
         let refused = await refusal { _ = try await f.registry.push(request(dir, dataset: "census", segments: heavy), publisher: alice) }
         #expect(
@@ -69,7 +69,7 @@ struct GovernanceTests {
             "\(refused)"
         )
         await #expect(try f.registry.list(model: nil, where: nil, limit: 100).count == before)
-        #expect(try FileManager.default.subpathsOfDirectory(atPath: "\(f.home)/blobs").count == blobsBefore)
+        #expect(f.blobDigests().count == blobsBefore)
         await #expect(try f.registry.fsck().problems.isEmpty)
 
         // No history, no charge: even an override does not skip the accounting.
@@ -248,7 +248,11 @@ struct GovernanceTests {
             try Data.fetchAll(db, sql: "SELECT stanza FROM wrapped_keys WHERE version_id = 1")
         }
         #expect(stanzas.count == 2, "the registry's and the publisher's")
-        try FileManager.default.copyItem(atPath: "\(f.home)/blobs", toPath: f.path("backup"))
+        // A backup of the blob store's files, as an operator's would be.
+        for digest in f.blobDigests() {
+            try FileManager.default.createDirectory(atPath: f.path("backup/sha256/\(digest.prefix(2))"), withIntermediateDirectories: true)
+            try FileManager.default.copyItem(atPath: f.blobPath(digest), toPath: f.path("backup/sha256/\(digest.prefix(2))/\(digest)"))
+        }
 
         await #expect(try f.registry.erase(model: "m", version: "1", by: admin) == ["m:1"])
         let erasedPull = await refusal { _ = try await f.registry.pull(try ModelReference(parsing: "m:1"), identity: alice, into: f.path("out")) }
@@ -265,7 +269,7 @@ struct GovernanceTests {
         let registryKey = try Identity.decrypt(keyFile: try f.read("home/registry.key"), passphrase: passphrase(Self.passphraseText))
         let erasedBlob = try await f.registry.show(try ModelReference(parsing: "m:1")).files[0].sealedSHA256
         let backup = f.path("backup/sha256/\(erasedBlob.prefix(2))/\(erasedBlob)")
-        #expect(FileManager.default.fileExists(atPath: backup) && !FileManager.default.fileExists(atPath: f.blobPath(erasedBlob)))
+        #expect(FileManager.default.fileExists(atPath: backup) && !f.blobExists(erasedBlob))
         for identity in [0, 1] {
             let source = try FileDescriptorStream(readingFrom: backup)
             #expect(throws: CofferCryptoError.self) {

@@ -5,15 +5,37 @@ import GRDB
 import Testing
 
 /// A temporary registry and a workspace beside it, removed when the test ends.
+///
+/// Its backends are the embedded ones, unless the test run asks for others: with `COFFER_TEST_BLOBS=oci` (tools/test's
+/// second pass of the registry suites) every fixture keeps its blobs in a repository of its own on the test
+/// docker-registry, and the helpers below that reach into the blob store's files reach into that registry's storage.
 final class RegistryFixture {
     let root: URL
     let registry: Registry
     var home: String { root.appendingPathComponent("home").path }
+    /// The OCI registry and repository holding the blobs, when they are not in `home/blobs`.
+    let oci: (instance: OCITestRegistry.Instance, repository: String)?
 
-    /// A registry on `backends`: embedded by default (one directory), else the stores the URLs name.
-    init(backends: Backends = .embedded) async throws {
+    /// Whether this test run puts the fixtures' blobs in an OCI registry.
+    static var blobsInOCI: Bool { ProcessInfo.processInfo.environment["COFFER_TEST_BLOBS"] == "oci" }
+
+    /// A registry on `backends` (default: the run's, see above).
+    init(backends given: Backends? = nil) async throws {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-registry-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+        var backends = given ?? .embedded
+        if given == nil, Self.blobsInOCI {
+            let instance = try OCITestRegistry.plain.get()
+            let repository = "fixture/\(UUID().uuidString.lowercased().prefix(13))"
+            oci = (instance, repository)
+            backends.blobs = instance.url(repository)
+        } else if let given, given.blobs != "directory", let instance = try? OCITestRegistry.plain.get(),
+            given.blobs.contains(instance.address)
+        {
+            oci = (instance, String(given.blobs.split(separator: "/", maxSplits: 3).last ?? ""))
+        } else {
+            oci = nil
+        }
         let secret = passphrase("registry passphrase")
         registry = try await Registry.create(
             at: root.appendingPathComponent("home").path,
@@ -45,15 +67,35 @@ final class RegistryFixture {
         return path(directory)
     }
 
-    /// Where blob `digest` is on disk: what someone with the blob store's files would edit.
-    func blobPath(_ digest: String) -> String { "\(home)/blobs/sha256/\(digest.prefix(2))/\(digest)" }
+    /// Where blob `digest` is on disk: what someone with the blob store's files would edit (docker-registry's data
+    /// file for an OCI store, shared by every repository holding that blob).
+    func blobPath(_ digest: String) -> String {
+        guard let oci else { return "\(home)/blobs/sha256/\(digest.prefix(2))/\(digest)" }
+        return "\(oci.instance.storage)/docker/registry/v2/blobs/sha256/\(digest.prefix(2))/\(digest)/data"
+    }
 
-    func blobExists(_ digest: String) -> Bool { FileManager.default.fileExists(atPath: blobPath(digest)) }
+    /// Whether the store holds blob `digest` (in an OCI repository: whether the repository links it).
+    func blobExists(_ digest: String) -> Bool {
+        guard let oci else { return FileManager.default.fileExists(atPath: blobPath(digest)) }
+        return FileManager.default.fileExists(atPath: "\(layers(of: oci))/\(digest)/link")
+    }
 
-    /// Every blob file in the store.
+    /// Every sealed blob in the store (an OCI repository also holds manifests' configs and signed documents: not these).
     func blobDigests() -> [String] {
-        let base = "\(home)/blobs/sha256"
-        return ((try? FileManager.default.subpathsOfDirectory(atPath: base)) ?? []).filter { $0.count > 64 }.map { String($0.suffix(64)) }
+        guard let oci else {
+            let base = "\(home)/blobs/sha256"
+            return ((try? FileManager.default.subpathsOfDirectory(atPath: base)) ?? []).filter { $0.count > 64 }.map { String($0.suffix(64)) }
+        }
+        let sealedMagic = Data([0x89, 0x43, 0x46, 0x53, 0x0D, 0x0A, 0x1A, 0x0A])
+        return ((try? FileManager.default.contentsOfDirectory(atPath: layers(of: oci))) ?? []).filter { digest in
+            guard blobExists(digest), let file = FileHandle(forReadingAtPath: blobPath(digest)) else { return false }
+            defer { try? file.close() }
+            return (try? file.read(upToCount: 8)) == sealedMagic
+        }
+    }
+
+    private func layers(of oci: (instance: OCITestRegistry.Instance, repository: String)) -> String {
+        "\(oci.instance.storage)/docker/registry/v2/repositories/\(oci.repository)/_layers/sha256"
     }
 
     /// The registry's database file, opened directly (as anyone with the file could).

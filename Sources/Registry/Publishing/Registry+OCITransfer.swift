@@ -243,6 +243,8 @@ extension Registry {
                     guard count <= file.sealedSize else { break }
                 }
             } catch {
+                // A store that hashed what it sent and found it wrong: the same refusal as our own hash's below.
+                if Registry.foundTampered(source.value.failure) { throw .tampered("\(what) does not hash to sha256:\(file.sealedSHA256)") }
                 throw .io(path: what, reason: "\(error)")
             }
             return (Digest.hex(hasher.finalize()), count)

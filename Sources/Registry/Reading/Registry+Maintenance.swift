@@ -65,14 +65,17 @@ extension Registry {
                     report.problems.append("\(label): no data key wrapped for the registry")
                 }
                 for file in statement.files {
+                    guard let source = try? await blobSource(file.sealedSHA256, what: file.path) else {
+                        report.problems.append("\(label): blob of \(file.path) is missing")
+                        continue
+                    }
                     do {
-                        let source = try await blobSource(file.sealedSHA256, what: file.path)
                         let digest = Digest.hex(
                             try await Offload.run { () throws(CofferCryptoError) -> [UInt8] in try Digest.sha256(of: source.value).digest }
                         )
                         if digest != file.sealedSHA256 { report.problems.append("\(label): blob of \(file.path) is corrupt") }
                     } catch {
-                        report.problems.append("\(label): blob of \(file.path) is missing")
+                        report.problems.append("\(label): blob of \(file.path) is \(source.failedTampered ? "corrupt" : "missing")")
                     }
                 }
             } catch {
@@ -80,11 +83,11 @@ extension Registry {
             }
         }
         // A store that cannot list its blobs names its possible orphans through the journal of pending blobs.
-        var held = try await blobs.digests()
-        if held == nil { held = try await metadata.pendingBlobs(before: "9999") }
-        let listed = held ?? []
-        report.blobs = listed.count
-        report.orphanBlobs = listed.filter { !referenced.contains($0) }.sorted()
+        // A store that cannot list holds the referenced blobs (each checked above) and the journal's pending ones.
+        var listed = try await blobs.digests()
+        if listed == nil { listed = Array(referenced.union(try await metadata.pendingBlobs(before: "9999"))) }
+        report.blobs = listed?.count ?? 0
+        report.orphanBlobs = (listed ?? []).filter { !referenced.contains($0) }.sorted()
         report.temporaryFiles = temporaryFiles()
         return report
     }

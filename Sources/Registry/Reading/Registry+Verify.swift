@@ -251,7 +251,8 @@ extension Registry {
                 do {
                     digest = try await Offload.run { () throws(CofferCryptoError) -> [UInt8] in try Digest.sha256(of: source.value).digest }
                 } catch {
-                    throw CofferRegistryError.tampered("blob of \(file.path) is missing or unreadable")
+                    guard source.failedTampered else { throw CofferRegistryError.tampered("blob of \(file.path) is missing or unreadable") }
+                    throw CofferRegistryError.tampered("blob of \(file.path) does not match its signed SHA-256")
                 }
                 guard Digest.hex(digest) == file.sealedSHA256 else {
                     throw CofferRegistryError.tampered("blob of \(file.path) does not match its signed SHA-256")
@@ -390,6 +391,21 @@ extension Registry {
 struct Unchecked<Value>: @unchecked Sendable {
     let value: Value
     init(_ value: Value) { self.value = value }
+}
+
+extension Unchecked where Value == any ByteSource {
+    /// Whether reading failed because the store found the bytes wrong (an OCI registry's stream hashes what it sends
+    /// and fails at its end): tampering, not an unreadable blob.
+    var failedTampered: Bool { Registry.foundTampered((value as? BlockingByteSource)?.failure) }
+}
+
+extension Registry {
+    /// Whether `error` (a store's, possibly as a blocking source's recorded failure) says a blob's bytes are not its digest's.
+    static func foundTampered(_ error: (any Error)?) -> Bool {
+        if let source = error as? BlockingByteSource { return foundTampered(source.failure) }
+        guard let error = error as? CofferRegistryError, case .tampered = error else { return false }
+        return true
+    }
 }
 
 /// A sink that keeps nothing: for verifying plaintext digests in memory.
