@@ -250,6 +250,9 @@ struct RegistryController {
             state.metrics.refusal()
             throw HTTPError(.contentTooLarge, message: "\(body.rows.count) rows: a predict request holds at most \(limits.maxRows)")
         }
+        // The registry says first why a session is refused (revoked, expired, unknown, someone else's): a revoked
+        // session is revoked, not rate limited.
+        try await registry.checkSession(id: id, principal: holder.principal.name)
         // The rate limit comes before the use is counted, so a refused request does not spend one; its bucket is
         // shared by every server over this registry's metadata store.
         if let wait = try await registry.takeRateToken(session: id, rate: limits.rate, burst: limits.burst) {
@@ -264,8 +267,6 @@ struct RegistryController {
             )
         }
         if state.sessions.get(id) == nil {
-            // The registry still says why (revoked, expired, unknown, someone else's) before "not open here".
-            try await registry.checkSession(id: id, principal: holder.principal.name)
             // Another server opened it: this one opens it too, from the session's key copy and the token sent with it.
             guard let text = request.headers[Self.sessionTokenHeader] else {
                 throw HTTPError(.notFound, message: "session \(id) is not open on this server: send its token in Coffer-Session-Token")

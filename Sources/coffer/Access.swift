@@ -257,7 +257,7 @@ extension Coffer {
             }
         }
 
-        struct Revoke: ParsableCommand {
+        struct Revoke: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Revoke a session (its principal or an admin); its key copy is destroyed.")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var acting: OptionalIdentity

@@ -89,7 +89,7 @@ extension Coffer {
             }
         }
 
-        struct RegistryKey: ParsableCommand {
+        struct RegistryKey: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
                 commandName: "registry",
                 abstract: "Pin a served registry's root key (like SSH's known_hosts): its ledger is replayed and checked against it."

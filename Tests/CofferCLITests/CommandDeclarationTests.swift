@@ -1,0 +1,32 @@
+import Foundation
+import Testing
+
+/// A command declared `ParsableCommand` whose `run()` is `async` never runs: swift-argument-parser calls the
+/// synchronous default, which prints the help and exits 0, so `coffer session revoke ID` once "succeeded" without
+/// revoking anything. Every command with an async `run()` must be an `AsyncParsableCommand`.
+struct CommandDeclarationTests {
+    @Test func everyCommandWithAnAsyncRunIsAnAsyncParsableCommand() throws {
+        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Sources/coffer").standardized
+        var misdeclared: [String] = []
+        for file in try FileManager.default.contentsOfDirectory(atPath: sources.path) where file.hasSuffix(".swift") {
+            let lines = try String(contentsOf: sources.appendingPathComponent(file), encoding: .utf8).split(
+                separator: "\n",
+                omittingEmptySubsequences: false
+            )
+            // The innermost command declared above each `func run() async`, by indentation.
+            var open: [(indent: Int, name: String, async: Bool)] = []
+            for line in lines {
+                let indent = line.prefix { $0 == " " }.count
+                let text = line.trimmingCharacters(in: .whitespaces)
+                if text.hasPrefix("struct "), text.contains("ParsableCommand") {
+                    open.removeAll { $0.indent >= indent }
+                    let name = String(text.dropFirst(7).prefix { $0 != ":" })
+                    open.append((indent, name, text.contains("AsyncParsableCommand")))
+                } else if text.hasPrefix("func run() async"), let command = open.last(where: { $0.indent < indent }), !command.async {
+                    misdeclared.append("\(file): \(command.name)")
+                }
+            }
+        }
+        #expect(misdeclared.isEmpty, "declare these AsyncParsableCommand: \(misdeclared)")
+    }
+}
