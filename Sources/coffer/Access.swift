@@ -199,6 +199,10 @@ extension Coffer {
                 let model = try ModelReference(parsing: reference)
                 let lifetime = try parseDuration(ttl)
                 if let maxUses, maxUses < 1 { throw CLIError("--max-uses must be at least 1") }
+                if let path = saveToken, FileManager.default.fileExists(atPath: path) {
+                    // Checked before the server opens a session whose token would have nowhere to go.
+                    throw CLIError("--save-token \(path): file exists (a token is never written over a file)")
+                }
                 if let client = try remote.client() {
                     // The session lives in the server's memory; the bearer token and this id are what infer needs, and
                     // the session's token (saved with --save-token) lets another server of the registry answer too.
