@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "CofferRegistry", targets: ["CofferRegistry"]),
         .library(name: "CofferTraining", targets: ["CofferTraining"]),
         .library(name: "CofferServer", targets: ["CofferServer"]),
+        .library(name: "CofferClient", targets: ["CofferClient"]),
         .library(name: "CofferFederated", targets: ["CofferFederated"]),
     ],
     dependencies: [
@@ -95,6 +96,20 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "CofferClient",
+            dependencies: [
+                "CofferCrypto",
+                "CofferRegistry",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            ],
+            path: "Sources/Client",
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "CofferFederated",
             dependencies: [
                 "CSodium",
@@ -124,6 +139,7 @@ let package = Package(
                 "CofferRegistry",
                 "CofferTraining",
                 "CofferServer",
+                "CofferClient",
                 "CofferFederated",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -155,6 +171,15 @@ let package = Package(
             dependencies: [
                 "CofferServer", "CofferRegistry", "CofferCrypto",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CofferClientTests",
+            dependencies: [
+                "CofferClient", "CofferServer", "CofferRegistry", "CofferCrypto", "CofferTraining",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

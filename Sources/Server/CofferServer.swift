@@ -79,6 +79,15 @@ public struct CofferRequestContext: RequestContext {
     }
 
     public var maxUploadSize: Int { 8 << 20 }
+
+    /// The token holder ``BearerAuthenticator`` put here. Every `/v1` route sits behind one; a handler reached without
+    /// a holder is a route added outside its group, answered 500 rather than served to nobody in particular.
+    var authenticated: TokenHolder {
+        get throws {
+            guard let holder else { throw HTTPError(.internalServerError, message: "the route was reached without authentication") }
+            return holder
+        }
+    }
 }
 
 /// Builds the application: the same `CofferRegistry` library the CLI uses, behind HTTP.
@@ -171,21 +180,21 @@ final class ServerState: Sendable {
     }
 }
 
+/// The router: `/healthz` and `/metrics` open to all, the `/v1` controllers' route groups each behind the bearer
+/// authenticator of its role, and around everything the request log and the 405 answer for a known path.
 func buildRouter(state: ServerState) -> Router<CofferRequestContext> {
     @Sendable func text(_ body: String, _ type: String) -> Response {
         Response(status: .ok, headers: [.contentType: type], body: .init(byteBuffer: .init(string: body)))
     }
-    let endpoints =
-        [
-            Endpoint(.get, "/healthz") { _, _ in text("ok\n", "text/plain; charset=utf-8") },
-            Endpoint(.get, "/metrics") { _, _ in text(state.metrics.prometheusText(), "text/plain; version=0.0.4") },
-        ] + RegistryController(state: state).endpoints + UploadController(state: state).endpoints
+    let routes = APIRoutes()
+    routes.get("healthz") { _, _ in text("ok\n", "text/plain; charset=utf-8") }
+    routes.get("metrics") { _, _ in text(state.metrics.prometheusText(), "text/plain; version=0.0.4") }
+    RegistryController(state: state).addRoutes(to: routes)
+    UploadController(state: state).addRoutes(to: routes)
     let router = Router(context: CofferRequestContext.self)
-    router.add(middleware: RequestLogMiddleware(state: state, endpoints: endpoints))
-    router.add(middleware: MethodNotAllowedMiddleware(endpoints: endpoints))
-    for endpoint in endpoints {
-        router.on(RouterPath(endpoint.path), method: endpoint.method, use: endpoint.handler)
-    }
+    router.add(middleware: RequestLogMiddleware(state: state, endpoints: routes.endpoints))
+    router.add(middleware: MethodNotAllowedMiddleware(endpoints: routes.endpoints))
+    router.addRoutes(routes.collection)
     return router
 }
 

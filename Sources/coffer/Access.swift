@@ -1,4 +1,5 @@
 import ArgumentParser
+import CofferClient
 import CofferCrypto
 import CofferRegistry
 import CofferTraining
@@ -188,31 +189,32 @@ extension Coffer {
             @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
             @Option(name: .long, help: "Lifetime: e.g. 90s, 15m, 2h, 7d.") var ttl: String
             @Option(name: .long, help: "Number of uses (infer calls) allowed.") var maxUses: Int?
+            @Option(
+                name: .long,
+                help: "With --registry: write the session's token (cfs_...) to this new file (mode 0600), for infer --session-token-file."
+            )
+            var saveToken: String?
 
             func run() async throws {
                 let model = try ModelReference(parsing: reference)
                 let lifetime = try parseDuration(ttl)
                 if let maxUses, maxUses < 1 { throw CLIError("--max-uses must be at least 1") }
+                if let path = saveToken, FileManager.default.fileExists(atPath: path) {
+                    // Checked before the server opens a session whose token would have nowhere to go.
+                    throw CLIError("--save-token \(path): file exists (a token is never written over a file)")
+                }
                 if let client = try remote.client() {
-                    // The session lives in the server's memory; the bearer token and this id are what infer needs.
-                    var body: [String: JSONValue] = ["ref": .string(model.description), "ttl_seconds": .number(lifetime)]
-                    if let maxUses { body["max_uses"] = .number(Double(maxUses)) }
-                    let answer = try JSONDecoder().decode(
-                        JSONValue.self,
-                        from: try client.expect(
-                            "POST",
-                            "v1/sessions",
-                            headers: ["Content-Type": "application/json"],
-                            body: try JSONEncoder().encode(JSONValue.object(body))
-                        )
-                    )
-                    guard case .object(let fields) = answer, let id = fields["id"]?.stringValue else {
-                        throw CLIError("\(client.base) answered without a session id")
+                    // The session lives in the server's memory; the bearer token and this id are what infer needs, and
+                    // the session's token (saved with --save-token) lets another server of the registry answer too.
+                    let session = try await client.openSession(model.description, ttl: lifetime, maxUses: maxUses)
+                    if let path = saveToken {
+                        guard let token = session.token else { throw CLIError("\(client.baseURL) sent no session token to save") }
+                        try token.withUnsafeBytes { bytes throws(CofferCryptoError) in try SecretFile.write(bytes, to: path) }
                     }
                     FileDescriptorStream.standardError.writeLine(
-                        "session \(id) on \(fields["model"]?.stringValue ?? "?"):\(fields["version"]?.stringValue ?? "?") until \(fields["expires_at"]?.stringValue ?? "?"), held by the server; infer with --session \(id):"
+                        "session \(session.id) on \(session.model):\(session.version) until \(session.expiresAt), held by the server; infer with --session \(session.id):"
                     )
-                    print(id)
+                    print(session.id)
                     return
                 }
                 guard let identity = acting.identity else { throw CLIError("--identity is required to open a session") }
@@ -241,7 +243,7 @@ extension Coffer {
             func run() async throws {
                 let sessions =
                     if let client = try remote.client() {
-                        try JSONDecoder().decode([SessionInfo].self, from: try client.get("v1/sessions"))
+                        try await client.sessions()
                     } else {
                         try await registry.open().sessions()
                     }
@@ -266,7 +268,7 @@ extension Coffer {
 
             func run() async throws {
                 if let client = try remote.client() {
-                    _ = try client.expect("DELETE", "v1/sessions/\(RemoteClient.pathSegment(id))")
+                    try await client.closeSession(id)
                 } else {
                     guard let identity = acting.identity else { throw CLIError("--identity is required to revoke a session") }
                     try await registry.open().revokeSession(id: id, identity: try acting.passphraseOptions.unlockIdentity(at: identity))
@@ -287,6 +289,11 @@ extension Coffer {
         @Flag(name: .long, help: "Write the decrypted file to stdout (for a pipe) instead of predicting.") var raw = false
         @Option(name: .long, help: "With --raw: which file of the version (default: the only one).") var file: String?
         @OptionGroup var remote: RemoteOptions
+        @Option(
+            name: .long,
+            help: "With --registry: the session's token file (from session open --save-token), sent so any server of the registry can answer."
+        )
+        var sessionTokenFile: String?
 
         func validate() throws {
             if raw == (input != nil) { throw ValidationError("give either --input X.csv or --raw") }
@@ -302,22 +309,11 @@ extension Coffer {
                 guard let input, !raw else { throw CLIError("--raw works on a local registry only: a server never releases plaintext") }
                 let table = try CSVTable(contentsOf: input)
                 let width = table.columns.count
-                let rows: [JSONValue] = (0..<table.rowCount).map { i in
-                    .object(Dictionary(uniqueKeysWithValues: table.columns.enumerated().map { ($1, .number(table.values[i * width + $0])) }))
+                let rows: [[String: Double]] = (0..<table.rowCount).map { i in
+                    Dictionary(uniqueKeysWithValues: table.columns.enumerated().map { ($1, table.values[i * width + $0]) })
                 }
-                let answer = try JSONDecoder().decode(
-                    JSONValue.self,
-                    from: try client.expect(
-                        "POST",
-                        "v1/sessions/\(RemoteClient.pathSegment(text))/predict",
-                        headers: ["Content-Type": "application/json"],
-                        body: try JSONEncoder().encode(JSONValue.object(["rows": .array(rows)]))
-                    )
-                )
-                guard case .object(let fields) = answer, case .array(let predictions)? = fields["predictions"] else {
-                    throw CLIError("\(client.base) answered without predictions")
-                }
-                return printPredictionRows(predictions, json: json)
+                let token = try sessionTokenFile.map { path throws(CofferCryptoError) in Secret(try SecretFile.read(path)) }
+                return printPredictionRows(try await client.predict(session: text, rows: rows, token: token), json: json)
             }
             let tokenText = SecureBytes(count: text.utf8.count)
             tokenText.withUnsafeMutableBytes { out in out.copyBytes(from: text.utf8) }
@@ -365,10 +361,7 @@ extension Coffer {
             func run() async throws {
                 let entries: [AuditEntry] =
                     if let client = try remote.client() {
-                        try JSONDecoder().decode(
-                            [AuditEntry].self,
-                            from: try client.get("v1/audit", query: since.map { [URLQueryItem(name: "since", value: $0)] } ?? [])
-                        )
+                        try await client.audit(since: since)
                     } else {
                         try await registry.open().auditEntries(since: since)
                     }

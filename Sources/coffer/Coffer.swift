@@ -1,4 +1,5 @@
 import ArgumentParser
+import CofferClient
 import CofferCrypto
 import CofferRegistry
 import CofferTraining
@@ -39,6 +40,8 @@ struct Coffer: AsyncParsableCommand {
         } catch let error as CofferRegistryError {
             fail(error.description)
         } catch let error as CofferTrainingError {
+            fail(error.description)
+        } catch let error as CofferClientError {
             fail(error.description)
         } catch let error as CLIError {
             fail(error.description)

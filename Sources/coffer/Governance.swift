@@ -1,4 +1,5 @@
 import ArgumentParser
+import CofferClient
 import CofferCrypto
 import CofferRegistry
 import Foundation
@@ -21,12 +22,7 @@ extension Coffer {
 
             func run() async throws {
                 if let client = try remote.client() {
-                    _ = try client.expect(
-                        "PUT",
-                        "v1/budgets/\(RemoteClient.pathSegment(dataset))",
-                        headers: ["Content-Type": "application/json"],
-                        body: try JSONEncoder().encode(["epsilon": epsilon, "delta": delta])
-                    )
+                    try await client.setBudget(dataset: dataset, epsilon: epsilon, delta: delta)
                 } else {
                     let store = try await registry.open()
                     try await store.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, by: try acting.signer(in: store))
@@ -45,7 +41,7 @@ extension Coffer {
             func run() async throws {
                 let status: BudgetStatus =
                     if let client = try remote.client() {
-                        try JSONDecoder().decode(BudgetStatus.self, from: try client.get("v1/budgets/\(RemoteClient.pathSegment(dataset))"))
+                        try await client.budget(dataset: dataset)
                     } else {
                         try await registry.open().budget(dataset: dataset)
                     }

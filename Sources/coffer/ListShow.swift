@@ -1,4 +1,5 @@
 import ArgumentParser
+import CofferClient
 import CofferCrypto
 import CofferRegistry
 import Foundation
@@ -17,11 +18,8 @@ extension Coffer {
         func run() async throws {
             var versions: [JSONValue]
             if let client = try remote.client() {
-                var query = [URLQueryItem(name: "limit", value: String(limit > 0 ? limit : 1_000_000))]
-                if let model { query.append(URLQueryItem(name: "model", value: model)) }
-                if let filter = `where` { query.append(URLQueryItem(name: "where", value: filter)) }
                 // A list is what the server reports: nothing in it was checked here (show and verify check one version).
-                versions = try JSONDecoder().decode([JSONValue].self, from: try client.get("v1/versions", query: query)).map { row in
+                versions = try await client.versions(model: model, where: `where`, limit: limit > 0 ? limit : 100_000).map { row in
                     guard case .object(var fields) = row else { return row }
                     fields["verified"] = .bool(false)
                     fields["verification"] = .string("reported by the server, not checked here (coffer show or verify checks one version)")
@@ -73,7 +71,7 @@ extension Coffer {
             let target = try ModelReference(parsing: reference)
             let version: JSONValue =
                 if let client = try remote.client() {
-                    try await Coffer.remoteShow(target, client: client)
+                    try await client.show(target)
                 } else {
                     try await registry.open().show(target).json
                 }
@@ -105,26 +103,6 @@ extension Coffer {
         }
     }
 
-    /// A version of a served registry as the client checks it: resolved on the ledger it replays, every signed field
-    /// from the statement it verifies itself; what cannot be verified is shown as the server reports it, marked so.
-    static func remoteShow(_ target: ModelReference, client: RemoteClient) async throws -> JSONValue {
-        let expected = try RemoteExpectation(target, ledger: try await client.ledger())
-        let query = [URLQueryItem(name: "ref", value: expected.reference)]
-        let reported = try JSONDecoder().decode(JSONValue.self, from: try client.get("v1/version", query: query))
-        do {
-            let package = try JSONDecoder().decode(VersionPackage.self, from: try client.get("v1/package", query: query))
-            let (statement, signer, _) = try RemotePull.verifiedStatement(package, expected: expected, trusting: nil)
-            var tags: [String: String] = [:]
-            if case .object(let reportedTags)? = reported["tags"] { tags = reportedTags.compactMapValues(\.stringValue) }
-            return VersionSummary(verified: statement, digest: package.digest, signer: signer, ledger: expected.ledger, reportedTags: tags).json
-        } catch let error as CofferRegistryError {
-            guard case .object(var fields) = reported else { throw error }
-            fields["verified"] = .bool(false)
-            fields["verification"] = .string(error.description)
-            return .object(fields)
-        }
-    }
-
     struct Alias: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Point an alias at a version, or remove it.", subcommands: [Set.self, Remove.self])
 
@@ -140,13 +118,7 @@ extension Coffer {
                 let target = try ModelReference(parsing: alias)
                 guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
                 if let client = try remote.client() {
-                    _ = try client.expect(
-                        "PUT",
-                        "v1/alias",
-                        query: [URLQueryItem(name: "ref", value: alias)],
-                        headers: ["Content-Type": "application/json"],
-                        body: try JSONEncoder().encode(["version": version])
-                    )
+                    try await client.setAlias(name, of: target.name, to: version)
                 } else {
                     let store = try await registry.open()
                     try await store.setAlias(name, model: target.name, version: version, by: try acting.signer(in: store))
@@ -166,7 +138,7 @@ extension Coffer {
                 let target = try ModelReference(parsing: alias)
                 guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
                 if let client = try remote.client() {
-                    _ = try client.expect("DELETE", "v1/alias", query: [URLQueryItem(name: "ref", value: alias)])
+                    try await client.removeAlias(name, of: target.name)
                 } else {
                     let store = try await registry.open()
                     try await store.removeAlias(name, model: target.name, by: try acting.signer(in: store))

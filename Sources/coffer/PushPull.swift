@@ -1,4 +1,5 @@
 import ArgumentParser
+import CofferClient
 import CofferCrypto
 import CofferRegistry
 import Foundation
@@ -71,17 +72,12 @@ extension Coffer {
             request.trainingConfigDigest = trainingConfigDigest
             request.recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             request.message = message
-            if let url = remote.url {
-                guard let token = remote.bearer else { throw CLIError("--registry needs a bearer token: --token or COFFER_TOKEN") }
+            if let client = try remote.client() {
                 let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
+                let outbox = try PushOutbox.directory(for: client.baseURL, request: request)
                 let publisher = try passphraseOptions.unlockIdentity(at: identity)
-                let client = try RemoteClient(base: url, token: token, caCertificate: remote.caCertificate)
-                let (model, version, digest) = try await RemotePusher(client: client, url: url).push(
-                    request,
-                    publisher: publisher.identity,
-                    given: given
-                )
-                return print("pushed \(model):\(version) sha256:\(digest) to \(url)")
+                let pushed = try await client.push(request, publisher: publisher.identity, registryKey: given, outbox: outbox)
+                return print("pushed \(pushed.model):\(pushed.version) sha256:\(pushed.digest) to \(client.baseURL)")
             }
             let store = try await registry.open()
             let publisher = try passphraseOptions.unlockIdentity(at: identity)
@@ -124,7 +120,7 @@ extension Coffer {
 
         func run() async throws {
             let target = try ModelReference(parsing: reference)
-            if let url = remote.url { return try await pullRemote(target, from: url) }
+            if let client = try remote.client() { return try await pullRemote(target, from: client) }
             let store = try await registry.open()
             let reader = try passphraseOptions.unlockIdentity(at: identity)
             let progress = ProgressBar(label: "pulling", total: nil)
@@ -138,21 +134,13 @@ extension Coffer {
         /// Pulls from a server, trusting it for nothing: the reference is resolved on the client's own replay of the
         /// registry's signed ledger, signatures are checked against `--trust` (or the ledger's trusted signers),
         /// digests locally.
-        private func pullRemote(_ target: ModelReference, from url: URL) async throws {
-            guard let token = remote.bearer else { throw CLIError("--registry needs a bearer token: --token or COFFER_TOKEN") }
+        private func pullRemote(_ target: ModelReference, from client: CofferClient) async throws {
             let trusted = trust.isEmpty ? nil : try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let reader = try passphraseOptions.unlockIdentity(at: identity)
-            let client = try RemoteClient(base: url, token: token, caCertificate: remote.caCertificate)
-            let expected = try RemoteExpectation(target, ledger: try await client.ledger(key: given))
-            let data = try client.get(
-                "v1/package",
-                query: [URLQueryItem(name: "ref", value: expected.reference), URLQueryItem(name: "key_id", value: reader.publicIdentity.keyID)]
-            )
-            let package = try JSONDecoder().decode(VersionPackage.self, from: data)
-            let result = try RemotePull.pull(package, expected: expected, fetcher: client, identity: reader.identity, trusting: trusted, into: out)
+            let result = try await client.pull(target, identity: reader.identity, into: out, trusting: trusted, registryKey: given)
             print(
-                "pulled \(result.model):\(result.version) sha256:\(result.digest) from \(url), signed by \(result.signer), \(result.files.count) files into \(out)"
+                "pulled \(result.model):\(result.version) sha256:\(result.digest) from \(client.baseURL), signed by \(result.signer), \(result.files.count) files into \(out)"
             )
         }
     }
@@ -188,12 +176,7 @@ extension Coffer {
                 guard !readData else { throw CLIError("--read-data with --registry: pull the version, which checks every plaintext digest") }
                 let trusted = trust.isEmpty ? nil : try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
-                let expected = try await RemoteExpectation(target, ledger: try client.ledger(key: given))
-                let package = try JSONDecoder().decode(
-                    VersionPackage.self,
-                    from: try client.get("v1/package", query: [URLQueryItem(name: "ref", value: expected.reference)])
-                )
-                report = try RemotePull.verify(package, expected: expected, fetcher: client, trusting: trusted)
+                report = try await client.verify(target, trusting: trusted, registryKey: given)
             } else {
                 let store = try await registry.open()
                 if readData, let identity {
@@ -204,13 +187,7 @@ extension Coffer {
                 }
             }
             if json {
-                JSONOutput.print(
-                    .object([
-                        "model": .string(report.model), "version": .string(report.version), "digest": .string(report.digest),
-                        "signer": .string(report.signer), "signer_key_id": .string(report.signerKeyID), "files": .number(Double(report.files)),
-                        "read_data": .bool(report.readData), "ok": .bool(true),
-                    ])
-                )
+                JSONOutput.print(encodable: VerifyAnswer(report, includeReadData: true))
             } else {
                 let depth =
                     remote.url != nil

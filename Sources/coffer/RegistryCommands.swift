@@ -1,4 +1,5 @@
 import ArgumentParser
+import CofferClient
 import CofferCrypto
 import CofferRegistry
 import Foundation
@@ -108,7 +109,7 @@ extension Coffer {
                 options.caCert = caCert
                 guard let client = try options.client() else { throw CLIError("\(url) is not a URL") }
                 let given = try key.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
-                let ledger = try await client.ledger(key: given)
+                let ledger = try await client.ledger(registryKey: given)
                 let current = ledger.state.currentKey?.keyID ?? "-"
                 print(
                     "pinned \(ClientMemory.location(url: base)): root key \(ledger.state.registry), current key \(current), ledger at record \(ledger.state.seq)"

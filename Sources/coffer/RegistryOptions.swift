@@ -19,7 +19,9 @@ struct RegistryOptions: ParsableArguments {
 
 /// `--json` output: sorted keys, one document, newline-terminated.
 enum JSONOutput {
-    static func print(_ value: JSONValue) {
+    static func print(_ value: JSONValue) { print(encodable: value) }
+
+    static func print(encodable value: some Encodable) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         Swift.print(String(decoding: (try? encoder.encode(value)) ?? Data("null".utf8), as: UTF8.self))

@@ -257,6 +257,18 @@ def test_remote_alias_sessions_infer_and_predict_limits(tmp_path):
         assert [s["id"] for s in listed] == [session] and listed[0]["uses"] == 3
         status, _, body = call(f"{base}/v1/sessions", token=token["admin"])
         assert status == 200 and [s["id"] for s in json.loads(body)] == [session]
+
+        # The session token, shown once by the server, kept in a private file and sent with predictions (any server of
+        # the registry answers with it); a file that exists is never overwritten.
+        token_file = tmp_path / "session.token"
+        second = remote("session", "open", "m/risk@prod", "--ttl", "5m", "--save-token", token_file, scope="infer").stdout.decode().strip()
+        assert token_file.read_bytes().startswith(b"cfs_") and len(token_file.read_bytes()) == 68
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        with_token = remote("infer", "--session", second, "--session-token-file", token_file, "--input", csv, "--json", scope="infer")
+        assert json.loads(with_token.stdout) == local
+        again = remote("session", "open", "m/risk@prod", "--ttl", "5m", "--save-token", token_file, scope="infer", check=False)
+        assert again.returncode == 1 and again.stderr.count(b"\n") == 1 and b"file exists" in again.stderr.lower(), again.stderr
+        remote("session", "revoke", second, scope="infer")
         remote("session", "revoke", session, scope="infer")
         revoked = remote("infer", "--session", session, "--input", csv, scope="infer", check=False)
         assert revoked.returncode == 1 and (b"was revoked" in revoked.stderr or b"not open on this server" in revoked.stderr), revoked.stderr

@@ -400,9 +400,8 @@ extension Unchecked where Value == any ByteSource {
 }
 
 extension Registry {
-    /// Whether `error` (a store's, possibly as a blocking source's recorded failure) says a blob's bytes are not its digest's.
+    /// Whether `error` (a store's, or a blocking source's recorded failure) says a blob's bytes are not its digest's.
     static func foundTampered(_ error: (any Error)?) -> Bool {
-        if let source = error as? BlockingByteSource { return foundTampered(source.failure) }
         guard let error = error as? CofferRegistryError, case .tampered = error else { return false }
         return true
     }

@@ -142,23 +142,6 @@ public struct RemoteLedger: Sendable {
     }
 }
 
-/// `GET /v1/ledger`'s answer: records after the asked-for one, envelopes base64.
-public struct LedgerPage: Sendable, Codable, Equatable {
-    public struct Entry: Sendable, Codable, Equatable {
-        public var seq: Int64
-        public var envelope: String
-
-        public init(seq: Int64, envelope: String) {
-            self.seq = seq
-            self.envelope = envelope
-        }
-    }
-
-    public var records: [Entry]
-
-    public init(records: [Entry]) { self.records = records }
-}
-
 extension Registry {
     /// Up to `limit` stored records after `seq`, as a server hands them to clients (who verify them themselves).
     public func ledgerRecords(after seq: Int64, limit: Int) async throws(CofferRegistryError) -> [(seq: Int64, envelope: [UInt8])] {

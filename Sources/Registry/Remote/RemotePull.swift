@@ -5,27 +5,6 @@ public import Foundation
 import Glibc
 #endif
 
-/// What a server hands a client for one version: the publisher's signed documents, the registry's rekey record if
-/// any, and the caller's own wrapped data key. A client trusts none of it until it has verified it itself.
-/// (`GET /v1/package?ref=...&key_id=...`; documents base64.)
-public struct VersionPackage: Sendable, Equatable, Codable {
-    public var model: String
-    public var version: String
-    public var digest: String
-    public var dsse: String
-    public var modelSigning: String
-    public var rekey: String?
-    /// The stanza wrapped for `key_id`, when the caller may decrypt and a key was wrapped for it.
-    public var stanza: String?
-    /// The version's `version` record from the ledger (envelope, base64): where a client checks it was committed here.
-    public var record: String?
-
-    enum CodingKeys: String, CodingKey {
-        case model, version, digest, dsse, rekey, stanza, record
-        case modelSigning = "model_signing"
-    }
-}
-
 /// What a remote client asked for and what its own replay of the ledger says of it: the server's package must match.
 public struct RemoteExpectation: Sendable {
     public var model: String
@@ -51,7 +30,7 @@ public struct RemoteExpectation: Sendable {
 
 /// The HTTP client's side of `GET /v1/blobs/{digest}`: a blob's ciphertext as a stream of `size` bytes (the size
 /// the publisher signed; a server that sends more or fewer is an error of the stream).
-public protocol BlobFetcher {
+public protocol BlobFetcher: Sendable {
     func blob(_ digest: String, size: Int) throws(CofferRegistryError) -> any ByteSource
 }
 
@@ -193,7 +172,7 @@ public enum RemotePull {
         identity: borrowing Identity,
         trusting trusted: [PublicIdentity]?,
         into directory: String
-    ) throws(CofferRegistryError) -> PullResult {
+    ) async throws(CofferRegistryError) -> PullResult {
         let label = "\(package.model):\(package.version)"
         let (files, signer, bundle) = try verifiedFiles(package, expected: expected, trusting: trusted)
         guard let text = package.stanza, let stanza = Data(base64Encoded: text) else { throw .notARecipient(label) }
@@ -201,10 +180,13 @@ public enum RemotePull {
         do { dataKey = KeyBox(try WrappedKey(encoded: Array(stanza)).unwrap(with: identity)) } catch {
             throw .notARecipient(label)
         }
-        let done = try Registry.place(files, into: directory, modelSignature: bundle) {
-            (file: ModelStatement.File, output: AtomicOutputFile, _: Int) throws(CofferRegistryError) in
-            let source = try fetcher.blob(file.sealedSHA256, size: file.sealedSize)
-            try Registry.openBlob(from: source, file, dataKey: dataKey.key, into: output, checkingBlobDigest: false)
+        // Fetching blocks on the network and decrypting on the CPU: neither on Swift's cooperative pool.
+        let done = try await Offload.run { () throws(CofferRegistryError) -> Int in
+            try Registry.place(files, into: directory, modelSignature: bundle) {
+                (file: ModelStatement.File, output: AtomicOutputFile, _: Int) throws(CofferRegistryError) in
+                let source = try fetcher.blob(file.sealedSHA256, size: file.sealedSize)
+                try Registry.openBlob(from: source, file, dataKey: dataKey.key, into: output, checkingBlobDigest: false)
+            }
         }
         return PullResult(
             model: package.model,
@@ -224,12 +206,15 @@ public enum RemotePull {
         expected: RemoteExpectation,
         fetcher: any BlobFetcher,
         trusting trusted: [PublicIdentity]?
-    ) throws(CofferRegistryError) -> VerifyReport {
+    ) async throws(CofferRegistryError) -> VerifyReport {
         let (files, signer, _) = try verifiedFiles(package, expected: expected, trusting: trusted)
         for file in files {
-            let source = try fetcher.blob(file.sealedSHA256, size: file.sealedSize)
+            let source = Unchecked(try fetcher.blob(file.sealedSHA256, size: file.sealedSize))
+            let hashed = await Offload.run { () -> Result<([UInt8], Int), CofferCryptoError> in
+                Result { () throws(CofferCryptoError) in try Digest.sha256(of: source.value) }
+            }
             let (digest, size): ([UInt8], Int)
-            do { (digest, size) = try Digest.sha256(of: source) } catch {
+            do { (digest, size) = try hashed.get() } catch {
                 if case .io(let path, let reason) = error { throw .io(path: path, reason: reason) }
                 throw .crypto(error)
             }

@@ -10,66 +10,68 @@ struct RegistryController {
     let state: ServerState
     var registry: Registry { state.registry }
 
-    var endpoints: [Endpoint] {
-        [
-            Endpoint(.get, "/v1/versions", list), Endpoint(.get, "/v1/version", show), Endpoint(.get, "/v1/verify", verify),
-            Endpoint(.get, "/v1/package", package), Endpoint(.get, "/v1/blobs/:digest", blob), Endpoint(.get, "/v1/budgets/:dataset", budget),
-            Endpoint(.put, "/v1/budgets/:dataset", setBudget),
-            Endpoint(.get, "/v1/audit", audit), Endpoint(.put, "/v1/alias", setAlias), Endpoint(.delete, "/v1/alias", removeAlias),
-            Endpoint(.get, "/v1/sessions", listSessions), Endpoint(.post, "/v1/sessions", openSession),
-            Endpoint(.post, "/v1/sessions/:id/predict", predict), Endpoint(.delete, "/v1/sessions/:id", closeSession),
-            Endpoint(.get, "/v1/ledger", ledger), Endpoint(.get, "/v1/ledger/head", ledgerHead),
-        ]
+    /// Adds the routes under `/v1`, each behind the bearer authenticator of the role it needs.
+    func addRoutes(to routes: some RouterMethods<CofferRequestContext>) {
+        routes.group("v1").add(middleware: BearerAuthenticator(state: state, role: .reader))
+            .get("versions", use: list)
+            .get("version", use: show)
+            .get("verify", use: verify)
+            .get("package", use: package)
+            .get("blobs/:digest", use: blob)
+            .get("budgets/:dataset", use: budget)
+            .get("sessions", use: listSessions)
+            .get("ledger", use: ledger)
+            .get("ledger/head", use: ledgerHead)
+        routes.group("v1").add(middleware: BearerAuthenticator(state: state, role: .publisher))
+            .put("alias", use: setAlias)
+            .delete("alias", use: removeAlias)
+        routes.group("v1").add(middleware: BearerAuthenticator(state: state, role: .inference))
+            .post("sessions", use: openSession)
+            .post("sessions/:id/predict", use: predict)
+            .delete("sessions/:id", use: closeSession)
+        routes.group("v1").add(middleware: BearerAuthenticator(state: state, role: .admin))
+            .put("budgets/:dataset", use: setBudget)
+            .get("audit", use: audit)
     }
 
     /// `GET /v1/versions?model=NAME&where=EXPR&limit=N`: as `coffer list --json`.
     func list(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .reader)
+        let holder = try context.authenticated
         let model = request.uri.queryParameters.get("model")
         try await registry.require(.reader, on: model, by: holder.principal, action: "list", target: model ?? "*")
         let filter = request.uri.queryParameters.get("where")
         let limit = try integer(request, "limit", default: 100, range: 1...100_000)
         let versions = try await registry.list(model: model, where: filter, limit: limit)
-        return try json(JSONValue.array(versions.map(\.json)))
+        return try Response.json(JSONValue.array(versions.map(\.json)))
     }
 
     /// `GET /v1/version?ref=NAME:VERSION`: as `coffer show --json`.
     func show(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .reader)
+        let holder = try context.authenticated
         let reference = try self.reference(request)
         try await registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description)
-        return try await json(try registry.show(reference).json)
+        return try await Response.json(try registry.show(reference).json)
     }
 
     /// `GET /v1/verify?ref=...`: signature, trust, rows and blob digests, server-side (a client re-verifies what it pulls).
     func verify(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .reader)
+        let holder = try context.authenticated
         let reference = try self.reference(request)
         try await registry.require(.reader, on: reference.name, by: holder.principal, action: "verify", target: reference.description)
         let report = try await registry.verify(reference)
-        return try json(
-            JSONValue.object([
-                "model": .string(report.model), "version": .string(report.version), "digest": .string(report.digest),
-                "signer": .string(report.signer), "signer_key_id": .string(report.signerKeyID), "files": .number(Double(report.files)),
-                "ok": .bool(true),
-            ])
-        )
+        return try Response.json(VerifyAnswer(report, includeReadData: false))
     }
 
     /// `GET /v1/package?ref=...&key_id=...`: the signed documents of a version, and the caller's wrapped key when
     /// its principal holds the decrypt role (`stanza` is null otherwise). The client verifies everything itself.
     func package(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .reader)
+        let holder = try context.authenticated
         let reference = try self.reference(request)
         try await registry.require(.reader, on: reference.name, by: holder.principal, action: "package", target: reference.description)
         let mayDecrypt = try await registry.holds(.decrypt, on: reference.name, holder.principal)
         let keyID = request.uri.queryParameters.get("key_id")
         let package = try await registry.package(reference, keyID: keyID, includeKey: mayDecrypt, for: holder.principal.name)
-        return try json(package)
+        return try Response.json(package)
     }
 
     /// Bytes per write of a blob download.
@@ -77,8 +79,7 @@ struct RegistryController {
 
     /// `GET /v1/blobs/{sha256}`: a sealed blob, streamed in pieces of ``blobPiece``, with `Range: bytes=a-b` answered by 206.
     func blob(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .reader)
+        let holder = try context.authenticated
         let digest = try context.parameters.require("digest")
         guard digest.count == 64, digest.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
             throw HTTPError(.badRequest, message: "a blob is named by 64 lower-case hex digits")
@@ -112,53 +113,38 @@ struct RegistryController {
 
     /// `GET /v1/budgets/{dataset}`: as `coffer budget show --json`.
     func budget(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        _ = try await authenticate(request, &context, state: state, role: .reader)
         let dataset = try datasetParameter(context)
-        return try await json(try registry.budget(dataset: dataset))
-    }
-
-    struct SetBudgetRequest: Decodable {
-        var epsilon: Double
-        var delta: Double
+        return try await Response.json(try registry.budget(dataset: dataset))
     }
 
     /// `PUT /v1/budgets/{dataset} {epsilon, delta}`: as `coffer budget set` (admins only).
     func setBudget(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .admin)
+        let holder = try context.authenticated
         let dataset = try datasetParameter(context)
         let body = try await request.decode(as: SetBudgetRequest.self, context: context)
         try await registry.setBudget(dataset: dataset, epsilon: body.epsilon, delta: body.delta, by: state.signer(for: holder))
-        return try json(try await registry.budget(dataset: dataset))
+        return try Response.json(try await registry.budget(dataset: dataset))
     }
 
     /// `GET /v1/audit?since=T`: admins only.
     func audit(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .admin)
+        let holder = try context.authenticated
         try await registry.require(.admin, on: nil, by: holder.principal, action: "audit", target: "*")
-        return try await json(try registry.auditEntries(since: request.uri.queryParameters.get("since")))
-    }
-
-    struct SetAliasRequest: Decodable {
-        var version: String
+        return try await Response.json(try registry.auditEntries(since: request.uri.queryParameters.get("since")))
     }
 
     /// `PUT /v1/alias?ref=NAME@ALIAS {version}`: as `coffer alias set` (publisher on the model; policies apply).
     func setAlias(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .publisher)
+        let holder = try context.authenticated
         let (model, alias) = try aliasReference(request)
         let body = try await request.decode(as: SetAliasRequest.self, context: context)
         try await registry.setAlias(alias, model: model, version: body.version, by: state.signer(for: holder))
-        return try json(JSONValue.object(["model": .string(model), "alias": .string(alias), "version": .string(body.version)]))
+        return try Response.json(AliasAnswer(model: model, alias: alias, version: body.version))
     }
 
     /// `DELETE /v1/alias?ref=NAME@ALIAS`: as `coffer alias rm`.
     func removeAlias(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .publisher)
+        let holder = try context.authenticated
         let (model, alias) = try aliasReference(request)
         try await registry.removeAlias(alias, model: model, by: state.signer(for: holder))
         return Response(status: .noContent)
@@ -166,30 +152,17 @@ struct RegistryController {
 
     /// `GET /v1/sessions`: the caller's sessions (every session for an admin token), never their tokens.
     func listSessions(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .reader)
+        let holder = try context.authenticated
         let all = try await registry.sessions()
         var isAdmin = false
         if holder.scope == .admin { isAdmin = (try? await registry.holds(.admin, on: nil, holder.principal)) == true }
-        return try json(isAdmin ? all : all.filter { $0.principal == holder.principal.name })
-    }
-
-    struct OpenSessionRequest: Decodable {
-        var ref: String
-        var ttlSeconds: Double
-        var maxUses: Int?
-        enum CodingKeys: String, CodingKey {
-            case ref
-            case ttlSeconds = "ttl_seconds"
-            case maxUses = "max_uses"
-        }
+        return try Response.json(isAdmin ? all : all.filter { $0.principal == holder.principal.name })
     }
 
     /// `POST /v1/sessions {ref, ttl_seconds, max_uses?}`: opens a session for the token's principal and loads the
     /// model into the server's locked memory; returns `{id, model, version, expires_at, max_uses}`.
     func openSession(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .inference)
+        let holder = try context.authenticated
         let body = try await request.decode(as: OpenSessionRequest.self, context: context)
         guard body.ttlSeconds >= 1, body.ttlSeconds <= Registry.maximumLifetime else {
             throw HTTPError(.badRequest, message: "ttl_seconds must be from 1 to \(Int(Registry.maximumLifetime)) (a year)")
@@ -211,11 +184,8 @@ struct RegistryController {
         // registry (a replica that did not open the session) can open the session's key copy.
         let token = opened.token.text()
         let tokenText = token.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
-        return try json(
-            JSONValue.object([
-                "id": .string(info.id), "model": .string(info.model), "version": .string(info.version), "expires_at": .string(info.expiresAt),
-                "max_uses": info.maxUses.map { .number(Double($0)) } ?? .null, "token": .string(tokenText),
-            ]),
+        return try Response.json(
+            SessionOpened(id: info.id, model: info.model, version: info.version, expiresAt: info.expiresAt, maxUses: info.maxUses, token: tokenText),
             status: .created
         )
     }
@@ -230,16 +200,11 @@ struct RegistryController {
         state.sessions.insert(.init(session, principal: principal, expires: expires), id: id)
     }
 
-    static let sessionTokenHeader = HTTPField.Name("Coffer-Session-Token")!
-
-    struct PredictRequest: Decodable {
-        var rows: [[String: Double]]
-    }
+    static let sessionTokenHeader = HTTPField.Name(WireHeader.sessionToken)!
 
     /// `POST /v1/sessions/{id}/predict {rows: [{feature: value}]}`: per-task predictions, one use of the session.
     func predict(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .inference)
+        let holder = try context.authenticated
         let id = try context.parameters.require("id")
         let body = try await request.decode(as: PredictRequest.self, context: context)
         guard let first = body.rows.first else { throw HTTPError(.badRequest, message: "rows is empty") }
@@ -250,8 +215,8 @@ struct RegistryController {
             state.metrics.refusal()
             throw HTTPError(.contentTooLarge, message: "\(body.rows.count) rows: a predict request holds at most \(limits.maxRows)")
         }
-        // The registry says first why a session is refused (revoked, expired, unknown, someone else's): a revoked
-        // session is revoked, not rate limited.
+        // The registry says first why a session is refused (revoked, expired, unknown, someone else's): waiting out the
+        // rate limit would not help those.
         try await registry.checkSession(id: id, principal: holder.principal.name)
         // The rate limit comes before the use is counted, so a refused request does not spend one; its bucket is
         // shared by every server over this registry's metadata store.
@@ -296,24 +261,20 @@ struct RegistryController {
         // The registry says why a session is refused (unknown, revoked, expired, used up, grant lost) and counts the use.
         try await registry.useSession(id: id, principal: holder.principal.name)
         let rows = predictionRows(predictions, tasks: view.architecture.tasks, preprocessing: view.preprocessing, rows: table.rowCount)
-        return try json(JSONValue.object(["predictions": .array(rows)]))
+        return try Response.json(PredictAnswer(predictions: rows))
     }
 
     /// `GET /v1/ledger?after=N&limit=M`: the signed records after `N` (at most `M`, 10000): a client replays them
     /// itself against the root it pinned, so nothing here needs trusting (docs/FORMAT.md, "Remote clients").
     func ledger(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        _ = try await authenticate(request, &context, state: state, role: .reader)
         let after = try integer(request, "after", default: 0, range: 0...Int(Int64.max))
         let limit = try integer(request, "limit", default: 1000, range: 1...10_000)
         let records = try await registry.ledgerRecords(after: Int64(after), limit: limit)
-        return try json(LedgerPage(records: records.map { .init(seq: $0.seq, envelope: Data($0.envelope).base64EncodedString()) }))
+        return try Response.json(LedgerPage(records: records.map { .init(seq: $0.seq, envelope: Data($0.envelope).base64EncodedString()) }))
     }
 
     /// `GET /v1/ledger/head`: the newest state head the registry's key signed (the server re-signs it every few seconds).
     func ledgerHead(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        _ = try await authenticate(request, &context, state: state, role: .reader)
         guard let head = try await registry.stateHead() else {
             throw HTTPError(.serviceUnavailable, message: "the registry has no signed state head yet")
         }
@@ -334,8 +295,7 @@ struct RegistryController {
 
     /// `DELETE /v1/sessions/{id}`: revokes the session and wipes its model from the server's memory.
     func closeSession(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .inference)
+        let holder = try context.authenticated
         let id = try context.parameters.require("id")
         try await registry.revokeSession(id: id, principal: holder.principal)
         state.sessions.remove(id)
@@ -367,13 +327,6 @@ struct RegistryController {
     /// Runs the training module's parsing of request input: its errors are the client's (400).
     private func parse<T>(_ body: () throws(CofferTrainingError) -> T) throws -> T {
         do { return try body() } catch { throw HTTPError(.badRequest, message: error.description) }
-    }
-
-    private func json(_ value: some Encodable, status: HTTPResponse.Status = .ok) throws -> Response {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let data = try encoder.encode(value)
-        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 }
 

@@ -15,19 +15,22 @@ struct UploadController {
     let state: ServerState
     var registry: Registry { state.registry }
 
-    var endpoints: [Endpoint] {
-        [
-            Endpoint(.get, "/v1/registry", registryIdentity), Endpoint(.post, "/v1/uploads", start), Endpoint(.get, "/v1/uploads/:id", status),
-            Endpoint(.patch, "/v1/uploads/:id", append), Endpoint(.put, "/v1/uploads/:id", finish), Endpoint(.post, "/v1/versions", commit),
-        ]
+    /// Adds `/v1/registry` (reader) and the upload and commit routes (publisher).
+    func addRoutes(to routes: some RouterMethods<CofferRequestContext>) {
+        routes.group("v1").add(middleware: BearerAuthenticator(state: state, role: .reader))
+            .get("registry", use: registryIdentity)
+        routes.group("v1").add(middleware: BearerAuthenticator(state: state, role: .publisher))
+            .post("uploads", use: start)
+            .get("uploads/:id", use: status)
+            .patch("uploads/:id", use: append)
+            .put("uploads/:id", use: finish)
+            .post("versions", use: commit)
     }
 
-    static let uploadOffset = HTTPField.Name("Upload-Offset")!
+    static let uploadOffset = HTTPField.Name(WireHeader.uploadOffset)!
 
     /// `GET /v1/registry`: the registry's public identity. Clients pin it (`--registry-key`) rather than trust this.
     func registryIdentity(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        _ = try await authenticate(request, &context, state: state, role: .reader)
         let current = try await registry.identity
         return Response(
             status: .ok,
@@ -38,62 +41,47 @@ struct UploadController {
 
     /// `POST /v1/uploads`: a new upload, which any server over this registry continues (its state is a row).
     func start(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .publisher)
+        let holder = try context.authenticated
         let upload = try await registry.startUpload(by: holder.principal)
-        return try json(["id": .string(upload.id), "offset": .number(0)], status: .created)
+        return try Response.json(UploadStatus(id: upload.id, offset: 0), status: .created)
     }
 
     func status(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .publisher)
+        let holder = try context.authenticated
         let upload = try await registry.upload(try context.parameters.require("id"), of: holder.principal)
-        return try json(["id": .string(upload.id), "offset": .number(Double(upload.offset))])
+        return try Response.json(UploadStatus(id: upload.id, offset: upload.offset))
     }
 
     func append(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .publisher)
+        let holder = try context.authenticated
         let id = try context.parameters.require("id")
         guard let text = request.headers[Self.uploadOffset], let start = Int(text), start >= 0 else {
             throw HTTPError(.badRequest, message: "PATCH needs an Upload-Offset header")
         }
         let body = BlobStream(length: request.headers[.contentLength].flatMap { Int($0) }, request.body)
         let upload = try await registry.appendUpload(id, at: start, body, limit: state.maxUploadSize, by: holder.principal)
-        return try json(["id": .string(id), "offset": .number(Double(upload.offset))])
+        return try Response.json(UploadStatus(id: id, offset: upload.offset))
     }
 
     func finish(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .publisher)
+        let holder = try context.authenticated
         let id = try context.parameters.require("id")
         guard let digest = request.uri.queryParameters.get("digest"), digest.count == 64 else {
             throw HTTPError(.badRequest, message: "PUT needs ?digest= the blob's SHA-256 (64 hex digits)")
         }
         try await registry.finishUpload(id, digest: String(digest), by: holder.principal)
-        return try json(["digest": .string(String(digest))], status: .created)
+        return try Response.json(UploadStored(digest: String(digest)), status: .created)
     }
 
     /// `POST /v1/versions` with a `PreparedPush`: the version is checked and committed as a local push would be.
     func commit(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        var context = context
-        let holder = try await authenticate(request, &context, state: state, role: .publisher)
+        let holder = try context.authenticated
         let prepared = try await request.decode(as: PreparedPush.self, context: context)
         let result = try await registry.commitPushed(
             prepared,
             principal: holder.principal,
             registryIdentity: try await state.currentRegistryIdentity()
         )
-        return try json(["model": .string(result.model), "version": .string(result.version), "digest": .string(result.digest)], status: .created)
-    }
-
-    private func json(_ fields: [String: JSONValue], status: HTTPResponse.Status = .ok) throws -> Response {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return Response(
-            status: status,
-            headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(bytes: try encoder.encode(JSONValue.object(fields))))
-        )
+        return try Response.json(CommitAnswer(model: result.model, version: result.version, digest: result.digest), status: .created)
     }
 }

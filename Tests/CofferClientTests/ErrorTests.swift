@@ -1,0 +1,62 @@
+import CofferClient
+import CofferCrypto
+import CofferRegistry
+import Foundation
+import HummingbirdTesting
+import Testing
+
+/// Refusals and failures reach the caller as one ``CofferClientError`` line with the server's status and message.
+struct ErrorTests {
+    @Test func authenticationFailuresCarryTheirStatusAndTheServersMessage() async throws {
+        let f = try await Fixture()
+        try await f.app().test(.live) { live in
+            let port = try live.livePort
+            let unknown = try f.client(port: port, token: "cft_" + String(repeating: "0", count: 64))
+            let refused = await #expect(throws: CofferClientError.self) { try await unknown.versions() }
+            #expect(refused?.status == 401)
+            let line = try #require(refused?.description)
+            #expect(line.hasPrefix("http://127.0.0.1:\(port) answered 401: unauthenticated: unknown bearer token "), "\(line)")
+            #expect(!line.contains("\n"))
+            let malformed = try f.client(port: port, token: "cft_nothex")
+            await #expect { try await malformed.version("m/risk:1") } throws: { ($0 as? CofferClientError)?.status == 401 }
+
+            // carol's token is good, her principal may not read m/; bob's read token does not allow publishing.
+            let carol = try f.client(port: port, token: "carol-read")
+            let forbidden = await #expect(throws: CofferClientError.self) { try await carol.version("m/risk:1") }
+            #expect(forbidden?.status == 403 && forbidden?.description.contains("carol lacks the reader role on m") == true)
+            let reader = try f.client(port: port, token: "bob-read")
+            let scope = await #expect(throws: CofferClientError.self) { try await reader.setAlias("prod", of: "m/risk", to: "1") }
+            #expect(scope?.status == 403, "\(String(describing: scope))")
+            #expect(scope?.description.contains("scope read, which does not allow the publisher role") == true, "\(String(describing: scope))")
+            let admin = await #expect(throws: CofferClientError.self) { try await reader.audit() }
+            #expect(admin?.status == 403)
+        }
+    }
+
+    @Test func aServerErrorIsItsOneLineMessageWithItsStatus() async throws {
+        let f = try await Fixture()
+        try await f.app().test(.live) { live in
+            let client = try f.client(port: try live.livePort, token: "admin")
+            let missing = await #expect(throws: CofferClientError.self) { try await client.version("m/risk:9") }
+            #expect(missing?.status == 404)
+            let text = try #require(missing?.description)
+            #expect(text.contains("answered 404: ") && text.contains("m/risk:9") && !text.contains("\n"), "\(text)")
+            let badFilter = await #expect(throws: CofferClientError.self) { try await client.versions(where: "epsilon<=") }
+            #expect(badFilter?.status == 400)
+            let noBudget = await #expect(throws: CofferClientError.self) { try await client.budget(dataset: "hf:org/none") }
+            #expect(noBudget?.status == 404, "\(String(describing: noBudget))")
+        }
+    }
+
+    @Test func aServerThatIsNotThereIsUnreachableInWords() async throws {
+        let f = try await Fixture()
+        // A port that was just free: nothing listens there.
+        let port = try await f.app().test(.live) { live in try live.livePort }
+        let client = try f.client(port: port, token: "admin")
+        let error = await #expect(throws: CofferClientError.self) { try await client.versions() }
+        #expect(error == .unreachable(url: "http://127.0.0.1:\(port)", reason: "connection refused"), "\(String(describing: error))")
+        #expect(throws: CofferClientError.invalidInput("a registry must be an http:// or https:// URL, not ftp://127.0.0.1/")) {
+            try CofferClient(baseURL: URL(string: "ftp://127.0.0.1/")!, token: Secret(text: "cft_x"), memory: nil)
+        }
+    }
+}

@@ -1,0 +1,112 @@
+import CofferClient
+import CofferCrypto
+import CofferRegistry
+import Foundation
+import HummingbirdTesting
+import NIOCore
+import Testing
+
+/// Resumable uploads, pushes that resume after an interruption, and pulls checked against the client's own ledger.
+struct PushPullTests {
+    @Test func anUploadInterruptedResumesWhereTheServerSaysItStands() async throws {
+        let f = try await Fixture()
+        let blob = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        try await f.app().test(.live) { live in
+            let port = try live.livePort
+            let first = try f.client(port: port, token: "admin")
+            let started = try await first.startUpload()
+            #expect(started.offset == 0)
+            let part = try await first.append(to: started.id, at: 0, ByteBuffer(bytes: blob[0..<100_000]))
+            #expect(part == UploadStatus(id: started.id, offset: 100_000))
+
+            // Another client (a process started again) asks where the upload stands and goes on from there.
+            let second = try f.client(port: port, token: "admin")
+            #expect(try await second.upload(started.id).offset == 100_000)
+            let stale = await #expect(throws: CofferClientError.self) {
+                try await second.append(to: started.id, at: 0, ByteBuffer(bytes: blob[0..<100_000]))
+            }
+            #expect(stale?.status == 409 && stale?.description.contains("resume from 100000") == true, "\(String(describing: stale))")
+            _ = try await second.append(to: started.id, at: 100_000, ByteBuffer(bytes: blob[100_000...]))
+            let wrong = await #expect(throws: CofferClientError.self) {
+                try await second.finishUpload(started.id, digest: String(repeating: "0", count: 64))
+            }
+            #expect(wrong?.status == 400, "\(String(describing: wrong))")
+
+            let again = try await second.startUpload()
+            _ = try await second.append(to: again.id, at: 0, ByteBuffer(bytes: blob))
+            let digest = Digest.hex(Digest.sha256(blob))
+            #expect(try await second.finishUpload(again.id, digest: digest) == UploadStored(digest: digest))
+            let gone = await #expect(throws: CofferClientError.self) { try await second.upload(again.id) }
+            #expect(gone?.status == 404)
+        }
+    }
+
+    @Test func aPushCutShortResumesAndThePullGetsTheSameBytes() async throws {
+        let f = try await Fixture()
+        try FileManager.default.createDirectory(atPath: f.path("model"), withIntermediateDirectories: true)
+        let weights = (0..<(3 << 20)).map { _ in UInt8.random(in: 0...255) }
+        try Data(weights).write(to: URL(fileURLWithPath: f.path("model/weights.bin")))
+        try Data(#"{"layers": 4}"#.utf8).write(to: URL(fileURLWithPath: f.path("model/config.json")))
+        var prepared = PushRequest(model: "m/big", paths: [f.path("model")])
+        prepared.alias = "prod"
+        let request = prepared
+        try await f.app().test(.live) { live in
+            let notices = Notices()
+            let client = try f.client(port: try live.livePort, token: "admin", notices: notices)
+            let outbox = try PushOutbox.directory(for: client.baseURL, request: request, environment: ["COFFER_OUTBOX": f.path("outbox")])
+
+            // The first attempt stops after the server took two pieces of the weights, as a killed process would.
+            let pieces = Counter()
+            let alice = f.alice
+            let cut = Task {
+                try await client.push(request, publisher: alice.identity, outbox: outbox, pieceSize: 256 << 10) { _, _, size in
+                    if size > 1 << 20, pieces.increment() == 2 { withUnsafeCurrentTask { $0?.cancel() } }
+                }
+            }
+            await #expect(throws: CofferClientError.self) { try await cut.value }
+            await #expect(throws: CofferRegistryError.unknownModel("m/big"), "nothing is committed yet") {
+                try await f.registry.list(model: "m/big", where: nil, limit: nil)
+            }
+
+            let pushed = try await client.push(request, publisher: f.alice.identity, outbox: outbox, pieceSize: 256 << 10)
+            #expect(pushed.model == "m/big" && pushed.version == "1")
+            #expect(notices.all.contains { $0.hasPrefix("resuming the push of m/big:1") }, "\(notices.all)")
+            #expect(notices.all.contains { $0.contains("resuming the upload of blob") && $0.contains("at byte 524288") }, "\(notices.all)")
+            #expect(!FileManager.default.fileExists(atPath: outbox), "the outbox goes once the version is committed")
+
+            let pulled = try await client.pull(try ModelReference(parsing: "m/big@prod"), identity: f.alice.identity, into: f.path("pulled"))
+            #expect(pulled.digest == pushed.digest && pulled.signer == "alice")
+            #expect(try Data(contentsOf: URL(fileURLWithPath: f.path("pulled/weights.bin"))) == Data(weights))
+            let verified = try await client.verify(try ModelReference(parsing: "m/big:1"))
+            #expect(verified.files == 2 && verified.digest == pushed.digest)
+            let shown = try await client.show(try ModelReference(parsing: "m/big@prod"))
+            #expect(shown["verified"] == .bool(true) && shown["version"] == .string("1"), "\(shown)")
+        }
+    }
+
+    @Test func aPullIsRefusedToAPrincipalWithoutTheDecryptRole() async throws {
+        let f = try await Fixture()
+        try await f.app().test(.live) { live in
+            let client = try f.client(port: try live.livePort, token: "bob-read")
+            let bob = try Identity.generate(name: "bob")
+            let refused = await #expect(throws: CofferClientError.self) {
+                try await client.pull(try ModelReference(parsing: "m/risk@prod"), identity: bob, into: f.path("nothing"))
+            }
+            #expect(refused == .registry(.notARecipient("m/risk:1")), "\(String(describing: refused))")
+            #expect(!FileManager.default.fileExists(atPath: f.path("nothing/model.safetensors")))
+        }
+    }
+}
+
+/// A count shared with a `@Sendable` callback.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+
+    func increment() -> Int {
+        lock.withLock {
+            value += 1
+            return value
+        }
+    }
+}
