@@ -120,8 +120,9 @@ struct RegistryCommandTests {
         let dir = try setUp()
         #expect(try coffer(["push", "m", "model", "--identity", "keys/alice.key"], dir).status == 0)
         #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
-        let blobs = try FileManager.default.subpathsOfDirectory(atPath: dir.path("home/blobs/sha256")).filter { $0.count > 10 }
-        let target = dir.path("home/blobs/sha256/\(blobs.sorted()[0])")
+        let shown = try JSONSerialization.jsonObject(with: try coffer(["show", "m", "--json"], dir).stdout) as? [String: Any]
+        let digests = (shown?["files"] as? [[String: Any]] ?? []).compactMap { $0["sealed_sha256"] as? String }.sorted()
+        let target = CofferProcess.blobFile(try #require(digests.first), home: dir.path("home"))
         var data = try Data(contentsOf: URL(fileURLWithPath: target))
         data[data.count - 20] ^= 0x01
         try data.write(to: URL(fileURLWithPath: target))

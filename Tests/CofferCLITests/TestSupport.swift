@@ -17,11 +17,29 @@ struct CofferProcess {
         var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
     }
 
+    /// Where `coffer init` puts blobs in this test run: `COFFER_TEST_BLOBS_URL` (an OCI registry tools/test started,
+    /// `oci+http://HOST:PORT`) makes every registry the CLI suites create keep its blobs in a repository of its own there.
+    static func initArguments(_ args: [String]) -> [String] {
+        guard args.first == "init", !args.contains("--blobs"), let base = ProcessInfo.processInfo.environment["COFFER_TEST_BLOBS_URL"] else {
+            return args
+        }
+        return args + ["--blobs", "\(base)/cli/\(UUID().uuidString.lowercased().prefix(13))"]
+    }
+
+    /// The file holding blob `digest`'s bytes: in the registry's blob directory, or, when the run keeps blobs in an OCI
+    /// registry, in its storage (`COFFER_TEST_BLOBS_STORAGE`, docker-registry's filesystem root).
+    static func blobFile(_ digest: String, home: String) -> String {
+        guard let storage = ProcessInfo.processInfo.environment["COFFER_TEST_BLOBS_STORAGE"] else {
+            return "\(home)/blobs/sha256/\(digest.prefix(2))/\(digest)"
+        }
+        return "\(storage)/docker/registry/v2/blobs/sha256/\(digest.prefix(2))/\(digest)/data"
+    }
+
     /// Runs `coffer args...` in `directory` with `COFFER_PASSPHRASE` set unless `passphrase` is nil.
     static func run(_ args: [String], in directory: URL, passphrase: String? = "test passphrase", stdin: Data? = nil) throws -> Output {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = args
+        process.arguments = initArguments(args)
         process.currentDirectoryURL = directory
         var environment = ProcessInfo.processInfo.environment
         environment["COFFER_PASSPHRASE"] = passphrase
