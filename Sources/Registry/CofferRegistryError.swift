@@ -35,6 +35,7 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case registryKeyRetired(held: String, current: String)
     case databaseBusy
     case database(String)
+    case unavailable(engine: String, reason: String)
     case io(path: String, reason: String)
     case crypto(CofferCryptoError)
 
@@ -75,6 +76,7 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
             "this server holds the registry key \(held), which was retired: the registry's key is now \(current) (restart coffer serve with it)"
         case .databaseBusy: "the registry database is locked by another process (busy timeout expired); try again"
         case .database(let why): "registry database error: \(why)"
+        case .unavailable(let engine, let reason): "\(engine): \(reason)"
         case .io(let path, let reason): "\(path): \(reason)"
         case .crypto(let error): error.description
         }
