@@ -20,7 +20,8 @@ extension PostgresConnection {
     /// Call it inside ``PostgresRegistryDatabase/transaction(_:attempts:_:)``: outside a transaction the lock would
     /// be released as soon as the statement ends.
     public func advisoryTransactionLock(_ key: Int64) async throws {
-        try await query("SELECT pg_advisory_xact_lock(\(key))", logger: PostgresRegistryDatabase.logger)
+        // Rows are always read to the end: a result left unread keeps the connection busy (postgres-nio).
+        try await rows("SELECT pg_advisory_xact_lock(\(key))")
     }
 
     /// Takes the transaction-scoped advisory lock `key` if no other transaction holds it; `false` without waiting
@@ -104,7 +105,8 @@ public final class PostgresSessionLock: Sendable {
 
     /// Releases the lock and closes its connection.
     public func release() async {
-        _ = try? await connection.query("SELECT pg_advisory_unlock(\(key))", logger: PostgresRegistryDatabase.logger)
+        // Ending the session releases its locks; no unlock statement first, because a query sent on a connection the
+        // server already ended never completes (postgres-nio 1.33).
         try? await connection.close()
     }
 }
