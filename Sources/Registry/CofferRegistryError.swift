@@ -34,8 +34,16 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case erased(String)
     case registryKeyRetired(held: String, current: String)
     case databaseBusy
-    case database(String)
+    /// Another writer appended to the ledger while a change was prepared on the older end: prepare it again.
+    case ledgerMoved
+    case unknownUpload(String)
+    /// A resumable upload appended at another offset than where it stands.
+    case uploadOffset(current: Int, asked: Int)
+    case tooManyUploads(String)
+    case uploadTooLarge(limit: Int)
+    /// A storage engine could not be used (unreachable, refused credentials, answered wrongly).
     case unavailable(engine: String, reason: String)
+    case database(String)
     case io(path: String, reason: String)
     case crypto(CofferCryptoError)
 
@@ -75,8 +83,13 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
         case .registryKeyRetired(let held, let current):
             "this server holds the registry key \(held), which was retired: the registry's key is now \(current) (restart coffer serve with it)"
         case .databaseBusy: "the registry database is locked by another process (busy timeout expired); try again"
-        case .database(let why): "registry database error: \(why)"
+        case .ledgerMoved: "the registry changed while this change was prepared; try again"
+        case .unknownUpload(let id): "no such upload \(id) (finished, expired, or collected by gc)"
+        case .uploadOffset(let current, let asked): "the upload is at offset \(current), not \(asked): resume from \(current)"
+        case .tooManyUploads(let why): why
+        case .uploadTooLarge(let limit): "an upload may not exceed \(limit) bytes"
         case .unavailable(let engine, let reason): "\(engine): \(reason)"
+        case .database(let why): "registry database error: \(why)"
         case .io(let path, let reason): "\(path): \(reason)"
         case .crypto(let error): error.description
         }

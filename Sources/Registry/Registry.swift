@@ -1,23 +1,27 @@
 public import CofferCrypto
 import Foundation
-import GRDB
 import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A registry: one directory holding `registry.sqlite`, the blob store and the registry's own identity.
+/// A registry: a home directory holding its identity, and two stores (docs/FORMAT.md, "Storage backends"): its metadata
+/// (SQLite in the directory, or PostgreSQL) and its sealed blobs (a directory beside it, or an OCI registry).
 ///
 /// ```swift
-/// let registry = try Registry.create(at: home, passphrase: passphrase)
-/// try registry.trust(alice.publicIdentity)
-/// let pushed = try registry.push(PushRequest(model: "fraud", paths: ["model/"]), publisher: alice)
+/// let registry = try await Registry.create(at: home, passphrase: passphrase)
+/// try await registry.trust(alice.publicIdentity, by: Signer(registryKey))
+/// let pushed = try await registry.push(PushRequest(model: "fraud", paths: ["model/"]), publisher: alice)
 /// ```
+///
+/// Every method is `async` and none blocks Swift's cooperative pool: the stores are asynchronous, and hashing,
+/// sealing and decrypting run on threads of their own (``Offload``, the chunk pipeline's lanes).
 public final class Registry: Sendable {
     public let home: String
-    let database: RegistryDatabase
-    let blobs: BlobDirectory
+    public let backends: Backends
+    let metadata: any MetadataStore
+    let blobs: any BlobStore
     /// The session-hash key, read once (a server hashes a token on every request).
     let hashKey = Mutex<KeyBox?>(nil)
     /// The ledger state this process verified (``ledgerState()`` brings it up to date).
@@ -26,8 +30,8 @@ public final class Registry: Sendable {
 
     /// The registry's current public key, as its verified ledger names it: every version's data key is wrapped for it.
     public var identity: PublicIdentity {
-        get throws(CofferRegistryError) {
-            guard let key = try ledgerState().currentKey else { throw .tampered("the ledger names no registry key") }
+        get async throws(CofferRegistryError) {
+            guard let key = try await ledgerState().currentKey else { throw .tampered("the ledger names no registry key") }
             return key
         }
     }
@@ -35,87 +39,139 @@ public final class Registry: Sendable {
     static let databaseName = "registry.sqlite"
     static let identityName = "registry"
 
-    /// Opens the registry at `home`.
+    /// Opens the registry at `home`, on the stores its `backends.json` names (SQLite and a blob directory when it has none).
     ///
     /// - Parameter memory: where this client remembers the registries it verified (its pins and last states);
     ///   `nil` remembers nothing beyond this process.
-    public init(at home: String, busyTimeout: Double = 5, memory: ClientMemory? = .standard()) throws(CofferRegistryError) {
-        guard access("\(home)/\(Self.databaseName)", F_OK) == 0 else { throw .notARegistry(home) }
+    public init(at home: String, busyTimeout: Double = 5, memory: ClientMemory? = .standard()) async throws(CofferRegistryError) {
         self.home = home
         self.memory = memory
-        database = try RegistryDatabase(path: "\(home)/\(Self.databaseName)", busyTimeout: busyTimeout)
-        let committed = try database.read { db in
-            try String.fetchOne(db, sql: "SELECT value FROM registry_meta WHERE key = 'identity_key_id'")
+        backends = try Backends.of(home: home)
+        metadata = try await backends.openMetadata(home: home, busyTimeout: busyTimeout)
+        do {
+            blobs = try await backends.openBlobs(home: home)
+            try Self.finishRotation(home: home, committedKeyID: try await metadata.meta("identity_key_id"))
+        } catch {
+            await metadata.close()
+            throw error
         }
-        try Self.finishRotation(home: home, committedKeyID: committed)
-        blobs = BlobDirectory(root: home)
     }
+
+    /// Closes the stores' connections (a PostgreSQL client's). The registry is unusable afterwards.
+    public func close() async { await metadata.close() }
 
     /// Creates a registry at `home` with a new identity of its own, encrypted under `passphrase`, and signs its
     /// first ledger record (docs/FORMAT.md, "Signed registry records") naming that key as the registry's root and
     /// `owner`, if any, as its first principal: an admin and a trusted signer. This client pins the new root.
+    /// `backends` chooses the stores; the default keeps everything in `home`.
     public static func create(
         at home: String,
         passphrase: borrowing SecureBytes,
         kdf: KDFParameters = .default,
         owner: PublicIdentity? = nil,
+        backends: Backends = .embedded,
         memory: ClientMemory? = .standard()
-    ) throws(CofferRegistryError)
+    ) async throws(CofferRegistryError)
         -> Registry
     {
-        guard access("\(home)/\(databaseName)", F_OK) != 0 else { throw .registryExists(home) }
+        guard access("\(home)/\(databaseName)", F_OK) != 0, access("\(home)/\(Backends.fileName)", F_OK) != 0 else {
+            throw .registryExists(home)
+        }
         if let owner { try ModelReference.validate(name: owner.name) }
-        try BlobDirectory.makeDirectory(home)
-        try BlobDirectory.makeDirectory("\(home)/tmp")
-        try BlobDirectory.makeDirectory("\(home)/blobs/sha256")
+        try backends.validate()
+        let existed = access(home, F_OK) == 0
+        let present = Set((try? FileManager.default.contentsOfDirectory(atPath: home)) ?? [])
+        do {
+            try await createFiles(at: home, passphrase: passphrase, kdf: kdf, owner: owner, backends: backends, memory: memory)
+        } catch {
+            // Nothing half made stays: a refused init leaves the directory as it found it.
+            if existed {
+                for name in ["\(identityName).key", "\(identityName).pub", Backends.fileName, "tmp", "blobs"] where !present.contains(name) {
+                    try? FileManager.default.removeItem(atPath: "\(home)/\(name)")
+                }
+            } else {
+                try? FileManager.default.removeItem(atPath: home)
+            }
+            throw error
+        }
+        let registry = try await Registry(at: home, memory: memory)
+        _ = try await registry.ledgerState()
+        return registry
+    }
+
+    private static func createFiles(
+        at home: String,
+        passphrase: borrowing SecureBytes,
+        kdf: KDFParameters,
+        owner: PublicIdentity?,
+        backends: Backends,
+        memory: ClientMemory?
+    ) async throws(CofferRegistryError) {
+        try Directories.make(home)
+        try Directories.make("\(home)/tmp")
+        // The remote stores answer before anything is written: an unreachable or refusing engine is one line, at init.
+        if backends.blobs != "directory" {
+            let blobs = try await backends.openBlobs(home: home)
+            _ = try await blobs.size(of: Digest.hex(Digest.sha256([UInt8]())))
+        }
         let registryIdentity = try generateRegistryIdentity()
+        let root = registryIdentity.publicIdentity
+        let genesis = LedgerRecord.sign(
+            registry: root.keyID,
+            seq: 1,
+            prev: LedgerRecord.zeroHash,
+            at: now(),
+            by: "registry",
+            change: .genesis(key: root, owner: owner.map { .init(name: $0.name, identity: $0) }),
+            signer: registryIdentity
+        )
+        var state = LedgerState(registry: root.keyID)
+        do throws(LedgerError) { try state.apply(genesis) } catch { throw .tampered(error.description) }
+        var work = UnitOfWork(ledgerEnd: 0, records: [LedgerRow(genesis)], changes: [.setMeta(key: "identity_key_id", value: root.keyID)])
+        work.changes += changes(for: genesis, state: state)
+        let reason = owner.map { "owner \($0.name) (\($0.keyID))" } ?? "no owner"
+        work.audit = [AuditDraft(principal: "registry", action: "init", target: root.keyID, outcome: .ok, reason: reason)]
+        if backends.blobs == "directory" { try DirectoryBlobStore.create(at: home) }
         do {
             try FileBytes.write(try registryIdentity.encrypt(passphrase: passphrase, parameters: kdf), to: "\(home)/\(identityName).key")
             try FileBytes.write(registryIdentity.publicIdentity.jsonBytes, to: "\(home)/\(identityName).pub", mode: 0o644)
         } catch {
             throw .crypto(error)
         }
-        let root = registryIdentity.publicIdentity
-        // The genesis record goes in before the database file takes its name: its presence makes the directory a registry.
-        let staging = "\(home)/tmp/\(databaseName)-\(UUID().uuidString)"
-        do {
-            let database = try RegistryDatabase(path: staging)
-            let genesis = LedgerRecord.sign(
-                registry: root.keyID,
-                seq: 1,
-                prev: LedgerRecord.zeroHash,
-                at: now(),
-                by: "registry",
-                change: .genesis(key: root, owner: owner.map { .init(name: $0.name, identity: $0) }),
-                signer: registryIdentity
-            )
-            var state = LedgerState(registry: root.keyID)
-            try state.apply(genesis)
-            try database.write { db in
-                try db.execute(sql: "INSERT INTO registry_meta (key, value) VALUES ('identity_key_id', ?)", arguments: [root.keyID])
-                try db.execute(
-                    sql: "INSERT INTO ledger (seq, kind, object, envelope, hash) VALUES (1, ?, ?, ?, ?)",
-                    arguments: [genesis.change.kind, genesis.change.object, Data(genesis.envelope), genesis.hash]
-                )
-                try Self.materialize(genesis, state: state, db: db)
-                let reason = owner.map { "owner \($0.name) (\($0.keyID))" } ?? "no owner"
-                try Self.appendAudit(db, principal: "registry", action: "init", target: root.keyID, outcome: .ok, reason: reason)
+        if backends.metadata == "sqlite" {
+            // The genesis record goes in before the database file takes its name: its presence makes the directory a registry.
+            let staging = "\(home)/tmp/\(databaseName)-\(UUID().uuidString)"
+            do throws(CofferRegistryError) {
+                let store = try SQLiteMetadataStore(path: staging)
+                try await store.commit(work)
+                try await store.checkpointAndTruncateLog()
+            } catch {
+                for suffix in ["", "-wal", "-shm"] { unlink(staging + suffix) }
+                throw error
             }
-            try database.checkpointAndTruncateLog()
-        } catch {
-            for suffix in ["", "-wal", "-shm"] { unlink(staging + suffix) }
-            throw error as? CofferRegistryError ?? .database("\(error)")
+            guard rename(staging, "\(home)/\(databaseName)") == 0 else {
+                throw .io(path: "\(home)/\(databaseName)", reason: String(cString: strerror(errno)))
+            }
+            for suffix in ["-wal", "-shm"] { unlink(staging + suffix) }
+            Directories.sync(home)
+            if !backends.isEmbedded { try backends.write(home: home) }
+        } else {
+            // A database that already holds a ledger is another registry's: never written over.
+            let store = try await backends.openMetadata(home: home, busyTimeout: 5)
+            do throws(CofferRegistryError) {
+                guard try await store.ledgerEnd() == 0 else {
+                    throw CofferRegistryError.registryExists("\(store.name) (it already holds a registry's ledger)")
+                }
+                try await store.commit(work)
+            } catch {
+                await store.close()
+                throw error
+            }
+            await store.close()
+            try backends.write(home: home)
         }
-        guard rename(staging, "\(home)/\(databaseName)") == 0 else {
-            throw .io(path: "\(home)/\(databaseName)", reason: String(cString: strerror(errno)))
-        }
-        for suffix in ["-wal", "-shm"] { unlink(staging + suffix) }
-        BlobDirectory.syncDirectory(home)
         // Creating a registry here is this user's consent to its root, whatever was pinned at this path before.
         try memory?.setPin(root.keyID, for: ClientMemory.location(home: home))
-        let registry = try Registry(at: home, memory: memory)
-        _ = try registry.ledgerState()
-        return registry
     }
 
     static func now() -> String {
@@ -132,29 +188,29 @@ extension Registry {
     /// a name is bound to one key at a time, so a second key calling itself `alice` is refused.
     /// Returns false when the key was already trusted under that name (nothing is recorded).
     @discardableResult
-    public func trust(_ identity: PublicIdentity, name: String? = nil, by signer: Signer) throws(CofferRegistryError) -> Bool {
+    public func trust(_ identity: PublicIdentity, name: String? = nil, by signer: Signer) async throws(CofferRegistryError) -> Bool {
         let name = name ?? identity.name
-        try require(signer, .admin, on: nil, action: "trust.add", target: identity.keyID)
-        if try ledgerState().trusted[identity.keyID]?.name == name { return false }
-        try record(.trustAdd(name: name, identity: identity), signer: signer, action: "trust.add", target: identity.keyID, reason: name)
+        try await require(signer, .admin, on: nil, action: "trust.add", target: identity.keyID)
+        if try await ledgerState().trusted[identity.keyID]?.name == name { return false }
+        try await record(.trustAdd(name: name, identity: identity), signer: signer, action: "trust.add", target: identity.keyID, reason: name)
         return true
     }
 
     /// Stops trusting the signer with `keyID` (or trusted name); returns whether one was removed.
     @discardableResult
-    public func untrust(_ keyIDOrName: String, by signer: Signer) throws(CofferRegistryError) -> Bool {
-        try require(signer, .admin, on: nil, action: "trust.remove", target: keyIDOrName)
-        let state = try ledgerState()
+    public func untrust(_ keyIDOrName: String, by signer: Signer) async throws(CofferRegistryError) -> Bool {
+        try await require(signer, .admin, on: nil, action: "trust.remove", target: keyIDOrName)
+        let state = try await ledgerState()
         guard let keyID = state.trusted.first(where: { $0.key == keyIDOrName || $0.value.name == keyIDOrName })?.key else { return false }
-        try record(.trustRemove(keyID: keyID), signer: signer, action: "trust.remove", target: keyID, reason: keyIDOrName)
+        try await record(.trustRemove(keyID: keyID), signer: signer, action: "trust.remove", target: keyID, reason: keyIDOrName)
         return true
     }
 
     /// The trusted signers, by name, each under the name the ledger bound to its key (never a self-declared one).
-    public func trustedSigners() throws(CofferRegistryError) -> [PublicIdentity] {
-        try ledgerState().trustedIdentities
+    public func trustedSigners() async throws(CofferRegistryError) -> [PublicIdentity] {
+        try await ledgerState().trustedIdentities
     }
 
     /// The name the ledger trusts `keyID` under, if it is trusted.
-    public func trustedName(_ keyID: String) throws(CofferRegistryError) -> String? { try ledgerState().trusted[keyID]?.name }
+    public func trustedName(_ keyID: String) async throws(CofferRegistryError) -> String? { try await ledgerState().trusted[keyID]?.name }
 }

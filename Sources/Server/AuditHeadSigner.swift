@@ -12,19 +12,19 @@ struct AuditHeadSigner: Service {
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
-                sign()
-            }
+            // A cancelled sleep ends the loop: signing in the cancelled task would take the tally and fail to write it.
+            while (try? await Task.sleep(for: interval)) != nil { await sign() }
         }
-        sign()
+        // The last flush must happen even though this task is being cancelled: GRDB's async writes refuse to start in a
+        // cancelled task, and an unstructured task does not inherit the cancellation.
+        await Task { await sign() }.value
     }
 
-    private func sign() {
-        state.refusals.flush(to: state.registry)
+    private func sign() async {
+        await state.refusals.flush(to: state.registry)
         do {
-            let key = try state.currentRegistryIdentity()
-            if let seq = try state.registry.signAuditHeadIfUnsigned(with: key, headLifetime: state.headLifetime) {
+            let key = try await state.currentRegistryIdentity()
+            if let seq = try await state.registry.signAuditHeadIfUnsigned(with: key, headLifetime: state.headLifetime) {
                 state.logger.debug("signed the audit log", metadata: ["through": "\(seq)"])
             }
         } catch {

@@ -92,12 +92,12 @@ public func buildApplication(
     registryIdentity: UnlockedIdentity,
     configuration: ServerConfiguration,
     logger: Logger = Logger(label: "coffer.server")
-) throws -> some ApplicationProtocol {
+) async throws -> some ApplicationProtocol {
     let server = try httpServer(configuration)
     let state = ServerState(registry: registry, registryIdentity: registryIdentity, configuration: configuration, logger: logger)
     // A fresh state head before the first request: clients check every answer against one. A key retired by a
     // rotation is refused here, not after the server has started.
-    try registry.signAuditHead(with: try state.currentRegistryIdentity(), checkpoint: false, headLifetime: configuration.headLifetime)
+    try await registry.signAuditHead(with: try state.currentRegistryIdentity(), checkpoint: false, headLifetime: configuration.headLifetime)
     return Application(
         router: buildRouter(state: state),
         server: server,
@@ -157,8 +157,8 @@ final class ServerState: Sendable {
 
     /// The registry's key as this server holds it, if it is still the registry's current key (a `key rotate` while
     /// the server runs retires it: the server then refuses what needs the key, saying so, until it is restarted).
-    func currentRegistryIdentity() throws(CofferRegistryError) -> UnlockedIdentity {
-        let current = try registry.identity
+    func currentRegistryIdentity() async throws(CofferRegistryError) -> UnlockedIdentity {
+        let current = try await registry.identity
         guard current.keyID == registryIdentity.publicIdentity.keyID else {
             throw .registryKeyRetired(held: registryIdentity.publicIdentity.keyID, current: current.keyID)
         }
@@ -166,7 +166,9 @@ final class ServerState: Sendable {
     }
 
     /// The signer of a change a token holder asks for: the registry's key, acting for them.
-    func signer(for holder: TokenHolder) throws(CofferRegistryError) -> Signer { .registry(try currentRegistryIdentity(), for: holder.principal) }
+    func signer(for holder: TokenHolder) async throws(CofferRegistryError) -> Signer {
+        .registry(try await currentRegistryIdentity(), for: holder.principal)
+    }
 }
 
 func buildRouter(state: ServerState) -> Router<CofferRequestContext> {

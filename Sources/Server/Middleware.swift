@@ -1,7 +1,7 @@
 import CofferCrypto
-import CofferRegistry
+public import CofferRegistry
 import Foundation
-import Hummingbird
+public import Hummingbird
 import Logging
 
 /// Logs every request once with its id, method, path, status and latency (never a header or body: no token can
@@ -19,6 +19,7 @@ struct RequestLogMiddleware: RouterMiddleware {
             record(request, path: path, status: response.status.code, start: start, context: context)
             return response
         } catch let error as any HTTPResponseError {
+            if (error as? CofferRegistryError)?.isRefusal == true { state.metrics.refusal() }
             record(request, path: path, status: error.status.code, start: start, context: context)
             throw error
         } catch {
@@ -84,7 +85,7 @@ struct MethodNotAllowedMiddleware: RouterMiddleware {
 /// Authenticates the bearer token (`Authorization: Bearer cft_...`) and checks that its scope allows `role`.
 /// Missing, malformed, unknown, expired and revoked tokens get 401; a scope that does not allow the role, 403.
 /// Both are audited by the registry.
-func authenticate(_ request: Request, _ context: inout CofferRequestContext, state: ServerState, role: Role) throws -> TokenHolder {
+func authenticate(_ request: Request, _ context: inout CofferRequestContext, state: ServerState, role: Role) async throws -> TokenHolder {
     guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
         state.refusals.add(principal: "-", action: "authenticate", reason: "no bearer token")
         state.metrics.refusal()
@@ -92,16 +93,16 @@ func authenticate(_ request: Request, _ context: inout CofferRequestContext, sta
     }
     let text = header.utf8.dropFirst("Bearer ".utf8.count)
     let secret = SecureBytes(count: text.count)
-    secret.withUnsafeMutableBytes { _ = $0.copyBytes(from: text) }
+    secret.withUnsafeMutableBytes { $0.copyBytes(from: text) }
     do {
         let holder: TokenHolder
-        do { holder = try state.registry.authenticateToken(secret, auditing: false) } catch {
+        do { holder = try await state.registry.authenticateToken(secret, auditing: false) } catch {
             if case .unauthenticated(let reason) = error { state.refusals.add(principal: "-", action: "authenticate", reason: reason) }
             throw error
         }
         guard holder.scope.allows(role) else {
             let reason = "token \(holder.tokenID) has scope \(holder.scope.rawValue), which does not allow the \(role.rawValue) role"
-            try? state.registry.recordRefusal(action: "authorize", target: request.uri.path, reason: reason, principal: holder.principal.name)
+            try? await state.registry.recordRefusal(action: "authorize", target: request.uri.path, reason: reason, principal: holder.principal.name)
             state.metrics.refusal()
             throw HTTPError(.forbidden, message: reason)
         }
@@ -109,24 +110,39 @@ func authenticate(_ request: Request, _ context: inout CofferRequestContext, sta
         return holder
     } catch let error as CofferRegistryError {
         state.metrics.refusal()
-        throw httpError(error)
+        throw HTTPError(error.status, message: error.description)
     }
 }
 
-/// The HTTP form of a registry error: the same one-line message, with the status that fits.
-func httpError(_ error: CofferRegistryError) -> HTTPError {
-    let status: HTTPResponse.Status =
-        switch error {
+/// A registry error as an HTTP answer: the same one-line message, with the status that fits, so handlers throw
+/// registry errors as they come (Hummingbird renders any `HTTPResponseError`).
+extension CofferRegistryError: HTTPResponseError {
+    public var status: HTTPResponse.Status {
+        switch self {
         case .unauthenticated: .unauthorized
         case .refused, .sessionRefused: .forbidden
-        case .unknownModel, .unknownVersion, .unknownAlias, .unknownPrincipal, .unknownSession, .noBudget: .notFound
+        case .unknownModel, .unknownVersion, .unknownAlias, .unknownPrincipal, .unknownSession, .noBudget, .unknownUpload: .notFound
         case .erased: .gone
-        case .versionExists, .principalExists: .conflict
+        case .versionExists, .principalExists, .uploadOffset: .conflict
         case .budgetExceeded, .policyViolation: .forbidden
         case .tampered: .unprocessableContent
-        case .databaseBusy, .registryKeyRetired: .serviceUnavailable
+        case .tooManyUploads: .tooManyRequests
+        case .uploadTooLarge: .contentTooLarge
+        case .databaseBusy, .registryKeyRetired, .ledgerMoved, .unavailable: .serviceUnavailable
         case .database, .io: .internalServerError
         default: .badRequest
         }
-    return HTTPError(status, message: error.description)
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        try HTTPError(status, message: description).response(from: request, context: context)
+    }
+
+    /// Whether the error is a refusal of who asked (counted in the metrics), not a failure.
+    var isRefusal: Bool {
+        switch self {
+        case .refused, .sessionRefused, .unauthenticated: true
+        default: false
+        }
+    }
 }

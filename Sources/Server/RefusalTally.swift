@@ -33,7 +33,7 @@ final class RefusalTally: Sendable {
     }
 
     /// Writes one audit entry per reason counted since the last flush.
-    func flush(to registry: Registry) {
+    func flush(to registry: Registry) async {
         let taken = counts.withLock { counts in
             defer { counts.removeAll() }
             return counts
@@ -42,7 +42,7 @@ final class RefusalTally: Sendable {
             let reason =
                 count.count == 1
                 ? key.reason : "\(key.reason) (\(count.count) requests, \(Self.format(count.first)) to \(Self.format(count.last)))"
-            try? registry.recordRefusal(action: key.action, target: "-", reason: reason, principal: key.principal)
+            try? await registry.recordRefusal(action: key.action, target: "-", reason: reason, principal: key.principal)
         }
     }
 

@@ -2,6 +2,7 @@ import CofferCrypto
 import CofferRegistry
 import CofferTraining
 import Foundation
+import HTTPTypes
 import Hummingbird
 
 /// `/v1`: versions, verification, ciphertext downloads with Range, budgets, audit, inference sessions.
@@ -24,37 +25,31 @@ struct RegistryController {
     /// `GET /v1/versions?model=NAME&where=EXPR&limit=N`: as `coffer list --json`.
     func list(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let holder = try await authenticate(request, &context, state: state, role: .reader)
         let model = request.uri.queryParameters.get("model")
-        try run { () throws(CofferRegistryError) in
-            try registry.require(.reader, on: model, by: holder.principal, action: "list", target: model ?? "*")
-        }
+        try await registry.require(.reader, on: model, by: holder.principal, action: "list", target: model ?? "*")
         let filter = request.uri.queryParameters.get("where")
         let limit = try integer(request, "limit", default: 100, range: 1...100_000)
-        let versions = try run { () throws(CofferRegistryError) in try registry.list(model: model, where: filter, limit: limit) }
+        let versions = try await registry.list(model: model, where: filter, limit: limit)
         return try json(JSONValue.array(versions.map(\.json)))
     }
 
     /// `GET /v1/version?ref=NAME:VERSION`: as `coffer show --json`.
     func show(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let holder = try await authenticate(request, &context, state: state, role: .reader)
         let reference = try self.reference(request)
-        try run { () throws(CofferRegistryError) in
-            try registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description)
-        }
-        return try json(try run { () throws(CofferRegistryError) in try registry.show(reference) }.json)
+        try await registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description)
+        return try await json(try registry.show(reference).json)
     }
 
     /// `GET /v1/verify?ref=...`: signature, trust, rows and blob digests, server-side (a client re-verifies what it pulls).
     func verify(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let holder = try await authenticate(request, &context, state: state, role: .reader)
         let reference = try self.reference(request)
-        try run { () throws(CofferRegistryError) in
-            try registry.require(.reader, on: reference.name, by: holder.principal, action: "verify", target: reference.description)
-        }
-        let report = try run { () throws(CofferRegistryError) in try registry.verify(reference) }
+        try await registry.require(.reader, on: reference.name, by: holder.principal, action: "verify", target: reference.description)
+        let report = try await registry.verify(reference)
         return try json(
             JSONValue.object([
                 "model": .string(report.model), "version": .string(report.version), "digest": .string(report.digest),
@@ -68,16 +63,12 @@ struct RegistryController {
     /// its principal holds the decrypt role (`stanza` is null otherwise). The client verifies everything itself.
     func package(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let holder = try await authenticate(request, &context, state: state, role: .reader)
         let reference = try self.reference(request)
-        try run { () throws(CofferRegistryError) in
-            try registry.require(.reader, on: reference.name, by: holder.principal, action: "package", target: reference.description)
-        }
-        let mayDecrypt = try run { () throws(CofferRegistryError) in try registry.holds(.decrypt, on: reference.name, holder.principal) }
+        try await registry.require(.reader, on: reference.name, by: holder.principal, action: "package", target: reference.description)
+        let mayDecrypt = try await registry.holds(.decrypt, on: reference.name, holder.principal)
         let keyID = request.uri.queryParameters.get("key_id")
-        let package = try run { () throws(CofferRegistryError) in
-            try registry.package(reference, keyID: keyID, includeKey: mayDecrypt, for: holder.principal.name)
-        }
+        let package = try await registry.package(reference, keyID: keyID, includeKey: mayDecrypt, for: holder.principal.name)
         return try json(package)
     }
 
@@ -87,17 +78,14 @@ struct RegistryController {
     /// `GET /v1/blobs/{sha256}`: a sealed blob, streamed in pieces of ``blobPiece``, with `Range: bytes=a-b` answered by 206.
     func blob(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .reader)
+        let holder = try await authenticate(request, &context, state: state, role: .reader)
         let digest = try context.parameters.require("digest")
         guard digest.count == 64, digest.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
             throw HTTPError(.badRequest, message: "a blob is named by 64 lower-case hex digits")
         }
-        guard let model = try registry.model(ofBlob: digest) else { throw HTTPError(.notFound, message: "no blob \(digest)") }
-        try run { () throws(CofferRegistryError) in try registry.require(.reader, on: model, by: holder.principal, action: "blob", target: digest) }
-        let path = registry.blobPath(digest)
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path), let size = (attributes[.size] as? NSNumber)?.intValue else {
-            throw HTTPError(.notFound, message: "blob \(digest) is missing from the store")
-        }
+        guard let model = try await registry.model(ofBlob: digest) else { throw HTTPError(.notFound, message: "no blob \(digest)") }
+        try await registry.require(.reader, on: model, by: holder.principal, action: "blob", target: digest)
+        guard let size = try await registry.blobSize(digest) else { throw HTTPError(.notFound, message: "blob \(digest) is missing from the store") }
         var range = 0..<size
         var status = HTTPResponse.Status.ok
         var headers: HTTPFields = [.contentType: "application/octet-stream", .acceptRanges: "bytes"]
@@ -110,23 +98,12 @@ struct RegistryController {
             headers[.contentRange] = "bytes \(range.lowerBound)-\(range.upperBound - 1)/\(size)"
         }
         let metrics = state.metrics
-        let served = range
-        let body = ResponseBody(contentLength: served.count) { writer in
-            let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-            guard descriptor >= 0 else { throw HTTPError(.internalServerError, message: "blob \(digest) cannot be opened") }
-            defer { close(descriptor) }
-            // Read straight into the buffers NIO sends (no intermediate copy); each write waits for the socket.
-            var offset = served.lowerBound
-            while offset < served.upperBound {
-                let want = min(served.upperBound - offset, Self.blobPiece)
-                var piece = ByteBufferAllocator().buffer(capacity: want)
-                let read = piece.writeWithUnsafeMutableBytes(minimumWritableBytes: want) { buffer in
-                    max(0, pread(descriptor, buffer.baseAddress, want, off_t(offset)))
-                }
-                guard read > 0 else { throw HTTPError(.internalServerError, message: "blob \(digest) ended early") }
+        let stream = try await registry.readBlob(digest, range: range)
+        let body = ResponseBody(contentLength: range.count) { writer in
+            // Each piece is read only when the last one was written: a slow client holds back the reads.
+            for try await piece in stream {
                 try await writer.write(piece)
-                offset += read
-                metrics.sent(bytes: read)
+                metrics.sent(bytes: piece.readableBytes)
             }
             try await writer.finish(nil)
         }
@@ -136,9 +113,9 @@ struct RegistryController {
     /// `GET /v1/budgets/{dataset}`: as `coffer budget show --json`.
     func budget(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        _ = try authenticate(request, &context, state: state, role: .reader)
+        _ = try await authenticate(request, &context, state: state, role: .reader)
         let dataset = try datasetParameter(context)
-        return try json(try run { () throws(CofferRegistryError) in try registry.budget(dataset: dataset) })
+        return try await json(try registry.budget(dataset: dataset))
     }
 
     struct SetBudgetRequest: Decodable {
@@ -149,23 +126,19 @@ struct RegistryController {
     /// `PUT /v1/budgets/{dataset} {epsilon, delta}`: as `coffer budget set` (admins only).
     func setBudget(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .admin)
+        let holder = try await authenticate(request, &context, state: state, role: .admin)
         let dataset = try datasetParameter(context)
         let body = try await request.decode(as: SetBudgetRequest.self, context: context)
-        return try json(
-            try run { () throws(CofferRegistryError) in
-                try registry.setBudget(dataset: dataset, epsilon: body.epsilon, delta: body.delta, by: state.signer(for: holder))
-                return try registry.budget(dataset: dataset)
-            }
-        )
+        try await registry.setBudget(dataset: dataset, epsilon: body.epsilon, delta: body.delta, by: state.signer(for: holder))
+        return try json(try await registry.budget(dataset: dataset))
     }
 
     /// `GET /v1/audit?since=T`: admins only.
     func audit(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .admin)
-        try run { () throws(CofferRegistryError) in try registry.require(.admin, on: nil, by: holder.principal, action: "audit", target: "*") }
-        return try json(try run { () throws(CofferRegistryError) in try registry.auditEntries(since: request.uri.queryParameters.get("since")) })
+        let holder = try await authenticate(request, &context, state: state, role: .admin)
+        try await registry.require(.admin, on: nil, by: holder.principal, action: "audit", target: "*")
+        return try await json(try registry.auditEntries(since: request.uri.queryParameters.get("since")))
     }
 
     struct SetAliasRequest: Decodable {
@@ -175,28 +148,29 @@ struct RegistryController {
     /// `PUT /v1/alias?ref=NAME@ALIAS {version}`: as `coffer alias set` (publisher on the model; policies apply).
     func setAlias(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .publisher)
+        let holder = try await authenticate(request, &context, state: state, role: .publisher)
         let (model, alias) = try aliasReference(request)
         let body = try await request.decode(as: SetAliasRequest.self, context: context)
-        try run { () throws(CofferRegistryError) in try registry.setAlias(alias, model: model, version: body.version, by: state.signer(for: holder)) }
+        try await registry.setAlias(alias, model: model, version: body.version, by: state.signer(for: holder))
         return try json(JSONValue.object(["model": .string(model), "alias": .string(alias), "version": .string(body.version)]))
     }
 
     /// `DELETE /v1/alias?ref=NAME@ALIAS`: as `coffer alias rm`.
     func removeAlias(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .publisher)
+        let holder = try await authenticate(request, &context, state: state, role: .publisher)
         let (model, alias) = try aliasReference(request)
-        try run { () throws(CofferRegistryError) in try registry.removeAlias(alias, model: model, by: state.signer(for: holder)) }
+        try await registry.removeAlias(alias, model: model, by: state.signer(for: holder))
         return Response(status: .noContent)
     }
 
     /// `GET /v1/sessions`: the caller's sessions (every session for an admin token), never their tokens.
     func listSessions(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .reader)
-        let all = try run { () throws(CofferRegistryError) in try registry.sessions() }
-        let isAdmin = holder.scope == .admin && (try? registry.holds(.admin, on: nil, holder.principal)) == true
+        let holder = try await authenticate(request, &context, state: state, role: .reader)
+        let all = try await registry.sessions()
+        var isAdmin = false
+        if holder.scope == .admin { isAdmin = (try? await registry.holds(.admin, on: nil, holder.principal)) == true }
         return try json(isAdmin ? all : all.filter { $0.principal == holder.principal.name })
     }
 
@@ -215,7 +189,7 @@ struct RegistryController {
     /// model into the server's locked memory; returns `{id, model, version, expires_at, max_uses}`.
     func openSession(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .inference)
+        let holder = try await authenticate(request, &context, state: state, role: .inference)
         let body = try await request.decode(as: OpenSessionRequest.self, context: context)
         guard body.ttlSeconds >= 1, body.ttlSeconds <= Registry.maximumLifetime else {
             throw HTTPError(.badRequest, message: "ttl_seconds must be from 1 to \(Int(Registry.maximumLifetime)) (a year)")
@@ -223,32 +197,40 @@ struct RegistryController {
         if let uses = body.maxUses, !(1...1_000_000_000).contains(uses) {
             throw HTTPError(.badRequest, message: "max_uses must be from 1 to 1000000000")
         }
-        let reference = try run { () throws(CofferRegistryError) in try ModelReference(parsing: body.ref) }
-        let info = try run { () throws(CofferRegistryError) in
-            let opened = try registry.openSession(
-                reference,
-                principal: holder.principal,
-                unwrappingWith: try state.currentRegistryIdentity().identity,
-                ttl: body.ttlSeconds,
-                maxUses: body.maxUses
-            )
-            let session = try InferenceSession(registry: registry, token: opened.token, countingUse: false)
-            let expires = ISO8601DateFormatter.fractional.date(from: opened.info.expiresAt) ?? Date()
-            let limits = state.predictLimits
-            state.sessions.insert(
-                .init(session, principal: holder.principal.name, expires: expires, rate: limits.rate, burst: limits.burst),
-                id: opened.info.id
-            )
-            return opened.info
-        }
+        let reference = try ModelReference(parsing: body.ref)
+        let opened = try await registry.openSession(
+            reference,
+            principal: holder.principal,
+            unwrappingWith: try await state.currentRegistryIdentity(),
+            ttl: body.ttlSeconds,
+            maxUses: body.maxUses
+        )
+        let info = opened.info
+        try await load(opened.token, id: info.id, principal: holder.principal.name)
+        // The session token is shown once: a client sends it with its predictions, so that any server of this
+        // registry (a replica that did not open the session) can open the session's key copy.
+        let token = opened.token.text()
+        let tokenText = token.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
         return try json(
             JSONValue.object([
                 "id": .string(info.id), "model": .string(info.model), "version": .string(info.version), "expires_at": .string(info.expiresAt),
-                "max_uses": info.maxUses.map { .number(Double($0)) } ?? .null,
+                "max_uses": info.maxUses.map { .number(Double($0)) } ?? .null, "token": .string(tokenText),
             ]),
             status: .created
         )
     }
+
+    /// Opens the session's model into this server's locked memory, from its key copy (no use is taken).
+    private func load(_ token: borrowing SessionToken, id: String, principal: String) async throws {
+        let session = try await InferenceSession(registry: registry, token: token, countingUse: false)
+        guard session.info.id == id, session.info.principal == principal else {
+            throw HTTPError(.forbidden, message: "the session token given is not session \(id)'s")
+        }
+        let expires = ISO8601DateFormatter.fractional.date(from: session.info.expiresAt) ?? Date()
+        state.sessions.insert(.init(session, principal: principal, expires: expires), id: id)
+    }
+
+    static let sessionTokenHeader = HTTPField.Name("Coffer-Session-Token")!
 
     struct PredictRequest: Decodable {
         var rows: [[String: Double]]
@@ -257,22 +239,22 @@ struct RegistryController {
     /// `POST /v1/sessions/{id}/predict {rows: [{feature: value}]}`: per-task predictions, one use of the session.
     func predict(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .inference)
+        let holder = try await authenticate(request, &context, state: state, role: .inference)
         let id = try context.parameters.require("id")
         let body = try await request.decode(as: PredictRequest.self, context: context)
         guard let first = body.rows.first else { throw HTTPError(.badRequest, message: "rows is empty") }
         let limits = state.predictLimits
         if body.rows.count > limits.maxRows {
             let reason = "\(body.rows.count) rows, over the \(limits.maxRows) a request may hold"
-            try? registry.recordRefusal(action: "predict", target: id, reason: reason, principal: holder.principal.name)
+            try? await registry.recordRefusal(action: "predict", target: id, reason: reason, principal: holder.principal.name)
             state.metrics.refusal()
             throw HTTPError(.contentTooLarge, message: "\(body.rows.count) rows: a predict request holds at most \(limits.maxRows)")
         }
-        let loaded = state.sessions.get(id).flatMap { $0.principal == holder.principal.name ? $0 : nil }
-        // The rate limit comes before the use is counted, so a refused request does not spend one.
-        if let wait = loaded?.takePrediction() {
+        // The rate limit comes before the use is counted, so a refused request does not spend one; its bucket is
+        // shared by every server over this registry's metadata store.
+        if let wait = try await registry.takeRateToken(session: id, rate: limits.rate, burst: limits.burst) {
             let reason = "rate limit of \(limits.rate) per second"
-            try? registry.recordRefusal(action: "predict", target: id, reason: reason, principal: holder.principal.name)
+            try? await registry.recordRefusal(action: "predict", target: id, reason: reason, principal: holder.principal.name)
             state.metrics.refusal()
             let seconds = max(1, Int(wait.rounded(.up)))
             throw HTTPError(
@@ -281,9 +263,22 @@ struct RegistryController {
                 message: "session \(id) is limited to \(limits.rate) predictions per second: retry in \(seconds) s"
             )
         }
-        guard let loaded else {
+        if state.sessions.get(id) == nil {
             // The registry still says why (revoked, expired, unknown, someone else's) before "not open here".
-            try run { () throws(CofferRegistryError) in try registry.checkSession(id: id, principal: holder.principal.name) }
+            try await registry.checkSession(id: id, principal: holder.principal.name)
+            // Another server opened it: this one opens it too, from the session's key copy and the token sent with it.
+            guard let text = request.headers[Self.sessionTokenHeader] else {
+                throw HTTPError(.notFound, message: "session \(id) is not open on this server: send its token in Coffer-Session-Token")
+            }
+            let secret = SecureBytes(count: text.utf8.count)
+            secret.withUnsafeMutableBytes { $0.copyBytes(from: text.utf8) }
+            let token: SessionToken
+            do { token = try SessionToken(text: secret) } catch {
+                throw HTTPError(.badRequest, message: "Coffer-Session-Token is not a session token")
+            }
+            try await load(token, id: id, principal: holder.principal.name)
+        }
+        guard let loaded = state.sessions.get(id).flatMap({ $0.principal == holder.principal.name ? $0 : nil }) else {
             throw HTTPError(.notFound, message: "session \(id) is not open on this server")
         }
         let columns = first.keys.sorted()
@@ -295,10 +290,10 @@ struct RegistryController {
         // A request that cannot be answered (bad rows, features the model lacks) spends no use: the prediction runs
         // first, and only a successful one takes its use (and is released only if the use was granted).
         let table = try parse { () throws(CofferTrainingError) in try CSVTable(text: csv, source: "rows") }
-        try run { () throws(CofferRegistryError) in try registry.checkSession(id: id, principal: holder.principal.name) }
-        let (view, predictions) = try run { () throws(CofferRegistryError) in try loaded.session.predict(table) }
+        try await registry.checkSession(id: id, principal: holder.principal.name)
+        let (view, predictions) = try loaded.session.predict(table)
         // The registry says why a session is refused (unknown, revoked, expired, used up, grant lost) and counts the use.
-        try run { () throws(CofferRegistryError) in try registry.useSession(id: id, principal: holder.principal.name) }
+        try await registry.useSession(id: id, principal: holder.principal.name)
         let rows = predictionRows(predictions, tasks: view.architecture.tasks, preprocessing: view.preprocessing, rows: table.rowCount)
         return try json(JSONValue.object(["predictions": .array(rows)]))
     }
@@ -307,18 +302,18 @@ struct RegistryController {
     /// itself against the root it pinned, so nothing here needs trusting (docs/FORMAT.md, "Remote clients").
     func ledger(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        _ = try authenticate(request, &context, state: state, role: .reader)
+        _ = try await authenticate(request, &context, state: state, role: .reader)
         let after = try integer(request, "after", default: 0, range: 0...Int(Int64.max))
         let limit = try integer(request, "limit", default: 1000, range: 1...10_000)
-        let records = try run { () throws(CofferRegistryError) in try registry.ledgerRecords(after: Int64(after), limit: limit) }
+        let records = try await registry.ledgerRecords(after: Int64(after), limit: limit)
         return try json(LedgerPage(records: records.map { .init(seq: $0.seq, envelope: Data($0.envelope).base64EncodedString()) }))
     }
 
     /// `GET /v1/ledger/head`: the newest state head the registry's key signed (the server re-signs it every few seconds).
     func ledgerHead(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        _ = try authenticate(request, &context, state: state, role: .reader)
-        guard let head = try run({ () throws(CofferRegistryError) in try registry.stateHead() }) else {
+        _ = try await authenticate(request, &context, state: state, role: .reader)
+        guard let head = try await registry.stateHead() else {
             throw HTTPError(.serviceUnavailable, message: "the registry has no signed state head yet")
         }
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: head.jsonBytes)))
@@ -339,9 +334,9 @@ struct RegistryController {
     /// `DELETE /v1/sessions/{id}`: revokes the session and wipes its model from the server's memory.
     func closeSession(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .inference)
+        let holder = try await authenticate(request, &context, state: state, role: .inference)
         let id = try context.parameters.require("id")
-        try run { () throws(CofferRegistryError) in try registry.revokeSession(id: id, principal: holder.principal) }
+        try await registry.revokeSession(id: id, principal: holder.principal)
         state.sessions.remove(id)
         return Response(status: .noContent)
     }
@@ -363,21 +358,10 @@ struct RegistryController {
 
     private func reference(_ request: Request) throws -> ModelReference {
         guard let text = request.uri.queryParameters.get("ref") else { throw HTTPError(.badRequest, message: "the ref query parameter is required") }
-        return try run { () throws(CofferRegistryError) in try ModelReference(parsing: text) }
+        return try ModelReference(parsing: text)
     }
 
     /// Runs library code, turning its errors into HTTP errors with the same one-line message.
-    private func run<T>(_ body: () throws(CofferRegistryError) -> T) throws -> T {
-        do {
-            return try body()
-        } catch {
-            switch error {
-            case .refused, .sessionRefused, .unauthenticated: state.metrics.refusal()
-            default: break
-            }
-            throw httpError(error)
-        }
-    }
 
     /// Runs the training module's parsing of request input: its errors are the client's (400).
     private func parse<T>(_ body: () throws(CofferTrainingError) -> T) throws -> T {

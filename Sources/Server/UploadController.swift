@@ -9,8 +9,8 @@ import Hummingbird
 ///
 /// `POST /v1/uploads` starts one; `PATCH /v1/uploads/{id}` with `Upload-Offset: N` appends the body at N (a
 /// different offset gets 409 with the current one); `GET /v1/uploads/{id}` tells the offset to resume from;
-/// `PUT /v1/uploads/{id}?digest=HEX` checks the SHA-256 and moves the blob into the store; `POST /v1/versions`
-/// commits a `PreparedPush`.
+/// `PUT /v1/uploads/{id}?digest=HEX` checks the SHA-256 and makes it a blob of the store; `POST /v1/versions`
+/// commits a `PreparedPush`. Upload state lives in the registry's metadata store, so replicas share it.
 struct UploadController {
     let state: ServerState
     var registry: Registry { state.registry }
@@ -23,29 +23,12 @@ struct UploadController {
     }
 
     static let uploadOffset = HTTPField.Name("Upload-Offset")!
-    /// Unfinished uploads one principal may hold at once.
-    static let maximumOpenUploads = 64
-
-    /// An upload's file, named by its id and its owner: another principal's request finds no such upload, so an
-    /// upload id alone does not let a second publisher append to (or finish) someone else's blob.
-    private func path(_ id: String, of holder: TokenHolder) throws -> String {
-        guard id.count == 32, id.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else { throw HTTPError(.badRequest, message: "not an upload id") }
-        let owner = Digest.hex(Digest.sha256(Array("coffer/v1/upload-owner\u{0}\(holder.principal.name)".utf8)).prefix(8))
-        return "\(registry.home)/tmp/upload-\(id)-\(owner)"
-    }
-
-    private func offset(_ path: String) throws -> Int {
-        guard let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue else {
-            throw HTTPError(.notFound, message: "no such upload (finished, or collected by gc)")
-        }
-        return size
-    }
 
     /// `GET /v1/registry`: the registry's public identity. Clients pin it (`--registry-key`) rather than trust this.
     func registryIdentity(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        _ = try authenticate(request, &context, state: state, role: .reader)
-        let current = try { () throws(CofferRegistryError) in try registry.identity }()
+        _ = try await authenticate(request, &context, state: state, role: .reader)
+        let current = try await registry.identity
         return Response(
             status: .ok,
             headers: [.contentType: "application/json"],
@@ -53,91 +36,54 @@ struct UploadController {
         )
     }
 
+    /// `POST /v1/uploads`: a new upload, which any server over this registry continues (its state is a row).
     func start(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .publisher)
-        do { try registry.requirePublisherSomewhere(holder.principal, action: "upload", target: "-") } catch { throw httpError(error) }
-        // Unfinished uploads take disk until gc: a principal holds a bounded number at once.
-        let suffix = String(try path(String(repeating: "0", count: 32), of: holder).split(separator: "-").last!)
-        let open = ((try? FileManager.default.contentsOfDirectory(atPath: "\(registry.home)/tmp")) ?? []).filter {
-            $0.hasPrefix("upload-") && $0.hasSuffix("-\(suffix)")
-        }
-        guard open.count < Self.maximumOpenUploads else {
-            throw HTTPError(
-                .tooManyRequests,
-                message: "\(holder.principal.name) has \(open.count) unfinished uploads, the most one may hold: finish them, or wait for gc"
-            )
-        }
-        let id = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-        guard FileManager.default.createFile(atPath: try path(id, of: holder), contents: nil, attributes: [.posixPermissions: 0o600]) else {
-            throw HTTPError(.internalServerError, message: "cannot create the upload")
-        }
-        return try json(["id": .string(id), "offset": .number(0)], status: .created)
+        let holder = try await authenticate(request, &context, state: state, role: .publisher)
+        let upload = try await registry.startUpload(by: holder.principal)
+        return try json(["id": .string(upload.id), "offset": .number(0)], status: .created)
     }
 
     func status(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .publisher)
-        let id = try context.parameters.require("id")
-        return try json(["id": .string(id), "offset": .number(Double(try offset(try path(id, of: holder))))])
+        let holder = try await authenticate(request, &context, state: state, role: .publisher)
+        let upload = try await registry.upload(try context.parameters.require("id"), of: holder.principal)
+        return try json(["id": .string(upload.id), "offset": .number(Double(upload.offset))])
     }
 
     func append(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .publisher)
+        let holder = try await authenticate(request, &context, state: state, role: .publisher)
         let id = try context.parameters.require("id")
-        let file = try path(id, of: holder)
-        let current = try offset(file)
-        guard let text = request.headers[Self.uploadOffset], let start = Int(text) else {
+        guard let text = request.headers[Self.uploadOffset], let start = Int(text), start >= 0 else {
             throw HTTPError(.badRequest, message: "PATCH needs an Upload-Offset header")
         }
-        guard start == current else {
-            throw HTTPError(.conflict, message: "the upload is at offset \(current), not \(start): resume from \(current)")
-        }
-        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: file))
-        defer { try? handle.close() }
-        try handle.seekToEnd()
-        var written = current
-        for try await buffer in request.body {
-            written += buffer.readableBytes
-            guard written <= state.maxUploadSize else {
-                throw HTTPError(.contentTooLarge, message: "an upload may not exceed \(state.maxUploadSize) bytes")
-            }
-            try handle.write(contentsOf: Data(buffer.readableBytesView))
-        }
-        return try json(["id": .string(id), "offset": .number(Double(written))])
+        let body = BlobStream(length: request.headers[.contentLength].flatMap { Int($0) }, request.body)
+        let upload = try await registry.appendUpload(id, at: start, body, limit: state.maxUploadSize, by: holder.principal)
+        return try json(["id": .string(id), "offset": .number(Double(upload.offset))])
     }
 
     func finish(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .publisher)
+        let holder = try await authenticate(request, &context, state: state, role: .publisher)
         let id = try context.parameters.require("id")
-        let file = try path(id, of: holder)
-        _ = try offset(file)
         guard let digest = request.uri.queryParameters.get("digest"), digest.count == 64 else {
             throw HTTPError(.badRequest, message: "PUT needs ?digest= the blob's SHA-256 (64 hex digits)")
         }
-        do {
-            try registry.adoptBlob(at: file, digest: digest, by: holder.principal)
-        } catch {
-            unlink(file)
-            throw httpError(error)
-        }
-        return try json(["digest": .string(digest)], status: .created)
+        try await registry.finishUpload(id, digest: String(digest), by: holder.principal)
+        return try json(["digest": .string(String(digest))], status: .created)
     }
 
     /// `POST /v1/versions` with a `PreparedPush`: the version is checked and committed as a local push would be.
     func commit(_ request: Request, context: CofferRequestContext) async throws -> Response {
         var context = context
-        let holder = try authenticate(request, &context, state: state, role: .publisher)
+        let holder = try await authenticate(request, &context, state: state, role: .publisher)
         let prepared = try await request.decode(as: PreparedPush.self, context: context)
-        let result: PushResult
-        do throws(CofferRegistryError) {
-            result = try registry.commitPushed(prepared, principal: holder.principal, registryIdentity: try state.currentRegistryIdentity())
-        } catch {
-            if case .refused = error { state.metrics.refusal() }
-            throw httpError(error)
-        }
+        let result = try await registry.commitPushed(
+            prepared,
+            principal: holder.principal,
+            registryIdentity: try await state.currentRegistryIdentity()
+        )
         return try json(["model": .string(result.model), "version": .string(result.version), "digest": .string(result.digest)], status: .created)
     }
 

@@ -8,7 +8,7 @@ import Foundation
 struct ActingIdentity: ParsableArguments {
     @Option(name: .long, help: "Your private identity (NAME.key): who is acting.") var identity: String
 
-    func unlock(_ passphraseOptions: PassphraseOptions) throws(CofferCryptoError) -> Identity {
+    func unlock(_ passphraseOptions: PassphraseOptions) throws(CofferCryptoError) -> UnlockedIdentity {
         try passphraseOptions.unlockIdentity(at: identity)
     }
 }
@@ -25,13 +25,14 @@ struct OptionalIdentity: ParsableArguments {
     @OptionGroup var passphraseOptions: PassphraseOptions
 
     /// The principal acting, for what is checked but not recorded in the ledger (tokens, sessions, recipients).
-    func principal(in store: Registry) throws -> Principal? {
-        try identity.map { path in try store.principal(for: try passphraseOptions.unlockIdentity(at: path)) }
+    func principal(in store: Registry) async throws -> Principal? {
+        guard let identity else { return nil }
+        return try await store.principal(for: try passphraseOptions.unlockIdentity(at: identity).identity)
     }
 
     /// The signer of a change recorded in the ledger.
     func signer(in store: Registry) throws -> Signer {
-        Signer(UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key")))
+        Signer(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key"))
     }
 }
 
@@ -59,7 +60,7 @@ extension Coffer {
             subcommands: [Add.self, Remove.self, List.self]
         )
 
-        struct Add: ParsableCommand {
+        struct Add: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Add a principal (admin only; the registry's first principal is its owner).")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
@@ -70,16 +71,16 @@ extension Coffer {
             @Option(name: .long, help: "Your private identity (NAME.key): an admin's (default: the registry's own key, registry.key).")
             var identity: String?
 
-            func run() throws {
-                let store = try registry.open()
+            func run() async throws {
+                let store = try await registry.open()
                 let roles = try role.map(parseRole)
-                let signer = Signer(UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key")))
-                try store.addPrincipal(name: name, identity: try PublicIdentity(contentsOf: publicIdentity), roles: roles, by: signer)
+                let signer = Signer(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key"))
+                try await store.addPrincipal(name: name, identity: try PublicIdentity(contentsOf: publicIdentity), roles: roles, by: signer)
                 print("added principal \(name)")
             }
         }
 
-        struct Remove: ParsableCommand {
+        struct Remove: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
                 abstract: "Remove a principal: its grants, bearer tokens and sessions end at once (admin only)."
             )
@@ -87,20 +88,20 @@ extension Coffer {
             @Argument(help: "Principal name.") var name: String
             @OptionGroup var acting: OptionalIdentity
 
-            func run() throws {
-                let store = try registry.open()
-                try store.removePrincipal(name, by: try acting.signer(in: store))
+            func run() async throws {
+                let store = try await registry.open()
+                try await store.removePrincipal(name, by: try acting.signer(in: store))
                 print("removed principal \(name): its grants, tokens and sessions have ended")
             }
         }
 
-        struct List: ParsableCommand {
+        struct List: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "List principals and their grants.")
             @OptionGroup var registry: RegistryOptions
             @Flag(name: .long, help: "Print JSON: [{name, key_id, grants: [{role, scope, alias}]}].") var json = false
 
-            func run() throws {
-                let principals = try registry.open().principals()
+            func run() async throws {
+                let principals = try await registry.open().principals()
                 if json {
                     JSONOutput.print(
                         .array(
@@ -140,30 +141,30 @@ extension Coffer {
         var summary: String { "\(role) on \(on)\(alias.map { " alias \($0)" } ?? "")" }
     }
 
-    struct GrantCommand: ParsableCommand {
+    struct GrantCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "grant", abstract: "Grant a principal a role on models (admin only).")
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
         @OptionGroup var acting: ActingIdentity
         @OptionGroup var granted: GrantArguments
 
-        func run() throws {
-            let store = try registry.open()
-            try store.grant(try granted.grant(), by: Signer(UnlockedIdentity(try acting.unlock(passphraseOptions))))
+        func run() async throws {
+            let store = try await registry.open()
+            try await store.grant(try granted.grant(), by: Signer(try acting.unlock(passphraseOptions)))
             print("granted \(granted.summary) to \(granted.principal)")
         }
     }
 
-    struct RevokeCommand: ParsableCommand {
+    struct RevokeCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a principal's role, as granted (admin only).")
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
         @OptionGroup var acting: ActingIdentity
         @OptionGroup var granted: GrantArguments
 
-        func run() throws {
-            let store = try registry.open()
-            guard try store.revoke(try granted.grant(), by: Signer(UnlockedIdentity(try acting.unlock(passphraseOptions)))) else {
+        func run() async throws {
+            let store = try await registry.open()
+            guard try await store.revoke(try granted.grant(), by: Signer(try acting.unlock(passphraseOptions))) else {
                 throw CLIError("\(granted.principal) holds no \(granted.summary) grant")
             }
             print("revoked \(granted.summary) from \(granted.principal)")
@@ -177,7 +178,7 @@ extension Coffer {
             subcommands: [Open.self, List.self, Revoke.self]
         )
 
-        struct Open: ParsableCommand {
+        struct Open: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
                 abstract: "Open a session; prints its token once (cfs_...). Remotely, the server loads the model and prints the session id."
             )
@@ -188,7 +189,7 @@ extension Coffer {
             @Option(name: .long, help: "Lifetime: e.g. 90s, 15m, 2h, 7d.") var ttl: String
             @Option(name: .long, help: "Number of uses (infer calls) allowed.") var maxUses: Int?
 
-            func run() throws {
+            func run() async throws {
                 let model = try ModelReference(parsing: reference)
                 let lifetime = try parseDuration(ttl)
                 if let maxUses, maxUses < 1 { throw CLIError("--max-uses must be at least 1") }
@@ -215,8 +216,8 @@ extension Coffer {
                     return
                 }
                 guard let identity = acting.identity else { throw CLIError("--identity is required to open a session") }
-                let store = try registry.open()
-                let opened = try store.openSession(
+                let store = try await registry.open()
+                let opened = try await store.openSession(
                     model,
                     identity: try acting.passphraseOptions.unlockIdentity(at: identity),
                     ttl: lifetime,
@@ -231,18 +232,18 @@ extension Coffer {
             }
         }
 
-        struct List: ParsableCommand {
+        struct List: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "List sessions (never their tokens).")
             @OptionGroup var registry: RegistryOptions
             @Flag(name: .long, help: "Print JSON.") var json = false
             @OptionGroup var remote: RemoteOptions
 
-            func run() throws {
+            func run() async throws {
                 let sessions =
                     if let client = try remote.client() {
                         try JSONDecoder().decode([SessionInfo].self, from: try client.get("v1/sessions"))
                     } else {
-                        try registry.open().sessions()
+                        try await registry.open().sessions()
                     }
                 if json {
                     let data = try JSONEncoder().encode(sessions)
@@ -263,19 +264,19 @@ extension Coffer {
             @OptionGroup var remote: RemoteOptions
             @Argument(help: "Session id (from session list).") var id: String
 
-            func run() throws {
+            func run() async throws {
                 if let client = try remote.client() {
                     _ = try client.expect("DELETE", "v1/sessions/\(RemoteClient.pathSegment(id))")
                 } else {
                     guard let identity = acting.identity else { throw CLIError("--identity is required to revoke a session") }
-                    try registry.open().revokeSession(id: id, identity: try acting.passphraseOptions.unlockIdentity(at: identity))
+                    try await registry.open().revokeSession(id: id, identity: try acting.passphraseOptions.unlockIdentity(at: identity))
                 }
                 print("revoked session \(id)")
             }
         }
     }
 
-    struct Infer: ParsableCommand {
+    struct Infer: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Predict with a session's model, decrypted into locked memory only; or stream its plaintext (--raw) to a pipe."
         )
@@ -292,7 +293,7 @@ extension Coffer {
             if raw && isatty(STDOUT_FILENO) == 1 { throw ValidationError("--raw writes plaintext to stdout: pipe it, do not print it to a terminal") }
         }
 
-        func run() throws {
+        func run() async throws {
             guard let text = session ?? ProcessInfo.processInfo.environment["COFFER_SESSION"] else {
                 throw CLIError("no session token: pass --session or set COFFER_SESSION")
             }
@@ -319,18 +320,18 @@ extension Coffer {
                 return printPredictionRows(predictions, json: json)
             }
             let tokenText = SecureBytes(count: text.utf8.count)
-            tokenText.withUnsafeMutableBytes { out in _ = out.copyBytes(from: text.utf8) }
-            let store = try registry.open()
+            tokenText.withUnsafeMutableBytes { out in out.copyBytes(from: text.utf8) }
+            let store = try await registry.open()
             // Bad input and an export the session may not make are refused before a use is taken.
             let table = try input.map { path throws(CofferTrainingError) in try CSVTable(contentsOf: path) }
-            if raw { try InferenceSession.authorizeExport(registry: store, tokenText: tokenText) }
-            let opened = try InferenceSession(registry: store, tokenText: tokenText)
+            if raw { try await InferenceSession.authorizeExport(registry: store, tokenText: tokenText) }
+            let opened = try await InferenceSession(registry: store, tokenText: tokenText)
             if raw {
                 let paths = opened.files.map(\.path)
                 guard let path = file ?? (paths.count == 1 ? paths[0] : nil) else {
                     throw CLIError("the version has \(paths.count) files: choose one with --file (\(paths.joined(separator: ", ")))")
                 }
-                let written = try opened.export(path, registry: store) { bytes throws(CofferCryptoError) in
+                let written: Void? = try await opened.export(path, registry: store) { bytes throws(CofferCryptoError) in
                     try FileDescriptorStream.standardOutput.write(bytes)
                 }
                 guard written != nil else { throw CLIError("no file \(path) in \(opened.info.model):\(opened.info.version)") }
@@ -354,14 +355,14 @@ extension Coffer {
             defaultSubcommand: Show.self
         )
 
-        struct Show: ParsableCommand {
+        struct Show: AsyncParsableCommand {
             static let configuration = CommandConfiguration(commandName: "show", abstract: "Print entries, oldest first.")
             @OptionGroup var registry: RegistryOptions
             @Option(name: .long, help: "Only entries at or after this RFC 3339 time.") var since: String?
             @Flag(name: .long, help: "Print JSON: [{seq, at, principal, action, target, outcome, reason}].") var json = false
             @OptionGroup var remote: RemoteOptions
 
-            func run() throws {
+            func run() async throws {
                 let entries: [AuditEntry] =
                     if let client = try remote.client() {
                         try JSONDecoder().decode(
@@ -369,7 +370,7 @@ extension Coffer {
                             from: try client.get("v1/audit", query: since.map { [URLQueryItem(name: "since", value: $0)] } ?? [])
                         )
                     } else {
-                        try registry.open().auditEntries(since: since)
+                        try await registry.open().auditEntries(since: since)
                     }
                 if json {
                     print(String(decoding: try JSONEncoder().encode(entries), as: UTF8.self))
@@ -383,27 +384,27 @@ extension Coffer {
             }
         }
 
-        struct Verify: ParsableCommand {
+        struct Verify: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
                 abstract: "Recompute the chain and check the registry's signed heads; names the first bad entry."
             )
             @OptionGroup var registry: RegistryOptions
 
-            func run() throws {
-                let report = try registry.open().verifyAudit()
+            func run() async throws {
+                let report = try await registry.open().verifyAudit()
                 print("audit log ok: \(report.entries) entries, signed through \(report.signedThrough), \(report.unsigned) not yet signed")
             }
         }
 
-        struct Sign: ParsableCommand {
+        struct Sign: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Sign the chain head with the registry's identity (its passphrase).")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
 
-            func run() throws {
-                let store = try registry.open()
-                let key = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
-                print("signed the audit log through entry \(try store.signAuditHead(with: key))")
+            func run() async throws {
+                let store = try await registry.open()
+                let key = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
+                print("signed the audit log through entry \(try await store.signAuditHead(with: key))")
             }
         }
     }

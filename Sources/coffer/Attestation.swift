@@ -28,7 +28,7 @@ extension Coffer {
 
             func run() throws {
                 let signer = try passphraseOptions.unlockIdentity(at: identity)
-                let envelope = try FileAttestation.sign(files: files, identity: signer)
+                let envelope = try FileAttestation.sign(files: files, identity: signer.identity)
                 try OutputTarget.write(to: output, mode: 0o644) { sink throws(CofferCryptoError) in
                     try (envelope.jsonBytes + [0x0a]).withUnsafeBytes { buffer in
                         Result { () throws(CofferCryptoError) in try sink.write(buffer) }

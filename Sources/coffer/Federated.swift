@@ -174,9 +174,9 @@ extension Coffer.Federated {
             let sites = try site.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             if let push { _ = try ModelReference(parsing: push) }
             // Fail early on registry and identity problems, before any site trains.
-            let store = push == nil ? nil : try registry.open()
+            let store = await push == nil ? nil : try registry.open()
             let recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
-            let signer = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity))
+            let signer = try passphraseOptions.unlockIdentity(at: identity)
             let core = try Federation.check { () throws(FederatedError) in
                 try CoordinatorCore(configuration: configuration, recipe: recipe, identity: signer, sites: sites)
             }
@@ -360,10 +360,7 @@ final class RoundPublisher: @unchecked Sendable {
         request.message =
             "\(configuration.mechanism) round \(record.round) of \(configuration.rounds), session \(core.sessionHex.prefix(8)): "
             + "\(record.participants.count) sites (key IDs \(record.participants.joined(separator: ", ")))"
-        let store = self.store
-        let signer = self.signer
-        let pushRequest = request
-        let result = try await Federation.onThread { try store.push(pushRequest, publisher: signer) }
+        let result = try await store.push(request, publisher: signer)
         lastVersion = result.version
         lastRound = record.round
         Federation.line("pushed \(result.model):\(result.version) (round \(record.round)) sha256:\(result.digest)")
@@ -549,7 +546,7 @@ extension Coffer.Federated {
                 let sites = try data.enumerated().map { i, local in
                     try Federation.check { () throws(FederatedError) in
                         try FederatedSite(
-                            identity: try! Identity.generate(name: "site\(i)"),
+                            identity: UnlockedIdentity(try! Identity.generate(name: "site\(i)")),
                             coordinator: coordinator.publicIdentity,
                             recipe: recipe,
                             data: local,

@@ -10,7 +10,7 @@ extension Coffer {
             subcommands: [Set.self, Show.self]
         )
 
-        struct Set: ParsableCommand {
+        struct Set: AsyncParsableCommand {
             static let configuration = CommandConfiguration(commandName: "set", abstract: "Set a dataset's total (epsilon, delta) budget.")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var acting: OptionalIdentity
@@ -19,7 +19,7 @@ extension Coffer {
             @Option(name: .long, help: "Delta the budget is counted at.") var delta: Double
             @OptionGroup var remote: RemoteOptions
 
-            func run() throws {
+            func run() async throws {
                 if let client = try remote.client() {
                     _ = try client.expect(
                         "PUT",
@@ -28,26 +28,26 @@ extension Coffer {
                         body: try JSONEncoder().encode(["epsilon": epsilon, "delta": delta])
                     )
                 } else {
-                    let store = try registry.open()
-                    try store.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, by: try acting.signer(in: store))
+                    let store = try await registry.open()
+                    try await store.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, by: try acting.signer(in: store))
                 }
                 print("budget of \(dataset): epsilon \(epsilon) at delta \(delta)")
             }
         }
 
-        struct Show: ParsableCommand {
+        struct Show: AsyncParsableCommand {
             static let configuration = CommandConfiguration(commandName: "show", abstract: "Versions charged, spent and remaining epsilon.")
             @OptionGroup var registry: RegistryOptions
             @Argument(help: "Dataset id.") var dataset: String
             @Flag(name: .long, help: "Print JSON: {dataset, epsilon, delta, spent, remaining, versions}.") var json = false
             @OptionGroup var remote: RemoteOptions
 
-            func run() throws {
+            func run() async throws {
                 let status: BudgetStatus =
                     if let client = try remote.client() {
                         try JSONDecoder().decode(BudgetStatus.self, from: try client.get("v1/budgets/\(RemoteClient.pathSegment(dataset))"))
                     } else {
-                        try registry.open().budget(dataset: dataset)
+                        try await registry.open().budget(dataset: dataset)
                     }
                 if json {
                     let encoder = JSONEncoder()
@@ -81,7 +81,7 @@ extension Coffer {
             subcommands: [Set.self, Show.self]
         )
 
-        struct Set: ParsableCommand {
+        struct Set: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
                 commandName: "set",
                 abstract: "NAME@ALIAS (that alias) or NAME (every alias); no rule removes the policy."
@@ -95,7 +95,7 @@ extension Coffer {
             @Option(name: .long, help: "Smallest target pruning ratio allowed.") var minPruningRatio: Double?
             @Flag(name: .long, help: "The version must be charged to a dataset with a budget.") var requireBudget = false
 
-            func run() throws {
+            func run() async throws {
                 let reference = try ModelReference(parsing: target)
                 var alias: String? = nil
                 switch reference.selector {
@@ -110,8 +110,8 @@ extension Coffer {
                     minPruningRatio: minPruningRatio,
                     requireBudget: requireBudget ? true : nil
                 )
-                let store = try registry.open()
-                let violating = try store.setPolicy(model: reference.name, alias: alias, rules: rules, by: try acting.signer(in: store))
+                let store = try await registry.open()
+                let violating = try await store.setPolicy(model: reference.name, alias: alias, rules: rules, by: try acting.signer(in: store))
                 for alias in violating {
                     FileDescriptorStream.standardError.writeLine(
                         "coffer: \(alias) breaks the new rules: pull and session open refuse it until it is moved"
@@ -121,14 +121,14 @@ extension Coffer {
             }
         }
 
-        struct Show: ParsableCommand {
+        struct Show: AsyncParsableCommand {
             static let configuration = CommandConfiguration(commandName: "show", abstract: "The policies of a model.")
             @OptionGroup var registry: RegistryOptions
             @Argument(help: "NAME.") var model: String
             @Flag(name: .long, help: "Print JSON: [{alias, rules}].") var json = false
 
-            func run() throws {
-                let policies = try registry.open().policies(model: model)
+            func run() async throws {
+                let policies = try await registry.open().policies(model: model)
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys]
                 if json {
@@ -142,7 +142,7 @@ extension Coffer {
         }
     }
 
-    struct Erase: ParsableCommand {
+    struct Erase: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Crypto-shred a model or one version: every wrapped data key, then the blobs; the attestation stays as a tombstone."
         )
@@ -150,7 +150,7 @@ extension Coffer {
         @OptionGroup var acting: OptionalIdentity
         @Argument(help: "NAME (every version) or NAME:VERSION.") var reference: String
 
-        func run() throws {
+        func run() async throws {
             let target = try ModelReference(parsing: reference)
             var version: String? = nil
             switch target.selector {
@@ -158,8 +158,8 @@ extension Coffer {
             case .version(let v): version = v
             case .alias: throw CLIError("erase takes NAME or NAME:VERSION, not an alias")
             }
-            let store = try registry.open()
-            let erased = try store.erase(model: target.name, version: version, by: try acting.signer(in: store))
+            let store = try await registry.open()
+            let erased = try await store.erase(model: target.name, version: version, by: try acting.signer(in: store))
             print("erased \(erased.joined(separator: ", ")): no key to them remains")
         }
     }
@@ -167,7 +167,7 @@ extension Coffer {
     struct Key: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "The registry's own key.", subcommands: [Rotate.self])
 
-        struct Rotate: ParsableCommand {
+        struct Rotate: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
                 abstract: "New registry key; every data key re-wrapped to it (no blob re-encrypted); the old key retired and useless."
             )
@@ -176,9 +176,9 @@ extension Coffer {
             @Option(name: .long, help: "File holding the new key's passphrase (else the same source as the current one's).")
             var newPassphraseFile: String?
 
-            func run() throws {
-                let store = try registry.open()
-                let current = UnlockedIdentity(try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
+            func run() async throws {
+                let store = try await registry.open()
+                let current = try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
                 let signer = try acting.identity == nil ? Signer(current) : acting.signer(in: store)
                 let passphrase =
                     if let newPassphraseFile {
@@ -186,13 +186,13 @@ extension Coffer {
                     } else {
                         try acting.passphraseOptions.passphrase(prompt: "Passphrase for the new registry key: ", confirm: true)
                     }
-                let fresh = try store.rotateKey(current: current, passphrase: passphrase, by: signer)
+                let fresh = try await store.rotateKey(current: current, passphrase: passphrase, by: signer)
                 print("registry key rotated: \(current.publicIdentity.keyID) retired, \(fresh.keyID) current")
             }
         }
     }
 
-    struct Rekey: ParsableCommand {
+    struct Rekey: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Re-encrypt a version under a fresh data key (after removing a recipient who may have kept the old one)."
         )
@@ -200,11 +200,11 @@ extension Coffer {
         @OptionGroup var acting: OptionalIdentity
         @Argument(help: "NAME:VERSION or NAME@ALIAS.") var reference: String
 
-        func run() throws {
-            let store = try registry.open()
-            let registryKey = UnlockedIdentity(try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
+        func run() async throws {
+            let store = try await registry.open()
+            let registryKey = try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
             let signer = try acting.identity == nil ? Signer(registryKey) : acting.signer(in: store)
-            let result = try store.rekey(try ModelReference(parsing: reference), registryIdentity: registryKey, by: signer)
+            let result = try await store.rekey(try ModelReference(parsing: reference), registryIdentity: registryKey, by: signer)
             print("re-encrypted \(result.model):\(result.version) under a new data key, wrapped for \(result.recipients.count) key(s)")
             if !result.dropped.isEmpty { print("not re-wrapped (public identity unknown): \(result.dropped.joined(separator: ", "))") }
         }
@@ -216,7 +216,7 @@ extension Coffer {
             subcommands: [Add.self, Remove.self]
         )
 
-        struct Add: ParsableCommand {
+        struct Add: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Wrap the data key of NAME:VERSION (or every version of NAME) for PUB.")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
@@ -224,10 +224,10 @@ extension Coffer {
             @Argument(help: "NAME or NAME:VERSION.") var reference: String
             @Argument(help: "The recipient's public identity (NAME.pub).") var publicIdentity: String
 
-            func run() throws {
-                let store = try registry.open()
+            func run() async throws {
+                let store = try await registry.open()
                 let recipient = try PublicIdentity(contentsOf: publicIdentity)
-                let shared = try store.addRecipient(
+                let shared = try await store.addRecipient(
                     try ModelReference(parsing: reference),
                     recipient: recipient,
                     identity: try acting.unlock(passphraseOptions)
@@ -236,17 +236,21 @@ extension Coffer {
             }
         }
 
-        struct Remove: ParsableCommand {
+        struct Remove: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Delete a recipient's wrapped keys of NAME:VERSION (or every version of NAME).")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var acting: OptionalIdentity
             @Argument(help: "NAME or NAME:VERSION.") var reference: String
             @Argument(help: "The recipient's key ID, or its public identity file.") var recipient: String
 
-            func run() throws {
+            func run() async throws {
                 let keyID = FileManager.default.fileExists(atPath: recipient) ? try PublicIdentity(contentsOf: recipient).keyID : recipient
-                let store = try registry.open()
-                let removed = try store.removeRecipient(try ModelReference(parsing: reference), keyID: keyID, by: try acting.principal(in: store))
+                let store = try await registry.open()
+                let removed = try await store.removeRecipient(
+                    try ModelReference(parsing: reference),
+                    keyID: keyID,
+                    by: try acting.principal(in: store)
+                )
                 guard removed > 0 else { throw CLIError("\(keyID) holds no key of \(reference)") }
                 print("removed \(removed) wrapped keys of \(keyID)")
             }

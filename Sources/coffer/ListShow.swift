@@ -4,7 +4,7 @@ import CofferRegistry
 import Foundation
 
 extension Coffer {
-    struct List: ParsableCommand {
+    struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List versions, newest first, optionally filtered on privacy metadata.")
 
         @OptionGroup var registry: RegistryOptions
@@ -14,7 +14,7 @@ extension Coffer {
         @Flag(name: .long, help: "Print JSON: an array of version objects (docs/FORMAT.md).") var json = false
         @OptionGroup var remote: RemoteOptions
 
-        func run() throws {
+        func run() async throws {
             var versions: [JSONValue]
             if let client = try remote.client() {
                 var query = [URLQueryItem(name: "limit", value: String(limit > 0 ? limit : 1_000_000))]
@@ -28,7 +28,7 @@ extension Coffer {
                     return .object(fields)
                 }
             } else {
-                versions = try registry.open().list(model: model, where: `where`, limit: limit > 0 ? limit : nil).map(\.json)
+                versions = try await registry.open().list(model: model, where: `where`, limit: limit > 0 ? limit : nil).map(\.json)
             }
             if limit > 0 && versions.count == limit {
                 FileDescriptorStream.standardError.writeLine("(the newest \(limit) versions; --limit N shows more, --limit 0 all)")
@@ -61,7 +61,7 @@ extension Coffer {
         }
     }
 
-    struct Show: ParsableCommand {
+    struct Show: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show one version: metadata, privacy, lineage and files.")
 
         @OptionGroup var registry: RegistryOptions
@@ -69,13 +69,13 @@ extension Coffer {
         @Flag(name: .long, help: "Print JSON: the version object with its files.") var json = false
         @OptionGroup var remote: RemoteOptions
 
-        func run() throws {
+        func run() async throws {
             let target = try ModelReference(parsing: reference)
             let version: JSONValue =
                 if let client = try remote.client() {
-                    try Coffer.remoteShow(target, client: client)
+                    try await Coffer.remoteShow(target, client: client)
                 } else {
-                    try registry.open().show(target).json
+                    try await registry.open().show(target).json
                 }
             if json { return JSONOutput.print(version) }
             guard case .object(let fields) = version else { return }
@@ -107,8 +107,8 @@ extension Coffer {
 
     /// A version of a served registry as the client checks it: resolved on the ledger it replays, every signed field
     /// from the statement it verifies itself; what cannot be verified is shown as the server reports it, marked so.
-    static func remoteShow(_ target: ModelReference, client: RemoteClient) throws -> JSONValue {
-        let expected = try RemoteExpectation(target, ledger: try client.ledger())
+    static func remoteShow(_ target: ModelReference, client: RemoteClient) async throws -> JSONValue {
+        let expected = try RemoteExpectation(target, ledger: try await client.ledger())
         let query = [URLQueryItem(name: "ref", value: expected.reference)]
         let reported = try JSONDecoder().decode(JSONValue.self, from: try client.get("v1/version", query: query))
         do {
@@ -128,7 +128,7 @@ extension Coffer {
     struct Alias: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Point an alias at a version, or remove it.", subcommands: [Set.self, Remove.self])
 
-        struct Set: ParsableCommand {
+        struct Set: AsyncParsableCommand {
             static let configuration = CommandConfiguration(commandName: "set", abstract: "NAME@ALIAS VERSION")
             @OptionGroup var registry: RegistryOptions
             @Argument(help: "NAME@ALIAS") var alias: String
@@ -136,7 +136,7 @@ extension Coffer {
             @OptionGroup var acting: OptionalIdentity
             @OptionGroup var remote: RemoteOptions
 
-            func run() throws {
+            func run() async throws {
                 let target = try ModelReference(parsing: alias)
                 guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
                 if let client = try remote.client() {
@@ -148,28 +148,28 @@ extension Coffer {
                         body: try JSONEncoder().encode(["version": version])
                     )
                 } else {
-                    let store = try registry.open()
-                    try store.setAlias(name, model: target.name, version: version, by: try acting.signer(in: store))
+                    let store = try await registry.open()
+                    try await store.setAlias(name, model: target.name, version: version, by: try acting.signer(in: store))
                 }
                 print("\(target.name)@\(name) -> \(version)")
             }
         }
 
-        struct Remove: ParsableCommand {
+        struct Remove: AsyncParsableCommand {
             static let configuration = CommandConfiguration(commandName: "rm", abstract: "NAME@ALIAS")
             @OptionGroup var registry: RegistryOptions
             @Argument(help: "NAME@ALIAS") var alias: String
             @OptionGroup var acting: OptionalIdentity
             @OptionGroup var remote: RemoteOptions
 
-            func run() throws {
+            func run() async throws {
                 let target = try ModelReference(parsing: alias)
                 guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
                 if let client = try remote.client() {
                     _ = try client.expect("DELETE", "v1/alias", query: [URLQueryItem(name: "ref", value: alias)])
                 } else {
-                    let store = try registry.open()
-                    try store.removeAlias(name, model: target.name, by: try acting.signer(in: store))
+                    let store = try await registry.open()
+                    try await store.removeAlias(name, model: target.name, by: try acting.signer(in: store))
                 }
                 print("removed \(target.name)@\(name)")
             }
@@ -182,34 +182,34 @@ extension String {
 }
 
 extension Coffer {
-    struct Tag: ParsableCommand {
+    struct Tag: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Set or remove tags of a version (mutable labels, not signed).")
 
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "NAME:VERSION or NAME@ALIAS.") var reference: String
         @Argument(help: "KEY=VALUE to set, KEY= to remove.") var tags: [String]
 
-        func run() throws {
+        func run() async throws {
             var changes: [String: String?] = [:]
             for pair in tags {
                 guard let equals = pair.firstIndex(of: "=") else { throw CLIError("tags are KEY=VALUE (or KEY= to remove), got '\(pair)'") }
                 let value = String(pair[pair.index(after: equals)...])
                 changes[String(pair[..<equals])] = value.isEmpty ? nil : value
             }
-            try registry.open().tag(try ModelReference(parsing: reference), set: changes)
+            try await registry.open().tag(try ModelReference(parsing: reference), set: changes)
             print("tagged \(reference)")
         }
     }
 
-    struct Log: ParsableCommand {
+    struct Log: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Show a version's lineage: parents, datasets, training configuration.")
 
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
         @Flag(name: .long, help: "Print JSON: the chain of version objects, newest first.") var json = false
 
-        func run() throws {
-            let chain = try registry.open().lineage(try ModelReference(parsing: reference))
+        func run() async throws {
+            let chain = try await registry.open().lineage(try ModelReference(parsing: reference))
             if json { return JSONOutput.print(.array(chain.map(\.json))) }
             for version in chain {
                 let epsilon = version.privacy.epsilon.map { String(format: "%g", $0) } ?? "-"

@@ -15,10 +15,10 @@ struct PassphraseOptions: ParsableArguments {
     }
 
     /// Reads and decrypts the identity at `path`.
-    func unlockIdentity(at path: String) throws(CofferCryptoError) -> Identity {
+    func unlockIdentity(at path: String) throws(CofferCryptoError) -> UnlockedIdentity {
         let bytes = try FileBytes.read(path)
         _ = try Identity.publicIdentity(ofKeyFile: bytes, path: path)
         let passphrase = try passphrase(prompt: "Passphrase for \(path): ")
-        return try Identity.decrypt(keyFile: bytes, passphrase: passphrase, path: path)
+        return UnlockedIdentity(try Identity.decrypt(keyFile: bytes, passphrase: passphrase, path: path))
     }
 }

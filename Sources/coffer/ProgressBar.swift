@@ -6,8 +6,9 @@ import Foundation
 import Glibc
 #endif
 
-/// A one-line progress bar on stderr (bytes, rate, ETA), shown only when stderr is a terminal.
-final class ProgressBar {
+/// A one-line progress bar on stderr (bytes, rate, ETA), shown only when stderr is a terminal. Updated from one
+/// thread at a time (the pipeline's writer lane), then finished by the command.
+final class ProgressBar: @unchecked Sendable {
     private let label: String
     private let total: Int?
     private let started = Date()
@@ -28,6 +29,9 @@ final class ProgressBar {
         lastDraw = now
         draw(now: now)
     }
+
+    /// ``update(_:)`` as a closure the registry may call from its own threads.
+    var reporter: @Sendable (Int) -> Void { { [self] bytes in update(bytes) } }
 
     func finish() {
         draw(now: Date())

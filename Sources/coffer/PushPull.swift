@@ -4,7 +4,7 @@ import CofferRegistry
 import Foundation
 
 extension Coffer {
-    struct Push: ParsableCommand {
+    struct Push: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Seal, sign and store a new version of a model (files or a model directory)."
         )
@@ -38,7 +38,7 @@ extension Coffer {
         @Option(name: .long, help: "With --registry: a key of the registry you were given (registry.pub); its key chain must hold it.")
         var registryKey: String?
 
-        func run() throws {
+        func run() async throws {
             let target = try ModelReference(parsing: reference)
             var request = PushRequest(model: target.name, paths: paths)
             switch target.selector {
@@ -76,13 +76,17 @@ extension Coffer {
                 let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 let publisher = try passphraseOptions.unlockIdentity(at: identity)
                 let client = try RemoteClient(base: url, token: token, caCertificate: remote.caCertificate)
-                let (model, version, digest) = try RemotePusher(client: client, url: url).push(request, publisher: publisher, given: given)
+                let (model, version, digest) = try await RemotePusher(client: client, url: url).push(
+                    request,
+                    publisher: publisher.identity,
+                    given: given
+                )
                 return print("pushed \(model):\(version) sha256:\(digest) to \(url)")
             }
-            let store = try registry.open()
-            let publisher = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity))
+            let store = try await registry.open()
+            let publisher = try passphraseOptions.unlockIdentity(at: identity)
             let progress = ProgressBar(label: "pushing", total: nil)
-            let result = try store.push(request, publisher: publisher, progress: progress?.update)
+            let result = try await store.push(request, publisher: publisher, progress: progress?.reporter)
             progress?.finish()
             print("pushed \(result.model):\(result.version) sha256:\(result.digest) (\(result.files) files, \(ProgressBar.format(result.bytes)))")
         }
@@ -99,7 +103,7 @@ extension Coffer {
         }
     }
 
-    struct Pull: ParsableCommand {
+    struct Pull: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Verify and decrypt a version into a directory; nothing is left there if any check fails."
         )
@@ -118,13 +122,13 @@ extension Coffer {
         @Option(name: .long, help: "With --registry: a key of the registry you were given (registry.pub); its key chain must hold it.")
         var registryKey: String?
 
-        func run() throws {
+        func run() async throws {
             let target = try ModelReference(parsing: reference)
-            if let url = remote.url { return try pullRemote(target, from: url) }
-            let store = try registry.open()
+            if let url = remote.url { return try await pullRemote(target, from: url) }
+            let store = try await registry.open()
             let reader = try passphraseOptions.unlockIdentity(at: identity)
             let progress = ProgressBar(label: "pulling", total: nil)
-            let result = try store.pull(target, identity: reader, into: out, progress: progress?.update)
+            let result = try await store.pull(target, identity: reader, into: out, progress: progress?.reporter)
             progress?.finish()
             print(
                 "pulled \(result.model):\(result.version) sha256:\(result.digest), signed by \(result.signer), \(result.files.count) files into \(out)"
@@ -134,26 +138,26 @@ extension Coffer {
         /// Pulls from a server, trusting it for nothing: the reference is resolved on the client's own replay of the
         /// registry's signed ledger, signatures are checked against `--trust` (or the ledger's trusted signers),
         /// digests locally.
-        private func pullRemote(_ target: ModelReference, from url: URL) throws {
+        private func pullRemote(_ target: ModelReference, from url: URL) async throws {
             guard let token = remote.bearer else { throw CLIError("--registry needs a bearer token: --token or COFFER_TOKEN") }
             let trusted = trust.isEmpty ? nil : try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let reader = try passphraseOptions.unlockIdentity(at: identity)
             let client = try RemoteClient(base: url, token: token, caCertificate: remote.caCertificate)
-            let expected = try RemoteExpectation(target, ledger: try client.ledger(key: given))
+            let expected = try RemoteExpectation(target, ledger: try await client.ledger(key: given))
             let data = try client.get(
                 "v1/package",
                 query: [URLQueryItem(name: "ref", value: expected.reference), URLQueryItem(name: "key_id", value: reader.publicIdentity.keyID)]
             )
             let package = try JSONDecoder().decode(VersionPackage.self, from: data)
-            let result = try RemotePull.pull(package, expected: expected, fetcher: client, identity: reader, trusting: trusted, into: out)
+            let result = try RemotePull.pull(package, expected: expected, fetcher: client, identity: reader.identity, trusting: trusted, into: out)
             print(
                 "pulled \(result.model):\(result.version) sha256:\(result.digest) from \(url), signed by \(result.signer), \(result.files.count) files into \(out)"
             )
         }
     }
 
-    struct Verify: ParsableCommand {
+    struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check a version's signature, trust, blob digests and database rows (no key needed)."
         )
@@ -177,26 +181,26 @@ extension Coffer {
             if readData && identity == nil { throw ValidationError("--read-data needs --identity") }
         }
 
-        func run() throws {
+        func run() async throws {
             let target = try ModelReference(parsing: reference)
             let report: VerifyReport
             if let client = try remote.client() {
                 guard !readData else { throw CLIError("--read-data with --registry: pull the version, which checks every plaintext digest") }
                 let trusted = trust.isEmpty ? nil : try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
-                let expected = try RemoteExpectation(target, ledger: try client.ledger(key: given))
+                let expected = try await RemoteExpectation(target, ledger: try client.ledger(key: given))
                 let package = try JSONDecoder().decode(
                     VersionPackage.self,
                     from: try client.get("v1/package", query: [URLQueryItem(name: "ref", value: expected.reference)])
                 )
                 report = try RemotePull.verify(package, expected: expected, fetcher: client, trusting: trusted)
             } else {
-                let store = try registry.open()
+                let store = try await registry.open()
                 if readData, let identity {
                     let reader = try passphraseOptions.unlockIdentity(at: identity)
-                    report = try store.verify(target, readingDataWith: reader)
+                    report = try await store.verify(target, readingDataWith: reader)
                 } else {
-                    report = try store.verify(target)
+                    report = try await store.verify(target)
                 }
             }
             if json {

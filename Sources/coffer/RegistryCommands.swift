@@ -4,7 +4,7 @@ import CofferRegistry
 import Foundation
 
 extension Coffer {
-    struct Init: ParsableCommand {
+    struct Init: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Create a registry: a directory with its database, blob store and own identity (passphrase-protected)."
         )
@@ -13,12 +13,21 @@ extension Coffer {
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Option(name: .long, help: "The owner's public identity (NAME.pub): its first principal, an admin. From then on every operation is checked.")
         var owner: String?
+        @Option(name: .long, help: "Where metadata goes: sqlite (default) or postgres://USER@HOST:PORT/DB (password from PGPASSWORD or PGPASSFILE).")
+        var metadata = "sqlite"
+        @Option(
+            name: .long,
+            help: "Where sealed blobs go: directory (default) or oci://HOST:PORT/REPOSITORY (credentials from the containers auth file)."
+        )
+        var blobs = "directory"
 
-        func run() throws {
+        func run() async throws {
+            let backends = Backends(metadata: metadata, blobs: blobs)
+            try backends.validate()
             let ownerIdentity = try owner.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase for the registry identity: ", confirm: true)
-            let created = try Registry.create(at: registry.resolvedHome, passphrase: passphrase, owner: ownerIdentity)
-            let key = try created.identity.keyID
+            let created = try await Registry.create(at: registry.resolvedHome, passphrase: passphrase, owner: ownerIdentity, backends: backends)
+            let key = try await created.identity.keyID
             print(
                 "registry created at \(created.home) (root key \(key), pinned)\(ownerIdentity.map { ", owned by \($0.name), a trusted signer" } ?? "")"
             )
@@ -31,7 +40,7 @@ extension Coffer {
             subcommands: [Add.self, List.self, Remove.self, RegistryKey.self]
         )
 
-        struct Add: ParsableCommand {
+        struct Add: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Trust a publisher's public identity (NAME.pub).")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
@@ -40,22 +49,22 @@ extension Coffer {
             @Option(name: .long, help: "Your private identity (NAME.key): an admin's (default: the registry's own key, registry.key).")
             var identity: String?
 
-            func run() throws {
+            func run() async throws {
                 let signer = try PublicIdentity(contentsOf: publicIdentity)
-                let store = try registry.open()
-                let acting = Signer(UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key")))
-                let added = try store.trust(signer, name: name, by: acting)
+                let store = try await registry.open()
+                let acting = Signer(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key"))
+                let added = try await store.trust(signer, name: name, by: acting)
                 print("\(added ? "trusted" : "already trusted:") \(name ?? signer.name) (\(signer.keyID))")
             }
         }
 
-        struct List: ParsableCommand {
+        struct List: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "List trusted signers.")
             @OptionGroup var registry: RegistryOptions
             @Flag(name: .long, help: "Print JSON: [{name, key_id}].") var json = false
 
-            func run() throws {
-                let signers = try registry.open().trustedSigners()
+            func run() async throws {
+                let signers = try await registry.open().trustedSigners()
                 if json {
                     JSONOutput.print(.array(signers.map { .object(["name": .string($0.name), "key_id": .string($0.keyID)]) }))
                 } else {
@@ -64,7 +73,7 @@ extension Coffer {
             }
         }
 
-        struct Remove: ParsableCommand {
+        struct Remove: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Stop trusting a signer, by key ID or name.")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
@@ -72,10 +81,10 @@ extension Coffer {
             @Option(name: .long, help: "Your private identity (NAME.key): an admin's (default: the registry's own key, registry.key).")
             var identity: String?
 
-            func run() throws {
-                let store = try registry.open()
-                let acting = Signer(UnlockedIdentity(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key")))
-                guard try store.untrust(signer, by: acting) else { throw CLIError("no trusted signer \(signer)") }
+            func run() async throws {
+                let store = try await registry.open()
+                let acting = Signer(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key"))
+                guard try await store.untrust(signer, by: acting) else { throw CLIError("no trusted signer \(signer)") }
                 print("removed \(signer)")
             }
         }
@@ -91,7 +100,7 @@ extension Coffer {
             @Option(name: .long, help: "Bearer token (default: $COFFER_TOKEN).") var token: String?
             @Option(name: .long, help: "PEM certificates to trust for https (default: $COFFER_CA_CERT).") var caCert: String?
 
-            func run() throws {
+            func run() async throws {
                 guard let base = URL(string: url), base.scheme != nil else { throw CLIError("\(url) is not a URL") }
                 var options = RemoteOptions()
                 options.registry = url
@@ -99,7 +108,7 @@ extension Coffer {
                 options.caCert = caCert
                 guard let client = try options.client() else { throw CLIError("\(url) is not a URL") }
                 let given = try key.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
-                let ledger = try client.ledger(key: given)
+                let ledger = try await client.ledger(key: given)
                 let current = ledger.state.currentKey?.keyID ?? "-"
                 print(
                     "pinned \(ClientMemory.location(url: base)): root key \(ledger.state.registry), current key \(current), ledger at record \(ledger.state.seq)"
@@ -110,22 +119,22 @@ extension Coffer {
 }
 
 extension Coffer {
-    struct Migrate: ParsableCommand {
+    struct Migrate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Bring a registry made by an earlier Coffer up to date: give it a signed ledger restating its tables (its key's passphrase)."
         )
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
 
-        func run() throws {
-            let store = try registry.open()
-            let key = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
-            let written = try store.adoptLedger(registryKey: key)
+        func run() async throws {
+            let store = try await registry.open()
+            let key = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
+            let written = try await store.adoptLedger(registryKey: key)
             print("signed a ledger of \(written) records restating \(store.home); this client pinned its root \(key.publicIdentity.keyID)")
         }
     }
 
-    struct Fsck: ParsableCommand {
+    struct Fsck: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check the whole registry: database integrity, every signature, row and blob. Exit 1 if anything is wrong."
         )
@@ -133,8 +142,8 @@ extension Coffer {
         @OptionGroup var registry: RegistryOptions
         @Flag(name: .long, help: "Print JSON.") var json = false
 
-        func run() throws {
-            let report = try registry.open().fsck()
+        func run() async throws {
+            let report = try await registry.open().fsck()
             if json {
                 JSONOutput.print(
                     .object([
@@ -154,7 +163,7 @@ extension Coffer {
         }
     }
 
-    struct GC: ParsableCommand {
+    struct GC: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "gc",
             abstract: "Remove blobs no version references and leftovers of interrupted pushes."
@@ -164,10 +173,11 @@ extension Coffer {
         @Option(name: .long, help: "Keep files younger than this many seconds (a push in progress writes blobs first).")
         var grace: Double = 900
 
-        func run() throws {
-            let report = try registry.open().gc(grace: grace)
+        func run() async throws {
+            let report = try await registry.open().gc(grace: grace)
             print(
-                "removed \(report.removedBlobs) blobs and \(report.removedTemporaryFiles) temporary files (\(ProgressBar.format(report.reclaimedBytes)))"
+                "removed \(report.removedBlobs) blobs and \(report.removedTemporaryFiles) temporary files, abandoned \(report.abandonedUploads) uploads "
+                    + "(\(ProgressBar.format(report.reclaimedBytes)))"
             )
         }
     }

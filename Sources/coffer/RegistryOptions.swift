@@ -14,7 +14,7 @@ struct RegistryOptions: ParsableArguments {
         return FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".coffer").path
     }
 
-    func open() throws(CofferRegistryError) -> Registry { try Registry(at: resolvedHome) }
+    func open() async throws(CofferRegistryError) -> Registry { try await Registry(at: resolvedHome) }
 }
 
 /// `--json` output: sorted keys, one document, newline-terminated.

@@ -170,8 +170,8 @@ extension RemoteClient: LedgerSource {
 
     /// The registry's ledger, synced and replayed here against the root this user pinned (pinning it on first use,
     /// and saying so), with its state head checked for freshness.
-    func ledger(key: PublicIdentity? = nil) throws -> RemoteLedger {
-        let ledger = try RemoteLedger.sync(from: self, location: ClientMemory.location(url: base), key: key, memory: .standard())
+    func ledger(key: PublicIdentity? = nil) async throws -> RemoteLedger {
+        let ledger = try await RemoteLedger.sync(from: self, location: ClientMemory.location(url: base), key: key, memory: .standard())
         if ledger.pinnedNow, key == nil {
             FileDescriptorStream.standardError.writeLine(
                 "coffer: first use of \(base): pinned its root key \(ledger.state.registry) (check it with the registry's owner)"

@@ -55,8 +55,8 @@ struct RemotePusher {
     /// Pushes `request`, its data key wrapped for the current key of the registry's key chain as this client replays it
     /// (whatever key the server says it has). The version number comes from that replay too, and "pushed" is said only
     /// once the client has seen the version's record in the ledger: a server's word alone commits nothing.
-    func push(_ request: PushRequest, publisher: borrowing Identity, given: PublicIdentity?) throws -> (String, String, String) {
-        var ledger = try client.ledger(key: given)
+    func push(_ request: PushRequest, publisher: borrowing Identity, given: PublicIdentity?) async throws -> (String, String, String) {
+        var ledger = try await client.ledger(key: given)
         guard let registryKey = ledger.state.currentKey else { throw CLIError("\(url) has no registry key") }
         let outbox = try Self.outbox(url: url, request: request)
         let state = "\(outbox)/prepared.json"
@@ -91,7 +91,7 @@ struct RemotePusher {
             )
             if status == 409, request.version == nil {
                 // The number was taken meanwhile: sign again for the next one; the blobs stay as they are.
-                ledger = try client.ledger(key: given)
+                ledger = try await client.ledger(key: given)
                 try prepared.sign(request, version: Self.nextVersion(request, ledger.state), publisher: publisher)
                 try JSONEncoder().encode(prepared).write(to: URL(fileURLWithPath: state), options: .atomic)
                 continue
@@ -99,8 +99,8 @@ struct RemotePusher {
             _ = try RemoteClient.check(body, status: status, base: url)
             // The version is committed when the ledger says so, with the statement this client signed.
             let digest = try prepared.statementDigest()
-            let after = try client.ledger(key: given)
-            guard let committed = try RemoteLedger.versionRecord(prepared.model, prepared.version, from: client, in: after.state),
+            let after = try await client.ledger(key: given)
+            guard let committed = try await RemoteLedger.versionRecord(prepared.model, prepared.version, from: client, in: after.state),
                 committed.digest == digest
             else {
                 throw CLIError("\(url) answered that it committed \(prepared.model):\(prepared.version), but its ledger holds no such version")
@@ -155,6 +155,6 @@ struct RemotePusher {
             offset += piece.count
         }
         _ = try client.expect("PUT", "v1/uploads/\(id!)", query: [URLQueryItem(name: "digest", value: digest)])
-        FileManager.default.createFile(atPath: done, contents: nil)
+        _ = FileManager.default.createFile(atPath: done, contents: nil)
     }
 }

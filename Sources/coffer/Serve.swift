@@ -60,8 +60,8 @@ extension Coffer {
             guard predictRate > 0, predictRate.isFinite, predictBurst >= 1, maxPredictRows >= 1 else {
                 throw CLIError("--predict-rate must be positive, --predict-burst and --max-predict-rows at least 1")
             }
-            let store = try registry.open()
-            let unlocked = UnlockedIdentity(try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key"))
+            let store = try await registry.open()
+            let unlocked = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
             var logger = Logger(label: "coffer.server")
             logger.logLevel = .info
             let shown = host.contains(":") ? "[\(host)]" : host
@@ -88,7 +88,7 @@ extension Coffer {
             subcommands: [Create.self, List.self, Revoke.self]
         )
 
-        struct Create: ParsableCommand {
+        struct Create: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Mint a token (admins); it is printed once (cft_...).")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var acting: OptionalIdentity
@@ -96,12 +96,12 @@ extension Coffer {
             @Option(name: .long, help: "read, publish, infer or admin.") var scope: String
             @Option(name: .long, help: "Lifetime: e.g. 15m, 12h, 30d.") var ttl: String
 
-            func run() throws {
+            func run() async throws {
                 guard let scope = TokenScope(rawValue: scope) else {
                     throw CLIError("unknown scope '\(self.scope)': use read, publish, infer or admin")
                 }
-                let store = try registry.open()
-                let created = try store.createToken(
+                let store = try await registry.open()
+                let created = try await store.createToken(
                     principal: principal,
                     scope: scope,
                     ttl: try parseDuration(ttl),
@@ -116,13 +116,13 @@ extension Coffer {
             }
         }
 
-        struct List: ParsableCommand {
+        struct List: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "List tokens (never the tokens themselves).")
             @OptionGroup var registry: RegistryOptions
             @Flag(name: .long, help: "Print JSON.") var json = false
 
-            func run() throws {
-                let tokens = try registry.open().tokens()
+            func run() async throws {
+                let tokens = try await registry.open().tokens()
                 if json { return print(String(decoding: try JSONEncoder().encode(tokens), as: UTF8.self)) }
                 for t in tokens {
                     print("\(t.id)  \(t.principal)  \(t.scope.rawValue)  \(t.revokedAt.map { "revoked \($0)" } ?? "until \(t.expiresAt)")")
@@ -130,15 +130,15 @@ extension Coffer {
             }
         }
 
-        struct Revoke: ParsableCommand {
+        struct Revoke: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "Revoke a token by id.")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var acting: OptionalIdentity
             @Argument(help: "Token id (from token list).") var id: String
 
-            func run() throws {
-                let store = try registry.open()
-                try store.revokeToken(id: id, by: try acting.signer(in: store))
+            func run() async throws {
+                let store = try await registry.open()
+                try await store.revokeToken(id: id, by: try acting.signer(in: store))
                 print("revoked token \(id)")
             }
         }

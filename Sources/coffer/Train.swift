@@ -5,7 +5,7 @@ import CofferTraining
 import Foundation
 
 extension Coffer {
-    struct Train: ParsableCommand {
+    struct Train: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Train a multi-task model with DP-SGD; write model.safetensors and privacy.json (claims computed by the accountant)."
         )
@@ -25,11 +25,11 @@ extension Coffer {
             if push != nil && identity == nil { throw ValidationError("--push needs --identity") }
         }
 
-        func run() throws {
+        func run() async throws {
             let recipe = try evidence.apply(to: TrainingRecipe(contentsOf: config))
             // Fail early on registry and identity problems, before spending the privacy budget on training.
-            let store = push == nil ? nil : try registry.open()
-            let publisher = try identity.map { path throws(CofferCryptoError) in UnlockedIdentity(try passphraseOptions.unlockIdentity(at: path)) }
+            let store = await push == nil ? nil : try registry.open()
+            let publisher = try identity.map { path throws(CofferCryptoError) in try passphraseOptions.unlockIdentity(at: path) }
             let bar = EpochProgress(tasks: recipe.tasks.map(\.name), quiet: json)
             let trained = try TrainingRun.run(recipe, progress: bar.update)
             try evidence.writeReport(trained)
@@ -76,7 +76,7 @@ extension Coffer {
                 request.trainingConfigDigest = "sha256:" + Digest.hex(try Digest.sha256(file: config))
                 request.recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 request.alias = alias
-                let result = try store.push(request, publisher: publisher)
+                let result = try await store.push(request, publisher: publisher)
                 print("pushed \(result.model):\(result.version) sha256:\(result.digest)")
             }
         }

@@ -28,9 +28,9 @@ extension Coffer {
             let progress = ProgressBar(label: "unsealing", total: source.regularFileSize)
             try OutputTarget.write(to: output, mode: 0o600) { sink throws(CofferCryptoError) in
                 if let range {
-                    _ = try SealedFile.openRange(from: range.start, to: range.end, of: source, to: sink, identity: identity)
+                    _ = try SealedFile.openRange(from: range.start, to: range.end, of: source, to: sink, identity: identity.identity)
                 } else {
-                    _ = try SealedFile.open(from: source, to: sink, identity: identity, progress: progress?.update)
+                    _ = try SealedFile.open(from: source, to: sink, identity: identity.identity, progress: progress?.update)
                 }
             }
             progress?.finish()

@@ -30,6 +30,23 @@ struct RegistryCommandTests {
         try CofferProcess.run(args + ["--home", dir.path("home")], in: dir.url, passphrase: passphrase)
     }
 
+    @Test func initOnUnreachableOrMalformedBackendsIsOneLineAndLeavesNothing() throws {
+        let dir = try Scratch()
+        // A port nothing listens on: the kernel refuses at once.
+        expectFailure(try coffer(["init", "--blobs", "oci+http://127.0.0.1:1/models"], dir), "OCI registry 127.0.0.1:1/models: connection refused")
+        #expect(!FileManager.default.fileExists(atPath: dir.path("home")), "nothing of a refused init stays")
+        expectFailure(try coffer(["init", "--blobs", "oci://bob:hunter2@registry.example/models"], dir), "a password in the oci URL is refused")
+        expectFailure(try coffer(["init", "--blobs", "s3://bucket"], dir), "--blobs must be directory or an oci://")
+        expectFailure(try coffer(["init", "--metadata", "mysql://db"], dir), "--metadata must be sqlite or a postgres:// URL")
+        try FileManager.default.createDirectory(atPath: dir.path("home"), withIntermediateDirectories: true)
+        try dir.write("home/notes.txt", Data("mine".utf8))
+        expectFailure(try coffer(["init", "--blobs", "oci+http://127.0.0.1:1/models"], dir), "connection refused")
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: dir.path("home")) == ["notes.txt"],
+            "a directory that existed keeps only what it held"
+        )
+    }
+
     @Test func pushListVerifyPullShow() throws {
         let dir = try setUp()
         try dir.write(

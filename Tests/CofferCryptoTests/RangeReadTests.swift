@@ -40,7 +40,7 @@ struct RangeReadTests {
         let alice = try Identity.generate(name: "alice")
         let (file, path) = try sealedFile(testBytes(1000), for: alice)
         defer { unlink(path) }
-        #expect(throws: CofferCryptoError.rangeOutOfBounds(start: 10, end: 2000, length: 1000)) {
+        await #expect(throws: CofferCryptoError.rangeOutOfBounds(start: 10, end: 2000, length: 1000)) {
             _ = try SealedFile.openRange(from: 10, to: 2000, of: file, to: MemorySink(), identity: alice)
         }
         #expect(

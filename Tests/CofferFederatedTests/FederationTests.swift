@@ -52,7 +52,7 @@ final class FederationFixture: @unchecked Sendable {
 
     func site(_ i: Int, rounds: Int = 5) throws -> FederatedSite {
         try FederatedSite(
-            identity: try Identity.generate(name: "unused").withSameKeys(as: sites[i]),
+            identity: UnlockedIdentity(try Identity.generate(name: "unused").withSameKeys(as: sites[i])),
             coordinator: coordinator.publicIdentity,
             recipe: recipe,
             data: try LocalData(path: paths[i], recipe: recipe),

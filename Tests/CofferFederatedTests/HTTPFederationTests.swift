@@ -150,7 +150,7 @@ struct HTTPFederationTests {
             var other = fixture.recipe.recipe
             other.epochs = 3
             let mismatched = try FederatedSite(
-                identity: try Identity.generate(name: "x").withSameKeys(as: fixture.sites[1]),
+                identity: UnlockedIdentity(try Identity.generate(name: "x").withSameKeys(as: fixture.sites[1])),
                 coordinator: fixture.coordinator.publicIdentity,
                 recipe: try FederatedRecipe(other),
                 data: try LocalData(path: fixture.paths[1], recipe: try FederatedRecipe(other)),

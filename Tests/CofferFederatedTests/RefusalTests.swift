@@ -30,7 +30,7 @@ struct RefusalTests {
             edit(&other)
             let recipe = try FederatedRecipe(other)
             let site = try FederatedSite(
-                identity: try Identity.generate(name: "x").withSameKeys(as: fixture.sites[0]),
+                identity: UnlockedIdentity(try Identity.generate(name: "x").withSameKeys(as: fixture.sites[0])),
                 coordinator: fixture.coordinator.publicIdentity,
                 recipe: recipe,
                 data: try LocalData(path: fixture.paths[0], recipe: recipe),

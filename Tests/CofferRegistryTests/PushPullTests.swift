@@ -18,96 +18,96 @@ struct PushPullTests {
         return p
     }
 
-    @Test func pushPullRoundTripOfAModelDirectory() throws {
-        let f = try RegistryFixture()
+    @Test func pushPullRoundTripOfAModelDirectory() async throws {
+        let f = try await RegistryFixture()
         let alice = try person("alice")
-        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
+        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["model.safetensors": bytes(200_000), "config/arch.json": Array(#"{"layers":3}"#.utf8), "empty": []])
         var request = PushRequest(model: "team/fraud", paths: [dir])
         request.privacy = privacy()
         request.alias = "prod"
         request.tags = ["owner": "risk"]
-        let pushed = try f.registry.push(request, publisher: alice)
+        let pushed = try await f.registry.push(request, publisher: alice)
         #expect(pushed.version == "1")
         #expect(pushed.files == 3)
 
-        let second = try f.registry.push(PushRequest(model: "team/fraud", paths: [dir]), publisher: alice)
+        let second = try await f.registry.push(PushRequest(model: "team/fraud", paths: [dir]), publisher: alice)
         #expect(second.version == "2")
 
-        let pulled = try f.registry.pull(try ModelReference(parsing: "team/fraud@prod"), identity: alice.identity, into: f.path("out"))
+        let pulled = try await f.registry.pull(try ModelReference(parsing: "team/fraud@prod"), identity: alice, into: f.path("out"))
         #expect(pulled.version == "1")
         #expect(pulled.files == ["config/arch.json", "empty", "model.safetensors"])
         #expect(try f.read("out/model.safetensors") == bytes(200_000))
         #expect(try f.read("out/config/arch.json") == Array(#"{"layers":3}"#.utf8))
         #expect(try f.read("out/empty") == [])
 
-        let report = try f.registry.verify(try ModelReference(parsing: "team/fraud:1"))
+        let report = try await f.registry.verify(try ModelReference(parsing: "team/fraud:1"))
         #expect(report.signer == "alice")
-        let deep = try f.registry.verify(try ModelReference(parsing: "team/fraud"), readingDataWith: alice.identity)
+        let deep = try await f.registry.verify(try ModelReference(parsing: "team/fraud"), readingDataWith: alice)
         #expect(deep.version == "2" && deep.readData)
     }
 
-    @Test func existingVersionAndBadInputsAreRefusedAndNothingIsStored() throws {
-        let f = try RegistryFixture()
+    @Test func existingVersionAndBadInputsAreRefusedAndNothingIsStored() async throws {
+        let f = try await RegistryFixture()
         let alice = try person("alice")
         let dir = try f.makeModel("model", ["w.bin": bytes(1000)])
-        _ = try f.registry.push(PushRequest(model: "m", version: "v1", paths: [dir]), publisher: alice)
-        let blobsBefore = f.registry.blobs.allDigests().count
-        #expect(throws: CofferRegistryError.versionExists("m:v1")) {
-            _ = try f.registry.push(PushRequest(model: "m", version: "v1", paths: [dir]), publisher: alice)
+        _ = try await f.registry.push(PushRequest(model: "m", version: "v1", paths: [dir]), publisher: alice)
+        let blobsBefore = f.blobDigests().count
+        await #expect(throws: CofferRegistryError.versionExists("m:v1")) {
+            _ = try await f.registry.push(PushRequest(model: "m", version: "v1", paths: [dir]), publisher: alice)
         }
-        #expect(throws: CofferRegistryError.invalidName("../m")) {
-            _ = try f.registry.push(PushRequest(model: "../m", paths: [dir]), publisher: alice)
+        await #expect(throws: CofferRegistryError.invalidName("../m")) {
+            _ = try await f.registry.push(PushRequest(model: "../m", paths: [dir]), publisher: alice)
         }
-        #expect(throws: CofferRegistryError.invalidVersion("a b")) {
-            _ = try f.registry.push(PushRequest(model: "m", version: "a b", paths: [dir]), publisher: alice)
+        await #expect(throws: CofferRegistryError.invalidVersion("a b")) {
+            _ = try await f.registry.push(PushRequest(model: "m", version: "a b", paths: [dir]), publisher: alice)
         }
         var negative = PushRequest(model: "m", paths: [dir])
         negative.privacy.epsilon = -1
-        #expect(throws: CofferRegistryError.invalidPrivacy("epsilon must be a finite number >= 0, got -1.0")) {
-            _ = try f.registry.push(negative, publisher: alice)
+        await #expect(throws: CofferRegistryError.invalidPrivacy("epsilon must be a finite number >= 0, got -1.0")) {
+            _ = try await f.registry.push(negative, publisher: alice)
         }
         var badDelta = PushRequest(model: "m", paths: [dir])
         badDelta.privacy.delta = 1
-        #expect(throws: CofferRegistryError.invalidPrivacy("delta must be in [0, 1), got 1.0")) {
-            _ = try f.registry.push(badDelta, publisher: alice)
+        await #expect(throws: CofferRegistryError.invalidPrivacy("delta must be in [0, 1), got 1.0")) {
+            _ = try await f.registry.push(badDelta, publisher: alice)
         }
         try FileManager.default.createSymbolicLink(atPath: f.path("model/link"), withDestinationPath: "/etc/passwd")
-        #expect(throws: CofferRegistryError.self) { _ = try f.registry.push(PushRequest(model: "m2", paths: [dir]), publisher: alice) }
-        #expect(f.registry.blobs.allDigests().count == blobsBefore)
-        #expect(throws: CofferRegistryError.unknownModel("m2")) { _ = try f.registry.verify(try ModelReference(parsing: "m2")) }
+        await #expect(throws: CofferRegistryError.self) { _ = try await f.registry.push(PushRequest(model: "m2", paths: [dir]), publisher: alice) }
+        #expect(f.blobDigests().count == blobsBefore)
+        await #expect(throws: CofferRegistryError.unknownModel("m2")) { _ = try await f.registry.verify(try ModelReference(parsing: "m2")) }
     }
 
-    @Test func pullRefusesUntrustedSignersAndNonRecipients() throws {
-        let f = try RegistryFixture()
+    @Test func pullRefusesUntrustedSignersAndNonRecipients() async throws {
+        let f = try await RegistryFixture()
         let alice = try person("alice")
         let bob = try person("bob")
         let dir = try f.makeModel("model", ["w.bin": bytes(5000)])
-        _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
-        #expect(throws: CofferRegistryError.untrustedSigner(keyID: alice.publicIdentity.keyID)) {
-            _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: alice.identity, into: f.path("out"))
+        _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        await #expect(throws: CofferRegistryError.untrustedSigner(keyID: alice.publicIdentity.keyID)) {
+            _ = try await f.registry.pull(try ModelReference(parsing: "m"), identity: alice, into: f.path("out"))
         }
-        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
-        #expect(throws: CofferRegistryError.notARecipient("m:1")) {
-            _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: bob.identity, into: f.path("out"))
+        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
+        await #expect(throws: CofferRegistryError.notARecipient("m:1")) {
+            _ = try await f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("out"))
         }
         #expect(!f.exists("out/w.bin"))
         var shared = PushRequest(model: "m", paths: [dir])
         shared.recipients = [bob.publicIdentity]
-        _ = try f.registry.push(shared, publisher: alice)
-        _ = try f.registry.pull(try ModelReference(parsing: "m:2"), identity: bob.identity, into: f.path("out"))
+        _ = try await f.registry.push(shared, publisher: alice)
+        _ = try await f.registry.pull(try ModelReference(parsing: "m:2"), identity: bob, into: f.path("out"))
         #expect(try f.read("out/w.bin") == bytes(5000))
     }
 
     /// The version's rows and its audit entry are one transaction: if the entry cannot be written, nothing is pushed.
-    @Test func aPushCommitsTogetherWithItsAuditEntry() throws {
-        let f = try RegistryFixture()
+    @Test func aPushCommitsTogetherWithItsAuditEntry() async throws {
+        let f = try await RegistryFixture()
         let alice = try person("alice")
-        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
+        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["w.bin": bytes(1000)])
-        _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
-        #expect(try f.registry.auditEntries().contains { $0.action == "push" && $0.target == "m:1" && $0.outcome == .ok })
-        try DatabaseQueue(path: "\(f.home)/registry.sqlite").write { db in
+        _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        await #expect(try f.registry.auditEntries().contains { $0.action == "push" && $0.target == "m:1" && $0.outcome == .ok })
+        try await DatabaseQueue(path: "\(f.home)/registry.sqlite").write { db in
             try db.execute(
                 sql: """
                     CREATE TRIGGER refuse_push_entries BEFORE INSERT ON audit_log WHEN NEW.action = 'push' AND NEW.outcome = 'ok'
@@ -115,52 +115,52 @@ struct PushPullTests {
                     """
             )
         }
-        #expect(throws: CofferRegistryError.self) { _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
-        #expect(try f.registry.list(model: "m", where: nil, limit: 10).count == 1, "no version without its audit entry")
+        await #expect(throws: CofferRegistryError.self) { _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
+        await #expect(try f.registry.list(model: "m", where: nil, limit: 10).count == 1, "no version without its audit entry")
     }
 
-    @Test func tamperedBlobIsDetectedAndNothingIsWritten() throws {
-        let f = try RegistryFixture()
+    @Test func tamperedBlobIsDetectedAndNothingIsWritten() async throws {
+        let f = try await RegistryFixture()
         let alice = try person("alice")
-        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
+        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["a.bin": bytes(70_000), "b.bin": bytes(70_000, seed: 9)])
-        _ = try f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
-        let stored = try f.registry.loadVersion(try f.registry.resolve(try ModelReference(parsing: "m")).id)
-        let blob = f.registry.blobs.path(of: stored.files[1].sealedSHA256)
+        _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        let stored = try await f.registry.loadVersion(try await f.registry.resolve(try ModelReference(parsing: "m")).id)
+        let blob = f.blobPath(stored.files[1].sealedSHA256)
         chmod(blob, 0o600)
         var data = Array(try Data(contentsOf: URL(fileURLWithPath: blob)))
         data[data.count / 2] ^= 1
         try Data(data).write(to: URL(fileURLWithPath: blob))
-        #expect(throws: CofferRegistryError.tampered("blob of b.bin does not match its signed SHA-256")) {
-            _ = try f.registry.verify(try ModelReference(parsing: "m"))
+        await #expect(throws: CofferRegistryError.tampered("blob of b.bin does not match its signed SHA-256")) {
+            _ = try await f.registry.verify(try ModelReference(parsing: "m"))
         }
-        #expect(throws: CofferRegistryError.self) {
-            _ = try f.registry.pull(try ModelReference(parsing: "m"), identity: alice.identity, into: f.path("out"))
+        await #expect(throws: CofferRegistryError.self) {
+            _ = try await f.registry.pull(try ModelReference(parsing: "m"), identity: alice, into: f.path("out"))
         }
         let left = (try? FileManager.default.contentsOfDirectory(atPath: f.path("out"))) ?? []
         #expect(left.isEmpty, "left behind: \(left)")
     }
 
-    @Test func tamperedDatabaseRowsAreDetected() throws {
-        let f = try RegistryFixture()
+    @Test func tamperedDatabaseRowsAreDetected() async throws {
+        let f = try await RegistryFixture()
         let alice = try person("alice")
-        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
+        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
         var request = PushRequest(model: "m", paths: [dir])
         request.privacy = privacy()
-        _ = try f.registry.push(request, publisher: alice)
+        _ = try await f.registry.push(request, publisher: alice)
         // Edit the privacy column behind the registry's back (dropping the immutability trigger, as an attacker with the file could).
-        try f.registry.database.write { db in
+        try await f.sqlite().write { db in
             try db.execute(sql: "DROP TRIGGER versions_are_immutable")
             try db.execute(sql: "UPDATE versions SET epsilon = 0.1")
         }
-        #expect(throws: CofferRegistryError.tampered("m:1: the privacy columns disagree with the signed statement")) {
-            _ = try f.registry.verify(try ModelReference(parsing: "m"))
+        await #expect(throws: CofferRegistryError.tampered("m:1: the privacy columns disagree with the signed statement")) {
+            _ = try await f.registry.verify(try ModelReference(parsing: "m"))
         }
     }
 
-    @Test func privacyFileFromATrainingCheckpointIsRead() throws {
-        let f = try RegistryFixture()
+    @Test func privacyFileFromATrainingCheckpointIsRead() async throws {
+        let f = try await RegistryFixture()
         let json = """
             {"mechanism":"dp-sgd","epsilon":2.59,"epsilon_rdp":2.59,"epsilon_pld":2.39,"delta":1e-5,"max_grad_norm":1.0,"dataset_size":60000,
              "segments":[{"sample_rate":0.004266,"noise_multiplier":1.1,"steps":14062}],

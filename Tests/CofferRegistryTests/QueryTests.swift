@@ -4,30 +4,30 @@ import Testing
 @testable import CofferRegistry
 
 struct QueryTests {
-    private func populated() throws -> RegistryFixture {
-        let f = try RegistryFixture()
+    private func populated() async throws -> RegistryFixture {
+        let f = try await RegistryFixture()
         let alice = try person("alice")
-        try f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
+        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["w.bin": bytes(100)])
         for (model, epsilon, pruning) in [("a", 1.0, 0.5), ("a", 3.0, 0.2), ("b", 8.0, 0.9), ("b", nil, nil) as (String, Double?, Double?)] {
             var request = PushRequest(model: model, paths: [dir])
             request.privacy.epsilon = epsilon
             request.privacy.pruningRatio = pruning
             request.privacy.mechanism = epsilon == nil ? nil : "dp-sgd"
-            _ = try f.registry.push(request, publisher: alice)
+            _ = try await f.registry.push(request, publisher: alice)
         }
         return f
     }
 
-    @Test func listFiltersOnPrivacyColumns() throws {
-        let f = try populated()
-        #expect(try f.registry.list().count == 4)
-        #expect(try f.registry.list(model: "a").map(\.version) == ["2", "1"])
-        let private3 = try f.registry.list(where: "epsilon<=3")
+    @Test func listFiltersOnPrivacyColumns() async throws {
+        let f = try await populated()
+        await #expect(try f.registry.list().count == 4)
+        await #expect(try f.registry.list(model: "a").map(\.version) == ["2", "1"])
+        let private3 = try await f.registry.list(where: "epsilon<=3")
         #expect(private3.map { "\($0.model):\($0.version)" }.sorted() == ["a:1", "a:2"])
-        #expect(try f.registry.list(where: "epsilon <= 3 and pruning_ratio>=0.5").map(\.version) == ["1"])
-        #expect(try f.registry.list(where: "mechanism='dp-sgd' and epsilon>2").count == 2)
-        #expect(try f.registry.list(where: "epsilon!=1").count == 2, "NULL epsilon never matches")
+        await #expect(try f.registry.list(where: "epsilon <= 3 and pruning_ratio>=0.5").map(\.version) == ["1"])
+        await #expect(try f.registry.list(where: "mechanism='dp-sgd' and epsilon>2").count == 2)
+        await #expect(try f.registry.list(where: "epsilon!=1").count == 2, "NULL epsilon never matches")
     }
 
     @Test(arguments: [
@@ -41,14 +41,14 @@ struct QueryTests {
         ("epsilon=<3", "epsilon needs a number, got '<3'"),
         ("", "empty expression"),
     ])
-    func badFiltersNameTheProblem(filter: String, message: String) throws {
-        let f = try populated()
-        #expect(throws: CofferRegistryError.invalidFilter(message)) { _ = try f.registry.list(where: filter) }
+    func badFiltersNameTheProblem(filter: String, message: String) async throws {
+        let f = try await populated()
+        await #expect(throws: CofferRegistryError.invalidFilter(message)) { _ = try await f.registry.list(where: filter) }
     }
 
-    @Test func showAndJSONCarryThePrivacyFieldsByName() throws {
-        let f = try populated()
-        let shown = try f.registry.show(try ModelReference(parsing: "a:1"))
+    @Test func showAndJSONCarryThePrivacyFieldsByName() async throws {
+        let f = try await populated()
+        let shown = try await f.registry.show(try ModelReference(parsing: "a:1"))
         #expect(shown.files.map(\.path) == ["w.bin"])
         guard case .object(let json) = shown.json else {
             Issue.record("not an object")
@@ -60,18 +60,18 @@ struct QueryTests {
         #expect(json["model"] == .string("a"))
     }
 
-    @Test func aliasesMoveAndResolve() throws {
-        let f = try populated()
-        try f.registry.setAlias("prod", model: "a", version: "1", by: try f.registrySigner)
-        #expect(try f.registry.show(try ModelReference(parsing: "a@prod")).version == "1")
-        try f.registry.setAlias("prod", model: "a", version: "2", by: try f.registrySigner)
-        #expect(try f.registry.show(try ModelReference(parsing: "a@prod")).version == "2")
-        #expect(try f.registry.list(model: "a").first { $0.version == "2" }?.aliases == ["prod"])
-        try f.registry.removeAlias("prod", model: "a", by: try f.registrySigner)
-        #expect(throws: CofferRegistryError.unknownAlias("a@prod")) { _ = try f.registry.show(try ModelReference(parsing: "a@prod")) }
-        #expect(throws: CofferRegistryError.unknownVersion("a:9")) {
-            try f.registry.setAlias("prod", model: "a", version: "9", by: try f.registrySigner)
+    @Test func aliasesMoveAndResolve() async throws {
+        let f = try await populated()
+        try await f.registry.setAlias("prod", model: "a", version: "1", by: try f.registrySigner)
+        await #expect(try f.registry.show(try ModelReference(parsing: "a@prod")).version == "1")
+        try await f.registry.setAlias("prod", model: "a", version: "2", by: try f.registrySigner)
+        await #expect(try f.registry.show(try ModelReference(parsing: "a@prod")).version == "2")
+        await #expect(try f.registry.list(model: "a").first { $0.version == "2" }?.aliases == ["prod"])
+        try await f.registry.removeAlias("prod", model: "a", by: try f.registrySigner)
+        await #expect(throws: CofferRegistryError.unknownAlias("a@prod")) { _ = try await f.registry.show(try ModelReference(parsing: "a@prod")) }
+        await #expect(throws: CofferRegistryError.unknownVersion("a:9")) {
+            try await f.registry.setAlias("prod", model: "a", version: "9", by: try f.registrySigner)
         }
-        #expect(throws: CofferRegistryError.unknownModel("zzz")) { _ = try f.registry.list(model: "zzz") }
+        await #expect(throws: CofferRegistryError.unknownModel("zzz")) { _ = try await f.registry.list(model: "zzz") }
     }
 }

@@ -21,17 +21,17 @@ struct SchemaTests {
         }
     }
 
-    @Test func migrationsApplyToAnEmptyDatabaseAndVersionsAreImmutable() throws {
-        let database = try RegistryDatabase(path: nil)
-        try database.write { db in
+    @Test func migrationsApplyToAnEmptyDatabaseAndVersionsAreImmutable() async throws {
+        let database = try SQLiteMetadataStore(path: nil)
+        try await database.write { db in
             try db.execute(sql: "INSERT INTO models (name, created_at) VALUES ('m', 'now')")
             try db.execute(sql: "INSERT INTO versions (model_id, version, digest, publisher_key_id, created_at) VALUES (1, '1', 'd', 'k', 'now')")
         }
-        #expect(throws: CofferRegistryError.self) {
-            try database.write { db in try db.execute(sql: "UPDATE versions SET epsilon = 0.1") }
+        await #expect(throws: CofferRegistryError.self) {
+            try await database.write { db in try db.execute(sql: "UPDATE versions SET epsilon = 0.1") }
         }
-        #expect(throws: CofferRegistryError.self) {
-            try database.write { db in
+        await #expect(throws: CofferRegistryError.self) {
+            try await database.write { db in
                 try db.execute(
                     sql: "INSERT INTO versions (model_id, version, digest, publisher_key_id, created_at, delta) VALUES (1, '2', 'd', 'k', 'now', 1.5)"
                 )
@@ -40,11 +40,11 @@ struct SchemaTests {
     }
 
     /// A commit is on disk when the call returns: the writer syncs the log on every commit, not at checkpoints.
-    @Test func commitsAreSyncedToDisk() throws {
-        let f = try RegistryFixture()
-        let database = try RegistryDatabase(path: "\(f.home)/registry.sqlite")
-        #expect(try database.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") } == 2)
-        #expect(try database.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
+    @Test func commitsAreSyncedToDisk() async throws {
+        let f = try await RegistryFixture()
+        let database = try SQLiteMetadataStore(path: "\(f.home)/registry.sqlite")
+        #expect(try await database.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") } == 2)
+        #expect(try await database.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
     }
 }
 
@@ -72,9 +72,9 @@ extension SchemaTests {
     /// Every SQLite table and column exists on PostgreSQL with the same name and a matching type, so one set of record
     /// types reads both; PostgreSQL has only its own bookkeeping besides (coffer_migrations, epoch_state).
     @Test func postgresSchemaHasSQLiteTablesAndColumns() async throws {
-        let sqlite = try RegistryDatabase(path: nil)
-        var expected: [String: [String: String]] = [:]
-        try sqlite.read { db in
+        let sqlite = try SQLiteMetadataStore(path: nil)
+        let expected = try await sqlite.writer.read { db in
+            var expected: [String: [String: String]] = [:]
             for table in try String.fetchAll(
                 db,
                 sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'grdb_migrations'"
@@ -83,6 +83,7 @@ extension SchemaTests {
                     expected[table, default: [:]][column["name"]] = column["type"]
                 }
             }
+            return expected
         }
         let test = try await PostgresTestSupport.database()
         let actual = try await test.withDatabase { database in

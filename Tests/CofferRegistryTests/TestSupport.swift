@@ -1,6 +1,7 @@
 import CofferCrypto
 import CofferRegistry
 import Foundation
+import GRDB
 import Testing
 
 /// A temporary registry and a workspace beside it, removed when the test ends.
@@ -9,14 +10,16 @@ final class RegistryFixture {
     let registry: Registry
     var home: String { root.appendingPathComponent("home").path }
 
-    init() throws {
+    /// A registry on `backends`: embedded by default (one directory), else the stores the URLs name.
+    init(backends: Backends = .embedded) async throws {
         root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-registry-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         let secret = passphrase("registry passphrase")
-        registry = try Registry.create(
+        registry = try await Registry.create(
             at: root.appendingPathComponent("home").path,
             passphrase: secret,
             kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+            backends: backends,
             memory: ClientMemory(directory: root.appendingPathComponent("client-state").path)
         )
     }
@@ -29,7 +32,7 @@ final class RegistryFixture {
     var memory: ClientMemory { ClientMemory(directory: root.appendingPathComponent("client-state").path) }
 
     /// The registry opened again, as another command of the same user would.
-    func reopen(busyTimeout: Double = 5) throws -> Registry { try Registry(at: home, busyTimeout: busyTimeout, memory: memory) }
+    func reopen(busyTimeout: Double = 5) async throws -> Registry { try await Registry(at: home, busyTimeout: busyTimeout, memory: memory) }
 
     /// Writes `files` (relative path to bytes) under `directory` and returns the directory's path.
     @discardableResult
@@ -42,8 +45,42 @@ final class RegistryFixture {
         return path(directory)
     }
 
+    /// Where blob `digest` is on disk: what someone with the blob store's files would edit.
+    func blobPath(_ digest: String) -> String { "\(home)/blobs/sha256/\(digest.prefix(2))/\(digest)" }
+
+    func blobExists(_ digest: String) -> Bool { FileManager.default.fileExists(atPath: blobPath(digest)) }
+
+    /// Every blob file in the store.
+    func blobDigests() -> [String] {
+        let base = "\(home)/blobs/sha256"
+        return ((try? FileManager.default.subpathsOfDirectory(atPath: base)) ?? []).filter { $0.count > 64 }.map { String($0.suffix(64)) }
+    }
+
+    /// The registry's database file, opened directly (as anyone with the file could).
+    func sqlite() throws -> DatabaseQueue { try DatabaseQueue(path: "\(home)/registry.sqlite") }
+
+    /// Runs SQL on the registry's database as someone who can write it would: every protective trigger dropped first.
+    func attack(_ statements: String, _ arguments: StatementArguments = []) async throws {
+        let db = try DatabaseQueue(path: "\(home)/registry.sqlite")
+        try await db.write { db in
+            let triggers = try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            for trigger in triggers { try db.execute(sql: "DROP TRIGGER \(trigger)") }
+            try db.execute(sql: statements, arguments: arguments)
+        }
+    }
+
     func read(_ relative: String) throws -> [UInt8] { Array(try Data(contentsOf: root.appendingPathComponent(relative))) }
     func exists(_ relative: String) -> Bool { FileManager.default.fileExists(atPath: path(relative)) }
+}
+
+/// What `body` threw, as its one-line message; "no error" when it threw nothing.
+func refusal(_ body: () async throws -> Void) async -> String {
+    do {
+        try await body()
+        return "no error"
+    } catch {
+        return "\(error)"
+    }
 }
 
 func passphrase(_ text: String) -> SecureBytes {
@@ -69,4 +106,10 @@ extension RegistryFixture {
 
     /// The registry's key signing in its own name: how a registry without principals records changes.
     var registrySigner: Signer { get throws { Signer(try registryKey) } }
+}
+
+/// Expects `body` to throw an error whose message contains `fragment`; the body stays outside the macro so the compiler checks its `await`s.
+func expectRefusal(_ fragment: String, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void) async {
+    let message = await refusal(body)
+    #expect(message.contains(fragment), "\(message)", sourceLocation: sourceLocation)
 }

@@ -21,8 +21,8 @@ extension ServerTests {
         ("bytes=+1-2", .rangeNotSatisfiable), ("bytes=5-1", .rangeNotSatisfiable), ("bytes=0-\u{0661}", .rangeNotSatisfiable),
     ])
     func finding03_rangesWithHugeNumbersAreAnsweredNotTrapped(range: String, status: HTTPResponse.Status) async throws {
-        let w = try world()
-        let blob = try w.fixture.registry.show(try ModelReference(parsing: "m/risk:1")).files[0]
+        let w = try await world()
+        let blob = try await w.fixture.registry.show(try ModelReference(parsing: "m/risk:1")).files[0]
         var ranged = bearer(w.tokens["bob-read"]!)
         ranged[.range] = range
         let headers = ranged
@@ -37,14 +37,14 @@ extension ServerTests {
     // MARK: - 6. key rotate while coffer serve runs
 
     @Test func finding06_aServerWhoseKeyWasRotatedSaysSoAndAdvertisesTheNewKey() async throws {
-        let w = try world()
+        let w = try await world()
         let f = w.fixture
-        let application = try app(w)
-        let fresh = try f.registry.rotateKey(
+        let application = try await app(w)
+        let fresh = try await f.registry.rotateKey(
             current: f.registryIdentity,
             passphrase: {
                 let p = SecureBytes(count: 8)
-                p.withUnsafeMutableBytes { _ = $0.copyBytes(from: Array("pass1234".utf8)) }
+                p.withUnsafeMutableBytes { $0.copyBytes(from: Array("pass1234".utf8)) }
                 return p
             }(),
             kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
@@ -77,7 +77,7 @@ extension ServerTests {
     // MARK: - 11. /metrics label injection and one series per path
 
     @Test func finding11_metricLabelsAreRoutePatternsNeverPaths() async throws {
-        let w = try world()
+        let w = try await world()
         try await app(w).test(.router) { client in
             for path in [#"/v1/uploads/q"}injected{a="1"#, "/v1/uploads/aaaa", "/v1/uploads/bbbb", "/v1/sessions/x/predict", "/nowhere"] {
                 try await client.execute(uri: path.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed)!, method: .get) { _ in }
@@ -94,23 +94,23 @@ extension ServerTests {
     // MARK: - 12. Uploads check the token's scope but not the principal's grants
 
     @Test func finding12_uploadsNeedThePublisherRoleNotOnlyAPublishToken() async throws {
-        let w = try world()
+        let w = try await world()
         // bob's publish token outlives the publisher role it was minted for.
-        try w.fixture.registry.revoke(Grant(principal: "bob", role: .publisher, scope: "m/"), by: Signer(w.fixture.publisher))
+        try await w.fixture.registry.revoke(Grant(principal: "bob", role: .publisher, scope: "m/"), by: Signer(w.fixture.publisher))
         try await app(w).test(.router) { client in
             try await client.execute(uri: "/v1/uploads", method: .post, headers: bearer(w.tokens["bob-publish"]!)) { response in
                 #expect(response.status == .forbidden && text(response).contains("bob holds the publisher role on no model"), "\(text(response))")
             }
         }
-        #expect(try w.fixture.registry.auditEntries().contains { $0.action == "upload" && $0.outcome == .refused })
+        await #expect(try w.fixture.registry.auditEntries().contains { $0.action == "upload" && $0.outcome == .refused })
     }
 
     // MARK: - 13. Every unauthenticated request writes a synchronous audit row
 
     @Test func finding13_unauthenticatedRequestsAreCountedAndAuditedInBatches() async throws {
-        let w = try world()
+        let w = try await world()
         let registry = w.fixture.registry
-        let before = try registry.auditEntries().count
+        let before = try await registry.auditEntries().count
         try await app(w).test(.router) { client in
             for _ in 0..<50 {
                 try await client.execute(uri: "/v1/versions", method: .get) { #expect($0.status == .unauthorized) }
@@ -118,14 +118,14 @@ extension ServerTests {
             }
         }
         // The server wrote what it counted when it shut down: one row per reason, not one per request.
-        let during = try registry.auditEntries().dropFirst(before).filter { $0.action == "authenticate" }
+        let during = try await registry.auditEntries().dropFirst(before).filter { $0.action == "authenticate" }
         #expect(during.count == 2, "\(during.map(\.reason))")
         #expect(during.allSatisfy { $0.reason.contains("(50 requests, ") })
         let tally = RefusalTally()
         for _ in 0..<3 { tally.add(principal: "-", action: "authenticate", reason: "malformed bearer token") }
-        tally.flush(to: registry)
-        tally.flush(to: registry)
-        #expect(
+        await tally.flush(to: registry)
+        await tally.flush(to: registry)
+        await #expect(
             try registry.auditEntries().dropFirst(before).filter { $0.action == "authenticate" }.count == 3,
             "a flush writes what was counted once"
         )
@@ -134,13 +134,13 @@ extension ServerTests {
     // MARK: - 17. A connection with partial headers held open
 
     @Test func finding17_partialHeadersAreCutOff() async throws {
-        let w = try world()
+        let w = try await world()
         let large = w.fixture.path("large")
         try FileManager.default.createDirectory(atPath: large, withIntermediateDirectories: true)
         try Data((0..<(16 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: "\(large)/w.bin"))
-        let pushed = try w.fixture.registry.push(PushRequest(model: "m/large", paths: [large]), publisher: w.fixture.publisher)
-        let big = try w.fixture.registry.show(try ModelReference(parsing: "m/large:\(pushed.version)")).files[0]
-        let application = try app(w, configuration: .init(port: 0, headerTimeout: .milliseconds(500)))
+        let pushed = try await w.fixture.registry.push(PushRequest(model: "m/large", paths: [large]), publisher: w.fixture.publisher)
+        let big = try await w.fixture.registry.show(try ModelReference(parsing: "m/large:\(pushed.version)")).files[0]
+        let application = try await app(w, configuration: .init(port: 0, headerTimeout: .milliseconds(500)))
         try await application.test(.live) { client in
             let port = try #require(client.port)
             /// Sends `request` on a new connection and returns what comes back before the server closes it (or 5 s).

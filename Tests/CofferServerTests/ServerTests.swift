@@ -19,12 +19,12 @@ struct ServerTests {
         var publisher: UnlockedIdentity!
         var home: String { root.appendingPathComponent("home").path }
 
-        init() throws {
+        init() async throws {
             root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-server-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
             let secret = SecureBytes(count: 8)
-            secret.withUnsafeMutableBytes { _ = $0.copyBytes(from: Array("pass1234".utf8)) }
-            registry = try Registry.create(
+            secret.withUnsafeMutableBytes { $0.copyBytes(from: Array("pass1234".utf8)) }
+            registry = try await Registry.create(
                 at: root.appendingPathComponent("home").path,
                 passphrase: secret,
                 kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
@@ -60,33 +60,32 @@ struct ServerTests {
         let tokens: [String: String]  // name -> bearer token text
     }
 
-    func world() throws -> World {
-        let f = try Fixture()
+    func world() async throws -> World {
+        let f = try await Fixture()
         let alice = UnlockedIdentity(try Identity.generate(name: "alice"))
         f.publisher = alice
         let bob = try Identity.generate(name: "bob")
         let carol = try Identity.generate(name: "carol")
-        try f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: Signer(f.registryIdentity))
-        let admin = try f.registry.principal(for: alice.identity)
+        try await f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: Signer(f.registryIdentity))
         let signer = Signer(alice)
-        try f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [], by: signer)
-        try f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [], by: signer)
-        try f.registry.grant(Grant(principal: "bob", role: .reader, scope: "m/"), by: signer)
-        try f.registry.grant(Grant(principal: "bob", role: .inference, scope: "m/"), by: signer)
-        try f.registry.grant(Grant(principal: "bob", role: .publisher, scope: "m/"), by: signer)
+        try await f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [], by: signer)
+        try await f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [], by: signer)
+        try await f.registry.grant(Grant(principal: "bob", role: .reader, scope: "m/"), by: signer)
+        try await f.registry.grant(Grant(principal: "bob", role: .inference, scope: "m/"), by: signer)
+        try await f.registry.grant(Grant(principal: "bob", role: .publisher, scope: "m/"), by: signer)
         // carol may read another namespace only: her read token works, but not on m/.
-        try f.registry.grant(Grant(principal: "carol", role: .reader, scope: "other/"), by: signer)
-        try f.registry.trust(alice.publicIdentity, by: signer)
+        try await f.registry.grant(Grant(principal: "carol", role: .reader, scope: "other/"), by: signer)
+        try await f.registry.trust(alice.publicIdentity, by: signer)
         var request = PushRequest(model: "m/risk", paths: [try f.checkpoint()])
         request.alias = "prod"
-        _ = try f.registry.push(request, publisher: alice)
-        func token(_ principal: String, _ scope: TokenScope, ttl: TimeInterval = 600, now: Date = Date()) throws -> String {
-            let created = try f.registry.createToken(principal: principal, scope: scope, ttl: ttl, by: signer, now: now)
+        _ = try await f.registry.push(request, publisher: alice)
+        func token(_ principal: String, _ scope: TokenScope, ttl: TimeInterval = 600, now: Date = Date()) async throws -> String {
+            let created = try await f.registry.createToken(principal: principal, scope: scope, ttl: ttl, by: signer, now: now)
             return created.token.text().withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
         }
-        let revoked = try f.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: signer)
-        try f.registry.revokeToken(id: revoked.info.id, by: signer)
-        return World(
+        let revoked = try await f.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: signer)
+        try await f.registry.revokeToken(id: revoked.info.id, by: signer)
+        return await World(
             fixture: f,
             tokens: [
                 "admin": try token("alice", .admin), "bob-read": try token("bob", .read), "bob-infer": try token("bob", .infer),
@@ -97,8 +96,8 @@ struct ServerTests {
         )
     }
 
-    func app(_ w: World, configuration: ServerConfiguration = .init(port: 0)) throws -> some ApplicationProtocol {
-        try buildApplication(registry: w.fixture.registry, registryIdentity: w.fixture.registryIdentity, configuration: configuration)
+    func app(_ w: World, configuration: ServerConfiguration = .init(port: 0)) async throws -> some ApplicationProtocol {
+        try await buildApplication(registry: w.fixture.registry, registryIdentity: w.fixture.registryIdentity, configuration: configuration)
     }
 
     func bearer(_ token: String) -> HTTPFields { [.authorization: "Bearer \(token)"] }
@@ -108,7 +107,7 @@ struct ServerTests {
     func data(_ response: TestResponse) -> Data { Data(response.body.readableBytesView) }
 
     @Test func everyAuthenticationFailureHasItsCode() async throws {
-        let w = try world()
+        let w = try await world()
         try await app(w).test(.router) { client in
             try await client.execute(uri: "/healthz", method: .get) { #expect($0.status == .ok) }
             try await client.execute(uri: "/v1/versions", method: .get) { response in
@@ -143,16 +142,18 @@ struct ServerTests {
                 #expect(text(response).contains(#"coffer_http_requests_total{route="/v1/version",status="401"} 4"#))
             }
         }
-        let refusals = try w.fixture.registry.auditEntries().filter { $0.outcome == .refused }
+        let refusals = try await w.fixture.registry.auditEntries().filter { $0.outcome == .refused }
         #expect(refusals.count >= 8, "every refusal is audited")
-        #expect(try !w.fixture.registry.auditEntries().contains { $0.reason.contains(w.tokens["bob-read"]!) }, "no token in the log")
+        await #expect(try !w.fixture.registry.auditEntries().contains { $0.reason.contains(w.tokens["bob-read"]!) }, "no token in the log")
     }
 
     @Test func metadataAndCiphertextWithRanges() async throws {
-        let w = try world()
-        let show = try w.fixture.registry.show(try ModelReference(parsing: "m/risk:1"))
+        let w = try await world()
+        let show = try await w.fixture.registry.show(try ModelReference(parsing: "m/risk:1"))
         let blob = show.files.first { $0.path == "model.safetensors" }!
-        let bytes = try Data(contentsOf: URL(fileURLWithPath: w.fixture.registry.blobPath(blob.sealedSHA256)))
+        var read = Data()
+        for try await piece in try await w.fixture.registry.readBlob(blob.sealedSHA256) { read.append(contentsOf: piece.readableBytesView) }
+        let bytes = read
         try await app(w).test(.router) { client in
             try await client.execute(uri: "/v1/versions?model=m/risk", method: .get, headers: bearer(w.tokens["bob-read"]!)) { response in
                 let list = try JSONSerialization.jsonObject(with: data(response)) as? [[String: Any]]
@@ -188,7 +189,7 @@ struct ServerTests {
     }
 
     @Test func anUploadBelongsToThePrincipalWhoStartedIt() async throws {
-        let w = try world()
+        let w = try await world()
         let owner = bearer(w.tokens["admin"]!)
         let other = bearer(w.tokens["bob-publish"]!)
         try await app(w).test(.router) { client in
@@ -218,7 +219,7 @@ struct ServerTests {
     }
 
     @Test func sessionsPredictFromLockedMemoryAndStopWhenRevoked() async throws {
-        let w = try world()
+        let w = try await world()
         let infer = bearer(w.tokens["bob-infer"]!)
         try await app(w).test(.router) { client in
             let id = try await client.execute(

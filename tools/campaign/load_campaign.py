@@ -6,7 +6,13 @@ and digests on the client, and compare every byte with what was pushed; inferenc
 each and compare every prediction with the plaintext checkpoint's. Afterwards the server is stopped and `fsck`,
 `audit verify` and a version count must agree with what the clients saw. Prints operations, errors, corruptions,
 latencies and the server's peak RSS; exits non-zero on any error or corruption.
+
+Scale-out: `--oci` keeps the blobs in a docker-registry the campaign starts, `--metadata postgres://...` the metadata in
+PostgreSQL, `--replicas N` runs N servers behind nginx, and `--failover` kills one replica with SIGKILL a third of the
+way through and restarts it on its port. Clients retry a failed operation (a connection cut by the kill) up to 5 times;
+an operation is an error only when every try failed, and the retries are counted.
 """
+import contextlib
 import argparse
 import hashlib
 import json
@@ -23,12 +29,15 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import cofferlib  # noqa: E402
 from cofferlib import start_server  # noqa: E402
 
 
 class Load:
-    def __init__(self, coffer, work):
+    def __init__(self, coffer, work, replicas=1, blobs=None, metadata=None):
         self.coffer, self.work = coffer, work
+        self.replicas, self.blobs, self.metadata = replicas, blobs, metadata
+        self.retries = 0
         self.home = f"{work}/home"
         self.env = dict(os.environ, COFFER_PASSPHRASE="load passphrase", COFFER_OUTBOX=f"{work}/outbox")
         self.lock = threading.Lock()
@@ -37,8 +46,15 @@ class Load:
         self.errors = []
         self.corruptions = []
 
-    def run(self, *args, check=True):
-        result = subprocess.run([self.coffer, *map(str, args)], env=self.env, capture_output=True)
+    def run(self, *args, check=True, tries=1):
+        for attempt in range(tries):
+            result = subprocess.run([self.coffer, *map(str, args)], env=self.env, capture_output=True)
+            if result.returncode == 0:
+                break
+            if attempt + 1 < tries:
+                with self.lock:
+                    self.retries += 1
+                time.sleep(0.5)
         if check and result.returncode != 0:
             raise RuntimeError(f"coffer {' '.join(map(str, args[:3]))}: {result.stderr.decode().strip()}")
         return result
@@ -47,7 +63,8 @@ class Load:
         w = self.work
         for name in ("alice", "bob"):
             self.run("keygen", "--out", f"{w}/{name}", "--kdf-ops", "1", "--kdf-memory", "8192")
-        self.run("init", "--home", self.home, "--owner", f"{w}/alice.pub")
+        backends = (["--blobs", self.blobs] if self.blobs else []) + (["--metadata", self.metadata] if self.metadata else [])
+        self.run("init", "--home", self.home, "--owner", f"{w}/alice.pub", *backends)
         self.admin = ["--identity", f"{w}/alice.key", "--home", self.home]
         self.run("trust", "add", f"{w}/alice.pub", *self.admin)
         self.run("principal", "add", "bob", f"{w}/bob.pub", "--role", "reader", "--role", "decrypt", "--role", "inference", *self.admin)
@@ -72,15 +89,39 @@ class Load:
                 out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
         return out
 
-    def serve(self):
-        self.server, self.base, self.log = start_server(self.coffer, self.home, self.env, f"{self.work}/serve.log", "--predict-rate", "10000",
-                                                        "--predict-burst", "10000")
+    server_flags = ("--predict-rate", "10000", "--predict-burst", "10000")
+
+    def serve(self, stack):
+        self.servers = []
+        for n in range(self.replicas):
+            process, base, _ = start_server(self.coffer, self.home, self.env, f"{self.work}/serve-{n}.log", *self.server_flags)
+            self.servers.append([process, int(base.rsplit(":", 1)[1])])
+        self.base = base if self.replicas == 1 else stack.enter_context(cofferlib.nginx([f"127.0.0.1:{port}" for _, port in self.servers]))
+        self.peak_rss = 0.0
+
+    def failover(self, at):
+        """Kills one replica with SIGKILL at `at` (epoch seconds), then restarts it on its port two seconds later."""
+        time.sleep(max(0, at - time.time()))
+        victim = self.servers[len(self.servers) // 2]
+        self.record_rss(victim[0])
+        victim[0].kill()
+        victim[0].wait()
+        time.sleep(2)
+        victim[0], _, _ = start_server(self.coffer, self.home, self.env, f"{self.work}/serve-restarted.log", *self.server_flags, port=victim[1])
+        self.restarted = True
+
+    def record_rss(self, process):
+        try:
+            for line in open(f"/proc/{process.pid}/status"):
+                if line.startswith("VmHWM:"):
+                    self.peak_rss = max(self.peak_rss, int(line.split()[1]) / 1024)
+        except OSError:
+            pass
 
     def peak_rss_mib(self):
-        for line in open(f"/proc/{self.server.pid}/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        for process, _ in self.servers:
+            self.record_rss(process)
+        return self.peak_rss
 
     def error(self, what):
         with self.lock:
@@ -99,7 +140,7 @@ class Load:
                 json.dump({"pusher": n, "push": i}, f)
             started = time.perf_counter()
             result = self.run("push", model, directory, *remote, "--identity", f"{self.work}/alice.key", "--recipient", f"{self.work}/bob.pub",
-                              check=False)
+                              check=False, tries=5)
             elapsed = time.perf_counter() - started
             if result.returncode != 0:
                 self.error(f"push {model}: {result.stderr.decode().strip()}")
@@ -118,7 +159,7 @@ class Load:
                 reference, digests = rng.choice(self.pushed)
             out = f"{self.work}/pull-{n}-{i}"
             started = time.perf_counter()
-            result = self.run("pull", reference, *remote, "--identity", f"{self.work}/bob.key", "--out", out, check=False)
+            result = self.run("pull", reference, *remote, "--identity", f"{self.work}/bob.key", "--out", out, check=False, tries=5)
             elapsed = time.perf_counter() - started
             if result.returncode != 0:
                 self.error(f"pull {reference}: {result.stderr.decode().strip()}")
@@ -132,24 +173,36 @@ class Load:
             subprocess.run(["rm", "-rf", out])
             i += 1
 
-    def http(self, method, path, body=None):
-        request = urllib.request.Request(self.base + path, method=method, data=None if body is None else json.dumps(body).encode())
-        request.add_header("Authorization", f"Bearer {self.tokens['infer']}")
-        request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
+    def http(self, method, path, body=None, session_token=None):
+        """One request, tried again (up to 5 times) when the connection fails or nginx found no live replica (502)."""
+        for attempt in range(5):
+            request = urllib.request.Request(self.base + path, method=method, data=None if body is None else json.dumps(body).encode())
+            request.add_header("Authorization", f"Bearer {self.tokens['infer']}")
+            request.add_header("Content-Type", "application/json")
+            if session_token:
+                request.add_header("Coffer-Session-Token", session_token)
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    return response.status, response.read()
+            except urllib.error.HTTPError as error:
+                if error.code != 502 or attempt == 4:
+                    return error.code, error.read()
+            except (urllib.error.URLError, ConnectionError) as error:
+                if attempt == 4:
+                    return 0, str(error).encode()
+            with self.lock:
+                self.retries += 1
+            time.sleep(0.5)
 
     def inference(self, n, deadline):
         status, body = self.http("POST", "/v1/sessions", {"ref": "load/model@prod", "ttl_seconds": 3600})
         if status != 201:
             return self.error(f"session open: {status} {body[:200]!r}")
-        session = json.loads(body)["id"]
+        session, secret = json.loads(body)["id"], json.loads(body)["token"]
         while time.time() < deadline:
             started = time.perf_counter()
-            status, body = self.http("POST", f"/v1/sessions/{session}/predict", {"rows": self.rows})
+            # The session's token goes with each prediction: a replica that did not open the session opens it.
+            status, body = self.http("POST", f"/v1/sessions/{session}/predict", {"rows": self.rows}, session_token=secret)
             elapsed = time.perf_counter() - started
             if status != 200:
                 self.error(f"predict: {status} {body[:200]!r}")
@@ -170,16 +223,23 @@ def main():
     parser.add_argument("--pullers", type=int, default=32)
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--replicas", type=int, default=1, help="coffer serve processes, behind nginx when more than one")
+    parser.add_argument("--oci", action="store_true", help="blobs in a docker-registry the campaign starts")
+    parser.add_argument("--metadata", help="a postgres:// URL of a database of its own for the registry's metadata")
+    parser.add_argument("--failover", action="store_true", help="SIGKILL one replica a third of the way through, then restart it")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
-    with tempfile.TemporaryDirectory() as work:
-        load = Load(args.coffer, work)
+    with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as stack:
+        blobs = f"oci+http://{stack.enter_context(cofferlib.oci_registry())}/load" if args.oci else None
+        load = Load(args.coffer, work, replicas=args.replicas, blobs=blobs, metadata=args.metadata)
         load.setup()
-        load.serve()
+        load.serve(stack)
         deadline = time.time() + args.seconds
         threads = [threading.Thread(target=load.pusher, args=(n, deadline, random.Random(seed * 1000 + n))) for n in range(args.pushers)]
         threads += [threading.Thread(target=load.puller, args=(n, deadline, random.Random(seed * 1000 + 100 + n))) for n in range(args.pullers)]
         threads += [threading.Thread(target=load.inference, args=(n, deadline)) for n in range(args.sessions)]
+        if args.failover:
+            threads.append(threading.Thread(target=load.failover, args=(time.time() + args.seconds / 3,)))
         started = time.time()
         for t in threads:
             t.start()
@@ -187,15 +247,18 @@ def main():
             t.join()
         wall = time.time() - started
         rss = load.peak_rss_mib()
-        load.server.send_signal(signal.SIGTERM)
-        load.server.wait(timeout=60)
+        for process, _ in load.servers:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
         fsck = json.loads(load.run("fsck", "--json", "--home", load.home, check=False).stdout or b'{"clean": false}')
         audit = load.run("audit", "verify", "--home", load.home, check=False)
         listed = {f"{v['model']}:{v['version']}" for v in json.loads(load.run("list", "--json", "--home", load.home).stdout)}
         missing = [r for r, _ in load.pushed if r not in listed]
 
+    backends = f"{'PostgreSQL' if args.metadata else 'SQLite'} + {'OCI registry' if args.oci else 'directory'}"
     print(f"# tools/campaign/load: {args.pushers} pushers, {args.pullers} pullers, {args.sessions} inference sessions for "
-          f"{args.seconds:.0f} s ({wall:.1f} s with the last operations), seed {seed}, {os.cpu_count()} cores")
+          f"{args.seconds:.0f} s ({wall:.1f} s with the last operations), seed {seed}, {os.cpu_count()} cores; {backends}, "
+          f"{args.replicas} replica(s){', one killed and restarted' if args.failover else ''}")
     for kind, samples in load.latency.items():
         if samples:
             samples.sort()
@@ -203,7 +266,7 @@ def main():
             print(f"{kind:<8} {len(samples):>6} ok   median {statistics.median(samples) * 1000:8.1f} ms   p99 {p99 * 1000:8.1f} ms")
     print(f"errors {len(load.errors)}  corruptions {len(load.corruptions)}  pushed versions not listed {len(missing)}")
     print(f"fsck clean: {fsck.get('clean')}; audit verify: {(audit.stdout or audit.stderr).decode().strip()}")
-    print(f"server peak RSS {rss:.1f} MiB")
+    print(f"server peak RSS {rss:.1f} MiB; client retries {load.retries}")
     for line in (load.errors + load.corruptions)[:15]:
         print("FAILED " + line)
     # The server signs the audit head as it goes and at shutdown: nothing it logged is left unsigned.

@@ -8,8 +8,12 @@ Mutation kinds: blob byte flip, blob truncation, chunk swap, chunk duplication, 
 statement (DSSE) edit, model-signing bundle edit, signed-column edit (privacy, digest, files), wrapped-key edit
 (the key of the identity used for the checks: only its holder can tell a sealed box was altered), audit edit or
 deletion of an entry covered by the signed head (entries after it are chained but not yet signed: docs/THREAT_MODEL.md).
+
+`--oci` keeps the blobs in a docker-registry the campaign starts and applies the blob mutations (flip, truncate, chunk
+swap and duplication, blob swap) to the files of its storage, restoring them after each trial.
 """
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -19,6 +23,10 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import cofferlib  # noqa: E402
+
+BLOB_KINDS = ["flip", "truncate", "swap-chunks", "duplicate-chunk", "swap-blobs"]
 CHUNK = 65536 + 16  # default chunk size plus the Poly1305 tag
 
 
@@ -26,10 +34,10 @@ def run(coffer, *args, env):
     return subprocess.run([coffer, *map(str, args)], env=env, capture_output=True)
 
 
-def populate(coffer, work, env):
+def populate(coffer, work, env, backends=()):
     run(coffer, "keygen", "--out", f"{work}/alice", "--kdf-ops", "1", "--kdf-memory", "8192", env=env)
     home = f"{work}/pristine"
-    for command in (["init", "--home", home, "--owner", f"{work}/alice.pub"],
+    for command in (["init", "--home", home, "--owner", f"{work}/alice.pub", *backends],
                     ["trust", "add", f"{work}/alice.pub", "--identity", f"{work}/alice.key", "--home", home]):
         result = run(coffer, *command, env=env)
         if result.returncode:
@@ -55,7 +63,13 @@ def blobs_of(db, version):
         "SELECT f.sealed_sha256 FROM files f JOIN versions v ON v.id = f.version_id WHERE v.version = ? ORDER BY f.size DESC", (str(version),))]
 
 
+# Where a blob's bytes are: the registry's blob directory, or (--oci) docker-registry's storage.
+OCI_STORAGE = None
+
+
 def blob_path(home, digest):
+    if OCI_STORAGE:
+        return f"{OCI_STORAGE}/docker/registry/v2/blobs/sha256/{digest[:2]}/{digest}/data"
     return f"{home}/blobs/sha256/{digest[:2]}/{digest}"
 
 
@@ -73,7 +87,7 @@ def mutate(home, rng, key_id):
     db.executescript("DROP TRIGGER IF EXISTS versions_are_immutable; DROP TRIGGER IF EXISTS files_are_immutable;"
                      "DROP TRIGGER IF EXISTS attestations_are_immutable; DROP TRIGGER IF EXISTS audit_is_append_only;")
     big, *small = blobs_of(db, 1)
-    kind = rng.choice(["flip", "truncate", "swap-chunks", "duplicate-chunk", "swap-blobs", "statement", "bundle", "row", "wrapped-key", "audit"])
+    kind = rng.choice(BLOB_KINDS if OCI_STORAGE else BLOB_KINDS + ["statement", "bundle", "row", "wrapped-key", "audit"])
     if kind == "flip":
         target = rng.choice([big] + small)
         size = os.path.getsize(blob_path(home, target))
@@ -153,12 +167,23 @@ def main():
     parser.add_argument("--coffer", required=True)
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--oci", action="store_true", help="blobs in a docker-registry; only blob mutations, in its storage")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
-    env = dict(os.environ, COFFER_PASSPHRASE="campaign passphrase")
-    with tempfile.TemporaryDirectory() as work:
-        pristine = populate(args.coffer, work, env)
+    global OCI_STORAGE
+    with tempfile.TemporaryDirectory() as work, contextlib.ExitStack() as stack:
+        env = cofferlib.environment(work, passphrase="campaign passphrase")
+        backends = []
+        if args.oci:
+            registry = stack.enter_context(cofferlib.oci_registry())
+            backends = ["--blobs", f"oci+http://{registry}/tamper"]
+        pristine = populate(args.coffer, work, env, backends)
+        if args.oci:
+            OCI_STORAGE = f"{registry.work}/storage"
+            # The registry's blobs are shared by every trial: kept aside and put back after each.
+            saved = f"{work}/saved-blobs"
+            shutil.copytree(f"{OCI_STORAGE}/docker/registry/v2/blobs", saved)
         key_id = json.loads(open(f"{work}/alice.pub").read())["id"]
         # Control: an untouched copy passes every check, so a failure below is the mutation's doing. (A copy: the
         # checks append audit entries, which would then sit past the signed head, where no chain can catch an edit.)
@@ -190,7 +215,10 @@ def main():
             if checks[1].returncode != 0 and os.path.isdir(out):
                 for root, _, files in os.walk(out):
                     released += sum(os.path.getsize(os.path.join(root, name)) for name in files)
-        print(f"# tools/campaign/tamper: seed {seed}; mutations by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+            if args.oci:
+                shutil.rmtree(f"{OCI_STORAGE}/docker/registry/v2/blobs")
+                shutil.copytree(saved, f"{OCI_STORAGE}/docker/registry/v2/blobs")
+        print(f"# tools/campaign/tamper: seed {seed}{'; blobs in an OCI registry' if args.oci else ''}; mutations by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
         print(f"tried {args.trials}  detected {detected}  plaintext bytes released {released}")
         for line in missed[:20]:
             print(f"MISSED {line}")

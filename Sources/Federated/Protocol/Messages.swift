@@ -1,4 +1,4 @@
-public import CofferTraining
+import CofferTraining
 import Foundation
 
 /// Bytes carried in JSON as standard base64 with padding.

@@ -1,5 +1,5 @@
 import CSodium
-public import CofferCrypto
+import CofferCrypto
 
 /// Fixed-point quantization of model updates into the ring Z_{2^64}, with stochastic rounding.
 ///

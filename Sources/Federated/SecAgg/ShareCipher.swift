@@ -1,5 +1,5 @@
 import CSodium
-public import CofferCrypto
+import CofferCrypto
 
 /// Authenticated encryption of the secrets sites send each other (and the coordinator) through the coordinator:
 /// XChaCha20-Poly1305-IETF under a key agreed by X25519, with a random 24-byte nonce and associated data that names the

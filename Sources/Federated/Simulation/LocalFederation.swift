@@ -1,6 +1,6 @@
 import CBLAS
-public import CofferCrypto
-public import CofferTraining
+import CofferCrypto
+import CofferTraining
 import Foundation
 
 /// A whole federation in one process, without HTTP: the same ``CoordinatorCore`` and ``FederatedSite`` code, the same

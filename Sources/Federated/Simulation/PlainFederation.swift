@@ -1,5 +1,5 @@
 import CBLAS
-public import CofferCrypto
+import CofferCrypto
 public import CofferTraining
 import Foundation
 

@@ -18,7 +18,7 @@ import Foundation
 public final class FederatedSite: @unchecked Sendable {
     public let keyID: String
     public let publicIdentity: PublicIdentity
-    let identity: Identity
+    let identity: UnlockedIdentity
     let coordinator: PublicIdentity
     public let recipe: FederatedRecipe
     let data: LocalData
@@ -46,7 +46,7 @@ public final class FederatedSite: @unchecked Sendable {
     public var log: @Sendable (String) -> Void = { _ in }
 
     public init(
-        identity: consuming Identity,
+        identity: UnlockedIdentity,
         coordinator: PublicIdentity,
         recipe: FederatedRecipe,
         data: LocalData,
@@ -75,7 +75,7 @@ public final class FederatedSite: @unchecked Sendable {
 
     public func joinRequest() -> SignedMessage {
         let join = JoinRequest(site: keyID, recipeDigest: recipe.digest, features: recipe.recipe.features, tasks: recipe.recipe.tasks.map(\.name))
-        return SignedMessage.sign(MessageCoding.encode(join), by: identity)
+        return SignedMessage.sign(MessageCoding.encode(join), by: identity.identity)
     }
 
     public func welcomed(_ signed: SignedMessage) throws(FederatedError) {
@@ -89,7 +89,7 @@ public final class FederatedSite: @unchecked Sendable {
     }
 
     public func pollRequest() -> SignedMessage {
-        SignedMessage.sign(MessageCoding.encode(PollRequest(session: sessionHex, site: keyID, after: lastSeq)), by: identity)
+        SignedMessage.sign(MessageCoding.encode(PollRequest(session: sessionHex, site: keyID, after: lastSeq)), by: identity.identity)
     }
 
     // MARK: - Tasks
@@ -126,7 +126,7 @@ public final class FederatedSite: @unchecked Sendable {
                 guard let state, state.round == task.round else {
                     throw FederatedError.notInRound("no masked input was sent for round \(task.round)")
                 }
-                submission.signature = Base64Bytes(try state.signConsistency(masked: task.masked ?? [], by: identity))
+                submission.signature = Base64Bytes(try state.signConsistency(masked: task.masked ?? [], by: identity.identity))
             case .unmask:
                 guard let state, state.round == task.round else { throw FederatedError.notInRound("nothing to unmask in round \(task.round)") }
                 submission.sealedShares = Base64Bytes(try state.unmask(masked: task.masked ?? [], signatures: task.signatures ?? []))
@@ -143,7 +143,7 @@ public final class FederatedSite: @unchecked Sendable {
             input = nil
             throw error
         }
-        return SignedMessage.sign(MessageCoding.encode(submission), by: identity)
+        return SignedMessage.sign(MessageCoding.encode(submission), by: identity.identity)
     }
 
     /// The advertise task: check the roster and parameters, compute this round's vector (train, or the statistics),
@@ -187,7 +187,7 @@ public final class FederatedSite: @unchecked Sendable {
         }
         input = EncodedInput(encoded)
         self.state = state
-        state.advertise(signedBy: identity, into: &submission)
+        state.advertise(signedBy: identity.identity, into: &submission)
     }
 
     /// Trains from the task's global model and encodes the update (weighted by training rows, or clipped to S with

@@ -1,6 +1,5 @@
 public import CofferCrypto
 public import Foundation
-import GRDB
 
 /// What an HTTP bearer token may be used for; the principal's grants still apply on top.
 public enum TokenScope: String, Sendable, CaseIterable, Codable {
@@ -58,11 +57,11 @@ extension Registry {
         by signer: Signer,
         now: Date = Date()
     )
-        throws(CofferRegistryError) -> CreatedAPIToken
+        async throws(CofferRegistryError) -> CreatedAPIToken
     {
-        try require(signer, .admin, on: nil, action: "token.create", target: name)
+        try await require(signer, .admin, on: nil, action: "token.create", target: name)
         guard ttl > 0, ttl <= Self.maximumLifetime else { throw .refused("a token's lifetime must be more than 0 and at most 365 days") }
-        let state = try ledgerState()
+        let state = try await ledgerState()
         guard state.principals[name] != nil else { throw .unknownPrincipal(name) }
         // A scope is only as wide as the principal's grants: a token is never minted for roles nobody gave.
         let needed: Role =
@@ -92,7 +91,7 @@ extension Registry {
             expires: info.expiresAt,
             hash: Digest.hex(try tokenHash(token))
         )
-        try record(
+        try await record(
             .tokenCreate(facts),
             signer: signer,
             action: "token.create",
@@ -103,16 +102,12 @@ extension Registry {
     }
 
     /// The tokens the ledger minted, with when they were created and revoked (never the tokens themselves).
-    public func tokens() throws(CofferRegistryError) -> [APITokenInfo] {
-        let minted = try ledgerState().tokens
-        let rows = try database.read { db in
-            Dictionary(
-                try Row.fetchAll(db.cachedStatement(sql: "SELECT id, created_at, revoked_at FROM api_tokens")).map {
-                    ($0["id"] as String, (created: $0["created_at"] as String, revoked: $0["revoked_at"] as String?))
-                },
-                uniquingKeysWith: { a, _ in a }
-            )
-        }
+    public func tokens() async throws(CofferRegistryError) -> [APITokenInfo] {
+        let minted = try await ledgerState().tokens
+        let rows = Dictionary(
+            try await metadata.tokens().map { ($0.id, (created: $0.createdAt, revoked: $0.revokedAt)) },
+            uniquingKeysWith: { a, _ in a }
+        )
         return minted.values.map { token in
             APITokenInfo(
                 id: token.facts.id,
@@ -126,13 +121,13 @@ extension Registry {
     }
 
     /// Revokes a token (admins, or its own principal), with a `token.revoke` record.
-    public func revokeToken(id: String, by signer: Signer) throws(CofferRegistryError) {
-        let state = try ledgerState()
+    public func revokeToken(id: String, by signer: Signer) async throws(CofferRegistryError) {
+        let state = try await ledgerState()
         guard let token = state.tokens[id] else { throw .refused("unknown token \(id)") }
         let actor = try acting(signer, in: state).principal
-        if token.facts.principal != actor.name { try require(signer, .admin, on: nil, action: "token.revoke", target: id) }
+        if token.facts.principal != actor.name { try await require(signer, .admin, on: nil, action: "token.revoke", target: id) }
         guard !token.revoked else { return }
-        try record(.tokenRevoke(id: id), signer: signer, action: "token.revoke", target: id, reason: token.facts.principal)
+        try await record(.tokenRevoke(id: id), signer: signer, action: "token.revoke", target: id, reason: token.facts.principal)
     }
 
     /// The holder of a bearer token's text; refuses (and audits) malformed, unknown, expired and revoked tokens.
@@ -144,39 +139,34 @@ extension Registry {
         _ text: borrowing SecureBytes,
         now: Date = Date(),
         auditing: Bool = true
-    ) throws(CofferRegistryError)
+    ) async throws(CofferRegistryError)
         -> TokenHolder
     {
         let token: SessionToken
         do { token = try SessionToken(text: text, prefix: SessionToken.apiPrefix) } catch {
-            if auditing { try? audit(principal: "-", action: "authenticate", target: "-", outcome: .refused, reason: "malformed bearer token") }
+            if auditing { try? await audit(principal: "-", action: "authenticate", target: "-", outcome: .refused, reason: "malformed bearer token") }
             throw .unauthenticated("malformed bearer token (expected cft_ and 64 lower-case hex digits)")
         }
         let hash = try tokenHash(token)
-        let row = try database.read { db in
-            try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT id, token_hash, principal, scope, revoked_at FROM api_tokens WHERE token_hash = ?"),
-                arguments: [Data(hash)]
-            )
-        }
-        func refuse(_ principal: String, _ reason: String) throws(CofferRegistryError) -> Never {
-            if auditing { try? audit(principal: principal, action: "authenticate", target: "-", outcome: .refused, reason: reason) }
+        let row = try await metadata.token(hash: Data(hash))
+        func refuse(_ principal: String, _ reason: String) async throws(CofferRegistryError) -> Never {
+            if auditing { try? await audit(principal: principal, action: "authenticate", target: "-", outcome: .refused, reason: reason) }
             throw .unauthenticated(reason)
         }
-        guard let row, SecureCompare.equal(Array(row["token_hash"] as Data), hash) else {
-            try refuse("-", "unknown bearer token \(Digest.hex(hash.prefix(8)))")
+        guard let row, SecureCompare.equal(Array(row.tokenHash), hash) else {
+            try await refuse("-", "unknown bearer token \(Digest.hex(hash.prefix(8)))")
         }
         // The table found the token quickly; the ledger says what it is. A row nobody signed for opens nothing, and a
         // row edited to another principal or scope is not the token that was minted.
-        let id: String = row["id"]
-        let state = try ledgerState()
-        guard let minted = state.tokens[id], minted.facts.hash == Digest.hex(hash), minted.facts.principal == row["principal"],
-            minted.facts.scope.rawValue == row["scope"], let key = state.principals[minted.facts.principal]
-        else { try refuse("-", "unknown bearer token \(Digest.hex(hash.prefix(8)))") }
+        let id = row.id
+        let state = try await ledgerState()
+        guard let minted = state.tokens[id], minted.facts.hash == Digest.hex(hash), minted.facts.principal == row.principal,
+            minted.facts.scope.rawValue == row.scope, let key = state.principals[minted.facts.principal]
+        else { try await refuse("-", "unknown bearer token \(Digest.hex(hash.prefix(8)))") }
         let principal = minted.facts.principal
-        if minted.revoked { try refuse(principal, "token \(id) was revoked at \((row["revoked_at"] as String?) ?? "an earlier time")") }
+        if minted.revoked { try await refuse(principal, "token \(id) was revoked at \(row.revokedAt ?? "an earlier time")") }
         let expires = minted.facts.expires
-        if Self.timestamp(now) >= expires { try refuse(principal, "token \(id) expired at \(expires)") }
+        if Self.timestamp(now) >= expires { try await refuse(principal, "token \(id) expired at \(expires)") }
         return TokenHolder(principal: Principal(name: principal, keyID: key.keyID), scope: minted.facts.scope, tokenID: id)
     }
 }

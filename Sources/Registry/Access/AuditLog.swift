@@ -1,7 +1,5 @@
 public import CofferCrypto
 public import Foundation
-import GRDB
-import GRDBSQLite
 import Synchronization
 
 /// One entry of the audit log.
@@ -60,71 +58,64 @@ public struct AuditReport: Sendable, Equatable {
     public var unsigned: Int
 }
 
-extension Registry {
-    static let genesisHash = [UInt8](repeating: 0, count: 32)
-
-    /// Appends an entry, chained to the last one, in its own write transaction.
-    func audit(principal: String, action: String, target: String, outcome: AuditEntry.Outcome, reason: String) throws(CofferRegistryError) {
-        try database.write { db in
-            try Self.appendAudit(db, principal: principal, action: action, target: target, outcome: outcome, reason: reason)
-        }
+extension AuditDraft {
+    /// An entry to append now.
+    public init(principal: String, action: String, target: String, outcome: AuditEntry.Outcome, reason: String) {
+        self.init(at: Registry.now(), principal: principal, action: action, target: target, outcome: outcome, reason: reason)
     }
 
-    /// Appends an entry inside the caller's write transaction, so that it commits (or not) with what it records.
-    static func appendAudit(
-        _ db: Database,
-        principal: String,
-        action: String,
-        target: String,
-        outcome: AuditEntry.Outcome,
-        reason: String
-    ) throws {
-        let last = try Row.fetchOne(db.cachedStatement(sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1"))
-        let previous: [UInt8] = last.map { Array(($0["entry_hash"] as Data)) } ?? genesisHash
+    /// The entry as it is stored after `last` (the chain's last entry, nil for the first): its sequence number and hashes.
+    func chained(after last: (seq: Int64, hash: Data)?) -> AuditEntryRecord {
+        let previous = last.map { Array($0.hash) } ?? Registry.genesisHash
         let entry = AuditEntry(
-            seq: (last?["seq"] ?? 0) + 1,
-            at: now(),
+            seq: (last?.seq ?? 0) + 1,
+            at: at,
             principal: principal,
             action: action,
             target: target,
             outcome: outcome,
             reason: reason
         )
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO audit_log (seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """
-        ).execute(
-            arguments: [
-                entry.seq, entry.at, entry.principal, entry.action, entry.target, entry.outcome.rawValue, entry.reason, Data(previous),
-                Data(entry.hash(previous: previous)),
-            ]
+        return AuditEntryRecord(
+            seq: entry.seq,
+            at: at,
+            principal: principal,
+            action: action,
+            target: target,
+            outcome: outcome.rawValue,
+            reason: reason,
+            prevHash: Data(previous),
+            entryHash: Data(entry.hash(previous: previous))
+        )
+    }
+}
+
+extension Registry {
+    static let genesisHash = [UInt8](repeating: 0, count: 32)
+
+    /// Appends an entry, chained to the last one, in its own transaction.
+    func audit(principal: String, action: String, target: String, outcome: AuditEntry.Outcome, reason: String) async throws(CofferRegistryError) {
+        try await metadata.commit(
+            UnitOfWork(audit: [AuditDraft(principal: principal, action: action, target: target, outcome: outcome, reason: reason)])
         )
     }
 
     /// Entries at or after `since` (RFC 3339), oldest first.
     ///
     /// - Parameter since: an RFC 3339 time (any offset, fractional seconds optional); anything else is refused.
-    public func auditEntries(since text: String? = nil) throws(CofferRegistryError) -> [AuditEntry] {
+    public func auditEntries(since text: String? = nil) async throws(CofferRegistryError) -> [AuditEntry] {
         // Entries store UTC with milliseconds, so the comparison is between strings of the same shape.
         let since = try text.map { text throws(CofferRegistryError) in Self.timestamp(try Self.parseTime(text, field: "since")) }
-        return try database.read { db in
-            try Row.fetchAll(
-                db,
-                sql: "SELECT seq, at, principal, action, target, outcome, reason FROM audit_log WHERE ? IS NULL OR at >= ? ORDER BY seq",
-                arguments: [since, since]
-            ).map { row in
-                AuditEntry(
-                    seq: row["seq"],
-                    at: row["at"],
-                    principal: row["principal"],
-                    action: row["action"],
-                    target: row["target"],
-                    outcome: AuditEntry.Outcome(rawValue: row["outcome"]) ?? .failed,
-                    reason: row["reason"]
-                )
-            }
+        return try await metadata.auditEntries(since: since).map { row in
+            AuditEntry(
+                seq: row.seq,
+                at: row.at,
+                principal: row.principal,
+                action: row.action,
+                target: row.target,
+                outcome: AuditEntry.Outcome(rawValue: row.outcome) ?? .failed,
+                reason: row.reason
+            )
         }
     }
 
@@ -143,32 +134,31 @@ extension Registry {
         with key: UnlockedIdentity,
         checkpoint: Bool = true,
         headLifetime: TimeInterval = 3600
-    ) throws(CofferRegistryError)
+    ) async throws(CofferRegistryError)
         -> Int64
     {
-        let current = try identity
+        let current = try await identity
         guard key.publicIdentity.keyID == current.keyID else {
             throw .refused("audit heads are signed with the registry's current key (\(Self.identityName).key, \(current.keyID))")
         }
-        let state = try database.write { db -> LedgerState in
-            var state = try refreshed(ledger.withLock { $0 }, db: db)
-            if let (seq, hash) = try Self.lastAuditEntry(db) {
-                if try Int64.fetchOne(db, sql: "SELECT 1 FROM audit_heads WHERE seq = ?", arguments: [seq]) == nil {
-                    let signature = key.identity.signEd25519(Self.headMessage(seq: seq, hash: hash))
-                    try db.execute(
-                        sql: "INSERT OR REPLACE INTO audit_heads (seq, entry_hash, signed_at, signature, key_id) VALUES (?, ?, ?, ?, ?)",
-                        arguments: [seq, Data(hash), Self.now(), Data(signature), current.keyID]
-                    )
-                }
+        return try await commitOnLedger { (start, work) async throws(CofferRegistryError) -> Int64 in
+            var state = start
+            // Entries appended after this read are signed by the next head: a head covers a prefix of the chain.
+            let last = try await metadata.lastAuditEntry()
+            if let (seq, hash) = last {
+                let signature = key.identity.signEd25519(Self.headMessage(seq: seq, hash: Array(hash)))
+                work.changes.append(
+                    .addAuditHead(AuditHeadRecord(seq: seq, entryHash: hash, signedAt: Self.now(), signature: Data(signature), keyID: current.keyID))
+                )
                 if checkpoint, state.auditHead?.seq != seq {
-                    (state, _, _) = try append(.auditHead(seq: seq, hash: Digest.hex(hash)), signer: Signer(key), db: db)
+                    (state, _) = try append(.auditHead(seq: seq, hash: Digest.hex(Array(hash))), signer: Signer(key), to: state, work: &work)
                 }
             }
-            try Self.storeStateHead(StateHead.sign(state: state, audit: try Self.lastAuditEntry(db), lifetime: headLifetime, key: key), db: db)
-            return state
+            let head = StateHead.sign(state: state, audit: last.map { ($0.seq, Array($0.hash)) }, lifetime: headLifetime, key: key)
+            work.changes.append(.setMeta(key: "state_head", value: String(decoding: head.jsonBytes, as: UTF8.self)))
+            if work.records.isEmpty { work.ledgerEnd = nil }
+            return last?.seq ?? 0
         }
-        try adopt(state)
-        return try database.read { db in try Self.lastAuditEntry(db)?.seq } ?? 0
     }
 
     /// What a server calls every few seconds: signs the audit head when entries were appended since the last signed
@@ -180,37 +170,34 @@ extension Registry {
         headLifetime: TimeInterval = 3600,
         checkpointInterval: TimeInterval = 300,
         now: Date = Date()
-    ) throws(CofferRegistryError) -> Int64? {
-        let (latest, signed, head) = try database.read { db in
-            (
-                try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_log") ?? 0,
-                try Int64.fetchOne(db, sql: "SELECT max(seq) FROM audit_heads") ?? 0,
-                try Self.storedStateHead(db)
-            )
-        }
-        let state = try ledgerState()
+    ) async throws(CofferRegistryError) -> Int64? {
+        let latest = try await metadata.lastAuditEntry()?.seq ?? 0
+        let signed = try await metadata.lastAuditHeadSeq()
+        let head = try await storedStateHead()
+        let state = try await ledgerState()
         let stale =
             head.map { head in
                 head.ledgerSeq != state.seq || head.auditSeq != latest
                     || (Self.date(head.at).map { now.timeIntervalSince($0) > headLifetime / 2 } ?? true)
             } ?? true
         guard latest > signed || stale else { return nil }
-        let lastMark = try database.read { db in
-            try Data.fetchOne(db, sql: "SELECT envelope FROM ledger WHERE kind = 'audit.head' ORDER BY seq DESC LIMIT 1")
-        }
-        let markAge = lastMark.flatMap { try? Self.parse(Array($0)) }.flatMap { Self.date($0.at) }.map { now.timeIntervalSince($0) }
+        let lastMark = try await metadata.lastLedgerRecord(kind: "audit.head")
+        let markAge = lastMark.flatMap { try? Self.parse(Array($0.envelope)) }.flatMap { Self.date($0.at) }.map { now.timeIntervalSince($0) }
         let checkpoint = latest > (state.auditHead?.seq ?? 0) && (markAge ?? .infinity) >= checkpointInterval
-        return try signAuditHead(with: key, checkpoint: checkpoint, headLifetime: headLifetime)
+        return try await signAuditHead(with: key, checkpoint: checkpoint, headLifetime: headLifetime)
     }
 
     /// The audit entry the stored state head names, when the head verifies under the key chain at its ledger record
     /// and names that record's hash (a head that does not is reported: it was forged or edited).
-    func signedHeadAuditMark(state: LedgerState) throws(CofferRegistryError) -> (Int64, [UInt8])? {
-        guard let envelope = try database.read({ db in try Self.storedStateHeadEnvelope(db) }) else { return nil }
+    func signedHeadAuditMark(state: LedgerState) async throws(CofferRegistryError) -> (Int64, [UInt8])? {
+        guard let envelope = try await storedStateHeadEnvelope() else { return nil }
+        // The head names one ledger record; its hash is looked up before the (synchronous) check.
+        let named = (try? envelope.payloadBytes()).flatMap { try? JSONDecoder().decode(StateHead.self, from: Data($0)) }?.ledgerSeq ?? 0
+        let hash = try await storedRecordHash(named)
         let head = try StateHead.verify(
             envelope,
             state: state,
-            hashAt: { seq in self.storedRecordHash(seq) },
+            hashAt: { seq in seq == named ? hash : nil },
             currentKeyAt: { seq in state.keys.last { $0.since <= seq }?.identity },
             remembered: nil,
             now: .distantPast
@@ -220,16 +207,9 @@ extension Registry {
     }
 
     /// The hash of the record stored at `seq`, or nil.
-    func storedRecordHash(_ seq: Int64) -> String? {
-        let stored: Data?? = try? database.read { db in try Data.fetchOne(db, sql: "SELECT envelope FROM ledger WHERE seq = ?", arguments: [seq]) }
-        guard let envelope = stored ?? nil else { return nil }
-        return try? Self.parse(Array(envelope)).hash
-    }
-
-    static func lastAuditEntry(_ db: Database) throws -> (seq: Int64, hash: [UInt8])? {
-        try Row.fetchOne(db, sql: "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1").map {
-            ($0["seq"], Array($0["entry_hash"] as Data))
-        }
+    func storedRecordHash(_ seq: Int64) async throws(CofferRegistryError) -> String? {
+        guard seq > 0, let row = try await metadata.ledgerRecords(after: seq - 1, limit: 1).first, row.seq == seq else { return nil }
+        return try? Self.parse(Array(row.envelope)).hash
     }
 
     /// An RFC 3339 time as a query gives it (any offset, fractional seconds optional); anything else is refused,
@@ -252,17 +232,12 @@ extension Registry {
     /// - Throws: ``CofferRegistryError/tampered(_:)`` naming the first bad entry: an edited entry (its hash no longer
     ///   matches), a deleted, inserted or reordered one (a gap in the sequence or a broken link), or a chain rewritten
     ///   under a signed head.
-    public func verifyAudit() throws(CofferRegistryError) -> AuditReport {
-        let heads = try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT seq, entry_hash, signature, key_id, signed_at FROM audit_heads ORDER BY seq").map {
-                (
-                    seq: $0["seq"] as Int64, hash: Array($0["entry_hash"] as Data), signature: Array($0["signature"] as Data),
-                    keyID: $0["key_id"] as String?, signedAt: $0["signed_at"] as String
-                )
-            }
+    public func verifyAudit() async throws(CofferRegistryError) -> AuditReport {
+        let heads = try await metadata.auditHeads().map {
+            (seq: $0.seq, hash: Array($0.entryHash), signature: Array($0.signature), keyID: $0.keyID, signedAt: $0.signedAt)
         }
         // Only keys of the verified chain count; a retired key's heads count only up to its retirement.
-        let state = try ledgerState()
+        let state = try await ledgerState()
         for head in heads {
             let message = Self.headMessage(seq: head.seq, hash: head.hash)
             guard let key = state.key(head.keyID ?? state.keys[0].identity.keyID),
@@ -283,51 +258,45 @@ extension Registry {
         }
         // The newest state head the registry's key signed names an audit entry too (a server signs one every few
         // seconds): a log cut or rewritten after the ledger's last mark is caught by it.
-        if let (seq, hash) = try signedHeadAuditMark(state: state), marks[seq] == nil {
+        if let (seq, hash) = try await signedHeadAuditMark(state: state), marks[seq] == nil {
             marks[seq] = (hash, "named by the registry's signed state head")
         }
         var pendingMarks = marks
         var count = 0
         var lastSeq: Int64 = 0
         var lastHash = Self.genesisHash
-        let problem: String? = try database.read { db in
-            var previous = Self.genesisHash
-            // SQLite's own row loop, with each entry's fields hashed from where SQLite holds them: GRDB's rows
-            // (a Data or String per column) made verifying a million entries take 4-7 s instead of about 2.
-            let statement = try db.makeStatement(
-                sql: "SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log ORDER BY seq"
-            )
-            let handle = statement.sqliteStatement
-            func column(_ index: Int32) -> UnsafeRawBufferPointer {
-                let start = sqlite3_column_blob(handle, index)
-                return UnsafeRawBufferPointer(start: start, count: start == nil ? 0 : Int(sqlite3_column_bytes(handle, index)))
+        var problem: String? = nil
+        var previous = Self.genesisHash
+        var message = AuditMessage()
+        try await metadata.forEachAuditEntry { (seq, column) throws(CofferRegistryError) -> Bool in
+            guard seq == lastSeq + 1 else {
+                problem = "entry \(lastSeq + 1) is missing (deleted, or entries reordered)"
+                return false
             }
-            var message = AuditMessage()
-            while true {
-                let step = sqlite3_step(handle)
-                if step == SQLITE_DONE { break }
-                guard step == SQLITE_ROW else { throw DatabaseError(resultCode: ResultCode(rawValue: step), message: db.lastErrorMessage) }
-                let seq = sqlite3_column_int64(handle, 0)
-                guard seq == lastSeq + 1 else { return "entry \(lastSeq + 1) is missing (deleted, or entries reordered)" }
-                guard column(7).elementsEqual(previous) else {
-                    return "entry \(seq) does not link to entry \(seq - 1) (inserted, deleted or reordered)"
-                }
-                message.start(seq: seq)
-                for index in Int32(1)...6 { message.field(column(index)) }
-                let hash = message.hash(previous: previous)
-                guard column(8).elementsEqual(hash) else { return "entry \(seq) was edited (its hash does not match)" }
-                if let signed = headsBySeq.removeValue(forKey: seq), signed != hash {
-                    return "entries up to \(seq) were rewritten under a signed head"
-                }
-                if let mark = pendingMarks.removeValue(forKey: seq), mark.hash != hash {
-                    return "entries up to \(seq) were rewritten (entry \(seq) was \(mark.what))"
-                }
-                previous = hash
-                lastHash = hash
-                lastSeq = seq
-                count += 1
+            guard column(7).elementsEqual(previous) else {
+                problem = "entry \(seq) does not link to entry \(seq - 1) (inserted, deleted or reordered)"
+                return false
             }
-            return nil
+            message.start(seq: seq)
+            for index in 1...6 { message.field(column(index)) }
+            let hash = message.hash(previous: previous)
+            guard column(8).elementsEqual(hash) else {
+                problem = "entry \(seq) was edited (its hash does not match)"
+                return false
+            }
+            if let signed = headsBySeq.removeValue(forKey: seq), signed != hash {
+                problem = "entries up to \(seq) were rewritten under a signed head"
+                return false
+            }
+            if let mark = pendingMarks.removeValue(forKey: seq), mark.hash != hash {
+                problem = "entries up to \(seq) were rewritten (entry \(seq) was \(mark.what))"
+                return false
+            }
+            previous = hash
+            lastHash = hash
+            lastSeq = seq
+            count += 1
+            return true
         }
         if let problem { throw .tampered("audit log: \(problem)") }
         if let missing = headsBySeq.keys.min() { throw .tampered("audit log: entry \(missing), covered by a signed head, is gone (truncated)") }
@@ -347,7 +316,7 @@ extension Registry {
 
 extension Registry {
     /// Audits a refusal decided outside the registry's own checks (the HTTP server's authentication).
-    public func recordRefusal(action: String, target: String, reason: String, principal: String = "-") throws(CofferRegistryError) {
-        try audit(principal: principal, action: action, target: target, outcome: .refused, reason: reason)
+    public func recordRefusal(action: String, target: String, reason: String, principal: String = "-") async throws(CofferRegistryError) {
+        try await audit(principal: principal, action: action, target: target, outcome: .refused, reason: reason)
     }
 }

@@ -19,20 +19,19 @@ public struct InferenceSession: ~Copyable {
     let checkpoint: CheckpointView?
 
     /// Parses the token's text first: a malformed token is refused and audited like any other.
-    public init(registry: Registry, tokenText: borrowing SecureBytes, now: Date = Date()) throws(CofferRegistryError) {
+    public init(registry: Registry, tokenText: borrowing SecureBytes, now: Date = Date()) async throws(CofferRegistryError) {
         let token: SessionToken
         do { token = try SessionToken(text: tokenText) } catch {
-            try registry.audit(principal: "-", action: "infer", target: "-", outcome: .refused, reason: "malformed session token")
+            try await registry.audit(principal: "-", action: "infer", target: "-", outcome: .refused, reason: "malformed session token")
             throw error
         }
-        try self.init(registry: registry, token: token, now: now)
+        try await self.init(registry: registry, token: token, now: now)
     }
 
     /// `countingUse: false` opens the model without taking a use (the server counts each prediction instead).
-    public init(registry: Registry, token: borrowing SessionToken, countingUse: Bool = true, now: Date = Date()) throws(CofferRegistryError) {
-        let claimed = try registry.claimSession(token, now: now, countingUse: countingUse)
+    public init(registry: Registry, token: borrowing SessionToken, countingUse: Bool = true, now: Date = Date()) async throws(CofferRegistryError) {
+        let claimed = try await registry.claimSession(token, now: now, countingUse: countingUse)
         let info = claimed.info
-        let stored = claimed.stored
         var files: [(String, Range<Int>)] = []
         var offset = 0
         // Each file starts on a 64-byte boundary, so tensors keep the alignment safetensors gives them.
@@ -44,9 +43,9 @@ public struct InferenceSession: ~Copyable {
         for (file, entry) in zip(claimed.files, files) {
             let sink = plaintext.withUnsafeMutableBytes { MemoryRegionSink(UnsafeMutableRawBufferPointer(rebasing: $0[entry.1])) }
             do {
-                try registry.open(file, of: stored, dataKey: claimed.dataKey, into: sink, checkingBlobDigest: false)
+                try await registry.open(file, dataKey: claimed.dataKey, into: sink, checkingBlobDigest: false)
             } catch {
-                try? registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .failed, reason: error.description)
+                try? await registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .failed, reason: error.description)
                 throw error
             }
         }
@@ -56,7 +55,7 @@ public struct InferenceSession: ~Copyable {
                 try CheckpointView(header: UnsafeRawBufferPointer(rebasing: bytes[model.1]))
             }
         }
-        try registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .ok, reason: "\(info.model):\(info.version)")
+        try await registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .ok, reason: "\(info.model):\(info.version)")
         self.info = info
         self.files = files
         self.plaintext = plaintext
@@ -83,13 +82,13 @@ public struct InferenceSession: ~Copyable {
 
     /// Refuses, before any use is taken or anything decrypted, a token whose session's principal may not export
     /// plaintext (reader and decrypt on the model): `coffer infer --raw` asks this first.
-    public static func authorizeExport(registry: Registry, tokenText: borrowing SecureBytes) throws(CofferRegistryError) {
+    public static func authorizeExport(registry: Registry, tokenText: borrowing SecureBytes) async throws(CofferRegistryError) {
         let token = try SessionToken(text: tokenText)
-        let info = try registry.claimSession(token, now: Date(), countingUse: false).info
+        let info = try await registry.claimSession(token, now: Date(), countingUse: false).info
         let principal = Principal(name: info.principal, keyID: "")
         let target = "\(info.model):\(info.version)"
-        try registry.require(.reader, on: info.model, by: principal, action: "export", target: target)
-        try registry.require(.decrypt, on: info.model, by: principal, action: "export", target: target)
+        try await registry.require(.reader, on: info.model, by: principal, action: "export", target: target)
+        try await registry.require(.decrypt, on: info.model, by: principal, action: "export", target: target)
     }
 
     /// Releases one decrypted file's plaintext to `body` (`coffer infer --raw`): that is a pull, not an inference, so
@@ -99,18 +98,18 @@ public struct InferenceSession: ~Copyable {
         _ path: String,
         registry: Registry,
         _ body: (UnsafeRawBufferPointer) throws(CofferCryptoError) -> R
-    ) throws(CofferRegistryError) -> R? {
+    ) async throws(CofferRegistryError) -> R? {
         let principal = Principal(name: info.principal, keyID: "")
         let target = "\(info.model):\(info.version)"
-        try registry.require(.reader, on: info.model, by: principal, action: "export", target: target)
-        try registry.require(.decrypt, on: info.model, by: principal, action: "export", target: target)
+        try await registry.require(.reader, on: info.model, by: principal, action: "export", target: target)
+        try await registry.require(.decrypt, on: info.model, by: principal, action: "export", target: target)
         guard files.contains(where: { $0.path == path }) else { return nil }
         let result: R?
         do { result = try withFile(path, body) } catch {
-            try? registry.audit(principal: info.principal, action: "export", target: target, outcome: .failed, reason: error.description)
+            try? await registry.audit(principal: info.principal, action: "export", target: target, outcome: .failed, reason: error.description)
             throw .crypto(error)
         }
-        try registry.audit(
+        try await registry.audit(
             principal: info.principal,
             action: "export",
             target: target,

@@ -1,6 +1,5 @@
 public import CofferCrypto
 import Foundation
-import GRDB
 
 /// What a principal may do. `admin` implies every other role.
 public enum Role: String, Sendable, CaseIterable, Codable {
@@ -53,20 +52,20 @@ public struct Principal: Sendable, Equatable {
 extension Registry {
     /// Whether the registry checks principals: true once its ledger names one (the owner named at init, or one
     /// added later).
-    public func checksPrincipals() throws(CofferRegistryError) -> Bool { try ledgerState().checksPrincipals }
+    public func checksPrincipals() async throws(CofferRegistryError) -> Bool { try await ledgerState().checksPrincipals }
 
     /// The principal `identity` acts as: in a registry that checks principals, the principal with its key
     /// (refused and audited otherwise); in one that does not, the identity's own name.
-    public func principal(for identity: borrowing Identity) throws(CofferRegistryError) -> Principal {
-        try principal(keyID: identity.publicIdentity.keyID, declared: identity.publicIdentity.name)
+    public func principal(for identity: borrowing Identity) async throws(CofferRegistryError) -> Principal {
+        try await principal(keyID: identity.publicIdentity.keyID, declared: identity.publicIdentity.name)
     }
 
-    func principal(keyID: String, declared: String) throws(CofferRegistryError) -> Principal {
-        let state = try ledgerState()
+    func principal(keyID: String, declared: String) async throws(CofferRegistryError) -> Principal {
+        let state = try await ledgerState()
         guard state.checksPrincipals else { return Principal(name: declared, keyID: keyID) }
         guard let name = state.principal(keyID: keyID) else {
             let reason = "identity \(declared) (\(keyID)) is not a principal of this registry"
-            try audit(principal: "\(declared)?", action: "authenticate", target: keyID, outcome: .refused, reason: reason)
+            try await audit(principal: "\(declared)?", action: "authenticate", target: keyID, outcome: .refused, reason: reason)
             throw .refused(reason)
         }
         return Principal(name: name, keyID: keyID)
@@ -82,12 +81,12 @@ extension Registry {
         by principal: Principal?,
         action: String,
         target: String
-    ) throws(CofferRegistryError) {
-        let state = try ledgerState()
+    ) async throws(CofferRegistryError) {
+        let state = try await ledgerState()
         guard state.checksPrincipals else { return }
         guard let principal else {
             let reason = "this registry checks principals: act with --identity"
-            try audit(principal: "-", action: action, target: target, outcome: .refused, reason: reason)
+            try await audit(principal: "-", action: action, target: target, outcome: .refused, reason: reason)
             throw .refused(reason)
         }
         if principal.name == "registry", principal.keyID == state.currentKey?.keyID { return }
@@ -95,20 +94,26 @@ extension Registry {
         let on = model.map { " on \($0)" } ?? ""
         let through = alias.map { " (alias \($0))" } ?? ""
         let reason = "\(principal.name) lacks the \(role.rawValue) role\(on)\(through)"
-        try audit(principal: principal.name, action: action, target: target, outcome: .refused, reason: reason)
+        try await audit(principal: principal.name, action: action, target: target, outcome: .refused, reason: reason)
         throw .refused(reason)
     }
 
     /// ``require(_:on:alias:by:action:target:)`` for the principal a signer acts as. In a registry without
     /// principals, a change that only the registry's key may sign is refused here, before anything is sealed.
-    func require(_ signer: Signer, _ role: Role, on model: String?, action: String, target: String) throws(CofferRegistryError) {
-        let state = try ledgerState()
+    func require(_ signer: Signer, _ role: Role, on model: String?, action: String, target: String) async throws(CofferRegistryError) {
+        let state = try await ledgerState()
         let principal: Principal
         do { principal = try acting(signer, in: state).principal } catch {
-            try? audit(principal: "\(signer.key.publicIdentity.name)?", action: action, target: target, outcome: .refused, reason: error.description)
+            try? await audit(
+                principal: "\(signer.key.publicIdentity.name)?",
+                action: action,
+                target: target,
+                outcome: .refused,
+                reason: error.description
+            )
             throw error
         }
-        try require(role, on: model, by: principal, action: action, target: target)
+        try await require(role, on: model, by: principal, action: action, target: target)
     }
 
     /// Adds a principal with roles on every model (its first principal, in a registry that had none, is also an
@@ -118,13 +123,13 @@ extension Registry {
         identity: PublicIdentity,
         roles: [Role],
         by signer: Signer
-    ) throws(CofferRegistryError) {
+    ) async throws(CofferRegistryError) {
         try ModelReference.validate(name: name)
-        try require(signer, .admin, on: nil, action: "principal.add", target: name)
-        let state = try ledgerState()
+        try await require(signer, .admin, on: nil, action: "principal.add", target: name)
+        let state = try await ledgerState()
         if state.principals[name] != nil || state.principal(keyID: identity.keyID) != nil { throw .principalExists(name) }
         let granted = (state.checksPrincipals ? roles : [Role.admin] + roles).map(\.rawValue).joined(separator: ",")
-        try record(
+        try await record(
             .principalAdd(name: name, identity: identity, roles: roles),
             signer: signer,
             action: "principal.add",
@@ -135,22 +140,21 @@ extension Registry {
 
     /// Removes a principal: its grants go, its bearer tokens are revoked, its sessions revoked and their key copies
     /// destroyed, in the same transaction. The last admin of the registry cannot be removed.
-    public func removePrincipal(_ name: String, by signer: Signer) throws(CofferRegistryError) {
-        try require(signer, .admin, on: nil, action: "principal.remove", target: name)
-        guard try ledgerState().principals[name] != nil else { throw .unknownPrincipal(name) }
-        try record(
+    public func removePrincipal(_ name: String, by signer: Signer) async throws(CofferRegistryError) {
+        try await require(signer, .admin, on: nil, action: "principal.remove", target: name)
+        guard try await ledgerState().principals[name] != nil else { throw .unknownPrincipal(name) }
+        try await record(
             .principalRemove(name: name),
             signer: signer,
             action: "principal.remove",
             target: name,
             reason: "grants, tokens and sessions ended"
         )
-        try database.checkpointAndTruncateLog()
     }
 
     /// Every principal with its grants, by name.
-    public func principals() throws(CofferRegistryError) -> [(name: String, keyID: String, grants: [Grant])] {
-        let state = try ledgerState()
+    public func principals() async throws(CofferRegistryError) -> [(name: String, keyID: String, grants: [Grant])] {
+        let state = try await ledgerState()
         return state.principals.keys.sorted().map { name in
             (
                 name, state.principals[name]!.keyID,
@@ -159,29 +163,30 @@ extension Registry {
         }
     }
 
-    public func grants(of principal: String) throws(CofferRegistryError) -> [Grant] {
-        try ledgerState().grants.filter { $0.principal == principal }.sorted { ($0.role.rawValue, $0.scope) < ($1.role.rawValue, $1.scope) }
+    public func grants(of principal: String) async throws(CofferRegistryError) -> [Grant] {
+        try await ledgerState().grants.filter { $0.principal == principal }.sorted { ($0.role.rawValue, $0.scope) < ($1.role.rawValue, $1.scope) }
     }
 
     /// Grants a role (admin only). The scope is `*`, a namespace prefix ending in `/`, or a model name.
-    public func grant(_ grant: Grant, by signer: Signer) throws(CofferRegistryError) {
-        try require(signer, .admin, on: nil, action: "grant", target: grant.principal)
+    public func grant(_ grant: Grant, by signer: Signer) async throws(CofferRegistryError) {
+        try await require(signer, .admin, on: nil, action: "grant", target: grant.principal)
         if grant.scope != "*" { try ModelReference.validate(name: grant.scope.hasSuffix("/") ? String(grant.scope.dropLast()) : grant.scope) }
         if let alias = grant.alias { try ModelReference.validate(version: alias) }
-        let state = try ledgerState()
+        let state = try await ledgerState()
         guard state.principals[grant.principal] != nil else { throw .unknownPrincipal(grant.principal) }
         guard !state.grants.contains(grant) else { return }
-        try record(.grant(grant), signer: signer, action: "grant", target: grant.principal, reason: grant.summary)
+        try await record(.grant(grant), signer: signer, action: "grant", target: grant.principal, reason: grant.summary)
     }
 
     /// Revokes a role (admin only); returns whether a grant was removed. Sessions the principal can no longer open
     /// are revoked at once and their key copies destroyed (a later re-grant does not bring them back).
     @discardableResult
-    public func revoke(_ grant: Grant, by signer: Signer) throws(CofferRegistryError) -> Bool {
-        try require(signer, .admin, on: nil, action: "revoke", target: grant.principal)
-        guard try ledgerState().grants.contains(grant) else {
-            try audit(
-                principal: try acting(signer, in: try ledgerState()).principal.name,
+    public func revoke(_ grant: Grant, by signer: Signer) async throws(CofferRegistryError) -> Bool {
+        try await require(signer, .admin, on: nil, action: "revoke", target: grant.principal)
+        let state = try await ledgerState()
+        guard state.grants.contains(grant) else {
+            try await audit(
+                principal: try acting(signer, in: state).principal.name,
                 action: "revoke",
                 target: grant.principal,
                 outcome: .failed,
@@ -189,10 +194,10 @@ extension Registry {
             )
             return false
         }
-        try record(.revoke(grant), signer: signer, action: "revoke", target: grant.principal, reason: grant.summary) { db, state in
-            try Self.endSessionsNoLongerGranted(to: grant.principal, state: state, db: db)
+        try await record(.revoke(grant), signer: signer, action: "revoke", target: grant.principal, reason: grant.summary) {
+            (state, work) async throws(CofferRegistryError) in
+            work.changes.append(.dropSessionKeys(ids: try await self.sessionsNoLongerGranted(to: grant.principal, state: state)))
         }
-        try database.checkpointAndTruncateLog()
         return true
     }
 }

@@ -1,7 +1,6 @@
 public import CofferCrypto
-public import CofferTraining
+import CofferTraining
 public import Foundation
-import GRDB
 import Synchronization
 
 #if canImport(Glibc)
@@ -82,12 +81,12 @@ public struct OpenedSession: ~Copyable {
     public let token: SessionToken
 }
 
-struct ClaimedSession: ~Copyable {
+struct ClaimedSession: Sendable {
     let info: SessionInfo
     let stored: StoredVersion
     /// The version's files as they are stored now (after any rekey), checked against the signed records.
     let files: [ModelStatement.File]
-    let dataKey: SecretKey
+    let dataKey: KeyBox
 }
 
 /// A session as `session list` shows it (never its token).
@@ -116,7 +115,7 @@ extension Registry {
             let created: Bool = fresh.withUnsafeBytes { bytes in
                 let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
                 guard fd >= 0 else { return false }
-                defer { close(fd) }
+                defer { Glibc.close(fd) }
                 return write(fd, bytes.baseAddress, bytes.count) == bytes.count && fsync(fd) == 0
             }
             if !created && access(path, F_OK) != 0 { throw .io(path: path, reason: "cannot create the session hash key") }
@@ -125,7 +124,7 @@ extension Registry {
         let ok: Bool = key.withUnsafeMutableBytes { out in
             let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { return false }
-            defer { close(fd) }
+            defer { Glibc.close(fd) }
             return read(fd, out.baseAddress, out.count) == out.count
         }
         guard ok else { throw .io(path: path, reason: "cannot read the session hash key") }
@@ -147,12 +146,19 @@ extension Registry {
     /// and re-wraps it under the new token. The token is returned once and never stored.
     public func openSession(
         _ reference: ModelReference,
-        identity: borrowing Identity,
+        identity: UnlockedIdentity,
         ttl: TimeInterval,
         maxUses: Int? = nil,
         now: Date = Date()
-    ) throws(CofferRegistryError) -> OpenedSession {
-        try openSession(reference, principal: try principal(for: identity), unwrappingWith: identity, ttl: ttl, maxUses: maxUses, now: now)
+    ) async throws(CofferRegistryError) -> OpenedSession {
+        try await openSession(
+            reference,
+            principal: try await principal(for: identity.identity),
+            unwrappingWith: identity,
+            ttl: ttl,
+            maxUses: maxUses,
+            now: now
+        )
     }
 
     /// Opens a session for `actor` (authenticated by other means: the server's bearer token), unwrapping the data key
@@ -160,23 +166,23 @@ extension Registry {
     public func openSession(
         _ reference: ModelReference,
         principal actor: Principal,
-        unwrappingWith identity: borrowing Identity,
+        unwrappingWith identity: UnlockedIdentity,
         ttl: TimeInterval,
         maxUses: Int? = nil,
         now: Date = Date()
-    ) throws(CofferRegistryError) -> OpenedSession {
+    ) async throws(CofferRegistryError) -> OpenedSession {
         guard ttl > 0, ttl <= Self.maximumLifetime else {
             throw .sessionRefused("the session lifetime must be more than 0 and at most 365 days (31536000 s)")
         }
         if let maxUses, !(1...1_000_000_000).contains(maxUses) { throw .sessionRefused("--max-uses must be from 1 to 1000000000") }
         var alias: String? = nil
         if case .alias(let name) = reference.selector { alias = name }
-        try require(.inference, on: reference.name, alias: alias, by: actor, action: "session.open", target: reference.description)
+        try await require(.inference, on: reference.name, alias: alias, by: actor, action: "session.open", target: reference.description)
         do {
-            let stored = try loadVersion(try resolveForUse(reference).id)
+            let stored = try await loadVersion(try await resolveForUse(reference).id)
             try stored.ensureNotErased()
-            _ = try authenticate(stored)
-            let dataKey = try unwrapDataKey(stored, identity: identity)
+            _ = try await authenticate(stored)
+            let dataKey = try await unwrapDataKey(stored, identity: identity)
             let token = SessionToken(secret: SecretKey.random())
             let info = SessionInfo(
                 id: Digest.hex((0..<8).map { _ in UInt8.random(in: 0...255) }),
@@ -190,219 +196,181 @@ extension Registry {
                 uses: 0,
                 revokedAt: nil
             )
-            let wrapped = dataKey.wrap(under: token.keyEncryptionKey(id: info.id, expiresAt: info.expiresAt, maxUses: maxUses)).encoded
+            let wrapped = dataKey.key.wrap(under: token.keyEncryptionKey(id: info.id, expiresAt: info.expiresAt, maxUses: maxUses)).encoded
             let hash = try tokenHash(token)
-            try database.write { db in
-                try db.execute(
-                    sql: """
-                        INSERT INTO sessions (id, token_hash, principal, version_id, reference, alias, created_at, expires_at, max_uses, wrapped_key)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                        """,
-                    arguments: [
-                        info.id, Data(hash), info.principal, stored.id, info.reference, alias, info.createdAt, info.expiresAt, maxUses, Data(wrapped),
+            let session = SessionRecord(
+                id: info.id,
+                tokenHash: Data(hash),
+                principal: info.principal,
+                versionID: stored.id,
+                reference: info.reference,
+                alias: alias,
+                createdAt: info.createdAt,
+                expiresAt: info.expiresAt,
+                maxUses: maxUses,
+                uses: 0,
+                wrappedKey: Data(wrapped)
+            )
+            // The session and its audit entry commit together: no session exists unrecorded.
+            try await metadata.commit(
+                UnitOfWork(
+                    changes: [.addSession(session), .dropExpiredSessionKeys(now: Self.timestamp(now))],
+                    audit: [
+                        AuditDraft(
+                            principal: actor.name,
+                            action: "session.open",
+                            target: reference.description,
+                            outcome: .ok,
+                            reason: "session \(info.id)"
+                        )
                     ]
                 )
-                try Self.destroyExpiredSessionKeys(db, now: now)
-                // The session and its audit entry commit together: no session exists unrecorded.
-                try Self.appendAudit(
-                    db,
-                    principal: actor.name,
-                    action: "session.open",
-                    target: reference.description,
-                    outcome: .ok,
-                    reason: "session \(info.id)"
-                )
-            }
+            )
             return OpenedSession(info: info, token: token)
         } catch {
-            try? audit(principal: actor.name, action: "session.open", target: reference.description, outcome: .failed, reason: error.description)
+            try? await audit(
+                principal: actor.name,
+                action: "session.open",
+                target: reference.description,
+                outcome: .failed,
+                reason: error.description
+            )
             throw error
         }
     }
 
-    public func sessions() throws(CofferRegistryError) -> [SessionInfo] {
-        try database.read { db in
-            try Row.fetchAll(
-                db.cachedStatement(
-                    sql: """
-                        SELECT s.*, m.name AS model, v.version AS version FROM sessions s
-                        JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id ORDER BY s.created_at
-                        """
-                )
-            ).map { row in
-                SessionInfo(
-                    id: row["id"],
-                    principal: row["principal"],
-                    model: row["model"],
-                    version: row["version"],
-                    reference: row["reference"],
-                    createdAt: row["created_at"],
-                    expiresAt: row["expires_at"],
-                    maxUses: row["max_uses"],
-                    uses: row["uses"],
-                    revokedAt: row["revoked_at"]
-                )
-            }
-        }
+    public func sessions() async throws(CofferRegistryError) -> [SessionInfo] {
+        try await metadata.sessions().map(Self.info)
+    }
+
+    static func info(_ row: SessionRow) -> SessionInfo {
+        SessionInfo(
+            id: row.session.id,
+            principal: row.session.principal,
+            model: row.model,
+            version: row.version,
+            reference: row.session.reference,
+            createdAt: row.session.createdAt,
+            expiresAt: row.session.expiresAt,
+            maxUses: row.session.maxUses,
+            uses: row.session.uses,
+            revokedAt: row.session.revokedAt
+        )
     }
 
     /// Revokes a session (its principal or an admin): its copy of the data key is destroyed at once.
-    public func revokeSession(id: String, identity: borrowing Identity) throws(CofferRegistryError) {
-        try revokeSession(id: id, principal: try principal(for: identity))
+    public func revokeSession(id: String, identity: UnlockedIdentity) async throws(CofferRegistryError) {
+        try await revokeSession(id: id, principal: try await principal(for: identity.identity))
     }
 
-    public func revokeSession(id: String, principal actor: Principal) throws(CofferRegistryError) {
-        let owner = try database.read { db in
-            try String.fetchOne(db.cachedStatement(sql: "SELECT principal FROM sessions WHERE id = ?"), arguments: [id])
-        }
+    public func revokeSession(id: String, principal actor: Principal) async throws(CofferRegistryError) {
+        let owner = try await metadata.session(.id(id))?.session.principal
         // Someone else's session is unknown to anyone but an admin: the answer does not tell which ids exist.
         guard let owner else {
-            try audit(principal: actor.name, action: "session.revoke", target: id, outcome: .refused, reason: "unknown session")
+            try await audit(principal: actor.name, action: "session.revoke", target: id, outcome: .refused, reason: "unknown session")
             throw .unknownSession(id)
         }
         if owner != actor.name {
-            do { try require(.admin, on: nil, by: actor, action: "session.revoke", target: id) } catch { throw .unknownSession(id) }
+            do { try await require(.admin, on: nil, by: actor, action: "session.revoke", target: id) } catch { throw .unknownSession(id) }
         }
-        try database.write { db in
-            try db.execute(
-                sql: "UPDATE sessions SET revoked_at = coalesce(revoked_at, ?), wrapped_key = NULL WHERE id = ?",
-                arguments: [Self.now(), id]
+        try await metadata.commit(
+            UnitOfWork(
+                changes: [.revokeSession(id: id, at: Self.now())],
+                audit: [AuditDraft(principal: actor.name, action: "session.revoke", target: id, outcome: .ok, reason: "")]
             )
-        }
-        try audit(principal: actor.name, action: "session.revoke", target: id, outcome: .ok, reason: "")
+        )
     }
 
     /// Checks a token and takes one use of its session: refuses (and audits) unknown, revoked, expired and exhausted
     /// sessions, and those whose principal has lost the grant. Returns the version and its data key.
-    func claimSession(_ token: borrowing SessionToken, now: Date, countingUse: Bool = true) throws(CofferRegistryError) -> ClaimedSession {
+    func claimSession(_ token: borrowing SessionToken, now: Date, countingUse: Bool = true) async throws(CofferRegistryError) -> ClaimedSession {
         let hash = try tokenHash(token)
-        let row = try sessionRow(sql: "s.token_hash = ?", argument: Data(hash))
         // The log names a session by its id, an unknown token by a prefix of its keyed hash: never the token.
-        guard let row else { try refuseSession("-", "token \(Digest.hex(hash.prefix(8)))", "unknown session token") }
-        try check(session: row, now: now, countingUse: countingUse)
-        let id: String = row["id"]
-        let principal: String = row["principal"]
-        let model: String = row["model"]
-        let expires: String = row["expires_at"]
-        guard let wrapped: Data = row["wrapped_key"] else { try refuseSession(principal, id, "session \(id) holds no key any more") }
-        let stored = try loadVersion(row["version_id"])
-        if stored.erased != nil { try refuseSession(principal, id, "\(model):\(row["version"] as String) was erased") }
-        let (statement, _) = try authenticate(stored)
-        let dataKey: SecretKey
-        let kek = token.keyEncryptionKey(id: id, expiresAt: expires, maxUses: row["max_uses"])
-        do { dataKey = try WrappedKey(encoded: Array(wrapped)).unwrap(with: kek) } catch {
-            try refuseSession(principal, id, "the session's key does not open with this token")
+        guard let row = try await metadata.session(.tokenHash(Data(hash))) else {
+            try await refuseSession("-", "token \(Digest.hex(hash.prefix(8)))", "unknown session token")
         }
-        let info = SessionInfo(
-            id: id,
-            principal: principal,
-            model: model,
-            version: row["version"],
-            reference: row["reference"],
-            createdAt: row["created_at"],
-            expiresAt: expires,
-            maxUses: row["max_uses"],
-            uses: (row["uses"] as Int) + (countingUse ? 1 : 0),
-            revokedAt: nil
-        )
+        let session = row.session
+        let id = session.id
+        try await check(session: row, now: now, countingUse: countingUse)
+        guard let wrapped = session.wrappedKey else { try await refuseSession(session.principal, id, "session \(id) holds no key any more") }
+        let kek = token.keyEncryptionKey(id: id, expiresAt: session.expiresAt, maxUses: session.maxUses)
+        let dataKey: KeyBox
+        do { dataKey = KeyBox(try WrappedKey(encoded: Array(wrapped)).unwrap(with: kek)) } catch {
+            try await refuseSession(session.principal, id, "the session's key does not open with this token")
+        }
+        let stored = try await loadVersion(session.versionID)
+        if stored.erased != nil { try await refuseSession(session.principal, id, "\(row.model):\(row.version) was erased") }
+        let (statement, _) = try await authenticate(stored)
+        var info = Self.info(row)
+        info.uses += countingUse ? 1 : 0
+        info.revokedAt = nil
         return ClaimedSession(info: info, stored: stored, files: statement.files, dataKey: dataKey)
     }
 
     /// Checks, without taking a use, that a session held by `principal` may still be used: not revoked, not expired,
     /// not exhausted, its key copy not destroyed, the grant still held. Refusals are audited.
-    public func checkSession(id: String, principal: String, now: Date = Date()) throws(CofferRegistryError) {
-        guard let row = try sessionRow(sql: "s.id = ?", argument: id), row["principal"] as String == principal else {
-            try refuseSession(principal, id, "unknown session \(id)")
+    public func checkSession(id: String, principal: String, now: Date = Date()) async throws(CofferRegistryError) {
+        guard let row = try await metadata.session(.id(id)), row.session.principal == principal else {
+            try await refuseSession(principal, id, "unknown session \(id)")
         }
-        try check(session: row, now: now, countingUse: false)
+        try await check(session: row, now: now, countingUse: false)
     }
 
-    /// Takes one use of a session held by `principal` whose model is already open (the server's cache), after the
+    /// Takes one use of a session held by `principal` whose model is already open (a server's cache), after the
     /// same checks as a token: not revoked, not expired, not exhausted, the grant still held.
-    public func useSession(id: String, principal: String, now: Date = Date()) throws(CofferRegistryError) {
-        guard let row = try sessionRow(sql: "s.id = ?", argument: id), row["principal"] as String == principal else {
-            try refuseSession(principal, id, "unknown session \(id)")
+    public func useSession(id: String, principal: String, now: Date = Date()) async throws(CofferRegistryError) {
+        guard let row = try await metadata.session(.id(id)), row.session.principal == principal else {
+            try await refuseSession(principal, id, "unknown session \(id)")
         }
-        try check(session: row, now: now, countingUse: true)
-        try audit(principal: principal, action: "infer", target: id, outcome: .ok, reason: "\(row["model"] as String):\(row["version"] as String)")
+        try await check(session: row, now: now, countingUse: true)
+        try await audit(principal: principal, action: "infer", target: id, outcome: .ok, reason: "\(row.model):\(row.version)")
     }
 
-    private func sessionRow(sql condition: String, argument: some DatabaseValueConvertible & Sendable) throws(CofferRegistryError) -> Row? {
-        try database.read { db in
-            try Row.fetchOne(
-                db.cachedStatement(
-                    sql: """
-                        SELECT s.*, m.name AS model, v.version AS version FROM sessions s
-                        JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id WHERE \(condition)
-                        """
-                ),
-                arguments: [argument]
-            )
-        }
+    /// Takes one token of a session's rate bucket, shared by every server over the registry's metadata store: nil
+    /// when taken, else the seconds to wait.
+    public func takeRateToken(session: String, rate: Double, burst: Int, now: Date = Date()) async throws(CofferRegistryError) -> Double? {
+        try await metadata.takeRateToken(session: session, rate: rate, burst: burst, now: now.timeIntervalSince1970)
     }
 
     /// Refuses (and audits) a revoked, expired or exhausted session, or one whose principal lost the grant; takes a use.
-    private func check(session row: Row, now: Date, countingUse: Bool) throws(CofferRegistryError) {
-        let id: String = row["id"]
-        let principal: String = row["principal"]
-        let model: String = row["model"]
-        if let revoked: String = row["revoked_at"] { try refuseSession(principal, id, "session \(id) was revoked at \(revoked)") }
-        let expires: String = row["expires_at"]
-        if Self.timestamp(now) >= expires {
-            try database.write { db in try db.execute(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ?", arguments: [id]) }
-            try refuseSession(principal, id, "session \(id) expired at \(expires)")
+    private func check(session row: SessionRow, now: Date, countingUse: Bool) async throws(CofferRegistryError) {
+        let session = row.session
+        let id = session.id
+        let principal = session.principal
+        if let revoked = session.revokedAt { try await refuseSession(principal, id, "session \(id) was revoked at \(revoked)") }
+        if Self.timestamp(now) >= session.expiresAt {
+            try await metadata.commit(UnitOfWork(changes: [.dropSessionKeys(ids: [id])]))
+            try await refuseSession(principal, id, "session \(id) expired at \(session.expiresAt)")
         }
-        let alias: String? = row["alias"]
-        let state = try ledgerState()
-        if state.checksPrincipals, !state.holds(principal, .inference, on: model, alias: alias) {
-            try refuseSession(principal, id, "\(principal) no longer holds the inference role on \(model)")
+        let state = try await ledgerState()
+        if state.checksPrincipals, !state.holds(principal, .inference, on: row.model, alias: session.alias) {
+            try await refuseSession(principal, id, "\(principal) no longer holds the inference role on \(row.model)")
         }
-        if let max: Int = row["max_uses"], (row["uses"] as Int) >= max {
-            try refuseSession(principal, id, "session \(id) has used all \(max) of its uses")
+        if let max = session.maxUses, session.uses >= max {
+            try await refuseSession(principal, id, "session \(id) has used all \(max) of its uses")
         }
-        if row["wrapped_key"] == nil { try refuseSession(principal, id, "session \(id) holds no key any more (revoked, expired or used up)") }
+        if session.wrappedKey == nil { try await refuseSession(principal, id, "session \(id) holds no key any more (revoked, expired or used up)") }
         guard countingUse else { return }
-        let claimed = try database.write { db in
-            try db.execute(
-                sql: "UPDATE sessions SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)",
-                arguments: [id]
-            )
-            guard db.changesCount == 1 else { return false }
-            // The last use destroys the key copy: an exhausted session opens nothing, even from a copy of the database.
-            try db.execute(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ? AND max_uses IS NOT NULL AND uses >= max_uses", arguments: [id])
-            return true
+        if try await !metadata.takeSessionUse(id: id) {
+            try await refuseSession(principal, id, "session \(id) has used all \(session.maxUses ?? 0) of its uses")
         }
-        if !claimed { try refuseSession(principal, id, "session \(id) has used all \(row["max_uses"] as Int? ?? 0) of its uses") }
     }
 
-    private func refuseSession(_ principal: String, _ target: String, _ reason: String) throws(CofferRegistryError) -> Never {
-        try audit(principal: principal, action: "infer", target: target, outcome: .refused, reason: reason)
+    private func refuseSession(_ principal: String, _ target: String, _ reason: String) async throws(CofferRegistryError) -> Never {
+        try await audit(principal: principal, action: "infer", target: target, outcome: .refused, reason: reason)
         throw .sessionRefused(reason)
     }
 
     /// The longest a session (or a bearer token) may live: a year, as docs/openapi.yaml states.
     public static let maximumLifetime: TimeInterval = 31_536_000
 
-    /// Ends the open sessions of `principal` that its grants in `state` no longer allow, destroying their key copies.
-    static func endSessionsNoLongerGranted(to principal: String, state: LedgerState, db: Database) throws {
-        let open = try Row.fetchAll(
-            db,
-            sql: """
-                SELECT s.id, s.alias, m.name AS model FROM sessions s JOIN versions v ON v.id = s.version_id JOIN models m ON m.id = v.model_id
-                WHERE s.principal = ? AND s.wrapped_key IS NOT NULL
-                """,
-            arguments: [principal]
-        )
+    /// The open sessions of `principal` that its grants in `state` no longer allow: their key copies are to be destroyed.
+    func sessionsNoLongerGranted(to principal: String, state: LedgerState) async throws(CofferRegistryError) -> [String] {
         // Not marked revoked: a later use is refused for the reason that ended it (the grant is gone).
-        for row in open where state.checksPrincipals && !state.holds(principal, .inference, on: row["model"], alias: row["alias"]) {
-            try db.execute(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ?", arguments: [row["id"] as String])
-        }
-    }
-
-    /// Destroys the key copies of sessions that expired, whoever finds them: a session's copy does not outlive it.
-    static func destroyExpiredSessionKeys(_ db: Database, now: Date) throws {
-        try db.cachedStatement(sql: "UPDATE sessions SET wrapped_key = NULL WHERE wrapped_key IS NOT NULL AND expires_at <= ?")
-            .execute(arguments: [timestamp(now)])
+        try await metadata.sessions().filter { row in
+            row.session.principal == principal && row.session.wrappedKey != nil && state.checksPrincipals
+                && !state.holds(principal, .inference, on: row.model, alias: row.session.alias)
+        }.map(\.session.id)
     }
 
     static func timestamp(_ date: Date) -> String {

@@ -1,4 +1,4 @@
-public import CofferTraining
+import CofferTraining
 import Foundation
 
 /// A dataset's privacy budget and what the versions trained on it have spent.
@@ -32,12 +32,12 @@ public struct BudgetStatus: Sendable, Equatable, Codable {
 
 extension Registry {
     /// Sets (or changes) a dataset's total budget; an admin's act in a registry with principals.
-    public func setBudget(dataset: String, epsilon: Double, delta: Double, by signer: Signer) throws(CofferRegistryError) {
+    public func setBudget(dataset: String, epsilon: Double, delta: Double, by signer: Signer) async throws(CofferRegistryError) {
         try ModelReference.validate(datasetID: dataset)
-        try require(signer, .admin, on: nil, action: "budget.set", target: dataset)
+        try await require(signer, .admin, on: nil, action: "budget.set", target: dataset)
         guard epsilon > 0, epsilon.isFinite else { throw .invalidPrivacy("budget epsilon must be > 0, got \(epsilon)") }
         guard delta > 0, delta < 1 else { throw .invalidPrivacy("budget delta must be in (0, 1), got \(delta)") }
-        try record(
+        try await record(
             .budgetSet(dataset: dataset, epsilon: epsilon, delta: delta),
             signer: signer,
             action: "budget.set",
@@ -48,9 +48,9 @@ extension Registry {
 
     /// The budget of `dataset` and its charges, recomputed from the ledger's `version` records (a charge deleted from
     /// the `budget_charges` table still counts).
-    public func budget(dataset: String) throws(CofferRegistryError) -> BudgetStatus {
+    public func budget(dataset: String) async throws(CofferRegistryError) -> BudgetStatus {
         try ModelReference.validate(datasetID: dataset)
-        let state = try ledgerState()
+        let state = try await ledgerState()
         guard let status = Self.budgetStatus(state, dataset: dataset) else { throw .noBudget(dataset) }
         return status
     }

@@ -1,5 +1,4 @@
 import Foundation
-import GRDB
 
 extension Registry {
     /// Crypto-shreds `model` (every version) or one version of it: destroys every wrapped copy of the data key
@@ -7,66 +6,40 @@ extension Registry {
     /// and attestation stay as a tombstone; `show` reports who erased it and when. An admin's act. Returns the
     /// versions erased.
     ///
-    /// The database runs with `secure_delete` and its write-ahead log is checkpointed and truncated afterwards,
-    /// so the deleted key stanzas do not linger in free pages or in the log.
+    /// SQLite runs with `secure_delete` and its write-ahead log is checkpointed and truncated afterwards, so the
+    /// deleted key stanzas do not linger in free pages or in the log.
     @discardableResult
-    public func erase(model: String, version: String? = nil, by signer: Signer) throws(CofferRegistryError) -> [String] {
+    public func erase(model: String, version: String? = nil, by signer: Signer) async throws(CofferRegistryError) -> [String] {
         let target = version.map { "\(model):\($0)" } ?? model
-        try require(signer, .admin, on: model, action: "erase", target: target)
-        guard try modelExists(model) else { throw .unknownModel(model) }
-        var ids: [Int64] = []
+        try await require(signer, .admin, on: model, action: "erase", target: target)
+        guard try await metadata.modelExists(model) else { throw .unknownModel(model) }
+        let heads: [VersionHead]
         if let version {
-            ids = [try resolve(try ModelReference(name: model, selector: .version(version))).id]
+            heads = try await metadata.versionHeads(ids: [try await resolve(try ModelReference(name: model, selector: .version(version))).id])
         } else {
-            ids = try database.read { db in
-                try Int64.fetchAll(db, sql: "SELECT v.id FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?", arguments: [model])
-            }
+            heads = try await metadata.versionHeads(model: model)
         }
-        let state = try ledgerState()
-        let who = try acting(signer, in: state).principal.name
-        let pending = try database.read { db in
-            try Row.fetchAll(
-                db,
-                sql: "SELECT id, version, digest FROM versions WHERE id IN (\(ids.map(String.init).joined(separator: ","))) ORDER BY id"
-            )
-        }.filter { state.erased[$0["digest"] as String] == nil }
-        guard !pending.isEmpty else { throw .erased("\(target) was already erased") }
-        let (erased, digests, after) = try database.write { db -> ([String], [String], LedgerState) in
-            let list = pending.map { String($0["id"] as Int64) }.joined(separator: ",")
-            let now = Self.now()
-            var state = state
-            for row in pending {
-                (state, _, _) = try append(.erase(model: model, version: row["version"], digest: row["digest"]), signer: signer, db: db)
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO erasures (version_id, erased_at, erased_by) VALUES (?, ?, ?)",
-                    arguments: [row["id"] as Int64, now, who]
-                )
+        var digests: [String] = []
+        let erased = try await commitOnLedger { (start, work) async throws(CofferRegistryError) -> [String] in
+            let pending = heads.filter { start.erased[$0.digest] == nil }
+            guard !pending.isEmpty else { throw CofferRegistryError.erased("\(target) was already erased") }
+            let who = try acting(signer, in: start).principal.name
+            var state = start
+            for head in pending {
+                (state, _) = try append(.erase(model: model, version: head.version, digest: head.digest), signer: signer, to: state, work: &work)
             }
-            try db.execute(sql: "DELETE FROM wrapped_keys WHERE version_id IN (\(list))")
-            try db.execute(
-                sql: "UPDATE sessions SET wrapped_key = NULL, revoked_at = coalesce(revoked_at, ?) WHERE version_id IN (\(list))",
-                arguments: [now]
-            )
-            try db.execute(sql: "DELETE FROM aliases WHERE version_id IN (\(list))")
-            let digests = try String.fetchAll(
-                db,
-                sql:
-                    "SELECT sealed_sha256 FROM files WHERE version_id IN (\(list)) UNION SELECT sealed_sha256 FROM rekeyed_files WHERE version_id IN (\(list))"
-            )
-            try Self.appendAudit(
-                db,
-                principal: who,
-                action: "erase",
-                target: target,
-                outcome: .ok,
-                reason: pending.map { "\(model):\($0["version"] as String)" }.joined(separator: ", ")
-            )
-            return (pending.map { "\(model):\($0["version"] as String)" }, digests, state)
+            work.changes.append(.erase(versionIDs: pending.map(\.id), at: Self.now(), by: who))
+            let labels = pending.map { "\(model):\($0.version)" }
+            work.audit.append(AuditDraft(principal: who, action: "erase", target: target, outcome: .ok, reason: labels.joined(separator: ", ")))
+            return labels
         }
-        try adopt(after)
+        for head in heads {
+            guard let rows = try await metadata.storedVersion(id: head.id) else { continue }
+            digests += rows.files.map(\.sealedSHA256) + rows.rekeyedFiles.map(\.sealedSHA256)
+        }
         // The keys are gone; the blobs go next (a crash in between leaves undecryptable blobs, which gc reclaims).
-        for digest in digests { blobs.remove(digest) }
-        try database.checkpointAndTruncateLog()
+        let stillHeld = Set(try await referencedBlobs())
+        for digest in Set(digests) where !stillHeld.contains(digest) { try? await blobs.remove(digest) }
         return erased
     }
 }

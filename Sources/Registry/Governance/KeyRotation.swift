@@ -1,6 +1,5 @@
 public import CofferCrypto
 import Foundation
-import GRDB
 import Synchronization
 
 #if canImport(Glibc)
@@ -23,58 +22,58 @@ extension Registry {
         passphrase: borrowing SecureBytes,
         kdf: KDFParameters = .default,
         by signer: Signer
-    ) throws(CofferRegistryError) -> PublicIdentity {
-        let old = try identity
-        try require(signer, .admin, on: nil, action: "key.rotate", target: old.keyID)
+    ) async throws(CofferRegistryError) -> PublicIdentity {
+        let old = try await identity
+        try await require(signer, .admin, on: nil, action: "key.rotate", target: old.keyID)
         guard current.publicIdentity.keyID == old.keyID else {
             throw .refused("key rotation needs the registry's current identity (\(Self.identityName).key, \(old.keyID))")
         }
-        let principal = try acting(signer, in: try ledgerState()).principal
+        let principal = try acting(signer, in: try await ledgerState()).principal
         let recordSigner = principal.name == "registry" ? Signer(current) : Signer.registry(current, for: principal)
         // In a registry with principals the admin approves the rotation with their own key.
         let approver = principal.name == "registry" ? nil : signer.key
-        let next = try Self.generateRegistryIdentity()
+        let next = UnlockedIdentity(try Self.generateRegistryIdentity())
         do {
-            try FileBytes.write(try next.encrypt(passphrase: passphrase, parameters: kdf), to: keyPath + Self.nextSuffix, overwrite: true)
+            try FileBytes.write(try next.identity.encrypt(passphrase: passphrase, parameters: kdf), to: keyPath + Self.nextSuffix, overwrite: true)
             try FileBytes.write(next.publicIdentity.jsonBytes, to: publicPath + Self.nextSuffix, mode: 0o644, overwrite: true)
         } catch {
             throw .crypto(error)
         }
         let fresh = next.publicIdentity
-        let state = try database.write { db -> LedgerState in
-            let rows = try Row.fetchAll(db, sql: "SELECT version_id, stanza FROM wrapped_keys WHERE recipient_key_id = ?", arguments: [old.keyID])
-            for row in rows {
+        try await commitOnLedger { (head, work) async throws(CofferRegistryError) in
+            // Read inside the prepared unit: a version committed meanwhile moves the ledger, and its key is re-wrapped too.
+            let held = try await metadata.wrappedKeys(recipient: old.keyID)
+            var rewrapped: [WrappedKeyRecord] = []
+            for row in held {
                 let dataKey: SecretKey
-                do { dataKey = try WrappedKey(encoded: Array(row["stanza"] as Data)).unwrap(with: current.identity) } catch {
-                    throw CofferRegistryError.tampered("version \(row["version_id"] as Int64): the registry's wrapped key does not open: \(error)")
+                do { dataKey = try WrappedKey(encoded: Array(row.stanza)).unwrap(with: current.identity) } catch {
+                    throw CofferRegistryError.tampered("version \(row.versionID): the registry's wrapped key does not open: \(error)")
                 }
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO wrapped_keys (version_id, recipient_key_id, stanza) VALUES (?, ?, ?)",
-                    arguments: [row["version_id"], fresh.keyID, Data(dataKey.wrap(for: fresh).encoded)]
+                rewrapped.append(
+                    WrappedKeyRecord(versionID: row.versionID, recipientKeyID: fresh.keyID, stanza: Data(dataKey.wrap(for: fresh).encoded))
                 )
             }
-            try db.execute(sql: "DELETE FROM wrapped_keys WHERE recipient_key_id = ?", arguments: [old.keyID])
+            work.changes += [.putWrappedKeys(rewrapped), .removeWrappedKeys(version: nil, recipient: old.keyID)]
             // The new key signs its own rotation: a chain of keys can only be extended by whoever holds both ends.
-            let head = try refreshed(ledger.withLock { $0 }, db: db)
-            let proof = next.signEd25519(LedgerState.rotationMessage(registry: head.registry, seq: head.seq + 1, old: old.keyID, new: fresh.keyID))
+            let proof = next.identity.signEd25519(
+                LedgerState.rotationMessage(registry: head.registry, seq: head.seq + 1, old: old.keyID, new: fresh.keyID)
+            )
             let approval = approver?.identity.signEd25519(
                 LedgerState.approvalMessage(registry: head.registry, seq: head.seq + 1, old: old.keyID, new: fresh.keyID)
             )
             let change = LedgerChange.keyRotate(key: fresh, proof: proof, approval: approval)
-            let (state, _, actor) = try append(change, signer: recordSigner, db: db)
-            try Self.appendAudit(
-                db,
-                principal: actor,
-                action: "key.rotate",
-                target: fresh.keyID,
-                outcome: .ok,
-                reason: "retired \(old.keyID); \(rows.count) data keys re-wrapped"
+            let (_, actor) = try append(change, signer: recordSigner, to: head, work: &work)
+            work.audit.append(
+                AuditDraft(
+                    principal: actor,
+                    action: "key.rotate",
+                    target: fresh.keyID,
+                    outcome: .ok,
+                    reason: "retired \(old.keyID); \(held.count) data keys re-wrapped"
+                )
             )
-            return state
         }
-        try adopt(state)
         try Self.finishRotation(home: home, committedKeyID: fresh.keyID)
-        try database.checkpointAndTruncateLog()
         return fresh
     }
 
@@ -96,7 +95,7 @@ extension Registry {
             guard rename(key + nextSuffix, key) == 0, rename(pub + nextSuffix, pub) == 0 else {
                 throw .io(path: key, reason: "cannot install the rotated registry key: \(String(cString: strerror(errno)))")
             }
-            BlobDirectory.syncDirectory(home)
+            Directories.sync(home)
         } else if next?.keyID != committedKeyID {
             unlink(key + nextSuffix)
             unlink(pub + nextSuffix)
@@ -104,5 +103,5 @@ extension Registry {
     }
 
     /// The public identity of a registry key, current or retired, by key ID: only keys of the verified chain count.
-    func registryKey(_ keyID: String) throws(CofferRegistryError) -> PublicIdentity? { try ledgerState().key(keyID)?.identity }
+    func registryKey(_ keyID: String) async throws(CofferRegistryError) -> PublicIdentity? { try await ledgerState().key(keyID)?.identity }
 }

@@ -1,4 +1,4 @@
-public import CofferCrypto
+import CofferCrypto
 import Foundation
 import GRDB
 
@@ -65,31 +65,35 @@ extension Registry {
     /// Sets the rules of `model`'s `alias` (every alias when `nil`); empty rules remove the policy. Admin only.
     /// Aliases that break the new rules are not moved: they are refused at pull and session open (and returned).
     @discardableResult
-    public func setPolicy(model: String, alias: String?, rules: PolicyRules, by signer: Signer) throws(CofferRegistryError) -> [String] {
+    public func setPolicy(model: String, alias: String?, rules: PolicyRules, by signer: Signer) async throws(CofferRegistryError) -> [String] {
         try ModelReference.validate(name: model)
         if let alias { try ModelReference.validate(version: alias) }
-        try require(signer, .admin, on: model, action: "policy.set", target: model)
+        try await require(signer, .admin, on: model, action: "policy.set", target: model)
         if let maxEpsilon = rules.maxEpsilon, !(maxEpsilon >= 0 && maxEpsilon.isFinite) { throw .invalidPrivacy("max_epsilon must be >= 0") }
         if let maxDelta = rules.maxDelta, !(maxDelta >= 0 && maxDelta < 1) { throw .invalidPrivacy("max_delta must be in [0, 1)") }
         if let ratio = rules.minPruningRatio, !(ratio >= 0 && ratio < 1) { throw .invalidPrivacy("min_pruning_ratio must be in [0, 1)") }
         let text = String(decoding: rules.json.canonicalBytes, as: UTF8.self)
-        let state = try record(
+        let state = try await record(
             .policySet(model: model, alias: alias, rules: rules),
             signer: signer,
             action: "policy.set",
             target: "\(model)@\(alias ?? "*")",
             reason: text
         )
-        return state.aliases.keys.sorted().compactMap { key -> String? in
-            guard key.hasPrefix("\(model)@"), let target = state.aliases[key] else { return nil }
+        var violating: [String] = []
+        for key in state.aliases.keys.sorted() {
+            guard key.hasPrefix("\(model)@"), let target = state.aliases[key] else { continue }
             let name = String(key.dropFirst(model.count + 1))
-            return (try? checkPolicy(model: model, alias: name, digest: target.digest, state: state)) == nil ? "\(model)@\(name)" : nil
+            if (try? await checkPolicy(model: model, alias: name, digest: target.digest, state: state)) == nil {
+                violating.append("\(model)@\(name)")
+            }
         }
+        return violating
     }
 
     /// The rules of `model`: the every-alias ones (alias nil) first.
-    public func policies(model: String) throws(CofferRegistryError) -> [(alias: String?, rules: PolicyRules)] {
-        try ledgerState().policies(model: model)
+    public func policies(model: String) async throws(CofferRegistryError) -> [(alias: String?, rules: PolicyRules)] {
+        try await ledgerState().policies(model: model)
     }
 
     /// Refuses, naming the broken rule, a version that may not carry `alias` of `model` by its signed `facts`.
@@ -103,10 +107,10 @@ extension Registry {
 
     /// Refuses a version that `alias` names but whose signed statement breaks the alias's policies now: policies
     /// are enforced wherever an alias is followed (pull, verify, session open), not only when it is set.
-    func checkPolicy(model: String, alias: String, digest: String, state: LedgerState) throws(CofferRegistryError) {
+    func checkPolicy(model: String, alias: String, digest: String, state: LedgerState) async throws(CofferRegistryError) {
         guard !state.policies(model: model, alias: alias).isEmpty else { return }
-        let stored = try loadVersion(try versionRow(model: model, digest: digest))
-        let (statement, signer) = try authenticate(stored)
+        let stored = try await loadVersion(try await versionRow(model: model, digest: digest))
+        let (statement, signer) = try await authenticate(stored)
         try checkPolicy(
             model: model,
             alias: alias,

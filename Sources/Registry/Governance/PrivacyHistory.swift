@@ -1,4 +1,4 @@
-public import CofferCrypto
+import CofferCrypto
 public import CofferTraining
 import Foundation
 

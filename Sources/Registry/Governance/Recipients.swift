@@ -1,24 +1,17 @@
 public import CofferCrypto
 import Foundation
-import GRDB
 
 extension Registry {
     /// The versions a recipient change applies to: one version, or (a bare `NAME`) every version not erased.
-    private func recipientTargets(_ reference: ModelReference) throws(CofferRegistryError) -> [(id: Int64, label: String)] {
+    private func recipientTargets(_ reference: ModelReference) async throws(CofferRegistryError) -> [(id: Int64, label: String)] {
         if case .latest = reference.selector {
-            guard try modelExists(reference.name) else { throw .unknownModel(reference.name) }
-            return try database.read { db in
-                try Row.fetchAll(
-                    db,
-                    sql: """
-                        SELECT v.id, v.version FROM versions v JOIN models m ON m.id = v.model_id
-                        WHERE m.name = ? AND v.id NOT IN (SELECT version_id FROM erasures) ORDER BY v.id
-                        """,
-                    arguments: [reference.name]
-                ).map { ($0["id"], "\(reference.name):\($0["version"] as String)") }
+            guard try await metadata.modelExists(reference.name) else { throw .unknownModel(reference.name) }
+            let erased = try await ledgerState().erased
+            return try await metadata.versionHeads(model: reference.name).filter { erased[$0.digest] == nil }.map {
+                ($0.id, "\(reference.name):\($0.version)")
             }
         }
-        let (id, version) = try resolve(reference)
+        let (id, version) = try await resolve(reference)
         return [(id, "\(reference.name):\(version)")]
     }
 
@@ -29,28 +22,24 @@ extension Registry {
     public func addRecipient(
         _ reference: ModelReference,
         recipient: PublicIdentity,
-        identity: borrowing Identity
-    ) throws(CofferRegistryError) -> [String] {
-        let actor = try principal(for: identity)
-        if !(try holds(.admin, on: reference.name, actor)) {
-            try require(.publisher, on: reference.name, by: actor, action: "recipient.add", target: reference.description)
+        identity: UnlockedIdentity
+    ) async throws(CofferRegistryError) -> [String] {
+        let actor = try await principal(for: identity.identity)
+        if !(try await holds(.admin, on: reference.name, actor)) {
+            try await require(.publisher, on: reference.name, by: actor, action: "recipient.add", target: reference.description)
         }
-        try rememberRecipients([recipient])
+        try await rememberRecipients([recipient])
         var shared: [String] = []
-        for target in try recipientTargets(reference) {
-            let stored = try loadVersion(target.id)
+        for target in try await recipientTargets(reference) {
+            let stored = try await loadVersion(target.id)
             try stored.ensureNotErased()
-            _ = try authenticate(stored)
-            let dataKey = try unwrapDataKey(stored, identity: identity)
-            try database.write { db in
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO wrapped_keys (version_id, recipient_key_id, stanza) VALUES (?, ?, ?)",
-                    arguments: [target.id, recipient.keyID, Data(dataKey.wrap(for: recipient).encoded)]
-                )
-            }
+            _ = try await authenticate(stored)
+            let dataKey = try await unwrapDataKey(stored, identity: identity)
+            let key = WrappedKeyRecord(versionID: target.id, recipientKeyID: recipient.keyID, stanza: Data(dataKey.key.wrap(for: recipient).encoded))
+            try await metadata.commit(UnitOfWork(changes: [.putWrappedKeys([key])]))
             shared.append(target.label)
         }
-        try audit(
+        try await audit(
             principal: actor.name,
             action: "recipient.add",
             target: reference.description,
@@ -64,29 +53,25 @@ extension Registry {
     /// can no longer unwrap through the registry; one who kept a decrypted copy or the data key is not affected.
     /// Returns how many keys were removed.
     @discardableResult
-    public func removeRecipient(_ reference: ModelReference, keyID: String, by actor: Principal?) throws(CofferRegistryError) -> Int {
-        if !(try holds(.admin, on: reference.name, actor)) {
-            try require(.publisher, on: reference.name, by: actor, action: "recipient.remove", target: reference.description)
+    public func removeRecipient(_ reference: ModelReference, keyID: String, by actor: Principal?) async throws(CofferRegistryError) -> Int {
+        if !(try await holds(.admin, on: reference.name, actor)) {
+            try await require(.publisher, on: reference.name, by: actor, action: "recipient.remove", target: reference.description)
         }
-        guard keyID != (try identity).keyID else { throw .refused("the registry's own key is never removed (coffer key rotate replaces it)") }
-        let ids = try recipientTargets(reference).map(\.id)
-        let holder = try ledgerState().principal(keyID: keyID)
-        let removed = try database.write { db -> Int in
-            let list = ids.map(String.init).joined(separator: ",")
-            try db.execute(sql: "DELETE FROM wrapped_keys WHERE recipient_key_id = ? AND version_id IN (\(list))", arguments: [keyID])
-            let count = db.changesCount
-            // The sessions the removed recipient opened on these versions hold copies of the same keys: they end too.
-            if let holder {
-                try db.execute(
-                    sql:
-                        "UPDATE sessions SET wrapped_key = NULL, revoked_at = coalesce(revoked_at, ?) WHERE principal = ? AND version_id IN (\(list))",
-                    arguments: [Self.now(), holder]
-                )
+        guard keyID != (try await identity).keyID else { throw .refused("the registry's own key is never removed (coffer key rotate replaces it)") }
+        let ids = Set(try await recipientTargets(reference).map(\.id))
+        let holder = try await ledgerState().principal(keyID: keyID)
+        let held = try await metadata.wrappedKeys(recipient: keyID).filter { ids.contains($0.versionID) }
+        var changes = held.map { MetadataChange.removeWrappedKeys(version: $0.versionID, recipient: keyID) }
+        // The sessions the removed recipient opened on these versions hold copies of the same keys: they end too.
+        if let holder {
+            let now = Self.now()
+            for row in try await metadata.sessions() where row.session.principal == holder && ids.contains(row.session.versionID) {
+                changes.append(.revokeSession(id: row.session.id, at: now))
             }
-            return count
         }
-        try database.checkpointAndTruncateLog()
-        try audit(
+        try await metadata.commit(UnitOfWork(changes: changes))
+        let removed = held.count
+        try await audit(
             principal: actor?.name ?? "-",
             action: "recipient.remove",
             target: reference.description,
@@ -97,9 +82,9 @@ extension Registry {
     }
 
     /// Whether `principal` holds `role` on `model` (true everywhere in a registry without principals).
-    public func holds(_ role: Role, on model: String?, _ principal: Principal?) throws(CofferRegistryError) -> Bool {
-        guard try checksPrincipals() else { return true }
+    public func holds(_ role: Role, on model: String?, _ principal: Principal?) async throws(CofferRegistryError) -> Bool {
+        guard try await checksPrincipals() else { return true }
         guard let principal else { return false }
-        return try grants(of: principal.name).contains { $0.allows(role, on: model, alias: nil) }
+        return try await grants(of: principal.name).contains { $0.allows(role, on: model, alias: nil) }
     }
 }

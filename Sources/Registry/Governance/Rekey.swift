@@ -1,6 +1,5 @@
 public import CofferCrypto
 import Foundation
-import GRDB
 
 #if canImport(Glibc)
 import Glibc
@@ -92,38 +91,41 @@ extension Registry {
         _ reference: ModelReference,
         registryIdentity unlocked: UnlockedIdentity,
         by signer: Signer
-    ) throws(CofferRegistryError) -> RekeyResult {
-        try require(signer, .admin, on: reference.name, action: "rekey", target: reference.description)
-        let registryKey = try identity
+    ) async throws(CofferRegistryError) -> RekeyResult {
+        try await require(signer, .admin, on: reference.name, action: "rekey", target: reference.description)
+        let registryKey = try await identity
         guard unlocked.publicIdentity.keyID == registryKey.keyID else {
             throw .refused("rekey needs the registry's own identity (\(Self.identityName).key, \(registryKey.keyID))")
         }
-        let principal = try acting(signer, in: try ledgerState()).principal
+        let principal = try acting(signer, in: try await ledgerState()).principal
         let recordSigner = principal.name == "registry" ? Signer(unlocked) : Signer.registry(unlocked, for: principal)
-        let stored = try loadVersion(try resolve(reference).id)
+        let stored = try await loadVersion(try await resolve(reference).id)
         try stored.ensureNotErased()
-        let (statement, _) = try authenticate(stored)
-        let old = KeyBox(try unwrapDataKey(stored, identity: unlocked.identity))
-        let fresh = SecretKey.random()
+        let (statement, _) = try await authenticate(stored)
+        let old = try await unwrapDataKey(stored, identity: unlocked)
+        let fresh = KeyBox(SecretKey.random())
         var files: [ModelStatement.File] = []
-        do {
-            for file in statement.files { files.append(try reseal(file, of: stored, from: old, to: fresh, chunkSize: statement.chunkSize)) }
+        do throws(CofferRegistryError) {
+            for file in statement.files { files.append(try await reseal(file, from: old, to: fresh, chunkSize: statement.chunkSize)) }
         } catch {
-            for file in files { blobs.remove(file.sealedSHA256) }
+            for file in files { try? await blobs.remove(file.sealedSHA256) }
             throw error
         }
 
         // Wrap the new key for everyone who held the old one and whom the registry can name.
-        let holders = try database.read { db in
-            try String.fetchAll(db, sql: "SELECT recipient_key_id FROM wrapped_keys WHERE version_id = ?", arguments: [stored.id])
-        }
-        var wrapped: [(String, [UInt8])] = []
+        var wrapped: [WrappedKeyRecord] = []
         var dropped: [String] = []
-        for keyID in holders {
-            if let recipient = try knownIdentity(keyID) {
-                wrapped.append((keyID, fresh.wrap(for: recipient).encoded))
+        for holder in try await metadata.wrappedKeys(version: stored.id) {
+            if let recipient = try await knownIdentity(holder.recipientKeyID) {
+                wrapped.append(
+                    WrappedKeyRecord(
+                        versionID: stored.id,
+                        recipientKeyID: holder.recipientKeyID,
+                        stanza: Data(fresh.key.wrap(for: recipient).encoded)
+                    )
+                )
             } else {
-                dropped.append(keyID)
+                dropped.append(holder.recipientKeyID)
             }
         }
         let record = RekeyStatement(
@@ -137,146 +139,102 @@ extension Registry {
         )
         let envelope = DSSEEnvelope.sign(payload: record.statement.jsonBytes, identity: unlocked.identity)
         let attestation = envelope.jsonBytes
-        let state: LedgerState
-        do {
-            state = try database.write { db -> LedgerState in
+        let label = "\(stored.model):\(stored.version)"
+        let reason =
+            "wrapped for \(wrapped.count)" + (dropped.isEmpty ? "" : "; not re-wrapped (unknown identity): \(dropped.joined(separator: ", "))")
+        let rekeyed = files.map { RekeyedFileRecord(versionID: stored.id, path: $0.path, sealedSHA256: $0.sealedSHA256, sealedSize: $0.sealedSize) }
+        do throws(CofferRegistryError) {
+            try await commitOnLedger { (state, work) async throws(CofferRegistryError) in
                 let change = LedgerChange.rekey(
                     model: stored.model,
                     version: stored.version,
                     digest: stored.digest,
                     attestation: Digest.hex(Digest.sha256(attestation))
                 )
-                let (state, _, _) = try append(change, signer: recordSigner, db: db)
-                try db.execute(sql: "DELETE FROM wrapped_keys WHERE version_id = ?", arguments: [stored.id])
-                for (keyID, stanza) in wrapped {
-                    try db.execute(
-                        sql: "INSERT INTO wrapped_keys (version_id, recipient_key_id, stanza) VALUES (?, ?, ?)",
-                        arguments: [stored.id, keyID, Data(stanza)]
-                    )
-                }
-                try db.execute(sql: "DELETE FROM rekeyed_files WHERE version_id = ?", arguments: [stored.id])
-                for file in files {
-                    try db.execute(
-                        sql: "INSERT INTO rekeyed_files (version_id, path, sealed_sha256, sealed_size) VALUES (?, ?, ?, ?)",
-                        arguments: [stored.id, file.path, file.sealedSHA256, file.sealedSize]
-                    )
-                }
-                try db.execute(sql: "DELETE FROM attestations WHERE version_id = ? AND kind = 'rekey'", arguments: [stored.id])
-                try db.execute(
-                    sql: "INSERT INTO attestations (version_id, kind, document) VALUES (?, 'rekey', ?)",
-                    arguments: [stored.id, Data(attestation)]
-                )
-                try db.execute(
-                    sql: "UPDATE sessions SET wrapped_key = NULL, revoked_at = coalesce(revoked_at, ?) WHERE version_id = ?",
-                    arguments: [Self.now(), stored.id]
-                )
-                return state
+                _ = try append(change, signer: recordSigner, to: state, work: &work)
+                work.changes.append(.rekey(versionID: stored.id, files: rekeyed, keys: wrapped, attestation: Data(attestation), at: Self.now()))
+                work.audit.append(AuditDraft(principal: principal.name, action: "rekey", target: label, outcome: .ok, reason: reason))
             }
         } catch {
-            for file in files { blobs.remove(file.sealedSHA256) }
+            for file in files { try? await blobs.remove(file.sealedSHA256) }
             throw error
         }
-        try adopt(state)
-        for file in statement.files { blobs.remove(file.sealedSHA256) }
-        try database.checkpointAndTruncateLog()
-        let label = "\(stored.model):\(stored.version)"
-        try audit(
-            principal: principal.name,
-            action: "rekey",
-            target: label,
-            outcome: .ok,
-            reason: "wrapped for \(wrapped.count)"
-                + (dropped.isEmpty ? "" : "; not re-wrapped (unknown identity): \(dropped.joined(separator: ", "))")
-        )
-        return RekeyResult(model: stored.model, version: stored.version, recipients: wrapped.map(\.0), dropped: dropped)
+        for file in statement.files { try? await blobs.remove(file.sealedSHA256) }
+        return RekeyResult(model: stored.model, version: stored.version, recipients: wrapped.map(\.recipientKeyID), dropped: dropped)
     }
 
     /// Decrypts `file` on a thread of its own into a pipe, and seals what comes out of the pipe under `fresh`
     /// into a new blob; both digests are checked against the signed plaintext digest.
     private func reseal(
         _ file: ModelStatement.File,
-        of stored: StoredVersion,
         from old: KeyBox,
-        to fresh: borrowing SecretKey,
+        to fresh: KeyBox,
         chunkSize: Int
-    ) throws(CofferRegistryError) -> ModelStatement.File {
-        var ends: [Int32] = [0, 0]
-        guard pipe(&ends) == 0 else { throw .io(path: "pipe", reason: String(cString: strerror(errno))) }
-        var reader: FileDescriptorStream? = FileDescriptorStream(ownedDescriptor: ends[0], path: "rekey pipe")
-        let writerFD = ends[1]
-        final class Outcome: @unchecked Sendable { var error: CofferRegistryError? }
-        let outcome = Outcome()
-        let done = DispatchSemaphore(value: 0)
-        let thread = Thread { [self] in
-            do throws(CofferRegistryError) {
-                let writer = FileDescriptorStream(ownedDescriptor: writerFD, path: "rekey pipe")  // closed (EOF) when released
-                try self.open(file, of: stored, dataKey: old.key, into: writer, checkingBlobDigest: true)
-            } catch {
-                outcome.error = error
+    ) async throws(CofferRegistryError) -> ModelStatement.File {
+        let source = try await blobSource(file.sealedSHA256, what: file.path)
+        let temporary = try blobs.makeTemporary()
+        let output = Unchecked(temporary)
+        let summary = try await Offload.run { () throws(CofferRegistryError) -> SealedFile.Summary in
+            var ends: [Int32] = [0, 0]
+            guard pipe(&ends) == 0 else { throw .io(path: "pipe", reason: String(cString: strerror(errno))) }
+            var reader: FileDescriptorStream? = FileDescriptorStream(ownedDescriptor: ends[0], path: "rekey pipe")
+            let writerFD = ends[1]
+            final class Outcome: @unchecked Sendable { var error: CofferRegistryError? }
+            let outcome = Outcome()
+            let done = DispatchSemaphore(value: 0)
+            let thread = Thread {
+                do throws(CofferRegistryError) {
+                    let writer = FileDescriptorStream(ownedDescriptor: writerFD, path: "rekey pipe")  // closed (EOF) when released
+                    try Self.openBlob(from: source.value, file, dataKey: old.key, into: writer, checkingBlobDigest: true)
+                } catch {
+                    outcome.error = error
+                }
+                done.signal()
             }
-            done.signal()
-        }
-        thread.start()
-        let temporary: AtomicOutputFile
-        let summary: SealedFile.Summary
-        do {
-            temporary = try blobs.makeTemporary()
-            summary = try SealedFile.seal(from: reader!, to: temporary, dataKey: fresh, stanzas: [], chunkSize: chunkSize, digests: true)
-        } catch {
-            // Drain the pipe so the decrypting thread finishes its writes (closing it instead would raise SIGPIPE).
-            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
-            while let n = try? reader!.read(into: scratch), n > 0 { scratch.initializeMemory(as: UInt8.self, repeating: 0) }
-            scratch.deallocate()
+            thread.start()
+            let summary: SealedFile.Summary
+            do {
+                summary = try SealedFile.seal(from: reader!, to: output.value, dataKey: fresh.key, stanzas: [], chunkSize: chunkSize, digests: true)
+            } catch {
+                // Drain the pipe so the decrypting thread finishes its writes (closing it instead would raise SIGPIPE).
+                let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
+                while let n = try? reader!.read(into: scratch), n > 0 { scratch.initializeMemory(as: UInt8.self, repeating: 0) }
+                scratch.deallocate()
+                reader = nil
+                done.wait()
+                throw outcome.error ?? .crypto(error as? CofferCryptoError ?? .io(path: "rekey", reason: "\(error)"))
+            }
             reader = nil
             done.wait()
-            throw outcome.error ?? (error as? CofferRegistryError) ?? .crypto(error as? CofferCryptoError ?? .io(path: "rekey", reason: "\(error)"))
+            if let error = outcome.error { throw error }
+            return summary
         }
-        reader = nil
-        done.wait()
-        if let error = outcome.error { throw error }
         guard Digest.hex(summary.plaintextSHA256!) == file.plaintextSHA256, summary.plaintextLength == file.size else {
             throw .tampered("\(file.path) changed while it was re-encrypted")
         }
         let digest = Digest.hex(summary.sealedSHA256!)
-        try blobs.commit(temporary, digest: digest)
+        try await blobs.store(temporary, digest: digest, size: summary.sealedLength)
         return .init(path: file.path, size: file.size, plaintextSHA256: file.plaintextSHA256, sealedSHA256: digest, sealedSize: summary.sealedLength)
     }
 
     /// The public identity behind a key ID, from everything the registry knows: its own keys, recipients,
     /// principals and trusted signers.
-    func knownIdentity(_ keyID: String) throws(CofferRegistryError) -> PublicIdentity? {
-        if let key = try registryKey(keyID) { return key }
-        let data = try database.read { db in
-            try Data.fetchOne(
-                db,
-                sql: """
-                    SELECT public_identity FROM recipient_identities WHERE key_id = ?1
-                    UNION ALL SELECT public_identity FROM principals WHERE key_id = ?1
-                    UNION ALL SELECT public_identity FROM trusted_signers WHERE key_id = ?1 LIMIT 1
-                    """,
-                arguments: [keyID]
-            )
-        }
-        return data.flatMap { try? PublicIdentity(jsonBytes: Array($0)) }
+    func knownIdentity(_ keyID: String) async throws(CofferRegistryError) -> PublicIdentity? {
+        if let key = try await registryKey(keyID) { return key }
+        return try await metadata.knownIdentity(keyID: keyID).flatMap { try? PublicIdentity(jsonBytes: Array($0)) }
     }
 
     /// Remembers recipients' public identities, so a later rekey can wrap for them again.
-    func rememberRecipients(_ recipients: [PublicIdentity]) throws(CofferRegistryError) {
+    func rememberRecipients(_ recipients: [PublicIdentity]) async throws(CofferRegistryError) {
         guard !recipients.isEmpty else { return }
-        try database.write { db in
-            for recipient in recipients {
-                try db.execute(
-                    sql: "INSERT OR IGNORE INTO recipient_identities (key_id, public_identity) VALUES (?, ?)",
-                    arguments: [recipient.keyID, Data(recipient.jsonBytes)]
-                )
-            }
-        }
+        let records = recipients.map { RecipientIdentityRecord(keyID: $0.keyID, publicIdentity: Data($0.jsonBytes)) }
+        try await metadata.commit(UnitOfWork(changes: [.rememberIdentities(records)]))
     }
 
     /// Checks a version's registry-signed rekey record, if it has one, and returns the files as they are now stored.
-    func currentFiles(_ stored: StoredVersion, signed files: [ModelStatement.File]) throws(CofferRegistryError) -> [ModelStatement.File] {
+    func currentFiles(_ stored: StoredVersion, signed files: [ModelStatement.File]) async throws(CofferRegistryError) -> [ModelStatement.File] {
         let label = "\(stored.model):\(stored.version)"
-        let state = try ledgerState()
+        let state = try await ledgerState()
         let recordedAttestation = state.rekeys[stored.digest]
         guard let document = stored.rekeyEnvelope else {
             guard stored.rekeyedFiles.isEmpty else { throw .tampered("\(label): re-encrypted files without a rekey attestation") }

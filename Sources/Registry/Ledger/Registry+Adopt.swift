@@ -13,9 +13,13 @@ extension Registry {
     ///
     /// - Returns: the number of records written.
     @discardableResult
-    public func adoptLedger(registryKey: UnlockedIdentity) throws(CofferRegistryError) -> Int {
+    public func adoptLedger(registryKey: UnlockedIdentity) async throws(CofferRegistryError) -> Int {
         let root = registryKey.publicIdentity
-        let records = try database.write { db -> [LedgerRecord] in
+        // Only SQLite registries predate signed records: every other store is created with its ledger.
+        guard let database = metadata as? SQLiteMetadataStore else {
+            throw .refused("this registry's \(metadata.name) was created with a ledger: there is nothing to migrate")
+        }
+        let records = try await database.write { db -> [LedgerRecord] in
             guard try Int64.fetchOne(db, sql: "SELECT count(*) FROM ledger") == 0 else {
                 throw CofferRegistryError.refused("this registry already has a ledger: there is nothing to migrate")
             }
@@ -58,19 +62,23 @@ extension Registry {
                 sql: "INSERT OR REPLACE INTO registry_keys (key_id, public_identity, created_at) VALUES (?, ?, ?)",
                 arguments: [root.keyID, Data(root.jsonBytes), at]
             )
-            try Self.appendAudit(
-                db,
-                principal: "registry",
-                action: "migrate",
-                target: root.keyID,
-                outcome: .ok,
-                reason: "ledger of \(written.count) records restating the registry's past"
+            try SQLiteMetadataStore.append(
+                [
+                    AuditDraft(
+                        principal: "registry",
+                        action: "migrate",
+                        target: root.keyID,
+                        outcome: .ok,
+                        reason: "ledger of \(written.count) records restating the registry's past"
+                    )
+                ],
+                db: db
             )
             return written
         }
         ledger.withLock { $0 = nil }
         try memory?.setPin(root.keyID, for: ClientMemory.location(home: home))
-        _ = try ledgerState()
+        _ = try await ledgerState()
         return records.count
     }
 

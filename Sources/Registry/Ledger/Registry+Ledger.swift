@@ -1,6 +1,5 @@
 public import CofferCrypto
 import Foundation
-import GRDB
 import Synchronization
 
 /// Who signs the record of a change: an unlocked identity acting as its own principal, or the registry's own key
@@ -27,23 +26,23 @@ extension Registry {
     /// The registry's governance state, replayed from its ledger and checked record by record: the records this
     /// process (or, through ``ClientMemory``, this user) has not verified yet are read and applied; a ledger that
     /// went back from what was verified before is refused.
-    public func ledgerState() throws(CofferRegistryError) -> LedgerState {
+    public func ledgerState() async throws(CofferRegistryError) -> LedgerState {
         let cached = ledger.withLock { $0 }
-        let state = try database.read { db in try self.refreshed(cached, db: db) }
+        let state = try await refreshed(cached)
         if state != cached { try adopt(state) }
         return state
     }
 
-    /// Brings `state` (or, when nil, what this user remembers, else nothing) up to the last record in `db`.
-    func refreshed(_ cached: LedgerState?, db: Database) throws -> LedgerState {
+    /// Brings `state` (or, when nil, what this user remembers, else nothing) up to the last record in the store.
+    func refreshed(_ cached: LedgerState?) async throws(CofferRegistryError) -> LedgerState {
         var state: LedgerState
         if let cached {
             state = cached
         } else {
-            guard let first = try Data.fetchOne(db.cachedStatement(sql: "SELECT envelope FROM ledger WHERE seq = 1")) else {
+            guard let first = try await metadata.ledgerRecords(after: 0, limit: 1).first else {
                 throw CofferRegistryError.notARegistry("\(home) has no signed ledger: it predates signed records (run coffer migrate)")
             }
-            let genesis = try Self.parse(Array(first))
+            let genesis = try Self.parse(Array(first.envelope))
             let root = genesis.registry
             let location = ClientMemory.location(home: home)
             if let memory, let pinned = memory.pin(for: location), pinned != root {
@@ -53,11 +52,14 @@ extension Registry {
             }
             state = memory?.remembered(root)?.state ?? LedgerState(registry: root)
         }
+        // What was verified before must still be there, unchanged: otherwise the registry went back. The same read
+        // brings the records appended since.
+        let rows = try await metadata.ledgerRecords(after: max(0, state.seq - 1), limit: nil)
         if state.seq > 0 {
-            // What was verified before must still be there, unchanged: otherwise the registry went back.
-            let stored = try Data.fetchOne(db.cachedStatement(sql: "SELECT envelope FROM ledger WHERE seq = ?"), arguments: [state.seq])
-            guard let stored, (try? Self.parse(Array(stored)).hash) == state.hash else {
-                let last = try Int64.fetchOne(db.cachedStatement(sql: "SELECT max(seq) FROM ledger")) ?? 0
+            let stored = rows.first { $0.seq == state.seq }
+            guard let stored, (try? Self.parse(Array(stored.envelope)).hash) == state.hash else {
+                var last = rows.last?.seq ?? 0
+                if rows.isEmpty { last = try await metadata.ledgerEnd() }
                 throw CofferRegistryError.tampered(
                     last < state.seq
                         ? "the ledger went back from record \(state.seq), verified before, to record \(last): the registry was rolled back"
@@ -65,15 +67,19 @@ extension Registry {
                 )
             }
         }
-        let rows = try Row.fetchAll(db.cachedStatement(sql: "SELECT seq, envelope FROM ledger WHERE seq > ? ORDER BY seq"), arguments: [state.seq])
-        for row in rows {
-            let record = try Self.parse(Array(row["envelope"] as Data))
-            guard record.seq == row["seq"] as Int64 else {
-                throw CofferRegistryError.tampered("ledger row \(row["seq"] as Int64) holds record \(record.seq)")
+        // Signature checks are CPU work: a long catch-up (a new client, a million records) runs on a thread of its own.
+        let pending = rows.filter { $0.seq > state.seq }
+        guard !pending.isEmpty else { return state }
+        let start = state
+        return try await Offload.run { () throws(CofferRegistryError) -> LedgerState in
+            var state = start
+            for row in pending {
+                let record = try Self.parse(Array(row.envelope))
+                guard record.seq == row.seq else { throw CofferRegistryError.tampered("ledger row \(row.seq) holds record \(record.seq)") }
+                do throws(LedgerError) { try state.apply(record) } catch { throw CofferRegistryError.tampered(error.description) }
             }
-            do { try state.apply(record) } catch { throw CofferRegistryError.tampered(error.description) }
+            return state
         }
-        return state
     }
 
     static func parse(_ envelope: [UInt8]) throws(CofferRegistryError) -> LedgerRecord {
@@ -119,11 +125,17 @@ extension Registry {
         return (Principal(name: signer.key.publicIdentity.name, keyID: keyID), keyID)
     }
 
-    /// Appends `change`, signed by `signer`, inside the caller's write transaction: first the records other writers
-    /// appended meanwhile are applied, then the new record is judged by ``LedgerState/apply(_:)`` exactly as every
-    /// reader will judge it, then stored and copied into the tables. Returns the state with it.
-    func append(_ change: LedgerChange, signer: Signer, db: Database) throws -> (state: LedgerState, record: LedgerRecord, actor: String) {
-        var state = try refreshed(ledger.withLock { $0 }, db: db)
+    /// Signs `change` as the next record after `state`, judges it by ``LedgerState/apply(_:)`` exactly as every reader
+    /// will, and adds it with the rows it implies to `work`. Returns the state with it and the acting principal's name.
+    func append(
+        _ change: LedgerChange,
+        signer: Signer,
+        to state: LedgerState,
+        work: inout UnitOfWork
+    ) throws(CofferRegistryError) -> (
+        state: LedgerState, actor: String
+    ) {
+        var state = state
         let (principal, by) = try acting(signer, in: state)
         let record = LedgerRecord.sign(
             registry: state.registry,
@@ -134,12 +146,31 @@ extension Registry {
             change: change,
             signer: signer.key.identity
         )
-        do { try state.apply(record) } catch { throw CofferRegistryError.refused(Self.refusal(error)) }
-        try db.cachedStatement(sql: "INSERT INTO ledger (seq, kind, object, envelope, hash) VALUES (?, ?, ?, ?, ?)").execute(
-            arguments: [record.seq, change.kind, change.object, Data(record.envelope), record.hash]
-        )
-        try Self.materialize(record, state: state, db: db)
-        return (state, record, principal.name)
+        do throws(LedgerError) { try state.apply(record) } catch { throw .refused(Self.refusal(error)) }
+        work.records.append(LedgerRow(record))
+        work.changes += Self.changes(for: record, state: state)
+        return (state, principal.name)
+    }
+
+    /// Prepares a change on the current ledger state and commits it; when another writer (a process, a replica)
+    /// appended first, prepares it again on the new state, which re-judges it (a budget spent meanwhile is seen).
+    /// `prepare` fills the unit of work and returns what the caller gets; the unit must be built on `state`.
+    func commitOnLedger<T: Sendable>(
+        _ prepare: (LedgerState, inout UnitOfWork) async throws(CofferRegistryError) -> T
+    ) async throws(CofferRegistryError) -> T {
+        for _ in 0..<50 {
+            let state = try await ledgerState()
+            var work = UnitOfWork(ledgerEnd: state.seq)
+            let result = try await prepare(state, &work)
+            do {
+                try await metadata.commit(work)
+            } catch .ledgerMoved {
+                continue
+            }
+            _ = try await ledgerState()
+            return result
+        }
+        throw .databaseBusy
     }
 
     /// A rejected record as the one who tried to make it should read it: what the rule said, without the record number.
@@ -157,123 +188,95 @@ extension Registry {
         action: String,
         target: String,
         reason: String,
-        also: (Database, LedgerState) throws -> Void = { _, _ in }
-    ) throws(CofferRegistryError) -> LedgerState {
-        let state = try database.write { db in
-            let (state, _, actor) = try append(change, signer: signer, db: db)
-            try also(db, state)
-            try Self.appendAudit(db, principal: actor, action: action, target: target, outcome: .ok, reason: reason)
-            return state
+        also: @Sendable (LedgerState, inout UnitOfWork) async throws(CofferRegistryError) -> Void = { _, _ in }
+    ) async throws(CofferRegistryError) -> LedgerState {
+        try await commitOnLedger { (state, work) async throws(CofferRegistryError) -> LedgerState in
+            let (next, actor) = try append(change, signer: signer, to: state, work: &work)
+            try await also(next, &work)
+            work.audit.append(AuditDraft(principal: actor, action: action, target: target, outcome: .ok, reason: reason))
+            return next
         }
-        try adopt(state)
-        return state
     }
 
-    /// Copies a record's effect into the queryable tables (docs/FORMAT.md: they are a copy, never the authority).
-    static func materialize(_ record: LedgerRecord, state: LedgerState, db: Database) throws {
+    /// The rows a record implies in the queryable tables (docs/FORMAT.md: they are a copy, never the authority).
+    static func changes(for record: LedgerRecord, state: LedgerState) -> [MetadataChange] {
         let now = record.at
         switch record.change {
         case .genesis(let key, let owner, _):
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO registry_keys (key_id, public_identity, created_at) VALUES (?, ?, ?)",
-                arguments: [key.keyID, Data(key.jsonBytes), now]
-            )
+            var changes: [MetadataChange] = [
+                .registryKey(RegistryKeyRecord(keyID: key.keyID, publicIdentity: Data(key.jsonBytes), createdAt: now), retireOthers: false)
+            ]
             if let owner {
-                try db.execute(
-                    sql: "INSERT INTO principals (name, key_id, public_identity, added_at, added_by) VALUES (?, ?, ?, ?, NULL)",
-                    arguments: [owner.name, owner.identity.keyID, Data(owner.identity.jsonBytes), now]
-                )
-                try insertGrant(Grant(principal: owner.name, role: .admin), by: nil, at: now, db: db)
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO trusted_signers (key_id, name, public_identity, added_at) VALUES (?, ?, ?, ?)",
-                    arguments: [owner.identity.keyID, owner.name, Data(owner.identity.jsonBytes), now]
+                let identity = Data(owner.identity.jsonBytes)
+                changes.append(.addPrincipal(PrincipalRecord(name: owner.name, keyID: owner.identity.keyID, publicIdentity: identity, addedAt: now)))
+                changes.append(.addGrant(GrantRecord(Grant(principal: owner.name, role: .admin), by: nil, at: now)))
+                changes.append(
+                    .trustSigner(TrustedSignerRecord(keyID: owner.identity.keyID, name: owner.name, publicIdentity: identity, addedAt: now))
                 )
             }
+            return changes
         case .keyRotate(let key, _, _):
-            try db.execute(sql: "UPDATE registry_keys SET retired_at = ? WHERE retired_at IS NULL", arguments: [now])
-            try db.execute(
-                sql: "INSERT INTO registry_keys (key_id, public_identity, created_at) VALUES (?, ?, ?)",
-                arguments: [key.keyID, Data(key.jsonBytes), now]
-            )
-            try db.execute(sql: "INSERT OR REPLACE INTO registry_meta (key, value) VALUES ('identity_key_id', ?)", arguments: [key.keyID])
+            return [
+                .registryKey(RegistryKeyRecord(keyID: key.keyID, publicIdentity: Data(key.jsonBytes), createdAt: now), retireOthers: true),
+                .setMeta(key: "identity_key_id", value: key.keyID),
+            ]
         case .principalAdd(let name, let identity, _):
-            try db.execute(
-                sql: "INSERT INTO principals (name, key_id, public_identity, added_at, added_by) VALUES (?, ?, ?, ?, ?)",
-                arguments: [name, identity.keyID, Data(identity.jsonBytes), now, record.by]
+            let principal = PrincipalRecord(
+                name: name,
+                keyID: identity.keyID,
+                publicIdentity: Data(identity.jsonBytes),
+                addedAt: now,
+                addedBy: record.by
             )
-            for grant in state.grants where grant.principal == name { try insertGrant(grant, by: record.by, at: now, db: db) }
+            return [.addPrincipal(principal)]
+                + state.grants.filter { $0.principal == name }.map { .addGrant(GrantRecord($0, by: record.by, at: now)) }
         case .principalRemove(let name):
-            try db.execute(sql: "DELETE FROM grants WHERE principal = ?", arguments: [name])
-            try db.execute(sql: "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE principal = ?", arguments: [now, name])
-            try db.execute(
-                sql: "UPDATE sessions SET wrapped_key = NULL, revoked_at = coalesce(revoked_at, ?) WHERE principal = ?",
-                arguments: [now, name]
-            )
-            try db.execute(sql: "DELETE FROM principals WHERE name = ?", arguments: [name])
+            return [.removePrincipal(name: name, at: now)]
         case .grant(let grant):
-            try insertGrant(grant, by: record.by, at: now, db: db)
+            return [.addGrant(GrantRecord(grant, by: record.by, at: now))]
         case .revoke(let grant):
-            try db.execute(
-                sql: "DELETE FROM grants WHERE principal = ? AND role = ? AND scope = ? AND alias IS ?",
-                arguments: [grant.principal, grant.role.rawValue, grant.scope, grant.alias]
-            )
+            return [.removeGrant(principal: grant.principal, role: grant.role.rawValue, scope: grant.scope, alias: grant.alias)]
         case .trustAdd(let name, let identity):
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO trusted_signers (key_id, name, public_identity, added_at) VALUES (?, ?, ?, ?)",
-                arguments: [identity.keyID, name, Data(identity.jsonBytes), now]
-            )
+            return [.trustSigner(TrustedSignerRecord(keyID: identity.keyID, name: name, publicIdentity: Data(identity.jsonBytes), addedAt: now))]
         case .trustRemove(let keyID):
-            try db.execute(sql: "DELETE FROM trusted_signers WHERE key_id = ?", arguments: [keyID])
+            return [.untrustSigner(keyID: keyID)]
         case .policySet(let model, let alias, let rules):
-            if rules.isEmpty {
-                try db.execute(sql: "DELETE FROM policies WHERE model = ? AND alias = ?", arguments: [model, alias ?? ""])
-            } else {
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO policies (model, alias, rules, set_at, set_by) VALUES (?, ?, ?, ?, ?)",
-                    arguments: [model, alias ?? "", String(decoding: rules.json.canonicalBytes, as: UTF8.self), now, record.by]
-                )
-            }
+            if rules.isEmpty { return [.removePolicy(model: model, alias: alias ?? "")] }
+            let text = String(decoding: rules.json.canonicalBytes, as: UTF8.self)
+            return [.setPolicy(PolicyRecord(model: model, alias: alias ?? "", rules: text, setAt: now, setBy: record.by))]
         case .budgetSet(let dataset, let epsilon, let delta):
-            try db.execute(
-                sql: "INSERT OR REPLACE INTO budgets (dataset_id, epsilon, delta, set_at, set_by) VALUES (?, ?, ?, ?, ?)",
-                arguments: [dataset, epsilon, delta, now, record.by]
-            )
+            return [.setBudget(BudgetRecord(datasetID: dataset, epsilon: epsilon, delta: delta, setAt: now, setBy: record.by))]
         case .version, .erase, .rekey, .auditHead:
-            break  // their rows are written by the push, erase and rekey that record them
+            return []  // their rows are written by the push, erase and rekey that record them
         case .tokenCreate(let facts):
-            try db.execute(
-                sql: "INSERT INTO api_tokens (id, token_hash, principal, scope, created_at, expires_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                arguments: [
-                    facts.id, Data(Digest.bytes(fromHex: facts.hash) ?? []), facts.principal, facts.scope.rawValue, now, facts.expires, record.by,
-                ]
+            let token = APITokenRecord(
+                id: facts.id,
+                tokenHash: Data(Digest.bytes(fromHex: facts.hash) ?? []),
+                principal: facts.principal,
+                scope: facts.scope.rawValue,
+                createdAt: now,
+                expiresAt: facts.expires,
+                createdBy: record.by
             )
+            return [.addToken(token)]
         case .tokenRevoke(let id):
-            try db.execute(sql: "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?", arguments: [now, id])
+            return [.revokeToken(id: id, at: now)]
         case .aliasSet(let model, let alias, let version, _, _):
-            try db.execute(
-                sql: """
-                    INSERT OR REPLACE INTO aliases (model_id, alias, version_id, updated_at)
-                    SELECT v.model_id, ?, v.id, ? FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?
-                    """,
-                arguments: [alias, now, model, version]
-            )
+            return [.setAlias(model: model, alias: alias, version: version, at: now)]
         case .aliasRemove(let model, let alias):
-            try db.execute(
-                sql: "DELETE FROM aliases WHERE alias = ? AND model_id = (SELECT id FROM models WHERE name = ?)",
-                arguments: [alias, model]
-            )
+            return [.removeAlias(model: model, alias: alias)]
         }
     }
+}
 
-    /// One grant row; a grant already held is not written twice (SQLite's UNIQUE lets NULL aliases repeat).
-    private static func insertGrant(_ grant: Grant, by: String?, at: String, db: Database) throws {
-        try db.execute(
-            sql: """
-                INSERT INTO grants (principal, role, scope, alias, granted_at, granted_by)
-                SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE NOT EXISTS
-                    (SELECT 1 FROM grants WHERE principal = ?1 AND role = ?2 AND scope = ?3 AND alias IS ?4)
-                """,
-            arguments: [grant.principal, grant.role.rawValue, grant.scope, grant.alias, at, by]
-        )
+extension LedgerRow {
+    init(_ record: LedgerRecord) {
+        self.init(seq: record.seq, kind: record.change.kind, object: record.change.object, envelope: Data(record.envelope), hash: record.hash)
+    }
+}
+
+extension GrantRecord {
+    init(_ grant: Grant, by: String?, at: String) {
+        self.init(principal: grant.principal, role: grant.role.rawValue, scope: grant.scope, alias: grant.alias, grantedAt: at, grantedBy: by)
     }
 }

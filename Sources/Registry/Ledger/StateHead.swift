@@ -1,6 +1,5 @@
 public import CofferCrypto
 public import Foundation
-import GRDB
 
 /// A registry's signed statement of how far its ledger and audit log reach, and until when that is news: what lets
 /// a client tell a fresh answer from a replayed or withheld one (docs/FORMAT.md, "State heads").
@@ -126,24 +125,15 @@ public struct StateHead: Sendable, Equatable, Codable {
 
 extension Registry {
     /// The last state head the registry's key signed (a server re-signs it every few seconds while it runs).
-    public func stateHead() throws(CofferRegistryError) -> DSSEEnvelope? {
-        try database.read { db in try Self.storedStateHeadEnvelope(db) }
-    }
+    public func stateHead() async throws(CofferRegistryError) -> DSSEEnvelope? { try await storedStateHeadEnvelope() }
 
-    static func storeStateHead(_ envelope: DSSEEnvelope, db: Database) throws {
-        try db.execute(
-            sql: "INSERT OR REPLACE INTO registry_meta (key, value) VALUES ('state_head', ?)",
-            arguments: [String(decoding: envelope.jsonBytes, as: UTF8.self)]
-        )
-    }
-
-    static func storedStateHeadEnvelope(_ db: Database) throws -> DSSEEnvelope? {
-        guard let text = try String.fetchOne(db, sql: "SELECT value FROM registry_meta WHERE key = 'state_head'") else { return nil }
+    func storedStateHeadEnvelope() async throws(CofferRegistryError) -> DSSEEnvelope? {
+        guard let text = try await metadata.meta("state_head") else { return nil }
         return try? DSSEEnvelope(jsonBytes: Array(text.utf8))
     }
 
-    static func storedStateHead(_ db: Database) throws -> StateHead? {
-        guard let envelope = try storedStateHeadEnvelope(db), let payload = try? envelope.payloadBytes() else { return nil }
+    func storedStateHead() async throws(CofferRegistryError) -> StateHead? {
+        guard let envelope = try await storedStateHeadEnvelope(), let payload = try? envelope.payloadBytes() else { return nil }
         return try? JSONDecoder().decode(StateHead.self, from: Data(payload))
     }
 }

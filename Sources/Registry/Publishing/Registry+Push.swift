@@ -1,30 +1,36 @@
 public import CofferCrypto
 import Foundation
-import GRDB
 import Synchronization
 
 extension Registry {
     /// Seals, signs and commits a new version.
     ///
-    /// Blobs are made durable first; the version's rows are then committed in one `BEGIN IMMEDIATE`
+    /// Blobs are made durable in the blob store first; the version's rows and ledger record then commit in one
     /// transaction, so a crash at any point leaves the whole version or none (orphan blobs go to `gc`).
     /// The data key is wrapped for the registry, the publisher and each of `request.recipients`.
     public func push(
         _ request: PushRequest,
         publisher: UnlockedIdentity,
-        progress: ((Int) -> Void)? = nil
-    ) throws(CofferRegistryError)
+        progress: (@Sendable (Int) -> Void)? = nil
+    ) async throws(CofferRegistryError)
         -> PushResult
     {
-        let actor = try principal(for: publisher.identity)
-        try require(.publisher, on: request.model, by: actor, action: "push", target: request.model)
-        if request.overrideBudget { try require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model) }
+        let actor = try await principal(for: publisher.identity)
+        try await require(.publisher, on: request.model, by: actor, action: "push", target: request.model)
+        if request.overrideBudget {
+            try await require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model)
+        }
         do {
-            let result = try pushVersion(request, publisher: publisher, overrideBy: request.overrideBudget ? actor.name : nil, progress: progress)
-            try rememberRecipients([publisher.publicIdentity] + request.recipients)
+            let result = try await pushVersion(
+                request,
+                publisher: publisher,
+                overrideBy: request.overrideBudget ? actor.name : nil,
+                progress: progress
+            )
+            try await rememberRecipients([publisher.publicIdentity] + request.recipients)
             return result
         } catch {
-            try? audit(principal: actor.name, action: "push", target: request.model, outcome: .failed, reason: error.description)
+            try? await audit(principal: actor.name, action: "push", target: request.model, outcome: .failed, reason: error.description)
             throw error
         }
     }
@@ -33,8 +39,8 @@ extension Registry {
         _ request: PushRequest,
         publisher: UnlockedIdentity,
         overrideBy: String?,
-        progress: ((Int) -> Void)?
-    ) throws(CofferRegistryError)
+        progress: (@Sendable (Int) -> Void)?
+    ) async throws(CofferRegistryError)
         -> PushResult
     {
         try ModelReference.validate(name: request.model)
@@ -46,13 +52,13 @@ extension Registry {
         request.privacy.fillFromSegments()  // as the statement's reader will
         try request.privacy.validate()
         let inputs = try InputFile.collect(request.paths)
-        if let version = request.version, try versionID(model: request.model, version: version) != nil {
+        if let version = request.version, try await metadata.version(model: request.model, version: version) != nil {
             throw .versionExists("\(request.model):\(version)")
         }
         var parentID: Int64? = nil
-        if let parent = request.parent { parentID = try resolve(parent).id }
-        // Refuse an over-budget or policy-violating push before sealing anything; both are checked again at commit.
-        let state = try ledgerState()
+        if let parent = request.parent { parentID = try await resolve(parent).id }
+        // Refuse an over-budget or policy-violating push before sealing anything; both are judged again at commit.
+        let state = try await ledgerState()
         let charged = try Self.checkBudget(state, dataset: request.datasetID, privacy: request.privacy, override: overrideBy != nil)
         if request.alias != nil, !state.checksPrincipals, state.trusted[publisher.publicIdentity.keyID] == nil {
             throw .refused(
@@ -63,23 +69,36 @@ extension Registry {
             let facts = LedgerChange.AliasFacts(privacy: request.privacy, signer: publisher.publicIdentity.keyID, charged: charged)
             try checkPolicy(model: request.model, alias: alias, facts: facts, state: state)
         }
-        let registryKey = try identity
+        let registryKey = try await identity
 
-        // Seal every file under one data key, each with its own nonce prefix, straight into the blob store.
-        let dataKey = SecretKey.random()
+        // Seal every file under one data key, each with its own nonce prefix, then hand it to the blob store.
+        let dataKey = KeyBox(SecretKey.random())
         var files: [ModelStatement.File] = []
         var done = 0
-        for input in inputs {
-            let temporary = try blobs.makeTemporary()
-            let before = done
-            let file = try Self.seal(input, dataKey: dataKey, chunkSize: request.chunkSize, into: temporary) { progress?(before + $0) }
-            try blobs.commit(temporary, digest: file.sealedSHA256)
-            done += file.size
-            files.append(file)
+        do throws(CofferRegistryError) {
+            for input in inputs {
+                let temporary = try blobs.makeTemporary()
+                let output = Unchecked(temporary)
+                let before = done
+                let chunkSize = request.chunkSize
+                let file = try await Offload.run { () throws(CofferRegistryError) -> ModelStatement.File in
+                    try Self.seal(input, dataKey: dataKey.key, chunkSize: chunkSize, into: output.value) { progress?(before + $0) }
+                }
+                // A store that cannot list its blobs learns of this one before it arrives, so gc can find it if the push dies.
+                if !blobs.listsBlobs {
+                    try await metadata.commit(UnitOfWork(changes: [.addPendingBlobs([file.sealedSHA256], at: Self.now())]))
+                }
+                try await blobs.store(temporary, digest: file.sealedSHA256, size: file.sealedSize)
+                done += file.size
+                files.append(file)
+            }
+        } catch {
+            for file in files { try? await blobs.remove(file.sealedSHA256) }
+            throw error
         }
         var wrapped: [(String, [UInt8])] = []
         for recipient in [registryKey, publisher.publicIdentity] + request.recipients where !wrapped.contains(where: { $0.0 == recipient.keyID }) {
-            wrapped.append((recipient.keyID, dataKey.wrap(for: recipient).encoded))
+            wrapped.append((recipient.keyID, dataKey.key.wrap(for: recipient).encoded))
         }
 
         let lineage = ModelStatement.Lineage(
@@ -89,34 +108,40 @@ extension Registry {
             trainingConfigDigest: request.trainingConfigDigest
         )
         let created = Self.now()
+        let sealed = files
         do throws(CofferRegistryError) {
-            // An automatic version is chosen again if another process commits the same number first.
-            for _ in 0..<20 {
-                var version = request.version ?? ""
-                if request.version == nil { version = try nextVersion(model: request.model) }
-                let signed = try Self.sign(request, version: version, files: files, lineage: lineage, created: created, publisher: publisher.identity)
-                let commit = VersionCommit(
-                    statement: signed.statement,
-                    digest: signed.digest,
-                    envelope: signed.envelope,
-                    bundle: signed.bundle,
-                    publisher: publisher.publicIdentity,
-                    wrapped: wrapped,
-                    parentID: parentID,
-                    alias: request.alias,
-                    tags: request.tags,
-                    automatic: request.version == nil,
-                    overrideBy: overrideBy,
-                    reason: "sha256:\(signed.digest)"
-                )
-                if try self.commit(commit, signer: Signer(publisher)) {
-                    return PushResult(model: request.model, version: version, digest: signed.digest, files: files.count, bytes: done)
+            let frozen = request
+            let bytes = done
+            return try await commitVersion(
+                model: request.model,
+                alias: request.alias,
+                tags: request.tags,
+                parentID: parentID,
+                wrapped: wrapped,
+                overrideBy: overrideBy,
+                signer: Signer(publisher),
+                reason: { "sha256:\($0)" },
+                statement: { (state: LedgerState) async throws(CofferRegistryError) -> (SignedStatement, PublicIdentity) in
+                    // An automatic version is chosen again when the ledger moved (another push may have taken the number).
+                    var version = frozen.version ?? ""
+                    if frozen.version == nil { version = String((try await self.metadata.highestVersionNumber(model: frozen.model) ?? 0) + 1) }
+                    let signed = try Self.sign(
+                        frozen,
+                        version: version,
+                        files: sealed,
+                        lineage: lineage,
+                        created: created,
+                        publisher: publisher.identity
+                    )
+                    return (signed, publisher.publicIdentity)
+                },
+                result: { signed in
+                    PushResult(model: frozen.model, version: signed.statement.version, digest: signed.digest, files: sealed.count, bytes: bytes)
                 }
-            }
-            throw CofferRegistryError.database("could not allocate a version number: too many concurrent pushes")
+            )
         } catch {
             // Nothing of a refused or failed commit stays: its blobs belong to no version.
-            for file in files { blobs.remove(file.sealedSHA256) }
+            for file in files { try? await blobs.remove(file.sealedSHA256) }
             throw error
         }
     }
@@ -155,7 +180,7 @@ extension Registry {
     }
 
     /// A version's statement signed by its publisher: the DSSE envelope, the OpenSSF bundle and the digest.
-    struct SignedStatement {
+    struct SignedStatement: Sendable {
         var statement: ModelStatement
         var envelope: DSSEEnvelope
         var bundle: [UInt8]
@@ -200,120 +225,136 @@ extension Registry {
         )
     }
 
-    /// Everything a version's commit writes: the signed statement and bundle, the wrapped keys, lineage, the alias
-    /// and tags it is pushed with, and who overrode a budget.
-    struct VersionCommit {
-        var statement: ModelStatement
-        var digest: String
-        var envelope: DSSEEnvelope
-        var bundle: [UInt8]
-        /// The key that signed the statement (its trusted name need not be the name it declares).
-        var publisher: PublicIdentity
-        var wrapped: [(String, [UInt8])]
-        var parentID: Int64?
-        var alias: String?
-        var tags: [String: String]
-        /// Whether the version number was chosen automatically (a taken number is then retried, not refused).
-        var automatic: Bool
-        var overrideBy: String?
-        /// The push's audit reason.
-        var reason: String
-    }
-
-    /// Inserts the version's rows, its `version` record (and `alias.set` record), signed by `signer`, and the push's
-    /// audit entry in one transaction; returns false when an automatic version number was taken meanwhile.
-    func commit(_ commit: VersionCommit, signer: Signer) throws(CofferRegistryError) -> Bool {
-        let statement = commit.statement
-        let state = try database.write { db -> LedgerState? in
-            let now = Self.now()
-            // In the same transaction as the insert: two pushes cannot both fit in the last of a budget.
-            let current = try refreshed(ledger.withLock { $0 }, db: db)
+    /// Commits a signed version (a local push's or one a client uploaded): judged on the current ledger state
+    /// (budget, alias policy), its rows, its `version` record (and `alias.set` record) signed by `signer`, and the
+    /// push's audit entry, in one transaction; prepared again when another writer appended first. `statement`
+    /// signs (or re-signs, for an automatic version number) the statement on the state it is judged on.
+    func commitVersion(
+        model: String,
+        alias: String?,
+        tags: [String: String],
+        parentID: Int64?,
+        wrapped: [(String, [UInt8])],
+        overrideBy: String?,
+        signer: Signer,
+        reason: @Sendable (String) -> String,
+        statement: @Sendable (LedgerState) async throws(CofferRegistryError) -> (SignedStatement, PublicIdentity),
+        result: @Sendable (SignedStatement) -> PushResult
+    ) async throws(CofferRegistryError) -> PushResult {
+        let (pushed, published) = try await commitOnLedger {
+            (current, work) async throws(CofferRegistryError) -> (PushResult, PublishedVersion) in
+            let (signed, publisher) = try await statement(current)
+            let statement = signed.statement
             let datasetID = statement.lineage.datasetID
-            let charged = try Self.checkBudget(current, dataset: datasetID, privacy: statement.privacy, override: commit.overrideBy != nil)
-            try db.execute(sql: "INSERT OR IGNORE INTO models (name, created_at) VALUES (?, ?)", arguments: [statement.model, now])
-            let modelID = try Int64.fetchOne(db, sql: "SELECT id FROM models WHERE name = ?", arguments: [statement.model])!
-            if try Bool.fetchOne(db, sql: "SELECT 1 FROM versions WHERE model_id = ? AND version = ?", arguments: [modelID, statement.version]) != nil
-            {
-                if commit.automatic { return nil }
-                throw CofferRegistryError.versionExists("\(statement.model):\(statement.version)")
-            }
+            // Judged on the state this commit is built on: two pushes cannot both fit in the last of a budget.
+            let charged = try Self.checkBudget(current, dataset: datasetID, privacy: statement.privacy, override: overrideBy != nil)
             let p = statement.privacy
             let l = statement.lineage
-            try db.execute(
-                sql: """
-                    INSERT INTO versions (model_id, version, number, digest, publisher_key_id, message, created_at,
-                        parent_version_id, dataset_id, dataset_digest, training_config_digest,
-                        mechanism, epsilon, delta, accountant, noise_multiplier, clipping_norm, sampling_rate, steps, epochs,
-                        dataset_size, privacy_unit, pruning_method, pruning_ratio, achieved_sparsity)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                    """,
-                arguments: [
-                    modelID, statement.version, Int64(statement.version), commit.digest, statement.publisherKeyID, statement.message,
-                    statement.created, commit.parentID, l.datasetID, l.datasetDigest, l.trainingConfigDigest,
-                    p.mechanism, p.epsilon, p.delta, p.accountant, p.noiseMultiplier, p.clippingNorm, p.samplingRate, p.steps, p.epochs,
-                    p.datasetSize, p.privacyUnit, p.pruningMethod, p.pruningRatio, p.achievedSparsity,
-                ]
+            let row = VersionRecord(
+                version: statement.version,
+                number: Int64(statement.version),
+                digest: signed.digest,
+                publisherKeyID: statement.publisherKeyID,
+                message: statement.message,
+                createdAt: statement.created,
+                parentVersionID: parentID,
+                datasetID: l.datasetID,
+                datasetDigest: l.datasetDigest,
+                trainingConfigDigest: l.trainingConfigDigest,
+                mechanism: p.mechanism,
+                epsilon: p.epsilon,
+                delta: p.delta,
+                accountant: p.accountant,
+                noiseMultiplier: p.noiseMultiplier,
+                clippingNorm: p.clippingNorm,
+                samplingRate: p.samplingRate,
+                steps: p.steps,
+                epochs: p.epochs,
+                datasetSize: p.datasetSize,
+                privacyUnit: p.privacyUnit,
+                pruningMethod: p.pruningMethod,
+                pruningRatio: p.pruningRatio,
+                achievedSparsity: p.achievedSparsity
             )
-            let versionID = db.lastInsertedRowID
-            if charged, let datasetID {
-                try db.execute(
-                    sql: "INSERT INTO budget_charges (version_id, dataset_id, charged_at, override_by) VALUES (?, ?, ?, ?)",
-                    arguments: [versionID, datasetID, now, commit.overrideBy]
-                )
-            }
+            var segments: String? = nil
             if !p.segments.isEmpty || p.claimedEpsilon != nil {
-                try db.execute(
-                    sql: "INSERT INTO version_privacy (version_id, segments, claimed_epsilon) VALUES (?, ?, ?)",
-                    arguments: [versionID, String(decoding: try JSONEncoder().encode(p.segments), as: UTF8.self), p.claimedEpsilon]
-                )
+                do { segments = String(decoding: try JSONEncoder().encode(p.segments), as: UTF8.self) } catch {
+                    throw .invalidPrivacy("unreadable privacy segments")
+                }
             }
-            for file in statement.files {
-                try db.execute(
-                    sql: "INSERT INTO files (version_id, path, size, plaintext_sha256, sealed_sha256, sealed_size) VALUES (?, ?, ?, ?, ?, ?)",
-                    arguments: [versionID, file.path, file.size, file.plaintextSHA256, file.sealedSHA256, file.sealedSize]
+            work.changes.append(
+                .addVersion(
+                    NewVersion(
+                        model: statement.model,
+                        row: row,
+                        files: statement.files.map {
+                            FileRecord(
+                                versionID: 0,
+                                path: $0.path,
+                                size: $0.size,
+                                plaintextSHA256: $0.plaintextSHA256,
+                                sealedSHA256: $0.sealedSHA256,
+                                sealedSize: $0.sealedSize
+                            )
+                        },
+                        keys: wrapped.map { (recipient: $0.0, stanza: Data($0.1)) },
+                        envelope: Data(signed.envelope.jsonBytes),
+                        bundle: Data(signed.bundle),
+                        tags: tags,
+                        segments: segments,
+                        claimedEpsilon: p.claimedEpsilon,
+                        chargedDataset: charged ? datasetID : nil,
+                        overrideBy: overrideBy
+                    )
                 )
-            }
-            for (keyID, stanza) in commit.wrapped {
-                try db.execute(
-                    sql: "INSERT INTO wrapped_keys (version_id, recipient_key_id, stanza) VALUES (?, ?, ?)",
-                    arguments: [versionID, keyID, Data(stanza)]
-                )
-            }
-            try db.execute(
-                sql: "INSERT INTO attestations (version_id, kind, document) VALUES (?, 'dsse', ?), (?, 'model-signing', ?)",
-                arguments: [versionID, Data(commit.envelope.jsonBytes), versionID, Data(commit.bundle)]
             )
-            for (key, value) in commit.tags {
-                try db.execute(sql: "INSERT INTO tags (version_id, key, value) VALUES (?, ?, ?)", arguments: [versionID, key, value])
-            }
             let facts = LedgerChange.VersionFacts(
                 model: statement.model,
                 version: statement.version,
-                digest: commit.digest,
-                publisher: commit.publisher,
+                digest: signed.digest,
+                publisher: publisher,
                 dataset: datasetID,
                 mechanism: p.mechanism,
                 segments: p.segments,
                 charged: charged,
-                overrideBy: commit.overrideBy
+                overrideBy: overrideBy
             )
-            var (state, _, actor) = try append(.version(facts), signer: signer, db: db)
-            if let alias = commit.alias {
-                let aliasFacts = LedgerChange.AliasFacts(privacy: p, signer: commit.publisher.keyID, charged: charged)
+            var (state, actor) = try append(.version(facts), signer: signer, to: current, work: &work)
+            if let alias {
+                let aliasFacts = LedgerChange.AliasFacts(privacy: p, signer: publisher.keyID, charged: charged)
                 try checkPolicy(model: statement.model, alias: alias, facts: aliasFacts, state: state)
-                (state, _, _) = try append(
-                    .aliasSet(model: statement.model, alias: alias, version: statement.version, digest: commit.digest, facts: aliasFacts),
+                (state, _) = try append(
+                    .aliasSet(model: statement.model, alias: alias, version: statement.version, digest: signed.digest, facts: aliasFacts),
                     signer: signer,
-                    db: db
+                    to: state,
+                    work: &work
                 )
             }
             let target = "\(statement.model):\(statement.version)"
-            try Self.appendAudit(db, principal: actor, action: "push", target: target, outcome: .ok, reason: commit.reason)
-            return state
+            work.audit.append(AuditDraft(principal: actor, action: "push", target: target, outcome: .ok, reason: reason(signed.digest)))
+            let published = PublishedVersion(
+                model: statement.model,
+                version: statement.version,
+                digest: signed.digest,
+                created: statement.created,
+                publisherKeyID: statement.publisherKeyID,
+                files: statement.files.map {
+                    .init(path: $0.path, size: $0.size, plaintextSHA256: $0.plaintextSHA256, sealedSHA256: $0.sealedSHA256, sealedSize: $0.sealedSize)
+                },
+                envelope: signed.envelope.jsonBytes,
+                modelSigningBundle: signed.bundle
+            )
+            return (result(signed), published)
         }
-        guard let state else { return false }
-        try adopt(state)
-        return true
+        // After the commit: a manifest must never name a version the registry refused. A version whose manifest could not
+        // be written is still whole in Coffer; fsck reports the missing manifest.
+        do { try await blobs.publish(published) } catch {
+            throw .unavailable(
+                engine: blobs.name,
+                reason: "\(pushed.model):\(pushed.version) is committed, but its OCI manifest was not written: \(error)"
+            )
+        }
+        return pushed
     }
 
     /// The subject name of the model-signing bundle: the pushed directory's name, else the model name's last segment.
@@ -326,27 +367,5 @@ extension Registry {
             }
         }
         return String(request.model.split(separator: "/").last ?? Substring(request.model))
-    }
-
-    /// One more than the largest integer version of `model`, or 1.
-    func nextVersion(model: String) throws(CofferRegistryError) -> String {
-        let highest = try database.read { db in
-            try Int64.fetchOne(
-                db,
-                sql: "SELECT MAX(v.number) FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ?",
-                arguments: [model]
-            )
-        }
-        return String((highest ?? 0) + 1)
-    }
-
-    func versionID(model: String, version: String) throws(CofferRegistryError) -> Int64? {
-        try database.read { db in
-            try Int64.fetchOne(
-                db,
-                sql: "SELECT v.id FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?",
-                arguments: [model, version]
-            )
-        }
     }
 }

@@ -1,6 +1,5 @@
 import CofferCrypto
 import Foundation
-import GRDB
 import Synchronization
 
 /// What `fsck` found. The registry is consistent when `problems` is empty; orphan blobs and
@@ -19,6 +18,8 @@ public struct FsckReport: Sendable, Equatable {
 public struct GCReport: Sendable, Equatable {
     public var removedBlobs = 0
     public var removedTemporaryFiles = 0
+    /// Resumable uploads dropped: expired, or begun before the grace period (a client killed mid-push leaves one).
+    public var abandonedUploads = 0
     public var reclaimedBytes = 0
 }
 
@@ -27,36 +28,32 @@ extension Registry {
     /// link and authority) and every table that copies it; every version's signature and rows against its ledger
     /// record; every blob's digest. Versions whose signer is not trusted are reported, and their blobs still count as
     /// theirs (not as orphans).
-    public func fsck() throws(CofferRegistryError) -> FsckReport {
+    public func fsck() async throws(CofferRegistryError) -> FsckReport {
         var report = FsckReport()
-        let integrity = try database.read { db in try String.fetchAll(db, sql: "PRAGMA integrity_check") }
-        if integrity != ["ok"] { report.problems.append("SQLite integrity_check: \(integrity.joined(separator: "; "))") }
+        report.problems += try await metadata.integrityProblems()
         // What this client remembers must still be there (this also verifies what was appended since).
         var wentBack = false
-        do { _ = try ledgerState() } catch {
+        do { _ = try await ledgerState() } catch {
             report.problems.append(error.description)
             wentBack = true
         }
-        let (state, versionRecords) = try replayWholeLedger(into: &report)
+        let (state, versionRecords) = try await replayWholeLedger(into: &report)
         guard let state else { return report }
         // A registry that went back is still checked, against its own ledger, so every other problem is named too.
         if wentBack { ledger.withLock { $0 = state } }
-        try compareTables(with: state, versionRecords: versionRecords, into: &report)
+        try await compareTables(with: state, versionRecords: versionRecords, into: &report)
         // The audit log: its chain, its signed heads, and the entries the ledger, the state head and this client name.
-        do { _ = try verifyAudit() } catch { report.problems.append(error.description) }
+        do { _ = try await verifyAudit() } catch { report.problems.append(error.description) }
 
-        let versions = try database.read { db in
-            try Row.fetchAll(db, sql: "SELECT v.id, m.name, v.version FROM versions v JOIN models m ON m.id = v.model_id ORDER BY v.id")
-        }
-        let referenced = try referencedBlobs()
-        let registryKeyID = (try? identity.keyID) ?? ""
-        for row in versions {
+        let referenced = try await referencedBlobs()
+        var registryKeyID = ""
+        if let key = try? await identity { registryKeyID = key.keyID }
+        for head in try await metadata.allVersionHeads() {
             report.versions += 1
-            let id: Int64 = row["id"]
-            let label = "\(row["name"] as String):\(row["version"] as String)"
+            let label = "\(head.model):\(head.version)"
             do {
-                let stored = try loadVersion(id)
-                let (statement, _) = try authenticate(stored)
+                let stored = try await loadVersion(head.id)
+                let (statement, _) = try await authenticate(stored)
                 if let facts = versionRecords[label] {
                     let p = statement.privacy
                     if facts.dataset != statement.lineage.datasetID || facts.segments != p.segments || facts.mechanism != p.mechanism {
@@ -64,17 +61,15 @@ extension Registry {
                     }
                 }
                 if stored.erased != nil { continue }  // a tombstone: its keys and blobs are gone on purpose
-                let hasRegistryKey = try database.read { db in
-                    try Bool.fetchOne(
-                        db,
-                        sql: "SELECT 1 FROM wrapped_keys WHERE version_id = ? AND recipient_key_id = ?",
-                        arguments: [id, registryKeyID]
-                    )
+                if try await metadata.wrappedKey(version: head.id, recipient: registryKeyID) == nil {
+                    report.problems.append("\(label): no data key wrapped for the registry")
                 }
-                if hasRegistryKey == nil { report.problems.append("\(label): no data key wrapped for the registry") }
                 for file in statement.files {
                     do {
-                        let digest = Digest.hex(try Digest.sha256(file: blobs.path(of: file.sealedSHA256)))
+                        let source = try await blobSource(file.sealedSHA256, what: file.path)
+                        let digest = Digest.hex(
+                            try await Offload.run { () throws(CofferCryptoError) -> [UInt8] in try Digest.sha256(of: source.value).digest }
+                        )
                         if digest != file.sealedSHA256 { report.problems.append("\(label): blob of \(file.path) is corrupt") }
                     } catch {
                         report.problems.append("\(label): blob of \(file.path) is missing")
@@ -84,28 +79,33 @@ extension Registry {
                 report.problems.append(error.description)
             }
         }
-        let onDisk = blobs.allDigests()
-        report.blobs = onDisk.count
-        report.orphanBlobs = onDisk.filter { !referenced.contains($0) }.sorted()
-        report.temporaryFiles = ((try? FileManager.default.contentsOfDirectory(atPath: blobs.temporaryDirectory)) ?? []).sorted()
+        // A store that cannot list its blobs names its possible orphans through the journal of pending blobs.
+        var held = try await blobs.digests()
+        if held == nil { held = try await metadata.pendingBlobs(before: "9999") }
+        let listed = held ?? []
+        report.blobs = listed.count
+        report.orphanBlobs = listed.filter { !referenced.contains($0) }.sorted()
+        report.temporaryFiles = temporaryFiles()
         return report
     }
 
     /// Replays the ledger from record 1, ignoring what was remembered, so that a rewrite of records verified long
     /// ago is found too. Returns the state (nil when the chain breaks) and every version record by `model:version`.
-    private func replayWholeLedger(into report: inout FsckReport) throws(CofferRegistryError) -> (LedgerState?, [String: LedgerChange.VersionFacts]) {
-        let rows = try database.read { db in try Row.fetchAll(db, sql: "SELECT seq, envelope FROM ledger ORDER BY seq") }
+    private func replayWholeLedger(
+        into report: inout FsckReport
+    ) async throws(CofferRegistryError) -> (LedgerState?, [String: LedgerChange.VersionFacts]) {
+        let rows = try await metadata.ledgerRecords(after: 0, limit: nil)
         guard let first = rows.first else {
             report.problems.append("the registry has no ledger (run coffer migrate)")
             return (nil, [:])
         }
-        var state = LedgerState(registry: (try? Self.parse(Array(first["envelope"] as Data)).registry) ?? "")
+        var state = LedgerState(registry: (try? Self.parse(Array(first.envelope)).registry) ?? "")
         var versions: [String: LedgerChange.VersionFacts] = [:]
         for row in rows {
             do throws(CofferRegistryError) {
-                let record = try Self.parse(Array(row["envelope"] as Data))
-                guard record.seq == row["seq"] as Int64 else {
-                    throw CofferRegistryError.tampered("ledger row \(row["seq"] as Int64) holds record \(record.seq)")
+                let record = try Self.parse(Array(row.envelope))
+                guard record.seq == row.seq else {
+                    throw CofferRegistryError.tampered("ledger row \(row.seq) holds record \(record.seq)")
                 }
                 do { try state.apply(record) } catch { throw CofferRegistryError.tampered(error.description) }
                 if case .version(let facts) = record.change {
@@ -128,7 +128,7 @@ extension Registry {
         with state: LedgerState,
         versionRecords: [String: LedgerChange.VersionFacts],
         into report: inout FsckReport
-    ) throws(CofferRegistryError) {
+    ) async throws(CofferRegistryError) {
         func compare<T: Hashable>(_ what: String, table: Set<T>, ledger: Set<T>, describe: (T) -> String) {
             for extra in table.subtracting(ledger).map(describe).sorted() {
                 report.problems.append("\(what) \(extra) is in its table but not in the ledger")
@@ -137,46 +137,25 @@ extension Registry {
                 report.problems.append("\(what) \(missing) is in the ledger but not in its table")
             }
         }
-        let tables = try database.read { db in
-            (
-                principals: try Row.fetchAll(db, sql: "SELECT name, key_id FROM principals").map { "\($0[0] as String) \($0[1] as String)" },
-                grants: try Row.fetchAll(db, sql: "SELECT principal, role, scope, alias FROM grants").map {
-                    "\($0[0] as String) \($0[1] as String) \($0[2] as String) \(($0[3] as String?) ?? "-")"
-                },
-                trusted: try Row.fetchAll(db, sql: "SELECT key_id, name FROM trusted_signers").map { "\($0[0] as String) \($0[1] as String)" },
-                aliases: try Row.fetchAll(
-                    db,
-                    sql: "SELECT m.name, a.alias, v.version FROM aliases a JOIN models m ON m.id = a.model_id JOIN versions v ON v.id = a.version_id"
-                ).map { "\($0[0] as String)@\($0[1] as String) \($0[2] as String)" },
-                policies: try Row.fetchAll(db, sql: "SELECT model, alias, rules FROM policies").map { row -> String in
-                    let rules = (try? JSONDecoder().decode(PolicyRules.self, from: Data((row[2] as String).utf8))).map {
-                        String(decoding: $0.json.canonicalBytes, as: UTF8.self)
-                    }
-                    return "\(row[0] as String)@\(row[1] as String) \(rules ?? "unreadable")"
-                },
-                budgets: try Row.fetchAll(db, sql: "SELECT dataset_id, epsilon, delta FROM budgets").map {
-                    "\($0[0] as String) \($0[1] as Double) \($0[2] as Double)"
-                },
-                charges: try Row.fetchAll(
-                    db,
-                    sql: """
-                        SELECT c.dataset_id, m.name, v.version FROM budget_charges c JOIN versions v ON v.id = c.version_id
-                        JOIN models m ON m.id = v.model_id
-                        """
-                ).map { "\($0[0] as String) \($0[1] as String):\($0[2] as String)" },
-                erasures: try Row.fetchAll(
-                    db,
-                    sql: "SELECT m.name, v.version FROM erasures e JOIN versions v ON v.id = e.version_id JOIN models m ON m.id = v.model_id"
-                ).map { "\($0[0] as String):\($0[1] as String)" },
-                keys: try String.fetchAll(db, sql: "SELECT key_id FROM registry_keys"),
-                tokens: try Row.fetchAll(db, sql: "SELECT id, principal, scope, hex(token_hash) FROM api_tokens WHERE revoked_at IS NULL").map {
-                    "\($0[0] as String) \($0[1] as String) \($0[2] as String) \(($0[3] as String).lowercased())"
-                },
-                versions: try Row.fetchAll(db, sql: "SELECT m.name, v.version, v.digest FROM versions v JOIN models m ON m.id = v.model_id").map {
-                    "\($0[0] as String):\($0[1] as String) \($0[2] as String)"
+        let stored = try await metadata.materializedTables()
+        let tables = (
+            principals: stored.principals.map { "\($0.name) \($0.keyID)" },
+            grants: stored.grants.map { "\($0.principal) \($0.role) \($0.scope) \($0.alias ?? "-")" },
+            trusted: stored.trusted.map { "\($0.keyID) \($0.name)" },
+            aliases: stored.aliases.map { "\($0.model)@\($0.alias) \($0.version)" },
+            policies: stored.policies.map { row -> String in
+                let rules = (try? JSONDecoder().decode(PolicyRules.self, from: Data(row.rules.utf8))).map {
+                    String(decoding: $0.json.canonicalBytes, as: UTF8.self)
                 }
-            )
-        }
+                return "\(row.model)@\(row.alias) \(rules ?? "unreadable")"
+            },
+            budgets: stored.budgets.map { "\($0.datasetID) \($0.epsilon) \($0.delta)" },
+            charges: stored.charges.map { "\($0.dataset) \($0.model):\($0.version)" },
+            erasures: stored.erasures.map { "\($0.model):\($0.version)" },
+            keys: stored.keys.map(\.keyID),
+            tokens: stored.tokens.filter { $0.revokedAt == nil }.map { "\($0.id) \($0.principal) \($0.scope) \(Digest.hex(Array($0.tokenHash)))" },
+            versions: stored.versions.map { "\($0.model):\($0.version) \($0.digest)" }
+        )
         compare("principal", table: Set(tables.principals), ledger: Set(state.principals.map { "\($0.key) \($0.value.keyID)" }), describe: { $0 })
         compare(
             "grant",
@@ -219,27 +198,30 @@ extension Registry {
 
     /// The blobs versions hold now (a rekeyed version's new ones, not its originals), erased versions excepted;
     /// a version whose signer is not trusted still holds its blobs.
-    func referencedBlobs() throws(CofferRegistryError) -> Set<String> {
-        let erased = Set(try ledgerState().erased.keys)
-        let rows = try database.read { db in
-            try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT v.digest, f.sealed_sha256 FROM files f JOIN versions v ON v.id = f.version_id
-                    WHERE v.id NOT IN (SELECT version_id FROM rekeyed_files)
-                    UNION ALL SELECT v.digest, r.sealed_sha256 FROM rekeyed_files r JOIN versions v ON v.id = r.version_id
-                    """
-            )
-        }
-        return Set(rows.filter { !erased.contains($0[0] as String) }.map { $0[1] as String })
+    func referencedBlobs() async throws(CofferRegistryError) -> Set<String> {
+        let erased = Set(try await ledgerState().erased.keys)
+        return Set(try await metadata.referencedBlobs().filter { !erased.contains($0.versionDigest) }.map(\.blob))
+    }
+
+    /// Files left in `tmp/` by interrupted pushes and uploads.
+    func temporaryFiles() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "\(home)/tmp")) ?? []).sorted()
     }
 
     /// Removes blobs no version references and leftover temporary files, older than `grace` seconds
-    /// (a push in progress writes its blobs before it commits its rows).
-    public func gc(grace: Double = 900) throws(CofferRegistryError) -> GCReport {
-        let referenced = try referencedBlobs()
+    /// (a push in progress writes its blobs before it commits its rows). A store that cannot list its blobs is
+    /// swept through the journal of blobs sent by pushes that never committed.
+    public func gc(grace: Double = 900) async throws(CofferRegistryError) -> GCReport {
+        let referenced = try await referencedBlobs()
         let cutoff = Date().addingTimeInterval(-grace)
         var report = GCReport()
+        // Uploads first: a finished one became a blob (journalled as pending), an abandoned one frees its store's session.
+        let now = Self.timestamp(Date())
+        for upload in try await metadata.uploads(principal: nil) where upload.createdAt <= Self.timestamp(cutoff) || upload.expiresAt <= now {
+            await blobs.abandon(BlobUpload(id: upload.id, location: upload.location, offset: upload.received))
+            try await metadata.commit(UnitOfWork(changes: [.removeUpload(id: upload.id)]))
+            report.abandonedUploads += 1
+        }
         func removeIfOld(_ path: String) -> Int? {
             guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
                 let modified = attributes[.modificationDate] as? Date, modified <= cutoff
@@ -247,14 +229,29 @@ extension Registry {
             let size = (attributes[.size] as? NSNumber)?.intValue ?? 0
             return (try? FileManager.default.removeItem(atPath: path)) != nil ? size : nil
         }
-        for digest in blobs.allDigests() where !referenced.contains(digest) {
-            if let size = removeIfOld(blobs.path(of: digest)) {
-                report.removedBlobs += 1
-                report.reclaimedBytes += size
+        if let all = try await blobs.digests() {
+            for digest in all where !referenced.contains(digest) {
+                if let path = blobs.localPath(of: digest), let size = removeIfOld(path) {
+                    report.removedBlobs += 1
+                    report.reclaimedBytes += size
+                }
             }
+        } else {
+            let stale = try await metadata.pendingBlobs(before: Self.timestamp(cutoff))
+            var swept: [String] = []
+            for digest in stale {
+                if !referenced.contains(digest) {
+                    let size = try await blobs.size(of: digest) ?? 0
+                    try await blobs.remove(digest)
+                    report.removedBlobs += 1
+                    report.reclaimedBytes += size
+                }
+                swept.append(digest)
+            }
+            if !swept.isEmpty { try await metadata.commit(UnitOfWork(changes: [.removePendingBlobs(swept)])) }
         }
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: blobs.temporaryDirectory)) ?? [] {
-            if let size = removeIfOld("\(blobs.temporaryDirectory)/\(name)") {
+        for name in temporaryFiles() {
+            if let size = removeIfOld("\(home)/tmp/\(name)") {
                 report.removedTemporaryFiles += 1
                 report.reclaimedBytes += size
             }

@@ -27,18 +27,18 @@ extension Registry {
     /// passed are they renamed into place. Any failure leaves no file of the version in `directory`.
     public func pull(
         _ reference: ModelReference,
-        identity: borrowing Identity,
+        identity: UnlockedIdentity,
         into directory: String,
-        progress: ((Int) -> Void)? = nil
+        progress: (@Sendable (Int) -> Void)? = nil
     )
-        throws(CofferRegistryError) -> PullResult
+        async throws(CofferRegistryError) -> PullResult
     {
-        let actor = try principal(for: identity)
-        try require(.reader, on: reference.name, by: actor, action: "pull", target: reference.description)
-        try require(.decrypt, on: reference.name, by: actor, action: "pull", target: reference.description)
+        let actor = try await principal(for: identity.identity)
+        try await require(.reader, on: reference.name, by: actor, action: "pull", target: reference.description)
+        try await require(.decrypt, on: reference.name, by: actor, action: "pull", target: reference.description)
         do {
-            let result = try pullVersion(reference, identity: identity, into: directory, progress: progress)
-            try audit(
+            let result = try await pullVersion(reference, identity: identity, into: directory, progress: progress)
+            try await audit(
                 principal: actor.name,
                 action: "pull",
                 target: "\(result.model):\(result.version)",
@@ -47,34 +47,38 @@ extension Registry {
             )
             return result
         } catch {
-            try? audit(principal: actor.name, action: "pull", target: reference.description, outcome: .failed, reason: error.description)
+            try? await audit(principal: actor.name, action: "pull", target: reference.description, outcome: .failed, reason: error.description)
             throw error
         }
     }
 
     private func pullVersion(
         _ reference: ModelReference,
-        identity: borrowing Identity,
+        identity: UnlockedIdentity,
         into directory: String,
-        progress: ((Int) -> Void)?
+        progress: (@Sendable (Int) -> Void)?
     )
-        throws(CofferRegistryError) -> PullResult
+        async throws(CofferRegistryError) -> PullResult
     {
-        let stored = try loadVersion(try resolveForUse(reference).id)
+        let stored = try await loadVersion(try await resolveForUse(reference).id)
         try stored.ensureNotErased()
-        let (statement, signer) = try authenticate(stored)
-        let dataKey = try unwrapDataKey(stored, identity: identity)
-
-        let done = try Self.place(statement.files, into: directory, modelSignature: stored.modelSignature) {
-            (file: ModelStatement.File, output: AtomicOutputFile, before: Int) throws(CofferRegistryError) in
-            try open(
-                file,
-                of: stored,
-                dataKey: dataKey,
-                into: output,
-                checkingBlobDigest: false,
-                progress: progress.map { report in { report(before + $0) } }
-            )
+        let (statement, signer) = try await authenticate(stored)
+        let dataKey = try await unwrapDataKey(stored, identity: identity)
+        var sources: [String: Unchecked<any ByteSource>] = [:]
+        for file in statement.files { sources[file.path] = try await blobSource(file.sealedSHA256, what: file.path) }
+        let opened = sources
+        let done = try await Offload.run { () throws(CofferRegistryError) -> Int in
+            try Self.place(statement.files, into: directory, modelSignature: stored.modelSignature) {
+                (file: ModelStatement.File, output: AtomicOutputFile, before: Int) throws(CofferRegistryError) in
+                try Self.openBlob(
+                    from: opened[file.path]!.value,
+                    file,
+                    dataKey: dataKey.key,
+                    into: output,
+                    checkingBlobDigest: false,
+                    progress: progress.map { report in { report(before + $0) } }
+                )
+            }
         }
         return PullResult(
             model: stored.model,
@@ -97,18 +101,18 @@ extension Registry {
         modelSignature: Data?,
         write: (ModelStatement.File, AtomicOutputFile, Int) throws(CofferRegistryError) -> Void
     ) throws(CofferRegistryError) -> Int {
-        try BlobDirectory.makeDirectory(directory)
+        try Directories.make(directory)
         for file in files where access("\(directory)/\(file.path)", F_OK) == 0 {
             throw .destinationExists("\(directory)/\(file.path)")
         }
         let staging = "\(directory)/.coffer-pull-\(UUID().uuidString)"
-        try BlobDirectory.makeDirectory(staging)
+        try Directories.make(staging)
         defer { try? FileManager.default.removeItem(atPath: staging) }
 
         var done = 0
         for file in files {
             let target = "\(staging)/\(file.path)"
-            try BlobDirectory.makeDirectory((target as NSString).deletingLastPathComponent)
+            try Directories.make((target as NSString).deletingLastPathComponent)
             let output: AtomicOutputFile
             // Durable: a file that appears in `directory` is on the disk whole, whatever happens to the machine after.
             do { output = try AtomicOutputFile(destination: target, mode: 0o600, durable: true) } catch { throw .crypto(error) }
@@ -121,7 +125,7 @@ extension Registry {
         for file in files {
             let destination = "\(directory)/\(file.path)"
             do {
-                try BlobDirectory.makeDirectory((destination as NSString).deletingLastPathComponent)
+                try Directories.make((destination as NSString).deletingLastPathComponent)
                 guard rename("\(staging)/\(file.path)", destination) == 0 else {
                     throw CofferRegistryError.io(path: destination, reason: String(cString: strerror(errno)))
                 }
@@ -136,7 +140,7 @@ extension Registry {
             let descriptor = Glibc.open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
             if descriptor >= 0 {
                 fsync(descriptor)
-                close(descriptor)
+                Glibc.close(descriptor)
             }
         }
         // The OpenSSF model-signing bundle beside the files, unless the model has a file of that name itself.

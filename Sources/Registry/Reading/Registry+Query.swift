@@ -1,6 +1,5 @@
 public import CofferCrypto
 import Foundation
-import GRDB
 
 /// One version as `list` and `show` report it. Its `json` is the documented `--json` shape.
 public struct VersionSummary: Sendable, Equatable {
@@ -89,67 +88,22 @@ extension VersionSummary {
     }
 }
 
-extension PrivacyMetadata {
-    /// Reads the typed privacy columns of a `versions` row.
-    init(row: Row) {
-        self.init()
-        mechanism = row["mechanism"]
-        epsilon = row["epsilon"]
-        delta = row["delta"]
-        accountant = row["accountant"]
-        noiseMultiplier = row["noise_multiplier"]
-        clippingNorm = row["clipping_norm"]
-        samplingRate = row["sampling_rate"]
-        steps = row["steps"]
-        epochs = row["epochs"]
-        datasetSize = row["dataset_size"]
-        privacyUnit = row["privacy_unit"]
-        pruningMethod = row["pruning_method"]
-        pruningRatio = row["pruning_ratio"]
-        achievedSparsity = row["achieved_sparsity"]
-    }
-}
-
 extension Registry {
     /// Versions, newest first, of one model or all, optionally filtered by a `--where` expression.
-    public func list(model: String? = nil, where filter: String? = nil, limit: Int? = nil) throws(CofferRegistryError) -> [VersionSummary] {
+    public func list(model: String? = nil, where filter: String? = nil, limit: Int? = nil) async throws(CofferRegistryError) -> [VersionSummary] {
         if let model { try ModelReference.validate(name: model) }
-        var conditions: [String] = []
-        var arguments: [any DatabaseValueConvertible & Sendable] = []
-        if let model {
-            conditions.append("m.name = ?")
-            arguments.append(model)
-        }
-        if let filter {
-            let compiled = try WhereExpression(parsing: filter).sql
-            conditions.append(compiled.clause)
-            for argument in compiled.arguments {
-                if let number = argument as? Double { arguments.append(number) } else if let text = argument as? String { arguments.append(text) }
-            }
-        }
-        let whereSQL = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
-        let limitSQL = limit.map { " LIMIT \(max(0, $0))" } ?? ""
-        var summaries = try database.read { db in
-            try Row.fetchAll(
-                db,
-                sql: "\(Self.summarySelect) \(whereSQL) ORDER BY v.created_at DESC, v.id DESC\(limitSQL)",
-                arguments: StatementArguments(arguments)
-            ).map(Self.summary)
-        }
-        if let model, summaries.isEmpty, try !modelExists(model) { throw .unknownModel(model) }
+        let query = VersionQuery(
+            model: model,
+            filter: try filter.map { text throws(CofferRegistryError) in try WhereExpression(parsing: text) },
+            limit: limit
+        )
+        var summaries = try await metadata.summaries(query).map(Self.summary)
+        if let model, summaries.isEmpty, try await !metadata.modelExists(model) { throw .unknownModel(model) }
         // Each printed row is checked against its signed statement (Ed25519, about 0.1 ms a row), so a number edited
         // in the table is shown as unverified, never as fact; --where itself filters on the stored columns.
-        let state = try ledgerState()
+        let state = try await ledgerState()
         let trusted = state.trustedIdentities
-        let ids = summaries.map { String($0.rowID) }.joined(separator: ",")
-        let envelopes = try database.read { db in
-            Dictionary(
-                try Row.fetchAll(db, sql: "SELECT version_id, document FROM attestations WHERE kind = 'dsse' AND version_id IN (\(ids))").map {
-                    ($0[0] as Int64, $0[1] as Data)
-                },
-                uniquingKeysWith: { a, _ in a }
-            )
-        }
+        let envelopes = try await metadata.statements(versionIDs: summaries.map(\.rowID))
         for index in summaries.indices {
             Self.check(&summaries[index], envelope: envelopes[summaries[index].rowID], trusted: trusted, state: state)
         }
@@ -200,26 +154,19 @@ extension Registry {
 
     /// One version in full, with its files, checked as `verify` checks it (signature, trust, ledger record, every
     /// row); when a check fails it is still shown, marked unverified with the reason.
-    public func show(_ reference: ModelReference) throws(CofferRegistryError) -> VersionSummary {
-        let id = try resolve(reference).id
-        var summary = try database.read { db in
-            Self.summary(
-                try Row.fetchOne(
-                    db,
-                    sql: "\(Self.summarySelect) WHERE v.id = ?",
-                    arguments: [id]
-                )!
-            )
-        }
-        let state = try ledgerState()
-        let stored = try loadVersion(id)
+    public func show(_ reference: ModelReference) async throws(CofferRegistryError) -> VersionSummary {
+        let id = try await resolve(reference).id
+        guard let row = try await metadata.summaries(VersionQuery(id: id)).first else { throw .unknownVersion(reference.description) }
+        var summary = Self.summary(row)
+        let state = try await ledgerState()
+        let stored = try await loadVersion(id)
         summary.files = stored.files
         summary.privacy.segments = stored.privacy.segments
         summary.privacy.claimedEpsilon = stored.privacy.claimedEpsilon
         Self.check(&summary, envelope: stored.envelope, trusted: state.trustedIdentities, state: state)
         if summary.verified {
             do {
-                let (_, signer) = try authenticate(stored)
+                let (_, signer) = try await authenticate(stored)
                 summary.signer = signer.name
             } catch {
                 summary.verified = false
@@ -231,19 +178,19 @@ extension Registry {
 
     /// Points `alias` at a version, once the version meets the alias's policies (checked on its signed facts), with
     /// an `alias.set` record signed by `signer`.
-    public func setAlias(_ alias: String, model: String, version: String, by signer: Signer) throws(CofferRegistryError) {
+    public func setAlias(_ alias: String, model: String, version: String, by signer: Signer) async throws(CofferRegistryError) {
         try ModelReference.validate(version: alias)
-        try require(signer, .publisher, on: model, action: "alias.set", target: "\(model)@\(alias)")
-        let id = try resolve(try ModelReference(name: model, selector: .version(version))).id
-        let stored = try loadVersion(id)
+        try await require(signer, .publisher, on: model, action: "alias.set", target: "\(model)@\(alias)")
+        let id = try await resolve(try ModelReference(name: model, selector: .version(version))).id
+        let stored = try await loadVersion(id)
         try stored.ensureNotErased()
-        let (statement, signer_) = try authenticate(stored)
-        let state = try ledgerState()
+        let (statement, signer_) = try await authenticate(stored)
+        let state = try await ledgerState()
         let facts = LedgerChange.AliasFacts(privacy: statement.privacy, signer: signer_.keyID, charged: state.isCharged(stored.digest))
         do {
             try checkPolicy(model: model, alias: alias, facts: facts, state: state)
         } catch {
-            try? audit(
+            try? await audit(
                 principal: try acting(signer, in: state).principal.name,
                 action: "alias.set",
                 target: "\(model)@\(alias)",
@@ -252,7 +199,7 @@ extension Registry {
             )
             throw error
         }
-        try record(
+        try await record(
             .aliasSet(model: model, alias: alias, version: version, digest: stored.digest, facts: facts),
             signer: signer,
             action: "alias.set",
@@ -262,54 +209,30 @@ extension Registry {
     }
 
     /// Removes `alias` of `model`, with an `alias.remove` record.
-    public func removeAlias(_ alias: String, model: String, by signer: Signer) throws(CofferRegistryError) {
-        try require(signer, .publisher, on: model, action: "alias.rm", target: "\(model)@\(alias)")
-        _ = try resolve(try ModelReference(name: model, selector: .alias(alias)))
-        try record(.aliasRemove(model: model, alias: alias), signer: signer, action: "alias.rm", target: "\(model)@\(alias)", reason: "")
+    public func removeAlias(_ alias: String, model: String, by signer: Signer) async throws(CofferRegistryError) {
+        try await require(signer, .publisher, on: model, action: "alias.rm", target: "\(model)@\(alias)")
+        _ = try await resolve(try ModelReference(name: model, selector: .alias(alias)))
+        try await record(.aliasRemove(model: model, alias: alias), signer: signer, action: "alias.rm", target: "\(model)@\(alias)", reason: "")
     }
 
-    func modelExists(_ name: String) throws(CofferRegistryError) -> Bool {
-        try database.read { db in try Int64.fetchOne(db, sql: "SELECT id FROM models WHERE name = ?", arguments: [name]) != nil }
-    }
-
-    /// A version row with its model name, parent, aliases and tags (unit and record separators join the lists).
-    private static let summarySelect = """
-        SELECT v.*, m.name AS model_name, p.version AS parent_version, pm.name AS parent_model,
-            (SELECT group_concat(alias, char(31)) FROM aliases a WHERE a.version_id = v.id) AS alias_list,
-            (SELECT group_concat(key || char(30) || value, char(31)) FROM tags t WHERE t.version_id = v.id) AS tag_list,
-            (SELECT erased_at FROM erasures e WHERE e.version_id = v.id) AS erased_at,
-            (SELECT erased_by FROM erasures e WHERE e.version_id = v.id) AS erased_by
-        FROM versions v JOIN models m ON m.id = v.model_id
-        LEFT JOIN versions p ON p.id = v.parent_version_id LEFT JOIN models pm ON pm.id = p.model_id
-        """
-
-    private static func summary(_ row: Row) -> VersionSummary {
-        let privacy = PrivacyMetadata(row: row)
-        let aliases = (row["alias_list"] as String?)?.split(separator: "\u{1F}").map(String.init).sorted() ?? []
-        var tags: [String: String] = [:]
-        for pair in (row["tag_list"] as String?)?.split(separator: "\u{1F}") ?? [] {
-            let parts = pair.split(separator: "\u{1E}", maxSplits: 1, omittingEmptySubsequences: false)
-            if parts.count == 2 { tags[String(parts[0])] = String(parts[1]) }
-        }
-        let parentModel: String? = row["parent_model"]
-        let parentVersion: String? = row["parent_version"]
-        return VersionSummary(
-            model: row["model_name"],
-            version: row["version"],
-            digest: row["digest"],
-            created: row["created_at"],
-            publisherKeyID: row["publisher_key_id"],
-            message: row["message"],
-            aliases: aliases,
-            tags: tags,
-            privacy: privacy,
-            datasetID: row["dataset_id"],
-            datasetDigest: row["dataset_digest"],
-            trainingConfigDigest: row["training_config_digest"],
-            parent: parentModel.flatMap { m in parentVersion.map { "\(m):\($0)" } },
-            erasedAt: row["erased_at"],
-            erasedBy: row["erased_by"],
-            rowID: row["id"]
+    private static func summary(_ row: VersionSummaryRow) -> VersionSummary {
+        VersionSummary(
+            model: row.model,
+            version: row.row.version,
+            digest: row.row.digest,
+            created: row.row.createdAt,
+            publisherKeyID: row.row.publisherKeyID,
+            message: row.row.message,
+            aliases: row.aliases,
+            tags: row.tags,
+            privacy: row.row.privacy,
+            datasetID: row.row.datasetID,
+            datasetDigest: row.row.datasetDigest,
+            trainingConfigDigest: row.row.trainingConfigDigest,
+            parent: row.parent,
+            erasedAt: row.erasedAt,
+            erasedBy: row.erasedBy,
+            rowID: row.id
         )
     }
 }
@@ -318,36 +241,24 @@ extension Registry {
 
 extension Registry {
     /// Sets (or, with a `nil` value, removes) tags of a version. Tags are mutable labels, not part of the signed statement.
-    public func tag(_ reference: ModelReference, set tags: [String: String?]) throws(CofferRegistryError) {
+    public func tag(_ reference: ModelReference, set tags: [String: String?]) async throws(CofferRegistryError) {
         for key in tags.keys { try ModelReference.validate(version: key) }
-        let id = try resolve(reference).id
-        try database.write { db in
-            for (key, value) in tags {
-                if let value {
-                    try db.execute(sql: "INSERT OR REPLACE INTO tags (version_id, key, value) VALUES (?, ?, ?)", arguments: [id, key, value])
-                } else {
-                    try db.execute(sql: "DELETE FROM tags WHERE version_id = ? AND key = ?", arguments: [id, key])
-                }
-            }
+        let version = try await resolve(reference).version
+        let changes = tags.sorted { $0.key < $1.key }.map {
+            MetadataChange.setTag(model: reference.name, version: version, key: $0.key, value: $0.value)
         }
+        try await metadata.commit(UnitOfWork(changes: changes))
     }
 
     /// The lineage of a version: itself, then its parent, its parent's parent, and so on.
-    public func lineage(_ reference: ModelReference) throws(CofferRegistryError) -> [VersionSummary] {
+    public func lineage(_ reference: ModelReference) async throws(CofferRegistryError) -> [VersionSummary] {
         var chain: [VersionSummary] = []
-        var next: Int64? = try resolve(reference).id
+        var next: Int64? = try await resolve(reference).id
         var seen = Set<Int64>()
         while let id = next, seen.insert(id).inserted {
-            let (model, version, parent) = try database.read { db -> (String, String, Int64?) in
-                let row = try Row.fetchOne(
-                    db,
-                    sql: "SELECT m.name, v.version, v.parent_version_id FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?",
-                    arguments: [id]
-                )!
-                return (row[0], row[1], row[2])
-            }
-            chain.append(try show(try ModelReference(name: model, selector: .version(version))))
-            next = parent
+            guard let row = try await metadata.summaries(VersionQuery(id: id)).first else { break }
+            chain.append(try await show(try ModelReference(name: row.model, selector: .version(row.row.version))))
+            next = row.row.parentVersionID
         }
         return chain
     }
@@ -355,20 +266,15 @@ extension Registry {
 
 extension Registry {
     /// The model a blob belongs to (original or re-encrypted), or `nil` when no version names it.
-    public func model(ofBlob digest: String) throws(CofferRegistryError) -> String? {
-        try database.read { db in
-            try String.fetchOne(
-                db,
-                sql: """
-                    SELECT m.name FROM models m JOIN versions v ON v.model_id = m.id
-                    WHERE v.id IN (SELECT version_id FROM files WHERE sealed_sha256 = ?1 UNION SELECT version_id FROM rekeyed_files WHERE sealed_sha256 = ?1)
-                    LIMIT 1
-                    """,
-                arguments: [digest]
-            )
-        }
+    public func model(ofBlob digest: String) async throws(CofferRegistryError) -> String? {
+        try await metadata.models(holdingBlob: digest).first
     }
 
-    /// Where a blob lives in the store.
-    public func blobPath(_ digest: String) -> String { blobs.path(of: digest) }
+    /// The size of a blob in the store, or nil when the store lacks it.
+    public func blobSize(_ digest: String) async throws(CofferRegistryError) -> Int? { try await blobs.size(of: digest) }
+
+    /// A blob's ciphertext, or bytes `range` of it, as a stream (what a server sends a client).
+    public func readBlob(_ digest: String, range: Range<Int>? = nil) async throws(CofferRegistryError) -> BlobStream {
+        try await blobs.read(digest, range: range)
+    }
 }

@@ -1,13 +1,12 @@
 public import CofferCrypto
 import Foundation
-import GRDB
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// A version as the database holds it.
-struct StoredVersion {
+struct StoredVersion: Sendable {
     var id: Int64
     var model: String
     var version: String
@@ -47,8 +46,8 @@ public struct VerifyReport: Sendable, Equatable {
 extension Registry {
     /// Resolves `NAME`, `NAME:VERSION` or `NAME@ALIAS` to a committed version. `NAME` and `NAME@ALIAS` are resolved
     /// on the verified ledger state (never on the `aliases` table); the row found must carry the digest the ledger names.
-    func resolve(_ reference: ModelReference) throws(CofferRegistryError) -> (id: Int64, version: String) {
-        let state = try ledgerState()
+    func resolve(_ reference: ModelReference) async throws(CofferRegistryError) -> (id: Int64, version: String) {
+        let state = try await ledgerState()
         guard let latest = state.latest[reference.name] else { throw .unknownModel(reference.name) }
         let (version, digest): (String, String?)
         switch reference.selector {
@@ -58,43 +57,30 @@ extension Registry {
             guard let target = state.alias(alias, of: reference.name) else { throw .unknownAlias(reference.description) }
             (version, digest) = (target.version, target.digest)
         }
-        let row = try database.read { db in
-            try Row.fetchOne(
-                db.cachedStatement(
-                    sql: "SELECT v.id, v.digest FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.version = ?"
-                ),
-                arguments: [reference.name, version]
-            )
-        }
-        guard let row else {
+        guard let row = try await metadata.version(model: reference.name, version: version) else {
             if digest != nil { throw .tampered("the ledger names \(reference.name):\(version), which the registry no longer holds") }
             throw .unknownVersion(reference.description)
         }
-        if let digest, row["digest"] as String != digest {
+        if let digest, row.digest != digest {
             throw .tampered("\(reference.name):\(version) is not the version the ledger recorded (digest \(digest.prefix(12))...)")
         }
-        return (row["id"], version)
+        return (row.id, version)
     }
 
     /// Resolves a reference for a use that releases or serves the version (pull, verify, session open): through an
     /// alias, the version must meet the alias's policies as they stand now.
-    func resolveForUse(_ reference: ModelReference) throws(CofferRegistryError) -> (id: Int64, version: String) {
-        let resolved = try resolve(reference)
-        if case .alias(let alias) = reference.selector, let target = try ledgerState().alias(alias, of: reference.name) {
-            try checkPolicy(model: reference.name, alias: alias, digest: target.digest, state: try ledgerState())
+    func resolveForUse(_ reference: ModelReference) async throws(CofferRegistryError) -> (id: Int64, version: String) {
+        let resolved = try await resolve(reference)
+        let state = try await ledgerState()
+        if case .alias(let alias) = reference.selector, let target = state.alias(alias, of: reference.name) {
+            try await checkPolicy(model: reference.name, alias: alias, digest: target.digest, state: state)
         }
         return resolved
     }
 
     /// The row of `model`'s version with statement digest `digest`.
-    func versionRow(model: String, digest: String) throws(CofferRegistryError) -> Int64 {
-        let id = try database.read { db in
-            try Int64.fetchOne(
-                db.cachedStatement(sql: "SELECT v.id FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = ? AND v.digest = ?"),
-                arguments: [model, digest]
-            )
-        }
-        guard let id else {
+    func versionRow(model: String, digest: String) async throws(CofferRegistryError) -> Int64 {
+        guard let id = try await metadata.versionID(model: model, digest: digest) else {
             throw .tampered("the ledger names a version of \(model) (digest \(digest.prefix(12))...) that the registry no longer holds")
         }
         return id
@@ -102,17 +88,13 @@ extension Registry {
 
     /// The `version` record of `model:version`, checked: it belongs to this registry, lies within the verified chain
     /// and is signed by its publisher or by a registry key. A version without one was never committed here.
-    func versionRecord(model: String, version: String, state: LedgerState) throws(CofferRegistryError) -> LedgerChange.VersionFacts {
+    func versionRecord(model: String, version: String, state: LedgerState) async throws(CofferRegistryError) -> LedgerChange.VersionFacts {
         let label = "\(model):\(version)"
-        let row = try database.read { db in
-            try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT seq, envelope FROM ledger WHERE object = ? AND kind = 'version' AND seq >= 1 ORDER BY seq LIMIT 1"),
-                arguments: ["version:\(label)"]
-            )
+        guard let row = try await metadata.firstLedgerRecord(kind: "version", object: "version:\(label)") else {
+            throw .tampered("\(label) has no version record in the ledger: it was not committed to this registry")
         }
-        guard let row else { throw .tampered("\(label) has no version record in the ledger: it was not committed to this registry") }
-        let record = try Self.parse(Array(row["envelope"] as Data))
-        guard record.seq == row["seq"] as Int64 else { throw .tampered("\(label): its ledger record is not where the ledger holds it") }
+        let record = try Self.parse(Array(row.envelope))
+        guard record.seq == row.seq else { throw .tampered("\(label): its ledger record is not where the ledger holds it") }
         return try Self.checkVersionRecord(record, model: model, version: version, state: state)
     }
 
@@ -137,86 +119,60 @@ extension Registry {
         return facts
     }
 
-    func loadVersion(_ id: Int64) throws(CofferRegistryError) -> StoredVersion {
-        let state = try ledgerState()
-        var stored = try database.read { db in
-            let row = try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT v.*, m.name AS model_name FROM versions v JOIN models m ON m.id = v.model_id WHERE v.id = ?"),
-                arguments: [id]
-            )!
-            var privacy = PrivacyMetadata(row: row)
-            if let history = try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT segments, claimed_epsilon FROM version_privacy WHERE version_id = ?"),
-                arguments: [id]
-            ) {
-                privacy.claimedEpsilon = history["claimed_epsilon"]
-                privacy.segments = PrivacyMetadata.segments(fromJSON: history["segments"])
-            }
-            let files = try Row.fetchAll(db.cachedStatement(sql: "SELECT * FROM files WHERE version_id = ? ORDER BY path"), arguments: [id]).map {
-                ModelStatement.File(
-                    path: $0["path"],
-                    size: $0["size"],
-                    plaintextSHA256: $0["plaintext_sha256"],
-                    sealedSHA256: $0["sealed_sha256"],
-                    sealedSize: $0["sealed_size"]
-                )
-            }
-            let envelope = try Data.fetchOne(
-                db.cachedStatement(sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'dsse'"),
-                arguments: [id]
-            )
-            let bundle = try Data.fetchOne(
-                db.cachedStatement(sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'model-signing'"),
-                arguments: [id]
-            )
-            let erasure = try Row.fetchOne(db.cachedStatement(sql: "SELECT erased_at, erased_by FROM erasures WHERE version_id = ?"), arguments: [id])
-            let rekey = try Data.fetchOne(
-                db.cachedStatement(sql: "SELECT document FROM attestations WHERE version_id = ? AND kind = 'rekey'"),
-                arguments: [id]
-            )
-            let rekeyed = try Row.fetchAll(
-                db.cachedStatement(sql: "SELECT path, sealed_sha256, sealed_size FROM rekeyed_files WHERE version_id = ? ORDER BY path"),
-                arguments: [id]
-            ).map { "\($0["path"] as String) \($0["sealed_sha256"] as String) \($0["sealed_size"] as Int)" }
-            return StoredVersion(
-                id: id,
-                model: row["model_name"],
-                version: row["version"],
-                digest: row["digest"],
-                publisherKeyID: row["publisher_key_id"],
-                privacy: privacy,
-                datasetID: row["dataset_id"],
-                datasetDigest: row["dataset_digest"],
-                trainingConfigDigest: row["training_config_digest"],
-                files: files,
-                envelope: envelope,
-                modelSignature: bundle,
-                erased: erasure.map { ($0["erased_at"], $0["erased_by"]) },
-                rekeyEnvelope: rekey,
-                rekeyedFiles: rekeyed
-            )
+    func loadVersion(_ id: Int64) async throws(CofferRegistryError) -> StoredVersion {
+        let state = try await ledgerState()
+        guard let rows = try await metadata.storedVersion(id: id) else { throw .tampered("version row \(id) is gone") }
+        var privacy = rows.row.privacy
+        if let segments = rows.segments {
+            privacy.segments = PrivacyMetadata.segments(fromJSON: segments)
+            privacy.claimedEpsilon = rows.claimedEpsilon
         }
+        var stored = StoredVersion(
+            id: id,
+            model: rows.model,
+            version: rows.row.version,
+            digest: rows.row.digest,
+            publisherKeyID: rows.row.publisherKeyID,
+            privacy: privacy,
+            datasetID: rows.row.datasetID,
+            datasetDigest: rows.row.datasetDigest,
+            trainingConfigDigest: rows.row.trainingConfigDigest,
+            files: rows.files.map {
+                ModelStatement.File(
+                    path: $0.path,
+                    size: $0.size,
+                    plaintextSHA256: $0.plaintextSHA256,
+                    sealedSHA256: $0.sealedSHA256,
+                    sealedSize: $0.sealedSize
+                )
+            },
+            envelope: rows.envelope,
+            modelSignature: rows.bundle,
+            erased: rows.erasedAt.map { ($0, rows.erasedBy ?? "-") },
+            rekeyEnvelope: rows.rekeyAttestation,
+            rekeyedFiles: rows.rekeyedFiles.map { "\($0.path) \($0.sealedSHA256) \($0.sealedSize)" }
+        )
         // An erasure is what the ledger says, whatever the erasures table holds.
         if let erasure = state.erased[stored.digest] { stored.erased = (erasure.at, erasure.by) }
         return stored
     }
 
     /// Checks the signature against the trusted signers and that every database row agrees with the signed statement.
-    func authenticate(_ stored: StoredVersion) throws(CofferRegistryError) -> (ModelStatement, PublicIdentity) {
+    func authenticate(_ stored: StoredVersion) async throws(CofferRegistryError) -> (ModelStatement, PublicIdentity) {
         let label = "\(stored.model):\(stored.version)"
         guard let document = stored.envelope else { throw .tampered("\(label) has no signed statement") }
         guard let bundle = stored.modelSignature else { throw .tampered("\(label) has no model-signing bundle") }
         let (statement, signer) = try Self.verifySigned(
             envelope: document,
             bundle: bundle,
-            trusting: try trustedSigners(),
+            trusting: try await trustedSigners(),
             model: stored.model,
             version: stored.version,
             digest: stored.digest
         )
         guard stored.publisherKeyID == signer.keyID else { throw .tampered("\(label): the publisher recorded is not the signer") }
-        let state = try ledgerState()
-        let facts = try versionRecord(model: stored.model, version: stored.version, state: state)
+        let state = try await ledgerState()
+        let facts = try await versionRecord(model: stored.model, version: stored.version, state: state)
         guard facts.digest == stored.digest else { throw .tampered("\(label): its statement is not the one its ledger record names") }
         guard facts.publisher.keyID == signer.keyID else { throw .tampered("\(label): its ledger record names another publisher than its signer") }
         guard statement.files.sorted(by: { $0.path < $1.path }) == stored.files else {
@@ -228,7 +184,7 @@ extension Registry {
         else { throw .tampered("\(label): the lineage columns disagree with the signed statement") }
         // After a rekey the blobs are the ones the registry's signed record names; the plaintext digests stay the publisher's.
         var current = statement
-        current.files = try currentFiles(stored, signed: statement.files.sorted { $0.path < $1.path })
+        current.files = try await currentFiles(stored, signed: statement.files.sorted { $0.path < $1.path })
         return (current, signer)
     }
 
@@ -284,43 +240,46 @@ extension Registry {
 
     /// Verifies a version without any key: signature, trust, database-vs-statement agreement, and the
     /// SHA-256 and size of every blob.
-    public func verify(_ reference: ModelReference) throws(CofferRegistryError) -> VerifyReport {
+    public func verify(_ reference: ModelReference) async throws(CofferRegistryError) -> VerifyReport {
         do throws(CofferRegistryError) {
-            let stored = try loadVersion(try resolveForUse(reference).id)
+            let stored = try await loadVersion(try await resolveForUse(reference).id)
             try stored.ensureNotErased()
-            let (statement, signer) = try authenticate(stored)
+            let (statement, signer) = try await authenticate(stored)
             for file in statement.files {
+                let source = try await blobSource(file.sealedSHA256, what: file.path)
                 let digest: [UInt8]
-                do { digest = try Digest.sha256(file: blobs.path(of: file.sealedSHA256)) } catch {
+                do {
+                    digest = try await Offload.run { () throws(CofferCryptoError) -> [UInt8] in try Digest.sha256(of: source.value).digest }
+                } catch {
                     throw CofferRegistryError.tampered("blob of \(file.path) is missing or unreadable")
                 }
                 guard Digest.hex(digest) == file.sealedSHA256 else {
                     throw CofferRegistryError.tampered("blob of \(file.path) does not match its signed SHA-256")
                 }
             }
-            try audit(principal: "-", action: "verify", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "")
+            try await audit(principal: "-", action: "verify", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "")
             return report(stored, signer: signer, files: statement.files.count, readData: false)
         } catch {
-            try? audit(principal: "-", action: "verify", target: reference.description, outcome: .failed, reason: error.description)
+            try? await audit(principal: "-", action: "verify", target: reference.description, outcome: .failed, reason: error.description)
             throw error
         }
     }
 
     /// Verifies as ``verify(_:)`` does, and also decrypts every file in memory and checks its plaintext digest.
-    public func verify(_ reference: ModelReference, readingDataWith identity: borrowing Identity) throws(CofferRegistryError) -> VerifyReport {
-        let actor = try principal(for: identity)
-        try require(.reader, on: reference.name, by: actor, action: "verify", target: reference.description)
-        try require(.decrypt, on: reference.name, by: actor, action: "verify", target: reference.description)
+    public func verify(_ reference: ModelReference, readingDataWith identity: UnlockedIdentity) async throws(CofferRegistryError) -> VerifyReport {
+        let actor = try await principal(for: identity.identity)
+        try await require(.reader, on: reference.name, by: actor, action: "verify", target: reference.description)
+        try await require(.decrypt, on: reference.name, by: actor, action: "verify", target: reference.description)
         do {
-            let stored = try loadVersion(try resolveForUse(reference).id)
+            let stored = try await loadVersion(try await resolveForUse(reference).id)
             try stored.ensureNotErased()
-            let (statement, signer) = try authenticate(stored)
-            let dataKey = try unwrapDataKey(stored, identity: identity)
-            for file in statement.files { try open(file, of: stored, dataKey: dataKey, into: DiscardingSink(), checkingBlobDigest: true) }
-            try audit(principal: actor.name, action: "verify", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "read data")
+            let (statement, signer) = try await authenticate(stored)
+            let dataKey = try await unwrapDataKey(stored, identity: identity)
+            for file in statement.files { try await open(file, dataKey: dataKey, into: DiscardingSink(), checkingBlobDigest: true) }
+            try await audit(principal: actor.name, action: "verify", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "read data")
             return report(stored, signer: signer, files: statement.files.count, readData: true)
         } catch {
-            try? audit(principal: actor.name, action: "verify", target: reference.description, outcome: .failed, reason: error.description)
+            try? await audit(principal: actor.name, action: "verify", target: reference.description, outcome: .failed, reason: error.description)
             throw error
         }
     }
@@ -337,24 +296,31 @@ extension Registry {
         )
     }
 
-    func unwrapDataKey(_ stored: StoredVersion, identity: borrowing Identity) throws(CofferRegistryError) -> SecretKey {
+    func unwrapDataKey(_ stored: StoredVersion, identity: UnlockedIdentity) async throws(CofferRegistryError) -> KeyBox {
         let keyID = identity.publicIdentity.keyID
-        let stanza = try database.read { db in
-            try Data.fetchOne(
-                db.cachedStatement(sql: "SELECT stanza FROM wrapped_keys WHERE version_id = ? AND recipient_key_id = ?"),
-                arguments: [stored.id, keyID]
-            )
+        guard let stanza = try await metadata.wrappedKey(version: stored.id, recipient: keyID) else {
+            throw .notARecipient("\(stored.model):\(stored.version)")
         }
-        guard let stanza else { throw .notARecipient("\(stored.model):\(stored.version)") }
         do {
-            return try WrappedKey(encoded: Array(stanza)).unwrap(with: identity)
+            return KeyBox(try WrappedKey(encoded: Array(stanza)).unwrap(with: identity.identity))
         } catch {
             throw .tampered("the wrapped data key for \(identity.publicIdentity.name) does not open: \(error)")
         }
     }
 
+    /// A blob as a blocking source for the chunk pipeline (to read on a thread of its own): straight from disk when the
+    /// blob store keeps it there, else streamed from the store. `what` names it in errors.
+    func blobSource(_ digest: String, what: String) async throws(CofferRegistryError) -> Unchecked<any ByteSource> {
+        if let path = blobs.localPath(of: digest) {
+            do { return Unchecked(try FileDescriptorStream(readingFrom: path)) } catch { throw .tampered("blob of \(what) is missing") }
+        }
+        guard let size = try await blobs.size(of: digest) else { throw .tampered("blob of \(what) is missing from the \(blobs.name)") }
+        let store = blobs
+        return Unchecked(BlockingByteSource(length: size, name: "blob of \(what)") { try await store.read(digest, range: nil) })
+    }
+
     /// Decrypts one file's blob into `sink`, checking the plaintext's signed digest (and, with `checkingBlobDigest`,
-    /// the blob's) in the same pass.
+    /// the blob's) in the same pass, on a thread of its own.
     ///
     /// Releasing plaintext needs only the plaintext digest: every chunk is authenticated under the version's key
     /// before it reaches `sink`, and the whole is compared with the signed subject before anyone sees it, so a blob
@@ -362,19 +328,23 @@ extension Registry {
     /// costs a third of the work; it is what `verify` (no key) and a rekey (which re-signs blob digests) check.
     func open(
         _ file: ModelStatement.File,
-        of stored: StoredVersion,
-        dataKey: borrowing SecretKey,
+        dataKey: KeyBox,
         into sink: any ByteSink,
         checkingBlobDigest: Bool,
-        progress: ((Int) -> Void)? = nil
-    )
-        throws(CofferRegistryError)
-    {
-        let source: FileDescriptorStream
-        do { source = try FileDescriptorStream(readingFrom: blobs.path(of: file.sealedSHA256)) } catch {
-            throw .tampered("blob of \(file.path) is missing")
+        progress: (@Sendable (Int) -> Void)? = nil
+    ) async throws(CofferRegistryError) {
+        let source = try await blobSource(file.sealedSHA256, what: file.path)
+        let output = Unchecked(sink as any ByteSink)
+        try await Offload.run { () throws(CofferRegistryError) in
+            try Self.openBlob(
+                from: source.value,
+                file,
+                dataKey: dataKey.key,
+                into: output.value,
+                checkingBlobDigest: checkingBlobDigest,
+                progress: progress
+            )
         }
-        try Self.openBlob(from: source, file, dataKey: dataKey, into: sink, checkingBlobDigest: checkingBlobDigest, progress: progress)
     }
 
     /// Decrypts a sealed file read from `source` (a blob on disk, or one streamed from a server) as `file` of a
@@ -413,6 +383,13 @@ extension Registry {
             throw .tampered("\(file.path) does not match its signed SHA-256")
         }
     }
+}
+
+/// A value handed to the one thread that uses it next (an ``Offload``), never used by two at once: a byte source, a
+/// sink, a file being written.
+struct Unchecked<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 /// A sink that keeps nothing: for verifying plaintext digests in memory.

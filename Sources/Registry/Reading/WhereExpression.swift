@@ -10,9 +10,11 @@ public struct WhereExpression: Sendable, Equatable {
             case text(String)
         }
 
-        var field: String
-        var op: String
-        var value: Value
+        /// A column of `versions`, one of the known fields (never the user's text as typed).
+        public var field: String
+        /// `<`, `<=`, `>`, `>=`, `=` or `!=`.
+        public var op: String
+        public var value: Value
     }
 
     static let textColumns: Set<String> = ["mechanism", "accountant", "privacy_unit", "pruning_method", "dataset_id"]
@@ -49,18 +51,6 @@ public struct WhereExpression: Sendable, Equatable {
             }
         }
         self.comparisons = comparisons
-    }
-
-    /// `v.epsilon <= ? AND ...` with its arguments; a NULL column never matches.
-    var sql: (clause: String, arguments: [any Sendable]) {
-        let parts = comparisons.map { "v.\($0.field) \($0.op == "!=" ? "<>" : $0.op) ?" }
-        let arguments: [any Sendable] = comparisons.map {
-            switch $0.value {
-            case .number(let n): n
-            case .text(let t): t
-            }
-        }
-        return (parts.joined(separator: " AND "), arguments)
     }
 
     private static func error(_ why: String) -> CofferRegistryError { .invalidFilter(why) }

@@ -1,13 +1,12 @@
 public import CofferCrypto
 public import Foundation
-import GRDB
 
 /// Where a client reads a served registry's ledger and state head (`GET /v1/ledger`, `GET /v1/ledger/head`).
 public protocol LedgerSource {
     /// Up to `limit` record envelopes after record `seq`, in order.
-    func records(after seq: Int64, limit: Int) throws(CofferRegistryError) -> [[UInt8]]
+    func records(after seq: Int64, limit: Int) async throws(CofferRegistryError) -> [[UInt8]]
     /// The registry's newest signed state head.
-    func stateHead() throws(CofferRegistryError) -> DSSEEnvelope
+    func stateHead() async throws(CofferRegistryError) -> DSSEEnvelope
 }
 
 /// A served registry's ledger as this client replayed it against the root it pinned, with the state head that
@@ -32,15 +31,15 @@ public struct RemoteLedger: Sendable {
         key: PublicIdentity?,
         memory: ClientMemory?,
         now: Date = Date()
-    ) throws(CofferRegistryError) -> RemoteLedger {
+    ) async throws(CofferRegistryError) -> RemoteLedger {
         let pin = memory?.pin(for: location)
         let remembered = pin.flatMap { memory?.remembered($0) }
         // The head first: every record it names was appended before it was signed, so the records read next reach it.
-        let envelope = try source.stateHead()
+        let envelope = try await source.stateHead()
         var state = remembered?.state
         var after = state?.seq ?? 0
         while true {
-            let batch = try source.records(after: after, limit: page)
+            let batch = try await source.records(after: after, limit: page)
             for envelope in batch {
                 let record = try Registry.parse(envelope)
                 if state == nil {
@@ -63,10 +62,13 @@ public struct RemoteLedger: Sendable {
         if let key, state.key(key.keyID) == nil {
             throw .tampered("\(location)'s key chain does not hold the registry key \(key.keyID) you gave (--registry-key)")
         }
+        // The head names one record; its hash is found before the (synchronous) check.
+        let named = (try? envelope.payloadBytes()).flatMap { try? JSONDecoder().decode(StateHead.self, from: Data($0)) }?.ledgerSeq ?? state.seq
+        let namedHash = try? await hash(at: named, in: state, from: source)
         let head = try StateHead.verify(
             envelope,
             state: state,
-            hashAt: { seq in try? hash(at: seq, in: state, from: source) },
+            hashAt: { seq in seq == named ? namedHash ?? nil : nil },
             currentKeyAt: { seq in state.keys.last { $0.since <= seq }?.identity },
             remembered: remembered?.head,
             now: now
@@ -86,10 +88,10 @@ public struct RemoteLedger: Sendable {
 
     /// The hash of record `seq`, which may lie before the records just replayed: the records after it are fetched
     /// and their links walked back from the verified last one.
-    static func hash(at seq: Int64, in state: LedgerState, from source: any LedgerSource) throws(CofferRegistryError) -> String? {
+    static func hash(at seq: Int64, in state: LedgerState, from source: any LedgerSource) async throws(CofferRegistryError) -> String? {
         if seq == state.seq { return state.hash }
         guard seq >= 0, seq < state.seq, state.seq - seq <= Int64(page) else { return nil }
-        let records = try source.records(after: seq, limit: Int(state.seq - seq)).map { envelope throws(CofferRegistryError) in
+        let records = try await source.records(after: seq, limit: Int(state.seq - seq)).map { envelope throws(CofferRegistryError) in
             try Registry.parse(envelope)
         }
         guard records.count == Int(state.seq - seq), records.last?.hash == state.hash else { return nil }
@@ -105,13 +107,13 @@ public struct RemoteLedger: Sendable {
         from source: any LedgerSource,
         in state: LedgerState
     )
-        throws(CofferRegistryError) -> LedgerChange.VersionFacts?
+        async throws(CofferRegistryError) -> LedgerChange.VersionFacts?
     {
         var expected = state.hash
         var before = state.seq
         while before > 0 {
             let start = max(0, before - 100)
-            let records = try source.records(after: start, limit: Int(before - start)).map { envelope throws(CofferRegistryError) in
+            let records = try await source.records(after: start, limit: Int(before - start)).map { envelope throws(CofferRegistryError) in
                 try Registry.parse(envelope)
             }
             guard records.count == Int(before - start) else { throw .tampered("the server sent a ledger shorter than it was") }
@@ -159,12 +161,7 @@ public struct LedgerPage: Sendable, Codable, Equatable {
 
 extension Registry {
     /// Up to `limit` stored records after `seq`, as a server hands them to clients (who verify them themselves).
-    public func ledgerRecords(after seq: Int64, limit: Int) throws(CofferRegistryError) -> [(seq: Int64, envelope: [UInt8])] {
-        try database.read { db in
-            try Row.fetchAll(
-                db.cachedStatement(sql: "SELECT seq, envelope FROM ledger WHERE seq > ? ORDER BY seq LIMIT ?"),
-                arguments: [seq, limit]
-            ).map { ($0["seq"], Array($0["envelope"] as Data)) }
-        }
+    public func ledgerRecords(after seq: Int64, limit: Int) async throws(CofferRegistryError) -> [(seq: Int64, envelope: [UInt8])] {
+        try await metadata.ledgerRecords(after: seq, limit: limit).map { ($0.seq, Array($0.envelope)) }
     }
 }

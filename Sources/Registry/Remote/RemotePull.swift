@@ -1,6 +1,5 @@
 public import CofferCrypto
 public import Foundation
-import GRDB
 
 #if canImport(Glibc)
 import Glibc
@@ -64,30 +63,23 @@ extension Registry {
         keyID: String?,
         includeKey: Bool,
         for principal: String
-    ) throws(CofferRegistryError) -> VersionPackage {
-        let stored = try loadVersion(try resolveForUse(reference).id)
+    ) async throws(CofferRegistryError) -> VersionPackage {
+        let stored = try await loadVersion(try await resolveForUse(reference).id)
         try stored.ensureNotErased()
         guard let envelope = stored.envelope, let bundle = stored.modelSignature else {
             throw .tampered("\(stored.model):\(stored.version) has no signed statement")
         }
         var stanza: Data? = nil
-        if includeKey, let keyID {
-            stanza = try database.read { db in
-                try Data.fetchOne(
-                    db,
-                    sql: "SELECT stanza FROM wrapped_keys WHERE version_id = ? AND recipient_key_id = ?",
-                    arguments: [stored.id, keyID]
-                )
-            }
-        }
-        let record = try database.read { db in
-            try Data.fetchOne(
-                db.cachedStatement(sql: "SELECT envelope FROM ledger WHERE object = ? AND kind = 'version' ORDER BY seq LIMIT 1"),
-                arguments: ["version:\(stored.model):\(stored.version)"]
-            )
-        }
+        if includeKey, let keyID { stanza = try await metadata.wrappedKey(version: stored.id, recipient: keyID) }
+        let record = try await metadata.firstLedgerRecord(kind: "version", object: "version:\(stored.model):\(stored.version)")?.envelope
         let released = stanza != nil ? "wrapped key \(keyID ?? "") released" : "signed documents only"
-        try audit(principal: principal, action: "pull", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "remote: \(released)")
+        try await audit(
+            principal: principal,
+            action: "pull",
+            target: "\(stored.model):\(stored.version)",
+            outcome: .ok,
+            reason: "remote: \(released)"
+        )
         return VersionPackage(
             model: stored.model,
             version: stored.version,

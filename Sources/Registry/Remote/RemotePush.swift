@@ -1,6 +1,5 @@
 public import CofferCrypto
-public import Foundation
-import GRDB
+import Foundation
 
 #if canImport(Glibc)
 import Glibc
@@ -59,7 +58,7 @@ public struct PreparedPush: Sendable, Equatable, Codable {
         request.privacy.fillFromSegments()
         try request.privacy.validate()
         let inputs = try InputFile.collect(request.paths)
-        try BlobDirectory.makeDirectory(outbox)
+        try Directories.make(outbox)
         let dataKey = SecretKey.random()
         var files: [ModelStatement.File] = []
         var done = 0
@@ -147,38 +146,15 @@ extension PreparedPush {
 }
 
 extension Registry {
-    /// Moves an uploaded file into the blob store under `digest`, after checking that its SHA-256 is `digest`; audited
-    /// as an upload by `principal` (who must hold the publisher role somewhere: a blob belongs to no model yet).
-    public func adoptBlob(at path: String, digest: String, by principal: Principal) throws(CofferRegistryError) {
-        try requirePublisherSomewhere(principal, action: "upload", target: digest)
-        let actual: String
-        do { actual = Digest.hex(try Digest.sha256(file: path)) } catch { throw .crypto(error) }
-        guard actual == digest else {
-            try? audit(principal: principal.name, action: "upload", target: digest, outcome: .failed, reason: "the upload's SHA-256 is \(actual)")
-            throw .invalidInput("the upload's SHA-256 is \(actual), not \(digest)")
-        }
-        let destination = blobs.path(of: digest)
-        try BlobDirectory.makeDirectory(String(destination[..<destination.lastIndex(of: "/")!]))
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        if fd >= 0 {
-            fsync(fd)
-            close(fd)
-        }
-        chmod(path, 0o400)
-        guard rename(path, destination) == 0 else { throw .io(path: destination, reason: String(cString: strerror(errno))) }
-        BlobDirectory.syncDirectory(String(destination[..<destination.lastIndex(of: "/")!]))
-        try audit(principal: principal.name, action: "upload", target: digest, outcome: .ok, reason: "blob stored, no version yet")
-    }
-
     /// Refuses (and audits) a principal who holds the publisher role on no model: uploads and publish-scoped tokens
     /// are for publishers only.
-    public func requirePublisherSomewhere(_ principal: Principal, action: String, target: String) throws(CofferRegistryError) {
-        let state = try ledgerState()
+    public func requirePublisherSomewhere(_ principal: Principal, action: String, target: String) async throws(CofferRegistryError) {
+        let state = try await ledgerState()
         guard state.checksPrincipals,
             !state.grants.contains(where: { $0.principal == principal.name && ($0.role == .publisher || $0.role == .admin) })
         else { return }
         let reason = "\(principal.name) holds the publisher role on no model"
-        try audit(principal: principal.name, action: action, target: target, outcome: .refused, reason: reason)
+        try await audit(principal: principal.name, action: action, target: target, outcome: .refused, reason: reason)
         throw .refused(reason)
     }
 
@@ -189,50 +165,59 @@ extension Registry {
         _ prepared: PreparedPush,
         principal actor: Principal,
         registryIdentity: UnlockedIdentity
-    ) throws(CofferRegistryError) -> PushResult {
-        try require(.publisher, on: prepared.model, by: actor, action: "push", target: prepared.model)
-        if prepared.overrideBudget { try require(.admin, on: prepared.model, by: actor, action: "push --override-budget", target: prepared.model) }
+    ) async throws(CofferRegistryError) -> PushResult {
+        try await require(.publisher, on: prepared.model, by: actor, action: "push", target: prepared.model)
+        if prepared.overrideBudget {
+            try await require(.admin, on: prepared.model, by: actor, action: "push --override-budget", target: prepared.model)
+        }
         let label = "\(prepared.model):\(prepared.version)"
-        do {
+        do throws(CofferRegistryError) {
             guard let document = Data(base64Encoded: prepared.dsse), let bundle = Data(base64Encoded: prepared.modelSigning) else {
                 throw CofferRegistryError.invalidInput("\(label): unreadable signed documents")
             }
+            let envelope: DSSEEnvelope
             let payload: [UInt8]
-            do { payload = try DSSEEnvelope(jsonBytes: Array(document)).payloadBytes() } catch {
+            do {
+                envelope = try DSSEEnvelope(jsonBytes: Array(document))
+                payload = try envelope.payloadBytes()
+            } catch {
                 throw CofferRegistryError.invalidInput("\(label): \(error)")
             }
+            let digest = Digest.hex(Digest.sha256(payload))
             let (statement, signer) = try Self.verifySigned(
                 envelope: document,
                 bundle: bundle,
-                trusting: try trustedSigners(),
+                trusting: try await trustedSigners(),
                 model: prepared.model,
                 version: prepared.version,
-                digest: Digest.hex(Digest.sha256(payload))
+                digest: digest
             )
             if let dataset = statement.lineage.datasetID { try ModelReference.validate(datasetID: dataset) }
-            let checked = try checksPrincipals()
+            let checked = try await checksPrincipals()
             guard signer.keyID == actor.keyID || !checked else {
                 throw CofferRegistryError.refused("\(label) is signed by \(signer.name), not by the pushing principal \(actor.name)")
             }
-            let current = try identity
+            let current = try await identity
             guard registryIdentity.publicIdentity.keyID == current.keyID else {
                 throw CofferRegistryError.registryKeyRetired(held: registryIdentity.publicIdentity.keyID, current: current.keyID)
             }
             guard let registryStanza = prepared.wrappedKeys[current.keyID].flatMap({ Data(base64Encoded: $0) }) else {
                 throw CofferRegistryError.invalidInput("\(label): no data key wrapped for this registry's current key \(current.keyID)")
             }
-            let dataKey: SecretKey
-            do { dataKey = try WrappedKey(encoded: Array(registryStanza)).unwrap(with: registryIdentity.identity) } catch {
+            let dataKey: KeyBox
+            do { dataKey = KeyBox(try WrappedKey(encoded: Array(registryStanza)).unwrap(with: registryIdentity.identity)) } catch {
                 throw CofferRegistryError.invalidInput("\(label): the key wrapped for this registry does not open")
             }
             for file in statement.files {
-                let path = blobs.path(of: file.sealedSHA256)
-                let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue
-                guard size == file.sealedSize else { throw CofferRegistryError.invalidInput("\(label): blob of \(file.path) was not uploaded") }
-                do {
-                    let (header, _) = try SealedFileHeader.read(from: try FileDescriptorStream(readingFrom: path))
-                    try header.authenticate(dataKey: dataKey)
-                } catch {
+                guard try await blobs.size(of: file.sealedSHA256) == file.sealedSize else {
+                    throw CofferRegistryError.invalidInput("\(label): blob of \(file.path) was not uploaded")
+                }
+                let source = try await blobSource(file.sealedSHA256, what: file.path)
+                let sealedUnderKey = await Offload.run { () -> Bool in
+                    guard let (header, _) = try? SealedFileHeader.read(from: source.value) else { return false }
+                    return (try? header.authenticate(dataKey: dataKey.key)) != nil
+                }
+                guard sealedUnderKey else {
                     throw CofferRegistryError.invalidInput("\(label): blob of \(file.path) is not sealed under the wrapped data key")
                 }
             }
@@ -244,8 +229,8 @@ extension Registry {
                 wrapped.append((keyID, Array(stanza)))
             }
             var parentID: Int64? = nil
-            if let parent = prepared.parent { parentID = try resolve(try ModelReference(parsing: parent)).id }
-            let state = try ledgerState()
+            if let parent = prepared.parent { parentID = try await resolve(try ModelReference(parsing: parent)).id }
+            let state = try await ledgerState()
             let charged = try Self.checkBudget(
                 state,
                 dataset: statement.lineage.datasetID,
@@ -256,37 +241,29 @@ extension Registry {
                 let facts = LedgerChange.AliasFacts(privacy: statement.privacy, signer: signer.keyID, charged: charged)
                 try checkPolicy(model: prepared.model, alias: alias, facts: facts, state: state)
             }
-            let digest = Digest.hex(Digest.sha256(payload))
-            let commit = VersionCommit(
-                statement: statement,
-                digest: digest,
-                envelope: try DSSEEnvelope(jsonBytes: Array(document)),
-                bundle: Array(bundle),
-                publisher: signer,
-                wrapped: wrapped,
-                parentID: parentID,
+            let signed = SignedStatement(statement: statement, envelope: envelope, bundle: Array(bundle), digest: digest)
+            let bytes = statement.files.reduce(0) { $0 + $1.size }
+            let result = try await commitVersion(
+                model: prepared.model,
                 alias: prepared.alias,
                 tags: prepared.tags,
-                automatic: false,
+                parentID: parentID,
+                wrapped: wrapped,
                 overrideBy: prepared.overrideBudget ? actor.name : nil,
-                reason: "sha256:\(digest) (over HTTP)"
+                signer: .registry(registryIdentity, for: actor),
+                reason: { "sha256:\($0) (over HTTP)" },
+                statement: { _ async throws(CofferRegistryError) in (signed, signer) },
+                result: { signed in
+                    PushResult(model: prepared.model, version: prepared.version, digest: signed.digest, files: statement.files.count, bytes: bytes)
+                }
             )
-            _ = try self.commit(commit, signer: .registry(registryIdentity, for: actor))
-            try rememberRecipients(
+            try await rememberRecipients(
                 [signer] + prepared.recipients.compactMap { Data(base64Encoded: $0).flatMap { try? PublicIdentity(jsonBytes: Array($0)) } }
             )
-            return PushResult(
-                model: prepared.model,
-                version: prepared.version,
-                digest: digest,
-                files: statement.files.count,
-                bytes: statement.files.reduce(0) { $0 + $1.size }
-            )
-        } catch let error as CofferRegistryError {
-            try? audit(principal: actor.name, action: "push", target: label, outcome: .failed, reason: error.description)
-            throw error
+            return result
         } catch {
-            throw .crypto(error as? CofferCryptoError ?? .io(path: label, reason: "\(error)"))
+            try? await audit(principal: actor.name, action: "push", target: label, outcome: .failed, reason: error.description)
+            throw error
         }
     }
 }

@@ -31,8 +31,11 @@ public protocol BlobStore: Sendable {
     /// Deletes a blob (an erasure, a refused push's, an orphan found by `gc`); a blob already gone is not an error.
     func remove(_ digest: String) async throws(CofferRegistryError)
 
-    /// Every blob the store holds, or nil when it cannot list them (an OCI registry): `gc` then works from the metadata
-    /// store's journal of pending blobs.
+    /// Whether ``digests()`` lists the store's blobs. When it cannot (an OCI registry), a push journals each blob in
+    /// the metadata store's `pending_blobs` before sending it, and `gc` reclaims from that journal.
+    var listsBlobs: Bool { get }
+
+    /// Every blob the store holds, or nil when it cannot list them.
     func digests() async throws(CofferRegistryError) -> [String]?
 
     /// Starts a resumable upload (a remote push's blob): its record is kept in the metadata store, so any replica goes on.
@@ -68,34 +71,38 @@ public struct BlobUpload: Codable, Sendable, Equatable {
     }
 }
 
-/// Bytes of a blob, in order, with their total length when known.
+/// Bytes of a blob, in order, with their total length when known. Pulled: nothing is read before it is asked for,
+/// so a slow reader holds back its source (a file, an HTTP response) instead of filling memory.
 public struct BlobStream: AsyncSequence, Sendable {
     public typealias Element = ByteBuffer
     public let length: Int?
-    private let buffers: AsyncThrowingStream<ByteBuffer, any Error>
+    private let buffers: any AsyncSequence<ByteBuffer, any Error> & Sendable
 
-    public init(length: Int?, buffers: AsyncThrowingStream<ByteBuffer, any Error>) {
+    public init<S: AsyncSequence<ByteBuffer, any Error> & Sendable>(length: Int?, _ buffers: S) {
         self.length = length
         self.buffers = buffers
     }
 
-    /// A stream over any sequence of buffers (a request body, an HTTP client's response).
-    public init<S: AsyncSequence & Sendable>(length: Int?, _ sequence: S) where S.Element == ByteBuffer {
-        self.length = length
-        self.buffers = AsyncThrowingStream { continuation in
-            let task = Task {
-                do {
-                    for try await buffer in sequence { continuation.yield(buffer) }
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            continuation.onTermination = { _ in task.cancel() }
-        }
+    /// A stream over a sequence that fails with another error type (a request body's).
+    public init<S: AsyncSequence & Sendable>(length: Int?, _ buffers: S) where S.Element == ByteBuffer {
+        self.init(length: length, Erased(base: buffers))
     }
 
-    public func makeAsyncIterator() -> AsyncThrowingStream<ByteBuffer, any Error>.AsyncIterator { buffers.makeAsyncIterator() }
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var base: any AsyncIteratorProtocol<ByteBuffer, any Error>
+        public mutating func next() async throws -> ByteBuffer? { try await base.next() }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: buffers.makeAsyncIterator()) }
+
+    private struct Erased<Base: AsyncSequence & Sendable>: AsyncSequence, Sendable where Base.Element == ByteBuffer {
+        let base: Base
+        struct AsyncIterator: AsyncIteratorProtocol {
+            var base: Base.AsyncIterator
+            mutating func next() async throws -> ByteBuffer? { try await base.next() }
+        }
+        func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: base.makeAsyncIterator()) }
+    }
 }
 
 /// What a blob store is told of a committed version (``BlobStore/publish(_:)``): enough to describe it in another

@@ -66,36 +66,12 @@ public struct DirectoryBlobStore: BlobStore {
     }
 
     public func read(_ digest: String, range: Range<Int>?) async throws(CofferRegistryError) -> BlobStream {
-        let file = path(of: digest)
         guard let total = try await size(of: digest) else { throw .tampered("blob sha256:\(digest) is missing from the \(name)") }
         let bounds = range ?? 0..<total
         guard bounds.lowerBound >= 0, bounds.upperBound <= total else {
             throw .invalidInput("bytes \(bounds.lowerBound)-\(bounds.upperBound) lie outside blob sha256:\(digest) (\(total) bytes)")
         }
-        let stream = AsyncThrowingStream<ByteBuffer, any Error> { continuation in
-            // Reads on a thread of its own: the cooperative pool never waits on the disk.
-            let thread = Thread {
-                do {
-                    let input = try FileDescriptorStream(readingFrom: file)
-                    var offset = bounds.lowerBound
-                    while offset < bounds.upperBound {
-                        let count = min(1 << 20, bounds.upperBound - offset)
-                        var buffer = ByteBufferAllocator().buffer(capacity: count)
-                        let read = try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
-                            try input.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[..<count]), at: offset)
-                        }
-                        guard read > 0 else { throw CofferRegistryError.tampered("blob sha256:\(digest) is shorter than it was") }
-                        offset += read
-                        if case .terminated = continuation.yield(buffer) { return }
-                    }
-                    continuation.finish()
-                } catch {
-                    continuation.finish(throwing: error)
-                }
-            }
-            thread.start()
-        }
-        return BlobStream(length: bounds.count, buffers: stream)
+        return BlobStream(length: bounds.count, FileRegion(path: path(of: digest), range: bounds))
     }
 
     public func remove(_ digest: String) async throws(CofferRegistryError) {
@@ -103,6 +79,8 @@ public struct DirectoryBlobStore: BlobStore {
         unlink(file)
         Directories.sync(String(file[..<file.lastIndex(of: "/")!]))
     }
+
+    public var listsBlobs: Bool { true }
 
     public func digests() async throws(CofferRegistryError) -> [String]? {
         let base = root + "/blobs/sha256"
@@ -181,6 +159,51 @@ public struct DirectoryBlobStore: BlobStore {
     }
 
     public func publish(_ version: PublishedVersion) async throws(CofferRegistryError) {}
+}
+
+/// Bytes `range` of a file, read in pieces of 256 KiB as they are asked for, each `pread` on NIO's thread pool (never
+/// on the cooperative pool). The file is opened at the first read and closed when the last iterator goes.
+struct FileRegion: AsyncSequence, Sendable {
+    typealias Element = ByteBuffer
+    static let piece = 256 << 10
+    let path: String
+    let range: Range<Int>
+
+    final class Descriptor: Sendable {
+        let fd: Int32
+        init(_ fd: Int32) { self.fd = fd }
+        deinit { close(fd) }
+    }
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        let path: String
+        var offset: Int
+        let end: Int
+        var descriptor: Descriptor?
+
+        mutating func next() async throws -> ByteBuffer? {
+            guard offset < end else { return nil }
+            if descriptor == nil {
+                let fd = open(path, O_RDONLY | O_CLOEXEC)
+                guard fd >= 0 else { throw CofferRegistryError.tampered("blob \(path) cannot be opened: \(String(cString: strerror(errno)))") }
+                descriptor = Descriptor(fd)
+            }
+            let file = descriptor!
+            let (start, want, path) = (offset, Swift.min(end - offset, FileRegion.piece), path)
+            let piece = try await NIOThreadPool.singleton.runIfActive { () throws -> ByteBuffer in
+                var piece = ByteBufferAllocator().buffer(capacity: want)
+                let read = piece.writeWithUnsafeMutableBytes(minimumWritableBytes: want) { buffer in
+                    Swift.max(0, pread(file.fd, buffer.baseAddress, want, off_t(start)))
+                }
+                guard read > 0 else { throw CofferRegistryError.tampered("blob \(path) is shorter than it was") }
+                return piece
+            }
+            offset += piece.readableBytes
+            return piece
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(path: path, offset: range.lowerBound, end: range.upperBound) }
 }
 
 /// Folders on local disk: made private, and synced so that renames in them survive a crash.

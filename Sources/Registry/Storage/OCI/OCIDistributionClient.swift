@@ -1,0 +1,524 @@
+import AsyncHTTPClient
+import CofferCrypto
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+import Synchronization
+
+/// The requests of the OCI distribution API (distribution-spec v1.1, Docker Registry HTTP API v2) that Coffer makes, over
+/// async-http-client, for one repository.
+///
+/// Every failure is one ``CofferRegistryError/unavailable(engine:reason:)`` line naming the registry
+/// (`OCI registry 127.0.0.1:5000/coffer: connection refused`), or `.invalidInput` for what the caller asked wrongly.
+/// Authentication follows the registry's `WWW-Authenticate` challenge (``OCIAuthenticator``); redirects (a registry
+/// keeping its blobs on S3 answers a blob `GET` with a presigned URL) are followed, and `Authorization` is never sent
+/// to another origin.
+///
+/// ```swift
+/// let client = try OCIDistributionClient(endpoint: endpoint, environment: ProcessInfo.processInfo.environment)
+/// let size = try await client.blobSize(digest)
+/// ```
+public final class OCIDistributionClient: Sendable {
+    public let endpoint: OCIEndpoint
+    let http: HTTPClient
+    let authenticator: OCIAuthenticator
+
+    /// The largest manifest or index read back; distribution-spec asks registries to accept at least 4 MiB.
+    static let manifestLimit = 4 << 20
+
+    /// A client with the credentials and CA file this environment names (`REGISTRY_AUTH_FILE` and the other auth files,
+    /// `COFFER_OCI_CA_FILE`).
+    public convenience init(endpoint: OCIEndpoint, environment: [String: String]) throws(CofferRegistryError) {
+        try self.init(
+            endpoint: endpoint,
+            credentials: try OCICredentials.lookup(for: endpoint, environment: environment),
+            caFile: environment["COFFER_OCI_CA_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+        )
+    }
+
+    /// - Parameters:
+    ///   - credentials: sent only after the registry asks for them.
+    ///   - caFile: PEM certificates trusted instead of the system's roots, for an `oci://` registry with its own CA.
+    public init(endpoint: OCIEndpoint, credentials: OCICredentials?, caFile: String?) throws(CofferRegistryError) {
+        self.endpoint = endpoint
+        self.http = try OCIHTTPClients.client(caFile: endpoint.scheme == "https" ? caFile : nil)
+        self.authenticator = OCIAuthenticator(endpoint: endpoint, credentials: credentials, http: http)
+    }
+
+    // MARK: - Requests
+
+    /// What a request needs from a token service (distribution maps GET and HEAD to pull, writes to push, DELETE to delete).
+    enum Access: String {
+        case pull = "pull"
+        case push = "pull,push"
+        case delete = "delete"
+    }
+
+    /// A request body: bytes in memory and file ranges can be sent again after a 401; a stream cannot.
+    enum Body: Sendable {
+        case bytes([UInt8])
+        case file(path: String, range: Range<Int>)
+        case stream(BlobSlice)
+
+        var count: Int {
+            switch self {
+            case .bytes(let bytes): bytes.count
+            case .file(_, let range): range.count
+            case .stream(let slice): slice.count
+            }
+        }
+
+        var replayable: Bool {
+            if case .stream = self { return false }
+            return true
+        }
+
+        var request: HTTPClientRequest.Body {
+            switch self {
+            case .bytes(let bytes): .bytes(ByteBuffer(bytes: bytes))
+            case .file(let path, let range): .stream(FileChunks(path: path, range: range), length: .known(Int64(range.count)))
+            case .stream(let slice): .stream(slice, length: .known(Int64(slice.count)))
+            }
+        }
+    }
+
+    /// `/v2/REPO/...` made absolute.
+    func url(_ path: String) -> String { "\(endpoint.baseURL)/v2/\(endpoint.repository)/\(path)" }
+
+    /// An upload `Location` as the registry gave it (absolute, or a path on the registry) made absolute.
+    func absolute(_ location: String) -> String {
+        if location.hasPrefix("http://") || location.hasPrefix("https://") { return location }
+        return endpoint.baseURL + (location.hasPrefix("/") ? "" : "/") + location
+    }
+
+    /// Whether `url` is on the registry itself: only there does `Authorization` go.
+    private func sameOrigin(_ url: String) -> Bool {
+        url.hasPrefix(endpoint.baseURL + "/")
+    }
+
+    /// Sends a request, answering one 401 by authenticating again when the body can be sent twice.
+    func send(
+        _ method: HTTPMethod,
+        _ url: String,
+        headers: [(String, String)] = [],
+        body: Body? = nil,
+        access: Access,
+        what: String
+    ) async throws(CofferRegistryError) -> HTTPClientResponse {
+        let scope = "repository:\(endpoint.repository):\(access.rawValue)"
+        var retried = false
+        while true {
+            let authorization = sameOrigin(url) ? try await authenticator.authorization(scope: scope) : nil
+            var request = HTTPClientRequest(url: url)
+            request.method = method
+            for (name, value) in headers { request.headers.add(name: name, value: value) }
+            if let authorization { request.headers.add(name: "Authorization", value: authorization) }
+            if let body {
+                request.body = body.request
+            } else if method == .POST || method == .PUT || method == .PATCH {
+                request.headers.add(name: "Content-Length", value: "0")
+            }
+            let response: HTTPClientResponse
+            do {
+                // No overall deadline: a 64 MiB PATCH over a slow link may take minutes. The read timeout catches a
+                // registry that stops answering.
+                response = try await http.execute(request, deadline: .distantFuture)
+            } catch {
+                if let error = error as? CofferRegistryError { throw error }
+                throw .unavailable(engine: endpoint.name, reason: Self.describe(error, endpoint: endpoint))
+            }
+            guard response.status == .unauthorized else { return response }
+            let challenge = response.headers.first(name: "WWW-Authenticate")
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            if !retried, body?.replayable ?? true, await authenticator.refused(challenge: challenge, scope: scope, sent: authorization) {
+                retried = true
+                continue
+            }
+            throw .unavailable(engine: endpoint.name, reason: "authentication failed (401)")
+        }
+    }
+
+    /// The one-line error for an answer the caller did not expect: the registry's own error code and message when it sent
+    /// them (distribution-spec "Error Codes").
+    func failure(_ response: HTTPClientResponse, _ what: String) async -> CofferRegistryError {
+        let status = response.status.code
+        let body = (try? await response.body.collect(upTo: 1 << 16)).map { Data($0.readableBytesView) }
+        if status == 401 { return .unavailable(engine: endpoint.name, reason: "authentication failed (401)") }
+        var reason = status == 403 ? "access denied (403) to \(what)" : "\(what) answered \(status)"
+        if let body, let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
+            let errors = object["errors"] as? [[String: Any]], let first = errors.first
+        {
+            let code = first["code"] as? String ?? ""
+            let message = (first["message"] as? String).map(Self.oneLine) ?? ""
+            reason += ": \(code)\(message.isEmpty ? "" : " \(message)")"
+        }
+        return .unavailable(engine: endpoint.name, reason: reason)
+    }
+
+    /// The registry's error code in a failed answer's body (`DIGEST_INVALID`, `BLOB_UPLOAD_INVALID`), if any.
+    static func errorCode(_ body: ByteBuffer?) -> String? {
+        guard let body, let object = try? JSONSerialization.jsonObject(with: Data(body.readableBytesView)) as? [String: Any],
+            let errors = object["errors"] as? [[String: Any]]
+        else { return nil }
+        return errors.first?["code"] as? String
+    }
+
+    private static func oneLine(_ text: String) -> String {
+        String(text.map { $0.isNewline ? " " : $0 }.prefix(200))
+    }
+
+    // MARK: - Blobs
+
+    /// The blob's size from `HEAD`, or nil when the repository does not hold it.
+    public func blobSize(_ digest: String) async throws(CofferRegistryError) -> Int? {
+        try Self.checkDigest(digest)
+        let response = try await send(.HEAD, url("blobs/sha256:\(digest)"), access: .pull, what: "HEAD blob sha256:\(digest)")
+        switch response.status.code {
+        case 200:
+            guard let length = response.headers.first(name: "Content-Length").flatMap(Int.init), length >= 0 else {
+                throw .unavailable(engine: endpoint.name, reason: "HEAD blob sha256:\(digest) answered without a Content-Length")
+            }
+            return length
+        case 404:
+            return nil
+        default:
+            throw await failure(response, "HEAD blob sha256:\(digest)")
+        }
+    }
+
+    /// `GET` of a blob or of bytes `range` of it; nil when the repository does not hold it. The answer's body is left to
+    /// the caller; a registry that ignores `Range` answers 200 with the whole blob, which the caller must cut.
+    func getBlob(_ digest: String, range: Range<Int>?) async throws(CofferRegistryError) -> HTTPClientResponse? {
+        try Self.checkDigest(digest)
+        var headers: [(String, String)] = []
+        if let range { headers.append(("Range", "bytes=\(range.lowerBound)-\(range.upperBound - 1)")) }
+        let response = try await send(.GET, url("blobs/sha256:\(digest)"), headers: headers, access: .pull, what: "GET blob sha256:\(digest)")
+        switch response.status.code {
+        case 200, 206:
+            return response
+        case 404:
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            return nil
+        case 416:
+            let total = response.headers.first(name: "Content-Range").flatMap { $0.split(separator: "/").last.flatMap { Int($0) } }
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            let bounds = range.map { "bytes \($0.lowerBound)-\($0.upperBound)" } ?? "the range"
+            throw .invalidInput("\(bounds) lie outside blob sha256:\(digest)\(total.map { " (\($0) bytes)" } ?? "")")
+        default:
+            throw await failure(response, "GET blob sha256:\(digest)")
+        }
+    }
+
+    /// Opens an upload session (`POST /v2/REPO/blobs/uploads/`); returns its absolute `Location`.
+    public func startUpload() async throws(CofferRegistryError) -> String {
+        let response = try await send(.POST, url("blobs/uploads/"), access: .push, what: "POST blobs/uploads/")
+        guard response.status.code == 202, let location = response.headers.first(name: "Location") else {
+            throw await failure(response, "POST blobs/uploads/")
+        }
+        _ = try? await response.body.collect(upTo: 1 << 16)
+        return absolute(location)
+    }
+
+    /// Sends bytes `start..<start + body.count` of an upload (`PATCH` with `Content-Range`); returns the `Location` the
+    /// next request must use.
+    func patch(_ location: String, start: Int, _ body: Body) async throws(CofferRegistryError) -> String {
+        let end = start + body.count - 1
+        let headers = [("Content-Type", "application/octet-stream"), ("Content-Range", "\(start)-\(end)")]
+        let response = try await send(.PATCH, location, headers: headers, body: body, access: .push, what: "PATCH upload bytes \(start)-\(end)")
+        guard response.status.code == 202, let next = response.headers.first(name: "Location") else {
+            if response.status.code == 404 || response.status.code == 416 {
+                let status = response.status.code
+                let code = Self.errorCode(try? await response.body.collect(upTo: 1 << 16)) ?? ""
+                // distribution signs the offset into the Location: one that is stale (a PATCH whose answer was lost) or an
+                // offset that is not where the upload stands is refused, and the upload cannot go on.
+                throw .unavailable(
+                    engine: endpoint.name,
+                    reason:
+                        "the upload session refused bytes \(start)-\(end) (\(status)\(code.isEmpty ? "" : " \(code)")): it is gone or stands at another offset; start the upload again"
+                )
+            }
+            throw await failure(response, "PATCH upload bytes \(start)-\(end)")
+        }
+        if let range = response.headers.first(name: "Range"), range != "0-\(end)" {
+            throw .unavailable(engine: endpoint.name, reason: "after bytes \(start)-\(end) the registry holds \(range) of the upload")
+        }
+        _ = try? await response.body.collect(upTo: 1 << 16)
+        return absolute(next)
+    }
+
+    /// Closes an upload as blob `digest` (`PUT LOCATION?digest=sha256:D`), with the last bytes in `body` if any.
+    func finishUpload(_ location: String, digest: String, start: Int, body: Body?) async throws(CofferRegistryError) {
+        try Self.checkDigest(digest)
+        var headers: [(String, String)] = []
+        if let body {
+            headers.append(("Content-Type", "application/octet-stream"))
+            if start > 0 { headers.append(("Content-Range", "\(start)-\(start + body.count - 1)")) }
+        }
+        let separator = location.contains("?") ? "&" : "?"
+        let what = "PUT blob sha256:\(digest)"
+        let response = try await send(.PUT, "\(location)\(separator)digest=sha256:\(digest)", headers: headers, body: body, access: .push, what: what)
+        switch response.status.code {
+        case 201:
+            _ = try? await response.body.collect(upTo: 1 << 16)
+        case 400:
+            let buffer = try? await response.body.collect(upTo: 1 << 16)
+            let code = Self.errorCode(buffer)
+            if code == "DIGEST_INVALID" || code == "SIZE_INVALID" {
+                throw .invalidInput("the uploaded bytes do not hash to sha256:\(digest): \(endpoint.name) refused them (\(code!))")
+            }
+            throw .unavailable(engine: endpoint.name, reason: "\(what) answered 400\(code.map { ": \($0)" } ?? "")")
+        default:
+            throw await failure(response, what)
+        }
+    }
+
+    /// Cancels an upload session; failures are ignored, as distribution-spec advises (the registry expires it anyway).
+    func cancelUpload(_ location: String) async {
+        if let response = try? await send(.DELETE, location, access: .push, what: "DELETE upload") {
+            _ = try? await response.body.collect(upTo: 1 << 16)
+        }
+    }
+
+    /// Deletes a blob from the repository. Returns false when the registry has deletion disabled (405, or 400
+    /// `UNSUPPORTED`): the blob then stays, as docs/FORMAT.md says. A blob already gone is not an error.
+    @discardableResult
+    public func deleteBlob(_ digest: String) async throws(CofferRegistryError) -> Bool {
+        try Self.checkDigest(digest)
+        let what = "DELETE blob sha256:\(digest)"
+        let response = try await send(.DELETE, url("blobs/sha256:\(digest)"), access: .delete, what: what)
+        switch response.status.code {
+        case 202, 200, 204, 404:
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            return true
+        case 405:
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            return false
+        case 400:
+            let buffer = try? await response.body.collect(upTo: 1 << 16)
+            if Self.errorCode(buffer) == "UNSUPPORTED" { return false }
+            throw .unavailable(engine: endpoint.name, reason: "\(what) answered 400\(Self.errorCode(buffer).map { ": \($0)" } ?? "")")
+        default:
+            throw await failure(response, what)
+        }
+    }
+
+    /// Uploads small bytes as a blob unless the repository already holds it (configs, envelopes, bundles).
+    func putSmallBlob(_ bytes: [UInt8]) async throws(CofferRegistryError) -> String {
+        let digest = Digest.hex(Digest.sha256(bytes))
+        if try await blobSize(digest) == bytes.count { return digest }
+        let location = try await startUpload()
+        try await finishUpload(location, digest: digest, start: 0, body: .bytes(bytes))
+        return digest
+    }
+
+    /// Reads a small blob whole (at most `limit` bytes) and checks it hashes to `digest`.
+    func getSmallBlob(_ digest: String, limit: Int) async throws(CofferRegistryError) -> [UInt8]? {
+        guard let response = try await getBlob(digest, range: nil) else { return nil }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await response.body.collect(upTo: limit)
+        } catch {
+            throw .unavailable(engine: endpoint.name, reason: "blob sha256:\(digest) is larger than \(limit) bytes or could not be read")
+        }
+        let bytes = Array(buffer.readableBytesView)
+        guard Digest.hex(Digest.sha256(bytes)) == digest else {
+            throw .tampered("\(endpoint.name) returned a blob whose SHA-256 is not sha256:\(digest)")
+        }
+        return bytes
+    }
+
+    // MARK: - Manifests and tags
+
+    /// Puts a manifest or index under `reference` (a tag, or `sha256:HEX`); returns its digest (hex).
+    @discardableResult
+    public func putManifest(_ bytes: [UInt8], mediaType: String, reference: String) async throws(CofferRegistryError) -> String {
+        let digest = Digest.hex(Digest.sha256(bytes))
+        let what = "PUT manifest \(reference)"
+        let response = try await send(
+            .PUT,
+            url("manifests/\(reference)"),
+            headers: [("Content-Type", mediaType)],
+            body: .bytes(bytes),
+            access: .push,
+            what: what
+        )
+        guard response.status.code == 201 else { throw await failure(response, what) }
+        if let echoed = response.headers.first(name: "Docker-Content-Digest"), echoed != "sha256:\(digest)" {
+            throw .tampered("\(endpoint.name) stored manifest \(reference) as \(echoed), not sha256:\(digest)")
+        }
+        _ = try? await response.body.collect(upTo: 1 << 16)
+        return digest
+    }
+
+    /// A manifest or index by tag or digest: its media type (from `Content-Type`), bytes and digest (hex); nil when absent.
+    /// A manifest asked for by digest is checked against it.
+    public func getManifest(
+        _ reference: String,
+        accept: [String]
+    ) async throws(CofferRegistryError) -> (
+        mediaType: String, bytes: [UInt8], digest: String
+    )? {
+        let what = "GET manifest \(reference)"
+        let response = try await send(
+            .GET,
+            url("manifests/\(reference)"),
+            headers: [("Accept", accept.joined(separator: ", "))],
+            access: .pull,
+            what: what
+        )
+        switch response.status.code {
+        case 200:
+            break
+        case 404:
+            _ = try? await response.body.collect(upTo: 1 << 16)
+            return nil
+        default:
+            throw await failure(response, what)
+        }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await response.body.collect(upTo: Self.manifestLimit)
+        } catch {
+            throw .unavailable(
+                engine: endpoint.name,
+                reason: "manifest \(reference) is larger than \(Self.manifestLimit >> 20) MiB or could not be read"
+            )
+        }
+        let bytes = Array(buffer.readableBytesView)
+        let digest = Digest.hex(Digest.sha256(bytes))
+        if reference.hasPrefix("sha256:"), reference != "sha256:\(digest)" {
+            throw .tampered("\(endpoint.name) returned a manifest whose SHA-256 is not \(reference)")
+        }
+        let contentType = response.headers.first(name: "Content-Type").map {
+            String($0.split(separator: ";")[0]).trimmingCharacters(in: .whitespaces)
+        }
+        return (contentType ?? "", bytes, digest)
+    }
+
+    /// Every tag of the repository (`GET /v2/REPO/tags/list`, following `Link` pages); empty when the repository does not
+    /// exist yet.
+    public func tags() async throws(CofferRegistryError) -> [String] {
+        var tags: [String] = []
+        var next: String? = url("tags/list?n=1000")
+        var pages = 0
+        while let page = next, pages < 10_000 {
+            pages += 1
+            let response = try await send(.GET, page, access: .pull, what: "GET tags/list")
+            if response.status.code == 404 {
+                _ = try? await response.body.collect(upTo: 1 << 16)
+                return tags
+            }
+            guard response.status.code == 200 else { throw await failure(response, "GET tags/list") }
+            let buffer: ByteBuffer
+            do {
+                buffer = try await response.body.collect(upTo: 16 << 20)
+            } catch {
+                throw .unavailable(engine: endpoint.name, reason: "GET tags/list: the answer could not be read")
+            }
+            guard let object = try? JSONSerialization.jsonObject(with: Data(buffer.readableBytesView)) as? [String: Any] else {
+                throw .unavailable(engine: endpoint.name, reason: "GET tags/list answered something other than JSON")
+            }
+            tags += object["tags"] as? [String] ?? []
+            // `Link: </v2/REPO/tags/list?last=x&n=1000>; rel="next"`
+            next = response.headers.first(name: "Link").flatMap { link -> String? in
+                guard link.contains("rel=\"next\""), let open = link.firstIndex(of: "<"), let close = link.firstIndex(of: ">") else { return nil }
+                return absolute(String(link[link.index(after: open)..<close]))
+            }
+        }
+        return tags
+    }
+
+    // MARK: - Errors
+
+    static func checkDigest(_ digest: String) throws(CofferRegistryError) {
+        guard digest.utf8.count == 64, digest.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }) else {
+            throw .invalidInput("'\(digest)' is not a SHA-256 digest (64 lower-case hex digits)")
+        }
+    }
+
+    /// BoringSSL's reason (`CERTIFICATE_VERIFY_FAILED`) in words, without the error's source path and codes.
+    static func tlsReason(_ text: String, endpoint: OCIEndpoint) -> String {
+        if text.contains("CERTIFICATE_VERIFY_FAILED") {
+            return "the registry's certificate is not trusted (COFFER_OCI_CA_FILE names the CA to trust instead of the system's)"
+        }
+        if text.contains("failedToValidateHostname") { return "the registry's certificate does not name \(endpoint.host)" }
+        if let marker = text.range(of: "OPENSSL_internal:") {
+            let reason = text[marker.upperBound...].prefix { $0 != " " && $0 != "]" && $0 != ")" }
+            return "handshake failed: " + reason.lowercased().replacingOccurrences(of: "_", with: " ")
+        }
+        return oneLine(text)
+    }
+
+    /// One short phrase for a transport error: what a person can act on, not a type dump.
+    static func describe(_ error: any Error, endpoint: OCIEndpoint) -> String {
+        if let error = error as? HTTPClientError {
+            switch error {
+            case .connectTimeout: return "connection timed out"
+            case .readTimeout: return "the registry stopped answering (read timeout)"
+            case .writeTimeout: return "the registry stopped reading (write timeout)"
+            case .remoteConnectionClosed: return "the registry closed the connection"
+            case .redirectLimitReached: return "too many redirects"
+            case .redirectCycleDetected: return "a redirect cycle"
+            case .deadlineExceeded: return "the request timed out"
+            case .cancelled: return "the request was cancelled"
+            default: return "HTTP error: \(error)"
+            }
+        }
+        if let error = error as? NIOConnectionError {
+            if error.dnsAError != nil || error.dnsAAAAError != nil, error.connectionErrors.isEmpty {
+                return "cannot resolve \(endpoint.host)"
+            }
+            if let first = error.connectionErrors.first { return describe(first.error, endpoint: endpoint) }
+            return "cannot connect"
+        }
+        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
+        if let error = error as? ChannelError, case .connectTimeout = error { return "connection timed out" }
+        if error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError { return "TLS: " + tlsReason("\(error)", endpoint: endpoint) }
+        if error is CancellationError { return "the request was cancelled" }
+        let text = "\(error)"
+        if text.localizedCaseInsensitiveContains("connection refused") { return "connection refused" }
+        return oneLine(text)
+    }
+}
+
+/// One `HTTPClient` per CA file for the whole process: clients keep their connections alive across stores, and an
+/// `HTTPClient` must be shut down before it is released, which a `Sendable` struct store has no moment to do.
+enum OCIHTTPClients {
+    private static let clients = Mutex<[String: HTTPClient]>([:])
+
+    static func client(caFile: String?) throws(CofferRegistryError) -> HTTPClient {
+        let key = caFile ?? ""
+        if let client = clients.withLock({ $0[key] }) { return client }
+        var configuration = HTTPClient.Configuration()
+        configuration.redirectConfiguration = .follow(max: 5, allowCycles: false)
+        // A read timeout rather than a request deadline: a large PATCH may take minutes, a silent registry should not.
+        configuration.timeout = .init(connect: .seconds(10), read: .seconds(120))
+        // A refused connection is reported at once instead of retried until the connect timeout: the caller (a command,
+        // a server request) decides whether to try again.
+        configuration.connectionPool.retryConnectionEstablishment = false
+        if let caFile {
+            let certificates: [NIOSSLCertificate]
+            do {
+                certificates = try NIOSSLCertificate.fromPEMFile(caFile)
+            } catch {
+                throw .invalidInput("COFFER_OCI_CA_FILE \(caFile): not a readable PEM certificate file")
+            }
+            guard !certificates.isEmpty else { throw .invalidInput("COFFER_OCI_CA_FILE \(caFile) holds no certificate") }
+            var tls = TLSConfiguration.makeClientConfiguration()
+            tls.trustRoots = .certificates(certificates)
+            configuration.tlsConfiguration = tls
+        }
+        let made = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: configuration)
+        return clients.withLock { clients in
+            if let existing = clients[key] {
+                // Another thread made one first; this one was never used, and must be shut down before it is released.
+                Task { try? await made.shutdown() }
+                return existing
+            }
+            clients[key] = made
+            return made
+        }
+    }
+}

@@ -1,0 +1,449 @@
+import CofferCrypto
+import Foundation
+
+// The rows of `schema/` (and `schema/postgres/`, the same tables), one record type per table or per query shape.
+// Columns are snake_case, properties camelCase: each backend maps them (GRDB's column coding strategies, the
+// PostgreSQL row decoder). Times are RFC 3339 UTC text, digests lower-case hex, public identities NAME.pub bytes.
+
+/// A row of `ledger`: one signed record (its envelope), with the look-up columns derived from it.
+struct LedgerRow: Codable, Sendable, Equatable {
+    var seq: Int64
+    var kind: String
+    var object: String
+    var envelope: Data
+    var hash: String
+
+    enum CodingKeys: String, CodingKey { case seq, kind, object, envelope, hash }
+
+    init(seq: Int64, kind: String, object: String, envelope: Data, hash: String) {
+        self.seq = seq
+        self.kind = kind
+        self.object = object
+        self.envelope = envelope
+        self.hash = hash
+    }
+}
+
+/// A row of `versions` (`id` and `modelID` are assigned by the store when it inserts one).
+struct VersionRecord: Codable, Sendable, Equatable {
+    var id: Int64?
+    var modelID: Int64?
+    var version: String
+    var number: Int64?
+    var digest: String
+    var publisherKeyID: String
+    var message: String?
+    var createdAt: String
+    var parentVersionID: Int64?
+    var datasetID: String?
+    var datasetDigest: String?
+    var trainingConfigDigest: String?
+    var mechanism: String?
+    var epsilon: Double?
+    var delta: Double?
+    var accountant: String?
+    var noiseMultiplier: Double?
+    var clippingNorm: Double?
+    var samplingRate: Double?
+    var steps: Int?
+    var epochs: Double?
+    var datasetSize: Int?
+    var privacyUnit: String?
+    var pruningMethod: String?
+    var pruningRatio: Double?
+    var achievedSparsity: Double?
+
+    enum CodingKeys: String, CodingKey {
+        case id, version, number, digest, message, mechanism, epsilon, delta, accountant, steps, epochs
+        case modelID = "model_id"
+        case publisherKeyID = "publisher_key_id"
+        case createdAt = "created_at"
+        case parentVersionID = "parent_version_id"
+        case datasetID = "dataset_id"
+        case datasetDigest = "dataset_digest"
+        case trainingConfigDigest = "training_config_digest"
+        case noiseMultiplier = "noise_multiplier"
+        case clippingNorm = "clipping_norm"
+        case samplingRate = "sampling_rate"
+        case datasetSize = "dataset_size"
+        case privacyUnit = "privacy_unit"
+        case pruningMethod = "pruning_method"
+        case pruningRatio = "pruning_ratio"
+        case achievedSparsity = "achieved_sparsity"
+    }
+
+    /// The typed privacy columns, as metadata (segments and claims live in `version_privacy`).
+    var privacy: PrivacyMetadata {
+        var p = PrivacyMetadata()
+        p.mechanism = mechanism
+        p.epsilon = epsilon
+        p.delta = delta
+        p.accountant = accountant
+        p.noiseMultiplier = noiseMultiplier
+        p.clippingNorm = clippingNorm
+        p.samplingRate = samplingRate
+        p.steps = steps
+        p.epochs = epochs
+        p.datasetSize = datasetSize
+        p.privacyUnit = privacyUnit
+        p.pruningMethod = pruningMethod
+        p.pruningRatio = pruningRatio
+        p.achievedSparsity = achievedSparsity
+        return p
+    }
+}
+
+/// A row of `files`.
+struct FileRecord: Codable, Sendable, Equatable {
+    var versionID: Int64
+    var path: String
+    var size: Int
+    var plaintextSHA256: String
+    var sealedSHA256: String
+    var sealedSize: Int
+
+    enum CodingKeys: String, CodingKey {
+        case path, size
+        case versionID = "version_id"
+        case plaintextSHA256 = "plaintext_sha256"
+        case sealedSHA256 = "sealed_sha256"
+        case sealedSize = "sealed_size"
+    }
+}
+
+/// A row of `wrapped_keys`: a version's data key as a stanza for one recipient.
+struct WrappedKeyRecord: Codable, Sendable, Equatable {
+    var versionID: Int64
+    var recipientKeyID: String
+    var stanza: Data
+
+    enum CodingKeys: String, CodingKey {
+        case stanza
+        case versionID = "version_id"
+        case recipientKeyID = "recipient_key_id"
+    }
+}
+
+/// A row of `rekeyed_files`: the blob that holds a file after a rekey.
+struct RekeyedFileRecord: Codable, Sendable, Equatable {
+    var versionID: Int64
+    var path: String
+    var sealedSHA256: String
+    var sealedSize: Int
+
+    enum CodingKeys: String, CodingKey {
+        case path
+        case versionID = "version_id"
+        case sealedSHA256 = "sealed_sha256"
+        case sealedSize = "sealed_size"
+    }
+}
+
+/// Everything a new version's commit inserts besides the ledger record.
+struct NewVersion: Sendable {
+    var model: String
+    var row: VersionRecord
+    var files: [FileRecord]
+    /// `(recipient key ID, stanza)`.
+    var keys: [(recipient: String, stanza: Data)]
+    /// The DSSE envelope and the OpenSSF bundle.
+    var envelope: Data
+    var bundle: Data
+    var tags: [String: String]
+    /// The accountant history and claimed epsilon, JSON and number, when the statement has them.
+    var segments: String?
+    var claimedEpsilon: Double?
+    /// The dataset the version is charged to, and who overrode the budget, when it is charged.
+    var chargedDataset: String?
+    var overrideBy: String?
+}
+
+/// The identifying columns of a version.
+struct VersionHead: Sendable, Equatable {
+    var id: Int64
+    var model: String
+    var version: String
+    var digest: String
+}
+
+/// One version as the store holds it, every table.
+struct StoredVersionRows: Sendable {
+    var id: Int64
+    var model: String
+    var row: VersionRecord
+    var segments: String?
+    var claimedEpsilon: Double?
+    var files: [FileRecord]
+    var envelope: Data?
+    var bundle: Data?
+    var rekeyAttestation: Data?
+    var rekeyedFiles: [RekeyedFileRecord]
+    var erasedAt: String?
+    var erasedBy: String?
+}
+
+/// A version as `list` shows it: its row with model, parent, aliases, tags and erasure.
+struct VersionSummaryRow: Sendable {
+    var id: Int64
+    var model: String
+    var row: VersionRecord
+    var parent: String?
+    var aliases: [String]
+    var tags: [String: String]
+    var erasedAt: String?
+    var erasedBy: String?
+}
+
+struct RegistryKeyRecord: Codable, Sendable, Equatable {
+    var keyID: String
+    var publicIdentity: Data
+    var createdAt: String
+    var retiredAt: String?
+
+    enum CodingKeys: String, CodingKey {
+        case keyID = "key_id"
+        case publicIdentity = "public_identity"
+        case createdAt = "created_at"
+        case retiredAt = "retired_at"
+    }
+}
+
+struct PrincipalRecord: Codable, Sendable, Equatable {
+    var name: String
+    var keyID: String
+    var publicIdentity: Data
+    var addedAt: String
+    var addedBy: String?
+
+    enum CodingKeys: String, CodingKey {
+        case name
+        case keyID = "key_id"
+        case publicIdentity = "public_identity"
+        case addedAt = "added_at"
+        case addedBy = "added_by"
+    }
+}
+
+struct GrantRecord: Codable, Sendable, Equatable {
+    var principal: String
+    var role: String
+    var scope: String
+    var alias: String?
+    var grantedAt: String
+    var grantedBy: String?
+
+    enum CodingKeys: String, CodingKey {
+        case principal, role, scope, alias
+        case grantedAt = "granted_at"
+        case grantedBy = "granted_by"
+    }
+}
+
+struct TrustedSignerRecord: Codable, Sendable, Equatable {
+    var keyID: String
+    var name: String
+    var publicIdentity: Data
+    var addedAt: String
+
+    enum CodingKeys: String, CodingKey {
+        case name
+        case keyID = "key_id"
+        case publicIdentity = "public_identity"
+        case addedAt = "added_at"
+    }
+}
+
+struct RecipientIdentityRecord: Codable, Sendable, Equatable {
+    var keyID: String
+    var publicIdentity: Data
+
+    enum CodingKeys: String, CodingKey {
+        case keyID = "key_id"
+        case publicIdentity = "public_identity"
+    }
+}
+
+struct PolicyRecord: Codable, Sendable, Equatable {
+    var model: String
+    /// Empty for rules on every alias of the model.
+    var alias: String
+    var rules: String
+    var setAt: String
+    var setBy: String?
+
+    enum CodingKeys: String, CodingKey {
+        case model, alias, rules
+        case setAt = "set_at"
+        case setBy = "set_by"
+    }
+}
+
+struct BudgetRecord: Codable, Sendable, Equatable {
+    var datasetID: String
+    var epsilon: Double
+    var delta: Double
+    var setAt: String
+    var setBy: String?
+
+    enum CodingKeys: String, CodingKey {
+        case epsilon, delta
+        case datasetID = "dataset_id"
+        case setAt = "set_at"
+        case setBy = "set_by"
+    }
+}
+
+struct APITokenRecord: Codable, Sendable, Equatable {
+    var id: String
+    var tokenHash: Data
+    var principal: String
+    var scope: String
+    var createdAt: String
+    var expiresAt: String
+    var createdBy: String?
+    var revokedAt: String?
+
+    enum CodingKeys: String, CodingKey {
+        case id, principal, scope
+        case tokenHash = "token_hash"
+        case createdAt = "created_at"
+        case expiresAt = "expires_at"
+        case createdBy = "created_by"
+        case revokedAt = "revoked_at"
+    }
+}
+
+/// A row of `sessions` as inserted.
+struct SessionRecord: Codable, Sendable, Equatable {
+    var id: String
+    var tokenHash: Data
+    var principal: String
+    var versionID: Int64
+    var reference: String
+    var alias: String?
+    var createdAt: String
+    var expiresAt: String
+    var maxUses: Int?
+    var uses: Int
+    var revokedAt: String?
+    var wrappedKey: Data?
+
+    enum CodingKeys: String, CodingKey {
+        case id, principal, reference, alias, uses
+        case tokenHash = "token_hash"
+        case versionID = "version_id"
+        case createdAt = "created_at"
+        case expiresAt = "expires_at"
+        case maxUses = "max_uses"
+        case revokedAt = "revoked_at"
+        case wrappedKey = "wrapped_key"
+    }
+}
+
+/// A session with the model and version it opened.
+struct SessionRow: Sendable, Equatable {
+    var session: SessionRecord
+    var model: String
+    var version: String
+}
+
+/// A row of `audit_log`.
+struct AuditEntryRecord: Codable, Sendable, Equatable {
+    var seq: Int64
+    var at: String
+    var principal: String
+    var action: String
+    var target: String
+    var outcome: String
+    var reason: String
+    var prevHash: Data
+    var entryHash: Data
+
+    enum CodingKeys: String, CodingKey {
+        case seq, at, principal, action, target, outcome, reason
+        case prevHash = "prev_hash"
+        case entryHash = "entry_hash"
+    }
+}
+
+/// A row of `audit_heads`.
+struct AuditHeadRecord: Codable, Sendable, Equatable {
+    var seq: Int64
+    var entryHash: Data
+    var signedAt: String
+    var signature: Data
+    var keyID: String?
+
+    enum CodingKeys: String, CodingKey {
+        case seq, signature
+        case entryHash = "entry_hash"
+        case signedAt = "signed_at"
+        case keyID = "key_id"
+    }
+}
+
+/// A row of `uploads`: a resumable upload any replica continues.
+/// A session's predict rate bucket (`session_rates`): tokens left at `updatedAt` (seconds since 1970).
+struct SessionRateRecord: Codable, Sendable, Equatable {
+    var sessionID: String
+    var tokens: Double
+    var updatedAt: Double
+
+    enum CodingKeys: String, CodingKey {
+        case tokens
+        case sessionID = "session_id"
+        case updatedAt = "updated_at"
+    }
+
+    /// The bucket after taking one token at `now` (refilled at `rate` per second up to `burst`), and nil when one was
+    /// taken or the seconds until one is available.
+    func taking(rate: Double, burst: Int, now: Double) -> (SessionRateRecord, Double?) {
+        let refilled = min(Double(burst), tokens + max(0, now - updatedAt) * rate)
+        guard refilled >= 1 else { return (SessionRateRecord(sessionID: sessionID, tokens: refilled, updatedAt: now), (1 - refilled) / rate) }
+        return (SessionRateRecord(sessionID: sessionID, tokens: refilled - 1, updatedAt: now), nil)
+    }
+}
+
+struct UploadRecord: Codable, Sendable, Equatable {
+    var id: String
+    var principal: String
+    var location: String
+    var received: Int
+    var createdAt: String
+    var expiresAt: String
+
+    enum CodingKeys: String, CodingKey {
+        case id, principal, location, received
+        case createdAt = "created_at"
+        case expiresAt = "expires_at"
+    }
+}
+
+/// The tables fsck compares with the ledger's replay.
+struct MaterializedTables: Sendable {
+    struct Alias: Sendable {
+        var model: String
+        var alias: String
+        var version: String
+    }
+
+    struct Charge: Sendable {
+        var dataset: String
+        var model: String
+        var version: String
+    }
+
+    var principals: [PrincipalRecord] = []
+    var grants: [GrantRecord] = []
+    var trusted: [TrustedSignerRecord] = []
+    var aliases: [Alias] = []
+    var policies: [PolicyRecord] = []
+    var budgets: [BudgetRecord] = []
+    var charges: [Charge] = []
+    var erasures: [VersionHead] = []
+    var keys: [RegistryKeyRecord] = []
+    var tokens: [APITokenRecord] = []
+    var versions: [VersionHead] = []
+
+    init() {}
+}

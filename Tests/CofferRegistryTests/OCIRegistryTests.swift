@@ -1,0 +1,96 @@
+import CofferCrypto
+import Foundation
+import Testing
+
+@testable import CofferRegistry
+
+/// A whole registry whose blobs live in an OCI registry (docker-registry 2.8 started by the tests): the registry core
+/// over ``OCIBlobStore`` through `backends.json`, not the store alone.
+@Suite struct OCIRegistryTests {
+    /// A registry on the plain test registry, in a repository of its own.
+    func registry() async throws -> (RegistryFixture, OCITestRegistry.Instance, String) {
+        let instance = try OCITestRegistry.plain.get()
+        let repository = "reg/\(UUID().uuidString.lowercased().prefix(13))"
+        let f = try await RegistryFixture(backends: Backends(blobs: instance.url(repository)))
+        return (f, instance, repository)
+    }
+
+    /// A trusted publisher of `f`.
+    func publisher(_ f: RegistryFixture) async throws -> UnlockedIdentity {
+        let alice = try person("alice")
+        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
+        return alice
+    }
+
+    /// Where docker-registry's filesystem driver keeps a blob's bytes.
+    func blobFile(_ digest: String, in instance: OCITestRegistry.Instance) -> String {
+        "\(instance.storage)/docker/registry/v2/blobs/sha256/\(digest.prefix(2))/\(digest)/data"
+    }
+
+    @Test("push, pull and verify with the blobs in an OCI registry; nothing sealed stays in the home; a reopened registry reads them")
+    func pushPullVerify() async throws {
+        let (f, instance, repository) = try await registry()
+        let alice = try await publisher(f)
+        let dir = try f.makeModel("model", ["model.safetensors": bytes(3_000_000), "config.json": Array(#"{"a":1}"#.utf8)])
+        let pushed = try await f.registry.push(PushRequest(model: "team/fraud", paths: [dir]), publisher: alice)
+        #expect(pushed.version == "1")
+        #expect(!FileManager.default.fileExists(atPath: f.home + "/blobs"), "no blob directory for an OCI registry")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: f.home + "/tmp")) ?? []).isEmpty, "no sealed file left behind")
+
+        let stored = try await f.registry.loadVersion(try await f.registry.resolve(try ModelReference(parsing: "team/fraud:1")).id)
+        for file in stored.files { #expect(FileManager.default.fileExists(atPath: blobFile(file.sealedSHA256, in: instance))) }
+
+        let reopened = try await f.reopen()
+        let pulled = try await reopened.pull(try ModelReference(parsing: "team/fraud"), identity: alice, into: f.path("out"))
+        #expect(pulled.files == ["config.json", "model.safetensors"])
+        #expect(try f.read("out/model.safetensors") == bytes(3_000_000))
+        let deep = try await reopened.verify(try ModelReference(parsing: "team/fraud:1"), readingDataWith: alice)
+        #expect(deep.readData)
+        let fsck = try await reopened.fsck()
+        #expect(fsck.problems.isEmpty, "\(fsck.problems)")
+
+        // The version is a ModelPack manifest that the store reads back as published.
+        let store = try OCIBlobStore(url: instance.url(repository), temporaryDirectory: f.path("oci-tmp"), environment: instance.environment)
+        let described = try await store.describeVersion(OCIVersionLayout.tag(model: "team/fraud", version: "1"))
+        #expect(described.version.digest == pushed.digest)
+        #expect(Set(described.version.files.map(\.sealedSHA256)) == Set(stored.files.map(\.sealedSHA256)))
+    }
+
+    @Test("a blob changed inside the OCI registry's storage is refused at pull and reported by fsck; nothing is written")
+    func tamperedBlobInTheOCIRegistry() async throws {
+        let (f, instance, _) = try await registry()
+        let alice = try await publisher(f)
+        let dir = try f.makeModel("model", ["w.bin": bytes(200_000)])
+        _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        let stored = try await f.registry.loadVersion(try await f.registry.resolve(try ModelReference(parsing: "m:1")).id)
+        let path = blobFile(stored.files[0].sealedSHA256, in: instance)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        bytes[bytes.count / 2] ^= 0x01
+        try bytes.write(to: URL(fileURLWithPath: path))
+
+        await expectRefusal("w.bin") { _ = try await f.registry.pull(try ModelReference(parsing: "m:1"), identity: alice, into: f.path("out")) }
+        #expect(!FileManager.default.fileExists(atPath: f.path("out/w.bin")))
+        let fsck = try await f.registry.fsck()
+        #expect(fsck.problems.contains { $0.contains("m:1") && $0.contains("w.bin") }, "\(fsck.problems)")
+    }
+
+    @Test("erasing a version deletes its blobs from the OCI registry; gc finds nothing left to reclaim")
+    func erasureReachesTheOCIRegistry() async throws {
+        let (f, instance, repository) = try await registry()
+        let alice = try await publisher(f)
+        let admin = try f.registrySigner
+        _ = try await f.registry.push(PushRequest(model: "m", paths: [try f.makeModel("a", ["w.bin": bytes(100_000, seed: 1)])]), publisher: alice)
+        _ = try await f.registry.push(PushRequest(model: "m", paths: [try f.makeModel("b", ["w.bin": bytes(100_000, seed: 2)])]), publisher: alice)
+        let first = try await f.registry.loadVersion(try await f.registry.resolve(try ModelReference(parsing: "m:1")).id)
+        let second = try await f.registry.loadVersion(try await f.registry.resolve(try ModelReference(parsing: "m:2")).id)
+        _ = try await f.registry.erase(model: "m", version: "1", by: admin)
+        // Deleting a blob through the distribution API unlinks it from the repository (its bytes go at the OCI registry's own gc).
+        let store = try OCIBlobStore(url: instance.url(repository), temporaryDirectory: f.path("oci-tmp"), environment: instance.environment)
+        #expect(try await store.size(of: first.files[0].sealedSHA256) == nil)
+        #expect(try await store.size(of: second.files[0].sealedSHA256) == second.files[0].sealedSize)
+        let gc = try await f.registry.gc(grace: 0)
+        #expect(gc.removedBlobs == 0)
+        _ = try await f.registry.pull(try ModelReference(parsing: "m:2"), identity: alice, into: f.path("out"))
+        #expect(try f.read("out/w.bin") == bytes(100_000, seed: 2))
+    }
+}

@@ -1,0 +1,177 @@
+"""docs/FORMAT.md's "OCI layout of a version" against real OCI tools: Debian's docker-registry (distribution 2.8) and
+skopeo, and PyPI's oras.
+
+The version is written by cofferlib's implementation of the layout, written from the document; the Swift tests check
+Coffer's own writer (OCIVersionLayout) against the same vector, byte for byte, and push, copy and read back versions
+with the store itself; the last test drives the `coffer` binary over OCI backends, export and import."""
+import base64
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import oras.client
+import pytest
+from nacl.signing import SigningKey
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "lib"))
+import cofferlib  # noqa: E402
+
+VECTOR = json.loads((HERE / "vectors" / "oci-layout-v1.json").read_text())
+
+
+def vector_version():
+    version = dict(VECTOR["input"])
+    version["envelope"] = base64.b64decode(version["envelope"])
+    version["bundle"] = base64.b64decode(version["bundle"])
+    sealed = {path: base64.b64decode(data) for path, data in version.pop("sealed").items()}
+    return version, sealed
+
+
+def skopeo(*args):
+    binary = shutil.which("skopeo")
+    if binary is None:
+        raise RuntimeError("skopeo not found: apt-get install skopeo")
+    result = subprocess.run([binary, *args], capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()[-500:]
+    return result.stdout
+
+
+def test_layout_vector():
+    """The layout's documents are a pure function of the version: the vector's outputs follow from its inputs."""
+    version, sealed = vector_version()
+    for f in version["files"]:
+        assert hashlib.sha256(sealed[f["path"]]).hexdigest() == f["sealed_sha256"]
+    documents = cofferlib.oci_version_documents(version)
+    for name, expected in VECTOR["output"].items():
+        value = documents[name]
+        assert (value.decode() if isinstance(value, bytes) else value) == expected, name
+    assert len(documents["tag"]) <= 128 and documents["tag"].startswith("Team_Fraud-Detector_3-")
+
+
+def test_tag_scheme_separates_slash_and_case():
+    tags = [cofferlib.oci_version_tag(m, v) for m, v in [("team/a-b", "1"), ("team-a/b", "1"), ("Team/a-b", "1"), ("team/a-b", "1.0")]]
+    assert len({t.lower() for t in tags}) == len(tags)
+    assert cofferlib.oci_version_tag("team/fraud", "3") == "team_fraud_3-66ffc51dc25c0229f73f079ec18b6da4"  # docs/FORMAT.md's example
+
+
+def test_skopeo_copy_and_oras_pull():
+    """Publish as FORMAT.md says, copy the version and its referrers tag to another registry with skopeo, and pull the
+    sealed files, the DSSE envelope and the model-signing bundle back with oras, as a mirror or an air-gapped site would."""
+    version, sealed = vector_version()
+    with cofferlib.oci_registry() as source, cofferlib.oci_registry() as mirror:
+        documents = cofferlib.oci_publish(source, "coffer", version, sealed)
+        tag, digest = documents["tag"], documents["manifest_digest"]
+        assert skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{source}/coffer:{tag}") == documents["manifest"]
+
+        skopeo("copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false",
+               f"docker://{source}/coffer:{tag}", f"docker://{mirror}/mirror/coffer:{tag}")
+        skopeo("copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
+               f"docker://{source}/coffer:sha256-{digest}", f"docker://{mirror}/mirror/coffer:sha256-{digest}")
+
+        client = oras.client.OrasClient(hostname=mirror, insecure=True)
+        # The version's manifest kept its digest, so its referrers tag still names it.
+        _, copied = cofferlib.oci_get_manifest(mirror, "mirror/coffer", tag, cofferlib.OCI_MANIFEST)
+        assert copied == documents["manifest"]
+        # oras writes each sealed layer under its org.opencontainers.image.title, the file's path.
+        out = Path(cofferlib.tempfile.mkdtemp(prefix="coffer-oras-"))
+        try:
+            pulled = client.pull(target=f"{mirror}/mirror/coffer:{tag}", outdir=str(out))
+            assert sorted(Path(p).relative_to(out).as_posix() for p in pulled) == sorted(sealed)
+            for path, data in sealed.items():
+                assert (out / path).read_bytes() == data
+
+            # The referrers, found through the tag schema (distribution 2.8 has no referrers API). skopeo rewrote the
+            # index without artifactType, so each listed manifest's own artifactType says which is which.
+            index = client.get_manifest(f"{mirror}/mirror/coffer:sha256-{digest}", allowed_media_type=[cofferlib.OCI_INDEX])
+            found = {}
+            for entry in index["manifests"]:
+                manifest = client.get_manifest(f"{mirror}/mirror/coffer@{entry['digest']}")
+                assert manifest["subject"]["digest"] == f"sha256:{digest}"
+                files = client.pull(target=f"{mirror}/mirror/coffer@{entry['digest']}", outdir=str(out / entry["digest"].replace(":", "-")))
+                assert len(files) == 1
+                found[manifest["artifactType"]] = Path(files[0]).read_bytes()
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+
+        assert found["application/vnd.dsse.envelope.v1+json"] == version["envelope"]
+        assert found["application/vnd.dev.sigstore.bundle.v0.3+json"] == version["bundle"]
+        # What an importer checks first: the envelope's statement is the version's, and its signature verifies.
+        envelope = json.loads(found["application/vnd.dsse.envelope.v1+json"])
+        statement = base64.b64decode(envelope["payload"])
+        assert hashlib.sha256(statement).hexdigest() == version["digest"]
+        pae = b"DSSEv1 %d %s %d " % (len(envelope["payloadType"]), envelope["payloadType"].encode(), len(statement)) + statement
+        SigningKey(bytes(range(32))).verify_key.verify(pae, base64.b64decode(envelope["signatures"][0]["sig"]))
+
+
+def test_registry_refuses_a_wrong_digest():
+    """What Coffer's store relies on to refuse a swapped upload: the registry checks `?digest=` itself."""
+    with cofferlib.oci_registry() as registry:
+        response, _ = cofferlib._oci_request(registry, "POST", "/v2/coffer/blobs/uploads/", headers={"Content-Length": "0"})
+        location = response.getheader("Location").split("://", 1)[1].split("/", 1)[1]
+        wrong = hashlib.sha256(b"other").hexdigest()
+        response, body = cofferlib._oci_request(registry, "PUT", f"/{location}&digest=sha256:{wrong}", body=b"bytes",
+                                                headers={"Content-Type": "application/octet-stream", "Content-Length": "5"})
+        assert response.status == 400 and json.loads(body)["errors"][0]["code"] == "DIGEST_INVALID"
+
+
+def test_coffer_on_oci_export_copy_import(tmp_path):
+    """The binary end to end: a registry whose blobs are in docker-registry publishes each version as the layout above
+    (skopeo reads it); `coffer export` copies a version with a stanza for a second registry, skopeo mirrors it, `coffer
+    import` adopts it there and `coffer pull` opens it; oras pulls the same sealed bytes; an import of the vector's
+    version, signed by a key nobody trusts, is refused in one line."""
+    coffer = cofferlib.coffer_binary()
+    env = cofferlib.environment(tmp_path)
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    with cofferlib.oci_registry() as source, cofferlib.oci_registry() as mirror:
+        cofferlib.check(coffer, "init", "--home", a, "--blobs", f"oci+http://{source}/coffer-a", env=env)
+        cofferlib.check(coffer, "init", "--home", b, env=env)
+        cofferlib.keygen(coffer, tmp_path / "alice", env=env)
+        for home in (a, b):
+            cofferlib.check(coffer, "trust", "add", tmp_path / "alice.pub", "--home", home, env=env)
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "weights.bin").write_bytes(bytes(range(256)) * 4096)
+        (model / "config.json").write_text('{"layers": 2}')
+        pushed = cofferlib.check(coffer, "push", "team/fraud", model, "--home", a, "--identity", tmp_path / "alice.key", env=env)
+        digest = pushed.split("sha256:")[1].split()[0]
+        assert not (a / "blobs").exists()
+
+        tag = cofferlib.oci_version_tag("team/fraud", "1")
+        manifest = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{source}/coffer-a:{tag}"))
+        assert manifest["artifactType"] == "application/vnd.cncf.model.manifest.v1+json"
+        assert manifest["annotations"]["dev.coffer.statement.digest"] == f"sha256:{digest}"
+        shown = json.loads(cofferlib.check(coffer, "show", "team/fraud:1", "--json", "--home", a, env=env))
+        assert sorted(layer["digest"] for layer in manifest["layers"]) == sorted(f"sha256:{f['sealed_sha256']}" for f in shown["files"])
+
+        exported = cofferlib.check(coffer, "export", "team/fraud:1", "--to", f"oci+http://{source}/xfer", "--recipient", b / "registry.pub",
+                                   "--identity", tmp_path / "alice.key", "--home", a, env=env)
+        assert f":{tag}" in exported and "1 blobs sent" not in exported
+        manifest_digest = exported.split("manifest sha256:")[1].split(",")[0]
+        skopeo("copy", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false",
+               f"docker://{source}/xfer:{tag}", f"docker://{mirror}/xfer:{tag}")
+        skopeo("copy", "--all", "--src-tls-verify=false", "--dest-tls-verify=false",
+               f"docker://{source}/xfer:sha256-{manifest_digest}", f"docker://{mirror}/xfer:sha256-{manifest_digest}")
+        imported = cofferlib.check(coffer, "import", f"oci+http://{mirror}/xfer:{tag}", "--home", b, env=env)
+        assert f"imported team/fraud:1 sha256:{digest}" in imported
+        cofferlib.check(coffer, "pull", "team/fraud:1", "--identity", b / "registry.key", "--out", out, "--home", b, env=env)
+        assert (out / "weights.bin").read_bytes() == (model / "weights.bin").read_bytes()
+        assert "clean" in cofferlib.check(coffer, "fsck", "--home", b, env=env)
+
+        # oras pulls the sealed files by path: the very blobs registry b now holds.
+        sealed = tmp_path / "sealed"
+        oras.client.OrasClient(hostname=mirror, insecure=True).pull(target=f"{mirror}/xfer:{tag}", outdir=str(sealed))
+        for f in shown["files"]:
+            data = (sealed / f["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == f["sealed_sha256"]
+            assert (b / "blobs" / "sha256" / f["sealed_sha256"][:2] / f["sealed_sha256"]).read_bytes() == data
+
+        # The vector's version is well formed but signed by a key registry b does not trust.
+        version, sealed_vector = vector_version()
+        documents = cofferlib.oci_publish(mirror, "vector", version, sealed_vector)
+        refused = cofferlib.run(coffer, "import", f"oci+http://{mirror}/vector:{documents['tag']}", "--home", b, env=env)
+        message = refused.stderr.decode().strip()
+        assert refused.returncode == 1 and "not a trusted signer" in message and "\n" not in message, message
