@@ -204,6 +204,19 @@ enum PostgresTestSupport {
         }
     }
 
+    /// A new database for a registry (``RegistryFixture``): migrated, and its password found the way a registry looks
+    /// it up (this process's PGPASSFILE names the cluster's pgpass file; the registry's URL holds no password).
+    static func registryDatabase() async throws -> TestDatabase {
+        let cluster = try cluster
+        passfileExported.withLock { exported in
+            if !exported { setenv("PGPASSFILE", cluster.passfile, 1) }
+            exported = true
+        }
+        return try await database()
+    }
+
+    private static let passfileExported = Mutex(false)
+
     /// The migrated template, made once.
     private actor Template {
         static let shared = Template()

@@ -2,16 +2,41 @@ import CofferCrypto
 import CofferRegistry
 import Foundation
 import GRDB
+import PostgresNIO
 import Testing
+
+/// Where a fixture's registry keeps its metadata: the registry behaviour tests run on each
+/// (`@Test(arguments: MetadataBackend.allCases)`).
+enum MetadataBackend: String, Sendable, CaseIterable, CustomTestStringConvertible {
+    /// `registry.sqlite` in the home directory.
+    case sqlite
+    /// A fresh database of its own in the PostgreSQL cluster this test process runs (``PostgresTestSupport``).
+    case postgres
+
+    var testDescription: String { rawValue }
+}
 
 /// A temporary registry and a workspace beside it, removed when the test ends.
 final class RegistryFixture {
     let root: URL
     let registry: Registry
+    /// The PostgreSQL database of a registry made with ``init(_:)`` on `.postgres`.
+    let postgres: PostgresTestSupport.TestDatabase?
     var home: String { root.appendingPathComponent("home").path }
 
+    /// A registry whose metadata is on `backend` (blobs in its directory); on `.postgres`, in a new database.
+    convenience init(_ backend: MetadataBackend) async throws {
+        guard backend == .postgres else {
+            try await self.init()
+            return
+        }
+        let database = try await PostgresTestSupport.registryDatabase()
+        try await self.init(backends: Backends(metadata: database.endpoint.url, blobs: "directory"), postgres: database)
+    }
+
     /// A registry on `backends`: embedded by default (one directory), else the stores the URLs name.
-    init(backends: Backends = .embedded) async throws {
+    init(backends: Backends = .embedded, postgres: PostgresTestSupport.TestDatabase? = nil) async throws {
+        self.postgres = postgres
         root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-registry-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         let secret = passphrase("registry passphrase")
@@ -67,6 +92,29 @@ final class RegistryFixture {
             for trigger in triggers { try db.execute(sql: "DROP TRIGGER \(trigger)") }
             try db.execute(sql: statements, arguments: arguments)
         }
+    }
+
+    /// Runs SQL on a `.postgres` fixture's database as its owner could behind the registry's back: the tables' own
+    /// triggers disabled for the statements and enabled again afterwards (so the damage is all that is left).
+    func attackPostgres(_ statements: String) async throws {
+        guard let postgres else { throw PostgresTestSupport.Failure(description: "attackPostgres on a registry without PostgreSQL") }
+        try await postgres.withDatabase { database in
+            try await database.transaction { connection in
+                let tables = try await connection.rows("SELECT DISTINCT tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal")
+                    .map { try $0.decode(String.self) }
+                for table in tables { try await connection.rows(PostgresQuery(unsafeSQL: "ALTER TABLE \(table) DISABLE TRIGGER USER")) }
+                for statement in statements.split(separator: ";") where !statement.allSatisfy(\.isWhitespace) {
+                    try await connection.rows(PostgresQuery(unsafeSQL: String(statement)))
+                }
+                for table in tables { try await connection.rows(PostgresQuery(unsafeSQL: "ALTER TABLE \(table) ENABLE TRIGGER USER")) }
+            }
+        }
+    }
+
+    /// Changes the registry's metadata behind its back, whatever holds it: SQLite's file (triggers dropped), or
+    /// PostgreSQL's rows (triggers disabled meanwhile).
+    func tamper(_ statements: String) async throws {
+        if postgres != nil { try await attackPostgres(statements) } else { try await attack(statements) }
     }
 
     func read(_ relative: String) throws -> [UInt8] { Array(try Data(contentsOf: root.appendingPathComponent(relative))) }

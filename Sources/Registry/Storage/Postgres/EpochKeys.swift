@@ -127,6 +127,19 @@ public final class EpochKeys: Sendable {
         return epoch
     }
 
+    /// Rotates when a rotation is due (an erasure marked it), else does nothing; returns the epoch then current.
+    /// Erasures committed at once by several writers or replicas are put out of reach by one rotation.
+    @discardableResult
+    public func rotateIfDue(_ database: PostgresRegistryDatabase) async throws(CofferRegistryError) -> UInt32 {
+        let epoch = try await database.transaction { connection in
+            let state = try await Self.readEpoch(on: connection, lock: "FOR UPDATE")
+            guard state.rotationDue else { return state.epoch }
+            return try await self.rotate(from: state.epoch, on: connection)
+        }
+        try destroyKeyFiles(where: { $0 < epoch })
+        return epoch
+    }
+
     /// The rotation's transaction body, with `epoch_state` locked: new key, re-seal, record.
     private func rotate(from epoch: UInt32, on connection: PostgresConnection) async throws -> UInt32 {
         guard epoch < UInt32.max else { throw CofferRegistryError.database("the epoch counter is exhausted") }

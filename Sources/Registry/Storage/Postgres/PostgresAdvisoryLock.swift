@@ -12,6 +12,9 @@ public enum PostgresAdvisoryLock {
     public static let auditAppend: Int64 = 0x636F_6666_6572_0002
     /// Held for as long as a replica signs the audit chain's heads (leader election).
     public static let auditHeadSigner: Int64 = 0x636F_6666_6572_0003
+    /// Held by each commit that appends to the ledger, from checking the ledger's end to COMMIT: one writer at a time
+    /// decides record `n + 1`.
+    public static let ledgerAppend: Int64 = 0x636F_6666_6572_0004
 }
 
 extension PostgresConnection {
