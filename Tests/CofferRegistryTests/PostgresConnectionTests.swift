@@ -196,8 +196,11 @@ struct PostgresConnectionTests {
                             counter.increment()
                             let rows = try await connection.rows("SELECT tokens FROM session_rates WHERE session_id = 'x'")
                             let tokens = try rows[0].decode(Double.self)
-                            // Both read before either writes: a classic read-modify-write race.
-                            try await Task.sleep(for: .milliseconds(100))
+                            // Both read before either writes (a classic read-modify-write race): each waits for the
+                            // other's first read, however loaded the machine (a fixed pause let one finish first).
+                            let reads = counter.increment(reads: true)
+                            let deadline = ContinuousClock.now + .seconds(10)
+                            while reads <= 2, counter.reads < 2, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
                             try await connection.rows("UPDATE session_rates SET tokens = \(tokens + 1) WHERE session_id = 'x'")
                         }
                     }
@@ -289,6 +292,21 @@ struct PostgresConnectionTests {
 /// Counts transaction attempts across tasks.
 final class AttemptCounter: Sendable {
     private let count = Mutex(0)
-    func increment() { count.withLock { $0 += 1 } }
+    private let readCount = Mutex(0)
+    /// Counts an attempt, or with `reads`, a first read; returns the new count.
+    @discardableResult
+    func increment(reads: Bool = false) -> Int {
+        if reads {
+            return readCount.withLock {
+                $0 += 1
+                return $0
+            }
+        }
+        return count.withLock {
+            $0 += 1
+            return $0
+        }
+    }
     var value: Int { count.withLock { $0 } }
+    var reads: Int { readCount.withLock { $0 } }
 }

@@ -240,12 +240,34 @@ public final class EpochKeys: Sendable {
                 // Values under an older epoch (a rotation's file destruction interrupted, or a row restored from a
                 // backup) are re-sealed while their key is still there.
                 let key = try self.key(state.epoch, current: state.epoch)
-                for column in self.columns { try await self.reseal(column, to: state.epoch, key: key, on: connection) }
+                // Only columns that hold one are walked: every command and server opens the keys, and walking every
+                // row (locking each) on each open would cost a scan of the registry per command.
+                for column in self.columns {
+                    guard try await Self.holdsOtherEpochs(column, epoch: state.epoch, on: connection) else { continue }
+                    try await self.reseal(column, to: state.epoch, key: key, on: connection)
+                }
             }
             return state.epoch
         }
         try destroyKeyFiles(where: { $0 < current })
         loaded.withLock { keys in keys = keys.filter { $0.key >= current } }
+    }
+
+    /// Whether any value of `column` is sealed under another epoch than `epoch` (or not sealed at all).
+    private static func holdsOtherEpochs(_ column: SealedColumn, epoch: UInt32, on connection: PostgresConnection) async throws -> Bool {
+        let name = try PostgresRecords.identifier(column.column)
+        let query = PostgresQuery(
+            unsafeSQL: """
+                SELECT 1 FROM \(try PostgresRecords.identifier(column.table))
+                WHERE \(name) IS NOT NULL AND substring(\(name) FROM 5 FOR 4) IS DISTINCT FROM $1 LIMIT 1
+                """,
+            binds: {
+                var bindings = PostgresBindings()
+                bindings.append(ByteBuffer(bytes: [UInt8(epoch >> 24), UInt8(epoch >> 16 & 0xff), UInt8(epoch >> 8 & 0xff), UInt8(epoch & 0xff)]))
+                return bindings
+            }()
+        )
+        return try await !connection.rows(query).isEmpty
     }
 
     private static func countSealed(_ column: SealedColumn, epoch: UInt32, on connection: PostgresConnection) async throws -> Int64? {
