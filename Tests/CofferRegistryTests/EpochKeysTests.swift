@@ -221,7 +221,7 @@ final class EpochFixture: Sendable {
     }
 
     /// A model and a version to hang rows on; the version's id.
-    func makeVersion(_ database: PostgresRegistryDatabase) async throws -> Int64 {
+    func makeVersion(_ database: PostgresPool) async throws -> Int64 {
         let model = UUID().uuidString
         let id = try await database.scalar(Int64.self, "INSERT INTO models (name, created_at) VALUES (\(model), 'now') RETURNING id")
         return try #require(
@@ -233,7 +233,7 @@ final class EpochFixture: Sendable {
     }
 
     /// `count` wrapped keys of one new version, each an 80-byte random stanza sealed under the current epoch; by row key.
-    func insertWrappedKeys(_ count: Int, keys: EpochKeys, database: PostgresRegistryDatabase) async throws -> [String: [UInt8]] {
+    func insertWrappedKeys(_ count: Int, keys: EpochKeys, database: PostgresPool) async throws -> [String: [UInt8]] {
         let versionID = try await makeVersion(database)
         var stanzas: [String: [UInt8]] = [:]
         for _ in 0..<count {
@@ -250,7 +250,7 @@ final class EpochFixture: Sendable {
     }
 
     /// `count` sessions with a sealed key copy, and one without (revoked); by session id.
-    func insertSessions(_ count: Int, keys: EpochKeys, database: PostgresRegistryDatabase) async throws -> [String: [UInt8]] {
+    func insertSessions(_ count: Int, keys: EpochKeys, database: PostgresPool) async throws -> [String: [UInt8]] {
         let versionID = try await makeVersion(database)
         var copies: [String: [UInt8]] = [:]
         for i in 0...count {
@@ -272,7 +272,7 @@ final class EpochFixture: Sendable {
     }
 
     /// Every sealed value in the database, by column and row key.
-    func sealedValues(_ database: PostgresRegistryDatabase) async throws -> [Row: [UInt8]] {
+    func sealedValues(_ database: PostgresPool) async throws -> [Row: [UInt8]] {
         var values: [Row: [UInt8]] = [:]
         for row in try await database.query("SELECT version_id::text || E'\\n' || recipient_key_id, stanza FROM wrapped_keys") {
             let (key, sealed) = try row.decode((String, ByteBuffer).self)

@@ -1,8 +1,9 @@
-import CofferRegistry
 import Foundation
 import PostgresNIO
 import Synchronization
 import Testing
+
+@testable import CofferRegistry
 
 /// Connecting to a real PostgreSQL: authentication, TLS per sslmode, one-line errors naming the engine, the pool's
 /// lifecycle, transactions that retry and conflicts told apart.
@@ -12,7 +13,7 @@ struct PostgresConnectionTests {
         let endpoint = try PostgresEndpoint(url: "postgres://coffer@127.0.0.1:\(cluster.port)/postgres")
         let password = try endpoint.password(environment: ["PGPASSFILE": cluster.passfile])
         #expect(password != nil)
-        let user = try await PostgresRegistryDatabase.withDatabase(endpoint, password: password) { database in
+        let user = try await PostgresPool.withDatabase(endpoint, password: password) { database in
             try await database.scalar(String.self, "SELECT current_user")
         }
         #expect(user == "coffer")
@@ -27,10 +28,10 @@ struct PostgresConnectionTests {
                 reason: "password authentication failed for user \"coffer\" (SQLSTATE 28P01)"
             )
         ) {
-            _ = try await PostgresRegistryDatabase.connect(endpoint, password: "wrong")
+            _ = try await PostgresPool.connect(endpoint, password: "wrong")
         }
         let error = await #expect(throws: CofferRegistryError.self) {
-            _ = try await PostgresRegistryDatabase.connect(endpoint, password: nil)
+            _ = try await PostgresPool.connect(endpoint, password: nil)
         }
         #expect(
             error?.description.hasSuffix(
@@ -45,7 +46,7 @@ struct PostgresConnectionTests {
         let port = try Self.unusedPort()
         let endpoint = PostgresEndpoint(host: "127.0.0.1", port: port, user: "coffer", database: "coffer")
         await #expect(throws: CofferRegistryError.unavailable(engine: "PostgreSQL at 127.0.0.1:\(port)/coffer", reason: "connection refused")) {
-            _ = try await PostgresRegistryDatabase.connect(endpoint, password: "x")
+            _ = try await PostgresPool.connect(endpoint, password: "x")
         }
     }
 
@@ -57,7 +58,7 @@ struct PostgresConnectionTests {
                 reason: "database \"no_such_db\" does not exist (SQLSTATE 3D000)"
             )
         ) {
-            _ = try await PostgresRegistryDatabase.connect(cluster.endpoint("no_such_db"), password: cluster.password)
+            _ = try await PostgresPool.connect(cluster.endpoint("no_such_db"), password: cluster.password)
         }
     }
 
@@ -70,10 +71,10 @@ struct PostgresConnectionTests {
                 reason: "the server does not support TLS (sslmode=require)"
             )
         ) {
-            _ = try await PostgresRegistryDatabase.connect(plain.endpoint(sslMode: .require), password: plain.password)
+            _ = try await PostgresPool.connect(plain.endpoint(sslMode: .require), password: plain.password)
         }
         // The same server over plain TCP is fine.
-        let database = try await PostgresRegistryDatabase.connect(plain.endpoint(), password: plain.password)
+        let database = try await PostgresPool.connect(plain.endpoint(), password: plain.password)
         _ = database
     }
 
@@ -83,7 +84,7 @@ struct PostgresConnectionTests {
         let cluster = try PostgresTestSupport.cluster
         let sslQuery: PostgresQuery = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
         for mode in [PostgresEndpoint.SSLMode.disable, .require, .verifyFull] {
-            let ssl = try await PostgresRegistryDatabase.withDatabase(cluster.endpoint(sslMode: mode), password: cluster.password) { database in
+            let ssl = try await PostgresPool.withDatabase(cluster.endpoint(sslMode: mode), password: cluster.password) { database in
                 try await database.scalar(Bool.self, sslQuery)
             }
             #expect(ssl == (mode != .disable), "\(mode)")
@@ -92,7 +93,7 @@ struct PostgresConnectionTests {
         let byName = try PostgresEndpoint(
             url: "postgres://coffer@localhost:\(cluster.port)/postgres?sslmode=verify-full&sslrootcert=\(cluster.caCertificate!)"
         )
-        let ssl = try await PostgresRegistryDatabase.withDatabase(byName, password: cluster.password) { database in
+        let ssl = try await PostgresPool.withDatabase(byName, password: cluster.password) { database in
             try await database.scalar(Bool.self, sslQuery)
         }
         #expect(ssl == true)
@@ -105,7 +106,7 @@ struct PostgresConnectionTests {
                 reason: "TLS handshake failed: the server's certificate did not verify"
             )
         ) {
-            _ = try await PostgresRegistryDatabase.connect(untrusted, password: cluster.password)
+            _ = try await PostgresPool.connect(untrusted, password: cluster.password)
         }
         var missing = cluster.endpoint(sslMode: .verifyFull)
         missing.sslRootCertificate = "/nonexistent/ca.pem"
@@ -115,7 +116,7 @@ struct PostgresConnectionTests {
                 reason: "sslrootcert /nonexistent/ca.pem holds no readable PEM certificate"
             )
         ) {
-            _ = try PostgresRegistryDatabase(endpoint: missing, password: cluster.password)
+            _ = try PostgresPool(endpoint: missing, password: cluster.password)
         }
     }
 
@@ -251,7 +252,7 @@ struct PostgresConnectionTests {
         let createDatabase = try await clock.measure { _ = try await PostgresTestSupport.emptyDatabase() }
         let createFromTemplate = try await clock.measure { _ = try await PostgresTestSupport.database() }
         let connect = try await clock.measure {
-            let database = try PostgresRegistryDatabase(endpoint: test.endpoint, password: test.password)
+            let database = try PostgresPool(endpoint: test.endpoint, password: test.password)
             try await database.checkReachable()
         }
         let (roundTrip, insert) = try await test.withDatabase { database in

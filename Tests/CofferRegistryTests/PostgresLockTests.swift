@@ -1,7 +1,8 @@
-import CofferRegistry
 import Foundation
 import PostgresNIO
 import Testing
+
+@testable import CofferRegistry
 
 /// Advisory locks: the audit append serialized across writers, and one leader at a time for signing heads.
 struct PostgresLockTests {

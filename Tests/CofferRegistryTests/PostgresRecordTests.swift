@@ -1,7 +1,8 @@
-import CofferRegistry
 import Foundation
 import PostgresNIO
 import Testing
+
+@testable import CofferRegistry
 
 /// Codable records to and from PostgreSQL rows, on records shaped like the real `versions` and `sessions` tables.
 struct PostgresRecordTests {

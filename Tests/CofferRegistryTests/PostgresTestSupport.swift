@@ -1,8 +1,9 @@
-import CofferRegistry
 import Foundation
 import PostgresNIO
 import Synchronization
 import Testing
+
+@testable import CofferRegistry
 
 /// PostgreSQL for tests: one real cluster per test process (tools/lib/postgres.sh: initdb in a temporary directory,
 /// run as an unprivileged user, scram-sha-256, TLS), started on first use, stopped when the process exits (and by a
@@ -50,16 +51,16 @@ enum PostgresTestSupport {
 
         /// A pool on this database, running while `body` runs.
         func withDatabase<Result: Sendable>(
-            options: PostgresRegistryDatabase.Options = testOptions,
-            _ body: (PostgresRegistryDatabase) async throws -> Result
+            options: PostgresPool.Options = testOptions,
+            _ body: (PostgresPool) async throws -> Result
         ) async throws -> Result {
-            try await PostgresRegistryDatabase.withDatabase(endpoint, password: password, options: options, body)
+            try await PostgresPool.withDatabase(endpoint, password: password, options: options, body)
         }
     }
 
     /// Small pools: many tests run at once against one cluster.
-    static let testOptions: PostgresRegistryDatabase.Options = {
-        var options = PostgresRegistryDatabase.Options()
+    static let testOptions: PostgresPool.Options = {
+        var options = PostgresPool.Options()
         options.maximumConnections = 4
         return options
     }()
@@ -192,7 +193,7 @@ enum PostgresTestSupport {
 
     /// Runs `body` on one connection to the cluster's `postgres` database as the role `coffer`.
     static func admin<Result: Sendable>(_ cluster: Cluster, _ body: (PostgresConnection) async throws -> Result) async throws -> Result {
-        let database = try PostgresRegistryDatabase(endpoint: cluster.endpoint(), password: cluster.password)
+        let database = try PostgresPool(endpoint: cluster.endpoint(), password: cluster.password)
         let connection = try await database.openConnection()
         do {
             let result = try await body(connection)
@@ -230,7 +231,7 @@ enum PostgresTestSupport {
                 _ = try await PostgresTestSupport.admin(cluster) { connection in
                     try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name)"), logger: connection.logger)
                 }
-                _ = try await PostgresRegistryDatabase.withDatabase(cluster.endpoint(name), password: cluster.password) { database in
+                _ = try await PostgresPool.withDatabase(cluster.endpoint(name), password: cluster.password) { database in
                     try await PostgresMigrator.migrate(database)
                 }
                 return name
@@ -242,7 +243,7 @@ enum PostgresTestSupport {
 }
 
 /// The rows of a query as one value each (tests' short-hand).
-extension PostgresRegistryDatabase {
+extension PostgresPool {
     func scalar<T: PostgresDecodable & Sendable>(_ type: T.Type, _ query: PostgresQuery) async throws -> T? {
         try await self.query(query).first.map { try $0.decode(T.self) }
     }

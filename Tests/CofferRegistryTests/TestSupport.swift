@@ -1,9 +1,10 @@
 import CofferCrypto
-import CofferRegistry
 import Foundation
 import GRDB
 import PostgresNIO
 import Testing
+
+@testable import CofferRegistry
 
 /// Where a fixture's registry keeps its metadata: the registry behaviour tests run on each
 /// (`@Test(arguments: MetadataBackend.allCases)`).

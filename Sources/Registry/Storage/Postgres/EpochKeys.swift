@@ -1,6 +1,6 @@
 import CofferCrypto
 import Foundation
-public import PostgresNIO
+import PostgresNIO
 import Synchronization
 
 #if canImport(Glibc)
@@ -28,11 +28,11 @@ import Glibc
 ///     try await connection.query("INSERT INTO wrapped_keys VALUES (\(versionID), \(keyID), \(ByteBuffer(bytes: sealed)))", logger: ...)
 /// }
 /// ```
-public final class EpochKeys: Sendable {
+final class EpochKeys: Sendable {
     /// `HOME/epochs`.
-    public let directory: String
+    let directory: String
     /// The sealed columns this store has (what a rotation re-seals).
-    public let columns: [SealedColumn]
+    let columns: [SealedColumn]
     private let loaded = Mutex<[UInt32: KeyBox]>([:])
 
     /// Rows re-sealed per statement during a rotation.
@@ -51,9 +51,9 @@ public final class EpochKeys: Sendable {
     ///
     /// - Throws: ``CofferRegistryError/io(path:reason:)`` for the key files; ``CofferRegistryError/tampered(_:)`` when
     ///   values are sealed under an epoch whose key file is gone (they can never be opened again).
-    public static func open(
+    static func open(
         home: String,
-        database: PostgresRegistryDatabase,
+        database: PostgresPool,
         columns: [SealedColumn] = SealedColumn.all
     ) async throws(CofferRegistryError) -> EpochKeys {
         try await open(home: home, database: database, columns: columns, batchSize: 5000)
@@ -61,7 +61,7 @@ public final class EpochKeys: Sendable {
 
     static func open(
         home: String,
-        database: PostgresRegistryDatabase,
+        database: PostgresPool,
         columns: [SealedColumn],
         batchSize: Int
     ) async throws(CofferRegistryError) -> EpochKeys {
@@ -75,7 +75,7 @@ public final class EpochKeys: Sendable {
 
     /// The current epoch, read `FOR SHARE` in the caller's transaction on `connection` (a rotation then waits for
     /// this transaction to end), with its key loaded.
-    public func currentEpoch(on connection: PostgresConnection) async throws -> UInt32 {
+    func currentEpoch(on connection: PostgresConnection) async throws -> UInt32 {
         let epoch = try await Self.readEpoch(on: connection, lock: "FOR SHARE").epoch
         _ = try key(epoch, current: epoch)
         return epoch
@@ -83,7 +83,7 @@ public final class EpochKeys: Sendable {
 
     /// Seals `value` for the row `rowKey` of `column` under the current epoch, in the caller's transaction on
     /// `connection`: the value must be written in the same transaction.
-    public func seal(_ value: [UInt8], column: SealedColumn, rowKey: String, on connection: PostgresConnection) async throws -> [UInt8] {
+    func seal(_ value: [UInt8], column: SealedColumn, rowKey: String, on connection: PostgresConnection) async throws -> [UInt8] {
         let epoch = try await Self.readEpoch(on: connection, lock: "FOR SHARE").epoch
         let box = try key(epoch, current: epoch)
         return EpochSeal.seal(value, epoch: epoch, key: box.key, column: column, rowKey: rowKey)
@@ -93,7 +93,7 @@ public final class EpochKeys: Sendable {
     ///
     /// - Throws: ``CofferRegistryError/tampered(_:)`` when the value is not sealed, names an epoch whose key is gone,
     ///   or does not authenticate for this row and column.
-    public func open(_ sealed: [UInt8], column: SealedColumn, rowKey: String) throws(CofferRegistryError) -> [UInt8] {
+    func open(_ sealed: [UInt8], column: SealedColumn, rowKey: String) throws(CofferRegistryError) -> [UInt8] {
         guard let epoch = EpochSeal.epoch(of: sealed) else { throw .tampered("\(column) of row \(describe(rowKey)) is not a sealed value") }
         let box: KeyBox
         do {
@@ -109,7 +109,7 @@ public final class EpochKeys: Sendable {
 
     /// Marks a rotation due, in the transaction that deletes what must be erased: if the process dies before
     /// ``rotate(_:)`` finishes, the next ``open(home:database:columns:)`` rotates.
-    public static func markRotationDue(on connection: PostgresConnection) async throws {
+    static func markRotationDue(on connection: PostgresConnection) async throws {
         try await connection.rows("UPDATE epoch_state SET rotation_due = TRUE")
     }
 
@@ -118,7 +118,7 @@ public final class EpochKeys: Sendable {
     /// Moves to a new epoch: writes and syncs its key file, re-seals every value of ``columns`` under it and records
     /// it as current in one transaction, then destroys the older key files. Returns the new epoch.
     @discardableResult
-    public func rotate(_ database: PostgresRegistryDatabase) async throws(CofferRegistryError) -> UInt32 {
+    func rotate(_ database: PostgresPool) async throws(CofferRegistryError) -> UInt32 {
         let epoch = try await database.transaction { connection in
             let state = try await Self.readEpoch(on: connection, lock: "FOR UPDATE")
             return try await self.rotate(from: state.epoch, on: connection)
@@ -130,7 +130,7 @@ public final class EpochKeys: Sendable {
     /// Rotates when a rotation is due (an erasure marked it), else does nothing; returns the epoch then current.
     /// Erasures committed at once by several writers or replicas are put out of reach by one rotation.
     @discardableResult
-    public func rotateIfDue(_ database: PostgresRegistryDatabase) async throws(CofferRegistryError) -> UInt32 {
+    func rotateIfDue(_ database: PostgresPool) async throws(CofferRegistryError) -> UInt32 {
         let epoch = try await database.transaction { connection in
             let state = try await Self.readEpoch(on: connection, lock: "FOR UPDATE")
             guard state.rotationDue else { return state.epoch }
@@ -162,7 +162,7 @@ public final class EpochKeys: Sendable {
         let table = try PostgresRecords.identifier(column.table)
         let name = try PostgresRecords.identifier(column.column)
         let rowKey = try column.rowKeyExpression()
-        let logger = PostgresRegistryDatabase.logger
+        let logger = PostgresPool.logger
         var after = ""
         while true {
             // Keyset pagination on the row key: each batch starts after the last one read.
@@ -218,7 +218,7 @@ public final class EpochKeys: Sendable {
     // MARK: - Recovery
 
     /// What ``open(home:database:columns:)`` finishes; safe to run at any time, from any replica.
-    func recover(_ database: PostgresRegistryDatabase) async throws(CofferRegistryError) {
+    func recover(_ database: PostgresPool) async throws(CofferRegistryError) {
         let current = try await database.transaction { connection in
             var state = try await Self.readEpoch(on: connection, lock: "FOR UPDATE")
             // Newer files than the current epoch were written by a rotation that never committed.
@@ -284,7 +284,7 @@ public final class EpochKeys: Sendable {
             }()
         )
         var count: Int64? = nil
-        for try await row in try await connection.query(query, logger: PostgresRegistryDatabase.logger) { count = try row.decode(Int64.self) }
+        for try await row in try await connection.query(query, logger: PostgresPool.logger) { count = try row.decode(Int64.self) }
         return count
     }
 
@@ -296,7 +296,7 @@ public final class EpochKeys: Sendable {
     static func readEpoch(on connection: PostgresConnection, lock: String) async throws -> State {
         var state: State? = nil
         let query = PostgresQuery(unsafeSQL: "SELECT epoch, rotation_due FROM epoch_state \(lock)")
-        for try await row in try await connection.query(query, logger: PostgresRegistryDatabase.logger) {
+        for try await row in try await connection.query(query, logger: PostgresPool.logger) {
             let (epoch, due) = try row.decode((Int64, Bool).self)
             guard let value = UInt32(exactly: epoch) else { throw CofferRegistryError.tampered("epoch_state names epoch \(epoch)") }
             state = State(epoch: value, rotationDue: due)
@@ -312,7 +312,7 @@ public final class EpochKeys: Sendable {
     func keyFileExists(_ epoch: UInt32) -> Bool { access(path(epoch), F_OK) == 0 }
 
     /// The epochs that have a key file, in order.
-    public func keyFileEpochs() throws(CofferRegistryError) -> [UInt32] {
+    func keyFileEpochs() throws(CofferRegistryError) -> [UInt32] {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else {
             throw .io(path: directory, reason: "cannot list the epoch keys")
         }

@@ -1,5 +1,5 @@
 import CSodium
-public import CofferCrypto
+import CofferCrypto
 
 /// The sealing of one column value under an epoch key (docs/FORMAT.md, "Metadata stores", erasure):
 ///
@@ -10,17 +10,17 @@ public import CofferCrypto
 ///
 /// The associated data binds a sealed value to its epoch, its column and its row, so a value copied onto another
 /// row, or into another column, does not open there.
-public enum EpochSeal {
+enum EpochSeal {
     /// The first four bytes of every sealed value, what a scan of PostgreSQL's files looks for.
-    public static let magic: [UInt8] = Array("cfe1".utf8)
+    static let magic: [UInt8] = Array("cfe1".utf8)
     static let label: [UInt8] = Array("coffer/v1/epoch-seal".utf8)
     static let nonceLength = 24
     static let tagLength = 16
     /// Bytes a sealed value adds to the value: magic, epoch, nonce and tag.
-    public static let overhead = 4 + 4 + nonceLength + tagLength
+    static let overhead = 4 + 4 + nonceLength + tagLength
 
     /// The epoch a sealed value names, or `nil` when `sealed` is not a sealed value.
-    public static func epoch(of sealed: [UInt8]) -> UInt32? {
+    static func epoch(of sealed: [UInt8]) -> UInt32? {
         guard sealed.count >= overhead, Array(sealed[0..<4]) == magic else { return nil }
         return sealed[4..<8].reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
     }
@@ -30,7 +30,7 @@ public enum EpochSeal {
     }
 
     /// Seals `value` for the row `rowKey` of `column` under `key`, the key of `epoch`.
-    public static func seal(_ value: [UInt8], epoch: UInt32, key: borrowing SecretKey, column: SealedColumn, rowKey: String) -> [UInt8] {
+    static func seal(_ value: [UInt8], epoch: UInt32, key: borrowing SecretKey, column: SealedColumn, rowKey: String) -> [UInt8] {
         var nonce = [UInt8](repeating: 0, count: nonceLength)
         randombytes_buf(&nonce, nonceLength)
         let ad = associatedData(epoch: epoch, column: column, rowKey: rowKey)
@@ -56,7 +56,7 @@ public enum EpochSeal {
 
     /// Opens a sealed value with `key` (the key of the epoch it names); `nil` when it does not authenticate (another
     /// key, another row or column, altered bytes).
-    public static func open(_ sealed: [UInt8], key: borrowing SecretKey, column: SealedColumn, rowKey: String) -> [UInt8]? {
+    static func open(_ sealed: [UInt8], key: borrowing SecretKey, column: SealedColumn, rowKey: String) -> [UInt8]? {
         guard let epoch = epoch(of: sealed) else { return nil }
         let ad = associatedData(epoch: epoch, column: column, rowKey: rowKey)
         let nonce = Array(sealed[8..<(8 + nonceLength)])

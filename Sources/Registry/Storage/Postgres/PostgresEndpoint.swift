@@ -9,9 +9,9 @@ import Foundation
 /// let endpoint = try PostgresEndpoint(url: "postgres://coffer@db.internal:5432/coffer?sslmode=verify-full")
 /// print(endpoint.engine)    // PostgreSQL at db.internal:5432/coffer
 /// ```
-public struct PostgresEndpoint: Sendable, Hashable, CustomStringConvertible {
+struct PostgresEndpoint: Sendable, Hashable, CustomStringConvertible {
     /// How TLS is used, as libpq's `sslmode` (only the modes that cannot be downgraded silently, and `disable`).
-    public enum SSLMode: String, Sendable, Hashable, CaseIterable {
+    enum SSLMode: String, Sendable, Hashable, CaseIterable {
         /// Plain TCP. The default on a loopback address.
         case disable
         /// TLS, the server's certificate not checked (protects against a passive listener only).
@@ -21,15 +21,15 @@ public struct PostgresEndpoint: Sendable, Hashable, CustomStringConvertible {
         case verifyFull = "verify-full"
     }
 
-    public var host: String
-    public var port: Int
-    public var user: String
-    public var database: String
-    public var sslMode: SSLMode
+    var host: String
+    var port: Int
+    var user: String
+    var database: String
+    var sslMode: SSLMode
     /// A PEM file of the certificate authorities to trust for `verify-full`; `nil`: the system's roots.
-    public var sslRootCertificate: String?
+    var sslRootCertificate: String?
 
-    public static let defaultPort = 5432
+    static let defaultPort = 5432
 
     /// Parses a PostgreSQL URL (`postgres://` or `postgresql://`).
     ///
@@ -38,7 +38,7 @@ public struct PostgresEndpoint: Sendable, Hashable, CustomStringConvertible {
     ///   elsewhere. User, database and path are percent-decoded; an IPv6 host is written in brackets.
     /// - Throws: ``CofferRegistryError/invalidInput(_:)`` naming what is wrong; a password in the URL is refused
     ///   without repeating it.
-    public init(url: String) throws(CofferRegistryError) {
+    init(url: String) throws(CofferRegistryError) {
         func invalid(_ why: String) -> CofferRegistryError { .invalidInput("invalid PostgreSQL URL: \(why)") }
         var rest: Substring
         if url.hasPrefix("postgres://") {
@@ -136,7 +136,7 @@ public struct PostgresEndpoint: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// An endpoint from its parts (tests, tools).
-    public init(
+    init(
         host: String,
         port: Int = Self.defaultPort,
         user: String,
@@ -153,23 +153,23 @@ public struct PostgresEndpoint: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// How errors name this store: `PostgreSQL at HOST:PORT/DB`.
-    public var engine: String {
+    var engine: String {
         let shownHost = host.contains(":") ? "[\(host)]" : host
         return "PostgreSQL at \(shownHost):\(port)/\(database)"
     }
 
     /// The URL again, in its canonical form (what `backends.json` records). Holds no secret.
-    public var url: String {
+    var url: String {
         let shownHost = host.contains(":") ? "[\(host)]" : host
         var text = "postgres://\(Self.percentEncoded(user))@\(shownHost):\(port)/\(Self.percentEncoded(database))?sslmode=\(sslMode.rawValue)"
         if let sslRootCertificate { text += "&sslrootcert=\(Self.percentEncoded(sslRootCertificate, keepingSlashes: true))" }
         return text
     }
 
-    public var description: String { url }
+    var description: String { url }
 
     /// The same server and credentials, another database (tests make one per test; `CREATE DATABASE` runs elsewhere).
-    public func with(database: String) -> PostgresEndpoint {
+    func with(database: String) -> PostgresEndpoint {
         var copy = self
         copy.database = database
         return copy
@@ -181,7 +181,7 @@ public struct PostgresEndpoint: Sendable, Hashable, CustomStringConvertible {
     /// - Parameter environment: the variables to read; `nil` for the process's environment (tests pass their own).
     /// - Throws: ``CofferRegistryError/unavailable(engine:reason:)`` when the password file cannot be used (group or
     ///   world access, not a regular file, unreadable).
-    public func password(environment: [String: String]? = nil) throws(CofferRegistryError) -> String? {
+    func password(environment: [String: String]? = nil) throws(CofferRegistryError) -> String? {
         let environment = environment ?? ProcessInfo.processInfo.environment
         if let password = environment["PGPASSWORD"], !password.isEmpty { return password }
         let path: String

@@ -12,37 +12,37 @@ import Glibc
 ///
 /// postgres-nio's errors print as multi-line debug dumps (the query included); the registry prints
 /// `PostgreSQL at HOST:PORT/DB: REASON` instead, with the server's own message when it sent one.
-public enum PostgresFailure {
+enum PostgresFailure {
     /// SQLSTATE codes the registry acts on (PostgreSQL, Appendix A).
-    public enum SQLState {
-        public static let uniqueViolation = "23505"
-        public static let foreignKeyViolation = "23503"
-        public static let checkViolation = "23514"
-        public static let serializationFailure = "40001"
-        public static let deadlockDetected = "40P01"
-        public static let raiseException = "P0001"
-        public static let invalidPassword = "28P01"
-        public static let invalidAuthorization = "28000"
-        public static let unknownDatabase = "3D000"
-        public static let adminShutdown = "57P01"
-        public static let cannotConnectNow = "57P03"
+    enum SQLState {
+        static let uniqueViolation = "23505"
+        static let foreignKeyViolation = "23503"
+        static let checkViolation = "23514"
+        static let serializationFailure = "40001"
+        static let deadlockDetected = "40P01"
+        static let raiseException = "P0001"
+        static let invalidPassword = "28P01"
+        static let invalidAuthorization = "28000"
+        static let unknownDatabase = "3D000"
+        static let adminShutdown = "57P01"
+        static let cannotConnectNow = "57P03"
     }
 
     /// The SQLSTATE the server sent with `error`, if it is a server error.
-    public static func sqlState(_ error: any Error) -> String? {
+    static func sqlState(_ error: any Error) -> String? {
         guard let error = error as? PSQLError, error.code == .server else { return nil }
         return error.serverInfo?[.sqlState]
     }
 
     /// The constraint a unique-key violation hit (e.g. `ledger_pkey`: another writer appended record n + 1 first),
     /// `nil` for any other error.
-    public static func uniqueViolation(_ error: any Error) -> String? {
+    static func uniqueViolation(_ error: any Error) -> String? {
         guard sqlState(error) == SQLState.uniqueViolation, let error = error as? PSQLError else { return nil }
         return error.serverInfo?[.constraintName] ?? ""
     }
 
     /// Whether running the whole transaction again may succeed: a serialization failure or a deadlock.
-    public static func isRetryable(_ error: any Error) -> Bool {
+    static func isRetryable(_ error: any Error) -> Bool {
         let state = sqlState(error)
         return state == SQLState.serializationFailure || state == SQLState.deadlockDetected
     }

@@ -23,13 +23,13 @@ import PostgresNIO
 /// await store.close()
 /// ```
 final class PostgresMetadataStore: MetadataStore {
-    let database: PostgresRegistryDatabase
+    let database: PostgresPool
     let keys: EpochKeys
     let name: String
     /// The pool's background work, from ``open(url:home:environment:options:)`` until ``close()`` or deinit.
     private let running: Task<Void, Never>
 
-    private init(database: PostgresRegistryDatabase, keys: EpochKeys, running: Task<Void, Never>) {
+    private init(database: PostgresPool, keys: EpochKeys, running: Task<Void, Never>) {
         self.database = database
         self.keys = keys
         self.running = running
@@ -51,10 +51,10 @@ final class PostgresMetadataStore: MetadataStore {
         url: String,
         home: String,
         environment: [String: String]? = nil,
-        options: PostgresRegistryDatabase.Options = PostgresRegistryDatabase.Options()
+        options: PostgresPool.Options = PostgresPool.Options()
     ) async throws(CofferRegistryError) -> PostgresMetadataStore {
         let endpoint = try PostgresEndpoint(url: url)
-        let database = try PostgresRegistryDatabase(endpoint: endpoint, password: try endpoint.password(environment: environment), options: options)
+        let database = try PostgresPool(endpoint: endpoint, password: try endpoint.password(environment: environment), options: options)
         let running = Task { await database.run() }
         do {
             try await database.checkReachable()
@@ -73,7 +73,7 @@ final class PostgresMetadataStore: MetadataStore {
         await running.value
     }
 
-    static let logger = PostgresRegistryDatabase.logger
+    static let logger = PostgresPool.logger
 
     // MARK: - Writing
 

@@ -10,23 +10,23 @@ import PostgresNIO
 /// ```swift
 /// let applied = try await PostgresMigrator.migrate(database)   // ["0001_initial.sql", ...] on a new database
 /// ```
-public enum PostgresMigrator {
+enum PostgresMigrator {
     /// Applies the migrations `database` lacks, in order; returns the names applied.
     ///
     /// - Throws: ``CofferRegistryError/database(_:)`` when the database records a migration this Coffer does not
     ///   know (a newer Coffer migrated it) or records them out of order; the engine's error when a statement fails
     ///   (that migration is rolled back, the earlier ones stay).
     @discardableResult
-    public static func migrate(_ database: PostgresRegistryDatabase) async throws(CofferRegistryError) -> [String] {
+    static func migrate(_ database: PostgresPool) async throws(CofferRegistryError) -> [String] {
         try await migrate(database, migrations: EmbeddedSchema.postgresMigrations)
     }
 
     static func migrate(
-        _ database: PostgresRegistryDatabase,
+        _ database: PostgresPool,
         migrations: [(name: String, sql: String)]
     ) async throws(CofferRegistryError) -> [String] {
         try await database.withConnection { connection in
-            let logger = PostgresRegistryDatabase.logger
+            let logger = PostgresPool.logger
             try await connection.query("SELECT pg_advisory_lock(\(PostgresAdvisoryLock.migrations))", logger: logger)
             do {
                 let applied = try await apply(migrations, on: connection, endpoint: database.endpoint)
@@ -41,12 +41,12 @@ public enum PostgresMigrator {
     }
 
     /// The names recorded in `coffer_migrations`, in the order applied; empty for a database never migrated.
-    public static func appliedMigrations(_ database: PostgresRegistryDatabase) async throws(CofferRegistryError) -> [String] {
+    static func appliedMigrations(_ database: PostgresPool) async throws(CofferRegistryError) -> [String] {
         try await database.withConnection { connection in try await recorded(on: connection) }
     }
 
     private static func recorded(on connection: PostgresConnection) async throws -> [String] {
-        let logger = PostgresRegistryDatabase.logger
+        let logger = PostgresPool.logger
         let exists = try await connection.query("SELECT to_regclass('coffer_migrations') IS NOT NULL", logger: logger)
         var present = false
         for try await row in exists { present = try row.decode(Bool.self) }
@@ -63,7 +63,7 @@ public enum PostgresMigrator {
         on connection: PostgresConnection,
         endpoint: PostgresEndpoint
     ) async throws -> [String] {
-        let logger = PostgresRegistryDatabase.logger
+        let logger = PostgresPool.logger
         try await connection.query(
             """
             CREATE TABLE IF NOT EXISTS coffer_migrations (
@@ -88,7 +88,7 @@ public enum PostgresMigrator {
         var applied: [String] = []
         for migration in migrations.dropFirst(done.count) {
             do {
-                try await PostgresRegistryDatabase.runTransaction(on: connection, isolation: .readCommitted) { connection in
+                try await PostgresPool.runTransaction(on: connection, isolation: .readCommitted) { connection in
                     for statement in SQLScript.statements(migration.sql) {
                         try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
                     }

@@ -1,6 +1,6 @@
 import Foundation
-public import NIOCore
-public import PostgresNIO
+import NIOCore
+import PostgresNIO
 
 /// Typed rows for PostgreSQL: `Codable` record structs (the same ones GRDB reads and writes, columns named by their
 /// `CodingKeys`) decoded from postgres-nio rows and encoded into `INSERT` statements with bound values.
@@ -15,12 +15,12 @@ public import PostgresNIO
 /// let insert = try PostgresRecords.insert(Model(id: nil, name: "m", createdAt: now), into: "models", returning: ["id"])
 /// let models = try await database.fetchAll(Model.self, "SELECT * FROM models WHERE name = \(name)")
 /// ```
-public enum PostgresRecords {
+enum PostgresRecords {
     /// Decodes `row` into a `T`, each property read from the column named by its coding key.
     ///
     /// - Throws: ``CofferRegistryError/database(_:)`` naming the column that is missing, NULL for a non-optional
     ///   property, or of another type.
-    public static func decode<T: Decodable>(_ type: T.Type, from row: PostgresRow) throws(CofferRegistryError) -> T {
+    static func decode<T: Decodable>(_ type: T.Type, from row: PostgresRow) throws(CofferRegistryError) -> T {
         do {
             return try T(from: RowDecoder(row: PostgresRandomAccessRow(row)))
         } catch let error as CofferRegistryError {
@@ -34,7 +34,7 @@ public enum PostgresRecords {
     ///
     /// A `nil` optional is left out (synthesized `Encodable` skips it), so the column takes its default: NULL for
     /// every nullable column of the schema, the next identity for an omitted `id`.
-    public static func columns<T: Encodable>(of record: T) throws(CofferRegistryError) -> (names: [String], bindings: PostgresBindings) {
+    static func columns<T: Encodable>(of record: T) throws(CofferRegistryError) -> (names: [String], bindings: PostgresBindings) {
         let collector = ColumnCollector()
         do {
             try record.encode(to: RecordEncoder(collector: collector))
@@ -52,7 +52,7 @@ public enum PostgresRecords {
     ///   - record: the row; its coding keys name the columns.
     ///   - table: a table name from code (letters, digits, `_`), never from user input.
     ///   - returning: columns to return (e.g. an identity `id` the database assigned).
-    public static func insert<T: Encodable>(_ record: T, into table: String, returning: [String] = []) throws(CofferRegistryError) -> PostgresQuery {
+    static func insert<T: Encodable>(_ record: T, into table: String, returning: [String] = []) throws(CofferRegistryError) -> PostgresQuery {
         let (names, bindings) = try columns(of: record)
         var sql = "INSERT INTO \(try identifier(table))"
         if names.isEmpty {
@@ -67,7 +67,7 @@ public enum PostgresRecords {
 
     /// `name` double-quoted, after checking it is a plain lower-case SQL identifier (as every Coffer table and
     /// column is): identifiers cannot be bound, so only names from code are accepted.
-    public static func identifier(_ name: String) throws(CofferRegistryError) -> String {
+    static func identifier(_ name: String) throws(CofferRegistryError) -> String {
         guard let first = name.unicodeScalars.first, first == "_" || ("a"..."z").contains(first),
             name.unicodeScalars.allSatisfy({ $0 == "_" || ("a"..."z").contains($0) || ("0"..."9").contains($0) }),
             name.unicodeScalars.count <= 63
@@ -94,7 +94,7 @@ public enum PostgresRecords {
 
 extension PostgresRow {
     /// This row as a record (``PostgresRecords/decode(_:from:)``).
-    public func record<T: Decodable>(_ type: T.Type) throws(CofferRegistryError) -> T {
+    func record<T: Decodable>(_ type: T.Type) throws(CofferRegistryError) -> T {
         try PostgresRecords.decode(type, from: self)
     }
 }
@@ -102,47 +102,47 @@ extension PostgresRow {
 extension PostgresConnection {
     /// Runs `query` and collects its rows (inside a transaction, where errors are translated by the transaction).
     @discardableResult
-    public func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
+    func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
         var rows: [PostgresRow] = []
-        for try await row in try await self.query(query, logger: PostgresRegistryDatabase.logger) { rows.append(row) }
+        for try await row in try await self.query(query, logger: PostgresPool.logger) { rows.append(row) }
         return rows
     }
 
     /// The rows of `query` as records.
-    public func fetchAll<T: Decodable>(_ type: T.Type, _ query: PostgresQuery) async throws -> [T] {
+    func fetchAll<T: Decodable>(_ type: T.Type, _ query: PostgresQuery) async throws -> [T] {
         var records: [T] = []
         for row in try await rows(query) { records.append(try row.record(type)) }
         return records
     }
 
     /// The first row of `query` as a record, `nil` when there is none.
-    public func fetchOne<T: Decodable>(_ type: T.Type, _ query: PostgresQuery) async throws -> T? {
+    func fetchOne<T: Decodable>(_ type: T.Type, _ query: PostgresQuery) async throws -> T? {
         try await fetchAll(type, query).first
     }
 
     /// Inserts `record` into `table`; with `returning`, the returned row.
     @discardableResult
-    public func insert<T: Encodable>(_ record: T, into table: String, returning: [String] = []) async throws -> PostgresRow? {
+    func insert<T: Encodable>(_ record: T, into table: String, returning: [String] = []) async throws -> PostgresRow? {
         try await rows(PostgresRecords.insert(record, into: table, returning: returning)).first
     }
 }
 
-extension PostgresRegistryDatabase {
+extension PostgresPool {
     /// The rows of `query` as records.
-    public func fetchAll<T: Decodable & Sendable>(_ type: T.Type, _ query: PostgresQuery) async throws(CofferRegistryError) -> [T] {
+    func fetchAll<T: Decodable & Sendable>(_ type: T.Type, _ query: PostgresQuery) async throws(CofferRegistryError) -> [T] {
         var records: [T] = []
         for row in try await self.query(query) { records.append(try row.record(type)) }
         return records
     }
 
     /// The first row of `query` as a record, `nil` when there is none.
-    public func fetchOne<T: Decodable & Sendable>(_ type: T.Type, _ query: PostgresQuery) async throws(CofferRegistryError) -> T? {
+    func fetchOne<T: Decodable & Sendable>(_ type: T.Type, _ query: PostgresQuery) async throws(CofferRegistryError) -> T? {
         try await fetchAll(type, query).first
     }
 
     /// Inserts `record` into `table` outside any transaction; with `returning`, the returned row.
     @discardableResult
-    public func insert<T: Encodable>(_ record: T, into table: String, returning: [String] = []) async throws(CofferRegistryError) -> PostgresRow? {
+    func insert<T: Encodable>(_ record: T, into table: String, returning: [String] = []) async throws(CofferRegistryError) -> PostgresRow? {
         try await query(PostgresRecords.insert(record, into: table, returning: returning)).first
     }
 }

@@ -3,29 +3,29 @@
 ///
 /// The row key binds a sealed value to its row: the values of `keyColumns` as PostgreSQL prints them (`::text`;
 /// integers in decimal), joined by `"\n"`. Key values never contain a newline (ids, key IDs, hex).
-public struct SealedColumn: Sendable, Hashable, CustomStringConvertible {
-    public let table: String
-    public let column: String
+struct SealedColumn: Sendable, Hashable, CustomStringConvertible {
+    let table: String
+    let column: String
     /// The table's primary-key columns, in order.
-    public let keyColumns: [String]
+    let keyColumns: [String]
 
-    public init(table: String, column: String, keyColumns: [String]) {
+    init(table: String, column: String, keyColumns: [String]) {
         self.table = table
         self.column = column
         self.keyColumns = keyColumns
     }
 
     /// A version's data key wrapped for one recipient.
-    public static let wrappedKeyStanza = SealedColumn(table: "wrapped_keys", column: "stanza", keyColumns: ["version_id", "recipient_key_id"])
+    static let wrappedKeyStanza = SealedColumn(table: "wrapped_keys", column: "stanza", keyColumns: ["version_id", "recipient_key_id"])
     /// A session's copy of its version's data key (NULL once revoked, expired or used up).
-    public static let sessionWrappedKey = SealedColumn(table: "sessions", column: "wrapped_key", keyColumns: ["id"])
+    static let sessionWrappedKey = SealedColumn(table: "sessions", column: "wrapped_key", keyColumns: ["id"])
     /// Every sealed column of the schema: what a rotation re-seals.
-    public static let all: [SealedColumn] = [wrappedKeyStanza, sessionWrappedKey]
+    static let all: [SealedColumn] = [wrappedKeyStanza, sessionWrappedKey]
 
-    public var description: String { "\(table).\(column)" }
+    var description: String { "\(table).\(column)" }
 
     /// The row key of a row whose key columns hold `values` (each as PostgreSQL's `::text` prints it).
-    public func rowKey(_ values: [String]) -> String { values.joined(separator: "\n") }
+    func rowKey(_ values: [String]) -> String { values.joined(separator: "\n") }
 
     /// SQL computing a row's row key from its columns (`concat_ws(E'\n', a::text, b::text)`), for `alias` (the table
     /// itself when `nil`).

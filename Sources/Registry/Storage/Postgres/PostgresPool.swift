@@ -1,9 +1,9 @@
 import Foundation
-public import Logging
-public import NIOCore
+import Logging
+import NIOCore
 import NIOPosix
 import NIOSSL
-public import PostgresNIO
+import PostgresNIO
 
 /// A registry's PostgreSQL database: a postgres-nio connection pool, its lifecycle, transactions that retry, and
 /// errors said in one line (`PostgreSQL at HOST:PORT/DB: REASON`).
@@ -15,37 +15,37 @@ public import PostgresNIO
 ///
 /// ```swift
 /// let endpoint = try PostgresEndpoint(url: "postgres://coffer@127.0.0.1:5432/coffer")
-/// try await PostgresRegistryDatabase.withDatabase(endpoint, password: try endpoint.password()) { database in
+/// try await PostgresPool.withDatabase(endpoint, password: try endpoint.password()) { database in
 ///     try await PostgresMigrator.migrate(database)
 ///     let rows = try await database.query("SELECT name FROM models WHERE id = \(id)")
 /// }
 /// ```
-public final class PostgresRegistryDatabase: Sendable {
+final class PostgresPool: Sendable {
     /// Pool settings.
-    public struct Options: Sendable {
+    struct Options: Sendable {
         /// Connections open at most (each is a server process: keep the sum over replicas under `max_connections`).
-        public var maximumConnections = 10
+        var maximumConnections = 10
         /// Connections kept open while idle (a server keeps a few; a command none).
-        public var minimumConnections = 0
+        var minimumConnections = 0
         /// How long to wait for TCP, TLS and authentication.
-        public var connectTimeout: Duration = .seconds(10)
+        var connectTimeout: Duration = .seconds(10)
 
-        public init() {}
+        init() {}
     }
 
     /// Transaction isolation levels (PostgreSQL's; `READ COMMITTED` is its default).
-    public enum Isolation: String, Sendable {
+    enum Isolation: String, Sendable {
         case readCommitted = "READ COMMITTED"
         case repeatableRead = "REPEATABLE READ"
         case serializable = "SERIALIZABLE"
     }
 
-    public let endpoint: PostgresEndpoint
+    let endpoint: PostgresEndpoint
     /// The pool. Use it directly only for what this type does not wrap; its errors are postgres-nio's.
-    public let client: PostgresClient
+    let client: PostgresClient
     private let connectionConfiguration: PostgresConnection.Configuration
     /// What `pg_stat_activity.application_name` shows for Coffer's connections.
-    public static let applicationName = "coffer"
+    static let applicationName = "coffer"
     /// postgres-nio's logs are not the registry's: every call gets this silent logger.
     static let logger = Logger(label: "coffer.postgres", factory: { _ in SwiftLogNoOpLogHandler() })
 
@@ -56,7 +56,7 @@ public final class PostgresRegistryDatabase: Sendable {
     ///   - password: from ``PostgresEndpoint/password(environment:)``; `nil` for trust or peer authentication.
     ///   - options: pool settings.
     /// - Throws: ``CofferRegistryError/unavailable(engine:reason:)`` when `sslrootcert` cannot be read.
-    public init(endpoint: PostgresEndpoint, password: String?, options: Options = Options()) throws(CofferRegistryError) {
+    init(endpoint: PostgresEndpoint, password: String?, options: Options = Options()) throws(CofferRegistryError) {
         self.endpoint = endpoint
         let tls: PostgresClient.Configuration.TLS
         let connectionTLS: PostgresConnection.Configuration.TLS
@@ -129,12 +129,12 @@ public final class PostgresRegistryDatabase: Sendable {
     /// Builds the pool and checks that the server can be reached and logged into with these settings, so a wrong
     /// password or a closed port fails at once with the server's reason (the pool itself would retry for a minute
     /// and then report only that it gave up).
-    public static func connect(
+    static func connect(
         _ endpoint: PostgresEndpoint,
         password: String?,
         options: Options = Options()
-    ) async throws(CofferRegistryError) -> PostgresRegistryDatabase {
-        let database = try PostgresRegistryDatabase(endpoint: endpoint, password: password, options: options)
+    ) async throws(CofferRegistryError) -> PostgresPool {
+        let database = try PostgresPool(endpoint: endpoint, password: password, options: options)
         try await database.checkReachable()
         return database
     }
@@ -144,11 +144,11 @@ public final class PostgresRegistryDatabase: Sendable {
     ///
     /// - Throws: the translated error of the connection check, or whatever `body` throws (postgres-nio errors as
     ///   ``CofferRegistryError/unavailable(engine:reason:)``).
-    public static func withDatabase<Result: Sendable>(
+    static func withDatabase<Result: Sendable>(
         _ endpoint: PostgresEndpoint,
         password: String?,
         options: Options = Options(),
-        _ body: (PostgresRegistryDatabase) async throws -> Result
+        _ body: (PostgresPool) async throws -> Result
     ) async throws(CofferRegistryError) -> Result {
         let database = try await connect(endpoint, password: password, options: options)
         return try await database.whileRunning(body)
@@ -156,8 +156,7 @@ public final class PostgresRegistryDatabase: Sendable {
 
     /// Runs the pool while `body` runs, then shuts it down (``withDatabase(_:password:options:_:)`` for a database
     /// already made). Call it at most once: a pool runs once.
-    public func whileRunning<Result: Sendable>(_ body: (PostgresRegistryDatabase) async throws -> Result) async throws(CofferRegistryError) -> Result
-    {
+    func whileRunning<Result: Sendable>(_ body: (PostgresPool) async throws -> Result) async throws(CofferRegistryError) -> Result {
         do {
             return try await withThrowingTaskGroup(of: Void.self, returning: Result.self) { group in
                 group.addTask { await self.run() }
@@ -172,20 +171,20 @@ public final class PostgresRegistryDatabase: Sendable {
 
     /// The pool's background work: opening, keeping alive and closing connections. Runs until cancelled or, inside a
     /// ServiceLifecycle service group, until graceful shutdown; queries made while it does not run wait.
-    public func run() async {
+    func run() async {
         await client.run()
     }
 
     /// Opens one connection with the pool's settings and closes it: a wrong password, a closed port, a server
     /// without TLS when TLS is required, each as one line naming the engine.
-    public func checkReachable() async throws(CofferRegistryError) {
+    func checkReachable() async throws(CofferRegistryError) {
         let connection = try await openConnection()
         try? await connection.close()
     }
 
     /// A connection of its own, outside the pool, for what must outlive a lease: a session-level advisory lock
     /// (``PostgresSessionLock``). The caller closes it.
-    public func openConnection() async throws(CofferRegistryError) -> PostgresConnection {
+    func openConnection() async throws(CofferRegistryError) -> PostgresConnection {
         do {
             return try await PostgresConnection.connect(
                 on: MultiThreadedEventLoopGroup.singleton.any(),
@@ -205,7 +204,7 @@ public final class PostgresRegistryDatabase: Sendable {
     /// Values are bound, never pasted into the SQL: write them as interpolations (`"... WHERE id = \(id)"`); table
     /// and column names that come from code, not from users, go in as `\(unescaped: name)`.
     @discardableResult
-    public func query(_ query: PostgresQuery) async throws(CofferRegistryError) -> [PostgresRow] {
+    func query(_ query: PostgresQuery) async throws(CofferRegistryError) -> [PostgresRow] {
         do {
             var rows: [PostgresRow] = []
             for try await row in try await client.query(query, logger: Self.logger) { rows.append(row) }
@@ -216,7 +215,7 @@ public final class PostgresRegistryDatabase: Sendable {
     }
 
     /// Leases a connection for `body` (which must not keep it).
-    public func withConnection<Result: Sendable>(_ body: (PostgresConnection) async throws -> Result) async throws(CofferRegistryError) -> Result {
+    func withConnection<Result: Sendable>(_ body: (PostgresConnection) async throws -> Result) async throws(CofferRegistryError) -> Result {
         do {
             return try await client.withConnection { connection in try await body(connection) }
         } catch {
@@ -233,7 +232,7 @@ public final class PostgresRegistryDatabase: Sendable {
     ///   - attempts: runs at most, the first included.
     ///   - body: the transaction's work. It may run several times: keep side effects outside the database out of it.
     /// - Throws: what `body` throws, translated (registry errors unchanged), or the last serialization failure.
-    public func transaction<Result: Sendable>(
+    func transaction<Result: Sendable>(
         _ isolation: Isolation = .readCommitted,
         attempts: Int = 8,
         _ body: (PostgresConnection) async throws -> Result
@@ -257,7 +256,7 @@ public final class PostgresRegistryDatabase: Sendable {
     /// Like ``transaction(_:attempts:_:)``, but a unique-key violation on `constraint` rolls the transaction back and
     /// returns `nil` instead of throwing: another writer got there first (the ledger's `ledger_pkey`: record `n + 1`
     /// exists), and the caller starts again from what is now committed.
-    public func transaction<Result: Sendable>(
+    func transaction<Result: Sendable>(
         _ isolation: Isolation = .readCommitted,
         attempts: Int = 8,
         conflictOn constraint: String,
