@@ -26,6 +26,31 @@ struct PostgresRegistryTests {
         try #require(registry.metadata as? PostgresMetadataStore)
     }
 
+    /// A database that holds a registry's ledger is never written over by another `init`, and a registry whose
+    /// database is unreachable fails to open with one line naming the engine.
+    @Test func anotherRegistryOnTheSameDatabaseIsRefused() async throws {
+        let f = try await RegistryFixture(.postgres)
+        let url = try #require(f.postgres).endpoint.url
+        let other = f.path("other-home")
+        await expectRefusal("already holds a Coffer registry") {
+            _ = try await Registry.create(
+                at: other,
+                passphrase: passphrase("x"),
+                kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+                backends: Backends(metadata: url, blobs: "directory"),
+                memory: nil
+            )
+        }
+        #expect(try await f.registry.metadata.ledgerEnd() == 1, "the first registry's ledger is untouched")
+        let closed = f.path("closed-home")
+        try FileManager.default.createDirectory(atPath: closed, withIntermediateDirectories: true)
+        try Data(#"{"format":"coffer-backends-v1","metadata":"postgres://coffer@127.0.0.1:1/none","blobs":"directory"}"#.utf8)
+            .write(to: URL(fileURLWithPath: "\(closed)/backends.json"))
+        let message = await refusal { _ = try await Registry(at: closed, memory: nil) }
+        #expect(message.hasPrefix("PostgreSQL at 127.0.0.1:1/none: "), "\(message)")
+        #expect(!message.contains("\n"))
+    }
+
     /// Pushes raced from two Registry instances: each push is decided on the ledger's end, the loser of a race is told
     /// the ledger moved and decides again, so every version lands, numbered 1...n without a gap or a repeat, and the
     /// audit chain stays one line.
