@@ -231,5 +231,27 @@ struct PostgresRegistryTests {
         try await postgres.withDatabase { database in try await database.query("ALTER TABLE ledger DISABLE TRIGGER ledger_is_append_only") }
         let disabled = try await f.registry.fsck()
         #expect(disabled.problems.contains("PostgreSQL trigger ledger_is_append_only is disabled (its immutability rule is not enforced)"))
+
+        try await postgres.withDatabase { database in try await database.query("INSERT INTO coffer_migrations (name) VALUES ('9999_unknown.sql')") }
+        let migrations = try await f.registry.fsck()
+        #expect(migrations.problems.contains { $0.hasPrefix("PostgreSQL migrations recorded") && $0.contains("9999_unknown.sql") })
+    }
+
+    /// A sealed wrapped key copied onto another recipient's row opens nowhere: the sealing binds each value to its
+    /// row, so swapping rows behind the registry's back is caught, not served.
+    @Test func aSealedValueMovedToAnotherRowDoesNotOpen() async throws {
+        let alice = try person("alice")
+        let bob = try person("bob")
+        let f = try await populated(alice, bob)
+        try await f.tamper(
+            """
+            UPDATE wrapped_keys w SET stanza = o.stanza FROM wrapped_keys o
+            WHERE w.version_id = o.version_id AND w.recipient_key_id <> o.recipient_key_id
+            """
+        )
+        await expectRefusal("does not open under epoch") {
+            _ = try await f.registry.pull(try ModelReference(parsing: "m/risk:1"), identity: bob, into: f.path("out"))
+        }
+        #expect(!f.exists("out/w.bin"))
     }
 }
