@@ -191,6 +191,46 @@ struct PostgresRegistryTests {
         #expect(fsck.isClean, "\(fsck.problems)")
     }
 
+    /// Erasing a version on PostgreSQL: its wrapped keys are deleted and the epoch moves on, so the sealed stanzas
+    /// PostgreSQL may keep (dead tuples, WAL, backups) open under no key file that exists; the other version's keys
+    /// were re-sealed and still open; the erased version refuses to be pulled.
+    @Test func erasureCryptoShredsTheWrappedKeys() async throws {
+        let alice = try person("alice")
+        let bob = try person("bob")
+        let f = try await populated(alice, bob)
+        var request = PushRequest(model: "m/risk", paths: [f.path("model")])
+        request.recipients = [bob.publicIdentity]
+        _ = try await f.registry.push(request, publisher: alice)
+        let postgres = try #require(f.postgres)
+        let erasedID = try #require(try await f.registry.metadata.version(model: "m/risk", version: "1")).id
+        let sealed = try await postgres.withDatabase { database in
+            try await database.query("SELECT recipient_key_id, stanza FROM wrapped_keys WHERE version_id = \(erasedID)").map { row in
+                let (recipient, stanza) = try row.decode((String, ByteBuffer).self)
+                return (recipient, Array(stanza.readableBytesView))
+            }
+        }
+        #expect(sealed.count == 3, "wrapped for the registry, the publisher and bob")
+        let epochBefore = try store(f.registry).keys.keyFileEpochs()
+
+        await #expect(try f.registry.erase(model: "m/risk", version: "1", by: Signer(alice)) == ["m/risk:1"])
+
+        let epochsAfter = try store(f.registry).keys.keyFileEpochs()
+        #expect(epochsAfter.count == 1 && epochsAfter.first! > epochBefore.last!, "\(epochBefore) -> \(epochsAfter)")
+        let current = try SecretKey(
+            copying: Array(try Data(contentsOf: URL(fileURLWithPath: "\(f.home)/epochs/\(epochsAfter[0]).key"))).withUnsafeBytes { $0 }
+        )
+        for (recipient, bytes) in sealed {
+            #expect(EpochSeal.open(bytes, key: current, column: .wrappedKeyStanza, rowKey: "\(erasedID)\n\(recipient)") == nil)
+        }
+        await expectRefusal("erased") {
+            _ = try await f.registry.pull(try ModelReference(parsing: "m/risk:1"), identity: bob, into: f.path("out1"))
+        }
+        let pulled = try await f.registry.pull(try ModelReference(parsing: "m/risk:2"), identity: bob, into: f.path("out2"))
+        #expect(pulled.files == ["w.bin"])
+        let fsck = try await f.registry.fsck()
+        #expect(fsck.problems.isEmpty, "\(fsck.problems)")
+    }
+
     /// `audit verify` walks 10,000 entries as a stream, and finds an edit in the middle of them.
     @Test func auditVerifyStreamsTenThousandEntries() async throws {
         let f = try await RegistryFixture(.postgres)
