@@ -7,6 +7,7 @@ import Testing
 @testable import CofferRegistry
 
 /// Epoch keys: the sealing format, key files, rotation and its recovery after a crash at each step.
+@Suite(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason))
 struct EpochKeysTests {
     // MARK: - The sealing format
 

@@ -7,6 +7,7 @@ import Testing
 
 /// Connecting to a real PostgreSQL: authentication, TLS per sslmode, one-line errors naming the engine, the pool's
 /// lifecycle, transactions that retry and conflicts told apart.
+@Suite(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason))
 struct PostgresConnectionTests {
     @Test func connectsWithThePasswordFromAPasswordFile() async throws {
         let cluster = try PostgresTestSupport.cluster

@@ -9,7 +9,7 @@ import Testing
 /// Crypto-shredding on PostgreSQL, proven on the server's own files: after an erasure and a rotation, PostgreSQL still
 /// holds copies of the erased wrapped key (dead tuples, the write-ahead log), and none of them opens with any key
 /// file that exists.
-@Suite(.serialized)
+@Suite(.serialized, .enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason))
 struct PostgresErasureTests {
     /// Sealed values found in PostgreSQL's files: where, and the bytes from the magic on.
     struct Found {

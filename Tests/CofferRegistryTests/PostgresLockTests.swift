@@ -5,6 +5,7 @@ import Testing
 @testable import CofferRegistry
 
 /// Advisory locks: the audit append serialized across writers, and one leader at a time for signing heads.
+@Suite(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason))
 struct PostgresLockTests {
     /// Writers appending to one hash chain at once, each under pg_advisory_xact_lock: every entry links to the one
     /// before it, no seq is taken twice and none is skipped.

@@ -5,6 +5,7 @@ import Testing
 @testable import CofferRegistry
 
 /// Codable records to and from PostgreSQL rows, on records shaped like the real `versions` and `sessions` tables.
+@Suite(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason))
 struct PostgresRecordTests {
     /// The columns of `versions`, as the registry's record type will name them.
     struct VersionRecord: Codable, Equatable, Sendable {

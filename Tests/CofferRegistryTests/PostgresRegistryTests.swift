@@ -7,6 +7,7 @@ import Testing
 
 /// A whole registry on PostgreSQL, and what only a shared database brings: two Registry instances (two processes, or
 /// two replicas) over one database at once.
+@Suite(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason))
 struct PostgresRegistryTests {
     /// alice (admin, trusted signer) and bob (reader, decrypt, inference on m/), with m/risk:1 pushed for bob.
     private func populated(_ alice: UnlockedIdentity, _ bob: UnlockedIdentity) async throws -> RegistryFixture {

@@ -14,10 +14,26 @@ import Testing
 /// try await test.withDatabase { database in ... }                // a pool on it, shut down afterwards
 /// ```
 ///
-/// When PostgreSQL's binaries are missing, every test needing it fails with one line saying how to install them
-/// (`tools/lib/postgres.sh install`, which tools/test runs as root); nothing is skipped. `COFFER_PG_BINDIR` points at
-/// other binaries than Debian's `/usr/lib/postgresql/N/bin`.
+/// When PostgreSQL's binaries are missing, its suites are skipped with ``skipReason`` and the registry tests run on
+/// SQLite alone (``MetadataBackend/available``), unless `COFFER_REQUIRE_POSTGRES=1` (tools/test, which installs them):
+/// then every test needing PostgreSQL fails with one line saying how to install it. `COFFER_PG_BINDIR` points at other
+/// binaries than Debian's `/usr/lib/postgresql/N/bin`.
 enum PostgresTestSupport {
+    /// Whether this machine can run the PostgreSQL tests: the server's binaries are there (`COFFER_PG_BINDIR`, else
+    /// Debian's `/usr/lib/postgresql/N/bin`), or `COFFER_REQUIRE_POSTGRES=1` says they must be (tools/test sets it,
+    /// so a CI machine without them fails with ``skipReason`` instead of skipping).
+    static let isAvailable: Bool = {
+        let environment = ProcessInfo.processInfo.environment
+        if environment["COFFER_REQUIRE_POSTGRES"] == "1" { return true }
+        if let bindir = environment["COFFER_PG_BINDIR"] { return FileManager.default.isExecutableFile(atPath: "\(bindir)/initdb") }
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
+        return versions.contains { FileManager.default.isExecutableFile(atPath: "/usr/lib/postgresql/\($0)/bin/initdb") }
+    }()
+
+    /// Why PostgreSQL tests are skipped where ``isAvailable`` is false.
+    static let skipReason: Comment =
+        "PostgreSQL server binaries not found (apt-get install postgresql, or set COFFER_PG_BINDIR): PostgreSQL tests skipped; tools/test installs them and sets COFFER_REQUIRE_POSTGRES=1"
+
     /// A running cluster: where it is and how to log in.
     struct Cluster: Sendable {
         let root: String

@@ -7,7 +7,7 @@ import Testing
 @testable import CofferRegistry
 
 /// Where a fixture's registry keeps its metadata: the registry behaviour tests run on each
-/// (`@Test(arguments: MetadataBackend.allCases)`).
+/// (`@Test(arguments: MetadataBackend.available)`).
 enum MetadataBackend: String, Sendable, CaseIterable, CustomTestStringConvertible {
     /// `registry.sqlite` in the home directory.
     case sqlite
@@ -15,6 +15,16 @@ enum MetadataBackend: String, Sendable, CaseIterable, CustomTestStringConvertibl
     case postgres
 
     var testDescription: String { rawValue }
+
+    /// The backends this machine can run: PostgreSQL only where ``PostgresTestSupport/isAvailable`` (its skip is said
+    /// once on standard error).
+    static let available: [MetadataBackend] = {
+        guard PostgresTestSupport.isAvailable else {
+            FileHandle.standardError.write(Data("note: \(PostgresTestSupport.skipReason.rawValue)\n".utf8))
+            return [.sqlite]
+        }
+        return allCases
+    }()
 }
 
 /// A temporary registry and a workspace beside it, removed when the test ends.
