@@ -78,7 +78,6 @@ final class PostgresMetadataStore: MetadataStore {
     // MARK: - Writing
 
     func commit(_ work: UnitOfWork) async throws(CofferRegistryError) {
-        let mayDestroy = work.changes.contains(where: Self.mayDestroyKeys)
         let seals = work.changes.contains(where: Self.seals)
         let outcome = try await database.transaction(conflictOn: "ledger_pkey") { connection in
             if let end = work.ledgerEnd {
@@ -86,6 +85,19 @@ final class PostgresMetadataStore: MetadataStore {
                 let current = try await Self.int(connection, "SELECT coalesce(max(seq), 0) FROM ledger") ?? 0
                 guard current == end else { throw CofferRegistryError.ledgerMoved }
             }
+            // Every session open asks to drop expired key copies; when none is there (the usual case) it is left out,
+            // so that opening a session does not take the epoch row exclusively (pushes and other opens would queue
+            // behind it). A copy expiring meanwhile goes at the next open, or when its session is next used.
+            var changes = work.changes
+            for case .dropExpiredSessionKeys(let now) in work.changes {
+                let expired = try await connection.rows(
+                    "SELECT 1 FROM sessions WHERE wrapped_key IS NOT NULL AND expires_at <= \(now) LIMIT 1"
+                )
+                if expired.isEmpty {
+                    changes.removeAll { if case .dropExpiredSessionKeys = $0 { true } else { false } }
+                }
+            }
+            let mayDestroy = changes.contains(where: Self.mayDestroyKeys)
             // The epoch row before any row it protects, in one order for every writer: a change that may destroy a
             // sealed value locks it to mark a rotation due; one that only seals shares it (a rotation waits).
             if mayDestroy {
@@ -95,7 +107,7 @@ final class PostgresMetadataStore: MetadataStore {
             }
             for record in work.records { try await connection.rows(PostgresRecords.insert(record, into: "ledger")) }
             var destroyed = false
-            for change in work.changes {
+            for change in changes {
                 destroyed = try await self.apply(change, on: connection) || destroyed
             }
             if destroyed { try await EpochKeys.markRotationDue(on: connection) }
