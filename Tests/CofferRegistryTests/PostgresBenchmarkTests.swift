@@ -59,6 +59,24 @@ struct PostgresBenchmarkTests {
         }
     }
 
+    /// What one destroyed key copy costs on PostgreSQL: a rotation re-seals every sealed value (here 5,000 wrapped
+    /// keys) in one transaction.
+    @Test func rotationTimeOverFiveThousandWrappedKeys() async throws {
+        let fixture = try EpochFixture()
+        let test = try await PostgresTestSupport.database()
+        try await test.withDatabase { database in
+            let keys = try await EpochKeys.open(home: fixture.home, database: database)
+            _ = try await fixture.insertWrappedKeys(5000, keys: keys, database: database)
+            var times: [Double] = []
+            for _ in 0..<5 {
+                let began = ContinuousClock.now
+                try await keys.rotate(database)
+                times.append(Self.seconds(ContinuousClock.now - began))
+            }
+            print("PostgreSQL benchmark, rotation over 5,000 wrapped keys, median of 5: \(String(format: "%.0f", Self.median(times) * 1000)) ms")
+        }
+    }
+
     static func seconds(_ duration: Duration) -> Double {
         Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
     }
