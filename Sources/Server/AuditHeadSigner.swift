@@ -22,6 +22,8 @@ struct AuditHeadSigner: Service {
 
     private func sign() async {
         await state.refusals.flush(to: state.registry)
+        // One replica signs (an advisory lock on PostgreSQL); another takes over when it stops.
+        guard await state.registry.leadsAuditHeadSigning() else { return }
         do {
             let key = try await state.currentRegistryIdentity()
             if let seq = try await state.registry.signAuditHeadIfUnsigned(with: key, headLifetime: state.headLifetime) {

@@ -11,8 +11,9 @@ struct AccessTests {
 
     /// A registry owned by alice, with bob (inference on m/ through alias prod) as a recipient of m/risk:1,
     /// whose one file embeds the canary.
-    private func populated(_ alice: UnlockedIdentity, _ bob: UnlockedIdentity) async throws -> RegistryFixture {
-        let f = try await RegistryFixture()
+    private func populated(_ alice: UnlockedIdentity, _ bob: UnlockedIdentity, on backend: MetadataBackend = .sqlite) async throws -> RegistryFixture
+    {
+        let f = try await RegistryFixture(backend)
         try await f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: f.registrySigner)
         let admin = Signer(alice)
         try await f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [], by: admin)
@@ -27,10 +28,10 @@ struct AccessTests {
         return f
     }
 
-    @Test func rolesAreCheckedAndRefusalsNameWhatIsMissing() async throws {
+    @Test(arguments: MetadataBackend.available) func rolesAreCheckedAndRefusalsNameWhatIsMissing(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
         let bob = try person("bob")
-        let f = try await populated(alice, bob)
+        let f = try await populated(alice, bob, on: backend)
         let eve = try person("eve")
         await expectRefusal("bob lacks the publisher role on m/risk") {
             _ = try await f.registry.push(PushRequest(model: "m/risk", paths: [f.path("x")]), publisher: bob)
@@ -48,10 +49,10 @@ struct AccessTests {
         #expect(refused.count == 5)
     }
 
-    @Test func sessionsDecryptOnlyWhileValidAndEveryRefusalIsAudited() async throws {
+    @Test(arguments: MetadataBackend.available) func sessionsDecryptOnlyWhileValidAndEveryRefusalIsAudited(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
         let bob = try person("bob")
-        let f = try await populated(alice, bob)
+        let f = try await populated(alice, bob, on: backend)
         let t0 = Date(timeIntervalSince1970: 2_000_000_000)
         let prod = try ModelReference(parsing: "m/risk@prod")
         let opened = try await f.registry.openSession(prod, identity: bob, ttl: 60, maxUses: 2, now: t0)
@@ -101,9 +102,7 @@ struct AccessTests {
         #expect(refusals.count == 7)
         await #expect(try f.registry.auditEntries().filter { $0.action == "session.revoke" && $0.outcome == .refused }.count == 2)
         // Expired and revoked sessions lost their key copy: the token alone can no longer open anything.
-        let keys = try await DatabaseQueue(path: "\(f.home)/registry.sqlite").read { db in
-            try Int.fetchOne(db, sql: "SELECT count(*) FROM sessions WHERE wrapped_key IS NOT NULL")
-        }
+        let keys = try await f.registry.metadata.sessions().filter { $0.session.wrappedKey != nil }.count
         // Exhausted sessions and those whose grant went lose it too (a re-grant does not bring them back).
         #expect(keys == 0, "no session that can no longer be used holds a key")
     }

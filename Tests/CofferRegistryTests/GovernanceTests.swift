@@ -11,8 +11,8 @@ struct GovernanceTests {
     static let passphraseText = "registry passphrase"
 
     /// A registry owned by alice (admin, and trusted signer) with a one-file model directory.
-    private func owned(_ alice: UnlockedIdentity) async throws -> (RegistryFixture, Signer, String) {
-        let f = try await RegistryFixture()
+    private func owned(_ alice: UnlockedIdentity, on backend: MetadataBackend = .sqlite) async throws -> (RegistryFixture, Signer, String) {
+        let f = try await RegistryFixture(backend)
         try await f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: f.registrySigner)
         let admin = Signer(alice)
         try await f.registry.trust(alice.publicIdentity, by: admin)
@@ -30,9 +30,10 @@ struct GovernanceTests {
         return request
     }
 
-    @Test func budgetsComposeHistoriesAndRefuseWithoutChangingAnything() async throws {
+    @Test(arguments: MetadataBackend.available) func budgetsComposeHistoriesAndRefuseWithoutChangingAnything(on backend: MetadataBackend) async throws
+    {
         let alice = try person("alice")
-        let (f, admin, dir) = try await owned(alice)
+        let (f, admin, dir) = try await owned(alice, on: backend)
         try await f.registry.setBudget(dataset: "census", epsilon: 5, delta: 1e-5, by: admin)
         for bad in ["", "my data", "-x", "a\nb", String(repeating: "d", count: 201)] {
             await #expect(throws: CofferRegistryError.invalidDataset(bad)) {
@@ -87,10 +88,10 @@ struct GovernanceTests {
         )
     }
 
-    @Test func aPublisherWhoIsNotAdminCannotOverride() async throws {
+    @Test(arguments: MetadataBackend.available) func aPublisherWhoIsNotAdminCannotOverride(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
         let carol = try person("carol")
-        let (f, admin, dir) = try await owned(alice)
+        let (f, admin, dir) = try await owned(alice, on: backend)
         try await f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [.publisher], by: admin)
         try await f.registry.trust(carol.publicIdentity, by: admin)
         try await f.registry.setBudget(dataset: "d", epsilon: 0.1, delta: 1e-5, by: admin)
@@ -100,9 +101,9 @@ struct GovernanceTests {
         await expectRefusal("lacks the admin role") { try await f.registry.setBudget(dataset: "d", epsilon: 9, delta: 1e-5, by: Signer(carol)) }
     }
 
-    @Test func eachPolicyRuleRefusesByName() async throws {
+    @Test(arguments: MetadataBackend.available) func eachPolicyRuleRefusesByName(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
-        let (f, admin, dir) = try await owned(alice)
+        let (f, admin, dir) = try await owned(alice, on: backend)
         try await f.registry.setBudget(dataset: "d", epsilon: 50, delta: 1e-5, by: admin)
         var pushed = request(dir, dataset: "d", segments: [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 400)])
         pushed.privacy.pruningRatio = 0.3
@@ -170,10 +171,10 @@ struct GovernanceTests {
         await expectRefusal("the history is empty") { _ = try history(#"[]"#) }
     }
 
-    @Test func rotationRewrapsEveryKeyAndTheOldKeyOpensNothing() async throws {
+    @Test(arguments: MetadataBackend.available) func rotationRewrapsEveryKeyAndTheOldKeyOpensNothing(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
         let bob = try person("bob")
-        let (f, admin, dir) = try await owned(alice)
+        let (f, admin, dir) = try await owned(alice, on: backend)
         try await f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .decrypt], by: admin)
         for _ in 0..<3 { _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
         try await f.registry.addRecipient(try ModelReference(parsing: "m"), recipient: bob.publicIdentity, identity: alice)
@@ -207,10 +208,10 @@ struct GovernanceTests {
         await #expect(try reopened.fsck().problems.isEmpty)
     }
 
-    @Test func recipientsCanBeRemoved() async throws {
+    @Test(arguments: MetadataBackend.available) func recipientsCanBeRemoved(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
         let bob = try person("bob")
-        let (f, admin, dir) = try await owned(alice)
+        let (f, admin, dir) = try await owned(alice, on: backend)
         try await f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .decrypt], by: admin)
         _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
         await expectRefusal("holds no key") { _ = try await f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("a")) }
@@ -289,11 +290,11 @@ struct GovernanceTests {
 }
 
 extension GovernanceTests {
-    @Test func rekeyLocksOutAKeptDataKeyAndEveryoneElseStillPulls() async throws {
+    @Test(arguments: MetadataBackend.available) func rekeyLocksOutAKeptDataKeyAndEveryoneElseStillPulls(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
         let bob = try person("bob")
         let carol = try person("carol")
-        let (f, admin, dir) = try await owned(alice)
+        let (f, admin, dir) = try await owned(alice, on: backend)
         for (name, who) in [("bob", bob.publicIdentity), ("carol", carol.publicIdentity)] {
             try await f.registry.addPrincipal(name: name, identity: who, roles: [.reader, .decrypt], by: admin)
         }
@@ -334,9 +335,7 @@ extension GovernanceTests {
         #expect(fsck.problems.isEmpty && fsck.orphanBlobs.isEmpty, "\(fsck.problems) \(fsck.orphanBlobs)")
 
         // The re-encrypted files are bound to the registry's signed record.
-        try await DatabaseQueue(path: "\(f.home)/registry.sqlite").write { db in
-            try db.execute(sql: "UPDATE rekeyed_files SET sealed_size = sealed_size + 1")
-        }
+        try await f.tamper("UPDATE rekeyed_files SET sealed_size = sealed_size + 1")
         await expectRefusal("the re-encrypted files table disagrees with the rekey attestation") { _ = try await f.registry.verify(reference) }
     }
 }

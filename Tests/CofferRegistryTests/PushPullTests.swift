@@ -18,8 +18,8 @@ struct PushPullTests {
         return p
     }
 
-    @Test func pushPullRoundTripOfAModelDirectory() async throws {
-        let f = try await RegistryFixture()
+    @Test(arguments: MetadataBackend.available) func pushPullRoundTripOfAModelDirectory(on backend: MetadataBackend) async throws {
+        let f = try await RegistryFixture(backend)
         let alice = try person("alice")
         try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["model.safetensors": bytes(200_000), "config/arch.json": Array(#"{"layers":3}"#.utf8), "empty": []])
@@ -47,8 +47,9 @@ struct PushPullTests {
         #expect(deep.version == "2" && deep.readData)
     }
 
-    @Test func existingVersionAndBadInputsAreRefusedAndNothingIsStored() async throws {
-        let f = try await RegistryFixture()
+    @Test(arguments: MetadataBackend.available) func existingVersionAndBadInputsAreRefusedAndNothingIsStored(on backend: MetadataBackend) async throws
+    {
+        let f = try await RegistryFixture(backend)
         let alice = try person("alice")
         let dir = try f.makeModel("model", ["w.bin": bytes(1000)])
         _ = try await f.registry.push(PushRequest(model: "m", version: "v1", paths: [dir]), publisher: alice)
@@ -78,8 +79,8 @@ struct PushPullTests {
         await #expect(throws: CofferRegistryError.unknownModel("m2")) { _ = try await f.registry.verify(try ModelReference(parsing: "m2")) }
     }
 
-    @Test func pullRefusesUntrustedSignersAndNonRecipients() async throws {
-        let f = try await RegistryFixture()
+    @Test(arguments: MetadataBackend.available) func pullRefusesUntrustedSignersAndNonRecipients(on backend: MetadataBackend) async throws {
+        let f = try await RegistryFixture(backend)
         let alice = try person("alice")
         let bob = try person("bob")
         let dir = try f.makeModel("model", ["w.bin": bytes(5000)])
@@ -141,8 +142,8 @@ struct PushPullTests {
         #expect(left.isEmpty, "left behind: \(left)")
     }
 
-    @Test func tamperedDatabaseRowsAreDetected() async throws {
-        let f = try await RegistryFixture()
+    @Test(arguments: MetadataBackend.available) func tamperedDatabaseRowsAreDetected(on backend: MetadataBackend) async throws {
+        let f = try await RegistryFixture(backend)
         let alice = try person("alice")
         try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
@@ -150,10 +151,7 @@ struct PushPullTests {
         request.privacy = privacy()
         _ = try await f.registry.push(request, publisher: alice)
         // Edit the privacy column behind the registry's back (dropping the immutability trigger, as an attacker with the file could).
-        try await f.sqlite().write { db in
-            try db.execute(sql: "DROP TRIGGER versions_are_immutable")
-            try db.execute(sql: "UPDATE versions SET epsilon = 0.1")
-        }
+        try await f.tamper("UPDATE versions SET epsilon = 0.1")
         await #expect(throws: CofferRegistryError.tampered("m:1: the privacy columns disagree with the signed statement")) {
             _ = try await f.registry.verify(try ModelReference(parsing: "m"))
         }

@@ -4,8 +4,8 @@ import Testing
 @testable import CofferRegistry
 
 struct QueryTests {
-    private func populated() async throws -> RegistryFixture {
-        let f = try await RegistryFixture()
+    private func populated(on backend: MetadataBackend = .sqlite) async throws -> RegistryFixture {
+        let f = try await RegistryFixture(backend)
         let alice = try person("alice")
         try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["w.bin": bytes(100)])
@@ -19,8 +19,8 @@ struct QueryTests {
         return f
     }
 
-    @Test func listFiltersOnPrivacyColumns() async throws {
-        let f = try await populated()
+    @Test(arguments: MetadataBackend.available) func listFiltersOnPrivacyColumns(on backend: MetadataBackend) async throws {
+        let f = try await populated(on: backend)
         await #expect(try f.registry.list().count == 4)
         await #expect(try f.registry.list(model: "a").map(\.version) == ["2", "1"])
         let private3 = try await f.registry.list(where: "epsilon<=3")
@@ -46,8 +46,8 @@ struct QueryTests {
         await #expect(throws: CofferRegistryError.invalidFilter(message)) { _ = try await f.registry.list(where: filter) }
     }
 
-    @Test func showAndJSONCarryThePrivacyFieldsByName() async throws {
-        let f = try await populated()
+    @Test(arguments: MetadataBackend.available) func showAndJSONCarryThePrivacyFieldsByName(on backend: MetadataBackend) async throws {
+        let f = try await populated(on: backend)
         let shown = try await f.registry.show(try ModelReference(parsing: "a:1"))
         #expect(shown.files.map(\.path) == ["w.bin"])
         guard case .object(let json) = shown.json else {
@@ -60,8 +60,8 @@ struct QueryTests {
         #expect(json["model"] == .string("a"))
     }
 
-    @Test func aliasesMoveAndResolve() async throws {
-        let f = try await populated()
+    @Test(arguments: MetadataBackend.available) func aliasesMoveAndResolve(on backend: MetadataBackend) async throws {
+        let f = try await populated(on: backend)
         try await f.registry.setAlias("prod", model: "a", version: "1", by: try f.registrySigner)
         await #expect(try f.registry.show(try ModelReference(parsing: "a@prod")).version == "1")
         try await f.registry.setAlias("prod", model: "a", version: "2", by: try f.registrySigner)

@@ -1,5 +1,6 @@
 import Foundation
 import GRDB
+import PostgresNIO
 import Testing
 
 @testable import CofferRegistry
@@ -44,5 +45,158 @@ struct SchemaTests {
         let database = try SQLiteMetadataStore(path: "\(f.home)/registry.sqlite")
         #expect(try await database.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") } == 2)
         #expect(try await database.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
+    }
+}
+
+// MARK: - PostgreSQL
+
+extension SchemaTests {
+    static var postgresSchemaDirectory: URL { schemaDirectory.appendingPathComponent("postgres") }
+
+    /// The PostgreSQL migrations are embedded too (tools/gen-schema), and paired with SQLite's by number and name.
+    @Test func embeddedPostgresSchemaEqualsSchemaDirectory() throws {
+        let files = try FileManager.default.contentsOfDirectory(atPath: Self.postgresSchemaDirectory.path).filter { $0.hasSuffix(".sql") }.sorted()
+        #expect(files == EmbeddedSchema.postgresMigrations.map(\.name), "run tools/gen-schema")
+        for migration in EmbeddedSchema.postgresMigrations {
+            let onDisk = try String(contentsOf: Self.postgresSchemaDirectory.appendingPathComponent(migration.name), encoding: .utf8)
+            let normalized = onDisk.split(separator: "\n", omittingEmptySubsequences: false).map { $0.replacing(/\s+$/, with: "") }
+                .joined(separator: "\n").trimmingCharacters(in: .newlines)
+            #expect(normalized == migration.sql, "\(migration.name) differs from its embedded copy: run tools/gen-schema")
+        }
+        #expect(
+            EmbeddedSchema.postgresMigrations.map(\.name) == EmbeddedSchema.migrations.map(\.name),
+            "each SQLite migration has its PostgreSQL pair"
+        )
+    }
+
+    /// Every SQLite table and column exists on PostgreSQL with the same name and a matching type, so one set of record
+    /// types reads both; PostgreSQL has only its own bookkeeping besides (coffer_migrations, epoch_state).
+    @Test(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason)) func postgresSchemaHasSQLiteTablesAndColumns() async throws {
+        let sqlite = try SQLiteMetadataStore(path: nil)
+        let expected = try await sqlite.writer.read { db in
+            var expected: [String: [String: String]] = [:]
+            for table in try String.fetchAll(
+                db,
+                sql: "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' AND name != 'grdb_migrations'"
+            ) {
+                for column in try Row.fetchAll(db, sql: "SELECT name, type FROM pragma_table_info(?)", arguments: [table]) {
+                    expected[table, default: [:]][column["name"]] = column["type"]
+                }
+            }
+            return expected
+        }
+        let test = try await PostgresTestSupport.database()
+        let actual = try await test.withDatabase { database in
+            var columns: [String: [String: String]] = [:]
+            for row in try await database.query(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns WHERE table_schema = 'public'"
+            ) {
+                let (table, column, type) = try row.decode((String, String, String).self)
+                columns[table, default: [:]][column] = type
+            }
+            return columns
+        }
+        let typeFor = ["INTEGER": "bigint", "TEXT": "text", "REAL": "double precision", "BLOB": "bytea"]
+        for (table, columns) in expected {
+            for (column, sqliteType) in columns {
+                #expect(
+                    actual[table]?[column] == typeFor[sqliteType],
+                    "\(table).\(column) (\(sqliteType)) on PostgreSQL: \(actual[table]?[column] ?? "missing")"
+                )
+            }
+            #expect(Set(actual[table]?.keys.map { $0 } ?? []) == Set(columns.keys), "\(table) has other columns on PostgreSQL")
+        }
+        #expect(Set(actual.keys).subtracting(expected.keys) == ["coffer_migrations", "epoch_state"])
+    }
+
+    /// An empty database is migrated to the latest schema, recorded in coffer_migrations; a second run applies nothing;
+    /// two runners starting at once (two replicas) apply each migration once.
+    @Test(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason)) func postgresMigrationsApplyOnceEvenConcurrently()
+        async throws
+    {
+        let test = try await PostgresTestSupport.emptyDatabase()
+        let names = EmbeddedSchema.postgresMigrations.map(\.name)
+        let outcomes = try await withThrowingTaskGroup(of: [String].self) { group in
+            for _ in 0..<3 {
+                group.addTask { try await test.withDatabase { database in try await PostgresMigrator.migrate(database) } }
+            }
+            var all: [[String]] = []
+            for try await applied in group { all.append(applied) }
+            return all
+        }
+        #expect(outcomes.flatMap { $0 }.sorted() == names, "each migration applied exactly once across the runners")
+        try await test.withDatabase { database async throws in
+            #expect(try await PostgresMigrator.appliedMigrations(database) == names)
+            #expect(try await PostgresMigrator.migrate(database).isEmpty)
+            #expect(try await database.scalar(Int64.self, "SELECT epoch FROM epoch_state") == 1)
+        }
+    }
+
+    /// A database recording a migration this Coffer does not know was migrated by a newer one: refused, in one line.
+    @Test(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason)) func postgresDatabaseFromANewerCofferIsRefused() async throws
+    {
+        let test = try await PostgresTestSupport.database()
+        try await test.withDatabase { database in
+            try await database.query("INSERT INTO coffer_migrations (name) VALUES ('9999_future.sql')")
+            await #expect(
+                throws: CofferRegistryError.database(
+                    "the PostgreSQL database records migration 9999_future.sql, which this Coffer does not know: it was migrated by a newer Coffer"
+                )
+            ) {
+                try await PostgresMigrator.migrate(database)
+            }
+        }
+    }
+
+    /// SQLite's immutability triggers hold on PostgreSQL, TRUNCATE included, with the same messages.
+    @Test(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason)) func postgresImmutabilityRulesHold() async throws {
+        let test = try await PostgresTestSupport.database()
+        try await test.withDatabase { database in
+            try await database.query("INSERT INTO models (name, created_at) VALUES ('m', 'now')")
+            try await database.query(
+                "INSERT INTO versions (model_id, version, digest, publisher_key_id, created_at) VALUES (1, '1', 'd', 'k', 'now')"
+            )
+            try await database.query("INSERT INTO files VALUES (1, 'a', 1, 'p', 's', 2)")
+            try await database.query("INSERT INTO attestations VALUES (1, 'dsse', '\\x00')")
+            try await database.query("INSERT INTO version_privacy VALUES (1, '[]', NULL)")
+            try await database.query("INSERT INTO budget_charges VALUES (1, 'd', 'now', NULL)")
+            try await database.query("INSERT INTO ledger VALUES (1, 'k', 'o', '\\x00', 'h')")
+            try await database.query("INSERT INTO audit_log VALUES (1, 'now', '-', 'init', 't', 'ok', '', '\\x00', '\\x00')")
+            let refusals: [(PostgresQuery, String)] = [
+                ("UPDATE versions SET epsilon = 0.1", "versions are immutable"),
+                ("UPDATE files SET size = 2", "files of a version are immutable"),
+                ("UPDATE attestations SET kind = 'x'", "attestations are immutable"),
+                ("UPDATE version_privacy SET segments = 'x'", "privacy histories are immutable"),
+                ("DELETE FROM budget_charges", "budget charges are permanent"),
+                ("TRUNCATE budget_charges", "budget charges are permanent"),
+                ("UPDATE ledger SET kind = 'x'", "the ledger is append-only"),
+                ("DELETE FROM ledger", "the ledger is append-only"),
+                ("TRUNCATE ledger", "the ledger is append-only"),
+                ("UPDATE audit_log SET reason = 'x'", "the audit log is append-only"),
+                ("DELETE FROM audit_log", "the audit log is append-only"),
+                ("TRUNCATE audit_log", "the audit log is append-only"),
+            ]
+            for (statement, message) in refusals {
+                let engine = test.endpoint.engine
+                await #expect(throws: CofferRegistryError.unavailable(engine: engine, reason: "\(message) (SQLSTATE P0001)"), "\(statement.sql)") {
+                    try await database.query(statement)
+                }
+            }
+            // SQLite's CHECKs, and a grant without an alias cannot be given twice (NULLS NOT DISTINCT).
+            await #expect(throws: CofferRegistryError.self) {
+                try await database.query(
+                    "INSERT INTO versions (model_id, version, digest, publisher_key_id, created_at, delta) VALUES (1, '2', 'd', 'k', 'now', 1.5)"
+                )
+            }
+            try await database.query("INSERT INTO principals VALUES ('a', 'k', '\\x00', 'now', NULL)")
+            try await database.query("INSERT INTO grants (principal, role, scope, granted_at) VALUES ('a', 'reader', '*', 'now')")
+            await #expect(throws: CofferRegistryError.self) {
+                try await database.query("INSERT INTO grants (principal, role, scope, granted_at) VALUES ('a', 'reader', '*', 'now')")
+            }
+            try await database.query("INSERT INTO grants (principal, role, scope, alias, granted_at) VALUES ('a', 'reader', '*', 'prod', 'now')")
+            // Identities assign ids as SQLite's rowids did, and accept explicit ones (a copied registry).
+            #expect(try await database.scalar(Int64.self, "INSERT INTO models (name, created_at) VALUES ('n', 'now') RETURNING id") == 2)
+            try await database.query("INSERT INTO models (id, name, created_at) VALUES (10, 'copied', 'now')")
+        }
     }
 }

@@ -1,8 +1,31 @@
 import CofferCrypto
-import CofferRegistry
 import Foundation
 import GRDB
+import PostgresNIO
 import Testing
+
+@testable import CofferRegistry
+
+/// Where a fixture's registry keeps its metadata: the registry behaviour tests run on each
+/// (`@Test(arguments: MetadataBackend.available)`).
+enum MetadataBackend: String, Sendable, CaseIterable, CustomTestStringConvertible {
+    /// `registry.sqlite` in the home directory.
+    case sqlite
+    /// A fresh database of its own in the PostgreSQL cluster this test process runs (``PostgresTestSupport``).
+    case postgres
+
+    var testDescription: String { rawValue }
+
+    /// The backends this machine can run: PostgreSQL only where ``PostgresTestSupport/isAvailable`` (its skip is said
+    /// once on standard error).
+    static let available: [MetadataBackend] = {
+        guard PostgresTestSupport.isAvailable else {
+            FileHandle.standardError.write(Data("note: \(PostgresTestSupport.skipReason.rawValue)\n".utf8))
+            return [.sqlite]
+        }
+        return allCases
+    }()
+}
 
 /// A temporary registry and a workspace beside it, removed when the test ends.
 ///
@@ -12,6 +35,8 @@ import Testing
 final class RegistryFixture {
     let root: URL
     let registry: Registry
+    /// The PostgreSQL database of a registry made with ``init(_:)`` on `.postgres`.
+    let postgres: PostgresTestSupport.TestDatabase?
     var home: String { root.appendingPathComponent("home").path }
     /// The OCI registry and repository holding the blobs, when they are not in `home/blobs`.
     let oci: (instance: OCITestRegistry.Instance, repository: String)?
@@ -19,11 +44,23 @@ final class RegistryFixture {
     /// Whether this test run puts the fixtures' blobs in an OCI registry.
     static var blobsInOCI: Bool { ProcessInfo.processInfo.environment["COFFER_TEST_BLOBS"] == "oci" }
 
-    /// A registry on `backends` (default: the run's, see above).
-    init(backends given: Backends? = nil) async throws {
+    /// A registry whose metadata is on `backend` (blobs as the run keeps them); on `.postgres`, in a new database.
+    convenience init(_ backend: MetadataBackend) async throws {
+        guard backend == .postgres else {
+            try await self.init()
+            return
+        }
+        let database = try await PostgresTestSupport.registryDatabase()
+        try await self.init(metadata: database.endpoint.url, postgres: database)
+    }
+
+    /// A registry on `backends` (default: the run's, see above), its metadata at `metadata` when given.
+    init(backends given: Backends? = nil, metadata: String? = nil, postgres: PostgresTestSupport.TestDatabase? = nil) async throws {
+        self.postgres = postgres
         root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-registry-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         var backends = given ?? .embedded
+        if let metadata { backends.metadata = metadata }
         if given == nil, Self.blobsInOCI {
             let instance = try OCITestRegistry.plain.get()
             let repository = "fixture/\(UUID().uuidString.lowercased().prefix(13))"
@@ -109,6 +146,29 @@ final class RegistryFixture {
             for trigger in triggers { try db.execute(sql: "DROP TRIGGER \(trigger)") }
             try db.execute(sql: statements, arguments: arguments)
         }
+    }
+
+    /// Runs SQL on a `.postgres` fixture's database as its owner could behind the registry's back: the tables' own
+    /// triggers disabled for the statements and enabled again afterwards (so the damage is all that is left).
+    func attackPostgres(_ statements: String) async throws {
+        guard let postgres else { throw PostgresTestSupport.Failure(description: "attackPostgres on a registry without PostgreSQL") }
+        try await postgres.withDatabase { database in
+            try await database.transaction { connection in
+                let tables = try await connection.rows("SELECT DISTINCT tgrelid::regclass::text FROM pg_trigger WHERE NOT tgisinternal")
+                    .map { try $0.decode(String.self) }
+                for table in tables { try await connection.rows(PostgresQuery(unsafeSQL: "ALTER TABLE \(table) DISABLE TRIGGER USER")) }
+                for statement in statements.split(separator: ";") where !statement.allSatisfy(\.isWhitespace) {
+                    try await connection.rows(PostgresQuery(unsafeSQL: String(statement)))
+                }
+                for table in tables { try await connection.rows(PostgresQuery(unsafeSQL: "ALTER TABLE \(table) ENABLE TRIGGER USER")) }
+            }
+        }
+    }
+
+    /// Changes the registry's metadata behind its back, whatever holds it: SQLite's file (triggers dropped), or
+    /// PostgreSQL's rows (triggers disabled meanwhile).
+    func tamper(_ statements: String) async throws {
+        if postgres != nil { try await attackPostgres(statements) } else { try await attack(statements) }
     }
 
     func read(_ relative: String) throws -> [UInt8] { Array(try Data(contentsOf: root.appendingPathComponent(relative))) }

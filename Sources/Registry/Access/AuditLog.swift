@@ -316,6 +316,9 @@ extension Registry {
 
 extension Registry {
     /// Audits a refusal decided outside the registry's own checks (the HTTP server's authentication).
+    /// Whether this server is the one (among the replicas over this registry's store) that signs audit heads now.
+    public func leadsAuditHeadSigning() async -> Bool { await metadata.leadsAuditHeads() }
+
     public func recordRefusal(action: String, target: String, reason: String, principal: String = "-") async throws(CofferRegistryError) {
         try await audit(principal: principal, action: action, target: target, outcome: .refused, reason: reason)
     }

@@ -95,7 +95,7 @@ public struct Backends: Codable, Sendable, Equatable {
 
     func openMetadata(home: String, busyTimeout: Double) async throws(CofferRegistryError) -> any MetadataStore {
         if metadata == "sqlite" { return try SQLiteMetadataStore(path: "\(home)/\(Registry.databaseName)", busyTimeout: busyTimeout) }
-        throw .unavailable(engine: "PostgreSQL", reason: "this build has no PostgreSQL store yet")
+        return try await PostgresMetadataStore.open(url: metadata, home: home)
     }
 
     func openBlobs(home: String) async throws(CofferRegistryError) -> any BlobStore {

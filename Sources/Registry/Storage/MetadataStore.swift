@@ -19,6 +19,11 @@ protocol MetadataStore: Sendable {
     /// Stops the store's connections (a PostgreSQL client's); the store is unusable afterwards.
     func close() async
 
+    /// Whether this process is the one that signs audit heads for every server over the store (docs/FORMAT.md,
+    /// "Metadata stores"): taken when free, kept while its holder lives. A SQLite registry has one machine's servers,
+    /// each of which may sign (a head already signed is not signed again).
+    func leadsAuditHeads() async -> Bool
+
     // MARK: Ledger and registry facts
 
     /// The sequence number of the ledger's last record, 0 when empty.

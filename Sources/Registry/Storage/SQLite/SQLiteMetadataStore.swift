@@ -50,6 +50,8 @@ final class SQLiteMetadataStore: MetadataStore {
 
     func close() async {}
 
+    func leadsAuditHeads() async -> Bool { true }
+
     func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws(CofferRegistryError) -> T {
         do { return try await writer.read(body) } catch { throw Self.translate(error) }
     }
