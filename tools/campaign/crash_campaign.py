@@ -56,6 +56,7 @@ def main():
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--oci", action="store_true", help="blobs in a docker-registry the campaign starts")
     parser.add_argument("--replica", action="store_true", help="push through coffer serve and SIGKILL the server mid-push")
+    parser.add_argument("--metadata", help="a postgres:// URL of an empty database of its own for the registry's metadata")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rng = random.Random(seed)
@@ -63,6 +64,7 @@ def main():
         env = cofferlib.environment(work, passphrase="campaign passphrase")
         home = f"{work}/home"
         backends = ["--blobs", f"oci+http://{stack.enter_context(cofferlib.oci_registry())}/crash"] if args.oci else []
+        backends += ["--metadata", args.metadata] if args.metadata else []
         run(args.coffer, "keygen", "--out", f"{work}/alice", "--kdf-ops", "1", "--kdf-memory", "8192", env=env)
         run(args.coffer, "init", "--home", home, *(["--owner", f"{work}/alice.pub"] if args.replica else []), *backends, env=env)
         admin = ["--identity", f"{work}/alice.key"] if args.replica else []
@@ -97,7 +99,7 @@ def main():
                 process.wait()
                 killed += 1
                 server = list(cofferlib.start_server(args.coffer, home, env, f"{work}/serve.log", port=int(port)))
-            elif trial % 2 == 1 and not args.oci:
+            elif trial % 2 == 1 and not args.oci and not args.metadata:
                 image = f"{work}/image"
                 shutil.rmtree(image, ignore_errors=True)
                 image_of(home, image)
@@ -124,7 +126,8 @@ def main():
         before = fsck(args.coffer, home, env)
         collected = run(args.coffer, "gc", "--grace", "0", "--home", home, env=env).stdout.decode().strip()
         after = fsck(args.coffer, home, env)
-        mode = f"{'OCI registry' if args.oci else 'directory'} blobs, {'server' if args.replica else 'push'} killed"
+        mode = (f"{'PostgreSQL' if args.metadata else 'SQLite'} metadata, {'OCI registry' if args.oci else 'directory'} blobs, "
+                f"{'server' if args.replica else 'push'} killed")
         print(f"# tools/campaign/crash: seed {seed}; {mode}; a whole push takes {span:.2f} s here")
         print(f"tried {args.trials} ({killed} SIGKILLed, {imaged} copied mid-push)  fsck clean {clean}  "
               f"versions {len(listed)}, partial {len(partial)}  orphans reclaimed by gc "

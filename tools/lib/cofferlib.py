@@ -61,7 +61,7 @@ def start_server(coffer, home, env, log_path, *extra, port=None):
         try:
             with urllib.request.urlopen(f"{base}/healthz", timeout=5):
                 return process, base, log
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, OSError):  # refused, reset, or a health check slower than 5 s on a busy machine
             if process.poll() is not None:
                 break
             time.sleep(0.05)
