@@ -160,7 +160,7 @@ final class ServerState: Sendable {
         self.maxUploadSize = configuration.maxUploadSize
         self.predictLimits = configuration.predictLimits
         self.headLifetime = configuration.headLifetime
-        self.sessions = LoadedSessions(logger: logger)
+        self.sessions = LoadedSessions(registry: registry, logger: logger)
         self.logger = logger
     }
 

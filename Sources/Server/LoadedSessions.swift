@@ -23,8 +23,12 @@ final class LoadedSessions: Service, Sendable {
 
     private let loaded = Mutex<[String: Loaded]>([:])
     private let logger: Logger
+    private let registry: Registry
 
-    init(logger: Logger) { self.logger = logger }
+    init(registry: Registry, logger: Logger) {
+        self.registry = registry
+        self.logger = logger
+    }
 
     func insert(_ model: Loaded, id: String) { loaded.withLock { $0[id] = model } }
 
@@ -43,13 +47,21 @@ final class LoadedSessions: Service, Sendable {
 
     var count: Int { loaded.withLock { $0.count } }
 
-    /// Drops expired models every second until graceful shutdown, then drops them all.
+    /// Drops expired models every second, and every 5 s those whose session another replica revoked (or that were
+    /// used up), until graceful shutdown; then drops them all.
     func run() async throws {
         await cancelWhenGracefulShutdown {
+            var tick = 0
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(1))
                 let now = Date()
                 self.loaded.withLock { models in models = models.filter { $0.value.expires > now } }
+                tick += 1
+                guard tick % 5 == 0 else { continue }
+                let ids = self.loaded.withLock { Array($0.keys) }
+                guard !ids.isEmpty else { continue }
+                let live = await self.registry.liveSessions(ids)
+                self.loaded.withLock { models in models = models.filter { live.contains($0.key) || !ids.contains($0.key) } }
             }
         }
         loaded.withLock { $0.removeAll() }

@@ -40,7 +40,7 @@ import Testing
 
     func blobsAreEmpty(_ f: RegistryFixture) -> Bool { f.blobDigests().isEmpty }
 
-    @Test("export with stanzas for registry B and bob, skopeo copy to a mirror, import into B: B and bob pull the same bytes")
+    @Test("export with stanzas for registry B and bob, skopeo copy to a mirror, import into B: B pulls; bob once B makes him a recipient")
     func exportCopyImport() async throws {
         let w = try await world()
         let targetKey = try w.target.registryKey
@@ -82,6 +82,11 @@ import Testing
         #expect(imported.model == "team/m" && imported.version == "1" && imported.digest == exported.digest)
         let fsck = try await w.target.registry.fsck()
         #expect(fsck.problems.isEmpty, "\(fsck.problems)")
+        // bob's stanza in the copy is not taken on trust (unauthenticated, it could be anyone's planting): B wraps for him.
+        await expectRefusal("holds no key") {
+            _ = try await w.target.registry.pull(try ModelReference(parsing: "team/m:1"), identity: w.bob, into: w.target.path("early"))
+        }
+        _ = try await w.target.registry.addRecipient(try ModelReference(parsing: "team/m:1"), recipient: w.bob.publicIdentity, identity: targetKey)
         _ = try await w.target.registry.pull(try ModelReference(parsing: "team/m:1"), identity: w.bob, into: w.target.path("bob"))
         #expect(try w.target.read("bob/model.safetensors") == bytes(1_500_000))
         let verified = try await w.target.registry.verify(try ModelReference(parsing: "team/m:1"), readingDataWith: targetKey)
@@ -173,5 +178,43 @@ import Testing
         // Restore the shared registry's blob for the other tests.
         data[data.count - 100] ^= 0x40
         try data.write(to: URL(fileURLWithPath: path))
+    }
+
+    @Test("into a registry with principals, a publisher of the model imports; only checked stanzas are kept, a planted one is not")
+    func importIntoARegistryWithPrincipals() async throws {
+        let w = try await world()
+        let carol = try person("carol")
+        let mallory = try person("mallory")
+        // alice, the first principal, is the target's admin.
+        try await w.target.registry.addPrincipal(name: "alice", identity: w.alice.publicIdentity, roles: [], by: try w.target.registrySigner)
+        let admin = Signer(w.alice)
+        try await w.target.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [.reader, .decrypt], by: admin)
+        try await w.target.registry.grant(Grant(principal: "carol", role: .publisher, scope: "team/"), by: admin)
+        try await w.target.registry.addPrincipal(name: "mallory", identity: mallory.publicIdentity, roles: [.reader, .decrypt], by: admin)
+        let exported = try await w.source.registry.exportVersion(
+            try ModelReference(parsing: "team/m:1"),
+            to: w.url,
+            recipients: [carol.publicIdentity],
+            identity: w.alice,
+            environment: w.instance.environment
+        )
+        // Whoever writes the repository adds a stanza for mallory, whom the target registry knows.
+        let store = try OCIBlobStore(url: w.url, temporaryDirectory: w.target.path("oci-tmp"), environment: w.instance.environment)
+        let described = try await store.describeVersion(exported.tag)
+        try await store.attachKeys(to: described.version, stanzas: [mallory.publicIdentity.keyID: Array(repeating: 7, count: 120)])
+
+        let imported = try await w.target.registry.importVersion(
+            from: "\(w.url):\(exported.tag)",
+            identity: carol,
+            environment: w.instance.environment
+        )
+        #expect(imported.digest == exported.digest)
+        _ = try await w.target.registry.pull(try ModelReference(parsing: "team/m:1"), identity: carol, into: w.target.path("carol"))
+        #expect(try w.target.read("carol/model.safetensors") == bytes(1_500_000))
+        let fsck = try await w.target.registry.fsck()
+        #expect(fsck.problems.isEmpty, "\(fsck.problems)")
+        let id = try await w.target.registry.resolve(try ModelReference(parsing: "team/m:1")).id
+        let holders = Set(try await w.target.registry.metadata.wrappedKeys(version: id).map(\.recipientKeyID))
+        #expect(holders == [carol.publicIdentity.keyID, try w.target.registryKey.publicIdentity.keyID], "the planted stanza is not kept")
     }
 }

@@ -174,3 +174,29 @@ struct PushPullTests {
         }
     }
 }
+
+/// A session's rate bucket as replicas whose clocks differ draw from it.
+struct SessionRateBucketTests {
+    @Test func aReplicaWhoseClockIsBehindIsNotCreditedTheSameSecondsAgain() {
+        // 10 per second, burst 20: alternating between a replica at t and one 3 s behind, over 10 s of requests.
+        var bucket = SessionRateRecord(sessionID: "s", tokens: 20, updatedAt: 1000)
+        var allowed = 0
+        for i in 0..<100 {
+            let now = 1000 + Double(i) * 0.1 - (i.isMultiple(of: 2) ? 0 : 3)
+            let (after, wait) = bucket.taking(rate: 10, burst: 20, now: now)
+            bucket = after
+            if wait == nil { allowed += 1 }
+        }
+        // The limit allows 20 at once and 10 per second after: at most 20 + 10 * 9.9 = 119 over the whole 9.9 s even
+        // for one replica; what matters is that the skew adds nothing: the behind replica's requests refill nothing.
+        var honest = SessionRateRecord(sessionID: "s", tokens: 20, updatedAt: 1000)
+        var honestAllowed = 0
+        for i in 0..<100 {
+            let (after, wait) = honest.taking(rate: 10, burst: 20, now: 1000 + Double(i) * 0.1)
+            honest = after
+            if wait == nil { honestAllowed += 1 }
+        }
+        #expect(allowed <= honestAllowed, "skewed \(allowed), one clock \(honestAllowed)")
+        #expect(bucket.updatedAt == 1000 + 99 * 0.1 - 3 || bucket.updatedAt >= 1000 + 98 * 0.1, "time never goes back")
+    }
+}

@@ -326,6 +326,24 @@ extension Registry {
         try await audit(principal: principal, action: "infer", target: id, outcome: .ok, reason: "\(row.model):\(row.version)")
     }
 
+    /// Which of `ids` are still usable sessions (not revoked, expired or used up; their key copy kept), read without
+    /// auditing: a server checks the models it holds against it, so that a revocation through another replica wipes
+    /// them here too. An id the store cannot answer for counts as live until the next check.
+    public func liveSessions(_ ids: [String], now: Date = Date()) async -> Set<String> {
+        var live: Set<String> = []
+        for id in ids {
+            let found: SessionRow?
+            do { found = try await metadata.session(.id(id)) } catch {
+                live.insert(id)
+                continue
+            }
+            guard let row = found else { continue }
+            let session = row.session
+            if session.revokedAt == nil, session.wrappedKey != nil, session.expiresAt > Self.timestamp(now) { live.insert(id) }
+        }
+        return live
+    }
+
     /// Takes one token of a session's rate bucket, shared by every server over the registry's metadata store: nil
     /// when taken, else the seconds to wait.
     public func takeRateToken(session: String, rate: Double, burst: Int, now: Date = Date()) async throws(CofferRegistryError) -> Double? {

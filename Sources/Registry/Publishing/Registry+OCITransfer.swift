@@ -171,6 +171,7 @@ extension Registry {
         }
 
         var copied: [String] = []
+        let committed: CommittedVersion
         do throws(CofferRegistryError) {
             for file in statement.files {
                 if try await blobs.size(of: file.sealedSHA256) != file.sealedSize {
@@ -189,14 +190,17 @@ extension Registry {
                 }
                 guard sealedUnderKey else { throw .tampered("\(label): blob of \(file.path) is not sealed under the key its stanza opens") }
             }
-            var wrapped = described.stanzas.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
-            if described.stanzas[registryKey.keyID] == nil { wrapped.append((registryKey.keyID, dataKey.key.wrap(for: registryKey).encoded)) }
+            // Only what was checked is kept: the importer's own stanza (it opened the key every blob is sealed under) and
+            // the registry's, wrapped here. Other stanzas in the copy are unauthenticated: kept, a forged one would be
+            // taken as a holder's by a later rekey. Other recipients are added with `recipient add`.
+            var wrapped = [(identity.publicIdentity.keyID, stanza)]
+            if identity.publicIdentity.keyID != registryKey.keyID { wrapped.append((registryKey.keyID, dataKey.key.wrap(for: registryKey).encoded)) }
             let envelope: DSSEEnvelope
             do { envelope = try DSSEEnvelope(jsonBytes: version.envelope) } catch { throw .tampered("\(label): \(error)") }
             let signed = SignedStatement(statement: statement, envelope: envelope, bundle: version.modelSigningBundle, digest: version.digest)
             let bytes = statement.files.reduce(0) { $0 + $1.size }
             let source = "oci \(source.name)"
-            let pushed = try await commitVersion(
+            committed = try await commitVersion(
                 model: statement.model,
                 alias: nil,
                 tags: [:],
@@ -210,11 +214,11 @@ extension Registry {
                     PushResult(model: statement.model, version: statement.version, digest: signed.digest, files: statement.files.count, bytes: bytes)
                 }
             )
-            return pushed
         } catch {
             for digest in copied { try? await blobs.remove(digest) }
             throw error
         }
+        return try await publishManifest(committed)
     }
 
     /// Copies one blob into `store` from the stream `open` gives, through a temporary file of the store, checking its

@@ -2,6 +2,12 @@ public import CofferCrypto
 import Foundation
 import Synchronization
 
+/// A version just committed, and what its blob store is told of it.
+struct CommittedVersion: Sendable {
+    let result: PushResult
+    let published: PublishedVersion
+}
+
 extension Registry {
     /// Seals, signs and commits a new version.
     ///
@@ -109,10 +115,11 @@ extension Registry {
         )
         let created = Self.now()
         let sealed = files
+        let committed: CommittedVersion
         do throws(CofferRegistryError) {
             let frozen = request
             let bytes = done
-            return try await commitVersion(
+            committed = try await commitVersion(
                 model: request.model,
                 alias: request.alias,
                 tags: request.tags,
@@ -144,6 +151,7 @@ extension Registry {
             for file in files { try? await blobs.remove(file.sealedSHA256) }
             throw error
         }
+        return try await publishManifest(committed)
     }
 
     /// Seals one input file under `dataKey` into `output` (its own nonce prefix), with both digests.
@@ -240,7 +248,7 @@ extension Registry {
         reason: @Sendable (String) -> String,
         statement: @Sendable (LedgerState) async throws(CofferRegistryError) -> (SignedStatement, PublicIdentity),
         result: @Sendable (SignedStatement) -> PushResult
-    ) async throws(CofferRegistryError) -> PushResult {
+    ) async throws(CofferRegistryError) -> CommittedVersion {
         let (pushed, published) = try await commitOnLedger {
             (current, work) async throws(CofferRegistryError) -> (PushResult, PublishedVersion) in
             let (signed, publisher) = try await statement(current)
@@ -346,15 +354,18 @@ extension Registry {
             )
             return (result(signed), published)
         }
-        // After the commit: a manifest must never name a version the registry refused. A version whose manifest could not
-        // be written is still whole in Coffer; fsck reports the missing manifest.
-        do { try await blobs.publish(published) } catch {
-            throw .unavailable(
-                engine: blobs.name,
-                reason: "\(pushed.model):\(pushed.version) is committed, but its OCI manifest was not written: \(error)"
-            )
+        return CommittedVersion(result: pushed, published: published)
+    }
+
+    /// Publishes a committed version in the blob store's own format (an OCI manifest; nothing for a directory). After
+    /// the commit, so that a manifest never names a version the registry refused, and outside any clean-up of the
+    /// push's blobs: a version whose manifest could not be written is still whole, its blobs kept.
+    func publishManifest(_ committed: CommittedVersion) async throws(CofferRegistryError) -> PushResult {
+        do { try await blobs.publish(committed.published) } catch {
+            let label = "\(committed.result.model):\(committed.result.version)"
+            throw .unavailable(engine: blobs.name, reason: "\(label) is committed, but its OCI manifest was not written: \(error)")
         }
-        return pushed
+        return committed.result
     }
 
     /// The subject name of the model-signing bundle: the pushed directory's name, else the model name's last segment.

@@ -100,7 +100,8 @@ extension Registry {
 
     /// Checks a `version` record found outside the replay (by look-up, or sent by a server with a package): it belongs to
     /// this registry and lies within the verified chain, it names `model:version`, and it is signed by the publisher it
-    /// names or by a key of the registry's chain. The caller must then check that its digest and publisher are those of
+    /// names, by a key of the registry's chain, or (an import) by a principal holding the publisher or admin role on the
+    /// model. The caller must then check that its digest and publisher are those of
     /// the statement it verified: only that publisher (or the registry) can have recorded that statement here.
     static func checkVersionRecord(
         _ record: LedgerRecord,
@@ -114,7 +115,13 @@ extension Registry {
         guard record.registry == state.registry, record.seq >= 1, record.seq <= state.seq, case .version(let facts) = record.change,
             facts.model == model, facts.version == version
         else { throw .tampered("\(label): its ledger record is not this version's in this registry") }
-        let signer = record.signerKeyID == facts.publisher.keyID ? facts.publisher : state.key(record.signerKeyID)?.identity
+        var signer = record.signerKeyID == facts.publisher.keyID ? facts.publisher : state.key(record.signerKeyID)?.identity
+        // An import is recorded by the importing principal, a publisher of the model, not by the statement's publisher.
+        if signer == nil, let principal = state.principals[record.by], principal.keyID == record.signerKeyID,
+            state.holds(record.by, .publisher, on: model) || state.holds(record.by, .admin, on: model)
+        {
+            signer = principal
+        }
         guard let signer, record.isSigned(by: signer) else { throw .tampered("\(label): its ledger record's signature does not verify") }
         return facts
     }

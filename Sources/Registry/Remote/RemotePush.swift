@@ -171,6 +171,7 @@ extension Registry {
             try await require(.admin, on: prepared.model, by: actor, action: "push --override-budget", target: prepared.model)
         }
         let label = "\(prepared.model):\(prepared.version)"
+        let committedVersion: CommittedVersion
         do throws(CofferRegistryError) {
             guard let document = Data(base64Encoded: prepared.dsse), let bundle = Data(base64Encoded: prepared.modelSigning) else {
                 throw CofferRegistryError.invalidInput("\(label): unreadable signed documents")
@@ -243,7 +244,7 @@ extension Registry {
             }
             let signed = SignedStatement(statement: statement, envelope: envelope, bundle: Array(bundle), digest: digest)
             let bytes = statement.files.reduce(0) { $0 + $1.size }
-            let result = try await commitVersion(
+            let committed = try await commitVersion(
                 model: prepared.model,
                 alias: prepared.alias,
                 tags: prepared.tags,
@@ -260,10 +261,11 @@ extension Registry {
             try await rememberRecipients(
                 [signer] + prepared.recipients.compactMap { Data(base64Encoded: $0).flatMap { try? PublicIdentity(jsonBytes: Array($0)) } }
             )
-            return result
+            committedVersion = committed
         } catch {
             try? await audit(principal: actor.name, action: "push", target: label, outcome: .failed, reason: error.description)
             throw error
         }
+        return try await publishManifest(committedVersion)
     }
 }

@@ -200,6 +200,18 @@ struct RegistryController {
         state.sessions.insert(.init(session, principal: principal, expires: expires), id: id)
     }
 
+    /// Runs a session check; when the registry refuses the session (revoked elsewhere, expired, used up, grant lost),
+    /// this server wipes the model it holds for it at once instead of at the session's expiry.
+    private func dropOnRefusal(_ id: String, _ check: () async throws(CofferRegistryError) -> Void) async throws(CofferRegistryError) {
+        do { try await check() } catch {
+            switch error {
+            case .sessionRefused, .unknownSession: state.sessions.remove(id)
+            default: break
+            }
+            throw error
+        }
+    }
+
     static let sessionTokenHeader = HTTPField.Name(WireHeader.sessionToken)!
 
     /// `POST /v1/sessions/{id}/predict {rows: [{feature: value}]}`: per-task predictions, one use of the session.
@@ -217,7 +229,9 @@ struct RegistryController {
         }
         // The registry says first why a session is refused (revoked, expired, unknown, someone else's): waiting out the
         // rate limit would not help those.
-        try await registry.checkSession(id: id, principal: holder.principal.name)
+        try await dropOnRefusal(id) { () async throws(CofferRegistryError) in
+            try await registry.checkSession(id: id, principal: holder.principal.name)
+        }
         // The rate limit comes before the use is counted, so a refused request does not spend one; its bucket is
         // shared by every server over this registry's metadata store.
         if let wait = try await registry.takeRateToken(session: id, rate: limits.rate, burst: limits.burst) {
@@ -256,10 +270,13 @@ struct RegistryController {
         // A request that cannot be answered (bad rows, features the model lacks) spends no use: the prediction runs
         // first, and only a successful one takes its use (and is released only if the use was granted).
         let table = try parse { () throws(CofferTrainingError) in try CSVTable(text: csv, source: "rows") }
-        try await registry.checkSession(id: id, principal: holder.principal.name)
+        try await dropOnRefusal(id) { () async throws(CofferRegistryError) in
+            try await registry.checkSession(id: id, principal: holder.principal.name)
+        }
         let (view, predictions) = try loaded.session.predict(table)
         // The registry says why a session is refused (unknown, revoked, expired, used up, grant lost) and counts the use.
-        try await registry.useSession(id: id, principal: holder.principal.name)
+        try await dropOnRefusal(id) { () async throws(CofferRegistryError) in try await registry.useSession(id: id, principal: holder.principal.name)
+        }
         let rows = predictionRows(predictions, tasks: view.architecture.tasks, preprocessing: view.preprocessing, rows: table.rowCount)
         return try Response.json(PredictAnswer(predictions: rows))
     }
