@@ -91,7 +91,7 @@ coffer_oci_registry_stop() {
     local pid="${!pid_var:-}" dir="${!dir_var:-}"
     if [ -n "$pid" ]; then
         kill "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null || true  # a killed child's status (143) is not a failure of ours
     fi
     [ -n "$dir" ] && rm -rf "$dir"
     unset "${var}_ADDRESS" "${var}_URL" "${var}_PID" "${var}_DIR" "${var}_AUTH_FILE"
