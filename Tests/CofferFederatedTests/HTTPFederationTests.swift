@@ -72,8 +72,10 @@ struct HTTPFederationTests {
         let fixture = try FederationFixture(sites: 4, rowsPerSite: 300)
         let core = try fixture.core(
             Self.configuration {
-                // Long enough for the answering sites to train in a debug build on 2 busy cores (3 s was not).
+                // Long enough for the answering sites to train in a debug build on 2 busy cores (3 s was not), and for their
+                // later stages while the rest of the suite holds the cooperative pool (30 s was not, once, in CI).
                 $0.trainTimeout = 10
+                $0.stageTimeout = 120
                 $0.rounds = 1
             }
         )
