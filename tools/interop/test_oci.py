@@ -175,3 +175,57 @@ def test_coffer_on_oci_export_copy_import(tmp_path):
         refused = cofferlib.run(coffer, "import", f"oci+http://{mirror}/vector:{documents['tag']}", "--home", b, env=env)
         message = refused.stderr.decode().strip()
         assert refused.returncode == 1 and "not a trusted signer" in message and "\n" not in message, message
+
+
+def test_server_survives_an_upload_the_registry_refuses(tmp_path):
+    """A PATCH the OCI registry refuses before reading its body (its upload session is gone) answers 503, and `coffer
+    serve` goes on: the HTTP client's body sender, left waiting on the request body, used to meet the server's own drain
+    of that body inside NIO, which traps (found by the crash campaign, where a killed server leaves stale sessions)."""
+    import http.client
+    import sqlite3
+    import urllib.parse
+
+    coffer = cofferlib.coffer_binary()
+    env = cofferlib.environment(tmp_path)
+    home = tmp_path / "home"
+    cofferlib.keygen(coffer, tmp_path / "alice", env=env)
+    with cofferlib.oci_registry() as registry:
+        cofferlib.check(coffer, "init", "--home", home, "--owner", tmp_path / "alice.pub", "--blobs", f"oci+http://{registry}/refused",
+                        env=env)
+        token = cofferlib.check(coffer, "token", "create", "--principal", "alice", "--scope", "publish", "--ttl", "1h", "--home", home,
+                                "--identity", tmp_path / "alice.key", env=env).strip()
+        process, base, log = cofferlib.start_server(coffer, home, env, tmp_path / "serve.log")
+        try:
+            host, port = base.removeprefix("http://").split(":")
+            for attempt in range(8):
+                status, upload, _ = cofferlib.http_json(base, "POST", "/v1/uploads", token=token)
+                assert status == 201, upload
+                with sqlite3.connect(home / "registry.sqlite") as db:
+                    (location,) = db.execute("SELECT location FROM uploads WHERE id = ?", (upload["id"],)).fetchone()
+                gone = urllib.parse.urlsplit(location)
+                connection = http.client.HTTPConnection(gone.hostname, gone.port)
+                connection.request("DELETE", f"{gone.path}?{gone.query}")
+                assert connection.getresponse().status == 204
+                connection.close()
+
+                size, piece = 32 << 20, bytes(1 << 20)
+                connection = http.client.HTTPConnection(host, int(port), timeout=60)
+                connection.putrequest("PATCH", f"/v1/uploads/{upload['id']}")
+                for name, value in (("Authorization", f"Bearer {token}"), ("Upload-Offset", "0"), ("Content-Length", str(size))):
+                    connection.putheader(name, value)
+                connection.endheaders()
+                try:
+                    for _ in range(size // len(piece)):
+                        connection.send(piece)
+                    status = connection.getresponse().status
+                except (BrokenPipeError, ConnectionResetError):
+                    status = None  # the server answered and closed while the body was still being sent
+                connection.close()
+                assert status in (503, None), status
+                assert process.poll() is None, f"coffer serve died on attempt {attempt}"
+                assert cofferlib.http_json(base, "GET", "/v1/uploads/" + upload["id"], token=token)[1]["offset"] == 0
+        finally:
+            process.terminate()
+            process.wait()
+        log.seek(0)
+        assert b"Fatal error" not in log.read()

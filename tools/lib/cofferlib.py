@@ -67,7 +67,11 @@ def start_server(coffer, home, env, log_path, *extra, port=None):
             time.sleep(0.05)
     process.kill()
     log.seek(0)
-    raise RuntimeError(f"coffer serve did not start: {log.read().decode(errors='replace')[-500:]}")
+    # A crash's backtrace ends with library addresses: its first lines say what failed.
+    lines = log.read().decode(errors="replace").splitlines()
+    crash = next((i for i, line in enumerate(lines) if "Fatal error" in line or "💣" in line), None)
+    shown = lines[crash:crash + 30] if crash is not None else lines[-10:]
+    raise RuntimeError("coffer serve did not start:\n" + "\n".join(shown))
 
 
 # --- OCI registry ---

@@ -204,7 +204,7 @@ public struct OCIBlobStore: BlobStore {
                     current.offset += count
                     left -= count
                 }
-                if try await source.next() != nil { throw CofferRegistryError.invalidInput("the bytes ran past the \(length) they announced") }
+                if try await source.next(upTo: 1) != nil { throw CofferRegistryError.invalidInput("the bytes ran past the \(length) they announced") }
             } else {
                 while true {
                     let piece = try await source.collect(upTo: Self.unknownLengthPiece)
@@ -214,13 +214,17 @@ public struct OCIBlobStore: BlobStore {
                 }
             }
         } catch let error as CofferRegistryError {
+            // A request that failed may have left its body's reader waiting on the stream: see SharedBlobIterator.
+            await source.close()
             throw error
         } catch {
+            await source.close()
             throw .unavailable(
                 engine: name,
                 reason: "appending to upload \(upload.id): \(OCIDistributionClient.describe(error, endpoint: client.endpoint))"
             )
         }
+        await source.close()
         return current
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -92,14 +93,8 @@ struct BlobSlice: AsyncSequence, Sendable {
 
         mutating func next() async throws -> ByteBuffer? {
             guard remaining > 0 else { return nil }
-            guard var buffer = try await source.next() else {
+            guard let buffer = try await source.next(upTo: remaining) else {
                 throw CofferRegistryError.invalidInput("the bytes ended \(remaining) bytes before the length they announced")
-            }
-            if buffer.readableBytes > remaining {
-                // The rest belongs to the next request.
-                let head = buffer.readSlice(length: remaining)!
-                source.putBack(buffer)
-                buffer = head
             }
             remaining -= buffer.readableBytes
             return buffer
@@ -109,36 +104,81 @@ struct BlobSlice: AsyncSequence, Sendable {
     func makeAsyncIterator() -> AsyncIterator { AsyncIterator(source: source, remaining: count) }
 }
 
-/// One iterator over a ``BlobStream``, read by one request at a time (each `PATCH` finishes before the next starts;
-/// that order is what makes the unchecked `Sendable` sound).
+/// One iterator over a ``BlobStream``, read by the requests of one append in turn, behind a gate.
+///
+/// AsyncHTTPClient sends a streamed request body from a task of its own, and when the answer comes back before the body
+/// is sent (a registry refusing a stale upload answers at once) it returns while that task may still wait in `next()`.
+/// The stream is often a server's request body, whose iterator NIO traps on when entered twice at once, and which the
+/// server drains itself once the handler returns: a crash of `coffer serve` that a crash campaign found. So one read
+/// at a time passes the gate (a second is refused), and ``close()`` waits for the read in flight and refuses every
+/// later one; the append calls it before it returns.
 final class SharedBlobIterator: @unchecked Sendable {
+    // Touched only by the one reader the gate lets in.
     private var iterator: BlobStream.AsyncIterator
     private var pending: ByteBuffer?
+    private let gate = Mutex(Gate())
+
+    private struct Gate {
+        var reading = false
+        var closed = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
 
     init(_ stream: BlobStream) { iterator = stream.makeAsyncIterator() }
 
-    /// The next non-empty buffer, or nil at the end.
-    func next() async throws -> ByteBuffer? {
+    /// The next non-empty bytes, at most `limit` of them (the rest is kept for the next read), or nil at the end.
+    func next(upTo limit: Int) async throws -> ByteBuffer? {
+        let refusal: String? = gate.withLock { gate in
+            if gate.closed { return "the upload's bytes were read after it ended" }
+            if gate.reading { return "the upload's bytes were read by two requests at once" }
+            gate.reading = true
+            return nil
+        }
+        if let refusal { throw CofferRegistryError.invalidInput(refusal) }
+        defer {
+            let waiters = gate.withLock { gate in
+                gate.reading = false
+                defer { gate.waiters = [] }
+                return gate.waiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+        var buffer: ByteBuffer
         if let pending {
+            buffer = pending
             self.pending = nil
-            return pending
+        } else {
+            repeat {
+                guard let next = try await iterator.next() else { return nil }
+                buffer = next
+            } while buffer.readableBytes == 0
         }
-        while let buffer = try await iterator.next() {
-            if buffer.readableBytes > 0 { return buffer }
+        if buffer.readableBytes > limit {
+            let head = buffer.readSlice(length: limit)!
+            pending = buffer
+            return head
         }
-        return nil
+        return buffer
     }
-
-    func putBack(_ buffer: ByteBuffer) { pending = buffer }
 
     /// Up to `limit` bytes gathered in memory, fewer only at the end (an append of unknown length goes in such pieces).
     func collect(upTo limit: Int) async throws -> [UInt8] {
         var bytes: [UInt8] = []
-        while bytes.count < limit, var buffer = try await next() {
-            let take = min(buffer.readableBytes, limit - bytes.count)
-            bytes += buffer.readBytes(length: take)!
-            if buffer.readableBytes > 0 { putBack(buffer) }
+        while bytes.count < limit, var buffer = try await next(upTo: limit - bytes.count) {
+            bytes += buffer.readBytes(length: buffer.readableBytes)!
         }
         return bytes
+    }
+
+    /// Refuses every later read, and returns once no read is in flight.
+    func close() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let wait = gate.withLock { gate in
+                gate.closed = true
+                if gate.reading { gate.waiters.append(continuation) }
+                return gate.reading
+            }
+            if !wait { continuation.resume() }
+        }
     }
 }
