@@ -122,12 +122,40 @@ extension Coffer {
 extension Coffer {
     struct Migrate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Bring a registry made by an earlier Coffer up to date: give it a signed ledger restating its tables (its key's passphrase)."
+            abstract:
+                "Bring a registry made by an earlier Coffer up to date (a signed ledger restating its tables), or copy it onto PostgreSQL and OCI.",
+            discussion: """
+                Without --to: gives a registry made before the ledger existed a signed ledger (its key's passphrase).
+                With --to DEST --metadata postgres://... [--blobs oci://...]: copies this SQLite registry into the new home \
+                directory DEST on those stores, the same registry (keys, ledger, audit log); this one is left as it is.
+                """
         )
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
+        @Option(name: .long, help: "Copy the registry into this new (or empty) home directory, on --metadata and --blobs.")
+        var to: String?
+        @Option(name: .long, help: "With --to: postgres://USER@HOST:PORT/DB (password from PGPASSWORD or PGPASSFILE).")
+        var metadata: String?
+        @Option(name: .long, help: "With --to: oci://HOST:PORT/REPOSITORY, or directory (default: blobs in DEST).")
+        var blobs = "directory"
 
         func run() async throws {
+            if let to {
+                guard let metadata else { throw CLIError("migrate --to needs --metadata postgres://...") }
+                let report = try await Registry.migrate(
+                    from: registry.resolvedHome,
+                    to: to,
+                    backends: Backends(metadata: metadata, blobs: blobs)
+                )
+                let rows = report.rows.values.reduce(0, +)
+                print(
+                    "copied \(registry.resolvedHome) to \(to): \(rows) rows in \(report.rows.count) tables, \(report.blobsSent) blobs sent "
+                        + "(\(report.blobsPresent) there already), \(report.published) versions published"
+                        + (report.uploadsLeft > 0 ? "; \(report.uploadsLeft) unfinished uploads left behind (their clients start again)" : "")
+                )
+                return
+            }
+            if metadata != nil || blobs != "directory" { throw CLIError("--metadata and --blobs go with --to DEST") }
             let store = try await registry.open()
             let key = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
             let written = try await store.adoptLedger(registryKey: key)

@@ -229,3 +229,56 @@ def test_server_survives_an_upload_the_registry_refuses(tmp_path):
             process.wait()
         log.seek(0)
         assert b"Fatal error" not in log.read()
+
+
+def test_migrate_an_embedded_registry_onto_postgres_and_oci(tmp_path):
+    """`coffer migrate --to` with the binary: an embedded registry copied onto PostgreSQL and docker-registry is the
+    same registry (fsck clean, audit verified, bob pulls from the copy) and skopeo reads the versions it published;
+    bad invocations are one line, leave no destination and change nothing."""
+    database = cofferlib.postgres_database("migrate")
+    if database is None:
+        pytest.skip("COFFER_PG_URL names no PostgreSQL cluster (tools/test starts one)")
+    coffer = cofferlib.coffer_binary()
+    env = cofferlib.environment(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for name in ("alice", "bob"):
+        cofferlib.keygen(coffer, tmp_path / name, env=env)
+    cofferlib.check(coffer, "init", "--home", a, "--owner", tmp_path / "alice.pub", env=env)
+    admin = ["--identity", tmp_path / "alice.key", "--home", a]
+    cofferlib.check(coffer, "principal", "add", "bob", tmp_path / "bob.pub", "--role", "reader", "--role", "decrypt", *admin, env=env)
+    model = tmp_path / "model"
+    model.mkdir()
+    for version in (1, 2):
+        (model / "weights.bin").write_bytes(bytes([version]) * 70_000)
+        cofferlib.check(coffer, "push", "team/fraud", model, "--recipient", tmp_path / "bob.pub", *admin, env=env)
+    cofferlib.check(coffer, "alias", "set", "team/fraud@prod", "1", *admin, env=env)
+
+    refused = cofferlib.run(coffer, "migrate", "--home", a, "--to", b, env=env)
+    assert refused.returncode == 1 and refused.stderr.decode().strip() == "coffer: migrate --to needs --metadata postgres://...", refused.stderr
+    refused = cofferlib.run(coffer, "migrate", "--home", a, "--to", b, "--metadata", "sqlite", env=env)
+    message = refused.stderr.decode().strip()
+    assert refused.returncode == 1 and "must be a postgres:// URL" in message and "\n" not in message, message
+    assert not b.exists()
+
+    with cofferlib.oci_registry() as registry:
+        copied = cofferlib.check(coffer, "migrate", "--home", a, "--to", b, "--metadata", database, "--blobs", f"oci+http://{registry}/moved",
+                                 env=env)
+        assert "2 blobs sent" in copied and "2 versions published" in copied, copied
+        assert json.loads((b / "backends.json").read_text())["metadata"] == database
+        assert not (b / "registry.sqlite").exists() and not (b / "blobs").exists()
+        assert "clean" in cofferlib.check(coffer, "fsck", "--home", b, env=env)
+        assert "audit log ok" in cofferlib.check(coffer, "audit", "verify", "--home", b, env=env)
+        shown = json.loads(cofferlib.check(coffer, "show", "team/fraud@prod", "--json", "--home", b, env=env))
+        assert shown["version"] == "1"
+        cofferlib.check(coffer, "pull", "team/fraud:2", "--identity", tmp_path / "bob.key", "--out", tmp_path / "out", "--home", b, env=env)
+        assert (tmp_path / "out" / "weights.bin").read_bytes() == bytes([2]) * 70_000
+        second = json.loads(cofferlib.check(coffer, "show", "team/fraud:2", "--json", "--home", b, env=env))
+        manifest = json.loads(skopeo("inspect", "--raw", "--tls-verify=false",
+                                     f"docker://{registry}/moved:{cofferlib.oci_version_tag('team/fraud', '2')}"))
+        assert manifest["annotations"]["dev.coffer.statement.digest"] == f"sha256:{second['digest']}"
+        assert [layer["digest"] for layer in manifest["layers"]] == [f"sha256:{f['sealed_sha256']}" for f in second["files"]]
+        # The source is left as it was, and a second copy into the same database is refused.
+        assert "clean" in cofferlib.check(coffer, "fsck", "--home", a, env=dict(env, COFFER_STATE_DIR=str(tmp_path / "fresh-client")))
+        again = cofferlib.run(coffer, "migrate", "--home", a, "--to", tmp_path / "c", "--metadata", database, env=env)
+        assert again.returncode == 1 and "holds rows already" in again.stderr.decode(), again.stderr
+        assert not (tmp_path / "c").exists()

@@ -8,7 +8,6 @@ one), else in the home's SQLite database, which replicas on one machine can shar
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -33,7 +32,7 @@ class Replicas:
         self.home = work / "home"
         backends = ["--blobs", f"oci+http://{registry}/replicas"]
         if os.environ.get("COFFER_PG_URL"):
-            backends += ["--metadata", os.environ["COFFER_PG_URL"].rsplit("/", 1)[0] + "/" + self.fresh_database()]
+            backends += ["--metadata", cofferlib.postgres_database("replicas")]
         for name in ("alice", "bob"):
             cofferlib.keygen(self.coffer, work / name, env=self.env)
         self.check("init", "--home", self.home, "--owner", work / "alice.pub", *backends)
@@ -49,12 +48,6 @@ class Replicas:
         token = lambda who, scope: self.check("token", "create", "--principal", who, "--scope", scope, "--ttl", "2h", *self.admin).strip()
         self.tokens = {"infer": token("bob", "infer"), "publish": token("alice", "publish"), "admin": token("alice", "admin")}
         self.servers = []
-
-    def fresh_database(self):
-        """A database of its own in the cluster COFFER_PG_URL names (createdb through psql as the URL's user)."""
-        name = f"replicas_{os.urandom(6).hex()}"
-        subprocess.run(["psql", os.environ["COFFER_PG_URL"], "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
-        return name
 
     def check(self, *args):
         return cofferlib.check(self.coffer, *args, env=self.env)

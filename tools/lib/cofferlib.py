@@ -74,6 +74,17 @@ def start_server(coffer, home, env, log_path, *extra, port=None):
     raise RuntimeError("coffer serve did not start:\n" + "\n".join(shown))
 
 
+def postgres_database(prefix):
+    """The URL of a new database of its own in the cluster COFFER_PG_URL names (tools/test starts one; PGPASSFILE holds
+    its password), made through psql as the URL's user; None when no cluster is named."""
+    url = os.environ.get("COFFER_PG_URL")
+    if not url:
+        return None
+    name = f"{prefix}_{os.urandom(6).hex()}"
+    subprocess.run(["psql", url, "-qc", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
 # --- OCI registry ---
 # docker-registry (distribution 2.8) on loopback, the few distribution-API requests the interop tests make with the
 # standard library, and an implementation of docs/FORMAT.md's "OCI layout of a version" written from that document.

@@ -70,18 +70,7 @@ extension Registry {
             try await Self.copyBlob(file, what: "blob of \(file.path)", into: target) { try await source.read(file.sealedSHA256, range: nil) }
             sent += 1
         }
-        let published = PublishedVersion(
-            model: statement.model,
-            version: statement.version,
-            digest: stored.digest,
-            created: statement.created,
-            publisherKeyID: statement.publisherKeyID,
-            files: statement.files.map {
-                .init(path: $0.path, size: $0.size, plaintextSHA256: $0.plaintextSHA256, sealedSHA256: $0.sealedSHA256, sealedSize: $0.sealedSize)
-            },
-            envelope: Array(envelope),
-            modelSigningBundle: Array(bundle)
-        )
+        let published = PublishedVersion(statement, digest: stored.digest, envelope: envelope, bundle: bundle)
         try await target.publish(published)
         var stanzas: [String: [UInt8]] = [:]
         for recipient in recipients { stanzas[recipient.keyID] = dataKey.key.wrap(for: recipient).encoded }
@@ -229,8 +218,19 @@ extension Registry {
         into store: any BlobStore,
         open: @escaping @Sendable () async throws -> BlobStream
     ) async throws(CofferRegistryError) {
+        try await copyBlob(file.sealedSHA256, size: file.sealedSize, what: what, into: store, open: open)
+    }
+
+    /// ``copyBlob(_:what:into:open:)`` for the blob `digest` of `size` bytes.
+    static func copyBlob(
+        _ digest: String,
+        size: Int,
+        what: String,
+        into store: any BlobStore,
+        open: @escaping @Sendable () async throws -> BlobStream
+    ) async throws(CofferRegistryError) {
         let temporary = Unchecked(try store.makeTemporary())
-        let source = Unchecked(BlockingByteSource(length: file.sealedSize, name: what, opening: open))
+        let source = Unchecked(BlockingByteSource(length: size, name: what, opening: open))
         let (hex, count) = try await Offload.run { () throws(CofferRegistryError) -> (String, Int) in
             var hasher = StreamingSHA256()
             var count = 0
@@ -244,18 +244,18 @@ extension Registry {
                     hasher.update(piece)
                     try temporary.value.write(piece)
                     count += n
-                    guard count <= file.sealedSize else { break }
+                    guard count <= size else { break }
                 }
             } catch {
                 // A store that hashed what it sent and found it wrong: the same refusal as our own hash's below.
-                if Registry.foundTampered(source.value.failure) { throw .tampered("\(what) does not hash to sha256:\(file.sealedSHA256)") }
+                if Registry.foundTampered(source.value.failure) { throw .tampered("\(what) does not hash to sha256:\(digest)") }
                 throw .io(path: what, reason: "\(error)")
             }
             return (Digest.hex(hasher.finalize()), count)
         }
-        guard count == file.sealedSize, hex == file.sealedSHA256 else {
-            throw .tampered("\(what) does not hash to sha256:\(file.sealedSHA256) (\(count) bytes, sha256:\(hex))")
+        guard count == size, hex == digest else {
+            throw .tampered("\(what) does not hash to sha256:\(digest) (\(count) bytes, sha256:\(hex))")
         }
-        try await store.store(temporary.value, digest: file.sealedSHA256, size: file.sealedSize)
+        try await store.store(temporary.value, digest: digest, size: size)
     }
 }

@@ -60,6 +60,13 @@ final class SQLiteMetadataStore: MetadataStore {
         do { return try await writer.write(body) } catch { throw Self.translate(error) }
     }
 
+    /// A read-only view of the database as it is now, which later commits do not change: `coffer migrate --to` copies
+    /// every table from one, so the copy is one state of the registry even while it is in use.
+    func snapshot() throws(CofferRegistryError) -> any DatabaseReader {
+        guard let pool = writer as? DatabasePool else { return writer }
+        do { return try pool.makeSnapshot() } catch { throw Self.translate(error) }
+    }
+
     /// Copies the write-ahead log into the database and truncates it, so deleted content does not linger in the log.
     func checkpointAndTruncateLog() async throws(CofferRegistryError) {
         guard let pool = writer as? DatabasePool else { return }
