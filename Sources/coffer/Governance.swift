@@ -90,6 +90,10 @@ extension Coffer {
             @Option(name: .long, help: "Required signer (name or key ID).") var signer: String?
             @Option(name: .long, help: "Smallest target pruning ratio allowed.") var minPruningRatio: Double?
             @Flag(name: .long, help: "The version must be charged to a dataset with a budget.") var requireBudget = false
+            @Flag(name: .long, help: "The version's signed evidence must hold a privacy audit whose lower bound is at most its epsilon.")
+            var requireAudit = false
+            @Option(name: .long, help: "Largest membership-attack AUC allowed in the version's signed evidence.")
+            var maxMembershipAuc: Double?
 
             func run() async throws {
                 let reference = try ModelReference(parsing: target)
@@ -104,7 +108,9 @@ extension Coffer {
                     maxDelta: maxDelta,
                     signer: signer,
                     minPruningRatio: minPruningRatio,
-                    requireBudget: requireBudget ? true : nil
+                    requireBudget: requireBudget ? true : nil,
+                    requireAudit: requireAudit ? true : nil,
+                    maxMembershipAUC: maxMembershipAuc
                 )
                 let store = try await registry.open()
                 let violating = try await store.setPolicy(model: reference.name, alias: alias, rules: rules, by: try acting.signer(in: store))

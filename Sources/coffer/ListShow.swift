@@ -81,6 +81,10 @@ extension Coffer {
                 print("UNVERIFIED: \(version["verification"]?.stringValue ?? "not checked"): what follows is as stored, not as signed")
             }
             for key in fields.keys.sorted() where key != "files" {
+                if key == "evidence", fields[key] != .null {
+                    print("evidence:".padding(24) + Coffer.describe(evidence: fields[key]!))
+                    continue
+                }
                 let value: String =
                     switch fields[key]! {
                     case .null: "-"
@@ -101,6 +105,30 @@ extension Coffer {
                 }
             }
         }
+    }
+
+    /// The evidence beside the proven epsilon in one line: the audit's bound, the strongest membership attack, the
+    /// utility cost per task (`--json` has every number).
+    static func describe(evidence: JSONValue) -> String {
+        func number(_ value: JSONValue?) -> String { value?.numberValue.map { String(format: "%.4g", $0) } ?? "-" }
+        var parts: [String] = []
+        if let audit = evidence["audit"], audit != .null {
+            parts.append(
+                "audit epsilon >= \(number(audit["epsilon_lower_bound"])) at \(number(audit["confidence"])) confidence (\(number(audit["canaries"])) canaries)"
+            )
+        }
+        if let membership = evidence["membership"], membership != .null {
+            parts.append("membership attack AUC \(number(membership["max_auc"])), TPR at 1% FPR \(number(membership["max_tpr_at_1pct_fpr"]))")
+        }
+        if case .object(let tasks)? = evidence["utility"]?["tasks"] {
+            for name in tasks.keys.sorted() {
+                let task = tasks[name]!
+                parts.append(
+                    "\(name) \(task["metric"]?.stringValue ?? "metric") \(number(task["private"])) vs \(number(task["non_private"])) without privacy"
+                )
+            }
+        }
+        return parts.isEmpty ? "(none measured)" : parts.joined(separator: "; ")
     }
 
     struct Alias: ParsableCommand {

@@ -155,6 +155,26 @@ struct TrainCommandTests {
         let privacy = String(decoding: try dir.read("ckpt/privacy.json"), as: UTF8.self)
         #expect(privacy.contains("\"epsilon_lower_bound\"") && privacy.contains("\"max_auc\"") && !privacy.contains("included"))
 
+        // Pushed, the evidence is signed with the version: show prints it beside epsilon, list filters on it, and an
+        // alias policy can require it.
+        try dir.keygen("alice")
+        let registry = ["--home", "home"]
+        for args in [["init"], ["trust", "add", "keys/alice.pub"], ["push", "m", "ckpt", "--identity", "keys/alice.key"]] {
+            let result = try CofferProcess.run(args + registry, in: dir.url)
+            #expect(result.status == 0, "\(args): \(result.stderr)")
+        }
+        let shown = try CofferProcess.run(["show", "m"] + registry, in: dir.url).stdoutText
+        #expect(shown.contains("evidence:") && shown.contains("audit epsilon >= ") && shown.contains("(200 canaries)"), "\(shown)")
+        #expect(shown.contains("membership attack AUC "), "\(shown)")
+        let listed = try CofferProcess.run(["list", "m", "--where", "audit_epsilon>=0 and membership_auc<=1", "--json"] + registry, in: dir.url)
+        #expect((try JSONSerialization.jsonObject(with: listed.stdout) as? [Any])?.count == 1, "\(listed.stderr)")
+        let policy = try CofferProcess.run(["policy", "set", "m@prod", "--require-audit", "--max-membership-auc", "0.01"] + registry, in: dir.url)
+        #expect(policy.status == 0, "\(policy.stderr)")
+        expectFailure(try CofferProcess.run(["alias", "set", "m@prod", "1"] + registry, in: dir.url), "requires membership AUC <= 0.01")
+        #expect(try CofferProcess.run(["policy", "set", "m@prod", "--require-audit"] + registry, in: dir.url).status == 0)
+        let moved = try CofferProcess.run(["alias", "set", "m@prod", "1"] + registry, in: dir.url)
+        #expect(moved.status == 0, "\(moved.stderr)")
+
         expectFailure(
             try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o", "--audit-report", "a.json"], in: dir.url),
             "--audit-report needs an audit: give --audit-canaries M"

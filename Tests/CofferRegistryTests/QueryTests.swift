@@ -34,7 +34,7 @@ struct QueryTests {
         ("epsilon", "'epsilon' has no comparison (use < <= > >= = !=)"),
         (
             "colour=3",
-            "unknown field 'colour' (fields: accountant, achieved_sparsity, clipping_norm, dataset_id, dataset_size, delta, epochs, epsilon, mechanism, noise_multiplier, privacy_unit, pruning_method, pruning_ratio, sampling_rate, steps)"
+            "unknown field 'colour' (fields: accountant, achieved_sparsity, audit_epsilon, clipping_norm, dataset_id, dataset_size, delta, epochs, epsilon, mechanism, membership_auc, membership_tpr, noise_multiplier, privacy_unit, pruning_method, pruning_ratio, sampling_rate, steps)"
         ),
         ("epsilon<=abc", "epsilon needs a number, got 'abc'"),
         ("mechanism<'x'", "mechanism takes = or != and a 'quoted' value"),

@@ -11,6 +11,10 @@ public struct PolicyRules: Sendable, Equatable, Codable {
     public var minPruningRatio: Double?
     /// The version must be charged to a dataset that has a privacy budget.
     public var requireBudget: Bool?
+    /// The version's signed evidence must hold a privacy audit whose lower bound is at most its proven epsilon.
+    public var requireAudit: Bool?
+    /// The strongest membership attack in the version's signed evidence must reach at most this AUC.
+    public var maxMembershipAUC: Double?
 
     enum CodingKeys: String, CodingKey {
         case signer
@@ -18,15 +22,26 @@ public struct PolicyRules: Sendable, Equatable, Codable {
         case maxDelta = "max_delta"
         case minPruningRatio = "min_pruning_ratio"
         case requireBudget = "require_budget"
+        case requireAudit = "require_audit"
+        case maxMembershipAUC = "max_membership_auc"
     }
 
-    public init(maxEpsilon: Double? = nil, maxDelta: Double? = nil, signer: String? = nil, minPruningRatio: Double? = nil, requireBudget: Bool? = nil)
-    {
+    public init(
+        maxEpsilon: Double? = nil,
+        maxDelta: Double? = nil,
+        signer: String? = nil,
+        minPruningRatio: Double? = nil,
+        requireBudget: Bool? = nil,
+        requireAudit: Bool? = nil,
+        maxMembershipAUC: Double? = nil
+    ) {
         self.maxEpsilon = maxEpsilon
         self.maxDelta = maxDelta
         self.signer = signer
         self.minPruningRatio = minPruningRatio
         self.requireBudget = requireBudget
+        self.requireAudit = requireAudit
+        self.maxMembershipAUC = maxMembershipAUC
     }
 
     public var isEmpty: Bool { self == PolicyRules() }
@@ -50,6 +65,19 @@ public struct PolicyRules: Sendable, Equatable, Codable {
             if ratio < minPruningRatio { return "requires pruning ratio >= \(minPruningRatio); the version has \(ratio)" }
         }
         if requireBudget == true, !facts.charged { return "requires a version charged to a dataset with a privacy budget" }
+        if requireAudit == true {
+            guard let bound = facts.auditEpsilon else { return "requires a privacy audit in the version's evidence; it has none" }
+            guard let epsilon = facts.epsilon else { return "requires an audit below a proven epsilon; the version states no epsilon" }
+            if bound > epsilon {
+                return "requires an audit whose lower bound is at most the proven epsilon; the audit found \(bound) above \(epsilon)"
+            }
+        }
+        if let maxMembershipAUC {
+            guard let auc = facts.membershipAUC else {
+                return "requires membership AUC <= \(maxMembershipAUC); the version's evidence has no membership attack"
+            }
+            if auc > maxMembershipAUC { return "requires membership AUC <= \(maxMembershipAUC); the version has \(auc)" }
+        }
         return nil
     }
 }
@@ -57,7 +85,15 @@ public struct PolicyRules: Sendable, Equatable, Codable {
 extension LedgerChange.AliasFacts {
     /// The facts of a version a policy judges, from its signed privacy metadata.
     init(privacy: PrivacyMetadata, signer: String, charged: Bool) {
-        self.init(epsilon: privacy.epsilon, delta: privacy.delta, pruningRatio: privacy.pruningRatio, signer: signer, charged: charged)
+        self.init(
+            epsilon: privacy.epsilon,
+            delta: privacy.delta,
+            pruningRatio: privacy.pruningRatio,
+            signer: signer,
+            charged: charged,
+            auditEpsilon: privacy.evidence?.auditEpsilon,
+            membershipAUC: privacy.evidence?.membershipAUC
+        )
     }
 }
 
@@ -72,6 +108,7 @@ extension Registry {
         if let maxEpsilon = rules.maxEpsilon, !(maxEpsilon >= 0 && maxEpsilon.isFinite) { throw .invalidPrivacy("max_epsilon must be >= 0") }
         if let maxDelta = rules.maxDelta, !(maxDelta >= 0 && maxDelta < 1) { throw .invalidPrivacy("max_delta must be in [0, 1)") }
         if let ratio = rules.minPruningRatio, !(ratio >= 0 && ratio < 1) { throw .invalidPrivacy("min_pruning_ratio must be in [0, 1)") }
+        if let auc = rules.maxMembershipAUC, !(auc >= 0 && auc <= 1) { throw .invalidPrivacy("max_membership_auc must be in [0, 1]") }
         let text = String(decoding: rules.json.canonicalBytes, as: UTF8.self)
         let state = try await record(
             .policySet(model: model, alias: alias, rules: rules),

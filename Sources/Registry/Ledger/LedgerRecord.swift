@@ -72,10 +72,16 @@ public enum LedgerChange: Sendable, Equatable {
         /// The signer's key ID.
         public var signer: String
         public var charged: Bool
+        /// The signed evidence's audit bound and membership AUC; absent from records of versions without them (and
+        /// from every record made before evidence existed, which therefore reads the same).
+        public var auditEpsilon: Double? = nil
+        public var membershipAUC: Double? = nil
 
         enum CodingKeys: String, CodingKey {
             case epsilon, delta, signer, charged
             case pruningRatio = "pruning_ratio"
+            case auditEpsilon = "audit_epsilon"
+            case membershipAUC = "membership_auc"
         }
     }
 
@@ -163,12 +169,16 @@ public enum LedgerChange: Sendable, Equatable {
                 "segments": PrivacyMetadata.segmentsJSON(facts.segments), "charged": .bool(facts.charged), "override_by": s(facts.overrideBy),
             ]
         case .aliasSet(let model, let alias, let version, let digest, let facts):
+            var judged: [String: JSONValue] = [
+                "epsilon": n(facts.epsilon), "delta": n(facts.delta), "pruning_ratio": n(facts.pruningRatio),
+                "signer": .string(facts.signer), "charged": .bool(facts.charged),
+            ]
+            // Only when the version has them, so that records of versions without evidence read as before.
+            if let bound = facts.auditEpsilon { judged["audit_epsilon"] = .number(bound) }
+            if let auc = facts.membershipAUC { judged["membership_auc"] = .number(auc) }
             return [
                 "model": .string(model), "alias": .string(alias), "version": .string(version), "digest": .string(digest),
-                "facts": .object([
-                    "epsilon": n(facts.epsilon), "delta": n(facts.delta), "pruning_ratio": n(facts.pruningRatio),
-                    "signer": .string(facts.signer), "charged": .bool(facts.charged),
-                ]),
+                "facts": .object(judged),
             ]
         case .aliasRemove(let model, let alias):
             return ["model": .string(model), "alias": .string(alias)]

@@ -8,7 +8,7 @@ import Foundation
 /// `accountant`, `noise_multiplier`, `clipping_norm`, `sampling_rate`, `steps`, `epochs`, `dataset_size`,
 /// `privacy_unit`, `pruning_method`, `pruning_ratio`, `achieved_sparsity`; and, when known, `segments` (the
 /// accountant history, `[{sample_rate, noise_multiplier, steps}]`) and `claimed_epsilon` (the epsilon a history
-/// imported with `--privacy-from` claimed; `epsilon` is then Coffer's recomputation).
+/// imported with `--privacy-from` claimed; `epsilon` is then Coffer's recomputation) and `evidence` (``Evidence``).
 public struct PrivacyMetadata: Sendable, Equatable, Codable {
     public var mechanism: String?
     public var epsilon: Double?
@@ -26,6 +26,7 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
     public var achievedSparsity: Double?
     public var segments: [PrivacySegment] = []
     public var claimedEpsilon: Double?
+    public var evidence: Evidence?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case mechanism, epsilon, delta, accountant
@@ -40,6 +41,7 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         case achievedSparsity = "achieved_sparsity"
         case segments
         case claimedEpsilon = "claimed_epsilon"
+        case evidence
     }
 
     public init() {}
@@ -47,7 +49,7 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
     /// Column names of the numeric fields `list --where` may filter on.
     public static let numericColumns: Set<String> = [
         "epsilon", "delta", "noise_multiplier", "clipping_norm", "sampling_rate", "steps", "epochs", "dataset_size",
-        "pruning_ratio", "achieved_sparsity",
+        "pruning_ratio", "achieved_sparsity", "audit_epsilon", "membership_auc", "membership_tpr",
     ]
 
     /// Refuses values no honest training run produces.
@@ -150,6 +152,7 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
             }
             fillFromSegments()
         }
+        if let value = fields["evidence"], value != .null { evidence = try Evidence(value, source: source) }
         if case .object(let pruning)? = fields["pruning"] {
             pruningMethod = pruningMethod ?? pruning["method"]?.stringValue
             pruningRatio = pruningRatio ?? pruning["target_ratio"]?.numberValue
@@ -172,6 +175,7 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         // Added in format v1's second revision: present only when known, so earlier statements read the same.
         if !segments.isEmpty { fields["segments"] = Self.segmentsJSON(segments) }
         if let claimedEpsilon { fields["claimed_epsilon"] = .number(claimedEpsilon) }
+        if let evidence { fields["evidence"] = evidence.json }
         return .object(fields)
     }
 

@@ -282,7 +282,11 @@ extension Registry {
                 privacyUnit: p.privacyUnit,
                 pruningMethod: p.pruningMethod,
                 pruningRatio: p.pruningRatio,
-                achievedSparsity: p.achievedSparsity
+                achievedSparsity: p.achievedSparsity,
+                evidence: p.evidence?.canonicalText,
+                auditEpsilon: p.evidence?.auditEpsilon,
+                membershipAUC: p.evidence?.membershipAUC,
+                membershipTPR: p.evidence?.membershipTPR
             )
             var segments: String? = nil
             if !p.segments.isEmpty || p.claimedEpsilon != nil {

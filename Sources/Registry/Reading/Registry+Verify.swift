@@ -24,6 +24,8 @@ struct StoredVersion: Sendable {
     /// The registry-signed rekey record and the re-encrypted files ("path sealed_sha256 sealed_size", by path), if any.
     var rekeyEnvelope: Data? = nil
     var rekeyedFiles: [String] = []
+    /// Whether the evidence columns `list --where` filters on are those of the stored evidence.
+    var evidenceColumnsAgree = true
 
     /// Refuses to go on with an erased version, saying when and by whom it was erased.
     func ensureNotErased() throws(CofferRegistryError) {
@@ -159,6 +161,10 @@ extension Registry {
             rekeyEnvelope: rows.rekeyAttestation,
             rekeyedFiles: rows.rekeyedFiles.map { "\($0.path) \($0.sealedSHA256) \($0.sealedSize)" }
         )
+        let evidence = privacy.evidence
+        stored.evidenceColumnsAgree =
+            (rows.row.evidence == nil) == (evidence == nil) && rows.row.auditEpsilon == evidence?.auditEpsilon
+            && rows.row.membershipAUC == evidence?.membershipAUC && rows.row.membershipTPR == evidence?.membershipTPR
         // An erasure is what the ledger says, whatever the erasures table holds.
         if let erasure = state.erased[stored.digest] { stored.erased = (erasure.at, erasure.by) }
         return stored
@@ -185,7 +191,9 @@ extension Registry {
         guard statement.files.sorted(by: { $0.path < $1.path }) == stored.files else {
             throw .tampered("\(label): the files table disagrees with the signed statement")
         }
-        guard statement.privacy == stored.privacy else { throw .tampered("\(label): the privacy columns disagree with the signed statement") }
+        guard statement.privacy == stored.privacy, stored.evidenceColumnsAgree else {
+            throw .tampered("\(label): the privacy columns disagree with the signed statement")
+        }
         guard statement.lineage.datasetID == stored.datasetID, statement.lineage.datasetDigest == stored.datasetDigest,
             statement.lineage.trainingConfigDigest == stored.trainingConfigDigest
         else { throw .tampered("\(label): the lineage columns disagree with the signed statement") }

@@ -358,6 +358,18 @@ enum EmbeddedSchema {
             );
             """#
         ),
+        (
+            "0008_evidence.sql",
+            #"""
+            -- Coffer registry schema, migration 8: a version's signed evidence (docs/FORMAT.md, "Evidence", "In the registry"):
+            -- the object as canonical JSON, and the three flat fields list --where filters on and policies judge. NULL for a
+            -- version without them, as for every version pushed before this migration.
+            ALTER TABLE versions ADD COLUMN evidence TEXT;
+            ALTER TABLE versions ADD COLUMN audit_epsilon REAL;      -- evidence.audit.epsilon_lower_bound
+            ALTER TABLE versions ADD COLUMN membership_auc REAL;     -- evidence.membership.max_auc
+            ALTER TABLE versions ADD COLUMN membership_tpr REAL;     -- evidence.membership.max_tpr_at_1pct_fpr
+            """#
+        ),
     ]
 
     /// PostgreSQL's, from schema/postgres/ (paired with SQLite's by number).
@@ -768,6 +780,18 @@ enum EmbeddedSchema {
                 tokens     DOUBLE PRECISION NOT NULL,   -- tokens left at updated_at
                 updated_at DOUBLE PRECISION NOT NULL    -- seconds since 1970
             );
+            """#
+        ),
+        (
+            "0008_evidence.sql",
+            #"""
+            -- Coffer registry schema for PostgreSQL, migration 8: the meaning of schema/0008_evidence.sql (a version's signed
+            -- evidence and its three flat fields). Applied to existing registries: columns added, NULL for existing versions.
+            ALTER TABLE versions
+                ADD COLUMN evidence TEXT,
+                ADD COLUMN audit_epsilon DOUBLE PRECISION,     -- evidence.audit.epsilon_lower_bound
+                ADD COLUMN membership_auc DOUBLE PRECISION,    -- evidence.membership.max_auc
+                ADD COLUMN membership_tpr DOUBLE PRECISION;    -- evidence.membership.max_tpr_at_1pct_fpr
             """#
         ),
     ]

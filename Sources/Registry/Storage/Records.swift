@@ -52,9 +52,14 @@ struct VersionRecord: Codable, Sendable, Equatable {
     var pruningMethod: String?
     var pruningRatio: Double?
     var achievedSparsity: Double?
+    /// The signed evidence as canonical JSON, and its flat fields (migration 8).
+    var evidence: String? = nil
+    var auditEpsilon: Double? = nil
+    var membershipAUC: Double? = nil
+    var membershipTPR: Double? = nil
 
     enum CodingKeys: String, CodingKey {
-        case id, version, number, digest, message, mechanism, epsilon, delta, accountant, steps, epochs
+        case id, version, number, digest, message, mechanism, epsilon, delta, accountant, steps, epochs, evidence
         case modelID = "model_id"
         case publisherKeyID = "publisher_key_id"
         case createdAt = "created_at"
@@ -70,6 +75,9 @@ struct VersionRecord: Codable, Sendable, Equatable {
         case pruningMethod = "pruning_method"
         case pruningRatio = "pruning_ratio"
         case achievedSparsity = "achieved_sparsity"
+        case auditEpsilon = "audit_epsilon"
+        case membershipAUC = "membership_auc"
+        case membershipTPR = "membership_tpr"
     }
 
     /// The typed privacy columns, as metadata (segments and claims live in `version_privacy`).
@@ -89,6 +97,7 @@ struct VersionRecord: Codable, Sendable, Equatable {
         p.pruningMethod = pruningMethod
         p.pruningRatio = pruningRatio
         p.achievedSparsity = achievedSparsity
+        p.evidence = evidence.flatMap(Evidence.init(storedText:))
         return p
     }
 }
