@@ -239,6 +239,30 @@ def concurrent_pulls(args, registries):
         print(f"{name:<24}{rate:8.0f} MiB/s  ({rate / rates[anchor]:4.2f}x)")
 
 
+def migration(args, work, oci):
+    """`coffer migrate --to` of an embedded registry holding N real versions (1 MiB each, every one in the ledger and
+    the audit log) onto PostgreSQL + OCI: wall time, against an fsck of the source in the same run (which reads every
+    row and blob and checks every signature too), and per version."""
+    source = Registry(args.coffer, work, "migrate-source")
+    model = f"{source.work}/model"
+    os.makedirs(model)
+    for n in range(args.migrate_versions):
+        with open(f"{model}/w.bin", "wb") as f:
+            f.write(os.urandom(1 << 20))
+        source.check("push", "moved", model, "--epsilon", "1", "--delta", "1e-5", *source.admin)
+    fsck = timed(source.argv("fsck", "--home", source.home), source.env)
+    database = cofferlib.postgres_database("coffer_migrate", args.pg_url)
+    started = time.perf_counter()
+    copied = source.check("migrate", "--home", source.home, "--to", f"{source.work}/moved", "--metadata", database,
+                          "--blobs", f"oci+http://{oci}/migrated").strip()
+    elapsed = time.perf_counter() - started
+    clean = "clean" in source.check("fsck", "--home", f"{source.work}/moved")
+    print(f"# coffer migrate --to of {args.migrate_versions} versions of 1 MiB (SQLite + directory -> PostgreSQL + OCI)")
+    print(f"migrate {elapsed:6.2f} s ({elapsed / args.migrate_versions * 1000:.0f} ms per version, {elapsed / fsck:.2f}x an fsck of the "
+          f"source: {fsck:.2f} s); the copy's fsck clean: {clean}")
+    print(f"  {copied}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--coffer", required=True)
@@ -249,6 +273,8 @@ def main():
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--pullers", type=int, default=16)
     parser.add_argument("--pull-mib", type=int, default=256)
+    parser.add_argument("--migrate-versions", type=int, default=200)
+    parser.add_argument("--only", choices=["operations", "replicas", "audit", "pulls", "migrate"], help="run one part alone")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="coffer-bench-scale-") as work, contextlib.ExitStack() as stack:
         oci = stack.enter_context(cofferlib.oci_registry())
@@ -261,10 +287,17 @@ def main():
             registries.append(Registry(args.coffer, work, "postgresql+oci", blobs=f"oci+http://{oci}/scale-pg", metadata=url))
         print(f"# tools/bench/scale on {os.cpu_count()} cores; backends: {', '.join(r.name for r in registries)}"
               f"{'' if args.pg_url else ' (no PostgreSQL: pass --pg-url or COFFER_PG_URL)'}")
-        per_operation(args, registries)
-        replicas_throughput(args, registries[-1])
-        audit_appends(args, registries[-1])
-        concurrent_pulls(args, [registries[0], registries[-1]])
+        runs = lambda part: args.only in (None, part)
+        if runs("operations"):
+            per_operation(args, registries)
+        if runs("replicas"):
+            replicas_throughput(args, registries[-1])
+        if runs("audit"):
+            audit_appends(args, registries[-1])
+        if runs("pulls"):
+            concurrent_pulls(args, [registries[0], registries[-1]])
+        if runs("migrate") and args.pg_url:
+            migration(args, work, oci)
 
 
 if __name__ == "__main__":

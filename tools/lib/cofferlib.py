@@ -74,10 +74,10 @@ def start_server(coffer, home, env, log_path, *extra, port=None):
     raise RuntimeError("coffer serve did not start:\n" + "\n".join(shown))
 
 
-def postgres_database(prefix):
-    """The URL of a new database of its own in the cluster COFFER_PG_URL names (tools/test starts one; PGPASSFILE holds
-    its password), made through psql as the URL's user; None when no cluster is named."""
-    url = os.environ.get("COFFER_PG_URL")
+def postgres_database(prefix, url=None):
+    """The URL of a new database of its own in the cluster `url` (default: COFFER_PG_URL, which tools/test sets; PGPASSFILE
+    holds its password) names, made through psql as the URL's user; None when no cluster is named."""
+    url = url or os.environ.get("COFFER_PG_URL")
     if not url:
         return None
     name = f"{prefix}_{os.urandom(6).hex()}"
