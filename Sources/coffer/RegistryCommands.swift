@@ -179,10 +179,12 @@ extension Coffer {
                         "clean": .bool(report.isClean), "versions": .number(Double(report.versions)), "blobs": .number(Double(report.blobs)),
                         "problems": .array(report.problems.map { .string($0) }), "orphan_blobs": .number(Double(report.orphanBlobs.count)),
                         "temporary_files": .number(Double(report.temporaryFiles.count)),
+                        "unpublished": .array(report.unpublished.map { .string($0) }),
                     ])
                 )
             } else {
                 for problem in report.problems { print("problem: \(problem)") }
+                for version in report.unpublished { print("unpublished: \(version) has no OCI manifest yet (coffer gc writes it)") }
                 print(
                     "\(report.isClean ? "clean" : "NOT CLEAN"): \(report.versions) versions, \(report.blobs) blobs, "
                         + "\(report.orphanBlobs.count) orphan blobs and \(report.temporaryFiles.count) temporary files for coffer gc"
@@ -207,6 +209,7 @@ extension Coffer {
             print(
                 "removed \(report.removedBlobs) blobs and \(report.removedTemporaryFiles) temporary files, abandoned \(report.abandonedUploads) uploads "
                     + "(\(ProgressBar.format(report.reclaimedBytes)))"
+                    + (report.republished > 0 ? "; published \(report.republished) missing OCI manifests" : "")
             )
         }
     }

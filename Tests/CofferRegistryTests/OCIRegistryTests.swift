@@ -4,6 +4,10 @@ import Testing
 
 @testable import CofferRegistry
 
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
 /// A whole registry whose blobs live in an OCI registry (docker-registry 2.8 started by the tests): the registry core
 /// over ``OCIBlobStore`` through `backends.json`, not the store alone.
 @Suite struct OCIRegistryTests {
@@ -54,6 +58,46 @@ import Testing
         let described = try await store.describeVersion(OCIVersionLayout.tag(model: "team/fraud", version: "1"))
         #expect(described.version.digest == pushed.digest)
         #expect(Set(described.version.files.map(\.sealedSHA256)) == Set(stored.files.map(\.sealedSHA256)))
+    }
+
+    @Test("fsck checks each version's manifest: a missing one is unpublished (gc writes it again), another in its place a problem")
+    func fsckChecksTheManifests() async throws {
+        let (f, instance, repository) = try await registry()
+        let alice = try await publisher(f)
+        for version in 1...2 {
+            let dir = try f.makeModel("model\(version)", ["w.bin": bytes(1000 + version)])
+            _ = try await f.registry.push(PushRequest(model: "team/fraud", paths: [dir]), publisher: alice)
+        }
+        var report = try await f.registry.fsck()
+        #expect(report.isClean && report.unpublished.isEmpty, "\(report.problems)")
+
+        // A push stopped between its commit and its manifest, as a killed server leaves it.
+        let store = try OCIBlobStore(url: instance.url(repository), temporaryDirectory: f.path("oci-tmp"), environment: instance.environment)
+        let first = try #require(
+            try await store.client.getManifest(OCIVersionLayout.tag(model: "team/fraud", version: "1"), accept: [OCIVersionLayout.manifestMediaType])
+        )
+        var request = URLRequest(url: URL(string: "http://\(instance.address)/v2/\(repository)/manifests/sha256:\(first.digest)")!)
+        request.httpMethod = "DELETE"
+        let (_, deleted) = try await URLSession.shared.data(for: request)
+        #expect((deleted as? HTTPURLResponse)?.statusCode == 202)
+        report = try await f.registry.fsck()
+        #expect(report.isClean && report.unpublished == ["team/fraud:1"], "\(report.problems)")
+        #expect(try await f.registry.gc(grace: 0).republished == 1)
+        report = try await f.registry.fsck()
+        #expect(report.isClean && report.unpublished.isEmpty, "\(report.problems)")
+
+        // Another manifest under a version's tag is not that version: a problem, which gc does not paper over.
+        _ = try await store.client.putManifest(
+            first.bytes,
+            mediaType: first.mediaType,
+            reference: OCIVersionLayout.tag(model: "team/fraud", version: "2")
+        )
+        report = try await f.registry.fsck()
+        #expect(
+            report.problems.contains { $0.hasPrefix("team/fraud:2: its OCI manifest: tag ") && $0.contains("not the one its statement makes") },
+            "\(report.problems)"
+        )
+        #expect(try await f.registry.gc(grace: 0).republished == 0)
     }
 
     @Test("a blob changed inside the OCI registry's storage is refused at pull and reported by fsck; nothing is written")

@@ -11,6 +11,9 @@ public struct FsckReport: Sendable, Equatable {
     public var problems: [String] = []
     public var orphanBlobs: [String] = []
     public var temporaryFiles: [String] = []
+    /// Versions whose OCI manifest or referrers are absent (a push stopped between its commit and its manifest):
+    /// derived data, which `gc` writes again.
+    public var unpublished: [String] = []
     public var isClean: Bool { problems.isEmpty }
 }
 
@@ -21,6 +24,8 @@ public struct GCReport: Sendable, Equatable {
     /// Resumable uploads dropped: expired, or begun before the grace period (a client killed mid-push leaves one).
     public var abandonedUploads = 0
     public var reclaimedBytes = 0
+    /// Versions whose missing OCI manifest was published again.
+    public var republished = 0
 }
 
 extension Registry {
@@ -61,6 +66,13 @@ extension Registry {
                     }
                 }
                 if stored.erased != nil { continue }  // a tombstone: its keys and blobs are gone on purpose
+                if let published = try await publishedVersion(stored, state: state) {
+                    switch try await blobs.publicationProblem(published) {
+                    case .missing: report.unpublished.append(label)
+                    case .different(let why): report.problems.append("\(label): its OCI manifest: \(why)")
+                    case nil: break
+                    }
+                }
                 if try await metadata.wrappedKey(version: head.id, recipient: registryKeyID) == nil {
                     report.problems.append("\(label): no data key wrapped for the registry")
                 }
@@ -253,6 +265,7 @@ extension Registry {
             }
             if !swept.isEmpty { try await metadata.commit(UnitOfWork(changes: [.removePendingBlobs(swept)])) }
         }
+        report.republished = try await republishMissing()
         for name in temporaryFiles() {
             if let size = removeIfOld("\(home)/tmp/\(name)") {
                 report.removedTemporaryFiles += 1
@@ -260,5 +273,42 @@ extension Registry {
             }
         }
         return report
+    }
+}
+
+extension Registry {
+    /// The version as the blob store publishes it, its statement checked against the publisher key its ledger record
+    /// names (a publisher no longer trusted still published it); nil for a version erased or re-encrypted, whose
+    /// statement no longer describes its blobs.
+    func publishedVersion(_ stored: StoredVersion, state: LedgerState) async throws(CofferRegistryError) -> PublishedVersion? {
+        guard stored.erased == nil, stored.rekeyEnvelope == nil else { return nil }
+        guard let envelope = stored.envelope, let bundle = stored.modelSignature else {
+            throw .tampered("\(stored.model):\(stored.version) lacks its signed documents")
+        }
+        let facts = try await versionRecord(model: stored.model, version: stored.version, state: state)
+        let (statement, _) = try Self.verifySigned(
+            envelope: envelope,
+            bundle: bundle,
+            trusting: [facts.publisher],
+            model: stored.model,
+            version: stored.version,
+            digest: stored.digest
+        )
+        return PublishedVersion(statement, digest: stored.digest, envelope: envelope, bundle: bundle)
+    }
+
+    /// Publishes again every version whose publication is missing from the blob store (none for a directory).
+    private func republishMissing() async throws(CofferRegistryError) -> Int {
+        guard !(blobs is DirectoryBlobStore) else { return 0 }
+        let state = try await ledgerState()
+        var republished = 0
+        for head in try await metadata.allVersionHeads() {
+            guard let version = try? await publishedVersion(try await loadVersion(head.id), state: state),
+                try await blobs.publicationProblem(version) == .missing
+            else { continue }
+            try await blobs.publish(version)
+            republished += 1
+        }
+        return republished
     }
 }

@@ -53,6 +53,18 @@ public protocol BlobStore: Sendable {
     /// Publishes a committed version in the store's own terms (an OCI manifest and its signatures as referrers);
     /// nothing for a directory. Derived data: the metadata store stays the authority.
     func publish(_ version: PublishedVersion) async throws(CofferRegistryError)
+
+    /// What is wrong with `version` as this store publishes it: nil when it is there as ``publish(_:)`` writes it (or
+    /// the store publishes nothing), ``PublicationProblem/missing`` when a part is absent (a push stopped between its
+    /// commit and its manifest: `gc` publishes it again), ``PublicationProblem/different(_:)`` when something else
+    /// stands in its place.
+    func publicationProblem(_ version: PublishedVersion) async throws(CofferRegistryError) -> PublicationProblem?
+}
+
+/// What ``BlobStore/publicationProblem(_:)`` found.
+public enum PublicationProblem: Sendable, Equatable {
+    case missing
+    case different(String)
 }
 
 /// A resumable upload, as the metadata store keeps it between requests (possibly to different replicas).

@@ -131,28 +131,14 @@ extension Registry {
         }
     }
 
-    /// Publishes each version that is neither erased nor re-encrypted in `target`'s own terms, its statement checked
-    /// against the publisher its ledger record names; returns how many.
+    /// Publishes each version that is neither erased nor re-encrypted in `target`'s own terms; returns how many.
     private static func publish(_ from: Registry, versions: [Int64], into target: any BlobStore) async throws(CofferRegistryError) -> Int {
         guard !(target is DirectoryBlobStore) else { return 0 }
         let state = try await from.ledgerState()
         var published = 0
         for id in versions {
-            let stored = try await from.loadVersion(id)
-            guard stored.erased == nil, stored.rekeyEnvelope == nil else { continue }
-            let facts = try await from.versionRecord(model: stored.model, version: stored.version, state: state)
-            guard let envelope = stored.envelope, let bundle = stored.modelSignature else {
-                throw .tampered("\(stored.model):\(stored.version) lacks its signed documents")
-            }
-            let (statement, _) = try verifySigned(
-                envelope: envelope,
-                bundle: bundle,
-                trusting: [facts.publisher],
-                model: stored.model,
-                version: stored.version,
-                digest: stored.digest
-            )
-            try await target.publish(PublishedVersion(statement, digest: stored.digest, envelope: envelope, bundle: bundle))
+            guard let version = try await from.publishedVersion(try await from.loadVersion(id), state: state) else { continue }
+            try await target.publish(version)
             published += 1
         }
         return published

@@ -159,6 +159,8 @@ public struct DirectoryBlobStore: BlobStore {
     }
 
     public func publish(_ version: PublishedVersion) async throws(CofferRegistryError) {}
+
+    public func publicationProblem(_ version: PublishedVersion) async throws(CofferRegistryError) -> PublicationProblem? { nil }
 }
 
 /// Bytes `range` of a file, read in pieces of 256 KiB as they are asked for, each `pread` on NIO's thread pool (never

@@ -271,6 +271,25 @@ public struct OCIBlobStore: BlobStore {
         }
     }
 
+    /// The manifest under the version's tag must be the one its statement makes, and the referrers index must list its
+    /// two signed documents (docs/FORMAT.md, "OCI layout of a version").
+    public func publicationProblem(_ version: PublishedVersion) async throws(CofferRegistryError) -> PublicationProblem? {
+        let layout = try OCIVersionLayout(version)
+        guard let found = try await client.getManifest(layout.tag, accept: [OCIVersionLayout.manifestMediaType]) else { return .missing }
+        guard found.digest == layout.manifestDigest else {
+            return .different(
+                "tag \(layout.tag) holds manifest sha256:\(found.digest), not the one its statement makes (sha256:\(layout.manifestDigest))"
+            )
+        }
+        let referrersTag = OCIVersionLayout.referrersTag(manifestDigest: layout.manifestDigest)
+        guard let listed = try await client.getManifest(referrersTag, accept: [OCIVersionLayout.indexMediaType]) else { return .missing }
+        guard let index = try? JSONDecoder().decode(OCIVersionLayout.Index.self, from: Data(listed.bytes)) else {
+            return .different("tag \(referrersTag) holds something other than a referrers index")
+        }
+        let required = [layout.statementManifest, layout.bundleManifest].map { "sha256:\(Digest.hex(Digest.sha256($0)))" }
+        return required.allSatisfy { digest in index.manifests.contains { $0.digest == digest } } ? nil : .missing
+    }
+
     /// Attaches wrapped-key stanzas for named recipients to a version published here (`coffer export`): one more
     /// referrer of its manifest, listed in its referrers index.
     public func attachKeys(to version: PublishedVersion, stanzas: [String: [UInt8]]) async throws(CofferRegistryError) {
