@@ -41,15 +41,23 @@ public final class Registry: Sendable {
 
     /// Opens the registry at `home`, on the stores its `backends.json` names (SQLite and a blob directory when it has none).
     ///
-    /// - Parameter memory: where this client remembers the registries it verified (its pins and last states);
-    ///   `nil` remembers nothing beyond this process.
-    public init(at home: String, busyTimeout: Double = 5, memory: ClientMemory? = .standard()) async throws(CofferRegistryError) {
+    /// - Parameters:
+    ///   - memory: where this client remembers the registries it verified (its pins and last states); `nil` remembers
+    ///     nothing beyond this process.
+    ///   - environment: where the stores' credentials are looked up (`PGPASSWORD`, `PGPASSFILE`, `REGISTRY_AUTH_FILE`...);
+    ///     the process's environment when nil.
+    public init(
+        at home: String,
+        busyTimeout: Double = 5,
+        memory: ClientMemory? = .standard(),
+        environment: [String: String]? = nil
+    ) async throws(CofferRegistryError) {
         self.home = home
         self.memory = memory
         backends = try Backends.of(home: home)
-        metadata = try await backends.openMetadata(home: home, busyTimeout: busyTimeout)
+        metadata = try await backends.openMetadata(home: home, busyTimeout: busyTimeout, environment: environment)
         do {
-            blobs = try await backends.openBlobs(home: home)
+            blobs = try await backends.openBlobs(home: home, environment: environment)
             try Self.finishRotation(home: home, committedKeyID: try await metadata.meta("identity_key_id"))
         } catch {
             await metadata.close()
@@ -70,7 +78,8 @@ public final class Registry: Sendable {
         kdf: KDFParameters = .default,
         owner: PublicIdentity? = nil,
         backends: Backends = .embedded,
-        memory: ClientMemory? = .standard()
+        memory: ClientMemory? = .standard(),
+        environment: [String: String]? = nil
     ) async throws(CofferRegistryError)
         -> Registry
     {
@@ -82,7 +91,15 @@ public final class Registry: Sendable {
         let existed = access(home, F_OK) == 0
         let present = Set((try? FileManager.default.contentsOfDirectory(atPath: home)) ?? [])
         do {
-            try await createFiles(at: home, passphrase: passphrase, kdf: kdf, owner: owner, backends: backends, memory: memory)
+            try await createFiles(
+                at: home,
+                passphrase: passphrase,
+                kdf: kdf,
+                owner: owner,
+                backends: backends,
+                memory: memory,
+                environment: environment
+            )
         } catch {
             // Nothing half made stays: a refused init leaves the directory as it found it.
             if existed {
@@ -94,7 +111,7 @@ public final class Registry: Sendable {
             }
             throw error
         }
-        let registry = try await Registry(at: home, memory: memory)
+        let registry = try await Registry(at: home, memory: memory, environment: environment)
         _ = try await registry.ledgerState()
         return registry
     }
@@ -105,13 +122,14 @@ public final class Registry: Sendable {
         kdf: KDFParameters,
         owner: PublicIdentity?,
         backends: Backends,
-        memory: ClientMemory?
+        memory: ClientMemory?,
+        environment: [String: String]?
     ) async throws(CofferRegistryError) {
         try Directories.make(home)
         try Directories.make("\(home)/tmp")
         // The remote stores answer before anything is written: an unreachable or refusing engine is one line, at init.
         if backends.blobs != "directory" {
-            let blobs = try await backends.openBlobs(home: home)
+            let blobs = try await backends.openBlobs(home: home, environment: environment)
             _ = try await blobs.size(of: Digest.hex(Digest.sha256([UInt8]())))
         }
         let registryIdentity = try generateRegistryIdentity()
@@ -157,7 +175,7 @@ public final class Registry: Sendable {
             if !backends.isEmbedded { try backends.write(home: home) }
         } else {
             // A database that already holds a ledger is another registry's: never written over.
-            let store = try await backends.openMetadata(home: home, busyTimeout: 5)
+            let store = try await backends.openMetadata(home: home, busyTimeout: 5, environment: environment)
             do throws(CofferRegistryError) {
                 guard try await store.ledgerEnd() == 0 else {
                     throw CofferRegistryError.registryExists("\(store.name) (it already holds a registry's ledger)")

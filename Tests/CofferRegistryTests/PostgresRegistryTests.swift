@@ -1,6 +1,7 @@
 import CofferCrypto
 import Foundation
 import PostgresNIO
+import Synchronization
 import Testing
 
 @testable import CofferRegistry
@@ -50,6 +51,61 @@ struct PostgresRegistryTests {
         let message = await refusal { _ = try await Registry(at: closed, memory: nil) }
         #expect(message.hasPrefix("PostgreSQL at 127.0.0.1:1/none: "), "\(message)")
         #expect(!message.contains("\n"))
+    }
+
+    /// PostgreSQL restarted while pushes run (a failover, an upgrade): each push lands whole or fails in one line
+    /// naming PostgreSQL, the registry reconnects by itself (no reopen), the next push lands, and fsck finds nothing
+    /// half-written.
+    @Test func pushesGoOnAcrossAPostgresRestart() async throws {
+        let cluster = try PostgresTestSupport.privateCluster()
+        _ = try await PostgresTestSupport.admin(cluster) { connection in
+            try await connection.query("CREATE DATABASE restarted", logger: connection.logger)
+        }
+        let f = try await RegistryFixture()
+        let environment = ["PGPASSFILE": cluster.passfile]
+        let registry = try await Registry.create(
+            at: f.path("pg-home"),
+            passphrase: passphrase("registry passphrase"),
+            kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+            backends: Backends(metadata: cluster.endpoint("restarted").url),
+            memory: f.memory,
+            environment: environment
+        )
+        let alice = try person("alice")
+        let key = Array(try Data(contentsOf: URL(fileURLWithPath: f.path("pg-home/registry.key"))))
+        let registryKey = UnlockedIdentity(try Identity.decrypt(keyFile: key, passphrase: passphrase("registry passphrase")))
+        try await registry.trust(alice.publicIdentity, by: Signer(registryKey))
+        let dir = try f.makeModel("model", ["w.bin": bytes(2_000_000)])
+        let restarted = Mutex(false)
+        let pushes = Task {
+            // Pushes until three have started after the restart; each must end (landed or refused) within a minute.
+            var outcomes: [String] = []
+            var afterwards = 0
+            while afterwards < 3, outcomes.count < 500 {
+                if restarted.withLock({ $0 }) { afterwards += 1 }
+                outcomes.append(
+                    await outcome(within: .seconds(60)) {
+                        "pushed \(try await registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice).version)"
+                    }
+                )
+            }
+            return outcomes
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        try PostgresTestSupport.restart(cluster)
+        restarted.withLock { $0 = true }
+        let outcomes = await pushes.value
+        #expect(outcomes.contains { !$0.hasPrefix("pushed ") } || outcomes.count > 3, "the restart came while pushes ran: \(outcomes)")
+        for outcome in outcomes where !outcome.hasPrefix("pushed ") {
+            #expect(outcome.hasPrefix("PostgreSQL at 127.0.0.1:\(cluster.port)/restarted") && !outcome.contains("\n"), "\(outcome)")
+        }
+        let after = try await registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        let landed = outcomes.filter { $0.hasPrefix("pushed ") }.count
+        #expect(after.version == String(landed + 1), "versions numbered without a gap: \(outcomes)")
+        let report = try await registry.fsck()
+        #expect(report.problems.isEmpty, "\(report.problems)")
+        #expect(try await registry.list(model: "m").count == landed + 1)
+        await registry.close()
     }
 
     /// Pushes raced from two Registry instances: each push is decided on the ledger's end, the loser of a race is told
@@ -310,5 +366,31 @@ struct PostgresRegistryTests {
             _ = try await f.registry.pull(try ModelReference(parsing: "m/risk:1"), identity: bob, into: f.path("out"))
         }
         #expect(!f.exists("out/w.bin"))
+    }
+}
+
+/// What `body` returned or threw (as its message), or "hung" when it took longer than `limit`: a wait that never ends
+/// fails the test instead of stopping the suite.
+private func outcome(within limit: Duration, _ body: @escaping @Sendable () async throws -> String) async -> String {
+    let answered = Mutex(false)
+    return await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+        let first = { @Sendable () -> Bool in
+            answered.withLock { done in
+                defer { done = true }
+                return !done
+            }
+        }
+        let work = Task {
+            let result: String
+            do { result = try await body() } catch { result = "\(error)" }
+            if first() { continuation.resume(returning: result) }
+        }
+        Task {
+            try? await Task.sleep(for: limit)
+            if first() {
+                work.cancel()
+                continuation.resume(returning: "hung for \(limit)")
+            }
+        }
     }
 }

@@ -100,6 +100,16 @@ enum PostgresTestSupport {
     static var plainCluster: Cluster { get throws { try sharedPlainCluster.get() } }
     private static let sharedPlainCluster: Result<Cluster, Failure> = start(tls: false)
 
+    /// A cluster of the calling test's own (stopped when the process exits), for what would disturb other tests: a
+    /// restart.
+    static func privateCluster() throws -> Cluster { try start(tls: false).get() }
+
+    /// Restarts `cluster`'s server with a fast shutdown (every session cut), returning once it accepts connections.
+    static func restart(_ cluster: Cluster) throws {
+        let (status, output) = run("/bin/bash", [script, "restart", cluster.root])
+        guard status == 0 else { throw Failure(description: "could not restart the PostgreSQL test cluster: \(output)") }
+    }
+
     /// Starts a cluster (swift_once makes each `static let` above start exactly one, however many tests ask at once).
     private static func start(tls: Bool) -> Result<Cluster, Failure> {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-pg-\(UUID().uuidString.prefix(8))").path

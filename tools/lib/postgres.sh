@@ -3,7 +3,8 @@
 # temporary directory as an unprivileged user, start on a free loopback port with scram-sha-256 password
 # authentication and optional TLS (a self-signed CA and a server certificate), stop and remove.
 #
-# Sourced (functions coffer_pg_*) or run: tools/lib/postgres.sh install | start DIR [--tls] [--durable] [--watch PID] | stop DIR
+# Sourced (functions coffer_pg_*) or run: tools/lib/postgres.sh install | start DIR [--tls] [--durable] [--watch PID] |
+# restart DIR | stop DIR
 #
 # After `start DIR`, DIR holds:
 #   data/              the cluster (PGDATA), owned by the server's user, mode 0700
@@ -253,6 +254,15 @@ coffer_pg_psql() {
     "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$root/run" -p "$port" -U postgres -d postgres "$@"
 }
 
+# Restarts the server of the cluster in DIR (fast shutdown: every session is cut, as when PostgreSQL fails over or
+# is upgraded) with the options it was started with; returns once it accepts connections again.
+coffer_pg_restart() {
+    local root="$1" bindir user
+    bindir="$(sed -n 's/^COFFER_PG_BINDIR=//p' "$root/env")"
+    user="$(stat -c %U "$root/data")"
+    coffer_pg_as "$user" "$bindir/pg_ctl" -D "$root/data" -l "$root/server.log" -m fast -w -t 60 -s restart >/dev/null
+}
+
 # Stops the cluster in DIR (fast shutdown: sessions are ended) and removes DIR.
 coffer_pg_stop() {
     local root="$1"
@@ -276,9 +286,10 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     install) coffer_pg_install ;;
     start) coffer_pg_start "$@" ;;
     stop) coffer_pg_stop "$@" ;;
+    restart) coffer_pg_restart "$@" ;;
     psql) coffer_pg_psql "$@" ;;
     *)
-        echo "usage: $0 install | start DIR [--tls] [--watch PID] | stop DIR | psql DIR [psql arguments]" >&2
+        echo "usage: $0 install | start DIR [--tls] [--watch PID] | restart DIR | stop DIR | psql DIR [psql arguments]" >&2
         exit 2
         ;;
     esac

@@ -93,15 +93,17 @@ public struct Backends: Codable, Sendable, Equatable {
         Directories.sync(home)
     }
 
-    func openMetadata(home: String, busyTimeout: Double) async throws(CofferRegistryError) -> any MetadataStore {
+    /// `environment` is where credentials are looked up (`PGPASSFILE`, `REGISTRY_AUTH_FILE`...): the process's when nil.
+    func openMetadata(home: String, busyTimeout: Double, environment: [String: String]? = nil) async throws(CofferRegistryError) -> any MetadataStore
+    {
         if metadata == "sqlite" { return try SQLiteMetadataStore(path: "\(home)/\(Registry.databaseName)", busyTimeout: busyTimeout) }
-        return try await PostgresMetadataStore.open(url: metadata, home: home)
+        return try await PostgresMetadataStore.open(url: metadata, home: home, environment: environment)
     }
 
-    func openBlobs(home: String) async throws(CofferRegistryError) -> any BlobStore {
+    func openBlobs(home: String, environment: [String: String]? = nil) async throws(CofferRegistryError) -> any BlobStore {
         if blobs == "directory" { return DirectoryBlobStore(root: home) }
         // Sealed files are written in the home's tmp/ before they are uploaded, as the directory store writes them.
         try Directories.make("\(home)/tmp")
-        return try OCIBlobStore(url: blobs, temporaryDirectory: "\(home)/tmp", environment: ProcessInfo.processInfo.environment)
+        return try OCIBlobStore(url: blobs, temporaryDirectory: "\(home)/tmp", environment: environment ?? ProcessInfo.processInfo.environment)
     }
 }
