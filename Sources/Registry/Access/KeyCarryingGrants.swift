@@ -66,15 +66,19 @@ extension Registry {
         for recipient: PublicIdentity,
         registryIdentity: UnlockedIdentity
     ) async throws(CofferRegistryError) -> [WrappedKeyRecord] {
+        guard !versions.isEmpty else { return [] }
         let registryKeyID = registryIdentity.publicIdentity.keyID
+        let labels = Dictionary(versions.map { ($0.id, "\($0.model):\($0.version)") }, uniquingKeysWith: { a, _ in a })
         var records: [WrappedKeyRecord] = []
-        for head in versions {
-            guard let stanza = try await metadata.wrappedKey(version: head.id, recipient: registryKeyID) else { continue }
+        // One read for every version (a round trip each costs seconds per thousand versions on PostgreSQL).
+        for held in try await metadata.wrappedKeys(recipient: registryKeyID, versions: versions.map(\.id)) {
             let dataKey: SecretKey
-            do { dataKey = try WrappedKey(encoded: Array(stanza)).unwrap(with: registryIdentity.identity) } catch {
-                throw .tampered("\(head.model):\(head.version): the data key wrapped for the registry does not open: \(error)")
+            do { dataKey = try WrappedKey(encoded: Array(held.stanza)).unwrap(with: registryIdentity.identity) } catch {
+                throw .tampered("\(labels[held.versionID] ?? "a version"): the data key wrapped for the registry does not open: \(error)")
             }
-            records.append(WrappedKeyRecord(versionID: head.id, recipientKeyID: recipient.keyID, stanza: Data(dataKey.wrap(for: recipient).encoded)))
+            records.append(
+                WrappedKeyRecord(versionID: held.versionID, recipientKeyID: recipient.keyID, stanza: Data(dataKey.wrap(for: recipient).encoded))
+            )
         }
         return records
     }

@@ -67,6 +67,8 @@ protocol MetadataStore: Sendable {
     func wrappedKey(version: Int64, recipient: String) async throws(CofferRegistryError) -> Data?
     func wrappedKeys(version: Int64) async throws(CofferRegistryError) -> [WrappedKeyRecord]
     func wrappedKeys(recipient: String) async throws(CofferRegistryError) -> [WrappedKeyRecord]
+    /// `recipient`'s wrapped keys of these versions, in one query (a share of 1,000 versions reads the registry's).
+    func wrappedKeys(recipient: String, versions: [Int64]) async throws(CofferRegistryError) -> [WrappedKeyRecord]
     /// A public identity the registry has met (a recipient, principal or trusted signer), by key ID.
     func knownIdentity(keyID: String) async throws(CofferRegistryError) -> Data?
 

@@ -755,6 +755,20 @@ final class PostgresMetadataStore: MetadataStore {
         }
     }
 
+    func wrappedKeys(recipient: String, versions: [Int64]) async throws(CofferRegistryError) -> [WrappedKeyRecord] {
+        try await opening {
+            () async throws(CofferRegistryError) -> [WrappedKeyRecord] in
+            try await fetchAll(
+                WrappedKeyRecord.self,
+                "SELECT * FROM wrapped_keys WHERE recipient_key_id = \(recipient) AND version_id = ANY(\(versions)) ORDER BY version_id"
+            )
+        } open: { rows throws(CofferRegistryError) in
+            var opened: [WrappedKeyRecord] = []
+            for row in rows { opened.append(try openStanza(row)) }
+            return opened
+        }
+    }
+
     func knownIdentity(keyID: String) async throws(CofferRegistryError) -> Data? {
         try await scalar(
             Data.self,

@@ -566,6 +566,13 @@ final class SQLiteMetadataStore: MetadataStore {
         }
     }
 
+    func wrappedKeys(recipient: String, versions: [Int64]) async throws(CofferRegistryError) -> [WrappedKeyRecord] {
+        try await read { db in
+            try WrappedKeyRecord.filter(WrappedKeyRecord.Columns.recipientKeyID == recipient && versions.contains(WrappedKeyRecord.Columns.versionID))
+                .order(WrappedKeyRecord.Columns.versionID).fetchAll(db)
+        }
+    }
+
     func knownIdentity(keyID: String) async throws(CofferRegistryError) -> Data? {
         try await read { db in
             try Data.fetchOne(
