@@ -32,6 +32,10 @@ struct ShareOverHTTPTests {
             #expect(FileManager.default.fileExists(atPath: f.path("d1/model.safetensors")))
             let released = try await f.registry.auditEntries().last { $0.action == "pull" && $0.principal == "dave" }
             #expect(released?.reason.contains("wrapped on demand and released") == true, "\(released?.reason ?? "-")")
+            // A remote verify asks for no key, and is logged as what it is.
+            _ = try await client.verify(try ModelReference(parsing: "m/risk:1"))
+            let verified = try await f.registry.auditEntries().last { $0.principal == "dave" }
+            #expect(verified?.action == "verify" && verified?.reason == "remote: signed documents only", "\(String(describing: verified))")
 
             // A version pushed over HTTP after the grant is wrapped for dave at commit.
             let weights = Array("second version".utf8)
@@ -67,6 +71,9 @@ struct ShareOverHTTPTests {
             }
             #expect(refused == .registry(.notARecipient("m/risk:\(pushed.version)")), "\(String(describing: refused))")
             #expect(!FileManager.default.fileExists(atPath: f.path("d4/weights.bin")))
+            // The server released no key: its log says the pull failed, not that a key went out.
+            let failed = try await f.registry.auditEntries().last { $0.principal == "dave" && $0.action == "pull" }
+            #expect(failed?.outcome == .failed && failed?.reason.contains("no decrypt role") == true, "\(String(describing: failed))")
         }
     }
 }
