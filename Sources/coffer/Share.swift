@@ -63,6 +63,7 @@ extension Coffer {
                 let predictions = grant.maxPredictions.map { "\($0) predictions in all" } ?? "unlimited predictions"
                 print("limits: \(lifetime), \(predictions)")
             }
+            if infer { print("\(principal) opens sessions through coffer serve (--registry), which holds the registry key") }
             if pull {
                 print("wrapped the data key of \(result.wrapped.count) versions for \(principal); later pushes to \(scope) wrap theirs")
                 if !result.pending.isEmpty { print("not wrapped yet: \(result.pending.joined(separator: ", "))") }

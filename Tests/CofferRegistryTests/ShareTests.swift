@@ -113,6 +113,7 @@ struct ShareTests {
         let session = try await f.registry.openSession(try ModelReference(parsing: "icu/mortality:2"), identity: bob, ttl: 600)
         #expect(try await pulls(f, "icu/mortality:1", bob) == bytes(3000, seed: 1))
 
+        await expectRefusal("bob lacks the admin role") { _ = try await f.registry.unshare("bob", by: Signer(bob)) }
         let ended = try await f.registry.unshare("bob", by: Signer(alice))
         #expect(Set(ended.revoked.map(\.role)) == [.reader, .decrypt, .inference])
         #expect(ended.tokens == [tokenID])

@@ -223,7 +223,8 @@ extension Registry {
         rekeyWith registryIdentity: UnlockedIdentity? = nil,
         by signer: Signer
     ) async throws(CofferRegistryError) -> UnshareResult {
-        try await require(signer, .admin, on: model, action: "unshare", target: principal)
+        // Admin on every model, as each revoke record it makes requires.
+        try await require(signer, .admin, on: nil, action: "unshare", target: principal)
         if let model { try ModelReference.validate(name: model.hasSuffix("/") ? String(model.dropLast()) : model) }
         if let registryIdentity { try await requireCurrentRegistryKey(registryIdentity) }
         let state = try await ledgerState()
