@@ -180,22 +180,23 @@ extension Registry {
             wrapped.labels = records.compactMap { labels[$0.versionID] }
         }
         if alreadyHeld {
-            // The grant stands; only the keys it should carry are missing (it was made without the registry key).
-            var work = UnitOfWork()
-            try await wrap(state, &work)
-            guard !work.changes.isEmpty else { return (false, []) }
-            let actor = try acting(signer, in: state).principal.name
-            work.audit.append(
-                AuditDraft(
-                    at: Self.now(),
-                    principal: actor,
-                    action: "grant",
-                    target: grant.principal,
-                    outcome: .ok,
-                    reason: "\(grant.summary): keys of \(wrapped.labels.count) versions"
+            // The grant stands; only the keys it should carry are missing (it was made without the registry key). Built
+            // on the ledger's end, so a revocation committed meanwhile makes it start again, and find the grant gone.
+            try await commitOnLedger { (state, work) async throws(CofferRegistryError) in
+                wrapped.labels = []
+                guard state.grants.contains(grant) else { return }
+                try await wrap(state, &work)
+                guard !work.changes.isEmpty else { return }
+                work.audit.append(
+                    AuditDraft(
+                        principal: try self.acting(signer, in: state).principal.name,
+                        action: "grant",
+                        target: grant.principal,
+                        outcome: .ok,
+                        reason: "\(grant.summary): keys of \(wrapped.labels.count) versions"
+                    )
                 )
-            )
-            try await metadata.commit(work)
+            }
             return (false, wrapped.labels)
         }
         try await record(.grant(grant), signer: signer, action: "grant", target: grant.principal, reason: grant.summary, also: wrap)

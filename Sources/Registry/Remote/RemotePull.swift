@@ -60,8 +60,16 @@ extension Registry {
             if stanza == nil, let registryIdentity, let grantee = try await ledgerState().principals[principal], grantee.keyID == keyID {
                 try await requireCurrentRegistryKey(registryIdentity)
                 let head = VersionHead(id: stored.id, model: stored.model, version: stored.version, digest: stored.digest)
-                if let made = try await wrapWithRegistryKey([head], for: grantee, registryIdentity: registryIdentity).first {
-                    try await metadata.commit(UnitOfWork(changes: [.putWrappedKeys([made])]))
+                // Committed on the ledger's end, and only while the principal still holds decrypt there: a revocation
+                // that lands first leaves no key behind it.
+                let made = try await commitOnLedger { (state, work) async throws(CofferRegistryError) -> WrappedKeyRecord? in
+                    guard state.holds(principal, .decrypt, on: stored.model),
+                        let made = try await self.wrapWithRegistryKey([head], for: grantee, registryIdentity: registryIdentity).first
+                    else { return nil }
+                    work.changes.append(.putWrappedKeys([made]))
+                    return made
+                }
+                if let made {
                     stanza = made.stanza
                     madeNow = true
                 }
