@@ -99,7 +99,8 @@ extension Coffer {
         struct List: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "List principals and their grants.")
             @OptionGroup var registry: RegistryOptions
-            @Flag(name: .long, help: "Print JSON: [{name, key_id, grants: [{role, scope, alias}]}].") var json = false
+            @Flag(name: .long, help: "Print JSON: [{name, key_id, grants: [{role, scope, alias, max_session_seconds, max_predictions}]}].")
+            var json = false
 
             func run() async throws {
                 let principals = try await registry.open().principals()
@@ -114,6 +115,8 @@ extension Coffer {
                                             .object([
                                                 "role": .string($0.role.rawValue), "scope": .string($0.scope),
                                                 "alias": $0.alias.map(JSONValue.string) ?? .null,
+                                                "max_session_seconds": $0.maxSessionSeconds.map { .number(Double($0)) } ?? .null,
+                                                "max_predictions": $0.maxPredictions.map { .number(Double($0)) } ?? .null,
                                             ])
                                         }
                                     ),
@@ -124,7 +127,13 @@ extension Coffer {
                     return
                 }
                 for p in principals {
-                    let grants = p.grants.map { "\($0.role.rawValue) on \($0.scope)" + ($0.alias.map { "@\($0)" } ?? "") }.joined(separator: ", ")
+                    let grants = p.grants.map { grant in
+                        var limits: [String] = []
+                        if let seconds = grant.maxSessionSeconds { limits.append("sessions <= \(seconds) s") }
+                        if let predictions = grant.maxPredictions { limits.append("<= \(predictions) predictions") }
+                        return "\(grant.role.rawValue) on \(grant.scope)" + (grant.alias.map { "@\($0)" } ?? "")
+                            + (limits.isEmpty ? "" : " (\(limits.joined(separator: ", ")))")
+                    }.joined(separator: ", ")
                     print("\(p.name)  \(p.keyID)  \(grants)")
                 }
             }

@@ -136,6 +136,8 @@ struct ShareCommandTests {
         #expect(share.status == 0, "\(share.stderr)")
         #expect(share.stdoutText.contains("granted inference on icu/risk to carol"))
         #expect(share.stdoutText.contains("limits: sessions of at most 86400 s, 100 predictions in all"), "\(share.stdoutText)")
+        let principals = try coffer(["principal", "list"], dir)
+        #expect(principals.stdoutText.contains("inference on icu/risk (sessions <= 86400 s, <= 100 predictions)"), "\(principals.stdoutText)")
         let minted = try coffer(["token", "create", "--principal", "carol", "--scope", "infer", "--ttl", "1d", "--identity", "keys/alice.key"], dir)
         let token = minted.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(token.hasPrefix("cft_"), "\(minted.stderr)")
