@@ -99,7 +99,7 @@ extension Coffer {
             if model == nil { print("  tokens revoked: \(list(result.tokens))") }
             print("  sessions ended: \(list(result.sessions))")
             print("  wrapped keys removed: \(list(result.removedKeys))")
-            if !result.rekeyed.isEmpty { print("  re-encrypted: \(list(result.rekeyed))") }
+            if !result.rekeyed.isEmpty { print("  re-encrypted: \(list(result.rekeyed)) (every session open on them was revoked)") }
             if !result.toRekey.isEmpty {
                 print("  to rekey (\(principal) could decrypt them): \(list(result.toRekey)); run coffer unshare --rekey, or coffer rekey each")
             }
