@@ -99,7 +99,8 @@ extension Coffer {
         struct List: AsyncParsableCommand {
             static let configuration = CommandConfiguration(abstract: "List principals and their grants.")
             @OptionGroup var registry: RegistryOptions
-            @Flag(name: .long, help: "Print JSON: [{name, key_id, grants: [{role, scope, alias}]}].") var json = false
+            @Flag(name: .long, help: "Print JSON: [{name, key_id, grants: [{role, scope, alias, max_session_seconds, max_predictions}]}].")
+            var json = false
 
             func run() async throws {
                 let principals = try await registry.open().principals()
@@ -114,6 +115,8 @@ extension Coffer {
                                             .object([
                                                 "role": .string($0.role.rawValue), "scope": .string($0.scope),
                                                 "alias": $0.alias.map(JSONValue.string) ?? .null,
+                                                "max_session_seconds": $0.maxSessionSeconds.map { .number(Double($0)) } ?? .null,
+                                                "max_predictions": $0.maxPredictions.map { .number(Double($0)) } ?? .null,
                                             ])
                                         }
                                     ),
@@ -124,7 +127,13 @@ extension Coffer {
                     return
                 }
                 for p in principals {
-                    let grants = p.grants.map { "\($0.role.rawValue) on \($0.scope)" + ($0.alias.map { "@\($0)" } ?? "") }.joined(separator: ", ")
+                    let grants = p.grants.map { grant in
+                        var limits: [String] = []
+                        if let seconds = grant.maxSessionSeconds { limits.append("sessions <= \(seconds) s") }
+                        if let predictions = grant.maxPredictions { limits.append("<= \(predictions) predictions") }
+                        return "\(grant.role.rawValue) on \(grant.scope)" + (grant.alias.map { "@\($0)" } ?? "")
+                            + (limits.isEmpty ? "" : " (\(limits.joined(separator: ", ")))")
+                    }.joined(separator: ", ")
                     print("\(p.name)  \(p.keyID)  \(grants)")
                 }
             }
@@ -148,10 +157,15 @@ extension Coffer {
         @OptionGroup var passphraseOptions: PassphraseOptions
         @OptionGroup var acting: ActingIdentity
         @OptionGroup var granted: GrantArguments
+        @Flag(name: .long, help: "For decrypt or admin: wrap the data key of every version in scope for the principal now (unlocks registry.key).")
+        var withRegistryKey = false
+        @OptionGroup var registryKey: RegistryKeyOptions
 
         func run() async throws {
             let store = try await registry.open()
-            try await store.grant(try granted.grant(), by: Signer(try acting.unlock(passphraseOptions)))
+            let signer = Signer(try acting.unlock(passphraseOptions))
+            let registryIdentity = withRegistryKey ? try registryKey.unlock(in: store, fallback: passphraseOptions) : nil
+            try await store.grant(try granted.grant(), registryIdentity: registryIdentity, by: signer)
             print("granted \(granted.summary) to \(granted.principal)")
         }
     }
@@ -165,10 +179,13 @@ extension Coffer {
 
         func run() async throws {
             let store = try await registry.open()
-            guard try await store.revoke(try granted.grant(), by: Signer(try acting.unlock(passphraseOptions))) else {
+            guard let removed = try await store.revokeReporting(try granted.grant(), by: Signer(try acting.unlock(passphraseOptions))) else {
                 throw CLIError("\(granted.principal) holds no \(granted.summary) grant")
             }
             print("revoked \(granted.summary) from \(granted.principal)")
+            if !removed.isEmpty {
+                print("removed \(granted.principal)'s wrapped keys of \(removed.joined(separator: ", ")); rekey them if it may have kept a data key")
+            }
         }
     }
 
@@ -188,7 +205,7 @@ extension Coffer {
             @OptionGroup var remote: RemoteOptions
             @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
             @Option(name: .long, help: "Lifetime: e.g. 90s, 15m, 2h, 7d.") var ttl: String
-            @Option(name: .long, help: "Number of uses (infer calls) allowed.") var maxUses: Int?
+            @Option(name: .long, help: "Number of uses allowed: predictions (one per input row), or exports (one per --raw).") var maxUses: Int?
             @Option(
                 name: .long,
                 help: "With --registry: write the session's token (cfs_...) to this new file (mode 0600), for infer --session-token-file."
@@ -321,7 +338,8 @@ extension Coffer {
             // Bad input and an export the session may not make are refused before a use is taken.
             let table = try input.map { path throws(CofferTrainingError) in try CSVTable(contentsOf: path) }
             if raw { try await InferenceSession.authorizeExport(registry: store, tokenText: tokenText) }
-            let opened = try await InferenceSession(registry: store, tokenText: tokenText)
+            // An export takes one use as it opens; a prediction takes one per row, only once it has succeeded.
+            let opened = try await InferenceSession(registry: store, tokenText: tokenText, countingUse: raw)
             if raw {
                 let paths = opened.files.map(\.path)
                 guard let path = file ?? (paths.count == 1 ? paths[0] : nil) else {
@@ -333,7 +351,14 @@ extension Coffer {
                 guard written != nil else { throw CLIError("no file \(path) in \(opened.info.model):\(opened.info.version)") }
                 return
             }
-            let (checkpoint, predictions) = try opened.predict(table!)
+            let checkpoint: CheckpointView
+            let predictions: [[Float]]
+            do { (checkpoint, predictions) = try opened.predict(table!) } catch {
+                try? await store.recordFailedPrediction(session: opened.info.id, principal: opened.info.principal, reason: error.description)
+                throw error
+            }
+            // Nothing is printed unless the session had the rows to spend.
+            try await store.useSession(id: opened.info.id, principal: opened.info.principal, uses: table!.rowCount)
             printPredictions(
                 predictions,
                 tasks: checkpoint.architecture.tasks,
@@ -354,17 +379,22 @@ extension Coffer {
         struct Show: AsyncParsableCommand {
             static let configuration = CommandConfiguration(commandName: "show", abstract: "Print entries, oldest first.")
             @OptionGroup var registry: RegistryOptions
-            @Option(name: .long, help: "Only entries at or after this RFC 3339 time.") var since: String?
+            @Option(name: .long, help: "Only entries at or after this RFC 3339 time, or this long ago (90m, 1h, 7d).") var since: String?
+            @Option(name: .long, help: "Only entries of this principal.") var principal: String?
+            @Option(name: .long, help: "Only entries of this action (pull, push, infer, grant, unshare, ...).") var action: String?
+            @Option(name: .long, help: "Only entries about this model (its versions and aliases), or a namespace NS/.") var model: String?
             @Flag(name: .long, help: "Print JSON: [{seq, at, principal, action, target, outcome, reason}].") var json = false
             @OptionGroup var remote: RemoteOptions
 
             func run() async throws {
-                let entries: [AuditEntry] =
+                let filter = try AuditFilter(principal: principal, action: action, model: model, since: since)
+                let all: [AuditEntry] =
                     if let client = try remote.client() {
-                        try await client.audit(since: since)
+                        try await client.audit(since: filter.since)
                     } else {
-                        try await registry.open().auditEntries(since: since)
+                        try await registry.open().auditEntries(since: filter.since)
                     }
+                let entries = all.filter(filter.matches)
                 if json {
                     print(String(decoding: try JSONEncoder().encode(entries), as: UTF8.self))
                     return

@@ -200,14 +200,18 @@ extension Coffer {
         )
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var acting: OptionalIdentity
+        @OptionGroup var registryKeyOptions: RegistryKeyOptions
         @Argument(help: "NAME:VERSION or NAME@ALIAS.") var reference: String
 
         func run() async throws {
             let store = try await registry.open()
-            let registryKey = try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
+            // Two keys, two passphrases: the admin's (--passphrase-file) and the registry's (--registry-passphrase-file).
+            let registryKey = try registryKeyOptions.unlock(in: store, fallback: acting.passphraseOptions)
             let signer = try acting.identity == nil ? Signer(registryKey) : acting.signer(in: store)
             let result = try await store.rekey(try ModelReference(parsing: reference), registryIdentity: registryKey, by: signer)
-            print("re-encrypted \(result.model):\(result.version) under a new data key, wrapped for \(result.recipients.count) key(s)")
+            print(
+                "re-encrypted \(result.model):\(result.version) under a new data key, wrapped for \(result.recipients.count) key(s); its open sessions were revoked"
+            )
             if !result.dropped.isEmpty { print("not re-wrapped (public identity unknown): \(result.dropped.joined(separator: ", "))") }
         }
     }

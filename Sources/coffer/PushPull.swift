@@ -77,7 +77,14 @@ extension Coffer {
                 let outbox = try PushOutbox.directory(for: client.baseURL, request: request)
                 let publisher = try passphraseOptions.unlockIdentity(at: identity)
                 let pushed = try await client.push(request, publisher: publisher.identity, registryKey: given, outbox: outbox)
-                return print("pushed \(pushed.model):\(pushed.version) sha256:\(pushed.digest) to \(client.baseURL)")
+                print("pushed \(pushed.model):\(pushed.version) sha256:\(pushed.digest) to \(client.baseURL)")
+                let signer = publisher.publicIdentity
+                if try await client.ledger(registryKey: given).state.trusted[signer.keyID] == nil {
+                    FileDescriptorStream.standardError.writeLine(
+                        "coffer: warning: \(signer.name) (\(signer.keyID)) is not a trusted signer of this registry: pull and verify of this version are refused until an admin trusts its key"
+                    )
+                }
+                return
             }
             let store = try await registry.open()
             let publisher = try passphraseOptions.unlockIdentity(at: identity)
@@ -85,6 +92,13 @@ extension Coffer {
             let result = try await store.push(request, publisher: publisher, progress: progress?.reporter)
             progress?.finish()
             print("pushed \(result.model):\(result.version) sha256:\(result.digest) (\(result.files) files, \(ProgressBar.format(result.bytes)))")
+            // A version nobody trusts its signer for is stored but will not pull or verify: say so now, not at pull.
+            let signer = publisher.publicIdentity
+            if try await store.trustedName(signer.keyID) == nil {
+                FileDescriptorStream.standardError.writeLine(
+                    "coffer: warning: \(signer.name) (\(signer.keyID)) is not a trusted signer of this registry: pull and verify of this version are refused until an admin runs coffer trust add \(signer.name).pub"
+                )
+            }
         }
 
         /// The `privacy.json` of a single pushed directory, when it has one (a `coffer train` checkpoint).

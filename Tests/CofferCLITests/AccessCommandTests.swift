@@ -30,7 +30,8 @@ struct AccessCommandTests {
 
     @Test func aSessionPredictsAsThePlaintextCheckpointDoes() throws {
         let dir = try setUp()
-        let open = try coffer(["session", "open", "m/risk@prod", "--identity", "keys/bob.key", "--ttl", "10m", "--max-uses", "2"], dir)
+        // Uses count rows: the 400-row prediction takes 400, the export 1.
+        let open = try coffer(["session", "open", "m/risk@prod", "--identity", "keys/bob.key", "--ttl", "10m", "--max-uses", "401"], dir)
         #expect(open.status == 0, "\(open.stderr)")
         let token = open.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(token.hasPrefix("cfs_") && token.count == 68)
@@ -44,10 +45,10 @@ struct AccessCommandTests {
         #expect(try coffer(["grant", "bob", "decrypt", "--on", "m/risk", "--identity", "keys/alice.key"], dir).status == 0)
         let raw = try coffer(["infer", "--session", token, "--raw", "--file", "model.safetensors"], dir)
         #expect(raw.stdout == (try Data(contentsOf: dir.url.appendingPathComponent("ckpt/model.safetensors"))))
-        expectFailure(try coffer(["infer", "--session", token, "--input", "data/data.csv"], dir), "has used all 2 of its uses")
+        expectFailure(try coffer(["infer", "--session", token, "--input", "data/data.csv"], dir), "has used all 401 of its uses")
 
         let list = try coffer(["session", "list", "--json"], dir)
-        #expect(!list.stdoutText.contains(token) && list.stdoutText.contains("\"uses\":2"))
+        #expect(!list.stdoutText.contains(token) && list.stdoutText.contains("\"uses\":401"))
         let audit = try coffer(["audit", "--json"], dir)
         #expect(!audit.stdoutText.contains(token))
         let entries = try JSONSerialization.jsonObject(with: audit.stdout) as? [[String: Any]] ?? []

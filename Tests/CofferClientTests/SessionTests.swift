@@ -13,8 +13,8 @@ struct SessionTests {
         let f = try await Fixture()
         try await f.app().test(.live) { first in
             let client = try f.client(port: try first.livePort, token: "bob-infer")
-            let session = try await client.openSession("m/risk@prod", ttl: 300, maxUses: 5)
-            #expect(session.model == "m/risk" && session.version == "1" && session.maxUses == 5)
+            let session = try await client.openSession("m/risk@prod", ttl: 300, maxUses: 6)
+            #expect(session.model == "m/risk" && session.version == "1" && session.maxUses == 6)
             let token = try #require(session.token)
             #expect(token.withUnsafeBytes { Array($0.prefix(4)) } == Array("cfs_".utf8))
             let predictions = try await client.predict(session: session, rows: rows)
@@ -29,7 +29,7 @@ struct SessionTests {
                 #expect(try await replica.predict(session: session, rows: rows) == predictions, "the replica predicts as the first server")
             }
             let listed = try await client.sessions()
-            #expect(listed.map(\.id) == [session.id] && listed.first?.uses == 2)
+            #expect(listed.map(\.id) == [session.id] && listed.first?.uses == 4, "a use per row: two predictions of two rows")
             try await client.closeSession(session.id)
             let revoked = await #expect(throws: CofferClientError.self) { try await client.predict(session: session, rows: rows) }
             #expect(revoked?.status == 403 || revoked?.status == 404, "\(String(describing: revoked))")

@@ -212,8 +212,9 @@ struct GovernanceTests {
         let alice = try person("alice")
         let bob = try person("bob")
         let (f, admin, dir) = try await owned(alice, on: backend)
-        try await f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .decrypt], by: admin)
+        // bob is granted decrypt after the push, without the registry's key: the version's key is not wrapped for him.
         _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        try await f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .decrypt], by: admin)
         await expectRefusal("holds no key") { _ = try await f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("a")) }
         try await f.registry.addRecipient(try ModelReference(parsing: "m:1"), recipient: bob.publicIdentity, identity: alice)
         _ = try await f.registry.pull(try ModelReference(parsing: "m"), identity: bob, into: f.path("b"))

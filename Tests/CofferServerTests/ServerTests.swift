@@ -226,7 +226,7 @@ struct ServerTests {
                 uri: "/v1/sessions",
                 method: .post,
                 headers: infer,
-                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600, "max_uses": 2}"#)
+                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600, "max_uses": 4}"#)
             ) { response in
                 #expect(response.status == .created, "\(text(response))")
                 let object = try JSONSerialization.jsonObject(with: data(response)) as? [String: Any]
@@ -239,7 +239,7 @@ struct ServerTests {
                 let predictions = object?["predictions"] as? [[String: Any]]
                 #expect(predictions?.count == 2 && predictions?[0]["reg"] is Double && predictions?[0]["cls"] is [String: Any])
             }
-            // A request that cannot be answered spends no use: the second use is still there after it.
+            // A request that cannot be answered spends no use: two rows' uses are still there after it.
             let missing = ByteBuffer(string: #"{"rows": [{"x0": 0.1}]}"#)
             try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: missing) { response in
                 #expect(response.status == .badRequest && text(response).contains("x1"), "\(text(response))")
@@ -248,7 +248,7 @@ struct ServerTests {
                 #expect(response.status == .ok, "\(text(response))")
             }
             try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: rows) { response in
-                #expect(response.status == .forbidden && text(response).contains("has used all 2 of its uses"), "\(text(response))")
+                #expect(response.status == .forbidden && text(response).contains("has used all 4 of its uses"), "\(text(response))")
             }
             let second = try await client.execute(
                 uri: "/v1/sessions",

@@ -254,7 +254,7 @@ def test_remote_alias_sessions_infer_and_predict_limits(tmp_path):
         assert limited.returncode == 1 and b"answered 429" in limited.stderr and b"predictions per second" in limited.stderr
 
         listed = json.loads(remote("session", "list", "--json", scope="read").stdout)
-        assert [s["id"] for s in listed] == [session] and listed[0]["uses"] == 3
+        assert [s["id"] for s in listed] == [session] and listed[0]["uses"] == 6, "a use per row: three predictions of two rows"
         status, _, body = call(f"{base}/v1/sessions", token=token["admin"])
         assert status == 200 and [s["id"] for s in json.loads(body)] == [session]
 

@@ -19,17 +19,31 @@ public struct InferenceSession: ~Copyable {
     let checkpoint: CheckpointView?
 
     /// Parses the token's text first: a malformed token is refused and audited like any other.
-    public init(registry: Registry, tokenText: borrowing SecureBytes, now: Date = Date()) async throws(CofferRegistryError) {
+    /// `countingUse: false` opens the model without taking a use or auditing one: the caller predicts first and takes
+    /// one use per row answered with ``Registry/useSession(id:principal:uses:now:)``, which audits it.
+    public init(
+        registry: Registry,
+        tokenText: borrowing SecureBytes,
+        countingUse: Bool = true,
+        now: Date = Date()
+    ) async throws(CofferRegistryError) {
         let token: SessionToken
         do { token = try SessionToken(text: tokenText) } catch {
             try await registry.audit(principal: "-", action: "infer", target: "-", outcome: .refused, reason: "malformed session token")
             throw error
         }
-        try await self.init(registry: registry, token: token, now: now)
+        try await self.init(registry: registry, token: token, countingUse: countingUse, auditingOpen: countingUse, now: now)
     }
 
-    /// `countingUse: false` opens the model without taking a use (the server counts each prediction instead).
-    public init(registry: Registry, token: borrowing SessionToken, countingUse: Bool = true, now: Date = Date()) async throws(CofferRegistryError) {
+    /// `countingUse: false` opens the model without taking a use (the server counts each prediction instead);
+    /// `auditingOpen` records the opening itself as an `infer` entry (a server's load of the model).
+    public init(
+        registry: Registry,
+        token: borrowing SessionToken,
+        countingUse: Bool = true,
+        auditingOpen: Bool = true,
+        now: Date = Date()
+    ) async throws(CofferRegistryError) {
         let claimed = try await registry.claimSession(token, now: now, countingUse: countingUse)
         let info = claimed.info
         var files: [(String, Range<Int>)] = []
@@ -55,7 +69,15 @@ public struct InferenceSession: ~Copyable {
                 try CheckpointView(header: UnsafeRawBufferPointer(rebasing: bytes[model.1]))
             }
         }
-        try await registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .ok, reason: "\(info.model):\(info.version)")
+        if auditingOpen {
+            try await registry.audit(
+                principal: info.principal,
+                action: "infer",
+                target: info.id,
+                outcome: .ok,
+                reason: "\(info.model):\(info.version)"
+            )
+        }
         self.info = info
         self.files = files
         self.plaintext = plaintext

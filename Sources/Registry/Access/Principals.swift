@@ -16,17 +16,49 @@ public enum Role: String, Sendable, CaseIterable, Codable {
 }
 
 /// A role on a scope: `*` (every model), `NS/` (a namespace prefix) or one model, optionally only through one alias.
+/// An inference grant may carry the admin's limits on the sessions its holder opens.
 public struct Grant: Sendable, Hashable, Codable {
     public var principal: String
     public var role: Role
     public var scope: String
     public var alias: String?
+    /// The longest session (seconds) this inference grant lets its holder open; nil: up to the registry's maximum.
+    public var maxSessionSeconds: Int?
+    /// Predictions (rows) the holder's sessions under this grant may make in all, from the grant on; nil: no limit.
+    public var maxPredictions: Int?
 
-    public init(principal: String, role: Role, scope: String = "*", alias: String? = nil) {
+    public init(
+        principal: String,
+        role: Role,
+        scope: String = "*",
+        alias: String? = nil,
+        maxSessionSeconds: Int? = nil,
+        maxPredictions: Int? = nil
+    ) {
         self.principal = principal
         self.role = role
         self.scope = scope
         self.alias = alias
+        self.maxSessionSeconds = maxSessionSeconds
+        self.maxPredictions = maxPredictions
+    }
+
+    /// Whether `other` is the same grant, whatever its limits: a grant is named by principal, role, scope and alias,
+    /// and granting it again with other limits replaces them.
+    public func names(_ other: Grant) -> Bool {
+        principal == other.principal && role == other.role && scope == other.scope && alias == other.alias
+    }
+
+    /// What names the grant in ``LedgerState/limitsSince``.
+    var limitKey: String { "\(principal) \(role.rawValue) \(scope) \(alias ?? "-")" }
+
+    /// Whether the grant limits the sessions opened under it.
+    public var hasLimits: Bool { maxSessionSeconds != nil || maxPredictions != nil }
+
+    /// Whether `scope` covers `model` (and the alias, if the grant names one).
+    func covers(model: String, alias wantedAlias: String?) -> Bool {
+        if let alias, alias != wantedAlias { return false }
+        return scope == "*" || scope == model || (scope.hasSuffix("/") && model.hasPrefix(scope))
     }
 
     /// Whether this grant gives `role` on `model` (reached through `alias`, if any).
@@ -142,14 +174,16 @@ extension Registry {
     /// destroyed, in the same transaction. The last admin of the registry cannot be removed.
     public func removePrincipal(_ name: String, by signer: Signer) async throws(CofferRegistryError) {
         try await require(signer, .admin, on: nil, action: "principal.remove", target: name)
-        guard try await ledgerState().principals[name] != nil else { throw .unknownPrincipal(name) }
+        guard let key = try await ledgerState().principals[name] else { throw .unknownPrincipal(name) }
+        // Its wrapped keys go with it: a principal that is gone decrypts nothing, and a key later re-added under
+        // another name starts with none.
         try await record(
             .principalRemove(name: name),
             signer: signer,
             action: "principal.remove",
             target: name,
-            reason: "grants, tokens and sessions ended"
-        )
+            reason: "grants, tokens, sessions and wrapped keys ended"
+        ) { _, work in work.changes.append(.removeWrappedKeys(version: nil, recipient: key.keyID)) }
     }
 
     /// Every principal with its grants, by name.
@@ -167,24 +201,29 @@ extension Registry {
         try await ledgerState().grants.filter { $0.principal == principal }.sorted { ($0.role.rawValue, $0.scope) < ($1.role.rawValue, $1.scope) }
     }
 
-    /// Grants a role (admin only). The scope is `*`, a namespace prefix ending in `/`, or a model name.
-    public func grant(_ grant: Grant, by signer: Signer) async throws(CofferRegistryError) {
-        try await require(signer, .admin, on: nil, action: "grant", target: grant.principal)
-        if grant.scope != "*" { try ModelReference.validate(name: grant.scope.hasSuffix("/") ? String(grant.scope.dropLast()) : grant.scope) }
-        if let alias = grant.alias { try ModelReference.validate(version: alias) }
-        let state = try await ledgerState()
-        guard state.principals[grant.principal] != nil else { throw .unknownPrincipal(grant.principal) }
-        guard !state.grants.contains(grant) else { return }
-        try await record(.grant(grant), signer: signer, action: "grant", target: grant.principal, reason: grant.summary)
+    /// Grants a role (admin only). The scope is `*`, a namespace prefix ending in `/`, or a model name. A grant of
+    /// `decrypt` (or `admin`) carries keys: with `registryIdentity`, the registry's own key, the data key of every
+    /// version in scope is wrapped for the grantee in the same transaction; later pushes wrap theirs at push.
+    public func grant(_ grant: Grant, registryIdentity: UnlockedIdentity? = nil, by signer: Signer) async throws(CofferRegistryError) {
+        _ = try await grantWrapping(grant, registryIdentity: registryIdentity, by: signer)
     }
 
     /// Revokes a role (admin only); returns whether a grant was removed. Sessions the principal can no longer open
-    /// are revoked at once and their key copies destroyed (a later re-grant does not bring them back).
+    /// are revoked at once and their key copies destroyed (a later re-grant does not bring them back), and so are its
+    /// wrapped keys of the versions it can no longer decrypt (``revokeReporting(_:by:)`` names them: whoever kept a
+    /// data key is locked out only by a rekey).
     @discardableResult
     public func revoke(_ grant: Grant, by signer: Signer) async throws(CofferRegistryError) -> Bool {
+        try await revokeReporting(grant, by: signer) != nil
+    }
+
+    /// ``revoke(_:by:)``, returning the versions whose wrapped key for the principal was deleted (nil when the grant
+    /// was not held), each a version to rekey.
+    public func revokeReporting(_ grant: Grant, by signer: Signer) async throws(CofferRegistryError) -> [String]? {
         try await require(signer, .admin, on: nil, action: "revoke", target: grant.principal)
         let state = try await ledgerState()
-        guard state.grants.contains(grant) else {
+        // The grant as held (its limits included): `revoke bob inference --on m` names it without them.
+        guard let held = state.grants.first(where: { $0.names(grant) }) else {
             try await audit(
                 principal: try acting(signer, in: state).principal.name,
                 action: "revoke",
@@ -192,16 +231,17 @@ extension Registry {
                 outcome: .failed,
                 reason: "\(grant.summary) is not held"
             )
-            return false
+            return nil
         }
-        try await record(.revoke(grant), signer: signer, action: "revoke", target: grant.principal, reason: grant.summary) {
-            (state, work) async throws(CofferRegistryError) in
-            work.changes.append(.dropSessionKeys(ids: try await self.sessionsNoLongerGranted(to: grant.principal, state: state)))
-        }
-        return true
+        return try await revokeRemovingKeys(held, by: signer)
     }
 }
 
 extension Grant {
-    var summary: String { "\(role.rawValue) on \(scope)" + (alias.map { " alias \($0)" } ?? "") }
+    var summary: String {
+        var limits: [String] = []
+        if let maxSessionSeconds { limits.append("sessions of at most \(maxSessionSeconds) s") }
+        if let maxPredictions { limits.append("at most \(maxPredictions) predictions") }
+        return "\(role.rawValue) on \(scope)" + (alias.map { " alias \($0)" } ?? "") + (limits.isEmpty ? "" : " (\(limits.joined(separator: ", ")))")
+    }
 }

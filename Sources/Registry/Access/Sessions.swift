@@ -151,14 +151,15 @@ extension Registry {
         maxUses: Int? = nil,
         now: Date = Date()
     ) async throws(CofferRegistryError) -> OpenedSession {
-        try await openSession(
-            reference,
-            principal: try await principal(for: identity.identity),
-            unwrappingWith: identity,
-            ttl: ttl,
-            maxUses: maxUses,
-            now: now
-        )
+        let actor = try await principal(for: identity.identity)
+        do {
+            return try await openSession(reference, principal: actor, unwrappingWith: identity, ttl: ttl, maxUses: maxUses, now: now)
+        } catch .notARecipient(let label) {
+            // An inference-only principal never holds a data key (it could decrypt with it): a server opens its sessions.
+            throw .refused(
+                "\(actor.name) holds no key for \(label): an inference grant opens sessions through coffer serve (--registry), which holds the registry's key"
+            )
+        }
     }
 
     /// Opens a session for `actor` (authenticated by other means: the server's bearer token), unwrapping the data key
@@ -178,6 +179,27 @@ extension Registry {
         var alias: String? = nil
         if case .alias(let name) = reference.selector { alias = name }
         try await require(.inference, on: reference.name, alias: alias, by: actor, action: "session.open", target: reference.description)
+        var maxUses = maxUses
+        let bound = try await sessionBound(principal: actor.name, model: reference.name, alias: alias, now: now)
+        func refuse(_ reason: String) async throws(CofferRegistryError) -> Never {
+            try await audit(principal: actor.name, action: "session.open", target: reference.description, outcome: .refused, reason: reason)
+            throw .sessionRefused(reason)
+        }
+        if let seconds = bound.seconds, ttl > TimeInterval(seconds) {
+            try await refuse("\(actor.name)'s inference grant allows sessions of at most \(seconds) s (asked for \(Int(ttl.rounded(.up))) s)")
+        }
+        if let (grant, left) = bound.predictions {
+            guard left > 0 else {
+                try await refuse(
+                    "\(actor.name)'s inference grant on \(grant.scope) has no predictions left (\(grant.maxPredictions!) spent or held by open sessions)"
+                )
+            }
+            if let asked = maxUses, asked > left {
+                try await refuse("\(actor.name)'s inference grant on \(grant.scope) has \(left) predictions left (asked for \(asked))")
+            }
+            // A session under a limited grant always has a limit: what is left, unless it asked for less.
+            maxUses = maxUses ?? left
+        }
         do {
             let stored = try await loadVersion(try await resolveForUse(reference).id)
             try stored.ensureNotErased()
@@ -281,6 +303,40 @@ extension Registry {
         )
     }
 
+    /// The limits `principal`'s inference grants put on a new session on `model` (through `alias`): the longest
+    /// lifetime, and the grant with the most predictions left with how many, each nil when some grant allowing the
+    /// session leaves it unbounded (or the registry checks no principals). A grant's predictions are spent by the
+    /// uses of the sessions opened under it since it was recorded, and held by the whole limit of those still open.
+    func sessionBound(
+        principal: String,
+        model: String,
+        alias: String?,
+        now: Date
+    ) async throws(CofferRegistryError) -> (seconds: Int?, predictions: (grant: Grant, left: Int)?) {
+        let state = try await ledgerState()
+        guard state.checksPrincipals else { return (nil, nil) }
+        let allowing = state.grants.filter { $0.principal == principal && $0.allows(.inference, on: model, alias: alias) }
+        guard !allowing.isEmpty else { return (nil, nil) }
+        var seconds: Int? = nil
+        if allowing.allSatisfy({ $0.maxSessionSeconds != nil }) { seconds = allowing.compactMap(\.maxSessionSeconds).max() }
+        guard allowing.allSatisfy({ $0.maxPredictions != nil }) else { return (seconds, nil) }
+        let sessions = try await metadata.sessions().filter { $0.session.principal == principal }
+        let time = Self.timestamp(now)
+        var best: (grant: Grant, left: Int)? = nil
+        for grant in allowing {
+            let since = state.limitsTime(of: grant) ?? ""
+            var spent = 0
+            for row in sessions where row.session.createdAt >= since && grant.covers(model: row.model, alias: row.session.alias) {
+                let s = row.session
+                let open = s.revokedAt == nil && s.wrappedKey != nil && s.expiresAt > time
+                spent += open ? max(s.maxUses ?? 0, s.uses) : s.uses
+            }
+            let left = max(0, grant.maxPredictions! - spent)
+            if best == nil || left > best!.left { best = (grant, left) }
+        }
+        return (seconds, best)
+    }
+
     /// Checks a token and takes one use of its session: refuses (and audits) unknown, revoked, expired and exhausted
     /// sessions, and those whose principal has lost the grant. Returns the version and its data key.
     func claimSession(_ token: borrowing SessionToken, now: Date, countingUse: Bool = true) async throws(CofferRegistryError) -> ClaimedSession {
@@ -291,7 +347,7 @@ extension Registry {
         }
         let session = row.session
         let id = session.id
-        try await check(session: row, now: now, countingUse: countingUse)
+        try await check(session: row, now: now, uses: countingUse ? 1 : 0)
         guard let wrapped = session.wrappedKey else { try await refuseSession(session.principal, id, "session \(id) holds no key any more") }
         let kek = token.keyEncryptionKey(id: id, expiresAt: session.expiresAt, maxUses: session.maxUses)
         let dataKey: KeyBox
@@ -313,17 +369,24 @@ extension Registry {
         guard let row = try await metadata.session(.id(id)), row.session.principal == principal else {
             try await refuseSession(principal, id, "unknown session \(id)")
         }
-        try await check(session: row, now: now, countingUse: false)
+        try await check(session: row, now: now, uses: 0)
     }
 
-    /// Takes one use of a session held by `principal` whose model is already open (a server's cache), after the
-    /// same checks as a token: not revoked, not expired, not exhausted, the grant still held.
-    public func useSession(id: String, principal: String, now: Date = Date()) async throws(CofferRegistryError) {
+    /// Takes `uses` uses (the rows a prediction answered) of a session held by `principal` whose model is already
+    /// open (a server's cache, or a command that predicted first), after the same checks as a token: not revoked, not
+    /// expired, not exhausted, enough uses left, the grant still held.
+    public func useSession(id: String, principal: String, uses: Int = 1, now: Date = Date()) async throws(CofferRegistryError) {
         guard let row = try await metadata.session(.id(id)), row.session.principal == principal else {
             try await refuseSession(principal, id, "unknown session \(id)")
         }
-        try await check(session: row, now: now, countingUse: true)
-        try await audit(principal: principal, action: "infer", target: id, outcome: .ok, reason: "\(row.model):\(row.version)")
+        try await check(session: row, now: now, uses: max(1, uses))
+        let rows = uses == 1 ? "1 prediction" : "\(uses) predictions"
+        try await audit(principal: principal, action: "infer", target: id, outcome: .ok, reason: "\(row.model):\(row.version), \(rows)")
+    }
+
+    /// Audits a prediction that failed (the model could not answer these rows): it spent no use.
+    public func recordFailedPrediction(session id: String, principal: String, reason: String) async throws(CofferRegistryError) {
+        try await audit(principal: principal, action: "infer", target: id, outcome: .failed, reason: reason)
     }
 
     /// Which of `ids` are still usable sessions (not revoked, expired or used up; their key copy kept), read without
@@ -351,7 +414,7 @@ extension Registry {
     }
 
     /// Refuses (and audits) a revoked, expired or exhausted session, or one whose principal lost the grant; takes a use.
-    private func check(session row: SessionRow, now: Date, countingUse: Bool) async throws(CofferRegistryError) {
+    private func check(session row: SessionRow, now: Date, uses: Int) async throws(CofferRegistryError) {
         let session = row.session
         let id = session.id
         let principal = session.principal
@@ -367,9 +430,12 @@ extension Registry {
         if let max = session.maxUses, session.uses >= max {
             try await refuseSession(principal, id, "session \(id) has used all \(max) of its uses")
         }
+        if let max = session.maxUses, session.uses + uses > max {
+            try await refuseSession(principal, id, "session \(id) has \(max - session.uses) of its \(max) uses left, and this call needs \(uses)")
+        }
         if session.wrappedKey == nil { try await refuseSession(principal, id, "session \(id) holds no key any more (revoked, expired or used up)") }
-        guard countingUse else { return }
-        if try await !metadata.takeSessionUse(id: id) {
+        guard uses > 0 else { return }
+        if try await !metadata.takeSessionUses(id: id, count: uses) {
             try await refuseSession(principal, id, "session \(id) has used all \(session.maxUses ?? 0) of its uses")
         }
     }

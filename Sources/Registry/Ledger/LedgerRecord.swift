@@ -151,9 +151,13 @@ public enum LedgerChange: Sendable, Equatable {
         case .principalRemove(let name):
             return ["name": .string(name)]
         case .grant(let grant), .revoke(let grant):
-            return [
+            var fields: [String: JSONValue] = [
                 "principal": .string(grant.principal), "role": .string(grant.role.rawValue), "scope": .string(grant.scope), "alias": s(grant.alias),
             ]
+            // Only when set: a grant without limits is the same bytes as before limits existed.
+            if let seconds = grant.maxSessionSeconds { fields["max_session_seconds"] = .number(Double(seconds)) }
+            if let predictions = grant.maxPredictions { fields["max_predictions"] = .number(Double(predictions)) }
+            return fields
         case .trustAdd(let name, let identity):
             return ["name": .string(name), "identity": identity.json]
         case .trustRemove(let keyID):
@@ -265,11 +269,18 @@ public enum LedgerChange: Sendable, Equatable {
         case "principal.remove":
             self = .principalRemove(name: try string("name"))
         case "grant", "revoke":
+            func limit(_ key: String) throws(LedgerError) -> Int? {
+                guard let value = f[key], value != .null else { return nil }
+                guard let whole = value.integerValue, whole >= 1 else { throw .malformed("\(kind): \(key) must be a whole number from 1") }
+                return Int(whole)
+            }
             let grant = Grant(
                 principal: try string("principal"),
                 role: try role(try string("role")),
                 scope: try string("scope"),
-                alias: try optionalString("alias")
+                alias: try optionalString("alias"),
+                maxSessionSeconds: try limit("max_session_seconds"),
+                maxPredictions: try limit("max_predictions")
             )
             self = kind == "grant" ? .grant(grant) : .revoke(grant)
         case "trust.add":

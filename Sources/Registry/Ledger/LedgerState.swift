@@ -102,6 +102,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
     public private(set) var adoptedThrough: Int64 = 1
     /// Bearer tokens by id: a token authenticates only if an admin's record minted it and none revoked it.
     public private(set) var tokens: [String: Token] = [:]
+    /// When each grant with limits was last recorded (its record's `at`), by ``Grant/limitKey``: a grant's prediction
+    /// limit counts the sessions opened from then on. Optional so that a state remembered before limits still decodes.
+    public private(set) var limitsSince: [String: String]? = nil
 
     public struct Token: Sendable, Equatable, Codable {
         public var facts: LedgerChange.TokenFacts
@@ -122,6 +125,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
 
     /// The principal whose key is `keyID`.
     public func principal(keyID: String) -> String? { principals.first { $0.value.keyID == keyID }?.key }
+
+    /// When `grant`'s limits took effect (nil for a grant without limits).
+    public func limitsTime(of grant: Grant) -> String? { limitsSince?[grant.limitKey] }
 
     /// Whether `principal` holds `role` on `model` (through `alias`). `model` nil: on every model (`*`).
     public func holds(_ principal: String, _ role: Role, on model: String?, alias: String? = nil) -> Bool {
@@ -332,7 +338,20 @@ public struct LedgerState: Sendable, Equatable, Codable {
         case .grant(let grant):
             guard principals[grant.principal] != nil else { throw fail("grants to \(grant.principal), who is not a principal") }
             guard Self.validScope(grant.scope) else { throw fail("grants on an invalid scope \(grant.scope)") }
-            insert(grant)
+            if grant.hasLimits {
+                guard grant.role == .inference else { throw fail("puts session limits on a \(grant.role.rawValue) grant") }
+                guard (grant.maxSessionSeconds ?? 1) <= 31_536_000, (grant.maxPredictions ?? 1) <= 1_000_000_000 else {
+                    throw fail("grants limits beyond 365 days or 10^9 predictions")
+                }
+            }
+            // The same grant with other limits replaces them; the same grant with the same limits changes nothing.
+            if !grants.contains(grant) {
+                grants.removeAll { $0.names(grant) }
+                grants.append(grant)
+                var since = limitsSince ?? [:]
+                since[grant.limitKey] = grant.hasLimits ? record.at : nil
+                limitsSince = since.isEmpty ? nil : since
+            }
         case .revoke(let grant):
             guard let index = grants.firstIndex(of: grant) else {
                 throw fail("revokes \(grant.summary) from \(grant.principal), who does not hold it")

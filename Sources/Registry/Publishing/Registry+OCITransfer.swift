@@ -195,6 +195,7 @@ extension Registry {
                 tags: [:],
                 parentID: nil,
                 wrapped: wrapped,
+                dataKey: dataKey,
                 overrideBy: nil,
                 signer: Signer(identity),
                 reason: { "sha256:\($0) (imported from \(source))" },

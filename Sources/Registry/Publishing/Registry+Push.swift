@@ -125,6 +125,7 @@ extension Registry {
                 tags: request.tags,
                 parentID: parentID,
                 wrapped: wrapped,
+                dataKey: dataKey,
                 overrideBy: overrideBy,
                 signer: Signer(publisher),
                 reason: { "sha256:\($0)" },
@@ -237,12 +238,16 @@ extension Registry {
     /// (budget, alias policy), its rows, its `version` record (and `alias.set` record) signed by `signer`, and the
     /// push's audit entry, in one transaction; prepared again when another writer appended first. `statement`
     /// signs (or re-signs, for an automatic version number) the statement on the state it is judged on.
+    /// `dataKey` is wrapped, beside `wrapped`, for every principal holding `decrypt` on the model in that same state
+    /// (``decryptHolders(of:in:)``): a grant reaches every version pushed after it, and a push that lost a race to a
+    /// grant or revocation is wrapped again for the state it finally commits on.
     func commitVersion(
         model: String,
         alias: String?,
         tags: [String: String],
         parentID: Int64?,
         wrapped: [(String, [UInt8])],
+        dataKey: KeyBox,
         overrideBy: String?,
         signer: Signer,
         reason: @Sendable (String) -> String,
@@ -254,6 +259,10 @@ extension Registry {
             let (signed, publisher) = try await statement(current)
             let statement = signed.statement
             let datasetID = statement.lineage.datasetID
+            var wrapped = wrapped
+            for holder in Self.decryptHolders(of: statement.model, in: current) where !wrapped.contains(where: { $0.0 == holder.keyID }) {
+                wrapped.append((holder.keyID, dataKey.key.wrap(for: holder).encoded))
+            }
             // Judged on the state this commit is built on: two pushes cannot both fit in the last of a budget.
             let charged = try Self.checkBudget(current, dataset: datasetID, privacy: statement.privacy, override: overrideBy != nil)
             let p = statement.privacy

@@ -36,12 +36,16 @@ public protocol BlobFetcher: Sendable {
 
 extension Registry {
     /// The package of a version for a remote client (`keyID`'s stanza only when `includeKey`), audited as a pull by
-    /// `principal`: the release of a wrapped key is what lets a client decrypt.
+    /// `principal`: the release of a wrapped key is what lets a client decrypt. A server passes the registry key it
+    /// holds as `registryIdentity`: a principal allowed to decrypt (`includeKey`) who holds no key for the version yet
+    /// (granted without the registry key, or a version older than its grant) gets one wrapped for its own registered
+    /// key now, and kept.
     public func package(
         _ reference: ModelReference,
         keyID: String?,
         includeKey: Bool,
-        for principal: String
+        for principal: String,
+        registryIdentity: UnlockedIdentity? = nil
     ) async throws(CofferRegistryError) -> VersionPackage {
         let stored = try await loadVersion(try await resolveForUse(reference).id)
         try stored.ensureNotErased()
@@ -49,15 +53,47 @@ extension Registry {
             throw .tampered("\(stored.model):\(stored.version) has no signed statement")
         }
         var stanza: Data? = nil
-        if includeKey, let keyID { stanza = try await metadata.wrappedKey(version: stored.id, recipient: keyID) }
+        var madeNow = false
+        if includeKey, let keyID {
+            stanza = try await metadata.wrappedKey(version: stored.id, recipient: keyID)
+            // Only for the principal's own key as the ledger names it: a caller cannot have a key wrapped for another.
+            if stanza == nil, let registryIdentity, let grantee = try await ledgerState().principals[principal], grantee.keyID == keyID {
+                try await requireCurrentRegistryKey(registryIdentity)
+                let head = VersionHead(id: stored.id, model: stored.model, version: stored.version, digest: stored.digest)
+                // Committed on the ledger's end, and only while the principal still holds decrypt there: a revocation
+                // that lands first leaves no key behind it.
+                let made = try await commitOnLedger { (state, work) async throws(CofferRegistryError) -> WrappedKeyRecord? in
+                    guard state.holds(principal, .decrypt, on: stored.model),
+                        let made = try await self.wrapWithRegistryKey([head], for: grantee, registryIdentity: registryIdentity).first
+                    else { return nil }
+                    work.changes.append(.putWrappedKeys([made]))
+                    return made
+                }
+                if let made {
+                    stanza = made.stanza
+                    madeNow = true
+                }
+            }
+        }
         let record = try await metadata.firstLedgerRecord(kind: "version", object: "version:\(stored.model):\(stored.version)")?.envelope
-        let released = stanza != nil ? "wrapped key \(keyID ?? "") released" : "signed documents only"
+        // Honest entries: a package asked for without a key is a remote verify (or show); one asked for with a key that
+        // is not released is a pull that fails, since the client cannot decrypt.
+        let action = keyID == nil ? "verify" : "pull"
+        let reason: String
+        if let keyID {
+            reason =
+                stanza != nil
+                ? "remote: wrapped key \(keyID) \(madeNow ? "wrapped on demand and " : "")released"
+                : "remote: no wrapped key released for \(keyID) (\(includeKey ? "not a recipient of this version" : "no decrypt role"))"
+        } else {
+            reason = "remote: signed documents only"
+        }
         try await audit(
             principal: principal,
-            action: "pull",
+            action: action,
             target: "\(stored.model):\(stored.version)",
-            outcome: .ok,
-            reason: "remote: \(released)"
+            outcome: keyID != nil && stanza == nil ? .failed : .ok,
+            reason: reason
         )
         return VersionPackage(
             model: stored.model,

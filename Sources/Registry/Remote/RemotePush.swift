@@ -250,6 +250,7 @@ extension Registry {
                 tags: prepared.tags,
                 parentID: parentID,
                 wrapped: wrapped,
+                dataKey: dataKey,
                 overrideBy: prepared.overrideBudget ? actor.name : nil,
                 signer: .registry(registryIdentity, for: actor),
                 reason: { "sha256:\($0) (over HTTP)" },

@@ -67,6 +67,8 @@ protocol MetadataStore: Sendable {
     func wrappedKey(version: Int64, recipient: String) async throws(CofferRegistryError) -> Data?
     func wrappedKeys(version: Int64) async throws(CofferRegistryError) -> [WrappedKeyRecord]
     func wrappedKeys(recipient: String) async throws(CofferRegistryError) -> [WrappedKeyRecord]
+    /// `recipient`'s wrapped keys of these versions, in one query (a share of 1,000 versions reads the registry's).
+    func wrappedKeys(recipient: String, versions: [Int64]) async throws(CofferRegistryError) -> [WrappedKeyRecord]
     /// A public identity the registry has met (a recipient, principal or trusted signer), by key ID.
     func knownIdentity(keyID: String) async throws(CofferRegistryError) -> Data?
 
@@ -76,9 +78,9 @@ protocol MetadataStore: Sendable {
     func tokens() async throws(CofferRegistryError) -> [APITokenRecord]
     func session(_ selector: SessionSelector) async throws(CofferRegistryError) -> SessionRow?
     func sessions() async throws(CofferRegistryError) -> [SessionRow]
-    /// Takes one use of a live session in one atomic step; false when it was revoked or used up meanwhile. The last
-    /// use destroys the session's key copy.
-    func takeSessionUse(id: String) async throws(CofferRegistryError) -> Bool
+    /// Takes `count` uses (rows predicted) of a live session in one atomic step; false when it was revoked meanwhile
+    /// or has fewer left. The last use destroys the session's key copy.
+    func takeSessionUses(id: String, count: Int) async throws(CofferRegistryError) -> Bool
     /// Takes one token of a session's bucket (`rate` per second, at most `burst`): nil when taken, else the seconds
     /// until one is available. Shared by every server over the store.
     func takeRateToken(session: String, rate: Double, burst: Int, now: Double) async throws(CofferRegistryError) -> Double?

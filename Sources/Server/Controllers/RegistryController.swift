@@ -70,7 +70,13 @@ struct RegistryController {
         try await registry.require(.reader, on: reference.name, by: holder.principal, action: "package", target: reference.description)
         let mayDecrypt = try await registry.holds(.decrypt, on: reference.name, holder.principal)
         let keyID = request.uri.queryParameters.get("key_id")
-        let package = try await registry.package(reference, keyID: keyID, includeKey: mayDecrypt, for: holder.principal.name)
+        let package = try await registry.package(
+            reference,
+            keyID: keyID,
+            includeKey: mayDecrypt,
+            for: holder.principal.name,
+            registryIdentity: mayDecrypt ? try await state.currentRegistryIdentity() : nil
+        )
         return try Response.json(package)
     }
 
@@ -273,9 +279,17 @@ struct RegistryController {
         try await dropOnRefusal(id) { () async throws(CofferRegistryError) in
             try await registry.checkSession(id: id, principal: holder.principal.name)
         }
-        let (view, predictions) = try loaded.session.predict(table)
-        // The registry says why a session is refused (unknown, revoked, expired, used up, grant lost) and counts the use.
-        try await dropOnRefusal(id) { () async throws(CofferRegistryError) in try await registry.useSession(id: id, principal: holder.principal.name)
+        let view: CheckpointView
+        let predictions: [[Float]]
+        do { (view, predictions) = try loaded.session.predict(table) } catch {
+            // A model that cannot answer spends nothing, and the log says the call failed rather than nothing at all.
+            try? await registry.recordFailedPrediction(session: id, principal: holder.principal.name, reason: error.description)
+            throw error
+        }
+        // The registry says why a session is refused (unknown, revoked, expired, used up, grant lost) and counts the
+        // uses: one per row answered.
+        try await dropOnRefusal(id) { () async throws(CofferRegistryError) in
+            try await registry.useSession(id: id, principal: holder.principal.name, uses: table.rowCount)
         }
         let rows = predictionRows(predictions, tasks: view.architecture.tasks, preprocessing: view.preprocessing, rows: table.rowCount)
         return try Response.json(PredictAnswer(predictions: rows))

@@ -755,6 +755,20 @@ final class PostgresMetadataStore: MetadataStore {
         }
     }
 
+    func wrappedKeys(recipient: String, versions: [Int64]) async throws(CofferRegistryError) -> [WrappedKeyRecord] {
+        try await opening {
+            () async throws(CofferRegistryError) -> [WrappedKeyRecord] in
+            try await fetchAll(
+                WrappedKeyRecord.self,
+                "SELECT * FROM wrapped_keys WHERE recipient_key_id = \(recipient) AND version_id = ANY(\(versions)) ORDER BY version_id"
+            )
+        } open: { rows throws(CofferRegistryError) in
+            var opened: [WrappedKeyRecord] = []
+            for row in rows { opened.append(try openStanza(row)) }
+            return opened
+        }
+    }
+
     func knownIdentity(keyID: String) async throws(CofferRegistryError) -> Data? {
         try await scalar(
             Data.self,
@@ -821,16 +835,16 @@ final class PostgresMetadataStore: MetadataStore {
         try await sessionRows("\(unescaped: Self.sessionSelect) ORDER BY s.created_at COLLATE \"C\", s.id")
     }
 
-    func takeSessionUse(id: String) async throws(CofferRegistryError) -> Bool {
+    func takeSessionUses(id: String, count: Int) async throws(CofferRegistryError) -> Bool {
         // One UPDATE on the shared row: two servers taking the last use at once cannot both succeed (the second waits
         // for the first's row lock, then finds uses = max_uses). The last use clears the key copy in the same
         // statement and marks a rotation due, so no copy of it stays openable.
         let exhausted: Bool? = try await database.transaction { connection in
             let rows = try await connection.rows(
                 """
-                UPDATE sessions SET uses = uses + 1,
-                    wrapped_key = CASE WHEN max_uses IS NOT NULL AND uses + 1 >= max_uses THEN NULL ELSE wrapped_key END
-                WHERE id = \(id) AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)
+                UPDATE sessions SET uses = uses + \(count),
+                    wrapped_key = CASE WHEN max_uses IS NOT NULL AND uses + \(count) >= max_uses THEN NULL ELSE wrapped_key END
+                WHERE id = \(id) AND revoked_at IS NULL AND (max_uses IS NULL OR uses + \(count) <= max_uses)
                 RETURNING max_uses IS NOT NULL AND uses >= max_uses
                 """
             )

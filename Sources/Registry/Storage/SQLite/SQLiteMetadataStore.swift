@@ -573,6 +573,13 @@ final class SQLiteMetadataStore: MetadataStore {
         }
     }
 
+    func wrappedKeys(recipient: String, versions: [Int64]) async throws(CofferRegistryError) -> [WrappedKeyRecord] {
+        try await read { db in
+            try WrappedKeyRecord.filter(WrappedKeyRecord.Columns.recipientKeyID == recipient && versions.contains(WrappedKeyRecord.Columns.versionID))
+                .order(WrappedKeyRecord.Columns.versionID).fetchAll(db)
+        }
+    }
+
     func knownIdentity(keyID: String) async throws(CofferRegistryError) -> Data? {
         try await read { db in
             try Data.fetchOne(
@@ -624,11 +631,11 @@ final class SQLiteMetadataStore: MetadataStore {
         try await read { db in try Row.fetchAll(db, sql: "\(Self.sessionSelect) ORDER BY s.created_at").map(Self.sessionRow) }
     }
 
-    func takeSessionUse(id: String) async throws(CofferRegistryError) -> Bool {
+    func takeSessionUses(id: String, count: Int) async throws(CofferRegistryError) -> Bool {
         try await write { db in
             try db.cachedStatement(
-                sql: "UPDATE sessions SET uses = uses + 1 WHERE id = ? AND revoked_at IS NULL AND (max_uses IS NULL OR uses < max_uses)"
-            ).execute(arguments: [id])
+                sql: "UPDATE sessions SET uses = uses + ?2 WHERE id = ?1 AND revoked_at IS NULL AND (max_uses IS NULL OR uses + ?2 <= max_uses)"
+            ).execute(arguments: [id, count])
             guard db.changesCount == 1 else { return false }
             // The last use destroys the key copy: an exhausted session opens nothing, even from a copy of the database.
             try db.cachedStatement(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ? AND max_uses IS NOT NULL AND uses >= max_uses")
