@@ -1,3 +1,4 @@
+import CofferCrypto
 import Foundation
 
 /// A site's life over HTTP: join, then poll, handle, submit until the federation is over.
@@ -29,7 +30,10 @@ public struct SiteRunner: Sendable {
             guard let task = try await exchange("/v1/fl/poll", site.pollRequest(), wait: Coordinator.pollWait + .seconds(30)) else { continue }
             let submission: SignedMessage?
             do throws(FederatedError) {
-                submission = try site.handle(task)
+                // Local training is seconds of CPU: on a thread of its own, so that the site's HTTP exchanges, and a
+                // server's other requests when the site shares its process, never wait behind it on the cooperative pool.
+                let site = self.site
+                submission = try await Offload.run { () throws(FederatedError) -> SignedMessage? in try site.handle(task) }
             } catch {
                 site.log("refused a task: \(error.description)")
                 continue
