@@ -45,7 +45,10 @@ struct PassphraseOptions: ParsableArguments {
         do {
             // A lost agent mid-command ends it with one line; the registry's crash guarantees cover what was under way.
             guard let held = try agent.identity(for: publicIdentity, onLost: { Coffer.fail($0.description) }) else {
-                if verbose { note("the agent at \(agent.path) does not hold \(publicIdentity.name) (\(publicIdentity.keyID))") }
+                if verbose {
+                    let who = "\(publicIdentity.name) (\(publicIdentity.keyID))"
+                    note("the agent at \(agent.path) does not hold \(who): not added, expired, or the agent is locked")
+                }
                 return nil
             }
             if verbose { note("\(publicIdentity.name) (\(publicIdentity.keyID)): using the agent at \(agent.path), no passphrase") }
