@@ -121,6 +121,8 @@ struct AgentCommandTests {
 
         // Removed from the agent: the passphrase is needed again.
         #expect(try agent.run(["agent", "remove", "keys/alice.pub"]).status == 0)
+        expectFailure(try agent.run(["agent", "remove", "keys/alice.key"]), "the agent does not hold key")
+        expectFailure(try agent.run(["agent", "add", "keys/alice.key"], passphrase: "not it"), "wrong passphrase")
         expectFailure(try agent.run(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.again"), dir.path("w.sealed")]), "no passphrase")
         let withPassphrase = try agent.run(
             ["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.again"), dir.path("w.sealed"), "--verbose"],
