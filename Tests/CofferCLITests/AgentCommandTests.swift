@@ -25,6 +25,9 @@ struct AgentCommandTests {
         #expect(lstat(directory, &info) == 0)
         #expect(info.st_mode & 0o777 == 0o700, "directory mode \(String(info.st_mode & 0o777, radix: 8))")
         #expect(info.st_uid == geteuid())
+        // A passphrase in the environment of `agent start` is not handed on to the long-lived agent.
+        let environ = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(agent.pid)/environ"))) ?? Data()
+        #expect(!environ.isEmpty && !String(decoding: environ, as: UTF8.self).contains("COFFER_PASSPHRASE="))
 
         let listed = try agent.run(["agent", "list"])
         #expect(listed.status == 0 && listed.stdoutText.isEmpty, "\(listed.stderr)")
@@ -273,7 +276,7 @@ final class AgentProcess {
 
     init(_ dir: Scratch) throws {
         self.dir = dir
-        let started = try runCoffer(["agent", "start"], in: dir, environment: ["XDG_RUNTIME_DIR": dir.url.path])
+        let started = try runCoffer(["agent", "start"], in: dir, passphrase: "not for the agent", environment: ["XDG_RUNTIME_DIR": dir.url.path])
         #expect(started.status == 0, "agent start: \(started.stderr)")
         let output = started.stdoutText
         startOutput = output

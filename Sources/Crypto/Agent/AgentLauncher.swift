@@ -34,7 +34,9 @@ public enum AgentLauncher {
         _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
         _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
-        let envp = ProcessInfo.processInfo.environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        // The agent never reads a passphrase from its environment: it does not inherit one to keep for its whole life.
+        let environment = ProcessInfo.processInfo.environment.filter { $0.key != "COFFER_PASSPHRASE" }
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
             for pointer in argv + envp { free(pointer) }
         }
