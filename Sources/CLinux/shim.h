@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 
 /// Fixes glibc's mmap threshold: allocations of `bytes` or more are mapped and unmapped, never kept in an arena.
 static inline int coffer_set_mmap_threshold(int bytes) {
@@ -30,4 +31,11 @@ static inline int coffer_lock_on_fault(void *start, size_t length) {
     (void)madvise(start, length, MADV_DONTDUMP);
     return mlock2(start, length, MLOCK_ONFAULT);
 }
+
+/// Makes this process non-dumpable: no core file, and no ptrace or /proc/PID/mem by other processes of the same
+/// uid (only by root, or a holder of CAP_SYS_PTRACE). prctl is variadic, so Swift cannot call it directly.
+static inline int coffer_forbid_dumps(void) {
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
 #endif

@@ -25,6 +25,9 @@ enum FuzzTarget: String, CaseIterable {
     case jsonBody = "json-body"
     /// A ledger record's envelope and payload, applied to a fresh ledger state.
     case ledgerRecord = "ledger-record"
+    /// A frame body on the agent's socket: a request (what a malicious client of the same uid sends the agent) and
+    /// an answer (what a client reads from whatever listens at COFFER_AGENT_SOCK).
+    case agentMessage = "agent-message"
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -74,6 +77,20 @@ enum FuzzTarget: String, CaseIterable {
             guard let record = try? LedgerRecord(envelope: bytes) else { return }
             var state = LedgerState(registry: record.registry)
             try? state.apply(record)
+        case .agentMessage:
+            bytes.withUnsafeBytes { body in
+                // Secret fields are named by range, to be copied from the frame: a range must lie inside it.
+                switch try? AgentRequest(parsing: body) {
+                case .add(_, let secrets, _) where secrets.count != 96 || secrets.upperBound > body.count:
+                    fatalError("add secrets \(secrets) outside a body of \(body.count) bytes")
+                case .lock(let range), .unlock(let range):
+                    if range.isEmpty || range.upperBound > body.count { fatalError("passphrase \(range) outside a body of \(body.count) bytes") }
+                default: break
+                }
+                if case .dataKey(let key) = try? AgentResponse(parsing: body), key.count != 32 || key.upperBound > body.count {
+                    fatalError("data key \(key) outside a body of \(body.count) bytes")
+                }
+            }
         }
     }
 

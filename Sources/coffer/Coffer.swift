@@ -21,7 +21,7 @@ struct Coffer: AsyncParsableCommand {
             Split.self,
             PrincipalCommand.self, GrantCommand.self, RevokeCommand.self, Share.self, Unshare.self,
             SessionCommand.self, Infer.self, Audit.self, Budget.self, Policy.self, Erase.self, Key.self, Recipient.self, Rekey.self,
-            Serve.self, Token.self, Migrate.self, Export.self, Import.self, Federated.self,
+            Serve.self, Token.self, Migrate.self, Export.self, Import.self, Federated.self, AgentCommand.self,
         ]
     )
 

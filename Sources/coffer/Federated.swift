@@ -176,7 +176,7 @@ extension Coffer.Federated {
             // Fail early on registry and identity problems, before any site trains.
             let store = await push == nil ? nil : try registry.open()
             let recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
-            let signer = try passphraseOptions.unlockIdentity(at: identity)
+            let signer = try passphraseOptions.unlockIdentity(at: identity, useAgent: false)
             let core = try Federation.check { () throws(FederatedError) in
                 try CoordinatorCore(configuration: configuration, recipe: recipe, identity: signer, sites: sites)
             }
@@ -392,7 +392,7 @@ extension Coffer.Federated {
             let coordinatorIdentity = try PublicIdentity(contentsOf: coordinatorKey)
             let peers = peer.isEmpty ? nil : try peer.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let local = try Federation.check { () throws(FederatedError) in try LocalData(path: data, recipe: recipe) }
-            let unlocked = try passphraseOptions.unlockIdentity(at: identity)
+            let unlocked = try passphraseOptions.unlockIdentity(at: identity, useAgent: false)
             let site: FederatedSite
             do {
                 site = try FederatedSite(

@@ -61,7 +61,7 @@ extension Coffer {
                 throw CLIError("--predict-rate must be positive, --predict-burst and --max-predict-rows at least 1")
             }
             let store = try await registry.open()
-            let unlocked = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
+            let unlocked = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key", useAgent: false)
             var logger = Logger(label: "coffer.server")
             logger.logLevel = .info
             let shown = host.contains(":") ? "[\(host)]" : host

@@ -31,6 +31,8 @@ def main():
     parser.add_argument("--versions", type=int, default=100_000)
     parser.add_argument("--json-out", default=None, help="also write the figures per size as JSON")
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--agent-sizes", default="1,16", help="comma-separated MiB sizes for the agent lines ('' to skip)")
+    parser.add_argument("--agent-only", action="store_true", help="run only the agent lines")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size_mib]
 
@@ -44,6 +46,10 @@ def main():
         subprocess.run(["age-keygen", "-o", os.path.join(work, "age.key")], check=True, stderr=subprocess.DEVNULL)
         recipient = next(l.split()[-1] for l in open(os.path.join(work, "age.key")) if l.startswith("# public key"))
         key = os.path.join(work, "pub.key")
+        if args.agent_sizes:
+            agent_lines(args, work, env, null, recipient, [int(s) for s in args.agent_sizes.split(",")])
+        if args.agent_only:
+            return
         figures = {}
         for size in sizes:
             figures[size] = push_pull(args, work, env, null, key, recipient, size)
@@ -122,6 +128,70 @@ def push_pull(args, work, env, null, key, recipient, size_mib):
     print(f"push / (age -r + fsync), {size_mib} MiB, ratio of medians: {med['coffer push'] / med['age -r + fsync']:.3f}  (equal durability)")
     print(f"pull / (age -d + fsync), {size_mib} MiB, ratio of medians: {med['coffer pull'] / med['age -d + fsync']:.3f}  (equal durability)")
     return {k: {"median_s": med[k], "min_s": min(times[k]), "peak_rss_mib": rss[k]} for k in times} | {"paired_ratio": paired}
+
+
+def agent_lines(args, work, env, null, recipient, sizes):
+    """Push and pull with the identity in `coffer agent` against the same commands unlocking it with its passphrase
+    (Coffer's default Argon2id cost, 3 passes over 32 MiB, as a user's key has it) and against age + fsync, rounds
+    alternating the order; prints the medians and the same-run ratios."""
+    key = os.path.join(work, "agent-id.key")
+    subprocess.run([args.coffer, "keygen", "--out", os.path.join(work, "agent-id")], check=True, env=env, stdout=null)
+    runtime = tempfile.mkdtemp(prefix="rt-", dir=work)
+    started = subprocess.run([args.coffer, "agent", "start"], check=True, capture_output=True, env=dict(env, XDG_RUNTIME_DIR=runtime))
+    lines = dict(part.strip().split("=", 1) for part in started.stdout.decode().split(";") if "=" in part)
+    socket, pid = lines["COFFER_AGENT_SOCK"].strip("'"), int(lines["COFFER_AGENT_PID"])
+    with_agent = {k: v for k, v in env.items() if k != "COFFER_PASSPHRASE"} | {"COFFER_AGENT_SOCK": socket}
+    without_agent = {k: v for k, v in env.items() if k != "COFFER_AGENT_SOCK"}
+    try:
+        subprocess.run([args.coffer, "agent", "add", key], check=True, env=dict(with_agent, COFFER_PASSPHRASE=env["COFFER_PASSPHRASE"]), stderr=null)
+        home = env["COFFER_HOME"]
+        for size_mib in sizes:
+            plain = os.path.join(work, "weights.bin")
+            make_file(plain, size_mib * MIB)
+            names = ("push, agent", "push, passphrase", "age -r + fsync", "pull, agent", "pull, passphrase", "age -d + fsync")
+            times = {k: [] for k in names}
+            shutil.rmtree(home, ignore_errors=True)
+            subprocess.run([args.coffer, "init"], check=True, env=env, stdout=null)
+            subprocess.run([args.coffer, "trust", "add", os.path.join(work, "agent-id.pub")], check=True, env=env, stdout=null)
+            n = 0
+            for r in range(args.rounds):
+                order = [0, 1, 2] if r % 2 == 0 else [2, 1, 0]
+                versions = {}
+                for side in order:
+                    if side == 2:
+                        sealed = os.path.join(work, "w.age")
+                        times["age -r + fsync"].append(run(["sh", "-c", 'age -r "$0" -o "$1" "$2" && sync "$1"', recipient, sealed, plain], cold=True)[0])
+                    else:
+                        n += 1
+                        versions[side] = n
+                        label, side_env = (("push, agent", with_agent), ("push, passphrase", without_agent))[side]
+                        times[label].append(run([args.coffer, "push", f"agentbench:{n}", plain, "--identity", key], env=side_env, cold=True)[0])
+                for side in order:
+                    out = os.path.join(work, "out")
+                    shutil.rmtree(out, ignore_errors=True)
+                    os.makedirs(out)
+                    if side == 2:
+                        times["age -d + fsync"].append(run(["sh", "-c", 'age -d -i "$0" -o "$1" "$2" && sync "$1"', os.path.join(work, "age.key"),
+                                                            os.path.join(out, "weights.bin"), os.path.join(work, "w.age")], cold=True)[0])
+                    else:
+                        label, side_env = (("pull, agent", with_agent), ("pull, passphrase", without_agent))[side]
+                        times[label].append(run([args.coffer, "pull", f"agentbench:{versions[side]}", "--identity", key, "--out", out], env=side_env, cold=True)[0])
+            shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
+            os.remove(plain)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(f"# agent lines: {size_mib} MiB, {args.rounds} alternating rounds; identity at Coffer's default Argon2id cost")
+            for k in names:
+                print(f"{k:<18}{med[k] * 1000:>10.1f} ms median{min(times[k]) * 1000:>10.1f} ms min")
+            for side, anchor in (("push", "age -r + fsync"), ("pull", "age -d + fsync")):
+                print(f"{side} {size_mib} MiB: agent / ({anchor}) {med[f'{side}, agent'] / med[anchor]:.2f}, "
+                      f"passphrase / ({anchor}) {med[f'{side}, passphrase'] / med[anchor]:.2f}, "
+                      f"agent / passphrase {med[f'{side}, agent'] / med[f'{side}, passphrase']:.2f}")
+    finally:
+        subprocess.run([args.coffer, "agent", "stop"], env=with_agent, stdout=null, stderr=null)
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
 
 
 def queries(args, work, env, null):

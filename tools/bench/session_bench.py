@@ -105,6 +105,38 @@ def http_session(c, coffer, work, home, env, rounds, unseal_median):
     print(f"ratio server session / unseal: {median / unseal_median:.2f}  (the CLI path above is the one the target is set for)")
 
 
+def agent_lines(coffer, work, home, env, rounds):
+    """The same two paths with alice's identity in `coffer agent` (no passphrase, no Argon2id in either process),
+    rounds alternating with the passphrase anchor measured above."""
+    runtime = tempfile.mkdtemp(prefix="rt-", dir=work)
+    started = subprocess.run([coffer, "agent", "start"], check=True, capture_output=True, env=dict(env, XDG_RUNTIME_DIR=runtime))
+    lines = dict(part.strip().split("=", 1) for part in started.stdout.decode().split(";") if "=" in part)
+    socket, pid = lines["COFFER_AGENT_SOCK"].strip("'"), int(lines["COFFER_AGENT_PID"])
+    agent_env = {k: v for k, v in env.items() if k != "COFFER_PASSPHRASE"} | {"COFFER_AGENT_SOCK": socket}
+    try:
+        subprocess.run([coffer, "agent", "add", f"{work}/alice.key"], check=True, capture_output=True, env=dict(agent_env, COFFER_PASSPHRASE=env["COFFER_PASSPHRASE"]))
+        unseal_times, session_times, passphrase_unseal = [], [], []
+        for _ in range(rounds):
+            passphrase_unseal.append(run([coffer, "unseal", "--identity", f"{work}/alice.key", "-o", "-", f"{work}/model.cfs"], env=env)[0])
+            unseal_times.append(run([coffer, "unseal", "--identity", f"{work}/alice.key", "-o", "-", f"{work}/model.cfs"], env=agent_env)[0])
+            start = time.perf_counter()
+            token = subprocess.run([coffer, "session", "open", "big/model@prod", "--identity", f"{work}/alice.key", "--ttl", "5m", "--home", home],
+                                   check=True, capture_output=True, env=agent_env).stdout.decode().strip()
+            opened = time.perf_counter() - start
+            t, _ = run([coffer, "infer", "--session", token, "--input", f"{work}/rows.csv", "--home", home], env=agent_env)
+            session_times.append(opened + t)
+        mp, ma, ms = statistics.median(passphrase_unseal), statistics.median(unseal_times), statistics.median(session_times)
+        print(f"coffer unseal -o -, identity in the agent   {ma * 1000:8.0f} ms   (passphrase, same rounds: {mp * 1000:.0f} ms; ratio {ma / mp:.2f})")
+        print(f"session open + infer, identity in the agent {ms * 1000:8.0f} ms")
+        print(f"ratio agent session / passphrase unseal: {ms / mp:.2f}  (target <= 1.2); / agent unseal: {ms / ma:.2f}")
+    finally:
+        subprocess.run([coffer, "agent", "stop"], env=agent_env, capture_output=True)
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--coffer", required=True)
@@ -144,6 +176,7 @@ def main():
         print(f"session open + infer (first prediction)     {ms * 1000:8.0f} ms   peak RSS {max(infer_rss):6.1f} MiB (infer)")
         print(f"  of which session open (Argon2id unlock, signature check, key rewrap): {statistics.median(open_times) * 1000:.0f} ms")
         print(f"ratio session / unseal: {ms / mu:.2f}  (target <= 1.2)")
+        agent_lines(coffer, work, home, env, args.rounds)
         http_session(c, coffer, work, home, env, args.rounds, mu)
 
         fill_audit_log(f"{home}/registry.sqlite", args.entries)

@@ -4,7 +4,9 @@ import Crypto
 /// A private identity: an Ed25519 signing key, an X25519 encryption key and an ECDSA P-256 signing key.
 ///
 /// All three secrets live in ``SecureBytes``; the type is `~Copyable`. On disk it is a `NAME.key`
-/// file encrypted under a passphrase (``encrypt(passphrase:parameters:)``, docs/FORMAT.md).
+/// file encrypted under a passphrase (``encrypt(passphrase:parameters:)``, docs/FORMAT.md). An identity held by a
+/// `coffer agent` (``AgentConnection/identity(for:onLost:)``) has no secrets here at all: it signs and unwraps
+/// by asking the agent, so the rest of Coffer uses either kind the same way.
 ///
 /// ```swift
 /// let alice = try Identity.generate(name: "alice")
@@ -19,6 +21,27 @@ public struct Identity: ~Copyable {
     let x25519Secret: SecureBytes
     /// The P-256 private scalar, 32 bytes big-endian.
     let p256Secret: SecureBytes
+    /// Set when the private keys are in an agent; the four buffers above are then empty.
+    let agent: AgentKey?
+
+    /// Whether the private keys are held by a `coffer agent` rather than in this process.
+    public var isHeldByAgent: Bool { agent != nil }
+
+    /// The socket of the agent holding the private keys, if one does.
+    public var agentPath: String? { agent?.connection.path }
+
+    /// An identity whose private keys stay in an agent.
+    init(agentHeld publicIdentity: PublicIdentity, key: AgentKey) {
+        self.publicIdentity = publicIdentity
+        self.ed25519Seed = SecureBytes(count: 0)
+        self.ed25519Secret = SecureBytes(count: 0)
+        self.x25519Secret = SecureBytes(count: 0)
+        self.p256Secret = SecureBytes(count: 0)
+        self.agent = key
+    }
+
+    /// The raw 16 bytes of the key ID, as the agent protocol names an identity.
+    var keyIDBytes: [UInt8] { Digest.bytes(fromHex: publicIdentity.keyID) ?? [] }
 
     /// Creates a new identity from libsodium's CSPRNG.
     public static func generate(name: String) throws(CofferCryptoError) -> Identity {
@@ -62,10 +85,12 @@ public struct Identity: ~Copyable {
         self.ed25519Secret = edSecret
         self.x25519Secret = x25519Secret
         self.p256Secret = p256Secret
+        self.agent = nil
     }
 
-    /// The 96 secret bytes in key-file order.
+    /// The 96 secret bytes in key-file order (a local identity's only: an agent's never leave it).
     func secretBytes() -> SecureBytes {
+        precondition(agent == nil, "an agent-held identity has no secret bytes here")
         let out = SecureBytes(count: 96)
         out.withUnsafeMutableBytes { out in
             ed25519Seed.withUnsafeBytes { out.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: 32) }
@@ -80,7 +105,15 @@ public struct Identity: ~Copyable {
 
 extension Identity {
     /// Ed25519 detached signature (64 bytes) over `message`.
+    ///
+    /// An agent-held identity asks its agent; when no signature can be had, the identity's `onLost` ends the process
+    /// (signing has no error path, and no caller could go on without the signature).
     public func signEd25519(_ message: [UInt8]) -> [UInt8] {
+        if let agent {
+            do throws(CofferCryptoError) { return try agent.connection.signEd25519(keyID: keyIDBytes, message: message) } catch {
+                agent.onLost(error)
+            }
+        }
         var signature = [UInt8](repeating: 0, count: 64)
         ed25519Secret.withUnsafeBytes { sk in
             _ = crypto_sign_detached(&signature, nil, message, UInt64(message.count), sk.baseAddress!.assumingMemoryBound(to: UInt8.self))
@@ -90,7 +123,10 @@ extension Identity {
 
     /// ECDSA P-256 signature with SHA-256 over `message`, DER-encoded (as Sigstore bundles carry it).
     public func signP256(_ message: [UInt8]) -> [UInt8] {
-        p256Secret.withUnsafeBytes { scalar in
+        if let agent {
+            do throws(CofferCryptoError) { return try agent.connection.signP256(keyID: keyIDBytes, message: message) } catch { agent.onLost(error) }
+        }
+        return p256Secret.withUnsafeBytes { scalar in
             // The scalar was validated when the identity was built, so neither call can fail.
             let key = try! P256.Signing.PrivateKey(rawRepresentation: scalar)
             return Array(try! key.signature(for: message).derRepresentation)

@@ -33,6 +33,7 @@ extension Identity {
     /// Encrypts the identity under `passphrase` and returns the key-file bytes.
     public func encrypt(passphrase: borrowing SecureBytes, parameters: KDFParameters = .default) throws(CofferCryptoError) -> [UInt8] {
         guard KDFParameters.acceptable(parameters) else { throw .invalidKey("Argon2id parameters outside the accepted limits") }
+        guard agent == nil else { throw .agent("the private keys of \(publicIdentity.name) are in the agent and never leave it") }
         let salt = Sodium.randomPublicBytes(16)
         let nonce = Sodium.randomPublicBytes(24)
         var writer = ByteWriter()

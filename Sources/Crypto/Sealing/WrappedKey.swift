@@ -73,6 +73,7 @@ public enum WrappedKey: Sendable, Hashable {
     public func unwrap(with identity: borrowing Identity) throws(CofferCryptoError) -> SecretKey {
         guard case .x25519(let hint, let box) = self else { throw .unwrapFailed("not an X25519 stanza") }
         guard hint == identity.publicIdentity.recipientHint else { throw .notARecipient }
+        if let agent = identity.agent { return try agent.connection.unwrap(keyID: identity.keyIDBytes, stanza: encoded) }
         let key = SecureBytes(count: SecretKey.byteCount)
         let status = identity.x25519Secret.withUnsafeBytes { secret in
             key.withUnsafeMutableBytes { out in

@@ -30,6 +30,7 @@ public enum CofferCryptoError: Error, Equatable, CustomStringConvertible {
     case invalidKey(String)
     case invalidChunkSize(Int)
     case subjectMismatch(String)
+    case agent(String)
 
     public var description: String {
         switch self {
@@ -61,6 +62,7 @@ public enum CofferCryptoError: Error, Equatable, CustomStringConvertible {
         case .invalidKey(let why): "invalid key: \(why)"
         case .invalidChunkSize(let size): "invalid chunk size \(size): use a power of two from 4 KiB to 16 MiB"
         case .subjectMismatch(let why): "attestation subject mismatch: \(why)"
+        case .agent(let why): "agent: \(why)"
         }
     }
 }

@@ -1,0 +1,433 @@
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `coffer agent` driven through the built binary: real agent processes on real sockets, commands that use them
+/// with no passphrase anywhere, and clients the agent must refuse.
+struct AgentCommandTests {
+    // MARK: - Starting, permissions, stopping
+
+    @Test func startPrintsShellLinesListensPrivatelyAndStopRemovesEverything() throws {
+        let dir = try Scratch()
+        let agent = try AgentProcess(dir)
+        // eval-able lines, as ssh-agent prints them.
+        #expect(agent.startOutput.contains("COFFER_AGENT_SOCK='\(agent.socket)'; export COFFER_AGENT_SOCK;"), "\(agent.startOutput)")
+        #expect(agent.startOutput.contains("COFFER_AGENT_PID=\(agent.pid); export COFFER_AGENT_PID;"))
+        #expect(agent.socket.hasPrefix(dir.url.path + "/coffer-agent."), "under $XDG_RUNTIME_DIR: \(agent.socket)")
+        var info = stat()
+        #expect(lstat(agent.socket, &info) == 0)
+        #expect(info.st_mode & S_IFMT == S_IFSOCK)
+        #expect(info.st_mode & 0o777 == 0o600, "socket mode \(String(info.st_mode & 0o777, radix: 8))")
+        let directory = (agent.socket as NSString).deletingLastPathComponent
+        #expect(lstat(directory, &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o700, "directory mode \(String(info.st_mode & 0o777, radix: 8))")
+        #expect(info.st_uid == geteuid())
+        // A passphrase in the environment of `agent start` is not handed on to the long-lived agent.
+        let environ = (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(agent.pid)/environ"))) ?? Data()
+        #expect(!environ.isEmpty && !String(decoding: environ, as: UTF8.self).contains("COFFER_PASSPHRASE="))
+
+        let listed = try agent.run(["agent", "list"])
+        #expect(listed.status == 0 && listed.stdoutText.isEmpty, "\(listed.stderr)")
+        let stopped = try agent.run(["agent", "stop"])
+        #expect(stopped.status == 0, "\(stopped.stderr)")
+        #expect(agent.waitForExit(), "the agent exits on stop")
+        #expect(!FileManager.default.fileExists(atPath: agent.socket))
+        #expect(!FileManager.default.fileExists(atPath: directory))
+        expectFailure(try agent.run(["agent", "list"]), "no agent at \(agent.socket)")
+    }
+
+    @Test func withoutAnAgentTheCommandsSayHowToStartOne() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        expectFailure(try runCoffer(["agent", "add", "keys/alice.key"], in: dir), "COFFER_AGENT_SOCK is not set: start an agent with eval")
+        expectFailure(try runCoffer(["agent", "list"], in: dir), "COFFER_AGENT_SOCK is not set")
+        expectFailure(
+            try runCoffer(["agent", "start", "--foreground", "--socket", dir.path("missing/dir/agent.sock")], in: dir),
+            "cannot listen at \(dir.path("missing/dir/agent.sock"))"
+        )
+    }
+
+    @Test func anotherUidIsRefusedByTheSocketModeAndByItsPeerCredentials() throws {
+        guard geteuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else {
+            Issue.record("needs root and setpriv to run a client under another uid")
+            return
+        }
+        let dir = try Scratch()
+        // uid 65534 must be able to reach the binary and the scratch directory to run at all.
+        _ = chmod(dir.url.path, 0o755)
+        let agent = try AgentProcess(dir)
+        try dir.keygen("alice")
+        #expect(try agent.run(["agent", "add", "keys/alice.key"], passphrase: "test passphrase").status == 0)
+
+        let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CofferProcess.binary]
+        // The private directory (0700) keeps the other uid from the socket.
+        expectFailure(try agent.run(["agent", "list"], launcher: nobody), "Permission denied")
+        // With the directory and socket opened up (a mistake, a bind mount, a passed descriptor), SO_PEERCRED still refuses.
+        let directory = (agent.socket as NSString).deletingLastPathComponent
+        #expect(chmod(directory, 0o755) == 0 && chmod(agent.socket, 0o666) == 0)
+        expectFailure(try agent.run(["agent", "list"], launcher: nobody), "refused: the agent serves uid 0 only, not uid 65534")
+        expectFailure(try agent.run(["agent", "stop"], launcher: nobody), "refused: the agent serves uid 0 only, not uid 65534")
+        // The refused client changed nothing: the agent still runs and holds alice.
+        let listed = try agent.run(["agent", "list"])
+        #expect(listed.status == 0 && listed.stdoutText.hasPrefix("alice  "), "\(listed.stdoutText) \(listed.stderr)")
+    }
+
+    // MARK: - Using the agent
+
+    @Test func pushPullUnsealAndSignUseTheAgentWithNoPassphraseAnywhere() throws {
+        let dir = try Scratch()
+        let agent = try AgentProcess(dir)
+        #expect(try runCoffer(["init", "--home", dir.path("home")], in: dir, passphrase: "test passphrase").status == 0)
+        try dir.keygen("alice")
+        try FileManager.default.createDirectory(atPath: dir.path("model"), withIntermediateDirectories: true)
+        let weights = randomData(300_000)
+        try dir.write("model/model.safetensors", weights)
+        // Pull checks the publisher against the registry's trusted signers (trust add signs with registry.key).
+        #expect(try runCoffer(["trust", "add", "keys/alice.pub", "--home", dir.path("home")], in: dir, passphrase: "test passphrase").status == 0)
+
+        // Before add: the agent does not hold alice, and there is no passphrase, so the command stops at the key.
+        let refused = try agent.run(["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home"), "--verbose"])
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("the agent at \(agent.socket) does not hold alice"), "\(refused.stderr)")
+        #expect(refused.stderr.contains("no passphrase"), "\(refused.stderr)")
+
+        let added = try agent.run(["agent", "add", "keys/alice.key", "--ttl", "1h"], passphrase: "test passphrase")
+        #expect(added.status == 0 && added.stderr.contains("added alice"), "\(added.stderr)")
+        let listed = try agent.run(["agent", "list", "--json"])
+        let rows = try #require(try JSONSerialization.jsonObject(with: listed.stdout) as? [[String: Any]])
+        #expect(rows.count == 1 && rows.first?["name"] as? String == "alice")
+
+        // Every command below runs with no COFFER_PASSPHRASE, no passphrase file and no terminal.
+        let pushed = try agent.run(["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home"), "--verbose"])
+        #expect(pushed.status == 0, "\(pushed.stderr)")
+        #expect(pushed.stderr.contains("alice (") && pushed.stderr.contains("using the agent at \(agent.socket), no passphrase"), "\(pushed.stderr)")
+        let pulled = try agent.run(["pull", "m:1", "--identity", "keys/alice.key", "--home", dir.path("home"), "--out", dir.path("out")])
+        #expect(pulled.status == 0, "\(pulled.stderr)")
+        #expect(try dir.read("out/model.safetensors") == weights)
+        // The pulled version's signatures were made in the agent: verify checks them with alice's public keys.
+        let verified = try agent.run(["verify", "m:1", "--home", dir.path("home")])
+        #expect(verified.status == 0, "\(verified.stderr)")
+
+        let sealed = try agent.run(["seal", "--to", "keys/alice.pub", "-o", dir.path("w.sealed"), dir.path("model/model.safetensors")])
+        #expect(sealed.status == 0, "\(sealed.stderr)")
+        let unsealed = try agent.run(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.out"), dir.path("w.sealed")])
+        #expect(unsealed.status == 0, "\(unsealed.stderr)")
+        #expect(try dir.read("w.out") == weights)
+
+        let signed = try agent.run(["attestation", "sign", "--identity", "keys/alice.key", "-o", dir.path("att.json"), dir.path("w.out")])
+        #expect(signed.status == 0, "\(signed.stderr)")
+        let checked = try agent.run(["attestation", "verify", "--trust", "keys/alice.pub", dir.path("att.json"), dir.path("w.out")])
+        #expect(checked.status == 0 && checked.stdoutText.contains("signed by alice"), "\(checked.stderr)")
+
+        // Removed from the agent: the passphrase is needed again.
+        #expect(try agent.run(["agent", "remove", "keys/alice.pub"]).status == 0)
+        expectFailure(try agent.run(["agent", "remove", "keys/alice.key"]), "the agent does not hold key")
+        expectFailure(try agent.run(["agent", "add", "keys/alice.key"], passphrase: "not it"), "wrong passphrase")
+        expectFailure(try agent.run(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.again"), dir.path("w.sealed")]), "no passphrase")
+        let withPassphrase = try agent.run(
+            ["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.again"), dir.path("w.sealed"), "--verbose"],
+            passphrase: "test passphrase"
+        )
+        #expect(
+            withPassphrase.status == 0 && withPassphrase.stderr.contains("unlocked from keys/alice.key with its passphrase"),
+            "\(withPassphrase.stderr)"
+        )
+    }
+
+    @Test func keysExpireAtTheirTTL() throws {
+        let dir = try Scratch()
+        let agent = try AgentProcess(dir)
+        try dir.keygen("alice")
+        try dir.write("w", randomData(10_000))
+        #expect(try agent.run(["seal", "--to", "keys/alice.pub", "-o", dir.path("w.sealed"), dir.path("w")]).status == 0)
+        #expect(try agent.run(["agent", "add", "keys/alice.key", "--ttl", "2s"], passphrase: "test passphrase").status == 0)
+        let listed = try agent.run(["agent", "list"])
+        #expect(listed.stdoutText.contains("alice") && listed.stdoutText.contains("expires in"), "\(listed.stdoutText)")
+        #expect(try agent.run(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.1"), dir.path("w.sealed")]).status == 0)
+
+        // The agent wipes a key within a second of its expiry, whether or not anyone asks for it.
+        sleep(3)
+        let after = try agent.run(["agent", "list"])
+        #expect(after.status == 0 && after.stdoutText.isEmpty, "\(after.stdoutText)")
+        expectFailure(try agent.run(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.2"), dir.path("w.sealed")]), "no passphrase")
+        #expect(!dir.exists("w.2"))
+        expectFailure(try agent.run(["agent", "add", "keys/alice.key", "--ttl", "soon"], passphrase: "test passphrase"), "invalid duration 'soon'")
+    }
+
+    @Test func aLockedAgentRefusesUntilUnlockedWithItsPassphrase() throws {
+        let dir = try Scratch()
+        let agent = try AgentProcess(dir)
+        try dir.keygen("alice")
+        try dir.write("w", randomData(10_000))
+        #expect(try agent.run(["seal", "--to", "keys/alice.pub", "-o", dir.path("w.sealed"), dir.path("w")]).status == 0)
+        #expect(try agent.run(["agent", "add", "keys/alice.key"], passphrase: "test passphrase").status == 0)
+
+        #expect(try agent.run(["agent", "lock"], passphrase: "lock words").status == 0)
+        // Locked: nothing is listed, nothing is signed or unwrapped, nothing is added or removed.
+        #expect(try agent.run(["agent", "list"]).stdoutText.isEmpty)
+        expectFailure(try agent.run(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.1"), dir.path("w.sealed")]), "no passphrase")
+        expectFailure(
+            try agent.run(["agent", "add", "keys/alice.key"], passphrase: "test passphrase"),
+            "the agent is locked: run coffer agent unlock"
+        )
+        expectFailure(try agent.run(["agent", "remove", "--all"]), "the agent is locked")
+        expectFailure(try agent.run(["agent", "lock"], passphrase: "other words"), "the agent is locked already")
+        expectFailure(try agent.run(["agent", "unlock"], passphrase: "wrong words"), "wrong passphrase")
+        expectFailure(try agent.run(["agent", "unlock"]), "no passphrase")
+
+        #expect(try agent.run(["agent", "unlock"], passphrase: "lock words").status == 0)
+        #expect(try agent.run(["agent", "list"]).stdoutText.hasPrefix("alice  "))
+        let unsealed = try agent.run(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.2"), dir.path("w.sealed")])
+        #expect(unsealed.status == 0, "\(unsealed.stderr)")
+    }
+
+    // MARK: - An agent that goes away
+
+    @Test func agentKilledBeforeAnUnwrapFailsTheCommandWithOneLineAndNoOutput() throws {
+        let dir = try Scratch()
+        let agent = try AgentProcess(dir)
+        try dir.keygen("alice")
+        try dir.write("w", randomData(200_000))
+        #expect(try agent.run(["seal", "--to", "keys/alice.pub", "-o", dir.path("w.sealed"), dir.path("w")]).status == 0)
+        #expect(try agent.run(["agent", "add", "keys/alice.key"], passphrase: "test passphrase").status == 0)
+        #expect(mkfifo(dir.path("pipe"), 0o600) == 0)
+
+        // unseal opens its input (a FIFO), takes alice from the agent, then blocks reading the header.
+        let unseal = try agent.start(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.out"), dir.path("pipe")])
+        let writer = open(dir.path("pipe"), O_WRONLY)
+        #expect(writer >= 0)
+        #expect(waitUntilBlockedReading(unseal.process.processIdentifier, path: dir.path("pipe")), "unseal never reached its read")
+        agent.kill()
+        let sealed = try dir.read("w.sealed")
+        _ = sealed.withUnsafeBytes { write(writer, $0.baseAddress!, $0.count) }
+        close(writer)
+        let result = unseal.finish()
+        expectFailure(result, "agent: lost the connection to the agent at \(agent.socket)")
+        #expect(!dir.exists("w.out"), "nothing of the output is written")
+        #expect(dir.entries.allSatisfy { !$0.hasPrefix(".w.out") }, "no temporary output left: \(dir.entries)")
+    }
+
+    @Test func agentKilledBeforeAPushSignsLeavesNoVersion() throws {
+        let dir = try Scratch()
+        let agent = try AgentProcess(dir)
+        #expect(try runCoffer(["init", "--home", dir.path("home")], in: dir, passphrase: "test passphrase").status == 0)
+        try dir.keygen("alice")
+        try FileManager.default.createDirectory(atPath: dir.path("model"), withIntermediateDirectories: true)
+        try dir.write("model/model.safetensors", Data(repeating: 0x5A, count: 48 << 20))
+        #expect(try agent.run(["agent", "add", "keys/alice.key"], passphrase: "test passphrase").status == 0)
+
+        // The push takes alice from the agent first, seals (a blob appears in home/tmp), and signs last.
+        let push = try agent.start(["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home")])
+        var sealing = false
+        for _ in 0..<6000 where !sealing {
+            sealing = !((try? FileManager.default.contentsOfDirectory(atPath: dir.path("home/tmp"))) ?? []).isEmpty
+            if !sealing { usleep(2000) }
+        }
+        #expect(sealing, "the push never started sealing")
+        agent.kill()
+        let result = push.finish()
+        expectFailure(result, "agent: lost the connection to the agent at \(agent.socket)")
+        let listed = try runCoffer(["list", "--home", dir.path("home")], in: dir)
+        #expect(listed.status == 0 && !listed.stdoutText.contains("m:"), "no version recorded: \(listed.stdoutText)")
+        let pulled = try runCoffer(
+            ["pull", "m:1", "--identity", "keys/alice.key", "--home", dir.path("home"), "--out", dir.path("out")],
+            in: dir,
+            passphrase: "test passphrase"
+        )
+        #expect(pulled.status == 1 && !dir.exists("out"))
+    }
+
+    // MARK: - Malformed requests
+
+    @Test func malformedRequestsGetAnErrorAndTheAgentServesOn() throws {
+        let dir = try Scratch()
+        let agent = try AgentProcess(dir)
+        // Unknown type, trailing bytes, truncated add, an empty frame, a frame over 4 MiB.
+        let cases: [([UInt8], UInt8, String)] = [
+            (frame([0x42]), 1, "unknown request type 66"),
+            (frame([0x01, 0x00]), 1, "trailing bytes"),
+            (frame([0x02, 0x05, 0x00] + Array("alice".utf8) + [UInt8](repeating: 0, count: 40)), 1, "truncated"),
+            (frame([0x08, 0x00, 0x00, 0x00, 0x00]), 1, "a passphrase must be 1 to 4096 bytes"),
+            ([0, 0, 0, 0], 9, "a frame of 0 bytes"),
+            ([0x01, 0x00, 0x40, 0x00], 9, "a frame of 4194305 bytes"),
+            (frame([0x05] + [UInt8](repeating: 7, count: 16) + [1, 0, 0, 0, 0x61]), 2, "does not hold key"),
+        ]
+        for (request, code, message) in cases {
+            let answer = try rawExchange(agent.socket, request)
+            #expect(answer.first == 0xFF && answer.count > 1 && answer[1] == code, "\(message): \(answer.prefix(8))")
+            #expect(String(decoding: answer.dropFirst(4), as: UTF8.self).contains(message), "\(String(decoding: answer.dropFirst(4), as: UTF8.self))")
+        }
+        let listed = try agent.run(["agent", "list"])
+        #expect(listed.status == 0, "the agent still serves: \(listed.stderr)")
+    }
+}
+
+// MARK: - Support
+
+/// A `coffer agent` started with `coffer agent start` under the scratch directory, killed when the test ends.
+final class AgentProcess {
+    let dir: Scratch
+    let socket: String
+    let pid: pid_t
+    let startOutput: String
+
+    init(_ dir: Scratch) throws {
+        self.dir = dir
+        let started = try runCoffer(["agent", "start"], in: dir, passphrase: "not for the agent", environment: ["XDG_RUNTIME_DIR": dir.url.path])
+        #expect(started.status == 0, "agent start: \(started.stderr)")
+        let output = started.stdoutText
+        startOutput = output
+        socket = try #require(Self.value("COFFER_AGENT_SOCK", in: output)).trimmingCharacters(in: CharacterSet(charactersIn: "'"))
+        pid = try #require(Self.value("COFFER_AGENT_PID", in: output).flatMap { pid_t($0) })
+    }
+
+    /// The value of `NAME=value;` in `agent start`'s output.
+    private static func value(_ name: String, in output: String) -> String? {
+        guard let range = output.range(of: "\(name)=") else { return nil }
+        return String(output[range.upperBound...].prefix { $0 != ";" })
+    }
+
+    deinit { Glibc.kill(pid, SIGKILL) }
+
+    /// Runs `coffer args` pointed at this agent, with no passphrase unless one is given.
+    func run(_ args: [String], passphrase: String? = nil, launcher: [String] = []) throws -> CofferProcess.Output {
+        try runCoffer(args, in: dir, passphrase: passphrase, environment: ["COFFER_AGENT_SOCK": socket], launcher: launcher)
+    }
+
+    /// Starts `coffer args` pointed at this agent without waiting for it.
+    func start(_ args: [String]) throws -> RunningCoffer {
+        try RunningCoffer(args, in: dir, environment: ["COFFER_AGENT_SOCK": socket])
+    }
+
+    /// SIGKILL: no cleanup, no goodbye, as a crash or the OOM killer would end it.
+    func kill() {
+        Glibc.kill(pid, SIGKILL)
+        _ = waitForExit()
+    }
+
+    /// Waits up to 5 s for the agent's process to be gone.
+    func waitForExit() -> Bool {
+        for _ in 0..<500 {
+            // The agent is not our child (it started in its own session), so it is gone when kill(0) fails.
+            if Glibc.kill(pid, 0) != 0 { return true }
+            let state = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))?.split(separator: " ").dropFirst(2).first
+            if state == "Z" { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+}
+
+/// A `coffer` process running in the background, its output collected.
+final class RunningCoffer {
+    let process = Process()
+    private let out = Pipe()
+    private let err = Pipe()
+
+    init(_ args: [String], in dir: Scratch, environment: [String: String]) throws {
+        process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
+        process.arguments = args
+        process.currentDirectoryURL = dir.url
+        process.environment = cleanEnvironment(dir).merging(environment) { $1 }
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    func finish() -> CofferProcess.Output {
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return CofferProcess.Output(status: process.terminationStatus, stdout: stdout, stderr: String(decoding: stderr, as: UTF8.self))
+    }
+}
+
+/// The environment of a run: no passphrase and no agent unless the test gives them.
+private func cleanEnvironment(_ dir: Scratch) -> [String: String] {
+    var environment = ProcessInfo.processInfo.environment
+    environment["COFFER_PASSPHRASE"] = nil
+    environment["COFFER_AGENT_SOCK"] = nil
+    environment["COFFER_STATE_DIR"] = dir.url.appendingPathComponent(".client-state").path
+    return environment
+}
+
+/// Runs `coffer args` (through `launcher`, e.g. setpriv, when given) with stdin at /dev/null, so no terminal prompt.
+func runCoffer(
+    _ args: [String],
+    in dir: Scratch,
+    passphrase: String? = nil,
+    environment extra: [String: String] = [:],
+    launcher: [String] = []
+) throws -> CofferProcess.Output {
+    let process = Process()
+    let command = launcher.isEmpty ? [CofferProcess.binary] : launcher
+    process.executableURL = URL(fileURLWithPath: command[0])
+    process.arguments = Array(command.dropFirst()) + args
+    process.currentDirectoryURL = dir.url
+    var environment = cleanEnvironment(dir).merging(extra) { $1 }
+    environment["COFFER_PASSPHRASE"] = passphrase
+    process.environment = environment
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    nonisolated(unsafe) var errData = Data()
+    let errReader = Thread { errData = err.fileHandleForReading.readDataToEndOfFile() }
+    errReader.start()
+    let outData = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    while errReader.isExecuting || !errReader.isFinished { usleep(1000) }
+    return CofferProcess.Output(status: process.terminationStatus, stdout: outData, stderr: String(decoding: errData, as: UTF8.self))
+}
+
+/// Whether some thread of `pid` sits in read(2) on its descriptor for `path`, within 10 s.
+private func waitUntilBlockedReading(_ pid: pid_t, path: String) -> Bool {
+    for _ in 0..<1000 {
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+        let fifo = fds.first { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) == path }
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        if let fifo, let fd = Int(fifo) {
+            for task in tasks {
+                // /proc/PID/task/TID/syscall: the number (0 is read on x86-64) and the arguments in hex.
+                let fields = ((try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/syscall", encoding: .utf8)) ?? "").split(separator: " ")
+                if fields.count > 1, fields[0] == "0", Int(fields[1].dropFirst(2), radix: 16) == fd { return true }
+            }
+        }
+        usleep(10_000)
+    }
+    return false
+}
+
+/// A request frame: the little-endian length, then the body.
+private func frame(_ body: [UInt8]) -> [UInt8] {
+    let n = UInt32(body.count)
+    return [UInt8(n & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n >> 16 & 0xFF), UInt8(n >> 24)] + body
+}
+
+/// Sends raw bytes to the agent as a misbehaving client would and returns the body of its answer.
+private func rawExchange(_ path: String, _ bytes: [UInt8]) throws -> [UInt8] {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { out in
+        for (i, byte) in path.utf8.enumerated() { out[i] = byte }
+    }
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    try #require(connected == 0)
+    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+    var header = [UInt8](repeating: 0, count: 4)
+    #expect(recv(fd, &header, 4, Int32(MSG_WAITALL)) == 4)
+    let length = Int(header[0]) | Int(header[1]) << 8 | Int(header[2]) << 16 | Int(header[3]) << 24
+    var body = [UInt8](repeating: 0, count: length)
+    #expect(recv(fd, &body, length, Int32(MSG_WAITALL)) == length)
+    return body
+}
