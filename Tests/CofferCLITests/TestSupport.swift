@@ -36,36 +36,72 @@ struct CofferProcess {
     }
 
     /// Runs `coffer args...` in `directory` with `COFFER_PASSPHRASE` set unless `passphrase` is nil.
+    ///
+    /// posix_spawn and waitpid, with output and error in files, not Foundation's Process and pipes: under the test
+    /// runner, with many tests spawning at once, a Process's output pipe once never reached its end after the child had
+    /// exited (the test waited forever on a zombie), as PostgresTestSupport.run found for waitUntilExit. `stdin` goes
+    /// through a pipe (commands treat a pipe and a file differently) whose ends are close-on-exec, so no other child
+    /// spawned meanwhile holds it open.
     static func run(_ args: [String], in directory: URL, passphrase: String? = "test passphrase", stdin: Data? = nil) throws -> Output {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = initArguments(args)
-        process.currentDirectoryURL = directory
         var environment = ProcessInfo.processInfo.environment
         environment["COFFER_PASSPHRASE"] = passphrase
         // Each scratch directory is one user's machine: its client remembers the registries it verified there.
         environment["COFFER_STATE_DIR"] = environment["COFFER_STATE_DIR"] ?? directory.appendingPathComponent(".client-state").path
-        process.environment = environment
-        let out = Pipe()
-        let err = Pipe()
-        let input = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = input
-        try process.run()
-        // Write stdin and drain both outputs concurrently so no pipe fills up.
-        let writer = Thread {
-            if let stdin { try? input.fileHandleForWriting.write(contentsOf: stdin) }
-            try? input.fileHandleForWriting.close()
+        let files = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-run-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: files, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: files) }
+        let (output, error) = (files.appendingPathComponent("out").path, files.appendingPathComponent("err").path)
+        var input: [Int32] = [-1, -1]
+        if stdin != nil {
+            // pipe2(O_CLOEXEC) is not visible to Swift: close-on-exec right after, leaving the shortest of windows.
+            guard pipe(&input) == 0 else { throw CocoaError(.fileWriteUnknown) }
+            for end in input { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         }
-        writer.start()
-        nonisolated(unsafe) var errData = Data()
-        let errReader = Thread { errData = err.fileHandleForReading.readDataToEndOfFile() }
-        errReader.start()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        while errReader.isExecuting || !errReader.isFinished { usleep(1000) }
-        return Output(status: process.terminationStatus, stdout: outData, stderr: String(decoding: errData, as: UTF8.self))
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if stdin != nil {
+            posix_spawn_file_actions_adddup2(&actions, input[0], 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        posix_spawn_file_actions_addopen(&actions, 2, error, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        // Through sh for the working directory (glibc's posix_spawn_file_actions_addchdir_np is not visible to Swift).
+        let command = ["/bin/sh", "-c", #"cd "$0" && exec "$@""#, directory.path, binary] + initArguments(args)
+        let argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { for pointer in argv + envp { free(pointer) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, "/bin/sh", &actions, nil, argv, envp)
+        if let stdin {
+            close(input[0])
+            let writing = input[1]
+            // A child that stops reading early gets EPIPE here (SIGPIPE is ignored), not a stuck test.
+            Thread {
+                stdin.withUnsafeBytes { bytes in
+                    var done = 0
+                    while done < bytes.count {
+                        let n = write(writing, bytes.baseAddress! + done, bytes.count - done)
+                        if n < 0, errno == EINTR { continue }
+                        if n <= 0 { break }
+                        done += n
+                    }
+                }
+                close(writing)
+            }.start()
+        }
+        guard spawned == 0 else { throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: String(cString: strerror(spawned))]) }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        // WIFEXITED / WEXITSTATUS / WTERMSIG by hand (they are macros); a signal reads as 128 + its number, as in a shell.
+        let code = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return Output(
+            status: code,
+            stdout: (try? Data(contentsOf: URL(fileURLWithPath: output))) ?? Data(),
+            stderr: String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: error))) ?? Data(), as: UTF8.self)
+        )
     }
 }
 
