@@ -141,9 +141,9 @@ struct PostgresConnectionTests {
         }
         let sessions = try await PostgresTestSupport.admin(test.cluster) { connection in
             var count: Int64 = -1
-            // Up to 10 s: a closed connection's server process takes a while to leave pg_stat_activity on a loaded machine
-            // (1 s was not enough in a fresh-clone run with the OCI registry suites).
-            for _ in 0..<500 {
+            // Up to 30 s: a closed connection's server process takes a while to leave pg_stat_activity on a loaded machine
+            // (1 s, then 10 s, were not enough in fresh-clone runs with the OCI registry suites).
+            for _ in 0..<1500 {
                 let rows = try await connection.query(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = \(test.name) AND application_name = 'coffer'",
                     logger: connection.logger
