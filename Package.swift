@@ -162,7 +162,7 @@ let package = Package(
         .testTarget(
             name: "CofferRegistryTests",
             dependencies: [
-                "CofferRegistry", "CofferCrypto",
+                "CofferRegistry", "CofferCrypto", "CLinux",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
@@ -200,7 +200,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CofferCLITests",
-            dependencies: ["CofferCrypto", "coffer"],
+            dependencies: ["CofferCrypto", "CLinux", "coffer"],
             swiftSettings: swiftSettings
         ),
     ]

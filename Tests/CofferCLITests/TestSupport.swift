@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import Testing
 
@@ -68,6 +69,8 @@ struct CofferProcess {
         }
         posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_addopen(&actions, 2, error, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        // Nothing else: a server or agent the command starts would otherwise hold other tests' connections open.
+        coffer_spawn_close_from(&actions, 3)
         // Through sh for the working directory (glibc's posix_spawn_file_actions_addchdir_np is not visible to Swift).
         let command = ["/bin/sh", "-c", #"cd "$0" && exec "$@""#, directory.path, binary] + initArguments(args)
         let argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]

@@ -84,7 +84,7 @@ struct PostgresRegistryTests {
             while afterwards < 3, outcomes.count < 500 {
                 if restarted.withLock({ $0 }) { afterwards += 1 }
                 outcomes.append(
-                    await outcome(within: .seconds(60)) {
+                    await outcome(within: .seconds(60), diagnose: { await sessions(on: "restarted", of: cluster) }) {
                         "pushed \(try await registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice).version)"
                     }
                 )
@@ -369,9 +369,34 @@ struct PostgresRegistryTests {
     }
 }
 
-/// What `body` returned or threw (as its message), or "hung" when it took longer than `limit`: a wait that never ends
-/// fails the test instead of stopping the suite.
-private func outcome(within limit: Duration, _ body: @escaping @Sendable () async throws -> String) async -> String {
+/// Coffer's sessions on `database` as pg_stat_activity shows them (state, wait, query), or why they could not be read.
+private func sessions(on database: String, of cluster: PostgresTestSupport.Cluster) async -> String {
+    do {
+        return try await PostgresTestSupport.admin(cluster) { connection in
+            let rows = try await connection.query(
+                """
+                SELECT pid::text || ' ' || coalesce(state, '?') || ' waiting on ' || coalesce(wait_event_type || '/' || wait_event, '-')
+                    || ' since ' || coalesce(state_change::text, '?') || ': ' || coalesce(query, '?')
+                FROM pg_stat_activity WHERE datname = \(database) AND application_name = 'coffer'
+                """,
+                logger: connection.logger
+            )
+            var lines: [String] = []
+            for try await row in rows { lines.append(try row.decode(String.self)) }
+            return "sessions on \(database): \(lines.isEmpty ? "none" : lines.joined(separator: "; "))"
+        }
+    } catch {
+        return "pg_stat_activity unreadable: \(error)"
+    }
+}
+
+/// What `body` returned or threw (as its message), or "hung" when it took longer than `limit`, with what `diagnose`
+/// saw at that moment: a wait that never ends fails the test instead of stopping the suite, and says where it waited.
+private func outcome(
+    within limit: Duration,
+    diagnose: @escaping @Sendable () async -> String = { "" },
+    _ body: @escaping @Sendable () async throws -> String
+) async -> String {
     let answered = Mutex(false)
     return await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
         let first = { @Sendable () -> Bool in
@@ -387,9 +412,10 @@ private func outcome(within limit: Duration, _ body: @escaping @Sendable () asyn
         }
         Task {
             try? await Task.sleep(for: limit)
+            let seen = await diagnose()
             if first() {
                 work.cancel()
-                continuation.resume(returning: "hung for \(limit)")
+                continuation.resume(returning: "hung for \(limit): \(seen)")
             }
         }
     }

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import PostgresNIO
 import Synchronization
@@ -181,6 +182,8 @@ enum PostgresTestSupport {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // The server outlives this call: it must not inherit (and keep open) the tests' connections to itself.
+        coffer_spawn_close_from(&actions, 3)
         let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
         var pid: pid_t = 0

@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 #if canImport(Glibc)
@@ -47,12 +48,10 @@ public enum AgentLauncher {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        // The agent outlives this command: any other descriptor it inherited (a pipe a caller reads to its end, a
-        // file) would stay open as long as the agent runs, so every one but the ready pipe is closed.
-        for fd in inheritedDescriptors() where fd != ends[1] {
-            posix_spawn_file_actions_addclose(&actions, fd)
-        }
         posix_spawn_file_actions_adddup2(&actions, ends[1], 3)
+        // The agent outlives this command: any other descriptor it inherited (a pipe a caller reads to its end, a
+        // socket another thread opened a moment ago) would stay open as long as the agent runs, so all are closed.
+        coffer_spawn_close_from(&actions, 4)
         var pid: pid_t = 0
         let error = posix_spawn(&pid, executable, &actions, nil, argv, envp)
         close(ends[1])
@@ -74,13 +73,6 @@ public enum AgentLauncher {
             throw .agent(line.isEmpty ? "the agent exited before it was ready" : String(line.trimmingPrefix("agent: ")))
         }
         return pid
-    }
-
-    /// This process's open descriptors above 2.
-    private static func inheritedDescriptors() -> [Int32] {
-        let listed = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
-        // The directory listing's own descriptor is in the list and closed by now: keep only those still open.
-        return listed.filter { $0 > 2 && fcntl($0, F_GETFD) >= 0 }
     }
 
     /// In the started agent: leaves the terminal's session (a hangup or ^C there must not end it), once.
