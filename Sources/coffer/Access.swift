@@ -62,7 +62,10 @@ extension Coffer {
         )
 
         struct Add: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Add a principal (admin only; the registry's first principal is its owner).")
+            static let configuration = CommandConfiguration(
+                commandName: "add",
+                abstract: "Add a principal (admin only; the registry's first principal is its owner)."
+            )
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
             @Argument(help: "Principal name.") var name: String
@@ -83,6 +86,7 @@ extension Coffer {
 
         struct Remove: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
+                commandName: "remove",
                 abstract: "Remove a principal: its grants, bearer tokens and sessions end at once (admin only)."
             )
             @OptionGroup var registry: RegistryOptions
@@ -97,7 +101,7 @@ extension Coffer {
         }
 
         struct List: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "List principals and their grants.")
+            static let configuration = CommandConfiguration(commandName: "list", abstract: "List principals and their grants.")
             @OptionGroup var registry: RegistryOptions
             @Flag(name: .long, help: "Print JSON: [{name, key_id, grants: [{role, scope, alias, max_session_seconds, max_predictions}]}].")
             var json = false
@@ -198,6 +202,7 @@ extension Coffer {
 
         struct Open: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
+                commandName: "open",
                 abstract: "Open a session; prints its token once (cfs_...). Remotely, the server loads the model and prints the session id."
             )
             @OptionGroup var registry: RegistryOptions
@@ -252,7 +257,7 @@ extension Coffer {
         }
 
         struct List: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "List sessions (never their tokens).")
+            static let configuration = CommandConfiguration(commandName: "list", abstract: "List sessions (never their tokens).")
             @OptionGroup var registry: RegistryOptions
             @Flag(name: .long, help: "Print JSON.") var json = false
             @OptionGroup var remote: RemoteOptions
@@ -277,7 +282,10 @@ extension Coffer {
         }
 
         struct Revoke: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Revoke a session (its principal or an admin); its key copy is destroyed.")
+            static let configuration = CommandConfiguration(
+                commandName: "revoke",
+                abstract: "Revoke a session (its principal or an admin); its key copy is destroyed."
+            )
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var acting: OptionalIdentity
             @OptionGroup var remote: RemoteOptions
@@ -297,6 +305,7 @@ extension Coffer {
 
     struct Infer: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "infer",
             abstract: "Predict with a session's model, decrypted into locked memory only; or stream its plaintext (--raw) to a pipe."
         )
         @OptionGroup var registry: RegistryOptions
@@ -371,6 +380,7 @@ extension Coffer {
 
     struct Audit: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "audit",
             abstract: "The registry's append-only, hash-chained audit log.",
             subcommands: [Show.self, Verify.self, Sign.self],
             defaultSubcommand: Show.self
@@ -409,6 +419,7 @@ extension Coffer {
 
         struct Verify: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
+                commandName: "verify",
                 abstract: "Recompute the chain and check the registry's signed heads; names the first bad entry."
             )
             @OptionGroup var registry: RegistryOptions
@@ -420,7 +431,10 @@ extension Coffer {
         }
 
         struct Sign: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Sign the chain head with the registry's identity (its passphrase).")
+            static let configuration = CommandConfiguration(
+                commandName: "sign",
+                abstract: "Sign the chain head with the registry's identity (its passphrase)."
+            )
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
 

@@ -32,6 +32,7 @@ private func connectedAgent() throws -> AgentConnection {
 extension Coffer.AgentCommand {
     struct Start: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "start",
             abstract: "Start an agent and print the shell lines that point commands at it: eval \"$(coffer agent start)\"."
         )
 
@@ -83,7 +84,10 @@ extension Coffer.AgentCommand {
     }
 
     struct Add: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Unlock NAME.key once (its passphrase) and hand it to the agent.")
+        static let configuration = CommandConfiguration(
+            commandName: "add",
+            abstract: "Unlock NAME.key once (its passphrase) and hand it to the agent."
+        )
 
         @Argument(help: "The private identity (NAME.key).") var keyFile: String
         @Option(name: .long, help: "Wipe it from the agent after this long (e.g. 90s, 15m, 8h, 7d; default: until removed).")
@@ -104,7 +108,7 @@ extension Coffer.AgentCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List the identities the agent holds, with their expiry.")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List the identities the agent holds, with their expiry.")
 
         @Flag(name: .long, help: "Print JSON: [{name, id, expires}] (expires: Unix seconds, null for never).") var json = false
 
@@ -130,7 +134,7 @@ extension Coffer.AgentCommand {
     }
 
     struct Remove: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Remove identities from the agent (wiping them there).")
+        static let configuration = CommandConfiguration(commandName: "remove", abstract: "Remove identities from the agent (wiping them there).")
 
         @Argument(help: "A key file (NAME.key or NAME.pub) or a key ID.") var identity: String?
         @Flag(name: .long, help: "Remove every identity.") var all = false
@@ -160,7 +164,10 @@ extension Coffer.AgentCommand {
     }
 
     struct Lock: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Lock the agent under a passphrase: it refuses to sign or unwrap until unlocked.")
+        static let configuration = CommandConfiguration(
+            commandName: "lock",
+            abstract: "Lock the agent under a passphrase: it refuses to sign or unwrap until unlocked."
+        )
         @OptionGroup var passphraseOptions: PassphraseOptions
 
         func run() async throws {
@@ -170,7 +177,7 @@ extension Coffer.AgentCommand {
     }
 
     struct Unlock: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Unlock the agent with the passphrase it was locked with.")
+        static let configuration = CommandConfiguration(commandName: "unlock", abstract: "Unlock the agent with the passphrase it was locked with.")
         @OptionGroup var passphraseOptions: PassphraseOptions
 
         func run() async throws {
@@ -180,7 +187,7 @@ extension Coffer.AgentCommand {
     }
 
     struct Stop: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Stop the agent: it wipes its keys and removes its socket.")
+        static let configuration = CommandConfiguration(commandName: "stop", abstract: "Stop the agent: it wipes its keys and removes its socket.")
 
         func run() async throws {
             try connectedAgent().stop()

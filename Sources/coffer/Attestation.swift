@@ -4,12 +4,16 @@ import CofferCrypto
 extension Coffer {
     struct Attestation: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "attestation",
             abstract: "Sign and verify in-toto statements about files (DSSE envelopes).",
             subcommands: [Sign.self, Verify.self]
         )
 
         struct Sign: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Sign a statement whose subjects are FILEs with their SHA-256.")
+            static let configuration = CommandConfiguration(
+                commandName: "sign",
+                abstract: "Sign a statement whose subjects are FILEs with their SHA-256."
+            )
 
             @Option(name: .long, help: "Your private identity (NAME.key).")
             var identity: String
@@ -39,6 +43,7 @@ extension Coffer {
 
         struct Verify: ParsableCommand {
             static let configuration = CommandConfiguration(
+                commandName: "verify",
                 abstract: "Verify an envelope against trusted public identities, and FILEs against its subjects."
             )
 

@@ -12,6 +12,7 @@ extension Coffer {
 
         struct Inspect: ParsableCommand {
             static let configuration = CommandConfiguration(
+                commandName: "inspect",
                 abstract: "List a safetensors file's metadata and tensors (dtype, shape, SHA-256 of the bytes)."
             )
             @Argument(help: "A .safetensors file.") var file: String

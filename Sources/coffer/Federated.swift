@@ -138,6 +138,7 @@ enum Federation {
 extension Coffer.Federated {
     struct Serve: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "serve",
             abstract: "Coordinate a federation: sampled rounds of secure aggregation over HTTP; optionally push the global model."
         )
         @Option(name: .long, help: "The shared training recipe (coffer train's JSON; its data is ignored).") var recipe: String
@@ -373,6 +374,7 @@ final class RoundPublisher: @unchecked Sendable {
 extension Coffer.Federated {
     struct Join: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "join",
             abstract: "Take part in a federation as a site: train on your own CSV, send only signed keys, encrypted shares and masked updates."
         )
         @Option(name: .long, help: "The coordinator's URL (http://HOST:PORT).") var coordinator: String
@@ -457,7 +459,10 @@ extension Coffer.Federated {
 
 extension Coffer.Federated {
     struct Epsilon: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Site-level epsilon of DP-FedAvg after ROUNDS rounds (RDP and PLD accountants).")
+        static let configuration = CommandConfiguration(
+            commandName: "epsilon",
+            abstract: "Site-level epsilon of DP-FedAvg after ROUNDS rounds (RDP and PLD accountants)."
+        )
         @Option(name: .long, help: "q: the probability each site joins a round.") var sampleRate: Double
         @Option(name: .long, help: "sigma: noise std over the clip norm.") var noiseMultiplier: Double
         @Option(name: .long, help: "Rounds.") var rounds: Int
@@ -503,6 +508,7 @@ extension Coffer.Federated {
 extension Coffer.Federated {
     struct Simulate: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "simulate",
             abstract: "Run a whole federation in one process (no HTTP) on CSV shards, securely or as plain FedAvg: for benchmarks."
         )
         @Option(name: .long, help: "The training recipe.") var recipe: String

@@ -7,6 +7,7 @@ import Foundation
 extension Coffer {
     struct Budget: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "budget",
             abstract: "Privacy budgets per dataset: every version trained on it is charged with its accountant history.",
             subcommands: [Set.self, Show.self]
         )
@@ -73,6 +74,7 @@ extension Coffer {
 
     struct Policy: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "policy",
             abstract: "Rules a version must meet to carry an alias (checked by alias set and push --alias).",
             subcommands: [Set.self, Show.self]
         )
@@ -146,6 +148,7 @@ extension Coffer {
 
     struct Erase: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "erase",
             abstract: "Crypto-shred a model or one version: every wrapped data key, then the blobs; the attestation stays as a tombstone."
         )
         @OptionGroup var registry: RegistryOptions
@@ -167,10 +170,11 @@ extension Coffer {
     }
 
     struct Key: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "The registry's own key.", subcommands: [Rotate.self])
+        static let configuration = CommandConfiguration(commandName: "key", abstract: "The registry's own key.", subcommands: [Rotate.self])
 
         struct Rotate: AsyncParsableCommand {
             static let configuration = CommandConfiguration(
+                commandName: "rotate",
                 abstract: "New registry key; every data key re-wrapped to it (no blob re-encrypted); the old key retired and useless."
             )
             @OptionGroup var registry: RegistryOptions
@@ -196,6 +200,7 @@ extension Coffer {
 
     struct Rekey: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "rekey",
             abstract: "Re-encrypt a version under a fresh data key (after removing a recipient who may have kept the old one)."
         )
         @OptionGroup var registry: RegistryOptions
@@ -218,12 +223,16 @@ extension Coffer {
 
     struct Recipient: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "recipient",
             abstract: "Who holds a version's data key: add or remove a recipient's wrapped key.",
             subcommands: [Add.self, Remove.self]
         )
 
         struct Add: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Wrap the data key of NAME:VERSION (or every version of NAME) for PUB.")
+            static let configuration = CommandConfiguration(
+                commandName: "add",
+                abstract: "Wrap the data key of NAME:VERSION (or every version of NAME) for PUB."
+            )
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
             @OptionGroup var acting: ActingIdentity
@@ -243,7 +252,10 @@ extension Coffer {
         }
 
         struct Remove: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Delete a recipient's wrapped keys of NAME:VERSION (or every version of NAME).")
+            static let configuration = CommandConfiguration(
+                commandName: "remove",
+                abstract: "Delete a recipient's wrapped keys of NAME:VERSION (or every version of NAME)."
+            )
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var acting: OptionalIdentity
             @Argument(help: "NAME or NAME:VERSION.") var reference: String

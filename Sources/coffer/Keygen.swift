@@ -8,6 +8,7 @@ import Glibc
 extension Coffer {
     struct Keygen: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "keygen",
             abstract: "Create an identity: NAME.key (encrypted private keys), NAME.pub and NAME.pem (public)."
         )
 

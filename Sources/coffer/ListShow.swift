@@ -6,7 +6,10 @@ import Foundation
 
 extension Coffer {
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List versions, newest first, optionally filtered on privacy metadata.")
+        static let configuration = CommandConfiguration(
+            commandName: "list",
+            abstract: "List versions, newest first, optionally filtered on privacy metadata."
+        )
 
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "Only this model.") var model: String?
@@ -60,7 +63,7 @@ extension Coffer {
     }
 
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show one version: metadata, privacy, lineage and files.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Show one version: metadata, privacy, lineage and files.")
 
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
@@ -132,7 +135,11 @@ extension Coffer {
     }
 
     struct Alias: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Point an alias at a version, or remove it.", subcommands: [Set.self, Remove.self])
+        static let configuration = CommandConfiguration(
+            commandName: "alias",
+            abstract: "Point an alias at a version, or remove it.",
+            subcommands: [Set.self, Remove.self]
+        )
 
         struct Set: AsyncParsableCommand {
             static let configuration = CommandConfiguration(commandName: "set", abstract: "NAME@ALIAS VERSION")
@@ -183,7 +190,7 @@ extension String {
 
 extension Coffer {
     struct Tag: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Set or remove tags of a version (mutable labels, not signed).")
+        static let configuration = CommandConfiguration(commandName: "tag", abstract: "Set or remove tags of a version (mutable labels, not signed).")
 
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "NAME:VERSION or NAME@ALIAS.") var reference: String
@@ -202,7 +209,10 @@ extension Coffer {
     }
 
     struct Log: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a version's lineage: parents, datasets, training configuration.")
+        static let configuration = CommandConfiguration(
+            commandName: "log",
+            abstract: "Show a version's lineage: parents, datasets, training configuration."
+        )
 
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String

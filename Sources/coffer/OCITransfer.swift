@@ -7,6 +7,7 @@ import Foundation
 /// sites (docs/FORMAT.md, "Keys for named recipients" and "Importing").
 struct Export: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "export",
         abstract: "Copy a version into an OCI repository (ciphertext and signed documents), with its key wrapped for named recipients."
     )
 
@@ -40,6 +41,7 @@ struct Export: AsyncParsableCommand {
 
 struct Import: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "import",
         abstract: "Verify and adopt a version copied into an OCI repository: signature by a trusted signer, every blob hashed and opened."
     )
 

@@ -5,12 +5,16 @@ import CofferTraining
 extension Coffer {
     struct Privacy: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "privacy",
             abstract: "The DP-SGD privacy accountant on its own, and the empirical side: audits and membership-inference attacks.",
             subcommands: [Epsilon.self, Sigma.self, Audit.self, AuditBound.self, Attack.self]
         )
 
         struct Epsilon: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Epsilon spent by STEPS steps of Poisson-sampled Gaussian noise.")
+            static let configuration = CommandConfiguration(
+                commandName: "epsilon",
+                abstract: "Epsilon spent by STEPS steps of Poisson-sampled Gaussian noise."
+            )
             @Option(name: .long, help: "Poisson sampling rate q, in (0, 1].") var sampleRate: Double
             @Option(name: .long, help: "Noise multiplier sigma (> 0).") var noiseMultiplier: Double
             @Option(name: .long, help: "Number of steps.") var steps: Int
@@ -47,7 +51,10 @@ extension Coffer {
         }
 
         struct Sigma: ParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "The smallest noise multiplier that keeps epsilon at or below a target.")
+            static let configuration = CommandConfiguration(
+                commandName: "sigma",
+                abstract: "The smallest noise multiplier that keeps epsilon at or below a target."
+            )
             @Option(name: .long, help: "Target epsilon (> 0).") var targetEpsilon: Double
             @Option(name: .long, help: "Poisson sampling rate q, in (0, 1].") var sampleRate: Double
             @Option(name: .long, help: "Number of steps.") var steps: Int
@@ -91,6 +98,7 @@ extension Coffer {
 
         struct Audit: ParsableCommand {
             static let configuration = CommandConfiguration(
+                commandName: "audit",
                 abstract: "Train a recipe with M audit canaries and print the one-run lower bound on epsilon beside the proven one (no checkpoint)."
             )
             @Option(name: .long, help: "Training configuration (JSON; docs/FORMAT.md); it must train with DP.") var config: String
@@ -159,6 +167,7 @@ extension Coffer {
 
         struct Attack: ParsableCommand {
             static let configuration = CommandConfiguration(
+                commandName: "attack",
                 abstract: "Membership inference on a checkpoint: loss-threshold and population attacks, AUC and TPR at 1% FPR per task."
             )
             @Option(name: .long, help: "Checkpoint directory (model.safetensors).") var checkpoint: String

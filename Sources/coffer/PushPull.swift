@@ -7,6 +7,7 @@ import Foundation
 extension Coffer {
     struct Push: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "push",
             abstract: "Seal, sign and store a new version of a model (files or a model directory)."
         )
 
@@ -115,6 +116,7 @@ extension Coffer {
 
     struct Pull: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "pull",
             abstract: "Verify and decrypt a version into a directory; nothing is left there if any check fails."
         )
 
@@ -161,6 +163,7 @@ extension Coffer {
 
     struct Verify: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "verify",
             abstract: "Check a version's signature, trust, blob digests and database rows (no key needed)."
         )
 

@@ -7,6 +7,7 @@ import Foundation
 extension Coffer {
     struct Init: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "init",
             abstract: "Create a registry: a directory with its database, blob store and own identity (passphrase-protected)."
         )
 
@@ -37,12 +38,13 @@ extension Coffer {
 
     struct Trust: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "trust",
             abstract: "Manage the signers whose versions pull and verify accept.",
             subcommands: [Add.self, List.self, Remove.self, RegistryKey.self]
         )
 
         struct Add: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Trust a publisher's public identity (NAME.pub).")
+            static let configuration = CommandConfiguration(commandName: "add", abstract: "Trust a publisher's public identity (NAME.pub).")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
             @Argument(help: "Public identity file.") var publicIdentity: String
@@ -60,7 +62,7 @@ extension Coffer {
         }
 
         struct List: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "List trusted signers.")
+            static let configuration = CommandConfiguration(commandName: "list", abstract: "List trusted signers.")
             @OptionGroup var registry: RegistryOptions
             @Flag(name: .long, help: "Print JSON: [{name, key_id}].") var json = false
 
@@ -75,7 +77,7 @@ extension Coffer {
         }
 
         struct Remove: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Stop trusting a signer, by key ID or name.")
+            static let configuration = CommandConfiguration(commandName: "remove", abstract: "Stop trusting a signer, by key ID or name.")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
             @Argument(help: "Key ID or name.") var signer: String
@@ -122,6 +124,7 @@ extension Coffer {
 extension Coffer {
     struct Migrate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "migrate",
             abstract:
                 "Bring a registry made by an earlier Coffer up to date (a signed ledger restating its tables), or copy it onto PostgreSQL and OCI.",
             discussion: """
@@ -165,6 +168,7 @@ extension Coffer {
 
     struct Fsck: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "fsck",
             abstract: "Check the whole registry: database integrity, every signature, row and blob. Exit 1 if anything is wrong."
         )
 

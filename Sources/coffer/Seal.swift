@@ -4,6 +4,7 @@ import CofferCrypto
 extension Coffer {
     struct Seal: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "seal",
             abstract: "Encrypt a file to one or more recipients in the Coffer sealed-file format."
         )
 

@@ -8,6 +8,7 @@ import Logging
 extension Coffer {
     struct Serve: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "serve",
             abstract: "Serve the registry over HTTP (bearer tokens, ciphertext downloads with Range, inference sessions)."
         )
         @OptionGroup var registry: RegistryOptions
@@ -84,12 +85,13 @@ extension Coffer {
 
     struct Token: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "token",
             abstract: "Bearer tokens for the HTTP server, minted for a principal with a scope.",
             subcommands: [Create.self, List.self, Revoke.self]
         )
 
         struct Create: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Mint a token (admins); it is printed once (cft_...).")
+            static let configuration = CommandConfiguration(commandName: "create", abstract: "Mint a token (admins); it is printed once (cft_...).")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var acting: OptionalIdentity
             @Option(name: .long, help: "The principal the token speaks for.") var principal: String
@@ -117,7 +119,7 @@ extension Coffer {
         }
 
         struct List: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "List tokens (never the tokens themselves).")
+            static let configuration = CommandConfiguration(commandName: "list", abstract: "List tokens (never the tokens themselves).")
             @OptionGroup var registry: RegistryOptions
             @Flag(name: .long, help: "Print JSON.") var json = false
 
@@ -131,7 +133,7 @@ extension Coffer {
         }
 
         struct Revoke: AsyncParsableCommand {
-            static let configuration = CommandConfiguration(abstract: "Revoke a token by id.")
+            static let configuration = CommandConfiguration(commandName: "revoke", abstract: "Revoke a token by id.")
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var acting: OptionalIdentity
             @Argument(help: "Token id (from token list).") var id: String

@@ -20,6 +20,7 @@ struct RegistryKeyOptions: ParsableArguments {
 extension Coffer {
     struct Share: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "share",
             abstract: "Let a principal pull (reader + decrypt) or run inference on a model or namespace, present and future versions.",
             discussion: """
                 --pull wraps the data key of every version in scope for the principal now (with the registry's key), \
@@ -73,6 +74,7 @@ extension Coffer {
 
     struct Unshare: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "unshare",
             abstract: "End a principal's access to one model (or namespace), or to everything: grants, keys, sessions, tokens.",
             discussion: """
                 Without MODEL: every grant and bearer token of PRINCIPAL ends too. Versions it could decrypt are listed \

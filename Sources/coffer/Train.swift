@@ -7,6 +7,7 @@ import Foundation
 extension Coffer {
     struct Train: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "train",
             abstract: "Train a multi-task model with DP-SGD; write model.safetensors and privacy.json (claims computed by the accountant)."
         )
 
@@ -83,7 +84,10 @@ extension Coffer {
     }
 
     struct Predict: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Per-task predictions of a plaintext checkpoint on a CSV (development use).")
+        static let configuration = CommandConfiguration(
+            commandName: "predict",
+            abstract: "Per-task predictions of a plaintext checkpoint on a CSV (development use)."
+        )
 
         @Option(name: .long, help: "Checkpoint directory (model.safetensors).") var checkpoint: String
         @Option(name: .long, help: "CSV with the model's feature columns.") var input: String
@@ -133,6 +137,7 @@ func printPredictionRows(_ rows: [JSONValue], json: Bool) {
 extension Coffer {
     struct Synth: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "synth",
             abstract: "Write a synthetic multi-task dataset (DIR/data.csv) and a DP training configuration for it (DIR/recipe.json)."
         )
 
@@ -162,6 +167,7 @@ extension Coffer {
 extension Coffer {
     struct Split: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "split",
             abstract:
                 "Write the training and validation rows of a recipe's split (DIR/train.csv, DIR/validation.csv), for baselines trained elsewhere."
         )

@@ -4,6 +4,7 @@ import CofferCrypto
 extension Coffer {
     struct Unseal: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "unseal",
             abstract: "Decrypt a Coffer sealed file; nothing is written unless every chunk authenticates."
         )
 
