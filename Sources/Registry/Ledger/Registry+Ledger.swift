@@ -167,7 +167,9 @@ extension Registry {
             } catch .ledgerMoved {
                 continue
             }
-            _ = try await ledgerState()
+            // Committed: the change is made whatever happens next. Reading it back keeps this process's view current;
+            // if the database went away just now, the next call reads it instead, and this one still succeeded.
+            _ = try? await ledgerState()
             return result
         }
         throw .databaseBusy

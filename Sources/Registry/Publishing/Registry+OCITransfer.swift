@@ -105,9 +105,7 @@ extension Registry {
         try await require(.publisher, on: version.model, by: actor, action: "import", target: label)
         try Directories.make("\(home)/tmp")
         do {
-            let result = try await adopt(described, from: OCIBlobStore(client: source, temporaryDirectory: "\(home)/tmp"), identity: identity)
-            try await rememberRecipients([identity.publicIdentity])
-            return result
+            return try await adopt(described, from: OCIBlobStore(client: source, temporaryDirectory: "\(home)/tmp"), identity: identity)
         } catch {
             try? await audit(principal: actor.name, action: "import", target: label, outcome: .failed, reason: error.description)
             throw error
@@ -198,6 +196,7 @@ extension Registry {
                 dataKey: dataKey,
                 overrideBy: nil,
                 signer: Signer(identity),
+                remember: [identity.publicIdentity],
                 reason: { "sha256:\($0) (imported from \(source))" },
                 statement: { _ async throws(CofferRegistryError) in (signed, publisher) },
                 result: { signed in

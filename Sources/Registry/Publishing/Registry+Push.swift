@@ -33,7 +33,6 @@ extension Registry {
                 overrideBy: request.overrideBudget ? actor.name : nil,
                 progress: progress
             )
-            try await rememberRecipients([publisher.publicIdentity] + request.recipients)
             return result
         } catch {
             try? await audit(principal: actor.name, action: "push", target: request.model, outcome: .failed, reason: error.description)
@@ -128,6 +127,7 @@ extension Registry {
                 dataKey: dataKey,
                 overrideBy: overrideBy,
                 signer: Signer(publisher),
+                remember: [publisher.publicIdentity] + request.recipients,
                 reason: { "sha256:\($0)" },
                 statement: { (state: LedgerState) async throws(CofferRegistryError) -> (SignedStatement, PublicIdentity) in
                     // An automatic version is chosen again when the ledger moved (another push may have taken the number).
@@ -250,6 +250,7 @@ extension Registry {
         dataKey: KeyBox,
         overrideBy: String?,
         signer: Signer,
+        remember: [PublicIdentity],
         reason: @Sendable (String) -> String,
         statement: @Sendable (LedgerState) async throws(CofferRegistryError) -> (SignedStatement, PublicIdentity),
         result: @Sendable (SignedStatement) -> PushResult
@@ -329,6 +330,13 @@ extension Registry {
                     )
                 )
             )
+            // The keys are remembered in the version's own commit: a separate one after it could fail (the database
+            // restarting) and report as failed a push that had landed.
+            if !remember.isEmpty {
+                work.changes.append(
+                    .rememberIdentities(remember.map { RecipientIdentityRecord(keyID: $0.keyID, publicIdentity: Data($0.jsonBytes)) })
+                )
+            }
             let facts = LedgerChange.VersionFacts(
                 model: statement.model,
                 version: statement.version,

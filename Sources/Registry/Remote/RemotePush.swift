@@ -253,14 +253,12 @@ extension Registry {
                 dataKey: dataKey,
                 overrideBy: prepared.overrideBudget ? actor.name : nil,
                 signer: .registry(registryIdentity, for: actor),
+                remember: [signer] + prepared.recipients.compactMap { Data(base64Encoded: $0).flatMap { try? PublicIdentity(jsonBytes: Array($0)) } },
                 reason: { "sha256:\($0) (over HTTP)" },
                 statement: { _ async throws(CofferRegistryError) in (signed, signer) },
                 result: { signed in
                     PushResult(model: prepared.model, version: prepared.version, digest: signed.digest, files: statement.files.count, bytes: bytes)
                 }
-            )
-            try await rememberRecipients(
-                [signer] + prepared.recipients.compactMap { Data(base64Encoded: $0).flatMap { try? PublicIdentity(jsonBytes: Array($0)) } }
             )
             committedVersion = committed
         } catch {

@@ -25,7 +25,7 @@ import Glibc
 /// let keys = try await EpochKeys.open(home: home, database: database)
 /// let stanza = try await database.transaction { connection in
 ///     let sealed = try await keys.seal(stanzaBytes, column: .wrappedKeyStanza, rowKey: "\(versionID)\n\(keyID)", on: connection)
-///     try await connection.query("INSERT INTO wrapped_keys VALUES (\(versionID), \(keyID), \(ByteBuffer(bytes: sealed)))", logger: ...)
+///     try await connection.run("INSERT INTO wrapped_keys VALUES (\(versionID), \(keyID), \(ByteBuffer(bytes: sealed)))")
 /// }
 /// ```
 final class EpochKeys: Sendable {
@@ -162,7 +162,6 @@ final class EpochKeys: Sendable {
         let table = try PostgresRecords.identifier(column.table)
         let name = try PostgresRecords.identifier(column.column)
         let rowKey = try column.rowKeyExpression()
-        let logger = PostgresPool.logger
         var after = ""
         while true {
             // Keyset pagination on the row key: each batch starts after the last one read.
@@ -177,7 +176,7 @@ final class EpochKeys: Sendable {
             var read = 0
             var keys: [String] = []
             var values: [ByteBuffer] = []
-            for try await row in try await connection.query(select, logger: logger) {
+            for row in try await connection.rows(select) {
                 let (key, buffer) = try row.decode((String, ByteBuffer).self)
                 let sealed = Array(buffer.readableBytesView)
                 read += 1
@@ -284,7 +283,7 @@ final class EpochKeys: Sendable {
             }()
         )
         var count: Int64? = nil
-        for try await row in try await connection.query(query, logger: PostgresPool.logger) { count = try row.decode(Int64.self) }
+        for row in try await connection.rows(query) { count = try row.decode(Int64.self) }
         return count
     }
 
@@ -296,7 +295,7 @@ final class EpochKeys: Sendable {
     static func readEpoch(on connection: PostgresConnection, lock: String) async throws -> State {
         var state: State? = nil
         let query = PostgresQuery(unsafeSQL: "SELECT epoch, rotation_due FROM epoch_state \(lock)")
-        for try await row in try await connection.query(query, logger: PostgresPool.logger) {
+        for row in try await connection.rows(query) {
             let (epoch, due) = try row.decode((Int64, Bool).self)
             guard let value = UInt32(exactly: epoch) else { throw CofferRegistryError.tampered("epoch_state names epoch \(epoch)") }
             state = State(epoch: value, rotationDue: due)

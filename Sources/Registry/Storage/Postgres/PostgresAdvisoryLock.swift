@@ -64,7 +64,7 @@ final class PostgresSessionLock: Sendable {
         let connection = try await database.openConnection()
         do {
             var taken = false
-            for try await row in try await connection.query("SELECT pg_try_advisory_lock(\(key))", logger: PostgresPool.logger) {
+            for row in try await connection.rows("SELECT pg_try_advisory_lock(\(key))") {
                 taken = try row.decode(Bool.self)
             }
             guard taken else {
@@ -92,7 +92,7 @@ final class PostgresSessionLock: Sendable {
                 WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
                   AND ((classid::bigint << 32) | objid::bigint) = \(key)
                 """
-            for try await row in try await connection.query(query, logger: PostgresPool.logger) {
+            for row in try await connection.rows(query) {
                 held = try row.decode(Bool.self)
             }
             return held

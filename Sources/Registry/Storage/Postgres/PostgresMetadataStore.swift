@@ -100,7 +100,33 @@ final class PostgresMetadataStore: MetadataStore {
 
     func commit(_ work: UnitOfWork) async throws(CofferRegistryError) {
         let seals = work.changes.contains(where: Self.seals)
-        let outcome = try await database.transaction(conflictOn: "ledger_pkey") { connection in
+        let outcome: Bool?
+        do {
+            outcome = try await commitOnce(work, seals: seals)
+        } catch .unavailable(let engine, let reason) {
+            // The connection was lost with the transaction sent: if it ended during COMMIT, the server may have
+            // committed it without the answer reaching us. A unit with a ledger record can tell: the record is there
+            // (with its hash) or not, and once the server answers again the outcome is final.
+            guard let last = work.records.last else { throw .unavailable(engine: engine, reason: reason) }
+            let found = try? await database.query("SELECT hash FROM ledger WHERE seq = \(last.seq)")
+            guard let row = found?.first else {
+                let known = found == nil ? " (whether it was committed is not known yet: the database does not answer)" : ""
+                throw .unavailable(engine: engine, reason: reason + known)
+            }
+            guard (try? row.decode(String.self)) == last.hash else { throw .ledgerMoved }
+            outcome = false
+            try? await keys.rotateIfDue(database)
+        }
+        // Another writer committed record n + 1 between the check and the insert (it cannot under the lock; the key
+        // is the last word).
+        guard let destroyed = outcome else { throw .ledgerMoved }
+        if destroyed { try await keys.rotateIfDue(database) }
+    }
+
+    /// One attempt at committing `work`: `nil` when another writer's record took the ledger's next number; whether a
+    /// sealed value was destroyed (a key rotation is due) otherwise.
+    private func commitOnce(_ work: UnitOfWork, seals: Bool) async throws(CofferRegistryError) -> Bool? {
+        try await database.transaction(conflictOn: "ledger_pkey") { connection in
             if let end = work.ledgerEnd {
                 try await connection.advisoryTransactionLock(PostgresAdvisoryLock.ledgerAppend)
                 let current = try await Self.int(connection, "SELECT coalesce(max(seq), 0) FROM ledger") ?? 0
@@ -122,9 +148,9 @@ final class PostgresMetadataStore: MetadataStore {
             // The epoch row before any row it protects, in one order for every writer: a change that may destroy a
             // sealed value locks it to mark a rotation due; one that only seals shares it (a rotation waits).
             if mayDestroy {
-                _ = try await connection.query("SELECT epoch FROM epoch_state FOR NO KEY UPDATE", logger: Self.logger).get()
+                _ = try await connection.run("SELECT epoch FROM epoch_state FOR NO KEY UPDATE")
             } else if seals {
-                _ = try await connection.query("SELECT epoch FROM epoch_state FOR SHARE", logger: Self.logger).get()
+                _ = try await connection.run("SELECT epoch FROM epoch_state FOR SHARE")
             }
             for record in work.records { try await connection.rows(PostgresRecords.insert(record, into: "ledger")) }
             var destroyed = false
@@ -135,10 +161,6 @@ final class PostgresMetadataStore: MetadataStore {
             try await Self.append(work.audit, on: connection)
             return destroyed
         }
-        // Another writer committed record n + 1 between the check and the insert (it cannot under the lock; the key
-        // is the last word).
-        guard let destroyed = outcome else { throw .ledgerMoved }
-        if destroyed { try await keys.rotateIfDue(database) }
     }
 
     /// Changes that may delete or clear a sealed value (what a rotation must then put out of reach).
@@ -191,7 +213,7 @@ final class PostgresMetadataStore: MetadataStore {
     /// Runs a statement to its end; the number of rows it changed.
     @discardableResult
     static func execute(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> Int {
-        try await connection.query(query, logger: logger).get().metadata.rows ?? 0
+        try await connection.run(query).metadata.rows ?? 0
     }
 
     static func int(_ connection: PostgresConnection, _ query: PostgresQuery) async throws -> Int64? {

@@ -26,15 +26,14 @@ enum PostgresMigrator {
         migrations: [(name: String, sql: String)]
     ) async throws(CofferRegistryError) -> [String] {
         try await database.withConnection { connection in
-            let logger = PostgresPool.logger
-            try await connection.query("SELECT pg_advisory_lock(\(PostgresAdvisoryLock.migrations))", logger: logger)
+            try await connection.run("SELECT pg_advisory_lock(\(PostgresAdvisoryLock.migrations))")
             do {
                 let applied = try await apply(migrations, on: connection, endpoint: database.endpoint)
-                try await connection.query("SELECT pg_advisory_unlock(\(PostgresAdvisoryLock.migrations))", logger: logger)
+                try await connection.run("SELECT pg_advisory_unlock(\(PostgresAdvisoryLock.migrations))")
                 return applied
             } catch {
                 // The lock is the session's: give it back before the connection returns to the pool.
-                _ = try? await connection.query("SELECT pg_advisory_unlock(\(PostgresAdvisoryLock.migrations))", logger: logger)
+                _ = try? await connection.run("SELECT pg_advisory_unlock(\(PostgresAdvisoryLock.migrations))")
                 throw error
             }
         }
@@ -46,13 +45,12 @@ enum PostgresMigrator {
     }
 
     private static func recorded(on connection: PostgresConnection) async throws -> [String] {
-        let logger = PostgresPool.logger
-        let exists = try await connection.query("SELECT to_regclass('coffer_migrations') IS NOT NULL", logger: logger)
+        let exists = try await connection.run("SELECT to_regclass('coffer_migrations') IS NOT NULL")
         var present = false
-        for try await row in exists { present = try row.decode(Bool.self) }
+        for row in exists { present = try row.decode(Bool.self) }
         guard present else { return [] }
         var names: [String] = []
-        for try await row in try await connection.query("SELECT name FROM coffer_migrations ORDER BY name", logger: logger) {
+        for row in try await connection.rows("SELECT name FROM coffer_migrations ORDER BY name") {
             names.append(try row.decode(String.self))
         }
         return names
@@ -63,15 +61,13 @@ enum PostgresMigrator {
         on connection: PostgresConnection,
         endpoint: PostgresEndpoint
     ) async throws -> [String] {
-        let logger = PostgresPool.logger
-        try await connection.query(
+        try await connection.run(
             """
             CREATE TABLE IF NOT EXISTS coffer_migrations (
                 name       TEXT PRIMARY KEY NOT NULL,
                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
             )
-            """,
-            logger: logger
+            """
         )
         let done = try await recorded(on: connection)
         let known = migrations.map(\.name)
@@ -90,9 +86,9 @@ enum PostgresMigrator {
             do {
                 try await PostgresPool.runTransaction(on: connection, isolation: .readCommitted) { connection in
                     for statement in SQLScript.statements(migration.sql) {
-                        try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger)
+                        try await connection.run(PostgresQuery(unsafeSQL: statement))
                     }
-                    try await connection.query("INSERT INTO coffer_migrations (name) VALUES (\(migration.name))", logger: logger)
+                    try await connection.run("INSERT INTO coffer_migrations (name) VALUES (\(migration.name))")
                 }
             } catch let error as PSQLError where error.code == .server {
                 throw CofferRegistryError.unavailable(

@@ -206,9 +206,7 @@ final class PostgresPool: Sendable {
     @discardableResult
     func query(_ query: PostgresQuery) async throws(CofferRegistryError) -> [PostgresRow] {
         do {
-            var rows: [PostgresRow] = []
-            for try await row in try await client.query(query, logger: Self.logger) { rows.append(row) }
-            return rows
+            return try await client.withConnection { connection in try await connection.rows(query) }
         } catch {
             throw await explain(error)
         }
@@ -286,16 +284,16 @@ final class PostgresPool: Sendable {
         isolation: Isolation,
         _ body: (PostgresConnection) async throws -> Result
     ) async throws -> Result {
-        try await connection.query(PostgresQuery(unsafeSQL: "BEGIN ISOLATION LEVEL \(isolation.rawValue)"), logger: logger)
+        try await connection.run(PostgresQuery(unsafeSQL: "BEGIN ISOLATION LEVEL \(isolation.rawValue)"))
         let result: Result
         do {
             result = try await body(connection)
         } catch {
             // A broken connection cannot roll back, and the server rolls back what a lost connection left open.
-            _ = try? await connection.query("ROLLBACK", logger: logger)
+            _ = try? await connection.run("ROLLBACK")
             throw error
         }
-        let committed = try await connection.query("COMMIT", logger: logger).get()
+        let committed = try await connection.run("COMMIT")
         guard committed.metadata.command == "COMMIT" else {
             throw CofferRegistryError.database("a statement of the transaction failed and its error was not passed on; nothing was committed")
         }

@@ -100,12 +100,25 @@ extension PostgresRow {
 }
 
 extension PostgresConnection {
+    /// Runs `query` and collects its result. Every statement Coffer sends goes through here.
+    ///
+    /// The statement is handed to the connection on its event loop, after checking there that the connection is open.
+    /// postgres-nio writes a statement to its channel without waiting for the write: written after the channel had
+    /// closed (and dropped its handlers), it is never answered, and its caller waits forever. A push hung so for a
+    /// minute across a PostgreSQL restart: the pool had leased it a connection the server had just closed. On the event
+    /// loop the check and the write cannot be split by the close; once written, a failing connection fails the statement.
+    @discardableResult
+    func run(_ query: PostgresQuery) async throws -> PostgresQueryResult {
+        try await eventLoop.flatSubmit { () -> EventLoopFuture<PostgresQueryResult> in
+            guard !self.isClosed else { return self.eventLoop.makeFailedFuture(ChannelError.ioOnClosedChannel) }
+            return self.query(query, logger: PostgresPool.logger)
+        }.get()
+    }
+
     /// Runs `query` and collects its rows (inside a transaction, where errors are translated by the transaction).
     @discardableResult
     func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        var rows: [PostgresRow] = []
-        for try await row in try await self.query(query, logger: PostgresPool.logger) { rows.append(row) }
-        return rows
+        try await run(query).rows
     }
 
     /// The rows of `query` as records.

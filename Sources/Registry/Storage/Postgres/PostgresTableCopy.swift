@@ -179,7 +179,7 @@ struct PostgresTableCopy: Sendable {
     func run(audit: AuditDraft) async throws(CofferRegistryError) -> [String: Int] {
         try await target.database.transaction { connection in
             // Sealing shares the epoch row, as every write that seals does: a rotation waits for the copy.
-            _ = try await connection.query("SELECT epoch FROM epoch_state FOR SHARE", logger: PostgresPool.logger).get()
+            _ = try await connection.run("SELECT epoch FROM epoch_state FOR SHARE")
             var copied: [String: Int] = [:]
             for table in tables {
                 copied[table.name] = try await copy(table, on: connection)
