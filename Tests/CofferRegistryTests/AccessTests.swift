@@ -112,7 +112,8 @@ struct AccessTests {
         let alice = try person("alice")
         let bob = try person("bob")
         let f = try await populated(alice, bob)
-        let opened = try await f.registry.openSession(try ModelReference(parsing: "m/risk@prod"), identity: bob, ttl: 60)
+        // Ten minutes: the session is used in real time, and a loaded full run took over a minute to get to it.
+        let opened = try await f.registry.openSession(try ModelReference(parsing: "m/risk@prod"), identity: bob, ttl: 600)
         for _ in 0..<3 {
             let session = try await InferenceSession(registry: f.registry, token: opened.token)
             #expect(session.withFile("weights.bin") { $0.count } == 8000 + Self.canary.count)

@@ -142,7 +142,14 @@ struct ServerTests {
                 #expect(text(response).contains(#"coffer_http_requests_total{route="/v1/version",status="401"} 4"#))
             }
         }
-        let refusals = try await w.fixture.registry.auditEntries().filter { $0.outcome == .refused }
+        // The tally is written every few seconds and once more as the server stops, which may finish after the client
+        // has its last answer: wait for it (a loaded full run read the log with only a first flush in it).
+        var refusals: [AuditEntry] = []
+        for _ in 0..<250 {
+            refusals = try await w.fixture.registry.auditEntries().filter { $0.outcome == .refused }
+            if refusals.count >= 8 { break }
+            try await Task.sleep(for: .milliseconds(40))
+        }
         #expect(refusals.count >= 8, "every refusal is audited")
         await #expect(try !w.fixture.registry.auditEntries().contains { $0.reason.contains(w.tokens["bob-read"]!) }, "no token in the log")
     }
