@@ -1,0 +1,269 @@
+import CofferCrypto
+import CofferRegistry
+import Foundation
+import Hummingbird
+
+/// The web pages (docs/WEB.md): sign-in and sign-out, models, a model's versions, a version with its proofs. Each
+/// page makes the registry calls the JSON route showing the same thing makes, with the same authorization.
+struct WebController {
+    let state: ServerState
+    var registry: Registry { state.registry }
+    var pages: WebPages { state.pages }
+
+    static let signInCookieName = "coffer_signin"
+
+    func addRoutes(to routes: some RouterMethods<CofferRequestContext>) {
+        routes.get("/") { _, _ in WebPages.seeOther("/models") }
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .get("signin", use: signInForm)
+            .post("signin", use: signIn)
+            .get("static/coffer.css", use: stylesheet)
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .add(middleware: WebSessionAuthenticator(state: state, role: .reader))
+            .post("signout", use: signOut)
+            .get("models", use: models)
+            .get("model", use: model)
+            .get("version", use: version)
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .add(middleware: WebSessionAuthenticator(state: state, role: .admin))
+            .get("audit", use: audit)
+    }
+
+    // MARK: - Signing in and out
+
+    /// `GET /signin?next=PATH`: the form, with a fresh sign-in CSRF token in its field and in a cookie.
+    func signInForm(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        signInPage(next: Self.localPath(request.uri.queryParameters.get("next")), message: nil, status: .ok)
+    }
+
+    /// `POST /signin` with `token`, `csrf` and `next`: a session for a bearer token the API would take.
+    func signIn(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let form = try await WebForm.read(request)
+        let next = Self.localPath(form["next"])
+        guard let expected = request.cookies[Self.signInCookieName]?.value, let csrf = form["csrf"],
+            SecureCompare.equal(Array(csrf.utf8), Array(expected.utf8))
+        else {
+            state.refusals.add(principal: "-", action: "web.csrf", reason: "a sign-in form was posted without its CSRF token")
+            state.metrics.refusal()
+            return signInPage(next: next, message: "The form's CSRF token is missing or wrong: send the form again.", status: .forbidden)
+        }
+        let text = (form["token"] ?? "").trimmingCharacters(in: .whitespaces).utf8
+        let token = SecureBytes(count: text.count)
+        token.withUnsafeMutableBytes { $0.copyBytes(from: text) }
+        let holder: TokenHolder
+        do { holder = try await TokenAuthorizer(state: state).authorize(token, role: .reader, target: "/signin") } catch {
+            return signInPage(next: next, message: "Sign-in refused: \(WebPages.describe(error).1)", status: .unauthorized)
+        }
+        let (id, _) = state.webSessions.open(token: token, principal: holder.principal.name)
+        return WebPages.seeOther(
+            next,
+            cookies: [
+                WebSessionAuthenticator.cookie(id, maxAge: Int(WebSessions.lifetime)),
+                Cookie(name: Self.signInCookieName, value: "", maxAge: 0, path: "/", secure: true, httpOnly: true, sameSite: .strict),
+            ]
+        )
+    }
+
+    /// `POST /signout`: ends the session and deletes its cookie.
+    func signOut(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        if let id = request.cookies[WebSessionAuthenticator.cookieName]?.value { state.webSessions.close(id) }
+        return WebPages.seeOther("/signin", cookies: [WebSessionAuthenticator.cookie("", maxAge: 0)])
+    }
+
+    private func signInPage(next: String, message: String?, status: HTTPResponse.Status) -> Response {
+        let csrf = WebSessions.randomHex()
+        var values: [String: Any] = ["title": "Sign in", "formCSRF": csrf, "next": next]
+        if let message { values["message"] = message }
+        var response = pages.render("signin", values, session: nil, status: status)
+        response.setCookie(Cookie(name: Self.signInCookieName, value: csrf, maxAge: 600, path: "/", secure: true, httpOnly: true, sameSite: .strict))
+        return response
+    }
+
+    /// Where to go after signing in: a path on this server, else the models page (never another site: `//host`,
+    /// `/\host` and absolute URLs are dropped).
+    static func localPath(_ text: String?) -> String {
+        guard let text, text.hasPrefix("/"), !text.hasPrefix("//"), !text.contains("\\"), !text.contains(where: \.isNewline) else { return "/models" }
+        return text
+    }
+
+    func stylesheet(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        Response(
+            status: .ok,
+            headers: [.contentType: "text/css; charset=utf-8", .cacheControl: "public, max-age=3600"],
+            body: .init(byteBuffer: ByteBuffer(string: WebTemplates.stylesheet))
+        )
+    }
+
+    // MARK: - Pages
+
+    /// `GET /models?q=TEXT&namespace=NS`: the models the principal may read (each as `GET /v1/versions?model=NAME`
+    /// would allow it), newest version first.
+    func models(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        let query = request.uri.queryParameters.get("q") ?? ""
+        let namespace = request.uri.queryParameters.get("namespace")
+        let mayReadAll = try await registry.holds(.reader, on: nil, holder.principal)
+        var order: [String] = []
+        var byModel: [String: (count: Int, latest: VersionSummary)] = [:]
+        for version in try await registry.list() {
+            if let seen = byModel[version.model] {
+                byModel[version.model] = (seen.count + 1, seen.latest)
+            } else {
+                order.append(version.model)
+                byModel[version.model] = (1, version)
+            }
+        }
+        var readable: [String] = []
+        for name in order where mayReadAll ? true : try await registry.holds(.reader, on: name, holder.principal) { readable.append(name) }
+        var namespaces: [String: Int] = [:]
+        for name in readable { if let space = Self.namespace(of: name) { namespaces[space, default: 0] += 1 } }
+        let shown = readable.filter { name in
+            (query.isEmpty || name.localizedCaseInsensitiveContains(query)) && (namespace.map { Self.namespace(of: name) == $0 } ?? true)
+        }
+        let rows: [[String: Any]] = shown.map { name in
+            let entry = byModel[name]!
+            return [
+                "name": name, "href": "/model?name=" + WebForm.percentEncoded(name), "versions": entry.count,
+                "latest": entry.latest.version, "created": entry.latest.created,
+            ]
+        }
+        let spaces: [[String: Any]] = namespaces.keys.sorted().map { space in
+            ["name": space, "count": namespaces[space]!, "href": "/models?namespace=" + WebForm.percentEncoded(space), "current": space == namespace]
+        }
+        var values: [String: Any] = [
+            "title": "Models", "query": query, "models": rows, "noModels": rows.isEmpty, "namespaces": spaces, "hasNamespaces": !spaces.isEmpty,
+            "heading": namespace.map { "Models in \($0)/" } ?? "All models",
+        ]
+        if let namespace { values["namespace"] = namespace }
+        return page("models", values, context)
+    }
+
+    /// `GET /model?name=NAME`: the versions table, as `GET /v1/versions?model=NAME`.
+    func model(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        guard let name = request.uri.queryParameters.get("name") else {
+            throw HTTPError(.badRequest, message: "the name query parameter is required")
+        }
+        try ModelReference.validate(name: name)
+        try await registry.require(.reader, on: name, by: holder.principal, action: "list", target: name)
+        let rows: [[String: Any]] = try await registry.list(model: name).map { version in
+            [
+                "version": version.version, "href": "/version?ref=" + WebForm.percentEncoded("\(name):\(version.version)"),
+                "created": version.created, "publisher": version.publisherKeyID, "epsilon": Self.number(version.privacy.epsilon),
+                "delta": Self.number(version.privacy.delta), "pruningRatio": Self.number(version.privacy.pruningRatio),
+                "aliases": version.aliases.isEmpty ? "none" : version.aliases.joined(separator: ", "), "verified": version.verified,
+                "verification": version.verification ?? "",
+            ]
+        }
+        return page("model", ["title": name, "name": name, "versions": rows], context)
+    }
+
+    /// `GET /version?ref=NAME:VERSION`: the version as `GET /v1/version` shows it (its signed statement checked),
+    /// and its blobs checked as `GET /v1/verify` checks them. A failure of either is shown with its exact message.
+    func version(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        guard let text = request.uri.queryParameters.get("ref") else { throw HTTPError(.badRequest, message: "the ref query parameter is required") }
+        let reference = try ModelReference(parsing: text)
+        try await registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description)
+        let summary = try await registry.show(reference)
+        var failure = summary.verification
+        if failure == nil {
+            do { _ = try await registry.verify(ModelReference(parsing: "\(summary.model):\(summary.version)")) } catch { failure = error.description }
+        }
+        let privacy = summary.privacy
+        let card: [(String, String)] = [
+            ("Mechanism", privacy.mechanism ?? "not stated"), ("Accountant", privacy.accountant ?? "not stated"),
+            ("Noise multiplier", Self.number(privacy.noiseMultiplier)), ("Sampling rate", Self.number(privacy.samplingRate)),
+            ("Steps", privacy.steps.map { "\($0)" } ?? "not stated"), ("Clip norm", Self.number(privacy.clippingNorm)),
+            ("Epsilon", Self.number(privacy.epsilon)), ("Delta", Self.number(privacy.delta)),
+            ("Privacy unit", privacy.privacyUnit ?? "not stated"), ("Pruning method", privacy.pruningMethod ?? "none"),
+            ("Pruning ratio", Self.number(privacy.pruningRatio)), ("Achieved sparsity", Self.number(privacy.achievedSparsity)),
+        ]
+        var values: [String: Any] = [
+            "title": "\(summary.model):\(summary.version)", "model": summary.model, "version": summary.version,
+            "modelHref": "/model?name=" + WebForm.percentEncoded(summary.model), "verified": failure == nil, "failure": failure ?? "",
+            "signer": summary.signer ?? "", "digest": summary.digest, "publisher": summary.publisherKeyID, "created": summary.created,
+            "privacy": card.map { ["label": $0.0, "value": $0.1] },
+            "files": summary.files.map { file -> [String: Any] in
+                [
+                    "path": file.path, "size": file.size, "sha256": file.plaintextSHA256, "sealedSize": file.sealedSize,
+                    "sealedSHA256": file.sealedSHA256,
+                ]
+            },
+            "parent": summary.parent ?? "none", "dataset": summary.datasetID ?? "not stated", "datasetDigest": summary.datasetDigest ?? "not stated",
+            "trainingConfigDigest": summary.trainingConfigDigest ?? "not stated",
+            "aliases": summary.aliases.isEmpty ? "none" : summary.aliases.joined(separator: ", "),
+            "tags": summary.tags.keys.sorted().map { ["key": $0, "value": summary.tags[$0]!] },
+        ]
+        if let parent = summary.parent { values["parentHref"] = "/version?ref=" + WebForm.percentEncoded(parent) }
+        if let message = summary.message { values["message"] = message }
+        if let at = summary.erasedAt { values["erased"] = "at \(at) by \(summary.erasedBy ?? "an unknown principal")" }
+        return page("version", values, context)
+    }
+
+    /// `GET /audit?principal=P&action=A&model=M&before=SEQ`: admins only, as `GET /v1/audit`. One keyset page of
+    /// entries, newest first, with the chain verified now and the last signed head.
+    func audit(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        try await registry.require(.admin, on: nil, by: holder.principal, action: "audit", target: "*")
+        let parameters = request.uri.queryParameters
+        func field(_ name: String) -> String? { parameters.get(name).flatMap { $0.isEmpty ? nil : $0 } }
+        let filter = try AuditFilter(principal: field("principal"), action: field("action"), model: field("model"))
+        var before: Int64? = nil
+        if let text = field("before") {
+            guard let seq = Int64(text), seq > 0 else {
+                throw HTTPError(.badRequest, message: "before must be an entry number, got '\(text.prefix(40))'")
+            }
+            before = seq
+        }
+        let found = try await registry.auditPage(filter, before: before, limit: Self.auditPageSize)
+        var values: [String: Any] = [
+            "title": "Audit log", "filterPrincipal": filter.principal ?? "", "filterAction": filter.action ?? "", "filterModel": filter.model ?? "",
+            "noEntries": found.entries.isEmpty,
+            "entries": found.entries.map { entry -> [String: Any] in
+                [
+                    "seq": entry.seq, "at": entry.at, "principal": entry.principal, "action": entry.action, "target": entry.target,
+                    "outcome": entry.outcome.rawValue, "reason": entry.reason,
+                ]
+            },
+        ]
+        do {
+            let report = try await registry.verifyAudit()
+            values["chainOK"] = true
+            values["chainSummary"] =
+                "\(report.entries) entries chained; signed through entry \(report.signedThrough), \(report.unsigned) after it not yet signed."
+        } catch {
+            values["chainOK"] = false
+            values["chainFailure"] = error.description
+        }
+        if let head = try await registry.lastSignedAuditHead() {
+            values["lastHead"] = "entry \(head.seq), signed at \(head.signedAt)" + (head.keyID.map { " by key \($0)" } ?? "")
+        } else {
+            values["lastHead"] = "none yet"
+        }
+        let query = [("principal", filter.principal), ("action", filter.action), ("model", filter.model)].compactMap { name, value in
+            value.map { "\(name)=\(WebForm.percentEncoded($0))" }
+        }
+        func href(_ extra: [String]) -> String { "/audit" + ((query + extra).isEmpty ? "" : "?" + (query + extra).joined(separator: "&")) }
+        if before != nil { values["firstHref"] = href([]) }
+        if let next = found.next { values["nextHref"] = href(["before=\(next)"]) }
+        return page("audit", values, context)
+    }
+
+    static let auditPageSize = 50
+
+    /// A signed-in page, with the admin links shown to an admin token.
+    private func page(_ name: String, _ values: [String: Any], _ context: CofferRequestContext) -> Response {
+        pages.render(name, values, session: context.webSession, admin: context.holder?.scope == .admin)
+    }
+
+    static func namespace(of model: String) -> String? {
+        guard let slash = model.lastIndex(of: "/") else { return nil }
+        return String(model[..<slash])
+    }
+
+    static func number(_ value: Double?) -> String {
+        guard let value else { return "not stated" }
+        return "\(value)"
+    }
+}

@@ -1,0 +1,297 @@
+import CofferCrypto
+import CofferRegistry
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Testing
+
+@testable import CofferServer
+
+/// The web pages through Hummingbird's router test client, on the world of ``ServerTests``: alice (admin), bob (reader,
+/// publisher and inference on m/), carol (reader on other/ only), and m/risk:1 pushed by alice with alias prod.
+struct WebTests {
+    let server = ServerTests()
+
+    /// A signed-in browser: its session cookie and the CSRF token the pages put in their forms.
+    struct Browser {
+        var cookie: String
+        var csrf: String
+        var headers: HTTPFields { [.cookie: "\(WebSessionAuthenticator.cookieName)=\(cookie)"] }
+    }
+
+    static func text(_ response: TestResponse) -> String { String(buffer: response.body) }
+
+    /// The value of cookie `name` set by `response`, and the whole `Set-Cookie` line.
+    static func setCookie(_ name: String, in response: TestResponse) -> (value: String, line: String)? {
+        for line in response.headers[values: .setCookie] where line.hasPrefix("\(name)=") {
+            let value = line.dropFirst(name.count + 1).prefix { $0 != ";" }
+            return (String(value), line)
+        }
+        return nil
+    }
+
+    /// The value of the hidden `csrf` field in a page.
+    static func csrfField(_ page: String) -> String? {
+        guard let range = page.range(of: #"name="csrf" value=""#) else { return nil }
+        return String(page[range.upperBound...].prefix { $0 != "\"" })
+    }
+
+    static func form(_ fields: [(String, String)]) -> (HTTPFields, ByteBuffer) {
+        let body = fields.map { "\($0.0)=\(WebForm.percentEncoded($0.1))" }.joined(separator: "&")
+        return ([.contentType: "application/x-www-form-urlencoded"], ByteBuffer(string: body))
+    }
+
+    /// Signs in with `token` as a browser would: the form (and its sign-in cookie), then the post.
+    func signIn(_ client: some TestClientProtocol, token: String) async throws -> Browser {
+        let form = try await client.execute(uri: "/signin", method: .get)
+        let signin = try #require(Self.setCookie(WebController.signInCookieName, in: form))
+        let csrf = try #require(Self.csrfField(Self.text(form)))
+        var (headers, body) = Self.form([("csrf", csrf), ("token", token), ("next", "/models")])
+        headers[.cookie] = "\(WebController.signInCookieName)=\(signin.value)"
+        let posted = try await client.execute(uri: "/signin", method: .post, headers: headers, body: body)
+        #expect(posted.status == .seeOther && posted.headers[.location] == "/models")
+        let session = try #require(Self.setCookie(WebSessionAuthenticator.cookieName, in: posted))
+        let page = try await client.execute(
+            uri: "/models",
+            method: .get,
+            headers: [.cookie: "\(WebSessionAuthenticator.cookieName)=\(session.value)"]
+        )
+        #expect(page.status == .ok)
+        return Browser(cookie: session.value, csrf: try #require(Self.csrfField(Self.text(page))))
+    }
+
+    @Test func aSignedOutUserIsSentToSignIn() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            for uri in ["/models", "/model?name=m/risk", "/version?ref=m/risk:1"] {
+                let response = try await client.execute(uri: uri, method: .get)
+                #expect(response.status == .seeOther)
+                #expect(response.headers[.location] == "/signin?next=" + WebForm.percentEncoded(uri))
+            }
+            // A cookie naming no session is no better than none.
+            let forged = try await client.execute(
+                uri: "/models",
+                method: .get,
+                headers: [.cookie: "coffer_session=" + String(repeating: "ab", count: 32)]
+            )
+            #expect(forged.status == .seeOther)
+            let root = try await client.execute(uri: "/", method: .get)
+            #expect(root.status == .seeOther && root.headers[.location] == "/models")
+            // After signing in, the next page asked for is only ever a path of this server.
+            #expect(WebController.localPath("//evil.example/x") == "/models")
+            #expect(WebController.localPath("https://evil.example") == "/models")
+            #expect(WebController.localPath("/version?ref=m/risk:1") == "/version?ref=m/risk:1")
+        }
+    }
+
+    @Test func signInGivesAStrictShortLivedCookieAndSafeHeaders() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            let form = try await client.execute(uri: "/signin", method: .get)
+            let signin = try #require(Self.setCookie(WebController.signInCookieName, in: form))
+            let csrf = try #require(Self.csrfField(Self.text(form)))
+            var (headers, body) = Self.form([("csrf", csrf), ("token", w.tokens["bob-read"]!), ("next", "/model?name=m/risk")])
+            headers[.cookie] = "\(WebController.signInCookieName)=\(signin.value)"
+            let posted = try await client.execute(uri: "/signin", method: .post, headers: headers, body: body)
+            #expect(posted.status == .seeOther && posted.headers[.location] == "/model?name=m/risk")
+            let session = try #require(Self.setCookie(WebSessionAuthenticator.cookieName, in: posted))
+            #expect(session.value.count == 64 && session.value.allSatisfy(\.isHexDigit))
+            for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/", "Max-Age=1800"] {
+                #expect(session.line.contains(flag), "\(session.line) lacks \(flag)")
+            }
+            // The session is kept hashed: the store never holds the cookie's value as a key.
+            let page = try await client.execute(uri: "/model?name=m/risk", method: .get, headers: [.cookie: "coffer_session=\(session.value)"])
+            #expect(page.status == .ok)
+            #expect(page.headers[.contentSecurityPolicy]?.contains("default-src 'self'") == true)
+            #expect(page.headers[.contentSecurityPolicy]?.contains("frame-ancestors 'none'") == true)
+            #expect(page.headers[.contentSecurityPolicy]?.contains("script-src 'none'") == true)
+            #expect(page.headers[.xContentTypeOptions] == "nosniff")
+            #expect(page.headers[HTTPField.Name("Referrer-Policy")!] == "no-referrer")
+            #expect(page.headers[.cacheControl] == "no-store")
+            let html = Self.text(page)
+            #expect(html.contains(#"<html lang="en">"#) && html.contains(#"name="viewport""#))
+            #expect(html.contains("Signed in as bob") && html.contains(">1</a>") && html.contains("prod"))
+            #expect(!html.contains(w.tokens["bob-read"]!))
+        }
+    }
+
+    @Test func aRefusedTokenGetsNoSession() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            for (token, message) in [
+                ("cft_nothex", "malformed bearer token"), (w.tokens["revoked"]!, "was revoked at"), (w.tokens["expired"]!, "expired at"),
+            ] {
+                let form = try await client.execute(uri: "/signin", method: .get)
+                let signin = try #require(Self.setCookie(WebController.signInCookieName, in: form))
+                var (headers, body) = Self.form([("csrf", try #require(Self.csrfField(Self.text(form)))), ("token", token)])
+                headers[.cookie] = "\(WebController.signInCookieName)=\(signin.value)"
+                let posted = try await client.execute(uri: "/signin", method: .post, headers: headers, body: body)
+                #expect(posted.status == .unauthorized)
+                #expect(Self.text(posted).contains(message))
+                // The form is never filled back in with the token.
+                #expect(!Self.text(posted).contains("value=\"\(token)"))
+                #expect(Self.setCookie(WebSessionAuthenticator.cookieName, in: posted) == nil)
+            }
+        }
+    }
+
+    @Test func aFormWithoutItsCSRFTokenIsRefused() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            // Sign-in: no sign-in cookie, or a field that differs from it.
+            let (formHeaders, body) = Self.form([("csrf", "00"), ("token", w.tokens["bob-read"]!)])
+            let noCookie = try await client.execute(uri: "/signin", method: .post, headers: formHeaders, body: body)
+            #expect(noCookie.status == .forbidden && Self.setCookie(WebSessionAuthenticator.cookieName, in: noCookie) == nil)
+            var wrong = formHeaders
+            wrong[.cookie] = "\(WebController.signInCookieName)=11"
+            let mismatch = try await client.execute(uri: "/signin", method: .post, headers: wrong, body: body)
+            #expect(mismatch.status == .forbidden && Self.setCookie(WebSessionAuthenticator.cookieName, in: mismatch) == nil)
+
+            let browser = try await signIn(client, token: w.tokens["bob-read"]!)
+            for fields in [[(String, String)](), [("csrf", String(repeating: "0", count: 64))], [("csrf", "")]] {
+                var (headers, body) = Self.form(fields)
+                headers[.cookie] = browser.headers[.cookie]
+                let response = try await client.execute(uri: "/signout", method: .post, headers: headers, body: body)
+                #expect(response.status == .forbidden)
+                #expect(Self.text(response).contains("CSRF token is missing or wrong"))
+            }
+            // Still signed in: the refused posts did nothing.
+            #expect(try await client.execute(uri: "/models", method: .get, headers: browser.headers).status == .ok)
+            var (headers, signOut) = Self.form([("csrf", browser.csrf)])
+            headers[.cookie] = browser.headers[.cookie]
+            let out = try await client.execute(uri: "/signout", method: .post, headers: headers, body: signOut)
+            #expect(out.status == .seeOther && out.headers[.location] == "/signin")
+            #expect(Self.setCookie(WebSessionAuthenticator.cookieName, in: out)?.line.contains("Max-Age=0") == true)
+            #expect(try await client.execute(uri: "/models", method: .get, headers: browser.headers).status == .seeOther)
+        }
+    }
+
+    @Test func pagesRefuseWhatTheAPIRefuses() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            // carol reads other/ only: m/risk is not listed, and asking for it is the API's 403, as a page.
+            let carol = try await signIn(client, token: w.tokens["carol-read"]!)
+            let models = Self.text(try await client.execute(uri: "/models", method: .get, headers: carol.headers))
+            #expect(!models.contains("m/risk") && models.contains("No model matches"))
+            for uri in ["/version?ref=m/risk:1", "/model?name=m/risk"] {
+                let page = try await client.execute(uri: uri, method: .get, headers: carol.headers)
+                #expect(page.status == .forbidden)
+                let html = Self.text(page)
+                #expect(html.contains("<h1>403 Forbidden</h1>") && html.contains("carol lacks the reader role on m/risk"))
+                #expect(page.headers[.contentType] == "text/html; charset=utf-8")
+            }
+            // A token revoked after sign-in ends the session at its next request.
+            let admin = Signer(w.fixture.publisher)
+            let created = try await w.fixture.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: admin)
+            let bob = try await signIn(client, token: created.token.text().withUnsafeBytes { String(decoding: $0, as: UTF8.self) })
+            #expect(try await client.execute(uri: "/models", method: .get, headers: bob.headers).status == .ok)
+            try await w.fixture.registry.revokeToken(id: created.info.id, by: admin)
+            let after = try await client.execute(uri: "/models", method: .get, headers: bob.headers)
+            #expect(after.status == .seeOther && after.headers[.location]?.hasPrefix("/signin") == true)
+        }
+    }
+
+    @Test func theVersionPageShowsTheProofsAndATamperedBlob() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let page = try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers)
+            #expect(page.status == .ok)
+            let html = Self.text(page)
+            #expect(html.contains(#"<span class="badge ok" id="status">verified</span> signed by alice"#))
+            for label in ["Mechanism", "Accountant", "Noise multiplier", "Sampling rate", "Steps", "Clip norm", "Epsilon", "Delta", "Pruning ratio"] {
+                #expect(html.contains("<dt>\(label)</dt>"), "no \(label)")
+            }
+            let summary = try await w.fixture.registry.show(try ModelReference(parsing: "m/risk:1"))
+            let file = try #require(summary.files.first)
+            #expect(html.contains(file.path) && html.contains(file.sealedSHA256) && html.contains("<td>\(file.size)</td>"))
+            // The numbers shown are the signed ones (this fixture's checkpoint carries no privacy.json: "not stated";
+            // tools/interop/test_web.py shows a trained one's).
+            let privacy = summary.privacy
+            for (label, value) in [("Epsilon", privacy.epsilon), ("Delta", privacy.delta), ("Noise multiplier", privacy.noiseMultiplier)] {
+                #expect(html.contains("<dt>\(label)</dt><dd>\(WebController.number(value))</dd>"), "\(label)")
+            }
+
+            // One byte of the sealed blob changed on disk: the page says so, with the verifier's message.
+            let blob = "\(w.fixture.home)/blobs/sha256/\(file.sealedSHA256.prefix(2))/\(file.sealedSHA256)"
+            var bytes = try Data(contentsOf: URL(fileURLWithPath: blob))
+            bytes[bytes.count / 2] ^= 0x01
+            try bytes.write(to: URL(fileURLWithPath: blob))
+            let tampered = Self.text(try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers))
+            #expect(tampered.contains(#"<span class="badge bad" id="status">not verified</span>"#))
+            #expect(tampered.contains("blob of \(file.path) does not match its signed SHA-256"))
+        }
+    }
+
+    @Test func hostileTextIsEscapedEverywhere() async throws {
+        let w = try await server.world()
+        let hostile = #"<script>alert("x")</script>'"><img src=x onerror=alert(1)>"#
+        try await w.fixture.registry.tag(try ModelReference(parsing: "m/risk:1"), set: ["note": hostile])
+        try await server.app(w).test(.router) { client in
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let page = Self.text(try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers))
+            #expect(page.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#39;&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"))
+            #expect(!page.contains("<script") && !page.contains("<img"))
+            // A search for it is echoed back escaped too.
+            let search = try await client.execute(uri: "/models?q=" + WebForm.percentEncoded(hostile), method: .get, headers: bob.headers)
+            #expect(!Self.text(search).contains("<script") && Self.text(search).contains("&lt;script&gt;"))
+            // And an unparseable reference is a 400 page whose message is escaped.
+            let bad = try await client.execute(uri: "/version?ref=" + WebForm.percentEncoded("<b>x"), method: .get, headers: bob.headers)
+            #expect(bad.status == .badRequest && !Self.text(bad).contains("<b>x"))
+        }
+    }
+
+    @Test func theAuditPageIsForAdminsAndPagesByKeyset() async throws {
+        let w = try await server.world()
+        let registry = w.fixture.registry
+        for i in 1...130 {
+            try await registry.recordRefusal(action: "probe", target: i % 2 == 0 ? "m/risk:1" : "other/x", reason: "n\(i)", principal: "mallory")
+        }
+        try await server.app(w).test(.router) { client in
+            // A reader, and an admin token of a principal without the admin role, both get the 403 page.
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let refused = try await client.execute(uri: "/audit", method: .get, headers: bob.headers)
+            #expect(refused.status == .forbidden)
+            #expect(Self.text(refused).contains("<h1>403 Forbidden</h1>") && Self.text(refused).contains("does not allow the admin role"))
+            #expect(!Self.text(try await client.execute(uri: "/models", method: .get, headers: bob.headers)).contains(#"href="/audit""#))
+
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            let first = try await client.execute(uri: "/audit?principal=mallory&action=probe", method: .get, headers: alice.headers)
+            #expect(first.status == .ok)
+            let html = Self.text(first)
+            #expect(html.contains(#"<span class="badge ok" id="chain-status">verified</span>"#))
+            #expect(html.contains("Last signed head</dt><dd>entry "))
+            #expect(html.contains("<td>n130</td>") && !html.contains("<td>n80</td>") && html.contains("<td>n81</td>"))
+            // The next page starts below the last entry shown, by its number: no entry is skipped or repeated.
+            let seqs = try Self.auditSeqs(html)
+            #expect(seqs.count == WebController.auditPageSize && seqs == seqs.sorted(by: >))
+            let next = try #require(html.range(of: #"href="/audit?principal=mallory&amp;action=probe&amp;before="#))
+            let before = html[next.upperBound...].prefix { $0.isNumber }
+            #expect(Int64(before) == seqs.last)
+            let second = Self.text(
+                try await client.execute(uri: "/audit?principal=mallory&action=probe&before=\(before)", method: .get, headers: alice.headers)
+            )
+            #expect(second.contains("<td>n80</td>") && second.contains("<td>n31</td>") && !second.contains("<td>n81</td>"))
+            let third = Self.text(
+                try await client.execute(
+                    uri: "/audit?principal=mallory&action=probe&before=\(try Self.auditSeqs(second).last!)",
+                    method: .get,
+                    headers: alice.headers
+                )
+            )
+            #expect(try Self.auditSeqs(third).count == 30 && !third.contains("Older entries"))
+            // The model filter: only entries naming m/risk (the even ones).
+            let model = Self.text(try await client.execute(uri: "/audit?model=m/risk&action=probe", method: .get, headers: alice.headers))
+            #expect(model.contains("<td>n130</td>") && !model.contains("<td>n129</td>"))
+            let bad = try await client.execute(uri: "/audit?before=x", method: .get, headers: alice.headers)
+            #expect(bad.status == .badRequest)
+        }
+    }
+
+    /// The entry numbers in the first column of an audit page's table, top to bottom.
+    static func auditSeqs(_ html: String) throws -> [Int64] {
+        let body = try #require(html.range(of: "<tbody>").map { html[$0.upperBound...] })
+        return body.components(separatedBy: "<tr><td>").dropFirst().compactMap { Int64($0.prefix { $0.isNumber }) }
+    }
+}
