@@ -47,9 +47,15 @@ struct WebPages: Sendable {
     }
 
     /// An error as a page: the status's reason as the heading, the error's one line as the message.
-    func error(_ error: any Error, session: WebSessions.Session?) -> Response {
+    func error(_ error: any Error, session: WebSessions.Session?, admin: Bool = false) -> Response {
         let (status, message) = Self.describe(error)
-        return render("error", ["title": "\(status.code) \(status.reasonPhrase)", "message": message], session: session, status: status)
+        return render(
+            "error",
+            ["title": "\(status.code) \(status.reasonPhrase)", "message": message],
+            session: session,
+            admin: admin,
+            status: status
+        )
     }
 
     static func describe(_ error: any Error) -> (HTTPResponse.Status, String) {

@@ -46,7 +46,7 @@ struct WebSessionAuthenticator: RouterMiddleware {
             }
             return try await next(request, context)
         } catch {
-            return state.pages.error(error, session: session)
+            return state.pages.error(error, session: session, admin: context.holder?.scope == .admin)
         }
     }
 
