@@ -251,3 +251,18 @@ def test_a_tampered_blob_is_reported_on_the_version_page(driver, world):
         blob.write_bytes(original)
     driver.refresh()
     assert driver.find_element(By.ID, "status").text == "verified"
+
+
+def test_the_pages_fit_a_phone(driver, world):
+    """At a phone's width nothing makes the page scroll sideways (wide tables scroll inside their own box)."""
+    driver.set_window_size(390, 844)
+    try:
+        sign_in(driver, world, "alice")
+        for path in ("/models", "/model?name=m/risk", "/version?ref=m/risk:1", "/audit"):
+            driver.get(world["base"] + path)
+            width = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+            assert width[0] <= width[1], f"{path} is {width[0]} px wide in a {width[1]} px window"
+        driver.get(world["base"] + "/version?ref=m/risk:1")
+        shot(driver, "version-phone")
+    finally:
+        driver.set_window_size(1280, 900)
