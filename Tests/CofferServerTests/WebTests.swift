@@ -1,5 +1,6 @@
 import CofferCrypto
 import CofferRegistry
+import CofferTraining
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -286,6 +287,93 @@ struct WebTests {
             #expect(model.contains("<td>n130</td>") && !model.contains("<td>n129</td>"))
             let bad = try await client.execute(uri: "/audit?before=x", method: .get, headers: alice.headers)
             #expect(bad.status == .badRequest)
+        }
+    }
+
+    @Test func theBudgetPageDrawsTheComposedEpsilonOnTheServer() async throws {
+        let w = try await server.world()
+        let registry = w.fixture.registry
+        try await registry.setBudget(dataset: "census", epsilon: 5, delta: 1e-5, by: Signer(w.fixture.publisher))
+        let histories = [
+            [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 400)],
+            [PrivacySegment(sampleRate: 0.02, noiseMultiplier: 0.9, steps: 300)],
+        ]
+        for segments in histories {
+            var request = PushRequest(model: "m/risk", paths: [w.fixture.path("ckpt")])
+            request.datasetID = "census"
+            request.privacy.mechanism = "dp-sgd"
+            request.privacy.delta = 1e-5
+            request.privacy.segments = segments
+            _ = try await registry.push(request, publisher: w.fixture.publisher)
+        }
+        // The plotted points are the compositions of the first k histories, the last being what the budget spent.
+        let history = try await registry.budgetHistory(dataset: "census")
+        var reference = RDPAccountant()
+        reference.compose(histories[0][0])
+        let first = reference.epsilon(delta: 1e-5).epsilon
+        let status = try await registry.budget(dataset: "census")
+        #expect(history.count == 2 && abs(history[0] - first) < 1e-9 && abs(history[1] - status.spent) < 1e-9)
+        #expect(history[1] < status.versions.map(\.epsilon).reduce(0, +))
+        try await server.app(w).test(.router) { client in
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let list = Self.text(try await client.execute(uri: "/budgets", method: .get, headers: bob.headers))
+            #expect(
+                list.contains(#"<a href="/budget?dataset=census">census</a>"#) && list.contains("<td>\(WebController.epsilon(status.spent))</td>")
+            )
+            let page = try await client.execute(uri: "/budget?dataset=census", method: .get, headers: bob.headers)
+            #expect(page.status == .ok)
+            let html = Self.text(page)
+            #expect(html.contains(#"<strong id="spent">\#(WebController.epsilon(status.spent))</strong> of epsilon 5 spent"#))
+            #expect(html.contains(#"<svg class="plot""#) && html.components(separatedBy: "<circle ").count == 3)
+            let plot = BudgetPlot(total: 5, history: history)
+            let points = plot.values["points"] as? String ?? "-"
+            #expect(points.split(separator: " ").count == 3 && html.contains(#"points="\#(points)""#))
+            // Higher epsilon is drawn higher: SVG's y grows downwards.
+            #expect(plot.y(history[1]) < plot.y(history[0]) && plot.y(history[0]) < plot.y(0))
+            #expect(html.contains("<td>m/risk:2</td>") == false && html.contains(">m/risk:2</a>") && html.contains(">m/risk:3</a>"))
+            let unknown = try await client.execute(uri: "/budget?dataset=nothing", method: .get, headers: bob.headers)
+            #expect(unknown.status == .notFound)
+        }
+    }
+
+    @Test func sessionsAreListedAndRevokedWithTheFormsToken() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            let opened = try await client.execute(
+                uri: "/v1/sessions",
+                method: .post,
+                headers: server.bearer(w.tokens["bob-infer"]!),
+                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600, "max_uses": 4}"#)
+            )
+            #expect(opened.status == .created)
+            let id = try #require((try JSONSerialization.jsonObject(with: Data(opened.body.readableBytesView)) as? [String: Any])?["id"] as? String)
+            let bob = try await signIn(client, token: w.tokens["bob-infer"]!)
+            let list = Self.text(try await client.execute(uri: "/sessions", method: .get, headers: bob.headers))
+            #expect(list.contains("<code>\(id)</code>") && list.contains(#"<td class="status">open</td>"#) && list.contains("0 of 4"))
+            #expect(list.contains(#"aria-label="Revoke session \#(id)""#))
+            // A read token sees the session but may not revoke it: no button, and the post is the API's 403.
+            let reader = try await signIn(client, token: w.tokens["bob-read"]!)
+            #expect(!Self.text(try await client.execute(uri: "/sessions", method: .get, headers: reader.headers)).contains("Revoke session"))
+            var (headers, body) = Self.form([("csrf", reader.csrf), ("id", id)])
+            headers[.cookie] = reader.headers[.cookie]
+            #expect(try await client.execute(uri: "/sessions/revoke", method: .post, headers: headers, body: body).status == .forbidden)
+            // Without the form's token: refused, the session still open.
+            (headers, body) = Self.form([("id", id)])
+            headers[.cookie] = bob.headers[.cookie]
+            #expect(try await client.execute(uri: "/sessions/revoke", method: .post, headers: headers, body: body).status == .forbidden)
+            #expect(try await w.fixture.registry.sessions().first { $0.id == id }?.revokedAt == nil)
+            (headers, body) = Self.form([("csrf", bob.csrf), ("id", id)])
+            headers[.cookie] = bob.headers[.cookie]
+            let revoked = try await client.execute(uri: "/sessions/revoke", method: .post, headers: headers, body: body)
+            #expect(revoked.status == .seeOther && revoked.headers[.location] == "/sessions")
+            #expect(try await w.fixture.registry.sessions().first { $0.id == id }?.revokedAt != nil)
+            let after = Self.text(try await client.execute(uri: "/sessions", method: .get, headers: bob.headers))
+            #expect(after.contains(#"<td class="status">revoked at "#) && !after.contains("Revoke session"))
+            // The admin sees every principal's sessions; carol (not bob) sees none of bob's.
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            #expect(Self.text(try await client.execute(uri: "/sessions", method: .get, headers: alice.headers)).contains("<code>\(id)</code>"))
+            let carol = try await signIn(client, token: w.tokens["carol-read"]!)
+            #expect(!Self.text(try await client.execute(uri: "/sessions", method: .get, headers: carol.headers)).contains(id))
         }
     }
 

@@ -28,8 +28,9 @@ HOSTILE = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A registry owned by alice (admin) with bob (reader), m/risk:1 pushed with alias prod and a hostile tag,
-    tokens for both, and `coffer serve` on a free loopback port."""
+    """A registry owned by alice (admin) with bob (reader, inference), m/risk:1 pushed with alias prod and a hostile
+    tag, m/census:1 and :2 charged to the budget of dataset census, tokens for both, and `coffer serve` on a free
+    loopback port."""
     work = tmp_path_factory.mktemp("web")
     coffer = cofferlib.coffer_binary()
     env = cofferlib.environment(work)
@@ -39,14 +40,19 @@ def world(tmp_path_factory):
     cofferlib.check(coffer, "init", "--home", home, "--owner", work / "alice.pub", env=env)
     admin = ["--identity", work / "alice.key", "--home", home]
     cofferlib.check(coffer, "trust", "add", work / "alice.pub", *admin, env=env)
-    cofferlib.check(coffer, "principal", "add", "bob", work / "bob.pub", "--role", "reader", *admin, env=env)
+    cofferlib.check(coffer, "principal", "add", "bob", work / "bob.pub", "--role", "reader", "--role", "inference", *admin, env=env)
     cofferlib.check(coffer, "synth", "--rows", "300", "--features", "3", "--out", work / "data", env=env)
     cofferlib.check(coffer, "train", "--config", work / "data" / "recipe.json", "--out", work / "ckpt", env=env)
     cofferlib.check(coffer, "push", "m/risk", work / "ckpt", "--alias", "prod", *admin, env=env)
     cofferlib.check(coffer, "tag", "m/risk:1", f"note={HOSTILE}", "--home", home, env=env)
+    # Two versions charged to a budget, for its plot.
+    cofferlib.check(coffer, "budget", "set", "census", "--epsilon", "10", "--delta", "1e-5", *admin, env=env)
+    for _ in range(2):
+        cofferlib.check(coffer, "push", "m/census", work / "ckpt", "--dataset", "census", *admin, env=env)
     tokens = {
         "alice": cofferlib.check(coffer, "token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin, env=env).strip(),
         "bob": cofferlib.check(coffer, "token", "create", "--principal", "bob", "--scope", "read", "--ttl", "1h", *admin, env=env).strip(),
+        "bob-infer": cofferlib.check(coffer, "token", "create", "--principal", "bob", "--scope", "infer", "--ttl", "1h", *admin, env=env).strip(),
     }
     process, base, log = cofferlib.start_server(coffer, home, env, work / "serve.log")
     try:
@@ -266,3 +272,40 @@ def test_the_pages_fit_a_phone(driver, world):
         shot(driver, "version-phone")
     finally:
         driver.set_window_size(1280, 900)
+
+
+def test_the_budget_plot_is_drawn_on_the_server(driver, world):
+    sign_in(driver, world, "bob")
+    click(driver, By.LINK_TEXT, "Budgets")
+    click(driver, By.LINK_TEXT, "census")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Budget of census"
+    plot = driver.find_element(By.CSS_SELECTOR, "svg.plot")
+    assert plot.get_attribute("role") == "img" and "Composed epsilon" in plot.find_element(By.TAG_NAME, "title").get_attribute("textContent")
+    points = [tuple(map(float, p.split(","))) for p in plot.find_element(By.TAG_NAME, "polyline").get_attribute("points").split()]
+    assert len(points) == 3 and points[2][1] < points[1][1] < points[0][1], points  # two charges, each higher than the last
+    rows = driver.find_elements(By.CSS_SELECTOR, "section[aria-labelledby=charged] tbody tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["m/census:1", "m/census:2"]
+    spent = float(driver.find_element(By.ID, "spent").text)
+    assert abs(float(rows[-1].find_elements(By.TAG_NAME, "td")[3].text) - spent) < 1e-3 * spent
+    check_page(driver, world)
+    shot(driver, "budget")
+
+
+def test_a_session_is_revoked_from_the_page(driver, world):
+    status, opened, _ = cofferlib.http_json(world["base"], "POST", "/v1/sessions", token=world["tokens"]["bob-infer"],
+                                            body={"ref": "m/risk@prod", "ttl_seconds": 600, "max_uses": 3})
+    assert status == 201, opened
+    sign_in(driver, world, "bob-infer")
+    click(driver, By.LINK_TEXT, "Sessions")
+    row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "tbody tr") if opened["id"] in r.text)
+    assert row.find_element(By.CSS_SELECTOR, "td.status").text == "open"
+    check_page(driver, world)
+    shot(driver, "sessions")
+    click(driver, By.CSS_SELECTOR, f"button[aria-label='Revoke session {opened['id']}']")
+    assert driver.current_url == world["base"] + "/sessions"
+    row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "tbody tr") if opened["id"] in r.text)
+    assert row.find_element(By.CSS_SELECTOR, "td.status").text.startswith("revoked at")
+    # The API agrees: the session predicts no more.
+    status, _, _ = cofferlib.http_json(world["base"], "POST", f"/v1/sessions/{opened['id']}/predict", token=world["tokens"]["bob-infer"],
+                                       body={"rows": [{"x0": 0.1, "x1": 0.2, "x2": 0.3}]})
+    assert status == 403

@@ -25,6 +25,14 @@ struct WebController {
             .get("model", use: model)
             .get("version", use: version)
         routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .add(middleware: WebSessionAuthenticator(state: state, role: .reader))
+            .get("budgets", use: budgets)
+            .get("budget", use: budget)
+            .get("sessions", use: sessions)
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .add(middleware: WebSessionAuthenticator(state: state, role: .inference))
+            .post("sessions/revoke", use: revokeSession)
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
             .add(middleware: WebSessionAuthenticator(state: state, role: .admin))
             .get("audit", use: audit)
     }
@@ -251,6 +259,83 @@ struct WebController {
     }
 
     static let auditPageSize = 50
+
+    /// `GET /budgets`: every dataset's budget, as `GET /v1/budgets/{dataset}` reports each (any reader token).
+    func budgets(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let rows: [[String: Any]] = try await registry.budgets().map { status in
+            [
+                "dataset": status.dataset, "href": "/budget?dataset=" + WebForm.percentEncoded(status.dataset), "spent": Self.epsilon(status.spent),
+                "total": Self.epsilon(status.epsilon), "remaining": Self.epsilon(status.remaining), "delta": "\(status.delta)",
+                "charged": status.versions.count,
+            ]
+        }
+        return page("budgets", ["title": "Privacy budgets", "budgets": rows, "noBudgets": rows.isEmpty], context)
+    }
+
+    /// `GET /budget?dataset=ID`: one budget, its plot and the versions charged.
+    func budget(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        guard let dataset = request.uri.queryParameters.get("dataset") else {
+            throw HTTPError(.badRequest, message: "the dataset query parameter is required")
+        }
+        let status = try await registry.budget(dataset: dataset)
+        let history = try await registry.budgetHistory(dataset: dataset)
+        let charges: [[String: Any]] = status.versions.enumerated().map { index, charge in
+            [
+                "index": index + 1, "model": charge.model, "version": charge.version,
+                "href": "/version?ref=" + WebForm.percentEncoded("\(charge.model):\(charge.version)"), "epsilon": Self.epsilon(charge.epsilon),
+                "composed": index < history.count ? Self.epsilon(history[index]) : "", "overrideBy": charge.overrideBy ?? "",
+                "erased": charge.erased ? "erased" : "",
+            ]
+        }
+        let values: [String: Any] = [
+            "title": "Budget of \(dataset)", "dataset": dataset, "spent": Self.epsilon(status.spent), "total": Self.epsilon(status.epsilon),
+            "remaining": Self.epsilon(status.remaining), "delta": "\(status.delta)", "charges": charges, "noCharges": charges.isEmpty,
+            "plot": BudgetPlot(total: status.epsilon, history: history).values,
+        ]
+        return page("budget", values, context)
+    }
+
+    /// `GET /sessions`: the principal's inference sessions, every session for an admin token of an admin (as
+    /// `GET /v1/sessions`), never a session's token.
+    func sessions(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        var isAdmin = false
+        if holder.scope == .admin { isAdmin = (try? await registry.holds(.admin, on: nil, holder.principal)) == true }
+        let all = try await registry.sessions()
+        let shown = (isAdmin ? all : all.filter { $0.principal == holder.principal.name }).sorted { $0.createdAt > $1.createdAt }
+        let now = Date()
+        let dates = ISO8601DateFormatter.fractional
+        let mayRevoke = holder.scope.allows(.inference)
+        let rows: [[String: Any]] = shown.map { session in
+            let status =
+                if let revoked = session.revokedAt {
+                    "revoked at \(revoked)"
+                } else if (dates.date(from: session.expiresAt).map { $0 <= now }) ?? false {
+                    "expired"
+                } else if let max = session.maxUses,
+                    session.uses >= max
+                { "used up" } else { "open" }
+            return [
+                "id": session.id, "principal": session.principal, "model": session.model, "version": session.version,
+                "href": "/version?ref=" + WebForm.percentEncoded("\(session.model):\(session.version)"), "created": session.createdAt,
+                "expires": session.expiresAt, "uses": session.maxUses.map { "\(session.uses) of \($0)" } ?? "\(session.uses)", "status": status,
+                "revocable": mayRevoke && status == "open",
+            ]
+        }
+        let scope = isAdmin ? "Every session of the registry (you are an admin)." : "Your sessions."
+        return page("sessions", ["title": "Inference sessions", "sessions": rows, "noSessions": rows.isEmpty, "scope": scope], context)
+    }
+
+    /// `POST /sessions/revoke` with `id` (and the CSRF token): as `DELETE /v1/sessions/{id}`.
+    func revokeSession(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        guard let id = context.form["id"], !id.isEmpty else { throw HTTPError(.badRequest, message: "the form names no session") }
+        try await registry.revokeSession(id: id, principal: holder.principal)
+        state.sessions.remove(id)
+        return WebPages.seeOther("/sessions")
+    }
+
+    static func epsilon(_ value: Double) -> String { String(format: "%.4g", value) }
 
     /// A signed-in page, with the admin links shown to an admin token.
     private func page(_ name: String, _ values: [String: Any], _ context: CofferRequestContext) -> Response {

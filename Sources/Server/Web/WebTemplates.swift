@@ -4,6 +4,8 @@
 enum WebTemplates {
     static let all: [String: String] = [
         "head": head, "foot": foot, "signin": signin, "models": models, "model": model, "version": version, "error": error, "audit": audit,
+        "budgets": budgets, "budget": budget,
+        "sessions": sessions,
     ]
 
     static let head = """
@@ -19,7 +21,7 @@ enum WebTemplates {
         <header class="bar">
         <a class="brand" href="/models">Coffer</a>
         {{#signedIn}}
-        <nav aria-label="Main"><a href="/models">Models</a>{{#admin}} <a href="/audit">Audit log</a>{{/admin}}</nav>
+        <nav aria-label="Main"><a href="/models">Models</a> <a href="/budgets">Budgets</a> <a href="/sessions">Sessions</a>{{#admin}} <a href="/audit">Audit log</a>{{/admin}}</nav>
         <form method="post" action="/signout" class="signout">
         <input type="hidden" name="csrf" value="{{csrf}}">
         <span>Signed in as {{principal}}</span>
@@ -186,6 +188,79 @@ enum WebTemplates {
         {{> foot}}
         """
 
+    static let budgets = """
+        {{> head}}
+        <h1>Privacy budgets</h1>
+        {{#noBudgets}}<p>No dataset has a budget.</p>{{/noBudgets}}
+        {{^noBudgets}}
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">Dataset</th><th scope="col">Epsilon spent</th><th scope="col">Total epsilon</th><th scope="col">Remaining</th><th scope="col">Delta</th><th scope="col">Versions charged</th></tr></thead>
+        <tbody>
+        {{#budgets}}<tr><td><a href="{{href}}">{{dataset}}</a></td><td>{{spent}}</td><td>{{total}}</td><td>{{remaining}}</td><td>{{delta}}</td><td>{{charged}}</td></tr>
+        {{/budgets}}
+        </tbody>
+        </table></div>
+        {{/noBudgets}}
+        {{> foot}}
+        """
+
+    static let budget = """
+        {{> head}}
+        <p class="crumbs"><a href="/budgets">Budgets</a> / {{dataset}}</p>
+        <h1>Budget of {{dataset}}</h1>
+        <section aria-labelledby="spend" class="card">
+        <h2 id="spend">Spent against the total</h2>
+        <p><strong id="spent">{{spent}}</strong> of epsilon {{total}} spent at delta {{delta}}; {{remaining}} remains.</p>
+        <svg class="plot" viewBox="0 0 {{plot.width}} {{plot.height}}" role="img" aria-labelledby="plot-title" xmlns="http://www.w3.org/2000/svg">
+        <title id="plot-title">Composed epsilon after each charged version (line) against the budget of {{total}} (dashed)</title>
+        <line class="axis" x1="{{plot.left}}" y1="{{plot.bottom}}" x2="{{plot.right}}" y2="{{plot.bottom}}"/>
+        <line class="axis" x1="{{plot.left}}" y1="{{plot.top}}" x2="{{plot.left}}" y2="{{plot.bottom}}"/>
+        <line class="budget-line" x1="{{plot.left}}" y1="{{plot.budgetY}}" x2="{{plot.right}}" y2="{{plot.budgetY}}"/>
+        <text class="label" x="{{plot.right}}" y="{{plot.budgetLabelY}}" text-anchor="end">budget {{total}}</text>
+        {{#plot.yTicks}}<text class="label" x="{{x}}" y="{{y}}" text-anchor="end">{{label}}</text>
+        {{/plot.yTicks}}
+        {{#plot.xTicks}}<text class="label" x="{{x}}" y="{{y}}" text-anchor="middle">{{label}}</text>
+        {{/plot.xTicks}}
+        <polyline class="spent-line" points="{{plot.points}}"/>
+        {{#plot.dots}}<circle class="{{kind}}" cx="{{x}}" cy="{{y}}" r="4"><title>{{label}}</title></circle>
+        {{/plot.dots}}
+        </svg>
+        </section>
+        <section aria-labelledby="charged">
+        <h2 id="charged">Versions charged, in order</h2>
+        {{#noCharges}}<p>No version is charged to this budget yet.</p>{{/noCharges}}
+        {{^noCharges}}
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">#</th><th scope="col">Version</th><th scope="col">Its own epsilon</th><th scope="col">Composed epsilon after it</th><th scope="col">Over the budget by the override of</th><th scope="col">Erased</th></tr></thead>
+        <tbody>
+        {{#charges}}<tr><td>{{index}}</td><td><a href="{{href}}">{{model}}:{{version}}</a></td><td>{{epsilon}}</td><td>{{composed}}</td><td>{{overrideBy}}</td><td>{{erased}}</td></tr>
+        {{/charges}}
+        </tbody>
+        </table></div>
+        {{/noCharges}}
+        </section>
+        {{> foot}}
+        """
+
+    static let sessions = """
+        {{> head}}
+        <h1>Inference sessions</h1>
+        <p class="hint">{{scope}}</p>
+        {{#noSessions}}<p>No session.</p>{{/noSessions}}
+        {{^noSessions}}
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">Session</th><th scope="col">Principal</th><th scope="col">Version</th><th scope="col">Opened</th><th scope="col">Expires</th><th scope="col">Uses</th><th scope="col">Status</th><th scope="col">Action</th></tr></thead>
+        <tbody>
+        {{#sessions}}<tr><td><code>{{id}}</code></td><td>{{principal}}</td><td><a href="{{href}}">{{model}}:{{version}}</a></td><td>{{created}}</td><td>{{expires}}</td><td>{{uses}}</td><td class="status">{{status}}</td><td>{{#revocable}}<form method="post" action="/sessions/revoke">
+        <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="id" value="{{id}}">
+        <button type="submit" aria-label="Revoke session {{id}}">Revoke</button></form>{{/revocable}}</td></tr>
+        {{/sessions}}
+        </tbody>
+        </table></div>
+        {{/noSessions}}
+        {{> foot}}
+        """
+
     static let error = """
         {{> head}}
         <h1>{{title}}</h1>
@@ -222,6 +297,13 @@ enum WebTemplates {
         button { background: #17324d; color: #fff; border: 1px solid #17324d; border-radius: 4px; cursor: pointer; }
         .namespaces ul { display: flex; flex-wrap: wrap; gap: .25rem 1rem; padding: 0; list-style: none; }
         .namespaces h2 { font-size: 1rem; }
+        .plot { width: 100%; max-width: 40rem; height: auto; }
+        .plot .axis { stroke: #4a4f55; stroke-width: 1; }
+        .plot .budget-line { stroke: #8f0b1f; stroke-width: 2; stroke-dasharray: 6 4; }
+        .plot .spent-line { fill: none; stroke: #0b4f9c; stroke-width: 2.5; }
+        .plot circle.within { fill: #0b4f9c; }
+        .plot circle.over { fill: #8f0b1f; }
+        .plot .label { font-size: 12px; fill: #1a1a1a; }
         .filters { display: flex; flex-wrap: wrap; gap: 0 1rem; align-items: end; }
         .filters label { display: block; }
         @media (max-width: 40rem) { dl { grid-template-columns: 1fr; } dd { margin-bottom: .5rem; } }
