@@ -377,6 +377,43 @@ struct WebTests {
         }
     }
 
+    @Test func anAliasIsSetFromTheModelPageAndAPolicyRefusalNamesItsRule() async throws {
+        let w = try await server.world()
+        _ = try await w.fixture.registry.setPolicy(
+            model: "m/risk",
+            alias: "strict",
+            rules: PolicyRules(maxEpsilon: 1),
+            by: Signer(w.fixture.publisher)
+        )
+        try await server.app(w).test(.router) { client in
+            // A read token: no form, and a post is the API's 403 (the scope does not allow publishing).
+            let reader = try await signIn(client, token: w.tokens["bob-read"]!)
+            let readPage = Self.text(try await client.execute(uri: "/model?name=m/risk", method: .get, headers: reader.headers))
+            #expect(!readPage.contains(#"action="/alias""#) && readPage.contains("alias strict: epsilon at most 1.0"))
+            func post(_ browser: Browser, _ fields: [(String, String)]) async throws -> TestResponse {
+                var (headers, body) = Self.form(fields)
+                headers[.cookie] = browser.headers[.cookie]
+                return try await client.execute(uri: "/alias", method: .post, headers: headers, body: body)
+            }
+            #expect(
+                try await post(reader, [("csrf", reader.csrf), ("model", "m/risk"), ("alias", "staging"), ("version", "1")]).status == .forbidden
+            )
+
+            let bob = try await signIn(client, token: w.tokens["bob-publish"]!)
+            #expect(Self.text(try await client.execute(uri: "/model?name=m/risk", method: .get, headers: bob.headers)).contains(#"action="/alias""#))
+            #expect(try await post(bob, [("model", "m/risk"), ("alias", "staging"), ("version", "1")]).status == .forbidden)
+            let set = try await post(bob, [("csrf", bob.csrf), ("model", "m/risk"), ("alias", "staging"), ("version", "1")])
+            #expect(set.status == .seeOther && set.headers[.location] == "/model?name=m%2Frisk")
+            #expect(try await w.fixture.registry.show(try ModelReference(parsing: "m/risk@staging")).version == "1")
+            #expect(Self.text(try await client.execute(uri: "/model?name=m/risk", method: .get, headers: bob.headers)).contains("prod, staging"))
+            // The policy: version 1 states no epsilon, so strict may not name it; the page says which rule failed.
+            let refused = try await post(bob, [("csrf", bob.csrf), ("model", "m/risk"), ("alias", "strict"), ("version", "1")])
+            #expect(refused.status == .forbidden)
+            #expect(Self.text(refused).contains("policy refused: alias strict of m/risk requires epsilon &lt;= 1.0; the version states no epsilon"))
+            await #expect(throws: CofferRegistryError.self) { _ = try await w.fixture.registry.show(try ModelReference(parsing: "m/risk@strict")) }
+        }
+    }
+
     /// The entry numbers in the first column of an audit page's table, top to bottom.
     static func auditSeqs(_ html: String) throws -> [Int64] {
         let body = try #require(html.range(of: "<tbody>").map { html[$0.upperBound...] })

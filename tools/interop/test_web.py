@@ -309,3 +309,13 @@ def test_a_session_is_revoked_from_the_page(driver, world):
     status, _, _ = cofferlib.http_json(world["base"], "POST", f"/v1/sessions/{opened['id']}/predict", token=world["tokens"]["bob-infer"],
                                        body={"rows": [{"x0": 0.1, "x1": 0.2, "x2": 0.3}]})
     assert status == 403
+
+
+def test_an_admin_points_an_alias_from_the_model_page(driver, world):
+    sign_in(driver, world, "alice", "/model?name=m/census")
+    driver.find_element(By.ID, "alias").send_keys("staging")
+    click(driver, By.CSS_SELECTOR, "form[action='/alias'] button")
+    assert driver.current_url == world["base"] + "/model?name=m%2Fcensus"
+    newest = driver.find_element(By.CSS_SELECTOR, "tbody tr")
+    assert "staging" in newest.text and newest.find_element(By.TAG_NAME, "a").text == "2"
+    check_page(driver, world)

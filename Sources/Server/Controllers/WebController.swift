@@ -30,6 +30,9 @@ struct WebController {
             .get("budget", use: budget)
             .get("sessions", use: sessions)
         routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .add(middleware: WebSessionAuthenticator(state: state, role: .publisher))
+            .post("alias", use: setAlias)
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
             .add(middleware: WebSessionAuthenticator(state: state, role: .inference))
             .post("sessions/revoke", use: revokeSession)
         routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
@@ -163,7 +166,38 @@ struct WebController {
                 "verification": version.verification ?? "",
             ]
         }
-        return page("model", ["title": name, "name": name, "versions": rows], context)
+        let policies = try await registry.policies(model: name).map { policy in
+            "\(policy.alias.map { "alias \($0)" } ?? "every alias"): \(Self.describe(policy.rules))"
+        }
+        let values: [String: Any] = [
+            "title": name, "name": name, "versions": rows, "policies": policies, "hasPolicies": !policies.isEmpty,
+            "mayPublish": holder.scope.allows(.publisher),
+        ]
+        return page("model", values, context)
+    }
+
+    /// `POST /alias` with `model`, `alias` and `version`: as `PUT /v1/alias` (publisher on the model; its policies apply,
+    /// and a refusal names the rule that failed).
+    func setAlias(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        guard let model = context.form["model"], let alias = context.form["alias"], let version = context.form["version"] else {
+            throw HTTPError(.badRequest, message: "the form needs a model, an alias and a version")
+        }
+        try await registry.setAlias(alias, model: model, version: version, by: state.signer(for: holder))
+        return WebPages.seeOther("/model?name=" + WebForm.percentEncoded(model))
+    }
+
+    /// A policy's rules in words, as `policy show` prints them.
+    static func describe(_ rules: PolicyRules) -> String {
+        var parts: [String] = []
+        if let value = rules.maxEpsilon { parts.append("epsilon at most \(value)") }
+        if let value = rules.maxDelta { parts.append("delta at most \(value)") }
+        if let value = rules.signer { parts.append("signed by \(value)") }
+        if let value = rules.minPruningRatio { parts.append("pruning ratio at least \(value)") }
+        if rules.requireBudget == true { parts.append("charged to a budget") }
+        if rules.requireAudit == true { parts.append("a privacy audit in its signed evidence") }
+        if let value = rules.maxMembershipAUC { parts.append("membership-inference AUC at most \(value)") }
+        return parts.isEmpty ? "no rule" : parts.joined(separator: ", ")
     }
 
     /// `GET /version?ref=NAME:VERSION`: the version as `GET /v1/version` shows it (its signed statement checked),

@@ -100,6 +100,17 @@ enum WebTemplates {
         {{/versions}}
         </tbody>
         </table></div>
+        {{#hasPolicies}}<section aria-labelledby="policies">
+        <h2 id="policies">Alias policies</h2>
+        <ul>{{#policies}}<li>{{.}}</li>{{/policies}}</ul>
+        </section>{{/hasPolicies}}
+        {{#mayPublish}}<form method="post" action="/alias" class="card">
+        <h2>Point an alias at a version</h2>
+        <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="model" value="{{name}}">
+        <p><label for="alias">Alias</label> <input id="alias" name="alias" required maxlength="64"></p>
+        <p><label for="alias-version">Version</label> <select id="alias-version" name="version">{{#versions}}<option value="{{version}}">{{version}}</option>{{/versions}}</select></p>
+        <p><button type="submit">Set alias</button></p>
+        </form>{{/mayPublish}}
         {{> foot}}
         """
 
