@@ -414,6 +414,36 @@ struct WebTests {
         }
     }
 
+    @Test func theLineageGraphShowsOnlyWhatThePrincipalMayRead() async throws {
+        let w = try await server.world()
+        let registry = w.fixture.registry
+        var base = PushRequest(model: "other/base", paths: [w.fixture.path("ckpt")])
+        base.datasetID = "raw-data"
+        _ = try await registry.push(base, publisher: w.fixture.publisher)
+        var child = PushRequest(model: "m/risk", paths: [w.fixture.path("ckpt")])
+        child.parent = try ModelReference(parsing: "other/base:1")
+        child.datasetID = "census"
+        child.trainingConfigDigest = String(repeating: "ab", count: 32)
+        _ = try await registry.push(child, publisher: w.fixture.publisher)
+        try await server.app(w).test(.router) { client in
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            let full = Self.text(try await client.execute(uri: "/version?ref=m/risk:2", method: .get, headers: alice.headers))
+            #expect(full.contains("Lineage, oldest first: other/base:1, then m/risk:2"))
+            for label in [
+                ">other/base:1</text>", ">m/risk:2</text>", ">dataset raw-data</text>", ">dataset census</text>", ">config abababababab</text>",
+            ] {
+                #expect(full.contains(label), "\(label)")
+            }
+            #expect(full.components(separatedBy: #"<line class="edge""#).count - 1 == 4, "parent, two datasets and a configuration")
+            // bob reads m/ only: the parent in other/ is named (m/risk:2's signed statement names it, and
+            // GET /v1/version shows it to him) but nothing of its own: not its dataset.
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let partial = Self.text(try await client.execute(uri: "/version?ref=m/risk:2", method: .get, headers: bob.headers))
+            #expect(partial.contains("Lineage, oldest first: other/base:1, whose details you may not read, then m/risk:2"))
+            #expect(partial.contains(">other/base:1 (no access)</text>") && !partial.contains("raw-data"))
+        }
+    }
+
     /// The entry numbers in the first column of an audit page's table, top to bottom.
     static func auditSeqs(_ html: String) throws -> [Int64] {
         let body = try #require(html.range(of: "<tbody>").map { html[$0.upperBound...] })

@@ -184,6 +184,9 @@ def test_browse_to_a_version_and_see_it_verified(driver, world):
         assert label in card
     epsilon = driver.find_element(By.XPATH, "//section[@aria-labelledby='privacy']//dt[text()='Epsilon']/following-sibling::dd[1]").text
     assert float(epsilon) > 0, card
+    lineage = driver.find_element(By.CSS_SELECTOR, "svg.lineage")
+    assert lineage.find_element(By.TAG_NAME, "title").get_attribute("textContent") == "Lineage, oldest first: m/risk:1"
+    assert lineage.find_element(By.CSS_SELECTOR, "rect.current").is_displayed()
     # The hostile tag is shown as text, never run or parsed as markup.
     assert driver.find_element(By.CSS_SELECTOR, "dd.tag").text == HOSTILE
     assert not driver.find_elements(By.CSS_SELECTOR, "main img") and not driver.find_elements(By.TAG_NAME, "script")

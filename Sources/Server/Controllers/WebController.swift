@@ -187,6 +187,23 @@ struct WebController {
         return WebPages.seeOther("/model?name=" + WebForm.percentEncoded(model))
     }
 
+    /// The version's chain of parents, up to the first the principal may not read (named only, as the child's
+    /// `GET /v1/version` names it).
+    private func lineage(of summary: VersionSummary, holder: TokenHolder) async throws -> LineageGraph {
+        var nodes: [LineageGraph.Node] = []
+        var hidden: String? = nil
+        for version in try await registry.lineage(ModelReference(parsing: "\(summary.model):\(summary.version)")) {
+            if version.model != summary.model, try await !registry.holds(.reader, on: version.model, holder.principal) {
+                hidden = "\(version.model):\(version.version)"
+                break
+            }
+            nodes.append(
+                .init(model: version.model, version: version.version, dataset: version.datasetID, configuration: version.trainingConfigDigest)
+            )
+        }
+        return LineageGraph(chain: nodes.reversed(), hiddenParent: hidden)
+    }
+
     /// A policy's rules in words, as `policy show` prints them.
     static func describe(_ rules: PolicyRules) -> String {
         var parts: [String] = []
@@ -237,6 +254,7 @@ struct WebController {
             "aliases": summary.aliases.isEmpty ? "none" : summary.aliases.joined(separator: ", "),
             "tags": summary.tags.keys.sorted().map { ["key": $0, "value": summary.tags[$0]!] },
         ]
+        values["lineage"] = try await lineage(of: summary, holder: holder).values
         if let parent = summary.parent { values["parentHref"] = "/version?ref=" + WebForm.percentEncoded(parent) }
         if let message = summary.message { values["message"] = message }
         if let at = summary.erasedAt { values["erased"] = "at \(at) by \(summary.erasedBy ?? "an unknown principal")" }

@@ -149,6 +149,14 @@ enum WebTemplates {
         </section>
         <section aria-labelledby="lineage" class="card">
         <h2 id="lineage">Lineage</h2>
+        <svg class="lineage" viewBox="0 0 {{lineage.width}} {{lineage.height}}" role="img" aria-labelledby="lineage-title" xmlns="http://www.w3.org/2000/svg">
+        <title id="lineage-title">Lineage, oldest first: {{lineage.summary}}</title>
+        <defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z"/></marker></defs>
+        {{#lineage.edges}}<line class="edge" x1="{{x1}}" y1="{{y1}}" x2="{{x2}}" y2="{{y2}}" marker-end="url(#arrow)"/>
+        {{/lineage.edges}}
+        {{#lineage.nodes}}<rect class="{{kind}}" x="{{x}}" y="{{y}}" width="{{width}}" height="{{height}}" rx="6"/><text class="label" x="{{textX}}" y="{{textY}}" text-anchor="middle">{{label}}</text>
+        {{/lineage.nodes}}
+        </svg>
         <dl>
         <dt>Parent</dt><dd>{{#parentHref}}<a href="{{parentHref}}">{{parent}}</a>{{/parentHref}}{{^parentHref}}none{{/parentHref}}</dd>
         <dt>Dataset</dt><dd>{{dataset}}</dd>
@@ -314,6 +322,14 @@ enum WebTemplates {
         .plot .spent-line { fill: none; stroke: #0b4f9c; stroke-width: 2.5; }
         .plot circle.within { fill: #0b4f9c; }
         .plot circle.over { fill: #8f0b1f; }
+        .lineage { width: 100%; max-width: 45rem; height: auto; }
+        .lineage rect { fill: #fff; stroke: #4a4f55; stroke-width: 1.5; }
+        .lineage rect.current { fill: #e6eef8; stroke: #0b4f9c; stroke-width: 2.5; }
+        .lineage rect.dataset { fill: #f3f7ee; }
+        .lineage rect.configuration { fill: #f7f3ee; }
+        .lineage rect.hidden { stroke-dasharray: 4 3; }
+        .lineage .edge { stroke: #4a4f55; stroke-width: 1.5; }
+        .lineage text { font-size: 12px; fill: #1a1a1a; }
         .plot .label { font-size: 12px; fill: #1a1a1a; }
         .filters { display: flex; flex-wrap: wrap; gap: 0 1rem; align-items: end; }
         .filters label { display: block; }
