@@ -101,7 +101,6 @@ struct WebTests {
             for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/", "Max-Age=1800"] {
                 #expect(session.line.contains(flag), "\(session.line) lacks \(flag)")
             }
-            // The session is kept hashed: the store never holds the cookie's value as a key.
             let page = try await client.execute(uri: "/model?name=m/risk", method: .get, headers: [.cookie: "coffer_session=\(session.value)"])
             #expect(page.status == .ok)
             #expect(page.headers[.contentSecurityPolicy]?.contains("default-src 'self'") == true)
@@ -114,6 +113,17 @@ struct WebTests {
             #expect(html.contains(#"<html lang="en">"#) && html.contains(#"name="viewport""#))
             #expect(html.contains("Signed in as bob") && html.contains(">1</a>") && html.contains("prod"))
             #expect(!html.contains(w.tokens["bob-read"]!))
+
+            // Signing in again from the same browser ends the earlier session.
+            let again = try await client.execute(uri: "/signin", method: .get)
+            let cookie = try #require(Self.setCookie(WebController.signInCookieName, in: again))
+            var (headers2, body2) = Self.form([("csrf", try #require(Self.csrfField(Self.text(again)))), ("token", w.tokens["bob-read"]!)])
+            headers2[.cookie] = "\(WebController.signInCookieName)=\(cookie.value); coffer_session=\(session.value)"
+            let second = try await client.execute(uri: "/signin", method: .post, headers: headers2, body: body2)
+            let renewed = try #require(Self.setCookie(WebSessionAuthenticator.cookieName, in: second))
+            #expect(renewed.value != session.value)
+            #expect(try await client.execute(uri: "/models", method: .get, headers: [.cookie: "coffer_session=\(session.value)"]).status == .seeOther)
+            #expect(try await client.execute(uri: "/models", method: .get, headers: [.cookie: "coffer_session=\(renewed.value)"]).status == .ok)
         }
     }
 

@@ -65,6 +65,8 @@ struct WebController {
         do { holder = try await TokenAuthorizer(state: state).authorize(token, role: .reader, target: "/signin") } catch {
             return signInPage(next: next, message: "Sign-in refused: \(WebPages.describe(error).1)", status: .unauthorized)
         }
+        // A new sign-in ends the browser's earlier session: one cookie, one live session.
+        if let earlier = request.cookies[WebSessionAuthenticator.cookieName]?.value { state.webSessions.close(earlier) }
         let (id, _) = state.webSessions.open(token: token, principal: holder.principal.name)
         return WebPages.seeOther(
             next,
