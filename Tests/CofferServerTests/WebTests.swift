@@ -454,6 +454,24 @@ struct WebTests {
         }
     }
 
+    @Test func theTokenListIsForAdminsAndShowsNoToken() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            #expect(try await client.execute(uri: "/tokens", method: .get, headers: bob.headers).status == .forbidden)
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            let page = try await client.execute(uri: "/tokens", method: .get, headers: alice.headers)
+            #expect(page.status == .ok)
+            let html = Self.text(page)
+            let tokens = try await w.fixture.registry.tokens()
+            #expect(tokens.count == w.tokens.count)
+            for info in tokens { #expect(html.contains("<code>\(info.id)</code>")) }
+            #expect(html.contains(#"<td class="status">revoked at "#) && html.contains(#"<td class="status">expired</td>"#))
+            #expect(!html.contains("cft_") && !html.contains(#"action="/tokens"#))
+            for token in w.tokens.values { #expect(!html.contains(token)) }
+        }
+    }
+
     /// The entry numbers in the first column of an audit page's table, top to bottom.
     static func auditSeqs(_ html: String) throws -> [Int64] {
         let body = try #require(html.range(of: "<tbody>").map { html[$0.upperBound...] })

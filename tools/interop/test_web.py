@@ -322,3 +322,11 @@ def test_an_admin_points_an_alias_from_the_model_page(driver, world):
     newest = driver.find_element(By.CSS_SELECTOR, "tbody tr")
     assert "staging" in newest.text and newest.find_element(By.TAG_NAME, "a").text == "2"
     check_page(driver, world)
+
+
+def test_an_admin_lists_tokens_and_never_sees_one(driver, world):
+    sign_in(driver, world, "alice")
+    click(driver, By.LINK_TEXT, "Tokens")
+    ids = [row.find_element(By.TAG_NAME, "code").text for row in driver.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    assert len(ids) == len(world["tokens"]) and all(len(i) == 16 for i in ids)
+    check_page(driver, world)  # no token text on it

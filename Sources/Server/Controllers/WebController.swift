@@ -38,6 +38,7 @@ struct WebController {
         routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
             .add(middleware: WebSessionAuthenticator(state: state, role: .admin))
             .get("audit", use: audit)
+            .get("tokens", use: tokens)
     }
 
     // MARK: - Signing in and out
@@ -387,6 +388,24 @@ struct WebController {
         try await registry.revokeSession(id: id, principal: holder.principal)
         state.sessions.remove(id)
         return WebPages.seeOther("/sessions")
+    }
+
+    /// `GET /tokens`: every token the ledger minted (never a token), admins only. Read only: a `token.create` or
+    /// `token.revoke` record needs an admin's own signature, and the server's key may not sign one for anybody.
+    func tokens(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        try await registry.require(.admin, on: nil, by: holder.principal, action: "token.list", target: "*")
+        let now = Date()
+        let dates = ISO8601DateFormatter.fractional
+        let rows: [[String: Any]] = try await registry.tokens().reversed().map { token in
+            let expired = dates.date(from: token.expiresAt).map { $0 <= now } ?? false
+            let status = token.revokedAt.map { "revoked at \($0)" } ?? (expired ? "expired" : "live")
+            return [
+                "id": token.id, "principal": token.principal, "scope": token.scope.rawValue, "created": token.createdAt,
+                "expires": token.expiresAt, "status": status,
+            ]
+        }
+        return page("tokens", ["title": "Bearer tokens", "tokens": rows, "noTokens": rows.isEmpty], context)
     }
 
     static func epsilon(_ value: Double) -> String { String(format: "%.4g", value) }

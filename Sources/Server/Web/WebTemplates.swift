@@ -6,6 +6,7 @@ enum WebTemplates {
         "head": head, "foot": foot, "signin": signin, "models": models, "model": model, "version": version, "error": error, "audit": audit,
         "budgets": budgets, "budget": budget,
         "sessions": sessions,
+        "tokens": tokens,
     ]
 
     static let head = """
@@ -21,7 +22,7 @@ enum WebTemplates {
         <header class="bar">
         <a class="brand" href="/models">Coffer</a>
         {{#signedIn}}
-        <nav aria-label="Main"><a href="/models">Models</a> <a href="/budgets">Budgets</a> <a href="/sessions">Sessions</a>{{#admin}} <a href="/audit">Audit log</a>{{/admin}}</nav>
+        <nav aria-label="Main"><a href="/models">Models</a> <a href="/budgets">Budgets</a> <a href="/sessions">Sessions</a>{{#admin}} <a href="/tokens">Tokens</a> <a href="/audit">Audit log</a>{{/admin}}</nav>
         <form method="post" action="/signout" class="signout">
         <input type="hidden" name="csrf" value="{{csrf}}">
         <span>Signed in as {{principal}}</span>
@@ -277,6 +278,24 @@ enum WebTemplates {
         </tbody>
         </table></div>
         {{/noSessions}}
+        {{> foot}}
+        """
+
+    static let tokens = """
+        {{> head}}
+        <h1>Bearer tokens</h1>
+        <p class="hint">Creating and revoking a token is recorded in the ledger with an admin's own signature, which this
+        server never holds: use <code>coffer token create</code> and <code>coffer token revoke</code> with your identity.</p>
+        {{#noTokens}}<p>No token was minted.</p>{{/noTokens}}
+        {{^noTokens}}
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">Id</th><th scope="col">Principal</th><th scope="col">Scope</th><th scope="col">Created</th><th scope="col">Expires</th><th scope="col">Status</th></tr></thead>
+        <tbody>
+        {{#tokens}}<tr><td><code>{{id}}</code></td><td>{{principal}}</td><td>{{scope}}</td><td>{{created}}</td><td>{{expires}}</td><td class="status">{{status}}</td></tr>
+        {{/tokens}}
+        </tbody>
+        </table></div>
+        {{/noTokens}}
         {{> foot}}
         """
 
