@@ -3,8 +3,10 @@ import CofferRegistry
 import Foundation
 import Hummingbird
 
-/// The web pages (docs/WEB.md): sign-in and sign-out, models, a model's versions, a version with its proofs. Each
-/// page makes the registry calls the JSON route showing the same thing makes, with the same authorization.
+/// The web pages (docs/WEB.md): sign-in and sign-out, models, a model's versions and alias form, a version with its
+/// proofs and lineage, budgets, sessions, and for admins the token list and the audit log. Each page makes the
+/// registry calls the JSON route showing the same thing makes, behind the same role (one route group per role, as
+/// ``RegistryController`` has), with the same per-model checks.
 struct WebController {
     let state: ServerState
     var registry: Registry { state.registry }
@@ -24,8 +26,6 @@ struct WebController {
             .get("models", use: models)
             .get("model", use: model)
             .get("version", use: version)
-        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
-            .add(middleware: WebSessionAuthenticator(state: state, role: .reader))
             .get("budgets", use: budgets)
             .get("budget", use: budget)
             .get("sessions", use: sessions)
