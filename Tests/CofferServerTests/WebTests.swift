@@ -82,6 +82,9 @@ struct WebTests {
             // After signing in, the next page asked for is only ever a path of this server.
             #expect(WebController.localPath("//evil.example/x") == "/models")
             #expect(WebController.localPath("https://evil.example") == "/models")
+            for sneaky in ["/\t/evil.example", "/\n/evil.example", "/ /evil.example", "/\\evil.example", "/\u{7F}/evil.example", "/caf\u{E9}"] {
+                #expect(WebController.localPath(sneaky) == "/models", "\(sneaky.debugDescription)")
+            }
             #expect(WebController.localPath("/version?ref=m/risk:1") == "/version?ref=m/risk:1")
         }
     }

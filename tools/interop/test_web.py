@@ -142,6 +142,13 @@ def test_signed_out_is_sent_to_sign_in(driver, world):
     assert driver.current_url == world["base"] + "/version?ref=m/risk:1", driver.page_source
 
 
+def test_an_unknown_version_is_a_404_page(driver, world):
+    sign_in(driver, world, "bob", "/version?ref=m/risk:99")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "404 Not Found"
+    status, _ = check_page(driver, world)
+    assert status == 404
+
+
 def test_a_wrong_token_is_refused(driver, world):
     driver.get(world["base"] + "/signin")
     driver.find_element(By.ID, "token").send_keys("cft_" + "0" * 64)
@@ -280,6 +287,7 @@ def test_the_pages_fit_a_phone(driver, world):
 def test_the_budget_plot_is_drawn_on_the_server(driver, world):
     sign_in(driver, world, "bob")
     click(driver, By.LINK_TEXT, "Budgets")
+    check_page(driver, world)
     click(driver, By.LINK_TEXT, "census")
     assert driver.find_element(By.TAG_NAME, "h1").text == "Budget of census"
     plot = driver.find_element(By.CSS_SELECTOR, "svg.plot")

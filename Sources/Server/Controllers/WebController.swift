@@ -94,9 +94,12 @@ struct WebController {
     }
 
     /// Where to go after signing in: a path on this server, else the models page (never another site: `//host`,
-    /// `/\host` and absolute URLs are dropped).
+    /// `/\host`, absolute URLs, and anything but printable ASCII: browsers strip tabs and newlines from a URL, so
+    /// `/<TAB>/host` is `//host` to them; an encoded path never holds them).
     static func localPath(_ text: String?) -> String {
-        guard let text, text.hasPrefix("/"), !text.hasPrefix("//"), !text.contains("\\"), !text.contains(where: \.isNewline) else { return "/models" }
+        guard let text, text.hasPrefix("/"), !text.hasPrefix("//"), !text.contains("\\"),
+            text.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F })
+        else { return "/models" }
         return text
     }
 
