@@ -188,6 +188,12 @@ struct WebTests {
             let carol = try await signIn(client, token: w.tokens["carol-read"]!)
             let models = Self.text(try await client.execute(uri: "/models", method: .get, headers: carol.headers))
             #expect(!models.contains("m/risk") && models.contains("No model matches"))
+            func refusals() async throws -> Int {
+                let metrics = Self.text(try await client.execute(uri: "/metrics", method: .get))
+                let line = metrics.split(separator: "\n").first { $0.hasPrefix("coffer_refusals_total ") }
+                return Int(line?.split(separator: " ").last ?? "") ?? -1
+            }
+            let before = try await refusals()
             for uri in ["/version?ref=m/risk:1", "/model?name=m/risk"] {
                 let page = try await client.execute(uri: uri, method: .get, headers: carol.headers)
                 #expect(page.status == .forbidden)
@@ -195,6 +201,7 @@ struct WebTests {
                 #expect(html.contains("<h1>403 Forbidden</h1>") && html.contains("carol lacks the reader role on m/risk"))
                 #expect(page.headers[.contentType] == "text/html; charset=utf-8")
             }
+            #expect(try await refusals() == before + 2, "each refusal counted in the metrics, as the API's are")
             // A token revoked after sign-in ends the session at its next request.
             let admin = Signer(w.fixture.publisher)
             let created = try await w.fixture.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: admin)

@@ -46,6 +46,8 @@ struct WebSessionAuthenticator: RouterMiddleware {
             }
             return try await next(request, context)
         } catch {
+            // Answered as a page rather than thrown, so counted here as the request log counts the API's refusals.
+            if (error as? CofferRegistryError)?.isRefusal == true { state.metrics.refusal() }
             return state.pages.error(error, session: session, admin: context.holder?.scope == .admin)
         }
     }
