@@ -71,6 +71,10 @@ public struct CofferRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public var holder: TokenHolder?
     public var requestID: String
+    /// The web page session the cookie named, once ``WebSessionAuthenticator`` has run.
+    var webSession: WebSessions.Session?
+    /// The fields of a web form posted with a valid CSRF token, once ``WebSessionAuthenticator`` has checked it.
+    var form: [String: String] = [:]
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
@@ -148,6 +152,8 @@ final class ServerState: Sendable {
     let registryIdentity: UnlockedIdentity
     let metrics = ServerMetrics()
     let sessions: LoadedSessions
+    let webSessions = WebSessions()
+    let pages = WebPages()
     let refusals = RefusalTally()
     let maxUploadSize: Int
     let predictLimits: PredictLimits
@@ -191,6 +197,7 @@ func buildRouter(state: ServerState) -> Router<CofferRequestContext> {
     routes.get("metrics") { _, _ in text(state.metrics.prometheusText(), "text/plain; version=0.0.4") }
     RegistryController(state: state).addRoutes(to: routes)
     UploadController(state: state).addRoutes(to: routes)
+    WebController(state: state).addRoutes(to: routes)
     let router = Router(context: CofferRequestContext.self)
     router.add(middleware: RequestLogMiddleware(state: state, endpoints: routes.endpoints))
     router.add(middleware: MethodNotAllowedMiddleware(endpoints: routes.endpoints))

@@ -74,6 +74,29 @@ def start_server(coffer, home, env, log_path, *extra, port=None):
     raise RuntimeError("coffer serve did not start:\n" + "\n".join(shown))
 
 
+def stop_server(process, timeout=30):
+    """Stops a server started by `start_server` with SIGTERM (a graceful shutdown), killing it if it hangs."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def headless_chromium(width=1280, height=900):
+    """Debian's Chromium, headless, driven by Selenium through Debian's /usr/bin/chromedriver (given explicitly, so
+    Selenium never tries to download a driver). `--no-sandbox`: the tests run as root."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
 def postgres_database(prefix, url=None):
     """The URL of a new database of its own in the cluster `url` (default: COFFER_PG_URL, which tools/test sets; PGPASSFILE
     holds its password) names, made through psql as the URL's user; None when no cluster is named."""

@@ -8,6 +8,9 @@ coffer_apt_packages=(libsodium-dev libsqlite3-dev libopenblas-dev pkg-config age
 # What the scale-out tests and benchmarks start on loopback: an OCI registry (docker-registry, with skopeo and htpasswd
 # for its clients and Basic auth), nginx in front of replicas, and PostgreSQL.
 coffer_scaleout_apt_packages=(docker-registry skopeo apache2-utils nginx-light postgresql)
+# What the web interface's browser tests drive (tools/interop/test_web.py): Debian's Chromium and its chromedriver, so
+# Selenium never downloads a driver.
+coffer_browser_apt_packages=(chromium chromium-driver)
 
 # Installs the project's packages and any named after them (e.g. "${coffer_scaleout_apt_packages[@]}").
 coffer_install_system_packages() {

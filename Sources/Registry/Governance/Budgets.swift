@@ -132,3 +132,25 @@ extension Registry {
         return true
     }
 }
+
+extension Registry {
+    /// Every dataset with a budget, by id, as ``budget(dataset:)`` reports each.
+    public func budgets() async throws(CofferRegistryError) -> [BudgetStatus] {
+        let state = try await ledgerState()
+        return state.budgets.keys.sorted().compactMap { Self.budgetStatus(state, dataset: $0) }
+    }
+
+    /// The composed epsilon of `dataset`'s budget after each charge, in the order the versions were charged: the
+    /// histories of the first `k` versions composed (RDP, at the budget's delta), for `k` from 1; the last is what the
+    /// budget has spent.
+    public func budgetHistory(dataset: String) async throws(CofferRegistryError) -> [Double] {
+        try ModelReference.validate(datasetID: dataset)
+        let state = try await ledgerState()
+        guard let budget = state.budgets[dataset] else { throw .noBudget(dataset) }
+        var segments: [PrivacySegment] = []
+        return budget.charges.map { charge in
+            segments += charge.segments
+            return Self.composedEpsilon(segments, delta: budget.delta)
+        }
+    }
+}

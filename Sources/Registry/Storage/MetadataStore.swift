@@ -95,6 +95,10 @@ protocol MetadataStore: Sendable {
     func lastAuditEntry() async throws(CofferRegistryError) -> (seq: Int64, hash: Data)?
     /// Entries from `at` on (all when nil), in order.
     func auditEntries(since at: String?) async throws(CofferRegistryError) -> [AuditEntryRecord]
+    /// Up to `limit` entries with a sequence number below `seq` (from the newest when nil), newest first, of
+    /// `principal` and `action` when given: one keyset page, found through the primary key, never an OFFSET.
+    func auditEntries(before seq: Int64?, principal: String?, action: String?, limit: Int) async throws(CofferRegistryError) -> [AuditEntryRecord]
+    func lastAuditHead() async throws(CofferRegistryError) -> AuditHeadRecord?
     /// Walks the whole chain in order without holding it in memory (`audit verify` of a million entries): `body` gets
     /// each entry's `seq` and its columns where the store holds them (1-6: at, principal, action, target, outcome,
     /// reason; 7: prev_hash; 8: entry_hash), valid during the call only, and returns false to stop.

@@ -38,6 +38,20 @@ struct BearerAuthenticator: RouterMiddleware {
         let text = header.utf8.dropFirst("Bearer ".utf8.count)
         let secret = SecureBytes(count: text.count)
         secret.withUnsafeMutableBytes { $0.copyBytes(from: text) }
+        return try await TokenAuthorizer(state: state).authorize(secret, role: role, target: request.uri.path)
+    }
+}
+
+/// The one authorization path of a bearer token, for the API's `Authorization` header and the web pages' session
+/// (which holds the token it was signed in with): the registry authenticates the token, then its scope must allow
+/// the role. Refusals are counted and audited as ``BearerAuthenticator`` describes.
+struct TokenAuthorizer {
+    let state: ServerState
+
+    /// The holder of `secret`, if its scope allows `role`.
+    ///
+    /// - Throws: `HTTPError` 401 for a token the registry refuses, 403 for a scope that does not allow `role`.
+    func authorize(_ secret: borrowing SecureBytes, role: Role, target: String) async throws -> TokenHolder {
         do {
             let holder: TokenHolder
             do { holder = try await state.registry.authenticateToken(secret, auditing: false) } catch {
@@ -46,12 +60,7 @@ struct BearerAuthenticator: RouterMiddleware {
             }
             guard holder.scope.allows(role) else {
                 let reason = "token \(holder.tokenID) has scope \(holder.scope.rawValue), which does not allow the \(role.rawValue) role"
-                try? await state.registry.recordRefusal(
-                    action: "authorize",
-                    target: request.uri.path,
-                    reason: reason,
-                    principal: holder.principal.name
-                )
+                try? await state.registry.recordRefusal(action: "authorize", target: target, reason: reason, principal: holder.principal.name)
                 state.metrics.refusal()
                 throw HTTPError(.forbidden, message: reason)
             }

@@ -924,6 +924,20 @@ final class PostgresMetadataStore: MetadataStore {
         try await fetchAll(AuditEntryRecord.self, "SELECT * FROM audit_log WHERE \(at)::text IS NULL OR at >= \(at) ORDER BY seq")
     }
 
+    func auditEntries(before seq: Int64?, principal: String?, action: String?, limit: Int) async throws(CofferRegistryError) -> [AuditEntryRecord] {
+        try await fetchAll(
+            AuditEntryRecord.self,
+            """
+            SELECT * FROM audit_log WHERE (\(seq)::bigint IS NULL OR seq < \(seq)) AND (\(principal)::text IS NULL OR principal = \(principal))
+            AND (\(action)::text IS NULL OR action = \(action)) ORDER BY seq DESC LIMIT \(limit)
+            """
+        )
+    }
+
+    func lastAuditHead() async throws(CofferRegistryError) -> AuditHeadRecord? {
+        try await fetchAll(AuditHeadRecord.self, "SELECT * FROM audit_heads ORDER BY seq DESC LIMIT 1").first
+    }
+
     func forEachAuditEntry(
         _ body: (_ seq: Int64, _ column: (Int) -> UnsafeRawBufferPointer) throws(CofferRegistryError) -> Bool
     ) async throws(CofferRegistryError) {

@@ -685,6 +685,20 @@ final class SQLiteMetadataStore: MetadataStore {
         }
     }
 
+    func auditEntries(before seq: Int64?, principal: String?, action: String?, limit: Int) async throws(CofferRegistryError) -> [AuditEntryRecord] {
+        try await read { db in
+            var request = AuditEntryRecord.order(AuditEntryRecord.Columns.seq.desc).limit(limit)
+            if let seq { request = request.filter(AuditEntryRecord.Columns.seq < seq) }
+            if let principal { request = request.filter(AuditEntryRecord.Columns.principal == principal) }
+            if let action { request = request.filter(AuditEntryRecord.Columns.action == action) }
+            return try request.fetchAll(db)
+        }
+    }
+
+    func lastAuditHead() async throws(CofferRegistryError) -> AuditHeadRecord? {
+        try await read { db in try AuditHeadRecord.order(AuditHeadRecord.Columns.seq.desc).fetchOne(db) }
+    }
+
     func forEachAuditEntry(
         _ body: (_ seq: Int64, _ column: (Int) -> UnsafeRawBufferPointer) throws(CofferRegistryError) -> Bool
     ) async throws(CofferRegistryError) {

@@ -134,6 +134,8 @@ extension AuditEntryRecord: FetchableRecord, PersistableRecord {
     enum Columns {
         static let seq = Column(CodingKeys.seq)
         static let at = Column(CodingKeys.at)
+        static let principal = Column(CodingKeys.principal)
+        static let action = Column(CodingKeys.action)
     }
 }
 

@@ -1,0 +1,430 @@
+import CofferCrypto
+import CofferRegistry
+import Foundation
+import Hummingbird
+
+/// The web pages (docs/WEB.md): sign-in and sign-out, models, a model's versions and alias form, a version with its
+/// proofs and lineage, budgets, sessions, and for admins the token list and the audit log. Each page makes the
+/// registry calls the JSON route showing the same thing makes, behind the same role (one route group per role, as
+/// ``RegistryController`` has), with the same per-model checks.
+struct WebController {
+    let state: ServerState
+    var registry: Registry { state.registry }
+    var pages: WebPages { state.pages }
+
+    static let signInCookieName = "coffer_signin"
+
+    func addRoutes(to routes: some RouterMethods<CofferRequestContext>) {
+        routes.get("/") { _, _ in WebPages.seeOther("/models") }
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .get("signin", use: signInForm)
+            .post("signin", use: signIn)
+            .get("static/coffer.css", use: stylesheet)
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .add(middleware: WebSessionAuthenticator(state: state, role: .reader))
+            .post("signout", use: signOut)
+            .get("models", use: models)
+            .get("model", use: model)
+            .get("version", use: version)
+            .get("budgets", use: budgets)
+            .get("budget", use: budget)
+            .get("sessions", use: sessions)
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .add(middleware: WebSessionAuthenticator(state: state, role: .publisher))
+            .post("alias", use: setAlias)
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .add(middleware: WebSessionAuthenticator(state: state, role: .inference))
+            .post("sessions/revoke", use: revokeSession)
+        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+            .add(middleware: WebSessionAuthenticator(state: state, role: .admin))
+            .get("audit", use: audit)
+            .get("tokens", use: tokens)
+    }
+
+    // MARK: - Signing in and out
+
+    /// `GET /signin?next=PATH`: the form, with a fresh sign-in CSRF token in its field and in a cookie.
+    func signInForm(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        signInPage(next: Self.localPath(request.uri.queryParameters.get("next")), message: nil, status: .ok)
+    }
+
+    /// `POST /signin` with `token`, `csrf` and `next`: a session for a bearer token the API would take.
+    func signIn(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let form = try await WebForm.read(request)
+        let next = Self.localPath(form["next"])
+        guard let expected = request.cookies[Self.signInCookieName]?.value, let csrf = form["csrf"],
+            SecureCompare.equal(Array(csrf.utf8), Array(expected.utf8))
+        else {
+            state.refusals.add(principal: "-", action: "web.csrf", reason: "a sign-in form was posted without its CSRF token")
+            state.metrics.refusal()
+            return signInPage(next: next, message: "The form's CSRF token is missing or wrong: send the form again.", status: .forbidden)
+        }
+        let text = (form["token"] ?? "").trimmingCharacters(in: .whitespaces).utf8
+        let token = SecureBytes(count: text.count)
+        token.withUnsafeMutableBytes { $0.copyBytes(from: text) }
+        let holder: TokenHolder
+        do { holder = try await TokenAuthorizer(state: state).authorize(token, role: .reader, target: "/signin") } catch {
+            return signInPage(next: next, message: "Sign-in refused: \(WebPages.describe(error).1)", status: .unauthorized)
+        }
+        // A new sign-in ends the browser's earlier session: one cookie, one live session.
+        if let earlier = request.cookies[WebSessionAuthenticator.cookieName]?.value { state.webSessions.close(earlier) }
+        let (id, _) = state.webSessions.open(token: token, principal: holder.principal.name)
+        return WebPages.seeOther(
+            next,
+            cookies: [
+                WebSessionAuthenticator.cookie(id, maxAge: Int(WebSessions.lifetime)),
+                Cookie(name: Self.signInCookieName, value: "", maxAge: 0, path: "/", secure: true, httpOnly: true, sameSite: .strict),
+            ]
+        )
+    }
+
+    /// `POST /signout`: ends the session and deletes its cookie.
+    func signOut(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        if let id = request.cookies[WebSessionAuthenticator.cookieName]?.value { state.webSessions.close(id) }
+        return WebPages.seeOther("/signin", cookies: [WebSessionAuthenticator.cookie("", maxAge: 0)])
+    }
+
+    private func signInPage(next: String, message: String?, status: HTTPResponse.Status) -> Response {
+        let csrf = WebSessions.randomHex()
+        var values: [String: Any] = ["title": "Sign in", "formCSRF": csrf, "next": next]
+        if let message { values["message"] = message }
+        var response = pages.render("signin", values, session: nil, status: status)
+        response.setCookie(Cookie(name: Self.signInCookieName, value: csrf, maxAge: 600, path: "/", secure: true, httpOnly: true, sameSite: .strict))
+        return response
+    }
+
+    /// Where to go after signing in: a path on this server, else the models page (never another site: `//host`,
+    /// `/\host`, absolute URLs, and anything but printable ASCII: browsers strip tabs and newlines from a URL, so
+    /// `/<TAB>/host` is `//host` to them; an encoded path never holds them).
+    static func localPath(_ text: String?) -> String {
+        guard let text, text.hasPrefix("/"), !text.hasPrefix("//"), !text.contains("\\"),
+            text.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F })
+        else { return "/models" }
+        return text
+    }
+
+    func stylesheet(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        Response(
+            status: .ok,
+            headers: [.contentType: "text/css; charset=utf-8", .cacheControl: "public, max-age=3600"],
+            body: .init(byteBuffer: ByteBuffer(string: WebTemplates.stylesheet))
+        )
+    }
+
+    // MARK: - Pages
+
+    /// `GET /models?q=TEXT&namespace=NS`: the models the principal may read (each as `GET /v1/versions?model=NAME`
+    /// would allow it), newest version first.
+    func models(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        let query = request.uri.queryParameters.get("q") ?? ""
+        let namespace = request.uri.queryParameters.get("namespace")
+        let mayReadAll = try await registry.holds(.reader, on: nil, holder.principal)
+        var order: [String] = []
+        var byModel: [String: (count: Int, latest: VersionSummary)] = [:]
+        for version in try await registry.list() {
+            if let seen = byModel[version.model] {
+                byModel[version.model] = (seen.count + 1, seen.latest)
+            } else {
+                order.append(version.model)
+                byModel[version.model] = (1, version)
+            }
+        }
+        var readable: [String] = []
+        for name in order where mayReadAll ? true : try await registry.holds(.reader, on: name, holder.principal) { readable.append(name) }
+        var namespaces: [String: Int] = [:]
+        for name in readable { if let space = Self.namespace(of: name) { namespaces[space, default: 0] += 1 } }
+        let shown = readable.filter { name in
+            (query.isEmpty || name.localizedCaseInsensitiveContains(query)) && (namespace.map { Self.namespace(of: name) == $0 } ?? true)
+        }
+        let rows: [[String: Any]] = shown.map { name in
+            let entry = byModel[name]!
+            return [
+                "name": name, "href": "/model?name=" + WebForm.percentEncoded(name), "versions": entry.count,
+                "latest": entry.latest.version, "created": entry.latest.created,
+            ]
+        }
+        let spaces: [[String: Any]] = namespaces.keys.sorted().map { space in
+            ["name": space, "count": namespaces[space]!, "href": "/models?namespace=" + WebForm.percentEncoded(space), "current": space == namespace]
+        }
+        var values: [String: Any] = [
+            "title": "Models", "query": query, "models": rows, "noModels": rows.isEmpty, "namespaces": spaces, "hasNamespaces": !spaces.isEmpty,
+            "heading": namespace.map { "Models in \($0)/" } ?? "All models",
+        ]
+        if let namespace { values["namespace"] = namespace }
+        return page("models", values, context)
+    }
+
+    /// `GET /model?name=NAME`: the versions table, as `GET /v1/versions?model=NAME`.
+    func model(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        guard let name = request.uri.queryParameters.get("name") else {
+            throw HTTPError(.badRequest, message: "the name query parameter is required")
+        }
+        try ModelReference.validate(name: name)
+        try await registry.require(.reader, on: name, by: holder.principal, action: "list", target: name)
+        let rows: [[String: Any]] = try await registry.list(model: name).map { version in
+            [
+                "version": version.version, "href": "/version?ref=" + WebForm.percentEncoded("\(name):\(version.version)"),
+                "created": version.created, "publisher": version.publisherKeyID, "epsilon": Self.number(version.privacy.epsilon),
+                "delta": Self.number(version.privacy.delta), "pruningRatio": Self.number(version.privacy.pruningRatio),
+                "aliases": version.aliases.isEmpty ? "none" : version.aliases.joined(separator: ", "), "verified": version.verified,
+                "verification": version.verification ?? "",
+            ]
+        }
+        let policies = try await registry.policies(model: name).map { policy in
+            "\(policy.alias.map { "alias \($0)" } ?? "every alias"): \(Self.describe(policy.rules))"
+        }
+        let values: [String: Any] = [
+            "title": name, "name": name, "versions": rows, "policies": policies, "hasPolicies": !policies.isEmpty,
+            "mayPublish": holder.scope.allows(.publisher),
+        ]
+        return page("model", values, context)
+    }
+
+    /// `POST /alias` with `model`, `alias` and `version`: as `PUT /v1/alias` (publisher on the model; its policies apply,
+    /// and a refusal names the rule that failed).
+    func setAlias(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        guard let model = context.form["model"], let alias = context.form["alias"], let version = context.form["version"] else {
+            throw HTTPError(.badRequest, message: "the form needs a model, an alias and a version")
+        }
+        try await registry.setAlias(alias, model: model, version: version, by: state.signer(for: holder))
+        return WebPages.seeOther("/model?name=" + WebForm.percentEncoded(model))
+    }
+
+    /// The version's chain of parents, up to the first the principal may not read (named only, as the child's
+    /// `GET /v1/version` names it).
+    private func lineage(of summary: VersionSummary, holder: TokenHolder) async throws -> LineageGraph {
+        var nodes: [LineageGraph.Node] = []
+        var hidden: String? = nil
+        for version in try await registry.lineage(ModelReference(parsing: "\(summary.model):\(summary.version)")) {
+            if version.model != summary.model, try await !registry.holds(.reader, on: version.model, holder.principal) {
+                hidden = "\(version.model):\(version.version)"
+                break
+            }
+            nodes.append(
+                .init(model: version.model, version: version.version, dataset: version.datasetID, configuration: version.trainingConfigDigest)
+            )
+        }
+        return LineageGraph(chain: nodes.reversed(), hiddenParent: hidden)
+    }
+
+    /// A policy's rules in words, as `policy show` prints them.
+    static func describe(_ rules: PolicyRules) -> String {
+        var parts: [String] = []
+        if let value = rules.maxEpsilon { parts.append("epsilon at most \(value)") }
+        if let value = rules.maxDelta { parts.append("delta at most \(value)") }
+        if let value = rules.signer { parts.append("signed by \(value)") }
+        if let value = rules.minPruningRatio { parts.append("pruning ratio at least \(value)") }
+        if rules.requireBudget == true { parts.append("charged to a budget") }
+        if rules.requireAudit == true { parts.append("a privacy audit in its signed evidence") }
+        if let value = rules.maxMembershipAUC { parts.append("membership-inference AUC at most \(value)") }
+        return parts.isEmpty ? "no rule" : parts.joined(separator: ", ")
+    }
+
+    /// `GET /version?ref=NAME:VERSION`: the version as `GET /v1/version` shows it (its signed statement checked),
+    /// and its blobs checked as `GET /v1/verify` checks them. A failure of either is shown with its exact message.
+    func version(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        guard let text = request.uri.queryParameters.get("ref") else { throw HTTPError(.badRequest, message: "the ref query parameter is required") }
+        let reference = try ModelReference(parsing: text)
+        try await registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description)
+        let summary = try await registry.show(reference)
+        var failure = summary.verification
+        if failure == nil {
+            do { _ = try await registry.verify(ModelReference(parsing: "\(summary.model):\(summary.version)")) } catch { failure = error.description }
+        }
+        let privacy = summary.privacy
+        let card: [(String, String)] = [
+            ("Mechanism", privacy.mechanism ?? "not stated"), ("Accountant", privacy.accountant ?? "not stated"),
+            ("Noise multiplier", Self.number(privacy.noiseMultiplier)), ("Sampling rate", Self.number(privacy.samplingRate)),
+            ("Steps", privacy.steps.map { "\($0)" } ?? "not stated"), ("Clip norm", Self.number(privacy.clippingNorm)),
+            ("Epsilon", Self.number(privacy.epsilon)), ("Delta", Self.number(privacy.delta)),
+            ("Privacy unit", privacy.privacyUnit ?? "not stated"), ("Pruning method", privacy.pruningMethod ?? "none"),
+            ("Pruning ratio", Self.number(privacy.pruningRatio)), ("Achieved sparsity", Self.number(privacy.achievedSparsity)),
+        ]
+        var values: [String: Any] = [
+            "title": "\(summary.model):\(summary.version)", "model": summary.model, "version": summary.version,
+            "modelHref": "/model?name=" + WebForm.percentEncoded(summary.model), "verified": failure == nil, "failure": failure ?? "",
+            "signer": summary.signer ?? "", "digest": summary.digest, "publisher": summary.publisherKeyID, "created": summary.created,
+            "privacy": card.map { ["label": $0.0, "value": $0.1] },
+            "files": summary.files.map { file -> [String: Any] in
+                [
+                    "path": file.path, "size": file.size, "sha256": file.plaintextSHA256, "sealedSize": file.sealedSize,
+                    "sealedSHA256": file.sealedSHA256,
+                ]
+            },
+            "parent": summary.parent ?? "none", "dataset": summary.datasetID ?? "not stated", "datasetDigest": summary.datasetDigest ?? "not stated",
+            "trainingConfigDigest": summary.trainingConfigDigest ?? "not stated",
+            "aliases": summary.aliases.isEmpty ? "none" : summary.aliases.joined(separator: ", "),
+            "tags": summary.tags.keys.sorted().map { ["key": $0, "value": summary.tags[$0]!] },
+        ]
+        values["lineage"] = try await lineage(of: summary, holder: holder).values
+        if let parent = summary.parent { values["parentHref"] = "/version?ref=" + WebForm.percentEncoded(parent) }
+        if let message = summary.message { values["message"] = message }
+        if let at = summary.erasedAt { values["erased"] = "at \(at) by \(summary.erasedBy ?? "an unknown principal")" }
+        return page("version", values, context)
+    }
+
+    /// `GET /audit?principal=P&action=A&model=M&before=SEQ`: admins only, as `GET /v1/audit`. One keyset page of
+    /// entries, newest first, with the chain verified now and the last signed head.
+    func audit(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        try await registry.require(.admin, on: nil, by: holder.principal, action: "audit", target: "*")
+        let parameters = request.uri.queryParameters
+        func field(_ name: String) -> String? { parameters.get(name).flatMap { $0.isEmpty ? nil : $0 } }
+        let filter = try AuditFilter(principal: field("principal"), action: field("action"), model: field("model"))
+        var before: Int64? = nil
+        if let text = field("before") {
+            guard let seq = Int64(text), seq > 0 else {
+                throw HTTPError(.badRequest, message: "before must be an entry number, got '\(text.prefix(40))'")
+            }
+            before = seq
+        }
+        let found = try await registry.auditPage(filter, before: before, limit: Self.auditPageSize)
+        var values: [String: Any] = [
+            "title": "Audit log", "filterPrincipal": filter.principal ?? "", "filterAction": filter.action ?? "", "filterModel": filter.model ?? "",
+            "noEntries": found.entries.isEmpty,
+            "entries": found.entries.map { entry -> [String: Any] in
+                [
+                    "seq": entry.seq, "at": entry.at, "principal": entry.principal, "action": entry.action, "target": entry.target,
+                    "outcome": entry.outcome.rawValue, "reason": entry.reason,
+                ]
+            },
+        ]
+        do {
+            let report = try await registry.verifyAudit()
+            values["chainOK"] = true
+            values["chainSummary"] =
+                "\(report.entries) entries chained; signed through entry \(report.signedThrough), \(report.unsigned) after it not yet signed."
+        } catch {
+            values["chainOK"] = false
+            values["chainFailure"] = error.description
+        }
+        if let head = try await registry.lastSignedAuditHead() {
+            values["lastHead"] = "entry \(head.seq), signed at \(head.signedAt)" + (head.keyID.map { " by key \($0)" } ?? "")
+        } else {
+            values["lastHead"] = "none yet"
+        }
+        let query = [("principal", filter.principal), ("action", filter.action), ("model", filter.model)].compactMap { name, value in
+            value.map { "\(name)=\(WebForm.percentEncoded($0))" }
+        }
+        func href(_ extra: [String]) -> String { "/audit" + ((query + extra).isEmpty ? "" : "?" + (query + extra).joined(separator: "&")) }
+        if before != nil { values["firstHref"] = href([]) }
+        if let next = found.next { values["nextHref"] = href(["before=\(next)"]) }
+        return page("audit", values, context)
+    }
+
+    static let auditPageSize = 50
+
+    /// `GET /budgets`: every dataset's budget, as `GET /v1/budgets/{dataset}` reports each (any reader token).
+    func budgets(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let rows: [[String: Any]] = try await registry.budgets().map { status in
+            [
+                "dataset": status.dataset, "href": "/budget?dataset=" + WebForm.percentEncoded(status.dataset), "spent": Self.epsilon(status.spent),
+                "total": Self.epsilon(status.epsilon), "remaining": Self.epsilon(status.remaining), "delta": "\(status.delta)",
+                "charged": status.versions.count,
+            ]
+        }
+        return page("budgets", ["title": "Privacy budgets", "budgets": rows, "noBudgets": rows.isEmpty], context)
+    }
+
+    /// `GET /budget?dataset=ID`: one budget, its plot and the versions charged.
+    func budget(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        guard let dataset = request.uri.queryParameters.get("dataset") else {
+            throw HTTPError(.badRequest, message: "the dataset query parameter is required")
+        }
+        let status = try await registry.budget(dataset: dataset)
+        let history = try await registry.budgetHistory(dataset: dataset)
+        let charges: [[String: Any]] = status.versions.enumerated().map { index, charge in
+            [
+                "index": index + 1, "model": charge.model, "version": charge.version,
+                "href": "/version?ref=" + WebForm.percentEncoded("\(charge.model):\(charge.version)"), "epsilon": Self.epsilon(charge.epsilon),
+                "composed": index < history.count ? Self.epsilon(history[index]) : "", "overrideBy": charge.overrideBy ?? "",
+                "erased": charge.erased ? "erased" : "",
+            ]
+        }
+        let values: [String: Any] = [
+            "title": "Budget of \(dataset)", "dataset": dataset, "spent": Self.epsilon(status.spent), "total": Self.epsilon(status.epsilon),
+            "remaining": Self.epsilon(status.remaining), "delta": "\(status.delta)", "charges": charges, "noCharges": charges.isEmpty,
+            "plot": BudgetPlot(total: status.epsilon, history: history).values,
+        ]
+        return page("budget", values, context)
+    }
+
+    /// `GET /sessions`: the principal's inference sessions, every session for an admin token of an admin (as
+    /// `GET /v1/sessions`), never a session's token.
+    func sessions(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        var isAdmin = false
+        if holder.scope == .admin { isAdmin = (try? await registry.holds(.admin, on: nil, holder.principal)) == true }
+        let all = try await registry.sessions()
+        let shown = (isAdmin ? all : all.filter { $0.principal == holder.principal.name }).sorted { $0.createdAt > $1.createdAt }
+        let now = Date()
+        let dates = ISO8601DateFormatter.fractional
+        let mayRevoke = holder.scope.allows(.inference)
+        let rows: [[String: Any]] = shown.map { session in
+            let status =
+                if let revoked = session.revokedAt {
+                    "revoked at \(revoked)"
+                } else if (dates.date(from: session.expiresAt).map { $0 <= now }) ?? false {
+                    "expired"
+                } else if let max = session.maxUses,
+                    session.uses >= max
+                { "used up" } else { "open" }
+            return [
+                "id": session.id, "principal": session.principal, "model": session.model, "version": session.version,
+                "href": "/version?ref=" + WebForm.percentEncoded("\(session.model):\(session.version)"), "created": session.createdAt,
+                "expires": session.expiresAt, "uses": session.maxUses.map { "\(session.uses) of \($0)" } ?? "\(session.uses)", "status": status,
+                "revocable": mayRevoke && status == "open",
+            ]
+        }
+        let scope = isAdmin ? "Every session of the registry (you are an admin)." : "Your sessions."
+        return page("sessions", ["title": "Inference sessions", "sessions": rows, "noSessions": rows.isEmpty, "scope": scope], context)
+    }
+
+    /// `POST /sessions/revoke` with `id` (and the CSRF token): as `DELETE /v1/sessions/{id}`.
+    func revokeSession(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        guard let id = context.form["id"], !id.isEmpty else { throw HTTPError(.badRequest, message: "the form names no session") }
+        try await registry.revokeSession(id: id, principal: holder.principal)
+        state.sessions.remove(id)
+        return WebPages.seeOther("/sessions")
+    }
+
+    /// `GET /tokens`: every token the ledger minted (never a token), admins only. Read only: a `token.create` or
+    /// `token.revoke` record needs an admin's own signature, and the server's key may not sign one for anybody.
+    func tokens(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        try await registry.require(.admin, on: nil, by: holder.principal, action: "token.list", target: "*")
+        let now = Date()
+        let dates = ISO8601DateFormatter.fractional
+        let rows: [[String: Any]] = try await registry.tokens().reversed().map { token in
+            let expired = dates.date(from: token.expiresAt).map { $0 <= now } ?? false
+            let status = token.revokedAt.map { "revoked at \($0)" } ?? (expired ? "expired" : "live")
+            return [
+                "id": token.id, "principal": token.principal, "scope": token.scope.rawValue, "created": token.createdAt,
+                "expires": token.expiresAt, "status": status,
+            ]
+        }
+        return page("tokens", ["title": "Bearer tokens", "tokens": rows, "noTokens": rows.isEmpty], context)
+    }
+
+    static func epsilon(_ value: Double) -> String { String(format: "%.4g", value) }
+
+    /// A signed-in page, with the admin links shown to an admin token.
+    private func page(_ name: String, _ values: [String: Any], _ context: CofferRequestContext) -> Response {
+        pages.render(name, values, session: context.webSession, admin: context.holder?.scope == .admin)
+    }
+
+    static func namespace(of model: String) -> String? {
+        guard let slash = model.lastIndex(of: "/") else { return nil }
+        return String(model[..<slash])
+    }
+
+    static func number(_ value: Double?) -> String {
+        guard let value else { return "not stated" }
+        return "\(value)"
+    }
+}

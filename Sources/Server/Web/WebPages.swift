@@ -1,0 +1,94 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Mustache
+
+/// Renders the web pages from ``WebTemplates`` and sends them with the headers every page carries (docs/WEB.md,
+/// "Headers").
+struct WebPages: Sendable {
+    private let library: MustacheLibrary
+
+    init() {
+        var library = MustacheLibrary()
+        for (name, text) in WebTemplates.all {
+            // The templates are constants of this module (parsed by every test run): a parse error is a bug here.
+            do { try library.register(text, named: name) } catch { preconditionFailure("web template \(name) does not parse: \(error)") }
+        }
+        self.library = library
+    }
+
+    static let securityHeaders: HTTPFields = [
+        .contentSecurityPolicy:
+            "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        .xContentTypeOptions: "nosniff",
+        HTTPField.Name("Referrer-Policy")!: "no-referrer",
+        HTTPField.Name("X-Frame-Options")!: "DENY",
+        .cacheControl: "no-store",
+    ]
+
+    /// The page `name` filled with `values`, plus the layout's: whether someone is signed in, who, the CSRF token of
+    /// the sign-out form, and whether to link the admin pages (a link only: each page checks the role itself).
+    func render(
+        _ name: String,
+        _ values: [String: Any],
+        session: WebSessions.Session?,
+        admin: Bool = false,
+        status: HTTPResponse.Status = .ok
+    ) -> Response {
+        var values = values
+        values["admin"] = admin
+        values["signedIn"] = session != nil
+        values["principal"] = session?.principal ?? ""
+        values["csrf"] = session?.csrf ?? ""
+        let html = library.render(values, withTemplate: name) ?? ""
+        var headers = Self.securityHeaders
+        headers[.contentType] = "text/html; charset=utf-8"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: html)))
+    }
+
+    /// An error as a page: the status's reason as the heading, the error's one line as the message.
+    func error(_ error: any Error, session: WebSessions.Session?, admin: Bool = false) -> Response {
+        let (status, message) = Self.describe(error)
+        return render(
+            "error",
+            ["title": "\(status.code) \(status.reasonPhrase)", "message": message],
+            session: session,
+            admin: admin,
+            status: status
+        )
+    }
+
+    static func describe(_ error: any Error) -> (HTTPResponse.Status, String) {
+        switch error {
+        case let error as HTTPError: (error.status, error.body ?? error.status.reasonPhrase)
+        case let error as any HTTPResponseError: (error.status, "\(error)")
+        default: (.internalServerError, "the page could not be made")
+        }
+    }
+
+    /// `303 See Other` to `location`, with the page headers.
+    static func seeOther(_ location: String, cookies: [Cookie] = []) -> Response {
+        var headers = securityHeaders
+        headers[.location] = location
+        var response = Response(status: .seeOther, headers: headers)
+        for cookie in cookies { response.setCookie(cookie) }
+        return response
+    }
+}
+
+/// Sets the page headers on every web response and turns an error no page handled (a bad form, a route's own
+/// refusal) into an error page rather than the API's JSON.
+struct WebHeadersMiddleware: RouterMiddleware {
+    typealias Context = CofferRequestContext
+    let pages: WebPages
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            var response = try await next(request, context)
+            for field in WebPages.securityHeaders where response.headers[field.name] == nil { response.headers.append(field) }
+            return response
+        } catch {
+            return pages.error(error, session: context.webSession)
+        }
+    }
+}

@@ -1,0 +1,358 @@
+// The web pages' templates, compiled into the binary: a resource bundle would have to travel next to the `coffer`
+// executable, and a missing one stops the server at the first page. Values are only ever written with `{{ }}`, which
+// HTML-escapes them; no template uses `{{{ }}}`.
+enum WebTemplates {
+    static let all: [String: String] = [
+        "head": head, "foot": foot, "signin": signin, "models": models, "model": model, "version": version, "error": error, "audit": audit,
+        "budgets": budgets, "budget": budget,
+        "sessions": sessions,
+        "tokens": tokens,
+    ]
+
+    static let head = """
+        <!DOCTYPE html>
+        <html lang="en">
+        <head>
+        <meta charset="utf-8">
+        <meta name="viewport" content="width=device-width, initial-scale=1">
+        <title>{{title}} · Coffer</title>
+        <link rel="stylesheet" href="/static/coffer.css">
+        </head>
+        <body>
+        <header class="bar">
+        <a class="brand" href="/models">Coffer</a>
+        {{#signedIn}}
+        <nav aria-label="Main"><a href="/models">Models</a> <a href="/budgets">Budgets</a> <a href="/sessions">Sessions</a>{{#admin}} <a href="/tokens">Tokens</a> <a href="/audit">Audit log</a>{{/admin}}</nav>
+        <form method="post" action="/signout" class="signout">
+        <input type="hidden" name="csrf" value="{{csrf}}">
+        <span>Signed in as {{principal}}</span>
+        <button type="submit">Sign out</button>
+        </form>
+        {{/signedIn}}
+        </header>
+        <main>
+
+        """
+
+    static let foot = """
+        </main>
+        </body>
+        </html>
+
+        """
+
+    static let signin = """
+        {{> head}}
+        <h1>Sign in</h1>
+        {{#message}}<p class="alert" role="alert">{{message}}</p>{{/message}}
+        <form method="post" action="/signin" class="card">
+        <input type="hidden" name="csrf" value="{{formCSRF}}">
+        <input type="hidden" name="next" value="{{next}}">
+        <p><label for="token">API token</label>
+        <input id="token" name="token" type="password" autocomplete="off" required placeholder="cft_..."></p>
+        <p class="hint">A bearer token from <code>coffer token create</code>. It is exchanged for a session of 30 minutes and never shown again.</p>
+        <p><button type="submit">Sign in</button></p>
+        </form>
+        {{> foot}}
+        """
+
+    static let models = """
+        {{> head}}
+        <h1>Models</h1>
+        <form method="get" action="/models" class="search" role="search">
+        <label for="q">Search by name</label>
+        <input id="q" name="q" type="search" value="{{query}}">
+        {{#namespace}}<input type="hidden" name="namespace" value="{{namespace}}">{{/namespace}}
+        <button type="submit">Search</button>
+        </form>
+        {{#hasNamespaces}}
+        <nav aria-label="Namespaces" class="namespaces">
+        <h2>Namespaces</h2>
+        <ul>
+        <li><a href="/models">All</a></li>
+        {{#namespaces}}<li><a href="{{href}}"{{#current}} aria-current="page"{{/current}}>{{name}}</a> ({{count}})</li>
+        {{/namespaces}}
+        </ul>
+        </nav>
+        {{/hasNamespaces}}
+        <h2>{{heading}}</h2>
+        {{#noModels}}<p>No model matches.</p>{{/noModels}}
+        {{^noModels}}
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">Model</th><th scope="col">Versions</th><th scope="col">Latest</th><th scope="col">Created</th></tr></thead>
+        <tbody>
+        {{#models}}<tr><td><a href="{{href}}">{{name}}</a></td><td>{{versions}}</td><td>{{latest}}</td><td>{{created}}</td></tr>
+        {{/models}}
+        </tbody>
+        </table></div>
+        {{/noModels}}
+        {{> foot}}
+        """
+
+    static let model = """
+        {{> head}}
+        <p class="crumbs"><a href="/models">Models</a> / {{name}}</p>
+        <h1>{{name}}</h1>
+        <div class="scroll"><table>
+        <caption>Versions, newest first</caption>
+        <thead><tr><th scope="col">Version</th><th scope="col">Created</th><th scope="col">Publisher</th><th scope="col">Epsilon</th><th scope="col">Delta</th><th scope="col">Pruning ratio</th><th scope="col">Aliases</th><th scope="col">Verification</th></tr></thead>
+        <tbody>
+        {{#versions}}<tr><td><a href="{{href}}">{{version}}</a></td><td>{{created}}</td><td><code>{{publisher}}</code></td><td>{{epsilon}}</td><td>{{delta}}</td><td>{{pruningRatio}}</td><td>{{aliases}}</td><td>{{#verified}}<span class="badge ok">verified</span>{{/verified}}{{^verified}}<span class="badge bad">not verified</span> {{verification}}{{/verified}}</td></tr>
+        {{/versions}}
+        </tbody>
+        </table></div>
+        {{#hasPolicies}}<section aria-labelledby="policies">
+        <h2 id="policies">Alias policies</h2>
+        <ul>{{#policies}}<li>{{.}}</li>{{/policies}}</ul>
+        </section>{{/hasPolicies}}
+        {{#mayPublish}}<form method="post" action="/alias" class="card">
+        <h2>Point an alias at a version</h2>
+        <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="model" value="{{name}}">
+        <p><label for="alias">Alias</label> <input id="alias" name="alias" required maxlength="64"></p>
+        <p><label for="alias-version">Version</label> <select id="alias-version" name="version">{{#versions}}<option value="{{version}}">{{version}}</option>{{/versions}}</select></p>
+        <p><button type="submit">Set alias</button></p>
+        </form>{{/mayPublish}}
+        {{> foot}}
+        """
+
+    static let version = """
+        {{> head}}
+        <p class="crumbs"><a href="/models">Models</a> / <a href="{{modelHref}}">{{model}}</a> / {{version}}</p>
+        <h1>{{model}}:{{version}}</h1>
+        <section aria-labelledby="signature" class="card">
+        <h2 id="signature">Signature and blobs, checked now</h2>
+        {{#verified}}<p><span class="badge ok" id="status">verified</span> signed by {{signer}} (a trusted signer); every blob matches its signed SHA-256.</p>{{/verified}}
+        {{^verified}}<p><span class="badge bad" id="status">not verified</span> <span id="failure">{{failure}}</span></p>{{/verified}}
+        <dl>
+        <dt>Statement digest</dt><dd><code>{{digest}}</code></dd>
+        <dt>Publisher key</dt><dd><code>{{publisher}}</code></dd>
+        <dt>Created</dt><dd>{{created}}</dd>
+        {{#message}}<dt>Message</dt><dd>{{message}}</dd>{{/message}}
+        {{#erased}}<dt>Erased</dt><dd>{{erased}}</dd>{{/erased}}
+        </dl>
+        </section>
+        <section aria-labelledby="privacy" class="card">
+        <h2 id="privacy">Privacy card (signed)</h2>
+        <dl>
+        {{#privacy}}<dt>{{label}}</dt><dd>{{value}}</dd>
+        {{/privacy}}
+        </dl>
+        </section>
+        <section aria-labelledby="files">
+        <h2 id="files">Files</h2>
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">Path</th><th scope="col">Size (bytes)</th><th scope="col">SHA-256 (plaintext)</th><th scope="col">Sealed size</th><th scope="col">SHA-256 (sealed blob)</th></tr></thead>
+        <tbody>
+        {{#files}}<tr><td>{{path}}</td><td>{{size}}</td><td><code>{{sha256}}</code></td><td>{{sealedSize}}</td><td><code>{{sealedSHA256}}</code></td></tr>
+        {{/files}}
+        </tbody>
+        </table></div>
+        </section>
+        <section aria-labelledby="lineage" class="card">
+        <h2 id="lineage">Lineage</h2>
+        <svg class="lineage" viewBox="0 0 {{lineage.width}} {{lineage.height}}" role="img" aria-labelledby="lineage-title" xmlns="http://www.w3.org/2000/svg">
+        <title id="lineage-title">Lineage, oldest first: {{lineage.summary}}</title>
+        <defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z"/></marker></defs>
+        {{#lineage.edges}}<line class="edge" x1="{{x1}}" y1="{{y1}}" x2="{{x2}}" y2="{{y2}}" marker-end="url(#arrow)"/>
+        {{/lineage.edges}}
+        {{#lineage.nodes}}<rect class="{{kind}}" x="{{x}}" y="{{y}}" width="{{width}}" height="{{height}}" rx="6"/><text class="label" x="{{textX}}" y="{{textY}}" text-anchor="middle">{{label}}</text>
+        {{/lineage.nodes}}
+        </svg>
+        <dl>
+        <dt>Parent</dt><dd>{{#parentHref}}<a href="{{parentHref}}">{{parent}}</a>{{/parentHref}}{{^parentHref}}none{{/parentHref}}</dd>
+        <dt>Dataset</dt><dd>{{dataset}}</dd>
+        <dt>Dataset digest</dt><dd><code>{{datasetDigest}}</code></dd>
+        <dt>Training configuration digest</dt><dd><code>{{trainingConfigDigest}}</code></dd>
+        </dl>
+        </section>
+        <section aria-labelledby="labels" class="card">
+        <h2 id="labels">Aliases and tags</h2>
+        <dl>
+        <dt>Aliases</dt><dd>{{aliases}}</dd>
+        {{#tags}}<dt>{{key}}</dt><dd class="tag">{{value}}</dd>
+        {{/tags}}
+        </dl>
+        </section>
+        {{> foot}}
+        """
+
+    static let audit = """
+        {{> head}}
+        <h1>Audit log</h1>
+        <section aria-labelledby="chain" class="card">
+        <h2 id="chain">Hash chain, checked now</h2>
+        {{#chainOK}}<p><span class="badge ok" id="chain-status">verified</span> {{chainSummary}}</p>{{/chainOK}}
+        {{^chainOK}}<p><span class="badge bad" id="chain-status">broken</span> <span id="chain-failure">{{chainFailure}}</span></p>{{/chainOK}}
+        <dl>
+        <dt>Last signed head</dt><dd>{{lastHead}}</dd>
+        </dl>
+        </section>
+        <form method="get" action="/audit" class="filters">
+        <p><label for="f-principal">Principal</label> <input id="f-principal" name="principal" value="{{filterPrincipal}}"></p>
+        <p><label for="f-action">Action</label> <input id="f-action" name="action" value="{{filterAction}}"></p>
+        <p><label for="f-model">Model or namespace/</label> <input id="f-model" name="model" value="{{filterModel}}"></p>
+        <p><button type="submit">Filter</button></p>
+        </form>
+        {{#noEntries}}<p>No entry matches.</p>{{/noEntries}}
+        {{^noEntries}}
+        <div class="scroll"><table>
+        <caption>Entries, newest first</caption>
+        <thead><tr><th scope="col">#</th><th scope="col">Time (UTC)</th><th scope="col">Principal</th><th scope="col">Action</th><th scope="col">Target</th><th scope="col">Outcome</th><th scope="col">Reason</th></tr></thead>
+        <tbody>
+        {{#entries}}<tr><td>{{seq}}</td><td>{{at}}</td><td>{{principal}}</td><td>{{action}}</td><td>{{target}}</td><td>{{outcome}}</td><td>{{reason}}</td></tr>
+        {{/entries}}
+        </tbody>
+        </table></div>
+        {{/noEntries}}
+        <nav aria-label="Pages" class="pages">{{#firstHref}}<a href="{{firstHref}}">Newest</a> {{/firstHref}}{{#nextHref}}<a href="{{nextHref}}" rel="next">Older entries</a>{{/nextHref}}</nav>
+        {{> foot}}
+        """
+
+    static let budgets = """
+        {{> head}}
+        <h1>Privacy budgets</h1>
+        {{#noBudgets}}<p>No dataset has a budget.</p>{{/noBudgets}}
+        {{^noBudgets}}
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">Dataset</th><th scope="col">Epsilon spent</th><th scope="col">Total epsilon</th><th scope="col">Remaining</th><th scope="col">Delta</th><th scope="col">Versions charged</th></tr></thead>
+        <tbody>
+        {{#budgets}}<tr><td><a href="{{href}}">{{dataset}}</a></td><td>{{spent}}</td><td>{{total}}</td><td>{{remaining}}</td><td>{{delta}}</td><td>{{charged}}</td></tr>
+        {{/budgets}}
+        </tbody>
+        </table></div>
+        {{/noBudgets}}
+        {{> foot}}
+        """
+
+    static let budget = """
+        {{> head}}
+        <p class="crumbs"><a href="/budgets">Budgets</a> / {{dataset}}</p>
+        <h1>Budget of {{dataset}}</h1>
+        <section aria-labelledby="spend" class="card">
+        <h2 id="spend">Spent against the total</h2>
+        <p><strong id="spent">{{spent}}</strong> of epsilon {{total}} spent at delta {{delta}}; {{remaining}} remains.</p>
+        <svg class="plot" viewBox="0 0 {{plot.width}} {{plot.height}}" role="img" aria-labelledby="plot-title" xmlns="http://www.w3.org/2000/svg">
+        <title id="plot-title">Composed epsilon after each charged version (line) against the budget of {{total}} (dashed)</title>
+        <line class="axis" x1="{{plot.left}}" y1="{{plot.bottom}}" x2="{{plot.right}}" y2="{{plot.bottom}}"/>
+        <line class="axis" x1="{{plot.left}}" y1="{{plot.top}}" x2="{{plot.left}}" y2="{{plot.bottom}}"/>
+        <line class="budget-line" x1="{{plot.left}}" y1="{{plot.budgetY}}" x2="{{plot.right}}" y2="{{plot.budgetY}}"/>
+        <text class="label" x="{{plot.right}}" y="{{plot.budgetLabelY}}" text-anchor="end">budget {{total}}</text>
+        {{#plot.yTicks}}<text class="label" x="{{x}}" y="{{y}}" text-anchor="end">{{label}}</text>
+        {{/plot.yTicks}}
+        {{#plot.xTicks}}<text class="label" x="{{x}}" y="{{y}}" text-anchor="middle">{{label}}</text>
+        {{/plot.xTicks}}
+        <polyline class="spent-line" points="{{plot.points}}"/>
+        {{#plot.dots}}<circle class="{{kind}}" cx="{{x}}" cy="{{y}}" r="4"><title>{{label}}</title></circle>
+        {{/plot.dots}}
+        </svg>
+        </section>
+        <section aria-labelledby="charged">
+        <h2 id="charged">Versions charged, in order</h2>
+        {{#noCharges}}<p>No version is charged to this budget yet.</p>{{/noCharges}}
+        {{^noCharges}}
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">#</th><th scope="col">Version</th><th scope="col">Its own epsilon</th><th scope="col">Composed epsilon after it</th><th scope="col">Over the budget by the override of</th><th scope="col">Erased</th></tr></thead>
+        <tbody>
+        {{#charges}}<tr><td>{{index}}</td><td><a href="{{href}}">{{model}}:{{version}}</a></td><td>{{epsilon}}</td><td>{{composed}}</td><td>{{overrideBy}}</td><td>{{erased}}</td></tr>
+        {{/charges}}
+        </tbody>
+        </table></div>
+        {{/noCharges}}
+        </section>
+        {{> foot}}
+        """
+
+    static let sessions = """
+        {{> head}}
+        <h1>Inference sessions</h1>
+        <p class="hint">{{scope}}</p>
+        {{#noSessions}}<p>No session.</p>{{/noSessions}}
+        {{^noSessions}}
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">Session</th><th scope="col">Principal</th><th scope="col">Version</th><th scope="col">Opened</th><th scope="col">Expires</th><th scope="col">Uses</th><th scope="col">Status</th><th scope="col">Action</th></tr></thead>
+        <tbody>
+        {{#sessions}}<tr><td><code>{{id}}</code></td><td>{{principal}}</td><td><a href="{{href}}">{{model}}:{{version}}</a></td><td>{{created}}</td><td>{{expires}}</td><td>{{uses}}</td><td class="status">{{status}}</td><td>{{#revocable}}<form method="post" action="/sessions/revoke">
+        <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="id" value="{{id}}">
+        <button type="submit" aria-label="Revoke session {{id}}">Revoke</button></form>{{/revocable}}</td></tr>
+        {{/sessions}}
+        </tbody>
+        </table></div>
+        {{/noSessions}}
+        {{> foot}}
+        """
+
+    static let tokens = """
+        {{> head}}
+        <h1>Bearer tokens</h1>
+        <p class="hint">Creating and revoking a token is recorded in the ledger with an admin's own signature, which this
+        server never holds: use <code>coffer token create</code> and <code>coffer token revoke</code> with your identity.</p>
+        {{#noTokens}}<p>No token was minted.</p>{{/noTokens}}
+        {{^noTokens}}
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">Id</th><th scope="col">Principal</th><th scope="col">Scope</th><th scope="col">Created</th><th scope="col">Expires</th><th scope="col">Status</th></tr></thead>
+        <tbody>
+        {{#tokens}}<tr><td><code>{{id}}</code></td><td>{{principal}}</td><td>{{scope}}</td><td>{{created}}</td><td>{{expires}}</td><td class="status">{{status}}</td></tr>
+        {{/tokens}}
+        </tbody>
+        </table></div>
+        {{/noTokens}}
+        {{> foot}}
+        """
+
+    static let error = """
+        {{> head}}
+        <h1>{{title}}</h1>
+        <p class="alert" role="alert">{{message}}</p>
+        <p><a href="/models">Back to the models</a></p>
+        {{> foot}}
+        """
+
+    static let stylesheet = """
+        :root { color-scheme: light; }
+        body { margin: 0; font: 16px/1.5 system-ui, sans-serif; color: #1a1a1a; background: #fff; }
+        .bar { display: flex; flex-wrap: wrap; gap: .5rem 1.5rem; align-items: center; padding: .6rem 1rem; background: #17324d; color: #fff; }
+        .bar a { color: #fff; }
+        .brand { font-weight: 700; text-decoration: none; }
+        .signout { margin-left: auto; display: flex; gap: .5rem; align-items: center; }
+        main { max-width: 72rem; margin: 0 auto; padding: 1rem; }
+        a { color: #0b4f9c; }
+        h1 { font-size: 1.6rem; overflow-wrap: anywhere; }
+        .card { border: 1px solid #c8ced6; border-radius: 6px; padding: .5rem 1rem; margin: 1rem 0; }
+        dl { display: grid; grid-template-columns: minmax(8rem, max-content) 1fr; gap: .25rem 1rem; }
+        dt { font-weight: 600; }
+        dd { margin: 0; overflow-wrap: anywhere; }
+        .scroll { overflow-x: auto; }
+        table { border-collapse: collapse; width: 100%; }
+        th, td { text-align: left; padding: .35rem .5rem; border-bottom: 1px solid #d5dae0; vertical-align: top; }
+        code { font-size: .85em; overflow-wrap: anywhere; }
+        .badge { display: inline-block; padding: .05rem .5rem; border-radius: 1rem; font-weight: 700; }
+        .ok { background: #dff3e4; color: #0b5a25; }
+        .bad { background: #fde2e5; color: #8f0b1f; }
+        .alert { border-left: 4px solid #8f0b1f; padding: .5rem 1rem; background: #fdf0f1; }
+        .hint, .crumbs { color: #4a4f55; }
+        input, button { font: inherit; padding: .35rem .5rem; }
+        input[type=password], input[type=search] { width: min(100%, 32rem); box-sizing: border-box; }
+        button { background: #17324d; color: #fff; border: 1px solid #17324d; border-radius: 4px; cursor: pointer; }
+        .namespaces ul { display: flex; flex-wrap: wrap; gap: .25rem 1rem; padding: 0; list-style: none; }
+        .namespaces h2 { font-size: 1rem; }
+        .plot { width: 100%; max-width: 40rem; height: auto; }
+        .plot .axis { stroke: #4a4f55; stroke-width: 1; }
+        .plot .budget-line { stroke: #8f0b1f; stroke-width: 2; stroke-dasharray: 6 4; }
+        .plot .spent-line { fill: none; stroke: #0b4f9c; stroke-width: 2.5; }
+        .plot circle.within { fill: #0b4f9c; }
+        .plot circle.over { fill: #8f0b1f; }
+        .lineage { width: 100%; max-width: 45rem; height: auto; }
+        .lineage rect { fill: #fff; stroke: #4a4f55; stroke-width: 1.5; }
+        .lineage rect.current { fill: #e6eef8; stroke: #0b4f9c; stroke-width: 2.5; }
+        .lineage rect.dataset { fill: #f3f7ee; }
+        .lineage rect.configuration { fill: #f7f3ee; }
+        .lineage rect.hidden { stroke-dasharray: 4 3; }
+        .lineage .edge { stroke: #4a4f55; stroke-width: 1.5; }
+        .lineage text { font-size: 12px; fill: #1a1a1a; }
+        .plot .label { font-size: 12px; fill: #1a1a1a; }
+        .filters { display: flex; flex-wrap: wrap; gap: 0 1rem; align-items: end; }
+        .filters label { display: block; }
+        @media (max-width: 40rem) { dl { grid-template-columns: 1fr; } dd { margin-bottom: .5rem; } }
+
+        """
+}

@@ -1,0 +1,490 @@
+import CofferCrypto
+import CofferRegistry
+import CofferTraining
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Testing
+
+@testable import CofferServer
+
+/// The web pages through Hummingbird's router test client, on the world of ``ServerTests``: alice (admin), bob (reader,
+/// publisher and inference on m/), carol (reader on other/ only), and m/risk:1 pushed by alice with alias prod.
+struct WebTests {
+    let server = ServerTests()
+
+    /// A signed-in browser: its session cookie and the CSRF token the pages put in their forms.
+    struct Browser {
+        var cookie: String
+        var csrf: String
+        var headers: HTTPFields { [.cookie: "\(WebSessionAuthenticator.cookieName)=\(cookie)"] }
+    }
+
+    static func text(_ response: TestResponse) -> String { String(buffer: response.body) }
+
+    /// The value of cookie `name` set by `response`, and the whole `Set-Cookie` line.
+    static func setCookie(_ name: String, in response: TestResponse) -> (value: String, line: String)? {
+        for line in response.headers[values: .setCookie] where line.hasPrefix("\(name)=") {
+            let value = line.dropFirst(name.count + 1).prefix { $0 != ";" }
+            return (String(value), line)
+        }
+        return nil
+    }
+
+    /// The value of the hidden `csrf` field in a page.
+    static func csrfField(_ page: String) -> String? {
+        guard let range = page.range(of: #"name="csrf" value=""#) else { return nil }
+        return String(page[range.upperBound...].prefix { $0 != "\"" })
+    }
+
+    static func form(_ fields: [(String, String)]) -> (HTTPFields, ByteBuffer) {
+        let body = fields.map { "\($0.0)=\(WebForm.percentEncoded($0.1))" }.joined(separator: "&")
+        return ([.contentType: "application/x-www-form-urlencoded"], ByteBuffer(string: body))
+    }
+
+    /// Signs in with `token` as a browser would: the form (and its sign-in cookie), then the post.
+    func signIn(_ client: some TestClientProtocol, token: String) async throws -> Browser {
+        let form = try await client.execute(uri: "/signin", method: .get)
+        let signin = try #require(Self.setCookie(WebController.signInCookieName, in: form))
+        let csrf = try #require(Self.csrfField(Self.text(form)))
+        var (headers, body) = Self.form([("csrf", csrf), ("token", token), ("next", "/models")])
+        headers[.cookie] = "\(WebController.signInCookieName)=\(signin.value)"
+        let posted = try await client.execute(uri: "/signin", method: .post, headers: headers, body: body)
+        #expect(posted.status == .seeOther && posted.headers[.location] == "/models")
+        let session = try #require(Self.setCookie(WebSessionAuthenticator.cookieName, in: posted))
+        let page = try await client.execute(
+            uri: "/models",
+            method: .get,
+            headers: [.cookie: "\(WebSessionAuthenticator.cookieName)=\(session.value)"]
+        )
+        #expect(page.status == .ok)
+        return Browser(cookie: session.value, csrf: try #require(Self.csrfField(Self.text(page))))
+    }
+
+    @Test func aSignedOutUserIsSentToSignIn() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            for uri in ["/models", "/model?name=m/risk", "/version?ref=m/risk:1"] {
+                let response = try await client.execute(uri: uri, method: .get)
+                #expect(response.status == .seeOther)
+                #expect(response.headers[.location] == "/signin?next=" + WebForm.percentEncoded(uri))
+            }
+            // A cookie naming no session is no better than none.
+            let forged = try await client.execute(
+                uri: "/models",
+                method: .get,
+                headers: [.cookie: "coffer_session=" + String(repeating: "ab", count: 32)]
+            )
+            #expect(forged.status == .seeOther)
+            let root = try await client.execute(uri: "/", method: .get)
+            #expect(root.status == .seeOther && root.headers[.location] == "/models")
+            // After signing in, the next page asked for is only ever a path of this server.
+            #expect(WebController.localPath("//evil.example/x") == "/models")
+            #expect(WebController.localPath("https://evil.example") == "/models")
+            for sneaky in ["/\t/evil.example", "/\n/evil.example", "/ /evil.example", "/\\evil.example", "/\u{7F}/evil.example", "/caf\u{E9}"] {
+                #expect(WebController.localPath(sneaky) == "/models", "\(sneaky.debugDescription)")
+            }
+            #expect(WebController.localPath("/version?ref=m/risk:1") == "/version?ref=m/risk:1")
+        }
+    }
+
+    @Test func signInGivesAStrictShortLivedCookieAndSafeHeaders() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            let form = try await client.execute(uri: "/signin", method: .get)
+            let signin = try #require(Self.setCookie(WebController.signInCookieName, in: form))
+            let csrf = try #require(Self.csrfField(Self.text(form)))
+            var (headers, body) = Self.form([("csrf", csrf), ("token", w.tokens["bob-read"]!), ("next", "/model?name=m/risk")])
+            headers[.cookie] = "\(WebController.signInCookieName)=\(signin.value)"
+            let posted = try await client.execute(uri: "/signin", method: .post, headers: headers, body: body)
+            #expect(posted.status == .seeOther && posted.headers[.location] == "/model?name=m/risk")
+            let session = try #require(Self.setCookie(WebSessionAuthenticator.cookieName, in: posted))
+            #expect(session.value.count == 64 && session.value.allSatisfy(\.isHexDigit))
+            for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/", "Max-Age=1800"] {
+                #expect(session.line.contains(flag), "\(session.line) lacks \(flag)")
+            }
+            let page = try await client.execute(uri: "/model?name=m/risk", method: .get, headers: [.cookie: "coffer_session=\(session.value)"])
+            #expect(page.status == .ok)
+            #expect(page.headers[.contentSecurityPolicy]?.contains("default-src 'self'") == true)
+            #expect(page.headers[.contentSecurityPolicy]?.contains("frame-ancestors 'none'") == true)
+            #expect(page.headers[.contentSecurityPolicy]?.contains("script-src 'none'") == true)
+            #expect(page.headers[.xContentTypeOptions] == "nosniff")
+            #expect(page.headers[HTTPField.Name("Referrer-Policy")!] == "no-referrer")
+            #expect(page.headers[.cacheControl] == "no-store")
+            let html = Self.text(page)
+            #expect(html.contains(#"<html lang="en">"#) && html.contains(#"name="viewport""#))
+            #expect(html.contains("Signed in as bob") && html.contains(">1</a>") && html.contains("prod"))
+            #expect(!html.contains(w.tokens["bob-read"]!))
+
+            // Signing in again from the same browser ends the earlier session.
+            let again = try await client.execute(uri: "/signin", method: .get)
+            let cookie = try #require(Self.setCookie(WebController.signInCookieName, in: again))
+            var (headers2, body2) = Self.form([("csrf", try #require(Self.csrfField(Self.text(again)))), ("token", w.tokens["bob-read"]!)])
+            headers2[.cookie] = "\(WebController.signInCookieName)=\(cookie.value); coffer_session=\(session.value)"
+            let second = try await client.execute(uri: "/signin", method: .post, headers: headers2, body: body2)
+            let renewed = try #require(Self.setCookie(WebSessionAuthenticator.cookieName, in: second))
+            #expect(renewed.value != session.value)
+            #expect(try await client.execute(uri: "/models", method: .get, headers: [.cookie: "coffer_session=\(session.value)"]).status == .seeOther)
+            #expect(try await client.execute(uri: "/models", method: .get, headers: [.cookie: "coffer_session=\(renewed.value)"]).status == .ok)
+        }
+    }
+
+    @Test func aRefusedTokenGetsNoSession() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            for (token, message) in [
+                ("cft_nothex", "malformed bearer token"), (w.tokens["revoked"]!, "was revoked at"), (w.tokens["expired"]!, "expired at"),
+            ] {
+                let form = try await client.execute(uri: "/signin", method: .get)
+                let signin = try #require(Self.setCookie(WebController.signInCookieName, in: form))
+                var (headers, body) = Self.form([("csrf", try #require(Self.csrfField(Self.text(form)))), ("token", token)])
+                headers[.cookie] = "\(WebController.signInCookieName)=\(signin.value)"
+                let posted = try await client.execute(uri: "/signin", method: .post, headers: headers, body: body)
+                #expect(posted.status == .unauthorized)
+                #expect(Self.text(posted).contains(message))
+                // The form is never filled back in with the token.
+                #expect(!Self.text(posted).contains("value=\"\(token)"))
+                #expect(Self.setCookie(WebSessionAuthenticator.cookieName, in: posted) == nil)
+            }
+        }
+    }
+
+    @Test func aFormWithoutItsCSRFTokenIsRefused() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            // Sign-in: no sign-in cookie, or a field that differs from it.
+            let (formHeaders, body) = Self.form([("csrf", "00"), ("token", w.tokens["bob-read"]!)])
+            let noCookie = try await client.execute(uri: "/signin", method: .post, headers: formHeaders, body: body)
+            #expect(noCookie.status == .forbidden && Self.setCookie(WebSessionAuthenticator.cookieName, in: noCookie) == nil)
+            var wrong = formHeaders
+            wrong[.cookie] = "\(WebController.signInCookieName)=11"
+            let mismatch = try await client.execute(uri: "/signin", method: .post, headers: wrong, body: body)
+            #expect(mismatch.status == .forbidden && Self.setCookie(WebSessionAuthenticator.cookieName, in: mismatch) == nil)
+
+            let browser = try await signIn(client, token: w.tokens["bob-read"]!)
+            for fields in [[(String, String)](), [("csrf", String(repeating: "0", count: 64))], [("csrf", "")]] {
+                var (headers, body) = Self.form(fields)
+                headers[.cookie] = browser.headers[.cookie]
+                let response = try await client.execute(uri: "/signout", method: .post, headers: headers, body: body)
+                #expect(response.status == .forbidden)
+                #expect(Self.text(response).contains("CSRF token is missing or wrong"))
+            }
+            // Still signed in: the refused posts did nothing.
+            #expect(try await client.execute(uri: "/models", method: .get, headers: browser.headers).status == .ok)
+            var (headers, signOut) = Self.form([("csrf", browser.csrf)])
+            headers[.cookie] = browser.headers[.cookie]
+            let out = try await client.execute(uri: "/signout", method: .post, headers: headers, body: signOut)
+            #expect(out.status == .seeOther && out.headers[.location] == "/signin")
+            #expect(Self.setCookie(WebSessionAuthenticator.cookieName, in: out)?.line.contains("Max-Age=0") == true)
+            #expect(try await client.execute(uri: "/models", method: .get, headers: browser.headers).status == .seeOther)
+        }
+    }
+
+    @Test func pagesRefuseWhatTheAPIRefuses() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            // carol reads other/ only: m/risk is not listed, and asking for it is the API's 403, as a page.
+            let carol = try await signIn(client, token: w.tokens["carol-read"]!)
+            let models = Self.text(try await client.execute(uri: "/models", method: .get, headers: carol.headers))
+            #expect(!models.contains("m/risk") && models.contains("No model matches"))
+            func refusals() async throws -> Int {
+                let metrics = Self.text(try await client.execute(uri: "/metrics", method: .get))
+                let line = metrics.split(separator: "\n").first { $0.hasPrefix("coffer_refusals_total ") }
+                return Int(line?.split(separator: " ").last ?? "") ?? -1
+            }
+            let before = try await refusals()
+            for uri in ["/version?ref=m/risk:1", "/model?name=m/risk"] {
+                let page = try await client.execute(uri: uri, method: .get, headers: carol.headers)
+                #expect(page.status == .forbidden)
+                let html = Self.text(page)
+                #expect(html.contains("<h1>403 Forbidden</h1>") && html.contains("carol lacks the reader role on m/risk"))
+                #expect(page.headers[.contentType] == "text/html; charset=utf-8")
+            }
+            #expect(try await refusals() == before + 2, "each refusal counted in the metrics, as the API's are")
+            // A token revoked after sign-in ends the session at its next request.
+            let admin = Signer(w.fixture.publisher)
+            let created = try await w.fixture.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: admin)
+            let bob = try await signIn(client, token: created.token.text().withUnsafeBytes { String(decoding: $0, as: UTF8.self) })
+            #expect(try await client.execute(uri: "/models", method: .get, headers: bob.headers).status == .ok)
+            try await w.fixture.registry.revokeToken(id: created.info.id, by: admin)
+            let after = try await client.execute(uri: "/models", method: .get, headers: bob.headers)
+            #expect(after.status == .seeOther && after.headers[.location]?.hasPrefix("/signin") == true)
+        }
+    }
+
+    @Test func theVersionPageShowsTheProofsAndATamperedBlob() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let page = try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers)
+            #expect(page.status == .ok)
+            let html = Self.text(page)
+            #expect(html.contains(#"<span class="badge ok" id="status">verified</span> signed by alice"#))
+            for label in ["Mechanism", "Accountant", "Noise multiplier", "Sampling rate", "Steps", "Clip norm", "Epsilon", "Delta", "Pruning ratio"] {
+                #expect(html.contains("<dt>\(label)</dt>"), "no \(label)")
+            }
+            let summary = try await w.fixture.registry.show(try ModelReference(parsing: "m/risk:1"))
+            let file = try #require(summary.files.first)
+            #expect(html.contains(file.path) && html.contains(file.sealedSHA256) && html.contains("<td>\(file.size)</td>"))
+            // The numbers shown are the signed ones (this fixture's checkpoint carries no privacy.json: "not stated";
+            // tools/interop/test_web.py shows a trained one's).
+            let privacy = summary.privacy
+            for (label, value) in [("Epsilon", privacy.epsilon), ("Delta", privacy.delta), ("Noise multiplier", privacy.noiseMultiplier)] {
+                #expect(html.contains("<dt>\(label)</dt><dd>\(WebController.number(value))</dd>"), "\(label)")
+            }
+
+            // One byte of the sealed blob changed on disk: the page says so, with the verifier's message.
+            let blob = "\(w.fixture.home)/blobs/sha256/\(file.sealedSHA256.prefix(2))/\(file.sealedSHA256)"
+            var bytes = try Data(contentsOf: URL(fileURLWithPath: blob))
+            bytes[bytes.count / 2] ^= 0x01
+            try bytes.write(to: URL(fileURLWithPath: blob))
+            let tampered = Self.text(try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers))
+            #expect(tampered.contains(#"<span class="badge bad" id="status">not verified</span>"#))
+            #expect(tampered.contains("blob of \(file.path) does not match its signed SHA-256"))
+        }
+    }
+
+    @Test func hostileTextIsEscapedEverywhere() async throws {
+        let w = try await server.world()
+        let hostile = #"<script>alert("x")</script>'"><img src=x onerror=alert(1)>"#
+        try await w.fixture.registry.tag(try ModelReference(parsing: "m/risk:1"), set: ["note": hostile])
+        try await server.app(w).test(.router) { client in
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let page = Self.text(try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers))
+            #expect(page.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#39;&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"))
+            #expect(!page.contains("<script") && !page.contains("<img"))
+            // A search for it is echoed back escaped too.
+            let search = try await client.execute(uri: "/models?q=" + WebForm.percentEncoded(hostile), method: .get, headers: bob.headers)
+            #expect(!Self.text(search).contains("<script") && Self.text(search).contains("&lt;script&gt;"))
+            // And an unparseable reference is a 400 page whose message is escaped.
+            let bad = try await client.execute(uri: "/version?ref=" + WebForm.percentEncoded("<b>x"), method: .get, headers: bob.headers)
+            #expect(bad.status == .badRequest && !Self.text(bad).contains("<b>x"))
+        }
+    }
+
+    @Test func theAuditPageIsForAdminsAndPagesByKeyset() async throws {
+        let w = try await server.world()
+        let registry = w.fixture.registry
+        for i in 1...130 {
+            try await registry.recordRefusal(action: "probe", target: i % 2 == 0 ? "m/risk:1" : "other/x", reason: "n\(i)", principal: "mallory")
+        }
+        try await server.app(w).test(.router) { client in
+            // A reader, and an admin token of a principal without the admin role, both get the 403 page.
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let refused = try await client.execute(uri: "/audit", method: .get, headers: bob.headers)
+            #expect(refused.status == .forbidden)
+            #expect(Self.text(refused).contains("<h1>403 Forbidden</h1>") && Self.text(refused).contains("does not allow the admin role"))
+            #expect(!Self.text(try await client.execute(uri: "/models", method: .get, headers: bob.headers)).contains(#"href="/audit""#))
+
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            let first = try await client.execute(uri: "/audit?principal=mallory&action=probe", method: .get, headers: alice.headers)
+            #expect(first.status == .ok)
+            let html = Self.text(first)
+            #expect(html.contains(#"<span class="badge ok" id="chain-status">verified</span>"#))
+            #expect(html.contains("Last signed head</dt><dd>entry "))
+            #expect(html.contains("<td>n130</td>") && !html.contains("<td>n80</td>") && html.contains("<td>n81</td>"))
+            // The next page starts below the last entry shown, by its number: no entry is skipped or repeated.
+            let seqs = try Self.auditSeqs(html)
+            #expect(seqs.count == WebController.auditPageSize && seqs == seqs.sorted(by: >))
+            let next = try #require(html.range(of: #"href="/audit?principal=mallory&amp;action=probe&amp;before="#))
+            let before = html[next.upperBound...].prefix { $0.isNumber }
+            #expect(Int64(before) == seqs.last)
+            let second = Self.text(
+                try await client.execute(uri: "/audit?principal=mallory&action=probe&before=\(before)", method: .get, headers: alice.headers)
+            )
+            #expect(second.contains("<td>n80</td>") && second.contains("<td>n31</td>") && !second.contains("<td>n81</td>"))
+            let third = Self.text(
+                try await client.execute(
+                    uri: "/audit?principal=mallory&action=probe&before=\(try Self.auditSeqs(second).last!)",
+                    method: .get,
+                    headers: alice.headers
+                )
+            )
+            #expect(try Self.auditSeqs(third).count == 30 && !third.contains("Older entries"))
+            // The model filter: only entries naming m/risk (the even ones).
+            let model = Self.text(try await client.execute(uri: "/audit?model=m/risk&action=probe", method: .get, headers: alice.headers))
+            #expect(model.contains("<td>n130</td>") && !model.contains("<td>n129</td>"))
+            let bad = try await client.execute(uri: "/audit?before=x", method: .get, headers: alice.headers)
+            #expect(bad.status == .badRequest)
+        }
+    }
+
+    @Test func theBudgetPageDrawsTheComposedEpsilonOnTheServer() async throws {
+        let w = try await server.world()
+        let registry = w.fixture.registry
+        try await registry.setBudget(dataset: "census", epsilon: 5, delta: 1e-5, by: Signer(w.fixture.publisher))
+        let histories = [
+            [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 400)],
+            [PrivacySegment(sampleRate: 0.02, noiseMultiplier: 0.9, steps: 300)],
+        ]
+        for segments in histories {
+            var request = PushRequest(model: "m/risk", paths: [w.fixture.path("ckpt")])
+            request.datasetID = "census"
+            request.privacy.mechanism = "dp-sgd"
+            request.privacy.delta = 1e-5
+            request.privacy.segments = segments
+            _ = try await registry.push(request, publisher: w.fixture.publisher)
+        }
+        // The plotted points are the compositions of the first k histories, the last being what the budget spent.
+        let history = try await registry.budgetHistory(dataset: "census")
+        var reference = RDPAccountant()
+        reference.compose(histories[0][0])
+        let first = reference.epsilon(delta: 1e-5).epsilon
+        let status = try await registry.budget(dataset: "census")
+        #expect(history.count == 2 && abs(history[0] - first) < 1e-9 && abs(history[1] - status.spent) < 1e-9)
+        #expect(history[1] < status.versions.map(\.epsilon).reduce(0, +))
+        try await server.app(w).test(.router) { client in
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let list = Self.text(try await client.execute(uri: "/budgets", method: .get, headers: bob.headers))
+            #expect(
+                list.contains(#"<a href="/budget?dataset=census">census</a>"#) && list.contains("<td>\(WebController.epsilon(status.spent))</td>")
+            )
+            let page = try await client.execute(uri: "/budget?dataset=census", method: .get, headers: bob.headers)
+            #expect(page.status == .ok)
+            let html = Self.text(page)
+            #expect(html.contains(#"<strong id="spent">\#(WebController.epsilon(status.spent))</strong> of epsilon 5 spent"#))
+            #expect(html.contains(#"<svg class="plot""#) && html.components(separatedBy: "<circle ").count == 3)
+            let plot = BudgetPlot(total: 5, history: history)
+            let points = plot.values["points"] as? String ?? "-"
+            #expect(points.split(separator: " ").count == 3 && html.contains(#"points="\#(points)""#))
+            // Higher epsilon is drawn higher: SVG's y grows downwards.
+            #expect(plot.y(history[1]) < plot.y(history[0]) && plot.y(history[0]) < plot.y(0))
+            #expect(html.contains("<td>m/risk:2</td>") == false && html.contains(">m/risk:2</a>") && html.contains(">m/risk:3</a>"))
+            let unknown = try await client.execute(uri: "/budget?dataset=nothing", method: .get, headers: bob.headers)
+            #expect(unknown.status == .notFound)
+        }
+    }
+
+    @Test func sessionsAreListedAndRevokedWithTheFormsToken() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            let opened = try await client.execute(
+                uri: "/v1/sessions",
+                method: .post,
+                headers: server.bearer(w.tokens["bob-infer"]!),
+                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600, "max_uses": 4}"#)
+            )
+            #expect(opened.status == .created)
+            let id = try #require((try JSONSerialization.jsonObject(with: Data(opened.body.readableBytesView)) as? [String: Any])?["id"] as? String)
+            let bob = try await signIn(client, token: w.tokens["bob-infer"]!)
+            let list = Self.text(try await client.execute(uri: "/sessions", method: .get, headers: bob.headers))
+            #expect(list.contains("<code>\(id)</code>") && list.contains(#"<td class="status">open</td>"#) && list.contains("0 of 4"))
+            #expect(list.contains(#"aria-label="Revoke session \#(id)""#))
+            // A read token sees the session but may not revoke it: no button, and the post is the API's 403.
+            let reader = try await signIn(client, token: w.tokens["bob-read"]!)
+            #expect(!Self.text(try await client.execute(uri: "/sessions", method: .get, headers: reader.headers)).contains("Revoke session"))
+            var (headers, body) = Self.form([("csrf", reader.csrf), ("id", id)])
+            headers[.cookie] = reader.headers[.cookie]
+            #expect(try await client.execute(uri: "/sessions/revoke", method: .post, headers: headers, body: body).status == .forbidden)
+            // Without the form's token: refused, the session still open.
+            (headers, body) = Self.form([("id", id)])
+            headers[.cookie] = bob.headers[.cookie]
+            #expect(try await client.execute(uri: "/sessions/revoke", method: .post, headers: headers, body: body).status == .forbidden)
+            #expect(try await w.fixture.registry.sessions().first { $0.id == id }?.revokedAt == nil)
+            (headers, body) = Self.form([("csrf", bob.csrf), ("id", id)])
+            headers[.cookie] = bob.headers[.cookie]
+            let revoked = try await client.execute(uri: "/sessions/revoke", method: .post, headers: headers, body: body)
+            #expect(revoked.status == .seeOther && revoked.headers[.location] == "/sessions")
+            #expect(try await w.fixture.registry.sessions().first { $0.id == id }?.revokedAt != nil)
+            let after = Self.text(try await client.execute(uri: "/sessions", method: .get, headers: bob.headers))
+            #expect(after.contains(#"<td class="status">revoked at "#) && !after.contains("Revoke session"))
+            // The admin sees every principal's sessions; carol (not bob) sees none of bob's.
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            #expect(Self.text(try await client.execute(uri: "/sessions", method: .get, headers: alice.headers)).contains("<code>\(id)</code>"))
+            let carol = try await signIn(client, token: w.tokens["carol-read"]!)
+            #expect(!Self.text(try await client.execute(uri: "/sessions", method: .get, headers: carol.headers)).contains(id))
+        }
+    }
+
+    @Test func anAliasIsSetFromTheModelPageAndAPolicyRefusalNamesItsRule() async throws {
+        let w = try await server.world()
+        _ = try await w.fixture.registry.setPolicy(
+            model: "m/risk",
+            alias: "strict",
+            rules: PolicyRules(maxEpsilon: 1),
+            by: Signer(w.fixture.publisher)
+        )
+        try await server.app(w).test(.router) { client in
+            // A read token: no form, and a post is the API's 403 (the scope does not allow publishing).
+            let reader = try await signIn(client, token: w.tokens["bob-read"]!)
+            let readPage = Self.text(try await client.execute(uri: "/model?name=m/risk", method: .get, headers: reader.headers))
+            #expect(!readPage.contains(#"action="/alias""#) && readPage.contains("alias strict: epsilon at most 1.0"))
+            func post(_ browser: Browser, _ fields: [(String, String)]) async throws -> TestResponse {
+                var (headers, body) = Self.form(fields)
+                headers[.cookie] = browser.headers[.cookie]
+                return try await client.execute(uri: "/alias", method: .post, headers: headers, body: body)
+            }
+            #expect(
+                try await post(reader, [("csrf", reader.csrf), ("model", "m/risk"), ("alias", "staging"), ("version", "1")]).status == .forbidden
+            )
+
+            let bob = try await signIn(client, token: w.tokens["bob-publish"]!)
+            #expect(Self.text(try await client.execute(uri: "/model?name=m/risk", method: .get, headers: bob.headers)).contains(#"action="/alias""#))
+            #expect(try await post(bob, [("model", "m/risk"), ("alias", "staging"), ("version", "1")]).status == .forbidden)
+            let set = try await post(bob, [("csrf", bob.csrf), ("model", "m/risk"), ("alias", "staging"), ("version", "1")])
+            #expect(set.status == .seeOther && set.headers[.location] == "/model?name=m%2Frisk")
+            #expect(try await w.fixture.registry.show(try ModelReference(parsing: "m/risk@staging")).version == "1")
+            #expect(Self.text(try await client.execute(uri: "/model?name=m/risk", method: .get, headers: bob.headers)).contains("prod, staging"))
+            // The policy: version 1 states no epsilon, so strict may not name it; the page says which rule failed.
+            let refused = try await post(bob, [("csrf", bob.csrf), ("model", "m/risk"), ("alias", "strict"), ("version", "1")])
+            #expect(refused.status == .forbidden)
+            #expect(Self.text(refused).contains("policy refused: alias strict of m/risk requires epsilon &lt;= 1.0; the version states no epsilon"))
+            await #expect(throws: CofferRegistryError.self) { _ = try await w.fixture.registry.show(try ModelReference(parsing: "m/risk@strict")) }
+        }
+    }
+
+    @Test func theLineageGraphShowsOnlyWhatThePrincipalMayRead() async throws {
+        let w = try await server.world()
+        let registry = w.fixture.registry
+        var base = PushRequest(model: "other/base", paths: [w.fixture.path("ckpt")])
+        base.datasetID = "raw-data"
+        _ = try await registry.push(base, publisher: w.fixture.publisher)
+        var child = PushRequest(model: "m/risk", paths: [w.fixture.path("ckpt")])
+        child.parent = try ModelReference(parsing: "other/base:1")
+        child.datasetID = "census"
+        child.trainingConfigDigest = String(repeating: "ab", count: 32)
+        _ = try await registry.push(child, publisher: w.fixture.publisher)
+        try await server.app(w).test(.router) { client in
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            let full = Self.text(try await client.execute(uri: "/version?ref=m/risk:2", method: .get, headers: alice.headers))
+            #expect(full.contains("Lineage, oldest first: other/base:1, then m/risk:2"))
+            for label in [
+                ">other/base:1</text>", ">m/risk:2</text>", ">dataset raw-data</text>", ">dataset census</text>", ">config abababababab</text>",
+            ] {
+                #expect(full.contains(label), "\(label)")
+            }
+            #expect(full.components(separatedBy: #"<line class="edge""#).count - 1 == 4, "parent, two datasets and a configuration")
+            // bob reads m/ only: the parent in other/ is named (m/risk:2's signed statement names it, and
+            // GET /v1/version shows it to him) but nothing of its own: not its dataset.
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let partial = Self.text(try await client.execute(uri: "/version?ref=m/risk:2", method: .get, headers: bob.headers))
+            #expect(partial.contains("Lineage, oldest first: other/base:1, whose details you may not read, then m/risk:2"))
+            #expect(partial.contains(">other/base:1 (no access)</text>") && !partial.contains("raw-data"))
+        }
+    }
+
+    @Test func theTokenListIsForAdminsAndShowsNoToken() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            #expect(try await client.execute(uri: "/tokens", method: .get, headers: bob.headers).status == .forbidden)
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            let page = try await client.execute(uri: "/tokens", method: .get, headers: alice.headers)
+            #expect(page.status == .ok)
+            let html = Self.text(page)
+            let tokens = try await w.fixture.registry.tokens()
+            #expect(tokens.count == w.tokens.count)
+            for info in tokens { #expect(html.contains("<code>\(info.id)</code>")) }
+            #expect(html.contains(#"<td class="status">revoked at "#) && html.contains(#"<td class="status">expired</td>"#))
+            #expect(!html.contains("cft_") && !html.contains(#"action="/tokens"#))
+            for token in w.tokens.values { #expect(!html.contains(token)) }
+        }
+    }
+
+    /// The entry numbers in the first column of an audit page's table, top to bottom.
+    static func auditSeqs(_ html: String) throws -> [Int64] {
+        let body = try #require(html.range(of: "<tbody>").map { html[$0.upperBound...] })
+        return body.components(separatedBy: "<tr><td>").dropFirst().compactMap { Int64($0.prefix { $0.isNumber }) }
+    }
+}

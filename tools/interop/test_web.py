@@ -1,0 +1,340 @@
+"""The web pages (docs/WEB.md) in real headless Chromium against a real `coffer serve` on loopback: sign in with a
+bearer token, browse to a version and see its verified badge, tamper with a blob on disk and see the page say so, a
+reader refused the admin-only audit page, a signed-out browser sent to sign in, a form posted without its CSRF token
+refused, and the session cookie's flags as the browser holds them.
+
+Every page the browser is shown is also fetched raw (with the browser's cookie) and parsed by html5lib's strict
+parser, and checked for any token; screenshots of the main pages go to $COFFER_WEB_ARTIFACTS (a temp dir if unset)."""
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import html5lib
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.support.wait import WebDriverWait
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+sys.path.insert(0, str(ROOT / "tools" / "lib"))
+import cofferlib  # noqa: E402
+
+ARTIFACTS = Path(os.environ.get("COFFER_WEB_ARTIFACTS") or Path(tempfile.gettempdir()) / "coffer-web-screenshots")
+HOSTILE = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A registry owned by alice (admin) with bob (reader, inference), m/risk:1 pushed with alias prod and a hostile
+    tag, m/census:1 and :2 charged to the budget of dataset census, tokens for both, and `coffer serve` on a free
+    loopback port."""
+    work = tmp_path_factory.mktemp("web")
+    coffer = cofferlib.coffer_binary()
+    env = cofferlib.environment(work)
+    for name in ("alice", "bob"):
+        cofferlib.keygen(coffer, work / name, env)
+    home = work / "home"
+    cofferlib.check(coffer, "init", "--home", home, "--owner", work / "alice.pub", env=env)
+    admin = ["--identity", work / "alice.key", "--home", home]
+    cofferlib.check(coffer, "trust", "add", work / "alice.pub", *admin, env=env)
+    cofferlib.check(coffer, "principal", "add", "bob", work / "bob.pub", "--role", "reader", "--role", "inference", *admin, env=env)
+    cofferlib.check(coffer, "synth", "--rows", "300", "--features", "3", "--out", work / "data", env=env)
+    cofferlib.check(coffer, "train", "--config", work / "data" / "recipe.json", "--out", work / "ckpt", env=env)
+    cofferlib.check(coffer, "push", "m/risk", work / "ckpt", "--alias", "prod", *admin, env=env)
+    cofferlib.check(coffer, "tag", "m/risk:1", f"note={HOSTILE}", "--home", home, env=env)
+    # Two versions charged to a budget, for its plot.
+    cofferlib.check(coffer, "budget", "set", "census", "--epsilon", "10", "--delta", "1e-5", *admin, env=env)
+    for _ in range(2):
+        cofferlib.check(coffer, "push", "m/census", work / "ckpt", "--dataset", "census", *admin, env=env)
+    tokens = {
+        "alice": cofferlib.check(coffer, "token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin, env=env).strip(),
+        "bob": cofferlib.check(coffer, "token", "create", "--principal", "bob", "--scope", "read", "--ttl", "1h", *admin, env=env).strip(),
+        "bob-infer": cofferlib.check(coffer, "token", "create", "--principal", "bob", "--scope", "infer", "--ttl", "1h", *admin, env=env).strip(),
+    }
+    process, base, log = cofferlib.start_server(coffer, home, env, work / "serve.log")
+    try:
+        yield {"base": base, "home": home, "tokens": tokens, "log": log}
+    finally:
+        cofferlib.stop_server(process)
+        log.seek(0)
+        served = log.read().decode(errors="replace")
+        assert not any(token in served for token in tokens.values()), "a token reached the server's log"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver = cofferlib.headless_chromium()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def driver(browser, world):
+    browser.delete_all_cookies()
+    return browser
+
+
+def raw(url, cookies):
+    """The page as the server sent it (status, body), fetched with the browser's cookies, redirects not followed."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+
+    request = urllib.request.Request(url, headers={"Cookie": "; ".join(f"{c['name']}={c['value']}" for c in cookies)})
+    try:
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def check_page(driver, world):
+    """The page the browser shows, fetched raw: valid HTML5 (strict parser), no token in it."""
+    status, html = raw(driver.current_url, driver.get_cookies())
+    parser = html5lib.HTMLParser(strict=True)
+    try:
+        parser.parse(html)
+    except html5lib.html5parser.ParseError as error:
+        pytest.fail(f"{driver.current_url} is not valid HTML: {error}\n{html}")
+    for token in world["tokens"].values():
+        assert token not in html and token not in driver.page_source, f"a token is on {driver.current_url}"
+    assert "<script" not in html
+    return status, html
+
+
+def click(driver, by, selector):
+    """Clicks a link or button and waits for the next page to replace this one (a click returns before it loads)."""
+    driver.execute_script("window.cofferOldPage = true")
+    driver.find_element(by, selector).click()
+    WebDriverWait(driver, 30, ignored_exceptions=[WebDriverException]).until(
+        lambda d: d.execute_script("return window.cofferOldPage === undefined && document.readyState === 'complete'")
+    )
+
+
+def shot(driver, name):
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def sign_in(driver, world, who, next_path="/models"):
+    driver.get(world["base"] + next_path)
+    assert "/signin" in driver.current_url
+    driver.find_element(By.ID, "token").send_keys(world["tokens"][who])
+    click(driver, By.CSS_SELECTOR, "form.card button[type=submit]")
+    assert driver.current_url == world["base"] + next_path, driver.page_source
+
+
+def test_signed_out_is_sent_to_sign_in(driver, world):
+    driver.get(world["base"] + "/version?ref=m/risk:1")
+    assert driver.current_url.startswith(world["base"] + "/signin?next=")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Sign in"
+    assert driver.find_element(By.CSS_SELECTOR, "label[for=token]").text == "API token"
+    check_page(driver, world)
+    shot(driver, "signin")
+    # Straight to the page asked for once signed in.
+    driver.find_element(By.ID, "token").send_keys(world["tokens"]["bob"])
+    click(driver, By.CSS_SELECTOR, "form.card button[type=submit]")
+    assert driver.current_url == world["base"] + "/version?ref=m/risk:1", driver.page_source
+
+
+def test_an_unknown_version_is_a_404_page(driver, world):
+    sign_in(driver, world, "bob", "/version?ref=m/risk:99")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "404 Not Found"
+    status, _ = check_page(driver, world)
+    assert status == 404
+
+
+def test_a_wrong_token_is_refused(driver, world):
+    driver.get(world["base"] + "/signin")
+    driver.find_element(By.ID, "token").send_keys("cft_" + "0" * 64)
+    click(driver, By.CSS_SELECTOR, "form.card button[type=submit]")
+    assert "unknown bearer token" in driver.find_element(By.CSS_SELECTOR, "[role=alert]").text
+    assert not [c for c in driver.get_cookies() if c["name"] == "coffer_session"]
+
+
+def test_cookie_flags_as_the_browser_holds_them(driver, world):
+    sign_in(driver, world, "bob")
+    session = [c for c in driver.get_cookies() if c["name"] == "coffer_session"]
+    assert len(session) == 1, driver.get_cookies()
+    cookie = session[0]
+    assert cookie["httpOnly"] is True and cookie["secure"] is True and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert len(cookie["value"]) == 64
+    # Short-lived: 30 minutes from now, give or take the test's own time.
+    import time
+
+    assert 1700 < cookie["expiry"] - time.time() <= 1800
+    # The page cannot read it: HttpOnly, whatever a script would try.
+    assert "coffer_session" not in driver.execute_script("return document.cookie")
+
+
+def test_browse_to_a_version_and_see_it_verified(driver, world):
+    sign_in(driver, world, "bob")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Models"
+    check_page(driver, world)
+    shot(driver, "models")
+    click(driver, By.LINK_TEXT, "m/risk")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "m/risk"
+    row = driver.find_element(By.CSS_SELECTOR, "tbody tr")
+    assert "verified" in row.text and "prod" in row.text
+    check_page(driver, world)
+    shot(driver, "versions")
+    click(driver, By.LINK_TEXT, "1")
+    assert driver.find_element(By.ID, "status").text == "verified"
+    assert "signed by alice" in driver.find_element(By.ID, "status").find_element(By.XPATH, "..").text
+    card = driver.find_element(By.CSS_SELECTOR, "section[aria-labelledby=privacy]").text
+    for label in ("Mechanism", "Accountant", "Noise multiplier", "Sampling rate", "Steps", "Clip norm", "Epsilon", "Delta", "Pruning ratio"):
+        assert label in card
+    epsilon = driver.find_element(By.XPATH, "//section[@aria-labelledby='privacy']//dt[text()='Epsilon']/following-sibling::dd[1]").text
+    assert float(epsilon) > 0, card
+    lineage = driver.find_element(By.CSS_SELECTOR, "svg.lineage")
+    assert lineage.find_element(By.TAG_NAME, "title").get_attribute("textContent") == "Lineage, oldest first: m/risk:1"
+    assert lineage.find_element(By.CSS_SELECTOR, "rect.current").is_displayed()
+    # The hostile tag is shown as text, never run or parsed as markup.
+    assert driver.find_element(By.CSS_SELECTOR, "dd.tag").text == HOSTILE
+    assert not driver.find_elements(By.CSS_SELECTOR, "main img") and not driver.find_elements(By.TAG_NAME, "script")
+    check_page(driver, world)
+    shot(driver, "version")
+
+
+def test_a_form_posted_without_its_csrf_token_is_refused(driver, world):
+    sign_in(driver, world, "bob")
+    # The sign-out form, with its token taken out of the page (WebDriver's script runs outside the page's CSP).
+    driver.execute_script("document.querySelector('form.signout input[name=csrf]').remove()")
+    click(driver, By.CSS_SELECTOR, "form.signout button")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "403 Forbidden"
+    assert "CSRF token is missing or wrong" in driver.page_source
+    # And with a wrong one.
+    driver.get(world["base"] + "/models")
+    driver.execute_script("document.querySelector('form.signout input[name=csrf]').value = '0'.repeat(64)")
+    click(driver, By.CSS_SELECTOR, "form.signout button")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "403 Forbidden"
+    # Still signed in; with the token the page gave, signing out works and the pages send the browser to sign in.
+    driver.get(world["base"] + "/models")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Models"
+    click(driver, By.CSS_SELECTOR, "form.signout button")
+    assert driver.current_url == world["base"] + "/signin"
+    driver.get(world["base"] + "/models")
+    assert "/signin" in driver.current_url
+
+
+def test_a_reader_gets_the_403_page_on_the_audit_log(driver, world):
+    sign_in(driver, world, "bob")
+    assert not driver.find_elements(By.LINK_TEXT, "Audit log")
+    driver.get(world["base"] + "/audit")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "403 Forbidden"
+    assert "does not allow the admin role" in driver.find_element(By.CSS_SELECTOR, "[role=alert]").text
+    status, _ = check_page(driver, world)
+    assert status == 403
+    shot(driver, "forbidden")
+
+
+def test_an_admin_sees_the_audit_log_and_its_chain(driver, world):
+    sign_in(driver, world, "alice")
+    click(driver, By.LINK_TEXT, "Audit log")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Audit log"
+    assert driver.find_element(By.ID, "chain-status").text == "verified"
+    driver.find_element(By.ID, "f-action").send_keys("push")
+    click(driver, By.CSS_SELECTOR, "form.filters button")
+    rows = driver.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert rows and all(row.find_elements(By.TAG_NAME, "td")[3].text == "push" for row in rows)
+    check_page(driver, world)
+    driver.get(world["base"] + "/audit")
+    shot(driver, "audit")
+
+
+def test_a_tampered_blob_is_reported_on_the_version_page(driver, world):
+    sign_in(driver, world, "bob", "/version?ref=m/risk:1")
+    assert driver.find_element(By.ID, "status").text == "verified"
+    row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "section[aria-labelledby=files] tbody tr") if "model.safetensors" in r.text)
+    digest = row.find_elements(By.TAG_NAME, "td")[4].text
+    blob = Path(world["home"]) / "blobs" / "sha256" / digest[:2] / digest
+    original = blob.read_bytes()
+    changed = bytearray(original)
+    changed[len(changed) // 2] ^= 1
+    blob.write_bytes(bytes(changed))
+    try:
+        driver.refresh()
+        assert driver.find_element(By.ID, "status").text == "not verified"
+        assert driver.find_element(By.ID, "failure").text == "integrity check failed: blob of model.safetensors does not match its signed SHA-256"
+        check_page(driver, world)
+        shot(driver, "version-tampered")
+    finally:
+        blob.write_bytes(original)
+    driver.refresh()
+    assert driver.find_element(By.ID, "status").text == "verified"
+
+
+def test_the_pages_fit_a_phone(driver, world):
+    """At a phone's width nothing makes the page scroll sideways (wide tables scroll inside their own box)."""
+    driver.set_window_size(390, 844)
+    try:
+        sign_in(driver, world, "alice")
+        for path in ("/models", "/model?name=m/risk", "/version?ref=m/risk:1", "/audit"):
+            driver.get(world["base"] + path)
+            width = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
+            assert width[0] <= width[1], f"{path} is {width[0]} px wide in a {width[1]} px window"
+        driver.get(world["base"] + "/version?ref=m/risk:1")
+        shot(driver, "version-phone")
+    finally:
+        driver.set_window_size(1280, 900)
+
+
+def test_the_budget_plot_is_drawn_on_the_server(driver, world):
+    sign_in(driver, world, "bob")
+    click(driver, By.LINK_TEXT, "Budgets")
+    check_page(driver, world)
+    click(driver, By.LINK_TEXT, "census")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Budget of census"
+    plot = driver.find_element(By.CSS_SELECTOR, "svg.plot")
+    assert plot.get_attribute("role") == "img" and "Composed epsilon" in plot.find_element(By.TAG_NAME, "title").get_attribute("textContent")
+    points = [tuple(map(float, p.split(","))) for p in plot.find_element(By.TAG_NAME, "polyline").get_attribute("points").split()]
+    assert len(points) == 3 and points[2][1] < points[1][1] < points[0][1], points  # two charges, each higher than the last
+    rows = driver.find_elements(By.CSS_SELECTOR, "section[aria-labelledby=charged] tbody tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows] == ["m/census:1", "m/census:2"]
+    spent = float(driver.find_element(By.ID, "spent").text)
+    assert abs(float(rows[-1].find_elements(By.TAG_NAME, "td")[3].text) - spent) < 1e-3 * spent
+    check_page(driver, world)
+    shot(driver, "budget")
+
+
+def test_a_session_is_revoked_from_the_page(driver, world):
+    status, opened, _ = cofferlib.http_json(world["base"], "POST", "/v1/sessions", token=world["tokens"]["bob-infer"],
+                                            body={"ref": "m/risk@prod", "ttl_seconds": 600, "max_uses": 3})
+    assert status == 201, opened
+    sign_in(driver, world, "bob-infer")
+    click(driver, By.LINK_TEXT, "Sessions")
+    row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "tbody tr") if opened["id"] in r.text)
+    assert row.find_element(By.CSS_SELECTOR, "td.status").text == "open"
+    check_page(driver, world)
+    shot(driver, "sessions")
+    click(driver, By.CSS_SELECTOR, f"button[aria-label='Revoke session {opened['id']}']")
+    assert driver.current_url == world["base"] + "/sessions"
+    row = next(r for r in driver.find_elements(By.CSS_SELECTOR, "tbody tr") if opened["id"] in r.text)
+    assert row.find_element(By.CSS_SELECTOR, "td.status").text.startswith("revoked at")
+    # The API agrees: the session predicts no more.
+    status, _, _ = cofferlib.http_json(world["base"], "POST", f"/v1/sessions/{opened['id']}/predict", token=world["tokens"]["bob-infer"],
+                                       body={"rows": [{"x0": 0.1, "x1": 0.2, "x2": 0.3}]})
+    assert status == 403
+
+
+def test_an_admin_points_an_alias_from_the_model_page(driver, world):
+    sign_in(driver, world, "alice", "/model?name=m/census")
+    driver.find_element(By.ID, "alias").send_keys("staging")
+    click(driver, By.CSS_SELECTOR, "form[action='/alias'] button")
+    assert driver.current_url == world["base"] + "/model?name=m%2Fcensus"
+    newest = driver.find_element(By.CSS_SELECTOR, "tbody tr")
+    assert "staging" in newest.text and newest.find_element(By.TAG_NAME, "a").text == "2"
+    check_page(driver, world)
+
+
+def test_an_admin_lists_tokens_and_never_sees_one(driver, world):
+    sign_in(driver, world, "alice")
+    click(driver, By.LINK_TEXT, "Tokens")
+    ids = [row.find_element(By.TAG_NAME, "code").text for row in driver.find_elements(By.CSS_SELECTOR, "tbody tr")]
+    assert len(ids) == len(world["tokens"]) and all(len(i) == 16 for i in ids)
+    check_page(driver, world)  # no token text on it
