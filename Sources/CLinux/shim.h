@@ -1,13 +1,12 @@
 #ifndef COFFER_CLINUX_SHIM_H
 #define COFFER_CLINUX_SHIM_H
-// Linux calls and flags that Swift's Glibc module does not import (O_DIRECT and closefrom for posix_spawn need
-// _GNU_SOURCE; mallopt is in malloc.h; MAP_FAILED is a cast Swift cannot import).
+// Linux calls and flags that Swift's Glibc module does not import (O_DIRECT needs _GNU_SOURCE; mallopt is in malloc.h;
+// MAP_FAILED is a cast Swift cannot import).
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
 #endif
 #include <fcntl.h>
 #include <malloc.h>
-#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 
@@ -39,12 +38,12 @@ static inline int coffer_forbid_dumps(void) {
     return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
-/// Makes the spawned child close every descriptor from `lowest` up before it runs (glibc 2.34). SwiftNIO opens its
-/// sockets without close-on-exec, so without this a child (a database server a test starts, an agent) inherits every
-/// connection open at that moment in any thread, and holds it open after this process closes its copy: the server at
-/// the other end never sees the connection end (its session, and any lock it held, outlive the client).
-static inline int coffer_spawn_close_from(posix_spawn_file_actions_t *actions, int lowest) {
-    return posix_spawn_file_actions_addclosefrom_np(actions, lowest);
-}
+/// Makes the spawned child close every descriptor from `lowest` up before it runs (glibc 2.34's
+/// posix_spawn_file_actions_addclosefrom_np, bound by its symbol: <spawn.h> declares it only under _GNU_SOURCE, and
+/// including it here brings a <sys/select.h> whose fd_set clashes with the one Dispatch's module has). SwiftNIO opens
+/// its sockets without close-on-exec, so without this a child (a database server a test starts, an agent) inherits
+/// every connection open at that moment in any thread, and holds it open after this process closes its copy: the
+/// server at the other end never sees the connection end (its session, and any lock it held, outlive the client).
+extern int coffer_spawn_close_from(void *actions, int lowest) __asm__("posix_spawn_file_actions_addclosefrom_np");
 
 #endif
