@@ -7,10 +7,11 @@ import Foundation
 
 /// `--identity KEY`: who acts, proven by unlocking the key.
 struct ActingIdentity: ParsableArguments {
-    @Option(name: .long, help: "Your private identity (NAME.key): who is acting.") var identity: String
+    @Option(name: .long, help: "Your private identity (NAME.key): who is acting (default: $COFFER_IDENTITY, else identity in the config file).")
+    var identity: String?
 
-    func unlock(_ passphraseOptions: PassphraseOptions) throws(CofferCryptoError) -> UnlockedIdentity {
-        try passphraseOptions.unlockIdentity(at: identity)
+    func unlock(_ passphraseOptions: PassphraseOptions) throws -> UnlockedIdentity {
+        try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
     }
 }
 
@@ -20,20 +21,24 @@ struct ActingIdentity: ParsableArguments {
 struct OptionalIdentity: ParsableArguments {
     @Option(
         name: .long,
-        help: "Your private identity (NAME.key): who makes and signs the change (default: the registry's own key, registry.key)."
+        help:
+            "Your private identity (NAME.key): who makes and signs the change (default: $COFFER_IDENTITY, else identity in the config file, else the registry's own key, registry.key)."
     )
     var identity: String?
+
+    /// `--identity`, else the user's default identity; `nil` when neither is set (the registry's key acts).
+    var resolved: String? { UserConfig.identity(identity) }
     @OptionGroup var passphraseOptions: PassphraseOptions
 
     /// The principal acting, for what is checked but not recorded in the ledger (tokens, sessions, recipients).
     func principal(in store: Registry) async throws -> Principal? {
-        guard let identity else { return nil }
+        guard let identity = resolved else { return nil }
         return try await store.principal(for: try passphraseOptions.unlockIdentity(at: identity).identity)
     }
 
     /// The signer of a change recorded in the ledger.
     func signer(in store: Registry) throws -> Signer {
-        Signer(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key"))
+        Signer(try passphraseOptions.unlockIdentity(at: resolved ?? "\(store.home)/registry.key"))
     }
 }
 
@@ -72,13 +77,17 @@ extension Coffer {
             @Argument(help: "Its public identity (NAME.pub).") var publicIdentity: String
             @Option(name: .long, help: "A role on every model: admin, publisher, reader, decrypt, inference. Repeat for several.") var role:
                 [String] = []
-            @Option(name: .long, help: "Your private identity (NAME.key): an admin's (default: the registry's own key, registry.key).")
+            @Option(
+                name: .long,
+                help:
+                    "Your private identity (NAME.key): an admin's (default: $COFFER_IDENTITY, else identity in the config file, else the registry's own key, registry.key)."
+            )
             var identity: String?
 
             func run() async throws {
                 let store = try await registry.open()
                 let roles = try role.map(parseRole)
-                let signer = Signer(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key"))
+                let signer = Signer(try passphraseOptions.unlockIdentity(at: UserConfig.identity(identity) ?? "\(store.home)/registry.key"))
                 try await store.addPrincipal(name: name, identity: try PublicIdentity(contentsOf: publicIdentity), roles: roles, by: signer)
                 print("added principal \(name)")
             }
@@ -239,7 +248,7 @@ extension Coffer {
                     print(session.id)
                     return
                 }
-                guard let identity = acting.identity else { throw CLIError("--identity is required to open a session") }
+                guard let identity = acting.resolved else { throw CLIError("--identity (or COFFER_IDENTITY) is required to open a session") }
                 let store = try await registry.open()
                 let opened = try await store.openSession(
                     model,
@@ -295,7 +304,7 @@ extension Coffer {
                 if let client = try remote.client() {
                     try await client.closeSession(id)
                 } else {
-                    guard let identity = acting.identity else { throw CLIError("--identity is required to revoke a session") }
+                    guard let identity = acting.resolved else { throw CLIError("--identity (or COFFER_IDENTITY) is required to revoke a session") }
                     try await registry.open().revokeSession(id: id, identity: try acting.passphraseOptions.unlockIdentity(at: identity))
                 }
                 print("revoked session \(id)")

@@ -15,8 +15,8 @@ extension Coffer {
                 abstract: "Sign a statement whose subjects are FILEs with their SHA-256."
             )
 
-            @Option(name: .long, help: "Your private identity (NAME.key).")
-            var identity: String
+            @Option(name: .long, help: "Your private identity (NAME.key) (default: $COFFER_IDENTITY, else identity in the config file).")
+            var identity: String?
 
             @Option(name: .shortAndLong, help: "Where to write the DSSE envelope (JSON), or - for stdout.")
             var output: String
@@ -31,7 +31,7 @@ extension Coffer {
             }
 
             func run() throws {
-                let signer = try passphraseOptions.unlockIdentity(at: identity)
+                let signer = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
                 let envelope = try FileAttestation.sign(files: files, identity: signer.identity)
                 try OutputTarget.write(to: output, mode: 0o644) { sink throws(CofferCryptoError) in
                     try (envelope.jsonBytes + [0x0a]).withUnsafeBytes { buffer in

@@ -142,7 +142,11 @@ extension Coffer.Federated {
             abstract: "Coordinate a federation: sampled rounds of secure aggregation over HTTP; optionally push the global model."
         )
         @Option(name: .long, help: "The shared training recipe (coffer train's JSON; its data is ignored).") var recipe: String
-        @Option(name: .long, help: "The coordinator's identity (NAME.key): signs every message, and the pushed versions.") var identity: String
+        @Option(
+            name: .long,
+            help:
+                "The coordinator's identity (NAME.key): signs every message, and the pushed versions (default: $COFFER_IDENTITY, else identity in the config file)."
+        ) var identity: String?
         @Option(name: .long, help: "An enrolled site's public identity (NAME.pub); repeat for each site.") var site: [String] = []
         @Option(name: .long, help: "HOST:PORT to listen on.") var listen: String = "127.0.0.1:8450"
         @Flag(name: .long, help: "Allow plain HTTP on an address other than loopback.") var insecure = false
@@ -177,7 +181,7 @@ extension Coffer.Federated {
             // Fail early on registry and identity problems, before any site trains.
             let store = await push == nil ? nil : try registry.open()
             let recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
-            let signer = try passphraseOptions.unlockIdentity(at: identity, useAgent: false)
+            let signer = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity), useAgent: false)
             let core = try Federation.check { () throws(FederatedError) in
                 try CoordinatorCore(configuration: configuration, recipe: recipe, identity: signer, sites: sites)
             }
@@ -381,7 +385,10 @@ extension Coffer.Federated {
         @Option(name: .long, help: "The coordinator's public identity (NAME.pub): every task must carry its signature.") var coordinatorKey: String
         @Option(name: .long, help: "The shared training recipe (the same as the coordinator's).") var recipe: String
         @Option(name: .long, help: "Your own CSV (replaces the recipe's data).") var data: String
-        @Option(name: .long, help: "Your identity (NAME.key): signs every message you send.") var identity: String
+        @Option(
+            name: .long,
+            help: "Your identity (NAME.key): signs every message you send (default: $COFFER_IDENTITY, else identity in the config file)."
+        ) var identity: String?
         @Option(name: .long, help: "Accept only rosters of these sites (NAME.pub); repeat. Without it, the coordinator's roster is trusted.")
         var peer: [String] = []
         @Option(name: .long, help: "Rounds you expect to take part in (spreads a local target_epsilon).") var rounds: Int = 5
@@ -394,7 +401,7 @@ extension Coffer.Federated {
             let coordinatorIdentity = try PublicIdentity(contentsOf: coordinatorKey)
             let peers = peer.isEmpty ? nil : try peer.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let local = try Federation.check { () throws(FederatedError) in try LocalData(path: data, recipe: recipe) }
-            let unlocked = try passphraseOptions.unlockIdentity(at: identity, useAgent: false)
+            let unlocked = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity), useAgent: false)
             let site: FederatedSite
             do {
                 site = try FederatedSite(

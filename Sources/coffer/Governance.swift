@@ -185,7 +185,7 @@ extension Coffer {
             func run() async throws {
                 let store = try await registry.open()
                 let current = try acting.passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key")
-                let signer = try acting.identity == nil ? Signer(current) : acting.signer(in: store)
+                let signer = try acting.resolved == nil ? Signer(current) : acting.signer(in: store)
                 let passphrase =
                     if let newPassphraseFile {
                         try Passphrase.fromFile(newPassphraseFile)
@@ -212,7 +212,7 @@ extension Coffer {
             let store = try await registry.open()
             // Two keys, two passphrases: the admin's (--passphrase-file) and the registry's (--registry-passphrase-file).
             let registryKey = try registryKeyOptions.unlock(in: store, fallback: acting.passphraseOptions)
-            let signer = try acting.identity == nil ? Signer(registryKey) : acting.signer(in: store)
+            let signer = try acting.resolved == nil ? Signer(registryKey) : acting.signer(in: store)
             let result = try await store.rekey(try ModelReference(parsing: reference), registryIdentity: registryKey, by: signer)
             print(
                 "re-encrypted \(result.model):\(result.version) under a new data key, wrapped for \(result.recipients.count) key(s); its open sessions were revoked"

@@ -17,14 +17,17 @@ struct Export: AsyncParsableCommand {
     var to: String
     @Option(name: .long, help: "A public identity (NAME.pub) to wrap the data key for; repeat for several. Without one, the copy opens for nobody.")
     var recipient: [String] = []
-    @Option(name: .long, help: "Your private identity (NAME.key): a reader holding a key of the version.") var identity: String
+    @Option(
+        name: .long,
+        help: "Your private identity (NAME.key): a reader holding a key of the version (default: $COFFER_IDENTITY, else identity in the config file)."
+    ) var identity: String?
     @OptionGroup var passphraseOptions: PassphraseOptions
 
     func run() async throws {
         let target = try ModelReference(parsing: reference)
         let recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
         let store = try await registry.open()
-        let exporter = try passphraseOptions.unlockIdentity(at: identity)
+        let exporter = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
         let result = try await store.exportVersion(
             target,
             to: to,
@@ -49,14 +52,15 @@ struct Import: AsyncParsableCommand {
     @Argument(help: "oci://HOST[:PORT]/REPO:TAG or oci://HOST[:PORT]/REPO@sha256:HEX (oci+http:// for plain HTTP).") var source: String
     @Option(
         name: .long,
-        help: "Your private identity (NAME.key): a publisher of the model holding a stanza of the copy (default: the registry's own key)."
+        help:
+            "Your private identity (NAME.key): a publisher of the model holding a stanza of the copy (default: $COFFER_IDENTITY, else identity in the config file, else the registry's own key)."
     )
     var identity: String?
     @OptionGroup var passphraseOptions: PassphraseOptions
 
     func run() async throws {
         let store = try await registry.open()
-        let importer = try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key")
+        let importer = try passphraseOptions.unlockIdentity(at: UserConfig.identity(identity) ?? "\(store.home)/registry.key")
         let result = try await store.importVersion(from: source, identity: importer, environment: ProcessInfo.processInfo.environment)
         print("imported \(result.model):\(result.version) sha256:\(result.digest) (\(result.files) files) from \(source)")
     }

@@ -14,7 +14,10 @@ extension Coffer {
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "NAME or NAME:VERSION (VERSION defaults to the next integer).") var reference: String
         @Argument(help: "Files, or a model directory whose sub-folders are kept.") var paths: [String]
-        @Option(name: .long, help: "Your private identity (NAME.key): signs the version.") var identity: String
+        @Option(
+            name: .long,
+            help: "Your private identity (NAME.key): signs the version (default: $COFFER_IDENTITY, else identity in the config file)."
+        ) var identity: String?
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Option(name: .long, help: "Privacy metadata JSON (a checkpoint's privacy.json or the flat shape of docs/FORMAT.md).")
         var privacy: String?
@@ -76,7 +79,7 @@ extension Coffer {
             if let client = try remote.client() {
                 let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 let outbox = try PushOutbox.directory(for: client.baseURL, request: request)
-                let publisher = try passphraseOptions.unlockIdentity(at: identity)
+                let publisher = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
                 let pushed = try await client.push(request, publisher: publisher.identity, registryKey: given, outbox: outbox)
                 print("pushed \(pushed.model):\(pushed.version) sha256:\(pushed.digest) to \(client.baseURL)")
                 let signer = publisher.publicIdentity
@@ -88,7 +91,7 @@ extension Coffer {
                 return
             }
             let store = try await registry.open()
-            let publisher = try passphraseOptions.unlockIdentity(at: identity)
+            let publisher = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
             let progress = ProgressBar(label: "pushing", total: nil)
             let result = try await store.push(request, publisher: publisher, progress: progress?.reporter)
             progress?.finish()
@@ -122,7 +125,11 @@ extension Coffer {
 
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
-        @Option(name: .long, help: "Your private identity (NAME.key): must be a recipient of the version.") var identity: String
+        @Option(
+            name: .long,
+            help:
+                "Your private identity (NAME.key): must be a recipient of the version (default: $COFFER_IDENTITY, else identity in the config file)."
+        ) var identity: String?
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Option(name: .long, help: "Directory to write the files into.") var out: String
         @OptionGroup var remote: RemoteOptions
@@ -138,7 +145,7 @@ extension Coffer {
             let target = try ModelReference(parsing: reference)
             if let client = try remote.client() { return try await pullRemote(target, from: client) }
             let store = try await registry.open()
-            let reader = try passphraseOptions.unlockIdentity(at: identity)
+            let reader = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
             let progress = ProgressBar(label: "pulling", total: nil)
             let result = try await store.pull(target, identity: reader, into: out, progress: progress?.reporter)
             progress?.finish()
@@ -153,7 +160,7 @@ extension Coffer {
         private func pullRemote(_ target: ModelReference, from client: CofferClient) async throws {
             let trusted = trust.isEmpty ? nil : try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
-            let reader = try passphraseOptions.unlockIdentity(at: identity)
+            let reader = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
             let result = try await client.pull(target, identity: reader.identity, into: out, trusting: trusted, registryKey: given)
             print(
                 "pulled \(result.model):\(result.version) sha256:\(result.digest) from \(client.baseURL), signed by \(result.signer), \(result.files.count) files into \(out)"
@@ -170,7 +177,8 @@ extension Coffer {
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "NAME, NAME:VERSION or NAME@ALIAS.") var reference: String
         @Flag(name: .long, help: "Also decrypt in memory and check plaintext digests (needs --identity).") var readData = false
-        @Option(name: .long, help: "Your private identity (NAME.key), for --read-data.") var identity: String?
+        @Option(name: .long, help: "Your private identity (NAME.key), for --read-data (default: $COFFER_IDENTITY, else identity in the config file).")
+        var identity: String?
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Flag(name: .long, help: "Print JSON.") var json = false
         @OptionGroup var remote: RemoteOptions
@@ -183,7 +191,7 @@ extension Coffer {
         var registryKey: String?
 
         func validate() throws {
-            if readData && identity == nil { throw ValidationError("--read-data needs --identity") }
+            if readData && UserConfig.identity(identity) == nil { throw CLIError("--read-data needs --identity (or COFFER_IDENTITY)") }
         }
 
         func run() async throws {
@@ -196,7 +204,7 @@ extension Coffer {
                 report = try await client.verify(target, trusting: trusted, registryKey: given)
             } else {
                 let store = try await registry.open()
-                if readData, let identity {
+                if readData, let identity = UserConfig.identity(identity) {
                     let reader = try passphraseOptions.unlockIdentity(at: identity)
                     report = try await store.verify(target, readingDataWith: reader)
                 } else {

@@ -49,13 +49,17 @@ extension Coffer {
             @OptionGroup var passphraseOptions: PassphraseOptions
             @Argument(help: "Public identity file.") var publicIdentity: String
             @Option(name: .long, help: "The name to trust it under (default: the name it declares); one key per name.") var name: String?
-            @Option(name: .long, help: "Your private identity (NAME.key): an admin's (default: the registry's own key, registry.key).")
+            @Option(
+                name: .long,
+                help:
+                    "Your private identity (NAME.key): an admin's (default: $COFFER_IDENTITY, else identity in the config file, else the registry's own key, registry.key)."
+            )
             var identity: String?
 
             func run() async throws {
                 let signer = try PublicIdentity(contentsOf: publicIdentity)
                 let store = try await registry.open()
-                let acting = Signer(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key"))
+                let acting = Signer(try passphraseOptions.unlockIdentity(at: UserConfig.identity(identity) ?? "\(store.home)/registry.key"))
                 let added = try await store.trust(signer, name: name, by: acting)
                 print("\(added ? "trusted" : "already trusted:") \(name ?? signer.name) (\(signer.keyID))")
             }
@@ -81,12 +85,16 @@ extension Coffer {
             @OptionGroup var registry: RegistryOptions
             @OptionGroup var passphraseOptions: PassphraseOptions
             @Argument(help: "Key ID or name.") var signer: String
-            @Option(name: .long, help: "Your private identity (NAME.key): an admin's (default: the registry's own key, registry.key).")
+            @Option(
+                name: .long,
+                help:
+                    "Your private identity (NAME.key): an admin's (default: $COFFER_IDENTITY, else identity in the config file, else the registry's own key, registry.key)."
+            )
             var identity: String?
 
             func run() async throws {
                 let store = try await registry.open()
-                let acting = Signer(try passphraseOptions.unlockIdentity(at: identity ?? "\(store.home)/registry.key"))
+                let acting = Signer(try passphraseOptions.unlockIdentity(at: UserConfig.identity(identity) ?? "\(store.home)/registry.key"))
                 guard try await store.untrust(signer, by: acting) else { throw CLIError("no trusted signer \(signer)") }
                 print("removed \(signer)")
             }

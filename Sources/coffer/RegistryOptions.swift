@@ -3,15 +3,13 @@ import CofferCrypto
 import CofferRegistry
 import Foundation
 
-/// `--home DIR` (or `COFFER_HOME`, default `~/.coffer`): the registry directory.
+/// `--home DIR` (or `COFFER_HOME`, or `home` in the config file, default `~/.coffer`): the registry directory.
 struct RegistryOptions: ParsableArguments {
-    @Option(name: .long, help: "Registry directory (default: $COFFER_HOME, else ~/.coffer).")
+    @Option(name: .long, help: "Registry directory (default: $COFFER_HOME, else home in the config file, else ~/.coffer).")
     var home: String?
 
     var resolvedHome: String {
-        if let home { return home }
-        if let environment = ProcessInfo.processInfo.environment["COFFER_HOME"], !environment.isEmpty { return environment }
-        return FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".coffer").path
+        home ?? UserConfig.value(.home) ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".coffer").path
     }
 
     func open() async throws(CofferRegistryError) -> Registry { try await Registry(at: resolvedHome) }

@@ -14,7 +14,8 @@ extension Coffer {
         @Option(name: .long, help: "Training configuration (JSON; docs/FORMAT.md).") var config: String
         @Option(name: .long, help: "Output directory for the checkpoint.") var out: String
         @Option(name: .long, help: "Also push the checkpoint to the registry as NAME (needs --identity).") var push: String?
-        @Option(name: .long, help: "Your private identity (NAME.key), for --push.") var identity: String?
+        @Option(name: .long, help: "Your private identity (NAME.key), for --push (default: $COFFER_IDENTITY, else identity in the config file).")
+        var identity: String?
         @Option(name: .long, help: "With --push: another identity (NAME.pub) that may decrypt; repeat for several.") var recipient: [String] = []
         @Option(name: .long, help: "With --push: point this alias at the new version.") var alias: String?
         @OptionGroup var registry: RegistryOptions
@@ -23,14 +24,16 @@ extension Coffer {
         @OptionGroup var evidence: EvidenceOptions
 
         func validate() throws {
-            if push != nil && identity == nil { throw ValidationError("--push needs --identity") }
+            if push != nil && UserConfig.identity(identity) == nil { throw CLIError("--push needs --identity (or COFFER_IDENTITY)") }
         }
 
         func run() async throws {
             let recipe = try evidence.apply(to: TrainingRecipe(contentsOf: config))
             // Fail early on registry and identity problems, before spending the privacy budget on training.
             let store = await push == nil ? nil : try registry.open()
-            let publisher = try identity.map { path throws(CofferCryptoError) in try passphraseOptions.unlockIdentity(at: path) }
+            let publisher = try (push == nil ? identity : UserConfig.identity(identity)).map { path throws(CofferCryptoError) in
+                try passphraseOptions.unlockIdentity(at: path)
+            }
             let bar = EpochProgress(tasks: recipe.tasks.map(\.name), quiet: json)
             let trained = try TrainingRun.run(recipe, progress: bar.update)
             try evidence.writeReport(trained)

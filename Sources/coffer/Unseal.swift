@@ -8,8 +8,8 @@ extension Coffer {
             abstract: "Decrypt a Coffer sealed file; nothing is written unless every chunk authenticates."
         )
 
-        @Option(name: .long, help: "Your private identity (NAME.key).")
-        var identity: String
+        @Option(name: .long, help: "Your private identity (NAME.key) (default: $COFFER_IDENTITY, else identity in the config file).")
+        var identity: String?
 
         @Option(name: .shortAndLong, help: "Output file, or - for stdout.")
         var output: String
@@ -25,7 +25,7 @@ extension Coffer {
         func run() throws {
             let source = input == "-" ? FileDescriptorStream.standardInput : try FileDescriptorStream(readingFrom: input)
             if range != nil && source.regularFileSize == nil { throw CofferCryptoError.rangeNeedsSeekableInput }
-            let identity = try passphraseOptions.unlockIdentity(at: identity)
+            let identity = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
             let progress = ProgressBar(label: "unsealing", total: source.regularFileSize)
             try OutputTarget.write(to: output, mode: 0o600) { sink throws(CofferCryptoError) in
                 if let range {

@@ -95,6 +95,7 @@ struct SealCommandTests {
     @Test func emptyPassphraseFileIsRefused() throws {
         let dir = try Scratch()
         try dir.write("empty", Data("\n".utf8))
+        chmod(dir.path("empty"), 0o600)
         let result = try CofferProcess.run(["keygen", "--out", "k/a", "--passphrase-file", "empty"], in: dir.url, passphrase: nil)
         expectFailure(result, "the passphrase is empty")
         #expect(!dir.exists("k/a.key"))

@@ -43,8 +43,14 @@ struct CofferProcess {
     /// exited (the test waited forever on a zombie), as PostgresTestSupport.run found for waitUntilExit. `stdin` goes
     /// through a pipe (commands treat a pipe and a file differently) whose ends are close-on-exec, so no other child
     /// spawned meanwhile holds it open.
-    static func run(_ args: [String], in directory: URL, passphrase: String? = "test passphrase", stdin: Data? = nil) throws -> Output {
-        var environment = ProcessInfo.processInfo.environment
+    static func run(
+        _ args: [String],
+        in directory: URL,
+        passphrase: String? = "test passphrase",
+        stdin: Data? = nil,
+        environment extra: [String: String] = [:]
+    ) throws -> Output {
+        var environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
         environment["COFFER_PASSPHRASE"] = passphrase
         // Each scratch directory is one user's machine: its client remembers the registries it verified there.
         environment["COFFER_STATE_DIR"] = environment["COFFER_STATE_DIR"] ?? directory.appendingPathComponent(".client-state").path
