@@ -19,7 +19,9 @@ import Foundation
 /// must not silently act as someone else, or on another registry.
 enum UserConfig {
     enum Key: String, CaseIterable {
-        case identity, home, registry, tokenFile = "token_file", caCert = "ca_cert"
+        case identity, home, registry
+        case tokenFile = "token_file"
+        case caCert = "ca_cert"
 
         var environmentVariable: String {
             switch self {
