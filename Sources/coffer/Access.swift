@@ -234,7 +234,7 @@ extension Coffer {
                     // Checked before the server opens a session whose token would have nowhere to go.
                     throw CLIError("--save-token \(path): file exists (a token is never written over a file)")
                 }
-                if let client = try remote.client() {
+                if let client = try remote.client(over: registry) {
                     // The session lives in the server's memory; the bearer token and this id are what infer needs, and
                     // the session's token (saved with --save-token) lets another server of the registry answer too.
                     let session = try await client.openSession(model.description, ttl: lifetime, maxUses: maxUses)
@@ -273,7 +273,7 @@ extension Coffer {
 
             func run() async throws {
                 let sessions =
-                    if let client = try remote.client() {
+                    if let client = try remote.client(over: registry) {
                         try await client.sessions()
                     } else {
                         try await registry.open().sessions()
@@ -301,7 +301,7 @@ extension Coffer {
             @Argument(help: "Session id (from session list).") var id: String
 
             func run() async throws {
-                if let client = try remote.client() {
+                if let client = try remote.client(over: registry) {
                     try await client.closeSession(id)
                 } else {
                     guard let identity = acting.resolved else { throw CLIError("--identity (or COFFER_IDENTITY) is required to revoke a session") }
@@ -339,7 +339,7 @@ extension Coffer {
             guard let text = session ?? ProcessInfo.processInfo.environment["COFFER_SESSION"] else {
                 throw CLIError("no session token: pass --session or set COFFER_SESSION")
             }
-            if let client = try remote.client() {
+            if let client = try remote.client(over: registry) {
                 // The server never sends a model's plaintext: remotely there is only prediction.
                 guard let input, !raw else { throw CLIError("--raw works on a local registry only: a server never releases plaintext") }
                 let table = try CSVTable(contentsOf: input)
@@ -408,7 +408,7 @@ extension Coffer {
             func run() async throws {
                 let filter = try AuditFilter(principal: principal, action: action, model: model, since: since)
                 let all: [AuditEntry] =
-                    if let client = try remote.client() {
+                    if let client = try remote.client(over: registry) {
                         try await client.audit(since: filter.since)
                     } else {
                         try await registry.open().auditEntries(since: filter.since)

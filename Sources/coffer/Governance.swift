@@ -22,7 +22,7 @@ extension Coffer {
             @OptionGroup var remote: RemoteOptions
 
             func run() async throws {
-                if let client = try remote.client() {
+                if let client = try remote.client(over: registry) {
                     try await client.setBudget(dataset: dataset, epsilon: epsilon, delta: delta)
                 } else {
                     let store = try await registry.open()
@@ -41,7 +41,7 @@ extension Coffer {
 
             func run() async throws {
                 let status: BudgetStatus =
-                    if let client = try remote.client() {
+                    if let client = try remote.client(over: registry) {
                         try await client.budget(dataset: dataset)
                     } else {
                         try await registry.open().budget(dataset: dataset)

@@ -20,7 +20,8 @@ extension Coffer {
 
         func run() async throws {
             var versions: [JSONValue]
-            if let client = try remote.client() {
+            let client = try remote.client(over: registry)
+            if let client {
                 // A list is what the server reports: nothing in it was checked here (show and verify check one version).
                 versions = try await client.versions(model: model, where: `where`, limit: limit > 0 ? limit : 100_000).map { row in
                     guard case .object(var fields) = row else { return row }
@@ -56,7 +57,7 @@ extension Coffer {
                 )
             }
             if unverified > 0 {
-                let why = remote.url != nil ? "as the server reports them, not checked here" : "they do not match their signed statements"
+                let why = client != nil ? "as the server reports them, not checked here" : "they do not match their signed statements"
                 FileDescriptorStream.standardError.writeLine("! \(unverified) row(s) \(why): coffer show NAME:VERSION says why")
             }
         }
@@ -73,7 +74,7 @@ extension Coffer {
         func run() async throws {
             let target = try ModelReference(parsing: reference)
             let version: JSONValue =
-                if let client = try remote.client() {
+                if let client = try remote.client(over: registry) {
                     try await client.show(target)
                 } else {
                     try await registry.open().show(target).json
@@ -152,7 +153,7 @@ extension Coffer {
             func run() async throws {
                 let target = try ModelReference(parsing: alias)
                 guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
-                if let client = try remote.client() {
+                if let client = try remote.client(over: registry) {
                     try await client.setAlias(name, of: target.name, to: version)
                 } else {
                     let store = try await registry.open()
@@ -172,7 +173,7 @@ extension Coffer {
             func run() async throws {
                 let target = try ModelReference(parsing: alias)
                 guard case .alias(let name) = target.selector else { throw CLIError("give the alias as NAME@ALIAS") }
-                if let client = try remote.client() {
+                if let client = try remote.client(over: registry) {
                     try await client.removeAlias(name, of: target.name)
                 } else {
                     let store = try await registry.open()

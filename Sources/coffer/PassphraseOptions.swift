@@ -1,7 +1,5 @@
 import ArgumentParser
 import CofferCrypto
-import Foundation
-import Synchronization
 
 /// Where the passphrase of an identity comes from: `--passphrase-file`, `COFFER_PASSPHRASE`, or a terminal prompt;
 /// or no passphrase at all when the `coffer agent` at `COFFER_AGENT_SOCK` holds the identity.
@@ -15,26 +13,13 @@ struct PassphraseOptions: ParsableArguments {
     /// Resolves the passphrase in order: file, environment, no-echo prompt; never a default.
     func passphrase(prompt: String, confirm: Bool = false) throws(CofferCryptoError) -> SecureBytes {
         if let passphraseFile {
-            warnIfOthersCanRead(passphraseFile)
+            UserConfig.warnIfOthersCanRead(passphraseFile, what: "passphrase file")
             return try Passphrase.fromFile(passphraseFile)
         }
         if let fromEnvironment = try Passphrase.fromEnvironment() { return fromEnvironment }
         if let typed = try Passphrase.prompt(prompt, confirm: confirm) { return typed }
         throw .noPassphrase
     }
-
-    /// A passphrase file that others can read gives the key away to them: said on stderr, once per command and file.
-    /// (A pipe, such as `--passphrase-file <(pass show coffer)`, is not a file on disk and says nothing.)
-    private func warnIfOthersCanRead(_ path: String) {
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
-            attributes[.type] as? FileAttributeType == .typeRegular,
-            let mode = (attributes[.posixPermissions] as? NSNumber)?.intValue, mode & 0o077 != 0
-        else { return }
-        guard Self.warned.withLock({ $0.insert(path).inserted }) else { return }
-        note("warning: the passphrase file \(path) can be read by other users (mode \(String(mode, radix: 8))): chmod 600 it")
-    }
-
-    private static let warned = Mutex<Set<String>>([])
 
     /// The identity at `path`: held by the agent when it holds it (no passphrase asked), else decrypted here.
     ///

@@ -76,7 +76,7 @@ extension Coffer {
             request.trainingConfigDigest = trainingConfigDigest
             request.recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             request.message = message
-            if let client = try remote.client() {
+            if let client = try remote.client(over: registry) {
                 let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 let outbox = try PushOutbox.directory(for: client.baseURL, request: request)
                 let publisher = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
@@ -143,7 +143,7 @@ extension Coffer {
 
         func run() async throws {
             let target = try ModelReference(parsing: reference)
-            if let client = try remote.client() { return try await pullRemote(target, from: client) }
+            if let client = try remote.client(over: registry) { return try await pullRemote(target, from: client) }
             let store = try await registry.open()
             let reader = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
             let progress = ProgressBar(label: "pulling", total: nil)
@@ -197,7 +197,8 @@ extension Coffer {
         func run() async throws {
             let target = try ModelReference(parsing: reference)
             let report: VerifyReport
-            if let client = try remote.client() {
+            let client = try remote.client(over: registry)
+            if let client {
                 guard !readData else { throw CLIError("--read-data with --registry: pull the version, which checks every plaintext digest") }
                 let trusted = trust.isEmpty ? nil : try trust.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 let given = try registryKey.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
@@ -215,7 +216,7 @@ extension Coffer {
                 JSONOutput.print(encodable: VerifyAnswer(report, includeReadData: true))
             } else {
                 let depth =
-                    remote.url != nil
+                    client != nil
                     ? "checked here against the ledger you replayed: reference, signature and blobs"
                     : report.readData ? "signature, trust, rows, blobs and plaintext" : "signature, trust, rows and blobs"
                 print(

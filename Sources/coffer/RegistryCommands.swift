@@ -117,7 +117,7 @@ extension Coffer {
                 options.registry = url
                 options.token = token
                 options.caCert = caCert
-                guard let client = try options.client() else { throw CLIError("\(url) is not a URL") }
+                guard let client = try options.client(over: RegistryOptions()) else { throw CLIError("\(url) is not a URL") }
                 let given = try key.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
                 let ledger = try await client.ledger(registryKey: given)
                 let current = ledger.state.currentKey?.keyID ?? "-"

@@ -1,4 +1,6 @@
+import CofferCrypto
 import Foundation
+import Synchronization
 
 /// What a user sets once instead of on every command: who they are, which registry, which server and token.
 ///
@@ -8,9 +10,8 @@ import Foundation
 ///
 /// ```toml
 /// identity = "~/keys/alice.key"     # --identity, COFFER_IDENTITY
-/// home = "~/registries/icu"         # --home, COFFER_HOME
-/// registry = "https://coffer.example:8443"   # --registry, COFFER_REGISTRY
-/// token_file = "~/.config/coffer/token"      # --token, COFFER_TOKEN (the file holds the token)
+/// registry = "https://coffer.example:8443"   # --registry, COFFER_REGISTRY (or home = "...": one or the other)
+/// token_file = "~/.config/coffer/token"      # the token for this file's registry (the file holds it)
 /// ca_cert = "~/.config/coffer/ca.pem"        # --ca-cert, COFFER_CA_CERT
 /// ```
 ///
@@ -23,12 +24,13 @@ enum UserConfig {
         case tokenFile = "token_file"
         case caCert = "ca_cert"
 
-        var environmentVariable: String {
+        /// The variable that comes before the file; none for the token file, which belongs to the file's registry.
+        var environmentVariable: String? {
             switch self {
             case .identity: "COFFER_IDENTITY"
             case .home: "COFFER_HOME"
             case .registry: "COFFER_REGISTRY"
-            case .tokenFile: "COFFER_TOKEN_FILE"
+            case .tokenFile: nil
             case .caCert: "COFFER_CA_CERT"
             }
         }
@@ -36,7 +38,7 @@ enum UserConfig {
 
     /// The setting `key` from the environment, else from the config file; `nil` when neither has it.
     static func value(_ key: Key, environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
-        if let value = environment[key.environmentVariable], !value.isEmpty { return value }
+        if let variable = key.environmentVariable, let value = environment[variable], !value.isEmpty { return value }
         switch file {
         case .success(let settings): return settings[key]
         case .failure(let error): Coffer.fail(error.description)
@@ -67,16 +69,39 @@ enum UserConfig {
 
     private static let file: Result<[Key: String], CLIError> = {
         let path = UserConfig.path
-        guard let data = FileManager.default.contents(atPath: path) else { return .success([:]) }
+        var status = stat()
+        guard stat(path, &status) == 0 else {
+            return errno == ENOENT ? .success([:]) : .failure(CLIError("\(path): \(String(cString: strerror(errno)))"))
+        }
+        // As ssh does with its config: a file others may write could point every command at their registry.
+        guard status.st_mode & 0o022 == 0, status.st_uid == getuid() || status.st_uid == 0 else {
+            return .failure(CLIError("\(path) can be changed by other users (mode \(String(status.st_mode & 0o777, radix: 8))): chmod go-w it"))
+        }
+        guard let data = FileManager.default.contents(atPath: path) else { return .failure(CLIError("\(path): cannot be read")) }
         guard let text = String(data: data, encoding: .utf8) else { return .failure(CLIError("\(path): not UTF-8 text")) }
         return Result { () throws(CLIError) in try parse(text, path: path) }
     }()
+
+    /// A secret file (a passphrase, a token) that other users can read gives it away: said on stderr, once per
+    /// command and file. The file is checked where a link leads; a pipe (`<(pass show coffer)`) says nothing.
+    static func warnIfOthersCanRead(_ path: String, what: String) {
+        var status = stat()
+        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG, status.st_mode & 0o077 != 0 else { return }
+        guard warned.withLock({ $0.insert(path).inserted }) else { return }
+        FileDescriptorStream.standardError.writeLine(
+            "coffer: warning: the \(what) \(path) can be read by other users (mode \(String(status.st_mode & 0o777, radix: 8))): chmod 600 it"
+        )
+    }
+
+    private static let warned = Mutex<Set<String>>([])
 
     /// The settings in `text`, the config file at `path`.
     static func parse(_ text: String, path: String) throws(CLIError) -> [Key: String] {
         var settings: [Key: String] = [:]
         let directory = (path as NSString).deletingLastPathComponent
-        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // Any line ending (a file written on Windows ends lines with CR LF, one Character in Swift), and no BOM.
+        let body = text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text
+        for (index, rawLine) in body.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {
             let line = rawLine.trimmingCharacters(in: .whitespaces)
             guard !line.isEmpty, !line.hasPrefix("#") else { continue }
             let place = "\(path) line \(index + 1)"
@@ -95,6 +120,9 @@ enum UserConfig {
             guard after.isEmpty || after.hasPrefix("#") else { throw CLIError("\(place): unexpected text after the value of \(name)") }
             guard !value.isEmpty, !value.contains("\\") else { throw CLIError("\(place): \(name) must be a non-empty path or URL without escapes") }
             settings[key] = key == .registry ? value : resolve(value, directory: directory)
+        }
+        if settings[.home] != nil, settings[.registry] != nil {
+            throw CLIError("\(path): set home (a local registry) or registry (a served one), not both")
         }
         return settings
     }

@@ -84,6 +84,49 @@ struct UserConfigCommandTests {
         #expect(keygen.status == 0, "\(keygen.stderr)")
     }
 
+    @Test func aTokenGoesOnlyToTheRegistryItWasGivenWithAndAnamedHomeStaysLocal() throws {
+        let (dir, environment) = try setUp()
+        try dir.write("token", Data("cft_configured\n".utf8))
+        chmod(dir.path("token"), 0o600)
+        // Nothing listens on port 1: a command that goes to this registry fails naming it.
+        try writeConfig(dir, "identity = \"../../keys/alice.key\"\nregistry = \"http://127.0.0.1:1\"\ntoken_file = \"../../token\"\n")
+        let remote = try CofferProcess.run(["list"], in: dir.url, environment: environment)
+        #expect(remote.status != 0)
+        #expect(remote.stderr.contains("127.0.0.1:1"), "\(remote.stderr)")
+        // A registry directory named on the command line (or in COFFER_HOME) is used, not the file's served registry.
+        let local = try CofferProcess.run(["list", "--home", dir.path("home")], in: dir.url, environment: environment)
+        #expect(local.status == 0, "\(local.stderr)")
+        var withHome = environment
+        withHome["COFFER_HOME"] = dir.path("home")
+        #expect(try CofferProcess.run(["list"], in: dir.url, environment: withHome).status == 0)
+        // The file's token is not sent to a registry named another way.
+        let other = try CofferProcess.run(["list", "--registry", "http://127.0.0.1:2"], in: dir.url, environment: environment)
+        #expect(other.status == 1)
+        #expect(other.stderr == "coffer: --registry needs a bearer token: --token or COFFER_TOKEN\n", "\(other.stderr)")
+        // No token in plain http beyond this machine.
+        let plain = try CofferProcess.run(
+            ["list", "--registry", "http://registry.example", "--token", "cft_x"],
+            in: dir.url,
+            environment: environment
+        )
+        #expect(plain.stderr == "coffer: refusing to send a bearer token in plain http to registry.example: use https\n", "\(plain.stderr)")
+        // Both kinds of registry in one file is a mistake, not a choice.
+        try writeConfig(dir, "home = \"\(dir.path("home"))\"\nregistry = \"https://registry.example\"\n")
+        let both = try CofferProcess.run(["list"], in: dir.url, environment: environment)
+        #expect(both.stderr.contains("set home (a local registry) or registry (a served one), not both"), "\(both.stderr)")
+    }
+
+    @Test func aFileWrittenOnWindowsReadsTheSameAndOneOthersCanChangeIsRefused() throws {
+        let (dir, environment) = try setUp()
+        try writeConfig(dir, "\u{FEFF}# alice\r\nidentity = \"../../keys/alice.key\"\r\nhome = \"\(dir.path("home"))\"\r\n")
+        let pushed = try CofferProcess.run(["push", "m", "model"], in: dir.url, environment: environment)
+        #expect(pushed.status == 0, "\(pushed.stderr)")
+        chmod(dir.path("config/coffer/config.toml"), 0o666)
+        let refused = try CofferProcess.run(["push", "m", "model"], in: dir.url, environment: environment)
+        #expect(refused.status == 1)
+        #expect(refused.stderr.contains("config.toml can be changed by other users (mode 666): chmod go-w it"), "\(refused.stderr)")
+    }
+
     @Test func aPassphraseFileOthersCanReadIsWarnedAbout() throws {
         let (dir, environment) = try setUp()
         try dir.write("pass", Data("test passphrase\n".utf8))
