@@ -88,7 +88,8 @@ struct ServerTests {
         return await World(
             fixture: f,
             tokens: [
-                "admin": try token("alice", .admin), "bob-read": try token("bob", .read), "bob-infer": try token("bob", .infer),
+                "admin": try token("alice", .admin), "admin-infer": try token("alice", .infer),
+                "bob-read": try token("bob", .read), "bob-infer": try token("bob", .infer),
                 "bob-publish": try token("bob", .publish),
                 "carol-read": try token("carol", .read), "expired": try token("bob", .read, ttl: 60, now: Date().addingTimeInterval(-3600)),
                 "revoked": revoked.token.text().withUnsafeBytes { String(decoding: $0, as: UTF8.self) },
@@ -267,6 +268,21 @@ struct ServerTests {
             }
             try await client.execute(uri: "/v1/sessions/\(second)", method: .delete, headers: infer) { #expect($0.status == .noContent) }
             try await client.execute(uri: "/v1/sessions/0123456789abcdef", method: .delete, headers: infer) { #expect($0.status == .notFound) }
+            // An admin revokes anyone's session, but only with an admin-scoped token: its inference token is as bob's.
+            let third = try await client.execute(
+                uri: "/v1/sessions",
+                method: .post,
+                headers: infer,
+                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600}"#)
+            ) { response in
+                (try JSONSerialization.jsonObject(with: data(response)) as? [String: Any])?["id"] as? String ?? ""
+            }
+            try await client.execute(uri: "/v1/sessions/\(third)", method: .delete, headers: bearer(w.tokens["admin-infer"]!)) {
+                #expect($0.status == .notFound)
+            }
+            try await client.execute(uri: "/v1/sessions/\(third)", method: .delete, headers: bearer(w.tokens["admin"]!)) {
+                #expect($0.status == .noContent)
+            }
             try await client.execute(uri: "/v1/sessions/\(second)/predict", method: .post, headers: infer, body: rows) { response in
                 #expect(response.status == .forbidden && text(response).contains("was revoked"))
             }

@@ -257,6 +257,11 @@ struct WebTests {
             // A search for it is echoed back escaped too.
             let search = try await client.execute(uri: "/models?q=" + WebForm.percentEncoded(hostile), method: .get, headers: bob.headers)
             #expect(!Self.text(search).contains("<script") && Self.text(search).contains("&lt;script&gt;"))
+            // A quote with a combining mark after it (one Swift Character, not a quote) is escaped all the same: it must
+            // not close the search field's value="…".
+            let combined = "\"\u{301} autofocus x=\"y"
+            let field = Self.text(try await client.execute(uri: "/models?q=" + WebForm.percentEncoded(combined), method: .get, headers: bob.headers))
+            #expect(field.contains("&quot;\u{301} autofocus x=&quot;y") && !field.contains(" autofocus x=\""), "\(field)")
             // And an unparseable reference is a 400 page whose message is escaped.
             let bad = try await client.execute(uri: "/version?ref=" + WebForm.percentEncoded("<b>x"), method: .get, headers: bob.headers)
             #expect(bad.status == .badRequest && !Self.text(bad).contains("<b>x"))

@@ -285,7 +285,9 @@ extension Registry {
         try await revokeSession(id: id, principal: try await principal(for: identity.identity))
     }
 
-    public func revokeSession(id: String, principal actor: Principal) async throws(CofferRegistryError) {
+    /// - Parameter asAdmin: whether the caller may act as an admin at all: a server passes whether the request's token
+    ///   has the admin scope, so that an admin's inference token revokes only its own sessions.
+    public func revokeSession(id: String, principal actor: Principal, asAdmin: Bool = true) async throws(CofferRegistryError) {
         let owner = try await metadata.session(.id(id))?.session.principal
         // Someone else's session is unknown to anyone but an admin: the answer does not tell which ids exist.
         guard let owner else {
@@ -293,6 +295,10 @@ extension Registry {
             throw .unknownSession(id)
         }
         if owner != actor.name {
+            guard asAdmin else {
+                try await audit(principal: actor.name, action: "session.revoke", target: id, outcome: .refused, reason: "not an admin-scoped token")
+                throw .unknownSession(id)
+            }
             do { try await require(.admin, on: nil, by: actor, action: "session.revoke", target: id) } catch { throw .unknownSession(id) }
         }
         try await metadata.commit(

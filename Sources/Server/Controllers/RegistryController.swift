@@ -328,7 +328,7 @@ struct RegistryController {
     func closeSession(_ request: Request, context: CofferRequestContext) async throws -> Response {
         let holder = try context.authenticated
         let id = try context.parameters.require("id")
-        try await registry.revokeSession(id: id, principal: holder.principal)
+        try await registry.revokeSession(id: id, principal: holder.principal, asAdmin: holder.scope == .admin)
         state.sessions.remove(id)
         return Response(status: .noContent)
     }

@@ -388,7 +388,7 @@ struct WebController {
     func revokeSession(_ request: Request, context: CofferRequestContext) async throws -> Response {
         let holder = try context.authenticated
         guard let id = context.form["id"], !id.isEmpty else { throw HTTPError(.badRequest, message: "the form names no session") }
-        try await registry.revokeSession(id: id, principal: holder.principal)
+        try await registry.revokeSession(id: id, principal: holder.principal, asAdmin: holder.scope == .admin)
         state.sessions.remove(id)
         return WebPages.seeOther("/sessions")
     }

@@ -9,12 +9,39 @@ struct WebPages: Sendable {
     private let library: MustacheLibrary
 
     init() {
+        MustacheContentTypes.register(ScalarHTMLEscaping(), named: ScalarHTMLEscaping.name)
         var library = MustacheLibrary()
         for (name, text) in WebTemplates.all {
             // The templates are constants of this module (parsed by every test run): a parse error is a bug here.
-            do { try library.register(text, named: name) } catch { preconditionFailure("web template \(name) does not parse: \(error)") }
+            do {
+                try library.register("{{% CONTENT_TYPE: \(ScalarHTMLEscaping.name)}}" + text, named: name)
+            } catch {
+                preconditionFailure("web template \(name) does not parse: \(error)")
+            }
         }
         self.library = library
+    }
+
+    /// HTML escaping of every Unicode scalar. swift-mustache's own escaping looks characters up whole, and a quote
+    /// followed by a combining mark is one Swift Character that is not a quote: `"\u{301}` passed through unescaped
+    /// and closed an attribute (an outside review found it with a search for it echoed into `value="…"`).
+    struct ScalarHTMLEscaping: MustacheContentType {
+        static let name = "HTML_BY_SCALAR"
+
+        func escapeText(_ text: String) -> String {
+            var escaped = String.UnicodeScalarView()
+            for scalar in text.unicodeScalars {
+                switch scalar {
+                case "<": escaped.append(contentsOf: "&lt;".unicodeScalars)
+                case ">": escaped.append(contentsOf: "&gt;".unicodeScalars)
+                case "&": escaped.append(contentsOf: "&amp;".unicodeScalars)
+                case "\"": escaped.append(contentsOf: "&quot;".unicodeScalars)
+                case "'": escaped.append(contentsOf: "&#39;".unicodeScalars)
+                default: escaped.append(scalar)
+                }
+            }
+            return String(escaped)
+        }
     }
 
     static let securityHeaders: HTTPFields = [
