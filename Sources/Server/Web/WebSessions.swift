@@ -10,6 +10,9 @@ final class WebSessions: Sendable {
     static let lifetime: TimeInterval = 30 * 60
     /// Sessions held at once; the oldest go first past this (each needs a valid bearer token, so this only bounds memory).
     static let capacity = 10_000
+    /// Sessions one principal holds at once; its own oldest goes first past this, so that one token signing in from a
+    /// script again and again cannot push everyone else's sessions out (an outside review's finding).
+    static let perPrincipal = 8
 
     final class Session: @unchecked Sendable {
         /// The bearer token, read only (by `authorize`) after it is built.
@@ -34,6 +37,10 @@ final class WebSessions: Sendable {
         let session = Session(token: token, principal: principal, csrf: Self.randomHex(), expires: now.addingTimeInterval(Self.lifetime))
         sessions.withLock { sessions in
             sessions = sessions.filter { $0.value.expires > now }
+            let own = sessions.filter { $0.value.principal == principal }
+            if own.count >= Self.perPrincipal, let oldest = own.min(by: { $0.value.expires < $1.value.expires })?.key {
+                sessions[oldest] = nil
+            }
             if sessions.count >= Self.capacity, let oldest = sessions.min(by: { $0.value.expires < $1.value.expires })?.key {
                 sessions[oldest] = nil
             }
