@@ -258,25 +258,22 @@ struct ServerTests {
             try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: rows) { response in
                 #expect(response.status == .forbidden && text(response).contains("has used all 4 of its uses"), "\(text(response))")
             }
-            let second = try await client.execute(
-                uri: "/v1/sessions",
-                method: .post,
-                headers: infer,
-                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600}"#)
-            ) { response in
-                (try JSONSerialization.jsonObject(with: data(response)) as? [String: Any])?["id"] as? String ?? ""
+            /// A ten-minute session on m/risk@prod for bob; its id.
+            func openSession() async throws -> String {
+                try await client.execute(
+                    uri: "/v1/sessions",
+                    method: .post,
+                    headers: infer,
+                    body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600}"#)
+                ) { response in
+                    (try JSONSerialization.jsonObject(with: data(response)) as? [String: Any])?["id"] as? String ?? ""
+                }
             }
+            let second = try await openSession()
             try await client.execute(uri: "/v1/sessions/\(second)", method: .delete, headers: infer) { #expect($0.status == .noContent) }
             try await client.execute(uri: "/v1/sessions/0123456789abcdef", method: .delete, headers: infer) { #expect($0.status == .notFound) }
             // An admin revokes anyone's session, but only with an admin-scoped token: its inference token is as bob's.
-            let third = try await client.execute(
-                uri: "/v1/sessions",
-                method: .post,
-                headers: infer,
-                body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600}"#)
-            ) { response in
-                (try JSONSerialization.jsonObject(with: data(response)) as? [String: Any])?["id"] as? String ?? ""
-            }
+            let third = try await openSession()
             try await client.execute(uri: "/v1/sessions/\(third)", method: .delete, headers: bearer(w.tokens["admin-infer"]!)) {
                 #expect($0.status == .notFound)
             }

@@ -106,17 +106,7 @@ extension Registry {
     public func auditEntries(since text: String? = nil) async throws(CofferRegistryError) -> [AuditEntry] {
         // Entries store UTC with milliseconds, so the comparison is between strings of the same shape.
         let since = try text.map { text throws(CofferRegistryError) in Self.timestamp(try Self.parseTime(text, field: "since")) }
-        return try await metadata.auditEntries(since: since).map { row in
-            AuditEntry(
-                seq: row.seq,
-                at: row.at,
-                principal: row.principal,
-                action: row.action,
-                target: row.target,
-                outcome: AuditEntry.Outcome(rawValue: row.outcome) ?? .failed,
-                reason: row.reason
-            )
-        }
+        return try await metadata.auditEntries(since: since).map(Self.entry)
     }
 
     /// The message the registry signs for a chain head.
