@@ -7,8 +7,8 @@ import Testing
 @testable import CofferRegistry
 
 /// Crypto-shredding on PostgreSQL, proven on the server's own files: after an erasure and a rotation, PostgreSQL still
-/// holds copies of the erased wrapped key (dead tuples, the write-ahead log), and none of them opens with any key
-/// file that exists.
+/// holds copies of the erased wrapped key (dead tuples, and the write-ahead log until its segment is recycled), and none
+/// of them opens with any key file that exists.
 @Suite(.serialized, .enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason))
 struct PostgresErasureTests {
     /// Sealed values found in PostgreSQL's files: where, and the bytes from the magic on.
@@ -92,7 +92,8 @@ struct PostgresErasureTests {
             // (a) The scan looks in the right place: the erased value is still physically there.
             #expect(!victimCopies.isEmpty, "dead tuples or WAL still hold the erased value")
             #expect(victimCopies.contains { $0.file == relation }, "the heap file keeps the dead tuple")
-            #expect(victimCopies.contains { $0.file.hasPrefix("pg_wal/") }, "the WAL keeps the insert")
+            // The WAL segment holding the insert is reported, not required: a CHECKPOINT from any other test on this
+            // shared cluster can recycle that segment before the scan (CI saw exactly that).
 
             // (b) No candidate anywhere opens for the erased row with any key file that exists.
             let existing = try keys.keyFileEpochs()
@@ -132,8 +133,8 @@ struct PostgresErasureTests {
                 """
             )
 
-            // VACUUM FULL rewrites the table and CHECKPOINT lets the old file go: the dead tuple leaves the heap, but
-            // the WAL still holds the erased value, sealed under the destroyed key.
+            // VACUUM FULL rewrites the table and CHECKPOINT lets the old file go: the dead tuple leaves the heap; what
+            // the WAL may still hold is sealed under the destroyed key.
             try await database.query("VACUUM FULL wrapped_keys")
             try await database.query("CHECKPOINT")
             let vacuumed = try Self.scan(cluster.dataDirectory, length: length)
