@@ -13,7 +13,10 @@ extension Coffer {
 
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "Only this model.") var model: String?
-        @Option(name: .long, help: "Filter, e.g. 'epsilon<=3 and pruning_ratio>=0.5' or \"mechanism='dp-sgd'\".") var `where`: String?
+        @Option(
+            name: .long,
+            help: "Filter, e.g. 'epsilon<=3 and pruning_ratio>=0.5', \"mechanism='dp-sgd'\", \"name='icu/*'\", \"tag.stage='prod'\", 'created>=7d'."
+        ) var `where`: String?
         @Option(name: .long, help: "At most N versions (0 for all).") var limit: Int = 100
         @Flag(name: .long, help: "Print JSON: an array of version objects (docs/FORMAT.md).") var json = false
         @OptionGroup var remote: RemoteOptions

@@ -30,12 +30,39 @@ struct QueryTests {
         await #expect(try f.registry.list(where: "epsilon!=1").count == 2, "NULL epsilon never matches")
     }
 
+    @Test(arguments: MetadataBackend.available) func listFiltersOnNamesTagsAndDates(on backend: MetadataBackend) async throws {
+        let f = try await populated(on: backend)
+        let dir = try f.makeModel("team", ["w.bin": bytes(10)])
+        var request = PushRequest(model: "team/icu", paths: [dir])
+        request.tags = ["stage": "prod"]
+        _ = try await f.registry.push(request, publisher: try person("alice"))
+        try await f.registry.tag(try ModelReference(parsing: "a:1"), set: ["stage": "staging"])
+        func listed(_ filter: String) async throws -> [String] {
+            try await f.registry.list(where: filter).map { "\($0.model):\($0.version)" }.sorted()
+        }
+        #expect(try await listed("name='a'") == ["a:1", "a:2"])
+        #expect(try await listed("name!='a' and name!='b'") == ["team/icu:1"])
+        #expect(try await listed("name='team/*'") == ["team/icu:1"])
+        #expect(try await listed("name='te*'") == ["team/icu:1"], "a prefix, not a namespace")
+        #expect(try await listed("name='%*'").isEmpty, "no LIKE wildcard reaches SQL")
+        #expect(try await listed("tag.stage='prod'") == ["team/icu:1"])
+        #expect(try await listed("tag.stage!='prod'") == ["a:1", "a:2", "b:1", "b:2"], "untagged versions included")
+        #expect(try await listed("tag.Stage='prod'").isEmpty, "tag keys keep their case")
+        #expect(try await listed("created>=1h").count == 5)
+        #expect(try await listed("created<1h").isEmpty)
+        #expect(try await listed("created>='2026-01-01' and created<'2999-01-01T00:00:00+02:00'").count == 5)
+        #expect(try await listed("created<'2000-01-01' and epsilon<=3").isEmpty)
+    }
+
     @Test(arguments: [
         ("epsilon", "'epsilon' has no comparison (use < <= > >= = !=)"),
         (
             "colour=3",
-            "unknown field 'colour' (fields: accountant, achieved_sparsity, audit_epsilon, clipping_norm, dataset_id, dataset_size, delta, epochs, epsilon, mechanism, membership_auc, membership_tpr, noise_multiplier, privacy_unit, pruning_method, pruning_ratio, sampling_rate, steps)"
+            "unknown field 'colour' (fields: accountant, achieved_sparsity, audit_epsilon, clipping_norm, dataset_id, dataset_size, delta, epochs, epsilon, mechanism, membership_auc, membership_tpr, noise_multiplier, privacy_unit, pruning_method, pruning_ratio, sampling_rate, steps, name, tag.KEY, created)"
         ),
+        ("name<'a'", "name takes = or != and a 'quoted' value"),
+        ("created>=yesterday", "created takes a 'quoted' RFC 3339 time or date, or an age such as 7d, 12h, 90m; got 'yesterday'"),
+        ("created>='2026-13-01'", "created: '2026-13-01' is not an RFC 3339 time or a date such as 2026-11-01"),
         ("epsilon<=abc", "epsilon needs a number, got 'abc'"),
         ("mechanism<'x'", "mechanism takes = or != and a 'quoted' value"),
         ("epsilon=<3", "epsilon needs a number, got '<3'"),

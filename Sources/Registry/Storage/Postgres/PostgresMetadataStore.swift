@@ -647,14 +647,13 @@ final class PostgresMetadataStore: MetadataStore {
         }
         if let id = query.id { conditions.append("v.id = \(bind(id))") }
         if let model = query.model { conditions.append("m.name = \(bind(model))") }
-        for comparison in query.filter?.comparisons ?? [] {
-            // The field is one of WhereExpression's known column names, never the user's text; the value is bound.
-            let op = comparison.op == "!=" ? "<>" : comparison.op
-            switch comparison.value {
-            case .number(let n): conditions.append("v.\(comparison.field) \(op) \(bind(n))")
-            case .text(let t): conditions.append("v.\(comparison.field) \(op) \(bind(t))")
-            }
-        }
+        conditions +=
+            query.filter?.conditions { value in
+                switch value {
+                case .number(let n): bind(n)
+                case .text(let t): bind(t)
+                }
+            } ?? []
         let whereSQL = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let limitSQL = query.limit.map { " LIMIT \(max(0, $0))" } ?? ""
         let sql = "\(Self.summarySelect) \(whereSQL) ORDER BY v.created_at DESC, v.id DESC\(limitSQL)"

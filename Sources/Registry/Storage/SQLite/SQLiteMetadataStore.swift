@@ -475,14 +475,14 @@ final class SQLiteMetadataStore: MetadataStore {
             conditions.append("m.name = ?")
             arguments += [model]
         }
-        for comparison in query.filter?.comparisons ?? [] {
-            // The field is one of WhereExpression's known column names, never the user's text; the value is bound.
-            conditions.append("v.\(comparison.field) \(comparison.op == "!=" ? "<>" : comparison.op) ?")
-            switch comparison.value {
-            case .number(let n): arguments += [n]
-            case .text(let t): arguments += [t]
-            }
-        }
+        conditions +=
+            query.filter?.conditions { value in
+                switch value {
+                case .number(let n): arguments += [n]
+                case .text(let t): arguments += [t]
+                }
+                return "?"
+            } ?? []
         let whereSQL = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let limitSQL = query.limit.map { " LIMIT \(max(0, $0))" } ?? ""
         let sql = "\(Self.summarySelect) \(whereSQL) ORDER BY v.created_at DESC, v.id DESC\(limitSQL)"
