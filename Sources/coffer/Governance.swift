@@ -181,6 +181,7 @@ extension Coffer {
             @OptionGroup var acting: OptionalIdentity
             @Option(name: .long, help: "File holding the new key's passphrase (else the same source as the current one's).")
             var newPassphraseFile: String?
+            @OptionGroup var newPassphrase: NewPassphraseOptions
 
             func run() async throws {
                 let store = try await registry.open()
@@ -192,6 +193,7 @@ extension Coffer {
                     } else {
                         try acting.passphraseOptions.passphrase(prompt: "Passphrase for the new registry key: ", confirm: true)
                     }
+                try newPassphrase.check(passphrase)
                 let fresh = try await store.rotateKey(current: current, passphrase: passphrase, by: signer)
                 print("registry key rotated: \(current.publicIdentity.keyID) retired, \(fresh.keyID) current")
             }

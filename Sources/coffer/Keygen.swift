@@ -16,6 +16,7 @@ extension Coffer {
         var out: String
 
         @OptionGroup var passphraseOptions: PassphraseOptions
+        @OptionGroup var newPassphrase: NewPassphraseOptions
 
         @Flag(name: .long, help: "Replace existing files.")
         var force = false
@@ -47,6 +48,7 @@ extension Coffer {
                 }
             }
             let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase for the new identity: ", confirm: true)
+            try newPassphrase.check(passphrase)
             let identity = try Identity.generate(name: name)
             let keyFile = try identity.encrypt(passphrase: passphrase, parameters: KDFParameters(opsLimit: kdfOps, memLimit: kdfMemory << 10))
             let pem = try SignatureVerifier.p256PEM(publicKey: identity.publicIdentity.p256)

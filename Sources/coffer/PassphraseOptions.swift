@@ -66,3 +66,18 @@ struct PassphraseOptions: ParsableArguments {
         FileDescriptorStream.standardError.writeLine("coffer: \(line)")
     }
 }
+
+/// `--accept-weak-passphrase`, on the commands that choose a passphrase for a key file (`keygen`, `init`, `key rotate`).
+struct NewPassphraseOptions: ParsableArguments {
+    @Flag(name: .long, help: "Accept a passphrase under the strength floor (12 characters, 6 different, about 48 bits); a warning is printed.")
+    var acceptWeakPassphrase = false
+
+    /// Refuses a weak `passphrase` (one line naming the rule it breaks) unless accepted, then warns.
+    func check(_ passphrase: borrowing SecureBytes) throws(CLIError) {
+        guard let weakness = Passphrase.weakness(passphrase) else { return }
+        guard acceptWeakPassphrase else {
+            throw CLIError("the new passphrase is weak (\(weakness)): choose a longer one, or pass --accept-weak-passphrase")
+        }
+        FileDescriptorStream.standardError.writeLine("coffer: warning: the new passphrase is weak (\(weakness)); accepted as asked")
+    }
+}

@@ -13,6 +13,7 @@ extension Coffer {
 
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
+        @OptionGroup var newPassphrase: NewPassphraseOptions
         @Option(name: .long, help: "The owner's public identity (NAME.pub): its first principal, an admin. From then on every operation is checked.")
         var owner: String?
         @Option(name: .long, help: "Where metadata goes: sqlite (default) or postgres://USER@HOST:PORT/DB (password from PGPASSWORD or PGPASSFILE).")
@@ -28,6 +29,7 @@ extension Coffer {
             try backends.validate()
             let ownerIdentity = try owner.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase for the registry identity: ", confirm: true)
+            try newPassphrase.check(passphrase)
             let created = try await Registry.create(at: registry.resolvedHome, passphrase: passphrase, owner: ownerIdentity, backends: backends)
             let key = try await created.identity.keyID
             print(

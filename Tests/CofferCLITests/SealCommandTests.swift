@@ -101,6 +101,19 @@ struct SealCommandTests {
         #expect(!dir.exists("k/a.key"))
     }
 
+    @Test func aWeakNewPassphraseIsRefusedUnlessAcceptedAndThenWarned() throws {
+        let dir = try Scratch()
+        let refused = try CofferProcess.run(["keygen", "--out", "k/a"], in: dir.url, passphrase: "password1")
+        expectFailure(refused, "the new passphrase is weak (shorter than 12 characters): choose a longer one, or pass --accept-weak-passphrase")
+        #expect(!dir.exists("k/a.key"))
+        let digits = try CofferProcess.run(["init", "--home", "home"], in: dir.url, passphrase: "123456789012")
+        expectFailure(digits, "the new passphrase is weak (about 39 bits by its length and character classes, under 48)")
+        #expect(!dir.exists("home/registry.key"))
+        let accepted = try CofferProcess.run(["keygen", "--out", "k/a", "--accept-weak-passphrase"], in: dir.url, passphrase: "password1")
+        #expect(accepted.status == 0 && dir.exists("k/a.key"))
+        #expect(accepted.stderr == "coffer: warning: the new passphrase is weak (shorter than 12 characters); accepted as asked\n")
+    }
+
     @Test func overlongPassphraseIsRefusedNotTruncated() throws {
         let dir = try Scratch()
         let result = try CofferProcess.run(["keygen", "--out", "k/a"], in: dir.url, passphrase: String(repeating: "x", count: 5000))

@@ -24,6 +24,21 @@ struct IdentityTests {
         #expect(try reader.readUInt64() == KDFParameters.default.memLimit)
     }
 
+    @Test(
+        arguments: [
+            ("password1", "shorter than 12 characters"),
+            ("aaaaaaaaaaaaaaaaaaaa", "fewer than 6 different characters"),
+            ("abababcdcdcd", "fewer than 6 different characters"),
+            ("123456789012", "about 39 bits by its length and character classes, under 48"),
+            ("correcthorse", nil),
+            ("test passphrase", nil),
+            ("Tr0ub4dor&3xyz", nil),
+        ] as [(String, String?)]
+    )
+    func weakPassphrasesAreNamedWithTheRuleTheyBreak(text: String, weakness: String?) {
+        #expect(Passphrase.weakness(passphrase(text)) == weakness)
+    }
+
     @Test func wrongPassphraseFailsWithItsMessage() throws {
         let alice = try Identity.generate(name: "alice")
         let file = try alice.encrypt(passphrase: passphrase("right"), parameters: Self.fast)

@@ -83,6 +83,46 @@ public enum Passphrase {
         return try trimmed(buffer, length: length)
     }
 
+    /// Why `passphrase` is too weak to protect a key file, or `nil` when it meets the floor: at least 12 bytes, at least
+    /// 6 different bytes, and at least 48 bits by the character-pool estimate (length times log2 of the pool: 10 for
+    /// digits, 26 for each letter case, 33 for anything else). A floor against `password1` and `123456789012`, not a
+    /// meter: Argon2id makes each guess cost 32 MiB and about 0.1-0.4 s, and a 48-bit floor leaves an offline attacker
+    /// some 10^13 guesses to make.
+    ///
+    /// Read in place: which bytes occur is kept in a bitmap on the stack, never copied out.
+    public static func weakness(_ passphrase: borrowing SecureBytes) -> String? {
+        passphrase.withUnsafeBytes { bytes -> String? in
+            var seen: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+            var lower = false
+            var upper = false
+            var digit = false
+            var other = false
+            for byte in bytes {
+                let bit = UInt64(1) << UInt64(byte & 63)
+                switch byte >> 6 {
+                case 0: seen.0 |= bit
+                case 1: seen.1 |= bit
+                case 2: seen.2 |= bit
+                default: seen.3 |= bit
+                }
+                switch byte {
+                case 0x61...0x7a: lower = true
+                case 0x41...0x5a: upper = true
+                case 0x30...0x39: digit = true
+                default: other = true
+                }
+            }
+            let distinct = seen.0.nonzeroBitCount + seen.1.nonzeroBitCount + seen.2.nonzeroBitCount + seen.3.nonzeroBitCount
+            seen = (0, 0, 0, 0)
+            let pool = (lower ? 26 : 0) + (upper ? 26 : 0) + (digit ? 10 : 0) + (other ? 33 : 0)
+            let bits = Double(bytes.count) * log2(Double(max(pool, 1)))
+            if bytes.count < 12 { return "shorter than 12 characters" }
+            if distinct < 6 { return "fewer than 6 different characters" }
+            if bits < 48 { return "about \(Int(bits)) bits by its length and character classes, under 48" }
+            return nil
+        }
+    }
+
     /// The first `length` bytes of `buffer` without a trailing "\n" or "\r\n"; refuses an empty result.
     private static func trimmed(_ buffer: borrowing SecureBytes, length: Int) throws(CofferCryptoError) -> SecureBytes {
         var end = length

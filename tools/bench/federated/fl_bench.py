@@ -65,7 +65,7 @@ def peak_rss_kib(pid):
 
 def coordinator_peak(coffer, work, sites):
     """Peak RSS of `coffer fl serve` through one round with `sites` real site processes."""
-    env = dict(os.environ, COFFER_PASSPHRASE="bench")
+    env = dict(os.environ, COFFER_PASSPHRASE="bench passphrase")
     keys = work / f"keys{sites}"
     keys.mkdir(exist_ok=True)
     for name in ["coordinator"] + [f"s{i}" for i in range(sites)]:
