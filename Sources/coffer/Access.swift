@@ -357,7 +357,7 @@ extension Coffer {
             let table = try input.map { path throws(CofferTrainingError) in try CSVTable(contentsOf: path) }
             if raw { try await InferenceSession.authorizeExport(registry: store, tokenText: tokenText) }
             // An export takes one use as it opens; a prediction takes one per row, only once it has succeeded.
-            let opened = try await InferenceSession(registry: store, tokenText: tokenText, countingUse: raw)
+            let opened = try await InferenceSession(registry: store, tokenText: tokenText, countingUse: raw, auditingOpen: false)
             if raw {
                 let paths = opened.files.map(\.path)
                 guard let path = file ?? (paths.count == 1 ? paths[0] : nil) else {
@@ -401,18 +401,21 @@ extension Coffer {
             @Option(name: .long, help: "Only entries at or after this RFC 3339 time, or this long ago (90m, 1h, 7d).") var since: String?
             @Option(name: .long, help: "Only entries of this principal.") var principal: String?
             @Option(name: .long, help: "Only entries of this action (pull, push, infer, grant, unshare, ...).") var action: String?
-            @Option(name: .long, help: "Only entries about this model (its versions and aliases), or a namespace NS/.") var model: String?
+            @Option(name: .long, help: "Only entries about this model (its versions, aliases and sessions), or a namespace NS/.") var model: String?
             @Flag(name: .long, help: "Print JSON: [{seq, at, principal, action, target, outcome, reason}].") var json = false
             @OptionGroup var remote: RemoteOptions
 
             func run() async throws {
-                let filter = try AuditFilter(principal: principal, action: action, model: model, since: since)
-                let all: [AuditEntry] =
-                    if let client = try remote.client(over: registry) {
-                        try await client.audit(since: filter.since)
-                    } else {
-                        try await registry.open().auditEntries(since: filter.since)
-                    }
+                var filter = try AuditFilter(principal: principal, action: action, model: model, since: since)
+                let all: [AuditEntry]
+                if let client = try remote.client(over: registry) {
+                    all = try await client.audit(since: filter.since)
+                    if model != nil { filter = filter.including(try await client.sessions()) }
+                } else {
+                    let store = try await registry.open()
+                    all = try await store.auditEntries(since: filter.since)
+                    if model != nil { filter = filter.including(try await store.sessions()) }
+                }
                 let entries = all.filter(filter.matches)
                 if json {
                     print(String(decoding: try JSONEncoder().encode(entries), as: UTF8.self))

@@ -52,10 +52,40 @@ struct AccessCommandTests {
         let audit = try coffer(["audit", "--json"], dir)
         #expect(!audit.stdoutText.contains(token))
         let entries = try JSONSerialization.jsonObject(with: audit.stdout) as? [[String: Any]] ?? []
-        #expect(entries.filter { $0["action"] as? String == "infer" }.map { $0["outcome"] as? String } == ["ok", "ok", "refused"])
+        // The export is its own action, not an inference.
+        #expect(entries.filter { $0["action"] as? String == "infer" }.map { $0["outcome"] as? String } == ["ok", "refused"])
+        #expect(entries.filter { $0["action"] as? String == "export" }.map { $0["outcome"] as? String } == ["refused", "ok"])
         #expect(try coffer(["audit", "sign"], dir).status == 0)
         let verified = try coffer(["audit", "verify"], dir)
         #expect(verified.stdoutText.contains("audit log ok") && verified.stdoutText.contains("0 not yet signed"), "\(verified.stdoutText)")
+    }
+
+    @Test func aModelFromElsewhereIsRefusedPlainlySpendsNothingAndExportsWithRaw() throws {
+        let dir = try setUp()
+        // scikit-learn weights saved as safetensors: not a Coffer checkpoint (no coffer.* metadata).
+        let header = Data(#"{"coef":{"dtype":"F32","shape":[1,4],"data_offsets":[0,16]}}"#.utf8)
+        var file = withUnsafeBytes(of: UInt64(header.count).littleEndian) { Data($0) }
+        file += header + Data(count: 16)
+        try FileManager.default.createDirectory(atPath: dir.path("sk"), withIntermediateDirectories: true)
+        try dir.write("sk/weights.safetensors", file)
+        #expect(
+            try coffer(["push", "m/sk", "sk", "--identity", "keys/alice.key", "--recipient", "keys/bob.pub", "--alias", "prod"], dir).status == 0
+        )
+        #expect(try coffer(["grant", "bob", "reader", "--on", "m/sk", "--identity", "keys/alice.key"], dir).status == 0)
+        #expect(try coffer(["grant", "bob", "decrypt", "--on", "m/sk", "--identity", "keys/alice.key"], dir).status == 0)
+        let open = try coffer(["session", "open", "m/sk@prod", "--identity", "keys/bob.key", "--ttl", "10m", "--max-uses", "5"], dir)
+        let token = open.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        expectFailure(
+            try coffer(["infer", "--session", token, "--input", "data/data.csv"], dir),
+            "m/sk:1 is not a Coffer checkpoint (a model.safetensors from coffer train or coffer fl, with its coffer.* metadata), the only kind infer runs: coffer infer --raw exports its plaintext, audited, to run it elsewhere"
+        )
+        #expect(try coffer(["session", "list", "--json"], dir).stdoutText.contains("\"uses\":0"), "the refused prediction spent nothing")
+        let raw = try coffer(["infer", "--session", token, "--raw"], dir)
+        #expect(raw.status == 0 && raw.stdout == file, "\(raw.stderr)")
+        let entries =
+            try JSONSerialization.jsonObject(with: try coffer(["audit", "--json", "--model", "m/sk"], dir).stdout) as? [[String: Any]] ?? []
+        let outcomes = entries.compactMap { entry in (entry["action"] as? String).map { "\($0) \(entry["outcome"] as? String ?? "?")" } }
+        #expect(outcomes.contains("infer failed") && outcomes.contains("export ok") && !outcomes.contains("infer ok"), "\(outcomes)")
     }
 
     @Test func refusalsAreOneLineAndNothingIsDecrypted() throws {

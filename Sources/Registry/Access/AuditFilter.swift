@@ -13,6 +13,9 @@ public struct AuditFilter: Sendable, Equatable {
     public var model: String?
     /// An RFC 3339 time, as ``Registry/auditEntries(since:)`` takes it.
     public var since: String?
+    /// The sessions opened on `model`: their entries (`infer`, `predict`, `session.revoke`, refusals) name only the
+    /// session id, so ``including(_:)`` adds them from the session list for the model filter to find.
+    public private(set) var sessionIDs: Set<String> = []
 
     /// `since` is an RFC 3339 time or a time before `now`: a positive number and a unit of s, m, h or d (`90m`, `1h`,
     /// `7d`).
@@ -37,15 +40,23 @@ public struct AuditFilter: Sendable, Equatable {
     public func matches(_ entry: AuditEntry) -> Bool {
         if let principal, entry.principal != principal { return false }
         if let action, entry.action != action { return false }
-        if let model {
-            let target = entry.target
-            let named =
-                model.hasSuffix("/")
-                ? target.hasPrefix(model)
-                : target == model || target.hasPrefix("\(model):") || target.hasPrefix("\(model)@") || target.hasPrefix("\(model) ")
-            if !named { return false }
-        }
+        if let model, !Self.names(entry.target, model) && !sessionIDs.contains(entry.target) { return false }
         return true
+    }
+
+    /// This filter, finding also the entries of those of `sessions` opened on its model (or namespace).
+    public func including(_ sessions: [SessionInfo]) -> AuditFilter {
+        guard let model else { return self }
+        var filter = self
+        filter.sessionIDs.formUnion(sessions.filter { Self.names($0.model, model) }.map(\.id))
+        return filter
+    }
+
+    /// Whether `target` is about `model`: the name, a version or alias of it, or under it when it is a namespace.
+    private static func names(_ target: String, _ model: String) -> Bool {
+        model.hasSuffix("/")
+            ? target.hasPrefix(model)
+            : target == model || target.hasPrefix("\(model):") || target.hasPrefix("\(model)@") || target.hasPrefix("\(model) ")
     }
 
     static func absolute(_ text: String, now: Date) throws(CofferRegistryError) -> String {

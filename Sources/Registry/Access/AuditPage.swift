@@ -28,6 +28,7 @@ extension Registry {
         guard (1...1000).contains(limit) else { throw .invalidInput("an audit page holds from 1 to 1000 entries, not \(limit)") }
         // Entries store UTC with milliseconds: `since` is compared in the same shape.
         let since = try filter.since.map { text throws(CofferRegistryError) in Self.timestamp(try Self.parseTime(text, field: "since")) }
+        let filter = filter.model == nil ? filter : filter.including(try await sessions())
         let chunk = filter.model == nil ? limit + 1 : max(4 * limit, 256)
         var entries: [AuditEntry] = []
         var cursor = before

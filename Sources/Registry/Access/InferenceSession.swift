@@ -20,11 +20,13 @@ public struct InferenceSession: ~Copyable {
 
     /// Parses the token's text first: a malformed token is refused and audited like any other.
     /// `countingUse: false` opens the model without taking a use or auditing one: the caller predicts first and takes
-    /// one use per row answered with ``Registry/useSession(id:principal:uses:now:)``, which audits it.
+    /// one use per row answered with ``Registry/useSession(id:principal:uses:now:)``, which audits it. An export
+    /// (`auditingOpen: false`) takes its use here and is audited by ``export(_:registry:_:)`` as what it is.
     public init(
         registry: Registry,
         tokenText: borrowing SecureBytes,
         countingUse: Bool = true,
+        auditingOpen: Bool? = nil,
         now: Date = Date()
     ) async throws(CofferRegistryError) {
         let token: SessionToken
@@ -32,7 +34,7 @@ public struct InferenceSession: ~Copyable {
             try await registry.audit(principal: "-", action: "infer", target: "-", outcome: .refused, reason: "malformed session token")
             throw error
         }
-        try await self.init(registry: registry, token: token, countingUse: countingUse, auditingOpen: countingUse, now: now)
+        try await self.init(registry: registry, token: token, countingUse: countingUse, auditingOpen: auditingOpen ?? countingUse, now: now)
     }
 
     /// `countingUse: false` opens the model without taking a use (the server counts each prediction instead);
@@ -90,7 +92,9 @@ public struct InferenceSession: ~Copyable {
     /// Per-task predictions for the rows of `table`, with the weights read in place from sodium memory.
     public func predict(_ table: CSVTable) throws(CofferRegistryError) -> (CheckpointView, [[Float]]) {
         guard let checkpoint, let model = files.first(where: { $0.path == Checkpoint.modelFile }) else {
-            throw .sessionRefused("\(info.model):\(info.version) is not a Coffer multi-task checkpoint: use the raw bytes")
+            throw .sessionRefused(
+                "\(info.model):\(info.version) is not a Coffer checkpoint (a model.safetensors from coffer train or coffer fl, with its coffer.* metadata), the only kind infer runs: coffer infer --raw exports its plaintext, audited, to run it elsewhere"
+            )
         }
         do {
             let predictions = try plaintext.withUnsafeBytes { bytes throws(CofferTrainingError) in
