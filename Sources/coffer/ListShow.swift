@@ -83,35 +83,97 @@ extension Coffer {
                     try await registry.open().show(target).json
                 }
             if json { return JSONOutput.print(version) }
-            guard case .object(let fields) = version else { return }
-            if version["verified"] != .bool(true) {
-                print("UNVERIFIED: \(version["verification"]?.stringValue ?? "not checked"): what follows is as stored, not as signed")
-            }
-            for key in fields.keys.sorted() where key != "files" {
-                if key == "evidence", fields[key] != .null {
-                    print("evidence:".padding(24) + Coffer.describe(evidence: fields[key]!))
-                    continue
-                }
-                let value: String =
-                    switch fields[key]! {
-                    case .null: "-"
-                    case .string(let s): s
-                    case .number(let n): String(format: "%g", n)
-                    case .array(let items): items.compactMap(\.stringValue).joined(separator: ", ")
-                    case .object(let members): members.keys.sorted().map { "\($0)=\(members[$0]!.stringValue ?? "")" }.joined(separator: ", ")
-                    case .bool(let b): String(b)
-                    }
-                print("\(key):".padding(24) + value)
-            }
-            print("files:")
-            if case .array(let files)? = fields["files"] {
-                for file in files {
-                    print(
-                        "  \(file["path"]?.stringValue ?? "?")  \(file["size"]?.integerValue.map(String.init) ?? "?") bytes  sha256:\(file["sha256"]?.stringValue ?? "?")"
-                    )
-                }
+            for line in Coffer.describe(version: version) { print(line) }
+        }
+    }
+
+    /// A version as `show` prints it: who and what first, then the signed privacy card, the files, the lineage, and
+    /// last the identifiers; every field of the JSON appears once (a field this version of the CLI does not know is
+    /// printed at the end, as it is).
+    static func describe(version: JSONValue) -> [String] {
+        guard case .object(var fields) = version else { return [] }
+        var lines: [String] = []
+        func take(_ key: String) -> JSONValue? {
+            let value = fields.removeValue(forKey: key)
+            return value == .null ? nil : value
+        }
+        func text(_ value: JSONValue) -> String {
+            switch value {
+            case .null: "-"
+            case .string(let s): s
+            case .number(let n): String(format: "%g", n)
+            case .bool(let b): String(b)
+            case .array(let items): items.map(text).joined(separator: ", ")
+            case .object(let members): members.keys.sorted().map { "\($0)=\(text(members[$0]!))" }.joined(separator: " ")
             }
         }
+        func line(_ label: String, _ value: JSONValue?, indent: String = "") {
+            guard let value, value != .array([]), value != .object([:]) else { return }
+            lines.append("\(indent)\(label):".padding(24) + text(value))
+        }
+        func section(_ title: String, _ entries: [(String, String)]) {
+            let present = entries.compactMap { label, key in take(key).map { (label, $0) } }
+            guard !present.isEmpty else { return }
+            lines.append("\(title):")
+            for (label, value) in present { line(label, value, indent: "  ") }
+        }
+
+        let verified = take("verified") == .bool(true)
+        let verification = take("verification")
+        let signer = take("signer")
+        if !verified {
+            lines.append("UNVERIFIED: \(verification.map(text) ?? "not checked"): what follows is as stored, not as signed")
+        }
+        line("model", take("model"))
+        line("version", take("version"))
+        line("created", take("created"))
+        let keyID = take("publisher_key_id").map(text) ?? "?"
+        let publisher = signer.map { "\(text($0)) (key \(keyID))" } ?? "key \(keyID), not a trusted signer's"
+        lines.append("publisher:".padding(24) + publisher)
+        line("signature", verified ? .string("verified" + (verification.map { ": \(text($0))" } ?? "")) : nil)
+        line("message", take("message"))
+        line("aliases", take("aliases"))
+        line("tags", take("tags"))
+        if let erased = take("erased") { line("erased", erased) }
+
+        if let segments = take("segments"), case .array(let items) = segments {
+            fields["segments"] = .array(
+                items.map { segment in
+                    .string(
+                        "q=\(text(segment["sample_rate"] ?? .null)) sigma=\(text(segment["noise_multiplier"] ?? .null)) steps=\(text(segment["steps"] ?? .null))"
+                    )
+                }
+            )
+        }
+        section(
+            "privacy",
+            [
+                ("mechanism", "mechanism"), ("unit", "privacy_unit"), ("epsilon", "epsilon"), ("delta", "delta"),
+                ("claimed epsilon", "claimed_epsilon"), ("accountant", "accountant"), ("noise multiplier", "noise_multiplier"),
+                ("sampling rate", "sampling_rate"), ("clipping norm", "clipping_norm"), ("steps", "steps"), ("epochs", "epochs"),
+                ("dataset size", "dataset_size"), ("segments", "segments"),
+            ]
+        )
+        section("pruning", [("method", "pruning_method"), ("target ratio", "pruning_ratio"), ("achieved sparsity", "achieved_sparsity")])
+        if let evidence = take("evidence") { lines.append("evidence:".padding(24) + Coffer.describe(evidence: evidence)) }
+
+        if case .array(let files)? = take("files") {
+            lines.append("files:")
+            for file in files {
+                let size = file["size"]?.integerValue.map(String.init) ?? "?"
+                lines.append("  \(file["path"]?.stringValue ?? "?")  \(size) bytes  sha256:\(file["sha256"]?.stringValue ?? "?")")
+            }
+        }
+        section(
+            "lineage",
+            [
+                ("parent", "parent"), ("dataset", "dataset_id"), ("dataset digest", "dataset_digest"),
+                ("training config digest", "training_config_digest"),
+            ]
+        )
+        line("digest", take("digest"))
+        for key in fields.keys.sorted() { line(key, take(key)) }
+        return lines
     }
 
     /// The evidence beside the proven epsilon in one line: the audit's bound, the strongest membership attack, the

@@ -88,6 +88,15 @@ struct RegistryCommandTests {
         let shown = try JSONSerialization.jsonObject(with: show.stdout) as? [String: Any]
         #expect((shown?["files"] as? [[String: Any]])?.count == 2)
         #expect(shown?["delta"] as? Double == 1e-5)
+        // In text: who and what first, then the privacy card (segments as in JSON), the files, the identifiers.
+        let text = try coffer(["show", "team/fraud:1"], dir).stdoutText.split(separator: "\n").map(String.init)
+        let labels = text.map { $0.split(separator: ":", maxSplits: 1).first.map(String.init) ?? "" }
+        #expect(Array(labels.prefix(5)) == ["model", "version", "created", "publisher", "signature"], "\(text)")
+        #expect(text.contains { $0.hasPrefix("publisher:") && $0.contains("alice (key ") }, "the publisher by its trusted name")
+        #expect(text.contains("  segments:             q=0.01 sigma=1.1 steps=1000"), "\(text)")
+        let order = ["privacy", "  epsilon", "files", "digest"].map { label in labels.firstIndex(of: label) ?? -1 }
+        #expect(order == order.sorted() && !order.contains(-1), "\(text)")
+        #expect(labels.last == "digest")
         #expect(try coffer(["fsck"], dir).status == 0)
     }
 

@@ -153,7 +153,9 @@ public struct InferenceSession: ~Copyable {
 }
 
 /// Per-task predictions as JSON rows: `{task: {class, probabilities}}` for a classification (the class label when
-/// the checkpoint names them), `{task: value}` otherwise. `coffer predict`, `coffer infer` and the server's predict.
+/// the checkpoint names them), `{task: value}` otherwise, where a target trained transformed is named with its
+/// transform (`"visits (log1p)"`: the value is log1p of the visits, not the visits). `coffer predict`, `coffer infer`
+/// and the server's predict.
 public func predictionRows(_ predictions: [[Float]], tasks: [TaskSpec], preprocessing: Preprocessing, rows count: Int) -> [JSONValue] {
     (0..<count).map { i in
         var row: [String: JSONValue] = [:]
@@ -168,7 +170,8 @@ public func predictionRows(_ predictions: [[Float]], tasks: [TaskSpec], preproce
                     "probabilities": .array(probabilities.map { .number(Double($0)) }),
                 ])
             case .binary, .regression:
-                row[task.name] = .number(Double(predictions[t][i]))
+                let transform = preprocessing.tasks[t].transform
+                row[transform.map { "\(task.name) (\($0))" } ?? task.name] = .number(Double(predictions[t][i]))
             }
         }
         return .object(row)
