@@ -137,6 +137,49 @@ struct AgentCommandTests {
         )
     }
 
+    /// A day of work with one passphrase typed in the morning: the agent holds alice's key, the config file names it
+    /// and the registry, and no command carries --identity, --home or a passphrase.
+    @Test func aPassphraseFreeDayWithTheAgentAndTheConfigFile() throws {
+        let dir = try Scratch()
+        let agent = try AgentProcess(dir)
+        try dir.keygen("alice")
+        try dir.keygen("bob")
+        #expect(try runCoffer(["init", "--home", dir.path("home"), "--owner", "keys/alice.pub"], in: dir, passphrase: "test passphrase").status == 0)
+        try FileManager.default.createDirectory(atPath: dir.path("config/coffer"), withIntermediateDirectories: true)
+        try dir.write("config/coffer/config.toml", Data("identity = \"\(dir.path("keys/alice.key"))\"\nhome = \"\(dir.path("home"))\"\n".utf8))
+        try FileManager.default.createDirectory(atPath: dir.path("model"), withIntermediateDirectories: true)
+        try dir.write("model/w.bin", randomData(50_000))
+        let day = ["COFFER_AGENT_SOCK": agent.socket, "XDG_CONFIG_HOME": dir.path("config"), "COFFER_HOME": "", "COFFER_IDENTITY": ""]
+        func run(_ args: [String]) throws -> CofferProcess.Output { try runCoffer(args, in: dir, environment: day) }
+
+        // The morning: alice's key, and the registry's (share wraps data keys with it), each unlocked once.
+        for key in ["keys/alice.key", "home/registry.key"] {
+            #expect(try runCoffer(["agent", "add", key, "--ttl", "8h"], in: dir, passphrase: "test passphrase", environment: day).status == 0)
+        }
+        let steps: [[String]] = [
+            ["push", "team/m", "model", "--verbose"],
+            ["principal", "add", "bob", "keys/bob.pub"],
+            ["share", "team/", "bob", "--pull"],
+            ["push", "team/m", "model"],
+            ["list"],
+            ["show", "team/m:2"],
+            ["pull", "team/m:2", "--out", "out"],
+            ["alias", "set", "team/m@prod", "2"],
+            ["audit", "--since", "1h", "--model", "team/m"],
+            ["unshare", "bob"],
+        ]
+        for step in steps {
+            let result = try run(step)
+            #expect(result.status == 0, "\(step): \(result.stderr)")
+            #expect(!result.stderr.contains("passphrase") || result.stderr.contains("no passphrase"), "\(step) asked: \(result.stderr)")
+            if step == steps[0] { #expect(result.stderr.contains("using the agent at \(agent.socket), no passphrase"), "\(result.stderr)") }
+        }
+        #expect(try dir.read("out/w.bin") == dir.read("model/w.bin"))
+        // What no agent can give: a new passphrase (key rotate chooses one) is asked for, and without one, refused.
+        let rotate = try run(["key", "rotate"])
+        #expect(rotate.status == 1 && rotate.stderr.contains("no passphrase"), "\(rotate.stderr)")
+    }
+
     @Test func keysExpireAtTheirTTL() throws {
         let dir = try Scratch()
         let agent = try AgentProcess(dir)
