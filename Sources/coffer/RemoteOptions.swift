@@ -8,14 +8,15 @@ import Foundation
 /// `token_file`): a registry served by `coffer serve`.
 ///
 /// A token goes only to the registry it was given with: `--token` to any; `COFFER_TOKEN` to `--registry` or
-/// `COFFER_REGISTRY`; the config file's token to the config file's registry. The file's registry applies only when no
-/// registry directory was named (`--home`, `COFFER_HOME`): a command pointed at a local registry stays local. And a
+/// `COFFER_REGISTRY`; the config file's token to the config file's registry. `COFFER_REGISTRY` applies only without
+/// `--home`, the file's registry only when no registry directory was named (`--home`, `COFFER_HOME`): a command
+/// pointed at a local registry stays local. And a
 /// token never crosses the network in plain http (loopback aside).
 struct RemoteOptions: ParsableArguments {
     @Option(
         name: .long,
         help:
-            "A registry served by coffer serve (default: $COFFER_REGISTRY, else registry in the config file unless --home is given); otherwise --home is used."
+            "A registry served by coffer serve (default unless --home is given: $COFFER_REGISTRY, else registry in the config file); otherwise --home is used."
     )
     var registry: String?
     @Option(name: .long, help: "Bearer token for --registry (default: $COFFER_TOKEN; for the config file's registry, its token_file).")
@@ -29,7 +30,10 @@ struct RemoteOptions: ParsableArguments {
     private func address(over local: RegistryOptions) throws -> (URL, Source)? {
         let environment = ProcessInfo.processInfo.environment
         let (text, source): (String, Source)
-        if let given = registry ?? environment["COFFER_REGISTRY"], !given.isEmpty {
+        if let given = registry, !given.isEmpty {
+            (text, source) = (given, .flagOrEnvironment)
+        } else if local.home == nil, let given = environment["COFFER_REGISTRY"], !given.isEmpty {
+            // A --home typed on this command line is meant more than a variable set for the shell.
             (text, source) = (given, .flagOrEnvironment)
         } else if local.home == nil, environment["COFFER_HOME"]?.isEmpty ?? true, let configured = UserConfig.value(.registry) {
             (text, source) = (configured, .configFile)

@@ -173,6 +173,7 @@ struct RegistryCommandTests {
             #expect(report?["clean"] as? Bool == true, "exit \(fsck.status): \(fsck.stdoutText) \(fsck.stderr)")
         }
         let list = try coffer(["list", "m", "--json"], dir)
+        try #require(list.status == 0, "list after the killed pushes: exit \(list.status): \(list.stderr)")
         let committed = (try JSONSerialization.jsonObject(with: list.stdout) as? [[String: Any]]) ?? []
         for version in committed {
             let name = "m:\(version["version"] as? String ?? "?")"

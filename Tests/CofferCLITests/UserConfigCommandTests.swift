@@ -99,6 +99,15 @@ struct UserConfigCommandTests {
         var withHome = environment
         withHome["COFFER_HOME"] = dir.path("home")
         #expect(try CofferProcess.run(["list"], in: dir.url, environment: withHome).status == 0)
+        // --home on the command line also beats a served registry in COFFER_REGISTRY.
+        var withRegistry = environment
+        withRegistry["COFFER_REGISTRY"] = "http://127.0.0.1:1"
+        #expect(try CofferProcess.run(["list", "--home", dir.path("home")], in: dir.url, environment: withRegistry).status == 0)
+        let served = try CofferProcess.run(["list"], in: dir.url, environment: withRegistry)
+        #expect(
+            served.stderr == "coffer: --registry needs a bearer token: --token or COFFER_TOKEN\n",
+            "without --home it is the served one: \(served.stderr)"
+        )
         // The file's token is not sent to a registry named another way.
         let other = try CofferProcess.run(["list", "--registry", "http://127.0.0.1:2"], in: dir.url, environment: environment)
         #expect(other.status == 1)

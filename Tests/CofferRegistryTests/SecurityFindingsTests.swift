@@ -128,7 +128,8 @@ struct SecurityFindingsTests {
         let carol = try person("carol")
         try await f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [.publisher, .inference], by: admin)
         try await f.registry.addRecipient(try ModelReference(parsing: "m:1"), recipient: carol.publicIdentity, identity: alice)
-        let opened = try await f.registry.openSession(try ModelReference(parsing: "m:1"), identity: carol, ttl: 60)
+        // Ten minutes: under a loaded CI machine a one-minute session expired before its first use.
+        let opened = try await f.registry.openSession(try ModelReference(parsing: "m:1"), identity: carol, ttl: 600)
         let text = opened.token.text()
         await expectRefusal("carol lacks the reader role on m") { try await InferenceSession.authorizeExport(registry: f.registry, tokenText: text) }
         let session = try await InferenceSession(registry: f.registry, token: opened.token)
