@@ -10,6 +10,10 @@ public import Logging
 public import NIOCore
 import NIOSSL
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Where and how `coffer serve` listens.
 public struct ServerConfiguration: Sendable {
     public var host: String
@@ -75,11 +79,14 @@ public struct CofferRequestContext: RequestContext {
     var webSession: WebSessions.Session?
     /// The fields of a web form posted with a valid CSRF token, once ``WebSessionAuthenticator`` has checked it.
     var form: [String: String] = [:]
+    /// The address of the connection's other end (a proxy's, behind one), for the web sign-in limit.
+    let remoteAddress: SocketAddress?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         holder = nil
         requestID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
+        remoteAddress = source.channel.remoteAddress
     }
 
     public var maxUploadSize: Int { 8 << 20 }
@@ -152,9 +159,13 @@ final class ServerState: Sendable {
     let registryIdentity: UnlockedIdentity
     let metrics = ServerMetrics()
     let sessions: LoadedSessions
-    let webSessions = WebSessions()
+    let webSessions: WebSessions
+    let signInLimiter = SignInLimiter()
     let pages = WebPages()
     let refusals = RefusalTally()
+    /// Whether this server speaks HTTPS itself (`--tls-cert`): the scheme of its own origin, which web forms must be
+    /// posted from (``WebOrigin``).
+    let servesTLS: Bool
     let maxUploadSize: Int
     let predictLimits: PredictLimits
     let headLifetime: TimeInterval
@@ -167,7 +178,18 @@ final class ServerState: Sendable {
         self.predictLimits = configuration.predictLimits
         self.headLifetime = configuration.headLifetime
         self.sessions = LoadedSessions(registry: registry, logger: logger)
+        self.servesTLS = configuration.tls != nil
         self.logger = logger
+        // Web sessions hold their bearer tokens in locked pages: no more of them than a share of RLIMIT_MEMLOCK holds.
+        let memlock = WebSessions.memlockLimit()
+        let capacity = WebSessions.capacity(memlockLimit: memlock, pageSize: Int(sysconf(Int32(_SC_PAGESIZE))))
+        self.webSessions = WebSessions(capacity: capacity)
+        let limit = memlock.map { "\($0) bytes" } ?? "unlimited"
+        if capacity == 0 {
+            logger.warning("RLIMIT_MEMLOCK is \(limit): no web session can lock its token, so every web sign-in is refused (raise ulimit -l)")
+        } else {
+            logger.info("web sessions: at most \(capacity) at once (RLIMIT_MEMLOCK \(limit))")
+        }
     }
 
     /// The registry's key as this server holds it, if it is still the registry's current key (a `key rotate` while

@@ -38,6 +38,12 @@ struct WebTests {
         return String(page[range.upperBound...].prefix { $0 != "\"" })
     }
 
+    /// The page a refused form's `303 See Other` leads to (`GET /notice`), after checking that the post was answered so.
+    static func notice(after response: TestResponse, _ client: some TestClientProtocol, _ browser: Browser) async throws -> TestResponse {
+        #expect(response.status == .seeOther && response.headers[.location] == "/notice", "a refused form is a 303 to /notice")
+        return try await client.execute(uri: "/notice", method: .get, headers: browser.headers)
+    }
+
     static func form(_ fields: [(String, String)]) -> (HTTPFields, ByteBuffer) {
         let body = fields.map { "\($0.0)=\(WebForm.percentEncoded($0.1))" }.joined(separator: "&")
         return ([.contentType: "application/x-www-form-urlencoded"], ByteBuffer(string: body))
@@ -74,7 +80,7 @@ struct WebTests {
             let forged = try await client.execute(
                 uri: "/models",
                 method: .get,
-                headers: [.cookie: "coffer_session=" + String(repeating: "ab", count: 32)]
+                headers: [.cookie: "\(WebSessionAuthenticator.cookieName)=" + String(repeating: "ab", count: 32)]
             )
             #expect(forged.status == .seeOther)
             let root = try await client.execute(uri: "/", method: .get)
@@ -116,13 +122,17 @@ struct WebTests {
             for flag in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/", "Max-Age=1800"] {
                 #expect(session.line.contains(flag), "\(session.line) lacks \(flag)")
             }
-            let page = try await client.execute(uri: "/model?name=m/risk", method: .get, headers: [.cookie: "coffer_session=\(session.value)"])
+            let page = try await client.execute(
+                uri: "/model?name=m/risk",
+                method: .get,
+                headers: [.cookie: "\(WebSessionAuthenticator.cookieName)=\(session.value)"]
+            )
             #expect(page.status == .ok)
             #expect(page.headers[.contentSecurityPolicy]?.contains("default-src 'self'") == true)
             #expect(page.headers[.contentSecurityPolicy]?.contains("frame-ancestors 'none'") == true)
             #expect(page.headers[.contentSecurityPolicy]?.contains("script-src 'none'") == true)
             #expect(page.headers[.xContentTypeOptions] == "nosniff")
-            #expect(page.headers[HTTPField.Name("Referrer-Policy")!] == "no-referrer")
+            #expect(page.headers[HTTPField.Name("Referrer-Policy")!] == "same-origin")
             #expect(page.headers[.cacheControl] == "no-store")
             let html = Self.text(page)
             #expect(html.contains(#"<html lang="en">"#) && html.contains(#"name="viewport""#))
@@ -133,12 +143,18 @@ struct WebTests {
             let again = try await client.execute(uri: "/signin", method: .get)
             let cookie = try #require(Self.setCookie(WebController.signInCookieName, in: again))
             var (headers2, body2) = Self.form([("csrf", try #require(Self.csrfField(Self.text(again)))), ("token", w.tokens["bob-read"]!)])
-            headers2[.cookie] = "\(WebController.signInCookieName)=\(cookie.value); coffer_session=\(session.value)"
+            headers2[.cookie] = "\(WebController.signInCookieName)=\(cookie.value); \(WebSessionAuthenticator.cookieName)=\(session.value)"
             let second = try await client.execute(uri: "/signin", method: .post, headers: headers2, body: body2)
             let renewed = try #require(Self.setCookie(WebSessionAuthenticator.cookieName, in: second))
             #expect(renewed.value != session.value)
-            #expect(try await client.execute(uri: "/models", method: .get, headers: [.cookie: "coffer_session=\(session.value)"]).status == .seeOther)
-            #expect(try await client.execute(uri: "/models", method: .get, headers: [.cookie: "coffer_session=\(renewed.value)"]).status == .ok)
+            #expect(
+                try await client.execute(uri: "/models", method: .get, headers: [.cookie: "\(WebSessionAuthenticator.cookieName)=\(session.value)"])
+                    .status == .seeOther
+            )
+            #expect(
+                try await client.execute(uri: "/models", method: .get, headers: [.cookie: "\(WebSessionAuthenticator.cookieName)=\(renewed.value)"])
+                    .status == .ok
+            )
         }
     }
 
@@ -178,7 +194,8 @@ struct WebTests {
             for fields in [[(String, String)](), [("csrf", String(repeating: "0", count: 64))], [("csrf", "")]] {
                 var (headers, body) = Self.form(fields)
                 headers[.cookie] = browser.headers[.cookie]
-                let response = try await client.execute(uri: "/signout", method: .post, headers: headers, body: body)
+                let posted = try await client.execute(uri: "/signout", method: .post, headers: headers, body: body)
+                let response = try await Self.notice(after: posted, client, browser)
                 #expect(response.status == .forbidden)
                 #expect(Self.text(response).contains("CSRF token is missing or wrong"))
             }
@@ -393,11 +410,13 @@ struct WebTests {
             #expect(!Self.text(try await client.execute(uri: "/sessions", method: .get, headers: reader.headers)).contains("Revoke session"))
             var (headers, body) = Self.form([("csrf", reader.csrf), ("id", id)])
             headers[.cookie] = reader.headers[.cookie]
-            #expect(try await client.execute(uri: "/sessions/revoke", method: .post, headers: headers, body: body).status == .forbidden)
+            let byReader = try await client.execute(uri: "/sessions/revoke", method: .post, headers: headers, body: body)
+            #expect(try await Self.notice(after: byReader, client, reader).status == .forbidden)
             // Without the form's token: refused, the session still open.
             (headers, body) = Self.form([("id", id)])
             headers[.cookie] = bob.headers[.cookie]
-            #expect(try await client.execute(uri: "/sessions/revoke", method: .post, headers: headers, body: body).status == .forbidden)
+            let noToken = try await client.execute(uri: "/sessions/revoke", method: .post, headers: headers, body: body)
+            #expect(try await Self.notice(after: noToken, client, bob).status == .forbidden)
             #expect(try await w.fixture.registry.sessions().first { $0.id == id }?.revokedAt == nil)
             (headers, body) = Self.form([("csrf", bob.csrf), ("id", id)])
             headers[.cookie] = bob.headers[.cookie]
@@ -432,19 +451,23 @@ struct WebTests {
                 headers[.cookie] = browser.headers[.cookie]
                 return try await client.execute(uri: "/alias", method: .post, headers: headers, body: body)
             }
-            #expect(
-                try await post(reader, [("csrf", reader.csrf), ("model", "m/risk"), ("alias", "staging"), ("version", "1")]).status == .forbidden
-            )
+            let byReader = try await post(reader, [("csrf", reader.csrf), ("model", "m/risk"), ("alias", "staging"), ("version", "1")])
+            #expect(try await Self.notice(after: byReader, client, reader).status == .forbidden)
 
             let bob = try await signIn(client, token: w.tokens["bob-publish"]!)
             #expect(Self.text(try await client.execute(uri: "/model?name=m/risk", method: .get, headers: bob.headers)).contains(#"action="/alias""#))
-            #expect(try await post(bob, [("model", "m/risk"), ("alias", "staging"), ("version", "1")]).status == .forbidden)
+            let noToken = try await post(bob, [("model", "m/risk"), ("alias", "staging"), ("version", "1")])
+            #expect(try await Self.notice(after: noToken, client, bob).status == .forbidden)
             let set = try await post(bob, [("csrf", bob.csrf), ("model", "m/risk"), ("alias", "staging"), ("version", "1")])
             #expect(set.status == .seeOther && set.headers[.location] == "/model?name=m%2Frisk")
             #expect(try await w.fixture.registry.show(try ModelReference(parsing: "m/risk@staging")).version == "1")
             #expect(Self.text(try await client.execute(uri: "/model?name=m/risk", method: .get, headers: bob.headers)).contains("prod, staging"))
             // The policy: version 1 states no epsilon, so strict may not name it; the page says which rule failed.
-            let refused = try await post(bob, [("csrf", bob.csrf), ("model", "m/risk"), ("alias", "strict"), ("version", "1")])
+            let refused = try await Self.notice(
+                after: try await post(bob, [("csrf", bob.csrf), ("model", "m/risk"), ("alias", "strict"), ("version", "1")]),
+                client,
+                bob
+            )
             #expect(refused.status == .forbidden)
             #expect(Self.text(refused).contains("policy refused: alias strict of m/risk requires epsilon &lt;= 1.0; the version states no epsilon"))
             await #expect(throws: CofferRegistryError.self) { _ = try await w.fixture.registry.show(try ModelReference(parsing: "m/risk@strict")) }

@@ -1,14 +1,25 @@
 """The web pages (docs/WEB.md) in real headless Chromium against a real `coffer serve` on loopback: sign in with a
 bearer token, browse to a version and see its verified badge, tamper with a blob on disk and see the page say so, a
 reader refused the admin-only audit page, a signed-out browser sent to sign in, a form posted without its CSRF token
-refused, and the session cookie's flags as the browser holds them.
+refused, and the session cookie's flags as the browser holds them. The outside review's findings: a page on another
+port of the same host (same-site to the browser, so `SameSite=Strict` cookies go with its posts, and cookies ignore
+ports) cannot sign the browser in as the attacker; a refused form is a 303 to a page a reload does not post again; a
+sign-in the server cannot lock memory for is a 503; a server behind `--tls-cert` takes posts from its https origin.
 
 Every page the browser is shown is also fetched raw (with the browser's cookie) and parsed by html5lib's strict
 parser, and checked for any token; screenshots of the main pages go to $COFFER_WEB_ARTIFACTS (a temp dir if unset)."""
+import http.server
 import os
+import resource
+import shutil
+import ssl
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +35,8 @@ import cofferlib  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("COFFER_WEB_ARTIFACTS") or Path(tempfile.gettempdir()) / "coffer-web-screenshots")
 HOSTILE = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
+SESSION = "__Host-coffer_session"
+SIGNIN = "__Host-coffer_signin"
 
 
 @pytest.fixture(scope="module")
@@ -154,22 +167,24 @@ def test_a_wrong_token_is_refused(driver, world):
     driver.find_element(By.ID, "token").send_keys("cft_" + "0" * 64)
     click(driver, By.CSS_SELECTOR, "form.card button[type=submit]")
     assert "unknown bearer token" in driver.find_element(By.CSS_SELECTOR, "[role=alert]").text
-    assert not [c for c in driver.get_cookies() if c["name"] == "coffer_session"]
+    assert not [c for c in driver.get_cookies() if c["name"] == SESSION]
 
 
 def test_cookie_flags_as_the_browser_holds_them(driver, world):
     sign_in(driver, world, "bob")
-    session = [c for c in driver.get_cookies() if c["name"] == "coffer_session"]
+    # Chromium takes `__Host-` cookies from http://127.0.0.1: loopback is a secure context.
+    session = [c for c in driver.get_cookies() if c["name"] == SESSION]
     assert len(session) == 1, driver.get_cookies()
     cookie = session[0]
     assert cookie["httpOnly"] is True and cookie["secure"] is True and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+    assert cookie["domain"] == "127.0.0.1", cookie  # a host-only cookie: no Domain attribute
     assert len(cookie["value"]) == 64
     # Short-lived: 30 minutes from now, give or take the test's own time.
     import time
 
     assert 1700 < cookie["expiry"] - time.time() <= 1800
     # The page cannot read it: HttpOnly, whatever a script would try.
-    assert "coffer_session" not in driver.execute_script("return document.cookie")
+    assert SESSION not in driver.execute_script("return document.cookie")
 
 
 def test_browse_to_a_version_and_see_it_verified(driver, world):
@@ -206,8 +221,14 @@ def test_a_form_posted_without_its_csrf_token_is_refused(driver, world):
     # The sign-out form, with its token taken out of the page (WebDriver's script runs outside the page's CSP).
     driver.execute_script("document.querySelector('form.signout input[name=csrf]').remove()")
     click(driver, By.CSS_SELECTOR, "form.signout button")
+    # The refusal is a page the post was redirected to: reloading it shows it again and posts nothing.
+    assert driver.current_url == world["base"] + "/notice"
     assert driver.find_element(By.TAG_NAME, "h1").text == "403 Forbidden"
     assert "CSRF token is missing or wrong" in driver.page_source
+    status, _ = check_page(driver, world)
+    assert status == 403
+    driver.refresh()
+    assert driver.current_url == world["base"] + "/notice" and "CSRF token is missing or wrong" in driver.page_source
     # And with a wrong one.
     driver.get(world["base"] + "/models")
     driver.execute_script("document.querySelector('form.signout input[name=csrf]').value = '0'.repeat(64)")
@@ -338,3 +359,146 @@ def test_an_admin_lists_tokens_and_never_sees_one(driver, world):
     ids = [row.find_element(By.TAG_NAME, "code").text for row in driver.find_elements(By.CSS_SELECTOR, "tbody tr")]
     assert len(ids) == len(world["tokens"]) and all(len(i) == 16 for i in ids)
     check_page(driver, world)  # no token text on it
+
+
+def test_a_page_on_another_port_cannot_sign_the_browser_in(driver, world):
+    """Login CSRF from a neighbour: a service on another port of the same host is the same site to the browser, and
+    cookies ignore ports, so it can plant a sign-in cookie (even a `__Host-` one: loopback is a secure origin) and post
+    the sign-in form with the attacker's own token. The server refuses the post by its Origin and Sec-Fetch-Site."""
+    attacker = world["tokens"]["bob"]
+    target = world["base"] + "/signin"
+
+    class Neighbour(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            page = (f'<!DOCTYPE html><html lang="en"><head><title>x</title></head><body>'
+                    f'<form method="post" action="{target}"><input name="csrf" value="planted">'
+                    f'<input name="token" value="{attacker}"><button id="go" type="submit">go</button></form></body></html>').encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Set-Cookie", f"{SIGNIN}=planted; Secure; Path=/; SameSite=Lax")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    neighbour = http.server.ThreadingHTTPServer(("127.0.0.1", cofferlib.free_port()), Neighbour)
+    thread = threading.Thread(target=neighbour.serve_forever, daemon=True)
+    thread.start()
+    try:
+        driver.get(f"http://127.0.0.1:{neighbour.server_address[1]}/")
+        # The planted cookie took: the prefix alone would not have stopped this neighbour.
+        assert [c for c in driver.get_cookies() if c["name"] == SIGNIN and c["value"] == "planted"], driver.get_cookies()
+        click(driver, By.ID, "go")
+        assert driver.current_url == target
+        assert driver.find_element(By.TAG_NAME, "h1").text == "403 Forbidden"
+        assert f"posted from another site (Sec-Fetch-Site: same-site)" in driver.find_element(By.CSS_SELECTOR, "[role=alert]").text
+        assert not [c for c in driver.get_cookies() if c["name"] == SESSION], "the browser was signed in as the attacker"
+        driver.get(world["base"] + "/models")
+        assert "/signin" in driver.current_url
+    finally:
+        neighbour.shutdown()
+        neighbour.server_close()
+
+
+def sign_in_raw(base, token, context=None, headers=None):
+    """Signs in without a browser (the form, its cookie, the post): the post's status, body and Set-Cookie lines."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=context))
+    with opener.open(base + "/signin", timeout=30) as form:
+        cookie = next(v.split(";")[0] for k, v in form.headers.items() if k.lower() == "set-cookie" and v.startswith(SIGNIN + "="))
+        html = form.read().decode()
+    csrf = html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    body = urllib.parse.urlencode({"csrf": csrf, "token": token}).encode()
+    request = urllib.request.Request(base + "/signin", data=body, method="POST", headers={"Cookie": cookie, **(headers or {})})
+    try:
+        with opener.open(request, timeout=30) as response:
+            return response.status, response.read().decode(), response.headers.get_all("Set-Cookie") or []
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(), error.headers.get_all("Set-Cookie") or []
+
+
+def without_ipc_lock(work, coffer):
+    """A command that runs `coffer` without CAP_IPC_LOCK, so that RLIMIT_MEMLOCK binds it (as root it would not)."""
+    if os.geteuid() != 0:
+        return coffer
+    wrapper = work / "coffer-no-ipc-lock"
+    wrapper.write_text(f'#!/bin/sh\nexec setpriv --bounding-set -ipc_lock -- "{coffer}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="setpriv (util-linux) drops CAP_IPC_LOCK")
+def test_a_sign_in_the_server_cannot_lock_memory_for_is_a_503(world, tmp_path):
+    """A server whose RLIMIT_MEMLOCK is used up refuses a sign-in with one line and 503, and keeps serving; one whose
+    limit leaves no session a locked page says so at start and refuses every sign-in the same way."""
+    coffer = without_ipc_lock(tmp_path, cofferlib.coffer_binary())
+    env = cofferlib.environment(tmp_path)
+    process, base, log = cofferlib.start_server(coffer, world["home"], env, tmp_path / "serve.log")
+    try:
+        assert "web sessions: at most" in Path(tmp_path / "serve.log").read_text()
+        # The limit lowered under what the server has locked already: the token's page cannot be locked.
+        soft, hard = resource.prlimit(process.pid, resource.RLIMIT_MEMLOCK)
+        resource.prlimit(process.pid, resource.RLIMIT_MEMLOCK, (0, hard))
+        status, html, cookies = sign_in_raw(base, world["tokens"]["bob"])
+        assert status == 503, html
+        assert "The server has no locked memory left for a session: try again later." in html
+        assert not [c for c in cookies if c.startswith(SESSION + "=")]
+        assert world["tokens"]["bob"] not in html
+        # Still serving: the API, and a sign-in once the limit allows it.
+        status, _, _ = cofferlib.http_json(base, "GET", "/v1/versions?model=m/risk", token=world["tokens"]["bob"])
+        assert status == 200
+        resource.prlimit(process.pid, resource.RLIMIT_MEMLOCK, (soft, hard))
+        status, html, cookies = sign_in_raw(base, world["tokens"]["bob"])
+        assert status == 303 and [c for c in cookies if c.startswith(SESSION + "=")], html
+    finally:
+        cofferlib.stop_server(process)
+    assert "no locked memory for its token" in Path(tmp_path / "serve.log").read_text()
+
+    # Started with 8 KiB (inherited from this process, lowered for the start only): a quarter of it is not one page.
+    old = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (8192, old[1]))
+    try:
+        process, base, log = cofferlib.start_server(coffer, world["home"], env, tmp_path / "small.log")
+    finally:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, old)
+    try:
+        status, html, _ = sign_in_raw(base, world["tokens"]["bob"])
+        assert status == 503, html
+    finally:
+        cofferlib.stop_server(process)
+    assert "no web session can lock its token, so every web sign-in is refused" in Path(tmp_path / "small.log").read_text()
+
+
+def test_a_server_with_tls_takes_posts_from_its_https_origin(world, tmp_path):
+    """`coffer serve --tls-cert`: its own origin is https://host:port; a post naming the http origin is refused."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem"], check=True, capture_output=True)
+    coffer = cofferlib.coffer_binary()
+    port = cofferlib.free_port()
+    base = f"https://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+    context.check_hostname = False
+    log = open(tmp_path / "serve.log", "a+b")
+    process = subprocess.Popen([coffer, "serve", "--home", world["home"], "--listen", f"127.0.0.1:{port}", "--tls-cert", tmp_path / "cert.pem",
+                                "--tls-key", tmp_path / "key.pem"], env=cofferlib.environment(tmp_path), stdout=log, stderr=log)
+    try:
+        for _ in range(400):
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=5, context=context):
+                    break
+            except (urllib.error.URLError, OSError):
+                assert process.poll() is None, "coffer serve --tls-cert did not start"
+                time.sleep(0.05)
+        own = {"Origin": base, "Sec-Fetch-Site": "same-origin"}
+        status, html, cookies = sign_in_raw(base, world["tokens"]["bob"], context=context, headers=own)
+        assert status == 303 and [c for c in cookies if c.startswith(SESSION + "=")], html
+        status, html, cookies = sign_in_raw(base, world["tokens"]["bob"], context=context, headers={"Origin": f"http://127.0.0.1:{port}"})
+        assert status == 403 and f"not from this server ({base})" in html, html
+        assert not [c for c in cookies if c.startswith(SESSION + "=")]
+    finally:
+        cofferlib.stop_server(process)

@@ -404,15 +404,11 @@ struct SessionRateRecord: Codable, Sendable, Equatable {
         case updatedAt = "updated_at"
     }
 
-    /// The bucket after taking one token at `now` (refilled at `rate` per second up to `burst`), and nil when one was
-    /// taken or the seconds until one is available.
+    /// The bucket after taking one token at `now` (``RateBucket``'s arithmetic), and nil when one was taken or the
+    /// seconds until one is available.
     func taking(rate: Double, burst: Int, now: Double) -> (SessionRateRecord, Double?) {
-        // The bucket's time never goes back: a replica whose clock is behind another's must not be credited the same
-        // seconds again (with a 3 s skew, alternating replicas let 100 of 100 requests through a 10/s limit).
-        let at = max(updatedAt, now)
-        let refilled = min(Double(burst), tokens + max(0, now - updatedAt) * rate)
-        guard refilled >= 1 else { return (SessionRateRecord(sessionID: sessionID, tokens: refilled, updatedAt: at), (1 - refilled) / rate) }
-        return (SessionRateRecord(sessionID: sessionID, tokens: refilled - 1, updatedAt: at), nil)
+        let (after, wait) = RateBucket(tokens: tokens, updatedAt: updatedAt).taking(rate: rate, burst: burst, now: now)
+        return (SessionRateRecord(sessionID: sessionID, tokens: after.tokens, updatedAt: after.updatedAt), wait)
     }
 }
 

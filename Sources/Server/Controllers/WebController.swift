@@ -2,6 +2,7 @@ import CofferCrypto
 import CofferRegistry
 import Foundation
 import Hummingbird
+import Logging
 
 /// The web pages (docs/WEB.md): sign-in and sign-out, models, a model's versions and alias form, a version with its
 /// proofs and lineage, budgets, sessions, and for admins the token list and the audit log. Each page makes the
@@ -12,30 +13,33 @@ struct WebController {
     var registry: Registry { state.registry }
     var pages: WebPages { state.pages }
 
-    static let signInCookieName = "coffer_signin"
+    /// `__Host-`: the browser takes it only from this host, over a secure origin, for the whole site, so no sibling
+    /// subdomain or other port can plant one (a planted sign-in cookie would sign the victim in as the attacker).
+    static let signInCookieName = "__Host-coffer_signin"
 
     func addRoutes(to routes: some RouterMethods<CofferRequestContext>) {
         routes.get("/") { _, _ in WebPages.seeOther("/models") }
-        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+        routes.group().add(middleware: WebHeadersMiddleware(state: state))
             .get("signin", use: signInForm)
             .post("signin", use: signIn)
             .get("static/coffer.css", use: stylesheet)
-        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+        routes.group().add(middleware: WebHeadersMiddleware(state: state))
             .add(middleware: WebSessionAuthenticator(state: state, role: .reader))
             .post("signout", use: signOut)
+            .get("notice", use: notice)
             .get("models", use: models)
             .get("model", use: model)
             .get("version", use: version)
             .get("budgets", use: budgets)
             .get("budget", use: budget)
             .get("sessions", use: sessions)
-        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+        routes.group().add(middleware: WebHeadersMiddleware(state: state))
             .add(middleware: WebSessionAuthenticator(state: state, role: .publisher))
             .post("alias", use: setAlias)
-        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+        routes.group().add(middleware: WebHeadersMiddleware(state: state))
             .add(middleware: WebSessionAuthenticator(state: state, role: .inference))
             .post("sessions/revoke", use: revokeSession)
-        routes.group().add(middleware: WebHeadersMiddleware(pages: pages))
+        routes.group().add(middleware: WebHeadersMiddleware(state: state))
             .add(middleware: WebSessionAuthenticator(state: state, role: .admin))
             .get("audit", use: audit)
             .get("tokens", use: tokens)
@@ -59,13 +63,39 @@ struct WebController {
             state.metrics.refusal()
             return signInPage(next: next, message: "The form's CSRF token is missing or wrong: send the form again.", status: .forbidden)
         }
+        // Failed sign-ins are limited per address and overall; the token is not even looked up over the limit.
+        let address = SignInLimiter.key(for: context.remoteAddress)
+        if let wait = state.signInLimiter.take(address: address) {
+            let seconds = max(1, Int(wait.rounded(.up)))
+            let reason = "sign-in rate limit: too many failed sign-ins from \(address) or from everywhere"
+            state.refusals.add(principal: "-", action: "web.signin", reason: reason)
+            state.metrics.refusal()
+            var response = signInPage(
+                next: next,
+                message: "Too many failed sign-ins from your address: try again in \(seconds) s.",
+                status: .tooManyRequests
+            )
+            response.headers[.retryAfter] = "\(seconds)"
+            return response
+        }
         let text = (form["token"] ?? "").trimmingCharacters(in: .whitespaces).utf8
         let token = SecureBytes(count: text.count)
         token.withUnsafeMutableBytes { $0.copyBytes(from: text) }
+        // The session keeps the token for half an hour: in locked pages, or not at all.
+        guard state.webSessions.capacity > 0, token.lockInMemory() else {
+            state.signInLimiter.giveBack(address: address)
+            state.logger.warning("web sign-in refused: no locked memory for its token (RLIMIT_MEMLOCK)")
+            return signInPage(
+                next: next,
+                message: "The server has no locked memory left for a session: try again later.",
+                status: .serviceUnavailable
+            )
+        }
         let holder: TokenHolder
         do { holder = try await TokenAuthorizer(state: state).authorize(token, role: .reader, target: "/signin") } catch {
             return signInPage(next: next, message: "Sign-in refused: \(WebPages.describe(error).1)", status: .unauthorized)
         }
+        state.signInLimiter.giveBack(address: address)
         // A new sign-in ends the browser's earlier session: one cookie, one live session.
         if let earlier = request.cookies[WebSessionAuthenticator.cookieName]?.value { state.webSessions.close(earlier) }
         let (id, _) = state.webSessions.open(token: token, principal: holder.principal.name)
@@ -73,7 +103,7 @@ struct WebController {
             next,
             cookies: [
                 WebSessionAuthenticator.cookie(id, maxAge: Int(WebSessions.lifetime)),
-                Cookie(name: Self.signInCookieName, value: "", maxAge: 0, path: "/", secure: true, httpOnly: true, sameSite: .strict),
+                Self.signInCookie("", maxAge: 0),
             ]
         )
     }
@@ -89,8 +119,21 @@ struct WebController {
         var values: [String: Any] = ["title": "Sign in", "formCSRF": csrf, "next": next]
         if let message { values["message"] = message }
         var response = pages.render("signin", values, session: nil, status: status)
-        response.setCookie(Cookie(name: Self.signInCookieName, value: csrf, maxAge: 600, path: "/", secure: true, httpOnly: true, sameSite: .strict))
+        response.setCookie(Self.signInCookie(csrf, maxAge: 600))
         return response
+    }
+
+    /// The sign-in form's CSRF cookie (no `Domain`: a `__Host-` cookie may not have one).
+    static func signInCookie(_ value: String, maxAge: Int) -> Cookie {
+        Cookie(name: signInCookieName, value: value, maxAge: maxAge, path: "/", secure: true, httpOnly: true, sameSite: .strict)
+    }
+
+    /// `GET /notice`: the refusal of the form this session last posted, with its status (the post was answered
+    /// `303 See Other` here, so reloading shows the refusal again rather than posting again); the models page when
+    /// there is none, or it is older than two minutes.
+    func notice(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        guard let session = context.webSession, let notice = session.currentNotice() else { return WebPages.seeOther("/models") }
+        return pages.error(HTTPError(notice.status, message: notice.message), session: session, admin: context.holder?.scope == .admin)
     }
 
     /// Where to go after signing in: a path on this server, else the models page (never another site: `//host`,
@@ -318,16 +361,32 @@ struct WebController {
 
     static let auditPageSize = 50
 
-    /// `GET /budgets`: every dataset's budget, as `GET /v1/budgets/{dataset}` reports each (any reader token).
+    /// `GET /budgets`: the budgets of the datasets the principal may see, each as `GET /v1/budgets/{dataset}` reports
+    /// it: those charged by a version of a model the principal may read; every dataset for an admin token of an admin.
+    /// The API lists no datasets, so the list tells a reader nothing about models it may not read.
     func budgets(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        let rows: [[String: Any]] = try await registry.budgets().map { status in
+        let holder = try context.authenticated
+        var isAdmin = false
+        if holder.scope == .admin { isAdmin = (try? await registry.holds(.admin, on: nil, holder.principal)) == true }
+        var readable: [String: Bool] = [:]
+        var shown: [BudgetStatus] = []
+        for status in try await registry.budgets() {
+            var visible = isAdmin
+            for charge in status.versions where !visible {
+                if readable[charge.model] == nil { readable[charge.model] = try await registry.holds(.reader, on: charge.model, holder.principal) }
+                visible = readable[charge.model]!
+            }
+            if visible { shown.append(status) }
+        }
+        let rows: [[String: Any]] = shown.map { status in
             [
                 "dataset": status.dataset, "href": "/budget?dataset=" + WebForm.percentEncoded(status.dataset), "spent": Self.epsilon(status.spent),
                 "total": Self.epsilon(status.epsilon), "remaining": Self.epsilon(status.remaining), "delta": "\(status.delta)",
                 "charged": status.versions.count,
             ]
         }
-        return page("budgets", ["title": "Privacy budgets", "budgets": rows, "noBudgets": rows.isEmpty], context)
+        let scope = isAdmin ? "Every dataset with a budget (you are an admin)." : "The datasets charged by versions of models you may read."
+        return page("budgets", ["title": "Privacy budgets", "budgets": rows, "noBudgets": rows.isEmpty, "scope": scope], context)
     }
 
     /// `GET /budget?dataset=ID`: one budget, its plot and the versions charged.

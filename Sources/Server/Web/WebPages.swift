@@ -48,7 +48,9 @@ struct WebPages: Sendable {
         .contentSecurityPolicy:
             "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
         .xContentTypeOptions: "nosniff",
-        HTTPField.Name("Referrer-Policy")!: "no-referrer",
+        // same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` with the pages' own forms, which
+        // ``WebOrigin`` must refuse; other sites still get no Referer.
+        HTTPField.Name("Referrer-Policy")!: "same-origin",
         HTTPField.Name("X-Frame-Options")!: "DENY",
         .cacheControl: "no-store",
     ]
@@ -103,19 +105,25 @@ struct WebPages: Sendable {
     }
 }
 
-/// Sets the page headers on every web response and turns an error no page handled (a bad form, a route's own
-/// refusal) into an error page rather than the API's JSON.
+/// Sets the page headers on every web response, refuses a form posted from anywhere but this server's own pages
+/// (``WebOrigin``: 403, counted and audited as the API's refusals are) before anything reads it, and turns an error
+/// no page handled (a bad form, a route's own refusal) into an error page rather than the API's JSON.
 struct WebHeadersMiddleware: RouterMiddleware {
     typealias Context = CofferRequestContext
-    let pages: WebPages
+    let state: ServerState
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if request.method == .post, let reason = WebOrigin.refusal(of: request, servesTLS: state.servesTLS) {
+            state.refusals.add(principal: "-", action: "web.origin", reason: reason)
+            state.metrics.refusal()
+            return state.pages.error(HTTPError(.forbidden, message: reason), session: nil)
+        }
         do {
             var response = try await next(request, context)
             for field in WebPages.securityHeaders where response.headers[field.name] == nil { response.headers.append(field) }
             return response
         } catch {
-            return pages.error(error, session: context.webSession)
+            return state.pages.error(error, session: context.webSession)
         }
     }
 }

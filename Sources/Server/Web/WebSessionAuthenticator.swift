@@ -3,14 +3,17 @@ import CofferRegistry
 import Foundation
 import Hummingbird
 
-/// Guards the signed-in pages: the `coffer_session` cookie must name a live session, whose bearer token is then
-/// authorized for `role` by ``TokenAuthorizer``, the API's own path (so a token revoked or expired since sign-in ends
-/// the session at once). A `POST` must carry the session's CSRF token in its `csrf` field. Errors below become pages.
+/// Guards the signed-in pages: the `__Host-coffer_session` cookie must name a live session, whose bearer token is
+/// then authorized for `role` by ``TokenAuthorizer``, the API's own path (so a token revoked or expired since sign-in
+/// ends the session at once). A `POST` must carry the session's CSRF token in its `csrf` field. Errors below become
+/// pages; a refused `POST` is answered `303 See Other` to `GET /notice`, which shows the refusal (kept in the session),
+/// so that reloading the page does not post the form again.
 ///
 /// Signed out (no cookie, an unknown or expired session, a token the registry now refuses): 303 to `/signin`.
 struct WebSessionAuthenticator: RouterMiddleware {
     typealias Context = CofferRequestContext
-    static let cookieName = "coffer_session"
+    /// `__Host-`: only this host sets it, over a secure origin, for the whole site (see ``WebController/signInCookieName``).
+    static let cookieName = "__Host-coffer_session"
     let state: ServerState
     let role: Role
 
@@ -26,7 +29,7 @@ struct WebSessionAuthenticator: RouterMiddleware {
             state.webSessions.close(id)
             return Self.signIn(after: request)
         } catch {
-            return state.pages.error(error, session: session)
+            return refuse(error, request, session: session, admin: false)
         }
         do {
             if request.method == .post {
@@ -48,8 +51,16 @@ struct WebSessionAuthenticator: RouterMiddleware {
         } catch {
             // Answered as a page rather than thrown, so counted here as the request log counts the API's refusals.
             if (error as? CofferRegistryError)?.isRefusal == true { state.metrics.refusal() }
-            return state.pages.error(error, session: session, admin: context.holder?.scope == .admin)
+            return refuse(error, request, session: session, admin: context.holder?.scope == .admin)
         }
+    }
+
+    /// The error page of a refused `GET`; for a `POST`, the refusal kept in the session and a 303 to the page showing it.
+    private func refuse(_ error: any Error, _ request: Request, session: WebSessions.Session, admin: Bool) -> Response {
+        guard request.method == .post else { return state.pages.error(error, session: session, admin: admin) }
+        let (status, message) = WebPages.describe(error)
+        session.setNotice(status: status, message: message)
+        return WebPages.seeOther("/notice")
     }
 
     /// 303 to the sign-in page, which sends the user back to this page (a GET) once signed in.

@@ -211,7 +211,8 @@ enum WebTemplates {
     static let budgets = """
         {{> head}}
         <h1>Privacy budgets</h1>
-        {{#noBudgets}}<p>No dataset has a budget.</p>{{/noBudgets}}
+        <p>{{scope}}</p>
+        {{#noBudgets}}<p>No budget to show.</p>{{/noBudgets}}
         {{^noBudgets}}
         <div class="scroll"><table>
         <thead><tr><th scope="col">Dataset</th><th scope="col">Epsilon spent</th><th scope="col">Total epsilon</th><th scope="col">Remaining</th><th scope="col">Delta</th><th scope="col">Versions charged</th></tr></thead>
