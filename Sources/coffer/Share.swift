@@ -64,6 +64,11 @@ extension Coffer {
                 let predictions = grant.maxPredictions.map { "\($0) predictions in all" } ?? "unlimited predictions"
                 print("limits: \(lifetime), \(predictions)")
             }
+            if !result.endedSessions.isEmpty {
+                print(
+                    "ended \(result.endedSessions.count) open session(s) opened under the old limits: \(result.endedSessions.joined(separator: ", "))"
+                )
+            }
             if infer { print("\(principal) opens sessions through coffer serve (--registry), which holds the registry key") }
             if pull {
                 print("wrapped the data key of \(result.wrapped.count) versions for \(principal); later pushes to \(scope) wrap theirs")

@@ -1,4 +1,4 @@
-import CLinux
+import CofferCrypto
 import Foundation
 import Testing
 
@@ -38,9 +38,9 @@ struct CofferProcess {
 
     /// Runs `coffer args...` in `directory` with `COFFER_PASSPHRASE` set unless `passphrase` is nil.
     ///
-    /// posix_spawn and waitpid, with output and error in files, not Foundation's Process and pipes: under the test
-    /// runner, with many tests spawning at once, a Process's output pipe once never reached its end after the child had
-    /// exited (the test waited forever on a zombie), as PostgresTestSupport.run found for waitUntilExit. `stdin` goes
+    /// ``Spawn``, with output and error in files, not Foundation's Process and pipes: under the test runner, with many
+    /// tests spawning at once, a Process's output pipe once never reached its end after the child had exited (the test
+    /// waited forever on a zombie). `stdin` goes
     /// through a pipe (commands treat a pipe and a file differently) whose ends are close-on-exec, so no other child
     /// spawned meanwhile holds it open.
     static func run(
@@ -65,25 +65,22 @@ struct CofferProcess {
             for end in input { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         }
 
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        if stdin != nil {
-            posix_spawn_file_actions_adddup2(&actions, input[0], 0)
-        } else {
-            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        }
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_addopen(&actions, 2, error, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        // Nothing else: a server or agent the command starts would otherwise hold other tests' connections open.
-        coffer_spawn_close_from(&actions, 3)
         // Through sh for the working directory (glibc's posix_spawn_file_actions_addchdir_np is not visible to Swift).
-        let command = ["/bin/sh", "-c", #"cd "$0" && exec "$@""#, directory.path, binary] + initArguments(args)
-        let argv: [UnsafeMutablePointer<CChar>?] = command.map { strdup($0) } + [nil]
-        let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { for pointer in argv + envp { free(pointer) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, "/bin/sh", &actions, nil, argv, envp)
+        let command = [#"cd "$0" && exec "$@""#, directory.path, binary] + initArguments(args)
+        let pid: pid_t
+        do {
+            pid = try Spawn.start(
+                "/bin/sh",
+                ["-c"] + command,
+                environment: environment,
+                stdin: stdin == nil ? .null : .descriptor(input[0]),
+                stdout: .file(output),
+                stderr: .file(error)
+            )
+        } catch let failure {
+            for end in input where end >= 0 { close(end) }
+            throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: failure.description])
+        }
         if let stdin {
             close(input[0])
             let writing = input[1]
@@ -101,11 +98,7 @@ struct CofferProcess {
                 close(writing)
             }.start()
         }
-        guard spawned == 0 else { throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: String(cString: strerror(spawned))]) }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        // WIFEXITED / WEXITSTATUS / WTERMSIG by hand (they are macros); a signal reads as 128 + its number, as in a shell.
-        let code = status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        let code = Spawn.wait(pid)
         return Output(
             status: code,
             stdout: (try? Data(contentsOf: URL(fileURLWithPath: output))) ?? Data(),

@@ -36,6 +36,21 @@ struct SessionTests {
         }
     }
 
+    /// Found by the token campaign: a prediction refused for asking more rows than are left made the server forget
+    /// the session, and every later one that fitted got a 404.
+    @Test func aPredictionAskingMoreThanIsLeftIsRefusedAndASmallerOneStillFits() async throws {
+        let f = try await Fixture()
+        try await f.app().test(.live) { server in
+            let client = try f.client(port: try server.livePort, token: "bob-infer")
+            let session = try await client.openSession("m/risk@prod", ttl: 300, maxUses: 3)
+            #expect(try await client.predict(session: session.id, rows: rows).count == 2)
+            let refused = await #expect(throws: CofferClientError.self) { try await client.predict(session: session.id, rows: rows) }
+            #expect(refused?.status == 403 && refused?.description.contains("has 1 of its 3 uses left, and this call needs 2") == true)
+            #expect(try await client.predict(session: session.id, rows: [rows[0]]).count == 1, "the server still holds the session")
+            #expect(try await client.sessions().first?.uses == 3)
+        }
+    }
+
     @Test func aReadTokenCannotOpenASession() async throws {
         let f = try await Fixture()
         try await f.app().test(.live) { live in

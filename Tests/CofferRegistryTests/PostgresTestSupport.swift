@@ -1,4 +1,4 @@
-import CLinux
+import CofferCrypto
 import Foundation
 import PostgresNIO
 import Synchronization
@@ -167,34 +167,18 @@ enum PostgresTestSupport {
         }
     }
 
-    /// Runs a program to its end; its exit status and standard output and error together.
-    ///
-    /// posix_spawn and waitpid, not Foundation's Process: under the test runner, Process did not notice its child's
-    /// exit (the child stayed a zombie and waitUntilExit never returned). The output goes through a file, not a pipe:
-    /// the server the script starts outlives it and must not hold a pipe a reader waits on.
+    /// Runs a program to its end; its exit status and standard output and error together, through a file, not a
+    /// pipe: the server the script starts outlives it and must not hold a pipe a reader waits on.
     @discardableResult
     static func run(_ executable: String, _ arguments: [String]) -> (Int32, String) {
         let log = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-pg-run-\(UUID().uuidString).log").path
         defer { unlink(log) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        // The server outlives this call: it must not inherit (and keep open) the tests' connections to itself.
-        coffer_spawn_close_from(&actions, 3)
-        let argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var pid: pid_t = 0
-        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
-        guard spawned == 0 else { return (-1, "\(executable): \(String(cString: strerror(spawned)))") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-        // WIFEXITED / WEXITSTATUS by hand (they are macros).
-        let exited = status & 0x7f == 0
-        return (exited ? (status >> 8) & 0xff : -1, output)
+        do {
+            let status = Spawn.wait(try Spawn.start(executable, arguments, stdout: .file(log), stderr: .output))
+            return (status, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+        } catch {
+            return (-1, error.description)
+        }
     }
 
     // MARK: - Databases

@@ -233,6 +233,22 @@ struct ShareTests {
         #expect(grants == [Grant(principal: "carol", role: .inference, scope: "icu/mortality", maxPredictions: 500)])
         let third = try await open(ttl: 31_536_000)
         #expect(third.info.maxUses == 500)
+        // Tightened in place, the grant ends the sessions opened under the old limits: none outlives or outspends it.
+        let tightened = try await f.registry.share(
+            "icu/mortality",
+            with: "carol",
+            mode: .infer,
+            maxSessionSeconds: 60,
+            maxPredictions: 2,
+            registryIdentity: nil,
+            by: Signer(alice)
+        )
+        #expect(tightened.endedSessions == [third.info.id])
+        await expectRefusal("holds no key any more") { try await f.registry.useSession(id: third.info.id, principal: "carol", uses: 1) }
+        await expectRefusal("allows sessions of at most 60 s") { _ = try await open(ttl: 3600) }
+        let fourth = try await open(ttl: 60)
+        #expect(fourth.info.maxUses == 2)
+        _ = try await f.registry.share("icu/mortality", with: "carol", mode: .infer, maxPredictions: 500, registryIdentity: nil, by: Signer(alice))
         // The limits are in the signed ledger: a client replaying it from the start reads them back.
         let stranger = try await Registry(at: f.home, memory: ClientMemory(directory: f.path("stranger")))
         #expect(try await stranger.grants(of: "carol") == grants)

@@ -1,4 +1,3 @@
-import CLinux
 import Foundation
 
 #if canImport(Glibc)
@@ -34,29 +33,18 @@ public enum AgentLauncher {
         // Neither end leaks into other children; the agent gets the write end as descriptor 3 (dup2 clears the flag).
         _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
         _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
-        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         // The agent never reads a passphrase from its environment: it does not inherit one to keep for its whole life.
         let environment = ProcessInfo.processInfo.environment.filter { $0.key != "COFFER_PASSPHRASE" }
-        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            for pointer in argv + envp { free(pointer) }
+        // stdin, stdout and stderr on /dev/null, the ready pipe as descriptor 3, nothing else (the agent outlives this
+        // command: a descriptor it inherited would stay open as long as it runs); it leaves this session itself.
+        let pid: pid_t
+        do { pid = try Spawn.start(executable, arguments, environment: environment, descriptor3: ends[1]) } catch {
+            close(ends[0])
+            close(ends[1])
+            throw .agent("cannot start \(executable): \(error.description)")
         }
-        // stdin, stdout and stderr on /dev/null, the ready pipe as descriptor 3; the agent leaves this session itself.
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_adddup2(&actions, ends[1], 3)
-        // The agent outlives this command: any other descriptor it inherited (a pipe a caller reads to its end, a
-        // socket another thread opened a moment ago) would stay open as long as the agent runs, so all are closed.
-        coffer_spawn_close_from(&actions, 4)
-        var pid: pid_t = 0
-        let error = posix_spawn(&pid, executable, &actions, nil, argv, envp)
         close(ends[1])
         defer { close(ends[0]) }
-        guard error == 0, pid > 0 else { throw .agent("cannot start \(executable): \(String(cString: strerror(error)))") }
         var report: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 512)
         while true {
@@ -67,8 +55,7 @@ public enum AgentLauncher {
         }
         let line = String(decoding: report, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         guard line == "ready" else {
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            _ = Spawn.wait(pid)
             // The agent's own line is a CofferCryptoError's description: keep one "agent: " prefix.
             throw .agent(line.isEmpty ? "the agent exited before it was ready" : String(line.trimmingPrefix("agent: ")))
         }

@@ -18,6 +18,9 @@ public struct ShareResult: Sendable, Equatable {
     /// Versions in scope still without a key for the principal: no registry key was given, so a server wraps them
     /// when the principal pulls (an embedded pull needs `share` again with the registry key).
     public var pending: [String]
+    /// Open sessions that were opened under an inference grant whose limits this share replaced: ended, so that no
+    /// session outlives or outspends the limits the grant has now (the principal opens new ones under them).
+    public var endedSessions: [String] = []
 }
 
 /// What ``Registry/unshare(_:model:rekeyWith:by:)`` ended.
@@ -117,6 +120,7 @@ extension Registry {
         let roles: [Role] = mode == .pull ? [.reader, .decrypt] : [.inference]
         var granted: [Grant] = []
         var wrapped: [String] = []
+        var ended: [String] = []
         for role in roles {
             let grant = Grant(
                 principal: principal,
@@ -125,9 +129,10 @@ extension Registry {
                 maxSessionSeconds: role == .inference ? maxSessionSeconds : nil,
                 maxPredictions: role == .inference ? maxPredictions : nil
             )
-            let (recorded, labels) = try await grantWrapping(grant, registryIdentity: registryIdentity, by: signer)
+            let (recorded, labels, endedSessions) = try await grantWrapping(grant, registryIdentity: registryIdentity, by: signer)
             if recorded { granted.append(grant) }
             wrapped += labels
+            ended += endedSessions
         }
         var pending: [String] = []
         if mode == .pull {
@@ -137,17 +142,18 @@ extension Registry {
                 pending = try await versions(in: scope, state: state).filter { !held.contains($0.id) }.map { "\($0.model):\($0.version)" }
             }
         }
-        return ShareResult(principal: principal, scope: scope, granted: granted, wrapped: wrapped, pending: pending)
+        return ShareResult(principal: principal, scope: scope, granted: granted, wrapped: wrapped, pending: pending, endedSessions: ended)
     }
 
     /// Records `grant` and, when it gives `decrypt` (or `admin`) and `registryIdentity` is given, wraps in the same
-    /// transaction the data key of every version in its scope the principal holds no key for. Returns whether a
-    /// record was made and the versions wrapped.
+    /// transaction the data key of every version in its scope the principal holds no key for. An inference grant that
+    /// replaces another's limits ends, in the same transaction, the open sessions opened under the old ones. Returns
+    /// whether a record was made, the versions wrapped and the sessions ended.
     func grantWrapping(
         _ grant: Grant,
         registryIdentity: UnlockedIdentity?,
         by signer: Signer
-    ) async throws(CofferRegistryError) -> (recorded: Bool, wrapped: [String]) {
+    ) async throws(CofferRegistryError) -> (recorded: Bool, wrapped: [String], endedSessions: [String]) {
         try await require(signer, .admin, on: nil, action: "grant", target: grant.principal)
         if grant.scope != "*" { try ModelReference.validate(name: grant.scope.hasSuffix("/") ? String(grant.scope.dropLast()) : grant.scope) }
         if let alias = grant.alias { try ModelReference.validate(version: alias) }
@@ -165,12 +171,26 @@ extension Registry {
         guard let grantee = state.principals[grant.principal] else { throw .unknownPrincipal(grant.principal) }
         let carriesKeys = (grant.role == .decrypt || grant.role == .admin) && grant.alias == nil
         let alreadyHeld = state.grants.contains(grant)
-        guard !alreadyHeld || (carriesKeys && registryIdentity != nil) else { return (false, []) }
+        guard !alreadyHeld || (carriesKeys && registryIdentity != nil) else { return (false, [], []) }
 
-        final class Wrapped: @unchecked Sendable { var labels: [String] = [] }
+        final class Wrapped: @unchecked Sendable {
+            var labels: [String] = []
+            var endedSessions: [String] = []
+        }
         let wrapped = Wrapped()
+        // The inference grant whose limits this one replaces (the record's state, in `wrap`, has it gone already).
+        let replaced = grant.role == .inference ? state.grants.first { $0.names(grant) && $0 != grant } : nil
         let wrap: @Sendable (LedgerState, inout UnitOfWork) async throws(CofferRegistryError) -> Void = { state, work in
             wrapped.labels = []
+            wrapped.endedSessions = []
+            if let replaced {
+                // Not marked revoked: a later use is refused because the session holds no key any more.
+                wrapped.endedSessions = try await self.metadata.sessions().filter { row in
+                    row.session.principal == grant.principal && row.session.wrappedKey != nil
+                        && replaced.covers(model: row.model, alias: row.session.alias)
+                }.map(\.session.id)
+                if !wrapped.endedSessions.isEmpty { work.changes.append(.dropSessionKeys(ids: wrapped.endedSessions)) }
+            }
             guard carriesKeys, let registryIdentity else { return }
             let held = Set(try await self.metadata.wrappedKeys(recipient: grantee.keyID).map(\.versionID))
             let missing = try await self.versions(in: grant.scope, state: state).filter { !held.contains($0.id) }
@@ -197,10 +217,10 @@ extension Registry {
                     )
                 )
             }
-            return (false, wrapped.labels)
+            return (false, wrapped.labels, [])
         }
         try await record(.grant(grant), signer: signer, action: "grant", target: grant.principal, reason: grant.summary, also: wrap)
-        return (true, wrapped.labels)
+        return (true, wrapped.labels, wrapped.endedSessions)
     }
 
     // MARK: - Revoke and unshare

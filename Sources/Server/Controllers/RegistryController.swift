@@ -286,11 +286,10 @@ struct RegistryController {
             try? await registry.recordFailedPrediction(session: id, principal: holder.principal.name, reason: error.description)
             throw error
         }
-        // The registry says why a session is refused (unknown, revoked, expired, used up, grant lost) and counts the
-        // uses: one per row answered.
-        try await dropOnRefusal(id) { () async throws(CofferRegistryError) in
-            try await registry.useSession(id: id, principal: holder.principal.name, uses: table.rowCount)
-        }
+        // The registry counts the uses, one per row answered, and says why it refuses them. Not through dropOnRefusal:
+        // "3 uses left, this call needs 5" ends nothing (a smaller call still fits), and a final refusal (revoked,
+        // expired, used up, grant lost) is found by the check before the next prediction, which drops the model then.
+        try await registry.useSession(id: id, principal: holder.principal.name, uses: table.rowCount)
         let rows = predictionRows(predictions, tasks: view.architecture.tasks, preprocessing: view.preprocessing, rows: table.rowCount)
         return try Response.json(PredictAnswer(predictions: rows))
     }

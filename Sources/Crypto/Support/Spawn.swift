@@ -1,0 +1,74 @@
+import CLinux
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starts a program with `posix_spawn` and waits for it with `waitpid`: `coffer agent start`, and the tests' runs of
+/// coffer and of PostgreSQL's tools.
+///
+/// Every descriptor but the child's standard three (and descriptor 3 when one is handed over) is closed in the child:
+/// SwiftNIO opens its sockets without close-on-exec, so a child that outlives the call (a server, an agent) would
+/// otherwise hold every connection open in any thread at that moment, and the server at the other end would never see
+/// them end. Not Foundation's `Process`: under the test runner it once missed a child's exit (the child stayed a
+/// zombie and `waitUntilExit` never returned).
+public enum Spawn {
+    /// Where one of the child's standard descriptors goes.
+    public enum Stream: Sendable {
+        case null
+        /// A file opened (for output: created or truncated, mode 0600) in the child.
+        case file(String)
+        /// A descriptor of this process, duplicated onto the child's.
+        case descriptor(Int32)
+        /// Standard error only: the same file as standard output.
+        case output
+    }
+
+    /// Starts `executable` with `arguments` and returns its pid.
+    ///
+    /// - Parameters:
+    ///   - environment: the child's whole environment; `nil` passes this process's own.
+    ///   - descriptor3: a descriptor of this process that the child gets as its descriptor 3.
+    public static func start(
+        _ executable: String,
+        _ arguments: [String],
+        environment: [String: String]? = nil,
+        stdin: Stream = .null,
+        stdout: Stream = .null,
+        stderr: Stream = .null,
+        descriptor3: Int32? = nil
+    ) throws(CofferCryptoError) -> Int32 {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        for (target, stream) in [(Int32(0), stdin), (1, stdout), (2, stderr)] {
+            switch stream {
+            case .null: posix_spawn_file_actions_addopen(&actions, target, "/dev/null", target == 0 ? O_RDONLY : O_WRONLY, 0)
+            case .file(let path):
+                posix_spawn_file_actions_addopen(&actions, target, path, target == 0 ? O_RDONLY : O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+            case .descriptor(let fd): posix_spawn_file_actions_adddup2(&actions, fd, target)
+            case .output: posix_spawn_file_actions_adddup2(&actions, 1, target)
+            }
+        }
+        if let descriptor3 { posix_spawn_file_actions_adddup2(&actions, descriptor3, 3) }
+        coffer_spawn_close_from(&actions, descriptor3 == nil ? 3 : 4)
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        let envp = environment.map { $0.map { strdup("\($0.key)=\($0.value)") } + [nil] }
+        defer {
+            for pointer in argv + (envp ?? []) { free(pointer) }
+        }
+        var pid: pid_t = 0
+        let error = envp.map { posix_spawn(&pid, executable, &actions, nil, argv, $0) } ?? posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        guard error == 0, pid > 0 else { throw .io(path: executable, reason: String(cString: strerror(error))) }
+        return pid
+    }
+
+    /// Waits for `pid` to end: its exit status, or 128 plus the signal that ended it (as a shell reports it).
+    public static func wait(_ pid: Int32) -> Int32 {
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        // WIFEXITED / WEXITSTATUS / WTERMSIG by hand: they are macros.
+        return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+}
