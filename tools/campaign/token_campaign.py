@@ -15,17 +15,19 @@ one (a comparison that leaked would answer near-misses measurably slower).
 Then grants that carry keys, and inference limits (issue 20), on a registry of its own with its own `coffer serve`:
 
 - Keys follow grants (--grant-steps): three principals, three models in two namespaces; random steps of `share
-  MODEL|NS/|* P --pull`, `grant P reader`, `unshare P [SCOPE] [--rekey]`, `principal remove` (re-added by a later
-  share) and pushes of new versions (locally and over HTTP). After every step every principal (and the owner) pulls
+  MODEL|NS/|* P --pull`, `grant P reader`, `unshare P [MODEL|NS/] [--rekey]` (`revoke decrypt|reader --on '*'` for a
+  `*` share: unshare takes no `*`), `principal remove` (re-added by a later share) and pushes of new versions (locally
+  and over HTTP). After every step every principal (and the owner) pulls
   every version locally with its own identity, and through the server with its newest bearer token (and a revoked one
   replayed); the oracle is the campaign's own model of the grants. The registry's wrapped-key rows must hold a key for
   a principal exactly on the versions it may decrypt now, `unshare` must name the keys it removed and the versions to
   rekey (or re-encrypted, whose old blobs must be gone).
-- Limits (--limit-steps): `share inf/risk ivy --infer --ttl D --max-predictions N` with random limits (renewed now
-  and then after `unshare`); ivy opens sessions through the server with random --ttl (some beyond D) and --max-uses,
-  with and without --save-token, predicts random row counts (some files missing a column), and revokes sessions. No
-  session listed may live longer than its grant's D, no session use more than its max_uses, no grant answer more than
-  N rows; a refused or failed prediction spends nothing, and every refusal has its audit entry.
+- Limits (--limit-steps): `share inf/risk ivy --infer --ttl D --max-predictions N` with random limits, now and then
+  replaced (after `unshare`, or in place over open sessions); ivy opens sessions through the server with random --ttl
+  (some beyond D) and --max-uses, with and without --save-token, predicts random row counts (some files missing a
+  column), and revokes sessions. No session listed may live longer than its grant's D, nor stay open past the current
+  grant's time plus D, nor use more than its max_uses; no more than N rows answered since the grant; a refused or
+  failed prediction spends nothing, and every refusal has its audit entry.
 
 Opened what it should not, refused what it should open and unaudited refusals are counted apart; any of them, or a
 plaintext byte released, makes the exit status non-zero.
@@ -314,6 +316,10 @@ def instant(text):
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def iso(seconds):
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 class GrantCampaign:
     """Randomized grants and limits against a registry of its own and a real `coffer serve` on loopback.
 
@@ -414,6 +420,8 @@ class GrantCampaign:
         label = f"unshare {principal}{' ' + scope if scope else ''}{' --rekey' if rekey else ''}"
         if not self.present[principal]:
             return self.remove(principal)
+        if scope == "*":
+            return self.revoke_everywhere(principal)
         before = self.decryptable(principal)
         digests = {ref: self.sealed(ref) for ref in before} if rekey else {}
         said = self.coffer_check("unshare", principal, *([scope] if scope else []), *(["--rekey"] if rekey else []), *self.admin)
@@ -434,6 +442,27 @@ class GrantCampaign:
             if self.sealed(ref) & digests[ref]:
                 self.leaks.append(f"{label}: {ref} still has a sealed blob {principal} could open")
         return label
+
+    def revoke_everywhere(self, principal):
+        """`unshare` takes a model or a namespace, not `*`: a `*` share is ended with `revoke`, decrypt first, which
+        deletes the keys it carried and names them."""
+        before = self.decryptable(principal)
+        said = ""
+        for role in ("decrypt", "reader"):
+            result = self.coffer_run("revoke", principal, role, "--on", "*", *self.admin)
+            refused = result.stderr.decode().strip()
+            if result.returncode != 0 and refused != f"coffer: {principal} holds no {role} on * grant":
+                raise RuntimeError(f"coffer revoke {principal} {role} --on *: {refused}")
+            if (result.returncode == 0) != ((role, "*") in self.grants[principal]):
+                self.denials.append(f"revoke {principal} {role} --on *: exit {result.returncode}, the campaign's grants {sorted(self.grants[principal])}")
+            said += result.stdout.decode()
+        self.grants[principal] -= {("reader", "*"), ("decrypt", "*")}
+        ended = before - self.decryptable(principal)
+        match = re.search(r"removed \S+ wrapped keys of (.*); rekey", said)
+        removed = set(match.group(1).split(", ")) if match else set()
+        if removed != ended:
+            (self.leaks if ended - removed else self.denials).append(f"revoke {principal} on *: said it removed keys of {sorted(removed)}, expected {sorted(ended)}")
+        return f"revoke {principal} decrypt, reader --on *"
 
     def remove(self, principal):
         if not self.present[principal]:
@@ -566,18 +595,22 @@ class GrantCampaign:
         lines = open(f"{w}/data/data.csv").read().splitlines()
         self.header, self.rows = lines[0], lines[1:]
         self.sessions = {}  # id -> the oracle's copy of a session
+        self.reported = set()
         self.grant = None
         self.regrant()
         self.infer_token = self.mint("ivy", "infer")
         for _ in range(steps):
-            kind = self.rng.choices(["open", "predict", "revoke", "regrant"], [35, 55, 5, 5])[0]
+            kind = self.rng.choices(["open", "predict", "revoke", "regrant"], [35, 52, 5, 8])[0]
             getattr(self, kind)()
             self.check_limits()
         self.check_audit()
 
     def regrant(self):
-        """`share inf/risk ivy --infer` with new random limits (after `unshare ivy inf/risk`, which ends every session)."""
-        if self.grant is not None:
+        """`share inf/risk ivy --infer` with new random limits: half the time after `unshare ivy inf/risk` (which ends
+        every session), half the time in place over the grant whose sessions may still be open. Either way the new
+        limits are the grant's maximum from then on: no session open past the share's time plus its --ttl, no more
+        than its --max-predictions rows answered since."""
+        if self.grant is not None and self.rng.random() < 0.5:
             self.coffer_check("unshare", "ivy", "inf/risk", *self.admin)
             for session in self.sessions.values():
                 session["revoked"] = True
@@ -585,7 +618,7 @@ class GrantCampaign:
         seconds = self.rng.choice([6, 10, 15, 30, 300, 3600, 86400])
         predictions = self.rng.randrange(3, 40)
         self.coffer_check("share", "inf/risk", "ivy", "--infer", "--ttl", f"{seconds}s", "--max-predictions", predictions, *self.admin)
-        self.grant = dict(number=number, seconds=seconds, predictions=predictions, rows=0)
+        self.grant = dict(number=number, seconds=seconds, predictions=predictions, rows=0, at=time.time())
 
     def remote(self):
         return ["--registry", self.base, "--token", self.infer_token]
@@ -602,8 +635,9 @@ class GrantCampaign:
 
     def open(self):
         seconds, predictions = self.grant["seconds"], self.grant["predictions"]
-        roll = self.rng.random()
-        ttl = "365d" if roll < 0.05 else f"{self.rng.randint(seconds + 1, seconds * 3)}s" if roll < 0.35 else f"{self.rng.randint(max(1, seconds // 3), seconds)}s"
+        # A third beyond the grant's maximum (one second over, well over, a year), the rest within it (exactly at it too).
+        ttl = self.rng.choice(["365d", f"{seconds + 1}s", f"{self.rng.randint(seconds + 1, seconds * 3)}s", f"{self.rng.randint(seconds + 1, seconds * 3)}s",
+                               f"{seconds}s", *[f"{self.rng.randint(max(1, seconds // 3), seconds)}s"] * 7])
         asked = int(ttl[:-1]) * (86400 if ttl.endswith("d") else 1)
         max_uses = self.rng.randint(1, predictions + 3) if self.rng.random() < 0.6 else None
         self.serial += 1
@@ -656,6 +690,9 @@ class GrantCampaign:
         result = self.coffer_run("infer", "--session", session["id"], "--input", csv, *self.remote(),
                                  *(["--session-token-file", session["token_file"]] if session["token_file"] else []))
         certain = session["revoked"] or not now - 1 <= session["expires"] <= time.time() + 1
+        # A session of a grant replaced in place: its own max_uses and the new grant's count disagree; check_limits
+        # judges what it answered, not this call.
+        certain = certain and (session["revoked"] or session["grant"] == self.grant["number"])
         expected = not session["revoked"] and now < session["expires"] and not bad and session["uses"] + rows <= session["max_uses"]
         self.limits["tried"] += 1
         state = "revoked" if session["revoked"] else f"{session['expires'] - now:.1f} s left"
@@ -692,26 +729,38 @@ class GrantCampaign:
         if not live:
             return self.open()
         session = self.rng.choice(live)
-        self.coffer_check("session", "revoke", session["id"], *self.remote())
+        result = self.coffer_run("session", "revoke", session["id"], *self.remote())
+        if result.returncode != 0 and time.time() < session["expires"] - 1:
+            self.denials.append(f"session revoke {session['id']} by ivy: {result.stderr.decode().strip()[:200]}")
         session["revoked"] = True
 
     def check_limits(self):
-        """What the registry lists: no session of ivy's lives longer than the grant it was opened under allows, none has
-        used more than its max_uses, and the current grant's sessions have made at most its predictions."""
+        """What the registry lists: no session of ivy's lives longer than the grant it was opened under allows, none is
+        open past the current grant's maximum, none has used more than its max_uses, and at most the current grant's
+        predictions were answered since it was made."""
         listed = self.listed_sessions()
+        now = time.time()
         for sid, got in listed.items():
             mine = self.sessions.get(sid)
-            lifetime = instant(got["expiresAt"]) - instant(got["createdAt"])
+            expires = instant(got["expiresAt"])
+            lifetime = expires - instant(got["createdAt"])
             if mine is None:
-                self.leaks.append(f"session {sid} of ivy is open, and the campaign never opened it")
+                self.fail_once(sid, f"session {sid} of ivy is listed, and the campaign never opened it")
             elif lifetime > mine["seconds"] + 0.001:
-                self.leaks.append(f"session {sid} lives {lifetime:.3f} s, its grant allows {mine['seconds']} s")
+                self.fail_once(sid, f"session {sid} lives {lifetime:.3f} s, its grant allows {mine['seconds']} s")
+            elif not mine["revoked"] and now < expires and expires > self.grant["at"] + self.grant["seconds"] + 1:
+                self.fail_once(sid, f"session {sid} (opened under grant {mine['grant']}, {mine['seconds']} s) is open until {got['expiresAt']}, "
+                                    f"past the maximum of the grant that replaced it at {iso(self.grant['at'])} ({self.grant['seconds']} s)")
             if got["maxUses"] is None or got["uses"] > got["maxUses"]:
-                self.leaks.append(f"session {sid} used {got['uses']} of {got['maxUses']}")
-        spent = sum(listed[s]["uses"] for s, mine in self.sessions.items() if mine["grant"] == self.grant["number"] and s in listed)
-        if spent > self.grant["predictions"] or self.grant["rows"] > self.grant["predictions"]:
-            self.leaks.append(f"grant {self.grant['number']} allows {self.grant['predictions']} predictions: the registry counts {spent}, "
-                              f"{self.grant['rows']} rows were answered")
+                self.fail_once(sid + "uses", f"session {sid} used {got['uses']} of {got['maxUses']}")
+        if self.grant["rows"] > self.grant["predictions"]:
+            self.fail_once(f"grant {self.grant['number']}", f"grant {self.grant['number']} (made at {iso(self.grant['at'])}) allows "
+                           f"{self.grant['predictions']} predictions: {self.grant['rows']} rows were answered since")
+
+    def fail_once(self, key, message):
+        if key not in self.reported:
+            self.reported.add(key)
+            self.leaks.append(message)
 
     def check_audit(self):
         """Every refused or failed session open and prediction of ivy's has its audit entry."""
@@ -773,7 +822,7 @@ def main():
           f"refused as expected {p['refused']}  limits ({args.limit_steps} steps): tried {q['tried']}  refused as expected {q['refused']}  "
           f"sessions {q['sessions']}  predictions {q['predictions']}  audited refusals {q['audited']} of {q['refusals']}")
     print(f"grants and limits: opened or allowed what it should not {len(grants.leaks)}  refused what it should open {len(grants.denials)}  "
-          f"refusals not audited {len(grants.unaudited)}  plaintext bytes released {p['released'] + q['released']}")
+          f"refusals not audited {max(0, q['refusals'] - q['audited'])}  plaintext bytes released {p['released'] + q['released']}")
     for failure in campaign.failures[:20]:
         print("FAILED " + failure)
     for kind, failures in (("OPENED", grants.leaks), ("REFUSED", grants.denials), ("UNAUDITED", grants.unaudited)):
