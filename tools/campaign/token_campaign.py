@@ -15,13 +15,14 @@ one (a comparison that leaked would answer near-misses measurably slower).
 Then grants that carry keys, and inference limits (issue 20), on a registry of its own with its own `coffer serve`:
 
 - Keys follow grants (--grant-steps): three principals, three models in two namespaces; random steps of `share
-  MODEL|NS/|* P --pull`, `grant P reader`, `unshare P [MODEL|NS/] [--rekey]` (`revoke decrypt|reader --on '*'` for a
-  `*` share: unshare takes no `*`), `principal remove` (re-added by a later share) and pushes of new versions (locally
-  and over HTTP). After every step every principal (and the owner) pulls
-  every version locally with its own identity, and through the server with its newest bearer token (and a revoked one
-  replayed); the oracle is the campaign's own model of the grants. The registry's wrapped-key rows must hold a key for
-  a principal exactly on the versions it may decrypt now, `unshare` must name the keys it removed and the versions to
-  rekey (or re-encrypted, whose old blobs must be gone).
+  MODEL|NS/|* P --pull`, `grant P reader` alone or with `decrypt` (without the registry key: a server wraps a key on
+  demand at the first remote pull), `unshare P [MODEL|NS/] [--rekey]` (`revoke decrypt|reader --on '*'` for a `*`
+  share: unshare takes no `*`), `principal remove` (re-added by a later share) and pushes of new versions (locally
+  and over HTTP). After every step every principal (and the owner) pulls every version locally with its own
+  identity, and through the server with its newest bearer token (and a revoked one replayed); the oracle is the
+  campaign's own model of the grants. The registry's wrapped-key rows must hold a key for a principal on exactly the
+  versions it may decrypt now (those not wrapped yet aside); `unshare` must name the keys it removed and the versions
+  to rekey (or re-encrypted, whose old blobs must be gone).
 - Limits (--limit-steps): `share inf/risk ivy --infer --ttl D --max-predictions N` with random limits, now and then
   replaced (after `unshare`, or in place over open sessions); ivy opens sessions through the server with random --ttl
   (some beyond D) and --max-uses, with and without --save-token, predicts random row counts (some files missing a
@@ -33,6 +34,7 @@ Opened what it should not, refused what it should open and unaudited refusals ar
 plaintext byte released, makes the exit status non-zero.
 """
 import argparse
+import collections
 import concurrent.futures
 import datetime
 import json
@@ -340,11 +342,15 @@ class GrantCampaign:
         self.grants = {p: set() for p in self.PRINCIPALS}  # (role, scope)
         self.present = dict.fromkeys(self.PRINCIPALS, True)
         self.tokens = {p: [] for p in self.PRINCIPALS}  # [token, live], newest last
+        # Versions a principal may decrypt whose key nothing has wrapped for it yet (a decrypt grant made without the
+        # registry's key): a local pull finds no key, a server wraps one on demand at the first remote pull.
+        self.unwrapped = {p: set() for p in self.PRINCIPALS}
         self.versions = []  # (model, version, {file: bytes})
         self.pulls = dict(tried=0, refused=0, local=0, remote=0, released=0)
         self.limits = dict(tried=0, refused=0, released=0, sessions=0, predictions=0, audited=0, refusals=0)
         self.leaks, self.denials, self.unaudited = [], [], []
         self.serial = 0
+        self.kinds = collections.Counter()
 
     def coffer_run(self, *args, env=None):
         return run(self.coffer, *args, env=env or self.env)
@@ -405,9 +411,24 @@ class GrantCampaign:
             self.present[principal] = True
         self.coffer_check("share", scope, principal, "--pull", *self.admin)
         self.grants[principal] |= {("reader", scope), ("decrypt", scope)}
+        self.unwrapped[principal] = {ref for ref in self.unwrapped[principal] if not covers(scope, ref.rsplit(":", 1)[0])}
         if not any(live for _, live in self.tokens[principal]):
             self.tokens[principal].append([self.mint(principal, "read"), True])
         return f"share {scope} {principal} --pull"
+
+    def grant_keyless(self, principal, scope):
+        """`grant reader` and `grant decrypt` without the registry's key: the grant is recorded alone, and the versions
+        already there are wrapped for the principal only when a server is asked for them."""
+        if not self.present[principal]:
+            return self.share(principal, scope)
+        before = self.decryptable(principal)
+        for role in ("reader", "decrypt"):
+            self.coffer_check("grant", principal, role, "--on", scope, *self.admin)
+            self.grants[principal].add((role, scope))
+        self.unwrapped[principal] |= self.decryptable(principal) - before
+        if not any(live for _, live in self.tokens[principal]):
+            self.tokens[principal].append([self.mint(principal, "read"), True])
+        return f"grant {principal} reader, decrypt --on {scope} (without the registry key)"
 
     def grant_reader(self, principal, scope):
         if not self.present[principal]:
@@ -432,16 +453,22 @@ class GrantCampaign:
             for token in self.tokens[principal]:
                 token[1] = False
         ended = before - self.decryptable(principal)
-        removed = listed(said, "wrapped keys removed") or set()
-        if removed != ended:
-            (self.leaks if ended - removed else self.denials).append(f"{label}: said it removed keys of {sorted(removed)}, expected {sorted(ended)}")
-        named = listed(said, "re-encrypted" if rekey else "to rekey") or set()
-        if named != ended:
-            (self.leaks if ended - named else self.denials).append(f"{label}: named {sorted(named)} to rekey or re-encrypted, expected {sorted(ended)}")
+        self.report_removed(label, principal, ended, listed(said, "wrapped keys removed") or set(), "removed keys of")
+        self.report_removed(label, principal, ended, listed(said, "re-encrypted" if rekey else "to rekey") or set(), "named to rekey or re-encrypted")
+        self.unwrapped[principal] &= self.decryptable(principal)
         for ref in ended & set(digests) if rekey else ():
             if self.sealed(ref) & digests[ref]:
                 self.leaks.append(f"{label}: {ref} still has a sealed blob {principal} could open")
         return label
+
+    def report_removed(self, label, principal, ended, said, what):
+        """What an unshare or revoke says it ended: every version the principal no longer may decrypt whose key it held
+        (those never wrapped for it may be left out), and nothing else."""
+        held = ended - self.unwrapped[principal]
+        if held - said:
+            self.leaks.append(f"{label}: {what} {sorted(said)}, but {principal} held keys of {sorted(held)}")
+        if said - ended:
+            self.denials.append(f"{label}: {what} {sorted(said)}, but {principal} may still decrypt {sorted(said - ended)}")
 
     def revoke_everywhere(self, principal):
         """`unshare` takes a model or a namespace, not `*`: a `*` share is ended with `revoke`, decrypt first, which
@@ -459,9 +486,8 @@ class GrantCampaign:
         self.grants[principal] -= {("reader", "*"), ("decrypt", "*")}
         ended = before - self.decryptable(principal)
         match = re.search(r"removed \S+ wrapped keys of (.*); rekey", said)
-        removed = set(match.group(1).split(", ")) if match else set()
-        if removed != ended:
-            (self.leaks if ended - removed else self.denials).append(f"revoke {principal} on *: said it removed keys of {sorted(removed)}, expected {sorted(ended)}")
+        self.report_removed(f"revoke {principal} on *", principal, ended, set(match.group(1).split(", ")) if match else set(), "removed keys of")
+        self.unwrapped[principal] &= self.decryptable(principal)
         return f"revoke {principal} decrypt, reader --on *"
 
     def remove(self, principal):
@@ -469,6 +495,7 @@ class GrantCampaign:
             return self.share(principal, self.rng.choice(self.SCOPES))
         self.coffer_check("principal", "remove", principal, *self.admin)
         self.present[principal] = False
+        self.unwrapped[principal] = set()
         self.grants[principal] = set()
         for token in self.tokens[principal]:
             token[1] = False
@@ -493,9 +520,12 @@ class GrantCampaign:
     def step(self):
         principal = self.rng.choice(self.PRINCIPALS)
         scope = self.rng.choice(self.SCOPES)
-        kind = self.rng.choices(["share", "reader", "unshare", "unshare-all", "remove", "push"], [34, 8, 20, 8, 8, 22])[0]
+        kind = self.rng.choices(["share", "keyless", "reader", "unshare", "unshare-all", "remove", "push"], [28, 8, 6, 20, 8, 8, 22])[0]
+        self.kinds[kind] += 1
         if kind == "share":
             return self.share(principal, scope)
+        if kind == "keyless":
+            return self.grant_keyless(principal, scope)
         if kind == "reader":
             return self.grant_reader(principal, scope)
         if kind == "unshare":
@@ -536,7 +566,9 @@ class GrantCampaign:
             mine = plan[principal] = []
             for model, version, files in self.versions:
                 expected = self.may_open(principal, model)
-                mine.append(("local", model, version, files, None, expected))
+                # Not wrapped yet: refused locally ("holds no key") until a remote pull has had the server wrap it.
+                local = None if expected and f"{model}:{version}" in self.unwrapped.get(principal, ()) else expected
+                mine.append(("local", model, version, files, None, local))
                 if tokens:
                     mine.append(("remote", model, version, files, tokens[-1][0], expected and tokens[-1][1]))
             dead = [t for t, live in tokens if not live]
@@ -554,6 +586,10 @@ class GrantCampaign:
             self.pulls["tried"] += 1
             self.pulls["remote" if where != "local" else "local"] += 1
             what = f"after {label}: {principal} {where} pull {model}:{version}"
+            if opened and principal in self.unwrapped:
+                self.unwrapped[principal].discard(f"{model}:{version}")
+            if expected is None:
+                continue
             if expected and not opened:
                 self.denials.append(f"{what} refused, should open: {line}")
             elif not expected:
@@ -565,7 +601,8 @@ class GrantCampaign:
         self.check_keys(label)
 
     def check_keys(self, label):
-        """The registry's wrapped-key rows: a principal holds a stanza for exactly the versions it may decrypt now."""
+        """The registry's wrapped-key rows: a principal holds a stanza for exactly the versions it may decrypt now (but
+        those not wrapped for it yet)."""
         rows = self.query("SELECT m.name || ':' || v.version, w.recipient_key_id FROM wrapped_keys w JOIN versions v ON v.id = w.version_id "
                           "JOIN models m ON m.id = v.model_id")
         for principal in self.PRINCIPALS:
@@ -574,8 +611,8 @@ class GrantCampaign:
             expected = self.decryptable(principal)
             if held - expected:
                 self.leaks.append(f"after {label}: {principal} still holds wrapped keys of {sorted(held - expected)}")
-            if expected - held:
-                self.denials.append(f"after {label}: {principal} lacks wrapped keys of {sorted(expected - held)}")
+            if expected - held - self.unwrapped[principal]:
+                self.denials.append(f"after {label}: {principal} lacks wrapped keys of {sorted(expected - held - self.unwrapped[principal])}")
 
     def grants_phase(self, steps):
         self.alice_token = self.mint("alice", "read")
@@ -821,6 +858,7 @@ def main():
     print(f"grants ({args.grant_steps} steps, {len(grants.versions)} versions): pulls tried {p['tried']} ({p['local']} local, {p['remote']} remote)  "
           f"refused as expected {p['refused']}  limits ({args.limit_steps} steps): tried {q['tried']}  refused as expected {q['refused']}  "
           f"sessions {q['sessions']}  predictions {q['predictions']}  audited refusals {q['audited']} of {q['refusals']}")
+    print("grant steps: " + ", ".join(f"{kind} {n}" for kind, n in sorted(grants.kinds.items())))
     print(f"grants and limits: opened or allowed what it should not {len(grants.leaks)}  refused what it should open {len(grants.denials)}  "
           f"refusals not audited {max(0, q['refusals'] - q['audited'])}  plaintext bytes released {p['released'] + q['released']}")
     for failure in campaign.failures[:20]:
