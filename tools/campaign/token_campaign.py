@@ -785,8 +785,9 @@ class GrantCampaign:
                 self.fail_once(sid, f"session {sid} of ivy is listed, and the campaign never opened it")
             elif lifetime > mine["seconds"] + 0.001:
                 self.fail_once(sid, f"session {sid} lives {lifetime:.3f} s, its grant allows {mine['seconds']} s")
-            elif not mine["revoked"] and now < expires and expires > self.grant["at"] + self.grant["seconds"] + 1:
-                self.fail_once(sid, f"session {sid} (opened under grant {mine['grant']}, {mine['seconds']} s) is open until {got['expiresAt']}, "
+            elif (mine["grant"] != self.grant["number"] and not mine["revoked"] and now < expires
+                  and expires > self.grant["at"] + self.grant["seconds"] + 1):
+                self.fail_once(sid, f"session {sid} (opened at {got['createdAt']} under grant {mine['grant']}, {mine['seconds']} s) is open until {got['expiresAt']}, "
                                     f"past the maximum of the grant that replaced it at {iso(self.grant['at'])} ({self.grant['seconds']} s)")
             if got["maxUses"] is None or got["uses"] > got["maxUses"]:
                 self.fail_once(sid + "uses", f"session {sid} used {got['uses']} of {got['maxUses']}")
