@@ -349,6 +349,7 @@ class GrantCampaign:
         self.pulls = dict(tried=0, refused=0, local=0, remote=0, released=0)
         self.limits = dict(tried=0, refused=0, released=0, sessions=0, predictions=0, audited=0, refusals=0)
         self.leaks, self.denials, self.unaudited = [], [], []
+        self.grant_failures = None
         self.serial = 0
         self.kinds = collections.Counter()
 
@@ -626,6 +627,7 @@ class GrantCampaign:
 
     def limits_phase(self, steps):
         w = self.work
+        self.grant_failures = (len(self.leaks), len(self.denials), len(self.unaudited))  # where the limits phase's begin
         self.coffer_check("synth", "--rows", "300", "--features", "3", "--out", f"{w}/data")
         self.coffer_check("train", "--config", f"{w}/data/recipe.json", "--out", f"{w}/ckpt")
         self.coffer_check("push", "inf/risk", f"{w}/ckpt", *self.admin)
@@ -865,8 +867,10 @@ def main():
           f"refusals not audited {max(0, q['refusals'] - q['audited'])}  plaintext bytes released {p['released'] + q['released']}")
     for failure in campaign.failures[:20]:
         print("FAILED " + failure)
-    for kind, failures in (("OPENED", grants.leaks), ("REFUSED", grants.denials), ("UNAUDITED", grants.unaudited)):
-        for failure in failures[:20]:
+    # The first ten of each kind from each phase: a flood from one phase does not hide the other's.
+    split = grants.grant_failures or (len(grants.leaks), len(grants.denials), len(grants.unaudited))
+    for (kind, failures), cut in zip((("OPENED", grants.leaks), ("REFUSED", grants.denials), ("UNAUDITED", grants.unaudited)), split):
+        for failure in failures[:cut][:10] + failures[cut:][:10]:
             print(f"FAILED ({kind}) {failure}")
     ok = (campaign.detected == campaign.tried and campaign.released == 0 and not leaked_tokens and "request_id=" in log
           and refusals >= campaign.tried // 2 and 0.67 <= ratio <= 1.5)
