@@ -456,10 +456,11 @@ class GrantCampaign:
         ended = before - self.decryptable(principal)
         self.report_removed(label, principal, ended, listed(said, "wrapped keys removed") or set(), "removed keys of")
         self.report_removed(label, principal, ended, listed(said, "re-encrypted" if rekey else "to rekey") or set(), "named to rekey or re-encrypted")
+        held = ended - self.unwrapped[principal]  # a version never wrapped for it gave it no key to keep
         self.unwrapped[principal] &= self.decryptable(principal)
-        for ref in ended & set(digests) if rekey else ():
+        for ref in held if rekey else ():
             if self.sealed(ref) & digests[ref]:
-                self.leaks.append(f"{label}: {ref} still has a sealed blob {principal} could open")
+                self.leaks.append(f"{label}: {ref} still has a sealed blob {principal} could open with the key it held")
         return label
 
     def report_removed(self, label, principal, ended, said, what):
