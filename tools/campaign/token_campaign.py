@@ -635,6 +635,7 @@ class GrantCampaign:
         lines = open(f"{w}/data/data.csv").read().splitlines()
         self.header, self.rows = lines[0], lines[1:]
         self.sessions = {}  # id -> the oracle's copy of a session
+        self.refused = []  # (audit action, target, start, end, what was tried and the answer) of every refusal seen
         self.reported = set()
         self.grant = None
         self.regrant()
@@ -693,6 +694,7 @@ class GrantCampaign:
         line = (result.stderr.decode().strip().splitlines() or [""])[-1][:200]
         if result.returncode != 0:
             self.limits["refusals"] += 1
+            self.refused.append(("session.open", "inf/risk", before, after, f"{what}: {line}"))
             if expected and certain:
                 self.denials.append(f"{what} refused: {line}")
             else:
@@ -751,6 +753,7 @@ class GrantCampaign:
             self.limits["predictions"] += rows
         else:
             self.limits["refusals"] += 1
+            self.refused.append(("infer", session["id"], now, time.time(), f"{what}: {line}"))
             if result.stdout:
                 self.limits["released"] += len(result.stdout)
                 self.leaks.append(f"{what}: refused but wrote {len(result.stdout)} bytes")
@@ -807,10 +810,17 @@ class GrantCampaign:
     def check_audit(self):
         """Every refused or failed session open and prediction of ivy's has its audit entry."""
         audit = json.loads(self.coffer_check("audit", "--json", "--principal", "ivy", "--home", self.home))
-        self.limits["audited"] = sum(1 for e in audit if e["outcome"] in ("refused", "failed") and e["action"] in ("session.open", "infer", "predict"))
-        if self.limits["audited"] < self.limits["refusals"]:
-            self.unaudited.append(f"audit: {self.limits['refusals']} refused or failed session opens and predictions, "
-                                f"{self.limits['audited']} audited as refused or failed")
+        entries = [("infer" if e["action"] == "predict" else e["action"], e["target"], instant(e["at"])) for e in audit
+                   if e["outcome"] in ("refused", "failed") and e["action"] in ("session.open", "infer", "predict")]
+        self.limits["audited"] = len(entries)
+        # Each refusal seen is matched to one entry of its action and target (the model for an open, the session for a
+        # prediction) written while the call was under way (one clock: the server runs on this machine).
+        for action, target, start, end, what in self.refused:
+            match = next((e for e in entries if e[:2] == (action, target) and start - 0.01 <= e[2] <= end + 0.01), None)
+            if match is None:
+                self.unaudited.append(f"no {action} entry for: {what}")
+            else:
+                entries.remove(match)
 
 
 def http_client_errors():
@@ -865,7 +875,7 @@ def main():
           f"sessions {q['sessions']}  predictions {q['predictions']}  audited refusals {q['audited']} of {q['refusals']}")
     print("grant steps: " + ", ".join(f"{kind} {n}" for kind, n in sorted(grants.kinds.items())))
     print(f"grants and limits: opened or allowed what it should not {len(grants.leaks)}  refused what it should open {len(grants.denials)}  "
-          f"refusals not audited {max(0, q['refusals'] - q['audited'])}  plaintext bytes released {p['released'] + q['released']}")
+          f"refusals not audited {len(grants.unaudited)}  plaintext bytes released {p['released'] + q['released']}")
     for failure in campaign.failures[:20]:
         print("FAILED " + failure)
     # The first ten of each kind from each phase: a flood from one phase does not hide the other's.
