@@ -647,10 +647,11 @@ class GrantCampaign:
         self.check_audit()
 
     def regrant(self):
-        """`share inf/risk ivy --infer` with new random limits: half the time after `unshare ivy inf/risk` (which ends
-        every session), half the time in place over the grant whose sessions may still be open. Either way the new
-        limits are the grant's maximum from then on: no session open past the share's time plus its --ttl, no more
-        than its --max-predictions rows answered since."""
+        """`share inf/risk ivy --infer` with new random limits: half the time after `unshare ivy inf/risk`, half the time
+        in place over the grant whose sessions may still be open. Either way every session opened under the old limits
+        ends (replacing a grant's limits revokes them: docs/FORMAT.md, "Inference limits"), and the new limits are the
+        grant's maximum from then on: no session open past the share's time plus its --ttl, no more than its
+        --max-predictions rows answered since."""
         if self.grant is not None and self.rng.random() < 0.5:
             self.coffer_check("unshare", "ivy", "inf/risk", *self.admin)
             for session in self.sessions.values():
@@ -658,7 +659,13 @@ class GrantCampaign:
         number = (self.grant or {"number": 0})["number"] + 1
         seconds = self.rng.choice([6, 10, 15, 30, 300, 3600, 86400])
         predictions = self.rng.randrange(3, 40)
-        self.coffer_check("share", "inf/risk", "ivy", "--infer", "--ttl", f"{seconds}s", "--max-predictions", predictions, *self.admin)
+        shared = self.coffer_check("share", "inf/risk", "ivy", "--infer", "--ttl", f"{seconds}s", "--max-predictions", predictions, *self.admin)
+        if self.grant is not None and (self.grant["seconds"], self.grant["predictions"]) != (seconds, predictions):
+            ended = set(re.findall(r"\b[0-9a-f]{16}\b", "".join(l for l in shared.splitlines() if l.startswith("ended "))))
+            for session in self.sessions.values():
+                if not session["revoked"] and time.time() + 1 < session["expires"] and session["id"] not in ended:
+                    self.fail_once(session["id"] + "regrant", f"share with new limits left session {session['id']} of the old ones open")
+                session["revoked"] = True
         self.grant = dict(number=number, seconds=seconds, predictions=predictions, rows=0, earlier=0, at=time.time())
 
     def remote(self):

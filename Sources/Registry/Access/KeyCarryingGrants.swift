@@ -184,12 +184,16 @@ extension Registry {
             wrapped.labels = []
             wrapped.endedSessions = []
             if let replaced {
-                // Not marked revoked: a later use is refused because the session holds no key any more.
+                // Revoked (session list says so) and their key copies destroyed.
                 wrapped.endedSessions = try await self.metadata.sessions().filter { row in
-                    row.session.principal == grant.principal && row.session.wrappedKey != nil
+                    row.session.principal == grant.principal && row.session.wrappedKey != nil && row.session.revokedAt == nil
                         && replaced.covers(model: row.model, alias: row.session.alias)
                 }.map(\.session.id)
-                if !wrapped.endedSessions.isEmpty { work.changes.append(.dropSessionKeys(ids: wrapped.endedSessions)) }
+                if !wrapped.endedSessions.isEmpty {
+                    let now = Registry.timestamp(Date())
+                    work.changes += wrapped.endedSessions.map { .revokeSession(id: $0, at: now) }
+                    work.changes.append(.dropSessionKeys(ids: wrapped.endedSessions))
+                }
             }
             guard carriesKeys, let registryIdentity else { return }
             let held = Set(try await self.metadata.wrappedKeys(recipient: grantee.keyID).map(\.versionID))
