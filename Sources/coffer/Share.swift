@@ -88,7 +88,7 @@ extension Coffer {
         )
         @OptionGroup var registry: RegistryOptions
         @Argument(help: "Principal name.") var principal: String
-        @Argument(help: "MODEL or NS/ (default: everything).") var model: String?
+        @Argument(help: "MODEL, NS/ or * (the grants on exactly that scope; default: everything, tokens too).") var model: String?
         @Flag(name: .long, help: "Re-encrypt every version the principal could decrypt (needs the registry key).") var rekey = false
         @OptionGroup var acting: ActingIdentity
         @OptionGroup var passphraseOptions: PassphraseOptions

@@ -159,6 +159,12 @@ struct ShareTests {
         let narrow = try await f.registry.unshare("carol", model: "icu/mortality", by: Signer(alice))
         #expect(narrow.revoked.isEmpty && narrow.removedKeys.isEmpty && narrow.kept.map(\.scope) == ["icu/", "icu/"])
         #expect(try await pulls(f, "icu/mortality:2", carol) == bytes(3000, seed: 2))
+        // A '*' share is unshared by its scope too, and only its grants end.
+        _ = try await f.registry.share("*", with: "bob", mode: .pull, registryIdentity: try f.registryKey, by: Signer(alice))
+        let everything = try await f.registry.unshare("bob", model: "*", by: Signer(alice))
+        #expect(everything.revoked.map(\.scope) == ["*", "*"] && everything.tokens.isEmpty)
+        await expectRefusal("bob lacks the reader role on icu/mortality") { _ = try await pulls(f, "icu/mortality:1", bob) }
+        #expect(try await pulls(f, "icu/sepsis:1", bob) == bytes(3000, seed: 1), "the grant on icu/sepsis stands")
     }
 
     @Test(arguments: MetadataBackend.available) func revokingDecryptDeletesTheKeysItCarriedAndNamesThem(on backend: MetadataBackend) async throws {

@@ -250,7 +250,7 @@ extension Registry {
     ) async throws(CofferRegistryError) -> UnshareResult {
         // Admin on every model, as each revoke record it makes requires.
         try await require(signer, .admin, on: nil, action: "unshare", target: principal)
-        if let model { try ModelReference.validate(name: model.hasSuffix("/") ? String(model.dropLast()) : model) }
+        if let model, model != "*" { try ModelReference.validate(name: model.hasSuffix("/") ? String(model.dropLast()) : model) }
         if let registryIdentity { try await requireCurrentRegistryKey(registryIdentity) }
         let state = try await ledgerState()
         guard let key = state.principals[principal] else { throw .unknownPrincipal(principal) }
