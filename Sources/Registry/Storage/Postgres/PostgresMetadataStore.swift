@@ -647,6 +647,10 @@ final class PostgresMetadataStore: MetadataStore {
         }
         if let id = query.id { conditions.append("v.id = \(bind(id))") }
         if let model = query.model { conditions.append("m.name = \(bind(model))") }
+        if let before = query.before {
+            let created = bind(before.createdAt)
+            conditions.append("(v.created_at < \(created) OR (v.created_at = \(created) AND v.id < \(bind(before.id))))")
+        }
         for comparison in query.filter?.comparisons ?? [] {
             // The field is one of WhereExpression's known column names, never the user's text; the value is bound.
             let op = comparison.op == "!=" ? "<>" : comparison.op
@@ -939,6 +943,8 @@ final class PostgresMetadataStore: MetadataStore {
     }
 
     func forEachAuditEntry(
+        after first: Int64,
+        through last: Int64?,
         _ body: (_ seq: Int64, _ column: (Int) -> UnsafeRawBufferPointer) throws(CofferRegistryError) -> Bool
     ) async throws(CofferRegistryError) {
         // Rows are pulled from the server as the walk goes (postgres-nio asks for more only when the loop does), and
@@ -946,8 +952,12 @@ final class PostgresMetadataStore: MetadataStore {
         var scratch: [UInt8] = []
         var ranges = [Range<Int>](repeating: 0..<0, count: 9)
         try await database.withConnection { connection in
+            let through = last ?? Int64.max
             let rows = try await connection.query(
-                "SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log ORDER BY seq",
+                """
+                SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log
+                WHERE seq > \(first) AND seq <= \(through) ORDER BY seq
+                """,
                 logger: Self.logger
             )
             for try await row in rows {
@@ -973,8 +983,8 @@ final class PostgresMetadataStore: MetadataStore {
         }
     }
 
-    func auditHeads() async throws(CofferRegistryError) -> [AuditHeadRecord] {
-        try await fetchAll(AuditHeadRecord.self, "SELECT * FROM audit_heads ORDER BY seq")
+    func auditHeads(after seq: Int64) async throws(CofferRegistryError) -> [AuditHeadRecord] {
+        try await fetchAll(AuditHeadRecord.self, "SELECT * FROM audit_heads WHERE seq > \(seq) ORDER BY seq")
     }
 
     func lastAuditHeadSeq() async throws(CofferRegistryError) -> Int64 {

@@ -475,6 +475,10 @@ final class SQLiteMetadataStore: MetadataStore {
             conditions.append("m.name = ?")
             arguments += [model]
         }
+        if let before = query.before {
+            conditions.append("(v.created_at < ? OR (v.created_at = ? AND v.id < ?))")
+            arguments += [before.createdAt, before.createdAt, before.id]
+        }
         for comparison in query.filter?.comparisons ?? [] {
             // The field is one of WhereExpression's known column names, never the user's text; the value is bound.
             conditions.append("v.\(comparison.field) \(comparison.op == "!=" ? "<>" : comparison.op) ?")
@@ -700,6 +704,8 @@ final class SQLiteMetadataStore: MetadataStore {
     }
 
     func forEachAuditEntry(
+        after first: Int64,
+        through last: Int64?,
         _ body: (_ seq: Int64, _ column: (Int) -> UnsafeRawBufferPointer) throws(CofferRegistryError) -> Bool
     ) async throws(CofferRegistryError) {
         // SQLite's own row loop, with each entry's fields read from where SQLite holds them: GRDB's rows (a Data or
@@ -709,8 +715,12 @@ final class SQLiteMetadataStore: MetadataStore {
             let unchecked = UncheckedBody(body: body)
             try await self.read { db in
                 let statement = try db.makeStatement(
-                    sql: "SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log ORDER BY seq"
+                    sql: """
+                        SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log
+                        WHERE seq > ? AND seq <= ? ORDER BY seq
+                        """
                 )
+                try statement.setArguments([first, last ?? Int64.max])
                 let handle = statement.sqliteStatement
                 func column(_ index: Int) -> UnsafeRawBufferPointer {
                     let start = sqlite3_column_blob(handle, Int32(index))
@@ -727,8 +737,8 @@ final class SQLiteMetadataStore: MetadataStore {
         try await withoutActuallyEscaping(body) { (body) async throws(CofferRegistryError) in try await walk(body) }
     }
 
-    func auditHeads() async throws(CofferRegistryError) -> [AuditHeadRecord] {
-        try await read { db in try AuditHeadRecord.order(AuditHeadRecord.Columns.seq).fetchAll(db) }
+    func auditHeads(after seq: Int64) async throws(CofferRegistryError) -> [AuditHeadRecord] {
+        try await read { db in try AuditHeadRecord.filter(AuditHeadRecord.Columns.seq > seq).order(AuditHeadRecord.Columns.seq).fetchAll(db) }
     }
 
     func lastAuditHeadSeq() async throws(CofferRegistryError) -> Int64 {
