@@ -119,6 +119,8 @@ public func buildApplication(
             state.sessions,
             // Often enough that a head is re-signed well before it expires, whatever lifetime was chosen.
             AuditHeadSigner(state: state, interval: min(configuration.auditSigningInterval, .milliseconds(Int(configuration.headLifetime * 250)))),
+            // The audit page's first chain check, before anyone asks for it.
+            AuditChainWatch(monitor: state.auditChain),
         ],
         logger: logger
     )
@@ -154,6 +156,8 @@ final class ServerState: Sendable {
     let sessions: LoadedSessions
     let webSessions = WebSessions()
     let pages = WebPages()
+    let auditChain: AuditChainMonitor
+    let versionChecks = VersionChecks()
     let refusals = RefusalTally()
     let maxUploadSize: Int
     let predictLimits: PredictLimits
@@ -167,6 +171,7 @@ final class ServerState: Sendable {
         self.predictLimits = configuration.predictLimits
         self.headLifetime = configuration.headLifetime
         self.sessions = LoadedSessions(registry: registry, logger: logger)
+        self.auditChain = AuditChainMonitor(registry: registry)
         self.logger = logger
     }
 
