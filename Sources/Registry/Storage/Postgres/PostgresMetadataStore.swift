@@ -649,7 +649,8 @@ final class PostgresMetadataStore: MetadataStore {
         if let model = query.model { conditions.append("m.name = \(bind(model))") }
         if let before = query.before {
             let created = bind(before.createdAt)
-            conditions.append("(v.created_at < \(created) OR (v.created_at = \(created) AND v.id < \(bind(before.id))))")
+            // A bound on the indexed column first, as in SQLiteMetadataStore, so the (model, created) index is searched from it.
+            conditions.append("v.created_at <= \(created) AND (v.created_at < \(created) OR v.id < \(bind(before.id)))")
         }
         for comparison in query.filter?.comparisons ?? [] {
             // The field is one of WhereExpression's known column names, never the user's text; the value is bound.

@@ -476,7 +476,10 @@ final class SQLiteMetadataStore: MetadataStore {
             arguments += [model]
         }
         if let before = query.before {
-            conditions.append("(v.created_at < ? OR (v.created_at = ? AND v.id < ?))")
+            // The bound `created_at <= ?` first: SQLite searches the (model, created) index from it. Written as
+            // `created_at < ? OR (created_at = ? AND id < ?)` alone, it walked the index from the newest (5 ms at the
+            // 50,000th of 100,000 versions against 0.2 ms).
+            conditions.append("v.created_at <= ? AND (v.created_at < ? OR v.id < ?)")
             arguments += [before.createdAt, before.createdAt, before.id]
         }
         for comparison in query.filter?.comparisons ?? [] {
