@@ -205,10 +205,10 @@ struct WebController {
 
     /// The version's chain of parents, up to the first the principal may not read (named only, as the child's
     /// `GET /v1/version` names it).
-    private func lineage(of summary: VersionSummary, holder: TokenHolder) async throws -> LineageGraph {
+    private func lineage(of summary: VersionSummary, chain: [VersionSummary], holder: TokenHolder) async throws -> LineageGraph {
         var nodes: [LineageGraph.Node] = []
         var hidden: String? = nil
-        for version in try await registry.lineage(ModelReference(parsing: "\(summary.model):\(summary.version)")) {
+        for version in chain {
             if version.model != summary.model, try await !registry.holds(.reader, on: version.model, holder.principal) {
                 hidden = "\(version.model):\(version.version)"
                 break
@@ -241,7 +241,9 @@ struct WebController {
         guard let text = request.uri.queryParameters.get("ref") else { throw HTTPError(.badRequest, message: "the ref query parameter is required") }
         let reference = try ModelReference(parsing: text)
         try await registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description)
-        let summary = try await registry.show(reference)
+        // The chain of parents starts with the version itself, as `show` makes it (signature checked): one call, not two.
+        let chain = try await registry.lineage(reference)
+        guard let summary = chain.first else { throw CofferRegistryError.unknownVersion(reference.description) }
         let ref = "\(summary.model):\(summary.version)"
         let check = state.versionChecks.last(ref)
         let failure = summary.verification ?? check?.failure
@@ -274,7 +276,7 @@ struct WebController {
         if let check {
             values["blobCheck"] = ["at": check.at, "by": check.by, "ok": check.failure == nil, "failure": check.failure ?? ""]
         }
-        values["lineage"] = try await lineage(of: summary, holder: holder).values
+        values["lineage"] = try await lineage(of: summary, chain: chain, holder: holder).values
         if let parent = summary.parent { values["parentHref"] = "/version?ref=" + WebForm.percentEncoded(parent) }
         if let message = summary.message { values["message"] = message }
         if let at = summary.erasedAt { values["erased"] = "at \(at) by \(summary.erasedBy ?? "an unknown principal")" }
