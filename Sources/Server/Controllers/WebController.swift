@@ -184,6 +184,8 @@ struct WebController {
             "title": name, "name": name, "versions": rows, "policies": policies, "hasPolicies": !policies.isEmpty,
             "mayPublish": holder.scope.allows(.publisher),
         ]
+        // The alias form starts at the page's newest version, as its list of versions used to.
+        values["firstVersion"] = found.versions.first?.version ?? ""
         let here = "/model?name=" + WebForm.percentEncoded(name)
         if before != nil { values["firstHref"] = here }
         if let next = found.next { values["nextHref"] = here + "&before=" + WebForm.percentEncoded(next) }

@@ -110,7 +110,7 @@ enum WebTemplates {
         <h2>Point an alias at a version</h2>
         <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="model" value="{{name}}">
         <p><label for="alias">Alias</label> <input id="alias" name="alias" required maxlength="64"></p>
-        <p><label for="alias-version">Version</label> <input id="alias-version" name="version" required maxlength="128" list="page-versions">
+        <p><label for="alias-version">Version</label> <input id="alias-version" name="version" required maxlength="128" list="page-versions" value="{{firstVersion}}">
         <datalist id="page-versions">{{#versions}}<option value="{{version}}"></option>{{/versions}}</datalist></p>
         <p><button type="submit">Set alias</button></p>
         </form>{{/mayPublish}}
