@@ -30,6 +30,18 @@ struct QueryTests {
         await #expect(try f.registry.list(where: "epsilon!=1").count == 2, "NULL epsilon never matches")
     }
 
+    @Test(arguments: MetadataBackend.available) func modelOverviewsCountAndNameTheNewestVersionOfEachModel(on backend: MetadataBackend) async throws {
+        let f = try await populated(on: backend)
+        let listed = try await f.registry.list()
+        let overviews = try await f.registry.modelOverviews()
+        #expect(overviews.map(\.name) == ["b", "a"], "the model with the newest version first")
+        for overview in overviews {
+            let versions = listed.filter { $0.model == overview.name }
+            #expect(overview.versions == versions.count)
+            #expect(overview.latestVersion == versions.first?.version && overview.latestCreated == versions.first?.created)
+        }
+    }
+
     @Test(arguments: MetadataBackend.available) func versionPagesWalkAModelNewestFirstByKeyset(on backend: MetadataBackend) async throws {
         let f = try await populated(on: backend)
         let alice = try person("alice")

@@ -40,6 +40,9 @@ protocol MetadataStore: Sendable {
     // MARK: Versions
 
     func modelExists(_ name: String) async throws(CofferRegistryError) -> Bool
+    /// Every model that has a version: its number of versions and its newest (by creation, then row id), the model
+    /// with the newest version first. One query over the (model, created) index, not a row per version.
+    func modelOverviews() async throws(CofferRegistryError) -> [ModelOverview]
     /// The row id and statement digest of `model:version`.
     func version(model: String, version: String) async throws(CofferRegistryError) -> (id: Int64, digest: String)?
     /// The row id of `model`'s version whose statement digest is `digest`.

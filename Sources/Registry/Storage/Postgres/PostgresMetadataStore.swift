@@ -545,6 +545,23 @@ final class PostgresMetadataStore: MetadataStore {
         try await scalar(Int64.self, "SELECT id FROM models WHERE name = \(name)") != nil
     }
 
+    func modelOverviews() async throws(CofferRegistryError) -> [ModelOverview] {
+        var overviews: [ModelOverview] = []
+        for row in try await database.query(
+            """
+            SELECT m.name, (SELECT count(*) FROM versions c WHERE c.model_id = m.id) AS versions, v.version, v.created_at
+            FROM models m JOIN versions v ON v.id = (
+                SELECT l.id FROM versions l WHERE l.model_id = m.id ORDER BY l.created_at DESC, l.id DESC LIMIT 1
+            )
+            ORDER BY v.created_at DESC, v.id DESC
+            """
+        ) {
+            let (name, versions, version, created) = try reading { try row.decode((String, Int64, String, String).self) }
+            overviews.append(ModelOverview(name: name, versions: Int(versions), latestVersion: version, latestCreated: created))
+        }
+        return overviews
+    }
+
     func version(model: String, version: String) async throws(CofferRegistryError) -> (id: Int64, digest: String)? {
         let rows = try await database.query(
             "SELECT v.id, v.digest FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = \(model) AND v.version = \(version)"

@@ -357,6 +357,21 @@ final class SQLiteMetadataStore: MetadataStore {
         try await read { db in try Self.modelID(name, db: db) != nil }
     }
 
+    func modelOverviews() async throws(CofferRegistryError) -> [ModelOverview] {
+        try await read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT m.name, (SELECT count(*) FROM versions c WHERE c.model_id = m.id) AS versions, v.version, v.created_at
+                    FROM models m JOIN versions v ON v.id = (
+                        SELECT l.id FROM versions l WHERE l.model_id = m.id ORDER BY l.created_at DESC, l.id DESC LIMIT 1
+                    )
+                    ORDER BY v.created_at DESC, v.id DESC
+                    """
+            ).map { ModelOverview(name: $0[0], versions: $0[1], latestVersion: $0[2], latestCreated: $0[3]) }
+        }
+    }
+
     func version(model: String, version: String) async throws(CofferRegistryError) -> (id: Int64, digest: String)? {
         try await read { db in
             try Row.fetchOne(
