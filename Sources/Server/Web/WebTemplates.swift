@@ -195,7 +195,7 @@ enum WebTemplates {
         {{#chainVerifying}}<p><span class="badge" id="chain-status">verifying…</span> the server is walking the whole chain once (it started with the server); reload in a few seconds.</p>{{/chainVerifying}}
         {{#chainFailure}}<p><span class="badge bad" id="chain-status">broken</span> <span id="chain-failure">{{chainFailure}}</span></p>{{/chainFailure}}
         <dl>
-        <dt>Last signed head</dt><dd>{{lastHead}} (its signature checked now)</dd>
+        <dt>Last signed head</dt><dd>{{lastHead}}{{#chainOK}} (its signature checked by this load){{/chainOK}}</dd>
         <dt>Whole chain last walked</dt><dd>{{chainFullWalk}}</dd>
         </dl>
         <p class="hint">Each load walks the entries appended since the last one, looks up the entries the checkpoint, the signed heads and the ledger vouch for, and walks {{chainSlice}} entries of the verified prefix again, in turn; <code>coffer audit verify</code> walks the whole chain.</p>
