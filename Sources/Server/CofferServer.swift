@@ -126,6 +126,8 @@ public func buildApplication(
             state.sessions,
             // Often enough that a head is re-signed well before it expires, whatever lifetime was chosen.
             AuditHeadSigner(state: state, interval: min(configuration.auditSigningInterval, .milliseconds(Int(configuration.headLifetime * 250)))),
+            // The audit page's first chain check, before anyone asks for it.
+            AuditChainWatch(monitor: state.auditChain),
         ],
         logger: logger
     )
@@ -162,6 +164,8 @@ final class ServerState: Sendable {
     let webSessions: WebSessions
     let signInLimiter = SignInLimiter()
     let pages = WebPages()
+    let auditChain: AuditChainMonitor
+    let versionChecks = VersionChecks()
     let refusals = RefusalTally()
     /// Whether this server speaks HTTPS itself (`--tls-cert`): the scheme of its own origin, which web forms must be
     /// posted from (``WebOrigin``).
@@ -179,6 +183,7 @@ final class ServerState: Sendable {
         self.headLifetime = configuration.headLifetime
         self.sessions = LoadedSessions(registry: registry, logger: logger)
         self.servesTLS = configuration.tls != nil
+        self.auditChain = AuditChainMonitor(registry: registry)
         self.logger = logger
         // Web sessions hold their bearer tokens in locked pages: no more of them than a share of RLIMIT_MEMLOCK holds.
         let memlock = WebSessions.memlockLimit()

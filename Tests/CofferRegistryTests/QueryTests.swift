@@ -54,6 +54,40 @@ struct QueryTests {
         #expect(try await listed("created<'2000-01-01' and epsilon<=3").isEmpty)
     }
 
+    @Test(arguments: MetadataBackend.available) func modelOverviewsCountAndNameTheNewestVersionOfEachModel(on backend: MetadataBackend) async throws {
+        let f = try await populated(on: backend)
+        let listed = try await f.registry.list()
+        let overviews = try await f.registry.modelOverviews()
+        #expect(overviews.map(\.name) == ["b", "a"], "the model with the newest version first")
+        for overview in overviews {
+            let versions = listed.filter { $0.model == overview.name }
+            #expect(overview.versions == versions.count)
+            #expect(overview.latestVersion == versions.first?.version && overview.latestCreated == versions.first?.created)
+        }
+    }
+
+    @Test(arguments: MetadataBackend.available) func versionPagesWalkAModelNewestFirstByKeyset(on backend: MetadataBackend) async throws {
+        let f = try await populated(on: backend)
+        let alice = try person("alice")
+        let dir = try f.makeModel("more", ["w.bin": bytes(10)])
+        for _ in 1...5 { _ = try await f.registry.push(PushRequest(model: "a", paths: [dir]), publisher: alice) }
+        let everything = try await f.registry.list(model: "a")
+        #expect(everything.map(\.version) == ["7", "6", "5", "4", "3", "2", "1"])
+        var seen: [VersionSummary] = []
+        var before: String? = nil
+        repeat {
+            let page = try await f.registry.versionPage(model: "a", before: before, limit: 3)
+            #expect(page.versions.count <= 3)
+            seen += page.versions
+            before = page.next
+        } while before != nil && seen.count < 20
+        #expect(seen == everything, "the pages, joined, are every version as list shows it (checked the same way), newest first, none twice")
+        await #expect(throws: CofferRegistryError.unknownVersion("a:99")) { _ = try await f.registry.versionPage(model: "a", before: "99") }
+        await #expect(throws: CofferRegistryError.unknownModel("c")) { _ = try await f.registry.versionPage(model: "c") }
+        let message = await refusal { _ = try await f.registry.versionPage(model: "a", limit: 0) }
+        #expect(message.contains("a page holds from 1 to 1000 versions, not 0"))
+    }
+
     @Test(arguments: [
         ("epsilon", "'epsilon' has no comparison (use < <= > >= = !=)"),
         (

@@ -2,6 +2,7 @@ import CofferCrypto
 import CofferRegistry
 import CofferTraining
 import Foundation
+import GRDB
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
@@ -263,14 +264,70 @@ struct WebTests {
                 #expect(html.contains("<dt>\(label)</dt><dd>\(WebController.number(value))</dd>"), "\(label)")
             }
 
-            // One byte of the sealed blob changed on disk: the page says so, with the verifier's message.
+            // Viewing checks the signature now, but reads no blob and appends no audit entry; the last blob check is shown.
+            #expect(html.contains(#"<span class="badge ok" id="signature-status">verified now</span>"#))
+            #expect(html.contains(#"<span id="blob-status">not checked since this server started</span>"#))
+            let entries = try await w.fixture.registry.auditEntries().count
+            _ = try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers)
+            #expect(try await w.fixture.registry.auditEntries().count == entries, "a view appends no audit entry")
+
+            // "Check now" reads every blob, audits the check under the principal's name, and goes back to the page.
+            func checkNow() async throws -> TestResponse {
+                let (headers, body) = Self.form([("csrf", bob.csrf), ("ref", "m/risk:1")])
+                var all = headers
+                all.append(contentsOf: bob.headers)
+                return try await client.execute(uri: "/version/check", method: .post, headers: all, body: body)
+            }
+            let checked = try await checkNow()
+            #expect(checked.status == .seeOther && checked.headers[.location] == "/version?ref=m%2Frisk%3A1")
+            let after = Self.text(try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers))
+            #expect(after.contains(#"<span class="badge ok" id="blob-status">matched</span> at the last check, at "#) && after.contains(" by bob"))
+            let audited = try #require(try await w.fixture.registry.auditEntries().last)
+            #expect(audited.action == "verify" && audited.principal == "bob" && audited.target == "m/risk:1" && audited.outcome == .ok)
+
+            // One byte of the sealed blob changed on disk: the next check says so, with the verifier's message.
             let blob = "\(w.fixture.home)/blobs/sha256/\(file.sealedSHA256.prefix(2))/\(file.sealedSHA256)"
             var bytes = try Data(contentsOf: URL(fileURLWithPath: blob))
             bytes[bytes.count / 2] ^= 0x01
             try bytes.write(to: URL(fileURLWithPath: blob))
+            #expect(try await checkNow().status == .seeOther)
             let tampered = Self.text(try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers))
             #expect(tampered.contains(#"<span class="badge bad" id="status">not verified</span>"#))
+            #expect(tampered.contains(#"<span class="badge bad" id="blob-status">mismatch</span>"#))
             #expect(tampered.contains("blob of \(file.path) does not match its signed SHA-256"))
+
+            // Checks are limited per principal: the fourth within the minute is a 429 page saying when to try again.
+            #expect(try await checkNow().status == .seeOther)
+            let limited = try await checkNow()
+            #expect(limited.status == .tooManyRequests && limited.headers[.retryAfter] != nil)
+            #expect(Self.text(limited).contains("bob checked versions 3 times recently: check again in "))
+            // Another principal's checks are their own; a form without the CSRF token is refused.
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            var (headers, body) = Self.form([("csrf", alice.csrf), ("ref", "m/risk:1")])
+            headers.append(contentsOf: alice.headers)
+            #expect(try await client.execute(uri: "/version/check", method: .post, headers: headers, body: body).status == .seeOther)
+            (headers, body) = Self.form([("ref", "m/risk:1")])
+            headers.append(contentsOf: alice.headers)
+            let unsigned = try await client.execute(uri: "/version/check", method: .post, headers: headers, body: body)
+            #expect(try await Self.notice(after: unsigned, client, alice).status == .forbidden)
+        }
+    }
+
+    @Test func theModelPageIsPagedByKeyset() async throws {
+        let w = try await server.world()
+        for _ in 1...2 {
+            _ = try await w.fixture.registry.push(PushRequest(model: "m/risk", paths: [try w.fixture.checkpoint()]), publisher: w.fixture.publisher)
+        }
+        try await server.app(w).test(.router) { client in
+            let bob = try await signIn(client, token: w.tokens["bob-read"]!)
+            let first = Self.text(try await client.execute(uri: "/model?name=m/risk", method: .get, headers: bob.headers))
+            for version in 1...3 { #expect(first.contains(#"risk%3A\#(version)">\#(version)</a></td>"#)) }
+            #expect(!first.contains("Older versions") && !first.contains(">Newest</a>"), "one page holds 3 versions")
+            let older = Self.text(try await client.execute(uri: "/model?name=m/risk&before=2", method: .get, headers: bob.headers))
+            #expect(older.contains(#"risk%3A1">1</a></td>"#) && !older.contains(#"risk%3A2">2</a></td>"#) && !older.contains(#">3</a></td>"#))
+            #expect(older.contains(#"<a href="/model?name=m%2Frisk">Newest</a>"#))
+            let unknown = try await client.execute(uri: "/model?name=m/risk&before=9", method: .get, headers: bob.headers)
+            #expect(unknown.status == .notFound && Self.text(unknown).contains("m/risk:9"))
         }
     }
 
@@ -519,6 +576,58 @@ struct WebTests {
             #expect(html.contains(#"<td class="status">revoked at "#) && html.contains(#"<td class="status">expired</td>"#))
             #expect(!html.contains("cft_") && !html.contains(#"action="/tokens"#))
             for token in w.tokens.values { #expect(!html.contains(token)) }
+        }
+    }
+
+    /// Changes the registry's SQLite file behind its back, as someone holding it would (the log's triggers dropped).
+    static func tamper(_ w: ServerTests.World, _ sql: String) throws {
+        let db = try DatabaseQueue(path: "\(w.fixture.home)/registry.sqlite")
+        try db.write { db in
+            for trigger in try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'trigger'") {
+                try db.execute(sql: "DROP TRIGGER \(trigger)")
+            }
+            try db.execute(sql: sql)
+        }
+    }
+
+    /// The audit page verifies from the server's checkpoint: entries appended since are walked.
+    @Test func theAuditPageWalksOnlyWhatWasAppendedSinceItsLastCheck() async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            let first = Self.text(try await client.execute(uri: "/audit", method: .get, headers: alice.headers))
+            #expect(first.contains(#"<span class="badge ok" id="chain-status">verified</span>"#), "\(first)")
+            let count = try await w.fixture.registry.auditEntries().count
+            for i in 1...3 { try await w.fixture.registry.recordRefusal(action: "probe", target: "m/risk:1", reason: "n\(i)", principal: "mallory") }
+            let second = Self.text(try await client.execute(uri: "/audit", method: .get, headers: alice.headers))
+            #expect(second.contains(#"<span class="badge ok" id="chain-status">verified</span> Entries 1 to \#(count + 3) chained"#), "\(second)")
+            #expect(second.contains("(3 appended since the last check walked now)"))
+            #expect(second.contains("Whole chain last walked</dt><dd>20"), "the round of slices over this small log ended")
+        }
+    }
+
+    /// What the page's check promises (docs/WEB.md, "The audit page's chain check"): damage after the checkpoint,
+    /// to the checkpoint's own entry, or in place inside the verified prefix is shown on the next load.
+    @Test(arguments: [
+        ("UPDATE audit_log SET reason = 'edited' WHERE seq = {after}", "entry {after} was edited"),
+        ("UPDATE audit_log SET entry_hash = prev_hash WHERE seq = {checkpoint}", "entries up to {checkpoint} were rewritten"),
+        ("UPDATE audit_log SET principal = 'mallory' WHERE seq = 2", "entry 2 was edited"),
+    ])
+    func theAuditPageShowsDamageBeforeAndAfterItsCheckpoint(damage: (sql: String, expected: String)) async throws {
+        let w = try await server.world()
+        try await server.app(w).test(.router) { client in
+            let alice = try await signIn(client, token: w.tokens["admin"]!)
+            let first = Self.text(try await client.execute(uri: "/audit", method: .get, headers: alice.headers))
+            #expect(first.contains(#"id="chain-status">verified</span>"#))
+            let checkpoint = try #require(try await w.fixture.registry.auditEntries().last?.seq)
+            for i in 1...3 { try await w.fixture.registry.recordRefusal(action: "probe", target: "m/risk:1", reason: "n\(i)", principal: "mallory") }
+            func filled(_ text: String) -> String {
+                text.replacingOccurrences(of: "{after}", with: "\(checkpoint + 2)").replacingOccurrences(of: "{checkpoint}", with: "\(checkpoint)")
+            }
+            try Self.tamper(w, filled(damage.sql))
+            let page = Self.text(try await client.execute(uri: "/audit", method: .get, headers: alice.headers))
+            #expect(page.contains(#"<span class="badge bad" id="chain-status">broken</span>"#), "\(page)")
+            #expect(page.contains(filled(damage.expected)), "\(page)")
         }
     }
 

@@ -279,15 +279,23 @@ def test_a_tampered_blob_is_reported_on_the_version_page(driver, world):
     changed[len(changed) // 2] ^= 1
     blob.write_bytes(bytes(changed))
     try:
+        # A view reads no blob: the page still shows the signature verified, until somebody checks the blobs now.
         driver.refresh()
+        assert driver.find_element(By.ID, "status").text == "verified"
+        assert driver.find_element(By.ID, "blob-status").text == "not checked since this server started"
+        click(driver, By.XPATH, "//button[text()='Check the blobs now']")
+        assert driver.current_url == world["base"] + "/version?ref=m%2Frisk%3A1"
         assert driver.find_element(By.ID, "status").text == "not verified"
         assert driver.find_element(By.ID, "failure").text == "integrity check failed: blob of model.safetensors does not match its signed SHA-256"
+        assert driver.find_element(By.ID, "blob-status").text == "mismatch"
         check_page(driver, world)
         shot(driver, "version-tampered")
     finally:
         blob.write_bytes(original)
-    driver.refresh()
+    click(driver, By.XPATH, "//button[text()='Check the blobs now']")
     assert driver.find_element(By.ID, "status").text == "verified"
+    assert driver.find_element(By.ID, "blob-status").text == "matched"
+    assert "by bob" in driver.find_element(By.ID, "blob-status").find_element(By.XPATH, "..").text
 
 
 def test_the_pages_fit_a_phone(driver, world):

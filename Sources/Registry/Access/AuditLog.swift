@@ -223,7 +223,31 @@ extension Registry {
     ///   matches), a deleted, inserted or reordered one (a gap in the sequence or a broken link), or a chain rewritten
     ///   under a signed head.
     public func verifyAudit() async throws(CofferRegistryError) -> AuditReport {
-        let heads = try await metadata.auditHeads().map {
+        try await verifyAudit(continuingFrom: nil).report
+    }
+
+    /// Verifies the chain as ``verifyAudit()`` does, but from `checkpoint` on when given: the entries appended since
+    /// it are walked, and what it vouches for is re-checked in a few reads instead of a walk (docs/WEB.md, "The audit
+    /// page's chain check"): the entry it names still holds the hash it had, every signed head after it and the
+    /// newest one verify under the registry's key chain and match the entries they cover, and so do the entries the
+    /// ledger and the signed state head mark. A consistent rewrite of any verified entry changes the checkpoint's
+    /// hash and is caught; an entry edited in place, its hash columns left alone, is caught only by a walk over it
+    /// (``verifyAudit()``, or ``reverifyAudit(after:count:)`` a slice at a time).
+    ///
+    /// ```swift
+    /// var last = try await registry.verifyAudit(continuingFrom: nil)          // the whole chain, once
+    /// last = try await registry.verifyAudit(continuingFrom: last.checkpoint)  // then only what was appended
+    /// ```
+    ///
+    /// - Parameter checkpoint: where an earlier verification of this registry's chain stopped; nil walks it all.
+    /// - Returns: the report (its `entries` counts the whole chain) and where this verification stopped.
+    /// - Throws: ``CofferRegistryError/tampered(_:)`` naming the first problem found.
+    public func verifyAudit(continuingFrom checkpoint: AuditCheckpoint?) async throws(CofferRegistryError) -> AuditVerification {
+        let start = checkpoint?.seq ?? 0
+        var stored = try await metadata.auditHeads(after: start)
+        // The newest head is checked on every call, even when it covers only entries verified before.
+        if start > 0, stored.isEmpty, let newest = try await metadata.lastAuditHead() { stored.append(newest) }
+        let heads = stored.map {
             (seq: $0.seq, hash: Array($0.entryHash), signature: Array($0.signature), keyID: $0.keyID, signedAt: $0.signedAt)
         }
         // Only keys of the verified chain count; a retired key's heads count only up to its retirement.
@@ -239,7 +263,7 @@ extension Registry {
                 throw .tampered("audit head at entry \(head.seq) is signed by key \(key.identity.keyID) after it was retired at \(retired)")
             }
         }
-        var headsBySeq = Dictionary(uniqueKeysWithValues: heads.map { ($0.seq, $0.hash) })
+        var headsBySeq = Dictionary(heads.map { ($0.seq, $0.hash) }, uniquingKeysWith: { first, _ in first })
         // Entries the ledger marked, and the last one this client saw, must still be there unchanged.
         var marks: [Int64: (hash: [UInt8], what: String)] = [:]
         if let mark = state.auditHead, let hash = Digest.bytes(fromHex: mark.hash) { marks[mark.seq] = (hash, "marked in the ledger") }
@@ -251,14 +275,36 @@ extension Registry {
         if let (seq, hash) = try await signedHeadAuditMark(state: state), marks[seq] == nil {
             marks[seq] = (hash, "named by the registry's signed state head")
         }
+        if let checkpoint {
+            // What the checkpoint vouches for is looked up, not walked: each entry named below must hold its hash.
+            var named: [(seq: Int64, hash: [UInt8], what: String)] = [(checkpoint.seq, checkpoint.hash, "verified before")]
+            for (seq, mark) in marks where seq <= checkpoint.seq { named.append((seq, mark.hash, mark.what)) }
+            for (seq, hash) in headsBySeq where seq <= checkpoint.seq { named.append((seq, hash, "covered by a signed head")) }
+            var stored: [Int64: [UInt8]] = [:]
+            // By entry, the checkpoint's own claim first where several name the same entry.
+            for entry in named.enumerated().sorted(by: { ($0.element.seq, $0.offset) < ($1.element.seq, $1.offset) }).map(\.element) {
+                if stored[entry.seq] == nil {
+                    guard let row = try await metadata.auditEntries(before: entry.seq + 1, principal: nil, action: nil, limit: 1).first,
+                        row.seq == entry.seq
+                    else {
+                        throw .tampered("audit log: entry \(entry.seq), \(entry.what), is gone (truncated or rolled back)")
+                    }
+                    stored[entry.seq] = Array(row.entryHash)
+                }
+                guard stored[entry.seq] == entry.hash else {
+                    throw .tampered("audit log: entries up to \(entry.seq) were rewritten (entry \(entry.seq) was \(entry.what))")
+                }
+                headsBySeq.removeValue(forKey: entry.seq)
+                marks.removeValue(forKey: entry.seq)
+            }
+        }
         var pendingMarks = marks
-        var count = 0
-        var lastSeq: Int64 = 0
-        var lastHash = Self.genesisHash
+        var lastSeq = checkpoint?.seq ?? 0
+        var lastHash = checkpoint?.hash ?? Self.genesisHash
         var problem: String? = nil
-        var previous = Self.genesisHash
+        var previous = lastHash
         var message = AuditMessage()
-        try await metadata.forEachAuditEntry { (seq, column) throws(CofferRegistryError) -> Bool in
+        try await metadata.forEachAuditEntry(after: start, through: nil) { (seq, column) throws(CofferRegistryError) -> Bool in
             guard seq == lastSeq + 1 else {
                 problem = "entry \(lastSeq + 1) is missing (deleted, or entries reordered)"
                 return false
@@ -285,7 +331,6 @@ extension Registry {
             previous = hash
             lastHash = hash
             lastSeq = seq
-            count += 1
             return true
         }
         if let problem { throw .tampered("audit log: \(problem)") }
@@ -299,9 +344,73 @@ extension Registry {
                 remembered!.audit = .init(seq: lastSeq, hash: Digest.hex(lastHash))
             }
         }
-        let signedThrough = heads.last?.seq ?? 0
-        return AuditReport(entries: count, signedThrough: signedThrough, unsigned: Int(lastSeq - signedThrough))
+        let signedThrough = max(heads.last?.seq ?? 0, checkpoint?.signedThrough ?? 0)
+        return AuditVerification(
+            report: AuditReport(entries: Int(lastSeq), signedThrough: signedThrough, unsigned: Int(lastSeq - signedThrough)),
+            checkpoint: lastSeq > 0 ? AuditCheckpoint(seq: lastSeq, hash: lastHash, signedThrough: signedThrough) : nil,
+            walked: Int(lastSeq - start)
+        )
     }
+
+    /// Walks `count` entries of the chain from the one after `seq` again: each entry's hash recomputed from its
+    /// fields, each link checked against the stored hash of the entry before. A caller holding an
+    /// ``AuditCheckpoint`` re-walks its prefix a slice at a time this way, so an entry edited in place (which
+    /// ``verifyAudit(continuingFrom:)`` does not walk) is found within one round.
+    ///
+    /// - Returns: the last entry walked, or nil when no entry follows `seq` (the round is over).
+    /// - Throws: ``CofferRegistryError/tampered(_:)`` naming the first bad entry.
+    public func reverifyAudit(after seq: Int64, count: Int) async throws(CofferRegistryError) -> Int64? {
+        var previous = Self.genesisHash
+        if seq > 0 {
+            guard let row = try await metadata.auditEntries(before: seq + 1, principal: nil, action: nil, limit: 1).first, row.seq == seq else {
+                throw .tampered("audit log: entry \(seq), verified before, is gone (truncated or rolled back)")
+            }
+            previous = Array(row.entryHash)
+        }
+        var lastSeq = seq
+        var problem: String? = nil
+        var message = AuditMessage()
+        try await metadata.forEachAuditEntry(after: seq, through: seq + Int64(max(1, count))) { (seq, column) throws(CofferRegistryError) -> Bool in
+            guard seq == lastSeq + 1 else {
+                problem = "entry \(lastSeq + 1) is missing (deleted, or entries reordered)"
+                return false
+            }
+            guard column(7).elementsEqual(previous) else {
+                problem = "entry \(seq) does not link to entry \(seq - 1) (inserted, deleted or reordered)"
+                return false
+            }
+            message.start(seq: seq)
+            for index in 1...6 { message.field(column(index)) }
+            let hash = message.hash(previous: previous)
+            guard column(8).elementsEqual(hash) else {
+                problem = "entry \(seq) was edited (its hash does not match)"
+                return false
+            }
+            previous = hash
+            lastSeq = seq
+            return true
+        }
+        if let problem { throw .tampered("audit log: \(problem)") }
+        return lastSeq > seq ? lastSeq : nil
+    }
+}
+
+/// Where a verification of the audit chain stopped: the last entry it checked, that entry's hash, and the newest
+/// signed head it found valid. Kept by a caller that verifies again later (the server's audit page), it lets the
+/// next verification walk only what was appended since.
+public struct AuditCheckpoint: Sendable, Equatable {
+    public let seq: Int64
+    let hash: [UInt8]
+    let signedThrough: Int64
+}
+
+/// What ``Registry/verifyAudit(continuingFrom:)`` found.
+public struct AuditVerification: Sendable, Equatable {
+    public var report: AuditReport
+    /// Where it stopped (nil: the log is empty).
+    public var checkpoint: AuditCheckpoint?
+    /// How many entries it walked (the others were vouched for by the checkpoint).
+    public var walked: Int
 }
 
 extension Registry {

@@ -57,6 +57,13 @@ public struct VersionSummary: Sendable, Equatable {
     }
 }
 
+/// One page of a model's versions, newest first.
+public struct VersionPage: Sendable, Equatable {
+    public var versions: [VersionSummary]
+    /// The `before` that asks for the next, older page (the last version of this one); nil on the last page.
+    public var next: String?
+}
+
 extension VersionSummary {
     /// A version as a remote client shows it: every signed field from the statement it verified itself, aliases and
     /// erasure from the ledger it replayed; only the unsigned tags as the server reports them.
@@ -97,10 +104,43 @@ extension Registry {
             filter: try filter.map { text throws(CofferRegistryError) in try WhereExpression(parsing: text) },
             limit: limit
         )
-        var summaries = try await metadata.summaries(query).map(Self.summary)
+        let summaries = try await metadata.summaries(query).map(Self.summary)
         if let model, summaries.isEmpty, try await !metadata.modelExists(model) { throw .unknownModel(model) }
-        // Each printed row is checked against its signed statement (Ed25519, about 0.1 ms a row), so a number edited
-        // in the table is shown as unverified, never as fact; --where itself filters on the stored columns.
+        return try await checked(summaries)
+    }
+
+    /// One page of `model`'s versions, newest first: those listed after version `before` (from the newest when nil),
+    /// at most `limit`, each checked against its signed statement as ``list(model:where:limit:)`` checks it. Keyset
+    /// pages, found through the index on (model, created), so a deep page costs what the first does.
+    ///
+    /// ```swift
+    /// let first = try await registry.versionPage(model: "m/risk", limit: 50)
+    /// let second = try await registry.versionPage(model: "m/risk", before: first.next, limit: 50)
+    /// ```
+    ///
+    /// - Throws: ``CofferRegistryError/unknownModel(_:)``, ``CofferRegistryError/unknownVersion(_:)`` for a `before`
+    ///   that names no version of the model, ``CofferRegistryError/invalidInput(_:)`` for a limit outside 1...1000.
+    public func versionPage(model: String, before version: String? = nil, limit: Int = 50) async throws(CofferRegistryError) -> VersionPage {
+        try ModelReference.validate(name: model)
+        guard (1...1000).contains(limit) else { throw .invalidInput("a page holds from 1 to 1000 versions, not \(limit)") }
+        var cursor: (createdAt: String, id: Int64)? = nil
+        if let version {
+            guard let (id, _) = try await metadata.version(model: model, version: version),
+                let row = try await metadata.summaries(VersionQuery(id: id)).first
+            else { throw .unknownVersion("\(model):\(version)") }
+            cursor = (row.row.createdAt, id)
+        }
+        var summaries = try await metadata.summaries(VersionQuery(model: model, limit: limit + 1, before: cursor)).map(Self.summary)
+        if version == nil, summaries.isEmpty, try await !metadata.modelExists(model) { throw .unknownModel(model) }
+        let more = summaries.count > limit
+        if more { summaries.removeLast() }
+        return VersionPage(versions: try await checked(summaries), next: more ? summaries.last?.version : nil)
+    }
+
+    /// Each printed row checked against its signed statement (Ed25519, about 0.1 ms a row), so a number edited in the
+    /// table is shown as unverified, never as fact; --where itself filters on the stored columns.
+    private func checked(_ rows: [VersionSummary]) async throws(CofferRegistryError) -> [VersionSummary] {
+        var summaries = rows
         let state = try await ledgerState()
         let trusted = state.trustedIdentities
         let envelopes = try await metadata.statements(versionIDs: summaries.map(\.rowID))

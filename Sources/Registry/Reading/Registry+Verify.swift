@@ -255,7 +255,9 @@ extension Registry {
 
     /// Verifies a version without any key: signature, trust, database-vs-statement agreement, and the
     /// SHA-256 and size of every blob.
-    public func verify(_ reference: ModelReference) async throws(CofferRegistryError) -> VerifyReport {
+    ///
+    /// - Parameter principal: who asked, as the `verify` audit entry names them (`-`: nobody in particular).
+    public func verify(_ reference: ModelReference, auditedAs principal: String = "-") async throws(CofferRegistryError) -> VerifyReport {
         do throws(CofferRegistryError) {
             let stored = try await loadVersion(try await resolveForUse(reference).id)
             try stored.ensureNotErased()
@@ -273,10 +275,10 @@ extension Registry {
                     throw CofferRegistryError.tampered("blob of \(file.path) does not match its signed SHA-256")
                 }
             }
-            try await audit(principal: "-", action: "verify", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "")
+            try await audit(principal: principal, action: "verify", target: "\(stored.model):\(stored.version)", outcome: .ok, reason: "")
             return report(stored, signer: signer, files: statement.files.count, readData: false)
         } catch {
-            try? await audit(principal: "-", action: "verify", target: reference.description, outcome: .failed, reason: error.description)
+            try? await audit(principal: principal, action: "verify", target: reference.description, outcome: .failed, reason: error.description)
             throw error
         }
     }

@@ -40,6 +40,9 @@ protocol MetadataStore: Sendable {
     // MARK: Versions
 
     func modelExists(_ name: String) async throws(CofferRegistryError) -> Bool
+    /// Every model that has a version: its number of versions and its newest (by creation, then row id), the model
+    /// with the newest version first. One query over the (model, created) index, not a row per version.
+    func modelOverviews() async throws(CofferRegistryError) -> [ModelOverview]
     /// The row id and statement digest of `model:version`.
     func version(model: String, version: String) async throws(CofferRegistryError) -> (id: Int64, digest: String)?
     /// The row id of `model`'s version whose statement digest is `digest`.
@@ -99,13 +102,18 @@ protocol MetadataStore: Sendable {
     /// `principal` and `action` when given: one keyset page, found through the primary key, never an OFFSET.
     func auditEntries(before seq: Int64?, principal: String?, action: String?, limit: Int) async throws(CofferRegistryError) -> [AuditEntryRecord]
     func lastAuditHead() async throws(CofferRegistryError) -> AuditHeadRecord?
-    /// Walks the whole chain in order without holding it in memory (`audit verify` of a million entries): `body` gets
-    /// each entry's `seq` and its columns where the store holds them (1-6: at, principal, action, target, outcome,
-    /// reason; 7: prev_hash; 8: entry_hash), valid during the call only, and returns false to stop.
+    /// Walks the chain in order from the entry after `seq` (0: the whole chain) up to and including `last` (nil: the
+    /// end) without holding it in memory (`audit verify` of a million entries; the web page's walk of what was
+    /// appended since its last check): `body` gets each entry's `seq` and its columns where the store holds them
+    /// (1-6: at, principal, action, target, outcome, reason; 7: prev_hash; 8: entry_hash), valid during the call only,
+    /// and returns false to stop.
     func forEachAuditEntry(
+        after seq: Int64,
+        through last: Int64?,
         _ body: (_ seq: Int64, _ column: (Int) -> UnsafeRawBufferPointer) throws(CofferRegistryError) -> Bool
     ) async throws(CofferRegistryError)
-    func auditHeads() async throws(CofferRegistryError) -> [AuditHeadRecord]
+    /// The signed audit heads covering entries after `seq` (0: every head), in order.
+    func auditHeads(after seq: Int64) async throws(CofferRegistryError) -> [AuditHeadRecord]
     func lastAuditHeadSeq() async throws(CofferRegistryError) -> Int64
 
     // MARK: Maintenance
@@ -199,11 +207,21 @@ struct VersionQuery: Sendable {
     var model: String?
     var filter: WhereExpression?
     var limit: Int?
+    /// Keyset paging: only versions listed after this one in the newest-first order (older, or as old with a smaller
+    /// row id), found through the index on (model, created) rather than skipped with an OFFSET.
+    var before: (createdAt: String, id: Int64)?
 
-    init(id: Int64? = nil, model: String? = nil, filter: WhereExpression? = nil, limit: Int? = nil) {
+    init(
+        id: Int64? = nil,
+        model: String? = nil,
+        filter: WhereExpression? = nil,
+        limit: Int? = nil,
+        before: (createdAt: String, id: Int64)? = nil
+    ) {
         self.id = id
         self.model = model
         self.filter = filter
         self.limit = limit
+        self.before = before
     }
 }

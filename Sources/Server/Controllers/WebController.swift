@@ -30,6 +30,7 @@ struct WebController {
             .get("models", use: models)
             .get("model", use: model)
             .get("version", use: version)
+            .post("version/check", use: checkVersion)
             .get("budgets", use: budgets)
             .get("budget", use: budget)
             .get("sessions", use: sessions)
@@ -163,15 +164,13 @@ struct WebController {
         let query = request.uri.queryParameters.get("q") ?? ""
         let namespace = request.uri.queryParameters.get("namespace")
         let mayReadAll = try await registry.holds(.reader, on: nil, holder.principal)
+        // One query for every model (its count and newest version), not every version with its signature checked:
+        // that took 7-10 s a load at 100,000 versions. The model's own page checks each version it shows.
         var order: [String] = []
-        var byModel: [String: (count: Int, latest: VersionSummary)] = [:]
-        for version in try await registry.list() {
-            if let seen = byModel[version.model] {
-                byModel[version.model] = (seen.count + 1, seen.latest)
-            } else {
-                order.append(version.model)
-                byModel[version.model] = (1, version)
-            }
+        var byModel: [String: ModelOverview] = [:]
+        for model in try await registry.modelOverviews() {
+            order.append(model.name)
+            byModel[model.name] = model
         }
         var readable: [String] = []
         for name in order where mayReadAll ? true : try await registry.holds(.reader, on: name, holder.principal) { readable.append(name) }
@@ -183,8 +182,8 @@ struct WebController {
         let rows: [[String: Any]] = shown.map { name in
             let entry = byModel[name]!
             return [
-                "name": name, "href": "/model?name=" + WebForm.percentEncoded(name), "versions": entry.count,
-                "latest": entry.latest.version, "created": entry.latest.created,
+                "name": name, "href": "/model?name=" + WebForm.percentEncoded(name), "versions": entry.versions,
+                "latest": entry.latestVersion, "created": entry.latestCreated,
             ]
         }
         let spaces: [[String: Any]] = namespaces.keys.sorted().map { space in
@@ -198,15 +197,19 @@ struct WebController {
         return page("models", values, context)
     }
 
-    /// `GET /model?name=NAME`: the versions table, as `GET /v1/versions?model=NAME`.
+    /// `GET /model?name=NAME&before=VERSION`: one page of the versions table, newest first, as
+    /// `GET /v1/versions?model=NAME` lists them (keyset pages: `before` is the last version of the page before).
     func model(_ request: Request, context: CofferRequestContext) async throws -> Response {
         let holder = try context.authenticated
         guard let name = request.uri.queryParameters.get("name") else {
             throw HTTPError(.badRequest, message: "the name query parameter is required")
         }
         try ModelReference.validate(name: name)
+        let before = request.uri.queryParameters.get("before").flatMap { $0.isEmpty ? nil : $0 }
+        if let before { try ModelReference.validate(version: before) }
         try await registry.require(.reader, on: name, by: holder.principal, action: "list", target: name)
-        let rows: [[String: Any]] = try await registry.list(model: name).map { version in
+        let found = try await registry.versionPage(model: name, before: before, limit: Self.versionPageSize)
+        let rows: [[String: Any]] = found.versions.map { version in
             [
                 "version": version.version, "href": "/version?ref=" + WebForm.percentEncoded("\(name):\(version.version)"),
                 "created": version.created, "publisher": version.publisherKeyID, "epsilon": Self.number(version.privacy.epsilon),
@@ -218,12 +221,19 @@ struct WebController {
         let policies = try await registry.policies(model: name).map { policy in
             "\(policy.alias.map { "alias \($0)" } ?? "every alias"): \(Self.describe(policy.rules))"
         }
-        let values: [String: Any] = [
+        var values: [String: Any] = [
             "title": name, "name": name, "versions": rows, "policies": policies, "hasPolicies": !policies.isEmpty,
             "mayPublish": holder.scope.allows(.publisher),
         ]
+        // The alias form starts at the page's newest version, as its list of versions used to.
+        values["firstVersion"] = found.versions.first?.version ?? ""
+        let here = "/model?name=" + WebForm.percentEncoded(name)
+        if before != nil { values["firstHref"] = here }
+        if let next = found.next { values["nextHref"] = here + "&before=" + WebForm.percentEncoded(next) }
         return page("model", values, context)
     }
+
+    static let versionPageSize = 50
 
     /// `POST /alias` with `model`, `alias` and `version`: as `PUT /v1/alias` (publisher on the model; its policies apply,
     /// and a refusal names the rule that failed).
@@ -238,10 +248,10 @@ struct WebController {
 
     /// The version's chain of parents, up to the first the principal may not read (named only, as the child's
     /// `GET /v1/version` names it).
-    private func lineage(of summary: VersionSummary, holder: TokenHolder) async throws -> LineageGraph {
+    private func lineage(of summary: VersionSummary, chain: [VersionSummary], holder: TokenHolder) async throws -> LineageGraph {
         var nodes: [LineageGraph.Node] = []
         var hidden: String? = nil
-        for version in try await registry.lineage(ModelReference(parsing: "\(summary.model):\(summary.version)")) {
+        for version in chain {
             if version.model != summary.model, try await !registry.holds(.reader, on: version.model, holder.principal) {
                 hidden = "\(version.model):\(version.version)"
                 break
@@ -266,18 +276,20 @@ struct WebController {
         return parts.isEmpty ? "no rule" : parts.joined(separator: ", ")
     }
 
-    /// `GET /version?ref=NAME:VERSION`: the version as `GET /v1/version` shows it (its signed statement checked),
-    /// and its blobs checked as `GET /v1/verify` checks them. A failure of either is shown with its exact message.
+    /// `GET /version?ref=NAME:VERSION`: the version as `GET /v1/version` shows it, its signed statement checked now,
+    /// and the last check of its blobs (as `GET /v1/verify` checks them) that this server ran, with the form that runs
+    /// one. A failure of either is shown with its exact message.
     func version(_ request: Request, context: CofferRequestContext) async throws -> Response {
         let holder = try context.authenticated
         guard let text = request.uri.queryParameters.get("ref") else { throw HTTPError(.badRequest, message: "the ref query parameter is required") }
         let reference = try ModelReference(parsing: text)
         try await registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description)
-        let summary = try await registry.show(reference)
-        var failure = summary.verification
-        if failure == nil {
-            do { _ = try await registry.verify(ModelReference(parsing: "\(summary.model):\(summary.version)")) } catch { failure = error.description }
-        }
+        // The chain of parents starts with the version itself, as `show` makes it (signature checked): one call, not two.
+        let chain = try await registry.lineage(reference)
+        guard let summary = chain.first else { throw CofferRegistryError.unknownVersion(reference.description) }
+        let ref = "\(summary.model):\(summary.version)"
+        let check = state.versionChecks.last(ref)
+        let failure = summary.verification ?? check?.failure
         let privacy = summary.privacy
         let card: [(String, String)] = [
             ("Mechanism", privacy.mechanism ?? "not stated"), ("Accountant", privacy.accountant ?? "not stated"),
@@ -302,16 +314,47 @@ struct WebController {
             "trainingConfigDigest": summary.trainingConfigDigest ?? "not stated",
             "aliases": summary.aliases.isEmpty ? "none" : summary.aliases.joined(separator: ", "),
             "tags": summary.tags.keys.sorted().map { ["key": $0, "value": summary.tags[$0]!] },
+            "ref": ref, "signatureOK": summary.verification == nil, "signatureFailure": summary.verification ?? "",
         ]
-        values["lineage"] = try await lineage(of: summary, holder: holder).values
+        if let check {
+            values["blobCheck"] = ["at": check.at, "by": check.by, "ok": check.failure == nil, "failure": check.failure ?? ""]
+        }
+        values["lineage"] = try await lineage(of: summary, chain: chain, holder: holder).values
         if let parent = summary.parent { values["parentHref"] = "/version?ref=" + WebForm.percentEncoded(parent) }
         if let message = summary.message { values["message"] = message }
         if let at = summary.erasedAt { values["erased"] = "at \(at) by \(summary.erasedBy ?? "an unknown principal")" }
         return page("version", values, context)
     }
 
+    /// `POST /version/check` with `ref` (and the CSRF token): checks every blob of the version now, as `GET /v1/verify`
+    /// does (a `verify` audit entry naming the principal), keeps the result for the version page, and goes back to it.
+    /// Limited per principal (``VersionChecks``): past the limit, a 429 page saying when to try again.
+    func checkVersion(_ request: Request, context: CofferRequestContext) async throws -> Response {
+        let holder = try context.authenticated
+        guard let text = context.form["ref"], !text.isEmpty else { throw HTTPError(.badRequest, message: "the form names no version") }
+        let reference = try ModelReference(parsing: text)
+        try await registry.require(.reader, on: reference.name, by: holder.principal, action: "verify", target: reference.description)
+        let summary = try await registry.show(reference)
+        let ref = "\(summary.model):\(summary.version)"
+        if let wait = state.versionChecks.take(principal: holder.principal.name) {
+            let seconds = Int(wait.rounded(.up))
+            let message = "\(holder.principal.name) checked versions \(Int(state.versionChecks.burst)) times recently: check again in \(seconds) s"
+            var response = pages.error(HTTPError(.tooManyRequests, message: message), session: context.webSession, admin: holder.scope == .admin)
+            response.headers[.retryAfter] = "\(seconds)"
+            return response
+        }
+        var failure: String? = nil
+        do { _ = try await registry.verify(try ModelReference(parsing: ref), auditedAs: holder.principal.name) } catch { failure = error.description }
+        state.versionChecks.record(
+            .init(at: ISO8601DateFormatter.fractional.string(from: Date()), by: holder.principal.name, failure: failure),
+            of: ref
+        )
+        return WebPages.seeOther("/version?ref=" + WebForm.percentEncoded(ref))
+    }
+
     /// `GET /audit?principal=P&action=A&model=M&before=SEQ`: admins only, as `GET /v1/audit`. One keyset page of
-    /// entries, newest first, with the chain verified now and the last signed head.
+    /// entries, newest first, with the chain's check from the server's checkpoint (``AuditChainMonitor``) and the last
+    /// signed head.
     func audit(_ request: Request, context: CofferRequestContext) async throws -> Response {
         let holder = try context.authenticated
         try await registry.require(.admin, on: nil, by: holder.principal, action: "audit", target: "*")
@@ -336,15 +379,20 @@ struct WebController {
                 ]
             },
         ]
-        do {
-            let report = try await registry.verifyAudit()
-            values["chainOK"] = true
-            values["chainSummary"] =
-                "\(report.entries) entries chained; signed through entry \(report.signedThrough), \(report.unsigned) after it not yet signed."
-        } catch {
-            values["chainOK"] = false
-            values["chainFailure"] = error.description
+        let chain = await state.auditChain.check()
+        switch chain.status {
+        case .verifying: values["chainVerifying"] = true
+        case .verified: values["chainOK"] = true
+        case .broken(let failure): values["chainFailure"] = failure
         }
+        if let report = chain.report {
+            values["chainSummary"] =
+                "Entries 1 to \(report.entries) chained and verified (\(chain.walkedNow) appended since the last check walked now); "
+                + "signed through entry \(report.signedThrough), \(report.unsigned) after it not yet signed."
+        }
+        values["chainFullWalk"] =
+            chain.fullWalkAt.map { "\($0); the current round has re-walked entries 1 to \(chain.rewalkedThrough)" } ?? "not finished yet"
+        values["chainSlice"] = state.auditChain.sliceSize
         if let head = try await registry.lastSignedAuditHead() {
             values["lastHead"] = "entry \(head.seq), signed at \(head.signedAt)" + (head.keyID.map { " by key \($0)" } ?? "")
         } else {

@@ -101,6 +101,7 @@ enum WebTemplates {
         {{/versions}}
         </tbody>
         </table></div>
+        <nav aria-label="Pages" class="pages">{{#firstHref}}<a href="{{firstHref}}">Newest</a> {{/firstHref}}{{#nextHref}}<a href="{{nextHref}}" rel="next">Older versions</a>{{/nextHref}}</nav>
         {{#hasPolicies}}<section aria-labelledby="policies">
         <h2 id="policies">Alias policies</h2>
         <ul>{{#policies}}<li>{{.}}</li>{{/policies}}</ul>
@@ -109,7 +110,8 @@ enum WebTemplates {
         <h2>Point an alias at a version</h2>
         <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="model" value="{{name}}">
         <p><label for="alias">Alias</label> <input id="alias" name="alias" required maxlength="64"></p>
-        <p><label for="alias-version">Version</label> <select id="alias-version" name="version">{{#versions}}<option value="{{version}}">{{version}}</option>{{/versions}}</select></p>
+        <p><label for="alias-version">Version</label> <input id="alias-version" name="version" required maxlength="128" list="page-versions" value="{{firstVersion}}">
+        <datalist id="page-versions">{{#versions}}<option value="{{version}}"></option>{{/versions}}</datalist></p>
         <p><button type="submit">Set alias</button></p>
         </form>{{/mayPublish}}
         {{> foot}}
@@ -120,9 +122,17 @@ enum WebTemplates {
         <p class="crumbs"><a href="/models">Models</a> / <a href="{{modelHref}}">{{model}}</a> / {{version}}</p>
         <h1>{{model}}:{{version}}</h1>
         <section aria-labelledby="signature" class="card">
-        <h2 id="signature">Signature and blobs, checked now</h2>
-        {{#verified}}<p><span class="badge ok" id="status">verified</span> signed by {{signer}} (a trusted signer); every blob matches its signed SHA-256.</p>{{/verified}}
+        <h2 id="signature">Signature and blobs</h2>
+        {{#verified}}<p><span class="badge ok" id="status">verified</span> signed by {{signer}} (a trusted signer){{#blobCheck}}; every blob matched its signed SHA-256 at the last check{{/blobCheck}}.</p>{{/verified}}
         {{^verified}}<p><span class="badge bad" id="status">not verified</span> <span id="failure">{{failure}}</span></p>{{/verified}}
+        <dl>
+        <dt>Signed statement</dt><dd>{{#signatureOK}}<span class="badge ok" id="signature-status">verified now</span>{{/signatureOK}}{{^signatureOK}}<span class="badge bad" id="signature-status">not verified</span> {{signatureFailure}}{{/signatureOK}}</dd>
+        <dt>Blobs</dt><dd>{{#blobCheck}}{{#ok}}<span class="badge ok" id="blob-status">matched</span>{{/ok}}{{^ok}}<span class="badge bad" id="blob-status">mismatch</span> <span id="blob-failure">{{failure}}</span>{{/ok}} at the last check, at {{at}} by {{by}}{{/blobCheck}}{{^blobCheck}}<span id="blob-status">not checked since this server started</span>{{/blobCheck}}</dd>
+        </dl>
+        <form method="post" action="/version/check">
+        <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="ref" value="{{ref}}">
+        <p><button type="submit">Check the blobs now</button> <span class="hint">reads and hashes every sealed blob (a few checks a minute per principal)</span></p>
+        </form>
         <dl>
         <dt>Statement digest</dt><dd><code>{{digest}}</code></dd>
         <dt>Publisher key</dt><dd><code>{{publisher}}</code></dd>
@@ -180,12 +190,15 @@ enum WebTemplates {
         {{> head}}
         <h1>Audit log</h1>
         <section aria-labelledby="chain" class="card">
-        <h2 id="chain">Hash chain, checked now</h2>
+        <h2 id="chain">Hash chain</h2>
         {{#chainOK}}<p><span class="badge ok" id="chain-status">verified</span> {{chainSummary}}</p>{{/chainOK}}
-        {{^chainOK}}<p><span class="badge bad" id="chain-status">broken</span> <span id="chain-failure">{{chainFailure}}</span></p>{{/chainOK}}
+        {{#chainVerifying}}<p><span class="badge" id="chain-status">verifying…</span> the server is walking the whole chain once (it started with the server); reload in a few seconds.</p>{{/chainVerifying}}
+        {{#chainFailure}}<p><span class="badge bad" id="chain-status">broken</span> <span id="chain-failure">{{chainFailure}}</span></p>{{/chainFailure}}
         <dl>
-        <dt>Last signed head</dt><dd>{{lastHead}}</dd>
+        <dt>Last signed head</dt><dd>{{lastHead}}{{#chainOK}} (its signature checked by this load){{/chainOK}}</dd>
+        <dt>Whole chain last walked</dt><dd>{{chainFullWalk}}</dd>
         </dl>
+        <p class="hint">Each load walks the entries appended since the last one, looks up the entries the checkpoint, the signed heads and the ledger vouch for, and walks {{chainSlice}} entries of the verified prefix again, in turn; <code>coffer audit verify</code> walks the whole chain.</p>
         </section>
         <form method="get" action="/audit" class="filters">
         <p><label for="f-principal">Principal</label> <input id="f-principal" name="principal" value="{{filterPrincipal}}"></p>

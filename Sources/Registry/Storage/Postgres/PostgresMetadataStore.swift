@@ -545,6 +545,23 @@ final class PostgresMetadataStore: MetadataStore {
         try await scalar(Int64.self, "SELECT id FROM models WHERE name = \(name)") != nil
     }
 
+    func modelOverviews() async throws(CofferRegistryError) -> [ModelOverview] {
+        var overviews: [ModelOverview] = []
+        for row in try await database.query(
+            """
+            SELECT m.name, (SELECT count(*) FROM versions c WHERE c.model_id = m.id) AS versions, v.version, v.created_at
+            FROM models m JOIN versions v ON v.id = (
+                SELECT l.id FROM versions l WHERE l.model_id = m.id ORDER BY l.created_at DESC, l.id DESC LIMIT 1
+            )
+            ORDER BY v.created_at DESC, v.id DESC
+            """
+        ) {
+            let (name, versions, version, created) = try reading { try row.decode((String, Int64, String, String).self) }
+            overviews.append(ModelOverview(name: name, versions: Int(versions), latestVersion: version, latestCreated: created))
+        }
+        return overviews
+    }
+
     func version(model: String, version: String) async throws(CofferRegistryError) -> (id: Int64, digest: String)? {
         let rows = try await database.query(
             "SELECT v.id, v.digest FROM versions v JOIN models m ON m.id = v.model_id WHERE m.name = \(model) AND v.version = \(version)"
@@ -647,6 +664,11 @@ final class PostgresMetadataStore: MetadataStore {
         }
         if let id = query.id { conditions.append("v.id = \(bind(id))") }
         if let model = query.model { conditions.append("m.name = \(bind(model))") }
+        if let before = query.before {
+            let created = bind(before.createdAt)
+            // A bound on the indexed column first, as in SQLiteMetadataStore, so the (model, created) index is searched from it.
+            conditions.append("v.created_at <= \(created) AND (v.created_at < \(created) OR v.id < \(bind(before.id)))")
+        }
         conditions +=
             query.filter?.conditions { value in
                 switch value {
@@ -938,6 +960,8 @@ final class PostgresMetadataStore: MetadataStore {
     }
 
     func forEachAuditEntry(
+        after first: Int64,
+        through last: Int64?,
         _ body: (_ seq: Int64, _ column: (Int) -> UnsafeRawBufferPointer) throws(CofferRegistryError) -> Bool
     ) async throws(CofferRegistryError) {
         // Rows are pulled from the server as the walk goes (postgres-nio asks for more only when the loop does), and
@@ -945,8 +969,12 @@ final class PostgresMetadataStore: MetadataStore {
         var scratch: [UInt8] = []
         var ranges = [Range<Int>](repeating: 0..<0, count: 9)
         try await database.withConnection { connection in
+            let through = last ?? Int64.max
             let rows = try await connection.query(
-                "SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log ORDER BY seq",
+                """
+                SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log
+                WHERE seq > \(first) AND seq <= \(through) ORDER BY seq
+                """,
                 logger: Self.logger
             )
             for try await row in rows {
@@ -972,8 +1000,8 @@ final class PostgresMetadataStore: MetadataStore {
         }
     }
 
-    func auditHeads() async throws(CofferRegistryError) -> [AuditHeadRecord] {
-        try await fetchAll(AuditHeadRecord.self, "SELECT * FROM audit_heads ORDER BY seq")
+    func auditHeads(after seq: Int64) async throws(CofferRegistryError) -> [AuditHeadRecord] {
+        try await fetchAll(AuditHeadRecord.self, "SELECT * FROM audit_heads WHERE seq > \(seq) ORDER BY seq")
     }
 
     func lastAuditHeadSeq() async throws(CofferRegistryError) -> Int64 {

@@ -357,6 +357,21 @@ final class SQLiteMetadataStore: MetadataStore {
         try await read { db in try Self.modelID(name, db: db) != nil }
     }
 
+    func modelOverviews() async throws(CofferRegistryError) -> [ModelOverview] {
+        try await read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT m.name, (SELECT count(*) FROM versions c WHERE c.model_id = m.id) AS versions, v.version, v.created_at
+                    FROM models m JOIN versions v ON v.id = (
+                        SELECT l.id FROM versions l WHERE l.model_id = m.id ORDER BY l.created_at DESC, l.id DESC LIMIT 1
+                    )
+                    ORDER BY v.created_at DESC, v.id DESC
+                    """
+            ).map { ModelOverview(name: $0[0], versions: $0[1], latestVersion: $0[2], latestCreated: $0[3]) }
+        }
+    }
+
     func version(model: String, version: String) async throws(CofferRegistryError) -> (id: Int64, digest: String)? {
         try await read { db in
             try Row.fetchOne(
@@ -474,6 +489,13 @@ final class SQLiteMetadataStore: MetadataStore {
         if let model = query.model {
             conditions.append("m.name = ?")
             arguments += [model]
+        }
+        if let before = query.before {
+            // The bound `created_at <= ?` first: SQLite searches the (model, created) index from it. Written as
+            // `created_at < ? OR (created_at = ? AND id < ?)` alone, it walked the index from the newest (5 ms at the
+            // 50,000th of 100,000 versions against 0.2 ms).
+            conditions.append("v.created_at <= ? AND (v.created_at < ? OR v.id < ?)")
+            arguments += [before.createdAt, before.createdAt, before.id]
         }
         conditions +=
             query.filter?.conditions { value in
@@ -700,6 +722,8 @@ final class SQLiteMetadataStore: MetadataStore {
     }
 
     func forEachAuditEntry(
+        after first: Int64,
+        through last: Int64?,
         _ body: (_ seq: Int64, _ column: (Int) -> UnsafeRawBufferPointer) throws(CofferRegistryError) -> Bool
     ) async throws(CofferRegistryError) {
         // SQLite's own row loop, with each entry's fields read from where SQLite holds them: GRDB's rows (a Data or
@@ -709,8 +733,12 @@ final class SQLiteMetadataStore: MetadataStore {
             let unchecked = UncheckedBody(body: body)
             try await self.read { db in
                 let statement = try db.makeStatement(
-                    sql: "SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log ORDER BY seq"
+                    sql: """
+                        SELECT seq, at, principal, action, target, outcome, reason, prev_hash, entry_hash FROM audit_log
+                        WHERE seq > ? AND seq <= ? ORDER BY seq
+                        """
                 )
+                try statement.setArguments([first, last ?? Int64.max])
                 let handle = statement.sqliteStatement
                 func column(_ index: Int) -> UnsafeRawBufferPointer {
                     let start = sqlite3_column_blob(handle, Int32(index))
@@ -727,8 +755,8 @@ final class SQLiteMetadataStore: MetadataStore {
         try await withoutActuallyEscaping(body) { (body) async throws(CofferRegistryError) in try await walk(body) }
     }
 
-    func auditHeads() async throws(CofferRegistryError) -> [AuditHeadRecord] {
-        try await read { db in try AuditHeadRecord.order(AuditHeadRecord.Columns.seq).fetchAll(db) }
+    func auditHeads(after seq: Int64) async throws(CofferRegistryError) -> [AuditHeadRecord] {
+        try await read { db in try AuditHeadRecord.filter(AuditHeadRecord.Columns.seq > seq).order(AuditHeadRecord.Columns.seq).fetchAll(db) }
     }
 
     func lastAuditHeadSeq() async throws(CofferRegistryError) -> Int64 {
