@@ -22,6 +22,12 @@ public struct AuditEntry: Sendable, Equatable, Codable {
     }
 }
 
+/// Why a walk of the audit chain stopped, in words.
+struct AuditChainProblem: Error {
+    let why: String
+    init(_ why: String) { self.why = why }
+}
+
 /// The bytes an entry's hash covers: "coffer/v1/audit" || u64be(seq) || each field as u32be(length) || UTF-8 ||
 /// prev_hash (docs/FORMAT.md), fields in the order at, principal, action, target, outcome, reason. One buffer,
 /// reused from entry to entry.
@@ -42,6 +48,26 @@ struct AuditMessage {
     mutating func hash(previous: some Collection<UInt8>) -> [UInt8] {
         bytes.append(contentsOf: previous)
         return Digest.sha256(bytes)
+    }
+
+    /// Checks the row `seq` of a chain walk (``MetadataStore/forEachAuditEntry(after:through:_:)``'s columns) against
+    /// the entry before it (`lastSeq`, whose hash is `previous`): its number follows, it links to `previous`, and its
+    /// stored hash is its own. Returns its hash, or what is wrong.
+    mutating func check(
+        _ seq: Int64,
+        after lastSeq: Int64,
+        previous: [UInt8],
+        _ column: (Int) -> UnsafeRawBufferPointer
+    ) -> Result<[UInt8], AuditChainProblem> {
+        guard seq == lastSeq + 1 else { return .failure(.init("entry \(lastSeq + 1) is missing (deleted, or entries reordered)")) }
+        guard column(7).elementsEqual(previous) else {
+            return .failure(.init("entry \(seq) does not link to entry \(seq - 1) (inserted, deleted or reordered)"))
+        }
+        start(seq: seq)
+        for index in 1...6 { field(column(index)) }
+        let hash = hash(previous: previous)
+        guard column(8).elementsEqual(hash) else { return .failure(.init("entry \(seq) was edited (its hash does not match)")) }
+        return .success(hash)
     }
 
     static func appendBigEndian(_ value: some FixedWidthInteger, to bytes: inout [UInt8]) {
@@ -305,19 +331,11 @@ extension Registry {
         var previous = lastHash
         var message = AuditMessage()
         try await metadata.forEachAuditEntry(after: start, through: nil) { (seq, column) throws(CofferRegistryError) -> Bool in
-            guard seq == lastSeq + 1 else {
-                problem = "entry \(lastSeq + 1) is missing (deleted, or entries reordered)"
-                return false
-            }
-            guard column(7).elementsEqual(previous) else {
-                problem = "entry \(seq) does not link to entry \(seq - 1) (inserted, deleted or reordered)"
-                return false
-            }
-            message.start(seq: seq)
-            for index in 1...6 { message.field(column(index)) }
-            let hash = message.hash(previous: previous)
-            guard column(8).elementsEqual(hash) else {
-                problem = "entry \(seq) was edited (its hash does not match)"
+            let hash: [UInt8]
+            switch message.check(seq, after: lastSeq, previous: previous, column) {
+            case .success(let checked): hash = checked
+            case .failure(let failure):
+                problem = failure.why
                 return false
             }
             if let signed = headsBySeq.removeValue(forKey: seq), signed != hash {
@@ -371,19 +389,11 @@ extension Registry {
         var problem: String? = nil
         var message = AuditMessage()
         try await metadata.forEachAuditEntry(after: seq, through: seq + Int64(max(1, count))) { (seq, column) throws(CofferRegistryError) -> Bool in
-            guard seq == lastSeq + 1 else {
-                problem = "entry \(lastSeq + 1) is missing (deleted, or entries reordered)"
-                return false
-            }
-            guard column(7).elementsEqual(previous) else {
-                problem = "entry \(seq) does not link to entry \(seq - 1) (inserted, deleted or reordered)"
-                return false
-            }
-            message.start(seq: seq)
-            for index in 1...6 { message.field(column(index)) }
-            let hash = message.hash(previous: previous)
-            guard column(8).elementsEqual(hash) else {
-                problem = "entry \(seq) was edited (its hash does not match)"
+            let hash: [UInt8]
+            switch message.check(seq, after: lastSeq, previous: previous, column) {
+            case .success(let checked): hash = checked
+            case .failure(let failure):
+                problem = failure.why
                 return false
             }
             previous = hash
