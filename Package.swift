@@ -156,6 +156,8 @@ let package = Package(
             path: "Sources/coffer",
             swiftSettings: swiftSettings
         ),
+        // What the test suites share: the backends a test run puts its registries on.
+        .target(name: "CofferTestSupport", path: "Tests/Support", swiftSettings: swiftSettings),
         .testTarget(
             name: "CofferCryptoTests",
             dependencies: ["CofferCrypto"],
@@ -164,7 +166,7 @@ let package = Package(
         .testTarget(
             name: "CofferRegistryTests",
             dependencies: [
-                "CofferRegistry", "CofferCrypto", "CLinux",
+                "CofferRegistry", "CofferCrypto", "CofferTestSupport", "CLinux",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
@@ -178,7 +180,7 @@ let package = Package(
         .testTarget(
             name: "CofferServerTests",
             dependencies: [
-                "CofferServer", "CofferRegistry", "CofferCrypto",
+                "CofferServer", "CofferRegistry", "CofferCrypto", "CofferTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 // The web tests change the registry's database behind its back, as an attacker holding the file would.
                 .product(name: "GRDB", package: "GRDB.swift"),
@@ -188,7 +190,7 @@ let package = Package(
         .testTarget(
             name: "CofferClientTests",
             dependencies: [
-                "CofferClient", "CofferServer", "CofferRegistry", "CofferCrypto", "CofferTraining",
+                "CofferClient", "CofferServer", "CofferRegistry", "CofferCrypto", "CofferTraining", "CofferTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
             ],
@@ -204,7 +206,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CofferCLITests",
-            dependencies: ["CofferCrypto", "CLinux", "coffer"],
+            dependencies: ["CofferCrypto", "CofferTestSupport", "CLinux", "coffer"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -174,7 +174,10 @@ public final class Registry: Sendable {
             Directories.sync(home)
             if !backends.isEmbedded { try backends.write(home: home) }
         } else {
-            // A database that already holds a ledger is another registry's: never written over.
+            // A database that already holds a ledger is another registry's: never written over. One that does not
+            // exist yet is created (only here, by init).
+            let endpoint = try PostgresEndpoint(url: backends.metadata)
+            _ = try await PostgresPool.createDatabaseIfMissing(endpoint, password: try endpoint.password(environment: environment))
             let store = try await backends.openMetadata(home: home, busyTimeout: 5, environment: environment)
             do throws(CofferRegistryError) {
                 guard try await store.ledgerEnd() == 0 else {

@@ -18,7 +18,7 @@ struct ServeCommandTests {
             process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
             process.arguments = ["serve", "--home", dir.path("home"), "--listen", listen]
             process.currentDirectoryURL = dir.url
-            process.environment = ["COFFER_PASSPHRASE": "test passphrase", "COFFER_STATE_DIR": dir.path(".client-state")]
+            process.environment = CofferProcess.environment(in: dir.url)
             let err = Pipe()
             process.standardError = err
             process.standardOutput = FileHandle.nullDevice

@@ -101,7 +101,7 @@ struct ShareCommandTests {
         process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
         process.arguments = ["serve", "--home", dir.path("home"), "--listen", "127.0.0.1:\(port)"]
         process.currentDirectoryURL = dir.url
-        process.environment = ["COFFER_PASSPHRASE": "test passphrase", "COFFER_STATE_DIR": dir.path(".server-state")]
+        process.environment = CofferProcess.environment(in: dir.url, ["COFFER_STATE_DIR": dir.path(".server-state")])
         let err = Pipe()
         process.standardError = err
         process.standardOutput = FileHandle.nullDevice

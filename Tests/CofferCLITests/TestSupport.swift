@@ -1,4 +1,5 @@
 import CofferCrypto
+import CofferTestSupport
 import Foundation
 import Testing
 
@@ -18,22 +19,14 @@ struct CofferProcess {
         var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
     }
 
-    /// Where `coffer init` puts blobs in this test run: `COFFER_TEST_BLOBS_URL` (an OCI registry tools/test started,
-    /// `oci+http://HOST:PORT`) makes every registry the CLI suites create keep its blobs in a repository of its own there.
-    static func initArguments(_ args: [String]) -> [String] {
-        guard args.first == "init", !args.contains("--blobs"), let base = ProcessInfo.processInfo.environment["COFFER_TEST_BLOBS_URL"] else {
-            return args
-        }
-        return args + ["--blobs", "\(base)/cli/\(UUID().uuidString.lowercased().prefix(13))"]
-    }
-
-    /// The file holding blob `digest`'s bytes: in the registry's blob directory, or, when the run keeps blobs in an OCI
-    /// registry, in its storage (`COFFER_TEST_BLOBS_STORAGE`, docker-registry's filesystem root).
-    static func blobFile(_ digest: String, home: String) -> String {
-        guard let storage = ProcessInfo.processInfo.environment["COFFER_TEST_BLOBS_STORAGE"] else {
-            return "\(home)/blobs/sha256/\(digest.prefix(2))/\(digest)"
-        }
-        return "\(storage)/docker/registry/v2/blobs/sha256/\(digest.prefix(2))/\(digest)/data"
+    /// What a `coffer` child gets: this test run's environment (a PostgreSQL registry's password file, say), with
+    /// `COFFER_PASSPHRASE` set unless `passphrase` is nil, and `extra` on top.
+    static func environment(in directory: URL, passphrase: String? = "test passphrase", _ extra: [String: String] = [:]) -> [String: String] {
+        var environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
+        environment["COFFER_PASSPHRASE"] = passphrase
+        // Each scratch directory is one user's machine: its client remembers the registries it verified there.
+        environment["COFFER_STATE_DIR"] = environment["COFFER_STATE_DIR"] ?? directory.appendingPathComponent(".client-state").path
+        return environment
     }
 
     /// Runs `coffer args...` in `directory` with `COFFER_PASSPHRASE` set unless `passphrase` is nil.
@@ -50,10 +43,7 @@ struct CofferProcess {
         stdin: Data? = nil,
         environment extra: [String: String] = [:]
     ) throws -> Output {
-        var environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
-        environment["COFFER_PASSPHRASE"] = passphrase
-        // Each scratch directory is one user's machine: its client remembers the registries it verified there.
-        environment["COFFER_STATE_DIR"] = environment["COFFER_STATE_DIR"] ?? directory.appendingPathComponent(".client-state").path
+        let environment = Self.environment(in: directory, passphrase: passphrase, extra)
         let files = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-run-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: files, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: files) }
@@ -66,7 +56,7 @@ struct CofferProcess {
         }
 
         // Through sh for the working directory (glibc's posix_spawn_file_actions_addchdir_np is not visible to Swift).
-        let command = [#"cd "$0" && exec "$@""#, directory.path, binary] + initArguments(args)
+        let command = [#"cd "$0" && exec "$@""#, directory.path, binary] + TestBackends.initArguments(args)
         let pid: pid_t
         do {
             pid = try Spawn.start(

@@ -2,6 +2,7 @@ import CofferClient
 import CofferCrypto
 import CofferRegistry
 import CofferServer
+import CofferTestSupport
 import CofferTraining
 import Foundation
 import Hummingbird
@@ -29,6 +30,7 @@ final class Fixture: @unchecked Sendable {
             at: root.appendingPathComponent("home").path,
             passphrase: secret,
             kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+            backends: Backends(metadata: TestBackends.newMetadata(), blobs: TestBackends.newBlobs()),
             memory: ClientMemory(directory: root.appendingPathComponent("registry-memory").path)
         )
         let keyFile = Array(try Data(contentsOf: root.appendingPathComponent("home/registry.key")))

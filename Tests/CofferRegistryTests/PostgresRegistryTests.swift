@@ -53,6 +53,40 @@ struct PostgresRegistryTests {
         #expect(!message.contains("\n"))
     }
 
+    /// `init` creates a database the server does not have yet (any name: it is quoted, never pasted), and only `init`:
+    /// a registry opened on a database that is gone is refused in one line, not started empty.
+    @Test func initCreatesAMissingDatabaseAndNothingElseDoes() async throws {
+        let registryDatabase = try await PostgresTestSupport.registryDatabase()
+        let f = try await RegistryFixture()
+        let name = "new \"db\"; DROP DATABASE \(registryDatabase.name) -- \(UUID().uuidString.prefix(8))"
+        let url = registryDatabase.cluster.endpoint(name).url
+        let registry = try await Registry.create(
+            at: f.path("created-home"),
+            passphrase: passphrase("x"),
+            kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+            backends: Backends(metadata: url, blobs: "directory"),
+            memory: nil
+        )
+        #expect(try await registry.metadata.ledgerEnd() == 1)
+        await registry.close()
+        let names = try await PostgresTestSupport.admin(registryDatabase.cluster) { connection in
+            var names: [String] = []
+            for try await name in try await connection.query("SELECT datname FROM pg_database", logger: connection.logger).decode(String.self) {
+                names.append(name)
+            }
+            return names
+        }
+        #expect(names.contains(name) && names.contains(registryDatabase.name), "\(names)")
+
+        let gone = f.path("gone-home")
+        try FileManager.default.createDirectory(atPath: gone, withIntermediateDirectories: true)
+        let missing = registryDatabase.cluster.endpoint("missing_\(UUID().uuidString.prefix(8).lowercased())")
+        try JSONEncoder().encode(Backends(metadata: missing.url, blobs: "directory")).write(to: URL(fileURLWithPath: "\(gone)/backends.json"))
+        let message = await refusal { _ = try await Registry(at: gone, memory: nil) }
+        #expect(message.hasPrefix("\(missing.engine): ") && message.contains("does not exist"), "\(message)")
+        #expect(!names.contains(missing.database))
+    }
+
     /// PostgreSQL restarted while pushes run (a failover, an upgrade): each push lands whole or fails in one line
     /// naming PostgreSQL, the registry reconnects by itself (no reopen), the next push lands, and fsck finds nothing
     /// half-written.

@@ -222,9 +222,20 @@ enum PostgresTestSupport {
     /// it up (this process's PGPASSFILE names the cluster's pgpass file; the registry's URL holds no password).
     static func registryDatabase() async throws -> TestDatabase {
         let cluster = try cluster
-        passfileExported.withLock { exported in
-            if !exported { setenv("PGPASSFILE", cluster.passfile, 1) }
-            exported = true
+        try passfileExported.withLock { exported in
+            defer { exported = true }
+            guard !exported else { return }
+            // A password file the run already names (tools/test's cluster, which other tests' `coffer` children log
+            // into) stays in force: the cluster's lines are added to a copy of it.
+            var passfile = cluster.passfile
+            if let given = ProcessInfo.processInfo.environment["PGPASSFILE"], let lines = FileManager.default.contents(atPath: given) {
+                passfile = "\(cluster.root)/pgpass-and-\(URL(fileURLWithPath: given).lastPathComponent)"
+                let both = lines + Data("\n".utf8) + (FileManager.default.contents(atPath: cluster.passfile) ?? Data())
+                guard FileManager.default.createFile(atPath: passfile, contents: both, attributes: [.posixPermissions: 0o600]) else {
+                    throw CocoaError(.fileWriteUnknown)
+                }
+            }
+            setenv("PGPASSFILE", passfile, 1)
         }
         return try await database()
     }

@@ -1,5 +1,6 @@
 import CofferCrypto
 import CofferRegistry
+import CofferTestSupport
 import CofferTraining
 import Foundation
 import Hummingbird
@@ -18,6 +19,8 @@ struct ServerTests {
         /// alice, the owner, once `world()` made her.
         var publisher: UnlockedIdentity!
         var home: String { root.appendingPathComponent("home").path }
+        /// Where the registry keeps its metadata: `sqlite`, or its PostgreSQL database's URL (``TestBackends``).
+        let metadata = TestBackends.newMetadata()
 
         init() async throws {
             root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-server-\(UUID().uuidString)")
@@ -28,6 +31,7 @@ struct ServerTests {
                 at: root.appendingPathComponent("home").path,
                 passphrase: secret,
                 kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+                backends: Backends(metadata: metadata, blobs: TestBackends.newBlobs()),
                 memory: ClientMemory(directory: root.appendingPathComponent("client-state").path)
             )
             let keyFile = Array(try Data(contentsOf: root.appendingPathComponent("home/registry.key")))

@@ -1,5 +1,6 @@
 import CofferCrypto
 import CofferRegistry
+import CofferTestSupport
 import CofferTraining
 import Foundation
 import GRDB
@@ -286,7 +287,7 @@ struct WebTests {
             #expect(audited.action == "verify" && audited.principal == "bob" && audited.target == "m/risk:1" && audited.outcome == .ok)
 
             // One byte of the sealed blob changed on disk: the next check says so, with the verifier's message.
-            let blob = "\(w.fixture.home)/blobs/sha256/\(file.sealedSHA256.prefix(2))/\(file.sealedSHA256)"
+            let blob = TestBackends.blobFile(file.sealedSHA256, home: w.fixture.home)
             var bytes = try Data(contentsOf: URL(fileURLWithPath: blob))
             bytes[bytes.count / 2] ^= 0x01
             try bytes.write(to: URL(fileURLWithPath: blob))
@@ -579,8 +580,20 @@ struct WebTests {
         }
     }
 
-    /// Changes the registry's SQLite file behind its back, as someone holding it would (the log's triggers dropped).
+    /// Changes the registry's database behind its back, as someone holding it would (the log's triggers dropped): its
+    /// SQLite file, or its PostgreSQL database through `psql` as the tables' owner.
     static func tamper(_ w: ServerTests.World, _ sql: String) throws {
+        guard TestBackends.metadataInSQLite else {
+            let statements = "BEGIN; ALTER TABLE audit_log DISABLE TRIGGER USER; \(sql); ALTER TABLE audit_log ENABLE TRIGGER USER; COMMIT;"
+            let pid = try Spawn.start(
+                "/usr/bin/psql",
+                ["-q", "-v", "ON_ERROR_STOP=1", w.fixture.metadata, "-c", statements],
+                stdout: .null,
+                stderr: .null
+            )
+            try #require(Spawn.wait(pid) == 0, "psql \(w.fixture.metadata) -c \(statements)")
+            return
+        }
         let db = try DatabaseQueue(path: "\(w.fixture.home)/registry.sqlite")
         try db.write { db in
             for trigger in try String.fetchAll(db, sql: "SELECT name FROM sqlite_master WHERE type = 'trigger'") {

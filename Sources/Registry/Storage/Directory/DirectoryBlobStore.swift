@@ -50,7 +50,13 @@ public struct DirectoryBlobStore: BlobStore {
     private func place(_ temporary: String, digest: String) throws(CofferRegistryError) {
         let destination = path(of: digest)
         let directory = String(destination[..<destination.lastIndex(of: "/")!])
-        try Directories.make(directory)
+        do throws(CofferRegistryError) {
+            try Directories.make(directory)
+        } catch {
+            // A full disk can refuse the fan-out directory after the blob itself was written: nothing stays in tmp/.
+            unlink(temporary)
+            throw error
+        }
         guard rename(temporary, destination) == 0 else {
             let reason = String(cString: strerror(errno))
             unlink(temporary)

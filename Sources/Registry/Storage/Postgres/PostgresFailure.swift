@@ -24,6 +24,8 @@ enum PostgresFailure {
         static let invalidPassword = "28P01"
         static let invalidAuthorization = "28000"
         static let unknownDatabase = "3D000"
+        static let duplicateDatabase = "42P04"
+        static let insufficientPrivilege = "42501"
         static let adminShutdown = "57P01"
         static let cannotConnectNow = "57P03"
     }

@@ -186,15 +186,20 @@ final class PostgresPool: Sendable {
     /// (``PostgresSessionLock``). The caller closes it.
     func openConnection() async throws(CofferRegistryError) -> PostgresConnection {
         do {
-            return try await PostgresConnection.connect(
-                on: MultiThreadedEventLoopGroup.singleton.any(),
-                configuration: connectionConfiguration,
-                id: Int.random(in: 1...Int.max),
-                logger: Self.logger
-            )
+            return try await untranslatedConnection()
         } catch {
             throw PostgresFailure.translate(error, endpoint: endpoint)
         }
+    }
+
+    /// ``openConnection()`` with postgres-nio's own error, for a caller that acts on its SQLSTATE.
+    func untranslatedConnection() async throws -> PostgresConnection {
+        try await PostgresConnection.connect(
+            on: MultiThreadedEventLoopGroup.singleton.any(),
+            configuration: connectionConfiguration,
+            id: Int.random(in: 1...Int.max),
+            logger: Self.logger
+        )
     }
 
     // MARK: - Queries
