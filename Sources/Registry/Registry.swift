@@ -176,9 +176,7 @@ public final class Registry: Sendable {
         } else {
             // A database that already holds a ledger is another registry's: never written over. One that does not
             // exist yet is created (only here, by init).
-            let endpoint = try PostgresEndpoint(url: backends.metadata)
-            _ = try await PostgresPool.createDatabaseIfMissing(endpoint, password: try endpoint.password(environment: environment))
-            let store = try await backends.openMetadata(home: home, busyTimeout: 5, environment: environment)
+            let store = try await PostgresMetadataStore.open(url: backends.metadata, home: home, environment: environment, creatingDatabase: true)
             do throws(CofferRegistryError) {
                 guard try await store.ledgerEnd() == 0 else {
                     throw CofferRegistryError.registryExists("\(store.name) (it already holds a registry's ledger)")

@@ -16,7 +16,11 @@ extension Coffer {
         @OptionGroup var newPassphrase: NewPassphraseOptions
         @Option(name: .long, help: "The owner's public identity (NAME.pub): its first principal, an admin. From then on every operation is checked.")
         var owner: String?
-        @Option(name: .long, help: "Where metadata goes: sqlite (default) or postgres://USER@HOST:PORT/DB (password from PGPASSWORD or PGPASSFILE).")
+        @Option(
+            name: .long,
+            help:
+                "Where metadata goes: sqlite (default) or postgres://USER@HOST:PORT/DB (password from PGPASSWORD or PGPASSFILE; a missing DB is created)."
+        )
         var metadata = "sqlite"
         @Option(
             name: .long,
@@ -147,7 +151,7 @@ extension Coffer {
         @OptionGroup var passphraseOptions: PassphraseOptions
         @Option(name: .long, help: "Copy the registry into this new (or empty) home directory, on --metadata and --blobs.")
         var to: String?
-        @Option(name: .long, help: "With --to: postgres://USER@HOST:PORT/DB (password from PGPASSWORD or PGPASSFILE).")
+        @Option(name: .long, help: "With --to: postgres://USER@HOST:PORT/DB (password from PGPASSWORD or PGPASSFILE; a missing DB is created).")
         var metadata: String?
         @Option(name: .long, help: "With --to: oci://HOST:PORT/REPOSITORY, or directory (default: blobs in DEST).")
         var blobs = "directory"

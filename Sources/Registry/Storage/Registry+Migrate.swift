@@ -87,7 +87,7 @@ extension Registry {
             try copyFile("\(from.home)/\(name)", to: "\(destination)/\(name)")
         }
         Directories.sync(destination)
-        let metadata = try await PostgresMetadataStore.open(url: backends.metadata, home: destination)
+        let metadata = try await PostgresMetadataStore.open(url: backends.metadata, home: destination, creatingDatabase: true)
         do {
             let tables = try await PostgresTableCopy.plan(from: snapshot, into: metadata)
             if backends.blobs == "directory" { try DirectoryBlobStore.create(at: destination) }

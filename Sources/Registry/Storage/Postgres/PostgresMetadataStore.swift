@@ -48,16 +48,20 @@ final class PostgresMetadataStore: MetadataStore {
     ///   - url: `postgres://USER@HOST:PORT/DB?sslmode=...`.
     ///   - home: the registry's home directory (its `epochs/`).
     ///   - environment: where the password is looked up (the process's environment when nil).
+    ///   - creatingDatabase: create the database when the server has none of that name (`init` and `migrate` only).
     /// - Throws: ``CofferRegistryError/unavailable(engine:reason:)`` when the server cannot be reached or logged into;
     ///   ``CofferRegistryError/io(path:reason:)`` for the epoch key files.
     static func open(
         url: String,
         home: String,
         environment: [String: String]? = nil,
-        options: PostgresPool.Options = PostgresPool.Options()
+        options: PostgresPool.Options = PostgresPool.Options(),
+        creatingDatabase: Bool = false
     ) async throws(CofferRegistryError) -> PostgresMetadataStore {
         let endpoint = try PostgresEndpoint(url: url)
-        let database = try PostgresPool(endpoint: endpoint, password: try endpoint.password(environment: environment), options: options)
+        let password = try endpoint.password(environment: environment)
+        if creatingDatabase { _ = try await PostgresPool.createDatabaseIfMissing(endpoint, password: password) }
+        let database = try PostgresPool(endpoint: endpoint, password: password, options: options)
         let running = Task { await database.run() }
         do {
             try await database.checkReachable()
