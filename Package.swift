@@ -166,7 +166,7 @@ let package = Package(
         .testTarget(
             name: "CofferRegistryTests",
             dependencies: [
-                "CofferRegistry", "CofferCrypto", "CofferTestSupport", "CLinux",
+                "CofferRegistry", "CofferCrypto", "CLinux",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],

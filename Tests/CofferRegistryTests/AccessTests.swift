@@ -142,7 +142,7 @@ struct AccessTests {
 
     /// A registry with a signed audit head over its first entries and two unsigned ones after it.
     private func auditedRegistry() async throws -> RegistryFixture {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         try await f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: f.registrySigner)
         let admin = Signer(alice)

@@ -15,7 +15,7 @@ struct MigrateToPostgresTests {
     @Test(arguments: ["directory", "oci"]) func anEmbeddedRegistryMovesOntoPostgresAsTheSameRegistry(blobs: String) async throws {
         let alice = try person("alice")
         let bob = try person("bob")
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         try await f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: f.registrySigner)
         let admin = Signer(alice)
         try await f.registry.addPrincipal(name: "bob", identity: bob.publicIdentity, roles: [.reader, .decrypt], by: admin)
@@ -109,7 +109,7 @@ struct MigrateToPostgresTests {
     /// A source whose ledger was rewritten behind its back is not copied.
     @Test func aTamperedSourceIsNotCopied() async throws {
         let alice = try person("alice")
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let dir = try f.makeModel("model", ["w.bin": bytes(1000)])
         _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
         try await f.attack("UPDATE ledger SET envelope = X'7B7D' WHERE seq = 2")

@@ -10,7 +10,7 @@ import Testing
 /// it a ledger restating its tables; afterwards every check passes and nothing it held is lost.
 struct MigrationTests {
     @Test func aRegistryWithoutALedgerIsAdoptedWithEverythingItHeld() async throws {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         let bob = try person("bob")
         try await f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: try f.registrySigner)

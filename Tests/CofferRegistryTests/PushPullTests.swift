@@ -102,7 +102,7 @@ struct PushPullTests {
 
     /// The version's rows and its audit entry are one transaction: if the entry cannot be written, nothing is pushed.
     @Test func aPushCommitsTogetherWithItsAuditEntry() async throws {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["w.bin": bytes(1000)])

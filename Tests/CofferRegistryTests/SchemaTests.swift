@@ -41,7 +41,7 @@ struct SchemaTests {
 
     /// A commit is on disk when the call returns: the writer syncs the log on every commit, not at checkpoints.
     @Test func commitsAreSyncedToDisk() async throws {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let database = try SQLiteMetadataStore(path: "\(f.home)/registry.sqlite")
         #expect(try await database.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") } == 2)
         #expect(try await database.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")

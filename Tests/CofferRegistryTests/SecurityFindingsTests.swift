@@ -11,8 +11,10 @@ import Testing
 /// fails on the code before the fix.
 struct SecurityFindingsTests {
     /// A registry owned by alice (admin, trusted signer), with m:1 and m:2 pushed and m@prod on version 1.
+    /// On SQLite in every pass: the findings' attackers edit the SQLite file (PostgresRegistryTests and the
+    /// parameterized suites attack PostgreSQL's rows).
     private func owned() async throws -> (RegistryFixture, UnlockedIdentity, Signer) {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         try await f.registry.addPrincipal(name: "alice", identity: alice.publicIdentity, roles: [], by: try f.registrySigner)
         let admin = Signer(alice)
@@ -299,7 +301,7 @@ struct SecurityFindingsTests {
         (String(repeating: "n", count: 201), "longer than 200 bytes"), ("model.sig", "the name pull gives the model-signing bundle"),
     ])
     func finding16_fileNamesThatCannotRoundTripAreRefused(name: String, expected: String) async throws {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         let dir = f.path("named")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -310,7 +312,7 @@ struct SecurityFindingsTests {
     }
 
     @Test func finding16_unicodeTwinsAreOneName() async throws {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         let dir = f.path("twins")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -349,7 +351,7 @@ struct SecurityFindingsTests {
     }
 
     @Test func finding17_anUntrustedVersionsBlobsAreNotOrphans() async throws {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let mallory = try person("mallory")
         _ = try await f.registry.push(PushRequest(model: "m", paths: [try f.makeModel("x", ["w.bin": bytes(100)])]), publisher: mallory)
         let report = try await f.registry.fsck()
@@ -365,7 +367,7 @@ extension SecurityFindingsTests {
         let (f, _, _) = try await owned()
         let bob = ClientMemory(directory: f.path("bob-client"))
         _ = try await Registry(at: f.home, memory: bob).ledgerState()  // bob uses the registry: his client pins its root
-        let other = try await RegistryFixture()
+        let other = try await RegistryFixture(.sqlite)
         for name in ["registry.sqlite", "registry.key", "registry.pub"] {
             try FileManager.default.removeItem(atPath: "\(f.home)/\(name)")
             try FileManager.default.copyItem(atPath: "\(other.home)/\(name)", toPath: "\(f.home)/\(name)")
@@ -428,7 +430,7 @@ extension SecurityFindingsTests {
     }
 
     @Test func reviewG_M_historiesAreBoundedBeforeAnyoneComposesThem() async throws {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         let dir = try f.makeModel("model", ["w.bin": bytes(100)])
         for segments in [

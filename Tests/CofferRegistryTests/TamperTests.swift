@@ -24,7 +24,7 @@ struct TamperTests {
 
     @Test(arguments: Edit.allCases)
     func editIsDetected(edit: Edit) async throws {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
         let dir = try f.makeModel("model", ["a.bin": bytes(90_000), "b.bin": bytes(90_000, seed: 7)])
@@ -118,7 +118,7 @@ struct TamperTests {
     }
 
     @Test func lockedDatabaseFailsAfterTheBusyTimeout() async throws {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
         let impatient = try await Registry(at: f.home, busyTimeout: 0.2)
@@ -136,7 +136,7 @@ struct TamperTests {
     }
 
     @Test func tagsAndLineage() async throws {
-        let f = try await RegistryFixture()
+        let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         let dir = try f.makeModel("model", ["a.bin": bytes(1000)])
         var base = PushRequest(model: "base", paths: [dir])

@@ -16,6 +16,10 @@ enum MetadataBackend: String, Sendable, CaseIterable, CustomTestStringConvertibl
 
     var testDescription: String { rawValue }
 
+    /// Where a fixture that names no backend keeps its metadata: SQLite, or PostgreSQL in the pass of tools/test that
+    /// sets `COFFER_TEST_METADATA=postgres` (a test of what only SQLite has asks for `.sqlite` by name).
+    static var ofThisRun: MetadataBackend { ProcessInfo.processInfo.environment["COFFER_TEST_METADATA"] == "postgres" ? .postgres : .sqlite }
+
     /// The backends this machine can run: PostgreSQL only where ``PostgresTestSupport/isAvailable`` (its skip is said
     /// once on standard error).
     static let available: [MetadataBackend] = {
@@ -44,10 +48,13 @@ final class RegistryFixture {
     /// Whether this test run puts the fixtures' blobs in an OCI registry.
     static var blobsInOCI: Bool { ProcessInfo.processInfo.environment["COFFER_TEST_BLOBS"] == "oci" }
 
+    /// A registry on this run's backends (``MetadataBackend/ofThisRun``, blobs as the run keeps them).
+    convenience init() async throws { try await self.init(.ofThisRun) }
+
     /// A registry whose metadata is on `backend` (blobs as the run keeps them); on `.postgres`, in a new database.
     convenience init(_ backend: MetadataBackend) async throws {
         guard backend == .postgres else {
-            try await self.init()
+            try await self.init(metadata: "sqlite")
             return
         }
         let database = try await PostgresTestSupport.registryDatabase()
