@@ -174,7 +174,12 @@ public final class CoordinatorCore: @unchecked Sendable {
         guard sampled.count >= configuration.minimumSites else {
             return endRound(outcome: "skipped", reason: "\(sampled.count) sites sampled, fewer than the minimum \(configuration.minimumSites)")
         }
-        indexOf = Dictionary(uniqueKeysWithValues: sampled.enumerated().map { ($1, $0 + 1) })
+        // Indices, hence places in SecAgg+'s ring, in an order drawn afresh each round from the CSPRNG: Bell et al.'s
+        // bounds hold for a ring that sites cannot foresee when they are corrupted. In key-ID order (as before), whoever
+        // chooses which sites to corrupt could pick a victim's k ring neighbours and unmask it.
+        var order = sampled
+        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(randombytes_uniform(UInt32(i + 1)))) }
+        indexOf = Dictionary(uniqueKeysWithValues: order.enumerated().map { ($1, $0 + 1) })
         siteOf = Dictionary(uniqueKeysWithValues: indexOf.map { ($1, $0) })
         let roster = Dictionary(uniqueKeysWithValues: sampled.map { (indexOf[$0]!, enrolled[$0]!) })
         let parameters: RoundParameters
