@@ -175,6 +175,28 @@ struct FederationTests {
         #expect(after[0].value > before[0].value, "health accuracy \(before[0].value) -> \(after[0].value)")
     }
 
+    /// SecAgg+'s ring follows the indices: they must be a fresh random order each round, not the key IDs' order that
+    /// anyone choosing which sites to corrupt could read in advance.
+    @Test func eachRoundPlacesTheSitesInAFreshRandomOrder() throws {
+        let fixture = try FederationFixture(sites: 8, rowsPerSite: 40)
+        let core = try fixture.core(Self.configuration(rounds: 4))
+        let sites = try (0..<8).map { try fixture.site($0) }
+        for site in sites { try site.welcomed(try core.join(site.joinRequest())) }
+        try core.begin()
+        var orders: [[String]] = []
+        for round in 0...4 {
+            #expect(core.startRound(round) == nil)
+            let task = try #require(core.task(for: sites[0].keyID, after: 0))
+            let roster = try #require(try MessageCoding.decode(SiteTask.self, from: task.payload, what: "task").roster)
+            #expect(Set(roster.map(\.index)) == Set(1...8))
+            orders.append(roster.sorted { $0.index < $1.index }.map(\.site))
+        }
+        let byKeyID = sites.map(\.keyID).sorted()
+        // Five draws of 8! orders: all equal, or all in key-ID order, with probability below 1e-18.
+        #expect(Set(orders).count > 1, "\(orders)")
+        #expect(orders.contains { $0 != byKeyID })
+    }
+
     @Test func tooManyDropoutsAbortTheRoundAndLeaveTheModelAsItWas() throws {
         let fixture = try FederationFixture(sites: 4)
         let federation = try fixture.federation(Self.configuration(rounds: 2))

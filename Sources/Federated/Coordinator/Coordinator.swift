@@ -63,6 +63,13 @@ public actor Coordinator {
         return answer
     }
 
+    /// The same for a submission already opened (``CoordinatorCore/open(_:)``) off the actor.
+    public func submit(_ opened: OpenedSubmission) throws(FederatedError) -> SignedMessage {
+        let answer = try core.submit(opened)
+        notify()
+        return answer
+    }
+
     /// What `GET /v1/fl/status` shows: public facts only.
     public func status() -> [String: String] {
         [

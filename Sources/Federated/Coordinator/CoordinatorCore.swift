@@ -174,7 +174,12 @@ public final class CoordinatorCore: @unchecked Sendable {
         guard sampled.count >= configuration.minimumSites else {
             return endRound(outcome: "skipped", reason: "\(sampled.count) sites sampled, fewer than the minimum \(configuration.minimumSites)")
         }
-        indexOf = Dictionary(uniqueKeysWithValues: sampled.enumerated().map { ($1, $0 + 1) })
+        // Indices, hence places in SecAgg+'s ring, in an order drawn afresh each round from the CSPRNG: Bell et al.'s
+        // bounds hold for a ring that sites cannot foresee when they are corrupted. In key-ID order (as before), whoever
+        // chooses which sites to corrupt could pick a victim's k ring neighbours and unmask it.
+        var order = sampled
+        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(randombytes_uniform(UInt32(i + 1)))) }
+        indexOf = Dictionary(uniqueKeysWithValues: order.enumerated().map { ($1, $0 + 1) })
         siteOf = Dictionary(uniqueKeysWithValues: indexOf.map { ($1, $0) })
         let roster = Dictionary(uniqueKeysWithValues: sampled.map { (indexOf[$0]!, enrolled[$0]!) })
         let parameters: RoundParameters
@@ -216,12 +221,25 @@ public final class CoordinatorCore: @unchecked Sendable {
 
     /// Takes a site's submission for the current stage.
     public func submit(_ signed: SignedMessage) throws(FederatedError) -> SignedMessage {
+        try submit(try open(signed))
+    }
+
+    /// The checks of a submission that need no round state: the signature of an enrolled site, which must be the one
+    /// the submission names, the session, and the JSON. They read only what is fixed at creation, so threads may run
+    /// them at once (a masked vector is a megabyte to hash and decode); the `submit` that takes its result does the rest.
+    public func open(_ signed: SignedMessage) throws(FederatedError) -> OpenedSubmission {
         let identity = try authenticate(signed)
         let submission = try MessageCoding.decode(Submission.self, from: signed.payload, what: "submission")
         guard submission.site == identity.keyID else {
             throw .signatureInvalid("a submission for site \(submission.site) signed by \(identity.keyID)")
         }
         guard submission.session == sessionHex else { throw .malformedMessage("a submission for another session") }
+        return OpenedSubmission(identity: identity, submission: submission)
+    }
+
+    /// Takes an opened submission for the current stage.
+    public func submit(_ opened: OpenedSubmission) throws(FederatedError) -> SignedMessage {
+        let (identity, submission) = (opened.identity, opened.submission)
         guard let aggregation else { throw .staleRound(site: identity.keyID, got: submission.round, current: max(round, 0)) }
         guard submission.round == round else { throw .staleRound(site: identity.keyID, got: submission.round, current: round) }
         guard let index = indexOf[identity.keyID] else { throw .notInRound("site \(identity.keyID) was not sampled into round \(round)") }
@@ -348,4 +366,10 @@ public final class CoordinatorCore: @unchecked Sendable {
         withUnsafeMutableBytes(of: &bits) { randombytes_buf($0.baseAddress!, 8) }
         return Double(bits >> 11) * 0x1.0p-53
     }
+}
+
+/// A submission whose signature, sender and session ``CoordinatorCore/open(_:)`` has checked.
+public struct OpenedSubmission: Sendable {
+    let identity: PublicIdentity
+    let submission: Submission
 }

@@ -64,7 +64,10 @@ public func buildFederationRouter(coordinator: Coordinator, maximumBody: Int, lo
     }
     router.post("/v1/fl/submit") { request, _ in
         do {
-            return answer(try await coordinator.submit(try await signedBody(request)))
+            // The signature and the JSON (a megabyte for a masked vector) are checked on the request's task, so
+            // that submissions arriving together are checked at once; only taking them is serial, in the actor.
+            let opened = try coordinator.core.open(try await signedBody(request))
+            return answer(try await coordinator.submit(opened))
         } catch let error as FederatedError {
             // Every refused submission is logged with its one-line reason (the body already tells the site).
             logger.warning("refused submission: \(error.description)")

@@ -273,17 +273,28 @@ public final class SecAggAggregator {
     /// The sum of the sites' vectors in Z_{2^64}, once the unmask stage has closed.
     ///
     /// - Throws: ``FederatedError/roundAborted(round:reason:)`` naming the site whose secret cannot be reconstructed.
-    public func result(expander: MaskExpander = MaskExpander()) throws(FederatedError) -> [UInt64] {
+    public func result() throws(FederatedError) -> [UInt64] {
         guard stage == .finished else { throw .roundAborted(round: round, reason: "the round was not complete") }
         let masked = completed[.masked] ?? []
         let dropped = Set(completed[.share] ?? []).subtracting(masked).sorted()
-        var total = sum
-        for owner in masked {
+        // Every seed to remove (self-masks, then the pairwise masks of dropped sites) is reconstructed and checked first,
+        // into sodium memory; then all the masks come off the sum in one pass, on every core.
+        var pairs: [(dropped: Int, survivor: Int)] = []
+        for owner in dropped where keys[owner] != nil {
+            for survivor in neighbours(of: owner) where masked.contains(survivor) { pairs.append((owner, survivor)) }
+        }
+        let seeds = SecureBytes(count: (masked.count + pairs.count) * 32)
+        var directions: [MaskExpander.Direction] = []
+        for (i, owner) in masked.enumerated() {
             let seed = try reconstruct(owner, what: "mask seed") { (secret: borrowing SecureBytes) -> Bool in
                 SecureCompare.equal(SecAggSite.seedCommitment(secret, session: session, round: round, index: owner), commitments[owner] ?? [])
             }
-            total.withUnsafeMutableBufferPointer { expander.apply(seed: seed, .subtract, to: $0) }
+            seeds.withUnsafeMutableBytes { out in
+                seed.withUnsafeBytes { (out.baseAddress! + i * 32).copyMemory(from: $0.baseAddress!, byteCount: 32) }
+            }
+            directions.append(.subtract)
         }
+        var slot = masked.count
         for owner in dropped {
             let affected = neighbours(of: owner).filter { masked.contains($0) }
             guard !affected.isEmpty, let published = keys[owner]?.maskKey.bytes else { continue }
@@ -296,10 +307,16 @@ public final class SecAggAggregator {
                 let other = keys[survivor]!.maskKey.bytes
                 let shared = try pair.agree(with: other)
                 let seed = KeyDerivation.derive(shared, label: "coffer/fl/v1/pairwise-mask", session: session, round: round, published, other)
+                seeds.withUnsafeMutableBytes { out in
+                    seed.withUnsafeBytes { (out.baseAddress! + slot * 32).copyMemory(from: $0.baseAddress!, byteCount: 32) }
+                }
+                slot += 1
                 // The survivor added the mask if its index is below the dropped site's, and subtracted it otherwise.
-                total.withUnsafeMutableBufferPointer { expander.apply(seed: seed, survivor < owner ? .subtract : .add, to: $0) }
+                directions.append(survivor < owner ? .subtract : .add)
             }
         }
+        var total = sum
+        total.withUnsafeMutableBufferPointer { MaskExpander.apply(seeds: seeds, directions: directions, to: $0) }
         return total
     }
 

@@ -36,6 +36,10 @@ public final class SecAggSite {
     /// plaintext (88). One guarded allocation per neighbour and key cost more than the cryptography itself (on 50
     /// simulated sites, a third of the CPU went to mapping and unmapping sodium_malloc's pages).
     let scratch = SecureBytes(count: 64 + 88)
+    /// K_uv of each roster position once derived: the share stage derives it to seal the box to v, the masked stage
+    /// needs the same key to open v's box (one X25519 per neighbour and round instead of two).
+    let channels: SecureBytes
+    private var channelKnown: [Bool]
     private(set) var heldFrom = Set<Int>()
     private(set) var keys: [Int: AdvertisedKeys] = [:]
     private(set) var survivors: [Int] = []
@@ -64,6 +68,8 @@ public final class SecAggSite {
         masking = EphemeralKeyPair.generate()
         seed = SecureBytes.random(count: 32)
         held = SecureBytes(count: indices.count * 80)
+        channels = SecureBytes(count: indices.count * 32)
+        channelKnown = [Bool](repeating: false, count: indices.count)
     }
 
     /// A threshold must exceed half the shares (so that the shares the coordinator can collect for one site's seed and
@@ -178,7 +184,13 @@ public final class SecAggSite {
     /// The key of the channel between this site and `index` (from X25519 of the two encryption keys), written to
     /// `scratch + 32`; the shared point goes through `scratch`.
     func channelKey(with index: Int, into scratch: UnsafeMutableRawPointer) throws(FederatedError) {
-        guard let peer = keys[index]?.encryptionKey.bytes else { throw .notInRound("no keys for site index \(index)") }
+        guard let peer = keys[index]?.encryptionKey.bytes, let slot = position(of: index) else {
+            throw .notInRound("no keys for site index \(index)")
+        }
+        if channelKnown[slot] {
+            channels.withUnsafeBytes { (scratch + 32).copyMemory(from: $0.baseAddress! + slot * 32, byteCount: 32) }
+            return
+        }
         try encryption.agree(with: peer, into: scratch)
         KeyDerivation.derive(
             key: scratch,
@@ -189,6 +201,8 @@ public final class SecAggSite {
             peer,
             into: scratch + 32
         )
+        channels.withUnsafeMutableBytes { ($0.baseAddress! + slot * 32).copyMemory(from: scratch + 32, byteCount: 32) }
+        channelKnown[slot] = true
     }
 
     /// Copies an 88-byte share plaintext's two shares into the slot of `sender`.
@@ -251,17 +265,22 @@ public final class SecAggSite {
         self.survivors = survivors.sorted()
         let count = input.count / 8
         guard input.count == count * 8 else { throw .malformedMessage("the encoded input is not whole 64-bit elements") }
-        input.withUnsafeMutableBytes { raw in
-            let vector = raw.bindMemory(to: UInt64.self)
-            expander.apply(seed: seed, .add, to: vector)
-        }
-        for peer in expected.sorted() {
-            try scratch.withUnsafeMutableBytes { (raw) throws(FederatedError) in
-                try pairwiseSeed(with: peer, into: raw.baseAddress!)
-                input.withUnsafeMutableBytes { vector in
-                    expander.apply(seed: raw.baseAddress! + 32, me < peer ? .add : .subtract, to: vector.bindMemory(to: UInt64.self))
+        // The self-mask's seed, then each pairwise seed, in sodium memory; the masks go onto the vector in one pass.
+        let peers = expected.sorted()
+        let seeds = SecureBytes(count: (1 + peers.count) * 32)
+        var directions: [MaskExpander.Direction] = [.add]
+        try seeds.withUnsafeMutableBytes { (out) throws(FederatedError) in
+            seed.withUnsafeBytes { out.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: 32) }
+            for (i, peer) in peers.enumerated() {
+                try scratch.withUnsafeMutableBytes { (raw) throws(FederatedError) in
+                    try pairwiseSeed(with: peer, into: raw.baseAddress!)
+                    (out.baseAddress! + (1 + i) * 32).copyMemory(from: raw.baseAddress! + 32, byteCount: 32)
                 }
+                directions.append(me < peer ? .add : .subtract)
             }
+        }
+        input.withUnsafeMutableBytes { raw in
+            seeds.withUnsafeBytes { expander.apply(seeds: $0.baseAddress!, directions: directions, to: raw.bindMemory(to: UInt64.self)) }
         }
         return input.withUnsafeBytes { Array($0.bindMemory(to: UInt64.self)) }
     }
@@ -320,7 +339,9 @@ public final class SecAggSite {
         guard !released else { throw .duplicate("the coordinator asked this site to unmask round \(round) twice") }
         let message = Self.consistencyMessage(session: session, round: round, masked: list)
         var valid = Set<Int>()
-        for entry in signatures where list.contains(entry.index) {
+        // t valid signatures from distinct members of U3 are what is required: checking more only costs (m^2 Ed25519
+        // verifications a round over the sites).
+        for entry in signatures where list.contains(entry.index) && valid.count < parameters.threshold {
             guard let identity = identities[entry.index] else { continue }
             if SignatureVerifier.verifyEd25519(signature: entry.signature.bytes, message: message, publicKey: identity.ed25519) {
                 valid.insert(entry.index)

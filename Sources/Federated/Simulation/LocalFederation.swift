@@ -66,15 +66,26 @@ public final class LocalFederation: @unchecked Sendable {
             if let drop = dropout(round, site.keyID), drop <= stage, stage != .finished { return nil }
             return (site, task)
         }
-        var answers = [SignedMessage?](repeating: nil, count: pending.count)
+        // The coordinator's checks that need no round state (signature, JSON) run on the thread that made the answer,
+        // as an HTTP coordinator's run on the connections' threads; the answers are then taken in roster order.
+        var answers = [OpenedSubmission?](repeating: nil, count: pending.count)
+        let coordinator = core
         answers.withUnsafeMutableBufferPointer { out in
             nonisolated(unsafe) let buffer = out
             DispatchQueue.concurrentPerform(iterations: pending.count) { i in
                 let (site, task) = pending[i]
+                let answer: SignedMessage?
                 do throws(FederatedError) {
-                    buffer[i] = try site.handle(task)
+                    answer = try site.handle(task)
                 } catch {
                     self.refuse(site.keyID, error.description)
+                    return
+                }
+                guard let answer else { return }
+                do throws(FederatedError) {
+                    buffer[i] = try coordinator.open(answer)
+                } catch {
+                    self.refuse(site.keyID, "coordinator: \(error.description)")
                 }
             }
         }

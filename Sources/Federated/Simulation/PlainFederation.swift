@@ -62,7 +62,7 @@ public final class PlainFederation: @unchecked Sendable {
         var task = SiteTask(session: "plain", site: "", seq: round, round: round, stage: .advertise)
         task.model = Base64Bytes(global.littleEndianBytes)
         let broadcast = SignedMessage.sign(MessageCoding.encode(task), by: coordinatorKey.identity)
-        var messages = [SignedMessage?](repeating: nil, count: sites.count)
+        var messages = [Submission?](repeating: nil, count: sites.count)
         let failure = LockedError()
         let template = self.template
         messages.withUnsafeMutableBufferPointer { out in
@@ -78,7 +78,11 @@ public final class PlainFederation: @unchecked Sendable {
                     var submission = Submission(session: "plain", site: identities[i].publicIdentity.keyID, round: round, stage: .masked)
                     submission.vector = Base64Bytes(update.littleEndianBytes)
                     submission.signature = Base64Bytes(withUnsafeBytes(of: UInt64(sites[i].trainingCount).littleEndian, Array.init))
-                    buffer[i] = SignedMessage.sign(MessageCoding.encode(submission), by: identities[i].identity)
+                    // The coordinator's signature check and decoding on the same thread, as the secure simulation
+                    // does (LocalFederation), so that the two coordinators pay for them alike.
+                    let signed = SignedMessage.sign(MessageCoding.encode(submission), by: identities[i].identity)
+                    try signed.verify(by: identities[i].publicIdentity)
+                    buffer[i] = try MessageCoding.decode(Submission.self, from: signed.payload, what: "update")
                 } catch {
                     failure.set(error)
                 }
@@ -87,10 +91,8 @@ public final class PlainFederation: @unchecked Sendable {
         if let error = failure.error { throw error }
         var mean = [Double](repeating: 0, count: global.count)
         var total = 0.0
-        for (i, message) in messages.enumerated() {
-            guard let message else { continue }
-            try message.verify(by: identities[i].publicIdentity)
-            let submission = try MessageCoding.decode(Submission.self, from: message.payload, what: "update")
+        for submission in messages {
+            guard let submission else { continue }
             guard let update = [Float](littleEndianBytes: submission.vector?.bytes ?? []), update.count == global.count,
                 let weightBytes = submission.signature?.bytes, weightBytes.count == 8
             else { throw .malformedMessage("a plain update of the wrong size") }
