@@ -91,8 +91,9 @@ final class SignInLimiter: Sendable {
         guard let address, let text = address.ipAddress else { return "-" }
         // An IPv4 client of a dual-stack socket (::ffff:a.b.c.d) is its IPv4 address, not the /64 all of them share.
         guard case .v6 = address, !text.contains(".") else { return text }
-        var bytes = in6_addr()
+        // 16 bytes rather than an in6_addr, whose initializer a release build does not see (it comes from CNIOLinux).
+        var bytes = [UInt8](repeating: 0, count: 16)
         guard inet_pton(AF_INET6, text, &bytes) == 1 else { return text }
-        return withUnsafeBytes(of: &bytes) { $0.prefix(8).map { String(format: "%02x", $0) }.joined() } + "::/64"
+        return bytes.prefix(8).map { String(format: "%02x", $0) }.joined() + "::/64"
     }
 }
