@@ -60,11 +60,13 @@ final class PostgresMetadataStore: MetadataStore {
         let database = try PostgresPool(endpoint: endpoint, password: try endpoint.password(environment: environment), options: options)
         let running = Task { await database.run() }
         do {
-            try await database.checkReachable()
+            // The connection that checks the server is the one the command's queries then use (no second login).
+            database.adopt(try await database.openConnection())
             try await PostgresMigrator.migrate(database)
             let keys = try await EpochKeys.open(home: home, database: database)
             return PostgresMetadataStore(database: database, keys: keys, running: running)
         } catch {
+            await database.closePrimary()
             running.cancel()
             await running.value
             throw error
@@ -78,6 +80,7 @@ final class PostgresMetadataStore: MetadataStore {
         }) {
             await held.release()
         }
+        await database.closePrimary()
         running.cancel()
         await running.value
     }

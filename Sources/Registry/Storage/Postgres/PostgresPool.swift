@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PostgresNIO
+import Synchronization
 
 /// A registry's PostgreSQL database: a postgres-nio connection pool, its lifecycle, transactions that retry, and
 /// errors said in one line (`PostgreSQL at HOST:PORT/DB: REASON`).
@@ -12,6 +13,11 @@ import PostgresNIO
 /// `PostgresClient` is built on structured concurrency). A short command wraps its work in
 /// ``withDatabase(_:password:options:_:)``, which starts and stops it; a server adds ``run()`` to its service group
 /// (cancelling it, or a graceful shutdown, closes every connection).
+///
+/// The connection that checks the server at the start (``withDatabase(_:password:options:_:)``, ``adopt(_:)``) is kept and
+/// lent first: a command that makes one query at a time never has the pool open a second connection (each costs a
+/// TCP handshake, a SCRAM exchange whose PBKDF2 runs here, and a server process). The pool serves whatever asks while
+/// that connection is lent, and everything once it is closed (a restarted server ends it).
 ///
 /// ```swift
 /// let endpoint = try PostgresEndpoint(url: "postgres://coffer@127.0.0.1:5432/coffer")
@@ -44,6 +50,13 @@ final class PostgresPool: Sendable {
     /// The pool. Use it directly only for what this type does not wrap; its errors are postgres-nio's.
     let client: PostgresClient
     private let connectionConfiguration: PostgresConnection.Configuration
+    /// The first connection, lent before the pool's (see the type's documentation).
+    private let primary = Mutex<Primary>(Primary())
+
+    private struct Primary {
+        var connection: PostgresConnection?
+        var lent = false
+    }
     /// What `pg_stat_activity.application_name` shows for Coffer's connections.
     static let applicationName = "coffer"
     /// postgres-nio's logs are not the registry's: every call gets this silent logger.
@@ -150,7 +163,9 @@ final class PostgresPool: Sendable {
         options: Options = Options(),
         _ body: (PostgresPool) async throws -> Result
     ) async throws(CofferRegistryError) -> Result {
-        let database = try await connect(endpoint, password: password, options: options)
+        let database = try PostgresPool(endpoint: endpoint, password: password, options: options)
+        // The connection that checks the server is the first one lent (closed as the pool stops).
+        database.adopt(try await database.openConnection())
         return try await database.whileRunning(body)
     }
 
@@ -162,7 +177,14 @@ final class PostgresPool: Sendable {
                 group.addTask { await self.run() }
                 // Cancelling run() is how a PostgresClient is closed; the group then waits for it to finish.
                 defer { group.cancelAll() }
-                return try await body(self)
+                do {
+                    let result = try await body(self)
+                    await closePrimary()
+                    return result
+                } catch {
+                    await closePrimary()
+                    throw error
+                }
             }
         } catch {
             throw await explain(error)
@@ -180,6 +202,49 @@ final class PostgresPool: Sendable {
     func checkReachable() async throws(CofferRegistryError) {
         let connection = try await openConnection()
         try? await connection.close()
+    }
+
+    /// Keeps `connection` (opened by ``openConnection()``) to lend before the pool's; the pool closes it in
+    /// ``closePrimary()`` or when it is released.
+    func adopt(_ connection: PostgresConnection) {
+        let previous = primary.withLock { primary in
+            defer { primary.connection = connection }
+            return primary.connection
+        }
+        if let previous { Self.closeWithoutWaiting(previous) }
+    }
+
+    /// Sends a connection's close and does not wait for it (where nothing can be awaited).
+    private static func closeWithoutWaiting(_ connection: PostgresConnection) {
+        let closing: EventLoopFuture<Void> = connection.close()
+        // Held until closed: postgres-nio checks, as it is released, that a connection was closed.
+        closing.whenComplete { _ in withExtendedLifetime(connection) {} }
+    }
+
+    /// Closes the kept connection (the pool's own close with ``run()``'s end).
+    func closePrimary() async {
+        let connection = primary.withLock { primary in
+            defer { primary.connection = nil }
+            return primary.connection
+        }
+        try? await connection?.close()
+    }
+
+    deinit {
+        // Nothing can be awaited here: the close is sent and not waited for.
+        if let connection = primary.withLock({ $0.connection }) { Self.closeWithoutWaiting(connection) }
+    }
+
+    /// Lends the kept connection when it is open and free, else leases one from the pool, for `body`.
+    private func lease<Result>(_ body: (PostgresConnection) async throws -> Result) async throws -> Result {
+        let taken: PostgresConnection? = primary.withLock { primary in
+            guard let connection = primary.connection, !primary.lent, !connection.isClosed else { return nil }
+            primary.lent = true
+            return connection
+        }
+        guard let taken else { return try await client.withConnection { connection in try await body(connection) } }
+        defer { primary.withLock { $0.lent = false } }
+        return try await body(taken)
     }
 
     /// A connection of its own, outside the pool, for what must outlive a lease: a session-level advisory lock
@@ -206,7 +271,7 @@ final class PostgresPool: Sendable {
     @discardableResult
     func query(_ query: PostgresQuery) async throws(CofferRegistryError) -> [PostgresRow] {
         do {
-            return try await client.withConnection { connection in try await connection.rows(query) }
+            return try await lease { connection in try await connection.rows(query) }
         } catch {
             throw await explain(error)
         }
@@ -215,7 +280,7 @@ final class PostgresPool: Sendable {
     /// Leases a connection for `body` (which must not keep it).
     func withConnection<Result: Sendable>(_ body: (PostgresConnection) async throws -> Result) async throws(CofferRegistryError) -> Result {
         do {
-            return try await client.withConnection { connection in try await body(connection) }
+            return try await lease { connection in try await body(connection) }
         } catch {
             throw await explain(error)
         }
@@ -239,7 +304,7 @@ final class PostgresPool: Sendable {
         while true {
             attempt += 1
             do {
-                return try await client.withConnection { connection in
+                return try await lease { connection in
                     try await Self.runTransaction(on: connection, isolation: isolation, body)
                 }
             } catch  where PostgresFailure.isRetryable(error) && attempt < attempts {
@@ -264,7 +329,7 @@ final class PostgresPool: Sendable {
         while true {
             attempt += 1
             do {
-                return try await client.withConnection { connection in
+                return try await lease { connection in
                     try await Self.runTransaction(on: connection, isolation: isolation, body)
                 }
             } catch  where PostgresFailure.uniqueViolation(error) == constraint {
