@@ -24,6 +24,7 @@ enum PostgresFailure {
         static let invalidPassword = "28P01"
         static let invalidAuthorization = "28000"
         static let unknownDatabase = "3D000"
+        static let undefinedTable = "42P01"
         static let adminShutdown = "57P01"
         static let cannotConnectNow = "57P03"
     }
