@@ -188,6 +188,21 @@ struct PostgresConnectionTests {
         }
     }
 
+    /// The kept connection is not pinged as the pool's are: once it has sat unused past primaryIdleLimit it is retired
+    /// and the pool serves (a long-running server never lends a connection a firewall may have dropped).
+    @Test func theKeptConnectionIsRetiredWhenIdle() async throws {
+        let test = try await PostgresTestSupport.database()
+        var options = PostgresTestSupport.testOptions
+        options.primaryIdleLimit = .milliseconds(300)
+        try await test.withDatabase(options: options) { database in
+            let first = try #require(try await database.scalar(Int32.self, "SELECT pg_backend_pid()"))
+            #expect(try await database.scalar(Int32.self, "SELECT pg_backend_pid()") == first, "used again at once")
+            try await Task.sleep(for: .milliseconds(600))
+            let later = try #require(try await database.scalar(Int32.self, "SELECT pg_backend_pid()"))
+            #expect(later != first)
+        }
+    }
+
     /// A transaction commits everything or nothing; a body that swallowed a failed statement does not commit silently.
     @Test func transactionsCommitOrRollBack() async throws {
         let test = try await PostgresTestSupport.database()

@@ -35,6 +35,11 @@ final class PostgresPool: Sendable {
         var minimumConnections = 0
         /// How long to wait for TCP, TLS and authentication.
         var connectTimeout: Duration = .seconds(10)
+        /// How long the connection kept from the start may sit unused before it is retired. The pool pings its idle
+        /// connections and this one is not pinged: a server that keeps running hands its work to the pool rather than
+        /// lend a connection that a firewall may have dropped in silence. A command never waits that long between two
+        /// queries.
+        var primaryIdleLimit: Duration = .seconds(30)
 
         init() {}
     }
@@ -52,10 +57,12 @@ final class PostgresPool: Sendable {
     private let connectionConfiguration: PostgresConnection.Configuration
     /// The first connection, lent before the pool's (see the type's documentation).
     private let primary = Mutex<Primary>(Primary())
+    private let primaryIdleLimit: Duration
 
     private struct Primary {
         var connection: PostgresConnection?
         var lent = false
+        var lastUsed = ContinuousClock.now
     }
     /// What `pg_stat_activity.application_name` shows for Coffer's connections.
     static let applicationName = "coffer"
@@ -71,6 +78,7 @@ final class PostgresPool: Sendable {
     /// - Throws: ``CofferRegistryError/unavailable(engine:reason:)`` when `sslrootcert` cannot be read.
     init(endpoint: PostgresEndpoint, password: String?, options: Options = Options()) throws(CofferRegistryError) {
         self.endpoint = endpoint
+        primaryIdleLimit = options.primaryIdleLimit
         let tls: PostgresClient.Configuration.TLS
         let connectionTLS: PostgresConnection.Configuration.TLS
         do {
@@ -235,15 +243,25 @@ final class PostgresPool: Sendable {
         if let connection = primary.withLock({ $0.connection }) { Self.closeWithoutWaiting(connection) }
     }
 
-    /// Lends the kept connection when it is open and free, else leases one from the pool, for `body`.
+    /// Lends the kept connection when it is open, free and recently used, else leases one from the pool, for `body`.
     private func lease<Result>(_ body: (PostgresConnection) async throws -> Result) async throws -> Result {
-        let taken: PostgresConnection? = primary.withLock { primary in
-            guard let connection = primary.connection, !primary.lent, !connection.isClosed else { return nil }
+        let (taken, retired): (PostgresConnection?, PostgresConnection?) = primary.withLock { primary in
+            guard let connection = primary.connection, !primary.lent, !connection.isClosed else { return (nil, nil) }
+            guard ContinuousClock.now - primary.lastUsed < primaryIdleLimit else {
+                primary.connection = nil
+                return (nil, connection)
+            }
             primary.lent = true
-            return connection
+            return (connection, nil)
         }
+        if let retired { Self.closeWithoutWaiting(retired) }
         guard let taken else { return try await client.withConnection { connection in try await body(connection) } }
-        defer { primary.withLock { $0.lent = false } }
+        defer {
+            primary.withLock { primary in
+                primary.lent = false
+                primary.lastUsed = ContinuousClock.now
+            }
+        }
         return try await body(taken)
     }
 
