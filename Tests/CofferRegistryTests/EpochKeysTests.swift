@@ -182,6 +182,66 @@ struct EpochKeysTests {
         }
     }
 
+    /// Opening settled keys (nothing due, every value under the current epoch, its key file the only one) is one read:
+    /// no lock on epoch_state, so a rotation holding it elsewhere does not hold up every command (a recovery would wait,
+    /// and fail here at lock_timeout), and no transaction to commit.
+    @Test func openingSettledKeysTakesNoLock() async throws {
+        let fixture = try EpochFixture()
+        let test = try await PostgresTestSupport.database()
+        try await test.withDatabase { database in
+            let first = try await EpochKeys.open(home: fixture.home, database: database)
+            let stanzas = try await fixture.insertWrappedKeys(2, keys: first, database: database)
+            try await test.withDatabase { holder in
+                try await holder.transaction { connection in
+                    try await connection.rows("SELECT epoch FROM epoch_state FOR UPDATE")
+                    try await database.query("SET lock_timeout = '3s'")
+                    #expect(try await EpochKeys(home: fixture.home, columns: SealedColumn.all).isSettled(database))
+                    let keys = try await EpochKeys.open(home: fixture.home, database: database)
+                    #expect(try keys.keyFileEpochs() == [1])
+                    for (row, sealed) in try await fixture.sealedValues(database) {
+                        #expect(try keys.open(sealed, column: row.column, rowKey: row.key) == stanzas[row.key])
+                    }
+                }
+            }
+        }
+    }
+
+    /// What the one read must not miss: a value under another epoch than the current one (a row restored from a backup
+    /// taken before a rotation) with only the current key file there. Opening goes on to the recovery, which finds that
+    /// value's key destroyed and says so.
+    @Test func aValueUnderAnotherEpochIsNotSettled() async throws {
+        let fixture = try EpochFixture()
+        let test = try await PostgresTestSupport.database()
+        try await test.withDatabase { database in
+            let keys = try await EpochKeys.open(home: fixture.home, database: database)
+            _ = try await fixture.insertWrappedKeys(1, keys: keys, database: database)
+            let (row, old) = try #require(try await fixture.sealedValues(database).first)
+            #expect(try await keys.rotate(database) == 2)
+            #expect(try await keys.isSettled(database))
+            let parts = row.key.split(separator: "\n").map(String.init)
+            try await database.query(
+                "UPDATE wrapped_keys SET stanza = \(ByteBuffer(bytes: old)) WHERE version_id = \(Int64(parts[0])!) AND recipient_key_id = \(parts[1])"
+            )
+            #expect(try keys.keyFileEpochs() == [2])
+            #expect(try await !keys.isSettled(database))
+            await #expect(
+                throws: CofferRegistryError.tampered(
+                    "wrapped_keys.stanza of row \(parts[0])/\(parts[1]) is sealed under epoch 1, whose key is destroyed"
+                )
+            ) {
+                _ = try await EpochKeys.open(home: fixture.home, database: database)
+            }
+            // A due rotation and a stray key file are not settled either (their recovery is tested above).
+            try await database.query("DELETE FROM wrapped_keys")
+            try await database.query("UPDATE epoch_state SET rotation_due = TRUE")
+            #expect(try await !keys.isSettled(database))
+            try await database.query("UPDATE epoch_state SET rotation_due = FALSE")
+            #expect(try await keys.isSettled(database))
+            try Data(bytes(32, seed: 5)).write(to: URL(fileURLWithPath: "\(fixture.home)/epochs/3.key"))
+            #expect(try await !keys.isSettled(database))
+        }
+    }
+
     /// The current epoch's key file is gone while values need it: refused, in one line naming the file; with no value
     /// sealed under it, a new key is made.
     @Test func aMissingKeyFileThatValuesNeedIsReported() async throws {

@@ -1,6 +1,7 @@
 import CofferCrypto
 import CofferTraining
 import Foundation
+import PostgresNIO
 import Testing
 
 @testable import CofferRegistry
@@ -58,6 +59,11 @@ struct MigrateToPostgresTests {
         #expect(report.rows["versions"] == 3 && report.rows["ledger"] == sourceLedger.count && report.blobsSent == 2)
         #expect(report.published == (blobs == "oci" ? 2 : 0), "the erased version has no manifest")
         #expect(report.rows["uploads"] == nil, "unfinished uploads stay behind")
+        // The copy leaves statistics behind it: the planner knows the copied rows before autovacuum comes round.
+        let analyzed = try await database.withDatabase { pool in
+            try await pool.scalar(Bool.self, "SELECT EXISTS (SELECT 1 FROM pg_stats WHERE tablename = 'versions')")
+        }
+        #expect(analyzed == true)
 
         // The source is only read. It is checked before the copy is: a client that has seen the copy (its `migrate`
         // audit entry, its later records) rightly calls the source a rollback of the same registry.

@@ -163,6 +163,46 @@ struct PostgresConnectionTests {
         #expect(lingering.isEmpty, "sessions left open: \(lingering)")
     }
 
+    /// A command's queries, one after another, go over the one connection that checked the server (one login, one
+    /// server process); one that the server ends is not lent again: the pool takes over.
+    @Test func aCommandUsesTheConnectionThatCheckedTheServer() async throws {
+        let test = try await PostgresTestSupport.database()
+        try await test.withDatabase { database in
+            var backends: Set<Int32> = []
+            for _ in 0..<5 { backends.insert(try #require(try await database.scalar(Int32.self, "SELECT pg_backend_pid()"))) }
+            try await database.transaction { connection in _ = try await connection.rows("SELECT 1") }
+            backends.insert(try #require(try await database.scalar(Int32.self, "SELECT pg_backend_pid()")))
+            #expect(backends.count == 1)
+            let first = try #require(backends.first)
+            _ = try await PostgresTestSupport.admin(test.cluster) { connection in
+                try await connection.query("SELECT pg_terminate_backend(\(first))", logger: connection.logger)
+            }
+            // The query in flight when a connection ends fails, as on any pooled connection; the next is answered.
+            var answered: Int32?
+            for _ in 0..<50 where answered == nil {
+                answered = try? await database.scalar(Int32.self, "SELECT pg_backend_pid()")
+                if answered == nil { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            let next = try #require(answered)
+            #expect(next != first)
+        }
+    }
+
+    /// The kept connection is not pinged as the pool's are: once it has sat unused past primaryIdleLimit it is retired
+    /// and the pool serves (a long-running server never lends a connection a firewall may have dropped).
+    @Test func theKeptConnectionIsRetiredWhenIdle() async throws {
+        let test = try await PostgresTestSupport.database()
+        var options = PostgresTestSupport.testOptions
+        options.primaryIdleLimit = .milliseconds(300)
+        try await test.withDatabase(options: options) { database in
+            let first = try #require(try await database.scalar(Int32.self, "SELECT pg_backend_pid()"))
+            #expect(try await database.scalar(Int32.self, "SELECT pg_backend_pid()") == first, "used again at once")
+            try await Task.sleep(for: .milliseconds(600))
+            let later = try #require(try await database.scalar(Int32.self, "SELECT pg_backend_pid()"))
+            #expect(later != first)
+        }
+    }
+
     /// A transaction commits everything or nothing; a body that swallowed a failed statement does not commit silently.
     @Test func transactionsCommitOrRollBack() async throws {
         let test = try await PostgresTestSupport.database()

@@ -132,6 +132,33 @@ extension SchemaTests {
         }
     }
 
+    /// Every command checks the migrations: on a database that has them all, one read, without the migration lock (held
+    /// here by another session, as a replica migrating would hold it). A lock wait would fail at lock_timeout.
+    @Test(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason)) func postgresUpToDateDatabaseIsCheckedWithoutTheLock()
+        async throws
+    {
+        let test = try await PostgresTestSupport.database()
+        try await test.withDatabase { holder in
+            try await holder.withConnection { connection in
+                try await connection.run("SELECT pg_advisory_lock(\(PostgresAdvisoryLock.migrations))")
+                let applied = try await test.withDatabase { database in
+                    try await database.query("SET lock_timeout = '3s'")
+                    return try await PostgresMigrator.migrate(database)
+                }
+                #expect(applied.isEmpty)
+                try await connection.run("SELECT pg_advisory_unlock(\(PostgresAdvisoryLock.migrations))")
+            }
+        }
+        // One missing: the long way, under the lock, applies it.
+        try await test.withDatabase { database in
+            let last = try #require(EmbeddedSchema.postgresMigrations.last)
+            try await database.query("DELETE FROM coffer_migrations WHERE name = \(last.name)")
+            #expect(try await PostgresMigrator.recordedWithoutLock(database) == EmbeddedSchema.postgresMigrations.dropLast().map(\.name))
+        }
+        let empty = try await PostgresTestSupport.emptyDatabase()
+        try await empty.withDatabase { database async throws in #expect(try await PostgresMigrator.recordedWithoutLock(database) == nil) }
+    }
+
     /// A database recording a migration this Coffer does not know was migrated by a newer one: refused, in one line.
     @Test(.enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason)) func postgresDatabaseFromANewerCofferIsRefused() async throws
     {

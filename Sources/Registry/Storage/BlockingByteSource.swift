@@ -172,24 +172,31 @@ public final class BlockingByteSource: ByteSource, Sendable {
 
     /// Queues a buffer, suspending while the queue is full; false once the reader has cancelled.
     private func push(_ buffer: ByteBuffer) async -> Bool {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let resumeNow = state.withLock { state -> Bool in
-                if state.cancelled || state.bytes < limit { return true }
-                state.spaceWaiter = continuation
-                return false
+        // Queued at once when there is room (the usual case: a pull decrypts slower than loopback brings bytes, so the
+        // queue is rarely full), without a continuation per buffer.
+        while true {
+            let outcome = state.withLock { state -> Bool? in
+                guard !state.cancelled else { return false }
+                guard state.bytes < limit else { return nil }
+                if buffer.readableBytes > 0 {
+                    state.buffers.append(buffer)
+                    state.bytes += buffer.readableBytes
+                }
+                return true
             }
-            if resumeNow { continuation.resume() }
-        }
-        let accepted = state.withLock { state -> Bool in
-            guard !state.cancelled else { return false }
-            if buffer.readableBytes > 0 {
-                state.buffers.append(buffer)
-                state.bytes += buffer.readableBytes
+            if let outcome {
+                if outcome { condition.broadcast() }
+                return outcome
             }
-            return true
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let resumeNow = state.withLock { state -> Bool in
+                    if state.cancelled || state.bytes < limit { return true }
+                    state.spaceWaiter = continuation
+                    return false
+                }
+                if resumeNow { continuation.resume() }
+            }
         }
-        condition.broadcast()
-        return accepted
     }
 
     private func end(_ error: (any Error)?) {

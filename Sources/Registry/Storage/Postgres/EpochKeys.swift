@@ -67,6 +67,7 @@ final class EpochKeys: Sendable {
     ) async throws(CofferRegistryError) -> EpochKeys {
         let keys = EpochKeys(home: home, columns: columns, batchSize: batchSize)
         try keys.makeDirectory()
+        if try await keys.isSettled(database) { return keys }
         try await keys.recover(database)
         return keys
     }
@@ -215,6 +216,33 @@ final class EpochKeys: Sendable {
     }
 
     // MARK: - Recovery
+
+    /// Whether ``recover(_:)`` would find nothing to do: no rotation due, no value sealed under another epoch than the
+    /// current one (or not sealed), and the current epoch's key file the only one in `epochs/`. One statement, no lock:
+    /// every command opens the keys, and the recovery's transaction locks `epoch_state` and commits (a WAL flush) even
+    /// when it changes nothing. Anything else goes to ``recover(_:)``, which decides under the lock as before: a rotation
+    /// running elsewhere writes the next epoch's key file before it re-seals, and a finished one leaves the old file until
+    /// it destroys it, so both are seen here as a second file. A rotation that starts after this read is the same as one
+    /// that starts after a recovery: values it re-seals are opened with the new key, read from its file when first met.
+    func isSettled(_ database: PostgresPool) async throws(CofferRegistryError) -> Bool {
+        var others: [String] = []
+        for column in columns {
+            let name = try PostgresRecords.identifier(column.column)
+            // int8send is the epoch's 8 bytes big-endian; a sealed value holds its 4 low bytes at offset 4 (EpochSeal).
+            others.append(
+                """
+                EXISTS (SELECT 1 FROM \(try PostgresRecords.identifier(column.table)) WHERE \(name) IS NOT NULL
+                    AND substring(\(name) FROM 5 FOR 4) IS DISTINCT FROM substring(int8send(s.epoch) FROM 5 FOR 4))
+                """
+            )
+        }
+        let sql = "SELECT s.epoch, s.rotation_due, \(others.isEmpty ? "FALSE" : others.joined(separator: " OR ")) FROM epoch_state s"
+        guard let row = try await database.query(PostgresQuery(unsafeSQL: sql)).first,
+            let (epoch, due, unsettled) = try? row.decode((Int64, Bool, Bool).self),
+            let current = UInt32(exactly: epoch), !due, !unsettled
+        else { return false }
+        return try keyFileEpochs() == [current]
+    }
 
     /// What ``open(home:database:columns:)`` finishes; safe to run at any time, from any replica.
     func recover(_ database: PostgresPool) async throws(CofferRegistryError) {

@@ -58,14 +58,8 @@ final class PostgresSessionLock: Sendable {
         self.connection = connection
     }
 
-    /// A lock dropped unreleased (its registry went away without `close()`) ends with its connection: closed here,
-    /// the connection kept alive by the completion handler until it is (postgres-nio asserts that a connection is
-    /// closed before it goes).
-    deinit {
-        let connection = connection
-        guard !connection.isClosed else { return }
-        connection.close().whenComplete { _ in withExtendedLifetime(connection) {} }
-    }
+    /// A lock dropped unreleased (its registry went away without `close()`) ends with its connection.
+    deinit { if !connection.isClosed { PostgresPool.closeWithoutWaiting(connection) } }
 
     /// Opens a dedicated connection and takes lock `key` on it without waiting; `nil` (and the connection closed)
     /// when another session holds it.

@@ -26,6 +26,7 @@ enum PostgresFailure {
         static let unknownDatabase = "3D000"
         static let duplicateDatabase = "42P04"
         static let insufficientPrivilege = "42501"
+        static let undefinedTable = "42P01"
         static let adminShutdown = "57P01"
         static let cannotConnectNow = "57P03"
     }

@@ -25,7 +25,11 @@ enum PostgresMigrator {
         _ database: PostgresPool,
         migrations: [(name: String, sql: String)]
     ) async throws(CofferRegistryError) -> [String] {
-        try await database.withConnection { connection in
+        // Every command and server start comes here, and almost always finds every migration applied: one read says so,
+        // without the lock (a migration commits with its row, so a run in progress elsewhere shows as one missing, and
+        // then this waits for the lock as before). Anything else, an unknown or misordered name included, goes the long way.
+        if try await recordedWithoutLock(database) == migrations.map(\.name) { return [] }
+        return try await database.withConnection { connection in
             try await connection.run("SELECT pg_advisory_lock(\(PostgresAdvisoryLock.migrations))")
             do {
                 let applied = try await apply(migrations, on: connection, endpoint: database.endpoint)
@@ -42,6 +46,21 @@ enum PostgresMigrator {
     /// The names recorded in `coffer_migrations`, in the order applied; empty for a database never migrated.
     static func appliedMigrations(_ database: PostgresPool) async throws(CofferRegistryError) -> [String] {
         try await database.withConnection { connection in try await recorded(on: connection) }
+    }
+
+    /// The names recorded, in one statement and without the lock; `nil` when `coffer_migrations` does not exist.
+    static func recordedWithoutLock(_ database: PostgresPool) async throws(CofferRegistryError) -> [String]? {
+        try await database.withConnection { connection in
+            do {
+                var names: [String] = []
+                for row in try await connection.rows("SELECT name FROM coffer_migrations ORDER BY name") {
+                    names.append(try row.decode(String.self))
+                }
+                return names
+            } catch  where PostgresFailure.sqlState(error) == PostgresFailure.SQLState.undefinedTable {
+                return nil
+            }
+        }
     }
 
     private static func recorded(on connection: PostgresConnection) async throws -> [String] {

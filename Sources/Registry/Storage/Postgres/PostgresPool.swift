@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PostgresNIO
+import Synchronization
 
 /// A registry's PostgreSQL database: a postgres-nio connection pool, its lifecycle, transactions that retry, and
 /// errors said in one line (`PostgreSQL at HOST:PORT/DB: REASON`).
@@ -12,6 +13,11 @@ import PostgresNIO
 /// `PostgresClient` is built on structured concurrency). A short command wraps its work in
 /// ``withDatabase(_:password:options:_:)``, which starts and stops it; a server adds ``run()`` to its service group
 /// (cancelling it, or a graceful shutdown, closes every connection).
+///
+/// The connection that checks the server at the start (``withDatabase(_:password:options:_:)``, ``adopt(_:)``) is kept and
+/// lent first: a command that makes one query at a time never has the pool open a second connection (each costs a
+/// TCP handshake, a SCRAM exchange whose PBKDF2 runs here, and a server process). The pool serves whatever asks while
+/// that connection is lent, and everything once it is closed (a restarted server ends it).
 ///
 /// ```swift
 /// let endpoint = try PostgresEndpoint(url: "postgres://coffer@127.0.0.1:5432/coffer")
@@ -29,6 +35,11 @@ final class PostgresPool: Sendable {
         var minimumConnections = 0
         /// How long to wait for TCP, TLS and authentication.
         var connectTimeout: Duration = .seconds(10)
+        /// How long the connection kept from the start may sit unused before it is retired. The pool pings its idle
+        /// connections and this one is not pinged: a server that keeps running hands its work to the pool rather than
+        /// lend a connection that a firewall may have dropped in silence. A command never waits that long between two
+        /// queries.
+        var primaryIdleLimit: Duration = .seconds(30)
 
         init() {}
     }
@@ -44,6 +55,15 @@ final class PostgresPool: Sendable {
     /// The pool. Use it directly only for what this type does not wrap; its errors are postgres-nio's.
     let client: PostgresClient
     private let connectionConfiguration: PostgresConnection.Configuration
+    /// The first connection, lent before the pool's (see the type's documentation).
+    private let primary = Mutex<Primary>(Primary())
+    private let primaryIdleLimit: Duration
+
+    private struct Primary {
+        var connection: PostgresConnection?
+        var lent = false
+        var lastUsed = ContinuousClock.now
+    }
     /// What `pg_stat_activity.application_name` shows for Coffer's connections.
     static let applicationName = "coffer"
     /// postgres-nio's logs are not the registry's: every call gets this silent logger.
@@ -58,6 +78,7 @@ final class PostgresPool: Sendable {
     /// - Throws: ``CofferRegistryError/unavailable(engine:reason:)`` when `sslrootcert` cannot be read.
     init(endpoint: PostgresEndpoint, password: String?, options: Options = Options()) throws(CofferRegistryError) {
         self.endpoint = endpoint
+        primaryIdleLimit = options.primaryIdleLimit
         let tls: PostgresClient.Configuration.TLS
         let connectionTLS: PostgresConnection.Configuration.TLS
         do {
@@ -150,7 +171,9 @@ final class PostgresPool: Sendable {
         options: Options = Options(),
         _ body: (PostgresPool) async throws -> Result
     ) async throws(CofferRegistryError) -> Result {
-        let database = try await connect(endpoint, password: password, options: options)
+        let database = try PostgresPool(endpoint: endpoint, password: password, options: options)
+        // The connection that checks the server is the first one lent (closed as the pool stops).
+        database.adopt(try await database.openConnection())
         return try await database.whileRunning(body)
     }
 
@@ -162,7 +185,14 @@ final class PostgresPool: Sendable {
                 group.addTask { await self.run() }
                 // Cancelling run() is how a PostgresClient is closed; the group then waits for it to finish.
                 defer { group.cancelAll() }
-                return try await body(self)
+                do {
+                    let result = try await body(self)
+                    await closePrimary()
+                    return result
+                } catch {
+                    await closePrimary()
+                    throw error
+                }
             }
         } catch {
             throw await explain(error)
@@ -180,6 +210,59 @@ final class PostgresPool: Sendable {
     func checkReachable() async throws(CofferRegistryError) {
         let connection = try await openConnection()
         try? await connection.close()
+    }
+
+    /// Keeps `connection` (opened by ``openConnection()``) to lend before the pool's; the pool closes it in
+    /// ``closePrimary()`` or when it is released.
+    func adopt(_ connection: PostgresConnection) {
+        let previous = primary.withLock { primary in
+            defer { primary.connection = connection }
+            return primary.connection
+        }
+        if let previous { Self.closeWithoutWaiting(previous) }
+    }
+
+    /// Sends a connection's close and does not wait for it (where nothing can be awaited).
+    static func closeWithoutWaiting(_ connection: PostgresConnection) {
+        let closing: EventLoopFuture<Void> = connection.close()
+        // Held until closed: postgres-nio checks, as it is released, that a connection was closed.
+        closing.whenComplete { _ in withExtendedLifetime(connection) {} }
+    }
+
+    /// Closes the kept connection (the pool's own close with ``run()``'s end).
+    func closePrimary() async {
+        let connection = primary.withLock { primary in
+            defer { primary.connection = nil }
+            return primary.connection
+        }
+        try? await connection?.close()
+    }
+
+    deinit {
+        // Nothing can be awaited here: the close is sent and not waited for.
+        if let connection = primary.withLock({ $0.connection }) { Self.closeWithoutWaiting(connection) }
+    }
+
+    /// Lends the kept connection when it is open, free and recently used, else leases one from the pool, for `body`.
+    private func lease<Result>(_ body: (PostgresConnection) async throws -> Result) async throws -> Result {
+        let (taken, retired): (PostgresConnection?, PostgresConnection?) = primary.withLock { primary in
+            guard let connection = primary.connection, !primary.lent, !connection.isClosed else { return (nil, nil) }
+            guard ContinuousClock.now - primary.lastUsed < primaryIdleLimit else {
+                primary.connection = nil
+                return (nil, connection)
+            }
+            primary.lent = true
+            return (connection, nil)
+        }
+        if let retired { Self.closeWithoutWaiting(retired) }
+        guard let taken else { return try await client.withConnection { connection in try await body(connection) } }
+        defer {
+            primary.withLock { primary in
+                primary.lent = false
+                primary.lastUsed = ContinuousClock.now
+            }
+        }
+        return try await body(taken)
     }
 
     /// A connection of its own, outside the pool, for what must outlive a lease: a session-level advisory lock
@@ -211,7 +294,7 @@ final class PostgresPool: Sendable {
     @discardableResult
     func query(_ query: PostgresQuery) async throws(CofferRegistryError) -> [PostgresRow] {
         do {
-            return try await client.withConnection { connection in try await connection.rows(query) }
+            return try await lease { connection in try await connection.rows(query) }
         } catch {
             throw await explain(error)
         }
@@ -220,7 +303,7 @@ final class PostgresPool: Sendable {
     /// Leases a connection for `body` (which must not keep it).
     func withConnection<Result: Sendable>(_ body: (PostgresConnection) async throws -> Result) async throws(CofferRegistryError) -> Result {
         do {
-            return try await client.withConnection { connection in try await body(connection) }
+            return try await lease { connection in try await body(connection) }
         } catch {
             throw await explain(error)
         }
@@ -244,7 +327,7 @@ final class PostgresPool: Sendable {
         while true {
             attempt += 1
             do {
-                return try await client.withConnection { connection in
+                return try await lease { connection in
                     try await Self.runTransaction(on: connection, isolation: isolation, body)
                 }
             } catch  where PostgresFailure.isRetryable(error) && attempt < attempts {
@@ -269,7 +352,7 @@ final class PostgresPool: Sendable {
         while true {
             attempt += 1
             do {
-                return try await client.withConnection { connection in
+                return try await lease { connection in
                     try await Self.runTransaction(on: connection, isolation: isolation, body)
                 }
             } catch  where PostgresFailure.uniqueViolation(error) == constraint {
