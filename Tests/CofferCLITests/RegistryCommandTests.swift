@@ -1,3 +1,4 @@
+import CofferCrypto
 import CofferTestSupport
 import Foundation
 import Testing
@@ -15,16 +16,12 @@ struct RegistryCommandTests {
         return dir
     }
 
-    /// `coffer push m model` as a process not yet started, for tests that run several at once or kill it.
-    private func pushProcess(_ dir: Scratch) -> Process {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
-        process.arguments = ["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home")]
-        process.currentDirectoryURL = dir.url
-        process.environment = CofferProcess.environment(in: dir.url)
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        return process
+    /// Starts `coffer push m model` and returns its pid, for tests that run several at once or kill it. ``Spawn`` and
+    /// waitpid, not Foundation's Process: a Process SIGKILLed here once never returned from waitUntilExit, and the
+    /// thread it held was one of the test runner's two.
+    private func startPush(_ dir: Scratch) throws -> pid_t {
+        let arguments = ["push", "m", dir.path("model"), "--identity", dir.path("keys/alice.key"), "--home", dir.path("home")]
+        return try Spawn.start(CofferProcess.binary, arguments, environment: CofferProcess.environment(in: dir.url))
     }
 
     private func coffer(_ args: [String], _ dir: Scratch, passphrase: String? = "test passphrase") throws -> CofferProcess.Output {
@@ -146,10 +143,8 @@ struct RegistryCommandTests {
 
     @Test func concurrentPushesFromTwoProcessesGetDistinctVersions() throws {
         let dir = try setUp()
-        let processes = (0..<2).map { _ in pushProcess(dir) }
-        for process in processes { try process.run() }
-        for process in processes { process.waitUntilExit() }
-        #expect(processes.allSatisfy { $0.terminationStatus == 0 })
+        let pushes = try (0..<2).map { _ in try startPush(dir) }
+        #expect(pushes.map(Spawn.wait) == [0, 0])
         let list = try coffer(["list", "m", "--json"], dir)
         let versions = (try JSONSerialization.jsonObject(with: list.stdout) as? [[String: Any]])?.compactMap { $0["version"] as? String }
         #expect(versions?.sorted() == ["1", "2"])
@@ -164,11 +159,10 @@ struct RegistryCommandTests {
         #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<12 {
-            let process = pushProcess(dir)
-            try process.run()
+            let push = try startPush(dir)
             usleep(UInt32.random(in: 0...250_000, using: &generator))
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
+            kill(push, SIGKILL)
+            _ = Spawn.wait(push)
             let fsck = try coffer(["fsck", "--json"], dir)
             let report = try? JSONSerialization.jsonObject(with: fsck.stdout) as? [String: Any]
             #expect(report?["clean"] as? Bool == true, "exit \(fsck.status): \(fsck.stdoutText) \(fsck.stderr)")
