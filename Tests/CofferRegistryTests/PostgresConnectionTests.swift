@@ -197,7 +197,13 @@ struct PostgresConnectionTests {
         // the kept connection retired before them, the pool would serve all three and the test could not tell.
         options.primaryIdleLimit = .milliseconds(1500)
         try await test.withDatabase(options: options) { database in
+            // As PostgresMetadataStore.open does: the connection that checked the server is kept.
+            let kept = try await database.openConnection()
+            var keptPID: Int32? = nil
+            for try await pid in try await kept.query("SELECT pg_backend_pid()", logger: kept.logger).decode(Int32.self) { keptPID = pid }
+            database.adopt(kept)
             let first = try #require(try await database.scalar(Int32.self, "SELECT pg_backend_pid()"))
+            #expect(first == keptPID, "the kept connection served the first query")
             #expect(try await database.scalar(Int32.self, "SELECT pg_backend_pid()") == first, "used again at once")
             try await Task.sleep(for: .milliseconds(2000))
             let later = try #require(try await database.scalar(Int32.self, "SELECT pg_backend_pid()"))

@@ -216,7 +216,11 @@ final class PostgresPool: Sendable {
     /// ``closePrimary()`` or when it is released.
     func adopt(_ connection: PostgresConnection) {
         let previous = primary.withLock { primary in
-            defer { primary.connection = connection }
+            defer {
+                primary.connection = connection
+                // Idle from now, not from when the pool was made: a slow login must not retire it before its first use.
+                primary.lastUsed = ContinuousClock.now
+            }
             return primary.connection
         }
         if let previous { Self.closeWithoutWaiting(previous) }
