@@ -42,15 +42,6 @@ struct OptionalIdentity: ParsableArguments {
     }
 }
 
-/// Parses durations such as 90s, 15m, 2h, 7d.
-func parseDuration(_ text: String) throws -> TimeInterval {
-    let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
-    guard let unit = text.last.flatMap({ units[$0] }), let value = Double(text.dropLast()), value > 0, value.isFinite else {
-        throw CLIError("invalid duration '\(text)': use a positive number with s, m, h or d (e.g. 15m)")
-    }
-    return value * unit
-}
-
 func parseRole(_ text: String) throws -> Role {
     guard let role = Role(rawValue: text) else {
         throw CLIError("unknown role '\(text)': use \(Role.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -202,6 +193,36 @@ extension Coffer {
         }
     }
 
+    struct Approve: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "approve",
+            abstract: "Approve a change request filed on the web pages (a token, a grant, a revocation) with your own key (admins)."
+        )
+        @OptionGroup var registry: RegistryOptions
+        @OptionGroup var passphraseOptions: PassphraseOptions
+        @OptionGroup var acting: ActingIdentity
+        @Argument(help: "The request (cfr1. ...) as the page showed it, or - to read it from standard input.") var request: String
+        @Flag(name: .long, help: "Print what the request asks and sign nothing.") var show = false
+        @Flag(name: .long, help: "For a decrypt or admin grant: wrap the data key of every version in scope now (unlocks registry.key).")
+        var withRegistryKey = false
+        @OptionGroup var registryKey: RegistryKeyOptions
+
+        func run() async throws {
+            let text = request == "-" ? String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self) : request
+            let parsed = try ChangeRequest(text: text)
+            let asked = "\(parsed.summary), filed by \(parsed.filedBy) at \(parsed.filedAt) (expires \(parsed.expires))"
+            if show { return print(asked) }
+            let store = try await registry.open()
+            let signer = Signer(try acting.unlock(passphraseOptions))
+            let registryIdentity = withRegistryKey ? try registryKey.unlock(in: store, fallback: passphraseOptions) : nil
+            let toRekey = try await store.approve(parsed, registryIdentity: registryIdentity, by: signer)
+            print("approved: \(asked)")
+            if !toRekey.isEmpty {
+                print("removed the wrapped keys of \(toRekey.joined(separator: ", ")); rekey them if the principal may have kept a data key")
+            }
+        }
+    }
+
     struct SessionCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "session",
@@ -228,7 +249,7 @@ extension Coffer {
 
             func run() async throws {
                 let model = try ModelReference(parsing: reference)
-                let lifetime = try parseDuration(ttl)
+                let lifetime = try Registry.duration(ttl)
                 if let maxUses, maxUses < 1 { throw CLIError("--max-uses must be at least 1") }
                 if let path = saveToken, FileManager.default.fileExists(atPath: path) {
                     // Checked before the server opens a session whose token would have nowhere to go.

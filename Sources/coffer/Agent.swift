@@ -1,5 +1,6 @@
 import ArgumentParser
 import CofferCrypto
+import CofferRegistry
 import Foundation
 
 #if canImport(Glibc)
@@ -95,7 +96,7 @@ extension Coffer.AgentCommand {
         @OptionGroup var passphraseOptions: PassphraseOptions
 
         func run() async throws {
-            let seconds = try ttl.map { UInt64(try parseDuration($0).rounded(.up)) } ?? 0
+            let seconds = try ttl.map { UInt64(try Registry.duration($0).rounded(.up)) } ?? 0
             let agent = try connectedAgent()
             let bytes = try FileBytes.read(keyFile)
             let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase for \(keyFile): ")

@@ -19,7 +19,7 @@ struct Coffer: AsyncParsableCommand {
             Keygen.self, Seal.self, Unseal.self, Attestation.self, Init.self, Trust.self, Push.self, Pull.self, Verify.self, List.self,
             Show.self, Alias.self, Tag.self, Log.self, Fsck.self, GC.self, Privacy.self, CheckpointCommand.self, Train.self, Predict.self, Synth.self,
             Split.self,
-            PrincipalCommand.self, GrantCommand.self, RevokeCommand.self, Share.self, Unshare.self,
+            PrincipalCommand.self, GrantCommand.self, RevokeCommand.self, Approve.self, Share.self, Unshare.self,
             SessionCommand.self, Infer.self, Audit.self, Budget.self, Policy.self, Erase.self, Key.self, Recipient.self, Rekey.self,
             Serve.self, Token.self, Migrate.self, Export.self, Import.self, Federated.self, AgentCommand.self,
         ]

@@ -76,7 +76,7 @@ extension Coffer {
                     maxUploadSize: maxUploadSize,
                     tls: tls,
                     predictLimits: .init(rate: predictRate, burst: predictBurst, maxRows: maxPredictRows),
-                    headLifetime: try parseDuration(headLifetime)
+                    headLifetime: try Registry.duration(headLifetime)
                 ),
                 logger: logger
             )
@@ -106,7 +106,7 @@ extension Coffer {
                 let created = try await store.createToken(
                     principal: principal,
                     scope: scope,
-                    ttl: try parseDuration(ttl),
+                    ttl: try Registry.duration(ttl),
                     by: try acting.signer(in: store)
                 )
                 FileDescriptorStream.standardError.writeLine(

@@ -47,7 +47,7 @@ extension Coffer {
             let admin = try acting.unlock(passphraseOptions)
             // Only pulling carries keys; the registry key is unlocked only when it will wrap some.
             let registryIdentity = pull ? try registryKey.unlock(in: store, fallback: passphraseOptions) : nil
-            let seconds = try ttl.map { Int(try parseDuration($0).rounded(.up)) }
+            let seconds = try ttl.map { Int(try Registry.duration($0).rounded(.up)) }
             let result = try await store.share(
                 scope,
                 with: principal,

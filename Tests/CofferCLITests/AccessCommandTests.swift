@@ -88,6 +88,25 @@ struct AccessCommandTests {
         #expect(outcomes.contains("infer failed") && outcomes.contains("export ok") && !outcomes.contains("infer ok"), "\(outcomes)")
     }
 
+    /// A change request that is not one (a typo, a truncated paste, something else's text) is one line, before any
+    /// key is unlocked; the approvals themselves are tested in ChangeRequestTests and tools/interop/test_web.py.
+    @Test func aMalformedChangeRequestIsRefusedInOneLine() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        #expect(try coffer(["init", "--owner", "keys/alice.pub"], dir).status == 0)
+        for text in ["cfr1.", "cfr1.@@@", "cft_" + String(repeating: "ab", count: 32)] {
+            expectFailure(try coffer(["approve", text, "--identity", "keys/alice.key"], dir), "not a change request")
+        }
+        let truncated =
+            "cfr1."
+            + Data(#"{"payloadType":"application/vnd.coffer.request.v1+json","payload":"e30","signatures":[]}"#.utf8)
+            .base64EncodedString().replacingOccurrences(of: "=", with: "").replacingOccurrences(of: "+", with: "-").replacingOccurrences(
+                of: "/",
+                with: "_"
+            )
+        expectFailure(try coffer(["approve", truncated, "--show"], dir), "not a change request")
+    }
+
     @Test func refusalsAreOneLineAndNothingIsDecrypted() throws {
         let dir = try setUp()
         let short = try coffer(["session", "open", "m/risk@prod", "--identity", "keys/bob.key", "--ttl", "1s"], dir)

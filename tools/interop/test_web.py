@@ -9,7 +9,9 @@ sign-in the server cannot lock memory for is a 503; a server behind `--tls-cert`
 Every page the browser is shown is also fetched raw (with the browser's cookie) and parsed by html5lib's strict
 parser, and checked for any token; screenshots of the main pages go to $COFFER_WEB_ARTIFACTS (a temp dir if unset)."""
 import http.server
+import json
 import os
+import re
 import resource
 import shutil
 import ssl
@@ -27,6 +29,7 @@ import html5lib
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -69,7 +72,7 @@ def world(tmp_path_factory):
     }
     process, base, log = cofferlib.start_server(coffer, home, env, work / "serve.log")
     try:
-        yield {"base": base, "home": home, "tokens": tokens, "log": log}
+        yield {"base": base, "home": home, "tokens": tokens, "log": log, "coffer": coffer, "env": env, "admin": admin}
     finally:
         cofferlib.stop_server(process)
         log.seek(0)
@@ -367,6 +370,114 @@ def test_an_admin_lists_tokens_and_never_sees_one(driver, world):
     ids = [row.find_element(By.TAG_NAME, "code").text for row in driver.find_elements(By.CSS_SELECTOR, "tbody tr")]
     assert len(ids) == len(world["tokens"]) and all(len(i) == 16 for i in ids)
     check_page(driver, world)  # no token text on it
+
+
+def filed_request(driver):
+    """The change request (cfr1. ...) the page just shown gives to `coffer approve`."""
+    return re.search(r"cfr1\.[A-Za-z0-9_-]+", driver.find_element(By.CSS_SELECTOR, "pre code").text).group(0)
+
+
+def token_ids(world):
+    listed = cofferlib.check(world["coffer"], "token", "list", "--json", "--home", world["home"], env=world["env"])
+    return {token["id"] for token in json.loads(listed)}
+
+
+def post_raw(driver, world, path, fields):
+    """A form post with the browser's cookies, as the browser would send it from the page: (status, body)."""
+    data = urllib.parse.urlencode(fields).encode()
+    cookies = "; ".join(f"{c['name']}={c['value']}" for c in driver.get_cookies())
+    request = urllib.request.Request(world["base"] + path, data=data, method="POST",
+                                     headers={"Cookie": cookies, "Origin": world["base"], "Sec-Fetch-Site": "same-origin"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def strict_html(html):
+    try:
+        html5lib.HTMLParser(strict=True).parse(html)
+    except html5lib.html5parser.ParseError as error:
+        pytest.fail(f"not valid HTML: {error}\n{html}")
+
+
+def test_an_admin_asks_for_a_token_on_the_page_and_approves_it_with_coffer(driver, world):
+    """The token form files a change request: the page shows the token once and `coffer approve ...`; the token
+    opens nothing until alice approves with her own key, then signs a browser in; the page revokes it at once."""
+    coffer, env = world["coffer"], world["env"]
+    sign_in(driver, world, "alice")
+    click(driver, By.LINK_TEXT, "Tokens")
+    Select(driver.find_element(By.ID, "token-principal")).select_by_visible_text("bob")
+    Select(driver.find_element(By.ID, "token-scope")).select_by_visible_text("read")
+    ttl = driver.find_element(By.ID, "token-ttl")
+    ttl.clear()
+    ttl.send_keys("2h")
+    click(driver, By.CSS_SELECTOR, "form[action='/tokens'] button")
+    assert driver.find_element(By.TAG_NAME, "h1").text == "Change requested"
+    token = driver.find_element(By.CSS_SELECTOR, "code.secret").text
+    assert re.fullmatch(r"cft_[0-9a-f]{64}", token), token
+    request = filed_request(driver)
+    shot(driver, "token-request")
+    # The answer to a form cannot be fetched again with a GET: the same form, posted without the browser (its cookie
+    # and CSRF token), gives the page to the strict parser.
+    csrf = raw(world["base"] + "/tokens", driver.get_cookies())[1].split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    status, html = post_raw(driver, world, "/tokens", {"csrf": csrf, "principal": "bob", "scope": "read", "ttl": "1h"})
+    assert status == 200 and "cft_" in html
+    strict_html(html)
+
+    def api_status():
+        return cofferlib.http_json(world["base"], "GET", "/v1/sessions", token=token)[0]
+
+    assert api_status() == 401
+    shown = cofferlib.check(coffer, "approve", request, "--show", env=env)
+    assert "a read token" in shown and "for bob" in shown and "filed by alice" in shown
+    assert api_status() == 401, "--show signed nothing"
+    before = token_ids(world)
+    approved = cofferlib.check(coffer, "approve", request, *world["admin"], env=env)
+    assert approved.startswith("approved: a read token"), approved
+    assert api_status() == 200
+    (token_id,) = token_ids(world) - before
+    again = cofferlib.run(coffer, "approve", request, *world["admin"], env=env)
+    assert again.returncode != 0 and b"was minted already" in again.stderr and b"Traceback" not in again.stderr
+    # The new token signs a browser in; then alice revokes it from the list at once.
+    driver.delete_all_cookies()
+    driver.get(world["base"] + "/models")
+    driver.find_element(By.ID, "token").send_keys(token)
+    click(driver, By.CSS_SELECTOR, "form.card button[type=submit]")
+    assert driver.current_url == world["base"] + "/models"
+    driver.delete_all_cookies()
+    sign_in(driver, world, "alice")
+    click(driver, By.LINK_TEXT, "Tokens")
+    click(driver, By.CSS_SELECTOR, f"button[aria-label='Revoke token {token_id}']")
+    assert api_status() == 401
+
+
+def test_an_admin_asks_for_a_grant_on_the_page_and_approves_it_with_coffer(driver, world):
+    coffer, env = world["coffer"], world["env"]
+    sign_in(driver, world, "alice")
+    click(driver, By.LINK_TEXT, "Principals")
+    check_page(driver, world)
+    shot(driver, "principals")
+    Select(driver.find_element(By.ID, "grant-principal")).select_by_visible_text("bob")
+    Select(driver.find_element(By.ID, "grant-role")).select_by_visible_text("publisher")
+    scope = driver.find_element(By.ID, "grant-scope")
+    scope.clear()
+    scope.send_keys("m/census")
+    click(driver, By.CSS_SELECTOR, "form[action='/grants'] button")
+    assert "grant bob publisher on m/census" in driver.find_element(By.TAG_NAME, "strong").text
+    assert "cft_" not in driver.page_source
+    request = filed_request(driver)
+    listed = lambda: cofferlib.check(coffer, "principal", "list", "--home", world["home"], env=env)  # noqa: E731
+    assert "publisher on m/census" not in listed()
+    cofferlib.check(coffer, "approve", request, *world["admin"], env=env)
+    assert "publisher on m/census" in listed()
+    # Its revocation, asked for from the grant's own button.
+    driver.get(world["base"] + "/principals")
+    click(driver, By.CSS_SELECTOR, "button[aria-label=\"Ask to revoke bob's publisher on m/census\"]")
+    revoke = filed_request(driver)
+    cofferlib.check(coffer, "approve", revoke, *world["admin"], env=env)
+    assert "publisher on m/census" not in listed()
 
 
 def test_a_page_on_another_port_cannot_sign_the_browser_in(driver, world):

@@ -39,6 +39,12 @@ public struct CreatedAPIToken: ~Copyable {
     public let token: SessionToken
 }
 
+/// A token drawn, and the facts its `token.create` record will state.
+struct DraftToken: ~Copyable {
+    let token: SessionToken
+    let facts: LedgerChange.TokenFacts
+}
+
 /// Who a valid bearer token speaks for.
 public struct TokenHolder: Sendable, Equatable {
     public var principal: Principal
@@ -60,36 +66,15 @@ extension Registry {
         async throws(CofferRegistryError) -> CreatedAPIToken
     {
         try await require(signer, .admin, on: nil, action: "token.create", target: name)
-        guard ttl > 0, ttl <= Self.maximumLifetime else { throw .refused("a token's lifetime must be more than 0 and at most 365 days") }
-        let state = try await ledgerState()
-        guard state.principals[name] != nil else { throw .unknownPrincipal(name) }
-        // A scope is only as wide as the principal's grants: a token is never minted for roles nobody gave.
-        let needed: Role =
-            switch scope {
-            case .read: .reader
-            case .publish: .publisher
-            case .infer: .inference
-            case .admin: .admin
-            }
-        let useful = state.grants.contains { $0.principal == name && ($0.role == needed || $0.role == .admin) }
-        guard useful else {
-            throw .refused("\(name) holds no role the \(scope.rawValue) scope allows (grant one first)")
-        }
-        let token = SessionToken(secret: SecretKey.random(), prefix: SessionToken.apiPrefix)
+        let draft = try await draftToken(principal: name, scope: scope, ttl: ttl, in: try await ledgerState(), now: now)
+        let facts = draft.facts
         let info = APITokenInfo(
-            id: Digest.hex((0..<8).map { _ in UInt8.random(in: 0...255) }),
+            id: facts.id,
             principal: name,
             scope: scope,
             createdAt: Self.timestamp(now),
-            expiresAt: Self.timestamp(now.addingTimeInterval(ttl)),
+            expiresAt: facts.expires,
             revokedAt: nil
-        )
-        let facts = LedgerChange.TokenFacts(
-            id: info.id,
-            principal: name,
-            scope: scope,
-            expires: info.expiresAt,
-            hash: Digest.hex(try tokenHash(token))
         )
         try await record(
             .tokenCreate(facts),
@@ -98,7 +83,44 @@ extension Registry {
             target: info.id,
             reason: "\(name) \(scope.rawValue) until \(info.expiresAt)"
         )
-        return CreatedAPIToken(info: info, token: token)
+        return CreatedAPIToken(info: info, token: draft.token)
+    }
+
+    /// A new token for `principal` and the facts its `token.create` record will state, after the checks every mint
+    /// makes: a known principal, a lifetime of at most a year, a scope the principal's grants allow.
+    func draftToken(
+        principal name: String,
+        scope: TokenScope,
+        ttl: TimeInterval,
+        in state: LedgerState,
+        now: Date
+    ) async throws(CofferRegistryError) -> DraftToken {
+        guard ttl > 0, ttl <= Self.maximumLifetime else { throw .refused("a token's lifetime must be more than 0 and at most 365 days") }
+        try Self.checkTokenScope(principal: name, scope: scope, in: state)
+        let token = SessionToken(secret: SecretKey.random(), prefix: SessionToken.apiPrefix)
+        let facts = LedgerChange.TokenFacts(
+            id: Digest.hex((0..<8).map { _ in UInt8.random(in: 0...255) }),
+            principal: name,
+            scope: scope,
+            expires: Self.timestamp(now.addingTimeInterval(ttl)),
+            hash: Digest.hex(try tokenHash(token))
+        )
+        return DraftToken(token: token, facts: facts)
+    }
+
+    /// A scope is only as wide as the principal's grants: a token is never minted for roles nobody gave.
+    static func checkTokenScope(principal name: String, scope: TokenScope, in state: LedgerState) throws(CofferRegistryError) {
+        guard state.principals[name] != nil else { throw .unknownPrincipal(name) }
+        let needed: Role =
+            switch scope {
+            case .read: .reader
+            case .publish: .publisher
+            case .infer: .inference
+            case .admin: .admin
+            }
+        guard state.grants.contains(where: { $0.principal == name && ($0.role == needed || $0.role == .admin) }) else {
+            throw .refused("\(name) holds no role the \(scope.rawValue) scope allows (grant one first)")
+        }
     }
 
     /// The tokens the ledger minted, with when they were created and revoked (never the tokens themselves).

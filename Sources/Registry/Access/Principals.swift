@@ -238,7 +238,8 @@ extension Registry {
 }
 
 extension Grant {
-    var summary: String {
+    /// The grant in words: `inference on m alias prod (at most 100 predictions)`.
+    public var summary: String {
         var limits: [String] = []
         if let maxSessionSeconds { limits.append("sessions of at most \(maxSessionSeconds) s") }
         if let maxPredictions { limits.append("at most \(maxPredictions) predictions") }

@@ -454,6 +454,15 @@ extension Registry {
     /// The longest a session (or a bearer token) may live: a year, as docs/openapi.yaml states.
     public static let maximumLifetime: TimeInterval = 31_536_000
 
+    /// Parses a lifetime such as 90s, 15m, 2h or 7d, as the command line and the pages take it.
+    public static func duration(_ text: String) throws(CofferRegistryError) -> TimeInterval {
+        let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
+        guard let unit = text.last.flatMap({ units[$0] }), let value = Double(text.dropLast()), value > 0, value.isFinite else {
+            throw .invalidInput("invalid duration '\(text)': use a positive number with s, m, h or d (e.g. 15m)")
+        }
+        return value * unit
+    }
+
     /// The open sessions of `principal` that its grants in `state` no longer allow: their key copies are to be destroyed.
     func sessionsNoLongerGranted(to principal: String, state: LedgerState) async throws(CofferRegistryError) -> [String] {
         // Not marked revoked: a later use is refused for the reason that ended it (the grant is gone).

@@ -214,8 +214,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
             // Without principals, and while an adoption restates a registry's past, the registry's key makes every
             // change. With them, it is an online key (a server holds it unlocked): in its own name it only marks the
             // audit log, and for a principal (the holder of a bearer token) it makes only what the server's routes
-            // make, with that principal's roles. Principals, grants, trust, policies, tokens and erasures need an
-            // admin's own signature; a rotation, an admin's approval.
+            // make, with that principal's roles. Principals, grants, trust, policies, minting tokens and erasures need
+            // an admin's own signature; a rotation, an admin's approval. Revoking a token only takes power away (and a
+            // compromised server can refuse service anyway), so the pages may do it at once.
             guard checksPrincipals, record.seq > adoptedThrough else { return }
             if record.by == "registry" {
                 guard case .auditHead = record.change else {
@@ -227,9 +228,10 @@ public struct LedgerState: Sendable, Equatable, Codable {
             }
             guard principals[record.by] != nil else { throw fail("is made for \(record.by), who is not a principal") }
             switch record.change {
-            case .version, .aliasSet, .aliasRemove, .budgetSet, .rekey, .keyRotate: break
+            case .version, .aliasSet, .aliasRemove, .budgetSet, .rekey, .keyRotate, .tokenRevoke: break
             default: throw fail("the registry's key signs a \(record.change.kind) record for \(record.by): only \(record.by)'s own key can")
             }
+            if case .tokenRevoke(let id) = record.change, tokens[id]?.facts.principal == record.by { return }
             let (role, model) = Self.authority(for: record.change)
             guard holds(record.by, role, on: model) else {
                 throw fail("\(record.by) did not hold the \(role.rawValue) role\(model.map { " on \($0)" } ?? "") for a \(record.change.kind) record")

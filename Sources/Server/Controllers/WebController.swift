@@ -5,7 +5,7 @@ import Hummingbird
 import Logging
 
 /// The web pages (docs/WEB.md): sign-in and sign-out, models, a model's versions and alias form, a version with its
-/// proofs and lineage, budgets, sessions, and for admins the token list and the audit log. Each page makes the
+/// proofs and lineage, budgets, sessions, and for admins the tokens, principals and grants, and the audit log. Each page makes the
 /// registry calls the JSON route showing the same thing makes, behind the same role (one route group per role, as
 /// ``RegistryController`` has), with the same per-model checks.
 struct WebController {
@@ -44,6 +44,11 @@ struct WebController {
             .add(middleware: WebSessionAuthenticator(state: state, role: .admin))
             .get("audit", use: audit)
             .get("tokens", use: tokens)
+            .post("tokens", use: requestToken)
+            .post("tokens/revoke", use: revokeToken)
+            .get("principals", use: principals)
+            .post("grants", use: requestGrant)
+            .post("grants/revoke", use: requestRevoke)
     }
 
     // MARK: - Signing in and out
@@ -500,28 +505,10 @@ struct WebController {
         return WebPages.seeOther("/sessions")
     }
 
-    /// `GET /tokens`: every token the ledger minted (never a token), admins only. Read only: a `token.create` or
-    /// `token.revoke` record needs an admin's own signature, and the server's key may not sign one for anybody.
-    func tokens(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        let holder = try context.authenticated
-        try await registry.require(.admin, on: nil, by: holder.principal, action: "token.list", target: "*")
-        let now = Date()
-        let dates = ISO8601DateFormatter.fractional
-        let rows: [[String: Any]] = try await registry.tokens().reversed().map { token in
-            let expired = dates.date(from: token.expiresAt).map { $0 <= now } ?? false
-            let status = token.revokedAt.map { "revoked at \($0)" } ?? (expired ? "expired" : "live")
-            return [
-                "id": token.id, "principal": token.principal, "scope": token.scope.rawValue, "created": token.createdAt,
-                "expires": token.expiresAt, "status": status,
-            ]
-        }
-        return page("tokens", ["title": "Bearer tokens", "tokens": rows, "noTokens": rows.isEmpty], context)
-    }
-
     static func epsilon(_ value: Double) -> String { String(format: "%.4g", value) }
 
     /// A signed-in page, with the admin links shown to an admin token.
-    private func page(_ name: String, _ values: [String: Any], _ context: CofferRequestContext) -> Response {
+    func page(_ name: String, _ values: [String: Any], _ context: CofferRequestContext) -> Response {
         pages.render(name, values, session: context.webSession, admin: context.holder?.scope == .admin)
     }
 

@@ -1,3 +1,4 @@
+import CofferCrypto
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -69,10 +70,38 @@ struct WebPages: Sendable {
         values["signedIn"] = session != nil
         values["principal"] = session?.principal ?? ""
         values["csrf"] = session?.csrf ?? ""
+        return Self.html(ByteBuffer(string: library.render(values, withTemplate: name) ?? ""), status: status)
+    }
+
+    /// Where a template shows a secret: a comment, which no value can write (`<` is always escaped).
+    static let secretSlot = "<!--secret-->"
+
+    /// The page `name` with `secret` written into its ``secretSlot``: the secret goes from sodium memory into the
+    /// response's bytes, never through a `String` (a token shown once, as `token create` prints it).
+    func render(
+        _ name: String,
+        _ values: [String: Any],
+        showingOnce secret: borrowing SecureBytes,
+        session: WebSessions.Session?,
+        admin: Bool = false
+    ) -> Response {
+        var values = values
+        values["admin"] = admin
+        values["signedIn"] = session != nil
+        values["principal"] = session?.principal ?? ""
+        values["csrf"] = session?.csrf ?? ""
         let html = library.render(values, withTemplate: name) ?? ""
-        var headers = Self.securityHeaders
+        guard let slot = html.range(of: Self.secretSlot) else { preconditionFailure("web template \(name) has no secret slot") }
+        var body = ByteBuffer(string: String(html[..<slot.lowerBound]))
+        secret.withUnsafeBytes { _ = body.writeBytes($0) }
+        body.writeString(String(html[slot.upperBound...]))
+        return Self.html(body, status: .ok)
+    }
+
+    private static func html(_ body: ByteBuffer, status: HTTPResponse.Status) -> Response {
+        var headers = securityHeaders
         headers[.contentType] = "text/html; charset=utf-8"
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: html)))
+        return Response(status: status, headers: headers, body: .init(byteBuffer: body))
     }
 
     /// An error as a page: the status's reason as the heading, the error's one line as the message.

@@ -6,7 +6,7 @@ enum WebTemplates {
         "head": head, "foot": foot, "signin": signin, "models": models, "model": model, "version": version, "error": error, "audit": audit,
         "budgets": budgets, "budget": budget,
         "sessions": sessions,
-        "tokens": tokens,
+        "tokens": tokens, "principals": principals, "request": request,
     ]
 
     static let head = """
@@ -22,7 +22,7 @@ enum WebTemplates {
         <header class="bar">
         <a class="brand" href="/models">Coffer</a>
         {{#signedIn}}
-        <nav aria-label="Main"><a href="/models">Models</a> <a href="/budgets">Budgets</a> <a href="/sessions">Sessions</a>{{#admin}} <a href="/tokens">Tokens</a> <a href="/audit">Audit log</a>{{/admin}}</nav>
+        <nav aria-label="Main"><a href="/models">Models</a> <a href="/budgets">Budgets</a> <a href="/sessions">Sessions</a>{{#admin}} <a href="/tokens">Tokens</a> <a href="/principals">Principals</a> <a href="/audit">Audit log</a>{{/admin}}</nav>
         <form method="post" action="/signout" class="signout">
         <input type="hidden" name="csrf" value="{{csrf}}">
         <span>Signed in as {{principal}}</span>
@@ -298,18 +298,75 @@ enum WebTemplates {
     static let tokens = """
         {{> head}}
         <h1>Bearer tokens</h1>
-        <p class="hint">Creating and revoking a token is recorded in the ledger with an admin's own signature, which this
-        server never holds: use <code>coffer token create</code> and <code>coffer token revoke</code> with your identity.</p>
         {{#noTokens}}<p>No token was minted.</p>{{/noTokens}}
         {{^noTokens}}
         <div class="scroll"><table>
-        <thead><tr><th scope="col">Id</th><th scope="col">Principal</th><th scope="col">Scope</th><th scope="col">Created</th><th scope="col">Expires</th><th scope="col">Status</th></tr></thead>
+        <thead><tr><th scope="col">Id</th><th scope="col">Principal</th><th scope="col">Scope</th><th scope="col">Created</th><th scope="col">Expires</th><th scope="col">Status</th><th scope="col">Action</th></tr></thead>
         <tbody>
-        {{#tokens}}<tr><td><code>{{id}}</code></td><td>{{principal}}</td><td>{{scope}}</td><td>{{created}}</td><td>{{expires}}</td><td class="status">{{status}}</td></tr>
+        {{#tokens}}<tr><td><code>{{id}}</code></td><td>{{principal}}</td><td>{{scope}}</td><td>{{created}}</td><td>{{expires}}</td><td class="status">{{status}}</td><td>{{#revocable}}<form method="post" action="/tokens/revoke">
+        <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="id" value="{{id}}">
+        <button type="submit" aria-label="Revoke token {{id}}">Revoke</button></form>{{/revocable}}</td></tr>
         {{/tokens}}
         </tbody>
         </table></div>
         {{/noTokens}}
+        <form method="post" action="/tokens" class="card">
+        <h2>Ask for a token</h2>
+        <p class="hint">A token is minted with an admin's own signature, which this server never holds: the page shows the
+        token once and a request, and the token opens nothing until an admin approves the request with
+        <code>coffer approve</code>.</p>
+        <input type="hidden" name="csrf" value="{{csrf}}">
+        <p><label for="token-principal">Principal</label> <select id="token-principal" name="principal" required>{{#principals}}<option>{{.}}</option>{{/principals}}</select></p>
+        <p><label for="token-scope">Scope</label> <select id="token-scope" name="scope" required>{{#scopes}}<option>{{.}}</option>{{/scopes}}</select></p>
+        <p><label for="token-ttl">Lifetime (e.g. 12h, 30d)</label> <input id="token-ttl" name="ttl" required maxlength="16" value="30d"></p>
+        <p><button type="submit">Request the token</button></p>
+        </form>
+        {{> foot}}
+        """
+
+    static let principals = """
+        {{> head}}
+        <h1>Principals and grants</h1>
+        <div class="scroll"><table>
+        <thead><tr><th scope="col">Principal</th><th scope="col">Key</th><th scope="col">Grants</th></tr></thead>
+        <tbody>
+        {{#principals}}<tr><td>{{name}}</td><td><code>{{keyID}}</code></td><td><ul class="grants">{{#grants}}<li>{{summary}} <form method="post" action="/grants/revoke" class="inline">
+        <input type="hidden" name="csrf" value="{{csrf}}"><input type="hidden" name="principal" value="{{principal}}"><input type="hidden" name="role" value="{{role}}"><input type="hidden" name="scope" value="{{scope}}"><input type="hidden" name="alias" value="{{alias}}">
+        <button type="submit" aria-label="Ask to revoke {{principal}}'s {{summary}}">Ask to revoke</button></form></li>{{/grants}}</ul></td></tr>
+        {{/principals}}
+        </tbody>
+        </table></div>
+        <form method="post" action="/grants" class="card">
+        <h2>Ask for a grant</h2>
+        <p class="hint">A grant is recorded with an admin's own signature, which this server never holds: the page shows a
+        request, which an admin approves with <code>coffer approve</code>.</p>
+        <input type="hidden" name="csrf" value="{{csrf}}">
+        <p><label for="grant-principal">Principal</label> <select id="grant-principal" name="principal" required>{{#names}}<option>{{.}}</option>{{/names}}</select></p>
+        <p><label for="grant-role">Role</label> <select id="grant-role" name="role" required>{{#roles}}<option>{{.}}</option>{{/roles}}</select></p>
+        <p><label for="grant-scope">Scope (* for every model, NS/ for a namespace, or a model)</label> <input id="grant-scope" name="scope" required maxlength="200" value="*"></p>
+        <p><label for="grant-alias">Only through the alias (inference, optional)</label> <input id="grant-alias" name="alias" maxlength="64"></p>
+        <p><label for="grant-seconds">Longest session in seconds (inference, optional)</label> <input id="grant-seconds" name="max_session_seconds" inputmode="numeric" maxlength="9"></p>
+        <p><label for="grant-predictions">Predictions in all (inference, optional)</label> <input id="grant-predictions" name="max_predictions" inputmode="numeric" maxlength="10"></p>
+        <p><button type="submit">Request the grant</button></p>
+        </form>
+        {{> foot}}
+        """
+
+    static let request = """
+        {{> head}}
+        <h1>Change requested</h1>
+        <p>Asked: <strong>{{summary}}</strong>.</p>
+        {{#hasToken}}<section aria-labelledby="token" class="card">
+        <h2 id="token">The token, shown once</h2>
+        <p><code class="secret"><!--secret--></code></p>
+        <p class="hint">Copy it now: the registry keeps only its hash. It opens nothing until the request below is approved.</p>
+        </section>{{/hasToken}}
+        <section aria-labelledby="approve" class="card">
+        <h2 id="approve">Approval</h2>
+        <p>An admin approves it with their own key, before {{expires}}:</p>
+        <pre><code>{{command}} --identity ADMIN.key</code></pre>
+        <p class="hint">The command prints what it signs; <code>--show</code> prints it and signs nothing.</p>
+        </section>
         {{> foot}}
         """
 
@@ -347,6 +404,11 @@ enum WebTemplates {
         input, button { font: inherit; padding: .35rem .5rem; }
         input[type=password], input[type=search] { width: min(100%, 32rem); box-sizing: border-box; }
         button { background: #17324d; color: #fff; border: 1px solid #17324d; border-radius: 4px; cursor: pointer; }
+        pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f3f5f7; padding: .5rem; }
+        select { font: inherit; padding: .35rem .5rem; }
+        form.inline { display: inline; }
+        .grants { margin: 0; padding-left: 1rem; }
+        .secret { font-size: 1rem; }
         .namespaces ul { display: flex; flex-wrap: wrap; gap: .25rem 1rem; padding: 0; list-style: none; }
         .namespaces h2 { font-size: 1rem; }
         .plot { width: 100%; max-width: 40rem; height: auto; }
