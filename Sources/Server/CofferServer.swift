@@ -76,7 +76,7 @@ public struct CofferRequestContext: RequestContext {
     public var holder: TokenHolder?
     public var requestID: String
     /// The web page session the cookie named, once ``WebSessionAuthenticator`` has run.
-    var webSession: WebSessions.Session?
+    var webSession: WebSession?
     /// The fields of a web form posted with a valid CSRF token, once ``WebSessionAuthenticator`` has checked it.
     var form: [String: String] = [:]
     /// The address of the connection's other end (a proxy's, behind one), for the web sign-in limit.
@@ -161,7 +161,6 @@ final class ServerState: Sendable {
     let registryIdentity: UnlockedIdentity
     let metrics = ServerMetrics()
     let sessions: LoadedSessions
-    let webSessions: WebSessions
     let signInLimiter = SignInLimiter()
     let pages = WebPages()
     let auditChain: AuditChainMonitor
@@ -185,16 +184,6 @@ final class ServerState: Sendable {
         self.servesTLS = configuration.tls != nil
         self.auditChain = AuditChainMonitor(registry: registry)
         self.logger = logger
-        // Web sessions hold their bearer tokens in locked pages: no more of them than a share of RLIMIT_MEMLOCK holds.
-        let memlock = WebSessions.memlockLimit()
-        let capacity = WebSessions.capacity(memlockLimit: memlock, pageSize: Int(sysconf(Int32(_SC_PAGESIZE))))
-        self.webSessions = WebSessions(capacity: capacity)
-        let limit = memlock.map { "\($0) bytes" } ?? "unlimited"
-        if capacity == 0 {
-            logger.warning("RLIMIT_MEMLOCK is \(limit): no web session can lock its token, so every web sign-in is refused (raise ulimit -l)")
-        } else {
-            logger.info("web sessions: at most \(capacity) at once (RLIMIT_MEMLOCK \(limit))")
-        }
     }
 
     /// The registry's key as this server holds it, if it is still the registry's current key (a `key rotate` while

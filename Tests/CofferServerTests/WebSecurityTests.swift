@@ -11,7 +11,7 @@ import Testing
 @testable import CofferServer
 
 /// The outside review's findings on the web pages (docs/WEB.md, "Fixed from the outside review"): `__Host-` cookies
-/// and the origin of every form post, the sign-in rate limit, the session store's locked-memory bound, the budgets a
+/// and the origin of every form post, the sign-in rate limit, the budgets a
 /// reader is shown, and refused forms answered with a redirect rather than a page to the POST.
 struct WebSecurityTests {
     let server = ServerTests()
@@ -205,31 +205,6 @@ struct WebSecurityTests {
         #expect(SignInLimiter.key(for: try? SocketAddress(ipAddress: "192.0.2.7", port: 1)) == "192.0.2.7")
     }
 
-    // MARK: - Locked memory
-
-    @Test func theSessionCapFollowsRLIMIT_MEMLOCK() {
-        // A quarter of the limit, one page a session, at most the fixed maximum.
-        #expect(WebSessions.capacity(memlockLimit: 64 << 10, pageSize: 4096) == 4)
-        #expect(WebSessions.capacity(memlockLimit: 8 << 20, pageSize: 4096) == 512)
-        #expect(WebSessions.capacity(memlockLimit: nil, pageSize: 4096) == WebSessions.maximumCapacity)
-        #expect(WebSessions.capacity(memlockLimit: 1 << 40, pageSize: 4096) == WebSessions.maximumCapacity)
-        #expect(WebSessions.capacity(memlockLimit: 8 << 10, pageSize: 4096) == 0)
-        // The store holds no more than its capacity, the oldest going first.
-        let store = WebSessions(capacity: 2)
-        let ids = ["a", "b", "c"].enumerated().map { i, name in
-            store.open(token: SecureBytes.random(count: 32), principal: name, now: Date().addingTimeInterval(Double(i))).id
-        }
-        #expect(store.count == 2 && store.session(ids[0]) == nil && store.session(ids[2]) != nil)
-    }
-
-    @Test func aTokenInSodiumMemoryReportsItselfLocked() {
-        // As far as RLIMIT_MEMLOCK allows: this process's limit (or CAP_IPC_LOCK) leaves room for one page.
-        // tools/interop/test_web.py runs a server whose limit leaves none, and sees the sign-in refused with 503.
-        let token = SecureBytes.random(count: 68)
-        let locked = token.lockInMemory()
-        #expect(locked)
-    }
-
     // MARK: - What a page shows
 
     @Test func theBudgetListShowsOnlyDatasetsChargedByReadableModels() async throws {
@@ -284,14 +259,5 @@ struct WebSecurityTests {
             let none = try await client.execute(uri: "/notice", method: .get, headers: carol.headers)
             #expect(none.status == .seeOther && none.headers[.location] == "/models")
         }
-    }
-
-    @Test func aNoticeExpires() {
-        let store = WebSessions()
-        let (_, session) = store.open(token: SecureBytes.random(count: 32), principal: "bob")
-        let now = Date()
-        session.setNotice(status: .forbidden, message: "refused", now: now)
-        #expect(session.currentNotice(now: now.addingTimeInterval(60))?.message == "refused")
-        #expect(session.currentNotice(now: now.addingTimeInterval(WebSessions.Session.noticeLifetime + 1)) == nil)
     }
 }

@@ -1,7 +1,8 @@
 """Several `coffer serve` replicas over one registry behave as one (docs/FORMAT.md, "Replicas"): an inference session
 opened on one replica predicts through another and a revocation on one is honoured by the other; a resumable upload
 started on one continues on another; a session's rate bucket is shared; pushes through nginx in front of them never
-give two versions one number; afterwards `fsck` and `audit verify` are clean.
+give two versions one number; a web page signed in on one replica is signed in on the others, and a sign-out on one
+ends it on all; afterwards `fsck` and `audit verify` are clean.
 
 The blobs are in docker-registry; the metadata in PostgreSQL when COFFER_PG_URL names a cluster (tools/test starts
 one), else in the home's SQLite database, which replicas on one machine can share."""
@@ -10,6 +11,9 @@ import json
 import os
 import sys
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -98,6 +102,43 @@ def test_a_session_opened_on_one_replica_predicts_on_another_and_revocation_reac
     status, answer, _ = cofferlib.http_json(b, "POST", path, infer, {"rows": replicas.rows})
     assert status == 403 and "revoked" in message(answer), answer
     replicas.stop()
+
+
+def test_a_web_sign_in_on_one_replica_holds_on_another_and_a_sign_out_ends_it_everywhere(replicas):
+    """Web sessions are rows of the registry, not one server's memory: no sticky sessions are needed."""
+    a, b = replicas.start(2)
+    status, html, cookies = cofferlib.web_sign_in(a, replicas.tokens["admin"])
+    assert status == 303, html
+    session = next(c.split(";")[0] for c in cookies if c.startswith(cofferlib.WEB_SESSION_COOKIE + "="))
+
+    def page(base, path):
+        request = urllib.request.Request(base + path, headers={"Cookie": session})
+        opener = urllib.request.build_opener(NoRedirect)
+        try:
+            with opener.open(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    status, html = page(b, "/tokens")
+    assert status == 200 and "Signed in as alice" in html, html
+    # A form from replica a's page, posted to replica b (its own origin), with the CSRF token a's page carried.
+    csrf = page(a, "/models")[1].split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    data = urllib.parse.urlencode({"csrf": csrf}).encode()
+    request = urllib.request.Request(b + "/signout", data=data, method="POST", headers={"Cookie": session, "Origin": b})
+    try:
+        urllib.request.build_opener(NoRedirect).open(request, timeout=30)
+    except urllib.error.HTTPError as error:
+        assert error.code == 303 and error.headers["Location"] == "/signin", error.read()
+    for base in (a, b):
+        status, _ = page(base, "/models")
+        assert status == 303, "signed out on every replica"
+    replicas.stop()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args):
+        return None
 
 
 def test_a_rate_bucket_is_shared_by_the_replicas(replicas):

@@ -4,7 +4,7 @@ reader refused the admin-only audit page, a signed-out browser sent to sign in, 
 refused, and the session cookie's flags as the browser holds them. The outside review's findings: a page on another
 port of the same host (same-site to the browser, so `SameSite=Strict` cookies go with its posts, and cookies ignore
 ports) cannot sign the browser in as the attacker; a refused form is a 303 to a page a reload does not post again; a
-sign-in the server cannot lock memory for is a 503; a server behind `--tls-cert` takes posts from its https origin.
+server behind `--tls-cert` takes posts from its https origin.
 
 Every page the browser is shown is also fetched raw (with the browser's cookie) and parsed by html5lib's strict
 parser, and checked for any token; screenshots of the main pages go to $COFFER_WEB_ARTIFACTS (a temp dir if unset)."""
@@ -12,8 +12,6 @@ import http.server
 import json
 import os
 import re
-import resource
-import shutil
 import ssl
 import subprocess
 import sys
@@ -38,8 +36,8 @@ import cofferlib  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("COFFER_WEB_ARTIFACTS") or Path(tempfile.gettempdir()) / "coffer-web-screenshots")
 HOSTILE = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
-SESSION = "__Host-coffer_session"
-SIGNIN = "__Host-coffer_signin"
+SESSION = cofferlib.WEB_SESSION_COOKIE
+SIGNIN = cofferlib.WEB_SIGNIN_COOKIE
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +179,7 @@ def test_cookie_flags_as_the_browser_holds_them(driver, world):
     cookie = session[0]
     assert cookie["httpOnly"] is True and cookie["secure"] is True and cookie["sameSite"] == "Strict" and cookie["path"] == "/"
     assert cookie["domain"] == "127.0.0.1", cookie  # a host-only cookie: no Domain attribute
-    assert len(cookie["value"]) == 64
+    assert re.fullmatch(r"cfw_[0-9a-f]{64}", cookie["value"]), cookie
     # Short-lived: 30 minutes from now, give or take the test's own time.
     import time
 
@@ -521,78 +519,6 @@ def test_a_page_on_another_port_cannot_sign_the_browser_in(driver, world):
         neighbour.server_close()
 
 
-def sign_in_raw(base, token, context=None, headers=None):
-    """Signs in without a browser (the form, its cookie, the post): the post's status, body and Set-Cookie lines."""
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args):
-            return None
-
-    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=context))
-    with opener.open(base + "/signin", timeout=30) as form:
-        cookie = next(v.split(";")[0] for k, v in form.headers.items() if k.lower() == "set-cookie" and v.startswith(SIGNIN + "="))
-        html = form.read().decode()
-    csrf = html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
-    body = urllib.parse.urlencode({"csrf": csrf, "token": token}).encode()
-    request = urllib.request.Request(base + "/signin", data=body, method="POST", headers={"Cookie": cookie, **(headers or {})})
-    try:
-        with opener.open(request, timeout=30) as response:
-            return response.status, response.read().decode(), response.headers.get_all("Set-Cookie") or []
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode(), error.headers.get_all("Set-Cookie") or []
-
-
-def without_ipc_lock(work, coffer):
-    """A command that runs `coffer` without CAP_IPC_LOCK, so that RLIMIT_MEMLOCK binds it (as root it would not)."""
-    if os.geteuid() != 0:
-        return coffer
-    wrapper = work / "coffer-no-ipc-lock"
-    wrapper.write_text(f'#!/bin/sh\nexec setpriv --bounding-set -ipc_lock -- "{coffer}" "$@"\n')
-    wrapper.chmod(0o755)
-    return wrapper
-
-
-@pytest.mark.skipif(os.geteuid() == 0 and not shutil.which("setpriv"), reason="setpriv (util-linux) drops CAP_IPC_LOCK")
-def test_a_sign_in_the_server_cannot_lock_memory_for_is_a_503(world, tmp_path):
-    """A server whose RLIMIT_MEMLOCK is used up refuses a sign-in with one line and 503, and keeps serving; one whose
-    limit leaves no session a locked page says so at start and refuses every sign-in the same way."""
-    coffer = without_ipc_lock(tmp_path, cofferlib.coffer_binary())
-    env = cofferlib.environment(tmp_path)
-    process, base, log = cofferlib.start_server(coffer, world["home"], env, tmp_path / "serve.log")
-    try:
-        assert "web sessions: at most" in Path(tmp_path / "serve.log").read_text()
-        # The limit lowered under what the server has locked already: the token's page cannot be locked.
-        soft, hard = resource.prlimit(process.pid, resource.RLIMIT_MEMLOCK)
-        resource.prlimit(process.pid, resource.RLIMIT_MEMLOCK, (0, hard))
-        status, html, cookies = sign_in_raw(base, world["tokens"]["bob"])
-        assert status == 503, html
-        assert "The server has no locked memory left for a session: try again later." in html
-        assert not [c for c in cookies if c.startswith(SESSION + "=")]
-        assert world["tokens"]["bob"] not in html
-        # Still serving: the API, and a sign-in once the limit allows it.
-        status, _, _ = cofferlib.http_json(base, "GET", "/v1/versions?model=m/risk", token=world["tokens"]["bob"])
-        assert status == 200
-        resource.prlimit(process.pid, resource.RLIMIT_MEMLOCK, (soft, hard))
-        status, html, cookies = sign_in_raw(base, world["tokens"]["bob"])
-        assert status == 303 and [c for c in cookies if c.startswith(SESSION + "=")], html
-    finally:
-        cofferlib.stop_server(process)
-    assert "no locked memory for its token" in Path(tmp_path / "serve.log").read_text()
-
-    # Started with 8 KiB (inherited from this process, lowered for the start only): a quarter of it is not one page.
-    old = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    resource.setrlimit(resource.RLIMIT_MEMLOCK, (8192, old[1]))
-    try:
-        process, base, log = cofferlib.start_server(coffer, world["home"], env, tmp_path / "small.log")
-    finally:
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, old)
-    try:
-        status, html, _ = sign_in_raw(base, world["tokens"]["bob"])
-        assert status == 503, html
-    finally:
-        cofferlib.stop_server(process)
-    assert "no web session can lock its token, so every web sign-in is refused" in Path(tmp_path / "small.log").read_text()
-
-
 def test_a_server_with_tls_takes_posts_from_its_https_origin(world, tmp_path):
     """`coffer serve --tls-cert`: its own origin is https://host:port; a post naming the http origin is refused."""
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
@@ -614,9 +540,9 @@ def test_a_server_with_tls_takes_posts_from_its_https_origin(world, tmp_path):
                 assert process.poll() is None, "coffer serve --tls-cert did not start"
                 time.sleep(0.05)
         own = {"Origin": base, "Sec-Fetch-Site": "same-origin"}
-        status, html, cookies = sign_in_raw(base, world["tokens"]["bob"], context=context, headers=own)
+        status, html, cookies = cofferlib.web_sign_in(base, world["tokens"]["bob"], context=context, headers=own)
         assert status == 303 and [c for c in cookies if c.startswith(SESSION + "=")], html
-        status, html, cookies = sign_in_raw(base, world["tokens"]["bob"], context=context, headers={"Origin": f"http://127.0.0.1:{port}"})
+        status, html, cookies = cofferlib.web_sign_in(base, world["tokens"]["bob"], context=context, headers={"Origin": f"http://127.0.0.1:{port}"})
         assert status == 403 and f"not from this server ({base})" in html, html
         assert not [c for c in cookies if c.startswith(SESSION + "=")]
     finally:

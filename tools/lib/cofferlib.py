@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 
@@ -392,3 +393,28 @@ def http_json(base, method, path, token=None, body=None, headers=None, timeout=1
         return status, json.loads(raw), got
     except ValueError:
         return status, raw, got
+
+
+WEB_SIGNIN_COOKIE = "__Host-coffer_signin"
+WEB_SESSION_COOKIE = "__Host-coffer_session"
+
+
+def web_sign_in(base, token, context=None, headers=None):
+    """Signs in to a server's web pages without a browser (the form, its cookie, the post): the post's status, body
+    and Set-Cookie lines."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=context))
+    with opener.open(base + "/signin", timeout=30) as form:
+        cookie = next(v.split(";")[0] for k, v in form.headers.items() if k.lower() == "set-cookie" and v.startswith(WEB_SIGNIN_COOKIE + "="))
+        html = form.read().decode()
+    csrf = html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    body = urllib.parse.urlencode({"csrf": csrf, "token": token}).encode()
+    request = urllib.request.Request(base + "/signin", data=body, method="POST", headers={"Cookie": cookie, **(headers or {})})
+    try:
+        with opener.open(request, timeout=30) as response:
+            return response.status, response.read().decode(), response.headers.get_all("Set-Cookie") or []
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(), error.headers.get_all("Set-Cookie") or []

@@ -169,7 +169,12 @@ extension Registry {
             if auditing { try? await audit(principal: "-", action: "authenticate", target: "-", outcome: .refused, reason: "malformed bearer token") }
             throw .unauthenticated("malformed bearer token (expected cft_ and 64 lower-case hex digits)")
         }
-        let hash = try tokenHash(token)
+        return try await authenticateToken(hash: try tokenHash(token), now: now, auditing: auditing)
+    }
+
+    /// The holder of the token whose keyed hash is `hash` (a web session keeps only the hash of the token it was signed
+    /// in with), with every check of ``authenticateToken(_:now:auditing:)``.
+    public func authenticateToken(hash: [UInt8], now: Date = Date(), auditing: Bool = true) async throws(CofferRegistryError) -> TokenHolder {
         let row = try await metadata.token(hash: Data(hash))
         func refuse(_ principal: String, _ reason: String) async throws(CofferRegistryError) -> Never {
             if auditing { try? await audit(principal: principal, action: "authenticate", target: "-", outcome: .refused, reason: reason) }

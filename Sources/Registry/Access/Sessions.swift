@@ -14,6 +14,8 @@ public struct SessionToken: ~Copyable {
     /// Session tokens (`cfs_`) and, with the same construction, HTTP bearer tokens (`cft_`).
     public static let sessionPrefix = Array("cfs_".utf8)
     public static let apiPrefix = Array("cft_".utf8)
+    /// The web pages' sign-in cookies (`cfw_`), with the same construction.
+    public static let webPrefix = Array("cfw_".utf8)
     static let textLength = 4 + 64
     let secret: SecretKey
     let prefix: [UInt8]

@@ -370,6 +370,28 @@ enum EmbeddedSchema {
             ALTER TABLE versions ADD COLUMN membership_tpr REAL;     -- evidence.membership.max_tpr_at_1pct_fpr
             """#
         ),
+        (
+            "0009_web_sessions.sql",
+            #"""
+            -- Coffer registry schema, migration 9: the web pages' sign-in sessions (docs/WEB.md, "Sign-in, session cookie and
+            -- CSRF"), rows rather than one server's memory, so that replicas behind a load balancer share them and a restart signs
+            -- nobody out. Nothing here opens a session or reveals a token: the cookie's keyed hash (under K_h, the file
+            -- session-hash.key, as for tokens), the bearer token's keyed hash (as in api_tokens), and a MAC under a key only the
+            -- cookie holds, over what the row says, so that a row edited to another token or a later expiry opens nothing.
+            CREATE TABLE web_sessions (
+                id_hash       BLOB PRIMARY KEY NOT NULL,  -- BLAKE2b-256(key = K_h, lookup of the cookie's secret)
+                token_hash    BLOB NOT NULL,              -- the keyed hash of the bearer token it was signed in with
+                principal     TEXT NOT NULL,
+                created_at    TEXT NOT NULL,
+                expires_at    TEXT NOT NULL,
+                binding       BLOB NOT NULL,              -- BLAKE2b-256(key = the cookie's secret, the fields above)
+                notice        TEXT,                       -- the refusal of the form last posted, shown by GET /notice
+                notice_status INTEGER,
+                notice_at     TEXT
+            );
+            CREATE INDEX web_sessions_principal ON web_sessions (principal, created_at);
+            """#
+        ),
     ]
 
     /// PostgreSQL's, from schema/postgres/ (paired with SQLite's by number).
@@ -792,6 +814,25 @@ enum EmbeddedSchema {
                 ADD COLUMN audit_epsilon DOUBLE PRECISION,     -- evidence.audit.epsilon_lower_bound
                 ADD COLUMN membership_auc DOUBLE PRECISION,    -- evidence.membership.max_auc
                 ADD COLUMN membership_tpr DOUBLE PRECISION;    -- evidence.membership.max_tpr_at_1pct_fpr
+            """#
+        ),
+        (
+            "0009_web_sessions.sql",
+            #"""
+            -- Coffer registry schema for PostgreSQL, migration 9: the meaning of schema/0009_web_sessions.sql (the web pages'
+            -- sign-in sessions, shared by replicas). Applied to existing registries: a new, empty table.
+            CREATE TABLE web_sessions (
+                id_hash       BYTEA PRIMARY KEY NOT NULL, -- BLAKE2b-256(key = K_h, lookup of the cookie's secret)
+                token_hash    BYTEA NOT NULL,             -- the keyed hash of the bearer token it was signed in with
+                principal     TEXT NOT NULL,
+                created_at    TEXT NOT NULL,
+                expires_at    TEXT NOT NULL,
+                binding       BYTEA NOT NULL,             -- BLAKE2b-256(key = the cookie's secret, the fields above)
+                notice        TEXT,                       -- the refusal of the form last posted, shown by GET /notice
+                notice_status BIGINT,
+                notice_at     TEXT
+            );
+            CREATE INDEX web_sessions_principal ON web_sessions (principal, created_at);
             """#
         ),
     ]

@@ -87,6 +87,13 @@ protocol MetadataStore: Sendable {
     /// Takes one token of a session's bucket (`rate` per second, at most `burst`): nil when taken, else the seconds
     /// until one is available. Shared by every server over the store.
     func takeRateToken(session: String, rate: Double, burst: Int, now: Double) async throws(CofferRegistryError) -> Double?
+    /// Adds a web sign-in session, first dropping every expired one (`expires_at <= now`) and the principal's oldest
+    /// beyond `keepingAtMost - 1`, in one transaction.
+    func addWebSession(_ record: WebSessionRecord, keepingAtMost: Int, now: String) async throws(CofferRegistryError)
+    func webSession(idHash: Data) async throws(CofferRegistryError) -> WebSessionRecord?
+    func removeWebSession(idHash: Data) async throws(CofferRegistryError)
+    /// Sets (or, with nil, clears) the session's notice.
+    func setWebNotice(idHash: Data, notice: String?, status: Int64?, at: String?) async throws(CofferRegistryError)
     func upload(id: String) async throws(CofferRegistryError) -> UploadRecord?
     /// The uploads `principal` holds (every upload when nil).
     func uploads(principal: String?) async throws(CofferRegistryError) -> [UploadRecord]

@@ -392,6 +392,29 @@ struct AuditHeadRecord: Codable, Sendable, Equatable {
 }
 
 /// A row of `uploads`: a resumable upload any replica continues.
+/// A row of `web_sessions`: a web page's sign-in session (docs/WEB.md), by the keyed hash of its cookie.
+struct WebSessionRecord: Codable, Sendable, Equatable {
+    var idHash: Data
+    var tokenHash: Data
+    var principal: String
+    var createdAt: String
+    var expiresAt: String
+    var binding: Data
+    var notice: String?
+    var noticeStatus: Int64?
+    var noticeAt: String?
+
+    enum CodingKeys: String, CodingKey {
+        case principal, binding, notice
+        case idHash = "id_hash"
+        case tokenHash = "token_hash"
+        case createdAt = "created_at"
+        case expiresAt = "expires_at"
+        case noticeStatus = "notice_status"
+        case noticeAt = "notice_at"
+    }
+}
+
 /// A session's predict rate bucket (`session_rates`): tokens left at `updatedAt` (seconds since 1970).
 struct SessionRateRecord: Codable, Sendable, Equatable {
     var sessionID: String

@@ -87,28 +87,24 @@ struct WebController {
         let text = (form["token"] ?? "").trimmingCharacters(in: .whitespaces).utf8
         let token = SecureBytes(count: text.count)
         token.withUnsafeMutableBytes { $0.copyBytes(from: text) }
-        // The session keeps the token for half an hour: in locked pages, or not at all.
-        guard state.webSessions.capacity > 0, token.lockInMemory() else {
-            state.signInLimiter.giveBack(address: address)
-            state.logger.warning("web sign-in refused: no locked memory for its token (RLIMIT_MEMLOCK)")
-            return signInPage(
-                next: next,
-                message: "The server has no locked memory left for a session: try again later.",
-                status: .serviceUnavailable
-            )
-        }
         let holder: TokenHolder
-        do { holder = try await TokenAuthorizer(state: state).authorize(token, role: .reader, target: "/signin") } catch {
+        do {
+            holder = try await TokenAuthorizer(state: state).authorize(role: .reader, target: "/signin") { () async throws(CofferRegistryError) in
+                try await registry.authenticateToken(token, auditing: false)
+            }
+        } catch {
             return signInPage(next: next, message: "Sign-in refused: \(WebPages.describe(error).1)", status: .unauthorized)
         }
         state.signInLimiter.giveBack(address: address)
         // A new sign-in ends the browser's earlier session: one cookie, one live session.
-        if let earlier = request.cookies[WebSessionAuthenticator.cookieName]?.value { state.webSessions.close(earlier) }
-        let (id, _) = state.webSessions.open(token: token, principal: holder.principal.name)
+        if let earlier = Self.sessionCookie(request) { try await registry.closeWebSession(cookie: earlier) }
+        let opened = try await registry.openWebSession(token: token, holder: holder)
+        // The cookie's text goes into a Set-Cookie header, which HTTPFields hold as a String, as the browser does.
+        let cookie = opened.cookie.withUnsafeBytes { String(decoding: $0, as: UTF8.self) }
         return WebPages.seeOther(
             next,
             cookies: [
-                WebSessionAuthenticator.cookie(id, maxAge: Int(WebSessions.lifetime)),
+                WebSessionAuthenticator.cookie(cookie, maxAge: Int(Registry.webSessionLifetime)),
                 Self.signInCookie("", maxAge: 0),
             ]
         )
@@ -116,12 +112,20 @@ struct WebController {
 
     /// `POST /signout`: ends the session and deletes its cookie.
     func signOut(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        if let id = request.cookies[WebSessionAuthenticator.cookieName]?.value { state.webSessions.close(id) }
+        if let cookie = Self.sessionCookie(request) { try await registry.closeWebSession(cookie: cookie) }
         return WebPages.seeOther("/signin", cookies: [WebSessionAuthenticator.cookie("", maxAge: 0)])
     }
 
+    /// The session cookie's value, in sodium memory.
+    static func sessionCookie(_ request: Request) -> SecureBytes? {
+        guard let value = request.cookies[WebSessionAuthenticator.cookieName]?.value else { return nil }
+        let cookie = SecureBytes(count: value.utf8.count)
+        cookie.withUnsafeMutableBytes { $0.copyBytes(from: value.utf8) }
+        return cookie
+    }
+
     private func signInPage(next: String, message: String?, status: HTTPResponse.Status) -> Response {
-        let csrf = WebSessions.randomHex()
+        let csrf = SecureBytes.random(count: 32).withUnsafeBytes { Digest.hex(Array($0)) }
         var values: [String: Any] = ["title": "Sign in", "formCSRF": csrf, "next": next]
         if let message { values["message"] = message }
         var response = pages.render("signin", values, session: nil, status: status)
@@ -138,8 +142,12 @@ struct WebController {
     /// `303 See Other` here, so reloading shows the refusal again rather than posting again); the models page when
     /// there is none, or it is older than two minutes.
     func notice(_ request: Request, context: CofferRequestContext) async throws -> Response {
-        guard let session = context.webSession, let notice = session.currentNotice() else { return WebPages.seeOther("/models") }
-        return pages.error(HTTPError(notice.status, message: notice.message), session: session, admin: context.holder?.scope == .admin)
+        guard let session = context.webSession, let notice = session.notice else { return WebPages.seeOther("/models") }
+        return pages.error(
+            HTTPError(WebPages.status(code: notice.status), message: notice.message),
+            session: session,
+            admin: context.holder?.scope == .admin
+        )
     }
 
     /// Where to go after signing in: a path on this server, else the models page (never another site: `//host`,

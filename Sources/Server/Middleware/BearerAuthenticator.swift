@@ -38,23 +38,30 @@ struct BearerAuthenticator: RouterMiddleware {
         let text = header.utf8.dropFirst("Bearer ".utf8.count)
         let secret = SecureBytes(count: text.count)
         secret.withUnsafeMutableBytes { $0.copyBytes(from: text) }
-        return try await TokenAuthorizer(state: state).authorize(secret, role: role, target: request.uri.path)
+        return try await TokenAuthorizer(state: state).authorize(role: role, target: request.uri.path) { () async throws(CofferRegistryError) in
+            try await state.registry.authenticateToken(secret, auditing: false)
+        }
     }
 }
 
-/// The one authorization path of a bearer token, for the API's `Authorization` header and the web pages' session
-/// (which holds the token it was signed in with): the registry authenticates the token, then its scope must allow
-/// the role. Refusals are counted and audited as ``BearerAuthenticator`` describes.
+/// The one authorization path of a bearer token, for the API's `Authorization` header, the sign-in form and the web
+/// pages' sessions (which keep the keyed hash of the token they were signed in with): the registry authenticates the
+/// token, then its scope must allow the role. Refusals are counted and audited as ``BearerAuthenticator`` describes.
 struct TokenAuthorizer {
     let state: ServerState
 
-    /// The holder of `secret`, if its scope allows `role`.
+    /// The holder `authenticate` finds (the registry's check of a token or of a token's hash), if its scope allows
+    /// `role`.
     ///
     /// - Throws: `HTTPError` 401 for a token the registry refuses, 403 for a scope that does not allow `role`.
-    func authorize(_ secret: borrowing SecureBytes, role: Role, target: String) async throws -> TokenHolder {
+    func authorize(
+        role: Role,
+        target: String,
+        _ authenticate: () async throws(CofferRegistryError) -> TokenHolder
+    ) async throws -> TokenHolder {
         do {
             let holder: TokenHolder
-            do { holder = try await state.registry.authenticateToken(secret, auditing: false) } catch {
+            do { holder = try await authenticate() } catch {
                 if case .unauthenticated(let reason) = error { state.refusals.add(principal: "-", action: "authenticate", reason: reason) }
                 throw error
             }

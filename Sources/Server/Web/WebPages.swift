@@ -1,4 +1,5 @@
 import CofferCrypto
+import CofferRegistry
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -61,7 +62,7 @@ struct WebPages: Sendable {
     func render(
         _ name: String,
         _ values: [String: Any],
-        session: WebSessions.Session?,
+        session: WebSession?,
         admin: Bool = false,
         status: HTTPResponse.Status = .ok
     ) -> Response {
@@ -82,7 +83,7 @@ struct WebPages: Sendable {
         _ name: String,
         _ values: [String: Any],
         showingOnce secret: borrowing SecureBytes,
-        session: WebSessions.Session?,
+        session: WebSession?,
         admin: Bool = false
     ) -> Response {
         var values = values
@@ -104,8 +105,17 @@ struct WebPages: Sendable {
         return Response(status: status, headers: headers, body: .init(byteBuffer: body))
     }
 
+    /// The status of a code kept with a notice, with its reason phrase (the heading of the page showing it).
+    static func status(code: Int) -> HTTPResponse.Status {
+        let known: [HTTPResponse.Status] = [
+            .badRequest, .unauthorized, .forbidden, .notFound, .methodNotAllowed, .conflict, .contentTooLarge, .unprocessableContent,
+            .tooManyRequests, .internalServerError, .serviceUnavailable,
+        ]
+        return known.first { $0.code == code } ?? HTTPResponse.Status(code: code)
+    }
+
     /// An error as a page: the status's reason as the heading, the error's one line as the message.
-    func error(_ error: any Error, session: WebSessions.Session?, admin: Bool = false) -> Response {
+    func error(_ error: any Error, session: WebSession?, admin: Bool = false) -> Response {
         let (status, message) = Self.describe(error)
         return render(
             "error",

@@ -3,10 +3,10 @@ import CofferRegistry
 import Foundation
 import Hummingbird
 
-/// Guards the signed-in pages: the `__Host-coffer_session` cookie must name a live session, whose bearer token is
-/// then authorized for `role` by ``TokenAuthorizer``, the API's own path (so a token revoked or expired since sign-in
-/// ends the session at once). A `POST` must carry the session's CSRF token in its `csrf` field. Errors below become
-/// pages; a refused `POST` is answered `303 See Other` to `GET /notice`, which shows the refusal (kept in the session),
+/// Guards the signed-in pages: the `__Host-coffer_session` cookie must name a live session of the registry
+/// (``Registry/webSession(cookie:now:)``, shared by every server), whose bearer token is then authorized for `role` by
+/// ``TokenAuthorizer``, the API's own path (so a token revoked or expired since sign-in ends the session at once). A `POST` must carry the session's CSRF token in its `csrf` field. Errors below become
+/// pages; a refused `POST` is answered `303 See Other` to `GET /notice`, which shows the refusal (kept with the session),
 /// so that reloading the page does not post the form again.
 ///
 /// Signed out (no cookie, an unknown or expired session, a token the registry now refuses): 303 to `/signin`.
@@ -18,18 +18,21 @@ struct WebSessionAuthenticator: RouterMiddleware {
     let role: Role
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let id = request.cookies[Self.cookieName]?.value, let session = state.webSessions.session(id) else {
+        guard let cookie = WebController.sessionCookie(request), let session = try await state.registry.webSession(cookie: cookie) else {
             return Self.signIn(after: request)
         }
         var context = context
         context.webSession = session
         do {
-            context.holder = try await TokenAuthorizer(state: state).authorize(session.token, role: role, target: request.uri.path)
+            context.holder = try await TokenAuthorizer(state: state).authorize(role: role, target: request.uri.path) {
+                () async throws(CofferRegistryError) in
+                try await state.registry.authenticateToken(hash: session.tokenHash, auditing: false)
+            }
         } catch let error as HTTPError where error.status == .unauthorized {
-            state.webSessions.close(id)
+            try await state.registry.closeWebSession(cookie: cookie)
             return Self.signIn(after: request)
         } catch {
-            return refuse(error, request, session: session, admin: false)
+            return try await refuse(error, request, session: session, admin: false)
         }
         do {
             if request.method == .post {
@@ -51,15 +54,16 @@ struct WebSessionAuthenticator: RouterMiddleware {
         } catch {
             // Answered as a page rather than thrown, so counted here as the request log counts the API's refusals.
             if (error as? CofferRegistryError)?.isRefusal == true { state.metrics.refusal() }
-            return refuse(error, request, session: session, admin: context.holder?.scope == .admin)
+            return try await refuse(error, request, session: session, admin: context.holder?.scope == .admin)
         }
     }
 
-    /// The error page of a refused `GET`; for a `POST`, the refusal kept in the session and a 303 to the page showing it.
-    private func refuse(_ error: any Error, _ request: Request, session: WebSessions.Session, admin: Bool) -> Response {
+    /// The error page of a refused `GET`; for a `POST`, the refusal kept with the session (in the metadata store, so
+    /// any server shows it) and a 303 to the page showing it.
+    private func refuse(_ error: any Error, _ request: Request, session: WebSession, admin: Bool) async throws -> Response {
         guard request.method == .post else { return state.pages.error(error, session: session, admin: admin) }
         let (status, message) = WebPages.describe(error)
-        session.setNotice(status: status, message: message)
+        try await state.registry.setWebNotice(WebSession.Notice(status: status.code, message: message), on: session)
         return WebPages.seeOther("/notice")
     }
 

@@ -932,6 +932,43 @@ final class PostgresMetadataStore: MetadataStore {
         }
     }
 
+    func addWebSession(_ record: WebSessionRecord, keepingAtMost: Int, now: String) async throws(CofferRegistryError) {
+        try await database.transaction { connection in
+            try await connection.rows("DELETE FROM web_sessions WHERE expires_at COLLATE \"C\" <= \(now)")
+            try await connection.rows(
+                """
+                DELETE FROM web_sessions WHERE id_hash IN (SELECT id_hash FROM web_sessions WHERE principal = \(record.principal)
+                ORDER BY created_at COLLATE "C" DESC OFFSET \(max(0, keepingAtMost - 1)))
+                """
+            )
+            try await connection.rows(
+                """
+                INSERT INTO web_sessions (id_hash, token_hash, principal, created_at, expires_at, binding)
+                VALUES (\(ByteBuffer(bytes: record.idHash)), \(ByteBuffer(bytes: record.tokenHash)), \(record.principal), \(record.createdAt),
+                \(record.expiresAt), \(ByteBuffer(bytes: record.binding)))
+                """
+            )
+        }
+    }
+
+    func webSession(idHash: Data) async throws(CofferRegistryError) -> WebSessionRecord? {
+        try await fetchOne(WebSessionRecord.self, "SELECT * FROM web_sessions WHERE id_hash = \(ByteBuffer(bytes: idHash))")
+    }
+
+    func removeWebSession(idHash: Data) async throws(CofferRegistryError) {
+        try await database.transaction { connection in
+            try await connection.rows("DELETE FROM web_sessions WHERE id_hash = \(ByteBuffer(bytes: idHash))")
+        }
+    }
+
+    func setWebNotice(idHash: Data, notice: String?, status: Int64?, at: String?) async throws(CofferRegistryError) {
+        try await database.transaction { connection in
+            try await connection.rows(
+                "UPDATE web_sessions SET notice = \(notice), notice_status = \(status), notice_at = \(at) WHERE id_hash = \(ByteBuffer(bytes: idHash))"
+            )
+        }
+    }
+
     func upload(id: String) async throws(CofferRegistryError) -> UploadRecord? {
         try await fetchOne(UploadRecord.self, "SELECT * FROM uploads WHERE id = \(id)")
     }

@@ -11,8 +11,9 @@ import PostgresNIO
 /// let rows = try await copy.run(audit: entry)                                // one transaction
 /// ```
 struct PostgresTableCopy: Sendable {
-    /// Tables whose rows stay behind: unfinished remote pushes, whose temporary files do not move with them.
-    static let skipped: Set<String> = ["uploads", "pending_blobs"]
+    /// Tables whose rows stay behind: unfinished remote pushes, whose temporary files do not move with them, and web
+    /// sign-in sessions (people sign in again).
+    static let skipped: Set<String> = ["uploads", "pending_blobs", "web_sessions"]
     /// Rows per `INSERT`: well under PostgreSQL's 65,535 parameters for the widest table, few round trips for the rest.
     static let batchRows = 500
 

@@ -677,6 +677,31 @@ final class SQLiteMetadataStore: MetadataStore {
         }
     }
 
+    func addWebSession(_ record: WebSessionRecord, keepingAtMost: Int, now: String) async throws(CofferRegistryError) {
+        try await write { db in
+            try WebSessionRecord.filter(WebSessionRecord.Columns.expiresAt <= now).deleteAll(db)
+            let own = try WebSessionRecord.filter(WebSessionRecord.Columns.principal == record.principal)
+                .order(WebSessionRecord.Columns.createdAt.desc).fetchAll(db)
+            for old in own.dropFirst(max(0, keepingAtMost - 1)) { try old.delete(db) }
+            try record.insert(db)
+        }
+    }
+
+    func webSession(idHash: Data) async throws(CofferRegistryError) -> WebSessionRecord? {
+        try await read { db in try WebSessionRecord.fetchOne(db, key: idHash) }
+    }
+
+    func removeWebSession(idHash: Data) async throws(CofferRegistryError) {
+        try await write { db in _ = try WebSessionRecord.deleteOne(db, key: idHash) }
+    }
+
+    func setWebNotice(idHash: Data, notice: String?, status: Int64?, at: String?) async throws(CofferRegistryError) {
+        try await write { db in
+            try db.cachedStatement(sql: "UPDATE web_sessions SET notice = ?, notice_status = ?, notice_at = ? WHERE id_hash = ?")
+                .execute(arguments: [notice, status, at, idHash])
+        }
+    }
+
     func upload(id: String) async throws(CofferRegistryError) -> UploadRecord? {
         try await read { db in try UploadRecord.fetchOne(db, key: id) }
     }

@@ -8,6 +8,16 @@ extension SessionRateRecord: FetchableRecord, PersistableRecord {
     static let databaseTableName = "session_rates"
 }
 
+extension WebSessionRecord: FetchableRecord, PersistableRecord {
+    static let databaseTableName = "web_sessions"
+    enum Columns {
+        static let idHash = Column(CodingKeys.idHash)
+        static let principal = Column(CodingKeys.principal)
+        static let createdAt = Column(CodingKeys.createdAt)
+        static let expiresAt = Column(CodingKeys.expiresAt)
+    }
+}
+
 extension LedgerRow: FetchableRecord, PersistableRecord {
     static let databaseTableName = "ledger"
     enum Columns {
