@@ -28,6 +28,8 @@ enum FuzzTarget: String, CaseIterable {
     /// A frame body on the agent's socket: a request (what a malicious client of the same uid sends the agent) and
     /// an answer (what a client reads from whatever listens at COFFER_AGENT_SOCK).
     case agentMessage = "agent-message"
+    /// A change request's text (`coffer approve cfr1....`), pasted from a page or from anywhere else.
+    case changeRequest = "change-request"
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -77,6 +79,11 @@ enum FuzzTarget: String, CaseIterable {
             guard let record = try? LedgerRecord(envelope: bytes) else { return }
             var state = LedgerState(registry: record.registry)
             try? state.apply(record)
+        case .changeRequest:
+            // What parses must say what it asks for, and be one of the kinds a page may ask for.
+            if let request = try? ChangeRequest(text: String(decoding: bytes, as: UTF8.self)), request.summary.isEmpty {
+                fatalError("a change request parses but asks for nothing")
+            }
         case .agentMessage:
             bytes.withUnsafeBytes { body in
                 // Secret fields are named by range, to be copied from the frame: a range must lie inside it.
