@@ -98,16 +98,9 @@ struct CofferProcess {
 }
 
 extension CofferProcess {
-    /// Runs a system tool and returns its exit status.
+    /// Runs a system tool (output discarded) and returns its exit status.
     static func runTool(_ path: String, _ args: [String]) throws -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = args
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        process.waitUntilExit()
-        return process.terminationStatus
+        Spawn.wait(try Spawn.start(path, args))
     }
 }
 
