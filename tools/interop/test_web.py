@@ -484,8 +484,7 @@ def test_a_sign_in_the_server_cannot_lock_memory_for_is_a_503(world, tmp_path):
 
 def test_a_server_with_tls_takes_posts_from_its_https_origin(world, tmp_path):
     """`coffer serve --tls-cert`: its own origin is https://host:port; a post naming the http origin is refused."""
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem"], check=True, capture_output=True)
+    cofferlib.self_signed_certificate(tmp_path)
     coffer = cofferlib.coffer_binary()
     port = cofferlib.free_port()
     base = f"https://127.0.0.1:{port}"

@@ -1,5 +1,6 @@
 import HTTPTypes
 public import Hummingbird
+public import HummingbirdCore
 public import Logging
 import NIOCore
 import ServiceLifecycle
@@ -15,7 +16,8 @@ import UnixSignals
 /// | `GET /v1/fl/status` | | 200 JSON of public facts |
 ///
 /// Signatures travel in `Coffer-Signature`; every refusal is a one-line `text/plain` body with the status of
-/// ``FederatedError/status``.
+/// ``FederatedError/status``. `server` is the channel set-up: plain HTTP/1.1 by default; `coffer fl serve` passes the
+/// same one as `coffer serve` (HTTPS with `--tls-cert`, a deadline on request heads).
 ///
 /// ```swift
 /// let app = buildFederationApplication(coordinator: coordinator, host: "127.0.0.1", port: 8450)
@@ -25,11 +27,13 @@ public func buildFederationApplication(
     coordinator: Coordinator,
     host: String,
     port: Int,
+    server: HTTPServerBuilder = .http1(),
     maximumBody: Int = 256 << 20,
     logger: Logger = Logger(label: "coffer.fl")
 ) -> some ApplicationProtocol {
     Application(
         router: buildFederationRouter(coordinator: coordinator, maximumBody: maximumBody, logger: logger),
+        server: server,
         configuration: .init(address: .hostname(host, port: port), serverName: "coffer-fl"),
         logger: logger
     )
@@ -92,7 +96,7 @@ extension FederatedError: HTTPResponseError {
         case .notInRound: .forbidden
         case .staleRound, .wrongStage, .duplicate, .recipeMismatch, .roundAborted: .conflict
         case .timeout: .gatewayTimeout
-        case .io, .transport: .internalServerError
+        case .io, .transport, .tlsFailed: .internalServerError
         default: .badRequest
         }
     }
@@ -116,12 +120,20 @@ public func maximumBody(parameters: Int) -> Int {
 /// Runs the federation behind its HTTP routes: serves until every round is done and the sites have had the final
 /// model, then shuts the server down gracefully. SIGTERM or SIGINT stop both at once.
 ///
+/// - Parameter server: the channel set-up (plain HTTP/1.1, or TLS: see ``buildFederationApplication(coordinator:host:port:server:maximumBody:logger:)``).
 /// - Returns: every round's record.
-public func runFederation(coordinator: Coordinator, host: String, port: Int, logger: Logger) async throws -> [RoundRecord] {
+public func runFederation(
+    coordinator: Coordinator,
+    host: String,
+    port: Int,
+    server: HTTPServerBuilder = .http1(),
+    logger: Logger
+) async throws -> [RoundRecord] {
     let app = buildFederationApplication(
         coordinator: coordinator,
         host: host,
         port: port,
+        server: server,
         maximumBody: maximumBody(parameters: coordinator.core.global.count),
         logger: logger
     )
