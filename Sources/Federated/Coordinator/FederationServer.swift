@@ -16,8 +16,9 @@ import UnixSignals
 /// | `GET /v1/fl/status` | | 200 JSON of public facts |
 ///
 /// Signatures travel in `Coffer-Signature`; every refusal is a one-line `text/plain` body with the status of
-/// ``FederatedError/status``. `server` is the channel set-up: plain HTTP/1.1 by default; `coffer fl serve` passes the
-/// same one as `coffer serve` (HTTPS with `--tls-cert`, a deadline on request heads).
+/// ``FederatedError/status`` (another method on a route: 405 with `Allow`); docs/openapi.yaml describes the routes.
+/// `server` is the channel set-up: plain HTTP/1.1 by default; `coffer fl serve` passes the same one as `coffer serve`
+/// (HTTPS with `--tls-cert`, a deadline on request heads).
 ///
 /// ```swift
 /// let app = buildFederationApplication(coordinator: coordinator, host: "127.0.0.1", port: 8450)
@@ -42,6 +43,11 @@ public func buildFederationApplication(
 /// The routes alone, for tests (`app.test(.router)`).
 public func buildFederationRouter(coordinator: Coordinator, maximumBody: Int, logger: Logger) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
+    router.add(
+        middleware: RouteMethods(routes: [
+            "/v1/fl/join": .post, "/v1/fl/poll": .post, "/v1/fl/submit": .post, "/v1/fl/status": .get, "/healthz": .get,
+        ])
+    )
     @Sendable func signedBody(_ request: Request) async throws -> SignedMessage {
         var request = request
         let buffer: ByteBuffer
@@ -85,6 +91,23 @@ public func buildFederationRouter(coordinator: Coordinator, maximumBody: Int, lo
     }
     router.get("/healthz") { _, _ in "ok\n" }
     return router
+}
+
+/// Answers a method a route does not take with 405, `Allow` and one `text/plain` line, as `coffer serve` does (the router
+/// alone would say 404, as if the path did not exist).
+struct RouteMethods: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    /// Each route's path and the one method it takes.
+    let routes: [String: HTTPRequest.Method]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let allowed = routes[request.uri.path], request.method != allowed else { return try await next(request, context) }
+        return Response(
+            status: .methodNotAllowed,
+            headers: [.allow: allowed.rawValue, .contentType: "text/plain; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(string: "\(request.method.rawValue) is not allowed here: use \(allowed.rawValue)\n"))
+        )
+    }
 }
 
 extension FederatedError: HTTPResponseError {
