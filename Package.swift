@@ -135,7 +135,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "CofferFuzz",
-            dependencies: ["CofferCrypto", "CofferRegistry", "CofferTraining"],
+            dependencies: ["CofferCrypto", "CofferRegistry", "CofferTraining", "CofferFederated"],
             path: "Sources/Fuzz",
             swiftSettings: swiftSettings
         ),

@@ -28,6 +28,10 @@ enum FuzzTarget: String, CaseIterable {
     /// A frame body on the agent's socket: a request (what a malicious client of the same uid sends the agent) and
     /// an answer (what a client reads from whatever listens at COFFER_AGENT_SOCK).
     case agentMessage = "agent-message"
+    /// A federated-training message: what a coordinator takes from a site (join, poll, each stage's submission, the
+    /// unmasking shares' plaintext) and what a site takes from its coordinator (each stage's task), signed so that
+    /// the content is reached (see ``FederatedFuzzing``).
+    case flMessage = "fl-message"
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -91,6 +95,8 @@ enum FuzzTarget: String, CaseIterable {
                     fatalError("data key \(key) outside a body of \(body.count) bytes")
                 }
             }
+        case .flMessage:
+            FederatedFuzzing.run(bytes)
         }
     }
 
