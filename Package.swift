@@ -122,10 +122,12 @@ let package = Package(
                 "CofferCrypto",
                 "CofferTraining",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Sources/Federated",
@@ -133,7 +135,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "CofferFuzz",
-            dependencies: ["CofferCrypto", "CofferRegistry", "CofferTraining"],
+            dependencies: ["CofferCrypto", "CofferRegistry", "CofferTraining", "CofferFederated"],
             path: "Sources/Fuzz",
             swiftSettings: swiftSettings
         ),

@@ -4,7 +4,7 @@ public import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import NIOSSL
+public import NIOSSL
 import Synchronization
 
 /// A client of a registry served by `coffer serve` (docs/openapi.yaml), over async-http-client.
@@ -193,6 +193,27 @@ public final class CofferClient: Sendable {
     }
 }
 
+/// A TLS client configuration that trusts the certificates in `caCertificate` (PEM) instead of the system's roots:
+/// how every client of a Coffer server (`--ca-cert`, `COFFER_CA_CERT`, the config file's `ca_cert`) trusts one started
+/// with its own `--tls-cert`.
+///
+/// ```swift
+/// var configuration = HTTPClient.Configuration()
+/// configuration.tlsConfiguration = try clientTLS(trusting: "ca.pem")
+/// ```
+///
+/// - Throws: ``CofferClientError/invalidInput(_:)`` when the file cannot be read or holds no certificate.
+public func clientTLS(trusting caCertificate: String) throws(CofferClientError) -> TLSConfiguration {
+    let certificates: [NIOSSLCertificate]
+    do { certificates = try NIOSSLCertificate.fromPEMFile(caCertificate) } catch {
+        throw .invalidInput("\(caCertificate) is not a readable PEM certificate file")
+    }
+    guard !certificates.isEmpty else { throw .invalidInput("\(caCertificate) is not a readable PEM certificate file: it holds none") }
+    var tls = TLSConfiguration.makeClientConfiguration()
+    tls.trustRoots = .certificates(certificates)
+    return tls
+}
+
 /// One `HTTPClient` per CA file for the whole process: clients keep their connections alive across calls, and an
 /// `HTTPClient` must be shut down before it is released, which a `Sendable` client has no moment to do.
 enum HTTPClients {
@@ -208,16 +229,7 @@ enum HTTPClients {
         // A refused connection is reported at once instead of retried until the connect timeout.
         configuration.connectionPool.retryConnectionEstablishment = false
         configuration.decompression = .disabled
-        if let caCertificate {
-            let certificates: [NIOSSLCertificate]
-            do { certificates = try NIOSSLCertificate.fromPEMFile(caCertificate) } catch {
-                throw .invalidInput("\(caCertificate) is not a readable PEM certificate file")
-            }
-            guard !certificates.isEmpty else { throw .invalidInput("\(caCertificate) is not a readable PEM certificate file: it holds none") }
-            var tls = TLSConfiguration.makeClientConfiguration()
-            tls.trustRoots = .certificates(certificates)
-            configuration.tlsConfiguration = tls
-        }
+        if let caCertificate { configuration.tlsConfiguration = try clientTLS(trusting: caCertificate) }
         let made = HTTPClient(eventLoopGroup: MultiThreadedEventLoopGroup.singleton, configuration: configuration)
         return clients.withLock { clients in
             if let existing = clients[key] {

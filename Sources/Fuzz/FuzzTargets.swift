@@ -30,6 +30,10 @@ enum FuzzTarget: String, CaseIterable {
     case agentMessage = "agent-message"
     /// A change request's text (`coffer approve cfr1....`), pasted from a page or from anywhere else.
     case changeRequest = "change-request"
+    /// A federated-training message: what a coordinator takes from a site (join, poll, each stage's submission, the
+    /// unmasking shares' plaintext) and what a site takes from its coordinator (each stage's task), signed so that
+    /// the content is reached (see ``FederatedFuzzing``).
+    case flMessage = "fl-message"
 
     func run(_ bytes: [UInt8]) {
         switch self {
@@ -98,6 +102,8 @@ enum FuzzTarget: String, CaseIterable {
                     fatalError("data key \(key) outside a body of \(body.count) bytes")
                 }
             }
+        case .flMessage:
+            FederatedFuzzing.run(bytes)
         }
     }
 

@@ -4,7 +4,7 @@ public import CofferRegistry
 import CofferTraining
 public import Foundation
 public import Hummingbird
-import HummingbirdCore
+public import HummingbirdCore
 import HummingbirdTLS
 public import Logging
 public import NIOCore
@@ -133,16 +133,29 @@ public func buildApplication(
     )
 }
 
-/// HTTP/1.1, over TLS when the configuration names a certificate and key (refused with one line when they do not load).
-/// A connection that has not sent a whole request head within `headerTimeout` (of opening, or of its last request)
-/// is closed, and one idle for a minute between requests too.
 func httpServer(_ configuration: ServerConfiguration) throws -> HTTPServerBuilder {
-    let timeout = configuration.headerTimeout
+    try httpServer(tls: configuration.tls, headerTimeout: configuration.headerTimeout)
+}
+
+/// HTTP/1.1, over TLS when `tls` names a certificate and key (refused with one line when they do not load): how
+/// `coffer serve` and `coffer fl serve` listen. A connection that has not sent a whole request head within
+/// `headerTimeout` (of opening, or of its last request) is closed, and one idle for a minute between requests too.
+///
+/// ```swift
+/// let app = Application(router: router, server: try httpServer(tls: (certificate: "cert.pem", privateKey: "key.pem")))
+/// ```
+///
+/// - Parameters:
+///   - tls: PEM certificate chain and private key files; `nil` for plain HTTP.
+///   - headerTimeout: how long a client may take to send a request's headers.
+/// - Returns: the server's channel set-up, for Hummingbird's `Application(server:)`.
+/// - Throws: ``CofferRegistryError/io(path:reason:)`` when the certificate or key does not load.
+public func httpServer(tls: (certificate: String, privateKey: String)?, headerTimeout: TimeAmount = .seconds(10)) throws -> HTTPServerBuilder {
     let http1 = HTTP1Channel.Configuration(
-        additionalChannelHandlers: [HeaderDeadlineHandler(timeout: timeout)],
+        additionalChannelHandlers: [HeaderDeadlineHandler(timeout: headerTimeout)],
         idleTimeout: .seconds(60)
     )
-    guard let tls = configuration.tls else { return .http1(configuration: http1) }
+    guard let tls else { return .http1(configuration: http1) }
     do {
         let chain = try NIOSSLCertificate.fromPEMFile(tls.certificate).map { NIOSSLCertificateSource.certificate($0) }
         let key = try NIOSSLPrivateKey(file: tls.privateKey, format: .pem)

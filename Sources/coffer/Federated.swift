@@ -1,10 +1,13 @@
 import ArgumentParser
+import CofferClient
 import CofferCrypto
 import CofferFederated
 import CofferRegistry
+import CofferServer
 import CofferTraining
 import Foundation
 import Logging
+import NIOSSL
 
 #if canImport(Glibc)
 import Glibc
@@ -82,19 +85,6 @@ enum Federation {
         return try check { () throws(FederatedError) in try FederatedRecipe(recipe) }
     }
 
-    /// `HOST:PORT`, refusing plain HTTP beyond loopback unless `insecure`.
-    static func listenAddress(_ listen: String, insecure: Bool) throws -> (String, Int) {
-        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else {
-            throw CLIError("--listen takes HOST:PORT, got '\(listen)'")
-        }
-        let host = String(listen[..<colon])
-        let loopback = host == "127.0.0.1" || host == "::1" || host == "localhost"
-        guard loopback || insecure else {
-            throw CLIError("plain HTTP on \(host) would expose the global model on the network: listen on 127.0.0.1, or pass --insecure")
-        }
-        return (host, port)
-    }
-
     /// The global model as a checkpoint (`model.safetensors`, `privacy.json`) in `directory`.
     static func writeCheckpoint(
         _ model: MultiTaskModel,
@@ -149,7 +139,7 @@ extension Coffer.Federated {
         ) var identity: String?
         @Option(name: .long, help: "An enrolled site's public identity (NAME.pub); repeat for each site.") var site: [String] = []
         @Option(name: .long, help: "HOST:PORT to listen on.") var listen: String = "127.0.0.1:8450"
-        @Flag(name: .long, help: "Allow plain HTTP on an address other than loopback.") var insecure = false
+        @OptionGroup var listening: ListenOptions
         @OptionGroup var federation: FederationOptions
         @Option(name: .long, help: "Seconds a site has to train and advertise its keys.") var trainTimeout: Double = 600
         @Option(name: .long, help: "Seconds a site has for each later stage.") var stageTimeout: Double = 60
@@ -169,7 +159,9 @@ extension Coffer.Federated {
         }
 
         func run() async throws {
-            let (host, port) = try Federation.listenAddress(listen, insecure: insecure)
+            let address = try listening.address(listen, exposing: "the global model")
+            // A certificate that does not load is refused now, before any site trains.
+            let server = try httpServer(tls: address.tls)
             var configuration = try federation.configuration()
             configuration.trainTimeout = trainTimeout
             configuration.stageTimeout = stageTimeout
@@ -202,11 +194,11 @@ extension Coffer.Federated {
                 return logger
             }()
             Federation.line(
-                "coordinating \(sites.count) sites on http://\(host):\(port) (session \(core.sessionHex.prefix(8)), \(configuration.mechanism))"
+                "coordinating \(sites.count) sites on \(address.url) (session \(core.sessionHex.prefix(8)), \(configuration.mechanism))"
             )
             let records: [RoundRecord]
             do {
-                records = try await runFederation(coordinator: coordinator, host: host, port: port, logger: logger)
+                records = try await runFederation(coordinator: coordinator, host: address.host, port: address.port, server: server, logger: logger)
             } catch let error as FederatedError {
                 throw CLIError(error.description)
             }
@@ -381,7 +373,9 @@ extension Coffer.Federated {
             commandName: "join",
             abstract: "Take part in a federation as a site: train on your own CSV, send only signed keys, encrypted shares and masked updates."
         )
-        @Option(name: .long, help: "The coordinator's URL (http://HOST:PORT).") var coordinator: String
+        @Option(name: .long, help: "The coordinator's URL (https://HOST:PORT, or http:// on loopback).") var coordinator: String
+        @Option(name: .long, help: "PEM certificates to trust for an https coordinator instead of the system's (default: $COFFER_CA_CERT).")
+        var caCert: String?
         @Option(name: .long, help: "The coordinator's public identity (NAME.pub): every task must carry its signature.") var coordinatorKey: String
         @Option(name: .long, help: "The shared training recipe (the same as the coordinator's).") var recipe: String
         @Option(name: .long, help: "Your own CSV (replaces the recipe's data).") var data: String
@@ -397,6 +391,11 @@ extension Coffer.Federated {
         @Flag(name: .long, help: "Print the final report as JSON.") var json = false
 
         func run() async throws {
+            // The same trust as every other client of a Coffer server: --ca-cert, COFFER_CA_CERT, the config file's ca_cert.
+            var tls: TLSConfiguration?
+            if let path = caCert ?? UserConfig.value(.caCert) {
+                do { tls = try clientTLS(trusting: path) } catch { throw CLIError(error.description) }
+            }
             let recipe = try Federation.recipe(self.recipe)
             let coordinatorIdentity = try PublicIdentity(contentsOf: coordinatorKey)
             let peers = peer.isEmpty ? nil : try peer.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
@@ -417,7 +416,7 @@ extension Coffer.Federated {
             }
             let quiet = json
             site.log = { line in if !quiet { print(line) } else { Federation.line(line) } }
-            let runner = try Federation.check { () throws(FederatedError) in try SiteRunner(site: site, coordinator: coordinator) }
+            let runner = try Federation.check { () throws(FederatedError) in try SiteRunner(site: site, coordinator: coordinator, tls: tls) }
             let summary: String
             do { summary = try await runner.run() } catch { throw CLIError(error.description) }
             if let out, let model = site.latestModel, let standardisation = site.standardisation {

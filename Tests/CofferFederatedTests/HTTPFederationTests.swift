@@ -194,6 +194,15 @@ struct HTTPFederationTests {
             try await client.execute(uri: "/v1/fl/status", method: .get) { response in
                 #expect(String(buffer: response.body).contains("\"joined\":\"1\""))
             }
+            // Another method on a route: 405 naming the one it takes (docs/openapi.yaml), not 404.
+            for (uri, method, allowed) in [("/v1/fl/join", HTTPRequest.Method.get, "POST"), ("/v1/fl/status", .delete, "GET")] {
+                try await client.execute(uri: uri, method: method) { response in
+                    #expect(response.status == .methodNotAllowed)
+                    #expect(response.headers[.allow] == allowed)
+                    #expect(String(buffer: response.body) == "\(method.rawValue) is not allowed here: use \(allowed)\n")
+                }
+            }
+            try await client.execute(uri: "/v1/fl/nothing", method: .get) { response in #expect(response.status == .notFound) }
         }
     }
 }

@@ -116,6 +116,21 @@ struct RefusalTests {
         #expect(stale?.description == "site \(keyID) sent a message for round 1, the current round is 2")
     }
 
+    /// A coordinator's task naming a round no u32 holds (rounds are u32le in every signed or derived message) is
+    /// refused by the site with one line; it trapped the site converting it (found by the fl-message fuzz target, whose
+    /// input is kept in tools/fuzz/regressions/fl-message).
+    @Test(arguments: [-1, Int(UInt32.max) + 1, Int.min])
+    func aTaskWithARoundOutsideU32IsRefusedNotTrapped(round: Int) throws {
+        let fixture = try FederationFixture(sites: 3, rowsPerSite: 200)
+        let core = try fixture.core(Self.configuration())
+        let sites = try Self.started(fixture, core)
+        core.taskFilter = { task in task.round = round }
+        #expect(core.startRound(1) == nil)
+        let task = try #require(core.task(for: sites[0].keyID, after: sites[0].lastSeq))
+        let error = #expect(throws: FederatedError.self) { _ = try sites[0].handle(task) }
+        #expect(error?.description == "malformed message: round \(round) is not a 32-bit round number")
+    }
+
     @Test func aSiteThatJoinsAfterTheStartIsRefused() throws {
         let fixture = try FederationFixture(sites: 4, rowsPerSite: 200)
         let core = try fixture.core(Self.configuration())

@@ -3,11 +3,20 @@
 DP-FedAvg's rounds are steps of the Poisson-subsampled Gaussian mechanism over sites (McMahan et al. 2018): sampling
 rate q, noise multiplier sigma, one step per round. dp_accounting must give the same epsilon for the same
 (q, sigma, rounds): RDP exactly (1e-6 relative, same optimal order), PLD never below and within 1%.
+
+And `coffer fl serve` over TLS with `coffer fl join` sites as real processes: the coordinator's certificate is
+trusted only when a site is given it (`--ca-cert`, as for every client of a Coffer server).
 """
 import itertools
 import json
 import math
+import os
+import ssl
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +27,8 @@ from dp_accounting.rdp import rdp_privacy_accountant
 from test_interop import COFFER
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "lib"))
+import cofferlib  # noqa: E402
 RATES = [0.01, 0.1, 1.0]
 SIGMAS = [0.7, 1.0, 5.0]
 ROUNDS = [1, 50, 1000]
@@ -85,3 +96,100 @@ def test_a_simulated_dp_federation_accounts_its_rounds_as_dp_accounting_does(tmp
     assert pld <= privacy["epsilon_pld"] <= pld * 1.01
     assert privacy["epsilon"] == min(privacy["epsilon_rdp"], privacy["epsilon_pld"])
     assert not math.isnan(report["seconds"])
+
+
+def fl_sites(tmp_path, env, sites, rows):
+    """Keys for a coordinator and `sites` sites, each site's shard of the RAND data (every `sites`-th row), a recipe."""
+    for name in ["coordinator"] + [f"site{i}" for i in range(sites)]:
+        cofferlib.keygen(COFFER, tmp_path / name, env)
+    lines = (HERE.parent.parent / "data" / "randhie.csv").read_text().splitlines()
+    for i in range(sites):
+        (tmp_path / f"site{i}.csv").write_text("\n".join([lines[0]] + lines[1 + i::sites][:rows]) + "\n")
+    recipe = {"data": "unused.csv", "features": ["lncoins", "idp", "lpi", "fmde", "disea"],
+              "tasks": [{"name": "limited", "kind": "binary", "column": "physlm", "threshold": 0.5}],
+              "trunk": [8], "epochs": 1, "learning_rate": 0.05, "expected_batch_size": 64, "privacy": False, "seed": 1}
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+
+
+def fl_join(tmp_path, env, site, url, *extra):
+    return subprocess.Popen([COFFER, "fl", "join", "--coordinator", url, "--coordinator-key", tmp_path / "coordinator.pub",
+                             "--recipe", tmp_path / "recipe.json", "--data", tmp_path / f"site{site}.csv",
+                             "--identity", tmp_path / f"site{site}.key", *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_fl_serve_over_tls_federates_sites_that_trust_its_certificate_and_no_other(tmp_path):
+    env = cofferlib.environment(tmp_path)
+    env.pop("COFFER_CA_CERT", None)
+    fl_sites(tmp_path, env, 3, 300)
+    cert, key = cofferlib.self_signed_certificate(tmp_path / "tls")
+    other, _ = cofferlib.self_signed_certificate(tmp_path / "other")
+    port = cofferlib.free_port()
+    url = f"https://127.0.0.1:{port}"
+    serve = subprocess.Popen([COFFER, "fl", "serve", "--recipe", tmp_path / "recipe.json", "--identity", tmp_path / "coordinator.key",
+                              "--listen", f"127.0.0.1:{port}", "--tls-cert", cert, "--tls-key", key, "--rounds", "2",
+                              "--join-timeout", "120", "--json", *[a for i in range(3) for a in ("--site", tmp_path / f"site{i}.pub")]],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sites = []
+    try:
+        # Its status route answers over TLS, to a client that trusts the certificate.
+        context = ssl.create_default_context(cafile=cert)
+        status = None
+        for _ in range(400):
+            try:
+                with urllib.request.urlopen(f"{url}/v1/fl/status", context=context, timeout=5) as response:
+                    status = json.loads(response.read())
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert serve.poll() is None, serve.communicate()[1]
+                time.sleep(0.05)
+        assert status and status["enrolled"] == "3" and status["joined"] == "0", status
+
+        # An enrolled site that does not trust the certificate (the system's roots, or another CA) stops at once with
+        # one line, having sent nothing: no retries for two minutes, no join.
+        for extra in ([], ["--ca-cert", other]):
+            start = time.monotonic()
+            refused = fl_join(tmp_path, env, 0, url, *extra)
+            out, err = refused.communicate(timeout=60)
+            assert refused.returncode == 1, (out, err)
+            assert err == f"coffer: cannot reach the coordinator: {url}: its TLS certificate is not trusted " \
+                          "(give fl join the CA that issued it: --ca-cert or COFFER_CA_CERT)\n", err
+            assert time.monotonic() - start < 30
+        with urllib.request.urlopen(f"{url}/v1/fl/status", context=context, timeout=5) as response:
+            assert json.loads(response.read())["joined"] == "0"
+
+        # The sites that trust it (by flag, or by COFFER_CA_CERT as every other client) federate: two rounds aggregated.
+        sites = [fl_join(tmp_path, env, i, url, "--ca-cert", cert, "--rounds", "2") for i in range(2)]
+        sites.append(fl_join(tmp_path, dict(env, COFFER_CA_CERT=str(cert)), 2, url, "--rounds", "2"))
+        out, err = serve.communicate(timeout=300)
+        assert serve.returncode == 0, err
+        assert f"coffer fl: coordinating 3 sites on {url} " in err, err
+        report = json.loads(out)
+        assert report["aggregated"] == 2 and [r["sites"] for r in report["rounds"]] == [3, 3], report
+        for site in sites:
+            out, err = site.communicate(timeout=60)
+            assert site.returncode == 0, err
+            assert "federation over: 2 rounds, 2 aggregated; this site trained in 2 rounds" in out, out
+    finally:
+        for process in [serve, *sites]:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def test_fl_serve_refuses_plain_http_beyond_loopback_and_half_a_tls_pair(tmp_path):
+    env = cofferlib.environment(tmp_path)
+    fl_sites(tmp_path, env, 3, 10)
+    cert, _ = cofferlib.self_signed_certificate(tmp_path / "tls")
+    base = [COFFER, "fl", "serve", "--recipe", tmp_path / "recipe.json", "--identity", tmp_path / "coordinator.key",
+            *[a for i in range(3) for a in ("--site", tmp_path / f"site{i}.pub")]]
+    for extra, line in ((["--listen", "0.0.0.0:8450"], "coffer: plain HTTP on 0.0.0.0 would expose the global model on the network: "
+                         "listen on 127.0.0.1, give --tls-cert and --tls-key, or pass --insecure\n"),
+                        (["--tls-cert", cert], "coffer: --tls-cert and --tls-key go together\n"),
+                        (["--tls-cert", cert, "--tls-key", tmp_path / "missing.pem"], None)):
+        refused = subprocess.run([*base, *extra], env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+        if line:
+            assert refused.stderr == line, refused.stderr
+        else:
+            assert "cannot load the TLS certificate or key" in refused.stderr, refused.stderr

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +15,9 @@ from pathlib import Path
 import yaml
 
 from test_interop import COFFER, ENV, coffer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lib"))
+import cofferlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -375,9 +379,7 @@ def test_serve_over_tls_with_a_given_certificate(tmp_path):
     (tmp_path / "model" / "weights.bin").write_bytes(os.urandom(3 << 20))
     coffer("push", "m", tmp_path / "model", *admin)
     token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem"], check=True, capture_output=True)
+    cofferlib.self_signed_certificate(tmp_path)
     port = free_port()
     server = subprocess.Popen([COFFER, "serve", "--home", home, "--listen", f"127.0.0.1:{port}", "--tls-cert", tmp_path / "cert.pem",
                                "--tls-key", tmp_path / "key.pem"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

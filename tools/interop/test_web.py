@@ -521,8 +521,7 @@ def test_a_page_on_another_port_cannot_sign_the_browser_in(driver, world):
 
 def test_a_server_with_tls_takes_posts_from_its_https_origin(world, tmp_path):
     """`coffer serve --tls-cert`: its own origin is https://host:port; a post naming the http origin is refused."""
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", tmp_path / "key.pem", "-out", tmp_path / "cert.pem"], check=True, capture_output=True)
+    cofferlib.self_signed_certificate(tmp_path)
     coffer = cofferlib.coffer_binary()
     port = cofferlib.free_port()
     base = f"https://127.0.0.1:{port}"

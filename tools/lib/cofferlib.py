@@ -49,6 +49,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def self_signed_certificate(directory, host="127.0.0.1"):
+    """A P-256 certificate for `host` (an IP address, in its subjectAltName) valid for a day, made by openssl, for
+    servers started with `--tls-cert`; returns the paths of (cert.pem, key.pem) in `directory`. Trusting the cert
+    (`--ca-cert`) is trusting the server."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    os.makedirs(directory, exist_ok=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+                    "-subj", f"/CN={host}", "-addext", f"subjectAltName=IP:{host}", "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
 def start_server(coffer, home, env, log_path, *extra, port=None):
     """Starts `coffer serve` (on `port`, else a free one) and waits for /healthz; returns (process, base URL, log file
     opened for reading back).

@@ -1,5 +1,6 @@
 import HTTPTypes
 public import Hummingbird
+public import HummingbirdCore
 public import Logging
 import NIOCore
 import ServiceLifecycle
@@ -15,7 +16,9 @@ import UnixSignals
 /// | `GET /v1/fl/status` | | 200 JSON of public facts |
 ///
 /// Signatures travel in `Coffer-Signature`; every refusal is a one-line `text/plain` body with the status of
-/// ``FederatedError/status``.
+/// ``FederatedError/status`` (another method on a route: 405 with `Allow`); docs/openapi.yaml describes the routes.
+/// `server` is the channel set-up: plain HTTP/1.1 by default; `coffer fl serve` passes the same one as `coffer serve`
+/// (HTTPS with `--tls-cert`, a deadline on request heads).
 ///
 /// ```swift
 /// let app = buildFederationApplication(coordinator: coordinator, host: "127.0.0.1", port: 8450)
@@ -25,11 +28,13 @@ public func buildFederationApplication(
     coordinator: Coordinator,
     host: String,
     port: Int,
+    server: HTTPServerBuilder = .http1(),
     maximumBody: Int = 256 << 20,
     logger: Logger = Logger(label: "coffer.fl")
 ) -> some ApplicationProtocol {
     Application(
         router: buildFederationRouter(coordinator: coordinator, maximumBody: maximumBody, logger: logger),
+        server: server,
         configuration: .init(address: .hostname(host, port: port), serverName: "coffer-fl"),
         logger: logger
     )
@@ -38,6 +43,11 @@ public func buildFederationApplication(
 /// The routes alone, for tests (`app.test(.router)`).
 public func buildFederationRouter(coordinator: Coordinator, maximumBody: Int, logger: Logger) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
+    router.add(
+        middleware: RouteMethods(routes: [
+            "/v1/fl/join": .post, "/v1/fl/poll": .post, "/v1/fl/submit": .post, "/v1/fl/status": .get, "/healthz": .get,
+        ])
+    )
     @Sendable func signedBody(_ request: Request) async throws -> SignedMessage {
         var request = request
         let buffer: ByteBuffer
@@ -83,6 +93,23 @@ public func buildFederationRouter(coordinator: Coordinator, maximumBody: Int, lo
     return router
 }
 
+/// Answers a method a route does not take with 405, `Allow` and one `text/plain` line, as `coffer serve` does (the router
+/// alone would say 404, as if the path did not exist).
+struct RouteMethods: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    /// Each route's path and the one method it takes.
+    let routes: [String: HTTPRequest.Method]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let allowed = routes[request.uri.path], request.method != allowed else { return try await next(request, context) }
+        return Response(
+            status: .methodNotAllowed,
+            headers: [.allow: allowed.rawValue, .contentType: "text/plain; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(string: "\(request.method.rawValue) is not allowed here: use \(allowed.rawValue)\n"))
+        )
+    }
+}
+
 extension FederatedError: HTTPResponseError {
     /// 401 for who-are-you failures, 403 for sites outside the round, 409 for stale, duplicate and out-of-stage
     /// messages and recipe mismatches, 400 for malformed content.
@@ -92,7 +119,7 @@ extension FederatedError: HTTPResponseError {
         case .notInRound: .forbidden
         case .staleRound, .wrongStage, .duplicate, .recipeMismatch, .roundAborted: .conflict
         case .timeout: .gatewayTimeout
-        case .io, .transport: .internalServerError
+        case .io, .transport, .tlsFailed: .internalServerError
         default: .badRequest
         }
     }
@@ -116,12 +143,20 @@ public func maximumBody(parameters: Int) -> Int {
 /// Runs the federation behind its HTTP routes: serves until every round is done and the sites have had the final
 /// model, then shuts the server down gracefully. SIGTERM or SIGINT stop both at once.
 ///
+/// - Parameter server: the channel set-up (plain HTTP/1.1, or TLS: see ``buildFederationApplication(coordinator:host:port:server:maximumBody:logger:)``).
 /// - Returns: every round's record.
-public func runFederation(coordinator: Coordinator, host: String, port: Int, logger: Logger) async throws -> [RoundRecord] {
+public func runFederation(
+    coordinator: Coordinator,
+    host: String,
+    port: Int,
+    server: HTTPServerBuilder = .http1(),
+    logger: Logger
+) async throws -> [RoundRecord] {
     let app = buildFederationApplication(
         coordinator: coordinator,
         host: host,
         port: port,
+        server: server,
         maximumBody: maximumBody(parameters: coordinator.core.global.count),
         logger: logger
     )

@@ -178,39 +178,16 @@ public final class SecAggAggregator {
         let masked = Set(completed[.masked] ?? [])
         let sent = Set(completed[.share] ?? [])
         let mine = Set(neighbours(of: index))
-        let wantSeeds = masked.intersection(mine.union([index]))
-        let wantKeys = sent.subtracting(masked).intersection(mine)
         // Parse into positions first; store only once the whole submission is valid.
-        var entries: [(owner: Int, offset: Int)] = []
-        try plaintext.withUnsafeBytes { (raw: UnsafeRawBufferPointer) throws(FederatedError) in
-            var offset = 0
-            func read() throws(FederatedError) -> Int {
-                guard offset + 4 <= raw.count else { throw .malformedShare("site \(site(index)) sent a truncated list of shares") }
-                defer { offset += 4 }
-                return Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
-            }
-            for want in [wantSeeds, wantKeys] {
-                let count = try read()
-                var got = Set<Int>()
-                for _ in 0..<min(count, indices.count) {
-                    let owner = try read()
-                    guard offset + 40 <= raw.count else { throw .malformedShare("site \(site(index)) sent a truncated share") }
-                    do throws(FederatedError) {
-                        try Shamir.validate(share: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + 40)]))
-                    } catch {
-                        throw .malformedShare("site \(site(index)) sent a malformed share of site \(site(owner)): \(error.description)")
-                    }
-                    guard got.insert(owner).inserted else { throw .malformedShare("site \(site(index)) sent two shares of site \(site(owner))") }
-                    entries.append((owner, offset))
-                    offset += 40
-                }
-                guard got == want else {
-                    throw .malformedShare(
-                        "site \(site(index)) released shares of \(got.count) sites, \(want.count) were due (seeds of survivors, keys of dropouts)"
-                    )
-                }
-            }
-            guard offset == raw.count else { throw .malformedShare("site \(site(index)) sent bytes after its shares") }
+        let entries = try plaintext.withUnsafeBytes { (raw: UnsafeRawBufferPointer) throws(FederatedError) -> [(owner: Int, offset: Int)] in
+            try Self.parseReleasedShares(
+                raw,
+                seeds: masked.intersection(mine.union([index])),
+                keys: sent.subtracting(masked).intersection(mine),
+                limit: indices.count,
+                sender: site(index),
+                name: site
+            )
         }
         let holder = position(of: index)
         store.withUnsafeMutableBytes { out in
@@ -222,6 +199,55 @@ public final class SecAggAggregator {
                 }
             }
         }
+    }
+
+    /// Parses the plaintext of a site's unmasking shares: for the seeds, then for the mask keys, `u32le(count)` and
+    /// `count` times `u32le(owner) || share (40 bytes)`, with nothing after. Each list must name exactly the owners due
+    /// (`seeds`, `keys`), once each, and every share must be a valid point (``Shamir/validate(share:)``).
+    ///
+    /// - Parameters:
+    ///   - limit: at most this many entries are read per list (the roster's size).
+    ///   - sender: the sending site, and `name` the site of an index, for the refusals.
+    /// - Returns: each share's owner and its offset in `raw`; `offset + 40 <= raw.count` for every one.
+    /// - Throws: ``FederatedError/malformedShare(_:)`` naming what is wrong.
+    package static func parseReleasedShares(
+        _ raw: UnsafeRawBufferPointer,
+        seeds: Set<Int>,
+        keys: Set<Int>,
+        limit: Int,
+        sender: String,
+        name: (Int) -> String
+    ) throws(FederatedError) -> [(owner: Int, offset: Int)] {
+        var entries: [(owner: Int, offset: Int)] = []
+        var offset = 0
+        func read() throws(FederatedError) -> Int {
+            guard offset + 4 <= raw.count else { throw .malformedShare("site \(sender) sent a truncated list of shares") }
+            defer { offset += 4 }
+            return Int(UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+        }
+        for want in [seeds, keys] {
+            let count = try read()
+            var got = Set<Int>()
+            for _ in 0..<min(count, limit) {
+                let owner = try read()
+                guard offset + 40 <= raw.count else { throw .malformedShare("site \(sender) sent a truncated share") }
+                do throws(FederatedError) {
+                    try Shamir.validate(share: UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + 40)]))
+                } catch {
+                    throw .malformedShare("site \(sender) sent a malformed share of site \(name(owner)): \(error.description)")
+                }
+                guard got.insert(owner).inserted else { throw .malformedShare("site \(sender) sent two shares of site \(name(owner))") }
+                entries.append((owner, offset))
+                offset += 40
+            }
+            guard got == want else {
+                throw .malformedShare(
+                    "site \(sender) released shares of \(got.count) sites, \(want.count) were due (seeds of survivors, keys of dropouts)"
+                )
+            }
+        }
+        guard offset == raw.count else { throw .malformedShare("site \(sender) sent bytes after its shares") }
+        return entries
     }
 
     // MARK: - Stages

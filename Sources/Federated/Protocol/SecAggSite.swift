@@ -48,6 +48,9 @@ public final class SecAggSite {
 
     public init(session: [UInt8], round: Int, me: Int, roster: [Int: PublicIdentity], parameters: RoundParameters) throws(FederatedError) {
         guard session.count == 16 else { throw .malformedMessage("a session id is 16 bytes") }
+        // Signatures, associated data and derivations carry the round as u32le: a round the coordinator names outside
+        // it is refused here, before anything converts it (it trapped the site: the fl-message fuzz target).
+        guard (0...Int(UInt32.max)).contains(round) else { throw .malformedMessage("round \(round) is not a 32-bit round number") }
         let indices = roster.keys.sorted()
         guard indices.contains(me) else { throw .notInRound("this site is not in the roster of round \(round)") }
         guard indices.allSatisfy({ $0 >= 1 && $0 <= UInt32.max }) else { throw .malformedMessage("roster indices must be positive") }

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 /// What the coordinator answered: status, its signature header, body.
 struct HTTPAnswer: Sendable {
@@ -11,28 +12,59 @@ struct HTTPAnswer: Sendable {
 }
 
 /// A minimal HTTP/1.1 client over SwiftNIO for a site: one connection per request (a site sends a handful per stage),
-/// a deadline on each.
+/// a deadline on each; over TLS (swift-nio-ssl) for an https coordinator, with the certificate checked against the
+/// trusted roots and the URL's host.
 struct FederationClient: Sendable {
     let host: String
     let port: Int
+    /// `http` or `https`.
+    let scheme: String
+    /// With https: the TLS context, and the name sent for SNI and checked against the certificate (`nil` for an IP
+    /// address, which the certificate's IP addresses are checked against instead).
+    let tls: NIOSSLContext?
+    let serverHostname: String?
 
-    /// - Parameter url: `http://HOST:PORT` of `coffer fl serve`.
-    init(url: String) throws(FederatedError) {
-        guard let components = URLComponents(string: url), components.scheme == "http", let host = components.host, !host.isEmpty else {
-            throw .invalidParameter("the coordinator URL must be http://HOST:PORT, got \(url)")
+    /// - Parameters:
+    ///   - url: `http://HOST:PORT` or `https://HOST:PORT` of `coffer fl serve`.
+    ///   - tls: with https, the configuration to use (e.g. a CA to trust); by default the system's roots.
+    init(url: String, tls configuration: TLSConfiguration? = nil) throws(FederatedError) {
+        guard let components = URLComponents(string: url), components.scheme == "http" || components.scheme == "https",
+            let host = components.host, !host.isEmpty
+        else {
+            throw .invalidParameter("the coordinator URL must be http://HOST:PORT or https://HOST:PORT, got \(url)")
         }
-        self.host = host
-        self.port = components.port ?? 80
+        let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        self.host = bare
+        self.scheme = components.scheme!
+        self.port = components.port ?? (scheme == "https" ? 443 : 80)
+        if scheme == "https" {
+            do {
+                tls = try NIOSSLContext(configuration: configuration ?? .makeClientConfiguration())
+            } catch {
+                throw .invalidParameter("cannot set up TLS for \(url): \(error)")
+            }
+            serverHostname = (try? SocketAddress(ipAddress: bare, port: 0)) == nil ? bare : nil
+        } else {
+            tls = nil
+            serverHostname = nil
+        }
     }
+
+    /// `SCHEME://HOST:PORT`, as errors name the coordinator.
+    var origin: String { "\(scheme)://\(host.contains(":") ? "[\(host)]" : host):\(port)" }
 
     /// POSTs a signed message to `path`.
     func post(_ path: String, _ signed: SignedMessage, timeout: Duration) async throws(FederatedError) -> HTTPAnswer {
         let group = MultiThreadedEventLoopGroup.singleton
         let promise = group.next().makePromise(of: HTTPAnswer.self)
+        let (tls, serverHostname) = (self.tls, self.serverHostname)
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: serverHostname))
+                    }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise))
                 }
@@ -42,10 +74,10 @@ struct FederationClient: Sendable {
             channel = try await bootstrap.connect(host: host, port: port).get()
         } catch {
             promise.fail(error)
-            throw .transport("http://\(host):\(port): \(Self.describe(error))")
+            throw Self.failure(error, origin: origin)
         }
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
-        head.headers.add(name: "Host", value: "\(host):\(port)")
+        head.headers.add(name: "Host", value: "\(host.contains(":") ? "[\(host)]" : host):\(port)")
         head.headers.add(name: "Content-Type", value: "application/json")
         head.headers.add(name: SignedMessage.header, value: signed.headerValue)
         head.headers.add(name: "Content-Length", value: "\(signed.payload.count)")
@@ -55,7 +87,7 @@ struct FederationClient: Sendable {
         channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         let deadline = channel.eventLoop.scheduleTask(
             in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000)
-        ) { promise.fail(FederatedError.timeout("no answer from http://\(host):\(port)\(path)")) }
+        ) { [origin] in promise.fail(FederatedError.timeout("no answer from \(origin)\(path)")) }
         defer {
             deadline.cancel()
             channel.close(promise: nil)
@@ -65,14 +97,24 @@ struct FederationClient: Sendable {
         } catch let error as FederatedError {
             throw error
         } catch {
-            throw .transport("http://\(host):\(port): \(Self.describe(error))")
+            throw Self.failure(error, origin: origin)
         }
     }
 
-    static func describe(_ error: any Error) -> String {
-        if let error = error as? NIOConnectionError, let first = error.connectionErrors.first { return describe(first.error) }
-        if let error = error as? IOError { return String(cString: strerror(error.errnoCode)).lowercased() }
-        return "\(error)"
+    /// A failed exchange with the coordinator at `origin` as one line: TLS failures apart (retrying cannot mend them).
+    static func failure(_ error: any Error, origin: String) -> FederatedError {
+        if let error = error as? NIOConnectionError, let first = error.connectionErrors.first { return failure(first.error, origin: origin) }
+        if let error = error as? NIOSSLError, case .handshakeFailed(let reason) = error, "\(reason)".contains("CERTIFICATE_VERIFY_FAILED") {
+            return .tlsFailed("\(origin): its TLS certificate is not trusted (give fl join the CA that issued it: --ca-cert or COFFER_CA_CERT)")
+        }
+        if let error = error as? NIOSSLExtraError, error == .failedToValidateHostname {
+            return .tlsFailed("\(origin): its TLS certificate is for another name")
+        }
+        if error is NIOSSLError || error is BoringSSLError || error is NIOSSLExtraError {
+            return .tlsFailed("\(origin): the TLS handshake failed (is it serving https?)")
+        }
+        if let error = error as? IOError { return .transport("\(origin): \(String(cString: strerror(error.errnoCode)).lowercased())") }
+        return .transport("\(origin): \(error)")
     }
 }
 

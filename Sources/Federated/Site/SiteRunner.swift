@@ -1,10 +1,12 @@
 import CofferCrypto
 import Foundation
+public import NIOSSL
 
 /// A site's life over HTTP: join, then poll, handle, submit until the federation is over.
 ///
 /// A refusal by the coordinator (a one-line body) is logged and the site goes on; so is a task the site refuses (its
-/// part in that round ends). Connection failures are retried for ``patience``; after that the site gives up.
+/// part in that round ends). Connection failures are retried for ``patience``; after that the site gives up. A failed
+/// TLS handshake (an untrusted certificate) is not retried: it ends the site at once.
 ///
 /// ```swift
 /// let summary = try await SiteRunner(site: site, coordinator: "http://127.0.0.1:8450").run()
@@ -15,9 +17,12 @@ public struct SiteRunner: Sendable {
     /// How long the coordinator may be unreachable before the site gives up.
     public var patience: Duration = .seconds(120)
 
-    public init(site: FederatedSite, coordinator url: String) throws(FederatedError) {
+    /// - Parameters:
+    ///   - coordinator: `http://HOST:PORT` or `https://HOST:PORT` of `coffer fl serve`.
+    ///   - tls: with https, the TLS configuration (the CA to trust); the system's roots by default.
+    public init(site: FederatedSite, coordinator url: String, tls: TLSConfiguration? = nil) throws(FederatedError) {
         self.site = site
-        client = try FederationClient(url: url)
+        client = try FederationClient(url: url, tls: tls)
     }
 
     /// Runs until the federation is over; returns the final summary.
@@ -57,6 +62,7 @@ public struct SiteRunner: Sendable {
             do throws(FederatedError) {
                 answer = try await client.post(path, signed, timeout: wait)
             } catch {
+                if case .tlsFailed = error { throw error }
                 guard ContinuousClock.now < giveUp else { throw error }
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))

@@ -15,6 +15,9 @@ public enum FederatedError: Error, Equatable, CustomStringConvertible {
     case roundAborted(round: Int, reason: String)
     case timeout(String)
     case transport(String)
+    /// TLS with the coordinator failed (an untrusted certificate, a name that does not match, a server without TLS):
+    /// unlike a connection that fails, retrying cannot help.
+    case tlsFailed(String)
     case coordinatorRefused(String)
     case localData(String)
     case io(String)
@@ -35,6 +38,7 @@ public enum FederatedError: Error, Equatable, CustomStringConvertible {
         case .roundAborted(let round, let reason): "round \(round) aborted: \(reason)"
         case .timeout(let why): "timed out: \(why)"
         case .transport(let why): "cannot reach the coordinator: \(why)"
+        case .tlsFailed(let why): "cannot reach the coordinator: \(why)"
         case .coordinatorRefused(let why): "the coordinator refused: \(why)"
         case .localData(let why): why
         case .io(let why): why

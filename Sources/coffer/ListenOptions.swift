@@ -1,0 +1,66 @@
+import ArgumentParser
+
+/// How a server command listens: `--tls-cert`/`--tls-key` for HTTPS, and `--insecure` to allow plain HTTP beyond
+/// loopback. `coffer serve` and `coffer fl serve` take these the same way and refuse the same things, so that what
+/// crosses the network (tokens, or the global model and the federation's messages) is never sent in the clear by
+/// accident.
+struct ListenOptions: ParsableArguments {
+    @Flag(name: .long, help: "Allow plain HTTP on an address other than loopback.") var insecure = false
+    @Option(name: .long, help: "TLS certificate chain (PEM): serve HTTPS.") var tlsCert: String?
+    @Option(name: .long, help: "TLS private key (PEM), with --tls-cert.") var tlsKey: String?
+
+    /// Where and how to listen.
+    struct Address {
+        var host: String
+        var port: Int
+        /// PEM files of the certificate chain and key; `nil` for plain HTTP.
+        var tls: (certificate: String, privateKey: String)?
+
+        /// `https://HOST:PORT` (or `http`), with an IPv6 host in brackets.
+        var url: String { "\(tls == nil ? "http" : "https")://\(host.contains(":") ? "[\(host)]" : host):\(port)" }
+    }
+
+    /// Checks `listen` (see ``parseListen(_:)``) against the TLS options.
+    ///
+    /// - Parameter exposed: what plain HTTP would show the network, for the refusal ("tokens").
+    /// - Throws: a one-line error for a malformed address, a certificate without its key (or the reverse), or plain
+    ///   HTTP beyond loopback without `--insecure`.
+    func address(_ listen: String, exposing exposed: String) throws -> Address {
+        let (host, port) = try Self.parseListen(listen)
+        if (tlsCert == nil) != (tlsKey == nil) { throw CLIError("--tls-cert and --tls-key go together") }
+        let tls = tlsCert.flatMap { cert in tlsKey.map { (certificate: cert, privateKey: $0) } }
+        guard Self.isLoopback(host) || insecure || tls != nil else {
+            throw CLIError(
+                "plain HTTP on \(host) would expose \(exposed) on the network: listen on 127.0.0.1, give --tls-cert and --tls-key, or pass --insecure"
+            )
+        }
+        return Address(host: host, port: port, tls: tls)
+    }
+
+    /// `HOST:PORT`, or `[IPV6]:PORT`.
+    static func parseListen(_ text: String) throws -> (host: String, port: Int) {
+        var host: Substring
+        var rest: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]") else { throw CLIError("--listen takes HOST:PORT or [IPV6]:PORT, got '\(text)'") }
+            host = text[text.index(after: text.startIndex)..<close]
+            rest = text[text.index(after: close)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { throw CLIError("--listen takes HOST:PORT or [IPV6]:PORT, got '\(text)'") }
+            host = text[..<colon]
+            rest = text[colon...]
+        }
+        guard rest.hasPrefix(":"), let port = Int(rest.dropFirst()), (1...65535).contains(port), !host.isEmpty, !host.contains(" ") else {
+            throw CLIError("--listen takes HOST:PORT or [IPV6]:PORT, got '\(text)'")
+        }
+        if host.contains(":"), !text.hasPrefix("[") { throw CLIError("--listen: write an IPv6 address in brackets, [\(host)]:\(port)") }
+        return (String(host), port)
+    }
+
+    /// Addresses that never leave the machine: 127.0.0.0/8, ::1 and the name localhost (RFC 6761).
+    static func isLoopback(_ host: String) -> Bool {
+        if host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1" { return true }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
+}
