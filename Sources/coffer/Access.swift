@@ -4,6 +4,7 @@ import CofferCrypto
 import CofferRegistry
 import CofferTraining
 import Foundation
+import Glibc
 
 /// `--identity KEY`: who acts, proven by unlocking the key.
 struct ActingIdentity: ParsableArguments {
@@ -196,13 +197,18 @@ extension Coffer {
     struct Approve: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "approve",
-            abstract: "Approve a change request filed on the web pages (a token, a grant, a revocation) with your own key (admins)."
+            abstract: "Approve a change request filed on the web pages (a token, a grant, a revocation) with your own key (admins).",
+            discussion: """
+                The request's text comes from the server, which also wrote the page describing it: read what this command \
+                prints, not the page. It asks on the terminal before it unlocks your key; --yes approves without asking.
+                """
         )
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
         @OptionGroup var acting: ActingIdentity
         @Argument(help: "The request (cfr1. ...) as the page showed it, or - to read it from standard input.") var request: String
         @Flag(name: .long, help: "Print what the request asks and sign nothing.") var show = false
+        @Flag(name: .long, help: "Approve without asking on the terminal (after reading --show).") var yes = false
         @Flag(name: .long, help: "For a decrypt or admin grant: wrap the data key of every version in scope now (unlocks registry.key).")
         var withRegistryKey = false
         @OptionGroup var registryKey: RegistryKeyOptions
@@ -210,8 +216,12 @@ extension Coffer {
         func run() async throws {
             let text = request == "-" ? String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self) : request
             let parsed = try ChangeRequest(text: text)
-            let asked = "\(parsed.summary), filed by \(parsed.filedBy) at \(parsed.filedAt) (expires \(parsed.expires))"
+            let asked = "\(parsed.summary), filed by \(parsed.filedBy) at \(parsed.filedAt) (request \(parsed.id), expires \(parsed.expires))"
             if show { return print(asked) }
+            // Before any key is unlocked: the page that handed over this command may say something else than the request.
+            guard yes || Self.confirm("This request asks: \(asked)\nSign it with your key? [y/N] ") else {
+                throw CLIError("not approved: nothing was signed (run it in a terminal to be asked, or give --yes after --show)")
+            }
             let store = try await registry.open()
             let signer = Signer(try acting.unlock(passphraseOptions))
             let registryIdentity = withRegistryKey ? try registryKey.unlock(in: store, fallback: passphraseOptions) : nil
@@ -220,6 +230,19 @@ extension Coffer {
             if !toRekey.isEmpty {
                 print("removed the wrapped keys of \(toRekey.joined(separator: ", ")); rekey them if the principal may have kept a data key")
             }
+        }
+
+        /// Asks `question` on the controlling terminal; false without one, or for any answer but y or yes.
+        static func confirm(_ question: String) -> Bool {
+            guard isatty(STDIN_FILENO) == 1 else { return false }
+            let fd = open("/dev/tty", O_RDWR | O_CLOEXEC)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            _ = question.withCString { write(fd, $0, strlen($0)) }
+            var answer: [UInt8] = []
+            var byte: UInt8 = 0
+            while answer.count < 16, read(fd, &byte, 1) == 1, byte != 0x0a { answer.append(byte) }
+            return ["y", "yes"].contains(String(decoding: answer, as: UTF8.self).trimmingCharacters(in: .whitespaces).lowercased())
         }
     }
 

@@ -30,7 +30,7 @@ struct ChangeRequestTests {
         // The record is alice's, as `token create` would have made it; replaying the ledger from the start accepts it.
         let record = try await f.reopen().ledgerState()
         #expect(record.tokens[opened.tokenID]?.facts.scope == .read)
-        await expectRefusal("was minted already") { try await f.registry.approve(request, by: Signer(alice)) }
+        await expectRefusal("was approved already") { try await f.registry.approve(request, by: Signer(alice)) }
         let approvals = try await f.registry.auditEntries().filter { $0.action == "request.approve" }
         #expect(approvals.count == 1 && approvals[0].reason.contains("filed by alice"))
     }
@@ -109,7 +109,7 @@ struct ChangeRequestTests {
         await expectRefusal("bob holds no inference on m/") {
             _ = try await f.registry.requestGrant(unlimited, revoking: true, filedBy: holder, key: try f.registryKey)
         }
-        await expectRefusal("no longer holds") { try await f.registry.approve(try ChangeRequest(text: revoke.text), by: Signer(alice)) }
+        await expectRefusal("was approved already") { try await f.registry.approve(try ChangeRequest(text: revoke.text), by: Signer(alice)) }
         await expectRefusal("limits apply to inference grants only") {
             _ = try await f.registry.requestGrant(
                 Grant(principal: "bob", role: .reader, maxPredictions: 5),
@@ -142,5 +142,57 @@ struct ChangeRequestTests {
             _ = try await f.registry.createToken(principal: "bob", scope: .read, ttl: 600, by: .registry(key, for: holder))
         }
         #expect(try await f.reopen().fsck().problems.isEmpty)
+    }
+
+    /// The outside review's F3: approve took whatever the signed text stated. A filed_by with a terminal's control
+    /// sequence (which could rewrite the line approve prints) and a token living past a year are refused at parsing.
+    @Test func aRequestStatingWhatNoPageWouldAskIsRefusedBeforeAnythingIsShown() async throws {
+        let (f, _, _, _) = try await registry()
+        let state = try await f.registry.ledgerState()
+        let facts = LedgerChange.TokenFacts(
+            id: "00112233aabbccdd",
+            principal: "bob",
+            scope: .read,
+            expires: "9999-12-31T23:59:59.999Z",
+            hash: String(repeating: "ab", count: 32)
+        )
+        let key = try f.registryKey
+        let longLived = ChangeRequest.file(.tokenCreate(facts), registry: state.registry, by: "alice", key: key, now: Date())
+        await expectRefusal("living at most 365 days") { _ = try ChangeRequest(text: longLived.text) }
+        var shortLived = facts
+        shortLived.expires = Registry.timestamp(Date().addingTimeInterval(3600))
+        let spoof = "alice\r\u{1b}[2Ka read token 1 for bob"
+        let spoofed = ChangeRequest.file(.tokenCreate(shortLived), registry: state.registry, by: spoof, key: key, now: Date())
+        await expectRefusal("filed_by is not a principal's name") { _ = try ChangeRequest(text: spoofed.text) }
+        let hostileGrant = Grant(principal: "bob", role: .reader, scope: "m", alias: "prod\u{1b}[2K")
+        let hostile = ChangeRequest.file(.grant(hostileGrant), registry: state.registry, by: "alice", key: key, now: Date())
+        await expectRefusal("no principal, scope or alias") { _ = try ChangeRequest(text: hostile.text) }
+        let fine = ChangeRequest.file(.tokenCreate(shortLived), registry: state.registry, by: "alice", key: key, now: Date())
+        #expect(try ChangeRequest(text: fine.text).summary.contains("for bob"))
+    }
+
+    /// The outside review's F4: a request speaks for its filer only while they are an admin, and is approved once.
+    @Test func aRequestDiesWithItsFilersAuthorityAndIsApprovedOnce() async throws {
+        let (f, alice, _, holder) = try await registry()
+        let carol = try person("carol")
+        try await f.registry.addPrincipal(name: "carol", identity: carol.publicIdentity, roles: [.admin], by: Signer(alice))
+        let carolHolder = try await f.registry.principal(for: carol.identity)
+        let filed = try await f.registry.requestToken(principal: "bob", scope: .read, ttl: 3600, filedBy: carolHolder, key: try f.registryKey)
+        try await f.registry.removePrincipal("carol", by: Signer(alice))
+        await expectRefusal("filed by carol, who is no longer an admin") {
+            try await f.registry.approve(try ChangeRequest(text: filed.request.text), by: Signer(alice))
+        }
+        await expectRefusal("unknown bearer token") { _ = try await f.registry.authenticateToken(filed.token.text()) }
+        // A grant approved, then revoked, does not come back from the same request.
+        let grant = try await f.registry.requestGrant(
+            Grant(principal: "bob", role: .publisher, scope: "m"),
+            revoking: false,
+            filedBy: holder,
+            key: try f.registryKey
+        )
+        try await f.registry.approve(try ChangeRequest(text: grant.text), by: Signer(alice))
+        try await f.registry.revoke(Grant(principal: "bob", role: .publisher, scope: "m"), by: Signer(alice))
+        await expectRefusal("was approved already") { try await f.registry.approve(try ChangeRequest(text: grant.text), by: Signer(alice)) }
+        #expect(!(try await f.registry.grants(of: "bob").contains { $0.role == .publisher }))
     }
 }

@@ -87,12 +87,13 @@ struct WebSignInTests {
         }
     }
 
-    /// A writer of the database sees only hashes: pointing bob's row at carol's token (whose hash api_tokens shows) or
-    /// moving its expiry opens nothing, and is audited.
+    /// A writer of the database sees only hashes: pointing bob's row at carol's token (whose hash api_tokens shows),
+    /// moving its expiry or writing its notice opens nothing, and is audited.
     @Test(arguments: [
         "UPDATE web_sessions SET token_hash = (SELECT token_hash FROM api_tokens WHERE principal = 'carol')",
         "UPDATE web_sessions SET principal = 'carol'",
         "UPDATE web_sessions SET expires_at = '2999-01-01T00:00:00.000Z'",
+        "UPDATE web_sessions SET notice = 'Your account is locked: call +1 555', notice_status = 5000, notice_at = '2999-01-01T00:00:00.000Z'",
     ])
     func anEditedRowOpensNothing(sql: String) async throws {
         let (f, alice) = try await registry(.sqlite)
@@ -103,5 +104,30 @@ struct WebSignInTests {
         #expect(try await f.registry.webSession(cookie: secure(opened.cookie)) == nil)
         let refusals = try await f.registry.auditEntries().filter { $0.action == "web.session" }
         #expect(refusals.count == 1 && refusals[0].reason.contains("does not match its cookie"))
+    }
+
+    /// The outside review's F1: the binding was keyed by the cookie's secret, which a writer of the database holding a
+    /// cookie of their own knows. Re-pointing their own row at an admin's token (its hash is in api_tokens) with a
+    /// binding recomputed under that secret opened the admin's pages. The binding is keyed with K_h now.
+    @Test func aDatabaseWriterWithACookieOfTheirOwnCannotRideAnotherToken() async throws {
+        let (f, alice) = try await registry(.sqlite)
+        _ = try await f.registry.createToken(principal: "carol", scope: .read, ttl: 3600, by: alice)
+        let opened = try await signIn(f, "bob", by: alice)
+        let db = try DatabaseQueue(path: "\(f.home)/registry.sqlite")
+        var row = try #require(try await db.read { try WebSessionRecord.fetchOne($0, sql: "SELECT * FROM web_sessions WHERE principal = 'bob'") })
+        row.tokenHash = try #require(try await db.read { try Data.fetchOne($0, sql: "SELECT token_hash FROM api_tokens WHERE principal = 'carol'") })
+        row.expiresAt = "2999-01-01T00:00:00.000Z"
+        let cookie = try SessionToken(text: secure(opened.cookie), prefix: SessionToken.webPrefix)
+        let fields = ["coffer/v1/web-session", Digest.hex(Array(row.tokenHash)), row.principal, row.createdAt, row.expiresAt]
+        let forged = Data(cookie.secret.mac(Array(fields.joined(separator: "\n").utf8)))
+        let edited = row
+        try await db.write {
+            try $0.execute(
+                sql: "UPDATE web_sessions SET token_hash = ?, expires_at = ?, binding = ? WHERE principal = 'bob'",
+                arguments: [edited.tokenHash, edited.expiresAt, forged]
+            )
+        }
+        #expect(try await f.registry.webSession(cookie: secure(opened.cookie)) == nil)
+        #expect(try await f.registry.auditEntries().contains { $0.action == "web.session" })
     }
 }

@@ -260,4 +260,11 @@ struct WebSecurityTests {
             #expect(none.status == .seeOther && none.headers[.location] == "/models")
         }
     }
+
+    /// A notice's status comes from a row: a code the server never keeps is a 500 page, never a trap (the outside
+    /// review's F5: `HTTPResponse.Status(code:)` traps outside 0...999, and the row's MAC now covers the notice too).
+    @Test func aNoticeStatusTheServerNeverKeepsIsA500() {
+        #expect(WebPages.status(code: 403) == .forbidden && WebPages.status(code: 403).reasonPhrase == "Forbidden")
+        for code in [5000, -1, 0, 999, 299] { #expect(WebPages.status(code: code) == .internalServerError) }
+    }
 }

@@ -431,13 +431,17 @@ def test_an_admin_asks_for_a_token_on_the_page_and_approves_it_with_coffer(drive
     shown = cofferlib.check(coffer, "approve", request, "--show", env=env)
     assert "a read token" in shown and "for bob" in shown and "filed by alice" in shown
     assert api_status() == 401, "--show signed nothing"
+    # Without a terminal to ask on and without --yes, nothing is unlocked or signed.
+    unasked = cofferlib.run(coffer, "approve", request, *world["admin"], env=env)
+    assert unasked.returncode == 1 and b"not approved: nothing was signed" in unasked.stderr, unasked.stderr
+    assert api_status() == 401
     before = token_ids(world)
-    approved = cofferlib.check(coffer, "approve", request, *world["admin"], env=env)
+    approved = cofferlib.check(coffer, "approve", request, "--yes", *world["admin"], env=env)
     assert approved.startswith("approved: a read token"), approved
     assert api_status() == 200
     (token_id,) = token_ids(world) - before
-    again = cofferlib.run(coffer, "approve", request, *world["admin"], env=env)
-    assert again.returncode != 0 and b"was minted already" in again.stderr and b"Traceback" not in again.stderr
+    again = cofferlib.run(coffer, "approve", request, "--yes", *world["admin"], env=env)
+    assert again.returncode != 0 and b"was approved already" in again.stderr and b"Traceback" not in again.stderr
     # The new token signs a browser in; then alice revokes it from the list at once.
     driver.delete_all_cookies()
     driver.get(world["base"] + "/models")
@@ -468,13 +472,13 @@ def test_an_admin_asks_for_a_grant_on_the_page_and_approves_it_with_coffer(drive
     request = filed_request(driver)
     listed = lambda: cofferlib.check(coffer, "principal", "list", "--home", world["home"], env=env)  # noqa: E731
     assert "publisher on m/census" not in listed()
-    cofferlib.check(coffer, "approve", request, *world["admin"], env=env)
+    cofferlib.check(coffer, "approve", request, "--yes", *world["admin"], env=env)
     assert "publisher on m/census" in listed()
     # Its revocation, asked for from the grant's own button.
     driver.get(world["base"] + "/principals")
     click(driver, By.CSS_SELECTOR, "button[aria-label=\"Ask to revoke bob's publisher on m/census\"]")
     revoke = filed_request(driver)
-    cofferlib.check(coffer, "approve", revoke, *world["admin"], env=env)
+    cofferlib.check(coffer, "approve", revoke, "--yes", *world["admin"], env=env)
     assert "publisher on m/census" not in listed()
 
 

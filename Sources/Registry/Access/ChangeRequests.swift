@@ -12,6 +12,8 @@ public struct ChangeRequest: Sendable, Equatable {
     static let lifetime: TimeInterval = 24 * 3600
 
     public var registry: String
+    /// 16 random hex digits: approved once only (the `request.approve` audit entry names it).
+    public var id: String
     public var filedBy: String
     public var filedAt: String
     public var expires: String
@@ -38,13 +40,15 @@ public struct ChangeRequest: Sendable, Equatable {
     ) -> ChangeRequest {
         let filedAt = Registry.timestamp(now)
         let expires = Registry.timestamp(now.addingTimeInterval(lifetime))
+        let id = Digest.hex((0..<8).map { _ in UInt8.random(in: 0...255) })
         let payload = JSONValue.object([
-            "type": .string(type), "registry": .string(registry), "filed_by": .string(principal), "filed_at": .string(filedAt),
-            "expires": .string(expires), "kind": .string(change.kind), "change": .object(change.fields),
+            "type": .string(type), "registry": .string(registry), "id": .string(id), "filed_by": .string(principal),
+            "filed_at": .string(filedAt), "expires": .string(expires), "kind": .string(change.kind), "change": .object(change.fields),
         ]).canonicalBytes
         let envelope = DSSEEnvelope.sign(payload: payload, payloadType: payloadType, identity: key.identity)
         return ChangeRequest(
             registry: registry,
+            id: id,
             filedBy: principal,
             filedAt: filedAt,
             expires: expires,
@@ -54,8 +58,18 @@ public struct ChangeRequest: Sendable, Equatable {
         )
     }
 
-    private init(registry: String, filedBy: String, filedAt: String, expires: String, change: LedgerChange, text: String, envelope: DSSEEnvelope) {
+    private init(
+        registry: String,
+        id: String,
+        filedBy: String,
+        filedAt: String,
+        expires: String,
+        change: LedgerChange,
+        text: String,
+        envelope: DSSEEnvelope
+    ) {
         self.registry = registry
+        self.id = id
         self.filedBy = filedBy
         self.filedAt = filedAt
         self.expires = expires
@@ -83,14 +97,51 @@ public struct ChangeRequest: Sendable, Equatable {
         }
         guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(payload)),
             object["type"]?.stringValue == Self.type, let registry = object["registry"]?.stringValue,
-            let filedBy = object["filed_by"]?.stringValue, let filedAt = object["filed_at"]?.stringValue,
-            let expires = object["expires"]?.stringValue, let kind = object["kind"]?.stringValue,
-            case .object(let fields)? = object["change"]
-        else { throw malformed("its payload lacks type, registry, filed_by, filed_at, expires, kind or change") }
+            let id = object["id"]?.stringValue, let filedBy = object["filed_by"]?.stringValue,
+            let filedAt = object["filed_at"]?.stringValue, let expires = object["expires"]?.stringValue,
+            let kind = object["kind"]?.stringValue, case .object(let fields)? = object["change"]
+        else { throw malformed("its payload lacks type, registry, id, filed_by, filed_at, expires, kind or change") }
         let change: LedgerChange
         do throws(LedgerError) { change = try LedgerChange(kind: kind, fields: fields) } catch { throw malformed(Registry.refusal(error)) }
         guard Self.isRequestable(change) else { throw malformed("a \(kind) change is not one a page may ask for") }
-        self.init(registry: registry, filedBy: filedBy, filedAt: filedAt, expires: expires, change: change, text: trimmed, envelope: envelope)
+        // What approve prints and signs is only what a page could have asked for: names, hex, times it can parse. A
+        // string holding a terminal's control sequence, a token living past a year, a request living past a day are
+        // refused before anything is shown.
+        guard Self.isHex(registry, count: 32) || Self.isHex(registry, count: 64), Self.isHex(id, count: 16) else {
+            throw malformed("its registry or id is not hex")
+        }
+        guard (try? ModelReference.validate(name: filedBy)) != nil else { throw malformed("filed_by is not a principal's name") }
+        guard let filed = Registry.date(filedAt), let until = Registry.date(expires), until > filed,
+            until <= filed.addingTimeInterval(Self.lifetime)
+        else { throw malformed("filed_at and expires are not two times at most 24 hours apart") }
+        switch change {
+        case .tokenCreate(let facts):
+            guard Self.isHex(facts.id, count: 16), Self.isHex(facts.hash, count: 64), (try? ModelReference.validate(name: facts.principal)) != nil,
+                let tokenExpires = Registry.date(facts.expires), tokenExpires > filed,
+                tokenExpires <= filed.addingTimeInterval(Registry.maximumLifetime)
+            else { throw malformed("its token is not a 16-digit id and a hash for a principal, living at most 365 days") }
+        case .grant(let grant), .revoke(let grant):
+            guard (try? ModelReference.validate(name: grant.principal)) != nil,
+                grant.scope == "*"
+                    || (try? ModelReference.validate(name: grant.scope.hasSuffix("/") ? String(grant.scope.dropLast()) : grant.scope)) != nil,
+                grant.alias.map({ (try? ModelReference.validate(name: $0)) != nil && !$0.contains("/") }) ?? true
+            else { throw malformed("its grant names no principal, scope or alias Coffer takes") }
+        default: break
+        }
+        self.init(
+            registry: registry,
+            id: id,
+            filedBy: filedBy,
+            filedAt: filedAt,
+            expires: expires,
+            change: change,
+            text: trimmed,
+            envelope: envelope
+        )
+    }
+
+    static func isHex(_ text: String, count: Int) -> Bool {
+        text.utf8.count == count && text.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
     }
 
     /// What the request asks for, in words: what `coffer approve` prints before it signs.
@@ -192,7 +243,18 @@ extension Registry {
         guard let current = state.currentKey, (try? request.envelope.verify(trusting: [current])) != nil else {
             throw .refused("the request is not signed by this registry's current key \(state.currentKey?.keyID ?? "-"): file it again")
         }
-        guard Self.timestamp(now) < request.expires else { throw .refused("the request expired at \(request.expires): file it again") }
+        guard let expires = Self.date(request.expires), now < expires else {
+            throw .refused("the request expired at \(request.expires): file it again")
+        }
+        // The request speaks for whoever filed it: someone no longer an admin has nothing left to ask for.
+        guard state.principals[request.filedBy] != nil, state.holds(request.filedBy, .admin, on: nil) else {
+            throw .refused("the request was filed by \(request.filedBy), who is no longer an admin")
+        }
+        // Once only: a grant approved, then revoked, does not come back from the same request.
+        let approvals = try await metadata.auditEntries(before: nil, principal: nil, action: "request.approve", limit: Int.max)
+        guard !approvals.contains(where: { $0.target == "request:\(request.id)" }) else {
+            throw .refused("request \(request.id) was approved already")
+        }
         let actor = try acting(signer, in: state).principal.name
         var toRekey: [String] = []
         switch request.change {
@@ -201,7 +263,9 @@ extension Registry {
             guard state.tokens[facts.id] == nil, !state.tokens.values.contains(where: { $0.facts.hash == facts.hash }) else {
                 throw .refused("token \(facts.id) was minted already: this request was approved before")
             }
-            guard Self.timestamp(now) < facts.expires else { throw .refused("the token would have expired at \(facts.expires)") }
+            guard let tokenExpires = Self.date(facts.expires), now < tokenExpires else {
+                throw .refused("the token would have expired at \(facts.expires)")
+            }
             try Self.checkTokenScope(principal: facts.principal, scope: facts.scope, in: state)
             try await record(
                 .tokenCreate(facts),
@@ -223,7 +287,7 @@ extension Registry {
         try await audit(
             principal: actor,
             action: "request.approve",
-            target: request.change.object,
+            target: "request:\(request.id)",
             outcome: .ok,
             reason: "\(request.summary), filed by \(request.filedBy) at \(request.filedAt)"
         )

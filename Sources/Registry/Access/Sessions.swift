@@ -133,14 +133,17 @@ extension Registry {
         return SecretKey(bytes: key)
     }
 
-    func tokenHash(_ token: borrowing SessionToken) throws(CofferRegistryError) -> [UInt8] {
+    func tokenHash(_ token: borrowing SessionToken) throws(CofferRegistryError) -> [UInt8] { try hashKeyMAC(token.lookup) }
+
+    /// BLAKE2b-256 keyed with `K_h` (the file `session-hash.key`, never in the database), of `message`.
+    func hashKeyMAC(_ message: [UInt8]) throws(CofferRegistryError) -> [UInt8] {
         var key = hashKey.withLock { $0 }
         if key == nil {
             let loaded = KeyBox(try sessionHashKey())
             hashKey.withLock { $0 = loaded }
             key = loaded
         }
-        return key!.key.mac(token.lookup)
+        return key!.key.mac(message)
     }
 
     /// Opens an inference session on `reference` for the principal `identity` acts as (it needs the inference role

@@ -56,7 +56,7 @@ extension Registry {
             expiresAt: Self.timestamp(now.addingTimeInterval(Self.webSessionLifetime)),
             binding: Data()
         )
-        record.binding = Data(Self.binding(of: record, cookie: cookie))
+        record.binding = Data(try binding(of: record))
         try await metadata.addWebSession(record, keepingAtMost: Self.webSessionsPerPrincipal, now: Self.timestamp(now))
         return OpenedWebSession(cookie: cookie.text(), session: Self.webSession(record, cookie: cookie, now: now))
     }
@@ -68,7 +68,7 @@ extension Registry {
         guard let row = try await metadata.webSession(idHash: Data(try tokenHash(cookie))), Self.timestamp(now) < row.expiresAt else {
             return nil
         }
-        guard SecureCompare.equal(Array(row.binding), Self.binding(of: row, cookie: cookie)) else {
+        guard SecureCompare.equal(Array(row.binding), try binding(of: row)) else {
             try? await audit(
                 principal: row.principal,
                 action: "web.session",
@@ -89,14 +89,28 @@ extension Registry {
 
     /// Keeps the refusal of a form `session` posted, for `GET /notice` on whichever server the browser asks next.
     public func setWebNotice(_ notice: WebSession.Notice, on session: WebSession, now: Date = Date()) async throws(CofferRegistryError) {
-        try await metadata.setWebNotice(idHash: session.idHash, notice: notice.message, status: Int64(notice.status), at: Self.timestamp(now))
+        guard var row = try await metadata.webSession(idHash: session.idHash) else { return }
+        row.notice = notice.message
+        row.noticeStatus = Int64(notice.status)
+        row.noticeAt = Self.timestamp(now)
+        try await metadata.setWebNotice(
+            idHash: row.idHash,
+            notice: row.notice,
+            status: row.noticeStatus,
+            at: row.noticeAt,
+            binding: Data(try binding(of: row))
+        )
     }
 
-    /// A MAC under a key only the cookie holds, over what the row says: a writer of the database, who sees only
-    /// hashes, cannot point a row at another token, principal or expiry.
-    static func binding(of row: WebSessionRecord, cookie: borrowing SessionToken) -> [UInt8] {
-        let fields = ["coffer/v1/web-session", Digest.hex(Array(row.tokenHash)), row.principal, row.createdAt, row.expiresAt]
-        return cookie.secret.mac(Array(fields.joined(separator: "\n").utf8))
+    /// A MAC under `K_h`, which the database never holds, over everything the row says: a writer of the database, who
+    /// sees every hash (an admin token's included, in `api_tokens`) and may hold a cookie of their own, cannot point a
+    /// row at another token, principal or expiry, nor write its notice.
+    func binding(of row: WebSessionRecord) throws(CofferRegistryError) -> [UInt8] {
+        let fields = [
+            "coffer/v1/web-session", Digest.hex(Array(row.idHash)), Digest.hex(Array(row.tokenHash)), row.principal, row.createdAt,
+            row.expiresAt, row.notice ?? "", row.noticeStatus.map(String.init) ?? "", row.noticeAt ?? "",
+        ]
+        return try hashKeyMAC(Array(fields.map { "\($0.utf8.count):\($0)" }.joined().utf8))
     }
 
     private static func webSession(_ row: WebSessionRecord, cookie: borrowing SessionToken, now: Date) -> WebSession {

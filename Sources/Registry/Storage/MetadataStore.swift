@@ -92,8 +92,8 @@ protocol MetadataStore: Sendable {
     func addWebSession(_ record: WebSessionRecord, keepingAtMost: Int, now: String) async throws(CofferRegistryError)
     func webSession(idHash: Data) async throws(CofferRegistryError) -> WebSessionRecord?
     func removeWebSession(idHash: Data) async throws(CofferRegistryError)
-    /// Sets (or, with nil, clears) the session's notice.
-    func setWebNotice(idHash: Data, notice: String?, status: Int64?, at: String?) async throws(CofferRegistryError)
+    /// Sets (or, with nil, clears) the session's notice, with the row's new binding.
+    func setWebNotice(idHash: Data, notice: String?, status: Int64?, at: String?, binding: Data) async throws(CofferRegistryError)
     func upload(id: String) async throws(CofferRegistryError) -> UploadRecord?
     /// The uploads `principal` holds (every upload when nil).
     func uploads(principal: String?) async throws(CofferRegistryError) -> [UploadRecord]

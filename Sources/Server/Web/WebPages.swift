@@ -105,13 +105,14 @@ struct WebPages: Sendable {
         return Response(status: status, headers: headers, body: .init(byteBuffer: body))
     }
 
-    /// The status of a code kept with a notice, with its reason phrase (the heading of the page showing it).
+    /// The status of a code kept with a notice, with its reason phrase (the heading of the page showing it); a code
+    /// the server never keeps is a 500 (`HTTPResponse.Status(code:)` traps outside 0...999).
     static func status(code: Int) -> HTTPResponse.Status {
         let known: [HTTPResponse.Status] = [
             .badRequest, .unauthorized, .forbidden, .notFound, .methodNotAllowed, .conflict, .contentTooLarge, .unprocessableContent,
             .tooManyRequests, .internalServerError, .serviceUnavailable,
         ]
-        return known.first { $0.code == code } ?? HTTPResponse.Status(code: code)
+        return known.first { $0.code == code } ?? .internalServerError
     }
 
     /// An error as a page: the status's reason as the heading, the error's one line as the message.

@@ -365,7 +365,8 @@ enum WebTemplates {
         <h2 id="approve">Approval</h2>
         <p>An admin approves it with their own key, before {{expires}}:</p>
         <pre><code>{{command}} --identity ADMIN.key</code></pre>
-        <p class="hint">The command prints what it signs; <code>--show</code> prints it and signs nothing.</p>
+        <p class="hint">The command shows what the request asks and asks before it unlocks the key: approve what it shows,
+        not what this page says. <code>--show</code> prints it and signs nothing.</p>
         </section>
         {{> foot}}
         """

@@ -961,10 +961,13 @@ final class PostgresMetadataStore: MetadataStore {
         }
     }
 
-    func setWebNotice(idHash: Data, notice: String?, status: Int64?, at: String?) async throws(CofferRegistryError) {
+    func setWebNotice(idHash: Data, notice: String?, status: Int64?, at: String?, binding: Data) async throws(CofferRegistryError) {
         try await database.transaction { connection in
             try await connection.rows(
-                "UPDATE web_sessions SET notice = \(notice), notice_status = \(status), notice_at = \(at) WHERE id_hash = \(ByteBuffer(bytes: idHash))"
+                """
+                UPDATE web_sessions SET notice = \(notice), notice_status = \(status), notice_at = \(at), binding = \(ByteBuffer(bytes: binding))
+                WHERE id_hash = \(ByteBuffer(bytes: idHash))
+                """
             )
         }
     }

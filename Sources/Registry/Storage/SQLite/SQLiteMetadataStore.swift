@@ -695,10 +695,10 @@ final class SQLiteMetadataStore: MetadataStore {
         try await write { db in _ = try WebSessionRecord.deleteOne(db, key: idHash) }
     }
 
-    func setWebNotice(idHash: Data, notice: String?, status: Int64?, at: String?) async throws(CofferRegistryError) {
+    func setWebNotice(idHash: Data, notice: String?, status: Int64?, at: String?, binding: Data) async throws(CofferRegistryError) {
         try await write { db in
-            try db.cachedStatement(sql: "UPDATE web_sessions SET notice = ?, notice_status = ?, notice_at = ? WHERE id_hash = ?")
-                .execute(arguments: [notice, status, at, idHash])
+            try db.cachedStatement(sql: "UPDATE web_sessions SET notice = ?, notice_status = ?, notice_at = ?, binding = ? WHERE id_hash = ?")
+                .execute(arguments: [notice, status, at, binding, idHash])
         }
     }
 
