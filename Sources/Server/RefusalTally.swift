@@ -32,7 +32,8 @@ final class RefusalTally: Sendable {
         }
     }
 
-    /// Writes one audit entry per reason counted since the last flush.
+    /// Writes one audit entry per reason counted since the last flush. A count the log did not take (a write refused,
+    /// e.g. in a cancelled task) goes back into the tally for the next flush rather than being lost.
     func flush(to registry: Registry) async {
         let taken = counts.withLock { counts in
             defer { counts.removeAll() }
@@ -42,7 +43,21 @@ final class RefusalTally: Sendable {
             let reason =
                 count.count == 1
                 ? key.reason : "\(key.reason) (\(count.count) requests, \(Self.format(count.first)) to \(Self.format(count.last)))"
-            try? await registry.recordRefusal(action: key.action, target: "-", reason: reason, principal: key.principal)
+            do {
+                try await registry.recordRefusal(action: key.action, target: "-", reason: reason, principal: key.principal)
+            } catch {
+                putBack(key, count)
+            }
+        }
+    }
+
+    private func putBack(_ key: Key, _ count: Count) {
+        counts.withLock { counts in
+            guard let newer = counts[key] else {
+                counts[key] = count
+                return
+            }
+            counts[key] = Count(count: newer.count + count.count, first: min(newer.first, count.first), last: max(newer.last, count.last))
         }
     }
 

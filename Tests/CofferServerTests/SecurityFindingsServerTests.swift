@@ -136,6 +136,17 @@ extension ServerTests {
             try registry.auditEntries().dropFirst(before).filter { $0.action == "authenticate" }.count == during.count + 1,
             "a flush writes what was counted once"
         )
+        // A flush whose writes are refused (here: in a cancelled task, as at shutdown) keeps its counts for the next one.
+        tally.add(principal: "-", action: "authenticate", reason: "unknown bearer token")
+        let cancelled = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            await tally.flush(to: registry)
+        }
+        await cancelled.value
+        let afterCancelled = try await registry.auditEntries().dropFirst(before).filter { $0.action == "authenticate" }.count
+        await tally.flush(to: registry)
+        let afterNext = try await registry.auditEntries().dropFirst(before).filter { $0.action == "authenticate" }.count
+        #expect(afterNext == afterCancelled + 1 && afterNext >= during.count + 2, "a refused write is kept for the next flush")
     }
 
     // MARK: - 17. A connection with partial headers held open
