@@ -160,28 +160,25 @@ extension MultiTaskModel {
         return (g, losses)
     }
 
-    /// Ghost norms: |grad_i|^2 = sum over layers of |g_i|^2 (|a_i|^2 + 1).
+    /// Ghost norms: |grad_i|^2 = sum over layers of |g_i|^2 (|a_i|^2 + 1). Each activation's row norms are computed
+    /// once (the heads share the trunk's output), eight lanes at a time.
     func ghostSquaredNorms(_ pass: BackwardPass, count n: Int) -> [Float] {
         var squaredNorms = [Float](repeating: 0, count: n)
-        func accumulate(_ g: [Float], outputs: Int, _ a: [Float], inputs: Int) {
-            g.withUnsafeBufferPointer { g in
-                a.withUnsafeBufferPointer { a in
-                    for i in 0..<n {
-                        var gg: Float = 0
-                        for o in 0..<outputs { gg += g[i * outputs + o] * g[i * outputs + o] }
-                        var aa: Float = 1
-                        for k in 0..<inputs { aa += a[i * inputs + k] * a[i * inputs + k] }
-                        squaredNorms[i] += gg * aa
-                    }
-                }
-            }
+        func rowSquaredNorms(_ m: [Float], width: Int) -> [Float] {
+            m.withUnsafeBufferPointer { m in (0..<n).map { i in MatrixKernels.dot(m.baseAddress! + i * width, m.baseAddress! + i * width, width) } }
+        }
+        func accumulate(_ g: [Float], outputs: Int, activationNorms aa: [Float]) {
+            let gg = rowSquaredNorms(g, width: outputs)
+            for i in 0..<n { squaredNorms[i] += gg[i] * (aa[i] + 1) }
         }
         let trace = pass.trace
-        let last = trace.activations[trace.activations.count - 1]
+        let activationNorms = zip(trace.activations, [architecture.inputs] + architecture.trunk).map { rowSquaredNorms($0, width: $1) }
         for (l, layer) in trunk.enumerated() {
-            accumulate(pass.trunkGradients[l], outputs: layer.outputs, trace.activations[l], inputs: layer.inputs)
+            accumulate(pass.trunkGradients[l], outputs: layer.outputs, activationNorms: activationNorms[l])
         }
-        for (t, head) in heads.enumerated() { accumulate(pass.headGradients[t], outputs: head.outputs, last, inputs: head.inputs) }
+        for (t, head) in heads.enumerated() {
+            accumulate(pass.headGradients[t], outputs: head.outputs, activationNorms: activationNorms[activationNorms.count - 1])
+        }
         return squaredNorms
     }
 

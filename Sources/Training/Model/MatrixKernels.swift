@@ -67,7 +67,8 @@ enum MatrixKernels {
         }
     }
 
-    /// Dot product of two length-`count` vectors, eight lanes at a time.
+    /// Dot product of two length-`count` vectors, eight lanes at a time. A multiply and an add, not `addProduct`: on the
+    /// baseline x86-64 target (no FMA) a fused multiply-add is a call to libm's `fmaf` per lane.
     @inline(__always)
     static func dot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ count: Int) -> Float {
         var sum = SIMD8<Float>(repeating: 0)
@@ -75,7 +76,7 @@ enum MatrixKernels {
         while i + 8 <= count {
             let u = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
             let v = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
-            sum.addProduct(u, v)
+            sum += u * v
             i += 8
         }
         var total = sum.sum()
@@ -93,7 +94,7 @@ enum MatrixKernels {
         var i = 0
         while i + 8 <= count {
             var v = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
-            v.addProduct(a, UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self))
+            v += a * UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
             UnsafeMutableRawPointer(y + i).storeBytes(of: v, as: SIMD8<Float>.self)
             i += 8
         }
