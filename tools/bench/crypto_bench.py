@@ -19,6 +19,18 @@ def can_drop_caches():
     return os.geteuid() == 0 and os.access("/proc/sys/vm/drop_caches", os.W_OK)
 
 
+# Files read back into the page cache after it is emptied (registry_bench.py --programs-warm): the programs and their
+# shared libraries, so that a cold run reads only its data from the disk, as a command run before has left things.
+WARM_FILES = []
+
+
+def program_files(path):
+    """A program and the shared libraries it loads (ldd), for WARM_FILES."""
+    path = shutil.which(path) or path
+    libraries = subprocess.run(["ldd", path], capture_output=True, text=True).stdout.split()
+    return [path] + [part for part in libraries if part.startswith("/") and os.path.isfile(part)]
+
+
 def run(argv, stdout=None, env=None, cold=False):
     """Runs argv, returns (seconds, peak RSS in MiB); exits on a non-zero status.
 
@@ -33,6 +45,10 @@ def run(argv, stdout=None, env=None, cold=False):
     if cold and can_drop_caches():
         with open("/proc/sys/vm/drop_caches", "w") as f:
             f.write("3")
+        for path in WARM_FILES:
+            with open(path, "rb") as f:
+                while f.read(1 << 24):
+                    pass
     with tempfile.NamedTemporaryFile("r") as report:
         start = time.perf_counter()
         proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report.name, *argv], stdout=out, stderr=subprocess.PIPE, env=env)

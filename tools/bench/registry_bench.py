@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import tempfile
 
+import crypto_bench  # noqa: E402
 from crypto_bench import MIB, can_drop_caches, make_file, run
 
 
@@ -33,7 +34,13 @@ def main():
     parser.add_argument("--dir", default=None)
     parser.add_argument("--agent-sizes", default="1,16", help="comma-separated MiB sizes for the agent lines ('' to skip)")
     parser.add_argument("--agent-only", action="store_true", help="run only the agent lines")
+    parser.add_argument("--programs-warm", action="store_true",
+                        help="after emptying the page cache, read coffer, age, sh and their libraries back (untimed): only the data is cold")
+    parser.add_argument("--no-queries", action="store_true", help="skip list/show/--where over --versions versions")
     args = parser.parse_args()
+    if args.programs_warm:
+        crypto_bench.WARM_FILES[:] = sum((crypto_bench.program_files(p) for p in (args.coffer, "age", "sh", "sync")), [])
+        print(f"# programs warm: {len(crypto_bench.WARM_FILES)} files read back after each emptying of the page cache")
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size_mib]
 
     work = tempfile.mkdtemp(prefix="coffer-bench-registry-", dir=args.dir)
@@ -68,7 +75,8 @@ def main():
             print(f"4 GiB: push {t_push:.2f} s peak RSS {r_push:.1f} MiB; pull {t_pull:.2f} s peak RSS {r_pull:.1f} MiB "
                   f"(target <= 64 MiB, flat)")
 
-        queries(args, work, env, null)
+        if not args.no_queries:
+            queries(args, work, env, null)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
