@@ -193,11 +193,7 @@ public final class Registry: Sendable {
         try memory?.setPin(root.keyID, for: ClientMemory.location(home: home))
     }
 
-    static func now() -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: Date())
-    }
+    static func now() -> String { Timestamp.now }
 }
 
 // MARK: - Trusted signers

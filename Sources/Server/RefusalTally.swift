@@ -1,3 +1,4 @@
+import CofferCrypto
 import CofferRegistry
 import Foundation
 import Synchronization
@@ -61,9 +62,5 @@ final class RefusalTally: Sendable {
         }
     }
 
-    private static func format(_ date: Date) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: date)
-    }
+    private static func format(_ date: Date) -> String { Timestamp.string(date) }
 }

@@ -15,10 +15,8 @@ public enum FileAttestation {
         for path in files {
             subjects.append(.init(name: path, digest: ["sha256": Digest.hex(try Digest.sha256(file: path))]))
         }
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime]
         let predicate = JSONValue.object([
-            "created": .string(formatter.string(from: now)),
+            "created": .string(Timestamp.string(now, milliseconds: false)),
             "signer": .object(["name": .string(identity.publicIdentity.name), "id": .string(identity.publicIdentity.keyID)]),
         ])
         let statement = InTotoStatement(subject: subjects, predicateType: predicateType, predicate: predicate)

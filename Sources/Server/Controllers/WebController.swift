@@ -359,7 +359,7 @@ struct WebController {
         var failure: String? = nil
         do { _ = try await registry.verify(try ModelReference(parsing: ref), auditedAs: holder.principal.name) } catch { failure = error.description }
         state.versionChecks.record(
-            .init(at: ISO8601DateFormatter.fractional.string(from: Date()), by: holder.principal.name, failure: failure),
+            .init(at: Timestamp.now, by: holder.principal.name, failure: failure),
             of: ref
         )
         return WebPages.seeOther("/version?ref=" + WebForm.percentEncoded(ref))

@@ -1,3 +1,4 @@
+import CofferCrypto
 import CofferRegistry
 import Foundation
 import ServiceLifecycle
@@ -136,11 +137,7 @@ actor AuditChainMonitor {
         return Snapshot(status: status, report: report, fullWalkAt: fullWalkAt, rewalkedThrough: rewalkCursor, walkedNow: walked)
     }
 
-    private static func now() -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: Date())
-    }
+    private static func now() -> String { Timestamp.now }
 }
 
 /// Walks the audit chain once when the server starts, so that the first audit page load does not pay for it.

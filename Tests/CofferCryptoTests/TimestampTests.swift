@@ -1,0 +1,26 @@
+import Foundation
+import Testing
+
+@testable import CofferCrypto
+
+/// ``Timestamp`` writes what `ISO8601DateFormatter` wrote before it (records, audit entries and attestations signed
+/// by earlier versions hold that text), without ICU.
+struct TimestampTests {
+    @Test func theTextIsTheFormattersToTheMillisecond() {
+        let withMilliseconds = ISO8601DateFormatter()
+        withMilliseconds.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let seconds = ISO8601DateFormatter()
+        seconds.formatOptions = [.withInternetDateTime]
+        var generator = SystemRandomNumberGenerator()
+        // Dense around millisecond and second boundaries (where rounding decides), then anywhere up to 2096.
+        let times =
+            (0..<4000).map { 1_700_000_000.998 + Double($0) * 0.000_013 }
+            + (0..<4000).map { _ in Double.random(in: 0..<4_000_000_000, using: &generator) } + [0, 951_782_400, 4_107_542_399.9996]
+        for time in times {
+            let date = Date(timeIntervalSince1970: time)
+            #expect(Timestamp.string(date) == withMilliseconds.string(from: date), "\(time)")
+            #expect(Timestamp.string(date, milliseconds: false) == seconds.string(from: date), "\(time)")
+        }
+        #expect(Timestamp.string(Date(timeIntervalSince1970: 1_764_573_144.123_4)) == "2025-12-01T07:12:24.123Z")
+    }
+}
