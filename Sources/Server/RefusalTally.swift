@@ -43,7 +43,7 @@ final class RefusalTally: Sendable {
         for (key, count) in taken.sorted(by: { $0.value.first < $1.value.first }) {
             let reason =
                 count.count == 1
-                ? key.reason : "\(key.reason) (\(count.count) requests, \(Self.format(count.first)) to \(Self.format(count.last)))"
+                ? key.reason : "\(key.reason) (\(count.count) requests, \(Timestamp.string(count.first)) to \(Timestamp.string(count.last)))"
             do {
                 try await registry.recordRefusal(action: key.action, target: "-", reason: reason, principal: key.principal)
             } catch {
@@ -61,6 +61,4 @@ final class RefusalTally: Sendable {
             counts[key] = Count(count: newer.count + count.count, first: min(newer.first, count.first), last: max(newer.last, count.last))
         }
     }
-
-    private static func format(_ date: Date) -> String { Timestamp.string(date) }
 }

@@ -74,7 +74,7 @@ actor AuditChainMonitor {
             checkpoint = verification.checkpoint
             report = verification.report
             failure = nil
-            fullWalkAt = Self.now()
+            fullWalkAt = Timestamp.now
             rewalkCursor = 0
         case .failure(let error):
             checkpoint = nil
@@ -120,7 +120,7 @@ actor AuditChainMonitor {
             }
             if rewalkCursor >= next.seq {
                 rewalkCursor = 0
-                fullWalkAt = Self.now()
+                fullWalkAt = Timestamp.now
             }
             return snapshot(walked: verification.walked)
         } catch {
@@ -136,8 +136,6 @@ actor AuditChainMonitor {
             if let failure { .broken(failure) } else if checkpoint == nil { .verifying } else { .verified }
         return Snapshot(status: status, report: report, fullWalkAt: fullWalkAt, rewalkedThrough: rewalkCursor, walkedNow: walked)
     }
-
-    private static func now() -> String { Timestamp.now }
 }
 
 /// Walks the audit chain once when the server starts, so that the first audit page load does not pay for it.

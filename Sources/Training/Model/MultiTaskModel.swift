@@ -45,19 +45,14 @@ public struct DenseLayer: Sendable, Equatable {
 
     /// Gradients `sum_i r_i g_i a_i^T = (diag(r) G)^T A` and `sum_i r_i g_i` (per-example weights `r`: clipping factors, or 1).
     func weightedGradients(_ g: [Float], activations a: [Float], weights r: [Float], count n: Int) -> (weight: [Float], bias: [Float]) {
+        var dw = [Float](repeating: 0, count: outputs * inputs)
         var db = [Float](repeating: 0, count: outputs)
-        guard n > 0 else { return ([Float](repeating: 0, count: outputs * inputs), db) }
-        var dw = [Float](unsafeUninitializedCapacity: outputs * inputs) { $1 = $0.count }  // written whole by the product
+        guard n > 0 else { return (dw, db) }
         var scaled = g
-        scaled.withUnsafeMutableBufferPointer { scaled in
-            db.withUnsafeMutableBufferPointer { db in
-                for i in 0..<n {
-                    let row = scaled.baseAddress! + i * outputs
-                    for o in 0..<outputs {
-                        row[o] *= r[i]
-                        db[o] += row[o]
-                    }
-                }
+        for i in 0..<n {
+            for o in 0..<outputs {
+                scaled[i * outputs + o] *= r[i]
+                db[o] += scaled[i * outputs + o]
             }
         }
         MatrixKernels.multiplyFirstTransposed(scaled, a, into: &dw, m: outputs, n: inputs, k: n)
