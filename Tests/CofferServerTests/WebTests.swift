@@ -541,6 +541,7 @@ struct WebTests {
                 #expect(full.contains(label), "\(label)")
             }
             #expect(full.components(separatedBy: #"<line class="edge""#).count - 1 == 4, "parent, two datasets and a configuration")
+            #expect(full.contains(#"<figure class="figure lineage-figure columns-3">"#) && full.contains(#"viewBox="0 0 720.0 144.0""#))
             // bob reads m/ only: the parent in other/ is named (m/risk:2's signed statement names it, and
             // GET /v1/version shows it to him) but nothing of its own: not its dataset.
             let bob = try await signIn(client, token: w.tokens["bob-read"]!)
@@ -548,6 +549,31 @@ struct WebTests {
             #expect(partial.contains("Lineage, oldest first: other/base:1, whose details you may not read, then m/risk:2"))
             #expect(partial.contains(">other/base:1 (no access)</text>") && !partial.contains("raw-data"))
         }
+    }
+
+    /// The graph is drawn at its natural size and a phone scrolls what does not fit (docs/WEB.md, "On a phone"), so a
+    /// column no node fills is left out: a version with neither dataset nor configuration is one box wide.
+    @Test(arguments: [(false, false, 1), (true, false, 2), (false, true, 2), (true, true, 3)])
+    func theLineageGraphIsOnlyAsWideAsTheColumnsItFills(dataset: Bool, configuration: Bool, columns: Int) {
+        let parent = LineageGraph.Node(model: "m/base", version: "1", dataset: nil, configuration: nil)
+        let child = LineageGraph.Node(
+            model: "m/risk",
+            version: "2",
+            dataset: dataset ? "census" : nil,
+            configuration: configuration ? String(repeating: "ab", count: 32) : nil
+        )
+        let graph = LineageGraph(chain: [parent, child], hiddenParent: nil)
+        #expect(graph.columnCount == columns)
+        #expect(graph.width == [220.0, 470, 720][columns - 1])
+        let values = graph.values
+        #expect(values["columns"] as? Int == columns && values["width"] as? String == LineageGraph.format(graph.width))
+        // Every box inside the graph, the versions' column first when no dataset is stated.
+        let nodes = values["nodes"] as? [[String: Any]] ?? []
+        let rights = nodes.compactMap { node in Double(node["x"] as? String ?? "").map { $0 + LineageGraph.boxWidth } }
+        #expect(nodes.count == 2 + (dataset ? 1 : 0) + (configuration ? 1 : 0) && rights.count == nodes.count)
+        #expect(rights.allSatisfy { $0 <= graph.width - LineageGraph.margin } && rights.max() == graph.width - LineageGraph.margin)
+        let version = nodes.first { $0["kind"] as? String == "current" }?["x"] as? String
+        #expect(version == (dataset ? "260.0" : "10.0"))
     }
 
     @Test func theTokenListIsForAdminsAndShowsNoToken() async throws {

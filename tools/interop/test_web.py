@@ -7,7 +7,11 @@ ports) cannot sign the browser in as the attacker; a refused form is a 303 to a 
 server behind `--tls-cert` takes posts from its https origin.
 
 Every page the browser is shown is also fetched raw (with the browser's cookie) and parsed by html5lib's strict
-parser, and checked for any token; screenshots of the main pages go to $COFFER_WEB_ARTIFACTS (a temp dir if unset)."""
+parser, and checked for any bearer token and any session cookie's value; so are the pages that answer a post (a
+refused sign-in, a change request, a 429). At a phone's width no page scrolls sideways and the SVG figures' labels
+stay readable. Screenshots of the main pages go to $COFFER_WEB_ARTIFACTS (a temp dir if unset); docs/web holds three
+of them, reduced to 64 colours."""
+import hashlib
 import http.server
 import json
 import os
@@ -43,8 +47,8 @@ SIGNIN = cofferlib.WEB_SIGNIN_COOKIE
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A registry owned by alice (admin) with bob (reader, inference), m/risk:1 pushed with alias prod and a hostile
-    tag, m/census:1 and :2 charged to the budget of dataset census, tokens for both, and `coffer serve` on a free
-    loopback port."""
+    tag, m/census:1 and :2 charged to the budget of dataset census (:2 the child of :1, with a training configuration:
+    a lineage graph of three columns), tokens for both, and `coffer serve` on a free loopback port."""
     work = tmp_path_factory.mktemp("web")
     coffer = cofferlib.coffer_binary()
     env = cofferlib.environment(work)
@@ -61,8 +65,9 @@ def world(tmp_path_factory):
     cofferlib.check(coffer, "tag", "m/risk:1", f"note={HOSTILE}", "--home", home, env=env)
     # Two versions charged to a budget, for its plot.
     cofferlib.check(coffer, "budget", "set", "census", "--epsilon", "10", "--delta", "1e-5", *admin, env=env)
-    for _ in range(2):
-        cofferlib.check(coffer, "push", "m/census", work / "ckpt", "--dataset", "census", *admin, env=env)
+    configuration = hashlib.sha256((work / "data" / "recipe.json").read_bytes()).hexdigest()
+    for lineage in ([], ["--parent", "m/census:1", "--training-config-digest", configuration]):
+        cofferlib.check(coffer, "push", "m/census", work / "ckpt", "--dataset", "census", *lineage, *admin, env=env)
     tokens = {
         "alice": cofferlib.check(coffer, "token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin, env=env).strip(),
         "bob": cofferlib.check(coffer, "token", "create", "--principal", "bob", "--scope", "read", "--ttl", "1h", *admin, env=env).strip(),
@@ -70,7 +75,8 @@ def world(tmp_path_factory):
     }
     process, base, log = cofferlib.start_server(coffer, home, env, work / "serve.log")
     try:
-        yield {"base": base, "home": home, "tokens": tokens, "log": log, "coffer": coffer, "env": env, "admin": admin}
+        # "sessions": every session cookie value a test's browser held, none of which may appear in a page.
+        yield {"base": base, "home": home, "tokens": tokens, "sessions": set(), "log": log, "coffer": coffer, "env": env, "admin": admin}
     finally:
         cofferlib.stop_server(process)
         log.seek(0)
@@ -108,16 +114,28 @@ def raw(url, cookies):
         return error.code, error.read().decode()
 
 
-def check_page(driver, world):
-    """The page the browser shows, fetched raw: valid HTML5 (strict parser), no token in it."""
-    status, html = raw(driver.current_url, driver.get_cookies())
-    parser = html5lib.HTMLParser(strict=True)
+def strict_html(html, where="the page"):
     try:
-        parser.parse(html)
+        html5lib.HTMLParser(strict=True).parse(html)
     except html5lib.html5parser.ParseError as error:
-        pytest.fail(f"{driver.current_url} is not valid HTML: {error}\n{html}")
-    for token in world["tokens"].values():
-        assert token not in html and token not in driver.page_source, f"a token is on {driver.current_url}"
+        pytest.fail(f"{where} is not valid HTML: {error}\n{html}")
+
+
+def no_secret(world, cookies, where, *bodies):
+    """No bearer token and no session cookie's value (the browser's now, or any a test's browser held before) in a
+    page. The sign-in form's CSRF cookie is meant to be in its form (a double-submit token) and is not a secret."""
+    world["sessions"].update(c["value"] for c in cookies if c["name"] == SESSION)
+    for body in bodies:
+        assert not any(token in body for token in world["tokens"].values()), f"a bearer token is on {where}"
+        assert not any(value in body for value in world["sessions"]), f"a session cookie's value is on {where}"
+
+
+def check_page(driver, world):
+    """The page the browser shows, fetched raw: valid HTML5 (strict parser), no secret in it."""
+    cookies = driver.get_cookies()
+    status, html = raw(driver.current_url, cookies)
+    strict_html(html, driver.current_url)
+    no_secret(world, cookies, driver.current_url, html, driver.page_source)
     assert "<script" not in html
     return status, html
 
@@ -169,6 +187,17 @@ def test_a_wrong_token_is_refused(driver, world):
     click(driver, By.CSS_SELECTOR, "form.card button[type=submit]")
     assert "unknown bearer token" in driver.find_element(By.CSS_SELECTOR, "[role=alert]").text
     assert not [c for c in driver.get_cookies() if c["name"] == SESSION]
+    # The refusal answers the post, which a GET cannot fetch again: the same posts without the browser give the pages
+    # to the strict parser, the token typed in never filled back in. Refused for the token (401), then for coming from
+    # another origin (403).
+    wrong = "cft_" + "1" * 64
+    own = {"Origin": world["base"], "Sec-Fetch-Site": "same-origin"}
+    status, html, _ = cofferlib.web_sign_in(world["base"], wrong, headers=own)
+    assert status == 401 and "unknown bearer token" in html and wrong not in html, html
+    strict_html(html, "the sign-in page refusing a token")
+    status, html, _ = cofferlib.web_sign_in(world["base"], wrong, headers={"Origin": "http://127.0.0.1:1"})
+    assert status == 403 and f"not from this server ({world['base']})" in html and wrong not in html, html
+    strict_html(html, "the sign-in page refusing a post from another origin")
 
 
 def test_cookie_flags_as_the_browser_holds_them(driver, world):
@@ -186,6 +215,9 @@ def test_cookie_flags_as_the_browser_holds_them(driver, world):
     assert 1700 < cookie["expiry"] - time.time() <= 1800
     # The page cannot read it: HttpOnly, whatever a script would try.
     assert SESSION not in driver.execute_script("return document.cookie")
+    # Nor does any page carry its value: every page checked from here on is searched for it (and for every earlier one).
+    check_page(driver, world)
+    assert cookie["value"] in world["sessions"]
 
 
 def test_browse_to_a_version_and_see_it_verified(driver, world):
@@ -299,19 +331,70 @@ def test_a_tampered_blob_is_reported_on_the_version_page(driver, world):
     assert "by bob" in driver.find_element(By.ID, "blob-status").find_element(By.XPATH, "..").text
 
 
+def test_checking_the_blobs_too_often_is_a_429_page(driver, world):
+    """Each "check now" reads and hashes every blob: past 3 at once for one principal, a 429 page saying when."""
+    sign_in(driver, world, "alice", "/version?ref=m/risk:1")
+    csrf = page_csrf(driver, world, "/version?ref=m/risk:1")
+    answers = [post_raw(driver, world, "/version/check", {"csrf": csrf, "ref": "m/risk:1"}) for _ in range(4)]
+    assert [status for status, _ in answers] == [200, 200, 200, 429], answers[-1][1]
+    html = answers[-1][1]
+    assert "<h1>429 Too Many Requests</h1>" in html and "alice checked versions 3 times recently: check again in" in html, html
+    strict_html(html, "the 429 page")
+
+
+# The SVG figures of a page as it is laid out: the smallest label's rendered height (its box, and its font size times
+# the scale the SVG is drawn at), the widths of the figure's scrolling box and of the SVG, and whether the "scroll
+# sideways" line shows.
+FIGURES = """
+return [...document.querySelectorAll('figure.figure')].map(figure => {
+    const svg = figure.querySelector('svg'), texts = [...svg.querySelectorAll('text')], box = figure.querySelector('.scroll');
+    return {svg: svg.getAttribute('class'), labels: texts.length,
+            textHeight: Math.min(...texts.map(t => t.getBoundingClientRect().height)),
+            fontPx: Math.min(...texts.map(t => parseFloat(getComputedStyle(t).fontSize) * t.getScreenCTM().a)),
+            boxWidth: box.clientWidth, scrollWidth: box.scrollWidth, svgWidth: svg.getBoundingClientRect().width,
+            hint: getComputedStyle(figure.querySelector('.swipe')).display !== 'none'};
+});
+"""
+
+
 def test_the_pages_fit_a_phone(driver, world):
-    """At a phone's width nothing makes the page scroll sideways (wide tables scroll inside their own box)."""
+    """At a phone's width nothing makes the page scroll sideways: wide tables and the SVG figures scroll inside their
+    own box. The figures are never shrunk to fit (a 640-unit plot drawn 309 px wide had 6 px labels): their labels
+    render at least 10 px tall, a figure wider than the phone scrolls over all of it and a line under it says so, and a
+    lineage graph of one column (no dataset or configuration stated) is narrow enough to fit."""
+    status, opened, _ = cofferlib.http_json(world["base"], "POST", "/v1/sessions", token=world["tokens"]["bob-infer"],
+                                            body={"ref": "m/risk@prod", "ttl_seconds": 600, "max_uses": 3})
+    assert status == 201, opened  # a row on /sessions
+    # Each page, and for each figure on it whether it is wider than a phone.
+    pages = {"/models": [], "/model?name=m/risk": [], "/version?ref=m/risk:1": [False], "/version?ref=m/census:2": [True],
+             "/budgets": [], "/budget?dataset=census": [True], "/sessions": [], "/tokens": [], "/principals": [], "/audit": []}
     driver.set_window_size(390, 844)
     try:
         sign_in(driver, world, "alice")
-        for path in ("/models", "/model?name=m/risk", "/version?ref=m/risk:1", "/audit"):
+        for path, wide in pages.items():
             driver.get(world["base"] + path)
+            assert driver.find_element(By.TAG_NAME, "h1").text not in ("403 Forbidden", "404 Not Found"), path
             width = driver.execute_script("return [document.documentElement.scrollWidth, window.innerWidth]")
             assert width[0] <= width[1], f"{path} is {width[0]} px wide in a {width[1]} px window"
+            drawn = driver.execute_script(FIGURES)
+            assert len(drawn) == len(wide), (path, drawn)
+            for figure, too_wide in zip(drawn, wide):
+                assert figure["labels"] > 0, (path, figure)
+                assert figure["textHeight"] >= 10 and figure["fontPx"] >= 10, f"{path}: {figure['svg']}'s labels are too small: {figure}"
+                assert (figure["svgWidth"] > figure["boxWidth"]) == too_wide, (path, figure)
+                assert figure["scrollWidth"] >= figure["svgWidth"] - 1 and figure["hint"] == too_wide, (path, figure)
+                if too_wide:
+                    driver.execute_script("document.querySelector('figure.figure').scrollIntoView()")
+                    shot(driver, "figure-phone-" + figure["svg"])
         driver.get(world["base"] + "/version?ref=m/risk:1")
         shot(driver, "version-phone")
     finally:
         driver.set_window_size(1280, 900)
+    # On a wide screen the figures fit: drawn at the same size, no scrolling and no line about it.
+    for path in ("/version?ref=m/census:2", "/budget?dataset=census"):
+        driver.get(world["base"] + path)
+        (figure,) = driver.execute_script(FIGURES)
+        assert figure["fontPx"] >= 11.5 and figure["scrollWidth"] <= figure["boxWidth"] and not figure["hint"], (path, figure)
 
 
 def test_the_budget_plot_is_drawn_on_the_server(driver, world):
@@ -381,23 +464,29 @@ def token_ids(world):
 
 
 def post_raw(driver, world, path, fields):
-    """A form post with the browser's cookies, as the browser would send it from the page: (status, body)."""
+    """A form post with the browser's cookies, as the browser would send it from the page (redirects followed):
+    (status, body), the body checked for secrets."""
     data = urllib.parse.urlencode(fields).encode()
-    cookies = "; ".join(f"{c['name']}={c['value']}" for c in driver.get_cookies())
+    held = driver.get_cookies()
+    cookies = "; ".join(f"{c['name']}={c['value']}" for c in held)
     request = urllib.request.Request(world["base"] + path, data=data, method="POST",
                                      headers={"Cookie": cookies, "Origin": world["base"], "Sec-Fetch-Site": "same-origin"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode()
+            status, body = response.status, response.read().decode()
     except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
+        status, body = error.code, error.read().decode()
+    no_secret(world, held, f"the answer to POST {path}", body)
+    return status, body
 
 
-def strict_html(html):
-    try:
-        html5lib.HTMLParser(strict=True).parse(html)
-    except html5lib.html5parser.ParseError as error:
-        pytest.fail(f"not valid HTML: {error}\n{html}")
+def page_csrf(driver, world, path):
+    """The CSRF token of the signed-in browser's forms, from the page at `path` fetched raw."""
+    cookies = driver.get_cookies()
+    status, html = raw(world["base"] + path, cookies)
+    assert status == 200, html
+    no_secret(world, cookies, path, html)
+    return html.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
 
 def test_an_admin_asks_for_a_token_on_the_page_and_approves_it_with_coffer(driver, world):
@@ -419,10 +508,10 @@ def test_an_admin_asks_for_a_token_on_the_page_and_approves_it_with_coffer(drive
     shot(driver, "token-request")
     # The answer to a form cannot be fetched again with a GET: the same form, posted without the browser (its cookie
     # and CSRF token), gives the page to the strict parser.
-    csrf = raw(world["base"] + "/tokens", driver.get_cookies())[1].split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    csrf = page_csrf(driver, world, "/tokens")
     status, html = post_raw(driver, world, "/tokens", {"csrf": csrf, "principal": "bob", "scope": "read", "ttl": "1h"})
     assert status == 200 and "cft_" in html
-    strict_html(html)
+    strict_html(html, "the token's change request")
 
     def api_status():
         return cofferlib.http_json(world["base"], "GET", "/v1/sessions", token=token)[0]
@@ -470,6 +559,11 @@ def test_an_admin_asks_for_a_grant_on_the_page_and_approves_it_with_coffer(drive
     assert "grant bob publisher on m/census" in driver.find_element(By.TAG_NAME, "strong").text
     assert "cft_" not in driver.page_source
     request = filed_request(driver)
+    # The same page, asked for without the browser (an answer to a post), for the strict parser.
+    csrf = page_csrf(driver, world, "/principals")
+    status, html = post_raw(driver, world, "/grants", {"csrf": csrf, "principal": "bob", "role": "reader", "scope": "m/risk"})
+    assert status == 200 and "<h1>Change requested</h1>" in html and "grant bob reader on m/risk" in html, html
+    strict_html(html, "the grant's change request")
     listed = lambda: cofferlib.check(coffer, "principal", "list", "--home", world["home"], env=env)  # noqa: E731
     assert "publisher on m/census" not in listed()
     cofferlib.check(coffer, "approve", request, "--yes", *world["admin"], env=env)
@@ -544,7 +638,9 @@ def test_a_server_with_tls_takes_posts_from_its_https_origin(world, tmp_path):
                 time.sleep(0.05)
         own = {"Origin": base, "Sec-Fetch-Site": "same-origin"}
         status, html, cookies = cofferlib.web_sign_in(base, world["tokens"]["bob"], context=context, headers=own)
-        assert status == 303 and [c for c in cookies if c.startswith(SESSION + "=")], html
+        session = [c.split(";")[0].split("=", 1)[1] for c in cookies if c.startswith(SESSION + "=")]
+        assert status == 303 and session, html
+        assert session[0] not in html, "the session cookie's value is in the sign-in's answer"
         status, html, cookies = cofferlib.web_sign_in(base, world["tokens"]["bob"], context=context, headers={"Origin": f"http://127.0.0.1:{port}"})
         assert status == 403 and f"not from this server ({base})" in html, html
         assert not [c for c in cookies if c.startswith(SESSION + "=")]

@@ -160,6 +160,7 @@ enum WebTemplates {
         </section>
         <section aria-labelledby="lineage" class="card">
         <h2 id="lineage">Lineage</h2>
+        <figure class="figure lineage-figure columns-{{lineage.columns}}"><div class="scroll">
         <svg class="lineage" viewBox="0 0 {{lineage.width}} {{lineage.height}}" role="img" aria-labelledby="lineage-title" xmlns="http://www.w3.org/2000/svg">
         <title id="lineage-title">Lineage, oldest first: {{lineage.summary}}</title>
         <defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z"/></marker></defs>
@@ -168,6 +169,7 @@ enum WebTemplates {
         {{#lineage.nodes}}<rect class="{{kind}}" x="{{x}}" y="{{y}}" width="{{width}}" height="{{height}}" rx="6"/><text class="label" x="{{textX}}" y="{{textY}}" text-anchor="middle">{{label}}</text>
         {{/lineage.nodes}}
         </svg>
+        </div><figcaption class="hint swipe">Wider than the screen: scroll the graph sideways to see all of it.</figcaption></figure>
         <dl>
         <dt>Parent</dt><dd>{{#parentHref}}<a href="{{parentHref}}">{{parent}}</a>{{/parentHref}}{{^parentHref}}none{{/parentHref}}</dd>
         <dt>Dataset</dt><dd>{{dataset}}</dd>
@@ -245,6 +247,7 @@ enum WebTemplates {
         <section aria-labelledby="spend" class="card">
         <h2 id="spend">Spent against the total</h2>
         <p><strong id="spent">{{spent}}</strong> of epsilon {{total}} spent at delta {{delta}}; {{remaining}} remains.</p>
+        <figure class="figure plot-figure"><div class="scroll">
         <svg class="plot" viewBox="0 0 {{plot.width}} {{plot.height}}" role="img" aria-labelledby="plot-title" xmlns="http://www.w3.org/2000/svg">
         <title id="plot-title">Composed epsilon after each charged version (line) against the budget of {{total}} (dashed)</title>
         <line class="axis" x1="{{plot.left}}" y1="{{plot.bottom}}" x2="{{plot.right}}" y2="{{plot.bottom}}"/>
@@ -259,6 +262,7 @@ enum WebTemplates {
         {{#plot.dots}}<circle class="{{kind}}" cx="{{x}}" cy="{{y}}" r="4"><title>{{label}}</title></circle>
         {{/plot.dots}}
         </svg>
+        </div><figcaption class="hint swipe">Wider than the screen: scroll the plot sideways to see all of it.</figcaption></figure>
         </section>
         <section aria-labelledby="charged">
         <h2 id="charged">Versions charged, in order</h2>
@@ -379,6 +383,11 @@ enum WebTemplates {
         {{> foot}}
         """
 
+    // The plot and the lineage graph are drawn at their natural size (1 rem for 16 units of their viewBox: 12 px labels
+    // at the default 16 px text, larger with a larger text setting; the lineage graph is 220, 470 or 720 units wide by
+    // its columns) and never scaled down to fit: a phone would show them at half size, their labels
+    // about 6 px tall. On a screen narrower than a figure, its own box scrolls sideways, as a wide table's does, and
+    // the page never does; a container query shows the "scroll sideways" line only when the figure does not fit.
     static let stylesheet = """
         :root { color-scheme: light; }
         body { margin: 0; font: 16px/1.5 system-ui, sans-serif; color: #1a1a1a; background: #fff; }
@@ -412,13 +421,22 @@ enum WebTemplates {
         .secret { font-size: 1rem; }
         .namespaces ul { display: flex; flex-wrap: wrap; gap: .25rem 1rem; padding: 0; list-style: none; }
         .namespaces h2 { font-size: 1rem; }
-        .plot { width: 100%; max-width: 40rem; height: auto; }
+        .figure { margin: 1rem 0; container-type: inline-size; }
+        .figure svg { display: block; height: auto; }
+        .swipe { display: none; margin: .25rem 0 0; }
+        @container (width < 40rem) { .plot-figure .swipe { display: block; } }
+        @container (width < 13.75rem) { .lineage-figure.columns-1 .swipe { display: block; } }
+        @container (width < 29.375rem) { .lineage-figure.columns-2 .swipe { display: block; } }
+        @container (width < 45rem) { .lineage-figure.columns-3 .swipe { display: block; } }
+        .plot { width: 40rem; }
         .plot .axis { stroke: #4a4f55; stroke-width: 1; }
         .plot .budget-line { stroke: #8f0b1f; stroke-width: 2; stroke-dasharray: 6 4; }
         .plot .spent-line { fill: none; stroke: #0b4f9c; stroke-width: 2.5; }
         .plot circle.within { fill: #0b4f9c; }
         .plot circle.over { fill: #8f0b1f; }
-        .lineage { width: 100%; max-width: 45rem; height: auto; }
+        .columns-1 .lineage { width: 13.75rem; }
+        .columns-2 .lineage { width: 29.375rem; }
+        .columns-3 .lineage { width: 45rem; }
         .lineage rect { fill: #fff; stroke: #4a4f55; stroke-width: 1.5; }
         .lineage rect.current { fill: #e6eef8; stroke: #0b4f9c; stroke-width: 2.5; }
         .lineage rect.dataset { fill: #f3f7ee; }
