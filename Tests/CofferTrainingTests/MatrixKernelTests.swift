@@ -17,8 +17,12 @@ struct MatrixKernelTests {
         MatrixKernels.multiplyTransposed(a, bT, into: &blas, m: m, n: n, k: k, backend: .blas)
         MatrixKernels.multiplyTransposed(a, bT, into: &simd, m: m, n: n, k: k, backend: .simd)
         #expect(zip(blas, simd).allSatisfy { abs($0 - $1) < 1e-4 })
+        // multiply adds to what c holds (the heads' input gradients are summed that way): checked against a plain loop.
+        var expected = blas
+        for i in 0..<m { for j in 0..<n { for p in 0..<k { expected[i * n + j] += a[i * k + p] * b[p * n + j] } } }
         MatrixKernels.multiply(a, b, into: &blas, m: m, n: n, k: k, backend: .blas)
         MatrixKernels.multiply(a, b, into: &simd, m: m, n: n, k: k, backend: .simd)
+        #expect(zip(blas, expected).allSatisfy { abs($0 - $1) < 1e-4 })
         #expect(zip(blas, simd).allSatisfy { abs($0 - $1) < 1e-4 })
         MatrixKernels.multiplyFirstTransposed(aT, b, into: &blas, m: m, n: n, k: k, backend: .blas)
         MatrixKernels.multiplyFirstTransposed(aT, b, into: &simd, m: m, n: n, k: k, backend: .simd)

@@ -16,9 +16,15 @@ public struct Dataset: Sendable {
     }
 
     func rows(_ indices: [Int]) -> ([Float], [[Float]]) {
-        var x: [Float] = []
-        x.reserveCapacity(indices.count * inputs)
-        for i in indices { x += features[(i * inputs)..<((i + 1) * inputs)] }
+        let x = [Float](unsafeUninitializedCapacity: indices.count * inputs) { x, initialized in
+            features.withUnsafeBufferPointer { features in
+                for (row, i) in indices.enumerated() {
+                    precondition(i >= 0 && i < count, "row \(i) of \(count)")
+                    (x.baseAddress! + row * inputs).initialize(from: features.baseAddress! + i * inputs, count: inputs)
+                }
+            }
+            initialized = indices.count * inputs
+        }
         return (x, targets.map { t in indices.map { t[$0] } })
     }
 }
@@ -182,23 +188,22 @@ public struct Trainer: Sendable {
                 gradients += [canaryBatch[model.trunk.count].weight, canaryBatch[model.trunk.count].bias]
             }
         }
+        // The sum becomes a mean: over the expected batch size under DP (the actual size would reveal who is in it).
+        var scale = 1 / Float(max(drawn.count, 1))
         if let sigma = configuration.noiseMultiplier, let noise = noise?.value() {
-            let scale = 1 / Float(q * Double(normalizingCount ?? data.count))
+            scale = 1 / Float(q * Double(normalizingCount ?? data.count))
             var offset = 0
             noise.withUnsafeBufferPointer { noise in
                 for p in gradients.indices {
                     gradients[p].withUnsafeMutableBufferPointer { g in
-                        for k in 0..<g.count { g[k] = (g[k] + noise[offset + k]) * scale }
+                        for k in 0..<g.count { g[k] += noise[offset + k] }
                     }
                     offset += gradients[p].count
                 }
             }
             accountant.compose(PrivacySegment(sampleRate: q, noiseMultiplier: sigma, steps: 1))
-        } else if !drawn.isEmpty {
-            let scale = 1 / Float(drawn.count)
-            for p in gradients.indices { for k in gradients[p].indices { gradients[p][k] *= scale } }
         }
-        apply(gradients)
+        apply(gradients, scale: scale)
         steps += 1
         let n = Double(max(indices.count, 1))
         return StepReport(batchSize: indices.count, canaries: canaryCount, taskLosses: batch.taskLosses.map { indices.isEmpty ? 0 : $0 / n })
@@ -224,7 +229,8 @@ public struct Trainer: Sendable {
         }
     }
 
-    private mutating func apply(_ gradients: [[Float]]) {
+    /// One optimiser step on `scale` times `gradients`.
+    private mutating func apply(_ gradients: [[Float]], scale: Float) {
         let lr = configuration.learningRate
         let t = Float(steps + 1)
         for p in gradients.indices {
@@ -237,7 +243,7 @@ public struct Trainer: Sendable {
                         switch configuration.optimizer {
                         case .sgd(let momentum):
                             for k in 0..<w.count {
-                                m[k] = momentum * m[k] + g[k]
+                                m[k] = momentum * m[k] + scale * g[k]
                                 w[k] -= lr * m[k]
                             }
                         case .adam(let beta1, let beta2, let epsilon):
@@ -245,8 +251,9 @@ public struct Trainer: Sendable {
                             let c2 = 1 - powf(beta2, t)
                             secondMoment[p].withUnsafeMutableBufferPointer { v in
                                 for k in 0..<w.count {
-                                    m[k] = beta1 * m[k] + (1 - beta1) * g[k]
-                                    v[k] = beta2 * v[k] + (1 - beta2) * g[k] * g[k]
+                                    let g = scale * g[k]
+                                    m[k] = beta1 * m[k] + (1 - beta1) * g
+                                    v[k] = beta2 * v[k] + (1 - beta2) * g * g
                                     w[k] -= lr * (m[k] / c1) / ((v[k] / c2).squareRoot() + epsilon)
                                 }
                             }

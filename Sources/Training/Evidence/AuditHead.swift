@@ -67,8 +67,7 @@ extension MultiTaskModel {
         var delta = head.projection.backward(head.layer.backward(g, count: n), count: n)
         var trunkGradients = [[Float]](repeating: [], count: trunk.count)
         for l in stride(from: trunk.count - 1, through: 0, by: -1) {
-            let pre = trace.preActivations[l]
-            for k in delta.indices { delta[k] *= architecture.activation.derivative(pre[k]) }
+            architecture.activation.backpropagate(&delta, preActivations: trace.preActivations[l])
             trunkGradients[l] = delta
             if l > 0 { delta = trunk[l].backward(delta, count: n) }
         }

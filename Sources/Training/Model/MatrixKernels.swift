@@ -27,17 +27,16 @@ enum MatrixKernels {
         }
     }
 
-    /// `c[m x n] = a[m x k] * b[k x n]` (row-major): a dense layer's input gradient.
+    /// `c[m x n] += a[m x k] * b[k x n]` (row-major): a dense layer's input gradient.
     static func multiply(_ a: [Float], _ b: [Float], into c: inout [Float], m: Int, n: Int, k: Int, backend: Backend = backend) {
         guard m > 0, n > 0 else { return }
         switch backend {
         case .blas:
-            coffer_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(n), 0, &c, Int32(n))
+            coffer_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(n), 1, &c, Int32(n))
         case .simd:
             a.withUnsafeBufferPointer { a in
                 b.withUnsafeBufferPointer { b in
                     c.withUnsafeMutableBufferPointer { c in
-                        for i in 0..<(m * n) { c[i] = 0 }
                         for i in 0..<m {
                             for p in 0..<k where a[i * k + p] != 0 { axpy(a[i * k + p], b.baseAddress! + p * n, c.baseAddress! + i * n, n) }
                         }

@@ -28,9 +28,13 @@ public struct DenseLayer: Sendable, Equatable {
 
     /// `out[n x outputs] = x[n x inputs] W^T + b`.
     func forward(_ x: [Float], count n: Int) -> [Float] {
-        var out = [Float](repeating: 0, count: n * outputs)
-        guard n > 0 else { return out }
-        for i in 0..<n { for o in 0..<outputs { out[i * outputs + o] = bias[o] } }
+        guard n > 0 else { return [] }
+        var out = [Float](unsafeUninitializedCapacity: n * outputs) { out, initialized in
+            bias.withUnsafeBufferPointer { bias in
+                for i in 0..<n { (out.baseAddress! + i * outputs).initialize(from: bias.baseAddress!, count: outputs) }
+            }
+            initialized = n * outputs
+        }
         MatrixKernels.multiplyTransposed(x, weight, into: &out, m: n, n: outputs, k: inputs)
         return out
     }
@@ -38,9 +42,14 @@ public struct DenseLayer: Sendable, Equatable {
     /// `dx[n x inputs] = g[n x outputs] W`.
     func backward(_ g: [Float], count n: Int) -> [Float] {
         var dx = [Float](repeating: 0, count: n * inputs)
-        guard n > 0 else { return dx }
-        MatrixKernels.multiply(g, weight, into: &dx, m: n, n: inputs, k: outputs)
+        backward(g, count: n, addingTo: &dx)
         return dx
+    }
+
+    /// `dx[n x inputs] += g[n x outputs] W`: the heads' input gradients summed into one array.
+    func backward(_ g: [Float], count n: Int, addingTo dx: inout [Float]) {
+        guard n > 0 else { return }
+        MatrixKernels.multiply(g, weight, into: &dx, m: n, n: inputs, k: outputs)
     }
 
     /// Gradients `sum_i r_i g_i a_i^T = (diag(r) G)^T A` and `sum_i r_i g_i` (per-example weights `r`: clipping factors, or 1).
@@ -48,11 +57,16 @@ public struct DenseLayer: Sendable, Equatable {
         var dw = [Float](repeating: 0, count: outputs * inputs)
         var db = [Float](repeating: 0, count: outputs)
         guard n > 0 else { return (dw, db) }
+        // Unit weights (training without clipping) use g as it is: no scaled copy of it.
         var scaled = g
-        for i in 0..<n {
-            for o in 0..<outputs {
-                scaled[i * outputs + o] *= r[i]
-                db[o] += scaled[i * outputs + o]
+        if !r.allSatisfy({ $0 == 1 }) {
+            scaled.withUnsafeMutableBufferPointer { scaled in
+                for i in 0..<n { for o in 0..<outputs { scaled[i * outputs + o] *= r[i] } }
+            }
+        }
+        scaled.withUnsafeBufferPointer { scaled in
+            db.withUnsafeMutableBufferPointer { db in
+                for i in 0..<n { MatrixKernels.axpy(1, scaled.baseAddress! + i * outputs, db.baseAddress!, outputs) }
             }
         }
         MatrixKernels.multiplyFirstTransposed(scaled, a, into: &dw, m: outputs, n: inputs, k: n)
@@ -110,7 +124,7 @@ public struct MultiTaskModel: Sendable, Equatable {
         for layer in trunk {
             let z = layer.forward(current, count: n)
             pre.append(z)
-            current = z.map { architecture.activation.apply($0) }
+            current = architecture.activation.apply(z)
             activations.append(current)
         }
         return Trace(activations: activations, preActivations: pre, outputs: heads.map { $0.forward(current, count: n) })
@@ -131,6 +145,30 @@ public struct MultiTaskModel: Sendable, Equatable {
 }
 
 extension Architecture.Activation {
+    /// The activation of every element, in one loop per kind (the compiler vectorises ReLU's).
+    func apply(_ z: [Float]) -> [Float] {
+        switch self {
+        case .relu:
+            [Float](unsafeUninitializedCapacity: z.count) { out, initialized in
+                z.withUnsafeBufferPointer { z in for k in 0..<z.count { out[k] = max(0, z[k]) } }
+                initialized = z.count
+            }
+        case .gelu: z.map(apply)
+        }
+    }
+
+    /// `g *= derivative(pre)`, element by element: a gradient brought back through the activation.
+    func backpropagate(_ g: inout [Float], preActivations pre: [Float]) {
+        pre.withUnsafeBufferPointer { pre in
+            g.withUnsafeMutableBufferPointer { g in
+                switch self {
+                case .relu: for k in 0..<g.count { g[k] = pre[k] > 0 ? g[k] : 0 }
+                case .gelu: for k in 0..<g.count { g[k] *= derivative(pre[k]) }
+                }
+            }
+        }
+    }
+
     func apply(_ x: Float) -> Float {
         switch self {
         case .relu: max(0, x)
