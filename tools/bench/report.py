@@ -122,11 +122,11 @@ def main():
     quick = args.quick
     with tempfile.TemporaryDirectory() as work:
         transfers_json, training_json = f"{work}/transfers.json", f"{work}/training.json"
-        sizes = "16,64,256" if quick else "16,64,256,1024,4096"
+        sizes = "1,16,64,256" if quick else "1,16,64,256,1024,4096"
         benches = [
             ("crypto", "seal/unseal against age", [py, f"{HERE}/crypto_bench.py", "--coffer", c, "--size-mib", "256" if quick else "1024",
                                                     "--rounds", "1" if quick else "3", "--no-4g"]),
-            ("registry", "push/pull against age, 16 MiB to 4 GiB; queries", [py, f"{HERE}/registry_bench.py", "--coffer", c, "--sizes", sizes,
+            ("registry", "push/pull against age, 1 MiB to 4 GiB; queries", [py, f"{HERE}/registry_bench.py", "--coffer", c, "--sizes", sizes,
                                                                              "--rounds", "1" if quick else "3", "--versions", "10000" if quick else "100000",
                                                                              *(["--no-4g"] if quick else []),
                                                                              "--json-out", transfers_json]),
