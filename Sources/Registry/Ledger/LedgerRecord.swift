@@ -422,21 +422,14 @@ public struct LedgerRecord: Sendable, Equatable {
             change: change,
             envelope: envelope.jsonBytes,
             payload: payload,
-            hash: Digest.hex(Digest.sha256(payload)),
+            hash: hash(payload: payload),
             signerKeyID: signer.publicIdentity.keyID
         )
     }
 
     /// Parses a stored envelope. The signature is not checked here: only a ``LedgerState`` knows whose keys count.
     public init(envelope bytes: [UInt8]) throws(LedgerError) {
-        let envelope: DSSEEnvelope
-        let payload: [UInt8]
-        do {
-            envelope = try DSSEEnvelope(jsonBytes: bytes)
-            payload = try envelope.payloadBytes()
-        } catch {
-            throw .malformed("not a record envelope: \(error)")
-        }
+        let (envelope, payload) = try Self.open(bytes)
         guard envelope.payloadType == Self.payloadType else { throw .malformed("payload type \(envelope.payloadType) is not a record's") }
         guard envelope.signatures.count == 1 else { throw .malformed("a record carries exactly one signature") }
         guard case .object(var object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(payload)) else {
@@ -456,8 +449,24 @@ public struct LedgerRecord: Sendable, Equatable {
         self.change = try LedgerChange(kind: kind, fields: object)
         self.envelope = bytes
         self.payload = payload
-        self.hash = Digest.hex(Digest.sha256(payload))
+        self.hash = Self.hash(payload: payload)
         self.signerKeyID = envelope.signatures[0].keyid
+    }
+
+    /// The hash of the record in a stored envelope, without reading the record: all that a check that a record
+    /// verified before is still there, unchanged, needs. (Parsing the whole record for it was about a sixth of the
+    /// server's CPU at 500 metadata requests/s, since every request checks the last verified record.)
+    static func hash(envelope bytes: [UInt8]) throws(LedgerError) -> String { hash(payload: try open(bytes).payload) }
+
+    private static func hash(payload: [UInt8]) -> String { Digest.hex(Digest.sha256(payload)) }
+
+    private static func open(_ bytes: [UInt8]) throws(LedgerError) -> (envelope: DSSEEnvelope, payload: [UInt8]) {
+        do {
+            let envelope = try DSSEEnvelope(jsonBytes: bytes)
+            return (envelope, try envelope.payloadBytes())
+        } catch {
+            throw .malformed("not a record envelope: \(error)")
+        }
     }
 
     /// Whether `signer` made the record's one signature.

@@ -57,7 +57,7 @@ extension Registry {
         let rows = try await metadata.ledgerRecords(after: max(0, state.seq - 1), limit: nil)
         if state.seq > 0 {
             let stored = rows.first { $0.seq == state.seq }
-            guard let stored, (try? Self.parse(Array(stored.envelope)).hash) == state.hash else {
+            guard let stored, (try? LedgerRecord.hash(envelope: Array(stored.envelope))) == state.hash else {
                 var last = rows.last?.seq ?? 0
                 if rows.isEmpty { last = try await metadata.ledgerEnd() }
                 throw CofferRegistryError.tampered(
