@@ -331,15 +331,26 @@ final class SQLiteMetadataStore: MetadataStore {
     }
 
     func ledgerRecords(after seq: Int64, limit: Int?) async throws(CofferRegistryError) -> [LedgerRow] {
+        // Every request a server answers reads here (ledgerState), as do the two below for a version and a token: cached
+        // statements, not SQL generated and compiled on each call (together about a tenth of a metadata GET's CPU).
         try await read { db in
-            try LedgerRow.filter(LedgerRow.Columns.seq > seq).order(LedgerRow.Columns.seq).limit(limit ?? Int.max).fetchAll(db)
+            try SQLRequest<LedgerRow>(
+                literal:
+                    "SELECT * FROM \(LedgerRow.self) WHERE \(LedgerRow.Columns.seq) > \(seq) ORDER BY \(LedgerRow.Columns.seq) LIMIT \(limit ?? -1)",
+                cached: true
+            ).fetchAll(db)
         }
     }
 
     func firstLedgerRecord(kind: String, object: String) async throws(CofferRegistryError) -> LedgerRow? {
         try await read { db in
-            try LedgerRow.filter(LedgerRow.Columns.object == object && LedgerRow.Columns.kind == kind && LedgerRow.Columns.seq >= 1)
-                .order(LedgerRow.Columns.seq).fetchOne(db)
+            try SQLRequest<LedgerRow>(
+                literal: """
+                    SELECT * FROM \(LedgerRow.self) WHERE \(LedgerRow.Columns.object) = \(object) AND \(LedgerRow.Columns.kind) = \(kind)
+                    AND \(LedgerRow.Columns.seq) >= 1 ORDER BY \(LedgerRow.Columns.seq) LIMIT 1
+                    """,
+                cached: true
+            ).fetchOne(db)
         }
     }
 
@@ -620,7 +631,12 @@ final class SQLiteMetadataStore: MetadataStore {
     // MARK: - Access
 
     func token(hash: Data) async throws(CofferRegistryError) -> APITokenRecord? {
-        try await read { db in try APITokenRecord.filter(APITokenRecord.Columns.tokenHash == hash).fetchOne(db) }
+        try await read { db in
+            try SQLRequest<APITokenRecord>(
+                literal: "SELECT * FROM \(APITokenRecord.self) WHERE \(APITokenRecord.Columns.tokenHash) = \(hash)",
+                cached: true
+            ).fetchOne(db)
+        }
     }
 
     func tokens() async throws(CofferRegistryError) -> [APITokenRecord] {
