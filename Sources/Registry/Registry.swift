@@ -190,7 +190,7 @@ public final class Registry: Sendable {
             try backends.write(home: home)
         }
         // Creating a registry here is this user's consent to its root, whatever was pinned at this path before.
-        try memory?.setPin(root.keyID, for: ClientMemory.location(home: home))
+        try await memory?.setPin(root.keyID, for: ClientMemory.location(home: home))
     }
 
     static func now() -> String { Timestamp.now }

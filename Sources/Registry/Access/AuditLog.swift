@@ -357,9 +357,10 @@ extension Registry {
             throw .tampered("audit log: entry \(seq), \(mark.what), is gone (truncated or rolled back)")
         }
         if lastSeq > 0 {
-            try memory?.remember(state.registry) { remembered in
-                guard remembered != nil, (remembered!.audit?.seq ?? 0) < lastSeq else { return }
-                remembered!.audit = .init(seq: lastSeq, hash: Digest.hex(lastHash))
+            let mark = LedgerState.AuditMark(seq: lastSeq, hash: Digest.hex(lastHash))
+            try await memory?.remember(state.registry) { remembered in
+                guard remembered != nil, (remembered!.audit?.seq ?? 0) < mark.seq else { return }
+                remembered!.audit = mark
             }
         }
         let signedThrough = max(heads.last?.seq ?? 0, checkpoint?.signedThrough ?? 0)

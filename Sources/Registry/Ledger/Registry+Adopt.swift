@@ -77,7 +77,7 @@ extension Registry {
             return written
         }
         ledger.withLock { $0 = nil }
-        try memory?.setPin(root.keyID, for: ClientMemory.location(home: home))
+        try await memory?.setPin(root.keyID, for: ClientMemory.location(home: home))
         _ = try await ledgerState()
         return records.count
     }

@@ -73,8 +73,8 @@ public struct RemoteLedger: Sendable {
             remembered: remembered?.head,
             now: now
         )
-        if pin == nil { try memory?.setPin(state.registry, for: location) }
-        try memory?.remember(state.registry) { remembered in
+        if pin == nil { try await memory?.setPin(state.registry, for: location) }
+        try await memory?.remember(state.registry) { remembered in
             let mark = ClientMemory.Remembered.HeadMark(at: head.at, ledgerSeq: head.ledgerSeq)
             if remembered == nil {
                 remembered = .init(state: state, audit: nil, head: mark)

@@ -113,6 +113,9 @@ public final class BlockingByteSource: ByteSource, Sendable {
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int {
+        // A read on a pool thread is a hang waiting to happen (see the type's note); debug builds, and so every test,
+        // stop at the first one instead of hanging when the pool's threads are all taken.
+        assert(withUnsafeCurrentTask { $0 == nil }, "BlockingByteSource.read(into:) called from a task on Swift's cooperative pool")
         startIfNeeded()
         var filled = 0
         while filled < buffer.count {

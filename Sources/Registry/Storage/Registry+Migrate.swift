@@ -50,7 +50,7 @@ extension Registry {
         do {
             let report = try await copy(from, snapshot: try sqlite.snapshot(), to: destination, backends: backends)
             try backends.write(home: destination)
-            try memory?.setPin(root, for: ClientMemory.location(home: destination))
+            try await memory?.setPin(root, for: ClientMemory.location(home: destination))
             return report
         } catch {
             if made {
