@@ -498,6 +498,10 @@ enum OCIHTTPClients {
         // A refused connection is reported at once instead of retried until the connect timeout: the caller (a command,
         // a server request) decides whether to try again.
         configuration.connectionPool.retryConnectionEstablishment = false
+        // Every store of the process shares this client, so the per-host limit (AsyncHTTPClient's default is 8) caps how
+        // many blob transfers a server has open to its registry at once; a request waiting longer than the connect
+        // timeout for one of them fails. 8 was hit by the registry suite's parallel tests on a loaded machine.
+        configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 64
         if let caFile {
             let certificates: [NIOSSLCertificate]
             do {
