@@ -35,6 +35,11 @@ struct TamperTests {
         _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
         let v1 = try await f.registry.loadVersion(try await f.registry.resolve(try ModelReference(parsing: "m:1")).id)
         let v2 = try await f.registry.loadVersion(try await f.registry.resolve(try ModelReference(parsing: "m:2")).id)
+        // Verified and shown once before the edit: the registry keeps what a signature check concluded for the exact
+        // bytes it checked, and an edit must not be answered from that.
+        let reference = try ModelReference(parsing: "m:1")
+        _ = try await f.registry.verify(reference)
+        #expect(try await f.registry.show(reference).verified)
 
         switch edit {
         case .blobByte:
@@ -89,7 +94,10 @@ struct TamperTests {
             try await sql(f, "UPDATE versions SET dataset_id = 'other' WHERE id = ?", [v1.id])
         }
 
-        let reference = try ModelReference(parsing: "m:1")
+        if ![.blobByte, .blobSwap, .wrappedKey].contains(edit) {
+            // `show` reads no blob and no key.
+            #expect(try await !f.registry.show(reference).verified, "show after \(edit)")
+        }
         await #expect(throws: CofferRegistryError.self, "pull after \(edit)") {
             _ = try await f.registry.pull(reference, identity: alice, into: f.path("out"))
         }

@@ -95,7 +95,8 @@ extension Registry {
         guard let row = try await metadata.firstLedgerRecord(kind: "version", object: "version:\(label)") else {
             throw .tampered("\(label) has no version record in the ledger: it was not committed to this registry")
         }
-        let record = try Self.parse(Array(row.envelope))
+        let envelope = Array(row.envelope)
+        let record = try parsedVersionRecords.value(for: [envelope]) { () throws(CofferRegistryError) in try Self.parse(envelope) }
         guard record.seq == row.seq else { throw .tampered("\(label): its ledger record is not where the ledger holds it") }
         return try Self.checkVersionRecord(record, model: model, version: version, state: state)
     }
@@ -172,19 +173,30 @@ extension Registry {
 
     /// Checks the signature against the trusted signers and that every database row agrees with the signed statement.
     func authenticate(_ stored: StoredVersion) async throws(CofferRegistryError) -> (ModelStatement, PublicIdentity) {
+        try await authenticate(stored, in: try await ledgerState())
+    }
+
+    /// ``authenticate(_:)`` against a ledger state the caller already holds.
+    func authenticate(_ stored: StoredVersion, in state: LedgerState) async throws(CofferRegistryError) -> (ModelStatement, PublicIdentity) {
         let label = "\(stored.model):\(stored.version)"
         guard let document = stored.envelope else { throw .tampered("\(label) has no signed statement") }
         guard let bundle = stored.modelSignature else { throw .tampered("\(label) has no model-signing bundle") }
-        let (statement, signer) = try Self.verifySigned(
-            envelope: document,
-            bundle: bundle,
-            trusting: try await trustedSigners(),
-            model: stored.model,
-            version: stored.version,
-            digest: stored.digest
-        )
+        // Keyed by every input, a trusted identity by its name and keys (trusted again under another name, another key).
+        let trusted = state.trustedIdentities
+        let inputs =
+            [Array(document), Array(bundle), Array(stored.model.utf8), Array(stored.version.utf8), Array(stored.digest.utf8)]
+            + trusted.flatMap { [Array($0.name.utf8), $0.ed25519, $0.x25519, $0.p256] }
+        let (statement, signer) = try verifiedStatements.value(for: inputs) { () throws(CofferRegistryError) in
+            try Self.verifySigned(
+                envelope: document,
+                bundle: bundle,
+                trusting: trusted,
+                model: stored.model,
+                version: stored.version,
+                digest: stored.digest
+            )
+        }
         guard stored.publisherKeyID == signer.keyID else { throw .tampered("\(label): the publisher recorded is not the signer") }
-        let state = try await ledgerState()
         let facts = try await versionRecord(model: stored.model, version: stored.version, state: state)
         guard facts.digest == stored.digest else { throw .tampered("\(label): its statement is not the one its ledger record names") }
         guard facts.publisher.keyID == signer.keyID else { throw .tampered("\(label): its ledger record names another publisher than its signer") }
