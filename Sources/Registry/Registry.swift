@@ -26,9 +26,10 @@ public final class Registry: Sendable {
     let hashKey = Mutex<KeyBox?>(nil)
     /// The ledger state this process verified (``ledgerState()`` brings it up to date).
     let ledger = Mutex<LedgerState?>(nil)
-    /// The stored bytes of the last ledger record this process verified: while the store holds the same bytes, the
-    /// record is unchanged without decoding and hashing it again (each server request makes that check).
-    let verifiedTail = Mutex<(seq: Int64, envelope: Data)?>(nil)
+    /// The stored bytes of the last ledger record this process verified, with its number and hash: while the store
+    /// holds the same bytes for the state being checked (same number, same hash), the record is unchanged without
+    /// decoding and hashing it again (each server request makes that check).
+    let verifiedTail = Mutex<(seq: Int64, hash: String, envelope: Data)?>(nil)
     /// What a signed statement's check concluded, and the parse of a version's ledger record (``DigestMemo``); a few
     /// thousand versions' worth (a few KiB each).
     let verifiedStatements = DigestMemo<(ModelStatement, PublicIdentity)>(capacity: 2048)

@@ -57,8 +57,9 @@ extension Registry {
         let rows = try await metadata.ledgerRecords(after: max(0, state.seq - 1), limit: nil)
         if state.seq > 0 {
             let stored = rows.first { $0.seq == state.seq }
-            let seq = state.seq
-            let sameBytes = stored.map { stored in verifiedTail.withLock { $0?.seq == seq && $0?.envelope == stored.envelope } } ?? false
+            let (seq, hash) = (state.seq, state.hash)
+            let sameBytes =
+                stored.map { stored in verifiedTail.withLock { $0?.seq == seq && $0?.hash == hash && $0?.envelope == stored.envelope } } ?? false
             guard let stored, sameBytes || (try? LedgerRecord.hash(envelope: Array(stored.envelope))) == state.hash else {
                 var last = rows.last?.seq ?? 0
                 if rows.isEmpty { last = try await metadata.ledgerEnd() }
@@ -72,7 +73,9 @@ extension Registry {
         // Signature checks are CPU work: a long catch-up (a new client, a million records) runs on a thread of its own.
         let pending = rows.filter { $0.seq > state.seq }
         guard let last = pending.last else {
-            if let stored = rows.first(where: { $0.seq == state.seq }) { verifiedTail.withLock { $0 = (stored.seq, stored.envelope) } }
+            if let stored = rows.first(where: { $0.seq == state.seq }) {
+                verifiedTail.withLock { $0 = (stored.seq, state.hash, stored.envelope) }
+            }
             return state
         }
         let start = state
@@ -85,7 +88,7 @@ extension Registry {
             }
             return state
         }
-        verifiedTail.withLock { $0 = (last.seq, last.envelope) }
+        verifiedTail.withLock { $0 = (last.seq, verified.hash, last.envelope) }
         return verified
     }
 

@@ -467,12 +467,20 @@ final class SQLiteMetadataStore: MetadataStore {
                 row: try VersionRecord(row: row),
                 segments: history?["segments"],
                 claimedEpsilon: history?["claimed_epsilon"],
-                files: try FileRecord.filter(FileRecord.Columns.versionID == id).order(FileRecord.Columns.path).fetchAll(db),
+                files: try SQLRequest<FileRecord>(
+                    literal: "SELECT * FROM \(FileRecord.self) WHERE \(FileRecord.Columns.versionID) = \(id) ORDER BY \(FileRecord.Columns.path)",
+                    cached: true
+                ).fetchAll(db),
                 envelope: try attestation("dsse"),
                 bundle: try attestation("model-signing"),
                 rekeyAttestation: try attestation("rekey"),
-                rekeyedFiles: try RekeyedFileRecord.filter(RekeyedFileRecord.Columns.versionID == id).order(RekeyedFileRecord.Columns.path)
-                    .fetchAll(db),
+                rekeyedFiles: try SQLRequest<RekeyedFileRecord>(
+                    literal: """
+                        SELECT * FROM \(RekeyedFileRecord.self) WHERE \(RekeyedFileRecord.Columns.versionID) = \(id)
+                        ORDER BY \(RekeyedFileRecord.Columns.path)
+                        """,
+                    cached: true
+                ).fetchAll(db),
                 erasedAt: erasure?["erased_at"],
                 erasedBy: erasure?["erased_by"]
             )
@@ -520,8 +528,12 @@ final class SQLiteMetadataStore: MetadataStore {
         let limitSQL = query.limit.map { " LIMIT \(max(0, $0))" } ?? ""
         let sql = "\(Self.summarySelect) \(whereSQL) ORDER BY v.created_at DESC, v.id DESC\(limitSQL)"
         let frozen = arguments
+        // One version's row (every `show` and version page) comes from a cached statement; a listing's SQL varies with
+        // its filters and limit, and is compiled each time rather than fill the cache.
+        let single = query.id != nil
         return try await read { db in
-            try Row.fetchAll(db, sql: sql, arguments: frozen).map { row in
+            let statement = single ? try db.cachedStatement(sql: sql) : try db.makeStatement(sql: sql)
+            return try Row.fetchAll(statement, arguments: frozen).map { row in
                 var tags: [String: String] = [:]
                 for pair in (row["tag_list"] as String?)?.split(separator: "\u{1F}") ?? [] {
                     let parts = pair.split(separator: "\u{1E}", maxSplits: 1, omittingEmptySubsequences: false)
