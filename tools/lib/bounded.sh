@@ -1,7 +1,8 @@
 # A test pass with a time limit, for tools/test. A pass that hangs would otherwise run until CI's own limit (90
 # minutes) and end with nothing but the last test that happened to finish. A pass is taken for hung when it runs past
-# its limit, or prints nothing for COFFER_BOUNDED_SILENCE seconds (240: a Swift suite prints a line as each of its
-# tests ends, and went quiet for good both times CI hung). Then this prints the tests the pass started and did not
+# its limit, or prints nothing for COFFER_BOUNDED_SILENCE seconds when that is set (a Swift suite prints a line as each
+# of its tests ends; the registry suite on PostgreSQL went quiet for good both times CI hung, while its longest silence
+# here is 17 s; the whole suite's is 155 s, a few long tests running last). Then this prints the tests the pass started and did not
 # finish, the PostgreSQL backends at work and the threads of its test process (gdb), kills it and returns 124. The
 # report also goes to the file COFFER_HANG_REPORTS names, when set, for tools/test to print again at its end: CI
 # shows only the last lines of a run.
@@ -10,7 +11,7 @@
 coffer_bounded() {
     local limit="$1" what="$2"
     shift 2
-    local log silence="${COFFER_BOUNDED_SILENCE:-240}"
+    local log silence="${COFFER_BOUNDED_SILENCE:-$limit}"
     log="$(mktemp)"
     "$@" > >(tee "$log") 2>&1 &
     local pid=$! started=$SECONDS size=-1 quiet_since=$SECONDS
