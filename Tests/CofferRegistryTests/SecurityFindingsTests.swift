@@ -2,6 +2,7 @@ import CofferCrypto
 import CofferTraining
 import Foundation
 import GRDB
+import Synchronization
 import Testing
 
 @testable import CofferRegistry
@@ -510,5 +511,29 @@ extension SecurityFindingsTests {
                 by: online
             )
         }
+    }
+
+    /// The third review (of the metadata GET's memos): the last verified ledger record, remembered by its bytes so that
+    /// a refresh need not hash it again, vouches only for the state it was verified with. Two validly signed records
+    /// for one number (a registry key holder's fork), one remembered from another state (a concurrent refresh, or the
+    /// state fsck replaced), must not let this state's record be swapped for the other.
+    @Test func reviewN_aRememberedLedgerTailVouchesOnlyForTheStateItWasVerifiedWith() async throws {
+        let (f, _, _) = try await owned()
+        let state = try await f.registry.ledgerState()
+        let stored = try #require(try await f.registry.metadata.ledgerRecords(after: state.seq - 1, limit: nil).last)
+        let record = try Registry.parse(Array(stored.envelope))
+        let fork = LedgerRecord.sign(
+            registry: record.registry,
+            seq: record.seq,
+            prev: record.prev,
+            at: "2031-01-01T00:00:00.000Z",
+            by: record.by,
+            change: record.change,
+            signer: try f.registryKey.identity
+        )
+        #expect(fork.seq == state.seq && fork.hash != state.hash)
+        f.registry.verifiedTail.withLock { $0 = (fork.seq, fork.hash, Data(fork.envelope)) }
+        try await f.attack("UPDATE ledger SET envelope = ?, hash = ? WHERE seq = ?", [Data(fork.envelope), fork.hash, fork.seq])
+        await expectRefusal("ledger record \(state.seq), verified before, was rewritten") { _ = try await f.registry.ledgerState() }
     }
 }
