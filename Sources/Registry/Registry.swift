@@ -31,9 +31,9 @@ public final class Registry: Sendable {
     /// decoding and hashing it again (each server request makes that check).
     let verifiedTail = Mutex<(seq: Int64, hash: String, envelope: Data)?>(nil)
     /// What a signed statement's check concluded, and the parse of a version's ledger record (``DigestMemo``); a few
-    /// thousand versions' worth (a few KiB each).
-    let verifiedStatements = DigestMemo<(ModelStatement, PublicIdentity)>(capacity: 2048)
-    let parsedVersionRecords = DigestMemo<LedgerRecord>(capacity: 2048)
+    /// thousand versions' worth (a few KiB each), 16 MiB of inputs at most each.
+    let verifiedStatements = DigestMemo<(ModelStatement, PublicIdentity)>(capacity: 2048, byteLimit: 16 << 20)
+    let parsedVersionRecords = DigestMemo<LedgerRecord>(capacity: 2048, byteLimit: 16 << 20)
     let memory: ClientMemory?
 
     /// The registry's current public key, as its verified ledger names it: every version's data key is wrapped for it.
