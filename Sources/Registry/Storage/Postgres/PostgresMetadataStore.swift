@@ -122,7 +122,7 @@ final class PostgresMetadataStore: MetadataStore {
             }
             guard (try? row.decode(String.self)) == last.hash else { throw .ledgerMoved }
             outcome = false
-            try? await keys.rotateIfDue(database)
+            _ = try? await keys.rotateIfDue(database)
         }
         // Another writer committed record n + 1 between the check and the insert (it cannot under the lock; the key
         // is the last word).
@@ -957,13 +957,13 @@ final class PostgresMetadataStore: MetadataStore {
 
     func removeWebSession(idHash: Data) async throws(CofferRegistryError) {
         try await database.transaction { connection in
-            try await connection.rows("DELETE FROM web_sessions WHERE id_hash = \(ByteBuffer(bytes: idHash))")
+            _ = try await connection.rows("DELETE FROM web_sessions WHERE id_hash = \(ByteBuffer(bytes: idHash))")
         }
     }
 
     func setWebNotice(idHash: Data, notice: String?, status: Int64?, at: String?, binding: Data) async throws(CofferRegistryError) {
         try await database.transaction { connection in
-            try await connection.rows(
+            _ = try await connection.rows(
                 """
                 UPDATE web_sessions SET notice = \(notice), notice_status = \(status), notice_at = \(at), binding = \(ByteBuffer(bytes: binding))
                 WHERE id_hash = \(ByteBuffer(bytes: idHash))
