@@ -232,9 +232,12 @@ extension Registry {
     }
 
     /// Checks a version's registry-signed rekey record, if it has one, and returns the files as they are now stored.
-    func currentFiles(_ stored: StoredVersion, signed files: [ModelStatement.File]) async throws(CofferRegistryError) -> [ModelStatement.File] {
+    func currentFiles(
+        _ stored: StoredVersion,
+        signed files: [ModelStatement.File],
+        in state: LedgerState
+    ) throws(CofferRegistryError) -> [ModelStatement.File] {
         let label = "\(stored.model):\(stored.version)"
-        let state = try await ledgerState()
         let recordedAttestation = state.rekeys[stored.digest]
         guard let document = stored.rekeyEnvelope else {
             guard stored.rekeyedFiles.isEmpty else { throw .tampered("\(label): re-encrypted files without a rekey attestation") }

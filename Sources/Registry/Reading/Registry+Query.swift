@@ -205,11 +205,12 @@ extension Registry {
     /// One version in full, with its files, checked as `verify` checks it (signature, trust, ledger record, every
     /// row); when a check fails it is still shown, marked unverified with the reason.
     public func show(_ reference: ModelReference) async throws(CofferRegistryError) -> VersionSummary {
-        let id = try await resolve(reference).id
+        // One ledger state for the whole page: each refresh reads the ledger's end again.
+        let state = try await ledgerState()
+        let id = try await resolve(reference, in: state).id
         guard let row = try await metadata.summaries(VersionQuery(id: id)).first else { throw .unknownVersion(reference.description) }
         var summary = Self.summary(row)
-        let state = try await ledgerState()
-        let stored = try await loadVersion(id)
+        let stored = try await loadVersion(id, in: state)
         summary.files = stored.files
         summary.privacy.segments = stored.privacy.segments
         summary.privacy.claimedEpsilon = stored.privacy.claimedEpsilon

@@ -49,7 +49,11 @@ extension Registry {
     /// Resolves `NAME`, `NAME:VERSION` or `NAME@ALIAS` to a committed version. `NAME` and `NAME@ALIAS` are resolved
     /// on the verified ledger state (never on the `aliases` table); the row found must carry the digest the ledger names.
     func resolve(_ reference: ModelReference) async throws(CofferRegistryError) -> (id: Int64, version: String) {
-        let state = try await ledgerState()
+        try await resolve(reference, in: try await ledgerState())
+    }
+
+    /// ``resolve(_:)`` against a ledger state the caller already holds.
+    func resolve(_ reference: ModelReference, in state: LedgerState) async throws(CofferRegistryError) -> (id: Int64, version: String) {
         guard let latest = state.latest[reference.name] else { throw .unknownModel(reference.name) }
         let (version, digest): (String, String?)
         switch reference.selector {
@@ -130,7 +134,11 @@ extension Registry {
     }
 
     func loadVersion(_ id: Int64) async throws(CofferRegistryError) -> StoredVersion {
-        let state = try await ledgerState()
+        try await loadVersion(id, in: try await ledgerState())
+    }
+
+    /// ``loadVersion(_:)`` against a ledger state the caller already holds.
+    func loadVersion(_ id: Int64, in state: LedgerState) async throws(CofferRegistryError) -> StoredVersion {
         guard let rows = try await metadata.storedVersion(id: id) else { throw .tampered("version row \(id) is gone") }
         var privacy = rows.row.privacy
         if let segments = rows.segments {
@@ -211,7 +219,7 @@ extension Registry {
         else { throw .tampered("\(label): the lineage columns disagree with the signed statement") }
         // After a rekey the blobs are the ones the registry's signed record names; the plaintext digests stay the publisher's.
         var current = statement
-        current.files = try await currentFiles(stored, signed: statement.files.sorted { $0.path < $1.path })
+        current.files = try currentFiles(stored, signed: statement.files.sorted { $0.path < $1.path }, in: state)
         return (current, signer)
     }
 
