@@ -105,16 +105,18 @@ extension Registry {
 
     /// Checks that `principal` holds `role` on `model` (through `alias`); refuses, naming what is missing,
     /// and audits the refusal. A registry without principals allows everything; the registry's own key, acting in
-    /// its own name, holds every role.
+    /// its own name, holds every role. `held`: a ledger state the caller holds and goes on with (else the current
+    /// one is read).
     public func require(
         _ role: Role,
         on model: String?,
         alias: String? = nil,
         by principal: Principal?,
         action: String,
-        target: String
+        target: String,
+        in held: LedgerState? = nil
     ) async throws(CofferRegistryError) {
-        let state = try await ledgerState()
+        let state = if let held { held } else { try await ledgerState() }
         guard state.checksPrincipals else { return }
         guard let principal else {
             let reason = "this registry checks principals: act with --identity"

@@ -203,10 +203,12 @@ extension Registry {
     }
 
     /// One version in full, with its files, checked as `verify` checks it (signature, trust, ledger record, every
-    /// row); when a check fails it is still shown, marked unverified with the reason.
-    public func show(_ reference: ModelReference) async throws(CofferRegistryError) -> VersionSummary {
-        // One ledger state for the whole page: each refresh reads the ledger's end again.
-        let state = try await ledgerState()
+    /// row); when a check fails it is still shown, marked unverified with the reason. `held`: a ledger state the caller
+    /// holds (else the current one is read).
+    public func show(_ reference: ModelReference, in held: LedgerState? = nil) async throws(CofferRegistryError) -> VersionSummary {
+        // One ledger state for the whole page (and the caller's check of the role, when it passes the state it checked
+        // against): each refresh reads the ledger's end again.
+        let state = if let held { held } else { try await ledgerState() }
         let id = try await resolve(reference, in: state).id
         guard let row = try await metadata.summaries(VersionQuery(id: id)).first else { throw .unknownVersion(reference.description) }
         var summary = Self.summary(row)

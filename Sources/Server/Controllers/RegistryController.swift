@@ -49,8 +49,9 @@ struct RegistryController {
     func show(_ request: Request, context: CofferRequestContext) async throws -> Response {
         let holder = try context.authenticated
         let reference = try self.reference(request)
-        try await registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description)
-        return try await Response.json(try registry.show(reference).json)
+        let state = try await registry.ledgerState()
+        try await registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description, in: state)
+        return try await Response.json(try registry.show(reference, in: state).json)
     }
 
     /// `GET /v1/verify?ref=...`: signature, trust, rows and blob digests, server-side (a client re-verifies what it pulls).
