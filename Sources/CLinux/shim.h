@@ -38,6 +38,10 @@ static inline int coffer_forbid_dumps(void) {
     return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 }
 
+/// pipe2, bound by its symbol (<unistd.h> declares it only under _GNU_SOURCE, and including it here declares an
+/// `environ` that clashes with Glibc's). With O_CLOEXEC, a pipe whose ends no child another thread spawns inherits.
+extern int coffer_pipe2(int fds[2], int flags) __asm__("pipe2");
+
 /// Makes the spawned child close every descriptor from `lowest` up before it runs (glibc 2.34's
 /// posix_spawn_file_actions_addclosefrom_np, bound by its symbol: <spawn.h> declares it only under _GNU_SOURCE, and
 /// including it here brings a <sys/select.h> whose fd_set clashes with the one Dispatch's module has). SwiftNIO opens

@@ -2,6 +2,7 @@ import CofferCrypto
 import CofferRegistry
 import Foundation
 import NIOCore
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -110,21 +111,20 @@ enum OCITestRegistry {
     }
 
     /// Keeps the write end of each watchdog pipe open for the life of the test process.
-    nonisolated(unsafe) private static var watchdogs: [Int32] = []
-    private static let watchdogLock = NSLock()
+    private static let watchdogs = Mutex<[Int32]>([])
 
     /// Runs `command` under a shell that kills it when this test process ends: the shell waits on a pipe only this process
     /// holds open (close-on-exec, so no other child inherits it), which the kernel closes however the process dies.
     /// SIGKILL, because children spawned from the test runner inherit a signal mask that blocks SIGTERM and SIGCHLD
     /// (seen: a Python proxy ignored `kill`, and a shell's `wait` never returned).
+    ///
+    /// ``Spawn``, never Foundation's `Process`, here and in ``run(_:_:environment:)``: `Process` closes in the child
+    /// only the descriptors it listed before spawning, so a pipe another thread made meanwhile (another `run`'s output)
+    /// went to this shell, which lives as long as the tests, and that `run` waited for its end of file for ever. A
+    /// reproduction with 2,000 descriptors open (as in the suite on PostgreSQL) hung within 13 to 235 runs.
     static func spawn(_ command: String, directory: String, environment: [String: String]) throws {
-        // Held from pipe() to run(): another watchdog's child must not inherit this pipe before it is close-on-exec.
-        watchdogLock.lock()
-        defer { watchdogLock.unlock() }
-        var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw Unavailable(description: "pipe: \(String(cString: strerror(errno)))") }
-        _ = fcntl(fds[0], F_SETFD, FD_CLOEXEC)
-        _ = fcntl(fds[1], F_SETFD, FD_CLOEXEC)
+        let ends: (read: Int32, write: Int32)
+        do { ends = try Spawn.pipe() } catch { throw Unavailable(description: "\(error)") }
         let script = """
             \(command) &
             child=$!
@@ -132,36 +132,36 @@ enum OCITestRegistry {
             kill -KILL $child 2>/dev/null
             rm -rf '\(directory)'
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", script]
-        process.environment = environment
-        process.standardInput = FileHandle(fileDescriptor: fds[0], closeOnDealloc: true)
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        watchdogs.append(fds[1])
+        do {
+            _ = try Spawn.start("/bin/sh", ["-c", script], environment: environment, stdin: .descriptor(ends.read))
+        } catch {
+            close(ends.read)
+            close(ends.write)
+            throw Unavailable(description: "cannot start /bin/sh: \(error)")
+        }
+        close(ends.read)
+        watchdogs.withLock { $0.append(ends.write) }
     }
 
-    /// Runs a program to completion; its standard output, or an error naming it and its last output.
+    /// Runs a program to completion; its standard output, or an error naming it and its last output. The output goes
+    /// through files, not pipes (see ``spawn(_:directory:environment:)``).
     @discardableResult
     static func run(_ program: String, _ arguments: [String], environment: [String: String]? = nil) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: program)
-        process.arguments = arguments
-        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-        let output = Pipe()
-        let errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        // Read both before waiting: a full pipe would block the child.
-        let outData = output.fileHandleForReading.readDataToEndOfFile()
-        let errData = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let out = String(decoding: outData, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            let err = String(decoding: errData, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-run-\(UUID().uuidString)").path
+        defer {
+            unlink(base + ".out")
+            unlink(base + ".err")
+        }
+        let merged = environment.map { ProcessInfo.processInfo.environment.merging($0) { $1 } }
+        let status: Int32
+        do {
+            status = Spawn.wait(try Spawn.start(program, arguments, environment: merged, stdout: .file(base + ".out"), stderr: .file(base + ".err")))
+        } catch {
+            throw Unavailable(description: "cannot start \(program): \(error)")
+        }
+        let out = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
+        guard status == 0 else {
+            let err = ((try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
             throw Unavailable(
                 description: "\((program as NSString).lastPathComponent) \(arguments.prefix(2).joined(separator: " ")) failed: \(err.suffix(500))"
             )

@@ -89,5 +89,26 @@ coffer_bounded_report() {
         echo "== threads of $process by state and kernel wait: $(for task in /proc/"$process"/task/*; do
             echo "$(awk '{print $3}' "$task/stat" 2>/dev/null)/$(cat "$task/wchan" 2>/dev/null)"
         done | sort | uniq -c | sort -rn | head -8 | awk '{printf "%s x %s; ", $1, $2}')" >&2
+        coffer_bounded_blocked_reads "$process" >&2
+        echo "== children of $process that ended and were not waited for: $(ps -o pid=,args= --ppid "$process" -o stat= 2>/dev/null \
+            | awk '$NF ~ /Z/' | cut -c1-80 | head -5 | tr '\n' ';')" >&2
+    done
+}
+
+# The threads of `$1` blocked reading a pipe, each with the pipe and the other processes holding it open (a child that
+# inherited a pipe's write end keeps its reader waiting for an end of file for ever).
+coffer_bounded_blocked_reads() {
+    local process="$1" task fd target holders shown=0
+    for task in /proc/"$process"/task/*; do
+        [[ "$(cat "$task/wchan" 2>/dev/null)" == *pipe_read* ]] || continue
+        fd="$(awk '{print $2}' "$task/syscall" 2>/dev/null)"
+        [[ -n "$fd" ]] || continue
+        target="$(readlink "/proc/$process/fd/$((fd))" 2>/dev/null)"
+        holders="$(for other in /proc/[0-9]*; do
+            [[ "${other#/proc/}" == "$process" ]] && continue
+            ls -l "$other/fd" 2>/dev/null | grep -q -F "$target" && echo "${other#/proc/} ($(tr '\0' ' ' < "$other/cmdline" | cut -c1-60))"
+        done | head -3 | tr '\n' ';')"
+        echo "== thread ${task##*/} reads fd $((fd)) ($target); also open in: ${holders:-no other process}"
+        (( ++shown < 4 )) || break
     done
 }

@@ -64,6 +64,15 @@ public enum Spawn {
         return pid
     }
 
+    /// A pipe (read end, write end) whose ends are close-on-exec from the start, so that no child another thread spawns
+    /// meanwhile (with Foundation's `Process`, which closes only the descriptors it listed before) inherits one: a
+    /// child holding a pipe's write end keeps its reader waiting for an end of file as long as it lives.
+    public static func pipe() throws(CofferCryptoError) -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        guard coffer_pipe2(&fds, O_CLOEXEC) == 0 else { throw .io(path: "pipe", reason: String(cString: strerror(errno))) }
+        return (fds[0], fds[1])
+    }
+
     /// Waits for `pid` to end: its exit status, or 128 plus the signal that ended it (as a shell reports it).
     public static func wait(_ pid: Int32) -> Int32 {
         var status: Int32 = 0

@@ -175,10 +175,10 @@ extension Registry {
         let temporary = try blobs.makeTemporary()
         let output = Unchecked(temporary)
         let summary = try await Offload.run { () throws(CofferRegistryError) -> SealedFile.Summary in
-            var ends: [Int32] = [0, 0]
-            guard pipe(&ends) == 0 else { throw .io(path: "pipe", reason: String(cString: strerror(errno))) }
-            var reader: FileDescriptorStream? = FileDescriptorStream(ownedDescriptor: ends[0], path: "rekey pipe")
-            let writerFD = ends[1]
+            let ends: (read: Int32, write: Int32)
+            do throws(CofferCryptoError) { ends = try Spawn.pipe() } catch { throw .crypto(error) }
+            var reader: FileDescriptorStream? = FileDescriptorStream(ownedDescriptor: ends.read, path: "rekey pipe")
+            let writerFD = ends.write
             final class Outcome: @unchecked Sendable { var error: CofferRegistryError? }
             let outcome = Outcome()
             let done = DispatchSemaphore(value: 0)
