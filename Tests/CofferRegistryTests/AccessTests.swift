@@ -119,24 +119,32 @@ struct AccessTests {
             #expect(session.withFile("weights.bin") { $0.count } == 8000 + Self.canary.count)
         }
         let tokenText = opened.token.text().withUnsafeBytes { Array($0) }
-        // The registry directory whole; of the temporary directory, what changed while the test ran.
-        var scanned = 0
-        for (root, since) in [(f.root.path, Date.distantPast), (NSTemporaryDirectory(), started)] {
-            let files = FileManager.default.enumerator(atPath: root)?.compactMap { $0 as? String } ?? []
-            for relative in files {
-                let path = "\(root)/\(relative)"
-                // Other tests running meanwhile write plaintext inputs of their own (their fixtures' model/): not ours.
-                if !path.hasPrefix(f.root.path), relative.hasPrefix("coffer-registry-"), relative.contains("/model/") { continue }
-                guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
-                    attributes[.type] as? FileAttributeType == .typeRegular,
-                    (attributes[.modificationDate] as? Date ?? .distantPast) >= since,
-                    let data = FileManager.default.contents(atPath: path)
-                else { continue }
-                scanned += 1
-                #expect(data.range(of: Data(Self.canary)) == nil, "canary in \(path)")
-                #expect(data.range(of: Data(tokenText)) == nil, "token in \(path)")
+        // The registry directory whole; of the temporary directory, what changed while the test ran. On a thread of its
+        // own: the temporary directory holds other tests' databases and blobs, read here for seconds.
+        let registryRoot = f.root.path
+        let canary = Data(Self.canary)
+        let (scanned, leaks) = await Offload.run { () -> (Int, [String]) in
+            var scanned = 0
+            var leaks: [String] = []
+            for (root, since) in [(registryRoot, Date.distantPast), (NSTemporaryDirectory(), started)] {
+                let files = FileManager.default.enumerator(atPath: root)?.compactMap { $0 as? String } ?? []
+                for relative in files {
+                    let path = "\(root)/\(relative)"
+                    // Other tests running meanwhile write plaintext inputs of their own (their fixtures' model/): not ours.
+                    if !path.hasPrefix(registryRoot), relative.hasPrefix("coffer-registry-"), relative.contains("/model/") { continue }
+                    guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+                        attributes[.type] as? FileAttributeType == .typeRegular,
+                        (attributes[.modificationDate] as? Date ?? .distantPast) >= since,
+                        let data = FileManager.default.contents(atPath: path)
+                    else { continue }
+                    scanned += 1
+                    if data.range(of: canary) != nil { leaks.append("canary in \(path)") }
+                    if data.range(of: Data(tokenText)) != nil { leaks.append("token in \(path)") }
+                }
             }
+            return (scanned, leaks)
         }
+        #expect(leaks.isEmpty, "\(leaks)")
         #expect(scanned > 3, "the registry's database, keys and blobs were scanned")
     }
 

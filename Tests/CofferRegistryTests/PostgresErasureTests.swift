@@ -12,15 +12,20 @@ import Testing
 @Suite(.serialized, .enabled(if: PostgresTestSupport.isAvailable, PostgresTestSupport.skipReason))
 struct PostgresErasureTests {
     /// Sealed values found in PostgreSQL's files: where, and the bytes from the magic on.
-    struct Found {
+    struct Found: Sendable {
         let file: String
         let offset: Int
         let bytes: [UInt8]
     }
 
     /// Every occurrence of the sealed-value magic in the cluster's data directory (pg_wal included), with the
-    /// `length` bytes from it.
-    static func scan(_ dataDirectory: String, length: Int) throws -> (found: [Found], files: Int, bytes: Int) {
+    /// `length` bytes from it; on a thread of its own (reading hundreds of MiB would hold one of the test runner's
+    /// two pool threads for seconds).
+    static func scan(_ dataDirectory: String, length: Int) async throws -> (found: [Found], files: Int, bytes: Int) {
+        try await Offload.run { try scanNow(dataDirectory, length: length) }
+    }
+
+    private static func scanNow(_ dataDirectory: String, length: Int) throws -> (found: [Found], files: Int, bytes: Int) {
         var found: [Found] = []
         var files = 0
         var total = 0
@@ -79,7 +84,7 @@ struct PostgresErasureTests {
             try await database.query("CHECKPOINT")
 
             // Before the rotation the threat is real: the deleted row's sealed bytes are on disk, and open.
-            let before = try Self.scan(cluster.dataDirectory, length: length)
+            let before = try await Self.scan(cluster.dataDirectory, length: length)
             let victimCopiesBefore = before.found.filter { $0.bytes == victimSealed }
             #expect(!victimCopiesBefore.isEmpty, "the deleted row is still in PostgreSQL's files")
             #expect(try keys.open(victimSealed, column: .wrappedKeyStanza, rowKey: victim) == stanzas[victim])
@@ -87,7 +92,7 @@ struct PostgresErasureTests {
             try await keys.rotate(database)
             try await database.query("CHECKPOINT")
 
-            let after = try Self.scan(cluster.dataDirectory, length: length)
+            let after = try await Self.scan(cluster.dataDirectory, length: length)
             let victimCopies = after.found.filter { $0.bytes == victimSealed }
             // (a) The scan looks in the right place: the erased value is still physically there.
             #expect(!victimCopies.isEmpty, "dead tuples or WAL still hold the erased value")
@@ -137,7 +142,7 @@ struct PostgresErasureTests {
             // the WAL may still hold is sealed under the destroyed key.
             try await database.query("VACUUM FULL wrapped_keys")
             try await database.query("CHECKPOINT")
-            let vacuumed = try Self.scan(cluster.dataDirectory, length: length)
+            let vacuumed = try await Self.scan(cluster.dataDirectory, length: length)
             let afterVacuum = vacuumed.found.filter { $0.bytes == victimSealed }
             #expect(!afterVacuum.contains { $0.file == relation }, "VACUUM FULL's new file holds no dead tuple")
             print("Erasure scan after VACUUM FULL and CHECKPOINT: the erased value's sealed bytes at \(Self.places(afterVacuum))")

@@ -91,7 +91,7 @@ struct PostgresRegistryTests {
     /// naming PostgreSQL, the registry reconnects by itself (no reopen), the next push lands, and fsck finds nothing
     /// half-written.
     @Test func pushesGoOnAcrossAPostgresRestart() async throws {
-        let cluster = try PostgresTestSupport.privateCluster()
+        let cluster = try await Offload.run { try PostgresTestSupport.privateCluster() }
         _ = try await PostgresTestSupport.admin(cluster) { connection in
             try await connection.query("CREATE DATABASE restarted", logger: connection.logger)
         }
@@ -126,7 +126,7 @@ struct PostgresRegistryTests {
             return outcomes
         }
         try await Task.sleep(for: .milliseconds(200))
-        try PostgresTestSupport.restart(cluster)
+        try await Offload.run { try PostgresTestSupport.restart(cluster) }
         restarted.withLock { $0 = true }
         let outcomes = await pushes.value
         #expect(outcomes.contains { !$0.hasPrefix("pushed ") } || outcomes.count > 3, "the restart came while pushes ran: \(outcomes)")
