@@ -8,10 +8,9 @@ Swift runtime's frames are dropped, Swift names demangled, and threads with the 
 """
 
 import re
-import sys
-
 import shutil
 import subprocess
+import sys
 
 # Frames that say only how a thread waits or runs, not what for: libc, pthreads, libdispatch, the Swift runtime.
 PLUMBING = re.compile(
@@ -58,7 +57,6 @@ def threads():
     names = demangled([n for stack in stacks for n in stack])
     groups = {}
     for stack in stacks:
-        waits = next((n for n in stack if not PLUMBING.match(n)), None) is None
         kept = []
         for raw in stack:
             if PLUMBING.match(raw):
