@@ -5,8 +5,11 @@ rate q, noise multiplier sigma, one step per round. dp_accounting must give the 
 (q, sigma, rounds): RDP exactly (1e-6 relative, same optimal order), PLD never below and within 1%.
 
 And `coffer fl serve` over TLS with `coffer fl join` sites as real processes: the coordinator's certificate is
-trusted only when a site is given it (`--ca-cert`, as for every client of a Coffer server).
+trusted only when a site is given it (`--ca-cert`, as for every client of a Coffer server). And a site written from
+docs/FORMAT.md alone (PyNaCl, hashlib) joins a live coordinator: the recipe digest and the message signatures.
 """
+import base64
+import hashlib
 import itertools
 import json
 import math
@@ -21,10 +24,12 @@ from pathlib import Path
 
 import pytest
 from dp_accounting import dp_event
+from nacl.signing import SigningKey, VerifyKey
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from test_interop import COFFER
+import coffer_spec
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "lib"))
@@ -78,10 +83,7 @@ def test_site_level_pld_epsilon_is_never_below_dp_accounting_and_within_1_percen
 
 def test_a_simulated_dp_federation_accounts_its_rounds_as_dp_accounting_does(tmp_path):
     """The coordinator's own accounting (not just the command): 6 sites sampled with q = 0.7 for 4 rounds."""
-    recipe = {"data": "unused.csv", "features": ["lncoins", "idp", "lpi", "fmde", "disea"],
-              "tasks": [{"name": "limited", "kind": "binary", "column": "physlm", "threshold": 0.5}],
-              "trunk": [8], "epochs": 1, "learning_rate": 0.05, "expected_batch_size": 64, "privacy": False, "seed": 1}
-    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    (tmp_path / "recipe.json").write_text(json.dumps(RECIPE))
     lines = (HERE.parent.parent / "data" / "randhie.csv").read_text().splitlines()
     (tmp_path / "small.csv").write_text("\n".join(lines[:1801]) + "\n")
     out = subprocess.run([COFFER, "fl", "simulate", "--recipe", tmp_path / "recipe.json", "--data", tmp_path / "small.csv", "--sites", "6",
@@ -105,10 +107,12 @@ def fl_sites(tmp_path, env, sites, rows):
     lines = (HERE.parent.parent / "data" / "randhie.csv").read_text().splitlines()
     for i in range(sites):
         (tmp_path / f"site{i}.csv").write_text("\n".join([lines[0]] + lines[1 + i::sites][:rows]) + "\n")
-    recipe = {"data": "unused.csv", "features": ["lncoins", "idp", "lpi", "fmde", "disea"],
-              "tasks": [{"name": "limited", "kind": "binary", "column": "physlm", "threshold": 0.5}],
-              "trunk": [8], "epochs": 1, "learning_rate": 0.05, "expected_batch_size": 64, "privacy": False, "seed": 1}
-    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    (tmp_path / "recipe.json").write_text(json.dumps(RECIPE))
+
+
+RECIPE = {"data": "unused.csv", "features": ["lncoins", "idp", "lpi", "fmde", "disea"],
+          "tasks": [{"name": "limited", "kind": "binary", "column": "physlm", "threshold": 0.5}],
+          "trunk": [8], "epochs": 1, "learning_rate": 0.05, "expected_batch_size": 64, "privacy": False, "seed": 1}
 
 
 def fl_join(tmp_path, env, site, url, *extra):
@@ -193,3 +197,60 @@ def test_fl_serve_refuses_plain_http_beyond_loopback_and_half_a_tls_pair(tmp_pat
             assert refused.stderr == line, refused.stderr
         else:
             assert "cannot load the TLS certificate or key" in refused.stderr, refused.stderr
+
+
+def fl_signature(seed, body, label=b"coffer/fl/v1/message-digest"):
+    """Coffer-Signature's base64 Ed25519 signature over the label and BLAKE2b-512 of the body (FORMAT.md)."""
+    return base64.b64encode(SigningKey(seed).sign(label + hashlib.blake2b(body, digest_size=64).digest()).signature).decode()
+
+
+def test_a_site_written_from_the_specification_joins_and_checks_the_coordinators_signature(tmp_path):
+    env = cofferlib.environment(tmp_path)
+    fl_sites(tmp_path, env, 3, 10)
+    port = cofferlib.free_port()
+    serve = subprocess.Popen([COFFER, "fl", "serve", "--recipe", tmp_path / "recipe.json", "--identity", tmp_path / "coordinator.key",
+                              "--listen", f"127.0.0.1:{port}", "--rounds", "1", "--join-timeout", "120",
+                              *[a for i in range(3) for a in ("--site", tmp_path / f"site{i}.pub")]],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/fl"
+        for _ in range(400):
+            try:
+                urllib.request.urlopen(f"{url}/status", timeout=5).close()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert serve.poll() is None, serve.communicate()[1]
+                time.sleep(0.05)
+        site = coffer_spec.read_key_file((tmp_path / "site0.key").read_bytes(), env["COFFER_PASSPHRASE"].encode())
+        site_id = coffer_spec.key_id(site["ed25519"], site["x25519"], site["p256"])
+        coordinator = coffer_spec.read_public_identity((tmp_path / "coordinator.pub").read_text())
+        # The recipe digest: SHA-256 of the recipe with `data` emptied, keys sorted, no whitespace.
+        digest = hashlib.sha256(json.dumps(dict(RECIPE, data=""), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        body = json.dumps({"type": "coffer.fl.v1.join", "site": site_id, "recipe_digest": digest,
+                           "features": RECIPE["features"], "tasks": ["limited"]}).encode()
+
+        def join(signature):
+            request = urllib.request.Request(f"{url}/join", data=body, method="POST",
+                                             headers={"Coffer-Signature": f"{site_id} {signature}"})
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return response.status, response.headers.get("Coffer-Signature"), response.read()
+            except urllib.error.HTTPError as refused:
+                return refused.code, None, refused.read()
+
+        # Signatures over the body itself (the old label), or over another body, are refused before anything else.
+        for signature in (fl_signature(site["ed25519_seed"], body, b"coffer/fl/v1/message"),
+                          fl_signature(site["ed25519_seed"], body + b" ")):
+            status, _, text = join(signature)
+            assert status == 401, (status, text)
+        status, header, welcome = join(fl_signature(site["ed25519_seed"], body))
+        assert status == 200, (status, welcome)
+        signer, signature = header.split(" ")
+        assert signer == coordinator["id"]
+        VerifyKey(coordinator["ed25519"]).verify(
+            b"coffer/fl/v1/message-digest" + hashlib.blake2b(welcome, digest_size=64).digest(), base64.b64decode(signature))
+        welcome = json.loads(welcome)
+        assert welcome["type"] == "coffer.fl.v1.welcome" and welcome["site"] == site_id and welcome["recipe_digest"] == digest
+    finally:
+        serve.kill()
+        serve.communicate()
