@@ -242,7 +242,7 @@ struct AgentCommandTests {
         let unseal = try agent.start(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.out"), dir.path("pipe")])
         let writer = open(dir.path("pipe"), O_WRONLY)
         #expect(writer >= 0)
-        #expect(waitUntilBlockedReading(unseal.process.processIdentifier, path: dir.path("pipe")), "unseal never reached its read")
+        #expect(waitUntilBlockedReading(unseal.pid, path: dir.path("pipe")), "unseal never reached its read")
         agent.kill()
         let sealed = try dir.read("w.sealed")
         _ = sealed.withUnsafeBytes { write(writer, $0.baseAddress!, $0.count) }
@@ -341,8 +341,8 @@ final class AgentProcess {
     }
 
     /// Starts `coffer args` pointed at this agent without waiting for it.
-    func start(_ args: [String]) throws -> RunningCoffer {
-        try RunningCoffer(args, in: dir, environment: ["COFFER_AGENT_SOCK": socket])
+    func start(_ args: [String]) throws -> BackgroundCoffer {
+        try BackgroundCoffer(args, in: dir.url, environment: cleanEnvironment(dir).merging(["COFFER_AGENT_SOCK": socket]) { $1 })
     }
 
     /// SIGKILL: no cleanup, no goodbye, as a crash or the OOM killer would end it.
@@ -364,31 +364,6 @@ final class AgentProcess {
     }
 }
 
-/// A `coffer` process running in the background, its output collected.
-final class RunningCoffer {
-    let process = Process()
-    private let out = Pipe()
-    private let err = Pipe()
-
-    init(_ args: [String], in dir: Scratch, environment: [String: String]) throws {
-        process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
-        process.arguments = args
-        process.currentDirectoryURL = dir.url
-        process.environment = cleanEnvironment(dir).merging(environment) { $1 }
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-    }
-
-    func finish() -> CofferProcess.Output {
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return CofferProcess.Output(status: process.terminationStatus, stdout: stdout, stderr: String(decoding: stderr, as: UTF8.self))
-    }
-}
-
 /// The environment of a run: no passphrase and no agent unless the test gives them.
 private func cleanEnvironment(_ dir: Scratch) -> [String: String] {
     var environment = ProcessInfo.processInfo.environment
@@ -406,27 +381,9 @@ func runCoffer(
     environment extra: [String: String] = [:],
     launcher: [String] = []
 ) throws -> CofferProcess.Output {
-    let process = Process()
-    let command = launcher.isEmpty ? [CofferProcess.binary] : launcher
-    process.executableURL = URL(fileURLWithPath: command[0])
-    process.arguments = Array(command.dropFirst()) + args
-    process.currentDirectoryURL = dir.url
     var environment = cleanEnvironment(dir).merging(extra) { $1 }
     environment["COFFER_PASSPHRASE"] = passphrase
-    process.environment = environment
-    let out = Pipe()
-    let err = Pipe()
-    process.standardOutput = out
-    process.standardError = err
-    process.standardInput = FileHandle.nullDevice
-    try process.run()
-    nonisolated(unsafe) var errData = Data()
-    let errReader = Thread { errData = err.fileHandleForReading.readDataToEndOfFile() }
-    errReader.start()
-    let outData = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    while errReader.isExecuting || !errReader.isFinished { usleep(1000) }
-    return CofferProcess.Output(status: process.terminationStatus, stdout: outData, stderr: String(decoding: errData, as: UTF8.self))
+    return try BackgroundCoffer(args, in: dir.url, environment: environment, launcher: launcher).finish()
 }
 
 /// Whether some thread of `pid` sits in read(2) on its descriptor for `path`, within 10 s.

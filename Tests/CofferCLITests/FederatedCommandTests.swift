@@ -3,61 +3,11 @@ import Testing
 
 /// `coffer fl serve` and several `coffer fl join` as real processes on loopback.
 struct FederatedCommandTests {
-    /// A `coffer` process left running; its output is collected as it comes.
-    final class Background: @unchecked Sendable {
-        let process = Process()
-        private let lock = NSLock()
-        private var out = Data()
-        private var err = Data()
-        private var readers: [Thread] = []
-
-        init(_ args: [String], in directory: URL) throws {
-            _ = CofferProcess.binary
-            process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
-            process.arguments = args
-            process.currentDirectoryURL = directory
-            var environment = ProcessInfo.processInfo.environment
-            environment["COFFER_PASSPHRASE"] = "test passphrase"
-            process.environment = environment
-            let outPipe = Pipe()
-            let errPipe = Pipe()
-            process.standardOutput = outPipe
-            process.standardError = errPipe
-            process.standardInput = FileHandle.nullDevice
-            try process.run()
-            for (pipe, isError) in [(outPipe, false), (errPipe, true)] {
-                let reader = Thread { [self] in
-                    while case let chunk = pipe.fileHandleForReading.availableData, !chunk.isEmpty {
-                        lock.lock()
-                        if isError { err.append(chunk) } else { out.append(chunk) }
-                        lock.unlock()
-                    }
-                }
-                reader.start()
-                readers.append(reader)
-            }
-        }
-
-        /// Waits for the process to exit (at most `seconds`, then kills it) and returns its output.
-        func finish(within seconds: Double) -> CofferProcess.Output {
-            let deadline = Date() + seconds
-            while process.isRunning && Date() < deadline { usleep(20_000) }
-            if process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-            }
-            process.waitUntilExit()
-            while readers.contains(where: { !$0.isFinished }) { usleep(1000) }
-            lock.lock()
-            defer { lock.unlock() }
-            return CofferProcess.Output(status: process.terminationStatus, stdout: out, stderr: String(decoding: err, as: UTF8.self))
-        }
-
-        var stderrSoFar: String {
-            lock.lock()
-            defer { lock.unlock() }
-            return String(decoding: err, as: UTF8.self)
-        }
+    /// A `coffer` process left running in `directory`, with the test passphrase.
+    static func background(_ args: [String], in directory: URL) throws -> BackgroundCoffer {
+        var environment = ProcessInfo.processInfo.environment
+        environment["COFFER_PASSPHRASE"] = "test passphrase"
+        return try BackgroundCoffer(args, in: directory, environment: environment)
     }
 
     /// A port nothing listens on now.
@@ -99,8 +49,8 @@ struct FederatedCommandTests {
         """
     }
 
-    static func join(_ dir: Scratch, site: Int, port: Int, recipe: String = "recipe.json", extra: [String] = []) throws -> Background {
-        try Background(
+    static func join(_ dir: Scratch, site: Int, port: Int, recipe: String = "recipe.json", extra: [String] = []) throws -> BackgroundCoffer {
+        try Self.background(
             [
                 "fl", "join", "--coordinator", "http://127.0.0.1:\(port)", "--coordinator-key", "keys/coordinator.pub", "--recipe", recipe,
                 "--data", "site\(site).csv", "--identity", "keys/site\(site).key",
@@ -117,7 +67,7 @@ struct FederatedCommandTests {
         #expect(initialised.status == 0, "\(initialised.stderr)")
         _ = try CofferProcess.run(["trust", "add", "keys/coordinator.pub", "--identity", "keys/coordinator.key", "--home", home], in: dir.url)
         let port = Self.freePort()
-        let serve = try Background(
+        let serve = try Self.background(
             [
                 "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:\(port)",
                 "--rounds", "3", "--clip-norm", "1", "--noise-multiplier", "2", "--nonprivate-statistics", "--train-timeout", "2",
@@ -130,9 +80,9 @@ struct FederatedCommandTests {
         let silent = try Self.join(dir, site: 3, port: port)
         let start = Date()
         while !serve.stderrSoFar.contains("joined: 4 of 4") && Date() < start + 30 { usleep(20_000) }
-        kill(silent.process.processIdentifier, SIGSTOP)
+        kill(silent.pid, SIGSTOP)
         let served = serve.finish(within: 120)
-        kill(silent.process.processIdentifier, SIGKILL)
+        kill(silent.pid, SIGKILL)
         _ = silent.finish(within: 5)
         #expect(served.status == 0, "\(served.stderr)")
         let report = try #require(try JSONSerialization.jsonObject(with: served.stdout) as? [String: Any], "\(served.stdoutText)")
@@ -172,7 +122,7 @@ struct FederatedCommandTests {
         let home = dir.path("registry")
         _ = try CofferProcess.run(["init", "--home", home, "--owner", "keys/coordinator.pub"], in: dir.url)
         let port = Self.freePort()
-        let serve = try Background(
+        let serve = try Self.background(
             [
                 "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:\(port)",
                 "--rounds", "1", "--join-timeout", "8", "--push", "fl/never", "--home", home,
@@ -183,7 +133,7 @@ struct FederatedCommandTests {
         let mismatched = try Self.join(dir, site: 2, port: port, recipe: "other.json").finish(within: 30)
         expectFailure(mismatched, "coffer: the coordinator refused: recipe mismatch: site ")
         try FileManager.default.copyItem(atPath: dir.path("site0.csv"), toPath: dir.path("stranger.csv"))
-        let stranger = try Background(
+        let stranger = try Self.background(
             [
                 "fl", "join", "--coordinator", "http://127.0.0.1:\(port)", "--coordinator-key", "keys/coordinator.pub", "--recipe", "recipe.json",
                 "--data", "stranger.csv", "--identity", "keys/stranger.key",

@@ -129,13 +129,11 @@ struct SealCommandTests {
         let sealed = try dir.read("plain.cfs")
         // Feed half the file through a FIFO and hold it open: unseal blocks mid-stream with its temporary file open.
         #expect(mkfifo(dir.path("fifo"), 0o600) == 0)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
-        process.arguments = ["unseal", "--identity", "keys/alice.key", "-o", "out.bin", "fifo"]
-        process.currentDirectoryURL = dir.url
-        process.environment = ["COFFER_PASSPHRASE": "test passphrase"]
-        process.standardError = FileHandle.nullDevice
-        try process.run()
+        let unseal = try BackgroundCoffer(
+            ["unseal", "--identity", "keys/alice.key", "-o", "out.bin", "fifo"],
+            in: dir.url,
+            environment: ["COFFER_PASSPHRASE": "test passphrase"]
+        )
         let writer = try FileHandle(forWritingTo: dir.url.appendingPathComponent("fifo"))
         writer.write(sealed.prefix(sealed.count / 2))
         var waited = 0
@@ -144,10 +142,9 @@ struct SealCommandTests {
             waited += 1
         }
         #expect(dir.entries.contains { $0.contains("coffer-tmp") }, "unseal should be writing its temporary file")
-        process.terminate()
-        process.waitUntilExit()
+        let ended = unseal.terminate()
         try writer.close()
-        #expect(process.terminationStatus == 128 + SIGTERM)
+        #expect(ended.status == 128 + SIGTERM)
         #expect(!dir.entries.contains { $0.contains("coffer-tmp") }, "left: \(dir.entries)")
         #expect(!dir.exists("out.bin"))
     }

@@ -14,24 +14,15 @@ struct ServeCommandTests {
             expectFailure(try CofferProcess.run(["serve", "--home", dir.path("home"), "--listen", listen], in: dir.url), fragment)
         }
         for listen in ["[::1]:\(Int.random(in: 20_000...40_000))", "localhost:\(Int.random(in: 40_001...60_000))"] {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
-            process.arguments = ["serve", "--home", dir.path("home"), "--listen", listen]
-            process.currentDirectoryURL = dir.url
-            process.environment = CofferProcess.environment(in: dir.url)
-            let err = Pipe()
-            process.standardError = err
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
+            let server = try BackgroundCoffer(
+                ["serve", "--home", dir.path("home"), "--listen", listen],
+                in: dir.url,
+                environment: CofferProcess.environment(in: dir.url)
+            )
             // The line saying where it serves comes once the registry key is unlocked.
-            var said = Data()
-            let deadline = Date().addingTimeInterval(20)
-            while Date() < deadline, !String(decoding: said, as: UTF8.self).contains("serving") {
-                said += err.fileHandleForReading.availableData
-            }
-            process.terminate()
-            process.waitUntilExit()
-            #expect(String(decoding: said, as: UTF8.self).contains("coffer: serving"), "\(listen): \(String(decoding: said, as: UTF8.self))")
+            let served = server.waitForStderr(containing: "serving", seconds: 20)
+            let said = server.terminate().stderr
+            #expect(served && said.contains("coffer: serving"), "\(listen): \(said)")
         }
     }
 }

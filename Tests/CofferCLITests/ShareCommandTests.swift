@@ -97,23 +97,13 @@ struct ShareCommandTests {
     /// `coffer serve` over the scratch registry on a free port, until `body` returns; the registry key stays with it.
     private func serving<R>(_ dir: Scratch, _ body: (String) throws -> R) throws -> R {
         let port = Int.random(in: 20_000...60_000)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: CofferProcess.binary)
-        process.arguments = ["serve", "--home", dir.path("home"), "--listen", "127.0.0.1:\(port)"]
-        process.currentDirectoryURL = dir.url
-        process.environment = CofferProcess.environment(in: dir.url, ["COFFER_STATE_DIR": dir.path(".server-state")])
-        let err = Pipe()
-        process.standardError = err
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        defer {
-            process.terminate()
-            process.waitUntilExit()
-        }
-        var said = Data()
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline, !String(decoding: said, as: UTF8.self).contains("serving") { said += err.fileHandleForReading.availableData }
-        #expect(String(decoding: said, as: UTF8.self).contains("serving"), "\(String(decoding: said, as: UTF8.self))")
+        let server = try BackgroundCoffer(
+            ["serve", "--home", dir.path("home"), "--listen", "127.0.0.1:\(port)"],
+            in: dir.url,
+            environment: CofferProcess.environment(in: dir.url, ["COFFER_STATE_DIR": dir.path(".server-state")])
+        )
+        defer { _ = server.terminate() }
+        #expect(server.waitForStderr(containing: "serving", seconds: 60), "\(server.stderrSoFar)")
         return try body("http://127.0.0.1:\(port)")
     }
 

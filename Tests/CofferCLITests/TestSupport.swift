@@ -97,6 +97,84 @@ struct CofferProcess {
     }
 }
 
+/// A `coffer` process left running in a directory, its output going to files as it comes: ``Spawn``, as
+/// ``CofferProcess/run(_:in:passphrase:stdin:environment:)`` does and for the same reasons (no pipe another child could
+/// inherit and hold open, no missed exit). Killed when dropped unfinished.
+final class BackgroundCoffer: @unchecked Sendable {
+    let pid: pid_t
+    private let files: URL
+    private let lock = NSLock()
+    private var exitStatus: Int32?
+
+    /// Starts `coffer args` (through `launcher`, e.g. setpriv, when given) in `directory` with exactly `environment`,
+    /// stdin at /dev/null.
+    init(_ args: [String], in directory: URL, environment: [String: String], launcher: [String] = []) throws {
+        files = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-background-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: files, withIntermediateDirectories: true)
+        let command = (launcher.isEmpty ? [CofferProcess.binary] : launcher) + args
+        do {
+            pid = try Spawn.start(
+                "/bin/sh",
+                ["-c", #"cd "$0" && exec "$@""#, directory.path] + command,
+                environment: environment,
+                stdout: .file(files.appendingPathComponent("out").path),
+                stderr: .file(files.appendingPathComponent("err").path)
+            )
+        } catch {
+            try? FileManager.default.removeItem(at: files)
+            throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: error.description])
+        }
+    }
+
+    deinit {
+        if exitStatus == nil {
+            kill(pid, SIGKILL)
+            _ = Spawn.wait(pid)
+        }
+        try? FileManager.default.removeItem(at: files)
+    }
+
+    var stdoutSoFar: Data { (try? Data(contentsOf: files.appendingPathComponent("out"))) ?? Data() }
+    var stderrSoFar: String { String(decoding: (try? Data(contentsOf: files.appendingPathComponent("err"))) ?? Data(), as: UTF8.self) }
+
+    /// Waits (at most `seconds`) until standard error holds `text`; whether it does.
+    func waitForStderr(containing text: String, seconds: Double) -> Bool {
+        let deadline = Date() + seconds
+        while !stderrSoFar.contains(text) {
+            if Date() >= deadline || status != nil { return stderrSoFar.contains(text) }
+            usleep(20_000)
+        }
+        return true
+    }
+
+    /// The exit status once it has ended, nil while it runs.
+    var status: Int32? {
+        lock.lock()
+        defer { lock.unlock() }
+        if exitStatus == nil { exitStatus = Spawn.poll(pid) }
+        return exitStatus
+    }
+
+    /// Waits for the process to end (at most `seconds`, then SIGKILL) and returns its output.
+    func finish(within seconds: Double = 600) -> CofferProcess.Output {
+        let deadline = Date() + seconds
+        while status == nil && Date() < deadline { usleep(10_000) }
+        if status == nil {
+            kill(pid, SIGKILL)
+            lock.lock()
+            exitStatus = Spawn.wait(pid)
+            lock.unlock()
+        }
+        return CofferProcess.Output(status: status!, stdout: stdoutSoFar, stderr: stderrSoFar)
+    }
+
+    /// SIGTERM, then ``finish(within:)``.
+    func terminate(within seconds: Double = 60) -> CofferProcess.Output {
+        if status == nil { kill(pid, SIGTERM) }
+        return finish(within: seconds)
+    }
+}
+
 extension CofferProcess {
     /// Runs a system tool (output discarded) and returns its exit status.
     static func runTool(_ path: String, _ args: [String]) throws -> Int32 {

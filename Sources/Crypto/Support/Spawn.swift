@@ -77,7 +77,21 @@ public enum Spawn {
     public static func wait(_ pid: Int32) -> Int32 {
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        // WIFEXITED / WEXITSTATUS / WTERMSIG by hand: they are macros.
-        return status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        return exitCode(status)
+    }
+
+    /// Whether `pid` has ended, without waiting: its status as ``wait(_:)`` gives it, nil while it runs, -1 when it is
+    /// not a child of this process (or was already waited for).
+    public static func poll(_ pid: Int32) -> Int32? {
+        var status: Int32 = 0
+        var ended: pid_t
+        repeat { ended = waitpid(pid, &status, WNOHANG) } while ended < 0 && errno == EINTR
+        if ended < 0 { return -1 }
+        return ended == pid ? exitCode(status) : nil
+    }
+
+    /// WIFEXITED / WEXITSTATUS / WTERMSIG by hand: they are macros.
+    private static func exitCode(_ status: Int32) -> Int32 {
+        status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     }
 }
