@@ -374,6 +374,7 @@ extension Coffer.Federated {
             abstract: "Take part in a federation as a site: train on your own CSV, send only signed keys, encrypted shares and masked updates."
         )
         @Option(name: .long, help: "The coordinator's URL (https://HOST:PORT, or http:// on loopback).") var coordinator: String
+        @Flag(name: .long, help: "Allow a plain http coordinator beyond loopback.") var insecure = false
         @Option(name: .long, help: "PEM certificates to trust for an https coordinator instead of the system's (default: $COFFER_CA_CERT).")
         var caCert: String?
         @Option(name: .long, help: "The coordinator's public identity (NAME.pub): every task must carry its signature.") var coordinatorKey: String
@@ -391,6 +392,13 @@ extension Coffer.Federated {
         @Flag(name: .long, help: "Print the final report as JSON.") var json = false
 
         func run() async throws {
+            // As `fl serve` refuses to listen in plain HTTP off loopback: the global model sent to the site every round
+            // would cross the network readable.
+            if let url = URLComponents(string: coordinator), url.scheme == "http", let host = url.host, !insecure,
+                !ListenOptions.isLoopback(host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host)
+            {
+                throw CLIError("plain HTTP to \(host) would expose the global model on the network: use https, or pass --insecure")
+            }
             // The same trust as every other client of a Coffer server: --ca-cert, COFFER_CA_CERT, the config file's ca_cert.
             var tls: TLSConfiguration?
             if let path = caCert ?? UserConfig.value(.caCert) {
