@@ -50,6 +50,9 @@ public struct TokenHolder: Sendable, Equatable {
     public var principal: Principal
     public var scope: TokenScope
     public var tokenID: String
+    /// The verified ledger state the token was checked against: what the same request checks next (the principal's
+    /// role, the version it shows) can be held against it instead of reading the ledger's end again.
+    public var ledgerState: LedgerState
 }
 
 extension Registry {
@@ -194,6 +197,6 @@ extension Registry {
         if minted.revoked { try await refuse(principal, "token \(id) was revoked at \(row.revokedAt ?? "an earlier time")") }
         let expires = minted.facts.expires
         if Self.timestamp(now) >= expires { try await refuse(principal, "token \(id) expired at \(expires)") }
-        return TokenHolder(principal: Principal(name: principal, keyID: key.keyID), scope: minted.facts.scope, tokenID: id)
+        return TokenHolder(principal: Principal(name: principal, keyID: key.keyID), scope: minted.facts.scope, tokenID: id, ledgerState: state)
     }
 }

@@ -49,7 +49,8 @@ struct RegistryController {
     func show(_ request: Request, context: CofferRequestContext) async throws -> Response {
         let holder = try context.authenticated
         let reference = try self.reference(request)
-        let state = try await registry.ledgerState()
+        // The state the token was checked against, a moment ago: one read of the ledger's end less per GET.
+        let state = holder.ledgerState
         try await registry.require(.reader, on: reference.name, by: holder.principal, action: "show", target: reference.description, in: state)
         return try await Response.json(try registry.show(reference, in: state).json)
     }
