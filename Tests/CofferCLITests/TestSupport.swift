@@ -159,13 +159,15 @@ final class BackgroundCoffer: @unchecked Sendable {
     func finish(within seconds: Double = 600) -> CofferProcess.Output {
         let deadline = Date() + seconds
         while status == nil && Date() < deadline { usleep(10_000) }
-        if status == nil {
+        lock.lock()
+        // Checked again under the lock: a pid reaped meanwhile by another thread may already be another process's.
+        if exitStatus == nil {
             kill(pid, SIGKILL)
-            lock.lock()
             exitStatus = Spawn.wait(pid)
-            lock.unlock()
         }
-        return CofferProcess.Output(status: status!, stdout: stdoutSoFar, stderr: stderrSoFar)
+        let ended = exitStatus!
+        lock.unlock()
+        return CofferProcess.Output(status: ended, stdout: stdoutSoFar, stderr: stderrSoFar)
     }
 
     /// SIGTERM, then ``finish(within:)``.

@@ -74,10 +74,12 @@ public enum Spawn {
     }
 
     /// Waits for `pid` to end: its exit status, or 128 plus the signal that ended it (as a shell reports it).
+    /// -1 when it is not a child of this process (or was already waited for).
     public static func wait(_ pid: Int32) -> Int32 {
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        return exitCode(status)
+        var ended: pid_t
+        repeat { ended = waitpid(pid, &status, 0) } while ended < 0 && errno == EINTR
+        return ended < 0 ? -1 : exitCode(status)
     }
 
     /// Whether `pid` has ended, without waiting: its status as ``wait(_:)`` gives it, nil while it runs, -1 when it is

@@ -46,7 +46,7 @@ struct DraftToken: ~Copyable {
 }
 
 /// Who a valid bearer token speaks for.
-public struct TokenHolder: Sendable, Equatable {
+public struct TokenHolder: Sendable {
     public var principal: Principal
     public var scope: TokenScope
     public var tokenID: String
