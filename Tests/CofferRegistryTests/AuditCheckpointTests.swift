@@ -1,5 +1,6 @@
 import CofferCrypto
 import Foundation
+import Synchronization
 import Testing
 
 @testable import CofferRegistry
@@ -42,6 +43,29 @@ struct AuditCheckpointTests {
         #expect(cursor == checkpoint.seq + 5 && slices == Int((cursor + 9) / 10))
     }
 
+    /// A server signs a state head every few seconds while pages check the chain: a head signed during a check names a
+    /// ledger record the check's own read of the ledger may not reach, unless the head is read first. (Read the other
+    /// way round, this failed CI once with "records withheld" on an untampered registry.)
+    @Test(arguments: MetadataBackend.available) func aHeadSignedDuringACheckIsNotTakenForTampering(on backend: MetadataBackend) async throws {
+        let (f, checkpoint) = try await verified(backend)
+        let signed = Flag()
+        let signer = Task {
+            defer { signed.set() }
+            let key = try f.registryKey
+            for i in 1...60 {
+                try await f.registry.recordRefusal(action: "probe", target: "m/a:1", reason: "during \(i)", principal: "p")
+                try await f.registry.signAuditHead(with: key, checkpoint: true)
+            }
+        }
+        var checks = 0
+        while !signed.isSet {
+            _ = try await f.registry.verifyAudit(continuingFrom: checkpoint)
+            checks += 1
+        }
+        try await signer.value
+        #expect(checks > 1)
+    }
+
     /// Damage after the checkpoint (in what the next check walks) and to what the checkpoint vouches for.
     @Test(
         arguments: MetadataBackend.available,
@@ -79,4 +103,11 @@ struct AuditCheckpointTests {
         let full = await refusal { _ = try await f.registry.verifyAudit() }
         #expect(full.contains("entry 14 was edited"), "\(full)")
     }
+}
+
+/// Set once, read from another task.
+private final class Flag: Sendable {
+    private let value = Mutex(false)
+    var isSet: Bool { value.withLock { $0 } }
+    func set() { value.withLock { $0 = true } }
 }

@@ -203,10 +203,9 @@ extension Registry {
         return try await signAuditHead(with: key, checkpoint: checkpoint, headLifetime: headLifetime)
     }
 
-    /// The audit entry the stored state head names, when the head verifies under the key chain at its ledger record
+    /// The audit entry a stored state head names, when the head verifies under the key chain at its ledger record
     /// and names that record's hash (a head that does not is reported: it was forged or edited).
-    func signedHeadAuditMark(state: LedgerState) async throws(CofferRegistryError) -> (Int64, [UInt8])? {
-        guard let envelope = try await storedStateHeadEnvelope() else { return nil }
+    func signedHeadAuditMark(_ envelope: DSSEEnvelope, state: LedgerState) async throws(CofferRegistryError) -> (Int64, [UInt8])? {
         // The head names one ledger record; its hash is looked up before the (synchronous) check.
         let named = (try? envelope.payloadBytes()).flatMap { try? JSONDecoder().decode(StateHead.self, from: Data($0)) }?.ledgerSeq ?? 0
         let hash = try await storedRecordHash(named)
@@ -276,6 +275,10 @@ extension Registry {
         let heads = stored.map {
             (seq: $0.seq, hash: Array($0.entryHash), signature: Array($0.signature), keyID: $0.keyID, signedAt: $0.signedAt)
         }
+        // The state head before the ledger: every record it names was committed with it, so the state read next
+        // reaches it. Read the other way round, a head signed in between names a record beyond the state (a false
+        // "records withheld" on a server that signs heads every few seconds).
+        let stateHead = try await storedStateHeadEnvelope()
         // Only keys of the verified chain count; a retired key's heads count only up to its retirement.
         let state = try await ledgerState()
         for head in heads {
@@ -298,7 +301,7 @@ extension Registry {
         }
         // The newest state head the registry's key signed names an audit entry too (a server signs one every few
         // seconds): a log cut or rewritten after the ledger's last mark is caught by it.
-        if let (seq, hash) = try await signedHeadAuditMark(state: state), marks[seq] == nil {
+        if let stateHead, let (seq, hash) = try await signedHeadAuditMark(stateHead, state: state), marks[seq] == nil {
             marks[seq] = (hash, "named by the registry's signed state head")
         }
         if let checkpoint {
