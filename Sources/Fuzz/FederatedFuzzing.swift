@@ -13,7 +13,7 @@ import Foundation
 ///
 /// | first byte mod 15 | the rest is |
 /// | --- | --- |
-/// | 0 | any message, to every decoder, and a `Coffer-Signature` header line before a body |
+/// | 0 | any message, to every decoder (MessageCoding and JSONDecoder alone, which must agree), and a `Coffer-Signature` header line before a body |
 /// | 1, 2 | a join, a poll, to the coordinator |
 /// | 3 ... 7 | site 0's submission at the advertise, share, masked, consistency or unmask stage |
 /// | 8 ... 13 | the task site 0 gets at the advertise ... unmask stage, or the finished task |
@@ -69,14 +69,19 @@ enum FederatedFuzzing {
 
     /// Every message type's decoder; a header line and a body; a welcome to a site.
     private static func decode(_ payload: [UInt8], _ fixture: Fixture) {
-        let decoder = JSONDecoder()
-        let data = Data(payload)
-        _ = try? decoder.decode(JoinRequest.self, from: data)
-        _ = try? decoder.decode(PollRequest.self, from: data)
-        _ = try? decoder.decode(Submission.self, from: data)
-        _ = try? decoder.decode(SiteTask.self, from: data)
-        _ = try? decoder.decode(Welcome.self, from: data)
-        _ = try? decoder.decode(Acknowledgement.self, from: data)
+        // MessageCoding cuts large base64 strings out before JSONDecoder parses the rest: it must read what
+        // JSONDecoder alone reads, value for value, refusal for refusal.
+        func same<T: Decodable & Equatable>(_ type: T.Type) {
+            let plain = try? JSONDecoder().decode(T.self, from: Data(payload))
+            let coded = try? MessageCoding.decode(T.self, from: payload, what: "message")
+            precondition(plain == coded, "MessageCoding read \(T.self) otherwise than JSONDecoder")
+        }
+        same(JoinRequest.self)
+        same(PollRequest.self)
+        same(Submission.self)
+        same(SiteTask.self)
+        same(Welcome.self)
+        same(Acknowledgement.self)
         if let newline = payload.firstIndex(of: 0x0A) {
             let header = String(decoding: payload[..<newline], as: UTF8.self)
             _ = try? SignedMessage(payload: Array(payload[(newline + 1)...]), headerValue: header)

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import pytest
 from dp_accounting import dp_event
-from nacl.signing import SigningKey, VerifyKey
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
+from nacl.signing import SigningKey, VerifyKey
 
 from test_interop import COFFER
 import coffer_spec
@@ -34,10 +34,15 @@ import coffer_spec
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "lib"))
 import cofferlib  # noqa: E402
+
 RATES = [0.01, 0.1, 1.0]
 SIGMAS = [0.7, 1.0, 5.0]
 ROUNDS = [1, 50, 1000]
 DELTAS = [1e-5, 1e-8]
+# The recipe of every federation here: a small model, so that rounds take well under a second.
+RECIPE = {"data": "unused.csv", "features": ["lncoins", "idp", "lpi", "fmde", "disea"],
+          "tasks": [{"name": "limited", "kind": "binary", "column": "physlm", "threshold": 0.5}],
+          "trunk": [8], "epochs": 1, "learning_rate": 0.05, "expected_batch_size": 64, "privacy": False, "seed": 1}
 
 
 def rdp_reference(q, sigma, rounds, delta):
@@ -108,11 +113,6 @@ def fl_sites(tmp_path, env, sites, rows):
     for i in range(sites):
         (tmp_path / f"site{i}.csv").write_text("\n".join([lines[0]] + lines[1 + i::sites][:rows]) + "\n")
     (tmp_path / "recipe.json").write_text(json.dumps(RECIPE))
-
-
-RECIPE = {"data": "unused.csv", "features": ["lncoins", "idp", "lpi", "fmde", "disea"],
-          "tasks": [{"name": "limited", "kind": "binary", "column": "physlm", "threshold": 0.5}],
-          "trunk": [8], "epochs": 1, "learning_rate": 0.05, "expected_batch_size": 64, "privacy": False, "seed": 1}
 
 
 def fl_join(tmp_path, env, site, url, *extra):

@@ -109,9 +109,10 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         (work / "recipe.json").write_text(json.dumps(RECIPE))
-        # k = 22 at 50 sites: the smallest ring that tools/bench/federated/neighbours.py finds sound for at most 10%
-        # colluding and 10% dropping sites (sigma = 40, eta = 30; the default threshold 16 of 23 is in its range 12..17).
-        for sites, neighbours in [(10, 0), (50, 0), (50, 22)]:
+        # k = 6 at 10 sites and k = 22 at 50: the smallest rings that tools/bench/federated/neighbours.py finds sound for
+        # at most 10% colluding and 10% dropping sites (sigma = 40, eta = 30; the default thresholds, 5 of 7 and 16 of
+        # 23, are in its ranges 4..5 and 12..17).
+        for sites, neighbours in [(10, 0), (10, 6), (50, 0), (50, 22)]:
             plain = simulate(args.coffer, work, sites, args.rounds, plain=True)
             secure = simulate(args.coffer, work, sites, args.rounds, neighbours=neighbours)
             results["parameters"] = secure["parameters"]
