@@ -6,6 +6,10 @@
    (the coordinator reconstructs their mask keys and removes their pairwise masks).
 3. Coordinator memory per site: peak RSS of a real `coffer fl serve` with 10 and with 50 real `coffer fl join`
    processes on loopback, one round; (peak50 - peak10) / 40.
+4. The keystream floor: what expanding the masks alone costs, from libsodium's ChaCha20 throughput measured here on
+   every core at once (keystream.c). Per round the sites expand sites * (k + 1) masks (k pairwise and a self-mask) and
+   one vector of uniforms for stochastic rounding, the coordinator one self-mask per site, (P + 1) * 8 bytes each;
+   the ratio floor is (plain round + that) / plain round, before any key agreement, signature or message.
 """
 import argparse
 import json
@@ -48,6 +52,20 @@ def mean_round(report):
 def stage(report, name):
     values = [r["stages"][name] for r in report["rounds"] if r["outcome"] == "ok" and name in r.get("stages", {})]
     return sum(values) / len(values) if values else float("nan")
+
+
+def keystream_rate(work, seconds=3):
+    """ChaCha20 keystream bytes per second of libsodium on all cores at once."""
+    binary = work / "keystream"
+    subprocess.run(["cc", "-O2", Path(__file__).with_name("keystream.c"), "-o", binary, "-lsodium", "-lpthread"], check=True)
+    out = subprocess.run([binary, str(os.cpu_count()), str(seconds)], capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
+def keystream_floor_s(sites, neighbours, parameters, rate):
+    k = neighbours or sites - 1
+    vectors = sites * (k + 1) + sites + sites  # the sites' masks, their uniforms, the coordinator's self-masks
+    return vectors * (parameters + 1) * 8 / rate
 
 
 def free_port():
@@ -109,6 +127,9 @@ def main():
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         (work / "recipe.json").write_text(json.dumps(RECIPE))
+        rate = keystream_rate(work)
+        results["keystream_bytes_per_s"] = rate
+        print(f"ChaCha20 keystream: {rate / 1e9:.2f} GB/s on {os.cpu_count()} cores together", flush=True)
         # k = 6 at 10 sites and k = 22 at 50: the smallest rings that tools/bench/federated/neighbours.py finds sound for
         # at most 10% colluding and 10% dropping sites (sigma = 40, eta = 30; the default thresholds, 5 of 7 and 16 of
         # 23, are in its ranges 4..5 and 12..17).
@@ -121,7 +142,11 @@ def main():
                 "plain_round_s": mean_round(plain), "secure_round_s": mean_round(secure), "ratio": mean_round(secure) / mean_round(plain),
                 "secure_stages_s": {s: stage(secure, s) for s in ["advertise", "share", "masked", "consistency", "unmask"]},
             }
-            line = (f"{label}: plain {row['plain_round_s']:.3f} s/round, secure {row['secure_round_s']:.3f} s/round, ratio {row['ratio']:.2f}x; "
+            floor = keystream_floor_s(sites, neighbours, secure["parameters"], rate)
+            row["keystream_floor_s"] = floor
+            row["ratio_floor"] = (row["plain_round_s"] + floor) / row["plain_round_s"]
+            line = (f"{label}: plain {row['plain_round_s']:.3f} s/round, secure {row['secure_round_s']:.3f} s/round, ratio {row['ratio']:.2f}x "
+                    f"(keystream floor {floor:.3f} s, ratio floor {row['ratio_floor']:.2f}x); "
                     f"stages {', '.join(f'{k} {v:.3f}' for k, v in row['secure_stages_s'].items())} s")
             if neighbours == 0:
                 # 20% of the sites drop before their masked input: within n - t for the complete graph's default t (2/3).
