@@ -662,9 +662,15 @@ class GrantCampaign:
         shared = self.coffer_check("share", "inf/risk", "ivy", "--infer", "--ttl", f"{seconds}s", "--max-predictions", predictions, *self.admin)
         if self.grant is not None and (self.grant["seconds"], self.grant["predictions"]) != (seconds, predictions):
             ended = set(re.findall(r"\b[0-9a-f]{16}\b", "".join(l for l in shared.splitlines() if l.startswith("ended "))))
+            listed = self.listed_sessions()
             for session in self.sessions.values():
-                if not session["revoked"] and time.time() + 1 < session["expires"] and session["id"] not in ended:
-                    self.fail_once(session["id"] + "regrant", f"share with new limits left session {session['id']} of the old ones open")
+                row = listed.get(session["id"], {})
+                # A session whose last use was made has no key left (the registry destroys it then): nothing to end.
+                exhausted = row.get("maxUses") is not None and row.get("uses", 0) >= row["maxUses"]
+                if not session["revoked"] and time.time() + 1 < session["expires"] and session["id"] not in ended and not exhausted:
+                    self.fail_once(session["id"] + "regrant", f"share with new limits left session {session['id']} of the old ones open "
+                                   f"(listed: uses {row.get('uses')} of {row.get('maxUses')}, revoked {row.get('revokedAt')}, "
+                                   f"expires {row.get('expiresAt')})")
                 session["revoked"] = True
         self.grant = dict(number=number, seconds=seconds, predictions=predictions, rows=0, earlier=0, at=time.time())
 
