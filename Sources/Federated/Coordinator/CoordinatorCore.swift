@@ -156,8 +156,8 @@ public final class CoordinatorCore: @unchecked Sendable {
         var signed = [SignedMessage?](repeating: nil, count: batch.count)
         signed.withUnsafeMutableBufferPointer { out in
             nonisolated(unsafe) let out = out
-            let tasks = batch
-            DispatchQueue.concurrentPerform(iterations: tasks.count) { i in out[i] = self.sign(tasks[i]) }
+            let unsigned = batch
+            DispatchQueue.concurrentPerform(iterations: unsigned.count) { i in out[i] = self.sign(unsigned[i]) }
         }
         for (task, message) in zip(batch, signed) { tasks[task.site] = (task.seq, message!) }
     }

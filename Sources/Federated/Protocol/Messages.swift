@@ -391,6 +391,9 @@ public enum MessageCoding {
         return large.splice(into: Array(try! encoder.encode(value)))
     }
 
+    /// Decodes a message as JSONDecoder would, for any input, and for types whose decoding reads each value once
+    /// (synthesized `Codable`, as every message type here): a placeholder a decoder read and threw away (a `try?`
+    /// reading a value as bytes and then as a string) would count as taken.
     public static func decode<T: Decodable>(_ type: T.Type, from bytes: [UInt8], what: String) throws(FederatedError) -> T {
         // Large base64 fields bypass Foundation's string parsing; anything else (a cut-out string that was not bytes, an
         // error to report) is decoded again from the bytes as they came, so the result is the same either way.
