@@ -392,17 +392,13 @@ extension Coffer.Federated {
         @Flag(name: .long, help: "Print the final report as JSON.") var json = false
 
         func run() async throws {
-            // As `fl serve` refuses to listen in plain HTTP off loopback: the global model sent to the site every round
-            // would cross the network readable.
-            if let url = URLComponents(string: coordinator), url.scheme == "http", let host = url.host, !insecure,
-                !ListenOptions.isLoopback(host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host)
-            {
-                throw CLIError("plain HTTP to \(host) would expose the global model on the network: use https, or pass --insecure")
-            }
             // The same trust as every other client of a Coffer server: --ca-cert, COFFER_CA_CERT, the config file's ca_cert.
             var tls: TLSConfiguration?
             if let path = caCert ?? UserConfig.value(.caCert) {
                 do { tls = try clientTLS(trusting: path) } catch { throw CLIError(error.description) }
+            }
+            let client = try Federation.check { () throws(FederatedError) in
+                try FederationClient(url: coordinator, tls: tls, plainHTTPOffLoopback: insecure)
             }
             let recipe = try Federation.recipe(self.recipe)
             let coordinatorIdentity = try PublicIdentity(contentsOf: coordinatorKey)
@@ -424,7 +420,7 @@ extension Coffer.Federated {
             }
             let quiet = json
             site.log = { line in if !quiet { print(line) } else { Federation.line(line) } }
-            let runner = try Federation.check { () throws(FederatedError) in try SiteRunner(site: site, coordinator: coordinator, tls: tls) }
+            let runner = SiteRunner(site: site, client: client)
             let summary: String
             do { summary = try await runner.run() } catch { throw CLIError(error.description) }
             if let out, let model = site.latestModel, let standardisation = site.standardisation {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CofferCrypto
 
 /// How a server command listens: `--tls-cert`/`--tls-key` for HTTPS, and `--insecure` to allow plain HTTP beyond
 /// loopback. `coffer serve` and `coffer fl serve` take these the same way and refuse the same things, so that what
@@ -29,7 +30,7 @@ struct ListenOptions: ParsableArguments {
         let (host, port) = try Self.parseListen(listen)
         if (tlsCert == nil) != (tlsKey == nil) { throw CLIError("--tls-cert and --tls-key go together") }
         let tls = tlsCert.flatMap { cert in tlsKey.map { (certificate: cert, privateKey: $0) } }
-        guard Self.isLoopback(host) || insecure || tls != nil else {
+        guard isLoopback(host: host) || insecure || tls != nil else {
             throw CLIError(
                 "plain HTTP on \(host) would expose \(exposed) on the network: listen on 127.0.0.1, give --tls-cert and --tls-key, or pass --insecure"
             )
@@ -55,12 +56,5 @@ struct ListenOptions: ParsableArguments {
         }
         if host.contains(":"), !text.hasPrefix("[") { throw CLIError("--listen: write an IPv6 address in brackets, [\(host)]:\(port)") }
         return (String(host), port)
-    }
-
-    /// Addresses that never leave the machine: 127.0.0.0/8, ::1 and the name localhost (RFC 6761).
-    static func isLoopback(_ host: String) -> Bool {
-        if host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1" { return true }
-        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
     }
 }

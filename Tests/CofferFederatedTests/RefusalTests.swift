@@ -192,3 +192,18 @@ struct RefusalTests {
         #expect(error?.description.contains("do not reconstruct it: a site sent a wrong share") == true, "\(error?.description ?? "")")
     }
 }
+
+extension RefusalTests {
+    /// A site sends nothing to a plain-HTTP coordinator beyond loopback unless told to: the global model would cross the
+    /// network readable. The check is the library's, so that every site, not just `coffer fl join`, makes it.
+    @Test func aPlainHTTPCoordinatorBeyondLoopbackIsRefusedUnlessAllowed() throws {
+        for host in ["10.1.2.3", "[fd00::1]", "127.example.com"] {
+            let url = "http://\(host):8450"
+            #expect(throws: FederatedError.plainHTTPOffLoopback(host: host), "\(url)") { _ = try FederationClient(url: url) }
+            _ = try FederationClient(url: url, plainHTTPOffLoopback: true)
+        }
+        for url in ["http://127.0.0.1:8450", "http://[::1]:8450", "http://localhost:8450", "https://10.1.2.3:8450"] {
+            _ = try FederationClient(url: url)
+        }
+    }
+}

@@ -26,6 +26,8 @@ struct PostgresEndpointTests {
         #expect(local.sslMode == .disable, "plain TCP by default on loopback")
         let remote = try PostgresEndpoint(url: "postgres://alice@db.example/coffer")
         #expect(remote.sslMode == .verifyFull, "TLS checked by default off loopback")
+        let lookalike = try PostgresEndpoint(url: "postgres://alice@127.example.com/coffer")
+        #expect(lookalike.sslMode == .verifyFull, "a name that starts like a loopback address is resolved anywhere")
         let v6 = try PostgresEndpoint(url: "postgres://alice@[::1]:5433/coffer")
         #expect(v6.host == "::1" && v6.port == 5433 && v6.sslMode == .disable)
         #expect(v6.engine == "PostgreSQL at [::1]:5433/coffer")

@@ -1,8 +1,9 @@
+import CofferCrypto
 import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import NIOSSL
+public import NIOSSL
 
 /// What the coordinator answered: status, its signature header, body.
 struct HTTPAnswer: Sendable {
@@ -14,7 +15,7 @@ struct HTTPAnswer: Sendable {
 /// A minimal HTTP/1.1 client over SwiftNIO for a site: one connection per request (a site sends a handful per stage),
 /// a deadline on each; over TLS (swift-nio-ssl) for an https coordinator, with the certificate checked against the
 /// trusted roots and the URL's host.
-struct FederationClient: Sendable {
+public struct FederationClient: Sendable {
     let host: String
     let port: Int
     /// `http` or `https`.
@@ -27,13 +28,18 @@ struct FederationClient: Sendable {
     /// - Parameters:
     ///   - url: `http://HOST:PORT` or `https://HOST:PORT` of `coffer fl serve`.
     ///   - tls: with https, the configuration to use (e.g. a CA to trust); by default the system's roots.
-    init(url: String, tls configuration: TLSConfiguration? = nil) throws(FederatedError) {
+    ///   - plainHTTPOffLoopback: whether `http` to a host beyond loopback is allowed; refused by default, as `fl serve`
+    ///     refuses to listen so: the global model sent to the site every round would cross the network readable.
+    public init(url: String, tls configuration: TLSConfiguration? = nil, plainHTTPOffLoopback: Bool = false) throws(FederatedError) {
         guard let components = URLComponents(string: url), components.scheme == "http" || components.scheme == "https",
             let host = components.host, !host.isEmpty
         else {
             throw .invalidParameter("the coordinator URL must be http://HOST:PORT or https://HOST:PORT, got \(url)")
         }
         let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        if components.scheme == "http", !plainHTTPOffLoopback, !isLoopback(host: bare) {
+            throw .plainHTTPOffLoopback(host: host)
+        }
         self.host = bare
         self.scheme = components.scheme!
         self.port = components.port ?? (scheme == "https" ? 443 : 80)

@@ -20,9 +20,22 @@ public struct SiteRunner: Sendable {
     /// - Parameters:
     ///   - coordinator: `http://HOST:PORT` or `https://HOST:PORT` of `coffer fl serve`.
     ///   - tls: with https, the TLS configuration (the CA to trust); the system's roots by default.
-    public init(site: FederatedSite, coordinator url: String, tls: TLSConfiguration? = nil) throws(FederatedError) {
+    ///   - plainHTTPOffLoopback: allow `http` to a coordinator beyond loopback (refused by default).
+    public init(
+        site: FederatedSite,
+        coordinator url: String,
+        tls: TLSConfiguration? = nil,
+        plainHTTPOffLoopback: Bool = false
+    )
+        throws(FederatedError)
+    {
+        self.init(site: site, client: try FederationClient(url: url, tls: tls, plainHTTPOffLoopback: plainHTTPOffLoopback))
+    }
+
+    /// With a client made beforehand: a command checks the coordinator's URL before it asks for a passphrase.
+    public init(site: FederatedSite, client: FederationClient) {
         self.site = site
-        client = try FederationClient(url: url, tls: tls)
+        self.client = client
     }
 
     /// Runs until the federation is over; returns the final summary.

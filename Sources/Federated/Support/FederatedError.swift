@@ -18,6 +18,9 @@ public enum FederatedError: Error, Equatable, CustomStringConvertible {
     /// TLS with the coordinator failed (an untrusted certificate, a name that does not match, a server without TLS):
     /// unlike a connection that fails, retrying cannot help.
     case tlsFailed(String)
+    /// An `http` coordinator beyond loopback, not allowed: the global model sent every round would cross the network
+    /// readable.
+    case plainHTTPOffLoopback(host: String)
     case coordinatorRefused(String)
     case localData(String)
     case io(String)
@@ -39,6 +42,7 @@ public enum FederatedError: Error, Equatable, CustomStringConvertible {
         case .timeout(let why): "timed out: \(why)"
         case .transport(let why): "cannot reach the coordinator: \(why)"
         case .tlsFailed(let why): "cannot reach the coordinator: \(why)"
+        case .plainHTTPOffLoopback(let host): "plain HTTP to \(host) would expose the global model on the network: use https, or pass --insecure"
         case .coordinatorRefused(let why): "the coordinator refused: \(why)"
         case .localData(let why): why
         case .io(let why): why

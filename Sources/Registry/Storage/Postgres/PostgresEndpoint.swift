@@ -1,3 +1,4 @@
+import CofferCrypto
 import Foundation
 
 /// Where a PostgreSQL metadata store is and how to reach it: `postgres://USER@HOST:PORT/DB?sslmode=...&sslrootcert=PATH`.
@@ -128,7 +129,7 @@ struct PostgresEndpoint: Sendable, Hashable, CustomStringConvertible {
         self.port = port
         self.user = user
         self.database = database
-        self.sslMode = sslMode ?? (Self.isLoopback(host) ? .disable : .verifyFull)
+        self.sslMode = sslMode ?? (isLoopback(host: host) ? .disable : .verifyFull)
         self.sslRootCertificate = rootCertificate
         if rootCertificate != nil && self.sslMode != .verifyFull {
             throw invalid("sslrootcert is only read with sslmode=verify-full")
@@ -198,10 +199,6 @@ struct PostgresEndpoint: Sendable, Hashable, CustomStringConvertible {
         } catch {
             throw .unavailable(engine: engine, reason: error.reason)
         }
-    }
-
-    static func isLoopback(_ host: String) -> Bool {
-        host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 
     private static func percentDecoded(_ text: Substring) -> String? {
