@@ -2,8 +2,9 @@ import CofferCrypto
 import Testing
 
 struct LoopbackTests {
-    /// Plain connections are allowed to these hosts alone; a DNS name that merely starts like a loopback address is
-    /// resolved anywhere, so it gets TLS like any other host.
+    /// Plain connections are allowed to these hosts alone. A name that merely looks like a loopback address (a DNS name
+    /// starting with 127., or a part with a sign or a leading zero, which getaddrinfo hands to DNS) is resolved anywhere,
+    /// so it gets TLS like any other host.
     @Test func onlyAddressesThatStayOnTheMachineAreLoopback() {
         for host in ["127.0.0.1", "127.1.2.3", "127.255.255.255", "localhost", "::1", "[::1]", "0:0:0:0:0:0:0:1"] {
             #expect(isLoopback(host: host), "\(host)")

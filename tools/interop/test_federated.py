@@ -197,12 +197,14 @@ def test_fl_serve_refuses_plain_http_beyond_loopback_and_half_a_tls_pair(tmp_pat
             assert refused.stderr == line, refused.stderr
         else:
             assert "cannot load the TLS certificate or key" in refused.stderr, refused.stderr
-    # A site refuses such a coordinator too, before sending anything (no retries: at once).
+    # A site refuses such a coordinator too, before sending anything (no retries: at once), and before it asks for a
+    # passphrase (there is none to give here: asked first, that refusal would be the line).
+    no_passphrase = {k: v for k, v in env.items() if not k.startswith("COFFER_PASSPHRASE")}
     for host in ("10.1.2.3", "[fd00::1]"):
         start = time.monotonic()
         refused = subprocess.run([COFFER, "fl", "join", "--coordinator", f"http://{host}:8450", "--coordinator-key", tmp_path / "coordinator.pub",
                                   "--recipe", tmp_path / "recipe.json", "--data", tmp_path / "site0.csv", "--identity", tmp_path / "site0.key"],
-                                 env=env, capture_output=True, text=True, timeout=60)
+                                 env=no_passphrase, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 1 and refused.stderr == f"coffer: plain HTTP to {host} would expose the global model on the network: " \
                                                              "use https, or pass --insecure\n", refused.stderr
         assert time.monotonic() - start < 10

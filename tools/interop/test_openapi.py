@@ -12,7 +12,8 @@ from pathlib import Path
 
 from test_federated import fl_sites
 from test_interop import COFFER, ENV, coffer
-from test_server import OPENAPI, free_port, owned_registry, serve
+from test_server import OPENAPI, owned_registry, serve
+import cofferlib  # noqa: E402  (tools/lib, on the path test_server sets)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCHEMATHESIS = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "st"
@@ -25,7 +26,7 @@ def test_the_server_conforms_to_its_openapi_document(tmp_path):
     coffer("push", "m/risk", tmp_path / "ckpt", "--alias", "prod", *admin)
     coffer("budget", "set", "census", "--epsilon", "4", "--delta", "1e-5", *admin)
     token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
-    port = free_port()
+    port = cofferlib.free_port()
     server = serve(home, port)
     try:
         seed = os.environ.get("COFFER_SCHEMATHESIS_SEED", "1")
@@ -58,7 +59,7 @@ def test_fl_serve_conforms_to_its_openapi_routes(tmp_path):
     and headers, and nothing makes it fail (5xx) or stop."""
     env = dict(ENV)
     fl_sites(tmp_path, env, 3, 10)
-    port = free_port()
+    port = cofferlib.free_port()
     server = subprocess.Popen([COFFER, "fl", "serve", "--recipe", tmp_path / "recipe.json", "--identity", tmp_path / "coordinator.key",
                                "--listen", f"127.0.0.1:{port}", "--join-timeout", "600",
                                *[a for i in range(3) for a in ("--site", tmp_path / f"site{i}.pub")]],

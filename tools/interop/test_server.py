@@ -22,12 +22,6 @@ import cofferlib  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 OPENAPI = yaml.safe_load((ROOT / "docs" / "openapi.yaml").read_text())
 SEEN = []  # (method, path template, status) of every call, checked against docs/openapi.yaml
 
@@ -88,7 +82,7 @@ def test_serve_end_to_end(tmp_path):
     infer = coffer("token", "create", "--principal", "bob", "--scope", "infer", "--ttl", "1h", *admin).stdout.decode().strip()
     assert read.startswith("cft_") and len(read) == 68
 
-    port = free_port()
+    port = cofferlib.free_port()
     # The server's log goes to a file: a pipe read only at the end fills up (64 KiB) and blocks its logger.
     log_file = open(tmp_path / "serve.log", "w+b")
     server = subprocess.Popen([COFFER, "serve", "--home", home, "--listen", f"127.0.0.1:{port}"], env=ENV, stdout=log_file, stderr=log_file)
@@ -213,7 +207,7 @@ def test_remote_alias_sessions_infer_and_predict_limits(tmp_path):
     coffer("push", "m/risk", tmp_path / "ckpt", *admin)
     token = {scope: coffer("token", "create", "--principal", principal, "--scope", scope, "--ttl", "1h", *admin).stdout.decode().strip()
              for principal, scope in (("alice", "admin"), ("bob", "infer"), ("bob", "read"))}
-    port = free_port()
+    port = cofferlib.free_port()
     base = f"http://127.0.0.1:{port}"
     server = serve(home, port, "--predict-rate", "0.2", "--predict-burst", "3", "--max-predict-rows", "3")
 
@@ -312,7 +306,7 @@ def test_push_over_http_resumes_after_the_client_is_killed(tmp_path):
     payload = os.urandom(192 << 20)
     (tmp_path / "model" / "weights.bin").write_bytes(payload)
     (tmp_path / "model" / "config.json").write_text('{"layers": 4}')
-    port = free_port()
+    port = cofferlib.free_port()
     server = serve(home, port)
     env = dict(ENV, COFFER_OUTBOX=str(tmp_path / "outbox"))
     push = [COFFER, "push", "big/model", tmp_path / "model", "--registry", f"http://127.0.0.1:{port}", "--token", token,
@@ -380,7 +374,7 @@ def test_serve_over_tls_with_a_given_certificate(tmp_path):
     coffer("push", "m", tmp_path / "model", *admin)
     token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
     cofferlib.self_signed_certificate(tmp_path)
-    port = free_port()
+    port = cofferlib.free_port()
     server = subprocess.Popen([COFFER, "serve", "--home", home, "--listen", f"127.0.0.1:{port}", "--tls-cert", tmp_path / "cert.pem",
                                "--tls-key", tmp_path / "key.pem"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
@@ -441,7 +435,7 @@ def test_a_registry_url_that_is_not_a_coffer_server_fails_in_one_line(tmp_path):
     try:
         for url, expected in ((f"http://127.0.0.1:{html.server_address[1]}", b"answered 404"),
                               (f"http://127.0.0.1:{garbage.getsockname()[1]}", b"is not HTTP"),
-                              (f"http://127.0.0.1:{free_port()}", b"connection refused")):
+                              (f"http://127.0.0.1:{cofferlib.free_port()}", b"connection refused")):
             result = coffer("list", "--registry", url, "--token", "cft_" + "0" * 64, check=False)
             assert result.returncode == 1 and result.stderr.count(b"\n") == 1 and expected in result.stderr, result.stderr
         # A URL the client cannot use, and a CA file that is not one, are refused before any connection.
@@ -462,7 +456,7 @@ def test_the_outbox_is_private_and_resumes_only_this_push(tmp_path):
     (tmp_path / "model").mkdir()
     weights = tmp_path / "model" / "weights.bin"
     weights.write_bytes(os.urandom(96 << 20))
-    port = free_port()
+    port = cofferlib.free_port()
     server = serve(home, port)
     shared = tmp_path / "shared-outbox"
     shared.mkdir(mode=0o777)

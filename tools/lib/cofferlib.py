@@ -4,6 +4,7 @@ environment of their own, and `coffer serve` on a free loopback port.
 Import it with `sys.path.insert(0, <repo>/tools/lib)`; every helper takes the coffer binary's path explicitly.
 """
 import os
+import random
 import socket
 import subprocess
 import time
@@ -44,9 +45,17 @@ def keygen(coffer, path, env):
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now. Under pytest-xdist each worker draws from a range of its own (below Linux's ephemeral
+    ports, 32768 and up), so that a port one worker was handed and has not bound yet is never handed to another."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    while True:
+        port = 0 if worker is None else 10000 + 4000 * (int(worker.removeprefix("gw")) % 5) + random.randrange(4000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken
+                continue
+            return s.getsockname()[1]
 
 
 def self_signed_certificate(directory, host="127.0.0.1"):

@@ -6,6 +6,12 @@
 public func isLoopback(host: String) -> Bool {
     let host = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
     if host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1" { return true }
+    // Each part as inet_pton reads it: one to three digits, no sign, no leading zero. Anything else (`127.0.0.08`,
+    // `127.+0.0.1`) getaddrinfo does not read as an address: it asks DNS.
     let parts = host.split(separator: ".", omittingEmptySubsequences: false)
-    return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    return parts.count == 4 && parts[0] == "127"
+        && parts.allSatisfy { part in
+            (1...3).contains(part.count) && part.allSatisfy { $0.isASCII && $0.isNumber } && (part == "0" || part.first != "0")
+                && Int(part)! <= 255
+        }
 }
