@@ -1,8 +1,9 @@
-/// Addresses that never leave the machine: 127.0.0.0/8 written as a dotted quad, `::1` (also in full and in a URL's
-/// brackets) and the name `localhost` (RFC 6761). Plain connections are allowed to these alone, by `coffer serve`,
+/// Addresses that never leave the machine: 127.0.0.0/8 written as four decimal parts, `::1` (also in full and in a
+/// URL's brackets) and the name `localhost` (RFC 6761). Plain connections are allowed to these alone, by `coffer serve`,
 /// `fl serve`, `fl join` and the PostgreSQL client's default `sslmode`.
 ///
-/// A name that only starts like one (`127.example.com`, resolved by DNS anywhere) is not loopback.
+/// Any other form is not loopback: a name that only starts like one (`127.example.com`) or a shorthand (`127.1`) is
+/// resolved by DNS anywhere.
 public func isLoopback(host: String) -> Bool {
     let host = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
     if host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1" { return true }
