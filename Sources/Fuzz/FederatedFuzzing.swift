@@ -13,14 +13,14 @@ import Foundation
 ///
 /// | first byte mod 15 | the rest is |
 /// | --- | --- |
-/// | 0 | any message, to every decoder (MessageCoding and JSONDecoder alone, which must agree), and a `Coffer-Signature` header line before a body |
+/// | 0 | any message, JSON or binary, to every decoder (for JSON, MessageCoding and JSONDecoder alone, which must agree), and a `Coffer-Signature` header line before a body |
 /// | 1, 2 | a join, a poll, to the coordinator |
 /// | 3 ... 7 | site 0's submission at the advertise, share, masked, consistency or unmask stage |
 /// | 8 ... 13 | the task site 0 gets at the advertise ... unmask stage, or the finished task |
 /// | 14 | the plaintext of a site's unmasking shares, to the coordinator's parser |
 ///
-/// A submission or task that is JSON takes the fields it leaves out from the honest one it replaces; one that is not
-/// JSON is put, as bytes, into the stage's own field (the keys, a box of shares, the masked vector, a signature, the
+/// A submission or task that decodes (JSON or binary) takes the fields it leaves out from the honest one it replaces, and
+/// is sent in the honest one's form; one that does not is put, as bytes, into the stage's own field (the keys, a box of shares, the masked vector, a signature, the
 /// sealed shares; the model of a task).
 enum FederatedFuzzing {
     enum Mode {
@@ -69,12 +69,21 @@ enum FederatedFuzzing {
 
     /// Every message type's decoder; a header line and a body; a welcome to a site.
     private static func decode(_ payload: [UInt8], _ fixture: Fixture) {
-        // MessageCoding cuts large base64 strings out before JSONDecoder parses the rest: it must read what
-        // JSONDecoder alone reads, value for value, refusal for refusal.
-        func same<T: Decodable & Equatable>(_ type: T.Type) {
-            let plain = try? JSONDecoder().decode(T.self, from: Data(payload))
+        // MessageCoding cuts large base64 strings out of a JSON body before JSONDecoder parses the rest: it must read
+        // what JSONDecoder alone reads, value for value, refusal for refusal. A binary body JSONDecoder cannot read:
+        // what MessageCoding reads from it must come back the same from both forms it writes.
+        func same<T: Codable & Equatable>(_ type: T.Type) {
             let coded = try? MessageCoding.decode(T.self, from: payload, what: "message")
-            precondition(plain == coded, "MessageCoding read \(T.self) otherwise than JSONDecoder")
+            guard MessageCoding.form(of: payload) == .binary else {
+                let plain = try? JSONDecoder().decode(T.self, from: Data(payload))
+                precondition(plain == coded, "MessageCoding read \(T.self) otherwise than JSONDecoder")
+                return
+            }
+            guard let coded else { return }
+            for form in [MessageCoding.Form.json, .binary] {
+                let again = try? MessageCoding.decode(T.self, from: MessageCoding.encode(coded, as: form), what: "message")
+                precondition(again == coded, "\(T.self) read from a binary body did not survive being written as \(form)")
+            }
         }
         same(JoinRequest.self)
         same(PollRequest.self)
@@ -119,10 +128,9 @@ enum FederatedFuzzing {
 
     /// `payload` as site 0's submission: its session, site, round and stage those of `honest`, signed by site 0.
     private static func forge(submission payload: [UInt8], replacing honest: SignedMessage, stage: Stage, _ fixture: Fixture) -> SignedMessage {
-        let decoder = JSONDecoder()
-        guard let own = try? decoder.decode(Submission.self, from: Data(honest.payload)) else { return honest }
+        guard let own = try? MessageCoding.decode(Submission.self, from: honest.payload, what: "submission") else { return honest }
         var forged = own
-        if let decoded = try? decoder.decode(Submission.self, from: Data(payload)) {
+        if let decoded = try? MessageCoding.decode(Submission.self, from: payload, what: "submission") {
             // What the input leaves out is the site's own answer: a vector alone is tried with the site's keys.
             forged = decoded
             (forged.session, forged.site, forged.round, forged.stage) = (own.session, own.site, own.round, own.stage)
@@ -144,15 +152,14 @@ enum FederatedFuzzing {
             case .unmask, .finished: forged.sealedShares = Base64Bytes(payload)
             }
         }
-        return SignedMessage.sign(encode(forged), by: fixture.sites[0].identity)
+        return SignedMessage.sign(MessageCoding.encode(forged, as: MessageCoding.form(of: honest.payload)), by: fixture.sites[0].identity)
     }
 
     /// `payload` as site 0's task: its session, site and sequence number those of `honest`, signed by the coordinator.
     private static func forge(task payload: [UInt8], replacing honest: SignedMessage, _ fixture: Fixture) -> SignedMessage {
-        let decoder = JSONDecoder()
-        guard let own = try? decoder.decode(SiteTask.self, from: Data(honest.payload)) else { return honest }
+        guard let own = try? MessageCoding.decode(SiteTask.self, from: honest.payload, what: "task") else { return honest }
         var forged = own
-        if let decoded = try? decoder.decode(SiteTask.self, from: Data(payload)) {
+        if let decoded = try? MessageCoding.decode(SiteTask.self, from: payload, what: "task") {
             // A site checks the session, the addressee and the sequence number before anything else; the round and the
             // stage are the input's (a coordinator may send any). What the input leaves out is the coordinator's own
             // task: a round number alone is tried with a real roster and real keys.
@@ -172,13 +179,7 @@ enum FederatedFuzzing {
         } else {
             forged.model = Base64Bytes(payload)
         }
-        return SignedMessage.sign(encode(forged), by: fixture.coordinator.identity)
-    }
-
-    private static func encode(_ value: some Encodable) -> [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? encoder.encode(value)).map(Array.init) ?? []
+        return SignedMessage.sign(MessageCoding.encode(forged, as: MessageCoding.form(of: honest.payload)), by: fixture.coordinator.identity)
     }
 
     /// What every input shares: identities, a recipe of a small model, and a site's rows (made once per process).

@@ -105,9 +105,13 @@ struct FederationTests {
     @Test func aSecureFedAvgRoundEqualsPlaintextFedAvgWithinTheQuantizationBound() throws {
         let fixture = try FederationFixture(sites: 4)
         let federation = try fixture.federation(Self.configuration())
+        // One site speaks JSON, the others binary: the coordinator answers each in the form of its join.
+        federation.sites[1].form = .json
         let records = try federation.run()
         #expect(records.map(\.outcome) == ["ok", "ok"])
         #expect(federation.refusals.isEmpty, "\(federation.refusals)")
+        let finished = try (0..<4).map { try #require(federation.core.task(for: federation.sites[$0].keyID, after: 0)) }
+        #expect(finished.map { MessageCoding.form(of: $0.payload) } == [.binary, .json, .binary, .binary])
         // The same round in plaintext: each site trains from the initial model; the global model moves by the weighted mean.
         let standardisation = try #require(federation.core.standardisation)
         let initial = fixture.recipe.initialModel()

@@ -174,7 +174,7 @@ struct HTTPFederationTests {
             // A submission before any round: stale.
             var submission = Submission(session: core.sessionHex, site: site.keyID, round: 7, stage: .advertise)
             submission.maskKey = Base64Bytes([1])
-            let signed = SignedMessage.sign(MessageCoding.encode(submission), by: fixture.sites[0].identity)
+            let signed = SignedMessage.sign(MessageCoding.encode(submission, as: .binary), by: fixture.sites[0].identity)
             try await client.execute(
                 uri: "/v1/fl/submit",
                 method: .post,

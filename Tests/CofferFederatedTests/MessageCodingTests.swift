@@ -5,7 +5,8 @@ import Testing
 
 /// Large byte fields are written into a message's JSON after encoding and cut out of it before decoding
 /// (``LargeStrings``): the bytes must be exactly what JSONEncoder writes, so that what is signed and what any JSON reader
-/// parses are unchanged, and what is read must be what JSONDecoder reads, for any input.
+/// parses are unchanged, and what is read must be what JSONDecoder reads, for any input. A binary body carries them
+/// after its head (docs/FORMAT.md, "Binary bodies"), and its references must tile that data exactly.
 struct MessageCodingTests {
     struct Sample: Codable {
         var name: String
@@ -26,7 +27,7 @@ struct MessageCodingTests {
         )
         let plain = JSONEncoder()
         plain.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let encoded = MessageCoding.encode(sample)
+        let encoded = MessageCoding.encode(sample, as: .json)
         #expect(encoded == Array(try plain.encode(sample)))
         let decoded = try MessageCoding.decode(Sample.self, from: encoded, what: "sample")
         #expect(decoded.large.map(\.bytes) == sample.large.map(\.bytes) && decoded.nested.vector.bytes == Array(bytes.reversed()))
@@ -71,6 +72,93 @@ struct MessageCodingTests {
         #expect(large.values == [bytes, bytes] && cut.count < 200)
         // A placeholder without its nonce is an ordinary string: not base64.
         #expect(fastDecode(json(name: "n", large: "cofferlarge-0-0")) == "error")
+    }
+
+    @Test func aBinaryBodyCarriesLargeFieldsAfterItsHeadInTheOrderTheHeadNamesThem() throws {
+        let bytes = (0..<50_000).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 7) }
+        let sample = Sample(
+            name: "n",
+            small: Base64Bytes([1, 2, 3]),
+            large: [Base64Bytes(bytes), Base64Bytes(Array(bytes.prefix(LargeStrings.threshold - 1)))],
+            nested: .init(vector: Base64Bytes(Array(bytes.suffix(9000))))
+        )
+        let body = MessageCoding.encode(sample, as: .binary)
+        #expect(MessageCoding.form(of: body) == .binary && MessageCoding.mediaType(of: body) == "application/vnd.coffer.fl.v1+binary")
+        #expect(Array(body.prefix(8)) == Array("CFLM".utf8) + [1, 0, 0, 0])
+        let headCount = Int(body[8]) | Int(body[9]) << 8 | Int(body[10]) << 16 | Int(body[11]) << 24
+        let head = String(decoding: body[12..<(12 + headCount)], as: UTF8.self)
+        // Keys sorted; a field under the threshold stays base64; the others are references, in the head's order.
+        let small = Data(bytes.prefix(LargeStrings.threshold - 1)).base64EncodedString()
+        #expect(
+            head
+                == #"{"large":[{"length":50000,"offset":0},"\#(small)"],"name":"n","nested":{"vector":{"length":9000,"offset":50000}},"small":"AQID"}"#
+        )
+        #expect(Array(body[(12 + headCount)...]) == bytes + bytes.suffix(9000))
+        let decoded = try MessageCoding.decode(Sample.self, from: body, what: "sample")
+        #expect(decoded.fingerprint == sample.fingerprint)
+        // A JSON body of the same message decodes to the same value.
+        #expect(
+            try MessageCoding.decode(Sample.self, from: MessageCoding.encode(sample, as: .json), what: "sample").fingerprint == sample.fingerprint
+        )
+    }
+
+    @Test func aBinaryBodyWhoseHeaderOrReferencesAreWrongIsRefusedNamingTheProblem() throws {
+        func body(_ head: String, data: [UInt8], version: UInt8 = 1, reserved: UInt8 = 0, headCount: Int? = nil) -> [UInt8] {
+            let count = UInt32(headCount ?? head.utf8.count)
+            return Array("CFLM".utf8) + [version, reserved, 0, 0] + withUnsafeBytes(of: count.littleEndian, Array.init) + Array(head.utf8) + data
+        }
+        func head(_ a: String, _ b: String) -> String { #"{"name":"n","small":"AQID","large":[\#(a)],"nested":{"vector":\#(b)}}"# }
+        func reason(_ input: [UInt8]) -> String {
+            do {
+                _ = try MessageCoding.decode(Sample.self, from: input, what: "sample")
+                return "accepted"
+            } catch { return error.description }
+        }
+        let data = (0..<10).map { UInt8($0) }
+        // References in any order of offset, one of them base64 beside them, are read.
+        let good = body(head(#"{"offset":4,"length":6}"#, #"{"length":4,"offset":0}"#), data: data)
+        let decoded = try MessageCoding.decode(Sample.self, from: good, what: "sample")
+        #expect(decoded.large[0].bytes == [4, 5, 6, 7, 8, 9] && decoded.nested.vector.bytes == [0, 1, 2, 3])
+        let tiling = "sample: the references do not tile the data section (a gap, an overlap or bytes left over)"
+        let cases: [(String, [UInt8], String)] = [
+            ("version 2", body(head(#""AA==""#, #""AA==""#), data: [], version: 2), "sample: binary version 2; this reader knows 1"),
+            ("reserved", body(head(#""AA==""#, #""AA==""#), data: [], reserved: 1), "sample: the binary header's reserved bytes are not zero"),
+            ("short", Array("CFLM".utf8) + [1, 0], "sample: a binary body shorter than its 12-byte header"),
+            ("head past the end", body(head(#""AA==""#, #""AA==""#), data: [], headCount: 500), "sample: the head runs past the end of the body"),
+            ("a gap", body(head(#"{"offset":5,"length":5}"#, #"{"offset":0,"length":4}"#), data: data), tiling),
+            ("an overlap", body(head(#"{"offset":3,"length":7}"#, #"{"offset":0,"length":4}"#), data: data), tiling),
+            ("bytes left over", body(head(#"{"offset":4,"length":5}"#, #"{"offset":0,"length":4}"#), data: data), tiling),
+            ("the same range twice", body(head(#"{"offset":0,"length":10}"#, #"{"offset":0,"length":10}"#), data: data), tiling),
+            // A reference where no byte field is read leaves its bytes unread.
+            (
+                "an unknown key's reference",
+                body(#"{"name":"n","small":"AQID","large":[],"nested":{"vector":"AA=="},"x":{"offset":0,"length":10}}"#, data: data), tiling
+            ),
+            (
+                "past the end", body(head(#"{"offset":4,"length":7}"#, #"{"offset":0,"length":4}"#), data: data),
+                "sample: field 'large.Index 0' is invalid"
+            ),
+            ("empty", body(head(#"{"offset":0,"length":0}"#, #"{"offset":0,"length":10}"#), data: data), "sample: field 'large.Index 0' is invalid"),
+            (
+                "negative", body(head(#"{"offset":-1,"length":1}"#, #"{"offset":0,"length":10}"#), data: data),
+                "sample: field 'large.Index 0' is invalid"
+            ),
+            (
+                "another key", body(head(#"{"offset":4,"length":6,"x":1}"#, #"{"offset":0,"length":4}"#), data: data),
+                "sample: field 'large.Index 0' is invalid"
+            ),
+            (
+                "a reference for a string",
+                body(#"{"name":{"offset":0,"length":10},"small":"AQID","large":[],"nested":{"vector":"AA=="}}"#, data: data),
+                "sample: field 'name' has the wrong type"
+            ),
+            ("a head that is not JSON", body("{", data: []), "sample: not JSON"),
+            // In a JSON body, a reference is not bytes.
+            ("a reference in JSON", Array(head(#""AA==""#, #"{"offset":0,"length":1}"#).utf8), "sample: field 'nested.vector' has the wrong type"),
+        ]
+        for (label, input, expected) in cases {
+            #expect(reason(input) == "malformed message: " + expected, "\(label)")
+        }
     }
 }
 

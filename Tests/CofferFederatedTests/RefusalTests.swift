@@ -48,13 +48,13 @@ struct RefusalTests {
         let stranger = UnlockedIdentity(try Identity.generate(name: "stranger"))
         let join = JoinRequest(site: stranger.publicIdentity.keyID, recipeDigest: fixture.recipe.digest, features: [], tasks: [])
         #expect(throws: FederatedError.unknownSite(stranger.publicIdentity.keyID)) {
-            _ = try core.join(SignedMessage.sign(MessageCoding.encode(join), by: stranger.identity))
+            _ = try core.join(SignedMessage.sign(MessageCoding.encode(join, as: .json), by: stranger.identity))
         }
         #expect(FederatedError.unknownSite("abc").description == "unknown site abc: not enrolled with this coordinator")
         // A join claiming site 0 but signed by the stranger's key.
         let site0 = fixture.sites[0].publicIdentity.keyID
         var forged = SignedMessage.sign(
-            MessageCoding.encode(JoinRequest(site: site0, recipeDigest: "", features: [], tasks: [])),
+            MessageCoding.encode(JoinRequest(site: site0, recipeDigest: "", features: [], tasks: []), as: .binary),
             by: stranger.identity
         )
         forged.signer = site0
@@ -62,7 +62,7 @@ struct RefusalTests {
         #expect(error?.description == "signature does not verify: the message claiming to be from \(site0) was not signed by it (or was altered)")
         // Site 1 signing a join in site 0's name.
         let sideways = SignedMessage.sign(
-            MessageCoding.encode(JoinRequest(site: site0, recipeDigest: "", features: [], tasks: [])),
+            MessageCoding.encode(JoinRequest(site: site0, recipeDigest: "", features: [], tasks: []), as: .binary),
             by: fixture.sites[1].identity
         )
         #expect(throws: FederatedError.signatureInvalid("a join for site \(site0) signed by \(fixture.sites[1].publicIdentity.keyID)")) {
@@ -98,7 +98,7 @@ struct RefusalTests {
         var early = Submission(session: core.sessionHex, site: keyID, round: 1, stage: .masked)
         early.vector = Base64Bytes([0, 0, 0, 0, 0, 0, 0, 0])
         let wrong = #expect(throws: FederatedError.self) {
-            _ = try core.submit(SignedMessage.sign(MessageCoding.encode(early), by: fixture.sites[0].identity))
+            _ = try core.submit(SignedMessage.sign(MessageCoding.encode(early, as: .binary), by: fixture.sites[0].identity))
         }
         #expect(wrong?.description == "site \(keyID) sent a masked message during the advertise stage")
 

@@ -6,7 +6,8 @@ rate q, noise multiplier sigma, one step per round. dp_accounting must give the 
 
 And `coffer fl serve` over TLS with `coffer fl join` sites as real processes: the coordinator's certificate is
 trusted only when a site is given it (`--ca-cert`, as for every client of a Coffer server). And a site written from
-docs/FORMAT.md alone (PyNaCl, hashlib) joins a live coordinator: the recipe digest and the message signatures.
+docs/FORMAT.md alone (PyNaCl, hashlib) joins a live coordinator: the recipe digest and the message signatures, in
+JSON and in binary bodies (a task's model after its head, the site's keys as references).
 """
 import base64
 import hashlib
@@ -15,6 +16,7 @@ import json
 import math
 import os
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -26,6 +28,7 @@ import pytest
 from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
+from nacl.public import PrivateKey
 from nacl.signing import SigningKey, VerifyKey
 
 from test_interop import COFFER
@@ -265,3 +268,116 @@ def test_a_site_written_from_the_specification_joins_and_checks_the_coordinators
     finally:
         serve.kill()
         serve.communicate()
+
+
+BINARY_MEDIA_TYPE = "application/vnd.coffer.fl.v1+binary"
+
+
+def binary_body(message, references=()):
+    """A binary body (FORMAT.md, "Binary bodies"): the named top-level byte fields (bytes) become references to the
+    data section, in order; the rest of the message is the JSON head."""
+    head, data = dict(message), b""
+    for name in references:
+        head[name] = {"offset": len(data), "length": len(message[name])}
+        data += message[name]
+    head = json.dumps(head, sort_keys=True, separators=(",", ":")).encode()
+    return b"CFLM" + bytes([1, 0, 0, 0]) + struct.pack("<I", len(head)) + head + data
+
+
+def read_binary_body(body):
+    """The message of a binary body with every reference replaced by its bytes, checking that the references tile the
+    data section as FORMAT.md requires."""
+    assert body[:8] == b"CFLM" + bytes([1, 0, 0, 0]), body[:8]
+    (count,) = struct.unpack("<I", body[8:12])
+    head, data = json.loads(body[12:12 + count]), body[12 + count:]
+    ranges = []
+
+    def resolve(value):
+        if isinstance(value, dict) and set(value) == {"offset", "length"}:
+            ranges.append((value["offset"], value["length"]))
+            return data[value["offset"]:value["offset"] + value["length"]]
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+
+    message = resolve(head)
+    end = 0
+    for offset, length in sorted(ranges):
+        assert offset == end and length >= 1, ranges
+        end = offset + length
+    assert end == len(data), (ranges, len(data))
+    return message
+
+
+def test_a_site_written_from_the_specification_speaks_binary_bodies(tmp_path):
+    """The Python site joins with a binary body, gets its welcome and its first task (whose model is raw f32 after the
+    head) as binary bodies, and submits its keys as references into the data section; two `coffer fl join` sites make
+    up the round. With a public standardisation the first round is an update round, whose task carries the model."""
+    env = cofferlib.environment(tmp_path)
+    fl_sites(tmp_path, env, 3, 40)
+    # A model of 1,441 parameters (5.6 KB): over the 4,096 bytes from which Coffer writes a byte field as a reference.
+    recipe = dict(RECIPE, trunk=[64, 16])
+    (tmp_path / "recipe.json").write_text(json.dumps(recipe))
+    (tmp_path / "standardisation.json").write_text(json.dumps({"means": [0.0] * 5, "standard_deviations": [1.0] * 5}))
+    port = cofferlib.free_port()
+    serve = subprocess.Popen([COFFER, "fl", "serve", "--recipe", tmp_path / "recipe.json", "--identity", tmp_path / "coordinator.key",
+                              "--listen", f"127.0.0.1:{port}", "--rounds", "1", "--join-timeout", "120", "--stage-timeout", "5",
+                              "--standardisation", tmp_path / "standardisation.json",
+                              *[a for i in range(3) for a in ("--site", tmp_path / f"site{i}.pub")]],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/v1/fl"
+    others = []
+    try:
+        for _ in range(400):
+            try:
+                urllib.request.urlopen(f"{url}/status", timeout=5).close()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert serve.poll() is None, serve.communicate()[1]
+                time.sleep(0.05)
+        site = coffer_spec.read_key_file((tmp_path / "site0.key").read_bytes(), env["COFFER_PASSPHRASE"].encode())
+        site_id = coffer_spec.key_id(site["ed25519"], site["x25519"], site["p256"])
+        coordinator = VerifyKey(coffer_spec.read_public_identity((tmp_path / "coordinator.pub").read_text())["ed25519"])
+
+        def post(route, body):
+            request = urllib.request.Request(f"{url}/{route}", data=body, method="POST", headers={
+                "Coffer-Signature": f"{site_id} {fl_signature(site['ed25519_seed'], body)}", "Content-Type": BINARY_MEDIA_TYPE})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answer = response.read()
+                if response.status == 204:  # no task within 20 s: poll again
+                    return 204, None
+                assert response.headers["Content-Type"] == BINARY_MEDIA_TYPE, response.headers["Content-Type"]
+                signer, signature = response.headers["Coffer-Signature"].split(" ")
+                coordinator.verify(b"coffer/fl/v1/message-digest" + hashlib.blake2b(answer, digest_size=64).digest(),
+                                   base64.b64decode(signature))
+                return response.status, read_binary_body(answer)
+
+        digest = hashlib.sha256(json.dumps(dict(recipe, data=""), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        status, welcome = post("join", binary_body({"type": "coffer.fl.v1.join", "site": site_id, "recipe_digest": digest,
+                                                    "features": RECIPE["features"], "tasks": ["limited"]}))
+        assert status == 200 and welcome["type"] == "coffer.fl.v1.welcome" and welcome["site"] == site_id
+        session = welcome["session"]
+        others = [fl_join(tmp_path, env, i, f"http://127.0.0.1:{port}") for i in (1, 2)]
+        status = 204
+        while status == 204:
+            status, task = post("poll", binary_body({"type": "coffer.fl.v1.poll", "session": session, "site": site_id, "after": 0}))
+        assert status == 200 and task["stage"] == "advertise" and task["round"] == 1 and task["site"] == site_id
+        # The model went after the head as raw little-endian f32: 5 inputs -> 64 -> 16 -> 1 output, weights then biases.
+        parameters = 5 * 64 + 64 + 64 * 16 + 16 + 16 * 1 + 1
+        assert isinstance(task["model"], bytes) and len(task["model"]) == 4 * parameters
+        model = struct.unpack(f"<{parameters}f", task["model"])
+        assert all(math.isfinite(x) for x in model) and any(x != 0 for x in model)
+        index = next(entry["index"] for entry in task["roster"] if entry["site"] == site_id)
+        channel, mask = PrivateKey.generate().public_key.encode(), PrivateKey.generate().public_key.encode()
+        signed = (b"coffer/fl/v1/keys" + bytes.fromhex(session) + struct.pack("<II", 1, index) + site_id.encode() + channel + mask)
+        key_signature = base64.b64encode(SigningKey(site["ed25519_seed"]).sign(signed).signature).decode()
+        status, ack = post("submit", binary_body({"type": "coffer.fl.v1.submit", "session": session, "site": site_id, "round": 1,
+                                                  "stage": "advertise", "encryption_key": channel, "mask_key": mask,
+                                                  "key_signature": key_signature}, references=("encryption_key", "mask_key")))
+        assert status == 200 and ack["type"] == "coffer.fl.v1.ack" and ack["stage"] == "advertise"
+    finally:
+        for process in others + [serve]:
+            process.kill()
+            process.communicate()

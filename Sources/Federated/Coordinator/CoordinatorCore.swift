@@ -45,6 +45,8 @@ public final class CoordinatorCore: @unchecked Sendable {
     private var siteOf: [Int: String] = [:]
     private var sampled: [String] = []
     private var tasks: [String: (seq: Int, message: SignedMessage)] = [:]
+    /// The body form of each site's join, in which it gets its answers and tasks.
+    private var forms: [String: MessageCoding.Form] = [:]
     private var seq = 0
     private var previous: RoundOutcome?
     private var roundStart = ContinuousClock.now
@@ -96,7 +98,10 @@ public final class CoordinatorCore: @unchecked Sendable {
     /// The global model as a ``MultiTaskModel``.
     public var globalModel: MultiTaskModel { ModelVector.model(template, with: global) }
 
-    func sign(_ value: some Encodable) -> SignedMessage { SignedMessage.sign(MessageCoding.encode(value), by: signer.identity) }
+    /// Signs a message to `site`, in the form of its join.
+    func sign(_ value: some Encodable, to site: String) -> SignedMessage {
+        SignedMessage.sign(MessageCoding.encode(value, as: forms[site] ?? .json), by: signer.identity)
+    }
 
     /// Checks a request's signature against the enrolled site it names.
     func authenticate(_ signed: SignedMessage) throws(FederatedError) -> PublicIdentity {
@@ -118,6 +123,7 @@ public final class CoordinatorCore: @unchecked Sendable {
             joined.append(identity.keyID)
             log("site \(identity.name) (\(identity.keyID)) joined: \(joined.count) of \(enrolled.count)")
         }
+        forms[identity.keyID] = MessageCoding.form(of: signed.payload)
         return sign(
             Welcome(
                 session: sessionHex,
@@ -125,7 +131,8 @@ public final class CoordinatorCore: @unchecked Sendable {
                 recipeDigest: recipe.digest,
                 rounds: configuration.rounds,
                 mechanism: configuration.mechanism
-            )
+            ),
+            to: identity.keyID
         )
     }
 
@@ -151,13 +158,13 @@ public final class CoordinatorCore: @unchecked Sendable {
             batch[i].seq = seq
             taskFilter?(&batch[i])
         }
-        // Signed on every core at once: a round's first tasks each carry the model (0.54 MB of base64 to write and
-        // hash per site at 100k parameters), which one thread of the coordinator did site after site.
+        // Signed on every core at once: a round's first tasks each carry the model (0.4 MB to write and hash per site at
+        // 100k parameters), which one thread of the coordinator did site after site.
         var signed = [SignedMessage?](repeating: nil, count: batch.count)
         signed.withUnsafeMutableBufferPointer { out in
             nonisolated(unsafe) let out = out
             let unsigned = batch
-            DispatchQueue.concurrentPerform(iterations: unsigned.count) { i in out[i] = self.sign(unsigned[i]) }
+            DispatchQueue.concurrentPerform(iterations: unsigned.count) { i in out[i] = self.sign(unsigned[i], to: unsigned[i].site) }
         }
         for (task, message) in zip(batch, signed) { tasks[task.site] = (task.seq, message!) }
     }
@@ -238,7 +245,7 @@ public final class CoordinatorCore: @unchecked Sendable {
     }
 
     /// The checks of a submission that need no round state: the signature of an enrolled site, which must be the one
-    /// the submission names, the session, and the JSON. They read only what is fixed at creation, so threads may run
+    /// the submission names, the session, and the decoding. They read only what is fixed at creation, so threads may run
     /// them at once (a masked vector is a megabyte to hash and decode); the `submit` that takes its result does the rest.
     public func open(_ signed: SignedMessage) throws(FederatedError) -> OpenedSubmission {
         let identity = try authenticate(signed)
@@ -257,7 +264,7 @@ public final class CoordinatorCore: @unchecked Sendable {
         guard submission.round == round else { throw .staleRound(site: identity.keyID, got: submission.round, current: round) }
         guard let index = indexOf[identity.keyID] else { throw .notInRound("site \(identity.keyID) was not sampled into round \(round)") }
         try aggregation.accept(submission, from: index)
-        return sign(Acknowledgement(session: sessionHex, site: identity.keyID, round: round, stage: submission.stage))
+        return sign(Acknowledgement(session: sessionHex, site: identity.keyID, round: round, stage: submission.stage), to: identity.keyID)
     }
 
     /// Whether every site asked in the current stage has answered.

@@ -61,7 +61,7 @@ public func buildFederationRouter(coordinator: Coordinator, maximumBody: Int, lo
     @Sendable func answer(_ signed: SignedMessage) -> Response {
         Response(
             status: .ok,
-            headers: [.contentType: "application/json", HTTPField.Name(SignedMessage.header)!: signed.headerValue],
+            headers: [.contentType: MessageCoding.mediaType(of: signed.payload), HTTPField.Name(SignedMessage.header)!: signed.headerValue],
             body: .init(byteBuffer: ByteBuffer(bytes: signed.payload))
         )
     }
@@ -74,7 +74,7 @@ public func buildFederationRouter(coordinator: Coordinator, maximumBody: Int, lo
     }
     router.post("/v1/fl/submit") { request, _ in
         do {
-            // The signature and the JSON (a megabyte for a masked vector) are checked on the request's task, so
+            // The signature and the message (a megabyte for a masked vector) are checked on the request's task, so
             // that submissions arriving together are checked at once; only taking them is serial, in the actor.
             let opened = try coordinator.core.open(try await signedBody(request))
             return answer(try await coordinator.submit(opened))

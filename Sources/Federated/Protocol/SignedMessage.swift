@@ -10,7 +10,7 @@ import Foundation
 /// by its reader.
 ///
 /// ```swift
-/// let signed = SignedMessage.sign(MessageCoding.encode(poll), by: identity)
+/// let signed = SignedMessage.sign(MessageCoding.encode(poll, as: .binary), by: identity)
 /// try signed.verify(by: coordinatorPublic)
 /// ```
 public struct SignedMessage: Sendable, Equatable {

@@ -66,7 +66,7 @@ public final class LocalFederation: @unchecked Sendable {
             if let drop = dropout(round, site.keyID), drop <= stage, stage != .finished { return nil }
             return (site, task)
         }
-        // The coordinator's checks that need no round state (signature, JSON) run on the thread that made the answer,
+        // The coordinator's checks that need no round state (signature, decoding) run on the thread that made the answer,
         // as an HTTP coordinator's run on the connections' threads; the answers are then taken in roster order.
         var answers = [OpenedSubmission?](repeating: nil, count: pending.count)
         let coordinator = core

@@ -4,7 +4,7 @@ public import CofferTraining
 import Foundation
 
 /// Plain FedAvg in one process, the baseline secure aggregation is measured against: the same sites, data, local
-/// training and signed JSON messages, but each site sends its update in the clear (f32) in one stage and the
+/// training and signed binary messages, but each site sends its update in the clear (f32) in one stage and the
 /// coordinator averages the floats. Never used for a real federation: the coordinator sees every update.
 public final class PlainFederation: @unchecked Sendable {
     public let recipe: FederatedRecipe
@@ -61,7 +61,7 @@ public final class PlainFederation: @unchecked Sendable {
         let coordinatorKey = identities[0]
         var task = SiteTask(session: "plain", site: "", seq: round, round: round, stage: .advertise)
         task.model = Base64Bytes(global.littleEndianBytes)
-        let broadcast = SignedMessage.sign(MessageCoding.encode(task), by: coordinatorKey.identity)
+        let broadcast = SignedMessage.sign(MessageCoding.encode(task, as: .binary), by: coordinatorKey.identity)
         var messages = [Submission?](repeating: nil, count: sites.count)
         let failure = LockedError()
         let template = self.template
@@ -80,7 +80,7 @@ public final class PlainFederation: @unchecked Sendable {
                     submission.signature = Base64Bytes(withUnsafeBytes(of: UInt64(sites[i].trainingCount).littleEndian, Array.init))
                     // The coordinator's signature check and decoding on the same thread, as the secure simulation
                     // does (LocalFederation), so that the two coordinators pay for them alike.
-                    let signed = SignedMessage.sign(MessageCoding.encode(submission), by: identities[i].identity)
+                    let signed = SignedMessage.sign(MessageCoding.encode(submission, as: .binary), by: identities[i].identity)
                     try signed.verify(by: identities[i].publicIdentity)
                     buffer[i] = try MessageCoding.decode(Submission.self, from: signed.payload, what: "update")
                 } catch {

@@ -42,6 +42,8 @@ public final class FederatedSite: @unchecked Sendable {
     public private(set) var latestMetrics: [TaskMetric] = []
     /// The final task's summary, once the federation is over.
     public private(set) var summary: String?
+    /// The form of the bodies this site sends, and so of those the coordinator answers with (docs/FORMAT.md).
+    public var form = MessageCoding.Form.binary
     /// Where the site reports what happens (one line each).
     public var log: @Sendable (String) -> Void = { _ in }
 
@@ -75,7 +77,7 @@ public final class FederatedSite: @unchecked Sendable {
 
     public func joinRequest() -> SignedMessage {
         let join = JoinRequest(site: keyID, recipeDigest: recipe.digest, features: recipe.recipe.features, tasks: recipe.recipe.tasks.map(\.name))
-        return SignedMessage.sign(MessageCoding.encode(join), by: identity.identity)
+        return SignedMessage.sign(MessageCoding.encode(join, as: form), by: identity.identity)
     }
 
     public func welcomed(_ signed: SignedMessage) throws(FederatedError) {
@@ -89,7 +91,7 @@ public final class FederatedSite: @unchecked Sendable {
     }
 
     public func pollRequest() -> SignedMessage {
-        SignedMessage.sign(MessageCoding.encode(PollRequest(session: sessionHex, site: keyID, after: lastSeq)), by: identity.identity)
+        SignedMessage.sign(MessageCoding.encode(PollRequest(session: sessionHex, site: keyID, after: lastSeq), as: form), by: identity.identity)
     }
 
     // MARK: - Tasks
@@ -143,7 +145,7 @@ public final class FederatedSite: @unchecked Sendable {
             input = nil
             throw error
         }
-        return SignedMessage.sign(MessageCoding.encode(submission), by: identity.identity)
+        return SignedMessage.sign(MessageCoding.encode(submission, as: form), by: identity.identity)
     }
 
     /// The advertise task: check the roster and parameters, compute this round's vector (train, or the statistics),

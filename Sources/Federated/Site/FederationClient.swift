@@ -84,7 +84,7 @@ public struct FederationClient: Sendable {
         }
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
         head.headers.add(name: "Host", value: "\(host.contains(":") ? "[\(host)]" : host):\(port)")
-        head.headers.add(name: "Content-Type", value: "application/json")
+        head.headers.add(name: "Content-Type", value: MessageCoding.mediaType(of: signed.payload))
         head.headers.add(name: SignedMessage.header, value: signed.headerValue)
         head.headers.add(name: "Content-Length", value: "\(signed.payload.count)")
         head.headers.add(name: "Connection", value: "close")
