@@ -102,6 +102,24 @@ struct MessageCodingTests {
         )
     }
 
+    /// Placeholders are made in the order fields are encoded (declaration order) and met in the order of the sorted keys:
+    /// two large fields declared against that order must still be spliced, each in its place.
+    struct Unsorted: Codable, Equatable {
+        var zeta: Base64Bytes
+        var alpha: [Base64Bytes]
+    }
+
+    @Test func largeFieldsDeclaredOutOfKeyOrderAreWrittenWhereTheirKeysPutThem() throws {
+        let value = Unsorted(zeta: Base64Bytes(Array(repeating: 7, count: 5000)), alpha: [Base64Bytes(Array(repeating: 9, count: 6000))])
+        let plain = JSONEncoder()
+        plain.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        #expect(MessageCoding.encode(value, as: .json) == Array(try plain.encode(value)))
+        let body = MessageCoding.encode(value, as: .binary)
+        #expect(try MessageCoding.decode(Unsorted.self, from: body, what: "value") == value)
+        // `alpha` comes first in the head, so its bytes come first in the data.
+        #expect(Array(body.suffix(11_000)) == [UInt8](repeating: 9, count: 6000) + [UInt8](repeating: 7, count: 5000))
+    }
+
     @Test func aBinaryBodyWhoseHeaderOrReferencesAreWrongIsRefusedNamingTheProblem() throws {
         func body(_ head: String, data: [UInt8], version: UInt8 = 1, reserved: UInt8 = 0, headCount: Int? = nil) -> [UInt8] {
             let count = UInt32(headCount ?? head.utf8.count)
@@ -126,9 +144,17 @@ struct MessageCodingTests {
             ("short", Array("CFLM".utf8) + [1, 0], "sample: a binary body shorter than its 12-byte header"),
             ("head past the end", body(head(#""AA==""#, #""AA==""#), data: [], headCount: 500), "sample: the head runs past the end of the body"),
             ("a gap", body(head(#"{"offset":5,"length":5}"#, #"{"offset":0,"length":4}"#), data: data), tiling),
-            ("an overlap", body(head(#"{"offset":3,"length":7}"#, #"{"offset":0,"length":4}"#), data: data), tiling),
+            // References to more bytes than the data holds are refused at the reference that goes past it.
+            (
+                "an overlap", body(head(#"{"offset":3,"length":7}"#, #"{"offset":0,"length":4}"#), data: data),
+                "sample: field 'nested.vector' is invalid"
+            ),
+            ("an overlap within the size", body(head(#"{"offset":3,"length":5}"#, #"{"offset":0,"length":4}"#), data: data), tiling),
             ("bytes left over", body(head(#"{"offset":4,"length":5}"#, #"{"offset":0,"length":4}"#), data: data), tiling),
-            ("the same range twice", body(head(#"{"offset":0,"length":10}"#, #"{"offset":0,"length":10}"#), data: data), tiling),
+            (
+                "the same range twice", body(head(#"{"offset":0,"length":10}"#, #"{"offset":0,"length":10}"#), data: data),
+                "sample: field 'nested.vector' is invalid"
+            ),
             // A reference where no byte field is read leaves its bytes unread.
             (
                 "an unknown key's reference",
@@ -153,6 +179,18 @@ struct MessageCodingTests {
                 "sample: field 'name' has the wrong type"
             ),
             ("a head that is not JSON", body("{", data: []), "sample: not JSON"),
+            ("an empty head", body("", data: []), "sample: not JSON"),
+            ("an empty head before data", body("", data: data), "sample: not JSON"),
+            // The same bytes referenced over and over are refused at the first reference past the data's size, before
+            // a reader has copied more than the body holds.
+            (
+                "a thousand references to the same bytes",
+                body(
+                    #"{"name":"n","small":"AQID","large":[\#(Array(repeating: #"{"offset":0,"length":10}"#, count: 1000).joined(separator: ","))],"nested":{"vector":"AA=="}}"#,
+                    data: data
+                ),
+                "sample: field 'large.Index 1' is invalid"
+            ),
             // In a JSON body, a reference is not bytes.
             ("a reference in JSON", Array(head(#""AA==""#, #"{"offset":0,"length":1}"#).utf8), "sample: field 'nested.vector' has the wrong type"),
         ]

@@ -30,18 +30,19 @@ public enum MessageCoding {
         let json = Array(try! encoder.encode(value))
         switch form {
         case .json:
-            return large.splice(into: json) { _, bytes in Array("\"\(Data(bytes).base64EncodedString())\"".utf8) }
+            return large.splice(into: json) { bytes in Array("\"\(Data(bytes).base64EncodedString())\"".utf8) }
         case .binary:
-            var offset = 0
-            let head = large.splice(into: json) { _, bytes in
-                defer { offset += bytes.count }
-                return Array("{\"length\":\(bytes.count),\"offset\":\(offset)}".utf8)
+            var data: [UInt8] = []
+            data.reserveCapacity(large.values.reduce(0) { $0 + $1.count })
+            let head = large.splice(into: json) { bytes in
+                defer { data += bytes }
+                return Array("{\"length\":\(bytes.count),\"offset\":\(data.count)}".utf8)
             }
             var body = binaryMagic + [1, 0, 0, 0]
-            body.reserveCapacity(binaryHeaderCount + head.count + offset)
+            body.reserveCapacity(binaryHeaderCount + head.count + data.count)
             withUnsafeBytes(of: UInt32(head.count).littleEndian) { body += $0 }
             body += head
-            for bytes in large.values { body += bytes }
+            body += data
             return body
         }
     }
@@ -210,21 +211,25 @@ final class LargeStrings: @unchecked Sendable {
         return j < json.count && json[j] == UInt8(ascii: ":")
     }
 
-    /// `json` with each placeholder, quotes included, replaced by what `replacement` makes of its field: base64 in
-    /// quotes, or a reference to the data section. Placeholders are met in the order they were made.
-    func splice(into json: [UInt8], _ replacement: (Int, [UInt8]) -> [UInt8]) -> [UInt8] {
+    /// `json` with each placeholder, quotes included, replaced by what `replacement` makes of its field (base64 in
+    /// quotes, or a reference to the data section), called in the order the placeholders appear in `json`: sorted keys
+    /// put fields in another order than the one they were encoded in (a task's `boxes` before its `model`).
+    func splice(into json: [UInt8], _ replacement: ([UInt8]) -> [UInt8]) -> [UInt8] {
         guard !values.isEmpty else { return json }
+        let found = values.indices.map { i in
+            let marker = Array("\"cofferlarge-\(nonce)-\(i)\"".utf8)
+            guard let range = json.firstRange(of: marker) else { preconditionFailure("a large field's placeholder is missing") }
+            return (range: range, value: i)
+        }
         var out: [UInt8] = []
         out.reserveCapacity(json.count + values.reduce(0) { $0 + ($1.count + 2) / 3 * 4 })
-        var rest = json[...]
-        for (i, value) in values.enumerated() {
-            let marker = Array("\"cofferlarge-\(nonce)-\(i)\"".utf8)
-            guard let range = rest.firstRange(of: marker) else { preconditionFailure("a large field's placeholder is missing") }
-            out += rest[..<range.lowerBound]
-            out += replacement(i, value)
-            rest = rest[range.upperBound...]
+        var copied = 0
+        for (range, i) in found.sorted(by: { $0.range.lowerBound < $1.range.lowerBound }) {
+            out += json[copied..<range.lowerBound]
+            out += replacement(values[i])
+            copied = range.upperBound
         }
-        out += rest
+        out += json[copied...]
         return out
     }
 }
@@ -244,6 +249,10 @@ final class DataSection: @unchecked Sendable {
 
     private let bytes: ArraySlice<UInt8>
     private var taken: [Range<Int>] = []
+    /// Bytes handed out so far: refused past the section's size, so that references to the same bytes over and over
+    /// cannot make a reader copy more than the body holds (a megabyte body referencing its data 10,000 times would
+    /// otherwise be gigabytes before the tiling check).
+    private var handedOut = 0
 
     init(_ bytes: ArraySlice<UInt8>) { self.bytes = bytes }
 
@@ -256,6 +265,12 @@ final class DataSection: @unchecked Sendable {
         guard offset >= 0, length >= 1, offset <= bytes.count - length else {
             throw DecodingError.dataCorrupted(.init(codingPath: reference.codingPath, debugDescription: "a reference outside the data section"))
         }
+        guard length <= bytes.count - handedOut else {
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: reference.codingPath, debugDescription: "references to more bytes than the data holds")
+            )
+        }
+        handedOut += length
         taken.append(offset..<(offset + length))
         return Array(bytes[(bytes.startIndex + offset)..<(bytes.startIndex + offset + length)])
     }
