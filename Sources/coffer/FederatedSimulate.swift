@@ -43,8 +43,8 @@ extension Coffer.Federated {
                     try PlainFederation(recipe: recipe, sites: data, configuration: configuration)
                 }
                 try Federation.check { () throws(FederatedError) in try federation.run() }
-                rounds = federation.roundSeconds.enumerated().map {
-                    .object(["round": .number(Double($0 + 1)), "seconds": .number($1), "outcome": .string("ok")])
+                rounds = zip(federation.roundSeconds, federation.roundCPUSeconds).enumerated().map {
+                    .object(["round": .number(Double($0 + 1)), "seconds": .number($1.0), "cpu_seconds": .number($1.1), "outcome": .string("ok")])
                 }
                 model = federation.globalModel
                 standardisation = federation.standardisation!
@@ -76,7 +76,8 @@ extension Coffer.Federated {
                     let stages = federation.stageSeconds[record.round] ?? [:]
                     rounds.append(
                         .object([
-                            "round": .number(Double(record.round)), "seconds": .number(record.seconds), "outcome": .string(record.outcome),
+                            "round": .number(Double(record.round)), "seconds": .number(record.seconds),
+                            "cpu_seconds": .number(federation.cpuSeconds[record.round] ?? 0), "outcome": .string(record.outcome),
                             "reason": JSONValue(record.reason), "sites": .number(Double(record.participants.count)),
                             "stages": .object(Dictionary(uniqueKeysWithValues: stages.map { ($0.key.rawValue, JSONValue.number($0.value)) })),
                         ])

@@ -21,6 +21,8 @@ public final class LocalFederation: @unchecked Sendable {
     public private(set) var refusals: [(site: String, reason: String)] = []
     /// Seconds each round's stages took (site work, then the coordinator's), by round.
     public private(set) var stageSeconds: [Int: [Stage: Double]] = [:]
+    /// CPU seconds of the whole process during each round, by round.
+    public private(set) var cpuSeconds: [Int: Double] = [:]
     private let lock = NSLock()
 
     public init(core: CoordinatorCore, sites: [FederatedSite]) {
@@ -47,6 +49,8 @@ public final class LocalFederation: @unchecked Sendable {
 
     /// Runs one round to its end and returns its record.
     public func runRound(_ round: Int) throws(FederatedError) -> RoundRecord {
+        let cpuStart = ProcessCPUTime.seconds()
+        defer { cpuSeconds[round] = ProcessCPUTime.seconds() - cpuStart }
         if let skipped = core.startRound(round) { return skipped }
         while true {
             let stage = core.stage!

@@ -16,6 +16,8 @@ public final class PlainFederation: @unchecked Sendable {
     public private(set) var standardisation: SharedStandardisation?
     /// Seconds of each round.
     public private(set) var roundSeconds: [Double] = []
+    /// CPU seconds of the whole process during each round.
+    public private(set) var roundCPUSeconds: [Double] = []
     /// Each site's standardised training set, made once (as the secure sites cache theirs).
     private var trainingSets: [Dataset] = []
     let template: MultiTaskModel
@@ -51,6 +53,7 @@ public final class PlainFederation: @unchecked Sendable {
 
     public func runRound(_ round: Int) throws(FederatedError) {
         let start = ContinuousClock.now
+        let cpuStart = ProcessCPUTime.seconds()
         let standardisation = standardisation!
         if trainingSets.isEmpty {
             for data in sites { trainingSets.append(try data.datasets(standardisation).training) }
@@ -103,6 +106,7 @@ public final class PlainFederation: @unchecked Sendable {
         for j in global.indices { global[j] += Float(configuration.serverLearningRate * mean[j] / total) }
         let elapsed = ContinuousClock.now - start
         roundSeconds.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
+        roundCPUSeconds.append(ProcessCPUTime.seconds() - cpuStart)
     }
 }
 

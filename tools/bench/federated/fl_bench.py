@@ -1,7 +1,8 @@
 """Secure aggregation's cost (issue 18), same-run ratios on this machine.
 
 1. Per-round overhead of secure aggregation over plain FedAvg, 10 and 50 simulated sites, a ~100k-parameter model
-   (`coffer fl simulate`, one process, no HTTP; the same local training, signed messages and data in both modes).
+   (`coffer fl simulate`, one process, no HTTP; the same local training, signed messages and data in both modes):
+   the median of --repeats alternated pairs of runs, in wall time and in process CPU time.
 2. Time to recover from 20% dropouts: the same rounds with a fifth of the sites dropping before their masked input
    (the coordinator reconstructs their mask keys and removes their pairwise masks).
 3. Coordinator memory per site: peak RSS of a real `coffer fl serve` with 10 and with 50 real `coffer fl join`
@@ -44,8 +45,9 @@ def simulate(coffer, work, sites, rounds, plain=False, neighbours=0, dropout=0.0
     return json.loads(out.stdout)
 
 
-def mean_round(report):
-    seconds = [r["seconds"] for r in report["rounds"] if r["outcome"] == "ok"]
+def mean_round(report, key="seconds"):
+    """Mean wall (or, with key="cpu_seconds", process CPU) seconds of the rounds that aggregated."""
+    seconds = [r[key] for r in report["rounds"] if r["outcome"] == "ok"]
     return sum(seconds) / len(seconds) if seconds else float("nan")
 
 
@@ -120,6 +122,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--coffer", required=True)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="plain and secure runs alternated this many times per setting")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--json", help="write the figures here as JSON")
     args = parser.parse_args()
@@ -134,19 +137,27 @@ def main():
         # at most 10% colluding and 10% dropping sites (sigma = 40, eta = 30; the default thresholds, 5 of 7 and 16 of
         # 23, are in its ranges 4..5 and 12..17).
         for sites, neighbours in [(10, 0), (10, 6), (50, 0), (50, 22)]:
-            plain = simulate(args.coffer, work, sites, args.rounds, plain=True)
-            secure = simulate(args.coffer, work, sites, args.rounds, neighbours=neighbours)
+            # Plain and secure alternate, and each pair gives a ratio: other tenants of a shared machine move a round's
+            # wall time by a third from run to run, so one pair can say 1.4x and the next 1.9x. The median pair is
+            # reported with the range, and beside it the ratio of process CPU seconds per round, which they move less.
+            pairs = [(simulate(args.coffer, work, sites, args.rounds, plain=True), simulate(args.coffer, work, sites, args.rounds, neighbours=neighbours))
+                     for _ in range(args.repeats)]
+            wall = sorted(mean_round(s) / mean_round(p) for p, s in pairs)
+            cpu = sorted(mean_round(s, "cpu_seconds") / mean_round(p, "cpu_seconds") for p, s in pairs)
+            plain, secure = sorted(pairs, key=lambda pair: mean_round(pair[1]) / mean_round(pair[0]))[len(pairs) // 2]
             results["parameters"] = secure["parameters"]
             label = f"{sites} sites" + (f", SecAgg+ k={neighbours}" if neighbours else ", complete graph")
             row = {
-                "plain_round_s": mean_round(plain), "secure_round_s": mean_round(secure), "ratio": mean_round(secure) / mean_round(plain),
+                "plain_round_s": mean_round(plain), "secure_round_s": mean_round(secure), "ratio": wall[len(wall) // 2], "ratios": wall,
+                "cpu_ratio": cpu[len(cpu) // 2], "cpu_ratios": cpu,
                 "secure_stages_s": {s: stage(secure, s) for s in ["advertise", "share", "masked", "consistency", "unmask"]},
             }
             floor = keystream_floor_s(sites, neighbours, secure["parameters"], rate)
             row["keystream_floor_s"] = floor
             row["ratio_floor"] = (row["plain_round_s"] + floor) / row["plain_round_s"]
-            line = (f"{label}: plain {row['plain_round_s']:.3f} s/round, secure {row['secure_round_s']:.3f} s/round, ratio {row['ratio']:.2f}x "
-                    f"(keystream floor {floor:.3f} s, ratio floor {row['ratio_floor']:.2f}x); "
+            line = (f"{label}: plain {row['plain_round_s']:.3f} s/round, secure {row['secure_round_s']:.3f} s/round, "
+                    f"ratio {row['ratio']:.2f}x (median of {len(wall)}, {wall[0]:.2f}-{wall[-1]:.2f}x; CPU seconds {row['cpu_ratio']:.2f}x, "
+                    f"{cpu[0]:.2f}-{cpu[-1]:.2f}x) (keystream floor {floor:.3f} s, ratio floor {row['ratio_floor']:.2f}x); "
                     f"stages {', '.join(f'{k} {v:.3f}' for k, v in row['secure_stages_s'].items())} s")
             if neighbours == 0:
                 # 20% of the sites drop before their masked input: within n - t for the complete graph's default t (2/3).
