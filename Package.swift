@@ -158,8 +158,8 @@ let package = Package(
             path: "Sources/coffer",
             swiftSettings: swiftSettings
         ),
-        // What the test suites share: the backends a test run puts its registries on.
-        .target(name: "CofferTestSupport", path: "Tests/Support", swiftSettings: swiftSettings),
+        // What the test suites share: the backends a test run puts its registries on, and running a program to its end.
+        .target(name: "CofferTestSupport", dependencies: ["CofferCrypto"], path: "Tests/Support", swiftSettings: swiftSettings),
         .testTarget(
             name: "CofferCryptoTests",
             dependencies: ["CofferCrypto"],
@@ -168,7 +168,7 @@ let package = Package(
         .testTarget(
             name: "CofferRegistryTests",
             dependencies: [
-                "CofferRegistry", "CofferCrypto", "CLinux",
+                "CofferRegistry", "CofferCrypto", "CofferTestSupport", "CLinux",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],

@@ -190,10 +190,10 @@ struct RegistryCommandTests {
         let dir = try setUp()
         let mountPoint = dir.path("small")
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
-        let mount = try CofferProcess.runTool("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint])
+        let mount = try ProgramRun.run("/bin/mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mountPoint]).status
         #expect(mount == 0, "mounting a 1 MiB tmpfs needs root, which tools/test and CI have")
         guard mount == 0 else { return }
-        defer { _ = try? CofferProcess.runTool("/bin/umount", [mountPoint]) }
+        defer { _ = try? ProgramRun.run("/bin/umount", [mountPoint]) }
         let home = "\(mountPoint)/home"
         #expect(try CofferProcess.run(["init", "--home", home], in: dir.url).status == 0)
         try dir.write("model/big.bin", randomData(2 << 20))

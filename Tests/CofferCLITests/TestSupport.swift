@@ -6,18 +6,11 @@ import Testing
 /// Runs the real `coffer` binary built beside the test bundle.
 struct CofferProcess {
     static let binary: String = {
-        // A child that exits before reading all its stdin must not kill the test process.
-        signal(SIGPIPE, SIG_IGN)
         let me = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         return URL(fileURLWithPath: me).deletingLastPathComponent().appendingPathComponent("coffer").path
     }()
 
-    struct Output {
-        var status: Int32
-        var stdout: Data
-        var stderr: String
-        var stdoutText: String { String(decoding: stdout, as: UTF8.self) }
-    }
+    typealias Output = ProgramOutput
 
     /// What a `coffer` child gets: this test run's environment (a PostgreSQL registry's password file, say), with
     /// `COFFER_PASSPHRASE` set unless `passphrase` is nil, and `extra` on top.
@@ -29,13 +22,7 @@ struct CofferProcess {
         return environment
     }
 
-    /// Runs `coffer args...` in `directory` with `COFFER_PASSPHRASE` set unless `passphrase` is nil.
-    ///
-    /// ``Spawn``, with output and error in files, not Foundation's Process and pipes: under the test runner, with many
-    /// tests spawning at once, a Process's output pipe once never reached its end after the child had exited (the test
-    /// waited forever on a zombie). `stdin` goes
-    /// through a pipe (commands treat a pipe and a file differently) whose ends are close-on-exec, so no other child
-    /// spawned meanwhile holds it open.
+    /// Runs `coffer args...` in `directory` with `COFFER_PASSPHRASE` set unless `passphrase` is nil (``ProgramRun``).
     static func run(
         _ args: [String],
         in directory: URL,
@@ -43,57 +30,9 @@ struct CofferProcess {
         stdin: Data? = nil,
         environment extra: [String: String] = [:]
     ) throws -> Output {
-        let environment = Self.environment(in: directory, passphrase: passphrase, extra)
-        let files = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-run-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: files, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: files) }
-        let (output, error) = (files.appendingPathComponent("out").path, files.appendingPathComponent("err").path)
-        var input: [Int32] = [-1, -1]
-        if stdin != nil {
-            // pipe2(O_CLOEXEC) is not visible to Swift: close-on-exec right after, leaving the shortest of windows.
-            guard pipe(&input) == 0 else { throw CocoaError(.fileWriteUnknown) }
-            for end in input { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-        }
-
         // Through sh for the working directory (glibc's posix_spawn_file_actions_addchdir_np is not visible to Swift).
         let command = [#"cd "$0" && exec "$@""#, directory.path, binary] + TestBackends.initArguments(args)
-        let pid: pid_t
-        do {
-            pid = try Spawn.start(
-                "/bin/sh",
-                ["-c"] + command,
-                environment: environment,
-                stdin: stdin == nil ? .null : .descriptor(input[0]),
-                stdout: .file(output),
-                stderr: .file(error)
-            )
-        } catch let failure {
-            for end in input where end >= 0 { close(end) }
-            throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: failure.description])
-        }
-        if let stdin {
-            close(input[0])
-            let writing = input[1]
-            // A child that stops reading early gets EPIPE here (SIGPIPE is ignored), not a stuck test.
-            Thread {
-                stdin.withUnsafeBytes { bytes in
-                    var done = 0
-                    while done < bytes.count {
-                        let n = write(writing, bytes.baseAddress! + done, bytes.count - done)
-                        if n < 0, errno == EINTR { continue }
-                        if n <= 0 { break }
-                        done += n
-                    }
-                }
-                close(writing)
-            }.start()
-        }
-        let code = Spawn.wait(pid)
-        return Output(
-            status: code,
-            stdout: (try? Data(contentsOf: URL(fileURLWithPath: output))) ?? Data(),
-            stderr: String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: error))) ?? Data(), as: UTF8.self)
-        )
+        return try ProgramRun.run("/bin/sh", ["-c"] + command, environment: environment(in: directory, passphrase: passphrase, extra), stdin: stdin)
     }
 }
 
@@ -174,13 +113,6 @@ final class BackgroundCoffer: @unchecked Sendable {
     func terminate(within seconds: Double = 60) -> CofferProcess.Output {
         if status == nil { kill(pid, SIGTERM) }
         return finish(within: seconds)
-    }
-}
-
-extension CofferProcess {
-    /// Runs a system tool (output discarded) and returns its exit status.
-    static func runTool(_ path: String, _ args: [String]) throws -> Int32 {
-        Spawn.wait(try Spawn.start(path, args))
     }
 }
 

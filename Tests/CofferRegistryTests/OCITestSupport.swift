@@ -1,5 +1,6 @@
 import CofferCrypto
 import CofferRegistry
+import CofferTestSupport
 import Foundation
 import NIOCore
 import Synchronization
@@ -143,30 +144,23 @@ enum OCITestRegistry {
         watchdogs.withLock { $0.append(ends.write) }
     }
 
-    /// Runs a program to completion; its standard output, or an error naming it and its last output. The output goes
-    /// through files, not pipes (see ``spawn(_:directory:environment:)``).
+    /// Runs a program to completion (``ProgramRun``); its standard output, or an error naming it and its last output.
     @discardableResult
     static func run(_ program: String, _ arguments: [String], environment: [String: String]? = nil) throws -> String {
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-run-\(UUID().uuidString)").path
-        defer {
-            unlink(base + ".out")
-            unlink(base + ".err")
-        }
         let merged = environment.map { ProcessInfo.processInfo.environment.merging($0) { $1 } }
-        let status: Int32
+        let output: ProgramOutput
         do {
-            status = Spawn.wait(try Spawn.start(program, arguments, environment: merged, stdout: .file(base + ".out"), stderr: .file(base + ".err")))
+            output = try ProgramRun.run(program, arguments, environment: merged)
         } catch {
-            throw Unavailable(description: "cannot start \(program): \(error)")
+            throw Unavailable(description: error.localizedDescription)
         }
-        let out = (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? ""
-        guard status == 0 else {
-            let err = ((try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        guard output.status == 0 else {
+            let err = output.stderr.trimmingCharacters(in: .whitespacesAndNewlines)
             throw Unavailable(
                 description: "\((program as NSString).lastPathComponent) \(arguments.prefix(2).joined(separator: " ")) failed: \(err.suffix(500))"
             )
         }
-        return out
+        return output.stdoutText
     }
 
     static func freePort() throws -> Int {

@@ -1,4 +1,5 @@
 import CofferCrypto
+import CofferTestSupport
 import Foundation
 import PostgresNIO
 import Synchronization
@@ -167,17 +168,14 @@ enum PostgresTestSupport {
         }
     }
 
-    /// Runs a program to its end; its exit status and standard output and error together, through a file, not a
-    /// pipe: the server the script starts outlives it and must not hold a pipe a reader waits on.
+    /// Runs a program to its end (``ProgramRun``); its exit status and standard output and error together.
     @discardableResult
     static func run(_ executable: String, _ arguments: [String]) -> (Int32, String) {
-        let log = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-pg-run-\(UUID().uuidString).log").path
-        defer { unlink(log) }
         do {
-            let status = Spawn.wait(try Spawn.start(executable, arguments, stdout: .file(log), stderr: .output))
-            return (status, (try? String(contentsOfFile: log, encoding: .utf8)) ?? "")
+            let output = try ProgramRun.run(executable, arguments, mergingStandardError: true)
+            return (output.status, output.stdoutText)
         } catch {
-            return (-1, error.description)
+            return (-1, error.localizedDescription)
         }
     }
 

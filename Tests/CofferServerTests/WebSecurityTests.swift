@@ -1,5 +1,6 @@
 import CofferCrypto
 import CofferRegistry
+import CofferTestSupport
 import CofferTraining
 import Foundation
 import HTTPTypes
@@ -133,16 +134,14 @@ struct WebSecurityTests {
 
     static func selfSignedCertificate(in directory: String) throws -> (certificate: String, privateKey: String) {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let status = Spawn.wait(
-            try Spawn.start(
-                "/usr/bin/openssl",
-                [
-                    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem",
-                ]
-            )
+        let openssl = try ProgramRun.run(
+            "/usr/bin/openssl",
+            [
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem",
+            ]
         )
-        #expect(status == 0, "openssl req failed")
+        #expect(openssl.status == 0, "openssl req failed: \(openssl.stderr)")
         return (directory + "/cert.pem", directory + "/key.pem")
     }
 

@@ -669,13 +669,8 @@ struct WebTests {
     static func tamper(_ w: ServerTests.World, _ sql: String) throws {
         guard TestBackends.metadataInSQLite else {
             let statements = "BEGIN; ALTER TABLE audit_log DISABLE TRIGGER USER; \(sql); ALTER TABLE audit_log ENABLE TRIGGER USER; COMMIT;"
-            let pid = try Spawn.start(
-                "/usr/bin/psql",
-                ["-q", "-v", "ON_ERROR_STOP=1", w.fixture.metadata, "-c", statements],
-                stdout: .null,
-                stderr: .null
-            )
-            try #require(Spawn.wait(pid) == 0, "psql \(w.fixture.metadata) -c \(statements)")
+            let psql = try ProgramRun.run("/usr/bin/psql", ["-q", "-v", "ON_ERROR_STOP=1", w.fixture.metadata, "-c", statements])
+            try #require(psql.status == 0, "psql \(w.fixture.metadata) -c \(statements): \(psql.stderr)")
             return
         }
         let db = try DatabaseQueue(path: "\(w.fixture.home)/registry.sqlite")
