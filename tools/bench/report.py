@@ -1,7 +1,7 @@
 """Runs every benchmark of the project and writes docs/BENCHMARKS.md with its plots (docs/bench/*.png).
 
 Each benchmark measures Coffer against an anchor run in the same invocation (age, the numpy DP-SGD reference,
-dp_accounting, `coffer unseal`, a local pull), so the ratios hold on a shared, noisy machine where absolute
+dp_accounting, `coffer unseal`, a local pull, plain FedAvg), so the ratios hold on a shared, noisy machine where absolute
 times do not. The report quotes every benchmark's own output in full, after a summary of its ratio lines.
 """
 import argparse
@@ -136,6 +136,8 @@ def main():
             ("session", "inference session against unseal; audit verify", [py, f"{HERE}/session_bench.py", "--coffer", c]
              + (["--width", "1500", "--rounds", "2", "--entries", "50000"] if quick else [])),
             ("server", "coffer serve on loopback", [py, f"{HERE}/server_bench.py", "--coffer", c] + (["--size-mib", "32", "--clients", "4"] if quick else [])),
+            ("federated", "secure aggregation against plain FedAvg, 10 and 50 simulated sites",
+             [py, f"{HERE}/federated/fl_bench.py", "--coffer", c, "--rounds", "3"] + (["--repeats", "1", "--skip-memory"] if quick else [])),
         ]
         outputs = {}
         with open(f"{work}/log.txt", "w") as log:
