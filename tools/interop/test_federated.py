@@ -218,23 +218,31 @@ def fl_signature(seed, body, label=b"coffer/fl/v1/message-digest"):
     return base64.b64encode(SigningKey(seed).sign(label + hashlib.blake2b(body, digest_size=64).digest()).signature).decode()
 
 
+def fl_serve(tmp_path, env, port, *extra):
+    """`coffer fl serve` of three enrolled sites on loopback, one round, once it answers /v1/fl/status."""
+    serve = subprocess.Popen([COFFER, "fl", "serve", "--recipe", tmp_path / "recipe.json", "--identity", tmp_path / "coordinator.key",
+                              "--listen", f"127.0.0.1:{port}", "--rounds", "1", "--join-timeout", "120", *extra,
+                              *[a for i in range(3) for a in ("--site", tmp_path / f"site{i}.pub")]],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for _ in range(400):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/fl/status", timeout=5).close()
+            return serve
+        except (urllib.error.URLError, ConnectionError):
+            if serve.poll() is not None:
+                raise AssertionError(serve.communicate()[1])
+            time.sleep(0.05)
+    serve.kill()
+    raise AssertionError("coffer fl serve did not answer within 20 s")
+
+
 def test_a_site_written_from_the_specification_joins_and_checks_the_coordinators_signature(tmp_path):
     env = cofferlib.environment(tmp_path)
     fl_sites(tmp_path, env, 3, 10)
     port = cofferlib.free_port()
-    serve = subprocess.Popen([COFFER, "fl", "serve", "--recipe", tmp_path / "recipe.json", "--identity", tmp_path / "coordinator.key",
-                              "--listen", f"127.0.0.1:{port}", "--rounds", "1", "--join-timeout", "120",
-                              *[a for i in range(3) for a in ("--site", tmp_path / f"site{i}.pub")]],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    serve = fl_serve(tmp_path, env, port)
     try:
         url = f"http://127.0.0.1:{port}/v1/fl"
-        for _ in range(400):
-            try:
-                urllib.request.urlopen(f"{url}/status", timeout=5).close()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert serve.poll() is None, serve.communicate()[1]
-                time.sleep(0.05)
         site = coffer_spec.read_key_file((tmp_path / "site0.key").read_bytes(), env["COFFER_PASSPHRASE"].encode())
         site_id = coffer_spec.key_id(site["ed25519"], site["x25519"], site["p256"])
         coordinator = coffer_spec.read_public_identity((tmp_path / "coordinator.pub").read_text())
@@ -322,21 +330,10 @@ def test_a_site_written_from_the_specification_speaks_binary_bodies(tmp_path):
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
     (tmp_path / "standardisation.json").write_text(json.dumps({"means": [0.0] * 5, "standard_deviations": [1.0] * 5}))
     port = cofferlib.free_port()
-    serve = subprocess.Popen([COFFER, "fl", "serve", "--recipe", tmp_path / "recipe.json", "--identity", tmp_path / "coordinator.key",
-                              "--listen", f"127.0.0.1:{port}", "--rounds", "1", "--join-timeout", "120", "--stage-timeout", "5",
-                              "--standardisation", tmp_path / "standardisation.json",
-                              *[a for i in range(3) for a in ("--site", tmp_path / f"site{i}.pub")]],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    serve = fl_serve(tmp_path, env, port, "--stage-timeout", "5", "--standardisation", tmp_path / "standardisation.json")
     url = f"http://127.0.0.1:{port}/v1/fl"
     others = []
     try:
-        for _ in range(400):
-            try:
-                urllib.request.urlopen(f"{url}/status", timeout=5).close()
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert serve.poll() is None, serve.communicate()[1]
-                time.sleep(0.05)
         site = coffer_spec.read_key_file((tmp_path / "site0.key").read_bytes(), env["COFFER_PASSPHRASE"].encode())
         site_id = coffer_spec.key_id(site["ed25519"], site["x25519"], site["p256"])
         coordinator = VerifyKey(coffer_spec.read_public_identity((tmp_path / "coordinator.pub").read_text())["ed25519"])
