@@ -41,9 +41,9 @@ public enum PushOutbox {
     /// that others may write or read: what waits there is resumed as this user's push.
     public static func privateDirectory(_ path: String) throws(CofferClientError) {
         do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try FileBytes.makePrivateDirectory(path)
         } catch {
-            throw .invalidInput("cannot create the push outbox \(path): \(error.localizedDescription)")
+            throw .invalidInput("cannot create the push outbox \(path): \(error)")
         }
         var status = stat()
         guard lstat(path, &status) == 0 else { throw .invalidInput("\(path): \(String(cString: strerror(errno)))") }

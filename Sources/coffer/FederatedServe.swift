@@ -209,7 +209,7 @@ final class RoundPublisher: @unchecked Sendable {
             }
         guard let standardisation = core.standardisation else { return nil }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-fl-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o700])
+        guard mkdir(directory, 0o700) == 0 else { throw CofferCryptoError.io(path: directory, reason: String(cString: strerror(errno))) }
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let model = ModelVector.model(recipe.initialModel(), with: record.model)
         try Federation.writeCheckpoint(model, recipe: recipe, standardisation: standardisation, privacy: Self.report(core, privacy), to: directory)

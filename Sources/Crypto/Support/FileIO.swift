@@ -335,6 +335,19 @@ public enum FileBytes {
         }
     }
 
+    /// Creates `path` and any missing parents with mode 0700 (less the umask) in the `mkdir` itself; a directory that
+    /// already exists is left as it is. FileManager's `.posixPermissions` attribute is a chmod after the mkdir, and a
+    /// concurrent process looking in between saw mode 755 (CI: three pushes refused each other's outbox).
+    public static func makePrivateDirectory(_ path: String) throws(CofferCryptoError) {
+        var prefix = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            prefix += "/\(component)"
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+                throw .io(path: prefix, reason: "cannot create directory: \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
     /// Writes `bytes` atomically with `mode`; refuses to replace an existing file unless `overwrite`.
     public static func write(_ bytes: [UInt8], to path: String, mode: UInt32 = 0o600, overwrite: Bool = false) throws(CofferCryptoError) {
         if !overwrite, access(path, F_OK) == 0 { throw .io(path: path, reason: "already exists") }

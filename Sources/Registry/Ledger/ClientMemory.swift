@@ -95,11 +95,7 @@ public struct ClientMemory: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         do {
-            try FileManager.default.createDirectory(
-                atPath: (path as NSString).deletingLastPathComponent,
-                withIntermediateDirectories: true,
-                attributes: [.posixPermissions: 0o700]
-            )
+            try FileBytes.makePrivateDirectory((path as NSString).deletingLastPathComponent)
             try FileBytes.write(Array(try encoder.encode(value)), to: path, mode: 0o600, overwrite: true)
         } catch let error as CofferCryptoError {
             throw .io(path: path, reason: "cannot remember the registry's state: \(error)")
@@ -117,7 +113,7 @@ public struct ClientMemory: Sendable {
         let directory = directory
         try await Offload.run { () throws(CofferRegistryError) in
             do {
-                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+                try FileBytes.makePrivateDirectory(directory)
             } catch {
                 throw .io(path: directory, reason: "cannot create the client state directory")
             }

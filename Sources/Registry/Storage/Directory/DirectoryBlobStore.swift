@@ -218,7 +218,7 @@ struct FileRegion: AsyncSequence, Sendable {
 enum Directories {
     static func make(_ path: String) throws(CofferRegistryError) {
         do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try FileBytes.makePrivateDirectory(path)
         } catch {
             throw .io(path: path, reason: "cannot create directory")
         }
