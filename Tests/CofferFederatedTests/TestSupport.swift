@@ -87,8 +87,8 @@ final class SecAggHarness {
                             for (j, v) in inputs[index - 1].enumerated() { raw.storeBytes(of: v, toByteOffset: j * 8, as: UInt64.self) }
                         }
                         let masked = try site.mask(survivors: task.survivors!, boxes: task.boxes!, input: input, expander: expander)
-                        maskedVectors[index] = masked
-                        submission.vector = Base64Bytes(masked.littleEndianBytes)
+                        maskedVectors[index] = [UInt64](littleEndianBytes: masked)!
+                        submission.vector = Base64Bytes(masked)
                     case .consistency:
                         submission.signature = Base64Bytes(try site.signConsistency(masked: task.masked!, by: identities[index - 1].identity))
                     case .unmask: submission.sealedShares = Base64Bytes(try site.unmask(masked: task.masked!, signatures: task.signatures!))

@@ -32,17 +32,23 @@ public enum MessageCoding {
         case .json:
             return large.splice(into: json) { bytes in Array("\"\(Data(bytes).base64EncodedString())\"".utf8) }
         case .binary:
-            var data: [UInt8] = []
-            data.reserveCapacity(large.values.reduce(0) { $0 + $1.count })
+            // The fields go straight into the body after the head, not through a data section of their own: a copy of
+            // each masked vector and model less.
+            var dataCount = 0
+            var data: [[UInt8]] = []
             let head = large.splice(into: json) { bytes in
-                defer { data += bytes }
-                return Array("{\"length\":\(bytes.count),\"offset\":\(data.count)}".utf8)
+                defer {
+                    dataCount += bytes.count
+                    data.append(bytes)
+                }
+                return Array("{\"length\":\(bytes.count),\"offset\":\(dataCount)}".utf8)
             }
-            var body = binaryMagic + [1, 0, 0, 0]
-            body.reserveCapacity(binaryHeaderCount + head.count + data.count)
+            var body: [UInt8] = []
+            body.reserveCapacity(binaryHeaderCount + head.count + dataCount)
+            body += binaryMagic + [1, 0, 0, 0]
             withUnsafeBytes(of: UInt32(head.count).littleEndian) { body += $0 }
             body += head
-            body += data
+            for bytes in data { body += bytes }
             return body
         }
     }

@@ -220,13 +220,13 @@ public final class SecAggSite {
     /// Opens the boxes addressed to this site (refusing any that does not authenticate), then masks `input` (the encoded
     /// vector, consumed) with its self-mask and a pairwise mask for each neighbour that sent shares.
     ///
-    /// - Returns: the masked vector, which reveals nothing without the masks.
+    /// - Returns: the masked vector as it is sent (u64 little-endian), which reveals nothing without the masks.
     public func mask(
         survivors: [Int],
         boxes: [ShareBox],
         input: consuming SecureBytes,
         expander: MaskExpander
-    ) throws(FederatedError) -> [UInt64] {
+    ) throws(FederatedError) -> [UInt8] {
         let u2 = Set(survivors)
         guard u2.count == survivors.count, u2.isSubset(of: Set(keys.keys)) else {
             throw .malformedMessage("the list of sites that sent shares repeats a site or names one that advertised no keys")
@@ -285,7 +285,15 @@ public final class SecAggSite {
         input.withUnsafeMutableBytes { raw in
             seeds.withUnsafeBytes { expander.apply(seeds: $0.baseAddress!, directions: directions, to: raw.bindMemory(to: UInt64.self)) }
         }
-        return input.withUnsafeBytes { Array($0.bindMemory(to: UInt64.self)) }
+        return input.withUnsafeBytes { raw in
+            [UInt8](unsafeUninitializedCapacity: raw.count) { out, initialized in
+                let elements = raw.bindMemory(to: UInt64.self)
+                for j in elements.indices {
+                    UnsafeMutableRawPointer(out.baseAddress!).storeBytes(of: elements[j].littleEndian, toByteOffset: j * 8, as: UInt64.self)
+                }
+                initialized = raw.count
+            }
+        }
     }
 
     /// s_{u,v}: the seed of the pairwise mask with `peer` (from X25519 of the two mask keys), written to `scratch + 32`.

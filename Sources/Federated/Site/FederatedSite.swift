@@ -123,7 +123,7 @@ public final class FederatedSite: @unchecked Sendable {
                 }
                 self.input = nil
                 let vector = try state.mask(survivors: task.survivors ?? [], boxes: task.boxes ?? [], input: input.take(), expander: expander)
-                submission.vector = Base64Bytes(vector.littleEndianBytes)
+                submission.vector = Base64Bytes(vector)
             case .consistency:
                 guard let state, state.round == task.round else {
                     throw FederatedError.notInRound("no masked input was sent for round \(task.round)")
