@@ -64,6 +64,8 @@ extension Coffer.Federated {
                 let core = try Federation.check { () throws(FederatedError) in
                     try CoordinatorCore(configuration: configuration, recipe: recipe, identity: coordinator, sites: sites.map(\.publicIdentity))
                 }
+                // The plain federation it is measured against evaluates nothing at its sites either.
+                for site in sites { site.evaluatesGlobalModels = false }
                 let federation = LocalFederation(core: core, sites: sites)
                 let fraction = dropout
                 if fraction > 0 {

@@ -46,6 +46,9 @@ public final class FederatedSite: @unchecked Sendable {
     public var form = MessageCoding.Form.binary
     /// Where the site reports what happens (one line each).
     public var log: @Sendable (String) -> Void = { _ in }
+    /// Whether each global model received is evaluated on this site's validation rows (``latestMetrics`` and a log
+    /// line). A forward pass over those rows every round: `fl simulate`, which reads neither, turns it off.
+    public var evaluatesGlobalModels = true
 
     public init(
         identity: UnlockedIdentity,
@@ -242,7 +245,7 @@ public final class FederatedSite: @unchecked Sendable {
         }
         let model = ModelVector.model(template, with: values)
         latestModel = model
-        if let datasets, datasets.validation.count > 0 {
+        if evaluatesGlobalModels, let datasets, datasets.validation.count > 0 {
             latestMetrics = TrainingRun.evaluate(model, on: datasets.validation)
             let text = latestMetrics.map { "\($0.task) \($0.metric) \(String(format: "%.4f", $0.value))" }.joined(separator: ", ")
             log(task.stage == .finished ? "final global model: validation \(text)" : "global model before round \(task.round): validation \(text)")
