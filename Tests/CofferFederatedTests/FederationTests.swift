@@ -233,8 +233,11 @@ struct FederationTests {
         var rdp = RDPAccountant()
         rdp.compose(PrivacySegment(sampleRate: 0.9, noiseMultiplier: 1.2, steps: 3))
         #expect(abs(last.epsilonRDP - rdp.epsilon(delta: 1e-5).epsilon) < 1e-12)
-        // Noise of std sigma*S/(qN) per coordinate moved the model: far more than the clipped updates alone could.
-        let moved = zip(records[1].model, ModelVector.flatten(fixture.recipe.initialModel())).map { Double($0 - $1) }
+        // Noise of std sigma*S/(qN) per coordinate moved the model: far more than the clipped updates alone could. The
+        // first update round that ran: with q = 0.9, one round in about 800 samples fewer than 3 of the 6 sites and is
+        // skipped, leaving the model as it was.
+        let first = try #require(records.dropFirst().first { $0.outcome == "ok" })
+        let moved = zip(first.model, ModelVector.flatten(fixture.recipe.initialModel())).map { Double($0 - $1) }
         let rms = (moved.map { $0 * $0 }.reduce(0, +) / Double(moved.count)).squareRoot()
         #expect(rms > 0.3 * 1.2 * 0.5 / (0.9 * 6), "rms \(rms)")
     }
