@@ -17,6 +17,7 @@ import sqlite3
 import statistics
 import subprocess
 import tempfile
+import time
 
 import crypto_bench  # noqa: E402
 from crypto_bench import MIB, can_drop_caches, make_file, run
@@ -53,6 +54,7 @@ def main():
         subprocess.run(["age-keygen", "-o", os.path.join(work, "age.key")], check=True, stderr=subprocess.DEVNULL)
         recipient = next(l.split()[-1] for l in open(os.path.join(work, "age.key")) if l.startswith("# public key"))
         key = os.path.join(work, "pub.key")
+        startup_lines(args, env, null)
         if args.agent_sizes:
             agent_lines(args, work, env, null, recipient, [int(s) for s in args.agent_sizes.split(",")])
         if args.agent_only:
@@ -79,6 +81,37 @@ def main():
             queries(args, work, env, null)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def startup_lines(args, env, null, warm_runs=21, cold_runs=3):
+    """What a command pays before its work: `coffer --version` against `age --version`, with the programs in the page
+    cache (as after any earlier command; target < 10 ms) and read from the disk (the cache emptied, programs too).
+    Warm runs are timed around the bare process: GNU time, which run() wraps around each for its peak RSS, costs a
+    process start of its own, as much as the figure measured."""
+    programs = {"coffer --version": [args.coffer, "--version"], "age --version": ["age", "--version"]}
+    warm = {k: [] for k in programs}
+    for _ in range(warm_runs):
+        for name, argv in programs.items():
+            started = time.perf_counter()
+            subprocess.run(argv, check=True, env=env, stdout=null)
+            warm[name].append(time.perf_counter() - started)
+    rss = {name: run(argv, env=env)[1] for name, argv in programs.items()}
+    cold = {k: [] for k in programs}
+    kept, crypto_bench.WARM_FILES[:] = list(crypto_bench.WARM_FILES), []
+    try:
+        for _ in range(cold_runs if can_drop_caches() else 0):
+            for name, argv in programs.items():
+                cold[name].append(run(argv, env=env, cold=True)[0])
+    finally:
+        crypto_bench.WARM_FILES[:] = kept
+    print(f"# program start: {warm_runs} warm runs each, alternating"
+          + (f"; {cold_runs} with the page cache emptied, programs included (under GNU time)" if cold["age --version"] else ""))
+    for name in programs:
+        line = (f"{name:<18} warm {statistics.median(warm[name]) * 1e3:6.1f} ms median, {min(warm[name]) * 1e3:6.1f} ms min, "
+                f"peak RSS {rss[name]:5.1f} MiB")
+        if cold[name]:
+            line += f"; cold {statistics.median(cold[name]) * 1e3:6.1f} ms median"
+        print(line + ("  (target < 10 ms warm)" if name.startswith("coffer") else ""))
 
 
 def push_pull(args, work, env, null, key, recipient, size_mib):
