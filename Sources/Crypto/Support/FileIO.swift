@@ -228,14 +228,17 @@ public final class AtomicOutputFile: ByteSink {
     }
 
     /// Renames the file over the destination; when durable, fsyncs the data first and the directory after.
-    public func commit() throws(CofferCryptoError) {
+    ///
+    /// - Parameter syncingDirectory: false when the caller renames the file again and syncs the directory it ends in
+    ///   (a registry blob, named by its digest once written): the first name need not survive a crash.
+    public func commit(syncingDirectory: Bool = true) throws(CofferCryptoError) {
         try direct?.finish()
         if durable { try stream.sync() }
         guard rename(temporaryPath, destination) == 0 else {
             throw .io(path: destination, reason: FileDescriptorStream.lastError())
         }
         committed = true
-        guard durable else { return }
+        guard durable, syncingDirectory else { return }
         let slash = destination.lastIndex(of: "/")
         let directory = slash.map { String(destination[...$0]) } ?? "."
         let dirFD = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)

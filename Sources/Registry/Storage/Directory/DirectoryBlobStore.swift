@@ -39,7 +39,7 @@ public struct DirectoryBlobStore: BlobStore {
 
     public func store(_ file: AtomicOutputFile, digest: String, size: Int) async throws(CofferRegistryError) {
         do {
-            try file.commit()  // fsync + rename within tmp/
+            try file.commit(syncingDirectory: false)  // fsync + rename within tmp/; place() syncs the blob's directory
         } catch {
             throw .crypto(error)
         }
