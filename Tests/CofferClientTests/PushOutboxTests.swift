@@ -39,7 +39,7 @@ struct PushOutboxTests {
         }
     }
 
-    @Test func anOutboxOthersMayReadOrALinkIsRefused() throws {
+    @Test func anOutboxOthersMayReadALinkOrAFileIsRefused() throws {
         let root = try scratch()
         defer { try? FileManager.default.removeItem(atPath: root) }
         #expect(mkdir("\(root)/open", 0o755) == 0 && chmod("\(root)/open", 0o755) == 0)
@@ -48,5 +48,8 @@ struct PushOutboxTests {
         #expect(symlink("\(root)/open", "\(root)/link") == 0)
         let link = #expect(throws: CofferClientError.self) { try PushOutbox.privateDirectory("\(root)/link") }
         #expect(link?.description.contains("is not a directory (a link?)") == true, "\(String(describing: link))")
+        #expect(FileManager.default.createFile(atPath: "\(root)/file", contents: Data()))
+        let file = #expect(throws: CofferClientError.self) { try PushOutbox.privateDirectory("\(root)/file") }
+        #expect(file?.description.contains("exists and is not a directory") == true, "\(String(describing: file))")
     }
 }

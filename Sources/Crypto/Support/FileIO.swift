@@ -349,6 +349,10 @@ public enum FileBytes {
                 throw .io(path: prefix, reason: "cannot create directory: \(String(cString: strerror(errno)))")
             }
         }
+        var status = stat()
+        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
+            throw .io(path: path, reason: "exists and is not a directory")
+        }
     }
 
     /// Writes `bytes` atomically with `mode`; refuses to replace an existing file unless `overwrite`.
