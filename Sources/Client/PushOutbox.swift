@@ -43,7 +43,7 @@ public enum PushOutbox {
         do {
             try FileBytes.makePrivateDirectory(path)
         } catch {
-            throw .invalidInput("cannot create the push outbox \(path): \(error)")
+            throw .invalidInput("cannot create the push outbox: \(error)")
         }
         var status = stat()
         guard lstat(path, &status) == 0 else { throw .invalidInput("\(path): \(String(cString: strerror(errno)))") }

@@ -209,7 +209,9 @@ final class RoundPublisher: @unchecked Sendable {
             }
         guard let standardisation = core.standardisation else { return nil }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-fl-\(UUID().uuidString)").path
-        guard mkdir(directory, 0o700) == 0 else { throw CofferCryptoError.io(path: directory, reason: String(cString: strerror(errno))) }
+        guard mkdir(directory, 0o700) == 0, chmod(directory, 0o700) == 0 else {
+            throw CofferCryptoError.io(path: directory, reason: "cannot create the checkpoint's directory: \(String(cString: strerror(errno)))")
+        }
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let model = ModelVector.model(recipe.initialModel(), with: record.model)
         try Federation.writeCheckpoint(model, recipe: recipe, standardisation: standardisation, privacy: Self.report(core, privacy), to: directory)

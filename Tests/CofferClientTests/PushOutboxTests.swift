@@ -18,8 +18,6 @@ struct PushOutboxTests {
         // Before: a chmod after the mkdir, and a second push looking in between saw mode 755 and refused (CI, 3 pushers).
         let root = try scratch()
         defer { try? FileManager.default.removeItem(atPath: root) }
-        let previous = umask(0o022)
-        defer { umask(previous) }
         for round in 0..<200 {
             let path = "\(root)/\(round)/outbox"
             let refusals = await withTaskGroup(of: String?.self) { group in

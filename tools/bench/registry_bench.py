@@ -54,11 +54,11 @@ def main():
         subprocess.run(["age-keygen", "-o", os.path.join(work, "age.key")], check=True, stderr=subprocess.DEVNULL)
         recipient = next(l.split()[-1] for l in open(os.path.join(work, "age.key")) if l.startswith("# public key"))
         key = os.path.join(work, "pub.key")
-        startup_lines(args, env, null)
         if args.agent_sizes:
             agent_lines(args, work, env, null, recipient, [int(s) for s in args.agent_sizes.split(",")])
         if args.agent_only:
             return
+        startup_lines(args, env, null)
         figures = {}
         for size in sizes:
             figures[size] = push_pull(args, work, env, null, key, recipient, size)
@@ -90,8 +90,8 @@ def startup_lines(args, env, null, warm_runs=21, cold_runs=3):
     process start of its own, as much as the figure measured."""
     programs = {"coffer --version": [args.coffer, "--version"], "age --version": ["age", "--version"]}
     warm = {k: [] for k in programs}
-    for _ in range(warm_runs):
-        for name, argv in programs.items():
+    for i in range(warm_runs):
+        for name, argv in (list(programs.items()) if i % 2 == 0 else list(programs.items())[::-1]):
             started = time.perf_counter()
             subprocess.run(argv, check=True, env=env, stdout=null)
             warm[name].append(time.perf_counter() - started)
@@ -99,8 +99,8 @@ def startup_lines(args, env, null, warm_runs=21, cold_runs=3):
     cold = {k: [] for k in programs}
     kept, crypto_bench.WARM_FILES[:] = list(crypto_bench.WARM_FILES), []
     try:
-        for _ in range(cold_runs if can_drop_caches() else 0):
-            for name, argv in programs.items():
+        for i in range(cold_runs if can_drop_caches() else 0):
+            for name, argv in (list(programs.items()) if i % 2 == 0 else list(programs.items())[::-1]):
                 cold[name].append(run(argv, env=env, cold=True)[0])
     finally:
         crypto_bench.WARM_FILES[:] = kept

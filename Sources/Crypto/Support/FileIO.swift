@@ -338,21 +338,27 @@ public enum FileBytes {
         }
     }
 
-    /// Creates `path` and any missing parents with mode 0700 (less the umask) in the `mkdir` itself; a directory that
-    /// already exists is left as it is. FileManager's `.posixPermissions` attribute is a chmod after the mkdir, and a
-    /// concurrent process looking in between saw mode 755 (CI: three pushes refused each other's outbox).
+    /// Creates `path` and any missing parents with mode 0700; a directory that already exists is left as it is.
+    ///
+    /// Each new directory gets its mode in the `mkdir` (0700 less the umask, never more) and then exactly 0700 by
+    /// `chmod`, as FileManager's `.posixPermissions` did, so a umask such as 0177 cannot leave it without its search
+    /// bit. FileManager did only the chmod after a `mkdir` with the default mode, and a concurrent process looking in
+    /// between saw mode 755 (CI: three pushes refused each other's outbox).
     public static func makePrivateDirectory(_ path: String) throws(CofferCryptoError) {
+        guard !path.isEmpty else { throw .io(path: path, reason: "cannot create a directory with an empty name") }
+        var status = stat()
+        if stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR { return }
         var prefix = path.hasPrefix("/") ? "" : "."
         for component in path.split(separator: "/") {
             prefix += "/\(component)"
-            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+            if mkdir(prefix, 0o700) == 0 {
+                chmod(prefix, 0o700)
+            } else if errno != EEXIST {
                 throw .io(path: prefix, reason: "cannot create directory: \(String(cString: strerror(errno)))")
             }
         }
-        var status = stat()
-        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFDIR else {
-            throw .io(path: path, reason: "exists and is not a directory")
-        }
+        guard stat(path, &status) == 0 else { throw .io(path: path, reason: String(cString: strerror(errno))) }
+        guard status.st_mode & S_IFMT == S_IFDIR else { throw .io(path: path, reason: "exists and is not a directory") }
     }
 
     /// Writes `bytes` atomically with `mode`; refuses to replace an existing file unless `overwrite`.

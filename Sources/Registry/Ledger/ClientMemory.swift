@@ -115,7 +115,7 @@ public struct ClientMemory: Sendable {
             do {
                 try FileBytes.makePrivateDirectory(directory)
             } catch {
-                throw .io(path: directory, reason: "cannot create the client state directory")
+                throw .io(path: directory, reason: "cannot create the client state directory: \(error)")
             }
             let fd = open("\(directory)/lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
             guard fd >= 0 else { throw .io(path: directory, reason: String(cString: strerror(errno))) }

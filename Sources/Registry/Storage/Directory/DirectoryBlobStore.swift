@@ -220,7 +220,7 @@ enum Directories {
         do {
             try FileBytes.makePrivateDirectory(path)
         } catch {
-            throw .io(path: path, reason: "cannot create directory")
+            throw .crypto(error)
         }
     }
 
