@@ -89,9 +89,11 @@ def startup_lines(args, env, null, warm_runs=21, cold_runs=3):
     Warm runs are timed around the bare process: GNU time, which run() wraps around each for its peak RSS, costs a
     process start of its own, as much as the figure measured."""
     programs = {"coffer --version": [args.coffer, "--version"], "age --version": ["age", "--version"]}
+    def in_turn(i):  # which program goes first alternates
+        return list(programs.items())[::1 if i % 2 == 0 else -1]
     warm = {k: [] for k in programs}
     for i in range(warm_runs):
-        for name, argv in (list(programs.items()) if i % 2 == 0 else list(programs.items())[::-1]):
+        for name, argv in in_turn(i):
             started = time.perf_counter()
             subprocess.run(argv, check=True, env=env, stdout=null)
             warm[name].append(time.perf_counter() - started)
@@ -100,7 +102,7 @@ def startup_lines(args, env, null, warm_runs=21, cold_runs=3):
     kept, crypto_bench.WARM_FILES[:] = list(crypto_bench.WARM_FILES), []
     try:
         for i in range(cold_runs if can_drop_caches() else 0):
-            for name, argv in (list(programs.items()) if i % 2 == 0 else list(programs.items())[::-1]):
+            for name, argv in in_turn(i):
                 cold[name].append(run(argv, env=env, cold=True)[0])
     finally:
         crypto_bench.WARM_FILES[:] = kept
