@@ -9,9 +9,10 @@ import Glibc
 /// Where an HTTP push keeps what it prepared (sealed blobs, the signed statement, upload ids: ciphertext and public
 /// material only) until the version is committed, so that the same push run again resumes.
 public enum PushOutbox {
-    /// The outbox of one push: a folder per registry, model and set of inputs (paths, sizes, modification times),
-    /// under this user's private cache (`$COFFER_OUTBOX`, else `$XDG_CACHE_HOME/coffer/outbox`, else
-    /// `~/.cache/coffer/outbox`), never a shared temporary directory another user could have prepared.
+    /// The outbox of one push: a folder per registry, model and set of inputs (paths, sizes, modification times;
+    /// in-memory contents by digest), under this user's private cache (`$COFFER_OUTBOX`, else
+    /// `$XDG_CACHE_HOME/coffer/outbox`, else `~/.cache/coffer/outbox`), never a shared temporary directory another
+    /// user could have prepared.
     public static func directory(
         for url: URL,
         request: PushRequest,
@@ -27,6 +28,7 @@ public enum PushOutbox {
                 key += "|\(entry)|\(attributes?[.size] ?? 0)|\((attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
             }
         }
+        for content in request.contents { key += "|memory:\(content.path)|\(Digest.hex(Digest.sha256(content.bytes)))" }
         let base =
             environment["COFFER_OUTBOX"].flatMap { $0.isEmpty ? nil : $0 }
             ?? environment["XDG_CACHE_HOME"].flatMap { $0.hasPrefix("/") ? "\($0)/coffer/outbox" : nil }

@@ -1,6 +1,17 @@
 import ArgumentParser
 import CofferCrypto
 import CofferTraining
+import Foundation
+
+extension Checkpoint {
+    /// Writes `trained`'s checkpoint files into `directory` (made if missing): where a user asked for them.
+    static func write(_ trained: TrainedModel, to directory: String) throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for file in try files(trained) {
+            try FileBytes.write(file.bytes, to: "\(directory)/\(file.name)", mode: file.mode, overwrite: true)
+        }
+    }
+}
 
 extension Coffer {
     struct CheckpointCommand: ParsableCommand {

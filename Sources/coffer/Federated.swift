@@ -76,16 +76,15 @@ enum Federation {
         return try check { () throws(FederatedError) in try FederatedRecipe(recipe) }
     }
 
-    /// The global model as a checkpoint (`model.safetensors`, `privacy.json`) in `directory`.
-    static func writeCheckpoint(
+    /// The global model as a trained model, for a checkpoint (`model.safetensors`, `privacy.json`).
+    static func trained(
         _ model: MultiTaskModel,
         recipe: FederatedRecipe,
         standardisation: SharedStandardisation,
-        privacy: PrivacyReport,
-        to directory: String
-    ) throws {
+        privacy: PrivacyReport
+    ) -> TrainedModel {
         let r = recipe.recipe
-        let trained = TrainedModel(
+        return TrainedModel(
             model: model,
             balancing: TaskBalancing(method: "fixed", weights: Dictionary(uniqueKeysWithValues: r.tasks.map { ($0.name, Double($0.weight ?? 1)) })),
             preprocessing: Preprocessing(
@@ -99,9 +98,6 @@ enum Federation {
             trainingSeconds: 0,
             examplesProcessed: 0
         )
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        try FileBytes.write(try Checkpoint.encode(trained), to: "\(directory)/\(Checkpoint.modelFile)", mode: 0o600, overwrite: true)
-        try FileBytes.write(try Checkpoint.privacyJSON(privacy), to: "\(directory)/\(Checkpoint.privacyFile)", mode: 0o644, overwrite: true)
     }
 
     /// Runs blocking work (sealing a push) on a thread of its own, off Swift's cooperative pool.

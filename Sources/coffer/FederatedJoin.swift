@@ -33,9 +33,10 @@ extension Coffer.Federated {
         @Flag(name: .long, help: "Print the final report as JSON.") var json = false
 
         func run() async throws {
-            // The same trust as every other client of a Coffer server: --ca-cert, COFFER_CA_CERT, the config file's ca_cert.
+            // The same trust as every other client of a Coffer server: --ca-cert, COFFER_CA_CERT, the config file's ca_cert;
+            // read for an https coordinator only, so that a bad URL is named first and plain http never needs the file.
             var tls: TLSConfiguration?
-            if let path = caCert ?? UserConfig.value(.caCert) {
+            if URLComponents(string: coordinator)?.scheme == "https", let path = caCert ?? UserConfig.value(.caCert) {
                 do { tls = try clientTLS(trusting: path) } catch { throw CLIError(error.description) }
             }
             let client = try Federation.check { () throws(FederatedError) in
@@ -79,7 +80,7 @@ extension Coffer.Federated {
                     segments: [],
                     pruning: .init(method: "global_magnitude", targetRatio: 0, achievedSparsity: model.weightSparsity)
                 )
-                try Federation.writeCheckpoint(model, recipe: recipe, standardisation: standardisation, privacy: none, to: out)
+                try Checkpoint.write(Federation.trained(model, recipe: recipe, standardisation: standardisation, privacy: none), to: out)
             }
             let epsilon = site.recordLevelEpsilon
             if json {

@@ -100,13 +100,13 @@ extension Coffer.Federated {
                 pushed = try await publisher.publish(last, final: true)
             }
             if let out, let standardisation = core.standardisation {
-                try Federation.writeCheckpoint(
+                let trained = Federation.trained(
                     core.globalModel,
                     recipe: core.recipe,
                     standardisation: standardisation,
-                    privacy: RoundPublisher.report(core, privacy),
-                    to: out
+                    privacy: RoundPublisher.report(core, privacy)
                 )
+                try Checkpoint.write(trained, to: out)
             }
             if json {
                 var fields: [String: JSONValue] = [
@@ -152,8 +152,8 @@ extension Coffer.Federated {
 }
 
 /// Pushes global models as registry versions: privacy metadata from the site-level accountant, lineage to the round
-/// before, the participating sites' key IDs in the message and tags. The checkpoint is written to a private temporary
-/// directory, sealed into the registry, and removed.
+/// before, the participating sites' key IDs in the message and tags. The checkpoint is sealed into the registry from
+/// memory, never written to disk.
 final class RoundPublisher: @unchecked Sendable {
     let store: Registry
     let name: String
@@ -208,15 +208,10 @@ final class RoundPublisher: @unchecked Sendable {
                 }
             }
         guard let standardisation = core.standardisation else { return nil }
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-fl-\(UUID().uuidString)").path
-        guard mkdir(directory, 0o700) == 0, chmod(directory, 0o700) == 0 else {
-            throw CofferCryptoError.io(path: directory, reason: "cannot create the checkpoint's directory: \(String(cString: strerror(errno)))")
-        }
-        defer { try? FileManager.default.removeItem(atPath: directory) }
         let model = ModelVector.model(recipe.initialModel(), with: record.model)
-        try Federation.writeCheckpoint(model, recipe: recipe, standardisation: standardisation, privacy: Self.report(core, privacy), to: directory)
-
-        var request = PushRequest(model: name, paths: [directory])
+        let trained = Federation.trained(model, recipe: recipe, standardisation: standardisation, privacy: Self.report(core, privacy))
+        // Sealed from memory: the global model's plaintext is never written to disk.
+        var request = PushRequest(model: name, contents: try Checkpoint.files(trained).map { .init(path: $0.name, bytes: $0.bytes) })
         var metadata = PrivacyMetadata()
         metadata.mechanism = privacy == nil ? "none" : "dp-fedavg"
         metadata.privacyUnit = privacy == nil ? nil : "site"

@@ -37,9 +37,7 @@ extension Coffer {
             let bar = EpochProgress(tasks: recipe.tasks.map(\.name), quiet: json)
             let trained = try TrainingRun.run(recipe, progress: bar.update)
             try evidence.writeReport(trained)
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            try FileBytes.write(try Checkpoint.encode(trained), to: "\(out)/\(Checkpoint.modelFile)", mode: 0o600, overwrite: true)
-            try FileBytes.write(try Checkpoint.privacyJSON(trained.privacy), to: "\(out)/\(Checkpoint.privacyFile)", mode: 0o644, overwrite: true)
+            try Checkpoint.write(trained, to: out)
             let p = trained.privacy
             if json {
                 JSONOutput.print(

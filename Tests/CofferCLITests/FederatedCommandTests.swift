@@ -5,9 +5,10 @@ import Testing
 /// `coffer fl serve` and several `coffer fl join` as real processes on loopback.
 struct FederatedCommandTests {
     /// A `coffer` process left running in `directory`, with the test passphrase.
-    static func background(_ args: [String], in directory: URL) throws -> BackgroundCoffer {
+    static func background(_ args: [String], in directory: URL, environment extra: [String: String] = [:]) throws -> BackgroundCoffer {
         var environment = ProcessInfo.processInfo.environment
         environment["COFFER_PASSPHRASE"] = "test passphrase"
+        environment.merge(extra) { $1 }
         return try BackgroundCoffer(args, in: directory, environment: environment)
     }
 
@@ -68,13 +69,18 @@ struct FederatedCommandTests {
         #expect(initialised.status == 0, "\(initialised.stderr)")
         _ = try CofferProcess.run(["trust", "add", "keys/coordinator.pub", "--identity", "keys/coordinator.key", "--home", home], in: dir.url)
         let port = Self.freePort()
+        // The coordinator's temporary directory is a file, so that anything written there fails (root ignores modes):
+        // no global model passes through it.
+        let temporary = dir.path("not-a-directory")
+        try dir.write("not-a-directory", Data())
         let serve = try Self.background(
             [
                 "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:\(port)",
                 "--rounds", "3", "--clip-norm", "1", "--noise-multiplier", "2", "--nonprivate-statistics", "--train-timeout", "2",
                 "--push", "fl/health", "--push-every-round", "--home", home, "--json",
             ] + (0..<4).flatMap { ["--site", "keys/site\($0).pub"] },
-            in: dir.url
+            in: dir.url,
+            environment: ["TMPDIR": temporary]
         )
         // Three sites take part; the fourth joins and is then stopped: it never answers, and times out every round.
         let sites = try (0..<3).map { try Self.join(dir, site: $0, port: port, extra: ["--rounds", "3"]) }
@@ -113,6 +119,19 @@ struct FederatedCommandTests {
         #expect((last["message"] as? String)?.contains("3 sites (key IDs ") == true)
         let verified = try CofferProcess.run(["verify", "fl/health:3", "--home", home], in: dir.url)
         #expect(verified.status == 0, "\(verified.stderr)")
+        // Pushed from memory: the checkpoint's two files (and the model-signing bundle pull adds).
+        let pulled = try CofferProcess.run(
+            ["pull", "fl/health:3", "--identity", "keys/coordinator.key", "--home", home, "--out", "pulled"],
+            in: dir.url
+        )
+        #expect(pulled.status == 0, "\(pulled.stderr)")
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: dir.path("pulled")).sorted() == ["model.safetensors", "model.sig", "privacy.json"]
+        )
+        let privacy = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: dir.url.appendingPathComponent("pulled/privacy.json"))) as? [String: Any]
+        )
+        #expect(privacy["mechanism"] as? String == "dp-fedavg")
     }
 
     @Test func badSitesAreRefusedWithOneLineAndNothingIsPushed() throws {
@@ -161,7 +180,17 @@ struct FederatedCommandTests {
             listed.stdoutText.trimmingCharacters(in: .whitespacesAndNewlines) == "[\n\n]" || listed.stdoutText.contains("[]"),
             "\(listed.stdoutText)"
         )
-        // Bad command lines: one line each.
+        // Bad command lines: one line each. A bad URL is named before a CA file is read, and http never reads one.
+        let join = ["fl", "join", "--coordinator-key", "keys/coordinator.pub", "--recipe", "recipe.json", "--data", "site0.csv"]
+        expectFailure(
+            try CofferProcess.run(join + ["--identity", "keys/site0.key", "--coordinator", "ftp://x", "--ca-cert", "missing.pem"], in: dir.url),
+            "the coordinator URL must be http://HOST:PORT or https://HOST:PORT, got ftp://x"
+        )
+        let plain = ["fl", "join", "--coordinator", "http://127.0.0.1:9", "--ca-cert", "missing.pem", "--coordinator-key", "keys/coordinator.pub"]
+        expectFailure(
+            try CofferProcess.run(plain + ["--recipe", "missing.json", "--data", "site0.csv", "--identity", "keys/site0.key"], in: dir.url),
+            "missing.json"
+        )
         expectFailure(
             try CofferProcess.run(
                 [

@@ -47,6 +47,37 @@ struct PushPullTests {
         #expect(deep.version == "2" && deep.readData)
     }
 
+    /// A model that exists only in memory (a federation's global model) is pushed without a file on disk, and is
+    /// checked as a file would be: its path, and a path another input takes.
+    @Test func contentsInMemoryArePushedAndPulledLikeFiles() async throws {
+        let f = try await RegistryFixture()
+        let alice = try person("alice")
+        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
+        let weights = PushRequest.Content(path: "model.safetensors", bytes: bytes(300_000))
+        let config = PushRequest.Content(path: "config/arch.json", bytes: Array(#"{"layers":3}"#.utf8))
+        let dir = try f.makeModel("model", ["readme.txt": Array("on disk".utf8)])
+        var request = PushRequest(model: "fl/global", contents: [weights, config])
+        request.paths = [dir]
+        let pushed = try await f.registry.push(request, publisher: alice)
+        #expect(pushed.files == 3 && pushed.bytes == 300_000 + config.bytes.count + 7)
+        let pulled = try await f.registry.pull(try ModelReference(parsing: "fl/global:1"), identity: alice, into: f.path("out"))
+        #expect(pulled.files == ["config/arch.json", "model.safetensors", "readme.txt"])
+        #expect(try f.read("out/model.safetensors") == weights.bytes)
+        #expect(try f.read("out/config/arch.json") == config.bytes)
+
+        let blobsBefore = f.blobDigests().count
+        let escaping = PushRequest(model: "fl/global", contents: [.init(path: "../model.safetensors", bytes: [1])])
+        await #expect(
+            throws: CofferRegistryError.invalidPath("../model.safetensors", reason: "escapes the model directory or is not a plain relative path")
+        ) {
+            _ = try await f.registry.push(escaping, publisher: alice)
+        }
+        var twice = PushRequest(model: "fl/global", contents: [.init(path: "readme.txt", bytes: [1])])
+        twice.paths = [dir]
+        await #expect(throws: CofferRegistryError.duplicatePath("readme.txt")) { _ = try await f.registry.push(twice, publisher: alice) }
+        #expect(f.blobDigests().count == blobsBefore)
+    }
+
     @Test(arguments: MetadataBackend.available) func existingVersionAndBadInputsAreRefusedAndNothingIsStored(on backend: MetadataBackend) async throws
     {
         let f = try await RegistryFixture(backend)

@@ -1,18 +1,37 @@
+import CofferCrypto
 import Foundation
 
-/// A file to push: where it is now, and the relative path it is stored under.
+/// A file to push: where its bytes are now, and the relative path it is stored under.
 struct InputFile: Sendable, Equatable {
-    var source: String
+    var source: Source
     var path: String
+
+    enum Source: Sendable, Equatable {
+        case file(String)
+        case memory([UInt8])
+    }
+
+    /// Its bytes as a stream, from the start.
+    func open() throws(CofferCryptoError) -> any ByteSource {
+        switch source {
+        case .file(let name): try FileDescriptorStream(readingFrom: name)
+        case .memory(let bytes): MemorySource(bytes)
+        }
+    }
+
+    /// The inputs of `request`: its paths expanded, then its in-memory contents.
+    static func collect(_ request: PushRequest) throws(CofferRegistryError) -> [InputFile] {
+        try collect(request.paths, contents: request.contents)
+    }
 
     /// Expands `paths` into files. Directories are walked (sub-folders kept as relative paths);
     /// symbolic links and special files are refused, as are two inputs with the same stored path.
-    static func collect(_ paths: [String]) throws(CofferRegistryError) -> [InputFile] {
-        var files: [InputFile] = []
+    static func collect(_ paths: [String], contents: [PushRequest.Content] = []) throws(CofferRegistryError) -> [InputFile] {
+        var files = contents.map { InputFile(source: .memory($0.bytes), path: $0.path) }
         for path in paths {
             switch try kind(of: path) {
             case .typeRegular:
-                files.append(InputFile(source: path, path: (path as NSString).lastPathComponent))
+                files.append(InputFile(source: .file(path), path: (path as NSString).lastPathComponent))
             case .typeDirectory:
                 try walk(directory: path, prefix: "", into: &files)
             case .typeSymbolicLink:
@@ -44,7 +63,7 @@ struct InputFile: Sendable, Equatable {
             let full = "\(directory)/\(entry)"
             let relative = prefix.isEmpty ? entry : "\(prefix)/\(entry)"
             switch try kind(of: full) {
-            case .typeRegular: files.append(InputFile(source: full, path: relative))
+            case .typeRegular: files.append(InputFile(source: .file(full), path: relative))
             case .typeDirectory: try walk(directory: full, prefix: relative, into: &files)
             case .typeSymbolicLink: throw .invalidPath(full, reason: "is a symbolic link inside the model directory (refused)")
             default: throw .invalidPath(full, reason: "is not a regular file or directory")

@@ -7,6 +7,9 @@ public struct PushRequest: Sendable {
     public var version: String?
     /// Files (stored under their base names) or directories (stored with paths relative to the directory).
     public var paths: [String]
+    /// Files that exist only in memory (a model a process made and must not write to disk in plaintext), stored under
+    /// their `path`, as if pushed from a directory holding them.
+    public var contents: [Content] = []
     public var privacy = PrivacyMetadata()
     public var alias: String?
     public var tags: [String: String] = [:]
@@ -25,6 +28,22 @@ public struct PushRequest: Sendable {
         self.model = model
         self.version = version
         self.paths = paths
+    }
+
+    public init(model: String, version: String? = nil, contents: [Content]) {
+        self.init(model: model, version: version, paths: [])
+        self.contents = contents
+    }
+
+    /// A file's bytes and the relative path it is stored under.
+    public struct Content: Sendable, Equatable {
+        public var path: String
+        public var bytes: [UInt8]
+
+        public init(path: String, bytes: [UInt8]) {
+            self.path = path
+            self.bytes = bytes
+        }
     }
 }
 

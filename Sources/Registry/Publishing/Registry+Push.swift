@@ -56,7 +56,7 @@ extension Registry {
         var request = request
         request.privacy.fillFromSegments()  // as the statement's reader will
         try request.privacy.validate()
-        let inputs = try InputFile.collect(request.paths)
+        let inputs = try InputFile.collect(request)
         if let version = request.version, try await metadata.version(model: request.model, version: version) != nil {
             throw .versionExists("\(request.model):\(version)")
         }
@@ -163,8 +163,8 @@ extension Registry {
         into output: AtomicOutputFile,
         progress: @escaping (Int) -> Void
     ) throws(CofferRegistryError) -> ModelStatement.File {
-        let source: FileDescriptorStream
-        do { source = try FileDescriptorStream(readingFrom: input.source) } catch { throw .crypto(error) }
+        let source: any ByteSource
+        do { source = try input.open() } catch { throw .crypto(error) }
         let summary: SealedFile.Summary
         do {
             summary = try SealedFile.seal(

@@ -57,7 +57,7 @@ public struct PreparedPush: Sendable, Equatable, Codable {
         var request = request
         request.privacy.fillFromSegments()
         try request.privacy.validate()
-        let inputs = try InputFile.collect(request.paths)
+        let inputs = try InputFile.collect(request)
         try Directories.make(outbox)
         let dataKey = SecretKey.random()
         var files: [ModelStatement.File] = []
@@ -134,9 +134,9 @@ extension PreparedPush {
             statement.lineage.datasetDigest == request.datasetDigest, statement.lineage.trainingConfigDigest == request.trainingConfigDigest,
             statement.message == request.message, statement.chunkSize == request.chunkSize
         else { return "other privacy metadata, lineage or message" }
-        guard let inputs = try? InputFile.collect(request.paths), inputs.map(\.path) == files.map(\.path) else { return "other files" }
+        guard let inputs = try? InputFile.collect(request), inputs.map(\.path) == files.map(\.path) else { return "other files" }
         for (input, file) in zip(inputs, files) {
-            guard let (digest, size) = try? Digest.sha256(of: try FileDescriptorStream(readingFrom: input.source)),
+            guard let (digest, size) = try? Digest.sha256(of: try input.open()),
                 Digest.hex(digest) == file.plaintextSHA256, size == file.size
             else { return "\(input.path) changed since it was sealed" }
             guard access(Self.blobPath(outbox, file.sealedSHA256), R_OK) == 0 else { return "the sealed blob of \(file.path) is missing" }

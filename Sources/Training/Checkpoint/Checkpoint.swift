@@ -42,6 +42,11 @@ public enum Checkpoint {
         return try Safetensors.encode(tensors: tensors, metadata: metadata)
     }
 
+    /// The checkpoint's files in memory, with their modes on disk: the model (owner only) and `privacy.json`.
+    public static func files(_ trained: TrainedModel) throws(CofferTrainingError) -> [(name: String, bytes: [UInt8], mode: UInt32)] {
+        [(modelFile, try encode(trained), 0o600), (privacyFile, try privacyJSON(trained.privacy), 0o644)]
+    }
+
     /// `privacy.json`: the privacy report, pretty-printed.
     public static func privacyJSON(_ report: PrivacyReport) throws(CofferTrainingError) -> [UInt8] {
         let encoder = encoder()
