@@ -40,6 +40,44 @@ struct DSSETests {
         }
     }
 
+    @Test func repeatedMemberNamesAreFound() {
+        let cases: [(String, String?)] = [
+            (#"{"a":1,"b":{"a":2},"c":[{"a":3},{"a":4}]}"#, nil),  // the same name in different objects
+            (#"{"a":1,"a":2}"#, "a"),
+            (#"{"x":{"y":[1,{"k":"v","k":"w"}]}}"#, "k"),
+            (#"{"a\u0062":1,"ab":2}"#, "ab"),  // an escape spelling the same name
+            (#"{"\ud83d\ude00":1,"😀":2}"#, "😀"),  // a surrogate pair
+            ("{\"\u{e9}\":1,\"e\u{301}\":2}", "\u{e9}"),  // canonically equivalent: one key to JSONDecoder
+            (#"{"v":"a\",\"v\":","w":1}"#, nil),  // an escaped quote inside a value
+            (#"["a","a"]"#, nil),
+            (#"{"a":1,"#, nil),  // not JSON: no finding, and no crash
+            (#"{"\u12"#, nil),
+        ]
+        for (json, repeated) in cases { #expect(RepeatedJSONMembers.first(in: Array(json.utf8)) == repeated, "\(json)") }
+    }
+
+    /// A statement that reads one way to Coffer (JSONDecoder keeps the first value) and another to Python (the last) is
+    /// refused, even under a valid signature.
+    @Test func aSignedStatementWithARepeatedMemberIsRefused() throws {
+        let alice = try Identity.generate(name: "alice")
+        let text = String(decoding: statement().jsonBytes, as: UTF8.self).replacingOccurrences(
+            of: #""epsilon":2.5"#,
+            with: #""epsilon":2.5,"epsilon":100"#
+        )
+        let envelope = DSSEEnvelope.sign(payload: Array(text.utf8), identity: alice)
+        let (_, body) = try DSSEEnvelope(jsonBytes: envelope.jsonBytes).verify(trusting: [alice.publicIdentity])
+        #expect(throws: CofferCryptoError.malformedStatement(RepeatedJSONMembers.message("epsilon"))) { _ = try InTotoStatement(jsonBytes: body) }
+        let doubled = String(decoding: envelope.jsonBytes, as: UTF8.self).replacingOccurrences(
+            of: #""payloadType":"#,
+            with: #""payloadType":"x","payloadType":"#
+        )
+        #expect(throws: CofferCryptoError.malformedEnvelope(RepeatedJSONMembers.message("payloadType"))) {
+            _ = try DSSEEnvelope(jsonBytes: Array(doubled.utf8))
+        }
+        let named = RepeatedJSONMembers.message("a\nb")
+        #expect(!named.contains("\n"), "one line whatever the name holds")
+    }
+
     @Test func untrustedSignerIsRefused() throws {
         let alice = try Identity.generate(name: "alice")
         let bob = try Identity.generate(name: "bob")

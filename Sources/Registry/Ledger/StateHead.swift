@@ -96,7 +96,15 @@ public struct StateHead: Sendable, Equatable, Codable {
     ) throws(CofferRegistryError) -> StateHead {
         guard envelope.payloadType == payloadType else { throw .tampered("the state head is not a Coffer state head") }
         let head: StateHead
-        do { head = try JSONDecoder().decode(StateHead.self, from: Data(try envelope.payloadBytes())) } catch {
+        do {
+            let payload = try envelope.payloadBytes()
+            if let name = RepeatedJSONMembers.first(in: payload) {
+                throw CofferRegistryError.tampered("the state head: \(RepeatedJSONMembers.message(name))")
+            }
+            head = try JSONDecoder().decode(StateHead.self, from: Data(payload))
+        } catch let error as CofferRegistryError {
+            throw error
+        } catch {
             throw .tampered("the state head is malformed")
         }
         guard head.registry == state.registry else { throw .tampered("the state head is another registry's (\(head.registry))") }
