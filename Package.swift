@@ -42,6 +42,7 @@ let package = Package(
             providers: [.apt(["libsodium-dev"])]
         ),
         .systemLibrary(name: "CLinux"),
+        .systemLibrary(name: "CSQLiteShim", providers: [.apt(["libsqlite3-dev"])]),
         .target(
             name: "CofferCrypto",
             dependencies: [
@@ -67,6 +68,7 @@ let package = Package(
             dependencies: [
                 "CofferCrypto",
                 "CofferTraining",
+                "CSQLiteShim",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
                 .product(name: "NIOCore", package: "swift-nio"),

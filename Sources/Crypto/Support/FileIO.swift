@@ -362,10 +362,16 @@ public enum FileBytes {
     }
 
     /// Writes `bytes` atomically with `mode`; refuses to replace an existing file unless `overwrite`.
-    public static func write(_ bytes: [UInt8], to path: String, mode: UInt32 = 0o600, overwrite: Bool = false) throws(CofferCryptoError) {
+    public static func write(
+        _ bytes: [UInt8],
+        to path: String,
+        mode: UInt32 = 0o600,
+        overwrite: Bool = false,
+        syncingDirectory: Bool = true
+    ) throws(CofferCryptoError) {
         if !overwrite, access(path, F_OK) == 0 { throw .io(path: path, reason: "already exists") }
         let file = try AtomicOutputFile(destination: path, mode: mode)
         try bytes.withBytes { buffer throws(CofferCryptoError) in try file.write(buffer) }
-        try file.commit()
+        try file.commit(syncingDirectory: syncingDirectory)
     }
 }

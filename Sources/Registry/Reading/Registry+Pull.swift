@@ -110,6 +110,7 @@ extension Registry {
         defer { try? FileManager.default.removeItem(atPath: staging) }
 
         var done = 0
+        var staged = files.map(\.path)
         for file in files {
             let target = "\(staging)/\(file.path)"
             try Directories.make((target as NSString).deletingLastPathComponent)
@@ -117,16 +118,27 @@ extension Registry {
             // Durable: a file that appears in `directory` is on the disk whole, whatever happens to the machine after.
             do { output = try AtomicOutputFile(destination: target, mode: 0o600, durable: true) } catch { throw .crypto(error) }
             try write(file, output, done)
-            do { try output.commit() } catch { throw .crypto(error) }
+            // The staging folder's own entries need no sync: the files leave it, and their destinations are synced.
+            do { try output.commit(syncingDirectory: false) } catch { throw .crypto(error) }
             done += file.size
+        }
+        // The OpenSSF model-signing bundle beside the files, unless the model has a file of that name itself (it
+        // replaces the bundle of an earlier pull into the same directory).
+        if let bundle = modelSignature, !files.contains(where: { $0.path == modelSignatureName }) {
+            do throws(CofferCryptoError) {
+                try FileBytes.write(Array(bundle), to: "\(staging)/\(modelSignatureName)", mode: 0o644, syncingDirectory: false)
+            } catch {
+                throw .crypto(error)
+            }
+            staged.append(modelSignatureName)
         }
         // Everything verified: move the files into place.
         var placed: [String] = []
-        for file in files {
-            let destination = "\(directory)/\(file.path)"
+        for path in staged {
+            let destination = "\(directory)/\(path)"
             do {
                 try Directories.make((destination as NSString).deletingLastPathComponent)
-                guard rename("\(staging)/\(file.path)", destination) == 0 else {
+                guard rename("\(staging)/\(path)", destination) == 0 else {
                     throw CofferRegistryError.io(path: destination, reason: String(cString: strerror(errno)))
                 }
                 placed.append(destination)
@@ -135,22 +147,8 @@ extension Registry {
                 throw error as? CofferRegistryError ?? .io(path: destination, reason: "cannot place file")
             }
         }
-        // The renames themselves reach the disk with their directories.
-        for folder in Set(placed.map { ($0 as NSString).deletingLastPathComponent }) {
-            let descriptor = Glibc.open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-            if descriptor >= 0 {
-                fsync(descriptor)
-                Glibc.close(descriptor)
-            }
-        }
-        // The OpenSSF model-signing bundle beside the files, unless the model has a file of that name itself.
-        if let bundle = modelSignature, !files.contains(where: { $0.path == modelSignatureName }) {
-            do throws(CofferCryptoError) {
-                try FileBytes.write(Array(bundle), to: "\(directory)/\(modelSignatureName)", mode: 0o644, overwrite: true)
-            } catch {
-                throw .crypto(error)
-            }
-        }
+        // The renames themselves reach the disk with their directories: one sync per folder.
+        for folder in Set(placed.map { ($0 as NSString).deletingLastPathComponent }) { Directories.sync(folder) }
         return done
     }
 }

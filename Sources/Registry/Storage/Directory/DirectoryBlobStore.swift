@@ -50,6 +50,8 @@ public struct DirectoryBlobStore: BlobStore {
     private func place(_ temporary: String, digest: String) throws(CofferRegistryError) {
         let destination = path(of: digest)
         let directory = String(destination[..<destination.lastIndex(of: "/")!])
+        // A fan-out directory made now is itself an entry of blobs/sha256/, which must be synced too (at most 256 times).
+        let madeNow = access(directory, F_OK) != 0
         do throws(CofferRegistryError) {
             try Directories.make(directory)
         } catch {
@@ -63,6 +65,7 @@ public struct DirectoryBlobStore: BlobStore {
             throw .io(path: destination, reason: reason)
         }
         Directories.sync(directory)
+        if madeNow { Directories.sync(String(directory[..<directory.lastIndex(of: "/")!])) }
     }
 
     public func size(of digest: String) async throws(CofferRegistryError) -> Int? {
