@@ -53,7 +53,7 @@ struct DSSETests {
             (#"{"a":1,"#, nil),  // not JSON: no finding, and no crash
             (#"{"\u12"#, nil),
         ]
-        for (json, repeated) in cases { #expect(RepeatedJSONMembers.first(in: Array(json.utf8)) == repeated, "\(json)") }
+        for (json, repeated) in cases { #expect(AmbiguousJSON.firstRepeatedName(in: Array(json.utf8)) == repeated, "\(json)") }
     }
 
     /// A statement that reads one way to Coffer (JSONDecoder keeps the first value) and another to Python (the last) is
@@ -66,16 +66,30 @@ struct DSSETests {
         )
         let envelope = DSSEEnvelope.sign(payload: Array(text.utf8), identity: alice)
         let (_, body) = try DSSEEnvelope(jsonBytes: envelope.jsonBytes).verify(trusting: [alice.publicIdentity])
-        #expect(throws: CofferCryptoError.malformedStatement(RepeatedJSONMembers.message("epsilon"))) { _ = try InTotoStatement(jsonBytes: body) }
+        let repeated = try #require(AmbiguousJSON.reason(in: body))
+        #expect(repeated.contains("\"epsilon\" appears twice"))
+        #expect(throws: CofferCryptoError.malformedStatement(repeated)) { _ = try InTotoStatement(jsonBytes: body) }
         let doubled = String(decoding: envelope.jsonBytes, as: UTF8.self).replacingOccurrences(
             of: #""payloadType":"#,
             with: #""payloadType":"x","payloadType":"#
         )
-        #expect(throws: CofferCryptoError.malformedEnvelope(RepeatedJSONMembers.message("payloadType"))) {
+        #expect(throws: CofferCryptoError.malformedEnvelope(AmbiguousJSON.reason(in: Array(doubled.utf8))!)) {
             _ = try DSSEEnvelope(jsonBytes: Array(doubled.utf8))
         }
-        let named = RepeatedJSONMembers.message("a\nb")
+        let named = try #require(AmbiguousJSON.reason(in: Array(#"{"a\nb":1,"a\nb":2}"#.utf8)))
         #expect(!named.contains("\n"), "one line whatever the name holds")
+    }
+
+    /// UTF-16 JSON: JSONDecoder and Python read it, and a UTF-8 scan would lose track of its strings (U+0122 is the
+    /// bytes 22 01 in UTF-16LE, a quote to UTF-8). Refused whatever it holds.
+    @Test func jsonInUTF16IsRefused() throws {
+        let text = #"{"a":1,"x":"Ģ","a":2}"#
+        for encoding in [String.Encoding.utf16LittleEndian, .utf16BigEndian, .utf16, .utf32] {
+            let bytes = Array(try #require(text.data(using: encoding)))
+            #expect(AmbiguousJSON.reason(in: bytes) == "JSON that is not UTF-8 (UTF-16 and UTF-32 are refused)", "\(encoding)")
+            #expect(throws: CofferCryptoError.self) { _ = try InTotoStatement(jsonBytes: bytes) }
+        }
+        #expect(AmbiguousJSON.reason(in: Array(#"{"a":"\u0000"}"#.utf8)) == nil, "an escaped NUL is UTF-8 JSON")
     }
 
     @Test func untrustedSignerIsRefused() throws {

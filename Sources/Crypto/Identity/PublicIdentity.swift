@@ -76,7 +76,7 @@ extension PublicIdentity {
 
     /// Parses a `NAME.pub` file, checking that its `id` matches its keys.
     public init(jsonBytes: [UInt8]) throws(CofferCryptoError) {
-        if let name = RepeatedJSONMembers.first(in: jsonBytes) { throw .malformedIdentity(RepeatedJSONMembers.message(name)) }
+        if let reason = AmbiguousJSON.reason(in: jsonBytes) { throw .malformedIdentity(reason) }
         let file: File
         do {
             file = try JSONDecoder().decode(File.self, from: Data(jsonBytes))

@@ -88,7 +88,7 @@ public struct DSSEEnvelope: Sendable, Equatable, Codable {
     }
 
     public init(jsonBytes: [UInt8]) throws(CofferCryptoError) {
-        if let name = RepeatedJSONMembers.first(in: jsonBytes) { throw .malformedEnvelope(RepeatedJSONMembers.message(name)) }
+        if let reason = AmbiguousJSON.reason(in: jsonBytes) { throw .malformedEnvelope(reason) }
         do {
             self = try JSONDecoder().decode(DSSEEnvelope.self, from: Data(jsonBytes))
         } catch {

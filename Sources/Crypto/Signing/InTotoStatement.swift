@@ -42,7 +42,7 @@ public struct InTotoStatement: Sendable, Equatable, Codable {
 
     /// Parses and checks a statement: `_type`, at least one subject, each with a digest.
     public init(jsonBytes: [UInt8]) throws(CofferCryptoError) {
-        if let name = RepeatedJSONMembers.first(in: jsonBytes) { throw .malformedStatement(RepeatedJSONMembers.message(name)) }
+        if let reason = AmbiguousJSON.reason(in: jsonBytes) { throw .malformedStatement(reason) }
         do {
             self = try JSONDecoder().decode(InTotoStatement.self, from: Data(jsonBytes))
         } catch {

@@ -70,7 +70,7 @@ public enum ModelSigningBundle {
     /// - Parameter exact: also require the bytes to be exactly those Coffer writes for this payload and signature,
     ///   so that no unsigned field (the key hint, the empty transparency-log list, a key name) can be edited unseen.
     public static func verify(_ bundle: [UInt8], publicKey: [UInt8], exact: Bool = false) throws(CofferCryptoError) -> [Resource] {
-        if let name = RepeatedJSONMembers.first(in: bundle) { throw .malformedEnvelope(RepeatedJSONMembers.message(name)) }
+        if let reason = AmbiguousJSON.reason(in: bundle) { throw .malformedEnvelope(reason) }
         guard let json = try? JSONDecoder().decode(JSONValue.self, from: Data(bundle)), json["mediaType"]?.stringValue == mediaType,
             let envelope = json["dsseEnvelope"], let payloadText = envelope["payload"]?.stringValue,
             let payload = Data(base64Encoded: payloadText), envelope["payloadType"]?.stringValue == DSSEEnvelope.inTotoPayloadType,

@@ -63,7 +63,7 @@ public enum MessageCoding {
         // error to report) is decoded again from the bytes as they came, so the result is the same either way.
         let (json, large) = LargeStrings.extracting(from: bytes)
         if !large.values.isEmpty {
-            if let name = RepeatedJSONMembers.first(in: json) { throw .malformedMessage("\(what): \(RepeatedJSONMembers.message(name))") }
+            if let reason = AmbiguousJSON.reason(in: json) { throw .malformedMessage("\(what): \(reason)") }
             let decoder = JSONDecoder()
             decoder.userInfo[LargeStrings.key] = large
             if let value = try? decoder.decode(T.self, from: Data(json)), large.allTaken { return value }
@@ -89,9 +89,7 @@ public enum MessageCoding {
     }
 
     private static func decodeJSON<T: Decodable>(_ type: T.Type, from data: Data, decoder: JSONDecoder, what: String) throws(FederatedError) -> T {
-        if let name = data.withUnsafeBytes({ RepeatedJSONMembers.first(in: $0) }) {
-            throw .malformedMessage("\(what): \(RepeatedJSONMembers.message(name))")
-        }
+        if let reason = data.withUnsafeBytes({ AmbiguousJSON.reason(in: $0) }) { throw .malformedMessage("\(what): \(reason)") }
         do {
             return try decoder.decode(T.self, from: data)
         } catch let DecodingError.keyNotFound(key, _) {

@@ -95,7 +95,7 @@ public struct ChangeRequest: Sendable, Equatable {
         guard envelope.payloadType == Self.payloadType, envelope.signatures.count == 1 else {
             throw malformed("its envelope is not a Coffer request's (one signature, \(Self.payloadType))")
         }
-        if let name = RepeatedJSONMembers.first(in: payload) { throw malformed(RepeatedJSONMembers.message(name)) }
+        if let reason = AmbiguousJSON.reason(in: payload) { throw malformed(reason) }
         guard case .object(let object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(payload)),
             object["type"]?.stringValue == Self.type, let registry = object["registry"]?.stringValue,
             let id = object["id"]?.stringValue, let filedBy = object["filed_by"]?.stringValue,

@@ -432,7 +432,7 @@ public struct LedgerRecord: Sendable, Equatable {
         let (envelope, payload) = try Self.open(bytes)
         guard envelope.payloadType == Self.payloadType else { throw .malformed("payload type \(envelope.payloadType) is not a record's") }
         guard envelope.signatures.count == 1 else { throw .malformed("a record carries exactly one signature") }
-        if let name = RepeatedJSONMembers.first(in: payload) { throw .malformed(RepeatedJSONMembers.message(name)) }
+        if let reason = AmbiguousJSON.reason(in: payload) { throw .malformed(reason) }
         guard case .object(var object)? = try? JSONDecoder().decode(JSONValue.self, from: Data(payload)) else {
             throw .malformed("the payload is not a JSON object")
         }

@@ -98,9 +98,7 @@ public struct StateHead: Sendable, Equatable, Codable {
         let head: StateHead
         do {
             let payload = try envelope.payloadBytes()
-            if let name = RepeatedJSONMembers.first(in: payload) {
-                throw CofferRegistryError.tampered("the state head: \(RepeatedJSONMembers.message(name))")
-            }
+            if let reason = AmbiguousJSON.reason(in: payload) { throw CofferRegistryError.tampered("the state head: \(reason)") }
             head = try JSONDecoder().decode(StateHead.self, from: Data(payload))
         } catch let error as CofferRegistryError {
             throw error

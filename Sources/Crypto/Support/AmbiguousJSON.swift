@@ -1,30 +1,39 @@
-/// Finds a member name given twice in one JSON object, which signed documents must not have.
+/// Finds what would let two JSON parsers read one signed document differently, which Coffer refuses.
 ///
-/// Parsers disagree on such an object: Foundation's `JSONDecoder` keeps the first value, `JSONSerialization` and
-/// Python's `json` the last. A signed statement with `"epsilon": 1, ..., "epsilon": 100` would then claim one thing to
-/// Coffer and another to a verifier in Python, under one valid signature. Names are compared after unescaping and as
-/// Swift strings, that is up to Unicode canonical equivalence, as `JSONDecoder` matches them to keys (`"é"` and
-/// `"e\u0301"` are one name to it, two to Python).
+/// - **A member name given twice in one object.** Foundation's `JSONDecoder` keeps the first value,
+///   `JSONSerialization` and Python's `json` the last. A signed statement with `"epsilon": 1, ..., "epsilon": 100` would
+///   then claim one thing to Coffer and another to a verifier in Python, under one valid signature. Names are compared
+///   after unescaping and as Swift strings, that is up to Unicode canonical equivalence, as `JSONDecoder` matches them
+///   to keys (`"é"` and `"e\u0301"` are one name to it, two to Python).
+/// - **UTF-16 or UTF-32.** Both parsers accept them (with or without a byte-order mark) and the scan below reads bytes
+///   as UTF-8, where a UTF-16 unit such as `22 01` (U+0122) would look like a quote. Every such document holds a zero
+///   byte (its ASCII characters are padded with them) and UTF-8 JSON never does (a NUL inside a string is escaped).
 ///
 /// A scan, not a parser: it assumes the bytes are JSON that the decoder will then check, and never fails on bytes
 /// that are not.
-public enum RepeatedJSONMembers {
-    /// The first member name repeated within one object of `json`, or nil.
-    public static func first(in json: [UInt8]) -> String? {
-        json.withUnsafeBufferPointer { first(in: $0) }
+public enum AmbiguousJSON {
+    /// Why `json` must be refused, in one line, or nil.
+    public static func reason(in json: [UInt8]) -> String? {
+        json.withUnsafeBytes { reason(in: $0) }
     }
 
     /// The same for bytes the caller holds (a `Data`'s, without a copy).
-    public static func first(in json: UnsafeRawBufferPointer) -> String? {
-        first(in: json.bindMemory(to: UInt8.self))
+    public static func reason(in json: UnsafeRawBufferPointer) -> String? {
+        let bytes = json.bindMemory(to: UInt8.self)
+        if bytes.contains(0) {
+            return "JSON that is not UTF-8 (UTF-16 and UTF-32 are refused)"
+        }
+        return firstRepeatedName(in: bytes).map {
+            "the member \(String(reflecting: $0)) appears twice in one JSON object (readers would disagree on its value)"
+        }
     }
 
-    /// The refusal, one line whatever the name holds.
-    public static func message(_ name: String) -> String {
-        "the member \(String(reflecting: name)) appears twice in one JSON object (readers would disagree on its value)"
+    /// The first member name repeated within one object of `json`, or nil.
+    static func firstRepeatedName(in json: [UInt8]) -> String? {
+        json.withUnsafeBufferPointer { firstRepeatedName(in: $0) }
     }
 
-    private static func first(in bytes: UnsafeBufferPointer<UInt8>) -> String? {
+    private static func firstRepeatedName(in bytes: UnsafeBufferPointer<UInt8>) -> String? {
         // One entry per open container: the names seen so far in an object, nil for an array.
         var open: [Set<String>?] = []
         var expectingName = false
