@@ -175,6 +175,9 @@ public final class Registry: Sendable {
                 for suffix in ["", "-wal", "-shm"] { unlink(staging + suffix) }
                 throw error
             }
+            // A log beside no database is another database's (one deleted without it): SQLite would replay its pages
+            // into the new one, as it does not check whose a log is.
+            for suffix in ["-wal", "-shm"] { unlink("\(home)/\(databaseName)\(suffix)") }
             guard rename(staging, "\(home)/\(databaseName)") == 0 else {
                 throw .io(path: "\(home)/\(databaseName)", reason: String(cString: strerror(errno)))
             }

@@ -49,6 +49,41 @@ struct AccessTests {
         #expect(refused.count == 5)
     }
 
+    /// The write-ahead log stays between commands, so the frames that carried a session's key copy must go when the
+    /// copy does: at its last use, on revocation and when it has expired.
+    @Test func aSessionsKeyCopyLeavesTheDatabaseAndItsLogWhenTheSessionEnds() async throws {
+        let alice = try person("alice")
+        let bob = try person("bob")
+        let f = try await populated(alice, bob)
+        let t0 = Date(timeIntervalSince1970: 2_000_000_000)
+        let prod = try ModelReference(parsing: "m/risk@prod")
+        func keyCopy(_ id: String) throws -> Data {
+            try #require(
+                try DatabaseQueue(path: "\(f.home)/registry.sqlite").read { db in
+                    try Data.fetchOne(db, sql: "SELECT wrapped_key FROM sessions WHERE id = ?", arguments: [id])
+                }
+            )
+        }
+        func expectGone(_ copy: Data, _ how: String) {
+            for name in ["registry.sqlite", "registry.sqlite-wal"] {
+                guard let file = FileManager.default.contents(atPath: "\(f.home)/\(name)") else { continue }
+                #expect(file.range(of: copy) == nil, "a session's key copy survives in \(name) after \(how)")
+            }
+        }
+        let used = try await f.registry.openSession(prod, identity: bob, ttl: 600, maxUses: 1, now: t0)
+        let usedCopy = try keyCopy(used.info.id)
+        _ = try await InferenceSession(registry: f.registry, token: used.token, now: t0)
+        expectGone(usedCopy, "its last use")
+        let revoked = try await f.registry.openSession(prod, identity: bob, ttl: 600, now: t0)
+        let revokedCopy = try keyCopy(revoked.info.id)
+        try await f.registry.revokeSession(id: revoked.info.id, identity: bob)
+        expectGone(revokedCopy, "its revocation")
+        let expiring = try await f.registry.openSession(prod, identity: bob, ttl: 60, now: t0)
+        let expiringCopy = try keyCopy(expiring.info.id)
+        _ = try await f.registry.openSession(prod, identity: bob, ttl: 60, now: t0.addingTimeInterval(120))  // drops expired keys
+        expectGone(expiringCopy, "its expiry")
+    }
+
     @Test(arguments: MetadataBackend.available) func sessionsDecryptOnlyWhileValidAndEveryRefusalIsAudited(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
         let bob = try person("bob")

@@ -78,6 +78,26 @@ struct PushPullTests {
         #expect(f.blobDigests().count == blobsBefore)
     }
 
+    /// The write-ahead log stays between commands; a database deleted without it leaves a log that SQLite would replay
+    /// into any new database of that name. `init` removes it.
+    @Test func initIgnoresALogLeftBesideNoDatabase() async throws {
+        let f = try await RegistryFixture(.sqlite)
+        let alice = try person("alice")
+        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
+        _ = try await f.registry.push(PushRequest(model: "m", paths: [try f.makeModel("model", ["w.bin": bytes(1000)])]), publisher: alice)
+        let log = "\(f.home)/registry.sqlite-wal"
+        #expect((try FileManager.default.attributesOfItem(atPath: log)[.size] as? Int ?? 0) > 0, "the push is in the log")
+        for name in ["registry.sqlite", "registry.key", "registry.pub"] { try FileManager.default.removeItem(atPath: "\(f.home)/\(name)") }
+        let fresh = try await Registry.create(
+            at: f.home,
+            passphrase: passphrase("registry passphrase"),
+            kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+            memory: ClientMemory(directory: f.path("other-client"))
+        )
+        #expect(try await fresh.fsck().problems.isEmpty)
+        await #expect(throws: CofferRegistryError.unknownModel("m")) { _ = try await fresh.verify(try ModelReference(parsing: "m")) }
+    }
+
     @Test(arguments: MetadataBackend.available) func existingVersionAndBadInputsAreRefusedAndNothingIsStored(on backend: MetadataBackend) async throws
     {
         let f = try await RegistryFixture(backend)

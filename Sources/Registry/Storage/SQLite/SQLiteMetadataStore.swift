@@ -96,17 +96,32 @@ final class SQLiteMetadataStore: MetadataStore {
 
     func commit(_ work: UnitOfWork) async throws(CofferRegistryError) {
         let destroysKeys = work.changes.contains(where: Self.destroysKeys)
-        try await write { db in
+        let droppedSessionKeys = try await write { db in
             if let end = work.ledgerEnd {
                 let current = try Int64.fetchOne(db.cachedStatement(sql: "SELECT max(seq) FROM ledger")) ?? 0
                 guard current == end else { throw CofferRegistryError.ledgerMoved }
             }
             for record in work.records { try record.insert(db) }
-            for change in work.changes { try Self.apply(change, db: db) }
+            var droppedSessionKeys = false
+            for change in work.changes {
+                try Self.apply(change, db: db)
+                switch change {
+                case .revokeSession, .dropExpiredSessionKeys: droppedSessionKeys = droppedSessionKeys || db.changesCount > 0
+                default: break
+                }
+            }
             try Self.append(work.audit, db: db)
+            return droppedSessionKeys
         }
-        // Deleted keys must not linger in the write-ahead log either (secure_delete already overwrites the pages).
-        if destroysKeys { try await checkpointAndTruncateLog() }
+        // Deleted keys must not linger in the write-ahead log either (secure_delete already overwrites the pages): the
+        // log stays between commands, so the frames that carried them would. Session keys dropped at their expiry, on
+        // revocation or at their last use are truncated away when no reader holds an older snapshot (a server busy
+        // with reads can hold one), else by the next truncation; the commit stands either way.
+        if destroysKeys {
+            try await checkpointAndTruncateLog()
+        } else if droppedSessionKeys {
+            try? await checkpointAndTruncateLog()
+        }
     }
 
     /// Changes that delete wrapped keys or session key copies for good: erasure, rekey, key rotation, a recipient,
@@ -709,16 +724,18 @@ final class SQLiteMetadataStore: MetadataStore {
     }
 
     func takeSessionUses(id: String, count: Int) async throws(CofferRegistryError) -> Bool {
-        try await write { db in
+        let (taken, exhausted) = try await write { db in
             try db.cachedStatement(
                 sql: "UPDATE sessions SET uses = uses + ?2 WHERE id = ?1 AND revoked_at IS NULL AND (max_uses IS NULL OR uses + ?2 <= max_uses)"
             ).execute(arguments: [id, count])
-            guard db.changesCount == 1 else { return false }
+            guard db.changesCount == 1 else { return (false, false) }
             // The last use destroys the key copy: an exhausted session opens nothing, even from a copy of the database.
             try db.cachedStatement(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ? AND max_uses IS NOT NULL AND uses >= max_uses")
                 .execute(arguments: [id])
-            return true
+            return (true, db.changesCount == 1)
         }
+        if exhausted { try? await checkpointAndTruncateLog() }  // as in `commit`: the use stands either way
+        return taken
     }
 
     func takeRateToken(session: String, rate: Double, burst: Int, now: Double) async throws(CofferRegistryError) -> Double? {
