@@ -291,6 +291,38 @@ struct GovernanceTests {
 }
 
 extension GovernanceTests {
+    /// Another process's read transaction holds a snapshot, which blocks the truncation of the log after an erasure:
+    /// the erasure stands, and the next open of the registry truncates the log.
+    @Test func anErasureALongReadKeepsInTheLogIsTruncatedAwayAtTheNextOpen() async throws {
+        let alice = try person("alice")
+        let (f, admin, dir) = try await owned(alice)
+        _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        let database = "\(f.home)/registry.sqlite"
+        let stanzas = try await DatabaseQueue(path: database).read { db in
+            try Data.fetchAll(db, sql: "SELECT stanza FROM wrapped_keys WHERE version_id = 1")
+        }
+        func filesHoldingAStanza() -> [String] {
+            ["registry.sqlite", "registry.sqlite-wal"].filter { name in
+                let file = FileManager.default.contents(atPath: "\(f.home)/\(name)") ?? Data()
+                return stanzas.contains { file.range(of: $0) != nil }
+            }
+        }
+        var holding = Configuration()
+        holding.allowsUnsafeTransactions = true
+        let reader = try DatabaseQueue(path: database, configuration: holding)
+        try reader.inDatabase { db in
+            try db.execute(sql: "BEGIN")
+            _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM versions")
+        }
+        let impatient = try await f.reopen(busyTimeout: 0.2)
+        await #expect(try impatient.erase(model: "m", version: "1", by: admin) == ["m:1"])
+        #expect(filesHoldingAStanza() == ["registry.sqlite-wal"], "the reader's snapshot kept the log's frames")
+        try reader.inDatabase { db in try db.execute(sql: "COMMIT") }
+        _ = try await f.reopen()
+        #expect(filesHoldingAStanza().isEmpty)
+        await expectRefusal("was erased") { _ = try await f.registry.verify(try ModelReference(parsing: "m:1")) }
+    }
+
     @Test(arguments: MetadataBackend.available) func rekeyLocksOutAKeptDataKeyAndEveryoneElseStillPulls(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
         let bob = try person("bob")

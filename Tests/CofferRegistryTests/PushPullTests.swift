@@ -101,6 +101,32 @@ struct PushPullTests {
         await #expect(throws: CofferRegistryError.unknownModel("m")) { _ = try await fresh.verify(try ModelReference(parsing: "m")) }
     }
 
+    /// `init` makes the 256 fan-out folders of the blob directory, so that no push makes one (a pusher that found a
+    /// folder another had just made could commit before the folder's own entry was durable). A store made without
+    /// them gets all of them at its first push.
+    @Test func theBlobFanOutFoldersAreMadeAllAtOnce() async throws {
+        let f = try await RegistryFixture(.sqlite)
+        let home = f.path("embedded")
+        let registry = try await Registry.create(
+            at: home,
+            passphrase: passphrase("registry passphrase"),
+            kdf: KDFParameters(opsLimit: 1, memLimit: 8192),
+            memory: ClientMemory(directory: f.path("embedded-client"))
+        )
+        let base = "\(home)/blobs/sha256"
+        let all = (0...255).map { String(format: "%02x", $0) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: base).sorted() == all)
+        for name in all { try FileManager.default.removeItem(atPath: "\(base)/\(name)") }
+        let alice = try person("alice")
+        let key = Array(try Data(contentsOf: URL(fileURLWithPath: "\(home)/registry.key")))
+        let registrySigner = Signer(UnlockedIdentity(try Identity.decrypt(keyFile: key, passphrase: passphrase("registry passphrase"))))
+        try await registry.trust(alice.publicIdentity, by: registrySigner)
+        _ = try await registry.push(PushRequest(model: "m", paths: [try f.makeModel("model", ["w.bin": bytes(1000)])]), publisher: alice)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: base).sorted() == all)
+        _ = try await registry.pull(try ModelReference(parsing: "m"), identity: alice, into: f.path("out"))
+        #expect(try await registry.fsck().problems.isEmpty)
+    }
+
     @Test(arguments: MetadataBackend.available) func existingVersionAndBadInputsAreRefusedAndNothingIsStored(on backend: MetadataBackend) async throws
     {
         let f = try await RegistryFixture(backend)

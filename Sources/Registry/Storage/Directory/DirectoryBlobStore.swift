@@ -18,10 +18,23 @@ public struct DirectoryBlobStore: BlobStore {
 
     public init(root: String) { self.root = root }
 
-    /// Creates the folders a new store needs.
+    /// Creates the folders a new store needs, the 256 fan-out folders among them, so that no pusher makes one: a
+    /// pusher that found a folder another had just made could commit a blob whose folder's own entry was not yet durable.
     static func create(at root: String) throws(CofferRegistryError) {
         try Directories.make("\(root)/tmp")
         try Directories.make("\(root)/blobs/sha256")
+        try makeFanOut(in: "\(root)/blobs/sha256")
+    }
+
+    /// Makes the fan-out folders `00` to `ff` that `base` lacks, then syncs `base`.
+    private static func makeFanOut(in base: String) throws(CofferRegistryError) {
+        for byte in 0...255 {
+            let folder = "\(base)/\(String(format: "%02x", byte))"
+            guard mkdir(folder, 0o700) == 0 || errno == EEXIST else {
+                throw .io(path: folder, reason: "cannot create directory: \(String(cString: strerror(errno)))")
+            }
+        }
+        Directories.sync(base)
     }
 
     func path(of digest: String) -> String { "\(root)/blobs/sha256/\(digest.prefix(2))/\(digest)" }
@@ -50,14 +63,15 @@ public struct DirectoryBlobStore: BlobStore {
     private func place(_ temporary: String, digest: String) throws(CofferRegistryError) {
         let destination = path(of: digest)
         let directory = String(destination[..<destination.lastIndex(of: "/")!])
-        // A fan-out directory made now is itself an entry of blobs/sha256/, which must be synced too (at most 256 times).
-        let madeNow = access(directory, F_OK) != 0
-        do throws(CofferRegistryError) {
-            try Directories.make(directory)
-        } catch {
-            // A full disk can refuse the fan-out directory after the blob itself was written: nothing stays in tmp/.
-            unlink(temporary)
-            throw error
+        if access(directory, F_OK) != 0 {
+            // A store created before `create` made the fan-out folders: all of them now, once.
+            do throws(CofferRegistryError) {
+                try Self.makeFanOut(in: String(directory[..<directory.lastIndex(of: "/")!]))
+            } catch {
+                // A full disk can refuse a folder after the blob itself was written: nothing stays in tmp/.
+                unlink(temporary)
+                throw error
+            }
         }
         guard rename(temporary, destination) == 0 else {
             let reason = String(cString: strerror(errno))
@@ -65,7 +79,6 @@ public struct DirectoryBlobStore: BlobStore {
             throw .io(path: destination, reason: reason)
         }
         Directories.sync(directory)
-        if madeNow { Directories.sync(String(directory[..<directory.lastIndex(of: "/")!])) }
     }
 
     public func size(of digest: String) async throws(CofferRegistryError) -> Int? {

@@ -14,10 +14,14 @@ import Synchronization
 final class SQLiteMetadataStore: MetadataStore {
     let writer: any DatabaseWriter
     let name: String
+    let busyTimeout: Double
+    /// A truncation of the log failed since the last that succeeded: the next commit tries again, without waiting.
+    let truncationOwed = Atomic<Bool>(false)
 
     /// Opens (creating if needed) the database at `path`; `nil` for an in-memory database (tests).
     init(path: String?, busyTimeout: Double = 5) throws(CofferRegistryError) {
         name = "SQLite database \(path ?? ":memory:")"
+        self.busyTimeout = busyTimeout
         var configuration = Configuration()
         configuration.busyMode = .timeout(busyTimeout)
         // GRDB 7 opens write transactions with BEGIN IMMEDIATE by itself.
@@ -45,6 +49,11 @@ final class SQLiteMetadataStore: MetadataStore {
             try Self.migrator.migrate(writer)
         } catch {
             throw Self.translate(error)
+        }
+        // A truncation a reader blocked (`truncateLogIfOwed`), tried again without waiting for readers, so that a
+        // command run beside a busy server is not slowed.
+        if let pool = writer as? DatabasePool {
+            try? pool.writeWithoutTransaction { db in try Self.truncateLogIfOwed(db, waitingFor: 0) }
         }
     }
 
@@ -81,6 +90,37 @@ final class SQLiteMetadataStore: MetadataStore {
         do { try await pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) } } catch { throw Self.translate(error) }
     }
 
+    /// The `registry_meta` key a commit that deleted keys sets (a count), in its own transaction, and a truncation of
+    /// the log removes: while it is there, frames of the log may still carry the deleted keys.
+    static let truncationOwedKey = "log_truncation_owed"
+
+    /// Truncates the log if a commit that deleted keys marked it so. A reader that holds an older snapshot (a server's,
+    /// another command's) blocks the truncation: the deletion stands, and the mark makes the next open or commit try
+    /// again. Only the commit that deleted keys waits for readers (the busy timeout), as its own write did.
+    func truncateLogIfOwed(waiting: Bool) async throws(CofferRegistryError) {
+        guard let pool = writer as? DatabasePool else { return }
+        let busyTimeout = busyTimeout
+        do {
+            try await pool.writeWithoutTransaction { db in try Self.truncateLogIfOwed(db, waitingFor: waiting ? busyTimeout : 0) }
+            truncationOwed.store(false, ordering: .relaxed)
+        } catch {
+            truncationOwed.store(true, ordering: .relaxed)
+            throw Self.translate(error)
+        }
+    }
+
+    /// The truncation on `db`, the writer connection outside a transaction. A mark a newer commit set meanwhile (another
+    /// process's) stays: its value changed.
+    static func truncateLogIfOwed(_ db: Database, waitingFor timeout: Double) throws {
+        let sql = "SELECT value FROM registry_meta WHERE key = ?"
+        guard let mark = try String.fetchOne(db.cachedStatement(sql: sql), arguments: [truncationOwedKey]) else { return }
+        let configured = db.configuration.busyMode
+        sqlite3_busy_timeout(db.sqliteConnection, Int32(timeout * 1000))
+        defer { if case .timeout(let seconds) = configured { sqlite3_busy_timeout(db.sqliteConnection, Int32(seconds * 1000)) } }
+        _ = try db.checkpoint(.truncate)
+        try db.execute(sql: "DELETE FROM registry_meta WHERE key = ? AND value = ?", arguments: [truncationOwedKey, mark])
+    }
+
     /// Maps SQLite's errors to the registry's: a busy database, a registry error thrown inside a transaction, the rest.
     static func translate(_ error: any Error) -> CofferRegistryError {
         if let registryError = error as? CofferRegistryError { return registryError }
@@ -95,33 +135,37 @@ final class SQLiteMetadataStore: MetadataStore {
     // MARK: - Writing
 
     func commit(_ work: UnitOfWork) async throws(CofferRegistryError) {
-        let destroysKeys = work.changes.contains(where: Self.destroysKeys)
-        let droppedSessionKeys = try await write { db in
+        let deletedKeys = try await write { db in
             if let end = work.ledgerEnd {
                 let current = try Int64.fetchOne(db.cachedStatement(sql: "SELECT max(seq) FROM ledger")) ?? 0
                 guard current == end else { throw CofferRegistryError.ledgerMoved }
             }
             for record in work.records { try record.insert(db) }
-            var droppedSessionKeys = false
+            var deletedKeys = false
             for change in work.changes {
                 try Self.apply(change, db: db)
                 switch change {
-                case .revokeSession, .dropExpiredSessionKeys: droppedSessionKeys = droppedSessionKeys || db.changesCount > 0
-                default: break
+                case .revokeSession, .dropExpiredSessionKeys: deletedKeys = deletedKeys || db.changesCount > 0
+                default: deletedKeys = deletedKeys || Self.destroysKeys(change)
                 }
             }
             try Self.append(work.audit, db: db)
-            return droppedSessionKeys
+            if deletedKeys { try Self.oweTruncation(db) }
+            return deletedKeys
         }
         // Deleted keys must not linger in the write-ahead log either (secure_delete already overwrites the pages): the
-        // log stays between commands, so the frames that carried them would. Session keys dropped at their expiry, on
-        // revocation or at their last use are truncated away when no reader holds an older snapshot (a server busy
-        // with reads can hold one), else by the next truncation; the commit stands either way.
-        if destroysKeys {
-            try await checkpointAndTruncateLog()
-        } else if droppedSessionKeys {
-            try? await checkpointAndTruncateLog()
-        }
+        // log stays between commands, so the frames that carried them would.
+        if deletedKeys || truncationOwed.load(ordering: .relaxed) { try? await truncateLogIfOwed(waiting: deletedKeys) }
+    }
+
+    /// Marks, inside the transaction that deletes keys, that the log must be truncated (`truncateLogIfOwed`).
+    static func oweTruncation(_ db: Database) throws {
+        try db.cachedStatement(
+            sql: """
+                INSERT INTO registry_meta (key, value) VALUES (?1, '1')
+                ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1
+                """
+        ).execute(arguments: [Self.truncationOwedKey])
     }
 
     /// Changes that delete wrapped keys or session key copies for good: erasure, rekey, key rotation, a recipient,
@@ -732,9 +776,11 @@ final class SQLiteMetadataStore: MetadataStore {
             // The last use destroys the key copy: an exhausted session opens nothing, even from a copy of the database.
             try db.cachedStatement(sql: "UPDATE sessions SET wrapped_key = NULL WHERE id = ? AND max_uses IS NOT NULL AND uses >= max_uses")
                 .execute(arguments: [id])
-            return (true, db.changesCount == 1)
+            let exhausted = db.changesCount == 1
+            if exhausted { try Self.oweTruncation(db) }
+            return (true, exhausted)
         }
-        if exhausted { try? await checkpointAndTruncateLog() }  // as in `commit`: the use stands either way
+        if exhausted { try? await truncateLogIfOwed(waiting: true) }  // as in `commit`
         return taken
     }
 
