@@ -101,6 +101,53 @@ struct PushPullTests {
         await #expect(throws: CofferRegistryError.unknownModel("m")) { _ = try await fresh.verify(try ModelReference(parsing: "m")) }
     }
 
+    /// A pull into a directory that does not exist yet appears by one rename of a staging folder made beside it; into
+    /// an existing directory, file by file. Either way a failure leaves nothing, and no staging folder stays. A folder
+    /// `model.sig/` in a version (an older Coffer pushed one) keeps the bundle out rather than failing the pull.
+    @Test func placeMakesANewDirectoryAtOnceAndFillsAnExistingOne() throws {
+        let f = try FileManager.default.url(
+            for: .itemReplacementDirectory,
+            in: .userDomainMask,
+            appropriateFor: URL(fileURLWithPath: "/tmp"),
+            create: true
+        ).path
+        defer { try? FileManager.default.removeItem(atPath: f) }
+        func file(_ path: String) -> ModelStatement.File {
+            .init(path: path, size: path.utf8.count, plaintextSHA256: "", sealedSHA256: "", sealedSize: 0)
+        }
+        func writing(failingAt failing: String? = nil) -> (ModelStatement.File, AtomicOutputFile, Int) throws(CofferRegistryError) -> Void {
+            { (file: ModelStatement.File, output: AtomicOutputFile, _: Int) throws(CofferRegistryError) in
+                if file.path == failing { throw .tampered("\(file.path) failed its check") }
+                do { try Array(file.path.utf8).withUnsafeBytes { try output.write($0) } } catch {
+                    throw .io(path: file.path, reason: "\(error)")
+                }
+            }
+        }
+        func tree(_ path: String) -> [String] { ((try? FileManager.default.subpathsOfDirectory(atPath: path)) ?? []).sorted() }
+        let bundle = Data("{}".utf8)
+        let files = [file("a.bin"), file("deep/er/b.bin")]
+
+        #expect(try Registry.place(files, into: "\(f)/new/out", modelSignature: bundle, write: writing()) == 18)
+        #expect(tree("\(f)/new") == ["out", "out/a.bin", "out/deep", "out/deep/er", "out/deep/er/b.bin", "out/model.sig"])
+        #expect(FileManager.default.contents(atPath: "\(f)/new/out/deep/er/b.bin") == Data("deep/er/b.bin".utf8))
+        #expect(throws: CofferRegistryError.self) {
+            try Registry.place(files, into: "\(f)/failed", modelSignature: bundle, write: writing(failingAt: "deep/er/b.bin"))
+        }
+        #expect(tree(f) == tree(f).filter { $0.hasPrefix("new") }, "nothing of the failed pull, not even its staging folder")
+
+        try FileManager.default.createDirectory(atPath: "\(f)/kept", withIntermediateDirectories: false)
+        try Data("mine".utf8).write(to: URL(fileURLWithPath: "\(f)/kept/notes.txt"))
+        #expect(throws: CofferRegistryError.self) {
+            try Registry.place(files, into: "\(f)/kept", modelSignature: bundle, write: writing(failingAt: "deep/er/b.bin"))
+        }
+        #expect(tree("\(f)/kept") == ["notes.txt"])
+        _ = try Registry.place(files + [file("model.sig/c.bin")], into: "\(f)/kept", modelSignature: bundle, write: writing())
+        #expect(tree("\(f)/kept") == ["a.bin", "deep", "deep/er", "deep/er/b.bin", "model.sig", "model.sig/c.bin", "notes.txt"])
+        #expect(throws: CofferRegistryError.destinationExists("\(f)/kept/a.bin")) {
+            try Registry.place(files, into: "\(f)/kept", modelSignature: nil, write: writing())
+        }
+    }
+
     /// `init` makes the 256 fan-out folders of the blob directory, so that no push makes one (a pusher that found a
     /// folder another had just made could commit before the folder's own entry was durable). A store made without
     /// them gets all of them at its first push.

@@ -300,13 +300,15 @@ struct SecurityFindingsTests {
     @Test(arguments: [
         ("line\nforged: yes", "has a control character"), ("tab\there", "has a control character"),
         (String(repeating: "n", count: 201), "longer than 200 bytes"), ("model.sig", "the name pull gives the model-signing bundle"),
+        ("model.sig/w.bin", "the name pull gives the model-signing bundle"),
     ])
     func finding16_fileNamesThatCannotRoundTripAreRefused(name: String, expected: String) async throws {
         let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         let dir = f.path("named")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: "\(dir)/\(name)"))
+        let file = "\(dir)/\(name)"
+        try FileManager.default.createDirectory(atPath: (file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: file))
         let refused = await refusal { _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
         #expect(refused.contains(expected), "\(refused)")
         #expect(f.blobDigests().isEmpty)

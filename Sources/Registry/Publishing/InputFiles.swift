@@ -47,8 +47,8 @@ struct InputFile: Sendable, Equatable {
         for file in files {
             try validate(relativePath: file.path)
             guard seen.insert(Array(file.path.precomposedStringWithCanonicalMapping.utf8)).inserted else { throw .duplicatePath(file.path) }
-            if file.path == Registry.modelSignatureName {
-                throw .invalidPath(file.path, reason: "is the name pull gives the model-signing bundle: rename the file")
+            if file.path == Registry.modelSignatureName || file.path.hasPrefix(Registry.modelSignatureName + "/") {
+                throw .invalidPath(file.path, reason: "is under the name pull gives the model-signing bundle (model.sig): rename it")
             }
         }
         return files.sorted { $0.path < $1.path }

@@ -93,19 +93,29 @@ extension Registry {
 
 extension Registry {
     /// Writes `files` into `directory` all or nothing: each is produced by `write` (which decrypts and verifies it)
-    /// into a staging folder inside `directory`, and only when every one passed are they renamed into place, with
-    /// the model-signing bundle beside them as `model.sig`. Returns the plaintext bytes written.
+    /// into a staging folder, and only when every one passed do they take their places, with the model-signing bundle
+    /// beside them as `model.sig`. Returns the plaintext bytes written.
+    ///
+    /// Into a directory that does not exist yet, the staging folder is made beside it and becomes it by one rename: a
+    /// crash leaves the whole version there or none of it. Into an existing directory the files are renamed one by
+    /// one: a failure removes those already placed, but a crash in the middle of the renames can leave some.
     static func place(
         _ files: [ModelStatement.File],
         into directory: String,
         modelSignature: Data?,
         write: (ModelStatement.File, AtomicOutputFile, Int) throws(CofferRegistryError) -> Void
     ) throws(CofferRegistryError) -> Int {
-        try Directories.make(directory)
-        for file in files where access("\(directory)/\(file.path)", F_OK) == 0 {
-            throw .destinationExists("\(directory)/\(file.path)")
+        let isNew = access(directory, F_OK) != 0
+        let parent = isNew ? Directories.parent(of: directory) : directory
+        if isNew {
+            try Directories.makeDurably(parent)
+        } else {
+            try Directories.make(directory)  // refuses a file of that name
+            for file in files where access("\(directory)/\(file.path)", F_OK) == 0 {
+                throw .destinationExists("\(directory)/\(file.path)")
+            }
         }
-        let staging = "\(directory)/.coffer-pull-\(UUID().uuidString)"
+        let staging = "\(parent)/.coffer-pull-\(UUID().uuidString)"
         try Directories.make(staging)
         defer { try? FileManager.default.removeItem(atPath: staging) }
 
@@ -113,18 +123,19 @@ extension Registry {
         var staged = files.map(\.path)
         for file in files {
             let target = "\(staging)/\(file.path)"
-            try Directories.make((target as NSString).deletingLastPathComponent)
+            try Directories.make(Directories.parent(of: target))
             let output: AtomicOutputFile
             // Durable: a file that appears in `directory` is on the disk whole, whatever happens to the machine after.
             do { output = try AtomicOutputFile(destination: target, mode: 0o600, durable: true) } catch { throw .crypto(error) }
             try write(file, output, done)
-            // The staging folder's own entries need no sync: the files leave it, and their destinations are synced.
+            // Entries of the staging folder are synced below if it becomes `directory`, else never: the files leave it.
             do { try output.commit(syncingDirectory: false) } catch { throw .crypto(error) }
             done += file.size
         }
-        // The OpenSSF model-signing bundle beside the files, unless the model has a file of that name itself (it
-        // replaces the bundle of an earlier pull into the same directory).
-        if let bundle = modelSignature, !files.contains(where: { $0.path == modelSignatureName }) {
+        // The OpenSSF model-signing bundle beside the files, unless the model has a file or folder of that name itself
+        // (it replaces the bundle of an earlier pull into the same directory).
+        let signatureTaken = files.contains { $0.path == modelSignatureName || $0.path.hasPrefix(modelSignatureName + "/") }
+        if let bundle = modelSignature, !signatureTaken {
             do throws(CofferCryptoError) {
                 try FileBytes.write(Array(bundle), to: "\(staging)/\(modelSignatureName)", mode: 0o644, syncingDirectory: false)
             } catch {
@@ -132,12 +143,23 @@ extension Registry {
             }
             staged.append(modelSignatureName)
         }
-        // Everything verified: move the files into place.
+        // Everything verified: the files take their places.
+        if isNew {
+            var folders: Set<String> = [staging]
+            for path in staged {
+                var folder = Directories.parent(of: "\(staging)/\(path)")
+                while folder != staging, folders.insert(folder).inserted { folder = Directories.parent(of: folder) }
+            }
+            for folder in folders { Directories.sync(folder) }
+            guard rename(staging, directory) == 0 else { throw .io(path: directory, reason: String(cString: strerror(errno))) }
+            Directories.sync(parent)
+            return done
+        }
         var placed: [String] = []
         for path in staged {
             let destination = "\(directory)/\(path)"
             do {
-                try Directories.make((destination as NSString).deletingLastPathComponent)
+                try Directories.makeDurably(Directories.parent(of: destination))
                 guard rename("\(staging)/\(path)", destination) == 0 else {
                     throw CofferRegistryError.io(path: destination, reason: String(cString: strerror(errno)))
                 }
@@ -148,7 +170,7 @@ extension Registry {
             }
         }
         // The renames themselves reach the disk with their directories: one sync per folder.
-        for folder in Set(placed.map { ($0 as NSString).deletingLastPathComponent }) { Directories.sync(folder) }
+        for folder in Set(placed.map(Directories.parent(of:))) { Directories.sync(folder) }
         return done
     }
 }

@@ -240,6 +240,25 @@ enum Directories {
         }
     }
 
+    /// Makes `path` and the folders above it that are missing, and syncs the folder above each one made, so that
+    /// its entry survives a crash.
+    static func makeDurably(_ path: String) throws(CofferRegistryError) {
+        var missing: [String] = []
+        var folder = path
+        while access(folder, F_OK) != 0, folder != parent(of: folder) {
+            missing.append(folder)
+            folder = parent(of: folder)
+        }
+        try make(path)
+        for folder in missing.reversed() { sync(parent(of: folder)) }
+    }
+
+    /// The folder holding `path`: `.` for a bare name, `/` for a top-level one.
+    static func parent(of path: String) -> String {
+        let parent = (path as NSString).deletingLastPathComponent
+        return parent.isEmpty ? "." : parent
+    }
+
     static func sync(_ path: String) {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         if fd >= 0 {
