@@ -158,7 +158,18 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ],
             path: "Sources/coffer",
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings,
+            // What a release binary (static Swift runtime) costs before main, measured with perf: the loader applied
+            // 156,000 relative relocations from a 3.7 MB table, and the runtime's startup `dladdr` scanned 57,000
+            // exported symbols. lld packs the relocations (DT_RELR, glibc 2.36 or later) and nothing needs the
+            // executable's own symbols exported (nothing loads a plugin into it; a backtrace reads the file).
+            // `coffer --version` 14.7 -> 12.6 ms, a 1 MiB push 80 -> 75 ms, pull unchanged (medians of 21 alternated runs).
+            linkerSettings: [
+                .unsafeFlags(
+                    ["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic"],
+                    .when(configuration: .release)
+                )
+            ]
         ),
         // What the test suites share: the backends a test run puts its registries on, and running a program to its end.
         .target(name: "CofferTestSupport", dependencies: ["CofferCrypto"], path: "Tests/Support", swiftSettings: swiftSettings),
