@@ -5,7 +5,8 @@ import Testing
 struct SealedFileTests {
     static let chunk = Fixtures.chunk
 
-    @Test(arguments: [0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk, 5 * chunk + 17])
+    // 256 chunks of 4 KiB fill a batch (1 MiB): one batch holds up to 257, the last of them final.
+    @Test(arguments: [0, 1, chunk - 1, chunk, chunk + 1, 3 * chunk, 5 * chunk + 17, 256 * chunk, 257 * chunk, 257 * chunk + 1])
     func roundTripAtChunkBoundaries(size: Int) throws {
         let alice = try Identity.generate(name: "alice")
         let plaintext = testBytes(size)

@@ -39,10 +39,15 @@ struct ChunkPipeline {
     var outputStride: Int { direction == .seal ? chunkSize + ChunkCipher.tagLength : chunkSize }
 
     /// Chunks per batch: at least two per core, and about 1 MiB of plaintext; fewer when the input is known to be small.
+    ///
+    /// A batch has one slot more than the chunks its input fills, since a batch that reads its last chunk without
+    /// reaching the end cannot know that chunk is final; so a known input is one batch up to `full` chunks inclusive.
+    /// At `full` (a model of exactly 1 MiB), two batches took the threaded pipeline: a push cost 77 ms of CPU where
+    /// 1,040,000 bytes cost 66 (medians of 20, same run).
     func batchChunks(remaining: Int?) -> Int {
         let full = max(2 * ProcessInfoCores.count, (1 << 20) / chunkSize)
         guard let remaining else { return full }
-        return max(1, min(full, remaining / inputStride + 1))
+        return max(1, min(full + 1, remaining / inputStride + 1))
     }
 
     func run(source: any ByteSource, sink: any ByteSink) throws(CofferCryptoError) -> Result {
