@@ -72,11 +72,16 @@ struct InputFile: Sendable, Equatable {
     }
 
     private static func kind(of path: String) throws(CofferRegistryError) -> FileAttributeType {
-        // attributesOfItem uses lstat: a symbolic link is reported as one, not followed.
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path), let type = attributes[.type] as? FileAttributeType else {
-            throw .io(path: path, reason: "No such file or directory")
+        // lstat: a symbolic link is reported as one, not followed. (FileManager's attributes would also look up the
+        // owner's and group's names, reading /etc/passwd and /etc/group for every file.)
+        var status = stat()
+        guard lstat(path, &status) == 0 else { throw .io(path: path, reason: String(cString: strerror(errno))) }
+        switch status.st_mode & S_IFMT {
+        case S_IFREG: return .typeRegular
+        case S_IFDIR: return .typeDirectory
+        case S_IFLNK: return .typeSymbolicLink
+        default: return .typeUnknown
         }
-        return type
     }
 
     /// A stored path: relative, `/`-separated, no empty, `.` or `..` segment, no backslash, no control character
