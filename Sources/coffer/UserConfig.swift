@@ -98,7 +98,7 @@ enum UserConfig {
     /// The settings in `text`, the config file at `path`.
     static func parse(_ text: String, path: String) throws(CLIError) -> [Key: String] {
         var settings: [Key: String] = [:]
-        let directory = (path as NSString).deletingLastPathComponent
+        let directory = FileBytes.parentDirectory(of: path)
         // Any line ending (a file written on Windows ends lines with CR LF, one Character in Swift), and no BOM.
         let body = text.hasPrefix("\u{FEFF}") ? String(text.dropFirst()) : text
         for (index, rawLine) in body.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).enumerated() {

@@ -4,6 +4,15 @@ import Testing
 @testable import CofferCrypto
 
 struct FileIOTests {
+    /// Foundation's `deletingLastPathComponent` traps on `o`, `.` and `o/` (Swift 6.3.1 on Linux): `coffer pull --out o`
+    /// crashed once the pull asked for the parent of its output directory.
+    @Test(arguments: [
+        ("o", "."), (".", "."), ("o/", "."), ("./o", "."), ("a/b", "a"), ("a//b/", "a"), ("/tmp/o", "/tmp"), ("/o", "/"), ("/", "/"),
+    ])
+    func parentDirectory(path: String, parent: String) {
+        #expect(FileBytes.parentDirectory(of: path) == parent)
+    }
+
     /// A durable file goes to the disk in O_DIRECT blocks plus a buffered tail; on a file system that refuses
     /// O_DIRECT it falls back to ordinary writes. Either way the bytes are exactly the ones written, in pieces of
     /// any size, and nothing is at the destination before commit.

@@ -324,7 +324,7 @@ enum AgentCleanup {
 
     static func register(socketPath: String) {
         socket = strdup(socketPath)
-        let parent = (socketPath as NSString).deletingLastPathComponent
+        let parent = FileBytes.parentDirectory(of: socketPath)
         // Only a directory the agent made for itself is removed with it.
         if (parent as NSString).lastPathComponent.hasPrefix("coffer-agent.") { directory = strdup(parent) }
         for signal in [SIGTERM, SIGINT, SIGHUP] {

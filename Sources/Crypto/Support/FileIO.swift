@@ -338,6 +338,17 @@ public enum FileBytes {
         }
     }
 
+    /// The directory holding `path`: `.` for a bare name, `/` for a top-level one. Coffer never calls Foundation's
+    /// `deletingLastPathComponent`, which traps on some paths without a slash (`o`, `.`, `o/`; Swift 6.3.1 on Linux).
+    public static func parentDirectory(of path: String) -> String {
+        var path = Substring(path)
+        while path.count > 1, path.hasSuffix("/") { path = path.dropLast() }
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        var parent = path[..<slash]
+        while parent.hasSuffix("/") { parent = parent.dropLast() }
+        return parent.isEmpty ? "/" : String(parent)
+    }
+
     /// Creates `path` and any missing parents with mode 0700; a directory that already exists is left as it is.
     ///
     /// Each new directory gets its mode in the `mkdir` (0700 less the umask, never more) and then exactly 0700 by

@@ -95,7 +95,7 @@ public struct ClientMemory: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         do {
-            try FileBytes.makePrivateDirectory((path as NSString).deletingLastPathComponent)
+            try FileBytes.makePrivateDirectory(FileBytes.parentDirectory(of: path))
             try FileBytes.write(Array(try encoder.encode(value)), to: path, mode: 0o600, overwrite: true)
         } catch let error as CofferCryptoError {
             throw .io(path: path, reason: "cannot remember the registry's state: \(error)")

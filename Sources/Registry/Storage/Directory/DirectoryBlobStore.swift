@@ -253,11 +253,7 @@ enum Directories {
         for folder in missing.reversed() { sync(parent(of: folder)) }
     }
 
-    /// The folder holding `path`: `.` for a bare name, `/` for a top-level one.
-    static func parent(of path: String) -> String {
-        let parent = (path as NSString).deletingLastPathComponent
-        return parent.isEmpty ? "." : parent
-    }
+    static func parent(of path: String) -> String { FileBytes.parentDirectory(of: path) }
 
     static func sync(_ path: String) {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
