@@ -1,9 +1,36 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import CofferCrypto
 
 struct FileIOTests {
+    /// What offloaded work holds is released by the time its caller resumes: a temporary file a failed push held
+    /// (deleted when released) outlived the process once, which exited right after the error, when the thread that
+    /// ran the work released it late.
+    @Test func offloadedWorkReleasesWhatItHeldBeforeItsCallerResumes() async throws {
+        // Busy threads on every core, as in CI under load, so that the work's thread is preempted as soon as it wakes
+        // its caller.
+        let spinning = Mutex(true)
+        let spinners = (0..<(2 * ProcessInfoCores.count)).map { _ in
+            Thread { while spinning.withLock({ $0 }) {} }
+        }
+        for spinner in spinners { spinner.start() }
+        defer { spinning.withLock { $0 = false } }
+        for round in 0..<200 {
+            let directory = FileManager.default.temporaryDirectory.path
+            let held = HeldFile(try AtomicOutputFile(destination: "\(directory)/offload-\(UUID().uuidString)", durable: false))
+            let path = held.path
+            await #expect(throws: CofferCryptoError.self) {
+                try await Offload.run { () throws(CofferCryptoError) -> Int in
+                    let file = held.take()  // the work's reference is now the only one
+                    throw .io(path: file?.destination ?? path, reason: "failed")
+                }
+            }
+            #expect(access(path, F_OK) != 0, "round \(round): the temporary file is still there")
+        }
+    }
+
     /// Foundation's `deletingLastPathComponent` traps on `o`, `.` and `o/` (Swift 6.3.1 on Linux): `coffer pull --out o`
     /// crashed once the pull asked for the parent of its output directory.
     @Test(arguments: [
@@ -36,5 +63,19 @@ struct FileIOTests {
             try file.commit()
             #expect(Array(try Data(contentsOf: URL(fileURLWithPath: destination))) == bytes, "\(size) bytes in \(directory)")
         }
+    }
+}
+
+/// Hands a temporary file to offloaded work, which takes the only reference.
+private final class HeldFile: @unchecked Sendable {
+    private var file: AtomicOutputFile?
+    let path: String
+    init(_ file: AtomicOutputFile) {
+        self.file = file
+        path = file.temporaryPath
+    }
+    func take() -> AtomicOutputFile? {
+        defer { file = nil }
+        return file
     }
 }
