@@ -133,7 +133,7 @@ def main():
               "--versions", "10000" if quick else "100000", *(["--no-4g"] if quick else []), "--json-out", transfers_json]),
             ("training", "DP-SGD against numpy", [py, f"{HERE}/training_bench.py", "--coffer", c, "--rows", "10000" if quick else "60000",
                                                   "--batch-sizes", "128,256" if quick else "64,128,256,512,1024", "--json-out", training_json]),
-            ("accountant", "RDP and PLD against dp_accounting", [f"{HERE}/accountant"]),
+            ("accountant", "RDP and PLD against dp_accounting", [f"{HERE}/accountant", c]),
             ("session", "inference session against unseal; audit verify", [py, f"{HERE}/session_bench.py", "--coffer", c]
              + (["--width", "1500", "--rounds", "2", "--entries", "50000"] if quick else [])),
             ("server", "coffer serve on loopback", [py, f"{HERE}/server_bench.py", "--coffer", c] + (["--size-mib", "32", "--clients", "4"] if quick else [])),
