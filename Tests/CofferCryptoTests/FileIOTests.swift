@@ -35,6 +35,7 @@ struct FileIOTests {
     /// crashed once the pull asked for the parent of its output directory.
     @Test(arguments: [
         ("o", "."), (".", "."), ("o/", "."), ("./o", "."), ("a/b", "a"), ("a//b/", "a"), ("/tmp/o", "/tmp"), ("/o", "/"), ("/", "/"),
+        ("x/\u{301}y", "x"),
     ])
     func parentDirectory(path: String, parent: String) {
         #expect(FileBytes.parentDirectory(of: path) == parent)

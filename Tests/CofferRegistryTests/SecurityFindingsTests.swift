@@ -300,14 +300,14 @@ struct SecurityFindingsTests {
     @Test(arguments: [
         ("line\nforged: yes", "has a control character"), ("tab\there", "has a control character"),
         (String(repeating: "n", count: 201), "longer than 200 bytes"), ("model.sig", "the name pull gives the model-signing bundle"),
-        ("model.sig/w.bin", "the name pull gives the model-signing bundle"),
+        ("model.sig/w.bin", "the name pull gives the model-signing bundle"), ("x/\u{301}y", "starts with a combining mark"),
     ])
     func finding16_fileNamesThatCannotRoundTripAreRefused(name: String, expected: String) async throws {
         let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")
         let dir = f.path("named")
         let file = "\(dir)/\(name)"
-        try FileManager.default.createDirectory(atPath: (file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: FileBytes.parentDirectory(of: file), withIntermediateDirectories: true)
         try Data([1, 2, 3]).write(to: URL(fileURLWithPath: file))
         let refused = await refusal { _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice) }
         #expect(refused.contains(expected), "\(refused)")

@@ -341,12 +341,14 @@ public enum FileBytes {
     /// The directory holding `path`: `.` for a bare name, `/` for a top-level one. Coffer never calls Foundation's
     /// `deletingLastPathComponent`, which traps on some paths without a slash (`o`, `.`, `o/`; Swift 6.3.1 on Linux).
     public static func parentDirectory(of path: String) -> String {
-        var path = Substring(path)
-        while path.count > 1, path.hasSuffix("/") { path = path.dropLast() }
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        var parent = path[..<slash]
-        while parent.hasSuffix("/") { parent = parent.dropLast() }
-        return parent.isEmpty ? "/" : String(parent)
+        // Bytes, not Characters: a slash followed by a combining mark is one Character, which a search for "/" misses.
+        let slash = UInt8(ascii: "/")
+        var path = Array(path.utf8)[...]
+        while path.count > 1, path.last == slash { path = path.dropLast() }
+        guard let index = path.lastIndex(of: slash) else { return "." }
+        var parent = path[..<index]
+        while parent.last == slash { parent = parent.dropLast() }
+        return parent.isEmpty ? "/" : String(decoding: parent, as: UTF8.self)
     }
 
     /// Creates `path` and any missing parents with mode 0700; a directory that already exists is left as it is.

@@ -96,6 +96,11 @@ struct InputFile: Sendable, Equatable {
         guard !path.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F || (0x80...0x9F).contains($0.value) }) else {
             throw .invalidPath(path.debugDescription, reason: "has a control character in its name")
         }
+        // A name that starts with a combining mark joins the slash before it into one Character, which path
+        // operations on Characters do not see as a separator.
+        guard segments.count == path.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).count else {
+            throw .invalidPath(path, reason: "has a name that starts with a combining mark")
+        }
         guard segments.allSatisfy({ $0.utf8.count <= 200 }) else {
             throw .invalidPath(path, reason: "has a name longer than 200 bytes (it could not be pulled back)")
         }

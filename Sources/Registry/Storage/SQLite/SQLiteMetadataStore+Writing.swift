@@ -9,7 +9,7 @@ extension SQLiteMetadataStore {
     // MARK: - Writing
 
     func commit(_ work: UnitOfWork) async throws(CofferRegistryError) {
-        let deletedKeys = try await write { db in
+        let (deletedKeys, owed) = try await write { db in
             if let end = work.ledgerEnd {
                 let current = try Int64.fetchOne(db.cachedStatement(sql: "SELECT max(seq) FROM ledger")) ?? 0
                 guard current == end else { throw CofferRegistryError.ledgerMoved }
@@ -25,21 +25,27 @@ extension SQLiteMetadataStore {
             }
             try Self.append(work.audit, db: db)
             if deletedKeys { try Self.oweTruncation(db) }
-            return deletedKeys
+            let owed = try Bool.fetchOne(
+                db.cachedStatement(sql: "SELECT EXISTS (SELECT 1 FROM registry_meta WHERE key = ?)"),
+                arguments: [Self.truncationOwedKey]
+            )
+            return (deletedKeys, owed ?? false)
         }
         // Deleted keys must not linger in the write-ahead log either (secure_delete already overwrites the pages): the
-        // log stays between commands, so the frames that carried them would.
-        if deletedKeys || truncationOwed.load(ordering: .relaxed) { try? await truncateLogIfOwed(waiting: deletedKeys) }
+        // log stays between commands, so the frames that carried them would. A truncation owed by an earlier commit
+        // (of any process) is retried too.
+        if deletedKeys {
+            try? await truncateLogIfOwed(waiting: true)
+        } else if owed, truncationRetryIsDue {
+            try? await truncateLogIfOwed(waiting: false)
+        }
     }
 
-    /// Marks, inside the transaction that deletes keys, that the log must be truncated (`truncateLogIfOwed`).
+    /// Marks, inside the transaction that deletes keys, that the log must be truncated (`truncateLogIfOwed`). The value
+    /// is new each time, so that a truncation which read an older mark never removes this one.
     static func oweTruncation(_ db: Database) throws {
-        try db.cachedStatement(
-            sql: """
-                INSERT INTO registry_meta (key, value) VALUES (?1, '1')
-                ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1
-                """
-        ).execute(arguments: [Self.truncationOwedKey])
+        try db.cachedStatement(sql: "INSERT OR REPLACE INTO registry_meta (key, value) VALUES (?, lower(hex(randomblob(16))))")
+            .execute(arguments: [Self.truncationOwedKey])
     }
 
     /// Changes that delete wrapped keys or session key copies for good: erasure, rekey, key rotation, a recipient,

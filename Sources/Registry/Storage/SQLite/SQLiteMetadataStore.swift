@@ -15,8 +15,8 @@ final class SQLiteMetadataStore: MetadataStore {
     let writer: any DatabaseWriter
     let name: String
     let busyTimeout: Double
-    /// A truncation of the log failed since the last that succeeded: the next commit tries again, without waiting.
-    let truncationOwed = Atomic<Bool>(false)
+    /// When this process last failed to carry out an owed truncation (`truncateLogIfOwed`); `nil` since one succeeded.
+    let lastFailedTruncation = Mutex<ContinuousClock.Instant?>(nil)
 
     /// Opens (creating if needed) the database at `path`; `nil` for an in-memory database (tests).
     init(path: String?, busyTimeout: Double = 5) throws(CofferRegistryError) {
@@ -53,7 +53,9 @@ final class SQLiteMetadataStore: MetadataStore {
         // A truncation a reader blocked (`truncateLogIfOwed`), tried again without waiting for readers, so that a
         // command run beside a busy server is not slowed.
         if let pool = writer as? DatabasePool {
-            try? pool.writeWithoutTransaction { db in try Self.truncateLogIfOwed(db, waitingFor: 0) }
+            do { try pool.writeWithoutTransaction { db in try Self.truncateLogIfOwed(db, waitingFor: 0) } } catch {
+                lastFailedTruncation.withLock { $0 = .now }
+            }
         }
     }
 
@@ -90,34 +92,45 @@ final class SQLiteMetadataStore: MetadataStore {
         do { try await pool.writeWithoutTransaction { db in _ = try db.checkpoint(.truncate) } } catch { throw Self.translate(error) }
     }
 
-    /// The `registry_meta` key a commit that deleted keys sets (a count), in its own transaction, and a truncation of
-    /// the log removes: while it is there, frames of the log may still carry the deleted keys.
+    /// The `registry_meta` key a commit that deleted keys sets, in its own transaction, to a fresh random value; a
+    /// truncation of the log removes it: while it is there, frames of the log may still carry the deleted keys.
     static let truncationOwedKey = "log_truncation_owed"
 
+    /// How long a process waits after a failed retry before its commits try again: an attempt that readers block
+    /// still copies the log into the database and syncs both before it gives up.
+    static let truncationRetryInterval: Duration = .seconds(10)
+
     /// Truncates the log if a commit that deleted keys marked it so. A reader that holds an older snapshot (a server's,
-    /// another command's) blocks the truncation: the deletion stands, and the mark makes the next open or commit try
-    /// again. Only the commit that deleted keys waits for readers (the busy timeout), as its own write did.
+    /// another command's) blocks the truncation: the deletion stands, and the mark makes the next open, and commits
+    /// (at most every `truncationRetryInterval`), try again. Only the commit that deleted keys waits for readers (the
+    /// busy timeout), as its own write did.
     func truncateLogIfOwed(waiting: Bool) async throws(CofferRegistryError) {
         guard let pool = writer as? DatabasePool else { return }
         let busyTimeout = busyTimeout
         do {
             try await pool.writeWithoutTransaction { db in try Self.truncateLogIfOwed(db, waitingFor: waiting ? busyTimeout : 0) }
-            truncationOwed.store(false, ordering: .relaxed)
+            lastFailedTruncation.withLock { $0 = nil }
         } catch {
-            truncationOwed.store(true, ordering: .relaxed)
+            lastFailedTruncation.withLock { $0 = .now }
             throw Self.translate(error)
         }
     }
 
-    /// The truncation on `db`, the writer connection outside a transaction. A mark a newer commit set meanwhile (another
-    /// process's) stays: its value changed.
+    /// Whether a commit that found the mark should try the truncation now.
+    var truncationRetryIsDue: Bool {
+        lastFailedTruncation.withLock { last in last.map { $0.duration(to: .now) >= Self.truncationRetryInterval } ?? true }
+    }
+
+    /// The truncation on `db`, the writer connection outside a transaction. A mark another process set meanwhile stays:
+    /// its value is new.
     static func truncateLogIfOwed(_ db: Database, waitingFor timeout: Double) throws {
         let sql = "SELECT value FROM registry_meta WHERE key = ?"
         guard let mark = try String.fetchOne(db.cachedStatement(sql: sql), arguments: [truncationOwedKey]) else { return }
         let configured = db.configuration.busyMode
         sqlite3_busy_timeout(db.sqliteConnection, Int32(timeout * 1000))
-        defer { if case .timeout(let seconds) = configured { sqlite3_busy_timeout(db.sqliteConnection, Int32(seconds * 1000)) } }
-        _ = try db.checkpoint(.truncate)
+        let checkpointed = Result { try db.checkpoint(.truncate) }
+        if case .timeout(let seconds) = configured { sqlite3_busy_timeout(db.sqliteConnection, Int32(seconds * 1000)) }
+        _ = try checkpointed.get()
         try db.execute(sql: "DELETE FROM registry_meta WHERE key = ? AND value = ?", arguments: [truncationOwedKey, mark])
     }
 
