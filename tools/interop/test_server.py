@@ -338,20 +338,21 @@ def test_push_over_http_resumes_after_the_client_is_killed(tmp_path):
         assert sorted(os.listdir(tmp_path / "pulled")) == ["config.json", "model.sig", "weights.bin"], "the ciphertext streamed: no scratch"
         assert json.loads(coffer("fsck", "--json", "--home", home).stdout)["clean"]
 
-        # The server dies mid-download: the client says which download failed, in one line, and places nothing.
+        # The server dies mid-download: the client says which download failed, in one line, and places nothing. The
+        # pull stages into a hidden folder beside its new output directory, which appears only when everything passed.
         pull = subprocess.Popen([COFFER, "pull", "big/model@prod", "--registry", f"http://127.0.0.1:{port}", "--token", token,
                                  "--trust", tmp_path / "alice.pub", "--identity", tmp_path / "alice.key", "--out", tmp_path / "cut"],
                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 120
         while time.time() < deadline and pull.poll() is None:
-            if any(p.stat().st_size >= 16 << 20 for p in (tmp_path / "cut").rglob("*") if p.is_file()):
+            if any(p.stat().st_size >= 16 << 20 for p in tmp_path.glob(".coffer-pull-*/**/*") if p.is_file()):
                 server.kill()
                 break
             time.sleep(0.002)
         _, stderr = pull.communicate(timeout=120)
         assert server.poll() is not None, "the server was killed mid-download"
         assert pull.returncode == 1 and stderr.count(b"\n") == 1 and b"/v1/blobs/" in stderr and b"tampered" not in stderr, stderr
-        assert os.listdir(tmp_path / "cut") == [], "nothing of the version is left"
+        assert not (tmp_path / "cut").exists() and not list(tmp_path.glob(".coffer-pull-*")), "nothing of the version is left"
     finally:
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)
