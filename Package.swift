@@ -189,7 +189,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CofferTrainingTests",
-            dependencies: ["CofferTraining"],
+            dependencies: ["CofferTraining", "CofferTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -214,7 +214,7 @@ let package = Package(
         .testTarget(
             name: "CofferFederatedTests",
             dependencies: [
-                "CofferFederated", "CofferCrypto", "CofferTraining",
+                "CofferFederated", "CofferCrypto", "CofferTraining", "CofferTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: swiftSettings

@@ -3,6 +3,7 @@ import Foundation
 import Testing
 
 /// Principals, grants, sessions, `infer` and the audit log through the built binary.
+@Suite(.ownThread)
 struct AccessCommandTests {
     private func coffer(_ args: [String], _ dir: Scratch) throws -> CofferProcess.Output {
         try CofferProcess.run(args + ["--home", dir.path("home")], in: dir.url)

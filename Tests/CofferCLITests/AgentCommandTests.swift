@@ -8,6 +8,7 @@ import Glibc
 
 /// `coffer agent` driven through the built binary: real agent processes on real sockets, commands that use them
 /// with no passphrase anywhere, and clients the agent must refuse.
+@Suite(.ownThread)
 struct AgentCommandTests {
     // MARK: - Starting, permissions, stopping
 

@@ -5,6 +5,7 @@ import Testing
 /// A command declared `ParsableCommand` whose `run()` is `async` never runs: swift-argument-parser calls the
 /// synchronous default, which prints the help and exits 0, so `coffer session revoke ID` once "succeeded" without
 /// revoking anything. Every command with an async `run()` must be an `AsyncParsableCommand`.
+@Suite(.ownThread)
 struct CommandDeclarationTests {
     @Test func everyCommandWithAnAsyncRunIsAnAsyncParsableCommand() throws {
         let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../Sources/coffer").standardized

@@ -3,6 +3,7 @@ import Foundation
 import Testing
 
 /// `coffer fl serve` and several `coffer fl join` as real processes on loopback.
+@Suite(.ownThread)
 struct FederatedCommandTests {
     /// A `coffer` process left running in `directory`, with the test passphrase.
     static func background(_ args: [String], in directory: URL, environment extra: [String: String] = [:]) throws -> BackgroundCoffer {

@@ -3,6 +3,7 @@ import Foundation
 import Testing
 
 /// Budgets, policies, rotation, recipients and erasure through the built binary, in a registry owned by alice.
+@Suite(.ownThread)
 struct GovernanceCommandTests {
     private func coffer(_ args: [String], _ dir: Scratch) throws -> CofferProcess.Output {
         try CofferProcess.run(args + ["--home", dir.path("home")], in: dir.url)

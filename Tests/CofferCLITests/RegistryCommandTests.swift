@@ -4,6 +4,7 @@ import Foundation
 import Testing
 
 /// The registry commands driven through the built binary, each test with its own registry directory.
+@Suite(.ownThread)
 struct RegistryCommandTests {
     /// A registry in `dir/home`, an identity `keys/alice`, and a model directory `model/`.
     private func setUp() throws -> Scratch {

@@ -3,6 +3,7 @@ import Foundation
 import Testing
 
 /// `coffer keygen`, `seal` and `unseal` driven as a user would, through the built binary.
+@Suite(.ownThread)
 struct SealCommandTests {
     @Test func keygenWritesThreeFilesWithPrivateKeyMode0600() throws {
         let dir = try Scratch()

@@ -4,6 +4,7 @@ import Testing
 
 /// `coffer serve`'s address checks through the built binary (issue 15, finding 17: `localhost` was accepted while
 /// `[::1]` was refused).
+@Suite(.ownThread)
 struct ServeCommandTests {
     @Test func loopbackAddressesAreAcceptedInEveryFormAndOthersNeedTLS() throws {
         let dir = try Scratch()

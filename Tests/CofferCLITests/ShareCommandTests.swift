@@ -3,6 +3,7 @@ import Foundation
 import Testing
 
 /// `share` and `unshare` through the built binary: the user stories of issue 20, as the user sees them.
+@Suite(.ownThread)
 struct ShareCommandTests {
     private func coffer(_ args: [String], _ dir: Scratch) throws -> CofferProcess.Output {
         try CofferProcess.run(args + ["--home", dir.path("home")], in: dir.url)

@@ -3,6 +3,7 @@ import Foundation
 import Testing
 
 /// `coffer train`, `predict` and `privacy` through the built binary, on small data written by the test.
+@Suite(.ownThread)
 struct TrainCommandTests {
     private func recipe(_ dir: Scratch, _ overrides: [String: Any] = [:]) throws {
         var rows = ["a,b,label,value,flag"]

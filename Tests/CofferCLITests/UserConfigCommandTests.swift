@@ -4,6 +4,7 @@ import Testing
 
 /// A day without `--identity` and `--home` on every command: `COFFER_IDENTITY` and the others, and the user's config
 /// file under `$XDG_CONFIG_HOME/coffer/config.toml`, each below its flag.
+@Suite(.ownThread)
 struct UserConfigCommandTests {
     /// A registry in `dir/home` with `keys/alice` as its owner, `keys/bob` as another identity, a model in `model/`,
     /// and an environment whose config directory is `dir/config` (nothing of the real user's is read).

@@ -1,3 +1,4 @@
+import CofferTestSupport
 import CofferTraining
 import Foundation
 import Testing
@@ -73,6 +74,7 @@ extension Identity {
     }
 }
 
+@Suite(.ownThread)
 struct FederationTests {
     static func configuration(rounds: Int = 1, _ edit: (inout FederationConfiguration) -> Void = { _ in }) -> FederationConfiguration {
         var c = FederationConfiguration()

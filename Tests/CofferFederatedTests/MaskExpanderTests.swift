@@ -1,8 +1,10 @@
 import CofferCrypto
+import CofferTestSupport
 import Testing
 
 @testable import CofferFederated
 
+@Suite(.ownThread)
 struct MaskExpanderTests {
     /// The one-pass form must give exactly what one mask at a time gives: the format defines each mask, not the loop.
     @Test(arguments: [1, 7, 1024, 1025, 8 * 1024 + 3, 101_000])

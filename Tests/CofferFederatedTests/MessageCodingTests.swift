@@ -1,3 +1,4 @@
+import CofferTestSupport
 import Foundation
 import Testing
 
@@ -7,6 +8,7 @@ import Testing
 /// (``LargeStrings``): the bytes must be exactly what JSONEncoder writes, so that what is signed and what any JSON reader
 /// parses are unchanged, and what is read must be what JSONDecoder reads, for any input. A binary body carries them
 /// after its head (docs/FORMAT.md, "Binary bodies"), and its references must tile that data exactly.
+@Suite(.ownThread)
 struct MessageCodingTests {
     struct Sample: Codable {
         var name: String

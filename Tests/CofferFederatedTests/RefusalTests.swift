@@ -1,3 +1,4 @@
+import CofferTestSupport
 import CofferTraining
 import Foundation
 import Testing
@@ -7,6 +8,7 @@ import Testing
 
 /// Bad input, each refused with one line: sites with other recipes or features, strangers, forgeries, stale, replayed,
 /// out-of-stage and malformed messages.
+@Suite(.ownThread)
 struct RefusalTests {
     static func configuration() -> FederationConfiguration {
         var c = FederationConfiguration()

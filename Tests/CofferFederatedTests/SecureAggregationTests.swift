@@ -1,9 +1,11 @@
 import CofferCrypto
+import CofferTestSupport
 import Foundation
 import Testing
 
 @testable import CofferFederated
 
+@Suite(.ownThread)
 struct SecureAggregationTests {
     // MARK: - Shamir
 

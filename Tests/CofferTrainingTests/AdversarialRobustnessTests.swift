@@ -1,9 +1,11 @@
+import CofferTestSupport
 import Foundation
 import Testing
 
 @testable import CofferTraining
 
 /// FGSM and PGD on models whose worst case is known.
+@Suite(.ownThread)
 struct AdversarialRobustnessTests {
     /// The input gradient agrees with central finite differences of the task's loss.
     @Test func inputGradientsMatchFiniteDifferences() throws {

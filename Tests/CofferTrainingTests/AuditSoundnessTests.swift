@@ -1,3 +1,4 @@
+import CofferTestSupport
 import Foundation
 import Testing
 
@@ -7,6 +8,7 @@ import Testing
 ///
 /// The runs are small (1000 rows of 4 features, trunk [16], q = 0.05, 200 steps, 300 canaries: about 0.3 s each in a debug build)
 /// so that many seeds fit in a few seconds.
+@Suite(.ownThread)
 struct AuditSoundnessTests {
     static let steps = 200
     static let sampleRate = 0.05

@@ -1,7 +1,9 @@
+import CofferTestSupport
 import Testing
 
 @testable import CofferTraining
 
+@Suite(.ownThread)
 struct CSVTableTests {
     @Test func parsesQuotedHeadersCRLFAndBlankTail() throws {
         let table = try CSVTable(text: "\"a\", b ,c\r\n1,2.5,-3e2\r\n 4 ,\"5\",6\n\n", source: "t.csv")

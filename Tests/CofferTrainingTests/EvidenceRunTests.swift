@@ -1,9 +1,11 @@
+import CofferTestSupport
 import Foundation
 import Testing
 
 @testable import CofferTraining
 
 /// The evidence as `coffer train` collects it: every part in one run, refusals before training, and the JSON shape.
+@Suite(.ownThread)
 struct EvidenceRunTests {
     /// One DP run with every part of the evidence, shared by the tests below (about 3 s in a debug build).
     static let everything: Result<TrainedModel, any Error> = Result {

@@ -1,7 +1,9 @@
+import CofferTestSupport
 import Testing
 
 @testable import CofferTraining
 
+@Suite(.ownThread)
 struct GradientTests {
     static let architecture = Architecture(
         inputs: 3,

@@ -1,8 +1,10 @@
+import CofferTestSupport
 import Testing
 
 @testable import CofferTraining
 
 /// The Swift SIMD kernels compute what OpenBLAS computes, on sizes with and without an 8-lane tail.
+@Suite(.ownThread)
 struct MatrixKernelTests {
     @Test(arguments: [(3, 5, 7), (16, 8, 24), (9, 17, 33), (1, 1, 1)])
     func simdAgreesWithBLAS(m: Int, n: Int, k: Int) {

@@ -1,9 +1,11 @@
+import CofferTestSupport
 import Foundation
 import Testing
 
 @testable import CofferTraining
 
 /// The membership attacks on losses whose distributions, and so whose AUC and TPR, are known.
+@Suite(.ownThread)
 struct MembershipInferenceTests {
     static func uniform(_ count: Int, from low: Float, to high: Float, seed: UInt64) -> [Float] {
         var generator = SeededGenerator(seed: seed)

@@ -1,9 +1,11 @@
+import CofferTestSupport
 import Foundation
 import Testing
 
 @testable import CofferTraining
 
 /// The one-run audit's estimator on cases whose answers are known.
+@Suite(.ownThread)
 struct OneRunAuditTests {
     static func logistic(_ x: Double) -> Double { 1 / (1 + exp(-x)) }
 

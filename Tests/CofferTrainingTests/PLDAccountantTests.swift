@@ -1,9 +1,10 @@
+import CofferTestSupport
 import Foundation
 import Testing
 
 @testable import CofferTraining
 
-@Suite struct PLDAccountantTests {
+@Suite(.ownThread) struct PLDAccountantTests {
     static let reference = PrivacySegment(sampleRate: 256.0 / 60_000, noiseMultiplier: 1.1, steps: 14_062)
 
     @Test func referenceIsTighterThanRDPAndMatchesDPAccounting() throws {
@@ -84,6 +85,7 @@ import Testing
 }
 
 /// `target_epsilon` is calibrated against PLD, the accountant whose ε a version reports.
+@Suite(.ownThread)
 struct PLDCalibrationTests {
     @Test func theReportedEpsilonIsWithinOnePercentBelowTheTarget() throws {
         let (q, steps, delta) = (0.1, 50, 1e-5)

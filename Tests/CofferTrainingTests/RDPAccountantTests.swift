@@ -1,7 +1,9 @@
+import CofferTestSupport
 import Testing
 
 @testable import CofferTraining
 
+@Suite(.ownThread)
 struct RDPAccountantTests {
     /// The reference: MNIST-style DP-SGD, q = 256/60000, sigma = 1.1, 14062 steps, delta = 1e-5.
     @Test func referenceEpsilon() {

@@ -1,7 +1,9 @@
+import CofferTestSupport
 import Testing
 
 @testable import CofferTraining
 
+@Suite(.ownThread)
 struct SafetensorsTests {
     private func sample() throws -> [UInt8] {
         try Safetensors.encode(

@@ -1,8 +1,10 @@
+import CofferTestSupport
 import Foundation
 import Testing
 
 @testable import CofferTraining
 
+@Suite(.ownThread)
 struct TrainerTests {
     /// Synthetic multi-task data: the class, the bit and the value are simple functions of the features.
     static func synthetic(count: Int, seed: UInt64) -> Dataset {
@@ -102,6 +104,7 @@ struct TrainerTests {
     }
 }
 
+@Suite(.ownThread)
 struct UncertaintyWeightingTests {
     /// The log-variances' per-example gradients are part of each example's clipped norm.
     @Test func normsIncludeTheLogVarianceGradients() throws {
