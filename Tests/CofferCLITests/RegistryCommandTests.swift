@@ -142,6 +142,54 @@ struct RegistryCommandTests {
         #expect(fsck.stdoutText.contains("is corrupt"))
     }
 
+    /// A pull stopped (Ctrl-C, SIGTERM) after one file was decrypted and while the next was read: none of the model's
+    /// plaintext stays, in a new output directory or in one that existed.
+    @Test(.enabled(if: TestBackends.blobsInDirectory, "needs the blob as a file the test can swap for a FIFO"))
+    func anInterruptedPullLeavesNoDecryptedFile() throws {
+        let dir = try setUp()
+        #expect(try coffer(["push", "m", "model", "--identity", "keys/alice.key"], dir).status == 0)
+        #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
+        let shown = try JSONSerialization.jsonObject(with: try coffer(["show", "m", "--json"], dir).stdout) as? [String: Any]
+        let files = try #require(shown?["files"] as? [[String: Any]])
+        #expect(files.compactMap { $0["path"] as? String } == ["model.safetensors", "tokenizer/vocab.json"], "the order of the pull")
+        // The second file's blob becomes a FIFO: the pull decrypts the first into its staging folder, then waits on it.
+        let blob = TestBackends.blobFile(try #require(files.last?["sealed_sha256"] as? String), home: dir.path("home"))
+        let sealed = try Data(contentsOf: URL(fileURLWithPath: blob))
+        #expect(unlink(blob) == 0 && mkfifo(blob, 0o600) == 0)
+        try FileManager.default.createDirectory(atPath: dir.path("existing"), withIntermediateDirectories: true)
+        for (output, stagedIn) in [("new", "."), ("existing", "existing")] {
+            let pull = try BackgroundCoffer(
+                ["pull", "m", "--identity", "keys/alice.key", "--out", output, "--home", dir.path("home")],
+                in: dir.url,
+                environment: CofferProcess.environment(in: dir.url)
+            )
+            // Opened for writing once the pull has opened it for reading (without O_NONBLOCK, open would wait forever
+            // for a pull that failed first); half of the blob, so that the pull waits for the rest.
+            var writer: Int32 = -1
+            let opening = Date() + 60
+            while writer < 0, pull.status == nil, Date() < opening {
+                writer = open(blob, O_WRONLY | O_NONBLOCK)
+                if writer < 0 { usleep(10_000) }
+            }
+            try #require(writer >= 0, "the pull never opened the blob: \(pull.finish(within: 0).stderr)")
+            defer { close(writer) }
+            let half = Array(sealed.prefix(sealed.count / 2))
+            #expect(write(writer, half, half.count) == half.count)
+            let staging = dir.url.appendingPathComponent(stagedIn)
+            func staged() -> [String] {
+                ((try? FileManager.default.contentsOfDirectory(atPath: staging.path)) ?? []).filter { $0.hasPrefix(".coffer-pull-") }
+            }
+            let deadline = Date() + 60
+            while Date() < deadline, !staged().contains(where: { dir.exists("\(stagedIn)/\($0)/model.safetensors") }) { usleep(10_000) }
+            #expect(staged().contains { dir.exists("\(stagedIn)/\($0)/model.safetensors") }, "the first file was decrypted: \(pull.stderrSoFar)")
+            let ended = pull.terminate()
+            #expect(ended.status == 128 + SIGTERM, "\(ended.stderr)")
+            #expect(staged().isEmpty, "the staging folder went with the decrypted file in it")
+            #expect(!dir.exists("new"))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path("existing")).isEmpty)
+        }
+    }
+
     @Test func concurrentPushesFromTwoProcessesGetDistinctVersions() throws {
         let dir = try setUp()
         let pushes = try (0..<2).map { _ in try startPush(dir) }

@@ -1,3 +1,4 @@
+import CLinux
 import CofferCrypto
 import Foundation
 import GRDB
@@ -145,6 +146,49 @@ struct PushPullTests {
         #expect(tree("\(f)/kept") == ["a.bin", "deep", "deep/er", "deep/er/b.bin", "model.sig", "model.sig/c.bin", "notes.txt"])
         #expect(throws: CofferRegistryError.destinationExists("\(f)/kept/a.bin")) {
             try Registry.place(files, into: "\(f)/kept", modelSignature: nil, write: writing())
+        }
+    }
+
+    /// What an interrupted pull's signal handler removes its staging folder with (``TemporaryFiles``): everything in
+    /// it, folders with more entries than one read returns, never what a symbolic link points to.
+    @Test func theSignalSafeTreeRemovalTakesAllAndFollowsNoLink() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-tree-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let manager = FileManager.default
+        try manager.createDirectory(atPath: "\(root)/outside", withIntermediateDirectories: true)
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: "\(root)/outside/kept"))
+        let tree = "\(root)/staging"
+        try manager.createDirectory(atPath: "\(tree)/many", withIntermediateDirectories: true)
+        for i in 0..<300 { try Data([UInt8(i & 0xff)]).write(to: URL(fileURLWithPath: "\(tree)/many/file-with-a-longer-name-\(i)")) }
+        var deep = tree
+        for level in 0..<31 { deep += "/\(level)" }
+        try manager.createDirectory(atPath: deep, withIntermediateDirectories: true)
+        try Data("deep".utf8).write(to: URL(fileURLWithPath: "\(deep)/f"))
+        try manager.createSymbolicLink(atPath: "\(tree)/link", withDestinationPath: "\(root)/outside")
+        try manager.createSymbolicLink(atPath: "\(deep)/link", withDestinationPath: "\(root)/outside")
+        #expect(coffer_remove_tree(tree) == 0)
+        #expect(!manager.fileExists(atPath: tree))
+        #expect(try manager.contentsOfDirectory(atPath: "\(root)/outside") == ["kept"])
+        #expect(coffer_remove_tree(tree) == 0, "a tree already gone is no error")
+        // A single file, and a chain deeper than the walk goes (33 levels below the top): that chain is left, and said
+        // so, and everything beside it at every level goes, at once (the walk does not go down the chain again and again).
+        try Data("one".utf8).write(to: URL(fileURLWithPath: tree))
+        #expect(coffer_remove_tree(tree) == 0 && !manager.fileExists(atPath: tree))
+        var deeper = tree
+        for level in 0..<34 {
+            deeper += "/\(level)"
+            guard level < 30 else { continue }  // each one two folders deep: within the walk's 32 levels
+            try manager.createDirectory(atPath: "\(deeper)-beside/more", withIntermediateDirectories: true)
+            try Data("beside".utf8).write(to: URL(fileURLWithPath: "\(deeper)-beside/more/f"))
+        }
+        try manager.createDirectory(atPath: deeper, withIntermediateDirectories: true)
+        let started = Date()
+        #expect(coffer_remove_tree(tree) != 0)
+        #expect(Date().timeIntervalSince(started) < 5, "at most a few passes per folder")
+        var chain = tree
+        for level in 0..<34 {
+            #expect(try manager.contentsOfDirectory(atPath: chain) == ["\(level)"], "level \(level)")
+            chain += "/\(level)"
         }
     }
 

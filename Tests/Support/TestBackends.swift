@@ -25,6 +25,9 @@ public enum TestBackends {
     /// Whether this run's registries keep their metadata in SQLite (`registry.sqlite` in the home directory).
     public static var metadataInSQLite: Bool { environment["COFFER_TEST_METADATA_URL"] == nil }
 
+    /// Whether this run's registries keep their blobs in a directory (`blobs/` in the home directory).
+    public static var blobsInDirectory: Bool { environment["COFFER_TEST_BLOBS_URL"] == nil }
+
     /// `coffer` arguments with this run's backends added to an `init` that chooses none.
     public static func initArguments(_ arguments: [String]) -> [String] {
         guard arguments.first == "init" else { return arguments }

@@ -98,7 +98,8 @@ extension Registry {
     ///
     /// Into a directory that does not exist yet, the staging folder is made beside it and becomes it by one rename: a
     /// crash leaves the whole version there or none of it. Into an existing directory the files are renamed one by
-    /// one: a failure removes those already placed, but a crash in the middle of the renames can leave some.
+    /// one: a failure or an interrupt (``TemporaryFiles``) removes those already placed, but a crash in the middle of
+    /// the renames can leave some.
     static func place(
         _ files: [ModelStatement.File],
         into directory: String,
@@ -117,7 +118,12 @@ extension Registry {
         }
         let staging = "\(parent)/.coffer-pull-\(UUID().uuidString)"
         try Directories.make(staging)
-        defer { try? FileManager.default.removeItem(atPath: staging) }
+        // Decrypted files wait there: an interrupt (Ctrl-C) removes them with it, as a failure does.
+        TemporaryFiles.registerTree(staging)
+        defer {
+            try? FileManager.default.removeItem(atPath: staging)
+            TemporaryFiles.unregister(staging)
+        }
 
         var done = 0
         var staged = files.map(\.path)
@@ -155,7 +161,9 @@ extension Registry {
             Directories.sync(parent)
             return done
         }
+        // A file placed is removed again if a later one cannot be placed, or the process is interrupted meanwhile.
         var placed: [String] = []
+        defer { for path in placed { TemporaryFiles.unregister(path) } }
         for path in staged {
             let destination = "\(directory)/\(path)"
             do {
@@ -163,6 +171,7 @@ extension Registry {
                 guard rename("\(staging)/\(path)", destination) == 0 else {
                     throw CofferRegistryError.io(path: destination, reason: String(cString: strerror(errno)))
                 }
+                TemporaryFiles.register(destination)
                 placed.append(destination)
             } catch {
                 for path in placed { unlink(path) }
