@@ -42,12 +42,14 @@ let package = Package(
             providers: [.apt(["libsodium-dev"])]
         ),
         .systemLibrary(name: "CLinux"),
+        .target(name: "CFiles", path: "Sources/CFiles"),
         .systemLibrary(name: "CSQLiteShim", providers: [.apt(["libsqlite3-dev"])]),
         .target(
             name: "CofferCrypto",
             dependencies: [
                 "CSodium",
                 "CLinux",
+                "CFiles",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Sources/Crypto",
@@ -181,7 +183,7 @@ let package = Package(
         .testTarget(
             name: "CofferRegistryTests",
             dependencies: [
-                "CofferRegistry", "CofferCrypto", "CofferTestSupport", "CLinux",
+                "CofferRegistry", "CofferCrypto", "CofferTestSupport", "CFiles",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],

@@ -1,4 +1,4 @@
-import CLinux
+import CFiles
 import CofferCrypto
 import Foundation
 import GRDB
@@ -147,6 +147,47 @@ struct PushPullTests {
         #expect(throws: CofferRegistryError.destinationExists("\(f)/kept/a.bin")) {
             try Registry.place(files, into: "\(f)/kept", modelSignature: nil, write: writing())
         }
+    }
+
+    /// What appears at a pull's destination while the pull decrypts (after its check for existing files) is neither
+    /// replaced nor removed: a folder of the output directory's name, a file of a model file's name.
+    @Test func placeReplacesNothingThatAppearedWhileItDecrypted() throws {
+        let f = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-place-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: "\(f)/existing", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: f) }
+        func file(_ path: String) -> ModelStatement.File {
+            .init(path: path, size: path.utf8.count, plaintextSHA256: "", sealedSHA256: "", sealedSize: 0)
+        }
+        let files = [file("a.bin"), file("b.bin")]
+        func writing(andMeanwhile appear: @escaping () -> Void) -> (ModelStatement.File, AtomicOutputFile, Int) throws(CofferRegistryError) -> Void {
+            { (file: ModelStatement.File, output: AtomicOutputFile, _: Int) throws(CofferRegistryError) in
+                if file.path == "b.bin" { appear() }
+                do { try Array(file.path.utf8).withUnsafeBytes { try output.write($0) } } catch {
+                    throw .io(path: file.path, reason: "\(error)")
+                }
+            }
+        }
+        let manager = FileManager.default
+        #expect(throws: CofferRegistryError.destinationExists("\(f)/out")) {
+            try Registry.place(
+                files,
+                into: "\(f)/out",
+                modelSignature: nil,
+                write: writing { try? manager.createDirectory(atPath: "\(f)/out", withIntermediateDirectories: false) }
+            )
+        }
+        #expect(try manager.contentsOfDirectory(atPath: "\(f)/out").isEmpty, "the empty folder that appeared is not replaced")
+        #expect(throws: CofferRegistryError.destinationExists("\(f)/existing/b.bin")) {
+            try Registry.place(
+                files,
+                into: "\(f)/existing",
+                modelSignature: nil,
+                write: writing { manager.createFile(atPath: "\(f)/existing/b.bin", contents: Data("mine".utf8)) }
+            )
+        }
+        #expect(try manager.contentsOfDirectory(atPath: "\(f)/existing") == ["b.bin"], "a.bin, placed first, went again")
+        #expect(manager.contents(atPath: "\(f)/existing/b.bin") == Data("mine".utf8))
+        #expect(try manager.contentsOfDirectory(atPath: f).sorted() == ["existing", "out"], "no staging folder stays")
     }
 
     /// What an interrupted pull's signal handler removes its staging folder with (``TemporaryFiles``): everything in

@@ -1,3 +1,4 @@
+import CFiles
 import CLinux
 
 #if canImport(Glibc)
@@ -349,6 +350,13 @@ public enum FileBytes {
         var parent = path[..<index]
         while parent.last == slash { parent = parent.dropLast() }
         return parent.isEmpty ? "/" : String(decoding: parent, as: UTF8.self)
+    }
+
+    /// Renames `from` to `to` unless something is at `to`: 0, or the errno (EEXIST when something is). A check before a
+    /// plain rename leaves a window in which a file another process puts there is replaced; renameat2's
+    /// RENAME_NOREPLACE has none (a filesystem without it gets the check and the rename).
+    public static func renameWithoutReplacing(_ from: String, to: String) -> Int32 {
+        coffer_rename_noreplace(from, to) == 0 ? 0 : errno
     }
 
     /// Creates `path` and any missing parents with mode 0700; a directory that already exists is left as it is.

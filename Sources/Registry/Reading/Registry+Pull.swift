@@ -99,7 +99,8 @@ extension Registry {
     /// Into a directory that does not exist yet, the staging folder is made beside it and becomes it by one rename: a
     /// crash leaves the whole version there or none of it. Into an existing directory the files are renamed one by
     /// one: a failure or an interrupt (``TemporaryFiles``) removes those already placed, but a crash in the middle of
-    /// the renames can leave some.
+    /// the renames can leave some. No rename replaces what appeared at its target meanwhile
+    /// (``CofferRegistryError/destinationExists(_:)``).
     static func place(
         _ files: [ModelStatement.File],
         into directory: String,
@@ -157,25 +158,43 @@ extension Registry {
                 while folder != staging, folders.insert(folder).inserted { folder = Directories.parent(of: folder) }
             }
             for folder in folders { Directories.sync(folder) }
-            guard rename(staging, directory) == 0 else { throw .io(path: directory, reason: String(cString: strerror(errno))) }
+            // Not over a folder of that name made since the check above (rename(2) replaces an empty one).
+            switch FileBytes.renameWithoutReplacing(staging, to: directory) {
+            case 0: break
+            case EEXIST: throw .destinationExists(directory)
+            case let code: throw .io(path: directory, reason: String(cString: strerror(code)))
+            }
             Directories.sync(parent)
             return done
         }
-        // A file placed is removed again if a later one cannot be placed, or the process is interrupted meanwhile.
+        // A file placed is removed again if a later one cannot be placed, or the process is interrupted meanwhile: each
+        // is registered before its rename, since the handler, on another thread, first freezes the staging folder (a
+        // rename after that fails) and then removes what is registered. None replaces a file that appeared since the
+        // check above, except the bundle, which replaces an earlier pull's and is not removed on an interrupt.
         var placed: [String] = []
         defer { for path in placed { TemporaryFiles.unregister(path) } }
         for path in staged {
             let destination = "\(directory)/\(path)"
-            do {
+            do throws(CofferRegistryError) {
                 try Directories.makeDurably(Directories.parent(of: destination))
-                guard rename("\(staging)/\(path)", destination) == 0 else {
-                    throw CofferRegistryError.io(path: destination, reason: String(cString: strerror(errno)))
+                if path == modelSignatureName {
+                    guard rename("\(staging)/\(path)", destination) == 0 else {
+                        throw .io(path: destination, reason: String(cString: strerror(errno)))
+                    }
+                    continue
                 }
-                TemporaryFiles.register(destination)
-                placed.append(destination)
+                guard TemporaryFiles.register(destination) else {
+                    throw .io(path: directory, reason: "more files than an interrupt could remove; pull into a new directory")
+                }
+                switch FileBytes.renameWithoutReplacing("\(staging)/\(path)", to: destination) {
+                case 0: placed.append(destination)
+                case let code:
+                    TemporaryFiles.unregister(destination)
+                    throw code == EEXIST ? .destinationExists(destination) : .io(path: destination, reason: String(cString: strerror(code)))
+                }
             } catch {
                 for path in placed { unlink(path) }
-                throw error as? CofferRegistryError ?? .io(path: destination, reason: "cannot place file")
+                throw error
             }
         }
         // The renames themselves reach the disk with their directories: one sync per folder.

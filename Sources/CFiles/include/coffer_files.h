@@ -1,0 +1,25 @@
+#ifndef COFFER_FILES_H
+#define COFFER_FILES_H
+// File operations Swift cannot make safe on its own: what a signal handler removes when a command is interrupted
+// (only async-signal-safe calls, on a table of C strings), and a rename that never replaces what is at its target.
+
+/// Registers a file (`is_tree` 0) or a folder with everything in it (`is_tree` 1) to remove if the process is
+/// interrupted, until ``coffer_temporary_unregister``. Returns 0, or -1 when the table (4,096 paths) is full.
+int coffer_temporary_register(const char *path, int is_tree);
+
+/// Forgets every registration of `path`.
+void coffer_temporary_unregister(const char *path);
+
+/// Unblocks SIGINT, SIGTERM and SIGHUP and installs the handler that removes what is registered, then exits with
+/// 128 + the signal.
+void coffer_temporary_remove_on_interrupt(void);
+
+/// Removes the file or folder tree at `path`, not following symbolic links, with async-signal-safe calls only (no
+/// allocation). Folders deeper than 32 levels, and entries it may not remove, are left. Returns 0 when `path` is gone.
+int coffer_remove_tree(const char *path);
+
+/// Renames `from` to `to` unless something is at `to` (then -1 with errno EEXIST): renameat2 with RENAME_NOREPLACE,
+/// or, on a filesystem without it, a check then a rename.
+int coffer_rename_noreplace(const char *from, const char *to);
+
+#endif
