@@ -18,5 +18,11 @@ struct OwnThreadTests {
         #expect(await Task.detached { OwnThread.testOfThisThread }.value == nil, "a detached task runs in the pool")
     }
 
+    /// The trait on the suite and again on the test: the test's one thread (and one slot of the cores).
+    @Test(.ownThread) func aTestMarkedTwiceRunsOnOneThread() async {
+        #expect(threadName() == Test.current?.name)
+        #expect(await Task { OwnThread.testOfThisThread }.value == nil, "an unstructured task runs in the pool")
+    }
+
     private func threadName() -> String? { OwnThread.testOfThisThread }
 }

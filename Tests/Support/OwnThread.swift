@@ -9,6 +9,10 @@ public import Testing
 /// A test that waits on `coffer` subprocesses, or trains a model, holds its thread for seconds to minutes: on CI's two
 /// cores two of them held the whole pool, and the asynchronous tests beside them stalled. One read a 67 MiB blob from
 /// the OCI registry and did not ask for the next buffer for 120 s, so the HTTP client's read timeout failed it.
+///
+/// The thread is the test's only one: `async let`, task-group children and default actors run on it too (SE-0417),
+/// so a child that blocks the thread (a semaphore, a wait for a process) while another needs it deadlocks. Give such a
+/// child `executorPreference: globalConcurrentExecutor`, or use `Task {}`, which does not inherit the preference.
 public struct OwnThread: SuiteTrait, TestTrait, TestScoping {
     public var isRecursive: Bool { true }
 
@@ -17,6 +21,9 @@ public struct OwnThread: SuiteTrait, TestTrait, TestScoping {
     }
 
     public func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+        // Applied twice (to a suite and to a test in it): one thread and one slot, or two such tests could each hold one
+        // of two slots and wait for a second.
+        if Self.testOfThisThread != nil { return try await function() }
         await Self.slots.acquire()
         defer { Self.slots.release() }
         let executor = ThreadExecutor(name: test.name)
