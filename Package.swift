@@ -174,7 +174,12 @@ let package = Package(
             ]
         ),
         // What the test suites share: the backends a test run puts its registries on, and running a program to its end.
-        .target(name: "CofferTestSupport", dependencies: ["CofferCrypto"], path: "Tests/Support", swiftSettings: swiftSettings),
+        .target(
+            name: "CofferTestSupport",
+            dependencies: ["CofferCrypto", "CofferTraining"],
+            path: "Tests/Support",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "CofferCryptoTests",
             dependencies: ["CofferCrypto"],

@@ -47,7 +47,7 @@ final class Fixture: @unchecked Sendable {
         }
         try await registry.grant(Grant(principal: "carol", role: .reader, scope: "other/"), by: signer)
         try await registry.trust(alice.publicIdentity, by: signer)
-        var request = PushRequest(model: "m/risk", paths: [try checkpoint()])
+        var request = PushRequest(model: "m/risk", paths: [try await TrainedCheckpoint.write(into: path("ckpt"))])
         request.alias = "prod"
         _ = try await registry.push(request, publisher: alice)
         for (name, principal, scope) in [
@@ -59,22 +59,6 @@ final class Fixture: @unchecked Sendable {
     }
 
     deinit { try? FileManager.default.removeItem(at: root) }
-
-    /// Trains a small model on synthetic data and returns its checkpoint directory.
-    private func checkpoint() throws -> String {
-        let data = try SyntheticData(rows: 300, features: 3, classes: 3, seed: 4)
-        try data.csv().write(toFile: path("data.csv"), atomically: true, encoding: .utf8)
-        let tasks = String(decoding: try JSONEncoder().encode(data.tasks), as: UTF8.self)
-        let recipe = """
-            {"data": "data.csv", "features": ["x0", "x1", "x2"], "tasks": \(tasks), "trunk": [8], "epochs": 1, "learning_rate": 0.05,
-             "expected_batch_size": 30, "noise_multiplier": 1.0, "delta": 1e-5, "seed": 1}
-            """
-        try recipe.write(toFile: path("recipe.json"), atomically: true, encoding: .utf8)
-        let trained = try TrainingRun.run(try TrainingRecipe(contentsOf: path("recipe.json")))
-        try FileManager.default.createDirectory(atPath: path("ckpt"), withIntermediateDirectories: true)
-        try Data(try Checkpoint.encode(trained)).write(to: URL(fileURLWithPath: path("ckpt/model.safetensors")))
-        return path("ckpt")
-    }
 
     /// The real application over this registry, on a port the system picks.
     func app() async throws -> some ApplicationProtocol {

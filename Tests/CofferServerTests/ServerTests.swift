@@ -42,21 +42,8 @@ struct ServerTests {
 
         func path(_ name: String) -> String { root.appendingPathComponent(name).path }
 
-        /// Trains a small model on synthetic data and returns its checkpoint directory.
-        func checkpoint() throws -> String {
-            let data = try SyntheticData(rows: 300, features: 3, classes: 3, seed: 4)
-            try data.csv().write(toFile: path("data.csv"), atomically: true, encoding: .utf8)
-            let tasks = String(decoding: try JSONEncoder().encode(data.tasks), as: UTF8.self)
-            let recipe = """
-                {"data": "data.csv", "features": ["x0", "x1", "x2"], "tasks": \(tasks), "trunk": [8], "epochs": 1, "learning_rate": 0.05,
-                 "expected_batch_size": 30, "noise_multiplier": 1.0, "delta": 1e-5, "seed": 1}
-                """
-            try recipe.write(toFile: path("recipe.json"), atomically: true, encoding: .utf8)
-            let trained = try TrainingRun.run(try TrainingRecipe(contentsOf: path("recipe.json")))
-            try FileManager.default.createDirectory(atPath: path("ckpt"), withIntermediateDirectories: true)
-            try Data(try Checkpoint.encode(trained)).write(to: URL(fileURLWithPath: path("ckpt/model.safetensors")))
-            return path("ckpt")
-        }
+        /// A directory holding a trained checkpoint (``TrainedCheckpoint``).
+        func checkpoint() async throws -> String { try await TrainedCheckpoint.write(into: path("ckpt")) }
     }
 
     struct World: Sendable {
@@ -80,7 +67,7 @@ struct ServerTests {
         // carol may read another namespace only: her read token works, but not on m/.
         try await f.registry.grant(Grant(principal: "carol", role: .reader, scope: "other/"), by: signer)
         try await f.registry.trust(alice.publicIdentity, by: signer)
-        var request = PushRequest(model: "m/risk", paths: [try f.checkpoint()])
+        var request = PushRequest(model: "m/risk", paths: [try await f.checkpoint()])
         request.alias = "prod"
         _ = try await f.registry.push(request, publisher: alice)
         func token(_ principal: String, _ scope: TokenScope, ttl: TimeInterval = 600, now: Date = Date()) async throws -> String {

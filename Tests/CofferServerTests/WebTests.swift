@@ -305,7 +305,10 @@ struct WebTests {
     @Test func theModelPageIsPagedByKeyset() async throws {
         let w = try await server.world()
         for _ in 1...2 {
-            _ = try await w.fixture.registry.push(PushRequest(model: "m/risk", paths: [try w.fixture.checkpoint()]), publisher: w.fixture.publisher)
+            _ = try await w.fixture.registry.push(
+                PushRequest(model: "m/risk", paths: [try await w.fixture.checkpoint()]),
+                publisher: w.fixture.publisher
+            )
         }
         try await server.app(w).test(.router) { client in
             let bob = try await signIn(client, token: w.tokens["bob-read"]!)
