@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 
 @testable import CofferCrypto
@@ -48,6 +49,54 @@ struct SecureMemoryTests {
             }
         }
         #expect(error?.description == "malformed sealed file: the output runs past the \(plaintext.count - 1) bytes expected")
+    }
+
+    /// A small secret's slot is wiped when the secret is dropped (the slot stays mapped for the next one, so its bytes
+    /// can be read while it is free), and is locked in memory like any sodium_malloc region.
+    @Test func aSmallSecretsSlotIsWipedWhenDroppedAndLocked() throws {
+        for count in [0, 1, 31, 32, 33, 700, SecureSlab.largestSlot] {
+            let sizeClass = try #require(SecureSlab.sizeClass(for: count))
+            // Another test's thread may take the slot as soon as it is free; then try with another.
+            var freed: [UInt8]?
+            for _ in 0..<100 where freed == nil {
+                let address: Int
+                do {
+                    let secret = SecureBytes(count: count)
+                    #expect(secret.withUnsafeBytes { $0.allSatisfy { $0 == 0 } }, "a new secret of \(count) bytes is zeroed")
+                    secret.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0xA5) }
+                    address = secret.withUnsafeBytes { Int(bitPattern: $0.baseAddress!) }
+                    if geteuid() == 0 {
+                        #expect(try Self.lockedKiB(from: address, through: address + max(count, 1) - 1) > 0, "a slot of \(count) bytes is locked")
+                    }
+                }
+                freed = SecureSlab.bytesIfFree(UnsafeRawPointer(bitPattern: address)!, sizeClass: sizeClass)
+            }
+            let bytes = try #require(freed, "the slot of a \(count)-byte secret was never seen free")
+            #expect(bytes.allSatisfy { $0 == 0 }, "the slot of a dropped \(count)-byte secret still holds its bytes")
+        }
+    }
+
+    /// Secrets of every size, taken and dropped on several threads at once, start zeroed and keep what each thread
+    /// wrote until it drops them: no slot is handed to two secrets.
+    @Test func secretsTakenOnManyThreadsAtOnceNeverShareMemory() {
+        let sizes = [0, 1, 32, 100, 513, SecureSlab.largestSlot, SecureSlab.largestSlot + 1, 5000]
+        let failures = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: 4) { thread in
+            for round in 0..<300 {
+                let pattern = UInt8(truncatingIfNeeded: thread &* 31 &+ round &+ 1)
+                for count in sizes {
+                    let secret = SecureBytes(count: count)
+                    var ok = secret.withUnsafeBytes { $0.allSatisfy { $0 == 0 } }
+                    secret.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: pattern) }
+                    let other = SecureBytes(count: count)
+                    other.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: ~pattern) }
+                    ok = ok && secret.withUnsafeBytes { $0.allSatisfy { $0 == pattern } }
+                    ok = ok && other.withUnsafeBytes { $0.allSatisfy { $0 == ~pattern } }
+                    if !ok { failures.withLock { $0 += 1 } }
+                }
+            }
+        }
+        #expect(failures.withLock { $0 } == 0)
     }
 
     /// The lines of /proc/self/smaps for each mapping: its range, permissions and fields.

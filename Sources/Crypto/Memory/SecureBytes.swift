@@ -8,8 +8,9 @@ import Glibc
 /// A fixed-size buffer of secret bytes in libsodium's guarded heap.
 ///
 /// The memory comes from `sodium_malloc`: it sits between guard pages, is `mlock`ed so it is not
-/// swapped out, and is wiped and freed when the value is dropped. The type is `~Copyable`, so a
-/// secret has exactly one owner and is never silently duplicated the way `Array`, `Data` or
+/// swapped out, and is wiped and freed when the value is dropped. Secrets of up to 2 KiB share sodium_malloc chunks, a
+/// slot each, wiped when dropped and then reused (``SecureSlab``: pages of its own cost a small key 33-170 µs).
+/// The type is `~Copyable`, so a secret has exactly one owner and is never silently duplicated the way `Array`, `Data` or
 /// `String` duplicate their storage.
 ///
 /// Buffers of ``largeSize`` or more (a decrypted model) are mapped on their own, between the same guard pages,
@@ -27,8 +28,16 @@ public struct SecureBytes: ~Copyable {
     private let pointer: UnsafeMutableRawPointer
     /// The number of bytes held.
     public let count: Int
-    /// For a large buffer, its whole mapping (guard pages included); `nil` for one from sodium_malloc.
-    private let mapping: UnsafeMutableRawBufferPointer?
+    private let storage: Storage
+
+    private enum Storage {
+        /// A slot of this size class in a chunk of small secrets.
+        case slot(Int)
+        /// A region of its own from sodium_malloc.
+        case sodium
+        /// A large buffer's whole mapping, guard pages included.
+        case mapping(UnsafeMutableRawBufferPointer)
+    }
 
     /// The size from which a buffer gets a mapping of its own.
     public static let largeSize = 4 << 20
@@ -38,18 +47,23 @@ public struct SecureBytes: ~Copyable {
         _ = Sodium.ready
         precondition(count >= 0, "SecureBytes count must not be negative")
         self.count = count
-        if count >= Self.largeSize {
-            // A fresh anonymous mapping is zeroed by the kernel.
-            (mapping, pointer) = Self.mapGuarded(count)
+        if let sizeClass = SecureSlab.sizeClass(for: count) {
+            pointer = SecureSlab.allocate(sizeClass: sizeClass)
+            storage = .slot(sizeClass)
             return
         }
-        // sodium_malloc(0) is allowed but returns a guarded page; keep one byte so the pointer is usable.
-        guard let raw = sodium_malloc(max(count, 1)) else {
+        if count >= Self.largeSize {
+            // A fresh anonymous mapping is zeroed by the kernel.
+            let (mapping, pointer) = Self.mapGuarded(count)
+            (self.pointer, storage) = (pointer, .mapping(mapping))
+            return
+        }
+        guard let raw = sodium_malloc(count) else {
             fatalError("sodium_malloc failed: out of memory for \(count) secret bytes")
         }
-        sodium_memzero(raw, max(count, 1))
+        sodium_memzero(raw, count)
         self.pointer = raw
-        self.mapping = nil
+        self.storage = .sodium
     }
 
     /// Maps `count` bytes starting on a 2 MiB boundary, with an inaccessible page on each side, locked as they are
@@ -88,11 +102,14 @@ public struct SecureBytes: ~Copyable {
 
     /// sodium_munlock wipes the bytes before it unlocks them (sodium_free calls it too).
     deinit {
-        if let mapping {
+        switch storage {
+        case .slot(let sizeClass):
+            SecureSlab.release(pointer, sizeClass: sizeClass)
+        case .sodium:
+            sodium_free(pointer)
+        case .mapping(let mapping):
             _ = sodium_munlock(pointer, count)
             munmap(mapping.baseAddress!, mapping.count)
-        } else {
-            sodium_free(pointer)
         }
     }
 

@@ -218,13 +218,13 @@ public final class SecAggSite {
     // MARK: - Stage masked
 
     /// Opens the boxes addressed to this site (refusing any that does not authenticate), then masks `input` (the encoded
-    /// vector, consumed) with its self-mask and a pairwise mask for each neighbour that sent shares.
+    /// vector, in place) with its self-mask and a pairwise mask for each neighbour that sent shares.
     ///
     /// - Returns: the masked vector as it is sent (u64 little-endian), which reveals nothing without the masks.
     public func mask(
         survivors: [Int],
         boxes: [ShareBox],
-        input: consuming SecureBytes,
+        input: borrowing SecureBytes,
         expander: MaskExpander
     ) throws(FederatedError) -> [UInt8] {
         let u2 = Set(survivors)

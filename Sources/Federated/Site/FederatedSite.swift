@@ -1,3 +1,4 @@
+import CSodium
 public import CofferCrypto
 public import CofferTraining
 import Foundation
@@ -30,7 +31,7 @@ public final class FederatedSite: @unchecked Sendable {
     public private(set) var mechanism = "fedavg"
     public private(set) var lastSeq = 0
     private var state: SecAggSite?
-    private var input: EncodedInput?
+    private let input = EncodedInput()
     private let expander = MaskExpander()
     /// The federation's standardisation, once an update round has brought it.
     public private(set) var standardisation: SharedStandardisation?
@@ -121,12 +122,13 @@ public final class FederatedSite: @unchecked Sendable {
                 guard let state, state.round == task.round else { throw FederatedError.notInRound("no keys were advertised for round \(task.round)") }
                 try state.share(keys: task.keys ?? [], into: &submission)
             case .masked:
-                guard let state, state.round == task.round, let input else {
+                guard let state, state.round == task.round, input.round == task.round else {
                     throw FederatedError.notInRound("no shares were sent for round \(task.round)")
                 }
-                self.input = nil
-                let vector = try state.mask(survivors: task.survivors ?? [], boxes: task.boxes ?? [], input: input.take(), expander: expander)
-                submission.vector = Base64Bytes(vector)
+                defer { input.wipe() }
+                submission.vector = Base64Bytes(
+                    try state.mask(survivors: task.survivors ?? [], boxes: task.boxes ?? [], input: input.bytes, expander: expander)
+                )
             case .consistency:
                 guard let state, state.round == task.round else {
                     throw FederatedError.notInRound("no masked input was sent for round \(task.round)")
@@ -140,12 +142,12 @@ public final class FederatedSite: @unchecked Sendable {
                 try receiveModel(task)
                 summary = task.summary ?? "finished"
                 state = nil
-                input = nil
+                input.wipe()
                 return nil
             }
         } catch {
             state = nil
-            input = nil
+            input.wipe()
             throw error
         }
         return SignedMessage.sign(MessageCoding.encode(submission, as: form), by: identity.identity)
@@ -178,26 +180,25 @@ public final class FederatedSite: @unchecked Sendable {
             throw .tampered("round \(task.round) says \(parameters.mechanism), the federation \(mechanism)")
         }
         let state = try SecAggSite(session: session, round: task.round, me: me, roster: roster, parameters: parameters)
-        let encoded: SecureBytes
+        input.wipe()
         switch parameters.kind {
         case .statistics:
             let vector = try data.statisticsVector()
-            encoded = SecureBytes(count: vector.count * 8)
-            encoded.withUnsafeMutableBytes { raw in
+            input.prepare(count: vector.count * 8, round: task.round)
+            input.bytes.withUnsafeMutableBytes { raw in
                 for (j, v) in vector.enumerated() { raw.storeBytes(of: v, toByteOffset: j * 8, as: UInt64.self) }
             }
             log("round \(task.round): feature statistics of \(data.trainingCount) training rows, masked")
         case .update:
-            encoded = try trainAndEncode(task, parameters: parameters)
+            try trainAndEncode(task, parameters: parameters)
         }
-        input = EncodedInput(encoded)
         self.state = state
         state.advertise(signedBy: identity.identity, into: &submission)
     }
 
     /// Trains from the task's global model and encodes the update (weighted by training rows, or clipped to S with
-    /// weight 1 under DP) into sodium memory.
-    private func trainAndEncode(_ task: SiteTask, parameters: RoundParameters) throws(FederatedError) -> SecureBytes {
+    /// weight 1 under DP) into ``input``.
+    private func trainAndEncode(_ task: SiteTask, parameters: RoundParameters) throws(FederatedError) {
         guard let standardisation = task.standardisation else { throw .malformedMessage("an update round without the standardisation") }
         if self.standardisation != standardisation || datasets == nil {
             datasets = try data.datasets(standardisation)
@@ -220,8 +221,8 @@ public final class FederatedSite: @unchecked Sendable {
             }
             weight = 1
         }
-        let encoded = SecureBytes(count: (update.count + 1) * 8)
-        let clipped = encoded.withUnsafeMutableBytes {
+        input.prepare(count: (update.count + 1) * 8, round: task.round)
+        let clipped = input.bytes.withUnsafeMutableBytes {
             quantizer.encode(update, weight: weight, into: $0.bindMemory(to: UInt64.self), expander: expander)
         }
         let losses = zip(recipe.architecture.tasks, result.taskLosses).map { "\($0.name) \(String(format: "%.4f", $1))" }.joined(separator: ", ")
@@ -229,7 +230,6 @@ public final class FederatedSite: @unchecked Sendable {
             "round \(task.round): trained \(result.steps) steps on \(data.trainingCount) rows (loss \(losses))"
                 + (clipped > 0 ? ", \(clipped) coordinates clipped to ±\(parameters.clipRange)" : "")
         )
-        return encoded
     }
 
     /// Reads the task's global model, and evaluates it on this site's validation rows.
@@ -254,9 +254,26 @@ public final class FederatedSite: @unchecked Sendable {
     }
 }
 
-/// The encoded input between the advertise and masked stages: sodium memory, handed over once.
+/// The encoded input between the advertise and masked stages, in sodium memory that the site keeps from round to round
+/// and wipes once the input is masked: mapping and locking 800 KB afresh each round cost 0.4-0.9 ms here.
 final class EncodedInput {
-    private var bytes: SecureBytes?
-    init(_ bytes: consuming SecureBytes) { self.bytes = consume bytes }
-    func take() -> SecureBytes { bytes.take()! }
+    private(set) var bytes = SecureBytes(count: 0)
+    /// The round whose input the bytes hold, if any.
+    private(set) var round: Int?
+
+    /// Zeroed bytes of `count` for `round`'s input.
+    func prepare(count: Int, round: Int) {
+        if bytes.count == count {
+            bytes.withUnsafeMutableBytes { sodium_memzero($0.baseAddress!, count) }
+        } else {
+            bytes = SecureBytes(count: count)
+        }
+        self.round = round
+    }
+
+    func wipe() {
+        guard round != nil else { return }
+        bytes.withUnsafeMutableBytes { sodium_memzero($0.baseAddress!, $0.count) }
+        round = nil
+    }
 }
