@@ -45,9 +45,9 @@ public struct ClientMemory: Sendable {
 
     /// `file:/abs/path` for a registry directory.
     public static func location(home: String) -> String {
-        var resolved = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let path = realpath(home, &resolved) != nil ? String(cString: resolved) : home
-        return "file:\(path)"
+        guard let resolved = realpath(home, nil) else { return "file:\(home)" }
+        defer { free(resolved) }
+        return "file:\(String(cString: resolved))"
     }
 
     /// The scheme, host, port and path of a served registry, as its pin is named.

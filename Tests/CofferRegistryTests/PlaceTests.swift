@@ -1,0 +1,140 @@
+import CFiles
+import CofferCrypto
+import Foundation
+import Testing
+
+@testable import CofferRegistry
+
+/// How a pull puts decrypted files at their destination (``Registry/place(_:into:modelSignature:write:)``) and what
+/// its interrupt handler removes a staging folder with.
+struct PlaceTests {
+    /// A model file entry whose contents are its own path.
+    private func file(_ path: String) -> ModelStatement.File {
+        .init(path: path, size: path.utf8.count, plaintextSHA256: "", sealedSHA256: "", sealedSize: 0)
+    }
+
+    /// A pull into a directory that does not exist yet appears by one rename of a staging folder made beside it; into
+    /// an existing directory, file by file. Either way a failure leaves nothing, and no staging folder stays. A folder
+    /// `model.sig/` in a version (an older Coffer pushed one) keeps the bundle out rather than failing the pull.
+    @Test func placeMakesANewDirectoryAtOnceAndFillsAnExistingOne() throws {
+        let f = try FileManager.default.url(
+            for: .itemReplacementDirectory,
+            in: .userDomainMask,
+            appropriateFor: URL(fileURLWithPath: "/tmp"),
+            create: true
+        ).path
+        defer { try? FileManager.default.removeItem(atPath: f) }
+        func writing(failingAt failing: String? = nil) -> (ModelStatement.File, AtomicOutputFile, Int) throws(CofferRegistryError) -> Void {
+            { (file: ModelStatement.File, output: AtomicOutputFile, _: Int) throws(CofferRegistryError) in
+                if file.path == failing { throw .tampered("\(file.path) failed its check") }
+                do { try Array(file.path.utf8).withUnsafeBytes { try output.write($0) } } catch {
+                    throw .io(path: file.path, reason: "\(error)")
+                }
+            }
+        }
+        func tree(_ path: String) -> [String] { ((try? FileManager.default.subpathsOfDirectory(atPath: path)) ?? []).sorted() }
+        let bundle = Data("{}".utf8)
+        let files = [file("a.bin"), file("deep/er/b.bin")]
+
+        #expect(try Registry.place(files, into: "\(f)/new/out", modelSignature: bundle, write: writing()) == 18)
+        #expect(tree("\(f)/new") == ["out", "out/a.bin", "out/deep", "out/deep/er", "out/deep/er/b.bin", "out/model.sig"])
+        #expect(FileManager.default.contents(atPath: "\(f)/new/out/deep/er/b.bin") == Data("deep/er/b.bin".utf8))
+        #expect(throws: CofferRegistryError.self) {
+            try Registry.place(files, into: "\(f)/failed", modelSignature: bundle, write: writing(failingAt: "deep/er/b.bin"))
+        }
+        #expect(tree(f) == tree(f).filter { $0.hasPrefix("new") }, "nothing of the failed pull, not even its staging folder")
+
+        try FileManager.default.createDirectory(atPath: "\(f)/kept", withIntermediateDirectories: false)
+        try Data("mine".utf8).write(to: URL(fileURLWithPath: "\(f)/kept/notes.txt"))
+        #expect(throws: CofferRegistryError.self) {
+            try Registry.place(files, into: "\(f)/kept", modelSignature: bundle, write: writing(failingAt: "deep/er/b.bin"))
+        }
+        #expect(tree("\(f)/kept") == ["notes.txt"])
+        _ = try Registry.place(files + [file("model.sig/c.bin")], into: "\(f)/kept", modelSignature: bundle, write: writing())
+        #expect(tree("\(f)/kept") == ["a.bin", "deep", "deep/er", "deep/er/b.bin", "model.sig", "model.sig/c.bin", "notes.txt"])
+        #expect(throws: CofferRegistryError.destinationExists("\(f)/kept/a.bin")) {
+            try Registry.place(files, into: "\(f)/kept", modelSignature: nil, write: writing())
+        }
+    }
+
+    /// What appears at a pull's destination while the pull decrypts (after its check for existing files) is neither
+    /// replaced nor removed: a folder of the output directory's name, a file of a model file's name.
+    @Test func placeReplacesNothingThatAppearedWhileItDecrypted() throws {
+        let f = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-place-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: "\(f)/existing", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: f) }
+        let files = [file("a.bin"), file("b.bin")]
+        func writing(andMeanwhile appear: @escaping () -> Void) -> (ModelStatement.File, AtomicOutputFile, Int) throws(CofferRegistryError) -> Void {
+            { (file: ModelStatement.File, output: AtomicOutputFile, _: Int) throws(CofferRegistryError) in
+                if file.path == "b.bin" { appear() }
+                do { try Array(file.path.utf8).withUnsafeBytes { try output.write($0) } } catch {
+                    throw .io(path: file.path, reason: "\(error)")
+                }
+            }
+        }
+        let manager = FileManager.default
+        #expect(throws: CofferRegistryError.destinationExists("\(f)/out")) {
+            try Registry.place(
+                files,
+                into: "\(f)/out",
+                modelSignature: nil,
+                write: writing { try? manager.createDirectory(atPath: "\(f)/out", withIntermediateDirectories: false) }
+            )
+        }
+        #expect(try manager.contentsOfDirectory(atPath: "\(f)/out").isEmpty, "the empty folder that appeared is not replaced")
+        #expect(throws: CofferRegistryError.destinationExists("\(f)/existing/b.bin")) {
+            try Registry.place(
+                files,
+                into: "\(f)/existing",
+                modelSignature: nil,
+                write: writing { _ = manager.createFile(atPath: "\(f)/existing/b.bin", contents: Data("mine".utf8)) }
+            )
+        }
+        #expect(try manager.contentsOfDirectory(atPath: "\(f)/existing") == ["b.bin"], "a.bin, placed first, went again")
+        #expect(manager.contents(atPath: "\(f)/existing/b.bin") == Data("mine".utf8))
+        #expect(try manager.contentsOfDirectory(atPath: f).sorted() == ["existing", "out"], "no staging folder stays")
+    }
+
+    /// What an interrupted pull's signal handler removes its staging folder with (``TemporaryFiles``): everything in
+    /// it, folders with more entries than one read returns, never what a symbolic link points to.
+    @Test func theSignalSafeTreeRemovalTakesAllAndFollowsNoLink() throws {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-tree-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let manager = FileManager.default
+        try manager.createDirectory(atPath: "\(root)/outside", withIntermediateDirectories: true)
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: "\(root)/outside/kept"))
+        let tree = "\(root)/staging"
+        try manager.createDirectory(atPath: "\(tree)/many", withIntermediateDirectories: true)
+        for i in 0..<300 { try Data([UInt8(i & 0xff)]).write(to: URL(fileURLWithPath: "\(tree)/many/file-with-a-longer-name-\(i)")) }
+        var deep = tree
+        for level in 0..<31 { deep += "/\(level)" }
+        try manager.createDirectory(atPath: deep, withIntermediateDirectories: true)
+        try Data("deep".utf8).write(to: URL(fileURLWithPath: "\(deep)/f"))
+        try manager.createSymbolicLink(atPath: "\(tree)/link", withDestinationPath: "\(root)/outside")
+        try manager.createSymbolicLink(atPath: "\(deep)/link", withDestinationPath: "\(root)/outside")
+        #expect(coffer_remove_tree(tree) == 0)
+        #expect(!manager.fileExists(atPath: tree))
+        #expect(try manager.contentsOfDirectory(atPath: "\(root)/outside") == ["kept"])
+        #expect(coffer_remove_tree(tree) == 0, "a tree already gone is no error")
+        // A single file, and a chain deeper than the walk goes (33 levels below the top): that chain is left, and said
+        // so, and everything beside it at every level goes, at once (the walk does not go down the chain again and again).
+        try Data("one".utf8).write(to: URL(fileURLWithPath: tree))
+        #expect(coffer_remove_tree(tree) == 0 && !manager.fileExists(atPath: tree))
+        var deeper = tree
+        for level in 0..<34 {
+            deeper += "/\(level)"
+            guard level < 30 else { continue }  // each one two folders deep: within the walk's 32 levels
+            try manager.createDirectory(atPath: "\(deeper)-beside/more", withIntermediateDirectories: true)
+            try Data("beside".utf8).write(to: URL(fileURLWithPath: "\(deeper)-beside/more/f"))
+        }
+        try manager.createDirectory(atPath: deeper, withIntermediateDirectories: true)
+        let started = Date()
+        #expect(coffer_remove_tree(tree) != 0)
+        #expect(Date().timeIntervalSince(started) < 5, "at most a few passes per folder")
+        var chain = tree
+        for level in 0..<34 {
+            #expect(try manager.contentsOfDirectory(atPath: chain) == ["\(level)"], "level \(level)")
+            chain += "/\(level)"
+        }
+    }
+}
