@@ -51,29 +51,113 @@ struct SecureMemoryTests {
         #expect(error?.description == "malformed sealed file: the output runs past the \(plaintext.count - 1) bytes expected")
     }
 
-    /// A small secret's slot is wiped when the secret is dropped (the slot stays mapped for the next one, so its bytes
-    /// can be read while it is free), and is locked in memory like any sodium_malloc region.
-    @Test func aSmallSecretsSlotIsWipedWhenDroppedAndLocked() throws {
+    /// A small secret's whole slot, not just the bytes it used, is wiped when the secret is dropped (the slot stays
+    /// mapped for the next one, so its bytes can be read while it is free), and it lies in locked memory.
+    @Test func aSmallSecretsWholeSlotIsWipedWhenDroppedAndLocked() throws {
         for count in [0, 1, 31, 32, 33, 700, SecureSlab.largestSlot] {
             let sizeClass = try #require(SecureSlab.sizeClass(for: count))
+            let size = SecureSlab.slotSizes[sizeClass]
+            // Held so that the chunk of the slot under test keeps a taken slot and is not given back when it is dropped.
+            let neighbour = SecureBytes(count: count)
             // Another test's thread may take the slot as soon as it is free; then try with another.
-            var freed: [UInt8]?
-            for _ in 0..<100 where freed == nil {
+            var wiped: Bool?
+            for _ in 0..<100 where wiped == nil {
                 let address: Int
                 do {
                     let secret = SecureBytes(count: count)
                     #expect(secret.withUnsafeBytes { $0.allSatisfy { $0 == 0 } }, "a new secret of \(count) bytes is zeroed")
-                    secret.withUnsafeMutableBytes { $0.initializeMemory(as: UInt8.self, repeating: 0xA5) }
                     address = secret.withUnsafeBytes { Int(bitPattern: $0.baseAddress!) }
+                    // The slot's bytes past the secret's count too, as a caller with a pointer could write them.
+                    UnsafeMutableRawPointer(bitPattern: address)!.initializeMemory(as: UInt8.self, repeating: 0xA5, count: size)
                     if geteuid() == 0 {
-                        #expect(try Self.lockedKiB(from: address, through: address + max(count, 1) - 1) > 0, "a slot of \(count) bytes is locked")
+                        #expect(try Self.lockedKiB(from: address, through: address + size - 1) > 0, "the chunk of a \(count)-byte slot is locked")
                     }
                 }
-                freed = SecureSlab.bytesIfFree(UnsafeRawPointer(bitPattern: address)!, sizeClass: sizeClass)
+                _ = SecureSlab.withSlotIfFree(UnsafeRawPointer(bitPattern: address)!, sizeClass: sizeClass) { slot in
+                    wiped = slot.allSatisfy { $0 == 0 }
+                }
             }
-            let bytes = try #require(freed, "the slot of a \(count)-byte secret was never seen free")
-            #expect(bytes.allSatisfy { $0 == 0 }, "the slot of a dropped \(count)-byte secret still holds its bytes")
+            _ = neighbour
+            let result = try #require(wiped, "the slot of a \(count)-byte secret was never seen free")
+            #expect(result, "the slot of a dropped \(count)-byte secret still holds bytes")
         }
+    }
+
+    /// A slot is zeroed when it is taken, not only when it is given back: bytes written into a free slot (by a stray
+    /// pointer) never reach the next secret.
+    @Test func aSecretTakingASlotWrittenWhileFreeStartsZeroed() throws {
+        let count = 100
+        let sizeClass = try #require(SecureSlab.sizeClass(for: count))
+        let neighbour = SecureBytes(count: count)
+        var checked = false
+        for _ in 0..<100 where !checked {
+            let address = SecureBytes(count: count).withUnsafeBytes { Int(bitPattern: $0.baseAddress!) }
+            let dirtied = SecureSlab.withSlotIfFree(UnsafeRawPointer(bitPattern: address)!, sizeClass: sizeClass) { slot in
+                slot.initializeMemory(as: UInt8.self, repeating: 0x5A)
+            }
+            // The slot given back last is taken first, unless another test's thread took it in between.
+            let next = SecureBytes(count: count)
+            if dirtied, next.withUnsafeBytes({ Int(bitPattern: $0.baseAddress!) }) == address {
+                #expect(next.withUnsafeBytes { $0.allSatisfy { $0 == 0 } })
+                checked = true
+            }
+        }
+        _ = neighbour
+        #expect(checked, "never took again a slot written while free")
+    }
+
+    /// A write one byte past either end of a small secret's slot lands on a canary, and dropping the secret stops the
+    /// process (as sodium_free does when its canary is overwritten) rather than let the slot be handed out again.
+    @Test func aWritePastASlotIsCaughtWhenTheSecretIsDropped() async {
+        await #expect(processExitsWith: .failure) {
+            let secret = SecureBytes(count: 40)
+            secret.withUnsafeMutableBytes { bytes in
+                let past = bytes.baseAddress! + SecureSlab.slotSizes[SecureSlab.sizeClass(for: 40)!]
+                past.storeBytes(of: ~past.load(as: UInt8.self), as: UInt8.self)
+            }
+        }
+        await #expect(processExitsWith: .failure) {
+            let secret = SecureBytes(count: 40)
+            secret.withUnsafeMutableBytes { bytes in
+                let before = bytes.baseAddress! - 1
+                before.storeBytes(of: ~before.load(as: UInt8.self), as: UInt8.self)
+            }
+        }
+    }
+
+    /// Chunks of slots are given back to sodium_free when all their slots are free, so locked memory follows the
+    /// secrets held now, not the most ever held.
+    @Test func chunksWhoseSlotsAreAllFreeAreGivenBack() throws {
+        let sizeClass = 4
+        let count = SecureSlab.slotSizes[sizeClass]
+        let before = SecureSlab.chunkCount(sizeClass: sizeClass)
+        var held: [Held] = []
+        for _ in 0..<(5 * SecureSlab.slotsPerChunk(sizeClass: sizeClass)) { held.append(Held(SecureBytes(count: count))) }
+        let peak = SecureSlab.chunkCount(sizeClass: sizeClass)
+        #expect(peak >= before + 4)
+        held.removeAll()
+        // Other tests' threads may hold a slot or two of this size meanwhile, in chunks this test made.
+        let after = SecureSlab.chunkCount(sizeClass: sizeClass)
+        #expect(after <= before + 2, "chunks: \(before) before, \(peak) at the peak, \(after) after")
+    }
+
+    /// A secret a peer sent gets pages of its own: the byte after it is on a guard page, not in a slot next to a key.
+    @Test func anIsolatedSecretEndsOnAGuardPage() throws {
+        for count in [1, 40, 2048] {
+            let secret = SecureBytes(isolatedCount: count)
+            let end = secret.withUnsafeBytes { Int(bitPattern: $0.baseAddress!) + count }
+            let after = try #require(try Self.mapping(containing: end))
+            #expect(after.permissions.hasPrefix("---"), "the byte after an isolated \(count)-byte secret is readable")
+            let slot = SecureBytes(count: count)
+            let slotEnd = slot.withUnsafeBytes { Int(bitPattern: $0.baseAddress!) + count }
+            #expect(try #require(try Self.mapping(containing: slotEnd)).permissions.hasPrefix("rw"))
+        }
+    }
+
+    /// A secret an array can hold.
+    private final class Held {
+        let secret: SecureBytes
+        init(_ secret: consuming SecureBytes) { self.secret = secret }
     }
 
     /// Secrets of every size, taken and dropped on several threads at once, start zeroed and keep what each thread

@@ -113,7 +113,7 @@ enum AgentSocket {
         guard started else { return nil }
         let length = Int(header[0]) | Int(header[1]) << 8 | Int(header[2]) << 16 | Int(header[3]) << 24
         guard (1...maximumBody).contains(length) else { throw FrameError.size(length) }
-        let body = SecureBytes(count: length)
+        let body = SecureBytes(isolatedCount: length)
         let complete = try body.withUnsafeMutableBytes { (out: UnsafeMutableRawBufferPointer) throws in try readAll(fd, out) }
         guard complete else { throw FrameError.closed("connection closed mid-message") }
         return body

@@ -9,7 +9,8 @@ import Glibc
 ///
 /// The memory comes from `sodium_malloc`: it sits between guard pages, is `mlock`ed so it is not
 /// swapped out, and is wiped and freed when the value is dropped. Secrets of up to 2 KiB share sodium_malloc chunks, a
-/// slot each, wiped when dropped and then reused (``SecureSlab``: pages of its own cost a small key 33-170 µs).
+/// slot each between canaries, wiped when dropped and then reused (``SecureSlab``: pages of its own cost a small key
+/// 33-170 µs); bytes a peer sent (``init(isolatedCount:)``) always get pages of their own.
 /// The type is `~Copyable`, so a secret has exactly one owner and is never silently duplicated the way `Array`, `Data` or
 /// `String` duplicate their storage.
 ///
@@ -31,8 +32,8 @@ public struct SecureBytes: ~Copyable {
     private let storage: Storage
 
     private enum Storage {
-        /// A slot of this size class in a chunk of small secrets.
-        case slot(Int)
+        /// A slot in this chunk of small secrets.
+        case slot(SecureSlab.Chunk)
         /// A region of its own from sodium_malloc.
         case sodium
         /// A large buffer's whole mapping, guard pages included.
@@ -44,12 +45,25 @@ public struct SecureBytes: ~Copyable {
 
     /// Allocates `count` zeroed secret bytes.
     public init(count: Int) {
+        self.init(count: count, slotAllowed: true)
+    }
+
+    /// Allocates `count` zeroed secret bytes in pages of their own, never in a slot next to another secret: for a
+    /// secret whose size and bytes a peer chose (a bearer token, a cookie, a request to the agent), so that a bug reading
+    /// past it meets a guard page rather than a key, and a flood of such requests holds locked memory only while they
+    /// are served.
+    public init(isolatedCount count: Int) {
+        self.init(count: count, slotAllowed: false)
+    }
+
+    private init(count: Int, slotAllowed: Bool) {
         _ = Sodium.ready
         precondition(count >= 0, "SecureBytes count must not be negative")
         self.count = count
-        if let sizeClass = SecureSlab.sizeClass(for: count) {
-            pointer = SecureSlab.allocate(sizeClass: sizeClass)
-            storage = .slot(sizeClass)
+        if slotAllowed, let sizeClass = SecureSlab.sizeClass(for: count) {
+            let chunk: SecureSlab.Chunk
+            (pointer, chunk) = SecureSlab.allocate(sizeClass: sizeClass)
+            storage = .slot(chunk)
             return
         }
         if count >= Self.largeSize {
@@ -103,8 +117,8 @@ public struct SecureBytes: ~Copyable {
     /// sodium_munlock wipes the bytes before it unlocks them (sodium_free calls it too).
     deinit {
         switch storage {
-        case .slot(let sizeClass):
-            SecureSlab.release(pointer, sizeClass: sizeClass)
+        case .slot(let chunk):
+            SecureSlab.release(pointer, chunk: chunk)
         case .sodium:
             sodium_free(pointer)
         case .mapping(let mapping):

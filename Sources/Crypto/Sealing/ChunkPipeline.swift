@@ -1,5 +1,6 @@
 import CSodium
 import Dispatch
+import Synchronization
 
 /// Streams chunks through seal or open on all cores with bounded memory.
 ///
@@ -142,19 +143,18 @@ private final class PipelineState: @unchecked Sendable {
     /// Written only on the writer lane.
     var inputBytes = 0
     var outputBytes = 0
-    private let lock = Lock()
-    private var firstError: CofferCryptoError?
+    private let firstError = Mutex<CofferCryptoError?>(nil)
 
     init(inputHasher: StreamingSHA256?, outputHasher: StreamingSHA256?) {
         self.inputHasher = inputHasher
         self.outputHasher = outputHasher
     }
 
-    var error: CofferCryptoError? { lock.withLock { firstError } }
+    var error: CofferCryptoError? { firstError.withLock { $0 } }
     var failed: Bool { error != nil }
 
     func fail(_ error: CofferCryptoError) {
-        lock.withLock { if firstError == nil { firstError = error } }
+        firstError.withLock { if $0 == nil { $0 = error } }
     }
 }
 

@@ -258,7 +258,7 @@ struct RegistryController {
             guard let text = request.headers[Self.sessionTokenHeader] else {
                 throw HTTPError(.notFound, message: "session \(id) is not open on this server: send its token in Coffer-Session-Token")
             }
-            let secret = SecureBytes(count: text.utf8.count)
+            let secret = SecureBytes(isolatedCount: text.utf8.count)
             secret.withUnsafeMutableBytes { $0.copyBytes(from: text.utf8) }
             let token: SessionToken
             do { token = try SessionToken(text: secret) } catch {

@@ -85,7 +85,7 @@ struct WebController {
             return response
         }
         let text = (form["token"] ?? "").trimmingCharacters(in: .whitespaces).utf8
-        let token = SecureBytes(count: text.count)
+        let token = SecureBytes(isolatedCount: text.count)
         token.withUnsafeMutableBytes { $0.copyBytes(from: text) }
         let holder: TokenHolder
         do {
@@ -119,7 +119,7 @@ struct WebController {
     /// The session cookie's value, in sodium memory.
     static func sessionCookie(_ request: Request) -> SecureBytes? {
         guard let value = request.cookies[WebSessionAuthenticator.cookieName]?.value else { return nil }
-        let cookie = SecureBytes(count: value.utf8.count)
+        let cookie = SecureBytes(isolatedCount: value.utf8.count)
         cookie.withUnsafeMutableBytes { $0.copyBytes(from: value.utf8) }
         return cookie
     }

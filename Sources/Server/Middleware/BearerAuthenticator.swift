@@ -36,7 +36,7 @@ struct BearerAuthenticator: RouterMiddleware {
             )
         }
         let text = header.utf8.dropFirst("Bearer ".utf8.count)
-        let secret = SecureBytes(count: text.count)
+        let secret = SecureBytes(isolatedCount: text.count)
         secret.withUnsafeMutableBytes { $0.copyBytes(from: text) }
         return try await TokenAuthorizer(state: state).authorize(role: role, target: request.uri.path) { () async throws(CofferRegistryError) in
             try await state.registry.authenticateToken(secret, auditing: false)
