@@ -21,11 +21,6 @@ static inline void *coffer_map_anonymous(size_t length) {
     return mapping == MAP_FAILED ? NULL : mapping;
 }
 
-/// Asks for transparent huge pages over a range (a hint: the kernel may have none to give).
-static inline void coffer_advise_huge_pages(void *start, size_t length) {
-    (void)madvise(start, length, MADV_HUGEPAGE);
-}
-
 /// Locks a range as its pages are first touched (not all at once), and keeps it out of core dumps.
 static inline int coffer_lock_on_fault(void *start, size_t length) {
     (void)madvise(start, length, MADV_DONTDUMP);

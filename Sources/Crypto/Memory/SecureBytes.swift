@@ -15,11 +15,14 @@ import Glibc
 /// `String` duplicate their storage.
 ///
 /// Buffers of ``largeSize`` or more (a decrypted model) are mapped on their own, between the same guard pages,
-/// in transparent huge pages where the kernel has them, kept out of core dumps, locked page by page as they are
-/// first written (`MLOCK_ONFAULT`: nothing is written before its page is locked), and wiped by libsodium's
-/// `sodium_munlock` like its own heap. sodium_malloc would fault and lock 100 MB up front, in 25,600 pages, on
-/// one thread before decryption starts; here the faults are 50 times fewer and happen on the threads that
-/// decrypt. On the reference machine `coffer infer` on a 100 MB model went from 297 to 249 ms (median of 10).
+/// kept out of core dumps, locked page by page as they are first written (`MLOCK_ONFAULT`: nothing is written before
+/// its page is locked), and wiped by libsodium's `sodium_munlock` like its own heap. sodium_malloc would fault and lock
+/// 100 MB up front, on one thread, before decryption starts; here the faults happen on the threads that decrypt.
+/// The mapping starts on a 2 MiB boundary, so a system whose transparent huge pages are `always` gives it huge pages,
+/// but it does not ask for them (`MADV_HUGEPAGE`): that makes a fault compact memory synchronously (`defrag=madvise`),
+/// and on a VM that reports free pages to its host (Firecracker, this machine) every fresh huge page is faulted in
+/// again by the host. Writing 100 MB first-touch here took 270-340 ms with the advice and 55-68 ms without (a C loop,
+/// 3 s apart); `coffer infer` on a 100 MB model spent half its CPU in `clear_page_erms` under huge-page faults.
 ///
 /// ```swift
 /// let key = SecureBytes.random(count: 32)
@@ -94,7 +97,6 @@ public struct SecureBytes: ~Copyable {
         let data = UnsafeMutableRawPointer(bitPattern: start)!
         mprotect(data - page, page, PROT_NONE)
         mprotect(data + span, page, PROT_NONE)
-        coffer_advise_huge_pages(data, span)
         if coffer_lock_on_fault(data, count) != 0 && (errno == EINVAL || errno == ENOSYS) { _ = sodium_mlock(data, count) }
         return (UnsafeMutableRawBufferPointer(start: mapped, count: length), data)
     }
