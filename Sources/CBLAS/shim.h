@@ -44,6 +44,22 @@ static inline void coffer_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE tra
     f(order, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+typedef void (*coffer_sgemv_function)(enum CBLAS_ORDER, enum CBLAS_TRANSPOSE, blasint, blasint, float, const float *,
+                                      blasint, const float *, blasint, float, float *, blasint);
+
+/// cblas_sgemv from the OpenBLAS loaded on first use.
+static inline void coffer_sgemv(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE trans, blasint m, blasint n, float alpha,
+                                const float *a, blasint lda, const float *x, blasint incx, float beta, float *y,
+                                blasint incy) {
+    static coffer_sgemv_function function;
+    coffer_sgemv_function f = __atomic_load_n(&function, __ATOMIC_ACQUIRE);
+    if (!f) {
+        f = (coffer_sgemv_function)coffer_blas_symbol("cblas_sgemv");
+        __atomic_store_n(&function, f, __ATOMIC_RELEASE);
+    }
+    f(order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+}
+
 /// openblas_set_num_threads from the OpenBLAS loaded on first use.
 static inline void coffer_blas_set_threads(int threads) {
     ((void (*)(int))coffer_blas_symbol("openblas_set_num_threads"))(threads);
