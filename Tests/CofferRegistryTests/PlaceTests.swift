@@ -95,6 +95,32 @@ struct PlaceTests {
         #expect(try manager.contentsOfDirectory(atPath: f).sorted() == ["existing", "out"], "no staging folder stays")
     }
 
+    /// The interrupt table (``TemporaryFiles``) holds 4,096 paths. A pull that cannot register what an interrupt would
+    /// have to remove, its staging folder or a file it places into an existing directory, is refused before anything
+    /// decrypted lies on the disk unregistered, and leaves nothing. With one slot free, a pull into a new directory
+    /// takes it for its staging folder; one into an existing directory still needs a slot per file. In a child
+    /// process: the table is the process's own.
+    @Test func aFullInterruptTableRefusesThePullAndLeavesNothing() async {
+        await #expect(processExitsWith: .success) {
+            let f = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-full-\(UUID().uuidString)").path
+            try? FileManager.default.createDirectory(atPath: "\(f)/existing", withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: f) }
+            let files = ["a.bin", "b.bin"].map { ModelStatement.File(path: $0, size: 1, plaintextSHA256: "", sealedSHA256: "", sealedSize: 0) }
+            let write = { (_: ModelStatement.File, output: AtomicOutputFile, _: Int) throws(CofferRegistryError) in
+                do { try [UInt8(1)].withUnsafeBytes { try output.write($0) } } catch { throw .io(path: "a", reason: "\(error)") }
+            }
+            func pulls(into directory: String) -> Bool { (try? Registry.place(files, into: directory, modelSignature: nil, write: write)) != nil }
+            func entries(_ path: String) -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted() }
+            var filled = 0
+            while TemporaryFiles.register("\(f)/unused-\(filled)") { filled += 1 }
+            guard filled == 4096, !pulls(into: "\(f)/new"), !pulls(into: "\(f)/existing") else { exit(1) }
+            guard entries(f) == ["existing"], entries("\(f)/existing").isEmpty else { exit(2) }
+            TemporaryFiles.unregister("\(f)/unused-0")
+            guard !pulls(into: "\(f)/existing"), entries("\(f)/existing").isEmpty, pulls(into: "\(f)/new") else { exit(3) }
+            guard entries(f) == ["existing", "new"], entries("\(f)/new") == ["a.bin", "b.bin"] else { exit(4) }
+        }
+    }
+
     /// What an interrupted pull's signal handler removes its staging folder with (``TemporaryFiles``): everything in
     /// it, folders with more entries than one read returns, never what a symbolic link points to.
     @Test func theSignalSafeTreeRemovalTakesAllAndFollowsNoLink() throws {

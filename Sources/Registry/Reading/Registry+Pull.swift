@@ -119,8 +119,11 @@ extension Registry {
         }
         let staging = "\(parent)/.coffer-pull-\(UUID().uuidString)"
         try Directories.make(staging)
-        // Decrypted files wait there: an interrupt (Ctrl-C) removes them with it, as a failure does.
-        TemporaryFiles.registerTree(staging)
+        // Decrypted files wait there: an interrupt (Ctrl-C) removes them with it, as a failure does. Not without that.
+        guard TemporaryFiles.registerTree(staging) else {
+            rmdir(staging)
+            throw .io(path: parent, reason: "more temporary files than an interrupt could remove; try again")
+        }
         defer {
             try? FileManager.default.removeItem(atPath: staging)
             TemporaryFiles.unregister(staging)
