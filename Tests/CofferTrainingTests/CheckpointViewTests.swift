@@ -4,9 +4,10 @@ import Testing
 
 @testable import CofferTraining
 
-/// Inference read in place from a checkpoint's bytes (what `coffer infer` runs over locked memory) against the
-/// model loaded the ordinary way, through each of its three products: one matrix-vector product per row below
-/// ``CheckpointView/matrixProductRows`` rows, sgemm from there, element by element when the buffer is unaligned.
+/// Inference read in place from a checkpoint's bytes (what `coffer infer` and a server's session run over locked
+/// memory) against the model loaded the ordinary way (`coffer predict`): the same floats, with fewer rows than
+/// ``MatrixKernels/matrixVectorRows`` (sgemv) and with more (sgemm); within rounding when the buffer is unaligned
+/// (a plain loop).
 @Suite(.ownThread)
 struct CheckpointViewTests {
     @Test func predictionsMatchTheLoadedModelForEveryRowCountAndAlignment() async throws {
@@ -17,17 +18,20 @@ struct CheckpointViewTests {
         let (model, preprocessing) = try Checkpoint.load(directory: directory)
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: directory).appendingPathComponent("model.safetensors")))
         let lines = try SyntheticData(rows: 9, features: 3, classes: 3, seed: 9).csv().split(separator: "\n")
-        for count in [1, CheckpointView.matrixProductRows - 1, CheckpointView.matrixProductRows, 9] {
+        for count in [1, MatrixKernels.matrixVectorRows - 1, MatrixKernels.matrixVectorRows, 9] {
             let table = try CSVTable(text: lines.prefix(1 + count).joined(separator: "\n"), source: "rows.csv")
             let expected = model.predict(try preprocessing.features(of: table), count: count)
             for misalignment in [0, 1] {
                 let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: bytes.count + misalignment, alignment: 16)
                 defer { buffer.deallocate() }
                 let file = UnsafeMutableRawBufferPointer(rebasing: buffer[misalignment...])
-                file.copyMemory(from: UnsafeRawBufferPointer(start: bytes, count: bytes.count))
+                bytes.withUnsafeBytes { file.copyMemory(from: $0) }
                 let view = try CheckpointView(header: UnsafeRawBufferPointer(file))
                 let predicted = try view.predict(table, weights: UnsafeRawBufferPointer(file))
                 #expect(predicted.count == expected.count && predicted.first?.count == expected.first?.count, "\(count) rows")
+                if misalignment == 0 {
+                    #expect(predicted == expected, "\(count) rows")
+                }
                 for (p, e) in zip(predicted.joined(), expected.joined()) {
                     #expect(abs(p - e) <= 1e-5 * max(1, abs(e)), "\(count) rows, misaligned by \(misalignment): \(p) vs \(e)")
                 }

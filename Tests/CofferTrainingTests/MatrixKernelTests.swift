@@ -3,10 +3,11 @@ import Testing
 
 @testable import CofferTraining
 
-/// The Swift SIMD kernels compute what OpenBLAS computes, on sizes with and without an 8-lane tail.
+/// The Swift SIMD kernels compute what OpenBLAS computes, on sizes with and without an 8-lane tail, and with fewer
+/// rows than ``MatrixKernels/matrixVectorRows`` (OpenBLAS's sgemv, row by row) and as many (its sgemm).
 @Suite(.ownThread)
 struct MatrixKernelTests {
-    @Test(arguments: [(3, 5, 7), (16, 8, 24), (9, 17, 33), (1, 1, 1)])
+    @Test(arguments: [(3, 5, 7), (4, 5, 7), (16, 8, 24), (9, 17, 33), (1, 1, 1)])
     func simdAgreesWithBLAS(m: Int, n: Int, k: Int) {
         var g = SeededGenerator(seed: UInt64(m * 1000 + n * 10 + k))
         func matrix(_ count: Int) -> [Float] { (0..<count).map { _ in g.uniform(-1, 1) } }

@@ -1,4 +1,3 @@
-import CBLAS
 import Foundation
 
 /// A Coffer multi-task checkpoint read in place from the bytes of its `model.safetensors`, for inference
@@ -15,10 +14,6 @@ public struct CheckpointView: Sendable {
     /// Byte offsets (from the start of the file) of each layer's weight and bias: trunk first, then heads in task order.
     let layers: [(weight: Int, bias: Int, inputs: Int, outputs: Int)]
     let fileLength: Int
-    /// Below this many rows each row is one matrix-vector product, which reads a layer's weights once, where
-    /// OpenBLAS 0.3.21's sgemm first packs the whole weight matrix: for one row through two 5000 x 5000 layers
-    /// (the session benchmark's 100 MB model), sgemv took 16 ms and sgemm 80 ms.
-    static let matrixProductRows = 4
 
     /// Parses the header at the start of `bytes` (the whole file) and checks every tensor the architecture needs.
     public init(header bytes: UnsafeRawBufferPointer) throws(CofferTrainingError) {
@@ -84,46 +79,18 @@ public struct CheckpointView: Sendable {
             }
             let w = weights.baseAddress!.advanced(by: layer.weight)
             if Int(bitPattern: w) % MemoryLayout<Float>.alignment == 0 {
-                let wf = w.assumingMemoryBound(to: Float.self)
-                if n < CheckpointView.matrixProductRows {
-                    x.withUnsafeBufferPointer { x in
-                        out.withUnsafeMutableBufferPointer { out in
-                            for i in 0..<n {
-                                coffer_sgemv(
-                                    CblasRowMajor,
-                                    CblasNoTrans,
-                                    Int32(layer.outputs),
-                                    Int32(layer.inputs),
-                                    1,
-                                    wf,
-                                    Int32(layer.inputs),
-                                    x.baseAddress! + i * layer.inputs,
-                                    1,
-                                    1,
-                                    out.baseAddress! + i * layer.outputs,
-                                    1
-                                )
-                            }
-                        }
+                x.withUnsafeBufferPointer { x in
+                    out.withUnsafeMutableBufferPointer { out in
+                        MatrixKernels.multiplyTransposed(
+                            x.baseAddress!,
+                            w.assumingMemoryBound(to: Float.self),
+                            into: out.baseAddress!,
+                            m: n,
+                            n: layer.outputs,
+                            k: layer.inputs
+                        )
                     }
-                    return out
                 }
-                coffer_sgemm(
-                    CblasRowMajor,
-                    CblasNoTrans,
-                    CblasTrans,
-                    Int32(n),
-                    Int32(layer.outputs),
-                    Int32(layer.inputs),
-                    1,
-                    x,
-                    Int32(layer.inputs),
-                    wf,
-                    Int32(layer.inputs),
-                    1,
-                    &out,
-                    Int32(layer.outputs)
-                )
             } else {
                 for i in 0..<n {
                     for o in 0..<layer.outputs {

@@ -12,18 +12,44 @@ enum MatrixKernels {
 
     /// `c[m x n] += a[m x k] * b[n x k]^T` (row-major): a dense layer's forward pass.
     static func multiplyTransposed(_ a: [Float], _ b: [Float], into c: inout [Float], m: Int, n: Int, k: Int, backend: Backend = backend) {
-        guard m > 0, n > 0 else { return }
-        switch backend {
-        case .blas:
-            coffer_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(k), 1, &c, Int32(n))
-        case .simd:
-            a.withUnsafeBufferPointer { a in
-                b.withUnsafeBufferPointer { b in
-                    c.withUnsafeMutableBufferPointer { c in
-                        for i in 0..<m { for j in 0..<n { c[i * n + j] += dot(a.baseAddress! + i * k, b.baseAddress! + j * k, k) } }
-                    }
+        guard m > 0, n > 0, k > 0 else { return }
+        a.withUnsafeBufferPointer { a in
+            b.withUnsafeBufferPointer { b in
+                c.withUnsafeMutableBufferPointer { c in
+                    multiplyTransposed(a.baseAddress!, b.baseAddress!, into: c.baseAddress!, m: m, n: n, k: k, backend: backend)
                 }
             }
+        }
+    }
+
+    /// Below this many rows of `a`, ``multiplyTransposed(_:_:into:m:n:k:backend:)-(UnsafePointer<Float>,_,_,_,_,_,_)``
+    /// makes one matrix-vector product per row, which reads `b` once, where OpenBLAS 0.3.21's sgemm first packs all of
+    /// `b` (gemv forwarding came in 0.3.27): one row through two 5000 x 5000 layers, the session benchmark's 100 MB
+    /// model, took 16 ms with sgemv and 80 ms with sgemm.
+    static let matrixVectorRows = 4
+
+    /// The same over memory the caller holds: the weights of a checkpoint read in place (``CheckpointView``). The
+    /// plaintext checkpoint (`coffer predict`) and the one in locked memory (`infer`, a server's session) go through
+    /// this one function, so that they give the same floats.
+    static func multiplyTransposed(
+        _ a: UnsafePointer<Float>,
+        _ b: UnsafePointer<Float>,
+        into c: UnsafeMutablePointer<Float>,
+        m: Int,
+        n: Int,
+        k: Int,
+        backend: Backend = backend
+    ) {
+        guard m > 0, n > 0, k > 0 else { return }
+        switch backend {
+        case .blas where m < matrixVectorRows:
+            for i in 0..<m {
+                coffer_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(k), 1, b, Int32(k), a + i * k, 1, 1, c + i * n, 1)
+            }
+        case .blas:
+            coffer_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(k), 1, c, Int32(n))
+        case .simd:
+            for i in 0..<m { for j in 0..<n { c[i * n + j] += dot(a + i * k, b + j * k, k) } }
         }
     }
 
