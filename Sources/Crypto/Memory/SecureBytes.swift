@@ -20,9 +20,10 @@ import Glibc
 /// 100 MB up front, on one thread, before decryption starts; here the faults happen on the threads that decrypt.
 /// The mapping starts on a 2 MiB boundary, so a system whose transparent huge pages are `always` gives it huge pages,
 /// but it does not ask for them (`MADV_HUGEPAGE`): that makes a fault compact memory synchronously (`defrag=madvise`),
-/// and on a VM that reports free pages to its host (Firecracker, this machine) every fresh huge page is faulted in
-/// again by the host. Writing 100 MB first-touch here took 270-340 ms with the advice and 55-68 ms without (a C loop,
-/// 3 s apart); `coffer infer` on a 100 MB model spent half its CPU in `clear_page_erms` under huge-page faults.
+/// and on a VM that reports free pages to its host (the Firecracker VMs Coffer is measured on, 2026-12) every fresh
+/// huge page is faulted in again by the host. Writing 100 MB first-touch took 290-390 ms with the advice and 71-119 ms
+/// without (a C loop, 3 s apart, idle machine); `coffer infer` on a 100 MB model spent half its CPU in
+/// `clear_page_erms` under huge-page faults.
 ///
 /// ```swift
 /// let key = SecureBytes.random(count: 32)

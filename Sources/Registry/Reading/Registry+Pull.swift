@@ -119,7 +119,8 @@ extension Registry {
         }
         let staging = "\(parent)/.coffer-pull-\(UUID().uuidString)"
         try Directories.make(staging)
-        // Decrypted files wait there: an interrupt (Ctrl-C) removes them with it, as a failure does. Not without that.
+        // Decrypted files wait there: an interrupt (Ctrl-C) removes them with it, as a failure does. A folder the
+        // interrupt handler does not know of would outlive Ctrl-C with plaintext in it, so the pull stops here instead.
         guard TemporaryFiles.registerTree(staging) else {
             rmdir(staging)
             throw .io(path: parent, reason: "more temporary files than an interrupt could remove; try again")
