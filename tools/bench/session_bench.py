@@ -118,14 +118,14 @@ def agent_lines(coffer, work, home, env, rounds):
         subprocess.run([coffer, "agent", "add", f"{work}/alice.key"], check=True, capture_output=True, env=dict(agent_env, COFFER_PASSPHRASE=env["COFFER_PASSPHRASE"]))
         unseal_times, session_times, passphrase_unseal, digest_times = [], [], [], []
         unseal = [coffer, "unseal", "--identity", f"{work}/alice.key", "-o", "-", f"{work}/model.cfs"]
+        digest_anchor = ["bash", "-o", "pipefail", "-c", f"{shlex.join(unseal)} | openssl dgst -sha256 -r"]
         # Once, untimed: the digest anchor hashes the whole plaintext (a failed unseal would hash nothing, quickly).
-        digest = subprocess.run(["bash", "-o", "pipefail", "-c", f"{shlex.join(unseal)} | openssl dgst -sha256 -r"],
-                                check=True, capture_output=True, env=agent_env).stdout.split()[0].decode()
+        digest = subprocess.run(digest_anchor, check=True, capture_output=True, env=agent_env).stdout.split()[0].decode()
         assert digest == hashlib.sha256(open(f"{work}/big/model.safetensors", "rb").read()).hexdigest(), digest
         for _ in range(rounds):
             passphrase_unseal.append(run(unseal, env=env)[0])
             unseal_times.append(run(unseal, env=agent_env)[0])
-            digest_times.append(run(["bash", "-o", "pipefail", "-c", f"{shlex.join(unseal)} | openssl dgst -sha256"], env=agent_env)[0])
+            digest_times.append(run(digest_anchor, env=agent_env)[0])
             start = time.perf_counter()
             token = subprocess.run([coffer, "session", "open", "big/model@prod", "--identity", f"{work}/alice.key", "--ttl", "5m", "--home", home],
                                    check=True, capture_output=True, env=agent_env).stdout.decode().strip()
