@@ -59,6 +59,7 @@ let package = Package(
             name: "CBLAS",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        .systemLibrary(name: "CLibcrypto", providers: [.apt(["libssl3"])]),
         .target(
             name: "CofferTraining",
             dependencies: ["CSodium", "CBLAS"],
@@ -123,6 +124,7 @@ let package = Package(
             dependencies: [
                 "CSodium",
                 "CBLAS",
+                "CLibcrypto",
                 "CofferCrypto",
                 "CofferTraining",
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -1,23 +1,32 @@
-import CSodium
+import CLibcrypto
 public import CofferCrypto
 import Foundation
 
 /// Expands a 32-byte seed into a mask over the ring Z_{2^64} and adds it to, or subtracts it from, a vector.
 ///
 /// The mask's element j is bytes 8j to 8j+8 (little-endian) of the ChaCha20 keystream (RFC 8439: 32-byte key = the
-/// seed, 12-byte nonce of zeros, block counter from 0), libsodium's `crypto_stream_chacha20_ietf`. A cryptographic PRG
+/// seed, 12-byte nonce of zeros, block counter from 0), libsodium's `crypto_stream_chacha20_ietf`, here computed by OpenSSL's
+/// libcrypto, which gives the same bytes at twice the speed on AVX-512 machines (see `CLibcrypto`). A cryptographic PRG
 /// is what makes a masked vector look uniform to whoever does not hold the seed (Flower's SecAgg+ expands masks with
 /// MT19937 seeded with 32 bits, which does not). Each seed masks one vector once: seeds are fresh per round.
 ///
 /// The keystream goes through a 64 KiB scratch buffer in sodium memory, reused across calls, so expanding a mask
-/// never allocates and never puts keystream in ordinary memory.
+/// never allocates and never puts keystream in ordinary memory. An expander is used by one thread at a time.
 public final class MaskExpander {
-    /// Keystream bytes produced per libsodium call.
+    /// Keystream bytes produced per call to OpenSSL.
     static let pieceBytes = 64 << 10
     private let scratch = SecureBytes(count: MaskExpander.pieceBytes)
-    private static let nonce = [UInt8](repeating: 0, count: 12)
+    /// OpenSSL's ChaCha20 context, freed (and its last key cleansed) with the expander.
+    private let cipher = coffer_chacha20_new()
 
     public init() { _ = FederatedSodium.ready }
+
+    deinit { coffer_chacha20_free(cipher) }
+
+    /// Fills `count` bytes at `out` with the keystream under `seed` (32 bytes) from 64-byte block `counter` on.
+    private func fill(_ out: UnsafeMutableRawPointer, count: Int, seed: UnsafeRawPointer, counter: UInt32) {
+        coffer_chacha20_keystream(cipher, out.assumingMemoryBound(to: UInt8.self), count, seed.assumingMemoryBound(to: UInt8.self), counter)
+    }
 
     public enum Direction: Sendable {
         case add, subtract
@@ -56,7 +65,6 @@ public final class MaskExpander {
         let wordsPerPiece = Self.passBytes / 8
         scratch.withUnsafeMutableBytes { raw in
             let words = raw.bindMemory(to: UInt64.self)
-            let p = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
             var start = 0
             while start < vector.count {
                 let count = min(wordsPerPiece, vector.count - start)
@@ -64,9 +72,7 @@ public final class MaskExpander {
                 let counter = UInt32((first + start) / 8)
                 let out = vector.baseAddress! + start
                 for (i, direction) in directions.enumerated() {
-                    raw.baseAddress!.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
-                    let seed = (seeds + i * 32).assumingMemoryBound(to: UInt8.self)
-                    _ = crypto_stream_chacha20_ietf_xor_ic(p, p, UInt64(bytes), Self.nonce, counter, seed)
+                    fill(raw.baseAddress!, count: bytes, seed: seeds + i * 32, counter: counter)
                     switch direction {
                     case .add: for j in 0..<count { out[j] &+= UInt64(littleEndian: words[j]) }
                     case .subtract: for j in 0..<count { out[j] &-= UInt64(littleEndian: words[j]) }
@@ -119,10 +125,7 @@ public final class MaskExpander {
                 let count = min(wordsPerPiece, total - start)
                 let bytes = count * 8
                 // Counter of the piece's first 64-byte block: pieces start on block boundaries.
-                let counter = UInt32(start * 8 / 64)
-                raw.baseAddress!.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
-                let p = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
-                _ = crypto_stream_chacha20_ietf_xor_ic(p, p, UInt64(bytes), Self.nonce, counter, seed.assumingMemoryBound(to: UInt8.self))
+                fill(raw.baseAddress!, count: bytes, seed: seed, counter: UInt32(start * 8 / 64))
                 body(start, UnsafeBufferPointer(rebasing: words[0..<count]))
                 start += count
             }
