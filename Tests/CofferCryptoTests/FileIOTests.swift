@@ -65,6 +65,43 @@ struct FileIOTests {
             #expect(Array(try Data(contentsOf: URL(fileURLWithPath: destination))) == bytes, "\(size) bytes in \(directory)")
         }
     }
+
+    /// A temporary file takes an entry in the interrupt handler's table before it exists, and is refused, leaving
+    /// nothing, when the table is full: a file the handler does not know of would outlive Ctrl-C (for `unseal -o`, with
+    /// plaintext in it). One inside a registered folder needs no entry of its own. In a child process: the table is the
+    /// process's own.
+    @Test func aFullInterruptTableRefusesATemporaryFileAndLeavesNothing() async {
+        await #expect(processExitsWith: .success) {
+            let directory = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-table-\(UUID().uuidString)").path
+            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            defer { try? FileManager.default.removeItem(atPath: directory) }
+            func entries() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted() }
+            /// Whether a temporary file could be made; a refusal for any reason but the full table fails the test.
+            func made(_ name: String, insideRegisteredFolder: Bool = false, then body: () -> Void = {}) -> Bool {
+                do {
+                    let file = try AtomicOutputFile(
+                        destination: "\(directory)/\(name)",
+                        durable: false,
+                        insideRegisteredFolder: insideRegisteredFolder
+                    )
+                    _ = file
+                    body()
+                    return true
+                } catch {
+                    guard "\(error)".contains("than an interrupt could remove") else { exit(5) }
+                    return false
+                }
+            }
+            var filled = 0
+            while TemporaryFiles.register("\(directory)/unused-\(filled)") { filled += 1 }
+            guard filled == 4096, !made("a"), entries().isEmpty else { exit(1) }
+            guard made("b", insideRegisteredFolder: true), entries().isEmpty else { exit(2) }
+            TemporaryFiles.unregister("\(directory)/unused-0")
+            // The one free entry goes to the first file while it exists, and comes back when it goes.
+            var second = true
+            guard made("c", then: { second = made("d") }), !second, entries().isEmpty, made("e") else { exit(3) }
+        }
+    }
 }
 
 /// Hands a temporary file to offloaded work, which takes the only reference.

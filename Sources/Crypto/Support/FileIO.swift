@@ -183,12 +183,15 @@ public final class FileDescriptorStream: ByteSource, ByteSink, Sendable {
 /// A file written under a temporary name beside its destination and renamed into place only on ``commit()``.
 ///
 /// If the value is dropped without `commit()` (an error, a failed authentication), the temporary
-/// file is removed: a failed write leaves nothing at the destination.
+/// file is removed: a failed write leaves nothing at the destination. If the process is interrupted (Ctrl-C, SIGTERM)
+/// first, the interrupt handler removes it (``TemporaryFiles``).
 public final class AtomicOutputFile: ByteSink {
     public let destination: String
     let temporaryPath: String
     private let stream: FileDescriptorStream
     private let durable: Bool
+    /// Whether the temporary file has an entry of its own in the interrupt handler's table.
+    private let registered: Bool
     /// Durable files go to the disk without the page cache: they are fsynced before use anyway, and on a virtual
     /// machine copying gigabytes into fresh page-cache pages cost a third of a push's CPU.
     private let direct: DirectWriter?
@@ -199,25 +202,41 @@ public final class AtomicOutputFile: ByteSink {
     /// - Parameter durable: fsync the data before the rename and the directory after it, so the file
     ///   survives a power loss once `commit()` returns (keys, registry blobs). Without it the rename is
     ///   still all-or-nothing for errors and interrupts, as with `cp` or `age`.
-    public init(destination: String, mode: UInt32 = 0o600, durable: Bool = true) throws(CofferCryptoError) {
+    /// - Parameter insideRegisteredFolder: the destination is inside a folder already registered with
+    ///   ``TemporaryFiles/registerTree(_:)`` (a pull's staging folder), which an interrupt removes whole. Otherwise the
+    ///   temporary file takes an entry of its own, and is refused when the table is full: a file the handler does not
+    ///   know of would outlive Ctrl-C.
+    public init(destination: String, mode: UInt32 = 0o600, durable: Bool = true, insideRegisteredFolder: Bool = false) throws(CofferCryptoError) {
         self.destination = destination
         self.durable = durable
+        self.registered = !insideRegisteredFolder
         let slash = destination.lastIndex(of: "/")
         let directory = slash.map { String(destination[...$0]) } ?? ""
         let base = slash.map { String(destination[destination.index(after: $0)...]) } ?? destination
-        var template = Array("\(directory).\(base).coffer-tmp-XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else { throw .io(path: destination, reason: FileDescriptorStream.lastError()) }
+        // The name is registered before the file exists (so an interrupt between the two leaves nothing), which mkstemp,
+        // choosing the name as it creates the file, cannot do; O_EXCL keeps its guarantee that the file is new.
+        var path = ""
+        var fd: Int32 = -1
+        while fd < 0 {
+            path = "\(directory).\(base).coffer-tmp-\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
+            if registered, !TemporaryFiles.register(path) {
+                throw .io(path: destination, reason: "more files are being written than an interrupt could remove; try again")
+            }
+            fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            guard fd < 0 else { break }
+            let code = errno
+            if registered { TemporaryFiles.unregister(path) }
+            guard code == EEXIST else { throw .io(path: destination, reason: String(cString: strerror(code))) }
+        }
         fchmod(fd, mode_t(mode))
-        self.temporaryPath = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+        self.temporaryPath = path
         self.stream = FileDescriptorStream(ownedDescriptor: fd, path: destination)
         self.direct = durable ? DirectWriter(stream: stream) : nil
-        TemporaryFiles.register(temporaryPath)
     }
 
     deinit {
         if !committed { unlink(temporaryPath) }
-        TemporaryFiles.unregister(temporaryPath)
+        if registered { TemporaryFiles.unregister(temporaryPath) }
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {

@@ -137,7 +137,11 @@ extension Registry {
             try Directories.make(Directories.parent(of: target))
             let output: AtomicOutputFile
             // Durable: a file that appears in `directory` is on the disk whole, whatever happens to the machine after.
-            do { output = try AtomicOutputFile(destination: target, mode: 0o600, durable: true) } catch { throw .crypto(error) }
+            do {
+                output = try AtomicOutputFile(destination: target, mode: 0o600, durable: true, insideRegisteredFolder: true)
+            } catch {
+                throw .crypto(error)
+            }
             try write(file, output, done)
             // Entries of the staging folder are synced below if it becomes `directory`, else never: the files leave it.
             do { try output.commit(syncingDirectory: false) } catch { throw .crypto(error) }
