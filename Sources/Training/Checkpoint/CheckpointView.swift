@@ -1,3 +1,4 @@
+import CSodium
 import Foundation
 
 /// A Coffer multi-task checkpoint read in place from the bytes of its `model.safetensors`, for inference
@@ -69,7 +70,7 @@ public struct CheckpointView: Sendable {
         let n = table.rowCount
         var current = try preprocessing.features(of: table)
         let trunkCount = architecture.trunk.count
-        func dense(_ layer: (weight: Int, bias: Int, inputs: Int, outputs: Int), _ x: [Float]) -> [Float] {
+        func dense(_ layer: (weight: Int, bias: Int, inputs: Int, outputs: Int), _ x: [Float]) throws(CofferTrainingError) -> [Float] {
             var out = [Float](repeating: 0, count: n * layer.outputs)
             guard n > 0 else { return out }
             // Unaligned loads: the buffer is whatever the caller allocated, so read through memcpy-safe accessors.
@@ -78,42 +79,41 @@ public struct CheckpointView: Sendable {
                 for i in 0..<n { out[i * layer.outputs + o] = b }
             }
             let w = weights.baseAddress!.advanced(by: layer.weight)
-            if Int(bitPattern: w) % MemoryLayout<Float>.alignment == 0 {
-                x.withUnsafeBufferPointer { x in
-                    out.withUnsafeMutableBufferPointer { out in
-                        MatrixKernels.multiplyTransposed(
-                            x.baseAddress!,
-                            w.assumingMemoryBound(to: Float.self),
-                            into: out.baseAddress!,
-                            m: n,
-                            n: layer.outputs,
-                            k: layer.inputs
-                        )
-                    }
-                }
-            } else {
-                for i in 0..<n {
-                    for o in 0..<layer.outputs {
-                        var sum: Float = 0
-                        for k in 0..<layer.inputs {
-                            sum +=
-                                x[i * layer.inputs + k]
-                                * weights.loadUnaligned(fromByteOffset: layer.weight + 4 * (o * layer.inputs + k), as: Float.self)
-                        }
-                        out[i * layer.outputs + o] += sum
-                    }
+            // Weights that are not 4-byte aligned (a caller's buffer, or a safetensors file whose writer did not pad its
+            // header) are multiplied from an aligned copy in sodium memory (locked, wiped when freed), so that every
+            // checkpoint gets the one product `coffer predict` computes, to the last bit.
+            let count = layer.inputs * layer.outputs
+            let aligned = Int(bitPattern: w) % MemoryLayout<Float>.alignment == 0
+            let copy = aligned ? nil : sodium_malloc(4 * count)
+            defer { sodium_free(copy) }
+            guard aligned || copy != nil else {
+                throw .invalidCheckpoint("its weights are not 4-byte aligned, and there is no memory to copy a layer of \(count) values")
+            }
+            copy?.copyMemory(from: w, byteCount: 4 * count)
+            x.withUnsafeBufferPointer { x in
+                out.withUnsafeMutableBufferPointer { out in
+                    MatrixKernels.multiplyTransposed(
+                        x.baseAddress!,
+                        (copy.map(UnsafeRawPointer.init) ?? w).assumingMemoryBound(to: Float.self),
+                        into: out.baseAddress!,
+                        m: n,
+                        n: layer.outputs,
+                        k: layer.inputs
+                    )
                 }
             }
             return out
         }
-        for l in 0..<trunkCount { current = dense(layers[l], current).map { architecture.activation.apply($0) } }
-        return architecture.tasks.enumerated().map { t, task in
-            let z = dense(layers[trunkCount + t], current)
+        for l in 0..<trunkCount { current = try dense(layers[l], current).map { architecture.activation.apply($0) } }
+        var predictions: [[Float]] = []
+        for (t, task) in architecture.tasks.enumerated() {
+            let z = try dense(layers[trunkCount + t], current)
             switch task.kind {
-            case .classification: return (0..<n).flatMap { i in softmax(Array(z[(i * task.classes)..<((i + 1) * task.classes)])) }
-            case .binary: return z.map(sigmoid)
-            case .regression: return z
+            case .classification: predictions.append((0..<n).flatMap { i in softmax(Array(z[(i * task.classes)..<((i + 1) * task.classes)])) })
+            case .binary: predictions.append(z.map(sigmoid))
+            case .regression: predictions.append(z)
             }
         }
+        return predictions
     }
 }
