@@ -207,6 +207,33 @@ struct SecureAggregationTests {
         #expect(withheld.siteErrors[1]?.description.contains("withheld the shares") == true)
     }
 
+    /// On a SecAgg+ ring each site is sent its own keys and its neighbours', no others (m^2 key sets a round otherwise),
+    /// and refuses another site's keys even when they are genuine.
+    @Test func aSiteOnARingGetsAndTakesOnlyItsNeighboursKeys() throws {
+        let ring = try SecAggHarness(count: 9, threshold: 3, neighbours: 4, dimension: 3)
+        var forwarded: [Set<Int>] = []
+        let sum = try ring.run(
+            (0..<9).map { [UInt64($0), 1, 2] },
+            faults: Faults(tamper: { task in if task.stage == .share { forwarded.append(Set(task.keys!.map(\.index))) } })
+        )
+        #expect(sum == [36, 9, 18])
+        let neighbourhoods = ring.sites.map { index, site in Set(site.neighbourIndices).union([index]) }
+        #expect(Set(forwarded) == Set(neighbourhoods) && forwarded.count == 9 && forwarded.allSatisfy { $0.count == 5 }, "\(forwarded)")
+
+        // The coordinator adds a non-neighbour's genuine keys to site 1's task.
+        let padded = try SecAggHarness(count: 9, threshold: 3, neighbours: 4, dimension: 3)
+        let own = Set(padded.sites[1]!.neighbourIndices).union([1])
+        let stranger = Set(1...9).subtracting(own).min()!
+        _ = try? padded.run(
+            [[UInt64]](repeating: [0, 0, 0], count: 9),
+            faults: Faults(tamper: { task in
+                if task.stage == .share, Set(task.keys!.map(\.index)) == own { task.keys!.append(padded.aggregator.keys[stranger]!) }
+            })
+        )
+        let name = padded.identities[stranger - 1].publicIdentity.keyID
+        #expect(padded.siteErrors[1]?.description == "malformed message: keys for site \(name), which is not a neighbour")
+    }
+
     @Test func keysSwappedByTheCoordinatorAndUnsignedListsAreRefused() throws {
         let swapped = try SecAggHarness(count: 4, threshold: 3, dimension: 3)
         let attacker = EphemeralKeyPair.generate().publicKey

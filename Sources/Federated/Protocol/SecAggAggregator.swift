@@ -282,7 +282,10 @@ public final class SecAggAggregator {
     public func fill(_ task: inout SiteTask, for index: Int) {
         switch stage {
         case .advertise: task.parameters = parameters
-        case .share: task.keys = (completed[.advertise] ?? []).compactMap { keys[$0] }
+        case .share:
+            // Its own keys and its neighbours', no others: forwarding every site's would cost m^2 key sets a round.
+            let wanted = Set(neighbours(of: index)).union([index])
+            task.keys = (completed[.advertise] ?? []).filter(wanted.contains).compactMap { keys[$0] }
         case .masked:
             task.survivors = completed[.share]
             task.boxes = (completed[.share] ?? []).compactMap { sender in boxes[sender]?.first { $0.to == index } }

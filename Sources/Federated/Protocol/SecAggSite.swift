@@ -116,13 +116,18 @@ public final class SecAggSite {
 
     // MARK: - Stage share
 
-    /// Checks every site's signed keys, then splits this site's mask key and seed among its neighbours that advertised
-    /// (and itself), and encrypts each neighbour's pair of shares to it.
+    /// Checks the signed keys of its neighbours that advertised (and its own), the only ones the coordinator forwards,
+    /// then splits this site's mask key and seed among those neighbours and itself, and encrypts each neighbour's pair of
+    /// shares to it.
     public func share(keys advertised: [AdvertisedKeys], into submission: inout Submission) throws(FederatedError) {
+        let neighbours = Set(neighbourIndices)
         var keys: [Int: AdvertisedKeys] = [:]
         for entry in advertised {
             guard let identity = identities[entry.index] else { throw .malformedMessage("keys for index \(entry.index), which is not in the roster") }
             guard keys[entry.index] == nil else { throw .duplicate("two sets of keys for site \(identity.keyID)") }
+            guard entry.index == me || neighbours.contains(entry.index) else {
+                throw .malformedMessage("keys for site \(identity.keyID), which is not a neighbour")
+            }
             guard entry.encryptionKey.bytes.count == 32, entry.maskKey.bytes.count == 32 else {
                 throw .malformedMessage("the keys of site \(identity.keyID) are not 32 bytes")
             }
@@ -141,9 +146,6 @@ public final class SecAggSite {
         }
         guard keys[me]?.encryptionKey.bytes == encryption.publicKey, keys[me]?.maskKey.bytes == masking.publicKey else {
             throw .tampered("the keys forwarded for this site are not the ones it advertised")
-        }
-        guard keys.count >= parameters.threshold else {
-            throw .notInRound("only \(keys.count) sites advertised keys, fewer than the threshold \(parameters.threshold)")
         }
         self.keys = keys
         let recipients = neighbourIndices.filter { keys[$0] != nil }
@@ -228,8 +230,13 @@ public final class SecAggSite {
         expander: MaskExpander
     ) throws(FederatedError) -> [UInt8] {
         let u2 = Set(survivors)
-        guard u2.count == survivors.count, u2.isSubset(of: Set(keys.keys)) else {
-            throw .malformedMessage("the list of sites that sent shares repeats a site or names one that advertised no keys")
+        // The keys this site holds are its neighbours' (and its own): a neighbour counted here must be one of them.
+        guard u2.count == survivors.count, u2.isSubset(of: Set(identities.keys)),
+            Set(neighbourIndices).union([me]).intersection(u2).isSubset(of: Set(keys.keys))
+        else {
+            throw .malformedMessage(
+                "the list of sites that sent shares repeats a site, or names one outside the roster or a neighbour that advertised no keys"
+            )
         }
         guard u2.contains(me) else { throw .notInRound("the coordinator did not count this site's shares") }
         guard u2.count >= parameters.threshold else {
