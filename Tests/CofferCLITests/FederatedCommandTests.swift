@@ -135,6 +135,31 @@ struct FederatedCommandTests {
         #expect(privacy["mechanism"] as? String == "dp-fedavg")
     }
 
+    /// Without a loadable libcrypto (secure aggregation's masks come from OpenSSL's ChaCha20), a coordinator and a
+    /// simulation refuse at once with one line, before any site trains or masks.
+    @Test func withoutLibcryptoFederationRefusesAtTheStart() throws {
+        let dir = try Scratch()
+        try Self.prepare(dir, sites: 3, rows: 100)
+        try FileManager.default.createDirectory(atPath: dir.path("lib"), withIntermediateDirectories: true)
+        try dir.write("lib/libcrypto.so.3", Data("not a shared library".utf8))
+        let broken = ["LD_LIBRARY_PATH": dir.path("lib")]
+        let serve = try CofferProcess.run(
+            [
+                "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:\(Self.freePort())",
+                "--rounds", "1", "--join-timeout", "5",
+            ] + (0..<3).flatMap { ["--site", "keys/site\($0).pub"] },
+            in: dir.url,
+            environment: broken
+        )
+        expectFailure(serve, "coffer: cannot load OpenSSL's libcrypto (install libssl3): ")
+        let simulate = try CofferProcess.run(
+            ["fl", "simulate", "--recipe", "recipe.json", "--data", "site0.csv", "--sites", "3", "--rounds", "1"],
+            in: dir.url,
+            environment: broken
+        )
+        expectFailure(simulate, "coffer: cannot load OpenSSL's libcrypto (install libssl3): ")
+    }
+
     @Test func badSitesAreRefusedWithOneLineAndNothingIsPushed() throws {
         let dir = try Scratch()
         try Self.prepare(dir, sites: 3, rows: 200)

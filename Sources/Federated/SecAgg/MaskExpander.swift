@@ -16,16 +16,37 @@ public final class MaskExpander {
     /// Keystream bytes produced per call to OpenSSL.
     static let pieceBytes = 64 << 10
     private let scratch = SecureBytes(count: MaskExpander.pieceBytes)
-    /// OpenSSL's ChaCha20 context, freed (and its last key cleansed) with the expander.
-    private let cipher = coffer_chacha20_new()
 
     public init() { _ = FederatedSodium.ready }
 
-    deinit { coffer_chacha20_free(cipher) }
+    /// Refuses, with the reason, when OpenSSL's ChaCha20 cannot be loaded: coordinators and sites check when they start,
+    /// not when the first masks are due.
+    public static func checkAvailable() throws(FederatedError) {
+        var reason = [CChar](repeating: 0, count: 256)
+        guard coffer_chacha20_available(&reason, reason.count) == 0 else {
+            throw .io(String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+    }
 
-    /// Fills `count` bytes at `out` with the keystream under `seed` (32 bytes) from 64-byte block `counter` on.
-    private func fill(_ out: UnsafeMutableRawPointer, count: Int, seed: UnsafeRawPointer, counter: UInt32) {
-        coffer_chacha20_keystream(cipher, out.assumingMemoryBound(to: UInt8.self), count, seed.assumingMemoryBound(to: UInt8.self), counter)
+    /// Runs `body` with an OpenSSL ChaCha20 context, freed when it returns: the context holds the last seed it was given
+    /// in OpenSSL's ordinary memory, and OpenSSL cleanses it when it is freed, so no seed outlives the call there.
+    private static func withCipher<R>(_ body: (UnsafeMutableRawPointer) -> R) -> R {
+        let cipher: UnsafeMutableRawPointer = coffer_chacha20_new()
+        defer { coffer_chacha20_free(cipher) }
+        return body(cipher)
+    }
+
+    /// Fills `count` bytes at `out`, rounded up to whole 64-byte blocks (the scratch has room), with the keystream under
+    /// `seed` (32 bytes) from block `counter` on. Whole blocks leave no keystream behind in the OpenSSL context.
+    private static func fill(
+        _ out: UnsafeMutableRawPointer,
+        count: Int,
+        seed: UnsafeRawPointer,
+        counter: UInt32,
+        with cipher: UnsafeMutableRawPointer
+    ) {
+        let whole = (count + 63) & ~63
+        coffer_chacha20_keystream(cipher, out.assumingMemoryBound(to: UInt8.self), whole, seed.assumingMemoryBound(to: UInt8.self), counter)
     }
 
     public enum Direction: Sendable {
@@ -63,22 +84,24 @@ public final class MaskExpander {
     func apply(seeds: UnsafeRawPointer, directions: [Direction], to vector: UnsafeMutableBufferPointer<UInt64>, startingAt first: Int = 0) {
         precondition(first % 8 == 0, "a range of the mask starts on a ChaCha20 block")
         let wordsPerPiece = Self.passBytes / 8
-        scratch.withUnsafeMutableBytes { raw in
-            let words = raw.bindMemory(to: UInt64.self)
-            var start = 0
-            while start < vector.count {
-                let count = min(wordsPerPiece, vector.count - start)
-                let bytes = count * 8
-                let counter = UInt32((first + start) / 8)
-                let out = vector.baseAddress! + start
-                for (i, direction) in directions.enumerated() {
-                    fill(raw.baseAddress!, count: bytes, seed: seeds + i * 32, counter: counter)
-                    switch direction {
-                    case .add: for j in 0..<count { out[j] &+= UInt64(littleEndian: words[j]) }
-                    case .subtract: for j in 0..<count { out[j] &-= UInt64(littleEndian: words[j]) }
+        Self.withCipher { cipher in
+            scratch.withUnsafeMutableBytes { raw in
+                let words = raw.bindMemory(to: UInt64.self)
+                var start = 0
+                while start < vector.count {
+                    let count = min(wordsPerPiece, vector.count - start)
+                    let bytes = count * 8
+                    let counter = UInt32((first + start) / 8)
+                    let out = vector.baseAddress! + start
+                    for (i, direction) in directions.enumerated() {
+                        Self.fill(raw.baseAddress!, count: bytes, seed: seeds + i * 32, counter: counter, with: cipher)
+                        switch direction {
+                        case .add: for j in 0..<count { out[j] &+= UInt64(littleEndian: words[j]) }
+                        case .subtract: for j in 0..<count { out[j] &-= UInt64(littleEndian: words[j]) }
+                        }
                     }
+                    start += count
                 }
-                start += count
             }
         }
     }
@@ -119,15 +142,17 @@ public final class MaskExpander {
     func keystream(seed: UnsafeRawPointer, count total: Int, _ body: (Int, UnsafeBufferPointer<UInt64>) -> Void) {
         let wordsPerPiece = Self.pieceBytes / 8
         var start = 0
-        scratch.withUnsafeMutableBytes { raw in
-            let words = raw.bindMemory(to: UInt64.self)
-            while start < total {
-                let count = min(wordsPerPiece, total - start)
-                let bytes = count * 8
-                // Counter of the piece's first 64-byte block: pieces start on block boundaries.
-                fill(raw.baseAddress!, count: bytes, seed: seed, counter: UInt32(start * 8 / 64))
-                body(start, UnsafeBufferPointer(rebasing: words[0..<count]))
-                start += count
+        Self.withCipher { cipher in
+            scratch.withUnsafeMutableBytes { raw in
+                let words = raw.bindMemory(to: UInt64.self)
+                while start < total {
+                    let count = min(wordsPerPiece, total - start)
+                    let bytes = count * 8
+                    // Counter of the piece's first 64-byte block: pieces start on block boundaries.
+                    Self.fill(raw.baseAddress!, count: bytes, seed: seed, counter: UInt32(start * 8 / 64), with: cipher)
+                    body(start, UnsafeBufferPointer(rebasing: words[0..<count]))
+                    start += count
+                }
             }
         }
     }
