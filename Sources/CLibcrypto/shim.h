@@ -6,8 +6,8 @@
 // secure aggregation costs. libcrypto is loaded on first use, as OpenBLAS is, so no other command pays for loading it.
 //
 // The cipher is fetched from a library context of Coffer's own, which reads no openssl.cnf: a host configuration that
-// restricts the default context (default_properties = fips=yes, where ChaCha20 is not approved) does not apply to it;
-// the process's other users of libcrypto (libcurl) keep theirs.
+// restricts the default context (default_properties = fips=yes, where ChaCha20 is not approved) does not apply to it,
+// and nothing else in the process that uses libcrypto sees a change.
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stddef.h>

@@ -84,8 +84,7 @@ struct FileIOTests {
                         durable: false,
                         insideRegisteredFolder: insideRegisteredFolder
                     )
-                    _ = file
-                    body()
+                    withExtendedLifetime(file) { body() }  // the file, and its entry, exist while `body` runs
                     return true
                 } catch {
                     guard "\(error)".contains("than an interrupt could remove") else { exit(5) }
