@@ -232,6 +232,23 @@ struct SecureAggregationTests {
         )
         let name = padded.identities[stranger - 1].publicIdentity.keyID
         #expect(padded.siteErrors[1]?.description == "malformed message: keys for site \(name), which is not a neighbour")
+
+        // The coordinator counts as having sent shares a neighbour that never advertised keys, or an index outside the
+        // roster: refused, since the site holds no keys to mask against.
+        let listed =
+            "malformed message: the list of sites that sent shares repeats a site, or names one outside the roster or a neighbour that advertised no keys"
+        for (dropped, added) in [(2, 2), (nil, 99)] as [(Int?, Int)] {
+            let counted = try SecAggHarness(count: 9, threshold: 3, neighbours: 4, dimension: 3)
+            let victim = dropped.map { d in counted.sites.first { $0.value.neighbourIndices.contains(d) && $0.key != d }!.key } ?? 1
+            _ = try? counted.run(
+                [[UInt64]](repeating: [0, 0, 0], count: 9),
+                faults: Faults(
+                    dropouts: dropped.map { [$0: .advertise] } ?? [:],
+                    tamper: { task in if task.stage == .masked, task.survivors?.contains(added) == false { task.survivors!.append(added) } }
+                )
+            )
+            #expect(counted.siteErrors[victim]?.description == listed, "\(added): \(counted.siteErrors)")
+        }
     }
 
     @Test func keysSwappedByTheCoordinatorAndUnsignedListsAreRefused() throws {
