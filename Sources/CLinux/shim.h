@@ -27,6 +27,16 @@ static inline int coffer_lock_on_fault(void *start, size_t length) {
     return mlock2(start, length, MLOCK_ONFAULT);
 }
 
+/// Faults in, writable, the whole pages of [start, start + length) in one call (MADV_POPULATE_WRITE, Linux 5.14):
+/// cheaper than a trap per page, and done by the calling thread instead of whichever thread writes first. `start`
+/// must be page-aligned. An older kernel's EINVAL only means the pages are faulted in as they are written.
+static inline int coffer_prefault_write(void *start, size_t length) {
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+    return madvise(start, length, MADV_POPULATE_WRITE);
+}
+
 /// Makes this process non-dumpable: no core file, and no ptrace or /proc/PID/mem by other processes of the same
 /// uid (only by root, or a holder of CAP_SYS_PTRACE). prctl is variadic, so Swift cannot call it directly.
 static inline int coffer_forbid_dumps(void) {

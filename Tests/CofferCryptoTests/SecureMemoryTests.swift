@@ -28,6 +28,37 @@ struct SecureMemoryTests {
         }
     }
 
+    /// Reserving a span of a region faults its pages in before anything is written there (on the pipeline's reading
+    /// thread, one batch ahead of the workers), and a large buffer still locks each page as it comes in.
+    @Test func reservingARegionFaultsItsPagesInLocked() throws {
+        let buffer = SecureBytes(count: SecureBytes.largeSize + 12_345)
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        try buffer.withUnsafeMutableBytes { region in
+            let sink = MemoryRegionSink(region)
+            _ = try sink.reserve(12_345)
+            let base = Int(bitPattern: region.baseAddress!)
+            // A span that starts and ends inside pages: every page it touches must come in. Its first page, which it
+            // shares with the span reserved before, is already in.
+            let first = (base + 12_345) / page * page
+            let last = (base + 12_345 + (1 << 20) - 1) / page * page
+            #expect(Self.residentPages(from: first, through: first) == 1)
+            #expect(Self.residentPages(from: first + page, through: last) == 0, "a fresh mapping's pages are not in memory yet")
+            _ = try sink.reserve(1 << 20)
+            #expect(Self.residentPages(from: first, through: last) == (last - first) / page + 1)
+            if geteuid() == 0 {
+                #expect(try Self.lockedKiB(from: first, through: last + page - 1) * 1024 >= last + page - first)
+            }
+        }
+    }
+
+    /// How many of the pages from `first` through `last` (page addresses) are in memory (mincore).
+    private static func residentPages(from first: Int, through last: Int) -> Int {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        var vector = [UInt8](repeating: 0, count: (last - first) / page + 1)
+        #expect(mincore(UnsafeMutableRawPointer(bitPattern: first), last + page - first, &vector) == 0)
+        return vector.filter { $0 & 1 == 1 }.count
+    }
+
     /// Opening into a region of memory writes the plaintext in place, across batches, and refuses to run past it.
     @Test func openingIntoARegionWritesInPlaceAndStopsAtItsEnd() throws {
         let alice = try Identity.generate(name: "alice")

@@ -17,7 +17,8 @@ import Glibc
 /// Buffers of ``largeSize`` or more (a decrypted model) are mapped on their own, between the same guard pages,
 /// kept out of core dumps, locked page by page as they are first written (`MLOCK_ONFAULT`: nothing is written before
 /// its page is locked), and wiped by libsodium's `sodium_munlock` like its own heap. sodium_malloc would fault and lock
-/// 100 MB up front, on one thread, before decryption starts; here the faults happen on the threads that decrypt.
+/// 100 MB up front, on one thread, before decryption starts; here they come in a batch at a time as the pipeline
+/// reserves each batch's output (``MemoryRegionSink``), one batch ahead of the threads that decrypt.
 /// The mapping starts on a 2 MiB boundary, so a system whose transparent huge pages are `always` gives it huge pages,
 /// but it does not ask for them (`MADV_HUGEPAGE`): that makes a fault compact memory synchronously (`defrag=madvise`),
 /// and on a VM that reports free pages to its host (the Firecracker VMs Coffer is measured on, 2026-12) every fresh

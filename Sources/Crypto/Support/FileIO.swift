@@ -43,7 +43,23 @@ public final class MemoryRegionSink: ByteSink {
             throw .malformedChunk("the output runs past the \(region.count) bytes expected")
         }
         defer { written += count }
-        return UnsafeMutableRawBufferPointer(rebasing: region[written..<(written + count)])
+        let reserved = UnsafeMutableRawBufferPointer(rebasing: region[written..<(written + count)])
+        Self.prefault(reserved)
+        return reserved
+    }
+
+    /// The pipeline reserves each batch's output on its reading thread one batch ahead of the workers, so faulting
+    /// the pages in here takes a fresh buffer's page faults (a decrypted model's: 25,000 for 100 MB) off the threads
+    /// that decrypt, in one call per batch. First touch of 100 MB: 50-53 ms by writing, 25-31 ms populated (a C loop);
+    /// `coffer infer` on a 100 MB model: 165 -> 150 ms (median of 21, same run), 26,168 -> 1,675 page faults. A failure
+    /// (an older kernel) leaves the faults to the writers, as before.
+    private static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+    private static func prefault(_ span: UnsafeMutableRawBufferPointer) {
+        guard let base = span.baseAddress, span.count > 0 else { return }
+        let start = Int(bitPattern: base) / pageSize * pageSize
+        let end = Int(bitPattern: base) + span.count
+        _ = coffer_prefault_write(UnsafeMutableRawPointer(bitPattern: start), end - start)
     }
 }
 
