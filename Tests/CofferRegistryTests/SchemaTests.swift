@@ -46,6 +46,37 @@ struct SchemaTests {
         #expect(try await database.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") } == 2)
         #expect(try await database.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
     }
+
+    /// The log stays when a command closes the registry, but not past its bound: the next open empties a log grown
+    /// beyond it (every command would otherwise read all of it), and leaves a smaller one for the commands after.
+    @Test func openingEmptiesALogGrownPastItsBound() async throws {
+        let f = try await RegistryFixture(.sqlite)
+        let path = "\(f.home)/registry.sqlite"
+        func logSize() throws -> Int { try FileManager.default.attributesOfItem(atPath: "\(path)-wal")[.size] as? Int ?? 0 }
+        func write(_ bytes: Int) async throws {
+            let store = try SQLiteMetadataStore(path: path)
+            try await store.write { db in
+                try db.execute(
+                    sql: "INSERT OR REPLACE INTO registry_meta (key, value) VALUES ('filler', ?)",
+                    arguments: [String(repeating: "x", count: bytes)]
+                )
+            }
+        }
+        _ = try SQLiteMetadataStore(path: path)
+        try await write(100_000)
+        let small = try logSize()
+        #expect(small > 100_000 && small < SQLiteMetadataStore.logBound)
+        _ = try SQLiteMetadataStore(path: path)
+        #expect(try logSize() == small, "a log under the bound stays as it was")
+        try await write(SQLiteMetadataStore.logBound)
+        #expect(try logSize() > SQLiteMetadataStore.logBound)
+        let reopened = try SQLiteMetadataStore(path: path)
+        #expect(try logSize() == 0)
+        #expect(
+            try await reopened.read { db in try String.fetchOne(db, sql: "SELECT value FROM registry_meta WHERE key = 'filler'") }?.count
+                == SQLiteMetadataStore.logBound
+        )
+    }
 }
 
 // MARK: - PostgreSQL
