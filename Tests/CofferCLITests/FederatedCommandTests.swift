@@ -160,6 +160,48 @@ struct FederatedCommandTests {
         expectFailure(simulate, "coffer: cannot load OpenSSL's libcrypto (install libssl3): ")
     }
 
+    /// A libcrypto.so.3 that loads but is not OpenSSL 3's (no EVP_CIPHER_fetch), and one whose EVP_CIPHER_fetch finds
+    /// no ChaCha20 (a provider without it), each built here with the toolchain's C compiler: a simulation refuses at
+    /// the start with the reason, OpenSSL's own error string for the second.
+    @Test func aLibcryptoWithoutOpenSSL3sChaCha20IsRefusedWithItsReason() throws {
+        let dir = try Scratch()
+        try Self.prepare(dir, sites: 3, rows: 100)
+        let fakes = [
+            "old": "int OPENSSL_init_crypto(void) { return 1; }",
+            "no-chacha": """
+            #include <stddef.h>
+            #include <string.h>
+            void *OSSL_LIB_CTX_new(void) { static int context; return &context; }
+            const void *EVP_CIPHER_fetch(void *context, const char *name, const char *properties) { return NULL; }
+            unsigned long ERR_get_error(void) { return 42; }
+            void ERR_error_string_n(unsigned long code, char *out, size_t size) { strncpy(out, "fake provider: no ChaCha20", size); }
+            void *EVP_CIPHER_CTX_new(void) { return NULL; }
+            void EVP_CIPHER_CTX_free(void *ctx) {}
+            int EVP_EncryptInit_ex(void *ctx, const void *cipher, void *engine, const unsigned char *key, const unsigned char *iv) { return 0; }
+            int EVP_EncryptUpdate(void *ctx, unsigned char *out, int *written, const unsigned char *in, int count) { return 0; }
+            """,
+        ]
+        let expected = [
+            "old": "coffer: OpenSSL's libcrypto lacks the EVP functions of OpenSSL 3",
+            "no-chacha": "coffer: OpenSSL's ChaCha20 is unavailable: fake provider: no ChaCha20",
+        ]
+        for (name, source) in fakes {
+            try FileManager.default.createDirectory(atPath: dir.path(name), withIntermediateDirectories: true)
+            try dir.write("\(name)/fake.c", Data(source.utf8))
+            let built = try ProgramRun.run(
+                "/usr/bin/env",
+                ["clang", "-shared", "-fPIC", "-o", dir.path("\(name)/libcrypto.so.3"), dir.path("\(name)/fake.c")]
+            )
+            #expect(built.status == 0, "\(built.stderr)")
+            let simulate = try CofferProcess.run(
+                ["fl", "simulate", "--recipe", "recipe.json", "--data", "site0.csv", "--sites", "3", "--rounds", "1"],
+                in: dir.url,
+                environment: ["LD_LIBRARY_PATH": dir.path(name)]
+            )
+            expectFailure(simulate, expected[name]!)
+        }
+    }
+
     @Test func badSitesAreRefusedWithOneLineAndNothingIsPushed() throws {
         let dir = try Scratch()
         try Self.prepare(dir, sites: 3, rows: 200)
