@@ -77,6 +77,63 @@ struct SchemaTests {
                 == SQLiteMetadataStore.logBound
         )
     }
+
+    /// Opening a small database asks for all of it to be read into the page cache at once (its last page, which the
+    /// open itself never reads, comes in too); a database past the limit is left to SQLite's reads.
+    @Test func openingReadsASmallDatabaseAheadAndALargeOneNot() async throws {
+        let f = try await RegistryFixture(.sqlite)
+        let path = "\(f.home)/registry.sqlite"
+        func fill(to size: Int) async throws {
+            let store = try SQLiteMetadataStore(path: path)
+            try await store.write { db in
+                try db.execute(
+                    sql: "INSERT OR REPLACE INTO registry_meta (key, value) VALUES ('filler', ?)",
+                    arguments: [String(repeating: "x", count: size)]
+                )
+            }
+            try await store.checkpointAndTruncateLog()
+        }
+        /// Whether the file's last page is in the page cache after an open, having been evicted before it; nil where
+        /// the page cache cannot drop it (a tmpfs holds its files there).
+        func lastPageReadByOpening() throws -> Bool? {
+            try Self.evictFromPageCache(path)
+            guard try Self.residentPages(of: path).last == false else { return nil }
+            _ = try SQLiteMetadataStore(path: path)
+            // The read-ahead is asynchronous: give the disk a moment.
+            for _ in 0..<100 where try Self.residentPages(of: path).last != true { usleep(5_000) }
+            return try Self.residentPages(of: path).last == true
+        }
+        try await fill(to: SQLiteMetadataStore.readAheadLimit / 2)
+        guard let small = try lastPageReadByOpening() else { return }
+        #expect(small)
+        try await fill(to: SQLiteMetadataStore.readAheadLimit + (1 << 20))
+        #expect(try lastPageReadByOpening() == false)
+    }
+
+    /// Drops a file's clean pages from the page cache (POSIX_FADV_DONTNEED after a sync): no root needed.
+    static func evictFromPageCache(_ path: String) throws {
+        let descriptor = open(path, O_RDONLY)
+        guard descriptor >= 0 else { throw CocoaError(.fileReadNoSuchFile) }
+        defer { close(descriptor) }
+        fsync(descriptor)
+        #expect(posix_fadvise(descriptor, 0, 0, POSIX_FADV_DONTNEED) == 0)
+    }
+
+    /// For each page of the file, whether it is in the page cache (mincore over a shared read-only mapping).
+    static func residentPages(of path: String) throws -> [Bool] {
+        let descriptor = open(path, O_RDONLY)
+        guard descriptor >= 0 else { throw CocoaError(.fileReadNoSuchFile) }
+        defer { close(descriptor) }
+        var info = stat()
+        fstat(descriptor, &info)
+        let size = Int(info.st_size)
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        guard size > 0, let mapping = mmap(nil, size, PROT_READ, MAP_SHARED, descriptor, 0), mapping != MAP_FAILED else { return [] }
+        defer { munmap(mapping, size) }
+        var vector = [UInt8](repeating: 0, count: (size + page - 1) / page)
+        guard mincore(mapping, size, &vector) == 0 else { return [] }
+        return vector.map { $0 & 1 == 1 }
+    }
 }
 
 // MARK: - PostgreSQL

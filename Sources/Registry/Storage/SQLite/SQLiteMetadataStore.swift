@@ -35,6 +35,7 @@ final class SQLiteMetadataStore: MetadataStore {
             // An SQLite without the setting checkpoints at close, as before: the same data, only slower.
             _ = coffer_sqlite_keep_log_on_close(db.sqliteConnection)
         }
+        if let path { Self.readAhead(path) }
         do {
             if let path {
                 let pool = try DatabasePool(path: path, configuration: configuration)
@@ -73,6 +74,21 @@ final class SQLiteMetadataStore: MetadataStore {
     /// of 7-9 MB, a 1 MiB push took 36.3 ms where the bound gives 31.3, and `list` 38.3 where it gives 34.9 (medians
     /// of 21, same run). 1 MiB is about a dozen pushes between emptyings, each a checkpoint's syncs.
     static let logBound = 1 << 20
+
+    /// Asks the kernel to read a small database into the page cache in one request before SQLite opens it: SQLite
+    /// reads a page at a time, each a request of its own to a cold disk (its header, the schema, then each table and
+    /// index a command touches). A larger database is left to SQLite, as most of it is not needed. With the page cache
+    /// emptied, a 1 MiB pull took 43.5 ms without this and 36.6 with it, a push 42.7 and 41.8 (medians of 21, alternated).
+    static let readAheadLimit = 4 << 20
+
+    private static func readAhead(_ path: String) {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return }
+        defer { _ = Glibc.close(descriptor) }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0, info.st_size <= readAheadLimit else { return }
+        _ = posix_fadvise(descriptor, 0, info.st_size, POSIX_FADV_WILLNEED)
+    }
 
     private static func fileSize(_ path: String) -> Int {
         var info = stat()
