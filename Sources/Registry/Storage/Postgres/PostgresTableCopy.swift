@@ -14,6 +14,9 @@ struct PostgresTableCopy: Sendable {
     /// Tables whose rows stay behind: unfinished remote pushes, whose temporary files do not move with them, and web
     /// sign-in sessions (people sign in again).
     static let skipped: Set<String> = ["uploads", "pending_blobs", "web_sessions"]
+    /// Rows that stay behind in tables that are copied: SQLite's mark that its write-ahead log still owes a truncation
+    /// (``SQLiteMetadataStore/truncationOwedKey``, left when a reader blocked it), which means nothing to PostgreSQL.
+    static let rowsLeftBehind: [String: String] = ["registry_meta": "key <> '\(SQLiteMetadataStore.truncationOwedKey)'"]
     /// Rows per `INSERT`: well under PostgreSQL's 65,535 parameters for the widest table, few round trips for the rest.
     static let batchRows = 500
 
@@ -251,7 +254,9 @@ struct PostgresTableCopy: Sendable {
 
     /// Up to ``batchRows`` rows after `rowid` `after`, in rowid order, and the last rowid read.
     private func page(_ table: Table, columns: String, after: Int64) async throws(CofferRegistryError) -> ([[Value]], Int64) {
-        let sql = "SELECT rowid, \(columns) FROM \(try PostgresRecords.identifier(table.name)) WHERE rowid > ? ORDER BY rowid LIMIT \(Self.batchRows)"
+        let kept = Self.rowsLeftBehind[table.name].map { " AND \($0)" } ?? ""
+        let sql =
+            "SELECT rowid, \(columns) FROM \(try PostgresRecords.identifier(table.name)) WHERE rowid > ?\(kept) ORDER BY rowid LIMIT \(Self.batchRows)"
         do {
             return try await source.read { db in
                 var rows: [[Value]] = []
