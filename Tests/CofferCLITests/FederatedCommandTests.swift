@@ -161,9 +161,10 @@ struct FederatedCommandTests {
     }
 
     /// A libcrypto.so.3 that loads but is not OpenSSL 3's (no EVP_CIPHER_fetch), and one whose EVP_CIPHER_fetch finds
-    /// no ChaCha20 (a provider without it), each built here with the toolchain's C compiler: a simulation refuses at
-    /// the start with the reason, OpenSSL's own error string for the second.
-    @Test func aLibcryptoWithoutOpenSSL3sChaCha20IsRefusedWithItsReason() throws {
+    /// no ChaCha20 (a provider without it), each built here with a C compiler ($CC, else clang, as the Swift toolchain
+    /// has one, else cc): a simulation refuses at the start with the reason, OpenSSL's own error string for the second.
+    @Test(.enabled(if: cCompiler != nil, "no C compiler ($CC, clang or cc) to build a fake libcrypto with"))
+    func aLibcryptoWithoutOpenSSL3sChaCha20IsRefusedWithItsReason() throws {
         let dir = try Scratch()
         try Self.prepare(dir, sites: 3, rows: 100)
         let fakes = [
@@ -190,13 +191,15 @@ struct FederatedCommandTests {
             try dir.write("\(name)/fake.c", Data(source.utf8))
             let built = try ProgramRun.run(
                 "/usr/bin/env",
-                ["clang", "-shared", "-fPIC", "-o", dir.path("\(name)/libcrypto.so.3"), dir.path("\(name)/fake.c")]
+                [try #require(cCompiler), "-shared", "-fPIC", "-o", dir.path("\(name)/libcrypto.so.3"), dir.path("\(name)/fake.c")]
             )
-            #expect(built.status == 0, "\(built.stderr)")
+            try #require(built.status == 0, "\(built.stderr)")
+            // In front of any search path the test run has, not in its place.
+            let searchPath = ([dir.path(name)] + [ProcessInfo.processInfo.environment["LD_LIBRARY_PATH"]].compactMap { $0 })
             let simulate = try CofferProcess.run(
                 ["fl", "simulate", "--recipe", "recipe.json", "--data", "site0.csv", "--sites", "3", "--rounds", "1"],
                 in: dir.url,
-                environment: ["LD_LIBRARY_PATH": dir.path(name)]
+                environment: ["LD_LIBRARY_PATH": searchPath.joined(separator: ":")]
             )
             expectFailure(simulate, expected[name]!)
         }
@@ -285,3 +288,15 @@ struct FederatedCommandTests {
         )
     }
 }
+
+/// A C compiler on this machine: $CC, else clang (the Swift toolchain's), else cc; nil when there is none.
+private let cCompiler: String? = {
+    let environment = ProcessInfo.processInfo.environment
+    let candidates = [environment["CC"]].compactMap { $0 } + ["clang", "cc"]
+    let directories = (environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":").map(String.init)
+    return candidates.first { name in
+        name.hasPrefix("/")
+            ? FileManager.default.isExecutableFile(atPath: name)
+            : directories.contains { FileManager.default.isExecutableFile(atPath: "\($0)/\(name)") }
+    }
+}()
