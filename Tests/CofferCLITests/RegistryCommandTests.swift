@@ -60,6 +60,9 @@ struct RegistryCommandTests {
         let push = try coffer(["push", "team/fraud", "model", "--identity", "keys/alice.key", "--privacy", "privacy.json"], dir)
         #expect(push.status == 0, "\(push.stderr)")
         #expect(push.stdoutText.hasPrefix("pushed team/fraud:1 sha256:"))
+        // The size as printf's %.1f writes it (146.5 KiB: the two files setUp writes).
+        let bytes = try ["model/model.safetensors", "model/tokenizer/vocab.json"].reduce(0) { $0 + (try dir.read($1).count) }
+        #expect(push.stdoutText.hasSuffix(String(format: "(2 files, %.1f KiB)\n", Double(bytes) / 1024)), "\(push.stdoutText)")
         expectFailure(try coffer(["verify", "team/fraud"], dir), "which is not a trusted signer")
         #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
         #expect(try coffer(["alias", "set", "team/fraud@prod", "1", "--identity", "keys/alice.key"], dir).status == 0)
