@@ -110,6 +110,14 @@ struct SchemaTests {
         #expect(try lastPageReadByOpening() == false)
     }
 
+    /// A FIFO in the database's place is refused, not waited on (the read-ahead opens it without blocking).
+    @Test func aFIFOInPlaceOfTheDatabaseIsRefusedAtOnce() async throws {
+        let f = try await RegistryFixture(.sqlite)
+        let path = f.path("fifo.sqlite")
+        #expect(mkfifo(path, 0o600) == 0)
+        #expect(throws: CofferRegistryError.self) { _ = try SQLiteMetadataStore(path: path) }
+    }
+
     /// Drops a file's clean pages from the page cache (POSIX_FADV_DONTNEED after a sync): no root needed.
     static func evictFromPageCache(_ path: String) throws {
         let descriptor = open(path, O_RDONLY)

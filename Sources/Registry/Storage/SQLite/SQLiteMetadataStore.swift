@@ -82,11 +82,12 @@ final class SQLiteMetadataStore: MetadataStore {
     static let readAheadLimit = 4 << 20
 
     private static func readAhead(_ path: String) {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        // Not waiting on a FIFO planted in the database's place (SQLite then refuses it), nor following a link.
+        let descriptor = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC)
         guard descriptor >= 0 else { return }
         defer { _ = Glibc.close(descriptor) }
         var info = stat()
-        guard fstat(descriptor, &info) == 0, info.st_size <= readAheadLimit else { return }
+        guard fstat(descriptor, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size <= readAheadLimit else { return }
         _ = posix_fadvise(descriptor, 0, info.st_size, POSIX_FADV_WILLNEED)
     }
 
