@@ -53,15 +53,7 @@ struct SchemaTests {
         let f = try await RegistryFixture(.sqlite)
         let path = "\(f.home)/registry.sqlite"
         func logSize() throws -> Int { try FileManager.default.attributesOfItem(atPath: "\(path)-wal")[.size] as? Int ?? 0 }
-        func write(_ bytes: Int) async throws {
-            let store = try SQLiteMetadataStore(path: path)
-            try await store.write { db in
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO registry_meta (key, value) VALUES ('filler', ?)",
-                    arguments: [String(repeating: "x", count: bytes)]
-                )
-            }
-        }
+        func write(_ bytes: Int) async throws { _ = try await Self.storeWithFiller(bytes, at: path) }
         _ = try SQLiteMetadataStore(path: path)
         try await write(100_000)
         let small = try logSize()
@@ -83,16 +75,7 @@ struct SchemaTests {
     @Test func openingReadsASmallDatabaseAheadAndALargeOneNot() async throws {
         let f = try await RegistryFixture(.sqlite)
         let path = "\(f.home)/registry.sqlite"
-        func fill(to size: Int) async throws {
-            let store = try SQLiteMetadataStore(path: path)
-            try await store.write { db in
-                try db.execute(
-                    sql: "INSERT OR REPLACE INTO registry_meta (key, value) VALUES ('filler', ?)",
-                    arguments: [String(repeating: "x", count: size)]
-                )
-            }
-            try await store.checkpointAndTruncateLog()
-        }
+        func fill(to size: Int) async throws { try await Self.storeWithFiller(size, at: path).checkpointAndTruncateLog() }
         /// Whether the file's last page is in the page cache after an open, having been evicted before it; nil where
         /// the page cache cannot drop it (a tmpfs holds its files there).
         func lastPageReadByOpening() throws -> Bool? {
@@ -116,6 +99,18 @@ struct SchemaTests {
         let path = f.path("fifo.sqlite")
         #expect(mkfifo(path, 0o600) == 0)
         #expect(throws: CofferRegistryError.self) { _ = try SQLiteMetadataStore(path: path) }
+    }
+
+    /// The database at `path`, opened, with a `filler` row of `bytes` bytes committed (to its log).
+    static func storeWithFiller(_ bytes: Int, at path: String) async throws -> SQLiteMetadataStore {
+        let store = try SQLiteMetadataStore(path: path)
+        try await store.write { db in
+            try db.execute(
+                sql: "INSERT OR REPLACE INTO registry_meta (key, value) VALUES ('filler', ?)",
+                arguments: [String(repeating: "x", count: bytes)]
+            )
+        }
+        return store
     }
 
     /// Drops a file's clean pages from the page cache (POSIX_FADV_DONTNEED after a sync): no root needed.
