@@ -100,13 +100,6 @@ enum Federation {
         )
     }
 
-    /// Runs blocking work (sealing a push) on a thread of its own, off Swift's cooperative pool.
-    static func onThread<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread { continuation.resume(with: Result { try work() }) }.start()
-        }
-    }
-
     static func line(_ text: String) { FileDescriptorStream.standardError.writeLine("coffer fl: \(text)") }
 }
 
