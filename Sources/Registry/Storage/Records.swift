@@ -201,6 +201,47 @@ struct VersionSummaryRow: Sendable {
     var tags: [String: String]
     var erasedAt: String?
     var erasedBy: String?
+
+    /// The query both metadata stores run for it, in a dialect's names for string aggregation and for a character by
+    /// its code point. Aliases and tags come as one column each, joined with the unit (31) and record (30) separators.
+    static func select(aggregate: String, character: String) -> String {
+        """
+        SELECT v.*, m.name AS model_name, p.version AS parent_version, pm.name AS parent_model,
+            (SELECT \(aggregate)(alias, \(character)(31)) FROM aliases a WHERE a.version_id = v.id) AS alias_list,
+            (SELECT \(aggregate)(key || \(character)(30) || value, \(character)(31)) FROM tags t WHERE t.version_id = v.id) AS tag_list,
+            (SELECT erased_at FROM erasures e WHERE e.version_id = v.id) AS erased_at,
+            (SELECT erased_by FROM erasures e WHERE e.version_id = v.id) AS erased_by
+        FROM versions v JOIN models m ON m.id = v.model_id
+        LEFT JOIN versions p ON p.id = v.parent_version_id LEFT JOIN models pm ON pm.id = p.model_id
+        """
+    }
+
+    /// A row of `select`, its joined lists split.
+    init(
+        id: Int64,
+        model: String,
+        row: VersionRecord,
+        parentModel: String?,
+        parentVersion: String?,
+        aliasList: String?,
+        tagList: String?,
+        erasedAt: String?,
+        erasedBy: String?
+    ) {
+        var tags: [String: String] = [:]
+        for pair in tagList?.split(separator: "\u{1F}") ?? [] {
+            let parts = pair.split(separator: "\u{1E}", maxSplits: 1, omittingEmptySubsequences: false)
+            if parts.count == 2 { tags[String(parts[0])] = String(parts[1]) }
+        }
+        self.id = id
+        self.model = model
+        self.row = row
+        self.parent = parentModel.flatMap { m in parentVersion.map { "\(m):\($0)" } }
+        self.aliases = aliasList?.split(separator: "\u{1F}").map(String.init).sorted() ?? []
+        self.tags = tags
+        self.erasedAt = erasedAt
+        self.erasedBy = erasedBy
+    }
 }
 
 struct RegistryKeyRecord: Codable, Sendable, Equatable {

@@ -161,17 +161,6 @@ extension PostgresMetadataStore {
         do { return try PostgresRandomAccessRow(row)[column].decode(T.self) } catch { throw .database("cannot read column \(column): \(error)") }
     }
 
-    /// A version row with its model name, parent, aliases and tags (unit and record separators join the lists).
-    private static let summarySelect = """
-        SELECT v.*, m.name AS model_name, p.version AS parent_version, pm.name AS parent_model,
-            (SELECT string_agg(alias, chr(31)) FROM aliases a WHERE a.version_id = v.id) AS alias_list,
-            (SELECT string_agg(key || chr(30) || value, chr(31)) FROM tags t WHERE t.version_id = v.id) AS tag_list,
-            (SELECT erased_at FROM erasures e WHERE e.version_id = v.id) AS erased_at,
-            (SELECT erased_by FROM erasures e WHERE e.version_id = v.id) AS erased_by
-        FROM versions v JOIN models m ON m.id = v.model_id
-        LEFT JOIN versions p ON p.id = v.parent_version_id LEFT JOIN models pm ON pm.id = p.model_id
-        """
-
     func summaries(_ query: VersionQuery) async throws(CofferRegistryError) -> [VersionSummaryRow] {
         var conditions: [String] = []
         var bindings = PostgresBindings()
@@ -199,24 +188,19 @@ extension PostgresMetadataStore {
             } ?? []
         let whereSQL = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let limitSQL = query.limit.map { " LIMIT \(max(0, $0))" } ?? ""
-        let sql = "\(Self.summarySelect) \(whereSQL) ORDER BY v.created_at DESC, v.id DESC\(limitSQL)"
+        let sql =
+            "\(VersionSummaryRow.select(aggregate: "string_agg", character: "chr")) \(whereSQL) ORDER BY v.created_at DESC, v.id DESC\(limitSQL)"
         var summaries: [VersionSummaryRow] = []
         for row in try await database.query(PostgresQuery(unsafeSQL: sql, binds: bindings)) {
-            var tags: [String: String] = [:]
-            for pair in try decode(row, String?.self, column: "tag_list")?.split(separator: "\u{1F}") ?? [] {
-                let parts = pair.split(separator: "\u{1E}", maxSplits: 1, omittingEmptySubsequences: false)
-                if parts.count == 2 { tags[String(parts[0])] = String(parts[1]) }
-            }
-            let parentModel = try decode(row, String?.self, column: "parent_model")
-            let parentVersion = try decode(row, String?.self, column: "parent_version")
             summaries.append(
                 VersionSummaryRow(
                     id: try decode(row, Int64.self, column: "id"),
                     model: try decode(row, String.self, column: "model_name"),
                     row: try row.record(VersionRecord.self),
-                    parent: parentModel.flatMap { m in parentVersion.map { "\(m):\($0)" } },
-                    aliases: try decode(row, String?.self, column: "alias_list")?.split(separator: "\u{1F}").map(String.init).sorted() ?? [],
-                    tags: tags,
+                    parentModel: try decode(row, String?.self, column: "parent_model"),
+                    parentVersion: try decode(row, String?.self, column: "parent_version"),
+                    aliasList: try decode(row, String?.self, column: "alias_list"),
+                    tagList: try decode(row, String?.self, column: "tag_list"),
                     erasedAt: try decode(row, String?.self, column: "erased_at"),
                     erasedBy: try decode(row, String?.self, column: "erased_by")
                 )

@@ -189,17 +189,6 @@ extension SQLiteMetadataStore {
         }
     }
 
-    /// A version row with its model name, parent, aliases and tags (unit and record separators join the lists).
-    private static let summarySelect = """
-        SELECT v.*, m.name AS model_name, p.version AS parent_version, pm.name AS parent_model,
-            (SELECT group_concat(alias, char(31)) FROM aliases a WHERE a.version_id = v.id) AS alias_list,
-            (SELECT group_concat(key || char(30) || value, char(31)) FROM tags t WHERE t.version_id = v.id) AS tag_list,
-            (SELECT erased_at FROM erasures e WHERE e.version_id = v.id) AS erased_at,
-            (SELECT erased_by FROM erasures e WHERE e.version_id = v.id) AS erased_by
-        FROM versions v JOIN models m ON m.id = v.model_id
-        LEFT JOIN versions p ON p.id = v.parent_version_id LEFT JOIN models pm ON pm.id = p.model_id
-        """
-
     func summaries(_ query: VersionQuery) async throws(CofferRegistryError) -> [VersionSummaryRow] {
         var conditions: [String] = []
         var arguments = StatementArguments()
@@ -228,7 +217,8 @@ extension SQLiteMetadataStore {
             } ?? []
         let whereSQL = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let limitSQL = query.limit.map { " LIMIT \(max(0, $0))" } ?? ""
-        let sql = "\(Self.summarySelect) \(whereSQL) ORDER BY v.created_at DESC, v.id DESC\(limitSQL)"
+        let sql =
+            "\(VersionSummaryRow.select(aggregate: "group_concat", character: "char")) \(whereSQL) ORDER BY v.created_at DESC, v.id DESC\(limitSQL)"
         let frozen = arguments
         // One version's row (every `show` and version page) comes from a cached statement; a listing's SQL varies with
         // its filters and limit, and is compiled each time rather than fill the cache.
@@ -236,20 +226,14 @@ extension SQLiteMetadataStore {
         return try await read { db in
             let statement = single ? try db.cachedStatement(sql: sql) : try db.makeStatement(sql: sql)
             return try Self.rows(statement, frozen) { row in
-                var tags: [String: String] = [:]
-                for pair in (row["tag_list"] as String?)?.split(separator: "\u{1F}") ?? [] {
-                    let parts = pair.split(separator: "\u{1E}", maxSplits: 1, omittingEmptySubsequences: false)
-                    if parts.count == 2 { tags[String(parts[0])] = String(parts[1]) }
-                }
-                let parentModel: String? = row["parent_model"]
-                let parentVersion: String? = row["parent_version"]
-                return VersionSummaryRow(
+                VersionSummaryRow(
                     id: row["id"],
                     model: row["model_name"],
                     row: try VersionRecord(row: row),
-                    parent: parentModel.flatMap { m in parentVersion.map { "\(m):\($0)" } },
-                    aliases: (row["alias_list"] as String?)?.split(separator: "\u{1F}").map(String.init).sorted() ?? [],
-                    tags: tags,
+                    parentModel: row["parent_model"],
+                    parentVersion: row["parent_version"],
+                    aliasList: row["alias_list"],
+                    tagList: row["tag_list"],
                     erasedAt: row["erased_at"],
                     erasedBy: row["erased_by"]
                 )
