@@ -141,13 +141,6 @@ public struct SecureBytes: ~Copyable {
         try body(UnsafeMutableRawBufferPointer(start: pointer, count: count))
     }
 
-    /// Whether the bytes are locked in RAM, locking them if they are not yet.
-    ///
-    /// sodium_malloc (and a large buffer's mapping) lock what RLIMIT_MEMLOCK allows and carry on unlocked past it; a
-    /// secret that must not reach swap (a web session's bearer token, held for half an hour) asks here and is refused
-    /// when the answer is no. Locking pages that are already locked takes nothing more from the limit.
-    public func lockInMemory() -> Bool { sodium_mlock(pointer, max(count, 1)) == 0 }
-
     /// Compares with `other` in constant time.
     public func constantTimeEquals(_ other: borrowing SecureBytes) -> Bool {
         guard count == other.count else { return false }

@@ -35,11 +35,4 @@ public struct NeighbourGraph: Sendable, Equatable {
         }
         return out.sorted()
     }
-
-    public func areNeighbours(_ a: Int, _ b: Int) -> Bool {
-        guard a != b else { return false }
-        if isComplete { return true }
-        let distance = min((a - b + size) % size, (b - a + size) % size)
-        return distance <= degree / 2
-    }
 }

@@ -74,14 +74,6 @@ final class EpochKeys: Sendable {
 
     // MARK: - Sealing and opening
 
-    /// The current epoch, read `FOR SHARE` in the caller's transaction on `connection` (a rotation then waits for
-    /// this transaction to end), with its key loaded.
-    func currentEpoch(on connection: PostgresConnection) async throws -> UInt32 {
-        let epoch = try await Self.readEpoch(on: connection, lock: "FOR SHARE").epoch
-        _ = try key(epoch, current: epoch)
-        return epoch
-    }
-
     /// Seals `value` for the row `rowKey` of `column` under the current epoch, in the caller's transaction on
     /// `connection`: the value must be written in the same transaction.
     func seal(_ value: [UInt8], column: SealedColumn, rowKey: String, on connection: PostgresConnection) async throws -> [UInt8] {
