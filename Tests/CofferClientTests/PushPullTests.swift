@@ -84,6 +84,19 @@ struct PushPullTests {
         }
     }
 
+    @Test func theServersOwnCheckOfAVersionReachesTheClient() async throws {
+        let f = try await Fixture()
+        try await f.app().test(.live) { live in
+            let client = try f.client(port: try live.livePort, token: "bob-read")
+            let answer = try await client.serverVerify("m/risk@prod")
+            let local = try await f.registry.verify(try ModelReference(parsing: "m/risk:1"))
+            #expect(answer == VerifyAnswer(local, includeReadData: false), "\(answer)")
+            #expect(answer.ok && answer.signer == "alice" && answer.readData == nil, "the server never decrypts, so never says it did")
+            let missing = await #expect(throws: CofferClientError.self) { try await client.serverVerify("m/risk:9") }
+            #expect(missing?.status == 404, "\(String(describing: missing))")
+        }
+    }
+
     @Test func aPullIsRefusedToAPrincipalWithoutTheDecryptRole() async throws {
         let f = try await Fixture()
         try await f.app().test(.live) { live in
