@@ -460,13 +460,19 @@ extension Registry {
     public static let maximumLifetime: TimeInterval = 31_536_000
 
     /// Parses a lifetime such as 90s, 15m, 2h or 7d, as the command line and the pages take it.
+    ///
+    /// At most 100 years, so that every caller can convert it to whole seconds (`1e300s` trapped in `UInt64(_:)`).
     public static func duration(_ text: String) throws(CofferRegistryError) -> TimeInterval {
         let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
         guard let unit = text.last.flatMap({ units[$0] }), let value = Double(text.dropLast()), value > 0, value.isFinite else {
             throw .invalidInput("invalid duration '\(text)': use a positive number with s, m, h or d (e.g. 15m)")
         }
+        guard value * unit <= longestDuration else { throw .invalidInput("invalid duration '\(text)': longer than 100 years") }
         return value * unit
     }
+
+    /// 100 years of 365 days, in seconds.
+    static let longestDuration: TimeInterval = 3_153_600_000
 
     /// The open sessions of `principal` that its grants in `state` no longer allow: their key copies are to be destroyed.
     func sessionsNoLongerGranted(to principal: String, state: LedgerState) async throws(CofferRegistryError) -> [String] {
