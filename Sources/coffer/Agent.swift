@@ -46,19 +46,27 @@ extension Coffer.AgentCommand {
         func run() async throws {
             if !foreground {
                 let path = try socket ?? AgentLauncher.makeSocketPath()
-                let pid = try AgentLauncher.startDetached(
-                    executable: Self.executable,
-                    arguments: ["agent", "start", "--foreground", "--socket", path, "--ready-fd", "3"]
-                )
+                let pid: Int32
+                do {
+                    pid = try AgentLauncher.startDetached(
+                        executable: Self.executable,
+                        arguments: ["agent", "start", "--foreground", "--socket", path, "--ready-fd", "3"]
+                    )
+                } catch {
+                    if socket == nil { AgentLauncher.removeDirectory(of: path) }
+                    throw error
+                }
                 Self.printShellLines(path: path, pid: pid)
                 return
             }
             if readyFd != nil { AgentLauncher.detach() }
-            let path: String
             let server: AgentServer
             do {
-                path = try socket ?? AgentLauncher.makeSocketPath()
-                server = try AgentServer(socketPath: path)
+                let path = try socket ?? AgentLauncher.makeSocketPath()
+                do { server = try AgentServer(socketPath: path) } catch {
+                    if socket == nil { AgentLauncher.removeDirectory(of: path) }
+                    throw error
+                }
             } catch {
                 if let readyFd { AgentLauncher.reportReady(readyFd, failure: (error as? CofferCryptoError)?.description ?? "\(error)") }
                 throw error
@@ -66,7 +74,7 @@ extension Coffer.AgentCommand {
             if let readyFd {
                 AgentLauncher.reportReady(readyFd)
             } else {
-                Self.printShellLines(path: path, pid: getpid())
+                Self.printShellLines(path: server.socketPath, pid: getpid())
             }
             server.serve()
         }
@@ -170,10 +178,14 @@ extension Coffer.AgentCommand {
             abstract: "Lock the agent under a passphrase: it refuses to sign or unwrap until unlocked."
         )
         @OptionGroup var passphraseOptions: PassphraseOptions
+        // A same-user process may guess at it: the strength floor of a key file's passphrase applies.
+        @OptionGroup var newPassphrase: NewPassphraseOptions
 
         func run() async throws {
             let agent = try connectedAgent()
-            try agent.lock(passphrase: try passphraseOptions.passphrase(prompt: "Passphrase to lock the agent with: ", confirm: true))
+            let passphrase = try passphraseOptions.passphrase(prompt: "Passphrase to lock the agent with: ", confirm: true)
+            try newPassphrase.check(passphrase)
+            try agent.lock(passphrase: passphrase)
         }
     }
 

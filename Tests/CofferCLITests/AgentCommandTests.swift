@@ -1,3 +1,4 @@
+import CofferCrypto
 import CofferTestSupport
 import Foundation
 import Testing
@@ -50,6 +51,14 @@ struct AgentCommandTests {
             try runCoffer(["agent", "start", "--foreground", "--socket", dir.path("missing/dir/agent.sock")], in: dir),
             "cannot listen at \(dir.path("missing/dir/agent.sock"))"
         )
+        // A runtime directory whose socket path would not fit in sun_path (108 bytes): the private directory made for
+        // the socket goes again, in the foreground and in the background.
+        let deep = dir.path(String(repeating: "d", count: 100))
+        try FileManager.default.createDirectory(atPath: deep, withIntermediateDirectories: false)
+        for args in [["agent", "start"], ["agent", "start", "--foreground"]] {
+            expectFailure(try runCoffer(args, in: dir, environment: ["XDG_RUNTIME_DIR": deep]), "is too long")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: deep).isEmpty, "\(args) left a directory behind")
+        }
     }
 
     @Test func anotherUidIsRefusedByTheSocketModeAndByItsPeerCredentials() throws {
@@ -67,12 +76,24 @@ struct AgentCommandTests {
         let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CofferProcess.binary]
         // The private directory (0700) keeps the other uid from the socket.
         expectFailure(try agent.run(["agent", "list"], launcher: nobody), "Permission denied")
-        // With the directory and socket opened up (a mistake, a bind mount, a passed descriptor), SO_PEERCRED still refuses.
+        // With the directory and socket opened up (a mistake, a bind mount), SO_PEERCRED still refuses. A coffer client
+        // of the other uid refuses the agent first (it runs as another uid), so a raw client (python3) stands in for one
+        // that would go ahead: the agent answers error 7 before it reads anything, so it sends nothing.
         let directory = (agent.socket as NSString).deletingLastPathComponent
         #expect(chmod(directory, 0o755) == 0 && chmod(agent.socket, 0o666) == 0)
-        expectFailure(try agent.run(["agent", "list"], launcher: nobody), "refused: the agent serves uid 0 only, not uid 65534")
-        expectFailure(try agent.run(["agent", "stop"], launcher: nobody), "refused: the agent serves uid 0 only, not uid 65534")
-        // The refused client changed nothing: the agent still runs and holds alice.
+        expectFailure(try agent.run(["agent", "stop"], launcher: nobody), "refused the agent at \(agent.socket): it runs as uid 0, not as uid 65534")
+        let python = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3"]
+        let readAll = """
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); answer = b""
+            while chunk := s.recv(4096): answer += chunk
+            sys.stdout.write(answer[4:].hex())
+            """
+        let raw = try runCoffer(["-c", readAll, agent.socket], in: dir, launcher: python)
+        let body = Digest.bytes(fromHex: raw.stdoutText) ?? []
+        #expect(raw.status == 0 && body.count > 2 && body[0] == 0xFF && body[1] == 7, "\(raw.stdoutText) \(raw.stderr)")
+        #expect(String(decoding: body.dropFirst(4), as: UTF8.self) == "refused: the agent serves uid 0 only, not uid 65534")
+        // The refused clients changed nothing: the agent still runs and holds alice.
         let listed = try agent.run(["agent", "list"])
         #expect(listed.status == 0 && listed.stdoutText.hasPrefix("alice  "), "\(listed.stdoutText) \(listed.stderr)")
     }
@@ -200,6 +221,11 @@ struct AgentCommandTests {
         expectFailure(try agent.run(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.2"), dir.path("w.sealed")]), "no passphrase")
         #expect(!dir.exists("w.2"))
         expectFailure(try agent.run(["agent", "add", "keys/alice.key", "--ttl", "soon"], passphrase: "test passphrase"), "invalid duration 'soon'")
+        // Beyond what whole seconds hold (it trapped converting to UInt64): refused with one line.
+        expectFailure(
+            try agent.run(["agent", "add", "keys/alice.key", "--ttl", "1e300s"], passphrase: "test passphrase"),
+            "invalid duration '1e300s': longer than 100 years"
+        )
     }
 
     @Test func aLockedAgentRefusesUntilUnlockedWithItsPassphrase() throws {
@@ -210,7 +236,9 @@ struct AgentCommandTests {
         #expect(try agent.run(["seal", "--to", "keys/alice.pub", "-o", dir.path("w.sealed"), dir.path("w")]).status == 0)
         #expect(try agent.run(["agent", "add", "keys/alice.key"], passphrase: "test passphrase").status == 0)
 
-        #expect(try agent.run(["agent", "lock"], passphrase: "lock words").status == 0)
+        expectFailure(try agent.run(["agent", "lock"], passphrase: "lock words"), "the new passphrase is weak")
+        #expect(try agent.run(["agent", "list"]).stdoutText.hasPrefix("alice  "), "a refused lock leaves the agent unlocked")
+        #expect(try agent.run(["agent", "lock"], passphrase: "lock words, long enough").status == 0)
         // Locked: nothing is listed, nothing is signed or unwrapped, nothing is added or removed.
         #expect(try agent.run(["agent", "list"]).stdoutText.isEmpty)
         expectFailure(try agent.run(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.1"), dir.path("w.sealed")]), "no passphrase")
@@ -219,14 +247,97 @@ struct AgentCommandTests {
             "the agent is locked: run coffer agent unlock"
         )
         expectFailure(try agent.run(["agent", "remove", "--all"]), "the agent is locked")
-        expectFailure(try agent.run(["agent", "lock"], passphrase: "other words"), "the agent is locked already")
+        expectFailure(try agent.run(["agent", "lock"], passphrase: "other words, long enough"), "the agent is locked already")
         expectFailure(try agent.run(["agent", "unlock"], passphrase: "wrong words"), "wrong passphrase")
         expectFailure(try agent.run(["agent", "unlock"]), "no passphrase")
 
-        #expect(try agent.run(["agent", "unlock"], passphrase: "lock words").status == 0)
+        #expect(try agent.run(["agent", "unlock"], passphrase: "lock words, long enough").status == 0)
         #expect(try agent.run(["agent", "list"]).stdoutText.hasPrefix("alice  "))
         let unsealed = try agent.run(["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.2"), dir.path("w.sealed")])
         #expect(unsealed.status == 0, "\(unsealed.stderr)")
+    }
+
+    @Test func wrongUnlockGuessesOverManyConnectionsWaitTheirTurn() throws {
+        let dir = try Scratch()
+        let agent = try AgentProcess(dir)
+        #expect(try agent.run(["agent", "lock"], passphrase: "lock words, long enough").status == 0)
+        let guess = frame([0x09] + le32(11) + Array("wrong guess".utf8))
+        // Three wrong guesses at once, each on its own connection: served one at a time, the n-th in a row waiting n
+        // seconds, so the last answer comes 1 + 2 + 3 s after they were sent (each alone would answer in about 1 s).
+        let connections = try (0..<3).map { _ in try RawAgentConnection(agent.socket) }
+        let started = Date()
+        let answers = Answers()
+        DispatchQueue.concurrentPerform(iterations: 3) { i in answers.add(connections[i].exchange(guess), at: Date()) }
+        #expect(answers.all.allSatisfy { $0.body.first == 0xFF && $0.body.count > 1 && $0.body[1] == 4 }, "\(answers.all.map(\.body))")
+        let last = answers.all.map { $0.time.timeIntervalSince(started) }.max() ?? 0
+        #expect(last >= 6, "the third wrong guess answered after \(last) s")
+        // The right passphrase unlocks at once, and starts the count over.
+        #expect(try agent.run(["agent", "unlock"], passphrase: "lock words, long enough").status == 0)
+    }
+
+    @Test func theAgentHoldsAtMost1024IdentitiesAndListsThemAll() throws {
+        let dir = try Scratch()
+        let agent = try AgentProcess(dir)
+        let connection = try RawAgentConnection(agent.socket)
+        /// An `add` of a fresh identity `name` (its 96 secret bytes random: a random P-256 scalar is in range but for
+        /// a chance of 2^-32).
+        func add(_ name: String, secrets: [UInt8] = (0..<96).map { _ in UInt8.random(in: 0...255) }) -> [UInt8] {
+            connection.exchange(frame([0x02] + le16(name.utf8.count) + Array(name.utf8) + secrets + [UInt8](repeating: 0, count: 8)))
+        }
+        let first = (0..<96).map { _ in UInt8.random(in: 0...255) }
+        #expect(add("id0", secrets: first) == [0x80])
+        for i in 1..<1024 { #expect(add("id\(i)") == [0x80], "add \(i)") }
+        let refused = add("one-more")
+        #expect(refused.count > 1 && refused[0] == 0xFF && refused[1] == 11, "\(refused.prefix(2))")
+        #expect(String(decoding: refused.dropFirst(4), as: UTF8.self).contains("holds 1024 identities already"))
+        // Adding one it holds again only replaces it.
+        #expect(add("id0", secrets: first) == [0x80])
+        let listed = connection.exchange(frame([0x01]))
+        #expect(listed.first == 0x81 && listed.count > 3 && Int(listed[1]) | Int(listed[2]) << 8 == 1024)
+        let shown = try agent.run(["agent", "list", "--json"])
+        let rows = try JSONSerialization.jsonObject(with: shown.stdout) as? [Any]
+        #expect(shown.status == 0 && rows?.count == 1024, "\(shown.stderr)")
+    }
+
+    @Test func aClientRefusesAnAgentRunningAsAnotherUid() throws {
+        guard geteuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else {
+            Issue.record("needs root and setpriv to run an agent under another uid")
+            return
+        }
+        let dir = try Scratch()
+        _ = chmod(dir.url.path, 0o755)
+        try dir.keygen("alice")
+        // Another user's listener at the path COFFER_AGENT_SOCK still names, as after `agent stop` in a shared /tmp.
+        try FileManager.default.createDirectory(atPath: dir.path("taken"), withIntermediateDirectories: false)
+        #expect(chown(dir.path("taken"), 65534, 65534) == 0)
+        let socket = dir.path("taken/agent.sock")
+        let stranger = try BackgroundCoffer(
+            ["agent", "start", "--foreground", "--socket", socket],
+            in: dir.url,
+            environment: ["PATH": "/usr/bin:/bin"],
+            launcher: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CofferProcess.binary]
+        )
+        var listening = false
+        for _ in 0..<1000 where !listening {
+            listening = FileManager.default.fileExists(atPath: socket)
+            if !listening { usleep(10_000) }
+        }
+        try #require(listening, "the other uid's agent never listened: \(stranger.stderrSoFar)")
+        let environment = ["COFFER_AGENT_SOCK": socket]
+        // The client refuses before it sends a byte: the stranger's own refusal (code 7) would name uid 65534 as the server.
+        let refusal = "refused the agent at \(socket): it runs as uid 65534, not as uid 0"
+        expectFailure(try runCoffer(["agent", "add", "keys/alice.key"], in: dir, passphrase: "test passphrase", environment: environment), refusal)
+        expectFailure(try runCoffer(["agent", "lock"], in: dir, passphrase: "lock words, long enough", environment: environment), refusal)
+        // A command with --identity falls back to the passphrase, and says why with --verbose.
+        try dir.write("w", randomData(1000))
+        #expect(try runCoffer(["seal", "--to", "keys/alice.pub", "-o", dir.path("w.sealed"), dir.path("w")], in: dir).status == 0)
+        let unsealed = try runCoffer(
+            ["unseal", "--identity", "keys/alice.key", "-o", dir.path("w.out"), dir.path("w.sealed"), "--verbose"],
+            in: dir,
+            passphrase: "test passphrase",
+            environment: environment
+        )
+        #expect(unsealed.status == 0 && unsealed.stderr.contains(refusal), "\(unsealed.stderr)")
     }
 
     // MARK: - An agent that goes away
@@ -406,30 +517,56 @@ private func waitUntilBlockedReading(_ pid: pid_t, path: String) -> Bool {
     return false
 }
 
+/// `n` as a little-endian u16 and u32.
+private func le16(_ n: Int) -> [UInt8] { [UInt8(n & 0xFF), UInt8(n >> 8 & 0xFF)] }
+private func le32(_ n: Int) -> [UInt8] { le16(n & 0xFFFF) + le16(n >> 16) }
+
+/// Answer bodies and when they came, from several threads.
+private final class Answers: @unchecked Sendable {
+    private let lock = NSLock()
+    private var answers: [(body: [UInt8], time: Date)] = []
+    func add(_ body: [UInt8], at time: Date) { lock.withLock { answers.append((body, time)) } }
+    var all: [(body: [UInt8], time: Date)] { lock.withLock { answers } }
+}
+
 /// A request frame: the little-endian length, then the body.
 private func frame(_ body: [UInt8]) -> [UInt8] {
     let n = UInt32(body.count)
     return [UInt8(n & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n >> 16 & 0xFF), UInt8(n >> 24)] + body
 }
 
-/// Sends raw bytes to the agent as a misbehaving client would and returns the body of its answer.
+/// A connection that sends raw bytes to the agent, as a misbehaving client would.
+private final class RawAgentConnection: Sendable {
+    private let fd: Int32
+
+    init(_ path: String) throws {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { out in
+            for (i, byte) in path.utf8.enumerated() { out[i] = byte }
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        try #require(connected == 0)
+    }
+
+    deinit { close(fd) }
+
+    /// Sends `bytes` and returns the body of the answer.
+    func exchange(_ bytes: [UInt8]) -> [UInt8] {
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+        var header = [UInt8](repeating: 0, count: 4)
+        #expect(recv(fd, &header, 4, Int32(MSG_WAITALL)) == 4)
+        let length = Int(header[0]) | Int(header[1]) << 8 | Int(header[2]) << 16 | Int(header[3]) << 24
+        var body = [UInt8](repeating: 0, count: length)
+        #expect(recv(fd, &body, length, Int32(MSG_WAITALL)) == length)
+        return body
+    }
+}
+
+/// Sends raw bytes to the agent on a connection of their own and returns the body of its answer.
 private func rawExchange(_ path: String, _ bytes: [UInt8]) throws -> [UInt8] {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { out in
-        for (i, byte) in path.utf8.enumerated() { out[i] = byte }
-    }
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-    try #require(connected == 0)
-    _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
-    var header = [UInt8](repeating: 0, count: 4)
-    #expect(recv(fd, &header, 4, Int32(MSG_WAITALL)) == 4)
-    let length = Int(header[0]) | Int(header[1]) << 8 | Int(header[2]) << 16 | Int(header[3]) << 24
-    var body = [UInt8](repeating: 0, count: length)
-    #expect(recv(fd, &body, length, Int32(MSG_WAITALL)) == length)
-    return body
+    try RawAgentConnection(path).exchange(bytes)
 }

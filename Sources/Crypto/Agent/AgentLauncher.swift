@@ -20,6 +20,11 @@ public enum AgentLauncher {
         return "\(directory)/agent.sock"
     }
 
+    /// Removes the directory ``makeSocketPath()`` made for `socketPath`, when no agent came to listen in it.
+    public static func removeDirectory(of socketPath: String) {
+        _ = rmdir(FileBytes.parentDirectory(of: socketPath))
+    }
+
     private static func isDirectory(_ path: String) -> Bool {
         var info = stat()
         return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR

@@ -131,6 +131,7 @@ public struct AgentFailure: Error, Equatable, Sendable, CustomStringConvertible 
         case invalidKey = 8
         case frameSize = 9
         case busy = 10
+        case noRoom = 11
         /// A code this version does not know (the raw value is kept in `rawCode`).
         case unknown = 255
     }

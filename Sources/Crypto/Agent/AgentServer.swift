@@ -19,6 +19,9 @@ import Glibc
 public final class AgentServer: @unchecked Sendable {
     /// Connections served at once; one more is answered with error 10 and closed.
     static let maximumConnections = 64
+    /// Identities held at once; one more is refused with error 11. It bounds the agent's memory and keeps a `list`
+    /// answer (about 150 bytes an identity) far below the largest frame.
+    static let maximumKeys = 1024
 
     public let socketPath: String
     private let listener: Int32
@@ -28,14 +31,24 @@ public final class AgentServer: @unchecked Sendable {
     private var keys: [String: HeldKey] = [:]
     private var lockSeal: LockSeal?
     private var connections = 0
+    /// Taken by `lock` and `unlock` for their whole work: one Argon2id at a time, and guesses at the lock's passphrase
+    /// no faster over many connections than over one.
+    private let passphraseGate = NSLock()
+    // Guarded by `passphraseGate`: wrong `unlock` passphrases since the last right one.
+    private var wrongGuesses = 0
 
-    /// An identity and when it is to be wiped (Unix seconds; 0 for never).
+    /// An identity and when it is to be wiped.
     private final class HeldKey: Sendable {
         let identity: UnlockedIdentity
+        /// Unix seconds, as `list` reports it; 0 for never.
         let expires: UInt64
-        init(identity: UnlockedIdentity, expires: UInt64) {
+        /// Seconds on the boot-time clock, which setting the wall clock back does not move; 0 for never.
+        let deadline: UInt64
+        init(identity: UnlockedIdentity, ttl: UInt64) {
             self.identity = identity
-            self.expires = expires
+            func after(_ now: UInt64) -> UInt64 { ttl == 0 ? 0 : (now.addingReportingOverflow(ttl).overflow ? UInt64.max : now + ttl) }
+            self.expires = after(UInt64(max(0, time(nil))))
+            self.deadline = after(AgentServer.bootSeconds())
         }
     }
 
@@ -73,6 +86,11 @@ public final class AgentServer: @unchecked Sendable {
             }
             // The agent starts no programs, but a descriptor to it must never leak into one.
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            // Another uid hears only that it is refused, whether or not the agent is busy.
+            if let refusal = refusal(of: client) {
+                refuse(client, refusal)
+                continue
+            }
             let admitted = locked {
                 guard connections < Self.maximumConnections else { return false }
                 connections += 1
@@ -93,14 +111,16 @@ public final class AgentServer: @unchecked Sendable {
 
     // MARK: - Connections
 
+    /// Why the peer of `fd` is refused before anything is read: it is not the agent's uid.
+    ///
+    /// Root is refused too unless it is the agent's own uid: the socket's mode already keeps other users out, this holds
+    /// even if the socket were exposed (a wider mode, a bind mount). The uid is the one that connected (SO_PEERCRED).
+    private func refusal(of fd: Int32) -> AgentFailure? {
+        guard let peer = AgentSocket.peerUID(fd) else { return AgentFailure(.refusedPeer, "refused: the peer's credentials cannot be read") }
+        return peer == uid ? nil : AgentFailure(.refusedPeer, "refused: the agent serves uid \(uid) only, not uid \(peer)")
+    }
+
     private func serveConnection(_ fd: Int32) {
-        guard let peer = AgentSocket.peerUID(fd) else { return }
-        // Root is refused too unless it is the agent's own uid: the socket's mode already keeps other users out,
-        // this holds even if the socket were exposed (a wider mode, a bind mount, a passed descriptor).
-        guard peer == uid else {
-            send(fd, error: AgentFailure(.refusedPeer, "refused: the agent serves uid \(uid) only, not uid \(peer)"))
-            return
-        }
         while true {
             let body: SecureBytes
             do {
@@ -157,8 +177,8 @@ public final class AgentServer: @unchecked Sendable {
             let length = 1 + 2 + listed.reduce(0) { $0 + AgentFieldSize.string($1.0.name) + AgentFieldSize.listing }
             var writer = AgentFrameWriter(bodyLength: length)
             writer.u8(AgentResponse.identitiesType)
-            writer.u16(UInt16(min(listed.count, Int(UInt16.max))))
-            for (identity, expires) in listed.prefix(Int(UInt16.max)) {
+            writer.u16(UInt16(listed.count))  // at most maximumKeys
+            for (identity, expires) in listed {
                 writer.string(identity.name)
                 writer.bytes(identity.ed25519)
                 writer.bytes(identity.x25519)
@@ -173,12 +193,14 @@ public final class AgentServer: @unchecked Sendable {
             } catch {
                 throw AgentFailure(.invalidKey, "the secrets do not make a valid identity (\(error.description))")
             }
-            let now = UInt64(max(0, time(nil)))
-            let expires = ttl == 0 ? 0 : (now.addingReportingOverflow(ttl).overflow ? UInt64.max : now + ttl)
-            let held = HeldKey(identity: UnlockedIdentity(identity), expires: expires)
+            let held = HeldKey(identity: UnlockedIdentity(identity), ttl: ttl)
             try locked { () throws(AgentFailure) in
                 try requireUnlocked()
-                keys[held.identity.publicIdentity.keyID] = held
+                let keyID = held.identity.publicIdentity.keyID
+                guard keys[keyID] != nil || keys.count < Self.maximumKeys else {
+                    throw AgentFailure(.noRoom, "the agent holds \(Self.maximumKeys) identities already: remove some first")
+                }
+                keys[keyID] = held
             }
             return Self.ok()
         case .remove(let keyID):
@@ -220,6 +242,9 @@ public final class AgentServer: @unchecked Sendable {
             writer.bytes(secure: dataKey.bytes)
             return Reply(frame: writer.finish())
         case .lock(let passphrase):
+            passphraseGate.lock()
+            defer { passphraseGate.unlock() }
+            try locked { () throws(AgentFailure) in try requireUnlocked(already: true) }
             let seal = LockSeal()
             let status = seal.hash.withUnsafeMutableBytes { out in
                 crypto_pwhash_str(
@@ -230,13 +255,12 @@ public final class AgentServer: @unchecked Sendable {
                     Int(KDFParameters.default.memLimit)
                 )
             }
-            guard status == 0 else { throw AgentFailure(.invalidKey, "Argon2id failed: not enough memory") }
-            try locked { () throws(AgentFailure) in
-                guard lockSeal == nil else { throw AgentFailure(.locked, "the agent is locked already") }
-                lockSeal = seal
-            }
+            guard status == 0 else { throw AgentFailure(.noRoom, "the agent has no memory for Argon2id (32 MiB) to lock with") }
+            locked { lockSeal = seal }  // no other lock runs meanwhile: the gate is held
             return Self.ok()
         case .unlock(let passphrase):
+            passphraseGate.lock()
+            defer { passphraseGate.unlock() }
             guard let seal = locked({ lockSeal }) else { return Self.ok() }
             let matches = seal.hash.withUnsafeBytes { hash in
                 crypto_pwhash_str_verify(
@@ -246,11 +270,13 @@ public final class AgentServer: @unchecked Sendable {
                 ) == 0
             }
             guard matches else {
-                // A second per wrong guess, on top of Argon2id's own cost.
-                sleep(1)
+                // On top of Argon2id's own cost, a second more for each wrong guess in a row (up to 10), the gate held.
+                wrongGuesses = min(wrongGuesses + 1, 10)
+                sleep(UInt32(wrongGuesses))
                 throw AgentFailure(.wrongPassphrase, "wrong passphrase: the agent stays locked")
             }
-            locked { if lockSeal === seal { lockSeal = nil } }
+            wrongGuesses = 0
+            locked { lockSeal = nil }
             return Self.ok()
         case .stop:
             locked { keys.removeAll() }
@@ -271,15 +297,24 @@ public final class AgentServer: @unchecked Sendable {
         }
     }
 
-    /// Call with `state` held.
-    private func requireUnlocked() throws(AgentFailure) {
-        guard lockSeal == nil else { throw AgentFailure(.locked, "the agent is locked: run coffer agent unlock") }
+    /// Call with `state` held; `already` for a `lock` request.
+    private func requireUnlocked(already: Bool = false) throws(AgentFailure) {
+        guard lockSeal == nil else {
+            throw AgentFailure(.locked, already ? "the agent is locked already" : "the agent is locked: run coffer agent unlock")
+        }
     }
 
     /// Drops (and so wipes) every key past its expiry. Call with `state` held.
     private func sweepExpired() {
-        let now = UInt64(max(0, time(nil)))
-        keys = keys.filter { $0.value.expires == 0 || $0.value.expires > now }
+        let now = Self.bootSeconds()
+        keys = keys.filter { $0.value.deadline == 0 || $0.value.deadline > now }
+    }
+
+    /// Seconds since boot, suspend included (CLOCK_BOOTTIME).
+    static func bootSeconds() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_BOOTTIME, &now)
+        return UInt64(now.tv_sec)
     }
 
     // MARK: - Answers

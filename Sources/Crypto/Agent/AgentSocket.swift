@@ -30,7 +30,11 @@ enum AgentSocket {
         return address
     }
 
-    /// Connects to the agent listening at `path`.
+    /// Connects to the agent listening at `path`, if it runs as this process's uid.
+    ///
+    /// A client sends secrets over the socket (`add`'s keys, `lock`'s passphrase), so it checks the listener's uid as
+    /// the agent checks its clients': a stale `COFFER_AGENT_SOCK` (an agent stopped, its directory under /tmp then made
+    /// again by another user) must not hand them to a stranger.
     static func connect(_ path: String) throws(CofferCryptoError) -> Int32 {
         guard var address = address(path) else { throw .agent("socket path \(path) is too long") }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -43,11 +47,18 @@ enum AgentSocket {
             close(fd)
             throw .agent("no agent at \(path) (\(reason))")
         }
+        let me = geteuid()
+        let listener = peerUID(fd)
+        guard listener == me else {
+            close(fd)
+            let who = listener.map { "uid \($0)" } ?? "an unknown uid"
+            throw .agent("refused the agent at \(path): it runs as \(who), not as uid \(me) (was your agent stopped? unset COFFER_AGENT_SOCK)")
+        }
         return fd
     }
 
     /// Binds and listens at `path` with mode 0600: the umask is narrowed around `bind`, so the socket never
-    /// exists with a wider mode, even for an instant.
+    /// exists with a wider mode, even for an instant. (No `chmod` after: it would follow a link put in the socket's place.)
     static func listen(_ path: String) throws(CofferCryptoError) -> Int32 {
         guard var address = address(path) else { throw .agent("socket path \(path) is too long") }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -57,7 +68,7 @@ enum AgentSocket {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         umask(saved)
-        guard status == 0, chmod(path, 0o600) == 0, Glibc.listen(fd, 16) == 0 else {
+        guard status == 0, Glibc.listen(fd, 16) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
             throw .agent("cannot listen at \(path): \(reason)")
