@@ -79,6 +79,9 @@ public struct DirectoryBlobStore: BlobStore {
             throw .io(path: destination, reason: reason)
         }
         Directories.sync(directory)
+        // The fan-out folder's own entry too: in a store older than `create`'s folders, another pusher may have just made
+        // it and not yet synced it. With nothing to write (any store `create` made) this sync costs about 40 µs on ext4 here.
+        Directories.sync(String(directory[..<directory.lastIndex(of: "/")!]))
     }
 
     public func size(of digest: String) async throws(CofferRegistryError) -> Int? {
