@@ -19,8 +19,8 @@ extension CofferClient {
         trusting trusted: [PublicIdentity]? = nil,
         registryKey: PublicIdentity? = nil
     ) async throws(CofferClientError) -> PullResult {
-        let expected = try await expectation(reference, registryKey: registryKey)
-        let package = try await package(expected.reference, keyID: identity.publicIdentity.keyID)
+        var expected = try await expectation(reference, registryKey: registryKey)
+        let package = try await package(for: &expected, keyID: identity.publicIdentity.keyID)
         do {
             return try await RemotePull.pull(package, expected: expected, fetcher: self, identity: identity, trusting: trusted, into: directory)
         } catch {
@@ -35,8 +35,8 @@ extension CofferClient {
         trusting trusted: [PublicIdentity]? = nil,
         registryKey: PublicIdentity? = nil
     ) async throws(CofferClientError) -> VerifyReport {
-        let expected = try await expectation(reference, registryKey: registryKey)
-        let package = try await package(expected.reference)
+        var expected = try await expectation(reference, registryKey: registryKey)
+        let package = try await package(for: &expected)
         do { return try await RemotePull.verify(package, expected: expected, fetcher: self, trusting: trusted) } catch {
             throw .registry(error)
         }
@@ -46,24 +46,45 @@ extension CofferClient {
     /// signed field from the statement verified here; when it cannot be verified, the server's description marked
     /// `"verified": false` with the reason.
     public func show(_ reference: ModelReference) async throws(CofferClientError) -> JSONValue {
-        let expected = try await expectation(reference, registryKey: nil)
+        var expected = try await expectation(reference, registryKey: nil)
         let reported = try await version(expected.reference)
+        func unverified(_ error: CofferRegistryError) throws(CofferClientError) -> JSONValue {
+            guard case .object(var fields) = reported else { throw .registry(error) }
+            fields["verified"] = .bool(false)
+            fields["verification"] = .string(error.description)
+            return .object(fields)
+        }
         do {
-            let package = try await package(expected.reference)
+            let package = try await package(for: &expected)
             let (statement, signer, _) = try RemotePull.verifiedStatement(package, expected: expected, trusting: nil)
             var tags: [String: String] = [:]
             if case .object(let reportedTags)? = reported["tags"] { tags = reportedTags.compactMapValues(\.stringValue) }
             return VersionSummary(verified: statement, digest: package.digest, signer: signer, ledger: expected.ledger, reportedTags: tags).json
         } catch let error as CofferRegistryError {
-            guard case .object(var fields) = reported else { throw .registry(error) }
-            fields["verified"] = .bool(false)
-            fields["verification"] = .string(error.description)
-            return .object(fields)
+            return try unverified(error)
+        } catch CofferClientError.registry(let error) {
+            return try unverified(error)  // the package's ledger record is not the one replayed
         } catch let error as CofferClientError {
             throw error
         } catch {
             throw .badAnswer(url: baseURL.absoluteString, reason: "\(error)")
         }
+    }
+
+    /// The package of the version `expected` names. The replay gives no digest for an explicit version (`NAME:VERSION`):
+    /// the ledger record sent with its package must then be the one replayed at its place, and its digest binds the
+    /// package as the replay's binds one reached by `NAME` or `NAME@ALIAS`.
+    func package(for expected: inout RemoteExpectation, keyID: String? = nil) async throws(CofferClientError) -> VersionPackage {
+        let package = try await package(expected.reference, keyID: keyID)
+        guard expected.digest == nil else { return package }
+        guard let text = package.record, let envelope = Data(base64Encoded: text) else {
+            throw .registry(.tampered("\(expected.reference): the server sent no ledger record for it"))
+        }
+        let ledger = expected.ledger
+        expected.digest = try await reading { source throws(CofferRegistryError) in
+            try await RemoteLedger.confirmedVersion(Array(envelope), in: ledger, from: source).digest
+        }
+        return package
     }
 
     /// What `reference` names on this client's replay of the ledger.

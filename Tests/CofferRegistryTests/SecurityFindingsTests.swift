@@ -538,4 +538,56 @@ extension SecurityFindingsTests {
         try await f.attack("UPDATE ledger SET envelope = ?, hash = ? WHERE seq = ?", [Data(fork.envelope), fork.hash, fork.seq])
         await expectRefusal("ledger record \(state.seq), verified before, was rewritten") { _ = try await f.registry.ledgerState() }
     }
+
+    /// helper-38's review (a malicious server): the client's replay gives no digest for an explicit version (`m:2`), and
+    /// the ledger record sent with its package was checked for its signature and a place within the chain only. A
+    /// server holding the registry key signed a record that never entered the ledger, for another statement the
+    /// publisher once signed, and pull, show and verify took it. The record must be the one replayed at its place: its
+    /// links are walked to the next waypoint (past 1,024 records, as here) or to the last record.
+    @Test func review38_anExplicitVersionIsTheRecordTheLedgerHolds() async throws {
+        let (f, _, admin) = try await owned()
+        for _ in 0..<520 {
+            try await f.registry.grant(Grant(principal: "alice", role: .reader), by: admin)
+            _ = try await f.registry.revoke(Grant(principal: "alice", role: .reader), by: admin)
+        }
+        _ = try await f.registry.signAuditHead(with: try f.registryKey)
+        let served = Served(registry: f.registry)
+        let ledger = try await RemoteLedger.sync(
+            from: served,
+            location: "https://registry.test",
+            key: nil,
+            memory: ClientMemory(directory: f.path("c"))
+        )
+        #expect(ledger.state.seq > 1024 && ledger.state.waypoints?.count == Int(ledger.state.seq / 1024))
+
+        let genuine = try await f.registry.package(try ModelReference(parsing: "m:2"), keyID: nil, includeKey: false, for: "alice")
+        let envelope = Array(try #require(genuine.record.flatMap { Data(base64Encoded: $0) }))
+        let record = try Registry.parse(envelope)
+        #expect(try await RemoteLedger.confirmedVersion(envelope, in: ledger.state, from: served).digest == genuine.digest)
+        // The same version's record for another digest, signed by the registry key at the same place.
+        guard case .version(var facts) = record.change else { throw CofferRegistryError.tampered("not a version record") }
+        facts.digest = String(repeating: "ab", count: 32)
+        let forged = LedgerRecord.sign(
+            registry: record.registry,
+            seq: record.seq,
+            prev: record.prev,
+            at: record.at,
+            by: record.by,
+            change: .version(facts),
+            signer: try f.registryKey.identity
+        )
+        // What the client checked before: it passes.
+        #expect(try Registry.checkVersionRecord(forged, model: "m", version: "2", state: ledger.state).digest == facts.digest)
+        await expectRefusal("the server sent a ledger record that is not the one replayed here at \(record.seq)") {
+            _ = try await RemoteLedger.confirmedVersion(forged.envelope, in: ledger.state, from: served)
+        }
+
+        // A state remembered before waypoints gets them from one read of the chain, which must reach its hash.
+        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(ledger.state)) as! [String: Any]
+        json["waypoints"] = nil
+        let old = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: json))
+        #expect(old.waypoints == nil)
+        #expect(try await RemoteLedger.filledWaypoints(old, from: served, location: "https://registry.test") == ledger.state)
+        #expect(ledger.state.supersedes(old) && !old.supersedes(ledger.state))
+    }
 }

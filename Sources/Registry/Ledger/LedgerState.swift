@@ -105,6 +105,12 @@ public struct LedgerState: Sendable, Equatable, Codable {
     /// When each grant with limits was last recorded (its record's `at`), by ``Grant/limitKey``: a grant's prediction
     /// limit counts the sessions opened from then on. Optional so that a state remembered before limits still decodes.
     public private(set) var limitsSince: [String: String]? = nil
+    /// The hashes of records 1024, 2048, ...: a record a server sends later (an explicit version's, with its package) is
+    /// checked to be the one replayed at its place by walking at most 1,023 links to the next of them. About 70 bytes
+    /// per 1,024 records in a remembered state. `nil` in a state remembered before them, until filled in
+    /// (``RemoteLedger/sync(from:location:key:memory:now:)``).
+    public private(set) var waypoints: [String]? = []
+    public static let waypointInterval: Int64 = 1024
 
     public struct Token: Sendable, Equatable, Codable {
         public var facts: LedgerChange.TokenFacts
@@ -195,7 +201,30 @@ public struct LedgerState: Sendable, Equatable, Codable {
         try next.change(record)
         next.seq = record.seq
         next.hash = record.hash
+        if record.seq % Self.waypointInterval == 0 { next.waypoints?.append(record.hash) }
         self = next
+    }
+
+    /// The hash of record `seq` if it is a waypoint, the last record, or the genesis's predecessor (nil otherwise).
+    public func knownHash(at seq: Int64) -> String? {
+        if seq == self.seq { return hash }
+        guard seq > 0, seq < self.seq, seq % Self.waypointInterval == 0, let waypoints, Int(seq / Self.waypointInterval) <= waypoints.count
+        else { return nil }
+        return waypoints[Int(seq / Self.waypointInterval) - 1]
+    }
+
+    /// Whether this state should replace `remembered` as what a client keeps: it is further on, or as far with the
+    /// waypoints `remembered` lacks.
+    public func supersedes(_ remembered: LedgerState) -> Bool {
+        remembered.seq < seq || (remembered.seq == seq && remembered.waypoints == nil && waypoints != nil)
+    }
+
+    /// This state with `waypoints`, the hashes of its records 1024, 2048, ... found by the caller on the chain that
+    /// ends at `hash` (a state remembered before waypoints).
+    func withWaypoints(_ waypoints: [String]) -> LedgerState {
+        var state = self
+        state.waypoints = waypoints
+        return state
     }
 
     /// The signature, and the signer's authority for the change at this point of the chain.

@@ -111,7 +111,7 @@ extension Registry {
         try await memory?.remember(state.registry) { remembered in
             if remembered == nil {
                 remembered = .init(state: state, audit: nil, head: nil)
-            } else if remembered!.state.seq < state.seq {
+            } else if state.supersedes(remembered!.state) {
                 remembered!.state = state
             }
         }

@@ -37,6 +37,7 @@ public struct RemoteLedger: Sendable {
         // The head first: every record it names was appended before it was signed, so the records read next reach it.
         let envelope = try await source.stateHead()
         var state = remembered?.state
+        if let old = state, old.waypoints == nil { state = try await filledWaypoints(old, from: source, location: location) }
         var after = state?.seq ?? 0
         while true {
             let batch = try await source.records(after: after, limit: page)
@@ -80,7 +81,7 @@ public struct RemoteLedger: Sendable {
                 remembered = .init(state: state, audit: nil, head: mark)
                 return
             }
-            if remembered!.state.seq < state.seq { remembered!.state = state }
+            if state.supersedes(remembered!.state) { remembered!.state = state }
             if remembered!.head.map({ $0.at < mark.at }) ?? true { remembered!.head = mark }
         }
         return RemoteLedger(state: state, head: head, pinnedNow: pin == nil)
@@ -97,6 +98,75 @@ public struct RemoteLedger: Sendable {
         guard records.count == Int(state.seq - seq), records.last?.hash == state.hash else { return nil }
         for (earlier, later) in zip(records, records.dropFirst()) where later.prev != earlier.hash { return nil }
         return records.first?.prev
+    }
+
+    /// The facts of the `version` record `envelope` (sent by a server with an explicit version's package), once it is
+    /// confirmed to be the record this client replayed at its place: its links are walked to the next record whose hash
+    /// `state` knows (a waypoint, at most 1,023 records on, else the last). Without this, a server holding the registry
+    /// key could sign a record that never entered the ledger for another statement the publisher once signed.
+    public static func confirmedVersion(
+        _ envelope: [UInt8],
+        in state: LedgerState,
+        from source: any LedgerSource
+    ) async throws(CofferRegistryError) -> LedgerChange.VersionFacts {
+        let record = try Registry.parse(envelope)
+        guard record.registry == state.registry, record.seq >= 1, record.seq <= state.seq, case .version(let facts) = record.change else {
+            throw .tampered("the server sent a ledger record that is not a version record of the ledger replayed here")
+        }
+        let interval = LedgerState.waypointInterval
+        var end = (record.seq + interval - 1) / interval * interval
+        if state.knownHash(at: end) == nil { end = state.seq }
+        guard let known = state.knownHash(at: end), try await walk(after: record.seq, from: record.hash, to: end, source: source) == known else {
+            throw .tampered(
+                "\(facts.model):\(facts.version): the server sent a ledger record that is not the one replayed here at \(record.seq)"
+            )
+        }
+        return facts
+    }
+
+    /// `state`, remembered before waypoints, with them: the chain is read once from its genesis and must reach `state`'s
+    /// hash, as verified then.
+    static func filledWaypoints(
+        _ state: LedgerState,
+        from source: any LedgerSource,
+        location: String
+    ) async throws(CofferRegistryError)
+        -> LedgerState
+    {
+        var waypoints: [String] = []
+        let reached = try await walk(after: 0, from: LedgerRecord.zeroHash, to: state.seq, source: source) { record in
+            if record.seq % LedgerState.waypointInterval == 0 { waypoints.append(record.hash) }
+        }
+        guard reached == state.hash else {
+            throw .tampered("\(location) sent a ledger that does not reach record \(state.seq) as verified before: rewritten or rolled back")
+        }
+        return state.withWaypoints(waypoints)
+    }
+
+    /// Fetches records `seq + 1 ... end` in pages and checks that each links to the one before, from `hash` (record
+    /// `seq`'s); calls `visit` on each. Returns record `end`'s hash, or nil when a record is missing or a link broken.
+    static func walk(
+        after seq: Int64,
+        from hash: String,
+        to end: Int64,
+        source: any LedgerSource,
+        visit: (LedgerRecord) -> Void = { _ in }
+    ) async throws(CofferRegistryError) -> String? {
+        var (at, last) = (seq, hash)
+        while at < end {
+            let limit = Int(min(end - at, Int64(page)))
+            let records = try await source.records(after: at, limit: limit).map { envelope throws(CofferRegistryError) in
+                try Registry.parse(envelope)
+            }
+            guard records.count == limit else { return nil }
+            for record in records {
+                at += 1
+                guard record.seq == at, record.prev == last else { return nil }
+                visit(record)
+                last = record.hash
+            }
+        }
+        return last
     }
 
     /// The `version` record of `model:version` in the ledger `state` replayed (nil when there is none), found by reading
