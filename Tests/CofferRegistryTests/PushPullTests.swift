@@ -127,6 +127,19 @@ struct PushPullTests {
         #expect(try await registry.fsck().problems.isEmpty)
     }
 
+    /// A version numbered Int64.max leaves no next number: an automatic push says so in one line (it trapped adding 1,
+    /// locally and in the HTTP client, found by helper-38's review).
+    @Test(arguments: MetadataBackend.available) func anAutomaticVersionPastTheHighestNumberIsRefused(on backend: MetadataBackend) async throws {
+        let f = try await RegistryFixture(backend)
+        let alice = try person("alice")
+        let dir = try f.makeModel("model", ["w.bin": bytes(1000)])
+        _ = try await f.registry.push(PushRequest(model: "m", version: String(Int64.max), paths: [dir]), publisher: alice)
+        await expectRefusal("m has version 9223372036854775807, the highest number: name the next one (m:VERSION)") {
+            _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        }
+        #expect(try await f.registry.list(model: "m", where: nil, limit: nil).map(\.version) == [String(Int64.max)])
+    }
+
     @Test(arguments: MetadataBackend.available) func existingVersionAndBadInputsAreRefusedAndNothingIsStored(on backend: MetadataBackend) async throws
     {
         let f = try await RegistryFixture(backend)

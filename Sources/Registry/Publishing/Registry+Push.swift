@@ -132,7 +132,12 @@ extension Registry {
                 statement: { (state: LedgerState) async throws(CofferRegistryError) -> (SignedStatement, PublicIdentity) in
                     // An automatic version is chosen again when the ledger moved (another push may have taken the number).
                     var version = frozen.version ?? ""
-                    if frozen.version == nil { version = String((try await self.metadata.highestVersionNumber(model: frozen.model) ?? 0) + 1) }
+                    if frozen.version == nil {
+                        version = try Self.automaticVersion(
+                            after: try await self.metadata.highestVersionNumber(model: frozen.model),
+                            model: frozen.model
+                        )
+                    }
                     let signed = try Self.sign(
                         frozen,
                         version: version,
@@ -399,5 +404,12 @@ extension Registry {
             }
         }
         return String(request.model.split(separator: "/").last ?? Substring(request.model))
+    }
+
+    /// The version a push without one takes: one more than the model's highest integer version, 1 for its first.
+    public static func automaticVersion(after highest: Int64?, model: String) throws(CofferRegistryError) -> String {
+        let (next, overflow) = (highest ?? 0).addingReportingOverflow(1)
+        guard !overflow else { throw .invalidInput("\(model) has version \(Int64.max), the highest number: name the next one (\(model):VERSION)") }
+        return String(next)
     }
 }
