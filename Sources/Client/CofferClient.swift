@@ -46,12 +46,19 @@ public final class CofferClient: Sendable {
         guard let scheme = baseURL.scheme?.lowercased(), scheme == "http" || scheme == "https", let host = baseURL.host, !host.isEmpty else {
             throw .invalidInput("a registry must be an http:// or https:// URL, not \(baseURL)")
         }
+        // Here rather than in each caller: `HTTP://` passed a caller's check for "http" and sent the token in the clear.
+        guard scheme == "https" || Self.loopbackHosts.contains(host.lowercased()) else {
+            throw .invalidInput("refusing to send a bearer token in plain http to \(host): use https")
+        }
         self.baseURL = baseURL
         self.token = token
         self.memory = memory
         self.notice = notice
         http = try HTTPClients.client(caCertificate: scheme == "https" ? caCertificate : nil)
     }
+
+    /// The hosts plain `http` is allowed to: this machine.
+    static let loopbackHosts: Set<String> = ["127.0.0.1", "::1", "[::1]", "localhost"]
 
     // MARK: - Requests
 

@@ -114,13 +114,12 @@ struct UserConfigCommandTests {
         let other = try CofferProcess.run(["list", "--registry", "http://127.0.0.1:2"], in: dir.url, environment: environment)
         #expect(other.status == 1)
         #expect(other.stderr == "coffer: --registry needs a bearer token: --token or COFFER_TOKEN\n", "\(other.stderr)")
-        // No token in plain http beyond this machine.
-        let plain = try CofferProcess.run(
-            ["list", "--registry", "http://registry.example", "--token", "cft_x"],
-            in: dir.url,
-            environment: environment
-        )
-        #expect(plain.stderr == "coffer: refusing to send a bearer token in plain http to registry.example: use https\n", "\(plain.stderr)")
+        // No token in plain http beyond this machine, however the scheme is spelt (`HTTP://` once got through).
+        for registry in ["http://registry.example", "HTTP://registry.example", "Http://REGISTRY.example"] {
+            let plain = try CofferProcess.run(["list", "--registry", registry, "--token", "cft_x"], in: dir.url, environment: environment)
+            #expect(plain.stderr.hasPrefix("coffer: refusing to send a bearer token in plain http to "), "\(registry): \(plain.stderr)")
+            #expect(plain.status == 1 && plain.stderr.lowercased().hasSuffix("registry.example: use https\n"), "\(plain.stderr)")
+        }
         // Both kinds of registry in one file is a mistake, not a choice.
         try writeConfig(dir, "home = \"\(dir.path("home"))\"\nregistry = \"https://registry.example\"\n")
         let both = try CofferProcess.run(["list"], in: dir.url, environment: environment)
