@@ -51,7 +51,7 @@ struct Coffer: AsyncParsableCommand {
     }
 
     static func fail(_ message: String) -> Never {
-        FileDescriptorStream.standardError.writeLine("coffer: \(message)")
+        FileDescriptorStream.standardError.writeLine("coffer: \(Terminal.visible(message))")
         Glibc.exit(1)
     }
 }

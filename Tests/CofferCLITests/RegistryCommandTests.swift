@@ -102,6 +102,27 @@ struct RegistryCommandTests {
         #expect(try coffer(["fsck"], dir).status == 0)
     }
 
+    /// Text from the registry reaches the terminal with its control characters escaped: a tag (unsigned, any writer of
+    /// the registry or a server can set it) cannot set the window title, hide text or forge a line of `show`.
+    @Test func registryTextIsShownWithItsControlCharactersEscaped() throws {
+        let dir = try setUp()
+        #expect(try coffer(["push", "m", "model", "--identity", "keys/alice.key"], dir).status == 0)
+        let hostile = "x\u{1B}]0;pwned\u{07}\u{1B}[8m\nfiles:\r\u{9B}2J"
+        let tagged = try coffer(["tag", "m:1", "note=\(hostile)"], dir)
+        #expect(tagged.status == 0, "\(tagged.stderr)")
+        let shown = try coffer(["show", "m:1"], dir)
+        #expect(shown.status == 0 && !shown.stdoutText.isEmpty, "\(shown.stderr)")
+        for forbidden: Unicode.Scalar in ["\u{1B}", "\u{07}", "\r", "\u{9B}"] {
+            #expect(!shown.stdoutText.unicodeScalars.contains(forbidden), "\(forbidden.value) reached the terminal")
+        }
+        #expect(shown.stdoutText.contains(#"note=x\u001b]0;pwned\u0007\u001b[8m\u000afiles:\u000d\u009b2J"#), "\(shown.stdoutText)")
+        #expect(!shown.stdoutText.split(separator: "\n").contains { $0.hasPrefix("files:\r") }, "no forged line")
+        // An error naming what the user typed says it in one line, escapes and all.
+        let refused = try coffer(["show", "m:\u{1B}[2K9"], dir)
+        #expect(refused.status == 1 && refused.stderr.hasSuffix("\n") && refused.stderr.dropLast().allSatisfy { $0 != "\n" })
+        #expect(!refused.stderr.unicodeScalars.contains("\u{1B}") && refused.stderr.contains(#"\u001b[2K9"#), "\(refused.stderr)")
+    }
+
     @Test func badInputIsOneLineAndChangesNothing() throws {
         let dir = try setUp()
         #expect(try coffer(["push", "m:1", "model", "--identity", "keys/alice.key"], dir).status == 0)

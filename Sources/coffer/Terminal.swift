@@ -1,0 +1,34 @@
+/// What the commands print of text a registry or a server supplied (names, tags, reasons, error messages), made safe
+/// for a terminal: a server's answer could otherwise set the window title, hide what follows or move the cursor
+/// (helper-38 showed an OSC sequence and `ESC[8m` reaching stderr from a 403's message).
+enum Terminal {
+    /// `text` with its control characters (C0 but tab, DEL, C1) as `\u001b`-style escapes, which read the same inside a
+    /// JSON string; line breaks too unless `lines`, so that a field cannot forge a line of its own.
+    static func visible(_ text: String, lines: Bool = false) -> String {
+        func escaped(_ scalar: Unicode.Scalar) -> Bool {
+            switch scalar.value {
+            case 0x09: false
+            case 0x0A: !lines
+            case 0x00...0x1F, 0x7F...0x9F: true
+            default: false
+            }
+        }
+        guard text.unicodeScalars.contains(where: escaped) else { return text }
+        var out = String.UnicodeScalarView()
+        for scalar in text.unicodeScalars {
+            guard escaped(scalar) else {
+                out.append(scalar)
+                continue
+            }
+            let hex = String(scalar.value, radix: 16)
+            out.append(contentsOf: ("\\u" + String(repeating: "0", count: 4 - hex.count) + hex).unicodeScalars)
+        }
+        return String(out)
+    }
+}
+
+/// Swift's `print` for this module: every line a command prints passes through ``Terminal/visible(_:lines:)``. (JSON
+/// output goes out as the encoder wrote it, through `Swift.print`.)
+func print(_ items: Any..., separator: String = " ", terminator: String = "\n") {
+    Swift.print(Terminal.visible(items.map { "\($0)" }.joined(separator: separator), lines: true), terminator: terminator)
+}
