@@ -125,6 +125,28 @@ struct TamperTests {
         #expect(JSONValue.number(21512).integerValue == 21512)
     }
 
+    /// helper-38: a rekey attestation's numbers were converted with Int(_:) too. A server holding the registry key can
+    /// sign one, and every client that pulled, verified or showed the version trapped; now it does not parse.
+    @Test func rekeyNumbersOutOfRangeAreRefusedNotTrapped() throws {
+        let file = ModelStatement.File(path: "w.bin", size: 10, plaintextSHA256: String(repeating: "a", count: 64), sealedSHA256: "b", sealedSize: 90)
+        let honest = RekeyStatement(model: "m", version: "1", versionDigest: "d", rekeyedAt: "t", by: "admin", chunkSize: 65536, files: [file])
+        #expect(RekeyStatement(honest.statement)?.files == [file])
+        for (field, value) in [("sealed_size", 1e300), ("size", -1), ("sealed_size", 2.5), ("chunk_size", 1e300), ("chunk_size", 0)] {
+            var statement = honest.statement
+            guard case .object(var predicate) = statement.predicate, case .array(var files)? = predicate["files"], case .object(var entry) = files[0]
+            else { throw CofferRegistryError.tampered("not the shape written") }
+            if field == "chunk_size" {
+                predicate[field] = .number(value)
+            } else {
+                entry[field] = .number(value)
+                files[0] = .object(entry)
+                predicate["files"] = .array(files)
+            }
+            statement.predicate = .object(predicate)
+            #expect(RekeyStatement(statement) == nil, "\(field) \(value)")
+        }
+    }
+
     @Test func lockedDatabaseFailsAfterTheBusyTimeout() async throws {
         let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")

@@ -60,18 +60,19 @@ struct RekeyStatement {
     init?(_ statement: InTotoStatement) {
         guard statement.predicateType == Self.predicateType, case .object(let p) = statement.predicate,
             let model = p["model"]?.stringValue, let version = p["version"]?.stringValue, let digest = p["version_digest"]?.stringValue,
-            let at = p["rekeyed_at"]?.stringValue, let by = p["by"]?.stringValue, let chunk = p["chunk_size"]?.numberValue,
+            let at = p["rekeyed_at"]?.stringValue, let by = p["by"]?.stringValue, let chunk = p["chunk_size"]?.integerValue, chunk > 0,
             case .array(let items)? = p["files"]
         else { return nil }
         var files: [ModelStatement.File] = []
         for item in items {
-            guard case .object(let f) = item, let path = f["path"]?.stringValue, let size = f["size"]?.numberValue,
-                let sealed = f["sealed_sha256"]?.stringValue, let sealedSize = f["sealed_size"]?.numberValue,
+            // Whole numbers in range: `Int(1e300)` trapped (helper-38; the same as the dsse fuzz target's ModelStatement finding).
+            guard case .object(let f) = item, let path = f["path"]?.stringValue, let size = f["size"]?.integerValue, size >= 0,
+                let sealed = f["sealed_sha256"]?.stringValue, let sealedSize = f["sealed_size"]?.integerValue, sealedSize >= 0,
                 let plaintext = statement.subject.first(where: { $0.name == path })?.digest["sha256"]
             else { return nil }
-            files.append(.init(path: path, size: Int(size), plaintextSHA256: plaintext, sealedSHA256: sealed, sealedSize: Int(sealedSize)))
+            files.append(.init(path: path, size: size, plaintextSHA256: plaintext, sealedSHA256: sealed, sealedSize: sealedSize))
         }
-        self.init(model: model, version: version, versionDigest: digest, rekeyedAt: at, by: by, chunkSize: Int(chunk), files: files)
+        self.init(model: model, version: version, versionDigest: digest, rekeyedAt: at, by: by, chunkSize: chunk, files: files)
     }
 }
 
