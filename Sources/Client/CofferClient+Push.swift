@@ -96,9 +96,9 @@ extension CofferClient {
     }
 
     /// The version to sign for: the one asked for, else one more than the highest integer version the ledger holds.
-    static func nextVersion(_ request: PushRequest, _ state: LedgerState) -> String {
+    static func nextVersion(_ request: PushRequest, _ state: LedgerState) throws(CofferRegistryError) -> String {
         if let version = request.version { return version }
-        return String((state.latest[request.model]?.number ?? 0) + 1)
+        return try Registry.automaticVersion(after: state.latest[request.model]?.number, model: request.model)
     }
 
     private static func save(_ prepared: PreparedPush, to path: String) throws(CofferRegistryError) {
@@ -120,9 +120,20 @@ extension CofferClient {
         let idFile = "\(outbox)/\(digest).upload"
         var offset = 0
         var id: String?
+        // An offset the server answers: within the blob, and past `start` when it answers a piece sent from there.
+        func answered(_ offset: Int, after start: Int? = nil) throws(CofferClientError) -> Int {
+            guard offset >= 0, offset <= size, start.map({ offset > $0 }) ?? true else {
+                let sent = start.map { ", after a piece sent from byte \($0)" } ?? ""
+                throw .badAnswer(
+                    url: baseURL.absoluteString,
+                    reason: "the upload of blob \(digest.prefix(12)) stands at byte \(offset)\(sent), of \(size)"
+                )
+            }
+            return offset
+        }
         if let known = (try? String(contentsOfFile: idFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) {
             do {
-                offset = try await upload(known).offset
+                offset = try answered(try await upload(known).offset)
                 id = known
                 notice("resuming the upload of blob \(digest.prefix(12)) at byte \(offset) of \(size)")
             } catch {
@@ -141,6 +152,7 @@ extension CofferClient {
         let path = PreparedPush.blobPath(outbox, digest)
         guard let handle = FileHandle(forReadingAtPath: path) else { throw .invalidInput("the sealed blob \(path) is missing from the outbox") }
         defer { try? handle.close() }
+        var conflicts = 0
         while offset < size {
             let piece: Data
             do {
@@ -154,11 +166,14 @@ extension CofferClient {
             }
             guard !piece.isEmpty else { throw .invalidInput("the sealed blob \(path) is shorter than its \(size) bytes") }
             do {
-                offset = try await append(to: id, at: offset, ByteBuffer(bytes: piece)).offset
+                offset = try answered(try await append(to: id, at: offset, ByteBuffer(bytes: piece)).offset, after: offset)
+                conflicts = 0
             } catch {
-                // Another offset (an earlier attempt's piece did arrive): continue from where the upload stands.
-                guard error.status == 409 else { throw error }
-                offset = try await upload(id).offset
+                // Another offset (an earlier attempt's piece did arrive): continue from where the upload stands, a few
+                // times in a row at most (a server that always answers 409 would keep the push going forever).
+                guard error.status == 409, conflicts < 3 else { throw error }
+                conflicts += 1
+                offset = try answered(try await upload(id).offset)
             }
             progress?(digest, offset, size)
         }

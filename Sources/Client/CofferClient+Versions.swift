@@ -18,12 +18,20 @@ extension CofferClient {
         var query = [URLQueryItem(name: "limit", value: String(limit))]
         if let model { query.append(URLQueryItem(name: "model", value: model)) }
         if let filter { query.append(URLQueryItem(name: "where", value: filter)) }
-        return try await call(.GET, "v1/versions", query: query, as: [JSONValue].self)
+        // Decoded as JSONValue, which takes about 40 times its bytes: a server's answer is held to 16 KiB a version asked
+        // for (a 32 MB answer drove `coffer list` to 1.2 GB, helper-38).
+        return try await call(
+            .GET,
+            "v1/versions",
+            query: query,
+            limit: min(Self.answerLimit, (1 << 20) + min(max(0, limit), 100_000) * (16 << 10)),
+            as: [JSONValue].self
+        )
     }
 
     /// `GET /v1/version?ref=`: one version with its files, as the server describes it (`coffer show --json`'s shape).
     public func version(_ reference: String) async throws(CofferClientError) -> JSONValue {
-        try await call(.GET, "v1/version", query: [URLQueryItem(name: "ref", value: reference)], as: JSONValue.self)
+        try await call(.GET, "v1/version", query: [URLQueryItem(name: "ref", value: reference)], limit: 4 << 20, as: JSONValue.self)
     }
 
     /// `GET /v1/verify?ref=`: the server's own check of a version (a client that pulls checks again itself).

@@ -125,16 +125,17 @@ public final class CofferClient: Sendable {
     /// The largest JSON answer read: a ledger page of 10000 records, a long audit log.
     static let answerLimit = 256 << 20
 
-    /// Sends `body` (JSON when given) and decodes the answer as `T`.
+    /// Sends `body` (JSON when given) and decodes the answer as `T`, of at most `limit` bytes.
     func call<T: Decodable>(
         _ method: HTTPMethod,
         _ path: String,
         query: [URLQueryItem] = [],
         json body: (some Encodable)? = String?.none,
         headers: [(String, String)] = [],
+        limit: Int = answerLimit,
         as type: T.Type
     ) async throws(CofferClientError) -> T {
-        let data = try await raw(method, path, query: query, json: body, headers: headers)
+        let data = try await raw(method, path, query: query, json: body, headers: headers, limit: limit)
         do { return try JSONDecoder().decode(T.self, from: data.body) } catch {
             throw .badAnswer(url: data.url, reason: "its JSON is not a \(T.self) (\(error))")
         }
@@ -146,7 +147,8 @@ public final class CofferClient: Sendable {
         _ path: String,
         query: [URLQueryItem] = [],
         json body: (some Encodable)? = String?.none,
-        headers: [(String, String)] = []
+        headers: [(String, String)] = [],
+        limit: Int = answerLimit
     ) async throws(CofferClientError) -> (url: String, body: Data) {
         var fields = headers
         var payload: HTTPClientRequest.Body?
@@ -156,7 +158,9 @@ public final class CofferClient: Sendable {
         }
         let (target, response) = try await exchange(method, path, query: query, headers: fields, body: payload)
         do {
-            return (target, Data(try await response.body.collect(upTo: Self.answerLimit).readableBytesView))
+            return (target, Data(try await response.body.collect(upTo: limit).readableBytesView))
+        } catch is NIOTooManyBytesError {
+            throw .badAnswer(url: target, reason: "its answer is over the \(limit) bytes this client reads of it")
         } catch {
             throw .unreachable(url: baseURL.absoluteString, reason: "its answer broke off: \(Self.describe(error))")
         }

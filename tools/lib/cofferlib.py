@@ -105,6 +105,57 @@ def stop_server(process, timeout=30):
         process.wait()
 
 
+class TamperingProxy:
+    """A hostile server's stand-in: an HTTP proxy on a free loopback port in front of `upstream` (a base URL) whose
+    `rewrite(method, path, status, headers, body)` may return another (status, headers, body). Bodies are read whole;
+    use it as a context manager. `base` is the URL clients are pointed at."""
+
+    def __init__(self, upstream, rewrite):
+        import http.client
+        import http.server
+        import threading
+
+        target = urllib.parse.urlsplit(upstream)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def forward(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                connection = http.client.HTTPConnection(target.hostname, target.port, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                connection.request(self.command, self.path, body=body, headers=headers)
+                answer = connection.getresponse()
+                status, answer_headers, data = answer.status, dict(answer.getheaders()), answer.read()
+                connection.close()
+                status, answer_headers, data = rewrite(self.command, self.path, status, answer_headers, data) or (status, answer_headers, data)
+                self.send_response(status)
+                for key, value in answer_headers.items():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def headless_chromium(width=1280, height=900):
     """Debian's Chromium, headless, driven by Selenium through Debian's /usr/bin/chromedriver (given explicitly, so
     Selenium never tries to download a driver). `--no-sandbox`: the tests run as root."""

@@ -1,0 +1,75 @@
+"""A hostile server (a proxy rewriting a real `coffer serve`'s answers) against the coffer client: whatever it
+answers ends in one line and exit status 1, never a trap (exit 132), and nothing it sends reaches the terminal as a
+control sequence. Found by helper-38's review."""
+import json
+import sys
+from pathlib import Path
+
+from test_interop import COFFER, ENV, coffer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lib"))
+import cofferlib  # noqa: E402
+
+
+def served_registry(tmp_path):
+    """alice's registry served on loopback, with m:1 pushed: (server process, base URL, token, alice's client args)."""
+    home = tmp_path / "home"
+    coffer("keygen", "--out", tmp_path / "alice")
+    coffer("init", "--home", home, "--owner", tmp_path / "alice.pub")
+    admin = ["--identity", tmp_path / "alice.key", "--home", home]
+    coffer("trust", "add", tmp_path / "alice.pub", *admin)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w.bin").write_bytes(bytes(range(256)) * 4096)
+    coffer("push", "m", tmp_path / "model", *admin)
+    token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
+    process, base, _ = cofferlib.start_server(COFFER, home, ENV, tmp_path / "serve.log")
+    env = dict(ENV, COFFER_STATE_DIR=str(tmp_path / "state"), COFFER_OUTBOX=str(tmp_path / "outbox"))
+    return process, base, token, env, ["--identity", tmp_path / "alice.key", "--registry-key", home / "registry.pub"]
+
+
+def one_line_failure(result):
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert result.stderr.count(b"\n") == 1 and result.stderr.startswith(b"coffer: "), result.stderr
+    return result.stderr.decode()
+
+
+def test_bad_upload_offsets_end_the_push_in_one_line(tmp_path):
+    server, base, token, env, identity = served_registry(tmp_path)
+    try:
+        for offset in (-5, 1 << 62, 0):  # before the blob, past it, and a PATCH answer that does not move on
+            def rewrite(method, path, status, headers, body, offset=offset):
+                if method == "PATCH" and path.startswith("/v1/uploads/") and status == 200:
+                    return status, headers, json.dumps({"id": path.split("/")[3], "offset": offset}).encode()
+            with cofferlib.TamperingProxy(base, rewrite) as proxy:
+                result = cofferlib.run(COFFER, "push", "m", tmp_path / "model", "--registry", proxy.base, "--token", token, *identity,
+                                       env=dict(env, COFFER_OUTBOX=str(tmp_path / f"outbox{offset}")))
+            line = one_line_failure(result)
+            assert "the upload of blob" in line and f"stands at byte {offset}" in line, line
+        versions = json.loads(cofferlib.check(COFFER, "list", "--json", "--registry", base, "--token", token, env=env))
+        assert [v["version"] for v in versions] == ["1"], "no version was committed"
+    finally:
+        cofferlib.stop_server(server)
+
+
+def test_server_text_reaches_the_terminal_escaped(tmp_path):
+    server, base, token, env, identity = served_registry(tmp_path)
+    hostile = "denied\x1b]0;pwned\x07\x1b[8m hidden\r\x9b2J"
+    try:
+        def refuse(method, path, status, headers, body):
+            if path.startswith("/v1/versions"):
+                return 403, {"Content-Type": "application/json"}, json.dumps({"error": {"message": hostile}}).encode()
+        with cofferlib.TamperingProxy(base, refuse) as proxy:
+            line = one_line_failure(cofferlib.run(COFFER, "list", "--registry", proxy.base, "--token", token, env=env))
+        assert not any(c in line for c in "\x1b\x07\r\x9b"), repr(line)
+        # (The client joins the lines of a message with spaces, a carriage return among them.)
+        assert "denied\\u001b]0;pwned\\u0007\\u001b[8m hidden \\u009b2J" in line, repr(line)
+
+        # A listing far larger than the versions asked for is refused before it is decoded.
+        def flood(method, path, status, headers, body):
+            if path.startswith("/v1/versions"):
+                return 200, {"Content-Type": "application/json"}, b"[" + b",".join([b'{"model":"m","version":"1"}'] * 200_000) + b"]"
+        with cofferlib.TamperingProxy(base, flood) as proxy:
+            line = one_line_failure(cofferlib.run(COFFER, "list", "--limit", "10", "--registry", proxy.base, "--token", token, env=env))
+        assert "its answer is over the" in line and "bytes this client reads of it" in line, line
+    finally:
+        cofferlib.stop_server(server)
