@@ -590,4 +590,13 @@ extension SecurityFindingsTests {
         #expect(try await RemoteLedger.filledWaypoints(old, from: served, location: "https://registry.test") == ledger.state)
         #expect(ledger.state.supersedes(old) && !old.supersedes(ledger.state))
     }
+
+    /// helper-38: pins were named by the URL's text, so `https://Registry.example:443/` made a fresh pin (trust on first
+    /// use again) beside `https://registry.example`'s.
+    @Test func review38_aServedRegistryHasOnePinNameHoweverItsURLIsWritten() throws {
+        let spellings = ["https://Registry.Example:443/api/", "HTTPS://registry.example/api?x=1#top", "https://registry.example/api"]
+        #expect(Set(try spellings.map { ClientMemory.location(url: try #require(URL(string: $0))) }) == ["https://registry.example/api"])
+        #expect(ClientMemory.location(url: try #require(URL(string: "https://registry.example:8443"))) == "https://registry.example:8443")
+        #expect(ClientMemory.location(url: try #require(URL(string: "http://127.0.0.1:8080/"))) == "http://127.0.0.1:8080")
+    }
 }

@@ -50,11 +50,24 @@ public struct ClientMemory: Sendable {
         return "file:\(String(cString: resolved))"
     }
 
-    /// The scheme, host, port and path of a served registry, as its pin is named.
+    /// The scheme, host, port and path of a served registry, as its pin is named: one name however the URL is written
+    /// (scheme and host in any case, the scheme's default port given or not, a query or fragment), so that a spelling
+    /// the user has not used before does not make a fresh pin on first use (helper-38).
     public static func location(url: URL) -> String {
-        var text = url.absoluteString
-        while text.hasSuffix("/") { text.removeLast() }
-        return text
+        guard var parts = URLComponents(url: url, resolvingAgainstBaseURL: true), let scheme = parts.scheme?.lowercased() else {
+            var text = url.absoluteString
+            while text.hasSuffix("/") { text.removeLast() }
+            return text
+        }
+        parts.scheme = scheme
+        parts.host = parts.host?.lowercased()
+        if (scheme, parts.port) == ("https", 443) || (scheme, parts.port) == ("http", 80) { parts.port = nil }
+        parts.query = nil
+        parts.fragment = nil
+        parts.user = nil
+        parts.password = nil
+        while parts.path.hasSuffix("/") { parts.path.removeLast() }
+        return parts.string ?? url.absoluteString
     }
 
     public func pin(for location: String) -> String? { pins()[location] }
