@@ -51,7 +51,7 @@ struct Coffer: AsyncParsableCommand {
     }
 
     static func fail(_ message: String) -> Never {
-        FileDescriptorStream.standardError.writeLine("coffer: \(Terminal.visible(message))")
+        FileDescriptorStream.standardError.writeLine("coffer: \(message)")
         Glibc.exit(1)
     }
 }
@@ -63,8 +63,13 @@ struct CLIError: Error, CustomStringConvertible {
 }
 
 extension FileDescriptorStream {
-    func writeLine(_ line: String) {
-        let bytes = Array((line + "\n").utf8)
+    /// Writes `line` and a line break, with its control characters escaped (``Terminal/visible(_:lines:)``): what a
+    /// command says may carry a registry's or a server's text.
+    func writeLine(_ line: String) { writeRaw(Terminal.visible(line) + "\n") }
+
+    /// Writes `text` as it is: the progress bar's carriage returns and erase-line sequences.
+    func writeRaw(_ text: String) {
+        let bytes = Array(text.utf8)
         try? bytes.withUnsafeBytes { try write($0) }
     }
 }

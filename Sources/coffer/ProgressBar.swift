@@ -52,8 +52,7 @@ final class ProgressBar: @unchecked Sendable {
         } else {
             line += "  \(Self.format(Int(rate)))/s"
         }
-        let bytes = Array((line + "\u{1B}[K").utf8)
-        try? bytes.withUnsafeBytes { try FileDescriptorStream.standardError.write($0) }
+        FileDescriptorStream.standardError.writeRaw(line + "\u{1B}[K")
     }
 
     static func format(_ bytes: Int) -> String {
@@ -91,7 +90,7 @@ final class EpochProgress {
         let head = "\(progress.phase) epoch \(progress.epoch)/\(progress.epochs)"
         if progress.isEndOfEpoch {
             if tty {
-                FileDescriptorStream.standardError.writeLine("\r\(head): loss \(summary)\(epsilon)\u{1B}[K")
+                FileDescriptorStream.standardError.writeRaw("\r\(head): loss \(summary)\(epsilon)\u{1B}[K\n")
             } else if !quiet {
                 FileDescriptorStream.standardError.writeLine("\(head): loss \(summary)\(epsilon)")
             }
@@ -104,6 +103,6 @@ final class EpochProgress {
         let filled = progress.step * width / max(progress.steps, 1)
         let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
         let line = "\r\(head) [\(bar)] step \(progress.step)/\(progress.steps): loss \(summary)\(epsilon)\u{1B}[K"
-        try? Array(line.utf8).withUnsafeBytes { try FileDescriptorStream.standardError.write($0) }
+        FileDescriptorStream.standardError.writeRaw(line)
     }
 }

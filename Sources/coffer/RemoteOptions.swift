@@ -77,7 +77,7 @@ struct RemoteOptions: ParsableArguments {
             )
         }
         return try CofferClient(baseURL: url, token: Secret(text: bearer), caCertificate: caCertificate) { line in
-            FileDescriptorStream.standardError.writeLine("coffer: \(Terminal.visible(line))")
+            FileDescriptorStream.standardError.writeLine("coffer: \(line)")
         }
     }
 }

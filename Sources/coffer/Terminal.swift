@@ -27,8 +27,9 @@ enum Terminal {
     }
 }
 
-/// Swift's `print` for this module: every line a command prints passes through ``Terminal/visible(_:lines:)``. (JSON
-/// output goes out as the encoder wrote it, through `Swift.print`.)
+/// Swift's `print` for this module: every line a command prints passes through ``Terminal/visible(_:lines:)``, line
+/// breaks included (no command prints two lines at once), so that a field cannot forge a line of its own. JSON printed
+/// here keeps its values (an escape reads the same inside a JSON string); ``JSONOutput`` prints the encoder's bytes.
 func print(_ items: Any..., separator: String = " ", terminator: String = "\n") {
-    Swift.print(Terminal.visible(items.map { "\($0)" }.joined(separator: separator), lines: true), terminator: terminator)
+    Swift.print(Terminal.visible(items.map { "\($0)" }.joined(separator: separator)), terminator: terminator)
 }
