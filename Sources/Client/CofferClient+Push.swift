@@ -152,7 +152,7 @@ extension CofferClient {
         let path = PreparedPush.blobPath(outbox, digest)
         guard let handle = FileHandle(forReadingAtPath: path) else { throw .invalidInput("the sealed blob \(path) is missing from the outbox") }
         defer { try? handle.close() }
-        var conflicts = 0
+        var conflicts = 0  // 409s for this blob: a server may rewind it only so often
         while offset < size {
             let piece: Data
             do {
@@ -167,10 +167,9 @@ extension CofferClient {
             guard !piece.isEmpty else { throw .invalidInput("the sealed blob \(path) is shorter than its \(size) bytes") }
             do {
                 offset = try answered(try await append(to: id, at: offset, ByteBuffer(bytes: piece)).offset, after: offset)
-                conflicts = 0
             } catch {
                 // Another offset (an earlier attempt's piece did arrive): continue from where the upload stands, a few
-                // times in a row at most (a server that always answers 409 would keep the push going forever).
+                // times per blob at most (a server answering 409 and rewinding would keep the push going forever).
                 guard error.status == 409, conflicts < 3 else { throw error }
                 conflicts += 1
                 offset = try answered(try await upload(id).offset)

@@ -31,7 +31,7 @@ extension CofferClient {
 
     /// `GET /v1/version?ref=`: one version with its files, as the server describes it (`coffer show --json`'s shape).
     public func version(_ reference: String) async throws(CofferClientError) -> JSONValue {
-        try await call(.GET, "v1/version", query: [URLQueryItem(name: "ref", value: reference)], limit: 4 << 20, as: JSONValue.self)
+        try await call(.GET, "v1/version", query: [URLQueryItem(name: "ref", value: reference)], limit: 16 << 20, as: JSONValue.self)
     }
 
     /// `GET /v1/verify?ref=`: the server's own check of a version (a client that pulls checks again itself).

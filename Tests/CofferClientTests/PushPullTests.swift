@@ -1,10 +1,11 @@
-import CofferClient
 import CofferCrypto
 import CofferRegistry
 import Foundation
 import HummingbirdTesting
 import NIOCore
 import Testing
+
+@testable import CofferClient
 
 /// Resumable uploads, pushes that resume after an interruption, and pulls checked against the client's own ledger.
 struct PushPullTests {
@@ -94,6 +95,31 @@ struct PushPullTests {
             #expect(answer.ok && answer.signer == "alice" && answer.readData == nil, "the server never decrypts, so never says it did")
             let missing = await #expect(throws: CofferClientError.self) { try await client.serverVerify("m/risk:9") }
             #expect(missing?.status == 404, "\(String(describing: missing))")
+        }
+    }
+
+    /// A version committed between the client's sync and its package: its record lies beyond the replay, and the
+    /// client syncs once more rather than call it tampering (helper-39).
+    @Test func aVersionCommittedAfterTheSyncIsConfirmedAfterOneMoreSync() async throws {
+        let f = try await Fixture()
+        try await f.app().test(.live) { live in
+            let client = try f.client(port: try live.livePort, token: "admin")
+            var expected = try await client.expectation(try ModelReference(parsing: "m/risk:2"), registryKey: nil)
+            let synced = expected.ledger.seq
+            try FileManager.default.createDirectory(atPath: f.path("two"), withIntermediateDirectories: true)
+            try Data((0..<5000).map { UInt8(truncatingIfNeeded: $0) }).write(to: URL(fileURLWithPath: f.path("two/w.bin")))
+            let pushed = try await f.registry.push(PushRequest(model: "m/risk", paths: [f.path("two")]), publisher: f.alice)
+            let package = try await client.package(for: &expected)
+            #expect(pushed.version == "2" && package.digest == pushed.digest)
+            #expect(expected.digest == pushed.digest && expected.ledger.seq > synced)
+
+            // After a version numbered Int64.max there is no automatic next one: one line, not a trap (helper-38).
+            let top = try await f.registry.push(PushRequest(model: "m/risk", version: String(Int64.max), paths: [f.path("two")]), publisher: f.alice)
+            #expect(top.version == String(Int64.max))
+            let next = PushRequest(model: "m/risk", paths: [f.path("two")])
+            let outbox = try PushOutbox.directory(for: client.baseURL, request: next, environment: ["COFFER_OUTBOX": f.path("outbox")])
+            let refused = await #expect(throws: CofferClientError.self) { try await client.push(next, publisher: f.alice.identity, outbox: outbox) }
+            #expect(refused?.description.contains("has version 9223372036854775807, the highest number") == true, "\(String(describing: refused))")
         }
     }
 

@@ -545,7 +545,7 @@ extension SecurityFindingsTests {
     /// publisher once signed, and pull, show and verify took it. The record must be the one replayed at its place: its
     /// links are walked to the next waypoint (past 1,024 records, as here) or to the last record.
     @Test func review38_anExplicitVersionIsTheRecordTheLedgerHolds() async throws {
-        let (f, _, admin) = try await owned()
+        let (f, alice, admin) = try await owned()
         for _ in 0..<520 {
             try await f.registry.grant(Grant(principal: "alice", role: .reader), by: admin)
             _ = try await f.registry.revoke(Grant(principal: "alice", role: .reader), by: admin)
@@ -582,6 +582,39 @@ extension SecurityFindingsTests {
             _ = try await RemoteLedger.confirmedVersion(forged.envelope, in: ledger.state, from: served)
         }
 
+        // A record that is no version's is refused too (the genesis here).
+        let genesis = try #require(try await f.registry.ledgerRecords(after: 0, limit: 1).first).envelope
+        await expectRefusal("not a version record of the ledger replayed here") {
+            _ = try await RemoteLedger.confirmedVersion(genesis, in: ledger.state, from: served)
+        }
+        // Past the last waypoint the walk ends at the last record replayed: m:3's record, and one forged for it.
+        let dir = try f.makeModel("model3", ["w.bin": bytes(3000, seed: 3)])
+        _ = try await f.registry.push(PushRequest(model: "m", paths: [dir]), publisher: alice)
+        _ = try await f.registry.signAuditHead(with: try f.registryKey)
+        let later = try await RemoteLedger.sync(
+            from: served,
+            location: "https://registry.test",
+            key: nil,
+            memory: ClientMemory(directory: f.path("c"))
+        )
+        let third = try await f.registry.package(try ModelReference(parsing: "m:3"), keyID: nil, includeKey: false, for: "alice")
+        let thirdEnvelope = Array(try #require(third.record.flatMap { Data(base64Encoded: $0) }))
+        let thirdRecord = try Registry.parse(thirdEnvelope)
+        #expect(thirdRecord.seq > 1024 * Int64(later.state.waypoints?.count ?? 0))
+        #expect(try await RemoteLedger.confirmedVersion(thirdEnvelope, in: later.state, from: served).digest == third.digest)
+        let forgedThird = LedgerRecord.sign(
+            registry: thirdRecord.registry,
+            seq: thirdRecord.seq,
+            prev: thirdRecord.prev,
+            at: "2031-01-01T00:00:00.000Z",
+            by: thirdRecord.by,
+            change: thirdRecord.change,
+            signer: try f.registryKey.identity
+        )
+        await expectRefusal("not the one replayed here at \(thirdRecord.seq)") {
+            _ = try await RemoteLedger.confirmedVersion(forgedThird.envelope, in: later.state, from: served)
+        }
+
         // A state remembered before waypoints gets them from one read of the chain, which must reach its hash.
         var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(ledger.state)) as! [String: Any]
         json["waypoints"] = nil
@@ -589,6 +622,11 @@ extension SecurityFindingsTests {
         #expect(old.waypoints == nil)
         #expect(try await RemoteLedger.filledWaypoints(old, from: served, location: "https://registry.test") == ledger.state)
         #expect(ledger.state.supersedes(old) && !old.supersedes(ledger.state))
+        json["hash"] = String(repeating: "0", count: 63) + "1"
+        let rewritten = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: json))
+        await expectRefusal("does not reach record \(ledger.state.seq) as verified before") {
+            _ = try await RemoteLedger.filledWaypoints(rewritten, from: served, location: "https://registry.test")
+        }
     }
 
     /// helper-38: pins were named by the URL's text, so `https://Registry.example:443/` made a fresh pin (trust on first

@@ -66,7 +66,7 @@ public struct ClientMemory: Sendable {
         parts.fragment = nil
         parts.user = nil
         parts.password = nil
-        while parts.path.hasSuffix("/") { parts.path.removeLast() }
+        while parts.percentEncodedPath.hasSuffix("/") { parts.percentEncodedPath.removeLast() }
         return parts.string ?? url.absoluteString
     }
 

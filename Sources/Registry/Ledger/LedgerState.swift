@@ -205,7 +205,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
         self = next
     }
 
-    /// The hash of record `seq` if it is a waypoint, the last record, or the genesis's predecessor (nil otherwise).
+    /// The hash of record `seq` if it is a waypoint or the last record (nil otherwise).
     public func knownHash(at seq: Int64) -> String? {
         if seq == self.seq { return hash }
         guard seq > 0, seq < self.seq, seq % Self.waypointInterval == 0, let waypoints, Int(seq / Self.waypointInterval) <= waypoints.count
