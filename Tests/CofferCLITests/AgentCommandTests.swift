@@ -62,10 +62,7 @@ struct AgentCommandTests {
     }
 
     @Test func anotherUidIsRefusedByTheSocketModeAndByItsPeerCredentials() throws {
-        guard geteuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else {
-            Issue.record("needs root and setpriv to run a client under another uid")
-            return
-        }
+        guard let nobody = asNobody(CofferProcess.binary, "a client") else { return }
         let dir = try Scratch()
         // uid 65534 must be able to reach the binary and the scratch directory to run at all.
         _ = chmod(dir.url.path, 0o755)
@@ -73,7 +70,6 @@ struct AgentCommandTests {
         try dir.keygen("alice")
         #expect(try agent.run(["agent", "add", "keys/alice.key"], passphrase: "test passphrase").status == 0)
 
-        let nobody = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CofferProcess.binary]
         // The private directory (0700) keeps the other uid from the socket.
         expectFailure(try agent.run(["agent", "list"], launcher: nobody), "Permission denied")
         // With the directory and socket opened up (a mistake, a bind mount), SO_PEERCRED still refuses. A coffer client
@@ -82,11 +78,7 @@ struct AgentCommandTests {
         let directory = (agent.socket as NSString).deletingLastPathComponent
         #expect(chmod(directory, 0o755) == 0 && chmod(agent.socket, 0o666) == 0)
         expectFailure(try agent.run(["agent", "stop"], launcher: nobody), "refused the agent at \(agent.socket): it runs as uid 0, not as uid 65534")
-        let python = ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3"]
-        guard FileManager.default.isExecutableFile(atPath: python.last!) else {
-            Issue.record("needs /usr/bin/python3 for a raw client under another uid")
-            return
-        }
+        guard let python = asNobody("/usr/bin/python3", "a raw client") else { return }
         let readAll = """
             import socket, sys
             s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); answer = b""
@@ -304,10 +296,7 @@ struct AgentCommandTests {
     }
 
     @Test func aClientRefusesAnAgentRunningAsAnotherUid() throws {
-        guard geteuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") else {
-            Issue.record("needs root and setpriv to run an agent under another uid")
-            return
-        }
+        guard let nobody = asNobody(CofferProcess.binary, "an agent") else { return }
         let dir = try Scratch()
         _ = chmod(dir.url.path, 0o755)
         try dir.keygen("alice")
@@ -319,7 +308,7 @@ struct AgentCommandTests {
             ["agent", "start", "--foreground", "--socket", socket],
             in: dir.url,
             environment: ["PATH": "/usr/bin:/bin"],
-            launcher: ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", CofferProcess.binary]
+            launcher: nobody
         )
         var listening = false
         for _ in 0..<1000 where !listening {
@@ -488,6 +477,17 @@ private func cleanEnvironment(_ dir: Scratch) -> [String: String] {
     environment["COFFER_AGENT_SOCK"] = nil
     environment["COFFER_STATE_DIR"] = dir.url.appendingPathComponent(".client-state").path
     return environment
+}
+
+/// The command line that runs `program` as uid 65534 (setpriv), or nil with an issue recorded when this test cannot:
+/// it needs root, setpriv and the program.
+private func asNobody(_ program: String, _ what: String) -> [String]? {
+    guard geteuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), FileManager.default.isExecutableFile(atPath: program)
+    else {
+        Issue.record("needs root, setpriv and \(program) to run \(what) under another uid")
+        return nil
+    }
+    return ["/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", program]
 }
 
 /// Runs `coffer args` (through `launcher`, e.g. setpriv, when given) with stdin at /dev/null, so no terminal prompt.
