@@ -15,14 +15,16 @@ struct RegistryOptions: ParsableArguments {
     func open() async throws(CofferRegistryError) -> Registry { try await Registry(at: resolvedHome) }
 }
 
-/// `--json` output: sorted keys, one document, newline-terminated.
+/// `--json` output: sorted keys, one document, newline-terminated. The encoder escapes C0 controls inside strings but
+/// leaves DEL, C1 and bidirectional controls raw: ``Terminal/visible(_:lines:)`` escapes those as `\u` escapes, which
+/// are valid JSON for the same string, and keeps the document's own line breaks.
 enum JSONOutput {
     static func print(_ value: JSONValue) { print(encodable: value) }
 
     static func print(encodable value: some Encodable) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-        Swift.print(String(decoding: (try? encoder.encode(value)) ?? Data("null".utf8), as: UTF8.self))
+        Swift.print(Terminal.visible(String(decoding: (try? encoder.encode(value)) ?? Data("null".utf8), as: UTF8.self), lines: true))
     }
 }
 

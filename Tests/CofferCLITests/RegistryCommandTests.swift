@@ -117,6 +117,20 @@ struct RegistryCommandTests {
         }
         #expect(shown.stdoutText.contains(#"note=x\u001b]0;pwned\u0007\u001b[8m\u000afiles:\u000d\u009b2J"#), "\(shown.stdoutText)")
         #expect(!shown.stdoutText.split(separator: "\n").contains { $0.hasPrefix("files:\r") }, "no forged line")
+        // Bidirectional and invisible characters too: U+202E would show `devorppa` as `approved`, U+200B hides in a name.
+        let spoof = "\u{202E}devorppa\u{200B}\u{7F}"
+        #expect(try coffer(["tag", "m:1", "state=\(spoof)"], dir).status == 0)
+        let spoofed = try coffer(["show", "m:1"], dir)
+        #expect(spoofed.stdoutText.contains(#"state=\u202edevorppa\u200b\u007f"#), "\(spoofed.stdoutText)")
+        // `--json` keeps the same strings, escaped the JSON way: a parser reads the tag back exactly.
+        let json = try coffer(["show", "m:1", "--json"], dir)
+        #expect(json.status == 0, "\(json.stderr)")
+        for forbidden: Unicode.Scalar in ["\u{1B}", "\u{9B}", "\u{7F}", "\u{202E}", "\u{200B}"] {
+            #expect(!json.stdoutText.unicodeScalars.contains(forbidden), "\(forbidden.value) reached the terminal in JSON")
+        }
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(json.stdoutText.utf8)) as? [String: Any])
+        let tags = try #require(document["tags"] as? [String: Any], "\(json.stdoutText)")
+        #expect(tags["state"] as? String == spoof && tags["note"] as? String == hostile, "\(tags)")
         // An error naming what the user typed says it in one line, escapes and all.
         let refused = try coffer(["show", "m:\u{1B}[2K9"], dir)
         #expect(refused.status == 1 && refused.stderr.hasSuffix("\n") && refused.stderr.dropLast().allSatisfy { $0 != "\n" })
