@@ -63,9 +63,9 @@ struct CLIError: Error, CustomStringConvertible {
 }
 
 extension FileDescriptorStream {
-    /// Writes `line` and a line break, with its control characters escaped (``Terminal/visible(_:lines:)``): what a
+    /// Writes `line` and a line break, with its control characters escaped (``VisibleText/of(_:lines:)``): what a
     /// command says may carry a registry's or a server's text.
-    func writeLine(_ line: String) { writeRaw(Terminal.visible(line) + "\n") }
+    func writeLine(_ line: String) { writeRaw(VisibleText.of(line) + "\n") }
 
     /// Writes `text` as it is: the progress bar's carriage returns and erase-line sequences.
     func writeRaw(_ text: String) {

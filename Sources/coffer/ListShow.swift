@@ -42,8 +42,8 @@ extension Coffer {
             func field(_ v: JSONValue, _ key: String) -> String {
                 switch v[key] {
                 case .number(let n)?: String(format: "%g", n)
-                case .string(let s)?: Terminal.visible(s)
-                case .array(let items)?: items.compactMap(\.stringValue).map { Terminal.visible($0) }.joined(separator: ",")
+                case .string(let s)?: VisibleText.of(s)
+                case .array(let items)?: items.compactMap(\.stringValue).map { VisibleText.of($0) }.joined(separator: ",")
                 default: "-"
                 }
             }
@@ -100,11 +100,11 @@ extension Coffer {
         func text(_ value: JSONValue) -> String {
             switch value {
             case .null: "-"
-            case .string(let s): Terminal.visible(s)
+            case .string(let s): VisibleText.of(s)
             case .number(let n): String(format: "%g", n)
             case .bool(let b): String(b)
             case .array(let items): items.map(text).joined(separator: ", ")
-            case .object(let members): members.keys.sorted().map { "\(Terminal.visible($0))=\(text(members[$0]!))" }.joined(separator: " ")
+            case .object(let members): members.keys.sorted().map { "\(VisibleText.of($0))=\(text(members[$0]!))" }.joined(separator: " ")
             }
         }
         func line(_ label: String, _ value: JSONValue?, indent: String = "") {

@@ -16,7 +16,7 @@ struct RegistryOptions: ParsableArguments {
 }
 
 /// `--json` output: sorted keys, one document, newline-terminated. The encoder escapes C0 controls inside strings but
-/// leaves DEL, C1 and bidirectional controls raw: ``Terminal/visible(_:lines:)`` escapes those as `\u` escapes, which
+/// leaves DEL, C1 and bidirectional controls raw: ``VisibleText/of(_:lines:)`` escapes those as `\u` escapes, which
 /// are valid JSON for the same string, and keeps the document's own line breaks.
 enum JSONOutput {
     static func print(_ value: JSONValue) { print(encodable: value) }
@@ -24,7 +24,7 @@ enum JSONOutput {
     static func print(encodable value: some Encodable) {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-        Swift.print(Terminal.visible(String(decoding: (try? encoder.encode(value)) ?? Data("null".utf8), as: UTF8.self), lines: true))
+        Swift.print(VisibleText.of(String(decoding: (try? encoder.encode(value)) ?? Data("null".utf8), as: UTF8.self), lines: true))
     }
 }
 

@@ -332,6 +332,11 @@ struct WebTests {
             let page = Self.text(try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers))
             #expect(page.contains("&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&#39;&quot;&gt;&lt;img src=x onerror=alert(1)&gt;"))
             #expect(!page.contains("<script") && !page.contains("<img"))
+            // HTML escaping leaves text that reads as another: a bidirectional override shows `devorppa` as `approved`.
+            try await w.fixture.registry.tag(try ModelReference(parsing: "m/risk:1"), set: ["state": "\u{202E}devorppa\u{200B}\u{1B}[8m"])
+            let spoofed = Self.text(try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers))
+            #expect(spoofed.contains(#"\u202edevorppa\u200b\u001b[8m"#), "\(spoofed)")
+            #expect(!spoofed.unicodeScalars.contains { [0x1B, 0x202E, 0x200B].contains($0.value) })
             // A search for it is echoed back escaped too.
             let search = try await client.execute(uri: "/models?q=" + WebForm.percentEncoded(hostile), method: .get, headers: bob.headers)
             #expect(!Self.text(search).contains("<script") && Self.text(search).contains("&lt;script&gt;"))

@@ -71,7 +71,7 @@ struct WebPages: Sendable {
         values["signedIn"] = session != nil
         values["principal"] = session?.principal ?? ""
         values["csrf"] = session?.csrf ?? ""
-        return Self.html(ByteBuffer(string: library.render(values, withTemplate: name) ?? ""), status: status)
+        return Self.html(ByteBuffer(string: Self.visible(library.render(values, withTemplate: name) ?? "")), status: status)
     }
 
     /// Where a template shows a secret: a comment, which no value can write (`<` is always escaped).
@@ -91,13 +91,18 @@ struct WebPages: Sendable {
         values["signedIn"] = session != nil
         values["principal"] = session?.principal ?? ""
         values["csrf"] = session?.csrf ?? ""
-        let html = library.render(values, withTemplate: name) ?? ""
+        let html = Self.visible(library.render(values, withTemplate: name) ?? "")
         guard let slot = html.range(of: Self.secretSlot) else { preconditionFailure("web template \(name) has no secret slot") }
         var body = ByteBuffer(string: String(html[..<slot.lowerBound]))
         secret.withUnsafeBytes { _ = body.writeBytes($0) }
         body.writeString(String(html[slot.upperBound...]))
         return Self.html(body, status: .ok)
     }
+
+    /// A rendered page with the control, bidirectional and invisible characters of the values in it shown as `\u`
+    /// escapes (no template holds one): HTML escaping stops markup, not a tag that reads as another text
+    /// (U+202E shows `devorppa` as `approved`).
+    private static func visible(_ html: String) -> String { VisibleText.of(html, lines: true) }
 
     private static func html(_ body: ByteBuffer, status: HTTPResponse.Status) -> Response {
         var headers = securityHeaders

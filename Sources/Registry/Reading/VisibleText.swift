@@ -1,14 +1,15 @@
-/// What the commands print of text a registry or a server supplied (names, tags, reasons, error messages), made safe
-/// for a terminal: a server's answer could otherwise set the window title, hide what follows or move the cursor
-/// (helper-38 showed an OSC sequence and `ESC[8m` reaching stderr from a 403's message).
-enum Terminal {
+/// Text a registry or a server supplied (names, tags, reasons, error messages) made safe to show, on a terminal (the
+/// CLI prints every line through it) or a web page (the server's pages, after HTML escaping): a server's answer could
+/// otherwise set a terminal's window title, hide what follows or move the cursor (helper-38 showed an OSC sequence and
+/// `ESC[8m` reaching stderr from a 403's message), and an unsigned tag could read as another text on either.
+public enum VisibleText {
     /// `text` with its control characters (C0 but tab, DEL, C1) as `\u001b`-style escapes, which read the same inside a
     /// JSON string; line breaks too unless `lines`, so that a field cannot forge a line of its own. Also escaped: the
     /// bidirectional controls, which reorder what follows on the line ("Trojan Source", CVE-2021-42574: a tag can show
     /// `approved` while holding `devorppa`), the invisible characters that make two different texts look the same
     /// (zero-width space and joiners, word joiner, byte-order mark), and the line and paragraph separators. A joiner
     /// inside an emoji sequence is escaped too: a registry's output is read for what it says, not for how it looks.
-    static func visible(_ text: String, lines: Bool = false) -> String {
+    public static func of(_ text: String, lines: Bool = false) -> String {
         func escaped(_ scalar: Unicode.Scalar) -> Bool {
             switch scalar.value {
             case 0x09: false
@@ -30,11 +31,4 @@ enum Terminal {
         }
         return String(out)
     }
-}
-
-/// Swift's `print` for this module: every line a command prints passes through ``Terminal/visible(_:lines:)``, line
-/// breaks included (no command prints two lines at once), so that a field cannot forge a line of its own. JSON printed
-/// here keeps its values (an escape reads the same inside a JSON string); ``JSONOutput`` prints the encoder's bytes.
-func print(_ items: Any..., separator: String = " ", terminator: String = "\n") {
-    Swift.print(Terminal.visible(items.map { "\($0)" }.joined(separator: separator)), terminator: terminator)
 }
