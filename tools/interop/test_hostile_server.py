@@ -73,3 +73,55 @@ def test_server_text_reaches_the_terminal_escaped(tmp_path):
         assert "its answer is over the" in line and "bytes this client reads of it" in line, line
     finally:
         cofferlib.stop_server(server)
+
+
+def test_an_explicit_version_without_its_ledger_record_is_refused(tmp_path):
+    server, base, token, env, identity = served_registry(tmp_path)
+    try:
+        def strip_record(method, path, status, headers, body):
+            if path.startswith("/v1/package") and status == 200:
+                package = json.loads(body)
+                package.pop("record", None)
+                return status, headers, json.dumps(package).encode()
+        out = tmp_path / "out"
+        with cofferlib.TamperingProxy(base, strip_record) as proxy:
+            line = one_line_failure(cofferlib.run(COFFER, "pull", "m:1", "--out", out, "--registry", proxy.base, "--token", token,
+                                                  *identity, env=env))
+        assert "m:1: the server sent no ledger record for it" in line, line
+        assert not out.exists() or not any(out.iterdir()), "nothing pulled"
+    finally:
+        cofferlib.stop_server(server)
+
+
+def test_a_resumed_upload_at_a_bad_offset_ends_the_push_in_one_line(tmp_path):
+    """The offset a server answers when a push resumes (GET /v1/uploads/ID) is checked as a PATCH's answer is. One
+    proxy throughout: a push resumes from the outbox of the same registry URL."""
+    server, base, token, env, identity = served_registry(tmp_path)
+    (tmp_path / "model" / "w.bin").write_bytes(bytes(range(256)) * 8192)  # another version's blob
+    tamper = {"offset": None}
+
+    def rewrite(method, path, status, headers, body):
+        if method == "PATCH" and tamper["offset"] is None:
+            # The bytes went up, unfinished: the upload stays on the server, and its ID in the outbox, to resume.
+            return 400, {"Content-Type": "application/json"}, json.dumps({"error": {"message": "not now"}}).encode()
+        if method == "GET" and path.startswith("/v1/uploads/") and status == 200 and tamper["offset"] != "honest":
+            return status, headers, json.dumps({"id": path.split("/")[3], "offset": tamper["offset"]}).encode()
+    try:
+        with cofferlib.TamperingProxy(base, rewrite) as proxy:
+            push = ["push", "m", tmp_path / "model", "--token", token, *identity, "--registry", proxy.base]
+            assert "answered 400: not now" in one_line_failure(cofferlib.run(COFFER, *push, env=env))
+            assert list((tmp_path / "outbox").rglob("*.upload")), "the first attempt left its upload to resume"
+            for offset in (-5, 1 << 62):
+                tamper["offset"] = offset
+                result = cofferlib.run(COFFER, *push, env=env)
+                notice, line = result.stderr.decode().splitlines()  # the resume's notice, then the failure
+                assert result.returncode == 1 and notice.startswith("coffer: resuming the push of m:2"), result.stderr
+                assert f"stands at byte {offset}, of " in line and "after a piece" not in line, line
+            # The honest answer, resumed: the push completes.
+            tamper["offset"] = "honest"
+            result = cofferlib.run(COFFER, *push, env=env)
+            assert result.returncode == 0 and b"resuming the upload of blob" in result.stderr, result.stderr
+        versions = json.loads(cofferlib.check(COFFER, "list", "--json", "--registry", base, "--token", token, env=env))
+        assert sorted(v["version"] for v in versions) == ["1", "2"], versions
+    finally:
+        cofferlib.stop_server(server)
