@@ -40,24 +40,18 @@ struct SecurityFindingsTests {
     }
 
     /// The ledger served by the registry itself, as a server would hand it to a client.
-    struct Served: LedgerSource {
-        let registry: Registry
-        func records(after seq: Int64, limit: Int) async throws(CofferRegistryError) -> [[UInt8]] {
-            try await registry.ledgerRecords(after: seq, limit: limit).map(\.envelope)
-        }
-        func stateHead() async throws(CofferRegistryError) -> DSSEEnvelope {
-            guard let head = try await registry.stateHead() else { throw .tampered("no head") }
-            return head
-        }
-    }
-
     // MARK: - 1. A malicious server substitutes another signed version
 
     @Test func finding01_aServerCannotSubstituteAnotherSignedVersion() async throws {
         let (f, alice, _) = try await owned()
         _ = try await f.registry.signAuditHead(with: try f.registryKey)
         let client = ClientMemory(directory: f.path("remote-client"))
-        let ledger = try await RemoteLedger.sync(from: Served(registry: f.registry), location: "https://registry.test", key: nil, memory: client)
+        let ledger = try await RemoteLedger.sync(
+            from: StoredLedger(registry: f.registry),
+            location: "https://registry.test",
+            key: nil,
+            memory: client
+        )
         let bob = alice.identity.publicIdentity.keyID
         // What an honest server would send for m:1, m:2.
         let v1 = try await f.registry.package(try ModelReference(parsing: "m:1"), keyID: bob, includeKey: true, for: "alice")
@@ -404,7 +398,7 @@ extension SecurityFindingsTests {
         await #expect(try f.reopen().verify(try ModelReference(parsing: "m:1")).version == "1")
         // Remotely, a package carrying it for another registry's genuine m:1 is refused.
         _ = try await f.registry.signAuditHead(with: try f.registryKey)
-        let ledger = try await RemoteLedger.sync(from: Served(registry: f.registry), location: "https://b.test", key: nil, memory: nil)
+        let ledger = try await RemoteLedger.sync(from: StoredLedger(registry: f.registry), location: "https://b.test", key: nil, memory: nil)
         var package = try await f.registry.package(try ModelReference(parsing: "m:1"), keyID: nil, includeKey: false, for: "alice")
         package.record = Data(forged.envelope).base64EncodedString()
         let expected = try RemoteExpectation(try ModelReference(parsing: "m:1"), ledger: ledger)
@@ -551,7 +545,7 @@ extension SecurityFindingsTests {
             _ = try await f.registry.revoke(Grant(principal: "alice", role: .reader), by: admin)
         }
         _ = try await f.registry.signAuditHead(with: try f.registryKey)
-        let served = Served(registry: f.registry)
+        let served = StoredLedger(registry: f.registry)
         let ledger = try await RemoteLedger.sync(
             from: served,
             location: "https://registry.test",
@@ -627,6 +621,22 @@ extension SecurityFindingsTests {
         await expectRefusal("does not reach record \(ledger.state.seq) as verified before") {
             _ = try await RemoteLedger.filledWaypoints(rewritten, from: served, location: "https://registry.test")
         }
+
+        // A local user's remembered state gets them too, and keeps them (helper-39: a `coffer serve` started from such a
+        // state saved states without them, and every remote sync by the same user read the whole chain again).
+        let local = ClientMemory(directory: f.path("local"))
+        let current = try await Registry(at: f.home, memory: local).ledgerState()
+        var remembered = try JSONSerialization.jsonObject(with: JSONEncoder().encode(current)) as! [String: Any]
+        remembered["waypoints"] = nil
+        let before = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: remembered))
+        try await local.remember(current.registry) { $0!.state = before }
+        #expect(local.remembered(current.registry)?.state.waypoints == nil)
+        #expect(try await Registry(at: f.home, memory: local).ledgerState() == current)
+        #expect(local.remembered(current.registry)?.state == current)
+        remembered["hash"] = String(repeating: "0", count: 63) + "1"
+        let wrong = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: remembered))
+        try await local.remember(current.registry) { $0!.state = wrong }
+        await expectRefusal("was rewritten") { _ = try await Registry(at: f.home, memory: local).ledgerState() }
     }
 
     /// helper-38: pins were named by the URL's text, so `https://Registry.example:443/` made a fresh pin (trust on first

@@ -212,6 +212,22 @@ public struct RemoteLedger: Sendable {
     }
 }
 
+/// A registry's own stored ledger as a ``LedgerSource``: what a server hands out, read in place.
+public struct StoredLedger: LedgerSource {
+    public let registry: Registry
+
+    public init(registry: Registry) { self.registry = registry }
+
+    public func records(after seq: Int64, limit: Int) async throws(CofferRegistryError) -> [[UInt8]] {
+        try await registry.ledgerRecords(after: seq, limit: limit).map(\.envelope)
+    }
+
+    public func stateHead() async throws(CofferRegistryError) -> DSSEEnvelope {
+        guard let head = try await registry.stateHead() else { throw .unavailable(engine: registry.home, reason: "it has no signed state head yet") }
+        return head
+    }
+}
+
 extension Registry {
     /// Up to `limit` stored records after `seq`, as a server hands them to clients (who verify them themselves).
     public func ledgerRecords(after seq: Int64, limit: Int) async throws(CofferRegistryError) -> [(seq: Int64, envelope: [UInt8])] {
