@@ -120,10 +120,11 @@ extension CofferClient {
         let idFile = "\(outbox)/\(digest).upload"
         var offset = 0
         var id: String?
-        // An offset the server answers: within the blob, and past `start` when it answers a piece sent from there.
-        func answered(_ offset: Int, after start: Int? = nil) throws(CofferClientError) -> Int {
-            guard offset >= 0, offset <= size, start.map({ offset > $0 }) ?? true else {
-                let sent = start.map { ", after a piece sent from byte \($0)" } ?? ""
+        // An offset the server answers: within the blob, and just past a piece it was sent (a PATCH appends its whole
+        // body): a server taking a byte per piece would otherwise have the client send the blob again for every byte.
+        func answered(_ offset: Int, after piece: (start: Int, count: Int)? = nil) throws(CofferClientError) -> Int {
+            guard offset >= 0, offset <= size, piece.map({ offset == $0.start + $0.count }) ?? true else {
+                let sent = piece.map { ", after a piece of \($0.count) bytes sent from byte \($0.start)" } ?? ""
                 throw .badAnswer(
                     url: baseURL.absoluteString,
                     reason: "the upload of blob \(digest.prefix(12)) stands at byte \(offset)\(sent), of \(size)"
@@ -166,7 +167,7 @@ extension CofferClient {
             }
             guard !piece.isEmpty else { throw .invalidInput("the sealed blob \(path) is shorter than its \(size) bytes") }
             do {
-                offset = try answered(try await append(to: id, at: offset, ByteBuffer(bytes: piece)).offset, after: offset)
+                offset = try answered(try await append(to: id, at: offset, ByteBuffer(bytes: piece)).offset, after: (offset, piece.count))
             } catch {
                 // Another offset (an earlier attempt's piece did arrive): continue from where the upload stands, a few
                 // times per blob at most (a server answering 409 and rewinding would keep the push going forever).

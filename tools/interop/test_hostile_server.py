@@ -36,7 +36,8 @@ def one_line_failure(result):
 def test_bad_upload_offsets_end_the_push_in_one_line(tmp_path):
     server, base, token, env, identity = served_registry(tmp_path)
     try:
-        for offset in (-5, 1 << 62, 0):  # before the blob, past it, and a PATCH answer that does not move on
+        # Before the blob, past it, a PATCH answer that does not move on, and one that moves on by a byte (a stall).
+        for offset in (-5, 1 << 62, 0, 1):
             def rewrite(method, path, status, headers, body, offset=offset):
                 if method == "PATCH" and path.startswith("/v1/uploads/") and status == 200:
                     return status, headers, json.dumps({"id": path.split("/")[3], "offset": offset}).encode()
@@ -44,7 +45,7 @@ def test_bad_upload_offsets_end_the_push_in_one_line(tmp_path):
                 result = cofferlib.run(COFFER, "push", "m", tmp_path / "model", "--registry", proxy.base, "--token", token, *identity,
                                        env=dict(env, COFFER_OUTBOX=str(tmp_path / f"outbox{offset}")))
             line = one_line_failure(result)
-            assert "the upload of blob" in line and f"stands at byte {offset}" in line, line
+            assert "the upload of blob" in line and f"stands at byte {offset}, after a piece of " in line, line
         versions = json.loads(cofferlib.check(COFFER, "list", "--json", "--registry", base, "--token", token, env=env))
         assert [v["version"] for v in versions] == ["1"], "no version was committed"
     finally:
