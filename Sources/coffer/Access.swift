@@ -219,7 +219,7 @@ extension Coffer {
             let asked = "\(parsed.summary), filed by \(parsed.filedBy) at \(parsed.filedAt) (request \(parsed.id), expires \(parsed.expires))"
             if show { return print(asked) }
             // Before any key is unlocked: the page that handed over this command may say something else than the request.
-            guard yes || Self.confirm("This request asks: \(asked)\nSign it with your key? [y/N] ") else {
+            guard yes || Self.confirm("This request asks: \(VisibleText.of(asked))\nSign it with your key? [y/N] ") else {
                 throw CLIError("not approved: nothing was signed (run it in a terminal to be asked, or give --yes after --show)")
             }
             let store = try await registry.open()

@@ -126,6 +126,20 @@ extension Coffer {
         }
 
         struct Show: AsyncParsableCommand {
+            /// One policy as `--json` prints it (an alias of `nil`: every alias of the model).
+            struct ShownPolicy: Encodable {
+                let alias: String?
+                let rules: PolicyRules
+
+                func encode(to encoder: any Encoder) throws {
+                    var container = encoder.container(keyedBy: CodingKeys.self)
+                    try container.encode(alias, forKey: .alias)  // null, not left out
+                    try container.encode(rules, forKey: .rules)
+                }
+
+                enum CodingKeys: String, CodingKey { case alias, rules }
+            }
+
             static let configuration = CommandConfiguration(commandName: "show", abstract: "The policies of a model.")
             @OptionGroup var registry: RegistryOptions
             @Argument(help: "NAME.") var model: String
@@ -133,14 +147,9 @@ extension Coffer {
 
             func run() async throws {
                 let policies = try await registry.open().policies(model: model)
+                if json { return JSONOutput.print(encodable: policies.map { ShownPolicy(alias: $0.alias, rules: $0.rules) }) }
                 let encoder = JSONEncoder()
                 encoder.outputFormatting = [.sortedKeys]
-                if json {
-                    let items = try policies.map { p in
-                        "{\"alias\":\(p.alias.map { "\"\($0)\"" } ?? "null"),\"rules\":\(String(decoding: try encoder.encode(p.rules), as: UTF8.self))}"
-                    }
-                    return print("[\(items.joined(separator: ","))]")
-                }
                 for p in policies { print("\(model)@\(p.alias ?? "*")  \(String(decoding: try encoder.encode(p.rules), as: UTF8.self))") }
             }
         }

@@ -1,4 +1,4 @@
-import CofferRegistry
+import CofferCrypto
 
 /// Swift's `print` for this module: every line a command prints passes through ``VisibleText/of(_:lines:)``, line
 /// breaks included (no command prints two lines at once), so that a field cannot forge a line of its own. JSON printed

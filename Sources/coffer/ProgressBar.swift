@@ -80,7 +80,7 @@ final class EpochProgress {
     private var lastDraw = Date.distantPast
 
     init(tasks: [String], quiet: Bool) {
-        self.tasks = tasks
+        self.tasks = tasks.map { VisibleText.of($0) }  // a shared recipe names them; written raw to the terminal
         self.quiet = quiet
     }
 

@@ -32,6 +32,10 @@ struct GovernanceCommandTests {
         expectFailure(try coffer(["alias", "set", "m@prod", "1"] + admin, dir), "policy refused: alias prod of m requires epsilon <= 0.5")
         #expect(try coffer(["policy", "set", "m@prod", "--max-epsilon", "50", "--require-budget"] + admin, dir).status == 0)
         #expect(try coffer(["alias", "set", "m@prod", "1"] + admin, dir).status == 0)
+        let policyJSON = try coffer(["policy", "show", "m", "--json"], dir)
+        let policies = try #require(try JSONSerialization.jsonObject(with: policyJSON.stdout) as? [[String: Any]], "\(policyJSON.stdoutText)")
+        #expect(policies.count == 1 && policies[0]["alias"] as? String == "prod", "\(policies)")
+        #expect((policies[0]["rules"] as? [String: Any])?["max_epsilon"] as? Double == 50, "\(policies)")
 
         #expect(try coffer(["recipient", "add", "m", "keys/bob.pub"] + admin, dir).status == 0)
         let rotate = try coffer(["key", "rotate"] + admin, dir)

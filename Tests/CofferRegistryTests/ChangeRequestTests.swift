@@ -92,6 +92,25 @@ struct ChangeRequestTests {
         #expect(try await f.registry.grants(of: "bob").map(\.role) == [.reader])
     }
 
+    /// helper-40: ISO8601DateFormatter ignores what follows a time, so a request's `filed_at` could carry a terminal's
+    /// control sequences to the approver's prompt (a server holding the registry key signs what it likes).
+    @Test func aTimeWithAnythingAfterItIsRefused() async throws {
+        let (f, _, _, holder) = try await registry()
+        let filed = try await f.registry.requestToken(principal: "bob", scope: .read, ttl: 3600, filedBy: holder, key: try f.registryKey)
+        let envelope = try DSSEEnvelope(jsonBytes: ChangeRequest.base64urlDecoded(filed.request.text.dropFirst(5))!)
+        var object = try #require(try JSONSerialization.jsonObject(with: Data(try envelope.payloadBytes())) as? [String: Any])
+        let filedAt = try #require(object["filed_at"] as? String)
+        for tail in ["\r\u{1B}[2K\u{1B}[1Agrant bob read on m", "\u{1B}]0;x\u{07}", " later"] {
+            object["filed_at"] = filedAt + tail
+            var edited = envelope
+            edited.payload = try JSONSerialization.data(withJSONObject: object).base64EncodedString()
+            await expectRefusal("filed_at and expires are not two times") {
+                _ = try ChangeRequest(text: "cfr1." + ChangeRequest.base64url(edited.jsonBytes))
+            }
+        }
+        #expect(Registry.date(filedAt) != nil && Registry.date("2026-11-27T12:00:00+01:00") != nil)
+    }
+
     @Test func grantAndRevokeRequestsChangeGrantsOnlyWhenApproved() async throws {
         let (f, alice, _, holder) = try await registry()
         let limited = Grant(principal: "bob", role: .inference, scope: "m/", alias: "prod", maxPredictions: 100)

@@ -1,3 +1,4 @@
+import CofferCrypto
 import HTTPTypes
 public import Hummingbird
 public import HummingbirdCore
@@ -80,7 +81,7 @@ public func buildFederationRouter(coordinator: Coordinator, maximumBody: Int, lo
             return answer(try await coordinator.submit(opened))
         } catch let error as FederatedError {
             // Every refused submission is logged with its one-line reason (the body already tells the site).
-            logger.warning("refused submission: \(error.description)")
+            logger.warning("refused submission: \(VisibleText.of(error.description))")
             throw error
         }
     }

@@ -237,6 +237,9 @@ extension Registry {
     }
 
     static func date(_ text: String) -> Date? {
+        // ISO8601DateFormatter ignores what follows a time: "...Z\u{1B}]0;x" parsed (helper-40), and a change request's
+        // times are shown to the admin who approves it.
+        guard text.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 || "TtZz:.+-".utf8.contains($0) }) else { return nil }
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         return formatter.date(from: text) ?? ISO8601DateFormatter().date(from: text)
