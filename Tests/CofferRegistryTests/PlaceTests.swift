@@ -95,6 +95,30 @@ struct PlaceTests {
         #expect(try manager.contentsOfDirectory(atPath: f).sorted() == ["existing", "out"], "no staging folder stays")
     }
 
+    /// An interrupt's handler renames the staging folder away and empties it while the pull's thread goes on (the
+    /// signal is handled on another thread). The pull must not make the folder again by its name for its next file:
+    /// what it wrote there would outlive the interrupt (CI saw the folder stay, from a `mkdir -p` of the next file's
+    /// folder). The folders of a file are made inside the staging folder, never the staging folder itself.
+    @Test func aFileFolderIsMadeInsideTheStagingFolderAndNeverMakesItAgain() throws {
+        let manager = FileManager.default
+        let root = manager.temporaryDirectory.appendingPathComponent("coffer-staging-\(UUID().uuidString)").path
+        try manager.createDirectory(atPath: root, withIntermediateDirectories: false)
+        defer { try? manager.removeItem(atPath: root) }
+        try Directories.make("deep/er", inside: root)
+        try Directories.make(".", inside: root)
+        #expect(manager.fileExists(atPath: "\(root)/deep/er"))
+        #expect(throws: CofferRegistryError.io(path: "\(root)/deep/er/b.bin", reason: "exists and is not a directory")) {
+            _ = manager.createFile(atPath: "\(root)/deep/er/b.bin", contents: Data())
+            try Directories.make("deep/er/b.bin", inside: root)
+        }
+        try manager.removeItem(atPath: root)
+        #expect(throws: CofferRegistryError.io(path: "\(root)/deep", reason: "cannot create directory: No such file or directory")) {
+            try Directories.make("deep/er", inside: root)
+        }
+        #expect(throws: CofferRegistryError.io(path: root, reason: "No such file or directory")) { try Directories.make(".", inside: root) }
+        #expect(!manager.fileExists(atPath: root))
+    }
+
     /// The interrupt table (``TemporaryFiles``) holds 4,096 paths. A pull that cannot register what an interrupt would
     /// have to remove, its staging folder or a file it places into an existing directory, is refused before anything
     /// decrypted lies on the disk unregistered, and leaves nothing. With one slot free, a pull into a new directory

@@ -134,7 +134,7 @@ extension Registry {
         var staged = files.map(\.path)
         for file in files {
             let target = "\(staging)/\(file.path)"
-            try Directories.make(Directories.parent(of: target))
+            try Directories.make(Directories.parent(of: file.path), inside: staging)
             let output: AtomicOutputFile
             // Durable: a file that appears in `directory` is on the disk whole, whatever happens to the machine after.
             do {

@@ -243,6 +243,23 @@ enum Directories {
         }
     }
 
+    /// Makes the folder `relative` inside `root` (each missing level of it, mode 0700), and never `root` itself: when
+    /// `root` has gone (an interrupt renamed a pull's staging folder to remove it), this fails instead of making it
+    /// again, where the files that follow would outlive the interrupt.
+    static func make(_ relative: String, inside root: String) throws(CofferRegistryError) {
+        var folder = root
+        // Bytes, as FileBytes.parentDirectory splits: a slash and a combining mark after it are one Character.
+        for component in relative.utf8.split(separator: UInt8(ascii: "/")) where !component.elementsEqual(".".utf8) {
+            folder += "/" + String(decoding: component, as: UTF8.self)
+            guard mkdir(folder, 0o700) == 0 || errno == EEXIST else {
+                throw .io(path: folder, reason: "cannot create directory: \(String(cString: strerror(errno)))")
+            }
+        }
+        var status = stat()
+        guard stat(folder, &status) == 0 else { throw .io(path: folder, reason: String(cString: strerror(errno))) }
+        guard status.st_mode & S_IFMT == S_IFDIR else { throw .io(path: folder, reason: "exists and is not a directory") }
+    }
+
     /// Makes `path` and the folders above it that are missing, and syncs the folder above each one made, so that
     /// its entry survives a crash.
     static func makeDurably(_ path: String) throws(CofferRegistryError) {
