@@ -54,16 +54,18 @@ public final class Registry: Sendable {
     ///     nothing beyond this process.
     ///   - environment: where the stores' credentials are looked up (`PGPASSWORD`, `PGPASSFILE`, `REGISTRY_AUTH_FILE`...);
     ///     the process's environment when nil.
+    ///   - sqlite: the connections an embedded (SQLite) store opens: `.one` for a command that does one thing at a time.
     public init(
         at home: String,
         busyTimeout: Double = 5,
         memory: ClientMemory? = .standard(),
-        environment: [String: String]? = nil
+        environment: [String: String]? = nil,
+        sqlite: SQLiteConnections = .pool
     ) async throws(CofferRegistryError) {
         self.home = home
         self.memory = memory
         backends = try Backends.of(home: home)
-        metadata = try await backends.openMetadata(home: home, busyTimeout: busyTimeout, environment: environment)
+        metadata = try await backends.openMetadata(home: home, busyTimeout: busyTimeout, sqlite: sqlite, environment: environment)
         do {
             blobs = try await backends.openBlobs(home: home, environment: environment)
             try Self.finishRotation(home: home, committedKeyID: try await metadata.meta("identity_key_id"))

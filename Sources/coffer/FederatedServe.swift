@@ -56,7 +56,7 @@ extension Coffer.Federated {
             let sites = try site.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             if let push { _ = try ModelReference(parsing: push) }
             // Fail early on registry and identity problems, before any site trains.
-            let store = await push == nil ? nil : try registry.open()
+            let store = await push == nil ? nil : try registry.open(serving: true)
             let recipients = try recipient.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let signer = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity), useAgent: false)
             let core = try Federation.check { () throws(FederatedError) in

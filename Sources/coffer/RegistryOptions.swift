@@ -12,7 +12,10 @@ struct RegistryOptions: ParsableArguments {
         home ?? UserConfig.value(.home) ?? FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".coffer").path
     }
 
-    func open() async throws(CofferRegistryError) -> Registry { try await Registry(at: resolvedHome) }
+    /// The registry, on one SQLite connection (a command does one thing at a time), or a pool of them for a server.
+    func open(serving: Bool = false) async throws(CofferRegistryError) -> Registry {
+        try await Registry(at: resolvedHome, sqlite: serving ? .pool : .one)
+    }
 }
 
 /// `--json` output: sorted keys, one document, newline-terminated. The encoder escapes C0 controls inside strings but

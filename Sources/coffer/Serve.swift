@@ -27,7 +27,7 @@ extension Coffer {
             guard predictRate > 0, predictRate.isFinite, predictBurst >= 1, maxPredictRows >= 1 else {
                 throw CLIError("--predict-rate must be positive, --predict-burst and --max-predict-rows at least 1")
             }
-            let store = try await registry.open()
+            let store = try await registry.open(serving: true)
             let unlocked = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key", useAgent: false)
             var logger = Logger(label: "coffer.server")
             logger.logLevel = .info

@@ -39,30 +39,40 @@ struct SchemaTests {
         }
     }
 
-    /// A commit is on disk when the call returns: the writer syncs the log on every commit, not at checkpoints.
-    @Test func commitsAreSyncedToDisk() async throws {
+    /// A commit is on disk when the call returns: the writer syncs the log on every commit, not at checkpoints. One
+    /// connection (a command's) has no snapshot to offer `migrate --to`, and says so.
+    @Test(arguments: [SQLiteConnections.pool, .one])
+    func commitsAreSyncedToDisk(connections: SQLiteConnections) async throws {
         let f = try await RegistryFixture(.sqlite)
-        let database = try SQLiteMetadataStore(path: "\(f.home)/registry.sqlite")
+        let database = try SQLiteMetadataStore(path: "\(f.home)/registry.sqlite", connections: connections)
         #expect(try await database.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") } == 2)
         #expect(try await database.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
+        if connections == .one {
+            #expect(throws: CofferRegistryError.invalidInput("a snapshot needs the registry opened with a pool of connections")) {
+                _ = try database.snapshot()
+            }
+        } else {
+            _ = try database.snapshot()
+        }
     }
 
     /// The log stays when a command closes the registry, but not past its bound: the next open empties a log grown
     /// beyond it (every command would otherwise read all of it), and leaves a smaller one for the commands after.
-    @Test func openingEmptiesALogGrownPastItsBound() async throws {
+    @Test(arguments: [SQLiteConnections.pool, .one])
+    func openingEmptiesALogGrownPastItsBound(connections: SQLiteConnections) async throws {
         let f = try await RegistryFixture(.sqlite)
         let path = "\(f.home)/registry.sqlite"
         func logSize() throws -> Int { try FileManager.default.attributesOfItem(atPath: "\(path)-wal")[.size] as? Int ?? 0 }
         func write(_ bytes: Int) async throws { _ = try await Self.storeWithFiller(bytes, at: path) }
-        _ = try SQLiteMetadataStore(path: path)
+        _ = try SQLiteMetadataStore(path: path, connections: connections)
         try await write(100_000)
         let small = try logSize()
         #expect(small > 100_000 && small < SQLiteMetadataStore.logBound)
-        _ = try SQLiteMetadataStore(path: path)
+        _ = try SQLiteMetadataStore(path: path, connections: connections)
         #expect(try logSize() == small, "a log under the bound stays as it was")
         try await write(SQLiteMetadataStore.logBound)
         #expect(try logSize() > SQLiteMetadataStore.logBound)
-        let reopened = try SQLiteMetadataStore(path: path)
+        let reopened = try SQLiteMetadataStore(path: path, connections: connections)
         #expect(try logSize() == 0)
         #expect(
             try await reopened.read { db in try String.fetchOne(db, sql: "SELECT value FROM registry_meta WHERE key = 'filler'") }?.count

@@ -94,9 +94,15 @@ public struct Backends: Codable, Sendable, Equatable {
     }
 
     /// `environment` is where credentials are looked up (`PGPASSFILE`, `REGISTRY_AUTH_FILE`...): the process's when nil.
-    func openMetadata(home: String, busyTimeout: Double, environment: [String: String]? = nil) async throws(CofferRegistryError) -> any MetadataStore
-    {
-        if metadata == "sqlite" { return try SQLiteMetadataStore(path: "\(home)/\(Registry.databaseName)", busyTimeout: busyTimeout) }
+    func openMetadata(
+        home: String,
+        busyTimeout: Double,
+        sqlite connections: SQLiteConnections = .pool,
+        environment: [String: String]? = nil
+    ) async throws(CofferRegistryError) -> any MetadataStore {
+        if metadata == "sqlite" {
+            return try SQLiteMetadataStore(path: "\(home)/\(Registry.databaseName)", busyTimeout: busyTimeout, connections: connections)
+        }
         return try await PostgresMetadataStore.open(url: metadata, home: home, environment: environment)
     }
 
