@@ -1,9 +1,7 @@
 import Foundation
 
 // The rows the ledger's replay materializes: keys, principals and grants, trusted signers, policies, budgets.
-// The rows of `schema/` (and `schema/postgres/`, the same tables), one record type per table or per query shape.
-// Columns are snake_case, properties camelCase: each backend maps them (GRDB's column coding strategies, the
-// PostgreSQL row decoder). Times are RFC 3339 UTC text, digests lower-case hex, public identities NAME.pub bytes.
+// How columns and values are written: VersionRecords.swift.
 
 struct RegistryKeyRecord: Codable, Sendable, Equatable {
     var keyID: String

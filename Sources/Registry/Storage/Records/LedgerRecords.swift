@@ -1,9 +1,7 @@
 import Foundation
 
 // The ledger's rows, and the tables fsck compares with the ledger's replay.
-// The rows of `schema/` (and `schema/postgres/`, the same tables), one record type per table or per query shape.
-// Columns are snake_case, properties camelCase: each backend maps them (GRDB's column coding strategies, the
-// PostgreSQL row decoder). Times are RFC 3339 UTC text, digests lower-case hex, public identities NAME.pub bytes.
+// How columns and values are written: VersionRecords.swift.
 
 /// A row of `ledger`: one signed record (its envelope), with the look-up columns derived from it.
 struct LedgerRow: Codable, Sendable, Equatable {
