@@ -116,7 +116,8 @@ struct HTTPFederationTests {
     @Test func routesRefuseUnsignedStaleAndMismatchedRequestsWithOneLine() async throws {
         let fixture = try FederationFixture(sites: 3, rowsPerSite: 200)
         let core = try fixture.core(Self.configuration())
-        let router = buildFederationRouter(coordinator: Coordinator(core: core), maximumBody: 1 << 20, logger: Self.quiet)
+        let logged = LogLines()
+        let router = buildFederationRouter(coordinator: Coordinator(core: core), maximumBody: 1 << 20, logger: logged.logger)
         let site = try fixture.site(0)
         let join = site.joinRequest()
         try await Application(router: router).test(.router) { client in
@@ -185,6 +186,22 @@ struct HTTPFederationTests {
                 #expect(response.status == .conflict)
                 #expect(String(buffer: response.body) == "site \(site.keyID) sent a message for round 7, the current round is 0\n")
             }
+            // A site's own text in a refusal (here a site field naming another site, with terminal controls in it) is
+            // logged with its controls escaped: an enrolled site cannot redraw the operator's terminal.
+            let hostile = Submission(session: core.sessionHex, site: "x\u{1B}[2J\u{202E}y", round: 0, stage: .advertise)
+            let sideways = SignedMessage.sign(MessageCoding.encode(hostile, as: .binary), by: fixture.sites[0].identity)
+            try await client.execute(
+                uri: "/v1/fl/submit",
+                method: .post,
+                headers: [.init(SignedMessage.header)!: sideways.headerValue],
+                body: ByteBuffer(bytes: sideways.payload)
+            ) {
+                response in
+                #expect(response.status == .unauthorized)
+            }
+            let refusal = try #require(logged.all.last)
+            #expect(refusal == "refused submission: signature does not verify: a submission for site x\\u001b[2J\\u202ey signed by \(site.keyID)")
+            #expect(!logged.all.joined().unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x202E }, "\(logged.all)")
             // Bodies are read before their signature is checked: one over the limit is refused unread.
             try await client.execute(uri: "/v1/fl/submit", method: .post, body: ByteBuffer(repeating: 0x41, count: (1 << 20) + 1)) { response in
                 #expect(response.status == .contentTooLarge)
@@ -209,6 +226,24 @@ struct HTTPFederationTests {
 
 /// Lines collected from several tasks.
 final class LogLines: @unchecked Sendable {
+    /// A logger of warnings and worse whose messages are collected here.
+    var logger: Logger {
+        var logger = Logger(label: "test") { _ in Handler(lines: self) }
+        logger.logLevel = .warning
+        return logger
+    }
+
+    struct Handler: LogHandler {
+        let lines: LogLines
+        var logLevel: Logger.Level = .warning
+        var metadata: Logger.Metadata = [:]
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) { lines.append("\(event.message)") }
+    }
+
     private let lock = NSLock()
     private var lines: [String] = []
     func append(_ line: String) {
