@@ -47,6 +47,11 @@ struct SchemaTests {
         let database = try SQLiteMetadataStore(path: "\(f.home)/registry.sqlite", connections: connections)
         #expect(try await database.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") } == 2)
         #expect(try await database.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
+        // A database made elsewhere, in SQLite's default rollback-journal mode, is put in WAL mode too.
+        let elsewhere = "\(f.home)/elsewhere.sqlite"
+        try await DatabaseQueue(path: elsewhere).write { db in try db.execute(sql: "CREATE TABLE t (x)") }
+        let reopened = try SQLiteMetadataStore(path: elsewhere, connections: connections)
+        #expect(try await reopened.read { db in try String.fetchOne(db, sql: "PRAGMA journal_mode") } == "wal")
         if connections == .one {
             #expect(throws: CofferRegistryError.invalidInput("a snapshot needs the registry opened with a pool of connections")) {
                 _ = try database.snapshot()

@@ -44,8 +44,11 @@ final class SQLiteMetadataStore: MetadataStore {
                 switch connections {
                 case .pool: writer = try DatabasePool(path: path, configuration: configuration)
                 case .one:
-                    configuration.journalMode = .wal
+                    // Not GRDB's `journalMode = .wal`: that asks Foundation for the log's size on every open (3% of a
+                    // 1 MiB push's CPU) to keep a log a pool's readers need. WAL mode is a property of the file, so
+                    // this is a no-op but for a database made elsewhere.
                     writer = try DatabaseQueue(path: path, configuration: configuration)
+                    try writer.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA journal_mode = WAL") }
                 }
                 // GRDB sets synchronous = NORMAL in WAL mode, where a commit reaches the disk only at the next
                 // checkpoint: a push that printed "pushed" could vanish in a power cut. FULL syncs the log on
