@@ -26,7 +26,11 @@ int coffer_temporary_register(const char *path, int is_tree) {
     uintptr_t entry = (uintptr_t)copy | (is_tree ? 1 : 0);
     for (int i = 0; i < SLOTS; i++) {
         uintptr_t empty = 0;
-        if (atomic_load(&slots[i]) == 0 && atomic_compare_exchange_strong(&slots[i], &empty, entry)) return 0;
+        if (atomic_load(&slots[i]) == 0 && atomic_compare_exchange_strong(&slots[i], &empty, entry)) {
+            // A handler already running may have passed this slot: the caller must not make the file (the copy is
+            // left, as the handler may be reading the slot).
+            return atomic_load(&interrupted) ? -1 : 0;
+        }
     }
     free(copy);
     return -1;
@@ -134,20 +138,22 @@ static void on_interrupt(int signal) {
 }
 
 void coffer_temporary_remove_on_interrupt(void) {
-    // A parent may have spawned us with these signals blocked (some test runners do): unblock them.
+    // Every signal whose default action ends the process and that is sent, not raised by a fault: Ctrl-\ (SIGQUIT,
+    // which the Swift runtime's backtracer otherwise took, printing a trace and hanging), kill -USR1, a write to a
+    // closed pipe (progress on a stderr that went), a file size or CPU limit, an alarm. SIGKILL cannot be caught;
+    // faults (SIGSEGV, traps) keep their reports.
+    static const int handled[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE, SIGALRM, SIGXFSZ, SIGXCPU};
+    enum { HANDLED = sizeof handled / sizeof handled[0] };
     sigset_t signals;
     sigemptyset(&signals);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGHUP);
+    for (int i = 0; i < HANDLED; i++) sigaddset(&signals, handled[i]);
+    // A parent may have spawned us with these signals blocked (some test runners do): unblock them.
     sigprocmask(SIG_UNBLOCK, &signals, NULL);
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_handler = on_interrupt;
     action.sa_mask = signals;  // one handler per thread at a time
-    sigaction(SIGINT, &action, NULL);
-    sigaction(SIGTERM, &action, NULL);
-    sigaction(SIGHUP, &action, NULL);
+    for (int i = 0; i < HANDLED; i++) sigaction(handled[i], &action, NULL);
 }
 
 int coffer_rename_noreplace(const char *from, const char *to) {

@@ -29,7 +29,10 @@ extension Coffer.Federated {
             var configuration = try federation.configuration()
             configuration.joinTimeout = 0
             let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-fl-sim-\(UUID().uuidString)").path
-            defer { try? FileManager.default.removeItem(atPath: scratch) }
+            defer {
+                try? FileManager.default.removeItem(atPath: scratch)
+                TemporaryFiles.unregister(scratch)
+            }
             let paths = shard.isEmpty ? try splitData(into: scratch) : shard
             let data = try paths.map { path in try Federation.check { () throws(FederatedError) in try LocalData(path: path, recipe: recipe) } }
             guard dropout >= 0, dropout < 1 else { throw CLIError("--dropout must be in [0, 1)") }
@@ -151,6 +154,10 @@ extension Coffer.Federated {
                     (Double(row.split(separator: ",")[column].trimmingCharacters(in: .whitespaces)) ?? 0, i, row)
                 }
                 rows = keyed.sorted { ($0.0, $0.1) < ($1.0, $1.1) }.map(\.2)
+            }
+            // The split rows are the user's training data: an interrupt removes them with the folder.
+            guard TemporaryFiles.registerTree(directory) else {
+                throw CLIError("more temporary files than an interrupt could remove; try again")
             }
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             return try (0..<sites).map { s in

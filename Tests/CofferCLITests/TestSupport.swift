@@ -109,9 +109,9 @@ final class BackgroundCoffer: @unchecked Sendable {
         return CofferProcess.Output(status: ended, stdout: stdoutSoFar, stderr: stderrSoFar)
     }
 
-    /// SIGTERM, then ``finish(within:)``.
-    func terminate(within seconds: Double = 60) -> CofferProcess.Output {
-        if status == nil { kill(pid, SIGTERM) }
+    /// `signal` (SIGTERM by default), then ``finish(within:)``.
+    func terminate(with signal: Int32 = SIGTERM, within seconds: Double = 60) -> CofferProcess.Output {
+        if status == nil { kill(pid, signal) }
         return finish(within: seconds)
     }
 }

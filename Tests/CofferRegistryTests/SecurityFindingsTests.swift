@@ -295,6 +295,8 @@ struct SecurityFindingsTests {
         ("line\nforged: yes", "has a control character"), ("tab\there", "has a control character"),
         (String(repeating: "n", count: 201), "longer than 200 bytes"), ("model.sig", "the name pull gives the model-signing bundle"),
         ("model.sig/w.bin", "the name pull gives the model-signing bundle"), ("x/\u{301}y", "starts with a combining mark"),
+        // Deeper than an interrupted pull's signal handler removes (helper-41).
+        (Array(repeating: "d", count: 32).joined(separator: "/") + "/f.bin", "is more than 32 names deep"),
     ])
     func finding16_fileNamesThatCannotRoundTripAreRefused(name: String, expected: String) async throws {
         let f = try await RegistryFixture(.sqlite)

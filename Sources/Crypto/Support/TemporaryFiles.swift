@@ -1,12 +1,14 @@
 import CFiles
 
-/// Temporary files, and folders of them, to remove if the process is interrupted (SIGINT, SIGTERM, SIGHUP) before
-/// they are committed or taken into place.
+/// Temporary files, and folders of them, to remove if the process is interrupted (SIGINT, SIGTERM, SIGHUP, SIGQUIT, and
+/// the other signals sent to end a process: see `coffer_temporary_remove_on_interrupt`) before they are committed or
+/// taken into place. SIGKILL and a crash leave them.
 ///
 /// The table and the signal handler are C (``coffer_temporary_register``, CFiles): the handler makes only
 /// async-signal-safe calls on C strings, and registering takes no lock it could find held. It holds 4,096 paths.
 public enum TemporaryFiles {
-    /// Removes the file at `path` if the process is interrupted, until ``unregister(_:)``; false when the table is full.
+    /// Removes the file at `path` if the process is interrupted, until ``unregister(_:)``; false when the table is full
+    /// or an interrupt is already being handled (the caller must then not make the file).
     @discardableResult
     public static func register(_ path: String) -> Bool { coffer_temporary_register(path, 0) == 0 }
 

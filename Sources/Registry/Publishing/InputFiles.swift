@@ -84,9 +84,13 @@ struct InputFile: Sendable, Equatable {
         }
     }
 
+    /// The most names a stored path may have (folders and the file): the interrupt handler's signal-safe removal of
+    /// a pull's staging folder goes 32 folders down (`coffer_remove_tree`), and a file deeper would outlive Ctrl-C.
+    static let maximumDepth = 32
+
     /// A stored path: relative, `/`-separated, no empty, `.` or `..` segment, no backslash, no control character
     /// (a newline in a name would forge lines of `show`), each segment at most 200 bytes (room for the temporary
-    /// name a pull writes it under, within the 255 bytes a Linux file name may have).
+    /// name a pull writes it under, within the 255 bytes a Linux file name may have), at most ``maximumDepth`` names.
     static func validate(relativePath path: String) throws(CofferRegistryError) {
         let segments = path.split(separator: "/", omittingEmptySubsequences: false)
         guard !path.isEmpty, !path.hasPrefix("/"), path.utf8.count <= 4096,
@@ -103,6 +107,9 @@ struct InputFile: Sendable, Equatable {
         }
         guard segments.allSatisfy({ $0.utf8.count <= 200 }) else {
             throw .invalidPath(path, reason: "has a name longer than 200 bytes (it could not be pulled back)")
+        }
+        guard segments.count <= maximumDepth else {
+            throw .invalidPath(path, reason: "is more than \(maximumDepth) names deep (an interrupted pull could not remove it)")
         }
     }
 }
