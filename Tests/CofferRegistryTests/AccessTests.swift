@@ -28,6 +28,21 @@ struct AccessTests {
         return f
     }
 
+    /// The session hash key is made whole or not at all, and once: an empty file left by an older Coffer's creation cut
+    /// short (every session then failed, helper-41) is made again; a key that exists stays as it is.
+    @Test func theSessionHashKeyIsMadeWholeOnceAndAnEmptyOneIsMadeAgain() async throws {
+        let f = try await RegistryFixture(.sqlite)
+        let path = "\(f.home)/\(Registry.sessionHashKeyName)"
+        unlink(path)
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(), attributes: [.posixPermissions: 0o600]))
+        let first = try f.registry.sessionHashKey().withUnsafeBytes { Array($0) }
+        let stored = try #require(FileManager.default.contents(atPath: path))
+        #expect(Array(stored) == first && first.count == 32 && first != [UInt8](repeating: 0, count: 32))
+        #expect(try f.registry.sessionHashKey().withUnsafeBytes { Array($0) } == first)
+        #expect((try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int) == 0o600)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: f.home).filter { $0.contains("coffer-tmp") }.isEmpty)
+    }
+
     @Test(arguments: MetadataBackend.available) func rolesAreCheckedAndRefusalsNameWhatIsMissing(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
         let bob = try person("bob")

@@ -76,11 +76,14 @@ public final class AtomicOutputFile: ByteSink {
     ///
     /// - Parameter syncingDirectory: false when the caller renames the file again and syncs the directory it ends in
     ///   (a registry blob, named by its digest once written): the first name need not survive a crash.
-    public func commit(syncingDirectory: Bool = true) throws(CofferCryptoError) {
+    /// - Parameter replacing: false to fail, with "already exists", when the destination appeared meanwhile.
+    public func commit(syncingDirectory: Bool = true, replacing: Bool = true) throws(CofferCryptoError) {
         try direct?.finish()
         if durable { try stream.sync() }
-        guard rename(temporaryPath, destination) == 0 else {
-            throw .io(path: destination, reason: FileDescriptorStream.lastError())
+        let renamed =
+            replacing ? (rename(temporaryPath, destination) == 0 ? 0 : errno) : FileBytes.renameWithoutReplacing(temporaryPath, to: destination)
+        guard renamed == 0 else {
+            throw .io(path: destination, reason: renamed == EEXIST ? "already exists" : String(cString: strerror(renamed)))
         }
         committed = true
         guard durable, syncingDirectory else { return }

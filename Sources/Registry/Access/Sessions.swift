@@ -109,18 +109,22 @@ extension Registry {
     static let sessionHashKeyName = "session-hash.key"
 
     /// The key token hashes are computed under: 32 random bytes in their own file (0600) beside the database, so
-    /// a copy of the database alone does not let anyone test guessed tokens. Created on first use.
+    /// a copy of the database alone does not let anyone test guessed tokens. Created on first use, whole or not at
+    /// all (a temporary file renamed without replacing: of two first uses, the first key stands).
     func sessionHashKey() throws(CofferRegistryError) -> SecretKey {
         let path = "\(home)/\(Self.sessionHashKeyName)"
+        var status = stat()
+        // An empty file is an older Coffer's creation cut short: it never hashed a token, and every use failed on it.
+        if stat(path, &status) == 0, status.st_size == 0, status.st_mode & S_IFMT == S_IFREG { unlink(path) }
         if access(path, F_OK) != 0 {
             let fresh = SecureBytes.random(count: SecretKey.byteCount)
-            let created: Bool = fresh.withUnsafeBytes { bytes in
-                let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-                guard fd >= 0 else { return false }
-                defer { Glibc.close(fd) }
-                return write(fd, bytes.baseAddress, bytes.count) == bytes.count && fsync(fd) == 0
+            do throws(CofferCryptoError) {
+                let file = try AtomicOutputFile(destination: path, mode: 0o600)
+                try fresh.withUnsafeBytes { bytes throws(CofferCryptoError) in try file.write(bytes) }
+                try file.commit(replacing: false)
+            } catch {
+                guard access(path, F_OK) == 0 else { throw .io(path: path, reason: "cannot create the session hash key: \(error)") }
             }
-            if !created && access(path, F_OK) != 0 { throw .io(path: path, reason: "cannot create the session hash key") }
         }
         let key = SecureBytes(count: SecretKey.byteCount)
         let ok: Bool = key.withUnsafeMutableBytes { out in
