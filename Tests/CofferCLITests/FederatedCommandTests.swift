@@ -137,6 +137,26 @@ struct FederatedCommandTests {
 
     /// Without a loadable libcrypto (secure aggregation's masks come from OpenSSL's ChaCha20), a coordinator and a
     /// simulation refuse at once with one line, before any site trains or masks.
+    /// `fl simulate --data` splits the user's training data into a scratch folder; an interrupt removes it with the
+    /// split rows (helper-41: they stayed in $TMPDIR).
+    @Test func anInterruptedSimulationLeavesNoSplitData() throws {
+        let dir = try Scratch()
+        try Self.prepare(dir, sites: 1, rows: 2000)
+        try FileManager.default.createDirectory(atPath: dir.path("tmp"), withIntermediateDirectories: true)
+        let simulate = try BackgroundCoffer(
+            ["fl", "simulate", "--recipe", "recipe.json", "--data", "site0.csv", "--sites", "3", "--rounds", "500"],
+            in: dir.url,
+            environment: CofferProcess.environment(in: dir.url, ["TMPDIR": dir.path("tmp")])
+        )
+        func split() -> [String] { (FileManager.default.subpaths(atPath: dir.path("tmp")) ?? []).filter { $0.hasSuffix(".csv") } }
+        let deadline = Date() + 60
+        while split().count < 3, simulate.status == nil, Date() < deadline { usleep(10_000) }
+        #expect(split().count == 3, "the simulation split its data: \(simulate.stderrSoFar)")
+        let ended = simulate.terminate(with: SIGINT, within: 20)
+        #expect(ended.status == 128 + SIGINT, "\(ended.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path("tmp")).isEmpty)
+    }
+
     @Test func withoutLibcryptoFederationRefusesAtTheStart() throws {
         let dir = try Scratch()
         try Self.prepare(dir, sites: 3, rows: 100)
