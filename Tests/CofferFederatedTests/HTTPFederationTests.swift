@@ -121,28 +121,22 @@ struct HTTPFederationTests {
         let site = try fixture.site(0)
         let join = site.joinRequest()
         try await Application(router: router).test(.router) { client in
+            /// POSTs `message` with its signature header, as a site does.
+            func post(_ uri: String, _ message: SignedMessage, _ check: (TestResponse) throws -> Void) async throws {
+                let headers: HTTPFields = [.init(SignedMessage.header)!: message.headerValue]
+                try check(try await client.execute(uri: uri, method: .post, headers: headers, body: ByteBuffer(bytes: message.payload)) { $0 })
+            }
             try await client.execute(uri: "/v1/fl/join", method: .post, body: ByteBuffer(bytes: join.payload)) { response in
                 #expect(response.status == .unauthorized)
                 #expect(String(buffer: response.body) == "signature does not verify: the request has no Coffer-Signature header\n")
             }
             var tampered = join
             tampered.payload[tampered.payload.count - 2] ^= 0x01
-            try await client.execute(
-                uri: "/v1/fl/join",
-                method: .post,
-                headers: [.init(SignedMessage.header)!: tampered.headerValue],
-                body: ByteBuffer(bytes: tampered.payload)
-            ) { response in
+            try await post("/v1/fl/join", tampered) { response in
                 #expect(response.status == .unauthorized)
                 #expect(String(buffer: response.body).hasSuffix("was not signed by it (or was altered)\n"))
             }
-            try await client.execute(
-                uri: "/v1/fl/join",
-                method: .post,
-                headers: [.init(SignedMessage.header)!: join.headerValue],
-                body: ByteBuffer(bytes: join.payload)
-            ) {
-                response in
+            try await post("/v1/fl/join", join) { response in
                 #expect(response.status == .ok)
                 let welcome = try SignedMessage(
                     payload: Array(response.body.readableBytesView),
@@ -161,13 +155,7 @@ struct HTTPFederationTests {
                 rounds: 2
             )
             let request = mismatched.joinRequest()
-            try await client.execute(
-                uri: "/v1/fl/join",
-                method: .post,
-                headers: [.init(SignedMessage.header)!: request.headerValue],
-                body: ByteBuffer(bytes: request.payload)
-            ) {
-                response in
+            try await post("/v1/fl/join", request) { response in
                 #expect(response.status == .conflict)
                 let line = String(buffer: response.body)
                 #expect(line.hasPrefix("recipe mismatch: site \(mismatched.keyID) has recipe ") && line.filter { $0 == "\n" }.count == 1)
@@ -176,13 +164,7 @@ struct HTTPFederationTests {
             var submission = Submission(session: core.sessionHex, site: site.keyID, round: 7, stage: .advertise)
             submission.maskKey = Base64Bytes([1])
             let signed = SignedMessage.sign(MessageCoding.encode(submission, as: .binary), by: fixture.sites[0].identity)
-            try await client.execute(
-                uri: "/v1/fl/submit",
-                method: .post,
-                headers: [.init(SignedMessage.header)!: signed.headerValue],
-                body: ByteBuffer(bytes: signed.payload)
-            ) {
-                response in
+            try await post("/v1/fl/submit", signed) { response in
                 #expect(response.status == .conflict)
                 #expect(String(buffer: response.body) == "site \(site.keyID) sent a message for round 7, the current round is 0\n")
             }
@@ -190,13 +172,7 @@ struct HTTPFederationTests {
             // logged with its controls escaped: an enrolled site cannot redraw the operator's terminal.
             let hostile = Submission(session: core.sessionHex, site: "x\u{1B}[2J\u{202E}y", round: 0, stage: .advertise)
             let sideways = SignedMessage.sign(MessageCoding.encode(hostile, as: .binary), by: fixture.sites[0].identity)
-            try await client.execute(
-                uri: "/v1/fl/submit",
-                method: .post,
-                headers: [.init(SignedMessage.header)!: sideways.headerValue],
-                body: ByteBuffer(bytes: sideways.payload)
-            ) {
-                response in
+            try await post("/v1/fl/submit", sideways) { response in
                 #expect(response.status == .unauthorized)
             }
             let refusal = try #require(logged.all.last)
