@@ -28,13 +28,7 @@ extension Coffer.Federated {
             let recipe = try Federation.recipe(self.recipe)
             var configuration = try federation.configuration()
             configuration.joinTimeout = 0
-            let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-fl-sim-\(UUID().uuidString)").path
-            defer {
-                try? FileManager.default.removeItem(atPath: scratch)
-                TemporaryFiles.unregister(scratch)
-            }
-            let paths = shard.isEmpty ? try splitData(into: scratch) : shard
-            let data = try paths.map { path in try Federation.check { () throws(FederatedError) in try LocalData(path: path, recipe: recipe) } }
+            let data = try sitesData(recipe)
             guard dropout >= 0, dropout < 1 else { throw CLIError("--dropout must be in [0, 1)") }
             var rounds: [JSONValue] = []
             let model: MultiTaskModel
@@ -138,6 +132,18 @@ extension Coffer.Federated {
             }
         }
 
+        /// Each site's data: the `--shard` files, or `--data` split into `--sites` shards. The split rows are the user's
+        /// training data: their folder goes once they are read, and on an interrupt (or, after a kill, at the next
+        /// simulation: ``TemporaryFolder``).
+        private func sitesData(_ recipe: FederatedRecipe) throws -> [LocalData] {
+            func read(_ paths: [String]) throws -> [LocalData] {
+                try paths.map { path in try Federation.check { () throws(FederatedError) in try LocalData(path: path, recipe: recipe) } }
+            }
+            guard shard.isEmpty else { return try read(shard) }
+            let scratch = try TemporaryFolder(in: FileManager.default.temporaryDirectory.path, prefix: "coffer-fl-sim-")
+            return try read(splitData(into: scratch.path))
+        }
+
         /// Writes `--data` split into `--sites` shards under `directory`.
         private func splitData(into directory: String) throws -> [String] {
             guard let data else { throw CLIError("give the sites' data: --shard FILE (one per site) or --data CSV --sites N") }
@@ -155,11 +161,6 @@ extension Coffer.Federated {
                 }
                 rows = keyed.sorted { ($0.0, $0.1) < ($1.0, $1.1) }.map(\.2)
             }
-            // The split rows are the user's training data: an interrupt removes them with the folder.
-            guard TemporaryFiles.registerTree(directory) else {
-                throw CLIError("more temporary files than an interrupt could remove; try again")
-            }
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             return try (0..<sites).map { s in
                 let mine: [Substring] =
                     split == "iid"

@@ -117,18 +117,11 @@ extension Registry {
                 throw .destinationExists("\(directory)/\(file.path)")
             }
         }
-        let staging = "\(parent)/.coffer-pull-\(UUID().uuidString)"
-        try Directories.make(staging)
-        // Decrypted files wait there: an interrupt (Ctrl-C) removes them with it, as a failure does. A folder the
-        // interrupt handler does not know of would outlive Ctrl-C with plaintext in it, so the pull stops here instead.
-        guard TemporaryFiles.registerTree(staging) else {
-            rmdir(staging)
-            throw .io(path: parent, reason: "more temporary files than an interrupt could remove; try again")
-        }
-        defer {
-            try? FileManager.default.removeItem(atPath: staging)
-            TemporaryFiles.unregister(staging)
-        }
+        // Decrypted files wait there: a failure or an interrupt (Ctrl-C) removes them with it, and if this process is
+        // killed, the next pull into `parent` does.
+        let stagingFolder: TemporaryFolder
+        do { stagingFolder = try TemporaryFolder(in: parent, prefix: ".coffer-pull-") } catch { throw .crypto(error) }
+        let staging = stagingFolder.path
 
         var done = 0
         var staged = files.map(\.path)
