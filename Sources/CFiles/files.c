@@ -19,6 +19,10 @@ static _Atomic uintptr_t slots[SLOTS];
 // Set by the handler before it reads the table: from then on a path unregistered is never freed (the handler, on
 // another thread, may be using it), and a second signal waits for the first handler's exit.
 static atomic_int interrupted;
+// Sections the handler waits for (renames that belong together), and the signal that arrived during one: the section's
+// end raises it again.
+static atomic_int held;
+static atomic_int pending;
 
 int coffer_temporary_register(const char *path, int is_tree) {
     char *copy = strdup(path);
@@ -120,7 +124,19 @@ static void remove_frozen(const char *path) {
     for (int attempt = 0; attempt < 8 && coffer_remove_tree(target) != 0; attempt++) {}
 }
 
+void coffer_interrupts_hold(void) { atomic_fetch_add(&held, 1); }
+
+void coffer_interrupts_release(void) {
+    // The handler stores its signal before it looks at `held`: either it sees this section and returns, and the signal
+    // is raised here, or it goes on itself (and a second raise waits for its exit).
+    if (atomic_fetch_sub(&held, 1) != 1) return;
+    int signal = atomic_exchange(&pending, 0);
+    if (signal != 0) raise(signal);
+}
+
 static void on_interrupt(int signal) {
+    atomic_store(&pending, signal);
+    if (atomic_load(&held) > 0) return;
     if (atomic_exchange(&interrupted, 1)) {
         for (;;) pause();  // another thread's handler is removing the files, and ends the process
     }
@@ -153,6 +169,8 @@ void coffer_temporary_remove_on_interrupt(void) {
     memset(&action, 0, sizeof action);
     action.sa_handler = on_interrupt;
     action.sa_mask = signals;  // one handler per thread at a time
+    // The handler returns only during a held section; a system call it interrupted then goes on.
+    action.sa_flags = SA_RESTART;
     for (int i = 0; i < HANDLED; i++) sigaction(handled[i], &action, NULL);
 }
 

@@ -4,12 +4,11 @@ import CofferTraining
 import Foundation
 
 extension Checkpoint {
-    /// Writes `trained`'s checkpoint files into `directory` (made if missing): where a user asked for them.
+    /// Writes `trained`'s checkpoint files into `directory` (made if missing): where a user asked for them. Together,
+    /// so that an interrupt never leaves a model beside the privacy claim of an earlier run.
     static func write(_ trained: TrainedModel, to directory: String) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        for file in try files(trained) {
-            try FileBytes.write(file.bytes, to: "\(directory)/\(file.name)", mode: file.mode, overwrite: true)
-        }
+        try FileBytes.writeTogether(try files(trained).map { ("\(directory)/\($0.name)", $0.bytes, $0.mode) }, overwrite: true)
     }
 }
 

@@ -52,9 +52,11 @@ extension Coffer {
             let identity = try Identity.generate(name: name)
             let keyFile = try identity.encrypt(passphrase: passphrase, parameters: KDFParameters(opsLimit: kdfOps, memLimit: kdfMemory << 10))
             let pem = try SignatureVerifier.p256PEM(publicKey: identity.publicIdentity.p256)
-            try FileBytes.write(keyFile, to: paths.key, mode: 0o600, overwrite: force)
-            try FileBytes.write(identity.publicIdentity.jsonBytes, to: paths.pub, mode: 0o644, overwrite: force)
-            try FileBytes.write(Array(pem.utf8), to: paths.pem, mode: 0o644, overwrite: force)
+            // The three together or none: a new private key beside an old public one would lose the old key for nothing.
+            try FileBytes.writeTogether(
+                [(paths.key, keyFile, 0o600), (paths.pub, identity.publicIdentity.jsonBytes, 0o644), (paths.pem, Array(pem.utf8), 0o644)],
+                overwrite: force
+            )
             print("identity \(name) \(identity.publicIdentity.keyID)")
             print("  private: \(paths.key)")
             print("  public:  \(paths.pub)")

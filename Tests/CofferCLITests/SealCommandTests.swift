@@ -17,6 +17,39 @@ struct SealCommandTests {
         expectFailure(again, "keys/alice.key already exists")
     }
 
+    /// `keygen --force` stopped at random moments replaces all three files or none: a new private key beside the old
+    /// public one would have lost the old key for nothing. No temporary file is left either.
+    @Test func keygenForceInterruptedReplacesAllThreeFilesOrNone() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        func inodes() throws -> [UInt64] {
+            try ["key", "pub", "pem"].map {
+                try #require(FileManager.default.attributesOfItem(atPath: dir.path("keys/alice.\($0)"))[.systemFileNumber] as? UInt64)
+            }
+        }
+        // Signals spread over a whole keygen's time, so that some land in its renames.
+        let started = Date()
+        try dir.keygen("timed")
+        let span = UInt32(Date().timeIntervalSince(started) * 1.2e6)
+        var outcomes: Set<Int32> = []
+        for _ in 0..<40 {
+            let before = try inodes()
+            let keygen = try BackgroundCoffer(
+                ["keygen", "--out", "keys/alice", "--force", "--kdf-ops", "1", "--kdf-memory", "64"],
+                in: dir.url,
+                environment: CofferProcess.environment(in: dir.url)
+            )
+            usleep(UInt32.random(in: 0...span))
+            let ended = keygen.terminate(with: SIGINT, within: 20)
+            let replaced = zip(before, try inodes()).filter { $0 != $1 }.count
+            #expect(replaced == 0 || replaced == 3, "\(replaced) of the three files replaced; exit \(ended.status)")
+            #expect(ended.status == 0 || ended.status == 128 + SIGINT, "\(ended.stderr)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path("keys")).count == 6)
+            outcomes.insert(ended.status)
+        }
+        #expect(outcomes.count == 2, "some keygens were interrupted and some finished: \(outcomes)")
+    }
+
     @Test func sealUnsealRoundTripThroughFilesAndPipes() throws {
         let dir = try Scratch()
         try dir.keygen("alice")

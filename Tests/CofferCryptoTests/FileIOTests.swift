@@ -101,6 +101,44 @@ struct FileIOTests {
             guard made("c", then: { second = made("d") }), !second, entries().isEmpty, made("e") else { exit(3) }
         }
     }
+
+    /// A signal during a held section does not stop it: the section goes on (and here ends the process itself)...
+    @Test func anInterruptDuringAHeldSectionLetsItFinish() async {
+        await #expect(processExitsWith: .success) {
+            TemporaryFiles.removeOnInterrupt()
+            TemporaryFiles.holdingInterrupts {
+                raise(SIGTERM)
+                exit(0)
+            }
+        }
+    }
+
+    /// ...and takes effect when it ends.
+    @Test func anInterruptDuringAHeldSectionTakesEffectWhenItEnds() async {
+        await #expect(processExitsWith: .exitCode(128 + SIGTERM)) {
+            TemporaryFiles.removeOnInterrupt()
+            TemporaryFiles.holdingInterrupts { raise(SIGTERM) }
+            exit(0)
+        }
+    }
+
+    /// Files written together: refused whole when one exists (and nothing of them, not even a temporary file, is
+    /// left), else all in place.
+    @Test func filesWrittenTogetherAreAllWrittenOrNone() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("together-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func entries() -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted() }
+        let files = ["a.key", "a.pub", "a.pem"].map { ("\(directory)/\($0)", Array($0.utf8), UInt32(0o600)) }
+        #expect(FileManager.default.createFile(atPath: "\(directory)/a.pem", contents: Data("old".utf8)))
+        #expect(throws: CofferCryptoError.io(path: "\(directory)/a.pem", reason: "already exists")) {
+            try FileBytes.writeTogether(files, overwrite: false)
+        }
+        #expect(entries() == ["a.pem"])
+        try FileBytes.writeTogether(files, overwrite: true)
+        #expect(entries() == ["a.key", "a.pem", "a.pub"])
+        #expect(try Data(contentsOf: URL(fileURLWithPath: "\(directory)/a.pem")) == Data("a.pem".utf8))
+    }
 }
 
 /// Hands a temporary file to offloaded work, which takes the only reference.

@@ -10,9 +10,16 @@ int coffer_temporary_register(const char *path, int is_tree);
 /// Forgets every registration of `path`.
 void coffer_temporary_unregister(const char *path);
 
-/// Unblocks SIGINT, SIGTERM and SIGHUP and installs the handler that removes what is registered, then exits with
+/// Unblocks SIGINT, SIGTERM, SIGHUP and the other signals sent to end a process, and installs the handler that removes what is registered, then exits with
 /// 128 + the signal.
 void coffer_temporary_remove_on_interrupt(void);
+
+/// Holds interrupts off until the matching ``coffer_interrupts_release``: a signal the handler takes meanwhile takes effect
+/// then (for renames that must all happen or none). Sections may nest and run on several threads; keep them short.
+void coffer_interrupts_hold(void);
+
+/// Ends a section begun by ``coffer_interrupts_hold``; the last to end raises a signal that arrived during them.
+void coffer_interrupts_release(void);
 
 /// Removes the file or folder tree at `path`, not following symbolic links, with async-signal-safe calls only (no
 /// allocation). Folders deeper than 32 levels, and entries it may not remove, are left. Returns 0 when `path` is gone.

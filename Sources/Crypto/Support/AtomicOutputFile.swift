@@ -22,6 +22,7 @@ public final class AtomicOutputFile: ByteSink {
     /// machine copying gigabytes into fresh page-cache pages cost a third of a push's CPU.
     private let direct: DirectWriter?
     private var committed = false
+    private var flushed = false
 
     /// Creates the temporary file with `mode` (0600 by default: plaintext and keys are private).
     ///
@@ -78,14 +79,22 @@ public final class AtomicOutputFile: ByteSink {
         }
     }
 
+    /// Writes out what is buffered and, when durable, fsyncs the data: what ``commit(syncingDirectory:replacing:)``
+    /// does first, for a caller that renames several files together and wants the slow part done before.
+    public func flush() throws(CofferCryptoError) {
+        guard !flushed else { return }
+        try direct?.finish()
+        if durable { try stream.sync() }
+        flushed = true
+    }
+
     /// Renames the file over the destination; when durable, fsyncs the data first and the directory after.
     ///
     /// - Parameter syncingDirectory: false when the caller renames the file again and syncs the directory it ends in
     ///   (a registry blob, named by its digest once written): the first name need not survive a crash.
     /// - Parameter replacing: false to fail, with "already exists", when the destination appeared meanwhile.
     public func commit(syncingDirectory: Bool = true, replacing: Bool = true) throws(CofferCryptoError) {
-        try direct?.finish()
-        if durable { try stream.sync() }
+        try flush()
         let renamed =
             replacing ? (rename(temporaryPath, destination) == 0 ? 0 : errno) : FileBytes.renameWithoutReplacing(temporaryPath, to: destination)
         guard renamed == 0 else {

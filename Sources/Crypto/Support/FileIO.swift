@@ -256,6 +256,40 @@ public enum FileBytes {
         guard status.st_mode & S_IFMT == S_IFDIR else { throw .io(path: path, reason: "exists and is not a directory") }
     }
 
+    /// Writes files that belong together (an identity's three files, a checkpoint's model and privacy claim) all or
+    /// none: each to a synced temporary file first, then all renamed into place with interrupts held off, then their
+    /// folders synced. Without `overwrite`, refuses if any exists, and a rename that finds its target taken meanwhile
+    /// takes back those done. A kill or a power loss during the renames (microseconds) can still leave some of them.
+    public static func writeTogether(_ files: [(path: String, bytes: [UInt8], mode: UInt32)], overwrite: Bool) throws(CofferCryptoError) {
+        if !overwrite, let taken = files.first(where: { access($0.path, F_OK) == 0 }) { throw .io(path: taken.path, reason: "already exists") }
+        var staged: [AtomicOutputFile] = []
+        for file in files {
+            let output = try AtomicOutputFile(destination: file.path, mode: file.mode)
+            try file.bytes.withBytes { buffer throws(CofferCryptoError) in try output.write(buffer) }
+            try output.flush()
+            staged.append(output)
+        }
+        try TemporaryFiles.holdingInterrupts { () throws(CofferCryptoError) in
+            var placed: [String] = []
+            do throws(CofferCryptoError) {
+                for output in staged {
+                    try output.commit(syncingDirectory: false, replacing: overwrite)
+                    placed.append(output.destination)
+                }
+            } catch {
+                if !overwrite { for path in placed { unlink(path) } }
+                throw error
+            }
+        }
+        for folder in Set(files.map { parentDirectory(of: $0.path) }) {
+            let fd = open(folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            if fd >= 0 {
+                fsync(fd)
+                close(fd)
+            }
+        }
+    }
+
     /// Writes `bytes` atomically with `mode`; refuses to replace an existing file unless `overwrite`.
     public static func write(
         _ bytes: [UInt8],

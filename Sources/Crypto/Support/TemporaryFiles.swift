@@ -20,6 +20,14 @@ public enum TemporaryFiles {
 
     public static func unregister(_ path: String) { coffer_temporary_unregister(path) }
 
+    /// Runs `body` with interrupts held off: a signal that arrives meanwhile takes effect once it returns. For renames
+    /// that must all happen or none; keep it short (no waiting on anything that an interrupt should end).
+    public static func holdingInterrupts<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
+        coffer_interrupts_hold()
+        defer { coffer_interrupts_release() }
+        return try body()
+    }
+
     /// Installs the handler that removes registered temporary files when the process is told to stop.
     public static func removeOnInterrupt() { coffer_temporary_remove_on_interrupt() }
 }
