@@ -168,12 +168,23 @@ extension Registry {
             Directories.sync(parent)
             return done
         }
-        // A file placed is removed again if a later one cannot be placed, or the process is interrupted meanwhile: each
-        // is registered before its rename, since the handler, on another thread, first freezes the staging folder (a
-        // rename after that fails) and then removes what is registered. None replaces a file that appeared since the
-        // check above, except the bundle, which replaces an earlier pull's and is not removed on an interrupt.
+        // A file placed is removed again if a later one cannot be placed, or the process is interrupted: each is
+        // registered before its rename. The renames hold interrupts off, so that the handler never finds a registered
+        // name whose rename failed (a file the user made there meanwhile, which it would remove); a signal during them
+        // takes effect after them, and removes them all. None replaces a file that appeared since the check above,
+        // except the bundle, which replaces an earlier pull's and is not removed on an interrupt.
         var placed: [String] = []
         defer { for path in placed { TemporaryFiles.unregister(path) } }
+        try TemporaryFiles.holdingInterrupts { () throws(CofferRegistryError) in try renameInto(directory, staged, from: staging, placed: &placed) }
+        // The renames themselves reach the disk with their directories: one sync per folder.
+        for folder in Set(placed.map(Directories.parent(of:))) { Directories.sync(folder) }
+        return done
+    }
+
+    /// Renames each of `staged` from `staging` into `directory`, recording in `placed` the files placed (the model's,
+    /// registered with the interrupt handler); on a failure, removes those placed and throws.
+    private static func renameInto(_ directory: String, _ staged: [String], from staging: String, placed: inout [String]) throws(CofferRegistryError)
+    {
         for path in staged {
             let destination = "\(directory)/\(path)"
             do throws(CofferRegistryError) {
@@ -198,8 +209,5 @@ extension Registry {
                 throw error
             }
         }
-        // The renames themselves reach the disk with their directories: one sync per folder.
-        for folder in Set(placed.map(Directories.parent(of:))) { Directories.sync(folder) }
-        return done
     }
 }
