@@ -164,7 +164,8 @@ struct RefusalTests {
             let plain = ShareCipher.open(box, key: key, associatedData: ad)!
             var bytes = plain.withUnsafeBytes { Array($0) }
             edit(&bytes)
-            let edited = SecureBytes(copying: UnsafeRawBufferPointer(start: bytes, count: bytes.count))
+            let edited = SecureBytes(count: bytes.count)
+            edited.withUnsafeMutableBytes { $0.copyBytes(from: bytes) }
             submission.sealedShares = Base64Bytes(ShareCipher.seal(edited, key: key, associatedData: ad))
         }
         let h1 = harness

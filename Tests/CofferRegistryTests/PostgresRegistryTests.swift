@@ -375,11 +375,11 @@ struct PostgresRegistryTests {
         #expect(report.problems.contains { $0.contains("grant") }, "\(report.problems)")
 
         let postgres = try #require(f.postgres)
-        try await postgres.withDatabase { database in try await database.query("ALTER TABLE ledger DISABLE TRIGGER ledger_is_append_only") }
+        _ = try await postgres.withDatabase { database in try await database.query("ALTER TABLE ledger DISABLE TRIGGER ledger_is_append_only") }
         let disabled = try await f.registry.fsck()
         #expect(disabled.problems.contains("PostgreSQL trigger ledger_is_append_only is disabled (its immutability rule is not enforced)"))
 
-        try await postgres.withDatabase { database in try await database.query("INSERT INTO coffer_migrations (name) VALUES ('9999_unknown.sql')") }
+        _ = try await postgres.withDatabase { database in try await database.query("INSERT INTO coffer_migrations (name) VALUES ('9999_unknown.sql')") }
         let migrations = try await f.registry.fsck()
         #expect(migrations.problems.contains { $0.hasPrefix("PostgreSQL migrations recorded") && $0.contains("9999_unknown.sql") })
     }

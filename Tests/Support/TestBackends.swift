@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 
 /// Where the registries a test makes keep their metadata and blobs in this test run.
 ///

@@ -32,7 +32,7 @@ final class APIRoutes: RouterMethods {
     func on<Responder: HTTPResponder>(_ path: RouterPath, method: HTTPRequest.Method, responder: Responder) -> Self
     where Responder.Context == Context {
         endpoints.append(Endpoint(method, path))
-        collection.on(path, method: method, responder: responder)
+        _ = collection.on(path, method: method, responder: responder)
         return self
     }
 
