@@ -50,13 +50,12 @@ void coffer_temporary_unregister(const char *path) {
     }
 }
 
-int coffer_remove_tree(const char *path) {
-    if (unlinkat(AT_FDCWD, path, 0) == 0 || errno == ENOENT) return 0;
-    int folders[33];  // the open folders from `path` down to the one being emptied
+/// Empties the folder open as `folder` (which it closes).
+static void empty_folder(int folder) {
+    int folders[33];  // the open folders from `folder` down to the one being emptied
     int stuck[33];    // per open folder: how many of its subfolders were found that this walk cannot empty
     int depth = 0;
-    folders[0] = openat(AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (folders[0] < 0) return -1;
+    folders[0] = folder;
     stuck[0] = 0;
     char entries[1024] __attribute__((aligned(8)));
     // Each pass over a folder removes what it can and goes down into the first subfolder that is not empty and not
@@ -100,7 +99,19 @@ int coffer_remove_tree(const char *path) {
         }
     }
     while (depth >= 0) close(folders[depth--]);
+}
+
+int coffer_remove_tree(const char *path) {
+    if (unlinkat(AT_FDCWD, path, 0) == 0 || errno == ENOENT) return 0;
+    int folder = openat(AT_FDCWD, path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (folder < 0) return -1;
+    empty_folder(folder);
     return unlinkat(AT_FDCWD, path, AT_REMOVEDIR);
+}
+
+void coffer_empty_folder(int folder) {
+    int copy = fcntl(folder, F_DUPFD_CLOEXEC, 0);
+    if (copy >= 0) empty_folder(copy);
 }
 
 /// Removes a registered folder. The signal usually arrives on another thread than the one writing into the folder (a

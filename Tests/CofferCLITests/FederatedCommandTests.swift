@@ -139,25 +139,25 @@ struct FederatedCommandTests {
     /// simulation refuse at once with one line, before any site trains or masks.
     /// `fl simulate --data` splits the user's training data into a scratch folder; an interrupt removes it with the
     /// split rows (helper-41: they stayed in $TMPDIR).
-    /// The split training data lives only while it is read: its folder is gone while the simulation runs, and so is a
-    /// folder a killed simulation left.
-    @Test func theSplitDataGoesOnceReadAndAKilledSimulationsWithIt() throws {
+    /// The split training data lives only while it is read: its folder is gone while the simulation runs. A file of
+    /// the user's named like it (here the data itself) is not taken for a leftover.
+    @Test func theSplitDataGoesOnceReadAndNothingOfTheUsersWithIt() throws {
         let dir = try Scratch()
         try Self.prepare(dir, sites: 1, rows: 2000)
-        try FileManager.default.createDirectory(atPath: dir.path("tmp/coffer-fl-sim-killed"), withIntermediateDirectories: true)
-        try dir.write("tmp/coffer-fl-sim-killed/site0.csv", try dir.read("site0.csv"))
+        try FileManager.default.createDirectory(atPath: dir.path("tmp"), withIntermediateDirectories: true)
+        try dir.write("tmp/coffer-fl-sim-data.csv", try dir.read("site0.csv"))
         let simulate = try BackgroundCoffer(
-            ["fl", "simulate", "--recipe", "recipe.json", "--data", "site0.csv", "--sites", "3", "--rounds", "500"],
+            ["fl", "simulate", "--recipe", "recipe.json", "--data", "tmp/coffer-fl-sim-data.csv", "--sites", "3", "--rounds", "500"],
             in: dir.url,
             environment: CofferProcess.environment(in: dir.url, ["TMPDIR": dir.path("tmp")])
         )
         func left() -> [String] { (try? FileManager.default.contentsOfDirectory(atPath: dir.path("tmp"))) ?? ["unreadable"] }
         let deadline = Date() + 60
-        while !left().isEmpty, simulate.status == nil, Date() < deadline { usleep(10_000) }
-        #expect(left().isEmpty && simulate.status == nil, "\(left()) \(simulate.stderrSoFar)")
+        while left() != ["coffer-fl-sim-data.csv"], simulate.status == nil, Date() < deadline { usleep(10_000) }
+        #expect(left() == ["coffer-fl-sim-data.csv"] && simulate.status == nil, "\(left()) \(simulate.stderrSoFar)")
         let ended = simulate.terminate(with: SIGINT, within: 20)
         #expect(ended.status == 128 + SIGINT, "\(ended.stderr)")
-        #expect(left().isEmpty)
+        #expect(left() == ["coffer-fl-sim-data.csv"])
     }
 
     @Test func withoutLibcryptoFederationRefusesAtTheStart() throws {

@@ -235,6 +235,28 @@ struct RegistryCommandTests {
         )
     }
 
+    /// Only what a killed pull recorded is removed after it: a model's own files named like temporary ones arrive whole,
+    /// and a folder of the user's named like a staging folder keeps what is in it.
+    @Test func filesNamedLikeLeftoversAreNeverTakenForThem() throws {
+        let dir = try setUp()
+        try dir.write("model/.cfg.coffer-tmp-1", Data("config".utf8))
+        try FileManager.default.createDirectory(atPath: dir.path("model/.coffer-pull-cache"), withIntermediateDirectories: true)
+        try dir.write("model/.coffer-pull-cache/x", Data("cache".utf8))
+        #expect(try coffer(["push", "m", "model", "--identity", "keys/alice.key"], dir).status == 0)
+        #expect(try coffer(["trust", "add", "keys/alice.pub"], dir).status == 0)
+        try FileManager.default.createDirectory(atPath: dir.path(".coffer-pull-mine"), withIntermediateDirectories: true)
+        try dir.write(".coffer-pull-mine/notes.txt", Data("notes".utf8))
+        try dir.write(".out.coffer-tmp-mine", Data("mine".utf8))
+        for output in ["new", "new/inner"] {
+            let pull = try coffer(["pull", "m", "--identity", "keys/alice.key", "--out", output], dir)
+            #expect(pull.status == 0, "\(pull.stderr)")
+            #expect(try dir.read("\(output)/.cfg.coffer-tmp-1") == Data("config".utf8))
+            #expect(try dir.read("\(output)/.coffer-pull-cache/x") == Data("cache".utf8))
+        }
+        #expect(try dir.read(".coffer-pull-mine/notes.txt") == Data("notes".utf8))
+        #expect(try dir.read(".out.coffer-tmp-mine") == Data("mine".utf8))
+    }
+
     @Test func concurrentPushesFromTwoProcessesGetDistinctVersions() throws {
         let dir = try setUp()
         let pushes = try (0..<2).map { _ in try startPush(dir) }

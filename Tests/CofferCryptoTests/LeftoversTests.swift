@@ -3,68 +3,80 @@ import Testing
 
 @testable import CofferCrypto
 
-/// What a killed writer leaves (no lock held on it) goes at the next write into the same folder; what a live writer
-/// holds, and anything else, stays.
+/// What a killed writer recorded (its record's lock free) is removed by a later sweep; what a live writer holds, and
+/// anything no writer recorded, stays.
 struct LeftoversTests {
-    @Test func theNextWriteRemovesWhatKilledWritersLeftAndNothingElse() throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("leftovers-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        func entries() -> Set<String> { Set((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []) }
-        func make(_ name: String) { #expect(FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data("plaintext".utf8))) }
-
-        // Live writers: a file not yet committed and a staging folder with a file in it.
-        let live = try AtomicOutputFile(destination: "\(directory)/live", durable: false)
-        let liveFolder = try TemporaryFolder(in: directory, prefix: ".coffer-pull-")
-        make("\(URL(fileURLWithPath: liveFolder.path).lastPathComponent)/weights.bin")
-        // What killed writers left: nothing holds their lock.
-        make(".killed.coffer-tmp-1x2y3z")
-        try FileManager.default.createDirectory(atPath: "\(directory)/.coffer-pull-killed/tokenizer", withIntermediateDirectories: true)
-        make(".coffer-pull-killed/tokenizer/vocab.json")
-        // Not leftovers: a user's file, and a link named like a leftover to a file outside.
-        make("notes.txt")
-        let outside = "\(directory)-outside"
-        #expect(FileManager.default.createFile(atPath: outside, contents: Data("keep".utf8)))
-        defer { unlink(outside) }
-        #expect(symlink(outside, "\(directory)/.link.coffer-tmp-1") == 0)
-        let before = entries()
-
-        let next = try AtomicOutputFile(destination: "\(directory)/next", durable: false)
-        #expect(before.subtracting(entries()) == [".killed.coffer-tmp-1x2y3z"])
-        #expect(entries().contains(live.temporaryPath.split(separator: "/").last.map(String.init)!))
-        var folder = try TemporaryFolder(in: directory, prefix: ".coffer-pull-")
-        #expect(!entries().contains(".coffer-pull-killed"))
-        #expect(access("\(liveFolder.path)/weights.bin", F_OK) == 0, "a live pull's folder stays")
-        #expect(entries().isSuperset(of: ["notes.txt", ".link.coffer-tmp-1"]) && access(outside, F_OK) == 0)
-
-        // Gone with their values, and a leftover of another user stays (as root, which can make one).
-        let livePath = liveFolder.path
-        _ = consume liveFolder
-        #expect(access(livePath, F_OK) != 0)
-        withExtendedLifetime((live, next)) {}
-        if geteuid() == 0 {
-            make(".others.coffer-tmp-1")
-            #expect(chown("\(directory)/.others.coffer-tmp-1", 65534, 65534) == 0)
-            folder = try TemporaryFolder(in: directory, prefix: ".coffer-pull-")
-            _ = try AtomicOutputFile(destination: "\(directory)/third", durable: false)
-            #expect(entries().contains(".others.coffer-tmp-1"))
+    @Test func aSweepRemovesOnlyWhatDeadWritersRecorded() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("leftovers-\(UUID().uuidString)").path
+        let (work, records) = ("\(base)/work", "\(base)/records")
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: records, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        func make(_ name: String) { #expect(FileManager.default.createFile(atPath: "\(work)/\(name)", contents: Data("plaintext".utf8))) }
+        func folder(_ name: String) throws {
+            try FileManager.default.createDirectory(atPath: "\(work)/\(name)/sub", withIntermediateDirectories: true)
         }
-        _ = consume folder
+        func exists(_ name: String) -> Bool { access("\(work)/\(name)", F_OK) == 0 }
+        /// The record a writer killed after making `name` leaves: nothing holds its lock.
+        func deadRecord(_ name: String, as recorded: String? = nil) {
+            var status = stat()
+            #expect(lstat("\(work)/\(name)", &status) == 0)
+            let line = "\(status.st_dev) \(status.st_ino) \(work)/\(recorded ?? name)\n"
+            #expect(FileManager.default.createFile(atPath: "\(records)/\(UUID().uuidString)", contents: Data(line.utf8)))
+        }
+
+        // Killed writers: a staging folder with a decrypted file, a temporary file, a folder its interrupt handler had
+        // renamed, and a record written before its line.
+        try folder(".coffer-pull-dead")
+        make(".coffer-pull-dead/sub/weights.bin")
+        deadRecord(".coffer-pull-dead")
+        make(".out.coffer-tmp-dead")
+        deadRecord(".out.coffer-tmp-dead")
+        try folder(".coffer-pull-frozen.interrupted")
+        make(".coffer-pull-frozen.interrupted/sub/weights.bin")
+        deadRecord(".coffer-pull-frozen.interrupted", as: ".coffer-pull-frozen")
+        #expect(FileManager.default.createFile(atPath: "\(records)/empty", contents: Data()))
+        // A live writer's folder.
+        try folder(".coffer-pull-live")
+        let liveFD = open("\(work)/.coffer-pull-live", O_RDONLY | O_DIRECTORY)
+        defer { close(liveFD) }
+        let live = try #require(Leftovers.record(entry: "\(work)/.coffer-pull-live", fd: liveFD, in: records))
+        // Not leftovers: the user's own look-alikes, and a folder of the user's renamed to a dead record's path after its
+        // entry went (another user with write access to the parent could do that).
+        try folder(".coffer-pull-mine")
+        make(".notes.coffer-tmp-1")
+        try folder("victim")
+        make("victim/sub/notes.txt")
+        try folder(".coffer-pull-gone")
+        deadRecord(".coffer-pull-gone")
+        #expect(rmdir("\(work)/.coffer-pull-gone/sub") == 0 && rmdir("\(work)/.coffer-pull-gone") == 0)
+        #expect(rename("\(work)/victim", "\(work)/.coffer-pull-gone") == 0)
+
+        #expect(Leftovers.sweep(records) == 3)
+        #expect(!exists(".coffer-pull-dead") && !exists(".out.coffer-tmp-dead") && !exists(".coffer-pull-frozen.interrupted"))
+        #expect(exists(".coffer-pull-live") && exists(".coffer-pull-mine/sub") && exists(".notes.coffer-tmp-1"))
+        #expect(exists(".coffer-pull-gone/sub/notes.txt"), "a folder renamed to a recorded path keeps what is in it")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: records).count == 1, "only the live writer's record is left")
+        live.drop()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: records).isEmpty)
     }
 
-    /// A sweep that locks a file a writer has just made, before the writer does, wins: the writer must make another.
-    @Test func aNewEntryWhoseLockASweepTookIsGivenUp() throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("claim-\(UUID().uuidString)").path
-        let writer = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        let sweeper = open(path, O_RDONLY | O_CLOEXEC)
-        defer {
-            close(writer)
-            close(sweeper)
+    /// A temporary folder and file keep a record while they live, and drop it when they go (a file at its commit).
+    @Test func temporaryEntriesAreRecordedWhileTheyLive() throws {
+        let records = Leftovers.records
+        func mine() -> Int {
+            ((try? FileManager.default.contentsOfDirectory(atPath: records)) ?? []).filter { name in
+                (try? String(contentsOfFile: "\(records)/\(name)", encoding: .utf8))?.contains("recorded-\(getpid())") == true
+            }.count
         }
-        #expect(flock(sweeper, LOCK_EX | LOCK_NB) == 0)
-        #expect(!Leftovers.claim(writer), "the lock is the sweeper's")
-        #expect(unlink(path) == 0)
-        flock(sweeper, LOCK_UN)
-        #expect(!Leftovers.claim(writer), "the entry is gone")
+        let parent = FileManager.default.temporaryDirectory.path
+        let folder = try TemporaryFolder(in: parent, prefix: "recorded-\(getpid())-")
+        let file = try AtomicOutputFile(destination: "\(parent)/recorded-\(getpid()).bin", durable: false)
+        #expect(mine() == 2)
+        _ = consume folder
+        #expect(mine() == 1)
+        try file.commit()
+        #expect(mine() == 0)
+        unlink("\(parent)/recorded-\(getpid()).bin")
     }
 }

@@ -379,7 +379,8 @@ struct PostgresRegistryTests {
         let disabled = try await f.registry.fsck()
         #expect(disabled.problems.contains("PostgreSQL trigger ledger_is_append_only is disabled (its immutability rule is not enforced)"))
 
-        _ = try await postgres.withDatabase { database in try await database.query("INSERT INTO coffer_migrations (name) VALUES ('9999_unknown.sql')") }
+        _ = try await postgres.withDatabase { database in try await database.query("INSERT INTO coffer_migrations (name) VALUES ('9999_unknown.sql')")
+        }
         let migrations = try await f.registry.fsck()
         #expect(migrations.problems.contains { $0.hasPrefix("PostgreSQL migrations recorded") && $0.contains("9999_unknown.sql") })
     }

@@ -25,6 +25,10 @@ void coffer_interrupts_release(void);
 /// allocation). Folders deeper than 32 levels, and entries it may not remove, are left. Returns 0 when `path` is gone.
 int coffer_remove_tree(const char *path);
 
+/// Removes everything inside the folder open as `folder` (not the folder), as ``coffer_remove_tree`` does: through the
+/// descriptor, so that a rename of the folder or of a folder above it changes nothing of what is removed.
+void coffer_empty_folder(int folder);
+
 /// Renames `from` to `to` unless something is at `to` (then -1 with errno EEXIST): renameat2 with RENAME_NOREPLACE,
 /// or, on a filesystem without it, a check then a rename.
 int coffer_rename_noreplace(const char *from, const char *to);

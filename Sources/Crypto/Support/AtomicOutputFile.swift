@@ -9,8 +9,8 @@ import Glibc
 ///
 /// If the value is dropped without `commit()` (an error, a failed authentication), the temporary
 /// file is removed: a failed write leaves nothing at the destination. If the process is interrupted (Ctrl-C, SIGTERM)
-/// first, the interrupt handler removes it (``TemporaryFiles``); if it is killed or crashes, the next `AtomicOutputFile`
-/// made in the same folder does (``Leftovers``).
+/// first, the interrupt handler removes it (``TemporaryFiles``); if it is killed or crashes, the next Coffer process that
+/// makes a temporary file or folder does (``Leftovers``).
 public final class AtomicOutputFile: ByteSink {
     public let destination: String
     let temporaryPath: String
@@ -22,6 +22,7 @@ public final class AtomicOutputFile: ByteSink {
     /// machine copying gigabytes into fresh page-cache pages cost a third of a push's CPU.
     private let direct: DirectWriter?
     private var committed = false
+    private let record: Leftovers.Record?
     private var flushed = false
 
     /// Creates the temporary file with `mode` (0600 by default: plaintext and keys are private).
@@ -40,8 +41,6 @@ public final class AtomicOutputFile: ByteSink {
         let slash = destination.lastIndex(of: "/")
         let directory = slash.map { String(destination[...$0]) } ?? ""
         let base = slash.map { String(destination[destination.index(after: $0)...]) } ?? destination
-        // The temporary files of writers that were killed (their lock is free) go first: a killed unseal's plaintext.
-        if registered { Leftovers.sweep(directory) { Leftovers.isTemporaryFileName($0) } }
         // The name is registered before the file exists (so an interrupt between the two leaves nothing), which mkstemp,
         // choosing the name as it creates the file, cannot do; O_EXCL keeps its guarantee that the file is new.
         var path = ""
@@ -52,14 +51,14 @@ public final class AtomicOutputFile: ByteSink {
                 throw .io(path: destination, reason: "more files are being written than an interrupt could remove; try again")
             }
             fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-            // Held until the file is committed or removed. Another's sweep that locked it first removes it: a new name.
-            if fd >= 0, !registered || Leftovers.claim(fd) { break }
-            let code = fd >= 0 ? EEXIST : errno
-            if fd >= 0 { close(fd) }
-            fd = -1
+            guard fd < 0 else { break }
+            let code = errno
             if registered { TemporaryFiles.unregister(path) }
             guard code == EEXIST else { throw .io(path: destination, reason: String(cString: strerror(code))) }
         }
+        // A killed writer's file (a killed unseal's plaintext) is removed by a later process; one inside a registered
+        // folder goes with the folder.
+        record = registered ? Leftovers.record(entry: path, fd: fd) : nil
         fchmod(fd, mode_t(mode))
         self.temporaryPath = path
         self.stream = FileDescriptorStream(ownedDescriptor: fd, path: destination)
@@ -69,6 +68,7 @@ public final class AtomicOutputFile: ByteSink {
     deinit {
         if !committed { unlink(temporaryPath) }
         if registered { TemporaryFiles.unregister(temporaryPath) }
+        record?.drop()
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
@@ -101,6 +101,7 @@ public final class AtomicOutputFile: ByteSink {
             throw .io(path: destination, reason: renamed == EEXIST ? "already exists" : String(cString: strerror(renamed)))
         }
         committed = true
+        record?.drop()
         guard durable, syncingDirectory else { return }
         let slash = destination.lastIndex(of: "/")
         let directory = slash.map { String(destination[...$0]) } ?? "."

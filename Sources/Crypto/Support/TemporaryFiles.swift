@@ -22,6 +22,7 @@ public enum TemporaryFiles {
 
     /// Runs `body` with interrupts held off: a signal that arrives meanwhile takes effect once it returns. For renames
     /// that must all happen or none; keep it short (no waiting on anything that an interrupt should end).
+    @discardableResult
     public static func holdingInterrupts<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
         coffer_interrupts_hold()
         defer { coffer_interrupts_release() }

@@ -18,10 +18,7 @@ public struct ClientMemory: Sendable {
 
     /// `$COFFER_STATE_DIR`, else `$XDG_STATE_HOME/coffer`, else `~/.local/state/coffer`.
     public static func standard(environment: [String: String] = ProcessInfo.processInfo.environment) -> ClientMemory {
-        if let explicit = environment["COFFER_STATE_DIR"], !explicit.isEmpty { return ClientMemory(directory: explicit) }
-        if let state = environment["XDG_STATE_HOME"], state.hasPrefix("/") { return ClientMemory(directory: "\(state)/coffer") }
-        let home = environment["HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory()
-        return ClientMemory(directory: "\(home)/.local/state/coffer")
+        ClientMemory(directory: StateDirectory.path(environment: environment))
     }
 
     /// What is remembered of one registry, by its root key ID.
