@@ -10,12 +10,13 @@ int coffer_temporary_register(const char *path, int is_tree);
 /// Forgets every registration of `path`.
 void coffer_temporary_unregister(const char *path);
 
-/// Unblocks SIGINT, SIGTERM, SIGHUP and the other signals sent to end a process, and installs the handler that removes what is registered, then exits with
-/// 128 + the signal.
+/// Unblocks SIGINT, SIGTERM, SIGHUP and the other signals sent to end a process, and installs the handler that removes
+/// what is registered, then exits with 128 + the signal.
 void coffer_temporary_remove_on_interrupt(void);
 
-/// Holds interrupts off until the matching ``coffer_interrupts_release``: a signal the handler takes meanwhile takes effect
-/// then (for renames that must all happen or none). Sections may nest and run on several threads; keep them short.
+/// Holds interrupts off until the matching ``coffer_interrupts_release``: a signal the handler takes meanwhile takes
+/// effect then (for renames that must all happen or none). Sections may nest and run on several threads; keep them
+/// short.
 void coffer_interrupts_hold(void);
 
 /// Ends a section begun by ``coffer_interrupts_hold``; the last to end raises a signal that arrived during them.

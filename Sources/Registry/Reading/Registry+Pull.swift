@@ -118,7 +118,7 @@ extension Registry {
             }
         }
         // Decrypted files wait there: a failure or an interrupt (Ctrl-C) removes them with it, and if this process is
-        // killed, the next pull into `parent` does.
+        // killed, the next Coffer process that makes a temporary file does (``Leftovers``).
         let stagingFolder: TemporaryFolder
         do { stagingFolder = try TemporaryFolder(in: parent, prefix: ".coffer-pull-") } catch { throw .crypto(error) }
         let staging = stagingFolder.path
