@@ -1,22 +1,13 @@
 import CofferCrypto
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// A token kept in a file of the user's (a session token between `session open --save-token` and `infer`): written
-/// once, mode 0600, refusing a file that exists; read straight into sodium memory.
+/// once, whole or not at all (a temporary file renamed into place), mode 0600, never over a file or link that exists;
+/// read straight into sodium memory.
 enum SecretFile {
     static func write(_ bytes: UnsafeRawBufferPointer, to path: String) throws(CofferCryptoError) {
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        guard fd >= 0 else { throw .io(path: path, reason: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var written = 0
-        while written < bytes.count {
-            let n = Glibc.write(fd, bytes.baseAddress! + written, bytes.count - written)
-            guard n > 0 else { throw .io(path: path, reason: String(cString: strerror(errno))) }
-            written += n
-        }
+        let file = try AtomicOutputFile(destination: path, mode: 0o600)
+        try file.write(bytes)
+        try file.commit(replacing: false)
     }
 
     /// The file's bytes, one trailing newline ignored.
