@@ -105,10 +105,17 @@ public final class FileDescriptorStream: ByteSource, ByteSink, Sendable {
 
     /// Opens an existing device, FIFO or socket at `path` for writing; `nil` when `path` is a regular file or absent.
     public convenience init?(writingToSpecialFile path: String) throws(CofferCryptoError) {
+        func isSpecial(_ info: stat) -> Bool { (info.st_mode & S_IFMT) != S_IFREG && (info.st_mode & S_IFMT) != S_IFDIR }
         var info = stat()
-        guard stat(path, &info) == 0, (info.st_mode & S_IFMT) != S_IFREG, (info.st_mode & S_IFMT) != S_IFDIR else { return nil }
-        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard stat(path, &info) == 0, isSpecial(info) else { return nil }
+        let fd = open(path, O_WRONLY | O_CLOEXEC | O_NOCTTY)
         guard fd >= 0 else { throw .io(path: path, reason: Self.lastError()) }
+        // What was opened is checked too: a regular file put at `path` since the stat is written through a temporary
+        // file like any other, never in place.
+        guard fstat(fd, &info) == 0, isSpecial(info) else {
+            close(fd)
+            return nil
+        }
         self.init(ownedDescriptor: fd, path: path)
     }
 
