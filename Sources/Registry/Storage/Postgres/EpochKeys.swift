@@ -386,33 +386,14 @@ final class EpochKeys: Sendable {
     /// Writes a fresh random key for `epoch`: to a temporary file (0600, synced), renamed into place, the directory
     /// synced, so the key is on disk before any value is sealed under it and a crash never leaves half a key file.
     private func writeKeyFile(_ epoch: UInt32) throws(CofferRegistryError) {
-        let path = self.path(epoch)
-        let temporary = "\(path).tmp"
-        unlink(temporary)
         let key = SecureBytes.random(count: SecretKey.byteCount)
-        let failure: String? = key.withUnsafeBytes { bytes in
-            let fd = Glibc.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-            guard fd >= 0 else { return String(cString: strerror(errno)) }
-            defer { close(fd) }
-            var done = 0
-            while done < bytes.count {
-                let count = write(fd, bytes.baseAddress! + done, bytes.count - done)
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0 else { return String(cString: strerror(errno)) }
-                done += count
-            }
-            return fsync(fd) == 0 ? nil : String(cString: strerror(errno))
+        do throws(CofferCryptoError) {
+            let file = try AtomicOutputFile(destination: path(epoch), mode: 0o600)
+            try key.withUnsafeBytes { bytes throws(CofferCryptoError) in try file.write(bytes) }
+            try file.commit()
+        } catch {
+            throw .crypto(error)
         }
-        if let failure {
-            unlink(temporary)
-            throw .io(path: temporary, reason: failure)
-        }
-        guard rename(temporary, path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            unlink(temporary)
-            throw .io(path: path, reason: reason)
-        }
-        try syncDirectory()
     }
 
     /// Destroys the key files of the epochs `matching`: each is overwritten with zeros and synced, unlinked, and the
