@@ -102,9 +102,10 @@ extension CofferClient {
     }
 
     private static func save(_ prepared: PreparedPush, to path: String) throws(CofferRegistryError) {
-        do { try JSONEncoder().encode(prepared).write(to: URL(fileURLWithPath: path), options: .atomic) } catch {
-            throw .io(path: path, reason: error.localizedDescription)
-        }
+        let bytes: [UInt8]
+        do { bytes = Array(try JSONEncoder().encode(prepared)) } catch { throw .io(path: path, reason: "\(error)") }
+        // Synced, and its temporary file removed on an interrupt: Foundation's atomic write does neither.
+        do { try FileBytes.write(bytes, to: path, mode: 0o600, overwrite: true) } catch { throw .crypto(error) }
     }
 
     /// Uploads one sealed blob from the outbox, resuming where the server says an earlier attempt stopped.
@@ -144,8 +145,8 @@ extension CofferClient {
         }
         if id == nil {
             let started = try await startUpload()
-            do { try started.id.write(toFile: idFile, atomically: true, encoding: .utf8) } catch {
-                throw .invalidInput("cannot write \(idFile): \(error.localizedDescription)")
+            do { try FileBytes.write(Array(started.id.utf8), to: idFile, mode: 0o600, overwrite: true) } catch {
+                throw .invalidInput("cannot write \(idFile): \(error)")
             }
             id = started.id
         }
