@@ -61,6 +61,64 @@ struct LeftoversTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: records).isEmpty)
     }
 
+    /// A sweep trusts records only in a folder no one else may write, only its user's own files, and even then removes
+    /// only entries named as Coffer names them: whoever could write a record would otherwise choose what is removed.
+    /// A record whose folder is not there (an unmounted disk) is kept for a later sweep, for 30 days.
+    @Test func aSweepTrustsOnlyPrivateRecordsOfTemporaryNames() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("trust-\(UUID().uuidString)").path
+        let (work, records) = ("\(base)/work", "\(base)/records")
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: records, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        func record(_ path: String, named name: String = UUID().uuidString) {
+            var status = stat()
+            let found = lstat(path, &status) == 0
+            let line = "\(found ? status.st_dev : 1) \(found ? status.st_ino : 1) \(path)\n"
+            #expect(FileManager.default.createFile(atPath: "\(records)/\(name)", contents: Data(line.utf8)))
+        }
+        #expect(FileManager.default.createFile(atPath: "\(work)/notes.txt", contents: Data("mine".utf8)))
+        record("\(work)/notes.txt")
+        #expect(FileManager.default.createFile(atPath: "\(work)/.out.coffer-tmp-x1", contents: Data("plaintext".utf8)))
+        record("\(work)/.out.coffer-tmp-x1")
+        record("\(base)/unmounted/.coffer-pull-abc", named: "unmounted")
+        record("\(base)/gone-long-ago/.coffer-pull-abc", named: "old")
+        var old = [timespec(tv_sec: time(nil) - 31 * 86_400, tv_nsec: 0), timespec(tv_sec: time(nil) - 31 * 86_400, tv_nsec: 0)]
+        #expect(utimensat(AT_FDCWD, "\(records)/old", &old, 0) == 0)
+
+        #expect(chmod(records, 0o777) == 0)
+        #expect(Leftovers.sweep(records) == 0, "a records folder others may write is not read")
+        #expect(access("\(work)/.out.coffer-tmp-x1", F_OK) == 0)
+        #expect(chmod(records, 0o700) == 0)
+        #expect(Leftovers.sweep(records) == 1)
+        #expect(access("\(work)/.out.coffer-tmp-x1", F_OK) != 0)
+        #expect(access("\(work)/notes.txt", F_OK) == 0, "a recorded file not named as a temporary one stays")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: records) == ["unmounted"])
+    }
+
+    /// A record names its entry from the root, so that a sweep from another working directory finds it.
+    @Test func aRelativePathIsRecordedFromTheRoot() throws {
+        let records = FileManager.default.temporaryDirectory.appendingPathComponent("relative-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: records) }
+        let fd = open(FileManager.default.currentDirectoryPath, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        let record = try #require(Leftovers.record(entry: ".coffer-pull-rel", fd: fd, in: records))
+        let name = try #require(try FileManager.default.contentsOfDirectory(atPath: records).first)
+        let line = try String(contentsOfFile: "\(records)/\(name)", encoding: .utf8)
+        let cwd = FileManager.default.currentDirectoryPath
+        #expect(line.hasSuffix(" \(cwd == "/" ? "" : cwd)/.coffer-pull-rel\n"), "\(line)")
+        record.drop()
+    }
+
+    @Test(arguments: [
+        (".coffer-pull-3k2j1", true), (".coffer-pull-3k2j1.interrupted", true), ("coffer-fl-sim-a0", true),
+        (".weights.bin.coffer-tmp-zz9", true), (".a.coffer-tmp-1.coffer-tmp-2", true),
+        ("notes.txt", false), (".coffer-pull-", false), (".coffer-pull-ABC", false), (".coffer-pull-x/y", false),
+        ("coffer-fl-sim-data.csv", false), (".coffer-tmp-1", false), ("a.coffer-tmp-1", false), (".coffer-pull-12345678901234", false),
+    ])
+    func temporaryNames(name: String, isTemporary: Bool) {
+        #expect(Leftovers.isTemporaryName(name[...]) == isTemporary)
+    }
+
     /// A temporary folder and file keep a record while they live, and drop it when they go (a file at its commit).
     @Test func temporaryEntriesAreRecordedWhileTheyLive() throws {
         let records = Leftovers.records
