@@ -13,9 +13,10 @@ import Glibc
 /// A record is a file in `STATE/temporary/` naming the entry's device, inode and path, on which the writer holds an
 /// exclusive `flock(2)`; the kernel drops the lock when the writer dies, however it dies. The first temporary entry each
 /// Coffer process makes sweeps the records whose lock is free: each entry still at its path with its device and inode
-/// (or renamed by an interrupt handler to `PATH.interrupted`) and owned by this user is removed, then the record.
-/// Only what a Coffer process made and recorded is ever removed: not a user's file of a similar name, not a folder
-/// someone renamed to such a name, not an older Coffer's live staging folder.
+/// (or renamed by an interrupt handler to `PATH.interrupted`), owned by this user and named as Coffer names temporary
+/// entries, is removed, then the record. Only what a Coffer process made and recorded is ever removed: not a user's
+/// file of a similar name, not a folder someone renamed to such a name, not an older Coffer's live staging folder, and
+/// nothing a record planted by someone else names (records are read only from a folder no one else may write).
 public enum Leftovers {
     /// One entry's record, dropped (its file deleted, its lock released) when the entry is committed or removed.
     final class Record {
