@@ -133,8 +133,8 @@ extension Coffer.Federated {
         }
 
         /// Each site's data: the `--shard` files, or `--data` split into `--sites` shards. The split rows are the user's
-        /// training data: their folder goes once they are read, and on an interrupt (or, after a kill, at the next
-        /// simulation: ``TemporaryFolder``).
+        /// training data: their folder goes once they are read, on an interrupt, and after a kill with the next Coffer
+        /// process that makes a temporary file (``TemporaryFolder``).
         private func sitesData(_ recipe: FederatedRecipe) throws -> [LocalData] {
             func read(_ paths: [String]) throws -> [LocalData] {
                 try paths.map { path in try Federation.check { () throws(FederatedError) in try LocalData(path: path, recipe: recipe) } }

@@ -10,8 +10,7 @@ import Glibc
 /// a temporary file or folder (``Leftovers``).
 public struct TemporaryFolder: ~Copyable {
     public let path: String
-    /// Open on the folder while it is recorded as in use.
-    private let descriptor: Int32
+    /// Held while the folder is in use.
     private let record: Leftovers.Record?
 
     /// Makes `parent/prefix<random>`, mode 0700. `parent` must exist.
@@ -37,8 +36,8 @@ public struct TemporaryFolder: ~Copyable {
                 throw .io(path: path, reason: String(cString: strerror(code)))
             }
             self.path = path
-            descriptor = fd
             record = Leftovers.record(entry: path, fd: fd)
+            close(fd)
             return
         }
     }
@@ -47,6 +46,5 @@ public struct TemporaryFolder: ~Copyable {
         coffer_remove_tree(path)
         TemporaryFiles.unregister(path)
         record?.drop()
-        close(descriptor)
     }
 }
