@@ -160,6 +160,18 @@ struct FederatedCommandTests {
         #expect(left() == ["coffer-fl-sim-data.csv"])
     }
 
+    /// With no folder to split the data into, one line says so.
+    @Test func aMissingTemporaryDirectoryIsOneLine() throws {
+        let dir = try Scratch()
+        try Self.prepare(dir, sites: 1, rows: 100)
+        let simulate = try CofferProcess.run(
+            ["fl", "simulate", "--recipe", "recipe.json", "--data", "site0.csv", "--sites", "3", "--rounds", "1"],
+            in: dir.url,
+            environment: ["TMPDIR": dir.path("missing")]
+        )
+        expectFailure(simulate, "cannot create directory: No such file or directory")
+    }
+
     @Test func withoutLibcryptoFederationRefusesAtTheStart() throws {
         let dir = try Scratch()
         try Self.prepare(dir, sites: 3, rows: 100)
