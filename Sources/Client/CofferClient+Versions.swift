@@ -1,7 +1,7 @@
 import AsyncHTTPClient
 public import CofferCrypto
 public import CofferRegistry
-public import Foundation
+import Foundation
 import NIOCore
 import NIOHTTP1
 

@@ -180,9 +180,9 @@ public enum Leftovers {
     /// `path` from the root: a record must name its entry the same for a sweep run from anywhere.
     private static func absolute(_ path: String) -> String {
         guard !path.hasPrefix("/") else { return path }
-        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        guard getcwd(&buffer, buffer.count) != nil else { return path }
-        let directory = String(cString: buffer)
+        guard let working = getcwd(nil, 0) else { return path }
+        defer { free(working) }
+        let directory = String(cString: working)
         return (directory == "/" ? "" : directory) + "/" + (path.hasPrefix("./") ? String(path.dropFirst(2)) : path)
     }
 }

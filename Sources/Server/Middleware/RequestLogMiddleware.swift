@@ -1,7 +1,7 @@
 import CofferCrypto
-public import CofferRegistry
+import CofferRegistry
 import Foundation
-public import Hummingbird
+import Hummingbird
 import Logging
 
 /// Logs every request once with its id, method, path, status and latency (never a header or body: no token can
