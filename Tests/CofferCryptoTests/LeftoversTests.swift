@@ -6,23 +6,40 @@ import Testing
 /// What a killed writer recorded (its record's lock free) is removed by a later sweep; what a live writer holds, and
 /// anything no writer recorded, stays.
 struct LeftoversTests {
-    @Test func aSweepRemovesOnlyWhatDeadWritersRecorded() throws {
+    /// A folder for the entries (`work`) and one for the records.
+    struct Scratch {
         let base = FileManager.default.temporaryDirectory.appendingPathComponent("leftovers-\(UUID().uuidString)").path
-        let (work, records) = ("\(base)/work", "\(base)/records")
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: records, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: base) }
+        var work: String { "\(base)/work" }
+        var records: String { "\(base)/records" }
+
+        init() throws {
+            try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: records, withIntermediateDirectories: true)
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: base) }
+
+        /// The record a writer killed after making the entry at `path` leaves (nothing holds its lock), naming the entry
+        /// `recorded` (default: `path`); a path not there is recorded on device 1, inode 1.
+        func deadRecord(_ path: String, as recorded: String? = nil, named name: String = UUID().uuidString) {
+            var status = stat()
+            let found = lstat(path, &status) == 0
+            let line = "\(found ? status.st_dev : 1) \(found ? status.st_ino : 1) \(recorded ?? path)\n"
+            #expect(FileManager.default.createFile(atPath: "\(records)/\(name)", contents: Data(line.utf8)))
+        }
+    }
+
+    @Test func aSweepRemovesOnlyWhatDeadWritersRecorded() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let (work, records) = (scratch.work, scratch.records)
         func make(_ name: String) { #expect(FileManager.default.createFile(atPath: "\(work)/\(name)", contents: Data("plaintext".utf8))) }
         func folder(_ name: String) throws {
             try FileManager.default.createDirectory(atPath: "\(work)/\(name)/sub", withIntermediateDirectories: true)
         }
         func exists(_ name: String) -> Bool { access("\(work)/\(name)", F_OK) == 0 }
-        /// The record a writer killed after making `name` leaves: nothing holds its lock.
         func deadRecord(_ name: String, as recorded: String? = nil) {
-            var status = stat()
-            #expect(lstat("\(work)/\(name)", &status) == 0)
-            let line = "\(status.st_dev) \(status.st_ino) \(work)/\(recorded ?? name)\n"
-            #expect(FileManager.default.createFile(atPath: "\(records)/\(UUID().uuidString)", contents: Data(line.utf8)))
+            scratch.deadRecord("\(work)/\(name)", as: recorded.map { "\(work)/\($0)" })
         }
 
         // Killed writers: a staging folder with a decrypted file, a temporary file, a folder its interrupt handler had
@@ -65,17 +82,10 @@ struct LeftoversTests {
     /// only entries named as Coffer names them: whoever could write a record would otherwise choose what is removed.
     /// A record whose folder is not there (an unmounted disk) is kept for a later sweep, for 30 days.
     @Test func aSweepTrustsOnlyPrivateRecordsOfTemporaryNames() throws {
-        let base = FileManager.default.temporaryDirectory.appendingPathComponent("trust-\(UUID().uuidString)").path
-        let (work, records) = ("\(base)/work", "\(base)/records")
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: records, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: base) }
-        func record(_ path: String, named name: String = UUID().uuidString) {
-            var status = stat()
-            let found = lstat(path, &status) == 0
-            let line = "\(found ? status.st_dev : 1) \(found ? status.st_ino : 1) \(path)\n"
-            #expect(FileManager.default.createFile(atPath: "\(records)/\(name)", contents: Data(line.utf8)))
-        }
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let (base, work, records) = (scratch.base, scratch.work, scratch.records)
+        func record(_ path: String, named name: String = UUID().uuidString) { scratch.deadRecord(path, named: name) }
         #expect(FileManager.default.createFile(atPath: "\(work)/notes.txt", contents: Data("mine".utf8)))
         record("\(work)/notes.txt")
         #expect(FileManager.default.createFile(atPath: "\(work)/.out.coffer-tmp-x1", contents: Data("plaintext".utf8)))
