@@ -230,6 +230,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
     /// What each kind of record means.
     private mutating func change(_ record: LedgerRecord) throws(LedgerError) {
         func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
+        // What an adoption restates copies what an older Coffer accepted (dataset ids were free text before
+        // 2026-11-28): its names are taken as they are, as when it was first read.
+        let restated = record.seq <= adoptedThrough
         switch record.change {
         case .genesis(let key, let owner, let adoption):
             keys = (adoption?.legacyKeys ?? []).map { RegistryKey(identity: $0, since: 0, retiredBy: 1, retiredAt: record.at) }
@@ -271,6 +274,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
         case .grant(let grant):
             guard principals[grant.principal] != nil else { throw fail("grants to \(grant.principal), who is not a principal") }
             guard Self.validScope(grant.scope) else { throw fail("grants on an invalid scope \(grant.scope)") }
+            guard restated || grant.alias.map(Self.validAlias) ?? true else { throw fail("grants through an invalid alias name") }
             if grant.hasLimits {
                 guard grant.role == .inference else { throw fail("puts session limits on a \(grant.role.rawValue) grant") }
                 guard (grant.maxSessionSeconds ?? 1) <= 31_536_000, (grant.maxPredictions ?? 1) <= 1_000_000_000 else {
@@ -301,15 +305,22 @@ public struct LedgerState: Sendable, Equatable, Codable {
             guard trusted[keyID] != nil else { throw fail("stops trusting \(keyID), which was not trusted") }
             trusted[keyID] = nil
         case .policySet(let model, let alias, let rules):
+            guard restated || ((try? ModelReference.validate(name: model)) != nil && alias.map(Self.validAlias) ?? true) else {
+                throw fail("sets a policy on an invalid model or alias name")
+            }
             let key = "\(model)@\(alias ?? "")"
             policies[key] = rules.isEmpty ? nil : rules
         case .budgetSet(let dataset, let epsilon, let delta):
+            guard restated || (try? ModelReference.validate(datasetID: dataset)) != nil else {
+                throw fail("sets a budget on an invalid dataset id")
+            }
             guard epsilon > 0, epsilon.isFinite, delta > 0, delta < 1 else { throw fail("a budget needs epsilon > 0 and delta in (0, 1)") }
             budgets[dataset, default: Budget(epsilon: epsilon, delta: delta, charges: [], rdp: Self.rdp([]))].epsilon = epsilon
             budgets[dataset]!.delta = delta
         case .version(let facts):
             try recordVersion(facts, record: record)
         case .aliasSet(let model, let alias, let version, let digest, let facts):
+            guard restated || Self.validAlias(alias) else { throw fail("sets an invalid alias name on \(model)") }
             guard latest[model] != nil else { throw fail("sets an alias of \(model), which has no version") }
             guard erased[digest] == nil else { throw fail("points \(model)@\(alias) at an erased version") }
             guard facts.charged == isCharged(digest) else { throw fail("states a budget charge the ledger does not hold") }
@@ -345,6 +356,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
         func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
         guard (try? ModelReference.validate(name: facts.model)) != nil, (try? ModelReference.validate(version: facts.version)) != nil else {
             throw fail("names an invalid version \(facts.model):\(facts.version)")
+        }
+        if record.seq > adoptedThrough, let dataset = facts.dataset, (try? ModelReference.validate(datasetID: dataset)) == nil {
+            throw fail("names an invalid dataset id")
         }
         if let problem = PrivacyMetadata.problem(facts.segments) { throw fail("its history is out of bounds: \(problem)") }
         let budget = facts.dataset.flatMap { budgets[$0] }
@@ -383,6 +397,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
     private mutating func insert(_ grant: Grant) {
         if !grants.contains(grant) { grants.append(grant) }
     }
+
+    /// Aliases follow the version syntax. A name that fails is not repeated in the message: it could hold anything.
+    static func validAlias(_ alias: String) -> Bool { (try? ModelReference.validate(version: alias)) != nil }
 
     static func validScope(_ scope: String) -> Bool {
         scope == "*" || (try? ModelReference.validate(name: scope.hasSuffix("/") ? String(scope.dropLast()) : scope)) != nil

@@ -1,0 +1,92 @@
+import CofferCrypto
+import Testing
+
+@testable import CofferRegistry
+
+/// ``LedgerState/apply(_:)`` judges names in every record as the writers' commands do: a chain signed by whoever holds
+/// the right key cannot bring a name into a reader's state (and so into its output) that no command would accept.
+struct LedgerStateTests {
+    /// A chain in memory: records signed and applied one by one.
+    final class Chain {
+        let root: UnlockedIdentity
+        var state: LedgerState
+
+        /// A new registry's chain, or with `adopting` records after its genesis that restate an older registry's past.
+        init(adopting: Int64? = nil) throws {
+            root = try person("registry")
+            state = LedgerState(registry: root.publicIdentity.keyID)
+            let adoption = adopting.map { LedgerChange.Adoption(records: $0, legacyKeys: []) }
+            try append(.genesis(key: root.publicIdentity, owner: nil, adoption: adoption), by: "registry")
+        }
+
+        /// Signs `change` as the next record (by the root key unless `signer` is given) and applies it.
+        func append(_ change: LedgerChange, by: String, signer: UnlockedIdentity? = nil) throws {
+            let record = LedgerRecord.sign(
+                registry: state.registry,
+                seq: state.seq + 1,
+                prev: state.hash,
+                at: "2026-12-04T19:00:00Z",
+                by: by,
+                change: change,
+                signer: (signer ?? root).identity
+            )
+            try state.apply(record)
+        }
+
+        func refuses(_ change: LedgerChange, by: String = "registry", signer: UnlockedIdentity? = nil, _ fragment: String) {
+            let before = state
+            do {
+                try append(change, by: by, signer: signer)
+                Issue.record("a record was accepted that should fail with \(fragment)")
+            } catch {
+                #expect("\(error)".contains(fragment), "\(error)")
+            }
+            #expect(state == before, "a refused record changes nothing")
+        }
+    }
+
+    @Test func namesARecordBringsAreCheckedAsCommandsCheckThem() throws {
+        let chain = try Chain()
+        let bad = "prod\u{1b}[2J"
+        chain.refuses(.policySet(model: "m", alias: bad, rules: PolicyRules(maxEpsilon: 1)), "invalid model or alias name")
+        chain.refuses(.policySet(model: "../m", alias: nil, rules: PolicyRules(maxEpsilon: 1)), "invalid model or alias name")
+        chain.refuses(.budgetSet(dataset: "d\nx", epsilon: 1, delta: 1e-5), "invalid dataset id")
+        try chain.append(.policySet(model: "m", alias: "staging", rules: PolicyRules(maxEpsilon: 8)), by: "registry")
+        try chain.append(.budgetSet(dataset: "hf:org/name@rev", epsilon: 8, delta: 1e-5), by: "registry")
+
+        let digest = String(repeating: "a", count: 64)
+        let facts = LedgerChange.VersionFacts(
+            model: "m",
+            version: "1",
+            digest: digest,
+            publisher: chain.root.publicIdentity,
+            dataset: nil,
+            mechanism: "none",
+            segments: [],
+            charged: false,
+            overrideBy: nil
+        )
+        var freeText = facts
+        freeText.dataset = "d\u{7}"
+        chain.refuses(.version(freeText), "invalid dataset id")
+        try chain.append(.version(facts), by: "registry")
+        let aliasFacts = LedgerChange.AliasFacts(signer: chain.root.publicIdentity.keyID, charged: false)
+        chain.refuses(.aliasSet(model: "m", alias: bad, version: "1", digest: digest, facts: aliasFacts), "invalid alias name")
+        try chain.append(.aliasSet(model: "m", alias: "prod", version: "1", digest: digest, facts: aliasFacts), by: "registry")
+        #expect(chain.state.alias("prod", of: "m")?.version == "1")
+
+        let alice = try person("alice")
+        try chain.append(.principalAdd(name: "alice", identity: alice.publicIdentity, roles: []), by: "registry")
+        chain.refuses(.grant(Grant(principal: "alice", role: .reader, scope: "m", alias: bad)), by: "alice", signer: alice, "invalid alias name")
+        try chain.append(.grant(Grant(principal: "alice", role: .reader, scope: "m", alias: "prod")), by: "alice", signer: alice)
+        #expect(chain.state.holds("alice", .reader, on: "m", alias: "prod"))
+    }
+
+    /// Dataset ids were free text before 2026-11-28: a registry adopted from then still reads, as it did when adopted.
+    @Test func anAdoptionRestatesWhatOlderCofferAccepted() throws {
+        let chain = try Chain(adopting: 1)
+        try chain.append(.budgetSet(dataset: "census 2020", epsilon: 4, delta: 1e-5), by: "registry")
+        #expect(chain.state.budgets["census 2020"] != nil)
+        chain.refuses(.budgetSet(dataset: "census 2021", epsilon: 4, delta: 1e-5), "invalid dataset id")
+    }
+}
