@@ -19,9 +19,11 @@ struct LeftoversTests {
 
         func remove() { try? FileManager.default.removeItem(atPath: base) }
 
+        static func recordName() -> String { "record-\(String(UInt64.random(in: 0...UInt64.max), radix: 36))" }
+
         /// The record a writer killed after making the entry at `path` leaves (nothing holds its lock), naming the entry
         /// `recorded` (default: `path`); a path not there is recorded on device 1, inode 1.
-        func deadRecord(_ path: String, as recorded: String? = nil, named name: String = UUID().uuidString) {
+        func deadRecord(_ path: String, as recorded: String? = nil, named name: String = Scratch.recordName()) {
             var status = stat()
             let found = lstat(path, &status) == 0
             let line = "\(found ? status.st_dev : 1) \(found ? status.st_ino : 1) \(recorded ?? path)\n"
@@ -52,7 +54,7 @@ struct LeftoversTests {
         try folder(".coffer-pull-frozen.interrupted")
         make(".coffer-pull-frozen.interrupted/sub/weights.bin")
         deadRecord(".coffer-pull-frozen.interrupted", as: ".coffer-pull-frozen")
-        #expect(FileManager.default.createFile(atPath: "\(records)/empty", contents: Data()))
+        #expect(FileManager.default.createFile(atPath: "\(records)/record-empty", contents: Data()))
         // A live writer's folder.
         try folder(".coffer-pull-live")
         let liveFD = open("\(work)/.coffer-pull-live", O_RDONLY | O_DIRECTORY)
@@ -85,15 +87,15 @@ struct LeftoversTests {
         let scratch = try Scratch()
         defer { scratch.remove() }
         let (base, work, records) = (scratch.base, scratch.work, scratch.records)
-        func record(_ path: String, named name: String = UUID().uuidString) { scratch.deadRecord(path, named: name) }
+        func record(_ path: String, named name: String = Scratch.recordName()) { scratch.deadRecord(path, named: name) }
         #expect(FileManager.default.createFile(atPath: "\(work)/notes.txt", contents: Data("mine".utf8)))
         record("\(work)/notes.txt")
         #expect(FileManager.default.createFile(atPath: "\(work)/.out.coffer-tmp-x1", contents: Data("plaintext".utf8)))
         record("\(work)/.out.coffer-tmp-x1")
-        record("\(base)/unmounted/.coffer-pull-abc", named: "unmounted")
-        record("\(base)/gone-long-ago/.coffer-pull-abc", named: "old")
+        record("\(base)/unmounted/.coffer-pull-abc", named: "record-unmounted")
+        record("\(base)/gone-long-ago/.coffer-pull-abc", named: "record-old")
         var old = [timespec(tv_sec: time(nil) - 31 * 86_400, tv_nsec: 0), timespec(tv_sec: time(nil) - 31 * 86_400, tv_nsec: 0)]
-        #expect(utimensat(AT_FDCWD, "\(records)/old", &old, 0) == 0)
+        #expect(utimensat(AT_FDCWD, "\(records)/record-old", &old, 0) == 0)
 
         #expect(chmod(records, 0o777) == 0)
         #expect(Leftovers.sweep(records) == 0, "a records folder others may write is not read")
@@ -102,7 +104,74 @@ struct LeftoversTests {
         #expect(Leftovers.sweep(records) == 1)
         #expect(access("\(work)/.out.coffer-tmp-x1", F_OK) != 0)
         #expect(access("\(work)/notes.txt", F_OK) == 0, "a recorded file not named as a temporary one stays")
-        #expect(try FileManager.default.contentsOfDirectory(atPath: records) == ["unmounted"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: records) == ["record-unmounted"])
+    }
+
+    /// Only files named as records are records: a `temporary` folder of the user's own that the state path leads to (a
+    /// link someone else made on the way) keeps its files. A record of an earlier Coffer, named by its ID alone, is
+    /// read if it holds a record. A `temporary/` that is a link is neither written nor read.
+    @Test func aSweepLeavesWhatIsNotARecord() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let (work, records) = (scratch.work, scratch.records)
+        for (name, text) in [("thesis.tex", "precious"), ("notes", "k\n"), ("record-half", "1 2 /x/.coffer-pull-ab")] {
+            #expect(FileManager.default.createFile(atPath: "\(records)/\(name)", contents: Data(text.utf8)))
+        }
+        #expect(FileManager.default.createFile(atPath: "\(work)/.out.coffer-tmp-x1", contents: Data("plaintext".utf8)))
+        scratch.deadRecord("\(work)/.out.coffer-tmp-x1", named: "3k2j1")
+
+        #expect(Leftovers.sweep(records) == 1)
+        #expect(access("\(work)/.out.coffer-tmp-x1", F_OK) != 0)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: records).sorted() == ["notes", "thesis.tex"])
+
+        let linked = "\(scratch.base)/linked"
+        #expect(symlink(records, linked) == 0)
+        let fd = open(work, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        #expect(Leftovers.record(entry: "\(work)/.coffer-pull-l1", fd: fd, in: linked) == nil)
+        #expect(Leftovers.sweep(linked) == 0)
+    }
+
+    /// A record names its entry by its folder resolved, in the file system's bytes: a link on the way changed after the
+    /// writer died, or a folder whose name is not UTF-8, does not hide the entry from the sweep.
+    @Test func anEntryIsFoundThroughAChangedLinkAndANameNotUTF8() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let (work, records) = (scratch.work, scratch.records)
+        let latin1: [CChar] = (Array("\(work)/caf".utf8) + [0xE9, 0]).map { CChar(bitPattern: $0) }  // "café" in Latin-1
+        #expect(mkdir(latin1, 0o700) == 0)
+        #expect(mkdir("\(work)/v2", 0o700) == 0)
+        #expect(symlink(latin1, "\(work)/current") == 0)
+        let entry = "\(work)/current/.model.bin.coffer-tmp-k1"
+        let fd = open(entry, O_RDWR | O_CREAT | O_EXCL, 0o600)
+        defer { close(fd) }
+        #expect(fd >= 0)
+        let live = try #require(Leftovers.record(entry: entry, fd: fd, in: records))
+        // The writer dies: its line stays, its lock goes.
+        let name = try #require(try FileManager.default.contentsOfDirectory(atPath: records).first)
+        let line = try #require(FileManager.default.contents(atPath: "\(records)/\(name)"))
+        #expect(line.contains(0xE9), "the folder's own bytes are recorded")
+        live.drop()
+        #expect(FileManager.default.createFile(atPath: "\(records)/\(Scratch.recordName())", contents: line))
+        #expect(unlink("\(work)/current") == 0 && symlink("\(work)/v2", "\(work)/current") == 0)
+
+        #expect(Leftovers.sweep(records) == 1)
+        #expect(access(latin1.dropLast() + Array("/.model.bin.coffer-tmp-k1".utf8CString), F_OK) != 0, "the entry went")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: records).isEmpty)
+    }
+
+    /// A record's time is compared, never subtracted from: tmpfs keeps any time, and the earliest one overflowed.
+    @Test func aRecordOfAnyTimeIsSweptWithoutATrap() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let records = access("/dev/shm", W_OK) == 0 ? "/dev/shm/coffer-leftovers-\(getpid())-\(UInt32.random(in: 0...UInt32.max))" : scratch.records
+        defer { try? FileManager.default.removeItem(atPath: records) }
+        try FileManager.default.createDirectory(atPath: records, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        #expect(FileManager.default.createFile(atPath: "\(records)/record-1", contents: Data("1 2 /nonexistent-dir/.x.coffer-tmp-abc\n".utf8)))
+        var earliest = [timespec(tv_sec: Int.min, tv_nsec: 0), timespec(tv_sec: Int.min, tv_nsec: 0)]
+        _ = utimensat(AT_FDCWD, "\(records)/record-1", &earliest, 0)
+        #expect(Leftovers.sweep(records) == 0)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: records).isEmpty, "a record older than 30 days whose folder is gone goes")
     }
 
     /// A record names its entry from the root, so that a sweep from another working directory finds it.

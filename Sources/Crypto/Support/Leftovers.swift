@@ -42,17 +42,20 @@ public enum Leftovers {
     /// Where the records live, from the environment when first needed.
     static let records = StateDirectory.path() + "/temporary"
 
-    /// Records `entry`, just made by this process and open as `fd`; nil when no record can be kept (no state directory):
-    /// the entry is then left if the process is killed, as before records. The first call in a process sweeps first.
+    /// Records `entry`, just made by this process and open as `fd`; nil when no record can be kept (no state directory,
+    /// one that is not this user's alone, a folder that does not resolve): the entry is then left if the process is
+    /// killed, as before records. The first call in a process sweeps first.
     static func record(entry: String, fd: Int32, in records: String = records) -> Record? {
         _ = sweptOnce
         var status = stat()
-        guard fstat(fd, &status) == 0 else { return nil }
+        guard fstat(fd, &status) == 0, let path = resolved(entry) else { return nil }
         do { try FileBytes.makePrivateDirectory(records) } catch { return nil }
+        guard let folderFD = openPrivateFolder(records) else { return nil }
+        defer { close(folderFD) }
         // A sweep can take a new record's lock before its writer does, find it empty and delete it: another name then.
         for _ in 0..<8 {
-            let path = "\(records)/\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
-            let descriptor = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            let name = "record-\(String(UInt64.random(in: 0...UInt64.max), radix: 36))"
+            let descriptor = openat(folderFD, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
             guard descriptor >= 0 else {
                 if errno == EEXIST { continue }
                 return nil
@@ -62,43 +65,48 @@ public enum Leftovers {
                 close(descriptor)
                 continue
             }
-            let line = Array("\(status.st_dev) \(status.st_ino) \(absolute(entry))\n".utf8)
+            let line = Array("\(status.st_dev) \(status.st_ino) ".utf8) + path + [UInt8(ascii: "\n")]
             guard Glibc.write(descriptor, line, line.count) == line.count else {
-                unlink(path)
+                unlinkat(folderFD, name, 0)
                 close(descriptor)
                 return nil
             }
-            return Record(descriptor: descriptor, path: path)
+            return Record(descriptor: descriptor, path: "\(records)/\(name)")
         }
         return nil
     }
 
     private static let sweptOnce: Void = { sweep() }()
 
+    /// `records` opened if it is a folder (not a link to one) of this user's that no one else may write; nil otherwise.
+    private static func openPrivateFolder(_ records: String) -> Int32? {
+        let folderFD = open(records, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard folderFD >= 0 else { return nil }
+        var status = stat()
+        guard fstat(folderFD, &status) == 0, status.st_uid == geteuid(), status.st_mode & 0o022 == 0 else {
+            close(folderFD)
+            return nil
+        }
+        return folderFD
+    }
+
     /// Removes what the records in `records` whose writers died name, and those records. Returns how many entries it
     /// removed. Errors are not reported: a sweep is clean-up, never a command's work.
     ///
     /// Records are trusted only in a folder of this user's that no one else may write, and only if each is this user's
-    /// own file; even then only an entry named as Coffer names its temporary entries is removed. Whoever could write a
-    /// record could otherwise have any file of this user's removed.
+    /// own file named as Coffer names records; even then only an entry named as Coffer names its temporary entries is
+    /// removed. Whoever could write a record could otherwise have any file of this user's removed, and a `temporary`
+    /// folder of the user's own that the state path leads to (through a link someone else made) keeps its files.
     @discardableResult
     static func sweep(_ records: String = records) -> Int {
-        let folderFD = open(records, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard folderFD >= 0 else { return 0 }
-        var folderStatus = stat()
-        guard fstat(folderFD, &folderStatus) == 0, folderStatus.st_uid == geteuid(), folderStatus.st_mode & 0o022 == 0,
-            let folder = fdopendir(folderFD)
-        else {
-            close(folderFD)
-            return 0
-        }
+        guard let folderFD = openPrivateFolder(records), let folder = fdopendir(folderFD) else { return 0 }
         defer { closedir(folder) }
         var names: [String] = []
         while let entry = readdir(folder) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if !name.hasPrefix(".") { names.append(name) }
+            if name.hasPrefix("record-") && isID(name.dropFirst("record-".count)) || isID(name[...]) { names.append(name) }
         }
-        let now = time(nil)
+        let monthAgo = time(nil) - 30 * 86_400
         var removed = 0
         for name in names {
             let descriptor = openat(folderFD, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
@@ -109,42 +117,54 @@ public enum Leftovers {
                 flock(descriptor, LOCK_EX | LOCK_NB) == 0
             else { continue }
             var bytes = [UInt8](repeating: 0, count: 8192)
-            let count = read(descriptor, &bytes, bytes.count)
-            var done = true
-            if count > 0, let line = String(validating: bytes[..<count], as: UTF8.self), line.hasSuffix("\n") {
-                let fields = line.dropLast().split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
-                if fields.count == 3, let device = UInt64(fields[0]), let inode = UInt64(fields[1]) {
-                    let entry = String(fields[2])
-                    if remove(entry, device: device, inode: inode) || remove(entry + ".interrupted", device: device, inode: inode) {
-                        removed += 1
-                    } else if !folderIsThere(of: entry, device: device) {
-                        // Its folder is not there (an unmounted disk, a renamed folder): kept for a later sweep, for 30 days.
-                        done = now - own.st_mtim.tv_sec > 30 * 86_400
-                    }
-                }
+            let count = max(0, read(descriptor, &bytes, bytes.count))
+            guard let (device, inode, entry) = parse(bytes[..<count]) else {
+                // An earlier Coffer's record is named by its ID alone: a file so named that holds no record is not one.
+                if name.hasPrefix("record-") { unlinkat(folderFD, name, 0) }
+                continue
             }
-            if done { unlinkat(folderFD, name, 0) }
+            if remove(entry, device: device, inode: inode) || remove(entry + Array(".interrupted".utf8), device: device, inode: inode) {
+                removed += 1
+            } else if !folderIsThere(of: entry, device: device), own.st_mtim.tv_sec > monthAgo {
+                continue  // Its folder is not there (an unmounted disk): kept for a later sweep, for 30 days.
+            }
+            unlinkat(folderFD, name, 0)
         }
         return removed
+    }
+
+    /// A record's line: device, inode and the entry's path from the root (bytes).
+    private static func parse(_ bytes: ArraySlice<UInt8>) -> (device: UInt64, inode: UInt64, entry: [UInt8])? {
+        guard bytes.last == UInt8(ascii: "\n") else { return nil }
+        let fields = bytes.dropLast().split(separator: UInt8(ascii: " "), maxSplits: 2, omittingEmptySubsequences: false)
+        guard fields.count == 3, let device = UInt64(String(decoding: fields[0], as: UTF8.self)),
+            let inode = UInt64(String(decoding: fields[1], as: UTF8.self)), fields[2].first == UInt8(ascii: "/"), !fields[2].contains(0)
+        else { return nil }
+        return (device, inode, Array(fields[2]))
+    }
+
+    /// 1 to 13 base-36 digits: the random part of a record's or a temporary entry's name.
+    private static func isID(_ id: Substring) -> Bool {
+        (1...13).contains(id.count) && id.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x7A).contains($0) }
     }
 
     /// Whether `name` is one Coffer gives a temporary entry: `.coffer-pull-ID`, `coffer-fl-sim-ID` or `.BASE.coffer-tmp-ID`
     /// (ID 1 to 13 base-36 digits), or one of those with `.interrupted` after it.
     static func isTemporaryName(_ name: Substring) -> Bool {
         let name = name.hasSuffix(".interrupted") ? name.dropLast(".interrupted".count) : name
-        func isID(_ id: Substring) -> Bool {
-            (1...13).contains(id.count) && id.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x7A).contains($0) }
-        }
         for prefix in [".coffer-pull-", "coffer-fl-sim-"] where name.hasPrefix(prefix) { return isID(name.dropFirst(prefix.count)) }
         guard name.hasPrefix("."), let marker = name.ranges(of: ".coffer-tmp-").last else { return false }
         return marker.lowerBound > name.index(after: name.startIndex) && isID(name[marker.upperBound...])
     }
 
-    /// Removes the file or folder at `path` if it is named as a temporary entry and is still the one recorded (device
-    /// and inode) and this user's. It is looked at without being opened (a device is never opened); a folder is emptied
-    /// through the descriptor checked, so that nothing renamed to `path` meanwhile loses its contents.
-    private static func remove(_ path: String, device: UInt64, inode: UInt64) -> Bool {
-        guard path.hasPrefix("/"), let slash = path.lastIndex(of: "/"), isTemporaryName(path[path.index(after: slash)...]) else { return false }
+    /// Removes the file or folder at `path` (bytes, from the root) if it is named as a temporary entry and is still the
+    /// one recorded (device and inode) and this user's. It is looked at without being opened (a device is never opened);
+    /// a folder is emptied through the descriptor checked, so that nothing renamed to `path` meanwhile loses its contents.
+    private static func remove(_ entry: [UInt8], device: UInt64, inode: UInt64) -> Bool {
+        guard let slash = entry.lastIndex(of: UInt8(ascii: "/")),
+            isTemporaryName(Substring(String(decoding: entry[(slash + 1)...], as: UTF8.self)))
+        else { return false }
+        let path = entry.map { CChar(bitPattern: $0) } + [0]
         func isRecorded(_ fd: Int32) -> stat? {
             var status = stat()
             guard fstat(fd, &status) == 0, UInt64(status.st_dev) == device, UInt64(status.st_ino) == inode, status.st_uid == geteuid() else {
@@ -171,18 +191,29 @@ public enum Leftovers {
         }
     }
 
-    /// Whether the folder of `path` is there, on the recorded device: then an entry not found there is gone for good.
-    private static func folderIsThere(of path: String, device: UInt64) -> Bool {
+    /// Whether the folder of `entry` (bytes, from the root) is there, on the recorded device: then an entry not found
+    /// there is gone for good.
+    private static func folderIsThere(of entry: [UInt8], device: UInt64) -> Bool {
+        guard let slash = entry.lastIndex(of: UInt8(ascii: "/")) else { return false }
+        let folder = (slash == 0 ? [UInt8(ascii: "/")] : Array(entry[..<slash])).map { CChar(bitPattern: $0) } + [0]
         var status = stat()
-        return stat(FileBytes.parentDirectory(of: path), &status) == 0 && UInt64(status.st_dev) == device
+        return stat(folder, &status) == 0 && UInt64(status.st_dev) == device
     }
 
-    /// `path` from the root: a record must name its entry the same for a sweep run from anywhere.
-    private static func absolute(_ path: String) -> String {
-        guard !path.hasPrefix("/") else { return path }
-        guard let working = getcwd(nil, 0) else { return path }
-        defer { free(working) }
-        let directory = String(cString: working)
-        return (directory == "/" ? "" : directory) + "/" + (path.hasPrefix("./") ? String(path.dropFirst(2)) : path)
+    /// `entry`'s path from the root with its folder resolved (no link, `.` or `..`), as bytes: a record must name the
+    /// entry the same for a sweep run from anywhere, after a link on the way is changed, and in a folder whose name is
+    /// not UTF-8. Nil when the folder does not resolve (a path longer than PATH_MAX).
+    private static func resolved(_ entry: String) -> [UInt8]? {
+        var bytes = Array(entry.utf8)[...]
+        while bytes.count > 1, bytes.last == UInt8(ascii: "/") { bytes = bytes.dropLast() }
+        let slash = bytes.lastIndex(of: UInt8(ascii: "/"))
+        let name = slash.map { bytes[($0 + 1)...] } ?? bytes
+        let folder = slash.map { $0 == bytes.startIndex ? [UInt8(ascii: "/")] : Array(bytes[..<$0]) } ?? [UInt8(ascii: ".")]
+        guard !name.isEmpty, name.elementsEqual(".".utf8) == false, name.elementsEqual("..".utf8) == false,
+            let real = realpath(folder.map { CChar(bitPattern: $0) } + [0], nil)
+        else { return nil }
+        defer { free(real) }
+        let root = Array(UnsafeRawBufferPointer(start: real, count: strlen(real)))
+        return (root == [UInt8(ascii: "/")] ? [] : root) + [UInt8(ascii: "/")] + name
     }
 }
