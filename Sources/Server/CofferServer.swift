@@ -101,7 +101,8 @@ public struct CofferRequestContext: RequestContext {
     }
 }
 
-/// Builds the application: the same `CofferRegistry` library the CLI uses, behind HTTP.
+/// Builds the application: the same `CofferRegistry` library the CLI uses, behind HTTP. `onListening` runs once its
+/// socket takes connections.
 ///
 /// ```swift
 /// let app = try buildApplication(registry: registry, registryIdentity: unlocked, configuration: .init(port: 8443))
@@ -111,7 +112,8 @@ public func buildApplication(
     registry: Registry,
     registryIdentity: UnlockedIdentity,
     configuration: ServerConfiguration,
-    logger: Logger = Logger(label: "coffer.server")
+    logger: Logger = Logger(label: "coffer.server"),
+    onListening: @escaping @Sendable () async -> Void = {}
 ) async throws -> some ApplicationProtocol {
     let server = try httpServer(configuration)
     let state = ServerState(registry: registry, registryIdentity: registryIdentity, configuration: configuration, logger: logger)
@@ -129,6 +131,7 @@ public func buildApplication(
             // The audit page's first chain check, before anyone asks for it.
             AuditChainWatch(monitor: state.auditChain),
         ],
+        onServerRunning: { _ in await onListening() },
         logger: logger
     )
 }
@@ -235,16 +238,23 @@ func buildRouter(state: ServerState) -> Router<CofferRequestContext> {
 }
 
 /// Builds the application and serves until SIGTERM or SIGINT, then shuts down gracefully (open requests finish,
-/// decrypted models are wiped).
+/// decrypted models are wiped). `onListening` runs once the socket takes connections.
 public func runServer(
     registry: Registry,
     registryIdentity: UnlockedIdentity,
     configuration: ServerConfiguration,
-    logger: Logger = Logger(label: "coffer.server")
+    logger: Logger = Logger(label: "coffer.server"),
+    onListening: @escaping @Sendable () async -> Void = {}
 ) async throws {
     // Blob downloads allocate their 256 KiB pieces on one thread and free them on another. Under glibc's dynamic
     // mmap threshold those pieces come from the arenas, which 16 concurrent downloads fragmented to 200-450 MiB
     // that malloc_trim could not give back; with a fixed threshold each piece is mapped, and unmapped once sent.
     _ = coffer_set_mmap_threshold(Int32(RegistryController.blobPiece))
-    try await buildApplication(registry: registry, registryIdentity: registryIdentity, configuration: configuration, logger: logger).runService()
+    try await buildApplication(
+        registry: registry,
+        registryIdentity: registryIdentity,
+        configuration: configuration,
+        logger: logger,
+        onListening: onListening
+    ).runService()
 }

@@ -31,7 +31,7 @@ extension Coffer {
             let unlocked = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key", useAgent: false)
             var logger = Logger(label: "coffer.server")
             logger.logLevel = .info
-            FileDescriptorStream.standardError.writeLine("coffer: serving \(store.home) on \(address.url)")
+            let home = store.home
             try await runServer(
                 registry: store,
                 registryIdentity: unlocked,
@@ -43,7 +43,9 @@ extension Coffer {
                     predictLimits: .init(rate: predictRate, burst: predictBurst, maxRows: maxPredictRows),
                     headLifetime: try Registry.duration(headLifetime)
                 ),
-                logger: logger
+                logger: logger,
+                // Once the socket takes connections: a script that waits for this line may connect at once.
+                onListening: { FileDescriptorStream.standardError.writeLine("coffer: serving \(home) on \(address.url)") }
             )
         }
     }
