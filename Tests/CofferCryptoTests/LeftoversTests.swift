@@ -160,6 +160,51 @@ struct LeftoversTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: records).isEmpty)
     }
 
+    /// An entry whose folder path, with its name, is past PATH_MAX (the folder itself is not) is reached through the
+    /// folder: a sweep that opened the whole path failed and dropped the record.
+    @Test func anEntryWithALongNameInADeepFolderIsSwept() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        var folder = scratch.work
+        while folder.utf8.count < 3_900 {
+            folder += "/" + String(repeating: "d", count: min(200, 3_900 - folder.utf8.count))
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: false)
+        }
+        let name = "." + String(repeating: "n", count: 200) + ".coffer-tmp-abc"
+        let folderFD = open(folder, O_RDONLY | O_DIRECTORY)
+        defer { close(folderFD) }
+        let fd = openat(folderFD, name, O_RDWR | O_CREAT | O_EXCL, 0o600)
+        #expect(fd >= 0)
+        var status = stat()
+        #expect(fstat(fd, &status) == 0)
+        close(fd)
+        let line = "\(status.st_dev) \(status.st_ino) \(folder)/\(name)\n"
+        #expect(FileManager.default.createFile(atPath: "\(scratch.records)/\(Scratch.recordName())", contents: Data(line.utf8)))
+
+        #expect(Leftovers.sweep(scratch.records) == 1)
+        #expect(faccessat(folderFD, name, F_OK, 0) != 0)
+    }
+
+    /// A temporary file its writer cannot remove by the path it knows (a link on the way changed while it wrote) keeps
+    /// its record for the sweep, which finds it by the resolved path.
+    @Test func aFileLeftByAChangedLinkIsLeftToTheSweep() throws {
+        let scratch = try Scratch()
+        defer { scratch.remove() }
+        let work = scratch.work
+        try FileManager.default.createDirectory(atPath: "\(work)/v1", withIntermediateDirectories: false)
+        try FileManager.default.createDirectory(atPath: "\(work)/v2", withIntermediateDirectories: false)
+        #expect(symlink("\(work)/v1", "\(work)/current") == 0)
+        do {
+            let output = try AtomicOutputFile(destination: "\(work)/current/out.bin", durable: false)
+            try Array("plaintext".utf8).withUnsafeBytes { try output.write($0) }
+            #expect(unlink("\(work)/current") == 0 && symlink("\(work)/v2", "\(work)/current") == 0)
+        }
+        let left = try FileManager.default.contentsOfDirectory(atPath: "\(work)/v1")
+        #expect(left.count == 1, "the writer could not remove it: \(left)")
+        Leftovers.sweep()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(work)/v1").isEmpty, "the sweep did")
+    }
+
     /// A record's time is compared, never subtracted from: tmpfs keeps any time, and the earliest one overflowed.
     @Test func aRecordOfAnyTimeIsSweptWithoutATrap() throws {
         let scratch = try Scratch()
@@ -191,7 +236,8 @@ struct LeftoversTests {
     @Test(arguments: [
         (".coffer-pull-3k2j1", true), (".coffer-pull-3k2j1.interrupted", true), ("coffer-fl-sim-a0", true),
         (".weights.bin.coffer-tmp-zz9", true), (".a.coffer-tmp-1.coffer-tmp-2", true),
-        ("notes.txt", false), (".coffer-pull-", false), (".coffer-pull-ABC", false), (".coffer-pull-x/y", false),
+        (".coffer-pull-report.bin.coffer-tmp-16tql3v0fzdz9", true), ("notes.txt", false), (".coffer-pull-", false), (".coffer-pull-ABC", false),
+        (".coffer-pull-x/y", false),
         ("coffer-fl-sim-data.csv", false), (".coffer-tmp-1", false), ("a.coffer-tmp-1", false), (".coffer-pull-12345678901234", false),
     ])
     func temporaryNames(name: String, isTemporary: Bool) {

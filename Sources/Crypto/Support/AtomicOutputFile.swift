@@ -66,9 +66,9 @@ public final class AtomicOutputFile: ByteSink {
     }
 
     deinit {
-        if !committed { unlink(temporaryPath) }
+        // A file not found at its path (a link on the way changed, a folder moved) is left to the record's sweep.
+        if committed || unlink(temporaryPath) == 0 { record?.drop() } else { record?.abandon() }
         if registered { TemporaryFiles.unregister(temporaryPath) }
-        record?.drop()
     }
 
     public func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {

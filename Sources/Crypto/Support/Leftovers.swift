@@ -36,6 +36,14 @@ public enum Leftovers {
             close(descriptor)
         }
 
+        /// Lets the record go without deleting it, for a later sweep: its writer could not remove the entry (the path
+        /// it knows it by leads elsewhere now, a link changed or a folder moved), and the record names it resolved.
+        func abandon() {
+            guard held else { return }
+            held = false
+            close(descriptor)
+        }
+
         deinit { drop() }
     }
 
@@ -60,8 +68,16 @@ public enum Leftovers {
                 if errno == EEXIST { continue }
                 return nil
             }
+            guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+                // Taken by a sweep (it will delete this empty record): another name. Anything else: no locks here.
+                let contended = errno == EWOULDBLOCK
+                unlinkat(folderFD, name, 0)
+                close(descriptor)
+                if contended { continue }
+                return nil
+            }
             var own = stat()
-            guard flock(descriptor, LOCK_EX | LOCK_NB) == 0, fstat(descriptor, &own) == 0, own.st_nlink > 0 else {
+            guard fstat(descriptor, &own) == 0, own.st_nlink > 0 else {
                 close(descriptor)
                 continue
             }
@@ -152,19 +168,24 @@ public enum Leftovers {
     /// (ID 1 to 13 base-36 digits), or one of those with `.interrupted` after it.
     static func isTemporaryName(_ name: Substring) -> Bool {
         let name = name.hasSuffix(".interrupted") ? name.dropLast(".interrupted".count) : name
-        for prefix in [".coffer-pull-", "coffer-fl-sim-"] where name.hasPrefix(prefix) { return isID(name.dropFirst(prefix.count)) }
+        for prefix in [".coffer-pull-", "coffer-fl-sim-"] where name.hasPrefix(prefix) && isID(name.dropFirst(prefix.count)) { return true }
         guard name.hasPrefix("."), let marker = name.ranges(of: ".coffer-tmp-").last else { return false }
         return marker.lowerBound > name.index(after: name.startIndex) && isID(name[marker.upperBound...])
     }
 
-    /// Removes the file or folder at `path` (bytes, from the root) if it is named as a temporary entry and is still the
-    /// one recorded (device and inode) and this user's. It is looked at without being opened (a device is never opened);
-    /// a folder is emptied through the descriptor checked, so that nothing renamed to `path` meanwhile loses its contents.
+    /// Removes the file or folder at `entry` (bytes, from the root) if it is named as a temporary entry and is still the
+    /// one recorded (device and inode) and this user's. It is reached through its folder's descriptor (a folder path
+    /// under PATH_MAX with a long name still opens), looked at without being opened (a device is never opened), and a
+    /// folder is emptied through the descriptor checked, so that nothing renamed to its name meanwhile loses its contents.
     private static func remove(_ entry: [UInt8], device: UInt64, inode: UInt64) -> Bool {
         guard let slash = entry.lastIndex(of: UInt8(ascii: "/")),
             isTemporaryName(Substring(String(decoding: entry[(slash + 1)...], as: UTF8.self)))
         else { return false }
-        let path = entry.map { CChar(bitPattern: $0) } + [0]
+        let folderPath = (slash == 0 ? [UInt8(ascii: "/")] : Array(entry[..<slash])).map { CChar(bitPattern: $0) } + [0]
+        let name = entry[(slash + 1)...].map { CChar(bitPattern: $0) } + [0]
+        let folder = open(folderPath, O_PATH | O_DIRECTORY | O_CLOEXEC)
+        guard folder >= 0 else { return false }
+        defer { close(folder) }
         func isRecorded(_ fd: Int32) -> stat? {
             var status = stat()
             guard fstat(fd, &status) == 0, UInt64(status.st_dev) == device, UInt64(status.st_ino) == inode, status.st_uid == geteuid() else {
@@ -172,20 +193,20 @@ public enum Leftovers {
             }
             return status
         }
-        let handle = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC)
+        let handle = openat(folder, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
         guard handle >= 0 else { return false }
         defer { close(handle) }
         guard let status = isRecorded(handle) else { return false }
         switch status.st_mode & S_IFMT {
         case S_IFDIR:
-            let fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let fd = openat(folder, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard fd >= 0 else { return false }
             defer { close(fd) }
             guard isRecorded(fd) != nil else { return false }
             coffer_empty_folder(fd)
-            return rmdir(path) == 0
+            return unlinkat(folder, name, AT_REMOVEDIR) == 0
         case S_IFREG:
-            return unlink(path) == 0
+            return unlinkat(folder, name, 0) == 0
         default:
             return false
         }
@@ -213,6 +234,8 @@ public enum Leftovers {
             let real = realpath(folder.map { CChar(bitPattern: $0) } + [0], nil)
         else { return nil }
         defer { free(real) }
+        // glibc resolves a relative folder past PATH_MAX; a sweep could not open it.
+        guard strlen(real) < Int(PATH_MAX) else { return nil }
         let root = Array(UnsafeRawBufferPointer(start: real, count: strlen(real)))
         return (root == [UInt8(ascii: "/")] ? [] : root) + [UInt8(ascii: "/")] + name
     }

@@ -42,9 +42,14 @@ public struct TemporaryFolder: ~Copyable {
         }
     }
 
+    /// The folder has taken its place under another name (a pull's staging folder renamed to the output): nothing is
+    /// left to remove, now or after a kill.
+    public func renamedAway() { record?.drop() }
+
     deinit {
-        coffer_remove_tree(path)
+        // A folder not found at its path (a link on the way changed, a folder moved) is left to the record's sweep.
+        var status = stat()
+        if lstat(path, &status) == 0, coffer_remove_tree(path) == 0 { record?.drop() } else { record?.abandon() }
         TemporaryFiles.unregister(path)
-        record?.drop()
     }
 }

@@ -161,7 +161,7 @@ extension Registry {
             for folder in folders { Directories.sync(folder) }
             // Not over a folder of that name made since the check above (rename(2) replaces an empty one).
             switch FileBytes.renameWithoutReplacing(staging, to: directory) {
-            case 0: break
+            case 0: stagingFolder.renamedAway()
             case EEXIST: throw .destinationExists(directory)
             case let code: throw .io(path: directory, reason: String(cString: strerror(code)))
             }
