@@ -181,9 +181,8 @@ public enum Leftovers {
         guard let slash = entry.lastIndex(of: UInt8(ascii: "/")),
             isTemporaryName(Substring(String(decoding: entry[(slash + 1)...], as: UTF8.self)))
         else { return false }
-        let folderPath = (slash == 0 ? [UInt8(ascii: "/")] : Array(entry[..<slash])).map { CChar(bitPattern: $0) } + [0]
         let name = entry[(slash + 1)...].map { CChar(bitPattern: $0) } + [0]
-        let folder = open(folderPath, O_PATH | O_DIRECTORY | O_CLOEXEC)
+        let folder = open(folderPath(of: entry, slash: slash), O_PATH | O_DIRECTORY | O_CLOEXEC)
         guard folder >= 0 else { return false }
         defer { close(folder) }
         func isRecorded(_ fd: Int32) -> stat? {
@@ -216,9 +215,13 @@ public enum Leftovers {
     /// there is gone for good.
     private static func folderIsThere(of entry: [UInt8], device: UInt64) -> Bool {
         guard let slash = entry.lastIndex(of: UInt8(ascii: "/")) else { return false }
-        let folder = (slash == 0 ? [UInt8(ascii: "/")] : Array(entry[..<slash])).map { CChar(bitPattern: $0) } + [0]
         var status = stat()
-        return stat(folder, &status) == 0 && UInt64(status.st_dev) == device
+        return stat(folderPath(of: entry, slash: slash), &status) == 0 && UInt64(status.st_dev) == device
+    }
+
+    /// The folder of `entry` (bytes, from the root; `slash` its last) as a C string.
+    private static func folderPath(of entry: [UInt8], slash: Int) -> [CChar] {
+        (slash == 0 ? [UInt8(ascii: "/")] : Array(entry[..<slash])).map { CChar(bitPattern: $0) } + [0]
     }
 
     /// `entry`'s path from the root with its folder resolved (no link, `.` or `..`), as bytes: a record must name the
