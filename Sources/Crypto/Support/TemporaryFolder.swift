@@ -1,4 +1,5 @@
 import CFiles
+import CLinux
 
 #if canImport(Glibc)
 import Glibc
