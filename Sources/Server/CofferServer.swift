@@ -102,7 +102,7 @@ public struct CofferRequestContext: RequestContext {
 }
 
 /// Builds the application: the same `CofferRegistry` library the CLI uses, behind HTTP. `onListening` runs once its
-/// socket takes connections.
+/// socket takes connections, with the port it is bound to (the one the system chose when `configuration.port` is 0).
 ///
 /// ```swift
 /// let app = try buildApplication(registry: registry, registryIdentity: unlocked, configuration: .init(port: 8443))
@@ -113,7 +113,7 @@ public func buildApplication(
     registryIdentity: UnlockedIdentity,
     configuration: ServerConfiguration,
     logger: Logger = Logger(label: "coffer.server"),
-    onListening: @escaping @Sendable () async -> Void = {}
+    onListening: @escaping @Sendable (_ port: Int) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
     let server = try httpServer(configuration)
     let state = ServerState(registry: registry, registryIdentity: registryIdentity, configuration: configuration, logger: logger)
@@ -131,7 +131,7 @@ public func buildApplication(
             // The audit page's first chain check, before anyone asks for it.
             AuditChainWatch(monitor: state.auditChain),
         ],
-        onServerRunning: { _ in await onListening() },
+        onServerRunning: { channel in await onListening(channel.localAddress?.port ?? configuration.port) },
         logger: logger
     )
 }
@@ -238,13 +238,13 @@ func buildRouter(state: ServerState) -> Router<CofferRequestContext> {
 }
 
 /// Builds the application and serves until SIGTERM or SIGINT, then shuts down gracefully (open requests finish,
-/// decrypted models are wiped). `onListening` runs once the socket takes connections.
+/// decrypted models are wiped). `onListening` runs once the socket takes connections, with its port.
 public func runServer(
     registry: Registry,
     registryIdentity: UnlockedIdentity,
     configuration: ServerConfiguration,
     logger: Logger = Logger(label: "coffer.server"),
-    onListening: @escaping @Sendable () async -> Void = {}
+    onListening: @escaping @Sendable (_ port: Int) async -> Void = { _ in }
 ) async throws {
     // Blob downloads allocate their 256 KiB pieces on one thread and free them on another. Under glibc's dynamic
     // mmap threshold those pieces come from the arenas, which 16 concurrent downloads fragmented to 200-450 MiB

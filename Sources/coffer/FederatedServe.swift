@@ -23,7 +23,7 @@ extension Coffer.Federated {
                 "The coordinator's identity (NAME.key): signs every message, and the pushed versions (default: $COFFER_IDENTITY, else identity in the config file)."
         ) var identity: String?
         @Option(name: .long, help: "An enrolled site's public identity (NAME.pub); repeat for each site.") var site: [String] = []
-        @Option(name: .long, help: "HOST:PORT to listen on.") var listen: String = "127.0.0.1:8450"
+        @Option(name: .long, help: "HOST:PORT to listen on (port 0: a free port, printed once coordinating).") var listen: String = "127.0.0.1:8450"
         @OptionGroup var listening: ListenOptions
         @OptionGroup var federation: FederationOptions
         @Option(name: .long, help: "Seconds a site has to train and advertise its keys.") var trainTimeout: Double = 600
@@ -78,12 +78,19 @@ extension Coffer.Federated {
                 logger.logLevel = .warning
                 return logger
             }()
-            Federation.line(
-                "coordinating \(sites.count) sites on \(address.url) (session \(core.sessionHex.prefix(8)), \(configuration.mechanism))"
-            )
+            // Once the socket takes connections: a site started when this line appears can join at once.
+            let session = "(session \(core.sessionHex.prefix(8)), \(configuration.mechanism))"
+            let siteCount = sites.count
             let records: [RoundRecord]
             do {
-                records = try await runFederation(coordinator: coordinator, host: address.host, port: address.port, server: server, logger: logger)
+                records = try await runFederation(
+                    coordinator: coordinator,
+                    host: address.host,
+                    port: address.port,
+                    server: server,
+                    logger: logger,
+                    onListening: { port in Federation.line("coordinating \(siteCount) sites on \(address.url(port: port)) \(session)") }
+                )
             } catch let error as FederatedError {
                 throw CLIError(error.description)
             }

@@ -17,8 +17,9 @@ struct ListenOptions: ParsableArguments {
         /// PEM files of the certificate chain and key; `nil` for plain HTTP.
         var tls: (certificate: String, privateKey: String)?
 
-        /// `https://HOST:PORT` (or `http`), with an IPv6 host in brackets.
-        var url: String { "\(tls == nil ? "http" : "https")://\(host.contains(":") ? "[\(host)]" : host):\(port)" }
+        /// `https://HOST:PORT` (or `http`), with an IPv6 host in brackets; `port` is the one bound, which the system
+        /// chose when `--listen` said 0.
+        func url(port: Int) -> String { "\(tls == nil ? "http" : "https")://\(host.contains(":") ? "[\(host)]" : host):\(port)" }
     }
 
     /// Checks `listen` (see ``parseListen(_:)``) against the TLS options.
@@ -38,7 +39,7 @@ struct ListenOptions: ParsableArguments {
         return Address(host: host, port: port, tls: tls)
     }
 
-    /// `HOST:PORT`, or `[IPV6]:PORT`.
+    /// `HOST:PORT`, or `[IPV6]:PORT`; port 0 lets the system choose a free one (the server prints it).
     static func parseListen(_ text: String) throws -> (host: String, port: Int) {
         var host: Substring
         var rest: Substring
@@ -51,7 +52,7 @@ struct ListenOptions: ParsableArguments {
             host = text[..<colon]
             rest = text[colon...]
         }
-        guard rest.hasPrefix(":"), let port = Int(rest.dropFirst()), (1...65535).contains(port), !host.isEmpty, !host.contains(" ") else {
+        guard rest.hasPrefix(":"), let port = Int(rest.dropFirst()), (0...65535).contains(port), !host.isEmpty, !host.contains(" ") else {
             throw CLIError("--listen takes HOST:PORT or [IPV6]:PORT, got '\(text)'")
         }
         if host.contains(":"), !text.hasPrefix("[") { throw CLIError("--listen: write an IPv6 address in brackets, [\(host)]:\(port)") }

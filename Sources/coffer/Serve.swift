@@ -13,7 +13,7 @@ extension Coffer {
         )
         @OptionGroup var registry: RegistryOptions
         @OptionGroup var passphraseOptions: PassphraseOptions
-        @Option(name: .long, help: "HOST:PORT to listen on.") var listen: String = "127.0.0.1:8443"
+        @Option(name: .long, help: "HOST:PORT to listen on (port 0: a free port, printed once serving).") var listen: String = "127.0.0.1:8443"
         @Option(name: .long, help: "Largest blob an upload may grow to, in bytes (larger: 413).") var maxUploadSize: Int = 16 << 30
         @OptionGroup var listening: ListenOptions
         @Option(name: .long, help: "Predict requests per second allowed per inference session (more: 429).") var predictRate: Double = 10
@@ -45,7 +45,7 @@ extension Coffer {
                 ),
                 logger: logger,
                 // Once the socket takes connections: a script that waits for this line may connect at once.
-                onListening: { FileDescriptorStream.standardError.writeLine("coffer: serving \(home) on \(address.url)") }
+                onListening: { port in FileDescriptorStream.standardError.writeLine("coffer: serving \(home) on \(address.url(port: port))") }
             )
         }
     }

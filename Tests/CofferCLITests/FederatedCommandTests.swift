@@ -13,22 +13,6 @@ struct FederatedCommandTests {
         return try BackgroundCoffer(args, in: directory, environment: environment)
     }
 
-    /// A port nothing listens on now.
-    static func freePort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = bind(fd, $0, length) }
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = getsockname(fd, $0, &length) }
-        }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     /// Keys for a coordinator and `sites` sites, their CSV shards of the RAND data, and a recipe.
@@ -52,10 +36,11 @@ struct FederatedCommandTests {
         """
     }
 
-    static func join(_ dir: Scratch, site: Int, port: Int, recipe: String = "recipe.json", extra: [String] = []) throws -> BackgroundCoffer {
+    static func join(_ dir: Scratch, site: Int, coordinator: String, recipe: String = "recipe.json", extra: [String] = []) throws -> BackgroundCoffer
+    {
         try Self.background(
             [
-                "fl", "join", "--coordinator", "http://127.0.0.1:\(port)", "--coordinator-key", "keys/coordinator.pub", "--recipe", recipe,
+                "fl", "join", "--coordinator", coordinator, "--coordinator-key", "keys/coordinator.pub", "--recipe", recipe,
                 "--data", "site\(site).csv", "--identity", "keys/site\(site).key",
             ] + extra,
             in: dir.url
@@ -69,23 +54,23 @@ struct FederatedCommandTests {
         let initialised = try CofferProcess.run(["init", "--home", home, "--owner", "keys/coordinator.pub"], in: dir.url)
         #expect(initialised.status == 0, "\(initialised.stderr)")
         _ = try CofferProcess.run(["trust", "add", "keys/coordinator.pub", "--identity", "keys/coordinator.key", "--home", home], in: dir.url)
-        let port = Self.freePort()
         // The coordinator's temporary directory is a file, so that anything written there fails (root ignores modes):
         // no global model passes through it.
         let temporary = dir.path("not-a-directory")
         try dir.write("not-a-directory", Data())
         let serve = try Self.background(
             [
-                "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:\(port)",
+                "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:0",
                 "--rounds", "3", "--clip-norm", "1", "--noise-multiplier", "2", "--nonprivate-statistics", "--train-timeout", "2",
                 "--push", "fl/health", "--push-every-round", "--home", home, "--json",
             ] + (0..<4).flatMap { ["--site", "keys/site\($0).pub"] },
             in: dir.url,
             environment: ["TMPDIR": temporary]
         )
+        let coordinator = try #require(serve.waitForListeningURL("coffer fl: coordinating", seconds: 60), "\(serve.stderrSoFar)")
         // Three sites take part; the fourth joins and is then stopped: it never answers, and times out every round.
-        let sites = try (0..<3).map { try Self.join(dir, site: $0, port: port, extra: ["--rounds", "3"]) }
-        let silent = try Self.join(dir, site: 3, port: port)
+        let sites = try (0..<3).map { try Self.join(dir, site: $0, coordinator: coordinator, extra: ["--rounds", "3"]) }
+        let silent = try Self.join(dir, site: 3, coordinator: coordinator)
         let start = Date()
         while !serve.stderrSoFar.contains("joined: 4 of 4") && Date() < start + 30 { usleep(20_000) }
         kill(silent.pid, SIGSTOP)
@@ -180,7 +165,7 @@ struct FederatedCommandTests {
         let broken = ["LD_LIBRARY_PATH": dir.path("lib")]
         let serve = try CofferProcess.run(
             [
-                "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:\(Self.freePort())",
+                "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:0",
                 "--rounds", "1", "--join-timeout", "5",
             ] + (0..<3).flatMap { ["--site", "keys/site\($0).pub"] },
             in: dir.url,
@@ -247,27 +232,27 @@ struct FederatedCommandTests {
         try dir.write("other.json", Data(Self.recipe(epochs: 2).utf8))
         let home = dir.path("registry")
         _ = try CofferProcess.run(["init", "--home", home, "--owner", "keys/coordinator.pub"], in: dir.url)
-        let port = Self.freePort()
         let serve = try Self.background(
             [
-                "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:\(port)",
+                "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:0",
                 "--rounds", "1", "--join-timeout", "8", "--push", "fl/never", "--home", home,
             ] + (0..<3).flatMap { ["--site", "keys/site\($0).pub"] },
             in: dir.url
         )
+        let coordinator = try #require(serve.waitForListeningURL("coffer fl: coordinating", seconds: 60), "\(serve.stderrSoFar)")
         // Another recipe: refused at join. A key the coordinator never enrolled: refused. Two good sites are too few.
-        let mismatched = try Self.join(dir, site: 2, port: port, recipe: "other.json").finish(within: 30)
+        let mismatched = try Self.join(dir, site: 2, coordinator: coordinator, recipe: "other.json").finish(within: 30)
         expectFailure(mismatched, "coffer: the coordinator refused: recipe mismatch: site ")
         try FileManager.default.copyItem(atPath: dir.path("site0.csv"), toPath: dir.path("stranger.csv"))
         let stranger = try Self.background(
             [
-                "fl", "join", "--coordinator", "http://127.0.0.1:\(port)", "--coordinator-key", "keys/coordinator.pub", "--recipe", "recipe.json",
+                "fl", "join", "--coordinator", coordinator, "--coordinator-key", "keys/coordinator.pub", "--recipe", "recipe.json",
                 "--data", "stranger.csv", "--identity", "keys/stranger.key",
             ],
             in: dir.url
         ).finish(within: 30)
         expectFailure(stranger, "the coordinator refused: unknown site ")
-        let good = try (0..<2).map { try Self.join(dir, site: $0, port: port) }
+        let good = try (0..<2).map { try Self.join(dir, site: $0, coordinator: coordinator) }
         let served = serve.finish(within: 60)
         #expect(served.status == 1)
         #expect(

@@ -11,20 +11,25 @@ struct ServeCommandTests {
         #expect(try CofferProcess.run(["init", "--home", dir.path("home")], in: dir.url).status == 0)
         for (listen, fragment) in [
             ("10.1.2.3:8443", "plain HTTP on 10.1.2.3 would expose tokens"), ("::1:8443", "write an IPv6 address in brackets, [::1]:8443"),
-            ("[::1]", "--listen takes HOST:PORT or [IPV6]:PORT"), ("127.0.0.1:0", "--listen takes HOST:PORT"),
+            ("[::1]", "--listen takes HOST:PORT or [IPV6]:PORT"), ("127.0.0.1:65536", "--listen takes HOST:PORT"),
         ] {
             expectFailure(try CofferProcess.run(["serve", "--home", dir.path("home"), "--listen", listen], in: dir.url), fragment)
         }
-        for listen in ["[::1]:\(Int.random(in: 20_000...40_000))", "localhost:\(Int.random(in: 40_001...60_000))"] {
+        for (listen, host) in [("[::1]:0", "[::1]"), ("localhost:0", "localhost")] {
             let server = try BackgroundCoffer(
                 ["serve", "--home", dir.path("home"), "--listen", listen],
                 in: dir.url,
                 environment: CofferProcess.environment(in: dir.url)
             )
-            // The line saying where it serves comes once the registry key is unlocked.
-            let served = server.waitForStderr(containing: "serving", seconds: 20)
+            // The line saying where it serves comes once the registry key is unlocked and the socket is bound.
+            let url = server.waitForListeningURL("coffer: serving", seconds: 20)
+            let port = url.flatMap { URLComponents(string: $0)?.port } ?? 0
+            #expect(url?.hasPrefix("http://\(host):") == true && port > 0, "\(listen): \(server.stderrSoFar)")
+            // Port 0 asked the system for a free port: the one printed is the one that takes connections.
+            let asked = try CofferProcess.run(["show", "no/such:1", "--registry", url ?? "http://\(host):1", "--token", "cft_x"], in: dir.url)
+            #expect(asked.stderr.contains("answered 401: unauthenticated: malformed bearer token"), "\(listen): \(asked.stderr)")
             let said = server.terminate().stderr
-            #expect(served && said.contains("coffer: serving"), "\(listen): \(said)")
+            #expect(said.contains("coffer: serving"), "\(listen): \(said)")
         }
     }
 }

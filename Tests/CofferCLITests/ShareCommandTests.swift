@@ -96,18 +96,17 @@ struct ShareCommandTests {
         #expect(try dir.read("a2/weights.bin") == Data("version two weights".utf8))
     }
 
-    /// `coffer serve` over the scratch registry on a free port, until `body` returns; the registry key stays with it.
+    /// `coffer serve` over the scratch registry on a port the system picks, until `body` returns; the registry key
+    /// stays with it.
     private func serving<R>(_ dir: Scratch, _ body: (String) throws -> R) throws -> R {
-        // Below Linux's ephemeral ports (32768-60999): the PostgreSQL pass holds many client connections on those.
-        let port = Int.random(in: 20_000...32_767)
         let server = try BackgroundCoffer(
-            ["serve", "--home", dir.path("home"), "--listen", "127.0.0.1:\(port)"],
+            ["serve", "--home", dir.path("home"), "--listen", "127.0.0.1:0"],
             in: dir.url,
             environment: CofferProcess.environment(in: dir.url, ["COFFER_STATE_DIR": dir.path(".server-state")])
         )
         defer { _ = server.terminate() }
-        #expect(server.waitForStderr(containing: "serving", seconds: 60), "\(server.stderrSoFar)")
-        return try body("http://127.0.0.1:\(port)")
+        let url = try #require(server.waitForListeningURL("coffer: serving", seconds: 60), "\(server.stderrSoFar)")
+        return try body(url)
     }
 
     @Test func anInferenceOnlyGrantForADayAndAHundredPredictions() throws {

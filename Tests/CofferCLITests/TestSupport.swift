@@ -86,6 +86,18 @@ final class BackgroundCoffer: @unchecked Sendable {
         return true
     }
 
+    /// Waits (at most `seconds`) for the whole line, holding `marker`, that a server started with `--listen HOST:0`
+    /// prints once it takes connections, and returns the URL on it (`http://127.0.0.1:41234`); nil if none came.
+    func waitForListeningURL(_ marker: String, seconds: Double) -> String? {
+        let deadline = Date() + seconds
+        while true {
+            let line = stderrSoFar.split(separator: "\n", omittingEmptySubsequences: false).dropLast().first { $0.contains(marker) }
+            if let line { return line.split(separator: " ").first { $0.hasPrefix("http://") || $0.hasPrefix("https://") }.map(String.init) }
+            if Date() >= deadline || status != nil { return nil }
+            usleep(20_000)
+        }
+    }
+
     /// The exit status once it has ended, nil while it runs.
     var status: Int32? {
         lock.lock()

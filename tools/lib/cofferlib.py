@@ -70,22 +70,28 @@ def self_signed_certificate(directory, host="127.0.0.1"):
 
 
 def start_server(coffer, home, env, log_path, *extra, port=None):
-    """Starts `coffer serve` (on `port`, else a free one) and waits for /healthz; returns (process, base URL, log file
-    opened for reading back).
+    """Starts `coffer serve` (on `port`, else on one the system picks: `--listen 127.0.0.1:0`) and waits for /healthz;
+    returns (process, base URL, log file opened for reading back).
 
     The log goes to a file: a pipe nobody reads until the end fills up and blocks the server's logger."""
-    port = port or free_port()
-    base = f"http://127.0.0.1:{port}"
     log = open(log_path, "a+b")
-    process = subprocess.Popen([coffer, "serve", "--home", home, "--listen", f"127.0.0.1:{port}", *extra], env=env, stdout=log, stderr=log)
+    start = log.seek(0, os.SEEK_END)
+    process = subprocess.Popen([coffer, "serve", "--home", home, "--listen", f"127.0.0.1:{port or 0}", *extra], env=env, stdout=log, stderr=log)
+    base = None
     for _ in range(400):
+        if base is None:  # the line `coffer: serving HOME on URL` comes once the socket takes connections
+            log.seek(start)
+            said = [line for line in log.read().decode(errors="replace").splitlines(keepends=True) if line.startswith("coffer: serving ")]
+            base = said[0].split()[-1] if said and said[0].endswith("\n") else None
         try:
-            with urllib.request.urlopen(f"{base}/healthz", timeout=5):
-                return process, base, log
+            if base is not None:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=5):
+                    return process, base, log
         except (urllib.error.URLError, OSError):  # refused, reset, or a health check slower than 5 s on a busy machine
-            if process.poll() is not None:
-                break
-            time.sleep(0.05)
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
     process.kill()
     log.seek(0)
     # A crash's backtrace ends with library addresses: its first lines say what failed.
