@@ -25,6 +25,7 @@ extension Coffer {
         }
 
         func run() throws {
+            try OutputTarget.refuseTerminal(output, for: "the sealed file (binary)")
             let recipients = try to.map { path throws(CofferCryptoError) in try PublicIdentity(contentsOf: path) }
             let source = input == "-" ? FileDescriptorStream.standardInput : try FileDescriptorStream(readingFrom: input)
             let progress = ProgressBar(label: "sealing", total: source.regularFileSize)

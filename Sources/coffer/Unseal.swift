@@ -23,6 +23,7 @@ extension Coffer {
         var input: String
 
         func run() throws {
+            try OutputTarget.refuseTerminal(output, for: "the plaintext")
             let source = input == "-" ? FileDescriptorStream.standardInput : try FileDescriptorStream(readingFrom: input)
             if range != nil && source.regularFileSize == nil { throw CofferCryptoError.rangeNeedsSeekableInput }
             let identity = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))

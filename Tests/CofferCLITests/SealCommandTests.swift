@@ -136,6 +136,30 @@ struct SealCommandTests {
         #expect(!dir.entries.contains { $0.contains("coffer-tmp") }, "temporary files left: \(dir.entries)")
     }
 
+    /// Neither plaintext nor a sealed file is printed to a terminal (`script` gives the command one, as a user's shell
+    /// would): refused before any work with one line, and nothing of the file reaches the terminal.
+    @Test func sealAndUnsealRefuseToPrintToATerminal() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        let plain = Data((0..<6000).map { UInt8(65 + $0 % 26) })
+        try dir.write("plain.txt", plain)
+        #expect(try CofferProcess.run(["seal", "--to", "keys/alice.pub", "-o", "good.cfs", "plain.txt"], in: dir.url).status == 0)
+        for (arguments, refusal) in [
+            ("seal --to keys/alice.pub -o - plain.txt", "-o - would print the sealed file (binary) to a terminal: pipe or redirect it"),
+            ("unseal --identity keys/alice.key -o - good.cfs", "-o - would print the plaintext to a terminal: pipe or redirect it"),
+            ("unseal --identity keys/alice.key -o /dev/tty good.cfs", "/dev/tty is a terminal: the plaintext is not printed to one"),
+        ] {
+            let command = "cd '\(dir.url.path)' && '\(CofferProcess.binary)' \(arguments)"
+            let run = try ProgramRun.run("/usr/bin/script", ["-qec", command, "/dev/null"], environment: CofferProcess.environment(in: dir.url))
+            let shown = run.stdoutText.replacingOccurrences(of: "\r\n", with: "\n")
+            #expect(run.status == 1 && shown.hasPrefix("coffer: \(refusal)"), "\(arguments): \(shown)")
+            #expect(shown.split(separator: "\n").count == 1 && !shown.contains("ABCDEFGHIJ"), "\(arguments): \(shown)")
+        }
+        // Through a pipe it still flows.
+        let piped = try CofferProcess.run(["unseal", "--identity", "keys/alice.key", "-o", "-", "good.cfs"], in: dir.url)
+        #expect(piped.status == 0 && piped.stdout == plain, "\(piped.stderr)")
+    }
+
     @Test func emptyPassphraseFileIsRefused() throws {
         let dir = try Scratch()
         try dir.write("empty", Data("\n".utf8))
