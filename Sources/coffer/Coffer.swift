@@ -28,6 +28,12 @@ struct Coffer: AsyncParsableCommand {
     /// Runs the command; a library error becomes one line on stderr and exit status 1, never a trace.
     static func main() async {
         TemporaryFiles.removeOnInterrupt()
+        // CommandLine.arguments replaces bytes that are not UTF-8 with U+FFFD, so `-o café.cfs` written in Latin-1 would
+        // write to another name: such an argument is refused, not mended.
+        if let index = (1..<Int(CommandLine.argc)).first(where: { CommandLine.unsafeArgv[$0].map { String(validatingCString: $0) == nil } ?? false })
+        {
+            fail("argument \(index) is not UTF-8 (\(CommandLine.arguments[index])): Coffer reads names and paths as UTF-8")
+        }
         do {
             var command = try parseAsRoot()
             if var asynchronous = command as? any AsyncParsableCommand {

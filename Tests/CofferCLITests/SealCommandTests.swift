@@ -160,6 +160,18 @@ struct SealCommandTests {
         #expect(piped.status == 0 && piped.stdout == plain, "\(piped.stderr)")
     }
 
+    /// An argument that is not UTF-8 (a Latin-1 file name) is refused: Swift would have mended it into another name,
+    /// and the sealed file would have been written there.
+    @Test func anArgumentThatIsNotUTF8IsRefusedNotMended() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        try dir.write("plain.txt", Data("plain".utf8))
+        let command = #"cd "$0" && exec "$1" seal --to keys/alice.pub -o "$(printf 'caf\351.cfs')" plain.txt"#
+        let run = try ProgramRun.run("/bin/sh", ["-c", command, dir.url.path, CofferProcess.binary])
+        expectFailure(run, "coffer: argument 5 is not UTF-8 (caf\u{FFFD}.cfs): Coffer reads names and paths as UTF-8")
+        #expect(!dir.entries.contains { $0.hasSuffix(".cfs") }, "\(dir.entries)")
+    }
+
     @Test func emptyPassphraseFileIsRefused() throws {
         let dir = try Scratch()
         try dir.write("empty", Data("\n".utf8))
