@@ -52,7 +52,12 @@ struct Coffer: AsyncParsableCommand {
         } catch let error as CLIError {
             fail(error.description)
         } catch {
-            exit(withError: error)
+            // ArgumentParser's refusals quote what was typed ("Unknown option '--x'"): its controls are escaped, as in
+            // every other line Coffer prints. Help and other clean exits go out as ArgumentParser prints them.
+            let code = exitCode(for: error)
+            guard code != .success else { exit(withError: error) }
+            FileDescriptorStream.standardError.writeRaw(VisibleText.of(fullMessage(for: error), lines: true) + "\n")
+            Glibc.exit(code.rawValue)
         }
     }
 

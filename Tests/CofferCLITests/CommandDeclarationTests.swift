@@ -31,4 +31,16 @@ struct CommandDeclarationTests {
         }
         #expect(misdeclared.isEmpty, "declare these AsyncParsableCommand: \(misdeclared)")
     }
+
+    /// swift-argument-parser quotes a mistyped argument in its refusal: a terminal control in it is escaped, not sent to
+    /// the terminal (which could rewrite what the user sees). Help still comes out as written.
+    @Test func aRefusalQuotesATypedControlEscaped() throws {
+        let dir = try Scratch()
+        let refused = try CofferProcess.run(["pu\u{1B}[2Jsh"], in: dir.url)
+        #expect(refused.status == 64, "\(refused.stderr)")
+        #expect(refused.stderr.hasPrefix("Error: Unexpected argument 'pu\\u001b[2Jsh'\nUsage: coffer"), "\(refused.stderr)")
+        #expect(!refused.stderr.unicodeScalars.contains { $0.value == 0x1B }, "\(refused.stderr)")
+        let help = try CofferProcess.run(["push", "--help"], in: dir.url)
+        #expect(help.status == 0 && help.stdoutText.hasPrefix("OVERVIEW: Seal, sign and store"), "\(help.stderr)")
+    }
 }
