@@ -281,6 +281,41 @@ struct ShareTests {
         #expect(try await f.registry.fsck().problems.isEmpty)
     }
 
+    /// Sessions opened at once under a grant's prediction limit hold no more than the limit between them: each is
+    /// decided again inside its commit (helper-46: eight parallel opens under a limit of 10 got 60 predictions).
+    @Test(arguments: MetadataBackend.available) func opensAtOnceNeverHoldMoreThanTheGrantAllows(on backend: MetadataBackend) async throws {
+        let (f, alice, _, carol) = try await world(on: backend)
+        _ = try await f.registry.share("icu/mortality", with: "carol", mode: .infer, maxPredictions: 10, registryIdentity: nil, by: Signer(alice))
+        let reference = try ModelReference(parsing: "icu/mortality:2")
+        let server = try f.registryKey
+        let asCarol = Principal(name: "carol", keyID: carol.publicIdentity.keyID)
+        let registry = f.registry
+        let outcomes = await withTaskGroup(of: Result<Int, CofferRegistryError>.self) { group in
+            for n in 0..<8 {
+                group.addTask {
+                    do throws(CofferRegistryError) {
+                        let opened = try await registry.openSession(
+                            reference,
+                            principal: asCarol,
+                            unwrappingWith: server,
+                            ttl: 600,
+                            maxUses: n.isMultiple(of: 2) ? nil : 3
+                        )
+                        return .success(opened.info.maxUses ?? Int.max)
+                    } catch { return .failure(error) }
+                }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        let held = outcomes.compactMap { try? $0.get() }
+        #expect(!held.isEmpty && held.reduce(0, +) <= 10, "\(outcomes)")
+        for case .failure(let error) in outcomes {
+            #expect(error.description.contains("carol's inference grant on icu/mortality has"), "\(error)")
+        }
+        let sessions = try await f.registry.sessions().filter { $0.principal == "carol" }
+        #expect(sessions.compactMap(\.maxUses).reduce(0, +) <= 10 && sessions.count == held.count, "\(sessions)")
+    }
+
     @Test func aPushWrapsForEveryDecryptHolderAtThatMoment() async throws {
         let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")

@@ -126,17 +126,16 @@ extension Registry {
         if let seconds = bound.seconds, ttl > TimeInterval(seconds) {
             try await refuse("\(actor.name)'s inference grant allows sessions of at most \(seconds) s (asked for \(Int(ttl.rounded(.up))) s)")
         }
-        if let (grant, left) = bound.predictions {
-            guard left > 0 else {
-                try await refuse(
-                    "\(actor.name)'s inference grant on \(grant.scope) has no predictions left (\(grant.maxPredictions!) spent or held by open sessions)"
-                )
-            }
-            if let asked = maxUses, asked > left {
-                try await refuse("\(actor.name)'s inference grant on \(grant.scope) has \(left) predictions left (asked for \(asked))")
-            }
+        var sessionCheck: UnitOfWork.SessionCheck? = nil
+        if let allowance = bound.predictions {
+            let sessions = try await metadata.sessions().filter { $0.session.principal == actor.name }
+            if let refusal = allowance.refusal(asking: maxUses, given: sessions) { try await refuse(refusal) }
             // A session under a limited grant always has a limit: what is left, unless it asked for less.
-            maxUses = maxUses ?? left
+            let limit = maxUses ?? allowance.best(given: sessions).left
+            maxUses = limit
+            // Decided again inside the commit, on the sessions as they are then: two opens at once each saw room for
+            // itself here (helper-46: eight parallel opens under a grant of 10 predictions got 60).
+            sessionCheck = .init(principal: actor.name) { allowance.refusal(asking: limit, given: $0) }
         }
         do {
             let stored = try await loadVersion(try await resolveForUse(reference).id)
@@ -172,21 +171,23 @@ extension Registry {
                 wrappedKey: Data(wrapped)
             )
             // The session and its audit entry commit together: no session exists unrecorded.
-            try await metadata.commit(
-                UnitOfWork(
-                    changes: [.addSession(session), .dropExpiredSessionKeys(now: Self.timestamp(now))],
-                    audit: [
-                        AuditDraft(
-                            principal: actor.name,
-                            action: "session.open",
-                            target: reference.description,
-                            outcome: .ok,
-                            reason: "session \(info.id)"
-                        )
-                    ]
-                )
+            var work = UnitOfWork(
+                changes: [.addSession(session), .dropExpiredSessionKeys(now: Self.timestamp(now))],
+                audit: [
+                    AuditDraft(
+                        principal: actor.name,
+                        action: "session.open",
+                        target: reference.description,
+                        outcome: .ok,
+                        reason: "session \(info.id)"
+                    )
+                ]
             )
+            work.sessionCheck = sessionCheck
+            try await metadata.commit(work)
             return OpenedSession(info: info, token: token)
+        } catch .sessionRefused(let reason) {
+            try await refuse(reason)
         } catch {
             try? await audit(
                 principal: actor.name,
@@ -248,15 +249,14 @@ extension Registry {
     }
 
     /// The limits `principal`'s inference grants put on a new session on `model` (through `alias`): the longest
-    /// lifetime, and the grant with the most predictions left with how many, each nil when some grant allowing the
-    /// session leaves it unbounded (or the registry checks no principals). A grant's predictions are spent by the
-    /// uses of the sessions opened under it since it was recorded, and held by the whole limit of those still open.
+    /// lifetime, and the predictions the limited grants allow, each nil when some grant allowing the session leaves it
+    /// unbounded (or the registry checks no principals).
     func sessionBound(
         principal: String,
         model: String,
         alias: String?,
         now: Date
-    ) async throws(CofferRegistryError) -> (seconds: Int?, predictions: (grant: Grant, left: Int)?) {
+    ) async throws(CofferRegistryError) -> (seconds: Int?, predictions: PredictionAllowance?) {
         let state = try await ledgerState()
         guard state.checksPrincipals else { return (nil, nil) }
         let allowing = state.grants.filter { $0.principal == principal && $0.allows(.inference, on: model, alias: alias) }
@@ -264,21 +264,8 @@ extension Registry {
         var seconds: Int? = nil
         if allowing.allSatisfy({ $0.maxSessionSeconds != nil }) { seconds = allowing.compactMap(\.maxSessionSeconds).max() }
         guard allowing.allSatisfy({ $0.maxPredictions != nil }) else { return (seconds, nil) }
-        let sessions = try await metadata.sessions().filter { $0.session.principal == principal }
-        let time = Self.timestamp(now)
-        var best: (grant: Grant, left: Int)? = nil
-        for grant in allowing {
-            let since = state.limitsTime(of: grant) ?? ""
-            var spent = 0
-            for row in sessions where row.session.createdAt >= since && grant.covers(model: row.model, alias: row.session.alias) {
-                let s = row.session
-                let open = s.revokedAt == nil && s.wrappedKey != nil && s.expiresAt > time
-                spent += open ? max(s.maxUses ?? 0, s.uses) : s.uses
-            }
-            let left = max(0, grant.maxPredictions! - spent)
-            if best == nil || left > best!.left { best = (grant, left) }
-        }
-        return (seconds, best)
+        let grants = allowing.map { PredictionAllowance.Limited(grant: $0, since: state.limitsTime(of: $0) ?? "") }
+        return (seconds, PredictionAllowance(principal: principal, grants: grants, at: Self.timestamp(now)))
     }
 
     /// Checks a token and takes one use of its session: refuses (and audits) unknown, revoked, expired and exhausted

@@ -139,6 +139,17 @@ struct UnitOfWork: Sendable {
     var records: [LedgerRow] = []
     var changes: [MetadataChange] = []
     var audit: [AuditDraft] = []
+    /// Decided inside the transaction, after every earlier commit: the commit is refused with
+    /// ``CofferRegistryError/sessionRefused(_:)`` when it says so.
+    var sessionCheck: SessionCheck? = nil
+
+    /// A check of one principal's sessions (every one, any model) made inside the commit, under a lock that other
+    /// checks wait for: what a new session may take is decided on the sessions as they are when it is added.
+    struct SessionCheck: Sendable {
+        var principal: String
+        /// The refusal, or nil.
+        var refusal: @Sendable ([SessionRow]) -> String?
+    }
 
     init(ledgerEnd: Int64? = nil, records: [LedgerRow] = [], changes: [MetadataChange] = [], audit: [AuditDraft] = []) {
         self.ledgerEnd = ledgerEnd

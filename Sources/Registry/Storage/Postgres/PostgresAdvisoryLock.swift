@@ -15,6 +15,9 @@ enum PostgresAdvisoryLock {
     /// Held by each commit that appends to the ledger, from checking the ledger's end to COMMIT: one writer at a time
     /// decides record `n + 1`.
     static let ledgerAppend: Int64 = 0x636F_6666_6572_0004
+    /// Held by each commit of a session under a grant's prediction limit, from reading the principal's sessions to
+    /// COMMIT: two opens at once cannot both take what is left.
+    static let sessionLimits: Int64 = 0x636F_6666_6572_0005
 }
 
 extension PostgresConnection {

@@ -24,15 +24,7 @@ extension PostgresMetadataStore {
         try await opening {
             () async throws(CofferRegistryError) -> [SessionRow] in
             var sessions: [SessionRow] = []
-            for row in try await database.query(query) {
-                sessions.append(
-                    SessionRow(
-                        session: try row.record(SessionRecord.self),
-                        model: try decode(row, String.self, column: "model_name"),
-                        version: try decode(row, String.self, column: "version_name")
-                    )
-                )
-            }
+            for row in try await database.query(query) { sessions.append(try sessionRow(row)) }
             return sessions
         } open: { sessions throws(CofferRegistryError) in
             var opened: [SessionRow] = []
@@ -53,6 +45,25 @@ extension PostgresMetadataStore {
         case .tokenHash(let hash): try await sessionRows("\(unescaped: Self.sessionSelect) WHERE s.token_hash = \(ByteBuffer(bytes: hash))").first
         case .id(let id): try await sessionRows("\(unescaped: Self.sessionSelect) WHERE s.id = \(id)").first
         }
+    }
+
+    /// A session as stored: its key copy, if any, still sealed.
+    private func sessionRow(_ row: PostgresRow) throws(CofferRegistryError) -> SessionRow {
+        SessionRow(
+            session: try row.record(SessionRecord.self),
+            model: try decode(row, String.self, column: "model_name"),
+            version: try decode(row, String.self, column: "version_name")
+        )
+    }
+
+    /// `principal`'s sessions, read in the caller's transaction; key copies stay sealed (a check needs only whether
+    /// there is one).
+    func sessions(of principal: String, on connection: PostgresConnection) async throws -> [SessionRow] {
+        var sessions: [SessionRow] = []
+        for row in try await connection.rows("\(unescaped: Self.sessionSelect) WHERE s.principal = \(principal)") {
+            sessions.append(try sessionRow(row))
+        }
+        return sessions
     }
 
     func sessions() async throws(CofferRegistryError) -> [SessionRow] {

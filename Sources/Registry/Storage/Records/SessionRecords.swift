@@ -57,7 +57,6 @@ struct SessionRow: Sendable, Equatable {
     var version: String
 }
 
-/// A row of `uploads`: a resumable upload any replica continues.
 /// A row of `web_sessions`: a web page's sign-in session (docs/WEB.md), by the keyed hash of its cookie.
 struct WebSessionRecord: Codable, Sendable, Equatable {
     var idHash: Data
@@ -101,6 +100,7 @@ struct SessionRateRecord: Codable, Sendable, Equatable {
     }
 }
 
+/// A row of `uploads`: a resumable upload any replica continues.
 struct UploadRecord: Codable, Sendable, Equatable {
     var id: String
     var principal: String

@@ -44,6 +44,11 @@ extension SQLiteMetadataStore {
         try await read { db in try Self.rows(db.makeStatement(sql: "\(Self.sessionSelect) ORDER BY s.created_at"), [], Self.sessionRow) }
     }
 
+    /// `principal`'s sessions, read in the caller's transaction.
+    static func sessions(of principal: String, _ db: Database) throws -> [SessionRow] {
+        try rows(db.cachedStatement(sql: "\(sessionSelect) WHERE s.principal = ? ORDER BY s.created_at"), [principal], sessionRow)
+    }
+
     func takeSessionUses(id: String, count: Int) async throws(CofferRegistryError) -> Bool {
         let (taken, exhausted) = try await write { db in
             try db.cachedStatement(
