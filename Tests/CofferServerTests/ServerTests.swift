@@ -231,6 +231,11 @@ struct ServerTests {
                 let object = try JSONSerialization.jsonObject(with: data(response)) as? [String: Any]
                 return object?["id"] as? String ?? ""
             }
+            // A feature's name is a name, never CSV: one holding line breaks made rows of its own (helper-46).
+            let smuggling = ByteBuffer(string: #"{"rows": [{"x0": 0.1, "x1": -1.0, "x2\n0,0,0\n0,0,0": 2.0}]}"#)
+            try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: smuggling) { response in
+                #expect(response.status == .badRequest && text(response).contains("x2"), "\(text(response))")
+            }
             let rows = ByteBuffer(string: #"{"rows": [{"x0": 0.1, "x1": -1.0, "x2": 2.0}, {"x0": 1.5, "x1": 0.0, "x2": -0.3}]}"#)
             try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: rows) { response in
                 #expect(response.status == .ok, "\(text(response))")
@@ -242,6 +247,11 @@ struct ServerTests {
             let missing = ByteBuffer(string: #"{"rows": [{"x0": 0.1}]}"#)
             try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: missing) { response in
                 #expect(response.status == .badRequest && text(response).contains("x1"), "\(text(response))")
+            }
+            // Someone else asking for it is told it is unknown, and the model stays loaded for its principal (helper-46:
+            // the refusal wiped it, and the principal's next predict without its token got 404).
+            try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: bearer(w.tokens["admin-infer"]!), body: rows) {
+                #expect($0.status == .forbidden && text($0).contains("unknown session"), "\(text($0))")
             }
             try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: rows) { response in
                 #expect(response.status == .ok, "\(text(response))")

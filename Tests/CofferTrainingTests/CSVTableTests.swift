@@ -27,6 +27,19 @@ struct CSVTableTests {
         #expect(throws: CofferTrainingError.invalidData(message)) { _ = try CSVTable(text: text, source: "t.csv") }
     }
 
+    /// Built from values, a column's name is only a name: commas and line breaks in it make no cells or rows.
+    @Test func aTableOfValuesTakesNamesAsTheyAre() throws {
+        let table = try CSVTable(columns: ["a,b", "c\n1,2"], rows: [[1, 2], [3, 4]], source: "rows")
+        #expect(table.columns == ["a,b", "c\n1,2"] && table.rowCount == 2 && table.values == [1, 2, 3, 4])
+        #expect(throws: CofferTrainingError.invalidData("rows row 2: 1 values, there are 2 columns")) {
+            _ = try CSVTable(columns: ["a", "b"], rows: [[1, 2], [3]], source: "rows")
+        }
+        #expect(throws: CofferTrainingError.invalidData("rows row 1, column 'b': nan is not finite")) {
+            _ = try CSVTable(columns: ["a", "b"], rows: [[1, .nan]], source: "rows")
+        }
+        #expect(throws: CofferTrainingError.invalidData("rows: no data rows")) { _ = try CSVTable(columns: ["a"], rows: [], source: "rows") }
+    }
+
     @Test func missingColumnListsTheColumns() throws {
         let table = try CSVTable(text: "a,b\n1,2\n", source: "t.csv")
         #expect(throws: CofferTrainingError.invalidData("column 'z' is missing (columns: a, b)")) { _ = try table.column("z") }

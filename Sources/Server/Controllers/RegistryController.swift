@@ -210,10 +210,17 @@ struct RegistryController {
 
     /// Runs a session check; when the registry refuses the session (revoked elsewhere, expired, used up, grant lost),
     /// this server wipes the model it holds for it at once instead of at the session's expiry.
-    private func dropOnRefusal(_ id: String, _ check: () async throws(CofferRegistryError) -> Void) async throws(CofferRegistryError) {
+    private func dropOnRefusal(
+        _ id: String,
+        asking principal: String,
+        _ check: () async throws(CofferRegistryError) -> Void
+    ) async throws(CofferRegistryError) {
         do { try await check() } catch {
+            // Only its own principal's refusal: anyone else is told "unknown session" too, and would have evicted it
+            // (helper-46).
             switch error {
-            case .sessionRefused, .unknownSession: state.sessions.remove(id)
+            case .sessionRefused, .unknownSession:
+                if state.sessions.get(id)?.principal == principal { state.sessions.remove(id) }
             default: break
             }
             throw error
@@ -237,7 +244,7 @@ struct RegistryController {
         }
         // The registry says first why a session is refused (revoked, expired, unknown, someone else's): waiting out the
         // rate limit would not help those.
-        try await dropOnRefusal(id) { () async throws(CofferRegistryError) in
+        try await dropOnRefusal(id, asking: holder.principal.name) { () async throws(CofferRegistryError) in
             try await registry.checkSession(id: id, principal: holder.principal.name)
         }
         // The rate limit comes before the use is counted, so a refused request does not spend one; its bucket is
@@ -269,16 +276,19 @@ struct RegistryController {
         guard let loaded = state.sessions.get(id).flatMap({ $0.principal == holder.principal.name ? $0 : nil }) else {
             throw HTTPError(.notFound, message: "session \(id) is not open on this server")
         }
+        // The table is built from the values, not through CSV text: a feature named "x\n0,1" made 400,000 rows of one
+        // (helper-46), past the row limit above.
         let columns = first.keys.sorted()
-        var csv = columns.joined(separator: ",") + "\n"
+        var values: [[Double]] = []
+        values.reserveCapacity(body.rows.count)
         for (i, row) in body.rows.enumerated() {
             guard Set(row.keys) == Set(columns) else { throw HTTPError(.badRequest, message: "row \(i + 1) has other columns than row 1") }
-            csv += columns.map { "\(row[$0]!)" }.joined(separator: ",") + "\n"
+            values.append(columns.map { row[$0]! })
         }
         // A request that cannot be answered (bad rows, features the model lacks) spends no use: the prediction runs
         // first, and only a successful one takes its use (and is released only if the use was granted).
-        let table = try parse { () throws(CofferTrainingError) in try CSVTable(text: csv, source: "rows") }
-        try await dropOnRefusal(id) { () async throws(CofferRegistryError) in
+        let table = try parse { () throws(CofferTrainingError) in try CSVTable(columns: columns, rows: values, source: "rows") }
+        try await dropOnRefusal(id, asking: holder.principal.name) { () async throws(CofferRegistryError) in
             try await registry.checkSession(id: id, principal: holder.principal.name)
         }
         let view: CheckpointView

@@ -61,6 +61,26 @@ public struct CSVTable: Sendable {
         self.values = values
     }
 
+    /// A table of `rows`, each holding one value per column in `columns`' order; what a parsed table would refuse
+    /// (a ragged or non-finite row, no rows) is refused the same way. No text is made, so a column name is never read
+    /// as a separator or a line: a server builds the table of a predict request this way.
+    public init(columns: [String], rows: [[Double]], source: String) throws(CofferTrainingError) {
+        var values: [Double] = []
+        values.reserveCapacity(rows.count * columns.count)
+        for (index, row) in rows.enumerated() {
+            guard row.count == columns.count else {
+                throw .invalidData("\(source) row \(index + 1): \(row.count) values, there are \(columns.count) columns")
+            }
+            if let c = row.firstIndex(where: { !$0.isFinite }) {
+                throw .invalidData("\(source) row \(index + 1), column '\(columns[c])': \(row[c]) is not finite")
+            }
+            values += row
+        }
+        guard !values.isEmpty else { throw .invalidData("\(source): no data rows") }
+        self.columns = columns
+        self.values = values
+    }
+
     /// A cell without surrounding spaces, tabs and double quotes.
     private static func trim(_ bytes: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
         func junk(_ byte: UInt8) -> Bool { byte == 0x20 || byte == 0x09 || byte == 0x22 || byte == 0x0D }
