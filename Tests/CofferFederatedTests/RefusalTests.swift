@@ -1,6 +1,7 @@
 import CofferTestSupport
 import CofferTraining
 import Foundation
+import Synchronization
 import Testing
 
 @testable import CofferCrypto
@@ -208,5 +209,53 @@ extension RefusalTests {
         for url in ["http://127.0.0.1:8450", "http://[::1]:8450", "http://localhost:8450", "https://10.1.2.3:8450"] {
             _ = try FederationClient(url: url)
         }
+    }
+
+    /// An answer longer than any task of the recipe fails the exchange as it arrives, before it is buffered: a hostile
+    /// coordinator streamed gigabytes into a site (helper-47). The "coordinator" here is a socket that, once asked,
+    /// announces a gigabyte and sends until the site hangs up.
+    @Test func anEndlessAnswerIsCutAtTheLimit() async throws {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(listener, $0, length) == 0 && getsockname(listener, $0, &length) == 0 && listen(listener, 1) == 0
+            }
+        }
+        try #require(listening)
+        let sent = Mutex(0)
+        let thread = Thread {
+            let connection = accept(listener, nil, nil)
+            guard connection >= 0 else { return }
+            defer { close(connection) }
+            var request = [UInt8](repeating: 0, count: 4096)
+            _ = read(connection, &request, request.count)
+            let head = Array("HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n".utf8)
+            guard write(connection, head, head.count) == head.count else { return }
+            let piece = [UInt8](repeating: 0x41, count: 64 << 10)
+            // Until the site hangs up, or 256 MiB: the test fails then rather than run on.
+            while sent.withLock({ $0 }) < 256 << 20 {
+                let n = send(connection, piece, piece.count, Int32(MSG_NOSIGNAL))
+                guard n > 0 else { return }
+                sent.withLock { $0 += n }
+            }
+        }
+        thread.start()
+        var client = try FederationClient(url: "http://127.0.0.1:\(Int(UInt16(bigEndian: address.sin_port)))")
+        client.maximumAnswer = 1 << 20
+        let message = SignedMessage(payload: Array("{}".utf8), signer: "site", signature: [])
+        await #expect(
+            throws: FederatedError.malformedMessage(
+                "http://127.0.0.1:\(client.port) sent an answer longer than 1048576 bytes, more than any task of this recipe"
+            )
+        ) {
+            _ = try await client.post("/v1/fl/poll", message, timeout: .seconds(60))
+        }
+        while !thread.isFinished { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(sent.withLock { $0 } < 64 << 20, "the site read on after its limit")
     }
 }

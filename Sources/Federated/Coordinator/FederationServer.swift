@@ -144,6 +144,13 @@ public func maximumBody(parameters: Int) -> Int {
     max(1 << 20, (parameters + 1) * 8 * 4 / 3 + (256 << 10))
 }
 
+/// The largest answer a site reads: a task holds the global model (4 bytes a parameter, in base64), less than a
+/// masked vector, and the boxes of the other sites' shares, a few hundred bytes each; twice that, with 16 MiB for
+/// the boxes of a large federation.
+public func maximumAnswer(parameters: Int) -> Int {
+    2 * maximumBody(parameters: parameters) + (16 << 20)
+}
+
 /// Runs the federation behind its HTTP routes: serves until every round is done and the sites have had the final
 /// model, then shuts the server down gracefully. SIGTERM or SIGINT stop both at once.
 ///

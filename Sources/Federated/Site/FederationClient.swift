@@ -24,6 +24,10 @@ public struct FederationClient: Sendable {
     /// address, which the certificate's IP addresses are checked against instead).
     let tls: NIOSSLContext?
     let serverHostname: String?
+    /// The largest answer read; a longer one fails the exchange as it arrives, before anything buffers it (a hostile
+    /// coordinator, or a man in the middle of plain HTTP, streamed gigabytes into a site: helper-47). A site sets it
+    /// from its recipe (``maximumAnswer(parameters:)``).
+    public var maximumAnswer = 256 << 20
 
     /// - Parameters:
     ///   - url: `http://HOST:PORT` or `https://HOST:PORT` of `coffer fl serve`.
@@ -63,7 +67,7 @@ public struct FederationClient: Sendable {
     func post(_ path: String, _ signed: SignedMessage, timeout: Duration) async throws(FederatedError) -> HTTPAnswer {
         let group = MultiThreadedEventLoopGroup.singleton
         let promise = group.next().makePromise(of: HTTPAnswer.self)
-        let (tls, serverHostname) = (self.tls, self.serverHostname)
+        let (tls, serverHostname, limit, origin) = (self.tls, self.serverHostname, maximumAnswer, origin)
         let bootstrap = ClientBootstrap(group: group)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
@@ -72,7 +76,7 @@ public struct FederationClient: Sendable {
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: serverHostname))
                     }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise))
+                    try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise, limit: limit, origin: origin))
                 }
             }
         let channel: any Channel
@@ -130,8 +134,14 @@ private final class ResponseCollector: ChannelInboundHandler {
     private let promise: EventLoopPromise<HTTPAnswer>
     private var answer = HTTPAnswer(status: 0, signature: nil, body: [])
     private var done = false
+    private let limit: Int
+    private let origin: String
 
-    init(promise: EventLoopPromise<HTTPAnswer>) { self.promise = promise }
+    init(promise: EventLoopPromise<HTTPAnswer>, limit: Int, origin: String) {
+        self.promise = promise
+        self.limit = limit
+        self.origin = origin
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -139,8 +149,18 @@ private final class ResponseCollector: ChannelInboundHandler {
             answer.status = Int(head.status.code)
             answer.signature = head.headers.first(name: SignedMessage.header)
         case .body(var buffer):
+            guard !done else { return }
+            guard answer.body.count + buffer.readableBytes <= limit else {
+                done = true
+                promise.fail(
+                    FederatedError.malformedMessage("\(origin) sent an answer longer than \(limit) bytes, more than any task of this recipe")
+                )
+                context.close(promise: nil)
+                return
+            }
             answer.body += buffer.readBytes(length: buffer.readableBytes) ?? []
         case .end:
+            guard !done else { return }
             done = true
             promise.succeed(answer)
         }

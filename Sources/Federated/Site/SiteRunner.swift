@@ -1,4 +1,5 @@
 import CofferCrypto
+import CofferTraining
 import Foundation
 public import NIOSSL
 
@@ -35,6 +36,8 @@ public struct SiteRunner: Sendable {
     /// With a client made beforehand: a command checks the coordinator's URL before it asks for a passphrase.
     public init(site: FederatedSite, client: FederationClient) {
         self.site = site
+        var client = client
+        client.maximumAnswer = maximumAnswer(parameters: site.recipe.initialModel().parameterCount)
         self.client = client
     }
 
