@@ -119,6 +119,36 @@ struct RefusalTests {
         #expect(stale?.description == "site \(keyID) sent a message for round 1, the current round is 2")
     }
 
+    /// Under DP a site that skips clipping is caught in the aggregate, and the round ends aborted with the model as it
+    /// was: a weight other than 1 (it had set the mean's scale), or an update past S. Secure aggregation hides which
+    /// site it was (helper-47: one such site set every weight of the published model to 100).
+    @Test(arguments: [true, false]) func anUnclippedUpdateAbortsADPRound(inWeight: Bool) throws {
+        let fixture = try FederationFixture(sites: 3, rowsPerSite: 300)
+        var configuration = Self.configuration()
+        configuration.dp = .init(clipNorm: 0.5, noiseMultiplier: 1, delta: 1e-5)
+        configuration.nonPrivateStatistics = true
+        let core = try fixture.core(configuration)
+        let sites = try Self.started(fixture, core)
+        let before = core.global
+        #expect(core.startRound(1) == nil)
+        let federation = LocalFederation(core: core, sites: sites)
+        try federation.deliverForTests()  // advertise: each site trains and encodes its input
+        sites[0].input.bytes.withUnsafeMutableBytes { raw in
+            let elements = raw.bindMemory(to: UInt64.self)
+            if inWeight { elements[elements.count - 1] = 1_000_000 } else { elements[0] &+= 1 << 40 }
+        }
+        var record: RoundRecord?
+        while record == nil {
+            record = core.closeStage()
+            if record == nil { try federation.deliverForTests() }
+        }
+        #expect(record?.outcome == "aborted", "\(String(describing: record))")
+        let reason = record?.reason ?? ""
+        #expect(reason.hasSuffix("a site sent an update that is not clipped"), "\(reason)")
+        #expect(reason.contains(inWeight ? "the aggregate weighs 1000002, not the 3 of its sites" : "over the 1.5 that 3 clipped updates can reach"))
+        #expect(core.global == before)
+    }
+
     /// A coordinator's task naming a round no u32 holds (rounds are u32le in every signed or derived message) is
     /// refused by the site with one line; it trapped the site converting it (found by the fl-message fuzz target, whose
     /// input is kept in tools/fuzz/regressions/fl-message).

@@ -299,7 +299,7 @@ public final class CoordinatorCore: @unchecked Sendable {
                 standardisation = try FederatedStatistics.standardisation(fromSum: sum, features: recipe.recipe.features.count)
                 log("round 0: feature statistics of \(participants.count) sites aggregated")
             case .update:
-                try applyUpdate(sum)
+                try applyUpdate(sum, sites: participants.count)
             }
             return endRound(outcome: "ok", reason: nil, participants: participants)
         } catch {
@@ -308,10 +308,31 @@ public final class CoordinatorCore: @unchecked Sendable {
     }
 
     /// Moves the global model by the decoded aggregate: the weighted mean (FedAvg), or the noised sum over qN (DP-FedAvg).
-    private func applyUpdate(_ sum: [UInt64]) throws(FederatedError) {
+    ///
+    /// Under DP the aggregate of `sites` inputs is checked first: each weighs 1 and its quantized update's norm is within
+    /// S, so the weight must be `sites` and the sum's norm at most `sites` * S. Clipping happens at the sites, behind the
+    /// masks: one site that skipped it had set every weight of the model to 100, and the round was published as
+    /// DP-FedAvg (helper-47). A bounded but hostile update still passes; docs/THREAT_MODEL.md says what is left.
+    private func applyUpdate(_ sum: [UInt64], sites: Int) throws(FederatedError) {
         let eta = configuration.serverLearningRate
         if let dp = configuration.dp {
-            let (total, _) = quantizer.decodeSum(sum)
+            let (total, weight) = quantizer.decodeSum(sum)
+            guard weight == UInt64(sites) else {
+                throw .roundAborted(
+                    round: round,
+                    reason: "the aggregate weighs \(weight), not the \(sites) of its sites: a site sent an update that is not clipped"
+                )
+            }
+            let norm = total.reduce(0) { $0 + $1 * $1 }.squareRoot()
+            // A sum of exactly decoded updates: only the decoding's floating point (relative 1e-9 is far above it).
+            guard norm <= Double(sites) * dp.clipNorm * (1 + 1e-9) else {
+                let bound = Double(sites) * dp.clipNorm
+                throw .roundAborted(
+                    round: round,
+                    reason:
+                        "the aggregate's norm is \(norm), over the \(bound) that \(sites) clipped updates can reach: a site sent an update that is not clipped"
+                )
+            }
             let noise = GaussianNoise.sample(count: total.count, standardDeviation: Float(dp.noiseMultiplier * dp.clipNorm))
             let denominator = configuration.sampleRate * Double(population.count)
             for j in global.indices { global[j] += Float(eta * (total[j] + Double(noise[j])) / denominator) }

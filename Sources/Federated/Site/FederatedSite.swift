@@ -31,7 +31,8 @@ public final class FederatedSite: @unchecked Sendable {
     public private(set) var mechanism = "fedavg"
     public private(set) var lastSeq = 0
     private var state: SecAggSite?
-    private let input = EncodedInput()
+    /// Internal, not private: tests play a site that skips clipping through it.
+    let input = EncodedInput()
     private let expander = MaskExpander()
     /// The federation's standardisation, once an update round has brought it.
     public private(set) var standardisation: SharedStandardisation?
