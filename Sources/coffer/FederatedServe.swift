@@ -240,12 +240,18 @@ final class RoundPublisher: @unchecked Sendable {
         if let lastVersion { request.parent = try ModelReference(name: name, selector: .version(lastVersion)) }
         request.tags = [
             "fl_mechanism": configuration.mechanism, "fl_round": "\(record.round)", "fl_rounds": "\(configuration.rounds)",
-            "fl_sites_per_round": "\(record.participants.count)", "fl_sampled": "\(record.sampled.count)", "fl_sites": "\(core.population.count)",
-            "fl_session": core.sessionHex,
+            "fl_sites": "\(core.population.count)", "fl_session": core.sessionHex,
         ]
-        request.message =
-            "\(configuration.mechanism) round \(record.round) of \(configuration.rounds), session \(core.sessionHex.prefix(8)): "
-            + "\(record.participants.count) sites (key IDs \(record.participants.joined(separator: ", ")))"
+        let heading = "\(configuration.mechanism) round \(record.round) of \(configuration.rounds), session \(core.sessionHex.prefix(8)): "
+        if privacy == nil {
+            request.tags["fl_sites_per_round"] = "\(record.participants.count)"
+            request.tags["fl_sampled"] = "\(record.sampled.count)"
+            request.message = heading + "\(record.participants.count) sites (key IDs \(record.participants.joined(separator: ", ")))"
+        } else {
+            // Which sites each round sampled, or how many, is not released with a DP model: the accountant's
+            // amplification by Poisson sampling holds only while the sample stays secret (helper-47).
+            request.message = heading + "the sampled sites are not named (DP-FedAvg's guarantee needs the sample kept secret)"
+        }
         let result = try await store.push(request, publisher: signer)
         lastVersion = result.version
         lastRound = record.round
