@@ -299,6 +299,16 @@ struct FederatedCommandTests {
         )
         expectFailure(
             try CofferProcess.run(
+                [
+                    "fl", "simulate", "--recipe", "recipe.json", "--data", "site0.csv", "--plain", "--clip-norm", "1", "--noise-multiplier", "1",
+                    "--nonprivate-statistics",
+                ],
+                in: dir.url
+            ),
+            "--plain runs FedAvg without DP: drop --clip-norm and --noise-multiplier"
+        )
+        expectFailure(
+            try CofferProcess.run(
                 ["fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--site", "keys/site0.pub", "--threshold", "0.4"],
                 in: dir.url
             ),
