@@ -62,11 +62,15 @@ public struct PredictLimits: Sendable {
     public var burst: Int
     /// Rows in one predict request; more get 413.
     public var maxRows: Int
+    /// Sessions one principal may hold open on this server at once, each a decrypted model in locked memory; another
+    /// gets 429 (helper-46: one principal opened 20 year-long sessions of a 19 MiB model, 435 MB held for the year).
+    public var sessionsPerPrincipal: Int
 
-    public init(rate: Double = 10, burst: Int = 20, maxRows: Int = 1000) {
+    public init(rate: Double = 10, burst: Int = 20, maxRows: Int = 1000, sessionsPerPrincipal: Int = 8) {
         self.rate = rate
         self.burst = burst
         self.maxRows = maxRows
+        self.sessionsPerPrincipal = sessionsPerPrincipal
     }
 }
 

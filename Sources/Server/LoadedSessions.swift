@@ -47,6 +47,11 @@ final class LoadedSessions: Service, Sendable {
 
     var count: Int { loaded.withLock { $0.count } }
 
+    /// How many unexpired models `principal`'s sessions hold here.
+    func count(of principal: String, now: Date = Date()) -> Int {
+        loaded.withLock { models in models.values.count { $0.principal == principal && $0.expires > now } }
+    }
+
     /// Drops expired models every second, and every 5 s those whose session another replica revoked (or that were
     /// used up), until graceful shutdown; then drops them all.
     func run() async throws {

@@ -19,13 +19,15 @@ extension Coffer {
         @Option(name: .long, help: "Predict requests per second allowed per inference session (more: 429).") var predictRate: Double = 10
         @Option(name: .long, help: "Predict requests a session may send at once after a pause.") var predictBurst: Int = 20
         @Option(name: .long, help: "Rows in one predict request (more: 413).") var maxPredictRows: Int = 1000
+        @Option(name: .long, help: "Sessions one principal may hold open on this server, each a decrypted model (more: 429).")
+        var maxSessionsPerPrincipal: Int = 8
         @Option(name: .long, help: "How long a signed state head is current (clients refuse an older one: a freeze); e.g. 1h.")
         var headLifetime: String = "1h"
 
         func run() async throws {
             let address = try listening.address(listen, exposing: "tokens")
-            guard predictRate > 0, predictRate.isFinite, predictBurst >= 1, maxPredictRows >= 1 else {
-                throw CLIError("--predict-rate must be positive, --predict-burst and --max-predict-rows at least 1")
+            guard predictRate > 0, predictRate.isFinite, predictBurst >= 1, maxPredictRows >= 1, maxSessionsPerPrincipal >= 1 else {
+                throw CLIError("--predict-rate must be positive, --predict-burst, --max-predict-rows and --max-sessions-per-principal at least 1")
             }
             let store = try await registry.open(serving: true)
             let unlocked = try passphraseOptions.unlockIdentity(at: "\(store.home)/registry.key", useAgent: false)
@@ -40,7 +42,7 @@ extension Coffer {
                     port: address.port,
                     maxUploadSize: maxUploadSize,
                     tls: address.tls,
-                    predictLimits: .init(rate: predictRate, burst: predictBurst, maxRows: maxPredictRows),
+                    predictLimits: .init(rate: predictRate, burst: predictBurst, maxRows: maxPredictRows, sessionsPerPrincipal: maxSessionsPerPrincipal),
                     headLifetime: try Registry.duration(headLifetime)
                 ),
                 logger: logger,

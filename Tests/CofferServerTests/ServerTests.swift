@@ -294,4 +294,36 @@ struct ServerTests {
             }
         }
     }
+
+    /// A principal holds at most `sessionsPerPrincipal` decrypted models on a server: another open is refused with 429
+    /// before the registry records it, and a revoked session makes room (helper-46: 20 year-long sessions of one
+    /// principal held 435 MB).
+    @Test func aPrincipalHoldsAtMostItsShareOfLoadedSessions() async throws {
+        let w = try await world()
+        let infer = bearer(w.tokens["bob-infer"]!)
+        let configuration = ServerConfiguration(port: 0, predictLimits: .init(sessionsPerPrincipal: 2))
+        try await app(w, configuration: configuration).test(.router) { client in
+            func open() async throws -> (HTTPResponse.Status, String) {
+                try await client.execute(
+                    uri: "/v1/sessions",
+                    method: .post,
+                    headers: infer,
+                    body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 31536000}"#)
+                ) { response in
+                    let object = try? JSONSerialization.jsonObject(with: data(response)) as? [String: Any]
+                    let refusal = (object?["error"] as? [String: Any])?["message"] as? String
+                    return (response.status, object?["id"] as? String ?? refusal ?? text(response))
+                }
+            }
+            let first = try await open()
+            let second = try await open()
+            #expect(first.0 == .created && second.0 == .created, "\(first) \(second)")
+            let third = try await open()
+            #expect(third.0 == .tooManyRequests, "\(third)")
+            #expect(third.1 == "bob holds 2 sessions open on this server, its limit: revoke one (DELETE /v1/sessions/ID) or wait for one to end")
+            #expect(try await w.fixture.registry.sessions().filter { $0.principal == "bob" }.count == 2)
+            try await client.execute(uri: "/v1/sessions/\(first.1)", method: .delete, headers: infer) { #expect($0.status == .noContent) }
+            #expect(try await open().0 == .created)
+        }
+    }
 }

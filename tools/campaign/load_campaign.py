@@ -89,7 +89,7 @@ class Load:
                 out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
         return out
 
-    server_flags = ("--predict-rate", "10000", "--predict-burst", "10000")
+    server_flags = ("--predict-rate", "10000", "--predict-burst", "10000", "--max-sessions-per-principal", "10000")
 
     def serve(self, stack):
         self.servers = []

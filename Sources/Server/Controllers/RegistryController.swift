@@ -179,6 +179,8 @@ struct RegistryController {
             throw HTTPError(.badRequest, message: "max_uses must be from 1 to 1000000000")
         }
         let reference = try ModelReference(parsing: body.ref)
+        // Before the registry records the session: one refused here holds no predictions.
+        try await refuseOverSessionLimit(holder.principal.name, target: body.ref)
         let opened = try await registry.openSession(
             reference,
             principal: holder.principal,
@@ -198,8 +200,19 @@ struct RegistryController {
         )
     }
 
+    /// Refuses (429, audited) a principal that holds ``PredictLimits/sessionsPerPrincipal`` models here already.
+    private func refuseOverSessionLimit(_ principal: String, target: String) async throws {
+        let limit = state.predictLimits.sessionsPerPrincipal
+        guard state.sessions.count(of: principal) >= limit else { return }
+        let reason = "\(principal) holds \(limit) sessions open on this server, its limit"
+        try? await registry.recordRefusal(action: "session.open", target: target, reason: reason, principal: principal)
+        state.metrics.refusal()
+        throw HTTPError(.tooManyRequests, message: "\(reason): revoke one (DELETE /v1/sessions/ID) or wait for one to end")
+    }
+
     /// Opens the session's model into this server's locked memory, from its key copy (no use is taken).
     private func load(_ token: borrowing SessionToken, id: String, principal: String) async throws {
+        if state.sessions.get(id) == nil { try await refuseOverSessionLimit(principal, target: id) }
         let session = try await InferenceSession(registry: registry, token: token, countingUse: false)
         guard session.info.id == id, session.info.principal == principal else {
             throw HTTPError(.forbidden, message: "the session token given is not session \(id)'s")
