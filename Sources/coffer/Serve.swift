@@ -42,7 +42,12 @@ extension Coffer {
                     port: address.port,
                     maxUploadSize: maxUploadSize,
                     tls: address.tls,
-                    predictLimits: .init(rate: predictRate, burst: predictBurst, maxRows: maxPredictRows, sessionsPerPrincipal: maxSessionsPerPrincipal),
+                    predictLimits: .init(
+                        rate: predictRate,
+                        burst: predictBurst,
+                        maxRows: maxPredictRows,
+                        sessionsPerPrincipal: maxSessionsPerPrincipal
+                    ),
                     headLifetime: try Registry.duration(headLifetime)
                 ),
                 logger: logger,
