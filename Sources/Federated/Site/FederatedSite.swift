@@ -216,8 +216,11 @@ public final class FederatedSite: @unchecked Sendable {
         if parameters.mechanism == "dp-fedavg" {
             guard let clipNorm = parameters.clipNorm else { throw .malformedMessage("a dp-fedavg round without a clip norm") }
             let bound = try FederationConfiguration.preQuantizationNorm(clipNorm: clipNorm, bits: parameters.bits, parameters: update.count)
+            // A diverged training's NaN or infinity counts as nothing: with it the norm was NaN, `norm > bound` false,
+            // and the update went unclipped (helper-48).
+            update = update.map { $0.isFinite ? $0 : 0 }
             let norm = update.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
-            if norm > bound {
+            if !(norm <= bound) {
                 let factor = Float(bound / norm)
                 update = update.map { $0 * factor }
             }
