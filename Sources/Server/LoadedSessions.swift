@@ -22,6 +22,8 @@ final class LoadedSessions: Service, Sendable {
     }
 
     private let loaded = Mutex<[String: Loaded]>([:])
+    /// Slots taken by loads under way, by principal, under the same lock as `loaded` is read for ``reserve(for:limit:)``.
+    private let reserved = Mutex<[String: Int]>([:])
     private let logger: Logger
     private let registry: Registry
 
@@ -47,9 +49,23 @@ final class LoadedSessions: Service, Sendable {
 
     var count: Int { loaded.withLock { $0.count } }
 
-    /// How many unexpired models `principal`'s sessions hold here.
-    func count(of principal: String, now: Date = Date()) -> Int {
-        loaded.withLock { models in models.values.count { $0.principal == principal && $0.expires > now } }
+    /// Takes one of `principal`'s `limit` slots for a model about to be loaded: false when its unexpired models and
+    /// the loads under way fill them. Taken at once, so that opens racing each other cannot all pass (helper-48);
+    /// give it back with ``release(for:)`` once the model is inserted or the load failed.
+    func reserve(for principal: String, limit: Int, now: Date = Date()) -> Bool {
+        reserved.withLock { pending in
+            let held = loaded.withLock { models in models.values.count { $0.principal == principal && $0.expires > now } }
+            guard held + pending[principal, default: 0] < limit else { return false }
+            pending[principal, default: 0] += 1
+            return true
+        }
+    }
+
+    func release(for principal: String) {
+        reserved.withLock { pending in
+            pending[principal, default: 1] -= 1
+            if pending[principal] == 0 { pending[principal] = nil }
+        }
     }
 
     /// Drops expired models every second, and every 5 s those whose session another replica revoked (or that were

@@ -28,7 +28,8 @@ extension Coffer.Federated {
             let recipe = try Federation.recipe(self.recipe)
             var configuration = try federation.configuration()
             configuration.joinTimeout = 0
-            // Plain FedAvg has no DP: run silently without it, a DP-against-plain comparison would measure nothing.
+            // Plain FedAvg has no DP: had it run without the DP options, a DP-against-plain comparison would compare
+            // plain with plain.
             if plain, configuration.dp != nil { throw CLIError("--plain runs FedAvg without DP: drop --clip-norm and --noise-multiplier") }
             let data = try sitesData(recipe)
             guard dropout >= 0, dropout < 1 else { throw CLIError("--dropout must be in [0, 1)") }

@@ -324,6 +324,16 @@ struct ServerTests {
             #expect(try await w.fixture.registry.sessions().filter { $0.principal == "bob" }.count == 2)
             try await client.execute(uri: "/v1/sessions/\(first.1)", method: .delete, headers: infer) { #expect($0.status == .noContent) }
             #expect(try await open().0 == .created)
+            // Opens racing each other take their slots at once (helper-48: a count made before the model was loaded
+            // let them all pass): of six, none gets past the limit, and a refused one leaves no session recorded.
+            try await client.execute(uri: "/v1/sessions/\(second.1)", method: .delete, headers: infer) { #expect($0.status == .noContent) }
+            let raced = try await withThrowingTaskGroup(of: HTTPResponse.Status.self) { group in
+                for _ in 0..<6 { group.addTask { try await open().0 } }
+                return try await group.reduce(into: []) { $0.append($1) }
+            }
+            #expect(raced.count { $0 == .created } == 1 && raced.count { $0 == .tooManyRequests } == 5, "\(raced)")
+            let open = try await w.fixture.registry.sessions().filter { $0.principal == "bob" && $0.revokedAt == nil }
+            #expect(open.count == 2, "\(open)")
         }
     }
 }

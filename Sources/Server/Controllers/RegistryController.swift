@@ -180,7 +180,8 @@ struct RegistryController {
         }
         let reference = try ModelReference(parsing: body.ref)
         // Before the registry records the session: one refused here holds no predictions.
-        try await refuseOverSessionLimit(holder.principal.name, target: body.ref)
+        try await reserveSessionSlot(holder.principal.name, target: body.ref)
+        defer { state.sessions.release(for: holder.principal.name) }
         let opened = try await registry.openSession(
             reference,
             principal: holder.principal,
@@ -189,7 +190,11 @@ struct RegistryController {
             maxUses: body.maxUses
         )
         let info = opened.info
-        try await load(opened.token, id: info.id, principal: holder.principal.name)
+        do { try await load(opened.token, id: info.id, principal: holder.principal.name) } catch {
+            // Recorded but not loaded: revoked, so that it holds no predictions of a limited grant for its lifetime.
+            try? await registry.revokeSession(id: info.id, principal: holder.principal, asAdmin: false)
+            throw error
+        }
         // The session token is shown once: a client sends it with its predictions, so that any server of this
         // registry (a replica that did not open the session) can open the session's key copy.
         let token = opened.token.text()
@@ -200,10 +205,11 @@ struct RegistryController {
         )
     }
 
-    /// Refuses (429, audited) a principal that holds ``PredictLimits/sessionsPerPrincipal`` models here already.
-    private func refuseOverSessionLimit(_ principal: String, target: String) async throws {
+    /// Takes a slot for a model of `principal`'s (give it back with `state.sessions.release(for:)`), or refuses (429,
+    /// audited) a principal that holds ``PredictLimits/sessionsPerPrincipal`` models here already, or is loading them.
+    private func reserveSessionSlot(_ principal: String, target: String) async throws {
         let limit = state.predictLimits.sessionsPerPrincipal
-        guard state.sessions.count(of: principal) >= limit else { return }
+        guard !state.sessions.reserve(for: principal, limit: limit) else { return }
         let reason = "\(principal) holds \(limit) sessions open on this server, its limit"
         try? await registry.recordRefusal(action: "session.open", target: target, reason: reason, principal: principal)
         state.metrics.refusal()
@@ -212,7 +218,6 @@ struct RegistryController {
 
     /// Opens the session's model into this server's locked memory, from its key copy (no use is taken).
     private func load(_ token: borrowing SessionToken, id: String, principal: String) async throws {
-        if state.sessions.get(id) == nil { try await refuseOverSessionLimit(principal, target: id) }
         let session = try await InferenceSession(registry: registry, token: token, countingUse: false)
         guard session.info.id == id, session.info.principal == principal else {
             throw HTTPError(.forbidden, message: "the session token given is not session \(id)'s")
@@ -284,6 +289,9 @@ struct RegistryController {
             do { token = try SessionToken(text: secret) } catch {
                 throw HTTPError(.badRequest, message: "Coffer-Session-Token is not a session token")
             }
+            // Another server's session loaded here takes one of the principal's slots on this server too.
+            try await reserveSessionSlot(holder.principal.name, target: id)
+            defer { state.sessions.release(for: holder.principal.name) }
             try await load(token, id: id, principal: holder.principal.name)
         }
         guard let loaded = state.sessions.get(id).flatMap({ $0.principal == holder.principal.name ? $0 : nil }) else {
