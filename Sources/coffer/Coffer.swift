@@ -30,7 +30,8 @@ struct Coffer: AsyncParsableCommand {
         TemporaryFiles.removeOnInterrupt()
         // CommandLine.arguments replaces bytes that are not UTF-8 with U+FFFD, so `-o café.cfs` written in Latin-1 would
         // write to another name: such an argument is refused, not mended.
-        if let index = (1..<Int(CommandLine.argc)).first(where: { CommandLine.unsafeArgv[$0].map { String(validatingCString: $0) == nil } ?? false })
+        if CommandLine.argc > 1,
+            let index = (1..<Int(CommandLine.argc)).first(where: { CommandLine.unsafeArgv[$0].map { String(validatingCString: $0) == nil } ?? false })
         {
             fail("argument \(index) is not UTF-8 (\(CommandLine.arguments[index])): Coffer reads names and paths as UTF-8")
         }
@@ -56,7 +57,8 @@ struct Coffer: AsyncParsableCommand {
             // every other line Coffer prints. Help and other clean exits go out as ArgumentParser prints them.
             let code = exitCode(for: error)
             guard code != .success else { exit(withError: error) }
-            FileDescriptorStream.standardError.writeRaw(VisibleText.of(fullMessage(for: error), lines: true) + "\n")
+            let message = fullMessage(for: error)
+            if !message.isEmpty { FileDescriptorStream.standardError.writeRaw(VisibleText.of(message, lines: true) + "\n") }
             Glibc.exit(code.rawValue)
         }
     }

@@ -293,7 +293,11 @@ extension RefusalTests {
         ) {
             _ = try await client.post("/v1/fl/poll", message, timeout: .seconds(60))
         }
-        while !thread.isFinished { try await Task.sleep(for: .milliseconds(10)) }
+        // The socket thread ends once the site hangs up; a site that never connected leaves it in accept: shut the
+        // listener down so the wait below is bounded either way.
+        shutdown(listener, Int32(SHUT_RDWR))
+        let deadline = ContinuousClock.now + .seconds(30)
+        while !thread.isFinished && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         #expect(sent.withLock { $0 } < 64 << 20, "the site read on after its limit")
     }
 }

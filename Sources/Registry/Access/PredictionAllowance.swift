@@ -42,4 +42,13 @@ struct PredictionAllowance: Sendable {
         if let asked, asked > left { return "\(principal)'s inference grant on \(grant.scope) has \(left) predictions left (asked for \(asked))" }
         return nil
     }
+
+    /// Why a session holding `limit` predictions cannot be added, or nil: as ``refusal(asking:given:)`` for a limit the
+    /// client asked for; for one taken from what was left, it says that other sessions took it meanwhile.
+    func refusal(holding limit: Int, asked: Bool, given sessions: [SessionRow]) -> String? {
+        if asked { return refusal(asking: limit, given: sessions) }
+        let (grant, left) = best(given: sessions)
+        guard left < limit else { return nil }
+        return "\(principal)'s inference grant on \(grant.scope) has \(left) predictions left: sessions opened meanwhile took the rest"
+    }
 }

@@ -131,11 +131,12 @@ extension Registry {
             let sessions = try await metadata.sessions().filter { $0.session.principal == actor.name }
             if let refusal = allowance.refusal(asking: maxUses, given: sessions) { try await refuse(refusal) }
             // A session under a limited grant always has a limit: what is left, unless it asked for less.
+            let asked = maxUses != nil
             let limit = maxUses ?? allowance.best(given: sessions).left
             maxUses = limit
             // Decided again inside the commit, on the sessions as they are then: two opens at once each saw room for
             // itself here (helper-46: eight parallel opens under a grant of 10 predictions got 60).
-            sessionCheck = .init(principal: actor.name) { allowance.refusal(asking: limit, given: $0) }
+            sessionCheck = .init(principal: actor.name) { allowance.refusal(holding: limit, asked: asked, given: $0) }
         }
         do {
             let stored = try await loadVersion(try await resolveForUse(reference).id)
