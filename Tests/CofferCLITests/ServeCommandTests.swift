@@ -15,6 +15,10 @@ struct ServeCommandTests {
         ] {
             expectFailure(try CofferProcess.run(["serve", "--home", dir.path("home"), "--listen", listen], in: dir.url), fragment)
         }
+        expectFailure(
+            try CofferProcess.run(["serve", "--home", dir.path("home"), "--max-sessions-per-principal", "0"], in: dir.url),
+            "--predict-rate must be positive, --predict-burst, --max-predict-rows and --max-sessions-per-principal at least 1"
+        )
         for (listen, host) in [("[::1]:0", "[::1]"), ("localhost:0", "localhost")] {
             let server = try BackgroundCoffer(
                 ["serve", "--home", dir.path("home"), "--listen", listen],
