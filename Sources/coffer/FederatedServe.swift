@@ -241,6 +241,9 @@ final class RoundPublisher: @unchecked Sendable {
         request.tags = [
             "fl_mechanism": configuration.mechanism, "fl_round": "\(record.round)", "fl_rounds": "\(configuration.rounds)",
             "fl_sites": "\(core.population.count)", "fl_session": core.sessionHex,
+            // Where the checkpoint's standardisation came from: exact sums of the sites' features, released without DP
+            // even in a DP run (--nonprivate-statistics), or public values (helper-47).
+            "fl_standardisation": configuration.standardisation == nil ? "nonprivate-sums" : "public",
         ]
         let heading = "\(configuration.mechanism) round \(record.round) of \(configuration.rounds), session \(core.sessionHex.prefix(8)): "
         if privacy == nil {
