@@ -128,7 +128,7 @@ extension Registry {
         }
         var sessionCheck: UnitOfWork.SessionCheck? = nil
         if let allowance = bound.predictions {
-            let sessions = try await metadata.sessions().filter { $0.session.principal == actor.name }
+            let sessions = try await metadata.sessions(of: actor.name)
             if let refusal = allowance.refusal(asking: maxUses, given: sessions) { try await refuse(refusal) }
             // A session under a limited grant always has a limit: what is left, unless it asked for less.
             let asked = maxUses != nil

@@ -81,6 +81,9 @@ protocol MetadataStore: Sendable {
     func tokens() async throws(CofferRegistryError) -> [APITokenRecord]
     func session(_ selector: SessionSelector) async throws(CofferRegistryError) -> SessionRow?
     func sessions() async throws(CofferRegistryError) -> [SessionRow]
+    /// `principal`'s sessions, each key copy as stored (sealed, on PostgreSQL): only whether there is one may be read.
+    /// What counting a grant's predictions needs, without opening every session's key copy.
+    func sessions(of principal: String) async throws(CofferRegistryError) -> [SessionRow]
     /// Takes `count` uses (rows predicted) of a live session in one atomic step; false when it was revoked meanwhile
     /// or has fewer left. The last use destroys the session's key copy.
     func takeSessionUses(id: String, count: Int) async throws(CofferRegistryError) -> Bool

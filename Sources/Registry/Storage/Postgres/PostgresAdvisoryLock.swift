@@ -15,9 +15,10 @@ enum PostgresAdvisoryLock {
     /// Held by each commit that appends to the ledger, from checking the ledger's end to COMMIT: one writer at a time
     /// decides record `n + 1`.
     static let ledgerAppend: Int64 = 0x636F_6666_6572_0004
-    /// Held by each commit of a session under a grant's prediction limit, from reading the principal's sessions to
-    /// COMMIT: two opens at once cannot both take what is left.
-    static let sessionLimits: Int64 = 0x636F_6666_6572_0005
+    /// With the hash of a principal's name (PostgreSQL's two-key form, a key space apart from the one-key locks above):
+    /// held by each commit of that principal's session under a grant's prediction limit, from reading its sessions to
+    /// COMMIT, so two opens at once cannot both take what is left; other principals' opens do not wait.
+    static let sessionLimits: Int32 = 0x636F_6605
 }
 
 extension PostgresConnection {
@@ -28,6 +29,12 @@ extension PostgresConnection {
     func advisoryTransactionLock(_ key: Int64) async throws {
         // Rows are always read to the end: a result left unread keeps the connection busy (postgres-nio).
         try await rows("SELECT pg_advisory_xact_lock(\(key))")
+    }
+
+    /// Waits for the transaction-scoped advisory lock of `name` in the class `key` (the two-key form, `hashtext` of
+    /// the name as the second key) and holds it until this transaction ends.
+    func advisoryTransactionLock(_ key: Int32, name: String) async throws {
+        try await rows("SELECT pg_advisory_xact_lock(\(key)::int4, hashtext(\(name)))")
     }
 
     /// Takes the transaction-scoped advisory lock `key` if no other transaction holds it; `false` without waiting

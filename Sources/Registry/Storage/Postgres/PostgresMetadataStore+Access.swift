@@ -56,6 +56,14 @@ extension PostgresMetadataStore {
         )
     }
 
+    func sessions(of principal: String) async throws(CofferRegistryError) -> [SessionRow] {
+        var sessions: [SessionRow] = []
+        for row in try await database.query("\(unescaped: Self.sessionSelect) WHERE s.principal = \(principal)") {
+            sessions.append(try sessionRow(row))
+        }
+        return sessions
+    }
+
     /// `principal`'s sessions, read in the caller's transaction; key copies stay sealed (a check needs only whether
     /// there is one).
     func sessions(of principal: String, on connection: PostgresConnection) async throws -> [SessionRow] {

@@ -43,7 +43,7 @@ extension PostgresMetadataStore {
             }
             // Under a lock every such check waits for, to COMMIT: no other limited session is added meanwhile.
             if let check = work.sessionCheck {
-                try await connection.advisoryTransactionLock(PostgresAdvisoryLock.sessionLimits)
+                try await connection.advisoryTransactionLock(PostgresAdvisoryLock.sessionLimits, name: check.principal)
                 if let refusal = check.refusal(try await sessions(of: check.principal, on: connection)) {
                     throw CofferRegistryError.sessionRefused(refusal)
                 }

@@ -44,6 +44,10 @@ extension SQLiteMetadataStore {
         try await read { db in try Self.rows(db.makeStatement(sql: "\(Self.sessionSelect) ORDER BY s.created_at"), [], Self.sessionRow) }
     }
 
+    func sessions(of principal: String) async throws(CofferRegistryError) -> [SessionRow] {
+        try await read { db in try Self.sessions(of: principal, db) }
+    }
+
     /// `principal`'s sessions, read in the caller's transaction.
     static func sessions(of principal: String, _ db: Database) throws -> [SessionRow] {
         try rows(db.cachedStatement(sql: "\(sessionSelect) WHERE s.principal = ? ORDER BY s.created_at"), [principal], sessionRow)
