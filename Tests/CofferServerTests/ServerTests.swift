@@ -98,6 +98,21 @@ struct ServerTests {
 
     func data(_ response: TestResponse) -> Data { Data(response.body.readableBytesView) }
 
+    /// Opens a session on m/risk@prod for `ttl` seconds with `headers`: the status, and the session's id or the
+    /// refusal's message.
+    func openSession(_ client: some TestClientProtocol, _ headers: HTTPFields, ttl: Int) async throws -> (status: HTTPResponse.Status, said: String) {
+        try await client.execute(
+            uri: "/v1/sessions",
+            method: .post,
+            headers: headers,
+            body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": \#(ttl)}"#)
+        ) { response in
+            let object = try? JSONSerialization.jsonObject(with: data(response)) as? [String: Any]
+            let refusal = (object?["error"] as? [String: Any])?["message"] as? String
+            return (response.status, object?["id"] as? String ?? refusal ?? text(response))
+        }
+    }
+
     @Test func everyAuthenticationFailureHasItsCode() async throws {
         let w = try await world()
         try await app(w).test(.router) { client in
@@ -259,22 +274,11 @@ struct ServerTests {
             try await client.execute(uri: "/v1/sessions/\(id)/predict", method: .post, headers: infer, body: rows) { response in
                 #expect(response.status == .forbidden && text(response).contains("has used all 4 of its uses"), "\(text(response))")
             }
-            /// A ten-minute session on m/risk@prod for bob; its id.
-            func openSession() async throws -> String {
-                try await client.execute(
-                    uri: "/v1/sessions",
-                    method: .post,
-                    headers: infer,
-                    body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 600}"#)
-                ) { response in
-                    (try JSONSerialization.jsonObject(with: data(response)) as? [String: Any])?["id"] as? String ?? ""
-                }
-            }
-            let second = try await openSession()
+            let second = try await openSession(client, infer, ttl: 600).said
             try await client.execute(uri: "/v1/sessions/\(second)", method: .delete, headers: infer) { #expect($0.status == .noContent) }
             try await client.execute(uri: "/v1/sessions/0123456789abcdef", method: .delete, headers: infer) { #expect($0.status == .notFound) }
             // An admin revokes anyone's session, but only with an admin-scoped token: its inference token is as bob's.
-            let third = try await openSession()
+            let third = try await openSession(client, infer, ttl: 600).said
             try await client.execute(uri: "/v1/sessions/\(third)", method: .delete, headers: bearer(w.tokens["admin-infer"]!)) {
                 #expect($0.status == .notFound)
             }
@@ -303,18 +307,7 @@ struct ServerTests {
         let infer = bearer(w.tokens["bob-infer"]!)
         let configuration = ServerConfiguration(port: 0, predictLimits: .init(sessionsPerPrincipal: 2))
         try await app(w, configuration: configuration).test(.router) { client in
-            func open() async throws -> (HTTPResponse.Status, String) {
-                try await client.execute(
-                    uri: "/v1/sessions",
-                    method: .post,
-                    headers: infer,
-                    body: ByteBuffer(string: #"{"ref": "m/risk@prod", "ttl_seconds": 31536000}"#)
-                ) { response in
-                    let object = try? JSONSerialization.jsonObject(with: data(response)) as? [String: Any]
-                    let refusal = (object?["error"] as? [String: Any])?["message"] as? String
-                    return (response.status, object?["id"] as? String ?? refusal ?? text(response))
-                }
-            }
+            func open() async throws -> (HTTPResponse.Status, String) { try await openSession(client, infer, ttl: 31_536_000) }
             let first = try await open()
             let second = try await open()
             #expect(first.0 == .created && second.0 == .created, "\(first) \(second)")
