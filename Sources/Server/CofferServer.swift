@@ -28,9 +28,8 @@ public struct ServerConfiguration: Sendable {
     public var auditSigningInterval: Duration
     /// How long a signed state head is news: clients refuse one older than this (a freeze); re-signed at half of it.
     public var headLifetime: TimeInterval
-    /// How long a client may take to send a request's headers before the connection is closed (slow clients that
-    /// hold connections open with partial headers).
-    public var headerTimeout: TimeAmount
+    /// How slowly a client may send a request, and how many connections are served at once: see ``ClientLimits``.
+    public var clientLimits: ClientLimits
 
     public init(
         host: String = "127.0.0.1",
@@ -40,7 +39,7 @@ public struct ServerConfiguration: Sendable {
         predictLimits: PredictLimits = .init(),
         auditSigningInterval: Duration = .seconds(5),
         headLifetime: TimeInterval = 3600,
-        headerTimeout: TimeAmount = .seconds(10)
+        clientLimits: ClientLimits = .init()
     ) {
         self.host = host
         self.port = port
@@ -49,7 +48,26 @@ public struct ServerConfiguration: Sendable {
         self.predictLimits = predictLimits
         self.auditSigningInterval = auditSigningInterval
         self.headLifetime = headLifetime
-        self.headerTimeout = headerTimeout
+        self.clientLimits = clientLimits
+    }
+}
+
+/// The defences of `coffer serve` and `coffer fl serve` against clients that hold connections open (slowloris): a
+/// deadline on each request's head and a minimum rate for its body (see `ClientDeadlineHandler`), and a cap on
+/// connections served at once. Past the cap the server stops accepting: new connections wait in the kernel's queue
+/// until one closes, and the memory a flood can make the server hold stays bounded.
+public struct ClientLimits: Sendable {
+    /// How long a client may take to send a request head, and the allowance of a body before its rate counts.
+    public var timeout: Duration
+    /// Bytes per second a body must arrive at, on average, past `timeout`.
+    public var minimumRate: Int
+    /// Connections served at once.
+    public var maximumConnections: Int
+
+    public init(timeout: Duration = .seconds(10), minimumRate: Int = 1024, maximumConnections: Int = 512) {
+        self.timeout = timeout
+        self.minimumRate = minimumRate
+        self.maximumConnections = maximumConnections
     }
 }
 
@@ -127,7 +145,11 @@ public func buildApplication(
     return Application(
         router: buildRouter(state: state),
         server: server,
-        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "coffer"),
+        configuration: .init(
+            address: .hostname(configuration.host, port: configuration.port),
+            serverName: "coffer",
+            availableConnectionsDelegate: MaximumAvailableConnections(configuration.clientLimits.maximumConnections)
+        ),
         services: [
             state.sessions,
             // Often enough that a head is re-signed well before it expires, whatever lifetime was chosen.
@@ -141,12 +163,13 @@ public func buildApplication(
 }
 
 func httpServer(_ configuration: ServerConfiguration) throws -> HTTPServerBuilder {
-    try httpServer(tls: configuration.tls, headerTimeout: configuration.headerTimeout)
+    try httpServer(tls: configuration.tls, limits: configuration.clientLimits)
 }
 
 /// HTTP/1.1, over TLS when `tls` names a certificate and key (refused with one line when they do not load): how
-/// `coffer serve` and `coffer fl serve` listen. A connection that has not sent a whole request head within
-/// `headerTimeout` (of opening, or of its last request) is closed, and one idle for a minute between requests too.
+/// `coffer serve` and `coffer fl serve` listen. A connection is closed when its client is slower than `limits` allow
+/// in sending a request head or body, and when idle for a minute between requests. (The cap on connections is the
+/// application's: `ApplicationConfiguration(availableConnectionsDelegate:)`.)
 ///
 /// ```swift
 /// let app = Application(router: router, server: try httpServer(tls: (certificate: "cert.pem", privateKey: "key.pem")))
@@ -154,12 +177,12 @@ func httpServer(_ configuration: ServerConfiguration) throws -> HTTPServerBuilde
 ///
 /// - Parameters:
 ///   - tls: PEM certificate chain and private key files; `nil` for plain HTTP.
-///   - headerTimeout: how long a client may take to send a request's headers.
+///   - limits: how slowly a client may send a request.
 /// - Returns: the server's channel set-up, for Hummingbird's `Application(server:)`.
 /// - Throws: ``CofferRegistryError/io(path:reason:)`` when the certificate or key does not load.
-public func httpServer(tls: (certificate: String, privateKey: String)?, headerTimeout: TimeAmount = .seconds(10)) throws -> HTTPServerBuilder {
+public func httpServer(tls: (certificate: String, privateKey: String)?, limits: ClientLimits = .init()) throws -> HTTPServerBuilder {
     let http1 = HTTP1Channel.Configuration(
-        additionalChannelHandlers: [HeaderDeadlineHandler(timeout: headerTimeout)],
+        additionalChannelHandlers: [ClientDeadlineHandler(limits: limits)],
         idleTimeout: .seconds(60)
     )
     guard let tls else { return .http1(configuration: http1) }

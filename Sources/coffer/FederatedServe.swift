@@ -46,7 +46,7 @@ extension Coffer.Federated {
         func run() async throws {
             let address = try listening.address(listen, exposing: "the global model")
             // A certificate that does not load is refused now, before any site trains.
-            let server = try httpServer(tls: address.tls)
+            let server = try httpServer(tls: address.tls, limits: address.clientLimits)
             var configuration = try federation.configuration()
             configuration.trainTimeout = trainTimeout
             configuration.stageTimeout = stageTimeout
@@ -88,6 +88,7 @@ extension Coffer.Federated {
                     host: address.host,
                     port: address.port,
                     server: server,
+                    maximumConnections: address.clientLimits.maximumConnections,
                     logger: logger,
                     onListening: { port in Federation.line("coordinating \(siteCount) sites on \(address.url(port: port)) \(session)") }
                 )

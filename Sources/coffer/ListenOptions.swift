@@ -1,14 +1,20 @@
 import ArgumentParser
 import CofferCrypto
+import CofferServer
 
-/// How a server command listens: `--tls-cert`/`--tls-key` for HTTPS, and `--insecure` to allow plain HTTP beyond
-/// loopback. `coffer serve` and `coffer fl serve` take these the same way and refuse the same things, so that what
+/// How a server command listens: `--tls-cert`/`--tls-key` for HTTPS, `--insecure` to allow plain HTTP beyond
+/// loopback, and the limits on slow clients and on connections (``ClientLimits``). `coffer serve` and `coffer fl serve` take these the same way and refuse the same things, so that what
 /// crosses the network (tokens, or the global model and the federation's messages) is never sent in the clear by
 /// accident.
 struct ListenOptions: ParsableArguments {
     @Flag(name: .long, help: "Allow plain HTTP on an address other than loopback.") var insecure = false
     @Option(name: .long, help: "TLS certificate chain (PEM): serve HTTPS.") var tlsCert: String?
     @Option(name: .long, help: "TLS private key (PEM), with --tls-cert.") var tlsKey: String?
+    @Option(name: .long, help: "Connections served at once; past it new ones wait until one closes.") var maxConnections: Int = 512
+    @Option(name: .long, help: "Seconds a client has to send a request head, and a body before --client-min-rate counts.")
+    var clientTimeout: Double = 10
+    @Option(name: .long, help: "Bytes per second a request body must arrive at, on average, past --client-timeout.")
+    var clientMinRate: Int = 1024
 
     /// Where and how to listen.
     struct Address {
@@ -16,6 +22,7 @@ struct ListenOptions: ParsableArguments {
         var port: Int
         /// PEM files of the certificate chain and key; `nil` for plain HTTP.
         var tls: (certificate: String, privateKey: String)?
+        var clientLimits: ClientLimits
 
         /// `https://HOST:PORT` (or `http`), with an IPv6 host in brackets; `port` is the one bound, which the system
         /// chose when `--listen` said 0.
@@ -25,10 +32,13 @@ struct ListenOptions: ParsableArguments {
     /// Checks `listen` (see ``parseListen(_:)``) against the TLS options.
     ///
     /// - Parameter exposed: what plain HTTP would show the network, for the refusal ("tokens").
-    /// - Throws: a one-line error for a malformed address, a certificate without its key (or the reverse), or plain
-    ///   HTTP beyond loopback without `--insecure`.
+    /// - Throws: a one-line error for a malformed address, a certificate without its key (or the reverse), plain
+    ///   HTTP beyond loopback without `--insecure`, or client limits that are not positive.
     func address(_ listen: String, exposing exposed: String) throws -> Address {
         let (host, port) = try Self.parseListen(listen)
+        guard maxConnections >= 1, clientMinRate >= 1, clientTimeout > 0, clientTimeout <= 86_400 else {
+            throw CLIError("--max-connections and --client-min-rate must be at least 1, --client-timeout over 0 and at most 86400 seconds")
+        }
         if (tlsCert == nil) != (tlsKey == nil) { throw CLIError("--tls-cert and --tls-key go together") }
         let tls = tlsCert.flatMap { cert in tlsKey.map { (certificate: cert, privateKey: $0) } }
         guard isLoopback(host: host) || insecure || tls != nil else {
@@ -36,7 +46,12 @@ struct ListenOptions: ParsableArguments {
                 "plain HTTP on \(host) would expose \(exposed) on the network: listen on 127.0.0.1, give --tls-cert and --tls-key, or pass --insecure"
             )
         }
-        return Address(host: host, port: port, tls: tls)
+        let limits = ClientLimits(
+            timeout: .nanoseconds(Int64(clientTimeout * 1e9)),
+            minimumRate: clientMinRate,
+            maximumConnections: maxConnections
+        )
+        return Address(host: host, port: port, tls: tls, clientLimits: limits)
     }
 
     /// `HOST:PORT`, or `[IPV6]:PORT`; port 0 lets the system choose a free one (the server prints it).

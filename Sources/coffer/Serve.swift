@@ -48,7 +48,8 @@ extension Coffer {
                         maxRows: maxPredictRows,
                         sessionsPerPrincipal: maxSessionsPerPrincipal
                     ),
-                    headLifetime: try Registry.duration(headLifetime)
+                    headLifetime: try Registry.duration(headLifetime),
+                    clientLimits: address.clientLimits
                 ),
                 logger: logger,
                 // Once the socket takes connections: a script that waits for this line may connect at once.

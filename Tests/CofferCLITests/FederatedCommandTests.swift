@@ -232,7 +232,7 @@ struct FederatedCommandTests {
         }
     }
 
-    @Test func badSitesAreRefusedWithOneLineAndNothingIsPushed() throws {
+    @Test func badSitesAreRefusedWithOneLineAndNothingIsPushed() async throws {
         let dir = try Scratch()
         try Self.prepare(dir, sites: 3, rows: 200)
         try dir.keygen("stranger")
@@ -242,11 +242,22 @@ struct FederatedCommandTests {
         let serve = try Self.background(
             [
                 "fl", "serve", "--recipe", "recipe.json", "--identity", "keys/coordinator.key", "--listen", "127.0.0.1:0",
-                "--rounds", "1", "--join-timeout", "8", "--push", "fl/never", "--home", home,
+                "--rounds", "1", "--join-timeout", "8", "--push", "fl/never", "--home", home, "--client-timeout", "1",
             ] + (0..<3).flatMap { ["--site", "keys/site\($0).pub"] },
             in: dir.url
         )
         let coordinator = try #require(serve.waitForListeningURL("coffer fl: coordinating", seconds: 60), "\(serve.stderrSoFar)")
+        // A join trickled a byte at a time (helper-47 held 600 such connections, 830 MB) is cut once its allowance, a
+        // second plus one for each 1,024 bytes, runs out.
+        let trickled = try await RawConnection.trickle(
+            port: try #require(URLComponents(string: coordinator)?.port),
+            head: "POST /v1/fl/join HTTP/1.1\r\nHost: x\r\nContent-Length: LENGTH\r\n\r\n",
+            length: 100_000,
+            chunk: 1,
+            interval: 0.2,
+            budget: 6
+        )
+        #expect(trickled.cut && trickled.seconds < 4, "\(trickled)")
         // Another recipe: refused at join. A key the coordinator never enrolled: refused. Two good sites are too few.
         let mismatched = try Self.join(dir, site: 2, coordinator: coordinator, recipe: "other.json").finish(within: 30)
         expectFailure(mismatched, "coffer: the coordinator refused: recipe mismatch: site ")

@@ -19,6 +19,12 @@ struct ServeCommandTests {
             try CofferProcess.run(["serve", "--home", dir.path("home"), "--max-sessions-per-principal", "0"], in: dir.url),
             "--predict-rate must be positive, --predict-burst, --max-predict-rows and --max-sessions-per-principal at least 1"
         )
+        for limit in [["--max-connections", "0"], ["--client-timeout", "nan"], ["--client-timeout", "0"], ["--client-min-rate", "0"]] {
+            expectFailure(
+                try CofferProcess.run(["serve", "--home", dir.path("home")] + limit, in: dir.url),
+                "--max-connections and --client-min-rate must be at least 1, --client-timeout over 0 and at most 86400 seconds"
+            )
+        }
         for (listen, host) in [("[::1]:0", "[::1]"), ("localhost:0", "localhost")] {
             let server = try BackgroundCoffer(
                 ["serve", "--home", dir.path("home"), "--listen", listen],

@@ -1,5 +1,6 @@
 import CofferCrypto
 import CofferRegistry
+import CofferTestSupport
 import Foundation
 import Hummingbird
 import HummingbirdTesting
@@ -162,58 +163,28 @@ extension ServerTests {
         try Data((0..<(16 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: "\(large)/w.bin"))
         let pushed = try await w.fixture.registry.push(PushRequest(model: "m/large", paths: [large]), publisher: w.fixture.publisher)
         let big = try await w.fixture.registry.show(try ModelReference(parsing: "m/large:\(pushed.version)")).files[0]
-        let application = try await app(w, configuration: .init(port: 0, headerTimeout: .milliseconds(500)))
+        let application = try await app(w, configuration: .init(port: 0, clientLimits: .init(timeout: .milliseconds(500))))
         try await application.test(.live) { client in
             let port = try #require(client.port)
-            /// Sends `request` on a new connection and returns what comes back before the server closes it (or 5 s).
-            @Sendable func exchange(_ request: String) -> (answer: String, seconds: Double) {
-                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                defer { close(fd) }
-                var address = sockaddr_in()
-                address.sin_family = sa_family_t(AF_INET)
-                address.sin_port = in_port_t(UInt16(port).bigEndian)
-                address.sin_addr.s_addr = inet_addr("127.0.0.1")
-                let connected = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
-                guard connected == 0 else { return ("not connected", 0) }
-                let bytes = Array(request.utf8)
-                _ = send(fd, bytes, bytes.count, 0)
-                var timeout = timeval(tv_sec: 20, tv_usec: 0)
-                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            let partial = try RawConnection(port: port)
+            let (cut, seconds) = await offPool {
+                partial.send("GET /healthz HTTP/1.1\r\nHost: x\r\n")
                 let started = ContinuousClock.now
-                var buffer = [UInt8](repeating: 0, count: 512)
-                let read = recv(fd, &buffer, buffer.count, 0)
-                let elapsed = ContinuousClock.now - started
-                return (read > 0 ? String(decoding: buffer[..<read], as: UTF8.self) : "", Double(elapsed.components.seconds))
+                return (partial.receive(timeout: 20), (ContinuousClock.now - started) / .seconds(1))
             }
-            /// The blocking socket calls run on a thread of their own, never on the pool the server's handlers share.
-            func exchanged(_ request: String) async -> (answer: String, seconds: Double) {
-                await withCheckedContinuation { continuation in
-                    Thread { continuation.resume(returning: exchange(request)) }.start()
-                }
-            }
-            let (cut, seconds) = await exchanged("GET /healthz HTTP/1.1\r\nHost: x\r\n")
-            #expect(cut.isEmpty && seconds < 4, "the server closed the connection: \(cut)")
+            #expect(cut == "" && seconds < 4, "the server closed the connection: \(cut ?? "open")")
             // A whole request in time is answered as usual.
-            let (answer, _) = await exchanged("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            let whole = try RawConnection(port: port)
+            let answer = await offPool {
+                whole.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return whole.receive(timeout: 20) ?? ""
+            }
             #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
             // An answer that takes longer to send than the header timeout is sent whole: the clock stops while it goes.
             let token = w.tokens["bob-read"]!
+            let download = try RawConnection(port: port, receiveBuffer: 16 << 10)
             @Sendable func slowDownload() -> Int {
-                let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-                defer { close(fd) }
-                var address = sockaddr_in()
-                address.sin_family = sa_family_t(AF_INET)
-                address.sin_port = in_port_t(UInt16(port).bigEndian)
-                address.sin_addr.s_addr = inet_addr("127.0.0.1")
-                _ = withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-                }
-                var small: Int32 = 16 << 10
-                setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
-                let request = Array("GET /v1/blobs/\(big.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\n\r\n".utf8)
-                _ = send(fd, request, request.count, 0)
+                download.send("GET /v1/blobs/\(big.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\n\r\n")
                 var total = 0
                 var buffer = [UInt8](repeating: 0, count: 256 << 10)
                 let started = ContinuousClock.now
@@ -221,7 +192,7 @@ extension ServerTests {
                 // cut shows as the connection closing early. The budget only guards against a hang: streamed from an OCI
                 // registry on a loaded machine (the second pass of tools/test), 16 MiB once took over 30 s.
                 while ContinuousClock.now - started < .seconds(180) {
-                    let n = recv(fd, &buffer, buffer.count, 0)
+                    let n = download.receive(into: &buffer)
                     if n <= 0 { break }
                     total += n
                     if total >= big.sealedSize { break }
@@ -229,7 +200,7 @@ extension ServerTests {
                 }
                 return total
             }
-            let received = await withCheckedContinuation { continuation in Thread { continuation.resume(returning: slowDownload()) }.start() }
+            let received = await offPool(slowDownload)
             #expect(received >= big.sealedSize, "received \(received) of \(big.sealedSize) bytes")
             _ = client
         }

@@ -19,8 +19,10 @@ import UnixSignals
 /// Signatures travel in `Coffer-Signature`; every refusal is a one-line `text/plain` body with the status of
 /// ``FederatedError/status`` (another method on a route: 405 with `Allow`); docs/openapi.yaml describes the routes.
 /// `server` is the channel set-up: plain HTTP/1.1 by default; `coffer fl serve` passes the same one as `coffer serve`
-/// (HTTPS with `--tls-cert`, a deadline on request heads). `onListening` runs once the socket takes connections, with
-/// the port it is bound to (the one the system chose when `port` is 0).
+/// (HTTPS with `--tls-cert`, deadlines on clients slow to send a request). `maximumConnections` caps the connections
+/// served at once (past it the server stops accepting until one closes: hostile clients holding connections cannot
+/// make it hold unbounded memory). `onListening` runs once the socket takes connections, with the port it is bound to
+/// (the one the system chose when `port` is 0).
 ///
 /// ```swift
 /// let app = buildFederationApplication(coordinator: coordinator, host: "127.0.0.1", port: 8450)
@@ -32,13 +34,18 @@ public func buildFederationApplication(
     port: Int,
     server: HTTPServerBuilder = .http1(),
     maximumBody: Int = 256 << 20,
+    maximumConnections: Int = 512,
     logger: Logger = Logger(label: "coffer.fl"),
     onListening: @escaping @Sendable (_ port: Int) async -> Void = { _ in }
 ) -> some ApplicationProtocol {
     Application(
         router: buildFederationRouter(coordinator: coordinator, maximumBody: maximumBody, logger: logger),
         server: server,
-        configuration: .init(address: .hostname(host, port: port), serverName: "coffer-fl"),
+        configuration: .init(
+            address: .hostname(host, port: port),
+            serverName: "coffer-fl",
+            availableConnectionsDelegate: MaximumAvailableConnections(maximumConnections)
+        ),
         onServerRunning: { channel in await onListening(channel.localAddress?.port ?? port) },
         logger: logger
     )
@@ -154,13 +161,17 @@ public func maximumAnswer(parameters: Int) -> Int {
 /// Runs the federation behind its HTTP routes: serves until every round is done and the sites have had the final
 /// model, then shuts the server down gracefully. SIGTERM or SIGINT stop both at once.
 ///
-/// - Parameter server: the channel set-up (plain HTTP/1.1, or TLS: see ``buildFederationApplication(coordinator:host:port:server:maximumBody:logger:onListening:)``).
+/// - Parameters:
+///   - server: the channel set-up (plain HTTP/1.1, or TLS: see
+///     ``buildFederationApplication(coordinator:host:port:server:maximumBody:maximumConnections:logger:onListening:)``).
+///   - maximumConnections: connections served at once; past it the server stops accepting until one closes.
 /// - Returns: every round's record.
 public func runFederation(
     coordinator: Coordinator,
     host: String,
     port: Int,
     server: HTTPServerBuilder = .http1(),
+    maximumConnections: Int = 512,
     logger: Logger,
     onListening: @escaping @Sendable (_ port: Int) async -> Void = { _ in }
 ) async throws -> [RoundRecord] {
@@ -170,6 +181,7 @@ public func runFederation(
         port: port,
         server: server,
         maximumBody: maximumBody(parameters: coordinator.core.global.count),
+        maximumConnections: maximumConnections,
         logger: logger,
         onListening: onListening
     )

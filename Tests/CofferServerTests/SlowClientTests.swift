@@ -1,0 +1,121 @@
+import CofferCrypto
+import CofferRegistry
+import CofferTestSupport
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import NIOCore
+import Testing
+
+@testable import CofferServer
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The defences against clients that hold connections open (``ClientLimits``), against a real server on loopback.
+extension ServerTests {
+    @Test func aTrickledBodyIsCutAndASteadyOneIsNot() async throws {
+        let w = try await world()
+        let publisher = w.tokens["bob-publish"]!
+        let limits = ClientLimits(timeout: .seconds(1), minimumRate: 1000)
+        try await app(w, configuration: .init(port: 0, clientLimits: limits)).test(.live) { client in
+            let port = try #require(client.port)
+            // Both uploads first: the test client's connection, idle while the trickles go, is closed after a second.
+            var ids: [String] = []
+            for _ in 0..<2 {
+                ids.append(
+                    try await client.execute(uri: "/v1/uploads", method: .post, headers: bearer(publisher)) { response in
+                        #expect(response.status == .created)
+                        return (try JSONSerialization.jsonObject(with: data(response)) as? [String: Any])?["id"] as? String ?? ""
+                    }
+                )
+            }
+            func head(_ id: String) -> String {
+                "PATCH /v1/uploads/\(id) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(publisher)\r\nUpload-Offset: 0\r\n"
+                    + "Content-Type: application/octet-stream\r\nContent-Length: LENGTH\r\nConnection: close\r\n\r\n"
+            }
+            // 10 bytes every 0.3 s: 33 bytes a second against 1,000 required past the first second.
+            let slow = try await RawConnection.trickle(port: port, head: head(ids[0]), length: 100_000, chunk: 10, interval: 0.3, budget: 15)
+            #expect(slow.cut, "the trickle was answered: \(slow.answer)")
+            #expect(slow.seconds < 6 && slow.sent < 1_000, "cut after \(slow.seconds) s and \(slow.sent) bytes")
+            // 1,000 bytes every 0.25 s for 3 s: past the first second, but at 4,000 bytes a second.
+            let steady = try await RawConnection.trickle(port: port, head: head(ids[1]), length: 12_000, chunk: 1_000, interval: 0.25, budget: 30)
+            #expect(!steady.cut && steady.sent == 12_000 && steady.seconds > 2, "\(steady)")
+            #expect(steady.answer.hasPrefix("HTTP/1.1 200"), "\(steady.answer)")
+        }
+    }
+
+    /// The body's clock stops while the server does not read: a handler that takes its time before reading a large
+    /// body (backpressure stops the reads) does not get its client cut.
+    @Test func aServerSlowToReadDoesNotCutItsClient() async throws {
+        let router = Router()
+        router.post("/slow") { request, _ -> String in
+            try await Task.sleep(for: .seconds(3))
+            var count = 0
+            for try await part in request.body { count += part.readableBytes }
+            return "\(count)"
+        }
+        let limits = ClientLimits(timeout: .seconds(1), minimumRate: 1 << 20)
+        let application = Application(
+            router: router,
+            server: try httpServer(tls: nil, limits: limits),
+            configuration: .init(address: .hostname("127.0.0.1", port: 0))
+        )
+        try await application.test(.live) { client in
+            let port = try #require(client.port)
+            let length = 64 << 20
+            let sent = try await RawConnection.trickle(
+                port: port,
+                head: "POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: LENGTH\r\nConnection: close\r\n\r\n",
+                length: length,
+                chunk: 1 << 20,
+                interval: 0,
+                budget: 60
+            )
+            #expect(sent.answer.hasPrefix("HTTP/1.1 200") && sent.answer.hasSuffix("\(length)"), "\(sent)")
+        }
+    }
+
+    /// Past `maximumConnections` the server stops accepting: a new connection waits, unanswered, until one closes.
+    /// The application runs as `coffer serve` runs it: HummingbirdTesting's `TestApplication` rebuilds the
+    /// configuration with `with(address:)`, which drops the cap (Hummingbird 2.28).
+    @Test func connectionsPastTheCapWaitForOneToClose() async throws {
+        let w = try await world()
+        let (ports, listening) = AsyncStream.makeStream(of: Int.self)
+        let application = try await buildApplication(
+            registry: w.fixture.registry,
+            registryIdentity: w.fixture.registryIdentity,
+            configuration: .init(port: 0, clientLimits: ClientLimits(timeout: .seconds(30), maximumConnections: 2)),
+            onListening: { listening.yield($0) }
+        )
+        let running = Task { try await application.runService(gracefulShutdownSignals: []) }
+        defer { running.cancel() }
+        var iterator = ports.makeAsyncIterator()
+        let port = try #require(await iterator.next())
+        let first = try RawConnection(port: port)
+        let second = try RawConnection(port: port)
+        // Each served connection answers, so both are accepted before the third comes.
+        for connection in [first, second] {
+            let answer = await offPool {
+                connection.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                return connection.receive(timeout: 10)
+            }
+            #expect(answer?.hasPrefix("HTTP/1.1 200") == true, "\(answer ?? "no answer")")
+        }
+        let third = try RawConnection(port: port)
+        let waiting = await offPool {
+            third.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return third.receive(timeout: 1.5)
+        }
+        #expect(waiting == nil, "a third connection was served past the cap of two: \(waiting ?? "")")
+        let answered = await offPool { () -> String? in
+            first.hangUp()
+            return third.receive(timeout: 10)
+        }
+        #expect(answered?.hasPrefix("HTTP/1.1 200") == true, "the third connection once the first closed: \(answered ?? "no answer")")
+        withExtendedLifetime(second) {}
+        running.cancel()
+        _ = await running.result
+    }
+}
