@@ -8,7 +8,8 @@ import Foundation
 enum FuzzTarget: String, CaseIterable {
     /// A sealed file's header with the wrapped-key stanzas it carries.
     case sealedHeader = "sealed-header"
-    /// A DSSE envelope, the in-toto statement in its payload, and Coffer's model predicate in that.
+    /// A DSSE envelope, the in-toto statement in its payload, and Coffer's model predicate in that; and JSONValue's
+    /// parser against JSONDecoder on the same bytes.
     case dsse
     /// A safetensors header, as the checkpoint reader and the in-memory inference view parse it.
     case safetensors
@@ -47,6 +48,11 @@ enum FuzzTarget: String, CaseIterable {
                 if let statement = try? InTotoStatement(jsonBytes: Array(payload)) { _ = try? ModelStatement(statement) }
             }
             if let statement = try? InTotoStatement(jsonBytes: bytes) { _ = try? ModelStatement(statement) }
+            // Statements are read by JSONValue's own parser: it must never accept what JSONDecoder refuses, nor read
+            // it otherwise.
+            if let parsed = try? JSONValue(parsing: bytes), (try? JSONDecoder().decode(JSONValue.self, from: Data(bytes))) != parsed {
+                fatalError("JSONValue(parsing:) reads \(bytes.count) bytes that JSONDecoder refuses or reads otherwise")
+            }
         case .safetensors:
             _ = try? Safetensors(header: bytes, fileLength: bytes.count)
             bytes.withUnsafeBytes { _ = try? CheckpointView(header: $0) }

@@ -40,7 +40,7 @@ struct DSSETests {
         }
     }
 
-    @Test func repeatedMemberNamesAreFound() {
+    @Test func repeatedMemberNamesAreFound() throws {
         let cases: [(String, String?)] = [
             (#"{"a":1,"b":{"a":2},"c":[{"a":3},{"a":4}]}"#, nil),  // the same name in different objects
             (#"{"a":1,"a":2}"#, "a"),
@@ -51,9 +51,14 @@ struct DSSETests {
             (#"{"v":"a\",\"v\":","w":1}"#, nil),  // an escaped quote inside a value
             (#"["a","a"]"#, nil),
             (#"{"a":1,"#, nil),  // not JSON: no finding, and no crash
-            (#"{"\u12"#, nil),
         ]
-        for (json, repeated) in cases { #expect(AmbiguousJSON.firstRepeatedName(in: Array(json.utf8)) == repeated, "\(json)") }
+        for (json, repeated) in cases { #expect(try AmbiguousJSON.firstRepeatedName(in: Array(json.utf8)) == repeated, "\(json)") }
+        // A member name parsers would read differently (repaired or refused) is refused.
+        for name in [#"\u12"#, #"\ud800"#, #"a\qb"#] {
+            let reason = AmbiguousJSON.reason(in: Array(#"{"\#(name)":1}"#.utf8))
+            #expect(reason?.hasPrefix("a member name that is not a valid JSON string") == true, "\(name): \(reason ?? "accepted")")
+        }
+        #expect(AmbiguousJSON.reason(in: [0x7B, 0x22, 0xC3, 0x28, 0x22, 0x3A, 0x31, 0x7D]) != nil, "a name that is not UTF-8")
     }
 
     /// A statement that reads one way to Coffer (JSONDecoder keeps the first value) and another to Python (the last) is

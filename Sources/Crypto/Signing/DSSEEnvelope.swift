@@ -89,10 +89,16 @@ public struct DSSEEnvelope: Sendable, Equatable, Codable {
 
     public init(jsonBytes: [UInt8]) throws(CofferCryptoError) {
         if let reason = AmbiguousJSON.reason(in: jsonBytes) { throw .malformedEnvelope(reason) }
-        do {
-            self = try JSONDecoder().decode(DSSEEnvelope.self, from: Data(jsonBytes))
-        } catch {
-            throw .malformedEnvelope("not a DSSE envelope (expected JSON with payloadType, payload, signatures)")
+        // JSONValue's own parser, as for statements (see ``JSONValue/init(parsing:)``).
+        let notAnEnvelope = CofferCryptoError.malformedEnvelope("not a DSSE envelope (expected JSON with payloadType, payload, signatures)")
+        guard case .object(let fields)? = try? JSONValue(parsing: jsonBytes), let payloadType = fields["payloadType"]?.stringValue,
+            let payload = fields["payload"]?.stringValue, let listed = fields["signatures"]?.arrayValue
+        else { throw notAnEnvelope }
+        var signatures: [Signature] = []
+        for item in listed {
+            guard let keyid = item["keyid"]?.stringValue, let sig = item["sig"]?.stringValue else { throw notAnEnvelope }
+            signatures.append(Signature(keyid: keyid, sig: sig))
         }
+        self.init(payloadType: payloadType, payload: payload, signatures: signatures)
     }
 }

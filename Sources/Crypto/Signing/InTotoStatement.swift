@@ -43,11 +43,26 @@ public struct InTotoStatement: Sendable, Equatable, Codable {
     /// Parses and checks a statement: `_type`, at least one subject, each with a digest.
     public init(jsonBytes: [UInt8]) throws(CofferCryptoError) {
         if let reason = AmbiguousJSON.reason(in: jsonBytes) { throw .malformedStatement(reason) }
-        do {
-            self = try JSONDecoder().decode(InTotoStatement.self, from: Data(jsonBytes))
-        } catch {
-            throw .malformedStatement("not an in-toto statement (expected _type, subject, predicateType, predicate)")
+        // Parsed straight from the bytes, not through Codable (see ``JSONValue/init(parsing:)``).
+        let notAStatement = CofferCryptoError.malformedStatement("not an in-toto statement (expected _type, subject, predicateType, predicate)")
+        guard case .object(let fields)? = try? JSONValue(parsing: jsonBytes), let type = fields["_type"]?.stringValue,
+            let listed = fields["subject"]?.arrayValue, let predicateType = fields["predicateType"]?.stringValue,
+            let predicate = fields["predicate"]
+        else { throw notAStatement }
+        var subjects: [Subject] = []
+        for item in listed {
+            guard let name = item["name"]?.stringValue, case .object(let digests)? = item["digest"] else { throw notAStatement }
+            var digest: [String: String] = [:]
+            for (algorithm, value) in digests {
+                guard let hex = value.stringValue else { throw notAStatement }
+                digest[algorithm] = hex
+            }
+            subjects.append(Subject(name: name, digest: digest))
         }
+        self.type = type
+        self.subject = subjects
+        self.predicateType = predicateType
+        self.predicate = predicate
         guard type == Self.type else { throw .malformedStatement("_type is '\(type)', expected \(Self.type)") }
         guard !subject.isEmpty else { throw .malformedStatement("no subjects") }
         for item in subject where item.digest.isEmpty { throw .malformedStatement("subject '\(item.name)' has no digest") }

@@ -53,6 +53,11 @@ public enum JSONValue: Sendable, Hashable, Codable {
         return value
     }
 
+    public var arrayValue: [JSONValue]? {
+        guard case .array(let value) = self else { return nil }
+        return value
+    }
+
     public var numberValue: Double? {
         guard case .number(let value) = self else { return nil }
         return value
