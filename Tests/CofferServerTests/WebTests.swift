@@ -290,6 +290,10 @@ struct WebTests {
             let limited = try await checkNow()
             #expect(limited.status == .tooManyRequests && limited.headers[.retryAfter] != nil)
             #expect(Self.text(limited).contains("bob checked versions 3 times recently: check again in "))
+            // GET /v1/verify hashes every blob too and draws on the same bucket.
+            let api = try await client.execute(uri: "/v1/verify?ref=m/risk:1", method: .get, headers: server.bearer(w.tokens["bob-read"]!))
+            #expect(api.status == .tooManyRequests && api.headers[.retryAfter] != nil, "\(api.status)")
+            #expect(Self.text(api).contains("bob checked versions 3 times recently: check again in "), "\(Self.text(api))")
             // Another principal's checks are their own; a form without the CSRF token is refused.
             let alice = try await signIn(client, token: w.tokens["admin"]!)
             var (headers, body) = Self.form([("csrf", alice.csrf), ("ref", "m/risk:1")])

@@ -55,10 +55,12 @@ struct RegistryController {
     }
 
     /// `GET /v1/verify?ref=...`: signature, trust, rows and blob digests, server-side (a client re-verifies what it pulls).
+    /// It hashes every blob of the version: limited per principal with the web page's checks (``VersionChecks``).
     func verify(_ request: Request, context: CofferRequestContext) async throws -> Response {
         let holder = try context.authenticated
         let reference = try self.reference(request)
         try await registry.require(.reader, on: reference.name, by: holder.principal, action: "verify", target: reference.description)
+        if let refusal = state.versionChecks.admit(holder.principal.name) { throw refusal }
         let report = try await registry.verify(reference)
         return try Response.json(VerifyAnswer(report, includeReadData: false))
     }

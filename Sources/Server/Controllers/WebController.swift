@@ -232,11 +232,9 @@ struct WebController {
         try await registry.require(.reader, on: reference.name, by: holder.principal, action: "verify", target: reference.description)
         let summary = try await registry.show(reference)
         let ref = "\(summary.model):\(summary.version)"
-        if let wait = state.versionChecks.take(principal: holder.principal.name) {
-            let seconds = Int(wait.rounded(.up))
-            let message = "\(holder.principal.name) checked versions \(Int(state.versionChecks.burst)) times recently: check again in \(seconds) s"
-            var response = pages.error(HTTPError(.tooManyRequests, message: message), session: context.webSession, admin: holder.scope == .admin)
-            response.headers[.retryAfter] = "\(seconds)"
+        if let refusal = state.versionChecks.admit(holder.principal.name) {
+            var response = pages.error(refusal, session: context.webSession, admin: holder.scope == .admin)
+            response.headers[.retryAfter] = refusal.headers[.retryAfter]
             return response
         }
         var failure: String? = nil

@@ -1,9 +1,13 @@
 import Foundation
+import HTTPTypes
+import Hummingbird
 import Synchronization
 
-/// The version page's blob checks (docs/WEB.md, "The version page's blob check"), in this process's memory: the last
-/// check of each version (when, by whom, the result) and, per principal, a token bucket that limits "check now" (each
-/// check reads and hashes every sealed blob of the version and appends a `verify` audit entry).
+/// Server-side checks of every blob of a version, in this process's memory: the last check of each version (when, by
+/// whom, the result, for the version page: docs/WEB.md, "The version page's blob check") and, per principal, a token
+/// bucket that limits them. Each check reads and hashes every sealed blob of the version and appends a `verify` audit
+/// entry, so `GET /v1/verify` and the page's "check now" share the bucket: without it one reader could keep the
+/// server hashing (helper-46).
 final class VersionChecks: Sendable {
     struct Check: Sendable, Equatable {
         var at: String
@@ -42,6 +46,18 @@ final class VersionChecks: Sendable {
                 state.checks.removeValue(forKey: oldest)
             }
         }
+    }
+
+    /// Takes one check from `principal`'s bucket: nil when taken, else a 429 saying when to check again (with
+    /// `Retry-After`).
+    func admit(_ principal: String, now: Date = Date()) -> HTTPError? {
+        guard let wait = take(principal: principal, now: now) else { return nil }
+        let seconds = Int(wait.rounded(.up))
+        return HTTPError(
+            .tooManyRequests,
+            headers: [.retryAfter: "\(seconds)"],
+            message: "\(principal) checked versions \(Int(burst)) times recently: check again in \(seconds) s"
+        )
     }
 
     /// Takes one check from `principal`'s bucket: nil when taken, else the seconds until the next one is allowed.
