@@ -39,6 +39,14 @@ extension ServerTests {
             let slow = try await RawConnection.trickle(port: port, head: head(ids[0]), length: 100_000, chunk: 10, interval: 0.3, budget: 15)
             #expect(slow.cut, "the trickle was answered: \(slow.answer)")
             #expect(slow.seconds < 6 && slow.sent < 1_000, "cut after \(slow.seconds) s and \(slow.sent) bytes")
+            // The cut is the client's failure: a 400 in the metrics, not a 500 (asked on a connection of its own: the test
+            // client's, idle meanwhile, was closed after a second).
+            let asking = try RawConnection(port: port)
+            let metrics = await offPool {
+                asking.send("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return asking.receiveAll(timeout: 10)
+            }
+            #expect(metrics.contains(#"route="/v1/uploads/:id",status="400"} 1"#) && !metrics.contains("status=\"500\""), "\(metrics)")
             // 1,000 bytes every 0.25 s for 3 s: past the first second, but at 4,000 bytes a second.
             let steady = try await RawConnection.trickle(port: port, head: head(ids[1]), length: 12_000, chunk: 1_000, interval: 0.25, budget: 30)
             #expect(!steady.cut && steady.sent == 12_000 && steady.seconds > 2, "\(steady)")

@@ -54,6 +54,13 @@ public final class RawConnection: @unchecked Sendable {
         return n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK) ? "" : nil
     }
 
+    /// Everything that arrives until the server closes the connection (or `timeout` seconds pass without a byte).
+    public func receiveAll(timeout: Double) -> String {
+        var text = ""
+        while let part = receive(timeout: timeout), !part.isEmpty { text += part }
+        return text
+    }
+
     /// One blocking read into `buffer`: the byte count, 0 once the server closed the connection, -1 on an error.
     public func receive(into buffer: inout [UInt8]) -> Int { recv(fd, &buffer, buffer.count, 0) }
 

@@ -58,7 +58,7 @@ struct UploadController {
         guard let text = request.headers[Self.uploadOffset], let start = Int(text), start >= 0 else {
             throw HTTPError(.badRequest, message: "PATCH needs an Upload-Offset header")
         }
-        let body = BlobStream(length: request.headers[.contentLength].flatMap { Int($0) }, request.body)
+        let body = BlobStream(length: request.headers[.contentLength].flatMap { Int($0) }, ClientBody(base: request.body))
         let upload = try await registry.appendUpload(id, at: start, body, limit: state.maxUploadSize, by: holder.principal)
         return try Response.json(UploadStatus(id: id, offset: upload.offset))
     }
@@ -84,4 +84,24 @@ struct UploadController {
         )
         return try Response.json(CommitAnswer(model: result.model, version: result.version, digest: result.digest), status: .created)
     }
+}
+
+/// A request body whose failure is the client's (it went away, or was cut for sending too slowly: ClientDeadlineHandler):
+/// a 400 in the log and the metrics, not a 500 that would page an operator for every slow client an attack sends.
+private struct ClientBody<Base: AsyncSequence & Sendable>: AsyncSequence, Sendable where Base.Element == ByteBuffer {
+    let base: Base
+
+    struct AsyncIterator: AsyncIteratorProtocol {
+        var base: Base.AsyncIterator
+
+        mutating func next() async throws -> ByteBuffer? {
+            do {
+                return try await base.next()
+            } catch {
+                throw CofferRegistryError.invalidInput("the request body ended before its end (the client went away or was too slow)")
+            }
+        }
+    }
+
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: base.makeAsyncIterator()) }
 }
