@@ -322,6 +322,28 @@ struct ShareTests {
         #expect(sessions.compactMap(\.maxUses).reduce(0, +) <= 10 && sessions.count == held.count, "\(sessions)")
     }
 
+    /// Uploads started at once never pass the cap of unfinished uploads: the count is made again inside each commit
+    /// (helper-46 started 69 under a cap of 64 over HTTP).
+    @Test(arguments: MetadataBackend.available) func uploadsStartedAtOnceNeverPassTheCap(on backend: MetadataBackend) async throws {
+        let (f, alice, _, _) = try await world(on: backend)
+        let owner = Principal(name: "alice", keyID: alice.publicIdentity.keyID)
+        let registry = f.registry
+        for _ in 0..<(Registry.maximumOpenUploads - 4) { _ = try await registry.startUpload(by: owner) }
+        let outcomes = await withTaskGroup(of: Result<UploadState, CofferRegistryError>.self) { group in
+            for _ in 0..<12 {
+                group.addTask {
+                    do throws(CofferRegistryError) { return .success(try await registry.startUpload(by: owner)) } catch { return .failure(error) }
+                }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(outcomes.filter { (try? $0.get()) != nil }.count == 4, "\(outcomes)")
+        for case .failure(let error) in outcomes {
+            #expect(error.description.contains("alice has 64 unfinished uploads, the most one may hold"), "\(error)")
+        }
+        #expect(try await f.registry.metadata.uploads(principal: "alice").count == Registry.maximumOpenUploads)
+    }
+
     @Test func aPushWrapsForEveryDecryptHolderAtThatMoment() async throws {
         let f = try await RegistryFixture(.sqlite)
         let alice = try person("alice")

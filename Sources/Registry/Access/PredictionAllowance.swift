@@ -2,7 +2,7 @@
 ///
 /// A grant's predictions are spent by the uses of the sessions opened under it since it was recorded, and held by the
 /// whole limit of those still open. The same value decides twice: before the model is decrypted (to refuse early), and
-/// inside the commit that adds the session, on the sessions as they are then (``UnitOfWork/SessionCheck``).
+/// inside the commit that adds the session, on the sessions as they are then (``UnitOfWork/HoldingCheck``).
 struct PredictionAllowance: Sendable {
     struct Limited: Sendable {
         var grant: Grant

@@ -126,7 +126,7 @@ extension Registry {
         if let seconds = bound.seconds, ttl > TimeInterval(seconds) {
             try await refuse("\(actor.name)'s inference grant allows sessions of at most \(seconds) s (asked for \(Int(ttl.rounded(.up))) s)")
         }
-        var sessionCheck: UnitOfWork.SessionCheck? = nil
+        var sessionCheck: UnitOfWork.HoldingCheck? = nil
         if let allowance = bound.predictions {
             let sessions = try await metadata.sessions(of: actor.name)
             if let refusal = allowance.refusal(asking: maxUses, given: sessions) { try await refuse(refusal) }
@@ -136,7 +136,7 @@ extension Registry {
             maxUses = limit
             // Decided again inside the commit, on the sessions as they are then: two opens at once each saw room for
             // itself here (helper-46: eight parallel opens under a grant of 10 predictions got 60).
-            sessionCheck = .init(principal: actor.name) { allowance.refusal(holding: limit, asked: asked, given: $0) }
+            sessionCheck = .init(principal: actor.name, rows: .sessions { allowance.refusal(holding: limit, asked: asked, given: $0) })
         }
         do {
             let stored = try await loadVersion(try await resolveForUse(reference).id)
@@ -184,7 +184,7 @@ extension Registry {
                     )
                 ]
             )
-            work.sessionCheck = sessionCheck
+            work.holdingCheck = sessionCheck
             try await metadata.commit(work)
             return OpenedSession(info: info, token: token)
         } catch .sessionRefused(let reason) {

@@ -24,10 +24,15 @@ extension Registry {
     /// ``maximumOpenUploads`` at once.
     public func startUpload(by principal: Principal, now: Date = Date()) async throws(CofferRegistryError) -> UploadState {
         try await requirePublisherSomewhere(principal, action: "upload", target: "-")
-        let open = try await metadata.uploads(principal: principal.name).filter { $0.expiresAt > Self.timestamp(now) }
-        guard open.count < Self.maximumOpenUploads else {
-            throw .tooManyUploads("\(principal.name) has \(open.count) unfinished uploads, the most one may hold: finish them, or wait for gc")
+        let name = principal.name
+        let current = Self.timestamp(now)
+        @Sendable func refusal(_ uploads: [UploadRecord]) -> String? {
+            let open = uploads.filter { $0.expiresAt > current }.count
+            return open < Self.maximumOpenUploads ? nil : "\(name) has \(open) unfinished uploads, the most one may hold: finish them, or wait for gc"
         }
+        // Counted before the blob store is asked, and again inside the commit that adds the upload: counted only
+        // before, 69 uploads started at once had all fit.
+        if let reason = refusal(try await metadata.uploads(principal: name)) { throw .tooManyUploads(reason) }
         let started = try await blobs.startUpload()
         let record = UploadRecord(
             id: Digest.hex((0..<16).map { _ in UInt8.random(in: 0...255) }),
@@ -38,7 +43,9 @@ extension Registry {
             expiresAt: Self.timestamp(now.addingTimeInterval(Self.uploadLifetime))
         )
         do {
-            try await metadata.commit(UnitOfWork(changes: [.putUpload(record)]))
+            var work = UnitOfWork(changes: [.putUpload(record)])
+            work.holdingCheck = UnitOfWork.HoldingCheck(principal: name, rows: .uploads(refusal))
+            try await metadata.commit(work)
         } catch {
             await blobs.abandon(started)
             throw error

@@ -142,16 +142,23 @@ struct UnitOfWork: Sendable {
     var records: [LedgerRow] = []
     var changes: [MetadataChange] = []
     var audit: [AuditDraft] = []
-    /// Decided inside the transaction, after every earlier commit: the commit is refused with
-    /// ``CofferRegistryError/sessionRefused(_:)`` when it says so.
-    var sessionCheck: SessionCheck? = nil
+    /// Decided inside the transaction, after every earlier commit: the commit is refused when it says so.
+    var holdingCheck: HoldingCheck? = nil
 
-    /// A check of one principal's sessions (every one, any model) made inside the commit, under a lock that other
-    /// checks wait for: what a new session may take is decided on the sessions as they are when it is added.
-    struct SessionCheck: Sendable {
+    /// A check of what one principal holds, made inside the commit under a lock that other checks of that principal
+    /// wait for: a limit is decided on the rows as they are when one more is added, never on a read made before (eight
+    /// session opens at once had each seen the same allowance; 69 uploads were started under a cap of 64).
+    struct HoldingCheck: Sendable {
+        enum Rows: Sendable {
+            /// Every session of the principal, any model: refused with ``CofferRegistryError/sessionRefused(_:)``.
+            case sessions(@Sendable ([SessionRow]) -> String?)
+            /// The principal's uploads: refused with ``CofferRegistryError/tooManyUploads(_:)``.
+            case uploads(@Sendable ([UploadRecord]) -> String?)
+        }
+
         var principal: String
-        /// The refusal, or nil.
-        var refusal: @Sendable ([SessionRow]) -> String?
+        /// What is read, and the refusal it gives (nil to go ahead).
+        var rows: Rows
     }
 
     init(ledgerEnd: Int64? = nil, records: [LedgerRow] = [], changes: [MetadataChange] = [], audit: [AuditDraft] = []) {

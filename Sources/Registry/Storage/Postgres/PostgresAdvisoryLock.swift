@@ -16,9 +16,10 @@ enum PostgresAdvisoryLock {
     /// decides record `n + 1`.
     static let ledgerAppend: Int64 = 0x636F_6666_6572_0004
     /// With the hash of a principal's name (PostgreSQL's two-key form, a key space apart from the one-key locks above):
-    /// held by each commit of that principal's session under a grant's prediction limit, from reading its sessions to
-    /// COMMIT, so two opens at once cannot both take what is left; other principals' opens do not wait.
-    static let sessionLimits: Int32 = 0x636F_6605
+    /// held by each commit checking a limit on what that principal holds (a session under a grant's prediction limit,
+    /// a new upload), from reading its rows to COMMIT, so two at once cannot both take what is left; other principals'
+    /// commits do not wait.
+    static let principalLimits: Int32 = 0x636F_6605
 }
 
 extension PostgresConnection {

@@ -74,6 +74,19 @@ extension PostgresMetadataStore {
         return sessions
     }
 
+    /// Refuses the commit in progress when `check` says so of the rows as they are now (see ``UnitOfWork/HoldingCheck``),
+    /// under a lock every check of that principal waits for, to COMMIT: no other limited row is added meanwhile.
+    func enforce(_ check: UnitOfWork.HoldingCheck, on connection: PostgresConnection) async throws {
+        try await connection.advisoryTransactionLock(PostgresAdvisoryLock.principalLimits, name: check.principal)
+        switch check.rows {
+        case .sessions(let refusal):
+            if let reason = refusal(try await sessions(of: check.principal, on: connection)) { throw CofferRegistryError.sessionRefused(reason) }
+        case .uploads(let refusal):
+            let uploads = try await connection.fetchAll(UploadRecord.self, "SELECT * FROM uploads WHERE principal = \(check.principal)")
+            if let reason = refusal(uploads) { throw CofferRegistryError.tooManyUploads(reason) }
+        }
+    }
+
     func sessions() async throws(CofferRegistryError) -> [SessionRow] {
         try await sessionRows("\(unescaped: Self.sessionSelect) ORDER BY s.created_at COLLATE \"C\", s.id")
     }

@@ -41,13 +41,7 @@ extension PostgresMetadataStore {
                 let current = try await Self.int(connection, "SELECT coalesce(max(seq), 0) FROM ledger") ?? 0
                 guard current == end else { throw CofferRegistryError.ledgerMoved }
             }
-            // Under a lock every such check waits for, to COMMIT: no other limited session is added meanwhile.
-            if let check = work.sessionCheck {
-                try await connection.advisoryTransactionLock(PostgresAdvisoryLock.sessionLimits, name: check.principal)
-                if let refusal = check.refusal(try await sessions(of: check.principal, on: connection)) {
-                    throw CofferRegistryError.sessionRefused(refusal)
-                }
-            }
+            if let check = work.holdingCheck { try await enforce(check, on: connection) }
             // Every session open asks to drop expired key copies; when none is there (the usual case) it is left out,
             // so that opening a session does not take the epoch row exclusively (pushes and other opens would queue
             // behind it). A copy expiring meanwhile goes at the next open, or when its session is next used.

@@ -53,6 +53,17 @@ extension SQLiteMetadataStore {
         try rows(db.cachedStatement(sql: "\(sessionSelect) WHERE s.principal = ? ORDER BY s.created_at"), [principal], sessionRow)
     }
 
+    /// Refuses the commit in progress when `check` says so of the rows as they are now (see ``UnitOfWork/HoldingCheck``).
+    static func enforce(_ check: UnitOfWork.HoldingCheck, _ db: Database) throws {
+        switch check.rows {
+        case .sessions(let refusal):
+            if let reason = refusal(try sessions(of: check.principal, db)) { throw CofferRegistryError.sessionRefused(reason) }
+        case .uploads(let refusal):
+            let uploads = try UploadRecord.filter(Column("principal") == check.principal).fetchAll(db)
+            if let reason = refusal(uploads) { throw CofferRegistryError.tooManyUploads(reason) }
+        }
+    }
+
     func takeSessionUses(id: String, count: Int) async throws(CofferRegistryError) -> Bool {
         let (taken, exhausted) = try await write { db in
             try db.cachedStatement(

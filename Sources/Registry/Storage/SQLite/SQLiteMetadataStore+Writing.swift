@@ -14,10 +14,8 @@ extension SQLiteMetadataStore {
                 let current = try Int64.fetchOne(db.cachedStatement(sql: "SELECT max(seq) FROM ledger")) ?? 0
                 guard current == end else { throw CofferRegistryError.ledgerMoved }
             }
-            // Inside the write transaction, which holds SQLite's write lock: no other session is added meanwhile.
-            if let check = work.sessionCheck, let refusal = check.refusal(try Self.sessions(of: check.principal, db)) {
-                throw CofferRegistryError.sessionRefused(refusal)
-            }
+            // Inside the write transaction, which holds SQLite's write lock: no other row is added meanwhile.
+            if let check = work.holdingCheck { try Self.enforce(check, db) }
             for record in work.records { try record.insert(db) }
             var deletedKeys = false
             for change in work.changes {
