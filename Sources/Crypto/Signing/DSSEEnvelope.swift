@@ -88,10 +88,11 @@ public struct DSSEEnvelope: Sendable, Equatable, Codable {
     }
 
     public init(jsonBytes: [UInt8]) throws(CofferCryptoError) {
-        if let reason = AmbiguousJSON.reason(in: jsonBytes) { throw .malformedEnvelope(reason) }
         // JSONValue's own parser, as for statements (see ``JSONValue/init(parsing:)``).
         let notAnEnvelope = CofferCryptoError.malformedEnvelope("not a DSSE envelope (expected JSON with payloadType, payload, signatures)")
-        guard case .object(let fields)? = try? JSONValue(parsing: jsonBytes), let payloadType = fields["payloadType"]?.stringValue,
+        let tree: JSONValue
+        do { tree = try JSONValue(parsing: jsonBytes) } catch { throw error.repeatedName == nil ? notAnEnvelope : .malformedEnvelope(error.reason) }
+        guard case .object(let fields) = tree, let payloadType = fields["payloadType"]?.stringValue,
             let payload = fields["payload"]?.stringValue, let listed = fields["signatures"]?.arrayValue
         else { throw notAnEnvelope }
         var signatures: [Signature] = []

@@ -42,10 +42,12 @@ public struct InTotoStatement: Sendable, Equatable, Codable {
 
     /// Parses and checks a statement: `_type`, at least one subject, each with a digest.
     public init(jsonBytes: [UInt8]) throws(CofferCryptoError) {
-        if let reason = AmbiguousJSON.reason(in: jsonBytes) { throw .malformedStatement(reason) }
-        // Parsed straight from the bytes, not through Codable (see ``JSONValue/init(parsing:)``).
+        // Parsed straight from the bytes, not through Codable (see ``JSONValue/init(parsing:)``), which also refuses what
+        // ``AmbiguousJSON`` refuses.
         let notAStatement = CofferCryptoError.malformedStatement("not an in-toto statement (expected _type, subject, predicateType, predicate)")
-        guard case .object(let fields)? = try? JSONValue(parsing: jsonBytes), let type = fields["_type"]?.stringValue,
+        let tree: JSONValue
+        do { tree = try JSONValue(parsing: jsonBytes) } catch { throw error.repeatedName == nil ? notAStatement : .malformedStatement(error.reason) }
+        guard case .object(let fields) = tree, let type = fields["_type"]?.stringValue,
             let listed = fields["subject"]?.arrayValue, let predicateType = fields["predicateType"]?.stringValue,
             let predicate = fields["predicate"]
         else { throw notAStatement }

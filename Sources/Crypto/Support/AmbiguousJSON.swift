@@ -27,12 +27,15 @@ public enum AmbiguousJSON {
             return "JSON that is not UTF-8 (UTF-16 and UTF-32 are refused)"
         }
         do {
-            return try firstRepeatedName(in: bytes).map {
-                "the member \(String(reflecting: $0)) appears twice in one JSON object (readers would disagree on its value)"
-            }
+            return try firstRepeatedName(in: bytes).map(repeated)
         } catch {
             return "a member name that is not a valid JSON string (readers would disagree on it): \(error)"
         }
+    }
+
+    /// The refusal of a document whose objects give `name` twice.
+    static func repeated(_ name: String) -> String {
+        "the member \(String(reflecting: name)) appears twice in one JSON object (readers would disagree on its value)"
     }
 
     /// The first member name repeated within one object of `json`, or nil; a member name that is not a valid JSON
