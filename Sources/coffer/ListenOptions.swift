@@ -3,9 +3,9 @@ import CofferCrypto
 import CofferServer
 
 /// How a server command listens: `--tls-cert`/`--tls-key` for HTTPS, `--insecure` to allow plain HTTP beyond
-/// loopback, and the limits on slow clients and on connections (``ClientLimits``). `coffer serve` and `coffer fl serve` take these the same way and refuse the same things, so that what
-/// crosses the network (tokens, or the global model and the federation's messages) is never sent in the clear by
-/// accident.
+/// loopback, and the limits on slow clients and on connections (``ClientLimits``). `coffer serve` and `coffer fl
+/// serve` take these the same way and refuse the same things, so that what crosses the network (tokens, or the global
+/// model and the federation's messages) is never sent in the clear by accident.
 struct ListenOptions: ParsableArguments {
     @Flag(name: .long, help: "Allow plain HTTP on an address other than loopback.") var insecure = false
     @Option(name: .long, help: "TLS certificate chain (PEM): serve HTTPS.") var tlsCert: String?
