@@ -124,11 +124,11 @@ extension CofferClient {
 
     /// `PUT /v1/budgets/{dataset}` (admins only); answers the budget as it is now.
     @discardableResult
-    public func setBudget(dataset: String, epsilon: Double, delta: Double) async throws(CofferClientError) -> BudgetStatus {
+    public func setBudget(dataset: String, epsilon: Double, delta: Double, models: [String]? = nil) async throws(CofferClientError) -> BudgetStatus {
         try await call(
             .PUT,
             "v1/budgets/\(Self.pathSegment(dataset))",
-            json: SetBudgetRequest(epsilon: epsilon, delta: delta),
+            json: SetBudgetRequest(epsilon: epsilon, delta: delta, models: models),
             as: BudgetStatus.self
         )
     }

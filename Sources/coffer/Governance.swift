@@ -19,16 +19,27 @@ extension Coffer {
             @Argument(help: "Dataset id (as pushed with --dataset, or the training data's file name).") var dataset: String
             @Option(name: .long, help: "Total epsilon.") var epsilon: Double
             @Option(name: .long, help: "Delta the budget is counted at.") var delta: Double
+            @Option(
+                name: .long,
+                parsing: .upToNextOption,
+                help:
+                    "Only versions of these models may be charged to it: a model, a namespace ending in /, or * for any (default: as before; any for a new budget)."
+            )
+            var models: [String] = []
             @OptionGroup var remote: RemoteOptions
 
             func run() async throws {
+                let scopes = models.isEmpty ? nil : models
+                let status: BudgetStatus
                 if let client = try remote.client(over: registry) {
-                    try await client.setBudget(dataset: dataset, epsilon: epsilon, delta: delta)
+                    status = try await client.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, models: scopes)
                 } else {
                     let store = try await registry.open()
-                    try await store.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, by: try acting.signer(in: store))
+                    try await store.setBudget(dataset: dataset, epsilon: epsilon, delta: delta, models: scopes, by: try acting.signer(in: store))
+                    status = try await store.budget(dataset: dataset)
                 }
-                print("budget of \(dataset): epsilon \(epsilon) at delta \(delta)")
+                let charged = status.models.map { "; only \($0.joined(separator: ", ")) may be charged" } ?? ""
+                print("budget of \(dataset): epsilon \(epsilon) at delta \(delta)\(charged)")
             }
         }
 
@@ -36,7 +47,7 @@ extension Coffer {
             static let configuration = CommandConfiguration(commandName: "show", abstract: "Versions charged, spent and remaining epsilon.")
             @OptionGroup var registry: RegistryOptions
             @Argument(help: "Dataset id.") var dataset: String
-            @Flag(name: .long, help: "Print JSON: {dataset, epsilon, delta, spent, remaining, versions}.") var json = false
+            @Flag(name: .long, help: "Print JSON: {dataset, epsilon, delta, models, spent, remaining, versions}.") var json = false
             @OptionGroup var remote: RemoteOptions
 
             func run() async throws {
@@ -61,6 +72,7 @@ extension Coffer {
                         status.remaining
                     )
                 )
+                if let models = status.models { print("  only versions of \(models.joined(separator: ", ")) may be charged") }
                 for charge in status.versions {
                     let notes = [charge.overrideBy.map { "over budget, by \($0)" }, charge.erased ? "erased" : nil].compactMap { $0 }
                     print(

@@ -26,7 +26,20 @@ struct GovernanceCommandTests {
         #expect(push.status == 0, "\(push.stderr)")
         let budget = try JSONSerialization.jsonObject(with: try coffer(["budget", "show", "data.csv", "--json"], dir).stdout) as? [String: Any]
         #expect((budget?["spent"] as? Double ?? 0) > 0 && (budget?["versions"] as? [Any])?.count == 1)
+        #expect(budget?["models"] is NSNull, "any model may be charged: \(budget ?? [:])")
         expectFailure(try coffer(["budget", "set", "data.csv", "--epsilon", "0", "--delta", "1e-5"] + admin, dir), "budget epsilon must be > 0")
+        // Only m (and the team/ namespace) may be charged from now on: another model's push naming the dataset is refused.
+        let scoped = try coffer(["budget", "set", "data.csv", "--epsilon", "20", "--delta", "1e-5", "--models", "m", "team/"] + admin, dir)
+        #expect(scoped.stdoutText.contains("only m, team/ may be charged"), "\(scoped.stdoutText) \(scoped.stderr)")
+        expectFailure(
+            try coffer(["push", "other", "ckpt", "--dataset", "data.csv"] + admin, dir),
+            "refused: dataset data.csv's budget is for m, team/ only: other may not be charged to it"
+        )
+        #expect(try coffer(["budget", "show", "data.csv"], dir).stdoutText.contains("only versions of m, team/ may be charged"))
+        expectFailure(
+            try coffer(["budget", "set", "data.csv", "--epsilon", "20", "--delta", "1e-5", "--models", "a b"] + admin, dir),
+            "invalid model scope 'a b'"
+        )
 
         #expect(try coffer(["policy", "set", "m@prod", "--max-epsilon", "0.5"] + admin, dir).status == 0)
         expectFailure(try coffer(["alias", "set", "m@prod", "1"] + admin, dir), "policy refused: alias prod of m requires epsilon <= 0.5")

@@ -45,6 +45,15 @@ struct ErrorTests {
             #expect(badFilter?.status == 400)
             let noBudget = await #expect(throws: CofferClientError.self) { try await client.budget(dataset: "hf:org/none") }
             #expect(noBudget?.status == 404, "\(String(describing: noBudget))")
+            // A budget's models go over the wire both ways; a bad scope is the client's 400.
+            let scoped = try await client.setBudget(dataset: "census", epsilon: 4, delta: 1e-5, models: ["m/", "other"])
+            #expect(scoped.models == ["m/", "other"])
+            let kept = try await client.setBudget(dataset: "census", epsilon: 5, delta: 1e-5)
+            #expect(kept.models == ["m/", "other"] && kept.epsilon == 5)
+            let badScope = await #expect(throws: CofferClientError.self) {
+                try await client.setBudget(dataset: "census", epsilon: 5, delta: 1e-5, models: ["a b"])
+            }
+            #expect(badScope?.status == 400 && badScope?.description.contains("invalid model scope 'a b'") == true, "\(String(describing: badScope))")
         }
     }
 

@@ -88,6 +88,39 @@ struct GovernanceTests {
         )
     }
 
+    /// helper-46: a publisher on one namespace could spend another team's budget by naming its dataset in a push. A
+    /// budget that names its models refuses every other model, override or not, and changes nothing on refusal.
+    @Test(arguments: MetadataBackend.available) func aBudgetNamingItsModelsRefusesEveryOther(on backend: MetadataBackend) async throws {
+        let alice = try person("alice")
+        let (f, admin, dir) = try await owned(alice, on: backend)
+        for bad in [["team a/"], [], Array(repeating: "m", count: 65), ["../x"]] {
+            await #expect(throws: CofferRegistryError.self) {
+                try await f.registry.setBudget(dataset: "census", epsilon: 5, delta: 1e-5, models: bad, by: admin)
+            }
+        }
+        try await f.registry.setBudget(dataset: "census", epsilon: 5, delta: 1e-5, models: ["team-a/", "team-a/"], by: admin)
+        await #expect(try f.registry.budget(dataset: "census").models == ["team-a/"])
+        let segments = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 400)]
+        _ = try await f.registry.push(request(dir, dataset: "census", segments: segments, model: "team-a/m"), publisher: alice)
+        let blobs = f.blobDigests().count
+        var other = request(dir, dataset: "census", segments: segments, model: "team-b/m")
+        other.overrideBudget = true
+        let refused = await refusal { _ = try await f.registry.push(other, publisher: alice) }
+        #expect(refused == "refused: dataset census's budget is for team-a/ only: team-b/m may not be charged to it", "\(refused)")
+        #expect(f.blobDigests().count == blobs)
+        await #expect(try f.registry.budget(dataset: "census").versions.map(\.model) == ["team-a/m"])
+        // Changing the total keeps the models; * opens the budget to every model again.
+        try await f.registry.setBudget(dataset: "census", epsilon: 6, delta: 1e-5, by: admin)
+        await #expect(try f.registry.budget(dataset: "census").models == ["team-a/"])
+        await expectRefusal("may not be charged") { _ = try await f.registry.push(other, publisher: alice) }
+        try await f.registry.setBudget(dataset: "census", epsilon: 6, delta: 1e-5, models: ["*"], by: admin)
+        await #expect(try f.registry.budget(dataset: "census").models == nil)
+        other.overrideBudget = false
+        _ = try await f.registry.push(other, publisher: alice)
+        await #expect(try f.registry.budget(dataset: "census").versions.map(\.model) == ["team-a/m", "team-b/m"])
+        await #expect(try f.registry.fsck().problems.isEmpty)
+    }
+
     @Test(arguments: MetadataBackend.available) func aPublisherWhoIsNotAdminCannotOverride(on backend: MetadataBackend) async throws {
         let alice = try person("alice")
         let carol = try person("carol")

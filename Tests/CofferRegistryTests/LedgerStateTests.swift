@@ -1,4 +1,5 @@
 import CofferCrypto
+import CofferTraining
 import Testing
 
 @testable import CofferRegistry
@@ -50,9 +51,9 @@ struct LedgerStateTests {
         let bad = "prod\u{1b}[2J"
         chain.refuses(.policySet(model: "m", alias: bad, rules: PolicyRules(maxEpsilon: 1)), "invalid model or alias name")
         chain.refuses(.policySet(model: "../m", alias: nil, rules: PolicyRules(maxEpsilon: 1)), "invalid model or alias name")
-        chain.refuses(.budgetSet(dataset: "d\nx", epsilon: 1, delta: 1e-5), "invalid dataset id")
+        chain.refuses(.budgetSet(dataset: "d\nx", epsilon: 1, delta: 1e-5, models: nil), "invalid dataset id")
         try chain.append(.policySet(model: "m", alias: "staging", rules: PolicyRules(maxEpsilon: 8)), by: "registry")
-        try chain.append(.budgetSet(dataset: "hf:org/name@rev", epsilon: 8, delta: 1e-5), by: "registry")
+        try chain.append(.budgetSet(dataset: "hf:org/name@rev", epsilon: 8, delta: 1e-5, models: nil), by: "registry")
 
         let digest = String(repeating: "a", count: 64)
         let facts = LedgerChange.VersionFacts(
@@ -82,11 +83,54 @@ struct LedgerStateTests {
         #expect(chain.state.holds("alice", .reader, on: "m", alias: "prod"))
     }
 
+    /// A budget that names its models is charged by no other model's version, whoever signed the record; a record
+    /// without `models` (every budget before them) is charged by any, and encodes as it did before.
+    @Test func aBudgetNamingItsModelsIsChargedByNoOther() throws {
+        let chain = try Chain()
+        chain.refuses(.budgetSet(dataset: "census", epsilon: 8, delta: 1e-5, models: ["team a/"]), "invalid scope team a/ for budget census")
+        try chain.append(.budgetSet(dataset: "census", epsilon: 8, delta: 1e-5, models: ["team-a/", "shared"]), by: "registry")
+        #expect(chain.state.budgets["census"]?.models == ["team-a/", "shared"])
+        let segments = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 100)]
+        func version(_ model: String, _ digest: Character) -> LedgerChange {
+            .version(
+                LedgerChange.VersionFacts(
+                    model: model,
+                    version: "1",
+                    digest: String(repeating: digest, count: 64),
+                    publisher: chain.root.publicIdentity,
+                    dataset: "census",
+                    mechanism: "dp-sgd",
+                    segments: segments,
+                    charged: true,
+                    overrideBy: nil
+                )
+            )
+        }
+        chain.refuses(version("team-b/m", "b"), "charges team-b/m to dataset census, whose budget is for team-a/, shared only")
+        chain.refuses(version("team-ab/m", "c"), "whose budget is for team-a/, shared only")
+        try chain.append(version("team-a/m", "a"), by: "registry")
+        try chain.append(version("shared", "d"), by: "registry")
+        #expect(chain.state.budgets["census"]?.charges.map(\.model) == ["team-a/m", "shared"])
+
+        // Set again without models: any model may be charged, and the record is the bytes it was before models existed.
+        let open = LedgerChange.budgetSet(dataset: "census", epsilon: 8, delta: 1e-5, models: nil)
+        #expect(open.fields["models"] == nil)
+        let parsed = try LedgerChange(kind: "budget.set", fields: ["dataset": .string("census"), "epsilon": .number(8), "delta": .number(1e-5)])
+        #expect(parsed == open)
+        try chain.append(open, by: "registry")
+        try chain.append(version("team-b/m", "b"), by: "registry")
+        for bad: JSONValue in [.array([]), .string("team-a/"), .array([.number(1)]), .array(Array(repeating: .string("m"), count: 65))] {
+            #expect(throws: LedgerError.self) {
+                try LedgerChange(kind: "budget.set", fields: ["dataset": .string("d"), "epsilon": .number(1), "delta": .number(1e-5), "models": bad])
+            }
+        }
+    }
+
     /// Dataset ids were free text before 2026-11-28: a registry adopted from then still reads, as it did when adopted.
     @Test func anAdoptionRestatesWhatOlderCofferAccepted() throws {
         let chain = try Chain(adopting: 1)
-        try chain.append(.budgetSet(dataset: "census 2020", epsilon: 4, delta: 1e-5), by: "registry")
+        try chain.append(.budgetSet(dataset: "census 2020", epsilon: 4, delta: 1e-5, models: nil), by: "registry")
         #expect(chain.state.budgets["census 2020"] != nil)
-        chain.refuses(.budgetSet(dataset: "census 2021", epsilon: 4, delta: 1e-5), "invalid dataset id")
+        chain.refuses(.budgetSet(dataset: "census 2021", epsilon: 4, delta: 1e-5, models: nil), "invalid dataset id")
     }
 }

@@ -58,7 +58,13 @@ public struct Grant: Sendable, Hashable, Codable {
     /// Whether `scope` covers `model` (and the alias, if the grant names one).
     func covers(model: String, alias wantedAlias: String?) -> Bool {
         if let alias, alias != wantedAlias { return false }
-        return scope == "*" || scope == model || (scope.hasSuffix("/") && model.hasPrefix(scope))
+        return Self.scope(scope, covers: model)
+    }
+
+    /// Whether a scope (`*`, a model name, or a namespace prefix ending in `/`) covers `model`: of grants and of the
+    /// models a budget may be charged by.
+    static func scope(_ scope: String, covers model: String) -> Bool {
+        scope == "*" || scope == model || (scope.hasSuffix("/") && model.hasPrefix(scope))
     }
 
     /// Whether this grant gives `role` on `model` (reached through `alias`, if any).
@@ -66,7 +72,7 @@ public struct Grant: Sendable, Hashable, Codable {
         guard role == wanted || role == .admin else { return false }
         if let alias, alias != wantedAlias { return false }
         guard let model else { return scope == "*" }
-        return scope == "*" || scope == model || (scope.hasSuffix("/") && model.hasPrefix(scope))
+        return Self.scope(scope, covers: model)
     }
 }
 

@@ -20,29 +20,66 @@ public struct BudgetStatus: Sendable, Equatable, Codable {
     public var dataset: String
     public var epsilon: Double
     public var delta: Double
+    /// The models whose versions may be charged; `nil` for any.
+    public var models: [String]?
     /// The composition of every charged version's accountant history (RDP, summed order by order).
     public var spent: Double
     public var remaining: Double
     public var versions: [Charge]
 
     enum CodingKeys: String, CodingKey {
-        case dataset, epsilon, delta, spent, remaining, versions
+        case dataset, epsilon, delta, models, spent, remaining, versions
+    }
+
+    /// `models` is encoded as `null` when any model may be charged, not left out.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(dataset, forKey: .dataset)
+        try container.encode(epsilon, forKey: .epsilon)
+        try container.encode(delta, forKey: .delta)
+        try container.encode(models, forKey: .models)
+        try container.encode(spent, forKey: .spent)
+        try container.encode(remaining, forKey: .remaining)
+        try container.encode(versions, forKey: .versions)
     }
 }
 
 extension Registry {
     /// Sets (or changes) a dataset's total budget; an admin's act in a registry with principals.
-    public func setBudget(dataset: String, epsilon: Double, delta: Double, by signer: Signer) async throws(CofferRegistryError) {
+    ///
+    /// - Parameter models: the scopes (`*`, a model, `NS/`) whose versions may be charged to it; `nil` keeps those the
+    ///   budget already names (any model for a new budget), `["*"]` lets any model be charged.
+    public func setBudget(
+        dataset: String,
+        epsilon: Double,
+        delta: Double,
+        models: [String]? = nil,
+        by signer: Signer
+    ) async throws(CofferRegistryError) {
         try ModelReference.validate(datasetID: dataset)
         try await require(signer, .admin, on: nil, action: "budget.set", target: dataset)
         guard epsilon > 0, epsilon.isFinite else { throw .invalidPrivacy("budget epsilon must be > 0, got \(epsilon)") }
         guard delta > 0, delta < 1 else { throw .invalidPrivacy("budget delta must be in (0, 1), got \(delta)") }
+        if let models {
+            guard (1...LedgerChange.maximumBudgetModels).contains(models.count) else {
+                throw .invalidInput("a budget names 1 to \(LedgerChange.maximumBudgetModels) model scopes, not \(models.count)")
+            }
+            if let bad = models.first(where: { !LedgerState.validScope($0) }) {
+                throw .invalidInput("invalid model scope '\(bad)': use *, a model name, or a namespace ending in /")
+            }
+        }
+        let scopes: [String]?
+        if let models {
+            scopes = models.contains("*") ? nil : Array(Set(models)).sorted()
+        } else {
+            scopes = try await ledgerState().budgets[dataset]?.models
+        }
         try await record(
-            .budgetSet(dataset: dataset, epsilon: epsilon, delta: delta),
+            .budgetSet(dataset: dataset, epsilon: epsilon, delta: delta, models: scopes),
             signer: signer,
             action: "budget.set",
             target: dataset,
-            reason: "epsilon \(epsilon) delta \(delta)"
+            reason: "epsilon \(epsilon) delta \(delta)" + (scopes.map { " models \($0.joined(separator: ","))" } ?? "")
         )
     }
 
@@ -72,6 +109,7 @@ extension Registry {
             dataset: dataset,
             epsilon: budget.epsilon,
             delta: budget.delta,
+            models: budget.models,
             spent: spent,
             remaining: max(0, budget.epsilon - spent),
             versions: charges
@@ -102,8 +140,22 @@ extension Registry {
 
     /// Refuses a version whose charge would take `dataset` past its budget, naming spent, requested and remaining
     /// epsilon. Returns whether the dataset has a budget (and the version is to be charged).
-    static func checkBudget(_ state: LedgerState, dataset: String?, privacy: PrivacyMetadata, override: Bool) throws(CofferRegistryError) -> Bool {
+    static func checkBudget(
+        _ state: LedgerState,
+        model: String,
+        dataset: String?,
+        privacy: PrivacyMetadata,
+        override: Bool
+    ) throws(CofferRegistryError)
+        -> Bool
+    {
         guard let dataset, let before = budgetStatus(state, dataset: dataset) else { return false }
+        // Not even an override: a version of another team's model would spend a budget that is not its to spend.
+        if let budget = state.budgets[dataset], !budget.admits(model: model) {
+            throw .refused(
+                "dataset \(dataset)'s budget is for \(budget.models?.joined(separator: ", ") ?? "*") only: \(model) may not be charged to it"
+            )
+        }
         // An override lets a release exceed the budget; nothing lets one escape the accounting.
         guard privacy.mechanism != "none" else {
             throw .budgetExceeded("dataset \(dataset) has a privacy budget: a model trained without differential privacy spends all of it")

@@ -6,6 +6,9 @@ import Foundation
 /// records"). Every decision the registry takes is made on the state these changes build, never on the tables
 /// that copy it.
 public enum LedgerChange: Sendable, Equatable {
+    /// The most scopes a budget names (docs/FORMAT.md, "Budgets").
+    public static let maximumBudgetModels = 64
+
     case genesis(key: PublicIdentity, owner: Owner?, adoption: Adoption? = nil)
     case keyRotate(key: PublicIdentity, proof: [UInt8], approval: [UInt8]?)
     case principalAdd(name: String, identity: PublicIdentity, roles: [Role])
@@ -15,7 +18,8 @@ public enum LedgerChange: Sendable, Equatable {
     case trustAdd(name: String, identity: PublicIdentity)
     case trustRemove(keyID: String)
     case policySet(model: String, alias: String?, rules: PolicyRules)
-    case budgetSet(dataset: String, epsilon: Double, delta: Double)
+    /// `models`: the scopes whose versions may be charged to the budget; `nil` for any model.
+    case budgetSet(dataset: String, epsilon: Double, delta: Double, models: [String]?)
     case version(VersionFacts)
     case aliasSet(model: String, alias: String, version: String, digest: String, facts: AliasFacts)
     case aliasRemove(model: String, alias: String)
@@ -117,7 +121,7 @@ public enum LedgerChange: Sendable, Equatable {
         case .trustAdd(_, let identity): "trust:\(identity.keyID)"
         case .trustRemove(let keyID): "trust:\(keyID)"
         case .policySet(let model, let alias, _): "policy:\(model)@\(alias ?? "")"
-        case .budgetSet(let dataset, _, _): "dataset:\(dataset)"
+        case .budgetSet(let dataset, _, _, _): "dataset:\(dataset)"
         case .version(let facts): "version:\(facts.model):\(facts.version)"
         case .aliasSet(let model, let alias, _, _, _), .aliasRemove(let model, let alias): "alias:\(model)@\(alias)"
         case .erase(let model, let version, _), .rekey(let model, let version, _, _): "version:\(model):\(version)"
@@ -164,8 +168,11 @@ public enum LedgerChange: Sendable, Equatable {
             return ["key_id": .string(keyID)]
         case .policySet(let model, let alias, let rules):
             return ["model": .string(model), "alias": s(alias), "rules": rules.json]
-        case .budgetSet(let dataset, let epsilon, let delta):
-            return ["dataset": .string(dataset), "epsilon": .number(epsilon), "delta": .number(delta)]
+        case .budgetSet(let dataset, let epsilon, let delta, let models):
+            var fields: [String: JSONValue] = ["dataset": .string(dataset), "epsilon": .number(epsilon), "delta": .number(delta)]
+            // Only when set: a budget any model may be charged to is the same bytes as before budgets named models.
+            if let models { fields["models"] = .array(models.map { .string($0) }) }
+            return fields
         case .version(let facts):
             return [
                 "model": .string(facts.model), "version": .string(facts.version), "digest": .string(facts.digest),
@@ -290,7 +297,18 @@ public enum LedgerChange: Sendable, Equatable {
         case "policy.set":
             self = .policySet(model: try string("model"), alias: try optionalString("alias"), rules: try decode(PolicyRules.self, "rules"))
         case "budget.set":
-            self = .budgetSet(dataset: try string("dataset"), epsilon: try number("epsilon"), delta: try number("delta"))
+            var models: [String]? = nil
+            if let value = f["models"], value != .null {
+                guard case .array(let items) = value, (1...Self.maximumBudgetModels).contains(items.count) else {
+                    throw .malformed("budget.set models must be 1 to \(Self.maximumBudgetModels) scopes")
+                }
+                models = []
+                for item in items {
+                    guard let scope = item.stringValue else { throw .malformed("budget.set models must be strings") }
+                    models?.append(scope)
+                }
+            }
+            self = .budgetSet(dataset: try string("dataset"), epsilon: try number("epsilon"), delta: try number("delta"), models: models)
         case "version":
             guard case .bool(let charged)? = f["charged"] else { throw .malformed("version needs charged") }
             self = .version(

@@ -51,10 +51,17 @@ public struct LedgerState: Sendable, Equatable, Codable {
 
         public var epsilon: Double
         public var delta: Double
+        /// The scopes whose versions may be charged (`*`, a model, `NS/`); `nil` for any model.
+        public var models: [String]?
         public var charges: [Charge]
         /// The RDP of every charge, summed order by order (RDPAccountant's default orders): what the budget has spent,
         /// kept as it grows so a check costs the same however many versions were charged.
         public var rdp: [Double]
+
+        /// Whether versions of `model` may be charged to this budget.
+        public func admits(model: String) -> Bool {
+            models?.contains { Grant.scope($0, covers: model) } ?? true
+        }
     }
 
     /// The version `NAME` alone resolves to: the highest integer version, else the last one recorded.
@@ -310,13 +317,17 @@ public struct LedgerState: Sendable, Equatable, Codable {
             }
             let key = "\(model)@\(alias ?? "")"
             policies[key] = rules.isEmpty ? nil : rules
-        case .budgetSet(let dataset, let epsilon, let delta):
+        case .budgetSet(let dataset, let epsilon, let delta, let models):
             guard restated || (try? ModelReference.validate(datasetID: dataset)) != nil else {
                 throw fail("sets a budget on an invalid dataset id")
             }
             guard epsilon > 0, epsilon.isFinite, delta > 0, delta < 1 else { throw fail("a budget needs epsilon > 0 and delta in (0, 1)") }
+            if let models, let bad = models.first(where: { !Self.validScope($0) }) {
+                throw fail("names an invalid scope \(bad) for budget \(dataset)")
+            }
             budgets[dataset, default: Budget(epsilon: epsilon, delta: delta, charges: [], rdp: Self.rdp([]))].epsilon = epsilon
             budgets[dataset]!.delta = delta
+            budgets[dataset]!.models = models
         case .version(let facts):
             try recordVersion(facts, record: record)
         case .aliasSet(let model, let alias, let version, let digest, let facts):
@@ -366,6 +377,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
             throw fail("charged must say whether dataset \(facts.dataset ?? "-") has a budget (it \(budget == nil ? "has none" : "has one"))")
         }
         if let dataset = facts.dataset, let budget {
+            guard budget.admits(model: facts.model) else {
+                throw fail("charges \(facts.model) to dataset \(dataset), whose budget is for \(budget.models?.joined(separator: ", ") ?? "*") only")
+            }
             guard facts.mechanism != "none", !facts.segments.isEmpty else {
                 throw fail("a version charged to \(dataset) needs its accountant history, and differential privacy")
             }

@@ -143,7 +143,7 @@ extension Registry {
             )
             let charged: String? = row["charged"]
             if let dataset = charged, !budgetSet.contains(dataset), let (epsilon, delta) = budgets[dataset] {
-                changes.append(.budgetSet(dataset: dataset, epsilon: epsilon, delta: delta))
+                changes.append(.budgetSet(dataset: dataset, epsilon: epsilon, delta: delta, models: nil))
                 budgetSet.insert(dataset)
             }
             changes.append(
@@ -163,7 +163,7 @@ extension Registry {
             )
         }
         for (dataset, (epsilon, delta)) in budgets.sorted(by: { $0.key < $1.key }) where !budgetSet.contains(dataset) {
-            changes.append(.budgetSet(dataset: dataset, epsilon: epsilon, delta: delta))
+            changes.append(.budgetSet(dataset: dataset, epsilon: epsilon, delta: delta, models: nil))
         }
         for row in try Row.fetchAll(
             db,

@@ -261,7 +261,7 @@ extension Registry {
             if rules.isEmpty { return [.removePolicy(model: model, alias: alias ?? "")] }
             let text = String(decoding: rules.json.canonicalBytes, as: UTF8.self)
             return [.setPolicy(PolicyRecord(model: model, alias: alias ?? "", rules: text, setAt: now, setBy: record.by))]
-        case .budgetSet(let dataset, let epsilon, let delta):
+        case .budgetSet(let dataset, let epsilon, let delta, _):
             return [.setBudget(BudgetRecord(datasetID: dataset, epsilon: epsilon, delta: delta, setAt: now, setBy: record.by))]
         case .version, .erase, .rekey, .auditHead:
             return []  // their rows are written by the push, erase and rekey that record them

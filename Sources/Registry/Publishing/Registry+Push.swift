@@ -64,7 +64,13 @@ extension Registry {
         if let parent = request.parent { parentID = try await resolve(parent).id }
         // Refuse an over-budget or policy-violating push before sealing anything; both are judged again at commit.
         let state = try await ledgerState()
-        let charged = try Self.checkBudget(state, dataset: request.datasetID, privacy: request.privacy, override: overrideBy != nil)
+        let charged = try Self.checkBudget(
+            state,
+            model: request.model,
+            dataset: request.datasetID,
+            privacy: request.privacy,
+            override: overrideBy != nil
+        )
         if request.alias != nil, !state.checksPrincipals, state.trusted[publisher.publicIdentity.keyID] == nil {
             throw .refused(
                 "\(publisher.publicIdentity.name) is not a trusted signer of this registry, so it cannot move an alias: coffer trust add its .pub, or push without --alias"
@@ -270,7 +276,13 @@ extension Registry {
                 wrapped.append((holder.keyID, dataKey.key.wrap(for: holder).encoded))
             }
             // Judged on the state this commit is built on: two pushes cannot both fit in the last of a budget.
-            let charged = try Self.checkBudget(current, dataset: datasetID, privacy: statement.privacy, override: overrideBy != nil)
+            let charged = try Self.checkBudget(
+                current,
+                model: statement.model,
+                dataset: datasetID,
+                privacy: statement.privacy,
+                override: overrideBy != nil
+            )
             let p = statement.privacy
             let l = statement.lineage
             let row = VersionRecord(

@@ -234,6 +234,7 @@ extension Registry {
             let state = try await ledgerState()
             let charged = try Self.checkBudget(
                 state,
+                model: prepared.model,
                 dataset: statement.lineage.datasetID,
                 privacy: statement.privacy,
                 override: prepared.overrideBudget

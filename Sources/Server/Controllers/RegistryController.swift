@@ -131,7 +131,7 @@ struct RegistryController {
         let holder = try context.authenticated
         let dataset = try datasetParameter(context)
         let body = try await request.decode(as: SetBudgetRequest.self, context: context)
-        try await registry.setBudget(dataset: dataset, epsilon: body.epsilon, delta: body.delta, by: state.signer(for: holder))
+        try await registry.setBudget(dataset: dataset, epsilon: body.epsilon, delta: body.delta, models: body.models, by: state.signer(for: holder))
         return try Response.json(try await registry.budget(dataset: dataset))
     }
 
