@@ -35,6 +35,8 @@ public final class Registry: Sendable {
     let verifiedStatements = DigestMemo<(ModelStatement, PublicIdentity)>(capacity: 2048, byteLimit: 16 << 20)
     let parsedVersionRecords = DigestMemo<LedgerRecord>(capacity: 2048, byteLimit: 16 << 20)
     let memory: ClientMemory?
+    /// Where refusals go instead of the audit log, once a server installs a counter (``countRefusals(with:)``).
+    let refusalCounter = Mutex<(@Sendable (RefusalKey) -> Void)?>(nil)
 
     /// The registry's current public key, as its verified ledger names it: every version's data key is wrapped for it.
     public var identity: PublicIdentity {

@@ -227,6 +227,8 @@ final class ServerState: Sendable {
         self.servesTLS = configuration.tls != nil
         self.auditChain = AuditChainMonitor(registry: registry)
         self.logger = logger
+        // The registry's refusals are counted too, and written with the rest (AuditHeadSigner's flush).
+        registry.countRefusals { [refusals] in refusals.add($0) }
     }
 
     /// The registry's key as this server holds it, if it is still the registry's current key (a `key rotate` while

@@ -3,16 +3,14 @@ import CofferRegistry
 import Foundation
 import Synchronization
 
-/// Refused authentications, counted in memory and written to the audit log as one entry per reason and interval.
+/// Refusals, counted in memory and written to the audit log as one entry per principal, action, target and reason
+/// and interval: refused authentications, and every refusal of the registry's own checks (``Registry/countRefusals(with:)``).
 ///
-/// Writing one synchronous audit row per unauthenticated request let anyone without a token fill the disk and hold
-/// the registry's write lock; the log still shows every refusal, as a count with the first and last time.
+/// Writing one synchronous audit row per refused request let anyone without a token fill the disk and hold the
+/// registry's write lock, and any token holder do the same with requests its principal may not make; the log still
+/// shows every refusal, as a count with the first and last time.
 final class RefusalTally: Sendable {
-    struct Key: Hashable {
-        var principal: String
-        var action: String
-        var reason: String
-    }
+    typealias Key = RefusalKey
 
     struct Count {
         var count: Int
@@ -25,9 +23,13 @@ final class RefusalTally: Sendable {
     private let counts = Mutex<[Key: Count]>([:])
 
     func add(principal: String, action: String, reason: String, now: Date = Date()) {
+        add(Key(principal: principal, action: action, reason: reason), now: now)
+    }
+
+    func add(_ refusal: Key, now: Date = Date()) {
         counts.withLock { counts in
-            var key = Key(principal: principal, action: action, reason: reason)
-            if counts[key] == nil, counts.count >= Self.limit { key = Key(principal: "-", action: action, reason: "other refusals") }
+            var key = refusal
+            if counts[key] == nil, counts.count >= Self.limit { key = Key(principal: "-", action: key.action, reason: "other refusals") }
             counts[key, default: Count(count: 0, first: now, last: now)].count += 1
             counts[key]!.last = now
         }
@@ -45,7 +47,7 @@ final class RefusalTally: Sendable {
                 count.count == 1
                 ? key.reason : "\(key.reason) (\(count.count) requests, \(Timestamp.string(count.first)) to \(Timestamp.string(count.last)))"
             do {
-                try await registry.recordRefusal(action: key.action, target: "-", reason: reason, principal: key.principal)
+                try await registry.recordRefusal(action: key.action, target: key.target, reason: reason, principal: key.principal)
             } catch {
                 putBack(key, count)
             }

@@ -154,6 +154,31 @@ extension ServerTests {
         )
     }
 
+    // MARK: - helper-46: an authenticated client's refused requests each wrote a synchronous audit row
+
+    @Test func authenticatedRefusalsAreCountedAndAuditedInBatches() async throws {
+        let w = try await world()
+        let registry = w.fixture.registry
+        let before = try await registry.auditEntries().count
+        let started = ContinuousClock.now
+        try await app(w).test(.router) { client in
+            for _ in 0..<50 {
+                try await client.execute(uri: "/v1/version?ref=m/risk:1", method: .get, headers: bearer(w.tokens["carol-read"]!)) {
+                    #expect($0.status == .forbidden)
+                }
+            }
+        }
+        // Every refusal is in the log, under its principal, target and reason, as a count per interval.
+        let intervals = Int((ContinuousClock.now - started) / ServerConfiguration().auditSigningInterval) + 2
+        let refused = try await registry.auditEntries().dropFirst(before).filter { $0.outcome == .refused }
+        #expect((1...min(intervals, 50)).contains(refused.count), "\(refused.map(\.reason)) in \(intervals) intervals")
+        #expect(refused.allSatisfy { $0.principal == "carol" && $0.target == "m/risk:1" && $0.reason.hasPrefix("carol lacks the reader role on m") })
+        let requests = refused.map { entry in
+            entry.reason.components(separatedBy: " (").dropFirst().first.flatMap { Int($0.prefix { $0.isNumber }) } ?? 1
+        }
+        #expect(requests.reduce(0, +) == 50, "\(refused.map(\.reason))")
+    }
+
     // MARK: - 17. A connection with partial headers held open
 
     @Test func finding17_partialHeadersAreCutOff() async throws {
