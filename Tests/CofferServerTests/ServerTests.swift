@@ -314,6 +314,14 @@ struct ServerTests {
             let third = try await open()
             #expect(third.0 == .tooManyRequests, "\(third)")
             #expect(third.1 == "bob holds 2 sessions open on this server, its limit: revoke one (DELETE /v1/sessions/ID) or wait for one to end")
+            // At its limit, a principal asking for what it may not open hears 403, not 429 (helper-48).
+            let forbidden = try await client.execute(
+                uri: "/v1/sessions",
+                method: .post,
+                headers: infer,
+                body: ByteBuffer(string: #"{"ref": "other/model:1", "ttl_seconds": 60}"#)
+            ) { $0.status }
+            #expect(forbidden == .forbidden)
             #expect(try await w.fixture.registry.sessions().filter { $0.principal == "bob" }.count == 2)
             try await client.execute(uri: "/v1/sessions/\(first.1)", method: .delete, headers: infer) { #expect($0.status == .noContent) }
             #expect(try await open().0 == .created)

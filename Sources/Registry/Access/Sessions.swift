@@ -100,6 +100,14 @@ extension Registry {
         }
     }
 
+    /// Refuses (audited) `actor` unless it holds the inference role on the model `reference` names (through its alias,
+    /// when it names one): the first check of opening a session, for a server to make before it takes a slot.
+    public func requireInference(_ reference: ModelReference, by actor: Principal) async throws(CofferRegistryError) {
+        var alias: String? = nil
+        if case .alias(let name) = reference.selector { alias = name }
+        try await require(.inference, on: reference.name, alias: alias, by: actor, action: "session.open", target: reference.description)
+    }
+
     /// Opens a session for `actor` (authenticated by other means: the server's bearer token), unwrapping the data key
     /// with `unwrappingWith` (the server's unlocked registry identity).
     public func openSession(
@@ -114,9 +122,9 @@ extension Registry {
             throw .sessionRefused("the session lifetime must be more than 0 and at most 365 days (31536000 s)")
         }
         if let maxUses, !(1...1_000_000_000).contains(maxUses) { throw .sessionRefused("--max-uses must be from 1 to 1000000000") }
+        try await requireInference(reference, by: actor)
         var alias: String? = nil
         if case .alias(let name) = reference.selector { alias = name }
-        try await require(.inference, on: reference.name, alias: alias, by: actor, action: "session.open", target: reference.description)
         var maxUses = maxUses
         let bound = try await sessionBound(principal: actor.name, model: reference.name, alias: alias, now: now)
         func refuse(_ reason: String) async throws(CofferRegistryError) -> Never {

@@ -28,6 +28,8 @@ extension RegistryController {
             throw HTTPError(.badRequest, message: "max_uses must be from 1 to 1000000000")
         }
         let reference = try ModelReference(parsing: body.ref)
+        // A principal that may not open it hears so (403), whether or not it is at its limit (helper-48: 429 first).
+        try await registry.requireInference(reference, by: holder.principal)
         // Before the registry records the session: one refused here holds no predictions.
         try await reserveSessionSlot(holder.principal.name, target: body.ref)
         defer { state.sessions.release(for: holder.principal.name) }
@@ -60,7 +62,7 @@ extension RegistryController {
         let limit = state.predictLimits.sessionsPerPrincipal
         guard !state.sessions.reserve(for: principal, limit: limit) else { return }
         let reason = "\(principal) holds \(limit) sessions open on this server, its limit"
-        try? await registry.recordRefusal(action: "session.open", target: target, reason: reason, principal: principal)
+        state.refusals.add(RefusalKey(principal: principal, action: "session.open", target: target, reason: reason))
         state.metrics.refusal()
         throw HTTPError(.tooManyRequests, message: "\(reason): revoke one (DELETE /v1/sessions/ID) or wait for one to end")
     }
@@ -105,7 +107,7 @@ extension RegistryController {
         let limits = state.predictLimits
         if body.rows.count > limits.maxRows {
             let reason = "\(body.rows.count) rows, over the \(limits.maxRows) a request may hold"
-            try? await registry.recordRefusal(action: "predict", target: id, reason: reason, principal: holder.principal.name)
+            state.refusals.add(RefusalKey(principal: holder.principal.name, action: "predict", target: id, reason: reason))
             state.metrics.refusal()
             throw HTTPError(.contentTooLarge, message: "\(body.rows.count) rows: a predict request holds at most \(limits.maxRows)")
         }
@@ -118,7 +120,7 @@ extension RegistryController {
         // shared by every server over this registry's metadata store.
         if let wait = try await registry.takeRateToken(session: id, rate: limits.rate, burst: limits.burst) {
             let reason = "rate limit of \(limits.rate) per second"
-            try? await registry.recordRefusal(action: "predict", target: id, reason: reason, principal: holder.principal.name)
+            state.refusals.add(RefusalKey(principal: holder.principal.name, action: "predict", target: id, reason: reason))
             state.metrics.refusal()
             let seconds = max(1, Int(wait.rounded(.up)))
             throw HTTPError(

@@ -67,7 +67,7 @@ struct TokenAuthorizer {
             }
             guard holder.scope.allows(role) else {
                 let reason = "token \(holder.tokenID) has scope \(holder.scope.rawValue), which does not allow the \(role.rawValue) role"
-                try? await state.registry.recordRefusal(action: "authorize", target: target, reason: reason, principal: holder.principal.name)
+                state.refusals.add(RefusalKey(principal: holder.principal.name, action: "authorize", target: target, reason: reason))
                 state.metrics.refusal()
                 throw HTTPError(.forbidden, message: reason)
             }

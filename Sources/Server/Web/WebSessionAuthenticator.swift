@@ -39,12 +39,7 @@ struct WebSessionAuthenticator: RouterMiddleware {
                 let form = try await WebForm.read(request)
                 guard let csrf = form["csrf"], SecureCompare.equal(Array(csrf.utf8), Array(session.csrf.utf8)) else {
                     let reason = "a form was posted without the session's CSRF token"
-                    try? await state.registry.recordRefusal(
-                        action: "web.csrf",
-                        target: request.uri.path,
-                        reason: reason,
-                        principal: session.principal
-                    )
+                    state.refusals.add(RefusalKey(principal: session.principal, action: "web.csrf", target: request.uri.path, reason: reason))
                     state.metrics.refusal()
                     throw HTTPError(.forbidden, message: "the form's CSRF token is missing or wrong: reload the page and send the form again")
                 }
