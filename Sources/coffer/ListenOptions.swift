@@ -35,7 +35,7 @@ struct ListenOptions: ParsableArguments {
     /// - Throws: a one-line error for a malformed address, a certificate without its key (or the reverse), plain
     ///   HTTP beyond loopback without `--insecure`, or client limits that are not positive.
     func address(_ listen: String, exposing exposed: String) throws -> Address {
-        let (host, port) = try Self.parseListen(listen)
+        var (host, port) = try Self.parseListen(listen)
         guard maxConnections >= 1, clientMinRate >= 1, clientTimeout > 0, clientTimeout <= 86_400 else {
             throw CLIError("--max-connections and --client-min-rate must be at least 1, --client-timeout over 0 and at most 86400 seconds")
         }
@@ -46,6 +46,10 @@ struct ListenOptions: ParsableArguments {
                 "plain HTTP on \(host) would expose \(exposed) on the network: listen on 127.0.0.1, give --tls-cert and --tls-key, or pass --insecure"
             )
         }
+        // Plain HTTP proves nothing of who answers, and `localhost` names ::1 as well as 127.0.0.1: the server bound
+        // one of them, and clients that try the other first could reach another local process holding the same port
+        // there (the bearer token with it). Bound and printed as the address it is (helper-48).
+        if tls == nil && host == "localhost" { host = "127.0.0.1" }
         let limits = ClientLimits(
             timeout: .nanoseconds(Int64(clientTimeout * 1e9)),
             minimumRate: clientMinRate,

@@ -25,7 +25,9 @@ struct ServeCommandTests {
                 "--max-connections and --client-min-rate must be at least 1, --client-timeout over 0 and at most 86400 seconds"
             )
         }
-        for (listen, host) in [("[::1]:0", "[::1]"), ("localhost:0", "localhost")] {
+        // `localhost` is served (and printed) as 127.0.0.1: the name also means ::1, where another process could hold
+        // the same port.
+        for (listen, host) in [("[::1]:0", "[::1]"), ("localhost:0", "127.0.0.1")] {
             let server = try BackgroundCoffer(
                 ["serve", "--home", dir.path("home"), "--listen", listen],
                 in: dir.url,
