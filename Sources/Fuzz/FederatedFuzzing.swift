@@ -41,9 +41,14 @@ enum FederatedFuzzing {
         case .join:
             guard let core = fixture.coordinatorCore() else { return }
             _ = try? core.join(SignedMessage.sign(payload, by: fixture.sites[0].identity))
+            // As the session is checked before the recipe, a join that decodes is also tried in this session's name.
+            if var join = try? MessageCoding.decode(JoinRequest.self, from: payload, what: "join") {
+                join.session = core.sessionHex
+                _ = try? core.join(SignedMessage.sign(MessageCoding.encode(join, as: MessageCoding.form(of: payload)), by: fixture.sites[0].identity))
+            }
         case .poll:
             guard let core = fixture.coordinatorCore(), let site = fixture.site(0) else { return }
-            guard let welcome = try? core.join(site.joinRequest()), (try? site.welcomed(welcome)) != nil else { return }
+            guard let welcome = try? core.join(site.joinRequest(session: core.sessionHex)), (try? site.welcomed(welcome)) != nil else { return }
             _ = try? core.authenticatePoll(SignedMessage.sign(payload, by: fixture.sites[0].identity))
         case .submission(let stage): round(fixture, stage: stage, submission: payload)
         case .task(let stage): round(fixture, stage: stage, task: payload)
@@ -105,7 +110,7 @@ enum FederatedFuzzing {
         let sites = (0..<fixture.sites.count).compactMap { fixture.site($0) }
         guard sites.count == fixture.sites.count else { return }
         for site in sites {
-            guard let welcome = try? core.join(site.joinRequest()), (try? site.welcomed(welcome)) != nil else { return }
+            guard let welcome = try? core.join(site.joinRequest(session: core.sessionHex)), (try? site.welcomed(welcome)) != nil else { return }
         }
         guard (try? core.begin()) != nil, core.startRound(1) == nil else { return }
         while let current = core.stage {

@@ -187,7 +187,7 @@ struct FederationTests {
         let fixture = try FederationFixture(sites: 8, rowsPerSite: 40)
         let core = try fixture.core(Self.configuration(rounds: 4))
         let sites = try (0..<8).map { try fixture.site($0) }
-        for site in sites { try site.welcomed(try core.join(site.joinRequest())) }
+        for site in sites { try site.welcomed(try core.join(site.joinRequest(session: core.sessionHex))) }
         try core.begin()
         var orders: [[String]] = []
         for round in 0...4 {

@@ -83,7 +83,7 @@ struct HTTPFederationTests {
         core.log = { lines.append($0) }
         // Site 3 joins, then never answers a task.
         let silent = try fixture.site(3, rounds: 1)
-        try silent.welcomed(try core.join(silent.joinRequest()))
+        try silent.welcomed(try core.join(silent.joinRequest(session: core.sessionHex)))
         let sites = try (0..<3).map { try fixture.site($0, rounds: 1) }
         let (records, _) = try await Self.federate(Coordinator(core: core), sites: sites)
         #expect(records.map(\.outcome) == ["ok", "ok"])
@@ -101,7 +101,7 @@ struct HTTPFederationTests {
         let core = try fixture.core(configuration)
         for i in 2..<4 {
             let silent = try fixture.site(i, rounds: 1)
-            try silent.welcomed(try core.join(silent.joinRequest()))
+            try silent.welcomed(try core.join(silent.joinRequest(session: core.sessionHex)))
         }
         let sites = try (0..<2).map { try fixture.site($0, rounds: 1) }
         let rounds = LogLines()
@@ -119,7 +119,7 @@ struct HTTPFederationTests {
         let logged = LogLines()
         let router = buildFederationRouter(coordinator: Coordinator(core: core), maximumBody: 1 << 20, logger: logged.logger)
         let site = try fixture.site(0)
-        let join = site.joinRequest()
+        let join = site.joinRequest(session: core.sessionHex)
         try await Application(router: router).test(.router) { client in
             /// POSTs `message` with its signature header, as a site does.
             func post(_ uri: String, _ message: SignedMessage, _ check: (TestResponse) throws -> Void) async throws {
@@ -144,6 +144,16 @@ struct HTTPFederationTests {
                 )
                 try welcome.verify(by: fixture.coordinator.publicIdentity)
             }
+            // A join signed for another federation (recorded, and replayed here): 409, and the site is not counted twice
+            // nor the other one admitted (helper-47: joins named no session).
+            let elsewhere = String(repeating: "ab", count: 16)
+            try await post("/v1/fl/join", try fixture.site(1).joinRequest(session: elsewhere)) { response in
+                #expect(response.status == .conflict)
+                #expect(
+                    String(buffer: response.body)
+                        == "replayed or duplicate message: a join for session \(elsewhere), not this federation's \(core.sessionHex) (GET /v1/fl/status names it)\n"
+                )
+            }
             // A site with other settings: 409 and the reason.
             var other = fixture.recipe.recipe
             other.epochs = 3
@@ -154,7 +164,7 @@ struct HTTPFederationTests {
                 data: try LocalData(path: fixture.paths[1], recipe: try FederatedRecipe(other)),
                 rounds: 2
             )
-            let request = mismatched.joinRequest()
+            let request = mismatched.joinRequest(session: core.sessionHex)
             try await post("/v1/fl/join", request) { response in
                 #expect(response.status == .conflict)
                 let line = String(buffer: response.body)

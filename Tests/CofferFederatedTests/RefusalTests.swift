@@ -39,7 +39,7 @@ struct RefusalTests {
                 data: try LocalData(path: fixture.paths[0], recipe: recipe),
                 rounds: 2
             )
-            let error = #expect(throws: FederatedError.self) { _ = try core.join(site.joinRequest()) }
+            let error = #expect(throws: FederatedError.self) { _ = try core.join(site.joinRequest(session: core.sessionHex)) }
             #expect(error?.description.hasPrefix(expected) == true, "\(error?.description ?? "")")
         }
         #expect(core.joined.isEmpty)
@@ -49,7 +49,13 @@ struct RefusalTests {
         let fixture = try FederationFixture(sites: 3, rowsPerSite: 200)
         let core = try fixture.core(Self.configuration())
         let stranger = UnlockedIdentity(try Identity.generate(name: "stranger"))
-        let join = JoinRequest(site: stranger.publicIdentity.keyID, recipeDigest: fixture.recipe.digest, features: [], tasks: [])
+        let join = JoinRequest(
+            session: core.sessionHex,
+            site: stranger.publicIdentity.keyID,
+            recipeDigest: fixture.recipe.digest,
+            features: [],
+            tasks: []
+        )
         #expect(throws: FederatedError.unknownSite(stranger.publicIdentity.keyID)) {
             _ = try core.join(SignedMessage.sign(MessageCoding.encode(join, as: .json), by: stranger.identity))
         }
@@ -57,7 +63,7 @@ struct RefusalTests {
         // A join claiming site 0 but signed by the stranger's key.
         let site0 = fixture.sites[0].publicIdentity.keyID
         var forged = SignedMessage.sign(
-            MessageCoding.encode(JoinRequest(site: site0, recipeDigest: "", features: [], tasks: []), as: .binary),
+            MessageCoding.encode(JoinRequest(session: core.sessionHex, site: site0, recipeDigest: "", features: [], tasks: []), as: .binary),
             by: stranger.identity
         )
         forged.signer = site0
@@ -65,7 +71,7 @@ struct RefusalTests {
         #expect(error?.description == "signature does not verify: the message claiming to be from \(site0) was not signed by it (or was altered)")
         // Site 1 signing a join in site 0's name.
         let sideways = SignedMessage.sign(
-            MessageCoding.encode(JoinRequest(site: site0, recipeDigest: "", features: [], tasks: []), as: .binary),
+            MessageCoding.encode(JoinRequest(session: core.sessionHex, site: site0, recipeDigest: "", features: [], tasks: []), as: .binary),
             by: fixture.sites[1].identity
         )
         #expect(throws: FederatedError.signatureInvalid("a join for site \(site0) signed by \(fixture.sites[1].publicIdentity.keyID)")) {
@@ -76,7 +82,7 @@ struct RefusalTests {
     /// Joins the first `count` sites (all by default) and runs round 0; returns them.
     static func started(_ fixture: FederationFixture, _ core: CoordinatorCore, count: Int? = nil) throws -> [FederatedSite] {
         let sites = try (0..<(count ?? fixture.sites.count)).map { try fixture.site($0, rounds: 2) }
-        for site in sites { try site.welcomed(try core.join(site.joinRequest())) }
+        for site in sites { try site.welcomed(try core.join(site.joinRequest(session: core.sessionHex))) }
         try core.begin()
         _ = try LocalFederation(core: core, sites: sites).runRound(0)
         return sites
@@ -177,7 +183,7 @@ struct RefusalTests {
         let core = try fixture.core(Self.configuration())
         _ = try Self.started(fixture, core, count: 3)
         let late = try fixture.site(3)
-        let error = #expect(throws: FederatedError.self) { _ = try core.join(late.joinRequest()) }
+        let error = #expect(throws: FederatedError.self) { _ = try core.join(late.joinRequest(session: core.sessionHex)) }
         #expect(error?.description == "not part of this round: site \(late.keyID) joined after the federation started")
     }
 

@@ -248,7 +248,10 @@ def test_a_site_written_from_the_specification_joins_and_checks_the_coordinators
         coordinator = coffer_spec.read_public_identity((tmp_path / "coordinator.pub").read_text())
         # The recipe digest: SHA-256 of the recipe with `data` emptied, keys sorted, no whitespace.
         digest = hashlib.sha256(json.dumps(dict(RECIPE, data=""), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        body = json.dumps({"type": "coffer.fl.v1.join", "site": site_id, "recipe_digest": digest,
+        # The session comes from the unsigned status, and the join names it.
+        with urllib.request.urlopen(f"{url}/status", timeout=30) as response:
+            session = json.loads(response.read())["session"]
+        body = json.dumps({"type": "coffer.fl.v1.join", "session": session, "site": site_id, "recipe_digest": digest,
                            "features": RECIPE["features"], "tasks": ["limited"]}).encode()
 
         def join(signature):
@@ -273,6 +276,7 @@ def test_a_site_written_from_the_specification_joins_and_checks_the_coordinators
             b"coffer/fl/v1/message-digest" + hashlib.blake2b(welcome, digest_size=64).digest(), base64.b64decode(signature))
         welcome = json.loads(welcome)
         assert welcome["type"] == "coffer.fl.v1.welcome" and welcome["site"] == site_id and welcome["recipe_digest"] == digest
+        assert welcome["session"] == session
     finally:
         serve.kill()
         serve.communicate()
@@ -352,10 +356,12 @@ def test_a_site_written_from_the_specification_speaks_binary_bodies(tmp_path):
                 return response.status, read_binary_body(answer)
 
         digest = hashlib.sha256(json.dumps(dict(recipe, data=""), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-        status, welcome = post("join", binary_body({"type": "coffer.fl.v1.join", "site": site_id, "recipe_digest": digest,
-                                                    "features": RECIPE["features"], "tasks": ["limited"]}))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/fl/status", timeout=30) as response:
+            session = json.loads(response.read())["session"]
+        status, welcome = post("join", binary_body({"type": "coffer.fl.v1.join", "session": session, "site": site_id,
+                                                    "recipe_digest": digest, "features": RECIPE["features"], "tasks": ["limited"]}))
         assert status == 200 and welcome["type"] == "coffer.fl.v1.welcome" and welcome["site"] == site_id
-        session = welcome["session"]
+        assert welcome["session"] == session
         others = [fl_join(tmp_path, env, i, f"http://127.0.0.1:{port}") for i in (1, 2)]
         status = 204
         while status == 204:

@@ -121,6 +121,9 @@ public struct SharedStandardisation: Codable, Sendable, Equatable {
 /// `POST /v1/fl/join`: a site asks to take part, naming the recipe and features it trains with.
 public struct JoinRequest: Codable, Sendable, Equatable {
     public var type = "coffer.fl.v1.join"
+    /// The session the site joins, as `GET /v1/fl/status` names it: a join recorded in one federation is refused by
+    /// every other (helper-47: a replayed join made a coordinator count a site that was not there).
+    public var session: String
     public var site: String
     /// SHA-256 (hex) of the recipe's canonical JSON without `data` (``FederatedRecipe/digest``).
     public var recipeDigest: String
@@ -128,7 +131,7 @@ public struct JoinRequest: Codable, Sendable, Equatable {
     public var tasks: [String]
 
     enum CodingKeys: String, CodingKey {
-        case type, site, features, tasks
+        case type, session, site, features, tasks
         case recipeDigest = "recipe_digest"
     }
 }

@@ -35,7 +35,7 @@ public final class LocalFederation: @unchecked Sendable {
 
     /// Joins every site, runs the statistics round if needed and every update round, then finishes.
     public func run() throws(FederatedError) -> [RoundRecord] {
-        for site in sites { try site.welcomed(try core.join(site.joinRequest())) }
+        for site in sites { try site.welcomed(try core.join(site.joinRequest(session: core.sessionHex))) }
         try core.begin()
         if core.needsStatistics {
             _ = try runRound(0)

@@ -12,7 +12,7 @@ import Foundation
 ///
 /// ```swift
 /// let site = try FederatedSite(identity: id, coordinator: coordinatorPub, recipe: recipe, data: data, rounds: 5)
-/// let join = site.joinRequest()                 // POST /v1/fl/join
+/// let join = site.joinRequest(session: status) // POST /v1/fl/join, with GET /v1/fl/status's session
 /// try site.welcomed(answer)
 /// if let submission = try site.handle(task) { ... }   // POST /v1/fl/submit
 /// ```
@@ -81,8 +81,15 @@ public final class FederatedSite: @unchecked Sendable {
 
     // MARK: - Join and poll
 
-    public func joinRequest() -> SignedMessage {
-        let join = JoinRequest(site: keyID, recipeDigest: recipe.digest, features: recipe.recipe.features, tasks: recipe.recipe.tasks.map(\.name))
+    /// The join of `session` (the coordinator's, from `GET /v1/fl/status`).
+    public func joinRequest(session: String) -> SignedMessage {
+        let join = JoinRequest(
+            session: session,
+            site: keyID,
+            recipeDigest: recipe.digest,
+            features: recipe.recipe.features,
+            tasks: recipe.recipe.tasks.map(\.name)
+        )
         return SignedMessage.sign(MessageCoding.encode(join, as: form), by: identity.identity)
     }
 

@@ -65,6 +65,16 @@ public struct FederationClient: Sendable {
 
     /// POSTs a signed message to `path`.
     func post(_ path: String, _ signed: SignedMessage, timeout: Duration) async throws(FederatedError) -> HTTPAnswer {
+        try await send(path, signed, timeout: timeout)
+    }
+
+    /// GETs `path` (the unsigned `GET /v1/fl/status`).
+    func get(_ path: String, timeout: Duration) async throws(FederatedError) -> HTTPAnswer {
+        try await send(path, nil, timeout: timeout)
+    }
+
+    /// One request: a POST of `signed`, or a GET without it.
+    private func send(_ path: String, _ signed: SignedMessage?, timeout: Duration) async throws(FederatedError) -> HTTPAnswer {
         let group = MultiThreadedEventLoopGroup.singleton
         let promise = group.next().makePromise(of: HTTPAnswer.self)
         let (tls, serverHostname, limit, origin) = (self.tls, self.serverHostname, maximumAnswer, origin)
@@ -86,14 +96,16 @@ public struct FederationClient: Sendable {
             promise.fail(error)
             throw Self.failure(error, origin: origin)
         }
-        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
+        var head = HTTPRequestHead(version: .http1_1, method: signed == nil ? .GET : .POST, uri: path)
         head.headers.add(name: "Host", value: "\(host.contains(":") ? "[\(host)]" : host):\(port)")
-        head.headers.add(name: "Content-Type", value: MessageCoding.mediaType(of: signed.payload))
-        head.headers.add(name: SignedMessage.header, value: signed.headerValue)
-        head.headers.add(name: "Content-Length", value: "\(signed.payload.count)")
+        if let signed {
+            head.headers.add(name: "Content-Type", value: MessageCoding.mediaType(of: signed.payload))
+            head.headers.add(name: SignedMessage.header, value: signed.headerValue)
+            head.headers.add(name: "Content-Length", value: "\(signed.payload.count)")
+        }
         head.headers.add(name: "Connection", value: "close")
         channel.write(HTTPClientRequestPart.head(head), promise: nil)
-        channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: signed.payload))), promise: nil)
+        if let signed { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: signed.payload))), promise: nil) }
         channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         let deadline = channel.eventLoop.scheduleTask(
             in: .nanoseconds(Int64(timeout.components.seconds) * 1_000_000_000 + timeout.components.attoseconds / 1_000_000_000)

@@ -43,7 +43,7 @@ public struct SiteRunner: Sendable {
 
     /// Runs until the federation is over; returns the final summary.
     public func run() async throws(FederatedError) -> String {
-        let welcome = try await exchange("/v1/fl/join", site.joinRequest(), wait: .seconds(30))
+        let welcome = try await exchange("/v1/fl/join", site.joinRequest(session: try await session()), wait: .seconds(30))
         guard let welcome else { throw .malformedMessage("the coordinator sent no welcome") }
         try site.welcomed(welcome)
         site.log("joined federation \(site.sessionHex.prefix(8)) (\(site.mechanism))")
@@ -71,26 +71,44 @@ public struct SiteRunner: Sendable {
     /// Sends one request, retrying connection failures until ``patience`` runs out. Returns the signed answer, or `nil`
     /// for 204. A 4xx or 5xx answer throws ``FederatedError/coordinatorRefused(_:)`` with the server's line.
     func exchange(_ path: String, _ signed: SignedMessage, wait: Duration) async throws(FederatedError) -> SignedMessage? {
+        let answer = try await patiently { [client] () async throws(FederatedError) in try await client.post(path, signed, timeout: wait) }
+        switch answer.status {
+        case 200: return try SignedMessage(payload: answer.body, headerValue: answer.signature)
+        case 204: return nil
+        default: throw .coordinatorRefused(Self.line(answer))
+        }
+    }
+
+    /// The coordinator's session, from `GET /v1/fl/status` (unsigned: a wrong one only makes the join refused, and the
+    /// welcome that answers it is signed).
+    func session() async throws(FederatedError) -> String {
+        let answer = try await patiently { [client] () async throws(FederatedError) in try await client.get("/v1/fl/status", timeout: .seconds(30)) }
+        guard answer.status == 200 else { throw .coordinatorRefused(Self.line(answer)) }
+        guard let status = try? JSONSerialization.jsonObject(with: Data(answer.body)) as? [String: Any], let session = status["session"] as? String,
+            session.count == 32, session.allSatisfy(\.isHexDigit)
+        else { throw .malformedMessage("the coordinator's status names no session") }
+        return session
+    }
+
+    /// Runs `request`, retrying connection failures (not TLS failures: retrying cannot mend them) until ``patience``
+    /// runs out, with a backoff.
+    private func patiently(_ request: () async throws(FederatedError) -> HTTPAnswer) async throws(FederatedError) -> HTTPAnswer {
         let giveUp = ContinuousClock.now + patience
         var delay = Duration.milliseconds(100)
         while true {
-            let answer: HTTPAnswer
             do throws(FederatedError) {
-                answer = try await client.post(path, signed, timeout: wait)
+                return try await request()
             } catch {
                 if case .tlsFailed = error { throw error }
                 guard ContinuousClock.now < giveUp else { throw error }
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(5))
-                continue
-            }
-            switch answer.status {
-            case 200: return try SignedMessage(payload: answer.body, headerValue: answer.signature)
-            case 204: return nil
-            default:
-                let line = String(decoding: answer.body, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "HTTP \(answer.status)"
-                throw .coordinatorRefused(line)
             }
         }
+    }
+
+    /// The first line of a refusal's body.
+    private static func line(_ answer: HTTPAnswer) -> String {
+        String(decoding: answer.body, as: UTF8.self).split(separator: "\n").first.map(String.init) ?? "HTTP \(answer.status)"
     }
 }
