@@ -299,6 +299,27 @@ struct ServerTests {
         }
     }
 
+    /// A session the registry recorded but whose model this server cannot load (a blob altered in the store) is
+    /// revoked at once: it must not hold a limited grant's predictions, nor a slot, for its lifetime.
+    @Test func aSessionWhoseModelCannotLoadIsRevoked() async throws {
+        let w = try await world()
+        let infer = bearer(w.tokens["bob-infer"]!)
+        let file = try await w.fixture.registry.show(try ModelReference(parsing: "m/risk@prod")).files[0]
+        let blob = TestBackends.blobFile(file.sealedSHA256, home: w.fixture.home)
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: blob))
+        bytes[bytes.count / 2] ^= 0x01
+        try bytes.write(to: URL(fileURLWithPath: blob))
+        let configuration = ServerConfiguration(port: 0, predictLimits: .init(sessionsPerPrincipal: 1))
+        try await app(w, configuration: configuration).test(.router) { client in
+            for _ in 0..<2 {
+                let refused = try await openSession(client, infer, ttl: 3600)
+                #expect(refused.status != .created && refused.status != .tooManyRequests, "\(refused)")
+            }
+        }
+        let recorded = try await w.fixture.registry.sessions().filter { $0.principal == "bob" }
+        #expect(recorded.count == 2 && recorded.allSatisfy { $0.revokedAt != nil }, "\(recorded)")
+    }
+
     /// A principal holds at most `sessionsPerPrincipal` decrypted models on a server: another open is refused with 429
     /// before the registry records it, and a revoked session makes room (helper-46: 20 year-long sessions of one
     /// principal held 435 MB).
