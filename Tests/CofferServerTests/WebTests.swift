@@ -299,6 +299,11 @@ struct WebTests {
             var (headers, body) = Self.form([("csrf", alice.csrf), ("ref", "m/risk:1")])
             headers.append(contentsOf: alice.headers)
             #expect(try await client.execute(uri: "/version/check", method: .post, headers: headers, body: body).status == .seeOther)
+            // bob sees that someone checked since, not who: that is the audit log's, for admins.
+            let bobSees = Self.text(try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: bob.headers))
+            #expect(bobSees.contains(" by another principal") && !bobSees.contains(" by alice"), "\(bobSees)")
+            let aliceSees = Self.text(try await client.execute(uri: "/version?ref=m/risk:1", method: .get, headers: alice.headers))
+            #expect(aliceSees.contains(" by alice"))
             (headers, body) = Self.form([("ref", "m/risk:1")])
             headers.append(contentsOf: alice.headers)
             let unsigned = try await client.execute(uri: "/version/check", method: .post, headers: headers, body: body)

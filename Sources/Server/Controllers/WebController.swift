@@ -213,7 +213,10 @@ struct WebController {
             "ref": ref, "signatureOK": summary.verification == nil, "signatureFailure": summary.verification ?? "",
         ]
         if let check {
-            values["blobCheck"] = ["at": check.at, "by": check.by, "ok": check.failure == nil, "failure": check.failure ?? ""]
+            // Who read which version is the audit log's, for admins: another reader sees only that someone checked
+            // (helper-46: the page named every reader's last check).
+            let by = check.by == holder.principal.name ? check.by : "another principal"
+            values["blobCheck"] = ["at": check.at, "by": by, "ok": check.failure == nil, "failure": check.failure ?? ""]
         }
         values["lineage"] = try await lineage(of: summary, chain: chain, holder: holder).values
         if let parent = summary.parent { values["parentHref"] = "/version?ref=" + WebForm.percentEncoded(parent) }
