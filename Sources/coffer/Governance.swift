@@ -20,10 +20,8 @@ extension Coffer {
             @Option(name: .long, help: "Total epsilon.") var epsilon: Double
             @Option(name: .long, help: "Delta the budget is counted at.") var delta: Double
             @Option(
-                name: .long,
-                parsing: .upToNextOption,
-                help:
-                    "Only versions of these models may be charged to it: a model, a namespace ending in /, or * for any (default: as before; any for a new budget)."
+                name: .customLong("model"),
+                help: "Only versions of this model may be charged (repeat for more): a name, NS/, or * for any (default: as before; any when new)."
             )
             var models: [String] = []
             @OptionGroup var remote: RemoteOptions

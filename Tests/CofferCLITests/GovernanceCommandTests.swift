@@ -29,7 +29,7 @@ struct GovernanceCommandTests {
         #expect(budget?["models"] is NSNull, "any model may be charged: \(budget ?? [:])")
         expectFailure(try coffer(["budget", "set", "data.csv", "--epsilon", "0", "--delta", "1e-5"] + admin, dir), "budget epsilon must be > 0")
         // Only m (and the team/ namespace) may be charged from now on: another model's push naming the dataset is refused.
-        let scoped = try coffer(["budget", "set", "data.csv", "--epsilon", "20", "--delta", "1e-5", "--models", "m", "team/"] + admin, dir)
+        let scoped = try coffer(["budget", "set", "data.csv", "--epsilon", "20", "--delta", "1e-5", "--model", "m", "--model", "team/"] + admin, dir)
         #expect(scoped.stdoutText.contains("only m, team/ may be charged"), "\(scoped.stdoutText) \(scoped.stderr)")
         expectFailure(
             try coffer(["push", "other", "ckpt", "--dataset", "data.csv"] + admin, dir),
@@ -37,7 +37,7 @@ struct GovernanceCommandTests {
         )
         #expect(try coffer(["budget", "show", "data.csv"], dir).stdoutText.contains("only versions of m, team/ may be charged"))
         expectFailure(
-            try coffer(["budget", "set", "data.csv", "--epsilon", "20", "--delta", "1e-5", "--models", "a b"] + admin, dir),
+            try coffer(["budget", "set", "data.csv", "--epsilon", "20", "--delta", "1e-5", "--model", "a b"] + admin, dir),
             "invalid model scope 'a b'"
         )
 
