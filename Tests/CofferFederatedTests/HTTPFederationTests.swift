@@ -151,7 +151,7 @@ struct HTTPFederationTests {
                 #expect(response.status == .conflict)
                 #expect(
                     String(buffer: response.body)
-                        == "replayed or duplicate message: a join for session \(elsewhere), not this federation's \(core.sessionHex) (GET /v1/fl/status names it)\n"
+                        == "replayed or duplicate message: a join for another session than this federation's \(core.sessionHex) (GET /v1/fl/status names it)\n"
                 )
             }
             // A site with other settings: 409 and the reason.

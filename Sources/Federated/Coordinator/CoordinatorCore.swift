@@ -119,7 +119,7 @@ public final class CoordinatorCore: @unchecked Sendable {
         let request = try MessageCoding.decode(JoinRequest.self, from: signed.payload, what: "join")
         guard request.site == identity.keyID else { throw .signatureInvalid("a join for site \(request.site) signed by \(identity.keyID)") }
         guard request.session == sessionHex else {
-            throw .duplicate("a join for session \(request.session.prefix(32)), not this federation's \(sessionHex) (GET /v1/fl/status names it)")
+            throw .duplicate("a join for another session than this federation's \(sessionHex) (GET /v1/fl/status names it)")
         }
         try recipe.check(join: request)
         if !joined.contains(identity.keyID) {
