@@ -821,19 +821,43 @@ class GrantCampaign:
             self.leaks.append(message)
 
     def check_audit(self):
-        """Every refused or failed session open and prediction of ivy's has its audit entry."""
-        audit = json.loads(self.coffer_check("audit", "--json", "--principal", "ivy", "--home", self.home))
-        entries = [("infer" if e["action"] == "predict" else e["action"], e["target"], instant(e["at"])) for e in audit
-                   if e["outcome"] in ("refused", "failed") and e["action"] in ("session.open", "infer", "predict")]
-        self.limits["audited"] = len(entries)
-        # Each refusal seen is matched to one entry of its action and target (the model for an open, the session for a
-        # prediction) written while the call was under way (one clock: the server runs on this machine).
+        """Every refused or failed session open and prediction of ivy's has its audit entry.
+
+        A server counts its refusals and writes them every few seconds: one entry per action, target and reason, its
+        time that of the write, `(N requests, FIRST to LAST)` appended when there were several. So a refusal is
+        matched to an entry of its action and target written after it within a few seconds, or to a count whose FIRST
+        to LAST overlaps the call; the log is read until every refusal seen is there, or for 15 s."""
+        def entries():
+            audit = json.loads(self.coffer_check("audit", "--json", "--principal", "ivy", "--home", self.home))
+            found = []
+            for e in audit:
+                if e["outcome"] not in ("refused", "failed") or e["action"] not in ("session.open", "infer", "predict"):
+                    continue
+                action = "infer" if e["action"] == "predict" else e["action"]
+                batch = re.search(r" \((\d+) requests, (\S+) to (\S+)\)$", e["reason"])
+                if batch:
+                    found.append([action, e["target"], instant(batch[2]) - 0.01, instant(batch[3]) + 0.01, int(batch[1])])
+                else:
+                    found.append([action, e["target"], None, instant(e["at"]), 1])
+            return found
+        deadline = time.time() + 15
+        while True:
+            found = entries()
+            if sum(e[4] for e in found) >= len(self.refused) or time.time() > deadline:
+                break
+            time.sleep(0.5)
+        self.limits["audited"] = sum(e[4] for e in found)
         for action, target, start, end, what in self.refused:
-            match = next((e for e in entries if e[:2] == (action, target) and start - 0.01 <= e[2] <= end + 0.01), None)
+            def covers(e):
+                if e[:2] != [action, target] or e[4] == 0:
+                    return False
+                # One refusal: written by the call itself, or by the server's next write (every 5 s).
+                return start - 0.01 <= e[3] <= end + 7 if e[2] is None else e[2] <= end and start <= e[3]
+            match = next((e for e in found if covers(e)), None)
             if match is None:
                 self.unaudited.append(f"no {action} entry for: {what}")
             else:
-                entries.remove(match)
+                match[4] -= 1
 
 
 def http_client_errors():

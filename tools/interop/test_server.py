@@ -270,9 +270,14 @@ def test_remote_alias_sessions_infer_and_predict_limits(tmp_path):
         remote("session", "revoke", session, scope="infer")
         revoked = remote("infer", "--session", session, "--input", csv, scope="infer", check=False)
         assert revoked.returncode == 1 and (b"was revoked" in revoked.stderr or b"not open on this server" in revoked.stderr), revoked.stderr
-        audit = json.loads(coffer("audit", "--json", "--home", home).stdout)
-        reasons = [e["reason"] for e in audit if e["action"] == "predict" and e["outcome"] == "refused"]
-        assert any("rate limit" in r for r in reasons) and any("rows" in r for r in reasons)
+        # The server counts refusals and writes them every few seconds, as one entry per reason with its count.
+        for _ in range(150):
+            audit = json.loads(coffer("audit", "--json", "--home", home).stdout)
+            reasons = [e["reason"] for e in audit if e["action"] == "predict" and e["outcome"] == "refused"]
+            if any("rate limit" in r for r in reasons) and any("rows" in r for r in reasons):
+                break
+            time.sleep(0.2)
+        assert any("rate limit" in r for r in reasons) and any("rows" in r for r in reasons), reasons
         assert_documented()
     finally:
         server.send_signal(signal.SIGTERM)
