@@ -847,17 +847,30 @@ class GrantCampaign:
                 break
             time.sleep(0.5)
         self.limits["audited"] = sum(e[4] for e in found)
-        for action, target, start, end, what in self.refused:
-            def covers(e):
-                if e[:2] != [action, target] or e[4] == 0:
-                    return False
-                # One refusal: written by the call itself, or by the server's next write (every 5 s).
-                return start - 0.01 <= e[3] <= end + 7 if e[2] is None else e[2] <= end and start <= e[3]
-            match = next((e for e in found if covers(e)), None)
-            if match is None:
-                self.unaudited.append(f"no {action} entry for: {what}")
-            else:
-                match[4] -= 1
+
+        def covers(refusal, e):
+            action, target, start, end, _ = refusal
+            if e[:2] != [action, target]:
+                return False
+            # One refusal: written by the call itself, or by the server's next write (every 5 s).
+            return start - 0.01 <= e[3] <= end + 7 if e[2] is None else e[2] <= end and start <= e[3]
+        # A refusal may fit several entries (the log is newest first, a lone entry up to 7 s after the call), so the
+        # assignment is a maximum bipartite matching, an entry taking as many refusals as it counts: first fit in
+        # either order can give a refusal's only entry to one that had another (CI, 2026-12-05).
+        slots = [i for i, e in enumerate(found) for _ in range(e[4])]
+        holder = [None] * len(slots)
+
+        def place(r, seen):
+            for s, i in enumerate(slots):
+                if s not in seen and covers(self.refused[r], found[i]):
+                    seen.add(s)
+                    if holder[s] is None or place(holder[s], seen):
+                        holder[s] = r
+                        return True
+            return False
+        for r, refusal in enumerate(self.refused):
+            if not place(r, set()):
+                self.unaudited.append(f"no {refusal[0]} entry for: {refusal[4]}")
 
 
 def http_client_errors():
