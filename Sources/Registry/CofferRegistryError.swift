@@ -39,6 +39,11 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case unknownUpload(String)
     /// A resumable upload appended at another offset than where it stands.
     case uploadOffset(current: Int, asked: Int)
+    /// The blob store no longer holds the upload where its record says it stands (distribution cancels a session
+    /// resumed from an older `Location` than its last accepted `PATCH`): the bytes it had are lost.
+    case uploadSessionLost(engine: String, reason: String)
+    /// The upload's session was lost and a new one started: the client sends the blob again from byte 0.
+    case uploadRestarted(String)
     case tooManyUploads(String)
     case uploadTooLarge(limit: Int)
     /// A storage engine could not be used (unreachable, refused credentials, answered wrongly).
@@ -86,6 +91,8 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
         case .ledgerMoved: "the registry changed while this change was prepared; try again"
         case .unknownUpload(let id): "no such upload \(id) (finished, expired, or collected by gc)"
         case .uploadOffset(let current, let asked): "the upload is at offset \(current), not \(asked): resume from \(current)"
+        case .uploadSessionLost(let engine, let reason): "\(engine): \(reason)"
+        case .uploadRestarted(let why): "\(why): the upload starts again at byte 0"
         case .tooManyUploads(let why): why
         case .uploadTooLarge(let limit): "an upload may not exceed \(limit) bytes"
         case .unavailable(let engine, let reason): "\(engine): \(reason)"

@@ -1,5 +1,6 @@
 import CofferCrypto
 import Foundation
+import NIOCore
 import Testing
 
 @testable import CofferRegistry
@@ -136,5 +137,39 @@ import FoundationNetworking
         #expect(gc.removedBlobs == 0)
         _ = try await f.registry.pull(try ModelReference(parsing: "m:2"), identity: alice, into: f.path("out"))
         #expect(try f.read("out/w.bin") == bytes(100_000, seed: 2))
+    }
+    @Test("an upload a replica advanced in the OCI registry but died before recording starts again at byte 0, and finishes whole")
+    func uploadLostByADeadReplicaStartsAgain() async throws {
+        let (f, instance, repository) = try await registry()
+        let alice = try await publisher(f)
+        let owner = Principal(name: "alice", keyID: alice.publicIdentity.keyID)
+        let bytes = bytes(622_496, seed: 4)
+        func body() -> BlobStream {
+            BlobStream(
+                length: bytes.count,
+                AsyncThrowingStream {
+                    $0.yield(ByteBuffer(bytes: bytes))
+                    $0.finish()
+                }
+            )
+        }
+        let upload = try await f.registry.startUpload(by: owner)
+        // The dead replica: its PATCH reached the OCI registry, its commit of the new Location never happened.
+        let record = try await f.registry.uploadRecord(upload.id, of: owner)
+        let replica = try OCIBlobStore(url: instance.url(repository), temporaryDirectory: f.path("oci-tmp"), environment: instance.environment)
+        _ = try await replica.append(to: BlobUpload(id: upload.id, location: record.location, offset: 0), body())
+
+        #expect(try await f.registry.upload(upload.id, of: owner).offset == 0)
+        await #expect {
+            _ = try await f.registry.appendUpload(upload.id, at: 0, body(), limit: 1 << 30, by: owner)
+        } throws: { error in
+            guard case .uploadRestarted = error as? CofferRegistryError else { return false }
+            return "\(error)".hasSuffix("it is gone or stands at another offset: the upload starts again at byte 0")
+        }
+        #expect(try await f.registry.upload(upload.id, of: owner).offset == 0)
+        #expect(try await f.registry.appendUpload(upload.id, at: 0, body(), limit: 1 << 30, by: owner).offset == bytes.count)
+        let digest = Digest.hex(Digest.sha256(bytes))
+        try await f.registry.finishUpload(upload.id, digest: digest, by: owner)
+        #expect(try await replica.read(digest, range: nil).collect() == bytes)
     }
 }

@@ -77,7 +77,19 @@ extension Registry {
         var record = try await uploadRecord(id, of: principal)
         guard offset == record.received else { throw .uploadOffset(current: record.received, asked: offset) }
         let bounded = BlobStream(length: bytes.length, Limited(base: bytes, remaining: limit - offset, limit: limit))
-        let advanced = try await blobs.append(to: BlobUpload(id: id, location: record.location, offset: offset), bounded)
+        let advanced: BlobUpload
+        do {
+            advanced = try await blobs.append(to: BlobUpload(id: id, location: record.location, offset: offset), bounded)
+        } catch {
+            guard case .uploadSessionLost = error else { throw error }
+            // A replica that died between the store's answer and this commit leaves the record behind the store's
+            // session, which distribution then cancels: nothing can resume it, so the upload begins again in a new one.
+            let restarted = try await blobs.startUpload()
+            record.location = restarted.location
+            record.received = 0
+            try await metadata.commit(UnitOfWork(changes: [.putUpload(record)]))
+            throw .uploadRestarted(error.description)
+        }
         record.location = advanced.location
         record.received = advanced.offset
         try await metadata.commit(UnitOfWork(changes: [.putUpload(record)]))

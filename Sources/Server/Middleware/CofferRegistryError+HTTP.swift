@@ -10,12 +10,12 @@ extension CofferRegistryError: HTTPResponseError {
         case .refused, .sessionRefused: .forbidden
         case .unknownModel, .unknownVersion, .unknownAlias, .unknownPrincipal, .unknownSession, .noBudget, .unknownUpload: .notFound
         case .erased: .gone
-        case .versionExists, .principalExists, .uploadOffset: .conflict
+        case .versionExists, .principalExists, .uploadOffset, .uploadRestarted: .conflict
         case .budgetExceeded, .policyViolation: .forbidden
         case .tampered: .unprocessableContent
         case .tooManyUploads: .tooManyRequests
         case .uploadTooLarge: .contentTooLarge
-        case .databaseBusy, .registryKeyRetired, .ledgerMoved, .unavailable: .serviceUnavailable
+        case .databaseBusy, .registryKeyRetired, .ledgerMoved, .unavailable, .uploadSessionLost: .serviceUnavailable
         case .database, .io: .internalServerError
         default: .badRequest
         }

@@ -67,11 +67,11 @@ extension OCIDistributionClient {
                 let status = response.status.code
                 let code = Self.errorCode(try? await response.body.collect(upTo: 1 << 16)) ?? ""
                 // distribution signs the offset into the Location: one that is stale (a PATCH whose answer was lost) or an
-                // offset that is not where the upload stands is refused, and the upload cannot go on.
-                throw .unavailable(
+                // offset that is not where the upload stands is refused, and distribution cancels the session.
+                throw .uploadSessionLost(
                     engine: endpoint.name,
                     reason:
-                        "the upload session refused bytes \(start)-\(end) (\(status)\(code.isEmpty ? "" : " \(code)")): it is gone or stands at another offset; start the upload again"
+                        "the upload session refused bytes \(start)-\(end) (\(status)\(code.isEmpty ? "" : " \(code)")): it is gone or stands at another offset"
                 )
             }
             throw await failure(response, "PATCH upload bytes \(start)-\(end)")
