@@ -7,6 +7,7 @@ with the store itself; the last test drives the `coffer` binary over OCI backend
 import base64
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -178,8 +179,8 @@ def test_coffer_on_oci_export_copy_import(tmp_path):
 
 
 def test_server_survives_an_upload_the_registry_refuses(tmp_path):
-    """A PATCH the OCI registry refuses before reading its body (its upload session is gone) answers 503, and `coffer
-    serve` goes on: the HTTP client's body sender, left waiting on the request body, used to meet the server's own drain
+    """A PATCH the OCI registry refuses before reading its body (its upload session is gone) answers 409 (the server
+    opened a new session: the upload starts again at byte 0), and `coffer serve` goes on: the HTTP client's body sender, left waiting on the request body, used to meet the server's own drain
     of that body inside NIO, which traps (found by the crash campaign, where a killed server leaves stale sessions)."""
     import http.client
     import sqlite3
@@ -221,9 +222,17 @@ def test_server_survives_an_upload_the_registry_refuses(tmp_path):
                 except (BrokenPipeError, ConnectionResetError):
                     status = None  # the server answered and closed while the body was still being sent
                 connection.close()
-                assert status in (503, None), status
+                assert status in (409, None), status
                 assert process.poll() is None, f"coffer serve died on attempt {attempt}"
                 assert cofferlib.http_json(base, "GET", "/v1/uploads/" + upload["id"], token=token)[1]["offset"] == 0
+            # The upload goes on in its new session, as the client sends it again.
+            body = os.urandom(70_000)
+            status, _, _ = cofferlib.http_json(base, "PATCH", "/v1/uploads/" + upload["id"], token=token, body=body,
+                                               headers={"Upload-Offset": "0", "Content-Type": "application/octet-stream"})
+            assert status == 200
+            digest = hashlib.sha256(body).hexdigest()
+            status, _, _ = cofferlib.http_json(base, "PUT", f"/v1/uploads/{upload['id']}?digest={digest}", token=token)
+            assert status == 201
         finally:
             process.terminate()
             process.wait()
