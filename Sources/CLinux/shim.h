@@ -8,7 +8,25 @@
 #include <fcntl.h>
 #include <malloc.h>
 #include <sys/mman.h>
+#include <stdint.h>
 #include <sys/prctl.h>
+
+/// The head of Linux's `struct tcp_info` (<linux/tcp.h>), field for field up to `tcpi_notsent_bytes` (Linux 4.6):
+/// glibc's <netinet/tcp.h> stops before `tcpi_bytes_acked`, and <linux/tcp.h> cannot be included beside it. The kernel
+/// only ever adds fields at the end, and `getsockopt(TCP_INFO)` copies as many bytes as it is asked for.
+struct coffer_tcp_info {
+    uint8_t state, ca_state, retransmits, probes, backoff, options, window_scales, flags;
+    uint32_t rto, ato, snd_mss, rcv_mss;
+    uint32_t unacked, sacked, lost, retrans, fackets;
+    uint32_t last_data_sent, last_ack_sent, last_data_recv, last_ack_recv;
+    uint32_t pmtu, rcv_ssthresh, rtt, rttvar, snd_ssthresh, snd_cwnd, advmss, reordering;
+    uint32_t rcv_rtt, rcv_space;
+    uint32_t total_retrans;
+    uint64_t pacing_rate, max_pacing_rate;
+    uint64_t bytes_acked, bytes_received;
+    uint32_t segs_out, segs_in;
+    uint32_t notsent_bytes;
+};
 
 /// Fixes glibc's mmap threshold: allocations of `bytes` or more are mapped and unmapped, never kept in an arena.
 static inline int coffer_set_mmap_threshold(int bytes) {

@@ -53,13 +53,14 @@ public struct ServerConfiguration: Sendable {
 }
 
 /// The defences of `coffer serve` and `coffer fl serve` against clients that hold connections open (slowloris): a
-/// deadline on each request's head and a minimum rate for its body (see `ClientDeadlineHandler`), and a cap on
+/// deadline on each request's head, a minimum rate for its body and for taking its answer (see
+/// `ClientDeadlineHandler`), and a cap on
 /// connections served at once. Past the cap the server stops accepting: new connections wait in the kernel's queue
 /// until one closes, and the memory a flood can make the server hold stays bounded.
 public struct ClientLimits: Sendable {
-    /// How long a client may take to send a request head, and the allowance of a body before its rate counts.
+    /// How long a client may take to send a request head, and how far it may fall behind `minimumRate`.
     public var timeout: Duration
-    /// Bytes per second a body must arrive at, on average, past `timeout`.
+    /// Bytes per second a client must send a request body at, and take an answer at, while the server waits on it.
     public var minimumRate: Int
     /// Connections served at once.
     public var maximumConnections: Int

@@ -11,9 +11,9 @@ struct ListenOptions: ParsableArguments {
     @Option(name: .long, help: "TLS certificate chain (PEM): serve HTTPS.") var tlsCert: String?
     @Option(name: .long, help: "TLS private key (PEM), with --tls-cert.") var tlsKey: String?
     @Option(name: .long, help: "Connections served at once; past it new ones wait until one closes.") var maxConnections: Int = 512
-    @Option(name: .long, help: "Seconds a client has to send a request head, and a body before --client-min-rate counts.")
+    @Option(name: .long, help: "Seconds a client has to send a request head, and how far it may fall behind --client-min-rate.")
     var clientTimeout: Double = 10
-    @Option(name: .long, help: "Bytes per second a request body must arrive at, on average, past --client-timeout.")
+    @Option(name: .long, help: "Bytes per second a client must send its request body at, and take its answer at, while the server waits on it.")
     var clientMinRate: Int = 1024
 
     /// Where and how to listen.

@@ -183,11 +183,7 @@ extension ServerTests {
 
     @Test func finding17_partialHeadersAreCutOff() async throws {
         let w = try await world()
-        let large = w.fixture.path("large")
-        try FileManager.default.createDirectory(atPath: large, withIntermediateDirectories: true)
-        try Data((0..<(16 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: "\(large)/w.bin"))
-        let pushed = try await w.fixture.registry.push(PushRequest(model: "m/large", paths: [large]), publisher: w.fixture.publisher)
-        let big = try await w.fixture.registry.show(try ModelReference(parsing: "m/large:\(pushed.version)")).files[0]
+        let big = try await largeBlob(w)
         let application = try await app(w, configuration: .init(port: 0, clientLimits: .init(timeout: .milliseconds(500))))
         try await application.test(.live) { client in
             let port = try #require(client.port)

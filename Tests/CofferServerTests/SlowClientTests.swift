@@ -24,7 +24,7 @@ extension ServerTests {
             // Every request on a connection of its own: with a one-second limit, a connection kept alive between two
             // requests is cut whenever the test runner pauses for a second (CI saw it on a loaded machine).
             var ids: [String] = []
-            for _ in 0..<2 {
+            for _ in 0..<3 {
                 let creating = try RawConnection(port: port)
                 let answer = await offPool {
                     creating.send(
@@ -62,6 +62,17 @@ extension ServerTests {
             let steady = try await RawConnection.trickle(port: port, head: head(ids[1]), length: 12_000, chunk: 1_000, interval: 0.25, budget: 30)
             #expect(!steady.cut && steady.sent == 12_000 && steady.seconds > 2, "\(steady)")
             #expect(steady.answer.hasPrefix("HTTP/1.1 200"), "\(steady.answer)")
+            // 1 MiB at once, then nothing: what was sent fast buys no stall longer than the timeout (counted as an
+            // allowance, it bought 17 minutes here).
+            let stalled = try RawConnection(port: port)
+            let stalledHead = head(ids[2]).replacingOccurrences(of: "LENGTH", with: "\(4 << 20)")
+            let (cut, seconds) = await offPool {
+                stalled.send(stalledHead)
+                stalled.send([UInt8](repeating: 0x61, count: 1 << 20))
+                let started = ContinuousClock.now
+                return (stalled.receive(timeout: 30), (ContinuousClock.now - started) / .seconds(1))
+            }
+            #expect(cut == "" && seconds < 6, "after \(seconds) s: \(cut ?? "still open")")
         }
     }
 
@@ -101,40 +112,117 @@ extension ServerTests {
     /// configuration with `with(address:)`, which drops the cap (Hummingbird 2.28).
     @Test func connectionsPastTheCapWaitForOneToClose() async throws {
         let w = try await world()
+        try await serving(w, limits: ClientLimits(timeout: .seconds(30), maximumConnections: 2)) { port in
+            let first = try RawConnection(port: port)
+            let second = try RawConnection(port: port)
+            // Each served connection answers, so both are accepted before the third comes.
+            for connection in [first, second] {
+                let answer = await offPool {
+                    connection.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    return connection.receive(timeout: 10)
+                }
+                #expect(answer?.hasPrefix("HTTP/1.1 200") == true, "\(answer ?? "no answer")")
+            }
+            let third = try RawConnection(port: port)
+            let waiting = await offPool {
+                third.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return third.receive(timeout: 1.5)
+            }
+            #expect(waiting == nil, "a third connection was served past the cap of two: \(waiting ?? "")")
+            let answered = await offPool { () -> String? in
+                first.hangUp()
+                return third.receive(timeout: 10)
+            }
+            #expect(answered?.hasPrefix("HTTP/1.1 200") == true, "the third connection once the first closed: \(answered ?? "no answer")")
+            withExtendedLifetime(second) {}
+        }
+    }
+
+    /// Clients that ask and never read held their connections for good: two of them (a blob download, and three
+    /// downloads pipelined) kept a server capped at two connections from serving anyone (helper-51).
+    @Test func answersNeverReadAreCutAndFreeTheirConnections() async throws {
+        let w = try await world()
+        let blob = try await largeBlob(w)
+        let request = "GET /v1/blobs/\(blob.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(w.tokens["bob-read"]!)\r\n\r\n"
+        try await serving(w, limits: ClientLimits(timeout: .seconds(1), maximumConnections: 2)) { port in
+            let download = try RawConnection(port: port, receiveBuffer: 4096)
+            download.send(request)
+            let pipelined = try RawConnection(port: port, receiveBuffer: 4096)
+            pipelined.send(String(repeating: request, count: 3))
+            try await Task.sleep(for: .seconds(3))  // past the head's timeout: both are held by their answers
+            let third = try RawConnection(port: port)
+            let (answer, seconds) = await offPool {
+                let started = ContinuousClock.now
+                third.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                return (third.receive(timeout: 30), (ContinuousClock.now - started) / .seconds(1))
+            }
+            #expect(answer?.hasPrefix("HTTP/1.1 200") == true && seconds < 20, "after \(seconds) s: \(answer ?? "no answer")")
+            // Both were closed: what they hold unread ends in the server's close, not in a wait.
+            for connection in [download, pipelined] {
+                let closed = await offPool { () -> Bool in
+                    while let part = connection.receive(timeout: 5) { if part.isEmpty { return true } }
+                    return false
+                }
+                #expect(closed, "a connection that never read is still open")
+            }
+        }
+    }
+
+    /// A reader well below what a deadline on the socket's writability allowed (~150 KB/s) but above the minimum rate
+    /// gets its whole answer, over many of its one-second windows.
+    @Test func aSlowReaderAboveTheMinimumRateIsServedWhole() async throws {
+        let w = try await world()
+        let blob = try await largeBlob(w)
+        let token = w.tokens["bob-read"]!
+        try await serving(w, limits: ClientLimits(timeout: .seconds(1), minimumRate: 1024)) { port in
+            let reader = try RawConnection(port: port, receiveBuffer: 4096)
+            let (received, seconds) = await offPool {
+                reader.send(
+                    "GET /v1/blobs/\(blob.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\nRange: bytes=0-65535\r\n"
+                        + "Connection: close\r\n\r\n"
+                )
+                let started = ContinuousClock.now
+                var buffer = [UInt8](repeating: 0, count: 2048)
+                var total = 0
+                while ContinuousClock.now - started < .seconds(60) {
+                    let n = reader.receive(into: &buffer)  // 2 KiB every 0.25 s: 8 KiB a second
+                    if n <= 0 { break }
+                    total += n
+                    usleep(250_000)
+                }
+                return (total, (ContinuousClock.now - started) / .seconds(1))
+            }
+            #expect(received > 65_536 && seconds > 4, "\(received) bytes in \(seconds) s")
+        }
+    }
+
+    // MARK: - Helpers
+
+    /// Runs the application as `coffer serve` runs it, while `body` uses its port: HummingbirdTesting's
+    /// `TestApplication` rebuilds the configuration with `with(address:)`, which drops the cap on connections
+    /// (Hummingbird 2.28).
+    func serving(_ w: World, limits: ClientLimits, _ body: (Int) async throws -> Void) async throws {
         let (ports, listening) = AsyncStream.makeStream(of: Int.self)
         let application = try await buildApplication(
             registry: w.fixture.registry,
             registryIdentity: w.fixture.registryIdentity,
-            configuration: .init(port: 0, clientLimits: ClientLimits(timeout: .seconds(30), maximumConnections: 2)),
+            configuration: .init(port: 0, clientLimits: limits),
             onListening: { listening.yield($0) }
         )
         let running = Task { try await application.runService(gracefulShutdownSignals: []) }
         defer { running.cancel() }
         var iterator = ports.makeAsyncIterator()
-        let port = try #require(await iterator.next())
-        let first = try RawConnection(port: port)
-        let second = try RawConnection(port: port)
-        // Each served connection answers, so both are accepted before the third comes.
-        for connection in [first, second] {
-            let answer = await offPool {
-                connection.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-                return connection.receive(timeout: 10)
-            }
-            #expect(answer?.hasPrefix("HTTP/1.1 200") == true, "\(answer ?? "no answer")")
-        }
-        let third = try RawConnection(port: port)
-        let waiting = await offPool {
-            third.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            return third.receive(timeout: 1.5)
-        }
-        #expect(waiting == nil, "a third connection was served past the cap of two: \(waiting ?? "")")
-        let answered = await offPool { () -> String? in
-            first.hangUp()
-            return third.receive(timeout: 10)
-        }
-        #expect(answered?.hasPrefix("HTTP/1.1 200") == true, "the third connection once the first closed: \(answered ?? "no answer")")
-        withExtendedLifetime(second) {}
+        try await body(try #require(await iterator.next()))
         running.cancel()
         _ = await running.result
+    }
+
+    /// The sealed file of a 16 MiB model pushed to `w`: an answer larger than every socket buffer on the way.
+    func largeBlob(_ w: World) async throws -> ModelStatement.File {
+        let large = w.fixture.path("large")
+        try FileManager.default.createDirectory(atPath: large, withIntermediateDirectories: true)
+        try Data((0..<(16 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }).write(to: URL(fileURLWithPath: "\(large)/w.bin"))
+        let pushed = try await w.fixture.registry.push(PushRequest(model: "m/large", paths: [large]), publisher: w.fixture.publisher)
+        return try await w.fixture.registry.show(try ModelReference(parsing: "m/large:\(pushed.version)")).files[0]
     }
 }
