@@ -17,8 +17,10 @@ struct CofferProcess {
     static func environment(in directory: URL, passphrase: String? = "test passphrase", _ extra: [String: String] = [:]) -> [String: String] {
         var environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
         environment["COFFER_PASSPHRASE"] = passphrase
-        // Each scratch directory is one user's machine: its client remembers the registries it verified there.
-        environment["COFFER_STATE_DIR"] = environment["COFFER_STATE_DIR"] ?? directory.appendingPathComponent(".client-state").path
+        // Each scratch directory is one user's machine: its client remembers the registries it verified there, and its
+        // records of temporary entries are its own. Shared (tools/test exports one COFFER_STATE_DIR for the run), any
+        // test's coffer swept the staging folder a killed pull of another test had left, before that test looked.
+        environment["COFFER_STATE_DIR"] = extra["COFFER_STATE_DIR"] ?? directory.appendingPathComponent(".client-state").path
         return environment
     }
 
