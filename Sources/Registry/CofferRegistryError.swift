@@ -39,8 +39,8 @@ public enum CofferRegistryError: Error, Equatable, CustomStringConvertible {
     case unknownUpload(String)
     /// A resumable upload appended at another offset than where it stands.
     case uploadOffset(current: Int, asked: Int)
-    /// The blob store no longer holds the upload where its record says it stands (distribution cancels a session
-    /// resumed from an older `Location` than its last accepted `PATCH`): the bytes it had are lost.
+    /// The blob store no longer reaches the upload where its record says it stands (distribution refuses a `Location`
+    /// older than its last accepted `PATCH`, and only that newer one reaches the session): the bytes it had are lost.
     case uploadSessionLost(engine: String, reason: String)
     /// The upload's session was lost and a new one started: the client sends the blob again from byte 0.
     case uploadRestarted(String)

@@ -83,7 +83,7 @@ extension Registry {
         } catch {
             guard case .uploadSessionLost = error else { throw error }
             // A replica that died between the store's answer and this commit leaves the record behind the store's
-            // session, which distribution then cancels: nothing can resume it, so the upload begins again in a new one.
+            // session, which no older Location reaches again: the upload begins again in a new one.
             let restarted = try await blobs.startUpload()
             record.location = restarted.location
             record.received = 0

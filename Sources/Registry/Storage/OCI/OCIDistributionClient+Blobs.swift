@@ -67,7 +67,7 @@ extension OCIDistributionClient {
                 let status = response.status.code
                 let code = Self.errorCode(try? await response.body.collect(upTo: 1 << 16)) ?? ""
                 // distribution signs the offset into the Location: one that is stale (a PATCH whose answer was lost) or an
-                // offset that is not where the upload stands is refused, and distribution cancels the session.
+                // offset that is not where the upload stands is refused, and no older Location reaches the session again.
                 throw .uploadSessionLost(
                     engine: endpoint.name,
                     reason:
