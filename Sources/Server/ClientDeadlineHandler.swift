@@ -1,4 +1,5 @@
 import CLinux
+import Glibc
 import NIOCore
 import NIOHTTPTypes
 
@@ -22,6 +23,10 @@ import NIOHTTPTypes
 /// buffer (up to 4 MiB) wakes the writer only once half of it has drained, so a deadline on writability cut honest
 /// readers under ~150 KB/s. Acknowledgements come at the receiver's segment size (about 1.4 KB on a network, 64 KB on
 /// loopback, so at the defaults a loopback reader below about 9 KB/s falls behind: helper-52 measured it).
+///
+/// The answer is watched while any is owed (pipelined requests come in before the first answer is written) and until
+/// the client took what was written, and a client cut for it is reset, so that the kernel drops what it did not take.
+/// A trusted proxy's answers are not watched (``ClientLimits/trustedProxies``).
 final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -30,16 +35,22 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private let limits: ClientLimits
     private let timeout: TimeAmount
-    private var deadline: Scheduled<Void>?
-    /// Request heads received on this connection: an answer's end re-arms the head's clock only if no other request
-    /// came in while it was written (a pipelined one is then being handled).
+    /// The head's clock: runs while the connection waits for a request head and owes no answer.
+    private var headDeadline: Scheduled<Void>?
+    /// The body's clock: runs while the server has asked for more of a body and none came.
+    private var bodyDeadline: Scheduled<Void>?
+    /// Request heads received, and answers whose end was written: while fewer answers than heads are written, one is
+    /// owed (pipelined requests are read before the answer to the first is written), and the answer watch runs.
     private var heads = 0
+    private var answered = 0
     /// The body being received: the client's credit, and since when the server has been waiting (nil while it is not
     /// asking for more).
     private var body: (credit: RateCredit, waitingSince: NIODeadline?)?
-    /// Answers being written: the client's credit and the socket's counts at the last sample, taken every `timeout`
-    /// from a request head until the answers' ends are written; nil on a channel that is not a socket.
+    /// The answer watch: the client's credit and the socket's counts at the last sample, taken every `timeout` from a
+    /// request head until every answer owed was written and taken by the client; nil on a channel that is not a socket.
     private var answer: (credit: RateCredit, last: TCPProgress?, check: RepeatedTask)?
+    /// Whether the peer is one of `limits.trustedProxies`: its answers are not watched.
+    private var fromProxy = false
 
     init(limits: ClientLimits) {
         self.limits = limits
@@ -47,12 +58,17 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { arm(context, in: timeout) }
+        if context.channel.isActive { start(context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        arm(context, in: timeout)
+        start(context)
         context.fireChannelActive()
+    }
+
+    private func start(_ context: ChannelHandlerContext) {
+        fromProxy = context.channel.remoteAddress?.ipAddress.map { limits.trustedProxies.contains($0) } ?? false
+        armHead(context)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -60,7 +76,7 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
         case .head:
             heads += 1
             body = (RateCredit(limits), nil)
-            disarm()
+            cancel(&headDeadline)
             watchAnswer(context)
         case .body(let bytes):
             if var receiving = body {
@@ -68,11 +84,13 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
                 receiving.credit.moved(bytes.readableBytes)
                 receiving.waitingSince = nil
                 body = receiving
-                disarm()
+                cancel(&bodyDeadline)
             }
         case .end:
+            // Only the body's clock: a body that ends after its answer was written (a refusal, or a request whose
+            // handler did not read it) must not stop the head's clock, which then runs for the next request.
             body = nil
-            disarm()
+            cancel(&bodyDeadline)
         }
         context.fireChannelRead(data)
     }
@@ -82,27 +100,26 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
         if var receiving = body, receiving.waitingSince == nil {
             receiving.waitingSince = .now()
             body = receiving
-            arm(context, in: receiving.credit.left)
+            let channel = context.channel
+            cancel(&bodyDeadline)
+            bodyDeadline = context.eventLoop.scheduleTask(in: max(receiving.credit.left, .zero)) { channel.close(promise: nil) }
         }
         context.read()
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         guard case .end = unwrapOutboundIn(data) else { return context.write(data, promise: promise) }
-        // The answer's last part: once it is written, the connection waits for the next request head. An answer sent
-        // before its request's body ended (a refusal) ends that body's clock: what is left of it is the head's.
+        // An answer written before its request's body ended (a refusal) ends that body's clock: what is left of the
+        // body is drained on the head's.
         body = nil
-        disarm()
-        let answered = heads
+        cancel(&bodyDeadline)
         let written = context.eventLoop.makePromise(of: Void.self)
         written.futureResult.cascade(to: promise)
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         written.futureResult.whenSuccess {
             let (handler, context) = loopBound.value
-            guard handler.heads == answered else { return }
-            handler.answer?.check.cancel()
-            handler.answer = nil
-            handler.arm(context, in: handler.timeout)
+            handler.answered += 1
+            handler.endWatchIfTaken(context, now: nil)
         }
         context.write(data, promise: written)
     }
@@ -114,23 +131,28 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func handlerRemoved(context: ChannelHandlerContext) { stop() }
 
-    /// From a request head until its answer is written, samples every `timeout` what the client acknowledged; a window
-    /// counts against it only if bytes waited for it at both of its ends (a handler that wrote late is not its fault).
+    /// From a request head until every answer owed was written and acknowledged, samples every `timeout` what the
+    /// client acknowledged; a window counts against it only if bytes waited for it at both of its ends (a handler that
+    /// wrote late is not its fault). A client that falls behind is reset, not closed: a close leaves what it did not
+    /// read in the kernel, held for as long as the client keeps answering probes (helper-52: 300 such sockets held
+    /// 1.2 GB of kernel memory, outside the cap on connections).
     private func watchAnswer(_ context: ChannelHandlerContext) {
-        guard answer == nil, TCPProgress.sample(context.channel) != nil else { return }
+        guard answer == nil, !fromProxy, context.channel is any SocketOptionProvider else { return }
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let check = context.eventLoop.scheduleRepeatedTask(initialDelay: timeout, delay: timeout) { task in
             let (_, context) = loopBound.value
             TCPProgress.sample(context.channel)?.whenComplete { result in
                 let (handler, context) = loopBound.value
-                guard case .success(let now) = result, var watched = handler.answer else { return task.cancel() }
+                guard var watched = handler.answer, watched.check === task else { return task.cancel() }
+                guard case .success(let now) = result else { return handler.endWatch(context) }  // no TCP_INFO: a Unix socket
                 if let last = watched.last, last.waiting && now.waiting {
                     watched.credit.waited(handler.timeout)
                     watched.credit.moved(Int(clamping: now.acknowledged &- last.acknowledged))
-                    if watched.credit.left <= .zero { return context.channel.close(promise: nil) }
+                    if watched.credit.left <= .zero { return handler.reset(context) }
                 }
                 watched.last = now
                 handler.answer = watched
+                handler.endWatchIfTaken(context, now: now)
             }
         }
         answer = (RateCredit(limits), nil, check)
@@ -140,22 +162,55 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
+    /// Once no answer is owed and the client took every byte written, the watch ends and the head's clock starts. An
+    /// answer whose end is written may still wait in the socket's buffer (up to 4 MiB): until the client takes it, the
+    /// watch goes on, or a client that never read would be closed gracefully by the head's clock and keep it.
+    private func endWatchIfTaken(_ context: ChannelHandlerContext, now: TCPProgress?) {
+        guard answered == heads else { return }
+        guard answer != nil else { return armHead(context) }
+        guard let now else {
+            // The answer's end was just written: ask the socket now rather than wait for the next sample.
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            TCPProgress.sample(context.channel)?.whenComplete { result in
+                let (handler, context) = loopBound.value
+                guard case .success(let now) = result else { return handler.endWatch(context) }
+                handler.endWatchIfTaken(context, now: now)
+            }
+            return
+        }
+        if !now.waiting { endWatch(context) }
+    }
+
+    private func endWatch(_ context: ChannelHandlerContext) {
+        answer?.check.cancel()
+        answer = nil
+        if answered == heads { armHead(context) }
+    }
+
+    /// Closes with a reset: what the client did not take is dropped at once.
+    private func reset(_ context: ChannelHandlerContext) {
+        let channel = context.channel
+        guard let socket = channel as? any SocketOptionProvider else { return channel.close(promise: nil) }
+        socket.setSoLinger(linger(l_onoff: 1, l_linger: 0)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
     private func stop() {
-        disarm()
+        cancel(&headDeadline)
+        cancel(&bodyDeadline)
         answer?.check.cancel()
         answer = nil
     }
 
-    private func disarm() {
+    private func cancel(_ deadline: inout Scheduled<Void>?) {
         deadline?.cancel()
         deadline = nil
     }
 
-    private func arm(_ context: ChannelHandlerContext, in delay: TimeAmount) {
-        disarm()
+    private func armHead(_ context: ChannelHandlerContext) {
+        cancel(&headDeadline)
         guard context.channel.isActive else { return }
         let channel = context.channel
-        deadline = context.eventLoop.scheduleTask(in: max(delay, .zero)) { channel.close(promise: nil) }
+        headDeadline = context.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
     }
 }
 

@@ -64,12 +64,26 @@ public struct ClientLimits: Sendable {
     public var minimumRate: Int
     /// Connections served at once.
     public var maximumConnections: Int
+    /// IP addresses of reverse proxies in front of the server (nginx), as `SocketAddress` writes them: their
+    /// connections are not held to the answer's rate. A proxy reads an answer in bursts, as its own client drains its
+    /// buffers (through nginx, honest readers at 8-200 KB/s were cut: helper-52), and it times its clients itself
+    /// (nginx's `send_timeout`).
+    public var trustedProxies: Set<String>
 
-    public init(timeout: Duration = .seconds(10), minimumRate: Int = 1024, maximumConnections: Int = 512) {
+    public init(
+        timeout: Duration = .seconds(10),
+        minimumRate: Int = 1024,
+        maximumConnections: Int = 512,
+        trustedProxies: Set<String> = []
+    ) {
         self.timeout = timeout
         self.minimumRate = minimumRate
         self.maximumConnections = maximumConnections
+        self.trustedProxies = trustedProxies
     }
+
+    /// `address` written as the server sees a peer's (`::1`, not `0:0:0:0:0:0:0:1`); nil if it is not an IP address.
+    public static func peerAddress(_ address: String) -> String? { (try? SocketAddress(ipAddress: address, port: 0))?.ipAddress }
 }
 
 /// What one inference session may ask of the server: a query budget against model extraction, on top of the

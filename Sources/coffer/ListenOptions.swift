@@ -15,6 +15,12 @@ struct ListenOptions: ParsableArguments {
     var clientTimeout: Double = 10
     @Option(name: .long, help: "Bytes per second a client must send its request body at, and take its answer at, while the server waits on it.")
     var clientMinRate: Int = 1024
+    @Option(
+        name: .long,
+        help:
+            "IP address of a reverse proxy in front of this server (repeat for more): its answers are not held to --client-min-rate, and it must time its own clients."
+    )
+    var trustedProxy: [String] = []
 
     /// Where and how to listen.
     struct Address {
@@ -50,10 +56,15 @@ struct ListenOptions: ParsableArguments {
         // one of them, and clients that try the other first could reach another local process holding the same port
         // there (the bearer token with it). Bound and printed as the address it is (helper-48).
         if tls == nil && host == "localhost" { host = "127.0.0.1" }
+        let proxies = try trustedProxy.map { address in
+            guard let written = ClientLimits.peerAddress(address) else { throw CLIError("--trusted-proxy takes an IP address, got '\(address)'") }
+            return written
+        }
         let limits = ClientLimits(
             timeout: .nanoseconds(Int64(clientTimeout * 1e9)),
             minimumRate: clientMinRate,
-            maximumConnections: maxConnections
+            maximumConnections: maxConnections,
+            trustedProxies: Set(proxies)
         )
         return Address(host: host, port: port, tls: tls, clientLimits: limits)
     }

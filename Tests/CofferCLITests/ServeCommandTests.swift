@@ -25,6 +25,10 @@ struct ServeCommandTests {
                 "--max-connections and --client-min-rate must be at least 1, --client-timeout over 0 and at most 86400 seconds"
             )
         }
+        expectFailure(
+            try CofferProcess.run(["serve", "--home", dir.path("home"), "--trusted-proxy", "proxy.example"], in: dir.url),
+            "--trusted-proxy takes an IP address, got 'proxy.example'"
+        )
         // `localhost` is served (and printed) as 127.0.0.1: the name also means ::1, where another process could hold
         // the same port.
         for (listen, host) in [("[::1]:0", "[::1]"), ("localhost:0", "127.0.0.1")] {

@@ -168,6 +168,55 @@ extension ServerTests {
         }
     }
 
+    /// An answer owed behind another is watched too, and a cut leaves nothing in the kernel. A client pipelined a
+    /// health check and a download announcing a one-byte body, sent the byte once the first answer came, and never
+    /// read: the first answer's end stopped the watch, the late body's end stopped the head's clock, and the connection
+    /// was held for good (helper-52: 300 of 300 held at the defaults). Closed gracefully, a cut socket kept its unsent
+    /// answer in the kernel for as long as the client acknowledged probes (3.8 MiB each, outside the cap).
+    @Test func aPipelinedAnswerBehindAnEarlyOneIsCutAndReset() async throws {
+        let w = try await world()
+        let blob = try await largeBlob(w)
+        let token = w.tokens["bob-read"]!
+        try await serving(w, limits: ClientLimits(timeout: .seconds(1))) { port in
+            let escaping = try RawConnection(port: port, receiveBuffer: 4096)
+            escaping.send(
+                "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                    + "GET /v1/blobs/\(blob.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\nContent-Length: 1\r\n\r\n"
+            )
+            // A health check answered before its one-byte body came: the late body must not stop the head's clock.
+            let late = try RawConnection(port: port)
+            late.send("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n")
+            try await Task.sleep(for: .milliseconds(500))
+            escaping.send("x")
+            late.send("x")
+            let started = ContinuousClock.now
+            var held = Self.serverSockets(port: port)
+            while !held.isEmpty, ContinuousClock.now - started < .seconds(20) {
+                try await Task.sleep(for: .milliseconds(200))
+                held = Self.serverSockets(port: port)
+            }
+            #expect(held.isEmpty, "the server still holds sockets (TCP state, bytes queued) after 20 s: \(held)")
+            withExtendedLifetime((escaping, late)) {}
+        }
+    }
+
+    /// A trusted proxy's answers are not held to the rate: it reads in bursts as its own client drains it, and times
+    /// its clients itself. Its peer address is written as the server sees it (`--trusted-proxy 0:0:0:0:0:0:0:1` is ::1).
+    @Test func aTrustedProxyIsNotHeldToTheAnswersRate() async throws {
+        #expect(ClientLimits.peerAddress("0:0:0:0:0:0:0:1") == "::1" && ClientLimits.peerAddress("proxy.example") == nil)
+        let w = try await world()
+        let blob = try await largeBlob(w)
+        let request = "GET /v1/blobs/\(blob.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(w.tokens["bob-read"]!)\r\n\r\n"
+        let limits = ClientLimits(timeout: .seconds(1), trustedProxies: ["127.0.0.1"])
+        try await serving(w, limits: limits) { port in
+            let proxy = try RawConnection(port: port, receiveBuffer: 4096)
+            proxy.send(request)
+            try await Task.sleep(for: .seconds(5))  // a client not trusted is cut within two to three seconds
+            #expect(Self.serverSockets(port: port).contains { $0.hasPrefix("01 ") }, "the proxy's connection was cut")
+            withExtendedLifetime(proxy) {}
+        }
+    }
+
     /// A reader well below what a deadline on the socket's writability allowed (~150 KB/s) but above the minimum rate
     /// gets its whole answer, over many of its one-second windows.
     @Test func aSlowReaderAboveTheMinimumRateIsServedWhole() async throws {
@@ -215,6 +264,21 @@ extension ServerTests {
         try await body(try #require(await iterator.next()))
         running.cancel()
         _ = await running.result
+    }
+
+    /// The server's own connections on `port` (those whose local end it is) that are still open or still hold bytes
+    /// for the client, as /proc/net/tcp writes them: state (01 established, 04 FIN-WAIT-1) and send queue in hex.
+    /// A gracefully closed socket the client acknowledged (05 FIN-WAIT-2, empty queue) holds nothing and is left out.
+    static func serverSockets(port: Int) -> [String] {
+        let local = String(format: ":%04X", port)
+        return ["/proc/net/tcp", "/proc/net/tcp6"].flatMap { table in
+            ((try? String(contentsOfFile: table, encoding: .utf8)) ?? "").split(separator: "\n").dropFirst().compactMap { row in
+                let fields = row.split(separator: " ")
+                guard fields.count > 4, fields[1].hasSuffix(local), fields[3] != "0A" else { return nil }
+                let queued = fields[4].split(separator: ":")[0]
+                return fields[3] == "01" || queued.contains(where: { $0 != "0" }) ? "\(fields[3]) sending \(queued)" : nil
+            }
+        }
     }
 
     /// The sealed file of a 16 MiB model pushed to `w`: an answer larger than every socket buffer on the way.

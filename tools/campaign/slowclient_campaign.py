@@ -9,6 +9,12 @@ timeouts (the cap is full until the attackers are cut). The server's RSS is samp
 is left once every attacker is cut, are reported. Last, an honest reader takes a 128 KiB range at 16 KiB/s (well
 under what a deadline on writability allowed, above the minimum rate) and must get it whole.
 
+Behind a proxy: nginx (as `cofferlib.nginx` runs it, not buffering answers) reads an answer in bursts, as its own
+client drains its buffers, and stops reading for longer than the rule allows. A server started with `--client-timeout
+1 --trusted-proxy 127.0.0.2`, nginx connecting from 127.0.0.2: an honest reader takes 8 MiB through it at 512 KiB/s
+and must get it whole. The same reader through an nginx connecting from 127.0.0.1 (not trusted) is the control: it is
+reported, as it was cut or not, and does not fail the run.
+
 Exit status non-zero when the fresh client waits too long, an attacker is not cut, or the honest reader is.
 """
 import argparse
@@ -21,7 +27,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from cofferlib import check, coffer_binary, environment, http_json, keygen, start_server, stop_server  # noqa: E402
+from cofferlib import check, coffer_binary, environment, http_json, keygen, nginx, start_server, stop_server  # noqa: E402
 
 
 def rss_mib(pid):
@@ -49,6 +55,50 @@ def closed_by_server(s, deadline):
         except OSError:  # reset: closed too
             return True
     return False
+
+
+def read_through(base, blob, read, size, rate):
+    """Takes the first `size` bytes of `blob` from `base` at `rate` bytes a second; returns the bytes got and the seconds."""
+    host, port = base.rsplit("/", 1)[1].rsplit(":", 1)
+    s = socket.create_connection((host, int(port)))
+    s.sendall(f"GET /v1/blobs/{blob} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {read}\r\nRange: bytes=0-{size - 1}\r\n"
+              "Connection: close\r\n\r\n".encode())
+    s.settimeout(30)
+    got, began = 0, time.monotonic()
+    try:
+        while True:
+            part = s.recv(min(65536, max(1, int(rate * (time.monotonic() - began)) - got + 1)))
+            if not part:
+                break
+            got += len(part)
+            ahead = got / rate - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)
+    except OSError:
+        pass
+    finally:
+        s.close()
+    return got, time.monotonic() - began
+
+
+def behind_a_proxy(coffer, home, env, work, blob, read, failures):
+    """The honest reader through nginx, trusted (must be served whole) and not (the control); returns the report."""
+    size, rate = 8 << 20, 512 << 10
+    process, base, _ = start_server(coffer, home, env, f"{work}/serve-proxied.log", "--client-timeout", "1", "--trusted-proxy", "127.0.0.2")
+    port = base.rsplit(":", 1)[1]
+    try:
+        results = {}
+        for source in ("127.0.0.2", None):
+            with nginx([f"127.0.0.1:{port}"], source=source) as front:
+                results[source] = read_through(front, blob, read, size, rate)
+    finally:
+        stop_server(process)
+    (trusted, took), (control, control_took) = results["127.0.0.2"], results[None]
+    # The answer's head comes first: whole is more than the range itself.
+    if trusted <= size:
+        failures.append(f"the honest reader through a trusted nginx at 512 KiB/s was cut after {trusted} bytes in {took:.1f} s")
+    return (f"through nginx at 512 KiB/s (--client-timeout 1): trusted {trusted} bytes in {took:.1f} s; "
+            f"control, not trusted: {control} bytes in {control_took:.1f} s ({'cut' if control <= size else 'not cut'})")
 
 
 def main():
@@ -144,6 +194,7 @@ def main():
               f"peak {at_peak:.0f}, {after:.0f} after; honest reader at 16 KiB/s: {got} bytes in {took:.1f} s")
     finally:
         stop_server(process)
+    print(behind_a_proxy(args.coffer, home, env, work, blob, read, failures))
     for failure in failures:
         print(f"FAILED {failure}")
     sys.exit(1 if failures else 0)

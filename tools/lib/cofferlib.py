@@ -390,11 +390,12 @@ def oci_publish(address, repository, version, sealed):
 # --- nginx in front of replicas ---
 
 @contextlib.contextmanager
-def nginx(upstreams):
+def nginx(upstreams, source=None):
     """Debian's nginx on a free loopback port, round-robin over `upstreams` (`127.0.0.1:PORT` of each `coffer serve`),
     streaming request and response bodies (uploads and blobs are not buffered to disk), a dead upstream taken out for
-    2 s after one failure and a request that failed to connect tried on the next. Yields the base URL; stopped and
-    removed on exit."""
+    2 s after one failure and a request that failed to connect tried on the next; connecting to them from `source`
+    (another loopback address, such as 127.0.0.2, to tell its connections from direct clients'). Yields the base URL;
+    stopped and removed on exit."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     if not os.path.exists(binary):
         raise RuntimeError("nginx not found: apt-get install nginx-light")
@@ -420,6 +421,7 @@ http {{
     client_max_body_size 0;
     proxy_request_buffering off;
     proxy_buffering off;
+    {f"proxy_bind {source};" if source else ""}
     location / {{
       proxy_pass http://coffer;
       proxy_http_version 1.1;
