@@ -206,6 +206,7 @@ let package = Package(
             dependencies: [
                 "CofferServer", "CofferRegistry", "CofferCrypto", "CofferTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 // The web tests change the registry's database behind its back, as an attacker holding the file would.
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],

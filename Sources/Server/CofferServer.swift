@@ -118,12 +118,15 @@ public struct CofferRequestContext: RequestContext {
     var form: [String: String] = [:]
     /// The address of the connection's other end (a proxy's, behind one), for the web sign-in limit.
     let remoteAddress: SocketAddress?
+    /// The connection, for the pace of streamed answers (``AnswerPacing``).
+    let channel: any Channel
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         holder = nil
         requestID = String(UInt64.random(in: 0...UInt64.max), radix: 16)
         remoteAddress = source.channel.remoteAddress
+        channel = source.channel
     }
 
     public var maxUploadSize: Int { 8 << 20 }
@@ -197,7 +200,7 @@ func httpServer(_ configuration: ServerConfiguration) throws -> HTTPServerBuilde
 /// - Throws: ``CofferRegistryError/io(path:reason:)`` when the certificate or key does not load.
 public func httpServer(tls: (certificate: String, privateKey: String)?, limits: ClientLimits = .init()) throws -> HTTPServerBuilder {
     let http1 = HTTP1Channel.Configuration(
-        additionalChannelHandlers: [ClientDeadlineHandler(limits: limits)],
+        additionalChannelHandlers: [ClientDeadlineHandler(limits: limits), AnswerPacer()],
         idleTimeout: .seconds(60)
     )
     guard let tls else { return .http1(configuration: http1) }

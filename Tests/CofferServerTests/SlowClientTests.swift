@@ -272,8 +272,11 @@ extension ServerTests {
     static func serverSockets(port: Int) -> [String] {
         let local = String(format: ":%04X", port)
         return ["/proc/net/tcp", "/proc/net/tcp6"].flatMap { table in
-            ((try? String(contentsOfFile: table, encoding: .utf8)) ?? "").split(separator: "\n").dropFirst().compactMap { row in
-                let fields = row.split(separator: " ")
+            // Read to the end: `String(contentsOfFile:)` takes one read, and the kernel writes the table a page (27 rows) at a time.
+            let text = String(decoding: (try? FileHandle(forReadingFrom: URL(fileURLWithPath: table)).readToEnd()) ?? Data(), as: UTF8.self)
+            let rows: [Substring] = text.split(separator: "\n")
+            return rows.dropFirst().compactMap { row -> String? in
+                let fields = row.split(separator: " ").map(String.init)
                 guard fields.count > 4, fields[1].hasSuffix(local), fields[3] != "0A" else { return nil }
                 let queued = fields[4].split(separator: ":")[0]
                 return fields[3] == "01" || queued.contains(where: { $0 != "0" }) ? "\(fields[3]) sending \(queued)" : nil

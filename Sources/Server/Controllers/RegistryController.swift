@@ -109,10 +109,12 @@ struct RegistryController {
         }
         let metrics = state.metrics
         let stream = try await registry.readBlob(digest, range: range)
+        let pacing = await AnswerPacing.of(context.channel)
         let body = ResponseBody(contentLength: range.count) { writer in
-            // Each piece is read only when the last one was written: a slow client holds back the reads.
+            // Each piece is read only when the one before it reached the connection: a slow client holds back the reads.
             for try await piece in stream {
                 try await writer.write(piece)
+                await pacing?.hand(piece.readableBytes, ahead: Self.blobPiece)
                 metrics.sent(bytes: piece.readableBytes)
             }
             try await writer.finish(nil)
