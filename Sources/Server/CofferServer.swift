@@ -82,8 +82,15 @@ public struct ClientLimits: Sendable {
         self.trustedProxies = trustedProxies
     }
 
-    /// `address` written as the server sees a peer's (`::1`, not `0:0:0:0:0:0:0:1`); nil if it is not an IP address.
-    public static func peerAddress(_ address: String) -> String? { (try? SocketAddress(ipAddress: address, port: 0))?.ipAddress }
+    /// `address` written one way (`::1`, not `0:0:0:0:0:0:0:1`; an IPv4 address mapped into IPv6, as a dual-stack
+    /// listener sees IPv4 peers, as IPv4: helper-53); nil if it is not an IP address.
+    public static func peerAddress(_ address: String) -> String? {
+        guard let written = (try? SocketAddress(ipAddress: address, port: 0))?.ipAddress else { return nil }
+        let mapped = "::ffff:"
+        guard written.lowercased().hasPrefix(mapped) else { return written }
+        let ipv4 = String(written.dropFirst(mapped.count))
+        return (try? SocketAddress(ipAddress: ipv4, port: 0))?.ipAddress ?? written
+    }
 }
 
 /// What one inference session may ask of the server: a query budget against model extraction, on top of the

@@ -186,6 +186,16 @@ extension ServerTests {
             // A health check answered before its one-byte body came: the late body must not stop the head's clock.
             let late = try RawConnection(port: port)
             late.send("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n")
+            // A body pipelined behind a health check, never sent: the health check's answer must not stop the body's
+            // clock (helper-53: held to Hummingbird's 60 s idle timer, or for good by a byte every 40 s). Behind a
+            // download never read, the body's cut must reset too, or the answer stays in the kernel.
+            let signIn = "POST /signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16000\r\n\r\ntoken="
+            let stalledBody = try RawConnection(port: port)
+            stalledBody.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" + signIn)
+            let stalledBehindDownload = try RawConnection(port: port, receiveBuffer: 4096)
+            stalledBehindDownload.send(
+                "GET /v1/blobs/\(blob.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\n\r\n" + signIn
+            )
             try await Task.sleep(for: .milliseconds(500))
             escaping.send("x")
             late.send("x")
@@ -196,7 +206,7 @@ extension ServerTests {
                 held = Self.serverSockets(port: port)
             }
             #expect(held.isEmpty, "the server still holds sockets (TCP state, bytes queued) after 20 s: \(held)")
-            withExtendedLifetime((escaping, late)) {}
+            withExtendedLifetime((escaping, late, stalledBody, stalledBehindDownload)) {}
         }
     }
 
@@ -204,6 +214,8 @@ extension ServerTests {
     /// its clients itself. Its peer address is written as the server sees it (`--trusted-proxy 0:0:0:0:0:0:0:1` is ::1).
     @Test func aTrustedProxyIsNotHeldToTheAnswersRate() async throws {
         #expect(ClientLimits.peerAddress("0:0:0:0:0:0:0:1") == "::1" && ClientLimits.peerAddress("proxy.example") == nil)
+        // A dual-stack listener sees IPv4 peers mapped into IPv6 (helper-53: `--trusted-proxy 127.0.0.2` missed them).
+        #expect(ClientLimits.peerAddress("::ffff:127.0.0.2") == "127.0.0.2" && ClientLimits.peerAddress("::FFFF:7f00:2") == "127.0.0.2")
         let w = try await world()
         let blob = try await largeBlob(w)
         let request = "GET /v1/blobs/\(blob.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(w.tokens["bob-read"]!)\r\n\r\n"
