@@ -186,6 +186,10 @@ extension ServerTests {
             // A health check answered before its one-byte body came: the late body must not stop the head's clock.
             let late = try RawConnection(port: port)
             late.send("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n")
+            // A request read behind one that closes the connection is never answered: no answer is owed for it
+            // (helper-54: counted as owed, the client that never closed its side held the connection for good).
+            let pastClose = try RawConnection(port: port)
+            pastClose.send("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             // A body pipelined behind a health check, never sent: the health check's answer must not stop the body's
             // clock (helper-53: held to Hummingbird's 60 s idle timer, or for good by a byte every 40 s). Behind a
             // download never read, the body's cut must reset too, or the answer stays in the kernel.
@@ -206,7 +210,7 @@ extension ServerTests {
                 held = Self.serverSockets(port: port)
             }
             #expect(held.isEmpty, "the server still holds sockets (TCP state, bytes queued) after 20 s: \(held)")
-            withExtendedLifetime((escaping, late, stalledBody, stalledBehindDownload)) {}
+            withExtendedLifetime((escaping, late, stalledBody, stalledBehindDownload, pastClose)) {}
         }
     }
 
@@ -278,9 +282,10 @@ extension ServerTests {
         _ = await running.result
     }
 
-    /// The server's own connections on `port` (those whose local end it is) that are still open or still hold bytes
-    /// for the client, as /proc/net/tcp writes them: state (01 established, 04 FIN-WAIT-1) and send queue in hex.
-    /// A gracefully closed socket the client acknowledged (05 FIN-WAIT-2, empty queue) holds nothing and is left out.
+    /// The server's own connections on `port` (those whose local end it is) that it still holds open (an inode: a
+    /// half-closed one too) or that still hold bytes for the client, as /proc/net/tcp writes them: state (01
+    /// established, 04 FIN-WAIT-1) and send queue in hex. A socket the server closed and the client acknowledged
+    /// (an orphan in FIN-WAIT-2, empty queue) holds nothing and is left out.
     static func serverSockets(port: Int) -> [String] {
         let local = String(format: ":%04X", port)
         return ["/proc/net/tcp", "/proc/net/tcp6"].flatMap { table in
@@ -291,7 +296,8 @@ extension ServerTests {
                 let fields = row.split(separator: " ").map(String.init)
                 guard fields.count > 4, fields[1].hasSuffix(local), fields[3] != "0A" else { return nil }
                 let queued = fields[4].split(separator: ":")[0]
-                return fields[3] == "01" || queued.contains(where: { $0 != "0" }) ? "\(fields[3]) sending \(queued)" : nil
+                let owned = fields.count > 9 && fields[9] != "0"  // an inode: the server has not closed it
+                return owned || queued.contains(where: { $0 != "0" }) ? "\(fields[3]) sending \(queued)" : nil
             }
         }
     }
