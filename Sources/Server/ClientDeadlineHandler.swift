@@ -43,7 +43,9 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// owed (pipelined requests are read before the answer to the first is written), and the answer watch runs.
     private var heads = 0
     private var answered = 0
-    /// Answers whose end was handed to the channel: the one ending now answers request number `ending`.
+    /// Answers whose end was handed to the channel. The same answers as `answered`, counted earlier: a body's clock
+    /// must stop the moment its own answer ends (a refusal), while an answer stops being owed only once it is written,
+    /// which can be long after (it waits behind the bytes before it). So the one ending now answers request `ending`.
     private var ending = 0
     /// Whether the server closed its side (after a `Connection: close` request, or its own 400): heads read past it
     /// are never answered, and no answer is owed (helper-54: counted as owed, they kept every clock off for good).

@@ -64,11 +64,11 @@ public struct ClientLimits: Sendable {
     public var minimumRate: Int
     /// Connections served at once.
     public var maximumConnections: Int
-    /// IP addresses of reverse proxies in front of the server (nginx), as `SocketAddress` writes them: their
-    /// connections are not held to the answer's rate. A proxy reads an answer in bursts, as its own client drains its
+    /// IP addresses of reverse proxies in front of the server (nginx), written as ``peerAddress(_:)`` writes them (the
+    /// init does): their connections are not held to the answer's rate. A proxy reads an answer in bursts, as its own client drains its
     /// buffers (through nginx, honest readers at 8-200 KB/s were cut: helper-52), and it times its clients itself
     /// (nginx's `send_timeout`).
-    public var trustedProxies: Set<String>
+    public let trustedProxies: Set<String>
 
     public init(
         timeout: Duration = .seconds(10),
@@ -79,7 +79,9 @@ public struct ClientLimits: Sendable {
         self.timeout = timeout
         self.minimumRate = minimumRate
         self.maximumConnections = maximumConnections
-        self.trustedProxies = trustedProxies
+        // Written one way here, not by each caller: `0:0:0:0:0:0:0:1` or `::ffff:127.0.0.1` would otherwise match no
+        // peer, and nothing would say so.
+        self.trustedProxies = Set(trustedProxies.map { Self.peerAddress($0) ?? $0 })
     }
 
     /// `address` written one way (`::1`, not `0:0:0:0:0:0:0:1`; an IPv4 address mapped into IPv6, as a dual-stack

@@ -56,15 +56,14 @@ struct ListenOptions: ParsableArguments {
         // one of them, and clients that try the other first could reach another local process holding the same port
         // there (the bearer token with it). Bound and printed as the address it is (helper-48).
         if tls == nil && host == "localhost" { host = "127.0.0.1" }
-        let proxies = try trustedProxy.map { address in
-            guard let written = ClientLimits.peerAddress(address) else { throw CLIError("--trusted-proxy takes an IP address, got '\(address)'") }
-            return written
+        for address in trustedProxy where ClientLimits.peerAddress(address) == nil {
+            throw CLIError("--trusted-proxy takes an IP address, got '\(address)'")
         }
         let limits = ClientLimits(
             timeout: .nanoseconds(Int64(clientTimeout * 1e9)),
             minimumRate: clientMinRate,
             maximumConnections: maxConnections,
-            trustedProxies: Set(proxies)
+            trustedProxies: Set(trustedProxy)
         )
         return Address(host: host, port: port, tls: tls, clientLimits: limits)
     }

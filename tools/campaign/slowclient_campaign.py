@@ -57,10 +57,10 @@ def closed_by_server(s, deadline):
     return False
 
 
-def read_through(base, blob, read, size, rate):
-    """Takes the first `size` bytes of `blob` from `base` at `rate` bytes a second; returns the bytes got and the seconds."""
-    host, port = base.rsplit("/", 1)[1].rsplit(":", 1)
-    s = socket.create_connection((host, int(port)))
+def read_through(port, blob, read, size, rate, receive_buffer=None):
+    """Takes the first `size` bytes of `blob` from 127.0.0.1:`port` at `rate` bytes a second; returns the bytes got and
+    the seconds."""
+    s = connect(port, receive_buffer)
     s.sendall(f"GET /v1/blobs/{blob} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {read}\r\nRange: bytes=0-{size - 1}\r\n"
               "Connection: close\r\n\r\n".encode())
     s.settimeout(30)
@@ -90,7 +90,7 @@ def behind_a_proxy(coffer, home, env, work, blob, read, failures):
         results = {}
         for source in ("127.0.0.2", None):
             with nginx([f"127.0.0.1:{port}"], source=source) as front:
-                results[source] = read_through(front, blob, read, size, rate)
+                results[source] = read_through(int(front.rsplit(":", 1)[1]), blob, read, size, rate)
     finally:
         stop_server(process)
     (trusted, took), (control, control_took) = results["127.0.0.2"], results[None]
@@ -173,18 +173,7 @@ def main():
         sampling.set()
         at_peak, after = max(peak), rss_mib(process.pid)
 
-        honest = connect(port, receive_buffer=4096)
-        honest.sendall(f"GET /v1/blobs/{blob} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {read}\r\nRange: bytes=0-131071\r\n"
-                       "Connection: close\r\n\r\n".encode())
-        got, began = 0, time.monotonic()
-        honest.settimeout(60)
-        while True:
-            part = honest.recv(4096)
-            if not part:
-                break
-            got += len(part)
-            time.sleep(0.25)  # 4 KiB every 0.25 s: 16 KiB a second
-        took = time.monotonic() - began
+        got, took = read_through(port, blob, read, 131072, 16384, receive_buffer=4096)
         if got < 131072:
             failures.append(f"the honest reader at 16 KiB/s was cut after {got} bytes in {took:.1f} s")
 
