@@ -289,6 +289,7 @@ func buildRouter(state: ServerState) -> Router<CofferRequestContext> {
     let router = Router(context: CofferRequestContext.self)
     router.add(middleware: RequestLogMiddleware(state: state, endpoints: routes.endpoints))
     router.add(middleware: MethodNotAllowedMiddleware(endpoints: routes.endpoints))
+    router.add(middleware: ContinueMiddleware())
     router.addRoutes(routes.collection)
     return router
 }

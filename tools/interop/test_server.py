@@ -497,3 +497,35 @@ def test_the_outbox_is_private_and_resumes_only_this_push(tmp_path):
         server.send_signal(signal.SIGTERM)
         server.communicate(timeout=30)
 
+
+
+def test_curl_uploads_without_waiting_for_100_continue(tmp_path):
+    """curl sends `Expect: 100-continue` with a body over 1 MiB and waits a second for the interim answer before
+    sending it: the server asks for the body when the route reads it, so curl never waits out its timer."""
+    home, admin = owned_registry(tmp_path)
+    token = coffer("token", "create", "--principal", "alice", "--scope", "admin", "--ttl", "1h", *admin).stdout.decode().strip()
+    body = tmp_path / "part.bin"
+    body.write_bytes(os.urandom(2_000_000))
+    port = cofferlib.free_port()
+    server = serve(home, port)
+    try:
+        status, _, created = call(f"http://127.0.0.1:{port}/v1/uploads", token, "POST")
+        assert status == 201, created
+        upload = json.loads(created)["id"]
+        curl = subprocess.run(["curl", "-sv", "-X", "PATCH", "-H", f"Authorization: Bearer {token}", "-H", "Upload-Offset: 0",
+                               "-H", "Content-Type: application/octet-stream", "--data-binary", f"@{body}",
+                               f"http://127.0.0.1:{port}/v1/uploads/{upload}"], capture_output=True, timeout=60)
+        said = curl.stderr.decode(errors="replace")
+        assert curl.returncode == 0, said
+        assert "> Expect: 100-continue" in said and "< HTTP/1.1 100 Continue" in said, said
+        assert "Done waiting for 100-continue" not in said, said
+        assert json.loads(curl.stdout)["offset"] == 2_000_000, curl.stdout
+        # Refused before its body is read (no such upload): the final answer alone, and curl sends no body.
+        curl = subprocess.run(["curl", "-sv", "-X", "PATCH", "-H", f"Authorization: Bearer {token}", "-H", "Upload-Offset: 0",
+                               "--data-binary", f"@{body}", f"http://127.0.0.1:{port}/v1/uploads/{'0' * 32}"],
+                              capture_output=True, timeout=60)
+        said = curl.stderr.decode(errors="replace")
+        assert "< HTTP/1.1 404" in said and "100 Continue" not in said, said
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

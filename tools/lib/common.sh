@@ -4,7 +4,7 @@
 COFFER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
 # Debian packages the project needs: libsodium (crypto), SQLite (registry), OpenBLAS (training), pkg-config, age and GNU time (benchmarks).
-coffer_apt_packages=(libsodium-dev libsqlite3-dev libopenblas-dev libssl3 pkg-config age time python3-venv openssl libcurl4)
+coffer_apt_packages=(libsodium-dev libsqlite3-dev libopenblas-dev libssl3 pkg-config age time python3-venv openssl libcurl4 curl)
 # What the scale-out tests and benchmarks start on loopback: an OCI registry (docker-registry, with skopeo and htpasswd
 # for its clients and Basic auth), nginx in front of replicas, and PostgreSQL.
 coffer_scaleout_apt_packages=(docker-registry skopeo apache2-utils nginx-light postgresql)
