@@ -115,34 +115,51 @@ public final class AtomicOutputFile: ByteSink {
 
 /// Writes a file in aligned blocks with `O_DIRECT`, bypassing the page cache; the tail that does not fill a block
 /// is written through the cache at ``finish()``. A file smaller than one block never uses `O_DIRECT`, and a file
-/// system that refuses it (tmpfs) gets ordinary writes. The block is sodium memory (a pulled file's plaintext
+/// system that refuses it (tmpfs) gets ordinary writes. The buffer is sodium memory (a pulled file's plaintext
 /// passes through it): locked, wiped when the writer goes, and page-aligned since its size is a page multiple.
 private final class DirectWriter {
     // 1 MiB: with the pipeline's three locked batches (6 MiB) a pull stays within the 8 MiB RLIMIT_MEMLOCK of a normal user.
     static let block = 1 << 20
+    /// The buffer of a file whose first write is smaller: most durable files are small (keys, the client's state, a
+    /// signature), and a whole block is 256 locked pages to fault in (mlock) for a file of a kilobyte. It grows to a
+    /// block when it overflows.
+    static let small = 64 << 10
     private let stream: FileDescriptorStream
-    private let memory = SecureBytes(count: block)
-    private let buffer: UnsafeMutableRawBufferPointer
+    private var memory: SecureBytes?
+    private var buffer = UnsafeMutableRawBufferPointer(start: nil, count: 0)
     private var filled = 0
     private var enabled = false
     private var refused = false
 
     init(stream: FileDescriptorStream) {
         self.stream = stream
-        buffer = memory.withUnsafeMutableBytes { $0 }
-        refused = Int(bitPattern: buffer.baseAddress) % 4096 != 0
     }
 
     func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
-        guard !refused else { return try stream.write(bytes) }
         var offset = 0
         while offset < bytes.count {
+            if filled == buffer.count && !refused { try grow(toHold: bytes.count - offset) }
+            guard !refused else { return try stream.write(UnsafeRawBufferPointer(rebasing: bytes[offset...])) }
             let n = min(bytes.count - offset, buffer.count - filled)
             (buffer.baseAddress! + filled).copyMemory(from: bytes.baseAddress! + offset, byteCount: n)
             filled += n
             offset += n
-            if filled == buffer.count { try flushBlock() }
+            if filled == Self.block { try flushBlock() }
         }
+    }
+
+    /// A larger buffer holding what the full one held: ``small`` for a first write of fewer bytes, else a block.
+    private func grow(toHold more: Int) throws(CofferCryptoError) {
+        let larger = SecureBytes(count: buffer.count == 0 && more < Self.small ? Self.small : Self.block)
+        let bytes = larger.withUnsafeMutableBytes { $0 }
+        if filled > 0 { bytes.baseAddress!.copyMemory(from: buffer.baseAddress!, byteCount: filled) }
+        memory = consume larger  // the smaller one is wiped as it goes
+        buffer = bytes
+        guard Int(bitPattern: buffer.baseAddress) % 4096 != 0 else { return }
+        // Not aligned for O_DIRECT: ordinary writes from here.
+        refused = true
+        try stream.write(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<filled]))
+        filled = 0
     }
 
     private func flushBlock() throws(CofferCryptoError) {
