@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import HTTPTypes
 import NIOCore
 import NIOHTTPTypes
 
@@ -27,6 +28,11 @@ import NIOHTTPTypes
 /// The answer is watched while any is owed (pipelined requests come in before the first answer is written) and until
 /// the client took what was written, and a client cut for it is reset, so that the kernel drops what it did not take.
 /// A trusted proxy's answers are not watched (``ClientLimits/trustedProxies``).
+///
+/// - **A body answered before it ended** (a refusal: 401, 404, 409, 413) is drained at the body's rate, for at most
+///   ``lingering`` x `timeout` after the answer, as nginx's `lingering_close` does: clients that send the whole body
+///   before reading (Python's `http.client`) get the answer. Cut at the head's deadline instead, an uploader at 1 MB/s
+///   was reset mid-body, and the reset dropped the answer it had not read yet (helper-53).
 final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -39,6 +45,10 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
     private var headDeadline: Scheduled<Void>?
     /// The body's clock: runs while the server has asked for more of a body and none came.
     private var bodyDeadline: Scheduled<Void>?
+    /// The end of a body's drain after its answer: `lingering` x `timeout` after the answer, as nginx's 30 s
+    /// `lingering_time` at its 10 s timeouts.
+    private var lingerDeadline: Scheduled<Void>?
+    static let lingering = 3
     /// Request heads received, and answers whose end was written: while fewer answers than heads are written, one is
     /// owed (pipelined requests are read before the answer to the first is written), and the answer watch runs.
     private var heads = 0
@@ -50,9 +60,16 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// Whether the server closed its side (after a `Connection: close` request, or its own 400): heads read past it
     /// are never answered, and no answer is owed (helper-54: counted as owed, they kept every clock off for good).
     private var outputClosed = false
-    /// The body being received: the number of its request, the client's credit, and since when the server has been
-    /// waiting (nil while it is not asking for more).
-    private var body: (request: Int, credit: RateCredit, waitingSince: NIODeadline?)?
+    /// The body being received: the number of its request, the client's credit, since when the server has been
+    /// waiting (nil while it is not asking for more), and whether the client was asked for it: a client that sent
+    /// `Expect: 100-continue` waits for the interim `100 Continue` (``ContinueMiddleware``), and its clock runs only
+    /// from then (helper-55: started at once, it cut such a request pipelined behind a download).
+    private var body: (request: Int, credit: RateCredit, waitingSince: NIODeadline?, asked: Bool)?
+    /// Whether an answer's head was written and its end not yet: no interim answer may come inside it.
+    private var answering = false
+    /// Whether the connection closes once the answer being written ends: it refused a request whose client waits to be
+    /// asked for its body, and that body will not come.
+    private var closingAfterAnswer = false
     /// The answer watch: the client's credit and the socket's counts at the last sample, taken every `timeout` from a
     /// request head until every answer owed was written and taken by the client; nil on a channel that is not a socket.
     private var answer: (credit: RateCredit, last: TCPProgress?, check: RepeatedTask)?
@@ -80,9 +97,9 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head:
+        case .head(let request):
             heads += 1
-            body = (heads, RateCredit(limits), nil)
+            body = (heads, RateCredit(limits), nil, request.headerFields[.expect]?.lowercased() != "100-continue")
             cancel(&headDeadline)
             watchAnswer(context)
         case .body(let bytes):
@@ -94,17 +111,18 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
                 cancel(&bodyDeadline)
             }
         case .end:
-            // Only the body's clock: a body that ends after its answer was written (a refusal, or a request whose
-            // handler did not read it) must not stop the head's clock, which then runs for the next request.
             body = nil
             cancel(&bodyDeadline)
+            cancel(&lingerDeadline)
+            // A body drained after its answer: the head's clock starts now, for the next request.
+            if (answered >= heads || outputClosed) && answer == nil { armHead(context) }
         }
         context.fireChannelRead(data)
     }
 
     /// The server asks for more: while a body is coming, the client's clock runs until some arrives.
     func read(context: ChannelHandlerContext) {
-        if var receiving = body, receiving.waitingSince == nil {
+        if var receiving = body, receiving.asked, receiving.waitingSince == nil {
             receiving.waitingSince = .now()
             body = receiving
             let channel = context.channel
@@ -115,14 +133,35 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        guard case .end = unwrapOutboundIn(data) else { return context.write(data, promise: promise) }
-        // An answer written before its request's body ended (a refusal) ends that body's clock: what is left of the
-        // body is drained on the head's. Only its own answer: a pipelined request's body keeps its clock while the
-        // answer to the one before it ends (helper-53: cleared, no clock was left and the body never had to come).
+        switch unwrapOutboundIn(data) {
+        case .head(let interim) where interim.status == .continue:
+            // The client is asked for its body now; never inside an answer already begun, which it would break.
+            guard !answering else {
+                promise?.succeed()
+                return
+            }
+            if body?.request == ending + 1 { body?.asked = true }
+            return context.write(data, promise: promise)
+        case .head(var final):
+            answering = true
+            guard let pending = body, pending.request == ending + 1, !pending.asked else { return context.write(data, promise: promise) }
+            // Refused before its client was asked for the body, which it therefore never sends: the connection closes
+            // after this answer, and says so, rather than read the next request as that body (RFC 9110 10.1.1).
+            final.headerFields[.connection] = "close"
+            closingAfterAnswer = true
+            return context.write(wrapOutboundOut(.head(final)), promise: promise)
+        case .body:
+            return context.write(data, promise: promise)
+        case .end:
+            answering = false
+        }
+        // An answer written before its request's body ended (a refusal): the rest of the body is drained at its rate,
+        // for a bounded time. Only its own answer: a pipelined request's body keeps its clock while the answer to the
+        // one before it ends (helper-53: cleared, no clock was left and the body never had to come).
         ending += 1
-        if body?.request == ending {
-            body = nil
-            cancel(&bodyDeadline)
+        if body?.request == ending, lingerDeadline == nil {
+            let channel = context.channel
+            lingerDeadline = context.eventLoop.scheduleTask(in: timeout * Int64(Self.lingering)) { Self.cut(channel) }
         }
         let written = context.eventLoop.makePromise(of: Void.self)
         written.futureResult.cascade(to: promise)
@@ -130,6 +169,7 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
         written.futureResult.whenSuccess {
             let (handler, context) = loopBound.value
             handler.answered += 1
+            guard !handler.closingAfterAnswer else { return context.close(promise: nil) }
             handler.endWatchIfTaken(context, now: nil)
         }
         context.write(data, promise: written)
@@ -223,6 +263,7 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
     private func stop() {
         cancel(&headDeadline)
         cancel(&bodyDeadline)
+        cancel(&lingerDeadline)
         answer?.check.cancel()
         answer = nil
     }
@@ -234,7 +275,8 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     private func armHead(_ context: ChannelHandlerContext) {
         cancel(&headDeadline)
-        guard context.channel.isActive else { return }
+        // A body still draining after its answer has its own clocks; the head's starts when it ends.
+        guard context.channel.isActive, body == nil else { return }
         let channel = context.channel
         // Graceful: the head's clock runs only once every answer was taken, except from a trusted proxy, which may still
         // be reading the last one (a reset cut its tail: CI, the slow-client campaign's proxy phase).

@@ -1,5 +1,9 @@
+import CofferRegistry
 import CofferTestSupport
 import Foundation
+import HTTPTypes
+import NIOEmbedded
+import NIOHTTPTypes
 import Testing
 
 @testable import CofferServer
@@ -43,6 +47,64 @@ extension ServerTests {
             let answer = await offPool { upload.receive(timeout: 5) } ?? ""
             #expect(answer.hasPrefix("HTTP/1.1 401 "), "\(answer)")
             #expect(!answer.contains("100 Continue"), "\(answer)")
+            // The body will not come: the answer says the connection closes, and it does, rather than read the next
+            // request as that body (helper-55).
+            #expect(answer.lowercased().contains("connection: close"), "\(answer)")
+            #expect(await offPool { upload.receiveAll(timeout: 5) }.isEmpty)
         }
+    }
+
+    /// A request waiting to be asked for its body, pipelined behind a download that takes longer than the timeout, is
+    /// asked once the download is done: its body's clock runs only from the interim answer (helper-55: it started at
+    /// once, and the connection was reset mid-download).
+    @Test func aPipelinedRequestWaitingToBeAskedIsNotCutMeanwhile() async throws {
+        let w = try await world()
+        let blob = try await largeBlob(w)
+        let (reader, publisher) = (w.tokens["bob-read"]!, w.tokens["bob-publish"]!)
+        try await serving(w, limits: ClientLimits(timeout: .seconds(1))) { port in
+            let started = try RawConnection(port: port)
+            started.send("POST /v1/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(publisher)\r\nContent-Length: 0\r\n\r\n")
+            let id = try #require(await offPool { started.receive(timeout: 5) }?.firstMatch(of: /"id":"([0-9a-f]{32})"/)?.1)
+            let connection = try RawConnection(port: port)
+            connection.send(
+                "GET /v1/blobs/\(blob.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(reader)\r\n\r\n"
+                    + "PATCH /v1/uploads/\(id) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(publisher)\r\nUpload-Offset: 0\r\n"
+                    + "Content-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+            )
+            // The 16 MiB download at about 4 MB/s (four times the timeout), then the interim answer, then the body.
+            let outcome = await offPool { () -> String in
+                var buffer = [UInt8](repeating: 0, count: 65536)
+                var tail = [UInt8]()
+                let marker = Array("HTTP/1.1 100 Continue\r\n\r\n".utf8)
+                while true {
+                    let n = connection.receive(into: &buffer)
+                    guard n > 0 else { return "closed before the interim answer" }
+                    tail = Array((tail + buffer[..<n]).suffix(4096))
+                    if tail.count >= marker.count, tail.suffix(marker.count).elementsEqual(marker) { break }
+                    usleep(15_000)
+                }
+                connection.send("body")
+                return connection.receive(timeout: 5) ?? "no final answer"
+            }
+            #expect(outcome.hasPrefix("HTTP/1.1 200 ") && outcome.contains(#""offset":4"#), "\(outcome)")
+        }
+    }
+
+    /// An interim answer never goes inside an answer already begun: a route that answered before it read the body
+    /// must not have a 100 break its framing.
+    @Test func noInterimAnswerComesInsideAnAnswer() throws {
+        let channel = EmbeddedChannel(handler: ClientDeadlineHandler(limits: ClientLimits()))
+        try channel.writeInbound(
+            HTTPRequestPart.head(HTTPRequest(method: .patch, scheme: nil, authority: "x", path: "/u", headerFields: [.expect: "100-continue"]))
+        )
+        try channel.writeOutbound(HTTPResponsePart.head(HTTPResponse(status: .ok)))
+        try channel.writeOutbound(HTTPResponsePart.head(HTTPResponse(status: .continue)))
+        guard case .head(let final) = try channel.readOutbound(as: HTTPResponsePart.self) else {
+            Issue.record("no answer head")
+            return
+        }
+        #expect(final.status == .ok && final.headerFields[.connection] == "close")
+        #expect(try channel.readOutbound(as: HTTPResponsePart.self) == nil, "an interim answer was written inside the answer")
+        _ = try? channel.finish()
     }
 }

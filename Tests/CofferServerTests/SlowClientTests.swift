@@ -214,6 +214,38 @@ extension ServerTests {
         }
     }
 
+    /// A body refused before it ended is drained at its rate, for at most `lingering` x timeout after the answer: an
+    /// uploader that sends the whole body before reading (Python's http.client) gets the answer. Cut at the head's
+    /// deadline, such a client at 16 KB/s was reset after a second and lost the 401 it had not read yet (helper-53).
+    @Test func aBodyRefusedEarlyIsDrainedAtItsRateForABoundedTime() async throws {
+        let w = try await world()
+        try await serving(w, limits: ClientLimits(timeout: .seconds(1))) { port in
+            /// Sends `length` body bytes at 16 KB/s after a refused head, whatever comes back meanwhile; then reads.
+            func upload(_ length: Int) async throws -> (sent: Int, seconds: Double, answer: String) {
+                let connection = try RawConnection(port: port)
+                return await offPool {
+                    let started = ContinuousClock.now
+                    connection.send(
+                        "PATCH /v1/uploads/\(String(repeating: "0", count: 32)) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer cft_unknown\r\n"
+                            + "Upload-Offset: 0\r\nContent-Length: \(length)\r\n\r\n"
+                    )
+                    var sent = 0
+                    while sent < length, connection.send([UInt8](repeating: 0x61, count: 4096)) {
+                        sent += 4096
+                        usleep(250_000)
+                    }
+                    let answer = connection.receive(timeout: 5) ?? "(nothing)"
+                    return (sent, (ContinuousClock.now - started) / .seconds(1), answer)
+                }
+            }
+            async let honest = upload(32 << 10)  // 2 s: twice the timeout, within the drain's bound of 3
+            async let endless = upload(1 << 20)  // 64 s: past the bound
+            let (whole, cut) = try await (honest, endless)
+            #expect(whole.sent == 32 << 10 && whole.answer.hasPrefix("HTTP/1.1 401 "), "\(whole)")
+            #expect(cut.sent < 1 << 20 && cut.seconds < 10, "not cut \(ClientDeadlineHandler.lingering) s after its answer: \(cut)")
+        }
+    }
+
     /// A trusted proxy's answers are not held to the rate: it reads in bursts as its own client drains it, and times
     /// its clients itself. Its address is written as the server sees peers (`0:0:0:0:0:0:0:1` is ::1).
     @Test func aTrustedProxyIsNotHeldToTheAnswersRate() async throws {

@@ -529,3 +529,27 @@ def test_curl_uploads_without_waiting_for_100_continue(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_http_client_gets_the_refusal_of_a_body_it_sends_whole(tmp_path):
+    """Python's http.client sends the whole body before it reads: refused early (401) while still sending, it must still
+    get the answer. The server drains the rest at the body's rate for up to 3 x --client-timeout (here 2.5 s of body
+    at --client-timeout 1: cut at the head's deadline, the client had a broken pipe)."""
+    import http.client
+    home, _ = owned_registry(tmp_path)
+    port = cofferlib.free_port()
+    server = serve(home, port, "--client-timeout", "1")
+    try:
+        def trickle():
+            for _ in range(10):  # 10 x 64 KiB, 0.25 s apart: 256 KiB/s for 2.5 s
+                yield b"a" * 65536
+                time.sleep(0.25)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("PATCH", f"/v1/uploads/{'0' * 32}", body=trickle(),
+                           headers={"Authorization": "Bearer cft_unknown", "Upload-Offset": "0", "Content-Length": str(10 * 65536)})
+        response = connection.getresponse()
+        assert response.status == 401, response.read()
+        connection.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
