@@ -61,10 +61,21 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
     /// are never answered, and no answer is owed (helper-54: counted as owed, they kept every clock off for good).
     private var outputClosed = false
     /// The body being received: the number of its request, the client's credit, since when the server has been
-    /// waiting (nil while it is not asking for more), and whether the client was asked for it: a client that sent
-    /// `Expect: 100-continue` waits for the interim `100 Continue` (``ContinueMiddleware``), and its clock runs only
-    /// from then (helper-55: started at once, it cut such a request pipelined behind a download).
-    private var body: (request: Int, credit: RateCredit, waitingSince: NIODeadline?, asked: Bool)?
+    /// waiting (nil while it is not asking for more), and where the client stands on being asked for it.
+    private var body: (request: Int, credit: RateCredit, waitingSince: NIODeadline?, asked: Asked)?
+
+    /// A client that sent `Expect: 100-continue` waits for the interim `100 Continue` (``ContinueMiddleware``) before
+    /// it sends its body, and the body's clock runs only once the client has it: started at the head, it cut such a
+    /// request pipelined behind a download (helper-55); started as the 100 was written, behind the download's tail
+    /// still in the socket, it did too. While bytes wait in the socket the answer's rate rule holds the client.
+    enum Asked {
+        /// Waits to be asked (`Expect: 100-continue`, no 100 written yet).
+        case notYet
+        /// The 100 is written; bytes before it (or it) wait for the client.
+        case sent
+        /// Sent no `Expect`, or took the 100: the body's clock may run.
+        case taken
+    }
     /// Whether an answer's head was written and its end not yet: no interim answer may come inside it.
     private var answering = false
     /// Whether the connection closes once the answer being written ends: it refused a request whose client waits to be
@@ -99,7 +110,7 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
         switch unwrapInboundIn(data) {
         case .head(let request):
             heads += 1
-            body = (heads, RateCredit(limits), nil, request.headerFields[.expect]?.lowercased() != "100-continue")
+            body = (heads, RateCredit(limits), nil, request.headerFields[.expect]?.lowercased() == "100-continue" ? .notYet : .taken)
             cancel(&headDeadline)
             watchAnswer(context)
         case .body(let bytes):
@@ -122,14 +133,25 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
 
     /// The server asks for more: while a body is coming, the client's clock runs until some arrives.
     func read(context: ChannelHandlerContext) {
-        if var receiving = body, receiving.asked, receiving.waitingSince == nil {
-            receiving.waitingSince = .now()
-            body = receiving
-            let channel = context.channel
-            cancel(&bodyDeadline)
-            bodyDeadline = context.eventLoop.scheduleTask(in: max(receiving.credit.left, .zero)) { Self.cut(channel) }
-        }
+        startBodyClock(context)
         context.read()
+    }
+
+    /// The client has the 100 Continue: its body's clock starts.
+    private func bodyAsked(_ context: ChannelHandlerContext) {
+        guard body?.asked == .sent else { return }
+        body?.asked = .taken
+        startBodyClock(context)
+    }
+
+    /// Starts the body's clock, unless it runs already or the client was not asked for the body yet.
+    private func startBodyClock(_ context: ChannelHandlerContext) {
+        guard var receiving = body, receiving.asked == .taken, receiving.waitingSince == nil else { return }
+        receiving.waitingSince = .now()
+        body = receiving
+        let channel = context.channel
+        cancel(&bodyDeadline)
+        bodyDeadline = context.eventLoop.scheduleTask(in: max(receiving.credit.left, .zero)) { Self.cut(channel) }
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
@@ -140,11 +162,27 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
                 promise?.succeed()
                 return
             }
-            if body?.request == ending + 1 { body?.asked = true }
-            return context.write(data, promise: promise)
+            // A route reads the body as the 100 goes out, and the server asks from then: the body's clock runs once
+            // the client has the 100 (helper-56: left to a read that came before it, a client that sent nothing was
+            // held to Hummingbird's 60 s idle timer).
+            guard body?.request == ending + 1 else { return context.write(data, promise: promise) }
+            body?.asked = .sent
+            let written = context.eventLoop.makePromise(of: Void.self)
+            written.futureResult.cascade(to: promise)
+            let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            written.futureResult.whenSuccess {
+                let (handler, context) = loopBound.value
+                guard let progress = TCPProgress.sample(context.channel) else { return handler.bodyAsked(context) }
+                progress.whenComplete { result in
+                    let (handler, context) = loopBound.value
+                    if case .success(let now) = result, now.waiting, handler.answer != nil { return }  // the answer watch takes it on
+                    handler.bodyAsked(context)
+                }
+            }
+            return context.write(data, promise: written)
         case .head(var final):
             answering = true
-            guard let pending = body, pending.request == ending + 1, !pending.asked else { return context.write(data, promise: promise) }
+            guard let pending = body, pending.request == ending + 1, pending.asked == .notYet else { return context.write(data, promise: promise) }
             // Refused before its client was asked for the body, which it therefore never sends: the connection closes
             // after this answer, and says so, rather than read the next request as that body (RFC 9110 10.1.1).
             final.headerFields[.connection] = "close"
@@ -211,6 +249,7 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
                 }
                 watched.last = now
                 handler.answer = watched
+                if !now.waiting { handler.bodyAsked(context) }
                 handler.endWatchIfTaken(context, now: now)
             }
         }

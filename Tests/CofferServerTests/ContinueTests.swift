@@ -54,6 +54,25 @@ extension ServerTests {
         }
     }
 
+    /// Asked for its body, a client that sends none is cut at the body's deadline (helper-56: held to the 60 s idle
+    /// timer, so 50 such connections without credentials locked every client out at `--max-connections 50`).
+    @Test func aBodyAskedForAndNeverSentIsCut() async throws {
+        let w = try await world()
+        try await serving(w, limits: ClientLimits(timeout: .seconds(1))) { port in
+            let signIn = try RawConnection(port: port)
+            signIn.send(
+                "POST /signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n"
+                    + "Expect: 100-continue\r\n\r\n"
+            )
+            let started = ContinuousClock.now
+            let interim = await offPool { signIn.receive(timeout: 5) }
+            #expect(interim == "HTTP/1.1 100 Continue\r\n\r\n", "\(interim ?? "nothing within 5 s")")
+            let rest = await offPool { signIn.receiveAll(timeout: 10) }
+            let held = ContinuousClock.now - started
+            #expect(held < .seconds(5), "held \(held) after asking for a body that never came (then: \(rest))")
+        }
+    }
+
     /// A request waiting to be asked for its body, pipelined behind a download that takes longer than the timeout, is
     /// asked once the download is done: its body's clock runs only from the interim answer (helper-55: it started at
     /// once, and the connection was reset mid-download).

@@ -4,7 +4,8 @@ fast start, or by trickling, are cut, the server's memory comes back, and an hon
 One registry holds a 16 MiB model. The server runs with `--max-connections` = the number of attackers and the
 timeout given (10 s, the default, at full size). Attackers, on sockets with a 4 KiB receive buffer, each take one
 connection: half ask for the blob and never read, half pipeline three such requests and never read; a few more stall
-an upload's body after sending 1 MiB at once. Then a fresh client asks for /healthz: it must be served within three
+an upload's body after sending 1 MiB at once, and a few sign in with `Expect: 100-continue` and send nothing once asked
+for the body (no credentials needed). Then a fresh client asks for /healthz: it must be served within three
 timeouts (the cap is full until the attackers are cut). The server's RSS is sampled throughout: its peak, and what
 is left once every attacker is cut, are reported. Last, an honest reader takes a 128 KiB range at 16 KiB/s (well
 under what a deadline on writability allowed, above the minimum rate) and must get it whole.
@@ -124,9 +125,9 @@ def main():
     token = lambda who, scope: check(args.coffer, "token", "create", "--principal", who, "--scope", scope, "--ttl", "1h", *admin, env=env).strip()
     read, publish = token("bob", "read"), token("alice", "publish")
 
-    stalls = 4
+    stalls = askers = 4
     process, base, _ = start_server(args.coffer, home, env, f"{work}/serve.log", "--client-timeout", str(args.timeout),
-                                    "--max-connections", str(args.attackers + stalls))
+                                    "--max-connections", str(args.attackers + stalls + askers))
     port = int(base.rsplit(":", 1)[1])
     failures = []
     try:
@@ -151,6 +152,11 @@ def main():
             s.sendall(f"PATCH /v1/uploads/{upload} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {publish}\r\nUpload-Offset: 0\r\n"
                       f"Content-Type: application/octet-stream\r\nContent-Length: {4 << 20}\r\n\r\n".encode())
             s.sendall(bytes(1 << 20))
+            attackers.append(s)
+        for _ in range(askers):
+            s = connect(port)
+            s.sendall(b"POST /signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                      b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n")
             attackers.append(s)
         held = time.monotonic() - started
         time.sleep(min(1, args.timeout / 4))  # every attacker accepted, and the cap full, before the fresh client comes
@@ -177,7 +183,7 @@ def main():
         if got < 131072:
             failures.append(f"the honest reader at 16 KiB/s was cut after {got} bytes in {took:.1f} s")
 
-        print(f"slow clients: {args.attackers} never-reading (half of them pipelined x3) + {stalls} stalled bodies, "
+        print(f"slow clients: {args.attackers} never-reading (half of them pipelined x3) + {stalls} stalled bodies + {askers} silent once asked, "
               f"--client-timeout {args.timeout:g} s; fresh client served {waited:.1f} s after the cap filled (the last attacker connected); "
               f"all attackers cut within {cut_after:.1f} s ({still_open} left open); server RSS {baseline:.0f} MiB before, "
               f"peak {at_peak:.0f}, {after:.0f} after; honest reader at 16 KiB/s: {got} bytes in {took:.1f} s")
