@@ -207,7 +207,13 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
         written.futureResult.whenSuccess {
             let (handler, context) = loopBound.value
             handler.answered += 1
-            guard !handler.closingAfterAnswer else { return context.close(promise: nil) }
+            if handler.closingAfterAnswer {
+                // Half-closed, so the watch goes on until the client took the answer (or is reset for not taking it),
+                // and the drain's bound ends the rest: a full close left up to 4 MiB of the answer in the kernel, in
+                // FIN-WAIT-1 for as long as the client acknowledged probes (helper-57: 10 clients, 30 MB).
+                handler.outputClosed = true
+                context.close(mode: .output, promise: nil)
+            }
             handler.endWatchIfTaken(context, now: nil)
         }
         context.write(data, promise: written)

@@ -73,6 +73,40 @@ extension ServerTests {
         }
     }
 
+    /// A request answered without its body being read closes after its answer, but a client that stops taking that
+    /// answer is still held to its rate and reset: closed outright, the socket kept what the client had not taken in
+    /// the kernel, in FIN-WAIT-1, outside the cap (helper-57: 3 MB a connection, without credentials too).
+    @Test func theCloseAfterAnUnreadBodyLeavesNothingInTheKernel() async throws {
+        let w = try await world()
+        let blob = try await largeBlob(w)
+        try await serving(w, limits: ClientLimits(timeout: .seconds(1))) { port in
+            let download = try RawConnection(port: port, receiveBuffer: 65536)
+            download.send(
+                "GET /v1/blobs/\(blob.sealedSHA256) HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(w.tokens["bob-read"]!)\r\n"
+                    + "Content-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+            )
+            let taken = await offPool { () -> Int in
+                var buffer = [UInt8](repeating: 0, count: 65536)
+                var total = 0
+                while total < 13 << 20 {
+                    let n = download.receive(into: &buffer)
+                    guard n > 0 else { break }
+                    total += n
+                }
+                return total
+            }
+            #expect(taken >= 13 << 20, "the download ended after \(taken) bytes")
+            let stopped = ContinuousClock.now
+            var held = Self.serverSockets(port: port)
+            while !held.isEmpty, ContinuousClock.now - stopped < .seconds(15) {
+                try await Task.sleep(for: .milliseconds(200))
+                held = Self.serverSockets(port: port)
+            }
+            #expect(held.isEmpty, "the server still holds sockets 15 s after the client stopped reading: \(held)")
+            withExtendedLifetime(download) {}
+        }
+    }
+
     /// A request waiting to be asked for its body, pipelined behind a download that takes longer than the timeout, is
     /// asked once the download is done: its body's clock runs only from the interim answer (helper-55: it started at
     /// once, and the connection was reset mid-download).
