@@ -67,9 +67,10 @@ extension ServerTests {
             let started = ContinuousClock.now
             let interim = await offPool { signIn.receive(timeout: 5) }
             #expect(interim == "HTTP/1.1 100 Continue\r\n\r\n", "\(interim ?? "nothing within 5 s")")
-            let rest = await offPool { signIn.receiveAll(timeout: 10) }
+            // Cut within a few timeouts (5.4 s once on a loaded CI machine), not at Hummingbird's 60 s idle timer.
+            let rest = await offPool { signIn.receiveAll(timeout: 30) }
             let held = ContinuousClock.now - started
-            #expect(held < .seconds(5), "held \(held) after asking for a body that never came (then: \(rest))")
+            #expect(held < .seconds(15), "held \(held) after asking for a body that never came (then: \(rest))")
         }
     }
 
