@@ -110,7 +110,7 @@ final class ClientDeadlineHandler: ChannelDuplexHandler, RemovableChannelHandler
         switch unwrapInboundIn(data) {
         case .head(let request):
             heads += 1
-            body = (heads, RateCredit(limits), nil, request.headerFields[.expect]?.lowercased() == "100-continue" ? .notYet : .taken)
+            body = (heads, RateCredit(limits), nil, request.headerFields.expectsContinue ? .notYet : .taken)
             cancel(&headDeadline)
             watchAnswer(context)
         case .body(let bytes):

@@ -97,12 +97,7 @@ extension ServerTests {
                 return total
             }
             #expect(taken >= 13 << 20, "the download ended after \(taken) bytes")
-            let stopped = ContinuousClock.now
-            var held = Self.serverSockets(port: port)
-            while !held.isEmpty, ContinuousClock.now - stopped < .seconds(15) {
-                try await Task.sleep(for: .milliseconds(200))
-                held = Self.serverSockets(port: port)
-            }
+            let held = try await Self.serverSocketsLeft(port: port, after: .seconds(15))
             #expect(held.isEmpty, "the server still holds sockets 15 s after the client stopped reading: \(held)")
             withExtendedLifetime(download) {}
         }

@@ -205,12 +205,7 @@ extension ServerTests {
             try await Task.sleep(for: .milliseconds(500))
             escaping.send("x")
             late.send("x")
-            let started = ContinuousClock.now
-            var held = Self.serverSockets(port: port)
-            while !held.isEmpty, ContinuousClock.now - started < .seconds(20) {
-                try await Task.sleep(for: .milliseconds(200))
-                held = Self.serverSockets(port: port)
-            }
+            let held = try await Self.serverSocketsLeft(port: port, after: .seconds(20))
             #expect(held.isEmpty, "the server still holds sockets (TCP state, bytes queued) after 20 s: \(held)")
             withExtendedLifetime((escaping, late, stalledBody, stalledBehindDownload, pastClose)) {}
         }
@@ -336,6 +331,17 @@ extension ServerTests {
                 return owned || queued.contains(where: { $0 != "0" }) ? "\(fields[3]) sending \(queued)" : nil
             }
         }
+    }
+
+    /// The server's sockets still there when none is left or `limit` has passed, polled every 200 ms.
+    static func serverSocketsLeft(port: Int, after limit: Duration) async throws -> [String] {
+        let started = ContinuousClock.now
+        var held = serverSockets(port: port)
+        while !held.isEmpty, ContinuousClock.now - started < limit {
+            try await Task.sleep(for: .milliseconds(200))
+            held = serverSockets(port: port)
+        }
+        return held
     }
 
     /// The sealed file of a 16 MiB model pushed to `w`: an answer larger than every socket buffer on the way.

@@ -16,9 +16,12 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import cofferlib  # noqa: E402
 import crypto_bench  # noqa: E402
 from crypto_bench import MIB, can_drop_caches, make_file, run
 
@@ -180,9 +183,7 @@ def agent_lines(args, work, env, null, recipient, sizes):
     key = os.path.join(work, "agent-id.key")
     subprocess.run([args.coffer, "keygen", "--out", os.path.join(work, "agent-id")], check=True, env=env, stdout=null)
     runtime = tempfile.mkdtemp(prefix="rt-", dir=work)
-    started = subprocess.run([args.coffer, "agent", "start"], check=True, capture_output=True, env=dict(env, XDG_RUNTIME_DIR=runtime))
-    lines = dict(part.strip().split("=", 1) for part in started.stdout.decode().split(";") if "=" in part)
-    socket, pid = lines["COFFER_AGENT_SOCK"].strip("'"), int(lines["COFFER_AGENT_PID"])
+    socket, pid = cofferlib.agent_start(args.coffer, dict(env, XDG_RUNTIME_DIR=runtime))
     with_agent = {k: v for k, v in env.items() if k != "COFFER_PASSPHRASE"} | {"COFFER_AGENT_SOCK": socket}
     without_agent = {k: v for k, v in env.items() if k != "COFFER_AGENT_SOCK"}
     try:

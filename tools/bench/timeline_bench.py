@@ -108,9 +108,7 @@ def main():
         subprocess.run([args.coffer, "keygen", "--out", f"{work}/id"], env=env, check=True, capture_output=True)
         cofferlib.check(args.coffer, "init", env=env)
         cofferlib.check(args.coffer, "trust", "add", f"{work}/id.pub", env=env)
-        started = cofferlib.check(args.coffer, "agent", "start", env=env)
-        agent = dict(part.strip().split("=", 1) for part in started.split(";") if "=" in part)
-        env["COFFER_AGENT_SOCK"] = agent["COFFER_AGENT_SOCK"].strip("'")
+        env["COFFER_AGENT_SOCK"], agent = cofferlib.agent_start(args.coffer, env)
         cofferlib.check(args.coffer, "agent", "add", f"{work}/id.key", env=env)
         del env["COFFER_PASSPHRASE"]  # every unlock below is the agent's
         with open(f"{work}/weights.bin", "wb") as f:

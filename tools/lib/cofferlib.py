@@ -39,6 +39,13 @@ def check(coffer, *args, env):
     return result.stdout.decode()
 
 
+def agent_start(coffer, env):
+    """Starts `coffer agent` (its socket in env's XDG_RUNTIME_DIR) and returns (socket path, pid) from the
+    `COFFER_AGENT_SOCK=...; COFFER_AGENT_PID=...` lines it prints for a shell's eval."""
+    lines = dict(part.strip().split("=", 1) for part in check(coffer, "agent", "start", env=env).split(";") if "=" in part)
+    return lines["COFFER_AGENT_SOCK"].strip("'"), int(lines["COFFER_AGENT_PID"])
+
+
 def keygen(coffer, path, env):
     """A new identity at `path` (.key, .pub, .pem) with a cheap Argon2id cost: campaigns make many."""
     check(coffer, "keygen", "--out", path, "--kdf-ops", "1", "--kdf-memory", "8192", env=env)

@@ -11,11 +11,17 @@ struct ContinueMiddleware: RouterMiddleware {
     typealias Context = CofferRequestContext
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let expect = request.headers[.expect], expect.lowercased() == "100-continue" else { return try await next(request, context) }
+        guard request.headers.expectsContinue else { return try await next(request, context) }
         var request = request
         request.body = RequestBody(asyncSequence: ContinuingBody(body: request.body, channel: context.channel))
         return try await next(request, context)
     }
+}
+
+extension HTTPFields {
+    /// Whether the client waits for an interim `100 Continue` before sending its body. The middleware that writes the
+    /// 100 and ``ClientDeadlineHandler``, which starts the body's clock once the client has it, must agree on this.
+    var expectsContinue: Bool { self[.expect]?.lowercased() == "100-continue" }
 }
 
 /// A request body that writes `100 Continue` to the connection before its first read.
