@@ -58,8 +58,19 @@ public enum Spawn {
         defer {
             for pointer in argv + (envp ?? []) { free(pointer) }
         }
+        // An empty signal mask: a child spawned from a Swift concurrency or Dispatch thread would otherwise start with
+        // that thread's mask, most signals blocked (a runner started so never saw the SIGTERM of `runner stop`).
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var unblocked = sigset_t()
+        sigemptyset(&unblocked)
+        posix_spawnattr_setsigmask(&attributes, &unblocked)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
         var pid: pid_t = 0
-        let error = envp.map { posix_spawn(&pid, executable, &actions, nil, argv, $0) } ?? posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        let error =
+            envp.map { posix_spawn(&pid, executable, &actions, &attributes, argv, $0) }
+            ?? posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
         guard error == 0, pid > 0 else { throw .io(path: executable, reason: String(cString: strerror(error))) }
         return pid
     }
