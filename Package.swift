@@ -8,12 +8,20 @@ let swiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("InternalImportsByDefault"),
 ]
 
+// The executables' release link. What a release binary (static Swift runtime) costs before main, measured with perf:
+// the loader applied 156,000 relative relocations from a 3.7 MB table, and the runtime's startup `dladdr` scanned
+// 57,000 exported symbols. lld packs the relocations (DT_RELR, glibc 2.36 or later) and nothing needs an executable's
+// own symbols exported (nothing loads a plugin into it; a backtrace reads the file). `coffer --version` 14.7 -> 12.6
+// ms, a 1 MiB push 80 -> 75 ms, pull unchanged (medians of 21 alternated runs).
+let releaseLinkerFlags = ["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic"]
+
 let package = Package(
     name: "Coffer",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "coffer", targets: ["coffer"]),
         .executable(name: "coffer-fuzz", targets: ["CofferFuzz"]),
+        .executable(name: "coffer-run", targets: ["CofferRun"]),
         .library(name: "CofferCrypto", targets: ["CofferCrypto"]),
         .library(name: "CofferRegistry", targets: ["CofferRegistry"]),
         .library(name: "CofferTraining", targets: ["CofferTraining"]),
@@ -43,6 +51,16 @@ let package = Package(
         ),
         .systemLibrary(name: "CLinux"),
         .target(name: "CFiles", path: "Sources/CFiles"),
+        .target(name: "CRunner", path: "Sources/CRunner"),
+        // The command runner's protocol and process, without Foundation: its launcher links it (docs/FORMAT.md).
+        .target(name: "CofferRunner", dependencies: ["CRunner"], path: "Sources/Runner", swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "CofferRun",
+            dependencies: ["CofferRunner", "CRunner"],
+            path: "Sources/Run",
+            swiftSettings: swiftSettings,
+            linkerSettings: [.unsafeFlags(releaseLinkerFlags, .when(configuration: .release))]
+        ),
         .systemLibrary(name: "CSQLiteShim", providers: [.apt(["libsqlite3-dev"])]),
         .target(
             name: "CofferCrypto",
@@ -141,7 +159,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "CofferFuzz",
-            dependencies: ["CofferCrypto", "CofferRegistry", "CofferTraining", "CofferFederated"],
+            dependencies: ["CofferCrypto", "CofferRegistry", "CofferTraining", "CofferFederated", "CofferRunner"],
             path: "Sources/Fuzz",
             swiftSettings: swiftSettings
         ),
@@ -154,6 +172,7 @@ let package = Package(
                 "CofferServer",
                 "CofferClient",
                 "CofferFederated",
+                "CofferRunner",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -163,17 +182,7 @@ let package = Package(
             ],
             path: "Sources/coffer",
             swiftSettings: swiftSettings,
-            // What a release binary (static Swift runtime) costs before main, measured with perf: the loader applied
-            // 156,000 relative relocations from a 3.7 MB table, and the runtime's startup `dladdr` scanned 57,000
-            // exported symbols. lld packs the relocations (DT_RELR, glibc 2.36 or later) and nothing needs the
-            // executable's own symbols exported (nothing loads a plugin into it; a backtrace reads the file).
-            // `coffer --version` 14.7 -> 12.6 ms, a 1 MiB push 80 -> 75 ms, pull unchanged (medians of 21 alternated runs).
-            linkerSettings: [
-                .unsafeFlags(
-                    ["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs", "-Xlinker", "--no-export-dynamic"],
-                    .when(configuration: .release)
-                )
-            ]
+            linkerSettings: [.unsafeFlags(releaseLinkerFlags, .when(configuration: .release))]
         ),
         // What the test suites share: the backends a test run puts its registries on, and running a program to its end.
         .target(
@@ -231,7 +240,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CofferCLITests",
-            dependencies: ["CofferCrypto", "CofferTestSupport", "CLinux", "coffer"],
+            dependencies: ["CofferCrypto", "CofferRunner", "CofferTestSupport", "CLinux", "coffer", "CofferRun"],
             swiftSettings: swiftSettings
         ),
     ]

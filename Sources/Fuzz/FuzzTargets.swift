@@ -1,5 +1,6 @@
 import CofferCrypto
 import CofferRegistry
+import CofferRunner
 import CofferTraining
 import Foundation
 
@@ -29,6 +30,9 @@ enum FuzzTarget: String, CaseIterable {
     /// A frame body on the agent's socket: a request (what a malicious client of the same uid sends the agent) and
     /// an answer (what a client reads from whatever listens at COFFER_AGENT_SOCK).
     case agentMessage = "agent-message"
+    /// A frame body on the command runner's socket: a `run` request (what a client of the same uid sends the runner's
+    /// fork) and an answer (what `coffer-run` reads from whatever listens at COFFER_RUNNER_SOCK).
+    case runnerMessage = "runner-message"
     /// A change request's text (`coffer approve cfr1....`), pasted from a page or from anywhere else.
     case changeRequest = "change-request"
     /// A federated-training message: what a coordinator takes from a site (join, poll, each stage's submission, the
@@ -94,6 +98,12 @@ enum FuzzTarget: String, CaseIterable {
             if let request = try? ChangeRequest(text: String(decoding: bytes, as: UTF8.self)), request.summary.isEmpty {
                 fatalError("a change request parses but asks for nothing")
             }
+        case .runnerMessage:
+            // What parses is the one encoding of what was parsed.
+            if let request = RunnerRequest(decoding: bytes), request.encoded() != bytes {
+                fatalError("a run request parses but re-encodes differently")
+            }
+            if let reply = RunnerReply(decoding: bytes), reply.encoded() != bytes { fatalError("a runner answer parses but re-encodes differently") }
         case .agentMessage:
             bytes.withUnsafeBytes { body in
                 // Secret fields are named by range, to be copied from the frame: a range must lie inside it.

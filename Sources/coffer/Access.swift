@@ -232,7 +232,7 @@ extension Coffer {
         /// Asks `question` on the controlling terminal; false without one, or for any answer but y or yes.
         static func confirm(_ question: String) -> Bool {
             guard isatty(STDIN_FILENO) == 1 else { return false }
-            let fd = open("/dev/tty", O_RDWR | O_CLOEXEC)
+            let fd = Terminal.open()
             guard fd >= 0 else { return false }
             defer { close(fd) }
             _ = question.withCString { write(fd, $0, strlen($0)) }

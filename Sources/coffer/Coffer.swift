@@ -2,6 +2,7 @@ import ArgumentParser
 import CofferClient
 import CofferCrypto
 import CofferRegistry
+import CofferRunner
 import CofferTraining
 
 #if canImport(Glibc)
@@ -21,22 +22,30 @@ struct Coffer: AsyncParsableCommand {
             Split.self,
             PrincipalCommand.self, GrantCommand.self, RevokeCommand.self, Approve.self, Share.self, Unshare.self,
             SessionCommand.self, Infer.self, Audit.self, Budget.self, Policy.self, Erase.self, Key.self, Recipient.self, Rekey.self,
-            Serve.self, Token.self, Migrate.self, Export.self, Import.self, Federated.self, AgentCommand.self,
+            Serve.self, Token.self, Migrate.self, Export.self, Import.self, Federated.self, AgentCommand.self, RunnerGroup.self,
         ]
     )
 
     /// Runs the command; a library error becomes one line on stderr and exit status 1, never a trace.
     static func main() async {
+        let given =
+            RunnerProcess.serveIfAsked()?.arguments
+            ?? (1..<Int(CommandLine.argc)).map {
+                Array(UnsafeBufferPointer(start: CommandLine.unsafeArgv[$0], count: strlen(CommandLine.unsafeArgv[$0]!)))
+            }
+            .map { $0.map { UInt8(bitPattern: $0) } }
         TemporaryFiles.removeOnInterrupt()
         // CommandLine.arguments replaces bytes that are not UTF-8 with U+FFFD, so `-o café.cfs` written in Latin-1 would
         // write to another name: such an argument is refused, not mended.
-        if CommandLine.argc > 1,
-            let index = (1..<Int(CommandLine.argc)).first(where: { CommandLine.unsafeArgv[$0].map { String(validatingCString: $0) == nil } ?? false })
-        {
-            fail("argument \(index) is not UTF-8 (\(CommandLine.arguments[index])): Coffer reads names and paths as UTF-8")
+        var arguments: [String] = []
+        for (index, bytes) in given.enumerated() {
+            guard let argument = String(validating: bytes, as: UTF8.self) else {
+                fail("argument \(index + 1) is not UTF-8 (\(String(decoding: bytes, as: UTF8.self))): Coffer reads names and paths as UTF-8")
+            }
+            arguments.append(argument)
         }
         do {
-            var command = try parseAsRoot()
+            var command = try parseAsRoot(arguments)
             if var asynchronous = command as? any AsyncParsableCommand {
                 try await asynchronous.run()
             } else {

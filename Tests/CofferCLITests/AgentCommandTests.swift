@@ -481,7 +481,7 @@ private func cleanEnvironment(_ dir: Scratch) -> [String: String] {
 
 /// The command line that runs `program` as uid 65534 (setpriv), or nil with an issue recorded when this test cannot:
 /// it needs root, setpriv and the program.
-private func asNobody(_ program: String, _ what: String) -> [String]? {
+func asNobody(_ program: String, _ what: String) -> [String]? {
     guard geteuid() == 0, FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), FileManager.default.isExecutableFile(atPath: program)
     else {
         Issue.record("needs root, setpriv and \(program) to run \(what) under another uid")

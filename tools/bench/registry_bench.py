@@ -39,11 +39,12 @@ def main():
     parser.add_argument("--agent-sizes", default="1,16", help="comma-separated MiB sizes for the agent lines ('' to skip)")
     parser.add_argument("--agent-only", action="store_true", help="run only the agent lines")
     parser.add_argument("--programs-warm", action="store_true",
-                        help="after emptying the page cache, read coffer, age, sh and their libraries back (untimed): only the data is cold")
+                        help="after emptying the page cache, read coffer, coffer-run, age, sh and their libraries back (untimed): only the data is cold")
     parser.add_argument("--no-queries", action="store_true", help="skip list/show/--where over --versions versions")
     args = parser.parse_args()
     if args.programs_warm:
-        crypto_bench.WARM_FILES[:] = sum((crypto_bench.program_files(p) for p in (args.coffer, "age", "sh", "sync")), [])
+        launcher = os.path.join(os.path.dirname(args.coffer), "coffer-run")
+        crypto_bench.WARM_FILES[:] = sum((crypto_bench.program_files(p) for p in (args.coffer, launcher, "age", "sh", "sync")), [])
         print(f"# programs warm: {len(crypto_bench.WARM_FILES)} files read back after each emptying of the page cache")
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size_mib]
 
@@ -177,65 +178,73 @@ def push_pull(args, work, env, null, key, recipient, size_mib):
 
 
 def agent_lines(args, work, env, null, recipient, sizes):
-    """Push and pull with the identity in `coffer agent` against the same commands unlocking it with its passphrase
-    (Coffer's default Argon2id cost, 3 passes over 32 MiB, as a user's key has it) and against age + fsync, rounds
-    alternating the order; prints the medians and the same-run ratios."""
+    """Push and pull with the identity in `coffer agent`, run by `coffer` itself and by `coffer-run` through `coffer
+    runner`, against the same commands unlocking the identity with its passphrase (Coffer's default Argon2id cost, 3
+    passes over 32 MiB, as a user's key has it) and against age + fsync, rounds alternating the order; prints the
+    medians and the same-run ratios."""
     key = os.path.join(work, "agent-id.key")
     subprocess.run([args.coffer, "keygen", "--out", os.path.join(work, "agent-id")], check=True, env=env, stdout=null)
     runtime = tempfile.mkdtemp(prefix="rt-", dir=work)
-    socket, pid = cofferlib.agent_start(args.coffer, dict(env, XDG_RUNTIME_DIR=runtime))
+    socket, pid = cofferlib.start_service(args.coffer, "agent", dict(env, XDG_RUNTIME_DIR=runtime))
+    runner_socket, runner_pid = cofferlib.start_service(args.coffer, "runner", dict(env, XDG_RUNTIME_DIR=runtime))
     with_agent = {k: v for k, v in env.items() if k != "COFFER_PASSPHRASE"} | {"COFFER_AGENT_SOCK": socket}
     without_agent = {k: v for k, v in env.items() if k != "COFFER_AGENT_SOCK"}
+    launcher = os.path.join(os.path.dirname(args.coffer), "coffer-run")
+    # (name, program, environment); None runs age.
+    sides = [("agent", args.coffer, with_agent), ("agent + runner", launcher, with_agent | {"COFFER_RUNNER_SOCK": runner_socket}),
+             ("passphrase", args.coffer, without_agent), ("age", None, None)]
     try:
         subprocess.run([args.coffer, "agent", "add", key], check=True, env=dict(with_agent, COFFER_PASSPHRASE=env["COFFER_PASSPHRASE"]), stderr=null)
         home = env["COFFER_HOME"]
         for size_mib in sizes:
             plain = os.path.join(work, "weights.bin")
             make_file(plain, size_mib * MIB)
-            names = ("push, agent", "push, passphrase", "age -r + fsync", "pull, agent", "pull, passphrase", "age -d + fsync")
+            names = [f"{op}, {side}" for op in ("push", "pull") for side, _, _ in sides[:-1]] + ["age -r + fsync", "age -d + fsync"]
             times = {k: [] for k in names}
             shutil.rmtree(home, ignore_errors=True)
             subprocess.run([args.coffer, "init"], check=True, env=env, stdout=null)
             subprocess.run([args.coffer, "trust", "add", os.path.join(work, "agent-id.pub")], check=True, env=env, stdout=null)
             n = 0
             for r in range(args.rounds):
-                order = [0, 1, 2] if r % 2 == 0 else [2, 1, 0]
+                order = sides if r % 2 == 0 else sides[::-1]
                 versions = {}
-                for side in order:
-                    if side == 2:
+                for side, program, side_env in order:
+                    if program is None:
                         sealed = os.path.join(work, "w.age")
                         times["age -r + fsync"].append(run(["sh", "-c", 'age -r "$0" -o "$1" "$2" && sync "$1"', recipient, sealed, plain], cold=True)[0])
                     else:
                         n += 1
                         versions[side] = n
-                        label, side_env = (("push, agent", with_agent), ("push, passphrase", without_agent))[side]
-                        times[label].append(run([args.coffer, "push", f"agentbench:{n}", plain, "--identity", key], env=side_env, cold=True)[0])
-                for side in order:
+                        times[f"push, {side}"].append(run([program, "push", f"agentbench:{n}", plain, "--identity", key], env=side_env, cold=True)[0])
+                for side, program, side_env in order:
                     out = os.path.join(work, "out")
                     shutil.rmtree(out, ignore_errors=True)
                     os.makedirs(out)
-                    if side == 2:
+                    if program is None:
                         times["age -d + fsync"].append(run(["sh", "-c", 'age -d -i "$0" -o "$1" "$2" && sync "$1"', os.path.join(work, "age.key"),
                                                             os.path.join(out, "weights.bin"), os.path.join(work, "w.age")], cold=True)[0])
                     else:
-                        label, side_env = (("pull, agent", with_agent), ("pull, passphrase", without_agent))[side]
-                        times[label].append(run([args.coffer, "pull", f"agentbench:{versions[side]}", "--identity", key, "--out", out], env=side_env, cold=True)[0])
+                        times[f"pull, {side}"].append(run([program, "pull", f"agentbench:{versions[side]}", "--identity", key, "--out", out],
+                                                          env=side_env, cold=True)[0])
             shutil.rmtree(os.path.join(work, "out"), ignore_errors=True)
             os.remove(plain)
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"# agent lines: {size_mib} MiB, {args.rounds} alternating rounds; identity at Coffer's default Argon2id cost")
             for k in names:
-                print(f"{k:<18}{med[k] * 1000:>10.1f} ms median{min(times[k]) * 1000:>10.1f} ms min")
-            for side, anchor in (("push", "age -r + fsync"), ("pull", "age -d + fsync")):
-                print(f"{side} {size_mib} MiB: agent / ({anchor}) {med[f'{side}, agent'] / med[anchor]:.2f}, "
-                      f"passphrase / ({anchor}) {med[f'{side}, passphrase'] / med[anchor]:.2f}, "
-                      f"agent / passphrase {med[f'{side}, agent'] / med[f'{side}, passphrase']:.2f}")
+                print(f"{k:<22}{med[k] * 1000:>10.1f} ms median{min(times[k]) * 1000:>10.1f} ms min")
+            for op, anchor in (("push", "age -r + fsync"), ("pull", "age -d + fsync")):
+                print(f"{op} {size_mib} MiB: agent / ({anchor}) {med[f'{op}, agent'] / med[anchor]:.2f}, "
+                      f"agent + runner / ({anchor}) {med[f'{op}, agent + runner'] / med[anchor]:.2f}, "
+                      f"passphrase / ({anchor}) {med[f'{op}, passphrase'] / med[anchor]:.2f}, "
+                      f"agent + runner / agent {med[f'{op}, agent + runner'] / med[f'{op}, agent']:.2f}")
     finally:
         subprocess.run([args.coffer, "agent", "stop"], env=with_agent, stdout=null, stderr=null)
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+        subprocess.run([args.coffer, "runner", "stop"], env=dict(env, COFFER_RUNNER_SOCK=runner_socket), stdout=null, stderr=null)
+        for service in (pid, runner_pid):
+            try:
+                os.kill(service, 9)
+            except ProcessLookupError:
+                pass
 
 
 def queries(args, work, env, null):

@@ -20,7 +20,7 @@ from safetensors.numpy import save_file
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from crypto_bench import run  # noqa: E402  (GNU time peak RSS, os.sync before each run)
-from cofferlib import agent_start, start_server  # noqa: E402
+from cofferlib import start_server, start_service  # noqa: E402
 
 
 def big_checkpoint(coffer, work, width):
@@ -110,7 +110,7 @@ def agent_lines(coffer, work, home, env, rounds):
     """The same two paths with alice's identity in `coffer agent` (no passphrase, no Argon2id in either process),
     rounds alternating with the passphrase anchor measured above."""
     runtime = tempfile.mkdtemp(prefix="rt-", dir=work)
-    socket, pid = agent_start(coffer, dict(env, XDG_RUNTIME_DIR=runtime))
+    socket, pid = start_service(coffer, "agent", dict(env, XDG_RUNTIME_DIR=runtime))
     agent_env = {k: v for k, v in env.items() if k != "COFFER_PASSPHRASE"} | {"COFFER_AGENT_SOCK": socket}
     try:
         subprocess.run([coffer, "agent", "add", f"{work}/alice.key"], check=True, capture_output=True, env=dict(agent_env, COFFER_PASSPHRASE=env["COFFER_PASSPHRASE"]))

@@ -108,7 +108,7 @@ def main():
         subprocess.run([args.coffer, "keygen", "--out", f"{work}/id"], env=env, check=True, capture_output=True)
         cofferlib.check(args.coffer, "init", env=env)
         cofferlib.check(args.coffer, "trust", "add", f"{work}/id.pub", env=env)
-        env["COFFER_AGENT_SOCK"], agent = cofferlib.agent_start(args.coffer, env)
+        env["COFFER_AGENT_SOCK"], agent = cofferlib.start_service(args.coffer, "agent", env)
         cofferlib.check(args.coffer, "agent", "add", f"{work}/id.key", env=env)
         del env["COFFER_PASSPHRASE"]  # every unlock below is the agent's
         with open(f"{work}/weights.bin", "wb") as f:

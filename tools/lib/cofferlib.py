@@ -39,11 +39,12 @@ def check(coffer, *args, env):
     return result.stdout.decode()
 
 
-def agent_start(coffer, env):
-    """Starts `coffer agent` (its socket in env's XDG_RUNTIME_DIR) and returns (socket path, pid) from the
-    `COFFER_AGENT_SOCK=...; COFFER_AGENT_PID=...` lines it prints for a shell's eval."""
-    lines = dict(part.strip().split("=", 1) for part in check(coffer, "agent", "start", env=env).split(";") if "=" in part)
-    return lines["COFFER_AGENT_SOCK"].strip("'"), int(lines["COFFER_AGENT_PID"])
+def start_service(coffer, service, env):
+    """Starts `coffer agent` or `coffer runner` (`service`; its socket in env's XDG_RUNTIME_DIR) and returns (socket
+    path, pid) from the `COFFER_AGENT_SOCK=...; COFFER_AGENT_PID=...` lines it prints for a shell's eval."""
+    lines = dict(part.strip().split("=", 1) for part in check(coffer, service, "start", env=env).split(";") if "=" in part)
+    name = f"COFFER_{service.upper()}"
+    return lines[f"{name}_SOCK"].strip("'"), int(lines[f"{name}_PID"])
 
 
 def keygen(coffer, path, env):

@@ -54,6 +54,8 @@ coffer_build() {
     # conformances it needs. A 1 MiB push 31.1 -> 27.3 ms and 30.6 -> 27.1 ms, pull 27.6 -> 24.0 and 26.3 -> 23.1 ms,
     # `--version` 6.6 -> 5.8 ms (medians of 30 alternated runs each, agent identity, 2026-12-04); 0.4% more code.
     [ "$configuration" = release ] && flags+=(-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors)
-    (cd "$COFFER_ROOT" && swift build -c "$configuration" --product coffer "${flags[@]}" >&2)
+    # coffer-run, the runner's launcher (docs/FORMAT.md), goes beside coffer: it runs the coffer next to it.
+    (cd "$COFFER_ROOT" && swift build -c "$configuration" --product coffer "${flags[@]}" >&2 \
+        && swift build -c "$configuration" --product coffer-run "${flags[@]}" >&2)
     echo "$COFFER_ROOT/.build/$configuration/coffer"
 }

@@ -4,20 +4,21 @@ import Foundation
 import Glibc
 #endif
 
-/// Where an agent's socket goes, and how `coffer agent start` puts the agent in the background.
+/// Where an agent's socket goes, and how `coffer agent start` puts the agent in the background; `coffer runner start`
+/// does the same with `service` "runner".
 public enum AgentLauncher {
-    /// A fresh private directory (mode 0700) under `$XDG_RUNTIME_DIR`, else `$TMPDIR`, else `/tmp`, and the socket
-    /// path in it (docs/FORMAT.md).
-    public static func makeSocketPath() throws(CofferCryptoError) -> String {
+    /// A fresh private directory `coffer-SERVICE.XXXXXX` (mode 0700) under `$XDG_RUNTIME_DIR`, else `$TMPDIR`, else
+    /// `/tmp`, and the socket path `SERVICE.sock` in it (docs/FORMAT.md).
+    public static func makeSocketPath(service: String = "agent") throws(CofferCryptoError) -> String {
         let environment = ProcessInfo.processInfo.environment
         let base =
             [environment["XDG_RUNTIME_DIR"], environment["TMPDIR"], "/tmp"].compactMap { $0 }.first { !$0.isEmpty && isDirectory($0) } ?? "/tmp"
-        var template = Array("\(base)/coffer-agent.XXXXXX".utf8CString)
+        var template = Array("\(base)/coffer-\(service).XXXXXX".utf8CString)
         guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
             throw .agent("cannot make a private directory in \(base): \(String(cString: strerror(errno)))")
         }
         let directory = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-        return "\(directory)/agent.sock"
+        return "\(directory)/\(service).sock"
     }
 
     /// Removes the directory ``makeSocketPath()`` made for `socketPath`, when no agent came to listen in it.
@@ -32,14 +33,19 @@ public enum AgentLauncher {
 
     /// Starts `executable arguments...` with `3` as its ready descriptor, and waits for it to report
     /// (``reportReady(_:failure:)``): its pid once it listens, or its one-line error.
-    public static func startDetached(executable: String, arguments: [String]) throws(CofferCryptoError) -> Int32 {
+    public static func startDetached(
+        executable: String,
+        arguments: [String],
+        environment added: [String: String] = [:],
+        service: String = "agent"
+    ) throws(CofferCryptoError) -> Int32 {
         var ends: [Int32] = [0, 0]
         guard pipe(&ends) == 0 else { throw .agent("cannot make a pipe: \(String(cString: strerror(errno)))") }
         // Neither end leaks into other children; the agent gets the write end as descriptor 3 (dup2 clears the flag).
         _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
         _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
         // The agent never reads a passphrase from its environment: it does not inherit one to keep for its whole life.
-        let environment = ProcessInfo.processInfo.environment.filter { $0.key != "COFFER_PASSPHRASE" }
+        let environment = ProcessInfo.processInfo.environment.filter { $0.key != "COFFER_PASSPHRASE" }.merging(added) { $1 }
         // stdin, stdout and stderr on /dev/null, the ready pipe as descriptor 3, nothing else (the agent outlives this
         // command: a descriptor it inherited would stay open as long as it runs); it leaves this session itself.
         let pid: pid_t
@@ -62,7 +68,7 @@ public enum AgentLauncher {
         guard line == "ready" else {
             _ = Spawn.wait(pid)
             // The agent's own line is a CofferCryptoError's description: keep one "agent: " prefix.
-            throw .agent(line.isEmpty ? "the agent exited before it was ready" : String(line.trimmingPrefix("agent: ")))
+            throw .agent(line.isEmpty ? "the \(service) exited before it was ready" : String(line.trimmingPrefix("\(service): ")))
         }
         return pid
     }

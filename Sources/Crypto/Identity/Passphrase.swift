@@ -45,7 +45,7 @@ public enum Passphrase {
     /// - Parameter confirm: ask twice and require both entries to match (for new keys).
     public static func prompt(_ message: String, confirm: Bool = false) throws(CofferCryptoError) -> SecureBytes? {
         guard isatty(STDIN_FILENO) == 1 else { return nil }
-        let fd = open("/dev/tty", O_RDWR | O_CLOEXEC)
+        let fd = Terminal.open()
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         let first = try readHidden(fd: fd, prompt: message)

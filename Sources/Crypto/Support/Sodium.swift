@@ -36,3 +36,13 @@ public enum SecureCompare {
         return sodium_memcmp(a, b, a.count) == 0
     }
 }
+
+/// What a process forked from another must do before it draws random bytes.
+public enum RandomSource {
+    /// Gives this process a random state of its own (`randombytes_stir`, as libsodium asks of a forked process), so
+    /// that no two forks can draw the same bytes.
+    public static func afterFork() {
+        _ = Sodium.ready
+        randombytes_stir()
+    }
+}

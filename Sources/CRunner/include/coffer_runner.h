@@ -1,0 +1,40 @@
+#ifndef COFFER_RUNNER_H
+#define COFFER_RUNNER_H
+// What the command runner and its launcher need that Swift's Glibc module does not import: descriptors passed over a
+// Unix socket (the CMSG_* macros) and pidfds (Linux 5.3).
+#include <stddef.h>
+#include <sys/types.h>
+
+/// Sends `length` bytes of `bytes` with `count` descriptors (SCM_RIGHTS) attached to them; returns what sendmsg does.
+ssize_t coffer_send_descriptors(int socket, const void *bytes, size_t length, const int *descriptors, int count);
+
+/// Receives up to `length` bytes into `bytes`, and up to `capacity` descriptors into `descriptors` (close-on-exec),
+/// their number in `*count`; returns what recvmsg does. Descriptors past `capacity` or a cut-off control message
+/// are closed and make it return -1 with errno EBADMSG.
+ssize_t coffer_receive_descriptors(int socket, void *bytes, size_t length, int *descriptors, int capacity, int *count);
+
+/// The uid and pid of the process at the other end of a Unix socket (SO_PEERCRED); 0, or -1 with errno.
+int coffer_peer_credentials(int socket, uid_t *uid, pid_t *pid);
+/// The working directory as an O_PATH descriptor (a directory without read permission can still be entered).
+int coffer_open_working_directory(void);
+/// accept4 with SOCK_CLOEXEC.
+int coffer_accept(int listener);
+/// POLLRDHUP, which needs _GNU_SOURCE.
+short coffer_poll_read_hangup(void);
+
+int coffer_pidfd_open(pid_t pid);
+int coffer_pidfd_send_signal(int pidfd, int signal);
+
+/// The number of threads of this process (entries of /proc/self/task), or -1.
+int coffer_thread_count(void);
+
+/// In the runner: SIGTERM, SIGINT and SIGHUP set a flag (and interrupt poll) instead of ending it.
+void coffer_runner_catch_stop(void);
+int coffer_runner_stop_requested(void);
+/// In a fork of the runner: those signals back to their defaults, before the command installs its own.
+void coffer_runner_uncatch_stop(void);
+
+/// In the launcher: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH and SIGCONT go on to the process of
+/// `pidfd`; SIGTSTP stops it (SIGSTOP) and then the launcher.
+void coffer_forward_signals(int pidfd);
+#endif

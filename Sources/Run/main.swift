@@ -1,0 +1,109 @@
+import CRunner
+import CofferRunner
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// `coffer-run ARGS...` runs `coffer ARGS...` in the runner named by COFFER_RUNNER_SOCK (docs/FORMAT.md, "Command
+// runner protocol"), or, when there is none or it declines, runs the `coffer` beside this file itself. It imports no
+// Foundation: what it costs comes before every command it runs.
+
+func say(_ line: String) {
+    let bytes = Array("coffer: \(line)\n".utf8)
+    _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+}
+
+/// The `coffer` beside this program.
+let coffer: [UInt8] = {
+    var link = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+    let length = readlink("/proc/self/exe", &link, link.count - 1)
+    guard length > 0 else { return Array("coffer".utf8) }
+    let path = link[0..<length].map { UInt8(bitPattern: $0) }
+    return Array(path[...(path.lastIndex(of: UInt8(ascii: "/")) ?? 0)]) + Array("coffer".utf8)
+}()
+
+let arguments: [[UInt8]] = (1..<Int(CommandLine.argc)).map { index in
+    Array(UnsafeBufferPointer(start: CommandLine.unsafeArgv[index], count: strlen(CommandLine.unsafeArgv[index]!))).map { UInt8(bitPattern: $0) }
+}
+
+/// Runs `coffer` itself in this process's place.
+func runDirectly() -> Never {
+    let path = coffer.map { CChar(bitPattern: $0) } + [0]
+    var argv: [UnsafeMutablePointer<CChar>?] = [strdup(path)] + (1..<Int(CommandLine.argc)).map { CommandLine.unsafeArgv[$0] } + [nil]
+    execv(path, &argv)
+    say("cannot run \(String(decoding: coffer, as: UTF8.self)): \(String(cString: strerror(errno)))")
+    exit(127)
+}
+
+func connectToRunner() -> Int32? {
+    guard let named = getenv("COFFER_RUNNER_SOCK"), named.pointee != 0 else { return nil }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let path = Array(UnsafeBufferPointer(start: named, count: strlen(named))).map { UInt8(bitPattern: $0) }
+    guard path.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return nil }
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard connected == 0 else {
+        close(fd)
+        return nil
+    }
+    // The runner would get this program's descriptors, environment and directory: never one of another user.
+    guard let peer = peerCredentials(fd), peer.uid == geteuid() else {
+        say("the runner at \(String(decoding: path, as: UTF8.self)) is not this user's; unset COFFER_RUNNER_SOCK")
+        exit(1)
+    }
+    return fd
+}
+
+guard let runner = connectToRunner() else { runDirectly() }
+
+var environment: [[UInt8]] = []
+var entry = environ
+while let pair = entry.pointee {
+    environment.append(Array(UnsafeBufferPointer(start: pair, count: strlen(pair))).map { UInt8(bitPattern: $0) })
+    entry += 1
+}
+let mask = umask(0o077)
+umask(mask)
+let terminal = open("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY)
+let directory = coffer_open_working_directory()
+guard directory >= 0 else { runDirectly() }
+let request = RunnerRequest(umask: UInt32(mask), terminal: terminal >= 0, executable: coffer, arguments: arguments, environment: environment)
+guard RunnerFrame.write(runner, request.encoded(), descriptors: [directory, 0, 1, 2] + (terminal >= 0 ? [terminal] : [])) else { runDirectly() }
+close(directory)
+if terminal >= 0 { close(terminal) }
+
+var passed: [Int32] = []
+guard let first = RunnerFrame.read(runner, descriptors: &passed, capacity: 1).flatMap(RunnerReply.init(decoding:)) else { runDirectly() }
+switch first {
+case .started where passed.count == 1: break
+case .error(let message):
+    say("runner: \(message)")
+    exit(1)
+default: runDirectly()  // declined, or an answer this launcher does not know: nothing ran
+}
+coffer_forward_signals(passed[0])
+
+var ignored: [Int32] = []
+guard case .exited(let status)? = RunnerFrame.read(runner, descriptors: &ignored).flatMap(RunnerReply.init(decoding:)) else {
+    // The runner went away while the command ran: wait for the command, whose status is lost with it.
+    var end = pollfd(fd: passed[0], events: Int16(POLLIN), revents: 0)
+    while poll(&end, 1, -1) < 0 && errno == EINTR {}
+    say("the runner stopped while the command ran; its exit status is lost")
+    exit(1)
+}
+if status & 0x7f == 0 { exit((status >> 8) & 0xff) }
+// Ended by a signal: end this process the same way, so that a shell sees what it would have seen.
+let signalNumber = status & 0x7f
+signal(signalNumber, SIG_DFL)
+var unblocked = sigset_t()
+sigemptyset(&unblocked)
+sigaddset(&unblocked, signalNumber)
+sigprocmask(SIG_UNBLOCK, &unblocked, nil)
+raise(signalNumber)
+exit(128 + signalNumber)

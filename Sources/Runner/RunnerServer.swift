@@ -1,0 +1,209 @@
+import CRunner
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A refusal of the runner, as one line.
+public struct RunnerError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// What a fork of the runner runs: the launcher's arguments, with its descriptors, directory, umask and environment
+/// already in place.
+public struct RunnerCommand {
+    /// The arguments after the program's name, as the launcher gave them.
+    public let arguments: [[UInt8]]
+    /// The launcher's terminal, for prompts.
+    public let terminal: Int32?
+}
+
+/// The runner's process (docs/FORMAT.md, "Command runner protocol"): one thread that accepts launchers and forks for
+/// each. ``serve()`` returns only in a fork, with the command the fork is to run.
+public final class RunnerServer {
+    public let socketPath: String
+    private let listener: Int32
+    /// The file this process runs, as the path it had at the start and its device and inode.
+    private let imagePath: String
+    private let image: (dev_t, ino_t)
+
+    /// Listens at `socketPath` (mode 0600).
+    public init(socketPath: String) throws(RunnerError) {
+        var link = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink("/proc/self/exe", &link, link.count - 1)
+        var info = stat()
+        guard length > 0, stat("/proc/self/exe", &info) == 0 else { throw RunnerError("cannot find this program's file") }
+        imagePath = String(decoding: link[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        image = (info.st_dev, info.st_ino)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(socketPath.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw RunnerError("socket path too long: \(socketPath)") }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw RunnerError("cannot make a socket: \(String(cString: strerror(errno)))") }
+        let saved = Glibc.umask(0o177)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        _ = Glibc.umask(saved)
+        guard bound == 0, listen(fd, 64) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw RunnerError("cannot listen at \(socketPath): \(reason)")
+        }
+        self.socketPath = socketPath
+        listener = fd
+    }
+
+    /// A running command: its process, pidfd and launcher's connection.
+    private struct Child {
+        let pid: pid_t
+        let pidfd: Int32
+        let connection: Int32
+        /// The launcher went away; the command has had its SIGHUP.
+        var hungUp = false
+    }
+
+    /// Serves until stopped (SIGTERM, SIGINT, SIGHUP, or its file replaced), then waits for the commands running and
+    /// exits. Returns only in a fork.
+    public func serve() -> RunnerCommand {
+        coffer_runner_catch_stop()
+        var running: [Child] = []
+        var accepting = true
+        while accepting || !running.isEmpty {
+            if accepting && coffer_runner_stop_requested() != 0 {
+                stopAccepting()
+                accepting = false
+            }
+            var watched = accepting ? [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)] : []
+            for child in running {
+                watched.append(pollfd(fd: child.pidfd, events: Int16(POLLIN), revents: 0))
+                watched.append(pollfd(fd: child.hungUp ? -1 : child.connection, events: coffer_poll_read_hangup(), revents: 0))
+            }
+            guard poll(&watched, nfds_t(watched.count), -1) > 0 else { continue }  // EINTR: a stop signal
+            let first = accepting ? 1 : 0
+            for index in running.indices.reversed() {
+                let child = running[index]
+                if watched[first + 2 * index].revents != 0 {
+                    var status: Int32 = 0
+                    while waitpid(child.pid, &status, 0) < 0 && errno == EINTR {}
+                    RunnerFrame.write(child.connection, RunnerReply.exited(status: status).encoded())
+                    close(child.connection)
+                    close(child.pidfd)
+                    running.remove(at: index)
+                } else if watched[first + 2 * index + 1].revents != 0 {
+                    // The launcher was killed: hang up on the command as its terminal would.
+                    _ = coffer_pidfd_send_signal(child.pidfd, SIGHUP)
+                    running[index].hungUp = true
+                }
+            }
+            if accepting, watched[0].revents & Int16(POLLIN) != 0 {
+                switch accept(&running) {
+                case .command(let command): return command
+                case .stop:
+                    stopAccepting()
+                    accepting = false
+                case .next: break
+                }
+            }
+        }
+        exit(0)
+    }
+
+    private enum Accepted {
+        case command(RunnerCommand)
+        case stop
+        case next
+    }
+
+    private func accept(_ running: inout [Child]) -> Accepted {
+        let connection = coffer_accept(listener)
+        guard connection >= 0 else { return .next }
+        guard let peer = peerCredentials(connection), peer.uid == geteuid() else {
+            RunnerFrame.write(connection, RunnerReply.error("refused: this runner serves uid \(geteuid()) only").encoded())
+            close(connection)
+            return .next
+        }
+        if let reason = cannotFork() {
+            RunnerFrame.write(connection, RunnerReply.declined(reason).encoded())
+            close(connection)
+            return .stop
+        }
+        let pid = fork()
+        if pid == 0 {
+            close(listener)
+            for child in running {
+                close(child.pidfd)
+                close(child.connection)
+            }
+            coffer_runner_uncatch_stop()
+            var unblocked = sigset_t()
+            sigemptyset(&unblocked)
+            sigprocmask(SIG_SETMASK, &unblocked, nil)
+            return .command(Self.receive(connection, image: image))
+        }
+        let pidfd = pid > 0 ? coffer_pidfd_open(pid) : -1
+        guard pidfd >= 0 else {
+            let reason = String(cString: strerror(errno))
+            if pid > 0 {
+                kill(pid, SIGKILL)
+                _ = waitpid(pid, nil, 0)
+            }
+            RunnerFrame.write(connection, RunnerReply.error("cannot start the command: \(reason)").encoded())
+            close(connection)
+            return .next
+        }
+        running.append(Child(pid: pid, pidfd: pidfd, connection: connection))
+        return .next
+    }
+
+    /// Why this process must not fork again, if it must not: a fork of a process with other threads could find a lock
+    /// held forever; a fork of a replaced file would run the old program.
+    private func cannotFork() -> RunnerReply.Declined? {
+        var info = stat()
+        guard stat(imagePath, &info) == 0, (info.st_dev, info.st_ino) == image else { return .replaced }
+        return coffer_thread_count() == 1 ? nil : .threaded
+    }
+
+    /// Closes the listener and removes the socket and the private directory `coffer runner start` made for it.
+    private func stopAccepting() {
+        close(listener)
+        unlink(socketPath)
+        var directory = Array(socketPath.utf8CString)
+        directory.withUnsafeMutableBufferPointer { _ = rmdir(dirname($0.baseAddress!)) }
+    }
+
+    /// In the fork: reads the `run` frame and puts the launcher's descriptors, directory, umask and environment in
+    /// place. A request that cannot be run is answered here and ends the fork.
+    private static func receive(_ connection: Int32, image: (dev_t, ino_t)) -> RunnerCommand {
+        func refuse(_ reply: RunnerReply) -> Never {
+            RunnerFrame.write(connection, reply.encoded())
+            _exit(0)
+        }
+        var deadline = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &deadline, socklen_t(MemoryLayout<timeval>.size))
+        var descriptors: [Int32] = []
+        guard let body = RunnerFrame.read(connection, descriptors: &descriptors, capacity: 5), let request = RunnerRequest(decoding: body),
+            descriptors.count == request.descriptorCount
+        else { refuse(.error("malformed run request")) }
+        var info = stat()
+        guard stat(request.executable.map { CChar(bitPattern: $0) } + [0], &info) == 0, (info.st_dev, info.st_ino) == image else {
+            refuse(.declined(.anotherBinary))
+        }
+        guard fchdir(descriptors[0]) == 0 else { refuse(.error("cannot enter the working directory: \(String(cString: strerror(errno)))")) }
+        for (target, fd) in zip(Int32(0)...2, descriptors[1...3]) where dup2(fd, target) < 0 {
+            refuse(.error("cannot take the standard descriptors: \(String(cString: strerror(errno)))"))
+        }
+        for fd in descriptors[0...3] where fd > 2 { close(fd) }
+        _ = Glibc.umask(mode_t(request.umask & 0o777))
+        clearenv()
+        for pair in request.environment { putenv(strdup(pair.map { CChar(bitPattern: $0) } + [0])) }
+        let pidfd = coffer_pidfd_open(getpid())
+        guard pidfd >= 0, RunnerFrame.write(connection, RunnerReply.started.encoded(), descriptors: [pidfd]) else { _exit(0) }
+        close(pidfd)
+        close(connection)
+        return RunnerCommand(arguments: request.arguments, terminal: request.terminal ? descriptors[4] : nil)
+    }
+}

@@ -1,0 +1,257 @@
+import CofferCrypto
+import CofferRunner
+import CofferTestSupport
+import Foundation
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `coffer runner` and `coffer-run` driven through the built binaries: a real runner forking real commands, launchers
+/// passing their directory, environment and descriptors, and the cases where the launcher must run coffer itself.
+@Suite(.ownThread)
+struct RunnerCommandTests {
+    static let launcher = URL(fileURLWithPath: CofferProcess.binary).deletingLastPathComponent().appendingPathComponent("coffer-run").path
+
+    @Test func commandsRunInForksWithTheLaunchersDirectoryEnvironmentAndDescriptors() throws {
+        let dir = try Scratch()
+        let runner = try RunnerProcess(dir)
+        #expect(runner.socket.hasPrefix(dir.url.path + "/coffer-runner."), "under $XDG_RUNTIME_DIR: \(runner.socket)")
+        var info = stat()
+        #expect(lstat(runner.socket, &info) == 0 && info.st_mode & 0o777 == 0o600, "socket mode \(String(info.st_mode & 0o777, radix: 8))")
+        let directory = (runner.socket as NSString).deletingLastPathComponent
+        #expect(lstat(directory, &info) == 0 && info.st_mode & 0o777 == 0o700, "directory mode \(String(info.st_mode & 0o777, radix: 8))")
+        let environ = String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(runner.pid)/environ"))) ?? Data(), as: UTF8.self)
+        #expect(!environ.isEmpty && !environ.contains("COFFER_PASSPHRASE="), "the runner keeps no passphrase")
+
+        // Relative paths are the launcher's directory; the passphrase and the registry come from its environment.
+        try FileManager.default.createDirectory(atPath: dir.path("work/model"), withIntermediateDirectories: true)
+        let weights = randomData(300_000)
+        try dir.write("work/model/w.bin", weights)
+        let home = ["--home", dir.path("home")]
+        #expect(try runner.run(["keygen", "--out", "alice", "--kdf-ops", "1", "--kdf-memory", "64"], in: "work").status == 0)
+        #expect(try runner.run(["init"] + home, in: "work").status == 0)
+        #expect(try runner.run(["trust", "add", "alice.pub"] + home, in: "work").status == 0)
+        let pushed = try runner.run(["push", "m", "model", "--identity", "alice.key"] + home, in: "work")
+        #expect(pushed.status == 0 && pushed.stdoutText.hasPrefix("pushed m:1 "), "\(pushed.stderr)")
+        let pulled = try runner.run(["pull", "m:1", "--identity", "alice.key", "--out", "out"] + home, in: "work")
+        #expect(pulled.status == 0, "\(pulled.stderr)")
+        #expect(try dir.read("work/out/w.bin") == weights)
+        // Without a passphrase in the launcher's environment the fork has none either (the runner's does not leak).
+        expectFailure(try runner.run(["pull", "m:1", "--identity", "alice.key", "--out", "again"] + home, in: "work", passphrase: nil), "passphrase")
+        // A failure is the command's own line and status; ArgumentParser's usage errors keep theirs.
+        expectFailure(try runner.run(["show", "m:9"] + home), "m:9")
+        #expect(try runner.run(["no-such-command"]).status == 64)
+        // Each fork draws its own random bytes: two identities made in two forks differ.
+        #expect(try runner.run(["keygen", "--out", "bob", "--kdf-ops", "1", "--kdf-memory", "64"], in: "work").status == 0)
+        #expect(try dir.read("work/alice.pub") != dir.read("work/bob.pub"))
+        // The runner itself still has one thread and runs nothing after its commands ended.
+        let status = try String(contentsOfFile: "/proc/\(runner.pid)/status", encoding: .utf8)
+        #expect(status.contains("Threads:\t1\n"), "\(status)")
+        #expect(runner.children.isEmpty)
+
+        let stopped = try runCoffer(["runner", "stop"], in: dir, environment: ["COFFER_RUNNER_SOCK": runner.socket])
+        #expect(stopped.status == 0, "\(stopped.stderr)")
+        #expect(runner.waitForExit(), "the runner exits on stop")
+        #expect(!FileManager.default.fileExists(atPath: directory), "the socket's directory went")
+        // With the runner gone, coffer-run runs coffer itself.
+        let direct = try runner.run(["list"] + home)
+        #expect(direct.status == 0 && direct.stdoutText.contains("m:1"), "\(direct.stderr)")
+    }
+
+    @Test func aReplacedOrAnotherBinaryIsDeclinedAndTheLauncherRunsCofferItself() throws {
+        let dir = try Scratch()
+        try FileManager.default.createDirectory(atPath: dir.path("bin"), withIntermediateDirectories: true)
+        for program in [CofferProcess.binary, Self.launcher] {
+            try FileManager.default.copyItem(atPath: program, toPath: dir.path("bin/\((program as NSString).lastPathComponent)"))
+        }
+        let runner = try RunnerProcess(dir, coffer: dir.path("bin/coffer"))
+        // The build's own coffer-run would run the build's coffer: the runner declines, the launcher runs it itself.
+        let other = try runner.run(["--version"])
+        #expect(other.status == 0 && other.stdoutText == "0.1.0\n", "\(other.stderr)")
+        #expect(FileManager.default.fileExists(atPath: runner.socket), "the runner serves on")
+        let copied = try runner.run(["--version"], launcher: [dir.path("bin/coffer-run")])
+        #expect(copied.status == 0 && copied.stdoutText == "0.1.0\n", "\(copied.stderr)")
+        // An upgrade puts a new file in place: the runner declines and stops, and the launcher runs the new file.
+        try FileManager.default.copyItem(atPath: CofferProcess.binary, toPath: dir.path("bin/coffer.new"))
+        #expect(rename(dir.path("bin/coffer.new"), dir.path("bin/coffer")) == 0)
+        let upgraded = try runner.run(["--version"], launcher: [dir.path("bin/coffer-run")])
+        #expect(upgraded.status == 0 && upgraded.stdoutText == "0.1.0\n", "\(upgraded.stderr)")
+        #expect(runner.waitForExit(), "a runner whose file was replaced stops")
+        #expect(!FileManager.default.fileExists(atPath: runner.socket))
+    }
+
+    @Test func signalsReachTheCommandAndAKilledLauncherHangsItUp() throws {
+        let dir = try Scratch()
+        let runner = try RunnerProcess(dir)
+        try dir.keygen("alice")
+        #expect(mkfifo(dir.path("input"), 0o600) == 0)
+        // Sealing a FIFO that nobody writes: the command waits in open(2) until a signal comes.
+        let seal = ["seal", "--to", "keys/alice.pub", "-o", dir.path("out.cfs"), dir.path("input")]
+        for signal in [SIGINT, SIGTERM] {
+            let running = try runner.start(seal)
+            let command = try #require(runner.waitForChild(), "the command never started")
+            #expect(Self.waitUntilCatching(signal, running.pid), "the launcher never had the runner's answer")
+            let ended = running.terminate(with: signal, within: 20)
+            #expect(ended.status == 128 + signal, "the launcher ends as the command did: \(ended.status) \(ended.stderr)")
+            #expect(runner.waitForChildrenToEnd(), "the command \(command) ended with its launcher's signal")
+            #expect(!dir.exists("out.cfs"))
+        }
+        // SIGKILL cannot be forwarded: the runner sees the connection close and hangs up on the command.
+        let running = try runner.start(seal)
+        #expect(runner.waitForChild() != nil, "the command never started")
+        #expect(running.terminate(with: SIGKILL, within: 20).status == 128 + SIGKILL)
+        #expect(runner.waitForChildrenToEnd(), "the command of a killed launcher was left running")
+    }
+
+    /// Whether `pid` catches `signal` within 10 s: the launcher does once the runner has answered `started`.
+    static func waitUntilCatching(_ signal: Int32, _ pid: pid_t) -> Bool {
+        for _ in 0..<1000 {
+            let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+            let caught = status.split(separator: "\n").first { $0.hasPrefix("SigCgt:") }.flatMap {
+                UInt64($0.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16)
+            }
+            if let caught, caught & (1 << UInt64(signal - 1)) != 0 { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    @Test func anotherUidIsRefusedByTheLauncherAndByTheRunner() throws {
+        guard let nobody = asNobody(Self.launcher, "a launcher"), let python = asNobody("/usr/bin/python3", "a raw client") else { return }
+        let dir = try Scratch()
+        _ = chmod(dir.url.path, 0o755)
+        let runner = try RunnerProcess(dir)
+        // Opened up by mistake: the launcher of another uid refuses the runner before sending anything.
+        let directory = (runner.socket as NSString).deletingLastPathComponent
+        #expect(chmod(directory, 0o755) == 0 && chmod(runner.socket, 0o666) == 0)
+        expectFailure(try runner.run(["--version"], launcher: nobody), "is not this user's")
+        // A raw client of another uid gets the runner's refusal before it sends anything.
+        let readAll = """
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); answer = b""
+            while chunk := s.recv(4096): answer += chunk
+            sys.stdout.write(answer[4:].hex())
+            """
+        let raw = try runCoffer(["-c", readAll, runner.socket], in: dir, launcher: python)
+        let reply = Digest.bytes(fromHex: raw.stdoutText).flatMap(RunnerReply.init(decoding:))
+        #expect(reply == .error("refused: this runner serves uid 0 only"), "\(raw.stdoutText) \(raw.stderr)")
+        #expect(runner.children.isEmpty, "nothing was forked for it")
+    }
+
+    @Test func malformedRequestsAreRefusedAndTheRunnerServesOn() throws {
+        let request = RunnerRequest(
+            umask: 0o22,
+            terminal: false,
+            executable: Array("/x/coffer".utf8),
+            arguments: [[0xFF, 0x41]],
+            environment: [Array("A=b".utf8)]
+        )
+        #expect(RunnerRequest(decoding: request.encoded()) == request)
+        let encoded = request.encoded()
+        for cut in 1..<encoded.count { #expect(RunnerRequest(decoding: Array(encoded.prefix(cut))) == nil, "cut at \(cut)") }
+        #expect(RunnerRequest(decoding: encoded + [0]) == nil, "trailing byte")
+        var unnamed = request
+        unnamed.environment = [Array("novalue".utf8)]
+        #expect(RunnerRequest(decoding: unnamed.encoded()) == nil, "an environment entry without =")
+
+        let dir = try Scratch()
+        let runner = try RunnerProcess(dir)
+        // A well-formed frame without its descriptors, and a frame that is not a request at all.
+        for body in [request.encoded(), [0x02, 0x00]] {
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(runner.socket.utf8)) }
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            try #require(connected == 0)
+            #expect(RunnerFrame.write(fd, body))
+            var none: [Int32] = []
+            #expect(RunnerFrame.read(fd, descriptors: &none).flatMap(RunnerReply.init(decoding:)) == .error("malformed run request"))
+        }
+        #expect(runner.waitForChildrenToEnd())
+        #expect(try runner.run(["--version"]).stdoutText == "0.1.0\n")
+    }
+}
+
+/// A `coffer runner` started with `coffer runner start` under the scratch directory, killed when the test ends.
+final class RunnerProcess {
+    let dir: Scratch
+    let socket: String
+    let pid: pid_t
+
+    init(_ dir: Scratch, coffer: String = CofferProcess.binary) throws {
+        self.dir = dir
+        let started = try runCoffer(
+            ["runner", "start"],
+            in: dir,
+            passphrase: "not for the runner",
+            environment: ["XDG_RUNTIME_DIR": dir.url.path],
+            launcher: coffer == CofferProcess.binary ? [] : [coffer]
+        )
+        #expect(started.status == 0, "runner start: \(started.stderr)")
+        func value(_ name: String) -> String? {
+            guard let range = started.stdoutText.range(of: "\(name)=") else { return nil }
+            return String(started.stdoutText[range.upperBound...].prefix { $0 != ";" })
+        }
+        socket = try #require(value("COFFER_RUNNER_SOCK")).trimmingCharacters(in: CharacterSet(charactersIn: "'"))
+        pid = try #require(value("COFFER_RUNNER_PID").flatMap { pid_t($0) })
+    }
+
+    deinit { Glibc.kill(pid, SIGKILL) }
+
+    /// Runs `coffer-run args` (or `launcher args`) in `subdirectory` of the scratch directory, pointed at this runner.
+    func run(
+        _ args: [String],
+        in subdirectory: String = ".",
+        passphrase: String? = "test passphrase",
+        launcher: [String] = [RunnerCommandTests.launcher]
+    ) throws -> CofferProcess.Output {
+        var environment = CofferProcess.environment(in: dir.url, passphrase: passphrase)
+        environment["COFFER_RUNNER_SOCK"] = socket
+        return try BackgroundCoffer(args, in: dir.url.appendingPathComponent(subdirectory), environment: environment, launcher: launcher).finish()
+    }
+
+    /// Starts `coffer-run args` without waiting for it.
+    func start(_ args: [String]) throws -> BackgroundCoffer {
+        var environment = CofferProcess.environment(in: dir.url)
+        environment["COFFER_RUNNER_SOCK"] = socket
+        return try BackgroundCoffer(args, in: dir.url, environment: environment, launcher: [RunnerCommandTests.launcher])
+    }
+
+    /// The runner's children: the commands it runs (it has one thread, so its task's children are all of them).
+    var children: [pid_t] {
+        ((try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? "").split(separator: " ").compactMap { pid_t($0) }
+    }
+
+    func waitForChild() -> pid_t? {
+        for _ in 0..<1000 {
+            if let child = children.first { return child }
+            usleep(10_000)
+        }
+        return nil
+    }
+
+    func waitForChildrenToEnd() -> Bool {
+        for _ in 0..<1000 {
+            if children.isEmpty { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+
+    /// Waits up to 10 s for the runner's process to be gone.
+    func waitForExit() -> Bool {
+        for _ in 0..<1000 {
+            if Glibc.kill(pid, 0) != 0 { return true }
+            let state = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))?.split(separator: " ").dropFirst(2).first
+            if state == "Z" { return true }
+            usleep(10_000)
+        }
+        return false
+    }
+}
