@@ -102,6 +102,8 @@ static void set_handler(int signal, void (*handler)(int)) {
     sigaction(signal, &action, NULL);
 }
 
+static sigset_t waiting_mask;
+
 void coffer_runner_catch_stop(void) {
     sigset_t stops;
     sigemptyset(&stops);
@@ -109,7 +111,14 @@ void coffer_runner_catch_stop(void) {
         set_handler(stop_signals[i], on_stop);
         sigaddset(&stops, stop_signals[i]);
     }
-    sigprocmask(SIG_UNBLOCK, &stops, NULL);
+    // Blocked except inside coffer_runner_wait: a stop that came between the check of the flag and the wait would
+    // otherwise be noticed only at the next connection or command's end.
+    sigprocmask(SIG_BLOCK, &stops, &waiting_mask);
+    for (size_t i = 0; i < sizeof stop_signals / sizeof *stop_signals; i++) sigdelset(&waiting_mask, stop_signals[i]);
+}
+
+int coffer_runner_wait(struct pollfd *descriptors, unsigned long count) {
+    return ppoll(descriptors, (nfds_t)count, NULL, &waiting_mask);
 }
 
 int coffer_runner_stop_requested(void) { return stop_requested; }

@@ -82,7 +82,7 @@ public final class RunnerServer {
                 watched.append(pollfd(fd: child.pidfd, events: Int16(POLLIN), revents: 0))
                 watched.append(pollfd(fd: child.hungUp ? -1 : child.connection, events: coffer_poll_read_hangup(), revents: 0))
             }
-            guard poll(&watched, nfds_t(watched.count), -1) > 0 else { continue }  // EINTR: a stop signal
+            guard coffer_runner_wait(&watched, UInt(watched.count)) > 0 else { continue }  // EINTR: a stop signal
             let first = accepting ? 1 : 0
             for index in running.indices.reversed() {
                 let child = running[index]

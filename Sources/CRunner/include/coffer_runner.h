@@ -3,6 +3,7 @@
 // What the command runner and its launcher need that Swift's Glibc module does not import: descriptors passed over a
 // Unix socket (the CMSG_* macros) and pidfds (Linux 5.3).
 #include <stddef.h>
+#include <poll.h>
 #include <sys/types.h>
 
 /// Sends `length` bytes of `bytes` with `count` descriptors (SCM_RIGHTS) attached to them; returns what sendmsg does.
@@ -28,8 +29,11 @@ int coffer_pidfd_send_signal(int pidfd, int signal);
 /// The number of threads of this process (entries of /proc/self/task), or -1.
 int coffer_thread_count(void);
 
-/// In the runner: SIGTERM, SIGINT and SIGHUP set a flag (and interrupt poll) instead of ending it.
+/// In the runner: SIGTERM, SIGINT and SIGHUP set a flag instead of ending it; they are blocked except while
+/// coffer_runner_wait waits, which they interrupt.
 void coffer_runner_catch_stop(void);
+/// ppoll with the stop signals unblocked for the wait alone.
+int coffer_runner_wait(struct pollfd *descriptors, unsigned long count);
 int coffer_runner_stop_requested(void);
 /// In a fork of the runner: those signals back to their defaults, before the command installs its own.
 void coffer_runner_uncatch_stop(void);
