@@ -292,16 +292,8 @@ def write_rows(tmp_path, rows):
 
 
 def serve(home, port, *extra):
-    log_file = open(Path(home).parent / f"serve-{port}.log", "ab")
-    process = subprocess.Popen([COFFER, "serve", "--home", home, "--listen", f"127.0.0.1:{port}", *extra], env=ENV,
-                               stdout=log_file, stderr=log_file)
-    for _ in range(100):
-        try:
-            if call(f"http://127.0.0.1:{port}/healthz")[0] == 200:
-                return process
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.1)
-    raise RuntimeError("the server did not start")
+    """`coffer serve` on `port`, once it answers /healthz (cofferlib.start_server); its log beside the registry."""
+    return cofferlib.start_server(COFFER, home, ENV, Path(home).parent / f"serve-{port}.log", *extra, port=port)[0]
 
 
 def test_push_over_http_resumes_after_the_client_is_killed(tmp_path):
