@@ -38,20 +38,8 @@ func runDirectly() -> Never {
 
 func connectToRunner() -> Int32? {
     guard let named = getenv("COFFER_RUNNER_SOCK"), named.pointee != 0 else { return nil }
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
     let path = Array(UnsafeBufferPointer(start: named, count: strlen(named))).map { UInt8(bitPattern: $0) }
-    guard path.count < MemoryLayout.size(ofValue: address.sun_path) else { return nil }
-    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { return nil }
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-    guard connected == 0 else {
-        close(fd)
-        return nil
-    }
+    guard let fd = connectToUnixSocket(path) else { return nil }
     // The runner would get this program's descriptors, environment and directory: never one of another user.
     guard let peer = peerCredentials(fd), peer.uid == geteuid() else {
         say("the runner at \(String(decoding: path, as: UTF8.self)) is not this user's; unset COFFER_RUNNER_SOCK")

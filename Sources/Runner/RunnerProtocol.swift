@@ -170,6 +170,35 @@ public enum RunnerFrame {
     }
 }
 
+/// A Unix socket's address, or nil when `path` does not fit in `sun_path`.
+func unixAddress(_ path: [UInt8]) -> sockaddr_un? {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    guard path.count < MemoryLayout.size(ofValue: address.sun_path), !path.contains(0) else { return nil }
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: path) }
+    return address
+}
+
+/// A stream socket (close-on-exec) connected to the Unix socket at `path`, or nil with `errno` set.
+public func connectToUnixSocket(_ path: [UInt8]) -> Int32? {
+    guard var address = unixAddress(path) else {
+        errno = ENAMETOOLONG
+        return nil
+    }
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard fd >= 0 else { return nil }
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard connected == 0 else {
+        let saved = errno
+        close(fd)
+        errno = saved
+        return nil
+    }
+    return fd
+}
+
 /// The uid of the process at the other end of a Unix socket, and its pid.
 public func peerCredentials(_ socket: Int32) -> (uid: UInt32, pid: Int32)? {
     var uid: UInt32 = 0

@@ -36,11 +36,7 @@ public final class RunnerServer {
         guard length > 0, stat("/proc/self/exe", &info) == 0 else { throw RunnerError("cannot find this program's file") }
         imagePath = String(decoding: link[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
         image = (info.st_dev, info.st_ino)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socketPath.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw RunnerError("socket path too long: \(socketPath)") }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        guard var address = unixAddress(Array(socketPath.utf8)) else { throw RunnerError("socket path too long: \(socketPath)") }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw RunnerError("cannot make a socket: \(String(cString: strerror(errno)))") }
         let saved = Glibc.umask(0o177)

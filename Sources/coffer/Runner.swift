@@ -56,17 +56,10 @@ extension Coffer.RunnerGroup {
                 throw CLIError("COFFER_RUNNER_SOCK is not set: no runner to stop")
             }
             // The pid comes from the socket's own peer credentials, not from an environment variable that may be stale.
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            defer { close(fd) }
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            let bytes = Array(path.utf8)
-            guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw CLIError("runner: socket path too long: \(path)") }
-            withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            guard let fd = connectToUnixSocket(Array(path.utf8)) else {
+                throw CLIError("runner: no runner at \(path): \(String(cString: strerror(errno)))")
             }
-            guard connected == 0 else { throw CLIError("runner: no runner at \(path): \(String(cString: strerror(errno)))") }
+            defer { close(fd) }
             guard let peer = peerCredentials(fd), peer.uid == geteuid() else { throw CLIError("runner: the runner at \(path) is not this user's") }
             guard kill(peer.pid, SIGTERM) == 0 else { throw CLIError("runner: cannot stop process \(peer.pid): \(String(cString: strerror(errno)))") }
             FileDescriptorStream.standardOutput.writeLine("unset COFFER_RUNNER_SOCK COFFER_RUNNER_PID;")

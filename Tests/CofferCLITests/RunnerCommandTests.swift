@@ -160,15 +160,8 @@ struct RunnerCommandTests {
         let runner = try RunnerProcess(dir)
         // A well-formed frame without its descriptors, and a frame that is not a request at all.
         for body in [request.encoded(), [0x02, 0x00]] {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            let fd = try #require(connectToUnixSocket(Array(runner.socket.utf8)))
             defer { close(fd) }
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(runner.socket.utf8)) }
-            let connected = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            try #require(connected == 0)
             #expect(RunnerFrame.write(fd, body))
             var none: [Int32] = []
             #expect(RunnerFrame.read(fd, descriptors: &none).flatMap(RunnerReply.init(decoding:)) == .error("malformed run request"))
