@@ -1,26 +1,33 @@
 """`coffer` on a real terminal (a pseudo-terminal): the no-echo passphrase prompt and the progress bar.
 
-Drives the real binary (COFFER_BIN) with Python's pty module; no COFFER_PASSPHRASE in the environment.
+Drives the real binary (COFFER_BIN) with Python's pty module; no COFFER_PASSPHRASE in the environment. The prompt
+and the bar also through `coffer-run` and `coffer runner`, whose fork has no controlling terminal of its own.
 """
 import json
 import os
 import re
 import pty
 import select
+import sys
 import time
+from pathlib import Path
 
 from test_interop import COFFER
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "lib"))
+import cofferlib  # noqa: E402
 
 PASSPHRASE = b"typed at the prompt"
 
 
-def run_on_terminal(args, cwd, answers=(), timeout=30):
-    """Runs coffer with stdin, stdout and stderr on one pty; answers each prompt in turn. Returns (status, screen)."""
-    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"}
+def run_on_terminal(args, cwd, answers=(), timeout=30, program=COFFER, at_prompt=lambda: None, **extra):
+    """Runs coffer (or `program`) with stdin, stdout and stderr on one pty, `extra` added to its environment; answers
+    each prompt in turn, calling `at_prompt` first. Returns (status, screen)."""
+    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | extra
     pid, fd = pty.fork()
     if pid == 0:
         os.chdir(cwd)
-        os.execve(COFFER, [COFFER, *args], env)
+        os.execve(program, [program, *args], env)
     screen, pending, deadline = b"", list(answers), time.time() + timeout
     answered = 0  # screen length when the last answer was sent: only a prompt printed after it is answered
     while time.time() < deadline:
@@ -34,6 +41,7 @@ def run_on_terminal(args, cwd, answers=(), timeout=30):
                 break
             screen += data
             if pending and screen[answered:].rstrip().endswith(b":"):
+                at_prompt()
                 os.write(fd, pending.pop(0) + b"\n")
                 answered = len(screen)
     finished, status = os.waitpid(pid, os.WNOHANG)
@@ -47,20 +55,39 @@ def run_on_terminal(args, cwd, answers=(), timeout=30):
     return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")
 
 
-def test_prompt_asks_twice_without_echo_and_the_key_opens(tmp_path):
+def test_prompt_asks_twice_without_echo_and_the_key_opens(tmp_path, **through):
     status, screen = run_on_terminal(["keygen", "--out", "keys/carol", "--kdf-ops", "1", "--kdf-memory", "64"], tmp_path,
-                                     answers=[PASSPHRASE, PASSPHRASE])
+                                     answers=[PASSPHRASE, PASSPHRASE], **through)
     assert status == 0, screen
     assert "Passphrase for the new identity:" in screen and "Repeat passphrase:" in screen
     assert PASSPHRASE.decode() not in screen  # echo was off
     (tmp_path / "plain").write_bytes(os.urandom(5 << 20))
-    status, screen = run_on_terminal(["seal", "--to", "keys/carol.pub", "-o", "plain.cfs", "plain"], tmp_path)
+    status, screen = run_on_terminal(["seal", "--to", "keys/carol.pub", "-o", "plain.cfs", "plain"], tmp_path, **through)
     assert status == 0, screen
     assert "sealing" in screen and "5.0 MiB" in screen  # progress bar on a terminal
     status, screen = run_on_terminal(["unseal", "--identity", "keys/carol.key", "-o", "out", "plain.cfs"], tmp_path,
-                                     answers=[PASSPHRASE])
+                                     answers=[PASSPHRASE], **through)
     assert status == 0, screen
     assert (tmp_path / "out").read_bytes() == (tmp_path / "plain").read_bytes()
+
+
+def test_the_prompt_and_the_bar_work_through_the_runner(tmp_path):
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": str(runtime)}
+    socket, pid = cofferlib.start_service(COFFER, "runner", env)
+    prompted_in = []
+
+    def runner_children():  # at each prompt: the command asking is the runner's fork, not a coffer the launcher ran
+        prompted_in.append(open(f"/proc/{pid}/task/{pid}/children").read().split())
+    try:
+        work = tmp_path / "work"
+        work.mkdir()
+        test_prompt_asks_twice_without_echo_and_the_key_opens(work, program=os.path.join(os.path.dirname(COFFER), "coffer-run"),
+                                                               at_prompt=runner_children, COFFER_RUNNER_SOCK=socket)
+        assert len(prompted_in) == 3 and all(len(children) == 1 for children in prompted_in), prompted_in
+    finally:
+        os.kill(pid, 15)
 
 
 def test_mismatched_repeat_is_refused(tmp_path):
