@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -105,6 +106,11 @@ static void set_handler(int signal, void (*handler)(int)) {
 static sigset_t waiting_mask;
 
 void coffer_runner_catch_stop(void) {
+    // Every signal at its default first: a runner started by a program that ignored SIGCHLD would have its forks
+    // reaped by the kernel, and their exit statuses lost.
+    for (int signal = 1; signal < NSIG; signal++) {
+        if (signal != SIGKILL && signal != SIGSTOP) set_handler(signal, SIG_DFL);
+    }
     sigset_t stops;
     sigemptyset(&stops);
     for (size_t i = 0; i < sizeof stop_signals / sizeof *stop_signals; i++) {
@@ -117,8 +123,9 @@ void coffer_runner_catch_stop(void) {
     for (size_t i = 0; i < sizeof stop_signals / sizeof *stop_signals; i++) sigdelset(&waiting_mask, stop_signals[i]);
 }
 
-int coffer_runner_wait(struct pollfd *descriptors, unsigned long count) {
-    return ppoll(descriptors, (nfds_t)count, NULL, &waiting_mask);
+int coffer_runner_wait(struct pollfd *descriptors, unsigned long count, int milliseconds) {
+    struct timespec timeout = { .tv_sec = milliseconds / 1000, .tv_nsec = (long)(milliseconds % 1000) * 1000000L };
+    return ppoll(descriptors, (nfds_t)count, milliseconds < 0 ? NULL : &timeout, &waiting_mask);
 }
 
 int coffer_runner_stop_requested(void) { return stop_requested; }

@@ -48,6 +48,12 @@ func connectToRunner() -> Int32? {
     return fd
 }
 
+// What the runner cannot reproduce, coffer itself does: a closed standard descriptor (the socket would take its
+// number and become the command's stdio), and a launcher in the background of the terminal on its stdio (coffer would
+// be stopped by job control before reading or writing it; a fork of the runner has no controlling terminal to stop it).
+for fd in Int32(0)...2 where fcntl(fd, F_GETFD) < 0 || (isatty(fd) == 1 && tcgetpgrp(fd) != getpgrp()) {
+    runDirectly()
+}
 guard let runner = connectToRunner() else { runDirectly() }
 
 var environment: [[UInt8]] = []
@@ -58,7 +64,16 @@ while let pair = entry.pointee {
 }
 let mask = umask(0o077)
 umask(mask)
-let terminal = open("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY)
+// The terminal for prompts, only while this launcher is in its foreground: a prompt must not take a line typed at the
+// shell for a job it started in the background.
+let terminal: Int32 = {
+    let fd = open("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY)
+    guard fd >= 0, tcgetpgrp(fd) == getpgrp() else {
+        if fd >= 0 { close(fd) }
+        return -1
+    }
+    return fd
+}()
 let directory = coffer_open_working_directory()
 guard directory >= 0 else { runDirectly() }
 let request = RunnerRequest(umask: UInt32(mask), terminal: terminal >= 0, executable: coffer, arguments: arguments, environment: environment)
@@ -66,6 +81,11 @@ guard RunnerFrame.write(runner, request.encoded(), descriptors: [directory, 0, 1
 close(directory)
 if terminal >= 0 { close(terminal) }
 
+// A runner that does not answer within 5 s (stopped, swapping) is left: the fork runs nothing without `go`.
+var answering = pollfd(fd: runner, events: Int16(POLLIN), revents: 0)
+var waited: Int32
+repeat { waited = poll(&answering, 1, 5000) } while waited < 0 && errno == EINTR
+guard waited > 0 else { runDirectly() }
 var passed: [Int32] = []
 guard let first = RunnerFrame.read(runner, descriptors: &passed, capacity: 1).flatMap(RunnerReply.init(decoding:)) else { runDirectly() }
 switch first {
@@ -73,9 +93,10 @@ case .started where passed.count == 1: break
 case .error(let message):
     say("runner: \(message)")
     exit(1)
-default: runDirectly()  // declined, or an answer this launcher does not know: nothing ran
+default: runDirectly()  // declined, or an answer this launcher does not know: nothing ran, nor will without `go`
 }
 coffer_forward_signals(passed[0])
+guard RunnerFrame.write(runner, [RunnerFrame.go]) else { runDirectly() }
 
 var ignored: [Int32] = []
 guard case .exited(let status)? = RunnerFrame.read(runner, descriptors: &ignored).flatMap(RunnerReply.init(decoding:)) else {
@@ -86,8 +107,11 @@ guard case .exited(let status)? = RunnerFrame.read(runner, descriptors: &ignored
     exit(1)
 }
 if status & 0x7f == 0 { exit((status >> 8) & 0xff) }
-// Ended by a signal: end this process the same way, so that a shell sees what it would have seen.
+// Ended by a signal: end this process the same way, so that a shell sees what it would have seen (without a core of
+// the launcher's own: the command's, if any, is the command's).
 let signalNumber = status & 0x7f
+var noCore = rlimit(rlim_cur: 0, rlim_max: 0)
+setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &noCore)
 signal(signalNumber, SIG_DFL)
 var unblocked = sigset_t()
 sigemptyset(&unblocked)

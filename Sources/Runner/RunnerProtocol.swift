@@ -118,6 +118,8 @@ public enum RunnerReply: Equatable {
 /// Reading and writing frames, with descriptors on the first byte.
 public enum RunnerFrame {
     public static let run: UInt8 = 0x01
+    /// The launcher's answer to `started`: run the command.
+    public static let go: UInt8 = 0x02
     public static let limit = 4 << 20
 
     /// Writes `body` as one frame, `descriptors` attached to its first byte. False when the socket refused it.

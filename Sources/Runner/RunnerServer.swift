@@ -62,45 +62,61 @@ public final class RunnerServer {
         var hungUp = false
     }
 
+    /// At most this many commands at once; more connections wait in the listen queue. Each running command holds two
+    /// descriptors here (its pidfd and its launcher's connection).
+    static let maximumCommands = 64
+
     /// Serves until stopped (SIGTERM, SIGINT, SIGHUP, or its file replaced), then waits for the commands running and
     /// exits. Returns only in a fork.
     public func serve() -> RunnerCommand {
         coffer_runner_catch_stop()
         var running: [Child] = []
         var accepting = true
-        while accepting || !running.isEmpty {
+        var resting = false
+        while true {
             if accepting && coffer_runner_stop_requested() != 0 {
                 stopAccepting()
                 accepting = false
             }
-            var watched = accepting ? [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)] : []
+            if !accepting && running.isEmpty { break }
+            let listening = accepting && !resting && running.count < Self.maximumCommands
+            var watched = listening ? [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)] : []
             for child in running {
                 watched.append(pollfd(fd: child.pidfd, events: Int16(POLLIN), revents: 0))
                 watched.append(pollfd(fd: child.hungUp ? -1 : child.connection, events: coffer_poll_read_hangup(), revents: 0))
             }
-            guard coffer_runner_wait(&watched, UInt(watched.count)) > 0 else { continue }  // EINTR: a stop signal
-            let first = accepting ? 1 : 0
+            // Out of descriptors, the listener rests 100 ms instead of failing accept in a busy loop.
+            let ready = coffer_runner_wait(&watched, UInt(watched.count), resting ? 100 : -1)
+            resting = false
+            guard ready > 0 else { continue }  // EINTR (a stop signal) or the rest's end
+            let first = listening ? 1 : 0
             for index in running.indices.reversed() {
                 let child = running[index]
                 if watched[first + 2 * index].revents != 0 {
                     var status: Int32 = 0
-                    while waitpid(child.pid, &status, 0) < 0 && errno == EINTR {}
-                    RunnerFrame.write(child.connection, RunnerReply.exited(status: status).encoded())
+                    var reaped: pid_t
+                    repeat { reaped = waitpid(child.pid, &status, 0) } while reaped < 0 && errno == EINTR
+                    // Without the status (never expected: every signal is at its default), no `exited`: the launcher
+                    // then fails, as it does when the runner is gone.
+                    if reaped == child.pid { RunnerFrame.write(child.connection, RunnerReply.exited(status: status).encoded()) }
                     close(child.connection)
                     close(child.pidfd)
                     running.remove(at: index)
                 } else if watched[first + 2 * index + 1].revents != 0 {
-                    // The launcher was killed: hang up on the command as its terminal would.
+                    // The launcher was killed: hang up on the command as its terminal would, and wake it if it was
+                    // stopped (^Z), as the kernel does for a process group left orphaned.
                     _ = coffer_pidfd_send_signal(child.pidfd, SIGHUP)
+                    _ = coffer_pidfd_send_signal(child.pidfd, SIGCONT)
                     running[index].hungUp = true
                 }
             }
-            if accepting, watched[0].revents & Int16(POLLIN) != 0 {
+            if listening, watched[0].revents & Int16(POLLIN) != 0 {
                 switch accept(&running) {
                 case .command(let command): return command
                 case .stop:
                     stopAccepting()
                     accepting = false
+                case .rest: resting = true
                 case .next: break
                 }
             }
@@ -111,21 +127,29 @@ public final class RunnerServer {
     private enum Accepted {
         case command(RunnerCommand)
         case stop
+        /// Out of descriptors or memory: wait a moment before accepting again.
+        case rest
         case next
     }
 
     private func accept(_ running: inout [Child]) -> Accepted {
         let connection = coffer_accept(listener)
-        guard connection >= 0 else { return .next }
+        guard connection >= 0 else { return [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(errno) ? .rest : .next }
         guard let peer = peerCredentials(connection), peer.uid == geteuid() else {
             RunnerFrame.write(connection, RunnerReply.error("refused: this runner serves uid \(geteuid()) only").encoded())
             close(connection)
             return .next
         }
-        if let reason = cannotFork() {
+        switch cannotFork() {
+        case nil: break
+        case .declined(let reason)?:
             RunnerFrame.write(connection, RunnerReply.declined(reason).encoded())
             close(connection)
             return .stop
+        case .failed(let why)?:
+            RunnerFrame.write(connection, RunnerReply.error(why).encoded())
+            close(connection)
+            return .next
         }
         let pid = fork()
         if pid == 0 {
@@ -155,12 +179,23 @@ public final class RunnerServer {
         return .next
     }
 
-    /// Why this process must not fork again, if it must not: a fork of a process with other threads could find a lock
+    private enum CannotFork {
+        /// Never again: the runner stops.
+        case declined(RunnerReply.Declined)
+        /// Not for this connection.
+        case failed(String)
+    }
+
+    /// Why this process must not fork now, if it must not: a fork of a process with other threads could find a lock
     /// held forever; a fork of a replaced file would run the old program.
-    private func cannotFork() -> RunnerReply.Declined? {
+    private func cannotFork() -> CannotFork? {
         var info = stat()
-        guard stat(imagePath, &info) == 0, (info.st_dev, info.st_ino) == image else { return .replaced }
-        return coffer_thread_count() == 1 ? nil : .threaded
+        guard stat(imagePath, &info) == 0, (info.st_dev, info.st_ino) == image else { return .declined(.replaced) }
+        switch coffer_thread_count() {
+        case 1: return nil
+        case -1: return .failed("cannot count the runner's threads: \(String(cString: strerror(errno)))")
+        default: return .declined(.threaded)
+        }
     }
 
     /// Closes the listener and removes the socket and the private directory `coffer runner start` made for it.
@@ -178,8 +213,8 @@ public final class RunnerServer {
             RunnerFrame.write(connection, reply.encoded())
             _exit(0)
         }
-        var deadline = timeval(tv_sec: 10, tv_usec: 0)
-        setsockopt(connection, SOL_SOCKET, SO_RCVTIMEO, &deadline, socklen_t(MemoryLayout<timeval>.size))
+        // One deadline for the whole exchange, however slowly the bytes come: SIGALRM ends the fork.
+        alarm(10)
         var descriptors: [Int32] = []
         guard let body = RunnerFrame.read(connection, descriptors: &descriptors, capacity: 5), let request = RunnerRequest(decoding: body),
             descriptors.count == request.descriptorCount
@@ -196,9 +231,14 @@ public final class RunnerServer {
         _ = Glibc.umask(mode_t(request.umask & 0o777))
         clearenv()
         for pair in request.environment { putenv(strdup(pair.map { CChar(bitPattern: $0) } + [0])) }
+        // The command runs only once the launcher says `go`: a launcher that gave up waiting (and runs coffer itself)
+        // closes the connection instead, and the command must not run a second time here.
         let pidfd = coffer_pidfd_open(getpid())
         guard pidfd >= 0, RunnerFrame.write(connection, RunnerReply.started.encoded(), descriptors: [pidfd]) else { _exit(0) }
         close(pidfd)
+        var none: [Int32] = []
+        guard RunnerFrame.read(connection, descriptors: &none) == [RunnerFrame.go] else { _exit(0) }
+        alarm(0)
         close(connection)
         return RunnerCommand(arguments: request.arguments, terminal: request.terminal ? descriptors[4] : nil)
     }

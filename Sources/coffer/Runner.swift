@@ -31,7 +31,10 @@ extension Coffer.RunnerGroup {
                 pid = try AgentLauncher.startDetached(
                     executable: Coffer.AgentCommand.Start.executable,
                     arguments: [],
+                    // Nothing of this shell's: a fork takes its launcher's environment, and the runner would only
+                    // keep tokens and passwords (COFFER_TOKEN, PGPASSWORD) in its memory for its whole life.
                     environment: [RunnerProcess.variable: path],
+                    inheritingEnvironment: false,
                     service: "runner"
                 )
             } catch {

@@ -24,6 +24,7 @@ struct RunnerCommandTests {
         #expect(lstat(directory, &info) == 0 && info.st_mode & 0o777 == 0o700, "directory mode \(String(info.st_mode & 0o777, radix: 8))")
         let environ = String(decoding: (try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(runner.pid)/environ"))) ?? Data(), as: UTF8.self)
         #expect(!environ.isEmpty && !environ.contains("COFFER_PASSPHRASE="), "the runner keeps no passphrase")
+        #expect(!environ.contains("COFFER_TOKEN="), "nor anything else of the shell that started it: \(environ)")
 
         // Relative paths are the launcher's directory; the passphrase and the registry come from its environment.
         try FileManager.default.createDirectory(atPath: dir.path("work/model"), withIntermediateDirectories: true)
@@ -98,11 +99,67 @@ struct RunnerCommandTests {
             #expect(runner.waitForChildrenToEnd(), "the command \(command) ended with its launcher's signal")
             #expect(!dir.exists("out.cfs"))
         }
-        // SIGKILL cannot be forwarded: the runner sees the connection close and hangs up on the command.
-        let running = try runner.start(seal)
-        #expect(runner.waitForChild() != nil, "the command never started")
-        #expect(running.terminate(with: SIGKILL, within: 20).status == 128 + SIGKILL)
-        #expect(runner.waitForChildrenToEnd(), "the command of a killed launcher was left running")
+        // SIGKILL cannot be forwarded: the runner sees the connection close and hangs up on the command, and wakes it
+        // when ^Z had stopped it with its launcher.
+        for stopped in [false, true] {
+            let running = try runner.start(seal)
+            let command = try #require(runner.waitForChild(), "the command never started")
+            #expect(Self.waitUntilCatching(SIGTSTP, running.pid), "the launcher never had the runner's answer")
+            if stopped {
+                kill(running.pid, SIGTSTP)
+                #expect(Self.waitUntilState("T", command), "^Z stops the command with its launcher")
+            }
+            #expect(running.terminate(with: SIGKILL, within: 20).status == 128 + SIGKILL)
+            #expect(runner.waitForChildrenToEnd(), "the command of a killed launcher was left running (stopped: \(stopped))")
+        }
+    }
+
+    @Test func aStopSignalEndsAnIdleRunnerAndStatusesSurviveAnIgnoredSIGCHLD() throws {
+        let dir = try Scratch()
+        // Started by a program that ignores SIGCHLD (the disposition would carry over exec): the kernel would reap the
+        // forks itself, and every command would have ended with status 0.
+        let ignoring = "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); os.execv(sys.argv[1], sys.argv[1:])"
+        let runner = try RunnerProcess(dir, starter: ["/usr/bin/python3", "-c", ignoring])
+        expectFailure(try runner.run(["show", "m:9", "--home", dir.path("nowhere")]), "not a Coffer registry")
+        #expect(try runner.run(["no-such-command"]).status == 64)
+        // Idle, with nothing running: SIGTERM ends it.
+        #expect(kill(runner.pid, SIGTERM) == 0)
+        #expect(runner.waitForExit(), "an idle runner outlived its SIGTERM")
+        #expect(!FileManager.default.fileExists(atPath: runner.socket))
+    }
+
+    @Test func whatTheRunnerCannotReproduceCofferRunsItself() throws {
+        let dir = try Scratch()
+        let runner = try RunnerProcess(dir)
+        try dir.keygen("alice")
+        // A closed standard input would have been the runner's socket: the seal of `-` reads an empty input, as coffer.
+        let closed = try runner.run(
+            ["seal", "--to", "keys/alice.pub", "-o", dir.path("empty.cfs"), "-"],
+            launcher: ["/bin/sh", "-c", "exec \"$0\" \"$@\" <&-", RunnerCommandTests.launcher]
+        )
+        #expect(closed.status == 0 && dir.exists("empty.cfs"), "\(closed.stderr)")
+        // A runner that does not answer (stopped here) is left after 5 s, and the command it would have run later never
+        // runs a second time.
+        #expect(kill(runner.pid, SIGSTOP) == 0)
+        let started = Date()
+        let made = try runner.run(["keygen", "--out", "keys/bob", "--kdf-ops", "1", "--kdf-memory", "64"])
+        #expect(made.status == 0 && Date().timeIntervalSince(started) < 20, "\(made.stderr)")
+        let first = try dir.read("keys/bob.pub")
+        #expect(kill(runner.pid, SIGCONT) == 0)
+        #expect(runner.waitForChildrenToEnd())
+        usleep(300_000)
+        #expect(try dir.read("keys/bob.pub") == first, "the abandoned request ran after all")
+        #expect(try runner.run(["--version"]).stdoutText == "0.1.0\n", "the runner serves on")
+    }
+
+    /// Whether `pid` is in `state` (R, S, T, Z...) within 10 s.
+    static func waitUntilState(_ state: String, _ pid: pid_t) -> Bool {
+        for _ in 0..<1000 {
+            let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+            if stat.split(separator: ")").last?.split(separator: " ").first.map(String.init) == state { return true }
+            usleep(10_000)
+        }
+        return false
     }
 
     /// Whether `pid` catches `signal` within 10 s: the launcher does once the runner has answered `started`.

@@ -175,14 +175,15 @@ final class RunnerProcess {
     let socket: String
     let pid: pid_t
 
-    init(_ dir: Scratch, coffer: String = CofferProcess.binary) throws {
+    /// Started by `coffer runner start`, run as `starter coffer runner start` when a starter is given.
+    init(_ dir: Scratch, coffer: String = CofferProcess.binary, starter: [String] = []) throws {
         self.dir = dir
         let started = try runCoffer(
             ["runner", "start"],
             in: dir,
             passphrase: "not for the runner",
-            environment: ["XDG_RUNTIME_DIR": dir.url.path],
-            launcher: coffer == CofferProcess.binary ? [] : [coffer]
+            environment: ["XDG_RUNTIME_DIR": dir.url.path, "COFFER_TOKEN": "cft_not_for_the_runner"],
+            launcher: coffer == CofferProcess.binary && starter.isEmpty ? [] : starter + [coffer]
         )
         #expect(started.status == 0, "runner start: \(started.stderr)")
         func value(_ name: String) -> String? {

@@ -107,3 +107,47 @@ def test_training_shows_a_bar_per_epoch_with_loss_and_epsilon(tmp_path):
     assert re.search(r"train epoch 1/2 \[[#.]{20}\] step \d+/\d+: loss visits [\d.]+, health [\d.]+, limited [\d.]+, epsilon [\d.]+", screen), screen
     for line in ("train epoch 1/2: loss", "train epoch 2/2: loss", "fine-tune epoch 1/1: loss"):
         assert line in screen, screen
+
+
+def test_a_launcher_in_the_background_leaves_the_terminal_to_job_control(tmp_path):
+    """A background job's prompt is stopped by the terminal (SIGTTOU, SIGTTIN), as coffer's own would be: the runner's
+    fork, which has no controlling terminal, would have read the next line typed at the shell instead."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": str(runtime)}
+    cofferlib.keygen(COFFER, tmp_path / "alice", env=dict(env, COFFER_PASSPHRASE=PASSPHRASE.decode()))
+    (tmp_path / "plain").write_bytes(b"weights")
+    cofferlib.check(COFFER, "seal", "--to", tmp_path / "alice.pub", "-o", tmp_path / "plain.cfs", tmp_path / "plain", env=env)
+    socket, runner = cofferlib.start_service(COFFER, "runner", env)
+    launcher = os.path.join(os.path.dirname(COFFER), "coffer-run")
+    try:
+        pid, fd = pty.fork()
+        if pid == 0:  # a shell's stand-in: the terminal's foreground, starting a job in a group of its own
+            job = os.fork()
+            if job == 0:
+                os.setpgid(0, 0)
+                os.execve(launcher, [launcher, "unseal", "--identity", str(tmp_path / "alice.key"), "-o", str(tmp_path / "out"),
+                                     str(tmp_path / "plain.cfs")], dict(env, COFFER_RUNNER_SOCK=socket))
+            _, status = os.waitpid(job, os.WUNTRACED)
+            os.write(1, b"job stopped\n" if os.WIFSTOPPED(status) else b"job ended %d\n" % status)
+            if os.WIFSTOPPED(status):
+                os.kill(job, 9)
+            os._exit(0)
+        screen, deadline = b"", time.time() + 30
+        while b"job " not in screen and time.time() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    screen += os.read(fd, 4096)
+                except OSError:
+                    break
+        forks = open(f"/proc/{runner}/task/{runner}/children").read().split()
+        if b"job " not in screen:  # the job kept waiting for a line: end the stand-in (its job ends with the runner's fork)
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        assert b"job stopped" in screen, screen
+        assert not (tmp_path / "out").exists()
+        assert forks == [], "the runner's fork was reading the terminal"
+    finally:
+        for fork in open(f"/proc/{runner}/task/{runner}/children").read().split():
+            os.kill(int(fork), 9)
+        os.kill(runner, 15)

@@ -29,11 +29,11 @@ int coffer_pidfd_send_signal(int pidfd, int signal);
 /// The number of threads of this process (entries of /proc/self/task), or -1.
 int coffer_thread_count(void);
 
-/// In the runner: SIGTERM, SIGINT and SIGHUP set a flag instead of ending it; they are blocked except while
-/// coffer_runner_wait waits, which they interrupt.
+/// In the runner: every signal back to its default, then SIGTERM, SIGINT and SIGHUP set a flag instead of ending it;
+/// they are blocked except while coffer_runner_wait waits, which they interrupt.
 void coffer_runner_catch_stop(void);
-/// ppoll with the stop signals unblocked for the wait alone.
-int coffer_runner_wait(struct pollfd *descriptors, unsigned long count);
+/// ppoll with the stop signals unblocked for the wait alone; `milliseconds` < 0 waits without a limit.
+int coffer_runner_wait(struct pollfd *descriptors, unsigned long count, int milliseconds);
 int coffer_runner_stop_requested(void);
 /// In a fork of the runner: those signals back to their defaults, before the command installs its own.
 void coffer_runner_uncatch_stop(void);

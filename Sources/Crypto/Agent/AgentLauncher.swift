@@ -37,6 +37,7 @@ public enum AgentLauncher {
         executable: String,
         arguments: [String],
         environment added: [String: String] = [:],
+        inheritingEnvironment: Bool = true,
         service: String = "agent"
     ) throws(CofferCryptoError) -> Int32 {
         var ends: [Int32] = [0, 0]
@@ -45,7 +46,8 @@ public enum AgentLauncher {
         _ = fcntl(ends[0], F_SETFD, FD_CLOEXEC)
         _ = fcntl(ends[1], F_SETFD, FD_CLOEXEC)
         // The agent never reads a passphrase from its environment: it does not inherit one to keep for its whole life.
-        let environment = ProcessInfo.processInfo.environment.filter { $0.key != "COFFER_PASSPHRASE" }.merging(added) { $1 }
+        let inherited = inheritingEnvironment ? ProcessInfo.processInfo.environment.filter { $0.key != "COFFER_PASSPHRASE" } : [:]
+        let environment = inherited.merging(added) { $1 }
         // stdin, stdout and stderr on /dev/null, the ready pipe as descriptor 3, nothing else (the agent outlives this
         // command: a descriptor it inherited would stay open as long as it runs); it leaves this session itself.
         let pid: pid_t

@@ -58,15 +58,19 @@ public enum Spawn {
         defer {
             for pointer in argv + (envp ?? []) { free(pointer) }
         }
-        // An empty signal mask: a child spawned from a Swift concurrency or Dispatch thread would otherwise start with
-        // that thread's mask, most signals blocked (a runner started so never saw the SIGTERM of `runner stop`).
+        // An empty signal mask and every signal at its default: a child spawned from a Swift concurrency or Dispatch
+        // thread would otherwise start with that thread's mask, most signals blocked (a runner started so never saw
+        // the SIGTERM of `runner stop`), and with what this process ignores (SIGPIPE, say) still ignored.
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
         var unblocked = sigset_t()
         sigemptyset(&unblocked)
         posix_spawnattr_setsigmask(&attributes, &unblocked)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK))
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
         let error =
             envp.map { posix_spawn(&pid, executable, &actions, &attributes, argv, $0) }
