@@ -23,10 +23,6 @@ let coffer: [UInt8] = {
     return Array(path[...(path.lastIndex(of: UInt8(ascii: "/")) ?? 0)]) + Array("coffer".utf8)
 }()
 
-let arguments: [[UInt8]] = (1..<Int(CommandLine.argc)).map { index in
-    Array(UnsafeBufferPointer(start: CommandLine.unsafeArgv[index], count: strlen(CommandLine.unsafeArgv[index]!))).map { UInt8(bitPattern: $0) }
-}
-
 /// Runs `coffer` itself in this process's place.
 func runDirectly() -> Never {
     let path = coffer.map { CChar(bitPattern: $0) } + [0]
@@ -38,7 +34,7 @@ func runDirectly() -> Never {
 
 func connectToRunner() -> Int32? {
     guard let named = getenv("COFFER_RUNNER_SOCK"), named.pointee != 0 else { return nil }
-    let path = Array(UnsafeBufferPointer(start: named, count: strlen(named))).map { UInt8(bitPattern: $0) }
+    let path = bytes(ofCString: named)
     guard let fd = connectToUnixSocket(path) else { return nil }
     // The runner would get this program's descriptors, environment and directory: never one of another user.
     guard let peer = peerCredentials(fd), peer.uid == geteuid() else {
@@ -59,7 +55,7 @@ guard let runner = connectToRunner() else { runDirectly() }
 var environment: [[UInt8]] = []
 var entry = environ
 while let pair = entry.pointee {
-    environment.append(Array(UnsafeBufferPointer(start: pair, count: strlen(pair))).map { UInt8(bitPattern: $0) })
+    environment.append(bytes(ofCString: pair))
     entry += 1
 }
 let mask = umask(0o077)
@@ -76,7 +72,13 @@ let terminal: Int32 = {
 }()
 let directory = coffer_open_working_directory()
 guard directory >= 0 else { runDirectly() }
-let request = RunnerRequest(umask: UInt32(mask), terminal: terminal >= 0, executable: coffer, arguments: arguments, environment: environment)
+let request = RunnerRequest(
+    umask: UInt32(mask),
+    terminal: terminal >= 0,
+    executable: coffer,
+    arguments: commandLineArguments,
+    environment: environment
+)
 guard RunnerFrame.write(runner, request.encoded(), descriptors: [directory, 0, 1, 2] + (terminal >= 0 ? [terminal] : [])) else { runDirectly() }
 close(directory)
 if terminal >= 0 { close(terminal) }

@@ -172,6 +172,16 @@ public enum RunnerFrame {
     }
 }
 
+/// The bytes of a C string, without its terminating zero: arguments and environment as given, UTF-8 or not.
+public func bytes(ofCString string: UnsafePointer<CChar>) -> [UInt8] {
+    UnsafeRawBufferPointer(start: string, count: strlen(string)).map { $0 }
+}
+
+/// This process's arguments after its program's name, as bytes.
+public var commandLineArguments: [[UInt8]] {
+    (1..<Int(CommandLine.argc)).compactMap { CommandLine.unsafeArgv[$0].map { bytes(ofCString: $0) } }
+}
+
 /// A Unix socket's address, or nil when `path` does not fit in `sun_path`.
 func unixAddress(_ path: [UInt8]) -> sockaddr_un? {
     var address = sockaddr_un()

@@ -28,12 +28,7 @@ struct Coffer: AsyncParsableCommand {
 
     /// Runs the command; a library error becomes one line on stderr and exit status 1, never a trace.
     static func main() async {
-        let given =
-            RunnerProcess.serveIfAsked()?.arguments
-            ?? (1..<Int(CommandLine.argc)).map {
-                Array(UnsafeBufferPointer(start: CommandLine.unsafeArgv[$0], count: strlen(CommandLine.unsafeArgv[$0]!)))
-            }
-            .map { $0.map { UInt8(bitPattern: $0) } }
+        let given = RunnerProcess.serveIfAsked()?.arguments ?? commandLineArguments
         TemporaryFiles.removeOnInterrupt()
         // CommandLine.arguments replaces bytes that are not UTF-8 with U+FFFD, so `-o café.cfs` written in Latin-1 would
         // write to another name: such an argument is refused, not mended.
