@@ -36,16 +36,42 @@ func connectToRunner() -> Int32? {
     guard let named = getenv("COFFER_RUNNER_SOCK"), named.pointee != 0 else { return nil }
     let path = bytes(ofCString: named)
     guard let fd = connectToUnixSocket(path) else { return nil }
-    // The runner would get this program's descriptors, environment and directory: never one of another user.
+    // The runner would get this program's descriptors, environment and directory: never one of another user, nor
+    // another program of this user's that listens where the variable points (a stale path made again as a link).
     guard let peer = peerCredentials(fd), peer.uid == geteuid() else {
         say("the runner at \(String(decoding: path, as: UTF8.self)) is not this user's; unset COFFER_RUNNER_SOCK")
         exit(1)
     }
+    var listening = stat()
+    var mine = stat()
+    guard stat("/proc/\(peer.pid)/exe", &listening) == 0, stat(coffer.map { CChar(bitPattern: $0) } + [0], &mine) == 0,
+        listening.st_dev == mine.st_dev, listening.st_ino == mine.st_ino
+    else { return nil }
+    // A runner that takes no more than 5 s to read the request, or none (a request as large as the environment).
+    var deadline = timeval(tv_sec: 5, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &deadline, socklen_t(MemoryLayout<timeval>.size))
     return fd
 }
 
+/// Whether an argument or a COFFER_ variable names a descriptor past the standard three (`<(...)` gives
+/// `/dev/fd/63`): a fork of the runner is passed the standard three only. (Checking for every inherited descriptor
+/// instead would leave the runner unused wherever a terminal or an IDE leaks one.)
+func namesAnotherDescriptor(_ environment: [[UInt8]]) -> Bool {
+    let named = commandLineArguments + environment.filter { $0.starts(with: Array("COFFER_".utf8)) }
+    return named.contains { value in
+        let text = String(decoding: value, as: UTF8.self)
+        for prefix in ["/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/"] {
+            for found in text.ranges(of: prefix) where Int(text[found.upperBound...].prefix(while: \.isNumber)).map({ $0 > 2 }) == true {
+                return true
+            }
+        }
+        return false
+    }
+}
+
 // What the runner cannot reproduce, coffer itself does: a closed standard descriptor (the socket would take its
-// number and become the command's stdio), and a launcher in the background of the terminal on its stdio (coffer would
+// number and become the command's stdio), a descriptor past the standard three named on the command line, and a
+// launcher in the background of the terminal on its stdio (coffer would
 // be stopped by job control before reading or writing it; a fork of the runner has no controlling terminal to stop it).
 for fd in Int32(0)...2 where fcntl(fd, F_GETFD) < 0 || (isatty(fd) == 1 && tcgetpgrp(fd) != getpgrp()) {
     runDirectly()
@@ -58,6 +84,7 @@ while let pair = entry.pointee {
     environment.append(bytes(ofCString: pair))
     entry += 1
 }
+if namesAnotherDescriptor(environment) { runDirectly() }
 let mask = umask(0o077)
 umask(mask)
 // The terminal for prompts, only while this launcher is in its foreground: a prompt must not take a line typed at the
@@ -75,6 +102,7 @@ guard directory >= 0 else { runDirectly() }
 let request = RunnerRequest(
     umask: UInt32(mask),
     terminal: terminal >= 0,
+    group: UInt32(bitPattern: getpgrp()),
     executable: coffer,
     arguments: commandLineArguments,
     environment: environment

@@ -12,6 +12,8 @@ public struct RunnerRequest: Equatable {
     public var umask: UInt32
     /// Whether a terminal descriptor follows the standard ones.
     public var terminal: Bool
+    /// The launcher's process group: a prompt reads the terminal only while it is the terminal's foreground.
+    public var group: UInt32
     /// The absolute path of the `coffer` the launcher would run itself.
     public var executable: [UInt8]
     /// The arguments after the program's name, as given (not necessarily UTF-8).
@@ -19,9 +21,10 @@ public struct RunnerRequest: Equatable {
     /// `NAME=value` pairs.
     public var environment: [[UInt8]]
 
-    public init(umask: UInt32, terminal: Bool, executable: [UInt8], arguments: [[UInt8]], environment: [[UInt8]]) {
+    public init(umask: UInt32, terminal: Bool, group: UInt32, executable: [UInt8], arguments: [[UInt8]], environment: [[UInt8]]) {
         self.umask = umask
         self.terminal = terminal
+        self.group = group
         self.executable = executable
         self.arguments = arguments
         self.environment = environment
@@ -34,6 +37,7 @@ public struct RunnerRequest: Equatable {
         var body: [UInt8] = [RunnerFrame.run]
         body.appendU32(umask)
         body.append(terminal ? 1 : 0)
+        body.appendU32(group)
         body.appendBlob(executable)
         body.appendU32(UInt32(arguments.count))
         for argument in arguments { body.appendBlob(argument) }
@@ -45,7 +49,7 @@ public struct RunnerRequest: Equatable {
     /// The request in `body`, or nil when it is not a well-formed `run` frame.
     public init?(decoding body: [UInt8]) {
         var reader = FrameReader(body)
-        guard reader.u8() == RunnerFrame.run, let umask = reader.u32(), let terminal = reader.u8(), terminal <= 1,
+        guard reader.u8() == RunnerFrame.run, let umask = reader.u32(), let terminal = reader.u8(), terminal <= 1, let group = reader.u32(),
             let executable = reader.blob(), let argc = reader.u32()
         else { return nil }
         var arguments: [[UInt8]] = []
@@ -60,7 +64,7 @@ public struct RunnerRequest: Equatable {
             environment.append(pair)
         }
         guard reader.atEnd, !executable.contains(0), !arguments.contains(where: { $0.contains(0) }) else { return nil }
-        self.init(umask: umask, terminal: terminal == 1, executable: executable, arguments: arguments, environment: environment)
+        self.init(umask: umask, terminal: terminal == 1, group: group, executable: executable, arguments: arguments, environment: environment)
     }
 }
 
@@ -79,6 +83,8 @@ public enum RunnerReply: Equatable {
         case anotherBinary = 1
         case replaced = 2
         case threaded = 3
+        /// Not now (out of descriptors, a directory or descriptor the fork cannot take); the runner serves on.
+        case unavailable = 4
     }
 
     public func encoded() -> [UInt8] {
@@ -191,18 +197,20 @@ func unixAddress(_ path: [UInt8]) -> sockaddr_un? {
     return address
 }
 
-/// A stream socket (close-on-exec) connected to the Unix socket at `path`, or nil with `errno` set.
+/// A stream socket (close-on-exec, blocking) connected to the Unix socket at `path`, or nil with `errno` set.
 public func connectToUnixSocket(_ path: [UInt8]) -> Int32? {
     guard var address = unixAddress(path) else {
         errno = ENAMETOOLONG
         return nil
     }
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    // Non-blocking while it connects: with the listen queue full (a runner stopped or at its limit), connect fails at
+    // once (EAGAIN) instead of waiting for a place.
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
     guard fd >= 0 else { return nil }
     let connected = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
     }
-    guard connected == 0 else {
+    guard connected == 0, fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) == 0 else {
         let saved = errno
         close(fd)
         errno = saved

@@ -15,8 +15,8 @@ public struct RunnerError: Error, CustomStringConvertible {
 public struct RunnerCommand {
     /// The arguments after the program's name, as the launcher gave them.
     public let arguments: [[UInt8]]
-    /// The launcher's terminal, for prompts.
-    public let terminal: Int32?
+    /// The launcher's terminal, for prompts, and the launcher's process group.
+    public let terminal: (descriptor: Int32, group: Int32)?
 }
 
 /// The runner's process (docs/FORMAT.md, "Command runner protocol"): one thread that accepts launchers and forks for
@@ -146,8 +146,8 @@ public final class RunnerServer {
             RunnerFrame.write(connection, RunnerReply.declined(reason).encoded())
             close(connection)
             return .stop
-        case .failed(let why)?:
-            RunnerFrame.write(connection, RunnerReply.error(why).encoded())
+        case .failed?:
+            RunnerFrame.write(connection, RunnerReply.declined(.unavailable).encoded())
             close(connection)
             return .next
         }
@@ -182,8 +182,8 @@ public final class RunnerServer {
     private enum CannotFork {
         /// Never again: the runner stops.
         case declined(RunnerReply.Declined)
-        /// Not for this connection.
-        case failed(String)
+        /// Not for this connection (the thread count could not be read): its launcher runs coffer itself.
+        case failed
     }
 
     /// Why this process must not fork now, if it must not: a fork of a process with other threads could find a lock
@@ -193,7 +193,7 @@ public final class RunnerServer {
         guard stat(imagePath, &info) == 0, (info.st_dev, info.st_ino) == image else { return .declined(.replaced) }
         switch coffer_thread_count() {
         case 1: return nil
-        case -1: return .failed("cannot count the runner's threads: \(String(cString: strerror(errno)))")
+        case -1: return .failed
         default: return .declined(.threaded)
         }
     }
@@ -213,33 +213,34 @@ public final class RunnerServer {
             RunnerFrame.write(connection, reply.encoded())
             _exit(0)
         }
-        // One deadline for the whole exchange, however slowly the bytes come: SIGALRM ends the fork.
+        // One deadline for the whole request, however slowly its bytes come: SIGALRM ends the fork, and the launcher
+        // (which has no `started`) runs coffer itself.
         alarm(10)
         var descriptors: [Int32] = []
         guard let body = RunnerFrame.read(connection, descriptors: &descriptors, capacity: 5), let request = RunnerRequest(decoding: body),
             descriptors.count == request.descriptorCount
         else { refuse(.error("malformed run request")) }
+        alarm(0)
         var info = stat()
         guard stat(request.executable.map { CChar(bitPattern: $0) } + [0], &info) == 0, (info.st_dev, info.st_ino) == image else {
             refuse(.declined(.anotherBinary))
         }
-        guard fchdir(descriptors[0]) == 0 else { refuse(.error("cannot enter the working directory: \(String(cString: strerror(errno)))")) }
-        for (target, fd) in zip(Int32(0)...2, descriptors[1...3]) where dup2(fd, target) < 0 {
-            refuse(.error("cannot take the standard descriptors: \(String(cString: strerror(errno)))"))
-        }
+        guard fchdir(descriptors[0]) == 0 else { refuse(.declined(.unavailable)) }
+        for (target, fd) in zip(Int32(0)...2, descriptors[1...3]) where dup2(fd, target) < 0 { refuse(.declined(.unavailable)) }
         for fd in descriptors[0...3] where fd > 2 { close(fd) }
         _ = Glibc.umask(mode_t(request.umask & 0o777))
         clearenv()
         for pair in request.environment { putenv(strdup(pair.map { CChar(bitPattern: $0) } + [0])) }
         // The command runs only once the launcher says `go`: a launcher that gave up waiting (and runs coffer itself)
-        // closes the connection instead, and the command must not run a second time here.
+        // closes the connection instead, and the command must not run a second time here. No deadline on `go`: a
+        // launcher stopped (^Z) between `started` and `go` sends it when it goes on, or closes the connection when it
+        // ends.
         let pidfd = coffer_pidfd_open(getpid())
         guard pidfd >= 0, RunnerFrame.write(connection, RunnerReply.started.encoded(), descriptors: [pidfd]) else { _exit(0) }
         close(pidfd)
         var none: [Int32] = []
         guard RunnerFrame.read(connection, descriptors: &none) == [RunnerFrame.go] else { _exit(0) }
-        alarm(0)
         close(connection)
-        return RunnerCommand(arguments: request.arguments, terminal: request.terminal ? descriptors[4] : nil)
+        return RunnerCommand(arguments: request.arguments, terminal: request.terminal ? (descriptors[4], Int32(bitPattern: request.group)) : nil)
     }
 }

@@ -238,7 +238,7 @@ extension Coffer {
             _ = question.withCString { write(fd, $0, strlen($0)) }
             var answer: [UInt8] = []
             var byte: UInt8 = 0
-            while answer.count < 16, read(fd, &byte, 1) == 1, byte != 0x0a { answer.append(byte) }
+            while answer.count < 16, Terminal.readByte(fd, into: &byte), byte != 0x0a { answer.append(byte) }
             return ["y", "yes"].contains(String(decoding: answer, as: UTF8.self).trimmingCharacters(in: .whitespaces).lowercased())
         }
     }

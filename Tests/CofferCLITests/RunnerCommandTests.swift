@@ -138,6 +138,39 @@ struct RunnerCommandTests {
             launcher: ["/bin/sh", "-c", "exec \"$0\" \"$@\" <&-", RunnerCommandTests.launcher]
         )
         #expect(closed.status == 0 && dir.exists("empty.cfs"), "\(closed.stderr)")
+        // A descriptor past the standard three (`<(...)`, `3< file`) would not reach a fork: the seal reads it, as coffer.
+        try dir.write("plain", Data("weights".utf8))
+        let third = try runner.run(
+            ["seal", "--to", "keys/alice.pub", "-o", dir.path("third.cfs"), "/dev/fd/3"],
+            launcher: ["/bin/sh", "-c", "exec \"$0\" \"$@\" 3< plain", RunnerCommandTests.launcher]
+        )
+        #expect(third.status == 0 && dir.exists("third.cfs"), "\(third.stderr)")
+        // Another program of this user's listening where COFFER_RUNNER_SOCK points (a stale path made again as a link to
+        // another service's socket) is sent nothing: the launcher checks that the listener runs this coffer.
+        let listen = """
+            import socket, sys
+            s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1); s.settimeout(10); print("ready", flush=True)
+            got = b""
+            try:
+                c, _ = s.accept(); c.settimeout(3)
+                while chunk := c.recv(65536): got += chunk
+            except socket.timeout: pass
+            print(len(got))
+            """
+        let other = try BackgroundCoffer(
+            ["-c", listen, dir.path("other.sock")],
+            in: dir.url,
+            environment: CofferProcess.environment(in: dir.url),
+            launcher: ["/usr/bin/python3"]
+        )
+        for _ in 0..<500 where !String(decoding: other.stdoutSoFar, as: UTF8.self).hasPrefix("ready") { usleep(10_000) }
+        var environment = CofferProcess.environment(in: dir.url)
+        environment["COFFER_RUNNER_SOCK"] = dir.path("other.sock")
+        let stranger = try BackgroundCoffer(["--version"], in: dir.url, environment: environment, launcher: [RunnerCommandTests.launcher]).finish(
+            within: 30
+        )
+        #expect(stranger.status == 0 && stranger.stdoutText == "0.1.0\n", "\(stranger.stderr)")
+        #expect(other.finish(within: 30).stdoutText == "ready\n0\n", "the other program was sent the request")
         // A runner that does not answer (stopped here) is left after 5 s, and the command it would have run later never
         // runs a second time.
         #expect(kill(runner.pid, SIGSTOP) == 0)
@@ -201,6 +234,7 @@ struct RunnerCommandTests {
         let request = RunnerRequest(
             umask: 0o22,
             terminal: false,
+            group: 4242,
             executable: Array("/x/coffer".utf8),
             arguments: [[0xFF, 0x41]],
             environment: [Array("A=b".utf8)]

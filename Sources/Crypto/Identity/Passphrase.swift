@@ -73,7 +73,7 @@ public enum Passphrase {
         let length = buffer.withUnsafeMutableBytes { out -> Int in
             var total = 0
             var byte: UInt8 = 0
-            while total < out.count, read(fd, &byte, 1) == 1, byte != 0x0a {
+            while total < out.count, Terminal.readByte(fd, into: &byte), byte != 0x0a {
                 out[total] = byte
                 total += 1
             }
