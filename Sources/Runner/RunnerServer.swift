@@ -15,8 +15,8 @@ public struct RunnerError: Error, CustomStringConvertible {
 public struct RunnerCommand {
     /// The arguments after the program's name, as the launcher gave them.
     public let arguments: [[UInt8]]
-    /// The launcher's terminal, for prompts, and the launcher's process group.
-    public let terminal: (descriptor: Int32, group: Int32)?
+    /// The launcher's terminal, for prompts, with the launcher's process group and pid.
+    public let terminal: (descriptor: Int32, group: Int32, launcher: Int32)?
 }
 
 /// The runner's process (docs/FORMAT.md, "Command runner protocol"): one thread that accepts launchers and forks for
@@ -240,7 +240,11 @@ public final class RunnerServer {
         close(pidfd)
         var none: [Int32] = []
         guard RunnerFrame.read(connection, descriptors: &none) == [RunnerFrame.go] else { _exit(0) }
+        let launcher = peerCredentials(connection)?.pid ?? 0
         close(connection)
-        return RunnerCommand(arguments: request.arguments, terminal: request.terminal ? (descriptors[4], Int32(bitPattern: request.group)) : nil)
+        return RunnerCommand(
+            arguments: request.arguments,
+            terminal: request.terminal ? (descriptors[4], Int32(bitPattern: request.group), launcher) : nil
+        )
     }
 }

@@ -8,6 +8,7 @@ import os
 import re
 import pty
 import select
+import signal
 import sys
 import time
 from pathlib import Path
@@ -147,6 +148,72 @@ def test_a_launcher_in_the_background_leaves_the_terminal_to_job_control(tmp_pat
         assert b"job stopped" in screen, screen
         assert not (tmp_path / "out").exists()
         assert forks == [], "the runner's fork was reading the terminal"
+    finally:
+        for fork in open(f"/proc/{runner}/task/{runner}/children").read().split():
+            os.kill(int(fork), 9)
+        os.kill(runner, 15)
+
+
+def test_a_prompt_waits_while_its_launcher_is_in_the_background(tmp_path):
+    """^Z and `bg` on a prompting command: the line typed at the shell meanwhile is the shell's, not the runner's fork's
+    (which has no controlling terminal to stop it); back in the foreground, the prompt takes the next line."""
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": str(runtime)}
+    cofferlib.keygen(COFFER, tmp_path / "alice", env=dict(env, COFFER_PASSPHRASE=PASSPHRASE.decode()))
+    (tmp_path / "plain").write_bytes(b"weights")
+    cofferlib.check(COFFER, "seal", "--to", tmp_path / "alice.pub", "-o", tmp_path / "plain.cfs", tmp_path / "plain", env=env)
+    socket, runner = cofferlib.start_service(COFFER, "runner", env)
+    launcher = os.path.join(os.path.dirname(COFFER), "coffer-run")
+    control, told = os.pipe()  # the test tells the shell's stand-in when to move the job
+    shell_read, shell_saw = os.pipe()  # what the stand-in read from the terminal, as a shell would
+    try:
+        pid, fd = pty.fork()
+        if pid == 0:  # a shell's stand-in: it gives the terminal to the job, takes it back (bg), then gives it again (fg)
+            go_r, go_w = os.pipe()
+            job = os.fork()
+            if job == 0:
+                os.setpgid(0, 0)
+                os.read(go_r, 1)
+                os.execve(launcher, [launcher, "unseal", "--identity", str(tmp_path / "alice.key"), "-o", str(tmp_path / "out"),
+                                     str(tmp_path / "plain.cfs")], dict(env, COFFER_RUNNER_SOCK=socket))
+            os.setpgid(job, job)
+            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+            os.tcsetpgrp(0, job)
+            os.write(go_w, b"x")
+            os.read(control, 1)
+            os.tcsetpgrp(0, os.getpgrp())
+            if select.select([0], [], [], 5)[0]:
+                os.write(shell_saw, os.read(0, 4096))
+            os.close(shell_saw)
+            os.read(control, 1)
+            os.tcsetpgrp(0, job)
+            os.killpg(job, signal.SIGCONT)  # fg
+            _, status = os.waitpid(job, 0)
+            os._exit(os.waitstatus_to_exitcode(status))
+        os.close(shell_saw)
+        screen, deadline = b"", time.time() + 30
+        while b"Passphrase for" not in screen and time.time() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                screen += os.read(fd, 4096)
+        assert b"Passphrase for" in screen, screen
+        os.write(told, b"b")
+        time.sleep(0.5)
+        os.write(fd, b"typed at the shell\n")
+        saw = os.read(shell_read, 4096)
+        assert saw == b"typed at the shell\n", f"the job took the shell's line: {saw}"
+        os.write(told, b"f")
+        time.sleep(0.3)
+        os.write(fd, PASSPHRASE + b"\n")
+        while time.time() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    screen += os.read(fd, 4096)
+                except OSError:
+                    break
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                break
+        assert (tmp_path / "out").read_bytes() == b"weights", screen
     finally:
         for fork in open(f"/proc/{runner}/task/{runner}/children").read().split():
             os.kill(int(fork), 9)
