@@ -10,6 +10,7 @@ import pty
 import select
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +57,11 @@ def run_on_terminal(args, cwd, answers=(), timeout=30, program=COFFER, at_prompt
     return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")
 
 
+def short_runtime_directory():
+    """A private directory (0700) under /tmp for a runner's socket: pytest's tmp_path is too long for sun_path."""
+    return tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+
+
 def test_prompt_asks_twice_without_echo_and_the_key_opens(tmp_path, **through):
     status, screen = run_on_terminal(["keygen", "--out", "keys/carol", "--kdf-ops", "1", "--kdf-memory", "64"], tmp_path,
                                      answers=[PASSPHRASE, PASSPHRASE], **through)
@@ -73,9 +79,8 @@ def test_prompt_asks_twice_without_echo_and_the_key_opens(tmp_path, **through):
 
 
 def test_the_prompt_and_the_bar_work_through_the_runner(tmp_path):
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": str(runtime)}
+    runtime = short_runtime_directory()
+    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": runtime}
     socket, pid = cofferlib.start_service(COFFER, "runner", env)
     prompted_in = []
 
@@ -113,9 +118,8 @@ def test_training_shows_a_bar_per_epoch_with_loss_and_epsilon(tmp_path):
 def test_a_launcher_in_the_background_leaves_the_terminal_to_job_control(tmp_path):
     """A background job's prompt is stopped by the terminal (SIGTTOU, SIGTTIN), as coffer's own would be: the runner's
     fork, which has no controlling terminal, would have read the next line typed at the shell instead."""
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": str(runtime)}
+    runtime = short_runtime_directory()
+    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": runtime}
     cofferlib.keygen(COFFER, tmp_path / "alice", env=dict(env, COFFER_PASSPHRASE=PASSPHRASE.decode()))
     (tmp_path / "plain").write_bytes(b"weights")
     cofferlib.check(COFFER, "seal", "--to", tmp_path / "alice.pub", "-o", tmp_path / "plain.cfs", tmp_path / "plain", env=env)
@@ -157,9 +161,8 @@ def test_a_launcher_in_the_background_leaves_the_terminal_to_job_control(tmp_pat
 def test_a_prompt_waits_while_its_launcher_is_in_the_background(tmp_path):
     """^Z and `bg` on a prompting command: the line typed at the shell meanwhile is the shell's, not the runner's fork's
     (which has no controlling terminal to stop it); back in the foreground, the prompt takes the next line."""
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(mode=0o700)
-    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": str(runtime)}
+    runtime = short_runtime_directory()
+    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": runtime}
     cofferlib.keygen(COFFER, tmp_path / "alice", env=dict(env, COFFER_PASSPHRASE=PASSPHRASE.decode()))
     (tmp_path / "plain").write_bytes(b"weights")
     cofferlib.check(COFFER, "seal", "--to", tmp_path / "alice.pub", "-o", tmp_path / "plain.cfs", tmp_path / "plain", env=env)
