@@ -71,8 +71,8 @@ func namesAnotherDescriptor(_ environment: [[UInt8]]) -> Bool {
 
 // What the runner cannot reproduce, coffer itself does: a closed standard descriptor (the socket would take its
 // number and become the command's stdio), a descriptor past the standard three named on the command line, and a
-// launcher in the background of the terminal on its stdio (coffer would
-// be stopped by job control before reading or writing it; a fork of the runner has no controlling terminal to stop it).
+// launcher in the background of the terminal on its stdio (coffer would be stopped by job control before reading or
+// writing it; a fork of the runner has no controlling terminal to stop it).
 for fd in Int32(0)...2 where fcntl(fd, F_GETFD) < 0 || (isatty(fd) == 1 && tcgetpgrp(fd) != getpgrp()) {
     runDirectly()
 }

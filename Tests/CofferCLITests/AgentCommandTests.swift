@@ -310,12 +310,7 @@ struct AgentCommandTests {
             environment: ["PATH": "/usr/bin:/bin"],
             launcher: nobody
         )
-        var listening = false
-        for _ in 0..<1000 where !listening {
-            listening = FileManager.default.fileExists(atPath: socket)
-            if !listening { usleep(10_000) }
-        }
-        try #require(listening, "the other uid's agent never listened: \(stranger.stderrSoFar)")
+        try #require(poll { FileManager.default.fileExists(atPath: socket) }, "the other uid's agent never listened: \(stranger.stderrSoFar)")
         let environment = ["COFFER_AGENT_SOCK": socket]
         // The client refuses before it sends a byte: the stranger's own refusal (code 7) would name uid 65534 as the server.
         let refusal = "refused the agent at \(socket): it runs as uid 65534, not as uid 0"

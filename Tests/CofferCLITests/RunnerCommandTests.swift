@@ -128,6 +128,33 @@ struct RunnerCommandTests {
         #expect(!FileManager.default.fileExists(atPath: runner.socket))
     }
 
+    @Test func aRunnerGoneOrMissingIsSaidInOneLine() throws {
+        let dir = try Scratch()
+        let runner = try RunnerProcess(dir)
+        try dir.keygen("alice")
+        // Killed while a command runs: the command runs on to its end, and the launcher cannot know how it ended.
+        #expect(mkfifo(dir.path("input"), 0o600) == 0)
+        let running = try runner.start(["seal", "--to", "keys/alice.pub", "-o", dir.path("out.cfs"), dir.path("input")])
+        let command = try #require(runner.waitForChild(), "the command never started")
+        #expect(Self.waitUntilCatching(SIGTERM, running.pid), "the launcher never had the runner's answer")
+        kill(runner.pid, SIGKILL)
+        #expect(runner.waitForExit())
+        #expect(!processIsGone(command), "the command ended with its runner")
+        let writer = open(dir.path("input"), O_WRONLY)
+        close(writer)
+        expectFailure(running.finish(within: 30), "the runner stopped while the command ran; its exit status is lost")
+
+        expectFailure(try runCoffer(["runner", "stop"], in: dir), "COFFER_RUNNER_SOCK is not set")
+        expectFailure(
+            try runCoffer(["runner", "stop"], in: dir, environment: ["COFFER_RUNNER_SOCK": runner.socket]),
+            "no runner at \(runner.socket)"
+        )
+        // The variable that makes a process a runner does nothing outside `runner start` (no ready pipe on fd 3).
+        let serving = try runCoffer(["--version"], in: dir, environment: ["COFFER_RUNNER_SERVE": dir.path("x.sock")])
+        expectFailure(serving, "COFFER_RUNNER_SERVE is for coffer runner start only")
+        #expect(!dir.exists("x.sock"))
+    }
+
     @Test func whatTheRunnerCannotReproduceCofferRunsItself() throws {
         let dir = try Scratch()
         let runner = try RunnerProcess(dir)
@@ -163,7 +190,7 @@ struct RunnerCommandTests {
             environment: CofferProcess.environment(in: dir.url),
             launcher: ["/usr/bin/python3"]
         )
-        for _ in 0..<500 where !String(decoding: other.stdoutSoFar, as: UTF8.self).hasPrefix("ready") { usleep(10_000) }
+        _ = poll(seconds: 5) { String(decoding: other.stdoutSoFar, as: UTF8.self).hasPrefix("ready") }
         var environment = CofferProcess.environment(in: dir.url)
         environment["COFFER_RUNNER_SOCK"] = dir.path("other.sock")
         let stranger = try BackgroundCoffer(["--version"], in: dir.url, environment: environment, launcher: [RunnerCommandTests.launcher]).finish(
@@ -186,26 +213,17 @@ struct RunnerCommandTests {
     }
 
     /// Whether `pid` is in `state` (R, S, T, Z...) within 10 s.
-    static func waitUntilState(_ state: String, _ pid: pid_t) -> Bool {
-        for _ in 0..<1000 {
-            let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
-            if stat.split(separator: ")").last?.split(separator: " ").first.map(String.init) == state { return true }
-            usleep(10_000)
-        }
-        return false
-    }
+    static func waitUntilState(_ state: String, _ pid: pid_t) -> Bool { poll { processState(pid) == state } }
 
     /// Whether `pid` catches `signal` within 10 s: the launcher does once the runner has answered `started`.
     static func waitUntilCatching(_ signal: Int32, _ pid: pid_t) -> Bool {
-        for _ in 0..<1000 {
+        poll {
             let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
             let caught = status.split(separator: "\n").first { $0.hasPrefix("SigCgt:") }.flatMap {
                 UInt64($0.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16)
             }
-            if let caught, caught & (1 << UInt64(signal - 1)) != 0 { return true }
-            usleep(10_000)
+            return caught.map { $0 & (1 << UInt64(signal - 1)) != 0 } ?? false
         }
-        return false
     }
 
     @Test func anotherUidIsRefusedByTheLauncherAndByTheRunner() throws {

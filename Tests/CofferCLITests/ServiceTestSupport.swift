@@ -52,16 +52,29 @@ final class AgentProcess {
     }
 
     /// Waits up to 5 s for the agent's process to be gone.
-    func waitForExit() -> Bool {
-        for _ in 0..<500 {
-            // The agent is not our child (it started in its own session), so it is gone when kill(0) fails.
-            if Glibc.kill(pid, 0) != 0 { return true }
-            let state = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))?.split(separator: " ").dropFirst(2).first
-            if state == "Z" { return true }
-            usleep(10_000)
-        }
-        return false
+    func waitForExit() -> Bool { poll(seconds: 5) { processIsGone(pid) } }
+}
+
+/// Whether `condition` holds within `seconds`, checked every 10 ms.
+func poll(seconds: Double = 10, until condition: () -> Bool) -> Bool {
+    for _ in 0..<Int(seconds * 100) {
+        if condition() { return true }
+        usleep(10_000)
     }
+    return condition()
+}
+
+/// Whether `pid`, a process started in a session of its own (not our child, so never reaped by us), is gone: no
+/// such process, or a zombie.
+func processIsGone(_ pid: pid_t) -> Bool {
+    Glibc.kill(pid, 0) != 0 || processState(pid) == "Z"
+}
+
+/// The state letter of `pid` in /proc (R, S, T, Z...), nil when it has none.
+func processState(_ pid: pid_t) -> String? {
+    let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+    // After the command name's closing parenthesis, which the name itself may contain.
+    return stat.split(separator: ")").last?.split(separator: " ").first.map(String.init)
 }
 
 /// The environment of a run: no passphrase and no agent unless the test gives them.
@@ -99,7 +112,7 @@ func runCoffer(
 
 /// Whether some thread of `pid` sits in read(2) on its descriptor for `path`, within 10 s.
 func waitUntilBlockedReading(_ pid: pid_t, path: String) -> Bool {
-    for _ in 0..<1000 {
+    poll {
         let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
         let fifo = fds.first { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)")) == path }
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
@@ -110,9 +123,8 @@ func waitUntilBlockedReading(_ pid: pid_t, path: String) -> Bool {
                 if fields.count > 1, fields[0] == "0", Int(fields[1].dropFirst(2), radix: 16) == fd { return true }
             }
         }
-        usleep(10_000)
+        return false
     }
-    return false
 }
 
 /// `n` as a little-endian u16 and u32.
@@ -221,29 +233,16 @@ final class RunnerProcess {
     }
 
     func waitForChild() -> pid_t? {
-        for _ in 0..<1000 {
-            if let child = children.first { return child }
-            usleep(10_000)
+        var child: pid_t?
+        _ = poll {
+            child = children.first
+            return child != nil
         }
-        return nil
+        return child
     }
 
-    func waitForChildrenToEnd() -> Bool {
-        for _ in 0..<1000 {
-            if children.isEmpty { return true }
-            usleep(10_000)
-        }
-        return false
-    }
+    func waitForChildrenToEnd() -> Bool { poll { children.isEmpty } }
 
     /// Waits up to 10 s for the runner's process to be gone.
-    func waitForExit() -> Bool {
-        for _ in 0..<1000 {
-            if Glibc.kill(pid, 0) != 0 { return true }
-            let state = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8))?.split(separator: " ").dropFirst(2).first
-            if state == "Z" { return true }
-            usleep(10_000)
-        }
-        return false
-    }
+    func waitForExit() -> Bool { poll { processIsGone(pid) } }
 }

@@ -8,11 +8,14 @@ import os
 import re
 import pty
 import select
+import shutil
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from test_interop import COFFER
 
@@ -57,9 +60,38 @@ def run_on_terminal(args, cwd, answers=(), timeout=30, program=COFFER, at_prompt
     return os.waitstatus_to_exitcode(status), screen.decode(errors="replace")
 
 
-def short_runtime_directory():
-    """A private directory (0700) under /tmp for a runner's socket: pytest's tmp_path is too long for sun_path."""
-    return tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+LAUNCHER = os.path.join(os.path.dirname(COFFER), "coffer-run")
+
+
+def runner_forks(runner):
+    """The runner's children: the commands it runs (it has one thread, so its task's children are all of them)."""
+    return open(f"/proc/{runner}/task/{runner}/children").read().split()
+
+
+@pytest.fixture
+def runner():
+    """A `coffer runner` of this test's own: (the environment to run under, its socket, its pid). Its socket is under
+    /tmp, since pytest's tmp_path is too long for sun_path; at the end, it and its forks are ended."""
+    runtime = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": runtime}
+    socket, pid = cofferlib.start_service(COFFER, "runner", env)
+    yield env, socket, pid
+    for fork in runner_forks(pid):
+        os.kill(int(fork), 9)
+    os.kill(pid, 15)
+    shutil.rmtree(runtime, ignore_errors=True)
+
+
+@pytest.fixture
+def unseal_through_runner(tmp_path, runner):
+    """alice's key (PASSPHRASE) and plain.cfs sealed to her in tmp_path: (the launcher's command line that unseals it
+    to tmp_path/out, its environment, the runner's pid)."""
+    env, socket, pid = runner
+    cofferlib.keygen(COFFER, tmp_path / "alice", env=dict(env, COFFER_PASSPHRASE=PASSPHRASE.decode()))
+    (tmp_path / "plain").write_bytes(b"weights")
+    cofferlib.check(COFFER, "seal", "--to", tmp_path / "alice.pub", "-o", tmp_path / "plain.cfs", tmp_path / "plain", env=env)
+    command = [LAUNCHER, "unseal", "--identity", str(tmp_path / "alice.key"), "-o", str(tmp_path / "out"), str(tmp_path / "plain.cfs")]
+    return command, dict(env, COFFER_RUNNER_SOCK=socket), pid
 
 
 def test_prompt_asks_twice_without_echo_and_the_key_opens(tmp_path, **through):
@@ -78,22 +110,16 @@ def test_prompt_asks_twice_without_echo_and_the_key_opens(tmp_path, **through):
     assert (tmp_path / "out").read_bytes() == (tmp_path / "plain").read_bytes()
 
 
-def test_the_prompt_and_the_bar_work_through_the_runner(tmp_path):
-    runtime = short_runtime_directory()
-    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": runtime}
-    socket, pid = cofferlib.start_service(COFFER, "runner", env)
+def test_the_prompt_and_the_bar_work_through_the_runner(tmp_path, runner):
+    _, socket, pid = runner
     prompted_in = []
 
     def runner_children():  # at each prompt: the command asking is the runner's fork, not a coffer the launcher ran
-        prompted_in.append(open(f"/proc/{pid}/task/{pid}/children").read().split())
-    try:
-        work = tmp_path / "work"
-        work.mkdir()
-        test_prompt_asks_twice_without_echo_and_the_key_opens(work, program=os.path.join(os.path.dirname(COFFER), "coffer-run"),
-                                                               at_prompt=runner_children, COFFER_RUNNER_SOCK=socket)
-        assert len(prompted_in) == 3 and all(len(children) == 1 for children in prompted_in), prompted_in
-    finally:
-        os.kill(pid, 15)
+        prompted_in.append(runner_forks(pid))
+    work = tmp_path / "work"
+    work.mkdir()
+    test_prompt_asks_twice_without_echo_and_the_key_opens(work, program=LAUNCHER, at_prompt=runner_children, COFFER_RUNNER_SOCK=socket)
+    assert len(prompted_in) == 3 and all(len(children) == 1 for children in prompted_in), prompted_in
 
 
 def test_mismatched_repeat_is_refused(tmp_path):
@@ -115,109 +141,85 @@ def test_training_shows_a_bar_per_epoch_with_loss_and_epsilon(tmp_path):
         assert line in screen, screen
 
 
-def test_a_launcher_in_the_background_leaves_the_terminal_to_job_control(tmp_path):
+def test_a_launcher_in_the_background_leaves_the_terminal_to_job_control(tmp_path, unseal_through_runner):
     """A background job's prompt is stopped by the terminal (SIGTTOU, SIGTTIN), as coffer's own would be: the runner's
     fork, which has no controlling terminal, would have read the next line typed at the shell instead."""
-    runtime = short_runtime_directory()
-    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": runtime}
-    cofferlib.keygen(COFFER, tmp_path / "alice", env=dict(env, COFFER_PASSPHRASE=PASSPHRASE.decode()))
-    (tmp_path / "plain").write_bytes(b"weights")
-    cofferlib.check(COFFER, "seal", "--to", tmp_path / "alice.pub", "-o", tmp_path / "plain.cfs", tmp_path / "plain", env=env)
-    socket, runner = cofferlib.start_service(COFFER, "runner", env)
-    launcher = os.path.join(os.path.dirname(COFFER), "coffer-run")
-    try:
-        pid, fd = pty.fork()
-        if pid == 0:  # a shell's stand-in: the terminal's foreground, starting a job in a group of its own
-            job = os.fork()
-            if job == 0:
-                os.setpgid(0, 0)
-                os.execve(launcher, [launcher, "unseal", "--identity", str(tmp_path / "alice.key"), "-o", str(tmp_path / "out"),
-                                     str(tmp_path / "plain.cfs")], dict(env, COFFER_RUNNER_SOCK=socket))
-            _, status = os.waitpid(job, os.WUNTRACED)
-            os.write(1, b"job stopped\n" if os.WIFSTOPPED(status) else b"job ended %d\n" % status)
-            if os.WIFSTOPPED(status):
-                os.kill(job, 9)
-            os._exit(0)
-        screen, deadline = b"", time.time() + 30
-        while b"job " not in screen and time.time() < deadline:
-            if select.select([fd], [], [], 0.1)[0]:
-                try:
-                    screen += os.read(fd, 4096)
-                except OSError:
-                    break
-        forks = open(f"/proc/{runner}/task/{runner}/children").read().split()
-        if b"job " not in screen:  # the job kept waiting for a line: end the stand-in (its job ends with the runner's fork)
-            os.kill(pid, 9)
-        os.waitpid(pid, 0)
-        assert b"job stopped" in screen, screen
-        assert not (tmp_path / "out").exists()
-        assert forks == [], "the runner's fork was reading the terminal"
-    finally:
-        for fork in open(f"/proc/{runner}/task/{runner}/children").read().split():
-            os.kill(int(fork), 9)
-        os.kill(runner, 15)
+    command, env, runner = unseal_through_runner
+    pid, fd = pty.fork()
+    if pid == 0:  # a shell's stand-in: the terminal's foreground, starting a job in a group of its own
+        job = os.fork()
+        if job == 0:
+            os.setpgid(0, 0)
+            os.execve(command[0], command, env)
+        _, status = os.waitpid(job, os.WUNTRACED)
+        os.write(1, b"job stopped\n" if os.WIFSTOPPED(status) else b"job ended %d\n" % status)
+        if os.WIFSTOPPED(status):
+            os.kill(job, 9)
+        os._exit(0)
+    screen, deadline = b"", time.time() + 30
+    while b"job " not in screen and time.time() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
+                screen += os.read(fd, 4096)
+            except OSError:
+                break
+    forks = runner_forks(runner)
+    if b"job " not in screen:  # the job kept waiting for a line: end the stand-in (its job ends with the runner's fork)
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    assert b"job stopped" in screen, screen
+    assert not (tmp_path / "out").exists()
+    assert forks == [], "the runner's fork was reading the terminal"
 
 
-def test_a_prompt_waits_while_its_launcher_is_in_the_background(tmp_path):
+def test_a_prompt_waits_while_its_launcher_is_in_the_background(tmp_path, unseal_through_runner):
     """^Z and `bg` on a prompting command: the line typed at the shell meanwhile is the shell's, not the runner's fork's
     (which has no controlling terminal to stop it); back in the foreground, the prompt takes the next line."""
-    runtime = short_runtime_directory()
-    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": runtime}
-    cofferlib.keygen(COFFER, tmp_path / "alice", env=dict(env, COFFER_PASSPHRASE=PASSPHRASE.decode()))
-    (tmp_path / "plain").write_bytes(b"weights")
-    cofferlib.check(COFFER, "seal", "--to", tmp_path / "alice.pub", "-o", tmp_path / "plain.cfs", tmp_path / "plain", env=env)
-    socket, runner = cofferlib.start_service(COFFER, "runner", env)
-    launcher = os.path.join(os.path.dirname(COFFER), "coffer-run")
+    command, env, _ = unseal_through_runner
     control, told = os.pipe()  # the test tells the shell's stand-in when to move the job
     shell_read, shell_saw = os.pipe()  # what the stand-in read from the terminal, as a shell would
-    try:
-        pid, fd = pty.fork()
-        if pid == 0:  # a shell's stand-in: it gives the terminal to the job, takes it back (bg), then gives it again (fg)
-            go_r, go_w = os.pipe()
-            job = os.fork()
-            if job == 0:
-                os.setpgid(0, 0)
-                os.read(go_r, 1)
-                os.execve(launcher, [launcher, "unseal", "--identity", str(tmp_path / "alice.key"), "-o", str(tmp_path / "out"),
-                                     str(tmp_path / "plain.cfs")], dict(env, COFFER_RUNNER_SOCK=socket))
-            os.setpgid(job, job)
-            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-            os.tcsetpgrp(0, job)
-            os.write(go_w, b"x")
-            os.read(control, 1)
-            os.tcsetpgrp(0, os.getpgrp())
-            if select.select([0], [], [], 5)[0]:
-                os.write(shell_saw, os.read(0, 4096))
-            os.close(shell_saw)
-            os.read(control, 1)
-            os.tcsetpgrp(0, job)
-            os.killpg(job, signal.SIGCONT)  # fg
-            _, status = os.waitpid(job, 0)
-            os._exit(os.waitstatus_to_exitcode(status))
+    pid, fd = pty.fork()
+    if pid == 0:  # a shell's stand-in: it gives the terminal to the job, takes it back (bg), then gives it again (fg)
+        go_r, go_w = os.pipe()
+        job = os.fork()
+        if job == 0:
+            os.setpgid(0, 0)
+            os.read(go_r, 1)
+            os.execve(command[0], command, env)
+        os.setpgid(job, job)
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        os.tcsetpgrp(0, job)
+        os.write(go_w, b"x")
+        os.read(control, 1)
+        os.tcsetpgrp(0, os.getpgrp())
+        if select.select([0], [], [], 5)[0]:
+            os.write(shell_saw, os.read(0, 4096))
         os.close(shell_saw)
-        screen, deadline = b"", time.time() + 30
-        while b"Passphrase for" not in screen and time.time() < deadline:
-            if select.select([fd], [], [], 0.1)[0]:
+        os.read(control, 1)
+        os.tcsetpgrp(0, job)
+        os.killpg(job, signal.SIGCONT)  # fg
+        _, status = os.waitpid(job, 0)
+        os._exit(os.waitstatus_to_exitcode(status))
+    os.close(shell_saw)
+    screen, deadline = b"", time.time() + 30
+    while b"Passphrase for" not in screen and time.time() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            screen += os.read(fd, 4096)
+    assert b"Passphrase for" in screen, screen
+    os.write(told, b"b")
+    time.sleep(0.5)
+    os.write(fd, b"typed at the shell\n")
+    saw = os.read(shell_read, 4096)
+    assert saw == b"typed at the shell\n", f"the job took the shell's line: {saw}"
+    os.write(told, b"f")
+    time.sleep(0.3)
+    os.write(fd, PASSPHRASE + b"\n")
+    while time.time() < deadline:
+        if select.select([fd], [], [], 0.1)[0]:
+            try:
                 screen += os.read(fd, 4096)
-        assert b"Passphrase for" in screen, screen
-        os.write(told, b"b")
-        time.sleep(0.5)
-        os.write(fd, b"typed at the shell\n")
-        saw = os.read(shell_read, 4096)
-        assert saw == b"typed at the shell\n", f"the job took the shell's line: {saw}"
-        os.write(told, b"f")
-        time.sleep(0.3)
-        os.write(fd, PASSPHRASE + b"\n")
-        while time.time() < deadline:
-            if select.select([fd], [], [], 0.1)[0]:
-                try:
-                    screen += os.read(fd, 4096)
-                except OSError:
-                    break
-            if os.waitpid(pid, os.WNOHANG)[0]:
+            except OSError:
                 break
-        assert (tmp_path / "out").read_bytes() == b"weights", screen
-    finally:
-        for fork in open(f"/proc/{runner}/task/{runner}/children").read().split():
-            os.kill(int(fork), 9)
-        os.kill(runner, 15)
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            break
+    assert (tmp_path / "out").read_bytes() == b"weights", screen
