@@ -39,6 +39,23 @@ struct SealedFileTests {
         #expect(opened.sealedSHA256 == sealed.sealedSHA256)
     }
 
+    /// An input of one batch hashes on the sealing thread below `smallestBatchHashedBeside` and on threads of its own
+    /// from it: the digests are the same either way.
+    @Test(arguments: [ChunkPipeline.smallestBatchHashedBeside - 1, ChunkPipeline.smallestBatchHashedBeside, 700 << 10])
+    func oneBatchDigestsWhereverTheyAreHashed(size: Int) throws {
+        let alice = try Identity.generate(name: "alice")
+        let plaintext = testBytes(size)
+        let sink = MemorySink()
+        let sealed = try SealedFile.seal(from: MemorySource(plaintext), to: sink, recipients: [alice.publicIdentity], digests: true)
+        #expect(sealed.chunks < 16, "one batch")
+        #expect(sealed.plaintextSHA256 == Digest.sha256(plaintext))
+        #expect(sealed.sealedSHA256 == Digest.sha256(sink.bytes))
+        let out = MemorySink()
+        let opened = try SealedFile.open(from: MemorySource(sink.bytes), to: out, identity: alice, digests: true)
+        #expect(out.bytes == plaintext)
+        #expect(opened.plaintextSHA256 == sealed.plaintextSHA256 && opened.sealedSHA256 == sealed.sealedSHA256)
+    }
+
     /// A server seals from Swift concurrency tasks: many multi-batch pipelines at once must neither starve nor deadlock the pool.
     @Test func concurrentPipelinesFromSwiftConcurrencyTasks() async throws {
         let alice = try Identity.generate(name: "alice")
