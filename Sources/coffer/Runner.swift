@@ -1,5 +1,6 @@
 import ArgumentParser
 import CofferCrypto
+import CofferRegistry
 import CofferRunner
 import Foundation
 
@@ -100,13 +101,15 @@ enum RunnerProcess {
         return command
     }
 
-    /// Parses the everyday commands once, so that forks find ArgumentParser's and the runtime's first lookups done.
-    /// Parsing only: nothing here may read the environment, the registry or a key into memory the forks share.
+    /// Parses the everyday commands once and starts a made-up ledger (``ClientMemory/warmUp()``), so that forks find
+    /// ArgumentParser's and the runtime's first lookups done. Nothing here may read the environment, the registry or a
+    /// key into memory the forks share.
     private static func warmUp() {
         let lines = [
             ["push", "m", "f", "--identity", "k.key"], ["pull", "m:1", "--identity", "k.key", "--out", "d"], ["list"], ["show", "m:1"],
             ["verify", "m:1"], ["infer", "--session", "s", "i"],
         ]
         for line in lines { _ = try? Coffer.parseAsRoot(line) }
+        ClientMemory.warmUp()
     }
 }

@@ -133,4 +133,9 @@ struct LedgerStateTests {
         #expect(chain.state.budgets["census 2020"] != nil)
         chain.refuses(.budgetSet(dataset: "census 2021", epsilon: 4, delta: 1e-5, models: nil), "invalid dataset id")
     }
+
+    /// The runner's warm-up goes through every step: a record signed and verified, applied, remembered and read back.
+    @Test func theRunnersWarmUpStartsALedgerAllTheWay() {
+        #expect(ClientMemory.warmUp())
+    }
 }
