@@ -45,12 +45,15 @@ extension Registry {
             let genesis = try Self.parse(Array(first.envelope))
             let root = genesis.registry
             let location = ClientMemory.location(home: home)
-            if let memory, let pinned = memory.pin(for: location), pinned != root {
+            let pinned = memory?.pin(for: location)
+            if let pinned, pinned != root {
                 throw CofferRegistryError.tampered(
                     "the registry at \(home) has root key \(root), but this client pinned \(pinned): it was replaced (or re-created)"
                 )
             }
-            state = memory?.remembered(root)?.state ?? LedgerState(registry: root)
+            let remembered = memory?.remembered(root)?.state
+            if pinned != nil, let remembered { rememberedHere.withLock { $0 = remembered } }
+            state = remembered ?? LedgerState(registry: root)
         }
         // What was verified before must still be there, unchanged: otherwise the registry went back. The same read
         // brings the records appended since.
@@ -109,6 +112,7 @@ extension Registry {
             defer { if current == nil || current!.seq <= state.seq { current = state } }
             return current == nil
         }
+        if rememberedHere.withLock({ $0 == state }) { return }
         if first, let memory {
             let location = ClientMemory.location(home: home)
             if memory.pin(for: location) == nil { try await memory.setPin(state.registry, for: location) }
