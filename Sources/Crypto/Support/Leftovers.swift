@@ -141,9 +141,7 @@ public enum Leftovers {
             }
             if remove(entry, device: device, inode: inode) || remove(entry + Array(".interrupted".utf8), device: device, inode: inode) {
                 removed += 1
-            } else if !folderIsThere(of: entry, device: device), !folderIsGoneForGood(of: entry, device: device),
-                own.st_mtim.tv_sec > monthAgo
-            {
+            } else if !folderIsThere(of: entry, device: device), own.st_mtim.tv_sec > monthAgo {
                 continue  // Its folder is not there (an unmounted disk): kept for a later sweep, for 30 days.
             }
             unlinkat(folderFD, name, 0)
@@ -219,22 +217,6 @@ public enum Leftovers {
         guard let slash = entry.lastIndex(of: UInt8(ascii: "/")) else { return false }
         var status = stat()
         return stat(folderPath(of: entry, slash: slash), &status) == 0 && UInt64(status.st_dev) == device
-    }
-
-    /// Whether the folder of `entry` (bytes, from the root) was removed rather than unmounted: the nearest folder on its
-    /// way that is there is on the recorded device. (A disk's mount point, its disk away, is on another device.) Such
-    /// records were kept for 30 days and read by every command: a test suite's removed scratch folders left a
-    /// developer's commands 15 records to read each (0.5 ms of a 1 MiB push).
-    private static func folderIsGoneForGood(of entry: [UInt8], device: UInt64) -> Bool {
-        var path = entry
-        while let slash = path.lastIndex(of: UInt8(ascii: "/")) {
-            path.removeSubrange(slash...)
-            var status = stat()
-            if stat((path.isEmpty ? [UInt8(ascii: "/")] : path).map { CChar(bitPattern: $0) } + [0], &status) == 0 {
-                return UInt64(status.st_dev) == device
-            }
-        }
-        return false
     }
 
     /// The folder of `entry` (bytes, from the root; `slash` its last) as a C string.
