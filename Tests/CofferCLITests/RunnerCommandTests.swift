@@ -140,7 +140,9 @@ struct RunnerCommandTests {
         kill(runner.pid, SIGKILL)
         #expect(runner.waitForExit())
         #expect(!processIsGone(command), "the command ended with its runner")
-        let writer = open(dir.path("input"), O_WRONLY)
+        // Without blocking: with no reader left (the command gone), the open fails instead of waiting for one.
+        let writer = open(dir.path("input"), O_WRONLY | O_NONBLOCK)
+        try #require(writer >= 0, "the command no longer reads its input")
         close(writer)
         expectFailure(running.finish(within: 30), "the runner stopped while the command ran; its exit status is lost")
 

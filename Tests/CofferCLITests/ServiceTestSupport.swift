@@ -80,8 +80,9 @@ func processState(_ pid: pid_t) -> String? {
 /// The environment of a run: no passphrase and no agent unless the test gives them.
 func cleanEnvironment(_ dir: Scratch) -> [String: String] {
     var environment = ProcessInfo.processInfo.environment
-    environment["COFFER_PASSPHRASE"] = nil
-    environment["COFFER_AGENT_SOCK"] = nil
+    for name in ["COFFER_PASSPHRASE", "COFFER_AGENT_SOCK", "COFFER_RUNNER_SOCK", "COFFER_RUNNER_PID", "COFFER_RUNNER_SERVE"] {
+        environment[name] = nil
+    }
     environment["COFFER_STATE_DIR"] = dir.url.appendingPathComponent(".client-state").path
     return environment
 }

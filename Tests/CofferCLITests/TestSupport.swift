@@ -17,6 +17,8 @@ struct CofferProcess {
     static func environment(in directory: URL, passphrase: String? = "test passphrase", _ extra: [String: String] = [:]) -> [String: String] {
         var environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
         environment["COFFER_PASSPHRASE"] = passphrase
+        // Not the developer's own runner: `runner stop` would stop it, and `coffer-run` would run the build's commands in it.
+        for name in ["COFFER_RUNNER_SOCK", "COFFER_RUNNER_PID", "COFFER_RUNNER_SERVE"] { environment[name] = nil }
         // Each scratch directory is one user's machine: its client remembers the registries it verified there, and its
         // records of temporary entries are its own. Shared (tools/test exports one COFFER_STATE_DIR for the run), any
         // test's coffer swept the staging folder a killed pull of another test had left, before that test looked.

@@ -73,13 +73,17 @@ def runner():
     """A `coffer runner` of this test's own: (the environment to run under, its socket, its pid). Its socket is under
     /tmp, since pytest's tmp_path is too long for sun_path; at the end, it and its forks are ended."""
     runtime = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": runtime}
-    socket, pid = cofferlib.start_service(COFFER, "runner", env)
-    yield env, socket, pid
-    for fork in runner_forks(pid):
-        os.kill(int(fork), 9)
-    os.kill(pid, 15)
-    shutil.rmtree(runtime, ignore_errors=True)
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "COFFER_PASSPHRASE"} | {"XDG_RUNTIME_DIR": runtime}
+        socket, pid = cofferlib.start_service(COFFER, "runner", env)
+        yield env, socket, pid
+        for fork in runner_forks(pid):
+            os.kill(int(fork), 9)
+        os.kill(pid, 15)
+    except (ProcessLookupError, FileNotFoundError):  # the runner (or a fork) ended first
+        pass
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import Synchronization
 /// Four kinds of lane run at once over three rotating batch buffers: the calling thread reads batch
 /// k+1, one worker lane per core transforms its share of batch k's chunks, a hasher lane hashes each
 /// batch's input in order, and a writer lane writes batch k-1 (hashing its output). Lanes are
-/// threads of the pipeline's own (see ``Lane``); an input known to fit one batch runs inline. Reading and writing
+/// threads of the pipeline's own (see ``Lane``); an input known to fit one batch is transformed and written inline, and
+/// hashed beside that from ``smallestBatchHashedBeside`` on. Reading and writing
 /// are the costliest steps on a virtual machine's page cache, so they must not share a thread.
 /// Memory is 3 x batch x (input + output stride), whatever the stream's length; a ``MemoryRegionSink`` is
 /// written in place, without output buffers or a copy. One byte of look-ahead tells which chunk is the last,
