@@ -26,8 +26,7 @@ extension ClientMemory {
             )
             var state = LedgerState(registry: key.keyID)
             try state.apply(try LedgerRecord(envelope: genesis.envelope))
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
+            let encoder = encoder()
             let remembered = try encoder.encode(Remembered(state: state, audit: nil, head: nil))
             let pins = try encoder.encode([key.keyID: "warm-up"])
             return try JSONDecoder().decode(Remembered.self, from: remembered).state == state

@@ -101,9 +101,15 @@ public struct ClientMemory: Sendable {
 
     private func path(_ root: String) -> String { "\(directory)/registries/\(root).json" }
 
-    private func write(_ value: some Encodable, to path: String) throws(CofferRegistryError) {
+    /// How the memory's files are written (``ClientMemory/warmUp()`` writes the same way).
+    static func encoder() -> JSONEncoder {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }
+
+    private func write(_ value: some Encodable, to path: String) throws(CofferRegistryError) {
+        let encoder = Self.encoder()
         do {
             try FileBytes.makePrivateDirectory(FileBytes.parentDirectory(of: path))
             try FileBytes.write(Array(try encoder.encode(value)), to: path, mode: 0o600, overwrite: true)
