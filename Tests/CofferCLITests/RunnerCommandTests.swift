@@ -137,13 +137,20 @@ struct RunnerCommandTests {
         let running = try runner.start(["seal", "--to", "keys/alice.pub", "-o", dir.path("out.cfs"), dir.path("input")])
         let command = try #require(runner.waitForChild(), "the command never started")
         #expect(Self.waitUntilCatching(SIGTERM, running.pid), "the launcher never had the runner's answer")
+        // Opened for writing once the command has opened its input (without blocking, the open fails while nobody reads
+        // the FIFO): under load the fork can take seconds to get there. The command then waits to read.
+        var writer: Int32 = -1
+        try #require(
+            poll(seconds: 30) {
+                writer = open(dir.path("input"), O_WRONLY | O_NONBLOCK)
+                return writer >= 0
+            },
+            "the command never opened its input"
+        )
         kill(runner.pid, SIGKILL)
         #expect(runner.waitForExit())
         #expect(!processIsGone(command), "the command ended with its runner")
-        // Without blocking: with no reader left (the command gone), the open fails instead of waiting for one.
-        let writer = open(dir.path("input"), O_WRONLY | O_NONBLOCK)
-        try #require(writer >= 0, "the command no longer reads its input")
-        close(writer)
+        close(writer)  // the end of its input: the seal finishes
         expectFailure(running.finish(within: 30), "the runner stopped while the command ran; its exit status is lost")
 
         expectFailure(try runCoffer(["runner", "stop"], in: dir), "COFFER_RUNNER_SOCK is not set")
