@@ -199,6 +199,80 @@ struct SecureMemoryTests {
         }
     }
 
+    /// The pipeline's plaintext side is sodium memory in both directions: every buffer a seal reads plaintext into
+    /// (the one-byte look-ahead too) ends at a guard page, and, checked as root, every buffer a seal reads into and an
+    /// open writes plaintext from is locked. Checked as each buffer is used: the pipeline frees them when it ends.
+    /// Sizes: one batch hashed inline, one hashed beside, several batches of an input of unknown length.
+    @Test func everyBatchsPlaintextSideIsSodiumMemory() throws {
+        for (count, hinted) in [(1000, true), (1 << 20, true), (2 << 20 + 7, false)] {
+            let plaintext = testBytes(count, seed: UInt64(count))
+            let source = RecordingSource(plaintext, hinted: hinted)
+            let sealed = MemorySink()
+            let key = SecretKey.random()
+            _ = try SealedFile.seal(from: source, to: sealed, dataKey: key, stanzas: [], digests: true)
+            #expect(!source.buffers.isEmpty)
+            if !hinted { #expect(source.buffers.contains { $0.count == 1 }, "no look-ahead read of an input of unknown length") }
+            for buffer in source.buffers {
+                #expect(buffer.guarded, "a seal of \(count) bytes read \(buffer.count) into memory without a guard page after it")
+                #expect(buffer.locked || geteuid() != 0, "a seal of \(count) bytes read \(buffer.count) into unlocked memory")
+            }
+            let encrypted = MemorySource(sealed.bytes)
+            let (header, length) = try SealedFileHeader.read(from: encrypted)
+            let opened = RecordingSink()
+            _ = try SealedFile.openPayload(from: encrypted, to: opened, header: header, headerLength: length, dataKey: key, digests: true)
+            #expect(opened.bytes == plaintext)
+            #expect(!opened.buffers.isEmpty)
+            for buffer in opened.buffers {
+                #expect(buffer.locked || geteuid() != 0, "an open of \(count) bytes wrote \(buffer.count) from unlocked memory")
+            }
+        }
+    }
+
+    /// How a buffer the pipeline handed out was, while it was in use.
+    private struct SeenBuffer {
+        var count: Int
+        /// Whether the page at or after its end is inaccessible.
+        var guarded: Bool
+        /// Whether its mappings hold locked pages.
+        var locked: Bool
+
+        init(_ buffer: UnsafeRawBufferPointer) {
+            let start = Int(bitPattern: buffer.baseAddress)
+            let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+            let end = (start + buffer.count + page - 1) / page * page
+            let mappings = (try? SecureMemoryTests.mappings()) ?? []
+            count = buffer.count
+            guarded = mappings.first { $0.range.contains(end) }?.permissions.hasPrefix("---") ?? false
+            locked = mappings.contains { $0.range.overlaps(start..<start + max(buffer.count, 1)) && $0.fields["Locked", default: 0] > 0 }
+        }
+    }
+
+    /// Plaintext read as a stream, seeing each buffer it is read into.
+    private final class RecordingSource: ByteSource {
+        let inner: MemorySource
+        let hinted: Bool
+        private(set) var buffers: [SeenBuffer] = []
+        init(_ bytes: [UInt8], hinted: Bool) {
+            inner = MemorySource(bytes)
+            self.hinted = hinted
+        }
+        var remainingHint: Int? { hinted ? inner.remainingHint : nil }
+        func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int {
+            buffers.append(SeenBuffer(UnsafeRawBufferPointer(buffer)))
+            return try inner.read(into: buffer)
+        }
+    }
+
+    /// A sink keeping the bytes, seeing each buffer it is given.
+    private final class RecordingSink: ByteSink {
+        private(set) var bytes: [UInt8] = []
+        private(set) var buffers: [SeenBuffer] = []
+        func write(_ buffer: UnsafeRawBufferPointer) throws(CofferCryptoError) {
+            buffers.append(SeenBuffer(buffer))
+            bytes.append(contentsOf: buffer)
+        }
+    }
+
     /// A secret an array can hold.
     private final class Held {
         let secret: SecureBytes

@@ -41,11 +41,9 @@ struct ChunkCipher: @unchecked Sendable {
         -> CofferCryptoError?
     {
         if open(ciphertext, into: output, index: index, last: last) { return nil }
-        let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(ciphertext.count, 1), alignment: 16)
-        defer {
-            sodium_memzero(scratch, max(ciphertext.count, 1))
-            scratch.deallocate()
-        }
+        // A chunk that opens at the other position is authentic plaintext: sodium memory, wiped when freed.
+        let scratch = sodium_malloc(max(ciphertext.count, 1))!
+        defer { sodium_free(scratch) }
         if open(ciphertext, into: scratch, index: index, last: !last) {
             return last ? .truncated("chunk \(index) is not the final chunk: the file was cut short") : .trailingData(chunk: Int(index))
         }
