@@ -83,23 +83,74 @@ public struct ClientMemory: Sendable {
         return (try? JSONDecoder().decode([String: String].self, from: data)) ?? [:]
     }
 
-    public func remembered(_ root: String) -> Remembered? {
-        guard let data = FileManager.default.contents(atPath: path(root)) else { return nil }
-        return try? JSONDecoder().decode(Remembered.self, from: data)
-    }
+    public func remembered(_ root: String) -> Remembered? { newestCopy(of: root)?.remembered ?? olderClientsFile(of: root) }
 
     /// Records what was just verified, never going back from what another process remembered meanwhile.
     public func remember(_ root: String, update: @escaping @Sendable (inout Remembered?) -> Void) async throws(CofferRegistryError) {
         try await locked { () throws(CofferRegistryError) in
-            var current = remembered(root)
+            let newest = newestCopy(of: root)
+            var current = newest?.remembered ?? olderClientsFile(of: root)
             let before = current
             update(&current)
             guard let current, current != before else { return }
-            try write(current, to: path(root))
+            try writeCopy(current, of: root, slot: newest.map { 1 - $0.slot } ?? 0, generation: (newest?.generation ?? 0) + 1)
         }
     }
 
-    private func path(_ root: String) -> String { "\(directory)/registries/\(root).json" }
+    /// The valid copy of what is remembered of `root` with the higher generation (docs/FORMAT.md, "Client memory").
+    private func newestCopy(of root: String) -> (slot: Int, generation: UInt64, remembered: Remembered)? {
+        var newest: (slot: Int, generation: UInt64, remembered: Remembered)? = nil
+        for slot in 0..<2 {
+            guard let copy = Self.readCopy(copyPath(root, slot)), copy.generation > newest?.generation ?? 0 else { continue }
+            newest = (slot, copy.generation, copy.remembered)
+        }
+        return newest
+    }
+
+    private func copyPath(_ root: String, _ slot: Int) -> String { "\(directory)/registries/\(root).\(slot)" }
+
+    /// What a client before the two copies remembered, in one file written by rename.
+    private func olderClientsFile(of root: String) -> Remembered? {
+        guard let data = FileManager.default.contents(atPath: "\(directory)/registries/\(root).json") else { return nil }
+        return try? JSONDecoder().decode(Remembered.self, from: data)
+    }
+
+    static let copyMagic = "coffer-memory 1"
+
+    /// A copy's generation and contents; nil when it is missing, torn (its digest does not match) or not a copy.
+    static func readCopy(_ path: String) -> (generation: UInt64, remembered: Remembered)? {
+        guard let data = FileManager.default.contents(atPath: path), let newline = data.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+        let fields = String(decoding: data[..<newline], as: UTF8.self).split(separator: " ", omittingEmptySubsequences: false)
+        guard fields.count == 5, "\(fields[0]) \(fields[1])" == copyMagic, let generation = UInt64(fields[2]), generation > 0,
+            let length = Int(fields[3]), length >= 0, length <= data.count - newline - 1
+        else { return nil }
+        let json = data[(newline + 1)..<(newline + 1 + length)]
+        guard Digest.hex(Digest.sha256(json)) == fields[4], let remembered = try? JSONDecoder().decode(Remembered.self, from: json) else {
+            return nil
+        }
+        return (generation, remembered)
+    }
+
+    /// Overwrites copy `slot` in place and syncs it: the other copy stays whole whatever happens meanwhile. The copy's
+    /// file is made only once, its folder then synced: a file written anew and renamed took two syncs each time, and a
+    /// new file's blocks and a rename for the journal to commit.
+    private func writeCopy(_ value: Remembered, of root: String, slot: Int, generation: UInt64) throws(CofferRegistryError) {
+        let path = copyPath(root, slot)
+        let failure = { (why: String) in CofferRegistryError.io(path: path, reason: "cannot remember the registry's state: \(why)") }
+        let json: [UInt8]
+        do { json = Array(try Self.encoder().encode(value)) } catch { throw failure("\(error)") }
+        let bytes = Array("\(Self.copyMagic) \(generation) \(json.count) \(Digest.hex(Digest.sha256(json)))\n".utf8) + json
+        do { try FileBytes.makePrivateDirectory(FileBytes.parentDirectory(of: path)) } catch { throw failure("\(error)") }
+        var fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
+        let made = fd < 0 && errno == ENOENT
+        if made { fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
+        guard fd >= 0 else { throw failure(String(cString: strerror(errno))) }
+        defer { close(fd) }
+        guard bytes.withUnsafeBytes({ Directories.writeAll(fd, $0, at: 0) }), fdatasync(fd) == 0 else {
+            throw failure(String(cString: strerror(errno)))
+        }
+        if made { Directories.sync(FileBytes.parentDirectory(of: path)) }
+    }
 
     /// How the memory's files are written (``ClientMemory/warmUp()`` writes the same way).
     static func encoder() -> JSONEncoder {

@@ -1,0 +1,75 @@
+import CofferCrypto
+import Foundation
+import Testing
+
+@testable import CofferRegistry
+
+/// What the client remembers of a registry is kept in two copies written in turn, in place (docs/FORMAT.md, "Client
+/// memory"): a copy torn by a power cut mid-write leaves the one written before it, as a rename did.
+struct ClientMemoryTests {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("memory-\(UUID().uuidString)").path
+    let root = "0123456789abcdef0123456789abcdef"
+
+    /// What is remembered after the `n`th verification: the state head at ledger record `n`.
+    func head(_ n: Int64, at: String = "2026-12-06T06:00:00Z") -> ClientMemory.Remembered {
+        .init(state: LedgerState(registry: root), audit: nil, head: .init(at: at, ledgerSeq: n))
+    }
+
+    func copy(_ slot: Int) -> String { "\(directory)/registries/\(root).\(slot)" }
+
+    func inode(_ path: String) -> UInt64? {
+        var info = stat()
+        return stat(path, &info) == 0 ? UInt64(info.st_ino) : nil
+    }
+
+    @Test func theTwoCopiesTakeTurnsInPlaceAndATornOneLeavesTheOther() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let memory = ClientMemory(directory: directory)
+        #expect(memory.remembered(root) == nil)
+        for n in Int64(1)...3 {
+            let next = head(n)
+            try await memory.remember(root) { $0 = next }
+        }
+        #expect(memory.remembered(root) == head(3))
+        #expect(ClientMemory.readCopy(copy(0))?.generation == 3 && ClientMemory.readCopy(copy(1))?.generation == 2)
+        let files = (inode(copy(0)), inode(copy(1)))
+
+        // The newest copy cut short, or a byte of it changed, as a power cut during its write would leave it.
+        let whole = try Data(contentsOf: URL(fileURLWithPath: copy(0)))
+        var changed = whole
+        changed[changed.count - 30] ^= 0x01
+        for torn in [whole.prefix(whole.count - 9), changed] {
+            try torn.write(to: URL(fileURLWithPath: copy(0)))
+            #expect(ClientMemory.readCopy(copy(0)) == nil)
+            #expect(memory.remembered(root) == head(2))
+        }
+        // The next write goes over the torn copy, in place; a shorter one leaves the longer one's tail, ignored.
+        let shorter = head(4, at: "t")
+        try await memory.remember(root) { $0 = shorter }
+        #expect(memory.remembered(root) == shorter)
+        #expect(ClientMemory.readCopy(copy(0))?.generation == 3)
+        let next = head(5)
+        try await memory.remember(root) { $0 = next }
+        #expect(memory.remembered(root) == next && ClientMemory.readCopy(copy(1))?.generation == 4)
+        #expect((inode(copy(0)), inode(copy(1))) == files, "a copy's file was made again")
+
+        // Nothing changed, nothing written.
+        try await memory.remember(root) { _ in }
+        #expect(ClientMemory.readCopy(copy(1))?.generation == 4 && ClientMemory.readCopy(copy(0))?.generation == 3)
+    }
+
+    @Test func whatAnOlderClientRememberedIsReadUntilACopyIsWritten() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let memory = ClientMemory(directory: directory)
+        try FileManager.default.createDirectory(atPath: "\(directory)/registries", withIntermediateDirectories: true)
+        let older = "\(directory)/registries/\(root).json"
+        try JSONEncoder().encode(head(7)).write(to: URL(fileURLWithPath: older))
+        #expect(memory.remembered(root) == head(7))
+        try await memory.remember(root) { $0?.head?.ledgerSeq += 1 }  // from what the older file holds
+        #expect(memory.remembered(root) == head(8))
+        #expect(ClientMemory.readCopy(copy(0))?.generation == 1 && ClientMemory.readCopy(copy(1)) == nil)
+        // Copies that are not valid do not hide the older file: a memory is never lost to a torn first write.
+        try Data("coffer-memory 1 1 2 00\n{}".utf8).write(to: URL(fileURLWithPath: copy(0)))
+        #expect(memory.remembered(root) == head(7))
+    }
+}
