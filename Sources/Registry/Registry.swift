@@ -44,9 +44,14 @@ public final class Registry: Sendable {
     /// The registry's current public key, as its verified ledger names it: every version's data key is wrapped for it.
     public var identity: PublicIdentity {
         get async throws(CofferRegistryError) {
-            guard let key = try await ledgerState().currentKey else { throw .tampered("the ledger names no registry key") }
-            return key
+            try Self.currentKey(of: try await ledgerState())
         }
+    }
+
+    /// The registry's current public key in `state`.
+    static func currentKey(of state: LedgerState) throws(CofferRegistryError) -> PublicIdentity {
+        guard let key = state.currentKey else { throw .tampered("the ledger names no registry key") }
+        return key
     }
 
     static let databaseName = "registry.sqlite"

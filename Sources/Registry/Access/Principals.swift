@@ -94,12 +94,13 @@ extension Registry {
 
     /// The principal `identity` acts as: in a registry that checks principals, the principal with its key
     /// (refused and audited otherwise); in one that does not, the identity's own name.
-    public func principal(for identity: borrowing Identity) async throws(CofferRegistryError) -> Principal {
-        try await principal(keyID: identity.publicIdentity.keyID, declared: identity.publicIdentity.name)
+    /// `held`: a ledger state the caller holds and goes on with (else the current one is read).
+    public func principal(for identity: borrowing Identity, in held: LedgerState? = nil) async throws(CofferRegistryError) -> Principal {
+        try await principal(keyID: identity.publicIdentity.keyID, declared: identity.publicIdentity.name, in: held)
     }
 
-    func principal(keyID: String, declared: String) async throws(CofferRegistryError) -> Principal {
-        let state = try await ledgerState()
+    func principal(keyID: String, declared: String, in held: LedgerState? = nil) async throws(CofferRegistryError) -> Principal {
+        let state = if let held { held } else { try await ledgerState() }
         guard state.checksPrincipals else { return Principal(name: declared, keyID: keyID) }
         guard let name = state.principal(keyID: keyID) else {
             let reason = "identity \(declared) (\(keyID)) is not a principal of this registry"

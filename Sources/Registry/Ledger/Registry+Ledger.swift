@@ -168,17 +168,27 @@ extension Registry {
         do throws(LedgerError) { try state.apply(record) } catch { throw .refused(Self.refusal(error)) }
         work.records.append(LedgerRow(record))
         work.changes += Self.changes(for: record, state: state)
+        work.ledgerAfter = state
         return (state, principal.name)
     }
 
-    /// Prepares a change on the current ledger state and commits it; when another writer (a process, a replica)
-    /// appended first, prepares it again on the new state, which re-judges it (a budget spent meanwhile is seen).
-    /// `prepare` fills the unit of work and returns what the caller gets; the unit must be built on `state`.
+    /// Prepares a change on the current ledger state (first on `held`, a state the caller read, when given) and commits
+    /// it; when another writer (a process, a replica) appended first, prepares it again on the new state, which
+    /// re-judges it (a budget spent meanwhile is seen). `prepare` fills the unit of work and returns what the caller
+    /// gets; the unit must be built on `state`.
     func commitOnLedger<T: Sendable>(
+        startingFrom held: LedgerState? = nil,
         _ prepare: (LedgerState, inout UnitOfWork) async throws(CofferRegistryError) -> T
     ) async throws(CofferRegistryError) -> T {
+        var held = held
         for _ in 0..<50 {
-            let state = try await ledgerState()
+            let state: LedgerState
+            if let first = held {
+                state = first
+                held = nil
+            } else {
+                state = try await ledgerState()
+            }
             var work = UnitOfWork(ledgerEnd: state.seq)
             let result = try await prepare(state, &work)
             do {
@@ -186,9 +196,15 @@ extension Registry {
             } catch .ledgerMoved {
                 continue
             }
-            // Committed: the change is made whatever happens next. Reading it back keeps this process's view current;
-            // if the database went away just now, the next call reads it instead, and this one still succeeded.
-            _ = try? await ledgerState()
+            // Committed: the change is made whatever happens next. Its records are the ledger's end, on the state they
+            // were judged on: that is the state now, adopted without reading them back. Without records, reading keeps
+            // this process's view current; if the database went away just now, the next call reads it instead.
+            if let after = work.ledgerAfter, let last = work.records.last {
+                verifiedTail.withLock { if ($0?.seq ?? 0) <= last.seq { $0 = (last.seq, after.hash, last.envelope) } }
+                try? await adopt(after)
+            } else {
+                _ = try? await ledgerState()
+            }
             return result
         }
         throw .databaseBusy

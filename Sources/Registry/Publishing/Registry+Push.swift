@@ -21,14 +21,17 @@ extension Registry {
     ) async throws(CofferRegistryError)
         -> PushResult
     {
-        let actor = try await principal(for: publisher.identity)
-        try await require(.publisher, on: request.model, by: actor, action: "push", target: request.model)
+        // One read of the ledger for every check before the commit, which judges again on the state it commits on.
+        let state = try await ledgerState()
+        let actor = try await principal(for: publisher.identity, in: state)
+        try await require(.publisher, on: request.model, by: actor, action: "push", target: request.model, in: state)
         if request.overrideBudget {
-            try await require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model)
+            try await require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model, in: state)
         }
         do {
             let result = try await pushVersion(
                 request,
+                on: state,
                 publisher: publisher,
                 overrideBy: request.overrideBudget ? actor.name : nil,
                 progress: progress
@@ -42,6 +45,7 @@ extension Registry {
 
     private func pushVersion(
         _ request: PushRequest,
+        on state: LedgerState,
         publisher: UnlockedIdentity,
         overrideBy: String?,
         progress: (@Sendable (Int) -> Void)?
@@ -61,9 +65,8 @@ extension Registry {
             throw .versionExists("\(request.model):\(version)")
         }
         var parentID: Int64? = nil
-        if let parent = request.parent { parentID = try await resolve(parent).id }
+        if let parent = request.parent { parentID = try await resolve(parent, in: state).id }
         // Refuse an over-budget or policy-violating push before sealing anything; both are judged again at commit.
-        let state = try await ledgerState()
         let charged = try Self.checkBudget(
             state,
             model: request.model,
@@ -80,7 +83,7 @@ extension Registry {
             let facts = LedgerChange.AliasFacts(privacy: request.privacy, signer: publisher.publicIdentity.keyID, charged: charged)
             try checkPolicy(model: request.model, alias: alias, facts: facts, state: state)
         }
-        let registryKey = try await identity
+        let registryKey = try Self.currentKey(of: state)
 
         // Seal every file under one data key, each with its own nonce prefix, then hand it to the blob store.
         let dataKey = KeyBox(SecretKey.random())
@@ -125,6 +128,7 @@ extension Registry {
             let frozen = request
             let bytes = done
             committed = try await commitVersion(
+                on: state,
                 model: request.model,
                 alias: request.alias,
                 tags: request.tags,
@@ -253,6 +257,7 @@ extension Registry {
     /// (``decryptHolders(of:in:)``): a grant reaches every version pushed after it, and a push that lost a race to a
     /// grant or revocation is wrapped again for the state it finally commits on.
     func commitVersion(
+        on held: LedgerState? = nil,
         model: String,
         alias: String?,
         tags: [String: String],
@@ -266,7 +271,7 @@ extension Registry {
         statement: @Sendable (LedgerState) async throws(CofferRegistryError) -> (SignedStatement, PublicIdentity),
         result: @Sendable (SignedStatement) -> PushResult
     ) async throws(CofferRegistryError) -> CommittedVersion {
-        let (pushed, published) = try await commitOnLedger {
+        let (pushed, published) = try await commitOnLedger(startingFrom: held) {
             (current, work) async throws(CofferRegistryError) -> (PushResult, PublishedVersion) in
             let (signed, publisher) = try await statement(current)
             let statement = signed.statement

@@ -33,11 +33,13 @@ extension Registry {
     )
         async throws(CofferRegistryError) -> PullResult
     {
-        let actor = try await principal(for: identity.identity)
-        try await require(.reader, on: reference.name, by: actor, action: "pull", target: reference.description)
-        try await require(.decrypt, on: reference.name, by: actor, action: "pull", target: reference.description)
+        // One read of the ledger for every check and the version's authentication.
+        let state = try await ledgerState()
+        let actor = try await principal(for: identity.identity, in: state)
+        try await require(.reader, on: reference.name, by: actor, action: "pull", target: reference.description, in: state)
+        try await require(.decrypt, on: reference.name, by: actor, action: "pull", target: reference.description, in: state)
         do {
-            let result = try await pullVersion(reference, identity: identity, into: directory, progress: progress)
+            let result = try await pullVersion(reference, on: state, identity: identity, into: directory, progress: progress)
             try await audit(
                 principal: actor.name,
                 action: "pull",
@@ -54,15 +56,16 @@ extension Registry {
 
     private func pullVersion(
         _ reference: ModelReference,
+        on state: LedgerState,
         identity: UnlockedIdentity,
         into directory: String,
         progress: (@Sendable (Int) -> Void)?
     )
         async throws(CofferRegistryError) -> PullResult
     {
-        let stored = try await loadVersion(try await resolveForUse(reference).id)
+        let stored = try await loadVersion(try await resolveForUse(reference, in: state).id, in: state)
         try stored.ensureNotErased()
-        let (statement, signer) = try await authenticate(stored)
+        let (statement, signer) = try await authenticate(stored, in: state)
         let dataKey = try await unwrapDataKey(stored, identity: identity)
         var sources: [String: Unchecked<any ByteSource>] = [:]
         for file in statement.files { sources[file.path] = try await blobSource(file.sealedSHA256, what: file.path) }

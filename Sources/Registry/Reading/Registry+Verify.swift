@@ -70,10 +70,11 @@ extension Registry {
     }
 
     /// Resolves a reference for a use that releases or serves the version (pull, verify, session open): through an
-    /// alias, the version must meet the alias's policies as they stand now.
-    func resolveForUse(_ reference: ModelReference) async throws(CofferRegistryError) -> (id: Int64, version: String) {
-        let resolved = try await resolve(reference)
-        let state = try await ledgerState()
+    /// alias, the version must meet the alias's policies as they stand now. `held`: a ledger state the caller holds and
+    /// goes on with (else the current one is read).
+    func resolveForUse(_ reference: ModelReference, in held: LedgerState? = nil) async throws(CofferRegistryError) -> (id: Int64, version: String) {
+        let state = if let held { held } else { try await ledgerState() }
+        let resolved = try await resolve(reference, in: state)
         if case .alias(let alias) = reference.selector, let target = state.alias(alias, of: reference.name) {
             try await checkPolicy(model: reference.name, alias: alias, digest: target.digest, state: state)
         }

@@ -144,6 +144,9 @@ struct UnitOfWork: Sendable {
     var audit: [AuditDraft] = []
     /// Decided inside the transaction, after every earlier commit: the commit is refused when it says so.
     var holdingCheck: HoldingCheck? = nil
+    /// The ledger state `records` lead to, as ``Registry/append(_:signer:to:work:)`` applied them: once they commit
+    /// on `ledgerEnd`, it is the state, and the registry adopts it without reading them back. Not stored.
+    var ledgerAfter: LedgerState? = nil
 
     /// A check of what one principal holds, made inside the commit under a lock that other checks of that principal
     /// wait for: a limit is decided on the rows as they are when one more is added, never on a read made before (eight
