@@ -71,5 +71,32 @@ struct ClientMemoryTests {
         // Copies that are not valid do not hide the older file: a memory is never lost to a torn first write.
         try Data("coffer-memory 1 1 2 00\n{}".utf8).write(to: URL(fileURLWithPath: copy(0)))
         #expect(memory.remembered(root) == head(7))
+        // An older client that went further (a downgrade, then an upgrade again) is not gone back from.
+        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(head(7))) as! [String: Any]
+        var state = json["state"] as! [String: Any]
+        state["seq"] = 9
+        json["state"] = state
+        let further = try JSONDecoder().decode(ClientMemory.Remembered.self, from: JSONSerialization.data(withJSONObject: json))
+        try await memory.remember(root) { $0 = head(8) }
+        try JSONEncoder().encode(further).write(to: URL(fileURLWithPath: older))
+        #expect(memory.remembered(root) == further)
+        try await memory.remember(root) { $0?.head?.ledgerSeq = 10 }
+        #expect(memory.remembered(root)?.state.seq == 9 && memory.remembered(root)?.head?.ledgerSeq == 10)
+    }
+
+    /// A link or a folder in a copy's place is not read through nor written through: it is replaced.
+    @Test func somethingElseInACopysPlaceIsReplaced() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let memory = ClientMemory(directory: directory)
+        try await memory.remember(root) { $0 = head(1) }
+        let elsewhere = "\(directory)/elsewhere"
+        try FileManager.default.copyItem(atPath: copy(0), toPath: elsewhere)
+        try FileManager.default.createSymbolicLink(atPath: copy(1), withDestinationPath: elsewhere)
+        try FileManager.default.removeItem(atPath: copy(0))
+        try FileManager.default.createDirectory(atPath: copy(0), withIntermediateDirectories: false)
+        #expect(memory.remembered(root) == nil, "a copy was read through a link")
+        try await memory.remember(root) { $0 = head(2) }
+        #expect(memory.remembered(root) == head(2))
+        #expect(ClientMemory.readCopy(elsewhere)?.remembered == head(1), "a copy was written through a link")
     }
 }

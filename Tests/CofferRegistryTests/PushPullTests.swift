@@ -1,6 +1,7 @@
 import CofferCrypto
 import Foundation
 import GRDB
+import Synchronization
 import Testing
 
 @testable import CofferRegistry
@@ -34,11 +35,12 @@ struct PushPullTests {
         let second = try await f.registry.push(PushRequest(model: "team/fraud", paths: [dir]), publisher: alice)
         #expect(second.version == "2")
         // A push's records (the first with its alias record) are adopted as they were applied, not read back: the state
-        // this process and this user's memory hold is the one a replay of the stored ledger gives.
-        let adopted = try await f.registry.ledgerState()
-        #expect(adopted.seq >= 4 && adopted.latest["team/fraud"]?.version == "2" && adopted.alias("prod", of: "team/fraud") != nil)
-        #expect(try await Registry(at: f.home, memory: nil).ledgerState() == adopted)
-        #expect(f.memory.remembered(adopted.registry)?.state == adopted)
+        // this process and this user's memory hold, as the commit left them, is the one a replay of the stored ledger gives.
+        let adopted = try #require(f.registry.ledger.withLock { $0 })
+        let remembered = f.memory.remembered(adopted.registry)?.state
+        let replayed = try await Registry(at: f.home, memory: nil).ledgerState()
+        #expect(adopted.latest["team/fraud"]?.version == "2" && adopted.alias("prod", of: "team/fraud") != nil)
+        #expect(adopted == replayed && remembered == replayed)
 
         let pulled = try await f.registry.pull(try ModelReference(parsing: "team/fraud@prod"), identity: alice, into: f.path("out"))
         #expect(pulled.version == "1")

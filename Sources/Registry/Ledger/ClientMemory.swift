@@ -83,57 +83,91 @@ public struct ClientMemory: Sendable {
         return (try? JSONDecoder().decode([String: String].self, from: data)) ?? [:]
     }
 
-    public func remembered(_ root: String) -> Remembered? { newestCopy(of: root)?.remembered ?? olderClientsFile(of: root) }
+    public func remembered(_ root: String) -> Remembered? { newest(of: root)?.remembered }
 
     /// Records what was just verified, never going back from what another process remembered meanwhile.
     public func remember(_ root: String, update: @escaping @Sendable (inout Remembered?) -> Void) async throws(CofferRegistryError) {
         try await locked { () throws(CofferRegistryError) in
-            let newest = newestCopy(of: root)
-            var current = newest?.remembered ?? olderClientsFile(of: root)
+            let newest = newest(of: root)
+            var current = newest?.remembered
             let before = current
             update(&current)
             guard let current, current != before else { return }
-            try writeCopy(current, of: root, slot: newest.map { 1 - $0.slot } ?? 0, generation: (newest?.generation ?? 0) + 1)
+            let (generation, overflow) = (newest?.generation ?? 0).addingReportingOverflow(1)
+            guard !overflow else { throw .io(path: copyPath(root, 0), reason: "cannot remember the registry's state: no generation left") }
+            try writeCopy(current, of: root, slot: newest?.slot.map { 1 - $0 } ?? 0, generation: generation)
         }
     }
 
-    /// The valid copy of what is remembered of `root` with the higher generation (docs/FORMAT.md, "Client memory").
-    private func newestCopy(of root: String) -> (slot: Int, generation: UInt64, remembered: Remembered)? {
-        var newest: (slot: Int, generation: UInt64, remembered: Remembered)? = nil
-        for slot in 0..<2 {
-            guard let copy = Self.readCopy(copyPath(root, slot)), copy.generation > newest?.generation ?? 0 else { continue }
-            newest = (slot, copy.generation, copy.remembered)
+    /// What is remembered of `root`: the valid copy with the higher generation (docs/FORMAT.md, "Client memory"), or
+    /// what an older client wrote when that goes further (a downgrade and an upgrade again write both); `slot` is nil
+    /// for the older client's file.
+    private func newest(of root: String) -> (slot: Int?, generation: UInt64, remembered: Remembered)? {
+        // Headers first: only the newest valid copy's JSON is decoded (a state can be large).
+        let copies = (0..<2).compactMap { slot in Self.copyHeader(copyPath(root, slot)).map { (slot, $0) } }
+        var newest: (slot: Int?, generation: UInt64, remembered: Remembered)? = nil
+        for (slot, copy) in copies.sorted(by: { $0.1.generation > $1.1.generation }) {
+            if let remembered = Self.decodeCopy(copy) {
+                newest = (slot, copy.generation, remembered)
+                break
+            }
+        }
+        let older = FileManager.default.contents(atPath: "\(directory)/registries/\(root).json").flatMap {
+            try? JSONDecoder().decode(Remembered.self, from: $0)
+        }
+        if let older, newest.map({ older.state.supersedes($0.remembered.state) }) ?? true {
+            return (nil, newest?.generation ?? 0, older)
         }
         return newest
     }
 
     private func copyPath(_ root: String, _ slot: Int) -> String { "\(directory)/registries/\(root).\(slot)" }
 
-    /// What a client before the two copies remembered, in one file written by rename.
-    private func olderClientsFile(of root: String) -> Remembered? {
-        guard let data = FileManager.default.contents(atPath: "\(directory)/registries/\(root).json") else { return nil }
-        return try? JSONDecoder().decode(Remembered.self, from: data)
-    }
-
     static let copyMagic = "coffer-memory 1"
 
-    /// A copy's generation and contents; nil when it is missing, torn (its digest does not match) or not a copy.
-    static func readCopy(_ path: String) -> (generation: UInt64, remembered: Remembered)? {
-        guard let data = FileManager.default.contents(atPath: path), let newline = data.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+    /// A copy's header and the JSON its length names; nil when the file is missing, not a regular file, or not a copy.
+    static func copyHeader(_ path: String) -> (generation: UInt64, digest: String, json: Data)? {
+        guard let data = regularFile(path), let newline = data.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
         let fields = String(decoding: data[..<newline], as: UTF8.self).split(separator: " ", omittingEmptySubsequences: false)
         guard fields.count == 5, "\(fields[0]) \(fields[1])" == copyMagic, let generation = UInt64(fields[2]), generation > 0,
             let length = Int(fields[3]), length >= 0, length <= data.count - newline - 1
         else { return nil }
-        let json = data[(newline + 1)..<(newline + 1 + length)]
-        guard Digest.hex(Digest.sha256(json)) == fields[4], let remembered = try? JSONDecoder().decode(Remembered.self, from: json) else {
+        return (generation, String(fields[4]), data[(newline + 1)..<(newline + 1 + length)])
+    }
+
+    /// The contents of the regular file at `path`, not through a link (the writer would not write through one), and
+    /// without waiting on a FIFO put there.
+    private static func regularFile(_ path: String) -> Data? {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+            close(fd)
             return nil
         }
-        return (generation, remembered)
+        let stream = FileDescriptorStream(ownedDescriptor: fd, path: path)
+        var data = Data(count: Int(info.st_size))
+        let n = data.withUnsafeMutableBytes { (try? stream.read(into: $0)) ?? -1 }
+        guard n >= 0 else { return nil }
+        return data.prefix(n)
+    }
+
+    /// A copy's contents when its digest matches (not torn) and they decode.
+    static func decodeCopy(_ copy: (generation: UInt64, digest: String, json: Data)) -> Remembered? {
+        guard Digest.hex(Digest.sha256(copy.json)) == copy.digest else { return nil }
+        return try? JSONDecoder().decode(Remembered.self, from: copy.json)
+    }
+
+    /// A copy's generation and contents; nil when it is missing, torn or not a copy.
+    static func readCopy(_ path: String) -> (generation: UInt64, remembered: Remembered)? {
+        copyHeader(path).flatMap { copy in decodeCopy(copy).map { (copy.generation, $0) } }
     }
 
     /// Overwrites copy `slot` in place and syncs it: the other copy stays whole whatever happens meanwhile. The copy's
-    /// file is made only once, its folder then synced: a file written anew and renamed took two syncs each time, and a
-    /// new file's blocks and a rename for the journal to commit.
+    /// file is made only once: a file written anew and renamed took two syncs each time, and a new file's blocks and a
+    /// rename for the journal to commit. The folder is synced whenever the slot held no valid copy, so that a file made
+    /// by a write that then failed has its name made durable too. A link, or a file this user cannot write (made by
+    /// root under `sudo` with this HOME), in a copy's place is replaced, as a rename replaced it.
     private func writeCopy(_ value: Remembered, of root: String, slot: Int, generation: UInt64) throws(CofferRegistryError) {
         let path = copyPath(root, slot)
         let failure = { (why: String) in CofferRegistryError.io(path: path, reason: "cannot remember the registry's state: \(why)") }
@@ -141,15 +175,24 @@ public struct ClientMemory: Sendable {
         do { json = Array(try Self.encoder().encode(value)) } catch { throw failure("\(error)") }
         let bytes = Array("\(Self.copyMagic) \(generation) \(json.count) \(Digest.hex(Digest.sha256(json)))\n".utf8) + json
         do { try FileBytes.makePrivateDirectory(FileBytes.parentDirectory(of: path)) } catch { throw failure("\(error)") }
-        var fd = open(path, O_WRONLY | O_NOFOLLOW | O_CLOEXEC)
-        let made = fd < 0 && errno == ENOENT
-        if made { fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
+        let wasValid = Self.readCopy(path) != nil
+        var fd = open(path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        var info = stat()
+        if fd >= 0, fstat(fd, &info) != 0 || info.st_mode & S_IFMT != S_IFREG {
+            close(fd)
+            fd = -1
+            errno = EINVAL
+        }
+        if fd < 0 {
+            if errno != ENOENT { remove(path) }  // a link, a file or an empty folder
+            fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        }
         guard fd >= 0 else { throw failure(String(cString: strerror(errno))) }
         defer { close(fd) }
         guard bytes.withUnsafeBytes({ Directories.writeAll(fd, $0, at: 0) }), fdatasync(fd) == 0 else {
             throw failure(String(cString: strerror(errno)))
         }
-        if made { Directories.sync(FileBytes.parentDirectory(of: path)) }
+        if !wasValid { Directories.sync(FileBytes.parentDirectory(of: path)) }
     }
 
     /// How the memory's files are written (``ClientMemory/warmUp()`` writes the same way).

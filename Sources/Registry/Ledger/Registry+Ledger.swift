@@ -165,7 +165,9 @@ extension Registry {
             change: change,
             signer: signer.key.identity
         )
-        do throws(LedgerError) { try state.apply(record) } catch { throw .refused(Self.refusal(error)) }
+        // Applied as its readers will parse it (helper-61: `apply` takes a few values the parser refuses): the state a
+        // commit adopts without reading its records back is the one a replay of them gives.
+        do throws(LedgerError) { try state.apply(try LedgerRecord(envelope: record.envelope)) } catch { throw .refused(Self.refusal(error)) }
         work.records.append(LedgerRow(record))
         work.changes += Self.changes(for: record, state: state)
         work.ledgerAfter = state

@@ -65,7 +65,8 @@ extension Registry {
             throw .versionExists("\(request.model):\(version)")
         }
         var parentID: Int64? = nil
-        if let parent = request.parent { parentID = try await resolve(parent, in: state).id }
+        // On a fresh read: a parent pushed since `state` was read would otherwise look like a row the ledger does not have.
+        if let parent = request.parent { parentID = try await resolve(parent).id }
         // Refuse an over-budget or policy-violating push before sealing anything; both are judged again at commit.
         let charged = try Self.checkBudget(
             state,

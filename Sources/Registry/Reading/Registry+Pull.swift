@@ -33,13 +33,13 @@ extension Registry {
     )
         async throws(CofferRegistryError) -> PullResult
     {
-        // One read of the ledger for every check and the version's authentication.
+        // One read of the ledger for the checks, and one for the version (`pullVersion`).
         let state = try await ledgerState()
         let actor = try await principal(for: identity.identity, in: state)
         try await require(.reader, on: reference.name, by: actor, action: "pull", target: reference.description, in: state)
         try await require(.decrypt, on: reference.name, by: actor, action: "pull", target: reference.description, in: state)
         do {
-            let result = try await pullVersion(reference, on: state, identity: identity, into: directory, progress: progress)
+            let result = try await pullVersion(reference, identity: identity, into: directory, progress: progress)
             try await audit(
                 principal: actor.name,
                 action: "pull",
@@ -56,13 +56,15 @@ extension Registry {
 
     private func pullVersion(
         _ reference: ModelReference,
-        on state: LedgerState,
         identity: UnlockedIdentity,
         into directory: String,
         progress: (@Sendable (Int) -> Void)?
     )
         async throws(CofferRegistryError) -> PullResult
     {
+        // Read again just before the version's rows: a version or a rekey committed since the checks must be in the state
+        // its rows are judged on, or it would read as tampering (helper-61).
+        let state = try await ledgerState()
         let stored = try await loadVersion(try await resolveForUse(reference, in: state).id, in: state)
         try stored.ensureNotErased()
         let (statement, signer) = try await authenticate(stored, in: state)

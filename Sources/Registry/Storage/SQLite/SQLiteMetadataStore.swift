@@ -38,7 +38,8 @@ final class SQLiteMetadataStore: MetadataStore {
             // An SQLite without the setting checkpoints at close, as before: the same data, only slower.
             _ = coffer_sqlite_keep_log_on_close(db.sqliteConnection)
         }
-        if let path { Self.readAhead(path) }
+        // The log too: the first connection reads all of it, a frame at a time, to rebuild its index (`logBound`).
+        if let path { for file in [path, "\(path)-wal"] { Self.readAhead(file) } }
         do {
             if let path {
                 switch connections {
