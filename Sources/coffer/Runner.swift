@@ -101,7 +101,7 @@ enum RunnerProcess {
         return command
     }
 
-    /// Parses the everyday commands once and starts a made-up ledger (``ClientMemory/warmUp()``), so that forks find
+    /// Parses the everyday commands once and starts a made-up ledger (``Registry/warmUpForForks()``), so that forks find
     /// ArgumentParser's and the runtime's first lookups done. Nothing here may read the environment, the registry or a
     /// key into memory the forks share.
     private static func warmUp() {
@@ -110,6 +110,6 @@ enum RunnerProcess {
             ["verify", "m:1"], ["infer", "--session", "s", "i"],
         ]
         for line in lines { _ = try? Coffer.parseAsRoot(line) }
-        ClientMemory.warmUp()
+        Registry.warmUpForForks()
     }
 }

@@ -134,8 +134,10 @@ struct LedgerStateTests {
         chain.refuses(.budgetSet(dataset: "census 2021", epsilon: 4, delta: 1e-5, models: nil), "invalid dataset id")
     }
 
-    /// The runner's warm-up goes through every step: a record signed and verified, applied, remembered and read back.
+    /// The runner's warm-up goes through every step: a record signed and verified, applied, remembered and read back,
+    /// and the lookups of a statement's placeholders and a path's normalization.
     @Test func theRunnersWarmUpStartsALedgerAllTheWay() {
         #expect(ClientMemory.warmUp())
+        #expect(Registry.warmUpForForks())
     }
 }
