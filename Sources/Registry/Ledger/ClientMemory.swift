@@ -96,12 +96,14 @@ public struct ClientMemory: Sendable {
             let (generation, overflow) = (newest?.generation ?? 0).addingReportingOverflow(1)
             guard !overflow else { throw .io(path: copyPath(root, 0), reason: "cannot remember the registry's state: no generation left") }
             try writeCopy(current, of: root, slot: newest?.slot.map { 1 - $0 } ?? 0, generation: generation)
+            // What the older client's file held is in the copy now (``newest(of:)`` merged it).
+            unlink(olderClientsPath(root))
         }
     }
 
-    /// What is remembered of `root`: the valid copy with the higher generation (docs/FORMAT.md, "Client memory"), or
-    /// what an older client wrote when that goes further (a downgrade and an upgrade again write both); `slot` is nil
-    /// for the older client's file.
+    /// What is remembered of `root`: the valid copy with the higher generation (docs/FORMAT.md, "Client memory"), merged
+    /// with what an older client wrote, when there is such a file (a downgrade and an upgrade again): its state when it
+    /// goes further, and each of its marks when that goes further. `slot` is the copy's, nil when there is none.
     private func newest(of root: String) -> (slot: Int?, generation: UInt64, remembered: Remembered)? {
         // Headers first: only the newest valid copy's JSON is decoded (a state can be large).
         let copies = (0..<2).compactMap { slot in Self.copyHeader(copyPath(root, slot)).map { (slot, $0) } }
@@ -112,14 +114,22 @@ public struct ClientMemory: Sendable {
                 break
             }
         }
-        let older = FileManager.default.contents(atPath: "\(directory)/registries/\(root).json").flatMap {
-            try? JSONDecoder().decode(Remembered.self, from: $0)
+        guard let older = Self.regularFile(olderClientsPath(root)).flatMap({ try? JSONDecoder().decode(Remembered.self, from: $0) }) else {
+            return newest
         }
-        if let older, newest.map({ older.state.supersedes($0.remembered.state) }) ?? true {
-            return (nil, newest?.generation ?? 0, older)
+        guard var merged = newest?.remembered else { return (nil, 0, older) }
+        if older.state.supersedes(merged.state) { merged.state = older.state }
+        if let audit = older.audit, audit.seq > merged.audit?.seq ?? 0 { merged.audit = audit }
+        if let head = older.head,
+            head.ledgerSeq > merged.head?.ledgerSeq ?? 0 || (head.ledgerSeq == merged.head?.ledgerSeq && head.at > merged.head!.at)
+        {
+            merged.head = head
         }
-        return newest
+        return (newest?.slot, newest?.generation ?? 0, merged)
     }
+
+    /// Where a client before the two copies remembered `root`, in one file written by rename.
+    private func olderClientsPath(_ root: String) -> String { "\(directory)/registries/\(root).json" }
 
     private func copyPath(_ root: String, _ slot: Int) -> String { "\(directory)/registries/\(root).\(slot)" }
 
@@ -135,13 +145,13 @@ public struct ClientMemory: Sendable {
         return (generation, String(fields[4]), data[(newline + 1)..<(newline + 1 + length)])
     }
 
-    /// The contents of the regular file at `path`, not through a link (the writer would not write through one), and
-    /// without waiting on a FIFO put there.
+    /// The contents of the regular file at `path`, not through a link (the writer would not write through one),
+    /// without waiting on a FIFO put there, and up to 64 MiB.
     private static func regularFile(_ path: String) -> Data? {
         let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         var info = stat()
-        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_size <= 64 << 20 else {
             close(fd)
             return nil
         }
@@ -165,9 +175,10 @@ public struct ClientMemory: Sendable {
 
     /// Overwrites copy `slot` in place and syncs it: the other copy stays whole whatever happens meanwhile. The copy's
     /// file is made only once: a file written anew and renamed took two syncs each time, and a new file's blocks and a
-    /// rename for the journal to commit. The folder is synced whenever the slot held no valid copy, so that a file made
-    /// by a write that then failed has its name made durable too. A link, or a file this user cannot write (made by
-    /// root under `sudo` with this HOME), in a copy's place is replaced, as a rename replaced it.
+    /// rename for the journal to commit. The folder is synced when this makes the file, and whenever the slot held no
+    /// valid copy, so that a file made by a write that then failed has its name made durable too. A link, a folder, or a
+    /// file this user cannot write (made by root under `sudo` with this HOME) in a copy's place is replaced, as a rename
+    /// replaced it.
     private func writeCopy(_ value: Remembered, of root: String, slot: Int, generation: UInt64) throws(CofferRegistryError) {
         let path = copyPath(root, slot)
         let failure = { (why: String) in CofferRegistryError.io(path: path, reason: "cannot remember the registry's state: \(why)") }
@@ -175,7 +186,7 @@ public struct ClientMemory: Sendable {
         do { json = Array(try Self.encoder().encode(value)) } catch { throw failure("\(error)") }
         let bytes = Array("\(Self.copyMagic) \(generation) \(json.count) \(Digest.hex(Digest.sha256(json)))\n".utf8) + json
         do { try FileBytes.makePrivateDirectory(FileBytes.parentDirectory(of: path)) } catch { throw failure("\(error)") }
-        let wasValid = Self.readCopy(path) != nil
+        let wasValid = Self.copyHeader(path).map { Digest.hex(Digest.sha256($0.json)) == $0.digest } ?? false
         var fd = open(path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         var info = stat()
         if fd >= 0, fstat(fd, &info) != 0 || info.st_mode & S_IFMT != S_IFREG {
@@ -183,8 +194,9 @@ public struct ClientMemory: Sendable {
             fd = -1
             errno = EINVAL
         }
-        if fd < 0 {
-            if errno != ENOENT { remove(path) }  // a link, a file or an empty folder
+        let made = fd < 0
+        if made {
+            if errno != ENOENT, remove(path) != 0 { throw failure("cannot replace what is there: \(String(cString: strerror(errno)))") }
             fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         }
         guard fd >= 0 else { throw failure(String(cString: strerror(errno))) }
@@ -192,7 +204,7 @@ public struct ClientMemory: Sendable {
         guard bytes.withUnsafeBytes({ Directories.writeAll(fd, $0, at: 0) }), fdatasync(fd) == 0 else {
             throw failure(String(cString: strerror(errno)))
         }
-        if !wasValid { Directories.sync(FileBytes.parentDirectory(of: path)) }
+        if made || !wasValid { Directories.sync(FileBytes.parentDirectory(of: path)) }
     }
 
     /// How the memory's files are written (``ClientMemory/warmUp()`` writes the same way).
