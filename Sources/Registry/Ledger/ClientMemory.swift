@@ -162,9 +162,14 @@ public struct ClientMemory: Sendable {
         return data.prefix(n)
     }
 
-    /// A copy's contents when its digest matches (not torn) and they decode.
+    /// Whether a copy's JSON has the digest its header names: it was not torn.
+    static func isWhole(_ copy: (generation: UInt64, digest: String, json: Data)) -> Bool {
+        Digest.hex(Digest.sha256(copy.json)) == copy.digest
+    }
+
+    /// A copy's contents when it is whole and they decode.
     static func decodeCopy(_ copy: (generation: UInt64, digest: String, json: Data)) -> Remembered? {
-        guard Digest.hex(Digest.sha256(copy.json)) == copy.digest else { return nil }
+        guard isWhole(copy) else { return nil }
         return try? JSONDecoder().decode(Remembered.self, from: copy.json)
     }
 
@@ -186,7 +191,7 @@ public struct ClientMemory: Sendable {
         do { json = Array(try Self.encoder().encode(value)) } catch { throw failure("\(error)") }
         let bytes = Array("\(Self.copyMagic) \(generation) \(json.count) \(Digest.hex(Digest.sha256(json)))\n".utf8) + json
         do { try FileBytes.makePrivateDirectory(FileBytes.parentDirectory(of: path)) } catch { throw failure("\(error)") }
-        let wasValid = Self.copyHeader(path).map { Digest.hex(Digest.sha256($0.json)) == $0.digest } ?? false
+        let wasValid = Self.copyHeader(path).map(Self.isWhole) ?? false
         var fd = open(path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         var info = stat()
         if fd >= 0, fstat(fd, &info) != 0 || info.st_mode & S_IFMT != S_IFREG {
