@@ -82,7 +82,8 @@ struct LeftoversTests {
 
     /// A sweep trusts records only in a folder no one else may write, only its user's own files, and even then removes
     /// only entries named as Coffer names them: whoever could write a record would otherwise choose what is removed.
-    /// A record whose folder is not there (an unmounted disk) is kept for a later sweep, for 30 days.
+    /// A record whose folder is not there, perhaps on an unmounted disk, is kept for a later sweep, for 30 days; one whose
+    /// folder was removed from a mounted file system goes at once.
     @Test func aSweepTrustsOnlyPrivateRecordsOfTemporaryNames() throws {
         let scratch = try Scratch()
         defer { scratch.remove() }
@@ -93,6 +94,10 @@ struct LeftoversTests {
         #expect(FileManager.default.createFile(atPath: "\(work)/.out.coffer-tmp-x1", contents: Data("plaintext".utf8)))
         record("\(work)/.out.coffer-tmp-x1")
         record("\(base)/unmounted/.coffer-pull-abc", named: "record-unmounted")
+        try FileManager.default.createDirectory(atPath: "\(work)/removed/deeper", withIntermediateDirectories: true)
+        #expect(FileManager.default.createFile(atPath: "\(work)/removed/deeper/.out.coffer-tmp-x2", contents: Data()))
+        record("\(work)/removed/deeper/.out.coffer-tmp-x2", named: "record-removed")
+        try FileManager.default.removeItem(atPath: "\(work)/removed")
         record("\(base)/gone-long-ago/.coffer-pull-abc", named: "record-old")
         var old = [timespec(tv_sec: time(nil) - 31 * 86_400, tv_nsec: 0), timespec(tv_sec: time(nil) - 31 * 86_400, tv_nsec: 0)]
         #expect(utimensat(AT_FDCWD, "\(records)/record-old", &old, 0) == 0)

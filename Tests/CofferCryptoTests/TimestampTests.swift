@@ -23,4 +23,23 @@ struct TimestampTests {
         }
         #expect(Timestamp.string(Date(timeIntervalSince1970: 1_764_573_144.123_4)) == "2025-12-01T07:12:24.123Z")
     }
+
+    /// The calendar is computed, not asked of `gmtime_r`: the two agree on every day from year 1 to 9999, before 1970
+    /// included.
+    @Test func theCalendarIsGmtimes() {
+        var days: Int64 = -719_162  // 0001-01-01
+        while days <= 2_932_896 {  // 9999-12-31
+            var time = time_t(days * 86_400)
+            var fields = tm()
+            gmtime_r(&time, &fields)
+            let computed = Timestamp.civil(days: days)
+            guard computed == (Int64(fields.tm_year) + 1900, Int64(fields.tm_mon) + 1, Int64(fields.tm_mday)) else {
+                Issue.record("day \(days): \(computed)")
+                return
+            }
+            days += 1
+        }
+        #expect(Timestamp.string(Date(timeIntervalSince1970: -0.0004)) == "1970-01-01T00:00:00.000Z")
+        #expect(Timestamp.string(Date(timeIntervalSince1970: -1.5)) == "1969-12-31T23:59:58.500Z")
+    }
 }

@@ -141,8 +141,8 @@ public enum Leftovers {
             }
             if remove(entry, device: device, inode: inode) || remove(entry + Array(".interrupted".utf8), device: device, inode: inode) {
                 removed += 1
-            } else if !folderIsThere(of: entry, device: device), own.st_mtim.tv_sec > monthAgo {
-                continue  // Its folder is not there (an unmounted disk): kept for a later sweep, for 30 days.
+            } else if mayBeUnmounted(entry, device: device), own.st_mtim.tv_sec > monthAgo {
+                continue  // Its folder is not there, perhaps on a disk not mounted now: kept for a later sweep, for 30 days.
             }
             unlinkat(folderFD, name, 0)
         }
@@ -211,12 +211,20 @@ public enum Leftovers {
         }
     }
 
-    /// Whether the folder of `entry` (bytes, from the root) is there, on the recorded device: then an entry not found
-    /// there is gone for good.
-    private static func folderIsThere(of entry: [UInt8], device: UInt64) -> Bool {
-        guard let slash = entry.lastIndex(of: UInt8(ascii: "/")) else { return false }
+    /// Whether the folder of `entry` (bytes, from the root) may be on a file system not mounted now: it is not there on
+    /// the recorded device, and the nearest folder above it that is there is on another device (a mount point, or what
+    /// is left of one). When that folder is on the recorded device, the entry's folder was removed from a mounted file
+    /// system and the entry is gone for good: its record goes at once, so that records do not pile up for 30 days (one
+    /// for each test folder a killed writer's was removed with), each read by every command's sweep.
+    private static func mayBeUnmounted(_ entry: [UInt8], device: UInt64) -> Bool {
+        guard var slash = entry.lastIndex(of: UInt8(ascii: "/")) else { return false }
         var status = stat()
-        return stat(folderPath(of: entry, slash: slash), &status) == 0 && UInt64(status.st_dev) == device
+        if stat(folderPath(of: entry, slash: slash), &status) == 0 { return UInt64(status.st_dev) != device }
+        while slash > 0, let above = entry[..<slash].lastIndex(of: UInt8(ascii: "/")) {
+            slash = above
+            if stat(folderPath(of: entry, slash: slash), &status) == 0 { return UInt64(status.st_dev) != device }
+        }
+        return true
     }
 
     /// The folder of `entry` (bytes, from the root; `slash` its last) as a C string.
