@@ -219,12 +219,14 @@ public enum Leftovers {
     private static func mayBeUnmounted(_ entry: [UInt8], device: UInt64) -> Bool {
         guard var slash = entry.lastIndex(of: UInt8(ascii: "/")) else { return false }
         var status = stat()
-        if stat(folderPath(of: entry, slash: slash), &status) == 0 { return UInt64(status.st_dev) != device }
-        while slash > 0, let above = entry[..<slash].lastIndex(of: UInt8(ascii: "/")) {
+        while stat(folderPath(of: entry, slash: slash), &status) != 0 {
+            // Only a folder known not to be there is looked above: another error (a network file system's) may pass.
+            guard errno == ENOENT || errno == ENOTDIR, slash > 0, let above = entry[..<slash].lastIndex(of: UInt8(ascii: "/")) else {
+                return true
+            }
             slash = above
-            if stat(folderPath(of: entry, slash: slash), &status) == 0 { return UInt64(status.st_dev) != device }
         }
-        return true
+        return UInt64(status.st_dev) != device
     }
 
     /// The folder of `entry` (bytes, from the root; `slash` its last) as a C string.
