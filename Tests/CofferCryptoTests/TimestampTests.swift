@@ -42,4 +42,15 @@ struct TimestampTests {
         #expect(Timestamp.string(Date(timeIntervalSince1970: -0.0004)) == "1970-01-01T00:00:00.000Z")
         #expect(Timestamp.string(Date(timeIntervalSince1970: -1.5)) == "1969-12-31T23:59:58.500Z")
     }
+
+    /// Any date is written, none traps: one outside years 0000 to 9999 (a query's age of 10^11 days reaches here) as
+    /// the nearest end.
+    @Test func aDateOutsideTheYearsIsTheNearestEnd() {
+        for time in [1e16, 1e300, .infinity, .greatestFiniteMagnitude] {
+            #expect(Timestamp.string(Date(timeIntervalSince1970: time)) == "9999-12-31T23:59:59.999Z")
+            #expect(Timestamp.string(Date(timeIntervalSince1970: -time)) == "0000-01-01T00:00:00.000Z")
+        }
+        #expect(Timestamp.string(Date(timeIntervalSince1970: .nan)) == "1970-01-01T00:00:00.000Z")
+        #expect(Timestamp.string(Date(timeIntervalSince1970: -62_167_219_200)) == "0000-01-01T00:00:00.000Z")
+    }
 }

@@ -122,7 +122,7 @@ public enum Leftovers {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
             if name.hasPrefix("record-") && isID(name.dropFirst("record-".count)) || isID(name[...]) { names.append(name) }
         }
-        let monthAgo = time(nil) - 30 * 86_400
+        let now = time(nil)
         var removed = 0
         for name in names {
             let descriptor = openat(folderFD, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
@@ -141,8 +141,8 @@ public enum Leftovers {
             }
             if remove(entry, device: device, inode: inode) || remove(entry + Array(".interrupted".utf8), device: device, inode: inode) {
                 removed += 1
-            } else if mayBeUnmounted(entry, device: device), own.st_mtim.tv_sec > monthAgo {
-                continue  // Its folder is not there, perhaps on a disk not mounted now: kept for a later sweep, for 30 days.
+            } else if case let days = daysKept(entry, device: device, inode: inode), days > 0, own.st_mtim.tv_sec > now - days * 86_400 {
+                continue
             }
             unlinkat(folderFD, name, 0)
         }
@@ -211,22 +211,32 @@ public enum Leftovers {
         }
     }
 
-    /// Whether the folder of `entry` (bytes, from the root) may be on a file system not mounted now: it is not there on
-    /// the recorded device, and the nearest folder above it that is there is on another device (a mount point, or what
-    /// is left of one). When that folder is on the recorded device, the entry's folder was removed from a mounted file
-    /// system and the entry is gone for good: its record goes at once, so that records do not pile up for 30 days (one
-    /// for each test folder a killed writer's was removed with), each read by every command's sweep.
-    private static func mayBeUnmounted(_ entry: [UInt8], device: UInt64) -> Bool {
-        guard var slash = entry.lastIndex(of: UInt8(ascii: "/")) else { return false }
+    /// For how many days after it was written a record whose entry was not removed is kept for later sweeps: 30 while
+    /// its entry is still there, this user's (a folder that could not be emptied: tried again), or its folder may be on a
+    /// disk not mounted now (the entry's folder, else the nearest folder above it that is there, on another device, or an
+    /// error other than "not there" on the way); 1 when its folder is gone from a mounted file system (a mount
+    /// namespace's or a network file system's view may show it again), so that such records, one for each test folder
+    /// removed with a killed writer's entry in it, do not pile up for a month, each read by every command's sweep; 0 when
+    /// its folder is there on the recorded device and the entry is not.
+    private static func daysKept(_ entry: [UInt8], device: UInt64, inode: UInt64) -> Int {
+        guard var slash = entry.lastIndex(of: UInt8(ascii: "/")) else { return 0 }
         var status = stat()
-        while stat(folderPath(of: entry, slash: slash), &status) != 0 {
-            // Only a folder known not to be there is looked above: another error (a network file system's) may pass.
-            guard errno == ENOENT || errno == ENOTDIR, slash > 0, let above = entry[..<slash].lastIndex(of: UInt8(ascii: "/")) else {
-                return true
+        if isTemporaryName(Substring(String(decoding: entry[(slash + 1)...], as: UTF8.self))) {
+            for path in [entry, entry + Array(".interrupted".utf8)]
+            where lstat(path.map { CChar(bitPattern: $0) } + [0], &status) == 0 && UInt64(status.st_dev) == device
+                && UInt64(status.st_ino) == inode && status.st_uid == geteuid()
+            {
+                return 30
             }
-            slash = above
         }
-        return UInt64(status.st_dev) != device
+        var above = false
+        while stat(folderPath(of: entry, slash: slash), &status) != 0 {
+            guard errno == ENOENT || errno == ENOTDIR, slash > 0, let next = entry[..<slash].lastIndex(of: UInt8(ascii: "/")) else {
+                return 30
+            }
+            (slash, above) = (next, true)
+        }
+        return UInt64(status.st_dev) != device ? 30 : above ? 1 : 0
     }
 
     /// The folder of `entry` (bytes, from the root; `slash` its last) as a C string.

@@ -8,7 +8,9 @@ public import Foundation
 /// disk read of 1.2 ms in a push with the page cache emptied).
 public enum Timestamp {
     public static func string(_ date: Date, milliseconds: Bool = true) -> String {
-        let total = (date.timeIntervalSince1970 * 1000).rounded()
+        // Years 0000 to 9999: a date past them (an age of 10^11 days in a query, say) is written as the nearest end.
+        let time = date.timeIntervalSince1970.isNaN ? 0 : min(max(date.timeIntervalSince1970, -62_167_219_200), 253_402_300_799.999)
+        let total = (time * 1000).rounded()
         let seconds = Int64((total / 1000).rounded(.down))
         let (days, second) = (seconds.floorDivided(by: 86_400), seconds - seconds.floorDivided(by: 86_400) * 86_400)
         let (year, month, day) = civil(days: days)
