@@ -285,9 +285,11 @@ struct WebTests {
             #expect(tampered.contains(#"<span class="badge bad" id="blob-status">mismatch</span>"#))
             #expect(tampered.contains("blob of \(file.path) does not match its signed SHA-256"))
 
-            // Checks are limited per principal: the fourth within the minute is a 429 page saying when to try again.
-            #expect(try await checkNow().status == .seeOther)
-            let limited = try await checkNow()
+            // Checks are limited per principal: past the burst, a 429 page saying when to try again. (The fourth check
+            // within 20 s is the one; a loaded machine can take longer over these checks and earn one more, which
+            // VersionChecksTests counts exactly.)
+            var limited = try await checkNow()
+            for _ in 0..<3 where limited.status == .seeOther { limited = try await checkNow() }
             #expect(limited.status == .tooManyRequests && limited.headers[.retryAfter] != nil)
             #expect(Self.text(limited).contains("bob checked versions 3 times recently: check again in "))
             // GET /v1/verify hashes every blob too and draws on the same bucket.
