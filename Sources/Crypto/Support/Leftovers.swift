@@ -139,11 +139,15 @@ public enum Leftovers {
                 if name.hasPrefix("record-") { unlinkat(folderFD, name, 0) }
                 continue
             }
-            if remove(entry, device: device, inode: inode) || remove(entry + Array(".interrupted".utf8), device: device, inode: inode) {
-                removed += 1
-            } else if case let days = daysKept(entry, device: device, inode: inode), days > 0, own.st_mtim.tv_sec > now - days * 86_400 {
-                continue
+            var found = remove(entry, device: device, inode: inode)
+            if found != .removed, case let interrupted = remove(entry + Array(".interrupted".utf8), device: device, inode: inode),
+                interrupted != .notThere
+            {
+                found = interrupted
             }
+            if found == .removed { removed += 1 }
+            let days = found == .removed ? 0 : found == .stillThere ? 30 : daysKept(entry, device: device)
+            if days > 0, own.st_mtim.tv_sec > now - days * 86_400 { continue }
             unlinkat(folderFD, name, 0)
         }
         return removed
@@ -177,13 +181,15 @@ public enum Leftovers {
     /// one recorded (device and inode) and this user's. It is reached through its folder's descriptor (a folder path
     /// under PATH_MAX with a long name still opens), looked at without being opened (a device is never opened), and a
     /// folder is emptied through the descriptor checked, so that nothing renamed to its name meanwhile loses its contents.
-    private static func remove(_ entry: [UInt8], device: UInt64, inode: UInt64) -> Bool {
+    /// Returns whether it removed it, found it there but could not, or found nothing recorded there (no such name, another
+    /// entry at it, a name not a temporary one, or a folder it could not open).
+    private static func remove(_ entry: [UInt8], device: UInt64, inode: UInt64) -> Found {
         guard let slash = entry.lastIndex(of: UInt8(ascii: "/")),
             isTemporaryName(Substring(String(decoding: entry[(slash + 1)...], as: UTF8.self)))
-        else { return false }
+        else { return .notThere }
         let name = entry[(slash + 1)...].map { CChar(bitPattern: $0) } + [0]
         let folder = open(folderPath(of: entry, slash: slash), O_PATH | O_DIRECTORY | O_CLOEXEC)
-        guard folder >= 0 else { return false }
+        guard folder >= 0 else { return .notThere }
         defer { close(folder) }
         func isRecorded(_ fd: Int32) -> stat? {
             var status = stat()
@@ -193,42 +199,37 @@ public enum Leftovers {
             return status
         }
         let handle = openat(folder, name, O_PATH | O_NOFOLLOW | O_CLOEXEC)
-        guard handle >= 0 else { return false }
+        guard handle >= 0 else { return .notThere }
         defer { close(handle) }
-        guard let status = isRecorded(handle) else { return false }
+        guard let status = isRecorded(handle) else { return .notThere }
         switch status.st_mode & S_IFMT {
         case S_IFDIR:
             let fd = openat(folder, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            guard fd >= 0 else { return false }
+            guard fd >= 0 else { return .stillThere }
             defer { close(fd) }
-            guard isRecorded(fd) != nil else { return false }
+            guard isRecorded(fd) != nil else { return .stillThere }
             coffer_empty_folder(fd)
-            return unlinkat(folder, name, AT_REMOVEDIR) == 0
+            return unlinkat(folder, name, AT_REMOVEDIR) == 0 ? .removed : .stillThere
         case S_IFREG:
-            return unlinkat(folder, name, 0) == 0
+            return unlinkat(folder, name, 0) == 0 ? .removed : .stillThere
         default:
-            return false
+            return .stillThere
         }
     }
 
-    /// For how many days after it was written a record whose entry was not removed is kept for later sweeps: 30 while
-    /// its entry is still there, this user's (a folder that could not be emptied: tried again), or its folder may be on a
-    /// disk not mounted now (the entry's folder, else the nearest folder above it that is there, on another device, or an
-    /// error other than "not there" on the way); 1 when its folder is gone from a mounted file system (a mount
-    /// namespace's or a network file system's view may show it again), so that such records, one for each test folder
-    /// removed with a killed writer's entry in it, do not pile up for a month, each read by every command's sweep; 0 when
-    /// its folder is there on the recorded device and the entry is not.
-    private static func daysKept(_ entry: [UInt8], device: UInt64, inode: UInt64) -> Int {
+    /// What ``remove(_:device:inode:)`` found at a recorded entry.
+    private enum Found { case removed, stillThere, notThere }
+
+    /// For how many days after it was written a record is kept for later sweeps when nothing it names is there: 30 while
+    /// its folder may be on a disk not mounted now (the entry's folder, else the nearest folder above it that is there, on
+    /// another device, or an error other than "not there" on the way); 1 when its folder is gone from a mounted file
+    /// system (a mount namespace's or a network file system's view may show it again), so that such records, one for
+    /// each test folder removed with a killed writer's entry in it, do not pile up for a month, each read by every
+    /// command's sweep; 0 when its folder is there on the recorded device. (A record whose entry is still there, this
+    /// user's, is kept 30 days: its removal is tried again.)
+    private static func daysKept(_ entry: [UInt8], device: UInt64) -> Int {
         guard var slash = entry.lastIndex(of: UInt8(ascii: "/")) else { return 0 }
         var status = stat()
-        if isTemporaryName(Substring(String(decoding: entry[(slash + 1)...], as: UTF8.self))) {
-            for path in [entry, entry + Array(".interrupted".utf8)]
-            where lstat(path.map { CChar(bitPattern: $0) } + [0], &status) == 0 && UInt64(status.st_dev) == device
-                && UInt64(status.st_ino) == inode && status.st_uid == geteuid()
-            {
-                return 30
-            }
-        }
         var above = false
         while stat(folderPath(of: entry, slash: slash), &status) != 0 {
             guard errno == ENOENT || errno == ENOTDIR, slash > 0, let next = entry[..<slash].lastIndex(of: UInt8(ascii: "/")) else {

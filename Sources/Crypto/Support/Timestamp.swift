@@ -12,7 +12,8 @@ public enum Timestamp {
         let time = date.timeIntervalSince1970.isNaN ? 0 : min(max(date.timeIntervalSince1970, -62_167_219_200), 253_402_300_799.999)
         let total = (time * 1000).rounded()
         let seconds = Int64((total / 1000).rounded(.down))
-        let (days, second) = (seconds.floorDivided(by: 86_400), seconds - seconds.floorDivided(by: 86_400) * 86_400)
+        let days = seconds.floorDivided(by: 86_400)
+        let second = seconds - days * 86_400
         let (year, month, day) = civil(days: days)
         func digits(_ value: Int64, _ width: Int) -> String {
             let text = String(value)
