@@ -66,6 +66,7 @@ let package = Package(
             name: "CofferCrypto",
             dependencies: [
                 "CSodium",
+                "CLibcrypto",
                 "CLinux",
                 "CFiles",
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -77,7 +78,8 @@ let package = Package(
             name: "CBLAS",
             providers: [.apt(["libopenblas-dev"])]
         ),
-        .systemLibrary(name: "CLibcrypto", providers: [.apt(["libssl3"])]),
+        // OpenSSL's libcrypto is loaded with dlopen (libssl3), not linked.
+        .target(name: "CLibcrypto", dependencies: ["CSodium"], path: "Sources/CLibcrypto"),
         .target(
             name: "CofferTraining",
             dependencies: ["CSodium", "CBLAS"],
