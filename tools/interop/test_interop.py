@@ -56,7 +56,9 @@ def test_key_file_and_public_identity(keys):
         spec.read_key_file((keys / "alice.key").read_bytes(), b"wrong")
 
 
-@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 65536, 65536 * 5 + 7, (1 << 20) + 3])
+# From 8 MiB on, Coffer loads OpenSSL's ChaCha20-Poly1305 while it seals and switches to it mid-file: (24 << 20) + 5 has
+# chunks from both libraries, all of which PyNaCl (libsodium) must open.
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 65536, 65536 * 5 + 7, (1 << 20) + 3, (24 << 20) + 5])
 @pytest.mark.parametrize("chunk", ["4K", "64K"])
 def test_python_opens_coffer_sealed_files(keys, tmp_path, size, chunk):
     plain = os.urandom(size)
@@ -76,9 +78,10 @@ def test_python_detects_tampering(keys, tmp_path):
         spec.open_sealed(bytes(sealed), identity(keys, "alice"))
 
 
-def test_coffer_opens_python_sealed_files(keys, tmp_path):
+@pytest.mark.parametrize("size", [70000, (20 << 20) + 3])
+def test_coffer_opens_python_sealed_files(keys, tmp_path, size):
     alice = spec.read_public_identity((keys / "alice.pub").read_text())
-    plain = os.urandom(70000)
+    plain = os.urandom(size)
     data_key = os.urandom(32)
     sealed = spec.seal_detached(plain, data_key, os.urandom(16), 13, stanzas=[spec.x25519_stanza(data_key, alice["x25519"])])
     (tmp_path / "py.cfs").write_bytes(sealed)
