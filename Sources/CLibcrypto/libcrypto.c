@@ -161,6 +161,7 @@ int coffer_xchacha20poly1305(int encrypt, unsigned char *out, unsigned char tag[
         if (lib->cipher_final(ctx, out + length, &written) != 1 || lib->ctrl(ctx, COFFER_EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) goto done;
         result = 0;
     } else {
+        // Load-bearing: OpenSSL 3.0 finalizes a decryption given no tag as a success, whatever the ciphertext.
         if (lib->ctrl(ctx, COFFER_EVP_CTRL_AEAD_SET_TAG, 16, tag) != 1) goto done;
         result = lib->cipher_final(ctx, out + length, &written) == 1 ? 0 : -1;
         if (result != 0) sodium_memzero(out, length);

@@ -12,11 +12,11 @@ extension Registry {
     /// It touches no file, no environment and no key but its own, and starts no thread: a fork must come from a process
     /// with one. (Opening and closing an in-memory SQLite connection would have warmed 0.7 ms more, what closing one
     /// costs, but GRDB starts a thread for it, and the runner then declines to fork.) Returns whether every step worked.
-    /// OpenSSL's ChaCha20-Poly1305 is loaded too (2.6-3 ms, no thread), so that a fork seals and opens with it from its
-    /// first chunk, whatever the file's size.
+    /// OpenSSL's ChaCha20-Poly1305 for chunks is loaded too (2.6-3 ms, no thread), so that a fork seals and opens with
+    /// it from its first chunk, whatever the file's size.
     @discardableResult
     public static func warmUpForForks() -> Bool {
-        XChaCha20Poly1305.loadFasterCipherNow()
+        loadFasterChunkCipher()
         let ledger = ClientMemory.warmUp()
         let placeholders = databaseQuestionMarks(count: 2) == "?,?"
         return "model/weights.bin".precomposedStringWithCanonicalMapping == "model/weights.bin" && placeholders && ledger

@@ -36,39 +36,35 @@ struct FasterCipherTests {
         return Sealed(bytes: out, tag: tag)
     }
 
-    static func openSSL(encrypt: Bool, _ input: [UInt8], tag: [UInt8], _ ad: [UInt8], nonce: [UInt8] = nonce) -> (Int32, Sealed) {
-        XChaCha20Poly1305.loadFasterCipherNow()
+    static func openSSL(encrypt: Bool, _ input: [UInt8], tag: [UInt8], _ ad: [UInt8], nonce: [UInt8] = nonce) throws -> (Int32, Sealed) {
+        loadFasterChunkCipher()
+        try #require(ChunkCipher.openSSLReady, "libssl3 is one of Coffer's packages: its ChaCha20-Poly1305 must load")
         // One byte more than the input, so that an empty input still has an address to write at.
         var out = [UInt8](repeating: 0xAA, count: input.count + 1)
         var tag = tag
         let result = out.withUnsafeMutableBufferPointer { o in
             tag.withUnsafeMutableBufferPointer { t in
-                XChaCha20Poly1305.withOpenSSL(encrypt: encrypt, o.baseAddress!, tag: t.baseAddress!, input, count: input.count, ad, nonce, key)
+                ChunkCipher.withOpenSSL(encrypt: encrypt, o.baseAddress!, tag: t.baseAddress!, input, count: input.count, ad, nonce, key)
             }
         }
         return (result, Sealed(bytes: Array(out.dropLast()), tag: tag))
     }
 
-    @Test func libcryptoIsLoadedHere() {
-        XChaCha20Poly1305.loadFasterCipherNow()
-        #expect(XChaCha20Poly1305.openSSLReady, "libssl3 is one of Coffer's packages: its ChaCha20-Poly1305 must load")
-    }
-
     /// Lengths around a block (64 bytes) and a chunk (64 KiB), associated data of a header MAC's length and others.
     @Test(arguments: [0, 1, 15, 16, 63, 64, 65, 1000, 65_536, 65_553], [0, 32, 100])
-    func sameBytesBothWays(length: Int, adLength: Int) {
+    func sameBytesBothWays(length: Int, adLength: Int) throws {
         let plaintext = Self.message(length)
         let ad = Self.message(adLength).reversed().map { $0 }
         let expected = Self.libsodium(plaintext, ad)
-        let (sealed, ours) = Self.openSSL(encrypt: true, plaintext, tag: [UInt8](repeating: 0, count: 16), ad)
+        let (sealed, ours) = try Self.openSSL(encrypt: true, plaintext, tag: [UInt8](repeating: 0, count: 16), ad)
         #expect(sealed == 0 && ours.bytes == expected.bytes && ours.tag == expected.tag)
-        let (opened, plain) = Self.openSSL(encrypt: false, expected.bytes, tag: expected.tag, ad)
+        let (opened, plain) = try Self.openSSL(encrypt: false, expected.bytes, tag: expected.tag, ad)
         #expect(opened == 0 && plain.bytes == plaintext)
     }
 
     /// Anything changed (a ciphertext bit, the tag, the associated data, the nonce's either part) is refused, and the
     /// output holds zeros, not the plaintext OpenSSL wrote before it checked the tag.
-    @Test func aForgeryIsRefusedAndLeavesNoPlaintext() {
+    @Test func aForgeryIsRefusedAndLeavesNoPlaintext() throws {
         let plaintext = Self.message(5000)
         let ad = Self.message(32)
         let good = Self.libsodium(plaintext, ad)
@@ -88,7 +84,7 @@ struct FasterCipherTests {
             ("nonce suffix (ChaCha20's)", good.bytes, good.tag, ad, otherIndex),
         ]
         for (what, bytes, tag, ad, nonce) in cases {
-            let (result, out) = Self.openSSL(encrypt: false, bytes, tag: tag, ad, nonce: nonce)
+            let (result, out) = try Self.openSSL(encrypt: false, bytes, tag: tag, ad, nonce: nonce)
             #expect(result == -1, "\(what)")
             #expect(out.bytes.allSatisfy { $0 == 0 }, "\(what): output zeroed")
         }
@@ -96,8 +92,9 @@ struct FasterCipherTests {
 
     /// A chunk is the same bytes whichever library sealed it, so a file whose pipeline switched to OpenSSL mid-way (once
     /// loaded) opens anywhere, libsodium alone included; and it opens again through the chunk cipher.
-    @Test func aChunkIsSealedAsLibsodiumSealsIt() {
-        XChaCha20Poly1305.loadFasterCipherNow()
+    @Test func aChunkIsSealedAsLibsodiumSealsIt() throws {
+        loadFasterChunkCipher()
+        try #require(ChunkCipher.openSSLReady)
         let plaintext = Self.message(300_000)
         Self.key.withUnsafeBytes { key in
             let cipher = ChunkCipher(key: key.baseAddress!, noncePrefix: Array(Self.nonce[..<16]), associatedData: Self.message(32))

@@ -17,11 +17,11 @@ void *coffer_chacha20_new(void);
 /// blocks below 2^32 (OpenSSL's counter is 32 bits too) and passes a context from ``coffer_chacha20_new``.
 void coffer_chacha20_keystream(void *ctx, unsigned char *out, size_t count, const unsigned char *key, uint32_t counter);
 
-/// Loads libcrypto and fetches its ciphers, once (later calls return at once): for a thread of its own, so that the
-/// threads that seal or open never wait for it, or for a process about to fork (`coffer runner`).
 /// Frees a context from ``coffer_chacha20_new`` (OpenSSL cleanses it).
 void coffer_chacha20_free(void *ctx);
 
+/// Loads libcrypto and fetches its ciphers, once (later calls return at once): for a thread of its own, so that the
+/// threads that seal or open never wait for it, or for a process about to fork (`coffer runner`).
 void coffer_libcrypto_preload(void);
 
 /// Whether ``coffer_xchacha20poly1305`` can be used now (libcrypto loaded, its ChaCha20-Poly1305 fetched). Never
@@ -30,9 +30,10 @@ int coffer_xchacha20poly1305_ready(void);
 
 /// libsodium's crypto_aead_xchacha20poly1305_ietf_encrypt_detached (`encrypt` 1: `tag` receives the tag) or
 /// _decrypt_detached (`encrypt` 0: `tag` is the tag to check), through OpenSSL's ChaCha20-Poly1305, as libsodium
-/// computes it: the subkey HChaCha20(key, nonce[0..16]) and the 96-bit nonce 0^32 || nonce[16..24]. The subkey is
-/// on the stack and in OpenSSL's context only for the call, both wiped after it (OpenSSL cleanses a context it frees),
-/// as libsodium wipes its own copy. Returns 0; -1 when the tag does not verify (`out` is then zeroed: OpenSSL decrypts
+/// computes it: the subkey HChaCha20(key, nonce[0..16]) and the 96-bit nonce 0^32 || nonce[16..24]. The subkey (the
+/// same for every chunk of a file: nonce[0..16] is its nonce prefix) is on the stack and in OpenSSL's context only for
+/// the call, both wiped after it (OpenSSL cleanses a context it frees), as libsodium wipes its own copy. `out` must not
+/// overlap `in` (a caller seals again with libsodium after a -2). Returns 0; -1 when the tag does not verify (`out` is then zeroed: OpenSSL decrypts
 /// before it checks, and no unauthenticated byte is left behind); -2 when OpenSSL failed (out of memory), for the
 /// caller to use libsodium instead. Call only once ``coffer_xchacha20poly1305_ready`` says so.
 int coffer_xchacha20poly1305(int encrypt, unsigned char *out, unsigned char tag[16], const unsigned char *in, size_t length,

@@ -61,7 +61,7 @@ struct ChunkPipeline {
 
     func run(source: any ByteSource, sink: any ByteSink) throws(CofferCryptoError) -> Result {
         let remaining = source.remainingHint
-        if (remaining ?? Int.max) >= XChaCha20Poly1305.worthLoading { XChaCha20Poly1305.loadFasterCipher() }
+        if (remaining ?? Int.max) >= ChunkCipher.worthLoading { ChunkCipher.loadFasterCipher() }
         let capacity = batchChunks(remaining: remaining)
         let oneBatch = remaining.map { $0 < capacity * inputStride } ?? false
         let region = sink as? MemoryRegionSink

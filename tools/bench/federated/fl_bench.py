@@ -61,8 +61,9 @@ def keystream_rate(work, seconds=3, implementation="coffer"):
     with implementation="sodium", as libsodium does."""
     binary = work / "keystream"
     if not binary.exists():
-        subprocess.run(["cc", "-O2", "-I", ROOT / "Sources" / "CLibcrypto", Path(__file__).with_name("keystream.c"), "-o", binary,
-                        "-lsodium", "-lpthread", "-ldl"], check=True)
+        library = ROOT / "Sources" / "CLibcrypto"
+        subprocess.run(["cc", "-O2", "-I", library / "include", Path(__file__).with_name("keystream.c"), library / "libcrypto.c",
+                        "-o", binary, "-lsodium", "-lpthread", "-ldl"], check=True)
     extra = ["sodium"] if implementation == "sodium" else []
     out = subprocess.run([binary, str(os.cpu_count()), str(seconds), *extra], capture_output=True, text=True, check=True)
     return float(out.stdout)

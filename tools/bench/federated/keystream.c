@@ -1,5 +1,5 @@
 /* ChaCha20 keystream throughput on this machine as MaskExpander computes it (8 KiB pieces through the shim
- * Sources/CLibcrypto/shim.h, OpenSSL's libcrypto), on THREADS threads at once: the floor of secure aggregation's mask
+ * Sources/CLibcrypto/libcrypto.c, OpenSSL's libcrypto), on THREADS threads at once: the floor of secure aggregation's mask
  * expansion. With a third argument, `sodium`, libsodium's crypto_stream_chacha20_ietf_xor_ic instead (what the masks
  * were computed with before 2026-12-04; the same bytes).
  * Usage: keystream THREADS SECONDS [sodium]; prints the bytes per second of all threads together. Built by fl_bench.py. */
@@ -10,7 +10,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "shim.h"
+#include "coffer_libcrypto.h"
 
 static double seconds;
 static int use_sodium;
