@@ -136,6 +136,18 @@ int coffer_xchacha20poly1305_ready(void) { return __atomic_load_n(&table.aead_re
 #define COFFER_EVP_CTRL_AEAD_GET_TAG 0x10
 #define COFFER_EVP_CTRL_AEAD_SET_TAG 0x11
 
+/// Feeds `length` bytes to `ctx` (associated data when `out` is NULL), in pieces of at most 2^30 bytes: EVP takes an
+/// `int` length, and a whole number of 64-byte blocks per piece keeps the keystream where one call would leave it.
+/// Returns 1, or 0 when OpenSSL failed.
+static int coffer_aead_update(coffer_evp_cipher_ctx *ctx, unsigned char *out, const unsigned char *in, size_t length) {
+    for (size_t at = 0; at < length;) {
+        int piece = length - at < (1u << 30) ? (int)(length - at) : (1 << 30), written = 0;
+        if (table.cipher_update(ctx, out ? out + at : NULL, &written, in + at, piece) != 1 || (out && written != piece)) return 0;
+        at += (size_t)piece;
+    }
+    return 1;
+}
+
 int coffer_xchacha20poly1305(int encrypt, unsigned char *out, unsigned char tag[16], const unsigned char *in, size_t length,
                              const unsigned char *ad, size_t ad_length, const unsigned char nonce[24],
                              const unsigned char key[32]) {
@@ -147,16 +159,7 @@ int coffer_xchacha20poly1305(int encrypt, unsigned char *out, unsigned char tag[
     int result = -2, written = 0;
     if (!ctx) goto done;
     if (lib->cipher_init(ctx, lib->aead, NULL, subkey, iv, encrypt) != 1) goto done;
-    for (size_t at = 0; at < ad_length;) {
-        int piece = ad_length - at < (1u << 30) ? (int)(ad_length - at) : (1 << 30);
-        if (lib->cipher_update(ctx, NULL, &written, ad + at, piece) != 1) goto done;
-        at += (size_t)piece;
-    }
-    for (size_t at = 0; at < length;) {
-        int piece = length - at < (1u << 30) ? (int)(length - at) : (1 << 30);
-        if (lib->cipher_update(ctx, out + at, &written, in + at, piece) != 1 || written != piece) goto done;
-        at += (size_t)piece;
-    }
+    if (!coffer_aead_update(ctx, NULL, ad, ad_length) || !coffer_aead_update(ctx, out, in, length)) goto done;
     if (encrypt) {
         if (lib->cipher_final(ctx, out + length, &written) != 1 || lib->ctrl(ctx, COFFER_EVP_CTRL_AEAD_GET_TAG, 16, tag) != 1) goto done;
         result = 0;

@@ -9,11 +9,13 @@ extension Registry {
     /// Unicode normalization of a pushed file's path (through `NSString`). In 12 pushes through a runner, `perf` put
     /// 2.5 ms of each in such lookups, 0.8 ms of it in these two.
     ///
-    /// It touches no file, no environment and no key but its own, and starts no thread: a fork must come from a process
-    /// with one. (Opening and closing an in-memory SQLite connection would have warmed 0.7 ms more, what closing one
-    /// costs, but GRDB starts a thread for it, and the runner then declines to fork.) Returns whether every step worked.
-    /// OpenSSL's ChaCha20-Poly1305 for chunks is loaded too (2.6-3 ms, no thread), so that a fork seals and opens with
-    /// it from its first chunk, whatever the file's size.
+    /// OpenSSL's ChaCha20-Poly1305 for chunks is loaded too (2.6-3 ms), so that a fork seals and opens with it from its
+    /// first chunk, whatever the file's size.
+    ///
+    /// It touches no file but that library, no environment and no key but its own, and starts no thread: a fork must
+    /// come from a process with one. (Opening and closing an in-memory SQLite connection would have warmed 0.7 ms more,
+    /// what closing one costs, but GRDB starts a thread for it, and the runner then declines to fork.) Returns whether
+    /// every step worked.
     @discardableResult
     public static func warmUpForForks() -> Bool {
         loadFasterChunkCipher()
