@@ -100,4 +100,33 @@ struct ClientMemoryTests {
         #expect(memory.remembered(root) == head(2))
         #expect(ClientMemory.readCopy(elsewhere)?.remembered == head(1), "a copy was written through a link")
     }
+
+    /// A copy at the last generation, or a folder with something in it in the slot to write: the update is refused in one
+    /// line naming why, and what is remembered stays as it was.
+    @Test func anUpdateThatCannotBeWrittenIsRefusedAndChangesNothing() async throws {
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let memory = ClientMemory(directory: directory)
+        try await memory.remember(root) { $0 = head(1) }
+        let json = try ClientMemory.encoder().encode(head(2))
+        let last = "\(ClientMemory.copyMagic) \(UInt64.max) \(json.count) \(Digest.hex(Digest.sha256(json)))\n"
+        try (Data(last.utf8) + json).write(to: URL(fileURLWithPath: copy(1)))
+        #expect(memory.remembered(root) == head(2))
+        await #expect(throws: CofferRegistryError.io(path: copy(0), reason: "cannot remember the registry's state: no generation left")) {
+            try await memory.remember(root) { $0 = head(3) }
+        }
+        #expect(memory.remembered(root) == head(2) && ClientMemory.readCopy(copy(0))?.generation == 1)
+
+        try FileManager.default.removeItem(atPath: copy(0))
+        try FileManager.default.removeItem(atPath: copy(1))
+        try FileManager.default.createDirectory(atPath: "\(copy(0))/inside", withIntermediateDirectories: true)
+        await #expect(
+            throws: CofferRegistryError.io(
+                path: copy(0),
+                reason: "cannot remember the registry's state: cannot replace what is there: Directory not empty"
+            )
+        ) {
+            try await memory.remember(root) { $0 = head(3) }
+        }
+        #expect(memory.remembered(root) == nil && FileManager.default.fileExists(atPath: "\(copy(0))/inside"))
+    }
 }
