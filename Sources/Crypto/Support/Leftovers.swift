@@ -140,10 +140,9 @@ public enum Leftovers {
                 continue
             }
             var found = remove(entry, device: device, inode: inode)
-            if found != .removed, case let interrupted = remove(entry + Array(".interrupted".utf8), device: device, inode: inode),
-                interrupted != .notThere
-            {
-                found = interrupted
+            if found != .removed {
+                let interrupted = remove(entry + Array(".interrupted".utf8), device: device, inode: inode)
+                if interrupted != .notThere { found = interrupted }
             }
             if found == .removed { removed += 1 }
             let days = found == .removed ? 0 : found == .stillThere ? 30 : daysKept(entry, device: device)
