@@ -86,6 +86,32 @@ struct TrainerTests {
         #expect(GaussianNoise.sample(count: 5, standardDeviation: 1) != GaussianNoise.sample(count: 5, standardDeviation: 1), "not seeded")
     }
 
+    /// Every index gets exactly one draw and no draw is used twice (moments alone would not see a value written twice),
+    /// for odd counts too; an array's bounds check traps on an index past the end even in a release build.
+    @Test func everyNoiseIndexGetsOneDrawOfItsOwn() {
+        for count in [0, 1, 2, 3, 5, 17, 1_001] {
+            var hits = [Int](repeating: 0, count: count)
+            var draws: [Double] = []
+            GaussianNoise.normals(count) { i, z in
+                hits[i] += 1
+                draws.append(z)
+            }
+            #expect(hits.allSatisfy { $0 == 1 }, "\(count) draws")
+            #expect(Set(draws).count == count, "\(count) draws")
+        }
+    }
+
+    /// Neighbours are uncorrelated (a draw written to two places gives r near 0.5), and the last element of an odd
+    /// count is a normal like the others (each count-1 sample is that element).
+    @Test(arguments: [GaussianNoise.Mode.standard, .secure])
+    func neighbouringNoiseIsUncorrelatedAndTheOddTailIsNormal(mode: GaussianNoise.Mode) {
+        let x = GaussianNoise.sample(count: 100_001, standardDeviation: 1, mode: mode).map(Double.init)
+        let r = zip(x, x.dropFirst()).map(*).reduce(0, +) / x.map { $0 * $0 }.reduce(0, +)
+        #expect(abs(r) < 0.02, "lag-1 correlation \(r)")
+        let last = (0..<20_000).map { _ in Double(GaussianNoise.sample(count: 1, standardDeviation: 1, mode: mode)[0]) }
+        #expect(abs((last.map { $0 * $0 }.reduce(0, +) / 20_000).squareRoot() - 1) < 0.03)
+    }
+
     @Test func invalidConfigurationsNameTheField() throws {
         let model = try MultiTaskModel(architecture: Self.architecture, seed: 1)
         #expect(throws: CofferTrainingError.invalidParameter("clipping norm must be > 0, got 0.0")) {
