@@ -99,12 +99,11 @@ def main():
         anchor = 256 if 256 in sweep else batch_sizes[0]
         # The privacy overhead from pairs of runs, the order alternating: one sample each moved it between 0.96 and 1.48
         # in two runs of the same build an afternoon apart.
-        private, plain = {}, {"privacy": False, "noise_multiplier": None}
+        sides = [("dp-sgd", {}), ("non-private", {"privacy": False, "noise_multiplier": None})]
         pairs = []
         for p in range(args.pairs):
-            order = [private, plain] if p % 2 == 0 else [plain, private]
-            speed = {id(o): coffer_examples_per_second(anchor, o) for o in order}
-            pairs.append((speed[id(private)], speed[id(plain)]))
+            speed = {name: coffer_examples_per_second(anchor, overrides) for name, overrides in (sides if p % 2 == 0 else sides[::-1])}
+            pairs.append((speed["dp-sgd"], speed["non-private"]))
         overheads = sorted(n / d for d, n in pairs)
         results = {"coffer dp-sgd": sweep[anchor]["coffer"],
                    "coffer non-private": statistics.median(n for _, n in pairs),
