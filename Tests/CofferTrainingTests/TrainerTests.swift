@@ -76,6 +76,55 @@ struct TrainerTests {
         #expect(abs(std - 1.0) < 0.2, "noise std should be sigma * C = 1, got \(std)")
     }
 
+    /// Every parameter in weight, bias... order: trunk, then heads.
+    static func parameters(_ model: MultiTaskModel) -> [Float] { model.layers.flatMap { $0.weight + $0.bias } }
+
+    /// A step's rows split between threads sum to the whole batch's gradient: the same model as one thread's, to float
+    /// rounding (a share dropped or counted twice moves it by a third of a step).
+    @Test func rowsSplitBetweenThreadsGiveTheWholeBatchsSteps() throws {
+        let data = Self.synthetic(count: 2000, seed: 4)
+        let model = try MultiTaskModel(architecture: Self.architecture, seed: 2)
+        let configuration = TrainingConfiguration(learningRate: 0.05, optimizer: .sgd(momentum: 0), sampleRate: 0.1, noiseMultiplier: nil)
+        var one = try Trainer(model: model, configuration: configuration, seed: 9)
+        var three = try Trainer(model: model, configuration: configuration, seed: 9, threads: 3)
+        for _ in 0..<20 {
+            let (a, b) = (one.step(on: data), three.step(on: data))
+            #expect(a.batchSize == b.batchSize && a.batchSize >= 3 * Trainer.rowsPerThread)
+            for t in a.taskLosses.indices { #expect(abs(a.taskLosses[t] - b.taskLosses[t]) < 1e-4 * max(1, abs(a.taskLosses[t]))) }
+        }
+        let (start, single, split) = (Self.parameters(model), Self.parameters(one.model), Self.parameters(three.model))
+        #expect(zip(single, split).map { abs($0 - $1) }.max()! < 1e-4)
+        #expect(zip(start, single).map { abs($0 - $1) }.max()! > 1e-2, "the model moved")
+    }
+
+    /// Under DP with the rows split between threads, each thread draws a share of the noise: every parameter gets noise
+    /// of standard deviation sigma * C in every step. With C tiny the clipped gradients vanish beside the noise, so each
+    /// step's change times qN / lr is the noise itself; a parameter no share reached would not move.
+    @Test func noiseSplitBetweenThreadsReachesEveryParameter() throws {
+        let data = Self.synthetic(count: 2000, seed: 5)
+        let model = try MultiTaskModel(architecture: Self.architecture, seed: 3)
+        let configuration = TrainingConfiguration(
+            learningRate: 1,
+            optimizer: .sgd(momentum: 0),
+            sampleRate: 0.1,
+            noiseMultiplier: 1e6,
+            clipNorm: 1e-6
+        )
+        var trainer = try Trainer(model: model, configuration: configuration, seed: 3, threads: 3)
+        var before = Self.parameters(model)
+        var squares = [Double](repeating: 0, count: before.count)
+        let steps = 20
+        for _ in 0..<steps {
+            #expect(trainer.step(on: data).batchSize >= 3 * Trainer.rowsPerThread)
+            let after = Self.parameters(trainer.model)
+            for k in squares.indices { squares[k] += pow(Double(before[k] - after[k]) * 0.1 * 2000, 2) }
+            before = after
+        }
+        // Each parameter's RMS over 20 steps: sqrt(chi-square(20) / 20), within [0.35, 1.8] but for odds of 1e-5.
+        let rms = squares.map { ($0 / Double(steps)).squareRoot() }
+        #expect(rms.allSatisfy { $0 > 0.35 && $0 < 1.8 }, "RMS noise per parameter from \(rms.min()!) to \(rms.max()!)")
+    }
+
     @Test(arguments: [GaussianNoise.Mode.standard, .secure])
     func noiseHasTheRequestedMoments(mode: GaussianNoise.Mode) {
         let samples = GaussianNoise.sample(count: 100_000, standardDeviation: 3, mode: mode).map(Double.init)

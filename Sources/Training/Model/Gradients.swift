@@ -12,6 +12,20 @@ public struct BatchGradients: Sendable {
     public var taskLosses: [Double]
     /// With uncertainty weighting: `sum_i r_i * d(loss_i)/d(s_t)` for each task's log-variance `s_t`.
     public var logVarianceGradients: [Float] = []
+
+    /// Adds the gradients of other rows of the same step, with the same clipping: the sums of the two sets of rows.
+    mutating func add(_ other: BatchGradients) {
+        func add(_ values: inout [Float], _ more: [Float]) {
+            values.withUnsafeMutableBufferPointer { v in more.withUnsafeBufferPointer { m in for k in v.indices { v[k] += m[k] } } }
+        }
+        for l in layers.indices {
+            add(&layers[l].weight, other.layers[l].weight)
+            add(&layers[l].bias, other.layers[l].bias)
+        }
+        norms += other.norms
+        taskLosses = zip(taskLosses, other.taskLosses).map(+)
+        add(&logVarianceGradients, other.logVarianceGradients)
+    }
 }
 
 extension MultiTaskModel {

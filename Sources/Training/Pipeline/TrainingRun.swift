@@ -124,7 +124,12 @@ public enum TrainingRun {
         )
         var balanced = configuration
         balanced.uncertaintyWeighting = recipe.taskBalancing == "uncertainty"
-        var trainer = try Trainer(model: model, configuration: balanced, seed: recipe.seed ?? 1)
+        var trainer = try Trainer(
+            model: model,
+            configuration: balanced,
+            seed: recipe.seed ?? 1,
+            threads: min(ProcessInfo.processInfo.activeProcessorCount, 8)
+        )
 
         // The audit's canaries join the run before the first step; the same sampler, clipping and noise see them. The
         // noise is divided by a size that does not depend on how many of them joined.
