@@ -82,7 +82,7 @@ let package = Package(
         .target(name: "CLibcrypto", dependencies: ["CSodium"], path: "Sources/CLibcrypto"),
         .target(
             name: "CofferTraining",
-            dependencies: ["CSodium", "CBLAS"],
+            dependencies: ["CSodium", "CBLAS", "CLibcrypto"],
             path: "Sources/Training",
             swiftSettings: swiftSettings
         ),

@@ -1,3 +1,4 @@
+import CLibcrypto
 import CSodium
 
 #if canImport(Glibc)
@@ -42,39 +43,85 @@ public enum GaussianNoise {
     /// Standard normals by Marsaglia's polar method on 53-bit uniforms from a CSPRNG stream, handed to `body` with
     /// their index, 0 to `count - 1`.
     ///
-    /// The stream is libsodium's `randombytes_buf_deterministic` (ChaCha20) keyed with 32 fresh bytes from
-    /// `randombytes_buf` (the operating system's generator) for every block: cryptographic randomness, without
-    /// a system call per sample. The polar method needs no trigonometry, which makes it several times faster
-    /// than Box–Muller here. Each draw goes straight to its place, without appending to an array. The stream's bytes
-    /// determine the noise, and the noise must stay secret to protect what it hides: they are wiped before they are
-    /// freed.
-    static func normals(_ count: Int, _ body: (Int, Double) -> Void) {
+    /// The stream is ChaCha20's keystream (RFC 8439, a nonce of zeros) under 32 fresh bytes from `randombytes_buf` (the
+    /// operating system's generator) for every block: cryptographic randomness, without a system call per sample. The
+    /// polar method needs no trigonometry, which makes it several times faster than Box–Muller here. The stream's bytes determine the noise, and the noise must stay secret to protect what it
+    /// hides: they are wiped before they are freed, and so is the scratch below.
+    ///
+    /// The pairs go through in batches, one pass over the batch at a time: the candidates inside the unit circle are
+    /// kept without a branch, then their logarithms are taken, then their factors (a loop without calls, which the
+    /// compiler vectorises). The draws and their order are those of one pair at a time.
+    ///
+    /// `seeding` fills each block's key: the operating system's generator, unless a test fixes it.
+    @inline(__always)
+    static func normals(
+        _ count: Int,
+        seeding: (UnsafeMutableRawBufferPointer) -> Void = { randombytes_buf($0.baseAddress!, $0.count) },
+        _ body: (Int, Double) -> Void
+    ) {
         _ = ready
         var seed = [UInt8](repeating: 0, count: Int(randombytes_SEEDBYTES))
         defer { sodium_memzero(&seed, seed.count) }
-        var n = 0
-        // About 1.28 uniform pairs per accepted pair; draw in blocks and top up if a block falls short.
-        while n < count {
-            randombytes_buf(&seed, seed.count)
-            let pairs = (count - n) / 2 * 135 / 100 + 16
-            let bits = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 2 * pairs)
-            defer {
-                sodium_memzero(bits.baseAddress!, 16 * pairs)
-                bits.deallocate()
-            }
-            randombytes_buf_deterministic(bits.baseAddress!, 16 * pairs, seed)
-            var k = 0
-            while k < bits.count && n < count {
-                let u = Double(bits[k] >> 11) * 0x1.0p-52 - 1  // uniform in [-1, 1)
-                let v = Double(bits[k + 1] >> 11) * 0x1.0p-52 - 1
-                k += 2
-                let s = u * u + v * v
-                guard s > 0, s < 1 else { continue }
-                let factor = (-2 * log(s) / s).squareRoot()
-                body(n, u * factor)
-                if n + 1 < count { body(n + 1, v * factor) }
-                n += 2
+        let batch = 256
+        withUnsafeTemporaryAllocation(of: Double.self, capacity: 4 * batch) { scratch in
+            defer { sodium_memzero(scratch.baseAddress!, 8 * scratch.count) }
+            let (u, v, s, factors) = (
+                scratch.baseAddress!, scratch.baseAddress! + batch, scratch.baseAddress! + 2 * batch, scratch.baseAddress! + 3 * batch
+            )
+            var n = 0
+            // About 1.28 uniform pairs per accepted pair; draw in blocks and top up if a block falls short.
+            while n < count {
+                seed.withUnsafeMutableBytes(seeding)
+                let pairs = (count - n) / 2 * 135 / 100 + 16
+                let bits = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 2 * pairs)
+                defer {
+                    sodium_memzero(bits.baseAddress!, 16 * pairs)
+                    bits.deallocate()
+                }
+                seed.withUnsafeBufferPointer { keystream(into: UnsafeMutableRawPointer(bits.baseAddress!), count: 16 * pairs, key: $0.baseAddress!) }
+                var first = 0
+                while first < pairs && n < count {
+                    var kept = 0
+                    for pair in first..<min(first + batch, pairs) {
+                        // Uniforms in [-1, 1), from 53 bits each (converted as signed: one instruction for it).
+                        let a = Double(Int64(bitPattern: bits[2 * pair] >> 11)) * 0x1.0p-52 - 1
+                        let b = Double(Int64(bitPattern: bits[2 * pair + 1] >> 11)) * 0x1.0p-52 - 1
+                        let r = a * a + b * b
+                        (u[kept], v[kept], s[kept]) = (a, b, r)
+                        kept += r > 0 && r < 1 ? 1 : 0
+                    }
+                    first += batch
+                    for j in 0..<kept { factors[j] = log(s[j]) }
+                    for j in 0..<kept { factors[j] = (-2 * factors[j] / s[j]).squareRoot() }
+                    for j in 0..<kept where n < count {
+                        body(n, u[j] * factors[j])
+                        if n + 1 < count { body(n + 1, v[j] * factors[j]) }
+                        n += 2
+                    }
+                }
             }
         }
+    }
+
+    /// Whether OpenSSL's ChaCha20 loaded: it computes the keystream at 2.2x libsodium's speed here (5.4 against 2.4
+    /// GB/s a core, AVX-512). A DP-SGD step's noise on the training benchmark (85,500 values): 0.93 -> 0.80 ms of CPU.
+    static let openSSLChaCha20: Bool = {
+        var reason = [CChar](repeating: 0, count: 256)
+        return coffer_chacha20_available(&reason, reason.count) == 0
+    }()
+
+    /// Writes `count` bytes of ChaCha20's keystream under `key` (32 bytes), a nonce of zeros and block counter 0 on:
+    /// OpenSSL's when it loaded, else libsodium's `crypto_stream_chacha20_ietf`, the same bytes.
+    static func keystream(into out: UnsafeMutableRawPointer, count: Int, key: UnsafePointer<UInt8>) {
+        let bytes = out.assumingMemoryBound(to: UInt8.self)
+        guard openSSLChaCha20 else {
+            let nonce = [UInt8](repeating: 0, count: Int(crypto_stream_chacha20_ietf_NONCEBYTES))
+            _ = crypto_stream_chacha20_ietf(bytes, UInt64(count), nonce, key)
+            return
+        }
+        // A context holds the key until it is freed, when OpenSSL cleanses it.
+        let cipher: UnsafeMutableRawPointer = coffer_chacha20_new()
+        defer { coffer_chacha20_free(cipher) }
+        coffer_chacha20_keystream(cipher, bytes, count, key, 0)
     }
 }
