@@ -25,18 +25,23 @@ public enum GaussianNoise {
     /// `count` samples of N(0, std²).
     public static func sample(count: Int, standardDeviation std: Float, mode: Mode = .standard) -> [Float] {
         [Float](unsafeUninitializedCapacity: count) { out, initialized in
-            let samples = out
-            switch mode {
-            case .standard:
-                normals(count) { i, z in samples[i] = Float(z * Double(std)) }
-            case .secure:
-                // Four draws summed have standard deviation 2: halved, the sum is N(0, std²) again.
-                var sums = [Double](repeating: 0, count: count)
-                defer { sums.withUnsafeMutableBytes { sodium_memzero($0.baseAddress!, $0.count) } }
-                for _ in 0..<4 { normals(count) { i, z in sums[i] += z } }
-                for i in 0..<count { samples[i] = Float(sums[i] * Double(std) / 2) }
-            }
+            fill(out, standardDeviation: std, mode: mode)
             initialized = count
+        }
+    }
+
+    /// Writes a sample of N(0, std²) to each element of `out`.
+    static func fill(_ out: UnsafeMutableBufferPointer<Float>, standardDeviation std: Float, mode: Mode) {
+        let count = out.count
+        switch mode {
+        case .standard:
+            normals(count) { i, z in out[i] = Float(z * Double(std)) }
+        case .secure:
+            // Four draws summed have standard deviation 2: halved, the sum is N(0, std²) again.
+            var sums = [Double](repeating: 0, count: count)
+            defer { sums.withUnsafeMutableBytes { sodium_memzero($0.baseAddress!, $0.count) } }
+            for _ in 0..<4 { normals(count) { i, z in sums[i] += z } }
+            for i in 0..<count { out[i] = Float(sums[i] * Double(std) / 2) }
         }
     }
 

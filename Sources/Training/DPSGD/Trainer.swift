@@ -1,4 +1,5 @@
 import CBLAS
+import CSodium
 import Foundation
 
 /// Rows of features and one target array per task.
@@ -162,7 +163,8 @@ public struct Trainer: Sendable {
         let canaryRows = auditRows?.count ?? 0
         let drawn = (0..<(data.count + canaryRows)).filter { _ in Double(sampler.next() >> 11) * 0x1.0p-53 < q }
         let indices = drawn.filter { $0 < data.count }
-        let (batch, noise) = gradientsAndNoise(on: data, rows: indices)
+        let noise = StepNoise(count: configuration.noiseMultiplier == nil ? 0 : firstMoment.reduce(0) { $0 + $1.count })
+        let batch = gradients(on: data, rows: indices, drawing: noise)
 
         // Flatten to weight, bias, weight, bias... in layer order, add noise, and scale.
         var gradients = batch.layers.flatMap { [$0.weight, $0.bias] } + [batch.logVarianceGradients]
@@ -191,15 +193,13 @@ public struct Trainer: Sendable {
         var scale = 1 / Float(max(drawn.count, 1))
         if let sigma = configuration.noiseMultiplier {
             scale = 1 / Float(q * Double(normalizingCount ?? data.count))
-            precondition(noise.count == gradients.reduce(0) { $0 + $1.count }, "one noise value per parameter")
+            precondition(noise.values.count == gradients.reduce(0) { $0 + $1.count }, "one noise value per parameter")
             var offset = 0
-            noise.withUnsafeBufferPointer { noise in
-                for p in gradients.indices {
-                    gradients[p].withUnsafeMutableBufferPointer { g in
-                        for k in 0..<g.count { g[k] += noise[offset + k] }
-                    }
-                    offset += gradients[p].count
+            for p in gradients.indices {
+                gradients[p].withUnsafeMutableBufferPointer { g in
+                    for k in 0..<g.count { g[k] += noise.values[offset + k] }
                 }
+                offset += gradients[p].count
             }
             accountant.compose(PrivacySegment(sampleRate: q, noiseMultiplier: sigma, steps: 1))
         }
@@ -209,15 +209,14 @@ public struct Trainer: Sendable {
         return StepReport(batchSize: indices.count, canaries: canaryCount, taskLosses: batch.taskLosses.map { indices.isEmpty ? 0 : $0 / n })
     }
 
-    /// The clipped gradient sum of the rows `indices` of `data` and, under DP, the step's noise (one value per parameter,
-    /// in ``apply(_:scale:)``'s order). With more than one thread, each takes a contiguous share of the rows, then a
-    /// share of the noise, and the sums are added (clipping is per example, so the parts add up to the whole batch's).
-    /// With one, the noise is drawn on a thread of its own while this one computes the gradients.
-    private func gradientsAndNoise(on data: Dataset, rows indices: [Int]) -> (BatchGradients, [Float]) {
+    /// The clipped gradient sum of the rows `indices` of `data`, drawing the step's noise into `noise` meanwhile (nothing
+    /// for an empty one). With more than one thread, each takes a share of the noise and a contiguous share of the rows,
+    /// and the sums are added (clipping is per example, so the parts add up to the whole batch's). With one, the noise is
+    /// drawn on a thread of its own while this one computes the gradients.
+    private func gradients(on data: Dataset, rows indices: [Int], drawing noise: borrowing StepNoise) -> BatchGradients {
         let (model, configuration) = (model, configuration)
         let clipNorm = configuration.noiseMultiplier == nil ? nil : configuration.clipNorm
         let logVariances = configuration.uncertaintyWeighting ? logVariances : nil
-        let noiseCount = configuration.noiseMultiplier == nil ? 0 : firstMoment.reduce(0) { $0 + $1.count }
         let noiseDeviation = Float(configuration.noiseMultiplier ?? 0) * configuration.clipNorm
         let workers = max(1, min(threads, indices.count / Self.rowsPerThread))
         @Sendable func gradients(_ share: Int) -> BatchGradients {
@@ -225,23 +224,30 @@ public struct Trainer: Sendable {
             let (x, targets) = data.rows(rows)
             return model.gradients(x, count: rows.count, targets: targets, clipNorm: clipNorm, logVariances: logVariances)
         }
-        @Sendable func noise(_ share: Int, of shares: Int) -> [Float] {
-            let count = noiseCount * (share + 1) / shares - noiseCount * share / shares
-            return count == 0 ? [] : GaussianNoise.sample(count: count, standardDeviation: noiseDeviation, mode: configuration.noiseMode)
+        // The threads write disjoint shares of it, and the step reads it only once they are done.
+        nonisolated(unsafe) let values = noise.values
+        @Sendable func drawNoise(_ share: Int, of shares: Int) {
+            let count = values.count
+            let part = UnsafeMutableBufferPointer(rebasing: values[(count * share / shares)..<(count * (share + 1) / shares)])
+            if !part.isEmpty { GaussianNoise.fill(part, standardDeviation: noiseDeviation, mode: configuration.noiseMode) }
         }
         if workers == 1 {
-            guard noiseCount > 0 else { return (gradients(0), []) }
-            let drawing = Background { noise(0, of: 1) }
-            return (gradients(0), drawing.value())
+            guard !values.isEmpty else { return gradients(0) }
+            let drawing = Background { drawNoise(0, of: 1) }
+            let batch = gradients(0)
+            drawing.value()
+            return batch
         }
-        let others = (1..<workers).map { share in Background { (gradients(share), noise(share, of: workers)) } }
-        var (batch, noiseValues) = (gradients(0), noise(0, of: workers))
-        for other in others {
-            let (part, partNoise) = other.value()
-            batch.add(part)
-            noiseValues += partNoise
+        let others = (1..<workers).map { share in
+            Background {
+                drawNoise(share, of: workers)
+                return gradients(share)
+            }
         }
-        return (batch, noiseValues)
+        drawNoise(0, of: workers)
+        var batch = gradients(0)
+        for other in others { batch.add(other.value()) }
+        return batch
     }
 
     /// Global magnitude pruning: zeroes the `ratio` fraction of all weight-matrix entries (trunk and heads together)
@@ -336,6 +342,22 @@ public struct Trainer: Sendable {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// One step's noise, one value per parameter, wiped when it goes: with it and the noised sum that the step releases
+/// into the model, the clipped sum (what the noise hides) could be recovered.
+struct StepNoise: ~Copyable {
+    let values: UnsafeMutableBufferPointer<Float>
+
+    init(count: Int) {
+        values = .allocate(capacity: count)
+        values.initialize(repeating: 0)
+    }
+
+    deinit {
+        if let base = values.baseAddress, !values.isEmpty { sodium_memzero(base, 4 * values.count) }
+        values.deallocate()
+    }
+}
 
 /// A value computed on a thread of its own; `value()` waits for it.
 final class Background<Value: Sendable>: @unchecked Sendable {
