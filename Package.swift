@@ -74,10 +74,8 @@ let package = Package(
             path: "Sources/Crypto",
             swiftSettings: swiftSettings
         ),
-        .systemLibrary(
-            name: "CBLAS",
-            providers: [.apt(["libopenblas-dev"])]
-        ),
+        // OpenBLAS is loaded with dlopen (libopenblas0), not linked; its cblas.h comes from libopenblas-dev.
+        .target(name: "CBLAS", path: "Sources/CBLAS"),
         // OpenSSL's libcrypto is loaded with dlopen (libssl3), not linked.
         .target(name: "CLibcrypto", dependencies: ["CSodium"], path: "Sources/CLibcrypto"),
         .target(

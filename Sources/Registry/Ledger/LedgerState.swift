@@ -1,5 +1,5 @@
 public import CofferCrypto
-public import CofferTraining
+import CofferTraining
 import Foundation
 
 /// A registry's governance state as its ledger builds it, record by record: the registry's keys, principals and
