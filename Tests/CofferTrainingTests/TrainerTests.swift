@@ -59,6 +59,21 @@ struct TrainerTests {
         #expect(Set(sizes).count > 10, "batch sizes vary")
     }
 
+    /// Under DP the batches are secret: two runs with one seed draw different batches (anyone could recompute a seed's
+    /// and see the steps a row took part in, which voids the subsampling's amplification), while without privacy they
+    /// repeat.
+    @Test func dpBatchesDoNotComeFromTheSeed() throws {
+        let data = Self.synthetic(count: 1000, seed: 2)
+        let model = try MultiTaskModel(architecture: Self.architecture, seed: 1)
+        func batchSizes(noise: Double?) throws -> [Int] {
+            let configuration = TrainingConfiguration(learningRate: 0.01, sampleRate: 0.05, noiseMultiplier: noise)
+            var trainer = try Trainer(model: model, configuration: configuration, seed: 5)
+            return (0..<40).map { _ in trainer.step(on: data).batchSize }
+        }
+        #expect(try batchSizes(noise: nil) == batchSizes(noise: nil))
+        #expect(try batchSizes(noise: 1) != batchSizes(noise: 1))
+    }
+
     @Test func emptyBatchStillAddsNoiseOfTheRightScale() throws {
         // With q tiny and one example, batches are (almost always) empty: the update is noise * lr / (qN).
         let data = Dataset(features: [0, 0, 0, 0], targets: [[0], [0], [0]], count: 1, inputs: 4)

@@ -117,9 +117,9 @@ public enum GaussianNoise {
 
     /// Writes `count` bytes of ChaCha20's keystream under `key` (32 bytes), a nonce of zeros and block counter 0 on:
     /// OpenSSL's when it loaded, else libsodium's `crypto_stream_chacha20_ietf`, the same bytes.
-    static func keystream(into out: UnsafeMutableRawPointer, count: Int, key: UnsafePointer<UInt8>) {
+    static func keystream(into out: UnsafeMutableRawPointer, count: Int, key: UnsafePointer<UInt8>, openSSL: Bool = openSSLChaCha20) {
         let bytes = out.assumingMemoryBound(to: UInt8.self)
-        guard openSSLChaCha20 else {
+        guard openSSL else {
             let nonce = [UInt8](repeating: 0, count: Int(crypto_stream_chacha20_ietf_NONCEBYTES))
             _ = crypto_stream_chacha20_ietf(bytes, UInt64(count), nonce, key)
             return

@@ -83,7 +83,9 @@ public struct Trainer: Sendable {
     public let configuration: TrainingConfiguration
     public private(set) var accountant = RDPAccountant()
     public private(set) var steps = 0
+    /// Without privacy, the Poisson draws come from the seed (reproducible); under DP from ``SecretDraws``.
     private var sampler: SeededGenerator
+    private let secretDraws: SecretDraws?
     private var firstMoment: [[Float]]
     private var secondMoment: [[Float]]
     /// Uncertainty weighting's log-variances `s_t`, one per task (0 at the start: weight exp(0) = 1).
@@ -104,13 +106,25 @@ public struct Trainer: Sendable {
     static let rowsPerThread = 32
 
     /// - Parameters:
-    ///   - seed: drives batch sampling (reproducible); DP noise never comes from it.
+    ///   - seed: drives batch sampling without privacy (reproducible); neither DP's batches nor its noise come from it.
     ///   - threads: how many threads each step's rows are split between (`coffer train` gives one per core; a
     ///     simulated federation, whose sites already train side by side, one).
     public init(model: MultiTaskModel, configuration: TrainingConfiguration, seed: UInt64, threads: Int = 1) throws(CofferTrainingError) {
+        try self.init(model: model, configuration: configuration, seed: seed, threads: threads, secretDraws: nil)
+    }
+
+    /// `secretDraws`: the DP batches' draws, fresh from the operating system unless a test fixes them.
+    init(
+        model: MultiTaskModel,
+        configuration: TrainingConfiguration,
+        seed: UInt64,
+        threads: Int = 1,
+        secretDraws: SecretDraws?
+    ) throws(CofferTrainingError) {
         try configuration.validate()
         // The step's own threads (its rows split between them, or under DP the noise drawn beside the rows) and
-        // OpenBLAS's worker threads would fight over the cores, so OpenBLAS keeps to one thread. On the training
+        // OpenBLAS's worker threads would fight over the cores, so OpenBLAS keeps to one thread, for the rest of the
+        // process (whose work, `coffer train` or `privacy audit`, is this training). On the training
         // benchmark's two cores, splitting the rows instead of the matrix products: non-private 145-157k -> 195-203k
         // examples/s, DP-SGD 108-112k -> 122-130k (OpenBLAS on both cores with the noise beside it: 64-87k).
         if threads > 1 || (configuration.noiseMultiplier != nil && ProcessInfo.processInfo.activeProcessorCount <= 2) {
@@ -120,6 +134,7 @@ public struct Trainer: Sendable {
         self.model = model
         self.configuration = configuration
         self.sampler = SeededGenerator(seed: seed ^ 0x5DEE_CE66_D)
+        self.secretDraws = configuration.noiseMultiplier == nil ? nil : secretDraws ?? SecretDraws()
         logVariances = configuration.uncertaintyWeighting ? model.architecture.tasks.map { _ in 0 } : []
         // Parameter tensors: weight, bias for each layer, then the log-variances (empty without uncertainty weighting).
         let shapes = model.layers.flatMap { [$0.weight.count, $0.bias.count] } + [logVariances.count]
@@ -161,7 +176,13 @@ public struct Trainer: Sendable {
         let q = configuration.sampleRate
         // One Poisson draw per row: the data's rows, then the audit's canary rows.
         let canaryRows = auditRows?.count ?? 0
-        let drawn = (0..<(data.count + canaryRows)).filter { _ in Double(sampler.next() >> 11) * 0x1.0p-53 < q }
+        let rows = data.count + canaryRows
+        let drawn =
+            if let secretDraws {
+                (0..<rows).filter { _ in Double(secretDraws.next() >> 11) * 0x1.0p-53 < q }
+            } else {
+                (0..<rows).filter { _ in Double(sampler.next() >> 11) * 0x1.0p-53 < q }
+            }
         let indices = drawn.filter { $0 < data.count }
         let noise = StepNoise(count: configuration.noiseMultiplier == nil ? 0 : firstMoment.reduce(0) { $0 + $1.count })
         let batch = gradients(on: data, rows: indices, drawing: noise)
@@ -356,6 +377,45 @@ struct StepNoise: ~Copyable {
     deinit {
         if let base = values.baseAddress, !values.isEmpty { sodium_memzero(base, 4 * values.count) }
         values.deallocate()
+    }
+}
+
+/// The Poisson draws of DP-SGD's steps: ChaCha20's keystream under keys from the operating system's generator, a fresh
+/// one for every 64 KiB. Poisson subsampling amplifies privacy, as the accountants count it, only while which rows
+/// joined a step stays secret: from a seed, which a recipe names (1 when it does not), anyone could recompute every batch
+/// and see the steps a row took part in. The draws are wiped once used up, and the rest when training ends.
+final class SecretDraws: @unchecked Sendable {
+    private let words = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 8192)
+    private var used: Int
+    private let seeding: (UnsafeMutableRawBufferPointer) -> Void
+
+    /// `seeding` fills each key: the operating system's generator, unless a test fixes it.
+    init(seeding: @escaping (UnsafeMutableRawBufferPointer) -> Void = { randombytes_buf($0.baseAddress!, $0.count) }) {
+        _ = GaussianNoise.ready
+        self.seeding = seeding
+        words.initialize(repeating: 0)
+        used = words.count
+    }
+
+    func next() -> UInt64 {
+        if used == words.count { refill() }
+        defer { used += 1 }
+        return words[used]
+    }
+
+    private func refill() {
+        var key = [UInt8](repeating: 0, count: 32)
+        defer { sodium_memzero(&key, key.count) }
+        key.withUnsafeMutableBytes(seeding)
+        key.withUnsafeBufferPointer {
+            GaussianNoise.keystream(into: UnsafeMutableRawPointer(words.baseAddress!), count: 8 * words.count, key: $0.baseAddress!)
+        }
+        used = 0
+    }
+
+    deinit {
+        sodium_memzero(words.baseAddress!, 8 * words.count)
+        words.deallocate()
     }
 }
 
