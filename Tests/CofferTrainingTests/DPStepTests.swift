@@ -67,6 +67,29 @@ struct DPStepTests {
         }
     }
 
+    /// DP's Poisson sample by geometric gaps takes every row, the first and the last included, with probability q, and
+    /// batches of mean Nq and variance Nq(1 - q) (an off-by-one in the gaps would skip or favour a row).
+    @Test func poissonSampleTakesEveryRowAtTheRate() {
+        let draws = SecretDraws()
+        let (count, q, steps) = (200, 0.05, 20_000)
+        var taken = [Int](repeating: 0, count: count)
+        var sizes: [Double] = []
+        for _ in 0..<steps {
+            let rows = draws.poissonSample(of: count, rate: q)
+            #expect(rows == rows.sorted() && Set(rows).count == rows.count && rows.allSatisfy { (0..<count).contains($0) })
+            for row in rows { taken[row] += 1 }
+            sizes.append(Double(rows.count))
+        }
+        // Each row: Binomial(20,000, 0.05), mean 1,000, sd 31; 5.5 sd is 1 in 10^7 per row.
+        #expect(taken.allSatisfy { abs($0 - 1_000) < 170 }, "from \(taken.min()!) to \(taken.max()!); first \(taken[0]), last \(taken[count - 1])")
+        let mean = sizes.reduce(0, +) / Double(steps)
+        let variance = sizes.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(steps)
+        #expect(abs(mean - 10) < 0.1, "mean batch \(mean)")
+        #expect(abs(variance - 9.5) < 0.5, "batch variance \(variance)")
+        #expect(draws.poissonSample(of: 5, rate: 1) == [0, 1, 2, 3, 4])
+        #expect(draws.poissonSample(of: 0, rate: 0.5) == [])
+    }
+
     /// OpenSSL's keystream and libsodium's (used where OpenSSL does not load) are the same bytes, for lengths that are
     /// and are not whole 64-byte blocks.
     @Test func bothKeystreamsGiveTheSameBytes() {

@@ -179,7 +179,7 @@ public struct Trainer: Sendable {
         let rows = data.count + canaryRows
         let drawn =
             if let secretDraws {
-                (0..<rows).filter { _ in Double(secretDraws.next() >> 11) * 0x1.0p-53 < q }
+                secretDraws.poissonSample(of: rows, rate: q)
             } else {
                 (0..<rows).filter { _ in Double(sampler.next() >> 11) * 0x1.0p-53 < q }
             }
@@ -401,6 +401,24 @@ final class SecretDraws: @unchecked Sendable {
         if used == words.count { refill() }
         defer { used += 1 }
         return words[used]
+    }
+
+    /// The rows of `0..<count` that a Poisson sample of rate `q` takes, each independently with probability `q`: the
+    /// gaps between taken rows are geometric, P(gap >= k) = (1 - q)^k, drawn as floor(log u / log(1 - q)) for u uniform
+    /// in (0, 1]. One draw per row taken instead of one per row: on the training benchmark, 256 draws a step instead of
+    /// 60,000.
+    func poissonSample(of count: Int, rate q: Double) -> [Int] {
+        guard q < 1 else { return Array(0..<count) }
+        let logMiss = log1p(-q)
+        var taken: [Int] = []
+        var row = -1
+        while true {
+            let u = Double(Int64(bitPattern: next() >> 11) + 1) * 0x1.0p-53
+            let gap = (log(u) / logMiss).rounded(.down)
+            guard gap < Double(count - row - 1) else { return taken }
+            row += Int(gap) + 1
+            taken.append(row)
+        }
     }
 
     private func refill() {
