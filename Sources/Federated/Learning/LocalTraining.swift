@@ -48,7 +48,7 @@ public struct LocalTraining: Sendable {
         public var taskLosses: [Double]
     }
 
-    /// Trains from `global` on `data`; `seed` drives batch sampling (never the DP noise).
+    /// Trains from `global` on `data`; `seed` drives batch sampling without DP (never DP's batches or noise).
     public func run(from global: MultiTaskModel, on data: Dataset, seed: UInt64) throws(FederatedError) -> Result {
         let r = recipe.recipe
         let optimizer: TrainingConfiguration.Optimizer =

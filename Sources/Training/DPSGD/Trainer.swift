@@ -174,7 +174,7 @@ public struct Trainer: Sendable {
     @discardableResult
     public mutating func step(on data: Dataset) -> StepReport {
         let q = configuration.sampleRate
-        // One Poisson draw per row: the data's rows, then the audit's canary rows.
+        // A Poisson sample of the data's rows, then the audit's canary rows (numbered after them).
         let canaryRows = auditRows?.count ?? 0
         let rows = data.count + canaryRows
         let drawn =
@@ -388,6 +388,7 @@ final class SecretDraws: @unchecked Sendable {
     private let words = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 8192)
     private var used: Int
     private let seeding: (UnsafeMutableRawBufferPointer) -> Void
+    private let lock = NSLock()
 
     /// `seeding` fills each key: the operating system's generator, unless a test fixes it.
     init(seeding: @escaping (UnsafeMutableRawBufferPointer) -> Void = { randombytes_buf($0.baseAddress!, $0.count) }) {
@@ -397,7 +398,8 @@ final class SecretDraws: @unchecked Sendable {
         used = words.count
     }
 
-    func next() -> UInt64 {
+    /// Callers hold `lock`.
+    private func next() -> UInt64 {
         if used == words.count { refill() }
         defer { used += 1 }
         return words[used]
@@ -408,6 +410,10 @@ final class SecretDraws: @unchecked Sendable {
     /// in (0, 1]. One draw per row taken instead of one per row: on the training benchmark, 256 draws a step instead of
     /// 60,000.
     func poissonSample(of count: Int, rate q: Double) -> [Int] {
+        precondition(q > 0, "a sampling rate is positive")
+        // One stream, one reader at a time: copies of a Trainer share it, and a word read twice would repeat a draw.
+        lock.lock()
+        defer { lock.unlock() }
         guard q < 1 else { return Array(0..<count) }
         let logMiss = log1p(-q)
         var taken: [Int] = []
