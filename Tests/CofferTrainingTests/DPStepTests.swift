@@ -20,7 +20,7 @@ struct DPStepTests {
         }
     }
 
-    /// One pair at a time on libsodium's keystream (as in TrainerTests.batchedDrawsAreThoseOfOnePairAtATime), counting
+    /// Marsaglia's polar method one pair at a time on libsodium's keystream, as plainly as it can be written, counting
     /// the blocks it keyed.
     static func transcription(_ count: Int, _ nextSeed: (UnsafeMutableRawBufferPointer) -> Void) -> (draws: [Double], blocks: Int) {
         var expected: [Double] = []
@@ -46,6 +46,24 @@ struct DPStepTests {
         return (expected, blocks)
     }
 
+    /// The first draw of `drawn` whose bits differ from `expected`'s, if any.
+    static func firstDifference(_ drawn: [Double], _ expected: [Double]) -> Int? {
+        zip(drawn, expected).enumerated().first { $0.element.0.bitPattern != $0.element.1.bitPattern }?.offset
+    }
+
+    /// The batched polar method gives the draws of one pair at a time from the same stream, in the same order: with the
+    /// blocks' keys fixed, every value matches the transcription to the bit, on libsodium's ChaCha20 keystream (so
+    /// OpenSSL's, which the sampler uses where it loads, gives the same bytes).
+    @Test func batchedDrawsAreThoseOfOnePairAtATime() {
+        for (count, trial) in [(1, UInt32(1)), (2, 2), (255, 3), (513, 4), (100_001, 5)] {
+            let expected = Self.transcription(count, Self.seeding(trial)).draws
+            var drawn = [Double](repeating: .nan, count: count)
+            GaussianNoise.normals(count, seeding: Self.seeding(trial)) { i, z in drawn[i] = z }
+            let first = Self.firstDifference(drawn, expected)
+            #expect(first == nil, "\(count) draws: the first to differ is draw \(first ?? -1)")
+        }
+    }
+
     /// A block that yields too few accepted pairs is topped up from a second block under a fresh key: reached about once
     /// in 5,000 keys for a few hundred draws, so the keys that reach it are searched for. A top-up that reused the first
     /// key (repeating draws) fails here and nowhere else.
@@ -60,8 +78,8 @@ struct DPStepTests {
                 found += 1
                 var drawn = [Double](repeating: .nan, count: count)
                 GaussianNoise.normals(count, seeding: Self.seeding(trial)) { i, z in drawn[i] = z }
-                let first = zip(drawn, expected).enumerated().first { $0.element.0.bitPattern != $0.element.1.bitPattern }
-                #expect(first == nil, "count \(count), trial \(trial), \(blocks) blocks: first differing draw \(first?.offset ?? -1)")
+                let first = Self.firstDifference(drawn, expected)
+                #expect(first == nil, "count \(count), trial \(trial), \(blocks) blocks: first differing draw \(first ?? -1)")
             }
             #expect(found == 2, "no top-up found for count \(count) in \(trial) trials")
         }

@@ -1,4 +1,3 @@
-import CSodium
 import CofferTestSupport
 import Foundation
 import Testing
@@ -163,44 +162,6 @@ struct TrainerTests {
             }
             #expect(hits.allSatisfy { $0 == 1 }, "\(count) draws")
             #expect(Set(draws).count == count, "\(count) draws")
-        }
-    }
-
-    /// The batched polar method gives the draws of one pair at a time from the same stream, in the same order: with the
-    /// blocks' keys fixed, every value matches this plain transcription of Marsaglia's method to the bit, on libsodium's
-    /// ChaCha20 keystream (so OpenSSL's, which the sampler uses where it loads, gives the same bytes).
-    @Test func batchedDrawsAreThoseOfOnePairAtATime() {
-        func seeding(_ key: UInt8) -> (UnsafeMutableRawBufferPointer) -> Void {
-            var block = key
-            return { seed in
-                for i in seed.indices { seed[i] = block &+ UInt8(i) }
-                block &+= 1
-            }
-        }
-        for (count, key) in [(1, UInt8(1)), (2, 2), (255, 3), (513, 4), (100_001, 5)] {
-            var expected: [Double] = []
-            let nextSeed = seeding(key)
-            var seed = [UInt8](repeating: 0, count: Int(randombytes_SEEDBYTES))
-            while expected.count < count {
-                seed.withUnsafeMutableBytes(nextSeed)
-                let pairs = (count - expected.count) / 2 * 135 / 100 + 16
-                var bits = [UInt64](repeating: 0, count: 2 * pairs)
-                let nonce = [UInt8](repeating: 0, count: Int(crypto_stream_chacha20_ietf_NONCEBYTES))
-                _ = crypto_stream_chacha20_ietf(&bits, UInt64(16 * pairs), nonce, seed)
-                for k in stride(from: 0, to: bits.count, by: 2) where expected.count < count {
-                    let u = Double(bits[k] >> 11) * 0x1.0p-52 - 1
-                    let v = Double(bits[k + 1] >> 11) * 0x1.0p-52 - 1
-                    let s = u * u + v * v
-                    guard s > 0, s < 1 else { continue }
-                    let factor = (-2 * log(s) / s).squareRoot()
-                    expected.append(u * factor)
-                    if expected.count < count { expected.append(v * factor) }
-                }
-            }
-            var drawn = [Double](repeating: .nan, count: count)
-            GaussianNoise.normals(count, seeding: seeding(key)) { i, z in drawn[i] = z }
-            let first = zip(drawn, expected).enumerated().first { $0.element.0.bitPattern != $0.element.1.bitPattern }
-            #expect(first == nil, "\(count) draws: the first to differ is draw \(first?.offset ?? -1)")
         }
     }
 
