@@ -50,12 +50,13 @@ public enum GaussianNoise {
     ///
     /// The stream is ChaCha20's keystream (RFC 8439, a nonce of zeros) under 32 fresh bytes from `randombytes_buf` (the
     /// operating system's generator) for every block: cryptographic randomness, without a system call per sample. The
-    /// polar method needs no trigonometry, which makes it several times faster than Box–Muller here. The stream's bytes determine the noise, and the noise must stay secret to protect what it
-    /// hides: they are wiped before they are freed, and so is the scratch below.
+    /// polar method needs no trigonometry, which makes it several times faster than Box–Muller here. The stream's bytes
+    /// determine the noise, and the noise must stay secret to protect what it hides: they are wiped before they are
+    /// freed, and so is the scratch below.
     ///
     /// The pairs go through in batches, one pass over the batch at a time: the candidates inside the unit circle are
-    /// kept without a branch, then their logarithms are taken, then their factors (a loop without calls, which the
-    /// compiler vectorises). The draws and their order are those of one pair at a time.
+    /// kept without a branch, then their logarithms are taken, then their factors. The draws and their order are those
+    /// of one pair at a time.
     ///
     /// `seeding` fills each block's key: the operating system's generator, unless a test fixes it.
     @inline(__always)
