@@ -78,7 +78,10 @@ extension Coffer.Federated {
                     noiseMode: nil,
                     datasetSize: local.trainingCount,
                     segments: [],
-                    pruning: .init(method: "global_magnitude", targetRatio: 0, achievedSparsity: model.weightSparsity)
+                    pruning: .init(method: "global_magnitude", targetRatio: 0, achievedSparsity: model.weightSparsity),
+                    // Decided by the coordinator, which does not tell the site.
+                    standardisation: nil,
+                    batchSampling: nil
                 )
                 try Checkpoint.write(Federation.trained(model, recipe: recipe, standardisation: standardisation, privacy: none), to: out)
             }

@@ -195,7 +195,10 @@ final class RoundPublisher: @unchecked Sendable {
             noiseMode: privacy == nil ? nil : "standard",
             datasetSize: core.population.count,
             segments: privacy.map { [$0.segment] } ?? [],
-            pruning: .init(method: "global_magnitude", targetRatio: 0, achievedSparsity: core.globalModel.weightSparsity)
+            pruning: .init(method: "global_magnitude", targetRatio: 0, achievedSparsity: core.globalModel.weightSparsity),
+            standardisation: StandardisationSource(method: core.configuration.standardisation == nil ? "nonprivate" : "public"),
+            // Sites join rounds by libsodium's CSPRNG.
+            batchSampling: "secret"
         )
     }
 
@@ -232,6 +235,10 @@ final class RoundPublisher: @unchecked Sendable {
         metadata.steps = record.roundsAccounted
         metadata.datasetSize = privacy == nil ? nil : core.population.count
         metadata.segments = privacy.map { [$0.segment] } ?? []
+        // Where the checkpoint's standardisation came from: exact sums of the sites' features, released without DP even in
+        // a DP run (--nonprivate-statistics), or public values (helper-47). Signed, where it was a tag before.
+        metadata.standardisation = configuration.standardisation == nil ? "nonprivate" : "public"
+        metadata.batchSampling = "secret"
         metadata.pruningMethod = "global_magnitude"
         metadata.pruningRatio = 0
         metadata.achievedSparsity = model.weightSparsity
@@ -242,9 +249,6 @@ final class RoundPublisher: @unchecked Sendable {
         request.tags = [
             "fl_mechanism": configuration.mechanism, "fl_round": "\(record.round)", "fl_rounds": "\(configuration.rounds)",
             "fl_sites": "\(core.population.count)", "fl_session": core.sessionHex,
-            // Where the checkpoint's standardisation came from: exact sums of the sites' features, released without DP
-            // even in a DP run (--nonprivate-statistics), or public values (helper-47).
-            "fl_standardisation": configuration.standardisation == nil ? "nonprivate-sums" : "public",
         ]
         let heading = "\(configuration.mechanism) round \(record.round) of \(configuration.rounds), session \(core.sessionHex.prefix(8)): "
         if privacy == nil {

@@ -43,7 +43,9 @@ extension Coffer {
                 JSONOutput.print(
                     .object([
                         "epsilon": p.epsilon.map { .number($0) } ?? .null, "delta": p.delta.map { .number($0) } ?? .null,
-                        "noise_multiplier": p.segments.first.map { .number($0.noiseMultiplier) } ?? .null,
+                        // DP-SGD's segment is the last: the statistics' release, when there is one, comes first.
+                        "noise_multiplier": p.segments.last.map { .number($0.noiseMultiplier) } ?? .null,
+                        "standardisation": p.standardisation.map { .string($0.method) } ?? .null,
                         "achieved_sparsity": .number(p.pruning.achievedSparsity),
                         "training_seconds": .number(trained.trainingSeconds), "examples": .number(Double(trained.examplesProcessed)),
                         "audit_seconds": trained.auditSeconds.map { .number($0) } ?? .null,
@@ -55,7 +57,7 @@ extension Coffer {
                 )
             } else {
                 for metric in trained.metrics { print("validation \(metric.task) \(metric.metric) \(String(format: "%.4f", metric.value))") }
-                if let epsilon = p.epsilon, let delta = p.delta, let segment = p.segments.first {
+                if let epsilon = p.epsilon, let delta = p.delta, let segment = p.segments.last {
                     let method =
                         p.accountant == "pld"
                         ? "PLD accounting (RDP: \(String(format: "%.4f", p.epsilonRDP ?? 0)))" : "RDP accounting, order \(p.order ?? 0)"
@@ -65,6 +67,16 @@ extension Coffer {
                     )
                 } else {
                     print("privacy: none (trained without differential privacy)")
+                }
+                if let source = p.standardisation, p.mechanism != "none" {
+                    switch source.method {
+                    case "dp":
+                        print(
+                            "standardisation: DP statistics (sigma \(source.noiseMultiplier ?? 0), sensitivity \(String(format: "%.4f", source.sensitivity ?? 0))), counted in epsilon"
+                        )
+                    case "public": print("standardisation: the recipe's public values")
+                    default: print("standardisation: exact statistics of the training rows, released WITHOUT differential privacy")
+                    }
                 }
                 print("pruning: target \(p.pruning.targetRatio), achieved sparsity \(String(format: "%.4f", p.pruning.achievedSparsity))")
                 for line in EvidenceOptions.summary(p.evidence, proven: p.epsilon, auditSeconds: trained.auditSeconds) { print(line) }
@@ -155,6 +167,7 @@ extension Coffer {
                 "data": "data.csv", "features": data.featureColumns, "tasks": tasks, "trunk": [64, 64], "activation": "relu",
                 "epochs": 2, "learning_rate": 0.05, "optimizer": "sgd", "momentum": 0.9, "expected_batch_size": min(256, max(1, rows / 10)),
                 "clipping_norm": 1.0, "noise_multiplier": 1.1, "delta": 1e-5, "validation_split": 0.2, "seed": 1,
+                "feature_bounds": try JSONSerialization.jsonObject(with: JSONEncoder().encode(data.featureBounds)),
             ]
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             try FileBytes.write(Array(data.csv().utf8), to: "\(out)/data.csv", mode: 0o644, overwrite: true)

@@ -105,8 +105,8 @@ struct FederatedCommandTests {
         // the sample kept secret.
         let tags = last["tags"] as? [String: String] ?? [:]
         #expect(tags["fl_sites"] == "4" && tags["fl_sites_per_round"] == nil && tags["fl_sampled"] == nil, "\(tags)")
-        // Its standardisation came from exact sums released without DP (--nonprivate-statistics), and it says so.
-        #expect(tags["fl_standardisation"] == "nonprivate-sums", "\(tags)")
+        // Its standardisation came from exact sums released without DP (--nonprivate-statistics), and it says so, signed.
+        #expect(last["standardisation"] as? String == "nonprivate" && last["batch_sampling"] as? String == "secret", "\(last)")
         let message = last["message"] as? String ?? ""
         #expect(message.hasSuffix("the sampled sites are not named (DP-FedAvg's guarantee needs the sample kept secret)"), "\(message)")
         #expect(!message.contains("key IDs"), "\(message)")

@@ -12,11 +12,12 @@ struct TrainCommandTests {
         var recipe: [String: Any] = [
             "data": "data.csv", "features": ["a", "b"],
             "tasks": [
-                ["name": "c", "kind": "classification", "column": "label"], ["name": "r", "kind": "regression", "column": "value"],
+                ["name": "c", "kind": "classification", "column": "label", "labels": ["l0", "l1", "l2"]],
+                ["name": "r", "kind": "regression", "column": "value"],
                 ["name": "f", "kind": "binary", "column": "flag"],
             ],
             "trunk": [8], "epochs": 2, "learning_rate": 0.05, "expected_batch_size": 40, "noise_multiplier": 1.0, "delta": 1e-5,
-            "pruning_ratio": 0.3, "seed": 3,
+            "pruning_ratio": 0.3, "seed": 3, "feature_bounds": ["a": [0, 1], "b": [0, 4]],
         ]
         for (k, v) in overrides { recipe[k] = v }
         try dir.write("recipe.json", try JSONSerialization.data(withJSONObject: recipe))
@@ -29,13 +30,19 @@ struct TrainCommandTests {
         #expect(train.status == 0, "\(train.stderr)")
         let report = try JSONSerialization.jsonObject(with: train.stdout) as? [String: Any]
         #expect((report?["epsilon"] as? Double ?? 0) > 0)
+        #expect(report?["noise_multiplier"] as? Double == 1 && report?["standardisation"] as? String == "dp", "DP-SGD's sigma, not the statistics'")
         #expect(abs((report?["achieved_sparsity"] as? Double ?? 0) - 0.3) < 0.02, "16 of 56 weights")
         let privacy = try JSONSerialization.jsonObject(with: try dir.read("ckpt/privacy.json")) as? [String: Any]
         #expect(privacy?["mechanism"] as? String == "dp-sgd")
         #expect(
-            (privacy?["segments"] as? [[String: Any]])?.first?["steps"] as? Int == 24,
+            (privacy?["segments"] as? [[String: Any]])?.last?["steps"] as? Int == 24,
             "320 training rows, q = 40/320: 8 steps an epoch, 2 epochs and 1 fine-tuning"
         )
+        // The standardisation statistics' DP release comes first in the history, and is said to be there.
+        let first = (privacy?["segments"] as? [[String: Any]])?.first
+        #expect(first?["sample_rate"] as? Double == 1 && first?["noise_multiplier"] as? Double == 10 && first?["steps"] as? Int == 1)
+        #expect((privacy?["standardisation"] as? [String: Any])?["method"] as? String == "dp")
+        #expect(privacy?["batch_sampling"] as? String == "secret")
         try dir.write("x.csv", Data("a,b\n0.1,2\n0.9,4\n".utf8))
         let predict = try CofferProcess.run(["predict", "--checkpoint", "ckpt", "--input", "x.csv", "--json"], in: dir.url)
         #expect(predict.status == 0, "\(predict.stderr)")
@@ -55,8 +62,22 @@ struct TrainCommandTests {
         expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "pruning_ratio must be in [0, 1)")
         try recipe(dir, ["clipping_norm": 0])
         expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "clipping_norm must be > 0")
-        try recipe(dir, ["features": ["a", "nope"]])
+        try recipe(dir, ["features": ["a", "nope"], "feature_bounds": [0, 4]])
         expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "column 'nope' is missing")
+        // Under DP the statistics released with the model need a source, one only, and bounds for exactly the features.
+        try recipe(dir, ["feature_bounds": NSNull()])
+        expectFailure(
+            try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url),
+            "under DP the standardisation statistics need a source"
+        )
+        try recipe(dir, ["nonprivate_statistics": true])
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "not several")
+        try recipe(dir, ["feature_bounds": ["a": [0, 1], "c": [0, 4]]])
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "'c' is not one of the features")
+        try recipe(dir, ["feature_bounds": [1, 1]])
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "low < high")
+        try recipe(dir, ["tasks": [["name": "c", "kind": "classification", "column": "label"]]])
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "needs labels")
         try recipe(dir)
         var csv = String(decoding: try dir.read("data.csv"), as: UTF8.self)
         csv = csv.replacingOccurrences(of: "\n0.0,0.0,0,0.0,0\n", with: "\n0.0,abc,0,0.0,0\n")
@@ -73,7 +94,12 @@ struct TrainCommandTests {
 
     @Test func evaluateScoresALabelledCSVAndRefusesUnseenClasses() throws {
         let dir = try Scratch()
-        try recipe(dir, ["pruning_ratio": 0])
+        // Without DP and without labels, the class count comes from the data (0, 1, 2): a class 3 was never seen.
+        let tasks: [[String: Any]] = [
+            ["name": "c", "kind": "classification", "column": "label"], ["name": "r", "kind": "regression", "column": "value"],
+            ["name": "f", "kind": "binary", "column": "flag"],
+        ]
+        try recipe(dir, ["pruning_ratio": 0, "privacy": false, "noise_multiplier": NSNull(), "tasks": tasks])
         #expect(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "ckpt"], in: dir.url).status == 0)
         let scored = try CofferProcess.run(["predict", "--checkpoint", "ckpt", "--input", "data.csv", "--evaluate", "--json"], in: dir.url)
         let metrics = try JSONSerialization.jsonObject(with: scored.stdout) as? [String: Double]

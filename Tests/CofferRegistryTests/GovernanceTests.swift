@@ -78,6 +78,13 @@ struct GovernanceTests {
         var bare = request(dir, dataset: "census", segments: [])
         bare.overrideBudget = true
         await expectRefusal("needs the version's accountant history") { _ = try await f.registry.push(bare, publisher: alice) }
+        // Nor does a DP-SGD history whose standardisation statistics were released exactly (helper-67).
+        var exactStatistics = request(dir, dataset: "census", segments: first)
+        exactStatistics.privacy.standardisation = "nonprivate"
+        exactStatistics.overrideBudget = true
+        await expectRefusal("standardisation statistics were released without differential privacy") {
+            _ = try await f.registry.push(exactStatistics, publisher: alice)
+        }
         // An admin may exceed the budget; the charge records who did.
         var over = request(dir, dataset: "census", segments: heavy)
         over.overrideBudget = true

@@ -269,6 +269,29 @@ struct PushPullTests {
         let p = try PrivacyMetadata(contentsOf: f.path("privacy.json"))
         #expect(p.epsilon == 2.59 && p.clippingNorm == 1.0 && p.steps == 14062 && p.noiseMultiplier == 1.1)
         #expect(p.pruningMethod == "global_magnitude" && p.pruningRatio == 0.5 && p.achievedSparsity == 0.5001)
+        #expect(p.standardisation == nil && p.batchSampling == nil, "a privacy.json from before 2026-12-06")
+        // Today's: the statistics' DP release first; the summary columns are DP-SGD's, and the new facts are signed.
+        let withStatistics = """
+            {"mechanism":"dp-sgd","epsilon":2.61,"delta":1e-5,"max_grad_norm":1.0,"dataset_size":60000,
+             "segments":[{"sample_rate":1,"noise_multiplier":10,"steps":1},{"sample_rate":0.004266,"noise_multiplier":1.1,"steps":14062}],
+             "standardisation":{"method":"dp","noise_multiplier":10,"sensitivity":11.3},"batch_sampling":"secret",
+             "pruning":{"method":"global_magnitude","target_ratio":0.5,"achieved_sparsity":0.5001}}
+            """
+        try Data(withStatistics.utf8).write(to: URL(fileURLWithPath: f.path("privacy.json")))
+        let q = try PrivacyMetadata(contentsOf: f.path("privacy.json"))
+        #expect(q.standardisation == "dp" && q.batchSampling == "secret")
+        #expect(q.noiseMultiplier == 1.1 && q.samplingRate == 0.004266 && q.steps == 14063)
+        guard case .object(let signed) = q.json else {
+            Issue.record("the predicate is not an object")
+            return
+        }
+        #expect(signed["standardisation"] == .string("dp") && signed["batch_sampling"] == .string("secret"))
+        try Data(withStatistics.replacingOccurrences(of: "\"secret\"", with: "\"guessed\"").utf8).write(
+            to: URL(fileURLWithPath: f.path("privacy.json"))
+        )
+        #expect(throws: CofferRegistryError.invalidPrivacy("batch_sampling must be secret or seeded, got guessed")) {
+            _ = try PrivacyMetadata(contentsOf: f.path("privacy.json"))
+        }
         try Data("{not json".utf8).write(to: URL(fileURLWithPath: f.path("bad.json")))
         #expect(throws: CofferRegistryError.invalidPrivacy("\(f.path("bad.json")) is not a JSON object")) {
             _ = try PrivacyMetadata(contentsOf: f.path("bad.json"))

@@ -14,6 +14,7 @@ struct QueryTests {
             request.privacy.epsilon = epsilon
             request.privacy.pruningRatio = pruning
             request.privacy.mechanism = epsilon == nil ? nil : "dp-sgd"
+            request.privacy.standardisation = epsilon == nil ? nil : epsilon! > 5 ? "nonprivate" : "dp"
             _ = try await f.registry.push(request, publisher: alice)
         }
         return f
@@ -28,6 +29,9 @@ struct QueryTests {
         await #expect(try f.registry.list(where: "epsilon <= 3 and pruning_ratio>=0.5").map(\.version) == ["1"])
         await #expect(try f.registry.list(where: "mechanism='dp-sgd' and epsilon>2").count == 2)
         await #expect(try f.registry.list(where: "epsilon!=1").count == 2, "NULL epsilon never matches")
+        // The versions whose feature statistics were released outside the DP guarantee.
+        await #expect(try f.registry.list(where: "standardisation='nonprivate'").map { "\($0.model):\($0.version)" } == ["b:1"])
+        await #expect(try f.registry.list(where: "standardisation='dp'").count == 2)
     }
 
     @Test(arguments: MetadataBackend.available) func listFiltersOnNamesTagsAndDates(on backend: MetadataBackend) async throws {
@@ -92,7 +96,7 @@ struct QueryTests {
         ("epsilon", "'epsilon' has no comparison (use < <= > >= = !=)"),
         (
             "colour=3",
-            "unknown field 'colour' (fields: accountant, achieved_sparsity, audit_epsilon, clipping_norm, dataset_id, dataset_size, delta, epochs, epsilon, mechanism, membership_auc, membership_tpr, noise_multiplier, privacy_unit, pruning_method, pruning_ratio, sampling_rate, steps, name, tag.KEY, created)"
+            "unknown field 'colour' (fields: accountant, achieved_sparsity, audit_epsilon, batch_sampling, clipping_norm, dataset_id, dataset_size, delta, epochs, epsilon, mechanism, membership_auc, membership_tpr, noise_multiplier, privacy_unit, pruning_method, pruning_ratio, sampling_rate, standardisation, steps, name, tag.KEY, created)"
         ),
         ("name<'a'", "name takes = or != and a 'quoted' value"),
         ("created>=yesterday", "created takes a 'quoted' RFC 3339 time or date, or an age such as 7d, 12h, 90m; got 'yesterday'"),

@@ -27,7 +27,7 @@ enum EvidenceSupport {
         let tasks = try JSONSerialization.jsonObject(with: JSONEncoder().encode(data.tasks))
         let json: [String: Any] = [
             "data": "data.csv", "features": data.featureColumns, "tasks": tasks, "trunk": [16], "epochs": 3, "learning_rate": 0.1,
-            "expected_batch_size": 32, "noise_multiplier": 1.0, "delta": 1e-5, "seed": seed,
+            "expected_batch_size": 32, "noise_multiplier": 1.0, "delta": 1e-5, "seed": seed, "feature_bounds": [-4, 4],
         ]
         let path = directory.appendingPathComponent("recipe.json").path
         var recipe = try TrainingRecipe(json: Array(try JSONSerialization.data(withJSONObject: json)), path: path)

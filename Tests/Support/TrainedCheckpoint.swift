@@ -27,7 +27,8 @@ public enum TrainedCheckpoint {
         let tasks = String(decoding: try JSONEncoder().encode(data.tasks), as: UTF8.self)
         let recipe = """
             {"data": "data.csv", "features": ["x0", "x1", "x2"], "tasks": \(tasks), "trunk": [8], "epochs": 1, "learning_rate": 0.05,
-             "expected_batch_size": 30, "noise_multiplier": 1.0, "delta": 1e-5, "seed": 1}
+             "expected_batch_size": 30, "noise_multiplier": 1.0, "delta": 1e-5, "seed": 1,
+             "feature_bounds": [-4, 4]}
             """
         try recipe.write(to: folder.appendingPathComponent("recipe.json"), atomically: true, encoding: .utf8)
         let trained = try TrainingRun.run(try TrainingRecipe(contentsOf: folder.appendingPathComponent("recipe.json").path))

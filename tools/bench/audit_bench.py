@@ -32,7 +32,8 @@ def measure(coffer, rows=60000, pairs=5, canaries=1000):
         tasks = json.load(open(os.path.join(work, "recipe.json")))["tasks"]
         recipe = {"data": "data.csv", "features": [f"x{i}" for i in range(64)], "tasks": tasks, "trunk": [256, 256], "activation": "relu",
                   "epochs": 1, "learning_rate": 0.05, "optimizer": "sgd", "momentum": 0.0, "expected_batch_size": 256,
-                  "clipping_norm": 1.0, "noise_multiplier": 1.1, "delta": 1e-5, "validation_split": 0.0, "seed": 1}
+                  "clipping_norm": 1.0, "noise_multiplier": 1.1, "delta": 1e-5, "validation_split": 0.0, "seed": 1,
+                  "feature_bounds": [-4, 4]}
         path = os.path.join(work, "recipe.json")
         json.dump(recipe, open(path, "w"))
         train(coffer, path, os.path.join(work, "warm"), 0)  # page cache and CPU frequency, not measured

@@ -107,7 +107,7 @@ def torch_epoch(x, y, mode):
 def coffer_epoch(coffer, work, tasks, private):
     recipe = {"data": "data.csv", "features": [f"x{i}" for i in range(64)], "trunk": [256, 256], "activation": "relu", "epochs": 1,
               "learning_rate": LR, "optimizer": "sgd", "momentum": 0.0, "expected_batch_size": BATCH, "clipping_norm": CLIP,
-              "noise_multiplier": SIGMA, "delta": 1e-5, "validation_split": 0.0, "seed": 1, "tasks": tasks}
+              "noise_multiplier": SIGMA, "delta": 1e-5, "validation_split": 0.0, "seed": 1, "tasks": tasks, "feature_bounds": [-4, 4]}
     if not private:
         recipe |= {"privacy": False, "noise_multiplier": None}
     path = os.path.join(work, "recipe.json")

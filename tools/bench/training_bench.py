@@ -84,7 +84,7 @@ def main():
         def coffer_examples_per_second(batch, overrides=None, kernels="blas"):
             recipe = {"data": "data.csv", "features": columns, "trunk": [256, 256], "activation": "relu", "epochs": 1, "learning_rate": 0.05,
                       "optimizer": "sgd", "momentum": 0.0, "expected_batch_size": batch, "clipping_norm": 1.0, "noise_multiplier": 1.1,
-                      "delta": 1e-5, "validation_split": 0.0, "seed": 1, "tasks": tasks, **(overrides or {})}
+                      "delta": 1e-5, "validation_split": 0.0, "seed": 1, "tasks": tasks, "feature_bounds": [-4, 4], **(overrides or {})}
             path = os.path.join(work, "recipe.json")
             json.dump(recipe, open(path, "w"))
             out = subprocess.run([args.coffer, "train", "--config", path, "--out", os.path.join(work, "ckpt"), "--json"], check=True,

@@ -25,6 +25,11 @@ public struct FederatedRecipe: Sendable {
                 "task_balancing \(recipe.taskBalancing!) learns per-site loss weights, which federated averaging cannot merge: use fixed"
             )
         }
+        guard recipe.featureBounds == nil, recipe.standardisation == nil, recipe.nonprivateStatistics == nil else {
+            throw .invalidParameter(
+                "feature_bounds, standardisation and nonprivate_statistics are coffer train's: a federation's standardisation is the coordinator's (fl serve --standardisation, or its statistics round)"
+            )
+        }
         guard (recipe.pruningRatio ?? 0) == 0 else {
             throw .invalidParameter("pruning_ratio is not supported in federated training (pruning masks differ per site)")
         }

@@ -160,6 +160,11 @@ extension Registry {
         guard privacy.mechanism != "none" else {
             throw .budgetExceeded("dataset \(dataset) has a privacy budget: a model trained without differential privacy spends all of it")
         }
+        guard privacy.standardisation != "nonprivate" else {
+            throw .budgetExceeded(
+                "dataset \(dataset) has a privacy budget: this version's standardisation statistics were released without differential privacy, which spends all of it"
+            )
+        }
         guard !privacy.segments.isEmpty else {
             throw .budgetExceeded(
                 "dataset \(dataset) has a privacy budget: the push needs the version's accountant history (a checkpoint's privacy.json, or --privacy-from)"

@@ -8,7 +8,9 @@ import Foundation
 /// `accountant`, `noise_multiplier`, `clipping_norm`, `sampling_rate`, `steps`, `epochs`, `dataset_size`,
 /// `privacy_unit`, `pruning_method`, `pruning_ratio`, `achieved_sparsity`; and, when known, `segments` (the
 /// accountant history, `[{sample_rate, noise_multiplier, steps}]`) and `claimed_epsilon` (the epsilon a history
-/// imported with `--privacy-from` claimed; `epsilon` is then Coffer's recomputation) and `evidence` (``Evidence``).
+/// imported with `--privacy-from` claimed; `epsilon` is then Coffer's recomputation), `evidence` (``Evidence``),
+/// `standardisation` (`dp`, `public` or `nonprivate`: where the feature statistics came from) and `batch_sampling`
+/// (`secret` or `seeded`).
 public struct PrivacyMetadata: Sendable, Equatable, Codable {
     public var mechanism: String?
     public var epsilon: Double?
@@ -27,6 +29,8 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
     public var segments: [PrivacySegment] = []
     public var claimedEpsilon: Double?
     public var evidence: Evidence?
+    public var standardisation: String?
+    public var batchSampling: String?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case mechanism, epsilon, delta, accountant
@@ -41,7 +45,8 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         case achievedSparsity = "achieved_sparsity"
         case segments
         case claimedEpsilon = "claimed_epsilon"
-        case evidence
+        case evidence, standardisation
+        case batchSampling = "batch_sampling"
     }
 
     public init() {}
@@ -73,6 +78,12 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
             throw .invalidPrivacy("achieved_sparsity must be in [0, 1], got \(achievedSparsity)")
         }
         if let problem = Self.problem(segments) { throw .invalidPrivacy(problem) }
+        if let standardisation, !["dp", "public", "nonprivate"].contains(standardisation) {
+            throw .invalidPrivacy("standardisation must be dp, public or nonprivate, got \(standardisation)")
+        }
+        if let batchSampling, batchSampling != "secret", batchSampling != "seeded" {
+            throw .invalidPrivacy("batch_sampling must be secret or seeded, got \(batchSampling)")
+        }
         if let claimedEpsilon, !(claimedEpsilon >= 0 && claimedEpsilon.isFinite) {
             throw .invalidPrivacy("claimed_epsilon must be a finite number >= 0, got \(claimedEpsilon)")
         }
@@ -141,6 +152,14 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         pruningRatio = try number("pruning_ratio")
         achievedSparsity = try number("achieved_sparsity")
         claimedEpsilon = try number("claimed_epsilon")
+        // A checkpoint's privacy.json says {method, noise_multiplier, sensitivity}; the flat shape the method alone.
+        if case .object(let given)? = fields["standardisation"] {
+            guard let method = given["method"]?.stringValue else { throw .invalidPrivacy("\(source): standardisation.method must be a string") }
+            standardisation = method
+        } else {
+            standardisation = try text("standardisation")
+        }
+        batchSampling = try text("batch_sampling")
         if case .array(let list)? = fields["segments"], !list.isEmpty {
             for item in list {
                 guard case .object(let s) = item, let q = s["sample_rate"]?.numberValue, let sigma = s["noise_multiplier"]?.numberValue,
@@ -176,6 +195,8 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         if !segments.isEmpty { fields["segments"] = Self.segmentsJSON(segments) }
         if let claimedEpsilon { fields["claimed_epsilon"] = .number(claimedEpsilon) }
         if let evidence { fields["evidence"] = evidence.json }
+        if let standardisation { fields["standardisation"] = .string(standardisation) }
+        if let batchSampling { fields["batch_sampling"] = .string(batchSampling) }
         return .object(fields)
     }
 
@@ -193,13 +214,14 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
     }
 
     /// Fills the summary columns the segments determine, where unset: steps add up over all segments, and a single
-    /// segment gives its rate and noise.
+    /// segment gives its rate and noise, as does DP-SGD's after its DP standardisation (which comes first).
     mutating func fillFromSegments() {
         guard !segments.isEmpty else { return }
         steps = steps ?? segments.reduce(0) { $0 + $1.steps }
-        if segments.count == 1 {
-            samplingRate = samplingRate ?? segments[0].sampleRate
-            noiseMultiplier = noiseMultiplier ?? segments[0].noiseMultiplier
+        let main = segments.count == 2 && standardisation == "dp" ? segments[1] : segments.count == 1 ? segments[0] : nil
+        if let main {
+            samplingRate = samplingRate ?? main.sampleRate
+            noiseMultiplier = noiseMultiplier ?? main.noiseMultiplier
         }
     }
 }

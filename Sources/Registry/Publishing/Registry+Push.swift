@@ -273,7 +273,9 @@ extension Registry {
                 evidence: p.evidence?.canonicalText,
                 auditEpsilon: p.evidence?.auditEpsilon,
                 membershipAUC: p.evidence?.membershipAUC,
-                membershipTPR: p.evidence?.membershipTPR
+                membershipTPR: p.evidence?.membershipTPR,
+                standardisation: p.standardisation,
+                batchSampling: p.batchSampling
             )
             var segments: String? = nil
             if !p.segments.isEmpty || p.claimedEpsilon != nil {

@@ -30,7 +30,9 @@ public struct WhereExpression: Sendable, Equatable {
         public var value: Value
     }
 
-    static let textColumns: Set<String> = ["mechanism", "accountant", "privacy_unit", "pruning_method", "dataset_id"]
+    static let textColumns: Set<String> = [
+        "mechanism", "accountant", "privacy_unit", "pruning_method", "dataset_id", "standardisation", "batch_sampling",
+    ]
     static let operators = ["<=", ">=", "!=", "<", ">", "="]
     static let otherFields = ["name", "tag.KEY", "created"]
 

@@ -392,6 +392,17 @@ enum EmbeddedSchema {
             CREATE INDEX web_sessions_principal ON web_sessions (principal, created_at);
             """#
         ),
+        (
+            "0010_privacy_sources.sql",
+            #"""
+            -- Coffer registry schema, migration 10: where a version's standardisation statistics came from (dp, public or
+            -- nonprivate) and how its batches were drawn (secret or seeded), as its signed privacy metadata states them
+            -- (docs/FORMAT.md, "Checkpoints"). NULL for a version whose statement does not say, as for every version pushed
+            -- before this migration.
+            ALTER TABLE versions ADD COLUMN standardisation TEXT;
+            ALTER TABLE versions ADD COLUMN batch_sampling TEXT;
+            """#
+        ),
     ]
 
     /// PostgreSQL's, from schema/postgres/ (paired with SQLite's by number).
@@ -833,6 +844,16 @@ enum EmbeddedSchema {
                 notice_at     TEXT
             );
             CREATE INDEX web_sessions_principal ON web_sessions (principal, created_at);
+            """#
+        ),
+        (
+            "0010_privacy_sources.sql",
+            #"""
+            -- Coffer registry schema for PostgreSQL, migration 10: the meaning of schema/0010_privacy_sources.sql (where a
+            -- version's standardisation statistics came from, how its batches were drawn). NULL for existing versions.
+            ALTER TABLE versions
+                ADD COLUMN standardisation TEXT,
+                ADD COLUMN batch_sampling TEXT;
             """#
         ),
     ]

@@ -47,6 +47,10 @@ public struct SyntheticData: Sendable {
         return text
     }
 
+    /// Bounds of the features for DP standardisation: they are standard normal, so ±4 holds all but 6e-5 of them, known
+    /// without looking at the data.
+    public var featureBounds: TrainingRecipe.FeatureBounds { .all(low: -4, high: 4) }
+
     /// The tasks of the table, as a training configuration names them.
     public var tasks: [TrainingRecipe.TaskSource] {
         [

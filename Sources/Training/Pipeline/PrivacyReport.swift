@@ -33,8 +33,12 @@ public struct PrivacyReport: Sendable, Equatable, Codable {
     public var pruning: Pruning
     /// Empirical evidence beside the proven ε (docs/FORMAT.md, "Evidence"); `nil` when none was collected.
     public var evidence: Evidence? = nil
+    /// Where the standardisation statistics came from; `nil` in reports written before 2026-12-06.
+    public var standardisation: StandardisationSource?
+    /// `secret` (batches from keys the operating system gave: every DP run) or `seeded` (from the recipe's seed).
+    public var batchSampling: String?
 
-    /// A report built elsewhere than `TrainingRun` (federated training writes one for its global model).
+    /// A report: `TrainingRun`'s, or federated training's for its global model.
     public init(
         mechanism: String,
         epsilon: Double?,
@@ -47,7 +51,9 @@ public struct PrivacyReport: Sendable, Equatable, Codable {
         noiseMode: String?,
         datasetSize: Int,
         segments: [PrivacySegment],
-        pruning: Pruning
+        pruning: Pruning,
+        standardisation: StandardisationSource?,
+        batchSampling: String?
     ) {
         self.mechanism = mechanism
         self.epsilon = epsilon
@@ -61,10 +67,13 @@ public struct PrivacyReport: Sendable, Equatable, Codable {
         self.datasetSize = datasetSize
         self.segments = segments
         self.pruning = pruning
+        self.standardisation = standardisation
+        self.batchSampling = batchSampling
     }
 
     enum CodingKeys: String, CodingKey {
-        case mechanism, epsilon, delta, accountant, order, segments, pruning, evidence
+        case mechanism, epsilon, delta, accountant, order, segments, pruning, evidence, standardisation
+        case batchSampling = "batch_sampling"
         case epsilonRDP = "epsilon_rdp"
         case epsilonPLD = "epsilon_pld"
         case maxGradNorm = "max_grad_norm"
@@ -88,5 +97,7 @@ public struct PrivacyReport: Sendable, Equatable, Codable {
         try c.encode(segments, forKey: .segments)
         try c.encode(pruning, forKey: .pruning)
         try c.encode(evidence, forKey: .evidence)
+        try c.encode(standardisation, forKey: .standardisation)
+        try c.encode(batchSampling, forKey: .batchSampling)
     }
 }

@@ -75,6 +75,14 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
     public var utilityBaseline: Bool?
     /// FGSM and PGD accuracy (``AdversarialRobustness``) at these L∞ radii on the standardised features.
     public var robustnessEpsilons: [Double]?
+    /// Public bounds of the features, from which DP standardisation statistics are computed (``Standardisation``).
+    public var featureBounds: FeatureBounds?
+    /// σ of the DP standardisation statistics (default 10).
+    public var statisticsNoiseMultiplier: Double?
+    /// Public standardisation values, used as given.
+    public var standardisation: PublicStandardisation?
+    /// Under DP, standardise with the exact statistics of the training rows, outside the DP guarantee.
+    public var nonprivateStatistics: Bool?
 
     enum CodingKeys: String, CodingKey {
         case data, features, tasks, trunk, activation, epochs, optimizer, momentum, delta, seed, privacy
@@ -92,6 +100,78 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
         case membershipAttack = "membership_attack"
         case utilityBaseline = "utility_baseline"
         case robustnessEpsilons = "robustness_epsilons"
+        case featureBounds = "feature_bounds"
+        case statisticsNoiseMultiplier = "statistics_noise_multiplier"
+        case standardisation
+        case nonprivateStatistics = "nonprivate_statistics"
+    }
+
+    /// `[low, high]` for every feature, or `{"column": [low, high], ...}` naming each.
+    public enum FeatureBounds: Sendable, Equatable, Codable {
+        case all(low: Double, high: Double)
+        case each([String: [Double]])
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.singleValueContainer()
+            if let pair = try? container.decode([Double].self) {
+                guard pair.count == 2 else {
+                    throw DecodingError.dataCorruptedError(in: container, debugDescription: "feature_bounds: expected [low, high]")
+                }
+                self = .all(low: pair[0], high: pair[1])
+            } else {
+                self = .each(try container.decode([String: [Double]].self))
+            }
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var container = encoder.singleValueContainer()
+            switch self {
+            case .all(let low, let high): try container.encode([low, high])
+            case .each(let bounds): try container.encode(bounds)
+            }
+        }
+
+        /// Each feature's bounds in feature order; refuses a missing, unknown or empty range.
+        public func bounds(of features: [String]) throws(CofferTrainingError) -> [(low: Double, high: Double)] {
+            let pairs: [(String, [Double])]
+            switch self {
+            case .all(let low, let high): pairs = features.map { ($0, [low, high]) }
+            case .each(let named):
+                if let unknown = named.keys.sorted().first(where: { !features.contains($0) }) {
+                    throw .invalidConfiguration("feature_bounds: '\(unknown)' is not one of the features")
+                }
+                var list: [(String, [Double])] = []
+                for feature in features {
+                    guard let pair = named[feature] else { throw .invalidConfiguration("feature_bounds: feature '\(feature)' has no bounds") }
+                    list.append((feature, pair))
+                }
+                pairs = list
+            }
+            var out: [(low: Double, high: Double)] = []
+            for (feature, pair) in pairs {
+                guard pair.count == 2, pair[0].isFinite, pair[1].isFinite, pair[0] < pair[1] else {
+                    throw .invalidConfiguration("feature_bounds: '\(feature)' needs finite [low, high] with low < high, got \(pair)")
+                }
+                out.append((pair[0], pair[1]))
+            }
+            return out
+        }
+    }
+
+    /// Public feature means and standard deviations, in feature order (the shape of `coffer fl serve --standardisation`).
+    public struct PublicStandardisation: Sendable, Equatable, Codable {
+        public var means: [Double]
+        public var standardDeviations: [Double]
+
+        enum CodingKeys: String, CodingKey {
+            case means
+            case standardDeviations = "standard_deviations"
+        }
+
+        public init(means: [Double], standardDeviations: [Double]) {
+            self.means = means
+            self.standardDeviations = standardDeviations
+        }
     }
 
     /// Reads a recipe; a relative `data` path is resolved against the recipe's directory.
@@ -147,8 +227,26 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
             }
         }
         if let optimizer, optimizer != "sgd", optimizer != "adam" { throw .invalidConfiguration("optimizer must be sgd or adam, got \(optimizer)") }
+        if let featureBounds { _ = try featureBounds.bounds(of: features) }
+        if let statisticsNoiseMultiplier {
+            guard featureBounds != nil else { throw .invalidConfiguration("statistics_noise_multiplier needs feature_bounds") }
+            guard statisticsNoiseMultiplier > 0, statisticsNoiseMultiplier.isFinite else {
+                throw .invalidConfiguration("statistics_noise_multiplier must be > 0, got \(statisticsNoiseMultiplier)")
+            }
+        }
+        if let standardisation {
+            guard standardisation.means.count == features.count, standardisation.standardDeviations.count == features.count else {
+                throw .invalidConfiguration("standardisation: means and standard_deviations need one value per feature (\(features.count))")
+            }
+            guard standardisation.means.allSatisfy(\.isFinite), standardisation.standardDeviations.allSatisfy({ $0 > 0 && $0.isFinite }) else {
+                throw .invalidConfiguration("standardisation: means must be finite and standard_deviations finite and > 0")
+            }
+        }
         if isPrivate {
             guard let delta, delta > 0, delta < 1 else { throw .invalidConfiguration("delta must be in (0, 1) with privacy on") }
+            if [featureBounds != nil, standardisation != nil, nonprivateStatistics == true].filter({ $0 }).count > 1 {
+                throw .invalidConfiguration("give one of feature_bounds, standardisation and nonprivate_statistics: true, not several")
+            }
             switch (noiseMultiplier, targetEpsilon) {
             case (nil, nil): throw .invalidConfiguration("give noise_multiplier or target_epsilon (or set privacy to false)")
             case (.some, .some): throw .invalidConfiguration("give noise_multiplier or target_epsilon, not both")
@@ -162,6 +260,10 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
             case .classification:
                 guard (task.column == nil) != (task.oneHot == nil) else {
                     throw .invalidConfiguration("task '\(task.name)': give column or one_hot")
+                }
+                // The head's width is released with the model: counted from the data, it would reveal the largest class.
+                if isPrivate, task.column != nil, task.labels == nil {
+                    throw .invalidConfiguration("task '\(task.name)': under DP a classification by column needs labels (the class count is public)")
                 }
             case .binary, .regression:
                 guard task.column != nil else { throw .invalidConfiguration("task '\(task.name)': column is required") }

@@ -45,17 +45,9 @@ public enum TrainingRun {
         let (trainRows, validationRows) = split(recipe, rowCount: table.rowCount)
         guard !trainRows.isEmpty else { throw .invalidData("\(recipe.data): no rows left for training after the validation split") }
 
-        // Standardisation statistics from the training rows only.
-        var means: [Double] = []
-        var deviations: [Double] = []
-        for name in recipe.features {
-            let column = try table.column(name)
-            let values = trainRows.map { table.value(row: $0, column: column) }
-            let mean = values.reduce(0, +) / Double(values.count)
-            let variance = values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count)
-            means.append(mean)
-            deviations.append(variance > 0 ? variance.squareRoot() : 1)
-        }
+        // Standardisation statistics from the training rows only; under DP from public values or a DP release.
+        let (means, deviations, standardisation) = try Standardisation.statistics(for: recipe, table: table, rows: trainRows)
+        let released = standardisation.segment.map { [$0] } ?? []
         let preprocessing = Preprocessing(features: recipe.features, means: means, standardDeviations: deviations, tasks: recipe.tasks)
         let allFeatures = try preprocessing.features(of: table)
         let (tasks, allTargets) = try targets(recipe.tasks, table: table)
@@ -101,12 +93,19 @@ public enum TrainingRun {
                     targetEpsilon: target,
                     sampleRate: sampleRate,
                     steps: totalSteps,
-                    delta: recipe.delta!
+                    delta: recipe.delta!,
+                    after: released
                 ) {
                     sigma = noise
                     calibratedPLD = epsilon
                 } else {
-                    sigma = try RDPAccountant.calibrateNoise(targetEpsilon: target, sampleRate: sampleRate, steps: totalSteps, delta: recipe.delta!)
+                    sigma = try RDPAccountant.calibrateNoise(
+                        targetEpsilon: target,
+                        sampleRate: sampleRate,
+                        steps: totalSteps,
+                        delta: recipe.delta!,
+                        after: released
+                    )
                 }
             } else {
                 sigma = recipe.noiseMultiplier
@@ -147,6 +146,12 @@ public enum TrainingRun {
         var canaryScores = [Double](repeating: 0, count: canaries?.count ?? 0)
         var auditTime = Duration.zero
 
+        /// The trainer's steps composed with the statistics' release.
+        func accountant() -> RDPAccountant {
+            var accountant = trainer.accountant
+            for segment in released { accountant.compose(segment) }
+            return accountant
+        }
         var examplesProcessed = 0
         let clock = ContinuousClock()
         var trainingTime = Duration.zero
@@ -171,7 +176,7 @@ public enum TrainingRun {
                             step: step,
                             steps: stepsPerEpoch,
                             taskLosses: sums.map { $0 / Double(max(examples, 1)) },
-                            epsilon: recipe.isPrivate ? trainer.accountant.epsilon(delta: recipe.delta!).epsilon : nil
+                            epsilon: recipe.isPrivate ? accountant().epsilon(delta: recipe.delta!).epsilon : nil
                         )
                     )
                 }
@@ -190,8 +195,8 @@ public enum TrainingRun {
         }
 
         let final = trainer.model
-        let segments = recipe.isPrivate ? [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma!, steps: trainer.steps)] : []
-        let (epsilonRDP, bestOrder) = recipe.isPrivate ? trainer.accountant.epsilon(delta: recipe.delta!) : (Double.nan, Double.nan)
+        let segments = recipe.isPrivate ? released + [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma!, steps: trainer.steps)] : []
+        let (epsilonRDP, bestOrder) = recipe.isPrivate ? accountant().epsilon(delta: recipe.delta!) : (Double.nan, Double.nan)
         // PLD is tighter; when its grid would be too large the RDP bound stands alone. The calibration computed it already.
         let epsilonPLD =
             recipe.isPrivate
@@ -209,7 +214,9 @@ public enum TrainingRun {
             noiseMode: recipe.isPrivate ? configuration.noiseMode.rawValue : nil,
             datasetSize: training.count,
             segments: segments,
-            pruning: .init(method: "global_magnitude", targetRatio: recipe.pruningRatio ?? 0, achievedSparsity: final.weightSparsity)
+            pruning: .init(method: "global_magnitude", targetRatio: recipe.pruningRatio ?? 0, achievedSparsity: final.weightSparsity),
+            standardisation: standardisation,
+            batchSampling: recipe.isPrivate ? "secret" : "seeded"
         )
         let seconds = Double(trainingTime.components.seconds) + Double(trainingTime.components.attoseconds) * 1e-18
         let balancing = TaskBalancing(
@@ -253,6 +260,9 @@ public enum TrainingRun {
             baseline.membershipAttack = nil
             baseline.utilityBaseline = nil
             baseline.robustnessEpsilons = nil
+            baseline.featureBounds = nil
+            baseline.statisticsNoiseMultiplier = nil
+            baseline.nonprivateStatistics = nil
             let relabelled = progress.map { report in
                 { (p: TrainingProgress) in
                     var p = p

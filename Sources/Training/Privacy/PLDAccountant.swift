@@ -72,9 +72,10 @@ public struct PLDAccountant: Sendable {
 
     enum Direction { case remove, add }
 
-    /// The noise multiplier whose PLD ε after `steps` steps at `sampleRate` is at most `targetEpsilon` and at least
-    /// `targetEpsilon · (1 - tolerance)`, with that ε: a version then reports (almost) the ε it was asked for, instead
-    /// of the RDP-calibrated σ's smaller PLD ε (the randhie demo asked for 3 and reported 2.61 before).
+    /// The noise multiplier whose PLD ε after `steps` steps at `sampleRate` (composed `after` the releases already
+    /// made) is at most `targetEpsilon` and at least `targetEpsilon · (1 - tolerance)`, with that ε: a version then
+    /// reports (almost) the ε it was asked for, instead of the RDP-calibrated σ's smaller PLD ε (the randhie demo
+    /// asked for 3 and reported 2.61 before).
     ///
     /// Each PLD evaluation takes a second or more here, so the search starts from the RDP-calibrated σ (whose PLD ε is
     /// below the target, PLD being the tighter bound) and interpolates in (σ, log ε) inside a shrinking bracket: about
@@ -83,21 +84,30 @@ public struct PLDAccountant: Sendable {
     /// - Returns: `nil` when PLD cannot be computed even at the RDP-calibrated σ, or gives a larger ε there than RDP
     ///   (the cross-check failed): the caller then keeps the RDP calibration.
     /// - Throws: ``CofferTrainingError/unreachableEpsilon(_:)`` or ``CofferTrainingError/invalidParameter(_:)`` as
-    ///   ``RDPAccountant/calibrateNoise(targetEpsilon:sampleRate:steps:delta:orders:)`` does.
+    ///   ``RDPAccountant/calibrateNoise(targetEpsilon:sampleRate:steps:delta:after:orders:)`` does.
     public func calibrateNoise(
         targetEpsilon: Double,
         sampleRate: Double,
         steps: Int,
         delta: Double,
+        after released: [PrivacySegment] = [],
         tolerance: Double = 0.005
     )
         throws(CofferTrainingError) -> (noiseMultiplier: Double, epsilon: Double)?
     {
-        let rdpSigma = try RDPAccountant.calibrateNoise(targetEpsilon: targetEpsilon, sampleRate: sampleRate, steps: steps, delta: delta)
+        let rdpSigma = try RDPAccountant.calibrateNoise(
+            targetEpsilon: targetEpsilon,
+            sampleRate: sampleRate,
+            steps: steps,
+            delta: delta,
+            after: released
+        )
         func epsilon(_ sigma: Double) -> Double {
-            (try? self.epsilon(segments: [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma, steps: steps)], delta: delta)) ?? .infinity
+            (try? self.epsilon(segments: released + [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma, steps: steps)], delta: delta))
+                ?? .infinity
         }
         var rdp = RDPAccountant()
+        for segment in released { rdp.compose(segment) }
         rdp.compose(PrivacySegment(sampleRate: sampleRate, noiseMultiplier: rdpSigma, steps: steps))
         var high = (sigma: rdpSigma, epsilon: epsilon(rdpSigma))
         guard high.epsilon <= min(targetEpsilon, rdp.epsilon(delta: delta).epsilon) else { return nil }

@@ -67,7 +67,8 @@ public struct RDPAccountant: Sendable {
         Self.epsilon(orders: orders, rdp: rdp, delta: delta)
     }
 
-    /// The smallest noise multiplier whose ε after `steps` steps at `sampleRate` is at most `targetEpsilon` (to 1e-6 relative).
+    /// The smallest noise multiplier whose ε after `steps` steps at `sampleRate`, composed `after` the releases
+    /// already made (e.g. DP standardisation statistics), is at most `targetEpsilon` (to 1e-6 relative).
     ///
     /// - Throws: ``CofferTrainingError/unreachableEpsilon(_:)`` when even σ = 10,000 does not reach the target.
     public static func calibrateNoise(
@@ -75,6 +76,7 @@ public struct RDPAccountant: Sendable {
         sampleRate: Double,
         steps: Int,
         delta: Double,
+        after released: [PrivacySegment] = [],
         orders: [Double] = defaultOrders
     )
         throws(CofferTrainingError) -> Double
@@ -83,6 +85,7 @@ public struct RDPAccountant: Sendable {
         guard targetEpsilon > 0, targetEpsilon.isFinite else { throw .invalidParameter("target epsilon must be > 0, got \(targetEpsilon)") }
         func epsilon(_ sigma: Double) -> Double {
             var accountant = RDPAccountant(orders: orders)
+            for segment in released { accountant.compose(segment) }
             accountant.compose(PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma, steps: steps))
             return accountant.epsilon(delta: delta).epsilon
         }

@@ -38,9 +38,13 @@ struct VersionRecord: Codable, Sendable, Equatable {
     var auditEpsilon: Double? = nil
     var membershipAUC: Double? = nil
     var membershipTPR: Double? = nil
+    /// Where the standardisation statistics came from and how batches were drawn, as signed (migration 10).
+    var standardisation: String? = nil
+    var batchSampling: String? = nil
 
     enum CodingKeys: String, CodingKey {
-        case id, version, number, digest, message, mechanism, epsilon, delta, accountant, steps, epochs, evidence
+        case id, version, number, digest, message, mechanism, epsilon, delta, accountant, steps, epochs, evidence, standardisation
+        case batchSampling = "batch_sampling"
         case modelID = "model_id"
         case publisherKeyID = "publisher_key_id"
         case createdAt = "created_at"
@@ -79,6 +83,8 @@ struct VersionRecord: Codable, Sendable, Equatable {
         p.pruningRatio = pruningRatio
         p.achievedSparsity = achievedSparsity
         p.evidence = evidence.flatMap(Evidence.init(storedText:))
+        p.standardisation = standardisation
+        p.batchSampling = batchSampling
         return p
     }
 }
