@@ -111,6 +111,15 @@ struct LedgerStateTests {
         try chain.append(version("team-a/m", "a"), by: "registry")
         try chain.append(version("shared", "d"), by: "registry")
         #expect(chain.state.budgets["census"]?.charges.map(\.model) == ["team-a/m", "shared"])
+        // Nor is any version whose standardisation statistics were released without DP, whoever signed the record.
+        guard case .version(var exact) = version("shared", "e") else { return }
+        exact.standardisation = "nonprivate"
+        chain.refuses(.version(exact), "differential privacy (its statistics' too)")
+        exact.standardisation = "dp"
+        #expect(try LedgerChange(kind: "version", fields: LedgerChange.version(exact).fields) == .version(exact))
+        #expect(LedgerChange.version(exact).fields["standardisation"] == .string("dp"))
+        exact.standardisation = nil
+        #expect(LedgerChange.version(exact).fields["standardisation"] == nil, "records that do not say are the bytes they were")
 
         // Set again without models: any model may be charged, and the record is the bytes it was before models existed.
         let open = LedgerChange.budgetSet(dataset: "census", epsilon: 8, delta: 1e-5, models: nil)

@@ -56,6 +56,9 @@ public enum LedgerChange: Sendable, Equatable {
         public var segments: [PrivacySegment]
         public var charged: Bool
         public var overrideBy: String?
+        /// The statement's `standardisation` (docs/FORMAT.md, "Checkpoints"): `nonprivate` may not be charged. Absent from
+        /// records of versions that do not say, and from every record made before 2026-12-06, which read the same.
+        public var standardisation: String? = nil
     }
 
     /// A bearer token as its `token.create` record states it: the token itself is never recorded, only its keyed hash.
@@ -174,11 +177,13 @@ public enum LedgerChange: Sendable, Equatable {
             if let models { fields["models"] = .array(models.map { .string($0) }) }
             return fields
         case .version(let facts):
-            return [
+            var fields: [String: JSONValue] = [
                 "model": .string(facts.model), "version": .string(facts.version), "digest": .string(facts.digest),
                 "publisher": facts.publisher.json, "dataset": s(facts.dataset), "mechanism": s(facts.mechanism),
                 "segments": PrivacyMetadata.segmentsJSON(facts.segments), "charged": .bool(facts.charged), "override_by": s(facts.overrideBy),
             ]
+            if let standardisation = facts.standardisation { fields["standardisation"] = .string(standardisation) }
+            return fields
         case .aliasSet(let model, let alias, let version, let digest, let facts):
             var judged: [String: JSONValue] = [
                 "epsilon": n(facts.epsilon), "delta": n(facts.delta), "pruning_ratio": n(facts.pruningRatio),
@@ -321,7 +326,8 @@ public enum LedgerChange: Sendable, Equatable {
                     mechanism: try optionalString("mechanism"),
                     segments: try decode([PrivacySegment].self, "segments"),
                     charged: charged,
-                    overrideBy: try optionalString("override_by")
+                    overrideBy: try optionalString("override_by"),
+                    standardisation: try optionalString("standardisation")
                 )
             )
         case "alias.set":

@@ -325,7 +325,8 @@ extension Registry {
                 mechanism: p.mechanism,
                 segments: p.segments,
                 charged: charged,
-                overrideBy: overrideBy
+                overrideBy: overrideBy,
+                standardisation: p.standardisation
             )
             var (state, actor) = try append(.version(facts), signer: signer, to: current, work: &work)
             if let alias {

@@ -61,8 +61,12 @@ extension Registry {
                 let (statement, _) = try await authenticate(stored)
                 if let facts = versionRecords[label] {
                     let p = statement.privacy
-                    if facts.dataset != statement.lineage.datasetID || facts.segments != p.segments || facts.mechanism != p.mechanism {
-                        report.problems.append("\(label): its ledger record disagrees with its signed statement (dataset, history or mechanism)")
+                    if facts.dataset != statement.lineage.datasetID || facts.segments != p.segments || facts.mechanism != p.mechanism
+                        || facts.standardisation != p.standardisation
+                    {
+                        report.problems.append(
+                            "\(label): its ledger record disagrees with its signed statement (dataset, history, mechanism or standardisation)"
+                        )
                     }
                 }
                 if stored.erased != nil { continue }  // a tombstone: its keys and blobs are gone on purpose
