@@ -66,8 +66,6 @@ public enum GaussianNoise {
         _ body: (Int, Double) -> Void
     ) {
         _ = ready
-        var seed = [UInt8](repeating: 0, count: Int(randombytes_SEEDBYTES))
-        defer { sodium_memzero(&seed, seed.count) }
         let batch = 256
         withUnsafeTemporaryAllocation(of: Double.self, capacity: 4 * batch) { scratch in
             defer { sodium_memzero(scratch.baseAddress!, 8 * scratch.count) }
@@ -77,14 +75,13 @@ public enum GaussianNoise {
             var n = 0
             // About 1.28 uniform pairs per accepted pair; draw in blocks and top up if a block falls short.
             while n < count {
-                seed.withUnsafeMutableBytes(seeding)
                 let pairs = (count - n) / 2 * 135 / 100 + 16
                 let bits = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 2 * pairs)
                 defer {
                     sodium_memzero(bits.baseAddress!, 16 * pairs)
                     bits.deallocate()
                 }
-                seed.withUnsafeBufferPointer { keystream(into: UnsafeMutableRawPointer(bits.baseAddress!), count: 16 * pairs, key: $0.baseAddress!) }
+                freshKeystream(into: UnsafeMutableRawPointer(bits.baseAddress!), count: 16 * pairs, seeding: seeding)
                 var first = 0
                 while first < pairs && n < count {
                     var kept = 0
@@ -115,6 +112,17 @@ public enum GaussianNoise {
         var reason = [CChar](repeating: 0, count: 256)
         return coffer_chacha20_available(&reason, reason.count) == 0
     }()
+
+    /// Writes `count` bytes of ChaCha20's keystream under a key that `seeding` fills and that is wiped at once: every
+    /// block of DP-SGD's secret randomness (its noise, its batches) is drawn so. The key lives on the stack, never in
+    /// an array that could be copied or freed unwiped.
+    static func freshKeystream(into out: UnsafeMutableRawPointer, count: Int, seeding: (UnsafeMutableRawBufferPointer) -> Void) {
+        withUnsafeTemporaryAllocation(byteCount: 32, alignment: 8) { key in
+            defer { sodium_memzero(key.baseAddress!, key.count) }
+            seeding(key)
+            keystream(into: out, count: count, key: key.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+    }
 
     /// Writes `count` bytes of ChaCha20's keystream under `key` (32 bytes), a nonce of zeros and block counter 0 on:
     /// OpenSSL's when it loaded, else libsodium's `crypto_stream_chacha20_ietf`, the same bytes.

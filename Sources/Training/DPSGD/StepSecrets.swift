@@ -69,12 +69,7 @@ final class SecretDraws: @unchecked Sendable {
     }
 
     private func refill() {
-        var key = [UInt8](repeating: 0, count: 32)
-        defer { sodium_memzero(&key, key.count) }
-        key.withUnsafeMutableBytes(seeding)
-        key.withUnsafeBufferPointer {
-            GaussianNoise.keystream(into: UnsafeMutableRawPointer(words.baseAddress!), count: 8 * words.count, key: $0.baseAddress!)
-        }
+        GaussianNoise.freshKeystream(into: UnsafeMutableRawPointer(words.baseAddress!), count: 8 * words.count, seeding: seeding)
         used = 0
     }
 
