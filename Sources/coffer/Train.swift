@@ -39,6 +39,17 @@ extension Coffer {
             try evidence.writeReport(trained)
             try Checkpoint.write(trained, to: out)
             let p = trained.privacy
+            // The noise on a DP mean, as a fraction of the feature's half-range: past a twentieth the features are scaled
+            // by little more than the bounds (helper-68 saw 76% of the means clamped with 3,000 features and 240 rows).
+            if let source = p.standardisation, source.method == "dp", let sigma = source.noiseMultiplier, let sensitivity = source.sensitivity,
+                sigma * sensitivity / Double(max(p.datasetSize, 1)) > 0.05
+            {
+                FileDescriptorStream.standardError.writeLine(
+                    "coffer: warning: the DP standardisation's noise is "
+                        + String(format: "%.2f", sigma * sensitivity / Double(max(p.datasetSize, 1)))
+                        + " of each feature's half-range on its mean (\(p.datasetSize) rows): lower statistics_noise_multiplier, tighten feature_bounds or give public standardisation values"
+                )
+            }
             if json {
                 JSONOutput.print(
                     .object([

@@ -85,6 +85,11 @@ struct GovernanceTests {
         await expectRefusal("standardisation statistics were released without differential privacy") {
             _ = try await f.registry.push(exactStatistics, publisher: alice)
         }
+        // Nor one whose batches came from a known seed (Coffer before 2026-12-06): its epsilon is not a guarantee.
+        var seeded = request(dir, dataset: "census", segments: first)
+        seeded.privacy.batchSampling = "seeded"
+        seeded.overrideBudget = true
+        await expectRefusal("batches were drawn from a known seed") { _ = try await f.registry.push(seeded, publisher: alice) }
         // An admin may exceed the budget; the charge records who did.
         var over = request(dir, dataset: "census", segments: heavy)
         over.overrideBudget = true

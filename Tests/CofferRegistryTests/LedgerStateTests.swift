@@ -115,10 +115,15 @@ struct LedgerStateTests {
         guard case .version(var exact) = version("shared", "e") else { return }
         exact.standardisation = "nonprivate"
         chain.refuses(.version(exact), "differential privacy (its statistics' too)")
+        exact.standardisation = nil
+        exact.batchSampling = "seeded"
+        chain.refuses(.version(exact), "differential privacy (its statistics' too)")
+        exact.batchSampling = "secret"
         exact.standardisation = "dp"
         #expect(try LedgerChange(kind: "version", fields: LedgerChange.version(exact).fields) == .version(exact))
         #expect(LedgerChange.version(exact).fields["standardisation"] == .string("dp"))
         exact.standardisation = nil
+        exact.batchSampling = nil
         #expect(LedgerChange.version(exact).fields["standardisation"] == nil, "records that do not say are the bytes they were")
 
         // Set again without models: any model may be charged, and the record is the bytes it was before models existed.

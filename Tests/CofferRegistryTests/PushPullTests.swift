@@ -262,6 +262,7 @@ struct PushPullTests {
         let f = try await RegistryFixture()
         let json = """
             {"mechanism":"dp-sgd","epsilon":2.59,"epsilon_rdp":2.59,"epsilon_pld":2.39,"delta":1e-5,"max_grad_norm":1.0,"dataset_size":60000,
+             "noise_mode":"standard",
              "segments":[{"sample_rate":0.004266,"noise_multiplier":1.1,"steps":14062}],
              "pruning":{"method":"global_magnitude","target_ratio":0.5,"achieved_sparsity":0.5001}}
             """
@@ -269,7 +270,8 @@ struct PushPullTests {
         let p = try PrivacyMetadata(contentsOf: f.path("privacy.json"))
         #expect(p.epsilon == 2.59 && p.clippingNorm == 1.0 && p.steps == 14062 && p.noiseMultiplier == 1.1)
         #expect(p.pruningMethod == "global_magnitude" && p.pruningRatio == 0.5 && p.achievedSparsity == 0.5001)
-        #expect(p.standardisation == nil && p.batchSampling == nil, "a privacy.json from before 2026-12-06")
+        // A checkpoint from before 2026-12-06 does not say: its batches came from the seed and its statistics were exact.
+        #expect(p.standardisation == "nonprivate" && p.batchSampling == "seeded")
         // Today's: the statistics' DP release first; the summary columns are DP-SGD's, and the new facts are signed.
         let withStatistics = """
             {"mechanism":"dp-sgd","epsilon":2.61,"delta":1e-5,"max_grad_norm":1.0,"dataset_size":60000,
@@ -280,7 +282,7 @@ struct PushPullTests {
         try Data(withStatistics.utf8).write(to: URL(fileURLWithPath: f.path("privacy.json")))
         let q = try PrivacyMetadata(contentsOf: f.path("privacy.json"))
         #expect(q.standardisation == "dp" && q.batchSampling == "secret")
-        #expect(q.noiseMultiplier == 1.1 && q.samplingRate == 0.004266 && q.steps == 14063)
+        #expect(q.noiseMultiplier == 1.1 && q.samplingRate == 0.004266 && q.steps == 14062)
         guard case .object(let signed) = q.json else {
             Issue.record("the predicate is not an object")
             return

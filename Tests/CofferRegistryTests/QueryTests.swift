@@ -14,7 +14,7 @@ struct QueryTests {
             request.privacy.epsilon = epsilon
             request.privacy.pruningRatio = pruning
             request.privacy.mechanism = epsilon == nil ? nil : "dp-sgd"
-            request.privacy.standardisation = epsilon == nil ? nil : epsilon! > 5 ? "nonprivate" : "dp"
+            request.privacy.standardisation = epsilon == nil ? nil : epsilon! > 5 ? "nonprivate" : "public"
             _ = try await f.registry.push(request, publisher: alice)
         }
         return f
@@ -31,7 +31,7 @@ struct QueryTests {
         await #expect(try f.registry.list(where: "epsilon!=1").count == 2, "NULL epsilon never matches")
         // The versions whose feature statistics were released outside the DP guarantee.
         await #expect(try f.registry.list(where: "standardisation='nonprivate'").map { "\($0.model):\($0.version)" } == ["b:1"])
-        await #expect(try f.registry.list(where: "standardisation='dp'").count == 2)
+        await #expect(try f.registry.list(where: "standardisation='public'").count == 2)
     }
 
     @Test(arguments: MetadataBackend.available) func listFiltersOnNamesTagsAndDates(on backend: MetadataBackend) async throws {

@@ -160,6 +160,11 @@ extension Registry {
         guard privacy.mechanism != "none" else {
             throw .budgetExceeded("dataset \(dataset) has a privacy budget: a model trained without differential privacy spends all of it")
         }
+        guard privacy.batchSampling != "seeded" else {
+            throw .budgetExceeded(
+                "dataset \(dataset) has a privacy budget: this version's batches were drawn from a known seed, so its epsilon is not a DP guarantee (Coffer before 2026-12-06)"
+            )
+        }
         guard privacy.standardisation != "nonprivate" else {
             throw .budgetExceeded(
                 "dataset \(dataset) has a privacy budget: this version's standardisation statistics were released without differential privacy, which spends all of it"

@@ -59,6 +59,8 @@ public enum LedgerChange: Sendable, Equatable {
         /// The statement's `standardisation` (docs/FORMAT.md, "Checkpoints"): `nonprivate` may not be charged. Absent from
         /// records of versions that do not say, and from every record made before 2026-12-06, which read the same.
         public var standardisation: String? = nil
+        /// The statement's `batch_sampling`: `seeded` may not be charged. Absent as `standardisation` is.
+        public var batchSampling: String? = nil
     }
 
     /// A bearer token as its `token.create` record states it: the token itself is never recorded, only its keyed hash.
@@ -183,6 +185,7 @@ public enum LedgerChange: Sendable, Equatable {
                 "segments": PrivacyMetadata.segmentsJSON(facts.segments), "charged": .bool(facts.charged), "override_by": s(facts.overrideBy),
             ]
             if let standardisation = facts.standardisation { fields["standardisation"] = .string(standardisation) }
+            if let batchSampling = facts.batchSampling { fields["batch_sampling"] = .string(batchSampling) }
             return fields
         case .aliasSet(let model, let alias, let version, let digest, let facts):
             var judged: [String: JSONValue] = [
@@ -327,7 +330,8 @@ public enum LedgerChange: Sendable, Equatable {
                     segments: try decode([PrivacySegment].self, "segments"),
                     charged: charged,
                     overrideBy: try optionalString("override_by"),
-                    standardisation: try optionalString("standardisation")
+                    standardisation: try optionalString("standardisation"),
+                    batchSampling: try optionalString("batch_sampling")
                 )
             )
         case "alias.set":

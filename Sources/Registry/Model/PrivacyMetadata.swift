@@ -84,6 +84,10 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         if let batchSampling, batchSampling != "secret", batchSampling != "seeded" {
             throw .invalidPrivacy("batch_sampling must be secret or seeded, got \(batchSampling)")
         }
+        // A DP release of the statistics is the history's first segment, one unsampled step, before DP-SGD's.
+        if standardisation == "dp", !(segments.count >= 2 && segments[0].sampleRate == 1 && segments[0].steps == 1) {
+            throw .invalidPrivacy("standardisation dp needs its release, {sample_rate: 1, steps: 1}, first in a history of two or more segments")
+        }
         if let claimedEpsilon, !(claimedEpsilon >= 0 && claimedEpsilon.isFinite) {
             throw .invalidPrivacy("claimed_epsilon must be a finite number >= 0, got \(claimedEpsilon)")
         }
@@ -160,6 +164,12 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
             standardisation = try text("standardisation")
         }
         batchSampling = try text("batch_sampling")
+        // A DP-SGD checkpoint that does not say is one `coffer train` wrote before 2026-12-06, which drew its batches from
+        // the recipe's seed and released exact statistics: its privacy.json says so from here on (and a budget refuses it).
+        if mechanism == "dp-sgd", fields["epsilon_rdp"] != nil, fields["noise_mode"] != nil, fields["batch_sampling"] == nil {
+            batchSampling = "seeded"
+            standardisation = standardisation ?? "nonprivate"
+        }
         if case .array(let list)? = fields["segments"], !list.isEmpty {
             for item in list {
                 guard case .object(let s) = item, let q = s["sample_rate"]?.numberValue, let sigma = s["noise_multiplier"]?.numberValue,
@@ -214,14 +224,15 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
     }
 
     /// Fills the summary columns the segments determine, where unset: steps add up over all segments, and a single
-    /// segment gives its rate and noise, as does DP-SGD's after its DP standardisation (which comes first).
+    /// segment gives its rate and noise. After a DP release of the standardisation statistics (the first segment), the
+    /// columns are DP-SGD's alone: its steps, rate and noise.
     mutating func fillFromSegments() {
         guard !segments.isEmpty else { return }
-        steps = steps ?? segments.reduce(0) { $0 + $1.steps }
-        let main = segments.count == 2 && standardisation == "dp" ? segments[1] : segments.count == 1 ? segments[0] : nil
-        if let main {
-            samplingRate = samplingRate ?? main.sampleRate
-            noiseMultiplier = noiseMultiplier ?? main.noiseMultiplier
+        let training = standardisation == "dp" ? Array(segments.dropFirst()) : segments
+        steps = steps ?? training.reduce(0) { $0 + $1.steps }
+        if training.count == 1 {
+            samplingRate = samplingRate ?? training[0].sampleRate
+            noiseMultiplier = noiseMultiplier ?? training[0].noiseMultiplier
         }
     }
 }

@@ -326,7 +326,8 @@ extension Registry {
                 segments: p.segments,
                 charged: charged,
                 overrideBy: overrideBy,
-                standardisation: p.standardisation
+                standardisation: p.standardisation,
+                batchSampling: p.batchSampling
             )
             var (state, actor) = try append(.version(facts), signer: signer, to: current, work: &work)
             if let alias {

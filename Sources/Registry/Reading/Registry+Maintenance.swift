@@ -62,10 +62,10 @@ extension Registry {
                 if let facts = versionRecords[label] {
                     let p = statement.privacy
                     if facts.dataset != statement.lineage.datasetID || facts.segments != p.segments || facts.mechanism != p.mechanism
-                        || facts.standardisation != p.standardisation
+                        || facts.standardisation != p.standardisation || facts.batchSampling != p.batchSampling
                     {
                         report.problems.append(
-                            "\(label): its ledger record disagrees with its signed statement (dataset, history, mechanism or standardisation)"
+                            "\(label): its ledger record disagrees with its signed statement (dataset, history, mechanism, standardisation or batches)"
                         )
                     }
                 }

@@ -206,8 +206,8 @@ extension Registry {
         guard facts.digest == stored.digest else { throw .tampered("\(label): its statement is not the one its ledger record names") }
         guard facts.publisher.keyID == signer.keyID else { throw .tampered("\(label): its ledger record names another publisher than its signer") }
         // A record may leave the source out (every record before 2026-12-06 does); the signed statement still says it.
-        guard !(facts.charged && statement.privacy.standardisation == "nonprivate") else {
-            throw .tampered("\(label): charged to a budget, though its statement says its statistics were released without DP")
+        guard !(facts.charged && (statement.privacy.standardisation == "nonprivate" || statement.privacy.batchSampling == "seeded")) else {
+            throw .tampered("\(label): charged to a budget, though its statement says its statistics or batches are outside DP")
         }
         guard statement.files.sorted(by: { $0.path < $1.path }) == stored.files else {
             throw .tampered("\(label): the files table disagrees with the signed statement")

@@ -1,3 +1,4 @@
+import CSodium
 import Foundation
 
 /// Where a model's standardisation statistics came from: `privacy.json`'s `standardisation` (docs/FORMAT.md,
@@ -58,15 +59,23 @@ public enum Standardisation {
             )
         }
         if recipe.isPrivate, let featureBounds = recipe.featureBounds {
+            guard rows.count < 1 << 32 else { throw .invalidData("DP standardisation statistics take fewer than 2^32 training rows") }
             let sigma = recipe.statisticsNoiseMultiplier ?? defaultNoiseMultiplier
-            let mode = recipe.noiseMode ?? .standard
             let (means, deviations) = differentiallyPrivate(
                 table,
                 columns: columns,
                 rows: rows,
                 bounds: try featureBounds.bounds(of: recipe.features),
                 noiseMultiplier: sigma
-            ) { count, std in GaussianNoise.sample(count: count, standardDeviation: Float(std), mode: mode).map(Double.init) }
+            ) { count, std in
+                var z = [Double](repeating: 0, count: count)
+                GaussianNoise.normals(count) { i, x in z[i] = x * std }
+                return z
+            }
+            // Bounds far apart (1e300) make the statistics overflow: a model would train on infinities.
+            guard means.allSatisfy(\.isFinite), deviations.allSatisfy({ $0.isFinite && $0 > 0 }) else {
+                throw .invalidConfiguration("feature_bounds: the DP statistics overflow with these bounds: give the features' real ranges")
+            }
             return (means, deviations, StandardisationSource(method: "dp", noiseMultiplier: sigma, sensitivity: sensitivity(features: columns.count)))
         }
         let (means, deviations) = exact(table, columns: columns, rows: rows)
@@ -90,8 +99,18 @@ public enum Standardisation {
         return (means, deviations)
     }
 
-    /// The DP release of docs/FORMAT.md, "Standardisation under DP": clamped, scaled sums and sums of squares, each
-    /// with N(0, (σ Δ)²) from `noise(count, standardDeviation)` (the CSPRNG's Gaussian; tests pass zeros).
+    /// Scaled values, their squares, the sums and the noise are all multiples of 2^-20: the released sums are then the
+    /// exact sums plus noise rounded to the grid, which is post-processing of the Gaussian mechanism. With Float (or any
+    /// floating-point) noise added to full-precision sums instead, the low-order bits of a sum the noise does not cover
+    /// told an adversary which of two neighbouring datasets it was, 40 times out of 40 (helper-68).
+    static let grid = 0x1.0p-20
+
+    /// `x` rounded to the nearest multiple of ``grid`` (halves away from zero): exact for |x| < 2^32.
+    static func onGrid(_ x: Double) -> Double { (x * 0x1.0p20).rounded() * grid }
+
+    /// The DP release of docs/FORMAT.md, "Standardisation under DP": clamped, scaled, quantised sums and sums of squares,
+    /// each with N(0, (σ Δ)²) rounded to the grid; `noise(count, standardDeviation)` draws the Gaussians in Double (the
+    /// CSPRNG's; tests pass fixed values). At most 2^32 rows, so that every sum is exact.
     static func differentiallyPrivate(
         _ table: CSVTable,
         columns: [Int],
@@ -100,24 +119,30 @@ public enum Standardisation {
         noiseMultiplier: Double,
         noise: (Int, Double) -> [Double]
     ) -> (means: [Double], deviations: [Double]) {
+        precondition(rows.count < 1 << 32, "sums on the 2^-20 grid are exact for fewer than 2^32 rows")
         let features = columns.count
         var sums = [Double](repeating: 0, count: 2 * features)
         for row in rows {
             for (f, column) in columns.enumerated() {
                 let (low, high) = bounds[f]
-                let u = (min(max(table.value(row: row, column: column), low), high) - (low + high) / 2) / ((high - low) / 2)
+                let scaled = (min(max(table.value(row: row, column: column), low), high) - (low + high) / 2) / ((high - low) / 2)
+                let u = min(max(onGrid(scaled), -1), 1)
                 sums[f] += u
-                sums[features + f] += u * u
+                sums[features + f] += onGrid(u * u)
             }
         }
-        let z = noise(2 * features, noiseMultiplier * sensitivity(features: features))
+        var z = noise(2 * features, noiseMultiplier * sensitivity(features: features))
+        // The noise is the release's secret: with it, the sums come back exactly.
+        defer { z.withUnsafeMutableBytes { sodium_memzero($0.baseAddress!, $0.count) } }
+        let released = sums.indices.map { sums[$0] + onGrid(z[$0]) }
         let n = Double(rows.count)
         var means: [Double] = []
         var deviations: [Double] = []
         for f in 0..<features {
             let (low, high) = bounds[f]
-            let mu = min(max((sums[f] + z[f]) / n, -1), 1)
-            let variance = max((sums[features + f] + z[features + f]) / n - mu * mu, 0.01)
+            let mu = min(max(released[f] / n, -1), 1)
+            // Values in [-1, 1] have a variance of at most 1 - μ²; the floor keeps a deviation from vanishing.
+            let variance = max(min(released[features + f] / n - mu * mu, 1 - mu * mu), 0.01)
             means.append((low + high) / 2 + (high - low) / 2 * mu)
             deviations.append((high - low) / 2 * variance.squareRoot())
         }

@@ -149,7 +149,10 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
             }
             var out: [(low: Double, high: Double)] = []
             for (feature, pair) in pairs {
-                guard pair.count == 2, pair[0].isFinite, pair[1].isFinite, pair[0] < pair[1] else {
+                // The midpoint and half-range must be finite and the half-range a normal number: the values are scaled by it.
+                guard pair.count == 2, pair[0].isFinite, pair[1].isFinite, pair[0] < pair[1], (pair[1] - pair[0]).isFinite,
+                    (pair[0] + pair[1]).isFinite, (pair[1] - pair[0]) / 2 >= Double.leastNormalMagnitude
+                else {
                     throw .invalidConfiguration("feature_bounds: '\(feature)' needs finite [low, high] with low < high, got \(pair)")
                 }
                 out.append((pair[0], pair[1]))

@@ -88,23 +88,35 @@ public enum TrainingRun {
         var calibratedPLD: Double? = nil
         if recipe.isPrivate {
             if let target = recipe.targetEpsilon {
-                // Calibrated against PLD, the accountant whose ε is reported; RDP where PLD cannot be computed.
-                if let (noise, epsilon) = try PLDAccountant().calibrateNoise(
-                    targetEpsilon: target,
-                    sampleRate: sampleRate,
-                    steps: totalSteps,
-                    delta: recipe.delta!,
-                    after: released
-                ) {
-                    sigma = noise
-                    calibratedPLD = epsilon
-                } else {
-                    sigma = try RDPAccountant.calibrateNoise(
+                do {
+                    // Calibrated against PLD, the accountant whose ε is reported; RDP where PLD cannot be computed.
+                    if let (noise, epsilon) = try PLDAccountant().calibrateNoise(
                         targetEpsilon: target,
                         sampleRate: sampleRate,
                         steps: totalSteps,
                         delta: recipe.delta!,
                         after: released
+                    ) {
+                        sigma = noise
+                        calibratedPLD = epsilon
+                    } else {
+                        sigma = try RDPAccountant.calibrateNoise(
+                            targetEpsilon: target,
+                            sampleRate: sampleRate,
+                            steps: totalSteps,
+                            delta: recipe.delta!,
+                            after: released
+                        )
+                    }
+                } catch .unreachableEpsilon(let why) where !released.isEmpty {
+                    // The statistics' release may be what spends the target: say so, with what it costs alone.
+                    let alone = (try? PLDAccountant().epsilon(segments: released, delta: recipe.delta!)) ?? .nan
+                    throw .unreachableEpsilon(
+                        why
+                            + String(
+                                format: " (the standardisation statistics' release alone is epsilon %.3f: raise statistics_noise_multiplier)",
+                                alone
+                            )
                     )
                 }
             } else {
