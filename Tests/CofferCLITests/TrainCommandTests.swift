@@ -74,6 +74,8 @@ struct TrainCommandTests {
         expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "not several")
         try recipe(dir, ["feature_bounds": ["a": [0, 1], "c": [0, 4]]])
         expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "'c' is not one of the features")
+        try recipe(dir, ["statistics_noise_multiplier": 1e12])
+        expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "too large")
         for bounds in [[1, 1], [-1e308, 1e308], [0, 5e-324]] {
             try recipe(dir, ["feature_bounds": bounds])
             expectFailure(try CofferProcess.run(["train", "--config", "recipe.json", "--out", "o"], in: dir.url), "low < high")

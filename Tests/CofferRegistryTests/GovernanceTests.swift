@@ -90,6 +90,10 @@ struct GovernanceTests {
         seeded.privacy.batchSampling = "seeded"
         seeded.overrideBudget = true
         await expectRefusal("batches were drawn from a known seed") { _ = try await f.registry.push(seeded, publisher: alice) }
+        // A DP release of the statistics claimed without its segment first in the history is refused at push.
+        var unaccounted = request(dir, dataset: "census", segments: first)
+        unaccounted.privacy.standardisation = "dp"
+        await expectRefusal("standardisation dp needs its release") { _ = try await f.registry.push(unaccounted, publisher: alice) }
         // An admin may exceed the budget; the charge records who did.
         var over = request(dir, dataset: "census", segments: heavy)
         over.overrideBudget = true

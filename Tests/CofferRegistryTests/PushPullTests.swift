@@ -276,12 +276,18 @@ struct PushPullTests {
         let withStatistics = """
             {"mechanism":"dp-sgd","epsilon":2.61,"delta":1e-5,"max_grad_norm":1.0,"dataset_size":60000,
              "segments":[{"sample_rate":1,"noise_multiplier":10,"steps":1},{"sample_rate":0.004266,"noise_multiplier":1.1,"steps":14062}],
-             "standardisation":{"method":"dp","noise_multiplier":10,"sensitivity":11.3},"batch_sampling":"secret",
+             "standardisation":{"method":"dp","noise_multiplier":10,"sensitivity":11.3,"grid":9.5367431640625e-07},"batch_sampling":"secret",
              "pruning":{"method":"global_magnitude","target_ratio":0.5,"achieved_sparsity":0.5001}}
             """
         try Data(withStatistics.utf8).write(to: URL(fileURLWithPath: f.path("privacy.json")))
         let q = try PrivacyMetadata(contentsOf: f.path("privacy.json"))
         #expect(q.standardisation == "dp" && q.batchSampling == "secret")
+        // Without its grid, a DP release written before the grid existed (its noise left low-order bits uncovered).
+        try Data(withStatistics.replacingOccurrences(of: ",\"grid\":9.5367431640625e-07", with: "").utf8).write(
+            to: URL(fileURLWithPath: f.path("privacy.json"))
+        )
+        #expect(try PrivacyMetadata(contentsOf: f.path("privacy.json")).standardisation == "nonprivate")
+        try Data(withStatistics.utf8).write(to: URL(fileURLWithPath: f.path("privacy.json")))
         #expect(q.noiseMultiplier == 1.1 && q.samplingRate == 0.004266 && q.steps == 14062)
         guard case .object(let signed) = q.json else {
             Issue.record("the predicate is not an object")

@@ -169,7 +169,7 @@ struct StandardisationTests {
         var lastProgress: Double? = nil
         let trained = try TrainingRun.run(recipe) { lastProgress = $0.epsilon }
         let privacy = trained.privacy
-        #expect(privacy.standardisation == StandardisationSource(method: "dp", noiseMultiplier: 10, sensitivity: 8.0.squareRoot()))
+        #expect(privacy.standardisation == StandardisationSource(method: "dp", noiseMultiplier: 10, sensitivity: 8.0.squareRoot(), grid: 0x1.0p-20))
         #expect(privacy.batchSampling == "secret")
         #expect(privacy.segments.count == 2)
         #expect(privacy.segments.first == PrivacySegment(sampleRate: 1, noiseMultiplier: 10, steps: 1))
@@ -213,6 +213,6 @@ struct StandardisationTests {
         #expect(exactRun.preprocessing.means == exact.means)
         #expect(exactRun.privacy.standardisation == StandardisationSource(method: "nonprivate"))
         let encoded = try JSONSerialization.jsonObject(with: JSONEncoder().encode(exactRun.privacy)) as? [String: Any]
-        #expect((encoded?["standardisation"] as? [String: Any])?.keys.sorted() == ["method", "noise_multiplier", "sensitivity"])
+        #expect((encoded?["standardisation"] as? [String: Any])?.keys.sorted() == ["grid", "method", "noise_multiplier", "sensitivity"])
     }
 }

@@ -72,7 +72,7 @@ def test_dp_accounting_recomputes_the_claimed_epsilon(tmp_path):
     train(tmp_path, target_epsilon=2.0)
     privacy = json.loads((tmp_path / "ckpt" / "privacy.json").read_text())
     # The feature statistics' DP release (sigma 10, one unsampled step) comes first and is composed like the rest.
-    assert privacy["standardisation"] == {"method": "dp", "noise_multiplier": 10, "sensitivity": math.sqrt(10)}
+    assert privacy["standardisation"] == {"method": "dp", "noise_multiplier": 10, "sensitivity": math.sqrt(10), "grid": 2 ** -20}
     assert privacy["segments"][0] == {"sample_rate": 1, "noise_multiplier": 10, "steps": 1}
     assert privacy["batch_sampling"] == "secret"
     events = [dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(s["sample_rate"], dp_event.GaussianDpEvent(s["noise_multiplier"])),

@@ -84,12 +84,18 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         if let batchSampling, batchSampling != "secret", batchSampling != "seeded" {
             throw .invalidPrivacy("batch_sampling must be secret or seeded, got \(batchSampling)")
         }
-        // A DP release of the statistics is the history's first segment, one unsampled step, before DP-SGD's.
-        if standardisation == "dp", !(segments.count >= 2 && segments[0].sampleRate == 1 && segments[0].steps == 1) {
-            throw .invalidPrivacy("standardisation dp needs its release, {sample_rate: 1, steps: 1}, first in a history of two or more segments")
-        }
         if let claimedEpsilon, !(claimedEpsilon >= 0 && claimedEpsilon.isFinite) {
             throw .invalidPrivacy("claimed_epsilon must be a finite number >= 0, got \(claimedEpsilon)")
+        }
+    }
+
+    /// ``validate()``, and what a new version's claims must also meet (stored statements are read without it: a version
+    /// pushed before the rule existed still reads). A DP release of the statistics is the history's first segment, one
+    /// unsampled step, before DP-SGD's.
+    public func validateForPush() throws(CofferRegistryError) {
+        try validate()
+        if standardisation == "dp", !(segments.count >= 2 && segments[0].sampleRate == 1 && segments[0].steps == 1) {
+            throw .invalidPrivacy("standardisation dp needs its release, {sample_rate: 1, steps: 1}, first in a history of two or more segments")
         }
     }
 
@@ -159,7 +165,9 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         // A checkpoint's privacy.json says {method, noise_multiplier, sensitivity}; the flat shape the method alone.
         if case .object(let given)? = fields["standardisation"] {
             guard let method = given["method"]?.stringValue else { throw .invalidPrivacy("\(source): standardisation.method must be a string") }
-            standardisation = method
+            // A DP release without its grid is one written between 76a793e and c2d6f4c (2026-12-06), whose Float noise
+            // left the sums' low-order bits uncovered (helper-68): not private.
+            standardisation = method == "dp" && given["grid"] == nil ? "nonprivate" : method
         } else {
             standardisation = try text("standardisation")
         }

@@ -59,7 +59,7 @@ extension Registry {
         if let dataset = request.datasetID { try ModelReference.validate(datasetID: dataset) }
         var request = request
         request.privacy.fillFromSegments()  // as the statement's reader will
-        try request.privacy.validate()
+        try request.privacy.validateForPush()
         let inputs = try InputFile.collect(request)
         if let version = request.version, try await metadata.version(model: request.model, version: version) != nil {
             throw .versionExists("\(request.model):\(version)")

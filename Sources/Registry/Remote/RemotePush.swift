@@ -56,7 +56,7 @@ public struct PreparedPush: Sendable, Equatable, Codable {
         try ModelReference.validate(version: version)
         var request = request
         request.privacy.fillFromSegments()
-        try request.privacy.validate()
+        try request.privacy.validateForPush()
         let inputs = try InputFile.collect(request)
         try Directories.make(outbox)
         let dataKey = SecretKey.random()

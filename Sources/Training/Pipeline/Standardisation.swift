@@ -10,16 +10,20 @@ public struct StandardisationSource: Sendable, Equatable, Codable {
     public var noiseMultiplier: Double?
     /// Δ, the L2 bound of one row's contribution to the released sums; `nil` unless `dp`.
     public var sensitivity: Double?
+    /// The grid the values, sums and noise are rounded to (2^-20); `nil` unless `dp`. A `dp` source without it was
+    /// written by a release whose noise was not on a grid (not private: docs/FORMAT.md, "Checkpoints").
+    public var grid: Double?
 
     enum CodingKeys: String, CodingKey {
-        case method, sensitivity
+        case method, sensitivity, grid
         case noiseMultiplier = "noise_multiplier"
     }
 
-    public init(method: String, noiseMultiplier: Double? = nil, sensitivity: Double? = nil) {
+    public init(method: String, noiseMultiplier: Double? = nil, sensitivity: Double? = nil, grid: Double? = nil) {
         self.method = method
         self.noiseMultiplier = noiseMultiplier
         self.sensitivity = sensitivity
+        self.grid = grid
     }
 
     /// The DP release as an accountant segment: one unsampled Gaussian mechanism.
@@ -34,6 +38,7 @@ public struct StandardisationSource: Sendable, Equatable, Codable {
         try c.encode(method, forKey: .method)
         try c.encode(noiseMultiplier, forKey: .noiseMultiplier)
         try c.encode(sensitivity, forKey: .sensitivity)
+        try c.encode(grid, forKey: .grid)
     }
 }
 
@@ -60,6 +65,14 @@ public enum Standardisation {
         }
         if recipe.isPrivate, let featureBounds = recipe.featureBounds {
             guard rows.count < 1 << 32 else { throw .invalidData("DP standardisation statistics take fewer than 2^32 training rows") }
+            // Sums plus noise stay exact below 2^33; the polar method never draws a normal beyond 12.01 (helper-69: past
+            // it, rounding to even would show a sum's last grid bit).
+            let sigmaOrDefault = recipe.statisticsNoiseMultiplier ?? defaultNoiseMultiplier
+            guard Double(rows.count) + 13 * sigmaOrDefault * sensitivity(features: recipe.features.count) < 0x1.0p33 else {
+                throw .invalidConfiguration(
+                    "statistics_noise_multiplier \(sigmaOrDefault) is too large: rows + 13 sigma sqrt(2F) must stay below 2^33"
+                )
+            }
             let sigma = recipe.statisticsNoiseMultiplier ?? defaultNoiseMultiplier
             let (means, deviations) = differentiallyPrivate(
                 table,
@@ -76,7 +89,10 @@ public enum Standardisation {
             guard means.allSatisfy(\.isFinite), deviations.allSatisfy({ $0.isFinite && $0 > 0 }) else {
                 throw .invalidConfiguration("feature_bounds: the DP statistics overflow with these bounds: give the features' real ranges")
             }
-            return (means, deviations, StandardisationSource(method: "dp", noiseMultiplier: sigma, sensitivity: sensitivity(features: columns.count)))
+            return (
+                means, deviations,
+                StandardisationSource(method: "dp", noiseMultiplier: sigma, sensitivity: sensitivity(features: columns.count), grid: grid)
+            )
         }
         let (means, deviations) = exact(table, columns: columns, rows: rows)
         return (means, deviations, StandardisationSource(method: "nonprivate"))
@@ -132,8 +148,11 @@ public enum Standardisation {
             }
         }
         var z = noise(2 * features, noiseMultiplier * sensitivity(features: features))
-        // The noise is the release's secret: with it, the sums come back exactly.
-        defer { z.withUnsafeMutableBytes { sodium_memzero($0.baseAddress!, $0.count) } }
+        // The exact sums are what the release hides, and the noise gives them back: both wiped.
+        defer {
+            z.withUnsafeMutableBytes { sodium_memzero($0.baseAddress!, $0.count) }
+            sums.withUnsafeMutableBytes { sodium_memzero($0.baseAddress!, $0.count) }
+        }
         let released = sums.indices.map { sums[$0] + onGrid(z[$0]) }
         let n = Double(rows.count)
         var means: [Double] = []
