@@ -213,7 +213,7 @@ enum FederatedFuzzing {
             var configuration = FederationConfiguration()
             configuration.rounds = 1
             configuration.threshold = .count(2)
-            configuration.standardisation = SharedStandardisation(means: [0, 0], standardDeviations: [1, 1])
+            configuration.standardisation = PublicStandardisation(means: [0, 0], standardDeviations: [1, 1])
             self.configuration = configuration
         }
 

@@ -53,7 +53,7 @@ struct FederationOptions: ParsableArguments {
         }
         if let standardisation {
             let bytes = try FileBytes.read(standardisation)
-            guard let shared = try? JSONDecoder().decode(SharedStandardisation.self, from: Data(bytes)) else {
+            guard let shared = try? JSONDecoder().decode(PublicStandardisation.self, from: Data(bytes)) else {
                 throw CLIError("\(standardisation): expected JSON {\"means\": [...], \"standard_deviations\": [...]}")
             }
             c.standardisation = shared
@@ -80,7 +80,7 @@ enum Federation {
     static func trained(
         _ model: MultiTaskModel,
         recipe: FederatedRecipe,
-        standardisation: SharedStandardisation,
+        standardisation: PublicStandardisation,
         privacy: PrivacyReport
     ) -> TrainedModel {
         let r = recipe.recipe

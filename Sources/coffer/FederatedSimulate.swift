@@ -35,7 +35,7 @@ extension Coffer.Federated {
             guard dropout >= 0, dropout < 1 else { throw CLIError("--dropout must be in [0, 1)") }
             var rounds: [JSONValue] = []
             let model: MultiTaskModel
-            let standardisation: SharedStandardisation
+            let standardisation: PublicStandardisation
             var privacy = JSONValue.null
             let start = ContinuousClock.now
             if plain {

@@ -97,7 +97,7 @@ struct HTTPFederationTests {
             $0.trainTimeout = 2
             $0.rounds = 1
         }
-        configuration.standardisation = SharedStandardisation(means: [0, 0, 0, 0, 0], standardDeviations: [1, 1, 1, 1, 1])
+        configuration.standardisation = PublicStandardisation(means: [0, 0, 0, 0, 0], standardDeviations: [1, 1, 1, 1, 1])
         let core = try fixture.core(configuration)
         for i in 2..<4 {
             let silent = try fixture.site(i, rounds: 1)

@@ -45,6 +45,26 @@ struct RefusalTests {
         #expect(core.joined.isEmpty)
     }
 
+    /// The coordinator checks public standardisation as a recipe does: a zero deviation would divide every site's
+    /// features by zero.
+    @Test func aPublicStandardisationThatCannotStandardiseIsRefused() throws {
+        let fixture = try FederationFixture(sites: 3, rowsPerSite: 50)
+        for (standardisation, reason) in [
+            (
+                PublicStandardisation(means: [0, 0, 0, 0], standardDeviations: [1, 1, 1, 1]),
+                "standardisation: means and standard_deviations need one value per feature (5)"
+            ),
+            (
+                PublicStandardisation(means: [0, 0, 0, 0, 0], standardDeviations: [1, 1, 0, 1, 1]),
+                "standardisation: means must be finite and standard_deviations finite and > 0"
+            ),
+        ] {
+            var configuration = Self.configuration()
+            configuration.standardisation = standardisation
+            #expect(throws: FederatedError.invalidParameter(reason)) { try fixture.core(configuration) }
+        }
+    }
+
     @Test func strangersAndForgeriesAreRefused() throws {
         let fixture = try FederationFixture(sites: 3, rowsPerSite: 200)
         let core = try fixture.core(Self.configuration())

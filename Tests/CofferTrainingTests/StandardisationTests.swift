@@ -189,8 +189,32 @@ struct StandardisationTests {
         #expect(trained.preprocessing.standardDeviations.allSatisfy { $0 > 0.6 && $0 < 1.4 }, "\(trained.preprocessing.standardDeviations)")
     }
 
+    /// A target the release alone spends says so, with the release's own epsilon, whichever accountant calibrates.
+    @Test func aTargetBelowTheReleasesCostNamesIt() throws {
+        let recipe = try EvidenceSupport.recipe(rows: 500) {
+            $0.noiseMultiplier = nil
+            $0.targetEpsilon = 0.2
+            $0.epochs = 1
+        }
+        let release = PrivacySegment(sampleRate: 1, noiseMultiplier: 10, steps: 1)
+        let alone = try PLDAccountant().epsilon(segments: [release], delta: 1e-5)
+        #expect(alone > 0.2 && alone < 0.5, "the default release costs \(alone)")
+        do {
+            _ = try TrainingRun.run(recipe)
+            Issue.record("a target below the release's cost trained")
+        } catch {
+            guard case .unreachableEpsilon(let why) = error else { throw error }
+            #expect(
+                why.hasSuffix(
+                    String(format: " (the standardisation statistics' release alone is epsilon %.3f: raise statistics_noise_multiplier)", alone)
+                ),
+                "\(why)"
+            )
+        }
+    }
+
     @Test func publicValuesAreUsedAsGivenAndExactStatisticsAreSaidToBeNonPrivate() throws {
-        let given = TrainingRecipe.PublicStandardisation(means: [0.5, -0.5, 0, 1], standardDeviations: [2, 2, 1, 3])
+        let given = PublicStandardisation(means: [0.5, -0.5, 0, 1], standardDeviations: [2, 2, 1, 3])
         let publicRun = try TrainingRun.run(
             try EvidenceSupport.recipe(rows: 200) {
                 $0.featureBounds = nil

@@ -37,7 +37,7 @@ public final class CoordinatorCore: @unchecked Sendable {
     public private(set) var population: [String] = []
     public private(set) var global: [Float]
     let template: MultiTaskModel
-    public private(set) var standardisation: SharedStandardisation?
+    public private(set) var standardisation: PublicStandardisation?
     public private(set) var round = -1
     public private(set) var aggregation: SecAggAggregator?
     private var kind: RoundParameters.Kind = .update
@@ -70,10 +70,11 @@ public final class CoordinatorCore: @unchecked Sendable {
         guard sites.count >= configuration.minimumSites else {
             throw .invalidParameter("\(sites.count) sites enrolled, at least \(configuration.minimumSites) are needed")
         }
-        if let s = configuration.standardisation,
-            s.means.count != recipe.recipe.features.count || s.standardDeviations.count != recipe.recipe.features.count
-        {
-            throw .invalidParameter("the standardisation needs one mean and one deviation per feature (\(recipe.recipe.features.count))")
+        do {
+            try configuration.standardisation?.check(features: recipe.recipe.features.count)
+        } catch {
+            guard case .invalidConfiguration(let why) = error else { throw .invalidParameter(error.description) }
+            throw .invalidParameter(why)
         }
         let q = try configuration.quantizer()
         try q.validate(maximumWeight: configuration.dp == nil ? FederationConfiguration.maximumWeight : 1, sites: sites.count)

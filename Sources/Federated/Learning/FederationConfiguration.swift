@@ -1,3 +1,4 @@
+public import CofferTraining
 import Foundation
 
 /// How a federation runs: rounds, sampling, the secure aggregation's threshold and neighbours, quantization, and
@@ -63,7 +64,7 @@ public struct FederationConfiguration: Sendable, Equatable {
     /// η: the global model moves by η times the aggregated update.
     public var serverLearningRate: Double = 1
     /// Public standardisation; without it the federation first runs a statistics round (round 0).
-    public var standardisation: SharedStandardisation?
+    public var standardisation: PublicStandardisation?
     /// With `dp`, run the (not differentially private) statistics round anyway.
     public var nonPrivateStatistics = false
     /// Seconds a site has to train and advertise its keys.

@@ -67,7 +67,7 @@ public final class LocalData: @unchecked Sendable {
     }
 
     /// Standardised training and validation sets under the federation's shared standardisation.
-    public func datasets(_ standardisation: SharedStandardisation) throws(FederatedError) -> (training: Dataset, validation: Dataset) {
+    public func datasets(_ standardisation: PublicStandardisation) throws(FederatedError) -> (training: Dataset, validation: Dataset) {
         let preprocessing = Preprocessing(
             features: recipe.recipe.features,
             means: standardisation.means,
@@ -92,7 +92,7 @@ public final class LocalData: @unchecked Sendable {
 /// Standardisation from the statistics round's decoded sum: means, and deviations (1 for a constant feature, as
 /// `coffer train` does).
 public enum FederatedStatistics {
-    public static func standardisation(fromSum sum: [UInt64], features: Int) throws(FederatedError) -> SharedStandardisation {
+    public static func standardisation(fromSum sum: [UInt64], features: Int) throws(FederatedError) -> PublicStandardisation {
         guard sum.count == 1 + 2 * features else {
             throw .malformedMessage("the statistics sum has \(sum.count) elements, \(1 + 2 * features) are due")
         }
@@ -107,6 +107,6 @@ public enum FederatedStatistics {
             means.append(mean)
             deviations.append(variance > 1e-12 ? variance.squareRoot() : 1)
         }
-        return SharedStandardisation(means: means, standardDeviations: deviations)
+        return PublicStandardisation(means: means, standardDeviations: deviations)
     }
 }

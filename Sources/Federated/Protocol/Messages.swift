@@ -1,4 +1,4 @@
-import CofferTraining
+public import CofferTraining
 import Foundation
 
 /// The stages of one round of secure aggregation, in order, and the end of the federation.
@@ -98,22 +98,6 @@ public struct RoundOutcome: Codable, Sendable, Equatable {
     public var outcome: String
     public var reason: String?
     public var sites: Int
-}
-
-/// Feature standardisation shared by every site: means and standard deviations of the federation's training rows.
-public struct SharedStandardisation: Codable, Sendable, Equatable {
-    public var means: [Double]
-    public var standardDeviations: [Double]
-
-    enum CodingKeys: String, CodingKey {
-        case means
-        case standardDeviations = "standard_deviations"
-    }
-
-    public init(means: [Double], standardDeviations: [Double]) {
-        self.means = means
-        self.standardDeviations = standardDeviations
-    }
 }
 
 // MARK: - Site to coordinator
@@ -226,7 +210,7 @@ public struct SiteTask: Codable, Sendable, Equatable {
     public var parameters: RoundParameters?
     /// f32 little-endian parameters of the global model (update rounds and `finished`).
     public var model: Base64Bytes?
-    public var standardisation: SharedStandardisation?
+    public var standardisation: PublicStandardisation?
     // share
     public var keys: [AdvertisedKeys]?
     // masked

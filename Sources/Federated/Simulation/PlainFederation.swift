@@ -13,7 +13,7 @@ public final class PlainFederation: @unchecked Sendable {
     let training: [LocalTraining]
     public let configuration: FederationConfiguration
     public private(set) var global: [Float]
-    public private(set) var standardisation: SharedStandardisation?
+    public private(set) var standardisation: PublicStandardisation?
     /// Seconds of each round.
     public private(set) var roundSeconds: [Double] = []
     /// CPU seconds of the whole process during each round.

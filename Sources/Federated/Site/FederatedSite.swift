@@ -35,7 +35,7 @@ public final class FederatedSite: @unchecked Sendable {
     let input = EncodedInput()
     private let expander = MaskExpander()
     /// The federation's standardisation, once an update round has brought it.
-    public private(set) var standardisation: SharedStandardisation?
+    public private(set) var standardisation: PublicStandardisation?
     private var datasets: (training: Dataset, validation: Dataset)?
     /// Rounds this site trained in: its record-level DP history.
     public private(set) var roundsTrained = 0

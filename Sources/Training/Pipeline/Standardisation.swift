@@ -1,6 +1,33 @@
 import CSodium
 import Foundation
 
+/// Public feature means and standard deviations, in feature order: a recipe's `standardisation` and the file
+/// `coffer fl serve --standardisation` reads (docs/FORMAT.md, "Training configuration").
+public struct PublicStandardisation: Sendable, Equatable, Codable {
+    public var means: [Double]
+    public var standardDeviations: [Double]
+
+    enum CodingKeys: String, CodingKey {
+        case means
+        case standardDeviations = "standard_deviations"
+    }
+
+    public init(means: [Double], standardDeviations: [Double]) {
+        self.means = means
+        self.standardDeviations = standardDeviations
+    }
+
+    /// One finite mean and one finite positive deviation per feature: a zero deviation would divide by zero.
+    public func check(features: Int) throws(CofferTrainingError) {
+        guard means.count == features, standardDeviations.count == features else {
+            throw .invalidConfiguration("standardisation: means and standard_deviations need one value per feature (\(features))")
+        }
+        guard means.allSatisfy(\.isFinite), standardDeviations.allSatisfy({ $0 > 0 && $0.isFinite }) else {
+            throw .invalidConfiguration("standardisation: means must be finite and standard_deviations finite and > 0")
+        }
+    }
+}
+
 /// Where a model's standardisation statistics came from: `privacy.json`'s `standardisation` (docs/FORMAT.md,
 /// "Checkpoints").
 public struct StandardisationSource: Sendable, Equatable, Codable {

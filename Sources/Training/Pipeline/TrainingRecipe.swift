@@ -161,22 +161,6 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
         }
     }
 
-    /// Public feature means and standard deviations, in feature order (the shape of `coffer fl serve --standardisation`).
-    public struct PublicStandardisation: Sendable, Equatable, Codable {
-        public var means: [Double]
-        public var standardDeviations: [Double]
-
-        enum CodingKeys: String, CodingKey {
-            case means
-            case standardDeviations = "standard_deviations"
-        }
-
-        public init(means: [Double], standardDeviations: [Double]) {
-            self.means = means
-            self.standardDeviations = standardDeviations
-        }
-    }
-
     /// Reads a recipe; a relative `data` path is resolved against the recipe's directory.
     public init(contentsOf path: String) throws(CofferTrainingError) {
         guard let bytes = FileManager.default.contents(atPath: path) else { throw .invalidConfiguration("\(path): cannot read") }
@@ -237,14 +221,7 @@ public struct TrainingRecipe: Sendable, Equatable, Codable {
                 throw .invalidConfiguration("statistics_noise_multiplier must be > 0, got \(statisticsNoiseMultiplier)")
             }
         }
-        if let standardisation {
-            guard standardisation.means.count == features.count, standardisation.standardDeviations.count == features.count else {
-                throw .invalidConfiguration("standardisation: means and standard_deviations need one value per feature (\(features.count))")
-            }
-            guard standardisation.means.allSatisfy(\.isFinite), standardisation.standardDeviations.allSatisfy({ $0 > 0 && $0.isFinite }) else {
-                throw .invalidConfiguration("standardisation: means must be finite and standard_deviations finite and > 0")
-            }
-        }
+        try standardisation?.check(features: features.count)
         if isPrivate {
             guard let delta, delta > 0, delta < 1 else { throw .invalidConfiguration("delta must be in (0, 1) with privacy on") }
             if [featureBounds != nil, standardisation != nil, nonprivateStatistics == true].filter({ $0 }).count > 1 {
