@@ -28,6 +28,8 @@ struct GovernanceTests {
         request.privacy.delta = 1e-5
         request.privacy.segments = segments
         request.privacy.epsilon = Registry.composedEpsilon(segments, delta: 1e-5)
+        request.privacy.standardisation = "public"
+        request.privacy.batchSampling = "secret"
         return request
     }
 
@@ -84,6 +86,15 @@ struct GovernanceTests {
         exactStatistics.overrideBudget = true
         await expectRefusal("standardisation statistics were released without differential privacy") {
             _ = try await f.registry.push(exactStatistics, publisher: alice)
+        }
+        // A claim that does not say how its statistics and batches were made could hide either: a new charge says both.
+        for omitted in [\PrivacyMetadata.standardisation, \PrivacyMetadata.batchSampling] {
+            var silent = request(dir, dataset: "census", segments: first)
+            silent.privacy[keyPath: omitted] = nil
+            silent.overrideBudget = true
+            await expectRefusal("must say how its standardisation statistics and batches were made") {
+                _ = try await f.registry.push(silent, publisher: alice)
+            }
         }
         // Nor one whose batches came from a known seed (Coffer before 2026-12-06): its epsilon is not a guarantee.
         var seeded = request(dir, dataset: "census", segments: first)
@@ -219,5 +230,13 @@ struct GovernanceTests {
         await expectRefusal("has no noise") { _ = try history(#"[[0, 0.01, 10]]"#).applied(to: withDelta) }
         await expectRefusal("entry 1 is neither") { _ = try history(#"[{"sample_rate": 0.01, "steps": -3, "noise_multiplier": 1}]"#) }
         await expectRefusal("the history is empty") { _ = try history(#"[]"#) }
+        // The object form may say how the statistics and batches were made; the values are privacy.json's.
+        let stated = try history(#"{"history": [[1.1, 0.01, 10]], "delta": 1e-5, "standardisation": "public", "batch_sampling": "secret"}"#)
+        let applied = try stated.applied(to: PrivacyMetadata())
+        #expect(applied.standardisation == "public" && applied.batchSampling == "secret")
+        await expectRefusal("standardisation must be dp, public or nonprivate, got exact") {
+            _ = try history(#"{"history": [[1.1, 0.01, 10]], "delta": 1e-5, "standardisation": "exact"}"#).applied(to: PrivacyMetadata())
+        }
+        await expectRefusal("h.json: batch_sampling must be a string") { _ = try history(#"{"history": [[1.1, 0.01, 10]], "batch_sampling": 1}"#) }
     }
 }

@@ -34,6 +34,8 @@ struct MigrateToPostgresTests {
                 request.privacy.mechanism = "dp-sgd"
                 request.privacy.delta = 1e-5
                 request.privacy.segments = segments
+                request.privacy.standardisation = "public"
+                request.privacy.batchSampling = "secret"
                 request.privacy.epsilon = Registry.composedEpsilon(segments, delta: 1e-5)
             }
             _ = try await f.registry.push(request, publisher: alice)

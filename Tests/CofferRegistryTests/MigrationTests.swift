@@ -25,6 +25,8 @@ struct MigrationTests {
         charged.privacy.mechanism = "dp-sgd"
         charged.privacy.delta = 1e-5
         charged.privacy.segments = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.2, steps: 300)]
+        charged.privacy.standardisation = "public"
+        charged.privacy.batchSampling = "secret"
         charged.recipients = [bob.publicIdentity]
         charged.alias = "prod"
         _ = try await f.registry.push(charged, publisher: alice)

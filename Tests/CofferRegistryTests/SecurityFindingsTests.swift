@@ -212,6 +212,8 @@ struct SecurityFindingsTests {
         charged.privacy.mechanism = "dp-sgd"
         charged.privacy.delta = 1e-5
         charged.privacy.segments = segments
+        charged.privacy.standardisation = "public"
+        charged.privacy.batchSampling = "secret"
         _ = try await f.registry.push(charged, publisher: alice)
         let spent = try await f.registry.budget(dataset: "d").spent
         #expect(abs(spent - one) < 1e-9)

@@ -216,6 +216,8 @@ struct WebSecurityTests {
             request.privacy.mechanism = "dp-sgd"
             request.privacy.delta = 1e-5
             request.privacy.segments = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.0, steps: 100)]
+            request.privacy.standardisation = "public"
+            request.privacy.batchSampling = "secret"
             _ = try await registry.push(request, publisher: w.fixture.publisher)
         }
         try await server.app(w).test(.router) { client in

@@ -375,6 +375,8 @@ struct WebTests {
             request.privacy.mechanism = "dp-sgd"
             request.privacy.delta = 1e-5
             request.privacy.segments = segments
+            request.privacy.standardisation = "public"
+            request.privacy.batchSampling = "secret"
             _ = try await registry.push(request, publisher: w.fixture.publisher)
         }
         // The plotted points are the compositions of the first k histories, the last being what the budget spent.

@@ -80,7 +80,7 @@ def main():
         snapshot("prod moved to 2")
         check(coffer, "budget", "set", "d", "--epsilon", "1", "--delta", "1e-5", *admin, env=env)
         with open(f"{work}/history.json", "w") as f:
-            f.write('[{"sample_rate": 0.01, "noise_multiplier": 1.5, "steps": 300}]')
+            f.write('{"segments": [{"sample_rate": 0.01, "noise_multiplier": 1.5, "steps": 300}], "standardisation": "public", "batch_sampling": "secret"}')
         push(3, "--dataset", "d", "--privacy-from", f"{work}/history.json", "--delta", "1e-5")
         snapshot("m:3 charged to d")
         check(coffer, "key", "rotate", *admin, env=env)

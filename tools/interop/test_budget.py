@@ -14,6 +14,11 @@ HISTORIES = [
 ]
 
 
+def stated(history):
+    """The history in its object form, saying how the model's statistics and batches were made: a budget asks for both."""
+    return (history if isinstance(history, dict) else {"segments": history}) | {"standardisation": "public", "batch_sampling": "secret"}
+
+
 def events(history):
     items = history["segments"] if isinstance(history, dict) else history
     for item in items:
@@ -29,9 +34,14 @@ def test_spent_budget_is_dp_accountings_composition_and_over_budget_pushes_are_r
     coffer("budget", "set", "census", "--epsilon", "8", "--delta", "1e-5", "--home", home)
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "weights.bin").write_bytes(b"\x01" * 1000)
+    # Opacus's history alone does not say how the statistics and batches were made: the budget refuses it.
+    (tmp_path / "silent.json").write_text(json.dumps(HISTORIES[1]))
+    silent = coffer("push", "m", tmp_path / "model", "--identity", tmp_path / "alice.key", "--dataset", "census", "--privacy-from",
+                    tmp_path / "silent.json", "--delta", "1e-5", "--home", home, check=False)
+    assert silent.returncode == 1 and b"must say how its standardisation statistics and batches were made" in silent.stderr, silent.stderr
     accountant = rdp_privacy_accountant.RdpAccountant()
     for i, history in enumerate(HISTORIES):
-        (tmp_path / f"h{i}.json").write_text(json.dumps(history))
+        (tmp_path / f"h{i}.json").write_text(json.dumps(stated(history)))
         coffer("push", "m", tmp_path / "model", "--identity", tmp_path / "alice.key", "--dataset", "census", "--privacy-from", tmp_path / f"h{i}.json",
                "--delta", "1e-5", "--home", home)
         for event in events(history):
@@ -43,7 +53,7 @@ def test_spent_budget_is_dp_accountings_composition_and_over_budget_pushes_are_r
     assert [v["version"] for v in status["versions"]] == ["1", "2", "3"]
 
     # One more history that does not fit: refused with spent, requested and remaining, and nothing is added.
-    (tmp_path / "big.json").write_text(json.dumps([[0.7, 0.05, 3000]]))
+    (tmp_path / "big.json").write_text(json.dumps(stated([[0.7, 0.05, 3000]])))
     refused = coffer("push", "m", tmp_path / "model", "--identity", tmp_path / "alice.key", "--dataset", "census", "--privacy-from",
                      tmp_path / "big.json", "--delta", "1e-5", "--home", home, check=False)
     message = refused.stderr.decode()

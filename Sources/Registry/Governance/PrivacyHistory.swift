@@ -7,11 +7,15 @@ import Foundation
 ///
 /// - a list of segments `[{"sample_rate": q, "noise_multiplier": σ, "steps": n}, ...]`;
 /// - Opacus's `RDPAccountant.history`, a list of `[noise_multiplier, sample_rate, steps]` triples;
-/// - an object `{"segments" or "history": one of the above, "epsilon": claimed, "delta": δ}`.
+/// - an object `{"segments" or "history": one of the above, "epsilon": claimed, "delta": δ}`, which may also say
+///   `standardisation` and `batch_sampling` as a checkpoint's `privacy.json` does.
 public struct PrivacyHistory: Sendable, Equatable {
     public var segments: [PrivacySegment]
     public var claimedEpsilon: Double?
     public var delta: Double?
+    /// How the model's standardisation statistics and batches were made, as the history's publisher states them.
+    public var standardisation: String?
+    public var batchSampling: String?
 
     /// How far below the recomputed epsilon a claim may be (relative) before it is refused as understated.
     public static let tolerance = 1e-3
@@ -39,6 +43,13 @@ public struct PrivacyHistory: Sendable, Equatable {
             list = items
             claimedEpsilon = fields["epsilon"]?.numberValue
             delta = fields["delta"]?.numberValue
+            func text(_ key: String) throws(CofferRegistryError) -> String? {
+                guard let value = fields[key] else { return nil }
+                guard let text = value.stringValue else { throw .invalidPrivacy("\(source): \(key) must be a string") }
+                return text
+            }
+            standardisation = try text("standardisation")
+            batchSampling = try text("batch_sampling")
         default:
             throw .invalidPrivacy("\(source): expected a list of segments, or an object with \"segments\" or \"history\"")
         }
@@ -78,6 +89,8 @@ public struct PrivacyHistory: Sendable, Equatable {
             throw .invalidPrivacy("the history gives no delta: add \"delta\" to it or pass --delta")
         }
         privacy.delta = delta
+        privacy.standardisation = standardisation ?? base.standardisation
+        privacy.batchSampling = batchSampling ?? base.batchSampling
         try privacy.validate()
         for (i, segment) in segments.enumerated() where segment.noiseMultiplier == 0 && segment.steps > 0 {
             throw .invalidPrivacy("segment \(i + 1) has no noise: the history is not differentially private")

@@ -89,6 +89,15 @@ extension Registry {
         return id
     }
 
+    /// A version's record may leave its statistics' and batches' source out (every record before 2026-12-06 does, and a
+    /// forged one can); its signed statement still says it, and a charge it rules out is refused by every reader, local
+    /// or remote (helper-70 found the remote one missing).
+    static func checkCharge(_ facts: LedgerChange.VersionFacts, of statement: ModelStatement, label: String) throws(CofferRegistryError) {
+        guard !(facts.charged && (statement.privacy.standardisation == "nonprivate" || statement.privacy.batchSampling == "seeded")) else {
+            throw .tampered("\(label): charged to a budget, though its statement says its statistics or batches are outside DP")
+        }
+    }
+
     /// The `version` record of `model:version`, checked: it belongs to this registry, lies within the verified chain
     /// and is signed by its publisher or by a registry key. A version without one was never committed here.
     func versionRecord(model: String, version: String, state: LedgerState) async throws(CofferRegistryError) -> LedgerChange.VersionFacts {
@@ -205,10 +214,7 @@ extension Registry {
         let facts = try await versionRecord(model: stored.model, version: stored.version, state: state)
         guard facts.digest == stored.digest else { throw .tampered("\(label): its statement is not the one its ledger record names") }
         guard facts.publisher.keyID == signer.keyID else { throw .tampered("\(label): its ledger record names another publisher than its signer") }
-        // A record may leave the source out (every record before 2026-12-06 does); the signed statement still says it.
-        guard !(facts.charged && (statement.privacy.standardisation == "nonprivate" || statement.privacy.batchSampling == "seeded")) else {
-            throw .tampered("\(label): charged to a budget, though its statement says its statistics or batches are outside DP")
-        }
+        try Self.checkCharge(facts, of: statement, label: label)
         guard statement.files.sorted(by: { $0.path < $1.path }) == stored.files else {
             throw .tampered("\(label): the files table disagrees with the signed statement")
         }
