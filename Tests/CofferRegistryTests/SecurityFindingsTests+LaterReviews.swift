@@ -105,20 +105,7 @@ extension SecurityFindingsTests {
             charged: true,
             overrideBy: nil
         )
-        let record = LedgerRecord.sign(
-            registry: state.registry,
-            seq: state.seq + 1,
-            prev: state.hash,
-            at: "x",
-            by: alice.publicIdentity.keyID,
-            change: .version(huge),
-            signer: alice.identity
-        )
-        try attack(
-            f,
-            "INSERT INTO ledger (seq, kind, object, envelope, hash) VALUES (?, 'version', 'version:m:9', ?, ?)",
-            [record.seq, Data(record.envelope), record.hash]
-        )
+        try appendForgedVersion(f, huge, after: state, by: alice.publicIdentity.keyID, signer: alice.identity)
         let fresh = try await Registry(at: f.home, memory: nil)
         await expectRefusal("its history is out of bounds") { _ = try await fresh.ledgerState() }
         await #expect(try fresh.fsck().problems.contains { $0.contains("out of bounds") })
@@ -328,20 +315,7 @@ extension SecurityFindingsTests {
         facts.charged = true
         facts.standardisation = nil
         facts.batchSampling = nil
-        let forged = LedgerRecord.sign(
-            registry: state.registry,
-            seq: state.seq + 1,
-            prev: state.hash,
-            at: record.at,
-            by: "alice",
-            change: .version(facts),
-            signer: alice.identity
-        )
-        try attack(
-            f,
-            "INSERT INTO ledger (seq, kind, object, envelope, hash) VALUES (?, 'version', 'version:m:3', ?, ?)",
-            [forged.seq, Data(forged.envelope), forged.hash]
-        )
+        try appendForgedVersion(f, facts, after: state, by: "alice", signer: alice.identity)
         let reader = try await Registry(at: f.home, memory: nil)
         #expect(try await reader.ledgerState().isCharged(facts.digest), "the replay takes the charge")
 

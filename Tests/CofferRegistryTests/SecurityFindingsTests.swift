@@ -39,6 +39,32 @@ struct SecurityFindingsTests {
         }
     }
 
+    /// Appends a `version` record that `signer` signed for `facts` at the end of the chain `state` replayed, as a
+    /// publisher with write access to the database could; `by` names the signer as the ledger does (a principal's name,
+    /// or a key ID where there are no principals).
+    func appendForgedVersion(
+        _ f: RegistryFixture,
+        _ facts: LedgerChange.VersionFacts,
+        after state: LedgerState,
+        by: String,
+        signer: borrowing Identity
+    ) throws {
+        let record = LedgerRecord.sign(
+            registry: state.registry,
+            seq: state.seq + 1,
+            prev: state.hash,
+            at: "2026-12-07T00:00:00Z",
+            by: by,
+            change: .version(facts),
+            signer: signer
+        )
+        try attack(
+            f,
+            "INSERT INTO ledger (seq, kind, object, envelope, hash) VALUES (?, 'version', ?, ?, ?)",
+            [record.seq, "version:\(facts.model):\(facts.version)", Data(record.envelope), record.hash]
+        )
+    }
+
     // MARK: - 1. A malicious server substitutes another signed version
 
     @Test func finding01_aServerCannotSubstituteAnotherSignedVersion() async throws {
