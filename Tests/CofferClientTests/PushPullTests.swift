@@ -1,5 +1,6 @@
 import CofferCrypto
 import CofferRegistry
+import CofferTraining
 import Foundation
 import HummingbirdTesting
 import NIOCore
@@ -39,6 +40,42 @@ struct PushPullTests {
             #expect(try await second.finishUpload(again.id, digest: digest) == UploadStored(digest: digest))
             let gone = await #expect(throws: CofferClientError.self) { try await second.upload(again.id) }
             #expect(gone?.status == 404)
+        }
+    }
+
+    /// The server judges an uploaded statement by the rules a new version must meet, as a local push does before sealing:
+    /// a client that skips its own check (here, resuming from an outbox whose statement was signed for other privacy
+    /// metadata, which the client does not check again) is refused at commit, and nothing is committed (helper-71).
+    @Test func anUploadedStatementThatBreaksTheRulesForNewVersionsIsRefusedAtCommit() async throws {
+        let f = try await Fixture()
+        try FileManager.default.createDirectory(atPath: f.path("model"), withIntermediateDirectories: true)
+        try Data(repeating: 7, count: 4096).write(to: URL(fileURLWithPath: f.path("model/weights.bin")))
+        var honest = PushRequest(model: "m/dp", paths: [f.path("model")])
+        honest.privacy.mechanism = "dp-sgd"
+        honest.privacy.delta = 1e-5
+        honest.privacy.segments = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.1, steps: 100)]
+        var unaccounted = honest
+        unaccounted.privacy.standardisation = "dp"  // a DP release of the statistics that its history leaves out
+        #expect(throws: CofferRegistryError.self) { try unaccounted.privacy.validateForPush() }
+        let (request, prepare, registryKey) = (unaccounted, honest, try #require(try await f.registry.ledgerState().currentKey))
+        try await f.app().test(.live) { live in
+            let client = try f.client(port: try live.livePort, token: "admin")
+            let outbox = try PushOutbox.directory(for: client.baseURL, request: request, environment: ["COFFER_OUTBOX": f.path("outbox")])
+            var prepared = try PreparedPush.prepare(prepare, publisher: f.alice.identity, registryKey: registryKey, version: "1", outbox: outbox)
+            try prepared.sign(request, version: "1", publisher: f.alice.identity)
+            try JSONEncoder().encode(prepared).write(to: URL(fileURLWithPath: "\(outbox)/prepared.json"))
+            let refused = await #expect(throws: CofferClientError.self) {
+                try await client.push(request, publisher: f.alice.identity, outbox: outbox)
+            }
+            #expect(
+                refused?.description.hasSuffix(
+                    "standardisation dp needs its release, {sample_rate: 1, steps: 1}, first in a history of two or more segments"
+                ) == true,
+                "\(String(describing: refused))"
+            )
+            await #expect(throws: CofferRegistryError.unknownModel("m/dp"), "nothing is committed") {
+                try await f.registry.list(model: "m/dp", where: nil, limit: nil)
+            }
         }
     }
 

@@ -56,7 +56,7 @@ struct RefusalTests {
             ),
             (
                 PublicStandardisation(means: [0, 0, 0, 0, 0], standardDeviations: [1, 1, 0, 1, 1]),
-                "standardisation: means must be finite and standard_deviations finite and > 0"
+                "standardisation: means must be finite and standard_deviations finite and at least 1e-06"
             ),
         ] {
             var configuration = Self.configuration()
@@ -325,5 +325,25 @@ extension RefusalTests {
         let deadline = ContinuousClock.now + .seconds(30)
         while !thread.isFinished && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         #expect(sent.withLock { $0 } < 64 << 20, "the site read on after its limit")
+    }
+}
+
+extension RefusalTests {
+    /// helper-71: the plain baseline (`fl simulate --plain --standardisation FILE`) took the configuration's public
+    /// standardisation unchecked, so a zero deviation divided a feature by zero; it is refused as the coordinator refuses
+    /// it, where the standardisation is applied (a site checks the coordinator's the same way).
+    @Test func thePlainBaselineChecksPublicStandardisationToo() throws {
+        let fixture = try FederationFixture(sites: 3, rowsPerSite: 50)
+        let data = try fixture.paths.map { try LocalData(path: $0, recipe: fixture.recipe) }
+        var configuration = Self.configuration()
+        configuration.standardisation = PublicStandardisation(means: [0, 0, 0, 0, 0], standardDeviations: [1, 1, 0, 1, 1])
+        let plain = try PlainFederation(recipe: fixture.recipe, sites: data, configuration: configuration)
+        #expect(throws: FederatedError.invalidParameter("standardisation: means must be finite and standard_deviations finite and at least 1e-06")) {
+            try plain.run()
+        }
+        configuration.standardisation = PublicStandardisation(means: [0, 0, 0, 0, 0], standardDeviations: [1, 1, 1, 1, 1])
+        let fine = try PlainFederation(recipe: fixture.recipe, sites: data, configuration: configuration)
+        try fine.run()
+        #expect(fine.global.allSatisfy { $0.isFinite })
     }
 }

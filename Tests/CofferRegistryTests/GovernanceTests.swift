@@ -238,5 +238,12 @@ struct GovernanceTests {
             _ = try history(#"{"history": [[1.1, 0.01, 10]], "delta": 1e-5, "standardisation": "exact"}"#).applied(to: PrivacyMetadata())
         }
         await expectRefusal("h.json: batch_sampling must be a string") { _ = try history(#"{"history": [[1.1, 0.01, 10]], "batch_sampling": 1}"#) }
+        #expect(try history(#"{"history": [[1.1, 0.01, 10]], "batch_sampling": null}"#).batchSampling == nil, "null is absent")
+        // It adds what the claim left out; it does not overrule what the claim says.
+        var exact = PrivacyMetadata()
+        exact.standardisation = "nonprivate"
+        await expectRefusal("the history says standardisation public, the version's privacy metadata nonprivate") {
+            _ = try stated.applied(to: exact)
+        }
     }
 }

@@ -49,6 +49,8 @@ struct MigrationTests {
         #expect(try await old.adoptLedger(registryKey: try f.registryKey) > 10)
         let fsck = try await old.fsck()
         #expect(fsck.problems.isEmpty, "\(fsck.problems)")
+        let restated = try await old.versionRecord(model: "m", version: "2", state: try await old.ledgerState())
+        #expect(restated.standardisation == "public" && restated.batchSampling == "secret", "adoption restates the statement's source")
         #expect(try await old.budget(dataset: "d") == budget)
         #expect(try await old.pull(try ModelReference(parsing: "m@prod"), identity: bob, into: f.path("out")).version == "2")
         await #expect(throws: CofferRegistryError.self) {

@@ -292,23 +292,12 @@ extension SecurityFindingsTests {
     func review70_aChargedRecordThatLeavesTheSourceOutIsJudgedByItsStatement(standardisation: String?, batchSampling: String?) async throws {
         let (f, alice, admin) = try await owned()
         // m:3, trained on d with its statistics (or batches) outside DP, pushed while d had no budget: honest, not charged.
-        var request = PushRequest(model: "m", paths: [try f.makeModel("m3", ["w.bin": bytes(500, seed: 3)])])
-        request.datasetID = "d"
-        request.privacy.mechanism = "dp-sgd"
-        request.privacy.delta = 1e-5
-        request.privacy.segments = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.5, steps: 400)]
-        request.privacy.standardisation = standardisation
-        request.privacy.batchSampling = batchSampling
-        _ = try await f.registry.push(request, publisher: alice)
-        let pushed = try await f.registry.ledgerState()
-        let stored = try #require(try await f.registry.metadata.ledgerRecords(after: pushed.seq - 1, limit: nil).last)
-        let record = try Registry.parse(Array(stored.envelope))
-        guard case .version(var facts) = record.change, facts.version == "3" else { throw CofferRegistryError.tampered("not m:3's record") }
+        var (facts, seq) = try await pushM3(f, Self.dpSGD(standardisation: standardisation, batchSampling: batchSampling), by: alice)
         #expect(!facts.charged && facts.standardisation == standardisation && facts.batchSampling == batchSampling)
 
         // Its record taken off the end, d given a budget by its admin, and the record signed again by alice, charged and
         // leaving the source out as a Coffer before 2026-12-06 wrote it: a chain a client meeting the registry now accepts.
-        try attack(f, "DELETE FROM ledger WHERE seq = ?", [stored.seq])
+        try attack(f, "DELETE FROM ledger WHERE seq = ?", [seq])
         let budgeted = try await Registry(at: f.home, memory: nil)
         try await budgeted.setBudget(dataset: "d", epsilon: 100, delta: 1e-5, by: admin)
         let state = try await budgeted.ledgerState()
@@ -320,20 +309,8 @@ extension SecurityFindingsTests {
         #expect(try await reader.ledgerState().isCharged(facts.digest), "the replay takes the charge")
 
         let m3 = try ModelReference(parsing: "m:3")
-        let line = "integrity check failed: m:3: charged to a budget, though its statement says its statistics or batches are outside DP"
-        let verified = await refusal { _ = try await reader.verify(m3) }
-        #expect(verified == line)
-        let out = f.path("out")
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        let pulled = await refusal { _ = try await reader.pull(m3, identity: alice, into: "\(out)/m3") }
-        #expect(pulled == line)
-        #expect(try FileManager.default.contentsOfDirectory(atPath: out).isEmpty, "the refused pull wrote nothing")
-        // A remote client judges the package a server sends by the same rule (it took the charge before).
-        _ = try await reader.signAuditHead(with: try f.registryKey)
-        let ledger = try await RemoteLedger.sync(from: StoredLedger(registry: reader), location: "https://d.test", key: nil, memory: nil)
-        let package = try await reader.package(m3, keyID: nil, includeKey: false, for: "alice")
-        let remote = await refusal { _ = try RemotePull.verifiedFiles(package, expected: try RemoteExpectation(m3, ledger: ledger), trusting: nil) }
-        #expect(remote == line)
+        let line = "integrity check failed: m:3: charged to a budget, though its statement says its training, statistics or batches are outside DP"
+        try await expectEveryReaderRefuses(m3, f, reader: reader, as: alice, line: line)
         // The versions recorded honestly still verify.
         await #expect(try reader.verify(try ModelReference(parsing: "m:2")).version == "2")
     }

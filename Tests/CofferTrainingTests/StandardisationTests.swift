@@ -240,3 +240,23 @@ struct StandardisationTests {
         #expect((encoded?["standardisation"] as? [String: Any])?.keys.sorted() == ["grid", "method", "noise_multiplier", "sensitivity"])
     }
 }
+
+extension StandardisationTests {
+    /// helper-71: check took any deviation above 0, and features are standardised into Float: a deviation of 1e-300 made
+    /// every standardised value infinite. The floor is the federation's statistics round's.
+    @Test func aDeviationBelowTheFloorIsRefused() throws {
+        for deviation in [1e-300, 1e-40, 0.9e-6, 0, -1, .infinity, .nan] {
+            #expect(
+                throws: CofferTrainingError.invalidConfiguration(
+                    "standardisation: means must be finite and standard_deviations finite and at least 1e-06"
+                )
+            ) { try PublicStandardisation(means: [0], standardDeviations: [deviation]).check(features: 1) }
+        }
+        let floor = PublicStandardisation(means: [0], standardDeviations: [PublicStandardisation.minimumDeviation])
+        try floor.check(features: 1)
+        let table = try CSVTable(columns: ["x"], rows: [[1], [-3e30]], source: "rows")
+        let standardised = try Preprocessing(features: ["x"], means: floor.means, standardDeviations: floor.standardDeviations, tasks: [])
+            .features(of: table)
+        #expect(standardised.allSatisfy { $0.isFinite }, "\(standardised)")
+    }
+}

@@ -70,12 +70,7 @@ public final class CoordinatorCore: @unchecked Sendable {
         guard sites.count >= configuration.minimumSites else {
             throw .invalidParameter("\(sites.count) sites enrolled, at least \(configuration.minimumSites) are needed")
         }
-        do {
-            try configuration.standardisation?.check(features: recipe.recipe.features.count)
-        } catch {
-            guard case .invalidConfiguration(let why) = error else { throw .invalidParameter(error.description) }
-            throw .invalidParameter(why)
-        }
+        try configuration.standardisation?.checkForFederation(features: recipe.recipe.features.count)
         let q = try configuration.quantizer()
         try q.validate(maximumWeight: configuration.dp == nil ? FederationConfiguration.maximumWeight : 1, sites: sites.count)
         self.configuration = configuration

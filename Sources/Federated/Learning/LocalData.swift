@@ -74,8 +74,8 @@ public final class LocalData: @unchecked Sendable {
             standardDeviations: standardisation.standardDeviations,
             tasks: recipe.recipe.tasks
         )
-        guard standardisation.means.count == recipe.recipe.features.count, standardisation.standardDeviations.count == recipe.recipe.features.count
-        else { throw .malformedMessage("the standardisation does not have one mean and deviation per feature") }
+        // The coordinator's (a site checks what it is sent) or the configuration's (the plain baseline).
+        try standardisation.checkForFederation(features: recipe.recipe.features.count)
         let all: [Float]
         do { all = try preprocessing.features(of: table) } catch { throw .localData(error.description) }
         let inputs = recipe.recipe.features.count
@@ -86,6 +86,16 @@ public final class LocalData: @unchecked Sendable {
             return Dataset(features: x, targets: targets.map { t in rows.map { t[$0] } }, count: rows.count, inputs: inputs)
         }
         return (subset(trainRows), subset(validationRows))
+    }
+}
+
+extension PublicStandardisation {
+    /// ``check(features:)``, a refusal being an invalid federation parameter.
+    func checkForFederation(features: Int) throws(FederatedError) {
+        do { try check(features: features) } catch {
+            guard case .invalidConfiguration(let why) = error else { throw .invalidParameter(error.description) }
+            throw .invalidParameter(why)
+        }
     }
 }
 

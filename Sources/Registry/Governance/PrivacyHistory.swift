@@ -44,7 +44,7 @@ public struct PrivacyHistory: Sendable, Equatable {
             claimedEpsilon = fields["epsilon"]?.numberValue
             delta = fields["delta"]?.numberValue
             func text(_ key: String) throws(CofferRegistryError) -> String? {
-                guard let value = fields[key] else { return nil }
+                guard let value = fields[key], value != .null else { return nil }  // null is absent, as in privacy.json
                 guard let text = value.stringValue else { throw .invalidPrivacy("\(source): \(key) must be a string") }
                 return text
             }
@@ -89,6 +89,14 @@ public struct PrivacyHistory: Sendable, Equatable {
             throw .invalidPrivacy("the history gives no delta: add \"delta\" to it or pass --delta")
         }
         privacy.delta = delta
+        // The history may add what the claim left out, not overrule it: exact statistics stay exact (helper-71).
+        for (stated, given, key) in [
+            (standardisation, base.standardisation, "standardisation"), (batchSampling, base.batchSampling, "batch_sampling"),
+        ] {
+            if let stated, let given, stated != given {
+                throw .invalidPrivacy("the history says \(key) \(stated), the version's privacy metadata \(given)")
+            }
+        }
         privacy.standardisation = standardisation ?? base.standardisation
         privacy.batchSampling = batchSampling ?? base.batchSampling
         try privacy.validate()

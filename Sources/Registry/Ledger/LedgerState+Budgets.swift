@@ -34,6 +34,12 @@ extension LedgerState {
     /// Whether the version with this digest is charged to a budget.
     public func isCharged(_ digest: String) -> Bool { budgets.values.contains { $0.charges.contains { $0.digest == digest } } }
 
+    /// Every charge held for the version with this digest, by dataset: one, unless a second record for the version was
+    /// appended (fsck names it; readers judge each charge against the statement).
+    func charges(of digest: String) -> [(dataset: String, charge: Budget.Charge)] {
+        budgets.flatMap { dataset, budget in budget.charges.filter { $0.digest == digest }.map { (dataset, $0) } }
+    }
+
     /// Spent epsilon of `dataset` with `adding` composed in (RDP, as the budget check at push does).
     func spent(_ dataset: String, adding: [PrivacySegment] = []) -> Double? {
         guard let budget = budgets[dataset] else { return nil }

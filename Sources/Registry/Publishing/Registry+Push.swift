@@ -230,6 +230,9 @@ extension Registry {
             (current, work) async throws(CofferRegistryError) -> (PushResult, PublishedVersion) in
             let (signed, publisher) = try await statement(current)
             let statement = signed.statement
+            // Every path to a new version comes here (a local push, a client's upload, an OCI import): each meets the
+            // rules new claims must meet, not only the local push that checks them before sealing (helper-71).
+            try statement.privacy.validateForPush()
             let datasetID = statement.lineage.datasetID
             var wrapped = wrapped
             for holder in Self.decryptHolders(of: statement.model, in: current) where !wrapped.contains(where: { $0.0 == holder.keyID }) {

@@ -58,17 +58,7 @@ extension Registry {
             let label = "\(head.model):\(head.version)"
             do {
                 let stored = try await loadVersion(head.id)
-                let (statement, _) = try await authenticate(stored)
-                if let facts = versionRecords[label] {
-                    let p = statement.privacy
-                    if facts.dataset != statement.lineage.datasetID || facts.segments != p.segments || facts.mechanism != p.mechanism
-                        || facts.standardisation != p.standardisation || facts.batchSampling != p.batchSampling
-                    {
-                        report.problems.append(
-                            "\(label): its ledger record disagrees with its signed statement (dataset, history, mechanism, standardisation or batches)"
-                        )
-                    }
-                }
+                let (statement, _) = try await authenticate(stored)  // its record and charges too (checkRecord)
                 if stored.erased != nil { continue }  // a tombstone: its keys and blobs are gone on purpose
                 if let published = try await publishedVersion(stored, state: state) {
                     switch try await blobs.publicationProblem(published) {

@@ -89,12 +89,35 @@ extension Registry {
         return id
     }
 
-    /// A version's record may leave its statistics' and batches' source out (every record before 2026-12-06 does, and a
-    /// forged one can); its signed statement still says it, and a charge it rules out is refused by every reader, local
-    /// or remote (helper-70 found the remote one missing).
-    static func checkCharge(_ facts: LedgerChange.VersionFacts, of statement: ModelStatement, label: String) throws(CofferRegistryError) {
-        guard !(facts.charged && (statement.privacy.standardisation == "nonprivate" || statement.privacy.batchSampling == "seeded")) else {
-            throw .tampered("\(label): charged to a budget, though its statement says its statistics or batches are outside DP")
+    /// The ledger's word on a version against its signed statement, for every reader, local or remote: its record says
+    /// what the statement says (as fsck once compared alone; a record may leave the statistics' and batches' source out,
+    /// as every record before 2026-12-06 does), and every charge the replay holds for it, a second record's included, is
+    /// its statement's history and one a budget may take (helper-70, helper-71: a forged record spent a budget on a
+    /// version whose statement ruled the charge out, and every reader released it).
+    static func checkRecord(
+        _ facts: LedgerChange.VersionFacts,
+        of statement: ModelStatement,
+        in state: LedgerState,
+        label: String
+    )
+        throws(CofferRegistryError)
+    {
+        let p = statement.privacy
+        guard facts.dataset == statement.lineage.datasetID, facts.segments == p.segments, facts.mechanism == p.mechanism,
+            facts.standardisation == nil || facts.standardisation == p.standardisation,
+            facts.batchSampling == nil || facts.batchSampling == p.batchSampling
+        else {
+            throw .tampered(
+                "\(label): its ledger record disagrees with its signed statement (dataset, history, mechanism, standardisation or batches)"
+            )
+        }
+        for (dataset, charge) in state.charges(of: facts.digest) {
+            guard p.mechanism != "none", !p.segments.isEmpty, p.standardisation != "nonprivate", p.batchSampling != "seeded" else {
+                throw .tampered("\(label): charged to a budget, though its statement says its training, statistics or batches are outside DP")
+            }
+            guard dataset == statement.lineage.datasetID, charge.segments == p.segments else {
+                throw .tampered("\(label): charged to dataset \(dataset) with another history than its statement's")
+            }
         }
     }
 
@@ -214,7 +237,7 @@ extension Registry {
         let facts = try await versionRecord(model: stored.model, version: stored.version, state: state)
         guard facts.digest == stored.digest else { throw .tampered("\(label): its statement is not the one its ledger record names") }
         guard facts.publisher.keyID == signer.keyID else { throw .tampered("\(label): its ledger record names another publisher than its signer") }
-        try Self.checkCharge(facts, of: statement, label: label)
+        try Self.checkRecord(facts, of: statement, in: state, label: label)
         guard statement.files.sorted(by: { $0.path < $1.path }) == stored.files else {
             throw .tampered("\(label): the files table disagrees with the signed statement")
         }

@@ -170,7 +170,7 @@ public enum RemotePull {
         guard facts.digest == package.digest, facts.publisher.keyID == signer.keyID else {
             throw .tampered("\(label): the ledger record the server sent names another version or publisher")
         }
-        try Registry.checkCharge(facts, of: statement, label: label)
+        try Registry.checkRecord(facts, of: statement, in: ledger, label: label)
         if let erasure = ledger.erased[package.digest] { throw .erased("\(label) was erased at \(erasure.at) by \(erasure.by)") }
         if let alias = expected.alias {
             let facts = LedgerChange.AliasFacts(privacy: statement.privacy, signer: signer.keyID, charged: ledger.isCharged(package.digest))

@@ -17,13 +17,17 @@ public struct PublicStandardisation: Sendable, Equatable, Codable {
         self.standardDeviations = standardDeviations
     }
 
-    /// One finite mean and one finite positive deviation per feature: a zero deviation would divide by zero.
+    /// The smallest deviation taken: the federation's statistics round gives none smaller. A zero one divides by zero,
+    /// and one of 1e-300 made every standardised (Float) value infinite (helper-71).
+    public static let minimumDeviation = 1e-6
+
+    /// One finite mean and one finite deviation of at least ``minimumDeviation`` per feature.
     public func check(features: Int) throws(CofferTrainingError) {
         guard means.count == features, standardDeviations.count == features else {
             throw .invalidConfiguration("standardisation: means and standard_deviations need one value per feature (\(features))")
         }
-        guard means.allSatisfy(\.isFinite), standardDeviations.allSatisfy({ $0 > 0 && $0.isFinite }) else {
-            throw .invalidConfiguration("standardisation: means must be finite and standard_deviations finite and > 0")
+        guard means.allSatisfy(\.isFinite), standardDeviations.allSatisfy({ $0 >= Self.minimumDeviation && $0.isFinite }) else {
+            throw .invalidConfiguration("standardisation: means must be finite and standard_deviations finite and at least 1e-06")
         }
     }
 }

@@ -1,0 +1,76 @@
+import CofferCrypto
+import CofferTraining
+import Foundation
+import Testing
+
+@testable import CofferRegistry
+
+extension SecurityFindingsTests {
+    /// helper-71: the replay accepts a second `version` record for a version already recorded (fsck names it), and verify
+    /// and pull (local and remote) judged the charge on the first record, while the budget counted the second. A publisher
+    /// with write access appended, rewriting nothing a client has seen, a charged record that leaves the source out for a
+    /// statement saying `nonprivate`: the budget took the charge and every reader released the version. Readers now
+    /// judge every charge the replay holds against the statement.
+    @Test func review71_aSecondChargedRecordForARecordedVersionIsJudgedByItsStatement() async throws {
+        let (f, alice, admin) = try await owned()
+        // d has no budget yet: honest, not charged.
+        var (facts, _) = try await pushM3(f, Self.dpSGD(standardisation: "nonprivate", batchSampling: "secret"), by: alice)
+        try await f.registry.setBudget(dataset: "d", epsilon: 100, delta: 1e-5, by: admin)
+        // Appended only: nothing any client remembers is rewritten.
+        let state = try await f.registry.ledgerState()
+        facts.charged = true
+        facts.standardisation = nil
+        facts.batchSampling = nil
+        try appendForgedVersion(f, facts, after: state, by: "alice", signer: alice.identity)
+        let reader = try await Registry(at: f.home, memory: nil)
+        let replayed = try await reader.ledgerState()
+        #expect(replayed.isCharged(facts.digest), "the replay took the second record's charge")
+        #expect(try await reader.budget(dataset: "d").spent > 0)
+        let m3 = try ModelReference(parsing: "m:3")
+        let line = "integrity check failed: m:3: charged to a budget, though its statement says its training, statistics or batches are outside DP"
+        try await expectEveryReaderRefuses(m3, f, reader: reader, as: alice, line: line)
+        let problems = try await reader.fsck().problems
+        #expect(problems.contains { $0.contains("records m:3 a second time") } && problems.contains { $0.hasSuffix("are outside DP") }, "\(problems)")
+    }
+
+    /// helper-71: verify, pull and the remote client compared a version's record with its statement on digest and
+    /// publisher only (fsck compared dataset, mechanism and segments too). A charged record whose facts are DP-SGD with a
+    /// tiny history, for a statement that says mechanism `none` with no history, was charged by the replay and released
+    /// by every reader: the budget said the model cost almost nothing, its signed statement that it is not private at all.
+    @Test func review71_aChargedRecordThatMisstatesItsStatementsMechanismIsRefused() async throws {
+        let (f, alice, admin) = try await owned()
+        var privacy = PrivacyMetadata()
+        privacy.mechanism = "none"
+        var (facts, _) = try await pushM3(f, privacy, by: alice)
+        let (statement, _) = try await f.registry.authenticate(
+            try await f.registry.loadVersion(try await f.registry.resolve(ModelReference(parsing: "m:3")).id)
+        )
+        try await f.registry.setBudget(dataset: "d", epsilon: 1, delta: 1e-5, by: admin)
+        let state = try await f.registry.ledgerState()
+        facts.charged = true
+        facts.mechanism = "dp-sgd"
+        facts.segments = [PrivacySegment(sampleRate: 0.001, noiseMultiplier: 5, steps: 1)]
+        facts.standardisation = "public"
+        facts.batchSampling = "secret"
+        try appendForgedVersion(f, facts, after: state, by: "alice", signer: alice.identity)
+        let reader = try await Registry(at: f.home, memory: nil)
+        #expect(try await reader.ledgerState().isCharged(facts.digest))
+        let spent = try await reader.budget(dataset: "d").spent
+        let m3 = try ModelReference(parsing: "m:3")
+        #expect(spent > 0)
+        await #expect(
+            try refusal { _ = try await reader.verify(m3) }
+                == "integrity check failed: m:3: charged to a budget, though its statement says its training, statistics or batches are outside DP"
+        )
+        #expect(try await reader.fsck().problems.contains { $0.contains("a second time") }, "fsck names the second record")
+
+        // Were such a record the version's only one, it would disagree with the statement: every reader compares them.
+        #expect(
+            throws: CofferRegistryError.tampered(
+                "m:3: its ledger record disagrees with its signed statement (dataset, history, mechanism, standardisation or batches)"
+            )
+        ) {
+            try Registry.checkRecord(facts, of: statement, in: LedgerState(registry: state.registry), label: "m:3")
+        }
+    }
+}
