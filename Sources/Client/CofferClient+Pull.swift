@@ -71,22 +71,19 @@ extension CofferClient {
         }
     }
 
-    /// The package of the version `expected` names. The replay gives no digest for an explicit version (`NAME:VERSION`):
-    /// the ledger record sent with its package must then be the one replayed at its place, and its digest binds the
-    /// package as the replay's binds one reached by `NAME` or `NAME@ALIAS`.
+    /// The package of the version `expected` names, its ledger record confirmed (``RemotePull/confirmedDigest``).
     func package(for expected: inout RemoteExpectation, keyID: String? = nil) async throws(CofferClientError) -> VersionPackage {
         let package = try await package(expected.reference, keyID: keyID)
-        guard expected.digest == nil else { return package }
-        guard let text = package.record, let envelope = Data(base64Encoded: text) else {
-            throw .registry(.tampered("\(expected.reference): the server sent no ledger record for it"))
-        }
-        // A version committed after this client's sync has a record beyond its replay: sync again, once.
-        if let seq = try? LedgerRecord(envelope: Array(envelope)).seq, seq > expected.ledger.seq {
+        // An explicit version committed after this client's sync has a record beyond its replay: sync again, once. A
+        // `NAME` or `NAME@ALIAS` read asked for a version this replay already holds.
+        if expected.digest == nil, let text = package.record, let envelope = Data(base64Encoded: text),
+            let seq = try? LedgerRecord(envelope: Array(envelope)).seq, seq > expected.ledger.seq
+        {
             expected.ledger = try await ledger().state
         }
-        let ledger = expected.ledger
+        let asked = expected
         expected.digest = try await reading { source throws(CofferRegistryError) in
-            try await RemoteLedger.confirmedVersion(Array(envelope), in: ledger, from: source).digest
+            try await RemotePull.confirmedDigest(package, expected: asked, from: source)
         }
         return package
     }

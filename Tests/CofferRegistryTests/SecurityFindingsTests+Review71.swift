@@ -73,4 +73,41 @@ extension SecurityFindingsTests {
             try Registry.checkRecord(facts, of: statement, in: LedgerState(registry: state.registry), label: "m:3")
         }
     }
+
+    /// helper-72: a remote read by `NAME` or `NAME@ALIAS` took the ledger record the server sent on its signature and
+    /// place alone, and the reader judges a version's record against its statement. A server holding the registry key
+    /// could send a record that never entered the ledger; now every read's record must be the one replayed at its place.
+    @Test func review72_anAliasReadTakesOnlyTheRecordTheLedgerHolds() async throws {
+        let (f, alice, admin) = try await owned()
+        let (facts, seq) = try await pushM3(f, Self.dpSGD(standardisation: "public", batchSampling: "secret"), by: alice)
+        try await f.registry.setAlias("prod", model: "m", version: "3", by: admin)
+        _ = try await f.registry.signAuditHead(with: try f.registryKey)
+        let served = StoredLedger(registry: f.registry)
+        let ledger = try await RemoteLedger.sync(from: served, location: "https://d.test", key: nil, memory: nil)
+        let prod = try ModelReference(parsing: "m@prod")
+        var package = try await f.registry.package(prod, keyID: nil, includeKey: false, for: "alice")
+        let expected = try RemoteExpectation(prod, ledger: ledger)
+        #expect(try await RemotePull.confirmedDigest(package, expected: expected, from: served) == facts.digest)
+
+        // The same version's record signed again by the registry key at the same place, saying it was trained on
+        // another dataset: a valid signature, at a place the replay holds, that the ledger never held.
+        let sent = try #require(package.record.flatMap { Data(base64Encoded: $0) })
+        let genuine = try Registry.parse(Array(sent))
+        var other = facts
+        other.dataset = "elsewhere"
+        let forged = LedgerRecord.sign(
+            registry: genuine.registry,
+            seq: seq,
+            prev: genuine.prev,
+            at: genuine.at,
+            by: genuine.by,
+            change: .version(other),
+            signer: try f.registryKey.identity
+        )
+        package.record = Data(forged.envelope).base64EncodedString()
+        #expect(try Registry.checkVersionRecord(forged, model: "m", version: "3", state: ledger.state).dataset == "elsewhere", "it checks out alone")
+        await expectRefusal("m:3: the server sent a ledger record that is not the one replayed here at \(seq)") {
+            _ = try await RemotePull.confirmedDigest(package, expected: expected, from: served)
+        }
+    }
 }

@@ -178,7 +178,8 @@ extension Registry {
         // Omitted, either could hide exact statistics or seeded batches (helper-69): a new charge must say both.
         guard privacy.standardisation != nil, privacy.batchSampling != nil else {
             throw .budgetExceeded(
-                "dataset \(dataset) has a privacy budget: the version's privacy metadata must say how its standardisation statistics and batches were made (standardisation, batch_sampling: a checkpoint's privacy.json has them, an imported history can state them)"
+                "dataset \(dataset) has a privacy budget: the version's privacy metadata must say how its standardisation statistics "
+                    + "and batches were made (standardisation, batch_sampling: a checkpoint's privacy.json has them, an imported history can state them)"
             )
         }
         let after = state.spent(dataset, adding: privacy.segments) ?? 0

@@ -123,8 +123,8 @@ extension Registry {
         let versions = try Row.fetchAll(
             db,
             sql: """
-                SELECT v.id, m.name, v.version, v.digest, v.publisher_key_id, v.dataset_id, v.mechanism, v.standardisation, v.batch_sampling,
-                    vp.segments, c.dataset_id AS charged, c.override_by FROM versions v JOIN models m ON m.id = v.model_id LEFT JOIN version_privacy vp ON vp.version_id = v.id
+                SELECT v.id, m.name, v.version, v.digest, v.publisher_key_id, v.dataset_id, v.mechanism, v.standardisation,
+                    v.batch_sampling, vp.segments, c.dataset_id AS charged, c.override_by FROM versions v JOIN models m ON m.id = v.model_id LEFT JOIN version_privacy vp ON vp.version_id = v.id
                 LEFT JOIN budget_charges c ON c.version_id = v.id ORDER BY v.id
                 """
         )

@@ -100,7 +100,7 @@ public struct RemoteLedger: Sendable {
         return records.first?.prev
     }
 
-    /// The facts of the `version` record `envelope` (sent by a server with an explicit version's package), once it is
+    /// The facts of the `version` record `envelope` (sent by a server with a package, for any read), once it is
     /// confirmed to be the record this client replayed at its place: its links are walked to the next record whose hash
     /// `state` knows (a waypoint, at most 1,023 records on, else the last). Without this, a server holding the registry
     /// key could sign a record that never entered the ledger for another statement the publisher once signed.

@@ -128,6 +128,26 @@ public enum RemotePull {
         return (statement.files, signer, bundle)
     }
 
+    /// The digest of the version `expected` names, from the ledger record sent with `package` once it is confirmed to be
+    /// the record replayed at its place (``RemoteLedger/confirmedVersion(_:in:from:)``): the reader then judges that
+    /// record and the version's charges against its statement (``Registry/checkRecord(_:of:in:label:)``), and a server
+    /// holding the registry key could otherwise sign a record that never entered the ledger. For an explicit version
+    /// the replay gives no digest and the confirmed record's binds the package; for `NAME` and `NAME@ALIAS` the record
+    /// must name the digest the replay gave (helper-72: an alias read took a forged record).
+    public static func confirmedDigest(
+        _ package: VersionPackage,
+        expected: RemoteExpectation,
+        from source: any LedgerSource
+    ) async throws(CofferRegistryError) -> String {
+        guard let text = package.record, let envelope = Data(base64Encoded: text) else {
+            throw .tampered("\(expected.reference): the server sent no ledger record for it")
+        }
+        let confirmed = try await RemoteLedger.confirmedVersion(Array(envelope), in: expected.ledger, from: source)
+        guard confirmed.model == expected.model, confirmed.version == expected.version, expected.digest ?? confirmed.digest == confirmed.digest
+        else { throw .tampered("\(expected.reference): the ledger record the server sent names another version than the ledger") }
+        return confirmed.digest
+    }
+
     /// ``verifiedFiles(_:expected:trusting:)`` with the whole verified statement (its files as stored now): what a
     /// remote `show` prints instead of the server's description.
     public static func verifiedStatement(
