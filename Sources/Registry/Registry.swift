@@ -37,6 +37,9 @@ public final class Registry: Sendable {
     /// thousand versions' worth (a few KiB each), 16 MiB of inputs at most each.
     let verifiedStatements = DigestMemo<(ModelStatement, PublicIdentity)>(capacity: 2048, byteLimit: 16 << 20)
     let parsedVersionRecords = DigestMemo<LedgerRecord>(capacity: 2048, byteLimit: 16 << 20)
+    /// Hashes of version records confirmed to be on the chain this process verified (a chain only grows, so they stay
+    /// so): a few MiB at most.
+    let replayedVersionRecords = Mutex<Set<String>>([])
     let memory: ClientMemory?
     /// Where refusals go instead of the audit log, once a server installs a counter (``countRefusals(with:)``).
     let refusalCounter = Mutex<(@Sendable (RefusalKey) -> Void)?>(nil)

@@ -1,6 +1,7 @@
 import CofferCrypto
 import CofferTraining
 import Foundation
+import GRDB
 import Testing
 
 @testable import CofferRegistry
@@ -109,5 +110,62 @@ extension SecurityFindingsTests {
         await expectRefusal("m:3: the server sent a ledger record that is not the one replayed here at \(seq)") {
             _ = try await RemotePull.confirmedDigest(package, expected: expected, from: served)
         }
+    }
+}
+
+extension SecurityFindingsTests {
+    /// A DP statement's version charged, by a second record the replay took, to another dataset or with another
+    /// history than its statement's: the budgets would count a charge the publisher's statement does not describe, and
+    /// every reader refuses it (the last of `Registry.checkRecord`'s refusals to get a test).
+    @Test(arguments: [("other", 400), ("d", 4)])
+    func review71_aChargeForAnotherDatasetOrHistoryThanTheStatementsIsRefused(dataset: String, steps: Int) async throws {
+        let (f, alice, admin) = try await owned()
+        try await f.registry.setBudget(dataset: "d", epsilon: 100, delta: 1e-5, by: admin)
+        var (facts, _) = try await pushM3(f, Self.dpSGD(standardisation: "public", batchSampling: "secret"), by: alice)
+        try await f.registry.setBudget(dataset: "other", epsilon: 100, delta: 1e-5, by: admin)
+        let state = try await f.registry.ledgerState()
+        #expect(state.charges(of: facts.digest).map(\.dataset) == ["d"], "the honest push is charged to d")
+        facts.dataset = dataset
+        facts.segments = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.5, steps: steps)]
+        try appendForgedVersion(f, facts, after: state, by: "alice", signer: alice.identity)
+        let reader = try await Registry(at: f.home, memory: nil)
+        #expect(try await reader.ledgerState().charges(of: facts.digest).count == 2, "the replay took the second charge")
+        let line = "integrity check failed: m:3: charged to dataset \(dataset) with another history than its statement's"
+        try await expectEveryReaderRefuses(try ModelReference(parsing: "m:3"), f, reader: reader, as: alice, line: line)
+    }
+
+    /// helper-72: a local reader checked a version's record against the chain's verified end only when it was the last
+    /// record; one below it was taken on its signature and place. Someone able to write the database and sign as the
+    /// publisher swapped m:1's record for one signed again (here with another time): a reader that remembered the chain
+    /// took it. Now the record's links are walked to a hash the verified state holds.
+    @Test func review72_aLocalReadTakesOnlyTheRecordTheVerifiedChainHolds() async throws {
+        let (f, alice, _) = try await owned()
+        let memory = ClientMemory(directory: f.path("remembered"))
+        let before = try await Registry(at: f.home, memory: memory)
+        _ = try await before.verify(try ModelReference(parsing: "m:1"))
+        let row = try #require(try await f.registry.metadata.firstLedgerRecord(kind: "version", object: "version:m:1"))
+        let genuine = try Registry.parse(Array(row.envelope))
+        #expect(genuine.seq < (try await before.ledgerState()).seq, "m:1's record is below the chain's end")
+        let swapped = LedgerRecord.sign(
+            registry: genuine.registry,
+            seq: genuine.seq,
+            prev: genuine.prev,
+            at: "2031-01-01T00:00:00.000Z",
+            by: genuine.by,
+            change: genuine.change,
+            signer: alice.identity
+        )
+        try attack(f, "UPDATE ledger SET envelope = ?, hash = ? WHERE seq = ?", [Data(swapped.envelope), swapped.hash, genuine.seq])
+
+        let reader = try await Registry(at: f.home, memory: memory)
+        let line =
+            "integrity check failed: m:1: its ledger record is not the one the verified chain holds at \(genuine.seq): the database was rewritten"
+        await #expect(try refusal { _ = try await reader.verify(try ModelReference(parsing: "m:1")) } == line)
+        let out = f.path("refused-pull")
+        await #expect(try refusal { _ = try await reader.pull(try ModelReference(parsing: "m:1"), identity: alice, into: out) } == line)
+        #expect(!FileManager.default.fileExists(atPath: out), "the refused pull wrote nothing")
+        _ = try await reader.verify(try ModelReference(parsing: "m:2"))
+        // A reader that replays the whole chain finds the broken link there.
+        await expectRefusal("ledger record \(genuine.seq + 1)") { _ = try await Registry(at: f.home, memory: nil).ledgerState() }
     }
 }

@@ -157,23 +157,22 @@ extension Registry {
             )
         }
         // An override lets a release exceed the budget; nothing lets one escape the accounting.
-        guard privacy.mechanism != "none" else {
+        switch privacy.chargeRefusal {
+        case .notPrivate?:
             throw .budgetExceeded("dataset \(dataset) has a privacy budget: a model trained without differential privacy spends all of it")
-        }
-        guard privacy.batchSampling != "seeded" else {
+        case .seededBatches?:
             throw .budgetExceeded(
                 "dataset \(dataset) has a privacy budget: this version's batches were drawn from a known seed, so its epsilon is not a DP guarantee (Coffer before 2026-12-06)"
             )
-        }
-        guard privacy.standardisation != "nonprivate" else {
+        case .nonprivateStatistics?:
             throw .budgetExceeded(
                 "dataset \(dataset) has a privacy budget: this version's standardisation statistics were released without differential privacy, which spends all of it"
             )
-        }
-        guard !privacy.segments.isEmpty else {
+        case .noHistory?:
             throw .budgetExceeded(
                 "dataset \(dataset) has a privacy budget: the push needs the version's accountant history (a checkpoint's privacy.json, or --privacy-from)"
             )
+        case nil: break
         }
         // Omitted, either could hide exact statistics or seeded batches (helper-69): a new charge must say both.
         guard privacy.standardisation != nil, privacy.batchSampling != nil else {

@@ -329,7 +329,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
             guard budget.admits(model: facts.model) else {
                 throw fail("charges \(facts.model) to dataset \(dataset), whose budget is for \(budget.models?.joined(separator: ", ") ?? "*") only")
             }
-            guard facts.mechanism != "none", !facts.segments.isEmpty, facts.standardisation != "nonprivate", facts.batchSampling != "seeded" else {
+            guard facts.chargeRefusal == nil else {
                 throw fail("a version charged to \(dataset) needs its accountant history, and differential privacy (its statistics' too)")
             }
             if facts.overrideBy == nil, let spent = spent(dataset, adding: facts.segments), spent > budget.epsilon {

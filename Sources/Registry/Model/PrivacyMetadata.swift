@@ -119,6 +119,38 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         return nil
     }
 
+    /// Why a model with these claims may not be charged to a privacy budget, or nil when it may. One rule for the
+    /// ledger's replay (on a record's facts), a push's budget check and every reader (on the signed statement).
+    public enum ChargeRefusal: Sendable, Equatable {
+        /// Trained without differential privacy (mechanism `none`).
+        case notPrivate
+        /// Batches drawn from a known seed: the epsilon is not a DP guarantee.
+        case seededBatches
+        /// Standardisation statistics released without differential privacy.
+        case nonprivateStatistics
+        /// No accountant history to charge.
+        case noHistory
+    }
+
+    static func chargeRefusal(
+        mechanism: String?,
+        segments: [PrivacySegment],
+        standardisation: String?,
+        batchSampling: String?
+    )
+        -> ChargeRefusal?
+    {
+        if mechanism == "none" { return .notPrivate }
+        if batchSampling == "seeded" { return .seededBatches }
+        if standardisation == "nonprivate" { return .nonprivateStatistics }
+        if segments.isEmpty { return .noHistory }
+        return nil
+    }
+
+    var chargeRefusal: ChargeRefusal? {
+        Self.chargeRefusal(mechanism: mechanism, segments: segments, standardisation: standardisation, batchSampling: batchSampling)
+    }
+
     /// Reads a privacy file: the flat shape above, or a training checkpoint's `privacy.json`
     /// (`max_grad_norm`, `segments` of `{sample_rate, noise_multiplier, steps}`, `pruning` object).
     public init(contentsOf path: String) throws(CofferRegistryError) {

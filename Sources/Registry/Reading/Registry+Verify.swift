@@ -1,5 +1,6 @@
 public import CofferCrypto
 import Foundation
+import Synchronization
 
 /// A version as the database holds it.
 struct StoredVersion: Sendable {
@@ -112,7 +113,7 @@ extension Registry {
             )
         }
         for (dataset, charge) in state.charges(of: facts.digest) {
-            guard p.mechanism != "none", !p.segments.isEmpty, p.standardisation != "nonprivate", p.batchSampling != "seeded" else {
+            guard p.chargeRefusal == nil else {
                 throw .tampered("\(label): charged to a budget, though its statement says its training, statistics or batches are outside DP")
             }
             guard dataset == statement.lineage.datasetID, charge.segments == p.segments else {
@@ -121,8 +122,9 @@ extension Registry {
         }
     }
 
-    /// The `version` record of `model:version`, checked: it belongs to this registry, lies within the verified chain
-    /// and is signed by its publisher or by a registry key. A version without one was never committed here.
+    /// The `version` record of `model:version`, checked: it belongs to this registry, is signed by its publisher or by
+    /// a registry key, and is the record the verified chain holds at its place. A version without one was never
+    /// committed here.
     func versionRecord(model: String, version: String, state: LedgerState) async throws(CofferRegistryError) -> LedgerChange.VersionFacts {
         let label = "\(model):\(version)"
         guard let row = try await metadata.firstLedgerRecord(kind: "version", object: "version:\(label)") else {
@@ -131,7 +133,28 @@ extension Registry {
         let envelope = Array(row.envelope)
         let record = try parsedVersionRecords.value(for: [envelope]) { () throws(CofferRegistryError) in try Self.parse(envelope) }
         guard record.seq == row.seq else { throw .tampered("\(label): its ledger record is not where the ledger holds it") }
-        return try Self.checkVersionRecord(record, model: model, version: version, state: state)
+        let facts = try Self.checkVersionRecord(record, model: model, version: version, state: state)
+        try await confirmReplayed(record, in: state, label: label)
+        return facts
+    }
+
+    /// Confirms that `record`, read below the verified head, is the one the chain held when it was verified: the state
+    /// vouches for its last record's hash and its waypoints', not for the rows before them, which someone able to write
+    /// the database and sign as a publisher could swap (helper-72). Version records a walk passed are remembered, so
+    /// reading versions in order walks each stretch once.
+    private func confirmReplayed(_ record: LedgerRecord, in state: LedgerState, label: String) async throws(CofferRegistryError) {
+        if replayedVersionRecords.withLock({ $0.contains(record.hash) }) { return }
+        var passed = [record.hash]
+        let replayed = try await RemoteLedger.isReplayed(record, in: state, from: StoredLedger(registry: self)) { later in
+            if case .version = later.change { passed.append(later.hash) }
+        }
+        guard replayed else {
+            throw .tampered("\(label): its ledger record is not the one the verified chain holds at \(record.seq): the database was rewritten")
+        }
+        replayedVersionRecords.withLock { known in
+            if known.count + passed.count > 65_536 { known.removeAll() }
+            known.formUnion(passed)
+        }
     }
 
     /// Checks a `version` record found outside the replay (by look-up, or sent by a server with a package): it belongs to

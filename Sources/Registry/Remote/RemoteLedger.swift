@@ -113,15 +113,28 @@ public struct RemoteLedger: Sendable {
         guard record.registry == state.registry, record.seq >= 1, record.seq <= state.seq, case .version(let facts) = record.change else {
             throw .tampered("the server sent a ledger record that is not a version record of the ledger replayed here")
         }
-        let interval = LedgerState.waypointInterval
-        var end = (record.seq + interval - 1) / interval * interval
-        if state.knownHash(at: end) == nil { end = state.seq }
-        guard let known = state.knownHash(at: end), try await walk(after: record.seq, from: record.hash, to: end, source: source) == known else {
+        guard try await isReplayed(record, in: state, from: source) else {
             throw .tampered(
                 "\(facts.model):\(facts.version): the server sent a ledger record that is not the one replayed here at \(record.seq)"
             )
         }
         return facts
+    }
+
+    /// Whether `record`, numbered within `state`, is the record replayed at its place: its links are walked to the next
+    /// record whose hash `state` knows (a waypoint, at most 1,023 records on, else the last). `visit` sees each record
+    /// the walk passes, each then known to be the replayed one too.
+    static func isReplayed(
+        _ record: LedgerRecord,
+        in state: LedgerState,
+        from source: any LedgerSource,
+        visit: (LedgerRecord) -> Void = { _ in }
+    ) async throws(CofferRegistryError) -> Bool {
+        let interval = LedgerState.waypointInterval
+        var end = (record.seq + interval - 1) / interval * interval
+        if state.knownHash(at: end) == nil { end = state.seq }
+        guard let known = state.knownHash(at: end) else { return false }
+        return try await walk(after: record.seq, from: record.hash, to: end, source: source, visit: visit) == known
     }
 
     /// `state`, remembered before waypoints, with them: the chain is read once from its genesis and must reach `state`'s
