@@ -107,7 +107,10 @@ struct HTTPFederationTests {
         let rounds = LogLines()
         let (records, outcomes) = try await Self.federate(Coordinator(core: core) { rounds.append($0.outcome) }, sites: sites)
         #expect(records.map(\.outcome) == ["aborted"])
-        #expect(records[0].reason?.hasPrefix("round 1 aborted: only 2 of 4 sites answered the advertise stage, the threshold is 3") == true)
+        #expect(
+            records[0].reason?.hasPrefix("round 1 aborted: only 2 of 4 sites answered the advertise stage, the threshold is 3") == true,
+            "\(records[0].reason ?? "no reason")"
+        )
         #expect(core.global == ModelVector.flatten(fixture.recipe.initialModel()))
         #expect(rounds.all == ["aborted"])
         for outcome in outcomes { #expect((try? outcome.get()) == "1 rounds, 0 aggregated") }

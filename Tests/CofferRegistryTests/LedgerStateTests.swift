@@ -113,6 +113,7 @@ struct LedgerStateTests {
         #expect(chain.state.budgets["census"]?.charges.map(\.model) == ["team-a/m", "shared"])
         // Nor is any version whose standardisation statistics were released without DP, whoever signed the record.
         guard case .version(var exact) = version("shared", "e") else { return }
+        exact.version = "2"
         exact.standardisation = "nonprivate"
         chain.refuses(.version(exact), "differential privacy (its statistics' too)")
         exact.standardisation = nil

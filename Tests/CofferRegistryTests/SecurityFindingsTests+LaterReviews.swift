@@ -248,14 +248,15 @@ extension SecurityFindingsTests {
         // A state remembered before waypoints gets them from one read of the chain, which must reach its hash.
         var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(ledger.state)) as! [String: Any]
         json["waypoints"] = nil
+        json["recordedVersions"] = nil
         let old = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: json))
-        #expect(old.waypoints == nil)
-        #expect(try await RemoteLedger.filledWaypoints(old, from: served, location: "https://registry.test") == ledger.state)
+        #expect(old.waypoints == nil && old.recordedVersions == nil && old.lacksIndexes)
+        #expect(try await RemoteLedger.filledIndexes(old, from: served, location: "https://registry.test") == ledger.state)
         #expect(ledger.state.supersedes(old) && !old.supersedes(ledger.state))
         json["hash"] = String(repeating: "0", count: 63) + "1"
         let rewritten = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: json))
         await expectRefusal("does not reach record \(ledger.state.seq) as verified before") {
-            _ = try await RemoteLedger.filledWaypoints(rewritten, from: served, location: "https://registry.test")
+            _ = try await RemoteLedger.filledIndexes(rewritten, from: served, location: "https://registry.test")
         }
 
         // A local user's remembered state gets them too, and keeps them (helper-39: a `coffer serve` started from such a

@@ -7,31 +7,31 @@ import Testing
 @testable import CofferRegistry
 
 extension SecurityFindingsTests {
-    /// helper-71: the replay accepts a second `version` record for a version already recorded (fsck names it), and verify
-    /// and pull (local and remote) judged the charge on the first record, while the budget counted the second. A publisher
-    /// with write access appended, rewriting nothing a client has seen, a charged record that leaves the source out for a
-    /// statement saying `nonprivate`: the budget took the charge and every reader released the version. Readers now
-    /// judge every charge the replay holds against the statement.
-    @Test func review71_aSecondChargedRecordForARecordedVersionIsJudgedByItsStatement() async throws {
+    /// helper-71: the replay accepted a second `version` record for a version already recorded (fsck named it), and
+    /// verify and pull (local and remote) judged the charge on the first record, while the budget counted the second. A
+    /// publisher with write access appended, rewriting nothing a client has seen, a charged record that leaves the source
+    /// out for a statement saying `nonprivate`. helper-73: readers found "the first" by an unsigned column, so with that
+    /// column edited the second record was the one read. A version now has one record: the replay refuses a second, for
+    /// every reader and every client that syncs.
+    @Test func review71_aSecondRecordForARecordedVersionBreaksTheLedger() async throws {
         let (f, alice, admin) = try await owned()
         // d has no budget yet: honest, not charged.
         var (facts, _) = try await pushM3(f, Self.dpSGD(standardisation: "nonprivate", batchSampling: "secret"), by: alice)
         try await f.registry.setBudget(dataset: "d", epsilon: 100, delta: 1e-5, by: admin)
+        _ = try await f.registry.signAuditHead(with: try f.registryKey)
         // Appended only: nothing any client remembers is rewritten.
         let state = try await f.registry.ledgerState()
         facts.charged = true
         facts.standardisation = nil
         facts.batchSampling = nil
         try appendForgedVersion(f, facts, after: state, by: "alice", signer: alice.identity)
-        let reader = try await Registry(at: f.home, memory: nil)
-        let replayed = try await reader.ledgerState()
-        #expect(replayed.isCharged(facts.digest), "the replay took the second record's charge")
-        #expect(try await reader.budget(dataset: "d").spent > 0)
-        let m3 = try ModelReference(parsing: "m:3")
-        let line = "integrity check failed: m:3: charged to a budget, though its statement says its training, statistics or batches are outside DP"
-        try await expectEveryReaderRefuses(m3, f, reader: reader, as: alice, line: line)
-        let problems = try await reader.fsck().problems
-        #expect(problems.contains { $0.contains("records m:3 a second time") } && problems.contains { $0.hasSuffix("are outside DP") }, "\(problems)")
+        let line = "integrity check failed: ledger record \(state.seq + 1): records m:3 a second time: a version has one record"
+        await #expect(try refusal { _ = try await Registry(at: f.home, memory: nil).ledgerState() } == line)
+        await #expect(try refusal { _ = try await f.registry.verify(try ModelReference(parsing: "m:3")) } == line)
+        await expectRefusal("records m:3 a second time") {
+            _ = try await RemoteLedger.sync(from: StoredLedger(registry: f.registry), location: "https://d.test", key: nil, memory: nil)
+        }
+        #expect(try await f.registry.fsck().problems.contains { $0.hasSuffix("records m:3 a second time: a version has one record") })
     }
 
     /// helper-71: verify, pull and the remote client compared a version's record with its statement on digest and
@@ -54,16 +54,7 @@ extension SecurityFindingsTests {
         facts.standardisation = "public"
         facts.batchSampling = "secret"
         try appendForgedVersion(f, facts, after: state, by: "alice", signer: alice.identity)
-        let reader = try await Registry(at: f.home, memory: nil)
-        #expect(try await reader.ledgerState().isCharged(facts.digest))
-        let spent = try await reader.budget(dataset: "d").spent
-        let m3 = try ModelReference(parsing: "m:3")
-        #expect(spent > 0)
-        await #expect(
-            try refusal { _ = try await reader.verify(m3) }
-                == "integrity check failed: m:3: charged to a budget, though its statement says its training, statistics or batches are outside DP"
-        )
-        #expect(try await reader.fsck().problems.contains { $0.contains("a second time") }, "fsck names the second record")
+        await expectRefusal("records m:3 a second time") { _ = try await Registry(at: f.home, memory: nil).ledgerState() }
 
         // Were such a record the version's only one, it would disagree with the statement: every reader compares them.
         #expect(
@@ -114,9 +105,9 @@ extension SecurityFindingsTests {
 }
 
 extension SecurityFindingsTests {
-    /// A DP statement's version charged, by a second record the replay took, to another dataset or with another
-    /// history than its statement's: the budgets would count a charge the publisher's statement does not describe, and
-    /// every reader refuses it (the last of `Registry.checkRecord`'s refusals to get a test).
+    /// A DP statement's version charged, by another version's record naming its digest, to another dataset or with
+    /// another history than its statement's: the budgets would count a charge the publisher's statement does not
+    /// describe, and every reader refuses it (the last of `Registry.checkRecord`'s refusals to get a test).
     @Test(arguments: [("other", 400), ("d", 4)])
     func review71_aChargeForAnotherDatasetOrHistoryThanTheStatementsIsRefused(dataset: String, steps: Int) async throws {
         let (f, alice, admin) = try await owned()
@@ -125,6 +116,7 @@ extension SecurityFindingsTests {
         try await f.registry.setBudget(dataset: "other", epsilon: 100, delta: 1e-5, by: admin)
         let state = try await f.registry.ledgerState()
         #expect(state.charges(of: facts.digest).map(\.dataset) == ["d"], "the honest push is charged to d")
+        facts.version = "4"
         facts.dataset = dataset
         facts.segments = [PrivacySegment(sampleRate: 0.01, noiseMultiplier: 1.5, steps: steps)]
         try appendForgedVersion(f, facts, after: state, by: "alice", signer: alice.identity)

@@ -89,6 +89,15 @@ public struct LedgerState: Sendable, Equatable, Codable {
     /// (``RemoteLedger/sync(from:location:key:memory:now:)``).
     public private(set) var waypoints: [String]? = []
     public static let waypointInterval: Int64 = 1024
+    /// Every version a `version` record named (`MODEL:VERSION`). A second record for one is refused, so that a version
+    /// has one record, the one every reader takes (helper-73: readers took the first by an unsigned column, and the
+    /// replay had accepted a second). About 20 bytes a version in a remembered state; `nil` in a state remembered
+    /// before it, until filled in with the waypoints.
+    public private(set) var recordedVersions: Set<String>? = []
+
+    /// Whether this state was remembered before the waypoints or the recorded versions were kept: one read of the chain
+    /// fills them in (``RemoteLedger/filledIndexes(_:from:location:)``).
+    public var lacksIndexes: Bool { waypoints == nil || recordedVersions == nil }
 
     public struct Token: Sendable, Equatable, Codable {
         public var facts: LedgerChange.TokenFacts
@@ -159,6 +168,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
         next.hash = record.hash
         if record.seq % Self.waypointInterval == 0 { next.waypoints?.append(record.hash) }
         self = next
+        if case .version(let facts) = record.change { recordedVersions?.insert("\(facts.model):\(facts.version)") }
     }
 
     /// The hash of record `seq` if it is a waypoint or the last record (nil otherwise).
@@ -170,16 +180,17 @@ public struct LedgerState: Sendable, Equatable, Codable {
     }
 
     /// Whether this state should replace `remembered` as what a client keeps: it is further on, or as far with the
-    /// waypoints `remembered` lacks.
+    /// indexes `remembered` lacks.
     public func supersedes(_ remembered: LedgerState) -> Bool {
-        remembered.seq < seq || (remembered.seq == seq && remembered.waypoints == nil && waypoints != nil)
+        remembered.seq < seq || (remembered.seq == seq && remembered.lacksIndexes && !lacksIndexes)
     }
 
-    /// This state with `waypoints`, the hashes of its records 1024, 2048, ... found by the caller on the chain that
-    /// ends at `hash` (a state remembered before waypoints).
-    func withWaypoints(_ waypoints: [String]) -> LedgerState {
+    /// This state with `waypoints`, the hashes of its records 1024, 2048, ..., and the versions recorded, found by the
+    /// caller on the chain that ends at `hash` (a state remembered before them).
+    func withIndexes(waypoints: [String], versions: Set<String>) -> LedgerState {
         var state = self
         state.waypoints = waypoints
+        state.recordedVersions = versions
         return state
     }
 
@@ -314,6 +325,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
 
     private mutating func recordVersion(_ facts: LedgerChange.VersionFacts, record: LedgerRecord) throws(LedgerError) {
         func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
+        guard recordedVersions?.contains("\(facts.model):\(facts.version)") != true else {
+            throw fail("records \(facts.model):\(facts.version) a second time: a version has one record")
+        }
         guard (try? ModelReference.validate(name: facts.model)) != nil, (try? ModelReference.validate(version: facts.version)) != nil else {
             throw fail("names an invalid version \(facts.model):\(facts.version)")
         }

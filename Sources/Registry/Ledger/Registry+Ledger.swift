@@ -75,8 +75,8 @@ extension Registry {
         }
         // A state remembered before waypoints gets them once, from this registry's own chain: without them, each
         // sync of a served registry by the same user would read its whole chain again (helper-39).
-        if state.waypoints == nil, state.seq > 0 {
-            state = try await RemoteLedger.filledWaypoints(state, from: StoredLedger(registry: self), location: home)
+        if state.lacksIndexes, state.seq > 0 {
+            state = try await RemoteLedger.filledIndexes(state, from: StoredLedger(registry: self), location: home)
         }
         // Signature checks are CPU work: a long catch-up (a new client, a million records) runs on a thread of its own.
         let pending = rows.filter { $0.seq > state.seq }

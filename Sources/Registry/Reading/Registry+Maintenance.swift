@@ -45,7 +45,11 @@ extension Registry {
         let (state, versionRecords) = try await replayWholeLedger(into: &report)
         guard let state else { return report }
         // A registry that went back is still checked, against its own ledger, so every other problem is named too.
-        if wentBack { ledger.withLock { $0 = state } }
+        // That state need not extend the one the confirmed version records were confirmed against: they are forgotten.
+        if wentBack {
+            ledger.withLock { $0 = state }
+            replayedVersionRecords.withLock { $0.removeAll() }
+        }
         try await compareTables(with: state, versionRecords: versionRecords, into: &report)
         // The audit log: its chain, its signed heads, and the entries the ledger, the state head and this client name.
         do { _ = try await verifyAudit() } catch { report.problems.append(error.description) }
@@ -117,11 +121,7 @@ extension Registry {
                     throw CofferRegistryError.tampered("ledger row \(row.seq) holds record \(record.seq)")
                 }
                 do { try state.apply(record) } catch { throw CofferRegistryError.tampered(error.description) }
-                if case .version(let facts) = record.change {
-                    let label = "\(facts.model):\(facts.version)"
-                    if versions[label] != nil { report.problems.append("ledger record \(record.seq) records \(label) a second time") }
-                    versions[label] = facts
-                }
+                if case .version(let facts) = record.change { versions["\(facts.model):\(facts.version)"] = facts }
             } catch {
                 report.problems.append(error.description)
                 return (nil, versions)

@@ -146,7 +146,7 @@ extension Registry {
         if replayedVersionRecords.withLock({ $0.contains(record.hash) }) { return }
         var passed = [record.hash]
         let replayed = try await RemoteLedger.isReplayed(record, in: state, from: StoredLedger(registry: self)) { later in
-            if case .version = later.change { passed.append(later.hash) }
+            if later.kind == "version" { passed.append(later.hash) }
         }
         guard replayed else {
             throw .tampered("\(label): its ledger record is not the one the verified chain holds at \(record.seq): the database was rewritten")

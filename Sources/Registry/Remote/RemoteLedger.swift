@@ -37,7 +37,7 @@ public struct RemoteLedger: Sendable {
         // The head first: every record it names was appended before it was signed, so the records read next reach it.
         let envelope = try await source.stateHead()
         var state = remembered?.state
-        if let old = state, old.waypoints == nil { state = try await filledWaypoints(old, from: source, location: location) }
+        if let old = state, old.lacksIndexes { state = try await filledIndexes(old, from: source, location: location) }
         var after = state?.seq ?? 0
         while true {
             let batch = try await source.records(after: after, limit: page)
@@ -128,7 +128,7 @@ public struct RemoteLedger: Sendable {
         _ record: LedgerRecord,
         in state: LedgerState,
         from source: any LedgerSource,
-        visit: (LedgerRecord) -> Void = { _ in }
+        visit: (LedgerRecord.Link) -> Void = { _ in }
     ) async throws(CofferRegistryError) -> Bool {
         let interval = LedgerState.waypointInterval
         var end = (record.seq + interval - 1) / interval * interval
@@ -137,9 +137,9 @@ public struct RemoteLedger: Sendable {
         return try await walk(after: record.seq, from: record.hash, to: end, source: source, visit: visit) == known
     }
 
-    /// `state`, remembered before waypoints, with them: the chain is read once from its genesis and must reach `state`'s
-    /// hash, as verified then.
-    static func filledWaypoints(
+    /// `state`, remembered before the waypoints or the recorded versions were kept, with them: the chain is read once
+    /// from its genesis and must reach `state`'s hash, as verified then, naming each version once.
+    static func filledIndexes(
         _ state: LedgerState,
         from source: any LedgerSource,
         location: String
@@ -147,13 +147,17 @@ public struct RemoteLedger: Sendable {
         -> LedgerState
     {
         var waypoints: [String] = []
-        let reached = try await walk(after: 0, from: LedgerRecord.zeroHash, to: state.seq, source: source) { record in
-            if record.seq % LedgerState.waypointInterval == 0 { waypoints.append(record.hash) }
+        var versions: Set<String> = []
+        var repeated: String? = nil
+        let reached = try await walk(after: 0, from: LedgerRecord.zeroHash, to: state.seq, source: source) { link in
+            if link.seq % LedgerState.waypointInterval == 0 { waypoints.append(link.hash) }
+            if let version = link.version, !versions.insert(version).inserted, repeated == nil { repeated = version }
         }
         guard reached == state.hash else {
             throw .tampered("\(location) sent a ledger that does not reach record \(state.seq) as verified before: rewritten or rolled back")
         }
-        return state.withWaypoints(waypoints)
+        if let repeated { throw .tampered("\(location)'s ledger records \(repeated) a second time: a version has one record") }
+        return state.withIndexes(waypoints: waypoints, versions: versions)
     }
 
     /// Fetches records `seq + 1 ... end` in pages and checks that each links to the one before, from `hash` (record
@@ -163,13 +167,13 @@ public struct RemoteLedger: Sendable {
         from hash: String,
         to end: Int64,
         source: any LedgerSource,
-        visit: (LedgerRecord) -> Void = { _ in }
+        visit: (LedgerRecord.Link) -> Void = { _ in }
     ) async throws(CofferRegistryError) -> String? {
         var (at, last) = (seq, hash)
         while at < end {
             let limit = Int(min(end - at, Int64(page)))
             let records = try await source.records(after: at, limit: limit).map { envelope throws(CofferRegistryError) in
-                try Registry.parse(envelope)
+                do throws(LedgerError) { return try LedgerRecord.link(envelope: envelope) } catch { throw .tampered(error.description) }
             }
             guard records.count == limit else { return nil }
             for record in records {
