@@ -153,11 +153,41 @@ extension SecurityFindingsTests {
         let line =
             "integrity check failed: m:1: its ledger record is not the one the verified chain holds at \(genuine.seq): the database was rewritten"
         await #expect(try refusal { _ = try await reader.verify(try ModelReference(parsing: "m:1")) } == line)
+        // The reader that confirmed the genuine record remembers that record, not its place.
+        await #expect(try refusal { _ = try await before.verify(try ModelReference(parsing: "m:1")) } == line)
         let out = f.path("refused-pull")
         await #expect(try refusal { _ = try await reader.pull(try ModelReference(parsing: "m:1"), identity: alice, into: out) } == line)
         #expect(!FileManager.default.fileExists(atPath: out), "the refused pull wrote nothing")
         _ = try await reader.verify(try ModelReference(parsing: "m:2"))
         // A reader that replays the whole chain finds the broken link there.
         await expectRefusal("ledger record \(genuine.seq + 1)") { _ = try await Registry(at: f.home, memory: nil).ledgerState() }
+    }
+
+    /// helper-73: a server marks the audit log in the ledger when the last mark is older than five minutes, and read
+    /// that mark's time from the newest `audit.head` row, unchecked: whoever could write the database replaced that
+    /// row, below the chain's end, with one dated 2100, and no mark was made again. The time now comes from the replay.
+    @Test func review73_theAuditMarksTimeIsTheReplayedOnes() async throws {
+        let (f, alice, _) = try await owned()
+        _ = try await f.registry.signAuditHead(with: try f.registryKey)
+        let marked = try await f.registry.ledgerState()
+        let mark = try #require(try await f.registry.metadata.ledgerRecords(after: marked.seq - 1, limit: 1).first)
+        let genuine = try Registry.parse(Array(mark.envelope))
+        guard case .auditHead = genuine.change else { throw CofferRegistryError.tampered("record \(mark.seq) is not an audit.head record") }
+        _ = try await pushM3(f, PrivacyMetadata(), by: alice)
+        let dated2100 = LedgerRecord.sign(
+            registry: genuine.registry,
+            seq: genuine.seq,
+            prev: genuine.prev,
+            at: "2100-01-01T00:00:00.000Z",
+            by: genuine.by,
+            change: genuine.change,
+            signer: alice.identity
+        )
+        try attack(f, "UPDATE ledger SET envelope = ?, hash = ? WHERE seq = ?", [Data(dated2100.envelope), dated2100.hash, genuine.seq])
+        let later = Date().addingTimeInterval(600)
+        #expect(try await f.registry.signAuditHeadIfUnsigned(with: try f.registryKey, now: later) != nil)
+        let state = try await f.registry.ledgerState()
+        #expect((state.auditHead?.seq ?? 0) > (marked.auditHead?.seq ?? 0), "a new mark was made")
+        #expect(state.auditMarkedAt != genuine.at && state.auditMarkedAt != dated2100.at)
     }
 }

@@ -228,8 +228,7 @@ extension Registry {
                     || (Self.date(head.at).map { now.timeIntervalSince($0) > headLifetime / 2 } ?? true)
             } ?? true
         guard latest > signed || stale else { return nil }
-        let lastMark = try await metadata.lastLedgerRecord(kind: "audit.head")
-        let markAge = lastMark.flatMap { try? Self.parse(Array($0.envelope)) }.flatMap { Self.date($0.at) }.map { now.timeIntervalSince($0) }
+        let markAge = state.auditMarkedAt.flatMap { Self.date($0) }.map { now.timeIntervalSince($0) }
         let checkpoint = latest > (state.auditHead?.seq ?? 0) && (markAge ?? .infinity) >= checkpointInterval
         return try await signAuditHead(with: key, checkpoint: checkpoint, headLifetime: headLifetime)
     }

@@ -76,6 +76,10 @@ public struct LedgerState: Sendable, Equatable, Codable {
     /// By version digest: SHA-256 of the registry-signed rekey attestation now in force.
     public private(set) var rekeys: [String: String] = [:]
     public private(set) var auditHead: AuditMark?
+    /// When the last `audit.head` record was signed (its `at`): a server marks the audit log in the ledger at most every
+    /// few minutes. Kept from the replay (helper-73: it was read from the newest such row, which whoever can write the
+    /// database could replace with one dated 2100, and the marks stopped). `nil` in a state remembered before it.
+    public private(set) var auditMarkedAt: String?
     /// The last record of an adoption's restatement of the past (1: none).
     public private(set) var adoptedThrough: Int64 = 1
     /// Bearer tokens by id: a token authenticates only if an admin's record minted it and none revoked it.
@@ -320,6 +324,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
         case .auditHead(let auditSeq, let auditHash):
             if let auditHead, auditSeq < auditHead.seq { throw fail("marks audit entry \(auditSeq), before the marked \(auditHead.seq)") }
             auditHead = AuditMark(seq: auditSeq, hash: auditHash)
+            auditMarkedAt = record.at
         }
     }
 

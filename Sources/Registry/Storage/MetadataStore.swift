@@ -32,8 +32,6 @@ protocol MetadataStore: Sendable {
     func ledgerRecords(after seq: Int64, limit: Int?) async throws(CofferRegistryError) -> [LedgerRow]
     /// The first record of `kind` about `object` (e.g. the `version` record of `version:NAME:VERSION`).
     func firstLedgerRecord(kind: String, object: String) async throws(CofferRegistryError) -> LedgerRow?
-    /// The last record of `kind`.
-    func lastLedgerRecord(kind: String) async throws(CofferRegistryError) -> LedgerRow?
     /// A `registry_meta` value (`identity_key_id`, `state_head`).
     func meta(_ key: String) async throws(CofferRegistryError) -> String?
 

@@ -48,10 +48,6 @@ extension PostgresMetadataStore {
         try await fetchOne(LedgerRow.self, "SELECT * FROM ledger WHERE object = \(object) AND kind = \(kind) AND seq >= 1 ORDER BY seq LIMIT 1")
     }
 
-    func lastLedgerRecord(kind: String) async throws(CofferRegistryError) -> LedgerRow? {
-        try await fetchOne(LedgerRow.self, "SELECT * FROM ledger WHERE kind = \(kind) ORDER BY seq DESC LIMIT 1")
-    }
-
     func meta(_ key: String) async throws(CofferRegistryError) -> String? {
         try await scalar(String.self, "SELECT value FROM registry_meta WHERE key = \(key)")
     }

@@ -35,10 +35,6 @@ extension SQLiteMetadataStore {
         }
     }
 
-    func lastLedgerRecord(kind: String) async throws(CofferRegistryError) -> LedgerRow? {
-        try await read { db in try LedgerRow.filter(LedgerRow.Columns.kind == kind).order(LedgerRow.Columns.seq.desc).fetchOne(db) }
-    }
-
     func meta(_ key: String) async throws(CofferRegistryError) -> String? {
         try await read { db in try String.fetchOne(db.cachedStatement(sql: "SELECT value FROM registry_meta WHERE key = ?"), arguments: [key]) }
     }
