@@ -190,4 +190,23 @@ extension SecurityFindingsTests {
         #expect((state.auditHead?.seq ?? 0) > (marked.auditHead?.seq ?? 0), "a new mark was made")
         #expect(state.auditMarkedAt != genuine.at && state.auditMarkedAt != dated2100.at)
     }
+
+    /// helper-74: a state remembered before versions were recorded is filled in by one walk of the chain, which must
+    /// refuse a chain naming a version twice: a client that replayed one before the rule remembers its end.
+    @Test func review74_fillingARememberedStateRefusesAVersionRecordedTwice() async throws {
+        let (f, alice, _) = try await owned()
+        let (facts, _) = try await pushM3(f, PrivacyMetadata(), by: alice)
+        let state = try await f.registry.ledgerState()
+        try appendForgedVersion(f, facts, after: state, by: "alice", signer: alice.identity)
+        let second = try #require(try await f.registry.metadata.ledgerRecords(after: state.seq, limit: 1).first)
+        var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(state)) as! [String: Any]
+        json["recordedVersions"] = nil
+        json["seq"] = second.seq
+        json["hash"] = try Registry.parse(Array(second.envelope)).hash
+        let remembered = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: json))
+        #expect(remembered.lacksIndexes)
+        await expectRefusal("'s ledger records m:3 a second time: a version has one record") {
+            _ = try await RemoteLedger.filledIndexes(remembered, from: StoredLedger(registry: f.registry), location: f.home)
+        }
+    }
 }

@@ -7,7 +7,7 @@ import Foundation
 ///
 /// ``apply(_:)`` is the one place where a record is judged (signature, link, authority, meaning): the registry
 /// calls it before appending a record, and every reader calls it replaying the chain, so writers and readers
-/// cannot disagree about what is allowed. The state is small (it keeps no per-version list but budget charges),
+/// cannot disagree about what is allowed. The state is small (of versions it keeps their names and budget charges),
 /// so a client remembers it between commands and replays only what is new.
 public struct LedgerState: Sendable, Equatable, Codable {
     public struct RegistryKey: Sendable, Equatable, Codable {
@@ -95,8 +95,8 @@ public struct LedgerState: Sendable, Equatable, Codable {
     public static let waypointInterval: Int64 = 1024
     /// Every version a `version` record named (`MODEL:VERSION`). A second record for one is refused, so that a version
     /// has one record, the one every reader takes (helper-73: readers took the first by an unsigned column, and the
-    /// replay had accepted a second). About 20 bytes a version in a remembered state; `nil` in a state remembered
-    /// before it, until filled in with the waypoints.
+    /// replay had accepted a second). Its name and about 4 bytes a version in a remembered state; `nil` in a state
+    /// remembered before it, until filled in with the waypoints.
     public private(set) var recordedVersions: Set<String>? = []
 
     /// Whether this state was remembered before the waypoints or the recorded versions were kept: one read of the chain
@@ -166,13 +166,24 @@ public struct LedgerState: Sendable, Equatable, Codable {
         guard record.seq == seq + 1 else { throw fail("follows record \(seq): a record is missing, inserted or reordered") }
         guard record.prev == hash else { throw fail("does not link to record \(seq) (rewritten, inserted or reordered)") }
         try checkSignature(record)
+        var versions = recordedVersions
+        var recorded: String? = nil
+        if case .version(let facts) = record.change { recorded = "\(facts.model):\(facts.version)" }
+        if let recorded, versions?.contains(recorded) == true { throw fail("records \(recorded) a second time: a version has one record") }
+        // The set leaves `self` while `next` is built, so that adding a name does not copy it: a copy per version
+        // record (helper-74) would make a replay quadratic in the number of versions.
+        recordedVersions = nil
         var next = self
-        try next.change(record)
+        do { try next.change(record) } catch {
+            recordedVersions = versions
+            throw error
+        }
         next.seq = record.seq
         next.hash = record.hash
         if record.seq % Self.waypointInterval == 0 { next.waypoints?.append(record.hash) }
+        if let recorded { versions?.insert(recorded) }
+        next.recordedVersions = versions
         self = next
-        if case .version(let facts) = record.change { recordedVersions?.insert("\(facts.model):\(facts.version)") }
     }
 
     /// The hash of record `seq` if it is a waypoint or the last record (nil otherwise).
@@ -330,9 +341,6 @@ public struct LedgerState: Sendable, Equatable, Codable {
 
     private mutating func recordVersion(_ facts: LedgerChange.VersionFacts, record: LedgerRecord) throws(LedgerError) {
         func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
-        guard recordedVersions?.contains("\(facts.model):\(facts.version)") != true else {
-            throw fail("records \(facts.model):\(facts.version) a second time: a version has one record")
-        }
         guard (try? ModelReference.validate(name: facts.model)) != nil, (try? ModelReference.validate(version: facts.version)) != nil else {
             throw fail("names an invalid version \(facts.model):\(facts.version)")
         }
