@@ -61,10 +61,6 @@ public enum LedgerChange: Sendable, Equatable {
         public var standardisation: String? = nil
         /// The statement's `batch_sampling`: `seeded` may not be charged. Absent as `standardisation` is.
         public var batchSampling: String? = nil
-
-        var chargeRefusal: PrivacyMetadata.ChargeRefusal? {
-            PrivacyMetadata.chargeRefusal(mechanism: mechanism, segments: segments, standardisation: standardisation, batchSampling: batchSampling)
-        }
     }
 
     /// A bearer token as its `token.create` record states it: the token itself is never recorded, only its keyed hash.

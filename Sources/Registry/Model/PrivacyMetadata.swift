@@ -276,3 +276,10 @@ public struct PrivacyMetadata: Sendable, Equatable, Codable {
         }
     }
 }
+
+extension LedgerChange.VersionFacts {
+    /// ``PrivacyMetadata/chargeRefusal`` on a `version` record's facts, as the replay judges them.
+    var chargeRefusal: PrivacyMetadata.ChargeRefusal? {
+        PrivacyMetadata.chargeRefusal(mechanism: mechanism, segments: segments, standardisation: standardisation, batchSampling: batchSampling)
+    }
+}
