@@ -79,6 +79,31 @@ struct PushPullTests {
         }
     }
 
+    /// A push whose number another push took meanwhile hears 409 and signs for the next one: the server answers from
+    /// the versions its state records, before the replay would refuse a second record for the number (CI: interop's
+    /// pushes racing through nginx got 403 "records rep/raced:1 a second time", and the client gave up).
+    @Test func aPushWhoseNumberWasTakenMeanwhileSignsForTheNext() async throws {
+        let f = try await Fixture()
+        for (name, byte) in [("mine", UInt8(1)), ("theirs", 2)] {
+            try FileManager.default.createDirectory(atPath: f.path(name), withIntermediateDirectories: true)
+            try Data(repeating: byte, count: 4096).write(to: URL(fileURLWithPath: f.path("\(name)/weights.bin")))
+        }
+        let request = PushRequest(model: "m/raced", paths: [f.path("mine")])
+        let registryKey = try #require(try await f.registry.ledgerState().currentKey)
+        try await f.app().test(.live) { live in
+            let client = try f.client(port: try live.livePort, token: "admin")
+            // Prepared and uploaded for number 1 (a push interrupted after its uploads), then number 1 is taken.
+            let outbox = try PushOutbox.directory(for: client.baseURL, request: request, environment: ["COFFER_OUTBOX": f.path("outbox")])
+            let prepared = try PreparedPush.prepare(request, publisher: f.alice.identity, registryKey: registryKey, version: "1", outbox: outbox)
+            try JSONEncoder().encode(prepared).write(to: URL(fileURLWithPath: "\(outbox)/prepared.json"))
+            let theirs = try await f.registry.push(PushRequest(model: "m/raced", paths: [f.path("theirs")]), publisher: f.alice)
+            #expect(theirs.version == "1")
+            let answer = try await client.push(request, publisher: f.alice.identity, outbox: outbox)
+            #expect(answer.version == "2")
+            #expect(try await f.registry.list(model: "m/raced", where: nil, limit: nil).map(\.version).sorted() == ["1", "2"])
+        }
+    }
+
     @Test func aPushCutShortResumesAndThePullGetsTheSameBytes() async throws {
         let f = try await Fixture()
         try FileManager.default.createDirectory(atPath: f.path("model"), withIntermediateDirectories: true)

@@ -73,6 +73,8 @@ struct LedgerStateTests {
         try chain.append(.version(facts), by: "registry")
         let aliasFacts = LedgerChange.AliasFacts(signer: chain.root.publicIdentity.keyID, charged: false)
         chain.refuses(.aliasSet(model: "m", alias: bad, version: "1", digest: digest, facts: aliasFacts), "invalid alias name")
+        // An alias points at a version the chain recorded (helper-72: a reader resolving it found no version).
+        chain.refuses(.aliasSet(model: "m", alias: "prod", version: "2", digest: digest, facts: aliasFacts), "at 2, which has no version record")
         try chain.append(.aliasSet(model: "m", alias: "prod", version: "1", digest: digest, facts: aliasFacts), by: "registry")
         #expect(chain.state.alias("prod", of: "m")?.version == "1")
 

@@ -154,15 +154,7 @@ extension SecurityFindingsTests {
         let state = try await f.registry.ledgerState()
         let stored = try #require(try await f.registry.metadata.ledgerRecords(after: state.seq - 1, limit: nil).last)
         let record = try Registry.parse(Array(stored.envelope))
-        let fork = LedgerRecord.sign(
-            registry: record.registry,
-            seq: record.seq,
-            prev: record.prev,
-            at: "2031-01-01T00:00:00.000Z",
-            by: record.by,
-            change: record.change,
-            signer: try f.registryKey.identity
-        )
+        let fork = resigned(record, at: "2031-01-01T00:00:00.000Z", signer: try f.registryKey.identity)
         #expect(fork.seq == state.seq && fork.hash != state.hash)
         f.registry.verifiedTail.withLock { $0 = (fork.seq, fork.hash, Data(fork.envelope)) }
         try await f.attack("UPDATE ledger SET envelope = ?, hash = ? WHERE seq = ?", [Data(fork.envelope), fork.hash, fork.seq])
@@ -197,15 +189,7 @@ extension SecurityFindingsTests {
         // The same version's record for another digest, signed by the registry key at the same place.
         guard case .version(var facts) = record.change else { throw CofferRegistryError.tampered("not a version record") }
         facts.digest = String(repeating: "ab", count: 32)
-        let forged = LedgerRecord.sign(
-            registry: record.registry,
-            seq: record.seq,
-            prev: record.prev,
-            at: record.at,
-            by: record.by,
-            change: .version(facts),
-            signer: try f.registryKey.identity
-        )
+        let forged = resigned(record, change: .version(facts), signer: try f.registryKey.identity)
         // What the client checked before: it passes.
         #expect(try Registry.checkVersionRecord(forged, model: "m", version: "2", state: ledger.state).digest == facts.digest)
         await expectRefusal("the server sent a ledger record that is not the one replayed here at \(record.seq)") {
@@ -232,15 +216,7 @@ extension SecurityFindingsTests {
         let thirdRecord = try Registry.parse(thirdEnvelope)
         #expect(thirdRecord.seq > 1024 * Int64(later.state.waypoints?.count ?? 0))
         #expect(try await RemoteLedger.confirmedVersion(thirdEnvelope, in: later.state, from: served).digest == third.digest)
-        let forgedThird = LedgerRecord.sign(
-            registry: thirdRecord.registry,
-            seq: thirdRecord.seq,
-            prev: thirdRecord.prev,
-            at: "2031-01-01T00:00:00.000Z",
-            by: thirdRecord.by,
-            change: thirdRecord.change,
-            signer: try f.registryKey.identity
-        )
+        let forgedThird = resigned(thirdRecord, at: "2031-01-01T00:00:00.000Z", signer: try f.registryKey.identity)
         await expectRefusal("not the one replayed here at \(thirdRecord.seq)") {
             _ = try await RemoteLedger.confirmedVersion(forgedThird.envelope, in: later.state, from: served)
         }

@@ -87,15 +87,7 @@ extension SecurityFindingsTests {
         let genuine = try Registry.parse(Array(sent))
         var other = facts
         other.dataset = "elsewhere"
-        let forged = LedgerRecord.sign(
-            registry: genuine.registry,
-            seq: seq,
-            prev: genuine.prev,
-            at: genuine.at,
-            by: genuine.by,
-            change: .version(other),
-            signer: try f.registryKey.identity
-        )
+        let forged = resigned(genuine, change: .version(other), signer: try f.registryKey.identity)
         package.record = Data(forged.envelope).base64EncodedString()
         #expect(try Registry.checkVersionRecord(forged, model: "m", version: "3", state: ledger.state).dataset == "elsewhere", "it checks out alone")
         await expectRefusal("m:3: the server sent a ledger record that is not the one replayed here at \(seq)") {
@@ -138,15 +130,7 @@ extension SecurityFindingsTests {
         let row = try #require(try await f.registry.metadata.firstLedgerRecord(kind: "version", object: "version:m:1"))
         let genuine = try Registry.parse(Array(row.envelope))
         #expect(genuine.seq < (try await before.ledgerState()).seq, "m:1's record is below the chain's end")
-        let swapped = LedgerRecord.sign(
-            registry: genuine.registry,
-            seq: genuine.seq,
-            prev: genuine.prev,
-            at: "2031-01-01T00:00:00.000Z",
-            by: genuine.by,
-            change: genuine.change,
-            signer: alice.identity
-        )
+        let swapped = resigned(genuine, at: "2031-01-01T00:00:00.000Z", signer: alice.identity)
         try attack(f, "UPDATE ledger SET envelope = ?, hash = ? WHERE seq = ?", [Data(swapped.envelope), swapped.hash, genuine.seq])
 
         let reader = try await Registry(at: f.home, memory: memory)
@@ -174,15 +158,7 @@ extension SecurityFindingsTests {
         let genuine = try Registry.parse(Array(mark.envelope))
         guard case .auditHead = genuine.change else { throw CofferRegistryError.tampered("record \(mark.seq) is not an audit.head record") }
         _ = try await pushM3(f, PrivacyMetadata(), by: alice)
-        let dated2100 = LedgerRecord.sign(
-            registry: genuine.registry,
-            seq: genuine.seq,
-            prev: genuine.prev,
-            at: "2100-01-01T00:00:00.000Z",
-            by: genuine.by,
-            change: genuine.change,
-            signer: alice.identity
-        )
+        let dated2100 = resigned(genuine, at: "2100-01-01T00:00:00.000Z", signer: alice.identity)
         try attack(f, "UPDATE ledger SET envelope = ?, hash = ? WHERE seq = ?", [Data(dated2100.envelope), dated2100.hash, genuine.seq])
         let later = Date().addingTimeInterval(600)
         #expect(try await f.registry.signAuditHeadIfUnsigned(with: try f.registryKey, now: later) != nil)

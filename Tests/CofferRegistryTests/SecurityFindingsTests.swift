@@ -39,6 +39,20 @@ struct SecurityFindingsTests {
         }
     }
 
+    /// A record in `record`'s place, with `change` or `at` replaced, signed by `signer`: what whoever holds a key the
+    /// chain accepts there could write instead of it (a valid signature, a link the replay held).
+    func resigned(_ record: LedgerRecord, at: String? = nil, change: LedgerChange? = nil, signer: borrowing Identity) -> LedgerRecord {
+        LedgerRecord.sign(
+            registry: record.registry,
+            seq: record.seq,
+            prev: record.prev,
+            at: at ?? record.at,
+            by: record.by,
+            change: change ?? record.change,
+            signer: signer
+        )
+    }
+
     // MARK: - 1. A malicious server substitutes another signed version
 
     @Test func finding01_aServerCannotSubstituteAnotherSignedVersion() async throws {

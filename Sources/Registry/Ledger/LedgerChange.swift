@@ -47,6 +47,9 @@ public enum LedgerChange: Sendable, Equatable {
     public struct VersionFacts: Sendable, Equatable {
         public var model: String
         public var version: String
+        /// `MODEL:VERSION`: how the ledger names a version (its records' `object`, the state's recorded versions).
+        public static func label(model: String, version: String) -> String { "\(model):\(version)" }
+        public var label: String { Self.label(model: model, version: version) }
         public var digest: String
         /// The publisher's public identity: in a registry without principals, any key may record a version, so the
         /// record carries the key its signature is checked with.
@@ -127,9 +130,9 @@ public enum LedgerChange: Sendable, Equatable {
         case .trustRemove(let keyID): "trust:\(keyID)"
         case .policySet(let model, let alias, _): "policy:\(model)@\(alias ?? "")"
         case .budgetSet(let dataset, _, _, _): "dataset:\(dataset)"
-        case .version(let facts): "version:\(facts.model):\(facts.version)"
+        case .version(let facts): "version:\(facts.label)"
         case .aliasSet(let model, let alias, _, _, _), .aliasRemove(let model, let alias): "alias:\(model)@\(alias)"
-        case .erase(let model, let version, _), .rekey(let model, let version, _, _): "version:\(model):\(version)"
+        case .erase(let model, let version, _), .rekey(let model, let version, _, _): "version:\(VersionFacts.label(model: model, version: version))"
         case .auditHead: "audit"
         case .tokenCreate(let facts): "token:\(facts.id)"
         case .tokenRevoke(let id): "token:\(id)"
@@ -373,28 +376,5 @@ public enum LedgerChange: Sendable, Equatable {
         default:
             throw .malformed("unknown record kind '\(kind)'")
         }
-    }
-}
-
-extension PublicIdentity {
-    /// The `.pub` document as a JSON object, as records carry it.
-    var json: JSONValue { (try? JSONDecoder().decode(JSONValue.self, from: Data(jsonBytes))) ?? .null }
-
-    init(json: JSONValue) throws(CofferCryptoError) {
-        guard let data = try? JSONEncoder().encode(json) else { throw .malformedIdentity("not a JSON object") }
-        try self.init(jsonBytes: Array(data))
-    }
-}
-
-extension PolicyRules {
-    var json: JSONValue { (try? JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(self))) ?? .object([:]) }
-}
-
-extension JSONValue {
-    /// Sorted keys, no whitespace, slashes unescaped: how Coffer writes the JSON it signs.
-    var canonicalBytes: [UInt8] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return Array((try? encoder.encode(self)) ?? Data("null".utf8))
     }
 }

@@ -98,13 +98,13 @@ public struct LedgerRecord: Sendable, Equatable {
         self.signerKeyID = envelope.signatures[0].keyid
     }
 
-    /// What a walk along the chain needs of a record: its place, its link to the record before, its kind and its hash.
+    /// What a walk along the chain needs of a record: its place, its link to the record before, its hash, and the
+    /// version a `version` record records.
     public struct Link: Sendable, Equatable {
         public var seq: Int64
         public var prev: String
-        public var kind: String
         public var hash: String
-        /// `MODEL:VERSION` for a `version` record.
+        /// `MODEL:VERSION` (``LedgerChange/VersionFacts/label``) for a `version` record, nil for any other.
         public var version: String?
     }
 
@@ -116,9 +116,9 @@ public struct LedgerRecord: Sendable, Equatable {
         let (object, header) = try header(envelope, payload)
         var version: String? = nil
         if header.kind == "version", let model = object["model"]?.stringValue, let name = object["version"]?.stringValue {
-            version = "\(model):\(name)"
+            version = LedgerChange.VersionFacts.label(model: model, version: name)
         }
-        return Link(seq: header.seq, prev: header.prev, kind: header.kind, hash: hash(payload: payload), version: version)
+        return Link(seq: header.seq, prev: header.prev, hash: hash(payload: payload), version: version)
     }
 
     private struct Header {
@@ -180,5 +180,30 @@ public enum LedgerError: Error, Equatable, CustomStringConvertible {
         case .malformed(let why): "malformed ledger record: \(why)"
         case .broken(let seq, let why): "ledger record \(seq): \(why)"
         }
+    }
+}
+
+// MARK: - JSON as records carry it
+
+extension PublicIdentity {
+    /// The `.pub` document as a JSON object, as records carry it.
+    var json: JSONValue { (try? JSONDecoder().decode(JSONValue.self, from: Data(jsonBytes))) ?? .null }
+
+    init(json: JSONValue) throws(CofferCryptoError) {
+        guard let data = try? JSONEncoder().encode(json) else { throw .malformedIdentity("not a JSON object") }
+        try self.init(jsonBytes: Array(data))
+    }
+}
+
+extension PolicyRules {
+    var json: JSONValue { (try? JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(self))) ?? .object([:]) }
+}
+
+extension JSONValue {
+    /// Sorted keys, no whitespace, slashes unescaped: how Coffer writes the JSON it signs.
+    var canonicalBytes: [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return Array((try? encoder.encode(self)) ?? Data("null".utf8))
     }
 }

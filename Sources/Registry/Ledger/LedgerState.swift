@@ -99,10 +99,6 @@ public struct LedgerState: Sendable, Equatable, Codable {
     /// remembered before it, until filled in with the waypoints.
     public private(set) var recordedVersions: Set<String>? = []
 
-    /// Whether this state was remembered before the waypoints or the recorded versions were kept: one read of the chain
-    /// fills them in (``RemoteLedger/filledIndexes(_:from:location:)``).
-    public var lacksIndexes: Bool { waypoints == nil || recordedVersions == nil }
-
     public struct Token: Sendable, Equatable, Codable {
         public var facts: LedgerChange.TokenFacts
         public var revoked: Bool
@@ -168,8 +164,13 @@ public struct LedgerState: Sendable, Equatable, Codable {
         try checkSignature(record)
         var versions = recordedVersions
         var recorded: String? = nil
-        if case .version(let facts) = record.change { recorded = "\(facts.model):\(facts.version)" }
+        if case .version(let facts) = record.change { recorded = facts.label }
         if let recorded, versions?.contains(recorded) == true { throw fail("records \(recorded) a second time: a version has one record") }
+        if case .aliasSet(let model, let alias, let version, _, _) = record.change,
+            versions?.contains(LedgerChange.VersionFacts.label(model: model, version: version)) == false
+        {
+            throw fail("points \(model)@\(alias) at \(version), which has no version record")
+        }
         // The set leaves `self` while `next` is built, so that adding a name does not copy it: a copy per version
         // record (helper-74) would make a replay quadratic in the number of versions.
         recordedVersions = nil
@@ -184,20 +185,6 @@ public struct LedgerState: Sendable, Equatable, Codable {
         if let recorded { versions?.insert(recorded) }
         next.recordedVersions = versions
         self = next
-    }
-
-    /// The hash of record `seq` if it is a waypoint or the last record (nil otherwise).
-    public func knownHash(at seq: Int64) -> String? {
-        if seq == self.seq { return hash }
-        guard seq > 0, seq < self.seq, seq % Self.waypointInterval == 0, let waypoints, Int(seq / Self.waypointInterval) <= waypoints.count
-        else { return nil }
-        return waypoints[Int(seq / Self.waypointInterval) - 1]
-    }
-
-    /// Whether this state should replace `remembered` as what a client keeps: it is further on, or as far with the
-    /// indexes `remembered` lacks.
-    public func supersedes(_ remembered: LedgerState) -> Bool {
-        remembered.seq < seq || (remembered.seq == seq && remembered.lacksIndexes && !lacksIndexes)
     }
 
     /// This state with `waypoints`, the hashes of its records 1024, 2048, ..., and the versions recorded, found by the
@@ -342,7 +329,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
     private mutating func recordVersion(_ facts: LedgerChange.VersionFacts, record: LedgerRecord) throws(LedgerError) {
         func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
         guard (try? ModelReference.validate(name: facts.model)) != nil, (try? ModelReference.validate(version: facts.version)) != nil else {
-            throw fail("names an invalid version \(facts.model):\(facts.version)")
+            throw fail("names an invalid version \(facts.label)")
         }
         if record.seq > adoptedThrough, let dataset = facts.dataset, (try? ModelReference.validate(datasetID: dataset)) == nil {
             throw fail("names an invalid dataset id")

@@ -232,7 +232,7 @@ extension Registry {
             let statement = signed.statement
             // A version has one record: a writer that lost the race for a number (another replica or process took it)
             // hears it as from the database's unique key, and a client signs again for the next number.
-            let label = "\(statement.model):\(statement.version)"
+            let label = LedgerChange.VersionFacts.label(model: statement.model, version: statement.version)
             if current.recordedVersions?.contains(label) == true { throw .versionExists(label) }
             // Every path to a new version comes here (a local push, a client's upload, an OCI import): each meets the
             // rules new claims must meet, not only the local push that checks them before sealing (helper-71).

@@ -121,7 +121,7 @@ extension Registry {
                     throw CofferRegistryError.tampered("ledger row \(row.seq) holds record \(record.seq)")
                 }
                 do { try state.apply(record) } catch { throw CofferRegistryError.tampered(error.description) }
-                if case .version(let facts) = record.change { versions["\(facts.model):\(facts.version)"] = facts }
+                if case .version(let facts) = record.change { versions[facts.label] = facts }
             } catch {
                 report.problems.append(error.description)
                 return (nil, versions)

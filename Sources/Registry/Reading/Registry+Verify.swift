@@ -126,7 +126,7 @@ extension Registry {
     /// a registry key, and is the record the verified chain holds at its place. A version without one was never
     /// committed here.
     func versionRecord(model: String, version: String, state: LedgerState) async throws(CofferRegistryError) -> LedgerChange.VersionFacts {
-        let label = "\(model):\(version)"
+        let label = LedgerChange.VersionFacts.label(model: model, version: version)
         guard let row = try await metadata.firstLedgerRecord(kind: "version", object: "version:\(label)") else {
             throw .tampered("\(label) has no version record in the ledger: it was not committed to this registry")
         }
@@ -146,7 +146,7 @@ extension Registry {
         if replayedVersionRecords.withLock({ $0.contains(record.hash) }) { return }
         var passed = [record.hash]
         let replayed = try await RemoteLedger.isReplayed(record, in: state, from: StoredLedger(registry: self)) { later in
-            if later.kind == "version" { passed.append(later.hash) }
+            if later.version != nil { passed.append(later.hash) }
         }
         guard replayed else {
             throw .tampered("\(label): its ledger record is not the one the verified chain holds at \(record.seq): the database was rewritten")
@@ -170,7 +170,7 @@ extension Registry {
     ) throws(CofferRegistryError)
         -> LedgerChange.VersionFacts
     {
-        let label = "\(model):\(version)"
+        let label = LedgerChange.VersionFacts.label(model: model, version: version)
         guard record.registry == state.registry, record.seq >= 1, record.seq <= state.seq, case .version(let facts) = record.change,
             facts.model == model, facts.version == version
         else { throw .tampered("\(label): its ledger record is not this version's in this registry") }
@@ -287,7 +287,7 @@ extension Registry {
         version: String,
         digest: String
     ) throws(CofferRegistryError) -> (ModelStatement, PublicIdentity) {
-        let label = "\(model):\(version)"
+        let label = LedgerChange.VersionFacts.label(model: model, version: version)
         let envelope: DSSEEnvelope
         do { envelope = try DSSEEnvelope(jsonBytes: Array(document)) } catch { throw .tampered("\(label): \(error)") }
         let signer: PublicIdentity

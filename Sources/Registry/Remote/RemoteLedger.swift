@@ -115,7 +115,7 @@ public struct RemoteLedger: Sendable {
         }
         guard try await isReplayed(record, in: state, from: source) else {
             throw .tampered(
-                "\(facts.model):\(facts.version): the server sent a ledger record that is not the one replayed here at \(record.seq)"
+                "\(facts.label): the server sent a ledger record that is not the one replayed here at \(record.seq)"
             )
         }
         return facts
