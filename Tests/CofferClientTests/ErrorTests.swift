@@ -1,9 +1,12 @@
-import CofferClient
 import CofferCrypto
 import CofferRegistry
+import CofferTestSupport
 import Foundation
 import HummingbirdTesting
+import NIOHTTP1
 import Testing
+
+@testable import CofferClient
 
 /// Refusals and failures reach the caller as one ``CofferClientError`` line with the server's status and message.
 struct ErrorTests {
@@ -67,5 +70,46 @@ struct ErrorTests {
         #expect(throws: CofferClientError.invalidInput("a registry must be an http:// or https:// URL, not ftp://127.0.0.1/")) {
             try CofferClient(baseURL: URL(string: "ftp://127.0.0.1/")!, token: Secret(text: "cft_x"), memory: nil)
         }
+    }
+
+    /// A kept-alive connection the server closes as a request goes out on it (the server's idle limit ran out as the
+    /// client took the connection from its pool): a GET asks again on a new connection, a POST, which may have had its
+    /// effect, is not sent twice. The server here is a socket that answers the first request on each connection and
+    /// closes it, unanswered, as the second arrives. On a machine so loaded that the client's pool dropped an idle
+    /// connection first (4 s), a request goes out on a new one: the test then checks only that nothing was sent twice.
+    @Test func aRequestOnAConnectionTheServerClosedIsAskedAgainOnlyWithoutEffects() async throws {
+        let listener = try RawListener()
+        let memory = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-client-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: memory) }
+        let client = try CofferClient(
+            baseURL: URL(string: "http://127.0.0.1:\(listener.port)")!,
+            token: Secret(text: "cft_" + String(repeating: "0", count: 64)),
+            memory: ClientMemory(directory: memory)
+        )
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        async let served: [String] = offPool {
+            var lines: [String] = []
+            while let connection = listener.accept(timeout: 120) {
+                guard let first = connection.receiveHead(timeout: 60) else { continue }
+                if first.hasPrefix("STOP ") { break }
+                lines.append(first.components(separatedBy: "\r\n")[0])
+                connection.send(ok)
+                if let second = connection.receiveHead(timeout: 30) { lines.append(second.components(separatedBy: "\r\n")[0]) }
+                connection.hangUp()
+            }
+            return lines
+        }
+        _ = try await client.raw(.GET, "v1/a")
+        #expect(String(decoding: try await client.raw(.GET, "v1/b").body, as: UTF8.self) == "{}")
+        var post: CofferClientError? = nil
+        do { _ = try await client.raw(.POST, "v1/c") } catch { post = error }
+        let stop = try RawConnection(port: listener.port)
+        stop.send("STOP / HTTP/1.1\r\n\r\n")
+        let lines = await served
+        // Each request once, but GET /v1/b twice when it went out on the kept-alive connection (as it does unless the
+        // pool dropped that connection first); a POST sent on a kept-alive connection was closed and reported.
+        #expect(lines.first == "GET /v1/a HTTP/1.1" && lines.last == "POST /v1/c HTTP/1.1", "\(lines)")
+        #expect(lines.filter { $0 == "POST /v1/c HTTP/1.1" }.count == 1 && (3...4).contains(lines.count), "\(lines)")
+        if let post { #expect(post.description.hasSuffix("the server closed the connection"), "\(post)") }
     }
 }

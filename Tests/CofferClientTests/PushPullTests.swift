@@ -91,7 +91,8 @@ struct PushPullTests {
         let request = PushRequest(model: "m/raced", paths: [f.path("mine")])
         let registryKey = try #require(try await f.registry.ledgerState().currentKey)
         try await f.app().test(.live) { live in
-            let client = try f.client(port: try live.livePort, token: "admin")
+            let notices = Notices()
+            let client = try f.client(port: try live.livePort, token: "admin", notices: notices)
             // Prepared and uploaded for number 1 (a push interrupted after its uploads), then number 1 is taken.
             let outbox = try PushOutbox.directory(for: client.baseURL, request: request, environment: ["COFFER_OUTBOX": f.path("outbox")])
             let prepared = try PreparedPush.prepare(request, publisher: f.alice.identity, registryKey: registryKey, version: "1", outbox: outbox)
@@ -99,6 +100,7 @@ struct PushPullTests {
             let theirs = try await f.registry.push(PushRequest(model: "m/raced", paths: [f.path("theirs")]), publisher: f.alice)
             #expect(theirs.version == "1")
             let answer = try await client.push(request, publisher: f.alice.identity, outbox: outbox)
+            #expect(notices.all.contains("resuming the push of m/raced:1 from \(outbox)"), "it committed for 1 first: \(notices.all)")
             #expect(answer.version == "2")
             #expect(try await f.registry.list(model: "m/raced", where: nil, limit: nil).map(\.version).sorted() == ["1", "2"])
         }

@@ -26,6 +26,9 @@ public final class RawConnection: @unchecked Sendable {
         }
     }
 
+    /// A connection `RawListener` accepted: this side plays the server.
+    init(descriptor: Int32) { fd = descriptor }
+
     deinit { Glibc.close(fd) }
 
     /// Sends every byte; false once the server has closed the connection (no SIGPIPE).
@@ -111,4 +114,53 @@ extension RawConnection {
 /// Runs blocking socket calls on a thread of their own, never on the pool the server's handlers share.
 public func offPool<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
     await withCheckedContinuation { continuation in Thread { continuation.resume(returning: body()) }.start() }
+}
+
+/// A socket listening on 127.0.0.1 at a port the system picks, to play a server byte by byte: answer a request, or
+/// close a kept-alive connection as the next request arrives. Its calls block, as ``RawConnection``'s do.
+public final class RawListener: @unchecked Sendable {
+    private let fd: Int32
+    public let port: Int
+
+    public init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        self.fd = fd
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let listening = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 && listen(fd, 8) == 0
+            }
+        }
+        guard listening else {
+            Glibc.close(fd)
+            throw CocoaError(.fileReadUnknown, userInfo: [NSLocalizedDescriptionKey: "cannot listen on 127.0.0.1"])
+        }
+        port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    deinit { Glibc.close(fd) }
+
+    /// The next connection, or nil when none comes within `timeout` seconds.
+    public func accept(timeout: Double) -> RawConnection? {
+        var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&ready, 1, Int32(timeout * 1000)) == 1 else { return nil }
+        let accepted = Glibc.accept(fd, nil, nil)
+        return accepted < 0 ? nil : RawConnection(descriptor: accepted)
+    }
+}
+
+extension RawConnection {
+    /// A request's head (a request without a body), up to its blank line; nil when none comes within `timeout` seconds
+    /// or the client closed the connection first.
+    public func receiveHead(timeout: Double) -> String? {
+        var text = ""
+        while !text.contains("\r\n\r\n") {
+            guard let part = receive(timeout: timeout), !part.isEmpty else { return nil }
+            text += part
+        }
+        return text
+    }
 }

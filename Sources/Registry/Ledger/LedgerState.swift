@@ -166,16 +166,11 @@ public struct LedgerState: Sendable, Equatable, Codable {
         var recorded: String? = nil
         if case .version(let facts) = record.change { recorded = facts.label }
         if let recorded, versions?.contains(recorded) == true { throw fail("records \(recorded) a second time: a version has one record") }
-        if case .aliasSet(let model, let alias, let version, _, _) = record.change,
-            versions?.contains(LedgerChange.VersionFacts.label(model: model, version: version)) == false
-        {
-            throw fail("points \(model)@\(alias) at \(version), which has no version record")
-        }
         // The set leaves `self` while `next` is built, so that adding a name does not copy it: a copy per version
         // record (helper-74) would make a replay quadratic in the number of versions.
         recordedVersions = nil
         var next = self
-        do { try next.change(record) } catch {
+        do { try next.change(record, recorded: versions) } catch {
             recordedVersions = versions
             throw error
         }
@@ -197,7 +192,8 @@ public struct LedgerState: Sendable, Equatable, Codable {
     }
 
     /// What each kind of record means.
-    private mutating func change(_ record: LedgerRecord) throws(LedgerError) {
+    /// - Parameter recorded: the versions recorded before `record` (nil in a state remembered before the set).
+    private mutating func change(_ record: LedgerRecord, recorded: Set<String>?) throws(LedgerError) {
         func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
         // What an adoption restates copies what an older Coffer accepted (dataset ids were free text before
         // 2026-11-28): its names are taken as they are, as when it was first read.
@@ -295,6 +291,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
         case .aliasSet(let model, let alias, let version, let digest, let facts):
             guard restated || Self.validAlias(alias) else { throw fail("sets an invalid alias name on \(model)") }
             guard latest[model] != nil else { throw fail("sets an alias of \(model), which has no version") }
+            guard recorded?.contains(LedgerChange.VersionFacts.label(model: model, version: version)) != false else {
+                throw fail("points \(model)@\(alias) at \(version), which has no version record")
+            }
             guard erased[digest] == nil else { throw fail("points \(model)@\(alias) at an erased version") }
             guard facts.charged == isCharged(digest) else { throw fail("states a budget charge the ledger does not hold") }
             for (_, rules) in policies(model: model, alias: alias) {
