@@ -61,16 +61,26 @@ extension Coffer {
             @Option(name: .long, help: "Target delta, in (0, 1).") var delta: Double
             @Option(name: .long, help: "Accountant: rdp, or pld (epsilon within 0.5% below the target, as coffer train calibrates).")
             var accountant: String = "rdp"
+            @Option(
+                name: .long,
+                help: ArgumentHelp(
+                    "A release already made, composed before these steps: RATE:SIGMA:STEPS (coffer train's DP release of the standardisation statistics is 1:SIGMA:1); may be repeated.",
+                    valueName: "rate:sigma:steps"
+                )
+            )
+            var after: [String] = []
             @Flag(name: .long, help: "Print JSON: {noise_multiplier, epsilon, accountant} and, for RDP, order.") var json = false
 
             func run() throws {
                 guard accountant == "rdp" || accountant == "pld" else { throw CLIError("unknown accountant '\(accountant)': use rdp or pld") }
+                let released = try after.map(Self.segment)
                 if accountant == "pld",
                     let (sigma, epsilon) = try PLDAccountant().calibrateNoise(
                         targetEpsilon: targetEpsilon,
                         sampleRate: sampleRate,
                         steps: steps,
-                        delta: delta
+                        delta: delta,
+                        after: released
                     )
                 {
                     if json {
@@ -80,9 +90,15 @@ extension Coffer {
                     }
                     return print("noise multiplier \(sigma) gives epsilon \(epsilon) at delta \(delta) (PLD)")
                 }
-                let sigma = try RDPAccountant.calibrateNoise(targetEpsilon: targetEpsilon, sampleRate: sampleRate, steps: steps, delta: delta)
+                let sigma = try RDPAccountant.calibrateNoise(
+                    targetEpsilon: targetEpsilon,
+                    sampleRate: sampleRate,
+                    steps: steps,
+                    delta: delta,
+                    after: released
+                )
                 var rdp = RDPAccountant()
-                rdp.compose(PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma, steps: steps))
+                for segment in released + [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: sigma, steps: steps)] { rdp.compose(segment) }
                 let (epsilon, order) = rdp.epsilon(delta: delta)
                 if json {
                     JSONOutput.print(
@@ -93,6 +109,17 @@ extension Coffer {
                 } else {
                     print("noise multiplier \(sigma) gives epsilon \(epsilon) at delta \(delta) (RDP, order \(order))")
                 }
+            }
+
+            /// `RATE:SIGMA:STEPS`, checked as a history's segment is.
+            static func segment(_ text: String) throws -> PrivacySegment {
+                let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+                guard parts.count == 3, let rate = Double(parts[0]), let sigma = Double(parts[1]), let steps = Int(parts[2]), rate > 0,
+                    rate <= 1, sigma > 0, sigma.isFinite, steps >= 1
+                else {
+                    throw CLIError("--after \(text): expected RATE:SIGMA:STEPS with a rate in (0, 1], a sigma over 0 and at least one step")
+                }
+                return PrivacySegment(sampleRate: rate, noiseMultiplier: sigma, steps: steps)
             }
         }
 

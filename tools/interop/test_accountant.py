@@ -56,6 +56,30 @@ def test_pld_sigma_calibration_spends_the_target_within_one_percent():
     assert reference(256 / 16152, sigma, 567, 1e-5)[0] > 3, "RDP, the cross-check, is looser at this sigma"
 
 
+def test_sigma_after_a_release_keeps_the_whole_history_at_the_target():
+    """`--after` composes a release made before the steps (coffer train's DP standardisation statistics, 1:SIGMA:1):
+    the noise chosen keeps the whole history at the target, by dp_accounting's own composition."""
+    q, steps, release = 256 / 16152, 567, 4.0
+    for accountant in ("rdp", "pld"):
+        out = subprocess.run([COFFER, "privacy", "sigma", "--target-epsilon", "3", "--sample-rate", str(q), "--steps", str(steps),
+                              "--delta", "1e-5", "--accountant", accountant, "--after", f"1:{release}:1", "--json"],
+                             capture_output=True, text=True, check=True)
+        answer = json.loads(out.stdout)
+        events = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(release),
+                                           dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(answer["noise_multiplier"])), steps)])
+        reference_accountant = rdp_privacy_accountant.RdpAccountant() if accountant == "rdp" else pld_privacy_accountant.PLDAccountant()
+        reference_accountant.compose(events)
+        whole = reference_accountant.get_epsilon(1e-5)
+        assert whole <= 3 * (1 + 1e-4) and abs(answer["epsilon"] - whole) <= 0.01 * whole, f"{accountant}: {answer} vs {whole}"
+        alone = json.loads(subprocess.run([COFFER, "privacy", "sigma", "--target-epsilon", "3", "--sample-rate", str(q), "--steps", str(steps),
+                                           "--delta", "1e-5", "--accountant", accountant, "--json"], capture_output=True, text=True,
+                                          check=True).stdout)["noise_multiplier"]
+        assert answer["noise_multiplier"] > alone, f"{accountant}: the release leaves less to the steps"
+    refused = subprocess.run([COFFER, "privacy", "sigma", "--target-epsilon", "3", "--sample-rate", "0.01", "--steps", "10", "--delta", "1e-5",
+                              "--after", "1:0:1"], capture_output=True, text=True)
+    assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0 and "RATE:SIGMA:STEPS" in refused.stderr, refused.stderr
+
+
 # PLD: the grids dp_accounting needs grow with epsilon, so the PLD grid stops where both sides stay under a second.
 PLD_CASES = [(q, sigma, steps) for q, sigma, steps in itertools.product([1e-3, 0.01, 0.1], [0.8, 2.0, 5.0], [1, 100, 3000])
              if not (q == 0.1 and sigma == 0.8 and steps == 3000)] + [(256 / 60000, 1.1, 14062)]
