@@ -95,9 +95,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
     public static let waypointInterval: Int64 = 1024
     /// Every version a `version` record named (`MODEL:VERSION`). A second record for one is refused, so that a version
     /// has one record, the one every reader takes (helper-73: readers took the first by an unsigned column, and the
-    /// replay had accepted a second). Its name and about 4 bytes a version in a remembered state; `nil` in a state
-    /// remembered before it, until filled in with the waypoints.
-    public private(set) var recordedVersions: Set<String>? = []
+    /// replay had accepted a second). About 11 bytes a version in a remembered state (``RecordedVersions``); `nil` in
+    /// a state remembered before it, until filled in with the waypoints.
+    public private(set) var recordedVersions: RecordedVersions? = RecordedVersions()
 
     public struct Token: Sendable, Equatable, Codable {
         public var facts: LedgerChange.TokenFacts
@@ -184,7 +184,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
 
     /// This state with `waypoints`, the hashes of its records 1024, 2048, ..., and the versions recorded, found by the
     /// caller on the chain that ends at `hash` (a state remembered before them).
-    func withIndexes(waypoints: [String], versions: Set<String>) -> LedgerState {
+    func withIndexes(waypoints: [String], versions: RecordedVersions) -> LedgerState {
         var state = self
         state.waypoints = waypoints
         state.recordedVersions = versions
@@ -193,7 +193,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
 
     /// What each kind of record means.
     /// - Parameter recorded: the versions recorded before `record` (nil in a state remembered before the set).
-    private mutating func change(_ record: LedgerRecord, recorded: Set<String>?) throws(LedgerError) {
+    private mutating func change(_ record: LedgerRecord, recorded: RecordedVersions?) throws(LedgerError) {
         func fail(_ why: String) -> LedgerError { .broken(seq: record.seq, why) }
         // What an adoption restates copies what an older Coffer accepted (dataset ids were free text before
         // 2026-11-28): its names are taken as they are, as when it was first read.

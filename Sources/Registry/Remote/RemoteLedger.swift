@@ -147,11 +147,11 @@ public struct RemoteLedger: Sendable {
         -> LedgerState
     {
         var waypoints: [String] = []
-        var versions: Set<String> = []
+        var versions = RecordedVersions()
         var repeated: String? = nil
         let reached = try await walk(after: 0, from: LedgerRecord.zeroHash, to: state.seq, source: source) { link in
             if link.seq % LedgerState.waypointInterval == 0 { waypoints.append(link.hash) }
-            if let version = link.version, !versions.insert(version).inserted, repeated == nil { repeated = version }
+            if let version = link.version, !versions.insert(version), repeated == nil { repeated = version }
         }
         guard reached == state.hash else {
             throw .tampered("\(location) sent a ledger that does not reach record \(state.seq) as verified before: rewritten or rolled back")
