@@ -1,6 +1,7 @@
 import ArgumentParser
 import CofferCrypto
 import CofferTraining
+import Foundation
 
 extension Coffer {
     struct Privacy: ParsableCommand {
@@ -74,6 +75,19 @@ extension Coffer {
             func run() throws {
                 guard accountant == "rdp" || accountant == "pld" else { throw CLIError("unknown accountant '\(accountant)': use rdp or pld") }
                 let released = try after.map(Self.segment)
+                do { try calibrate(after: released) } catch CofferTrainingError.unreachableEpsilon(let why) where !released.isEmpty {
+                    // The releases may be what spends the target: say so, with what they cost alone.
+                    var rdp = RDPAccountant()
+                    for segment in released { rdp.compose(segment) }
+                    let alone =
+                        accountant == "pld" ? (try? PLDAccountant().epsilon(segments: released, delta: delta)) : rdp.epsilon(delta: delta).epsilon
+                    throw CofferTrainingError.unreachableEpsilon(
+                        why + String(format: " (the releases given with --after alone are epsilon %.3f)", alone ?? .nan)
+                    )
+                }
+            }
+
+            private func calibrate(after released: [PrivacySegment]) throws {
                 if accountant == "pld",
                     let (sigma, epsilon) = try PLDAccountant().calibrateNoise(
                         targetEpsilon: targetEpsilon,
@@ -111,7 +125,7 @@ extension Coffer {
                 }
             }
 
-            /// `RATE:SIGMA:STEPS`, checked as a history's segment is.
+            /// `RATE:SIGMA:STEPS`: a rate in (0, 1], a noise multiplier over 0, at least one step.
             static func segment(_ text: String) throws -> PrivacySegment {
                 let parts = text.split(separator: ":", omittingEmptySubsequences: false)
                 guard parts.count == 3, let rate = Double(parts[0]), let sigma = Double(parts[1]), let steps = Int(parts[2]), rate > 0,

@@ -224,9 +224,9 @@ extension SecurityFindingsTests {
         // A state remembered before waypoints gets them from one read of the chain, which must reach its hash.
         var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(ledger.state)) as! [String: Any]
         json["waypoints"] = nil
-        json["recordedVersions"] = nil
+        json["recordedVersionKeys"] = nil
         let old = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: json))
-        #expect(old.waypoints == nil && old.recordedVersions == nil && old.lacksIndexes)
+        #expect(old.waypoints == nil && old.recordedVersionKeys == nil && old.lacksIndexes)
         #expect(try await RemoteLedger.filledIndexes(old, from: served, location: "https://registry.test") == ledger.state)
         #expect(ledger.state.supersedes(old) && !old.supersedes(ledger.state))
         json["hash"] = String(repeating: "0", count: 63) + "1"

@@ -176,7 +176,7 @@ extension SecurityFindingsTests {
         try appendForgedVersion(f, facts, after: state, by: "alice", signer: alice.identity)
         let second = try #require(try await f.registry.metadata.ledgerRecords(after: state.seq, limit: 1).first)
         var json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(state)) as! [String: Any]
-        json["recordedVersions"] = nil
+        json["recordedVersionKeys"] = nil
         json["seq"] = second.seq
         json["hash"] = try Registry.parse(Array(second.envelope)).hash
         let remembered = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: json))

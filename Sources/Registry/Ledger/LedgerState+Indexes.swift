@@ -3,7 +3,7 @@
 extension LedgerState {
     /// Whether this state was remembered before the waypoints or the recorded versions were kept: one read of the chain
     /// fills them in (``RemoteLedger/filledIndexes(_:from:location:)``).
-    public var lacksIndexes: Bool { waypoints == nil || recordedVersions == nil }
+    public var lacksIndexes: Bool { waypoints == nil || recordedVersionKeys == nil }
 
     /// The hash of record `seq` if it is a waypoint or the last record (nil otherwise).
     public func knownHash(at seq: Int64) -> String? {

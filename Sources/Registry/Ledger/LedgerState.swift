@@ -95,9 +95,9 @@ public struct LedgerState: Sendable, Equatable, Codable {
     public static let waypointInterval: Int64 = 1024
     /// Every version a `version` record named (`MODEL:VERSION`). A second record for one is refused, so that a version
     /// has one record, the one every reader takes (helper-73: readers took the first by an unsigned column, and the
-    /// replay had accepted a second). About 11 bytes a version in a remembered state (``RecordedVersions``); `nil` in
-    /// a state remembered before it, until filled in with the waypoints.
-    public private(set) var recordedVersions: RecordedVersions? = RecordedVersions()
+    /// replay had accepted a second). About 22 bytes a version in a remembered state (``RecordedVersions``); `nil` in
+    /// a state remembered before it (or with the names themselves, as on 2026-12-07), until filled in with the waypoints.
+    public private(set) var recordedVersionKeys: RecordedVersions? = RecordedVersions()
 
     public struct Token: Sendable, Equatable, Codable {
         public var facts: LedgerChange.TokenFacts
@@ -162,23 +162,23 @@ public struct LedgerState: Sendable, Equatable, Codable {
         guard record.seq == seq + 1 else { throw fail("follows record \(seq): a record is missing, inserted or reordered") }
         guard record.prev == hash else { throw fail("does not link to record \(seq) (rewritten, inserted or reordered)") }
         try checkSignature(record)
-        var versions = recordedVersions
+        var versions = recordedVersionKeys
         var recorded: String? = nil
         if case .version(let facts) = record.change { recorded = facts.label }
         if let recorded, versions?.contains(recorded) == true { throw fail("records \(recorded) a second time: a version has one record") }
         // The set leaves `self` while `next` is built, so that adding a name does not copy it: a copy per version
         // record (helper-74) would make a replay quadratic in the number of versions.
-        recordedVersions = nil
+        recordedVersionKeys = nil
         var next = self
         do { try next.change(record, recorded: versions) } catch {
-            recordedVersions = versions
+            recordedVersionKeys = versions
             throw error
         }
         next.seq = record.seq
         next.hash = record.hash
         if record.seq % Self.waypointInterval == 0 { next.waypoints?.append(record.hash) }
         if let recorded { versions?.insert(recorded) }
-        next.recordedVersions = versions
+        next.recordedVersionKeys = versions
         self = next
     }
 
@@ -187,7 +187,7 @@ public struct LedgerState: Sendable, Equatable, Codable {
     func withIndexes(waypoints: [String], versions: RecordedVersions) -> LedgerState {
         var state = self
         state.waypoints = waypoints
-        state.recordedVersions = versions
+        state.recordedVersionKeys = versions
         return state
     }
 

@@ -1,14 +1,14 @@
 import CofferCrypto
 import Foundation
 
-/// The versions a chain's `version` records named (``LedgerState/recordedVersions``), as every remembered state keeps
-/// them: each `MODEL:VERSION` by the first 8 bytes of its SHA-256, written as one base64 string of the values sorted
-/// (docs/FORMAT.md, "Remote registries"). Kept as a JSON array of the names, 100,000 versions made a remembered state
-/// of 2.3 MB that took 138 ms to read and 117 ms to write (debug build), which every command that opens the registry
-/// pays, and every commit; as 8-byte values, 1.1 MB. Telling two names apart by 64 bits of SHA-256: making a name
-/// collide with a given one takes about 2^64 hashes; a chance collision among a million versions is about 1 in 10^7.
+/// The versions a chain's `version` records named (``LedgerState/recordedVersionKeys``), as every remembered state keeps
+/// them: each `MODEL:VERSION` by the first 16 bytes of the SHA-256 of its UTF-8 bytes, written as one base64 string of
+/// the values sorted (docs/FORMAT.md, "Remote registries"). Kept as a JSON array of the names, 100,000 versions took
+/// 138 ms to read back (debug build), which every command that opens the registry pays; as 16-byte values, 22 ms. At
+/// 128 bits, two names that collide take about 2^64 hashes to find (8 bytes took 2^32: a publisher could have made two
+/// version names that one Coffer tells apart and this one does not, helper-76), so the set answers as the names would.
 public struct RecordedVersions: Sendable, Equatable, Codable {
-    private var keys: Set<UInt64> = []
+    private var keys: Set<UInt128> = []
 
     public init() {}
 
@@ -20,33 +20,28 @@ public struct RecordedVersions: Sendable, Equatable, Codable {
     @discardableResult
     public mutating func insert(_ label: String) -> Bool { keys.insert(Self.key(label)).inserted }
 
-    static func key(_ label: String) -> UInt64 {
-        Digest.sha256(label.utf8).prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+    static func key(_ label: String) -> UInt128 {
+        Digest.sha256(label.utf8).prefix(16).reduce(0) { $0 << 8 | UInt128($1) }
     }
 
     public init(from decoder: any Decoder) throws {
         let container = try decoder.singleValueContainer()
-        // The names themselves, as states remembered on 2026-12-07 before this form have them.
-        if let names = try? container.decode([String].self) {
-            for name in names { insert(name) }
-            return
+        guard let bytes = Data(base64Encoded: try container.decode(String.self)), bytes.count % 16 == 0 else {
+            throw DecodingError.dataCorruptedError(in: container, debugDescription: "not base64 of 16-byte values")
         }
-        guard let bytes = Data(base64Encoded: try container.decode(String.self)), bytes.count % 8 == 0 else {
-            throw DecodingError.dataCorruptedError(in: container, debugDescription: "recordedVersions is not base64 of 8-byte values")
-        }
-        keys.reserveCapacity(bytes.count / 8)
+        keys.reserveCapacity(bytes.count / 16)
         bytes.withUnsafeBytes { raw in
-            for offset in stride(from: 0, to: raw.count, by: 8) {
-                keys.insert(UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt64.self)))
+            for offset in stride(from: 0, to: raw.count, by: 16) {
+                keys.insert(UInt128(bigEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt128.self)))
             }
         }
     }
 
     public func encode(to encoder: any Encoder) throws {
         let sorted = keys.sorted()
-        var bytes = Data(count: sorted.count * 8)
+        var bytes = Data(count: sorted.count * 16)
         bytes.withUnsafeMutableBytes { raw in
-            for (index, key) in sorted.enumerated() { raw.storeBytes(of: key.bigEndian, toByteOffset: index * 8, as: UInt64.self) }
+            for (index, key) in sorted.enumerated() { raw.storeBytes(of: key.bigEndian, toByteOffset: index * 16, as: UInt128.self) }
         }
         var container = encoder.singleValueContainer()
         try container.encode(bytes.base64EncodedString())

@@ -233,7 +233,7 @@ extension Registry {
             // A version has one record: a writer that lost the race for a number (another replica or process took it)
             // hears it as from the database's unique key, and a client signs again for the next number.
             let label = LedgerChange.VersionFacts.label(model: statement.model, version: statement.version)
-            if current.recordedVersions?.contains(label) == true { throw .versionExists(label) }
+            if current.recordedVersionKeys?.contains(label) == true { throw .versionExists(label) }
             // Every path to a new version comes here (a local push, a client's upload, an OCI import): each meets the
             // rules new claims must meet, not only the local push that checks them before sealing (helper-71).
             try statement.privacy.validateForPush()
