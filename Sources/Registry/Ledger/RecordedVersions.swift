@@ -4,9 +4,10 @@ import Foundation
 /// The versions a chain's `version` records named (``LedgerState/recordedVersionKeys``), as every remembered state keeps
 /// them: each `MODEL:VERSION` by the first 16 bytes of the SHA-256 of its UTF-8 bytes, written as one base64 string of
 /// the values sorted (docs/FORMAT.md, "Remote registries"). Kept as a JSON array of the names, 100,000 versions took
-/// 138 ms to read back (debug build), which every command that opens the registry pays; as 16-byte values, 22 ms. At
-/// 128 bits, two names that collide take about 2^64 hashes to find (8 bytes took 2^32: a publisher could have made two
-/// version names that one Coffer tells apart and this one does not, helper-76), so the set answers as the names would.
+/// 138 ms to read back (debug build), which every command that opens the registry pays; as 16-byte values, 31-38 ms
+/// for about the same 2.2 MB (the names' strings, not their bytes, were the cost). At 128 bits, two names that collide
+/// take about 2^64 hashes to find (8 bytes took 2^32: a publisher could have made two version names that one Coffer
+/// tells apart and this one does not, helper-76), so the set answers as the names would.
 public struct RecordedVersions: Sendable, Equatable, Codable {
     private var keys: Set<UInt128> = []
 
