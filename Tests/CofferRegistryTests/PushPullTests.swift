@@ -37,7 +37,7 @@ struct PushPullTests {
         // A push's records (the first with its alias record) are adopted as they were applied, not read back: the state
         // this process and this user's memory hold, as the commit left them, is the one a replay of the stored ledger gives.
         let adopted = try #require(f.registry.ledger.withLock { $0 })
-        let remembered = f.memory.remembered(adopted.registry)?.state
+        let remembered = try f.memory.remembered(adopted.registry)?.state
         let replayed = try await Registry(at: f.home, memory: nil).ledgerState()
         #expect(adopted.latest["team/fraud"]?.version == "2" && adopted.alias("prod", of: "team/fraud") != nil)
         #expect(adopted == replayed && remembered == replayed)

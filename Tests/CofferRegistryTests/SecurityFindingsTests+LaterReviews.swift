@@ -243,9 +243,9 @@ extension SecurityFindingsTests {
         remembered["waypoints"] = nil
         let before = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: remembered))
         try await local.remember(current.registry) { $0!.state = before }
-        #expect(local.remembered(current.registry)?.state.waypoints == nil)
+        #expect(try local.remembered(current.registry)?.state.waypoints == nil)
         #expect(try await Registry(at: f.home, memory: local).ledgerState() == current)
-        #expect(local.remembered(current.registry)?.state == current)
+        #expect(try local.remembered(current.registry)?.state == current)
         remembered["hash"] = String(repeating: "0", count: 63) + "1"
         let wrong = try JSONDecoder().decode(LedgerState.self, from: JSONSerialization.data(withJSONObject: remembered))
         try await local.remember(current.registry) { $0!.state = wrong }

@@ -57,7 +57,7 @@ extension Registry {
         // Entries the ledger marked, and the last one this client saw, must still be there unchanged.
         var marks: [Int64: (hash: [UInt8], what: String)] = [:]
         if let mark = state.auditHead, let hash = Digest.bytes(fromHex: mark.hash) { marks[mark.seq] = (hash, "marked in the ledger") }
-        if let seen = memory?.remembered(state.registry)?.audit, let hash = Digest.bytes(fromHex: seen.hash), marks[seen.seq] == nil {
+        if let seen = try memory?.remembered(state.registry)?.audit, let hash = Digest.bytes(fromHex: seen.hash), marks[seen.seq] == nil {
             marks[seen.seq] = (hash, "verified before by this client")
         }
         // The newest state head the registry's key signed names an audit entry too (a server signs one every few

@@ -83,12 +83,13 @@ public struct ClientMemory: Sendable {
         return (try? JSONDecoder().decode([String: String].self, from: data)) ?? [:]
     }
 
-    public func remembered(_ root: String) -> Remembered? { newest(of: root)?.remembered }
+    /// - Throws: ``CofferRegistryError/io(path:reason:)`` when the newest valid copy does not decode (see ``newest(of:)``).
+    public func remembered(_ root: String) throws(CofferRegistryError) -> Remembered? { try newest(of: root)?.remembered }
 
     /// Records what was just verified, never going back from what another process remembered meanwhile.
     public func remember(_ root: String, update: @escaping @Sendable (inout Remembered?) -> Void) async throws(CofferRegistryError) {
         try await locked { () throws(CofferRegistryError) in
-            let newest = newest(of: root)
+            let newest = try newest(of: root)
             var current = newest?.remembered
             let before = current
             update(&current)
@@ -104,15 +105,24 @@ public struct ClientMemory: Sendable {
     /// What is remembered of `root`: the valid copy with the higher generation (docs/FORMAT.md, "Client memory"), merged
     /// with what an older client wrote, when there is such a file (a downgrade and an upgrade again): its state when it
     /// goes further, and each of its marks when that goes further. `slot` is the copy's, nil when there is none.
-    private func newest(of root: String) -> (slot: Int?, generation: UInt64, remembered: Remembered)? {
+    ///
+    /// A valid copy that does not decode is refused, not passed over: written by another Coffer (a later one, with a
+    /// field this one reads otherwise), it may remember more than the other copy, and reading on from the older one,
+    /// or from nothing, would accept a registry rolled back to it (helper-76).
+    private func newest(of root: String) throws(CofferRegistryError) -> (slot: Int?, generation: UInt64, remembered: Remembered)? {
         // Headers first: only the newest valid copy's JSON is decoded (a state can be large).
         let copies = (0..<2).compactMap { slot in Self.copyHeader(copyPath(root, slot)).map { (slot, $0) } }
         var newest: (slot: Int?, generation: UInt64, remembered: Remembered)? = nil
-        for (slot, copy) in copies.sorted(by: { $0.1.generation > $1.1.generation }) {
-            if let remembered = Self.decodeCopy(copy) {
-                newest = (slot, copy.generation, remembered)
-                break
+        for (slot, copy) in copies.sorted(by: { $0.1.generation > $1.1.generation }) where Self.isWhole(copy) {
+            guard let remembered = try? JSONDecoder().decode(Remembered.self, from: copy.json) else {
+                throw .io(
+                    path: copyPath(root, slot),
+                    reason:
+                        "what this client remembers of the registry does not decode (written by another version of Coffer?): use that version, or remove registries/\(root).0 and .1 to trust the registry anew, forgetting what was verified"
+                )
             }
+            newest = (slot, copy.generation, remembered)
+            break
         }
         guard let older = Self.regularFile(olderClientsPath(root)).flatMap({ try? JSONDecoder().decode(Remembered.self, from: $0) }) else {
             return newest

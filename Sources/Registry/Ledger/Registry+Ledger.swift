@@ -51,7 +51,7 @@ extension Registry {
                     "the registry at \(home) has root key \(root), but this client pinned \(pinned): it was replaced (or re-created)"
                 )
             }
-            let remembered = memory?.remembered(root)?.state
+            let remembered = try memory?.remembered(root)?.state
             if pinned != nil, let remembered { rememberedHere.withLock { $0 = remembered } }
             state = remembered ?? LedgerState(registry: root)
         }

@@ -33,7 +33,7 @@ public struct RemoteLedger: Sendable {
         now: Date = Date()
     ) async throws(CofferRegistryError) -> RemoteLedger {
         let pin = memory?.pin(for: location)
-        let remembered = pin.flatMap { memory?.remembered($0) }
+        let remembered = try pin.flatMap { root throws(CofferRegistryError) in try memory?.remembered(root) }
         // The head first: every record it names was appended before it was signed, so the records read next reach it.
         let envelope = try await source.stateHead()
         var state = remembered?.state
