@@ -7,10 +7,7 @@ import Testing
 struct FederatedCommandTests {
     /// A `coffer` process left running in `directory`, with the test passphrase.
     static func background(_ args: [String], in directory: URL, environment extra: [String: String] = [:]) throws -> BackgroundCoffer {
-        var environment = ProcessInfo.processInfo.environment
-        environment["COFFER_PASSPHRASE"] = "test passphrase"
-        environment.merge(extra) { $1 }
-        return try BackgroundCoffer(args, in: directory, environment: environment)
+        try BackgroundCoffer(args, in: directory, environment: CofferProcess.environment(in: directory, extra))
     }
 
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

@@ -213,7 +213,7 @@ struct SealCommandTests {
         let unseal = try BackgroundCoffer(
             ["unseal", "--identity", "keys/alice.key", "-o", "out.bin", "fifo"],
             in: dir.url,
-            environment: ["COFFER_PASSPHRASE": "test passphrase"]
+            environment: CofferProcess.environment(in: dir.url)
         )
         let writer = try FileHandle(forWritingTo: dir.url.appendingPathComponent("fifo"))
         writer.write(sealed.prefix(sealed.count / 2))

@@ -12,6 +12,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import cofferlib  # noqa: E402
+
 MIB = 1 << 20
 
 
@@ -76,7 +79,7 @@ def main():
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="coffer-bench-", dir=args.dir)
-    env = dict(os.environ, COFFER_PASSPHRASE="benchmark passphrase")
+    env = cofferlib.environment(work, "benchmark passphrase")
     try:
         plain = os.path.join(work, "plain.bin")
         make_file(plain, args.size_mib * MIB)

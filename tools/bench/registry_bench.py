@@ -50,7 +50,7 @@ def main():
 
     work = tempfile.mkdtemp(prefix="coffer-bench-registry-", dir=args.dir)
     home = os.path.join(work, "home")
-    env = dict(os.environ, COFFER_PASSPHRASE="benchmark passphrase", COFFER_HOME=home)
+    env = cofferlib.environment(work, "benchmark passphrase", COFFER_HOME=home)
     null = open(os.devnull, "wb")
     try:
         # Minimal Argon2id cost for the publisher: the figures measure the registry, not the passphrase KDF.

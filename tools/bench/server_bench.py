@@ -22,7 +22,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
-from cofferlib import start_server  # noqa: E402
+from cofferlib import environment, start_server  # noqa: E402
 
 MIB = 1 << 20
 
@@ -42,7 +42,6 @@ def main():
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
-    env = dict(os.environ, COFFER_PASSPHRASE="bench passphrase")
     coffer = args.coffer
 
     def c(*argv):
@@ -52,6 +51,7 @@ def main():
         return result.stdout.decode()
 
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
+        env = environment(work, "bench passphrase")
         home = f"{work}/home"
         c("keygen", "--out", f"{work}/alice")
         c("init", "--home", home, "--owner", f"{work}/alice.pub")

@@ -20,7 +20,7 @@ from safetensors.numpy import save_file
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
 from crypto_bench import run  # noqa: E402  (GNU time peak RSS, os.sync before each run)
-from cofferlib import start_server, start_service  # noqa: E402
+from cofferlib import environment, start_server, start_service  # noqa: E402
 
 
 def big_checkpoint(coffer, work, width):
@@ -171,8 +171,8 @@ def main():
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
     coffer = args.coffer
-    env = dict(os.environ, COFFER_PASSPHRASE="bench passphrase")
     with tempfile.TemporaryDirectory(dir=args.dir) as work:
+        env = environment(work, "bench passphrase")
         size = big_checkpoint(coffer, work, args.width)
         home = f"{work}/registry"
         def c(*argv, **kw):
