@@ -14,22 +14,23 @@ extension Coffer {
         struct Epsilon: ParsableCommand {
             static let configuration = CommandConfiguration(
                 commandName: "epsilon",
-                abstract: "Epsilon spent by STEPS steps of Poisson-sampled Gaussian noise."
+                abstract: "Epsilon spent by STEPS steps of Poisson-sampled Gaussian noise (after the releases given with --after)."
             )
             @Option(name: .long, help: "Poisson sampling rate q, in (0, 1].") var sampleRate: Double
             @Option(name: .long, help: "Noise multiplier sigma (> 0).") var noiseMultiplier: Double
             @Option(name: .long, help: "Number of steps.") var steps: Int
             @Option(name: .long, help: "Target delta, in (0, 1).") var delta: Double
             @Option(name: .long, help: "Accountant: rdp or pld.") var accountant: String = "rdp"
+            @OptionGroup var released: EarlierReleases
             @Flag(name: .long, help: "Print JSON: {epsilon, delta, accountant} and, for RDP, order.") var json = false
 
             func run() throws {
                 try PrivacyParameters.validate(sampleRate: sampleRate, noiseMultiplier: noiseMultiplier, steps: steps, delta: delta)
-                let segment = PrivacySegment(sampleRate: sampleRate, noiseMultiplier: noiseMultiplier, steps: steps)
+                let segments = try released.segments() + [PrivacySegment(sampleRate: sampleRate, noiseMultiplier: noiseMultiplier, steps: steps)]
                 switch accountant {
                 case "rdp":
                     var rdp = RDPAccountant()
-                    rdp.compose(segment)
+                    for segment in segments { rdp.compose(segment) }
                     let (epsilon, order) = rdp.epsilon(delta: delta)
                     if json {
                         JSONOutput.print(
@@ -39,7 +40,7 @@ extension Coffer {
                         print("epsilon \(epsilon) at delta \(delta) (RDP, optimal order \(order))")
                     }
                 case "pld":
-                    let epsilon = try PLDAccountant().epsilon(segments: [segment], delta: delta)
+                    let epsilon = try PLDAccountant().epsilon(segments: segments, delta: delta)
                     if json {
                         JSONOutput.print(.object(["epsilon": .number(epsilon), "delta": .number(delta), "accountant": .string("pld")]))
                     } else {
@@ -62,19 +63,12 @@ extension Coffer {
             @Option(name: .long, help: "Target delta, in (0, 1).") var delta: Double
             @Option(name: .long, help: "Accountant: rdp, or pld (epsilon within 0.5% below the target, as coffer train calibrates).")
             var accountant: String = "rdp"
-            @Option(
-                name: .long,
-                help: ArgumentHelp(
-                    "A release already made, composed before these steps: RATE:SIGMA:STEPS (coffer train's DP release of the standardisation statistics is 1:SIGMA:1); may be repeated.",
-                    valueName: "rate:sigma:steps"
-                )
-            )
-            var after: [String] = []
+            @OptionGroup var earlier: EarlierReleases
             @Flag(name: .long, help: "Print JSON: {noise_multiplier, epsilon, accountant} and, for RDP, order.") var json = false
 
             func run() throws {
                 guard accountant == "rdp" || accountant == "pld" else { throw CLIError("unknown accountant '\(accountant)': use rdp or pld") }
-                let released = try after.map(Self.segment)
+                let released = try earlier.segments()
                 do { try calibrate(after: released) } catch CofferTrainingError.unreachableEpsilon(let why) where !released.isEmpty {
                     // The releases may be what spends the target: say so, with what they cost alone.
                     var rdp = RDPAccountant()
@@ -124,6 +118,20 @@ extension Coffer {
                     print("noise multiplier \(sigma) gives epsilon \(epsilon) at delta \(delta) (RDP, order \(order))")
                 }
             }
+        }
+
+        /// `--after`: releases of the same data made before the steps a command accounts for, composed first.
+        struct EarlierReleases: ParsableArguments {
+            @Option(
+                name: .long,
+                help: ArgumentHelp(
+                    "A release already made, composed before these steps: RATE:SIGMA:STEPS (coffer train's DP release of the standardisation statistics is 1:SIGMA:1); may be repeated.",
+                    valueName: "rate:sigma:steps"
+                )
+            )
+            var after: [String] = []
+
+            func segments() throws -> [PrivacySegment] { try after.map(Self.segment) }
 
             /// `RATE:SIGMA:STEPS`: a rate in (0, 1], a noise multiplier over 0, at least one step.
             static func segment(_ text: String) throws -> PrivacySegment {

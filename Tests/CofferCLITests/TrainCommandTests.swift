@@ -164,6 +164,16 @@ struct TrainCommandTests {
         #expect(abs((pldJSON?["epsilon"] as? Double ?? 0) - 2.3817) < 1e-3)
         #expect(pldJSON?["accountant"] as? String == "pld")
         expectFailure(try CofferProcess.run(reference + ["--accountant", "moments"], in: dir.url), "unknown accountant 'moments': use rdp or pld")
+        // A release made before the steps (coffer train's DP statistics, 1:SIGMA:1) is composed with them, by each accountant.
+        for (accountant, alone) in [("rdp", 2.5966), ("pld", 2.3817)] {
+            let after = try CofferProcess.run(reference + ["--accountant", accountant, "--after", "1:4:1", "--json"], in: dir.url)
+            let epsilon = (try JSONSerialization.jsonObject(with: after.stdout) as? [String: Any])?["epsilon"] as? Double ?? 0
+            #expect(epsilon > alone + 0.01, "\(accountant): \(epsilon) after the release, \(alone) without")
+        }
+        expectFailure(
+            try CofferProcess.run(reference + ["--after", "1:4"], in: dir.url),
+            "--after 1:4: expected RATE:SIGMA:STEPS with a rate in (0, 1], a sigma over 0 and at least one step"
+        )
     }
 
     @Test func evidenceOptionsRecordTheAuditAndRefuseWhatCannotBeMet() throws {

@@ -58,7 +58,8 @@ def test_pld_sigma_calibration_spends_the_target_within_one_percent():
 
 def test_sigma_after_a_release_keeps_the_whole_history_at_the_target():
     """`--after` composes a release made before the steps (coffer train's DP standardisation statistics, 1:SIGMA:1):
-    the noise chosen keeps the whole history at the target, by dp_accounting's own composition."""
+    the noise chosen keeps the whole history at the target, by dp_accounting's own composition, and `privacy epsilon
+    --after` reports that history's epsilon."""
     q, steps, release = 256 / 16152, 567, 4.0
     for accountant in ("rdp", "pld"):
         out = subprocess.run([COFFER, "privacy", "sigma", "--target-epsilon", "3", "--sample-rate", str(q), "--steps", str(steps),
@@ -81,8 +82,20 @@ def test_sigma_after_a_release_keeps_the_whole_history_at_the_target():
                                            "--delta", "1e-5", "--accountant", accountant, "--json"], capture_output=True, text=True,
                                           check=True).stdout)["noise_multiplier"]
         assert answer["noise_multiplier"] > alone, f"{accountant}: the release leaves less to the steps"
+        # `privacy epsilon --after` composes the same history: it reports what dp_accounting does for the sigma chosen.
+        composed = json.loads(subprocess.run([COFFER, "privacy", "epsilon", "--sample-rate", str(q), "--noise-multiplier",
+                                              repr(answer["noise_multiplier"]), "--steps", str(steps), "--delta", "1e-5",
+                                              "--accountant", accountant, "--after", f"1:{release}:1", "--json"],
+                                             capture_output=True, text=True, check=True).stdout)["epsilon"]
+        if accountant == "rdp":
+            assert abs(composed - spent) <= 1e-6 * spent, f"epsilon --after {composed} vs {spent}"
+        else:  # PLD: never below dp_accounting, within its safety margin and the FFT's round-off
+            assert spent <= composed <= spent * (1 + 2e-4) + 1e-12, f"epsilon --after {composed} vs {spent}"
     refused = subprocess.run([COFFER, "privacy", "sigma", "--target-epsilon", "3", "--sample-rate", "0.01", "--steps", "10", "--delta", "1e-5",
                               "--after", "1:0:1"], capture_output=True, text=True)
+    assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0 and "RATE:SIGMA:STEPS" in refused.stderr, refused.stderr
+    refused = subprocess.run([COFFER, "privacy", "epsilon", "--sample-rate", "0.01", "--noise-multiplier", "1", "--steps", "10", "--delta", "1e-5",
+                              "--after", "0.01:1"], capture_output=True, text=True)
     assert refused.returncode != 0 and refused.stderr.strip().count("\n") == 0 and "RATE:SIGMA:STEPS" in refused.stderr, refused.stderr
     # A release that spends the target alone is named as the cause.
     spent = subprocess.run([COFFER, "privacy", "sigma", "--target-epsilon", "1", "--sample-rate", "0.01", "--steps", "10", "--delta", "1e-5",
