@@ -187,10 +187,12 @@ let package = Package(
         // What the test suites share: the backends a test run puts its registries on, and running a program to its end.
         .target(
             name: "CofferTestSupport",
-            dependencies: ["CofferCrypto", "CofferTraining"],
+            dependencies: ["CofferCrypto", "CofferTraining", "CTestState"],
             path: "Tests/Support",
             swiftSettings: swiftSettings
         ),
+        // A client state folder of the test process's own, made as it starts (Tests/TestState/test_state.c).
+        .target(name: "CTestState", path: "Tests/TestState"),
         .testTarget(
             name: "CofferCryptoTests",
             dependencies: ["CofferCrypto"],

@@ -22,6 +22,13 @@ struct ClientMemoryTests {
         return stat(path, &info) == 0 ? UInt64(info.st_ino) : nil
     }
 
+    /// A test process keeps its client state apart from the user's (Tests/TestState, or tools/test's COFFER_STATE_DIR):
+    /// the tests of remote clients remember registries, and the user's own coffer commands would read them.
+    @Test func theTestProcessKeepsItsClientStateApartFromTheUsers() {
+        let users = StateDirectory.path(environment: ProcessInfo.processInfo.environment.filter { $0.key != "COFFER_STATE_DIR" })
+        #expect(StateDirectory.path() != users)
+    }
+
     @Test func theTwoCopiesTakeTurnsInPlaceAndATornOneLeavesTheOther() async throws {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let memory = ClientMemory(directory: directory)
