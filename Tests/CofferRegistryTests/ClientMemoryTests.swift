@@ -1,4 +1,5 @@
 import CofferCrypto
+import CofferTestSupport
 import Foundation
 import Testing
 
@@ -22,11 +23,12 @@ struct ClientMemoryTests {
         return stat(path, &info) == 0 ? UInt64(info.st_ino) : nil
     }
 
-    /// A test process keeps its client state apart from the user's (Tests/TestState, or tools/test's COFFER_STATE_DIR):
+    /// A test process keeps its client state in a folder of its own (Tests/TestState), whatever COFFER_STATE_DIR said:
     /// the tests of remote clients remember registries, and the user's own coffer commands would read them.
     @Test func theTestProcessKeepsItsClientStateApartFromTheUsers() {
         let users = StateDirectory.path(environment: ProcessInfo.processInfo.environment.filter { $0.key != "COFFER_STATE_DIR" })
-        #expect(StateDirectory.path() != users)
+        #expect(StateDirectory.path() == TestState.folder)
+        #expect(TestState.folder != users && FileManager.default.fileExists(atPath: TestState.folder))
     }
 
     @Test func theTwoCopiesTakeTurnsInPlaceAndATornOneLeavesTheOther() async throws {

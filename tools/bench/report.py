@@ -121,6 +121,9 @@ def main():
     py, c = sys.executable, args.coffer
     quick = args.quick
     with tempfile.TemporaryDirectory() as work:
+        # Every benchmark's coffer keeps its client state here (those with a work folder of their own use that), never in
+        # the user's: records left there by anything else were read by every command, and measured with it.
+        os.environ["COFFER_STATE_DIR"] = f"{work}/client-state"
         transfers_json, training_json = f"{work}/transfers.json", f"{work}/training.json"
         sizes = "1,16,64,256" if quick else "1,16,64,256,1024,4096"
         benches = [

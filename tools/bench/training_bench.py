@@ -5,10 +5,14 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import cofferlib  # noqa: E402
 
 
 def synthetic(coffer, rows, work):
@@ -88,7 +92,7 @@ def main():
             path = os.path.join(work, "recipe.json")
             json.dump(recipe, open(path, "w"))
             out = subprocess.run([args.coffer, "train", "--config", path, "--out", os.path.join(work, "ckpt"), "--json"], check=True,
-                                 capture_output=True, text=True, env=dict(os.environ, COFFER_MATMUL=kernels))
+                                 capture_output=True, text=True, env=cofferlib.environment(work, COFFER_MATMUL=kernels))
             report = json.loads(out.stdout)
             return report["examples"] / report["training_seconds"]
 

@@ -19,7 +19,11 @@ import socket
 import subprocess
 import tempfile
 import time
+import sys
 from pathlib import Path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib"))
+import cofferlib  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -90,7 +94,7 @@ def peak_rss_kib(pid):
 
 def coordinator_peak(coffer, work, sites):
     """Peak RSS of `coffer fl serve` through one round with `sites` real site processes."""
-    env = dict(os.environ, COFFER_PASSPHRASE="bench passphrase")
+    env = cofferlib.environment(work, "bench passphrase")
     keys = work / f"keys{sites}"
     keys.mkdir(exist_ok=True)
     for name in ["coordinator"] + [f"s{i}" for i in range(sites)]:
