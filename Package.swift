@@ -235,7 +235,7 @@ let package = Package(
         .testTarget(
             name: "CofferFederatedTests",
             dependencies: [
-                "CofferFederated", "CofferCrypto", "CofferTraining", "CofferTestSupport",
+                "CofferFederated", "CofferCrypto", "CofferTraining", "CofferTestSupport", "CLibcrypto", "CSodium",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
             ],
             swiftSettings: swiftSettings

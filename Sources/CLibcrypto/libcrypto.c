@@ -91,23 +91,21 @@ int coffer_chacha20_available(char *reason, size_t size) {
     return -1;
 }
 
-static void coffer_chacha20_refused(const char *what) {
-    fprintf(stderr, "coffer: %s\n", what);
-    exit(70);
-}
-
 void *coffer_chacha20_new(void) {
     char reason[256];
-    if (coffer_chacha20_available(reason, sizeof reason) != 0) coffer_chacha20_refused(reason);
+    if (coffer_chacha20_available(reason, sizeof reason) != 0) return NULL;
     const struct coffer_libcrypto *lib = &table;
     coffer_evp_cipher_ctx *ctx = lib->ctx_new();
-    if (!ctx || lib->init(ctx, lib->chacha20, NULL, NULL, NULL) != 1) coffer_chacha20_refused("OpenSSL's ChaCha20 failed (out of memory?)");
+    if (ctx && lib->init(ctx, lib->chacha20, NULL, NULL, NULL) != 1) {
+        lib->ctx_free(ctx);
+        ctx = NULL;
+    }
     return ctx;
 }
 
 void coffer_chacha20_free(void *ctx) { table.ctx_free((coffer_evp_cipher_ctx *)ctx); }
 
-void coffer_chacha20_keystream(void *ctx, unsigned char *out, size_t count, const unsigned char *key, uint32_t counter) {
+int coffer_chacha20_keystream(void *ctx, unsigned char *out, size_t count, const unsigned char *key, uint32_t counter) {
     static const unsigned char zeros[16384];
     const struct coffer_libcrypto *lib = &table;
     // EVP_chacha20's 16-byte IV: the block counter (32-bit little-endian), then the 96-bit nonce.
@@ -116,14 +114,14 @@ void coffer_chacha20_keystream(void *ctx, unsigned char *out, size_t count, cons
     iv[1] = (unsigned char)(counter >> 8);
     iv[2] = (unsigned char)(counter >> 16);
     iv[3] = (unsigned char)(counter >> 24);
-    if (lib->init((coffer_evp_cipher_ctx *)ctx, NULL, NULL, key, iv) != 1) coffer_chacha20_refused("OpenSSL's ChaCha20 failed");
+    if (lib->init((coffer_evp_cipher_ctx *)ctx, NULL, NULL, key, iv) != 1) return -1;
     while (count > 0) {
         int piece = count < sizeof zeros ? (int)count : (int)sizeof zeros, written = 0;
-        if (lib->update((coffer_evp_cipher_ctx *)ctx, out, &written, zeros, piece) != 1 || written != piece)
-            coffer_chacha20_refused("OpenSSL's ChaCha20 failed");
+        if (lib->update((coffer_evp_cipher_ctx *)ctx, out, &written, zeros, piece) != 1 || written != piece) return -1;
         out += piece;
         count -= (size_t)piece;
     }
+    return 0;
 }
 
 void coffer_libcrypto_preload(void) {

@@ -1,3 +1,4 @@
+import CLibcrypto
 import CSodium
 import CofferCrypto
 import CofferTestSupport
@@ -23,6 +24,27 @@ struct MaskExpanderTests {
         }
         let words = (0..<count).map { j in stream[(j * 8)..<(j * 8 + 8)].reversed().reduce(UInt64(0)) { $0 << 8 | UInt64($1) } }
         #expect(mask.indices.first { mask[$0] != words[$0] } == nil, "the first word that differs")
+    }
+
+    static let keystreamPieces: [(counter: UInt32, count: Int)] = [(0, 1), (1, 64), (3, 8 * 1024), (1_000, 100), (70_000, 8 * 1024 - 5)]
+
+    /// Without an OpenSSL context (OpenSSL unavailable, or failed on the way), a piece of keystream comes from libsodium:
+    /// the same bytes from any block on, so a coordinator whose OpenSSL runs out of memory mid-round goes on.
+    @Test(arguments: keystreamPieces)
+    func libsodiumGivesOpenSSLsKeystreamFromAnyBlock(counter: UInt32, count: Int) throws {
+        try MaskExpander.checkAvailable()
+        let seed = SecureBytes.random(count: 32)
+        let whole = (count + 63) & ~63
+        var openSSL = [UInt8](repeating: 0xAA, count: whole)
+        var sodium = [UInt8](repeating: 0x55, count: whole)
+        let cipher = try #require(coffer_chacha20_new())
+        defer { coffer_chacha20_free(cipher) }
+        seed.withUnsafeBytes { key in
+            MaskExpander.fill(&openSSL, count: count, seed: key.baseAddress!, counter: counter, with: cipher)
+            MaskExpander.fill(&sodium, count: count, seed: key.baseAddress!, counter: counter, with: nil)
+        }
+        #expect(openSSL == sodium)
+        #expect(openSSL.contains { $0 != 0xAA } && sodium.contains { $0 != 0x55 })
     }
 
     /// RFC 8439 appendix A.1, test vectors 1 to 4 (nonce of zeros): zero key at blocks 0 and 1, key ending in 01 at block

@@ -7,15 +7,17 @@
 /// 0 when OpenSSL's ChaCha20 can be used; else -1, with the reason (one line) in `reason`.
 int coffer_chacha20_available(char *reason, size_t size);
 
-/// A ChaCha20 context. It holds the last key given to it (and, after a length that is not whole 64-byte blocks, the
-/// rest of a block of keystream) until it is freed, when OpenSSL cleanses it. Callers check
-/// ``coffer_chacha20_available`` first, where they can report an error; here an unavailable cipher ends the process.
+/// A ChaCha20 context, or NULL when OpenSSL's ChaCha20 is unavailable or cannot make one (out of memory): the caller
+/// then computes the same bytes with libsodium. It holds the last key given to it (and, after a length that is not
+/// whole 64-byte blocks, the rest of a block of keystream) until it is freed, when OpenSSL cleanses it.
 void *coffer_chacha20_new(void);
 
 /// Writes `count` bytes of the ChaCha20 keystream under `key` (32 bytes) and a 12-byte nonce of zeros, from 64-byte
 /// block `counter` on, to `out`; as crypto_stream_chacha20_ietf_xor_ic over zeros. The caller keeps `counter` plus the
-/// blocks below 2^32 (OpenSSL's counter is 32 bits too) and passes a context from ``coffer_chacha20_new``.
-void coffer_chacha20_keystream(void *ctx, unsigned char *out, size_t count, const unsigned char *key, uint32_t counter);
+/// blocks below 2^32 (OpenSSL's counter is 32 bits too) and passes a context from ``coffer_chacha20_new``. Returns 0,
+/// or -1 when OpenSSL failed on the way (out of memory), `out` then partly written: the caller computes the bytes
+/// again with libsodium, never ending the process (a coordinator serving a federation, a training run).
+int coffer_chacha20_keystream(void *ctx, unsigned char *out, size_t count, const unsigned char *key, uint32_t counter);
 
 /// Frees a context from ``coffer_chacha20_new`` (OpenSSL cleanses it).
 void coffer_chacha20_free(void *ctx);

@@ -1,4 +1,5 @@
 import CLibcrypto
+import CSodium
 public import CofferCrypto
 import Foundation
 
@@ -28,25 +29,33 @@ public final class MaskExpander {
         }
     }
 
-    /// Runs `body` with an OpenSSL ChaCha20 context, freed when it returns: the context holds the last seed it was given
-    /// in OpenSSL's ordinary memory, and OpenSSL cleanses it when it is freed, so no seed outlives the call there.
-    private static func withCipher<R>(_ body: (UnsafeMutableRawPointer) -> R) -> R {
-        let cipher: UnsafeMutableRawPointer = coffer_chacha20_new()
-        defer { coffer_chacha20_free(cipher) }
+    /// Runs `body` with an OpenSSL ChaCha20 context (nil when OpenSSL cannot make one: libsodium then), freed when it
+    /// returns: the context holds the last seed it was given in OpenSSL's ordinary memory, and OpenSSL cleanses it when
+    /// it is freed, so no seed outlives the call there.
+    private static func withCipher<R>(_ body: (UnsafeMutableRawPointer?) -> R) -> R {
+        let cipher = coffer_chacha20_new()
+        defer { if let cipher { coffer_chacha20_free(cipher) } }
         return body(cipher)
     }
 
     /// Fills `count` bytes at `out`, rounded up to whole 64-byte blocks (the scratch has room), with the keystream under
-    /// `seed` (32 bytes) from block `counter` on. Whole blocks leave no keystream behind in the OpenSSL context.
-    private static func fill(
+    /// `seed` (32 bytes) from block `counter` on. Whole blocks leave no keystream behind in the OpenSSL context. Without
+    /// a context, or when OpenSSL fails on the way (out of memory), libsodium gives the same bytes: a coordinator does
+    /// not end mid-round.
+    static func fill(
         _ out: UnsafeMutableRawPointer,
         count: Int,
         seed: UnsafeRawPointer,
         counter: UInt32,
-        with cipher: UnsafeMutableRawPointer
+        with cipher: UnsafeMutableRawPointer?
     ) {
         let whole = (count + 63) & ~63
-        coffer_chacha20_keystream(cipher, out.assumingMemoryBound(to: UInt8.self), whole, seed.assumingMemoryBound(to: UInt8.self), counter)
+        let bytes = out.assumingMemoryBound(to: UInt8.self)
+        let key = seed.assumingMemoryBound(to: UInt8.self)
+        if let cipher, coffer_chacha20_keystream(cipher, bytes, whole, key, counter) == 0 { return }
+        memset(out, 0, whole)
+        let nonce = [UInt8](repeating: 0, count: Int(crypto_stream_chacha20_ietf_NONCEBYTES))
+        _ = crypto_stream_chacha20_ietf_xor_ic(bytes, bytes, UInt64(whole), nonce, counter, key)
     }
 
     public enum Direction: Sendable {

@@ -125,17 +125,16 @@ public enum GaussianNoise {
     }
 
     /// Writes `count` bytes of ChaCha20's keystream under `key` (32 bytes), a nonce of zeros and block counter 0 on:
-    /// OpenSSL's when it loaded, else libsodium's `crypto_stream_chacha20_ietf`, the same bytes.
+    /// OpenSSL's when it loaded and does not fail on the way, else libsodium's `crypto_stream_chacha20_ietf`, the same
+    /// bytes.
     static func keystream(into out: UnsafeMutableRawPointer, count: Int, key: UnsafePointer<UInt8>, openSSL: Bool = openSSLChaCha20) {
         let bytes = out.assumingMemoryBound(to: UInt8.self)
-        guard openSSL else {
-            let nonce = [UInt8](repeating: 0, count: Int(crypto_stream_chacha20_ietf_NONCEBYTES))
-            _ = crypto_stream_chacha20_ietf(bytes, UInt64(count), nonce, key)
-            return
-        }
         // A context holds the key until it is freed, when OpenSSL cleanses it.
-        let cipher: UnsafeMutableRawPointer = coffer_chacha20_new()
-        defer { coffer_chacha20_free(cipher) }
-        coffer_chacha20_keystream(cipher, bytes, count, key, 0)
+        if openSSL, let cipher = coffer_chacha20_new() {
+            defer { coffer_chacha20_free(cipher) }
+            if coffer_chacha20_keystream(cipher, bytes, count, key, 0) == 0 { return }
+        }
+        let nonce = [UInt8](repeating: 0, count: Int(crypto_stream_chacha20_ietf_NONCEBYTES))
+        _ = crypto_stream_chacha20_ietf(bytes, UInt64(count), nonce, key)
     }
 }
