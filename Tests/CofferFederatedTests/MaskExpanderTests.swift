@@ -32,7 +32,7 @@ struct MaskExpanderTests {
     /// the same bytes from any block on, so a coordinator whose OpenSSL runs out of memory mid-round goes on.
     @Test(arguments: keystreamPieces)
     func libsodiumGivesOpenSSLsKeystreamFromAnyBlock(counter: UInt32, count: Int) throws {
-        try MaskExpander.checkAvailable()
+        _ = FederatedSodium.ready
         let seed = SecureBytes.random(count: 32)
         let whole = (count + 63) & ~63
         var openSSL = [UInt8](repeating: 0xAA, count: whole)

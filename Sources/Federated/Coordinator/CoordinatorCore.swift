@@ -65,7 +65,6 @@ public final class CoordinatorCore: @unchecked Sendable {
         sites: [PublicIdentity]
     ) throws(FederatedError) {
         try configuration.validate()
-        try MaskExpander.checkAvailable()
         guard Set(sites.map(\.keyID)).count == sites.count else { throw .invalidParameter("a site is enrolled twice") }
         guard sites.count >= configuration.minimumSites else {
             throw .invalidParameter("\(sites.count) sites enrolled, at least \(configuration.minimumSites) are needed")

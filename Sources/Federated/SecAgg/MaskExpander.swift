@@ -7,7 +7,8 @@ import Foundation
 ///
 /// The mask's element j is bytes 8j to 8j+8 (little-endian) of the ChaCha20 keystream (RFC 8439: 32-byte key = the
 /// seed, 12-byte nonce of zeros, block counter from 0), libsodium's `crypto_stream_chacha20_ietf`, here computed by OpenSSL's
-/// libcrypto, which gives the same bytes at twice the speed on AVX-512 machines (see `CLibcrypto`). A cryptographic PRG
+/// libcrypto, which gives the same bytes at twice the speed on AVX-512 machines (see `CLibcrypto`), and by libsodium
+/// where OpenSSL 3 is not there or fails (coordinators and sites no longer refuse to start without it). A cryptographic PRG
 /// is what makes a masked vector look uniform to whoever does not hold the seed (Flower's SecAgg+ expands masks with
 /// MT19937 seeded with 32 bits, which does not). Each seed masks one vector once: seeds are fresh per round.
 ///
@@ -19,15 +20,6 @@ public final class MaskExpander {
     private let scratch = SecureBytes(count: MaskExpander.pieceBytes)
 
     public init() { _ = FederatedSodium.ready }
-
-    /// Refuses, with the reason, when OpenSSL's ChaCha20 cannot be loaded: coordinators and sites check when they start,
-    /// not when the first masks are due.
-    public static func checkAvailable() throws(FederatedError) {
-        var reason = [CChar](repeating: 0, count: 256)
-        guard coffer_chacha20_available(&reason, reason.count) == 0 else {
-            throw .io(String(decoding: reason.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
-        }
-    }
 
     /// Runs `body` with an OpenSSL ChaCha20 context (nil when OpenSSL cannot make one: libsodium then), freed when it
     /// returns: the context holds the last seed it was given in OpenSSL's ordinary memory, and OpenSSL cleanses it when

@@ -60,7 +60,6 @@ public final class FederatedSite: @unchecked Sendable {
         rounds: Int,
         peers: [PublicIdentity]? = nil
     ) throws(FederatedError) {
-        try MaskExpander.checkAvailable()
         keyID = identity.publicIdentity.keyID
         publicIdentity = identity.publicIdentity
         self.identity = identity
