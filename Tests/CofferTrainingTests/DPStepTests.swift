@@ -111,7 +111,7 @@ struct DPStepTests {
     /// OpenSSL's keystream and libsodium's (used where OpenSSL does not load) are the same bytes, for lengths that are
     /// and are not whole 64-byte blocks.
     @Test func bothKeystreamsGiveTheSameBytes() {
-        #expect(GaussianNoise.openSSLChaCha20, "OpenSSL's ChaCha20 loads here, so both are compared")
+        #expect(ChaCha20Keystream.openSSL, "OpenSSL's ChaCha20 loads here, so both are compared")
         var key = [UInt8](repeating: 0, count: 32)
         for count in [1, 64, 272, 70_001] {
             randombytes_buf(&key, key.count)

@@ -1,6 +1,5 @@
-import CLibcrypto
-import CSodium
 public import CofferCrypto
+import CofferTraining
 import Foundation
 
 /// Expands a 32-byte seed into a mask over the ring Z_{2^64} and adds it to, or subtracts it from, a vector.
@@ -21,33 +20,17 @@ public final class MaskExpander {
 
     public init() { _ = FederatedSodium.ready }
 
-    /// Runs `body` with an OpenSSL ChaCha20 context (nil when OpenSSL cannot make one: libsodium then), freed when it
-    /// returns: the context holds the last seed it was given in OpenSSL's ordinary memory, and OpenSSL cleanses it when
-    /// it is freed, so no seed outlives the call there.
-    private static func withCipher<R>(_ body: (UnsafeMutableRawPointer?) -> R) -> R {
-        let cipher = coffer_chacha20_new()
-        defer { if let cipher { coffer_chacha20_free(cipher) } }
-        return body(cipher)
-    }
-
     /// Fills `count` bytes at `out`, rounded up to whole 64-byte blocks (the scratch has room), with the keystream under
-    /// `seed` (32 bytes) from block `counter` on. Whole blocks leave no keystream behind in the OpenSSL context. Without
-    /// a context, or when OpenSSL fails on the way (out of memory), libsodium gives the same bytes: a coordinator does
-    /// not end mid-round.
-    static func fill(
-        _ out: UnsafeMutableRawPointer,
-        count: Int,
-        seed: UnsafeRawPointer,
-        counter: UInt32,
-        with cipher: UnsafeMutableRawPointer?
-    ) {
+    /// `seed` (32 bytes) from block `counter` on, through `context` when given (``ChaCha20Keystream``).
+    static func fill(_ out: UnsafeMutableRawPointer, count: Int, seed: UnsafeRawPointer, counter: UInt32, with context: UnsafeMutableRawPointer?) {
         let whole = (count + 63) & ~63
-        let bytes = out.assumingMemoryBound(to: UInt8.self)
-        let key = seed.assumingMemoryBound(to: UInt8.self)
-        if let cipher, coffer_chacha20_keystream(cipher, bytes, whole, key, counter) == 0 { return }
-        memset(out, 0, whole)
-        let nonce = [UInt8](repeating: 0, count: Int(crypto_stream_chacha20_ietf_NONCEBYTES))
-        _ = crypto_stream_chacha20_ietf_xor_ic(bytes, bytes, UInt64(whole), nonce, counter, key)
+        ChaCha20Keystream.write(
+            into: out.assumingMemoryBound(to: UInt8.self),
+            count: whole,
+            key: seed.assumingMemoryBound(to: UInt8.self),
+            counter: counter,
+            context: context
+        )
     }
 
     public enum Direction: Sendable {
@@ -85,7 +68,7 @@ public final class MaskExpander {
     func apply(seeds: UnsafeRawPointer, directions: [Direction], to vector: UnsafeMutableBufferPointer<UInt64>, startingAt first: Int = 0) {
         precondition(first % 8 == 0, "a range of the mask starts on a ChaCha20 block")
         let wordsPerPiece = Self.passBytes / 8
-        Self.withCipher { cipher in
+        ChaCha20Keystream.withContext { cipher in
             scratch.withUnsafeMutableBytes { raw in
                 let words = raw.bindMemory(to: UInt64.self)
                 var start = 0
@@ -143,7 +126,7 @@ public final class MaskExpander {
     func keystream(seed: UnsafeRawPointer, count total: Int, _ body: (Int, UnsafeBufferPointer<UInt64>) -> Void) {
         let wordsPerPiece = Self.pieceBytes / 8
         var start = 0
-        Self.withCipher { cipher in
+        ChaCha20Keystream.withContext { cipher in
             scratch.withUnsafeMutableBytes { raw in
                 let words = raw.bindMemory(to: UInt64.self)
                 while start < total {

@@ -1,4 +1,3 @@
-import CLibcrypto
 import CSodium
 
 #if canImport(Glibc)
@@ -106,13 +105,6 @@ public enum GaussianNoise {
         }
     }
 
-    /// Whether OpenSSL's ChaCha20 loaded: it computes the keystream at 2.2x libsodium's speed here (5.4 against 2.4
-    /// GB/s a core, AVX-512). A DP-SGD step's noise on the training benchmark (85,500 values): 0.93 -> 0.80 ms of CPU.
-    static let openSSLChaCha20: Bool = {
-        var reason = [CChar](repeating: 0, count: 256)
-        return coffer_chacha20_available(&reason, reason.count) == 0
-    }()
-
     /// Writes `count` bytes of ChaCha20's keystream under a key that `seeding` fills and that is wiped at once: every
     /// block of DP-SGD's secret randomness (its noise, its batches) is drawn so. The key lives on the stack, never in
     /// an array that could be copied or freed unwiped.
@@ -124,17 +116,11 @@ public enum GaussianNoise {
         }
     }
 
-    /// Writes `count` bytes of ChaCha20's keystream under `key` (32 bytes), a nonce of zeros and block counter 0 on:
-    /// OpenSSL's when it loaded and does not fail on the way, else libsodium's `crypto_stream_chacha20_ietf`, the same
-    /// bytes.
-    static func keystream(into out: UnsafeMutableRawPointer, count: Int, key: UnsafePointer<UInt8>, openSSL: Bool = openSSLChaCha20) {
-        let bytes = out.assumingMemoryBound(to: UInt8.self)
-        // A context holds the key until it is freed, when OpenSSL cleanses it.
-        if openSSL, let cipher = coffer_chacha20_new() {
-            defer { coffer_chacha20_free(cipher) }
-            if coffer_chacha20_keystream(cipher, bytes, count, key, 0) == 0 { return }
+    /// Writes `count` bytes of ChaCha20's keystream under `key` (32 bytes) from block 0 on (``ChaCha20Keystream``;
+    /// `openSSL` false takes libsodium's, which tests compare).
+    static func keystream(into out: UnsafeMutableRawPointer, count: Int, key: UnsafePointer<UInt8>, openSSL: Bool = ChaCha20Keystream.openSSL) {
+        ChaCha20Keystream.withContext(openSSL: openSSL) { context in
+            ChaCha20Keystream.write(into: out.assumingMemoryBound(to: UInt8.self), count: count, key: key, context: context)
         }
-        let nonce = [UInt8](repeating: 0, count: Int(crypto_stream_chacha20_ietf_NONCEBYTES))
-        _ = crypto_stream_chacha20_ietf(bytes, UInt64(count), nonce, key)
     }
 }
