@@ -5,9 +5,11 @@
 // 2026-12-06). OpenSSL has AVX-512 paths and libsodium 1.0.18 stops at AVX2. libcrypto is loaded on first use, as
 // OpenBLAS is (2.6-3 ms with the fetches), so a command that seals or opens little does not pay for loading it.
 //
-// The cipher is fetched from a library context of Coffer's own, which reads no openssl.cnf: a host configuration that
-// restricts the default context (default_properties = fips=yes, where ChaCha20 is not approved) does not apply to it,
-// and nothing else in the process that uses libcrypto sees a change.
+// The cipher is fetched from a library context of Coffer's own, and libcrypto is told not to read openssl.cnf: a host
+// configuration that restricts the default context (default_properties = fips=yes, where ChaCha20 is not approved) or
+// loads engines does not apply. Only Coffer uses this libcrypto in its processes (the TLS stack is BoringSSL's).
+// Without that, the first EVP_CipherInit_ex (its engine lookup) ran OPENSSL_init_crypto's defaults, which read and
+// applied the host's openssl.cnf.
 #include "coffer_libcrypto.h"
 
 #include <dlfcn.h>
@@ -20,6 +22,8 @@
 typedef struct coffer_evp_cipher_ctx coffer_evp_cipher_ctx;
 typedef struct coffer_evp_cipher coffer_evp_cipher;
 typedef struct coffer_ossl_lib_ctx coffer_ossl_lib_ctx;
+
+#define COFFER_OPENSSL_INIT_NO_LOAD_CONFIG 0x00000080L
 
 struct coffer_libcrypto {
     const coffer_evp_cipher *chacha20;  // NULL when unavailable; `failure` says why
@@ -47,6 +51,7 @@ static void coffer_libcrypto_load(void) {
         snprintf(t->failure, sizeof t->failure, "cannot load OpenSSL's libcrypto (install libssl3): %s", dlerror());
         return;
     }
+    int (*init_crypto)(uint64_t, const void *) = (int (*)(uint64_t, const void *))dlsym(handle, "OPENSSL_init_crypto");
     coffer_ossl_lib_ctx *(*lib_ctx_new)(void) = (coffer_ossl_lib_ctx * (*)(void)) dlsym(handle, "OSSL_LIB_CTX_new");
     const coffer_evp_cipher *(*fetch)(coffer_ossl_lib_ctx *, const char *, const char *) =
         (const coffer_evp_cipher *(*)(coffer_ossl_lib_ctx *, const char *, const char *))dlsym(handle, "EVP_CIPHER_fetch");
@@ -57,8 +62,13 @@ static void coffer_libcrypto_load(void) {
     t->init = (int (*)(coffer_evp_cipher_ctx *, const coffer_evp_cipher *, void *, const unsigned char *,
                        const unsigned char *))dlsym(handle, "EVP_EncryptInit_ex");
     t->update = (int (*)(coffer_evp_cipher_ctx *, unsigned char *, int *, const unsigned char *, int))dlsym(handle, "EVP_EncryptUpdate");
-    if (!lib_ctx_new || !fetch || !error || !error_string || !t->ctx_new || !t->ctx_free || !t->init || !t->update) {
+    if (!init_crypto || !lib_ctx_new || !fetch || !error || !error_string || !t->ctx_new || !t->ctx_free || !t->init ||
+        !t->update) {
         snprintf(t->failure, sizeof t->failure, "OpenSSL's libcrypto lacks the EVP functions of OpenSSL 3");
+        return;
+    }
+    if (init_crypto(COFFER_OPENSSL_INIT_NO_LOAD_CONFIG, NULL) != 1) {
+        snprintf(t->failure, sizeof t->failure, "OpenSSL's libcrypto did not initialize");
         return;
     }
     coffer_ossl_lib_ctx *context = lib_ctx_new();
@@ -78,6 +88,14 @@ static void coffer_libcrypto_load(void) {
     t->ctrl = (int (*)(coffer_evp_cipher_ctx *, int, int, void *))dlsym(handle, "EVP_CIPHER_CTX_ctrl");
     if (t->cipher_init && t->cipher_update && t->cipher_final && t->ctrl) {
         t->aead = fetch(context, "ChaCha20-Poly1305", NULL);
+        // One initialization now, of a context then freed: the first EVP_CipherInit_ex in a process sets up OpenSSL's
+        // engine tables, which a process forking commands (`coffer runner`) then does once for all of its forks.
+        coffer_evp_cipher_ctx *ctx = t->aead ? t->ctx_new() : NULL;
+        if (ctx) {
+            static const unsigned char zeros[32];
+            if (t->cipher_init(ctx, t->aead, NULL, zeros, zeros, 1) != 1) t->aead = NULL;
+            t->ctx_free(ctx);
+        }
         // Read without the once by coffer_xchacha20poly1305_ready(), from any thread.
         if (t->aead) __atomic_store_n(&t->aead_ready, 1, __ATOMIC_RELEASE);
     }

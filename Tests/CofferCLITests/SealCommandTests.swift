@@ -78,6 +78,26 @@ struct SealCommandTests {
         #expect(back.stdout == plain)
     }
 
+    /// OpenSSL's ChaCha20-Poly1305 seals large files (from 8 MiB) in a library context of Coffer's own, and libcrypto
+    /// is told to read no openssl.cnf: the host's configuration (here OPENSSL_CONF naming a FIFO nobody writes, which a
+    /// read would wait on forever) has no say. Before, the first chunk's EVP_CipherInit_ex read it, and the seal hung.
+    @Test func sealingWithOpenSSLReadsNoOpenSSLConfiguration() throws {
+        let dir = try Scratch()
+        try dir.keygen("alice")
+        let plain = Data(count: 16 << 20)
+        try dir.write("plain.bin", plain)
+        #expect(mkfifo(dir.path("openssl.cnf"), 0o600) == 0)
+        let environment = CofferProcess.environment(in: dir.url, ["OPENSSL_CONF": dir.path("openssl.cnf")])
+        for args in [
+            ["seal", "--to", "keys/alice.pub", "-o", "plain.cfs", "plain.bin"],
+            ["unseal", "--identity", "keys/alice.key", "-o", "out.bin", "plain.cfs"],
+        ] {
+            let run = try BackgroundCoffer(args, in: dir.url, environment: environment).finish(within: 60)
+            #expect(run.status == 0, "\(args[0]): \(run.status) \(run.stderr)")
+        }
+        #expect(try dir.read("out.bin") == plain)
+    }
+
     @Test func rangeReadEqualsTheSlice() throws {
         let dir = try Scratch()
         try dir.keygen("alice")
