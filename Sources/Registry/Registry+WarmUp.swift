@@ -21,6 +21,10 @@ extension Registry {
         loadFasterChunkCipher()
         let ledger = ClientMemory.warmUp()
         let placeholders = databaseQuestionMarks(count: 2) == "?,?"
+        // A push's directory name (``modelDirectoryName(_:)``): a relative file URL made absolute ran a generic
+        // requirement check the cache did not hold, a scan of all conformance records in every fork.
+        let directory = URL(fileURLWithPath: "model/weights.bin").standardizedFileURL.lastPathComponent == "weights.bin"
         return "model/weights.bin".precomposedStringWithCanonicalMapping == "model/weights.bin" && placeholders && ledger
+            && directory
     }
 }
