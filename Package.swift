@@ -52,14 +52,14 @@ let package = Package(
         .systemLibrary(name: "CLinux"),
         .target(name: "CFiles", path: "Sources/CFiles"),
         .target(name: "CRunner", path: "Sources/CRunner"),
-        // The command runner's protocol and process, without Foundation: its launcher links it (docs/FORMAT.md).
+        // The command runner's protocol and process (docs/FORMAT.md), without Foundation.
         .target(name: "CofferRunner", dependencies: ["CRunner"], path: "Sources/Runner", swiftSettings: swiftSettings),
+        // The launcher, in C: it starts before every command it runs (Sources/Run/main.c).
         .executableTarget(
             name: "CofferRun",
-            dependencies: ["CofferRunner", "CRunner"],
+            dependencies: ["CRunner"],
             path: "Sources/Run",
-            swiftSettings: swiftSettings,
-            linkerSettings: [.unsafeFlags(releaseLinkerFlags, .when(configuration: .release))]
+            linkerSettings: [.unsafeFlags(releaseLinkerFlags + ["-static-executable"], .when(configuration: .release))]
         ),
         .systemLibrary(name: "CSQLiteShim", providers: [.apt(["libsqlite3-dev"])]),
         .target(

@@ -4,8 +4,8 @@ import CRunner
 import Glibc
 #endif
 
-// The command runner's frames (docs/FORMAT.md, "Command runner protocol"). This module imports only Glibc: the
-// launcher links it, and a launcher that loaded Foundation would pay again what the runner saves.
+// The command runner's frames (docs/FORMAT.md, "Command runner protocol"): the runner's side, and the launcher's in
+// tests and the fuzz target (`coffer-run` itself is C, Sources/Run/main.c, and speaks the same frames).
 
 /// What `coffer-run` asks the runner to run, and the descriptors that go with it.
 public struct RunnerRequest: Equatable {
