@@ -24,7 +24,14 @@ extension Registry {
         // A push's directory name (``modelDirectoryName(_:)``): a relative file URL made absolute ran a generic
         // requirement check the cache did not hold, a scan of all conformance records in every fork.
         let directory = URL(fileURLWithPath: "model/weights.bin").standardizedFileURL.lastPathComponent == "weights.bin"
+        // Closing the registry: GRDB's DatabaseQueue deinit calls NotificationCenter's removeObserver(self), whose cast
+        // asks whether the object is a boxed Swift value, two scans in every fork (Foundation's box type, once a process,
+        // then the answer for DatabaseQueue). A queue cannot be made here (GRDB starts a thread), its type can.
+        NotificationCenter.default.removeObserver(NotAnObserver())
+        let queueIsNoBox = !(DatabaseQueue.self is any _NSSwiftValue.Type)
         return "model/weights.bin".precomposedStringWithCanonicalMapping == "model/weights.bin" && placeholders && ledger
-            && directory
+            && directory && queueIsNoBox
     }
+
+    private final class NotAnObserver {}
 }
