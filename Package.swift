@@ -59,7 +59,7 @@ let package = Package(
             name: "CofferRun",
             dependencies: ["CRunner"],
             path: "Sources/Run",
-            linkerSettings: [.unsafeFlags(releaseLinkerFlags + ["-static-executable"], .when(configuration: .release))]
+            linkerSettings: [.unsafeFlags(releaseLinkerFlags + ["-static-executable", "-nostartfiles"], .when(configuration: .release))]
         ),
         .systemLibrary(name: "CSQLiteShim", providers: [.apt(["libsqlite3-dev"])]),
         .target(

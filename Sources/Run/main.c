@@ -4,6 +4,7 @@
 // In C, not Swift: what the launcher costs comes before every command it runs. Written in Swift (without Foundation)
 // it took 1.9 ms of CPU per command (the dynamic loader, libstdc++, the Swift runtime, 268 page faults of a 12 MB
 // binary), about a tenth of a warm 1 MiB push through the runner.
+#define _GNU_SOURCE 1
 #include "coffer_runner.h"
 
 #include <errno.h>
@@ -47,19 +48,21 @@ __attribute__((format(printf, 1, 2))) static void say(const char *format, ...) {
 /// The `coffer` beside this program.
 static void find_coffer(void) {
     ssize_t length = readlink("/proc/self/exe", coffer, PATH_MAX);
-    if (length <= 0) {
-        strcpy(coffer, "coffer");
-        return;
+    char *slash = length > 0 ? memrchr(coffer, '/', (size_t)length) : NULL;
+    // Not a bare "coffer": execv would take it from the working directory.
+    if (!slash) {
+        say("cannot find this program's file (/proc/self/exe): %s", length < 0 ? strerror(errno) : "not a path");
+        exit(127);
     }
-    coffer[length] = 0;
-    char *slash = strrchr(coffer, '/');
-    strcpy(slash ? slash + 1 : coffer, "coffer");
+    strcpy(slash + 1, "coffer");
 }
 
 /// Runs `coffer` itself in this process's place.
 static void run_directly(void) {
-    arguments[0] = coffer;
-    execv(coffer, arguments);
+    // With no arguments at all (argc 0), argv[0] is the list's end: a list of our own, not the environment after it.
+    char *alone[] = { coffer, NULL };
+    if (argument_count > 0) arguments[0] = coffer;
+    execv(coffer, argument_count > 0 ? arguments : alone);
     say("cannot run %s: %s", coffer, strerror(errno));
     exit(127);
 }
@@ -249,19 +252,24 @@ int main(int argc, char **argv) {
     append(&request, &has_terminal, 1);
     append_u32(&request, (uint32_t)getpgrp());
     append_blob(&request, coffer);
-    append_u32(&request, (uint32_t)(argc - 1));
+    append_u32(&request, (uint32_t)(argc > 0 ? argc - 1 : 0));
     for (int i = 1; i < argc; i++) append_blob(&request, argv[i]);
     uint32_t environment_count = 0;
     for (char **entry = environ; *entry; entry++) environment_count++;
     append_u32(&request, environment_count);
     for (char **entry = environ; *entry; entry++) append_blob(&request, *entry);
+    // Over the frame limit (an environment of megabytes), the runner would refuse it: coffer itself takes it.
+    if (request.count > frame_limit) run_directly();
     int passing[5] = { directory, 0, 1, 2, terminal };
     if (!write_frame(runner, request.bytes, request.count, passing, has_terminal ? 5 : 4)) run_directly();
     free(request.bytes);
     close(directory);
     if (terminal >= 0) close(terminal);
 
-    // A runner that does not answer within 5 s (stopped, swapping) is left: the fork runs nothing without `go`.
+    // A runner that does not answer within 5 s (stopped, swapping) is left: the fork runs nothing without `go`. The
+    // deadline holds for the whole of `started`, not only its first byte.
+    struct timeval deadline = { .tv_sec = 5 };
+    setsockopt(runner, SOL_SOCKET, SO_RCVTIMEO, &deadline, sizeof deadline);
     struct pollfd answering = { .fd = runner, .events = POLLIN };
     int waited;
     do {
@@ -283,6 +291,9 @@ int main(int argc, char **argv) {
     // Declined, or an answer this launcher does not know: nothing ran, nor will without `go`.
     if (!(first[0] == reply_started && length == 1 && received == 1)) run_directly();
     free(first);
+    // The command may run for hours: no deadline on `exited`.
+    struct timeval none = { 0 };
+    setsockopt(runner, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
     coffer_forward_signals(pidfd);
     unsigned char go = frame_go;
     if (!write_frame(runner, &go, 1, NULL, 0)) run_directly();
