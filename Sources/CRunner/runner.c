@@ -5,6 +5,9 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -158,4 +161,21 @@ void coffer_forward_signals(int pidfd) {
         sigemptyset(&action.sa_mask);
         sigaction(forwarded_signals[i], &action, NULL);
     }
+}
+
+static int exit_report = -1;
+
+// Runs after the command's own exit handlers (it is registered before the command starts), once its output is flushed.
+static void report_exit(int status, void *unused) {
+    (void)unused;
+    fflush(NULL);
+    uint32_t wait_status = (uint32_t)(status & 0xff) << 8;
+    unsigned char bytes[4] = { (unsigned char)wait_status, (unsigned char)(wait_status >> 8), 0, 0 };
+    ssize_t sent;
+    do { sent = send(exit_report, bytes, sizeof bytes, MSG_NOSIGNAL); } while (sent < 0 && errno == EINTR);
+}
+
+int coffer_runner_report_exit_to(int socket) {
+    exit_report = socket;
+    return on_exit(report_exit, NULL);
 }

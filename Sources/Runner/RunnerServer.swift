@@ -53,17 +53,21 @@ public final class RunnerServer {
         listener = fd
     }
 
-    /// A running command: its process, pidfd and launcher's connection.
+    /// A running command: its process, pidfd, launcher's connection, and the socket its exit status comes on.
     private struct Child {
         let pid: pid_t
         let pidfd: Int32
-        let connection: Int32
+        /// -1 once the launcher has its `exited`.
+        var connection: Int32
+        /// Where the command's exit handler sends its wait status (``coffer_runner_report_exit_to``); -1 once read or
+        /// closed, or when the socket pair could not be made.
+        var exitReport: Int32
         /// The launcher went away; the command has had its SIGHUP.
         var hungUp = false
     }
 
-    /// At most this many commands at once; more connections wait in the listen queue. Each running command holds two
-    /// descriptors here (its pidfd and its launcher's connection).
+    /// At most this many commands at once; more connections wait in the listen queue. Each running command holds three
+    /// descriptors here (its pidfd, its launcher's connection and its exit report).
     static let maximumCommands = 64
 
     /// Serves until stopped (SIGTERM, SIGINT, SIGHUP, or its file replaced), then waits for the commands running and
@@ -84,6 +88,7 @@ public final class RunnerServer {
             for child in running {
                 watched.append(pollfd(fd: child.pidfd, events: Int16(POLLIN), revents: 0))
                 watched.append(pollfd(fd: child.hungUp ? -1 : child.connection, events: coffer_poll_read_hangup(), revents: 0))
+                watched.append(pollfd(fd: child.exitReport, events: Int16(POLLIN), revents: 0))
             }
             // Out of descriptors, the listener rests 100 ms instead of failing accept in a busy loop.
             let ready = coffer_runner_wait(&watched, UInt(watched.count), resting ? 100 : -1)
@@ -92,17 +97,25 @@ public final class RunnerServer {
             let first = listening ? 1 : 0
             for index in running.indices.reversed() {
                 let child = running[index]
-                if watched[first + 2 * index].revents != 0 {
+                if watched[first + 3 * index].revents != 0 {
                     var status: Int32 = 0
                     var reaped: pid_t
                     repeat { reaped = waitpid(child.pid, &status, 0) } while reaped < 0 && errno == EINTR
                     // Without the status (never expected: every signal is at its default), no `exited`: the launcher
                     // then fails, as it does when the runner is gone.
-                    if reaped == child.pid { RunnerFrame.write(child.connection, RunnerReply.exited(status: status).encoded()) }
-                    close(child.connection)
-                    close(child.pidfd)
+                    if reaped == child.pid { Self.answer(child.connection, status: status) }
+                    for fd in [child.connection, child.pidfd, child.exitReport] where fd >= 0 { close(fd) }
                     running.remove(at: index)
-                } else if watched[first + 2 * index + 1].revents != 0 {
+                } else if watched[first + 3 * index + 2].revents != 0 {
+                    // The command called exit: its launcher learns the status now, not after the process is torn down.
+                    // The runner still reaps it (and counts it) when its pidfd says it has ended.
+                    if let status = Self.readExitReport(child.exitReport) {
+                        Self.answer(child.connection, status: status)
+                        running[index].connection = -1
+                    }
+                    close(child.exitReport)
+                    running[index].exitReport = -1
+                } else if watched[first + 3 * index + 1].revents != 0 {
                     // The launcher was killed: hang up on the command as its terminal would, and wake it if it was
                     // stopped (^Z), as the kernel does for a process group left orphaned.
                     _ = coffer_pidfd_send_signal(child.pidfd, SIGHUP)
@@ -122,6 +135,26 @@ public final class RunnerServer {
             }
         }
         exit(0)
+    }
+
+    /// Sends `exited` with `status` to a launcher still waiting for it, and closes its connection.
+    private static func answer(_ connection: Int32, status: Int32) {
+        guard connection >= 0 else { return }
+        RunnerFrame.write(connection, RunnerReply.exited(status: status).encoded())
+        close(connection)
+    }
+
+    /// The wait status a command's exit handler sent, or nil when it ended without one (a signal, `_exit`).
+    private static func readExitReport(_ socket: Int32) -> Int32? {
+        var bytes = [UInt8](repeating: 0, count: 4)
+        var filled = 0
+        while filled < 4 {
+            let n = bytes[filled...].withUnsafeMutableBytes { read(socket, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return nil }
+            filled += n
+        }
+        return Int32(bitPattern: UInt32(bytes[0]) | UInt32(bytes[1]) << 8 | UInt32(bytes[2]) << 16 | UInt32(bytes[3]) << 24)
     }
 
     private enum Accepted {
@@ -151,19 +184,25 @@ public final class RunnerServer {
             close(connection)
             return .next
         }
+        // Without the pair (out of descriptors), the command's status comes from its pidfd alone, as before.
+        var exitReport: [Int32] = [-1, -1]
+        if socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &exitReport) != 0 { exitReport = [-1, -1] }
         let pid = fork()
         if pid == 0 {
             close(listener)
             for child in running {
-                close(child.pidfd)
-                close(child.connection)
+                for fd in [child.pidfd, child.connection, child.exitReport] where fd >= 0 { close(fd) }
             }
+            if exitReport[0] >= 0 { close(exitReport[0]) }
             coffer_runner_uncatch_stop()
             var unblocked = sigset_t()
             sigemptyset(&unblocked)
             sigprocmask(SIG_SETMASK, &unblocked, nil)
-            return .command(Self.receive(connection, image: image))
+            let command = Self.receive(connection, image: image)
+            if exitReport[1] >= 0, coffer_runner_report_exit_to(exitReport[1]) != 0 { close(exitReport[1]) }
+            return .command(command)
         }
+        if exitReport[1] >= 0 { close(exitReport[1]) }
         let pidfd = pid > 0 ? coffer_pidfd_open(pid) : -1
         guard pidfd >= 0 else {
             let reason = String(cString: strerror(errno))
@@ -171,11 +210,12 @@ public final class RunnerServer {
                 kill(pid, SIGKILL)
                 _ = waitpid(pid, nil, 0)
             }
+            if exitReport[0] >= 0 { close(exitReport[0]) }
             RunnerFrame.write(connection, RunnerReply.error("cannot start the command: \(reason)").encoded())
             close(connection)
             return .next
         }
-        running.append(Child(pid: pid, pidfd: pidfd, connection: connection))
+        running.append(Child(pid: pid, pidfd: pidfd, connection: connection, exitReport: exitReport[0]))
         return .next
     }
 

@@ -38,6 +38,11 @@ int coffer_runner_stop_requested(void);
 /// In a fork of the runner: those signals back to their defaults, before the command installs its own.
 void coffer_runner_uncatch_stop(void);
 
+/// In a fork of the runner, before the command runs: when the command calls exit, its wait status (4 bytes,
+/// little-endian) goes to `socket` once its exit handlers have run and its output is flushed, before the process is
+/// torn down; the runner then answers `exited` without waiting for the end (about 1 ms for a push's address space).
+int coffer_runner_report_exit_to(int socket);
+
 /// In the launcher: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH and SIGCONT go on to the process of
 /// `pidfd`; SIGTSTP stops it (SIGSTOP) and then the launcher.
 void coffer_forward_signals(int pidfd);
