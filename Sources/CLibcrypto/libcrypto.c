@@ -24,6 +24,7 @@ typedef struct coffer_evp_cipher coffer_evp_cipher;
 typedef struct coffer_ossl_lib_ctx coffer_ossl_lib_ctx;
 
 #define COFFER_OPENSSL_INIT_NO_LOAD_CONFIG 0x00000080L
+#define COFFER_OPENSSL_INIT_NO_ATEXIT 0x00080000L
 
 struct coffer_libcrypto {
     const coffer_evp_cipher *chacha20;  // NULL when unavailable; `failure` says why
@@ -67,7 +68,9 @@ static void coffer_libcrypto_load(void) {
         snprintf(t->failure, sizeof t->failure, "OpenSSL's libcrypto lacks the EVP functions of OpenSSL 3");
         return;
     }
-    if (init_crypto(COFFER_OPENSSL_INIT_NO_LOAD_CONFIG, NULL) != 1) {
+    // Nor does it register OPENSSL_cleanup with atexit: an exiting process need not free OpenSSL's tables, and in a fork
+    // of the runner it would run after the fork has reported its exit status.
+    if (init_crypto(COFFER_OPENSSL_INIT_NO_LOAD_CONFIG | COFFER_OPENSSL_INIT_NO_ATEXIT, NULL) != 1) {
         snprintf(t->failure, sizeof t->failure, "OpenSSL's libcrypto did not initialize");
         return;
     }

@@ -165,17 +165,26 @@ void coffer_forward_signals(int pidfd) {
 
 static int exit_report = -1;
 
-// Runs after the command's own exit handlers (it is registered before the command starts), once its output is flushed.
+// Registered by the runner before anything else (coffer_runner_prepare_exit_report), so it runs after every exit handler
+// registered later, the command's and the warm-up's; it does nothing in a process whose fork did not arm it.
 static void report_exit(int status, void *unused) {
     (void)unused;
-    fflush(NULL);
+    if (exit_report < 0) return;
+    // Only the two streams a command writes, and only if no other thread holds them (a thread blocked in a read of
+    // stdin would hold its lock forever): then no report, and the runner answers from the pidfd, after the teardown.
+    FILE *streams[] = { stdout, stderr };
+    for (size_t i = 0; i < 2; i++) {
+        if (ftrylockfile(streams[i]) != 0) return;
+        int flushed = fflush_unlocked(streams[i]);
+        funlockfile(streams[i]);
+        if (flushed != 0) return;
+    }
     uint32_t wait_status = (uint32_t)(status & 0xff) << 8;
     unsigned char bytes[4] = { (unsigned char)wait_status, (unsigned char)(wait_status >> 8), 0, 0 };
     ssize_t sent;
     do { sent = send(exit_report, bytes, sizeof bytes, MSG_NOSIGNAL); } while (sent < 0 && errno == EINTR);
 }
 
-int coffer_runner_report_exit_to(int socket) {
-    exit_report = socket;
-    return on_exit(report_exit, NULL);
-}
+int coffer_runner_prepare_exit_report(void) { return on_exit(report_exit, NULL); }
+
+void coffer_runner_report_exit_to(int socket) { exit_report = socket; }

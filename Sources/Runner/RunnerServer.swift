@@ -27,6 +27,8 @@ public final class RunnerServer {
     /// The file this process runs, as the path it had at the start and its device and inode.
     private let imagePath: String
     private let image: (dev_t, ino_t)
+    /// Whether forks can report their exit status before their teardown (``coffer_runner_prepare_exit_report``).
+    private let reportsExits: Bool
 
     /// Listens at `socketPath` (mode 0600).
     public init(socketPath: String) throws(RunnerError) {
@@ -51,6 +53,9 @@ public final class RunnerServer {
         }
         self.socketPath = socketPath
         listener = fd
+        // Before the warm-up registers any exit handler (OpenSSL's), so that a fork's report runs after all of them.
+        // Without it, every status comes from the pidfd, after the fork's teardown.
+        reportsExits = coffer_runner_prepare_exit_report() == 0
     }
 
     /// A running command: its process, pidfd, launcher's connection, and the socket its exit status comes on.
@@ -103,14 +108,17 @@ public final class RunnerServer {
                     repeat { reaped = waitpid(child.pid, &status, 0) } while reaped < 0 && errno == EINTR
                     // Without the status (never expected: every signal is at its default), no `exited`: the launcher
                     // then fails, as it does when the runner is gone.
-                    if reaped == child.pid { Self.answer(child.connection, status: status) }
+                    if reaped == child.pid && child.connection >= 0 {
+                        RunnerFrame.write(child.connection, RunnerReply.exited(status: status).encoded())
+                    }
                     for fd in [child.connection, child.pidfd, child.exitReport] where fd >= 0 { close(fd) }
                     running.remove(at: index)
                 } else if watched[first + 3 * index + 2].revents != 0 {
                     // The command called exit: its launcher learns the status now, not after the process is torn down.
                     // The runner still reaps it (and counts it) when its pidfd says it has ended.
-                    if let status = Self.readExitReport(child.exitReport) {
-                        Self.answer(child.connection, status: status)
+                    if let status = Self.readExitReport(child.exitReport), child.connection >= 0 {
+                        RunnerFrame.write(child.connection, RunnerReply.exited(status: status).encoded())
+                        close(child.connection)
                         running[index].connection = -1
                     }
                     close(child.exitReport)
@@ -137,24 +145,15 @@ public final class RunnerServer {
         exit(0)
     }
 
-    /// Sends `exited` with `status` to a launcher still waiting for it, and closes its connection.
-    private static func answer(_ connection: Int32, status: Int32) {
-        guard connection >= 0 else { return }
-        RunnerFrame.write(connection, RunnerReply.exited(status: status).encoded())
-        close(connection)
-    }
-
-    /// The wait status a command's exit handler sent, or nil when it ended without one (a signal, `_exit`).
+    /// The wait status a command's exit handler sent (one message of 4 bytes, an exit code's `code << 8`), or nil when
+    /// it ended without one (a signal, `_exit`) or sent anything else. Never waits: a command that wrote part of a
+    /// message must not hold up the runner's other commands.
     private static func readExitReport(_ socket: Int32) -> Int32? {
-        var bytes = [UInt8](repeating: 0, count: 4)
-        var filled = 0
-        while filled < 4 {
-            let n = bytes[filled...].withUnsafeMutableBytes { read(socket, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            guard n > 0 else { return nil }
-            filled += n
-        }
-        return Int32(bitPattern: UInt32(bytes[0]) | UInt32(bytes[1]) << 8 | UInt32(bytes[2]) << 16 | UInt32(bytes[3]) << 24)
+        var bytes = [UInt8](repeating: 0, count: 8)
+        var n: Int
+        repeat { n = bytes.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) } } while n < 0 && errno == EINTR
+        guard n == 4, bytes[0] == 0, bytes[2] == 0, bytes[3] == 0 else { return nil }
+        return Int32(bytes[1]) << 8
     }
 
     private enum Accepted {
@@ -186,7 +185,9 @@ public final class RunnerServer {
         }
         // Without the pair (out of descriptors), the command's status comes from its pidfd alone, as before.
         var exitReport: [Int32] = [-1, -1]
-        if socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &exitReport) != 0 { exitReport = [-1, -1] }
+        if reportsExits, socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &exitReport) != 0 {
+            exitReport = [-1, -1]
+        }
         let pid = fork()
         if pid == 0 {
             close(listener)
@@ -199,7 +200,7 @@ public final class RunnerServer {
             sigemptyset(&unblocked)
             sigprocmask(SIG_SETMASK, &unblocked, nil)
             let command = Self.receive(connection, image: image)
-            if exitReport[1] >= 0, coffer_runner_report_exit_to(exitReport[1]) != 0 { close(exitReport[1]) }
+            if exitReport[1] >= 0 { coffer_runner_report_exit_to(exitReport[1]) }
             return .command(command)
         }
         if exitReport[1] >= 0 { close(exitReport[1]) }

@@ -38,10 +38,14 @@ int coffer_runner_stop_requested(void);
 /// In a fork of the runner: those signals back to their defaults, before the command installs its own.
 void coffer_runner_uncatch_stop(void);
 
+/// In the runner, before anything registers an exit handler (its warm-up, OpenSSL): registers the handler that reports
+/// a fork's exit status, so that it runs after the handlers registered later (not after those the C++ runtime and
+/// libraries registered at load: their destructors, which write nothing). 0, or -1 when it could not.
+int coffer_runner_prepare_exit_report(void);
 /// In a fork of the runner, before the command runs: when the command calls exit, its wait status (4 bytes,
-/// little-endian) goes to `socket` once its exit handlers have run and its output is flushed, before the process is
-/// torn down; the runner then answers `exited` without waiting for the end (about 1 ms for a push's address space).
-int coffer_runner_report_exit_to(int socket);
+/// little-endian, one SOCK_SEQPACKET message) goes to `socket` once stdout and stderr are flushed, before the process
+/// is torn down; the runner then answers `exited` without waiting for the end (about 1 ms for a push's address space).
+void coffer_runner_report_exit_to(int socket);
 
 /// In the launcher: SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH and SIGCONT go on to the process of
 /// `pidfd`; SIGTSTP stops it (SIGSTOP) and then the launcher.
