@@ -63,6 +63,52 @@ ssize_t coffer_receive_descriptors(int socket, void *bytes, size_t length, int *
     return received;
 }
 
+/// Reads `count` bytes; the descriptors that come with the first piece go to `descriptors` (at most `capacity`),
+/// their number in `*received`.
+static int read_exactly(int socket, unsigned char *bytes, size_t count, int *descriptors, int capacity, int *received) {
+    for (size_t filled = 0; filled < count;) {
+        int passed = 0;
+        ssize_t n = coffer_receive_descriptors(socket, bytes + filled, count - filled, descriptors, filled == 0 ? capacity : 0, &passed);
+        if (n <= 0) return 0;
+        if (filled == 0 && received) *received = passed;
+        filled += (size_t)n;
+    }
+    return 1;
+}
+
+int coffer_frame_write(int socket, const unsigned char *body, size_t length, const int *descriptors, int count) {
+    unsigned char *frame = malloc(length + 4);
+    if (!frame) return -1;
+    for (int i = 0; i < 4; i++) frame[i] = (unsigned char)(length >> (8 * i));
+    memcpy(frame + 4, body, length);
+    for (size_t offset = 0; offset < length + 4;) {
+        ssize_t sent = coffer_send_descriptors(socket, frame + offset, length + 4 - offset, offset == 0 ? descriptors : NULL,
+                                               offset == 0 ? count : 0);
+        if (sent <= 0) {
+            free(frame);
+            return -1;
+        }
+        offset += (size_t)sent;
+    }
+    free(frame);
+    return 0;
+}
+
+unsigned char *coffer_frame_read(int socket, size_t *length, int *descriptors, int capacity, int *received) {
+    unsigned char head[4];
+    *received = 0;
+    if (!read_exactly(socket, head, 4, descriptors, capacity, received)) return NULL;
+    uint32_t size = (uint32_t)head[0] | (uint32_t)head[1] << 8 | (uint32_t)head[2] << 16 | (uint32_t)head[3] << 24;
+    if (size < 1 || size > COFFER_FRAME_LIMIT) return NULL;
+    unsigned char *body = malloc(size);
+    if (!body || !read_exactly(socket, body, size, NULL, 0, NULL)) {
+        free(body);
+        return NULL;
+    }
+    *length = size;
+    return body;
+}
+
 int coffer_peer_credentials(int socket, uid_t *uid, pid_t *pid) {
     struct ucred credentials;
     socklen_t size = sizeof credentials;

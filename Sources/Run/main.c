@@ -26,7 +26,6 @@
 extern char **environ;
 
 enum { frame_run = 0x01, frame_go = 0x02, reply_started = 0x81, reply_exited = 0x82, reply_error = 0xFF };
-static const uint32_t frame_limit = 4u << 20;
 
 static char coffer[PATH_MAX + 8];
 static char **arguments;
@@ -172,54 +171,6 @@ static uint32_t u32_at(const unsigned char *bytes) {
     return (uint32_t)bytes[0] | (uint32_t)bytes[1] << 8 | (uint32_t)bytes[2] << 16 | (uint32_t)bytes[3] << 24;
 }
 
-/// Writes `body` as one frame, `descriptors` attached to its first byte; 0 when the socket refused it.
-static int write_frame(int socket, const unsigned char *body, size_t length, const int *descriptors, int count) {
-    unsigned char head[4] = { (unsigned char)length, (unsigned char)(length >> 8), (unsigned char)(length >> 16), (unsigned char)(length >> 24) };
-    struct buffer frame = { 0 };
-    append(&frame, head, 4);
-    append(&frame, body, length);
-    for (size_t offset = 0; offset < frame.count;) {
-        ssize_t sent = coffer_send_descriptors(socket, frame.bytes + offset, frame.count - offset, offset == 0 ? descriptors : NULL,
-                                               offset == 0 ? count : 0);
-        if (sent <= 0) {
-            free(frame.bytes);
-            return 0;
-        }
-        offset += (size_t)sent;
-    }
-    free(frame.bytes);
-    return 1;
-}
-
-/// Reads `count` bytes; descriptors that come with the first piece go to `descriptors` (at most `capacity`).
-static int read_exactly(int socket, unsigned char *bytes, size_t count, int *descriptors, int capacity, int *received) {
-    for (size_t filled = 0; filled < count;) {
-        int passed = 0;
-        ssize_t n = coffer_receive_descriptors(socket, bytes + filled, count - filled, descriptors, filled == 0 ? capacity : 0, &passed);
-        if (n <= 0) return 0;
-        if (filled == 0 && received) *received = passed;
-        filled += (size_t)n;
-    }
-    return 1;
-}
-
-/// Reads one frame into a new buffer (its length in `*length`); NULL at the end of the stream, on an error, or when
-/// the length is 0 or over the limit.
-static unsigned char *read_frame(int socket, size_t *length, int *descriptors, int capacity, int *received) {
-    unsigned char head[4];
-    if (received) *received = 0;
-    if (!read_exactly(socket, head, 4, descriptors, capacity, received)) return NULL;
-    uint32_t size = u32_at(head);
-    if (size < 1 || size > frame_limit) return NULL;
-    unsigned char *body = malloc(size);
-    if (!body || !read_exactly(socket, body, size, NULL, 0, NULL)) {
-        free(body);
-        return NULL;
-    }
-    *length = size;
-    return body;
-}
-
 int main(int argc, char **argv) {
     arguments = argv;
     argument_count = argc;
@@ -259,9 +210,9 @@ int main(int argc, char **argv) {
     append_u32(&request, environment_count);
     for (char **entry = environ; *entry; entry++) append_blob(&request, *entry);
     // Over the frame limit (an environment of megabytes), the runner would refuse it: coffer itself takes it.
-    if (request.count > frame_limit) run_directly();
+    if (request.count > COFFER_FRAME_LIMIT) run_directly();
     int passing[5] = { directory, 0, 1, 2, terminal };
-    if (!write_frame(runner, request.bytes, request.count, passing, has_terminal ? 5 : 4)) run_directly();
+    if (coffer_frame_write(runner, request.bytes, request.count, passing, has_terminal ? 5 : 4) != 0) run_directly();
     free(request.bytes);
     close(directory);
     if (terminal >= 0) close(terminal);
@@ -278,7 +229,7 @@ int main(int argc, char **argv) {
     if (waited <= 0) run_directly();
     int pidfd = -1, received = 0;
     size_t length = 0;
-    unsigned char *first = read_frame(runner, &length, &pidfd, 1, &received);
+    unsigned char *first = coffer_frame_read(runner, &length, &pidfd, 1, &received);
     if (!first) run_directly();
     if (first[0] == reply_error && length >= 5 && u32_at(first + 1) == length - 5) {
         char message[1024];
@@ -296,9 +247,9 @@ int main(int argc, char **argv) {
     setsockopt(runner, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
     coffer_forward_signals(pidfd);
     unsigned char go = frame_go;
-    if (!write_frame(runner, &go, 1, NULL, 0)) run_directly();
+    if (coffer_frame_write(runner, &go, 1, NULL, 0) != 0) run_directly();
 
-    unsigned char *last = read_frame(runner, &length, NULL, 0, NULL);
+    unsigned char *last = coffer_frame_read(runner, &length, NULL, 0, &received);
     if (!last || last[0] != reply_exited || length != 5) {
         // The runner went away while the command ran: wait for the command, whose status is lost with it.
         struct pollfd end = { .fd = pidfd, .events = POLLIN };

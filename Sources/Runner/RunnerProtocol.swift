@@ -126,55 +126,30 @@ public enum RunnerFrame {
     public static let run: UInt8 = 0x01
     /// The launcher's answer to `started`: run the command.
     public static let go: UInt8 = 0x02
-    public static let limit = 4 << 20
+    public static let limit = Int(COFFER_FRAME_LIMIT)
 
-    /// Writes `body` as one frame, `descriptors` attached to its first byte. False when the socket refused it.
+    /// Writes `body` as one frame, `descriptors` attached to its first byte (``coffer_frame_write``, which the launcher
+    /// uses too). False when the socket refused it.
     @discardableResult
     public static func write(_ socket: Int32, _ body: [UInt8], descriptors: [Int32] = []) -> Bool {
-        var frame: [UInt8] = []
-        frame.reserveCapacity(body.count + 4)
-        frame.appendU32(UInt32(body.count))
-        frame += body
-        var offset = 0
-        while offset < frame.count {
-            let sent = frame[offset...].withUnsafeBytes { bytes in
-                offset == 0
-                    ? descriptors.withUnsafeBufferPointer {
-                        coffer_send_descriptors(socket, bytes.baseAddress, bytes.count, $0.baseAddress, Int32($0.count))
-                    }
-                    : coffer_send_descriptors(socket, bytes.baseAddress, bytes.count, nil, 0)
+        body.withUnsafeBufferPointer { bytes in
+            descriptors.withUnsafeBufferPointer {
+                coffer_frame_write(socket, bytes.baseAddress, bytes.count, $0.baseAddress, Int32($0.count)) == 0
             }
-            guard sent > 0 else { return false }
-            offset += sent
         }
-        return true
     }
 
-    /// Reads one frame; the descriptors that came with it are appended to `descriptors` (at most `capacity`).
-    /// Nil at the end of the stream, on an error, or when the length is 0 or over ``limit``.
+    /// Reads one frame (``coffer_frame_read``); the descriptors that came with it are appended to `descriptors` (at most
+    /// `capacity`). Nil at the end of the stream, on an error, or when the length is 0 or over ``limit``.
     public static func read(_ socket: Int32, descriptors: inout [Int32], capacity: Int = 0) -> [UInt8]? {
-        guard let head = readExactly(socket, 4, descriptors: &descriptors, capacity: capacity) else { return nil }
-        let length = Int(UInt32(head[0]) | UInt32(head[1]) << 8 | UInt32(head[2]) << 16 | UInt32(head[3]) << 24)
-        guard length >= 1, length <= limit else { return nil }
-        return readExactly(socket, length, descriptors: &descriptors, capacity: 0)
-    }
-
-    private static func readExactly(_ socket: Int32, _ count: Int, descriptors: inout [Int32], capacity: Int) -> [UInt8]? {
-        var bytes = [UInt8](repeating: 0, count: count)
-        var filled = 0
-        var passed = [Int32](repeating: -1, count: 8)
-        while filled < count {
-            var received: Int32 = 0
-            let n = bytes[filled...].withUnsafeMutableBytes { buffer in
-                passed.withUnsafeMutableBufferPointer {
-                    coffer_receive_descriptors(socket, buffer.baseAddress, buffer.count, $0.baseAddress, Int32(filled == 0 ? capacity : 0), &received)
-                }
-            }
-            guard n > 0 else { return nil }
-            descriptors += passed[0..<Int(received)]
-            filled += n
-        }
-        return bytes
+        var passed = [Int32](repeating: -1, count: max(capacity, 1))
+        var received: Int32 = 0
+        var length = 0
+        let body = passed.withUnsafeMutableBufferPointer { coffer_frame_read(socket, &length, $0.baseAddress, Int32(capacity), &received) }
+        descriptors += passed[0..<Int(received)]
+        guard let body else { return nil }
+        defer { free(body) }
+        return Array(UnsafeBufferPointer(start: body, count: length))
     }
 }
 

@@ -14,6 +14,18 @@ ssize_t coffer_send_descriptors(int socket, const void *bytes, size_t length, co
 /// are closed and make it return -1 with errno EBADMSG.
 ssize_t coffer_receive_descriptors(int socket, void *bytes, size_t length, int *descriptors, int capacity, int *count);
 
+/// The largest frame body (docs/FORMAT.md, "Command runner protocol": a `u32` length, 1 to this, then the body).
+enum { COFFER_FRAME_LIMIT = 4194304 };
+
+/// Writes `body` as one frame, `count` descriptors attached to its first byte; 0, or -1
+/// with errno when the socket refused it.
+int coffer_frame_write(int socket, const unsigned char *body, size_t length, const int *descriptors, int count);
+
+/// Reads one frame into a new buffer (free it), its length in `*length`; the descriptors that came with it go to
+/// `descriptors` (at most `capacity`, close-on-exec), their number in `*received`, even when the frame then fails.
+/// NULL at the end of the stream, on an error, or when the length is 0 or over COFFER_FRAME_LIMIT.
+unsigned char *coffer_frame_read(int socket, size_t *length, int *descriptors, int capacity, int *received);
+
 /// The uid and pid of the process at the other end of a Unix socket (SO_PEERCRED); 0, or -1 with errno.
 int coffer_peer_credentials(int socket, uid_t *uid, pid_t *pid);
 /// The working directory as an O_PATH descriptor (a directory without read permission can still be entered).
