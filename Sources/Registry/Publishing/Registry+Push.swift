@@ -14,31 +14,43 @@ extension Registry {
     /// Blobs are made durable in the blob store first; the version's rows and ledger record then commit in one
     /// transaction, so a crash at any point leaves the whole version or none (orphan blobs go to `gc`).
     /// The data key is wrapped for the registry, the publisher and each of `request.recipients`.
+    ///
+    /// The files are sealed while the ledger is read and the push judged (``PushSealing``), from `sealing` when the
+    /// caller started it for this same request before opening the registry (``startSealing(_:home:)``); a refused or
+    /// failed push stops it and removes what it sealed.
     public func push(
         _ request: PushRequest,
         publisher: UnlockedIdentity,
+        sealing: PushSealing? = nil,
         progress: (@Sendable (Int) -> Void)? = nil
     ) async throws(CofferRegistryError)
         -> PushResult
     {
-        // One read of the ledger for every check before the commit, which judges again on the state it commits on.
-        let state = try await ledgerState()
-        let actor = try await principal(for: publisher.identity, in: state)
-        try await require(.publisher, on: request.model, by: actor, action: "push", target: request.model, in: state)
-        if request.overrideBudget {
-            try await require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model, in: state)
-        }
-        do {
-            let result = try await pushVersion(
-                request,
-                on: state,
-                publisher: publisher,
-                overrideBy: request.overrideBudget ? actor.name : nil,
-                progress: progress
-            )
-            return result
+        let sealing = sealing ?? PushSealing(request) { [blobs] () throws(CofferRegistryError) in try blobs.makeTemporary() }
+        sealing.report(to: progress)
+        do throws(CofferRegistryError) {
+            guard sealing.isFor(request) else { throw .invalidInput("the sealing given to push was started for another request") }
+            // One read of the ledger for every check before the commit, which judges again on the state it commits on.
+            let state = try await ledgerState()
+            let actor = try await principal(for: publisher.identity, in: state)
+            try await require(.publisher, on: request.model, by: actor, action: "push", target: request.model, in: state)
+            if request.overrideBudget {
+                try await require(.admin, on: request.model, by: actor, action: "push --override-budget", target: request.model, in: state)
+            }
+            do throws(CofferRegistryError) {
+                return try await pushVersion(
+                    request,
+                    on: state,
+                    sealing: sealing,
+                    publisher: publisher,
+                    overrideBy: request.overrideBudget ? actor.name : nil
+                )
+            } catch {
+                try? await audit(principal: actor.name, action: "push", target: request.model, outcome: .failed, reason: error.description)
+                throw error
+            }
         } catch {
-            try? await audit(principal: actor.name, action: "push", target: request.model, outcome: .failed, reason: error.description)
+            await sealing.cancel()
             throw error
         }
     }
@@ -46,9 +58,9 @@ extension Registry {
     private func pushVersion(
         _ request: PushRequest,
         on state: LedgerState,
+        sealing: PushSealing,
         publisher: UnlockedIdentity,
-        overrideBy: String?,
-        progress: (@Sendable (Int) -> Void)?
+        overrideBy: String?
     ) async throws(CofferRegistryError)
         -> PushResult
     {
@@ -60,7 +72,7 @@ extension Registry {
         var request = request
         request.privacy.fillFromSegments()  // as the statement's reader will
         try request.privacy.validateForPush()
-        let inputs = try InputFile.collect(request)
+        _ = try await sealing.files()
         if let version = request.version, try await metadata.version(model: request.model, version: version) != nil {
             throw .versionExists("\(request.model):\(version)")
         }
@@ -86,19 +98,12 @@ extension Registry {
         }
         let registryKey = try Self.currentKey(of: state)
 
-        // Seal every file under one data key, each with its own nonce prefix, then hand it to the blob store.
-        let dataKey = KeyBox(SecretKey.random())
+        // Every file sealed under one data key, each with its own nonce prefix, handed to the blob store as it is ready.
+        let dataKey = sealing.dataKey
         var files: [ModelStatement.File] = []
         var done = 0
         do throws(CofferRegistryError) {
-            for input in inputs {
-                let temporary = try blobs.makeTemporary()
-                let output = Unchecked(temporary)
-                let before = done
-                let chunkSize = request.chunkSize
-                let file = try await Offload.run { () throws(CofferRegistryError) -> ModelStatement.File in
-                    try Self.seal(input, dataKey: dataKey.key, chunkSize: chunkSize, into: output.value) { progress?(before + $0) }
-                }
+            while let (file, temporary) = try await sealing.next() {
                 // A store that cannot list its blobs learns of this one before it arrives, so gc can find it if the push dies.
                 if !blobs.listsBlobs {
                     try await metadata.commit(UnitOfWork(changes: [.addPendingBlobs([file.sealedSHA256], at: Self.now())]))
@@ -169,39 +174,6 @@ extension Registry {
             throw error
         }
         return try await publishManifest(committed)
-    }
-
-    /// Seals one input file under `dataKey` into `output` (its own nonce prefix), with both digests.
-    static func seal(
-        _ input: InputFile,
-        dataKey: borrowing SecretKey,
-        chunkSize: Int,
-        into output: AtomicOutputFile,
-        progress: @escaping (Int) -> Void
-    ) throws(CofferRegistryError) -> ModelStatement.File {
-        let source: any ByteSource
-        do { source = try input.open() } catch { throw .crypto(error) }
-        let summary: SealedFile.Summary
-        do {
-            summary = try SealedFile.seal(
-                from: source,
-                to: output,
-                dataKey: dataKey,
-                stanzas: [],
-                chunkSize: chunkSize,
-                digests: true,
-                progress: progress
-            )
-        } catch {
-            throw .crypto(error)
-        }
-        return .init(
-            path: input.path,
-            size: summary.plaintextLength,
-            plaintextSHA256: Digest.hex(summary.plaintextSHA256!),
-            sealedSHA256: Digest.hex(summary.sealedSHA256!),
-            sealedSize: summary.sealedLength
-        )
     }
 
     /// Commits a signed version (a local push's or one a client uploaded): judged on the current ledger state

@@ -1,0 +1,190 @@
+public import CofferCrypto
+import Dispatch
+import Foundation
+import Synchronization
+
+/// The sealing of a push's files under one fresh data key, on a thread of its own, so that it runs while the push does
+/// what comes before it needs them: opening the registry and unlocking the publisher's identity (when started with
+/// ``Registry/startSealing(_:home:)``), reading the ledger and judging the push.
+///
+/// Only ciphertext is written, into the blob store's temporary folder; each sealed file waits there, flushed to the disk,
+/// for the push to take it into the store, and at most one waits while the next is sealed. A push that fails, or a
+/// caller that gives up before pushing, calls ``cancel()``: the sealing stops within one batch and every temporary file is
+/// removed, so a refused push leaves what it left before, a moment later.
+///
+/// One task consumes it: the push it is given to (``Registry/push(_:publisher:sealing:progress:)``), or the caller that
+/// cancels it.
+public final class PushSealing: @unchecked Sendable {
+    let dataKey = KeyBox(SecretKey.random())
+    private let stop = Stop()
+    /// Signalled once for each file the sealing may start: at first, then each time the push takes a sealed file.
+    private let mayStart = DispatchSemaphore(value: 0)
+    private let progress = ProgressRelay()
+    private var steps: AsyncStream<Step>.Iterator
+    private var inputs: Result<[InputFile], CofferRegistryError>?
+    private let request: (paths: [String], contents: [PushRequest.Content], chunkSize: Int)
+
+    enum Step: @unchecked Sendable {
+        case inputs([InputFile])
+        case sealed(ModelStatement.File, AtomicOutputFile)
+        case failed(CofferRegistryError)
+    }
+
+    /// Starts sealing the files `request` names into temporaries that `makeTemporary` creates.
+    init(_ request: PushRequest, makeTemporary: @escaping @Sendable () throws(CofferRegistryError) -> AtomicOutputFile) {
+        let (stream, continuation) = AsyncStream<Step>.makeStream()
+        steps = stream.makeAsyncIterator()
+        let chunkSize = request.chunkSize
+        self.request = (request.paths, request.contents, chunkSize)
+        mayStart.signal()
+        Thread { [dataKey, stop, mayStart, progress] in
+            defer { continuation.finish() }
+            let inputs: [InputFile]
+            do throws(CofferRegistryError) {
+                inputs = try InputFile.collect(request)
+            } catch {
+                continuation.yield(.failed(error))
+                return
+            }
+            continuation.yield(.inputs(inputs))
+            var done = 0
+            for input in inputs {
+                mayStart.wait()
+                guard !stop.requested else { return }
+                do throws(CofferRegistryError) {
+                    let temporary = try makeTemporary()
+                    let before = done
+                    let file = try Registry.seal(input, dataKey: dataKey.key, chunkSize: chunkSize, into: temporary, stop: stop) {
+                        progress.report(before + $0)
+                    }
+                    // The sync a push would make when it stores the file, made now, beside the push's own work.
+                    do throws(CofferCryptoError) { try temporary.flush() } catch { throw .crypto(error) }
+                    done += file.size
+                    continuation.yield(.sealed(file, temporary))
+                } catch {
+                    continuation.yield(.failed(error))
+                    return
+                }
+            }
+        }.start()
+    }
+
+    /// Whether this sealing seals the files `request` names, as the push of `request` must.
+    func isFor(_ request: PushRequest) -> Bool {
+        request.paths == self.request.paths && request.contents == self.request.contents && request.chunkSize == self.request.chunkSize
+    }
+
+    /// Where the sealing reports the plaintext bytes sealed so far (from the first file), once the caller has a place to
+    /// show them: a push started before its passphrase prompt must not draw a progress bar over it.
+    func report(to reporter: (@Sendable (Int) -> Void)?) { progress.hook.withLock { $0 = reporter } }
+
+    /// The files the request names, once collected (the errors of `InputFile.collect`).
+    func files() async throws(CofferRegistryError) -> [InputFile] {
+        if inputs == nil {
+            switch await steps.next() {
+            case .inputs(let files): inputs = .success(files)
+            case .failed(let error): inputs = .failure(error)
+            case .sealed, nil: inputs = .failure(.invalidInput("the push's sealing ended before it read its files"))
+            }
+        }
+        return try inputs!.get()
+    }
+
+    /// The next file sealed, in the order of ``files()``, or nil after the last; the sealing of the one after it starts.
+    func next() async throws(CofferRegistryError) -> (ModelStatement.File, AtomicOutputFile)? {
+        _ = try await files()
+        switch await steps.next() {
+        case .sealed(let file, let temporary):
+            mayStart.signal()
+            return (file, temporary)
+        case .failed(let error): throw error
+        case .inputs: throw .invalidInput("the push's sealing read its files twice")
+        case nil: return nil
+        }
+    }
+
+    /// Stops the sealing and waits for it to end; every temporary file not yet taken is removed. Idempotent.
+    public func cancel() async {
+        stop.request()
+        mayStart.signal()
+        while await steps.next() != nil {}
+    }
+
+    /// The caller's progress callback, set when it has one.
+    final class ProgressRelay: Sendable {
+        let hook = Mutex<(@Sendable (Int) -> Void)?>(nil)
+        func report(_ bytes: Int) { hook.withLock { $0 }?(bytes) }
+    }
+
+    /// Set once to stop the sealing: its reads fail from then on.
+    final class Stop: Sendable {
+        private let flag = Atomic<Bool>(false)
+        var requested: Bool { flag.load(ordering: .relaxed) }
+        func request() { flag.store(true, ordering: .relaxed) }
+    }
+}
+
+/// A file's bytes that end with an error once the push they are sealed for has stopped.
+final class StoppableSource: ByteSource {
+    private let base: any ByteSource
+    private let stop: PushSealing.Stop
+
+    init(_ base: any ByteSource, stop: PushSealing.Stop) {
+        self.base = base
+        self.stop = stop
+    }
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws(CofferCryptoError) -> Int {
+        if stop.requested { throw .io(path: "push", reason: "stopped") }
+        return try base.read(into: buffer)
+    }
+
+    var remainingHint: Int? { base.remainingHint }
+}
+
+extension Registry {
+    /// Starts sealing `request`'s files for the registry at `home` before it is opened, so that the sealing runs while
+    /// the caller opens it and unlocks the publisher's identity; give it to ``push(_:publisher:sealing:progress:)``, or
+    /// ``PushSealing/cancel()`` it when giving up. Nil when that registry's blobs are not in its directory (the push then
+    /// seals after opening, as the store's own temporaries need the store).
+    public static func startSealing(_ request: PushRequest, home: String) -> PushSealing? {
+        guard let backends = try? Backends.of(home: home), backends.blobs == Backends.embedded.blobs else { return nil }
+        let store = DirectoryBlobStore(root: home)
+        return PushSealing(request) { () throws(CofferRegistryError) in try store.makeTemporary() }
+    }
+
+    /// Seals one input file under `dataKey` into `output` (its own nonce prefix), with both digests.
+    static func seal(
+        _ input: InputFile,
+        dataKey: borrowing SecretKey,
+        chunkSize: Int,
+        into output: AtomicOutputFile,
+        stop: PushSealing.Stop? = nil,
+        progress: @escaping (Int) -> Void
+    ) throws(CofferRegistryError) -> ModelStatement.File {
+        var source: any ByteSource
+        do { source = try input.open() } catch { throw .crypto(error) }
+        if let stop { source = StoppableSource(source, stop: stop) }
+        let summary: SealedFile.Summary
+        do {
+            summary = try SealedFile.seal(
+                from: source,
+                to: output,
+                dataKey: dataKey,
+                stanzas: [],
+                chunkSize: chunkSize,
+                digests: true,
+                progress: progress
+            )
+        } catch {
+            throw .crypto(error)
+        }
+        return .init(
+            path: input.path,
+            size: summary.plaintextLength,
+            plaintextSHA256: Digest.hex(summary.plaintextSHA256!),
+            sealedSHA256: Digest.hex(summary.sealedSHA256!),
+            sealedSize: summary.sealedLength
+        )
+    }
+}
