@@ -44,9 +44,10 @@ struct FileIOTests {
     /// A durable file goes to the disk in O_DIRECT blocks plus a buffered tail; on a file system that refuses
     /// O_DIRECT it falls back to ordinary writes. Either way the bytes are exactly the ones written, in pieces of
     /// any size, and nothing is at the destination before commit. A file started with small pieces begins in a small
-    /// buffer and moves to a whole block past 64 KiB: the sizes around both.
-    @Test(arguments: [FileManager.default.temporaryDirectory.path, "/dev/shm"])
-    func durableFilesHoldExactlyWhatWasWritten(directory: String) throws {
+    /// buffer and moves to a whole block past 64 KiB: the sizes around both. Sealed-only files (blobs) take the same
+    /// path with an ordinary buffer in place of locked memory.
+    @Test(arguments: [FileManager.default.temporaryDirectory.path, "/dev/shm"], [false, true])
+    func durableFilesHoldExactlyWhatWasWritten(directory: String, sealedOnly: Bool) throws {
         guard FileManager.default.fileExists(atPath: directory) else { return }
         let sizes = [0, 1000, (64 << 10) - 1, 64 << 10, (64 << 10) + 1, 1 << 20, (1 << 20) + 1, 4 << 20, (9 << 20) + 123]
         for size in sizes {
@@ -54,7 +55,7 @@ struct FileIOTests {
                 let destination = "\(directory)/coffer-direct-\(UUID().uuidString)"
                 defer { unlink(destination) }
                 let bytes = testBytes(size, seed: UInt64(size) + 7)
-                let file = try AtomicOutputFile(destination: destination, mode: 0o600, durable: true)
+                let file = try AtomicOutputFile(destination: destination, mode: 0o600, durable: true, sealedOnly: sealedOnly)
                 var offset = 0
                 var piece = max(1, firstPiece)
                 while offset < size {
@@ -67,7 +68,7 @@ struct FileIOTests {
                 try file.commit()
                 #expect(
                     Array(try Data(contentsOf: URL(fileURLWithPath: destination))) == bytes,
-                    "\(size) bytes in \(directory), first piece \(firstPiece)"
+                    "\(size) bytes in \(directory), first piece \(firstPiece), sealed only: \(sealedOnly)"
                 )
             }
         }

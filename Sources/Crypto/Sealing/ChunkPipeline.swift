@@ -65,7 +65,10 @@ struct ChunkPipeline {
         let capacity = batchChunks(remaining: remaining)
         let oneBatch = remaining.map { $0 < capacity * inputStride } ?? false
         let region = sink as? MemoryRegionSink
-        let buffers = (0..<(oneBatch ? 1 : 3)).map { _ in Batch(pipeline: self, capacity: capacity, ownsOutput: region == nil) }
+        // The second and third batches are made when first needed, beside the first batch's work: locking and filling
+        // each one's plaintext side (sodium_malloc) took about 0.5 ms before the first read.
+        let rotation = oneBatch ? 1 : 3
+        var buffers: [Batch] = []
         let state = PipelineState(inputHasher: inputHasher, outputHasher: outputHasher)
         let workers = (0..<(oneBatch ? 1 : ProcessInfoCores.count)).map { Lane(name: "coffer.pipeline.worker\($0)", inline: oneBatch) }
         // One batch is transformed and written on this thread, but a large enough one is hashed beside that, each hash
@@ -87,7 +90,8 @@ struct ChunkPipeline {
 
         do {
             while !finished && !state.failed {
-                let batch = buffers[turn % buffers.count]
+                if buffers.count < rotation { buffers.append(Batch(pipeline: self, capacity: capacity, ownsOutput: region == nil)) }
+                let batch = buffers[turn % rotation]
                 turn += 1
                 batch.free.wait()
                 let (length, eof) = try batch.fill(from: source, carry: &carry)

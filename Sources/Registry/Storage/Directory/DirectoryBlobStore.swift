@@ -44,7 +44,7 @@ public struct DirectoryBlobStore: BlobStore {
     public func makeTemporary() throws(CofferRegistryError) -> AtomicOutputFile {
         do {
             // Read-only from the start: a blob is never modified once written.
-            return try AtomicOutputFile(destination: "\(temporaryDirectory)/blob-\(UUID().uuidString)", mode: 0o400, durable: true)
+            return try AtomicOutputFile(destination: "\(temporaryDirectory)/blob-\(UUID().uuidString)", mode: 0o400, durable: true, sealedOnly: true)
         } catch {
             throw .crypto(error)
         }
