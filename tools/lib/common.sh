@@ -48,14 +48,17 @@ coffer_build() {
     local flags=()
     # A release binary carries the Swift runtime and Foundation (statically linked): the dynamic loader's symbol
     # lookups were a third of what `coffer --version` cost (11.0 ms -> 6.8 ms elapsed, perf stat -r 40, same run).
-    [ "$configuration" = release ] && flags+=(--static-swift-stdlib)
+    # Nothing it loads is beside it, so no $ORIGIN run path, and coffer-run is then linked as a static PIE (Package.swift):
+    # glibc's start refuses to relocate a static PIE that has a run path.
+    [ "$configuration" = release ] && flags+=(--static-swift-stdlib --disable-local-rpath)
     # Every module, dependencies included, calls a concrete generic type's metadata accessor instead of instantiating
     # it from its mangled name: each first instantiation then scanned all ~12,800 protocol conformance records for the
     # conformances it needs. A 1 MiB push 31.1 -> 27.3 ms and 30.6 -> 27.1 ms, pull 27.6 -> 24.0 and 26.3 -> 23.1 ms,
     # `--version` 6.6 -> 5.8 ms (medians of 30 alternated runs each, agent identity, 2026-12-04); 0.4% more code.
     [ "$configuration" = release ] && flags+=(-Xswiftc -Xfrontend -Xswiftc -disable-concrete-type-metadata-mangled-name-accessors)
     # coffer-run, the runner's launcher (docs/FORMAT.md), goes beside coffer: it runs the coffer next to it.
-    (cd "$COFFER_ROOT" && swift build -c "$configuration" --product coffer "${flags[@]}" >&2 \
+    (cd "$COFFER_ROOT" && if [ "$configuration" = release ]; then export COFFER_LAUNCHER_PIE=1; fi \
+        && swift build -c "$configuration" --product coffer "${flags[@]}" >&2 \
         && swift build -c "$configuration" --product coffer-run "${flags[@]}" >&2)
     echo "$COFFER_ROOT/.build/$configuration/coffer"
 }
