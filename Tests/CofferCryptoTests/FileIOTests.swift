@@ -74,6 +74,32 @@ struct FileIOTests {
         }
     }
 
+    /// Page-aligned pieces of a block or more (a pull's batches of plaintext) go to the disk from where they are, their
+    /// whole pages, and what is left of each through the buffer; a piece that starts where one left bytes buffered takes
+    /// the buffer. The file holds exactly the bytes written.
+    @Test(arguments: [FileManager.default.temporaryDirectory.path, "/dev/shm"], [false, true])
+    func pageAlignedPiecesAreWrittenFromWhereTheyAre(directory: String, sealedOnly: Bool) throws {
+        guard FileManager.default.fileExists(atPath: directory) else { return }
+        let cases = [(17 << 16, 17 << 16), (3 * (17 << 16) + 4097, 17 << 16), (2 << 20 + 10, (1 << 20) + 5), (5 << 20, 3 << 20)]
+        for (size, piece) in cases {
+            let bytes = testBytes(size, seed: UInt64(size))
+            let aligned = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 4096)
+            defer { aligned.deallocate() }
+            aligned.copyBytes(from: bytes)
+            let destination = "\(directory)/coffer-aligned-\(UUID().uuidString)"
+            defer { unlink(destination) }
+            let file = try AtomicOutputFile(destination: destination, mode: 0o600, durable: true, sealedOnly: sealedOnly)
+            var offset = 0
+            while offset < size {
+                let n = min(piece, size - offset)
+                try file.write(UnsafeRawBufferPointer(rebasing: aligned[offset..<(offset + n)]))
+                offset += n
+            }
+            try file.commit()
+            #expect(Array(try Data(contentsOf: URL(fileURLWithPath: destination))) == bytes, "\(size) bytes in pieces of \(piece), \(directory)")
+        }
+    }
+
     /// A temporary file takes an entry in the interrupt handler's table before it exists, and is refused, leaving
     /// nothing, when the table is full: a file the handler does not know of would outlive Ctrl-C (for `unseal -o`, with
     /// plaintext in it). One inside a registered folder needs no entry of its own. In a child process: the table is the

@@ -152,6 +152,14 @@ private final class DirectWriter {
 
     func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
         var offset = 0
+        // A page-aligned piece of a block or more goes to the disk from where it is, its whole pages, without the copy
+        // into the buffer: a pull's batch of plaintext (17 chunks of 64 KiB, in page-aligned sodium memory), whose
+        // copy here was a tenth of a remote pull's CPU. The file's offset is a multiple of the page while nothing is
+        // buffered, as O_DIRECT needs.
+        if filled == 0, !refused, bytes.count >= Self.block, Int(bitPattern: bytes.baseAddress) % 4096 == 0 {
+            offset = bytes.count & ~4095
+            try writeOut(UnsafeRawBufferPointer(rebasing: bytes[0..<offset]))
+        }
         while offset < bytes.count {
             if filled == buffer.count && !refused { try grow(toHold: bytes.count - offset) }
             guard !refused else { return try stream.write(UnsafeRawBufferPointer(rebasing: bytes[offset...])) }
@@ -186,25 +194,25 @@ private final class DirectWriter {
     }
 
     private func flushBlock() throws(CofferCryptoError) {
+        try writeOut(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<filled]))
+        filled = 0
+    }
+
+    /// Writes whole pages from page-aligned memory, at a page-aligned offset: with O_DIRECT when the file system takes
+    /// it, else (and from then on) through the page cache.
+    private func writeOut(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) {
         if !enabled && !refused {
             let flags = fcntl(stream.fd, F_GETFL)
             enabled = flags >= 0 && fcntl(stream.fd, F_SETFL, flags | O_DIRECT) == 0
             refused = !enabled
         }
-        if enabled {
-            let n = Glibc.write(stream.fd, buffer.baseAddress!, filled)
-            if n == filled {
-                filled = 0
-                return
-            }
-            // EINVAL: the file system took the flag but not the write. A short write: rare, not worth aligning again.
-            guard n >= 0 || errno == EINVAL else { throw .io(path: stream.path, reason: FileDescriptorStream.lastError()) }
-            try stopDirect()
-            try stream.write(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[max(n, 0)..<filled]))
-        } else {
-            try stream.write(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffer)[0..<filled]))
-        }
-        filled = 0
+        guard enabled else { return try stream.write(bytes) }
+        let n = Glibc.write(stream.fd, bytes.baseAddress!, bytes.count)
+        if n == bytes.count { return }
+        // EINVAL: the file system took the flag but not the write. A short write: rare, not worth aligning again.
+        guard n >= 0 || errno == EINVAL else { throw .io(path: stream.path, reason: FileDescriptorStream.lastError()) }
+        try stopDirect()
+        try stream.write(UnsafeRawBufferPointer(rebasing: bytes[max(n, 0)...]))
     }
 
     private func stopDirect() throws(CofferCryptoError) {
