@@ -92,13 +92,15 @@ extension Coffer {
             }
             // The files are sealed while the registry opens and the identity unlocks: a warm 1 MiB push through the
             // runner 16.2 -> 14.5 ms, 16 MiB 42.3 -> 41.8 ms (there the sealing's own threads keep both cores busy).
-            let identityFile = try UserConfig.requiredIdentity(identity)
+            // The configuration is read before the sealing starts (a broken file ends the process), its errors reported
+            // after the registry's, as before.
+            let configuredIdentity = UserConfig.identity(identity)
             let sealing = Registry.startSealing(request, home: registry.resolvedHome)
             let store: Registry
             let publisher: UnlockedIdentity
             do {
                 store = try await registry.open()
-                publisher = try passphraseOptions.unlockIdentity(at: identityFile)
+                publisher = try passphraseOptions.unlockIdentity(at: try UserConfig.requiredIdentity(configuredIdentity))
             } catch {
                 await sealing?.cancel()
                 throw error

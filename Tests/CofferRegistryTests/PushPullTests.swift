@@ -86,39 +86,6 @@ struct PushPullTests {
         #expect(f.blobDigests().count == blobsBefore)
     }
 
-    /// A sealing started before the registry opens (as `coffer push` starts it) is taken by the push of its request, file
-    /// after file; one given up on, or given to another request's push, stops and leaves no temporary file behind.
-    @Test func aSealingStartedBeforeTheRegistryOpensIsPushedOrLeavesNothing() async throws {
-        let f = try await RegistryFixture()
-        let alice = try person("alice")
-        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
-        #expect(Registry.startSealing(PushRequest(model: "m", paths: [f.path("nothing")]), home: f.path("not-a-registry")) == nil)
-        let large = bytes(20 << 20)  // several batches, sealed on the pipeline's threads
-        let dir = try f.makeModel("model", ["a.json": Array("{}".utf8), "b.bin": large, "c.txt": []])
-        let request = PushRequest(model: "m", paths: [dir])
-        let temporaries = { try FileManager.default.contentsOfDirectory(atPath: f.home + "/tmp") }
-
-        let pushed = try await f.registry.push(request, publisher: alice, sealing: try #require(Registry.startSealing(request, home: f.home)))
-        #expect(pushed.files == 3 && pushed.bytes == large.count + 2)
-        _ = try await f.registry.pull(try ModelReference(parsing: "m:1"), identity: alice, into: f.path("out"))
-        #expect(try f.read("out/b.bin") == large && f.read("out/a.json") == Array("{}".utf8))
-        #expect(try temporaries().isEmpty)
-
-        let blobsBefore = f.blobDigests().count
-        let other = try #require(Registry.startSealing(PushRequest(model: "m", paths: [dir + "/b.bin"]), home: f.home))
-        await #expect(throws: CofferRegistryError.invalidInput("the sealing given to push was started for another request")) {
-            _ = try await f.registry.push(request, publisher: alice, sealing: other)
-        }
-        await #expect(throws: CofferRegistryError.versionExists("m:1")) {
-            _ = try await f.registry.push(PushRequest(model: "m", version: "1", paths: [dir]), publisher: alice)
-        }
-        let abandoned = try #require(Registry.startSealing(request, home: f.home))
-        await abandoned.cancel()
-        await abandoned.cancel()
-        #expect(try temporaries().isEmpty)
-        #expect(f.blobDigests().count == blobsBefore)
-    }
-
     /// The write-ahead log stays between commands; a database deleted without it leaves a log that SQLite would replay
     /// into any new database of that name. `init` removes it.
     @Test func initIgnoresALogLeftBesideNoDatabase() async throws {

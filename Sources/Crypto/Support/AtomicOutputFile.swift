@@ -87,6 +87,10 @@ public final class AtomicOutputFile: ByteSink {
         }
     }
 
+    /// Sets the temporary file's modification time to now: one that waited before its commit (a push's sealed file, while
+    /// the push was judged) then looks as fresh as one just written to whatever removes files by age (`coffer gc`).
+    public func touch() { _ = futimens(stream.fd, nil) }
+
     /// Writes out what is buffered and, when durable, fsyncs the data: what ``commit(syncingDirectory:replacing:)``
     /// does first, for a caller that renames several files together and wants the slow part done before.
     public func flush() throws(CofferCryptoError) {

@@ -9,19 +9,21 @@ import Synchronization
 ///
 /// Only ciphertext is written, into the blob store's temporary folder; each sealed file waits there, flushed to the disk,
 /// for the push to take it into the store, and at most one waits while the next is sealed. A push that fails, or a
-/// caller that gives up before pushing, calls ``cancel()``: the sealing stops within one batch and every temporary file is
-/// removed, so a refused push leaves what it left before, a moment later.
+/// caller that gives up before pushing, calls ``cancel()``: the sealing stops within one batch and, once it returns,
+/// every temporary file is gone, so a refused push leaves what it left before, a moment later. A sealing serves one push.
 ///
 /// One task consumes it: the push it is given to (``Registry/push(_:publisher:sealing:progress:)``), or the caller that
-/// cancels it.
-public final class PushSealing: @unchecked Sendable {
+/// cancels it. The steps come through a ``Channel`` rather than an `AsyncStream`, which ends early for a cancelled task:
+/// a push then took the files it had for all of them (helper-80's review).
+public final class PushSealing: Sendable {
     let dataKey = KeyBox(SecretKey.random())
     private let stop = Stop()
     /// Signalled once for each file the sealing may start: at first, then each time the push takes a sealed file.
     private let mayStart = DispatchSemaphore(value: 0)
     private let progress = ProgressRelay()
-    private var steps: AsyncStream<Step>.Iterator
-    private var inputs: Result<[InputFile], CofferRegistryError>?
+    private let steps = Channel()
+    private let claimed = Atomic<Bool>(false)
+    private let taken = Mutex<(inputs: Result<[InputFile], CofferRegistryError>?, delivered: Int)>((nil, 0))
     private let request: (paths: [String], contents: [PushRequest.Content], chunkSize: Int)
 
     enum Step: @unchecked Sendable {
@@ -32,21 +34,19 @@ public final class PushSealing: @unchecked Sendable {
 
     /// Starts sealing the files `request` names into temporaries that `makeTemporary` creates.
     init(_ request: PushRequest, makeTemporary: @escaping @Sendable () throws(CofferRegistryError) -> AtomicOutputFile) {
-        let (stream, continuation) = AsyncStream<Step>.makeStream()
-        steps = stream.makeAsyncIterator()
         let chunkSize = request.chunkSize
         self.request = (request.paths, request.contents, chunkSize)
         mayStart.signal()
-        Thread { [dataKey, stop, mayStart, progress] in
-            defer { continuation.finish() }
+        Thread { [dataKey, stop, mayStart, progress, steps] in
+            // The last step: after it, nothing of this thread's is left to remove (a temporary goes when its scope ends).
+            defer { steps.end() }
             let inputs: [InputFile]
             do throws(CofferRegistryError) {
                 inputs = try InputFile.collect(request)
             } catch {
-                continuation.yield(.failed(error))
-                return
+                return steps.send(.failed(error))
             }
-            continuation.yield(.inputs(inputs))
+            steps.send(.inputs(inputs))
             var done = 0
             for input in inputs {
                 mayStart.wait()
@@ -60,10 +60,9 @@ public final class PushSealing: @unchecked Sendable {
                     // The sync a push would make when it stores the file, made now, beside the push's own work.
                     do throws(CofferCryptoError) { try temporary.flush() } catch { throw .crypto(error) }
                     done += file.size
-                    continuation.yield(.sealed(file, temporary))
+                    steps.send(.sealed(file, temporary))
                 } catch {
-                    continuation.yield(.failed(error))
-                    return
+                    return steps.send(.failed(error))
                 }
             }
         }.start()
@@ -74,40 +73,99 @@ public final class PushSealing: @unchecked Sendable {
         request.paths == self.request.paths && request.contents == self.request.contents && request.chunkSize == self.request.chunkSize
     }
 
+    /// Takes the sealing for one push: false when a push (or a cancel) had it already.
+    func claim() -> Bool { !claimed.exchange(true, ordering: .relaxed) }
+
     /// Where the sealing reports the plaintext bytes sealed so far (from the first file), once the caller has a place to
     /// show them: a push started before its passphrase prompt must not draw a progress bar over it.
     func report(to reporter: (@Sendable (Int) -> Void)?) { progress.hook.withLock { $0 = reporter } }
 
     /// The files the request names, once collected (the errors of `InputFile.collect`).
     func files() async throws(CofferRegistryError) -> [InputFile] {
-        if inputs == nil {
-            switch await steps.next() {
-            case .inputs(let files): inputs = .success(files)
-            case .failed(let error): inputs = .failure(error)
-            case .sealed, nil: inputs = .failure(.invalidInput("the push's sealing ended before it read its files"))
+        if let inputs = taken.withLock({ $0.inputs }) { return try inputs.get() }
+        let inputs: Result<[InputFile], CofferRegistryError> =
+            switch await steps.receive() {
+            case .inputs(let files): .success(files)
+            case .failed(let error): .failure(error)
+            case .sealed, nil: .failure(.invalidInput("the push's sealing ended before it read its files"))
             }
-        }
-        return try inputs!.get()
+        taken.withLock { $0.inputs = inputs }
+        return try inputs.get()
     }
 
-    /// The next file sealed, in the order of ``files()``, or nil after the last; the sealing of the one after it starts.
+    /// The next file sealed, in the order of ``files()``, or nil once every one was taken; the sealing of the one after
+    /// it starts. A sealing that ends before its last file (stopped, or a file it could not seal) is an error, never a
+    /// shorter list.
     func next() async throws(CofferRegistryError) -> (ModelStatement.File, AtomicOutputFile)? {
-        _ = try await files()
-        switch await steps.next() {
+        let count = try await files().count
+        let delivered = taken.withLock { $0.delivered }
+        guard delivered < count else { return nil }
+        switch await steps.receive() {
         case .sealed(let file, let temporary):
+            taken.withLock { $0.delivered += 1 }
             mayStart.signal()
+            // As fresh as a file just written to whoever sweeps temporaries and blobs by age (gc), however long it waited.
+            temporary.touch()
             return (file, temporary)
         case .failed(let error): throw error
         case .inputs: throw .invalidInput("the push's sealing read its files twice")
-        case nil: return nil
+        case nil:
+            throw .invalidInput(
+                stop.requested
+                    ? "the push's sealing was stopped" : "the push's sealing ended after \(delivered) of its \(count) files"
+            )
         }
     }
 
-    /// Stops the sealing and waits for it to end; every temporary file not yet taken is removed. Idempotent.
+    /// Stops the sealing and waits for its thread to end; every temporary file not yet taken is then removed. Idempotent;
+    /// the sealing serves no push afterwards.
     public func cancel() async {
+        claimed.store(true, ordering: .relaxed)
         stop.request()
         mayStart.signal()
-        while await steps.next() != nil {}
+        while await steps.receive() != nil {}
+    }
+
+    /// Steps from the sealing's thread to its consumer, in order, until the thread's last; a consumer's task being
+    /// cancelled does not end it (an `AsyncStream` ends for a cancelled task).
+    final class Channel: Sendable {
+        private struct State {
+            var steps: [Step] = []
+            var ended = false
+            var waiting: [CheckedContinuation<Step?, Never>] = []
+        }
+        private let state = Mutex(State())
+
+        func send(_ step: Step) {
+            let waiter = state.withLock { state -> CheckedContinuation<Step?, Never>? in
+                if !state.waiting.isEmpty { return state.waiting.removeFirst() }
+                state.steps.append(step)
+                return nil
+            }
+            waiter?.resume(returning: step)
+        }
+
+        func end() {
+            let waiting = state.withLock { state in
+                state.ended = true
+                defer { state.waiting = [] }
+                return state.waiting
+            }
+            for waiter in waiting { waiter.resume(returning: nil) }
+        }
+
+        /// The next step, or nil once the thread has ended and every step was received.
+        func receive() async -> Step? {
+            await withCheckedContinuation { continuation in
+                let ready: Step?? = state.withLock { state in
+                    if !state.steps.isEmpty { return .some(state.steps.removeFirst()) }
+                    if state.ended { return .some(nil) }
+                    state.waiting.append(continuation)
+                    return nil
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        }
     }
 
     /// The caller's progress callback, set when it has one.

@@ -27,6 +27,7 @@ extension Registry {
         -> PushResult
     {
         let sealing = sealing ?? PushSealing(request) { [blobs] () throws(CofferRegistryError) in try blobs.makeTemporary() }
+        guard sealing.claim() else { throw .invalidInput("the sealing given to push served a push or was cancelled already") }
         sealing.report(to: progress)
         do throws(CofferRegistryError) {
             guard sealing.isFor(request) else { throw .invalidInput("the sealing given to push was started for another request") }
@@ -72,14 +73,14 @@ extension Registry {
         var request = request
         request.privacy.fillFromSegments()  // as the statement's reader will
         try request.privacy.validateForPush()
-        _ = try await sealing.files()
+        let inputs = try await sealing.files()
         if let version = request.version, try await metadata.version(model: request.model, version: version) != nil {
             throw .versionExists("\(request.model):\(version)")
         }
         var parentID: Int64? = nil
         // On a fresh read: a parent pushed since `state` was read would otherwise look like a row the ledger does not have.
         if let parent = request.parent { parentID = try await resolve(parent).id }
-        // Refuse an over-budget or policy-violating push before sealing anything; both are judged again at commit.
+        // Refuse an over-budget or policy-violating push before storing anything; both are judged again at commit.
         let charged = try Self.checkBudget(
             state,
             model: request.model,
@@ -112,6 +113,7 @@ extension Registry {
                 done += file.size
                 files.append(file)
             }
+            guard files.count == inputs.count else { throw .invalidInput("the push sealed \(files.count) of its \(inputs.count) files") }
         } catch {
             for file in files { try? await blobs.remove(file.sealedSHA256) }
             throw error
