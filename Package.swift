@@ -17,7 +17,8 @@ let releaseLinkerFlags = ["-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-rel
 
 // The launcher's release link: a static PIE (its code at a random address, as any PIE's) when built without SwiftPM's
 // $ORIGIN run path, which glibc's start of a static PIE refuses (an assertion, then a crash); tools/lib/common.sh builds
-// so and sets COFFER_LAUNCHER_PIE. Otherwise (a plain `swift build -c release`) a static executable at a fixed address.
+// so, with the static Swift libraries the link needs, and sets COFFER_LAUNCHER_PIE. Otherwise (a plain
+// `swift build -c release`) a static executable at a fixed address.
 let launcherLink = Context.environment["COFFER_LAUNCHER_PIE"] == "1" ? ["-Xclang-linker", "-static-pie"] : ["-static-executable"]
 
 let package = Package(
