@@ -9,6 +9,14 @@ import Testing
 /// A push's sealing, which runs beside the rest of the push (``PushSealing``): taken whole by one push, or stopped with
 /// nothing left behind, whatever happens to the task that consumes it.
 struct PushSealingTests {
+    /// A sealing for `request` as `coffer push` starts it, before opening the registry; for blobs in an OCI registry (the
+    /// second pass of tools/test), where only the push starts one, as `Registry.push` makes its own.
+    private func startSealing(_ request: PushRequest, _ f: RegistryFixture) throws -> PushSealing {
+        let early = Registry.startSealing(request, home: f.home)
+        #expect((early == nil) == RegistryFixture.blobsInOCI, "a registry whose blobs are in its directory is sealed for early")
+        return early ?? PushSealing(request) { [blobs = f.registry.blobs] () throws(CofferRegistryError) in try blobs.makeTemporary() }
+    }
+
     /// A sealing started before the registry opens (as `coffer push` starts it) is taken by the push of its request, file
     /// after file; one given up on, or given to another request's push, stops and leaves no temporary file behind.
     @Test func aSealingStartedBeforeTheRegistryOpensIsPushedOrLeavesNothing() async throws {
@@ -21,21 +29,21 @@ struct PushSealingTests {
         let request = PushRequest(model: "m", paths: [dir])
         let temporaries = { try FileManager.default.contentsOfDirectory(atPath: f.home + "/tmp") }
 
-        let pushed = try await f.registry.push(request, publisher: alice, sealing: try #require(Registry.startSealing(request, home: f.home)))
+        let pushed = try await f.registry.push(request, publisher: alice, sealing: try startSealing(request, f))
         #expect(pushed.files == 3 && pushed.bytes == large.count + 2)
         _ = try await f.registry.pull(try ModelReference(parsing: "m:1"), identity: alice, into: f.path("out"))
         #expect(try f.read("out/b.bin") == large && f.read("out/a.json") == Array("{}".utf8))
         #expect(try temporaries().isEmpty)
 
         let blobsBefore = f.blobDigests().count
-        let other = try #require(Registry.startSealing(PushRequest(model: "m", paths: [dir + "/b.bin"]), home: f.home))
+        let other = try startSealing(PushRequest(model: "m", paths: [dir + "/b.bin"]), f)
         await #expect(throws: CofferRegistryError.invalidInput("the sealing given to push was started for another request")) {
             _ = try await f.registry.push(request, publisher: alice, sealing: other)
         }
         await #expect(throws: CofferRegistryError.versionExists("m:1")) {
             _ = try await f.registry.push(PushRequest(model: "m", version: "1", paths: [dir]), publisher: alice)
         }
-        let abandoned = try #require(Registry.startSealing(request, home: f.home))
+        let abandoned = try startSealing(request, f)
         await abandoned.cancel()
         await abandoned.cancel()
         #expect(try temporaries().isEmpty)
@@ -72,7 +80,7 @@ struct PushSealingTests {
     @Test func cancelWaitsForTheSealingEvenInACancelledTask() async throws {
         let f = try await RegistryFixture()
         let dir = try f.makeModel("model", ["a.bin": bytes(64 << 20)])
-        let sealing = try #require(Registry.startSealing(PushRequest(model: "m", paths: [dir]), home: f.home))
+        let sealing = try startSealing(PushRequest(model: "m", paths: [dir]), f)
         try await Task.sleep(for: .milliseconds(30))
         await Task {
             withUnsafeCurrentTask { $0?.cancel() }
@@ -90,11 +98,11 @@ struct PushSealingTests {
         let dir = try f.makeModel("model", ["a.bin": bytes(1 << 20)])
         _ = try await f.registry.push(PushRequest(model: "m", version: "1", paths: [dir]), publisher: alice)
         let taken = PushRequest(model: "m", version: "1", paths: [dir])
-        let sealing = try #require(Registry.startSealing(taken, home: f.home))
+        let sealing = try startSealing(taken, f)
         await #expect(throws: CofferRegistryError.versionExists("m:1")) { _ = try await f.registry.push(taken, publisher: alice, sealing: sealing) }
         let again = CofferRegistryError.invalidInput("the sealing given to push served a push or was cancelled already")
         await #expect(throws: again) { _ = try await f.registry.push(taken, publisher: alice, sealing: sealing) }
-        let cancelled = try #require(Registry.startSealing(taken, home: f.home))
+        let cancelled = try startSealing(taken, f)
         await cancelled.cancel()
         await #expect(throws: again) { _ = try await f.registry.push(taken, publisher: alice, sealing: cancelled) }
         #expect(f.blobDigests().count == 1)
