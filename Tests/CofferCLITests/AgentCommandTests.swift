@@ -363,17 +363,21 @@ struct AgentCommandTests {
         try dir.write("model/model.safetensors", Data(repeating: 0x5A, count: 48 << 20))
         #expect(try agent.run(["agent", "add", "keys/alice.key"], passphrase: "test passphrase").status == 0)
 
-        // The push seals (a blob appears in home/tmp) while it takes alice from the agent (over a connection it keeps
-        // open), and signs last.
-        let push = try agent.start(["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home")])
+        // The push seals (a blob appears in home/tmp) while it takes alice from the agent (it says so with --verbose, and
+        // keeps the connection), and signs last.
+        let push = try agent.start(["push", "m", "model", "--identity", "keys/alice.key", "--home", dir.path("home"), "--verbose"])
         var sealing = false
         for _ in 0..<6000 where !sealing {
-            sealing = !((try? FileManager.default.contentsOfDirectory(atPath: dir.path("home/tmp"))) ?? []).isEmpty && holdsSocket(push.pid)
+            sealing =
+                !((try? FileManager.default.contentsOfDirectory(atPath: dir.path("home/tmp"))) ?? []).isEmpty
+                && push.stderrSoFar.contains("using the agent at \(agent.socket)")
             if !sealing { usleep(2000) }
         }
         #expect(sealing, "the push never started sealing with alice from the agent")
         agent.kill()
-        let result = push.finish()
+        var result = push.finish()
+        // --verbose's line about the identity came first; the failure is the one line besides it.
+        result.stderr = result.stderr.split(separator: "\n").filter { !$0.contains("using the agent at") }.joined(separator: "\n") + "\n"
         expectFailure(result, "agent: lost the connection to the agent at \(agent.socket)")
         let listed = try runCoffer(["list", "--home", dir.path("home")], in: dir)
         #expect(listed.status == 0 && !listed.stdoutText.contains("m:"), "no version recorded: \(listed.stdoutText)")

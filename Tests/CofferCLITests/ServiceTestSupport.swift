@@ -64,13 +64,6 @@ func poll(seconds: Double = 10, until condition: () -> Bool) -> Bool {
     return condition()
 }
 
-/// Whether `pid` has a socket open (a command holds its connection to the agent).
-func holdsSocket(_ pid: pid_t) -> Bool {
-    ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).contains { fd in
-        ((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")) ?? "").hasPrefix("socket:")
-    }
-}
-
 /// Whether `pid`, a process started in a session of its own (not our child, so never reaped by us), is gone: no
 /// such process, or a zombie.
 func processIsGone(_ pid: pid_t) -> Bool {
