@@ -206,7 +206,7 @@ extension Registry {
     /// ``PushSealing/cancel()`` it when giving up. Nil when that registry's blobs are not in its directory (the push then
     /// seals after opening, as the store's own temporaries need the store).
     public static func startSealing(_ request: PushRequest, home: String) -> PushSealing? {
-        guard let backends = try? Backends.of(home: home), backends.blobs == Backends.embedded.blobs else { return nil }
+        guard let backends = try? Backends.of(home: home), backends.blobsInHome else { return nil }
         let store = DirectoryBlobStore(root: home)
         return PushSealing(request) { () throws(CofferRegistryError) in try store.makeTemporary() }
     }

@@ -40,7 +40,10 @@ public struct Backends: Codable, Sendable, Equatable {
         try c.encode(blobs, forKey: .blobs)
     }
 
-    public var isEmbedded: Bool { metadata == "sqlite" && blobs == "directory" }
+    public var isEmbedded: Bool { metadata == "sqlite" && blobsInHome }
+
+    /// Whether the sealed blobs are in the registry's own directory (`blobs/sha256`), not in an OCI registry.
+    var blobsInHome: Bool { blobs == "directory" }
 
     /// Refuses what names no store this build knows, and anything that looks like a credential.
     public func validate() throws(CofferRegistryError) {
@@ -107,7 +110,7 @@ public struct Backends: Codable, Sendable, Equatable {
     }
 
     func openBlobs(home: String, environment: [String: String]? = nil) async throws(CofferRegistryError) -> any BlobStore {
-        if blobs == "directory" { return DirectoryBlobStore(root: home) }
+        if blobsInHome { return DirectoryBlobStore(root: home) }
         // Sealed files are written in the home's tmp/ before they are uploaded, as the directory store writes them.
         try Directories.make("\(home)/tmp")
         return try OCIBlobStore(url: blobs, temporaryDirectory: "\(home)/tmp", environment: environment ?? ProcessInfo.processInfo.environment)
