@@ -50,6 +50,29 @@ struct PushSealingTests {
         #expect(f.blobDigests().count == blobsBefore)
     }
 
+    /// A sealing started for one registry's directory, given to another registry's push (a library caller's mistake:
+    /// `coffer push` opens the registry it sealed for), is refused before anything is stored in either, and its
+    /// temporaries are removed from the first; the same registry named another way is the same registry.
+    @Test func aSealingStartedForOneRegistryIsRefusedByAnother() async throws {
+        let f = try await RegistryFixture()
+        let g = try await RegistryFixture()
+        guard !RegistryFixture.blobsInOCI else { return }  // only a registry whose blobs are in its directory seals early
+        let alice = try person("alice")
+        try await f.registry.trust(alice.publicIdentity, by: try f.registrySigner)
+        try await g.registry.trust(alice.publicIdentity, by: try g.registrySigner)
+        let dir = try f.makeModel("model", ["a.bin": bytes(3 << 20)])
+        let request = PushRequest(model: "m", paths: [dir])
+        let elsewhere = try #require(Registry.startSealing(request, home: f.home))
+        let refusal = "the sealing given to push was started for the registry at \(f.home), not the one at \(g.home)"
+        await #expect(throws: CofferRegistryError.invalidInput(refusal)) {
+            _ = try await g.registry.push(request, publisher: alice, sealing: elsewhere)
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: f.home + "/tmp").isEmpty)
+        #expect(f.blobDigests().isEmpty && g.blobDigests().isEmpty)
+        let spelled = try #require(Registry.startSealing(request, home: f.home + "/./"))
+        #expect(try await f.registry.push(request, publisher: alice, sealing: spelled).files == 1)
+    }
+
     /// A push whose task is cancelled while the sealing runs (a caller's timeout, a server shutting down) commits every
     /// file or none: the sealing's steps do not end with the task, as an `AsyncStream`'s did (helper-80 found a version
     /// of one file of three committed on PostgreSQL). Nothing is left in tmp/ once the push returns.

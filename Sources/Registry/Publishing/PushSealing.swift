@@ -25,6 +25,9 @@ public final class PushSealing: Sendable {
     private let claimed = Atomic<Bool>(false)
     private let taken = Mutex<(inputs: Result<[InputFile], CofferRegistryError>?, delivered: Int)>((nil, 0))
     private let request: (paths: [String], contents: [PushRequest.Content], chunkSize: Int)
+    /// The registry whose temporary folder the sealed files are written to (its home as given), when started by
+    /// ``Registry/startSealing(_:home:)``: a push into another registry would rename them across registries.
+    let home: String?
 
     enum Step: @unchecked Sendable {
         case inputs([InputFile])
@@ -32,10 +35,12 @@ public final class PushSealing: Sendable {
         case failed(CofferRegistryError)
     }
 
-    /// Starts sealing the files `request` names into temporaries that `makeTemporary` creates.
-    init(_ request: PushRequest, makeTemporary: @escaping @Sendable () throws(CofferRegistryError) -> AtomicOutputFile) {
+    /// Starts sealing the files `request` names into temporaries that `makeTemporary` creates (in the registry at
+    /// `home`, when the sealing is started before that registry is open).
+    init(_ request: PushRequest, home: String? = nil, makeTemporary: @escaping @Sendable () throws(CofferRegistryError) -> AtomicOutputFile) {
         let chunkSize = request.chunkSize
         self.request = (request.paths, request.contents, chunkSize)
+        self.home = home
         mayStart.signal()
         Thread { [dataKey, stop, mayStart, progress, steps] in
             // The last step: after it, nothing of this thread's is left to remove (a temporary goes when its scope ends).
@@ -71,6 +76,12 @@ public final class PushSealing: Sendable {
     /// Whether this sealing seals the files `request` names, as the push of `request` must.
     func isFor(_ request: PushRequest) -> Bool {
         request.paths == self.request.paths && request.contents == self.request.contents && request.chunkSize == self.request.chunkSize
+    }
+
+    /// Whether the sealing writes into the blob store of the registry at `home`: the same directory, however named.
+    func writes(into home: String) -> Bool {
+        guard let own = self.home else { return true }
+        return Directories.sameDirectory(own, home)
     }
 
     /// Takes the sealing for one push: false when a push (or a cancel) had it already.
@@ -208,7 +219,7 @@ extension Registry {
     public static func startSealing(_ request: PushRequest, home: String) -> PushSealing? {
         guard let backends = try? Backends.of(home: home), backends.blobsInHome else { return nil }
         let store = DirectoryBlobStore(root: home)
-        return PushSealing(request) { () throws(CofferRegistryError) in try store.makeTemporary() }
+        return PushSealing(request, home: home) { () throws(CofferRegistryError) in try store.makeTemporary() }
     }
 
     /// Seals one input file under `dataKey` into `output` (its own nonce prefix), with both digests.

@@ -31,6 +31,9 @@ extension Registry {
         sealing.report(to: progress)
         do throws(CofferRegistryError) {
             guard sealing.isFor(request) else { throw .invalidInput("the sealing given to push was started for another request") }
+            guard sealing.writes(into: home) else {
+                throw .invalidInput("the sealing given to push was started for the registry at \(sealing.home ?? "-"), not the one at \(home)")
+            }
             // One read of the ledger for every check before the commit, which judges again on the state it commits on.
             let state = try await ledgerState()
             let actor = try await principal(for: publisher.identity, in: state)

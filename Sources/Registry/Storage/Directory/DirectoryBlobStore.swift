@@ -260,6 +260,15 @@ enum Directories {
         guard status.st_mode & S_IFMT == S_IFDIR else { throw .io(path: folder, reason: "exists and is not a directory") }
     }
 
+    /// Whether `a` and `b` name the same folder (one file system's same inode), however each is spelled; false when
+    /// either cannot be read.
+    static func sameDirectory(_ a: String, _ b: String) -> Bool {
+        var first = stat()
+        var second = stat()
+        guard stat(a, &first) == 0, stat(b, &second) == 0 else { return false }
+        return first.st_dev == second.st_dev && first.st_ino == second.st_ino
+    }
+
     /// Makes `path` and the folders above it that are missing, and syncs the folder above each one made, so that
     /// its entry survives a crash.
     static func makeDurably(_ path: String) throws(CofferRegistryError) {
