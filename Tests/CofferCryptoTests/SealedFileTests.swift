@@ -39,27 +39,6 @@ struct SealedFileTests {
         #expect(opened.sealedSHA256 == sealed.sealedSHA256)
     }
 
-    /// A chunk forged in a later batch fails the open with both digests on, whether the output is written out or kept
-    /// in a region, and the pipeline ends: its write and its hashes each free a batch at their own pace, and a failed
-    /// batch must still be freed by all three (a part that never reports would leave the reader waiting forever).
-    @Test func aForgedChunkInALaterBatchFailsTheOpenAndEndsThePipeline() throws {
-        let alice = try Identity.generate(name: "alice")
-        // Batches of 257 chunks of 4 KiB: chunk 300 is in the second of twelve, so the reader is waiting for its batch
-        // to be freed when it fails.
-        let plaintext = testBytes(12 << 20)
-        var sealed = try Fixtures.seal(plaintext, to: [alice.publicIdentity])
-        let header = 30 + 92 + 32
-        sealed[header + 300 * (Self.chunk + 16) + 5] ^= 0x20
-        #expect(throws: CofferCryptoError.self) {
-            _ = try SealedFile.open(from: MemorySource(sealed), to: MemorySink(), identity: alice, digests: true)
-        }
-        let region = UnsafeMutableRawBufferPointer.allocate(byteCount: plaintext.count, alignment: 64)
-        defer { region.deallocate() }
-        #expect(throws: CofferCryptoError.self) {
-            _ = try SealedFile.open(from: MemorySource(sealed), to: MemoryRegionSink(region), identity: alice, digests: true)
-        }
-    }
-
     /// An input of one batch hashes on the sealing thread below `smallestBatchHashedBeside` and on threads of its own
     /// from it: the digests are the same either way. (Opening reads the sealed text, a chunk's tags and a header
     /// longer: one chunk under the threshold keeps both directions under it.)

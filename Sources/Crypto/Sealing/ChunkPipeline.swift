@@ -80,6 +80,10 @@ struct ChunkPipeline {
         // The output is hashed on a lane of its own, in parallel with writing it: both cost as much as encryption.
         let outputHasherLane = Lane(name: "coffer.pipeline.hash-out", inline: hashesInline || outputHasher == nil)
 
+        // Which hashes run, known here: the reading thread never looks at the hashers, which their lanes update (a
+        // hasher's copy-on-write context is swapped when not uniquely referenced: helper-81 saw a debug build's reads
+        // race with it).
+        let hashes = (input: inputHasher != nil, output: outputHasher != nil)
         // The sink and the progress callback are only ever used on the writer lane, one batch after another,
         // and run() waits for that lane to drain before it returns.
         let writerOnly = UncheckedSendable(value: (sink: sink, progress: progress))
@@ -100,11 +104,11 @@ struct ChunkPipeline {
                 try batch.layout(length: length, firstIndex: nextIndex, endsStream: eof && sourceEndIsStreamEnd)
                 if let region { batch.output = try region.reserve(batch.outputLength).baseAddress }
                 nextIndex += UInt64(batch.chunkCount)
-                batch.start(workers: workers, hasherLane: hasherLane, hashesOutput: state.outputHasher != nil, state: state)
+                batch.start(workers: workers, hasherLane: hasherLane, hashes: hashes, state: state)
                 // The output's hash and its write each follow the transform on a lane of their own, not one after the
                 // other's previous batch: a 16 MiB push's pipeline took 25.3 -> 21.3 ms when the write no longer waited
                 // for the input's hash, and the writer lane then paced it at the slower of the two for each batch.
-                if state.outputHasher != nil {
+                if hashes.output {
                     outputHasherLane.async {
                         batch.transformed.wait()
                         if !state.failed && batch.firstError() == nil { state.outputHasher?.update(batch.output(count: batch.outputLength)) }
@@ -305,9 +309,9 @@ private final class Batch: @unchecked Sendable {
 
     /// Gives each worker lane its share of the chunks and, if the input is hashed, queues this batch on the hasher lane.
     /// The batch is free again once its write and each hash (the output's one queued by the caller) called ``partDone()``.
-    func start(workers: [Lane], hasherLane: Lane, hashesOutput: Bool, state: PipelineState) {
-        pending.store(1 + (state.inputHasher != nil ? 1 : 0) + (hashesOutput ? 1 : 0), ordering: .relaxed)
-        if state.inputHasher != nil {
+    func start(workers: [Lane], hasherLane: Lane, hashes: (input: Bool, output: Bool), state: PipelineState) {
+        pending.store(1 + (hashes.input ? 1 : 0) + (hashes.output ? 1 : 0), ordering: .relaxed)
+        if hashes.input {
             hasherLane.async {
                 if !state.failed { state.inputHasher?.update(UnsafeRawBufferPointer(start: self.input, count: self.inputLength)) }
                 self.partDone()
