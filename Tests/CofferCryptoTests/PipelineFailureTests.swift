@@ -44,8 +44,9 @@ struct PipelineFailureTests {
         }
     }
 
-    static func sealed(_ plaintext: [UInt8], _ alice: borrowing Identity) throws -> [UInt8] {
-        try Fixtures.seal(plaintext, to: [alice.publicIdentity])
+    /// Seals `source` to `recipient` in 4 KiB chunks with both digests, as every test here does.
+    static func sealWithDigests(_ source: TestSource, to sink: any ByteSink, for recipient: PublicIdentity) throws -> SealedFile.Summary {
+        try SealedFile.seal(from: source, to: sink, recipients: [recipient], chunkSize: chunk, digests: true)
     }
 
     /// A sink whose write throws on its Nth call ends the pipeline with that error, sealing and opening, with digests.
@@ -56,16 +57,10 @@ struct PipelineFailureTests {
         for hinted in [true, false] {
             let sink = FailingSink(failOn: failOn)
             #expect(throws: CofferCryptoError.io(path: "sink", reason: "write \(failOn) fails")) {
-                _ = try SealedFile.seal(
-                    from: TestSource(plaintext, hinted: hinted),
-                    to: sink,
-                    recipients: [alice.publicIdentity],
-                    chunkSize: Self.chunk,
-                    digests: true
-                )
+                _ = try Self.sealWithDigests(TestSource(plaintext, hinted: hinted), to: sink, for: alice.publicIdentity)
             }
         }
-        let sealed = try Self.sealed(plaintext, alice)
+        let sealed = try Fixtures.seal(plaintext, to: [alice.publicIdentity])
         for hinted in [true, false] {
             let sink = FailingSink(failOn: failOn - 1)
             #expect(throws: CofferCryptoError.io(path: "sink", reason: "write \(failOn - 1) fails")) {
@@ -80,16 +75,10 @@ struct PipelineFailureTests {
     func sourceThrowingMidStreamEndsThePipeline(failOn: Int) throws {
         let alice = try Identity.generate(name: "alice")
         let plaintext = testBytes(12 << 20 + 5)
-        let sealed = try Self.sealed(plaintext, alice)
+        let sealed = try Fixtures.seal(plaintext, to: [alice.publicIdentity])
         for hinted in [true, false] {
             #expect(throws: CofferCryptoError.self) {
-                _ = try SealedFile.seal(
-                    from: TestSource(plaintext, hinted: hinted, failOn: failOn),
-                    to: MemorySink(),
-                    recipients: [alice.publicIdentity],
-                    chunkSize: Self.chunk,
-                    digests: true
-                )
+                _ = try Self.sealWithDigests(TestSource(plaintext, hinted: hinted, failOn: failOn), to: MemorySink(), for: alice.publicIdentity)
             }
             let sink = MemorySink()
             #expect(throws: CofferCryptoError.self) {
@@ -124,13 +113,7 @@ struct PipelineFailureTests {
         let plaintext = testBytes(size, seed: UInt64(size) &+ 11)
         for hinted in [true, false] {
             let sink = MemorySink()
-            let s = try SealedFile.seal(
-                from: TestSource(plaintext, hinted: hinted),
-                to: sink,
-                recipients: [alice.publicIdentity],
-                chunkSize: Self.chunk,
-                digests: true
-            )
+            let s = try Self.sealWithDigests(TestSource(plaintext, hinted: hinted), to: sink, for: alice.publicIdentity)
             #expect(s.plaintextSHA256 == Digest.sha256(plaintext))
             #expect(s.sealedSHA256 == Digest.sha256(sink.bytes))
             let out = MemorySink()
@@ -157,7 +140,7 @@ struct PipelineFailureTests {
     func forgedChunkNeverReachesTheSink(chunkIndex: Int) throws {
         let alice = try Identity.generate(name: "alice")
         let plaintext = testBytes(3072 * Self.chunk)  // 12 MiB, 3072 chunks
-        var sealed = try Self.sealed(plaintext, alice)
+        var sealed = try Fixtures.seal(plaintext, to: [alice.publicIdentity])
         sealed[Self.header + chunkIndex * (Self.chunk + 16) + 9] ^= 1
         for hinted in [true, false] {
             let sink = MemorySink()
@@ -184,13 +167,7 @@ struct PipelineFailureTests {
                 do {
                     let alice = try Identity.generate(name: "alice")
                     let sink = MemorySink()
-                    let s = try SealedFile.seal(
-                        from: TestSource(plaintext, hinted: i % 2 == 0),
-                        to: sink,
-                        recipients: [alice.publicIdentity],
-                        chunkSize: Self.chunk,
-                        digests: true
-                    )
+                    let s = try Self.sealWithDigests(TestSource(plaintext, hinted: i % 2 == 0), to: sink, for: alice.publicIdentity)
                     let out = MemorySink()
                     let o = try SealedFile.open(from: TestSource(sink.bytes, hinted: round % 2 == 0), to: out, identity: alice, digests: true)
                     let ok =
@@ -211,13 +188,7 @@ struct PipelineFailureTests {
         let plaintext = testBytes(9 * Self.batchBytes + 123)
         for round in 0..<20 {
             let sink = MemorySink()
-            let s = try SealedFile.seal(
-                from: TestSource(plaintext, hinted: round % 2 == 0),
-                to: sink,
-                recipients: [alice.publicIdentity],
-                chunkSize: Self.chunk,
-                digests: true
-            )
+            let s = try Self.sealWithDigests(TestSource(plaintext, hinted: round % 2 == 0), to: sink, for: alice.publicIdentity)
             #expect(s.sealedSHA256 == Digest.sha256(sink.bytes), "round \(round)")
             #expect(s.plaintextSHA256 == Digest.sha256(plaintext), "round \(round)")
         }
