@@ -70,11 +70,13 @@ struct PushSealingTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: f.home + "/tmp").isEmpty)
         #expect(f.blobDigests().isEmpty && g.blobDigests().isEmpty)
         let spelled = try #require(Registry.startSealing(request, home: f.home + "/./"))
+        #expect(spelled.home == f.home, "the home is resolved once, when the sealing starts")
         #expect(try await f.registry.push(request, publisher: alice, sealing: spelled).files == 1)
         // A symbolic link to the home is the same registry; one in g's folder to f's home is still f (helper-81).
         let link = g.path("alias")
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: f.home)
         let linked = try #require(Registry.startSealing(request, home: link))
+        #expect(linked.home == f.home)
         #expect(try await f.registry.push(request, publisher: alice, sealing: linked).files == 1)
         let misnamed = try #require(Registry.startSealing(request, home: link))
         await #expect(throws: CofferRegistryError.self) { _ = try await g.registry.push(request, publisher: alice, sealing: misnamed) }

@@ -25,8 +25,9 @@ public final class PushSealing: Sendable {
     private let claimed = Atomic<Bool>(false)
     private let taken = Mutex<(inputs: Result<[InputFile], CofferRegistryError>?, delivered: Int)>((nil, 0))
     private let request: (paths: [String], contents: [PushRequest.Content], chunkSize: Int)
-    /// The registry whose temporary folder the sealed files are written to (its home as given), when started by
-    /// ``Registry/startSealing(_:home:)``: a push into another registry would rename them across registries.
+    /// The registry whose temporary folder the sealed files are written to (its home resolved to an absolute path, once),
+    /// when started by ``Registry/startSealing(_:home:)``: a push into another registry would rename them across
+    /// registries.
     let home: String?
 
     enum Step: @unchecked Sendable {
@@ -76,12 +77,6 @@ public final class PushSealing: Sendable {
     /// Whether this sealing seals the files `request` names, as the push of `request` must.
     func isFor(_ request: PushRequest) -> Bool {
         request.paths == self.request.paths && request.contents == self.request.contents && request.chunkSize == self.request.chunkSize
-    }
-
-    /// Whether the sealing writes into the blob store of the registry at `home`: the same directory, however named.
-    func writes(into home: String) -> Bool {
-        guard let own = self.home else { return true }
-        return Directories.sameDirectory(own, home)
     }
 
     /// Takes the sealing for one push: false when a push (or a cancel) had it already.
@@ -217,9 +212,14 @@ extension Registry {
     /// ``PushSealing/cancel()`` it when giving up. Nil when that registry's blobs are not in its directory (the push then
     /// seals after opening, as the store's own temporaries need the store).
     public static func startSealing(_ request: PushRequest, home: String) -> PushSealing? {
-        guard let backends = try? Backends.of(home: home), backends.blobsInHome else { return nil }
-        let store = DirectoryBlobStore(root: home)
-        return PushSealing(request, home: home) { () throws(CofferRegistryError) in try store.makeTemporary() }
+        // Resolved once, here: a relative home named again at each temporary would follow a caller that changes directory
+        // while the sealing runs into another folder.
+        guard let resolved = realpath(home, nil) else { return nil }
+        defer { free(resolved) }
+        let root = String(cString: resolved)
+        guard let backends = try? Backends.of(home: root), backends.blobsInHome else { return nil }
+        let store = DirectoryBlobStore(root: root)
+        return PushSealing(request, home: root) { () throws(CofferRegistryError) in try store.makeTemporary() }
     }
 
     /// Seals one input file under `dataKey` into `output` (its own nonce prefix), with both digests.

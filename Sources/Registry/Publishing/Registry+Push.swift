@@ -31,8 +31,9 @@ extension Registry {
         sealing.report(to: progress)
         do throws(CofferRegistryError) {
             guard sealing.isFor(request) else { throw .invalidInput("the sealing given to push was started for another request") }
-            guard sealing.writes(into: home) else {
-                throw .invalidInput("the sealing given to push was started for the registry at \(sealing.home ?? "-"), not the one at \(home)")
+            // The same directory, however named (by device and inode).
+            if let sealedFor = sealing.home, !Directories.sameDirectory(sealedFor, home) {
+                throw .invalidInput("the sealing given to push was started for the registry at \(sealedFor), not the one at \(home)")
             }
             // One read of the ledger for every check before the commit, which judges again on the state it commits on.
             let state = try await ledgerState()
