@@ -2,9 +2,11 @@
 against `coffer unseal` of the same model bytes to stdout (discarded), rounds alternating; and `coffer audit
 verify` over a log of 1,000,000 entries written by this script from docs/FORMAT.md's chain definition."""
 import argparse
+import contextlib
 import hashlib
 import json
 import os
+import resource
 import shlex
 import sqlite3
 import statistics
@@ -106,6 +108,16 @@ def http_session(c, coffer, work, home, env, rounds, unseal_median):
     print(f"ratio server session / unseal: {median / unseal_median:.2f}  (the CLI path above is the one the target is set for)")
 
 
+@contextlib.contextmanager
+def children_cpu(into):
+    """Appends to `into` the CPU seconds (user + system, all threads) of the children waited for in the block, and of
+    their waited-for descendants (GNU time waits for the program it runs)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    yield
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    into.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+
+
 def agent_lines(coffer, work, home, env, rounds):
     """The same two paths with alice's identity in `coffer agent` (no passphrase, no Argon2id in either process),
     rounds alternating with the passphrase anchor measured above; and the session's two commands through `coffer-run`
@@ -124,18 +136,24 @@ def agent_lines(coffer, work, home, env, rounds):
         # Once, untimed: the digest anchor hashes the whole plaintext (a failed unseal would hash nothing, quickly).
         digest = subprocess.run(digest_anchor, check=True, capture_output=True, env=agent_env).stdout.split()[0].decode()
         assert digest == hashlib.sha256(open(f"{work}/big/model.safetensors", "rb").read()).hexdigest(), digest
+        # CPU (user + system, every thread) of the paths whose processes are this script's descendants: a fork of the
+        # runner is not, so the runner path has none.
+        cpu = {"passphrase unseal": [], "agent unseal": [], "agent session": []}
         for _ in range(rounds):
-            passphrase_unseal.append(run(unseal, env=env)[0])
-            unseal_times.append(run(unseal, env=agent_env)[0])
+            with children_cpu(cpu["passphrase unseal"]):
+                passphrase_unseal.append(run(unseal, env=env)[0])
+            with children_cpu(cpu["agent unseal"]):
+                unseal_times.append(run(unseal, env=agent_env)[0])
             digest_times.append(run(digest_anchor, env=agent_env)[0])
             hash_times.append(run(["openssl", "dgst", "-sha256", "-r", f"{work}/big/model.safetensors"])[0])
             for program, side_env, times in ((coffer, agent_env, session_times), (launcher, runner_env, runner_times)):
-                start = time.perf_counter()
-                token = subprocess.run([program, "session", "open", "big/model@prod", "--identity", f"{work}/alice.key", "--ttl", "5m", "--home", home],
-                                       check=True, capture_output=True, env=side_env).stdout.decode().strip()
-                opened = time.perf_counter() - start
-                t, _ = run([program, "infer", "--session", token, "--input", f"{work}/rows.csv", "--home", home], env=side_env)
-                times.append(opened + t)
+                with children_cpu(cpu["agent session"] if program == coffer else []):
+                    start = time.perf_counter()
+                    token = subprocess.run([program, "session", "open", "big/model@prod", "--identity", f"{work}/alice.key", "--ttl", "5m",
+                                            "--home", home], check=True, capture_output=True, env=side_env).stdout.decode().strip()
+                    opened = time.perf_counter() - start
+                    t, _ = run([program, "infer", "--session", token, "--input", f"{work}/rows.csv", "--home", home], env=side_env)
+                    times.append(opened + t)
         mp, ma, ms = statistics.median(passphrase_unseal), statistics.median(unseal_times), statistics.median(session_times)
         md = statistics.median(digest_times)
         print(f"coffer unseal -o -, identity in the agent   {ma * 1000:8.0f} ms   (passphrase, same rounds: {mp * 1000:.0f} ms; ratio {ma / mp:.2f})")
@@ -152,6 +170,14 @@ def agent_lines(coffer, work, home, env, rounds):
         # less, so against 1.2 times unseal it says whether that target leaves room for anything else.
         mh = statistics.median(hash_times)
         print(f"openssl dgst -sha256 of the plaintext alone  {mh * 1000:8.0f} ms   ratio to agent unseal {mh / ma:.2f}, to passphrase unseal {mh / mp:.2f}")
+        # No schedule of a path's CPU over the machine's cores takes less wall time than CPU / cores: with the session's
+        # CPU known, that bounds what any parallelism could still win.
+        cores = os.cpu_count()
+        mc = {name: statistics.median(times) for name, times in cpu.items()}
+        print(f"CPU (user + system): passphrase unseal {mc['passphrase unseal'] * 1000:.0f} ms, agent unseal {mc['agent unseal'] * 1000:.0f} ms, "
+              f"agent session {mc['agent session'] * 1000:.0f} ms ({mc['agent session'] / ms:.2f} of {cores} cores busy)")
+        print(f"agent session CPU / {cores} cores: {mc['agent session'] / cores * 1000:.0f} ms, "
+              f"ratio to passphrase unseal {mc['agent session'] / cores / mp:.2f} (the wall time no schedule of that work goes under)")
     finally:
         subprocess.run([coffer, "agent", "stop"], env=agent_env, capture_output=True)
         subprocess.run([coffer, "runner", "stop"], env=runner_env, capture_output=True)
