@@ -61,6 +61,8 @@ public final class Registry: Sendable {
     static let identityName = "registry"
 
     /// Opens the registry at `home`, on the stores its `backends.json` names (SQLite and a blob directory when it has none).
+    /// `home` is used as given each time a file in it is named (a blob placed, a key rotated): a caller that changes its
+    /// working directory while the registry is open must give an absolute path (the CLI does).
     ///
     /// - Parameters:
     ///   - memory: where this client remembers the registries it verified (its pins and last states); `nil` remembers

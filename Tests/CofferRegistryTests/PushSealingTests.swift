@@ -17,6 +17,13 @@ struct PushSealingTests {
         return early ?? PushSealing(request) { [blobs = f.registry.blobs] () throws(CofferRegistryError) in try blobs.makeTemporary() }
     }
 
+    /// `path` with every link resolved, as a sealing resolves its home.
+    private func resolved(_ path: String) -> String {
+        guard let real = realpath(path, nil) else { return path }
+        defer { free(real) }
+        return String(cString: real)
+    }
+
     /// A sealing started before the registry opens (as `coffer push` starts it) is taken by the push of its request, file
     /// after file; one given up on, or given to another request's push, stops and leaves no temporary file behind.
     @Test func aSealingStartedBeforeTheRegistryOpensIsPushedOrLeavesNothing() async throws {
@@ -63,20 +70,22 @@ struct PushSealingTests {
         let dir = try f.makeModel("model", ["a.bin": bytes(3 << 20)])
         let request = PushRequest(model: "m", paths: [dir])
         let elsewhere = try #require(Registry.startSealing(request, home: f.home))
-        let refusal = "the sealing given to push was started for the registry at \(f.home), not the one at \(g.home)"
+        // The sealing names its home with every link resolved (the temporary folder may be reached through one).
+        let home = resolved(f.home)
+        let refusal = "the sealing given to push was started for the registry at \(home), not the one at \(g.home)"
         await #expect(throws: CofferRegistryError.invalidInput(refusal)) {
             _ = try await g.registry.push(request, publisher: alice, sealing: elsewhere)
         }
         #expect(try FileManager.default.contentsOfDirectory(atPath: f.home + "/tmp").isEmpty)
         #expect(f.blobDigests().isEmpty && g.blobDigests().isEmpty)
         let spelled = try #require(Registry.startSealing(request, home: f.home + "/./"))
-        #expect(spelled.home == f.home, "the home is resolved once, when the sealing starts")
+        #expect(spelled.home == home, "the home is resolved once, when the sealing starts")
         #expect(try await f.registry.push(request, publisher: alice, sealing: spelled).files == 1)
         // A symbolic link to the home is the same registry; one in g's folder to f's home is still f (helper-81).
         let link = g.path("alias")
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: f.home)
         let linked = try #require(Registry.startSealing(request, home: link))
-        #expect(linked.home == f.home)
+        #expect(linked.home == home)
         #expect(try await f.registry.push(request, publisher: alice, sealing: linked).files == 1)
         let misnamed = try #require(Registry.startSealing(request, home: link))
         await #expect(throws: CofferRegistryError.self) { _ = try await g.registry.push(request, publisher: alice, sealing: misnamed) }

@@ -170,11 +170,11 @@ def agent_lines(coffer, work, home, env, rounds):
         # less, so against 1.2 times unseal it says whether that target leaves room for anything else.
         mh = statistics.median(hash_times)
         print(f"openssl dgst -sha256 of the plaintext alone  {mh * 1000:8.0f} ms   ratio to agent unseal {mh / ma:.2f}, to passphrase unseal {mh / mp:.2f}")
-        # No schedule of a path's CPU over the machine's cores takes less wall time than CPU / cores: with the session's
-        # CPU known, that bounds what any parallelism could still win.
-        cores = os.cpu_count()
+        # No schedule of a path's CPU over the cores it may use takes less wall time than CPU / cores: with the session's
+        # CPU known, that bounds what any parallelism could still win (from below: the agent's work is left out).
+        cores = len(os.sched_getaffinity(0))
         mc = {name: statistics.median(times) for name, times in cpu.items()}
-        print(f"CPU (user + system): passphrase unseal {mc['passphrase unseal'] * 1000:.0f} ms, agent unseal {mc['agent unseal'] * 1000:.0f} ms, "
+        print(f"CPU of the commands (user + system; the agent's own not counted): passphrase unseal {mc['passphrase unseal'] * 1000:.0f} ms, agent unseal {mc['agent unseal'] * 1000:.0f} ms, "
               f"agent session {mc['agent session'] * 1000:.0f} ms ({mc['agent session'] / ms:.2f} of {cores} cores busy)")
         print(f"agent session CPU / {cores} cores: {mc['agent session'] / cores * 1000:.0f} ms, "
               f"ratio to passphrase unseal {mc['agent session'] / cores / mp:.2f} (the wall time no schedule of that work goes under)")
