@@ -14,8 +14,6 @@
 static struct {
     void (*sgemm)(enum CBLAS_ORDER, enum CBLAS_TRANSPOSE, enum CBLAS_TRANSPOSE, blasint, blasint, blasint, float,
                   const float *, blasint, const float *, blasint, float, float *, blasint);
-    void (*sgemv)(enum CBLAS_ORDER, enum CBLAS_TRANSPOSE, blasint, blasint, float, const float *, blasint,
-                  const float *, blasint, float, float *, blasint);
     void (*set_threads)(int);
 } blas;  // published to other threads by pthread_once
 
@@ -35,7 +33,6 @@ static void coffer_blas_load(void) {
         exit(70);
     }
     *(void **)&blas.sgemm = coffer_blas_symbol(handle, "cblas_sgemm");
-    *(void **)&blas.sgemv = coffer_blas_symbol(handle, "cblas_sgemv");
     *(void **)&blas.set_threads = coffer_blas_symbol(handle, "openblas_set_num_threads");
 }
 
@@ -49,12 +46,6 @@ void coffer_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE transA, enum CBLA
                   blasint ldc) {
     coffer_blas_ready();
     blas.sgemm(order, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-void coffer_sgemv(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE trans, blasint m, blasint n, float alpha, const float *a,
-                  blasint lda, const float *x, blasint incx, float beta, float *y, blasint incy) {
-    coffer_blas_ready();
-    blas.sgemv(order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
 }
 
 void coffer_blas_set_threads(int threads) {

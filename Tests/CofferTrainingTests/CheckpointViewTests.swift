@@ -6,7 +6,7 @@ import Testing
 
 /// Inference read in place from a checkpoint's bytes (what `coffer infer` and a server's session run over locked
 /// memory) against the model loaded the ordinary way (`coffer predict`): the same floats, with fewer rows than
-/// ``MatrixKernels/matrixVectorRows`` (sgemv) and with more (sgemm), in a buffer aligned or not (an aligned copy).
+/// ``MatrixKernels/matrixVectorRows`` (the SIMD loop) and with more (sgemm), in a buffer aligned or not (an aligned copy).
 @Suite(.ownThread)
 struct CheckpointViewTests {
     @Test func predictionsMatchTheLoadedModelForEveryRowCountAndAlignment() async throws {

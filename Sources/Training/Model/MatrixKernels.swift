@@ -23,9 +23,12 @@ enum MatrixKernels {
     }
 
     /// Below this many rows of `a`, ``multiplyTransposed(_:_:into:m:n:k:backend:)-(UnsafePointer<Float>,_,_,_,_,_,_)``
-    /// makes one matrix-vector product per row, which reads `b` once, where OpenBLAS 0.3.21's sgemm first packs all of
-    /// `b` (gemv forwarding came in 0.3.27): one row through two 5000 x 5000 layers, the session benchmark's 100 MB
-    /// model, took 16 ms with sgemv and 80 ms with sgemm.
+    /// takes each row's dot products with `b` on the Swift SIMD loop, whatever the backend, reading `b` once a row:
+    /// OpenBLAS 0.3.21's sgemm first packs all of `b` (gemv forwarding came in 0.3.27; one row through two 5000 x 5000
+    /// layers, the session benchmark's 100 MB model, took 80 ms with sgemm and 16 ms with sgemv), and its sgemv, like
+    /// any first OpenBLAS call, loads OpenBLAS, whose workers then spin in sched_yield on the other cores for about
+    /// 0.1 s. `coffer infer` of one row on that model, sgemv against this loop (release builds, 31 alternated rounds): CPU
+    /// 190 -> 174 ms (0.918x per round), wall 0.977x; a server's prediction no longer leaves a spinning core behind.
     static let matrixVectorRows = 4
 
     /// The same over memory the caller holds: the weights of a checkpoint read in place (``CheckpointView``). The
@@ -42,13 +45,9 @@ enum MatrixKernels {
     ) {
         guard m > 0, n > 0, k > 0 else { return }
         switch backend {
-        case .blas where m < matrixVectorRows:
-            for i in 0..<m {
-                coffer_sgemv(CblasRowMajor, CblasNoTrans, Int32(n), Int32(k), 1, b, Int32(k), a + i * k, 1, 1, c + i * n, 1)
-            }
-        case .blas:
+        case .blas where m >= matrixVectorRows:
             coffer_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(k), 1, c, Int32(n))
-        case .simd:
+        case .blas, .simd:
             for i in 0..<m { for j in 0..<n { c[i * n + j] += dot(a + i * k, b + j * k, k) } }
         }
     }
