@@ -17,13 +17,6 @@ struct PushSealingTests {
         return early ?? PushSealing(request) { [blobs = f.registry.blobs] () throws(CofferRegistryError) in try blobs.makeTemporary() }
     }
 
-    /// `path` with every link resolved, as a sealing resolves its home.
-    private func resolved(_ path: String) -> String {
-        guard let real = realpath(path, nil) else { return path }
-        defer { free(real) }
-        return String(cString: real)
-    }
-
     /// A sealing started before the registry opens (as `coffer push` starts it) is taken by the push of its request, file
     /// after file; one given up on, or given to another request's push, stops and leaves no temporary file behind.
     @Test func aSealingStartedBeforeTheRegistryOpensIsPushedOrLeavesNothing() async throws {
@@ -71,7 +64,7 @@ struct PushSealingTests {
         let request = PushRequest(model: "m", paths: [dir])
         let elsewhere = try #require(Registry.startSealing(request, home: f.home))
         // The sealing names its home with every link resolved (the temporary folder may be reached through one).
-        let home = resolved(f.home)
+        let home = try #require(Directories.resolved(f.home))
         let refusal = "the sealing given to push was started for the registry at \(home), not the one at \(g.home)"
         await #expect(throws: CofferRegistryError.invalidInput(refusal)) {
             _ = try await g.registry.push(request, publisher: alice, sealing: elsewhere)

@@ -42,9 +42,7 @@ public struct ClientMemory: Sendable {
 
     /// `file:/abs/path` for a registry directory.
     public static func location(home: String) -> String {
-        guard let resolved = realpath(home, nil) else { return "file:\(home)" }
-        defer { free(resolved) }
-        return "file:\(String(cString: resolved))"
+        "file:\(Directories.resolved(home) ?? home)"
     }
 
     /// The scheme, host, port and path of a served registry, as its pin is named: one name however the URL is written

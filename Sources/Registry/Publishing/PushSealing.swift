@@ -214,10 +214,7 @@ extension Registry {
     public static func startSealing(_ request: PushRequest, home: String) -> PushSealing? {
         // Resolved once, here: a relative home named again at each temporary would follow a caller that changes directory
         // while the sealing runs into another folder.
-        guard let resolved = realpath(home, nil) else { return nil }
-        defer { free(resolved) }
-        let root = String(cString: resolved)
-        guard let backends = try? Backends.of(home: root), backends.blobsInHome else { return nil }
+        guard let root = Directories.resolved(home), let backends = try? Backends.of(home: root), backends.blobsInHome else { return nil }
         let store = DirectoryBlobStore(root: root)
         return PushSealing(request, home: root) { () throws(CofferRegistryError) in try store.makeTemporary() }
     }

@@ -235,6 +235,13 @@ struct FileRegion: AsyncSequence, Sendable {
 
 /// Folders on local disk: made private, and synced so that renames in them survive a crash.
 enum Directories {
+    /// `path` made absolute with every link resolved (realpath); nil when it cannot be (missing, unreadable).
+    static func resolved(_ path: String) -> String? {
+        guard let real = realpath(path, nil) else { return nil }
+        defer { free(real) }
+        return String(cString: real)
+    }
+
     static func make(_ path: String) throws(CofferRegistryError) {
         do {
             try FileBytes.makePrivateDirectory(path)
