@@ -208,7 +208,7 @@ let package = Package(
         .testTarget(
             name: "CofferRegistryTests",
             dependencies: [
-                "CofferRegistry", "CofferCrypto", "CofferTestSupport", "CFiles",
+                "CofferRegistry", "CofferCrypto", "CofferTraining", "CofferTestSupport", "CFiles",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
             ],

@@ -158,36 +158,30 @@ extension Coffer {
             tokenText.withUnsafeMutableBytes { out in out.copyBytes(from: text.utf8) }
             let store = try await registry.open()
             // Bad input and an export the session may not make are refused before a use is taken.
-            let table = try input.map { path throws(CofferTrainingError) in try CSVTable(contentsOf: path) }
-            if raw { try await InferenceSession.authorizeExport(registry: store, tokenText: tokenText) }
-            // An export takes one use as it opens; a prediction takes one per row, only once it has succeeded.
-            let opened = try await InferenceSession(registry: store, tokenText: tokenText, countingUse: raw, auditingOpen: false)
-            if raw {
-                let paths = opened.files.map(\.path)
-                guard let path = file ?? (paths.count == 1 ? paths[0] : nil) else {
-                    throw CLIError("the version has \(paths.count) files: choose one with --file (\(paths.joined(separator: ", ")))")
-                }
-                let written: Void? = try await opened.export(path, registry: store) { bytes throws(CofferCryptoError) in
-                    try FileDescriptorStream.standardOutput.write(bytes)
-                }
-                guard written != nil else { throw CLIError("no file \(path) in \(opened.info.model):\(opened.info.version)") }
+            if let input {
+                let table = try CSVTable(contentsOf: input)
+                // A prediction takes one use per row, only once it has succeeded.
+                let (checkpoint, predictions) = try await InferenceSession.predictOnce(registry: store, tokenText: tokenText, table: table)
+                printPredictions(
+                    predictions,
+                    tasks: checkpoint.architecture.tasks,
+                    preprocessing: checkpoint.preprocessing,
+                    rows: table.rowCount,
+                    json: json
+                )
                 return
             }
-            let checkpoint: CheckpointView
-            let predictions: [[Float]]
-            do { (checkpoint, predictions) = try opened.predict(table!) } catch {
-                try? await store.recordFailedPrediction(session: opened.info.id, principal: opened.info.principal, reason: error.description)
-                throw error
+            try await InferenceSession.authorizeExport(registry: store, tokenText: tokenText)
+            // An export takes one use as it opens.
+            let opened = try await InferenceSession(registry: store, tokenText: tokenText, countingUse: true, auditingOpen: false)
+            let paths = opened.files.map(\.path)
+            guard let path = file ?? (paths.count == 1 ? paths[0] : nil) else {
+                throw CLIError("the version has \(paths.count) files: choose one with --file (\(paths.joined(separator: ", ")))")
             }
-            // Nothing is printed unless the session had the rows to spend.
-            try await store.useSession(id: opened.info.id, principal: opened.info.principal, uses: table!.rowCount)
-            printPredictions(
-                predictions,
-                tasks: checkpoint.architecture.tasks,
-                preprocessing: checkpoint.preprocessing,
-                rows: table!.rowCount,
-                json: json
-            )
+            let written: Void? = try await opened.export(path, registry: store) { bytes throws(CofferCryptoError) in
+                try FileDescriptorStream.standardOutput.write(bytes)
+            }
+            guard written != nil else { throw CLIError("no file \(path) in \(opened.info.model):\(opened.info.version)") }
         }
     }
 }

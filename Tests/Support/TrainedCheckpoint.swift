@@ -1,5 +1,5 @@
 import CofferCrypto
-import CofferTraining
+public import CofferTraining
 import Foundation
 
 /// A small model trained with DP-SGD on synthetic data (300 rows, 3 features, one 8-unit layer), for tests that push a
@@ -8,7 +8,7 @@ import Foundation
 /// Every server and client fixture trained its own, on the cooperative pool: the PLD accountant alone took 1-3 s in a
 /// debug build, about 50 times a run, while the pool's two threads were what the servers under test ran on.
 public enum TrainedCheckpoint {
-    private static let safetensors = Task { try await Offload.run { () throws -> Data in try train() } }
+    private static let safetensors = Task { try await Offload.run { () throws -> Data in Data(try Checkpoint.encode(try train())) } }
 
     /// Writes the checkpoint to `directory/model.safetensors` (making the directory) and returns `directory`.
     public static func write(into directory: String) async throws -> String {
@@ -18,7 +18,8 @@ public enum TrainedCheckpoint {
         return directory
     }
 
-    private static func train() throws -> Data {
+    /// Trains the model, with `trunk` for its hidden layers' widths.
+    public static func train(trunk: [Int] = [8]) throws -> TrainedModel {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("coffer-checkpoint-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: folder) }
@@ -26,12 +27,11 @@ public enum TrainedCheckpoint {
         try data.csv().write(to: folder.appendingPathComponent("data.csv"), atomically: true, encoding: .utf8)
         let tasks = String(decoding: try JSONEncoder().encode(data.tasks), as: UTF8.self)
         let recipe = """
-            {"data": "data.csv", "features": ["x0", "x1", "x2"], "tasks": \(tasks), "trunk": [8], "epochs": 1, "learning_rate": 0.05,
+            {"data": "data.csv", "features": ["x0", "x1", "x2"], "tasks": \(tasks), "trunk": \(trunk), "epochs": 1, "learning_rate": 0.05,
              "expected_batch_size": 30, "noise_multiplier": 1.0, "delta": 1e-5, "seed": 1,
              "feature_bounds": [-4, 4]}
             """
         try recipe.write(to: folder.appendingPathComponent("recipe.json"), atomically: true, encoding: .utf8)
-        let trained = try TrainingRun.run(try TrainingRecipe(contentsOf: folder.appendingPathComponent("recipe.json").path))
-        return Data(try Checkpoint.encode(trained))
+        return try TrainingRun.run(try TrainingRecipe(contentsOf: folder.appendingPathComponent("recipe.json").path))
     }
 }

@@ -29,12 +29,16 @@ public struct InferenceSession: ~Copyable {
         auditingOpen: Bool? = nil,
         now: Date = Date()
     ) async throws(CofferRegistryError) {
-        let token: SessionToken
-        do { token = try SessionToken(text: tokenText) } catch {
+        let token = try await Self.token(tokenText, registry: registry)
+        try await self.init(registry: registry, token: token, countingUse: countingUse, auditingOpen: auditingOpen ?? countingUse, now: now)
+    }
+
+    /// The token that `text` spells; a malformed one is refused and audited like any other.
+    private static func token(_ text: borrowing SecureBytes, registry: Registry) async throws(CofferRegistryError) -> SessionToken {
+        do { return try SessionToken(text: text) } catch {
             try await registry.audit(principal: "-", action: "infer", target: "-", outcome: .refused, reason: "malformed session token")
             throw error
         }
-        try await self.init(registry: registry, token: token, countingUse: countingUse, auditingOpen: auditingOpen ?? countingUse, now: now)
     }
 
     /// `countingUse: false` opens the model without taking a use (the server counts each prediction instead);
@@ -58,12 +62,7 @@ public struct InferenceSession: ~Copyable {
         let plaintext = SecureBytes(count: max(offset, 1))
         for (file, entry) in zip(claimed.files, files) {
             let sink = plaintext.withUnsafeMutableBytes { MemoryRegionSink(UnsafeMutableRawBufferPointer(rebasing: $0[entry.1])) }
-            do {
-                try await registry.open(file, dataKey: claimed.dataKey, into: sink, checkingBlobDigest: false)
-            } catch {
-                try? await registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .failed, reason: error.description)
-                throw error
-            }
+            try await Self.open(file, of: claimed, into: sink, registry: registry)
         }
         var checkpoint: CheckpointView? = nil
         if let model = files.first(where: { $0.0 == Checkpoint.modelFile }) {
@@ -91,11 +90,7 @@ public struct InferenceSession: ~Copyable {
 
     /// Per-task predictions for the rows of `table`, with the weights read in place from sodium memory.
     public func predict(_ table: CSVTable) throws(CofferRegistryError) -> (CheckpointView, [[Float]]) {
-        guard let checkpoint, let model = files.first(where: { $0.path == Checkpoint.modelFile }) else {
-            throw .sessionRefused(
-                "\(info.model):\(info.version) is not a Coffer checkpoint (a model.safetensors from coffer train or coffer fl, with its coffer.* metadata), the only kind infer runs: coffer infer --raw exports its plaintext, audited, to run it elsewhere"
-            )
-        }
+        guard let checkpoint, let model = files.first(where: { $0.path == Checkpoint.modelFile }) else { throw Self.notACheckpoint(info) }
         do {
             let predictions = try plaintext.withUnsafeBytes { bytes throws(CofferTrainingError) in
                 try checkpoint.predict(table, weights: UnsafeRawBufferPointer(rebasing: bytes[model.range]))
@@ -104,6 +99,76 @@ public struct InferenceSession: ~Copyable {
         } catch {
             throw .invalidInput(error.description)
         }
+    }
+
+    /// One `coffer infer`: the session's model opened, the rows of `table` predicted, and one use taken per row once the
+    /// predictions exist (a prediction that fails is audited as such and takes none). Nothing is returned unless every
+    /// byte of the model matched its signed digest and the session had the uses.
+    ///
+    /// Fewer than four rows are predicted as the model decrypts (``StreamingPrediction``), so the model is never whole in
+    /// memory; more open it whole in locked memory first, for sgemm.
+    public static func predictOnce(
+        registry: Registry,
+        tokenText: borrowing SecureBytes,
+        table: CSVTable,
+        now: Date = Date()
+    ) async throws(CofferRegistryError) -> (CheckpointView, [[Float]]) {
+        let info: SessionInfo
+        let outcome: Result<(CheckpointView, [[Float]]), CofferRegistryError>
+        if StreamingPrediction.streams(rows: table.rowCount) {
+            let token = try await Self.token(tokenText, registry: registry)
+            let claimed = try await registry.claimSession(token, now: now, countingUse: false)
+            info = claimed.info
+            outcome = try await streamedPrediction(claimed, table: table, registry: registry)
+        } else {
+            let opened = try await InferenceSession(registry: registry, tokenText: tokenText, countingUse: false, auditingOpen: false, now: now)
+            info = opened.info
+            outcome = Result { () throws(CofferRegistryError) in try opened.predict(table) }
+        }
+        switch outcome {
+        case .failure(let error):
+            try? await registry.recordFailedPrediction(session: info.id, principal: info.principal, reason: error.description)
+            throw error
+        case .success(let prediction):
+            try await registry.useSession(id: info.id, principal: info.principal, uses: table.rowCount)
+            return prediction
+        }
+    }
+
+    /// Decrypts the session's model into a ``StreamingPrediction``. A failure to open it is thrown (and audited); the
+    /// prediction's own failure is returned.
+    private static func streamedPrediction(
+        _ claimed: ClaimedSession,
+        table: CSVTable,
+        registry: Registry
+    ) async throws(CofferRegistryError) -> Result<(CheckpointView, [[Float]]), CofferRegistryError> {
+        guard let file = claimed.files.first(where: { $0.path == Checkpoint.modelFile }) else { return .failure(notACheckpoint(claimed.info)) }
+        let stream = StreamingPrediction(table: table, fileLength: file.size)
+        try await open(file, of: claimed, into: PredictionSink(stream), registry: registry)
+        guard stream.view != nil else { return .failure(notACheckpoint(claimed.info)) }
+        do { return .success(try stream.finish()) } catch { return .failure(.invalidInput(error.description)) }
+    }
+
+    /// Decrypts one of the session's files into `sink`; a failure is audited against the session.
+    private static func open(
+        _ file: ModelStatement.File,
+        of claimed: ClaimedSession,
+        into sink: any ByteSink,
+        registry: Registry
+    ) async throws(CofferRegistryError) {
+        do {
+            try await registry.open(file, dataKey: claimed.dataKey, into: sink, checkingBlobDigest: false)
+        } catch {
+            let info = claimed.info
+            try? await registry.audit(principal: info.principal, action: "infer", target: info.id, outcome: .failed, reason: error.description)
+            throw error
+        }
+    }
+
+    private static func notACheckpoint(_ info: SessionInfo) -> CofferRegistryError {
+        .sessionRefused(
+            "\(info.model):\(info.version) is not a Coffer checkpoint (a model.safetensors from coffer train or coffer fl, with its coffer.* metadata), the only kind infer runs: coffer infer --raw exports its plaintext, audited, to run it elsewhere"
+        )
     }
 
     /// Refuses, before any use is taken or anything decrypted, a token whose session's principal may not export
@@ -150,6 +215,15 @@ public struct InferenceSession: ~Copyable {
         guard let file = files.first(where: { $0.path == path }) else { return nil }
         return try plaintext.withUnsafeBytes { bytes throws(E) in try body(UnsafeRawBufferPointer(rebasing: bytes[file.range])) }
     }
+}
+
+/// Decrypted bytes handed, in order, to a prediction (on the decryption pipeline's writer lane).
+private final class PredictionSink: ByteSink {
+    let stream: StreamingPrediction
+
+    init(_ stream: StreamingPrediction) { self.stream = stream }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws(CofferCryptoError) { stream.consume(bytes) }
 }
 
 /// Per-task predictions as JSON rows: `{task: {class, probabilities}}` for a classification (the class label when

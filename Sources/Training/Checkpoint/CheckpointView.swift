@@ -18,12 +18,16 @@ public struct CheckpointView: Sendable {
 
     /// Parses the header at the start of `bytes` (the whole file) and checks every tensor the architecture needs.
     public init(header bytes: UnsafeRawBufferPointer) throws(CofferTrainingError) {
-        guard bytes.count >= 8 else { throw .invalidCheckpoint("file shorter than the 8-byte header length") }
-        let length = (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[$1]) << (8 * UInt64($1)) }
-        guard length <= UInt64(Safetensors.maximumHeaderLength), 8 + Int(length) <= bytes.count else {
+        try self.init(header: bytes, fileLength: bytes.count)
+    }
+
+    /// The same from the first bytes of a file of `fileLength` bytes: `bytes` holds at least its header.
+    init(header bytes: UnsafeRawBufferPointer, fileLength: Int) throws(CofferTrainingError) {
+        guard let length = Self.headerLength(bytes) else { throw .invalidCheckpoint("file shorter than the 8-byte header length") }
+        guard length <= UInt64(Safetensors.maximumHeaderLength), 8 + Int(length) <= min(bytes.count, fileLength) else {
             throw .invalidCheckpoint("header length \(length) runs past the end of the file")
         }
-        let file = try Safetensors(header: Array(bytes[0..<(8 + Int(length))]), fileLength: bytes.count)
+        let file = try Safetensors(header: Array(bytes[0..<(8 + Int(length))]), fileLength: fileLength)
         guard file.metadata["format"] == Checkpoint.format else {
             throw .invalidCheckpoint("not a Coffer multi-task checkpoint (metadata format is \(file.metadata["format"] ?? "missing"))")
         }
@@ -60,7 +64,22 @@ public struct CheckpointView: Sendable {
             )
         }
         self.layers = layers
-        self.fileLength = bytes.count
+        self.fileLength = fileLength
+    }
+
+    /// The header's length, from the 8 bytes that `bytes` starts with (nil while it has fewer).
+    static func headerLength(_ bytes: UnsafeRawBufferPointer) -> UInt64? {
+        guard bytes.count >= 8 else { return nil }
+        return (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[$1]) << (8 * UInt64($1)) }
+    }
+
+    /// A head's predictions from its layer's outputs `z` for `n` rows: probabilities, or the values themselves.
+    func taskPredictions(_ z: [Float], task: TaskSpec, rows n: Int) -> [Float] {
+        switch task.kind {
+        case .classification: (0..<n).flatMap { i in softmax(Array(z[(i * task.classes)..<((i + 1) * task.classes)])) }
+        case .binary: z.map(sigmoid)
+        case .regression: z
+        }
     }
 
     /// Per-task predictions for the rows of `table` (as ``MultiTaskModel/predict(_:count:)``), reading the weights
@@ -107,12 +126,7 @@ public struct CheckpointView: Sendable {
         for l in 0..<trunkCount { current = try dense(layers[l], current).map { architecture.activation.apply($0) } }
         var predictions: [[Float]] = []
         for (t, task) in architecture.tasks.enumerated() {
-            let z = try dense(layers[trunkCount + t], current)
-            switch task.kind {
-            case .classification: predictions.append((0..<n).flatMap { i in softmax(Array(z[(i * task.classes)..<((i + 1) * task.classes)])) })
-            case .binary: predictions.append(z.map(sigmoid))
-            case .regression: predictions.append(z)
-            }
+            predictions.append(taskPredictions(try dense(layers[trunkCount + t], current), task: task, rows: n))
         }
         return predictions
     }
