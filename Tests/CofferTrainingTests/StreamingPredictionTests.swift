@@ -39,6 +39,8 @@ struct StreamingPredictionTests {
     @Test func streamedPredictionsAreTheLoadedModelsHoweverTheBytesAreCut() throws {
         let trained = try Self.trained.get()
         let bytes = try Checkpoint.encode(trained)
+        let trunk = trained.model.architecture.trunk
+        let held = 4 * trunk[10] * (trunk[9] + trained.model.architecture.tasks.map(\.outputs).reduce(0, +))
         var generator = SeededGenerator(seed: 11)
         let uneven = (0..<40).map { _ in Int.random(in: 1...700, using: &generator) }
         for count in 1..<MatrixKernels.matrixVectorRows {
@@ -47,9 +49,11 @@ struct StreamingPredictionTests {
             let expected = trained.model.predict(try trained.preprocessing.features(of: rows), count: count)
             for spans in [[bytes.count], [1], [3], [8, 4096], uneven] {
                 for misalignment in [0, 1] {
-                    let (view, predicted) = try stream(bytes, rows: rows, spans: spans, misalignment: misalignment).finish()
+                    let streamed = stream(bytes, rows: rows, spans: spans, misalignment: misalignment)
+                    let (view, predicted) = try streamed.finish()
                     #expect(predicted == expected, "\(count) rows, spans \(spans.prefix(3)), misaligned by \(misalignment)")
                     #expect(view.architecture == trained.model.architecture)
+                    #expect(streamed.mostHeld == held, "only the heads and trunk.10 wait for their input, however the bytes are cut")
                 }
             }
         }

@@ -37,6 +37,10 @@ public final class StreamingPrediction {
     /// rest of the file is then only counted.
     private var failure: CofferTrainingError?
     private var layers: [LayerState] = []
+    /// Every layer's weight and bias ranges in the file, in file order.
+    private var pieces: [(range: Range<Int>, layer: Int, isBias: Bool)] = []
+    /// The most weight bytes held at once, waiting for their layer's input.
+    private(set) var mostHeld = 0
     /// Each completed layer's output for the rows (after the activation for the trunk's).
     private var outputs: [[Float]?] = []
     /// A weight row being gathered across batches, or copied for alignment; `partial` bytes of it so far.
@@ -76,19 +80,21 @@ public final class StreamingPrediction {
             guard failure == nil, view != nil else { return }
         }
         let span = (start + skip)..<position
-        for l in layers.indices {
-            let weight = layers[l].weight.clamped(to: span)
-            if !weight.isEmpty {
-                consumeWeights(l, base + (weight.lowerBound - start), weight.count)
+        // In file order, each layer completed as soon as it can be: a batch that ends one layer and starts the next must
+        // give the next its input before its rows arrive, or they would be held.
+        for piece in pieces {
+            let part = piece.range.clamped(to: span)
+            guard !part.isEmpty else { continue }
+            let bytes = base + (part.lowerBound - start)
+            if piece.isBias {
+                let offset = part.lowerBound - piece.range.lowerBound
+                layers[piece.layer].biasBytes.pointer.advanced(by: offset).copyMemory(from: bytes, byteCount: part.count)
+                layers[piece.layer].biasCount += part.count
+            } else {
+                consumeWeights(piece.layer, bytes, part.count)
             }
-            let bias = layers[l].bias.clamped(to: span)
-            if !bias.isEmpty {
-                let offset = bias.lowerBound - layers[l].bias.lowerBound
-                layers[l].biasBytes.pointer.advanced(by: offset).copyMemory(from: base + (bias.lowerBound - start), byteCount: bias.count)
-                layers[l].biasCount += bias.count
-            }
+            completeLayers()
         }
-        completeLayers()
     }
 
     /// The view and the per-task predictions, as ``CheckpointView/predict(_:weights:)`` gives them, once the whole
@@ -152,6 +158,9 @@ public final class StreamingPrediction {
                 )
             }
             outputs = Array(repeating: nil, count: layers.count)
+            pieces = layers.indices.flatMap { l in [(layers[l].weight, l, false), (layers[l].bias, l, true)] }.sorted {
+                $0.range.lowerBound < $1.range.lowerBound
+            }
             row = LockedBytes(count: 4 * (layers.map(\.inputs).max() ?? 1))
         } catch {
             failure = error
@@ -174,7 +183,10 @@ public final class StreamingPrediction {
         layers[l].weightBytes += count
         guard layers[l].held == nil, let x = input(of: l) else {
             // Its input comes later: keep the whole tensor until then.
-            if layers[l].held == nil { layers[l].held = LockedBytes(count: layers[l].weight.count) }
+            if layers[l].held == nil {
+                layers[l].held = LockedBytes(count: layers[l].weight.count)
+                mostHeld = max(mostHeld, layers.compactMap(\.held?.count).reduce(0, +))
+            }
             layers[l].held!.pointer.advanced(by: offset).copyMemory(from: bytes, byteCount: count)
             return
         }
