@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 /// A serial lane of work on a thread of its own, or inline on the caller's thread.
@@ -12,12 +13,19 @@ final class Lane: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let inline: Bool
 
-    /// - Parameter inline: run every job immediately on the thread that submits it (for inputs of one batch).
-    init(name: String, inline: Bool = false) {
+    /// - Parameters:
+    ///   - name: the thread's name, as `top -H` and `perf` show it (the kernel keeps 15 bytes).
+    ///   - inline: run every job immediately on the thread that submits it (for inputs of one batch).
+    ///   - nice: how much lower than its creator's the thread's scheduling priority is (Linux's per-thread nice value).
+    init(name: String, inline: Bool = false, nice: Int32 = 0) {
         self.inline = inline
         guard !inline else { return }
-        let thread = Thread { [self] in run() }
-        thread.name = name
+        let thread = Thread { [self] in
+            // Foundation's Thread.name does not reach the kernel on Linux: every lane showed as `oot.default-qos`.
+            _ = coffer_name_this_thread(name)
+            if nice > 0 { _ = coffer_lower_thread_priority(nice) }
+            run()
+        }
         thread.start()
     }
 
