@@ -12,7 +12,7 @@ enum FuzzTarget: String, CaseIterable {
     /// A DSSE envelope, the in-toto statement in its payload, and Coffer's model predicate in that; and JSONValue's
     /// parser against JSONDecoder on the same bytes.
     case dsse
-    /// A safetensors header, as the checkpoint reader and the in-memory inference view parse it.
+    /// A safetensors header, as the checkpoint reader, the in-memory inference view and infer's streamed prediction read it.
     case safetensors
     /// A training recipe (`coffer train --config`).
     case trainingConfig = "training-config"
@@ -59,7 +59,7 @@ enum FuzzTarget: String, CaseIterable {
             }
         case .safetensors:
             _ = try? Safetensors(header: bytes, fileLength: bytes.count)
-            bytes.withUnsafeBytes { _ = try? CheckpointView(header: $0) }
+            bytes.withUnsafeBytes { streamPrediction(over: $0) }
         case .trainingConfig:
             _ = try? TrainingRecipe(json: bytes, path: "/fuzz/recipe.json")
         case .whereExpression:
@@ -192,3 +192,22 @@ struct Replay {
     }
 }
 #endif
+
+/// The checkpoint view, and `coffer infer`'s streamed prediction over the same bytes (which it reads before their digest
+/// is known to match): one row of the view's own features, or of `x0` when the bytes are no checkpoint, fed in spans of
+/// a length the input's last byte picks.
+private func streamPrediction(over file: UnsafeRawBufferPointer) {
+    guard let last = file.last else { return }
+    let columns = (try? CheckpointView(header: file))?.preprocessing.features ?? ["x0"]
+    let text = columns.joined(separator: ",") + "\n" + columns.map { _ in "0.5" }.joined(separator: ",")
+    guard let table = try? CSVTable(text: text, source: "fuzz.csv"), StreamingPrediction.streams(rows: table.rowCount) else { return }
+    let stream = StreamingPrediction(table: table, fileLength: file.count)
+    let span = 1 + Int(last) * 37
+    var offset = 0
+    while offset < file.count {
+        let end = min(file.count, offset + span)
+        stream.consume(UnsafeRawBufferPointer(rebasing: file[offset..<end]))
+        offset = end
+    }
+    _ = try? stream.finish()
+}

@@ -5,8 +5,8 @@ import Testing
 @testable import CofferTraining
 
 /// A prediction made as a checkpoint's bytes go past (what `coffer infer` of a few rows runs while the model decrypts)
-/// against the model loaded the ordinary way: the same floats however the bytes are cut, aligned or not, and whatever
-/// order the layers come in.
+/// against the model loaded the ordinary way: the same floats however the bytes are cut, aligned or not, with layers that
+/// arrive before their input is known.
 @Suite(.ownThread)
 struct StreamingPredictionTests {
     /// Eleven trunk layers: `trunk.10.*` sorts between `trunk.1.*` and `trunk.2.*`, and `heads.*` before them all, so
@@ -53,7 +53,7 @@ struct StreamingPredictionTests {
                     let (view, predicted) = try streamed.finish()
                     #expect(predicted == expected, "\(count) rows, spans \(spans.prefix(3)), misaligned by \(misalignment)")
                     #expect(view.architecture == trained.model.architecture)
-                    #expect(streamed.mostHeld == held, "only the heads and trunk.10 wait for their input, however the bytes are cut")
+                    #expect(streamed.heldBytes == held, "only the heads and trunk.10 wait for their input, however the bytes are cut")
                 }
             }
         }
@@ -83,6 +83,21 @@ struct StreamingPredictionTests {
         #expect(throws: CofferTrainingError.invalidCheckpoint("not a Coffer multi-task checkpoint (metadata format is something-else)")) {
             try notOne.finish()
         }
+
+        // A preprocessing that does not fit the architecture is refused before any weight is multiplied: a prediction
+        // would index past the features (and infer reads the weights before the file's digest is checked).
+        var misfit = try Self.trained.get()
+        misfit.preprocessing.features.removeLast()
+        let narrow = stream(try Checkpoint.encode(misfit), rows: rows, spans: [64])
+        #expect(narrow.view == nil)
+        #expect(throws: CofferTrainingError.invalidCheckpoint("coffer.preprocessing has 2 features, 3 means and 3 standard deviations for 3 inputs"))
+        {
+            try narrow.finish()
+        }
+        misfit = try Self.trained.get()
+        let classification = try #require(misfit.model.architecture.tasks.firstIndex { $0.kind == .classification })
+        misfit.preprocessing.tasks[classification].labels = ["only one"]
+        #expect(throws: CofferTrainingError.self) { try stream(try Checkpoint.encode(misfit), rows: rows, spans: [64]).finish() }
 
         let huge = stream([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0] + bytes[8...], rows: rows, spans: [3])
         #expect(huge.view == nil)

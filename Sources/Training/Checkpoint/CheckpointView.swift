@@ -40,6 +40,22 @@ public struct CheckpointView: Sendable {
         architecture = try decode(Architecture.self, "coffer.architecture")
         try architecture.validate()
         preprocessing = try decode(Preprocessing.self, "coffer.preprocessing")
+        // What a prediction indexes by the architecture's sizes: checked here, before any weight is read (infer reads
+        // them as they decrypt, before the file's digest is known to match).
+        let p = preprocessing
+        guard p.features.count == architecture.inputs, p.means.count == architecture.inputs, p.standardDeviations.count == architecture.inputs
+        else {
+            throw .invalidCheckpoint(
+                "coffer.preprocessing has \(p.features.count) features, \(p.means.count) means and \(p.standardDeviations.count) standard deviations for \(architecture.inputs) inputs"
+            )
+        }
+        guard p.tasks.count == architecture.tasks.count else {
+            throw .invalidCheckpoint("coffer.preprocessing has \(p.tasks.count) tasks, the architecture \(architecture.tasks.count)")
+        }
+        for (task, source) in zip(architecture.tasks, p.tasks)
+        where task.kind == .classification && (source.labels?.count ?? task.classes) != task.classes {
+            throw .invalidCheckpoint("task \(task.name) has \(task.classes) classes and \(source.labels?.count ?? 0) labels")
+        }
         func offset(_ name: String, count: Int) throws(CofferTrainingError) -> Int {
             guard let tensor = file.tensor(named: name) else { throw .invalidCheckpoint("tensor \(name) is missing") }
             guard tensor.dtype == "F32", tensor.elementCount == count else {

@@ -39,8 +39,12 @@ public final class StreamingPrediction {
     private var layers: [LayerState] = []
     /// Every layer's weight and bias ranges in the file, in file order.
     private var pieces: [(range: Range<Int>, layer: Int, isBias: Bool)] = []
-    /// The most weight bytes held at once, waiting for their layer's input.
-    private(set) var mostHeld = 0
+    /// The weights of every layer that comes before its input is known, and every layer's bias: one locked allocation
+    /// each, however many layers the header names.
+    private var held: LockedBytes?
+    private var biases: LockedBytes?
+    /// Weight bytes kept in locked memory until their layer's input is known (known once the header is read).
+    private(set) var heldBytes = 0
     /// Each completed layer's output for the rows (after the activation for the trunk's).
     private var outputs: [[Float]?] = []
     /// A weight row being gathered across batches, or copied for alignment; `partial` bytes of it so far.
@@ -52,10 +56,11 @@ public final class StreamingPrediction {
         let bias: Range<Int>
         let inputs: Int
         let outputs: Int
-        /// The whole weight tensor, when its bytes came before its input was known.
-        var held: LockedBytes? = nil
+        /// Where in `held` the weight tensor goes, when its bytes come before its input is known.
+        var heldAt: Int? = nil
+        /// Where in `biases` the bias goes.
+        var biasAt = 0
         var weightBytes = 0
-        let biasBytes: LockedBytes
         var biasCount = 0
         var rowsDone = 0
         /// `rows x outputs` dot products, without the bias.
@@ -63,6 +68,7 @@ public final class StreamingPrediction {
     }
 
     public init(table: CSVTable, fileLength: Int) {
+        _ = GaussianNoise.ready
         self.table = table
         self.fileLength = fileLength
         self.rows = table.rowCount
@@ -88,7 +94,7 @@ public final class StreamingPrediction {
             let bytes = base + (part.lowerBound - start)
             if piece.isBias {
                 let offset = part.lowerBound - piece.range.lowerBound
-                layers[piece.layer].biasBytes.pointer.advanced(by: offset).copyMemory(from: bytes, byteCount: part.count)
+                biases!.pointer.advanced(by: layers[piece.layer].biasAt + offset).copyMemory(from: bytes, byteCount: part.count)
                 layers[piece.layer].biasCount += part.count
             } else {
                 consumeWeights(piece.layer, bytes, part.count)
@@ -153,14 +159,28 @@ public final class StreamingPrediction {
                     bias: layer.bias..<(layer.bias + 4 * layer.outputs),
                     inputs: layer.inputs,
                     outputs: layer.outputs,
-                    biasBytes: LockedBytes(count: 4 * layer.outputs),
                     dots: [Float](repeating: 0, count: rows * layer.outputs)
                 )
             }
             outputs = Array(repeating: nil, count: layers.count)
-            pieces = layers.indices.flatMap { l in [(layers[l].weight, l, false), (layers[l].bias, l, true)] }.sorted {
-                $0.range.lowerBound < $1.range.lowerBound
+            pieces = layers.indices.flatMap { l in [(layers[l].weight, l, false), (layers[l].bias, l, true)] }
+                .sorted { $0.range.lowerBound < $1.range.lowerBound }
+            // A layer's output is known once its own bytes and its input's are in: from the file offsets alone, which
+            // layers' weights begin before that for their input, and so are held.
+            var known: [Int] = []
+            var biasBytes = 0
+            for l in layers.indices {
+                let before = previous(l).map { known[$0] } ?? 0
+                if layers[l].weight.lowerBound < before {
+                    layers[l].heldAt = heldBytes
+                    heldBytes += layers[l].weight.count
+                }
+                layers[l].biasAt = biasBytes
+                biasBytes += layers[l].bias.count
+                known.append(max(layers[l].weight.upperBound, layers[l].bias.upperBound, before))
             }
+            held = heldBytes > 0 ? LockedBytes(count: heldBytes) : nil
+            biases = LockedBytes(count: biasBytes)
             row = LockedBytes(count: 4 * (layers.map(\.inputs).max() ?? 1))
         } catch {
             failure = error
@@ -171,23 +191,27 @@ public final class StreamingPrediction {
     /// The features of the rows: the first trunk layer's input.
     private var inputs0: [Float] = []
 
-    /// The input of layer `l`, once known: the features, the previous trunk layer's output, or the trunk's last for a head.
-    private func input(of l: Int) -> [Float]? {
+    /// The layer whose output is layer `l`'s input: the previous trunk layer, or the trunk's last for a head; nil for
+    /// the first, whose input is the features.
+    private func previous(_ l: Int) -> Int? {
         let trunk = view!.architecture.trunk.count
         let previous = l < trunk ? l - 1 : trunk - 1
-        return previous < 0 ? inputs0 : outputs[previous]
+        return previous < 0 ? nil : previous
     }
+
+    /// The input of layer `l`, once known.
+    private func input(of l: Int) -> [Float]? { previous(l).map { outputs[$0] } ?? inputs0 }
 
     private func consumeWeights(_ l: Int, _ bytes: UnsafeRawPointer, _ count: Int) {
         let offset = layers[l].weightBytes
         layers[l].weightBytes += count
-        guard layers[l].held == nil, let x = input(of: l) else {
-            // Its input comes later: keep the whole tensor until then.
-            if layers[l].held == nil {
-                layers[l].held = LockedBytes(count: layers[l].weight.count)
-                mostHeld = max(mostHeld, layers.compactMap(\.held?.count).reduce(0, +))
-            }
-            layers[l].held!.pointer.advanced(by: offset).copyMemory(from: bytes, byteCount: count)
+        if let at = layers[l].heldAt {
+            held!.pointer.advanced(by: at + offset).copyMemory(from: bytes, byteCount: count)
+            return
+        }
+        // Not held: its input was complete before its first byte (the pieces go in file order).
+        guard let x = input(of: l) else {
+            failure = .invalidCheckpoint("layer \(l) arrived before its input")
             return
         }
         let rowLength = 4 * layers[l].inputs
@@ -235,15 +259,15 @@ public final class StreamingPrediction {
             progressed = false
             for l in layers.indices where outputs[l] == nil {
                 guard let x = input(of: l) else { continue }
-                if let held = layers[l].held {
+                if let at = layers[l].heldAt {
                     let rowLength = 4 * layers[l].inputs
                     while layers[l].rowsDone < layers[l].weightBytes / rowLength {
-                        multiplyRow(l, UnsafeRawPointer(held.pointer) + layers[l].rowsDone * rowLength, x)
+                        multiplyRow(l, UnsafeRawPointer(held!.pointer) + at + layers[l].rowsDone * rowLength, x)
                     }
                 }
                 guard layers[l].rowsDone == layers[l].outputs, layers[l].biasCount == layers[l].bias.count else { continue }
                 let n = layers[l].outputs
-                let bias = UnsafeRawPointer(layers[l].biasBytes.pointer)
+                let bias = UnsafeRawPointer(biases!.pointer) + layers[l].biasAt
                 // The bias plus the dot product, as CheckpointView adds the product to an output that holds the bias.
                 var z = layers[l].dots
                 for i in 0..<rows {
@@ -251,14 +275,13 @@ public final class StreamingPrediction {
                 }
                 let isTrunk = l < view!.architecture.trunk.count
                 outputs[l] = isTrunk ? z.map { view!.architecture.activation.apply($0) } : z
-                layers[l].held = nil
                 progressed = true
             }
         }
     }
 }
 
-/// Bytes in libsodium's guarded, locked heap, wiped when freed: the header, a weight row, a held layer.
+/// Bytes in libsodium's guarded, locked heap, wiped when freed: the header, a weight row, the held layers, the biases.
 private final class LockedBytes {
     let pointer: UnsafeMutableRawPointer
     let count: Int
