@@ -99,6 +99,18 @@ struct StreamingPredictionTests {
         misfit.preprocessing.tasks[classification].labels = ["only one"]
         #expect(throws: CofferTrainingError.self) { try stream(try Checkpoint.encode(misfit), rows: rows, spans: [64]).finish() }
 
+        // Widths whose product overflows are refused, not trapped on.
+        let headerEnd = 8 + Int(try #require(bytes.withUnsafeBytes { CheckpointView.headerLength($0) }))
+        let header = try #require(String(bytes: bytes[8..<headerEnd], encoding: .utf8))
+        let wide = header.replacingOccurrences(of: "\\\"trunk\\\":[7,", with: "\\\"trunk\\\":[4611686018427387904,")
+        #expect(wide != header)
+        var widened = Array(wide.utf8)
+        while widened.count % 8 != 0 { widened.append(UInt8(ascii: " ")) }
+        let length = (0..<8).map { UInt8(truncatingIfNeeded: widened.count >> (8 * $0)) }
+        let overflowing = stream(length + widened + bytes[headerEnd...], rows: rows, spans: [512])
+        #expect(overflowing.view == nil)
+        #expect(throws: CofferTrainingError.self) { try overflowing.finish() }
+
         let huge = stream([0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0] + bytes[8...], rows: rows, spans: [3])
         #expect(huge.view == nil)
         #expect(throws: CofferTrainingError.invalidCheckpoint("header length 4294967295 runs past the end of the file")) { try huge.finish() }

@@ -56,7 +56,11 @@ public struct CheckpointView: Sendable {
         where task.kind == .classification && (source.labels?.count ?? task.classes) != task.classes {
             throw .invalidCheckpoint("task \(task.name) has \(task.classes) classes and \(source.labels?.count ?? 0) labels")
         }
-        func offset(_ name: String, count: Int) throws(CofferTrainingError) -> Int {
+        /// The offset of tensor `name`, which must be `rows` x `columns` floats (a product that must not overflow: the
+        /// widths come from the header).
+        func offset(_ name: String, _ rows: Int, by columns: Int = 1) throws(CofferTrainingError) -> Int {
+            let (count, overflow) = rows.multipliedReportingOverflow(by: columns)
+            guard !overflow else { throw .invalidCheckpoint("tensor \(name) of \(rows) x \(columns) values is larger than any file") }
             guard let tensor = file.tensor(named: name) else { throw .invalidCheckpoint("tensor \(name) is missing") }
             guard tensor.dtype == "F32", tensor.elementCount == count else {
                 throw .invalidCheckpoint(
@@ -68,13 +72,13 @@ public struct CheckpointView: Sendable {
         var layers: [(Int, Int, Int, Int)] = []
         var width = architecture.inputs
         for (i, hidden) in architecture.trunk.enumerated() {
-            layers.append((try offset("trunk.\(i).weight", count: width * hidden), try offset("trunk.\(i).bias", count: hidden), width, hidden))
+            layers.append((try offset("trunk.\(i).weight", hidden, by: width), try offset("trunk.\(i).bias", hidden), width, hidden))
             width = hidden
         }
         for task in architecture.tasks {
             layers.append(
                 (
-                    try offset("heads.\(task.name).weight", count: width * task.outputs), try offset("heads.\(task.name).bias", count: task.outputs),
+                    try offset("heads.\(task.name).weight", task.outputs, by: width), try offset("heads.\(task.name).bias", task.outputs),
                     width, task.outputs
                 )
             )
