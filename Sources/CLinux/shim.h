@@ -10,7 +10,6 @@
 #include <sys/mman.h>
 #include <stdint.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
 
 /// The head of Linux's `struct tcp_info` (<linux/tcp.h>), field for field up to `tcpi_notsent_bytes` (Linux 4.6):
 /// glibc's <netinet/tcp.h> stops before `tcpi_bytes_acked`, and <linux/tcp.h> cannot be included beside it. The kernel
@@ -37,12 +36,6 @@ static inline int coffer_set_mmap_threshold(int bytes) {
 /// Names the calling thread for the kernel (`comm`, cut to its 15 bytes), as top, ps and perf show it.
 static inline int coffer_name_this_thread(const char *name) {
     return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0);
-}
-
-/// Raises the calling thread's nice value by `n` (lowers its priority): on Linux the nice value is per thread, and
-/// PRIO_PROCESS with 0 names the calling one. Any user may lower a priority.
-static inline int coffer_lower_thread_priority(int n) {
-    return setpriority(PRIO_PROCESS, 0, getpriority(PRIO_PROCESS, 0) + n);
 }
 
 /// A private anonymous mapping of `length` zeroed bytes, or NULL.

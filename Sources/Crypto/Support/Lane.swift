@@ -1,6 +1,10 @@
 import CLinux
 import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A serial lane of work on a thread of its own, or inline on the caller's thread.
 ///
 /// The sealing pipeline blocks while it waits for its lanes; running them on dedicated threads
@@ -23,7 +27,8 @@ final class Lane: @unchecked Sendable {
         let thread = Thread { [self] in
             // Foundation's Thread.name does not reach the kernel on Linux: every lane showed as `oot.default-qos`.
             _ = coffer_name_this_thread(name)
-            if nice > 0 { _ = coffer_lower_thread_priority(nice) }
+            // glibc's nice() is getpriority and setpriority on PRIO_PROCESS 0, which on Linux is the calling thread.
+            if nice > 0 { _ = Glibc.nice(nice) }
             run()
         }
         thread.start()
