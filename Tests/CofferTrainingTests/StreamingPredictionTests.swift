@@ -100,7 +100,7 @@ struct StreamingPredictionTests {
         #expect(throws: CofferTrainingError.self) { try stream(try Checkpoint.encode(misfit), rows: rows, spans: [64]).finish() }
 
         // Widths whose product overflows are refused, not trapped on.
-        let headerEnd = 8 + Int(try #require(bytes.withUnsafeBytes { CheckpointView.headerLength($0) }))
+        let headerEnd = 8 + Int(try #require(bytes.withUnsafeBytes { Safetensors.headerLength($0) }))
         let header = try #require(String(bytes: bytes[8..<headerEnd], encoding: .utf8))
         let wide = header.replacingOccurrences(of: "\\\"trunk\\\":[7,", with: "\\\"trunk\\\":[4611686018427387904,")
         #expect(wide != header)

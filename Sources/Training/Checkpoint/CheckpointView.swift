@@ -23,7 +23,7 @@ public struct CheckpointView: Sendable {
 
     /// The same from the first bytes of a file of `fileLength` bytes: `bytes` holds at least its header.
     init(header bytes: UnsafeRawBufferPointer, fileLength: Int) throws(CofferTrainingError) {
-        guard let length = Self.headerLength(bytes) else { throw .invalidCheckpoint("file shorter than the 8-byte header length") }
+        guard let length = Safetensors.headerLength(bytes) else { throw .invalidCheckpoint("file shorter than the 8-byte header length") }
         guard length <= UInt64(Safetensors.maximumHeaderLength), 8 + Int(length) <= min(bytes.count, fileLength) else {
             throw .invalidCheckpoint("header length \(length) runs past the end of the file")
         }
@@ -85,12 +85,6 @@ public struct CheckpointView: Sendable {
         }
         self.layers = layers
         self.fileLength = fileLength
-    }
-
-    /// The header's length, from the 8 bytes that `bytes` starts with (nil while it has fewer).
-    static func headerLength(_ bytes: UnsafeRawBufferPointer) -> UInt64? {
-        guard bytes.count >= 8 else { return nil }
-        return (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[$1]) << (8 * UInt64($1)) }
     }
 
     /// A head's predictions from its layer's outputs `z` for `n` rows: probabilities, or the values themselves.

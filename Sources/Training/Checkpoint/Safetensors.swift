@@ -34,12 +34,17 @@ public struct Safetensors: Sendable, Equatable {
 
     // MARK: - Reading
 
+    /// The header's length, from the little-endian 8 bytes that `bytes` starts with (nil while it has fewer).
+    static func headerLength(_ bytes: some Collection<UInt8>) -> UInt64? {
+        guard bytes.count >= 8 else { return nil }
+        return bytes.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+    }
+
     /// Parses and checks the header at the start of `bytes`, against a file of `fileLength` bytes.
     ///
     /// - Throws: ``CofferTrainingError/invalidCheckpoint(_:)`` naming the field at fault.
     public init(header bytes: [UInt8], fileLength: Int) throws(CofferTrainingError) {
-        guard bytes.count >= 8 else { throw .invalidCheckpoint("file shorter than the 8-byte header length") }
-        let length = bytes[0..<8].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        guard let length = Self.headerLength(bytes) else { throw .invalidCheckpoint("file shorter than the 8-byte header length") }
         guard length <= UInt64(Self.maximumHeaderLength) else { throw .invalidCheckpoint("header length \(length) exceeds 100 MB") }
         guard 8 + Int(length) <= bytes.count, 8 + Int(length) <= fileLength else {
             throw .invalidCheckpoint("header length \(length) runs past the end of the file")

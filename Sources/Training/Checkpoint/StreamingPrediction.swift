@@ -126,7 +126,7 @@ public final class StreamingPrediction {
         if header == nil { header = LockedBytes(count: 8) }
         header!.pointer.advanced(by: have).copyMemory(from: bytes.baseAddress!, byteCount: lengthTaken)
         guard start + lengthTaken >= 8 else { return bytes.count }
-        let length = CheckpointView.headerLength(UnsafeRawBufferPointer(start: header!.pointer, count: 8))!
+        let length = Safetensors.headerLength(UnsafeRawBufferPointer(start: header!.pointer, count: 8))!
         guard length <= UInt64(Safetensors.maximumHeaderLength), 8 + Int(length) <= fileLength else {
             failure = .invalidCheckpoint("header length \(length) runs past the end of the file")
             return bytes.count
